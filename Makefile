@@ -1,0 +1,24 @@
+# The two commands for a fresh clone (see README.md):
+#   make deploy   bootstrap this machine, start the sample stack, run the gates
+#   make test     bootstrap this machine, run the whole test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+PROFILE ?= development
+
+.PHONY: deploy test venv
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+deploy: venv
+	$(BIN)/invoke bootstrap --profile $(PROFILE)
+	$(BIN)/invoke up --profile $(PROFILE)
+
+test: venv
+	$(BIN)/invoke bootstrap
+	$(BIN)/pytest

@@ -1,0 +1,176 @@
+"""Sample JSON API for the Colorgate stack (stdlib HTTP server + psycopg2).
+
+Endpoints:
+  GET    /api/health         database status, color and version (503 when the DB is down)
+  GET    /api/version        color and version of this container
+  GET    /api/notes          list notes
+  POST   /api/notes          create a note: {"body": "..."}
+  GET    /api/notes/<id>     one note
+  PUT    /api/notes/<id>     replace a note's body
+  DELETE /api/notes/<id>     delete a note
+
+Connection settings come from libpq's environment (PGHOST, PGUSER, PGPASSWORD,
+PGDATABASE); the color and version from COLORGATE_COLOR and COLORGATE_VERSION.
+"""
+
+import json
+import os
+import re
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg2
+import psycopg2.pool
+
+COLOR = os.environ.get("COLORGATE_COLOR", "unknown")
+VERSION = os.environ.get("COLORGATE_VERSION", "unknown")
+PORT = int(os.environ.get("PORT", "8000"))
+NOTE_PATH = re.compile(r"^/api/notes/(\d+)$")
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def pool():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = psycopg2.pool.ThreadedConnectionPool(1, 8, connect_timeout=3)
+        return _pool
+
+
+class Db:
+    """A pooled connection, returned (or discarded when broken) on exit."""
+
+    def __enter__(self):
+        self.conn = pool().getconn()
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        broken = exc_type is not None and isinstance(exc, psycopg2.Error)
+        if exc_type is None:
+            self.conn.commit()
+        elif not self.conn.closed:
+            self.conn.rollback()
+        pool().putconn(self.conn, close=broken or bool(self.conn.closed))
+        return False
+
+
+def note_json(row):
+    return {"id": row[0], "body": row[1], "created_at": row[2].isoformat()}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "colorgate-sample"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # one line per request on stdout
+        sys.stdout.write("%s %s\n" % (self.address_string(), fmt % args))
+        sys.stdout.flush()
+
+    def send_json(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Colorgate-Color", COLOR)
+        self.send_header("X-Colorgate-Version", VERSION)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def read_json(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            data = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def do_GET(self):
+        if self.path == "/api/health":
+            return self.health()
+        if self.path == "/api/version":
+            return self.send_json(200, {"color": COLOR, "version": VERSION})
+        if self.path == "/api/notes":
+            with Db() as conn, conn.cursor() as cur:
+                cur.execute("SELECT id, body, created_at FROM notes ORDER BY id")
+                return self.send_json(200, [note_json(r) for r in cur.fetchall()])
+        match = NOTE_PATH.match(self.path)
+        if match:
+            with Db() as conn, conn.cursor() as cur:
+                cur.execute("SELECT id, body, created_at FROM notes WHERE id = %s", (int(match[1]),))
+                row = cur.fetchone()
+            return self.send_json(200, note_json(row)) if row else self.not_found()
+        return self.not_found()
+
+    def do_POST(self):
+        if self.path != "/api/notes":
+            return self.not_found()
+        data = self.read_json()
+        if not data or not isinstance(data.get("body"), str):
+            return self.send_json(400, {"error": 'expected JSON {"body": "..."}'})
+        with Db() as conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO notes (body) VALUES (%s) RETURNING id, body, created_at", (data["body"],)
+            )
+            row = cur.fetchone()
+        return self.send_json(201, note_json(row))
+
+    def do_PUT(self):
+        match = NOTE_PATH.match(self.path)
+        data = self.read_json()
+        if not match:
+            return self.not_found()
+        if not data or not isinstance(data.get("body"), str):
+            return self.send_json(400, {"error": 'expected JSON {"body": "..."}'})
+        with Db() as conn, conn.cursor() as cur:
+            cur.execute(
+                "UPDATE notes SET body = %s WHERE id = %s RETURNING id, body, created_at",
+                (data["body"], int(match[1])),
+            )
+            row = cur.fetchone()
+        return self.send_json(200, note_json(row)) if row else self.not_found()
+
+    def do_DELETE(self):
+        match = NOTE_PATH.match(self.path)
+        if not match:
+            return self.not_found()
+        with Db() as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM notes WHERE id = %s", (int(match[1]),))
+            deleted = cur.rowcount
+        return self.send_json(204 if deleted else 404, {} if deleted else {"error": "not found"})
+
+    def health(self):
+        status = {"status": "ok", "database": "ok", "color": COLOR, "version": VERSION}
+        try:
+            with Db() as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchone()
+        except psycopg2.Error as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            status.update(status="degraded", database="error: " + first_line)
+            return self.send_json(503, status)
+        return self.send_json(200, status)
+
+    def not_found(self):
+        return self.send_json(404, {"error": "not found"})
+
+    def handle_one_request(self):
+        try:
+            super().handle_one_request()
+        except psycopg2.Error as exc:
+            # The database went away mid-request: answer instead of dropping the connection.
+            self.send_json(503, {"error": "database unavailable", "detail": type(exc).__name__})
+
+
+def main():
+    server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
+    server.daemon_threads = True
+    print(f"colorgate sample api: color={COLOR} version={VERSION} port={PORT}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Edge start-up: make sure a certificate exists (a locally generated one until an
+# ACME certificate replaces it), write the HTTP->HTTPS redirect for the public HTTPS
+# port, then run nginx in the foreground.
+set -eu
+domain=${COLORGATE_DOMAIN:-localhost}
+https_port=${COLORGATE_HTTPS_PORT:-443}
+tls=/etc/colorgate/tls
+case "$domain" in *[!A-Za-z0-9.-]*|"") echo "edge: bad COLORGATE_DOMAIN '$domain'" >&2; exit 64;; esac
+case "$https_port" in *[!0-9]*|"") echo "edge: bad COLORGATE_HTTPS_PORT '$https_port'" >&2; exit 64;; esac
+
+# A local certificate, signed by a one-off local CA whose key is discarded at once.
+# Regenerated when the domain changes; never touches a certificate it did not make.
+local_cert() {
+  echo "edge: generating a local certificate for $domain"
+  tmp=$(mktemp -d)
+  san="DNS:$domain"
+  [ "$domain" = localhost ] && san="$san,IP:127.0.0.1,IP:::1"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=Colorgate local CA ($domain)" -keyout "$tmp/ca.key" -out "$tmp/ca.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$domain" \
+    -keyout "$tmp/privkey.pem" -out "$tmp/leaf.csr" 2>/dev/null
+  printf 'subjectAltName=%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+    "$san" > "$tmp/ext"
+  openssl x509 -req -in "$tmp/leaf.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
+    -days 397 -extfile "$tmp/ext" -out "$tmp/fullchain.pem" 2>/dev/null
+  mkdir -p "$tls/live"
+  mv "$tmp/privkey.pem" "$tls/live/privkey.pem"
+  mv "$tmp/fullchain.pem" "$tls/live/fullchain.pem"
+  mv "$tmp/ca.pem" "$tls/local-ca.pem"
+  printf '%s\n' "$domain" > "$tls/live/.colorgate-local"
+  rm -rf "$tmp"
+}
+if [ ! -s "$tls/live/fullchain.pem" ]; then
+  local_cert
+elif [ -f "$tls/live/.colorgate-local" ] && [ "$(cat "$tls/live/.colorgate-local")" != "$domain" ]; then
+  local_cert
+fi
+
+mkdir -p /tmp/colorgate
+suffix=":$https_port"
+[ "$https_port" = 443 ] && suffix=""
+printf 'return 301 https://$host%s$request_uri;\n' "$suffix" > /tmp/colorgate/redirect.conf
+exec nginx -c /etc/colorgate/nginx.conf -g 'daemon off;'

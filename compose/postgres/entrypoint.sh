@@ -1,0 +1,45 @@
+#!/bin/sh
+# PostgreSQL for the Colorgate stack, run as the postgres user. On the first start with
+# an empty data volume: initdb with POSTGRES_USER as superuser (password read from the
+# environment into a private file, never on a command line), create POSTGRES_DB, and
+# accept password (SCRAM) connections from the stack's internal network only.
+# Nothing publishes this port: compose puts PostgreSQL on an internal network.
+set -eu
+: "${PGDATA:=/var/lib/postgresql/data/pgdata}"
+: "${POSTGRES_USER:?POSTGRES_USER is required}"
+: "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is required}"
+: "${POSTGRES_DB:?POSTGRES_DB is required}"
+bin=/usr/lib/postgresql/15/bin
+export PGDATA
+
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  # Built aside and moved into place only when complete: an interrupted first start
+  # leaves no half-made cluster behind.
+  echo "postgres: initializing a new cluster in $PGDATA"
+  final=$PGDATA
+  PGDATA=$final.init
+  rm -rf "$PGDATA"
+  umask 077
+  pwfile=$(mktemp)
+  printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+  "$bin/initdb" --pgdata="$PGDATA" --username="$POSTGRES_USER" --pwfile="$pwfile" --auth-local=peer \
+    --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+  rm -f "$pwfile"
+  # Inside the container the postgres OS user may connect as the database owner
+  # (peer map); from the networks only with the password.
+  printf 'colorgate postgres %s\n' "$POSTGRES_USER" >> "$PGDATA/pg_ident.conf"
+  cat > "$PGDATA/pg_hba.conf" <<'HBA'
+local all all peer map=colorgate
+host all all 0.0.0.0/0 scram-sha-256
+host all all ::/0 scram-sha-256
+HBA
+  "$bin/pg_ctl" -w -o "-c listen_addresses='' -c unix_socket_directories=/tmp" start >/dev/null
+  echo "CREATE DATABASE :\"db\";" | "$bin/psql" -h /tmp -U "$POSTGRES_USER" -d postgres -v ON_ERROR_STOP=1 -q -v db="$POSTGRES_DB"
+  "$bin/pg_ctl" -w stop >/dev/null
+  mv "$PGDATA" "$final"
+  PGDATA=$final
+  echo "postgres: cluster ready"
+fi
+unset POSTGRES_PASSWORD
+exec "$bin/postgres" -c listen_addresses='*' -c unix_socket_directories=/tmp \
+  -c password_encryption=scram-sha-256 "$@"

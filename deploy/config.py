@@ -1,0 +1,269 @@
+"""Settings: loaded once from an env profile, validated up front, then passed along.
+
+Sources, later ones winning:
+  .env.<profile>          committed: safe defaults (development) or templates
+  .env.<profile>.local    not committed: this machine's values and secrets
+  the process environment for the same keys (CI secrets, test overrides)
+
+Every problem is reported as one line that names the key, the file it came from and
+the fix, before anything starts. See .env.example for every key, annotated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy import runner
+from deploy.colors import COLORS
+from deploy.errors import ConfigError
+
+PROFILES = ("development", "staging", "production")
+STRICT_PROFILES = ("staging", "production")  # placeholders are refused here
+PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me|<[^>]+>|^x{3,}$|^todo$", re.IGNORECASE)
+HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+IMAGE_PREFIX = re.compile(r"^([a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?/)*([a-z0-9]+([._-][a-z0-9]+)*/)?$")
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError("should be a port number from 1 to 65535")
+    return int(value)
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("should be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+
+
+def _pattern(regex: re.Pattern[str], hint: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(hint)
+        return value
+
+    return parse
+
+
+def _seconds(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 3600:
+        raise ValueError("should be a whole number of seconds from 1 to 3600")
+    return int(value)
+
+
+def _docker_host(value: str) -> str:
+    if value and not re.match(r"^(unix|tcp|ssh)://\S+$", value):
+        raise ValueError("should be empty (local engine) or a URL like ssh://user@host")
+    return value
+
+
+def _color(value: str) -> str:
+    color = value.strip().lower()
+    if color not in COLORS:
+        raise ValueError(f"should be one of {', '.join(COLORS)}")
+    return color
+
+
+@dataclass(frozen=True)
+class Key:
+    parse: Callable[[str], object]
+    default: str | None = None  # None: required
+    secret: bool = False
+
+
+KEYS: dict[str, Key] = {
+    "COLORGATE_PROJECT": Key(_pattern(PROJECT, "should be lowercase letters, digits, '-' or '_'"), "colorgate"),
+    "COLORGATE_DOMAIN": Key(_pattern(HOSTNAME, "should be a host name such as localhost or app.example.com"), "localhost"),
+    "COLORGATE_BIND": Key(_address, "127.0.0.1"),
+    "COLORGATE_HTTP_PORT": Key(_port),
+    "COLORGATE_HTTPS_PORT": Key(_port),
+    "COLORGATE_INITIAL_COLOR": Key(_color, "blue"),
+    "COLORGATE_IMAGE_PREFIX": Key(_pattern(IMAGE_PREFIX, "should be an image name prefix ending in '/', such as colorgate/"), "colorgate/"),
+    "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
+    "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
+    "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),
+    "POSTGRES_DB": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
+    "POSTGRES_USER": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
+    "POSTGRES_PASSWORD": Key(str, secret=True),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str
+    root: Path
+    project: str
+    domain: str
+    bind: str
+    http_port: int
+    https_port: int
+    initial_color: str
+    image_prefix: str
+    debian_mirror: str
+    docker_host: str
+    health_timeout: int
+    postgres_db: str
+    postgres_user: str
+    postgres_password: str = field(repr=False)
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def compose_dir(self) -> Path:
+        return self.root / "compose"
+
+    @property
+    def compose_file(self) -> Path:
+        return self.compose_dir / "docker-compose.yml"
+
+    @property
+    def https_url(self) -> str:
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{self.domain}{port}"
+
+    @property
+    def http_url(self) -> str:
+        port = "" if self.http_port == 80 else f":{self.http_port}"
+        return f"http://{self.domain}{port}"
+
+    def docker_env(self) -> dict[str, str]:
+        """Environment for docker commands: which engine to talk to."""
+        return {"DOCKER_HOST": self.docker_host} if self.docker_host else {}
+
+    def compose_env(self) -> dict[str, str]:
+        """Variables the compose file interpolates (secrets included: never log this)."""
+        return {
+            **self.docker_env(),
+            "COLORGATE_DOMAIN": self.domain,
+            "COLORGATE_BIND": self.bind,
+            "COLORGATE_HTTP_PORT": str(self.http_port),
+            "COLORGATE_HTTPS_PORT": str(self.https_port),
+            "COLORGATE_IMAGE_PREFIX": self.image_prefix,
+            "POSTGRES_DB": self.postgres_db,
+            "POSTGRES_USER": self.postgres_user,
+            "POSTGRES_PASSWORD": self.postgres_password,
+        }
+
+
+def parse_env_text(text: str, origin: str) -> dict[str, str]:
+    """Parse KEY=VALUE lines (comments, blank lines, `export`, quotes); raise on junk."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
+            raise ConfigError(f"{origin}:{number}: expected KEY=value, got {raw.strip()[:40]!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def merge_sources(
+    layers: list[tuple[str, Mapping[str, str]]], environ: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Merge file layers (in order) and the environment; return values and where each came from."""
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for origin, layer in layers:
+        for key, value in layer.items():
+            if key not in KEYS:
+                close = difflib.get_close_matches(key, KEYS, n=1)
+                hint = f"did you mean {close[0]}?" if close else "see .env.example for the keys"
+                raise ConfigError(f"{origin}: unknown key {key}: {hint}")
+            values[key] = value
+            sources[key] = origin
+    for key in KEYS:
+        if key in environ:
+            values[key] = environ[key]
+            sources[key] = "the environment"
+    return values, sources
+
+
+def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mapping[str, str]) -> Settings:
+    """Turn raw strings into Settings, or raise ConfigError naming key, file and fix."""
+    profile_file = f".env.{profile}"
+    parsed: dict[str, object] = {}
+    for key, spec in KEYS.items():
+        origin = sources.get(key, profile_file)
+        raw = values.get(key)
+        if raw is None or raw == "":
+            if spec.default is None:
+                raise ConfigError(
+                    f"{key} is missing: set it in {profile_file} or {profile_file}.local (see .env.example)"
+                )
+            raw = spec.default
+        if profile in STRICT_PROFILES and PLACEHOLDER.search(raw):
+            shown = "a placeholder" if spec.secret else f"a placeholder ({raw!r})"
+            raise ConfigError(
+                f"{key} in {origin} is {shown}: set a real value in {profile_file}.local or the environment"
+            )
+        try:
+            parsed[key] = spec.parse(raw)
+        except ValueError as exc:
+            shown = "" if spec.secret else f" {raw!r}"
+            raise ConfigError(f"{key}{shown} in {origin} {exc}") from None
+    if parsed["COLORGATE_HTTP_PORT"] == parsed["COLORGATE_HTTPS_PORT"]:
+        raise ConfigError(
+            f"COLORGATE_HTTP_PORT and COLORGATE_HTTPS_PORT are both {parsed['COLORGATE_HTTP_PORT']}: give them different ports"
+        )
+    if not str(parsed["POSTGRES_PASSWORD"]).strip():
+        raise ConfigError(f"POSTGRES_PASSWORD is empty: set it in {profile_file}.local or the environment")
+    return Settings(
+        profile=profile,
+        root=root,
+        project=parsed["COLORGATE_PROJECT"],
+        domain=parsed["COLORGATE_DOMAIN"],
+        bind=parsed["COLORGATE_BIND"],
+        http_port=parsed["COLORGATE_HTTP_PORT"],
+        https_port=parsed["COLORGATE_HTTPS_PORT"],
+        initial_color=parsed["COLORGATE_INITIAL_COLOR"],
+        image_prefix=parsed["COLORGATE_IMAGE_PREFIX"],
+        debian_mirror=parsed["COLORGATE_DEBIAN_MIRROR"],
+        docker_host=parsed["COLORGATE_DOCKER_HOST"],
+        health_timeout=parsed["COLORGATE_HEALTH_TIMEOUT"],
+        postgres_db=parsed["POSTGRES_DB"],
+        postgres_user=parsed["POSTGRES_USER"],
+        postgres_password=parsed["POSTGRES_PASSWORD"],
+        sources=dict(sources),
+    )
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def load(profile: str | None = None, root: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate the settings for `profile` (default: $COLORGATE_PROFILE or development)."""
+    environ = os.environ if environ is None else environ
+    root = root or project_root()
+    profile = (profile or environ.get("COLORGATE_PROFILE") or "development").strip()
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
+    base = root / f".env.{profile}"
+    if not base.is_file():
+        raise ConfigError(f"env file {base.name} is missing: create it from .env.example (cp .env.example {base.name})")
+    layers = [(base.name, parse_env_text(base.read_text(), base.name))]
+    local = root / f".env.{profile}.local"
+    if local.is_file():
+        layers.append((local.name, parse_env_text(local.read_text(), local.name)))
+    values, sources = merge_sources(layers, environ)
+    settings = validate(profile, root, values, sources)
+    runner.add_secret(settings.postgres_password)
+    return settings

@@ -1,0 +1,37 @@
+"""Typed errors. The CLI edge (tasks.py) turns each into one line; no tracebacks."""
+
+from __future__ import annotations
+
+
+class ColorgateError(Exception):
+    """Base class: the message is the one line an operator sees (problem and fix)."""
+
+
+class ConfigError(ColorgateError):
+    """A setting is missing, malformed or a placeholder."""
+
+
+class DockerUnavailable(ColorgateError):
+    """The docker CLI is missing or the engine cannot be reached."""
+
+
+class PortInUse(ColorgateError):
+    """A port the edge must publish is already taken on the host."""
+
+
+class StackError(ColorgateError):
+    """The stack did not reach the expected state (unhealthy, exited, timed out)."""
+
+
+class CommandError(ColorgateError):
+    """A command exited non-zero. Carries the command, exit code, stdout and stderr."""
+
+    def __init__(self, cmd: list[str], returncode: int, stdout: str, stderr: str, what: str = ""):
+        self.cmd = cmd
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.what = what or " ".join(cmd[:3])
+        last = (stderr.strip() or stdout.strip()).splitlines()
+        detail = last[-1] if last else "no output"
+        super().__init__(f"{self.what} failed (exit {returncode}): {detail}")

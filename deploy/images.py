@@ -1,0 +1,157 @@
+"""Images: Debian base images made without a registry, and the stack's app images.
+
+Base images come from Debian's own mirror (mmdebstrap, then `docker import`), with
+every package the image needs included at build time, so nothing in a Dockerfile
+needs network access. Their tag carries a hash of what went in, so a changed package
+list makes a new base image and an unchanged one is never rebuilt.
+
+App images are built with the engine's builder through the Docker API (no buildx
+needed) and tagged `<prefix><name>:<version>` plus `latest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import runner
+from deploy.config import Settings
+from deploy.errors import ColorgateError
+
+SUITE = "bookworm"
+BASE_REPO = "colorgate-base"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    name: str
+    packages: tuple[str, ...]
+
+    def tag(self, mirror: str) -> str:
+        digest = hashlib.sha256(" ".join((SUITE, mirror, *self.packages)).encode()).hexdigest()[:10]
+        return f"{BASE_REPO}/{self.name}:{SUITE}-{digest}"
+
+
+BASES = {
+    "nginx": BaseImage("nginx", ("nginx-light", "openssl", "ca-certificates", "curl")),
+    "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
+    "postgres": BaseImage("postgres", ("postgresql-15",)),
+}
+
+# App image -> (build directory under compose/, base image it starts from)
+APP_IMAGES = {
+    "edge": ("edge", "nginx"),
+    "postgres": ("postgres", "postgres"),
+    "frontend": ("frontend", "nginx"),
+    "backend": ("backend", "python"),
+}
+RELEASE_IMAGES = ("frontend", "backend")  # versioned per color; edge and postgres are shared
+
+# Documentation, manuals and translations are left out of base images.
+DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
+
+
+def sources(mirror: str) -> list[str]:
+    """APT source lines for the suite, its updates and its security updates."""
+    mirror = mirror.rstrip("/")
+    security = mirror + "-security" if mirror.endswith("/debian") else mirror
+    return [
+        f"deb {mirror} {SUITE} main",
+        f"deb {mirror} {SUITE}-updates main",
+        f"deb {security} {SUITE}-security main",
+    ]
+
+
+def mmdebstrap_cmd(base: BaseImage, out: Path, mirror: str) -> list[str]:
+    cmd = ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(base.packages)}"]
+    cmd += [f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES]
+    cmd += ["--dpkgopt=path-include=/usr/share/doc/*/copyright", SUITE, str(out), *sources(mirror)]
+    return cmd
+
+
+def import_cmd(tar: Path, tag: str) -> list[str]:
+    return ["docker", "image", "import", "--change", 'CMD ["bash"]', "--message", "colorgate base (mmdebstrap)", str(tar), tag]
+
+
+def image_exists_cmd(tag: str) -> list[str]:
+    return ["docker", "image", "inspect", "--format", "{{.Id}}", tag]
+
+
+def image_exists(settings: Settings, tag: str) -> bool:
+    return runner.run(image_exists_cmd(tag), env=settings.docker_env(), check=False).returncode == 0
+
+
+def missing_bases(settings: Settings) -> list[BaseImage]:
+    return [base for base in BASES.values() if not image_exists(settings, base.tag(settings.debian_mirror))]
+
+
+def build_bases(settings: Settings, bases: list[BaseImage]) -> None:
+    """mmdebstrap the missing base images in parallel, then import them."""
+    if not bases:
+        return
+    with tempfile.TemporaryDirectory(prefix="colorgate-base-") as tmp:
+
+        def make(base: BaseImage) -> None:
+            tar = Path(tmp) / f"{base.name}.tar"
+            runner.run(mmdebstrap_cmd(base, tar, settings.debian_mirror), what=f"mmdebstrap {base.name}", timeout=1200)
+            runner.run(import_cmd(tar, base.tag(settings.debian_mirror)), env=settings.docker_env(), what=f"docker import {base.name}")
+
+        with ThreadPoolExecutor(max_workers=len(bases)) as pool:
+            for future in [pool.submit(make, base) for base in bases]:
+                future.result()
+
+
+def next_version(tags: list[str]) -> str:
+    """The next sortable release tag: v1, v2, ... after the highest existing vN."""
+    numbers = [int(m[1]) for tag in tags if (m := re.fullmatch(r"v(\d+)", tag))]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def app_tag(settings: Settings, name: str, version: str) -> str:
+    return f"{settings.image_prefix}{name}:{version}"
+
+
+def docker_client(settings: Settings):
+    import docker  # imported here: unit tests of the pure parts need no engine
+
+    return docker.from_env(environment={"DOCKER_HOST": settings.docker_host} if settings.docker_host else {}, use_ssh_client=True)
+
+
+def build_app_image(settings: Settings, name: str, version: str, client=None) -> str:
+    """Build one app image from compose/<dir> on its base; tag it `version` and `latest`."""
+    import docker.errors
+
+    client = client or docker_client(settings)
+    directory, base = APP_IMAGES[name]
+    tag = app_tag(settings, name, version)
+    try:
+        image, _ = client.images.build(
+            path=str(settings.compose_dir / directory),
+            tag=tag,
+            buildargs={"BASE": BASES[base].tag(settings.debian_mirror)},
+            rm=True,
+            forcerm=True,
+            pull=False,
+        )
+    except docker.errors.BuildError as exc:
+        lines = [str(chunk.get("stream") or chunk.get("error") or "").strip() for chunk in exc.build_log]
+        detail = next((line for line in reversed(lines) if line), str(exc))
+        raise ColorgateError(f"building image {tag} failed: {runner.redact(detail)}") from None
+    image.tag(f"{settings.image_prefix}{name}", "latest")
+    return image.id
+
+
+def release_tags(settings: Settings) -> list[str]:
+    """Version tags that exist for every release image (frontend and backend)."""
+    per_image = []
+    for name in RELEASE_IMAGES:
+        out = runner.run(
+            ["docker", "image", "ls", "--format", "{{.Tag}}", f"{settings.image_prefix}{name}"],
+            env=settings.docker_env(),
+        ).stdout
+        per_image.append({tag for tag in out.split() if tag != "latest"})
+    return sorted(set.intersection(*per_image), key=lambda t: (len(t), t))

@@ -1,0 +1,83 @@
+"""The edge's routing state: which color nginx sends traffic to.
+
+The live color is read from the edge itself (`state/active.conf` in its volume), never
+from a file on the operator's machine. Rendering and parsing are pure; the commands
+that read and change the edge are returned as argument lists for deploy.runner.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from deploy.colors import parse_color
+
+STATE_FILE = "/etc/colorgate/state/active.conf"
+NGINX_CONF = "/etc/colorgate/nginx.conf"
+PORTS = {"frontend": 8080, "backend": 8000}
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SET = re.compile(r'^\s*set\s+\$(cg_\w+)\s+"([^"]*)"\s*;\s*$', re.MULTILINE)
+
+# Write, test and reload in one exec: the new file goes in through stdin, and when
+# `nginx -t` rejects it the previous file is put back and nginx is not reloaded.
+SWITCH_SCRIPT = f"""set -eu
+f={STATE_FILE}
+if [ -f "$f" ]; then cp "$f" "$f.prev"; else rm -f "$f.prev"; fi
+cat > "$f.new"
+mv "$f.new" "$f"
+if ! nginx -t -q -c {NGINX_CONF} 2>/tmp/colorgate-nginx-t.err; then
+  if [ -f "$f.prev" ]; then mv "$f.prev" "$f"; else rm -f "$f"; fi
+  cat /tmp/colorgate-nginx-t.err >&2
+  exit 3
+fi
+nginx -s reload -c {NGINX_CONF}
+"""
+
+
+@dataclass(frozen=True)
+class Active:
+    color: str
+    version: str
+
+
+def render_upstream(color: str, version: str) -> str:
+    """The include file that makes `color` (running `version`) the live color."""
+    color = parse_color(color)
+    if not VERSION.match(version):
+        raise ValueError(f"bad version {version!r}: use letters, digits, '.', '_' or '-'")
+    return (
+        "# Managed by Colorgate: the live color. Changed only with `nginx -t` and a graceful reload.\n"
+        f'set $cg_color "{color}";\n'
+        f'set $cg_version "{version}";\n'
+        f'set $cg_frontend "frontend_{color}:{PORTS["frontend"]}";\n'
+        f'set $cg_backend "backend_{color}:{PORTS["backend"]}";\n'
+    )
+
+
+def parse_active(text: str) -> Active | None:
+    """Which color an include file routes to; None when no color is live (empty file).
+
+    Raises ValueError when the file names inconsistent upstreams (edited by hand?).
+    """
+    values = dict(_SET.findall(text or ""))
+    if not values:
+        return None
+    color = parse_color(values.get("cg_color", ""))
+    for role, port in PORTS.items():
+        expected = f"{role}_{color}:{port}"
+        if values.get(f"cg_{role}") != expected:
+            raise ValueError(f"active.conf routes {role} to {values.get(f'cg_{role}')!r}, expected {expected!r}")
+    return Active(color, values.get("cg_version", ""))
+
+
+def edge_container(project: str) -> str:
+    return f"{project}-edge-1"
+
+
+def read_state_cmd(project: str) -> list[str]:
+    return ["docker", "exec", edge_container(project), "sh", "-c", f"cat {STATE_FILE} 2>/dev/null || true"]
+
+
+def switch_cmd(project: str) -> list[str]:
+    """Install the include file given on stdin, `nginx -t`, reload (or restore)."""
+    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", SWITCH_SCRIPT]

@@ -1,0 +1,93 @@
+"""The one place commands run: logged (exact command, secrets masked), timed, and
+turned into CommandError when they fail. Also the progress lines operators see.
+
+Functions elsewhere in deploy/ build commands as `list[str]`; only this module
+executes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+
+from deploy.errors import CommandError
+
+log = logging.getLogger("colorgate")
+_secrets: set[str] = set()
+MASK = "********"
+
+
+def add_secret(value: str) -> None:
+    """Mask `value` wherever this module prints or logs text (and in CommandError)."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def say(message: str) -> None:
+    """A progress line for the operator (stderr, so --json output stays clean)."""
+    print(redact(message), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def step(label: str) -> Iterator[None]:
+    """Announce a long step, then report how long it took and whether it worked."""
+    say(f"-> {label} ...")
+    started = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        say(f"xx {label} failed after {time.monotonic() - started:.1f}s")
+        raise
+    say(f"ok {label} ({time.monotonic() - started:.1f}s)")
+
+
+def run(
+    cmd: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    timeout: float | None = None,
+    what: str = "",
+    check: bool = True,
+    capture: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` (an argument list, never a shell string) with `env` added to ours.
+
+    capture=False lets output through to the terminal (logs, interactive use).
+    Raises CommandError on a non-zero exit when `check`, with secrets masked.
+    """
+    full_env = {**os.environ, **(env or {})}
+    log.debug("$ %s", redact(shlex.join(cmd)))
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            cmd,
+            env=full_env,
+            input=input,
+            text=True,
+            capture_output=capture,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(cmd, 127, "", f"{cmd[0]}: command not found", what) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(cmd, 124, "", f"timed out after {timeout:.0f}s", what) from exc
+    log.debug("  exit %s in %.2fs", proc.returncode, time.monotonic() - started)
+    if check and proc.returncode != 0:
+        raise CommandError(
+            cmd, proc.returncode, redact(proc.stdout or ""), redact(proc.stderr or ""), what
+        )
+    return proc

@@ -1,0 +1,303 @@
+"""The compose stack: bring it up, take it down, report its state, show its logs.
+
+Commands are built by pure functions (`compose_cmd`, `up_plan`) and executed by
+deploy.runner; container facts are read through python-on-whales.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import asdict, dataclass
+
+import tenacity
+
+from deploy import images, proxy, runner
+from deploy.colors import COLORS, color_of_service, services as color_services
+from deploy.config import Settings
+from deploy.errors import ColorgateError, CommandError, PortInUse, StackError
+
+INFRA_SERVICES = ("postgres", "edge")
+MIGRATE = ["python3", "/app/migrate.py"]
+
+
+def compose_cmd(settings: Settings, *args: str) -> list[str]:
+    """`docker compose` for this settings' project and compose file."""
+    return [
+        "docker", "compose",
+        "--project-name", settings.project,
+        "--project-directory", str(settings.compose_dir),
+        "--file", str(settings.compose_file),
+        *args,
+    ]
+
+
+def compose_env(settings: Settings, versions: dict[str, str]) -> dict[str, str]:
+    """Compose variables, with each color's version pinned so no command recreates
+    a color with an image it was not running."""
+    env = settings.compose_env()
+    for color, version in versions.items():
+        env[f"COLORGATE_{color.upper()}_VERSION"] = version
+    return env
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    service: str
+    color: str | None
+    state: str  # running, exited, restarting, created, ...
+    health: str  # healthy, unhealthy, starting, or "" without a health check
+    image: str
+    version: str
+    ports: list[str]
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running" and self.health in ("healthy", "")
+
+
+def _docker(settings: Settings):
+    from python_on_whales import DockerClient
+
+    return DockerClient(host=settings.docker_host or None)
+
+
+def service_states(settings: Settings) -> dict[str, ServiceState]:
+    """The state of every container of this project, by compose service."""
+    found: dict[str, ServiceState] = {}
+    containers = _docker(settings).container.list(
+        all=True, filters={"label": f"com.docker.compose.project={settings.project}"}
+    )
+    for c in containers:
+        labels = c.config.labels or {}
+        service = labels.get("com.docker.compose.service", c.name)
+        if labels.get("com.docker.compose.oneoff") == "True":
+            continue
+        env = dict(item.split("=", 1) for item in (c.config.env or []) if "=" in item)
+        ports = []
+        for container_port, bindings in (c.network_settings.ports or {}).items():
+            for b in bindings or []:
+                ports.append(f"{b['HostIp']}:{b['HostPort']}->{container_port}")
+        found[service] = ServiceState(
+            service=service,
+            color=color_of_service(service),
+            state=c.state.status,
+            health=(c.state.health.status if c.state.health else "") or "",
+            image=c.config.image,
+            version=env.get("COLORGATE_VERSION", ""),
+            ports=sorted(ports),
+        )
+    return found
+
+
+def running_versions(states: dict[str, ServiceState]) -> dict[str, str]:
+    """Version each color's backend runs now (colors with no container are left out)."""
+    return {
+        color: states[f"backend_{color}"].version
+        for color in COLORS
+        if f"backend_{color}" in states and states[f"backend_{color}"].version
+    }
+
+
+def read_active(settings: Settings) -> proxy.Active | None:
+    """The live color, read from the edge (None when no color is live yet)."""
+    out = runner.run(proxy.read_state_cmd(settings.project), env=settings.docker_env(), what="reading the edge state").stdout
+    try:
+        return proxy.parse_active(out)
+    except ValueError as exc:
+        raise StackError(f"the edge's routing state is damaged ({exc}): run `invoke switch --to COLOR` to rewrite it") from None
+
+
+def write_active(settings: Settings, color: str, version: str) -> None:
+    """Route traffic to `color`: write the include file, `nginx -t`, graceful reload."""
+    runner.run(
+        proxy.switch_cmd(settings.project),
+        input=proxy.render_upstream(color, version),
+        env=settings.docker_env(),
+        what=f"switching the edge to {color}",
+    )
+
+
+class _NotYet(Exception):
+    pass
+
+
+def wait_ready(settings: Settings, services: list[str], timeout: float | None = None) -> dict[str, ServiceState]:
+    """Wait (bounded) until every service is running and healthy.
+
+    Stops early, naming the service, when one exits or its health check fails.
+    """
+    timeout = settings.health_timeout if timeout is None else timeout
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_exponential(multiplier=0.25, max=2),
+        retry=tenacity.retry_if_exception_type(_NotYet),
+        reraise=True,
+    )
+    def poll() -> dict[str, ServiceState]:
+        states = service_states(settings)
+        for name in services:
+            s = states.get(name)
+            if s and (s.state in ("exited", "dead") or s.health == "unhealthy"):
+                what = "exited" if s.state in ("exited", "dead") else "failed its health check"
+                raise StackError(f"{name} {what}: see `invoke logs {name}`")
+        pending = [n for n in services if n not in states or not states[n].ready]
+        if pending:
+            raise _NotYet(pending)
+        return states
+
+    try:
+        return poll()
+    except _NotYet as exc:
+        raise StackError(
+            f"timed out after {timeout}s waiting for {', '.join(exc.args[0])} to become healthy: see `invoke logs SERVICE`"
+        ) from None
+
+
+def local_engine(settings: Settings) -> bool:
+    return not settings.docker_host or settings.docker_host.startswith("unix://")
+
+
+def check_ports_free(settings: Settings) -> None:
+    """Refuse early when a port the edge must publish is taken on this host."""
+    for key, port in (("COLORGATE_HTTP_PORT", settings.http_port), ("COLORGATE_HTTPS_PORT", settings.https_port)):
+        family = socket.AF_INET6 if ":" in settings.bind else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((settings.bind, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(
+                        f"port {port} on {settings.bind} is already in use: stop what uses it "
+                        f"or set {key} in .env.{settings.profile}.local"
+                    ) from None
+                if exc.errno == errno.EACCES:
+                    raise PortInUse(
+                        f"port {port} needs root to bind on this host: run as root or set {key} above 1023"
+                    ) from None
+                raise
+
+
+def _explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateError:
+    text = exc.stderr + exc.stdout
+    if "port is already allocated" in text or "address already in use" in text:
+        return PortInUse(
+            f"a port of the edge ({settings.http_port} or {settings.https_port} on {settings.bind}) is already in use: "
+            f"free it or change COLORGATE_HTTP_PORT/COLORGATE_HTTPS_PORT in .env.{settings.profile}.local"
+        )
+    return exc
+
+
+def ensure_release_images(settings: Settings, version: str) -> None:
+    """Build the release images for `version` unless both already exist."""
+    client = None
+    for name in images.RELEASE_IMAGES:
+        if not images.image_exists(settings, images.app_tag(settings, name, version)):
+            client = client or images.docker_client(settings)
+            images.build_app_image(settings, name, version, client)
+
+
+def up(settings: Settings) -> dict:
+    """Start the edge, PostgreSQL and the live color (the initial color on a new stack).
+
+    Idempotent: on a running stack it changes nothing. When a step fails on a stack
+    that was not running before, what this call started is stopped again (volumes
+    are kept), so nothing is left half-started.
+    """
+    states = service_states(settings)
+    fresh = not any(s.state == "running" for s in states.values())
+    edge_running = states.get("edge") is not None and states["edge"].state == "running"
+    if local_engine(settings) and not edge_running:
+        check_ports_free(settings)
+
+    versions = running_versions(states)
+    try:
+        with runner.step("building the edge and PostgreSQL images"):
+            client = images.docker_client(settings)
+            for name in INFRA_SERVICES:
+                images.build_app_image(settings, name, "latest", client)
+
+        env = compose_env(settings, versions)
+        with runner.step("starting PostgreSQL and the edge"):
+            try:
+                runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *INFRA_SERVICES), env=env, what="docker compose up")
+            except CommandError as exc:
+                raise _explain_compose_error(settings, exc) from None
+            wait_ready(settings, list(INFRA_SERVICES))
+
+        active = read_active(settings)
+        if active:
+            color, version = active.color, active.version
+        else:
+            color = settings.initial_color
+            version = versions.get(color) or (images.release_tags(settings) or ["v1"])[-1]
+        versions[color] = version
+        env = compose_env(settings, versions)
+
+        with runner.step(f"preparing {color} ({version}) images"):
+            ensure_release_images(settings, version)
+        with runner.step("applying database migrations"):
+            runner.run(
+                compose_cmd(settings, "run", "--rm", "--no-deps", "-T", f"backend_{color}", *MIGRATE),
+                env=env,
+                what="database migrations",
+            )
+        with runner.step(f"starting {color} ({version})"):
+            runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *color_services(color)), env=env, what="docker compose up")
+            wait_ready(settings, color_services(color))
+        if not active:
+            with runner.step(f"routing traffic to {color}"):
+                write_active(settings, color, version)
+    except (ColorgateError, KeyboardInterrupt):
+        if fresh:
+            runner.say("!! stopping what this run started (volumes kept)")
+            runner.run(compose_cmd(settings, "down", "--remove-orphans"), env=settings.compose_env(), check=False)
+        raise
+    return status(settings)
+
+
+def down(settings: Settings, volumes: bool = False) -> None:
+    """Remove the stack's containers and networks; volumes (data, certificates,
+    routing state) are kept unless `volumes`."""
+    args = ["down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
+    runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
+
+
+def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:
+    args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
+    runner.run(compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")
+
+
+def status(settings: Settings) -> dict:
+    """Active color, per-service state and health, versions and URLs, as data."""
+    states = service_states(settings)
+    active = None
+    if states.get("edge") and states["edge"].state == "running":
+        found = read_active(settings)
+        active = asdict(found) if found else None
+    return {
+        "project": settings.project,
+        "profile": settings.profile,
+        "engine": settings.docker_host or "local",
+        "active": active,
+        "services": [asdict(s) for _, s in sorted(states.items())],
+        "urls": {"https": settings.https_url + "/", "api": settings.https_url + "/api/health", "http": settings.http_url + "/"},
+    }
+
+
+def format_status(data: dict) -> str:
+    """The human view of `status()`."""
+    active = data["active"]
+    lines = [
+        f"project {data['project']} (profile {data['profile']}, engine {data['engine']})",
+        f"active color: {active['color']} ({active['version']})" if active else "active color: none",
+        "",
+        f"{'SERVICE':<16} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",
+    ]
+    for s in data["services"]:
+        lines.append(f"{s['service']:<16} {s['state']:<10} {s['health'] or '-':<10} {s['version'] or '-':<10} {', '.join(s['ports']) or '-'}")
+    if not data["services"]:
+        lines.append("(no containers: run `invoke up`)")
+    lines += ["", *(f"{name:<6} {url}" for name, url in data["urls"].items())]
+    return "\n".join(lines)
