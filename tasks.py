@@ -74,10 +74,10 @@ def status(c, profile=None, json_=False):
     print(json.dumps(data, indent=2) if json_ else stack.format_status(data))
 
 
-@task(help={"profile": "env profile", "follow": "keep following new lines", "tail": "lines per service"})
+@task(positional=["service"], help={"service": "a service (edge, postgres, backend_blue, ...) or all", "profile": "env profile", "follow": "keep following new lines", "tail": "lines per service"})
 @operator_errors
-def logs(c, service=None, profile=None, follow=False, tail=200):
-    """Show container logs, for one SERVICE (e.g. backend_blue) or all."""
+def logs(c, service, profile=None, follow=False, tail=200):
+    """Show container logs of SERVICE (e.g. backend_blue), or of every service with `all`."""
     settings = config.load(profile)
     _bootstrap.check_docker(settings)
-    stack.logs(settings, service, follow=follow, tail=int(tail))
+    stack.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))

@@ -81,8 +81,13 @@ def image_exists_cmd(tag: str) -> list[str]:
     return ["docker", "image", "inspect", "--format", "{{.Id}}", tag]
 
 
+def image_id(settings: Settings, tag: str) -> str | None:
+    proc = runner.run(image_exists_cmd(tag), env=settings.docker_env(), check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def image_exists(settings: Settings, tag: str) -> bool:
-    return runner.run(image_exists_cmd(tag), env=settings.docker_env(), check=False).returncode == 0
+    return image_id(settings, tag) is not None
 
 
 def missing_bases(settings: Settings) -> list[BaseImage]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from deploy.colors import parse_color
+from deploy.colors import COLORS, parse_color
 
 STATE_FILE = "/etc/colorgate/state/active.conf"
 NGINX_CONF = "/etc/colorgate/nginx.conf"
@@ -62,7 +62,9 @@ def parse_active(text: str) -> Active | None:
     values = dict(_SET.findall(text or ""))
     if not values:
         return None
-    color = parse_color(values.get("cg_color", ""))
+    color = values.get("cg_color", "")
+    if color not in COLORS:
+        raise ValueError(f"active.conf names color {color!r}, expected one of {', '.join(COLORS)}")
     for role, port in PORTS.items():
         expected = f"{role}_{color}:{port}"
         if values.get(f"cg_{role}") != expected:

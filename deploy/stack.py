@@ -56,7 +56,8 @@ class ServiceState:
         return self.state == "running" and self.health in ("healthy", "")
 
 
-def _docker(settings: Settings):
+def engine(settings: Settings):
+    """python-on-whales client for the target engine (typed container and network facts)."""
     from python_on_whales import DockerClient
 
     return DockerClient(host=settings.docker_host or None)
@@ -65,8 +66,8 @@ def _docker(settings: Settings):
 def service_states(settings: Settings) -> dict[str, ServiceState]:
     """The state of every container of this project, by compose service."""
     found: dict[str, ServiceState] = {}
-    containers = _docker(settings).container.list(
-        all=True, filters={"label": f"com.docker.compose.project={settings.project}"}
+    containers = engine(settings).container.list(
+        all=True, filters=[("label", f"com.docker.compose.project={settings.project}")]
     )
     for c in containers:
         labels = c.config.labels or {}
@@ -265,6 +266,9 @@ def down(settings: Settings, volumes: bool = False) -> None:
 
 
 def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:
+    known = [*INFRA_SERVICES, *(name for color in COLORS for name in color_services(color))]
+    if service is not None and service not in known:
+        raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
     args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")
 

@@ -1,0 +1,106 @@
+"""A real stack on the real Docker engine, isolated per test run: its own compose
+project name, its own free ports and its own image names; removed (containers,
+networks, volumes, image tags) when the run ends, even when it fails."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy import config, runner, stack
+
+pytestmark = pytest.mark.integration
+INVOKE = str(Path(sys.executable).with_name("invoke"))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.integration)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def isolated_env(tag: str = "") -> dict[str, str]:
+    """COLORGATE_* overrides for a stack nobody else uses."""
+    run_id = f"cgtest{tag}{os.getpid()}{secrets.token_hex(2)}"
+    return {
+        "COLORGATE_PROFILE": "development",
+        "COLORGATE_PROJECT": run_id,
+        "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
+        "COLORGATE_HTTP_PORT": str(free_port()),
+        "COLORGATE_HTTPS_PORT": str(free_port()),
+    }
+
+
+def remove_stack(settings: config.Settings) -> None:
+    """Containers, networks and volumes of the project, then the image tags it made."""
+    runner.run(stack.compose_cmd(settings, "down", "--volumes", "--remove-orphans", "--timeout", "3"), env=settings.compose_env(), check=False)
+    tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], check=False).stdout.split()
+    mine = [t for t in tags if t.startswith(settings.image_prefix)]
+    if mine:
+        runner.run(["docker", "image", "rm", *mine], check=False)
+
+
+def dump_logs(settings: config.Settings) -> None:
+    proc = runner.run(stack.compose_cmd(settings, "logs", "--tail", "40"), env=settings.compose_env(), check=False)
+    print(f"\n---- container logs of {settings.project} ----\n{proc.stdout}{proc.stderr}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def stack_env():
+    return isolated_env()
+
+
+@pytest.fixture(scope="session")
+def settings(stack_env):
+    return config.load("development", environ={**os.environ, **stack_env})
+
+
+@pytest.fixture(scope="session")
+def live_stack(request, settings):
+    """`up` from nothing, shared by the tests that only read."""
+    try:
+        yield stack.up(settings)
+    finally:
+        if request.session.testsfailed:
+            dump_logs(settings)
+        remove_stack(settings)
+
+
+@pytest.fixture
+def scratch(request):
+    """A second, function-scoped isolated stack (not started) for destructive tests."""
+    env = isolated_env("x")
+    s = config.load("development", environ={**os.environ, **env})
+    try:
+        yield env, s
+    finally:
+        if getattr(request.node, "rep_call_failed", False):
+            dump_logs(s)
+        remove_stack(s)
+
+
+def invoke(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real CLI, as an operator would."""
+    return subprocess.run(
+        [INVOKE, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, cwd=config.project_root()
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call_failed = report.failed
+

@@ -1,0 +1,57 @@
+"""Failures that need a real engine: a taken port, a start that cannot finish; and a
+second bootstrap that changes nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from deploy import bootstrap, config, images, stack
+
+from .conftest import invoke
+
+
+def project_containers(settings) -> dict:
+    return stack.service_states(settings)
+
+
+def test_port_in_use_refuses_before_starting_anything(scratch):
+    env, settings = scratch
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", settings.https_port))
+        held.listen()
+        proc = invoke("up", env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"colorgate: port {settings.https_port} on 127.0.0.1 is already in use: "
+        "stop what uses it or set COLORGATE_HTTPS_PORT in .env.development.local"
+    )
+    assert project_containers(settings) == {}
+
+
+def test_a_start_that_cannot_finish_is_torn_down(scratch):
+    env, _ = scratch
+    env = {**env, "COLORGATE_HEALTH_TIMEOUT": "1"}
+    settings = config.load("development", environ={**os.environ, **env})
+    proc = invoke("up", env=env)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("colorgate: timed out after 1s waiting for"), proc.stderr
+    assert "stopping what this run started (volumes kept)" in proc.stderr
+    assert project_containers(settings) == {}, "containers left behind"
+
+
+def test_bootstrap_twice_changes_nothing_the_second_time(settings):
+    bootstrap.bootstrap(settings)  # whatever the machine had, it is now complete
+    plugin = bootstrap.PLUGIN_DIR / "docker-compose"
+    plugin_mtime = plugin.stat().st_mtime if plugin.exists() else None
+    base_ids = {b.name: images.image_id(settings, b.tag(settings.debian_mirror)) for b in images.BASES.values()}
+
+    outcome = dict(bootstrap.bootstrap(settings))
+
+    assert outcome["compose plugin"].startswith("present")
+    assert outcome["base images"] == "present"
+    assert (plugin.stat().st_mtime if plugin.exists() else None) == plugin_mtime
+    assert {b.name: images.image_id(settings, b.tag(settings.debian_mirror)) for b in images.BASES.values()} == base_ids
+    assert all(base_ids.values())

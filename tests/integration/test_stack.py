@@ -1,0 +1,153 @@
+"""The sample stack on a real Docker engine: up from nothing, HTTPS through the edge,
+no way into PostgreSQL or the backends from the host, data that survives down + up."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+
+import httpx
+import pytest
+
+from deploy import gates, stack, tls
+
+from .conftest import invoke
+
+
+@pytest.fixture(scope="module")
+def ca_pem(live_stack, settings):
+    return tls.read_local_ca(settings)
+
+
+@pytest.fixture
+def client(settings, ca_pem):
+    with gates.edge_client(settings, ca_pem) as c:
+        yield c
+
+
+def test_up_from_nothing_brings_every_service_healthy(live_stack):
+    services = {s["service"]: s for s in live_stack["services"]}
+    assert set(services) == {"edge", "postgres", "frontend_blue", "backend_blue"}
+    assert all(s["state"] == "running" and s["health"] == "healthy" for s in services.values()), services
+    assert live_stack["active"] == {"color": "blue", "version": "v1"}
+    assert services["backend_blue"]["version"] == "v1"
+
+
+def test_https_serves_the_spa_and_deep_links(client):
+    for path in ("/", "/patients/42"):
+        r = client.get(path)
+        assert r.status_code == 200 and 'data-app="colorgate-sample"' in r.text, (path, r.status_code, r.text[:200])
+        assert r.headers["x-colorgate-color"] == "blue"
+        assert r.headers["strict-transport-security"] == "max-age=63072000"
+    assert client.get("/assets/app.js").headers["content-type"].startswith("application/javascript")
+    assert client.get("/assets/missing.js").status_code == 404  # only routes fall back, not assets
+
+
+def test_api_health_reports_database_ok(client):
+    r = client.get("/api/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "database": "ok", "color": "blue", "version": "v1"}
+    assert client.get("/api/version").json() == {"color": "blue", "version": "v1"}
+
+
+def test_certificate_is_verified_for_the_domain_and_not_for_another(settings, ca_pem):
+    with httpx.Client(verify=tls.client_context(ca_pem), trust_env=False) as c:
+        assert c.get(f"https://127.0.0.1:{settings.https_port}/api/version").status_code == 200  # IP SAN
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{settings.https_url}/", verify=ssl.create_default_context(), trust_env=False)  # system CAs
+
+
+def test_http_redirects_to_https_except_acme_challenges(settings):
+    r = httpx.get(f"{settings.http_url}/patients/42?x=1", follow_redirects=False, trust_env=False)
+    assert r.status_code == 301 and r.headers["location"] == f"{settings.https_url}/patients/42?x=1"
+    acme = httpx.get(f"{settings.http_url}/.well-known/acme-challenge/token", trust_env=False)
+    assert acme.status_code == 404  # served from the webroot (empty), not redirected
+
+
+def test_notes_crud_through_the_edge(client):
+    created = client.post("/api/notes", json={"body": "first"}).json()
+    assert client.get(f"/api/notes/{created['id']}").json()["body"] == "first"
+    assert client.put(f"/api/notes/{created['id']}", json={"body": "edited"}).json()["body"] == "edited"
+    assert client.post("/api/notes", json={"nope": 1}).status_code == 400
+    assert client.delete(f"/api/notes/{created['id']}").status_code == 204
+    assert client.get(f"/api/notes/{created['id']}").status_code == 404
+
+
+def test_only_the_edge_publishes_ports(live_stack, settings):
+    ports = gates.published_ports(settings)
+    assert ports["edge"] == sorted(
+        [f"127.0.0.1:{settings.http_port}->8080/tcp", f"127.0.0.1:{settings.https_port}->8443/tcp"]
+    )
+    assert all(not p for name, p in ports.items() if name != "edge"), ports
+
+
+def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
+    # postgres is on the internal network only; the backend also joins the web network
+    assert [(n.name, n.internal) for n in gates.service_networks(settings, "postgres")] == [(f"{settings.project}_data", True)]
+    assert {n.internal for n in gates.service_networks(settings, "backend_blue")} == {True, False}
+    for port in (5432, 8000):
+        assert not gates.tcp_connects("127.0.0.1", port), f"127.0.0.1:{port} accepted a connection"
+    # and PostgreSQL refuses connections without the password even from inside the stack
+    probe = stack.compose_cmd(settings, "exec", "-T", "-e", "PGPASSWORD=wrong", "backend_blue",
+                              "python3", "-c", "import psycopg2; psycopg2.connect('')")
+    from deploy import runner
+    proc = runner.run(probe, env=settings.compose_env(), check=False)
+    assert proc.returncode != 0 and "password authentication failed" in proc.stderr
+
+
+def test_app_containers_run_as_non_root(live_stack, settings):
+    from deploy import runner
+
+    for service in ("edge", "postgres", "frontend_blue", "backend_blue"):
+        uid = runner.run(["docker", "exec", f"{settings.project}-{service}-1", "id", "-u"]).stdout.strip()
+        assert uid != "0", f"{service} runs as root"
+
+
+def test_status_json_and_text(live_stack, stack_env):
+    proc = invoke("status", "--json", env=stack_env)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["active"]["color"] == "blue"
+    assert {s["service"]: s["health"] for s in data["services"]}["backend_blue"] == "healthy"
+    text = invoke("status", env=stack_env).stdout
+    assert "active color: blue (v1)" in text and "backend_blue" in text
+
+
+def test_logs_of_one_service(live_stack, stack_env):
+    proc = invoke("logs", "backend_blue", "--tail", "5", env=stack_env)
+    bad = invoke("logs", "backend_red", env=stack_env)
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("colorgate: unknown service 'backend_red': use one of postgres, edge")
+    assert proc.returncode == 0 and "backend_blue" in proc.stdout
+
+
+def test_gates_pass_on_the_live_stack(live_stack, stack_env, tmp_path):
+    import subprocess
+    import sys
+
+    report = tmp_path / "gates.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "features/", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"],
+        env={**os.environ, **stack_env}, capture_output=True, text=True, cwd=str(stack.__file__).rsplit("/deploy/", 1)[0],
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert 'failures="0"' in report.read_text() and "6 passed" in proc.stdout
+
+
+def test_up_again_changes_nothing(live_stack, settings):
+    before = {s.service: s for s in stack.service_states(settings).values()}
+    ids_before = {name: stack.engine(settings).container.inspect(f"{settings.project}-{name}-1").id for name in before}
+    stack.up(settings)
+    ids_after = {name: stack.engine(settings).container.inspect(f"{settings.project}-{name}-1").id for name in before}
+    assert ids_after == ids_before
+
+
+def test_down_keeps_data_and_up_brings_it_back(live_stack, settings, ca_pem):
+    with gates.edge_client(settings, ca_pem) as c:
+        note = c.post("/api/notes", json={"body": "survives down"}).json()
+    stack.down(settings)
+    assert stack.service_states(settings) == {}
+    stack.up(settings)
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        assert c.get(f"/api/notes/{note['id']}").json()["body"] == "survives down"
+        assert c.get("/api/health").json()["color"] == "blue"

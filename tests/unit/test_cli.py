@@ -1,0 +1,64 @@
+"""The CLI's bad-input paths: one line naming the problem and the fix, exit code 1,
+no traceback. None of these reaches a Docker engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+INVOKE = str(Path(sys.executable).with_name("invoke"))
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("COLORGATE_", "POSTGRES_"))}
+    return subprocess.run([INVOKE, *args], env={**full, **env}, capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_unknown_profile():
+    line = one_line_error(cli("up", "--profile", "prod"))
+    assert line == "colorgate: unknown profile 'prod': use one of development, staging, production"
+
+
+def test_placeholders_in_staging_stop_before_anything_starts():
+    line = one_line_error(cli("up", "--profile", "staging"))
+    assert line.startswith("colorgate: COLORGATE_DOMAIN in .env.staging is a placeholder")
+
+
+def test_placeholder_password_in_staging_is_named_but_not_shown():
+    line = one_line_error(cli("status", "--profile", "staging", COLORGATE_DOMAIN="app.example.org"))
+    assert line.startswith("colorgate: POSTGRES_PASSWORD in .env.staging is a placeholder: set a real value")
+    assert "change-me" not in line
+
+
+def test_bad_port_from_the_environment():
+    line = one_line_error(cli("up", COLORGATE_HTTPS_PORT="99999"))
+    assert line == "colorgate: COLORGATE_HTTPS_PORT '99999' in the environment should be a port number from 1 to 65535"
+
+
+def test_docker_engine_not_reachable():
+    line = one_line_error(cli("status", COLORGATE_DOCKER_HOST="unix:///nonexistent/colorgate-test.sock"))
+    assert line.startswith("colorgate: the Docker engine at unix:///nonexistent/colorgate-test.sock is not reachable")
+    assert line.endswith("start it (`systemctl start docker`) or fix COLORGATE_DOCKER_HOST")
+
+
+def test_docker_cli_missing(tmp_path):
+    line = one_line_error(cli("up", PATH=str(tmp_path)))
+    assert line == "colorgate: the docker CLI is not installed: install Docker Engine (e.g. `apt-get install docker.io`) and retry"
+
+
+@pytest.mark.parametrize("color", ["purple"])
+def test_debug_mode_shows_the_traceback(color):
+    proc = cli("up", COLORGATE_INITIAL_COLOR=color, COLORGATE_DEBUG="1")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr

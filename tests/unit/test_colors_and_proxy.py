@@ -1,0 +1,58 @@
+"""Colors, and the edge's routing include file: rendering and reading it back."""
+
+import pytest
+
+from deploy import colors, proxy
+from deploy.errors import ColorgateError
+
+
+@pytest.mark.parametrize("raw, color", [("blue", "blue"), (" Green ", "green"), ("BLUE", "blue")])
+def test_parse_color(raw, color):
+    assert colors.parse_color(raw) == color
+
+
+@pytest.mark.parametrize("raw", ["purple", "", "blue,green", "bleu"])
+def test_unknown_color_lists_the_valid_ones(raw):
+    with pytest.raises(ColorgateError, match=r"^unknown color .*: use one of blue, green$"):
+        colors.parse_color(raw)
+
+
+def test_other_and_services():
+    assert colors.other("blue") == "green" and colors.other("green") == "blue"
+    assert colors.services("green") == ["frontend_green", "backend_green"]
+    assert colors.color_of_service("backend_blue") == "blue"
+    assert colors.color_of_service("edge") is None and colors.color_of_service("backend_red") is None
+
+
+def test_render_then_parse_round_trip():
+    text = proxy.render_upstream("green", "v12")
+    assert 'set $cg_backend "backend_green:8000";' in text
+    assert 'set $cg_frontend "frontend_green:8080";' in text
+    assert proxy.parse_active(text) == proxy.Active("green", "v12")
+
+
+def test_no_state_means_no_live_color():
+    assert proxy.parse_active("") is None
+    assert proxy.parse_active("# nothing here\n") is None
+
+
+def test_inconsistent_state_is_an_error():
+    text = proxy.render_upstream("blue", "v1").replace("backend_blue", "backend_green")
+    with pytest.raises(ValueError, match="routes backend to 'backend_green:8000', expected 'backend_blue:8000'"):
+        proxy.parse_active(text)
+
+
+@pytest.mark.parametrize("version", ["", "v1;", 'v1" ; return 200 "x', "../x", "a b"])
+def test_versions_cannot_inject_config(version):
+    with pytest.raises(ValueError, match="bad version"):
+        proxy.render_upstream("blue", version)
+
+
+def test_switch_is_one_exec_with_the_file_on_stdin():
+    cmd = proxy.switch_cmd("shop")
+    assert cmd[:4] == ["docker", "exec", "-i", "shop-edge-1"]
+    script = cmd[-1]
+    # test before reload, restore on failure, reload only after the test passed
+    assert script.index("nginx -t") < script.index("nginx -s reload")
+    assert 'mv "$f.prev" "$f"' in script and "exit 3" in script
+    assert proxy.read_state_cmd("shop")[:3] == ["docker", "exec", "shop-edge-1"]

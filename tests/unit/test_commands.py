@@ -1,0 +1,100 @@
+"""Commands as data: what would run, checked without running it."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from deploy import config, images, runner, stack
+from deploy.errors import CommandError, PortInUse
+
+
+@pytest.fixture
+def settings():
+    return config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"})
+
+
+def test_compose_cmd_names_project_and_file(settings):
+    cmd = stack.compose_cmd(settings, "up", "--detach", "edge")
+    assert cmd[:4] == ["docker", "compose", "--project-name", "shop"]
+    assert cmd[cmd.index("--file") + 1] == str(config.project_root() / "compose" / "docker-compose.yml")
+    assert cmd[-3:] == ["up", "--detach", "edge"]
+
+
+def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
+    env = stack.compose_env(settings, {"blue": "v3", "green": "v4"})
+    assert env["COLORGATE_BLUE_VERSION"] == "v3" and env["COLORGATE_GREEN_VERSION"] == "v4"
+    assert env["POSTGRES_PASSWORD"] == settings.postgres_password
+    assert "DOCKER_HOST" not in env
+
+
+def test_remote_engine_goes_into_the_environment():
+    s = config.load("development", root=config.project_root(), environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps"})
+    assert s.docker_env() == {"DOCKER_HOST": "ssh://deploy@vps"}
+    assert s.compose_env()["DOCKER_HOST"] == "ssh://deploy@vps"
+    assert not stack.local_engine(s)
+
+
+def test_mmdebstrap_cmd_includes_packages_and_security_updates():
+    base = images.BASES["python"]
+    cmd = images.mmdebstrap_cmd(base, Path("/tmp/x.tar"), "http://deb.debian.org/debian")
+    assert cmd[:3] == ["mmdebstrap", "--quiet", "--variant=minbase"]
+    assert "--include=python3,python3-psycopg2,ca-certificates" in cmd
+    assert cmd[-3:] == [
+        "deb http://deb.debian.org/debian bookworm main",
+        "deb http://deb.debian.org/debian bookworm-updates main",
+        "deb http://deb.debian.org/debian-security bookworm-security main",
+    ]
+    assert "--dpkgopt=path-exclude=/usr/share/doc/*" in cmd
+
+
+def test_base_tag_changes_with_what_goes_in():
+    mirror = "http://deb.debian.org/debian"
+    a = images.BaseImage("x", ("nginx-light",))
+    b = images.BaseImage("x", ("nginx-light", "curl"))
+    assert a.tag(mirror) == images.BaseImage("x", ("nginx-light",)).tag(mirror)
+    assert a.tag(mirror) != b.tag(mirror) != b.tag("http://other/debian")
+    assert a.tag(mirror).startswith("colorgate-base/x:bookworm-")
+
+
+def test_import_cmd():
+    assert images.import_cmd(Path("/t/a.tar"), "colorgate-base/a:1")[-2:] == ["/t/a.tar", "colorgate-base/a:1"]
+
+
+@pytest.mark.parametrize("tags, nxt", [([], "v1"), (["latest"], "v1"), (["v1", "v9", "v10", "x2"], "v11")])
+def test_next_version(tags, nxt):
+    assert images.next_version(tags) == nxt
+
+
+def test_runner_raises_with_command_exit_code_and_masked_output():
+    runner.add_secret("hunter2-secret")
+    with pytest.raises(CommandError) as err:
+        runner.run(["sh", "-c", "echo token hunter2-secret >&2; exit 7"], what="the probe")
+    assert err.value.returncode == 7
+    assert str(err.value) == "the probe failed (exit 7): token ********"
+
+
+def test_runner_missing_program_is_a_command_error():
+    with pytest.raises(CommandError, match="command not found"):
+        runner.run(["colorgate-no-such-program"])
+
+
+def test_port_in_use_is_refused_with_the_key_to_change():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        env = {"COLORGATE_HTTP_PORT": str(free), "COLORGATE_HTTPS_PORT": str(port)}
+        s = config.load("development", root=config.project_root(), environ=env)
+        with pytest.raises(PortInUse, match=rf"^port {port} on 127.0.0.1 is already in use: .* COLORGATE_HTTPS_PORT in \.env\.development\.local$"):
+            stack.check_ports_free(s)
+
+
+def test_status_formatting_without_containers():
+    text = stack.format_status(
+        {"project": "p", "profile": "development", "engine": "local", "active": None, "services": [], "urls": {"https": "https://x/"}}
+    )
+    assert "active color: none" in text and "run `invoke up`" in text

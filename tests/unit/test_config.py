@@ -1,0 +1,140 @@
+"""Settings validation: every bad input stops with one line naming key, file and fix."""
+
+from pathlib import Path
+
+import pytest
+
+from deploy import config, runner
+from deploy.errors import ConfigError
+
+GOOD = """\
+COLORGATE_HTTP_PORT=8080
+COLORGATE_HTTPS_PORT=8443
+POSTGRES_DB=app
+POSTGRES_USER=app
+POSTGRES_PASSWORD=s3cret-value-42
+"""
+
+
+def write(root: Path, name: str, text: str) -> None:
+    (root / name).write_text(text)
+
+
+def load(root: Path, profile: str = "development", environ=None):
+    return config.load(profile, root=root, environ=environ or {})
+
+
+def test_good_profile_loads_with_defaults(tmp_path):
+    write(tmp_path, ".env.development", GOOD)
+    s = load(tmp_path)
+    assert (s.http_port, s.https_port, s.bind, s.domain, s.initial_color) == (8080, 8443, "127.0.0.1", "localhost", "blue")
+    assert s.https_url == "https://localhost:8443"
+    assert s.sources["POSTGRES_USER"] == ".env.development"
+
+
+def test_local_file_then_environment_override(tmp_path):
+    write(tmp_path, ".env.development", GOOD)
+    write(tmp_path, ".env.development.local", "COLORGATE_HTTPS_PORT=9443\nCOLORGATE_DOMAIN=app.test\n")
+    s = load(tmp_path, environ={"COLORGATE_HTTPS_PORT": "10443"})
+    assert s.https_port == 10443 and s.domain == "app.test"
+    assert s.sources["COLORGATE_HTTPS_PORT"] == "the environment"
+    assert s.sources["COLORGATE_DOMAIN"] == ".env.development.local"
+
+
+def test_missing_required_key_names_key_and_file(tmp_path):
+    write(tmp_path, ".env.staging", GOOD.replace("POSTGRES_USER=app\n", ""))
+    with pytest.raises(ConfigError, match=r"^POSTGRES_USER is missing: set it in \.env\.staging or \.env\.staging\.local"):
+        load(tmp_path, "staging")
+
+
+def test_placeholder_secret_refused_in_staging_without_showing_it(tmp_path):
+    write(tmp_path, ".env.staging", GOOD.replace("s3cret-value-42", "change-me"))
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, "staging")
+    message = str(err.value)
+    assert message.startswith("POSTGRES_PASSWORD in .env.staging is a placeholder")
+    assert ".env.staging.local" in message and "change-me" not in message
+
+
+def test_placeholder_domain_refused_in_production(tmp_path):
+    write(tmp_path, ".env.production", GOOD + "COLORGATE_DOMAIN=change-me.example.com\n")
+    with pytest.raises(ConfigError, match=r"COLORGATE_DOMAIN in \.env\.production is a placeholder \('change-me\.example\.com'\)"):
+        load(tmp_path, "production")
+
+
+def test_placeholder_allowed_in_development(tmp_path):
+    write(tmp_path, ".env.development", GOOD.replace("s3cret-value-42", "change-me"))
+    assert load(tmp_path).postgres_password == "change-me"
+
+
+def test_unknown_profile_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"^unknown profile 'prod': use one of development, staging, production$"):
+        load(tmp_path, "prod")
+
+
+def test_missing_env_file_says_how_to_create_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"env file \.env\.staging is missing: create it from \.env\.example"):
+        load(tmp_path, "staging")
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "http", "-1", "80.5"])
+def test_bad_port(tmp_path, port):
+    write(tmp_path, ".env.development", GOOD.replace("COLORGATE_HTTPS_PORT=8443", f"COLORGATE_HTTPS_PORT={port}"))
+    with pytest.raises(ConfigError, match=rf"^COLORGATE_HTTPS_PORT '{port}' in \.env\.development should be a port number from 1 to 65535$"):
+        load(tmp_path)
+
+
+def test_same_port_twice(tmp_path):
+    write(tmp_path, ".env.development", GOOD.replace("8443", "8080"))
+    with pytest.raises(ConfigError, match="both 8080: give them different ports"):
+        load(tmp_path)
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    write(tmp_path, ".env.development", GOOD + "COLORGATE_HTTPS_PROT=1\n")
+    with pytest.raises(ConfigError, match=r"\.env\.development: unknown key COLORGATE_HTTPS_PROT: did you mean COLORGATE_HTTPS_PORT\?"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("COLORGATE_BIND=localhost", "COLORGATE_BIND 'localhost' in .env.development should be an IP address"),
+        ("COLORGATE_INITIAL_COLOR=purple", "COLORGATE_INITIAL_COLOR 'purple' in .env.development should be one of blue, green"),
+        ("COLORGATE_DOMAIN=bad_domain!", "COLORGATE_DOMAIN 'bad_domain!' in .env.development should be a host name"),
+        ("COLORGATE_PROJECT=Has Space", "COLORGATE_PROJECT 'Has Space' in .env.development should be lowercase"),
+        ("COLORGATE_DOCKER_HOST=myhost", "COLORGATE_DOCKER_HOST 'myhost' in .env.development should be empty"),
+    ],
+)
+def test_malformed_values(tmp_path, line, message):
+    write(tmp_path, ".env.development", GOOD + line + "\n")
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path)
+    assert str(err.value).startswith(message)
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    write(tmp_path, ".env.development", GOOD + "just words\n")
+    with pytest.raises(ConfigError, match=r"^\.env\.development:6: expected KEY=value"):
+        load(tmp_path)
+
+
+def test_parse_env_text_quotes_comments_export():
+    text = '# c\n\nexport A=1\nB="two words"\nC=\'x #y\'\nD=v # trailing\nE=\n'
+    assert config.parse_env_text(text, "f") == {"A": "1", "B": "two words", "C": "x #y", "D": "v", "E": ""}
+
+
+def test_loading_registers_the_password_for_masking(tmp_path):
+    write(tmp_path, ".env.development", GOOD)
+    load(tmp_path)
+    assert runner.redact("password=s3cret-value-42;") == "password=********;"
+
+
+def test_shipped_profiles_are_valid_or_refused_for_the_right_reason():
+    root = config.project_root()
+    assert config.load("development", root=root, environ={}).bind == "127.0.0.1"
+    for profile in ("staging", "production"):
+        with pytest.raises(ConfigError, match="is a placeholder"):
+            config.load(profile, root=root, environ={})
+    example = config.parse_env_text((root / ".env.example").read_text(), ".env.example")
+    assert set(example) == set(config.KEYS), "every key is documented in .env.example"
