@@ -15,13 +15,14 @@ import pytest
 
 from deploy import config, runner, stack
 
-pytestmark = pytest.mark.integration
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
 
 def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
     for item in items:
-        item.add_marker(pytest.mark.integration)
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def free_port() -> int:
