@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 deploy: venv
 	$(BIN)/invoke bootstrap --profile $(PROFILE)
 	$(BIN)/invoke up --profile $(PROFILE)
+	$(BIN)/pytest features/ -p no:cacheprovider --profile $(PROFILE) --junitxml=reports/gates.xml
 
 test: venv
 	$(BIN)/invoke bootstrap

@@ -5,8 +5,8 @@ every package the image needs included at build time, so nothing in a Dockerfile
 needs network access. Their tag carries a hash of what went in, so a changed package
 list makes a new base image and an unchanged one is never rebuilt.
 
-App images are built with the engine's builder through the Docker API (no buildx
-needed) and tagged `<prefix><name>:<version>` plus `latest`.
+App images are built by `docker compose build` (BuildKit in the engine; no buildx
+plugin needed) and tagged `<prefix><name>:<version>` plus `latest`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 
 from deploy import runner
 from deploy.config import Settings
-from deploy.errors import ColorgateError
 
 SUITE = "bookworm"
 BASE_REPO = "colorgate-base"
@@ -42,13 +41,6 @@ BASES = {
     "postgres": BaseImage("postgres", ("postgresql-15",)),
 }
 
-# App image -> (build directory under compose/, base image it starts from)
-APP_IMAGES = {
-    "edge": ("edge", "nginx"),
-    "postgres": ("postgres", "postgres"),
-    "frontend": ("frontend", "nginx"),
-    "backend": ("backend", "python"),
-}
 RELEASE_IMAGES = ("frontend", "backend")  # versioned per color; edge and postgres are shared
 
 # Documentation, manuals and translations are left out of base images.
@@ -120,34 +112,13 @@ def app_tag(settings: Settings, name: str, version: str) -> str:
     return f"{settings.image_prefix}{name}:{version}"
 
 
-def docker_client(settings: Settings):
-    import docker  # imported here: unit tests of the pure parts need no engine
+def base_build_args(settings: Settings) -> dict[str, str]:
+    """Compose variables naming the base image each Dockerfile starts FROM."""
+    return {f"COLORGATE_BASE_{name.upper()}": base.tag(settings.debian_mirror) for name, base in BASES.items()}
 
-    return docker.from_env(environment={"DOCKER_HOST": settings.docker_host} if settings.docker_host else {}, use_ssh_client=True)
 
-
-def build_app_image(settings: Settings, name: str, version: str, client=None) -> str:
-    """Build one app image from compose/<dir> on its base; tag it `version` and `latest`."""
-    import docker.errors
-
-    client = client or docker_client(settings)
-    directory, base = APP_IMAGES[name]
-    tag = app_tag(settings, name, version)
-    try:
-        image, _ = client.images.build(
-            path=str(settings.compose_dir / directory),
-            tag=tag,
-            buildargs={"BASE": BASES[base].tag(settings.debian_mirror)},
-            rm=True,
-            forcerm=True,
-            pull=False,
-        )
-    except docker.errors.BuildError as exc:
-        lines = [str(chunk.get("stream") or chunk.get("error") or "").strip() for chunk in exc.build_log]
-        detail = next((line for line in reversed(lines) if line), str(exc))
-        raise ColorgateError(f"building image {tag} failed: {runner.redact(detail)}") from None
-    image.tag(f"{settings.image_prefix}{name}", "latest")
-    return image.id
+def tag_cmd(source: str, target: str) -> list[str]:
+    return ["docker", "image", "tag", source, target]
 
 
 def release_tags(settings: Settings) -> list[str]:

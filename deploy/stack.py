@@ -35,7 +35,7 @@ def compose_cmd(settings: Settings, *args: str) -> list[str]:
 def compose_env(settings: Settings, versions: dict[str, str]) -> dict[str, str]:
     """Compose variables, with each color's version pinned so no command recreates
     a color with an image it was not running."""
-    env = settings.compose_env()
+    env = {**settings.compose_env(), **images.base_build_args(settings)}
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
     return env
@@ -190,13 +190,23 @@ def _explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateEr
     return exc
 
 
-def ensure_release_images(settings: Settings, version: str) -> None:
-    """Build the release images for `version` unless both already exist."""
-    client = None
-    for name in images.RELEASE_IMAGES:
-        if not images.image_exists(settings, images.app_tag(settings, name, version)):
-            client = client or images.docker_client(settings)
-            images.build_app_image(settings, name, version, client)
+def build(settings: Settings, services: list[str], versions: dict[str, str]) -> None:
+    """Build images for `services` (compose, BuildKit); release images also get `latest`."""
+    runner.run(compose_cmd(settings, "build", *services), env=compose_env(settings, versions), what="docker compose build")
+    for service in services:
+        color = color_of_service(service)
+        if color:
+            role = service.rsplit("_", 1)[0]
+            runner.run(
+                images.tag_cmd(images.app_tag(settings, role, versions[color]), images.app_tag(settings, role, "latest")),
+                env=settings.docker_env(),
+            )
+
+
+def ensure_release_images(settings: Settings, color: str, versions: dict[str, str]) -> None:
+    """Build `color`'s images at its version in `versions` unless they already exist."""
+    if not all(images.image_exists(settings, images.app_tag(settings, name, versions[color])) for name in images.RELEASE_IMAGES):
+        build(settings, color_services(color), versions)
 
 
 def up(settings: Settings) -> dict:
@@ -215,9 +225,7 @@ def up(settings: Settings) -> dict:
     versions = running_versions(states)
     try:
         with runner.step("building the edge and PostgreSQL images"):
-            client = images.docker_client(settings)
-            for name in INFRA_SERVICES:
-                images.build_app_image(settings, name, "latest", client)
+            build(settings, list(INFRA_SERVICES), versions)
 
         env = compose_env(settings, versions)
         with runner.step("starting PostgreSQL and the edge"):
@@ -237,7 +245,7 @@ def up(settings: Settings) -> dict:
         env = compose_env(settings, versions)
 
         with runner.step(f"preparing {color} ({version}) images"):
-            ensure_release_images(settings, version)
+            ensure_release_images(settings, color, versions)
         with runner.step("applying database migrations"):
             runner.run(
                 compose_cmd(settings, "run", "--rm", "--no-deps", "-T", f"backend_{color}", *MIGRATE),

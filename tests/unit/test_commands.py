@@ -26,6 +26,7 @@ def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
     assert env["COLORGATE_BLUE_VERSION"] == "v3" and env["COLORGATE_GREEN_VERSION"] == "v4"
     assert env["POSTGRES_PASSWORD"] == settings.postgres_password
     assert "DOCKER_HOST" not in env
+    assert env["COLORGATE_BASE_PYTHON"] == images.BASES["python"].tag(settings.debian_mirror)
 
 
 def test_remote_engine_goes_into_the_environment():
