@@ -12,7 +12,7 @@ import os
 from invoke import Exit, task
 
 from deploy import bootstrap as _bootstrap
-from deploy import config, runner, stack
+from deploy import config, release, runner, stack
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -71,7 +71,14 @@ def status(c, profile=None, json_=False):
     settings = config.load(profile)
     _bootstrap.check_docker(settings)
     data = stack.status(settings)
-    print(json.dumps(data, indent=2) if json_ else stack.format_status(data))
+    history = release.read_history(settings) if data["active"] else []
+    data["last_release"] = history[-1] if history else None
+    if json_:
+        print(json.dumps(data, indent=2))
+    else:
+        print(stack.format_status(data))
+        if history:
+            print("\nlast release:\n" + release.format_history(history, limit=1))
 
 
 @task(positional=["service"], help={"service": "a service (edge, postgres, backend_blue, ...) or all", "profile": "env profile", "follow": "keep following new lines", "tail": "lines per service"})
@@ -81,3 +88,54 @@ def logs(c, service, profile=None, follow=False, tail=200):
     settings = config.load(profile)
     _bootstrap.check_docker(settings)
     stack.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
+
+
+LOCK_HELP = "break a stale release lock left by a run that died (check `invoke status` first)"
+
+
+def _report(record) -> None:
+    if record.outcome == "no-op":
+        return
+    print(f"{record.action}: {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
+          f"{record.outcome} in {record.duration_s:.1f}s")
+
+
+@task(help={"version": "version tag to deploy (default: the next vN)", "force": "deploy even if this version is live; rebuild images",
+            "profile": "env profile", "break_lock": LOCK_HELP})
+@operator_errors
+def deploy(c, version=None, force=False, profile=None, break_lock=False):
+    """Ship a version to the inactive color: build, start, gate, switch, gate again
+    (switching back by itself if the post-switch gates fail)."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    _report(release.deploy(settings, version=version, force=force, break_lock=break_lock))
+
+
+@task(help={"to": "blue or green", "profile": "env profile", "break_lock": LOCK_HELP})
+@operator_errors
+def switch(c, to, profile=None, break_lock=False):
+    """Move traffic to an already running color, gated (pre gates, switch, post gates)."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    _report(release.switch(settings, to, break_lock=break_lock))
+
+
+@task(help={"profile": "env profile", "no_gates": "emergency: switch back at once without running the gates", "break_lock": LOCK_HELP})
+@operator_errors
+def rollback(c, profile=None, no_gates=False, break_lock=False):
+    """Go back to the color that was live before the latest switch, gated."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    if no_gates:
+        runner.say("!! rolling back without gates (--no-gates)")
+    _report(release.rollback(settings, use_gates=not no_gates, break_lock=break_lock))
+
+
+@task(help={"profile": "env profile", "limit": "how many records", "json": "print machine-readable JSON"})
+@operator_errors
+def history(c, profile=None, limit=20, json_=False):
+    """Deploys, switches and rollbacks recorded on the target, newest last."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    records = release.read_history(settings)
+    print(json.dumps(records[-int(limit):], indent=2) if json_ else release.format_history(records, int(limit)))

@@ -91,6 +91,11 @@ KEYS: dict[str, Key] = {
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),
+    "COLORGATE_COMPOSE_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "compose"),
+    "COLORGATE_DRAIN_SECONDS": Key(_seconds, "30"),
+    "COLORGATE_TLS_CA": Key(_pattern(re.compile(r"^(local|system|/\S+)$"), "should be local, system or an absolute path to a CA bundle"), "local"),
+    "COLORGATE_TLS_MIN_DAYS": Key(_seconds, "14"),
+    "COLORGATE_REPORTS_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "reports"),
     "POSTGRES_DB": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
     "POSTGRES_USER": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
     "POSTGRES_PASSWORD": Key(str, secret=True),
@@ -111,6 +116,11 @@ class Settings:
     debian_mirror: str
     docker_host: str
     health_timeout: int
+    compose_path: str
+    drain_seconds: int
+    tls_ca: str
+    tls_min_days: int
+    reports_path: str
     postgres_db: str
     postgres_user: str
     postgres_password: str = field(repr=False)
@@ -118,7 +128,17 @@ class Settings:
 
     @property
     def compose_dir(self) -> Path:
-        return self.root / "compose"
+        return self.root / self.compose_path  # an absolute compose_path wins
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / self.reports_path
+
+    @property
+    def edge_address(self) -> str:
+        """Where the public edge is reached: its bind address, or the domain when it
+        listens on every address."""
+        return self.domain if self.bind in ("0.0.0.0", "::") else self.bind
 
     @property
     def compose_file(self) -> Path:
@@ -146,6 +166,7 @@ class Settings:
             "COLORGATE_BIND": self.bind,
             "COLORGATE_HTTP_PORT": str(self.http_port),
             "COLORGATE_HTTPS_PORT": str(self.https_port),
+            "COLORGATE_DRAIN_SECONDS": str(self.drain_seconds),
             "COLORGATE_IMAGE_PREFIX": self.image_prefix,
             "POSTGRES_DB": self.postgres_db,
             "POSTGRES_USER": self.postgres_user,
@@ -238,6 +259,11 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         debian_mirror=parsed["COLORGATE_DEBIAN_MIRROR"],
         docker_host=parsed["COLORGATE_DOCKER_HOST"],
         health_timeout=parsed["COLORGATE_HEALTH_TIMEOUT"],
+        compose_path=parsed["COLORGATE_COMPOSE_DIR"],
+        drain_seconds=parsed["COLORGATE_DRAIN_SECONDS"],
+        tls_ca=parsed["COLORGATE_TLS_CA"],
+        tls_min_days=parsed["COLORGATE_TLS_MIN_DAYS"],
+        reports_path=parsed["COLORGATE_REPORTS_DIR"],
         postgres_db=parsed["POSTGRES_DB"],
         postgres_user=parsed["POSTGRES_USER"],
         postgres_password=parsed["POSTGRES_PASSWORD"],

@@ -4,11 +4,17 @@ these; each returns plain data so a failed gate can say what it saw."""
 from __future__ import annotations
 
 import socket
+import ssl
+import sys
+import warnings
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 
-from deploy import stack, tls
+from deploy import proxy, runner, stack, tls
 from deploy.config import Settings
 
 
@@ -51,3 +57,189 @@ def tcp_connects(host: str, port: int, timeout: float = 2.0) -> bool:
             return True
     except OSError:
         return False
+
+
+# --- probes from inside the edge (pre-switch: the candidate has no public route yet) --
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An HTTP answer as the edge sees it from a container on its network."""
+
+    url: str
+    status_code: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self):
+        import json
+
+        return json.loads(self.text)
+
+
+def edge_probe_cmd(project: str, url: str) -> list[str]:
+    return ["docker", "exec", proxy.edge_container(project), "curl", "-sS", "-i", "--max-time", "5", url]
+
+
+def parse_curl_i(url: str, out: str) -> Probe:
+    """`curl -i` output (status line, headers, blank line, body) -> Probe."""
+    head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+    lines = head.splitlines()
+    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return Probe(url, status, headers, body)
+
+
+def probe_from_edge(settings: Settings, service: str, path: str) -> Probe:
+    """GET http://<service>:<port><path> from inside the edge container, the way
+    nginx will reach it after a switch (same network, same DNS)."""
+    role = service.rsplit("_", 1)[0]
+    url = f"http://{service}:{proxy.PORTS[role]}{path}"
+    proc = runner.run(edge_probe_cmd(settings.project, url), env=settings.docker_env(), check=False)
+    if proc.returncode != 0:
+        return Probe(url, 0, {}, (proc.stderr or proc.stdout).strip())
+    return parse_curl_i(url, proc.stdout)
+
+
+# --- TLS ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Handshake:
+    ok: bool
+    error: str
+    protocol: str
+    not_after: float  # seconds since the epoch, 0 when unknown
+    subject_alt_names: list[str]
+
+
+def trust_pem(settings: Settings) -> str | None:
+    """PEM the TLS gate trusts: the edge's local CA, a bundle file, or None (system)."""
+    if settings.tls_ca == "local":
+        return tls.read_local_ca(settings)
+    if settings.tls_ca == "system":
+        return None
+    with open(settings.tls_ca) as f:
+        return f.read()
+
+
+def tls_handshake(host: str, port: int, server_name: str, ca_pem: str | None, version: ssl.TLSVersion | None = None) -> Handshake:
+    """Handshake with full verification (chain to `ca_pem`, name `server_name`).
+
+    With `version`, probe whether the server accepts that protocol: the client offers
+    only it (old ciphers allowed) and does not verify, so `ok` means "accepted"."""
+    ctx = tls.client_context(ca_pem)
+    if version is not None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0/1.1 are deprecated: that is the point
+            ctx.minimum_version = ctx.maximum_version = version
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=server_name) as s:
+            cert = s.getpeercert() or {}
+            sans = [value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "IP Address")]
+            not_after = ssl.cert_time_to_seconds(cert["notAfter"]) if "notAfter" in cert else 0.0
+            return Handshake(True, "", s.version() or "", not_after, sans)
+    except ssl.SSLCertVerificationError as exc:
+        return Handshake(False, exc.verify_message or str(exc), "", 0.0, [])
+    except (ssl.SSLError, OSError) as exc:
+        return Handshake(False, str(exc), "", 0.0, [])
+
+
+# --- running the gates -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    feature: str
+    name: str
+    outcome: str  # passed, failed, skipped
+    step: str
+    message: str
+    duration_s: float
+
+
+@dataclass
+class GateRun:
+    phase: str
+    color: str
+    version: str
+    returncode: int
+    scenarios: list[Scenario]
+    report: Path
+    output: str
+
+    @property
+    def passed(self) -> bool:
+        return self.returncode == 0 and bool(self.scenarios) and all(s.outcome != "failed" for s in self.scenarios)
+
+    def first_failure(self) -> str:
+        for s in self.scenarios:
+            if s.outcome == "failed":
+                step = f" at step '{s.step}'" if s.step else ""
+                return f"scenario '{s.name}'{step}: {s.message}"
+        if not self.scenarios:
+            tail = self.output.strip().splitlines()[-1:] or ["no output"]
+            return f"no gate scenario ran ({tail[0]})"
+        return f"pytest exited {self.returncode}"
+
+    def summary_lines(self) -> list[str]:
+        marks = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
+        lines = []
+        for s in self.scenarios:
+            line = f"   {marks.get(s.outcome, s.outcome.upper())}  {s.feature}: {s.name} ({s.duration_s:.2f}s)"
+            if s.outcome == "failed":
+                line += f"\n         step: {s.step or '?'}\n         why:  {s.message}"
+            lines.append(line)
+        lines.append(f"   report: {self.report}")
+        return lines
+
+
+def gate_cmd(settings: Settings, phase: str, color: str, version: str, report: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "pytest", str(settings.root / "features"),
+        "-m", phase, "-q", "-p", "no:cacheprovider", "--rootdir", str(settings.root),
+        f"--profile={settings.profile}", f"--target-color={color}", f"--target-version={version}",
+        f"--junitxml={report}", "-o", "junit_family=xunit1",
+    ]
+
+
+def parse_junit(xml_text: str) -> list[Scenario]:
+    """Scenario results from a gate run's JUnit XML (properties set by conftest.py)."""
+    root = ET.fromstring(xml_text)
+    out = []
+    for case in root.iter("testcase"):
+        props = {p.get("name"): p.get("value", "") for p in case.iter("property")}
+        failure = case.find("failure")
+        if failure is None:
+            failure = case.find("error")
+        skipped = case.find("skipped")
+        outcome = "failed" if failure is not None else "skipped" if skipped is not None else "passed"
+        message = ""
+        if failure is not None:
+            message = (failure.get("message") or "").strip().splitlines()[0] if failure.get("message") else "failed"
+        out.append(Scenario(
+            feature=props.get("feature", case.get("classname", "")),
+            name=props.get("scenario", case.get("name", "")),
+            outcome=outcome,
+            step=props.get("failed_step", ""),
+            message=runner.redact(message),
+            duration_s=float(case.get("time") or 0),
+        ))
+    return out
+
+
+def run_gates(settings: Settings, phase: str, color: str, version: str) -> GateRun:
+    """Run the `phase` (pre/post) scenarios against `color` at `version`."""
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    report = settings.reports_dir / f"gates-{stamp}-{phase}-{color}.xml"
+    proc = runner.run(gate_cmd(settings, phase, color, version, report), check=False, timeout=600, what=f"{phase} gates")
+    scenarios = parse_junit(report.read_text()) if report.is_file() else []
+    return GateRun(phase, color, version, proc.returncode, scenarios, report, proc.stdout + proc.stderr)

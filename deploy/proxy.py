@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from deploy.colors import COLORS, parse_color
+from deploy.errors import ColorgateError
 
 STATE_FILE = "/etc/colorgate/state/active.conf"
 NGINX_CONF = "/etc/colorgate/nginx.conf"
@@ -40,11 +41,21 @@ class Active:
     version: str
 
 
+class BadVersion(ColorgateError, ValueError):
+    pass
+
+
+def check_version(version: str) -> str:
+    """A version tag safe in image tags and nginx config, or BadVersion."""
+    if not VERSION.match(version or ""):
+        raise BadVersion(f"bad version {version!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    return version
+
+
 def render_upstream(color: str, version: str) -> str:
     """The include file that makes `color` (running `version`) the live color."""
     color = parse_color(color)
-    if not VERSION.match(version):
-        raise ValueError(f"bad version {version!r}: use letters, digits, '.', '_' or '-'")
+    check_version(version)
     return (
         "# Managed by Colorgate: the live color. Changed only with `nginx -t` and a graceful reload.\n"
         f'set $cg_color "{color}";\n'

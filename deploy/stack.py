@@ -203,9 +203,13 @@ def build(settings: Settings, services: list[str], versions: dict[str, str]) -> 
             )
 
 
+def release_images_exist(settings: Settings, version: str) -> bool:
+    return all(images.image_exists(settings, images.app_tag(settings, name, version)) for name in images.RELEASE_IMAGES)
+
+
 def ensure_release_images(settings: Settings, color: str, versions: dict[str, str]) -> None:
     """Build `color`'s images at its version in `versions` unless they already exist."""
-    if not all(images.image_exists(settings, images.app_tag(settings, name, versions[color])) for name in images.RELEASE_IMAGES):
+    if not release_images_exist(settings, versions[color]):
         build(settings, color_services(color), versions)
 
 

@@ -1,5 +1,18 @@
 Feature: Health
-  The live stack answers through the public edge, over HTTPS, with its database connected.
+  The color under test answers its health checks, and through the public edge the
+  live stack serves the app with its database connected.
+
+  @pre
+  Scenario: The candidate backend is healthy with its database connected
+    When the edge requests "/api/health" from the backend of the color under test
+    Then the JSON field "database" is "ok"
+    And the response comes from the color and version under test
+
+  @pre
+  Scenario: The candidate frontend serves the single-page app
+    When the edge requests "/" from the frontend of the color under test
+    Then the response is the single-page app
+    And the response comes from the color and version under test
 
   @post
   Scenario: The edge serves the single-page app
@@ -14,8 +27,7 @@ Feature: Health
     Then the response is the single-page app
 
   @post
-  Scenario: The API reports its database connected
+  Scenario: The API answers through the edge with its database connected
     Given the public edge
     When I request "/api/health" over HTTPS
     Then the JSON field "database" is "ok"
-    And the response comes from the live color

@@ -5,9 +5,11 @@
 set -eu
 domain=${COLORGATE_DOMAIN:-localhost}
 https_port=${COLORGATE_HTTPS_PORT:-443}
+drain=${COLORGATE_DRAIN_SECONDS:-30}
 tls=/etc/colorgate/tls
 case "$domain" in *[!A-Za-z0-9.-]*|"") echo "edge: bad COLORGATE_DOMAIN '$domain'" >&2; exit 64;; esac
 case "$https_port" in *[!0-9]*|"") echo "edge: bad COLORGATE_HTTPS_PORT '$https_port'" >&2; exit 64;; esac
+case "$drain" in *[!0-9]*|"") echo "edge: bad COLORGATE_DRAIN_SECONDS '$drain'" >&2; exit 64;; esac
 
 # A local certificate, signed by a one-off local CA whose key is discarded at once.
 # Regenerated when the domain changes; never touches a certificate it did not make.
@@ -42,4 +44,6 @@ mkdir -p /tmp/colorgate
 suffix=":$https_port"
 [ "$https_port" = 443 ] && suffix=""
 printf 'return 301 https://$host%s$request_uri;\n' "$suffix" > /tmp/colorgate/redirect.conf
+# After a reload, old workers finish their connections for at most this long.
+printf 'worker_shutdown_timeout %ss;\n' "$drain" > /tmp/colorgate/main.conf
 exec nginx -c /etc/colorgate/nginx.conf -g 'daemon off;'

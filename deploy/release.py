@@ -1,0 +1,308 @@
+"""Releases: deploy, switch and rollback, each gated, locked and recorded on the target.
+
+    lock -> [build, candidate up, healthy, migrate] -> pre gates -> switch -> post gates
+         -> (post gates failed: switch back, gate the old color again) -> history -> unlock
+
+The lock and the history live in the edge's state volume, next to the routing state,
+so every operator (and CI) sees the same ones, and a remote target needs nothing but
+Docker. The previous color keeps running: a rollback is a switch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from deploy import gates, images, proxy, runner, stack
+from deploy.colors import other, parse_color, services as color_services
+from deploy.config import Settings
+from deploy.errors import ColorgateError, CommandError, StackError
+
+STATE_DIR = "/etc/colorgate/state"
+LOCK_DIR = f"{STATE_DIR}/lock"
+HISTORY = f"{STATE_DIR}/history.jsonl"
+LOCK_HELD = 75
+
+LOCK_SCRIPT = f"""mkdir {LOCK_DIR} 2>/dev/null || {{ cat {LOCK_DIR}/holder 2>/dev/null; exit {LOCK_HELD}; }}
+cat > {LOCK_DIR}/holder"""
+
+
+class LockHeld(ColorgateError):
+    pass
+
+
+class GateFailed(ColorgateError):
+    pass
+
+
+def operator() -> str:
+    return os.environ.get("COLORGATE_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- commands (data) -------------------------------------------------------------
+
+
+def lock_cmd(project: str) -> list[str]:
+    """Take the lock (holder JSON on stdin); exit 75 printing the holder when taken."""
+    return ["docker", "exec", "-i", proxy.edge_container(project), "sh", "-c", LOCK_SCRIPT]
+
+
+def unlock_cmd(project: str) -> list[str]:
+    return ["docker", "exec", proxy.edge_container(project), "rm", "-rf", LOCK_DIR]
+
+
+def append_history_cmd(project: str) -> list[str]:
+    return ["docker", "exec", "-i", proxy.edge_container(project), "sh", "-c", f"cat >> {HISTORY}"]
+
+
+def read_history_cmd(project: str) -> list[str]:
+    return ["docker", "exec", proxy.edge_container(project), "sh", "-c", f"cat {HISTORY} 2>/dev/null || true"]
+
+
+# --- lock --------------------------------------------------------------------------
+
+
+def describe_holder(text: str) -> str:
+    """`deploy by ana@laptop since 2026-11-27T10:00:00+00:00 (pid 42)` from holder JSON."""
+    try:
+        h = json.loads(text)
+        return f"{h['command']} by {h['operator']} since {h['since']} (pid {h['pid']} on {h['host']})"
+    except (ValueError, KeyError, TypeError):
+        return "an unknown holder (unreadable lock file)"
+
+
+@contextlib.contextmanager
+def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator[None]:
+    """Hold the target's release lock for the duration; refuse at once when taken."""
+    env = settings.docker_env()
+    if break_lock:
+        runner.say("!! breaking the release lock")
+        runner.run(unlock_cmd(settings.project), env=env, what="breaking the lock")
+    holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
+    try:
+        runner.run(lock_cmd(settings.project), input=holder, env=env, what="taking the release lock")
+    except CommandError as exc:
+        if exc.returncode == LOCK_HELD:
+            raise LockHeld(
+                f"the target is locked by {describe_holder(exc.stdout)}: wait for it to finish, "
+                "or if it died, retry with --break-lock"
+            ) from None
+        if "is not running" in exc.stderr or "No such container" in exc.stderr:
+            raise StackError("the edge is not running: start the stack with `invoke up`") from None
+        raise
+    try:
+        yield
+    finally:
+        runner.run(unlock_cmd(settings.project), env=env, check=False)
+
+
+# --- history -----------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    action: str  # deploy, switch, rollback
+    from_color: str
+    to_color: str
+    from_version: str
+    to_version: str
+    operator: str = field(default_factory=operator)
+    started: str = field(default_factory=now)
+    outcome: str = "running"  # switched, refused, rolled back, no-op, failed
+    detail: str = ""
+    gates: list[dict] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+def append_history(settings: Settings, record: Record) -> None:
+    runner.run(append_history_cmd(settings.project), input=json.dumps(asdict(record)) + "\n", env=settings.docker_env(), what="recording history")
+
+
+def parse_history(text: str) -> list[dict]:
+    """Records, oldest first; lines that are not JSON objects are skipped."""
+    out = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            item = json.loads(line)
+            if isinstance(item, dict):
+                out.append(item)
+    return out
+
+
+def read_history(settings: Settings) -> list[dict]:
+    return parse_history(runner.run(read_history_cmd(settings.project), env=settings.docker_env(), what="reading history").stdout)
+
+
+def previous_color(history: list[dict]) -> tuple[str, str] | None:
+    """(color, version) that was live before the latest completed switch."""
+    for record in reversed(history):
+        if record.get("outcome") == "switched":
+            return record["from_color"], record["from_version"]
+    return None
+
+
+def format_history(history: list[dict], limit: int = 20) -> str:
+    if not history:
+        return "no releases recorded yet"
+    lines = [f"{'STARTED':<26} {'ACTION':<9} {'FROM':<14} {'TO':<14} {'OUTCOME':<12} {'TIME':>6}  OPERATOR"]
+    for r in history[-limit:]:
+        passed = sum(1 for g in r.get("gates", []) if g.get("outcome") == "passed")
+        lines.append(
+            f"{r['started']:<26} {r['action']:<9} {r['from_color'] + ' ' + r['from_version']:<14} "
+            f"{r['to_color'] + ' ' + r['to_version']:<14} {r['outcome']:<12} {r['duration_s']:>5.1f}s  {r['operator']}"
+            + (f"  gates {passed}/{len(r['gates'])}" if r.get("gates") else "")
+            + (f"  ({r['detail']})" if r.get("detail") else "")
+        )
+    return "\n".join(lines)
+
+
+# --- the gated switch ------------------------------------------------------------
+
+
+def _gate(settings: Settings, record: Record, phase: str, color: str, version: str) -> None:
+    with runner.step(f"{phase} gates on {color} ({version})"):
+        result = gates.run_gates(settings, phase, color, version)
+    record.gates += [{"phase": phase, **asdict(s)} for s in result.scenarios]
+    for line in result.summary_lines():
+        runner.say(line)
+    if not result.passed:
+        raise GateFailed(f"{phase} gates failed on {color} ({version}): {result.first_failure()}")
+
+
+def _switch_and_verify(settings: Settings, record: Record, active: proxy.Active, to: str, version: str, use_gates: bool) -> None:
+    """Pre gates, switch, post gates; when post gates fail, switch back and gate again."""
+    if use_gates:
+        _gate(settings, record, "pre", to, version)
+    with runner.step(f"switching traffic {active.color} -> {to}"):
+        stack.write_active(settings, to, version)
+    if not use_gates:
+        return
+    try:
+        _gate(settings, record, "post", to, version)
+    except GateFailed as failed:
+        with runner.step(f"switching traffic back to {active.color}"):
+            stack.write_active(settings, active.color, active.version)
+        record.outcome = "rolled back"
+        try:
+            _gate(settings, record, "post", active.color, active.version)
+        except GateFailed as again:
+            raise GateFailed(f"{failed}; traffic is back on {active.color}, but its gates fail too: {again}") from None
+        raise GateFailed(f"{failed}; traffic is back on {active.color} ({active.version})") from None
+
+
+@contextlib.contextmanager
+def _recorded(settings: Settings, record: Record) -> Iterator[Record]:
+    started = time.monotonic()
+    try:
+        yield record
+        if record.outcome == "running":
+            record.outcome = "switched"
+    except GateFailed as exc:
+        if record.outcome == "running":
+            record.outcome = "refused"
+        record.detail = str(exc)
+        raise
+    except (ColorgateError, KeyboardInterrupt) as exc:
+        record.outcome = "failed"
+        record.detail = str(exc) or type(exc).__name__
+        raise
+    finally:
+        record.duration_s = round(time.monotonic() - started, 2)
+        if record.outcome != "no-op":
+            append_history(settings, record)
+
+
+def _live(settings: Settings) -> proxy.Active:
+    active = stack.read_active(settings)
+    if active is None:
+        raise StackError("no color is live yet: start the stack with `invoke up`")
+    return active
+
+
+def _require_ready(settings: Settings, color: str) -> str:
+    """The version `color` runs, or refuse when it is not running and healthy."""
+    states = stack.service_states(settings)
+    missing = [s for s in color_services(color) if s not in states or not states[s].ready]
+    if missing:
+        detail = ", ".join(f"{s} {states[s].state}/{states[s].health or 'no health'}" if s in states else f"{s} absent" for s in missing)
+        raise StackError(f"{color} is not running and healthy ({detail}): deploy it first with `invoke deploy`")
+    return states[f"backend_{color}"].version
+
+
+def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool = False, action: str = "switch") -> Record:
+    """Move traffic to `to`, an already running color, gated."""
+    to = parse_color(to)
+    with lock(settings, action, break_lock):
+        active = _live(settings)
+        version = _require_ready(settings, to)
+        record = Record(action, active.color, to, active.version, version)
+        if to == active.color:
+            record.outcome = "no-op"
+            runner.say(f"{to} ({active.version}) is already live: nothing to do")
+            return record
+        with _recorded(settings, record):
+            _switch_and_verify(settings, record, active, to, version, use_gates)
+        return record
+
+
+def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = False) -> Record:
+    """Switch back to the color that was live before the latest switch."""
+    previous = previous_color(read_history(settings))
+    if previous is None:
+        raise ColorgateError("no previous color in the history: nothing to roll back to")
+    return switch(settings, previous[0], use_gates=use_gates, break_lock=break_lock, action="rollback")
+
+
+def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
+    """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
+    with lock(settings, "deploy", break_lock):
+        active = _live(settings)
+        candidate = other(active.color)
+        version = version or images.next_version(images.release_tags(settings))
+        proxy.check_version(version)
+        record = Record("deploy", active.color, candidate, active.version, version)
+        if version == active.version and not force:
+            record.outcome = "no-op"
+            runner.say(f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
+            return record
+        with _recorded(settings, record):
+            versions = {**stack.running_versions(stack.service_states(settings)), candidate: version, active.color: active.version}
+            env = stack.compose_env(settings, versions)
+            with runner.step(f"building {candidate} images ({version})"):
+                if force or not stack.release_images_exist(settings, version):
+                    stack.build(settings, color_services(candidate), versions)
+            with runner.step(f"starting {candidate} ({version}) beside {active.color} ({active.version})"):
+                runner.run(
+                    stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *color_services(candidate)),
+                    env=env,
+                    what="docker compose up",
+                )
+                try:
+                    stack.wait_ready(settings, color_services(candidate))
+                except StackError:
+                    runner.run(stack.compose_cmd(settings, "stop", *color_services(candidate)), env=env, check=False)
+                    raise
+            with runner.step("applying database migrations"):
+                runner.run(
+                    stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", f"backend_{candidate}", *stack.MIGRATE),
+                    env=env,
+                    what="database migrations",
+                )
+            try:
+                _switch_and_verify(settings, record, active, candidate, version, use_gates=True)
+            except GateFailed:
+                if record.outcome == "running":  # refused before the switch: stop the candidate
+                    runner.run(stack.compose_cmd(settings, "stop", *color_services(candidate)), env=env, check=False)
+                raise
+        return record
