@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import sys
 
 from invoke import Exit, task
 
@@ -32,6 +33,9 @@ def operator_errors(fn):
             raise Exit(f"colorgate: {runner.redact(str(exc))}", code=1) from None
         except KeyboardInterrupt:
             raise Exit("colorgate: interrupted", code=130) from None
+        except BrokenPipeError:  # output piped into `head` and the like
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=141) from None
 
     return wrapper
 

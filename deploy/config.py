@@ -125,6 +125,12 @@ class Settings:
     postgres_user: str
     postgres_password: str = field(repr=False)
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process (the gates)
+        that must load exactly the same settings. Contains secrets: never log it."""
+        return {**self.raw, "COLORGATE_PROFILE": self.profile, "COLORGATE_COMPOSE_DIR": self.compose_path}
 
     @property
     def compose_dir(self) -> Path:
@@ -221,6 +227,7 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
     """Turn raw strings into Settings, or raise ConfigError naming key, file and fix."""
     profile_file = f".env.{profile}"
     parsed: dict[str, object] = {}
+    raw_values: dict[str, str] = {}
     for key, spec in KEYS.items():
         origin = sources.get(key, profile_file)
         raw = values.get(key)
@@ -235,6 +242,7 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
             raise ConfigError(
                 f"{key} in {origin} is {shown}: set a real value in {profile_file}.local or the environment"
             )
+        raw_values[key] = raw
         try:
             parsed[key] = spec.parse(raw)
         except ValueError as exc:
@@ -268,6 +276,7 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         postgres_user=parsed["POSTGRES_USER"],
         postgres_password=parsed["POSTGRES_PASSWORD"],
         sources=dict(sources),
+        raw=raw_values,
     )
 
 

@@ -50,6 +50,22 @@ def published_ports(settings: Settings) -> dict[str, list[str]]:
     return {name: s.ports for name, s in stack.service_states(settings).items()}
 
 
+def target_host(settings: Settings):
+    """testinfra host for the machine the stack runs on: this one for a local engine,
+    the SSH host of COLORGATE_DOCKER_HOST otherwise."""
+    import testinfra
+
+    if settings.docker_host.startswith("ssh://"):
+        return testinfra.get_host(settings.docker_host)
+    return testinfra.get_host("local://")
+
+
+def listening_on_port(settings: Settings, port: int) -> list[str]:
+    """Sockets on the target host listening on `port`, any address (testinfra)."""
+    host = target_host(settings)
+    return [s for s in host.socket.get_listening_sockets() if s.rsplit(":", 1)[-1] == str(port) and s.startswith("tcp")]
+
+
 def tcp_connects(host: str, port: int, timeout: float = 2.0) -> bool:
     """Whether a TCP connection to host:port is accepted."""
     try:
@@ -240,6 +256,12 @@ def run_gates(settings: Settings, phase: str, color: str, version: str) -> GateR
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     report = settings.reports_dir / f"gates-{stamp}-{phase}-{color}.xml"
-    proc = runner.run(gate_cmd(settings, phase, color, version, report), check=False, timeout=600, what=f"{phase} gates")
+    proc = runner.run(
+        gate_cmd(settings, phase, color, version, report),
+        env=settings.as_environment(),
+        check=False,
+        timeout=600,
+        what=f"{phase} gates",
+    )
     scenarios = parse_junit(report.read_text()) if report.is_file() else []
     return GateRun(phase, color, version, proc.returncode, scenarios, report, proc.stdout + proc.stderr)

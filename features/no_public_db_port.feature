@@ -14,4 +14,5 @@ Feature: No public database port
   @pre @post
   Scenario: Nothing on the host answers on the PostgreSQL port
     Given the stack's containers
-    Then no connection to port 5432 succeeds from the host
+    Then nothing on the host listens on port 5432
+    And no connection to port 5432 succeeds from the host

@@ -114,6 +114,12 @@ def only_internal_networks(gate_settings, service):
     assert networks and all(n.internal for n in networks), f"{service} networks: {networks}"
 
 
+@then(parsers.parse("nothing on the host listens on port {port:d}"))
+def nothing_listens(gate_settings, port):
+    listening = gates.listening_on_port(gate_settings, port)
+    assert not listening, f"listening on the host: {listening}"
+
+
 @then(parsers.parse("no connection to port {port:d} succeeds from the host"))
 def no_host_connection(gate_settings, port):
     for address in sorted({"127.0.0.1", gate_settings.edge_address}):

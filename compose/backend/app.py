@@ -67,6 +67,8 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # one line per request on stdout
+        if self.path == "/api/health" and self.client_address[0] == "127.0.0.1":
+            return  # the container's own health check, every few seconds: noise
         sys.stdout.write("%s %s\n" % (self.address_string(), fmt % args))
         sys.stdout.flush()
 

@@ -1,0 +1,275 @@
+"""Gated blue/green releases on a real stack: deploy, refusals, automatic switch-back,
+rollback, the lock, nginx config safety, and the gates failing when they should."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import pytest
+import tenacity
+
+from deploy import config, gates, proxy, release, runner, stack, tls
+from deploy.errors import CommandError, StackError
+
+from .conftest import dump_logs, invoke, isolated_env, remove_stack
+
+
+@pytest.fixture(scope="module")
+def env():
+    return isolated_env("rel")
+
+
+@pytest.fixture(scope="module")
+def settings(env):
+    return config.load("development", environ={**os.environ, **env})
+
+
+@pytest.fixture(scope="module")
+def rstack(request, settings):
+    try:
+        stack.up(settings)
+        yield settings
+    finally:
+        if request.session.testsfailed:
+            dump_logs(settings)
+        remove_stack(settings)
+
+
+def api(settings, path="/api/version"):
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        return c.get(path)
+
+
+def live(settings):
+    return stack.read_active(settings)
+
+
+def broken_app(tmp_path, settings, old: str, new: str):
+    """A copy of the app with one line changed, as an operator's bad release would be."""
+    copy = tmp_path / "compose"
+    shutil.copytree(settings.compose_dir, copy)
+    app = copy / "backend" / "app.py"
+    text = app.read_text()
+    assert old in text
+    app.write_text(text.replace(old, new, 1))
+    return dataclasses.replace(settings, compose_path=str(copy))
+
+
+def test_deploy_moves_traffic_to_the_new_version(rstack):
+    s = rstack
+    record = release.deploy(s)
+    assert (record.outcome, record.from_color, record.to_color, record.to_version) == ("switched", "blue", "green", "v2")
+    assert live(s) == proxy.Active("green", "v2")
+    assert api(s).json() == {"color": "green", "version": "v2"}
+    # the previous color keeps running, ready for a rollback
+    assert stack.service_states(s)["backend_blue"].ready
+    last = release.read_history(s)[-1]
+    assert last["outcome"] == "switched" and {g["phase"] for g in last["gates"]} == {"pre", "post"}
+    assert all(g["outcome"] == "passed" for g in last["gates"]) and len(last["gates"]) >= 10
+
+
+def test_deploying_the_live_version_is_a_no_op(rstack):
+    before = len(release.read_history(rstack))
+    assert release.deploy(rstack, version="v2").outcome == "no-op"
+    assert len(release.read_history(rstack)) == before
+
+
+def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
+    proc = invoke("switch", "--to", "purple", env=env)
+    assert proc.returncode == 1 and proc.stderr.strip() == "colorgate: unknown color 'purple': use one of blue, green"
+    runner.run(stack.compose_cmd(rstack, "stop", "frontend_blue"), env=rstack.compose_env())
+    try:
+        proc = invoke("switch", "--to", "blue", env=env)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith("colorgate: blue is not running and healthy (frontend_blue exited")
+        assert live(rstack) == proxy.Active("green", "v2")
+    finally:
+        runner.run(stack.compose_cmd(rstack, "start", "frontend_blue"), env=rstack.compose_env())
+        stack.wait_ready(rstack, ["frontend_blue"])
+
+
+def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
+    with release.lock(rstack, "deploy"):
+        proc = invoke("deploy", env=env)
+        assert proc.returncode == 1
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("colorgate: the target is locked by deploy by ")
+        assert "since 20" in line and line.endswith("or if it died, retry with --break-lock")
+    # a lock left behind by a run that died can be broken explicitly
+    runner.run(release.lock_cmd(rstack.project), input='{"command": "deploy"}', env=rstack.docker_env())
+    assert invoke("rollback", env=env).returncode == 1
+    proc = invoke("switch", "--to", "green", "--break-lock", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "breaking the release lock" in proc.stderr
+
+
+def test_invalid_nginx_config_is_never_loaded(rstack):
+    edge = proxy.edge_container(rstack.project)
+    workers = lambda: runner.run(["docker", "exec", edge, "sh", "-c", "cat /proc/$(cat /tmp/nginx.pid)/task/*/children"]).stdout.split()  # noqa: E731
+    before_state, before_workers = live(rstack), workers()
+    with pytest.raises(CommandError) as err:
+        runner.run(proxy.switch_cmd(rstack.project), input='set $cg_color "blue";\nno_such_directive on;\n', env=rstack.docker_env())
+    assert err.value.returncode == 3 and "no_such_directive" in err.value.stderr
+    assert live(rstack) == before_state, "the previous routing file was not restored"
+    assert workers() == before_workers, "nginx was reloaded"
+    assert api(rstack).json()["color"] == before_state.color
+
+
+def test_rollback_returns_to_the_previous_version(rstack):
+    assert live(rstack).color == "green"
+    record = release.rollback(rstack)
+    assert (record.action, record.outcome, record.to_color, record.to_version) == ("rollback", "switched", "blue", "v1")
+    assert api(rstack).json() == {"color": "blue", "version": "v1"}
+    # and forward again, without gates (the emergency path)
+    assert release.rollback(rstack, use_gates=False).to_version == "v2"
+    assert api(rstack).json() == {"color": "green", "version": "v2"}
+
+
+def test_an_unhealthy_candidate_never_receives_traffic(rstack, tmp_path):
+    s = dataclasses.replace(
+        broken_app(tmp_path, rstack, "return self.send_json(200, status)", "return self.send_json(500, status)"),
+        health_timeout=15,
+    )
+    before = live(s)
+    with pytest.raises(StackError, match="waiting for .*backend_blue.* to become healthy"):
+        release.deploy(s, version="v3-unhealthy")
+    assert live(s) == before
+    assert api(s).json() == {"color": before.color, "version": before.version}
+    last = release.read_history(s)[-1]
+    assert (last["to_version"], last["outcome"]) == ("v3-unhealthy", "failed") and last["gates"] == []
+    assert stack.service_states(s)["backend_blue"].state == "exited", "the failed candidate was left running"
+
+
+def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
+    s = broken_app(
+        tmp_path, rstack,
+        "    def do_GET(self):\n",
+        "    def do_GET(self):\n        if self.headers.get('X-Forwarded-Proto'):\n            return self.send_json(500, {'error': 'broken behind a proxy'})\n",
+    )
+    before = live(s)
+    with pytest.raises(release.GateFailed) as err:
+        release.deploy(s, version="v4-broken-route")
+    assert f"traffic is back on {before.color} ({before.version})" in str(err.value)
+    assert live(s) == before
+    assert api(s).json() == {"color": before.color, "version": before.version}
+    last = release.read_history(s)[-1]
+    assert last["outcome"] == "rolled back"
+    failed = [g for g in last["gates"] if g["outcome"] == "failed"]
+    assert failed and all(g["phase"] == "post" for g in failed)
+    pre = [g["outcome"] for g in last["gates"] if g["phase"] == "pre"]
+    assert pre and set(pre) == {"passed"}
+
+
+def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
+    s = rstack
+    color = live(s).color
+    service = f"backend_{color}"
+    engine = stack.engine(s)
+    network = f"{s.project}_web"
+    old_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
+    runner.run(stack.compose_cmd(s, "stop", service), env=s.compose_env())
+    # something else takes the old address while the backend is down
+    squatter = engine.container.run(f"{s.image_prefix}backend:v1", ["sleep", "60"], detach=True, networks=[network],
+                                     name=f"{s.project}-squatter", remove=True)
+    try:
+        runner.run(stack.compose_cmd(s, "start", service), env=s.compose_env())
+        stack.wait_ready(s, [service])
+        new_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
+        assert new_ip != old_ip
+
+        @tenacity.retry(stop=tenacity.stop_after_delay(10), wait=tenacity.wait_fixed(0.5), reraise=True)
+        def healthy_through_edge():
+            r = api(s, "/api/health")
+            assert r.status_code == 200 and r.json()["color"] == color, r.text
+
+        healthy_through_edge()
+    finally:
+        squatter.remove(force=True)
+
+
+def run_gates_cli(env, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pytest", "features/", "-q", "-p", "no:cacheprovider", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, cwd=config.project_root())
+
+
+def test_gates_fail_on_a_certificate_for_the_wrong_name_or_expired(rstack, env, tmp_path):
+    from tests.certs import make_ca, make_leaf
+
+    edge = proxy.edge_container(rstack.project)
+    keep = {name: runner.run(["docker", "exec", edge, "cat", f"/etc/colorgate/tls/{name}"]).stdout
+            for name in ("local-ca.pem", "live/fullchain.pem", "live/privkey.pem")}
+
+    def install(files):
+        for name, pem in files.items():
+            runner.run(["docker", "exec", "-i", edge, "sh", "-c", f"cat > /etc/colorgate/tls/{name}"], input=pem)
+        runner.run(["docker", "exec", edge, "nginx", "-s", "reload", "-c", proxy.NGINX_CONF])
+        time.sleep(0.5)  # let the new workers take over (reload is asynchronous)
+
+    ca_cert, ca_key = make_ca()
+    try:
+        cert, key = make_leaf(ca_cert, ca_key, "wrong.example", days=90)
+        install({"local-ca.pem": ca_cert, "live/fullchain.pem": cert, "live/privkey.pem": key})
+        proc = run_gates_cli(env, "-m", "tls")
+        assert proc.returncode == 1 and "Hostname mismatch" in proc.stdout, proc.stdout[-1500:]
+
+        cert, key = make_leaf(ca_cert, ca_key, "localhost", days=-1)
+        install({"live/fullchain.pem": cert, "live/privkey.pem": key})
+        proc = run_gates_cli(env, "-m", "tls")
+        assert proc.returncode == 1 and "certificate has expired" in proc.stdout, proc.stdout[-1500:]
+
+        cert, key = make_leaf(ca_cert, ca_key, "localhost", days=5)
+        install({"live/fullchain.pem": cert, "live/privkey.pem": key})
+        proc = run_gates_cli(env, "-m", "tls")
+        assert proc.returncode == 1 and "minimum 14" in proc.stdout, proc.stdout[-1500:]
+    finally:
+        install(keep)
+    assert run_gates_cli(env, "-m", "tls").returncode == 0
+
+
+def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
+    from .conftest import free_port
+
+    port = free_port()
+    override = tmp_path / "publish-db.yml"
+    # (a port published from an internal-only network is silently not published, so
+    # the mistake needs both halves: a routable network and the port)
+    override.write_text(f'services:\n  postgres:\n    networks: [data, web]\n    ports: ["127.0.0.1:{port}:5432"]\n')
+    base = stack.compose_cmd(rstack)
+    cmd = [*base, "--file", str(override), "up", "--detach", "--no-build", "postgres"]
+    versions = stack.running_versions(stack.service_states(rstack))
+    runner.run(cmd, env=stack.compose_env(rstack, versions))
+    try:
+        stack.wait_ready(rstack, ["postgres"])
+        proc = run_gates_cli(env, "-m", "post")
+        assert proc.returncode == 1, proc.stdout[-1500:]
+        assert "services publishing host ports" in proc.stdout and "postgres" in proc.stdout
+        assert "PostgreSQL sits on internal networks only" in proc.stdout or "internal" in proc.stdout
+    finally:
+        runner.run([*base, "up", "--detach", "--no-build", "postgres"], env=stack.compose_env(rstack, versions))
+        stack.wait_ready(rstack, ["postgres"])
+    assert run_gates_cli(env).returncode == 0
+
+
+def test_history_and_status_show_the_releases(rstack, env):
+    from deploy.colors import other
+
+    target = other(live(rstack).color)
+    proc = invoke("switch", "--to", target, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"switch: {other(target)} " in proc.stdout and f"-> {target} " in proc.stdout and ": switched in " in proc.stdout
+    records = json.loads(invoke("history", "--json", env=env).stdout)
+    last = records[-1]
+    assert (last["action"], last["to_color"], last["outcome"]) == ("switch", target, "switched")
+    assert {"started", "operator", "from_color", "from_version", "to_version", "gates", "duration_s"} <= set(last)
+    assert {r["outcome"] for r in records} <= {"switched", "refused", "rolled back", "failed"}
+    status = json.loads(invoke("status", "--json", env=env).stdout)
+    assert status["last_release"] == last
+    text = invoke("history", env=env).stdout
+    assert text.splitlines()[0].split()[:3] == ["STARTED", "ACTION", "FROM"] and "switch" in text.splitlines()[-1]
