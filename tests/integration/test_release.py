@@ -261,15 +261,16 @@ def test_history_and_status_show_the_releases(rstack, env):
     from deploy.colors import other
 
     target = other(live(rstack).color)
-    proc = invoke("switch", "--to", target, env=env)
+    proc = invoke("deploy", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert f"switch: {other(target)} " in proc.stdout and f"-> {target} " in proc.stdout and ": switched in " in proc.stdout
+    assert f"deploy: {other(target)} " in proc.stdout and f"-> {target} " in proc.stdout and ": switched in " in proc.stdout
+    assert "PASS  Upstream active" in proc.stderr and "pre gates on" in proc.stderr
     records = json.loads(invoke("history", "--json", env=env).stdout)
     last = records[-1]
-    assert (last["action"], last["to_color"], last["outcome"]) == ("switch", target, "switched")
+    assert (last["action"], last["to_color"], last["outcome"]) == ("deploy", target, "switched")
     assert {"started", "operator", "from_color", "from_version", "to_version", "gates", "duration_s"} <= set(last)
     assert {r["outcome"] for r in records} <= {"switched", "refused", "rolled back", "failed"}
     status = json.loads(invoke("status", "--json", env=env).stdout)
     assert status["last_release"] == last
     text = invoke("history", env=env).stdout
-    assert text.splitlines()[0].split()[:3] == ["STARTED", "ACTION", "FROM"] and "switch" in text.splitlines()[-1]
+    assert text.splitlines()[0].split()[:3] == ["STARTED", "ACTION", "FROM"] and "deploy" in text.splitlines()[-1]
