@@ -143,3 +143,15 @@ def history(c, profile=None, limit=20, json_=False):
     _bootstrap.check_docker(settings)
     records = release.read_history(settings)
     print(json.dumps(records[-int(limit):], indent=2) if json_ else release.format_history(records, int(limit)))
+
+
+@task(help={"switches": "switches without gates", "gated": "gated switches", "baseline": "naive recreations to compare",
+            "rps": "requests a second", "json": "write figures to this JSON file", "png": "write the latency plot to this PNG file"})
+@operator_errors
+def bench(c, switches=20, gated=3, baseline=3, rps=250, json_="benchmarks/out/switch_under_load.json",
+          png="benchmarks/out/switch_under_load.png"):
+    """Benchmark switching under HTTPS load on an isolated stack, against the naive recreate baseline."""
+    from benchmarks import switch_under_load
+
+    switch_under_load.main([f"--switches={switches}", f"--gated={gated}", f"--baseline={baseline}", f"--rps={rps}",
+                            f"--json={json_}", f"--png={png}"])

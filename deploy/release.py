@@ -122,7 +122,18 @@ class Record:
     outcome: str = "running"  # switched, refused, rolled back, no-op, failed
     detail: str = ""
     gates: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     duration_s: float = 0.0
+
+
+@contextlib.contextmanager
+def _timed(record: Record, name: str, label: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        with runner.step(label):
+            yield
+    finally:
+        record.timings[name] = round(record.timings.get(name, 0.0) + time.monotonic() - started, 3)
 
 
 def append_history(settings: Settings, record: Record) -> None:
@@ -171,7 +182,7 @@ def format_history(history: list[dict], limit: int = 20) -> str:
 
 
 def _gate(settings: Settings, record: Record, phase: str, color: str, version: str) -> None:
-    with runner.step(f"{phase} gates on {color} ({version})"):
+    with _timed(record, f"{phase}_gates", f"{phase} gates on {color} ({version})"):
         result = gates.run_gates(settings, phase, color, version)
     record.gates += [{"phase": phase, **asdict(s)} for s in result.scenarios]
     for line in result.summary_lines():
@@ -184,14 +195,14 @@ def _switch_and_verify(settings: Settings, record: Record, active: proxy.Active,
     """Pre gates, switch, post gates; when post gates fail, switch back and gate again."""
     if use_gates:
         _gate(settings, record, "pre", to, version)
-    with runner.step(f"switching traffic {active.color} -> {to}"):
+    with _timed(record, "switch", f"switching traffic {active.color} -> {to}"):
         stack.write_active(settings, to, version)
     if not use_gates:
         return
     try:
         _gate(settings, record, "post", to, version)
     except GateFailed as failed:
-        with runner.step(f"switching traffic back to {active.color}"):
+        with _timed(record, "switch_back", f"switching traffic back to {active.color}"):
             stack.write_active(settings, active.color, active.version)
         record.outcome = "rolled back"
         try:

@@ -8,6 +8,8 @@ Endpoints:
   GET    /api/notes/<id>     one note
   PUT    /api/notes/<id>     replace a note's body
   DELETE /api/notes/<id>     delete a note
+  GET    /api/slow?ms=N      answers after N milliseconds (at most 10 s): a slow request
+  GET    /api/stream?seconds=N  server-sent events, one a second for N seconds (at most 600)
 
 Connection settings come from libpq's environment (PGHOST, PGUSER, PGPASSWORD,
 PGDATABASE); the color and version from COLORGATE_COLOR and COLORGATE_VERSION.
@@ -16,8 +18,11 @@ PGDATABASE); the color and version from COLORGATE_COLOR and COLORGATE_VERSION.
 import json
 import os
 import re
+import signal
 import sys
 import threading
+import time
+from urllib.parse import parse_qs, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg2
@@ -65,6 +70,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "colorgate-sample"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    timeout = 75  # idle keep-alive connections are closed after this many seconds
 
     def log_message(self, fmt, *args):  # one line per request on stdout
         if self.path == "/api/health" and self.client_address[0] == "127.0.0.1":
@@ -91,6 +97,13 @@ class Handler(BaseHTTPRequestHandler):
         return data if isinstance(data, dict) else None
 
     def do_GET(self):
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if url.path == "/api/slow":
+            time.sleep(min(int((query.get("ms") or ["1000"])[0]), 10_000) / 1000)
+            return self.send_json(200, {"color": COLOR, "version": VERSION, "slept_ms": int((query.get("ms") or ["1000"])[0])})
+        if url.path == "/api/stream":
+            return self.stream(min(int((query.get("seconds") or ["30"])[0]), 600))
         if self.path == "/api/health":
             return self.health()
         if self.path == "/api/version":
@@ -144,6 +157,24 @@ class Handler(BaseHTTPRequestHandler):
             deleted = cur.rowcount
         return self.send_json(204 if deleted else 404, {} if deleted else {"error": "not found"})
 
+    def stream(self, seconds):
+        """Server-sent events: a long-lived response, for drain behaviour at a switch."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Accel-Buffering", "no")  # tell nginx to pass events through at once
+        self.send_header("X-Colorgate-Color", COLOR)
+        self.send_header("X-Colorgate-Version", VERSION)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for n in range(seconds):
+            self.wfile.write(f"id: {n}\ndata: {json.dumps({'n': n, 'color': COLOR})}\n\n".encode())
+            self.wfile.flush()
+            time.sleep(1)
+        self.wfile.write(b"event: end\ndata: {}\n\n")
+        self.wfile.flush()
+
     def health(self):
         status = {"status": "ok", "database": "ok", "color": COLOR, "version": VERSION}
         try:
@@ -169,9 +200,15 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
-    server.daemon_threads = True
+    # On SIGTERM (docker stop): stop accepting, let requests in flight finish (until
+    # docker's stop timeout), then exit. As PID 1 the default action would be ignored.
+    server.daemon_threads = False
+    server.block_on_close = True
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"colorgate sample api: color={COLOR} version={VERSION} port={PORT}", flush=True)
     server.serve_forever()
+    server.server_close()
+    print("colorgate sample api: stopped", flush=True)
 
 
 if __name__ == "__main__":

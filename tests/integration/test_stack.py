@@ -131,7 +131,10 @@ def test_gates_pass_on_the_live_stack(live_stack, stack_env, tmp_path):
         env={**os.environ, **stack_env}, capture_output=True, text=True, cwd=str(stack.__file__).rsplit("/deploy/", 1)[0],
     )
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert 'failures="0"' in report.read_text() and "6 passed" in proc.stdout
+    xml = report.read_text()
+    assert 'failures="0"' in xml and 'errors="0"' in xml and " passed" in proc.stdout
+    for feature in ("Health", "No public database port", "TLS valid", "Upstream active"):
+        assert f'value="{feature}"' in xml, f"the {feature} gate did not run"
 
 
 def test_up_again_changes_nothing(live_stack, settings):

@@ -1,0 +1,30 @@
+"""The switch-under-load benchmark runs end to end (tiny parameters): it measures,
+writes JSON and a PNG, and removes its own stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from deploy import config
+
+
+def test_benchmark_smoke(tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/switch_under_load.py", "--switches", "2", "--gated", "1", "--baseline", "1",
+         "--rps", "60", "--pause", "0.8", "--warmup", "1", f"--json={out}", f"--png={png}"],
+        cwd=config.project_root(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["switch"]["n"] == 2 and result["switch"]["median"] > 0
+    assert result["gated_switch"]["total_ms"]["n"] == 1 and result["gated_switch"]["pre_gates_ms"]["median"] > 0
+    assert result["load"]["requests"] > 100
+    assert result["stream"]["events"] > 0 and "survived" in result["stream"]
+    assert result["baseline_recreate"]["requests"] > 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "first response from the new color" in proc.stdout
+    leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert "cgbench" not in leftover
