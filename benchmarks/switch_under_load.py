@@ -129,11 +129,11 @@ class Load:
             roll = rng.random()
             if roll < 0.05:
                 kind, client, path = "slow", keepalive, "/api/slow?ms=1000"
-            elif roll < 0.25:
+            elif roll < 0.15:
                 kind, client, path = "fast-new-conn", fresh, rng.choice(["/api/version", "/"])
             else:
                 kind, client, path = "fast-keepalive", keepalive, rng.choice(["/api/version", "/"])
-            task = asyncio.create_task(self._one(client, kind, path))
+            task = asyncio.create_task(self._one(client, kind, path, fresh))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:
@@ -143,9 +143,11 @@ class Load:
         await keepalive.aclose()
         await fresh.aclose()
 
-    async def _one(self, client: httpx.AsyncClient, kind: str, path: str) -> None:
+    async def _one(self, client: httpx.AsyncClient, kind: str, path: str, fresh: httpx.AsyncClient) -> None:
         t = self.now()
         for attempt in (1, 2):
+            if attempt == 2:
+                client = fresh  # the retry goes out on a new connection, as browsers do
             try:
                 r = await client.get(path)
                 color = r.headers.get("x-colorgate-color", "")
@@ -199,6 +201,19 @@ def window(load: Load, start: float, end: float) -> dict:
         "failures_by_kind": {k: sum(1 for r in failed if r.kind == k) for k in sorted({r.kind for r in failed})},
         "failure_examples": sorted({r.error or f"HTTP {r.status}" for r in failed})[:5],
     }
+
+
+def timeline(load: Load) -> list[dict]:
+    """Per-second buckets: requests started, failed, median and p99 latency (ms)."""
+    buckets: dict[int, list[Req]] = {}
+    for r in load.records:
+        buckets.setdefault(int(r.t), []).append(r)
+    out = []
+    for second in sorted(buckets):
+        lat = sorted(r.latency for r in buckets[second])
+        out.append({"t": second, "requests": len(lat), "failed": sum(1 for r in buckets[second] if not r.ok),
+                    "p50_ms": round(lat[len(lat) // 2] * 1000, 1), "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1)})
+    return out
 
 
 def longest_gap(load: Load, start: float, end: float) -> float:
@@ -311,6 +326,7 @@ def run(args) -> dict:
         result["switch"]["longest_gap_ms"] = round(longest_gap(load, phase1, phase2) * 1000, 1)
         load.stop()
         result["stream"] = {**asdict(load.stream), "survived": load.stream.survived}
+        result["timeline"] = timeline(load)
         result["load"] = {"requests": len(load.records), "failed": sum(1 for r in load.records if not r.ok),
                           "skipped_overloaded_client": load.skipped, "seconds": round(load.now(), 1)}
         if args.png:

@@ -165,6 +165,9 @@ def check_ports_free(settings: Settings) -> None:
     for key, port in (("COLORGATE_HTTP_PORT", settings.http_port), ("COLORGATE_HTTPS_PORT", settings.https_port)):
         family = socket.AF_INET6 if ":" in settings.bind else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # as servers do (docker-proxy too): connections of an earlier run still in
+            # TIME_WAIT must not count as "in use"; a live listener still does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((settings.bind, port))
             except OSError as exc:

@@ -36,9 +36,21 @@ def expected(request, gate_settings) -> Expected:
 
 
 @pytest.fixture(scope="session")
-def edge(gate_settings):
-    with gates.edge_client(gate_settings, gates.trust_pem(gate_settings)) as client:
+def trust(gate_settings) -> str | None:
+    """The CA bundle the gates verify the edge against (read once per gate run)."""
+    return gates.trust_pem(gate_settings)
+
+
+@pytest.fixture(scope="session")
+def edge(gate_settings, trust):
+    with gates.edge_client(gate_settings, trust) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def published(gate_settings) -> dict[str, list[str]]:
+    """Host ports each service publishes (read once per gate run)."""
+    return gates.published_ports(gate_settings)
 
 
 def _show(response) -> str:
@@ -65,8 +77,8 @@ def edge_requests(gate_settings, expected, path, role):
 
 
 @given("the stack's containers", target_fixture="ports")
-def the_stacks_containers(gate_settings):
-    return gates.published_ports(gate_settings)
+def the_stacks_containers(published):
+    return published
 
 
 # --- then ------------------------------------------------------------------------------
@@ -127,10 +139,8 @@ def no_host_connection(gate_settings, port):
 
 
 @given("a TLS handshake with the edge", target_fixture="handshake")
-def tls_handshake(gate_settings):
-    return gates.tls_handshake(
-        gate_settings.edge_address, gate_settings.https_port, gate_settings.domain, gates.trust_pem(gate_settings)
-    )
+def tls_handshake(gate_settings, trust):
+    return gates.tls_handshake(gate_settings.edge_address, gate_settings.https_port, gate_settings.domain, trust)
 
 
 @then("the certificate chains to the configured CA and matches the domain")

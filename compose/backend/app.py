@@ -72,9 +72,12 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 75  # idle keep-alive connections are closed after this many seconds
 
-    def log_message(self, fmt, *args):  # one line per request on stdout
-        if self.path == "/api/health" and self.client_address[0] == "127.0.0.1":
-            return  # the container's own health check, every few seconds: noise
+    def log_request(self, code="-", size="-"):
+        # The edge logs every request; here only the ones that went wrong.
+        if isinstance(code, int) and code >= 400 or str(code).startswith(("4", "5")):
+            super().log_request(code, size)
+
+    def log_message(self, fmt, *args):  # errors and failed requests, one line each, on stdout
         sys.stdout.write("%s %s\n" % (self.address_string(), fmt % args))
         sys.stdout.flush()
 
