@@ -148,7 +148,7 @@ def history(c, profile=None, limit=20, json_=False):
 @task(help={"switches": "switches without gates", "gated": "gated switches", "baseline": "naive recreations to compare",
             "rps": "requests a second", "json": "write figures to this JSON file", "png": "write the latency plot to this PNG file"})
 @operator_errors
-def bench(c, switches=20, gated=3, baseline=3, rps=250, json_="benchmarks/out/switch_under_load.json",
+def bench(c, switches=20, gated=3, baseline=3, rps=200, json_="benchmarks/out/switch_under_load.json",
           png="benchmarks/out/switch_under_load.png"):
     """Benchmark switching under HTTPS load on an isolated stack, against the naive recreate baseline."""
     from benchmarks import switch_under_load

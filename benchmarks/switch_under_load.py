@@ -27,22 +27,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import secrets
 import socket
 import statistics
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import config, gates, release, runner, stack, tls  # noqa: E402
+from deploy import config, release, runner, stack, tls  # noqa: E402
 from deploy.colors import other  # noqa: E402
 
 MAX_IN_FLIGHT = 400
@@ -73,53 +73,77 @@ class Stream:
         return self.closed_by_us and not self.error and self.max_gap_s < 5
 
 
-@dataclass
 class Load:
-    """Open-loop HTTPS load in a background thread: `rps` requests a second,
-    scheduled on the clock whatever the answers take."""
+    """Open-loop HTTPS load from `procs` worker processes (so the client is not the
+    bottleneck on a small machine): `rps` requests a second in all, scheduled on the
+    clock whatever the answers take. Results are collected when it stops."""
 
-    base_url: str
-    ca_pem: str
-    rps: int
-    max_seconds: float
-    records: list[Req] = field(default_factory=list)
-    stream: Stream = field(default_factory=Stream)
-    skipped: int = 0
-    t0: float = 0.0
-
-    def __post_init__(self):
-        self._stop = threading.Event()
-        self._stop_stream = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+    def __init__(self, base_url: str, ca_pem: str, rps: int, max_seconds: float, procs: int = 2):
+        self.base_url, self.ca_pem, self.rps, self.max_seconds, self.procs = base_url, ca_pem, rps, max_seconds, procs
+        self.records: list[Req] = []
+        self.stream = Stream()
+        self.skipped = 0
+        self.t0 = 0.0
+        ctx = multiprocessing.get_context("fork")
+        self._stop, self._stop_stream, self._results = ctx.Event(), ctx.Event(), ctx.Queue()
+        self._workers = [ctx.Process(target=self._work, args=(i,), daemon=True) for i in range(procs)]
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
     def start(self) -> None:
-        self.t0 = time.monotonic()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        self.t0 = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every worker
+        for w in self._workers:
+            w.start()
 
     def stop_stream(self) -> None:
         self._stop_stream.set()
 
-    async def _main(self) -> None:
-        verify = tls.client_context(self.ca_pem)
-        keepalive = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=15, trust_env=False,
+    def stop(self) -> None:
+        self._stop.set()
+        self._stop_stream.set()
+        for _ in self._workers:
+            records, stream, skipped = self._results.get(timeout=60)
+            self.records += records
+            self.skipped += skipped
+            if stream is not None:
+                self.stream = stream
+        for w in self._workers:
+            w.join(timeout=10)
+        self.records.sort(key=lambda r: r.t)
+
+    def _work(self, index: int) -> None:
+        worker = _Worker(self, index)
+        asyncio.run(worker.main())
+        self._results.put((worker.records, worker.stream if index == 0 else None, worker.skipped))
+
+
+class _Worker:
+    """One process's share of the load: every `procs`-th tick, plus the stream in worker 0."""
+
+    def __init__(self, load: Load, index: int):
+        self.load, self.index = load, index
+        self.records: list[Req] = []
+        self.stream = Stream()
+        self.skipped = 0
+        self._stop, self._stop_stream = load._stop, load._stop_stream
+
+    def now(self) -> float:
+        return self.load.now()
+
+    async def main(self) -> None:
+        load = self.load
+        verify = tls.client_context(load.ca_pem)
+        keepalive = httpx.AsyncClient(base_url=load.base_url, verify=verify, timeout=15, trust_env=False,
                                       limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
-        fresh = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=15, trust_env=False,
+        fresh = httpx.AsyncClient(base_url=load.base_url, verify=verify, timeout=15, trust_env=False,
                                   limits=httpx.Limits(max_connections=64, max_keepalive_connections=0))
         in_flight: set[asyncio.Task] = set()
-        stream_task = asyncio.create_task(self._stream(keepalive))
-        rng = random.Random(7)
-        deadline = self.max_seconds
+        stream_task = asyncio.create_task(self._stream(keepalive)) if self.index == 0 else None
+        rng = random.Random(7 + self.index)
         i = 0
-        while not self._stop.is_set() and self.now() < deadline:
-            due = i / self.rps
-            delay = due - self.now()
+        while not self._stop.is_set() and self.now() < load.max_seconds:
+            delay = (i * load.procs + self.index) / load.rps - self.now()
             if delay > 0:
                 await asyncio.sleep(delay)
             i += 1
@@ -138,8 +162,9 @@ class Load:
             task.add_done_callback(in_flight.discard)
         if in_flight:
             await asyncio.wait(in_flight, timeout=20)
-        self._stop_stream.set()
-        await asyncio.wait_for(stream_task, timeout=20)
+        if stream_task:
+            self._stop_stream.set()
+            await asyncio.wait_for(stream_task, timeout=20)
         await keepalive.aclose()
         await fresh.aclose()
 
@@ -249,40 +274,29 @@ def bench_settings() -> config.Settings:
     return config.load("development", environ={**os.environ, **env})
 
 
-def teardown(settings: config.Settings) -> None:
-    runner.run(stack.compose_cmd(settings, "down", "--volumes", "--remove-orphans", "--timeout", "3"), env=settings.compose_env(), check=False)
-    tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], check=False).stdout.split()
-    mine = [t for t in tags if t.startswith(settings.image_prefix)]
-    if mine:
-        runner.run(["docker", "image", "rm", *mine], check=False)
-
-
 def run(args) -> dict:
+    """Drive the phases while the load runs; compute every figure once it has stopped."""
     settings = bench_settings()
-    events: list[tuple[float, str]] = []
-    result: dict = {"config": {"rps": args.rps, "switches": args.switches, "gated": args.gated, "baseline": args.baseline}}
+    events: list[tuple[float, str]] = []  # (time, "switch->green" ...), for latencies and the plot
     try:
         with runner.step("starting an isolated stack with both colors"):
             stack.up(settings)
             release.deploy(settings)  # both colors now run: blue v1, green v2
         versions = stack.running_versions(stack.service_states(settings))
-        budget = 60 + args.switches * (args.pause + 1) + args.gated * 12 + args.baseline * 15
-        load = Load(settings.https_url, tls.read_local_ca(settings), args.rps, max_seconds=budget)
+        budget = 60 + args.switches * (args.pause + 1) + args.gated * 12 + args.baseline * 15 + 4 * args.settle
+        load = Load(settings.https_url, tls.read_local_ca(settings), args.rps, max_seconds=budget, procs=args.procs)
         load.start()
         time.sleep(args.warmup)
 
         # 1. switches without gates
         phase1 = load.now()
-        latencies = []
         for _ in range(args.switches):
             to = other(stack.read_active(settings).color)
-            t = load.now()
+            events.append((load.now(), f"switch->{to}"))
             stack.write_active(settings, to, versions[to])
-            events.append((t, f"switch->{to}"))
             time.sleep(args.pause)
-            latencies.append(first_response_from(load, t, to))
-        result["switch"] = {**ms([x for x in latencies if x is not None]), "never_answered": latencies.count(None),
-                            **window(load, phase1, load.now())}
+        end1 = load.now()
+        time.sleep(args.settle)
 
         # 2. full gated switches
         phase2 = load.now()
@@ -290,52 +304,62 @@ def run(args) -> dict:
         for _ in range(args.gated):
             to = other(stack.read_active(settings).color)
             t = load.now()
+            events.append((t, f"gated->{to}"))
             record = release.switch(settings, to)
             gated.append(load.now() - t)
             pre.append(record.timings["pre_gates"])
             post.append(record.timings["post_gates"])
-            events.append((t, f"gated->{to}"))
             time.sleep(args.pause)
+        end2 = load.now()
         load.stop_stream()
-        result["gated_switch"] = {"total_ms": ms(gated), "pre_gates_ms": ms(pre), "post_gates_ms": ms(post),
-                                  **window(load, phase2, load.now())}
+        time.sleep(args.settle)
 
         # 3. rollback without gates
         phase3 = load.now()
         before = stack.read_active(settings).color
-        t = load.now()
+        events.append((load.now(), f"rollback->{other(before)}"))
         release.rollback(settings, use_gates=False)
-        events.append((t, f"rollback->{other(before)}"))
         time.sleep(args.pause)
-        back = first_response_from(load, t, other(before))
-        result["rollback"] = {"latency_ms": round(back * 1000, 1) if back is not None else None,
-                              **window(load, phase3, load.now())}
+        end3 = load.now()
+        time.sleep(args.settle)
 
         # 4. baseline: recreate the live backend in place
         phase4 = load.now()
         live = stack.read_active(settings).color
         env = stack.compose_env(settings, versions)
         for _ in range(args.baseline):
-            t = load.now()
+            events.append((load.now(), "recreate"))
             runner.run(stack.compose_cmd(settings, "up", "--detach", "--no-build", "--no-deps", "--force-recreate", f"backend_{live}"), env=env)
-            events.append((t, "recreate"))
             time.sleep(args.pause + 2)
         end4 = load.now()
-        result["baseline_recreate"] = {"recreations": args.baseline, "longest_gap_ms": round(longest_gap(load, phase4, end4) * 1000, 1),
-                                       **window(load, phase4, end4)}
-        result["switch"]["longest_gap_ms"] = round(longest_gap(load, phase1, phase2) * 1000, 1)
         load.stop()
-        result["stream"] = {**asdict(load.stream), "survived": load.stream.survived}
-        result["timeline"] = timeline(load)
-        result["load"] = {"requests": len(load.records), "failed": sum(1 for r in load.records if not r.ok),
-                          "skipped_overloaded_client": load.skipped, "seconds": round(load.now(), 1)}
-        if args.png:
-            plot(load, events, [("switches", phase1, phase2), ("gated", phase2, phase3), ("rollback", phase3, phase4),
-                                ("baseline recreate", phase4, end4)], args.png)
-        return result
     finally:
         if not args.keep:
-            teardown(settings)
+            stack.destroy(settings)
+
+    def latencies(prefix: str) -> list[float | None]:
+        return [first_response_from(load, t, label.split("->")[1]) for t, label in events if label.startswith(prefix)]
+
+    switch = latencies("switch->")
+    back = latencies("rollback->")
+    result = {
+        "config": {"rps": args.rps, "switches": args.switches, "gated": args.gated, "baseline": args.baseline,
+                   "client_processes": args.procs},
+        "switch": {**ms([x for x in switch if x is not None]), "never_answered": switch.count(None),
+                   "longest_gap_ms": round(longest_gap(load, phase1, end1) * 1000, 1), **window(load, phase1, end1)},
+        "gated_switch": {"total_ms": ms(gated), "pre_gates_ms": ms(pre), "post_gates_ms": ms(post), **window(load, phase2, end2)},
+        "rollback": {"latency_ms": round(back[0] * 1000, 1) if back and back[0] is not None else None, **window(load, phase3, end3)},
+        "baseline_recreate": {"recreations": args.baseline, "longest_gap_ms": round(longest_gap(load, phase4, end4) * 1000, 1),
+                              **window(load, phase4, end4)},
+        "stream": {**asdict(load.stream), "survived": load.stream.survived},
+        "load": {"requests": len(load.records), "failed": sum(1 for r in load.records if not r.ok),
+                 "skipped_overloaded_client": load.skipped, "seconds": round(load.now(), 1)},
+        "timeline": timeline(load),
+    }
+    if args.png:
+        plot(load, events, [("switches", phase1, end1), ("gated", phase2, end2), ("rollback", phase3, end3),
+                            ("baseline recreate", phase4, end4)], args.png)
+    return result
 
 
 def plot(load: Load, events, phases, path: str) -> None:
@@ -391,11 +415,13 @@ def main(argv=None) -> int:
     p.add_argument("--switches", type=int, default=20, help="switches without gates")
     p.add_argument("--gated", type=int, default=3, help="full gated switches")
     p.add_argument("--baseline", type=int, default=3, help="naive backend recreations")
-    p.add_argument("--rps", type=int, default=250, help="requests a second")
+    p.add_argument("--rps", type=int, default=200, help="requests a second")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between switches")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the first switch")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--png", help="write the latency plot to this PNG file")
+    p.add_argument("--settle", type=float, default=3.0, help="seconds of load between phases")
+    p.add_argument("--procs", type=int, default=2, help="load generator processes")
     p.add_argument("--keep", action="store_true", help="leave the benchmark's stack running")
     args = p.parse_args(argv)
     for path in (args.json, args.png):

@@ -302,18 +302,14 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
                 try:
                     stack.wait_ready(settings, color_services(candidate))
                 except StackError:
-                    runner.run(stack.compose_cmd(settings, "stop", *color_services(candidate)), env=env, check=False)
+                    stack.stop_color(settings, candidate, versions)
                     raise
             with runner.step("applying database migrations"):
-                runner.run(
-                    stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", f"backend_{candidate}", *stack.MIGRATE),
-                    env=env,
-                    what="database migrations",
-                )
+                stack.migrate(settings, candidate, versions)
             try:
                 _switch_and_verify(settings, record, active, candidate, version, use_gates=True)
             except GateFailed:
                 if record.outcome == "running":  # refused before the switch: stop the candidate
-                    runner.run(stack.compose_cmd(settings, "stop", *color_services(candidate)), env=env, check=False)
+                    stack.stop_color(settings, candidate, versions)
                 raise
         return record

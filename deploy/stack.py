@@ -254,11 +254,7 @@ def up(settings: Settings) -> dict:
         with runner.step(f"preparing {color} ({version}) images"):
             ensure_release_images(settings, color, versions)
         with runner.step("applying database migrations"):
-            runner.run(
-                compose_cmd(settings, "run", "--rm", "--no-deps", "-T", f"backend_{color}", *MIGRATE),
-                env=env,
-                what="database migrations",
-            )
+            migrate(settings, color, versions)
         with runner.step(f"starting {color} ({version})"):
             runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *color_services(color)), env=env, what="docker compose up")
             wait_ready(settings, color_services(color))
@@ -278,6 +274,30 @@ def down(settings: Settings, volumes: bool = False) -> None:
     routing state) are kept unless `volumes`."""
     args = ["down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
+
+
+def destroy(settings: Settings) -> None:
+    """Remove everything of this project: containers, networks, volumes, and the image
+    tags under its image prefix. For throwaway stacks (tests, benchmarks) only."""
+    runner.run(compose_cmd(settings, "down", "--volumes", "--remove-orphans", "--timeout", "3"), env=settings.compose_env(), check=False)
+    tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], env=settings.docker_env(), check=False).stdout.split()
+    mine = [t for t in tags if t.startswith(settings.image_prefix)]
+    if mine:
+        runner.run(["docker", "image", "rm", *mine], env=settings.docker_env(), check=False)
+
+
+def migrate(settings: Settings, color: str, versions: dict[str, str]) -> None:
+    """Apply pending migrations with a one-off container of `color`'s backend image."""
+    runner.run(
+        compose_cmd(settings, "run", "--rm", "--no-deps", "-T", f"backend_{color}", *MIGRATE),
+        env=compose_env(settings, versions),
+        what="database migrations",
+    )
+
+
+def stop_color(settings: Settings, color: str, versions: dict[str, str]) -> None:
+    """Stop a color's containers (kept, with their logs, for diagnosis)."""
+    runner.run(compose_cmd(settings, "stop", *color_services(color)), env=compose_env(settings, versions), check=False)
 
 
 def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:

@@ -45,11 +45,7 @@ def isolated_env(tag: str = "") -> dict[str, str]:
 
 def remove_stack(settings: config.Settings) -> None:
     """Containers, networks and volumes of the project, then the image tags it made."""
-    runner.run(stack.compose_cmd(settings, "down", "--volumes", "--remove-orphans", "--timeout", "3"), env=settings.compose_env(), check=False)
-    tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], check=False).stdout.split()
-    mine = [t for t in tags if t.startswith(settings.image_prefix)]
-    if mine:
-        runner.run(["docker", "image", "rm", *mine], check=False)
+    stack.destroy(settings)
 
 
 def dump_logs(settings: config.Settings) -> None:
