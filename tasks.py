@@ -10,10 +10,10 @@ import logging
 import os
 import sys
 
-from invoke import Exit, task
+from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap
-from deploy import config, release, runner, stack
+from deploy import config, db as _db, release, runner, stack
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -155,3 +155,56 @@ def bench(c, switches=20, gated=3, baseline=3, rps=200, json_="benchmarks/out/sw
 
     switch_under_load.main([f"--switches={switches}", f"--gated={gated}", f"--baseline={baseline}", f"--rps={rps}",
                             f"--json={json_}", f"--png={png}"])
+
+
+@task(name="backup", help={"profile": "env profile", "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)"})
+@operator_errors
+def db_backup(c, profile=None, keep=None):
+    """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row counts."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    with runner.step("backing up the database"):
+        m = _db.backup(settings, keep=int(keep) if keep else None)
+    print(f"backup {m['name']}: {m['size']} bytes, sha256 {m['sha256'][:16]}..., "
+          f"{sum(m['counts'].values())} rows in {len(m['counts'])} tables")
+
+
+@task(name="backups", help={"profile": "env profile", "json": "print machine-readable JSON"})
+@operator_errors
+def db_backups(c, profile=None, json_=False):
+    """List the backups on the target: name, size, age, verify result."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    found = _db.list_backups(settings)
+    print(json.dumps(found, indent=2) if json_ else _db.format_backups(found))
+
+
+@task(name="verify", positional=["backup"], help={"backup": "backup name, or latest", "profile": "env profile"})
+@operator_errors
+def db_verify(c, backup, profile=None):
+    """Restore a backup into a throwaway PostgreSQL and compare row counts and migrations."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    with runner.step(f"verifying backup {backup}"):
+        result = _db.verify(settings, None if backup == "latest" else backup)
+    if result.rows:
+        print(_db.format_compare(result.rows))
+    print(f"backup {result.name}: {'usable' if result.usable else 'UNUSABLE'} ({result.reason})")
+    if not result.usable:
+        raise Exit(code=1)
+
+
+@task(name="restore", positional=["backup"], help={"backup": "backup name", "profile": "env profile",
+                                                   "yes": "confirm restoring over a staging or production database"})
+@operator_errors
+def db_restore(c, backup, profile=None, yes=False):
+    """Restore a backup into the live database (one transaction), after a fresh backup."""
+    settings = config.load(profile)
+    _db.check_restore_allowed(settings, yes)
+    _bootstrap.check_docker(settings)
+    fresh = _db.restore(settings, backup, yes=yes)
+    print(f"restored {backup}; the database as it was before is in backup {fresh['name']}")
+
+
+ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
+ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore))

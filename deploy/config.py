@@ -60,6 +60,12 @@ def _seconds(value: str) -> int:
     return int(value)
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise ValueError("should be a whole number from 1 to 1000")
+    return int(value)
+
+
 def _docker_host(value: str) -> str:
     if value and not re.match(r"^(unix|tcp|ssh)://\S+$", value):
         raise ValueError("should be empty (local engine) or a URL like ssh://user@host")
@@ -96,6 +102,7 @@ KEYS: dict[str, Key] = {
     "COLORGATE_TLS_CA": Key(_pattern(re.compile(r"^(local|system|/\S+)$"), "should be local, system or an absolute path to a CA bundle"), "local"),
     "COLORGATE_TLS_MIN_DAYS": Key(_seconds, "14"),
     "COLORGATE_REPORTS_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "reports"),
+    "COLORGATE_BACKUP_KEEP": Key(_count, "7"),
     "POSTGRES_DB": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
     "POSTGRES_USER": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
     "POSTGRES_PASSWORD": Key(str, secret=True),
@@ -121,6 +128,7 @@ class Settings:
     tls_ca: str
     tls_min_days: int
     reports_path: str
+    backup_keep: int
     postgres_db: str
     postgres_user: str
     postgres_password: str = field(repr=False)
@@ -272,6 +280,7 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         tls_ca=parsed["COLORGATE_TLS_CA"],
         tls_min_days=parsed["COLORGATE_TLS_MIN_DAYS"],
         reports_path=parsed["COLORGATE_REPORTS_DIR"],
+        backup_keep=parsed["COLORGATE_BACKUP_KEEP"],
         postgres_db=parsed["POSTGRES_DB"],
         postgres_user=parsed["POSTGRES_USER"],
         postgres_password=parsed["POSTGRES_PASSWORD"],

@@ -91,3 +91,24 @@ def run(
             cmd, proc.returncode, redact(proc.stdout or ""), redact(proc.stderr or ""), what
         )
     return proc
+
+
+@contextlib.contextmanager
+def session(cmd: list[str], *, env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A long-running command we talk to over stdin/stdout (a psql session holding a
+    snapshot open, say). Logged like `run`; ended when the block exits."""
+    log.debug("$ %s (session)", redact(shlex.join(cmd)))
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, bufsize=1,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.stdin and not proc.stdin.closed:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

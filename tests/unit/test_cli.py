@@ -62,3 +62,9 @@ def test_docker_cli_missing(tmp_path):
 def test_debug_mode_shows_the_traceback(color):
     proc = cli("up", COLORGATE_INITIAL_COLOR=color, COLORGATE_DEBUG="1")
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_restore_over_staging_needs_yes_before_touching_anything():
+    line = one_line_error(cli("db.restore", "20260101T000000000000Z", "--profile", "staging",
+                              COLORGATE_DOMAIN="app.example.org", POSTGRES_PASSWORD="a-real-secret-1", PATH="/nonexistent"))
+    assert line == "colorgate: restoring over the staging database needs --yes (a fresh backup is taken first)"

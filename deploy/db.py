@@ -1,0 +1,276 @@
+"""Database safety: backups that are checked, verified by a real restore, and restore.
+
+Backups are `pg_dump -Fc` files made by a one-off `dbtools` container on the stack's
+internal network (never through a published port) and kept on the target in the
+`backups` volume, each with a manifest: checksum, size, and the per-table row counts
+and applied migrations *of the same snapshot the dump was taken from* (the snapshot is
+exported by a psql session held open for the duration), so verify compares like with
+like even while the app keeps writing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import tenacity
+
+from deploy import runner, stack
+from deploy.config import STRICT_PROFILES, Settings
+from deploy.errors import ColorgateError, CommandError
+
+END = "--colorgate-end--"
+
+# Per-table exact row counts (`table|count` lines) and the applied migrations.
+FACTS_SQL = f"""SELECT format('SELECT %L, count(*) FROM %I.%I', schemaname || '.' || tablename, schemaname, tablename)
+  FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 \\gexec
+SELECT 'migrations', coalesce((SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations), '')
+  WHERE to_regclass('public.schema_migrations') IS NOT NULL;
+SELECT '{END}';
+"""
+
+DUMP_SCRIPT = """set -eu
+cd /backups
+pg_dump --format=custom --snapshot="$2" --file="$1.dump.partial"
+mv "$1.dump.partial" "$1.dump"
+sha256sum "$1.dump" | cut -d' ' -f1
+stat -c %s "$1.dump"
+"""
+
+LIST_SCRIPT = """cd /backups
+for m in *.manifest.json; do
+  [ -e "$m" ] || continue
+  n=${m%.manifest.json}
+  printf '{"manifest":'; cat "$m"
+  printf ',"verify":'; if [ -f "$n.verify.json" ]; then cat "$n.verify.json"; else printf null; fi
+  printf ',"size":%s}\\n' "$(stat -c %s "$n.dump" 2>/dev/null || echo -1)"
+done
+"""
+
+
+class UnknownBackup(ColorgateError):
+    pass
+
+
+@dataclass(frozen=True)
+class Facts:
+    counts: dict[str, int]
+    migrations: list[int]
+
+
+def parse_facts(lines: list[str]) -> Facts:
+    """`table|count` lines and a `migrations|1,2,3` line -> Facts."""
+    counts, migrations = {}, []
+    for line in lines:
+        key, _, value = line.partition("|")
+        if key == "migrations":
+            migrations = [int(v) for v in value.split(",") if v]
+        elif value.isdigit():
+            counts[key] = int(value)
+    return Facts(counts, migrations)
+
+
+def compare(expected: Facts, got: Facts) -> list[tuple[str, str, str, bool]]:
+    """Rows of (what, expected, restored, same) for the verify table."""
+    rows = [(f"rows {t}", str(expected.counts.get(t, "-")), str(got.counts.get(t, "-")), expected.counts.get(t) == got.counts.get(t))
+            for t in sorted(set(expected.counts) | set(got.counts))]
+    rows.append(("migrations", ",".join(map(str, expected.migrations)) or "-", ",".join(map(str, got.migrations)) or "-",
+                 expected.migrations == got.migrations))
+    return rows
+
+
+def format_compare(rows: list[tuple[str, str, str, bool]]) -> str:
+    lines = [f"{'CHECK':<32} {'BACKUP':>12} {'RESTORED':>12}  RESULT"]
+    lines += [f"{what:<32} {a:>12} {b:>12}  {'pass' if ok else 'FAIL'}" for what, a, b, ok in rows]
+    return "\n".join(lines)
+
+
+def backup_name(now: datetime | None = None) -> str:
+    """Sortable and unique: UTC time to the microsecond."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def tools_cmd(settings: Settings, *args: str) -> list[str]:
+    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "dbtools", *args)
+
+
+def psql_cmd(container: str, settings: Settings) -> list[str]:
+    """psql inside a PostgreSQL container over its socket (no password, no port)."""
+    return ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+            "-U", settings.postgres_user, "-d", settings.postgres_db]
+
+
+def _read_until_end(proc) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line == END:
+            return lines
+        if line:
+            lines.append(line)
+    raise ColorgateError(f"psql ended early: {runner.redact(proc.stderr.read().strip()[-300:])}")
+
+
+def facts(settings: Settings, container: str) -> Facts:
+    proc = runner.run(psql_cmd(container, settings), input=FACTS_SQL, env=settings.docker_env(), what="reading row counts")
+    return parse_facts([line for line in proc.stdout.splitlines() if line and line != END])
+
+
+def backup(settings: Settings, keep: int | None = None) -> dict:
+    """Dump the live database with its facts from one snapshot; keep the newest `keep`."""
+    name = backup_name()
+    env = stack.compose_env(settings, {})
+    with runner.session(psql_cmd(f"{settings.project}-postgres-1", settings), env=settings.docker_env()) as psql:
+        psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{END}';\n")
+        psql.stdin.flush()
+        out = _read_until_end(psql)
+        if not out:
+            raise ColorgateError("could not export a snapshot from PostgreSQL: is the stack up? (`invoke status`)")
+        snapshot = out[-1]
+        psql.stdin.write(FACTS_SQL)
+        psql.stdin.flush()
+        snapshot_facts = parse_facts(_read_until_end(psql))
+        dumped = runner.run(tools_cmd(settings, "sh", "-c", DUMP_SCRIPT, "dump", name, snapshot), env=env, what="pg_dump")
+        psql.stdin.write("COMMIT;\n")
+    sha256, size = dumped.stdout.split()[-2:]
+    manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256,
+                "size": int(size), "database": settings.postgres_db, "counts": snapshot_facts.counts,
+                "migrations": snapshot_facts.migrations}
+    runner.run(tools_cmd(settings, "sh", "-c", 'cat > "/backups/$1.manifest.json"', "write", name),
+               input=json.dumps(manifest), env=env, what="writing the backup manifest")
+    prune(settings, keep or settings.backup_keep)
+    return manifest
+
+
+def list_backups(settings: Settings) -> list[dict]:
+    """Backups on the target, oldest first, with size and verify result."""
+    env = stack.compose_env(settings, {})
+    out = runner.run(tools_cmd(settings, "sh", "-c", LIST_SCRIPT), env=env, what="listing backups").stdout
+    found = []
+    for line in out.splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return sorted(found, key=lambda b: b["manifest"]["name"])
+
+
+def prune(settings: Settings, keep: int) -> list[str]:
+    names = [b["manifest"]["name"] for b in list_backups(settings)]
+    old = names[:-keep] if len(names) > keep else []
+    if old:
+        env = stack.compose_env(settings, {})
+        script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json"; done'
+        runner.run(tools_cmd(settings, "sh", "-c", script, "prune", *old), env=env, what="removing old backups")
+    return old
+
+
+def find(settings: Settings, name: str | None) -> dict:
+    backups = list_backups(settings)
+    if not backups:
+        raise UnknownBackup("there are no backups yet: make one with `invoke db.backup`")
+    if name is None:
+        return backups[-1]
+    for b in backups:
+        if b["manifest"]["name"] == name:
+            return b
+    raise UnknownBackup(f"unknown backup {name!r}: `invoke db.backups` lists them (newest: {backups[-1]['manifest']['name']})")
+
+
+@dataclass
+class Verified:
+    name: str
+    usable: bool
+    reason: str
+    rows: list[tuple[str, str, str, bool]]
+
+
+def verify(settings: Settings, name: str | None = None) -> Verified:
+    """Restore a backup into a throwaway PostgreSQL and compare it with its manifest.
+    The result is recorded beside the backup; one that fails is marked unusable."""
+    found = find(settings, name)
+    manifest = found["manifest"]
+    name = manifest["name"]
+    env = stack.compose_env(settings, {})
+    result = Verified(name, False, "", [])
+    actual = runner.run(tools_cmd(settings, "sh", "-c", 'sha256sum "/backups/$1.dump" | cut -d" " -f1', "sum", name),
+                        env=env, check=False, what="checksum").stdout.strip()
+    if actual != manifest["sha256"]:
+        result.reason = "the dump's checksum does not match its manifest (changed or damaged since the backup)"
+    else:
+        container = f"{settings.project}-verify-{secrets.token_hex(3)}"
+        runner.run(["docker", "run", "--detach", "--name", container, "--network", "none",
+                    "--label", f"com.colorgate.verify={settings.project}",
+                    "-e", f"POSTGRES_USER={settings.postgres_user}", "-e", f"POSTGRES_DB={settings.postgres_db}",
+                    "-e", "POSTGRES_PASSWORD", "-v", f"{settings.project}_backups:/backups:ro",
+                    f"{settings.image_prefix}postgres:latest"],
+                   env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)}, what="starting a throwaway PostgreSQL")
+        try:
+            _wait_pg(settings, container)
+            restored = runner.run(["docker", "exec", container, "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
+                                   "-U", settings.postgres_user, "-d", settings.postgres_db, f"/backups/{name}.dump"],
+                                  env=settings.docker_env(), check=False, what="pg_restore")
+            if restored.returncode != 0:
+                last = (restored.stderr.strip().splitlines() or ["no output"])[-1]
+                result.reason = f"pg_restore failed: {runner.redact(last)}"
+            else:
+                result.rows = compare(Facts(manifest["counts"], manifest["migrations"]), facts(settings, container))
+                bad = [r[0] for r in result.rows if not r[3]]
+                result.usable = not bad
+                result.reason = "restored; every row count and the migrations match" if not bad else f"mismatch: {', '.join(bad)}"
+        finally:
+            runner.run(["docker", "rm", "--force", "--volumes", container], env=settings.docker_env(), check=False)
+    record = {"usable": result.usable, "reason": result.reason, "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    runner.run(tools_cmd(settings, "sh", "-c", 'cat > "/backups/$1.verify.json"', "write", name),
+               input=json.dumps(record), env=env, what="recording the verify result")
+    return result
+
+
+def _wait_pg(settings: Settings, container: str) -> None:
+    @tenacity.retry(stop=tenacity.stop_after_delay(60), wait=tenacity.wait_exponential(multiplier=0.2, max=2),
+                    retry=tenacity.retry_if_exception_type(CommandError), reraise=True)
+    def ready() -> None:
+        runner.run(["docker", "exec", container, "psql", "-X", "-q", "-U", settings.postgres_user, "-d", settings.postgres_db,
+                    "-c", "SELECT 1"], env=settings.docker_env(), what="waiting for the throwaway PostgreSQL")
+
+    ready()
+
+
+def check_restore_allowed(settings: Settings, yes: bool) -> None:
+    if settings.profile in STRICT_PROFILES and not yes:
+        raise ColorgateError(f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)")
+
+
+def restore(settings: Settings, name: str, yes: bool = False) -> dict:
+    """Restore `name` into the live database, in one transaction, after a fresh backup."""
+    check_restore_allowed(settings, yes)
+    found = find(settings, name)
+    if found.get("verify") and not found["verify"]["usable"]:
+        raise ColorgateError(f"backup {name} is marked unusable ({found['verify']['reason']}): choose another")
+    with runner.step("taking a fresh backup first"):
+        fresh = backup(settings, keep=max(settings.backup_keep, 2))
+    runner.say(f"   fresh backup: {fresh['name']}")
+    env = stack.compose_env(settings, {})
+    with runner.step(f"restoring {name}"):
+        runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
+                             "--single-transaction", "--exit-on-error", "-d", settings.postgres_db, f"/backups/{name}.dump"),
+                   env=env, what="pg_restore")
+    return fresh
+
+
+def format_backups(backups: list[dict]) -> str:
+    if not backups:
+        return "no backups yet: `invoke db.backup` makes one"
+    now = datetime.now(timezone.utc)
+    lines = [f"{'NAME':<24} {'SIZE':>10} {'AGE':>8}  VERIFIED"]
+    for b in backups:
+        m = b["manifest"]
+        age = now - datetime.fromisoformat(m["created"])
+        hours = age.total_seconds() / 3600
+        shown_age = f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.0f}d"
+        v = b.get("verify")
+        state = "-" if not v else ("usable" if v["usable"] else f"UNUSABLE: {v['reason']}")
+        lines.append(f"{m['name']:<24} {b['size']:>10} {shown_age:>8}  {state}")
+    return "\n".join(lines)

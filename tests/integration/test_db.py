@@ -1,0 +1,110 @@
+"""Backups, verify and restore against the stack's real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from deploy import config, db, gates, runner, stack, tls
+
+from .conftest import dump_logs, invoke, isolated_env, remove_stack
+
+
+@pytest.fixture(scope="module")
+def env():
+    return isolated_env("db")
+
+
+@pytest.fixture(scope="module")
+def settings(request, env):
+    s = config.load("development", environ={**os.environ, **env})
+    try:
+        stack.up(s)
+        yield s
+    finally:
+        if request.session.testsfailed:
+            dump_logs(s)
+        remove_stack(s)
+
+
+@pytest.fixture
+def client(settings):
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        yield c
+
+
+def tools(settings, script, *args):
+    return runner.run(db.tools_cmd(settings, "sh", "-c", script, "t", *args), env=stack.compose_env(settings, {}))
+
+
+def test_backup_under_writes_then_verify_passes(settings, client):
+    for i in range(20):
+        client.post("/api/notes", json={"body": f"before {i}"})
+    stop = threading.Event()
+
+    def writer():
+        with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+            while not stop.is_set():
+                c.post("/api/notes", json={"body": "during"})
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        manifest = db.backup(settings)
+    finally:
+        stop.set()
+        t.join()
+    assert manifest["counts"]["public.notes"] >= 20 and manifest["migrations"] == [1]
+    result = db.verify(settings, manifest["name"])
+    assert result.usable, result
+    assert ("rows public.notes", str(manifest["counts"]["public.notes"]), str(manifest["counts"]["public.notes"]), True) in result.rows
+    listed = {b["manifest"]["name"]: b for b in db.list_backups(settings)}
+    assert listed[manifest["name"]]["verify"]["usable"] is True and listed[manifest["name"]]["size"] == manifest["size"]
+
+
+def test_a_corrupted_dump_fails_verify_and_is_marked_unusable(settings, env):
+    name = db.backup(settings)["name"]
+    tools(settings, 'printf "garbage" | dd of="/backups/$1.dump" bs=1 seek=200 conv=notrunc 2>/dev/null', name)
+    proc = invoke("db.verify", name, env=env)
+    assert proc.returncode == 1 and "UNUSABLE" in proc.stdout and "checksum does not match" in proc.stdout
+    assert f"{name}" in invoke("db.backups", env=env).stdout and "UNUSABLE" in invoke("db.backups", env=env).stdout
+    refused = invoke("db.restore", name, env=env)
+    assert refused.returncode == 1 and "is marked unusable" in refused.stderr
+
+
+def test_a_truncated_dump_fails_the_restore_check(settings):
+    m = db.backup(settings)
+    # truncated as a full disk would leave it, with a manifest that matches the truncated file
+    tools(settings, 'head -c 1500 "/backups/$1.dump" > /tmp/t && cat /tmp/t > "/backups/$1.dump"', m["name"])
+    m["sha256"] = tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', m["name"]).stdout.strip()
+    runner.run(db.tools_cmd(settings, "sh", "-c", 'cat > "/backups/$1.manifest.json"', "w", m["name"]),
+               input=json.dumps(m), env=stack.compose_env(settings, {}))
+    result = db.verify(settings, m["name"])
+    assert not result.usable and result.reason.startswith("pg_restore failed")
+
+
+def test_restore_brings_back_deleted_rows_after_a_fresh_backup(settings, client, env):
+    kept = client.post("/api/notes", json={"body": "keep me"}).json()
+    name = db.backup(settings)["name"]
+    assert client.delete(f"/api/notes/{kept['id']}").status_code == 204
+    later = client.post("/api/notes", json={"body": "written after the backup"}).json()
+    proc = invoke("db.restore", name, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert client.get(f"/api/notes/{kept['id']}").json()["body"] == "keep me"
+    assert client.get(f"/api/notes/{later['id']}").status_code == 404
+    fresh = proc.stdout.strip().split("backup ")[-1]
+    assert fresh in [b["manifest"]["name"] for b in db.list_backups(settings)]  # the state before the restore is kept
+    assert client.get("/api/health").json()["database"] == "ok"
+
+
+def test_unknown_backup_and_retention(settings, env):
+    for _ in range(3):
+        db.backup(settings, keep=2)
+    assert len(db.list_backups(settings)) == 2
+    proc = invoke("db.verify", "20000101T000000000000Z", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "colorgate: unknown backup '20000101T000000000000Z': `invoke db.backups` lists them")
