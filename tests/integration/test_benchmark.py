@@ -28,3 +28,13 @@ def test_benchmark_smoke(tmp_path):
     assert "first response from the new color" in proc.stdout
     leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "cgbench" not in leftover
+
+
+def test_db_backup_benchmark_smoke(tmp_path):
+    out = tmp_path / "db.json"
+    proc = subprocess.run([sys.executable, "benchmarks/db_backup.py", "--rows", "5000", f"--json={out}"],
+                          cwd=config.project_root(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["rows"] == 5000 and result["verified"] is True and result["dump_bytes"] > 0
+    assert result["backup_s"] > 0 and result["verify_s"] > 0
