@@ -206,5 +206,15 @@ def db_restore(c, backup, profile=None, yes=False):
     print(f"restored {backup}; the database as it was before is in backup {fresh['name']}")
 
 
+@task(name="migrate", help={"profile": "env profile", "break_lock": LOCK_HELP})
+@operator_errors
+def db_migrate(c, profile=None, break_lock=False):
+    """Apply the live color's pending migrations, after a verified backup."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    applied = release.migrate(settings, break_lock=break_lock)
+    print(f"applied {applied} migration(s)" if applied else "at head")
+
+
 ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
-ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore))
+ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate))

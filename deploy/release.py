@@ -234,6 +234,19 @@ def _recorded(settings: Settings, record: Record) -> Iterator[Record]:
             append_history(settings, record)
 
 
+def _verified_backup(settings: Settings, record: Record) -> None:
+    """Before migrating: a backup that a real restore has verified, or stop."""
+    from deploy import db
+
+    with _timed(record, "backup", "backing up the database before migrating"):
+        manifest = db.backup(settings)
+    with _timed(record, "verify", f"verifying backup {manifest['name']}"):
+        verified = db.verify(settings, manifest["name"])
+    if not verified.usable:
+        raise ColorgateError(f"the pre-migration backup {manifest['name']} did not verify ({verified.reason}): not migrating")
+    record.detail = f"backup {manifest['name']}"
+
+
 def _live(settings: Settings) -> proxy.Active:
     active = stack.read_active(settings)
     if active is None:
@@ -275,6 +288,24 @@ def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = Fals
     return switch(settings, previous[0], use_gates=use_gates, break_lock=break_lock, action="rollback")
 
 
+def migrate(settings: Settings, break_lock: bool = False) -> int:
+    """Apply the live color's pending migrations, after a verified backup. Returns how many."""
+    with lock(settings, "migrate", break_lock):
+        active = _live(settings)
+        pending = stack.pending_migrations(settings, active.color)
+        if not pending:
+            runner.say("the database is at head: nothing to migrate")
+            return 0
+        record = Record("migrate", active.color, active.color, active.version, active.version)
+        with _recorded(settings, record):
+            _verified_backup(settings, record)
+            versions = stack.running_versions(stack.service_states(settings))
+            with _timed(record, "migrations", f"applying {pending} database migration(s)"):
+                stack.migrate(settings, active.color, versions)
+            record.outcome = "migrated"
+        return pending
+
+
 def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
     with lock(settings, "deploy", break_lock):
@@ -304,8 +335,15 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
                 except StackError:
                     stack.stop_color(settings, candidate, versions)
                     raise
-            with runner.step("applying database migrations"):
-                stack.migrate(settings, candidate, versions)
+            try:
+                pending = stack.pending_migrations(settings, candidate)
+                if pending:
+                    _verified_backup(settings, record)
+                    with _timed(record, "migrations", f"applying {pending} database migration(s)"):
+                        stack.migrate(settings, candidate, versions)
+            except ColorgateError:
+                stack.stop_color(settings, candidate, versions)
+                raise
             try:
                 _switch_and_verify(settings, record, active, candidate, version, use_gates=True)
             except GateFailed:

@@ -295,6 +295,22 @@ def migrate(settings: Settings, color: str, versions: dict[str, str]) -> None:
     )
 
 
+def migration_status_cmd(settings: Settings, color: str) -> list[str]:
+    return ["docker", "exec", f"{settings.project}-backend_{color}-1", *MIGRATE, "--status"]
+
+
+def pending_migrations(settings: Settings, color: str) -> int:
+    """Migrations `color`'s backend image has that the database has not applied."""
+    out = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), what="migration status").stdout
+    return parse_migration_status(out)[1]
+
+
+def parse_migration_status(out: str) -> tuple[int, int]:
+    """`applied=N pending=M` -> (N, M)."""
+    fields = dict(part.split("=", 1) for part in out.split() if "=" in part)
+    return int(fields["applied"]), int(fields["pending"])
+
+
 def stop_color(settings: Settings, color: str, versions: dict[str, str]) -> None:
     """Stop a color's containers (kept, with their logs, for diagnosis)."""
     runner.run(compose_cmd(settings, "stop", *color_services(color)), env=compose_env(settings, versions), check=False)

@@ -14,6 +14,10 @@ Feature: Health
     Then the response is the single-page app
     And the response comes from the color and version under test
 
+  @pre
+  Scenario: The candidate's database migrations are at head
+    Then the color under test has no pending database migrations
+
   @post
   Scenario: The edge serves the single-page app
     Given the public edge

@@ -114,6 +114,12 @@ def edge_routes_expected(gate_settings, expected):
     )
 
 
+@then("the color under test has no pending database migrations")
+def migrations_at_head(gate_settings, expected):
+    pending = stack.pending_migrations(gate_settings, expected.color)
+    assert pending == 0, f"backend_{expected.color} has {pending} migration(s) the database has not applied: run `invoke db.migrate`"
+
+
 @then("only the edge publishes host ports")
 def only_edge_publishes(ports):
     publishing = {service: p for service, p in ports.items() if p}

@@ -164,6 +164,24 @@ def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
     assert pre and set(pre) == {"passed"}
 
 
+def test_a_failing_migration_stops_the_deploy_before_traffic_moves(rstack, tmp_path):
+    s = broken_app(tmp_path, rstack, "COLOR = ", "COLOR = ")  # same app...
+    (tmp_path / "compose" / "backend" / "migrations" / "900_broken.sql").write_text(
+        "ALTER TABLE notes ADD COLUMN oops integer;\nSELECT no_such_function();\n")  # ...with a migration that fails
+    before = live(s)
+    with pytest.raises(CommandError, match="database migrations failed"):
+        release.deploy(s, version="v5-bad-migration")
+    assert live(s) == before
+    assert api(s).json() == {"color": before.color, "version": before.version}
+    last = release.read_history(s)[-1]
+    assert (last["to_version"], last["outcome"]) == ("v5-bad-migration", "failed") and "backup" in last["timings"]
+    assert stack.service_states(s)[f"backend_{last['to_color']}"].state == "exited"
+    # the failed migration ran in one transaction: nothing of it stayed behind
+    columns = runner.run(["docker", "exec", f"{s.project}-postgres-1", "psql", "-At", "-U", s.postgres_user, "-d", s.postgres_db,
+                          "-c", "SELECT column_name FROM information_schema.columns WHERE table_name = 'notes'"]).stdout.split()
+    assert "oops" not in columns and "tags" in columns
+
+
 def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
     s = rstack
     color = live(s).color
