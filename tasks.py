@@ -13,7 +13,7 @@ import sys
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap
-from deploy import config, db as _db, release, runner, stack
+from deploy import config, db as _db, release, runner, stack, tls as _tls
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -216,5 +216,16 @@ def db_migrate(c, profile=None, break_lock=False):
     print(f"applied {applied} migration(s)" if applied else "at head")
 
 
+@task(name="status", help={"profile": "env profile", "json": "print machine-readable JSON"})
+@operator_errors
+def tls_status(c, profile=None, json_=False):
+    """The certificate the edge serves: subject, SANs, issuer, not-after, days left, source."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    data = _tls.status(settings)
+    print(json.dumps(data, indent=2) if json_ else _tls.format_status(data))
+
+
 ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
+ns.add_collection(Collection("tls", tls_status))
 ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate))

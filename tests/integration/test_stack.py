@@ -114,6 +114,15 @@ def test_status_json_and_text(live_stack, stack_env):
     assert "active color: blue (v1)" in text and "backend_blue" in text
 
 
+def test_tls_status_describes_the_served_certificate(live_stack, stack_env):
+    proc = invoke("tls.status", "--json", env=stack_env)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["subject"] == "CN=localhost" and "127.0.0.1" in data["sans"]
+    assert data["issuer"] == "CN=Colorgate local CA (localhost)" and data["source"] == "local CA (made by the edge)"
+    assert 396 < data["days_left"] <= 397
+
+
 def test_logs_of_one_service(live_stack, stack_env):
     proc = invoke("logs", "backend_blue", "--tail", "5", env=stack_env)
     bad = invoke("logs", "backend_red", env=stack_env)

@@ -1,0 +1,24 @@
+"""Reading a certificate for `tls.status` (no Docker)."""
+
+from datetime import datetime, timedelta, timezone
+
+from deploy import tls
+from tests.certs import make_ca, make_leaf
+
+
+def test_describe_a_leaf():
+    ca, ca_key = make_ca("Test CA")
+    cert, _ = make_leaf(ca, ca_key, "app.example.org", days=20)
+    data = tls.describe(cert, '{"directory": "https://acme.test/dir"}', "")
+    assert data["subject"] == "CN=app.example.org" and data["sans"] == ["app.example.org"]
+    assert data["issuer"] == "CN=Test CA"
+    assert 19.9 < data["days_left"] <= 20
+    assert data["source"] == "ACME" and data["acme_directory"] == "https://acme.test/dir"
+
+
+def test_describe_reports_expired_and_local_certificates():
+    ca, ca_key = make_ca()
+    cert, _ = make_leaf(ca, ca_key, "localhost", days=-2)
+    data = tls.describe(cert, "", "localhost\n", now=datetime.now(timezone.utc) + timedelta(days=1))
+    assert data["days_left"] < -2.9 and data["source"] == "local CA (made by the edge)" and data["acme_directory"] is None
+    assert "days_left" in tls.format_status(data)
