@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PROFILE ?= development
 
-.PHONY: deploy test venv
+.PHONY: deploy test test-deps venv
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -20,6 +20,11 @@ deploy: venv
 	$(BIN)/invoke up --profile $(PROFILE)
 	$(BIN)/pytest features/ -p no:cacheprovider --profile $(PROFILE) --junitxml=reports/gates.xml
 
-test: venv
+# The ACME tests run Debian's pebble (Let's Encrypt's test CA) on loopback.
+test-deps:
+	@command -v pebble >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble; }
+
+test: venv test-deps
 	$(BIN)/invoke bootstrap
 	$(BIN)/pytest

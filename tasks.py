@@ -226,6 +226,42 @@ def tls_status(c, profile=None, json_=False):
     print(json.dumps(data, indent=2) if json_ else _tls.format_status(data))
 
 
+@task(name="init", help={"email": "address for the CA's expiry notices", "domain": "must be COLORGATE_DOMAIN (default)",
+                         "staging": "use Let's Encrypt's staging directory",
+                         "directory": "letsencrypt, letsencrypt-staging, or an ACME directory URL",
+                         "ca_bundle": "CA bundle to trust for the ACME server's own HTTPS (test CAs)", "profile": "env profile"})
+@operator_errors
+def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=None, profile=None):
+    """Obtain a certificate over HTTP-01 through the edge and move the edge onto it (graceful reload)."""
+    from pathlib import Path
+
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    with runner.step(f"obtaining a certificate for {domain or settings.domain}"):
+        data = _tls.init(settings, email, domain=domain, directory=directory, staging=staging,
+                         ca_bundle=Path(ca_bundle) if ca_bundle else None)
+    print(_tls.format_status(data))
+
+
+@task(name="renew", help={"profile": "env profile"})
+@operator_errors
+def tls_renew(c, profile=None):
+    """Renew the certificate when due; reload the edge only when it changed."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    data = _tls.renew(settings)
+    print(("renewed; the edge now serves it" if data["reloaded"] else "not due yet: nothing changed")
+          + f" (expires {data['not_after']}, {data['days_left']} days left)")
+
+
+@task(name="schedule", help={"profile": "env profile"})
+@operator_errors
+def tls_schedule(c, profile=None):
+    """Install the daily `invoke tls.renew` on this host (a cron file; idempotent)."""
+    settings = config.load(profile)
+    print(_tls.schedule(settings))
+
+
 ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
-ns.add_collection(Collection("tls", tls_status))
+ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate))

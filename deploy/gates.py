@@ -18,12 +18,29 @@ from deploy import proxy, runner, stack, tls
 from deploy.config import Settings
 
 
+class EdgeClient(httpx.Client):
+    """An HTTPS client that connects to the edge's address and speaks to it as the
+    public domain (SNI, certificate name and Host), so the domain need not resolve
+    from where the gates run."""
+
+    def __init__(self, server_name: str, **kwargs):
+        super().__init__(headers={"Host": server_name}, **kwargs)
+        self._server_name = server_name
+
+    def build_request(self, *args, **kwargs) -> httpx.Request:
+        request = super().build_request(*args, **kwargs)
+        request.extensions["sni_hostname"] = self._server_name
+        return request
+
+
 def edge_client(settings: Settings, ca_pem: str | None = None) -> httpx.Client:
     """HTTPS client for the public edge, verifying its certificate against `ca_pem`
     (the edge's local CA by default) and the configured domain."""
     ca_pem = ca_pem if ca_pem is not None else tls.read_local_ca(settings)
-    return httpx.Client(
-        base_url=settings.https_url,
+    port = "" if settings.https_port == 443 else f":{settings.https_port}"
+    return EdgeClient(
+        settings.domain,
+        base_url=f"https://{settings.edge_address}{port}",
         verify=tls.client_context(ca_pem),
         timeout=10,
         follow_redirects=False,

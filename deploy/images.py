@@ -39,6 +39,7 @@ BASES = {
     "nginx": BaseImage("nginx", ("nginx-light", "openssl", "ca-certificates", "curl")),
     "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
     "postgres": BaseImage("postgres", ("postgresql-15",)),
+    "certbot": BaseImage("certbot", ("certbot", "ca-certificates")),
 }
 
 RELEASE_IMAGES = ("frontend", "backend")  # versioned per color; edge and postgres are shared

@@ -4,11 +4,18 @@ Docker so clients (gates, tests, curl) can verify the edge for real."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import shlex
 import ssl
+import sys
 from pathlib import Path
 
-from deploy import proxy, runner
+from deploy import proxy, runner, stack
 from deploy.config import Settings
+from deploy.errors import ColorgateError, CommandError
 
 TLS_DIR = "/etc/colorgate/tls"
 LOCAL_CA = f"{TLS_DIR}/local-ca.pem"
@@ -43,7 +50,6 @@ def served_cert_cmd(project: str) -> list[str]:
 
 def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -> dict:
     """Subject, SANs, issuer, validity and source of the first certificate in `pem`."""
-    import json
     from datetime import datetime, timezone
 
     from cryptography import x509
@@ -64,6 +70,7 @@ def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -
         "subject": cert.subject.rfc4514_string(),
         "sans": names,
         "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": not_after.isoformat(),
         "days_left": round((not_after - now).total_seconds() / 86400, 1),
@@ -82,3 +89,141 @@ def status(settings: Settings) -> dict:
 def format_status(data: dict) -> str:
     width = max(len(k) for k in data)
     return "\n".join(f"{k:<{width}}  {', '.join(v) if isinstance(v, list) else v}" for k, v in data.items())
+
+
+# --- ACME (certbot, HTTP-01 through the edge) ---------------------------------------
+
+DIRECTORIES = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+EMAIL = re.compile(r"^[^@\s]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+CERT_NAME = "colorgate"
+ACME_CA_FILE = "/etc/letsencrypt/colorgate-acme-ca.pem"  # trusted for the ACME server's own HTTPS
+HOOK = "/usr/local/bin/colorgate-deploy-hook"
+
+
+def resolve_directory(directory: str | None, staging: bool) -> str:
+    """`letsencrypt`, `letsencrypt-staging` or a URL -> the ACME directory URL."""
+    if staging and directory not in (None, "letsencrypt-staging"):
+        raise ColorgateError("--staging and --directory both given: use one")
+    name = "letsencrypt-staging" if staging else (directory or "letsencrypt")
+    if name in DIRECTORIES:
+        return DIRECTORIES[name]
+    if not re.match(r"^https://\S+$", name):
+        raise ColorgateError(f"ACME directory {name!r} is neither letsencrypt, letsencrypt-staging nor an https:// URL")
+    return name
+
+
+def certbot_cmd(settings: Settings, *args: str, ca_bundle: bool = False) -> list[str]:
+    extra = ["-e", f"REQUESTS_CA_BUNDLE={ACME_CA_FILE}"] if ca_bundle else []
+    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, "certbot", *args)
+
+
+def certonly_args(domain: str, email: str, directory: str) -> list[str]:
+    return ["certonly", "--webroot", "--webroot-path", "/var/www/acme", "--domain", domain, "--email", email,
+            "--agree-tos", "--non-interactive", "--no-eff-email", "--server", directory, "--cert-name", CERT_NAME,
+            "--keep-until-expiring", "--deploy-hook", HOOK]
+
+
+def renew_args() -> list[str]:
+    return ["renew", "--cert-name", CERT_NAME, "--non-interactive", "--no-random-sleep-on-renew", "--deploy-hook", HOOK]
+
+
+def explain_certbot(exc: CommandError, directory: str, domain: str) -> ColorgateError:
+    """certbot's failure -> one line naming the cause and the fix."""
+    text = exc.stdout + exc.stderr
+    if re.search(r"Connection refused|Max retries exceeded|Name or service not known|NewConnectionError|Failed to establish", text):
+        return ColorgateError(f"the ACME server {directory} is unreachable: check the directory URL and this host's network")
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return ColorgateError(f"the ACME server {directory} has a certificate this host does not trust: pass its CA with --ca-bundle")
+    if "Some challenges have failed" in text or "unauthorized" in text.lower() or "Connection refused" in text:
+        detail = next((line.strip() for line in text.splitlines() if "Detail:" in line), "")
+        return ColorgateError(
+            f"the CA could not fetch the HTTP-01 challenge for {domain} ({detail.removeprefix('Detail:').strip() or 'see certbot output'}): "
+            f"port 80 of {domain} must reach this edge"
+        )
+    if "invalid" in text.lower() and "contact" in text.lower():
+        return ColorgateError("the ACME server refused the email address: give a valid --email")
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), "no output")
+    return ColorgateError(f"certbot failed: {runner.redact(last.strip())}")
+
+
+def reload_if_changed(settings: Settings) -> bool:
+    """If the deploy hook installed a certificate: `nginx -t`, graceful reload; else nothing."""
+    script = f"[ -f {TLS_DIR}/.changed ] || exit 10; nginx -t -q -c {proxy.NGINX_CONF} && nginx -s reload -c {proxy.NGINX_CONF} && rm -f {TLS_DIR}/.changed"
+    proc = runner.run(["docker", "exec", proxy.edge_container(settings.project), "sh", "-c", script], env=settings.docker_env(), check=False)
+    if proc.returncode == 10:
+        return False
+    if proc.returncode != 0:
+        raise ColorgateError(f"the edge rejected the new certificate (nginx -t): {proc.stderr.strip().splitlines()[-1:]}; it keeps serving the old one")
+    return True
+
+
+def init(settings: Settings, email: str, domain: str | None = None, directory: str | None = None,
+         staging: bool = False, ca_bundle: Path | None = None) -> dict:
+    """Obtain a certificate for the edge's domain over HTTP-01 and move the edge onto it
+    with a graceful reload. Until then, and whenever this fails, the current
+    certificate keeps serving."""
+    domain = domain or settings.domain
+    if domain != settings.domain:
+        raise ColorgateError(f"--domain {domain} is not COLORGATE_DOMAIN ({settings.domain}): set COLORGATE_DOMAIN={domain} first")
+    if domain == "localhost" or "." not in domain:
+        raise ColorgateError(f"an ACME CA cannot issue for {domain!r}: set COLORGATE_DOMAIN to a public host name")
+    if not EMAIL.match(email or ""):
+        raise ColorgateError(f"invalid email {email!r}: give an address the CA can send expiry notices to")
+    url = resolve_directory(directory, staging)
+    env = stack.compose_env(settings, {})
+    if ca_bundle:
+        if not Path(ca_bundle).is_file():
+            raise ColorgateError(f"--ca-bundle {ca_bundle} does not exist")
+        runner.run(stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "certbot", "-c",
+                                     f"cat > {ACME_CA_FILE}"), input=Path(ca_bundle).read_text(), env=env, what="installing the ACME CA bundle")
+    try:
+        runner.run(certbot_cmd(settings, *certonly_args(domain, email, url), ca_bundle=bool(ca_bundle)), env=env,
+                   timeout=600, what="certbot certonly")
+    except CommandError as exc:
+        raise explain_certbot(exc, url, domain) from None
+    record = json.dumps({"directory": url, "email": email, "domain": domain, "ca_bundle": bool(ca_bundle)})
+    runner.run(["docker", "exec", "-i", proxy.edge_container(settings.project), "sh", "-c", f"cat > {ACME_STATE}"],
+               input=record, env=settings.docker_env(), what="recording the ACME directory")
+    reloaded = reload_if_changed(settings)
+    return {**status(settings), "reloaded": reloaded}
+
+
+def renew(settings: Settings) -> dict:
+    """Renew when due (certbot decides), reload only when a certificate changed."""
+    state = status(settings)
+    if not state["acme_directory"]:
+        raise ColorgateError("the edge serves no ACME certificate yet: run `invoke tls.init` first")
+    acme = runner.run(["docker", "exec", proxy.edge_container(settings.project), "cat", ACME_STATE], env=settings.docker_env()).stdout
+    env = stack.compose_env(settings, {})
+    try:
+        runner.run(certbot_cmd(settings, *renew_args(), ca_bundle=json.loads(acme).get("ca_bundle", False)), env=env,
+                   timeout=600, what="certbot renew")
+    except CommandError as exc:
+        raise explain_certbot(exc, state["acme_directory"], settings.domain) from None
+    reloaded = reload_if_changed(settings)
+    return {**status(settings), "reloaded": reloaded}
+
+
+def cron_line(settings: Settings, python: str) -> str:
+    """A daily renewal, at a time derived from the project name (spread across hosts)."""
+    minute = int(hashlib.sha256(settings.project.encode()).hexdigest(), 16) % 60
+    return (f"{minute} 3 * * * root cd {shlex.quote(str(settings.root))} && COLORGATE_PROFILE={settings.profile} "
+            f"{shlex.quote(python)} -m invoke tls.renew >> /var/log/colorgate-{settings.project}-renew.log 2>&1\n")
+
+
+def schedule(settings: Settings, cron_dir: Path = Path("/etc/cron.d"), python: str = sys.executable) -> str:
+    """Install the daily renewal as a cron file; unchanged when it is already there."""
+    target = cron_dir / f"colorgate-{settings.project}-renew"
+    content = "# Managed by Colorgate (`invoke tls.schedule`): daily certificate renewal.\n" + cron_line(settings, python)
+    if target.is_file() and target.read_text() == content:
+        return f"already installed: {target}"
+    if not cron_dir.is_dir():
+        raise ColorgateError(f"{cron_dir} does not exist: install cron (`apt-get install cron`) and retry")
+    tmp = target.with_name("." + target.name + ".tmp")
+    tmp.write_text(content)
+    tmp.chmod(0o644)
+    os.replace(tmp, target)
+    return f"installed: {target}"

@@ -177,7 +177,9 @@ def protocol_refused(gate_settings, protocol):
 def http_redirects(gate_settings):
     import httpx
 
-    r = httpx.get(f"{gate_settings.http_url}/some/path?q=1", follow_redirects=False, trust_env=False, timeout=5)
+    port = "" if gate_settings.http_port == 80 else f":{gate_settings.http_port}"
+    r = httpx.get(f"http://{gate_settings.edge_address}{port}/some/path?q=1", headers={"Host": gate_settings.domain},
+                  follow_redirects=False, trust_env=False, timeout=5)
     assert r.status_code == 301, f"{r.url} answered {r.status_code}"
     assert r.headers.get("location") == f"{gate_settings.https_url}/some/path?q=1", f"redirects to {r.headers.get('location')}"
 
