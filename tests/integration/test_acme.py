@@ -99,6 +99,13 @@ def test_bad_email_is_refused_before_anything_runs(settings, pebble):
         tls.init(settings, "not-an-email", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
 
 
+def test_a_domain_other_than_the_configured_one_is_refused(settings, env):
+    proc = invoke("tls.init", "--email", f"ops@{DOMAIN}", "--domain", "bad..example", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"colorgate: --domain bad..example is not COLORGATE_DOMAIN ({DOMAIN}): set COLORGATE_DOMAIN=bad..example first")
+
+
 def test_unreachable_acme_server_leaves_the_certificate_in_place(settings, pebble, env):
     before = tls.status(settings)
     proc = invoke("tls.init", "--email", f"ops@{DOMAIN}", "--directory", f"https://localhost:{free_port()}/dir",

@@ -58,6 +58,34 @@ def test_certificate_is_verified_for_the_domain_and_not_for_another(settings, ca
         httpx.get(f"{settings.https_url}/", verify=ssl.create_default_context(), trust_env=False)  # system CAs
 
 
+def test_tls_configuration_follows_mozilla_intermediate(live_stack, settings, client):
+    from deploy import proxy, runner
+
+    dump = runner.run(["docker", "exec", proxy.edge_container(settings.project), "nginx", "-T", "-q", "-c", proxy.NGINX_CONF]).stdout
+    lines = [line.strip() for line in dump.splitlines()]
+    assert [line for line in lines if line.startswith("ssl_protocols")] == ["ssl_protocols TLSv1.2 TLSv1.3;"]
+    assert "ssl_prefer_server_ciphers off;" in lines and "ssl_session_tickets off;" in lines
+    assert "ssl_ecdh_curve X25519:prime256v1:secp384r1;" in lines and "server_tokens off;" in lines
+    assert any(line.startswith("ssl_dhparam ") for line in lines)
+    # what a client sees: modern suites accepted, static-RSA and CBC suites refused, no version in Server
+    def handshake(cipher: str) -> bool:
+        import socket
+
+        ctx = ssl.create_default_context(cadata=tls.read_local_ca(settings))
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(cipher)
+        try:
+            with socket.create_connection(("127.0.0.1", settings.https_port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=settings.domain):
+                return True
+        except ssl.SSLError:
+            return False
+
+    assert handshake("ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert not handshake("AES128-GCM-SHA256") and not handshake("ECDHE-ECDSA-AES128-SHA")
+    assert client.get("/").headers["server"] == "nginx"
+
+
 def test_http_redirects_to_https_except_acme_challenges(settings):
     r = httpx.get(f"{settings.http_url}/patients/42?x=1", follow_redirects=False, trust_env=False)
     assert r.status_code == 301 and r.headers["location"] == f"{settings.https_url}/patients/42?x=1"
