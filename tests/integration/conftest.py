@@ -4,6 +4,7 @@ networks, volumes, image tags) when the run ends, even when it fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -63,15 +64,22 @@ def settings(stack_env):
     return config.load("development", environ={**os.environ, **stack_env})
 
 
-@pytest.fixture(scope="session")
-def live_stack(request, settings):
-    """`up` from nothing, shared by the tests that only read."""
+@contextlib.contextmanager
+def running_stack(request, settings: config.Settings):
+    """`up` from nothing; on the way out, logs if anything failed, then remove it all."""
     try:
         yield stack.up(settings)
     finally:
         if request.session.testsfailed:
             dump_logs(settings)
         remove_stack(settings)
+
+
+@pytest.fixture(scope="session")
+def live_stack(request, settings):
+    """The stack shared by the tests that only read."""
+    with running_stack(request, settings) as status:
+        yield status
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import tenacity
 
-from deploy import config, gates, stack, tls
+from deploy import config, gates, tls
 from tests.certs import make_ca, make_leaf
 
-from .conftest import dump_logs, free_port, invoke, isolated_env, remove_stack
+from .conftest import free_port, invoke, isolated_env, running_stack
 
 DOMAIN = "colorgate-test.example"
 VALIDITY_DAYS = 20  # under certbot's 30-day renewal window (so renew renews), over the gate's 14-day floor
@@ -79,13 +79,8 @@ def pebble(tmp_path_factory, env):
 @pytest.fixture(scope="module")
 def settings(request, env, pebble):
     s = config.load("development", environ={**os.environ, **env})
-    try:
-        stack.up(s)
+    with running_stack(request, s):
         yield s
-    finally:
-        if request.session.testsfailed:
-            dump_logs(s)
-        remove_stack(s)
 
 
 def tls_gates(env, ca_file) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import pytest
 
 from deploy import config, db, gates, runner, stack, tls
 
-from .conftest import dump_logs, invoke, isolated_env, remove_stack
+from .conftest import invoke, isolated_env, running_stack
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +21,8 @@ def env():
 @pytest.fixture(scope="module")
 def settings(request, env):
     s = config.load("development", environ={**os.environ, **env})
-    try:
-        stack.up(s)
+    with running_stack(request, s):
         yield s
-    finally:
-        if request.session.testsfailed:
-            dump_logs(s)
-        remove_stack(s)
 
 
 @pytest.fixture

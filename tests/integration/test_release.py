@@ -15,7 +15,7 @@ import tenacity
 from deploy import config, gates, proxy, release, runner, stack, tls
 from deploy.errors import CommandError, StackError
 
-from .conftest import dump_logs, invoke, isolated_env, remove_stack
+from .conftest import invoke, isolated_env, running_stack
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,8 @@ def settings(env):
 
 @pytest.fixture(scope="module")
 def rstack(request, settings):
-    try:
-        stack.up(settings)
+    with running_stack(request, settings):
         yield settings
-    finally:
-        if request.session.testsfailed:
-            dump_logs(settings)
-        remove_stack(settings)
 
 
 def api(settings, path="/api/version"):
