@@ -19,6 +19,9 @@ from deploy.errors import ColorgateError, CommandError, PortInUse, StackError
 
 INFRA_SERVICES = ("postgres", "edge")
 MIGRATE = ["python3", "/app/migrate.py"]
+# One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`
+# see them and their volumes (backups, letsencrypt).
+ALL_PROFILES = ("--profile", "tools")
 
 
 def compose_cmd(settings: Settings, *args: str) -> list[str]:
@@ -272,14 +275,15 @@ def up(settings: Settings) -> dict:
 def down(settings: Settings, volumes: bool = False) -> None:
     """Remove the stack's containers and networks; volumes (data, certificates,
     routing state) are kept unless `volumes`."""
-    args = ["down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
+    args = [*ALL_PROFILES, "down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
 
 
 def destroy(settings: Settings) -> None:
     """Remove everything of this project: containers, networks, volumes, and the image
     tags under its image prefix. For throwaway stacks (tests, benchmarks) only."""
-    runner.run(compose_cmd(settings, "down", "--volumes", "--remove-orphans", "--timeout", "3"), env=settings.compose_env(), check=False)
+    runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
+               env=settings.compose_env(), check=False)
     tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], env=settings.docker_env(), check=False).stdout.split()
     mine = [t for t in tags if t.startswith(settings.image_prefix)]
     if mine:

@@ -103,3 +103,10 @@ def test_unknown_backup_and_retention(settings, env):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "colorgate: unknown backup '20000101T000000000000Z': `invoke db.backups` lists them")
+
+
+def test_down_with_volumes_removes_the_backups_too(settings):
+    assert db.list_backups(settings)  # there is something to remove
+    stack.down(settings, volumes=True)
+    left = runner.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={settings.project}"]).stdout
+    assert left.split() == []
