@@ -105,6 +105,13 @@ def test_unknown_backup_and_retention(settings, env):
         "colorgate: unknown backup '20000101T000000000000Z': `invoke db.backups` lists them")
 
 
+def test_migrate_when_at_head_changes_nothing(settings, env):
+    before = len(db.list_backups(settings))
+    proc = invoke("db.migrate", env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "at head" and "nothing to migrate" in proc.stderr
+    assert len(db.list_backups(settings)) == before  # no backup taken for nothing
+
+
 def test_down_with_volumes_removes_the_backups_too(settings):
     assert db.list_backups(settings)  # there is something to remove
     stack.down(settings, volumes=True)
