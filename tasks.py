@@ -40,6 +40,13 @@ def operator_errors(fn):
     return wrapper
 
 
+def _target(profile: str | None) -> config.Settings:
+    """Validated settings for the profile, with the Docker engine checked reachable."""
+    settings = config.load(profile)
+    _bootstrap.check_docker(settings)
+    return settings
+
+
 @task(help={"profile": "env profile: development, staging or production"})
 @operator_errors
 def bootstrap(c, profile=None):
@@ -53,8 +60,7 @@ def bootstrap(c, profile=None):
 @operator_errors
 def up(c, profile=None):
     """Start the edge, PostgreSQL and the live color (a no-op when all are running)."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     print(stack.format_status(stack.up(settings)))
 
 
@@ -62,8 +68,7 @@ def up(c, profile=None):
 @operator_errors
 def down(c, profile=None, volumes=False):
     """Stop and remove the stack's containers; data volumes are kept unless --volumes."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     with runner.step("removing the stack" + (" and its volumes" if volumes else " (volumes kept)")):
         stack.down(settings, volumes=volumes)
 
@@ -72,8 +77,7 @@ def down(c, profile=None, volumes=False):
 @operator_errors
 def status(c, profile=None, json_=False):
     """Active color, each service's state, health and version, and the URLs."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     data = stack.status(settings)
     history = release.read_history(settings) if data["active"] else []
     data["last_release"] = history[-1] if history else None
@@ -89,8 +93,7 @@ def status(c, profile=None, json_=False):
 @operator_errors
 def logs(c, service, profile=None, follow=False, tail=200):
     """Show container logs of SERVICE (e.g. backend_blue), or of every service with `all`."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     stack.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
 
 
@@ -110,8 +113,7 @@ def _report(record) -> None:
 def deploy(c, version=None, force=False, profile=None, break_lock=False):
     """Ship a version to the inactive color: build, start, gate, switch, gate again
     (switching back by itself if the post-switch gates fail)."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     _report(release.deploy(settings, version=version, force=force, break_lock=break_lock))
 
 
@@ -119,8 +121,7 @@ def deploy(c, version=None, force=False, profile=None, break_lock=False):
 @operator_errors
 def switch(c, to, profile=None, break_lock=False):
     """Move traffic to an already running color, gated (pre gates, switch, post gates)."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     _report(release.switch(settings, to, break_lock=break_lock))
 
 
@@ -128,8 +129,7 @@ def switch(c, to, profile=None, break_lock=False):
 @operator_errors
 def rollback(c, profile=None, no_gates=False, break_lock=False):
     """Go back to the color that was live before the latest switch, gated."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     if no_gates:
         runner.say("!! rolling back without gates (--no-gates)")
     _report(release.rollback(settings, use_gates=not no_gates, break_lock=break_lock))
@@ -139,8 +139,7 @@ def rollback(c, profile=None, no_gates=False, break_lock=False):
 @operator_errors
 def history(c, profile=None, limit=20, json_=False):
     """Deploys, switches and rollbacks recorded on the target, newest last."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     records = release.read_history(settings)
     print(json.dumps(records[-int(limit):], indent=2) if json_ else release.format_history(records, int(limit)))
 
@@ -161,8 +160,7 @@ def bench(c, switches=20, gated=3, baseline=3, rps=200, json_="benchmarks/out/sw
 @operator_errors
 def db_backup(c, profile=None, keep=None):
     """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row counts."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     with runner.step("backing up the database"):
         m = _db.backup(settings, keep=int(keep) if keep else None)
     print(f"backup {m['name']}: {m['size']} bytes, sha256 {m['sha256'][:16]}..., "
@@ -173,8 +171,7 @@ def db_backup(c, profile=None, keep=None):
 @operator_errors
 def db_backups(c, profile=None, json_=False):
     """List the backups on the target: name, size, age, verify result."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     found = _db.list_backups(settings)
     print(json.dumps(found, indent=2) if json_ else _db.format_backups(found))
 
@@ -183,8 +180,7 @@ def db_backups(c, profile=None, json_=False):
 @operator_errors
 def db_verify(c, backup, profile=None):
     """Restore a backup into a throwaway PostgreSQL and compare row counts and migrations."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     with runner.step(f"verifying backup {backup}"):
         result = _db.verify(settings, None if backup == "latest" else backup)
     if result.rows:
@@ -210,8 +206,7 @@ def db_restore(c, backup, profile=None, yes=False):
 @operator_errors
 def db_migrate(c, profile=None, break_lock=False):
     """Apply the live color's pending migrations, after a verified backup."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     applied = release.migrate(settings, break_lock=break_lock)
     print(f"applied {applied} migration(s)" if applied else "at head")
 
@@ -220,8 +215,7 @@ def db_migrate(c, profile=None, break_lock=False):
 @operator_errors
 def tls_status(c, profile=None, json_=False):
     """The certificate the edge serves: subject, SANs, issuer, not-after, days left, source."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     data = _tls.status(settings)
     print(json.dumps(data, indent=2) if json_ else _tls.format_status(data))
 
@@ -235,8 +229,7 @@ def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=Non
     """Obtain a certificate over HTTP-01 through the edge and move the edge onto it (graceful reload)."""
     from pathlib import Path
 
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     with runner.step(f"obtaining a certificate for {domain or settings.domain}"):
         data = _tls.init(settings, email, domain=domain, directory=directory, staging=staging,
                          ca_bundle=Path(ca_bundle) if ca_bundle else None)
@@ -247,8 +240,7 @@ def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=Non
 @operator_errors
 def tls_renew(c, profile=None):
     """Renew the certificate when due; reload the edge only when it changed."""
-    settings = config.load(profile)
-    _bootstrap.check_docker(settings)
+    settings = _target(profile)
     data = _tls.renew(settings)
     print(("renewed; the edge now serves it" if data["reloaded"] else "not due yet: nothing changed")
           + f" (expires {data['not_after']}, {data['days_left']} days left)")
