@@ -96,6 +96,12 @@ def tools_cmd(settings: Settings, *args: str) -> list[str]:
     return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "dbtools", *args)
 
 
+def tools(settings: Settings, script: str, *args: str, input: str | None = None, check: bool = True, what: str = ""):
+    """Run a shell script in a one-off dbtools container (network `data`, volume `backups`)."""
+    return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args), input=input,
+                      env=stack.compose_env(settings, {}), check=check, what=what)
+
+
 def psql_cmd(container: str, settings: Settings) -> list[str]:
     """psql inside a PostgreSQL container over its socket (no password, no port)."""
     return ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
@@ -121,7 +127,6 @@ def facts(settings: Settings, container: str) -> Facts:
 def backup(settings: Settings, keep: int | None = None) -> dict:
     """Dump the live database with its facts from one snapshot; keep the newest `keep`."""
     name = backup_name()
-    env = stack.compose_env(settings, {})
     with runner.session(psql_cmd(f"{settings.project}-postgres-1", settings), env=settings.docker_env()) as psql:
         psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{END}';\n")
         psql.stdin.flush()
@@ -132,22 +137,20 @@ def backup(settings: Settings, keep: int | None = None) -> dict:
         psql.stdin.write(FACTS_SQL)
         psql.stdin.flush()
         snapshot_facts = parse_facts(_read_until_end(psql))
-        dumped = runner.run(tools_cmd(settings, "sh", "-c", DUMP_SCRIPT, "dump", name, snapshot), env=env, what="pg_dump")
+        dumped = tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump")
         psql.stdin.write("COMMIT;\n")
     sha256, size = dumped.stdout.split()[-2:]
     manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256,
                 "size": int(size), "database": settings.postgres_db, "counts": snapshot_facts.counts,
                 "migrations": snapshot_facts.migrations}
-    runner.run(tools_cmd(settings, "sh", "-c", 'cat > "/backups/$1.manifest.json"', "write", name),
-               input=json.dumps(manifest), env=env, what="writing the backup manifest")
+    tools(settings, 'cat > "/backups/$1.manifest.json"', name, input=json.dumps(manifest), what="writing the backup manifest")
     prune(settings, keep or settings.backup_keep)
     return manifest
 
 
 def list_backups(settings: Settings) -> list[dict]:
     """Backups on the target, oldest first, with size and verify result."""
-    env = stack.compose_env(settings, {})
-    out = runner.run(tools_cmd(settings, "sh", "-c", LIST_SCRIPT), env=env, what="listing backups").stdout
+    out = tools(settings, LIST_SCRIPT, what="listing backups").stdout
     found = []
     for line in out.splitlines():
         try:
@@ -161,9 +164,8 @@ def prune(settings: Settings, keep: int) -> list[str]:
     names = [b["manifest"]["name"] for b in list_backups(settings)]
     old = names[:-keep] if len(names) > keep else []
     if old:
-        env = stack.compose_env(settings, {})
         script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json"; done'
-        runner.run(tools_cmd(settings, "sh", "-c", script, "prune", *old), env=env, what="removing old backups")
+        tools(settings, script, *old, what="removing old backups")
     return old
 
 
@@ -193,10 +195,8 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
     found = find(settings, name)
     manifest = found["manifest"]
     name = manifest["name"]
-    env = stack.compose_env(settings, {})
     result = Verified(name, False, "", [])
-    actual = runner.run(tools_cmd(settings, "sh", "-c", 'sha256sum "/backups/$1.dump" | cut -d" " -f1', "sum", name),
-                        env=env, check=False, what="checksum").stdout.strip()
+    actual = tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
     if actual != manifest["sha256"]:
         result.reason = "the dump's checksum does not match its manifest (changed or damaged since the backup)"
     else:
@@ -223,8 +223,7 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
         finally:
             runner.run(["docker", "rm", "--force", "--volumes", container], env=settings.docker_env(), check=False)
     record = {"usable": result.usable, "reason": result.reason, "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    runner.run(tools_cmd(settings, "sh", "-c", 'cat > "/backups/$1.verify.json"', "write", name),
-               input=json.dumps(record), env=env, what="recording the verify result")
+    tools(settings, 'cat > "/backups/$1.verify.json"', name, input=json.dumps(record), what="recording the verify result")
     return result
 
 
@@ -252,11 +251,10 @@ def restore(settings: Settings, name: str, yes: bool = False) -> dict:
     with runner.step("taking a fresh backup first"):
         fresh = backup(settings, keep=max(settings.backup_keep, 2))
     runner.say(f"   fresh backup: {fresh['name']}")
-    env = stack.compose_env(settings, {})
     with runner.step(f"restoring {name}"):
         runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
                              "--single-transaction", "--exit-on-error", "-d", settings.postgres_db, f"/backups/{name}.dump"),
-                   env=env, what="pg_restore")
+                   env=stack.compose_env(settings, {}), what="pg_restore")
     return fresh
 
 

@@ -76,6 +76,7 @@ def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -
         "days_left": round((not_after - now).total_seconds() / 86400, 1),
         "source": "local CA (made by the edge)" if local_marker.strip() else ("ACME" if acme else "installed by hand"),
         "acme_directory": acme.get("directory") if acme else None,
+        "acme_ca_bundle": bool(acme.get("ca_bundle")) if acme else False,
     }
 
 
@@ -196,10 +197,9 @@ def renew(settings: Settings) -> dict:
     state = status(settings)
     if not state["acme_directory"]:
         raise ColorgateError("the edge serves no ACME certificate yet: run `invoke tls.init` first")
-    acme = runner.run(["docker", "exec", proxy.edge_container(settings.project), "cat", ACME_STATE], env=settings.docker_env()).stdout
     env = stack.compose_env(settings, {})
     try:
-        runner.run(certbot_cmd(settings, *renew_args(), ca_bundle=json.loads(acme).get("ca_bundle", False)), env=env,
+        runner.run(certbot_cmd(settings, *renew_args(), ca_bundle=state["acme_ca_bundle"]), env=env,
                    timeout=600, what="certbot renew")
     except CommandError as exc:
         raise explain_certbot(exc, state["acme_directory"], settings.domain) from None

@@ -31,10 +31,6 @@ def client(settings):
         yield c
 
 
-def tools(settings, script, *args):
-    return runner.run(db.tools_cmd(settings, "sh", "-c", script, "t", *args), env=stack.compose_env(settings, {}))
-
-
 def test_backup_under_writes_then_verify_passes(settings, client):
     for i in range(20):
         client.post("/api/notes", json={"body": f"before {i}"})
@@ -62,7 +58,7 @@ def test_backup_under_writes_then_verify_passes(settings, client):
 
 def test_a_corrupted_dump_fails_verify_and_is_marked_unusable(settings, env):
     name = db.backup(settings)["name"]
-    tools(settings, 'printf "garbage" | dd of="/backups/$1.dump" bs=1 seek=200 conv=notrunc 2>/dev/null', name)
+    db.tools(settings, 'printf "garbage" | dd of="/backups/$1.dump" bs=1 seek=200 conv=notrunc 2>/dev/null', name)
     proc = invoke("db.verify", name, env=env)
     assert proc.returncode == 1 and "UNUSABLE" in proc.stdout and "checksum does not match" in proc.stdout
     assert f"{name}" in invoke("db.backups", env=env).stdout and "UNUSABLE" in invoke("db.backups", env=env).stdout
@@ -73,10 +69,9 @@ def test_a_corrupted_dump_fails_verify_and_is_marked_unusable(settings, env):
 def test_a_truncated_dump_fails_the_restore_check(settings):
     m = db.backup(settings)
     # truncated as a full disk would leave it, with a manifest that matches the truncated file
-    tools(settings, 'head -c 1500 "/backups/$1.dump" > /tmp/t && cat /tmp/t > "/backups/$1.dump"', m["name"])
-    m["sha256"] = tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', m["name"]).stdout.strip()
-    runner.run(db.tools_cmd(settings, "sh", "-c", 'cat > "/backups/$1.manifest.json"', "w", m["name"]),
-               input=json.dumps(m), env=stack.compose_env(settings, {}))
+    db.tools(settings, 'head -c 1500 "/backups/$1.dump" > /tmp/t && cat /tmp/t > "/backups/$1.dump"', m["name"])
+    m["sha256"] = db.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', m["name"]).stdout.strip()
+    db.tools(settings, 'cat > "/backups/$1.manifest.json"', m["name"], input=json.dumps(m))
     result = db.verify(settings, m["name"])
     assert not result.usable and result.reason.startswith("pg_restore failed")
 

@@ -43,15 +43,22 @@ def live(settings):
     return stack.read_active(settings)
 
 
-def broken_app(tmp_path, settings, old: str, new: str):
+def broken_app(tmp_path, settings, old: str = "", new: str = ""):
     """A copy of the app with one line changed, as an operator's bad release would be."""
     copy = tmp_path / "compose"
     shutil.copytree(settings.compose_dir, copy)
-    app = copy / "backend" / "app.py"
-    text = app.read_text()
-    assert old in text
-    app.write_text(text.replace(old, new, 1))
+    if old:
+        app = copy / "backend" / "app.py"
+        text = app.read_text()
+        assert old in text
+        app.write_text(text.replace(old, new, 1))
     return dataclasses.replace(settings, compose_path=str(copy))
+
+
+def assert_traffic_untouched(settings, before):
+    """Still routed to the same color and version, and answering from it."""
+    assert live(settings) == before
+    assert api(settings).json() == {"color": before.color, "version": before.version}
 
 
 def test_deploy_moves_traffic_to_the_new_version(rstack):
@@ -132,8 +139,7 @@ def test_an_unhealthy_candidate_never_receives_traffic(rstack, tmp_path):
     before = live(s)
     with pytest.raises(StackError, match="waiting for .*backend_blue.* to become healthy"):
         release.deploy(s, version="v3-unhealthy")
-    assert live(s) == before
-    assert api(s).json() == {"color": before.color, "version": before.version}
+    assert_traffic_untouched(s, before)
     last = release.read_history(s)[-1]
     assert (last["to_version"], last["outcome"]) == ("v3-unhealthy", "failed") and last["gates"] == []
     assert stack.service_states(s)["backend_blue"].state == "exited", "the failed candidate was left running"
@@ -149,8 +155,7 @@ def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
     with pytest.raises(release.GateFailed) as err:
         release.deploy(s, version="v4-broken-route")
     assert f"traffic is back on {before.color} ({before.version})" in str(err.value)
-    assert live(s) == before
-    assert api(s).json() == {"color": before.color, "version": before.version}
+    assert_traffic_untouched(s, before)
     last = release.read_history(s)[-1]
     assert last["outcome"] == "rolled back"
     failed = [g for g in last["gates"] if g["outcome"] == "failed"]
@@ -160,14 +165,13 @@ def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
 
 
 def test_a_failing_migration_stops_the_deploy_before_traffic_moves(rstack, tmp_path):
-    s = broken_app(tmp_path, rstack, "COLOR = ", "COLOR = ")  # same app...
+    s = broken_app(tmp_path, rstack)  # the same app...
     (tmp_path / "compose" / "backend" / "migrations" / "900_broken.sql").write_text(
         "ALTER TABLE notes ADD COLUMN oops integer;\nSELECT no_such_function();\n")  # ...with a migration that fails
     before = live(s)
     with pytest.raises(CommandError, match="database migrations failed"):
         release.deploy(s, version="v5-bad-migration")
-    assert live(s) == before
-    assert api(s).json() == {"color": before.color, "version": before.version}
+    assert_traffic_untouched(s, before)
     last = release.read_history(s)[-1]
     assert (last["to_version"], last["outcome"]) == ("v5-bad-migration", "failed") and "backup" in last["timings"]
     assert stack.service_states(s)[f"backend_{last['to_color']}"].state == "exited"
