@@ -4,6 +4,7 @@ development). Set COLORGATE_DEBUG=1 to see commands and tracebacks."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -13,7 +14,7 @@ import sys
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap
-from deploy import config, db as _db, release, runner, stack, tls as _tls
+from deploy import config, db as _db, move as _move, release, runner, stack, tls as _tls
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -156,12 +157,17 @@ def bench(c, switches=20, gated=3, baseline=3, rps=200, json_="benchmarks/out/sw
                             f"--json={json_}", f"--png={png}"])
 
 
-@task(name="backup", help={"profile": "env profile", "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)"})
+@task(name="backup", help={"profile": "env profile", "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)",
+                           "local": "back up the stack's own PostgreSQL even after db.move (before db.retire-local)"})
 @operator_errors
-def db_backup(c, profile=None, keep=None):
+def db_backup(c, profile=None, keep=None, local=False):
     """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row counts."""
     settings = _target(profile)
-    with runner.step("backing up the database"):
+    if local:
+        settings = dataclasses.replace(settings, database_url="")
+    else:
+        stack.check_database(settings)
+    with runner.step(f"backing up the database ({config.shown_url(settings.database_url)})"):
         m = _db.backup(settings, keep=int(keep) if keep else None)
     print(f"backup {m['name']}: {m['size']} bytes, sha256 {m['sha256'][:16]}..., "
           f"{sum(m['counts'].values())} rows in {len(m['counts'])} tables")
@@ -198,6 +204,7 @@ def db_restore(c, backup, profile=None, yes=False):
     settings = config.load(profile)
     _db.check_restore_allowed(settings, yes)
     _bootstrap.check_docker(settings)
+    stack.check_database(settings)
     fresh = _db.restore(settings, backup, yes=yes)
     print(f"restored {backup}; the database as it was before is in backup {fresh['name']}")
 
@@ -209,6 +216,39 @@ def db_migrate(c, profile=None, break_lock=False):
     settings = _target(profile)
     applied = release.migrate(settings, break_lock=break_lock)
     print(f"applied {applied} migration(s)" if applied else "at head")
+
+
+@task(name="move", help={"to": "URL of the managed PostgreSQL: postgresql://USER:PASSWORD@HOST:PORT/DB (empty database)",
+                         "mode": "dump (write freeze for dump, restore and the release) or replicate (logical replication, "
+                                 "shorter freeze)", "profile": "env profile", "break_lock": LOCK_HELP})
+@operator_errors
+def db_move(c, to=None, mode="dump", profile=None, break_lock=False):
+    """Move the app's database to a managed PostgreSQL and release the next color on it, gated."""
+    settings = _target(profile)
+    to = to or os.environ.get("COLORGATE_MOVE_TO", "")
+    if not to:
+        raise ColorgateError("db.move needs the target: --to URL, or COLORGATE_MOVE_TO in the environment (keeps the password off the command line)")
+    record = _move.move(settings, to, mode=mode, break_lock=break_lock)
+    _report(record)
+    print(f"the database is now {record.detail}; set DATABASE_URL to the target URL in .env.{settings.profile}.local "
+          "before the next deploy. The local database is untouched: `invoke db.retire-local` when you are sure.")
+
+
+@task(name="retire-local", help={"profile": "env profile", "yes": "confirm on staging or production"})
+@operator_errors
+def db_retire_local(c, profile=None, yes=False):
+    """After db.move: stop the stack's own PostgreSQL (volume kept), given a verified backup from after the move."""
+    settings = _target(profile)
+    stopped = _move.retire_local(settings, yes=yes)
+    print(f"retired: stopped {', '.join(stopped)} (the pgdata volume is kept)" if stopped else "nothing to do")
+
+
+@task(name="unfreeze", help={"profile": "env profile"})
+@operator_errors
+def db_unfreeze(c, profile=None):
+    """End a write freeze left at the edge by an interrupted db.move."""
+    settings = _target(profile)
+    print("writes open again" if _move.unfreeze(settings) else "writes were not frozen")
 
 
 @task(name="status", help={"profile": "env profile", "json": "print machine-readable JSON"})
@@ -256,4 +296,4 @@ def tls_schedule(c, profile=None):
 
 ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
-ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate))
+ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from deploy import runner
 from deploy.colors import COLORS
@@ -72,6 +73,33 @@ def _docker_host(value: str) -> str:
     return value
 
 
+def database_url(value: str) -> str:
+    """postgresql://USER:PASSWORD@HOST[:PORT]/DB[?sslmode=...], or empty (the stack's own)."""
+    if not value:
+        return value
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname or port == -1:
+        raise ValueError("should be a URL like postgresql://USER:PASSWORD@HOST:5432/DB, or empty for the stack's own PostgreSQL")
+    if not parts.username or not parts.password:
+        raise ValueError("needs a user and a password: postgresql://USER:PASSWORD@HOST:5432/DB")
+    if not parts.path.strip("/") or "/" in parts.path.strip("/"):
+        raise ValueError("needs a database name: postgresql://USER:PASSWORD@HOST:5432/DB")
+    return value
+
+
+def shown_url(url: str) -> str:
+    """A database URL fit to print: no password, no query. `local` for the stack's own."""
+    if not url:
+        return "local"
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgresql://{parts.username}@{parts.hostname}{port}{parts.path}"
+
+
 def _color(value: str) -> str:
     color = value.strip().lower()
     if color not in COLORS:
@@ -103,6 +131,15 @@ KEYS: dict[str, Key] = {
     "COLORGATE_TLS_MIN_DAYS": Key(_seconds, "14"),
     "COLORGATE_REPORTS_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "reports"),
     "COLORGATE_BACKUP_KEEP": Key(_count, "7"),
+    # Where the app's database is: empty for the stack's own PostgreSQL, or the URL of
+    # a managed one after `invoke db.move` (checked against the target's record).
+    "DATABASE_URL": Key(database_url, "", secret=True),
+    # db.move --mode replicate: the managed database subscribes to the local one through
+    # a temporary, TLS-only relay published on this address and port of the host ...
+    "COLORGATE_MOVE_RELAY_BIND": Key(_address, "0.0.0.0"),
+    "COLORGATE_MOVE_RELAY_PORT": Key(_port, "15432"),
+    # ... and reaches the host under this name or address (empty: COLORGATE_DOMAIN).
+    "COLORGATE_MOVE_RELAY_HOST": Key(_pattern(re.compile(r"^[A-Za-z0-9.:-]*$"), "should be a host name or address"), ""),
     "POSTGRES_DB": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
     "POSTGRES_USER": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
     "POSTGRES_PASSWORD": Key(str, secret=True),
@@ -129,6 +166,10 @@ class Settings:
     tls_min_days: int
     reports_path: str
     backup_keep: int
+    database_url: str = field(repr=False)
+    move_relay_bind: str
+    move_relay_port: int
+    move_relay_host: str
     postgres_db: str
     postgres_user: str
     postgres_password: str = field(repr=False)
@@ -182,6 +223,8 @@ class Settings:
             "COLORGATE_HTTPS_PORT": str(self.https_port),
             "COLORGATE_DRAIN_SECONDS": str(self.drain_seconds),
             "COLORGATE_IMAGE_PREFIX": self.image_prefix,
+            "COLORGATE_MOVE_RELAY_BIND": self.move_relay_bind,
+            "COLORGATE_MOVE_RELAY_PORT": str(self.move_relay_port),
             "POSTGRES_DB": self.postgres_db,
             "POSTGRES_USER": self.postgres_user,
             "POSTGRES_PASSWORD": self.postgres_password,
@@ -281,6 +324,10 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         tls_min_days=parsed["COLORGATE_TLS_MIN_DAYS"],
         reports_path=parsed["COLORGATE_REPORTS_DIR"],
         backup_keep=parsed["COLORGATE_BACKUP_KEEP"],
+        database_url=parsed["DATABASE_URL"],
+        move_relay_bind=parsed["COLORGATE_MOVE_RELAY_BIND"],
+        move_relay_port=parsed["COLORGATE_MOVE_RELAY_PORT"],
+        move_relay_host=parsed["COLORGATE_MOVE_RELAY_HOST"] or parsed["COLORGATE_DOMAIN"],
         postgres_db=parsed["POSTGRES_DB"],
         postgres_user=parsed["POSTGRES_USER"],
         postgres_password=parsed["POSTGRES_PASSWORD"],
@@ -310,4 +357,7 @@ def load(profile: str | None = None, root: Path | None = None, environ: Mapping[
     values, sources = merge_sources(layers, environ)
     settings = validate(profile, root, values, sources)
     runner.add_secret(settings.postgres_password)
+    if settings.database_url:
+        runner.add_secret(unquote(urlsplit(settings.database_url).password or ""))
+        runner.add_secret(settings.database_url)
     return settings

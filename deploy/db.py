@@ -15,10 +15,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from urllib.parse import parse_qsl, unquote, urlsplit
+
 import tenacity
 
 from deploy import runner, stack
-from deploy.config import STRICT_PROFILES, Settings
+from deploy.config import STRICT_PROFILES, Settings, shown_url
 from deploy.errors import ColorgateError, CommandError
 
 END = "--colorgate-end--"
@@ -92,14 +94,41 @@ def backup_name(now: datetime | None = None) -> str:
     return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def tools_cmd(settings: Settings, *args: str) -> list[str]:
-    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "dbtools", *args)
+PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE")
 
 
-def tools(settings: Settings, script: str, *args: str, input: str | None = None, check: bool = True, what: str = ""):
-    """Run a shell script in a one-off dbtools container (network `data`, volume `backups`)."""
-    return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args), input=input,
-                      env=stack.compose_env(settings, {}), check=check, what=what)
+def url_env(url: str, prefix: str = "") -> dict[str, str]:
+    """libpq variables for a database URL (`prefix` + PGHOST, ...)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    values = (parts.hostname or "", str(parts.port or 5432), unquote(parts.username or ""), unquote(parts.password or ""),
+              parts.path.strip("/"), query.get("sslmode", "prefer"))
+    return {prefix + name: value for name, value in zip(PG_VARS, values)}
+
+
+def tools_env(settings: Settings, extra: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Environment and `-e` flags for a dbtools container: libpq variables for the
+    app's database (the stack's own, or DATABASE_URL), plus `extra`. Values travel in
+    the environment, never on a command line."""
+    env = {**(url_env(settings.database_url) if settings.database_url else {}), **(extra or {}), "PGCONNECT_TIMEOUT": "10"}
+    flags = [flag for name in env for flag in ("-e", name)]
+    return {**stack.compose_env(settings, {}), **env}, flags
+
+
+def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None) -> list[str]:
+    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *(flags or tools_env(settings)[1]), "dbtools", *args)
+
+
+def tools(settings: Settings, script: str, *args: str, input: str | None = None, check: bool = True, what: str = "",
+          extra: dict[str, str] | None = None):
+    """Run a shell script in a one-off dbtools container (networks `data` and `web`,
+    volume `backups`), connected to the app's database by libpq's environment."""
+    env, flags = tools_env(settings, extra)
+    return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args, flags=flags), input=input,
+                      env=env, check=check, what=what)
+
+
+PSQL = ("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1")
 
 
 def psql_cmd(container: str, settings: Settings) -> list[str]:
@@ -125,9 +154,10 @@ def facts(settings: Settings, container: str) -> Facts:
 
 
 def backup(settings: Settings, keep: int | None = None) -> dict:
-    """Dump the live database with its facts from one snapshot; keep the newest `keep`."""
+    """Dump the app's database with its facts from one snapshot; keep the newest `keep`."""
     name = backup_name()
-    with runner.session(psql_cmd(f"{settings.project}-postgres-1", settings), env=settings.docker_env()) as psql:
+    env, flags = tools_env(settings)
+    with runner.session(tools_cmd(settings, *PSQL, flags=flags), env=env) as psql:
         psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{END}';\n")
         psql.stdin.flush()
         out = _read_until_end(psql)
@@ -141,7 +171,8 @@ def backup(settings: Settings, keep: int | None = None) -> dict:
         psql.stdin.write("COMMIT;\n")
     sha256, size = dumped.stdout.split()[-2:]
     manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256,
-                "size": int(size), "database": settings.postgres_db, "counts": snapshot_facts.counts,
+                "size": int(size), "database": settings.postgres_db, "source": shown_url(settings.database_url),
+                "counts": snapshot_facts.counts,
                 "migrations": snapshot_facts.migrations}
     tools(settings, 'cat > "/backups/$1.manifest.json"', name, input=json.dumps(manifest), what="writing the backup manifest")
     prune(settings, keep or settings.backup_keep)
@@ -222,9 +253,13 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
                 result.reason = "restored; every row count and the migrations match" if not bad else f"mismatch: {', '.join(bad)}"
         finally:
             runner.run(["docker", "rm", "--force", "--volumes", container], env=settings.docker_env(), check=False)
-    record = {"usable": result.usable, "reason": result.reason, "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    tools(settings, 'cat > "/backups/$1.verify.json"', name, input=json.dumps(record), what="recording the verify result")
+    record_verify(settings, name, result.usable, result.reason)
     return result
+
+
+def record_verify(settings: Settings, name: str, usable: bool, reason: str) -> None:
+    record = {"usable": usable, "reason": reason, "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    tools(settings, 'cat > "/backups/$1.verify.json"', name, input=json.dumps(record), what="recording the verify result")
 
 
 def _wait_pg(settings: Settings, container: str) -> None:
@@ -252,9 +287,11 @@ def restore(settings: Settings, name: str, yes: bool = False) -> dict:
         fresh = backup(settings, keep=max(settings.backup_keep, 2))
     runner.say(f"   fresh backup: {fresh['name']}")
     with runner.step(f"restoring {name}"):
+        env, flags = tools_env(settings)
         runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
-                             "--single-transaction", "--exit-on-error", "-d", settings.postgres_db, f"/backups/{name}.dump"),
-                   env=stack.compose_env(settings, {}), what="pg_restore")
+                             "--single-transaction", "--exit-on-error", "-d", env["PGDATABASE"] if settings.database_url else settings.postgres_db,
+                             f"/backups/{name}.dump", flags=flags),
+                   env=env, what="pg_restore")
     return fresh
 
 

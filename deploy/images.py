@@ -29,16 +29,17 @@ BASE_REPO = "colorgate-base"
 class BaseImage:
     name: str
     packages: tuple[str, ...]
+    suite: str = SUITE
 
     def tag(self, mirror: str) -> str:
-        digest = hashlib.sha256(" ".join((SUITE, mirror, *self.packages)).encode()).hexdigest()[:10]
-        return f"{BASE_REPO}/{self.name}:{SUITE}-{digest}"
+        digest = hashlib.sha256(" ".join((self.suite, mirror, *self.packages)).encode()).hexdigest()[:10]
+        return f"{BASE_REPO}/{self.name}:{self.suite}-{digest}"
 
 
 BASES = {
     "nginx": BaseImage("nginx", ("nginx-light", "openssl", "ca-certificates", "curl")),
     "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
-    "postgres": BaseImage("postgres", ("postgresql-15",)),
+    "postgres": BaseImage("postgres", ("postgresql-15", "openssl", "socat")),
     "certbot": BaseImage("certbot", ("certbot", "ca-certificates")),
 }
 
@@ -48,21 +49,21 @@ RELEASE_IMAGES = ("frontend", "backend")  # versioned per color; edge and postgr
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
 
 
-def sources(mirror: str) -> list[str]:
+def sources(mirror: str, suite: str = SUITE) -> list[str]:
     """APT source lines for the suite, its updates and its security updates."""
     mirror = mirror.rstrip("/")
     security = mirror + "-security" if mirror.endswith("/debian") else mirror
     return [
-        f"deb {mirror} {SUITE} main",
-        f"deb {mirror} {SUITE}-updates main",
-        f"deb {security} {SUITE}-security main",
+        f"deb {mirror} {suite} main",
+        f"deb {mirror} {suite}-updates main",
+        f"deb {security} {suite}-security main",
     ]
 
 
 def mmdebstrap_cmd(base: BaseImage, out: Path, mirror: str) -> list[str]:
     cmd = ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(base.packages)}"]
     cmd += [f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES]
-    cmd += ["--dpkgopt=path-include=/usr/share/doc/*/copyright", SUITE, str(out), *sources(mirror)]
+    cmd += ["--dpkgopt=path-include=/usr/share/doc/*/copyright", base.suite, str(out), *sources(mirror, base.suite)]
     return cmd
 
 

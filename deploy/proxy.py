@@ -14,18 +14,21 @@ from deploy.colors import COLORS, parse_color
 from deploy.errors import ColorgateError
 
 STATE_FILE = "/etc/colorgate/state/active.conf"
+FREEZE_FILE = "/etc/colorgate/state/freeze.conf"
+FREEZE = '# Managed by Colorgate: a write freeze (db.move). API writes get 503 until removed.\nset $cg_frozen "1";\n'
 NGINX_CONF = "/etc/colorgate/nginx.conf"
 PORTS = {"frontend": 8080, "backend": 8000}
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SET = re.compile(r'^\s*set\s+\$(cg_\w+)\s+"([^"]*)"\s*;\s*$', re.MULTILINE)
 
-# Write, test and reload in one exec: the new file goes in through stdin, and when
-# `nginx -t` rejects it the previous file is put back and nginx is not reloaded.
+# Write, test and reload in one exec: the new file ($1) goes in through stdin (empty
+# stdin removes it), and when `nginx -t` rejects it the previous file is put back and
+# nginx is not reloaded.
 SWITCH_SCRIPT = f"""set -eu
-f={STATE_FILE}
+f=$1
 if [ -f "$f" ]; then cp "$f" "$f.prev"; else rm -f "$f.prev"; fi
 cat > "$f.new"
-mv "$f.new" "$f"
+if [ -s "$f.new" ]; then mv "$f.new" "$f"; else rm -f "$f.new" "$f"; fi
 if ! nginx -t -q -c {NGINX_CONF} 2>/tmp/colorgate-nginx-t.err; then
   if [ -f "$f.prev" ]; then mv "$f.prev" "$f"; else rm -f "$f"; fi
   cat /tmp/colorgate-nginx-t.err >&2
@@ -91,6 +94,11 @@ def read_state_cmd(project: str) -> list[str]:
     return ["docker", "exec", edge_container(project), "sh", "-c", f"cat {STATE_FILE} 2>/dev/null || true"]
 
 
-def switch_cmd(project: str) -> list[str]:
-    """Install the include file given on stdin, `nginx -t`, reload (or restore)."""
-    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", SWITCH_SCRIPT]
+def switch_cmd(project: str, path: str = STATE_FILE) -> list[str]:
+    """Install the include file given on stdin at `path` (removed when stdin is empty),
+    `nginx -t`, reload (or restore)."""
+    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", SWITCH_SCRIPT, "switch", path]
+
+
+def frozen_cmd(project: str) -> list[str]:
+    return ["docker", "exec", edge_container(project), "test", "-f", FREEZE_FILE]

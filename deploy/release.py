@@ -191,9 +191,10 @@ def _gate(settings: Settings, record: Record, phase: str, color: str, version: s
         raise GateFailed(f"{phase} gates failed on {color} ({version}): {result.first_failure()}")
 
 
-def _switch_and_verify(settings: Settings, record: Record, active: proxy.Active, to: str, version: str, use_gates: bool) -> None:
+def _switch_and_verify(settings: Settings, record: Record, active: proxy.Active, to: str, version: str, use_gates: bool,
+                       pre: bool = True) -> None:
     """Pre gates, switch, post gates; when post gates fail, switch back and gate again."""
-    if use_gates:
+    if use_gates and pre:
         _gate(settings, record, "pre", to, version)
     with _timed(record, "switch", f"switching traffic {active.color} -> {to}"):
         stack.write_active(settings, to, version)
@@ -264,12 +265,22 @@ def _require_ready(settings: Settings, color: str) -> str:
     return states[f"backend_{color}"].version
 
 
+def check_same_database(states: dict[str, stack.ServiceState], live: str, to: str) -> None:
+    """Refuse to move traffic to a color that uses another database than the live one
+    (the color left behind by db.move): its data stopped at the move."""
+    ours, theirs = states.get(f"backend_{live}"), states.get(f"backend_{to}")
+    if ours and theirs and ours.database != theirs.database:
+        raise ColorgateError(f"{to} uses the database {theirs.database}, but the live {live} uses {ours.database} (since db.move): "
+                             f"switching would serve stale data; ship a release to {to} with `invoke deploy` instead")
+
+
 def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool = False, action: str = "switch") -> Record:
     """Move traffic to `to`, an already running color, gated."""
     to = parse_color(to)
     with lock(settings, action, break_lock):
         active = _live(settings)
         version = _require_ready(settings, to)
+        check_same_database(stack.service_states(settings), active.color, to)
         record = Record(action, active.color, to, active.version, version)
         if to == active.color:
             record.outcome = "no-op"
@@ -291,6 +302,7 @@ def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = Fals
 def migrate(settings: Settings, break_lock: bool = False) -> int:
     """Apply the live color's pending migrations, after a verified backup. Returns how many."""
     with lock(settings, "migrate", break_lock):
+        stack.check_database(settings)
         active = _live(settings)
         pending = stack.pending_migrations(settings, active.color)
         if not pending:
@@ -306,9 +318,42 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
         return pending
 
 
+def start_candidate(settings: Settings, record: Record, candidate: str, versions: dict[str, str], active: proxy.Active,
+                    databases: dict[str, str] | None = None, verified_backup: bool = True, migrate: bool = True) -> None:
+    """Start `candidate` beside the live color, wait until healthy, apply its pending
+    migrations (after a verified backup; or refuse them when not `migrate`); stop it
+    again when any of that fails."""
+    version = versions[candidate]
+    with runner.step(f"starting {candidate} ({version}) beside {active.color} ({active.version})"):
+        runner.run(
+            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *color_services(candidate)),
+            env=stack.compose_env(settings, versions, databases),
+            what="docker compose up",
+        )
+        try:
+            stack.wait_ready(settings, color_services(candidate))
+        except StackError:
+            stack.stop_color(settings, candidate, versions)
+            raise
+    try:
+        pending = stack.pending_migrations(settings, candidate)
+        if pending and not migrate:
+            raise ColorgateError(f"{candidate} ({version}) brings {pending} migration(s) the database lacks: "
+                                 "ship them first with `invoke deploy`, then move")
+        if pending:
+            if verified_backup:
+                _verified_backup(settings, record)
+            with _timed(record, "migrations", f"applying {pending} database migration(s)"):
+                stack.migrate(settings, candidate, versions, databases)
+    except ColorgateError:
+        stack.stop_color(settings, candidate, versions)
+        raise
+
+
 def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
     with lock(settings, "deploy", break_lock):
+        stack.check_database(settings)
         active = _live(settings)
         candidate = other(active.color)
         version = version or images.next_version(images.release_tags(settings))
@@ -320,30 +365,10 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
             return record
         with _recorded(settings, record):
             versions = {**stack.running_versions(stack.service_states(settings)), candidate: version, active.color: active.version}
-            env = stack.compose_env(settings, versions)
             with runner.step(f"building {candidate} images ({version})"):
                 if force or not stack.release_images_exist(settings, version):
                     stack.build(settings, color_services(candidate), versions)
-            with runner.step(f"starting {candidate} ({version}) beside {active.color} ({active.version})"):
-                runner.run(
-                    stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *color_services(candidate)),
-                    env=env,
-                    what="docker compose up",
-                )
-                try:
-                    stack.wait_ready(settings, color_services(candidate))
-                except StackError:
-                    stack.stop_color(settings, candidate, versions)
-                    raise
-            try:
-                pending = stack.pending_migrations(settings, candidate)
-                if pending:
-                    _verified_backup(settings, record)
-                    with _timed(record, "migrations", f"applying {pending} database migration(s)"):
-                        stack.migrate(settings, candidate, versions)
-            except ColorgateError:
-                stack.stop_color(settings, candidate, versions)
-                raise
+            start_candidate(settings, record, candidate, versions, active)
             try:
                 _switch_and_verify(settings, record, active, candidate, version, use_gates=True)
             except GateFailed:

@@ -7,6 +7,7 @@ deploy.runner; container facts are read through python-on-whales.
 from __future__ import annotations
 
 import errno
+import json
 import socket
 from dataclasses import asdict, dataclass
 
@@ -14,8 +15,8 @@ import tenacity
 
 from deploy import images, proxy, runner
 from deploy.colors import COLORS, color_of_service, services as color_services
-from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError, PortInUse, StackError
+from deploy.config import Settings, shown_url
+from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
 
 INFRA_SERVICES = ("postgres", "edge")
 MIGRATE = ["python3", "/app/migrate.py"]
@@ -35,12 +36,15 @@ def compose_cmd(settings: Settings, *args: str) -> list[str]:
     ]
 
 
-def compose_env(settings: Settings, versions: dict[str, str]) -> dict[str, str]:
+def compose_env(settings: Settings, versions: dict[str, str], databases: dict[str, str] | None = None) -> dict[str, str]:
     """Compose variables, with each color's version pinned so no command recreates
-    a color with an image it was not running."""
+    a color with an image it was not running, and each color's database URL (the
+    configured one unless `databases` names another; db.move does). Holds secrets."""
     env = {**settings.compose_env(), **images.base_build_args(settings)}
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
+    for color in COLORS:
+        env[f"COLORGATE_{color.upper()}_DATABASE_URL"] = (databases or {}).get(color, settings.database_url)
     return env
 
 
@@ -53,6 +57,7 @@ class ServiceState:
     image: str
     version: str
     ports: list[str]
+    database: str = ""  # backends: `local` or the managed database's URL without its password
 
     @property
     def ready(self) -> bool:
@@ -75,8 +80,8 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
     for c in containers:
         labels = c.config.labels or {}
         service = labels.get("com.docker.compose.service", c.name)
-        if labels.get("com.docker.compose.oneoff") == "True":
-            continue
+        if labels.get("com.docker.compose.oneoff") == "True" or "com.docker.compose.config-hash" not in labels:
+            continue  # one-offs, and containers merely run from an image compose built (labels inherited)
         env = dict(item.split("=", 1) for item in (c.config.env or []) if "=" in item)
         ports = []
         for container_port, bindings in (c.network_settings.ports or {}).items():
@@ -90,6 +95,7 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
             image=c.config.image,
             version=env.get("COLORGATE_VERSION", ""),
             ports=sorted(ports),
+            database=shown_url(env.get("DATABASE_URL", "")) if labels.get("org.colorgate.role") == "backend" else "",
         )
     return found
 
@@ -120,6 +126,56 @@ def write_active(settings: Settings, color: str, version: str) -> None:
         env=settings.docker_env(),
         what=f"switching the edge to {color}",
     )
+
+
+DATABASE_RECORD = "/etc/colorgate/state/database.json"
+
+
+def read_database_record(settings: Settings) -> dict:
+    """Where the target's record says the app's database is: {"url": "local"} until
+    `db.move` moved it, then the managed database's URL (no password) and the move."""
+    out = runner.run(["docker", "exec", proxy.edge_container(settings.project), "sh", "-c", f"cat {DATABASE_RECORD} 2>/dev/null || true"],
+                     env=settings.docker_env(), what="reading the database record").stdout
+    try:
+        record = json.loads(out) if out.strip() else {}
+    except ValueError:
+        raise StackError(f"the database record {DATABASE_RECORD} on the edge is damaged: fix or remove it") from None
+    return record if isinstance(record, dict) and record.get("url") else {"url": "local"}
+
+
+def write_database_record(settings: Settings, record: dict) -> None:
+    runner.run(["docker", "exec", "-i", proxy.edge_container(settings.project), "sh", "-c", f"cat > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}"],
+               input=json.dumps(record), env=settings.docker_env(), what="recording where the database is")
+
+
+def check_database(settings: Settings) -> dict:
+    """Refuse when DATABASE_URL disagrees with where the target says the database is:
+    deploying with the wrong one would split the data between two databases."""
+    record = read_database_record(settings)
+    configured = shown_url(settings.database_url)
+    local_file = f".env.{settings.profile}.local"
+    if record["url"] != configured:
+        if record["url"] == "local":
+            raise ConfigError(f"DATABASE_URL points at {configured}, but this stack's database is still its own PostgreSQL: "
+                              f"move it with `invoke db.move --to URL`, or clear DATABASE_URL in {local_file}")
+        raise ConfigError(f"this stack's database moved to {record['url']} on {record.get('moved', '?')} (db.move), but DATABASE_URL "
+                          f"{'is empty' if not settings.database_url else 'points at ' + configured}: set DATABASE_URL to that URL, with its password, in {local_file}")
+    return record
+
+
+def set_frozen(settings: Settings, frozen: bool) -> None:
+    """Start or end a write freeze at the edge (API writes get 503, reads go on), with
+    `nginx -t` and a graceful reload."""
+    runner.run(
+        proxy.switch_cmd(settings.project, proxy.FREEZE_FILE),
+        input=proxy.FREEZE if frozen else "",
+        env=settings.docker_env(),
+        what="starting a write freeze" if frozen else "ending the write freeze",
+    )
+
+
+def is_frozen(settings: Settings) -> bool:
+    return runner.run(proxy.frozen_cmd(settings.project), env=settings.docker_env(), check=False).returncode == 0
 
 
 class _NotYet(Exception):
@@ -166,24 +222,28 @@ def local_engine(settings: Settings) -> bool:
 def check_ports_free(settings: Settings) -> None:
     """Refuse early when a port the edge must publish is taken on this host."""
     for key, port in (("COLORGATE_HTTP_PORT", settings.http_port), ("COLORGATE_HTTPS_PORT", settings.https_port)):
-        family = socket.AF_INET6 if ":" in settings.bind else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            # as servers do (docker-proxy too): connections of an earlier run still in
-            # TIME_WAIT must not count as "in use"; a live listener still does
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((settings.bind, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise PortInUse(
-                        f"port {port} on {settings.bind} is already in use: stop what uses it "
-                        f"or set {key} in .env.{settings.profile}.local"
-                    ) from None
-                if exc.errno == errno.EACCES:
-                    raise PortInUse(
-                        f"port {port} needs root to bind on this host: run as root or set {key} above 1023"
-                    ) from None
-                raise
+        check_port_free(settings, settings.bind, port, key)
+
+
+def check_port_free(settings: Settings, address: str, port: int, key: str) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as servers do (docker-proxy too): connections of an earlier run still in
+        # TIME_WAIT must not count as "in use"; a live listener still does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"port {port} on {address} is already in use: stop what uses it "
+                    f"or set {key} in .env.{settings.profile}.local"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise PortInUse(f"port {port} needs root to bind on this host: run as root or set {key} above 1023") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise PortInUse(f"address {address} is not on this host: set the address for {key}'s bind in .env.{settings.profile}.local") from None
+            raise
 
 
 def _explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateError:
@@ -233,17 +293,20 @@ def up(settings: Settings) -> dict:
         check_ports_free(settings)
 
     versions = running_versions(states)
+    # after `db.retire-local` the stack's own PostgreSQL stays stopped
+    infra = ["edge"] if edge_running and read_database_record(settings).get("retired") else list(INFRA_SERVICES)
     try:
         with runner.step("building the edge and PostgreSQL images"):
             build(settings, list(INFRA_SERVICES), versions)
 
         env = compose_env(settings, versions)
-        with runner.step("starting PostgreSQL and the edge"):
+        with runner.step(f"starting {' and '.join(infra)}"):
             try:
-                runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *INFRA_SERVICES), env=env, what="docker compose up")
+                runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *infra), env=env, what="docker compose up")
             except CommandError as exc:
                 raise _explain_compose_error(settings, exc) from None
-            wait_ready(settings, list(INFRA_SERVICES))
+            wait_ready(settings, infra)
+        check_database(settings)
 
         active = read_active(settings)
         if active:
@@ -290,11 +353,11 @@ def destroy(settings: Settings) -> None:
         runner.run(["docker", "image", "rm", *mine], env=settings.docker_env(), check=False)
 
 
-def migrate(settings: Settings, color: str, versions: dict[str, str]) -> None:
+def migrate(settings: Settings, color: str, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
     """Apply pending migrations with a one-off container of `color`'s backend image."""
     runner.run(
         compose_cmd(settings, "run", "--rm", "--no-deps", "-T", f"backend_{color}", *MIGRATE),
-        env=compose_env(settings, versions),
+        env=compose_env(settings, versions, databases),
         what="database migrations",
     )
 
@@ -351,6 +414,11 @@ def format_status(data: dict) -> str:
     lines = [
         f"project {data['project']} (profile {data['profile']}, engine {data['engine']})",
         f"active color: {active['color']} ({active['version']})" if active else "active color: none",
+    ]
+    live = next((s for s in data["services"] if active and s["service"] == f"backend_{active['color']}"), None)
+    if live and live.get("database"):
+        lines.append(f"database: {live['database']}")
+    lines += [
         "",
         f"{'SERVICE':<16} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",
     ]

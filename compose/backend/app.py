@@ -11,8 +11,8 @@ Endpoints:
   GET    /api/slow?ms=N      answers after N milliseconds (at most 10 s): a slow request
   GET    /api/stream?seconds=N  server-sent events, one a second for N seconds (at most 600)
 
-Connection settings come from libpq's environment (PGHOST, PGUSER, PGPASSWORD,
-PGDATABASE); the color and version from COLORGATE_COLOR and COLORGATE_VERSION.
+Connection settings come from DATABASE_URL when set (a managed database), else from
+libpq's environment (PGHOST, PGUSER, PGPASSWORD, PGDATABASE: the stack's own); the color and version from COLORGATE_COLOR and COLORGATE_VERSION.
 """
 
 import json
@@ -31,6 +31,7 @@ import psycopg2.pool
 COLOR = os.environ.get("COLORGATE_COLOR", "unknown")
 VERSION = os.environ.get("COLORGATE_VERSION", "unknown")
 PORT = int(os.environ.get("PORT", "8000"))
+DATABASE_URL = os.environ.get("DATABASE_URL", "")  # empty: libpq's PG* variables
 NOTE_PATH = re.compile(r"^/api/notes/(\d+)$")
 
 _pool = None
@@ -41,7 +42,7 @@ def pool():
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = psycopg2.pool.ThreadedConnectionPool(1, 8, connect_timeout=3)
+            _pool = psycopg2.pool.ThreadedConnectionPool(1, 8, DATABASE_URL, connect_timeout=3)
         return _pool
 
 

@@ -3,12 +3,13 @@
 Files are named NNN_description.sql. Each runs in its own transaction and is recorded
 in schema_migrations with its checksum; an applied file whose content changed is an
 error (write a new migration instead). A PostgreSQL advisory lock keeps two runs from
-migrating at the same time. Connection settings come from libpq's environment.
+migrating at the same time. Connection settings come from DATABASE_URL, else libpq's environment.
 
 Usage: python3 migrate.py [--status]
 """
 
 import hashlib
+import os
 import pathlib
 import re
 import sys
@@ -31,7 +32,7 @@ def discover():
 
 
 def main(argv):
-    conn = psycopg2.connect("", connect_timeout=5)
+    conn = psycopg2.connect(os.environ.get("DATABASE_URL", ""), connect_timeout=5)
     conn.autocommit = True
     cur = conn.cursor()
     cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))

@@ -1,16 +1,31 @@
 #!/bin/sh
 # PostgreSQL for the Colorgate stack, run as the postgres user. On the first start with
 # an empty data volume: initdb with POSTGRES_USER as superuser (password read from the
-# environment into a private file, never on a command line), create POSTGRES_DB, and
-# accept password (SCRAM) connections from the stack's internal network only.
-# Nothing publishes this port: compose puts PostgreSQL on an internal network.
+# environment into a private file, never on a command line) and create POSTGRES_DB.
+# Network clients need the password (SCRAM).
+# Nothing publishes this port: compose puts PostgreSQL on an internal network (only
+# the relay of `db.move --mode replicate` reaches it from outside, while it runs).
 set -eu
 : "${PGDATA:=/var/lib/postgresql/data/pgdata}"
 : "${POSTGRES_USER:?POSTGRES_USER is required}"
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is required}"
 : "${POSTGRES_DB:?POSTGRES_DB is required}"
-bin=/usr/lib/postgresql/15/bin
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 export PGDATA
+
+# Client authentication, written at every start so an existing cluster gets the current
+# rules too. The role colorgate_move exists only while `invoke db.move --mode replicate`
+# runs (the managed database subscribes through a published relay): it must use TLS.
+write_hba() {
+  cat > "$PGDATA/pg_hba.conf" <<'HBA'
+local all all peer map=colorgate
+hostssl all colorgate_move 0.0.0.0/0 scram-sha-256
+host all colorgate_move 0.0.0.0/0 reject
+host all colorgate_move ::/0 reject
+host all all 0.0.0.0/0 scram-sha-256
+host all all ::/0 scram-sha-256
+HBA
+}
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   # Built aside and moved into place only when complete: an interrupted first start
@@ -28,11 +43,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   # Inside the container the postgres OS user may connect as the database owner
   # (peer map); from the networks only with the password.
   printf 'colorgate postgres %s\n' "$POSTGRES_USER" >> "$PGDATA/pg_ident.conf"
-  cat > "$PGDATA/pg_hba.conf" <<'HBA'
-local all all peer map=colorgate
-host all all 0.0.0.0/0 scram-sha-256
-host all all ::/0 scram-sha-256
-HBA
+  write_hba
   "$bin/pg_ctl" -w -o "-c listen_addresses='' -c unix_socket_directories=/tmp" start >/dev/null
   echo "CREATE DATABASE :\"db\";" | "$bin/psql" -h /tmp -U "$POSTGRES_USER" -d postgres -v ON_ERROR_STOP=1 -q -v db="$POSTGRES_DB"
   "$bin/pg_ctl" -w stop >/dev/null
@@ -40,6 +51,14 @@ HBA
   PGDATA=$final
   echo "postgres: cluster ready"
 fi
+
+write_hba
+# A self-signed TLS key made here, at the first start (never one baked into an image).
+if [ ! -s "$PGDATA/server.key" ]; then
+  (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=colorgate-postgres" -keyout "$PGDATA/server.key" -out "$PGDATA/server.crt" 2>/dev/null)
+fi
 unset POSTGRES_PASSWORD
+# wal_level=logical: `db.move --mode replicate` can publish without a restart.
 exec "$bin/postgres" -c listen_addresses='*' -c unix_socket_directories=/tmp \
-  -c password_encryption=scram-sha-256 "$@"
+  -c password_encryption=scram-sha-256 -c wal_level=logical -c ssl=on "$@"

@@ -51,7 +51,8 @@ def test_versions_cannot_inject_config(version):
 def test_switch_is_one_exec_with_the_file_on_stdin():
     cmd = proxy.switch_cmd("shop")
     assert cmd[:4] == ["docker", "exec", "-i", "shop-edge-1"]
-    script = cmd[-1]
+    assert cmd[-1] == proxy.STATE_FILE
+    script = cmd[-3]
     # test before reload, restore on failure, reload only after the test passed
     assert script.index("nginx -t") < script.index("nginx -s reload")
     assert 'mv "$f.prev" "$f"' in script and "exit 3" in script

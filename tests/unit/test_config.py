@@ -138,3 +138,28 @@ def test_shipped_profiles_are_valid_or_refused_for_the_right_reason():
             config.load(profile, root=root, environ={})
     example = config.parse_env_text((root / ".env.example").read_text(), ".env.example")
     assert set(example) == set(config.KEYS), "every key is documented in .env.example"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("mysql://u:p@h/db", "should be a URL like postgresql://USER:PASSWORD@HOST:5432/DB"),
+        ("postgresql://u:p@h:99999/db", "should be a URL like"),
+        ("postgresql://u@h/db", "needs a user and a password"),
+        ("postgresql://u:p@h/", "needs a database name"),
+    ],
+)
+def test_database_url_is_checked_without_showing_it(tmp_path, url, message):
+    write(tmp_path, ".env.development", GOOD + f"DATABASE_URL={url}\n")
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path)
+    assert str(err.value).startswith(f"DATABASE_URL in .env.development {message}") and url not in str(err.value)
+
+
+def test_database_url_password_is_masked_and_shown_without_it(tmp_path):
+    write(tmp_path, ".env.development", GOOD + "DATABASE_URL=postgresql://app:Very-Secret-77@db.example.com:6543/shop\n")
+    s = load(tmp_path)
+    assert config.shown_url(s.database_url) == "postgresql://app@db.example.com:6543/shop"
+    assert config.shown_url("") == "local"
+    assert runner.redact("conninfo password=Very-Secret-77") == "conninfo password=********"
+    assert "Very-Secret" not in repr(s)

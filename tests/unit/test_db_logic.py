@@ -29,6 +29,23 @@ def test_dump_runs_inside_the_network_from_the_exported_snapshot():
 
     s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"})
     cmd = db.tools_cmd(s, "sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP")
-    assert cmd[cmd.index("run"):cmd.index("run") + 5] == ["run", "--rm", "--no-deps", "-T", "dbtools"]
+    assert cmd[cmd.index("run"):cmd.index("run") + 4] == ["run", "--rm", "--no-deps", "-T"]
+    assert cmd[cmd.index("dbtools") + 1:] == ["sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP"]
     assert '--snapshot="$2"' in db.DUMP_SCRIPT and "--format=custom" in db.DUMP_SCRIPT
     assert db.psql_cmd("shop-postgres-1", s)[:4] == ["docker", "exec", "-i", "shop-postgres-1"]
+
+
+def test_a_managed_database_is_reached_through_the_environment_never_argv():
+    from deploy import config
+
+    url = "postgresql://app:s%40cret@db.example.com:6543/shop?sslmode=require"
+    s = config.load("development", root=config.project_root(), environ={"DATABASE_URL": url})
+    env, flags = db.tools_env(s)
+    assert {k: env[k] for k in db.PG_VARS} == {"PGHOST": "db.example.com", "PGPORT": "6543", "PGUSER": "app",
+                                             "PGPASSWORD": "s@cret", "PGDATABASE": "shop", "PGSSLMODE": "require"}
+    cmd = db.tools_cmd(s, "psql", flags=flags)
+    assert "-e" in cmd and "PGPASSWORD" in cmd and not any("s@cret" in part or "s%40cret" in part for part in cmd)
+    # the stack's own database: the dbtools service's environment is used as it is
+    local_env, local_flags = db.tools_env(config.load("development", root=config.project_root(), environ={}))
+    assert "PGHOST" not in local_flags and local_flags == ["-e", "PGCONNECT_TIMEOUT"]
+    assert db.url_env(url, prefix="T_")["T_PGHOST"] == "db.example.com"

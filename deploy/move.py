@@ -1,0 +1,422 @@
+"""db.move: cut the app over from the stack's own PostgreSQL to a managed one.
+
+Both modes end with the normal gated release of the next color, pointed at the new
+database, and both freeze writes at the edge for the last stretch: API writes get a
+503 with Retry-After (the client is told; nothing is silently lost), reads go on.
+
+    checks (before anything changes), build the next color's images
+    dump:      freeze -> drain -> backup (one snapshot) -> restore into the target
+               -> verify (target = dump = local) -> start the next color on the target
+               -> pre gates -> switch -> post gates -> record -> unfreeze
+    replicate: copy the schema -> publish (one-off role, TLS relay) -> subscribe
+               -> initial copy -> start the next color on the target -> freeze -> drain
+               -> catch up -> copy sequence values -> verify -> drop the subscription,
+               publication and relay -> pre gates -> switch -> post gates -> record
+               -> unfreeze -> back up the local database
+
+The local database is only read; it stays until `invoke db.retire-local`. A failure
+before the switch (or post gates that fail after it) leaves traffic on the old color
+with the local database, writes open again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import secrets
+import time
+from collections.abc import Iterator
+from urllib.parse import unquote, urlsplit
+
+from deploy import db, images, proxy, release, runner, stack
+from deploy.colors import other, services as color_services
+from deploy.config import Settings, database_url, shown_url
+from deploy.errors import ColorgateError, ConfigError
+
+MODES = ("dump", "replicate")
+ROLE = "colorgate_move"  # the one-off replication role, publication and subscription
+
+CHECK_SQL = """SELECT 'version|' || current_setting('server_version_num');
+SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablename), '')
+  FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');
+SELECT 'superuser|' || rolsuper FROM pg_roles WHERE rolname = current_user;
+"""
+
+# Shell helpers for scripts that talk to both databases: libpq's PG* variables point at
+# the local one, T_PG* at the target; `target CMD` runs CMD against the target.
+TARGET_FN = """target() { PGHOST=$T_PGHOST PGPORT=$T_PGPORT PGUSER=$T_PGUSER PGPASSWORD=$T_PGPASSWORD \
+PGDATABASE=$T_PGDATABASE PGSSLMODE=$T_PGSSLMODE "$@"; }
+q() { psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
+"""
+
+# Until no client of the local database is inside a statement or transaction (writes
+# the edge let through just before the freeze finish first), at most 10 s.
+DRAIN_SCRIPT = """i=0
+while [ $i -lt 100 ]; do
+  n=$(psql -X -A -t -v ON_ERROR_STOP=1 -c "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+        AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state <> 'idle'")
+  [ "$n" = 0 ] && exit 0
+  i=$((i + 1)); sleep 0.1
+done
+echo "$n sessions still busy" >&2; exit 1
+"""
+
+SCHEMA_SCRIPT = TARGET_FN + """set -eu
+pg_dump --schema-only --no-owner --no-privileges --no-publications --no-subscriptions > /tmp/schema.sql
+target q -f /tmp/schema.sql > /dev/null
+"""
+
+# Catch up: the subscriber has applied everything up to the local WAL position taken
+# after the drain, and every table's row count and the migrations are the same.
+CATCH_UP_SCRIPT = TARGET_FN + """set -eu
+cat > /tmp/facts.sql
+lsn=$(q -c "SELECT pg_current_wal_lsn()")
+q -f /tmp/facts.sql > /tmp/local
+i=0
+while :; do
+  applied=$(q -c "SELECT coalesce(bool_and(replay_lsn >= '$lsn'), false) FROM pg_stat_replication WHERE application_name = '$1'")
+  target q -f /tmp/facts.sql > /tmp/target
+  if [ "$applied" = t ] && cmp -s /tmp/local /tmp/target; then cat /tmp/local; exit 0; fi
+  i=$((i + 1)); [ $i -lt 600 ] || { echo "the target did not catch up within 60 s (applied: $applied)" >&2; exit 1; }
+  sleep 0.1
+done
+"""
+
+SEQUENCES_SCRIPT = TARGET_FN + """set -eu
+q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value)
+      FROM pg_sequences WHERE last_value IS NOT NULL" > /tmp/sequences.sql
+target q -f /tmp/sequences.sql > /dev/null
+wc -l < /tmp/sequences.sql
+"""
+
+WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
+  WHERE s.subname = '{ROLE}' AND r.srsubstate <> 'r'"""
+
+SOURCE_CLEANUP_SQL = f"""DROP PUBLICATION IF EXISTS {ROLE};
+SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND active_pid IS NOT NULL;
+SELECT pg_sleep(0.5) FROM pg_replication_slots WHERE slot_name = '{ROLE}';
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND NOT active;
+DO $$ BEGIN
+  IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN
+    EXECUTE 'DROP OWNED BY {ROLE}';
+    EXECUTE 'DROP ROLE {ROLE}';
+  END IF;
+END $$;
+"""
+
+# After a failure: when the publisher cannot be reached to drop the slot, detach the
+# subscription from it first (the source side then drops the slot itself).
+TARGET_CLEANUP_SQL = f"""DO $$ BEGIN
+  IF EXISTS (SELECT FROM pg_subscription WHERE subname = '{ROLE}') THEN
+    EXECUTE 'ALTER SUBSCRIPTION {ROLE} DISABLE';
+    EXECUTE 'ALTER SUBSCRIPTION {ROLE} SET (slot_name = NONE)';
+    EXECUTE 'DROP SUBSCRIPTION {ROLE}';
+  END IF;
+END $$;
+"""
+
+
+class MoveError(ColorgateError):
+    pass
+
+
+# --- pure helpers --------------------------------------------------------------------
+
+
+def check_url(url: str) -> str:
+    try:
+        return database_url(url.strip())
+    except ValueError as exc:
+        raise ConfigError(f"the target URL {exc}") from None
+
+
+def explain_connect_error(stderr: str, shown: str) -> str:
+    """psql's complaint about a connection -> one line naming the cause and the fix."""
+    text = stderr.strip()
+    last = (text.splitlines() or ["no output"])[-1]
+    if "could not translate host name" in text:
+        return f"cannot reach the target database {shown}: its host name does not resolve; check the URL"
+    if any(s in text for s in ("Connection refused", "timeout expired", "No route to host", "Network is unreachable",
+                               "Connection timed out", "could not connect to server")):
+        return f"cannot reach the target database {shown}: nothing answers there ({last.strip()}); check the host, port and firewall"
+    if "password authentication failed" in text or ("role" in text and "does not exist" in text):
+        return f"the target database {shown} refused the credentials: check the user and password in the URL"
+    if "no pg_hba.conf entry" in text:
+        return f"the target database {shown} does not accept connections from this host: allow it in the managed service's access rules"
+    if "database" in text and "does not exist" in text:
+        return f"the database named in {shown} does not exist on the target: create it (empty) first"
+    if "SSL" in text:
+        return f"TLS to the target database {shown} failed ({last.strip()}): check sslmode in the URL"
+    return f"cannot use the target database {shown}: {last.strip()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerFacts:
+    version: int  # server_version_num, e.g. 150004
+    tables: int
+    first_table: str
+    superuser: bool
+
+    @property
+    def major(self) -> int:
+        return self.version // 10000  # 150004 -> 15; 90624 (9.6) -> 9
+
+
+def parse_check(out: str) -> ServerFacts:
+    fields = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("|")
+        fields[key] = value
+    count, _, first = fields.get("tables", "0|").partition("|")
+    return ServerFacts(int(fields["version"]), int(count), first, fields.get("superuser") == "t")
+
+
+def check_compatible(source: ServerFacts, target: ServerFacts, shown: str, mode: str) -> None:
+    """Refuse a target that is older than the source, not empty, or (replicate) cannot subscribe."""
+    if target.major < source.major:
+        raise MoveError(f"the target database {shown} runs PostgreSQL {target.major}, older than the local {source.major}: "
+                        f"a dump or replication may not apply there; use PostgreSQL {source.major} or newer")
+    if target.tables:
+        raise MoveError(f"the target database {shown} is not empty ({target.tables} table(s), e.g. {target.first_table}): "
+                        "db.move only fills an empty database; point it at a new one")
+    if mode == "replicate" and not target.superuser:
+        raise MoveError(f"the user in {shown} cannot create a subscription (not a superuser): "
+                        "use the managed service's admin user, or --mode dump")
+
+
+# --- steps ---------------------------------------------------------------------------
+
+
+def _psql(settings: Settings, sql: str, url: str = "", what: str = "", check: bool = True):
+    """Run SQL (stdin) with psql against the local database, or `url`."""
+    return db.tools(settings, f'exec {" ".join(db.PSQL)}', input=sql, extra=db.url_env(url) if url else None,
+                    check=check, what=what)
+
+
+def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
+    """Everything that can be checked before anything changes."""
+    shown = shown_url(url)
+    target = _psql(settings, CHECK_SQL, url, check=False)
+    if target.returncode != 0:
+        raise MoveError(explain_connect_error(runner.redact(target.stderr), shown))
+    source = parse_check(_psql(settings, CHECK_SQL, what="checking the local database").stdout)
+    facts = parse_check(target.stdout)
+    check_compatible(source, facts, shown, mode)
+    runner.say(f"   target {shown}: PostgreSQL {facts.major}, empty, credentials accepted (local: PostgreSQL {source.major})")
+    return facts
+
+
+def _both(url: str) -> dict[str, str]:
+    return db.url_env(url, prefix="T_")
+
+
+def _facts_of(settings: Settings, url: str = "") -> db.Facts:
+    out = _psql(settings, db.FACTS_SQL, url, what="reading row counts").stdout
+    return db.parse_facts([line for line in out.splitlines() if line and line != db.END])
+
+
+def _compare_or_fail(expected: db.Facts, got: db.Facts, where: str) -> None:
+    rows = db.compare(expected, got)
+    bad = [r[0] for r in rows if not r[3]]
+    if bad:
+        runner.say(db.format_compare(rows))
+        raise MoveError(f"{where} does not match the local database ({', '.join(bad)})")
+
+
+@contextlib.contextmanager
+def _frozen(settings: Settings, record: release.Record) -> Iterator[None]:
+    started = time.monotonic()
+    with runner.step("freezing writes at the edge (reads go on)"):
+        stack.set_frozen(settings, True)
+    try:
+        yield
+    finally:
+        try:
+            stack.set_frozen(settings, False)
+        finally:
+            record.timings["write_freeze"] = round(time.monotonic() - started, 3)
+            runner.say(f"ok writes open again: the write freeze lasted {record.timings['write_freeze']:.1f}s")
+
+
+def _drain(settings: Settings) -> None:
+    time.sleep(0.5)  # requests the old nginx workers accepted before the reload reach the app
+    db.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
+
+
+def _relay(settings: Settings, start: bool) -> None:
+    env = stack.compose_env(settings, {})
+    if start:
+        if stack.local_engine(settings):
+            stack.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
+        runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", "dbrelay"),
+                   env=env, what="starting the replication relay")
+    else:
+        runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "rm", "--stop", "--force", "dbrelay"),
+                   env=env, check=False, what="removing the replication relay")
+
+
+def _subscribe(settings: Settings, url: str, password: str) -> None:
+    with runner.step("copying the schema to the target"):
+        db.tools(settings, SCHEMA_SCRIPT, extra=_both(url), what="copying the schema")
+    with runner.step("publishing the local database (one-off role, TLS-only relay)"):
+        _psql(settings, SOURCE_CLEANUP_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
+CREATE PUBLICATION {ROLE} FOR ALL TABLES;
+""", what="creating the publication")
+        _relay(settings, True)
+    conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
+                f"user={ROLE} password={password} sslmode=require connect_timeout=10")
+    with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port})"):
+        created = _psql(settings, f"CREATE SUBSCRIPTION {ROLE} CONNECTION '{conninfo}' PUBLICATION {ROLE};", url, check=False)
+        if created.returncode != 0:
+            last = (runner.redact(created.stderr).strip().splitlines() or ["no output"])[-1]
+            raise MoveError(f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
+                            "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and allow it in the firewall")
+    with runner.step("copying the data (initial table sync)"):
+        db.tools(settings, f"""i=0
+until [ "$(psql -X -A -t -v ON_ERROR_STOP=1 -c "{WAIT_SYNC_SQL}")" = 0 ]; do
+  i=$((i + 1)); [ $i -lt 36000 ] || {{ echo "initial sync not done after an hour" >&2; exit 1; }}
+  sleep 0.1
+done""", extra=db.url_env(url), what="waiting for the initial table sync")
+
+
+def _unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
+    """Drop the subscription (and its slot), the publication, the role, the relay.
+    check=False: best effort, after a failure."""
+    dropped = _psql(settings, f"DROP SUBSCRIPTION IF EXISTS {ROLE};", url, check=check, what="dropping the subscription")
+    if dropped.returncode != 0:
+        _psql(settings, TARGET_CLEANUP_SQL, url, check=False)
+    _psql(settings, SOURCE_CLEANUP_SQL, check=check, what="dropping the publication and the replication role")
+    _relay(settings, False)
+
+
+def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, active: proxy.Active) -> None:
+    candidate, version = record.to_color, record.to_version
+    versions = {**stack.running_versions(stack.service_states(settings)), candidate: version, active.color: active.version}
+    databases = {candidate: url}
+    touched = False
+    try:
+        with runner.step(f"building {candidate} images ({version})"):
+            if not stack.release_images_exist(settings, version):
+                stack.build(settings, color_services(candidate), versions)
+        if mode == "replicate":
+            touched = True
+            _subscribe(settings, url, _new_password())
+            release.start_candidate(settings, record, candidate, versions, active, databases, migrate=False)
+        frozen_at = release.now()  # from here on the local database takes no more writes
+        with _frozen(settings, record):
+            with release._timed(record, "drain", "waiting for in-flight writes"):
+                _drain(settings)
+            if mode == "dump":
+                with release._timed(record, "dump", "dumping the local database"):
+                    manifest = db.backup(settings)
+                touched = True
+                with release._timed(record, "restore", f"restoring {manifest['name']} into the target"):
+                    db.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
+                             '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=db.url_env(url), what="pg_restore")
+                with release._timed(record, "verify", "verifying the target against the dump and the local database"):
+                    expected = db.Facts(manifest["counts"], manifest["migrations"])
+                    _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
+                    _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
+                    db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row count matches")
+                record.detail = f"backup {manifest['name']}"
+                release.start_candidate(settings, record, candidate, versions, active, databases, verified_backup=False)
+            else:
+                with release._timed(record, "catch_up", "waiting for the target to catch up"):
+                    db.tools(settings, CATCH_UP_SCRIPT, ROLE, input=db.FACTS_SQL, extra=_both(url), what="catching up")
+                with release._timed(record, "sequences", "copying sequence values"):
+                    db.tools(settings, SEQUENCES_SCRIPT, extra=_both(url), what="copying sequence values")
+                with release._timed(record, "verify", "verifying the target against the local database"):
+                    _compare_or_fail(_facts_of(settings), _facts_of(settings, url), "the replicated target")
+                with release._timed(record, "unsubscribe", "ending replication (subscription, publication, relay)"):
+                    _unsubscribe(settings, url)
+            release._switch_and_verify(settings, record, active, candidate, version, use_gates=True)
+            stack.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
+                                                   "from": "local", "live_color": candidate, "version": version})
+    except (ColorgateError, KeyboardInterrupt) as exc:
+        if mode == "replicate" and touched:
+            _unsubscribe(settings, url, check=False)
+        live = stack.read_active(settings)
+        if live is None or live.color != candidate:
+            stack.stop_color(settings, candidate, versions)
+        if touched and isinstance(exc, ColorgateError):
+            kind = release.GateFailed if isinstance(exc, release.GateFailed) else MoveError
+            raise kind(f"{exc}; traffic stays on {active.color} with the local database, untouched; "
+                       f"the target {shown_url(url)} now holds a partial copy: empty it before retrying") from None
+        raise
+
+
+def _new_password() -> str:
+    password = secrets.token_urlsafe(24)
+    runner.add_secret(password)
+    return password
+
+
+def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = False) -> release.Record:
+    """Move the app's database from the stack's PostgreSQL to the (empty) one at `url`."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}: use dump or replicate")
+    url = check_url(url)
+    runner.add_secret(unquote(urlsplit(url).password or ""))
+    runner.add_secret(url)
+    if settings.database_url:
+        raise MoveError(f"the app already uses {shown_url(settings.database_url)} (DATABASE_URL): db.move moves the stack's own PostgreSQL only")
+    with release.lock(settings, "db.move", break_lock):
+        stack.check_database(settings)
+        active = release._live(settings)
+        with runner.step(f"checking the target database {shown_url(url)}"):
+            preflight(settings, url, mode)
+        candidate = other(active.color)
+        version = images.next_version(images.release_tags(settings))
+        record = release.Record("db.move", active.color, candidate, active.version, version)
+        with release._recorded(settings, record):
+            _cut_over(settings, record, url, mode, active)
+            record.detail = f"{mode} to {shown_url(url)}, write freeze {record.timings['write_freeze']:.1f}s" + (
+                f", {record.detail}" if record.detail else "")
+    if mode == "replicate":
+        local = dataclasses.replace(settings, database_url="")
+        with runner.step("backing up the local database as it was at the move (for db.retire-local)"):
+            manifest = db.backup(local)
+            verified = db.verify(local, manifest["name"])
+        runner.say(f"   backup {manifest['name']}: {'usable' if verified.usable else 'UNUSABLE: ' + verified.reason}")
+    return record
+
+
+def retire_local(settings: Settings, yes: bool = False) -> list[str]:
+    """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
+    the managed database and a verified backup of the local one from after the move exists.
+    The data volume is kept. Returns what was stopped."""
+    record = stack.check_database(settings)
+    if record["url"] == "local":
+        raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
+    if record.get("retired"):
+        runner.say(f"the local PostgreSQL was already retired on {record['retired']}")
+        return []
+    local = dataclasses.replace(settings, database_url="")
+    fresh = [b for b in db.list_backups(local)
+             if b["manifest"].get("source", "local") == "local" and b["manifest"]["created"] >= record["moved"]
+             and b.get("verify") and b["verify"]["usable"]]
+    if not fresh:
+        raise MoveError(f"no verified backup of the local database taken since the move ({record['moved']}): "
+                        "make one with `invoke db.backup --local`, then `invoke db.verify`")
+    if settings.profile in ("staging", "production") and not yes:
+        raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
+    states = stack.service_states(settings)
+    stale = [name for color in ("blue", "green") for name in color_services(color)
+             if states.get(f"backend_{color}") and states[f"backend_{color}"].database == "local" and name in states]
+    stopped = [*stale, "postgres"]
+    with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
+        if stale:
+            runner.run(stack.compose_cmd(settings, "stop", *stale), env=stack.compose_env(settings, {}), what="docker compose stop")
+        runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", "postgres"), env=stack.compose_env(settings, {}),
+                   what="removing the local PostgreSQL container")
+    stack.write_database_record(settings, {**record, "retired": release.now(), "retired_backup": fresh[-1]["manifest"]["name"]})
+    return stopped
+
+
+def unfreeze(settings: Settings) -> bool:
+    """End a write freeze left by an interrupted db.move. False when there was none."""
+    if not stack.is_frozen(settings):
+        return False
+    stack.set_frozen(settings, False)
+    return True

@@ -1,0 +1,280 @@
+"""db.move against a second, real PostgreSQL standing in for the managed service,
+reached only by URL (published on the docker0 address, as a managed database is
+reached over the network), while a client keeps writing through the public edge."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import socket
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from deploy import config, db, gates, images, release, runner, stack, tls
+
+from .conftest import invoke, isolated_env, running_stack
+
+PG13 = images.BaseImage("postgres13", ("postgresql-13", "openssl", "socat"), suite="bullseye")
+
+
+def docker0() -> str:
+    """The host's address on Docker's default bridge: reachable from every container."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True).stdout
+    return out.split()[3].split("/")[0]
+
+
+def free_port_on(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def move_env(tag: str) -> dict[str, str]:
+    relay = docker0()
+    return {**isolated_env(tag), "COLORGATE_MOVE_RELAY_BIND": relay, "COLORGATE_MOVE_RELAY_HOST": relay,
+            "COLORGATE_MOVE_RELAY_PORT": str(free_port_on(relay))}
+
+
+@dataclasses.dataclass
+class Managed:
+    url: str
+    container: str
+    password: str
+
+    def sql(self, query: str) -> str:
+        return runner.run(["docker", "exec", self.container, "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                           "-U", "admin", "-d", "app", "-c", query]).stdout.strip()
+
+
+@contextlib.contextmanager
+def managed_postgres(settings: config.Settings, image: str):
+    """A PostgreSQL of its own (not in the stack), published on docker0; removed after."""
+    address, password = docker0(), secrets.token_urlsafe(16)
+    port = free_port_on(address)
+    name = f"{settings.project}-managed-{secrets.token_hex(3)}"
+    runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app",
+                "-e", "POSTGRES_PASSWORD", "-p", f"{address}:{port}:5432", image], env={"POSTGRES_PASSWORD": password})
+    try:
+        managed = Managed(f"postgresql://admin:{password}@{address}:{port}/app", name, password)
+        for _ in range(120):  # ready once the first start's initialization is over
+            if runner.run(["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+        managed.sql("SELECT 1")
+        yield managed
+    finally:
+        runner.run(["docker", "rm", "--force", "--volumes", name], check=False)
+
+
+@pytest.fixture(scope="module")
+def env():
+    return move_env("mv")
+
+
+@pytest.fixture(scope="module")
+def settings(request, env):
+    s = config.load("development", environ={**os.environ, **env})
+    with running_stack(request, s):
+        yield s
+
+
+class Writer:
+    """Clients writing notes through the public edge without pause, each request on a
+    new connection; every answer is accounted for: acknowledged, refused, or an error."""
+
+    def __init__(self, settings: config.Settings, threads: int = 2):
+        self.settings, self.ca = settings, tls.read_local_ca(settings)
+        self.acked: list[str] = []
+        self.refused: list[tuple[int, str, str]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(threads)]
+
+    def run(self, n: int) -> None:
+        with gates.edge_client(self.settings, self.ca) as client:
+            i = 0
+            while not self.stop.is_set():
+                body = f"w{n}-{i}"
+                i += 1
+                try:
+                    r = client.post("/api/notes", json={"body": body}, headers={"Connection": "close"})
+                except httpx.HTTPError as exc:
+                    self.errors.append(f"{body}: {type(exc).__name__}: {exc}")
+                    continue
+                if r.status_code == 201:
+                    self.acked.append(body)
+                elif r.status_code == 503 and "writes are paused" in r.text:
+                    self.refused.append((r.status_code, r.headers.get("retry-after", ""), body))
+                    time.sleep(0.05)
+                else:
+                    self.errors.append(f"{body}: HTTP {r.status_code} {r.text[:80]}")
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)  # writes after the cutover, on the new database
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def cli_env(env: dict[str, str], url: str | None = None, **extra: str) -> dict[str, str]:
+    return {**env, **({"COLORGATE_MOVE_TO": url} if url else {}), **extra}
+
+
+def test_a_write_freeze_refuses_writes_and_serves_reads(settings, env):
+    stack.set_frozen(settings, True)
+    try:
+        with gates.edge_client(settings) as client:
+            assert client.get("/api/notes").status_code == 200
+            r = client.post("/api/notes", json={"body": "frozen"})
+            assert r.status_code == 503 and r.headers["retry-after"] == "5" and "writes are paused" in r.json()["error"]
+    finally:
+        proc = invoke("db.unfreeze", env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "writes open again"
+    with gates.edge_client(settings) as client:  # new workers take over within moments of the reload
+        codes = []
+        while len(codes) < 30 and 201 not in codes:
+            codes.append(client.post("/api/notes", json={"body": "thawed"}, headers={"Connection": "close"}).status_code)
+            time.sleep(0.1)
+        assert codes[-1] == 201 and set(codes) <= {201, 503}, codes
+    assert invoke("db.unfreeze", env=env).stdout.strip() == "writes were not frozen"
+
+
+def test_bad_targets_are_refused_before_anything_changes(settings, env):
+    before = (stack.read_active(settings), len(release.read_history(settings)))
+    address = docker0()
+    cases = [
+        (f"postgresql://admin:pw@{address}:{free_port_on(address)}/app", "nothing answers there"),
+        ("postgresql://admin:pw@no-such-host.invalid:5432/app", "its host name does not resolve"),
+        ("postgresql://admin@db.example.com/app", "the target URL needs a user and a password"),
+    ]
+    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+        wrong = managed.url.replace(managed.password, "wrong-password")
+        cases.append((wrong, "refused the credentials"))
+        cases.append((managed.url.rsplit("/", 1)[0] + "/nodb", "does not exist on the target: create it (empty) first"))
+        managed.sql("CREATE TABLE leftovers (id int)")
+        cases.append((managed.url, "is not empty (1 table(s), e.g. public.leftovers)"))
+        for url, message in cases:
+            proc = invoke("db.move", env=cli_env(env, url))
+            last = proc.stderr.strip().splitlines()[-1]
+            assert proc.returncode == 1 and last.startswith("colorgate: ") and message in last, proc.stderr
+            assert "Traceback" not in proc.stderr and managed.password not in proc.stderr + proc.stdout
+    unknown = invoke("db.move", "--mode", "teleport", env=cli_env(env, cases[0][0]))
+    assert unknown.returncode == 1 and "unknown mode 'teleport': use dump or replicate" in unknown.stderr
+    assert (stack.read_active(settings), len(release.read_history(settings))) == before
+    assert not stack.is_frozen(settings) and "dbrelay" not in stack.service_states(settings)
+    assert invoke("db.retire-local", env=env).stderr.strip().endswith(
+        "the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
+
+
+def test_a_target_older_than_the_source_is_refused(settings, env):
+    images.build_bases(settings, [PG13])
+    tag = f"{settings.image_prefix}postgres13:test"
+    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={PG13.tag(settings.debian_mirror)}", "--tag", tag,
+                str(settings.compose_dir / "postgres")], env={"DOCKER_BUILDKIT": "0"})
+    with managed_postgres(settings, tag) as managed:
+        assert managed.sql("SHOW server_version_num").startswith("13")
+        proc = invoke("db.move", env=cli_env(env, managed.url))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
+        "colorgate: the target database postgresql://admin@") and "runs PostgreSQL 13, older than the local 15" in proc.stderr
+
+
+def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> dict:
+    """Zero lost: every acknowledged write is on the new database; every refused write
+    was told so (503, Retry-After); nothing else went wrong."""
+    assert writer.errors == [], writer.errors[:5]
+    assert writer.refused and all(code == 503 and retry == "5" for code, retry, _ in writer.refused)
+    on_target = set(managed.sql("SELECT body FROM notes").split())
+    lost = [body for body in writer.acked if body not in on_target]
+    assert not lost, f"{len(lost)} acknowledged writes missing on the new database, e.g. {lost[:5]}"
+    assert not {body for _, _, body in writer.refused} & on_target, "a refused write was stored anyway"
+    assert len(writer.acked) > 20
+    record = release.read_history(settings)[-1]
+    assert (record["action"], record["outcome"]) == ("db.move", "switched") and f"{mode} to postgresql://admin@" in record["detail"]
+    assert stack.read_database_record(settings)["url"] == config.shown_url(managed.url)
+    live = stack.read_active(settings)
+    states = stack.service_states(settings)
+    assert states[f"backend_{live.color}"].database == config.shown_url(managed.url)
+    assert not stack.is_frozen(settings) and "dbrelay" not in states
+    # the old database is untouched and still there; the old color keeps it, so no switching back
+    assert states["postgres"].state == "running"
+    back = invoke("rollback", env=env)
+    assert back.returncode == 1 and "switching would serve stale data" in back.stderr and stack.read_active(settings) == live
+    # the configuration must follow: without DATABASE_URL nothing deploys
+    refused = invoke("deploy", env=env)
+    assert refused.returncode == 1 and "set DATABASE_URL to that URL" in refused.stderr
+    return record
+
+
+def test_dump_move_under_writes_loses_nothing(settings, env):
+    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+        with Writer(settings) as writer:
+            proc = invoke("db.move", "--mode", "dump", env=cli_env(env, managed.url))
+        assert proc.returncode == 0, proc.stderr
+        assert managed.password not in proc.stdout + proc.stderr
+        assert "write freeze lasted" in proc.stderr
+        record = assert_moved(settings, env, managed, writer, "dump")
+        print(f"\ndump move: write freeze {record['timings']['write_freeze']:.2f}s, {len(writer.acked)} acked, "
+              f"{len(writer.refused)} refused, timings {record['timings']}")
+        moved = cli_env(env, DATABASE_URL=managed.url)
+        # the dump the move restored is a verified backup of the local database: it may retire
+        retired = invoke("db.retire-local", env=moved)
+        assert retired.returncode == 0, retired.stderr
+        states = stack.service_states(settings)
+        assert "postgres" not in states, (retired.stdout, retired.stderr, states.get("postgres"))
+        assert states[f"backend_{record['from_color']}"].state == "exited"
+        # and the next gated release runs on the managed database alone
+        proc = invoke("deploy", env=moved)
+        assert proc.returncode == 0, proc.stderr
+        with gates.edge_client(settings) as client:
+            assert client.post("/api/notes", json={"body": "after-retire"}).status_code == 201
+        assert "after-retire" in managed.sql("SELECT body FROM notes")
+        backup = invoke("db.backup", env=moved)
+        assert backup.returncode == 0 and "(postgresql://admin@" in backup.stderr
+
+
+def test_replicate_move_under_writes_loses_nothing(request):
+    env = move_env("rp")
+    settings = config.load("development", environ={**os.environ, **env})
+    with running_stack(request, settings), managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+        with gates.edge_client(settings) as client:
+            for i in range(200):
+                client.post("/api/notes", json={"body": f"seed-{i}"})
+        with Writer(settings) as writer:
+            proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, managed.url))
+        assert proc.returncode == 0, proc.stderr
+        assert managed.password not in proc.stdout + proc.stderr
+        record = assert_moved(settings, env, managed, writer, "replicate")
+        print(f"\nreplicate move: write freeze {record['timings']['write_freeze']:.2f}s, {len(writer.acked)} acked, "
+              f"{len(writer.refused)} refused, timings {record['timings']}")
+        # sequences came along: new rows get fresh ids on the new database
+        assert int(managed.sql("SELECT last_value FROM notes_id_seq")) >= int(managed.sql("SELECT max(id) FROM notes"))
+        # replication is gone on both sides
+        assert managed.sql("SELECT count(*) FROM pg_subscription") == "0"
+        local = ["docker", "exec", f"{settings.project}-postgres-1", "psql", "-X", "-A", "-t", "-U", settings.postgres_user,
+                 "-d", settings.postgres_db, "-c"]
+        assert runner.run([*local, "SELECT count(*) FROM pg_replication_slots"]).stdout.strip() == "0"
+        assert runner.run([*local, "SELECT count(*) FROM pg_roles WHERE rolname = 'colorgate_move'"]).stdout.strip() == "0"
+        # retire-local wants a verified backup of the local database from after the move
+        moved = cli_env(env, DATABASE_URL=managed.url)
+        local_settings = dataclasses.replace(settings, database_url="")
+        taken = db.list_backups(local_settings)[-1]["manifest"]["name"]
+        db.record_verify(local_settings, taken, False, "marked unusable by the test")
+        refused = invoke("db.retire-local", env=moved)
+        assert refused.returncode == 1 and "no verified backup of the local database taken since the move" in refused.stderr
+        assert stack.service_states(settings)["postgres"].state == "running"
+        assert invoke("db.backup", "--local", env=moved).returncode == 0
+        assert invoke("db.verify", "latest", env=moved).returncode == 0
+        retired = invoke("db.retire-local", env=moved)
+        assert retired.returncode == 0 and "postgres" in retired.stdout, retired.stderr

@@ -1,0 +1,67 @@
+"""db.move's checks and messages, on captured psql output (no Docker)."""
+
+import pytest
+
+from deploy import move, proxy, release, stack
+from deploy.errors import ConfigError
+
+SHOWN = "postgresql://app@db.example.com:5432/shop"
+
+
+@pytest.mark.parametrize(
+    "stderr, expected",
+    [
+        ('psql: error: could not translate host name "nohost" to address: Name or service not known', "its host name does not resolve"),
+        ('psql: error: connection to server at "10.0.0.9", port 5432 failed: Connection refused', "nothing answers there"),
+        ("psql: error: connection to server at \"h\", port 5432 failed: timeout expired", "nothing answers there"),
+        ('psql: error: connection to server at "h" failed: FATAL:  password authentication failed for user "app"', "refused the credentials"),
+        ('psql: error: FATAL:  role "nobody" does not exist', "refused the credentials"),
+        ('psql: error: FATAL:  database "shop" does not exist', "does not exist on the target: create it"),
+        ('psql: error: FATAL:  no pg_hba.conf entry for host "1.2.3.4"', "does not accept connections from this host"),
+    ],
+)
+def test_connection_errors_name_the_cause(stderr, expected):
+    message = move.explain_connect_error(stderr, SHOWN)
+    assert expected in message and SHOWN in message and "\n" not in message
+
+
+def test_server_facts_parse_and_major_versions():
+    facts = move.parse_check("version|150004\ntables|2|public.notes\nsuperuser|t\n")
+    assert facts == move.ServerFacts(150004, 2, "public.notes", True) and facts.major == 15
+    assert move.parse_check("version|90624\ntables|0|\nsuperuser|f").major == 9
+
+
+def test_compatibility_checks():
+    source = move.ServerFacts(150004, 3, "public.notes", True)
+    empty16 = move.ServerFacts(160002, 0, "", True)
+    move.check_compatible(source, empty16, SHOWN, "replicate")
+    with pytest.raises(move.MoveError, match=r"runs PostgreSQL 13, older than the local 15: .*use PostgreSQL 15 or newer"):
+        move.check_compatible(source, move.ServerFacts(130016, 0, "", True), SHOWN, "dump")
+    with pytest.raises(move.MoveError, match=r"is not empty \(1 table\(s\), e.g. public.x\)"):
+        move.check_compatible(source, move.ServerFacts(150004, 1, "public.x", True), SHOWN, "dump")
+    with pytest.raises(move.MoveError, match="cannot create a subscription"):
+        move.check_compatible(source, move.ServerFacts(150004, 0, "", False), SHOWN, "replicate")
+    move.check_compatible(source, move.ServerFacts(150004, 0, "", False), SHOWN, "dump")
+
+
+def test_target_url_is_checked_before_anything():
+    with pytest.raises(ConfigError, match="^the target URL needs a user and a password"):
+        move.check_url("postgresql://app@db.example.com/shop")
+    assert move.check_url(" postgresql://a:b@h/d ") == "postgresql://a:b@h/d"
+
+
+def test_freeze_is_its_own_include_and_removable():
+    cmd = proxy.switch_cmd("shop", proxy.FREEZE_FILE)
+    assert cmd[-1] == proxy.FREEZE_FILE and '$cg_frozen "1"' in proxy.FREEZE
+    assert 'rm -f "$f.new" "$f"' in cmd[-3]  # empty stdin removes the file
+
+
+def _backend(color, database):
+    return stack.ServiceState(f"backend_{color}", color, "running", "healthy", "img", "v1", [], database)
+
+
+def test_no_switch_back_to_the_database_left_behind():
+    states = {"backend_blue": _backend("blue", "local"), "backend_green": _backend("green", SHOWN)}
+    with pytest.raises(Exception, match=r"blue uses the database local, but the live green uses .* ship a release to blue"):
+        release.check_same_database(states, "green", "blue")
+    release.check_same_database({**states, "backend_blue": _backend("blue", SHOWN)}, "green", "blue")
