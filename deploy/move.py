@@ -5,14 +5,15 @@ database, and both freeze writes at the edge for the last stretch: API writes ge
 503 with Retry-After (the client is told; nothing is silently lost), reads go on.
 
     checks (before anything changes), build the next color's images
-    dump:      freeze -> drain -> backup (one snapshot) -> restore into the target
-               -> verify (target = dump = local) -> start the next color on the target
-               -> pre gates -> switch -> post gates -> record -> unfreeze
+    dump:      start the next color on the (empty) target -> freeze -> drain -> backup
+               (one snapshot) -> restore into the target -> verify (target = dump =
+               local) -> its migrations -> pre gates -> switch -> post gates -> record
+               -> unfreeze
     replicate: copy the schema -> publish (one-off role, TLS relay) -> subscribe
                -> initial copy -> start the next color on the target -> freeze -> drain
-               -> catch up -> copy sequence values -> verify -> drop the subscription,
-               publication and relay -> pre gates -> switch -> post gates -> record
-               -> unfreeze -> back up the local database
+               -> catch up until row counts and migrations are equal -> copy sequence
+               values -> drop the subscription, publication and relay -> pre gates
+               -> switch -> post gates -> record -> unfreeze -> back up the local database
 
 The local database is only read; it stays until `invoke db.retire-local`. A failure
 before the switch (or post gates that fail after it) leaves traffic on the old color
@@ -39,7 +40,9 @@ ROLE = "colorgate_move"  # the one-off replication role, publication and subscri
 CHECK_SQL = """SELECT 'version|' || current_setting('server_version_num');
 SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablename), '')
   FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');
-SELECT 'superuser|' || rolsuper FROM pg_roles WHERE rolname = current_user;
+SELECT 'subscribe|' || (rolsuper OR EXISTS (SELECT FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'member')
+  AND r.rolname IN ('pg_create_subscription', 'rds_superuser', 'cloudsqlsuperuser', 'azure_pg_admin')))
+  FROM pg_roles WHERE rolname = current_user;
 """
 
 # Shell helpers for scripts that talk to both databases: libpq's PG* variables point at
@@ -82,13 +85,6 @@ while :; do
 done
 """
 
-SEQUENCES_SCRIPT = TARGET_FN + """set -eu
-q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value)
-      FROM pg_sequences WHERE last_value IS NOT NULL" > /tmp/sequences.sql
-target q -f /tmp/sequences.sql > /dev/null
-wc -l < /tmp/sequences.sql
-"""
-
 WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
   WHERE s.subname = '{ROLE}' AND r.srsubstate <> 'r'"""
 
@@ -102,6 +98,18 @@ DO $$ BEGIN
     EXECUTE 'DROP ROLE {ROLE}';
   END IF;
 END $$;
+"""
+
+# Once caught up: sequence values (logical replication does not carry them), then the
+# subscription (which drops its slot on the local side), publication and role.
+FINISH_SCRIPT = TARGET_FN + f"""set -eu
+q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value)
+      FROM pg_sequences WHERE last_value IS NOT NULL" > /tmp/sequences.sql
+target q -f /tmp/sequences.sql > /dev/null
+target q -c "DROP SUBSCRIPTION {ROLE}"
+q > /dev/null <<'SQL'
+{SOURCE_CLEANUP_SQL.strip()}
+SQL
 """
 
 # After a failure: when the publisher cannot be reached to drop the slot, detach the
@@ -155,7 +163,7 @@ class ServerFacts:
     version: int  # server_version_num, e.g. 150004
     tables: int
     first_table: str
-    superuser: bool
+    can_subscribe: bool  # superuser, or a role that may create subscriptions (PG16+, managed services' admin roles)
 
     @property
     def major(self) -> int:
@@ -168,7 +176,7 @@ def parse_check(out: str) -> ServerFacts:
         key, _, value = line.partition("|")
         fields[key] = value
     count, _, first = fields.get("tables", "0|").partition("|")
-    return ServerFacts(int(fields["version"]), int(count), first, fields.get("superuser") == "t")
+    return ServerFacts(int(fields["version"]), int(count), first, fields.get("subscribe") in ("t", "true"))
 
 
 def check_compatible(source: ServerFacts, target: ServerFacts, shown: str, mode: str) -> None:
@@ -179,8 +187,8 @@ def check_compatible(source: ServerFacts, target: ServerFacts, shown: str, mode:
     if target.tables:
         raise MoveError(f"the target database {shown} is not empty ({target.tables} table(s), e.g. {target.first_table}): "
                         "db.move only fills an empty database; point it at a new one")
-    if mode == "replicate" and not target.superuser:
-        raise MoveError(f"the user in {shown} cannot create a subscription (not a superuser): "
+    if mode == "replicate" and not target.can_subscribe:
+        raise MoveError(f"the user in {shown} may not create a subscription: "
                         "use the managed service's admin user, or --mode dump")
 
 
@@ -303,6 +311,8 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
             touched = True
             _subscribe(settings, url, _new_password())
             release.start_candidate(settings, record, candidate, versions, active, databases, migrate=False)
+        else:  # started on the empty target now, so that the freeze need not wait for it
+            release.start_candidate(settings, record, candidate, versions, active, databases, migrate=None)
         frozen_at = release.now()  # from here on the local database takes no more writes
         with _frozen(settings, record):
             with release._timed(record, "drain", "waiting for in-flight writes"):
@@ -320,16 +330,14 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
                     _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
                     db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row count matches")
                 record.detail = f"backup {manifest['name']}"
-                release.start_candidate(settings, record, candidate, versions, active, databases, verified_backup=False)
+                # the release's own migrations, if any, now run on the target (the dump is their backup)
+                release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
             else:
-                with release._timed(record, "catch_up", "waiting for the target to catch up"):
+                with release._timed(record, "catch_up", "waiting for the target to catch up (row counts and migrations equal)"):
                     db.tools(settings, CATCH_UP_SCRIPT, ROLE, input=db.FACTS_SQL, extra=_both(url), what="catching up")
-                with release._timed(record, "sequences", "copying sequence values"):
-                    db.tools(settings, SEQUENCES_SCRIPT, extra=_both(url), what="copying sequence values")
-                with release._timed(record, "verify", "verifying the target against the local database"):
-                    _compare_or_fail(_facts_of(settings), _facts_of(settings, url), "the replicated target")
-                with release._timed(record, "unsubscribe", "ending replication (subscription, publication, relay)"):
-                    _unsubscribe(settings, url)
+                with release._timed(record, "unsubscribe", "copying sequence values, ending replication"):
+                    db.tools(settings, FINISH_SCRIPT, extra=_both(url), what="copying sequences and ending replication")
+                    _relay(settings, False)
             release._switch_and_verify(settings, record, active, candidate, version, use_gates=True)
             stack.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
                                                    "from": "local", "live_color": candidate, "version": version})

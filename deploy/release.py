@@ -319,10 +319,10 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
 
 
 def start_candidate(settings: Settings, record: Record, candidate: str, versions: dict[str, str], active: proxy.Active,
-                    databases: dict[str, str] | None = None, verified_backup: bool = True, migrate: bool = True) -> None:
-    """Start `candidate` beside the live color, wait until healthy, apply its pending
-    migrations (after a verified backup; or refuse them when not `migrate`); stop it
-    again when any of that fails."""
+                    databases: dict[str, str] | None = None, verified_backup: bool = True, migrate: bool | None = True) -> None:
+    """Start `candidate` beside the live color and wait until healthy, then deal with
+    its pending migrations (see candidate_migrations; None: not yet). Stops it again
+    when any of that fails."""
     version = versions[candidate]
     with runner.step(f"starting {candidate} ({version}) beside {active.color} ({active.version})"):
         runner.run(
@@ -335,10 +335,18 @@ def start_candidate(settings: Settings, record: Record, candidate: str, versions
         except StackError:
             stack.stop_color(settings, candidate, versions)
             raise
+    if migrate is not None:
+        candidate_migrations(settings, record, candidate, versions, databases, verified_backup, migrate)
+
+
+def candidate_migrations(settings: Settings, record: Record, candidate: str, versions: dict[str, str],
+                         databases: dict[str, str] | None = None, verified_backup: bool = True, migrate: bool = True) -> None:
+    """Apply the running candidate's pending migrations (after a verified backup), or
+    refuse them when not `migrate`; stop the candidate when that fails."""
     try:
         pending = stack.pending_migrations(settings, candidate)
         if pending and not migrate:
-            raise ColorgateError(f"{candidate} ({version}) brings {pending} migration(s) the database lacks: "
+            raise ColorgateError(f"{candidate} ({versions[candidate]}) brings {pending} migration(s) the database lacks: "
                                  "ship them first with `invoke deploy`, then move")
         if pending:
             if verified_backup:

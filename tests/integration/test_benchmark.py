@@ -38,3 +38,15 @@ def test_db_backup_benchmark_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert result["rows"] == 5000 and result["verified"] is True and result["dump_bytes"] > 0
     assert result["backup_s"] > 0 and result["verify_s"] > 0
+
+
+def test_db_move_benchmark_smoke(tmp_path):
+    out = tmp_path / "move.json"
+    proc = subprocess.run([sys.executable, "benchmarks/db_move.py", "--rows", "2000", "--modes", "dump", f"--json={out}"],
+                          cwd=config.project_root(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = json.loads(out.read_text())
+    assert result["mode"] == "dump" and result["lost"] == 0 and result["errors"] == 0 and result["acked"] > 0
+    assert result["write_freeze_s"] > 0 and result["backup_baseline_s"] > 0 and "x a plain backup" in proc.stdout
+    leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert "cgmovebench" not in leftover

@@ -4,72 +4,22 @@ reached over the network), while a client keeps writing through the public edge.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import secrets
-import socket
-import subprocess
-import threading
 import time
 
-import httpx
 import pytest
 
-from deploy import config, db, gates, images, release, runner, stack, tls
+from benchmarks.db_move import Managed, Writer, docker0, free_port_on, isolated, managed_postgres
+from deploy import config, db, gates, images, release, runner, stack
 
 from .conftest import invoke, isolated_env, running_stack
 
 PG13 = images.BaseImage("postgres13", ("postgresql-13", "openssl", "socat"), suite="bullseye")
 
 
-def docker0() -> str:
-    """The host's address on Docker's default bridge: reachable from every container."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True).stdout
-    return out.split()[3].split("/")[0]
-
-
-def free_port_on(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
-
-
 def move_env(tag: str) -> dict[str, str]:
-    relay = docker0()
-    return {**isolated_env(tag), "COLORGATE_MOVE_RELAY_BIND": relay, "COLORGATE_MOVE_RELAY_HOST": relay,
-            "COLORGATE_MOVE_RELAY_PORT": str(free_port_on(relay))}
-
-
-@dataclasses.dataclass
-class Managed:
-    url: str
-    container: str
-    password: str
-
-    def sql(self, query: str) -> str:
-        return runner.run(["docker", "exec", self.container, "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                           "-U", "admin", "-d", "app", "-c", query]).stdout.strip()
-
-
-@contextlib.contextmanager
-def managed_postgres(settings: config.Settings, image: str):
-    """A PostgreSQL of its own (not in the stack), published on docker0; removed after."""
-    address, password = docker0(), secrets.token_urlsafe(16)
-    port = free_port_on(address)
-    name = f"{settings.project}-managed-{secrets.token_hex(3)}"
-    runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app",
-                "-e", "POSTGRES_PASSWORD", "-p", f"{address}:{port}:5432", image], env={"POSTGRES_PASSWORD": password})
-    try:
-        managed = Managed(f"postgresql://admin:{password}@{address}:{port}/app", name, password)
-        for _ in range(120):  # ready once the first start's initialization is over
-            if runner.run(["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0:
-                break
-            time.sleep(0.5)
-        managed.sql("SELECT 1")
-        yield managed
-    finally:
-        runner.run(["docker", "rm", "--force", "--volumes", name], check=False)
+    return {**isolated_env(tag), **{k: v for k, v in isolated("x").items() if k.startswith("COLORGATE_MOVE_")}}
 
 
 @pytest.fixture(scope="module")
@@ -82,50 +32,6 @@ def settings(request, env):
     s = config.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
-
-
-class Writer:
-    """Clients writing notes through the public edge without pause, each request on a
-    new connection; every answer is accounted for: acknowledged, refused, or an error."""
-
-    def __init__(self, settings: config.Settings, threads: int = 2):
-        self.settings, self.ca = settings, tls.read_local_ca(settings)
-        self.acked: list[str] = []
-        self.refused: list[tuple[int, str, str]] = []
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(threads)]
-
-    def run(self, n: int) -> None:
-        with gates.edge_client(self.settings, self.ca) as client:
-            i = 0
-            while not self.stop.is_set():
-                body = f"w{n}-{i}"
-                i += 1
-                try:
-                    r = client.post("/api/notes", json={"body": body}, headers={"Connection": "close"})
-                except httpx.HTTPError as exc:
-                    self.errors.append(f"{body}: {type(exc).__name__}: {exc}")
-                    continue
-                if r.status_code == 201:
-                    self.acked.append(body)
-                elif r.status_code == 503 and "writes are paused" in r.text:
-                    self.refused.append((r.status_code, r.headers.get("retry-after", ""), body))
-                    time.sleep(0.05)
-                else:
-                    self.errors.append(f"{body}: HTTP {r.status_code} {r.text[:80]}")
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        time.sleep(1)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(1)  # writes after the cutover, on the new database
-        self.stop.set()
-        for t in self.threads:
-            t.join()
 
 
 def cli_env(env: dict[str, str], url: str | None = None, **extra: str) -> dict[str, str]:
@@ -195,9 +101,9 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
     was told so (503, Retry-After); nothing else went wrong."""
     assert writer.errors == [], writer.errors[:5]
     assert writer.refused and all(code == 503 and retry == "5" for code, retry, _ in writer.refused)
-    on_target = set(managed.sql("SELECT body FROM notes").split())
-    lost = [body for body in writer.acked if body not in on_target]
+    lost = writer.lost(managed)
     assert not lost, f"{len(lost)} acknowledged writes missing on the new database, e.g. {lost[:5]}"
+    on_target = set(managed.sql("SELECT body FROM notes").split())
     assert not {body for _, _, body in writer.refused} & on_target, "a refused write was stored anyway"
     assert len(writer.acked) > 20
     record = release.read_history(settings)[-1]

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Write-freeze duration of `db.move` in each mode, under a steady write load.
+
+For each mode: an isolated stack, `--rows` seeded notes, a second PostgreSQL standing in
+for the managed service (published on the docker0 address, reached only by URL), and
+clients writing notes through the public edge without pause while the move runs. The
+baseline, measured in the same run on the same data, is a plain `db.backup` (pg_dump):
+the least any dump-based cutover must freeze. Prints the figures, writes JSON (--json),
+removes everything it started.
+
+    python benchmarks/db_move.py --rows 1000000 --json benchmarks/out/db_move.json
+
+The helpers (managed_postgres, Writer) are shared with tests/integration/test_move.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+
+from deploy import config, db, gates, move, runner, stack, tls  # noqa: E402
+
+SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
+
+
+def docker0() -> str:
+    """The host's address on Docker's default bridge: reachable from every container."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True).stdout
+    return out.split()[3].split("/")[0]
+
+
+def free_port_on(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def isolated(run_id: str) -> dict[str, str]:
+    """Overrides for a stack of its own, whose replication relay listens on docker0."""
+    relay = docker0()
+    return {"COLORGATE_PROFILE": "development", "COLORGATE_PROJECT": run_id, "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
+            "COLORGATE_HTTP_PORT": str(free_port_on("127.0.0.1")), "COLORGATE_HTTPS_PORT": str(free_port_on("127.0.0.1")),
+            "COLORGATE_MOVE_RELAY_BIND": relay, "COLORGATE_MOVE_RELAY_HOST": relay,
+            "COLORGATE_MOVE_RELAY_PORT": str(free_port_on(relay))}
+
+
+@dataclasses.dataclass
+class Managed:
+    url: str
+    container: str
+    password: str
+
+    def sql(self, query: str) -> str:
+        return runner.run(["docker", "exec", self.container, "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                           "-U", "admin", "-d", "app", "-c", query]).stdout.strip()
+
+
+@contextlib.contextmanager
+def managed_postgres(settings: config.Settings, image: str):
+    """A PostgreSQL outside the stack, published on docker0; removed afterwards."""
+    address, password = docker0(), secrets.token_urlsafe(16)
+    port = free_port_on(address)
+    name = f"{settings.project}-managed-{secrets.token_hex(3)}"
+    runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app",
+                "-e", "POSTGRES_PASSWORD", "-p", f"{address}:{port}:5432", image], env={"POSTGRES_PASSWORD": password})
+    try:
+        managed = Managed(f"postgresql://admin:{password}@{address}:{port}/app", name, password)
+        for _ in range(120):  # ready once the first start's initialization is over (TCP is off until then)
+            if runner.run(["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+        managed.sql("SELECT 1")
+        yield managed
+    finally:
+        runner.run(["docker", "rm", "--force", "--volumes", name], check=False)
+
+
+class Writer:
+    """Clients writing notes through the public edge without pause, each request on a
+    new connection; every answer is accounted for: acknowledged, refused, or an error."""
+
+    def __init__(self, settings: config.Settings, threads: int = 2):
+        self.settings, self.ca = settings, tls.read_local_ca(settings)
+        self.acked: list[str] = []
+        self.refused: list[tuple[int, str, str]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(threads)]
+
+    def run(self, n: int) -> None:
+        with gates.edge_client(self.settings, self.ca) as client:
+            i = 0
+            while not self.stop.is_set():
+                body = f"w{n}-{i}"
+                i += 1
+                try:
+                    r = client.post("/api/notes", json={"body": body}, headers={"Connection": "close"})
+                except httpx.HTTPError as exc:
+                    self.errors.append(f"{body}: {type(exc).__name__}: {exc}")
+                    continue
+                if r.status_code == 201:
+                    self.acked.append(body)
+                elif r.status_code == 503 and "writes are paused" in r.text:
+                    self.refused.append((r.status_code, r.headers.get("retry-after", ""), body))
+                    time.sleep(0.05)
+                else:
+                    self.errors.append(f"{body}: HTTP {r.status_code} {r.text[:80]}")
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)  # writes after the cutover, on the new database
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+    def lost(self, managed: Managed) -> list[str]:
+        """Acknowledged writes missing from the new database."""
+        on_target = set(managed.sql("SELECT body FROM notes WHERE body LIKE 'w%'").split())
+        return [body for body in self.acked if body not in on_target]
+
+
+def one_mode(mode: str, rows: int) -> dict:
+    run_id = f"cgmovebench{os.getpid()}{secrets.token_hex(2)}"
+    settings = config.load("development", environ={**os.environ, **isolated(run_id)})
+    try:
+        stack.up(settings)
+        runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings), input=SEED_SQL.format(rows=rows),
+                   env=settings.docker_env(), what="seeding")
+        t = time.monotonic()
+        db.backup(settings)
+        backup_s = time.monotonic() - t
+        with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+            with Writer(settings) as writer:
+                t = time.monotonic()
+                record = move.move(settings, managed.url, mode=mode)
+                move_s = time.monotonic() - t
+            lost = writer.lost(managed)
+    finally:
+        stack.destroy(settings)
+    return {"mode": mode, "rows": rows, "write_freeze_s": record.timings["write_freeze"], "move_s": round(move_s, 2),
+            "backup_baseline_s": round(backup_s, 2), "acked": len(writer.acked), "refused": len(writer.refused),
+            "lost": len(lost), "errors": len(writer.errors), "timings": record.timings}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--modes", default=",".join(move.MODES))
+    p.add_argument("--json", help="write the figures to this JSON file")
+    args = p.parse_args(argv)
+    results = [one_mode(mode, args.rows) for mode in args.modes.split(",")]
+    for r in results:
+        print(f"{r['mode']:<9} {r['rows']} rows: write freeze {r['write_freeze_s']:.1f} s "
+              f"({r['write_freeze_s'] / r['backup_baseline_s']:.1f}x a plain backup of {r['backup_baseline_s']:.1f} s); "
+              f"whole move {r['move_s']:.1f} s; writes acked {r['acked']}, refused {r['refused']}, lost {r['lost']}, "
+              f"errors {r['errors']}")
+    if len(results) == 2:
+        print(f"replicate/dump write freeze: {results[1]['write_freeze_s'] / results[0]['write_freeze_s']:.2f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0 if all(r["lost"] == 0 and r["errors"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
