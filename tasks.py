@@ -41,44 +41,52 @@ def operator_errors(fn):
     return wrapper
 
 
-def _target(profile: str | None) -> config.Settings:
+HOST_HELP = "the Docker host to act on: ssh://user@host[:port] (default: COLORGATE_DOCKER_HOST, else this machine)"
+
+
+def _load(profile: str | None, host: str | None = None) -> config.Settings:
+    """Validated settings for the profile; --host overrides COLORGATE_DOCKER_HOST."""
+    return config.load(profile, overrides={"COLORGATE_DOCKER_HOST": ("--host", host)} if host else None)
+
+
+def _target(profile: str | None, host: str | None = None) -> config.Settings:
     """Validated settings for the profile, with the Docker engine checked reachable."""
-    settings = config.load(profile)
+    settings = _load(profile, host)
     _bootstrap.check_docker(settings)
     return settings
 
 
-@task(help={"profile": "env profile: development, staging or production"})
+@task(help={"profile": "env profile: development, staging or production", "host": HOST_HELP})
 @operator_errors
-def bootstrap(c, profile=None):
+def bootstrap(c, profile=None, host=None):
     """Check Docker, install the compose plugin and make the base images if missing."""
-    settings = config.load(profile)
+    settings = _load(profile, host)
     for part, outcome in _bootstrap.bootstrap(settings):
         print(f"{part:<16} {outcome}")
 
 
-@task(help={"profile": "env profile: development, staging or production"})
+@task(help={"profile": "env profile: development, staging or production", "host": HOST_HELP})
 @operator_errors
-def up(c, profile=None):
+def up(c, profile=None, host=None):
     """Start the edge, PostgreSQL and the live color (a no-op when all are running)."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     print(stack.format_status(stack.up(settings)))
 
 
-@task(help={"profile": "env profile", "volumes": "also delete volumes: the database, certificates and routing state"})
+@task(help={"profile": "env profile", "host": HOST_HELP, "volumes": "also delete volumes: the database, certificates and routing state"})
 @operator_errors
-def down(c, profile=None, volumes=False):
+def down(c, profile=None, host=None, volumes=False):
     """Stop and remove the stack's containers; data volumes are kept unless --volumes."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     with runner.step("removing the stack" + (" and its volumes" if volumes else " (volumes kept)")):
         stack.down(settings, volumes=volumes)
 
 
-@task(help={"profile": "env profile", "json": "print machine-readable JSON"})
+@task(help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
 @operator_errors
-def status(c, profile=None, json_=False):
+def status(c, profile=None, host=None, json_=False):
     """Active color, each service's state, health and version, and the URLs."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     data = stack.status(settings)
     history = release.read_history(settings) if data["active"] else []
     data["last_release"] = history[-1] if history else None
@@ -90,11 +98,11 @@ def status(c, profile=None, json_=False):
             print("\nlast release:\n" + release.format_history(history, limit=1))
 
 
-@task(positional=["service"], help={"service": "a service (edge, postgres, backend_blue, ...) or all", "profile": "env profile", "follow": "keep following new lines", "tail": "lines per service"})
+@task(positional=["service"], help={"service": "a service (edge, postgres, backend_blue, ...) or all", "profile": "env profile", "host": HOST_HELP, "follow": "keep following new lines", "tail": "lines per service"})
 @operator_errors
-def logs(c, service, profile=None, follow=False, tail=200):
+def logs(c, service, profile=None, host=None, follow=False, tail=200):
     """Show container logs of SERVICE (e.g. backend_blue), or of every service with `all`."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     stack.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
 
 
@@ -109,38 +117,38 @@ def _report(record) -> None:
 
 
 @task(help={"version": "version tag to deploy (default: the next vN)", "force": "deploy even if this version is live; rebuild images",
-            "profile": "env profile", "break_lock": LOCK_HELP})
+            "profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def deploy(c, version=None, force=False, profile=None, break_lock=False):
+def deploy(c, version=None, force=False, profile=None, host=None, break_lock=False):
     """Ship a version to the inactive color: build, start, gate, switch, gate again
     (switching back by itself if the post-switch gates fail)."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     _report(release.deploy(settings, version=version, force=force, break_lock=break_lock))
 
 
-@task(help={"to": "blue or green", "profile": "env profile", "break_lock": LOCK_HELP})
+@task(help={"to": "blue or green", "profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def switch(c, to, profile=None, break_lock=False):
+def switch(c, to, profile=None, host=None, break_lock=False):
     """Move traffic to an already running color, gated (pre gates, switch, post gates)."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     _report(release.switch(settings, to, break_lock=break_lock))
 
 
-@task(help={"profile": "env profile", "no_gates": "emergency: switch back at once without running the gates", "break_lock": LOCK_HELP})
+@task(help={"profile": "env profile", "host": HOST_HELP, "no_gates": "emergency: switch back at once without running the gates", "break_lock": LOCK_HELP})
 @operator_errors
-def rollback(c, profile=None, no_gates=False, break_lock=False):
+def rollback(c, profile=None, host=None, no_gates=False, break_lock=False):
     """Go back to the color that was live before the latest switch, gated."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     if no_gates:
         runner.say("!! rolling back without gates (--no-gates)")
     _report(release.rollback(settings, use_gates=not no_gates, break_lock=break_lock))
 
 
-@task(help={"profile": "env profile", "limit": "how many records", "json": "print machine-readable JSON"})
+@task(help={"profile": "env profile", "host": HOST_HELP, "limit": "how many records", "json": "print machine-readable JSON"})
 @operator_errors
-def history(c, profile=None, limit=20, json_=False):
+def history(c, profile=None, host=None, limit=20, json_=False):
     """Deploys, switches and rollbacks recorded on the target, newest last."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     records = release.read_history(settings)
     print(json.dumps(records[-int(limit):], indent=2) if json_ else release.format_history(records, int(limit)))
 
@@ -157,12 +165,12 @@ def bench(c, switches=20, gated=3, baseline=3, rps=200, json_="benchmarks/out/sw
                             f"--json={json_}", f"--png={png}"])
 
 
-@task(name="backup", help={"profile": "env profile", "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)",
+@task(name="backup", help={"profile": "env profile", "host": HOST_HELP, "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)",
                            "local": "back up the stack's own PostgreSQL even after db.move (before db.retire-local)"})
 @operator_errors
-def db_backup(c, profile=None, keep=None, local=False):
+def db_backup(c, profile=None, host=None, keep=None, local=False):
     """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row counts."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     if local:
         settings = dataclasses.replace(settings, database_url="")
     else:
@@ -173,20 +181,20 @@ def db_backup(c, profile=None, keep=None, local=False):
           f"{sum(m['counts'].values())} rows in {len(m['counts'])} tables")
 
 
-@task(name="backups", help={"profile": "env profile", "json": "print machine-readable JSON"})
+@task(name="backups", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
 @operator_errors
-def db_backups(c, profile=None, json_=False):
+def db_backups(c, profile=None, host=None, json_=False):
     """List the backups on the target: name, size, age, verify result."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     found = _db.list_backups(settings)
     print(json.dumps(found, indent=2) if json_ else _db.format_backups(found))
 
 
-@task(name="verify", positional=["backup"], help={"backup": "backup name, or latest", "profile": "env profile"})
+@task(name="verify", positional=["backup"], help={"backup": "backup name, or latest", "profile": "env profile", "host": HOST_HELP})
 @operator_errors
-def db_verify(c, backup, profile=None):
+def db_verify(c, backup, profile=None, host=None):
     """Restore a backup into a throwaway PostgreSQL and compare row counts and migrations."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     with runner.step(f"verifying backup {backup}"):
         result = _db.verify(settings, None if backup == "latest" else backup)
     if result.rows:
@@ -196,12 +204,12 @@ def db_verify(c, backup, profile=None):
         raise Exit(code=1)
 
 
-@task(name="restore", positional=["backup"], help={"backup": "backup name", "profile": "env profile",
+@task(name="restore", positional=["backup"], help={"backup": "backup name", "profile": "env profile", "host": HOST_HELP,
                                                    "yes": "confirm restoring over a staging or production database"})
 @operator_errors
-def db_restore(c, backup, profile=None, yes=False):
+def db_restore(c, backup, profile=None, host=None, yes=False):
     """Restore a backup into the live database (one transaction), after a fresh backup."""
-    settings = config.load(profile)
+    settings = _load(profile, host)
     _db.check_restore_allowed(settings, yes)
     _bootstrap.check_docker(settings)
     stack.check_database(settings)
@@ -209,22 +217,22 @@ def db_restore(c, backup, profile=None, yes=False):
     print(f"restored {backup}; the database as it was before is in backup {fresh['name']}")
 
 
-@task(name="migrate", help={"profile": "env profile", "break_lock": LOCK_HELP})
+@task(name="migrate", help={"profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def db_migrate(c, profile=None, break_lock=False):
+def db_migrate(c, profile=None, host=None, break_lock=False):
     """Apply the live color's pending migrations, after a verified backup."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     applied = release.migrate(settings, break_lock=break_lock)
     print(f"applied {applied} migration(s)" if applied else "at head")
 
 
 @task(name="move", help={"to": "URL of the managed PostgreSQL: postgresql://USER:PASSWORD@HOST:PORT/DB (empty database)",
                          "mode": "dump (write freeze for dump, restore and the release) or replicate (logical replication, "
-                                 "shorter freeze)", "profile": "env profile", "break_lock": LOCK_HELP})
+                                 "shorter freeze)", "profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def db_move(c, to=None, mode="dump", profile=None, break_lock=False):
+def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
     """Move the app's database to a managed PostgreSQL and release the next color on it, gated."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     to = to or os.environ.get("COLORGATE_MOVE_TO", "")
     if not to:
         raise ColorgateError("db.move needs the target: --to URL, or COLORGATE_MOVE_TO in the environment (keeps the password off the command line)")
@@ -234,28 +242,28 @@ def db_move(c, to=None, mode="dump", profile=None, break_lock=False):
           "before the next deploy. The local database is untouched: `invoke db.retire-local` when you are sure.")
 
 
-@task(name="retire-local", help={"profile": "env profile", "yes": "confirm on staging or production"})
+@task(name="retire-local", help={"profile": "env profile", "host": HOST_HELP, "yes": "confirm on staging or production"})
 @operator_errors
-def db_retire_local(c, profile=None, yes=False):
+def db_retire_local(c, profile=None, host=None, yes=False):
     """After db.move: stop the stack's own PostgreSQL (volume kept), given a verified backup from after the move."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     stopped = _move.retire_local(settings, yes=yes)
     print(f"retired: stopped {', '.join(stopped)} (the pgdata volume is kept)" if stopped else "nothing to do")
 
 
-@task(name="unfreeze", help={"profile": "env profile"})
+@task(name="unfreeze", help={"profile": "env profile", "host": HOST_HELP})
 @operator_errors
-def db_unfreeze(c, profile=None):
+def db_unfreeze(c, profile=None, host=None):
     """End a write freeze left at the edge by an interrupted db.move."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     print("writes open again" if _move.unfreeze(settings) else "writes were not frozen")
 
 
-@task(name="status", help={"profile": "env profile", "json": "print machine-readable JSON"})
+@task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
 @operator_errors
-def tls_status(c, profile=None, json_=False):
+def tls_status(c, profile=None, host=None, json_=False):
     """The certificate the edge serves: subject, SANs, issuer, not-after, days left, source."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     data = _tls.status(settings)
     print(json.dumps(data, indent=2) if json_ else _tls.format_status(data))
 
@@ -263,34 +271,34 @@ def tls_status(c, profile=None, json_=False):
 @task(name="init", help={"email": "address for the CA's expiry notices", "domain": "must be COLORGATE_DOMAIN (default)",
                          "staging": "use Let's Encrypt's staging directory",
                          "directory": "letsencrypt, letsencrypt-staging, or an ACME directory URL",
-                         "ca_bundle": "CA bundle to trust for the ACME server's own HTTPS (test CAs)", "profile": "env profile"})
+                         "ca_bundle": "CA bundle to trust for the ACME server's own HTTPS (test CAs)", "profile": "env profile", "host": HOST_HELP})
 @operator_errors
-def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=None, profile=None):
+def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=None, profile=None, host=None):
     """Obtain a certificate over HTTP-01 through the edge and move the edge onto it (graceful reload)."""
     from pathlib import Path
 
-    settings = _target(profile)
+    settings = _target(profile, host)
     with runner.step(f"obtaining a certificate for {domain or settings.domain}"):
         data = _tls.init(settings, email, domain=domain, directory=directory, staging=staging,
                          ca_bundle=Path(ca_bundle) if ca_bundle else None)
     print(_tls.format_status(data))
 
 
-@task(name="renew", help={"profile": "env profile"})
+@task(name="renew", help={"profile": "env profile", "host": HOST_HELP})
 @operator_errors
-def tls_renew(c, profile=None):
+def tls_renew(c, profile=None, host=None):
     """Renew the certificate when due; reload the edge only when it changed."""
-    settings = _target(profile)
+    settings = _target(profile, host)
     data = _tls.renew(settings)
     print(("renewed; the edge now serves it" if data["reloaded"] else "not due yet: nothing changed")
           + f" (expires {data['not_after']}, {data['days_left']} days left)")
 
 
-@task(name="schedule", help={"profile": "env profile"})
+@task(name="schedule", help={"profile": "env profile", "host": HOST_HELP})
 @operator_errors
-def tls_schedule(c, profile=None):
+def tls_schedule(c, profile=None, host=None):
     """Install the daily `invoke tls.renew` on this host (a cron file; idempotent)."""
-    settings = config.load(profile)
+    settings = _load(profile, host)
     print(_tls.schedule(settings))
 
 

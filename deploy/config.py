@@ -340,8 +340,10 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def load(profile: str | None = None, root: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Load and validate the settings for `profile` (default: $COLORGATE_PROFILE or development)."""
+def load(profile: str | None = None, root: Path | None = None, environ: Mapping[str, str] | None = None,
+         overrides: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate the settings for `profile` (default: $COLORGATE_PROFILE or
+    development). `overrides` (command-line options such as --host) win over all."""
     environ = os.environ if environ is None else environ
     root = root or project_root()
     profile = (profile or environ.get("COLORGATE_PROFILE") or "development").strip()
@@ -355,6 +357,8 @@ def load(profile: str | None = None, root: Path | None = None, environ: Mapping[
     if local.is_file():
         layers.append((local.name, parse_env_text(local.read_text(), local.name)))
     values, sources = merge_sources(layers, environ)
+    for key, (option, value) in (overrides or {}).items():
+        values[key], sources[key] = value, option
     settings = validate(profile, root, values, sources)
     runner.add_secret(settings.postgres_password)
     if settings.database_url:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class ColorgateError(Exception):
     """Base class: the message is the one line an operator sees (problem and fix)."""
@@ -32,6 +34,8 @@ class CommandError(ColorgateError):
         self.stdout = stdout
         self.stderr = stderr
         self.what = what or " ".join(cmd[:3])
-        last = (stderr.strip() or stdout.strip()).splitlines()
-        detail = last[-1] if last else "no output"
+        lines = (stderr.strip() or stdout.strip()).splitlines()
+        # the line that says what went wrong, not the echo of a statement after it
+        errors = [line for line in lines if re.search(r"\b(error|fatal)\b", line, re.IGNORECASE)]
+        detail = (errors or lines or ["no output"])[-1].strip()
         super().__init__(f"{self.what} failed (exit {returncode}): {detail}")

@@ -23,7 +23,9 @@ _SET = re.compile(r'^\s*set\s+\$(cg_\w+)\s+"([^"]*)"\s*;\s*$', re.MULTILINE)
 
 # Write, test and reload in one exec: the new file ($1) goes in through stdin (empty
 # stdin removes it), and when `nginx -t` rejects it the previous file is put back and
-# nginx is not reloaded.
+# nginx is not reloaded. After the reload, wait until new connections are answered by
+# the new configuration (three probes in a row carry the header line $2), since
+# `nginx -s reload` returns before the new workers take over.
 SWITCH_SCRIPT = f"""set -eu
 f=$1
 if [ -f "$f" ]; then cp "$f" "$f.prev"; else rm -f "$f.prev"; fi
@@ -35,6 +37,19 @@ if ! nginx -t -q -c {NGINX_CONF} 2>/tmp/colorgate-nginx-t.err; then
   exit 3
 fi
 nginx -s reload -c {NGINX_CONF}
+want=${{2:-}}
+[ -n "$want" ] || exit 0
+tries=0; seen=0
+while [ $seen -lt 3 ]; do
+  if curl -sk -o /dev/null -D - --max-time 1 https://127.0.0.1:8443/healthz | tr -d '\r' | grep -qix "$want"; then
+    seen=$((seen + 1))
+  else
+    seen=0
+  fi
+  tries=$((tries + 1))
+  [ $tries -lt 200 ] || {{ echo "nginx reloaded, but new connections are still not answered with '$want' after 10 s" >&2; exit 4; }}
+  sleep 0.05
+done
 """
 
 
@@ -94,10 +109,18 @@ def read_state_cmd(project: str) -> list[str]:
     return ["docker", "exec", edge_container(project), "sh", "-c", f"cat {STATE_FILE} 2>/dev/null || true"]
 
 
-def switch_cmd(project: str, path: str = STATE_FILE) -> list[str]:
+def switch_cmd(project: str, path: str = STATE_FILE, expect: str = "") -> list[str]:
     """Install the include file given on stdin at `path` (removed when stdin is empty),
-    `nginx -t`, reload (or restore)."""
-    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", SWITCH_SCRIPT, "switch", path]
+    `nginx -t`, reload (or restore), then wait for the response header line `expect`."""
+    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", SWITCH_SCRIPT, "switch", path, expect]
+
+
+def expect_color(color: str) -> str:
+    return f"x-colorgate-edge-color: {color}"
+
+
+def expect_writes(frozen: bool) -> str:
+    return f"x-colorgate-writes: {'frozen' if frozen else 'open'}"
 
 
 def frozen_cmd(project: str) -> list[str]:

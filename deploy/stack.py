@@ -121,7 +121,7 @@ def read_active(settings: Settings) -> proxy.Active | None:
 def write_active(settings: Settings, color: str, version: str) -> None:
     """Route traffic to `color`: write the include file, `nginx -t`, graceful reload."""
     runner.run(
-        proxy.switch_cmd(settings.project),
+        proxy.switch_cmd(settings.project, expect=proxy.expect_color(color)),
         input=proxy.render_upstream(color, version),
         env=settings.docker_env(),
         what=f"switching the edge to {color}",
@@ -167,7 +167,7 @@ def set_frozen(settings: Settings, frozen: bool) -> None:
     """Start or end a write freeze at the edge (API writes get 503, reads go on), with
     `nginx -t` and a graceful reload."""
     runner.run(
-        proxy.switch_cmd(settings.project, proxy.FREEZE_FILE),
+        proxy.switch_cmd(settings.project, proxy.FREEZE_FILE, proxy.expect_writes(frozen)),
         input=proxy.FREEZE if frozen else "",
         env=settings.docker_env(),
         what="starting a write freeze" if frozen else "ending the write freeze",
@@ -394,15 +394,17 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
 def status(settings: Settings) -> dict:
     """Active color, per-service state and health, versions and URLs, as data."""
     states = service_states(settings)
-    active = None
+    active, frozen = None, False
     if states.get("edge") and states["edge"].state == "running":
         found = read_active(settings)
         active = asdict(found) if found else None
+        frozen = is_frozen(settings)
     return {
         "project": settings.project,
         "profile": settings.profile,
         "engine": settings.docker_host or "local",
         "active": active,
+        "writes_frozen": frozen,
         "services": [asdict(s) for _, s in sorted(states.items())],
         "urls": {"https": settings.https_url + "/", "api": settings.https_url + "/api/health", "http": settings.http_url + "/"},
     }
@@ -418,6 +420,8 @@ def format_status(data: dict) -> str:
     live = next((s for s in data["services"] if active and s["service"] == f"backend_{active['color']}"), None)
     if live and live.get("database"):
         lines.append(f"database: {live['database']}")
+    if data.get("writes_frozen"):
+        lines.append("writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)")
     lines += [
         "",
         f"{'SERVICE':<16} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",

@@ -68,3 +68,18 @@ def test_restore_over_staging_needs_yes_before_touching_anything():
     line = one_line_error(cli("db.restore", "20260101T000000000000Z", "--profile", "staging",
                               COLORGATE_DOMAIN="app.example.org", POSTGRES_PASSWORD="a-real-secret-1", PATH="/nonexistent"))
     assert line == "colorgate: restoring over the staging database needs --yes (a fresh backup is taken first)"
+
+
+def test_every_task_that_acts_on_a_target_takes_host():
+    import tasks
+
+    for name in tasks.ns.task_names:
+        if name != "bench":  # the benchmark makes its own local stack
+            assert "host" in tasks.ns[name].help, f"invoke {name} has no --host"
+
+
+def test_host_option_wins_and_is_named_in_errors():
+    line = one_line_error(cli("status", "--host", "myhost", COLORGATE_DOCKER_HOST="ssh://a@b"))
+    assert line == "colorgate: COLORGATE_DOCKER_HOST 'myhost' in --host should be empty (local engine) or a URL like ssh://user@host"
+    line = one_line_error(cli("status", "--host", "unix:///nonexistent/cg.sock"))
+    assert line.startswith("colorgate: the Docker engine at unix:///nonexistent/cg.sock is not reachable")

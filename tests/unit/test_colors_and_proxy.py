@@ -51,9 +51,12 @@ def test_versions_cannot_inject_config(version):
 def test_switch_is_one_exec_with_the_file_on_stdin():
     cmd = proxy.switch_cmd("shop")
     assert cmd[:4] == ["docker", "exec", "-i", "shop-edge-1"]
-    assert cmd[-1] == proxy.STATE_FILE
-    script = cmd[-3]
+    assert cmd[-2:] == [proxy.STATE_FILE, ""]
+    script = cmd[-4]
     # test before reload, restore on failure, reload only after the test passed
     assert script.index("nginx -t") < script.index("nginx -s reload")
     assert 'mv "$f.prev" "$f"' in script and "exit 3" in script
+    # and returns only once new connections get the new configuration
+    assert script.index("nginx -s reload") < script.index('grep -qix "$want"')
+    assert proxy.switch_cmd("shop", expect=proxy.expect_color("green"))[-1] == "x-colorgate-edge-color: green"
     assert proxy.read_state_cmd("shop")[:3] == ["docker", "exec", "shop-edge-1"]

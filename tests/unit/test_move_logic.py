@@ -51,9 +51,9 @@ def test_target_url_is_checked_before_anything():
 
 
 def test_freeze_is_its_own_include_and_removable():
-    cmd = proxy.switch_cmd("shop", proxy.FREEZE_FILE)
-    assert cmd[-1] == proxy.FREEZE_FILE and '$cg_frozen "1"' in proxy.FREEZE
-    assert 'rm -f "$f.new" "$f"' in cmd[-3]  # empty stdin removes the file
+    cmd = proxy.switch_cmd("shop", proxy.FREEZE_FILE, proxy.expect_writes(True))
+    assert cmd[-2:] == [proxy.FREEZE_FILE, "x-colorgate-writes: frozen"] and '$cg_frozen "1"' in proxy.FREEZE
+    assert 'rm -f "$f.new" "$f"' in cmd[-4]  # empty stdin removes the file
 
 
 def _backend(color, database):

@@ -1,0 +1,176 @@
+#!/bin/sh
+# Colorgate server setup: make a fresh Debian or Ubuntu VPS ready for Colorgate.
+# Runs as root before Python exists on the host; `invoke server.setup --host ...`
+# uploads and runs it over SSH. Idempotent: a second run changes nothing and says so.
+#
+#   server-setup.sh DEPLOY_USER "SSH_PUBLIC_KEY" [SSH_PORT]
+#
+# What it sets up:
+#   - Docker engine (Debian/Ubuntu package docker.io) and the compose plugin (a distro
+#     package when there is one, else the binary in $COLORGATE_COMPOSE_BINARY)
+#   - DEPLOY_USER in the docker group, logging in with that key only; password and
+#     keyboard-interactive SSH logins switched off for everyone
+#   - a firewall (nftables table `inet colorgate`) letting in only SSH, 80 and 443
+#   - unattended security upgrades
+#   - rotation of container logs (json-file, 10 MB x 5 per container)
+set -eu
+
+user=${1:-}
+key=${2:-}
+ssh_port=${3:-22}
+changed=0
+
+say() { printf 'server-setup: %s\n' "$*"; }
+die() { printf 'server-setup: error: %s\n' "$*" >&2; exit 1; }
+change() { changed=$((changed + 1)); say "changed: $*"; }
+has_systemd() { [ -d /run/systemd/system ]; }
+
+# Write stdin to $1 (mode $2) only when the content differs; true when it changed.
+put() {
+  tmp=$(mktemp)
+  cat > "$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  install -D -m "$2" "$tmp" "$1"
+  rm -f "$tmp"
+  return 0
+}
+
+[ "$(id -u)" = 0 ] || die "run as root (sudo sh server-setup.sh ...)"
+case $user in
+  ""|*[!a-z0-9_-]*) die "usage: server-setup.sh DEPLOY_USER \"SSH_PUBLIC_KEY\" [SSH_PORT] (user: lowercase letters, digits, - and _)" ;;
+esac
+case $key in
+  ssh-*" "*|ecdsa-*" "*|sk-*" "*) ;;
+  *) die "the second argument must be an SSH public key (ssh-ed25519 AAAA... you@laptop)" ;;
+esac
+case $ssh_port in
+  ""|*[!0-9]*) die "SSH_PORT must be a number" ;;
+esac
+[ -r /etc/os-release ] || die "cannot tell the distribution: /etc/os-release is missing"
+# shellcheck disable=SC1091
+. /etc/os-release
+case "${ID:-}:${ID_LIKE:-}" in
+  debian:*|ubuntu:*|*:*debian*) ;;
+  *) die "this script supports Debian and Ubuntu, not ${PRETTY_NAME:-this system}" ;;
+esac
+
+# --- packages --------------------------------------------------------------------
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
+available() { apt-cache policy "$1" 2> /dev/null | sed -n 's/^ *Candidate: //p' | grep -qv '(none)'; }
+missing=""
+for pkg in docker.io nftables unattended-upgrades openssh-server ca-certificates; do
+  installed "$pkg" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  say "installing$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing > /dev/null
+  change "installed$missing"
+fi
+
+# The compose plugin: a distro package where one exists, else an uploaded binary.
+if ! docker compose version > /dev/null 2>&1; then
+  for pkg in docker-compose-plugin docker-compose-v2; do
+    if available "$pkg"; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -qq --no-install-recommends "$pkg" > /dev/null
+      change "installed $pkg"
+      break
+    fi
+  done
+fi
+if ! docker compose version > /dev/null 2>&1; then
+  binary=${COLORGATE_COMPOSE_BINARY:-}
+  [ -n "$binary" ] && [ -f "$binary" ] || die "no compose plugin package here: pass the binary in COLORGATE_COMPOSE_BINARY (invoke server.setup does)"
+  install -D -m 0755 "$binary" /usr/local/lib/docker/cli-plugins/docker-compose
+  change "installed the compose plugin in /usr/local/lib/docker/cli-plugins"
+fi
+
+# --- the deploy user ---------------------------------------------------------------
+if ! id -u "$user" > /dev/null 2>&1; then
+  useradd --create-home --shell /bin/bash "$user"
+  change "created user $user"
+fi
+if ! id -nG "$user" | tr ' ' '\n' | grep -qx docker; then
+  usermod -aG docker "$user"
+  change "added $user to the docker group"
+fi
+home=$(getent passwd "$user" | cut -d: -f6)
+install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
+keys=$home/.ssh/authorized_keys
+if ! { [ -f "$keys" ] && grep -qxF "$key" "$keys"; }; then
+  printf '%s\n' "$key" >> "$keys"
+  change "authorized the key for $user"
+fi
+chown "$user:$user" "$keys"
+chmod 0600 "$keys"
+
+# --- SSH: keys only ----------------------------------------------------------------
+if printf 'Port %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n' "$ssh_port" \
+    | put /etc/ssh/sshd_config.d/10-colorgate.conf 0644; then
+  change "sshd: key-only logins on port $ssh_port"
+  mkdir -p /run/sshd
+  sshd -t || die "sshd rejects its configuration: see /etc/ssh/sshd_config.d/10-colorgate.conf"
+  if has_systemd; then systemctl reload ssh 2> /dev/null || systemctl reload sshd; fi
+fi
+
+# --- firewall: only SSH, HTTP and HTTPS come in -----------------------------------------
+# Its own table, so Docker's rules (and anyone else's) are left alone.
+if cat <<NFT | put /etc/colorgate/firewall.nft 0644; then
+table inet colorgate
+delete table inet colorgate
+table inet colorgate {
+  chain input {
+    type filter hook input priority filter; policy drop;
+    iif "lo" accept
+    ct state established,related accept
+    ct state invalid drop
+    meta l4proto { icmp, ipv6-icmp } accept
+    tcp dport { $ssh_port, 80, 443 } accept
+  }
+}
+NFT
+  change "firewall rules written: SSH ($ssh_port), 80 and 443 only"
+fi
+if ! nft list table inet colorgate > /dev/null 2>&1 || [ "$(nft list table inet colorgate | grep -c 'dport')" = 0 ]; then
+  nft -f /etc/colorgate/firewall.nft || die "could not load the firewall rules (nft -f /etc/colorgate/firewall.nft)"
+  change "firewall loaded"
+fi
+if printf '[Unit]\nDescription=Colorgate firewall (SSH, 80, 443 only)\nBefore=network-pre.target docker.service\nWants=network-pre.target\n\n[Service]\nType=oneshot\nExecStart=/usr/sbin/nft -f /etc/colorgate/firewall.nft\nRemainAfterExit=yes\n\n[Install]\nWantedBy=multi-user.target\n' \
+    | put /etc/systemd/system/colorgate-firewall.service 0644; then
+  change "firewall loads at boot (colorgate-firewall.service)"
+  if has_systemd; then systemctl daemon-reload && systemctl enable colorgate-firewall.service; fi
+fi
+
+# --- unattended security upgrades ------------------------------------------------------
+if printf 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n' \
+    | put /etc/apt/apt.conf.d/20auto-upgrades 0644; then
+  change "unattended security upgrades on"
+fi
+
+# --- Docker: container log rotation ------------------------------------------------
+daemon=/etc/docker/daemon.json
+rotation='{"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "5"}}'
+if [ ! -s "$daemon" ]; then
+  printf '%s\n' "$rotation" | put "$daemon" 0644
+  change "container logs rotate (10 MB x 5)"
+  if has_systemd; then systemctl restart docker; fi
+elif ! grep -q '"max-size"' "$daemon"; then
+  say "warning: $daemon exists without log rotation; add: $rotation"
+fi
+if has_systemd; then
+  for unit in docker ssh; do
+    systemctl is-enabled --quiet "$unit" 2> /dev/null || { systemctl enable --now "$unit" && change "enabled $unit"; }
+  done
+fi
+
+if [ "$changed" = 0 ]; then
+  say "nothing to change: the server is set up"
+else
+  say "$changed change(s) made"
+fi
