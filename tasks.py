@@ -10,11 +10,12 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap
-from deploy import config, db as _db, move as _move, release, runner, stack, tls as _tls
+from deploy import config, db as _db, move as _move, release, remote as _remote, runner, stack, tls as _tls
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -259,6 +260,19 @@ def db_unfreeze(c, profile=None, host=None):
     print("writes open again" if _move.unfreeze(settings) else "writes were not frozen")
 
 
+@task(name="setup", help={"host": "the server: ssh://root@host[:port], or a user who may sudo", "user": "the deploy user to create",
+                          "key_file": "public key the deploy user logs in with (default: ~/.ssh/id_ed25519.pub)",
+                          "profile": "env profile"})
+@operator_errors
+def server_setup(c, host=None, user="deploy", key_file=None, profile=None):
+    """Set up a fresh Debian/Ubuntu server for Colorgate (Docker, deploy user, firewall, upgrades); idempotent."""
+    settings = _load(profile, host)
+    path = Path(key_file).expanduser() if key_file else Path("~/.ssh/id_ed25519.pub").expanduser()
+    if not path.is_file():
+        raise ColorgateError(f"no public key at {path}: pass --key-file with the key the {user} user will log in with")
+    print("\n".join(_remote.server_setup(settings, user, path.read_text().strip())))
+
+
 @task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
 @operator_errors
 def tls_status(c, profile=None, host=None, json_=False):
@@ -304,4 +318,5 @@ def tls_schedule(c, profile=None, host=None):
 
 ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
+ns.add_collection(Collection("server", server_setup))
 ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))

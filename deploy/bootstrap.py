@@ -28,12 +28,32 @@ def check_docker(settings: Settings) -> str:
             ["docker", "version", "--format", "{{.Server.Version}}"], env=settings.docker_env(), timeout=30, what="docker version"
         )
     except CommandError as exc:
-        where = settings.docker_host or "the local socket"
-        raise DockerUnavailable(
-            f"the Docker engine at {where} is not reachable ({exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else 'no answer'}): "
-            "start it (`systemctl start docker`) or fix COLORGATE_DOCKER_HOST"
-        ) from None
+        raise DockerUnavailable(explain_engine_error(settings.docker_host, exc.stderr)) from None
     return out.stdout.strip()
+
+
+def explain_engine_error(docker_host: str, stderr: str) -> str:
+    """Why the engine did not answer, as one line with the fix (SSH hosts in detail)."""
+    text = stderr.strip()
+    last = text.splitlines()[-1].strip() if text else "no answer"
+    where = docker_host or "the local socket"
+    if docker_host.startswith("ssh://"):
+        from deploy import remote
+
+        target = remote.parse(docker_host)
+        explained = remote.explain_ssh_error(target, text)
+        if explained:
+            return explained
+        host = target.shown
+        if "command not found" in text or "exit status 127" in text:
+            return f"{host} has no Docker: set it up with compose/scripts/server-setup.sh (`invoke server.setup --host {docker_host}`)"
+        if "permission denied while trying to connect to the Docker daemon socket" in text:
+            return f"the SSH user {target.login} may not use Docker there: add it to the docker group (server-setup.sh does)"
+        if "Cannot connect to the Docker daemon" in text or "Is the docker daemon running" in text:
+            return f"Docker is installed on {host} but not running: start it there (`systemctl start docker`)"
+        return f"the Docker engine at {docker_host} did not answer over SSH ({last}): try `{target.hint()} docker version`"
+    return (f"the Docker engine at {where} is not reachable ({last}): "
+            "start it (`systemctl start docker`) or fix COLORGATE_DOCKER_HOST")
 
 
 def compose_version(settings: Settings) -> str | None:

@@ -210,7 +210,8 @@ def renew(settings: Settings) -> dict:
 def cron_line(settings: Settings, python: str) -> str:
     """A daily renewal, at a time derived from the project name (spread across hosts)."""
     minute = int(hashlib.sha256(settings.project.encode()).hexdigest(), 16) % 60
-    return (f"{minute} 3 * * * root cd {shlex.quote(str(settings.root))} && COLORGATE_PROFILE={settings.profile} "
+    host = f"COLORGATE_DOCKER_HOST={shlex.quote(settings.docker_host)} " if settings.docker_host else ""
+    return (f"{minute} 3 * * * root cd {shlex.quote(str(settings.root))} && COLORGATE_PROFILE={settings.profile} {host}"
             f"{shlex.quote(python)} -m invoke tls.renew >> /var/log/colorgate-{settings.project}-renew.log 2>&1\n")
 
 
@@ -226,4 +227,7 @@ def schedule(settings: Settings, cron_dir: Path = Path("/etc/cron.d"), python: s
     tmp.write_text(content)
     tmp.chmod(0o644)
     os.replace(tmp, target)
+    if settings.docker_host:
+        return (f"installed: {target} (it runs here and renews {settings.docker_host} over SSH with root's key: "
+                "keep this machine running, or schedule `invoke tls.renew --host ...` in CI instead)")
     return f"installed: {target}"

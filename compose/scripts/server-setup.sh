@@ -12,6 +12,7 @@
 #     keyboard-interactive SSH logins switched off for everyone
 #   - a firewall (nftables table `inet colorgate`) letting in only SSH, 80 and 443
 #   - unattended security upgrades
+#   - iproute2 (`ss`): the gates check the host's listening sockets over SSH
 #   - rotation of container logs (json-file, 10 MB x 5 per container)
 set -eu
 
@@ -61,7 +62,7 @@ esac
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 available() { apt-cache policy "$1" 2> /dev/null | sed -n 's/^ *Candidate: //p' | grep -qv '(none)'; }
 missing=""
-for pkg in docker.io nftables unattended-upgrades openssh-server ca-certificates; do
+for pkg in docker.io nftables unattended-upgrades openssh-server ca-certificates iproute2; do
   installed "$pkg" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

@@ -1,23 +1,35 @@
-"""compose/scripts/server-setup.sh, run for real in a fresh Debian container (from
-Debian's mirror, packages installed by the script itself), twice: the second run
-changes nothing. And it is shellcheck-clean."""
+"""compose/scripts/server-setup.sh, run for real by `invoke server.setup` over SSH in
+a fresh Debian container (from Debian's mirror; the script installs the packages
+itself), twice: the second run changes nothing. And it is shellcheck-clean."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from deploy import config, images, runner
 
+from .conftest import invoke
+from .test_ssh import keygen
+
 SCRIPT = config.project_root() / "compose" / "scripts" / "server-setup.sh"
-# A fresh VPS: Debian's minimal base and nothing else.
-VPS = images.BaseImage("vps", ("ca-certificates",))
+# A fresh VPS: Debian's minimal base with its SSH server, as a cloud image comes.
+VPS = images.BaseImage("vps", ("openssh-server", "ca-certificates"))
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNvbG9yZ2F0ZS10ZXN0LWtleS1ub3QtcmVhbC0xMjM0NTY deploy@ci"
+VPS_SSHD = """set -eu
+ssh-keygen -A > /dev/null
+install -d -m 700 /root/.ssh
+printf '%s\\n' "$AUTHORIZED_KEY" > /root/.ssh/authorized_keys
+mkdir -p /run/sshd
+exec /usr/sbin/sshd -D -e
+"""
 
 
 def test_server_setup_is_shellcheck_clean():
@@ -26,51 +38,81 @@ def test_server_setup_is_shellcheck_clean():
     assert proc.returncode == 0, proc.stdout
 
 
+@dataclasses.dataclass
+class Vps:
+    container: str
+    url: str
+    env: dict[str, str]
+    key_file: Path
+
+
 @pytest.fixture(scope="module")
-def vps():
+def vps(tmp_path_factory):
+    """A fresh Debian container with root's SSH login, on its own bridge address (so
+    that its firewall is its own), and an operator set up to reach it."""
     settings = config.load("development")
-    images.build_bases(settings, [b for b in [VPS] if not images.image_exists(settings, b.tag(settings.debian_mirror))])
+    if not images.image_exists(settings, VPS.tag(settings.debian_mirror)):
+        images.build_bases(settings, [VPS])
+    root = tmp_path_factory.mktemp("vps")
+    key = keygen(root / "home" / ".ssh" / "id_ed25519")
     name = f"cgtestvps{os.getpid()}{secrets.token_hex(2)}"
-    compose = Path.home() / ".docker" / "cli-plugins" / "docker-compose"
-    if not compose.exists():
-        compose = Path(shutil.which("docker-compose") or "/usr/libexec/docker/cli-plugins/docker-compose")
-    runner.run(["docker", "run", "--detach", "--name", name, "--cap-add", "NET_ADMIN",
-                "-v", f"{SCRIPT}:/root/server-setup.sh:ro", "-v", f"{compose.resolve()}:/root/docker-compose:ro",
-                VPS.tag(settings.debian_mirror), "sleep", "infinity"])
+    runner.run(["docker", "run", "--detach", "--name", name, "--cap-add", "NET_ADMIN", "-e", "AUTHORIZED_KEY",
+                VPS.tag(settings.debian_mirror), "sh", "-c", VPS_SSHD], env={"AUTHORIZED_KEY": key})
     try:
-        yield name
+        address = runner.run(["docker", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name]).stdout.strip()
+        for _ in range(100):
+            if subprocess.run(["ssh-keyscan", "-T", "1", address], capture_output=True).stdout:
+                break
+            time.sleep(0.2)
+        home = root / "home"
+        (home / ".ssh" / "known_hosts").write_text(subprocess.run(["ssh-keyscan", address], capture_output=True, text=True).stdout)
+        (home / ".ssh" / "config").write_text(
+            f"Host *\n  IdentityFile {home}/.ssh/id_ed25519\n  UserKnownHostsFile {home}/.ssh/known_hosts\n"
+            "  StrictHostKeyChecking yes\n  BatchMode yes\n")
+        (home / "bin").mkdir()
+        for tool in ("ssh", "scp"):
+            wrapper = home / "bin" / tool
+            wrapper.write_text(f'#!/bin/sh\nexec {shutil.which(tool)} -F {home}/.ssh/config "$@"\n')
+            wrapper.chmod(0o755)
+        deploy_key = root / "deploy.pub"
+        deploy_key.write_text(KEY + "\n")
+        yield Vps(name, f"ssh://root@{address}", {"PATH": f"{home}/bin:{os.environ['PATH']}"}, deploy_key)
     finally:
         runner.run(["docker", "rm", "--force", "--volumes", name], check=False)
 
 
-def setup(vps: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", "exec", "-e", "COLORGATE_COMPOSE_BINARY=/root/docker-compose", vps,
-                           "sh", "/root/server-setup.sh", *args], capture_output=True, text=True, timeout=900)
+def setup(vps: Vps, *args: str) -> subprocess.CompletedProcess:
+    return invoke("server.setup", "--host", vps.url, *args, env=vps.env, timeout=1200)
 
 
-def sh(vps: str, command: str) -> str:
-    return runner.run(["docker", "exec", vps, "sh", "-c", command]).stdout
+def sh(vps: Vps, command: str) -> str:
+    return runner.run(["docker", "exec", vps.container, "sh", "-c", command]).stdout
 
 
-def state(vps: str) -> str:
+def state(vps: Vps) -> str:
     """Everything the script manages, to compare runs."""
     return sh(vps, "id deploy; cat /home/deploy/.ssh/authorized_keys /etc/ssh/sshd_config.d/10-colorgate.conf "
                    "/etc/colorgate/firewall.nft /etc/apt/apt.conf.d/20auto-upgrades /etc/docker/daemon.json; "
-                   "nft list table inet colorgate; dpkg-query -W docker.io nftables unattended-upgrades openssh-server; "
+                   "nft list table inet colorgate; dpkg-query -W docker.io nftables unattended-upgrades openssh-server iproute2; "
                    "ls -l /usr/local/lib/docker/cli-plugins")
 
 
-def test_bad_arguments_get_one_line(vps):
-    proc = setup(vps)
-    assert proc.returncode == 1 and proc.stderr.strip().startswith("server-setup: error: usage: server-setup.sh DEPLOY_USER")
-    proc = setup(vps, "deploy", "not-a-key")
-    assert proc.returncode == 1 and "must be an SSH public key" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+def test_bad_arguments_get_one_line(vps, tmp_path):
+    bad = tmp_path / "bad.pub"
+    bad.write_text("not-a-key\n")
+    proc = setup(vps, "--key-file", str(bad))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("colorgate: on ") and "must be an SSH public key" in lines[-1]
+    proc = setup(vps, "--user", "Bad User", "--key-file", str(vps.key_file))
+    assert proc.returncode == 1 and "usage: server-setup.sh DEPLOY_USER" in proc.stderr.strip().splitlines()[-1]
+    proc = setup(vps, "--key-file", str(tmp_path / "missing.pub"))
+    assert proc.returncode == 1 and proc.stderr.strip().endswith("pass --key-file with the key the deploy user will log in with")
 
 
 def test_setup_on_a_fresh_debian_then_again_changes_nothing(vps):
-    first = setup(vps, "deploy", KEY)
+    first = setup(vps, "--user", "deploy", "--key-file", str(vps.key_file))
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "server-setup: changed: installed docker.io nftables unattended-upgrades openssh-server" in first.stdout
+    assert "server-setup: changed: installed docker.io nftables unattended-upgrades iproute2" in first.stdout
     after_first = state(vps)
 
     assert "docker" in sh(vps, "id -nG deploy").split()
@@ -84,7 +126,7 @@ def test_setup_on_a_fresh_debian_then_again_changes_nothing(vps):
     assert 'Unattended-Upgrade "1"' in sh(vps, "cat /etc/apt/apt.conf.d/20auto-upgrades")
     assert "Docker Compose version" in sh(vps, "docker compose version")
 
-    second = setup(vps, "deploy", KEY)
+    second = setup(vps, "--key-file", str(vps.key_file))
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "server-setup: nothing to change: the server is set up"
     assert state(vps) == after_first

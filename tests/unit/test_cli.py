@@ -83,3 +83,23 @@ def test_host_option_wins_and_is_named_in_errors():
     assert line == "colorgate: COLORGATE_DOCKER_HOST 'myhost' in --host should be empty (local engine) or a URL like ssh://user@host"
     line = one_line_error(cli("status", "--host", "unix:///nonexistent/cg.sock"))
     assert line.startswith("colorgate: the Docker engine at unix:///nonexistent/cg.sock is not reachable")
+
+
+@pytest.mark.parametrize(
+    "stderr, expected",
+    [
+        ("ssh: connect to host 10.1.2.3 port 22: Connection refused", "cannot reach 10.1.2.3 over SSH (connection refused)"),
+        ("ssh: Could not resolve hostname nohost: Name or service not known", "cannot reach"),
+        ("deploy@10.1.2.3: Permission denied (publickey).", "10.1.2.3 refused the SSH login of deploy@10.1.2.3"),
+        ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.", "does not match your known_hosts"),
+        ("No ED25519 host key is known for 10.1.2.3 and you have requested strict checking.\nHost key verification failed.",
+         "is not known here"),
+        ("bash: line 1: docker: command not found", "10.1.2.3 has no Docker: set it up with compose/scripts/server-setup.sh"),
+        ("permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock", "add it to the docker group"),
+    ],
+)
+def test_ssh_engine_errors_name_the_cause(stderr, expected):
+    from deploy.bootstrap import explain_engine_error
+
+    message = explain_engine_error("ssh://deploy@10.1.2.3", "error during connect: ... stderr=" + stderr)
+    assert expected in message and "\n" not in message

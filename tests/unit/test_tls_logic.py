@@ -22,3 +22,15 @@ def test_describe_reports_expired_and_local_certificates():
     data = tls.describe(cert, "", "localhost\n", now=datetime.now(timezone.utc) + timedelta(days=1))
     assert data["days_left"] < -2.9 and data["source"] == "local CA (made by the edge)" and data["acme_directory"] is None
     assert "days_left" in tls.format_status(data)
+
+
+def test_the_renewal_of_a_remote_target_runs_here_against_it(tmp_path):
+    from deploy import config
+
+    settings = config.load("development", root=config.project_root(),
+                           environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps.example.org:2222"})
+    line = tls.cron_line(settings, "/opt/venv/bin/python")
+    assert "COLORGATE_DOCKER_HOST=ssh://deploy@vps.example.org:2222 /opt/venv/bin/python -m invoke tls.renew" in line
+    local = config.load("development", root=config.project_root(), environ={})
+    assert "COLORGATE_DOCKER_HOST" not in tls.cron_line(local, "/opt/venv/bin/python")
+    assert "over SSH" in tls.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
