@@ -20,10 +20,12 @@ deploy: venv
 	$(BIN)/invoke up --profile $(PROFILE)
 	$(BIN)/pytest features/ -p no:cacheprovider --profile $(PROFILE) --junitxml=reports/gates.xml
 
-# The ACME tests run Debian's pebble (Let's Encrypt's test CA) on loopback.
+# The ACME tests run Debian's pebble (Let's Encrypt's test CA) on loopback, the
+# registry tests Debian's docker-registry.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-deps:
-	@command -v pebble >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble; }
+	@{ command -v pebble && command -v docker-registry; } >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble docker-registry; }
 
 test: venv test-deps
 	$(BIN)/invoke bootstrap

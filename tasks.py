@@ -15,7 +15,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap
-from deploy import config, db as _db, move as _move, release, remote as _remote, runner, stack, tls as _tls
+from deploy import config, db as _db, images as _images, move as _move, proxy, release, remote as _remote, runner, stack, tls as _tls
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -45,14 +45,22 @@ def operator_errors(fn):
 HOST_HELP = "the Docker host to act on: ssh://user@host[:port] (default: COLORGATE_DOCKER_HOST, else this machine)"
 
 
-def _load(profile: str | None, host: str | None = None) -> config.Settings:
-    """Validated settings for the profile; --host overrides COLORGATE_DOCKER_HOST."""
-    return config.load(profile, overrides={"COLORGATE_DOCKER_HOST": ("--host", host)} if host else None)
+REGISTRY_HELP = "registry to pull the images from, e.g. ghcr.io/acme (default: COLORGATE_REGISTRY; empty: build them)"
 
 
-def _target(profile: str | None, host: str | None = None) -> config.Settings:
+def _load(profile: str | None, host: str | None = None, registry: str | None = None) -> config.Settings:
+    """Validated settings for the profile; --host and --registry override the settings."""
+    overrides = {}
+    if host:
+        overrides["COLORGATE_DOCKER_HOST"] = ("--host", host)
+    if registry:
+        overrides["COLORGATE_REGISTRY"] = ("--registry", registry)
+    return config.load(profile, overrides=overrides)
+
+
+def _target(profile: str | None, host: str | None = None, registry: str | None = None) -> config.Settings:
     """Validated settings for the profile, with the Docker engine checked reachable."""
-    settings = _load(profile, host)
+    settings = _load(profile, host, registry)
     _bootstrap.check_docker(settings)
     return settings
 
@@ -66,12 +74,13 @@ def bootstrap(c, profile=None, host=None):
         print(f"{part:<16} {outcome}")
 
 
-@task(help={"profile": "env profile: development, staging or production", "host": HOST_HELP})
+@task(help={"profile": "env profile: development, staging or production", "host": HOST_HELP, "registry": REGISTRY_HELP,
+            "version": "version to start when no color is live yet (default: the newest built, or v1)"})
 @operator_errors
-def up(c, profile=None, host=None):
+def up(c, profile=None, host=None, registry=None, version=None):
     """Start the edge, PostgreSQL and the live color (a no-op when all are running)."""
-    settings = _target(profile, host)
-    print(stack.format_status(stack.up(settings)))
+    settings = _target(profile, host, registry)
+    print(stack.format_status(stack.up(settings, version=version and proxy.check_version(version))))
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "volumes": "also delete volumes: the database, certificates and routing state"})
@@ -118,12 +127,12 @@ def _report(record) -> None:
 
 
 @task(help={"version": "version tag to deploy (default: the next vN)", "force": "deploy even if this version is live; rebuild images",
-            "profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
+            "profile": "env profile", "host": HOST_HELP, "registry": REGISTRY_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def deploy(c, version=None, force=False, profile=None, host=None, break_lock=False):
+def deploy(c, version=None, force=False, profile=None, host=None, registry=None, break_lock=False):
     """Ship a version to the inactive color: build, start, gate, switch, gate again
     (switching back by itself if the post-switch gates fail)."""
-    settings = _target(profile, host)
+    settings = _target(profile, host, registry)
     _report(release.deploy(settings, version=version, force=force, break_lock=break_lock))
 
 
@@ -260,6 +269,24 @@ def db_unfreeze(c, profile=None, host=None):
     print("writes open again" if _move.unfreeze(settings) else "writes were not frozen")
 
 
+@task(name="push", help={"registry": "where to push, e.g. ghcr.io/acme (default: COLORGATE_REGISTRY)",
+                         "version": "version tag (default: the next vN); `latest` is pushed too", "profile": "env profile",
+                         "host": "the Docker engine that builds and pushes (default: this machine's)"})
+@operator_errors
+def images_push(c, registry=None, version=None, profile=None, host=None):
+    """Build every image and push it to the registry as VERSION and latest."""
+    settings = _target(profile, host, registry)
+    if not settings.registry:
+        raise ColorgateError("no registry: pass --registry (e.g. ghcr.io/acme) or set COLORGATE_REGISTRY")
+    version = proxy.check_version(version or _images.next_version(_images.release_tags(settings)))
+    with _images.registry_session(settings) as env:
+        with runner.step(f"building the images ({version})"):
+            stack.build(settings, [*stack.INFRA_SERVICES, "certbot", "frontend_blue", "backend_blue"], {"blue": version})
+        with runner.step(f"pushing to {settings.registry}"):
+            pushed = _images.push(settings, version, env)
+    print("\n".join(f"pushed {ref}" for ref in pushed))
+
+
 @task(name="setup", help={"host": "the server: ssh://root@host[:port], or a user who may sudo", "user": "the deploy user to create",
                           "key_file": "public key the deploy user logs in with (default: ~/.ssh/id_ed25519.pub)",
                           "profile": "env profile"})
@@ -319,4 +346,5 @@ def tls_schedule(c, profile=None, host=None):
 ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
+ns.add_collection(Collection("images", images_push))
 ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))

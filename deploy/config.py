@@ -122,6 +122,13 @@ KEYS: dict[str, Key] = {
     "COLORGATE_HTTPS_PORT": Key(_port),
     "COLORGATE_INITIAL_COLOR": Key(_color, "blue"),
     "COLORGATE_IMAGE_PREFIX": Key(_pattern(IMAGE_PREFIX, "should be an image name prefix ending in '/', such as colorgate/"), "colorgate/"),
+    # A registry to push images to and pull them from (e.g. ghcr.io/acme): images are
+    # then named <registry>/<name>:<tag> and the target pulls instead of building.
+    # Empty: images are built by the target's engine. Credentials, when it needs them:
+    "COLORGATE_REGISTRY": Key(_pattern(re.compile(r"^([a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*)?$"),
+                                       "should be a registry and path such as ghcr.io/acme or 127.0.0.1:5000/colorgate"), ""),
+    "COLORGATE_REGISTRY_USER": Key(str, ""),
+    "COLORGATE_REGISTRY_PASSWORD": Key(str, "", secret=True),
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),
@@ -157,6 +164,9 @@ class Settings:
     https_port: int
     initial_color: str
     image_prefix: str
+    registry: str
+    registry_user: str
+    registry_password: str = field(repr=False)
     debian_mirror: str
     docker_host: str
     health_timeout: int
@@ -314,7 +324,10 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         http_port=parsed["COLORGATE_HTTP_PORT"],
         https_port=parsed["COLORGATE_HTTPS_PORT"],
         initial_color=parsed["COLORGATE_INITIAL_COLOR"],
-        image_prefix=parsed["COLORGATE_IMAGE_PREFIX"],
+        image_prefix=parsed["COLORGATE_REGISTRY"] + "/" if parsed["COLORGATE_REGISTRY"] else parsed["COLORGATE_IMAGE_PREFIX"],
+        registry=parsed["COLORGATE_REGISTRY"],
+        registry_user=parsed["COLORGATE_REGISTRY_USER"],
+        registry_password=parsed["COLORGATE_REGISTRY_PASSWORD"],
         debian_mirror=parsed["COLORGATE_DEBIAN_MIRROR"],
         docker_host=parsed["COLORGATE_DOCKER_HOST"],
         health_timeout=parsed["COLORGATE_HEALTH_TIMEOUT"],
@@ -361,6 +374,7 @@ def load(profile: str | None = None, root: Path | None = None, environ: Mapping[
         values[key], sources[key] = value, option
     settings = validate(profile, root, values, sources)
     runner.add_secret(settings.postgres_password)
+    runner.add_secret(settings.registry_password)
     if settings.database_url:
         runner.add_secret(unquote(urlsplit(settings.database_url).password or ""))
         runner.add_secret(settings.database_url)

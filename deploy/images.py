@@ -11,15 +11,18 @@ plugin needed) and tagged `<prefix><name>:<version>` plus `latest`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import runner
 from deploy.config import Settings
+from deploy.errors import ColorgateError, CommandError
 
 SUITE = "bookworm"
 BASE_REPO = "colorgate-base"
@@ -44,6 +47,12 @@ BASES = {
 }
 
 RELEASE_IMAGES = ("frontend", "backend")  # versioned per color; edge and postgres are shared
+INFRA_IMAGES = ("edge", "postgres", "certbot")  # shared by both colors; compose runs them as :latest
+PUSHED = (*RELEASE_IMAGES, *INFRA_IMAGES)
+
+
+class RegistryError(ColorgateError):
+    pass
 
 # Documentation, manuals and translations are left out of base images.
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
@@ -133,3 +142,73 @@ def release_tags(settings: Settings) -> list[str]:
         ).stdout
         per_image.append({tag for tag in out.split() if tag != "latest"})
     return sorted(set.intersection(*per_image), key=lambda t: (len(t), t))
+
+
+# --- a registry ------------------------------------------------------------------
+
+
+def registry_server(settings: Settings) -> str:
+    return settings.registry.split("/", 1)[0]
+
+
+def explain_registry_error(server: str, text: str) -> str:
+    """docker login/push/pull's complaint -> one line with the cause and the fix."""
+    lower = text.lower()
+    last = (text.strip().splitlines() or ["no output"])[-1].strip()
+    if "unauthorized" in lower or "401" in lower or "incorrect username or password" in lower or "authentication required" in lower:
+        return f"the registry {server} refused the credentials: check COLORGATE_REGISTRY_USER and COLORGATE_REGISTRY_PASSWORD"
+    if "denied" in lower:
+        return f"the registry {server} denied access ({last}): the user needs push/pull rights on the repository"
+    if "manifest unknown" in lower or "not found" in lower:
+        return f"an image is not in the registry {server} ({last}): push it first with `invoke images.push --version ...`"
+    if any(s in lower for s in ("connection refused", "no such host", "i/o timeout", "dial tcp", "server gave http response")):
+        return f"cannot reach the registry {server} ({last}): check COLORGATE_REGISTRY and that the host can reach it"
+    return f"the registry {server} failed: {last}"
+
+
+@contextlib.contextmanager
+def registry_session(settings: Settings) -> Iterator[dict[str, str]]:
+    """Environment for docker push/pull against the registry: the target engine and,
+    when credentials are set, a throwaway client config logged in with them (nothing
+    is left in ~/.docker). Refuses at once when the registry rejects them."""
+    env = settings.docker_env()
+    if not settings.registry_user:
+        yield env
+        return
+    with tempfile.TemporaryDirectory(prefix="colorgate-docker-config-") as config_dir:
+        env = {**env, "DOCKER_CONFIG": config_dir}
+        try:
+            runner.run(["docker", "login", "--username", settings.registry_user, "--password-stdin", registry_server(settings)],
+                       input=settings.registry_password, env=env, what="docker login", timeout=120)
+        except CommandError as exc:
+            raise RegistryError(explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)) from None
+        yield env
+
+
+def push(settings: Settings, version: str, env: dict[str, str]) -> list[str]:
+    """Push every image at `version` and `latest` (the infra images were built as latest)."""
+    pushed = []
+    for name in PUSHED:
+        if name in INFRA_IMAGES:
+            runner.run(tag_cmd(app_tag(settings, name, "latest"), app_tag(settings, name, version)), env=settings.docker_env())
+        for tag in (version, "latest"):
+            ref = app_tag(settings, name, tag)
+            try:
+                runner.run(["docker", "push", "--quiet", ref], env=env, what=f"docker push {ref}", timeout=3600)
+            except CommandError as exc:
+                raise RegistryError(explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)) from None
+            pushed.append(ref)
+    return pushed
+
+
+def pull(settings: Settings, names: tuple[str, ...], version: str, env: dict[str, str], as_latest: bool = False) -> None:
+    """Pull `names` at `version` onto the target (and tag them latest there, for the
+    shared images compose runs as latest)."""
+    for name in names:
+        ref = app_tag(settings, name, version)
+        try:
+            runner.run(["docker", "pull", "--quiet", ref], env=env, what=f"docker pull {ref}", timeout=3600)
+        except CommandError as exc:
+            raise RegistryError(explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)) from None
+        if as_latest and version != "latest":
+            runner.run(tag_cmd(ref, app_tag(settings, name, "latest")), env=settings.docker_env())

@@ -304,9 +304,8 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
     databases = {candidate: url}
     touched = False
     try:
-        with runner.step(f"building {candidate} images ({version})"):
-            if not stack.release_images_exist(settings, version):
-                stack.build(settings, color_services(candidate), versions)
+        with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
+            stack.ensure_release_images(settings, candidate, versions)
         if mode == "replicate":
             touched = True
             _subscribe(settings, url, _new_password())

@@ -373,9 +373,8 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
             return record
         with _recorded(settings, record):
             versions = {**stack.running_versions(stack.service_states(settings)), candidate: version, active.color: active.version}
-            with runner.step(f"building {candidate} images ({version})"):
-                if force or not stack.release_images_exist(settings, version):
-                    stack.build(settings, color_services(candidate), versions)
+            with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
+                stack.ensure_release_images(settings, candidate, versions, force=force)
             start_candidate(settings, record, candidate, versions, active)
             try:
                 _switch_and_verify(settings, record, active, candidate, version, use_gates=True)

@@ -273,14 +273,30 @@ def release_images_exist(settings: Settings, version: str) -> bool:
     return all(images.image_exists(settings, images.app_tag(settings, name, version)) for name in images.RELEASE_IMAGES)
 
 
-def ensure_release_images(settings: Settings, color: str, versions: dict[str, str]) -> None:
-    """Build `color`'s images at its version in `versions` unless they already exist."""
-    if not release_images_exist(settings, versions[color]):
-        build(settings, color_services(color), versions)
+def ensure_release_images(settings: Settings, color: str, versions: dict[str, str], force: bool = False) -> None:
+    """`color`'s images at its version in `versions`, unless they already exist (or
+    `force`): pulled from the registry when there is one, else built on the target."""
+    if force or not release_images_exist(settings, versions[color]):
+        if settings.registry:
+            with images.registry_session(settings) as env:
+                images.pull(settings, images.RELEASE_IMAGES, versions[color], env)
+        else:
+            build(settings, color_services(color), versions)
 
 
-def up(settings: Settings) -> dict:
-    """Start the edge, PostgreSQL and the live color (the initial color on a new stack).
+def ensure_infra_images(settings: Settings, versions: dict[str, str], version: str | None) -> None:
+    """The edge's, PostgreSQL's and certbot's images: pulled at `version` (else latest)
+    from the registry when there is one, else built (a no-op when unchanged)."""
+    if settings.registry:
+        with images.registry_session(settings) as env:
+            images.pull(settings, images.INFRA_IMAGES, version or "latest", env, as_latest=True)
+    else:
+        build(settings, list(INFRA_SERVICES), versions)
+
+
+def up(settings: Settings, version: str | None = None) -> dict:
+    """Start the edge, PostgreSQL and the live color (the initial color on a new stack,
+    at `version`: default the newest built, or v1).
 
     Idempotent: on a running stack it changes nothing. When a step fails on a stack
     that was not running before, what this call started is stopped again (volumes
@@ -296,8 +312,8 @@ def up(settings: Settings) -> dict:
     # after `db.retire-local` the stack's own PostgreSQL stays stopped
     infra = ["edge"] if edge_running and read_database_record(settings).get("retired") else list(INFRA_SERVICES)
     try:
-        with runner.step("building the edge and PostgreSQL images"):
-            build(settings, list(INFRA_SERVICES), versions)
+        with runner.step(("pulling" if settings.registry else "building") + " the edge and PostgreSQL images"):
+            ensure_infra_images(settings, versions, version)
 
         env = compose_env(settings, versions)
         with runner.step(f"starting {' and '.join(infra)}"):
@@ -313,7 +329,7 @@ def up(settings: Settings) -> dict:
             color, version = active.color, active.version
         else:
             color = settings.initial_color
-            version = versions.get(color) or (images.release_tags(settings) or ["v1"])[-1]
+            version = versions.get(color) or version or (images.release_tags(settings) or ["v1"])[-1]
         versions[color] = version
         env = compose_env(settings, versions)
 

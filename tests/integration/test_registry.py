@@ -1,0 +1,111 @@
+"""Push to and pull from a real registry: Debian's docker-registry on loopback, with
+htpasswd (bcrypt) authentication. The target pulls what it lacks instead of building."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+
+import bcrypt
+import httpx
+import pytest
+
+from deploy import config, images, runner, stack
+
+from .conftest import free_port, invoke, isolated_env, remove_stack
+
+USER = "ci"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """docker-registry on 127.0.0.1:<free port> (the engine trusts loopback registries over HTTP)."""
+    binary = shutil.which("docker-registry")
+    if not binary:
+        pytest.fail("Debian's docker-registry is not installed: `make test-deps` installs it")
+    root = tmp_path_factory.mktemp("registry")
+    password = secrets.token_urlsafe(16)
+    (root / "htpasswd").write_bytes(f"{USER}:".encode() + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)) + b"\n")
+    port = free_port()
+    (root / "config.yml").write_text(f"""version: 0.1
+log: {{level: warn}}
+storage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}}}
+http: {{addr: 127.0.0.1:{port}}}
+auth: {{htpasswd: {{realm: colorgate-test, path: {root}/htpasswd}}}}
+""")
+    proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}", password
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def env(registry):
+    address, password = registry
+    env = isolated_env("reg")
+    run_id = env["COLORGATE_PROJECT"]
+    env.update(COLORGATE_REGISTRY=f"{address}/{run_id}", COLORGATE_REGISTRY_USER=USER, COLORGATE_REGISTRY_PASSWORD=password)
+    settings = config.load("development", environ={**os.environ, **env})
+    try:
+        yield env
+    finally:
+        remove_stack(settings)
+
+
+def tags(registry, env, name: str) -> list[str]:
+    address, password = registry
+    r = httpx.get(f"http://{address}/v2/{env['COLORGATE_PROJECT']}/{name}/tags/list", auth=(USER, password))
+    return sorted(r.json().get("tags") or []) if r.status_code == 200 else []
+
+
+def drop_local_tags(env) -> None:
+    """The target lacks every image, so that it must pull them."""
+    refs = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
+    mine = [r for r in refs if r.startswith(env["COLORGATE_REGISTRY"] + "/")]
+    runner.run(["docker", "image", "rm", *mine])
+
+
+def test_bad_registry_credentials_are_one_line_before_anything(registry, env):
+    proc = invoke("images.push", "--version", "v7", env={**env, "COLORGATE_REGISTRY_PASSWORD": "wrong-password-123"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1] == (
+        f"colorgate: the registry {registry[0]} refused the credentials: check COLORGATE_REGISTRY_USER and COLORGATE_REGISTRY_PASSWORD")
+    assert "wrong-password-123" not in proc.stderr and tags(registry, env, "backend") == []
+
+
+def test_push_then_the_target_pulls_what_it_lacks(registry, env):
+    pushed = invoke("images.push", "--version", "v7", env=env)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    for name in images.PUSHED:
+        assert tags(registry, env, name) == ["latest", "v7"], name
+    assert registry[1] not in pushed.stdout + pushed.stderr
+    assert not (os.path.exists(os.path.expanduser("~/.docker/config.json"))
+                and env["COLORGATE_REGISTRY"].split("/")[0] in open(os.path.expanduser("~/.docker/config.json")).read())
+
+    drop_local_tags(env)
+    up = invoke("up", "--version", "v7", env=env)
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert "pulling the edge and PostgreSQL images" in up.stderr and "active color: blue (v7)" in up.stdout
+
+    assert invoke("images.push", "--version", "v8", env=env).returncode == 0
+    settings = config.load("development", environ={**os.environ, **env})
+    runner.run(["docker", "image", "rm", images.app_tag(settings, "backend", "v8"), images.app_tag(settings, "frontend", "v8")])
+    deployed = invoke("deploy", "--version", "v8", env=env)
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    assert "pulling green images (v8)" in deployed.stderr and "deploy: blue v7 -> green v8: switched" in deployed.stdout
+    assert stack.service_states(settings)["backend_green"].image == images.app_tag(settings, "backend", "v8")
+
+    missing = invoke("deploy", "--version", "v99", env=env)
+    assert missing.returncode == 1 and "is not in the registry" in missing.stderr.strip().splitlines()[-1]
+    assert stack.read_active(settings).version == "v8"

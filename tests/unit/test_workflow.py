@@ -1,0 +1,60 @@
+"""The staging workflow: valid against GitHub's workflow schema (SchemaStore's, as
+vendored by check-jsonschema), and every deploy step is an invoke task an operator
+runs, with options that exist: no deploy logic only in YAML."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+import tasks
+from deploy import config
+
+WORKFLOW = config.project_root() / ".github" / "workflows" / "staging-blue-green.yml"
+
+
+def test_workflow_is_valid_against_githubs_schema():
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    proc = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _invocations() -> list[list[str]]:
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    found = []
+    for job in doc["jobs"].values():
+        for step in job["steps"]:
+            for line in step.get("run", "").splitlines():
+                words = shlex.split(line)
+                if words and words[0].endswith("/invoke"):
+                    found.append(words[1:])
+    return found
+
+
+def test_every_deploy_step_is_a_real_task_with_real_options():
+    calls = _invocations()
+    assert [c[0] for c in calls] == ["images.push", "up", "deploy", "status"]
+    for name, *args in calls:
+        task = tasks.ns[name]
+        options = {o.replace("_", "-") for o in task.help} | {"profile"}
+        for arg in args:
+            if arg.startswith("--"):
+                assert arg[2:] in options, f"invoke {name} has no option {arg}"
+
+
+def test_the_pipeline_pushes_run_number_tags_and_keeps_the_reports():
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    assert doc[True]["push"]["branches"] == ["develop"]  # `on:` reads as True in YAML 1.1
+    deploy = doc["jobs"]["deploy"]
+    assert deploy["needs"] == "test" and deploy["env"]["VERSION"] == "v${{ github.run_number }}"
+    secrets_used = WORKFLOW.read_text()
+    for secret in ("STAGING_HOST", "STAGING_USER", "STAGING_SSH_KEY"):
+        assert f"secrets.{secret}" in secrets_used
+    upload = [s for s in deploy["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert upload and upload[0]["if"] == "always()" and upload[0]["with"]["path"] == "reports/*.xml"
+    assert "make test" in [s.get("run") for s in doc["jobs"]["test"]["steps"]]
