@@ -287,6 +287,24 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
     print("\n".join(f"pushed {ref}" for ref in pushed))
 
 
+@task(name="send", help={"version": "release version to send (default: the newest built here)", "profile": "env profile",
+                         "host": HOST_HELP})
+@operator_errors
+def images_send(c, version=None, profile=None, host=None):
+    """Without a registry: make every image here and send the target only those it lacks (over SSH)."""
+    settings = dataclasses.replace(_target(profile, host), image_source="stream")
+    builder = settings.builder
+    version = proxy.check_version(version or (_images.release_tags(builder) or ["v1"])[-1])
+    with runner.step(f"making the images here ({version})"):
+        stack.build(builder, [*stack.INFRA_SERVICES, "certbot"], {})
+        if not stack.release_images_exist(builder, version):
+            stack.build(builder, ["frontend_blue", "backend_blue"], {"blue": version})
+    refs = [_images.app_tag(settings, n, t) for n in _images.RELEASE_IMAGES for t in (version, "latest")]
+    refs += [_images.app_tag(settings, n, "latest") for n in _images.INFRA_IMAGES]
+    sent, present = _images.send(settings, refs)
+    print(f"sent {len(sent)} image(s), {len(present)} already there" + (f": {', '.join(sent)}" if sent else ""))
+
+
 @task(name="setup", help={"host": "the server: ssh://root@host[:port], or a user who may sudo", "user": "the deploy user to create",
                           "key_file": "public key the deploy user logs in with (default: ~/.ssh/id_ed25519.pub)",
                           "profile": "env profile"})
@@ -346,5 +364,5 @@ def tls_schedule(c, profile=None, host=None):
 ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
-ns.add_collection(Collection("images", images_push))
+ns.add_collection(Collection("images", images_push, images_send))
 ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))

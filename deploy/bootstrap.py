@@ -111,6 +111,7 @@ def bootstrap(settings: Settings) -> list[tuple[str, str]]:
     """Check and install what is missing; return (part, what happened) pairs."""
     done = [("docker engine", f"reachable (v{check_docker(settings)})")]
     done.append(("compose plugin", ensure_compose(settings)))
+    settings = settings.builder  # base images live where the images are made
     missing = images.missing_bases(settings)
     if missing:
         done.append(("mmdebstrap", ensure_mmdebstrap()))

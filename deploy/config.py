@@ -11,6 +11,7 @@ the fix, before anything starts. See .env.example for every key, annotated.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
@@ -128,6 +129,10 @@ KEYS: dict[str, Key] = {
     "COLORGATE_REGISTRY": Key(_pattern(re.compile(r"^([a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*)?$"),
                                        "should be a registry and path such as ghcr.io/acme or 127.0.0.1:5000/colorgate"), ""),
     "COLORGATE_REGISTRY_USER": Key(str, ""),
+    # Without a registry: `build` makes the images with the target's engine; `stream`
+    # makes them with this machine's and sends what the target lacks over SSH
+    # (docker save | docker load).
+    "COLORGATE_IMAGES": Key(_pattern(re.compile(r"^(build|stream)$"), "should be build or stream"), "build"),
     "COLORGATE_REGISTRY_PASSWORD": Key(str, "", secret=True),
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
@@ -167,6 +172,7 @@ class Settings:
     registry: str
     registry_user: str
     registry_password: str = field(repr=False)
+    image_source: str
     debian_mirror: str
     docker_host: str
     health_timeout: int
@@ -218,6 +224,11 @@ class Settings:
     def http_url(self) -> str:
         port = "" if self.http_port == 80 else f":{self.http_port}"
         return f"http://{self.domain}{port}"
+
+    @property
+    def builder(self) -> "Settings":
+        """The settings whose engine makes the images: this machine's when streaming."""
+        return dataclasses.replace(self, docker_host="") if self.image_source == "stream" else self
 
     def docker_env(self) -> dict[str, str]:
         """Environment for docker commands: which engine to talk to."""
@@ -328,6 +339,7 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         registry=parsed["COLORGATE_REGISTRY"],
         registry_user=parsed["COLORGATE_REGISTRY_USER"],
         registry_password=parsed["COLORGATE_REGISTRY_PASSWORD"],
+        image_source="registry" if parsed["COLORGATE_REGISTRY"] else parsed["COLORGATE_IMAGES"],
         debian_mirror=parsed["COLORGATE_DEBIAN_MIRROR"],
         docker_host=parsed["COLORGATE_DOCKER_HOST"],
         health_timeout=parsed["COLORGATE_HEALTH_TIMEOUT"],

@@ -212,3 +212,30 @@ def pull(settings: Settings, names: tuple[str, ...], version: str, env: dict[str
             raise RegistryError(explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)) from None
         if as_latest and version != "latest":
             runner.run(tag_cmd(ref, app_tag(settings, name, "latest")), env=settings.docker_env())
+
+
+# --- no registry: stream over SSH ------------------------------------------------------
+
+
+def send(settings: Settings, refs: list[str]) -> tuple[list[str], list[str]]:
+    """Make the target have `refs` as this machine's engine has them, sending only the
+    images it lacks (docker save | docker load over SSH); an image it has under another
+    name is only tagged there. Returns (sent, already there)."""
+    local = settings.builder
+    sent, present = [], []
+    for ref in refs:
+        wanted = image_id(local, ref)
+        if wanted is None:
+            raise ColorgateError(f"{ref} is not on this machine to send: build it first")
+        if image_id(settings, ref) == wanted:
+            present.append(ref)
+            continue
+        if image_id(settings, wanted) is not None:
+            runner.run(tag_cmd(wanted, ref), env=settings.docker_env(), what=f"tagging {ref} on the target")
+            present.append(ref)
+            continue
+        with runner.step(f"sending {ref} to {settings.docker_host or 'the local engine'}"):
+            runner.pipe(["docker", "save", ref], ["docker", "load", "--quiet"], first_env=local.docker_env(),
+                        second_env=settings.docker_env(), what=f"docker save {ref} | docker load", timeout=3600)
+        sent.append(ref)
+    return sent, present

@@ -93,6 +93,26 @@ def run(
     return proc
 
 
+def pipe(first: list[str], second: list[str], *, first_env: Mapping[str, str] | None = None,
+         second_env: Mapping[str, str] | None = None, what: str = "", timeout: float | None = None) -> str:
+    """`first | second` without a shell; both must succeed. Returns second's stdout."""
+    log.debug("$ %s | %s", redact(shlex.join(first)), redact(shlex.join(second)))
+    producer = subprocess.Popen(first, env={**os.environ, **(first_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        consumer = subprocess.run(second, env={**os.environ, **(second_env or {})}, stdin=producer.stdout,
+                                  capture_output=True, timeout=timeout, check=False)
+    finally:
+        producer.stdout.close()
+        producer_err = producer.stderr.read().decode(errors="replace")
+        producer.wait()
+    for cmd, code, out, err in ((first, producer.returncode, "", producer_err),
+                                (second, consumer.returncode, consumer.stdout.decode(errors="replace"),
+                                 consumer.stderr.decode(errors="replace"))):
+        if code != 0:
+            raise CommandError(cmd, code, redact(out), redact(err), what)
+    return consumer.stdout.decode(errors="replace")
+
+
 @contextlib.contextmanager
 def session(cmd: list[str], *, env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """A long-running command we talk to over stdin/stdout (a psql session holding a

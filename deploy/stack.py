@@ -274,22 +274,34 @@ def release_images_exist(settings: Settings, version: str) -> bool:
 
 
 def ensure_release_images(settings: Settings, color: str, versions: dict[str, str], force: bool = False) -> None:
-    """`color`'s images at its version in `versions`, unless they already exist (or
-    `force`): pulled from the registry when there is one, else built on the target."""
-    if force or not release_images_exist(settings, versions[color]):
-        if settings.registry:
-            with images.registry_session(settings) as env:
-                images.pull(settings, images.RELEASE_IMAGES, versions[color], env)
-        else:
-            build(settings, color_services(color), versions)
+    """`color`'s images at its version in `versions`, unless the target has them (or
+    `force`): pulled from the registry when there is one, made on this machine and sent
+    when streaming, else built by the target's engine."""
+    version = versions[color]
+    if not force and release_images_exist(settings, version):
+        return
+    if settings.image_source == "registry":
+        with images.registry_session(settings) as env:
+            images.pull(settings, images.RELEASE_IMAGES, version, env)
+        return
+    if force or not release_images_exist(settings.builder, version):
+        build(settings.builder, color_services(color), versions)
+    if settings.image_source == "stream":
+        refs = [images.app_tag(settings, name, tag) for name in images.RELEASE_IMAGES for tag in (version, "latest")]
+        images.send(settings, refs)
 
 
 def ensure_infra_images(settings: Settings, versions: dict[str, str], version: str | None) -> None:
     """The edge's, PostgreSQL's and certbot's images: pulled at `version` (else latest)
-    from the registry when there is one, else built (a no-op when unchanged)."""
-    if settings.registry:
+    from the registry when there is one, else built (a no-op when unchanged), and sent
+    to the target when streaming."""
+    if settings.image_source == "registry":
         with images.registry_session(settings) as env:
             images.pull(settings, images.INFRA_IMAGES, version or "latest", env, as_latest=True)
+        return
+    if settings.image_source == "stream":  # certbot too: `compose run` cannot build it on the target then
+        build(settings.builder, [*INFRA_SERVICES, "certbot"], versions)
+        images.send(settings, [images.app_tag(settings, name, "latest") for name in images.INFRA_IMAGES])
     else:
         build(settings, list(INFRA_SERVICES), versions)
 

@@ -52,18 +52,18 @@ class SshHost:
 
 
 @contextlib.contextmanager
-def ssh_host(authorized_key: str, with_docker: bool = True):
-    """An SSH server on 127.0.0.1:<free port> whose `deploy` user reaches the host's engine."""
+def ssh_host(authorized_key: str, with_docker: bool = True, socket: str = SOCKET):
+    """An SSH server on 127.0.0.1:<free port> whose `deploy` user reaches the engine at `socket`."""
     settings = config.load("development")
     if not images.image_exists(settings, SSHD.tag(settings.debian_mirror)):
         images.build_bases(settings, [SSHD])
     port = free_port()
     name = f"cgtestsshd{os.getpid()}{secrets.token_hex(2)}"
-    mounts = ["-v", f"{SOCKET}:{SOCKET}"]
+    mounts = ["-v", f"{socket}:{SOCKET}"]
     if with_docker:
         mounts += ["-v", f"{shutil.which('docker')}:/usr/bin/docker:ro"]
     runner.run(["docker", "run", "--detach", "--name", name, "--network", "host", *mounts,
-                "-e", f"SOCKET_GID={os.stat(SOCKET).st_gid}", "-e", f"PORT={port}", "-e", "AUTHORIZED_KEY",
+                "-e", f"SOCKET_GID={os.stat(socket).st_gid}", "-e", f"PORT={port}", "-e", "AUTHORIZED_KEY",
                 SSHD.tag(settings.debian_mirror), "sh", "-c", SSHD_SCRIPT], env={"AUTHORIZED_KEY": authorized_key})
     try:
         for _ in range(100):
