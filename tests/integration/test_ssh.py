@@ -132,6 +132,10 @@ def test_a_release_travels_over_ssh(remote):
     assert '"outcome": "switched"' in history.stdout
     backup = invoke("db.backup", "--host", host.url, env=env)
     assert backup.returncode == 0, backup.stderr
+    listed = invoke("db.backups", "--host", host.url, env=env)
+    assert backup.stdout.split()[1].rstrip(":") in listed.stdout
+    certificate = invoke("tls.status", "--host", host.url, env=env)
+    assert certificate.returncode == 0 and "local CA (made by the edge)" in certificate.stdout, certificate.stderr
     back = invoke("rollback", "--host", host.url, env=env)
     assert back.returncode == 0 and "rollback: green v2 -> blue v1: switched" in back.stdout, back.stderr[-2000:]
     # the host checks ran on the SSH host (testinfra over SSH): its sshd saw those sessions

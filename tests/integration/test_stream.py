@@ -20,14 +20,15 @@ from .test_ssh import keygen, operator_env, operator_home, ssh_host
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    """A second Docker engine (its own data, socket and containerd namespace; vfs storage,
-    no networking of its own: it only stores images here)."""
+    """A second Docker engine (its own data, socket and containerd namespace; vfs storage)
+    in a network namespace of its own: it only stores images here, and with no bridge of
+    its own dockerd would delete the host's docker0 (`--bridge=none` does that)."""
     root = tmp_path_factory.mktemp("engine")
     (root / "daemon.json").write_text("{}")
     name = f"cgtest{os.getpid()}"
     log = open(root / "dockerd.log", "w")
     proc = subprocess.Popen(
-        ["dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+        ["unshare", "--net", "dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
          "--pidfile", str(root / "dockerd.pid"), "--host", f"unix://{root}/docker.sock", "--bridge=none", "--iptables=false",
          "--ip6tables=false", "--storage-driver=vfs", "--containerd-namespace", name, "--containerd-plugins-namespace", f"{name}p"],
         stdout=log, stderr=subprocess.STDOUT)
