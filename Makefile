@@ -27,6 +27,8 @@ test-deps:
 	@{ command -v pebble && command -v docker-registry; } >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble docker-registry; }
 
+# Two test processes, one test module each at a time: every module brings up its own
+# isolated stacks, so they do not share anything but the engine.
 test: venv test-deps
 	$(BIN)/invoke bootstrap
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile

@@ -241,9 +241,10 @@ def _frozen(settings: Settings, record: release.Record) -> Iterator[None]:
     finally:
         try:
             stack.set_frozen(settings, False)
-        finally:
-            record.timings["write_freeze"] = round(time.monotonic() - started, 3)
-            runner.say(f"ok writes open again: the write freeze lasted {record.timings['write_freeze']:.1f}s")
+        except ColorgateError as exc:
+            raise MoveError(f"writes are still frozen at the edge ({exc}): end the freeze with `invoke db.unfreeze`") from None
+        record.timings["write_freeze"] = round(time.monotonic() - started, 3)
+        runner.say(f"ok writes open again: the write freeze lasted {record.timings['write_freeze']:.1f}s")
 
 
 def _drain(settings: Settings) -> None:
