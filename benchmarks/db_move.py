@@ -75,9 +75,9 @@ def managed_postgres(settings: config.Settings, image: str):
     address, password = docker0(), secrets.token_urlsafe(16)
     port = free_port_on(address)
     name = f"{settings.project}-managed-{secrets.token_hex(3)}"
-    runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app",
-                "-e", "POSTGRES_PASSWORD", "-p", f"{address}:{port}:5432", image], env={"POSTGRES_PASSWORD": password})
-    try:
+    try:  # a container that docker created but could not start is removed too
+        runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app",
+                    "-e", "POSTGRES_PASSWORD", "-p", f"{address}:{port}:5432", image], env={"POSTGRES_PASSWORD": password})
         managed = Managed(f"postgresql://admin:{password}@{address}:{port}/app", name, password)
         for _ in range(120):  # ready once the first start's initialization is over (TCP is off until then)
             if runner.run(["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0:

@@ -232,13 +232,13 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
         result.reason = "the dump's checksum does not match its manifest (changed or damaged since the backup)"
     else:
         container = f"{settings.project}-verify-{secrets.token_hex(3)}"
-        runner.run(["docker", "run", "--detach", "--name", container, "--network", "none",
-                    "--label", f"com.colorgate.verify={settings.project}",
-                    "-e", f"POSTGRES_USER={settings.postgres_user}", "-e", f"POSTGRES_DB={settings.postgres_db}",
-                    "-e", "POSTGRES_PASSWORD", "-v", f"{settings.project}_backups:/backups:ro",
-                    f"{settings.image_prefix}postgres:latest"],
-                   env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)}, what="starting a throwaway PostgreSQL")
-        try:
+        try:  # removed below even when docker created it but could not start it
+            runner.run(["docker", "run", "--detach", "--name", container, "--network", "none",
+                        "--label", f"com.colorgate.verify={settings.project}",
+                        "-e", f"POSTGRES_USER={settings.postgres_user}", "-e", f"POSTGRES_DB={settings.postgres_db}",
+                        "-e", "POSTGRES_PASSWORD", "-v", f"{settings.project}_backups:/backups:ro",
+                        f"{settings.image_prefix}postgres:latest"],
+                       env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)}, what="starting a throwaway PostgreSQL")
             _wait_pg(settings, container)
             restored = runner.run(["docker", "exec", container, "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
                                    "-U", settings.postgres_user, "-d", settings.postgres_db, f"/backups/{name}.dump"],

@@ -56,9 +56,9 @@ def vps(tmp_path_factory):
     root = tmp_path_factory.mktemp("vps")
     key = keygen(root / "home" / ".ssh" / "id_ed25519")
     name = f"cgtestvps{os.getpid()}{secrets.token_hex(2)}"
-    runner.run(["docker", "run", "--detach", "--name", name, "--cap-add", "NET_ADMIN", "-e", "AUTHORIZED_KEY",
-                VPS.tag(settings.debian_mirror), "sh", "-c", VPS_SSHD], env={"AUTHORIZED_KEY": key})
     try:
+        runner.run(["docker", "run", "--detach", "--name", name, "--cap-add", "NET_ADMIN", "-e", "AUTHORIZED_KEY",
+                    VPS.tag(settings.debian_mirror), "sh", "-c", VPS_SSHD], env={"AUTHORIZED_KEY": key})
         address = runner.run(["docker", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name]).stdout.strip()
         for _ in range(100):
             if subprocess.run(["ssh-keyscan", "-T", "1", address], capture_output=True).stdout:

@@ -62,10 +62,10 @@ def ssh_host(authorized_key: str, with_docker: bool = True, socket: str = SOCKET
     mounts = ["-v", f"{socket}:{SOCKET}"]
     if with_docker:
         mounts += ["-v", f"{shutil.which('docker')}:/usr/bin/docker:ro"]
-    runner.run(["docker", "run", "--detach", "--name", name, "--network", "host", *mounts,
-                "-e", f"SOCKET_GID={os.stat(socket).st_gid}", "-e", f"PORT={port}", "-e", "AUTHORIZED_KEY",
-                SSHD.tag(settings.debian_mirror), "sh", "-c", SSHD_SCRIPT], env={"AUTHORIZED_KEY": authorized_key})
-    try:
+    try:  # a container that docker created but could not start is removed too
+        runner.run(["docker", "run", "--detach", "--name", name, "--network", "host", *mounts,
+                    "-e", f"SOCKET_GID={os.stat(socket).st_gid}", "-e", f"PORT={port}", "-e", "AUTHORIZED_KEY",
+                    SSHD.tag(settings.debian_mirror), "sh", "-c", SSHD_SCRIPT], env={"AUTHORIZED_KEY": authorized_key})
         for _ in range(100):
             if subprocess.run(["ssh-keyscan", "-T", "1", "-p", str(port), "127.0.0.1"], capture_output=True).stdout:
                 break
