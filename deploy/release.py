@@ -255,9 +255,8 @@ def _live(settings: Settings) -> proxy.Active:
     return active
 
 
-def _require_ready(settings: Settings, color: str) -> str:
+def _require_ready(states: dict[str, stack.ServiceState], color: str) -> str:
     """The version `color` runs, or refuse when it is not running and healthy."""
-    states = stack.service_states(settings)
     missing = [s for s in color_services(color) if s not in states or not states[s].ready]
     if missing:
         detail = ", ".join(f"{s} {states[s].state}/{states[s].health or 'no health'}" if s in states else f"{s} absent" for s in missing)
@@ -279,8 +278,9 @@ def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool
     to = parse_color(to)
     with lock(settings, action, break_lock):
         active = _live(settings)
-        version = _require_ready(settings, to)
-        check_same_database(stack.service_states(settings), active.color, to)
+        states = stack.service_states(settings)
+        version = _require_ready(states, to)
+        check_same_database(states, active.color, to)
         record = Record(action, active.color, to, active.version, version)
         if to == active.color:
             record.outcome = "no-op"
