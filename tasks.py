@@ -15,7 +15,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap
-from deploy import config, db as _db, images as _images, move as _move, proxy, release, remote as _remote, runner, stack, tls as _tls
+from deploy import config, db as _db, render as _render, images as _images, move as _move, proxy, release, remote as _remote, runner, stack, tls as _tls
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -108,10 +108,38 @@ def status(c, profile=None, host=None, json_=False):
             print("\nlast release:\n" + release.format_history(history, limit=1))
 
 
-@task(positional=["service"], help={"service": "a service (edge, postgres, backend_blue, ...) or all", "profile": "env profile", "host": HOST_HELP, "follow": "keep following new lines", "tail": "lines per service"})
+@task(help={"profile": "env profile", "host": HOST_HELP, "routes": "print the edge's nginx routes instead"})
+@operator_errors
+def render(c, profile=None, host=None, routes=False):
+    """Print the compose file Colorgate runs, rendered from the app's x-colorgate block
+    (colored copies, shared services, Colorgate's own parts); secrets stay ${...}."""
+    settings = _load(profile, host)
+    print(_render.edge_routes(settings.app) if routes else _render.dump(_render.compose(settings.app), settings.app.file), end="")
+
+
+@task(help={"compose": "the app's compose file, or its directory (default: this directory)",
+            "output": "where to write the copy (default: NAME.colorgate.yml beside it)"})
+@operator_errors
+def init(c, compose=".", output=None):
+    """Draft an x-colorgate block for an existing compose file, in a copy of it: what it
+    could infer (routes from published ports, health checks, the database) and TODOs."""
+    from deploy import contract, scaffold
+
+    path, draft = scaffold.init(Path(compose), Path(output) if output else None)
+    print(f"wrote {path} (the original is unchanged)")
+    for item in draft.todo:
+        print(f"  TODO: {item}")
+    try:
+        contract.load(path)
+        print(f"the contract is valid: set COLORGATE_APP={path} and run `invoke render`, then `invoke up`")
+    except ColorgateError as exc:
+        print(f"  still to fix: {exc}")
+
+
+@task(positional=["service"], help={"service": "a compose service (edge, db, api_blue, ...) or all", "profile": "env profile", "host": HOST_HELP, "follow": "keep following new lines", "tail": "lines per service"})
 @operator_errors
 def logs(c, service, profile=None, host=None, follow=False, tail=200):
-    """Show container logs of SERVICE (e.g. backend_blue), or of every service with `all`."""
+    """Show container logs of SERVICE (e.g. api_blue: a colored service's copy), or of every service with `all`."""
     settings = _target(profile, host)
     stack.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
 
@@ -281,7 +309,7 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
     version = proxy.check_version(version or _images.next_version(_images.release_tags(settings)))
     with _images.registry_session(settings) as env:
         with runner.step(f"building the images ({version})"):
-            stack.build(settings, [*stack.INFRA_SERVICES, "certbot", "frontend_blue", "backend_blue"], {"blue": version})
+            stack.build(settings, [*_images.infra_images(settings.app), *settings.app.color_services("blue")], {"blue": version})
         with runner.step(f"pushing to {settings.registry}"):
             pushed = _images.push(settings, version, env)
     print("\n".join(f"pushed {ref}" for ref in pushed))
@@ -296,11 +324,11 @@ def images_send(c, version=None, profile=None, host=None):
     builder = settings.builder
     version = proxy.check_version(version or (_images.release_tags(builder) or ["v1"])[-1])
     with runner.step(f"making the images here ({version})"):
-        stack.build(builder, [*stack.INFRA_SERVICES, "certbot"], {})
+        stack.build(builder, list(_images.infra_images(settings.app)), {})
         if not stack.release_images_exist(builder, version):
-            stack.build(builder, ["frontend_blue", "backend_blue"], {"blue": version})
-    refs = [_images.app_tag(settings, n, t) for n in _images.RELEASE_IMAGES for t in (version, "latest")]
-    refs += [_images.app_tag(settings, n, "latest") for n in _images.INFRA_IMAGES]
+            stack.build(builder, settings.app.color_services("blue"), {"blue": version})
+    refs = [_images.app_tag(settings, n, t) for n in _images.release_images(settings.app) for t in (version, "latest")]
+    refs += [_images.app_tag(settings, n, "latest") for n in _images.infra_images(settings.app)]
     sent, present = _images.send(settings, refs)
     print(f"sent {len(sent)} image(s), {len(present)} already there" + (f": {', '.join(sent)}" if sent else ""))
 
@@ -361,7 +389,7 @@ def tls_schedule(c, profile=None, host=None):
     print(_tls.schedule(settings))
 
 
-ns = Collection(bootstrap, up, down, status, logs, deploy, switch, rollback, history, bench)
+ns = Collection(bootstrap, init, up, down, status, render, logs, deploy, switch, rollback, history, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
 ns.add_collection(Collection("images", images_push, images_send))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from deploy.errors import ColorgateError
 
 COLORS = ("blue", "green")
-APP_ROLES = ("frontend", "backend")
 
 
 class UnknownColor(ColorgateError):
@@ -23,15 +22,3 @@ def parse_color(value: str) -> str:
 def other(color: str) -> str:
     """The other color: the candidate when `color` is live."""
     return COLORS[1 - COLORS.index(parse_color(color))]
-
-
-def services(color: str) -> list[str]:
-    """Compose services that make up one color."""
-    color = parse_color(color)
-    return [f"{role}_{color}" for role in APP_ROLES]
-
-
-def color_of_service(service: str) -> str | None:
-    """`backend_green` -> `green`; services that belong to no color -> None."""
-    role, _, color = service.rpartition("_")
-    return color if role in APP_ROLES and color in COLORS else None

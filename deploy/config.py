@@ -19,9 +19,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-from deploy import runner
+from deploy import contract, render, runner
 from deploy.colors import COLORS
 from deploy.errors import ConfigError
 
@@ -30,7 +30,7 @@ STRICT_PROFILES = ("staging", "production")  # placeholders are refused here
 PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me|<[^>]+>|^x{3,}$|^todo$", re.IGNORECASE)
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+OPTIONAL_IDENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$")
 IMAGE_PREFIX = re.compile(r"^([a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?/)*([a-z0-9]+([._-][a-z0-9]+)*/)?$")
 
 
@@ -137,7 +137,8 @@ KEYS: dict[str, Key] = {
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),
-    "COLORGATE_COMPOSE_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "compose"),
+    # The app: its compose file with an x-colorgate block (or the directory holding it).
+    "COLORGATE_APP": Key(_pattern(re.compile(r"^\S+$"), "should be a path to a compose file or its directory"), "examples/spa-api-postgres"),
     "COLORGATE_DRAIN_SECONDS": Key(_seconds, "30"),
     "COLORGATE_TLS_CA": Key(_pattern(re.compile(r"^(local|system|/\S+)$"), "should be local, system or an absolute path to a CA bundle"), "local"),
     "COLORGATE_TLS_MIN_DAYS": Key(_seconds, "14"),
@@ -152,9 +153,10 @@ KEYS: dict[str, Key] = {
     "COLORGATE_MOVE_RELAY_PORT": Key(_port, "15432"),
     # ... and reaches the host under this name or address (empty: COLORGATE_DOMAIN).
     "COLORGATE_MOVE_RELAY_HOST": Key(_pattern(re.compile(r"^[A-Za-z0-9.:-]*$"), "should be a host name or address"), ""),
-    "POSTGRES_DB": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
-    "POSTGRES_USER": Key(_pattern(IDENT, "should be a plain identifier (letters, digits, '_')")),
-    "POSTGRES_PASSWORD": Key(str, secret=True),
+    # The app's own PostgreSQL (x-colorgate.database): required only when it has one.
+    "POSTGRES_DB": Key(_pattern(OPTIONAL_IDENT, "should be a plain identifier (letters, digits, '_')"), ""),
+    "POSTGRES_USER": Key(_pattern(OPTIONAL_IDENT, "should be a plain identifier (letters, digits, '_')"), ""),
+    "POSTGRES_PASSWORD": Key(str, "", secret=True),
 }
 
 
@@ -176,7 +178,7 @@ class Settings:
     debian_mirror: str
     docker_host: str
     health_timeout: int
-    compose_path: str
+    app_path: str
     drain_seconds: int
     tls_ca: str
     tls_min_days: int
@@ -189,17 +191,19 @@ class Settings:
     postgres_db: str
     postgres_user: str
     postgres_password: str = field(repr=False)
+    app: contract.App = field(repr=False, compare=False)
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def as_environment(self) -> dict[str, str]:
         """These settings as environment variables, for a child process (the gates)
         that must load exactly the same settings. Contains secrets: never log it."""
-        return {**self.raw, "COLORGATE_PROFILE": self.profile, "COLORGATE_COMPOSE_DIR": self.compose_path}
+        return {**self.raw, "COLORGATE_PROFILE": self.profile, "COLORGATE_APP": str(self.app.file)}
 
     @property
-    def compose_dir(self) -> Path:
-        return self.root / self.compose_path  # an absolute compose_path wins
+    def app_dir(self) -> Path:
+        """The app's directory: compose resolves its relative paths (build contexts) here."""
+        return self.app.directory
 
     @property
     def reports_dir(self) -> Path:
@@ -213,7 +217,20 @@ class Settings:
 
     @property
     def compose_file(self) -> Path:
-        return self.compose_dir / "docker-compose.yml"
+        """The compose file Colorgate renders from the app's (see deploy/contract.py)."""
+        return self.root / ".colorgate" / self.project / "compose.yml"
+
+    def local_database_url(self) -> str:
+        """The URL the app reaches the stack's own PostgreSQL at (holds the password)."""
+        db = self.app.postgres
+        if not db:
+            return ""
+        return (f"postgresql://{quote(self.postgres_user, safe='')}:{quote(self.postgres_password, safe='')}"
+                f"@{db.service}:5432/{quote(self.postgres_db, safe='')}")
+
+    def app_database_url(self) -> str:
+        """The URL the app's colored services get: the managed database's, else the stack's own."""
+        return self.database_url or self.local_database_url()
 
     @property
     def https_url(self) -> str:
@@ -246,6 +263,7 @@ class Settings:
             "COLORGATE_IMAGE_PREFIX": self.image_prefix,
             "COLORGATE_MOVE_RELAY_BIND": self.move_relay_bind,
             "COLORGATE_MOVE_RELAY_PORT": str(self.move_relay_port),
+            "COLORGATE_EDGE_ROUTES": render.edge_routes_b64(self.app),
             "POSTGRES_DB": self.postgres_db,
             "POSTGRES_USER": self.postgres_user,
             "POSTGRES_PASSWORD": self.postgres_password,
@@ -295,7 +313,16 @@ def merge_sources(
     return values, sources
 
 
-def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mapping[str, str]) -> Settings:
+def load_app(root: Path, value: str, source: str | None = None) -> contract.App:
+    """The app's contract, validated (ContractError names the path and the fix). A
+    relative path is the operator's, from the directory of the env files; the default
+    (no source) is the example that ships with Colorgate."""
+    path = Path(value)
+    return contract.load(path if path.is_absolute() else (root if source else project_root()) / path)
+
+
+def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mapping[str, str],
+             app: contract.App | None = None) -> Settings:
     """Turn raw strings into Settings, or raise ConfigError naming key, file and fix."""
     profile_file = f".env.{profile}"
     parsed: dict[str, object] = {}
@@ -324,8 +351,12 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         raise ConfigError(
             f"COLORGATE_HTTP_PORT and COLORGATE_HTTPS_PORT are both {parsed['COLORGATE_HTTP_PORT']}: give them different ports"
         )
-    if not str(parsed["POSTGRES_PASSWORD"]).strip():
-        raise ConfigError(f"POSTGRES_PASSWORD is empty: set it in {profile_file}.local or the environment")
+    app = app or load_app(root, str(parsed["COLORGATE_APP"]), sources.get("COLORGATE_APP"))
+    if app.postgres:
+        for key in ("POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"):
+            if not str(parsed[key]).strip():
+                raise ConfigError(f"{key} is missing: the app's database {app.postgres.service!r} (x-colorgate.database) needs it; "
+                                  f"set it in {profile_file}.local or the environment")
     return Settings(
         profile=profile,
         root=root,
@@ -343,7 +374,7 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         debian_mirror=parsed["COLORGATE_DEBIAN_MIRROR"],
         docker_host=parsed["COLORGATE_DOCKER_HOST"],
         health_timeout=parsed["COLORGATE_HEALTH_TIMEOUT"],
-        compose_path=parsed["COLORGATE_COMPOSE_DIR"],
+        app_path=str(app.file),
         drain_seconds=parsed["COLORGATE_DRAIN_SECONDS"],
         tls_ca=parsed["COLORGATE_TLS_CA"],
         tls_min_days=parsed["COLORGATE_TLS_MIN_DAYS"],
@@ -356,6 +387,7 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         postgres_db=parsed["POSTGRES_DB"],
         postgres_user=parsed["POSTGRES_USER"],
         postgres_password=parsed["POSTGRES_PASSWORD"],
+        app=app,
         sources=dict(sources),
         raw=raw_values,
     )
@@ -386,6 +418,7 @@ def load(profile: str | None = None, root: Path | None = None, environ: Mapping[
         values[key], sources[key] = value, option
     settings = validate(profile, root, values, sources)
     runner.add_secret(settings.postgres_password)
+    runner.add_secret(settings.local_database_url())
     runner.add_secret(settings.registry_password)
     if settings.database_url:
         runner.add_secret(unquote(urlsplit(settings.database_url).password or ""))

@@ -106,10 +106,21 @@ def url_env(url: str, prefix: str = "") -> dict[str, str]:
     return {prefix + name: value for name, value in zip(PG_VARS, values)}
 
 
+def require_postgres(settings: Settings) -> None:
+    """The db.* tasks work on the app's PostgreSQL: refuse in one line when it has none."""
+    db = settings.app.database
+    if db is None:
+        raise ColorgateError(f"the app ({settings.app.file}) declares no database (x-colorgate.database): there is nothing for db.* to do")
+    if db.kind != "postgresql":
+        raise ColorgateError(f"the app's database {db.service!r} is not PostgreSQL (x-colorgate.database.kind: {db.kind}): "
+                             "the db.* tasks (backup, verify, restore, move) work with PostgreSQL only")
+
+
 def tools_env(settings: Settings, extra: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """Environment and `-e` flags for a dbtools container: libpq variables for the
     app's database (the stack's own, or DATABASE_URL), plus `extra`. Values travel in
     the environment, never on a command line."""
+    require_postgres(settings)
     env = {**(url_env(settings.database_url) if settings.database_url else {}), **(extra or {}), "PGCONNECT_TIMEOUT": "10"}
     flags = [flag for name in env for flag in ("-e", name)]
     return {**stack.compose_env(settings, {}), **env}, flags
@@ -237,7 +248,7 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
                         "--label", f"com.colorgate.verify={settings.project}",
                         "-e", f"POSTGRES_USER={settings.postgres_user}", "-e", f"POSTGRES_DB={settings.postgres_db}",
                         "-e", "POSTGRES_PASSWORD", "-v", f"{settings.project}_backups:/backups:ro",
-                        f"{settings.image_prefix}postgres:latest"],
+                        f"{settings.image_prefix}dbtools:latest"],
                        env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)}, what="starting a throwaway PostgreSQL")
             _wait_pg(settings, container)
             restored = runner.run(["docker", "exec", container, "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",

@@ -39,3 +39,7 @@ class CommandError(ColorgateError):
         errors = [line for line in lines if re.search(r"\b(error|fatal)\b", line, re.IGNORECASE)]
         detail = (errors or lines or ["no output"])[-1].strip()
         super().__init__(f"{self.what} failed (exit {returncode}): {detail}")
+
+
+class ContractError(ConfigError):
+    """The app's compose file or its x-colorgate block is unreadable or invalid."""

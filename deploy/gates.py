@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from deploy import proxy, runner, stack, tls
+from deploy import contract, proxy, runner, stack, tls
 from deploy.config import Settings
+from deploy.errors import StackError
 
 
 class EdgeClient(httpx.Client):
@@ -57,9 +58,27 @@ class Network:
 def service_networks(settings: Settings, service: str) -> list[Network]:
     """Networks a service's container is attached to, with their `internal` flag."""
     docker = stack.engine(settings)
-    container = docker.container.inspect(f"{settings.project}-{service}-1")
+    container = docker.container.inspect(stack.container(settings, service))
     names = sorted((container.network_settings.networks or {}).keys())
     return [Network(name, bool(docker.network.inspect(name).internal)) for name in names]
+
+
+POSTGRES_PORT = 5432
+
+
+def color_addresses(settings: Settings, color: str) -> dict[str, str]:
+    """IP address -> service, for every container of `color` (on every network)."""
+    docker = stack.engine(settings)
+    out = {}
+    for name in stack.color_services(settings, color):
+        try:
+            c = docker.container.inspect(stack.container(settings, name))
+        except Exception:  # noqa: BLE001 - absent: it has no address
+            continue
+        for net in (c.network_settings.networks or {}).values():
+            if net.ip_address:
+                out[net.ip_address] = name
+    return out
 
 
 def published_ports(settings: Settings) -> dict[str, list[str]]:
@@ -127,15 +146,71 @@ def parse_curl_i(url: str, out: str) -> Probe:
     return Probe(url, status, headers, body)
 
 
-def probe_from_edge(settings: Settings, service: str, path: str) -> Probe:
-    """GET http://<service>:<port><path> from inside the edge container, the way
-    nginx will reach it after a switch (same network, same DNS)."""
-    role = service.rsplit("_", 1)[0]
-    url = f"http://{service}:{proxy.PORTS[role]}{path}"
+def probe_from_edge(settings: Settings, service: str, color: str, path: str, port: int | None = None) -> Probe:
+    """GET http://<service>_<color>:<port><path> from inside the edge container, the
+    way nginx will reach it after a switch (same network, same DNS). The port is the
+    service's route's unless given."""
+    port = port or settings.app.port_of(service)
+    url = f"http://{settings.app.copy_name(service, color)}:{port}{path}"
     proc = runner.run(edge_probe_cmd(settings.project, url), env=settings.docker_env(), check=False)
     if proc.returncode != 0:
         return Probe(url, 0, {}, (proc.stderr or proc.stdout).strip())
     return parse_curl_i(url, proc.stdout)
+
+
+def health_problem(check: contract.Health, status_code: int, text: str) -> str | None:
+    """What is wrong with an answer to a health check (None: healthy), from the
+    contract's expectations: status, JSON fields, body text."""
+    shown = f"answered {status_code}: {text[:200]!r}"
+    if status_code != check.status:
+        return f"expected status {check.status}, {shown}"
+    if check.json:
+        import json
+
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return f"expected a JSON body, {shown}"
+        for key, value in check.json:
+            got = body.get(key) if isinstance(body, dict) else None
+            got = str(got).lower() if isinstance(got, bool) else got
+            if str(got) != value:
+                return f"JSON field {key!r} is {got!r}, expected {value!r}: {shown}"
+    if check.contains and check.contains not in text:
+        return f"the body does not contain {check.contains!r}: {shown}"
+    return None
+
+
+def candidate_health(settings: Settings, color: str) -> dict[str, str | None]:
+    """Each routed service of `color` against its health check: service -> problem or None."""
+    out = {}
+    for service, check in settings.app.health.items():
+        probe = probe_from_edge(settings, service, color, check.path, check.port)
+        out[service] = health_problem(check, probe.status_code, probe.text) if probe.status_code else f"no answer: {probe.text}"
+    return out
+
+
+def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -> None:
+    """Wait (bounded) until every health check of `color` passes, asked from the edge;
+    polled quickly, so a release waits only as long as the app takes to get ready."""
+    import tenacity
+
+    timeout = settings.health_timeout if timeout is None else timeout
+    last: dict[str, str | None] = {}
+
+    @tenacity.retry(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_exponential(multiplier=0.1, max=1),
+                    retry=tenacity.retry_if_result(bool))
+    def poll() -> list[str]:
+        last.update(candidate_health(settings, color))
+        return [s for s, problem in last.items() if problem]
+
+    try:
+        poll()
+    except tenacity.RetryError:
+        failing = {s: p for s, p in last.items() if p}
+        first = next(iter(failing))
+        raise StackError(f"{settings.app.copy_name(first, color)} failed its health check for {timeout}s "
+                         f"({settings.app.health[first].path}: {failing[first]}): see `invoke logs {settings.app.copy_name(first, color)}`") from None
 
 
 # --- TLS ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 from deploy import db, images, proxy, release, runner, stack
-from deploy.colors import other, services as color_services
+from deploy.colors import COLORS, other
 from deploy.config import Settings, database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError
 
@@ -362,6 +362,7 @@ def _new_password() -> str:
 
 def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = False) -> release.Record:
     """Move the app's database from the stack's PostgreSQL to the (empty) one at `url`."""
+    db.require_postgres(settings)
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}: use dump or replicate")
     url = check_url(url)
@@ -394,6 +395,7 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
     """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
     the managed database and a verified backup of the local one from after the move exists.
     The data volume is kept. Returns what was stopped."""
+    db.require_postgres(settings)
     record = stack.check_database(settings)
     if record["url"] == "local":
         raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
@@ -410,13 +412,14 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
     if settings.profile in ("staging", "production") and not yes:
         raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
     states = stack.service_states(settings)
-    stale = [name for color in ("blue", "green") for name in color_services(color)
-             if states.get(f"backend_{color}") and states[f"backend_{color}"].database == "local" and name in states]
-    stopped = [*stale, "postgres"]
+    stale = [name for color in COLORS for name in stack.color_services(settings, color)
+             if stack.color_database(settings, states, color) == "local" and name in states]
+    service = settings.app.database.service
+    stopped = [*stale, service]
     with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
         if stale:
             runner.run(stack.compose_cmd(settings, "stop", *stale), env=stack.compose_env(settings, {}), what="docker compose stop")
-        runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", "postgres"), env=stack.compose_env(settings, {}),
+        runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
                    what="removing the local PostgreSQL container")
     stack.write_database_record(settings, {**record, "retired": release.now(), "retired_backup": fresh[-1]["manifest"]["name"]})
     return stopped

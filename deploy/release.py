@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from deploy import gates, images, proxy, runner, stack
-from deploy.colors import other, parse_color, services as color_services
+from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, StackError
 
@@ -255,21 +255,22 @@ def _live(settings: Settings) -> proxy.Active:
     return active
 
 
-def _require_ready(states: dict[str, stack.ServiceState], color: str) -> str:
+def _require_ready(settings: Settings, states: dict[str, stack.ServiceState], color: str) -> str:
     """The version `color` runs, or refuse when it is not running and healthy."""
-    missing = [s for s in color_services(color) if s not in states or not states[s].ready]
+    names = stack.color_services(settings, color)
+    missing = [s for s in names if s not in states or not states[s].ready]
     if missing:
         detail = ", ".join(f"{s} {states[s].state}/{states[s].health or 'no health'}" if s in states else f"{s} absent" for s in missing)
         raise StackError(f"{color} is not running and healthy ({detail}): deploy it first with `invoke deploy`")
-    return states[f"backend_{color}"].version
+    return states[names[0]].version
 
 
-def check_same_database(states: dict[str, stack.ServiceState], live: str, to: str) -> None:
+def check_same_database(settings: Settings, states: dict[str, stack.ServiceState], live: str, to: str) -> None:
     """Refuse to move traffic to a color that uses another database than the live one
     (the color left behind by db.move): its data stopped at the move."""
-    ours, theirs = states.get(f"backend_{live}"), states.get(f"backend_{to}")
-    if ours and theirs and ours.database != theirs.database:
-        raise ColorgateError(f"{to} uses the database {theirs.database}, but the live {live} uses {ours.database} (since db.move): "
+    ours, theirs = stack.color_database(settings, states, live), stack.color_database(settings, states, to)
+    if ours and theirs and ours != theirs:
+        raise ColorgateError(f"{to} uses the database {theirs}, but the live {live} uses {ours} (since db.move): "
                              f"switching would serve stale data; ship a release to {to} with `invoke deploy` instead")
 
 
@@ -279,8 +280,8 @@ def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool
     with lock(settings, action, break_lock):
         active = _live(settings)
         states = stack.service_states(settings)
-        version = _require_ready(states, to)
-        check_same_database(states, active.color, to)
+        version = _require_ready(settings, states, to)
+        check_same_database(settings, states, active.color, to)
         record = Record(action, active.color, to, active.version, version)
         if to == active.color:
             record.outcome = "no-op"
@@ -301,21 +302,27 @@ def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = Fals
 
 def migrate(settings: Settings, break_lock: bool = False) -> int:
     """Apply the live color's pending migrations, after a verified backup. Returns how many."""
+    from deploy import db
+
+    db.require_postgres(settings)  # migrating needs a verified backup first
     with lock(settings, "migrate", break_lock):
         stack.check_database(settings)
         active = _live(settings)
         pending = stack.pending_migrations(settings, active.color)
-        if not pending:
+        if not settings.app.migrations:
+            runner.say("the app declares no migrations (x-colorgate.migrations): nothing to migrate")
+            return 0
+        if pending is False:
             runner.say("the database is at head: nothing to migrate")
             return 0
         record = Record("migrate", active.color, active.color, active.version, active.version)
         with _recorded(settings, record):
             _verified_backup(settings, record)
             versions = stack.running_versions(stack.service_states(settings))
-            with _timed(record, "migrations", f"applying {pending} database migration(s)"):
+            with _timed(record, "migrations", "applying the database migrations"):
                 stack.migrate(settings, active.color, versions)
             record.outcome = "migrated"
-        return pending
+        return 1
 
 
 def start_candidate(settings: Settings, record: Record, candidate: str, versions: dict[str, str], active: proxy.Active,
@@ -324,14 +331,16 @@ def start_candidate(settings: Settings, record: Record, candidate: str, versions
     its pending migrations (see candidate_migrations; None: not yet). Stops it again
     when any of that fails."""
     version = versions[candidate]
+    names = stack.color_services(settings, candidate)
     with runner.step(f"starting {candidate} ({version}) beside {active.color} ({active.version})"):
         runner.run(
-            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *color_services(candidate)),
+            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *names),
             env=stack.compose_env(settings, versions, databases),
             what="docker compose up",
         )
         try:
-            stack.wait_ready(settings, color_services(candidate))
+            stack.wait_ready(settings, names)
+            gates.wait_healthy(settings, candidate)
         except StackError:
             stack.stop_color(settings, candidate, versions)
             raise
@@ -343,15 +352,17 @@ def candidate_migrations(settings: Settings, record: Record, candidate: str, ver
                          databases: dict[str, str] | None = None, verified_backup: bool = True, migrate: bool = True) -> None:
     """Apply the running candidate's pending migrations (after a verified backup), or
     refuse them when not `migrate`; stop the candidate when that fails."""
+    if not settings.app.migrations:
+        return
     try:
-        pending = stack.pending_migrations(settings, candidate)
+        pending = stack.pending_migrations(settings, candidate)  # None: unknown (no status command)
         if pending and not migrate:
-            raise ColorgateError(f"{candidate} ({versions[candidate]}) brings {pending} migration(s) the database lacks: "
+            raise ColorgateError(f"{candidate} ({versions[candidate]}) brings migrations the database lacks: "
                                  "ship them first with `invoke deploy`, then move")
-        if pending:
-            if verified_backup:
+        if pending is not False and migrate:
+            if verified_backup and settings.app.postgres:
                 _verified_backup(settings, record)
-            with _timed(record, "migrations", f"applying {pending} database migration(s)"):
+            with _timed(record, "migrations", "applying the database migrations"):
                 stack.migrate(settings, candidate, versions, databases)
     except ColorgateError:
         stack.stop_color(settings, candidate, versions)

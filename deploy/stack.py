@@ -10,30 +10,60 @@ import errno
 import json
 import socket
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 import tenacity
 
-from deploy import images, proxy, runner
-from deploy.colors import COLORS, color_of_service, services as color_services
+from deploy import contract, images, proxy, render, runner
+from deploy.colors import COLORS
 from deploy.config import Settings, shown_url
 from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
 
-INFRA_SERVICES = ("postgres", "edge")
-MIGRATE = ["python3", "/app/migrate.py"]
 # One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`
 # see them and their volumes (backups, letsencrypt).
 ALL_PROFILES = ("--profile", "tools")
 
 
+def write_rendered(settings: Settings) -> None:
+    """Write the compose file rendered from the app's (only when it changed). It holds
+    no secret: those stay ${...} variables that compose fills in from compose_env."""
+    text = render.dump(render.compose(settings.app), settings.app.file)
+    path = settings.compose_file
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def compose_cmd(settings: Settings, *args: str) -> list[str]:
-    """`docker compose` for this settings' project and compose file."""
+    """`docker compose` for this settings' project, on the rendered compose file, with the
+    app's directory as the project directory (its build contexts are relative to it)."""
+    write_rendered(settings)
     return [
         "docker", "compose",
         "--project-name", settings.project,
-        "--project-directory", str(settings.compose_dir),
+        "--project-directory", str(settings.app_dir),
         "--file", str(settings.compose_file),
         *args,
     ]
+
+
+def container(settings: Settings, service: str) -> str:
+    """The container compose runs a service in."""
+    return f"{settings.project}-{service}-1"
+
+
+def infra_services(settings: Settings, retired: bool = False) -> list[str]:
+    """What runs once for both colors: the app's shared services and the edge (without
+    the app's own database once `db.retire-local` retired it)."""
+    db = settings.app.database.service if settings.app.database else None
+    return [*(s for s in settings.app.shared if not (retired and s == db)), "edge"]
+
+
+def color_services(settings: Settings, color: str) -> list[str]:
+    return settings.app.color_services(color)
 
 
 def compose_env(settings: Settings, versions: dict[str, str], databases: dict[str, str] | None = None) -> dict[str, str]:
@@ -44,20 +74,21 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
     for color in COLORS:
-        env[f"COLORGATE_{color.upper()}_DATABASE_URL"] = (databases or {}).get(color, settings.database_url)
+        env[render.database_var(color)] = (databases or {}).get(color, settings.app_database_url())
     return env
 
 
 @dataclass(frozen=True)
 class ServiceState:
-    service: str
+    service: str  # the compose service: `api_blue`, `db`, `edge`
     color: str | None
     state: str  # running, exited, restarting, created, ...
     health: str  # healthy, unhealthy, starting, or "" without a health check
     image: str
     version: str
     ports: list[str]
-    database: str = ""  # backends: `local` or the managed database's URL without its password
+    database: str = ""  # the database's clients: `local` or the managed database's URL without its password
+    app_service: str = ""  # the app's service it runs (`api` for `api_blue`)
 
     @property
     def ready(self) -> bool:
@@ -74,6 +105,7 @@ def engine(settings: Settings):
 def service_states(settings: Settings) -> dict[str, ServiceState]:
     """The state of every container of this project, by compose service."""
     found: dict[str, ServiceState] = {}
+    db = settings.app.database
     containers = engine(settings).container.list(
         all=True, filters=[("label", f"com.docker.compose.project={settings.project}")]
     )
@@ -87,26 +119,43 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
         for container_port, bindings in (c.network_settings.ports or {}).items():
             for b in bindings or []:
                 ports.append(f"{b['HostIp']}:{b['HostPort']}->{container_port}")
+        app_service = labels.get("org.colorgate.service", service)
+        color = labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
+        is_client = bool(color and db and app_service in db.clients)
         found[service] = ServiceState(
             service=service,
-            color=color_of_service(service),
+            color=color,
             state=c.state.status,
             health=(c.state.health.status if c.state.health else "") or "",
             image=c.config.image,
-            version=env.get("COLORGATE_VERSION", ""),
+            version=env.get("COLORGATE_VERSION", "") if color else "",
             ports=sorted(ports),
-            database=shown_url(env.get("DATABASE_URL", "")) if labels.get("org.colorgate.role") == "backend" else "",
+            database=database_shown(settings, env.get(db.env, "")) if is_client else "",
+            app_service=app_service,
         )
     return found
 
 
+def database_shown(settings: Settings, url: str) -> str:
+    """`local` for the stack's own database (or none), else the URL without its password."""
+    db = settings.app.database
+    if not url or (db and urlsplit(url).hostname == db.service):
+        return "local"
+    return shown_url(url)
+
+
 def running_versions(states: dict[str, ServiceState]) -> dict[str, str]:
-    """Version each color's backend runs now (colors with no container are left out)."""
-    return {
-        color: states[f"backend_{color}"].version
-        for color in COLORS
-        if f"backend_{color}" in states and states[f"backend_{color}"].version
-    }
+    """Version each color runs now (colors with no container are left out)."""
+    versions: dict[str, str] = {}
+    for s in sorted(states.values(), key=lambda s: s.service):
+        if s.color and s.version and s.color not in versions:
+            versions[s.color] = s.version
+    return versions
+
+
+def color_database(settings: Settings, states: dict[str, ServiceState], color: str) -> str | None:
+    """The database `color`'s clients use (`local` or a URL without password); None without one."""
+    return next((s.database for s in states.values() if s.color == color and s.database), None)
 
 
 def read_active(settings: Settings) -> proxy.Active | None:
@@ -258,19 +307,23 @@ def _explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateEr
 
 def build(settings: Settings, services: list[str], versions: dict[str, str]) -> None:
     """Build images for `services` (compose, BuildKit); release images also get `latest`."""
-    runner.run(compose_cmd(settings, "build", *services), env=compose_env(settings, versions), what="docker compose build")
-    for service in services:
-        color = color_of_service(service)
-        if color:
-            role = service.rsplit("_", 1)[0]
+    app = settings.app
+    buildable = [s for s in services if s in contract.OWN_SERVICES or app.buildable((app.split_copy(s) or (s, ""))[0])]
+    if not buildable:
+        return
+    runner.run(compose_cmd(settings, "build", *buildable), env=compose_env(settings, versions), what="docker compose build")
+    for service in buildable:
+        copy = app.split_copy(service)
+        if copy:
+            name, color = copy
             runner.run(
-                images.tag_cmd(images.app_tag(settings, role, versions[color]), images.app_tag(settings, role, "latest")),
+                images.tag_cmd(images.app_tag(settings, name, versions[color]), images.app_tag(settings, name, "latest")),
                 env=settings.docker_env(),
             )
 
 
 def release_images_exist(settings: Settings, version: str) -> bool:
-    return all(images.image_exists(settings, images.app_tag(settings, name, version)) for name in images.RELEASE_IMAGES)
+    return all(images.image_exists(settings, images.app_tag(settings, name, version)) for name in images.release_images(settings.app))
 
 
 def ensure_release_images(settings: Settings, color: str, versions: dict[str, str], force: bool = False) -> None:
@@ -282,28 +335,30 @@ def ensure_release_images(settings: Settings, color: str, versions: dict[str, st
         return
     if settings.image_source == "registry":
         with images.registry_session(settings) as env:
-            images.pull(settings, images.RELEASE_IMAGES, version, env)
+            images.pull(settings, images.release_images(settings.app), version, env)
         return
     if force or not release_images_exist(settings.builder, version):
-        build(settings.builder, color_services(color), versions)
+        build(settings.builder, color_services(settings, color), versions)
     if settings.image_source == "stream":
-        refs = [images.app_tag(settings, name, tag) for name in images.RELEASE_IMAGES for tag in (version, "latest")]
+        refs = [images.app_tag(settings, name, tag) for name in images.release_images(settings.app) for tag in (version, "latest")]
         images.send(settings, refs)
 
 
 def ensure_infra_images(settings: Settings, versions: dict[str, str], version: str | None) -> None:
-    """The edge's, PostgreSQL's and certbot's images: pulled at `version` (else latest)
-    from the registry when there is one, else built (a no-op when unchanged), and sent
-    to the target when streaming."""
+    """Colorgate's own images and the app's shared ones it builds: pulled at `version`
+    (else latest) from the registry when there is one, else built (a no-op when
+    unchanged), and sent to the target when streaming."""
+    names = images.infra_images(settings.app)
     if settings.image_source == "registry":
         with images.registry_session(settings) as env:
-            images.pull(settings, images.INFRA_IMAGES, version or "latest", env, as_latest=True)
+            images.pull(settings, names, version or "latest", env, as_latest=True)
         return
-    if settings.image_source == "stream":  # certbot too: `compose run` cannot build it on the target then
-        build(settings.builder, [*INFRA_SERVICES, "certbot"], versions)
-        images.send(settings, [images.app_tag(settings, name, "latest") for name in images.INFRA_IMAGES])
+    if settings.image_source == "stream":  # all of them: `compose run` cannot build on the target then
+        build(settings.builder, list(names), versions)
+        images.send(settings, [images.app_tag(settings, name, "latest") for name in names])
     else:
-        build(settings, list(INFRA_SERVICES), versions)
+        # certbot is built when first used (tls.init); dbtools only for an app with PostgreSQL
+        build(settings, [n for n in names if n != "certbot" and (n != "dbtools" or settings.app.postgres)], versions)
 
 
 def up(settings: Settings, version: str | None = None) -> dict:
@@ -322,9 +377,9 @@ def up(settings: Settings, version: str | None = None) -> dict:
 
     versions = running_versions(states)
     # after `db.retire-local` the stack's own PostgreSQL stays stopped
-    infra = ["edge"] if edge_running and read_database_record(settings).get("retired") else list(INFRA_SERVICES)
+    infra = infra_services(settings, retired=edge_running and bool(read_database_record(settings).get("retired")))
     try:
-        with runner.step(("pulling" if settings.registry else "building") + " the edge and PostgreSQL images"):
+        with runner.step(("pulling" if settings.registry else "building") + f" the images of {', '.join(infra)}"):
             ensure_infra_images(settings, versions, version)
 
         env = compose_env(settings, versions)
@@ -347,11 +402,12 @@ def up(settings: Settings, version: str | None = None) -> dict:
 
         with runner.step(f"preparing {color} ({version}) images"):
             ensure_release_images(settings, color, versions)
-        with runner.step("applying database migrations"):
-            migrate(settings, color, versions)
+        if settings.app.migrations:
+            with runner.step("applying database migrations"):
+                migrate(settings, color, versions)
         with runner.step(f"starting {color} ({version})"):
-            runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *color_services(color)), env=env, what="docker compose up")
-            wait_ready(settings, color_services(color))
+            runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *color_services(settings, color)), env=env, what="docker compose up")
+            wait_ready(settings, color_services(settings, color))
         if not active:
             with runner.step(f"routing traffic to {color}"):
                 write_active(settings, color, version)
@@ -382,37 +438,44 @@ def destroy(settings: Settings) -> None:
 
 
 def migrate(settings: Settings, color: str, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
-    """Apply pending migrations with a one-off container of `color`'s backend image."""
+    """Run the app's migration command in a one-off container of `color`'s image."""
+    m = settings.app.migrations
+    if not m:
+        return
     runner.run(
-        compose_cmd(settings, "run", "--rm", "--no-deps", "-T", f"backend_{color}", *MIGRATE),
+        compose_cmd(settings, "run", "--rm", "--no-deps", "-T", settings.app.copy_name(m.service, color), *m.command),
         env=compose_env(settings, versions, databases),
         what="database migrations",
     )
 
 
 def migration_status_cmd(settings: Settings, color: str) -> list[str]:
-    return ["docker", "exec", f"{settings.project}-backend_{color}-1", *MIGRATE, "--status"]
+    m = settings.app.migrations
+    return ["docker", "exec", container(settings, settings.app.copy_name(m.service, color)), *m.status]
 
 
-def pending_migrations(settings: Settings, color: str) -> int:
-    """Migrations `color`'s backend image has that the database has not applied."""
-    out = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), what="migration status").stdout
-    return parse_migration_status(out)[1]
-
-
-def parse_migration_status(out: str) -> tuple[int, int]:
-    """`applied=N pending=M` -> (N, M)."""
-    fields = dict(part.split("=", 1) for part in out.split() if "=" in part)
-    return int(fields["applied"]), int(fields["pending"])
+def pending_migrations(settings: Settings, color: str) -> bool | None:
+    """Whether `color`'s image brings migrations the database lacks: the app's status
+    command, run in its running container, exits 0 at head and non-zero otherwise.
+    None when the app has no status command (then migrations always run)."""
+    m = settings.app.migrations
+    if not m:
+        return False
+    if not m.status:
+        return None
+    proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
+    if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
+        raise CommandError(migration_status_cmd(settings, color), proc.returncode, proc.stdout, proc.stderr, "migration status")
+    return proc.returncode != 0
 
 
 def stop_color(settings: Settings, color: str, versions: dict[str, str]) -> None:
     """Stop a color's containers (kept, with their logs, for diagnosis)."""
-    runner.run(compose_cmd(settings, "stop", *color_services(color)), env=compose_env(settings, versions), check=False)
+    runner.run(compose_cmd(settings, "stop", *color_services(settings, color)), env=compose_env(settings, versions), check=False)
 
 
 def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:
-    known = [*INFRA_SERVICES, *(name for color in COLORS for name in color_services(color))]
+    known = [*infra_services(settings), *(name for color in COLORS for name in color_services(settings, color))]
     if service is not None and service not in known:
         raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
     args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
@@ -434,7 +497,7 @@ def status(settings: Settings) -> dict:
         "active": active,
         "writes_frozen": frozen,
         "services": [asdict(s) for _, s in sorted(states.items())],
-        "urls": {"https": settings.https_url + "/", "api": settings.https_url + "/api/health", "http": settings.http_url + "/"},
+        "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
     }
 
 
@@ -445,17 +508,17 @@ def format_status(data: dict) -> str:
         f"project {data['project']} (profile {data['profile']}, engine {data['engine']})",
         f"active color: {active['color']} ({active['version']})" if active else "active color: none",
     ]
-    live = next((s for s in data["services"] if active and s["service"] == f"backend_{active['color']}"), None)
-    if live and live.get("database"):
+    live = next((s for s in data["services"] if active and s["color"] == active["color"] and s.get("database")), None)
+    if live:
         lines.append(f"database: {live['database']}")
     if data.get("writes_frozen"):
         lines.append("writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)")
     lines += [
         "",
-        f"{'SERVICE':<16} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",
+        f"{'SERVICE':<20} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",
     ]
     for s in data["services"]:
-        lines.append(f"{s['service']:<16} {s['state']:<10} {s['health'] or '-':<10} {s['version'] or '-':<10} {', '.join(s['ports']) or '-'}")
+        lines.append(f"{s['service']:<20} {s['state']:<10} {s['health'] or '-':<10} {s['version'] or '-':<10} {', '.join(s['ports']) or '-'}")
     if not data["services"]:
         lines.append("(no containers: run `invoke up`)")
     lines += ["", *(f"{name:<6} {url}" for name, url in data["urls"].items())]

@@ -1,5 +1,5 @@
 Feature: No public database port
-  PostgreSQL and the backends are reachable only from inside the stack.
+  The database and the app's services are reachable only from inside the stack.
 
   @pre @post
   Scenario: Only the edge publishes host ports
@@ -7,12 +7,12 @@ Feature: No public database port
     Then only the edge publishes host ports
 
   @pre @post
-  Scenario: PostgreSQL sits on internal networks only
+  Scenario: The database sits on internal networks only
     Given the stack's containers
-    Then postgres is attached only to internal networks
+    Then the database is attached only to internal networks
 
   @pre @post
-  Scenario: Nothing on the host answers on the PostgreSQL port
+  Scenario: Nothing on the host answers on the database port
     Given the stack's containers
-    Then nothing on the host listens on port 5432
-    And no connection to port 5432 succeeds from the host
+    Then nothing on the host listens on the database port
+    And no connection to the database port succeeds from the host

@@ -13,6 +13,25 @@ from deploy import gates, stack
 from deploy.colors import parse_color
 
 
+_options: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    _options["profile"] = config.getoption("--profile", default=None)
+
+
+def app_features_dir():
+    """The app's own features directory (next to its compose file), if it has one."""
+    from deploy import config
+    from deploy.errors import ColorgateError
+
+    try:
+        directory = config.load(_options.get("profile")).app.features_dir
+    except ColorgateError:
+        return None  # the gate_settings fixture reports it
+    return directory if directory.is_dir() and any(directory.rglob("*.feature")) else None
+
+
 @dataclass(frozen=True)
 class Expected:
     color: str
@@ -29,10 +48,15 @@ def expected(request, gate_settings) -> Expected:
     active = stack.read_active(gate_settings)
     assert active is not None, "no color is live on the edge: run `invoke up`"
     if color and parse_color(color) != active.color:
-        states = stack.service_states(gate_settings)
-        backend = states.get(f"backend_{parse_color(color)}")
-        return Expected(parse_color(color), version or (backend.version if backend else ""))
+        running = stack.running_versions(stack.service_states(gate_settings))
+        return Expected(parse_color(color), version or running.get(parse_color(color), ""))
     return Expected(active.color, version or active.version)
+
+
+@pytest.fixture(scope="session")
+def app(gate_settings):
+    """The app's contract (x-colorgate): services, routes, health checks, database."""
+    return gate_settings.app
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +95,9 @@ def request_over_https(client, path):
     return client.get(path)
 
 
-@when(parsers.parse('the edge requests "{path}" from the {role} of the color under test'), target_fixture="response")
-def edge_requests(gate_settings, expected, path, role):
-    return gates.probe_from_edge(gate_settings, f"{role}_{expected.color}", path)
+@when(parsers.parse('the edge requests "{path}" from the {service} of the color under test'), target_fixture="response")
+def edge_requests(gate_settings, expected, path, service):
+    return gates.probe_from_edge(gate_settings, service, expected.color, path)
 
 
 @given("the stack's containers", target_fixture="ports")
@@ -81,28 +105,93 @@ def the_stacks_containers(published):
     return published
 
 
-# --- then ------------------------------------------------------------------------------
+# --- then: the step library apps use in their own features -------------------------------
 
 
-@then("the response is the single-page app")
-def is_the_spa(response):
-    assert response.status_code == 200, _show(response)
-    assert 'data-app="colorgate-sample"' in response.text, f"not the SPA: {_show(response)}"
+@then(parsers.parse("the status is {code:d}"))
+def status_is(response, code):
+    assert response.status_code == code, _show(response)
 
 
 @then(parsers.parse('the JSON field "{field}" is "{value}"'))
 def json_field_is(response, field, value):
-    assert response.status_code == 200, _show(response)
-    body = response.json()
-    assert str(body.get(field)) == value, f"{field} is {body.get(field)!r}, expected {value!r}: {_show(response)}"
+    try:
+        body = response.json()
+    except ValueError:
+        raise AssertionError(f"not JSON: {_show(response)}") from None
+    got = body.get(field) if isinstance(body, dict) else None
+    got = str(got).lower() if isinstance(got, bool) else got
+    assert str(got) == value, f"{field} is {got!r}, expected {value!r}: {_show(response)}"
 
 
-@then("the response comes from the color and version under test")
-def from_expected(response, expected):
-    got = (response.headers.get("x-colorgate-color"), response.headers.get("x-colorgate-version"))
-    assert got == (expected.color, expected.version), (
-        f"answered by color {got[0]!r} version {got[1]!r}, expected {expected.color!r} {expected.version!r}: {_show(response)}"
-    )
+@then(parsers.parse('the body contains "{text}"'))
+def body_contains(response, text):
+    assert text in response.text, f"the body does not contain {text!r}: {_show(response)}"
+
+
+@then(parsers.parse('the header "{name}" is "{value}"'))
+def header_is(response, name, value):
+    got = response.headers.get(name.lower())
+    assert got == value, f"header {name} is {got!r}, expected {value!r}: {_show(response)}"
+
+
+@then(parsers.parse("the response time is below {ms:d} ms"))
+def faster_than(response, ms):
+    elapsed = getattr(response, "elapsed", None)
+    assert elapsed is not None, "this response has no timing: ask through the public edge (`When I request ... over HTTPS`)"
+    took = elapsed.total_seconds() * 1000
+    assert took < ms, f"took {took:.0f} ms (limit {ms} ms): {_show(response)}"
+
+
+# --- then: the built-in gates --------------------------------------------------------------
+
+
+@then("every routed service of the color under test passes its health check")
+def candidate_healthy(gate_settings, expected):
+    problems = {s: p for s, p in gates.candidate_health(gate_settings, expected.color).items() if p}
+    assert not problems, "; ".join(f"{gate_settings.app.copy_name(s, expected.color)} "
+                                   f"{gate_settings.app.health[s].path}: {p}" for s, p in problems.items())
+
+
+@then("the color under test runs the version under test")
+def runs_expected_version(gate_settings, expected):
+    states = stack.service_states(gate_settings)
+    wrong = {name: (states[name].version if name in states else "absent")
+             for name in stack.color_services(gate_settings, expected.color)
+             if name not in states or states[name].version != expected.version}
+    assert not wrong, f"expected every {expected.color} service at {expected.version}: {wrong}"
+
+
+@then("every health check passes through the public edge")
+def public_health(client, app):
+    checked = 0
+    for service, check in app.health.items():
+        route = app.route_for(check.path)
+        if route is None or route.service != service:
+            continue  # not reachable from outside at that path: the pre gate checked it
+        response = client.get(check.path)
+        problem = gates.health_problem(check, response.status_code, response.text)
+        assert problem is None, f"{service} through the edge at {check.path}: {problem}"
+        checked += 1
+    if not checked:
+        pytest.skip("no health check path is routed publicly to its own service")
+
+
+@then("every route is answered by the color and version under test")
+def routes_answered_by_expected(gate_settings, client, app, expected):
+    addresses = gates.color_addresses(gate_settings, expected.color)
+    for route in app.routes:
+        check = app.health.get(route.service)
+        path = check.path if check and app.route_for(check.path) == route else route.path
+        response = client.get(path)
+        got = (response.headers.get("x-colorgate-color"), response.headers.get("x-colorgate-version"))
+        assert got == (expected.color, expected.version), (
+            f"{path}: the edge says color {got[0]!r} version {got[1]!r}, expected {expected.color!r} {expected.version!r}: {_show(response)}")
+        upstream = (response.headers.get("x-colorgate-upstream") or "").rsplit(":", 1)[0]
+        owner = addresses.get(upstream)
+        assert owner == app.copy_name(route.service, expected.color), (
+            f"{path} was answered from {upstream or 'no upstream'} ({owner or 'not a ' + expected.color + ' container'}), "
+            f"expected {app.copy_name(route.service, expected.color)}")
 
 
 @then("the edge routes to the color and version under test")
@@ -116,8 +205,12 @@ def edge_routes_expected(gate_settings, expected):
 
 @then("the color under test has no pending database migrations")
 def migrations_at_head(gate_settings, expected):
+    m = gate_settings.app.migrations
+    if not m or not m.status:
+        pytest.skip("the app declares no migration status command (x-colorgate.migrations.status)")
     pending = stack.pending_migrations(gate_settings, expected.color)
-    assert pending == 0, f"backend_{expected.color} has {pending} migration(s) the database has not applied: run `invoke db.migrate`"
+    assert not pending, (f"{gate_settings.app.copy_name(m.service, expected.color)} has migrations the database "
+                         f"has not applied ({' '.join(m.status)} says so): run `invoke db.migrate`")
 
 
 @then("only the edge publishes host ports")
@@ -126,26 +219,34 @@ def only_edge_publishes(ports):
     assert set(publishing) == {"edge"}, f"services publishing host ports: {publishing}"
 
 
-@then(parsers.parse("{service} is attached only to internal networks"))
-def only_internal_networks(gate_settings, service):
-    if service == "postgres" and stack.read_database_record(gate_settings).get("retired"):
+@then("the database is attached only to internal networks")
+def only_internal_networks(gate_settings, app):
+    if not app.database:
+        pytest.skip("the app declares no database (x-colorgate.database)")
+    service = app.database.service
+    if stack.read_database_record(gate_settings).get("retired"):
         # retired after db.move: the app uses a managed database; no local one is left
-        assert "postgres" not in stack.service_states(gate_settings), "the retired local PostgreSQL is running again"
+        assert service not in stack.service_states(gate_settings), f"the retired local database {service} is running again"
         return
     networks = gates.service_networks(gate_settings, service)
-    assert networks and all(n.internal for n in networks), f"{service} networks: {networks}"
+    assert networks and all(n.internal for n in networks), (
+        f"{service} networks: {networks}: put the database on networks marked `internal: true` in {app.file.name}")
 
 
-@then(parsers.parse("nothing on the host listens on port {port:d}"))
-def nothing_listens(gate_settings, port):
-    listening = gates.listening_on_port(gate_settings, port)
+@then("nothing on the host listens on the database port")
+def nothing_listens(gate_settings, app):
+    if not app.postgres:
+        pytest.skip("the app declares no PostgreSQL database")
+    listening = gates.listening_on_port(gate_settings, gates.POSTGRES_PORT)
     assert not listening, f"listening on the host: {listening}"
 
 
-@then(parsers.parse("no connection to port {port:d} succeeds from the host"))
-def no_host_connection(gate_settings, port):
+@then("no connection to the database port succeeds from the host")
+def no_host_connection(gate_settings, app):
+    if not app.postgres:
+        pytest.skip("the app declares no PostgreSQL database")
     for address in sorted({"127.0.0.1", gate_settings.edge_address}):
-        assert not gates.tcp_connects(address, port), f"{address}:{port} accepted a connection from the host"
+        assert not gates.tcp_connects(address, gates.POSTGRES_PORT), f"{address}:{gates.POSTGRES_PORT} accepted a connection from the host"
 
 
 @given("a TLS handshake with the edge", target_fixture="handshake")

@@ -44,6 +44,11 @@ mkdir -p /tmp/colorgate
 suffix=":$https_port"
 [ "$https_port" = 443 ] && suffix=""
 printf 'return 301 https://$host%s$request_uri;\n' "$suffix" > /tmp/colorgate/redirect.conf
+# The app's routes, rendered by Colorgate from its x-colorgate block (base64 text).
+if [ -z "${COLORGATE_EDGE_ROUTES:-}" ]; then
+  echo "edge: COLORGATE_EDGE_ROUTES is empty: start the edge with Colorgate (invoke up)" >&2; exit 64
+fi
+printf '%s' "$COLORGATE_EDGE_ROUTES" | base64 -d > /tmp/colorgate/routes.conf
 # After a reload, old workers finish their connections for at most this long.
 printf 'worker_shutdown_timeout %ss;\n' "$drain" > /tmp/colorgate/main.conf
 exec nginx -c /etc/colorgate/nginx.conf -g 'daemon off;'

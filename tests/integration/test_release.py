@@ -12,7 +12,7 @@ import time
 import pytest
 import tenacity
 
-from deploy import config, gates, proxy, release, runner, stack, tls
+from deploy import config, contract, gates, proxy, release, runner, stack, tls
 from deploy.errors import CommandError, StackError
 
 from .conftest import invoke, isolated_env, running_stack
@@ -45,14 +45,14 @@ def live(settings):
 
 def broken_app(tmp_path, settings, old: str = "", new: str = ""):
     """A copy of the app with one line changed, as an operator's bad release would be."""
-    copy = tmp_path / "compose"
-    shutil.copytree(settings.compose_dir, copy)
+    copy = tmp_path / "app"
+    shutil.copytree(settings.app_dir, copy)
     if old:
         app = copy / "backend" / "app.py"
         text = app.read_text()
         assert old in text
         app.write_text(text.replace(old, new, 1))
-    return dataclasses.replace(settings, compose_path=str(copy))
+    return dataclasses.replace(settings, app=contract.load(copy), app_path=str(copy))
 
 
 def assert_traffic_untouched(settings, before):
@@ -166,7 +166,7 @@ def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
 
 def test_a_failing_migration_stops_the_deploy_before_traffic_moves(rstack, tmp_path):
     s = broken_app(tmp_path, rstack)  # the same app...
-    (tmp_path / "compose" / "backend" / "migrations" / "900_broken.sql").write_text(
+    (tmp_path / "app" / "backend" / "migrations" / "900_broken.sql").write_text(
         "ALTER TABLE notes ADD COLUMN oops integer;\nSELECT no_such_function();\n")  # ...with a migration that fails
     before = live(s)
     with pytest.raises(CommandError, match="database migrations failed"):
@@ -186,7 +186,7 @@ def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
     color = live(s).color
     service = f"backend_{color}"
     engine = stack.engine(s)
-    network = f"{s.project}_web"
+    network = f"{s.project}_colorgate"
     old_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
     runner.run(stack.compose_cmd(s, "stop", service), env=s.compose_env())
     # something else takes the old address while the backend is down

@@ -72,21 +72,21 @@ def test_only_what_the_host_lacks_is_sent(engine, remote, tmp_path):
     first = invoke("images.send", "--host", host.url, "--version", "v1", env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     # frontend and backend are sent once and tagged twice (v1, latest); edge, postgres, certbot once
-    assert first.stdout.startswith("sent 5 image(s), 2 already there"), first.stdout
+    assert first.stdout.startswith("sent 6 image(s), 2 already there"), first.stdout
     settings = config.load("development", environ={**os.environ, **env})
     local = {ref: images.image_id(settings, ref) for ref in remote_ids(engine, prefix)}
     assert remote_ids(engine, prefix) == {ref: image_id[7:19] for ref, image_id in local.items()}
     assert len(local) == 7
 
     again = invoke("images.send", "--host", host.url, "--version", "v1", env=env)
-    assert again.returncode == 0 and again.stdout.strip() == "sent 0 image(s), 7 already there", again.stdout
+    assert again.returncode == 0 and again.stdout.strip() == "sent 0 image(s), 8 already there", again.stdout
 
     # v2 with a changed backend: only the backend is new; the unchanged frontend is only tagged
-    app = tmp_path / "compose"
-    shutil.copytree(settings.compose_dir, app)
+    app = tmp_path / "app"
+    shutil.copytree(settings.app_dir, app)
     with open(app / "backend" / "app.py", "a") as f:
         f.write("\n# v2\n")
-    v2 = invoke("images.send", "--host", host.url, "--version", "v2", env={**env, "COLORGATE_COMPOSE_DIR": str(app)})
+    v2 = invoke("images.send", "--host", host.url, "--version", "v2", env={**env, "COLORGATE_APP": str(app)})
     assert v2.returncode == 0, v2.stderr[-2000:]
-    assert v2.stdout.strip() == f"sent 1 image(s), 6 already there: {prefix}backend:v2", v2.stdout
+    assert v2.stdout.strip() == f"sent 1 image(s), 7 already there: {prefix}backend:v2", v2.stdout
     assert f"{prefix}backend:v2" in remote_ids(engine, prefix) and f"{prefix}frontend:v2" in remote_ids(engine, prefix)

@@ -74,7 +74,7 @@ def test_every_task_that_acts_on_a_target_takes_host():
     import tasks
 
     for name in tasks.ns.task_names:
-        if name != "bench":  # the benchmark makes its own local stack
+        if name not in ("bench", "init"):  # the benchmark makes its own local stack; init only writes a file here
             assert "host" in tasks.ns[name].help, f"invoke {name} has no --host"
 
 
@@ -103,3 +103,32 @@ def test_ssh_engine_errors_name_the_cause(stderr, expected):
 
     message = explain_engine_error("ssh://deploy@10.1.2.3", "error during connect: ... stderr=" + stderr)
     assert expected in message and "\n" not in message
+
+
+def test_render_prints_the_compose_file_colorgate_runs_without_secrets():
+    proc = cli("render", POSTGRES_PASSWORD="Very-Secret-Render-1")
+    assert proc.returncode == 0, proc.stderr
+    assert "backend_green:" in proc.stdout and "frontend_blue:" in proc.stdout and "edge:" in proc.stdout
+    assert "Very-Secret-Render-1" not in proc.stdout and "${COLORGATE_GREEN_DATABASE_URL:-}" in proc.stdout
+    routes = cli("render", "--routes")
+    assert "proxy_pass http://backend_$cg_color:8000;" in routes.stdout
+
+
+def test_a_bad_contract_stops_every_task_in_one_line(tmp_path):
+    app = tmp_path / "compose.yaml"
+    app.write_text("x-colorgate:\n  colored: [web]\n  routes: [{path: /, to: web:80}]\n  health: {web: healthz}\n"
+                   "services:\n  web: {build: .}\n")
+    for task in ("up", "deploy", "status", "render"):
+        line = one_line_error(cli(task, COLORGATE_APP=str(app)))
+        assert line == "colorgate: x-colorgate.health.web.path: must start with / (got 'healthz')"
+    line = one_line_error(cli("up", COLORGATE_APP=str(tmp_path / "nope")))
+    assert line.startswith("colorgate: the app's compose file ") and line.endswith("does not exist: set COLORGATE_APP to your compose file")
+
+
+def test_init_writes_a_draft_and_refuses_unreadable_files(tmp_path):
+    (tmp_path / "docker-compose.yml").write_text("services:\n  web:\n    build: .\n    ports: ['80:8000']\n")
+    proc = cli("init", "--compose", str(tmp_path))
+    assert proc.returncode == 0 and "wrote " in proc.stdout and "TODO: services.web: remove its `ports:`" in proc.stdout
+    assert (tmp_path / "docker-compose.colorgate.yml").is_file()
+    line = one_line_error(cli("init", "--compose", str(tmp_path / "missing.yml")))
+    assert "does not exist" in line

@@ -43,7 +43,7 @@ def test_local_file_then_environment_override(tmp_path):
 
 def test_missing_required_key_names_key_and_file(tmp_path):
     write(tmp_path, ".env.staging", GOOD.replace("POSTGRES_USER=app\n", ""))
-    with pytest.raises(ConfigError, match=r"^POSTGRES_USER is missing: set it in \.env\.staging or \.env\.staging\.local"):
+    with pytest.raises(ConfigError, match=r"^POSTGRES_USER is missing: the app's database 'postgres' \(x-colorgate.database\) needs it; set it in \.env\.staging\.local"):
         load(tmp_path, "staging")
 
 

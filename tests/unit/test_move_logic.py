@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploy import move, proxy, release, stack
+from deploy import config, move, proxy, release, stack
 from deploy.errors import ConfigError
 
 SHOWN = "postgresql://app@db.example.com:5432/shop"
@@ -56,6 +56,9 @@ def test_freeze_is_its_own_include_and_removable():
     assert 'rm -f "$f.new" "$f"' in cmd[-4]  # empty stdin removes the file
 
 
+SETTINGS = config.load("development", root=config.project_root(), environ={})
+
+
 def _backend(color, database):
     return stack.ServiceState(f"backend_{color}", color, "running", "healthy", "img", "v1", [], database)
 
@@ -63,5 +66,5 @@ def _backend(color, database):
 def test_no_switch_back_to_the_database_left_behind():
     states = {"backend_blue": _backend("blue", "local"), "backend_green": _backend("green", SHOWN)}
     with pytest.raises(Exception, match=r"blue uses the database local, but the live green uses .* ship a release to blue"):
-        release.check_same_database(states, "green", "blue")
-    release.check_same_database({**states, "backend_blue": _backend("blue", SHOWN)}, "green", "blue")
+        release.check_same_database(SETTINGS, states, "green", "blue")
+    release.check_same_database(SETTINGS, {**states, "backend_blue": _backend("blue", SHOWN)}, "green", "blue")

@@ -5,7 +5,9 @@ in schema_migrations with its checksum; an applied file whose content changed is
 error (write a new migration instead). A PostgreSQL advisory lock keeps two runs from
 migrating at the same time. Connection settings come from DATABASE_URL, else libpq's environment.
 
-Usage: python3 migrate.py [--status]
+Usage: python3 migrate.py [--status | --check]
+  --status  print applied=N pending=M
+  --check   exit 0 when at head, 3 when migrations are pending (Colorgate's status command)
 """
 
 import hashlib
@@ -53,8 +55,10 @@ def main(argv):
                 sys.exit(f"migrate: {path.name} changed after it was applied: add a new migration instead")
             continue
         pending.append((version, path, checksum))
-    if "--status" in argv:
+    if "--status" in argv or "--check" in argv:
         print(f"applied={len(applied)} pending={len(pending)}")
+        if "--check" in argv and pending:
+            sys.exit(3)
         return
     for version, path, checksum in pending:
         conn.autocommit = False

@@ -1,0 +1,411 @@
+"""The app contract: a plain Compose file plus a top-level `x-colorgate:` block.
+
+The user writes each service once. The block says which services are colored (a blue
+and a green copy per release), which are shared (started once), the routes the edge
+serves, each routed service's health check, the migration command and the database.
+Everything Colorgate knows about an app comes from here: nothing in deploy/, steps/ or
+the built-in features names a service, a port or a path of any app.
+
+    x-colorgate:
+      colored: [web, worker]              # or a mapping: {web: {}, worker: {}}
+      shared: [db, redis]
+      routes:
+        - path: /                         # longest prefix wins, as in nginx
+          to: web:5000
+          websocket: false                # pass Upgrade/Connection (WebSocket)
+          buffering: true                 # false for server-sent events
+          timeout: 60                     # seconds nginx waits for the upstream to answer
+          body_size: 10m                  # largest request body
+      health:
+        web: {path: /healthz, status: 200, json: {db: ok}, contains: "", timeout: 5, port: 5000}
+      migrations:
+        service: web                      # a colored service: run in its candidate image
+        command: [python, manage.py, migrate]
+        status: [python, manage.py, migrate, --check]   # exit 0: at head; other: pending
+      database:
+        service: db                       # a shared PostgreSQL service
+        env: DATABASE_URL                 # the variable the app reads its URL from
+        clients: [web, worker]            # default: colored services on the db's networks
+
+Parsing and validation are pure (`parse`); deploy/render.py turns an App into the
+compose file Colorgate runs and the edge's routes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from deploy.errors import ContractError
+
+COLORS = ("blue", "green")
+OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot")  # Colorgate's own parts
+OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt")
+EDGE_NETWORK = "colorgate"  # the edge and every routed colored copy
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SIZE = re.compile(r"^\d+[kKmMgG]?$")
+ROUTE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+BLOCK_KEYS = ("colored", "shared", "routes", "health", "migrations", "database")
+ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size")
+HEALTH_KEYS = ("path", "status", "json", "contains", "timeout", "port")
+MIGRATION_KEYS = ("service", "command", "status")
+DATABASE_KEYS = ("service", "env", "clients", "kind")
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    service: str
+    port: int
+    websocket: bool = False
+    buffering: bool = True
+    timeout: int = 60
+    body_size: str = "10m"
+
+
+@dataclass(frozen=True)
+class Health:
+    service: str
+    path: str
+    port: int
+    status: int = 200
+    json: tuple[tuple[str, str], ...] = ()
+    contains: str = ""
+    timeout: int = 5
+
+
+@dataclass(frozen=True)
+class Migrations:
+    service: str
+    command: tuple[str, ...]
+    status: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Database:
+    service: str
+    env: str
+    clients: tuple[str, ...]
+    kind: str = "postgresql"  # postgresql, or another engine (the db.* tasks then refuse)
+
+
+@dataclass(frozen=True)
+class App:
+    """An app's contract, validated. `services` is the compose file's services, as written."""
+
+    file: Path
+    services: dict = field(repr=False, compare=False)
+    colored: tuple[str, ...]
+    shared: tuple[str, ...]
+    routes: tuple[Route, ...]
+    health: dict[str, Health]
+    migrations: Migrations | None
+    database: Database | None
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        return self.file.parent
+
+    @property
+    def routed(self) -> tuple[str, ...]:
+        """Colored services the edge routes to, in the contract's order."""
+        return tuple(dict.fromkeys(r.service for r in self.routes))
+
+    @property
+    def features_dir(self) -> Path:
+        """The app's own gate features, next to its compose file."""
+        return self.directory / "features"
+
+    @property
+    def postgres(self) -> Database | None:
+        return self.database if self.database and self.database.kind == "postgresql" else None
+
+    def copy_name(self, service: str, color: str) -> str:
+        """`api` in blue -> `api_blue`: the compose service (and DNS name) of a colored copy."""
+        return f"{service}_{color}"
+
+    def color_services(self, color: str) -> list[str]:
+        return [self.copy_name(s, color) for s in self.colored]
+
+    def split_copy(self, name: str) -> tuple[str, str] | None:
+        """`api_blue` -> (`api`, `blue`); None for anything that is not a colored copy."""
+        service, _, color = name.rpartition("_")
+        return (service, color) if color in COLORS and service in self.colored else None
+
+    def port_of(self, service: str) -> int:
+        """The port the edge reaches a routed service on (its first route's)."""
+        for route in self.routes:
+            if route.service == service:
+                return route.port
+        raise ContractError(f"service {service!r} has no route: x-colorgate.routes names no port for it")
+
+    def route_for(self, path: str) -> Route | None:
+        """The route nginx picks for `path`: the longest matching prefix."""
+        matches = [r for r in self.routes if path.startswith(r.path)]
+        return max(matches, key=lambda r: len(r.path), default=None)
+
+    def buildable(self, service: str) -> bool:
+        return "build" in (self.services.get(service) or {})
+
+    def database_clients(self) -> tuple[str, ...]:
+        return self.database.clients if self.database else ()
+
+
+# --- loading and validating ---------------------------------------------------------
+
+
+def find_file(path: Path) -> Path:
+    """A compose file, or the compose file in a directory."""
+    if path.is_dir():
+        for name in COMPOSE_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise ContractError(f"no compose file in {path}: expected one of {', '.join(COMPOSE_NAMES)}")
+    if not path.is_file():
+        raise ContractError(f"the app's compose file {path} does not exist: set COLORGATE_APP to your compose file")
+    return path
+
+
+def read_compose(path: Path) -> dict:
+    """The compose file as data, or one line naming why it cannot be read."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ContractError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ContractError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
+        raise ContractError(f"{path} is not a compose file: it has no `services:` mapping")
+    return data
+
+
+def load(path: Path) -> App:
+    path = find_file(path)
+    return parse(read_compose(path), path)
+
+
+def _names(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return list(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ContractError(f"{where}: should be a list of service names")
+
+
+def _known(name, services: dict, where: str) -> str:
+    if not isinstance(name, str) or name not in services:
+        close = difflib.get_close_matches(str(name), list(services), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f": the file's services are {', '.join(services)}"
+        raise ContractError(f"{where}: unknown service {name!r}{hint}")
+    return name
+
+
+def _keys(value, allowed: tuple[str, ...], where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ContractError(f"{where}: should be a mapping")
+    for key in value:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"use {', '.join(allowed)}"
+            raise ContractError(f"{where}: unknown key {key!r}: {hint}")
+    return value
+
+
+def _int(value, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ContractError(f"{where}: should be a whole number from {low} to {high}")
+    return value
+
+
+def _bool(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ContractError(f"{where}: should be true or false")
+    return value
+
+
+def _path(value, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ContractError(f"{where}: must start with / (got {value!r})")
+    if not ROUTE_PATH.match(value):
+        raise ContractError(f"{where}: {value!r} has characters a path cannot have (spaces, quotes, braces)")
+    return value
+
+
+def _command(value, where: str) -> tuple[str, ...]:
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise ContractError(f'{where}: should be a command as a list, such as ["npm", "run", "migrate"]')
+
+
+def _ports_published(service: dict) -> bool:
+    return bool(service.get("ports")) or service.get("network_mode") == "host"
+
+
+def _networks_of(service: dict) -> list[str]:
+    networks = service.get("networks")
+    if not networks:
+        return ["default"] if service.get("network_mode") is None else []
+    return list(networks) if isinstance(networks, (list, dict)) else []
+
+
+def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
+    """Validate the `x-colorgate` block against the file's services. Every error is one
+    line that names the path in the block and the fix."""
+    services: dict = data.get("services") or {}
+    block = data.get("x-colorgate")
+    if block is None:
+        raise ContractError(f"{path} has no x-colorgate block: add one (`invoke init --compose {path}` writes a first draft)")
+    block = _keys(block, BLOCK_KEYS, "x-colorgate")
+
+    for name in services:
+        if name in OWN_SERVICES:
+            raise ContractError(f"services.{name}: the name {name!r} is Colorgate's own ({', '.join(OWN_SERVICES)}): rename the service")
+        if not SERVICE_NAME.match(str(name)) or str(name).endswith(tuple(f"_{c}" for c in COLORS)):
+            raise ContractError(f"services.{name}: use lowercase letters, digits, '-', '_' and '.', not ending in _blue or _green")
+    for volume in data.get("volumes") or {}:
+        if volume in OWN_VOLUMES:
+            raise ContractError(f"volumes.{volume}: the name {volume!r} is one of Colorgate's volumes ({', '.join(OWN_VOLUMES)}): rename it")
+    if EDGE_NETWORK in (data.get("networks") or {}):
+        raise ContractError(f"networks.{EDGE_NETWORK}: the name is Colorgate's edge network: rename it")
+
+    colored = [_known(n, services, f"x-colorgate.colored[{i}]") for i, n in enumerate(_names(block.get("colored"), "x-colorgate.colored"))]
+    shared = [_known(n, services, f"x-colorgate.shared[{i}]") for i, n in enumerate(_names(block.get("shared"), "x-colorgate.shared"))]
+    if not colored:
+        raise ContractError("x-colorgate.colored: name at least one service to release in two colors")
+    both = sorted(set(colored) & set(shared))
+    if both:
+        raise ContractError(f"x-colorgate: {both[0]!r} is both colored and shared: a service is one or the other")
+    undeclared = [n for n in services if n not in colored and n not in shared]
+    if undeclared:
+        raise ContractError(f"x-colorgate: service {undeclared[0]!r} is neither colored nor shared: add it to one of them")
+    for name in colored:
+        svc = services[name] or {}
+        if _ports_published(svc):
+            raise ContractError(f"services.{name}: a colored service publishes host ports: remove `ports:` (the edge routes to it)")
+        if "container_name" in svc:
+            raise ContractError(f"services.{name}: a colored service cannot have a container_name (it runs as two copies): remove it")
+        for dep in (svc.get("depends_on") or {}):
+            if dep not in services:
+                raise ContractError(f"services.{name}.depends_on: unknown service {dep!r}")
+    for name in shared:
+        for dep in (services[name] or {}).get("depends_on") or {}:
+            if dep in colored:
+                raise ContractError(f"services.{name}.depends_on: a shared service cannot depend on the colored {dep!r}")
+
+    routes = []
+    raw_routes = block.get("routes") or []
+    if not isinstance(raw_routes, list):
+        raise ContractError("x-colorgate.routes: should be a list of {path, to: service:port}")
+    for i, raw in enumerate(raw_routes):
+        where = f"x-colorgate.routes[{i}]"
+        raw = _keys(raw, ROUTE_KEYS, where)
+        path_ = _path(raw.get("path"), f"{where}.path")
+        target = raw.get("to")
+        if not isinstance(target, str) or not re.fullmatch(r"[^:\s]+:\d+", target):
+            raise ContractError(f"{where}.to: should be service:port, such as api:3000 (got {target!r})")
+        service, port = target.rsplit(":", 1)
+        _known(service, services, f"{where}.to")
+        if service not in colored:
+            raise ContractError(f"{where}: service {service!r} is not colored: route only to colored services")
+        routes.append(Route(
+            path=path_, service=service, port=_int(int(port), f"{where}.to", 1, 65535),
+            websocket=_bool(raw.get("websocket", False), f"{where}.websocket"),
+            buffering=_bool(raw.get("buffering", True), f"{where}.buffering"),
+            timeout=_int(raw.get("timeout", 60), f"{where}.timeout", 1, 86400),
+            body_size=_size(raw.get("body_size", "10m"), f"{where}.body_size"),
+        ))
+    if not routes:
+        raise ContractError("x-colorgate.routes: add at least one route, such as {path: /, to: web:5000}")
+    paths = [r.path for r in routes]
+    dup = next((p for p in paths if paths.count(p) > 1), None)
+    if dup:
+        raise ContractError(f"x-colorgate.routes: the path {dup!r} is routed twice: keep one")
+
+    health: dict[str, Health] = {}
+    raw_health = block.get("health") or {}
+    if not isinstance(raw_health, dict):
+        raise ContractError("x-colorgate.health: should map each routed service to its check, such as {api: {path: /health}}")
+    for service, raw in raw_health.items():
+        where = f"x-colorgate.health.{service}"
+        _known(service, services, where)
+        if service not in colored:
+            raise ContractError(f"{where}: service {service!r} is not colored: health checks are for the colored services")
+        raw = _keys({"path": raw} if isinstance(raw, str) else raw, HEALTH_KEYS, where)
+        default_port = next((r.port for r in routes if r.service == service), None)
+        if "port" not in raw and default_port is None:
+            raise ContractError(f"{where}.port: {service!r} has no route, so name the port its health check answers on")
+        expected = raw.get("json") or {}
+        if not isinstance(expected, dict) or not all(isinstance(k, str) for k in expected):
+            raise ContractError(f"{where}.json: should map a JSON field to the value it must have, such as {{status: ok}}")
+        contains = raw.get("contains", "")
+        if not isinstance(contains, str):
+            raise ContractError(f"{where}.contains: should be text the body must contain")
+        health[service] = Health(
+            service=service, path=_path(raw.get("path"), f"{where}.path"),
+            port=_int(raw.get("port", default_port), f"{where}.port", 1, 65535),
+            status=_int(raw.get("status", 200), f"{where}.status", 100, 599),
+            json=tuple((k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in expected.items()),
+            contains=contains, timeout=_int(raw.get("timeout", 5), f"{where}.timeout", 1, 300),
+        )
+    missing = [s for s in dict.fromkeys(r.service for r in routes) if s not in health]
+    if missing:
+        raise ContractError(f"x-colorgate.health: routed service {missing[0]!r} has no health check: add {{path: /health}} for it")
+
+    migrations = None
+    if block.get("migrations") is not None:
+        raw = _keys(block["migrations"], MIGRATION_KEYS, "x-colorgate.migrations")
+        service = _known(raw.get("service"), services, "x-colorgate.migrations.service")
+        if service not in colored:
+            raise ContractError(f"x-colorgate.migrations.service: {service!r} is not colored: migrations run in a colored service's candidate image")
+        migrations = Migrations(service, _command(raw.get("command"), "x-colorgate.migrations.command"),
+                                _command(raw["status"], "x-colorgate.migrations.status") if raw.get("status") is not None else ())
+
+    database = None
+    raw_db = block.get("database")
+    if isinstance(raw_db, list):
+        raise ContractError("x-colorgate.database: name one database service (two databases are not supported)")
+    if raw_db is not None:
+        raw = _keys({"service": raw_db} if isinstance(raw_db, str) else raw_db, DATABASE_KEYS, "x-colorgate.database")
+        if isinstance(raw.get("service"), list):
+            raise ContractError("x-colorgate.database.service: name one database service (two databases are not supported)")
+        service = _known(raw.get("service"), services, "x-colorgate.database.service")
+        if service not in shared:
+            raise ContractError(f"x-colorgate.database.service: {service!r} is not shared: the database is started once, for both colors")
+        env = raw.get("env", "DATABASE_URL")
+        if not isinstance(env, str) or not ENV_NAME.match(env):
+            raise ContractError("x-colorgate.database.env: should be an environment variable name such as DATABASE_URL")
+        kind = raw.get("kind", "postgresql")
+        if kind not in ("postgresql", "other"):
+            raise ContractError("x-colorgate.database.kind: should be postgresql or other")
+        db_networks = set(_networks_of(services[service] or {}))
+        if "clients" in raw:
+            clients = [_known(n, services, f"x-colorgate.database.clients[{i}]") for i, n in enumerate(_names(raw["clients"], "x-colorgate.database.clients"))]
+            stray = [c for c in clients if c not in colored]
+            if stray:
+                raise ContractError(f"x-colorgate.database.clients: {stray[0]!r} is not colored: list the colored services that use the database")
+        else:
+            clients = [c for c in colored if db_networks & set(_networks_of(services[c] or {}))]
+        database = Database(service, env, tuple(clients), kind)
+
+    return App(file=path, services=services, colored=tuple(colored), shared=tuple(shared), routes=tuple(routes),
+               health=health, migrations=migrations, database=database, raw=data)
+
+
+def _size(value, where: str) -> str:
+    value = str(value)
+    if not SIZE.match(value):
+        raise ContractError(f"{where}: should be a size such as 10m, 512k or 1g")
+    return value

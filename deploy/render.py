@@ -1,0 +1,148 @@
+"""Rendering an app's contract into what Colorgate runs: the compose file (shared
+services as written, a blue and a green copy of each colored one, Colorgate's own parts)
+and the edge's nginx routes. Pure functions of the contract; `invoke render` prints both.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from pathlib import Path
+
+import yaml
+
+from deploy.contract import COLORS, EDGE_NETWORK, OWN_VOLUMES, App
+
+OWN_PARTS = Path(__file__).resolve().parent.parent / "compose"
+
+
+def _env_dict(environment) -> dict:
+    if isinstance(environment, dict):
+        return dict(environment)
+    out = {}
+    for item in environment or []:
+        key, sep, value = str(item).partition("=")
+        out[key] = value if sep else None
+    return out
+
+
+def _network_map(service: dict) -> dict:
+    networks = service.get("networks")
+    if isinstance(networks, list):
+        return {n: None for n in networks}
+    if isinstance(networks, dict):
+        return dict(networks)
+    return {"default": None}
+
+
+def version_var(color: str) -> str:
+    return f"COLORGATE_{color.upper()}_VERSION"
+
+
+def database_var(color: str) -> str:
+    return f"COLORGATE_{color.upper()}_DATABASE_URL"
+
+
+def image_ref(prefix: str, service: str, version: str) -> str:
+    return f"{prefix}{service}:{version}"
+
+
+def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
+    """The compose file Colorgate runs: shared services as written, two copies of each
+    colored one, and Colorgate's own parts. Secrets and versions stay `${...}` variables,
+    filled in from the validated settings when compose runs; nothing secret is written."""
+    services: dict = {}
+    for name in app.shared:
+        svc = copy.deepcopy(app.services[name] or {})
+        svc.setdefault("restart", "unless-stopped")
+        if app.buildable(name):
+            svc.setdefault("image", f"{prefix_var}{name}:latest")
+        labels = _env_dict(svc.get("labels"))
+        labels.update({"org.colorgate.role": "database" if app.database and name == app.database.service else "shared",
+                       "org.colorgate.service": name})
+        svc["labels"] = labels
+        services[name] = svc
+    for color in COLORS:
+        for name in app.colored:
+            svc = copy.deepcopy(app.services[name] or {})
+            version = "${%s:-latest}" % version_var(color)
+            if app.buildable(name) or "image" not in svc:
+                svc["image"] = f"{prefix_var}{name}:{version}"
+            svc.setdefault("restart", "unless-stopped")
+            env = _env_dict(svc.get("environment"))
+            env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
+            if app.database and name in app.database.clients:
+                env[app.database.env] = "${%s:-}" % database_var(color)
+            svc["environment"] = env
+            labels = _env_dict(svc.get("labels"))
+            labels.update({"org.colorgate.role": "colored", "org.colorgate.service": name, "org.colorgate.color": color})
+            svc["labels"] = labels
+            networks = _network_map(svc)
+            if name in app.routed:
+                networks[EDGE_NETWORK] = None
+            svc["networks"] = networks
+            deps = svc.get("depends_on")
+            if deps:
+                items = deps.items() if isinstance(deps, dict) else ((d, None) for d in deps)
+                renamed = {app.copy_name(d, color) if d in app.colored else d: (v or {"condition": "service_started"}) for d, v in items}
+                svc["depends_on"] = renamed
+            services[app.copy_name(name, color)] = svc
+    own = yaml.safe_load((OWN_PARTS / "colorgate.yml").read_text())
+    db_networks = list(_network_map(app.services[app.database.service] or {})) if app.database else []
+    for name, svc in own["services"].items():
+        build = svc.get("build")
+        if isinstance(build, dict) and "context" in build:
+            build["context"] = str(OWN_PARTS / build["context"])
+        if name in ("dbtools", "dbrelay"):
+            svc["networks"] = list(dict.fromkeys([*db_networks, EDGE_NETWORK]))
+            if app.database:
+                svc.setdefault("environment", {})["PGHOST"] = app.database.service
+                if name == "dbrelay":
+                    svc["entrypoint"] = ["socat", "TCP-LISTEN:5433,fork,reuseaddr", f"TCP:{app.database.service}:5432"]
+        services[name] = svc
+    networks = copy.deepcopy(app.raw.get("networks") or {})
+    networks[EDGE_NETWORK] = {}
+    volumes = copy.deepcopy(app.raw.get("volumes") or {})
+    volumes.update({name: {} for name in OWN_VOLUMES})
+    out = {"services": services, "networks": networks, "volumes": volumes}
+    for key in ("configs", "secrets"):
+        if app.raw.get(key):
+            out[key] = copy.deepcopy(app.raw[key])
+    return out
+
+
+def dump(rendered: dict, source: Path) -> str:
+    header = (f"# Generated by Colorgate from {source} (its x-colorgate block): do not edit.\n"
+              "# `invoke render` prints it; values in ${...} come from the validated settings.\n")
+    return header + yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False, width=120)
+
+
+# --- the edge's routes --------------------------------------------------------------
+
+
+def edge_routes(app: App) -> str:
+    """nginx `location` blocks for the routes, for the edge's HTTPS server. Each sends
+    to the live color's copy, named at request time from `$cg_color`."""
+    blocks = []
+    for r in sorted(app.routes, key=lambda r: (-len(r.path), r.path)):
+        lines = [
+            f"location ^~ {r.path} {{",
+            '    if ($cg_color = "") { return 503 "no active color\\n"; }',
+            "    error_page 597 = @frozen;",
+            "    if ($cg_refuse_write) { return 597; }",
+            f"    client_max_body_size {r.body_size};",
+            f"    proxy_read_timeout {r.timeout}s;",
+            f"    proxy_send_timeout {r.timeout}s;",
+        ]
+        if r.websocket:
+            lines.append("    set $cg_websocket 1;")
+        if not r.buffering:
+            lines += ["    proxy_buffering off;", "    proxy_cache off;"]
+        lines += [f"    proxy_pass http://{r.service}_$cg_color:{r.port};", "}"]
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks) + "\n"
+
+
+def edge_routes_b64(app: App) -> str:
+    """The routes as the edge container receives them (an environment value)."""
+    return base64.b64encode(edge_routes(app).encode()).decode()

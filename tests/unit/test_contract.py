@@ -1,0 +1,198 @@
+"""The app contract (x-colorgate): validation with one line per problem, naming the
+path and the fix, before anything starts; rendering of the colored copies; the edge's
+routes. Pure: no Docker."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy import config, contract, render
+from deploy.errors import ContractError
+
+ROOT = config.project_root()
+
+BASE = {
+    "x-colorgate": {
+        "colored": ["web", "api", "worker"],
+        "shared": ["db", "cache"],
+        "routes": [{"path": "/api/", "to": "api:3000", "websocket": True, "timeout": 300},
+                   {"path": "/", "to": "web:80", "body_size": "1m"}],
+        "health": {"api": {"path": "/api/healthz", "json": {"db": "ok", "ready": True}}, "web": "/"},
+        "migrations": {"service": "api", "command": ["npm", "run", "migrate"], "status": ["npm", "run", "migrate:status"]},
+        "database": {"service": "db", "env": "PG_URL"},
+    },
+    "services": {
+        "web": {"build": "web", "networks": ["front"]},
+        "api": {"build": {"context": "api"}, "networks": ["front", "back"], "depends_on": ["db", "worker"],
+                "environment": ["NODE_ENV=production", "FLAG"]},
+        "worker": {"build": "api", "command": ["node", "worker.js"], "networks": ["back"]},
+        "db": {"image": "postgres:16", "networks": ["back"], "volumes": ["data:/var/lib/postgresql/data"]},
+        "cache": {"image": "redis:7", "networks": ["back"]},
+    },
+    "networks": {"front": {}, "back": {"internal": True}},
+    "volumes": {"data": {}},
+}
+
+
+def app_with(**changes) -> dict:
+    data = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        node = data
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node[key]
+        if value is None:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+    return data
+
+
+def test_a_good_contract_is_read_with_its_defaults():
+    app = contract.parse(BASE)
+    assert app.colored == ("web", "api", "worker") and app.shared == ("db", "cache")
+    assert app.routed == ("api", "web")
+    api = app.routes[0]
+    assert (api.path, api.service, api.port, api.websocket, api.timeout, api.buffering) == ("/api/", "api", 3000, True, 300, True)
+    assert app.health["web"] == contract.Health("web", "/", 80)
+    assert app.health["api"].json == (("db", "ok"), ("ready", "true"))
+    assert app.migrations.command == ("npm", "run", "migrate")
+    # the database's clients: the colored services on its networks (not the frontend)
+    assert app.database == contract.Database("db", "PG_URL", ("api", "worker"))
+    assert app.route_for("/api/x").service == "api" and app.route_for("/deep/link").service == "web"
+    assert app.split_copy("worker_green") == ("worker", "green") and app.split_copy("db") is None
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"x-colorgate__colored": ["web", "api", "wroker"]},
+     r"^x-colorgate.colored\[2\]: unknown service 'wroker' \(did you mean 'worker'\?\)$"),
+    ({"x-colorgate__routes": [{"path": "/", "to": "db:5432"}]},
+     r"^x-colorgate.routes\[0\]: service 'db' is not colored: route only to colored services$"),
+    ({"x-colorgate__routes": [{"path": "/", "to": "web"}]},
+     r"^x-colorgate.routes\[0\].to: should be service:port, such as api:3000 \(got 'web'\)$"),
+    ({"x-colorgate__routes": [{"path": "api/", "to": "api:3000"}, {"path": "/", "to": "web:80"}]},
+     r"^x-colorgate.routes\[0\].path: must start with / \(got 'api/'\)$"),
+    ({"x-colorgate__health__api": {"path": "healthz"}}, r"^x-colorgate.health.api.path: must start with / \(got 'healthz'\)$"),
+    ({"x-colorgate__database": ["db", "cache"]}, r"^x-colorgate.database: name one database service \(two databases are not supported\)$"),
+    ({"x-colorgate__database": {"service": ["db", "cache"]}}, r"^x-colorgate.database.service: name one database service"),
+    ({"services__web__ports": ["8080:80"]},
+     r"^services.web: a colored service publishes host ports: remove `ports:` \(the edge routes to it\)$"),
+    ({"x-colorgate__shared": ["db"]}, r"^x-colorgate: service 'cache' is neither colored nor shared: add it to one of them$"),
+    ({"x-colorgate__shared": ["db", "cache", "web"]}, r"^x-colorgate: 'web' is both colored and shared"),
+    ({"x-colorgate__health__web": None}, r"^x-colorgate.health: routed service 'web' has no health check: add \{path: /health\} for it$"),
+    ({"x-colorgate__migrations__service": "db"}, r"^x-colorgate.migrations.service: 'db' is not colored"),
+    ({"x-colorgate__migrations__command": "npm run migrate"}, r"^x-colorgate.migrations.command: should be a command as a list"),
+    ({"x-colorgate__database__service": "api"}, r"^x-colorgate.database.service: 'api' is not shared"),
+    ({"x-colorgate__routes": [{"path": "/", "to": "web:80"}, {"path": "/", "to": "api:3000"}]},
+     r"^x-colorgate.routes: the path '/' is routed twice: keep one$"),
+    ({"x-colorgate__routes": [{"path": "/", "to": "web:80", "timout": 5}]},
+     r"^x-colorgate.routes\[0\]: unknown key 'timout': did you mean 'timeout'\?$"),
+    ({"x-colorgate__routes": [{"path": "/", "to": "web:80", "body_size": "lots"}]}, r"body_size: should be a size such as 10m"),
+    ({"x-colorgate__routes": []}, r"^x-colorgate.routes: add at least one route"),
+    ({"x-colorgate__colored": []}, r"^x-colorgate.colored: name at least one service"),
+    ({"x-colorgate__helth": {}}, r"^x-colorgate: unknown key 'helth': did you mean 'health'\?$"),
+    ({"services__api__container_name": "api"}, r"^services.api: a colored service cannot have a container_name"),
+    ({"services__edge": {"image": "nginx"}}, r"^services.edge: the name 'edge' is Colorgate's own"),
+    ({"volumes__backups": {}}, r"^volumes.backups: the name 'backups' is one of Colorgate's volumes"),
+    ({"services__cache__depends_on": ["api"]}, r"^services.cache.depends_on: a shared service cannot depend on the colored 'api'$"),
+    ({"x-colorgate__health__worker": {"path": "/ping"}}, r"^x-colorgate.health.worker.port: 'worker' has no route, so name the port"),
+    ({"x-colorgate__database__clients": ["web", "db"]}, r"^x-colorgate.database.clients: 'db' is not colored"),
+    ({"x-colorgate": None}, r"has no x-colorgate block: add one \(`invoke init --compose"),
+])
+def test_a_bad_contract_is_one_line_naming_the_path(changes, message):
+    with pytest.raises(ContractError, match=message) as err:
+        contract.parse(app_with(**changes))
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_files_are_one_line(tmp_path):
+    with pytest.raises(ContractError, match=r"does not exist: set COLORGATE_APP"):
+        contract.load(tmp_path / "nope.yml")
+    with pytest.raises(ContractError, match=r"^no compose file in .*: expected one of compose.yaml"):
+        contract.load(tmp_path)
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  web: [unclosed\n")
+    with pytest.raises(ContractError, match=r"is not valid YAML at line \d+"):
+        contract.load(bad)
+    bad.write_text("just: text\n")
+    with pytest.raises(ContractError, match=r"is not a compose file: it has no `services:` mapping"):
+        contract.load(bad)
+
+
+def test_a_bad_contract_stops_loading_the_settings(tmp_path):
+    app = tmp_path / "compose.yaml"
+    app.write_text(yaml.safe_dump(app_with(**{"x-colorgate__routes": [{"path": "/", "to": "db:5432"}]})))
+    (tmp_path / ".env.development").write_text(f"COLORGATE_HTTP_PORT=8080\nCOLORGATE_HTTPS_PORT=8443\nCOLORGATE_APP={app}\n")
+    with pytest.raises(ContractError, match=r"^x-colorgate.routes\[0\]: service 'db' is not colored"):
+        config.load("development", root=tmp_path, environ={})
+
+
+def test_an_app_without_a_database_needs_no_database_settings(tmp_path):
+    data = app_with(**{"x-colorgate__database": None, "x-colorgate__migrations": None})
+    app = tmp_path / "compose.yaml"
+    app.write_text(yaml.safe_dump(data))
+    (tmp_path / ".env.staging").write_text(f"COLORGATE_HTTP_PORT=80\nCOLORGATE_HTTPS_PORT=443\nCOLORGATE_DOMAIN=app.example.org\nCOLORGATE_APP={app}\n")
+    s = config.load("staging", root=tmp_path, environ={})
+    assert s.app.database is None and s.app_database_url() == ""
+
+
+def test_rendering_makes_two_copies_of_each_colored_service():
+    app = contract.parse(BASE)
+    out = render.compose(app)
+    services = out["services"]
+    assert set(services) == {"db", "cache", "edge", "dbtools", "dbrelay", "certbot",
+                             *(f"{s}_{c}" for s in ("web", "api", "worker") for c in ("blue", "green"))}
+    api = services["api_green"]
+    assert api["image"] == "${COLORGATE_IMAGE_PREFIX}api:${COLORGATE_GREEN_VERSION:-latest}"
+    assert api["environment"] == {"NODE_ENV": "production", "FLAG": None, "COLORGATE_COLOR": "green",
+                                  "COLORGATE_VERSION": "${COLORGATE_GREEN_VERSION:-latest}", "PG_URL": "${COLORGATE_GREEN_DATABASE_URL:-}"}
+    # routed copies join the edge's network; depends_on follows the copy's own color
+    assert set(api["networks"]) == {"front", "back", contract.EDGE_NETWORK}
+    assert set(services["worker_blue"]["networks"]) == {"back"} and "PG_URL" in services["worker_blue"]["environment"]
+    assert "PG_URL" not in services["web_blue"]["environment"]
+    assert api["depends_on"] == {"db": {"condition": "service_started"}, "worker_green": {"condition": "service_started"}}
+    assert api["labels"] == {"org.colorgate.role": "colored", "org.colorgate.service": "api", "org.colorgate.color": "green"}
+    # shared services as written (with a restart policy); the database is labelled as such
+    assert services["db"]["image"] == "postgres:16" and services["db"]["labels"]["org.colorgate.role"] == "database"
+    # Colorgate's own parts come from its package, reach the database, and hold no secret
+    assert Path(services["edge"]["build"]["context"]).is_absolute()
+    assert services["dbtools"]["networks"] == ["back", contract.EDGE_NETWORK] and services["dbtools"]["environment"]["PGHOST"] == "db"
+    assert services["dbrelay"]["entrypoint"][-1] == "TCP:db:5432"
+    assert out["networks"]["back"] == {"internal": True} and contract.EDGE_NETWORK in out["networks"]
+    assert "s3cret" not in render.dump(out, Path("x"))
+    # the user's file is left as it was
+    assert "api_green" not in BASE["services"] and BASE["services"]["api"]["environment"] == ["NODE_ENV=production", "FLAG"]
+
+
+def test_the_edge_routes_follow_the_contract():
+    text = render.edge_routes(contract.parse(BASE))
+    api_at, web_at = text.index("location ^~ /api/ {"), text.index("location ^~ / {")
+    assert api_at < web_at  # the longest prefix first (nginx picks the longest anyway)
+    api, web = text[api_at:web_at], text[web_at:]
+    assert "proxy_pass http://api_$cg_color:3000;" in api and "set $cg_websocket 1;" in api and "proxy_read_timeout 300s;" in api
+    assert "proxy_pass http://web_$cg_color:80;" in web and "client_max_body_size 1m;" in web and "websocket" not in web
+    assert all("if ($cg_refuse_write) { return 597; }" in block for block in (api, web))  # the write freeze covers every route
+
+
+def test_the_shipped_example_is_a_valid_contract():
+    app = contract.load(ROOT / "examples" / "spa-api-postgres")
+    assert app.postgres and app.migrations and app.features_dir.is_dir()
+
+
+def test_no_sample_literal_in_the_engine_steps_or_builtin_features():
+    """The engine learns an app from its contract: nothing in deploy/, steps/ or the
+    built-in features names a service, port or path of the examples."""
+    literals = [r"\bfrontend", r"(?<!client )\bbackend\b", r"backend_(blue|green|\{)", "/api/", r"\b8000\b", "colorgate-sample",
+                "/patients", "migrate.py", r"postgres-1", r"applied=N", r"\bnotes\b", r"x-colorgate-color.*self"]
+    found = []
+    for folder, pattern in (("deploy", "*.py"), ("steps", "*.py"), ("features", "*")):
+        for path in (ROOT / folder).glob(pattern):
+            if path.is_file():
+                text = path.read_text()
+                found += [f"{path.relative_to(ROOT)}: {lit}" for lit in literals if re.search(lit, text)]
+    assert not found, found

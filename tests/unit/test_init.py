@@ -1,0 +1,66 @@
+"""`invoke init`: a drafted x-colorgate block for an existing compose file, written
+into a copy; what it cannot infer is marked TODO; unreadable files are one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy import contract, scaffold
+from deploy.errors import ContractError
+
+COMPOSE = """\
+services:
+  web:
+    build: .
+    ports: ["127.0.0.1:3000:3000/tcp"]
+    healthcheck:
+      test: ["CMD", "curl", "-f", "http://localhost:3000/healthz"]
+    depends_on: [db]
+  worker:
+    build: .
+    command: node worker.js
+  db:
+    image: docker.io/library/postgres:16-alpine
+  redis:
+    image: redis:7
+"""
+
+
+def test_the_draft_infers_routes_health_and_the_database(tmp_path):
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE)
+    out, draft = scaffold.init(tmp_path)
+    assert out == tmp_path / "docker-compose.colorgate.yml"
+    assert (tmp_path / "docker-compose.yml").read_text() == COMPOSE, "the original is left alone"
+    assert (draft.colored, draft.shared, draft.routes) == (["web", "worker"], ["db", "redis"], [("/", "web", 3000)])
+    assert draft.health == {"web": ("/healthz", "from its healthcheck")} and draft.database == ("db", "postgresql")
+    assert draft.todo == ["services.web: remove its `ports:` (3000): the edge publishes 80/443 and routes to it"]
+    # once the TODO is done, the copy is a valid contract
+    out.write_text(out.read_text().replace('    ports: ["127.0.0.1:3000:3000/tcp"]\n', ""))
+    app = contract.load(out)
+    assert app.routes[0] == contract.Route("/", "web", 3000) and app.database.clients == ("web", "worker")
+
+
+def test_what_cannot_be_inferred_is_marked(tmp_path):
+    (tmp_path / "compose.yaml").write_text("services:\n  api:\n    build: .\n  admin:\n    build: admin\n    ports: ['9000:80']\n"
+                                           "  app:\n    build: app\n    ports: [{target: 8080, published: 80}]\n  cache:\n    image: mysql:8\n")
+    out, draft = scaffold.init(tmp_path / "compose.yaml", tmp_path / "draft.yaml")
+    assert out == tmp_path / "draft.yaml"
+    text = out.read_text()
+    assert "TODO: a path that answers 200 only when the service is ready" in text
+    assert "guessed path prefix" in text and "kind: other" in text and "db.* tasks" in text
+    assert draft.routes == [("/", "admin", 80), ("/app/", "app", 8080)]
+
+
+def test_init_refuses_clearly(tmp_path):
+    with pytest.raises(ContractError, match="does not exist"):
+        scaffold.init(tmp_path / "missing.yml")
+    (tmp_path / "compose.yaml").write_text("services: [oops\n")
+    with pytest.raises(ContractError, match="is not valid YAML"):
+        scaffold.init(tmp_path)
+    (tmp_path / "compose.yaml").write_text("x-colorgate: {}\nservices:\n  web: {build: .}\n")
+    with pytest.raises(ContractError, match="already has an x-colorgate block"):
+        scaffold.init(tmp_path)
+    (tmp_path / "compose.yaml").write_text("services:\n  web: {build: .}\n")
+    (tmp_path / "compose.colorgate.yaml").write_text("")
+    with pytest.raises(ContractError, match="exists already: remove it or pass --output"):
+        scaffold.init(tmp_path)
