@@ -343,7 +343,7 @@ def server_setup(c, host=None, user="deploy", key_file=None, profile=None):
     path = Path(key_file).expanduser() if key_file else Path("~/.ssh/id_ed25519.pub").expanduser()
     if not path.is_file():
         raise ColorgateError(f"no public key at {path}: pass --key-file with the key the {user} user will log in with")
-    print("\n".join(_remote.server_setup(settings, user, path.read_text().strip())))
+    print("\n".join(_remote.server_setup(settings, user, path.read_text().strip(), _bootstrap.bundled_compose())))
 
 
 @task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})

@@ -21,15 +21,15 @@ import tenacity
 
 from deploy import runner, stack
 from deploy.config import STRICT_PROFILES, Settings, shown_url
-from deploy.errors import ColorgateError, CommandError
+from deploy.errors import ColorgateError, CommandError, UnknownBackup
 
 END = "--colorgate-end--"
 
-# Per-table exact row counts (`table|count` lines) and the applied migrations.
+# Per-table exact row counts (`table|count` lines), the migration tool's own table
+# (schema_migrations, alembic_version, ...) included: whatever tool the app uses, a
+# restore that lost a migration shows as a different count there.
 FACTS_SQL = f"""SELECT format('SELECT %L, count(*) FROM %I.%I', schemaname || '.' || tablename, schemaname, tablename)
   FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 \\gexec
-SELECT 'migrations', coalesce((SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations), '')
-  WHERE to_regclass('public.schema_migrations') IS NOT NULL;
 SELECT '{END}';
 """
 
@@ -51,9 +51,6 @@ for m in *.manifest.json; do
 done
 """
 
-
-class UnknownBackup(ColorgateError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -78,8 +75,9 @@ def compare(expected: Facts, got: Facts) -> list[tuple[str, str, str, bool]]:
     """Rows of (what, expected, restored, same) for the verify table."""
     rows = [(f"rows {t}", str(expected.counts.get(t, "-")), str(got.counts.get(t, "-")), expected.counts.get(t) == got.counts.get(t))
             for t in sorted(set(expected.counts) | set(got.counts))]
-    rows.append(("migrations", ",".join(map(str, expected.migrations)) or "-", ",".join(map(str, got.migrations)) or "-",
-                 expected.migrations == got.migrations))
+    if expected.migrations or got.migrations:  # manifests of earlier versions listed them apart
+        rows.append(("migrations", ",".join(map(str, expected.migrations)) or "-", ",".join(map(str, got.migrations)) or "-",
+                     expected.migrations == got.migrations))
     return rows
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from deploy import runner
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError
+from deploy.errors import ColorgateError, CommandError, RegistryError
 
 SUITE = "bookworm"
 BASE_REPO = "colorgate-base"
@@ -40,19 +40,34 @@ class BaseImage:
 
 
 BASES = {
+    # Colorgate's own parts: the edge, dbtools (and the examples' PostgreSQL), certbot
     "nginx": BaseImage("nginx", ("nginx-light", "openssl", "ca-certificates", "curl")),
-    "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
     "postgres": BaseImage("postgres", ("postgresql-15", "openssl", "socat")),
     "certbot": BaseImage("certbot", ("certbot", "ca-certificates")),
+    # for the examples (an app names one with COLORGATE_BASE_<NAME> in its compose file)
+    "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
+    "pyweb": BaseImage("pyweb", ("python3", "python3-psycopg2", "python3-redis", "python3-alembic", "ca-certificates")),
+    "redis": BaseImage("redis", ("redis-server", "ca-certificates")),
 }
+OWN_BASES = ("nginx", "postgres", "certbot")
 
-RELEASE_IMAGES = ("frontend", "backend")  # versioned per color; edge and postgres are shared
-INFRA_IMAGES = ("edge", "postgres", "certbot")  # shared by both colors; compose runs them as :latest
-PUSHED = (*RELEASE_IMAGES, *INFRA_IMAGES)
+OWN_IMAGES = ("edge", "dbtools", "certbot")  # Colorgate's own parts; compose runs them as :latest
 
 
-class RegistryError(ColorgateError):
-    pass
+def release_images(app) -> tuple[str, ...]:
+    """The app's images that carry a release version: its colored services it builds."""
+    return tuple(name for name in app.colored if app.buildable(name))
+
+
+def infra_images(app) -> tuple[str, ...]:
+    """Images shared by both colors, run as :latest: Colorgate's own and the app's
+    shared services it builds (a shared service with only `image:` is used as is)."""
+    return (*OWN_IMAGES, *(name for name in app.shared if app.buildable(name)))
+
+
+def pushed_images(app) -> tuple[str, ...]:
+    return (*release_images(app), *infra_images(app))
+
 
 # Documentation, manuals and translations are left out of base images.
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
@@ -93,8 +108,14 @@ def image_exists(settings: Settings, tag: str) -> bool:
     return image_id(settings, tag) is not None
 
 
+def needed_bases(settings: Settings) -> list[BaseImage]:
+    """Colorgate's own bases and those the app's compose file names (COLORGATE_BASE_<NAME>)."""
+    named = {m.lower() for m in re.findall(r"COLORGATE_BASE_([A-Z0-9]+)", settings.app.file.read_text())}
+    return [base for name, base in BASES.items() if name in OWN_BASES or name in named]
+
+
 def missing_bases(settings: Settings) -> list[BaseImage]:
-    return [base for base in BASES.values() if not image_exists(settings, base.tag(settings.debian_mirror))]
+    return [base for base in needed_bases(settings) if not image_exists(settings, base.tag(settings.debian_mirror))]
 
 
 def build_bases(settings: Settings, bases: list[BaseImage]) -> None:
@@ -133,15 +154,15 @@ def tag_cmd(source: str, target: str) -> list[str]:
 
 
 def release_tags(settings: Settings) -> list[str]:
-    """Version tags that exist for every release image (frontend and backend)."""
+    """Version tags that exist for every release image of the app."""
     per_image = []
-    for name in RELEASE_IMAGES:
+    for name in release_images(settings.app):
         out = runner.run(
             ["docker", "image", "ls", "--format", "{{.Tag}}", f"{settings.image_prefix}{name}"],
             env=settings.docker_env(),
         ).stdout
         per_image.append({tag for tag in out.split() if tag != "latest"})
-    return sorted(set.intersection(*per_image), key=lambda t: (len(t), t))
+    return sorted(set.intersection(*per_image), key=lambda t: (len(t), t)) if per_image else []
 
 
 # --- a registry ------------------------------------------------------------------
@@ -188,8 +209,9 @@ def registry_session(settings: Settings) -> Iterator[dict[str, str]]:
 def push(settings: Settings, version: str, env: dict[str, str]) -> list[str]:
     """Push every image at `version` and `latest` (the infra images were built as latest)."""
     pushed = []
-    for name in PUSHED:
-        if name in INFRA_IMAGES:
+    shared = infra_images(settings.app)
+    for name in pushed_images(settings.app):
+        if name in shared:
             runner.run(tag_cmd(app_tag(settings, name, "latest"), app_tag(settings, name, version)), env=settings.docker_env())
         for tag in (version, "latest"):
             ref = app_tag(settings, name, tag)

@@ -91,7 +91,7 @@ def infer(data: dict) -> Draft:
         draft.routes = [(f"/{svc}/" if i else path, svc, port) for i, (path, svc, port) in enumerate(draft.routes)]
         draft.todo.append(f"routes: {len(paths)} services publish ports; each now has a guessed path prefix: set the real ones")
     if not draft.routes and draft.colored:
-        draft.todo.append(f"routes: no published port found: route a path to the service that serves HTTP, e.g. {{path: /, to: {draft.colored[0]}:8000}}")
+        draft.todo.append(f"routes: no published port found: route a path to the service that serves HTTP, e.g. {{path: /, to: {draft.colored[0]}:PORT}}")
     for _, svc, _ in draft.routes:
         if svc not in draft.health:
             draft.health[svc] = ("/", "TODO: a path that answers 200 only when the service is ready")

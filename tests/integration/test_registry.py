@@ -87,7 +87,8 @@ def test_bad_registry_credentials_are_one_line_before_anything(registry, env):
 def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     pushed = invoke("images.push", "--version", "v7", env=env)
     assert pushed.returncode == 0, pushed.stderr[-2000:]
-    for name in images.PUSHED:
+    settings = config.load("development", environ={**os.environ, **env})
+    for name in images.pushed_images(settings.app):
         assert tags(registry, env, name) == ["latest", "v7"], name
     assert registry[1] not in pushed.stdout + pushed.stderr
     assert not (os.path.exists(os.path.expanduser("~/.docker/config.json"))

@@ -125,7 +125,7 @@ def test_a_release_travels_over_ssh(remote):
     assert f"engine {host.url}" in up.stdout and "active color: blue (v1)" in up.stdout
     deployed = invoke("deploy", "--host", host.url, env=env)
     assert deployed.returncode == 0, deployed.stderr[-3000:]
-    assert "PASS  No public database port: Nothing on the host answers on the PostgreSQL port" in deployed.stderr
+    assert "PASS  No public database port: Nothing on the host answers on the database port" in deployed.stderr
     assert "deploy: blue v1 -> green v2: switched" in deployed.stdout
     # the lock, the history and the backups live on the target
     history = invoke("history", "--host", host.url, "--json", env=env)

@@ -117,8 +117,9 @@ def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
     for port in (5432, 8000):
         assert not gates.tcp_connects("127.0.0.1", port), f"127.0.0.1:{port} accepted a connection"
     # and PostgreSQL refuses connections without the password even from inside the stack
-    probe = stack.compose_cmd(settings, "exec", "-T", "-e", "PGPASSWORD=wrong", "backend_blue",
-                              "python3", "-c", "import psycopg2; psycopg2.connect('')")
+    probe = stack.compose_cmd(settings, "exec", "-T", "backend_blue", "python3", "-c",
+                              f"import psycopg2; psycopg2.connect(host='postgres', user='{settings.postgres_user}', "
+                              f"dbname='{settings.postgres_db}', password='wrong')")
     from deploy import runner
     proc = runner.run(probe, env=settings.compose_env(), check=False)
     assert proc.returncode != 0 and "password authentication failed" in proc.stderr

@@ -17,7 +17,9 @@ def settings():
 def test_compose_cmd_names_project_and_file(settings):
     cmd = stack.compose_cmd(settings, "up", "--detach", "edge")
     assert cmd[:4] == ["docker", "compose", "--project-name", "shop"]
-    assert cmd[cmd.index("--file") + 1] == str(config.project_root() / "compose" / "docker-compose.yml")
+    # the compose file rendered from the app's, and the app's directory for its build contexts
+    assert cmd[cmd.index("--file") + 1] == str(config.project_root() / ".colorgate" / "shop" / "compose.yml")
+    assert cmd[cmd.index("--project-directory") + 1] == str(config.project_root() / "examples" / "spa-api-postgres")
     assert cmd[-3:] == ["up", "--detach", "edge"]
 
 
@@ -99,3 +101,11 @@ def test_status_formatting_without_containers():
         {"project": "p", "profile": "development", "engine": "local", "active": None, "services": [], "urls": {"https": "https://x/"}}
     )
     assert "active color: none" in text and "run `invoke up`" in text
+
+
+def test_bootstrap_makes_only_the_bases_colorgate_and_the_app_need(settings):
+    """Colorgate's own (edge, dbtools, certbot) and those the app's compose file names."""
+    assert [b.name for b in images.needed_bases(settings)] == ["nginx", "postgres", "certbot", "python"]
+    jobs = config.load("development", root=config.project_root(),
+                       environ={"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")})
+    assert [b.name for b in images.needed_bases(jobs)] == ["nginx", "postgres", "certbot", "pyweb", "redis"]

@@ -1,0 +1,123 @@
+"""The other example apps, each proven end to end on a real engine: up, the gates (the
+built-in ones and the app's own), a gated deploy, switch, rollback, and backup/verify
+where there is a database. They differ from the default example in service names,
+ports, health paths, migration tool and database, so the engine is tested as a tool
+for apps it does not know."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import tenacity
+
+from deploy import config, db, gates, images, release, stack, tls
+
+from .conftest import invoke, isolated_env, running_stack
+
+ROOT = config.project_root()
+
+
+def example(name: str, tag: str) -> tuple[dict, config.Settings]:
+    env = {**isolated_env(tag), "COLORGATE_APP": str(ROOT / "examples" / name)}
+    settings = config.load("development", environ={**os.environ, **env})
+    images.build_bases(settings, images.missing_bases(settings))
+    return env, settings
+
+
+def gates_pass(settings, phase: str | None = None) -> list[str]:
+    """Run `pytest features/` as an operator would; return the scenarios that ran."""
+    result = gates.run_gates(settings, phase or "pre or post", *_live(settings))
+    assert result.passed, result.first_failure()
+    return [s.name for s in result.scenarios]
+
+
+def _live(settings):
+    active = stack.read_active(settings)
+    return active.color, active.version
+
+
+@pytest.fixture(scope="module")
+def jobs(request):
+    env, settings = example("web-worker-redis", "jobs")
+    with running_stack(request, settings):
+        yield env, settings
+
+
+def post_job(settings, text: str) -> int:
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        r = c.post("/jobs", data={"text": text})
+        assert r.status_code == 303, r.text
+        return int(r.headers["x-job"])
+
+
+def job(settings, number: int) -> dict:
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        return c.get(f"/jobs/{number}").json()
+
+
+@tenacity.retry(stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.2), reraise=True)
+def done_by(settings, number: int) -> str:
+    who = job(settings, number)["done_by"]
+    assert who, f"job {number} is not done yet"
+    return who
+
+
+def test_the_jobs_app_runs_with_its_worker_redis_and_alembic(jobs):
+    env, s = jobs
+    states = stack.service_states(s)
+    assert {n for n in states} == {"edge", "db", "cache", "web_blue", "worker_blue"}
+    assert states["worker_blue"].ready and states["worker_blue"].version == "v1" and states["worker_blue"].ports == []
+    # the unrouted worker does the jobs the routed web service queues
+    assert done_by(s, post_job(s, "first")) == "blue v1"
+    # Alembic ran in the candidate's image: the status command says head
+    assert stack.pending_migrations(s, "blue") is False
+    ran = gates_pass(s)
+    assert "The jobs page is served through the edge" in ran and "Every route is answered by the expected color and version" in ran
+
+
+def test_the_jobs_app_deploys_rolls_back_and_backs_up(jobs):
+    env, s = jobs
+    record = release.deploy(s)
+    assert (record.outcome, record.to_color, record.to_version) == ("switched", "green", "v2")
+    # both colors' workers take jobs now (the queue is shared); the green web serves
+    with gates.edge_client(s, tls.read_local_ca(s)) as c:
+        assert c.get("/").headers["x-colorgate-color"] == "green"
+    numbers = [post_job(s, f"after deploy {i}") for i in range(6)]
+    assert {done_by(s, n) for n in numbers} <= {"blue v1", "green v2"}
+
+    back = invoke("rollback", env=env)
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert _live(s) == ("blue", "v1")
+    again = invoke("switch", "--to", "green", env=env)
+    assert again.returncode == 0 and "switched" in again.stdout, again.stderr[-2000:]
+
+    manifest = db.backup(s)
+    assert manifest["counts"]["public.jobs"] >= 7 and "public.alembic_version" in manifest["counts"]
+    assert db.verify(s, manifest["name"]).usable
+
+
+@pytest.fixture(scope="module")
+def site(request):
+    env, settings = example("static-site", "site")
+    with running_stack(request, settings):
+        yield env, settings
+
+
+def test_the_static_site_releases_with_no_database(site):
+    env, s = site
+    assert set(stack.service_states(s)) == {"edge", "site_blue"}
+    ran = gates_pass(s)
+    assert "An unknown page is not found" in ran
+    record = release.deploy(s)
+    assert (record.outcome, record.to_version) == ("switched", "v2")
+    with gates.edge_client(s, tls.read_local_ca(s)) as c:
+        r = c.get("/about/")
+        assert r.status_code == 200 and (r.headers["x-colorgate-color"], r.headers["x-colorgate-version"]) == ("green", "v2")
+    back = invoke("rollback", "--no-gates", env=env)
+    assert back.returncode == 0 and _live(s) == ("blue", "v1")
+    # the database tasks say in one line that there is no database
+    for task in (["db.backup"], ["db.backups"], ["db.verify", "latest"], ["db.migrate"], ["db.move", "--to", "postgresql://a:b@h/d"]):
+        proc = invoke(*task, env=env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and lines[-1].startswith("colorgate: the app (") and "declares no database" in lines[-1], (task, proc.stderr)
