@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from deploy.errors import ColorgateError
+from deploy.errors import UnknownColor
 
 COLORS = ("blue", "green")
 
-
-class UnknownColor(ColorgateError):
-    pass
 
 
 def parse_color(value: str) -> str:

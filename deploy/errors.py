@@ -43,3 +43,31 @@ class CommandError(ColorgateError):
 
 class ContractError(ConfigError):
     """The app's compose file or its x-colorgate block is unreadable or invalid."""
+
+
+class UnknownColor(ColorgateError):
+    """A color other than blue or green."""
+
+
+class BadVersion(ColorgateError, ValueError):
+    """A version tag that is not safe in image tags and nginx configuration."""
+
+
+class UnknownBackup(ColorgateError):
+    """No backup by that name on the target."""
+
+
+class RegistryError(ColorgateError):
+    """The registry refused a login, push or pull, or could not be reached."""
+
+
+class LockHeld(ColorgateError):
+    """Another release holds the target's lock."""
+
+
+class GateFailed(ColorgateError):
+    """A gate scenario failed: traffic did not move, or moved back."""
+
+
+class MoveError(ColorgateError):
+    """db.move cannot start, or failed (traffic stays on the old database)."""

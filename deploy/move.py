@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 from deploy import db, images, proxy, release, runner, stack
 from deploy.colors import COLORS, other
 from deploy.config import Settings, database_url, shown_url
-from deploy.errors import ColorgateError, ConfigError
+from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
 
 MODES = ("dump", "replicate")
 ROLE = "colorgate_move"  # the one-off replication role, publication and subscription
@@ -123,9 +123,6 @@ TARGET_CLEANUP_SQL = f"""DO $$ BEGIN
 END $$;
 """
 
-
-class MoveError(ColorgateError):
-    pass
 
 
 # --- pure helpers --------------------------------------------------------------------
@@ -315,16 +312,16 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
             release.start_candidate(settings, record, candidate, versions, active, databases, migrate=None)
         frozen_at = release.now()  # from here on the local database takes no more writes
         with _frozen(settings, record):
-            with release._timed(record, "drain", "waiting for in-flight writes"):
+            with release.timed(record, "drain", "waiting for in-flight writes"):
                 _drain(settings)
             if mode == "dump":
-                with release._timed(record, "dump", "dumping the local database"):
+                with release.timed(record, "dump", "dumping the local database"):
                     manifest = db.backup(settings)
                 touched = True
-                with release._timed(record, "restore", f"restoring {manifest['name']} into the target"):
+                with release.timed(record, "restore", f"restoring {manifest['name']} into the target"):
                     db.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
                              '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=db.url_env(url), what="pg_restore")
-                with release._timed(record, "verify", "verifying the target against the dump and the local database"):
+                with release.timed(record, "verify", "verifying the target against the dump and the local database"):
                     expected = db.Facts(manifest["counts"], manifest["migrations"])
                     _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
                     _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
@@ -333,12 +330,12 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
                 # the release's own migrations, if any, now run on the target (the dump is their backup)
                 release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
             else:
-                with release._timed(record, "catch_up", "waiting for the target to catch up (row counts and migrations equal)"):
+                with release.timed(record, "catch_up", "waiting for the target to catch up (row counts and migrations equal)"):
                     db.tools(settings, CATCH_UP_SCRIPT, ROLE, input=db.FACTS_SQL, extra=_both(url), what="catching up")
-                with release._timed(record, "unsubscribe", "copying sequence values, ending replication"):
+                with release.timed(record, "unsubscribe", "copying sequence values, ending replication"):
                     db.tools(settings, FINISH_SCRIPT, extra=_both(url), what="copying sequences and ending replication")
                     _relay(settings, False)
-            release._switch_and_verify(settings, record, active, candidate, version, use_gates=True)
+            release.switch_and_verify(settings, record, active, candidate, version, use_gates=True)
             stack.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
                                                    "from": "local", "live_color": candidate, "version": version})
     except (ColorgateError, KeyboardInterrupt) as exc:
@@ -348,7 +345,7 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
         if live is None or live.color != candidate:
             stack.stop_color(settings, candidate, versions)
         if touched and isinstance(exc, ColorgateError):
-            kind = release.GateFailed if isinstance(exc, release.GateFailed) else MoveError
+            kind = GateFailed if isinstance(exc, GateFailed) else MoveError
             raise kind(f"{exc}; traffic stays on {active.color} with the local database, untouched; "
                        f"the target {shown_url(url)} now holds a partial copy: empty it before retrying") from None
         raise
@@ -372,13 +369,13 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
         raise MoveError(f"the app already uses {shown_url(settings.database_url)} (DATABASE_URL): db.move moves the stack's own PostgreSQL only")
     with release.lock(settings, "db.move", break_lock):
         stack.check_database(settings)
-        active = release._live(settings)
+        active = release.live(settings)
         with runner.step(f"checking the target database {shown_url(url)}"):
             preflight(settings, url, mode)
         candidate = other(active.color)
         version = images.next_version(images.release_tags(settings))
         record = release.Record("db.move", active.color, candidate, active.version, version)
-        with release._recorded(settings, record):
+        with release.recorded(settings, record):
             _cut_over(settings, record, url, mode, active)
             record.detail = f"{mode} to {shown_url(url)}, write freeze {record.timings['write_freeze']:.1f}s" + (
                 f", {record.detail}" if record.detail else "")

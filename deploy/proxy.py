@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from deploy.colors import COLORS, parse_color
-from deploy.errors import ColorgateError
+from deploy.errors import BadVersion
 
 STATE_FILE = "/etc/colorgate/state/active.conf"
 FREEZE_FILE = "/etc/colorgate/state/freeze.conf"
@@ -57,9 +57,6 @@ class Active:
     color: str
     version: str
 
-
-class BadVersion(ColorgateError, ValueError):
-    pass
 
 
 def check_version(version: str) -> str:

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from deploy import gates, images, proxy, runner, stack
+from deploy import db, gates, images, proxy, runner, stack
 from deploy.colors import other, parse_color
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError, StackError
+from deploy.errors import ColorgateError, CommandError, GateFailed, LockHeld, StackError
 
 STATE_DIR = "/etc/colorgate/state"
 LOCK_DIR = f"{STATE_DIR}/lock"
@@ -34,12 +34,6 @@ LOCK_SCRIPT = f"""mkdir {LOCK_DIR} 2>/dev/null || {{ cat {LOCK_DIR}/holder 2>/de
 cat > {LOCK_DIR}/holder"""
 
 
-class LockHeld(ColorgateError):
-    pass
-
-
-class GateFailed(ColorgateError):
-    pass
 
 
 def operator() -> str:
@@ -98,9 +92,7 @@ def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator
                 f"the target is locked by {describe_holder(exc.stdout)}: wait for it to finish, "
                 "or if it died, retry with --break-lock"
             ) from None
-        if "is not running" in exc.stderr or "No such container" in exc.stderr:
-            raise StackError("the edge is not running: start the stack with `invoke up`") from None
-        raise
+        raise stack.edge_down(settings) or exc from None
     try:
         yield
     finally:
@@ -127,7 +119,7 @@ class Record:
 
 
 @contextlib.contextmanager
-def _timed(record: Record, name: str, label: str) -> Iterator[None]:
+def timed(record: Record, name: str, label: str) -> Iterator[None]:
     started = time.monotonic()
     try:
         with runner.step(label):
@@ -152,7 +144,11 @@ def parse_history(text: str) -> list[dict]:
 
 
 def read_history(settings: Settings) -> list[dict]:
-    return parse_history(runner.run(read_history_cmd(settings.project), env=settings.docker_env(), what="reading history").stdout)
+    try:
+        out = runner.run(read_history_cmd(settings.project), env=settings.docker_env(), what="reading history").stdout
+    except CommandError as exc:
+        raise stack.edge_down(settings) or exc from None
+    return parse_history(out)
 
 
 def previous_color(history: list[dict]) -> tuple[str, str] | None:
@@ -182,7 +178,7 @@ def format_history(history: list[dict], limit: int = 20) -> str:
 
 
 def _gate(settings: Settings, record: Record, phase: str, color: str, version: str) -> None:
-    with _timed(record, f"{phase}_gates", f"{phase} gates on {color} ({version})"):
+    with timed(record, f"{phase}_gates", f"{phase} gates on {color} ({version})"):
         result = gates.run_gates(settings, phase, color, version)
     record.gates += [{"phase": phase, **asdict(s)} for s in result.scenarios]
     for line in result.summary_lines():
@@ -191,19 +187,19 @@ def _gate(settings: Settings, record: Record, phase: str, color: str, version: s
         raise GateFailed(f"{phase} gates failed on {color} ({version}): {result.first_failure()}")
 
 
-def _switch_and_verify(settings: Settings, record: Record, active: proxy.Active, to: str, version: str, use_gates: bool,
+def switch_and_verify(settings: Settings, record: Record, active: proxy.Active, to: str, version: str, use_gates: bool,
                        pre: bool = True) -> None:
     """Pre gates, switch, post gates; when post gates fail, switch back and gate again."""
     if use_gates and pre:
         _gate(settings, record, "pre", to, version)
-    with _timed(record, "switch", f"switching traffic {active.color} -> {to}"):
+    with timed(record, "switch", f"switching traffic {active.color} -> {to}"):
         stack.write_active(settings, to, version)
     if not use_gates:
         return
     try:
         _gate(settings, record, "post", to, version)
     except GateFailed as failed:
-        with _timed(record, "switch_back", f"switching traffic back to {active.color}"):
+        with timed(record, "switch_back", f"switching traffic back to {active.color}"):
             stack.write_active(settings, active.color, active.version)
         record.outcome = "rolled back"
         try:
@@ -214,7 +210,7 @@ def _switch_and_verify(settings: Settings, record: Record, active: proxy.Active,
 
 
 @contextlib.contextmanager
-def _recorded(settings: Settings, record: Record) -> Iterator[Record]:
+def recorded(settings: Settings, record: Record) -> Iterator[Record]:
     started = time.monotonic()
     try:
         yield record
@@ -237,18 +233,16 @@ def _recorded(settings: Settings, record: Record) -> Iterator[Record]:
 
 def _verified_backup(settings: Settings, record: Record) -> None:
     """Before migrating: a backup that a real restore has verified, or stop."""
-    from deploy import db
-
-    with _timed(record, "backup", "backing up the database before migrating"):
+    with timed(record, "backup", "backing up the database before migrating"):
         manifest = db.backup(settings)
-    with _timed(record, "verify", f"verifying backup {manifest['name']}"):
+    with timed(record, "verify", f"verifying backup {manifest['name']}"):
         verified = db.verify(settings, manifest["name"])
     if not verified.usable:
         raise ColorgateError(f"the pre-migration backup {manifest['name']} did not verify ({verified.reason}): not migrating")
     record.detail = f"backup {manifest['name']}"
 
 
-def _live(settings: Settings) -> proxy.Active:
+def live(settings: Settings) -> proxy.Active:
     active = stack.read_active(settings)
     if active is None:
         raise StackError("no color is live yet: start the stack with `invoke up`")
@@ -278,7 +272,7 @@ def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool
     """Move traffic to `to`, an already running color, gated."""
     to = parse_color(to)
     with lock(settings, action, break_lock):
-        active = _live(settings)
+        active = live(settings)
         states = stack.service_states(settings)
         version = _require_ready(settings, states, to)
         check_same_database(settings, states, active.color, to)
@@ -287,8 +281,8 @@ def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool
             record.outcome = "no-op"
             runner.say(f"{to} ({active.version}) is already live: nothing to do")
             return record
-        with _recorded(settings, record):
-            _switch_and_verify(settings, record, active, to, version, use_gates)
+        with recorded(settings, record):
+            switch_and_verify(settings, record, active, to, version, use_gates)
         return record
 
 
@@ -302,12 +296,10 @@ def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = Fals
 
 def migrate(settings: Settings, break_lock: bool = False) -> int:
     """Apply the live color's pending migrations, after a verified backup. Returns how many."""
-    from deploy import db
-
     db.require_postgres(settings)  # migrating needs a verified backup first
     with lock(settings, "migrate", break_lock):
         stack.check_database(settings)
-        active = _live(settings)
+        active = live(settings)
         pending = stack.pending_migrations(settings, active.color)
         if not settings.app.migrations:
             runner.say("the app declares no migrations (x-colorgate.migrations): nothing to migrate")
@@ -316,10 +308,10 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
             runner.say("the database is at head: nothing to migrate")
             return 0
         record = Record("migrate", active.color, active.color, active.version, active.version)
-        with _recorded(settings, record):
+        with recorded(settings, record):
             _verified_backup(settings, record)
             versions = stack.running_versions(stack.service_states(settings))
-            with _timed(record, "migrations", "applying the database migrations"):
+            with timed(record, "migrations", "applying the database migrations"):
                 stack.migrate(settings, active.color, versions)
             record.outcome = "migrated"
         return 1
@@ -362,7 +354,7 @@ def candidate_migrations(settings: Settings, record: Record, candidate: str, ver
         if pending is not False and migrate:
             if verified_backup and settings.app.postgres:
                 _verified_backup(settings, record)
-            with _timed(record, "migrations", "applying the database migrations"):
+            with timed(record, "migrations", "applying the database migrations"):
                 stack.migrate(settings, candidate, versions, databases)
     except ColorgateError:
         stack.stop_color(settings, candidate, versions)
@@ -373,7 +365,7 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
     with lock(settings, "deploy", break_lock):
         stack.check_database(settings)
-        active = _live(settings)
+        active = live(settings)
         candidate = other(active.color)
         version = version or images.next_version(images.release_tags(settings))
         proxy.check_version(version)
@@ -382,13 +374,13 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
             record.outcome = "no-op"
             runner.say(f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
             return record
-        with _recorded(settings, record):
+        with recorded(settings, record):
             versions = {**stack.running_versions(stack.service_states(settings)), candidate: version, active.color: active.version}
             with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
                 stack.ensure_release_images(settings, candidate, versions, force=force)
             start_candidate(settings, record, candidate, versions, active)
             try:
-                _switch_and_verify(settings, record, active, candidate, version, use_gates=True)
+                switch_and_verify(settings, record, active, candidate, version, use_gates=True)
             except GateFailed:
                 if record.outcome == "running":  # refused before the switch: stop the candidate
                     stack.stop_color(settings, candidate, versions)

@@ -69,17 +69,15 @@ def explain_ssh_error(target: SshTarget, text: str) -> str | None:
     return None
 
 
-def compose_binary_for(machine: str) -> Path | None:
+def compose_binary_for(machine: str, bundled: Path | None) -> Path | None:
     """The compose plugin to upload: the bundled one, when it suits the host's CPU."""
-    from deploy.bootstrap import bundled_compose
-
-    same = machine.strip() == platform.machine()
-    return bundled_compose() if same else None
+    return bundled if bundled and machine.strip() == platform.machine() else None
 
 
-def server_setup(settings: Settings, user: str, public_key: str) -> list[str]:
-    """Upload and run server-setup.sh on the SSH host (as a user who may sudo, or root).
-    Returns the script's report lines."""
+def server_setup(settings: Settings, user: str, public_key: str, compose_binary: Path | None = None) -> list[str]:
+    """Upload and run server-setup.sh on the SSH host (as a user who may sudo, or root),
+    with `compose_binary` (this machine's compose plugin) for a host whose distribution
+    has none and whose CPU matches. Returns the script's report lines."""
     target = parse(settings.docker_host)
 
     def run(cmd: list[str], what: str, input: str | None = None):
@@ -97,7 +95,7 @@ def server_setup(settings: Settings, user: str, public_key: str) -> list[str]:
     run(target.ssh("mkdir", "-p", "-m", "700", REMOTE_DIR), "making a work directory on the host")
     run(target.scp(SETUP_SCRIPT, f"{REMOTE_DIR}/server-setup.sh"), "uploading server-setup.sh")
     env = ""
-    binary = compose_binary_for(machine)
+    binary = compose_binary_for(machine, compose_binary)
     if binary:
         run(target.scp(binary, f"{REMOTE_DIR}/docker-compose"), "uploading the compose plugin")
         env = f"COLORGATE_COMPOSE_BINARY={REMOTE_DIR}/docker-compose "

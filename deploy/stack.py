@@ -158,6 +158,15 @@ def color_database(settings: Settings, states: dict[str, ServiceState], color: s
     return next((s.database for s in states.values() if s.color == color and s.database), None)
 
 
+def edge_down(settings: Settings) -> StackError | None:
+    """The error to give when a command on the edge failed because it is not running
+    (read from the container's state, not from docker's wording); None when it runs."""
+    edge = service_states(settings).get("edge")
+    if edge is None or edge.state != "running":
+        return StackError("the edge is not running: start the stack with `invoke up`")
+    return None
+
+
 def read_active(settings: Settings) -> proxy.Active | None:
     """The live color, read from the edge (None when no color is live yet)."""
     out = runner.run(proxy.read_state_cmd(settings.project), env=settings.docker_env(), what="reading the edge state").stdout

@@ -55,3 +55,12 @@ def test_bootstrap_twice_changes_nothing_the_second_time(settings):
     assert (plugin.stat().st_mtime if plugin.exists() else None) == plugin_mtime
     assert {b.name: images.image_id(settings, b.tag(settings.debian_mirror)) for b in images.needed_bases(settings)} == base_ids
     assert all(base_ids.values())
+
+
+def test_releases_on_a_stack_that_is_not_up_say_so(scratch):
+    env, settings = scratch
+    for task in (["deploy"], ["switch", "--to", "green"], ["rollback", "--no-gates"]):
+        proc = invoke(*task, env=env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and lines[-1] == "colorgate: the edge is not running: start the stack with `invoke up`", (task, proc.stderr)
+    assert project_containers(settings) == {}

@@ -1,0 +1,56 @@
+"""The engine's shape: no import circle between deploy/ modules (none hidden inside a
+function either), and every typed error lives in deploy/errors.py."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = {p.stem: p for p in (ROOT / "deploy").glob("*.py") if p.stem != "__init__"}
+
+
+def imports(path: Path) -> tuple[set[str], list[int]]:
+    """deploy modules imported at the top of `path`, and lines importing one inside a function."""
+    tree = ast.parse(path.read_text())
+    top, nested = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("deploy"):
+            names = {node.module.split(".", 1)[1]} if "." in node.module else {a.name for a in node.names}
+            found = {n for n in names if n in MODULES}
+            if node.col_offset == 0:
+                top |= found
+            elif found:
+                nested.append(node.lineno)
+    return top, nested
+
+
+def test_no_import_circle_in_the_engine():
+    graph = {}
+    for name, path in MODULES.items():
+        graph[name], nested = imports(path)
+        assert not nested, f"deploy/{name}.py imports deploy modules inside functions (lines {nested}): import at the top"
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            assert state.get(dep) != "open", f"import circle: {' -> '.join([*trail, node, dep])}"
+            if dep not in state:
+                visit(dep, [*trail, node])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_typed_errors_live_in_errors_py():
+    for name, path in MODULES.items():
+        if name == "errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):  # private retry signals may stay
+                bases = {ast.unparse(b) for b in node.bases}
+                assert not any(b.endswith(("Error", "Exception")) or b in ("LockHeld", "GateFailed") for b in bases), (
+                    f"deploy/{name}.py defines {node.name}: typed errors belong in deploy/errors.py")
