@@ -14,8 +14,8 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from deploy import bootstrap as _bootstrap
-from deploy import config, db as _db, render as _render, images as _images, move as _move, proxy, release, remote as _remote, runner, stack, tls as _tls
+from deploy import bootstrap as _bootstrap, edge
+from deploy import config, db as _db, render as _render, images as _images, move as _move, release, remote as _remote, runner, stack, tls as _tls
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -80,7 +80,7 @@ def bootstrap(c, profile=None, host=None):
 def up(c, profile=None, host=None, registry=None, version=None):
     """Start the edge, PostgreSQL and the live color (a no-op when all are running)."""
     settings = _target(profile, host, registry)
-    print(stack.format_status(stack.up(settings, version=version and proxy.check_version(version))))
+    print(stack.format_status(stack.up(settings, version=version and edge.check_version(version))))
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "volumes": "also delete volumes: the database, certificates and routing state"})
@@ -98,7 +98,7 @@ def status(c, profile=None, host=None, json_=False):
     """Active color, each service's state, health and version, and the URLs."""
     settings = _target(profile, host)
     data = stack.status(settings)
-    history = release.read_history(settings) if data["active"] else []
+    history = edge.read_history(settings) if data["active"] else []
     data["last_release"] = history[-1] if history else None
     if json_:
         print(json.dumps(data, indent=2))
@@ -187,7 +187,7 @@ def rollback(c, profile=None, host=None, no_gates=False, break_lock=False):
 def history(c, profile=None, host=None, limit=20, json_=False):
     """Deploys, switches and rollbacks recorded on the target, newest last."""
     settings = _target(profile, host)
-    records = release.read_history(settings)
+    records = edge.read_history(settings)
     print(json.dumps(records[-int(limit):], indent=2) if json_ else release.format_history(records, int(limit)))
 
 
@@ -306,7 +306,7 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
     settings = _target(profile, host, registry)
     if not settings.registry:
         raise ColorgateError("no registry: pass --registry (e.g. ghcr.io/acme) or set COLORGATE_REGISTRY")
-    version = proxy.check_version(version or _images.next_version(_images.release_tags(settings)))
+    version = edge.check_version(version or _images.next_version(_images.release_tags(settings)))
     with _images.registry_session(settings) as env:
         with runner.step(f"building the images ({version})"):
             stack.build(settings, [*_images.infra_images(settings.app), *settings.app.color_services("blue")], {"blue": version})
@@ -322,7 +322,7 @@ def images_send(c, version=None, profile=None, host=None):
     """Without a registry: make every image here and send the target only those it lacks (over SSH)."""
     settings = dataclasses.replace(_target(profile, host), image_source="stream")
     builder = settings.builder
-    version = proxy.check_version(version or (_images.release_tags(builder) or ["v1"])[-1])
+    version = edge.check_version(version or (_images.release_tags(builder) or ["v1"])[-1])
     with runner.step(f"making the images here ({version})"):
         stack.build(builder, list(_images.infra_images(settings.app)), {})
         if not stack.release_images_exist(builder, version):

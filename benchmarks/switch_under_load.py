@@ -42,7 +42,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import config, release, runner, stack, tls  # noqa: E402
+from deploy import config, edge, facts, release, runner, stack, tls  # noqa: E402
 from deploy.colors import other  # noqa: E402
 
 MAX_IN_FLIGHT = 400
@@ -282,7 +282,7 @@ def run(args) -> dict:
         with runner.step("starting an isolated stack with both colors"):
             stack.up(settings)
             release.deploy(settings)  # both colors now run: blue v1, green v2
-        versions = stack.running_versions(stack.service_states(settings))
+        versions = facts.running_versions(facts.service_states(settings))
         budget = 60 + args.switches * (args.pause + 1) + args.gated * 12 + args.baseline * 15 + 4 * args.settle
         load = Load(settings.https_url, tls.read_local_ca(settings), args.rps, max_seconds=budget, procs=args.procs)
         load.start()
@@ -291,9 +291,9 @@ def run(args) -> dict:
         # 1. switches without gates
         phase1 = load.now()
         for _ in range(args.switches):
-            to = other(stack.read_active(settings).color)
+            to = other(edge.read_active(settings).color)
             events.append((load.now(), f"switch->{to}"))
-            stack.write_active(settings, to, versions[to])
+            edge.write_active(settings, to, versions[to])
             time.sleep(args.pause)
         end1 = load.now()
         time.sleep(args.settle)
@@ -302,7 +302,7 @@ def run(args) -> dict:
         phase2 = load.now()
         gated, pre, post = [], [], []
         for _ in range(args.gated):
-            to = other(stack.read_active(settings).color)
+            to = other(edge.read_active(settings).color)
             t = load.now()
             events.append((t, f"gated->{to}"))
             record = release.switch(settings, to)
@@ -316,7 +316,7 @@ def run(args) -> dict:
 
         # 3. rollback without gates
         phase3 = load.now()
-        before = stack.read_active(settings).color
+        before = edge.read_active(settings).color
         events.append((load.now(), f"rollback->{other(before)}"))
         release.rollback(settings, use_gates=False)
         time.sleep(args.pause)
@@ -325,7 +325,7 @@ def run(args) -> dict:
 
         # 4. baseline: recreate the live backend in place
         phase4 = load.now()
-        live = stack.read_active(settings).color
+        live = edge.read_active(settings).color
         env = stack.compose_env(settings, versions)
         for _ in range(args.baseline):
             events.append((load.now(), "recreate"))

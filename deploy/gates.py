@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy import contract, proxy, runner, stack, tls
+from deploy import facts, runner, tls
 from deploy.config import Settings
 from deploy.errors import StackError
 
@@ -49,145 +49,7 @@ def edge_client(settings: Settings, ca_pem: str | None = None) -> httpx.Client:
     )
 
 
-@dataclass(frozen=True)
-class Network:
-    name: str
-    internal: bool
-
-
-def service_networks(settings: Settings, service: str) -> list[Network]:
-    """Networks a service's container is attached to, with their `internal` flag."""
-    docker = stack.engine(settings)
-    container = docker.container.inspect(stack.container(settings, service))
-    names = sorted((container.network_settings.networks or {}).keys())
-    return [Network(name, bool(docker.network.inspect(name).internal)) for name in names]
-
-
-POSTGRES_PORT = 5432
-
-
-def color_addresses(settings: Settings, color: str) -> dict[str, str]:
-    """IP address -> service, for every container of `color` (on every network)."""
-    docker = stack.engine(settings)
-    out = {}
-    for name in stack.color_services(settings, color):
-        try:
-            c = docker.container.inspect(stack.container(settings, name))
-        except Exception:  # noqa: BLE001 - absent: it has no address
-            continue
-        for net in (c.network_settings.networks or {}).values():
-            if net.ip_address:
-                out[net.ip_address] = name
-    return out
-
-
-def published_ports(settings: Settings) -> dict[str, list[str]]:
-    """Host ports each service publishes (services that publish none map to [])."""
-    return {name: s.ports for name, s in stack.service_states(settings).items()}
-
-
-def target_host(settings: Settings):
-    """testinfra host for the machine the stack runs on: this one for a local engine,
-    the SSH host of COLORGATE_DOCKER_HOST otherwise."""
-    import testinfra
-
-    if settings.docker_host.startswith("ssh://"):
-        return testinfra.get_host(settings.docker_host)
-    return testinfra.get_host("local://")
-
-
-def listening_on_port(settings: Settings, port: int) -> list[str]:
-    """Sockets on the target host listening on `port`, any address (testinfra)."""
-    host = target_host(settings)
-    return [s for s in host.socket.get_listening_sockets() if s.rsplit(":", 1)[-1] == str(port) and s.startswith("tcp")]
-
-
-def tcp_connects(host: str, port: int, timeout: float = 2.0) -> bool:
-    """Whether a TCP connection to host:port is accepted."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 # --- probes from inside the edge (pre-switch: the candidate has no public route yet) --
-
-
-@dataclass(frozen=True)
-class Probe:
-    """An HTTP answer as the edge sees it from a container on its network."""
-
-    url: str
-    status_code: int
-    headers: dict[str, str]
-    text: str
-
-    def json(self):
-        import json
-
-        return json.loads(self.text)
-
-
-def edge_probe_cmd(project: str, url: str) -> list[str]:
-    return ["docker", "exec", proxy.edge_container(project), "curl", "-sS", "-i", "--max-time", "5", url]
-
-
-def parse_curl_i(url: str, out: str) -> Probe:
-    """`curl -i` output (status line, headers, blank line, body) -> Probe."""
-    head, _, body = out.replace("\r\n", "\n").partition("\n\n")
-    lines = head.splitlines()
-    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return Probe(url, status, headers, body)
-
-
-def probe_from_edge(settings: Settings, service: str, color: str, path: str, port: int | None = None) -> Probe:
-    """GET http://<service>_<color>:<port><path> from inside the edge container, the
-    way nginx will reach it after a switch (same network, same DNS). The port is the
-    service's route's unless given."""
-    port = port or settings.app.port_of(service)
-    url = f"http://{settings.app.copy_name(service, color)}:{port}{path}"
-    proc = runner.run(edge_probe_cmd(settings.project, url), env=settings.docker_env(), check=False)
-    if proc.returncode != 0:
-        return Probe(url, 0, {}, (proc.stderr or proc.stdout).strip())
-    return parse_curl_i(url, proc.stdout)
-
-
-def health_problem(check: contract.Health, status_code: int, text: str) -> str | None:
-    """What is wrong with an answer to a health check (None: healthy), from the
-    contract's expectations: status, JSON fields, body text."""
-    shown = f"answered {status_code}: {text[:200]!r}"
-    if status_code != check.status:
-        return f"expected status {check.status}, {shown}"
-    if check.json:
-        import json
-
-        try:
-            body = json.loads(text)
-        except ValueError:
-            return f"expected a JSON body, {shown}"
-        for key, value in check.json:
-            got = body.get(key) if isinstance(body, dict) else None
-            got = str(got).lower() if isinstance(got, bool) else got
-            if str(got) != value:
-                return f"JSON field {key!r} is {got!r}, expected {value!r}: {shown}"
-    if check.contains and check.contains not in text:
-        return f"the body does not contain {check.contains!r}: {shown}"
-    return None
-
-
-def candidate_health(settings: Settings, color: str) -> dict[str, str | None]:
-    """Each routed service of `color` against its health check: service -> problem or None."""
-    out = {}
-    for service, check in settings.app.health.items():
-        probe = probe_from_edge(settings, service, color, check.path, check.port)
-        out[service] = health_problem(check, probe.status_code, probe.text) if probe.status_code else f"no answer: {probe.text}"
-    return out
 
 
 def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -> None:
@@ -201,7 +63,7 @@ def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -
     @tenacity.retry(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_exponential(multiplier=0.1, max=1),
                     retry=tenacity.retry_if_result(bool))
     def poll() -> list[str]:
-        last.update(candidate_health(settings, color))
+        last.update(facts.candidate_health(settings, color))
         return [s for s, problem in last.items() if problem]
 
     try:

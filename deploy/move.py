@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from deploy import db, images, proxy, release, runner, stack
+from deploy import db, edge, facts, images, release, runner, stack
 from deploy.colors import COLORS, other
 from deploy.config import Settings, database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
@@ -232,12 +232,12 @@ def _compare_or_fail(expected: db.Facts, got: db.Facts, where: str) -> None:
 def _frozen(settings: Settings, record: release.Record) -> Iterator[None]:
     started = time.monotonic()
     with runner.step("freezing writes at the edge (reads go on)"):
-        stack.set_frozen(settings, True)
+        edge.set_frozen(settings, True)
     try:
         yield
     finally:
         try:
-            stack.set_frozen(settings, False)
+            edge.set_frozen(settings, False)
         except ColorgateError as exc:
             raise MoveError(f"writes are still frozen at the edge ({exc}): end the freeze with `invoke db.unfreeze`") from None
         record.timings["write_freeze"] = round(time.monotonic() - started, 3)
@@ -296,9 +296,9 @@ def _unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
     _relay(settings, False)
 
 
-def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, active: proxy.Active) -> None:
+def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, active: edge.Active) -> None:
     candidate, version = record.to_color, record.to_version
-    versions = {**stack.running_versions(stack.service_states(settings)), candidate: version, active.color: active.version}
+    versions = {**facts.running_versions(facts.service_states(settings)), candidate: version, active.color: active.version}
     databases = {candidate: url}
     touched = False
     try:
@@ -336,12 +336,12 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
                     db.tools(settings, FINISH_SCRIPT, extra=_both(url), what="copying sequences and ending replication")
                     _relay(settings, False)
             release.switch_and_verify(settings, record, active, candidate, version, use_gates=True)
-            stack.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
+            edge.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
                                                    "from": "local", "live_color": candidate, "version": version})
     except (ColorgateError, KeyboardInterrupt) as exc:
         if mode == "replicate" and touched:
             _unsubscribe(settings, url, check=False)
-        live = stack.read_active(settings)
+        live = edge.read_active(settings)
         if live is None or live.color != candidate:
             stack.stop_color(settings, candidate, versions)
         if touched and isinstance(exc, ColorgateError):
@@ -408,9 +408,9 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
                         "make one with `invoke db.backup --local`, then `invoke db.verify`")
     if settings.profile in ("staging", "production") and not yes:
         raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
-    states = stack.service_states(settings)
+    states = facts.service_states(settings)
     stale = [name for color in COLORS for name in stack.color_services(settings, color)
-             if stack.color_database(settings, states, color) == "local" and name in states]
+             if facts.color_database(settings, states, color) == "local" and name in states]
     service = settings.app.database.service
     stopped = [*stale, service]
     with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
@@ -418,13 +418,13 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
             runner.run(stack.compose_cmd(settings, "stop", *stale), env=stack.compose_env(settings, {}), what="docker compose stop")
         runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
                    what="removing the local PostgreSQL container")
-    stack.write_database_record(settings, {**record, "retired": release.now(), "retired_backup": fresh[-1]["manifest"]["name"]})
+    edge.write_database_record(settings, {**record, "retired": release.now(), "retired_backup": fresh[-1]["manifest"]["name"]})
     return stopped
 
 
 def unfreeze(settings: Settings) -> bool:
     """End a write freeze left by an interrupted db.move. False when there was none."""
-    if not stack.is_frozen(settings):
+    if not edge.is_frozen(settings):
         return False
-    stack.set_frozen(settings, False)
+    edge.set_frozen(settings, False)
     return True

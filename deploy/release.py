@@ -20,20 +20,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from deploy import db, gates, images, proxy, runner, stack
+from deploy import db, edge, facts, gates, images, runner, stack
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, GateFailed, LockHeld, StackError
-
-STATE_DIR = "/etc/colorgate/state"
-LOCK_DIR = f"{STATE_DIR}/lock"
-HISTORY = f"{STATE_DIR}/history.jsonl"
-LOCK_HELD = 75
-
-LOCK_SCRIPT = f"""mkdir {LOCK_DIR} 2>/dev/null || {{ cat {LOCK_DIR}/holder 2>/dev/null; exit {LOCK_HELD}; }}
-cat > {LOCK_DIR}/holder"""
-
-
 
 
 def operator() -> str:
@@ -45,23 +35,6 @@ def now() -> str:
 
 
 # --- commands (data) -------------------------------------------------------------
-
-
-def lock_cmd(project: str) -> list[str]:
-    """Take the lock (holder JSON on stdin); exit 75 printing the holder when taken."""
-    return ["docker", "exec", "-i", proxy.edge_container(project), "sh", "-c", LOCK_SCRIPT]
-
-
-def unlock_cmd(project: str) -> list[str]:
-    return ["docker", "exec", proxy.edge_container(project), "rm", "-rf", LOCK_DIR]
-
-
-def append_history_cmd(project: str) -> list[str]:
-    return ["docker", "exec", "-i", proxy.edge_container(project), "sh", "-c", f"cat >> {HISTORY}"]
-
-
-def read_history_cmd(project: str) -> list[str]:
-    return ["docker", "exec", proxy.edge_container(project), "sh", "-c", f"cat {HISTORY} 2>/dev/null || true"]
 
 
 # --- lock --------------------------------------------------------------------------
@@ -82,21 +55,21 @@ def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator
     env = settings.docker_env()
     if break_lock:
         runner.say("!! breaking the release lock")
-        runner.run(unlock_cmd(settings.project), env=env, what="breaking the lock")
+        runner.run(edge.unlock_cmd(settings.project), env=env, what="breaking the lock")
     holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
     try:
-        runner.run(lock_cmd(settings.project), input=holder, env=env, what="taking the release lock")
+        runner.run(edge.lock_cmd(settings.project), input=holder, env=env, what="taking the release lock")
     except CommandError as exc:
-        if exc.returncode == LOCK_HELD:
+        if exc.returncode == edge.LOCK_HELD:
             raise LockHeld(
                 f"the target is locked by {describe_holder(exc.stdout)}: wait for it to finish, "
                 "or if it died, retry with --break-lock"
             ) from None
-        raise stack.edge_down(settings) or exc from None
+        raise facts.edge_down(settings) or exc from None
     try:
         yield
     finally:
-        runner.run(unlock_cmd(settings.project), env=env, check=False)
+        runner.run(edge.unlock_cmd(settings.project), env=env, check=False)
 
 
 # --- history -----------------------------------------------------------------------
@@ -126,29 +99,6 @@ def timed(record: Record, name: str, label: str) -> Iterator[None]:
             yield
     finally:
         record.timings[name] = round(record.timings.get(name, 0.0) + time.monotonic() - started, 3)
-
-
-def append_history(settings: Settings, record: Record) -> None:
-    runner.run(append_history_cmd(settings.project), input=json.dumps(asdict(record)) + "\n", env=settings.docker_env(), what="recording history")
-
-
-def parse_history(text: str) -> list[dict]:
-    """Records, oldest first; lines that are not JSON objects are skipped."""
-    out = []
-    for line in text.splitlines():
-        with contextlib.suppress(ValueError):
-            item = json.loads(line)
-            if isinstance(item, dict):
-                out.append(item)
-    return out
-
-
-def read_history(settings: Settings) -> list[dict]:
-    try:
-        out = runner.run(read_history_cmd(settings.project), env=settings.docker_env(), what="reading history").stdout
-    except CommandError as exc:
-        raise stack.edge_down(settings) or exc from None
-    return parse_history(out)
 
 
 def previous_color(history: list[dict]) -> tuple[str, str] | None:
@@ -187,20 +137,20 @@ def _gate(settings: Settings, record: Record, phase: str, color: str, version: s
         raise GateFailed(f"{phase} gates failed on {color} ({version}): {result.first_failure()}")
 
 
-def switch_and_verify(settings: Settings, record: Record, active: proxy.Active, to: str, version: str, use_gates: bool,
+def switch_and_verify(settings: Settings, record: Record, active: edge.Active, to: str, version: str, use_gates: bool,
                        pre: bool = True) -> None:
     """Pre gates, switch, post gates; when post gates fail, switch back and gate again."""
     if use_gates and pre:
         _gate(settings, record, "pre", to, version)
     with timed(record, "switch", f"switching traffic {active.color} -> {to}"):
-        stack.write_active(settings, to, version)
+        edge.write_active(settings, to, version)
     if not use_gates:
         return
     try:
         _gate(settings, record, "post", to, version)
     except GateFailed as failed:
         with timed(record, "switch_back", f"switching traffic back to {active.color}"):
-            stack.write_active(settings, active.color, active.version)
+            edge.write_active(settings, active.color, active.version)
         record.outcome = "rolled back"
         try:
             _gate(settings, record, "post", active.color, active.version)
@@ -228,7 +178,7 @@ def recorded(settings: Settings, record: Record) -> Iterator[Record]:
     finally:
         record.duration_s = round(time.monotonic() - started, 2)
         if record.outcome != "no-op":
-            append_history(settings, record)
+            edge.append_history(settings, record)
 
 
 def _verified_backup(settings: Settings, record: Record) -> None:
@@ -242,14 +192,14 @@ def _verified_backup(settings: Settings, record: Record) -> None:
     record.detail = f"backup {manifest['name']}"
 
 
-def live(settings: Settings) -> proxy.Active:
-    active = stack.read_active(settings)
+def live(settings: Settings) -> edge.Active:
+    active = edge.read_active(settings)
     if active is None:
         raise StackError("no color is live yet: start the stack with `invoke up`")
     return active
 
 
-def _require_ready(settings: Settings, states: dict[str, stack.ServiceState], color: str) -> str:
+def _require_ready(settings: Settings, states: dict[str, facts.ServiceState], color: str) -> str:
     """The version `color` runs, or refuse when it is not running and healthy."""
     names = stack.color_services(settings, color)
     missing = [s for s in names if s not in states or not states[s].ready]
@@ -259,10 +209,10 @@ def _require_ready(settings: Settings, states: dict[str, stack.ServiceState], co
     return states[names[0]].version
 
 
-def check_same_database(settings: Settings, states: dict[str, stack.ServiceState], live: str, to: str) -> None:
+def check_same_database(settings: Settings, states: dict[str, facts.ServiceState], live: str, to: str) -> None:
     """Refuse to move traffic to a color that uses another database than the live one
     (the color left behind by db.move): its data stopped at the move."""
-    ours, theirs = stack.color_database(settings, states, live), stack.color_database(settings, states, to)
+    ours, theirs = facts.color_database(settings, states, live), facts.color_database(settings, states, to)
     if ours and theirs and ours != theirs:
         raise ColorgateError(f"{to} uses the database {theirs}, but the live {live} uses {ours} (since db.move): "
                              f"switching would serve stale data; ship a release to {to} with `invoke deploy` instead")
@@ -273,7 +223,7 @@ def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool
     to = parse_color(to)
     with lock(settings, action, break_lock):
         active = live(settings)
-        states = stack.service_states(settings)
+        states = facts.service_states(settings)
         version = _require_ready(settings, states, to)
         check_same_database(settings, states, active.color, to)
         record = Record(action, active.color, to, active.version, version)
@@ -288,7 +238,7 @@ def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool
 
 def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = False) -> Record:
     """Switch back to the color that was live before the latest switch."""
-    previous = previous_color(read_history(settings))
+    previous = previous_color(edge.read_history(settings))
     if previous is None:
         raise ColorgateError("no previous color in the history: nothing to roll back to")
     return switch(settings, previous[0], use_gates=use_gates, break_lock=break_lock, action="rollback")
@@ -300,7 +250,7 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
     with lock(settings, "migrate", break_lock):
         stack.check_database(settings)
         active = live(settings)
-        pending = stack.pending_migrations(settings, active.color)
+        pending = facts.pending_migrations(settings, active.color)
         if not settings.app.migrations:
             runner.say("the app declares no migrations (x-colorgate.migrations): nothing to migrate")
             return 0
@@ -310,14 +260,14 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
         record = Record("migrate", active.color, active.color, active.version, active.version)
         with recorded(settings, record):
             _verified_backup(settings, record)
-            versions = stack.running_versions(stack.service_states(settings))
+            versions = facts.running_versions(facts.service_states(settings))
             with timed(record, "migrations", "applying the database migrations"):
                 stack.migrate(settings, active.color, versions)
             record.outcome = "migrated"
         return 1
 
 
-def start_candidate(settings: Settings, record: Record, candidate: str, versions: dict[str, str], active: proxy.Active,
+def start_candidate(settings: Settings, record: Record, candidate: str, versions: dict[str, str], active: edge.Active,
                     databases: dict[str, str] | None = None, verified_backup: bool = True, migrate: bool | None = True) -> None:
     """Start `candidate` beside the live color and wait until healthy, then deal with
     its pending migrations (see candidate_migrations; None: not yet). Stops it again
@@ -347,7 +297,7 @@ def candidate_migrations(settings: Settings, record: Record, candidate: str, ver
     if not settings.app.migrations:
         return
     try:
-        pending = stack.pending_migrations(settings, candidate)  # None: unknown (no status command)
+        pending = facts.pending_migrations(settings, candidate)  # None: unknown (no status command)
         if pending and not migrate:
             raise ColorgateError(f"{candidate} ({versions[candidate]}) brings migrations the database lacks: "
                                  "ship them first with `invoke deploy`, then move")
@@ -368,14 +318,14 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
         active = live(settings)
         candidate = other(active.color)
         version = version or images.next_version(images.release_tags(settings))
-        proxy.check_version(version)
+        edge.check_version(version)
         record = Record("deploy", active.color, candidate, active.version, version)
         if version == active.version and not force:
             record.outcome = "no-op"
             runner.say(f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
             return record
         with recorded(settings, record):
-            versions = {**stack.running_versions(stack.service_states(settings)), candidate: version, active.color: active.version}
+            versions = {**facts.running_versions(facts.service_states(settings)), candidate: version, active.color: active.version}
             with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
                 stack.ensure_release_images(settings, candidate, versions, force=force)
             start_candidate(settings, record, candidate, versions, active)

@@ -1,20 +1,18 @@
 """The compose stack: bring it up, take it down, report its state, show its logs.
 
 Commands are built by pure functions (`compose_cmd`, `up_plan`) and executed by
-deploy.runner; container facts are read through python-on-whales.
+deploy.runner; facts.container facts are read through python-on-whales.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import socket
-from dataclasses import asdict, dataclass
-from urllib.parse import urlsplit
+from dataclasses import asdict
 
 import tenacity
 
-from deploy import contract, images, proxy, render, runner
+from deploy import contract, edge, facts, images, render, runner
 from deploy.colors import COLORS
 from deploy.config import Settings, shown_url
 from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
@@ -50,11 +48,6 @@ def compose_cmd(settings: Settings, *args: str) -> list[str]:
     ]
 
 
-def container(settings: Settings, service: str) -> str:
-    """The container compose runs a service in."""
-    return f"{settings.project}-{service}-1"
-
-
 def infra_services(settings: Settings, retired: bool = False) -> list[str]:
     """What runs once for both colors: the app's shared services and the edge (without
     the app's own database once `db.retire-local` retired it)."""
@@ -78,138 +71,10 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
     return env
 
 
-@dataclass(frozen=True)
-class ServiceState:
-    service: str  # the compose service: `api_blue`, `db`, `edge`
-    color: str | None
-    state: str  # running, exited, restarting, created, ...
-    health: str  # healthy, unhealthy, starting, or "" without a health check
-    image: str
-    version: str
-    ports: list[str]
-    database: str = ""  # the database's clients: `local` or the managed database's URL without its password
-    app_service: str = ""  # the app's service it runs (`api` for `api_blue`)
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "running" and self.health in ("healthy", "")
-
-
-def engine(settings: Settings):
-    """python-on-whales client for the target engine (typed container and network facts)."""
-    from python_on_whales import DockerClient
-
-    return DockerClient(host=settings.docker_host or None)
-
-
-def service_states(settings: Settings) -> dict[str, ServiceState]:
-    """The state of every container of this project, by compose service."""
-    found: dict[str, ServiceState] = {}
-    db = settings.app.database
-    containers = engine(settings).container.list(
-        all=True, filters=[("label", f"com.docker.compose.project={settings.project}")]
-    )
-    for c in containers:
-        labels = c.config.labels or {}
-        service = labels.get("com.docker.compose.service", c.name)
-        if labels.get("com.docker.compose.oneoff") == "True" or "com.docker.compose.config-hash" not in labels:
-            continue  # one-offs, and containers merely run from an image compose built (labels inherited)
-        env = dict(item.split("=", 1) for item in (c.config.env or []) if "=" in item)
-        ports = []
-        for container_port, bindings in (c.network_settings.ports or {}).items():
-            for b in bindings or []:
-                ports.append(f"{b['HostIp']}:{b['HostPort']}->{container_port}")
-        app_service = labels.get("org.colorgate.service", service)
-        color = labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
-        is_client = bool(color and db and app_service in db.clients)
-        found[service] = ServiceState(
-            service=service,
-            color=color,
-            state=c.state.status,
-            health=(c.state.health.status if c.state.health else "") or "",
-            image=c.config.image,
-            version=env.get("COLORGATE_VERSION", "") if color else "",
-            ports=sorted(ports),
-            database=database_shown(settings, env.get(db.env, "")) if is_client else "",
-            app_service=app_service,
-        )
-    return found
-
-
-def database_shown(settings: Settings, url: str) -> str:
-    """`local` for the stack's own database (or none), else the URL without its password."""
-    db = settings.app.database
-    if not url or (db and urlsplit(url).hostname == db.service):
-        return "local"
-    return shown_url(url)
-
-
-def running_versions(states: dict[str, ServiceState]) -> dict[str, str]:
-    """Version each color runs now (colors with no container are left out)."""
-    versions: dict[str, str] = {}
-    for s in sorted(states.values(), key=lambda s: s.service):
-        if s.color and s.version and s.color not in versions:
-            versions[s.color] = s.version
-    return versions
-
-
-def color_database(settings: Settings, states: dict[str, ServiceState], color: str) -> str | None:
-    """The database `color`'s clients use (`local` or a URL without password); None without one."""
-    return next((s.database for s in states.values() if s.color == color and s.database), None)
-
-
-def edge_down(settings: Settings) -> StackError | None:
-    """The error to give when a command on the edge failed because it is not running
-    (read from the container's state, not from docker's wording); None when it runs."""
-    edge = service_states(settings).get("edge")
-    if edge is None or edge.state != "running":
-        return StackError("the edge is not running: start the stack with `invoke up`")
-    return None
-
-
-def read_active(settings: Settings) -> proxy.Active | None:
-    """The live color, read from the edge (None when no color is live yet)."""
-    out = runner.run(proxy.read_state_cmd(settings.project), env=settings.docker_env(), what="reading the edge state").stdout
-    try:
-        return proxy.parse_active(out)
-    except ValueError as exc:
-        raise StackError(f"the edge's routing state is damaged ({exc}): run `invoke switch --to COLOR` to rewrite it") from None
-
-
-def write_active(settings: Settings, color: str, version: str) -> None:
-    """Route traffic to `color`: write the include file, `nginx -t`, graceful reload."""
-    runner.run(
-        proxy.switch_cmd(settings.project, expect=proxy.expect_color(color)),
-        input=proxy.render_upstream(color, version),
-        env=settings.docker_env(),
-        what=f"switching the edge to {color}",
-    )
-
-
-DATABASE_RECORD = "/etc/colorgate/state/database.json"
-
-
-def read_database_record(settings: Settings) -> dict:
-    """Where the target's record says the app's database is: {"url": "local"} until
-    `db.move` moved it, then the managed database's URL (no password) and the move."""
-    out = runner.run(["docker", "exec", proxy.edge_container(settings.project), "sh", "-c", f"cat {DATABASE_RECORD} 2>/dev/null || true"],
-                     env=settings.docker_env(), what="reading the database record").stdout
-    try:
-        record = json.loads(out) if out.strip() else {}
-    except ValueError:
-        raise StackError(f"the database record {DATABASE_RECORD} on the edge is damaged: fix or remove it") from None
-    return record if isinstance(record, dict) and record.get("url") else {"url": "local"}
-
-
-def write_database_record(settings: Settings, record: dict) -> None:
-    runner.run(["docker", "exec", "-i", proxy.edge_container(settings.project), "sh", "-c", f"cat > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}"],
-               input=json.dumps(record), env=settings.docker_env(), what="recording where the database is")
-
-
 def check_database(settings: Settings) -> dict:
     """Refuse when DATABASE_URL disagrees with where the target says the database is:
     deploying with the wrong one would split the data between two databases."""
-    record = read_database_record(settings)
+    record = edge.read_database_record(settings)
     configured = shown_url(settings.database_url)
     local_file = f".env.{settings.profile}.local"
     if record["url"] != configured:
@@ -221,26 +86,11 @@ def check_database(settings: Settings) -> dict:
     return record
 
 
-def set_frozen(settings: Settings, frozen: bool) -> None:
-    """Start or end a write freeze at the edge (API writes get 503, reads go on), with
-    `nginx -t` and a graceful reload."""
-    runner.run(
-        proxy.switch_cmd(settings.project, proxy.FREEZE_FILE, proxy.expect_writes(frozen)),
-        input=proxy.FREEZE if frozen else "",
-        env=settings.docker_env(),
-        what="starting a write freeze" if frozen else "ending the write freeze",
-    )
-
-
-def is_frozen(settings: Settings) -> bool:
-    return runner.run(proxy.frozen_cmd(settings.project), env=settings.docker_env(), check=False).returncode == 0
-
-
 class _NotYet(Exception):
     pass
 
 
-def wait_ready(settings: Settings, services: list[str], timeout: float | None = None) -> dict[str, ServiceState]:
+def wait_ready(settings: Settings, services: list[str], timeout: float | None = None) -> dict[str, facts.ServiceState]:
     """Wait (bounded) until every service is running and healthy.
 
     Stops early, naming the service, when one exits or its health check fails.
@@ -253,8 +103,8 @@ def wait_ready(settings: Settings, services: list[str], timeout: float | None = 
         retry=tenacity.retry_if_exception_type(_NotYet),
         reraise=True,
     )
-    def poll() -> dict[str, ServiceState]:
-        states = service_states(settings)
+    def poll() -> dict[str, facts.ServiceState]:
+        states = facts.service_states(settings)
         for name in services:
             s = states.get(name)
             if s and (s.state in ("exited", "dead") or s.health == "unhealthy"):
@@ -338,7 +188,7 @@ def release_images_exist(settings: Settings, version: str) -> bool:
 def ensure_release_images(settings: Settings, color: str, versions: dict[str, str], force: bool = False) -> None:
     """`color`'s images at its version in `versions`, unless the target has them (or
     `force`): pulled from the registry when there is one, made on this machine and sent
-    when streaming, else built by the target's engine."""
+    when streaming, else built by the target's facts.engine."""
     version = versions[color]
     if not force and release_images_exist(settings, version):
         return
@@ -378,15 +228,15 @@ def up(settings: Settings, version: str | None = None) -> dict:
     that was not running before, what this call started is stopped again (volumes
     are kept), so nothing is left half-started.
     """
-    states = service_states(settings)
+    states = facts.service_states(settings)
     fresh = not any(s.state == "running" for s in states.values())
     edge_running = states.get("edge") is not None and states["edge"].state == "running"
     if local_engine(settings) and not edge_running:
         check_ports_free(settings)
 
-    versions = running_versions(states)
+    versions = facts.running_versions(states)
     # after `db.retire-local` the stack's own PostgreSQL stays stopped
-    infra = infra_services(settings, retired=edge_running and bool(read_database_record(settings).get("retired")))
+    infra = infra_services(settings, retired=edge_running and bool(edge.read_database_record(settings).get("retired")))
     try:
         with runner.step(("pulling" if settings.registry else "building") + f" the images of {', '.join(infra)}"):
             ensure_infra_images(settings, versions, version)
@@ -400,7 +250,7 @@ def up(settings: Settings, version: str | None = None) -> dict:
             wait_ready(settings, infra)
         check_database(settings)
 
-        active = read_active(settings)
+        active = edge.read_active(settings)
         if active:
             color, version = active.color, active.version
         else:
@@ -419,7 +269,7 @@ def up(settings: Settings, version: str | None = None) -> dict:
             wait_ready(settings, color_services(settings, color))
         if not active:
             with runner.step(f"routing traffic to {color}"):
-                write_active(settings, color, version)
+                edge.write_active(settings, color, version)
     except (ColorgateError, KeyboardInterrupt):
         if fresh:
             runner.say("!! stopping what this run started (volumes kept)")
@@ -447,7 +297,7 @@ def destroy(settings: Settings) -> None:
 
 
 def migrate(settings: Settings, color: str, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
-    """Run the app's migration command in a one-off container of `color`'s image."""
+    """Run the app's migration command in a one-off facts.container of `color`'s image."""
     m = settings.app.migrations
     if not m:
         return
@@ -456,26 +306,6 @@ def migrate(settings: Settings, color: str, versions: dict[str, str], databases:
         env=compose_env(settings, versions, databases),
         what="database migrations",
     )
-
-
-def migration_status_cmd(settings: Settings, color: str) -> list[str]:
-    m = settings.app.migrations
-    return ["docker", "exec", container(settings, settings.app.copy_name(m.service, color)), *m.status]
-
-
-def pending_migrations(settings: Settings, color: str) -> bool | None:
-    """Whether `color`'s image brings migrations the database lacks: the app's status
-    command, run in its running container, exits 0 at head and non-zero otherwise.
-    None when the app has no status command (then migrations always run)."""
-    m = settings.app.migrations
-    if not m:
-        return False
-    if not m.status:
-        return None
-    proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
-    if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
-        raise CommandError(migration_status_cmd(settings, color), proc.returncode, proc.stdout, proc.stderr, "migration status")
-    return proc.returncode != 0
 
 
 def stop_color(settings: Settings, color: str, versions: dict[str, str]) -> None:
@@ -493,12 +323,12 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
 
 def status(settings: Settings) -> dict:
     """Active color, per-service state and health, versions and URLs, as data."""
-    states = service_states(settings)
+    states = facts.service_states(settings)
     active, frozen = None, False
     if states.get("edge") and states["edge"].state == "running":
-        found = read_active(settings)
+        found = edge.read_active(settings)
         active = asdict(found) if found else None
-        frozen = is_frozen(settings)
+        frozen = edge.is_frozen(settings)
     return {
         "project": settings.project,
         "profile": settings.profile,
@@ -514,7 +344,7 @@ def format_status(data: dict) -> str:
     """The human view of `status()`."""
     active = data["active"]
     lines = [
-        f"project {data['project']} (profile {data['profile']}, engine {data['engine']})",
+        f"project {data['project']} (profile {data['profile']}, facts.engine {data['engine']})",
         f"active color: {active['color']} ({active['version']})" if active else "active color: none",
     ]
     live = next((s for s in data["services"] if active and s["color"] == active["color"] and s.get("database")), None)

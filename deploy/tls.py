@@ -13,7 +13,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from deploy import proxy, runner, stack
+from deploy import edge, runner, stack
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError
 
@@ -22,7 +22,7 @@ LOCAL_CA = f"{TLS_DIR}/local-ca.pem"
 
 
 def local_ca_cmd(project: str) -> list[str]:
-    return ["docker", "exec", proxy.edge_container(project), "cat", LOCAL_CA]
+    return ["docker", "exec", edge.edge_container(project), "cat", LOCAL_CA]
 
 
 def read_local_ca(settings: Settings) -> str:
@@ -43,7 +43,7 @@ ACME_STATE = f"{TLS_DIR}/acme.json"
 
 def served_cert_cmd(project: str) -> list[str]:
     """The certificate chain the edge serves, and the ACME record when there is one."""
-    return ["docker", "exec", proxy.edge_container(project), "sh", "-c",
+    return ["docker", "exec", edge.edge_container(project), "sh", "-c",
             f"cat {CERT}; echo '--colorgate-acme--'; cat {ACME_STATE} 2>/dev/null || true; "
             f"echo '--colorgate-local--'; cat {TLS_DIR}/live/.colorgate-local 2>/dev/null || true"]
 
@@ -152,8 +152,8 @@ def explain_certbot(exc: CommandError, directory: str, domain: str) -> Colorgate
 
 def reload_if_changed(settings: Settings) -> bool:
     """If the deploy hook installed a certificate: `nginx -t`, graceful reload; else nothing."""
-    script = f"[ -f {TLS_DIR}/.changed ] || exit 10; nginx -t -q -c {proxy.NGINX_CONF} && nginx -s reload -c {proxy.NGINX_CONF} && rm -f {TLS_DIR}/.changed"
-    proc = runner.run(["docker", "exec", proxy.edge_container(settings.project), "sh", "-c", script], env=settings.docker_env(), check=False)
+    script = f"[ -f {TLS_DIR}/.changed ] || exit 10; nginx -t -q -c {edge.NGINX_CONF} && nginx -s reload -c {edge.NGINX_CONF} && rm -f {TLS_DIR}/.changed"
+    proc = runner.run(["docker", "exec", edge.edge_container(settings.project), "sh", "-c", script], env=settings.docker_env(), check=False)
     if proc.returncode == 10:
         return False
     if proc.returncode != 0:
@@ -186,7 +186,7 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     except CommandError as exc:
         raise explain_certbot(exc, url, domain) from None
     record = json.dumps({"directory": url, "email": email, "domain": domain, "ca_bundle": bool(ca_bundle)})
-    runner.run(["docker", "exec", "-i", proxy.edge_container(settings.project), "sh", "-c", f"cat > {ACME_STATE}"],
+    runner.run(["docker", "exec", "-i", edge.edge_container(settings.project), "sh", "-c", f"cat > {ACME_STATE}"],
                input=record, env=settings.docker_env(), what="recording the ACME directory")
     reloaded = reload_if_changed(settings)
     return {**status(settings), "reloaded": reloaded}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import gates, stack
+from deploy import edge as edge_state, facts, gates, stack
 from deploy.colors import parse_color
 
 
@@ -45,10 +45,10 @@ def expected(request, gate_settings) -> Expected:
     version = request.config.getoption("target_version")
     if color and version:
         return Expected(parse_color(color), version)
-    active = stack.read_active(gate_settings)
+    active = edge_state.read_active(gate_settings)
     assert active is not None, "no color is live on the edge: run `invoke up`"
     if color and parse_color(color) != active.color:
-        running = stack.running_versions(stack.service_states(gate_settings))
+        running = facts.running_versions(facts.service_states(gate_settings))
         return Expected(parse_color(color), version or running.get(parse_color(color), ""))
     return Expected(active.color, version or active.version)
 
@@ -74,7 +74,7 @@ def edge(gate_settings, trust):
 @pytest.fixture(scope="session")
 def published(gate_settings) -> dict[str, list[str]]:
     """Host ports each service publishes (read once per gate run)."""
-    return gates.published_ports(gate_settings)
+    return facts.published_ports(gate_settings)
 
 
 def _show(response) -> str:
@@ -97,7 +97,7 @@ def request_over_https(client, path):
 
 @when(parsers.parse('the edge requests "{path}" from the {service} of the color under test'), target_fixture="response")
 def edge_requests(gate_settings, expected, path, service):
-    return gates.probe_from_edge(gate_settings, service, expected.color, path)
+    return facts.probe_from_edge(gate_settings, service, expected.color, path)
 
 
 @given("the stack's containers", target_fixture="ports")
@@ -148,14 +148,14 @@ def faster_than(response, ms):
 
 @then("every routed service of the color under test passes its health check")
 def candidate_healthy(gate_settings, expected):
-    problems = {s: p for s, p in gates.candidate_health(gate_settings, expected.color).items() if p}
+    problems = {s: p for s, p in facts.candidate_health(gate_settings, expected.color).items() if p}
     assert not problems, "; ".join(f"{gate_settings.app.copy_name(s, expected.color)} "
                                    f"{gate_settings.app.health[s].path}: {p}" for s, p in problems.items())
 
 
 @then("the color under test runs the version under test")
 def runs_expected_version(gate_settings, expected):
-    states = stack.service_states(gate_settings)
+    states = facts.service_states(gate_settings)
     wrong = {name: (states[name].version if name in states else "absent")
              for name in stack.color_services(gate_settings, expected.color)
              if name not in states or states[name].version != expected.version}
@@ -170,7 +170,7 @@ def public_health(client, app):
         if route is None or route.service != service:
             continue  # not reachable from outside at that path: the pre gate checked it
         response = client.get(check.path)
-        problem = gates.health_problem(check, response.status_code, response.text)
+        problem = facts.health_problem(check, response.status_code, response.text)
         assert problem is None, f"{service} through the edge at {check.path}: {problem}"
         checked += 1
     if not checked:
@@ -179,7 +179,7 @@ def public_health(client, app):
 
 @then("every route is answered by the color and version under test")
 def routes_answered_by_expected(gate_settings, client, app, expected):
-    addresses = gates.color_addresses(gate_settings, expected.color)
+    addresses = facts.color_addresses(gate_settings, expected.color)
     for route in app.routes:
         check = app.health.get(route.service)
         path = check.path if check and app.route_for(check.path) == route else route.path
@@ -196,7 +196,7 @@ def routes_answered_by_expected(gate_settings, client, app, expected):
 
 @then("the edge routes to the color and version under test")
 def edge_routes_expected(gate_settings, expected):
-    active = stack.read_active(gate_settings)
+    active = edge_state.read_active(gate_settings)
     assert active is not None, "the edge routes to no color"
     assert (active.color, active.version) == (expected.color, expected.version), (
         f"the edge routes to {active.color} {active.version}, expected {expected.color} {expected.version}"
@@ -208,7 +208,7 @@ def migrations_at_head(gate_settings, expected):
     m = gate_settings.app.migrations
     if not m or not m.status:
         pytest.skip("the app declares no migration status command (x-colorgate.migrations.status)")
-    pending = stack.pending_migrations(gate_settings, expected.color)
+    pending = facts.pending_migrations(gate_settings, expected.color)
     assert not pending, (f"{gate_settings.app.copy_name(m.service, expected.color)} has migrations the database "
                          f"has not applied ({' '.join(m.status)} says so): run `invoke db.migrate`")
 
@@ -224,11 +224,11 @@ def only_internal_networks(gate_settings, app):
     if not app.database:
         pytest.skip("the app declares no database (x-colorgate.database)")
     service = app.database.service
-    if stack.read_database_record(gate_settings).get("retired"):
+    if edge_state.read_database_record(gate_settings).get("retired"):
         # retired after db.move: the app uses a managed database; no local one is left
-        assert service not in stack.service_states(gate_settings), f"the retired local database {service} is running again"
+        assert service not in facts.service_states(gate_settings), f"the retired local database {service} is running again"
         return
-    networks = gates.service_networks(gate_settings, service)
+    networks = facts.service_networks(gate_settings, service)
     assert networks and all(n.internal for n in networks), (
         f"{service} networks: {networks}: put the database on networks marked `internal: true` in {app.file.name}")
 
@@ -237,7 +237,7 @@ def only_internal_networks(gate_settings, app):
 def nothing_listens(gate_settings, app):
     if not app.postgres:
         pytest.skip("the app declares no PostgreSQL database")
-    listening = gates.listening_on_port(gate_settings, gates.POSTGRES_PORT)
+    listening = facts.listening_on_port(gate_settings, facts.POSTGRES_PORT)
     assert not listening, f"listening on the host: {listening}"
 
 
@@ -246,7 +246,7 @@ def no_host_connection(gate_settings, app):
     if not app.postgres:
         pytest.skip("the app declares no PostgreSQL database")
     for address in sorted({"127.0.0.1", gate_settings.edge_address}):
-        assert not gates.tcp_connects(address, gates.POSTGRES_PORT), f"{address}:{gates.POSTGRES_PORT} accepted a connection from the host"
+        assert not facts.tcp_connects(address, facts.POSTGRES_PORT), f"{address}:{facts.POSTGRES_PORT} accepted a connection from the host"
 
 
 @given("a TLS handshake with the edge", target_fixture="handshake")

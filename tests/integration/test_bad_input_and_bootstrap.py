@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import socket
 
-from deploy import bootstrap, config, images, stack
+from deploy import bootstrap, config, facts, images
 
 from .conftest import invoke
 
 
 def project_containers(settings) -> dict:
-    return stack.service_states(settings)
+    return facts.service_states(settings)
 
 
 def test_port_in_use_refuses_before_starting_anything(scratch):

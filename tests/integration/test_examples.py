@@ -11,7 +11,7 @@ import os
 import pytest
 import tenacity
 
-from deploy import config, db, gates, images, release, stack, tls
+from deploy import config, db, edge, facts, gates, images, release, tls
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -33,7 +33,7 @@ def gates_pass(settings, phase: str | None = None) -> list[str]:
 
 
 def _live(settings):
-    active = stack.read_active(settings)
+    active = edge.read_active(settings)
     return active.color, active.version
 
 
@@ -65,13 +65,13 @@ def done_by(settings, number: int) -> str:
 
 def test_the_jobs_app_runs_with_its_worker_redis_and_alembic(jobs):
     env, s = jobs
-    states = stack.service_states(s)
+    states = facts.service_states(s)
     assert {n for n in states} == {"edge", "db", "cache", "web_blue", "worker_blue"}
     assert states["worker_blue"].ready and states["worker_blue"].version == "v1" and states["worker_blue"].ports == []
     # the unrouted worker does the jobs the routed web service queues
     assert done_by(s, post_job(s, "first")) == "blue v1"
     # Alembic ran in the candidate's image: the status command says head
-    assert stack.pending_migrations(s, "blue") is False
+    assert facts.pending_migrations(s, "blue") is False
     ran = gates_pass(s)
     assert "The jobs page is served through the edge" in ran and "Every route is answered by the expected color and version" in ran
 
@@ -106,7 +106,7 @@ def site(request):
 
 def test_the_static_site_releases_with_no_database(site):
     env, s = site
-    assert set(stack.service_states(s)) == {"edge", "site_blue"}
+    assert set(facts.service_states(s)) == {"edge", "site_blue"}
     ran = gates_pass(s)
     assert "An unknown page is not found" in ran
     record = release.deploy(s)

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from benchmarks.db_move import Managed, Writer, docker0, free_port_on, isolated, managed_postgres
-from deploy import config, db, gates, images, release, runner, stack
+from deploy import config, db, edge, facts, gates, images, runner
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -38,7 +38,7 @@ def cli_env(env: dict[str, str], url: str | None = None, **extra: str) -> dict[s
 
 
 def test_a_write_freeze_refuses_writes_and_serves_reads(settings, env):
-    stack.set_frozen(settings, True)
+    edge.set_frozen(settings, True)
     try:
         with gates.edge_client(settings) as client:
             assert client.get("/api/notes").status_code == 200
@@ -54,7 +54,7 @@ def test_a_write_freeze_refuses_writes_and_serves_reads(settings, env):
 
 
 def test_bad_targets_are_refused_before_anything_changes(settings, env):
-    before = (stack.read_active(settings), len(release.read_history(settings)))
+    before = (edge.read_active(settings), len(edge.read_history(settings)))
     address = docker0()
     cases = [
         (f"postgresql://admin:pw@{address}:{free_port_on(address)}/app", "nothing answers there"),
@@ -74,8 +74,8 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env):
             assert "Traceback" not in proc.stderr and managed.password not in proc.stderr + proc.stdout
     unknown = invoke("db.move", "--mode", "teleport", env=cli_env(env, cases[0][0]))
     assert unknown.returncode == 1 and "unknown mode 'teleport': use dump or replicate" in unknown.stderr
-    assert (stack.read_active(settings), len(release.read_history(settings))) == before
-    assert not stack.is_frozen(settings) and "dbrelay" not in stack.service_states(settings)
+    assert (edge.read_active(settings), len(edge.read_history(settings))) == before
+    assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
     assert invoke("db.retire-local", env=env).stderr.strip().endswith(
         "the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
 
@@ -98,11 +98,11 @@ def assert_nothing_moved(settings, before, proc):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and last.startswith("colorgate: ") and "Traceback" not in proc.stderr
     assert "traffic stays on blue with the local database, untouched" in last and "now holds a partial copy" in last
-    assert stack.read_active(settings) == before and not stack.is_frozen(settings)
-    states = stack.service_states(settings)
+    assert edge.read_active(settings) == before and not edge.is_frozen(settings)
+    states = facts.service_states(settings)
     assert states["backend_green"].state == "exited" and "dbrelay" not in states
-    assert stack.read_database_record(settings)["url"] == "local"
-    assert release.read_history(settings)[-1]["outcome"] == "failed"
+    assert edge.read_database_record(settings)["url"] == "local"
+    assert edge.read_history(settings)[-1]["outcome"] == "failed"
     with gates.edge_client(settings) as client:  # still serving, and writing, from the local database
         assert client.post("/api/notes", json={"body": "still-local"}, headers={"Connection": "close"}).status_code == 201
         assert "still-local" in [n["body"] for n in client.get("/api/notes").json()]
@@ -110,7 +110,7 @@ def assert_nothing_moved(settings, before, proc):
 
 
 def test_a_move_that_fails_midway_leaves_traffic_and_data_where_they_were(settings, env):
-    before = stack.read_active(settings)
+    before = edge.read_active(settings)
     with gates.edge_client(settings) as client:
         notes = client.get("/api/notes").json()
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
@@ -142,17 +142,17 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
     on_target = set(managed.sql("SELECT body FROM notes").split())
     assert not {body for _, _, body in writer.refused} & on_target, "a refused write was stored anyway"
     assert len(writer.acked) > 20
-    record = release.read_history(settings)[-1]
+    record = edge.read_history(settings)[-1]
     assert (record["action"], record["outcome"]) == ("db.move", "switched") and f"{mode} to postgresql://admin@" in record["detail"]
-    assert stack.read_database_record(settings)["url"] == config.shown_url(managed.url)
-    live = stack.read_active(settings)
-    states = stack.service_states(settings)
+    assert edge.read_database_record(settings)["url"] == config.shown_url(managed.url)
+    live = edge.read_active(settings)
+    states = facts.service_states(settings)
     assert states[f"backend_{live.color}"].database == config.shown_url(managed.url)
-    assert not stack.is_frozen(settings) and "dbrelay" not in states
+    assert not edge.is_frozen(settings) and "dbrelay" not in states
     # the old database is untouched and still there; the old color keeps it, so no switching back
     assert states["postgres"].state == "running"
     back = invoke("rollback", env=env)
-    assert back.returncode == 1 and "switching would serve stale data" in back.stderr and stack.read_active(settings) == live
+    assert back.returncode == 1 and "switching would serve stale data" in back.stderr and edge.read_active(settings) == live
     # the configuration must follow: without DATABASE_URL nothing deploys
     refused = invoke("deploy", env=env)
     assert refused.returncode == 1 and "set DATABASE_URL to that URL" in refused.stderr
@@ -173,7 +173,7 @@ def test_dump_move_under_writes_loses_nothing(settings, env):
         # the dump the move restored is a verified backup of the local database: it may retire
         retired = invoke("db.retire-local", env=moved)
         assert retired.returncode == 0, retired.stderr
-        states = stack.service_states(settings)
+        states = facts.service_states(settings)
         assert "postgres" not in states, (retired.stdout, retired.stderr, states.get("postgres"))
         assert states[f"backend_{record['from_color']}"].state == "exited"
         # and the next gated release runs on the managed database alone
@@ -215,7 +215,7 @@ def test_replicate_move_under_writes_loses_nothing(request):
         db.record_verify(local_settings, taken, False, "marked unusable by the test")
         refused = invoke("db.retire-local", env=moved)
         assert refused.returncode == 1 and "no verified backup of the local database taken since the move" in refused.stderr
-        assert stack.service_states(settings)["postgres"].state == "running"
+        assert facts.service_states(settings)["postgres"].state == "running"
         assert invoke("db.backup", "--local", env=moved).returncode == 0
         assert invoke("db.verify", "latest", env=moved).returncode == 0
         retired = invoke("db.retire-local", env=moved)

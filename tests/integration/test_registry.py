@@ -13,7 +13,7 @@ import bcrypt
 import httpx
 import pytest
 
-from deploy import config, images, runner, stack
+from deploy import config, edge, facts, images, runner
 
 from .conftest import free_port, invoke, isolated_env, remove_stack
 
@@ -105,8 +105,8 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     deployed = invoke("deploy", "--version", "v8", env=env)
     assert deployed.returncode == 0, deployed.stderr[-2000:]
     assert "pulling green images (v8)" in deployed.stderr and "deploy: blue v7 -> green v8: switched" in deployed.stdout
-    assert stack.service_states(settings)["backend_green"].image == images.app_tag(settings, "backend", "v8")
+    assert facts.service_states(settings)["backend_green"].image == images.app_tag(settings, "backend", "v8")
 
     missing = invoke("deploy", "--version", "v99", env=env)
     assert missing.returncode == 1 and "is not in the registry" in missing.stderr.strip().splitlines()[-1]
-    assert stack.read_active(settings).version == "v8"
+    assert edge.read_active(settings).version == "v8"

@@ -12,7 +12,7 @@ import time
 import pytest
 import tenacity
 
-from deploy import config, contract, gates, proxy, release, runner, stack, tls
+from deploy import config, contract, edge, facts, gates, release, runner, stack, tls
 from deploy.errors import CommandError, StackError
 
 from .conftest import invoke, isolated_env, running_stack
@@ -40,7 +40,7 @@ def api(settings, path="/api/version"):
 
 
 def live(settings):
-    return stack.read_active(settings)
+    return edge.read_active(settings)
 
 
 def broken_app(tmp_path, settings, old: str = "", new: str = ""):
@@ -65,19 +65,19 @@ def test_deploy_moves_traffic_to_the_new_version(rstack):
     s = rstack
     record = release.deploy(s)
     assert (record.outcome, record.from_color, record.to_color, record.to_version) == ("switched", "blue", "green", "v2")
-    assert live(s) == proxy.Active("green", "v2")
+    assert live(s) == edge.Active("green", "v2")
     assert api(s).json() == {"color": "green", "version": "v2"}
     # the previous color keeps running, ready for a rollback
-    assert stack.service_states(s)["backend_blue"].ready
-    last = release.read_history(s)[-1]
+    assert facts.service_states(s)["backend_blue"].ready
+    last = edge.read_history(s)[-1]
     assert last["outcome"] == "switched" and {g["phase"] for g in last["gates"]} == {"pre", "post"}
     assert all(g["outcome"] == "passed" for g in last["gates"]) and len(last["gates"]) >= 10
 
 
 def test_deploying_the_live_version_is_a_no_op(rstack):
-    before = len(release.read_history(rstack))
+    before = len(edge.read_history(rstack))
     assert release.deploy(rstack, version="v2").outcome == "no-op"
-    assert len(release.read_history(rstack)) == before
+    assert len(edge.read_history(rstack)) == before
 
 
 def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
@@ -88,7 +88,7 @@ def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
         proc = invoke("switch", "--to", "blue", env=env)
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines()[-1].startswith("colorgate: blue is not running and healthy (frontend_blue exited")
-        assert live(rstack) == proxy.Active("green", "v2")
+        assert live(rstack) == edge.Active("green", "v2")
     finally:
         runner.run(stack.compose_cmd(rstack, "start", "frontend_blue"), env=rstack.compose_env())
         stack.wait_ready(rstack, ["frontend_blue"])
@@ -102,7 +102,7 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
         assert line.startswith("colorgate: the target is locked by deploy by ")
         assert "since 20" in line and line.endswith("or if it died, retry with --break-lock")
     # a lock left behind by a run that died can be broken explicitly
-    runner.run(release.lock_cmd(rstack.project), input='{"command": "deploy"}', env=rstack.docker_env())
+    runner.run(edge.lock_cmd(rstack.project), input='{"command": "deploy"}', env=rstack.docker_env())
     assert invoke("rollback", env=env).returncode == 1
     proc = invoke("switch", "--to", "green", "--break-lock", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -110,11 +110,11 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
 
 
 def test_invalid_nginx_config_is_never_loaded(rstack):
-    edge = proxy.edge_container(rstack.project)
-    workers = lambda: runner.run(["docker", "exec", edge, "sh", "-c", "cat /proc/$(cat /tmp/nginx.pid)/task/*/children"]).stdout.split()  # noqa: E731
+    edge_name = edge.edge_container(rstack.project)
+    workers = lambda: runner.run(["docker", "exec", edge_name, "sh", "-c", "cat /proc/$(cat /tmp/nginx.pid)/task/*/children"]).stdout.split()  # noqa: E731
     before_state, before_workers = live(rstack), workers()
     with pytest.raises(CommandError) as err:
-        runner.run(proxy.switch_cmd(rstack.project), input='set $cg_color "blue";\nno_such_directive on;\n', env=rstack.docker_env())
+        runner.run(edge.switch_cmd(rstack.project), input='set $cg_color "blue";\nno_such_directive on;\n', env=rstack.docker_env())
     assert err.value.returncode == 3 and "no_such_directive" in err.value.stderr
     assert live(rstack) == before_state, "the previous routing file was not restored"
     assert workers() == before_workers, "nginx was reloaded"
@@ -140,9 +140,9 @@ def test_an_unhealthy_candidate_never_receives_traffic(rstack, tmp_path):
     with pytest.raises(StackError, match="waiting for .*backend_blue.* to become healthy"):
         release.deploy(s, version="v3-unhealthy")
     assert_traffic_untouched(s, before)
-    last = release.read_history(s)[-1]
+    last = edge.read_history(s)[-1]
     assert (last["to_version"], last["outcome"]) == ("v3-unhealthy", "failed") and last["gates"] == []
-    assert stack.service_states(s)["backend_blue"].state == "exited", "the failed candidate was left running"
+    assert facts.service_states(s)["backend_blue"].state == "exited", "the failed candidate was left running"
 
 
 def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
@@ -156,7 +156,7 @@ def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
         release.deploy(s, version="v4-broken-route")
     assert f"traffic is back on {before.color} ({before.version})" in str(err.value)
     assert_traffic_untouched(s, before)
-    last = release.read_history(s)[-1]
+    last = edge.read_history(s)[-1]
     assert last["outcome"] == "rolled back"
     failed = [g for g in last["gates"] if g["outcome"] == "failed"]
     assert failed and all(g["phase"] == "post" for g in failed)
@@ -172,9 +172,9 @@ def test_a_failing_migration_stops_the_deploy_before_traffic_moves(rstack, tmp_p
     with pytest.raises(CommandError, match="database migrations failed"):
         release.deploy(s, version="v5-bad-migration")
     assert_traffic_untouched(s, before)
-    last = release.read_history(s)[-1]
+    last = edge.read_history(s)[-1]
     assert (last["to_version"], last["outcome"]) == ("v5-bad-migration", "failed") and "backup" in last["timings"]
-    assert stack.service_states(s)[f"backend_{last['to_color']}"].state == "exited"
+    assert facts.service_states(s)[f"backend_{last['to_color']}"].state == "exited"
     # the failed migration ran in one transaction: nothing of it stayed behind
     columns = runner.run(["docker", "exec", f"{s.project}-postgres-1", "psql", "-At", "-U", s.postgres_user, "-d", s.postgres_db,
                           "-c", "SELECT column_name FROM information_schema.columns WHERE table_name = 'notes'"]).stdout.split()
@@ -185,7 +185,7 @@ def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
     s = rstack
     color = live(s).color
     service = f"backend_{color}"
-    engine = stack.engine(s)
+    engine = facts.engine(s)
     network = f"{s.project}_colorgate"
     old_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
     runner.run(stack.compose_cmd(s, "stop", service), env=s.compose_env())
@@ -219,14 +219,14 @@ def run_gates_cli(env, *args):
 def test_gates_fail_on_a_certificate_for_the_wrong_name_or_expired(rstack, env, tmp_path):
     from tests.certs import make_ca, make_leaf
 
-    edge = proxy.edge_container(rstack.project)
-    keep = {name: runner.run(["docker", "exec", edge, "cat", f"/etc/colorgate/tls/{name}"]).stdout
+    edge_name = edge.edge_container(rstack.project)
+    keep = {name: runner.run(["docker", "exec", edge_name, "cat", f"/etc/colorgate/tls/{name}"]).stdout
             for name in ("local-ca.pem", "live/fullchain.pem", "live/privkey.pem")}
 
     def install(files):
         for name, pem in files.items():
-            runner.run(["docker", "exec", "-i", edge, "sh", "-c", f"cat > /etc/colorgate/tls/{name}"], input=pem)
-        runner.run(["docker", "exec", edge, "nginx", "-s", "reload", "-c", proxy.NGINX_CONF])
+            runner.run(["docker", "exec", "-i", edge_name, "sh", "-c", f"cat > /etc/colorgate/tls/{name}"], input=pem)
+        runner.run(["docker", "exec", edge_name, "nginx", "-s", "reload", "-c", edge.NGINX_CONF])
         time.sleep(0.5)  # let the new workers take over (reload is asynchronous)
 
     ca_cert, ca_key = make_ca()
@@ -260,7 +260,7 @@ def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
     override.write_text(f'services:\n  postgres:\n    networks: [data, web]\n    ports: ["127.0.0.1:{port}:5432"]\n')
     base = stack.compose_cmd(rstack)
     cmd = [*base, "--file", str(override), "up", "--detach", "--no-build", "postgres"]
-    versions = stack.running_versions(stack.service_states(rstack))
+    versions = facts.running_versions(facts.service_states(rstack))
     runner.run(cmd, env=stack.compose_env(rstack, versions))
     try:
         stack.wait_ready(rstack, ["postgres"])

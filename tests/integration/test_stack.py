@@ -10,7 +10,7 @@ import ssl
 import httpx
 import pytest
 
-from deploy import gates, stack, tls
+from deploy import edge, facts, gates, runner, stack, tls
 
 from .conftest import invoke
 
@@ -59,9 +59,7 @@ def test_certificate_is_verified_for_the_domain_and_not_for_another(settings, ca
 
 
 def test_tls_configuration_follows_mozilla_intermediate(live_stack, settings, client):
-    from deploy import proxy, runner
-
-    dump = runner.run(["docker", "exec", proxy.edge_container(settings.project), "nginx", "-T", "-q", "-c", proxy.NGINX_CONF]).stdout
+    dump = runner.run(["docker", "exec", edge.edge_container(settings.project), "nginx", "-T", "-q", "-c", edge.NGINX_CONF]).stdout
     lines = [line.strip() for line in dump.splitlines()]
     assert [line for line in lines if line.startswith("ssl_protocols")] == ["ssl_protocols TLSv1.2 TLSv1.3;"]
     assert "ssl_prefer_server_ciphers off;" in lines and "ssl_session_tickets off;" in lines
@@ -103,7 +101,7 @@ def test_notes_crud_through_the_edge(client):
 
 
 def test_only_the_edge_publishes_ports(live_stack, settings):
-    ports = gates.published_ports(settings)
+    ports = facts.published_ports(settings)
     assert ports["edge"] == sorted(
         [f"127.0.0.1:{settings.http_port}->8080/tcp", f"127.0.0.1:{settings.https_port}->8443/tcp"]
     )
@@ -112,21 +110,19 @@ def test_only_the_edge_publishes_ports(live_stack, settings):
 
 def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
     # postgres is on the internal network only; the backend also joins the web network
-    assert [(n.name, n.internal) for n in gates.service_networks(settings, "postgres")] == [(f"{settings.project}_data", True)]
-    assert {n.internal for n in gates.service_networks(settings, "backend_blue")} == {True, False}
+    assert [(n.name, n.internal) for n in facts.service_networks(settings, "postgres")] == [(f"{settings.project}_data", True)]
+    assert {n.internal for n in facts.service_networks(settings, "backend_blue")} == {True, False}
     for port in (5432, 8000):
-        assert not gates.tcp_connects("127.0.0.1", port), f"127.0.0.1:{port} accepted a connection"
+        assert not facts.tcp_connects("127.0.0.1", port), f"127.0.0.1:{port} accepted a connection"
     # and PostgreSQL refuses connections without the password even from inside the stack
     probe = stack.compose_cmd(settings, "exec", "-T", "backend_blue", "python3", "-c",
                               f"import psycopg2; psycopg2.connect(host='postgres', user='{settings.postgres_user}', "
                               f"dbname='{settings.postgres_db}', password='wrong')")
-    from deploy import runner
     proc = runner.run(probe, env=settings.compose_env(), check=False)
     assert proc.returncode != 0 and "password authentication failed" in proc.stderr
 
 
 def test_app_containers_run_as_non_root(live_stack, settings):
-    from deploy import runner
 
     for service in ("edge", "postgres", "frontend_blue", "backend_blue"):
         uid = runner.run(["docker", "exec", f"{settings.project}-{service}-1", "id", "-u"]).stdout.strip()
@@ -176,10 +172,10 @@ def test_gates_pass_on_the_live_stack(live_stack, stack_env, tmp_path):
 
 
 def test_up_again_changes_nothing(live_stack, settings):
-    before = {s.service: s for s in stack.service_states(settings).values()}
-    ids_before = {name: stack.engine(settings).container.inspect(f"{settings.project}-{name}-1").id for name in before}
+    before = {s.service: s for s in facts.service_states(settings).values()}
+    ids_before = {name: facts.engine(settings).container.inspect(f"{settings.project}-{name}-1").id for name in before}
     stack.up(settings)
-    ids_after = {name: stack.engine(settings).container.inspect(f"{settings.project}-{name}-1").id for name in before}
+    ids_after = {name: facts.engine(settings).container.inspect(f"{settings.project}-{name}-1").id for name in before}
     assert ids_after == ids_before
 
 
@@ -187,7 +183,7 @@ def test_down_keeps_data_and_up_brings_it_back(live_stack, settings, ca_pem):
     with gates.edge_client(settings, ca_pem) as c:
         note = c.post("/api/notes", json={"body": "survives down"}).json()
     stack.down(settings)
-    assert stack.service_states(settings) == {}
+    assert facts.service_states(settings) == {}
     stack.up(settings)
     with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
         assert c.get(f"/api/notes/{note['id']}").json()["body"] == "survives down"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploy import colors, proxy
+from deploy import colors, edge
 from deploy.errors import ColorgateError
 
 
@@ -22,39 +22,39 @@ def test_other():
 
 
 def test_render_then_parse_round_trip():
-    text = proxy.render_upstream("green", "v12")
+    text = edge.render_upstream("green", "v12")
     # the routing data is only the color and version: the routes come from the app's contract
     assert [line for line in text.splitlines() if not line.startswith("#")] == ['set $cg_color "green";', 'set $cg_version "v12";']
-    assert proxy.parse_active(text) == proxy.Active("green", "v12")
+    assert edge.parse_active(text) == edge.Active("green", "v12")
 
 
 def test_no_state_means_no_live_color():
-    assert proxy.parse_active("") is None
-    assert proxy.parse_active("# nothing here\n") is None
+    assert edge.parse_active("") is None
+    assert edge.parse_active("# nothing here\n") is None
 
 
 def test_damaged_state_is_an_error():
     with pytest.raises(ValueError, match="names color 'red'"):
-        proxy.parse_active(proxy.render_upstream("blue", "v1").replace('"blue"', '"red"'))
+        edge.parse_active(edge.render_upstream("blue", "v1").replace('"blue"', '"red"'))
     with pytest.raises(ValueError, match="names version 'v1 x'"):
-        proxy.parse_active(proxy.render_upstream("blue", "v1").replace('"v1"', '"v1 x"'))
+        edge.parse_active(edge.render_upstream("blue", "v1").replace('"v1"', '"v1 x"'))
 
 
 @pytest.mark.parametrize("version", ["", "v1;", 'v1" ; return 200 "x', "../x", "a b"])
 def test_versions_cannot_inject_config(version):
     with pytest.raises(ValueError, match="bad version"):
-        proxy.render_upstream("blue", version)
+        edge.render_upstream("blue", version)
 
 
 def test_switch_is_one_exec_with_the_file_on_stdin():
-    cmd = proxy.switch_cmd("shop")
+    cmd = edge.switch_cmd("shop")
     assert cmd[:4] == ["docker", "exec", "-i", "shop-edge-1"]
-    assert cmd[-2:] == [proxy.STATE_FILE, ""]
+    assert cmd[-2:] == [edge.STATE_FILE, ""]
     script = cmd[-4]
     # test before reload, restore on failure, reload only after the test passed
     assert script.index("nginx -t") < script.index("nginx -s reload")
     assert 'mv "$f.prev" "$f"' in script and "exit 3" in script
     # and returns only once new connections get the new configuration
     assert script.index("nginx -s reload") < script.index('grep -qix "$want"')
-    assert proxy.switch_cmd("shop", expect=proxy.expect_color("green"))[-1] == "x-colorgate-edge-color: green"
-    assert proxy.read_state_cmd("shop")[:3] == ["docker", "exec", "shop-edge-1"]
+    assert edge.switch_cmd("shop", expect=edge.expect_color("green"))[-1] == "x-colorgate-edge-color: green"
+    assert edge.read_state_cmd("shop")[:3] == ["docker", "exec", "shop-edge-1"]

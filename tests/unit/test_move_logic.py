@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploy import config, move, proxy, release, stack
+from deploy import config, edge, facts, move, release
 from deploy.errors import ConfigError
 
 SHOWN = "postgresql://app@db.example.com:5432/shop"
@@ -51,8 +51,8 @@ def test_target_url_is_checked_before_anything():
 
 
 def test_freeze_is_its_own_include_and_removable():
-    cmd = proxy.switch_cmd("shop", proxy.FREEZE_FILE, proxy.expect_writes(True))
-    assert cmd[-2:] == [proxy.FREEZE_FILE, "x-colorgate-writes: frozen"] and '$cg_frozen "1"' in proxy.FREEZE
+    cmd = edge.switch_cmd("shop", edge.FREEZE_FILE, edge.expect_writes(True))
+    assert cmd[-2:] == [edge.FREEZE_FILE, "x-colorgate-writes: frozen"] and '$cg_frozen "1"' in edge.FREEZE
     assert 'rm -f "$f.new" "$f"' in cmd[-4]  # empty stdin removes the file
 
 
@@ -60,7 +60,7 @@ SETTINGS = config.load("development", root=config.project_root(), environ={})
 
 
 def _backend(color, database):
-    return stack.ServiceState(f"backend_{color}", color, "running", "healthy", "img", "v1", [], database)
+    return facts.ServiceState(f"backend_{color}", color, "running", "healthy", "img", "v1", [], database)
 
 
 def test_no_switch_back_to_the_database_left_behind():

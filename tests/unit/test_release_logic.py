@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, gates, release
+from deploy import config, edge, facts, gates, release
 
 
 def test_lock_is_an_atomic_mkdir_that_reports_the_holder():
-    cmd = release.lock_cmd("shop")
+    cmd = edge.lock_cmd("shop")
     assert cmd[:4] == ["docker", "exec", "-i", "shop-edge-1"]
-    assert cmd[-1].startswith(f"mkdir {release.LOCK_DIR} 2>/dev/null || {{ cat {release.LOCK_DIR}/holder")
+    assert cmd[-1].startswith(f"mkdir {edge.LOCK_DIR} 2>/dev/null || {{ cat {edge.LOCK_DIR}/holder")
     assert "exit 75" in cmd[-1]
-    assert release.unlock_cmd("shop")[-3:] == ["rm", "-rf", release.LOCK_DIR]
+    assert edge.unlock_cmd("shop")[-3:] == ["rm", "-rf", edge.LOCK_DIR]
 
 
 def test_holder_description():
@@ -33,12 +33,12 @@ HISTORY = "\n".join(
 
 
 def test_history_parsing_skips_damaged_lines():
-    records = release.parse_history(HISTORY)
+    records = edge.parse_history(HISTORY)
     assert [r["to_version"] for r in records] == ["v2", "v3", "v4"]
 
 
 def test_previous_color_is_the_one_before_the_last_completed_switch():
-    assert release.previous_color(release.parse_history(HISTORY)) == ("blue", "v1")
+    assert release.previous_color(edge.parse_history(HISTORY)) == ("blue", "v1")
     assert release.previous_color([]) is None
 
 
@@ -104,5 +104,5 @@ def test_settings_pass_to_the_gates_unchanged():
     ],
 )
 def test_curl_output_parsing(out, status, header, body):
-    probe = gates.parse_curl_i("http://x", out)
+    probe = facts.parse_curl_i("http://x", out)
     assert (probe.status_code, probe.headers.get("x-colorgate-color"), probe.text) == (status, header, body)

@@ -1,0 +1,265 @@
+"""Facts: the one module that reads the target. What runs (containers, their state,
+health, version, ports, database), networks, listening sockets, and the app's answers
+as the edge sees them. Each fact is plain data, so a release can be decided and a gate
+can explain itself from it; parsing is pure (tested on captured output).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from deploy import contract, runner
+from deploy.colors import COLORS
+from deploy.config import Settings, shown_url
+from deploy.errors import CommandError, StackError
+
+
+def container(settings: Settings, service: str) -> str:
+    """The container compose runs a service in."""
+    return f"{settings.project}-{service}-1"
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    service: str  # the compose service: `api_blue`, `db`, `edge`
+    color: str | None
+    state: str  # running, exited, restarting, created, ...
+    health: str  # healthy, unhealthy, starting, or "" without a health check
+    image: str
+    version: str
+    ports: list[str]
+    database: str = ""  # the database's clients: `local` or the managed database's URL without its password
+    app_service: str = ""  # the app's service it runs (`api` for `api_blue`)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running" and self.health in ("healthy", "")
+
+
+def engine(settings: Settings):
+    """python-on-whales client for the target engine (typed container and network facts)."""
+    from python_on_whales import DockerClient
+
+    return DockerClient(host=settings.docker_host or None)
+
+
+def service_states(settings: Settings) -> dict[str, ServiceState]:
+    """The state of every container of this project, by compose service."""
+    found: dict[str, ServiceState] = {}
+    db = settings.app.database
+    containers = engine(settings).container.list(
+        all=True, filters=[("label", f"com.docker.compose.project={settings.project}")]
+    )
+    for c in containers:
+        labels = c.config.labels or {}
+        service = labels.get("com.docker.compose.service", c.name)
+        if labels.get("com.docker.compose.oneoff") == "True" or "com.docker.compose.config-hash" not in labels:
+            continue  # one-offs, and containers merely run from an image compose built (labels inherited)
+        env = dict(item.split("=", 1) for item in (c.config.env or []) if "=" in item)
+        ports = []
+        for container_port, bindings in (c.network_settings.ports or {}).items():
+            for b in bindings or []:
+                ports.append(f"{b['HostIp']}:{b['HostPort']}->{container_port}")
+        app_service = labels.get("org.colorgate.service", service)
+        color = labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
+        is_client = bool(color and db and app_service in db.clients)
+        found[service] = ServiceState(
+            service=service,
+            color=color,
+            state=c.state.status,
+            health=(c.state.health.status if c.state.health else "") or "",
+            image=c.config.image,
+            version=env.get("COLORGATE_VERSION", "") if color else "",
+            ports=sorted(ports),
+            database=database_shown(settings, env.get(db.env, "")) if is_client else "",
+            app_service=app_service,
+        )
+    return found
+
+
+def database_shown(settings: Settings, url: str) -> str:
+    """`local` for the stack's own database (or none), else the URL without its password."""
+    db = settings.app.database
+    if not url or (db and urlsplit(url).hostname == db.service):
+        return "local"
+    return shown_url(url)
+
+
+def running_versions(states: dict[str, ServiceState]) -> dict[str, str]:
+    """Version each color runs now (colors with no container are left out)."""
+    versions: dict[str, str] = {}
+    for s in sorted(states.values(), key=lambda s: s.service):
+        if s.color and s.version and s.color not in versions:
+            versions[s.color] = s.version
+    return versions
+
+
+def color_database(settings: Settings, states: dict[str, ServiceState], color: str) -> str | None:
+    """The database `color`'s clients use (`local` or a URL without password); None without one."""
+    return next((s.database for s in states.values() if s.color == color and s.database), None)
+
+
+def edge_down(settings: Settings) -> StackError | None:
+    """The error to give when a command on the edge failed because it is not running
+    (read from the container's state, not from docker's wording); None when it runs."""
+    edge = service_states(settings).get("edge")
+    if edge is None or edge.state != "running":
+        return StackError("the edge is not running: start the stack with `invoke up`")
+    return None
+
+
+def migration_status_cmd(settings: Settings, color: str) -> list[str]:
+    m = settings.app.migrations
+    return ["docker", "exec", container(settings, settings.app.copy_name(m.service, color)), *m.status]
+
+
+def pending_migrations(settings: Settings, color: str) -> bool | None:
+    """Whether `color`'s image brings migrations the database lacks: the app's status
+    command, run in its running container, exits 0 at head and non-zero otherwise.
+    None when the app has no status command (then migrations always run)."""
+    m = settings.app.migrations
+    if not m:
+        return False
+    if not m.status:
+        return None
+    proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
+    if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
+        raise CommandError(migration_status_cmd(settings, color), proc.returncode, proc.stdout, proc.stderr, "migration status")
+    return proc.returncode != 0
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    internal: bool
+
+
+def service_networks(settings: Settings, service: str) -> list[Network]:
+    """Networks a service's container is attached to, with their `internal` flag."""
+    docker = engine(settings)
+    found = docker.container.inspect(container(settings, service))
+    names = sorted((found.network_settings.networks or {}).keys())
+    return [Network(name, bool(docker.network.inspect(name).internal)) for name in names]
+
+
+POSTGRES_PORT = 5432
+
+
+def color_addresses(settings: Settings, color: str) -> dict[str, str]:
+    """IP address -> service, for every container of `color` (on every network)."""
+    docker = engine(settings)
+    out = {}
+    for name in settings.app.color_services(color):
+        try:
+            c = docker.container.inspect(container(settings, name))
+        except Exception:  # noqa: BLE001 - absent: it has no address
+            continue
+        for net in (c.network_settings.networks or {}).values():
+            if net.ip_address:
+                out[net.ip_address] = name
+    return out
+
+
+def published_ports(settings: Settings) -> dict[str, list[str]]:
+    """Host ports each service publishes (services that publish none map to [])."""
+    return {name: s.ports for name, s in service_states(settings).items()}
+
+
+def target_host(settings: Settings):
+    """testinfra host for the machine the stack runs on: this one for a local engine,
+    the SSH host of COLORGATE_DOCKER_HOST otherwise."""
+    import testinfra
+
+    if settings.docker_host.startswith("ssh://"):
+        return testinfra.get_host(settings.docker_host)
+    return testinfra.get_host("local://")
+
+
+def listening_on_port(settings: Settings, port: int) -> list[str]:
+    """Sockets on the target host listening on `port`, any address (testinfra)."""
+    host = target_host(settings)
+    return [s for s in host.socket.get_listening_sockets() if s.rsplit(":", 1)[-1] == str(port) and s.startswith("tcp")]
+
+
+def tcp_connects(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to host:port is accepted."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An HTTP answer as the edge sees it from a container on its network."""
+
+    url: str
+    status_code: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def edge_probe_cmd(project: str, url: str) -> list[str]:
+    return ["docker", "exec", f"{project}-edge-1", "curl", "-sS", "-i", "--max-time", "5", url]
+
+
+def parse_curl_i(url: str, out: str) -> Probe:
+    """`curl -i` output (status line, headers, blank line, body) -> Probe."""
+    head, _, body = out.replace("\r\n", "\n").partition("\n\n")
+    lines = head.splitlines()
+    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return Probe(url, status, headers, body)
+
+
+def probe_from_edge(settings: Settings, service: str, color: str, path: str, port: int | None = None) -> Probe:
+    """GET http://<service>_<color>:<port><path> from inside the edge container, the
+    way nginx will reach it after a switch (same network, same DNS). The port is the
+    service's route's unless given."""
+    port = port or settings.app.port_of(service)
+    url = f"http://{settings.app.copy_name(service, color)}:{port}{path}"
+    proc = runner.run(edge_probe_cmd(settings.project, url), env=settings.docker_env(), check=False)
+    if proc.returncode != 0:
+        return Probe(url, 0, {}, (proc.stderr or proc.stdout).strip())
+    return parse_curl_i(url, proc.stdout)
+
+
+def health_problem(check: contract.Health, status_code: int, text: str) -> str | None:
+    """What is wrong with an answer to a health check (None: healthy), from the
+    contract's expectations: status, JSON fields, body text."""
+    shown = f"answered {status_code}: {text[:200]!r}"
+    if status_code != check.status:
+        return f"expected status {check.status}, {shown}"
+    if check.json:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return f"expected a JSON body, {shown}"
+        for key, value in check.json:
+            got = body.get(key) if isinstance(body, dict) else None
+            got = str(got).lower() if isinstance(got, bool) else got
+            if str(got) != value:
+                return f"JSON field {key!r} is {got!r}, expected {value!r}: {shown}"
+    if check.contains and check.contains not in text:
+        return f"the body does not contain {check.contains!r}: {shown}"
+    return None
+
+
+def candidate_health(settings: Settings, color: str) -> dict[str, str | None]:
+    """Each routed service of `color` against its health check: service -> problem or None."""
+    out = {}
+    for service, check in settings.app.health.items():
+        probe = probe_from_edge(settings, service, color, check.path, check.port)
+        out[service] = health_problem(check, probe.status_code, probe.text) if probe.status_code else f"no answer: {probe.text}"
+    return out
