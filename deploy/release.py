@@ -178,7 +178,7 @@ def recorded(settings: Settings, record: Record) -> Iterator[Record]:
     finally:
         record.duration_s = round(time.monotonic() - started, 2)
         if record.outcome != "no-op":
-            edge.append_history(settings, record)
+            edge.append_history(settings, asdict(record))
 
 
 def _verified_backup(settings: Settings, record: Record) -> None:
