@@ -97,7 +97,7 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     drop_local_tags(env)
     up = invoke("up", "--version", "v7", env=env)
     assert up.returncode == 0, up.stderr[-2000:]
-    assert "pulling the edge and PostgreSQL images" in up.stderr and "active color: blue (v7)" in up.stdout
+    assert "pulling the images of postgres, edge" in up.stderr and "active color: blue (v7)" in up.stdout
 
     assert invoke("images.push", "--version", "v8", env=env).returncode == 0
     settings = config.load("development", environ={**os.environ, **env})

@@ -82,8 +82,8 @@ def test_only_what_the_host_lacks_is_sent(engine, remote, tmp_path):
     assert again.returncode == 0 and again.stdout.strip() == "sent 0 image(s), 8 already there", again.stdout
 
     # v2 with a changed backend: only the backend is new; the unchanged frontend is only tagged
-    app = tmp_path / "app"
-    shutil.copytree(settings.app_dir, app)
+    shutil.copytree(settings.app_dir.parent, tmp_path / "examples")  # the app and the PostgreSQL it builds from ../
+    app = tmp_path / "examples" / settings.app_dir.name
     with open(app / "backend" / "app.py", "a") as f:
         f.write("\n# v2\n")
     v2 = invoke("images.send", "--host", host.url, "--version", "v2", env={**env, "COLORGATE_APP": str(app)})
