@@ -15,7 +15,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap, edge
-from deploy import config, db as _db, render as _render, images as _images, move as _move, release, remote as _remote, runner, stack, tls as _tls
+from deploy import config, db as _db, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls
 from deploy.errors import ColorgateError
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -105,7 +105,7 @@ def status(c, profile=None, host=None, json_=False):
     else:
         print(stack.format_status(data))
         if history:
-            print("\nlast release:\n" + release.format_history(history, limit=1))
+            print("\nlast release:\n" + _history.format_history(history, limit=1))
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "routes": "print the edge's nginx routes instead"})
@@ -188,7 +188,7 @@ def history(c, profile=None, host=None, limit=20, json_=False):
     """Deploys, switches and rollbacks recorded on the target, newest last."""
     settings = _target(profile, host)
     records = edge.read_history(settings)
-    print(json.dumps(records[-int(limit):], indent=2) if json_ else release.format_history(records, int(limit)))
+    print(json.dumps(records[-int(limit):], indent=2) if json_ else _history.format_history(records, int(limit)))
 
 
 @task(help={"switches": "switches without gates", "gated": "gated switches", "baseline": "naive recreations to compare",

@@ -113,6 +113,7 @@ class Key:
     parse: Callable[[str], object]
     default: str | None = None  # None: required
     secret: bool = False
+    attr: str = ""  # the Settings field; default: the key without COLORGATE_, lowercased
 
 
 KEYS: dict[str, Key] = {
@@ -132,17 +133,17 @@ KEYS: dict[str, Key] = {
     # Without a registry: `build` makes the images with the target's engine; `stream`
     # makes them with this machine's and sends what the target lacks over SSH
     # (docker save | docker load).
-    "COLORGATE_IMAGES": Key(_pattern(re.compile(r"^(build|stream)$"), "should be build or stream"), "build"),
+    "COLORGATE_IMAGES": Key(_pattern(re.compile(r"^(build|stream)$"), "should be build or stream"), "build", attr="image_source"),
     "COLORGATE_REGISTRY_PASSWORD": Key(str, "", secret=True),
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),
     # The app: its compose file with an x-colorgate block (or the directory holding it).
-    "COLORGATE_APP": Key(_pattern(re.compile(r"^\S+$"), "should be a path to a compose file or its directory"), "examples/spa-api-postgres"),
+    "COLORGATE_APP": Key(_pattern(re.compile(r"^\S+$"), "should be a path to a compose file or its directory"), "examples/spa-api-postgres", attr="app_path"),
     "COLORGATE_DRAIN_SECONDS": Key(_seconds, "30"),
     "COLORGATE_TLS_CA": Key(_pattern(re.compile(r"^(local|system|/\S+)$"), "should be local, system or an absolute path to a CA bundle"), "local"),
     "COLORGATE_TLS_MIN_DAYS": Key(_seconds, "14"),
-    "COLORGATE_REPORTS_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "reports"),
+    "COLORGATE_REPORTS_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "reports", attr="reports_path"),
     "COLORGATE_BACKUP_KEEP": Key(_count, "7"),
     # Where the app's database is: empty for the stack's own PostgreSQL, or the URL of
     # a managed one after `invoke db.move` (checked against the target's record).
@@ -357,40 +358,15 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
             if not str(parsed[key]).strip():
                 raise ConfigError(f"{key} is missing: the app's database {app.postgres.service!r} (x-colorgate.database) needs it; "
                                   f"set it in {profile_file}.local or the environment")
-    return Settings(
-        profile=profile,
-        root=root,
-        project=parsed["COLORGATE_PROJECT"],
-        domain=parsed["COLORGATE_DOMAIN"],
-        bind=parsed["COLORGATE_BIND"],
-        http_port=parsed["COLORGATE_HTTP_PORT"],
-        https_port=parsed["COLORGATE_HTTPS_PORT"],
-        initial_color=parsed["COLORGATE_INITIAL_COLOR"],
-        image_prefix=parsed["COLORGATE_REGISTRY"] + "/" if parsed["COLORGATE_REGISTRY"] else parsed["COLORGATE_IMAGE_PREFIX"],
-        registry=parsed["COLORGATE_REGISTRY"],
-        registry_user=parsed["COLORGATE_REGISTRY_USER"],
-        registry_password=parsed["COLORGATE_REGISTRY_PASSWORD"],
-        image_source="registry" if parsed["COLORGATE_REGISTRY"] else parsed["COLORGATE_IMAGES"],
-        debian_mirror=parsed["COLORGATE_DEBIAN_MIRROR"],
-        docker_host=parsed["COLORGATE_DOCKER_HOST"],
-        health_timeout=parsed["COLORGATE_HEALTH_TIMEOUT"],
+    values = {spec.attr or key.removeprefix("COLORGATE_").lower(): parsed[key] for key, spec in KEYS.items()}
+    registry = parsed["COLORGATE_REGISTRY"]
+    values.update(  # what follows from more than one key
+        image_prefix=registry + "/" if registry else parsed["COLORGATE_IMAGE_PREFIX"],
+        image_source="registry" if registry else parsed["COLORGATE_IMAGES"],
         app_path=str(app.file),
-        drain_seconds=parsed["COLORGATE_DRAIN_SECONDS"],
-        tls_ca=parsed["COLORGATE_TLS_CA"],
-        tls_min_days=parsed["COLORGATE_TLS_MIN_DAYS"],
-        reports_path=parsed["COLORGATE_REPORTS_DIR"],
-        backup_keep=parsed["COLORGATE_BACKUP_KEEP"],
-        database_url=parsed["DATABASE_URL"],
-        move_relay_bind=parsed["COLORGATE_MOVE_RELAY_BIND"],
-        move_relay_port=parsed["COLORGATE_MOVE_RELAY_PORT"],
         move_relay_host=parsed["COLORGATE_MOVE_RELAY_HOST"] or parsed["COLORGATE_DOMAIN"],
-        postgres_db=parsed["POSTGRES_DB"],
-        postgres_user=parsed["POSTGRES_USER"],
-        postgres_password=parsed["POSTGRES_PASSWORD"],
-        app=app,
-        sources=dict(sources),
-        raw=raw_values,
     )
+    return Settings(profile=profile, root=root, app=app, sources=dict(sources), raw=raw_values, **values)
 
 
 def project_root() -> Path:

@@ -29,10 +29,11 @@ import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from deploy import db, edge, facts, images, release, runner, stack
-from deploy.colors import COLORS, other
+from deploy import db, edge, facts, release, runner, stack
+from deploy.colors import COLORS
 from deploy.config import Settings, database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
+from deploy.history import Record, lock, now, recorded, timed
 
 MODES = ("dump", "replicate")
 ROLE = "colorgate_move"  # the one-off replication role, publication and subscription
@@ -229,7 +230,7 @@ def _compare_or_fail(expected: db.Facts, got: db.Facts, where: str) -> None:
 
 
 @contextlib.contextmanager
-def _frozen(settings: Settings, record: release.Record) -> Iterator[None]:
+def _frozen(settings: Settings, record: Record) -> Iterator[None]:
     started = time.monotonic()
     with runner.step("freezing writes at the edge (reads go on)"):
         edge.set_frozen(settings, True)
@@ -296,9 +297,9 @@ def _unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
     _relay(settings, False)
 
 
-def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, active: edge.Active) -> None:
-    candidate, version = record.to_color, record.to_version
-    versions = {**facts.running_versions(facts.service_states(settings)), candidate: version, active.color: active.version}
+def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: release.Plan) -> None:
+    candidate, version = plan.to_color, plan.to_version
+    versions = {**facts.running_versions(facts.service_states(settings)), candidate: version, plan.from_color: plan.from_version}
     databases = {candidate: url}
     touched = False
     try:
@@ -307,21 +308,22 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
         if mode == "replicate":
             touched = True
             _subscribe(settings, url, _new_password())
-            release.start_candidate(settings, record, candidate, versions, active, databases, migrate=False)
+            release.start_candidate(settings, plan, versions, databases)
+            release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
         else:  # started on the empty target now, so that the freeze need not wait for it
-            release.start_candidate(settings, record, candidate, versions, active, databases, migrate=None)
-        frozen_at = release.now()  # from here on the local database takes no more writes
+            release.start_candidate(settings, plan, versions, databases)
+        frozen_at = now()  # from here on the local database takes no more writes
         with _frozen(settings, record):
-            with release.timed(record, "drain", "waiting for in-flight writes"):
+            with timed(record, "drain", "waiting for in-flight writes"):
                 _drain(settings)
             if mode == "dump":
-                with release.timed(record, "dump", "dumping the local database"):
+                with timed(record, "dump", "dumping the local database"):
                     manifest = db.backup(settings)
                 touched = True
-                with release.timed(record, "restore", f"restoring {manifest['name']} into the target"):
+                with timed(record, "restore", f"restoring {manifest['name']} into the target"):
                     db.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
                              '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=db.url_env(url), what="pg_restore")
-                with release.timed(record, "verify", "verifying the target against the dump and the local database"):
+                with timed(record, "verify", "verifying the target against the dump and the local database"):
                     expected = db.Facts(manifest["counts"], manifest["migrations"])
                     _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
                     _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
@@ -330,12 +332,12 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
                 # the release's own migrations, if any, now run on the target (the dump is their backup)
                 release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
             else:
-                with release.timed(record, "catch_up", "waiting for the target to catch up (row counts and migrations equal)"):
+                with timed(record, "catch_up", "waiting for the target to catch up (row counts and migrations equal)"):
                     db.tools(settings, CATCH_UP_SCRIPT, ROLE, input=db.FACTS_SQL, extra=_both(url), what="catching up")
-                with release.timed(record, "unsubscribe", "copying sequence values, ending replication"):
+                with timed(record, "unsubscribe", "copying sequence values, ending replication"):
                     db.tools(settings, FINISH_SCRIPT, extra=_both(url), what="copying sequences and ending replication")
                     _relay(settings, False)
-            release.switch_and_verify(settings, record, active, candidate, version, use_gates=True)
+            release.switch_and_verify(settings, record, plan, versions)
             edge.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
                                                    "from": "local", "live_color": candidate, "version": version})
     except (ColorgateError, KeyboardInterrupt) as exc:
@@ -346,7 +348,7 @@ def _cut_over(settings: Settings, record: release.Record, url: str, mode: str, a
             stack.stop_color(settings, candidate, versions)
         if touched and isinstance(exc, ColorgateError):
             kind = GateFailed if isinstance(exc, GateFailed) else MoveError
-            raise kind(f"{exc}; traffic stays on {active.color} with the local database, untouched; "
+            raise kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
                        f"the target {shown_url(url)} now holds a partial copy: empty it before retrying") from None
         raise
 
@@ -357,7 +359,7 @@ def _new_password() -> str:
     return password
 
 
-def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = False) -> release.Record:
+def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = False) -> Record:
     """Move the app's database from the stack's PostgreSQL to the (empty) one at `url`."""
     db.require_postgres(settings)
     if mode not in MODES:
@@ -367,16 +369,14 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
     runner.add_secret(url)
     if settings.database_url:
         raise MoveError(f"the app already uses {shown_url(settings.database_url)} (DATABASE_URL): db.move moves the stack's own PostgreSQL only")
-    with release.lock(settings, "db.move", break_lock):
-        stack.check_database(settings)
-        active = release.live(settings)
+    with lock(settings, "db.move", break_lock):
+        # the next version on the inactive color, as a deploy would; never a no-op
+        plan = dataclasses.replace(release.plan_deploy(settings, release.observe(settings, tags=True), force=True), action="db.move")
         with runner.step(f"checking the target database {shown_url(url)}"):
             preflight(settings, url, mode)
-        candidate = other(active.color)
-        version = images.next_version(images.release_tags(settings))
-        record = release.Record("db.move", active.color, candidate, active.version, version)
-        with release.recorded(settings, record):
-            _cut_over(settings, record, url, mode, active)
+        record = Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)
+        with recorded(settings, record):
+            _cut_over(settings, record, url, mode, plan)
             record.detail = f"{mode} to {shown_url(url)}, write freeze {record.timings['write_freeze']:.1f}s" + (
                 f", {record.detail}" if record.detail else "")
     if mode == "replicate":
@@ -418,7 +418,7 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
             runner.run(stack.compose_cmd(settings, "stop", *stale), env=stack.compose_env(settings, {}), what="docker compose stop")
         runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
                    what="removing the local PostgreSQL container")
-    edge.write_database_record(settings, {**record, "retired": release.now(), "retired_backup": fresh[-1]["manifest"]["name"]})
+    edge.write_database_record(settings, {**record, "retired": now(), "retired_backup": fresh[-1]["manifest"]["name"]})
     return stopped
 
 

@@ -3,203 +3,70 @@
     lock -> [build, candidate up, healthy, migrate] -> pre gates -> switch -> post gates
          -> (post gates failed: switch back, gate the old color again) -> history -> unlock
 
-The lock and the history live in the edge's state volume, next to the routing state,
-so every operator (and CI) sees the same ones, and a remote target needs nothing but
-Docker. The previous color keeps running: a rollback is a switch.
+Plan as data, execute in one place: `observe` reads the facts once, `plan_*` decide
+(pure: what moves where, which steps, or why there is nothing to do, or a refusal),
+`execute` runs the steps and handles every failure the same way. The previous color
+keeps running: a rollback is a switch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import getpass
-import json
-import os
-import socket
-import time
-from collections.abc import Iterator
+import dataclasses
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 
 from deploy import db, edge, facts, gates, images, runner, stack
 from deploy.colors import other, parse_color
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError, GateFailed, LockHeld, StackError
+from deploy.errors import ColorgateError, GateFailed, StackError
+from deploy.history import Record, lock, previous_color, recorded, timed
 
 
-def operator() -> str:
-    return os.environ.get("COLORGATE_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+# --- deciding: pure functions of the facts read from the target ------------------------
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+@dataclass(frozen=True)
+class Target:
+    """What a release decision needs to know about the target, read once (`observe`)."""
+
+    active: edge.Active | None
+    states: dict[str, facts.ServiceState]
+    history: list[dict] = field(default_factory=list)
+    database: dict = field(default_factory=lambda: {"url": "local"})  # the target's database record
+    tags: list[str] = field(default_factory=list)  # release versions whose images exist
 
 
-# --- commands (data) -------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """A decided release: what moves where, and the steps, in order. `noop` says why
+    there is nothing to do (then there are no steps)."""
 
-
-# --- lock --------------------------------------------------------------------------
-
-
-def describe_holder(text: str) -> str:
-    """`deploy by ana@laptop since 2026-11-27T10:00:00+00:00 (pid 42)` from holder JSON."""
-    try:
-        h = json.loads(text)
-        return f"{h['command']} by {h['operator']} since {h['since']} (pid {h['pid']} on {h['host']})"
-    except (ValueError, KeyError, TypeError):
-        return "an unknown holder (unreadable lock file)"
-
-
-@contextlib.contextmanager
-def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator[None]:
-    """Hold the target's release lock for the duration; refuse at once when taken."""
-    env = settings.docker_env()
-    if break_lock:
-        runner.say("!! breaking the release lock")
-        runner.run(edge.unlock_cmd(settings.project), env=env, what="breaking the lock")
-    holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
-    try:
-        runner.run(edge.lock_cmd(settings.project), input=holder, env=env, what="taking the release lock")
-    except CommandError as exc:
-        if exc.returncode == edge.LOCK_HELD:
-            raise LockHeld(
-                f"the target is locked by {describe_holder(exc.stdout)}: wait for it to finish, "
-                "or if it died, retry with --break-lock"
-            ) from None
-        raise facts.edge_down(settings) or exc from None
-    try:
-        yield
-    finally:
-        runner.run(edge.unlock_cmd(settings.project), env=env, check=False)
-
-
-# --- history -----------------------------------------------------------------------
-
-
-@dataclass
-class Record:
-    action: str  # deploy, switch, rollback
+    action: str
     from_color: str
     to_color: str
     from_version: str
     to_version: str
-    operator: str = field(default_factory=operator)
-    started: str = field(default_factory=now)
-    outcome: str = "running"  # switched, refused, rolled back, no-op, failed
-    detail: str = ""
-    gates: list[dict] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
-    duration_s: float = 0.0
+    steps: tuple[str, ...] = ()
+    noop: str = ""
 
 
-@contextlib.contextmanager
-def timed(record: Record, name: str, label: str) -> Iterator[None]:
-    started = time.monotonic()
-    try:
-        with runner.step(label):
-            yield
-    finally:
-        record.timings[name] = round(record.timings.get(name, 0.0) + time.monotonic() - started, 3)
+DEPLOY_STEPS = ("images", "start", "migrations", "pre_gates", "switch", "post_gates")
+GATED_SWITCH = ("pre_gates", "switch", "post_gates")
 
 
-def previous_color(history: list[dict]) -> tuple[str, str] | None:
-    """(color, version) that was live before the latest completed switch."""
-    for record in reversed(history):
-        if record.get("outcome") == "switched":
-            return record["from_color"], record["from_version"]
-    return None
+def observe(settings: Settings, history: bool = False, tags: bool = False) -> Target:
+    """Read the facts a decision needs from the target."""
+    return Target(edge.read_active(settings), facts.service_states(settings),
+                  edge.read_history(settings) if history else [], edge.read_database_record(settings),
+                  images.release_tags(settings) if tags else [])
 
 
-def format_history(history: list[dict], limit: int = 20) -> str:
-    if not history:
-        return "no releases recorded yet"
-    lines = [f"{'STARTED':<26} {'ACTION':<9} {'FROM':<14} {'TO':<14} {'OUTCOME':<12} {'TIME':>6}  OPERATOR"]
-    for r in history[-limit:]:
-        passed = sum(1 for g in r.get("gates", []) if g.get("outcome") == "passed")
-        lines.append(
-            f"{r['started']:<26} {r['action']:<9} {r['from_color'] + ' ' + r['from_version']:<14} "
-            f"{r['to_color'] + ' ' + r['to_version']:<14} {r['outcome']:<12} {r['duration_s']:>5.1f}s  {r['operator']}"
-            + (f"  gates {passed}/{len(r['gates'])}" if r.get("gates") else "")
-            + (f"  ({r['detail']})" if r.get("detail") else "")
-        )
-    return "\n".join(lines)
-
-
-# --- the gated switch ------------------------------------------------------------
-
-
-def _gate(settings: Settings, record: Record, phase: str, color: str, version: str) -> None:
-    with timed(record, f"{phase}_gates", f"{phase} gates on {color} ({version})"):
-        result = gates.run_gates(settings, phase, color, version)
-    record.gates += [{"phase": phase, **asdict(s)} for s in result.scenarios]
-    for line in result.summary_lines():
-        runner.say(line)
-    if not result.passed:
-        raise GateFailed(f"{phase} gates failed on {color} ({version}): {result.first_failure()}")
-
-
-def switch_and_verify(settings: Settings, record: Record, active: edge.Active, to: str, version: str, use_gates: bool,
-                       pre: bool = True) -> None:
-    """Pre gates, switch, post gates; when post gates fail, switch back and gate again."""
-    if use_gates and pre:
-        _gate(settings, record, "pre", to, version)
-    with timed(record, "switch", f"switching traffic {active.color} -> {to}"):
-        edge.write_active(settings, to, version)
-    if not use_gates:
-        return
-    try:
-        _gate(settings, record, "post", to, version)
-    except GateFailed as failed:
-        with timed(record, "switch_back", f"switching traffic back to {active.color}"):
-            edge.write_active(settings, active.color, active.version)
-        record.outcome = "rolled back"
-        try:
-            _gate(settings, record, "post", active.color, active.version)
-        except GateFailed as again:
-            raise GateFailed(f"{failed}; traffic is back on {active.color}, but its gates fail too: {again}") from None
-        raise GateFailed(f"{failed}; traffic is back on {active.color} ({active.version})") from None
-
-
-@contextlib.contextmanager
-def recorded(settings: Settings, record: Record) -> Iterator[Record]:
-    started = time.monotonic()
-    try:
-        yield record
-        if record.outcome == "running":
-            record.outcome = "switched"
-    except GateFailed as exc:
-        if record.outcome == "running":
-            record.outcome = "refused"
-        record.detail = str(exc)
-        raise
-    except (ColorgateError, KeyboardInterrupt) as exc:
-        record.outcome = "failed"
-        record.detail = str(exc) or type(exc).__name__
-        raise
-    finally:
-        record.duration_s = round(time.monotonic() - started, 2)
-        if record.outcome != "no-op":
-            edge.append_history(settings, asdict(record))
-
-
-def _verified_backup(settings: Settings, record: Record) -> None:
-    """Before migrating: a backup that a real restore has verified, or stop."""
-    with timed(record, "backup", "backing up the database before migrating"):
-        manifest = db.backup(settings)
-    with timed(record, "verify", f"verifying backup {manifest['name']}"):
-        verified = db.verify(settings, manifest["name"])
-    if not verified.usable:
-        raise ColorgateError(f"the pre-migration backup {manifest['name']} did not verify ({verified.reason}): not migrating")
-    record.detail = f"backup {manifest['name']}"
-
-
-def live(settings: Settings) -> edge.Active:
-    active = edge.read_active(settings)
-    if active is None:
+def _live(target: Target) -> edge.Active:
+    if target.active is None:
         raise StackError("no color is live yet: start the stack with `invoke up`")
-    return active
+    return target.active
 
 
-def _require_ready(settings: Settings, states: dict[str, facts.ServiceState], color: str) -> str:
+def _ready_version(settings: Settings, states: dict[str, facts.ServiceState], color: str) -> str:
     """The version `color` runs, or refuse when it is not running and healthy."""
     names = stack.color_services(settings, color)
     missing = [s for s in names if s not in states or not states[s].ready]
@@ -218,38 +85,187 @@ def check_same_database(settings: Settings, states: dict[str, facts.ServiceState
                              f"switching would serve stale data; ship a release to {to} with `invoke deploy` instead")
 
 
-def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool = False, action: str = "switch") -> Record:
-    """Move traffic to `to`, an already running color, gated."""
+def plan_deploy(settings: Settings, target: Target, version: str | None = None, force: bool = False) -> Plan:
+    """Ship `version` (default: the next vN) to the inactive color."""
+    stack.check_database_record(settings, target.database)
+    active = _live(target)
+    version = edge.check_version(version or images.next_version(target.tags))
+    candidate = other(active.color)
+    if version == active.version and not force:
+        return Plan("deploy", active.color, candidate, active.version, version,
+                    noop=f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
+    return Plan("deploy", active.color, candidate, active.version, version, DEPLOY_STEPS)
+
+
+def plan_switch(settings: Settings, target: Target, to: str, use_gates: bool = True, action: str = "switch") -> Plan:
+    """Move traffic to `to`, a color that is already running and healthy."""
     to = parse_color(to)
-    with lock(settings, action, break_lock):
-        active = live(settings)
-        states = facts.service_states(settings)
-        version = _require_ready(settings, states, to)
-        check_same_database(settings, states, active.color, to)
-        record = Record(action, active.color, to, active.version, version)
-        if to == active.color:
-            record.outcome = "no-op"
-            runner.say(f"{to} ({active.version}) is already live: nothing to do")
-            return record
-        with recorded(settings, record):
-            switch_and_verify(settings, record, active, to, version, use_gates)
+    active = _live(target)
+    version = _ready_version(settings, target.states, to)
+    check_same_database(settings, target.states, active.color, to)
+    if to == active.color:
+        return Plan(action, active.color, to, active.version, version, noop=f"{to} ({active.version}) is already live: nothing to do")
+    return Plan(action, active.color, to, active.version, version, GATED_SWITCH if use_gates else ("switch",))
+
+
+def plan_rollback(settings: Settings, target: Target, use_gates: bool = True) -> Plan:
+    """Back to the color that was live before the latest completed switch."""
+    previous = previous_color(target.history)
+    if previous is None:
+        raise ColorgateError("no previous color in the history: nothing to roll back to")
+    return plan_switch(settings, target, previous[0], use_gates, action="rollback")
+
+
+# --- executing: one place runs a plan's steps and handles their failures ----------------
+
+
+def execute(plan: Plan, do, record: Record) -> None:
+    """Run the plan's steps in order through `do` (an object with one method per step,
+    plus stop_candidate, switch_back and gates_back). A failure before the switch stops
+    a started candidate; post gates that fail switch traffic back and gate the old
+    color again. A failure of the switch itself is left as it is: traffic may already
+    have moved, so nothing is stopped."""
+    started = switching = False
+    try:
+        for step in plan.steps:
+            switching = switching or step == "switch"
+            started = started or step == "start"
+            getattr(do, step)()
+    except GateFailed as failed:
+        if not switching:
+            if started:
+                do.stop_candidate()
+            raise
+        if "post_gates" not in plan.steps:
+            raise
+        do.switch_back()
+        record.outcome = "rolled back"
+        try:
+            do.gates_back()
+        except GateFailed as again:
+            raise GateFailed(f"{failed}; traffic is back on {plan.from_color}, but its gates fail too: {again}") from None
+        raise GateFailed(f"{failed}; traffic is back on {plan.from_color} ({plan.from_version})") from None
+    except (ColorgateError, KeyboardInterrupt):
+        if started and not switching:
+            do.stop_candidate()
+        raise
+
+
+class Steps:
+    """The steps of a release, on the real target."""
+
+    def __init__(self, settings: Settings, plan: Plan, record: Record, versions: dict[str, str] | None = None,
+                 databases: dict[str, str] | None = None, force: bool = False, verified_backup: bool = True,
+                 migrate: bool = True):
+        self.settings, self.plan, self.record = settings, plan, record
+        self.versions = {**(versions or {}), plan.to_color: plan.to_version, plan.from_color: plan.from_version}
+        self.databases, self.force, self.verified_backup, self.migrate = databases, force, verified_backup, migrate
+
+    def images(self) -> None:
+        p = self.plan
+        with runner.step(f"{'pulling' if self.settings.registry else 'building'} {p.to_color} images ({p.to_version})"):
+            stack.ensure_release_images(self.settings, p.to_color, self.versions, force=self.force)
+
+    def start(self) -> None:
+        start_candidate(self.settings, self.plan, self.versions, self.databases)
+
+    def migrations(self) -> None:
+        candidate_migrations(self.settings, self.record, self.plan.to_color, self.versions, self.databases,
+                             self.verified_backup, self.migrate)
+
+    def pre_gates(self) -> None:
+        _gate(self.settings, self.record, "pre", self.plan.to_color, self.plan.to_version)
+
+    def switch(self) -> None:
+        p = self.plan
+        with timed(self.record, "switch", f"switching traffic {p.from_color} -> {p.to_color}"):
+            edge.write_active(self.settings, p.to_color, p.to_version)
+
+    def post_gates(self) -> None:
+        _gate(self.settings, self.record, "post", self.plan.to_color, self.plan.to_version)
+
+    def switch_back(self) -> None:
+        p = self.plan
+        with timed(self.record, "switch_back", f"switching traffic back to {p.from_color}"):
+            edge.write_active(self.settings, p.from_color, p.from_version)
+
+    def gates_back(self) -> None:
+        _gate(self.settings, self.record, "post", self.plan.from_color, self.plan.from_version)
+
+    def stop_candidate(self) -> None:
+        stack.stop_color(self.settings, self.plan.to_color, self.versions)
+
+
+def _gate(settings: Settings, record: Record, phase: str, color: str, version: str) -> None:
+    with timed(record, f"{phase}_gates", f"{phase} gates on {color} ({version})"):
+        result = gates.run_gates(settings, phase, color, version)
+    record.gates += [{"phase": phase, **asdict(s)} for s in result.scenarios]
+    for line in result.summary_lines():
+        runner.say(line)
+    if not result.passed:
+        raise GateFailed(f"{phase} gates failed on {color} ({version}): {result.first_failure()}")
+
+
+def _record(plan: Plan) -> Record:
+    return Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)
+
+
+def _run(settings: Settings, plan: Plan, force: bool = False) -> Record:
+    """Record and execute a decided plan (a no-op is said, not recorded)."""
+    record = _record(plan)
+    if plan.noop:
+        record.outcome = "no-op"
+        runner.say(plan.noop)
         return record
+    with recorded(settings, record):
+        versions = facts.running_versions(facts.service_states(settings))
+        execute(plan, Steps(settings, plan, record, versions, force=force), record)
+    return record
+
+
+def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool = False) -> Record:
+    """Move traffic to `to`, an already running color, gated."""
+    parse_color(to)
+    with lock(settings, "switch", break_lock):
+        return _run(settings, plan_switch(settings, observe(settings), to, use_gates))
 
 
 def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = False) -> Record:
     """Switch back to the color that was live before the latest switch."""
-    previous = previous_color(edge.read_history(settings))
-    if previous is None:
-        raise ColorgateError("no previous color in the history: nothing to roll back to")
-    return switch(settings, previous[0], use_gates=use_gates, break_lock=break_lock, action="rollback")
+    with lock(settings, "rollback", break_lock):
+        return _run(settings, plan_rollback(settings, observe(settings, history=True), use_gates))
+
+
+def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
+    """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
+    with lock(settings, "deploy", break_lock):
+        return _run(settings, plan_deploy(settings, observe(settings, tags=version is None), version, force), force)
+
+
+def switch_and_verify(settings: Settings, record: Record, plan: Plan, versions: dict[str, str] | None = None) -> None:
+    """Pre gates, switch, post gates (switching back when they fail) for a plan decided
+    elsewhere (db.move)."""
+    execute(dataclasses.replace(plan, steps=GATED_SWITCH), Steps(settings, plan, record, versions), record)
+
+
+def _verified_backup(settings: Settings, record: Record) -> None:
+    """Before migrating: a backup that a real restore has verified, or stop."""
+    with timed(record, "backup", "backing up the database before migrating"):
+        manifest = db.backup(settings)
+    with timed(record, "verify", f"verifying backup {manifest['name']}"):
+        verified = db.verify(settings, manifest["name"])
+    if not verified.usable:
+        raise ColorgateError(f"the pre-migration backup {manifest['name']} did not verify ({verified.reason}): not migrating")
+    record.detail = f"backup {manifest['name']}"
 
 
 def migrate(settings: Settings, break_lock: bool = False) -> int:
     """Apply the live color's pending migrations, after a verified backup. Returns how many."""
     db.require_postgres(settings)  # migrating needs a verified backup first
     with lock(settings, "migrate", break_lock):
-        stack.check_database(settings)
-        active = live(settings)
+        target = observe(settings)
+        stack.check_database_record(settings, target.database)
+        active = _live(target)
         pending = facts.pending_migrations(settings, active.color)
         if not settings.app.migrations:
             runner.say("the app declares no migrations (x-colorgate.migrations): nothing to migrate")
@@ -260,79 +276,40 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
         record = Record("migrate", active.color, active.color, active.version, active.version)
         with recorded(settings, record):
             _verified_backup(settings, record)
-            versions = facts.running_versions(facts.service_states(settings))
+            versions = facts.running_versions(target.states)
             with timed(record, "migrations", "applying the database migrations"):
                 stack.migrate(settings, active.color, versions)
             record.outcome = "migrated"
         return 1
 
 
-def start_candidate(settings: Settings, record: Record, candidate: str, versions: dict[str, str], active: edge.Active,
-                    databases: dict[str, str] | None = None, verified_backup: bool = True, migrate: bool | None = True) -> None:
-    """Start `candidate` beside the live color and wait until healthy, then deal with
-    its pending migrations (see candidate_migrations; None: not yet). Stops it again
-    when any of that fails."""
-    version = versions[candidate]
+def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
+    """Start the plan's candidate beside the live color; wait until its containers run
+    and every health check of its routed services passes, asked from the edge."""
+    candidate, version = plan.to_color, plan.to_version
     names = stack.color_services(settings, candidate)
-    with runner.step(f"starting {candidate} ({version}) beside {active.color} ({active.version})"):
+    with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
         runner.run(
             stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *names),
             env=stack.compose_env(settings, versions, databases),
             what="docker compose up",
         )
-        try:
-            stack.wait_ready(settings, names)
-            gates.wait_healthy(settings, candidate)
-        except StackError:
-            stack.stop_color(settings, candidate, versions)
-            raise
-    if migrate is not None:
-        candidate_migrations(settings, record, candidate, versions, databases, verified_backup, migrate)
+        stack.wait_ready(settings, names)
+        gates.wait_healthy(settings, candidate)
 
 
 def candidate_migrations(settings: Settings, record: Record, candidate: str, versions: dict[str, str],
                          databases: dict[str, str] | None = None, verified_backup: bool = True, migrate: bool = True) -> None:
     """Apply the running candidate's pending migrations (after a verified backup), or
-    refuse them when not `migrate`; stop the candidate when that fails."""
+    refuse them when not `migrate`."""
     if not settings.app.migrations:
         return
-    try:
-        pending = facts.pending_migrations(settings, candidate)  # None: unknown (no status command)
-        if pending and not migrate:
-            raise ColorgateError(f"{candidate} ({versions[candidate]}) brings migrations the database lacks: "
-                                 "ship them first with `invoke deploy`, then move")
-        if pending is not False and migrate:
-            if verified_backup and settings.app.postgres:
-                _verified_backup(settings, record)
-            with timed(record, "migrations", "applying the database migrations"):
-                stack.migrate(settings, candidate, versions, databases)
-    except ColorgateError:
-        stack.stop_color(settings, candidate, versions)
-        raise
-
-
-def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
-    """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
-    with lock(settings, "deploy", break_lock):
-        stack.check_database(settings)
-        active = live(settings)
-        candidate = other(active.color)
-        version = version or images.next_version(images.release_tags(settings))
-        edge.check_version(version)
-        record = Record("deploy", active.color, candidate, active.version, version)
-        if version == active.version and not force:
-            record.outcome = "no-op"
-            runner.say(f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
-            return record
-        with recorded(settings, record):
-            versions = {**facts.running_versions(facts.service_states(settings)), candidate: version, active.color: active.version}
-            with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
-                stack.ensure_release_images(settings, candidate, versions, force=force)
-            start_candidate(settings, record, candidate, versions, active)
-            try:
-                switch_and_verify(settings, record, active, candidate, version, use_gates=True)
-            except GateFailed:
-                if record.outcome == "running":  # refused before the switch: stop the candidate
-                    stack.stop_color(settings, candidate, versions)
-                raise
-        return record
+    pending = facts.pending_migrations(settings, candidate)  # None: unknown (no status command)
+    if pending and not migrate:
+        raise ColorgateError(f"{candidate} ({versions[candidate]}) brings migrations the database lacks: "
+                             "ship them first with `invoke deploy`, then move")
+    if pending is not False and migrate:
+        if verified_backup and settings.app.postgres:
+            _verified_backup(settings, record)
+        with timed(record, "migrations", "applying the database migrations"):
+            stack.migrate(settings, candidate, versions, databases)

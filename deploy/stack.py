@@ -74,7 +74,11 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
 def check_database(settings: Settings) -> dict:
     """Refuse when DATABASE_URL disagrees with where the target says the database is:
     deploying with the wrong one would split the data between two databases."""
-    record = edge.read_database_record(settings)
+    return check_database_record(settings, edge.read_database_record(settings))
+
+
+def check_database_record(settings: Settings, record: dict) -> dict:
+    """check_database on a record already read (pure)."""
     configured = shown_url(settings.database_url)
     local_file = f".env.{settings.profile}.local"
     if record["url"] != configured:

@@ -12,7 +12,7 @@ import time
 import pytest
 import tenacity
 
-from deploy import config, contract, edge, facts, gates, release, runner, stack, tls
+from deploy import config, contract, edge, facts, gates, history, release, runner, stack, tls
 from deploy.errors import CommandError, StackError
 
 from .conftest import invoke, isolated_env, running_stack
@@ -95,7 +95,7 @@ def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
 
 
 def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
-    with release.lock(rstack, "deploy"):
+    with history.lock(rstack, "deploy"):
         proc = invoke("deploy", env=env)
         assert proc.returncode == 1
         line = proc.stderr.strip().splitlines()[-1]

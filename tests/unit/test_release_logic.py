@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, edge, facts, gates, release
+from deploy import config, edge, facts, gates, history
 
 
 def test_lock_is_an_atomic_mkdir_that_reports_the_holder():
@@ -18,8 +18,8 @@ def test_lock_is_an_atomic_mkdir_that_reports_the_holder():
 
 def test_holder_description():
     holder = json.dumps({"command": "deploy", "operator": "ana@laptop", "since": "2026-11-27T10:00:00+00:00", "pid": 42, "host": "laptop"})
-    assert release.describe_holder(holder) == "deploy by ana@laptop since 2026-11-27T10:00:00+00:00 (pid 42 on laptop)"
-    assert release.describe_holder("garbage") == "an unknown holder (unreadable lock file)"
+    assert history.describe_holder(holder) == "deploy by ana@laptop since 2026-11-27T10:00:00+00:00 (pid 42 on laptop)"
+    assert history.describe_holder("garbage") == "an unknown holder (unreadable lock file)"
 
 
 HISTORY = "\n".join(
@@ -38,17 +38,17 @@ def test_history_parsing_skips_damaged_lines():
 
 
 def test_previous_color_is_the_one_before_the_last_completed_switch():
-    assert release.previous_color(edge.parse_history(HISTORY)) == ("blue", "v1")
-    assert release.previous_color([]) is None
+    assert history.previous_color(edge.parse_history(HISTORY)) == ("blue", "v1")
+    assert history.previous_color([]) is None
 
 
 def test_history_format_shows_outcome_gates_and_detail():
-    record = release.Record("deploy", "blue", "green", "v1", "v2", operator="ana", started="2026-11-27T10:00:00+00:00",
+    record = history.Record("deploy", "blue", "green", "v1", "v2", operator="ana", started="2026-11-27T10:00:00+00:00",
                             outcome="rolled back", detail="post gates failed", duration_s=4.2,
                             gates=[{"outcome": "passed"}, {"outcome": "failed"}])
     from dataclasses import asdict
 
-    text = release.format_history([asdict(record)])
+    text = history.format_history([asdict(record)])
     assert "rolled back" in text and "gates 1/2" in text and "(post gates failed)" in text and "4.2s" in text
 
 

@@ -1,0 +1,102 @@
+"""The deploy order and its failure paths, decided and run from captured facts with no
+Docker: tests/unit/cases/release_plans.yaml (facts in, the plan or the refusal out) and
+release_runs.yaml (a plan's steps in, which ran and the outcome out). The steps are
+stand-ins that record their calls: what is under test is the order and the handling
+of every failure, which `deploy.release.execute` owns."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy import config, edge, facts, history, release
+from deploy.errors import ColorgateError, GateFailed
+
+CASES = Path(__file__).with_name("cases")
+PLANS = yaml.safe_load((CASES / "release_plans.yaml").read_text())
+RUNS = yaml.safe_load((CASES / "release_runs.yaml").read_text())
+
+
+def state(service: str, text: str) -> facts.ServiceState:
+    status, health, version, database = (text.split() + ["-"] * 4)[:4]
+    color = service.rsplit("_", 1)[-1]
+    return facts.ServiceState(service, color, status, "" if health == "-" else health, "img", version, [],
+                              "" if database == "-" else database, service.rsplit("_", 1)[0])
+
+
+def target(raw: dict) -> release.Target:
+    active = raw.get("active")
+    return release.Target(
+        active=edge.Active(*active.split()) if active else None,
+        states={name: state(name, text) for name, text in (raw.get("states") or {}).items()},
+        history=raw.get("history") or [],
+        database=raw.get("database") or {"url": "local"},
+        tags=raw.get("tags") or [],
+    )
+
+
+def decide(case: dict) -> release.Plan:
+    settings = config.load("development", root=config.project_root(), environ=case.get("settings") or {})
+    args = dict(case.get("args") or {})
+    t = target(case["facts"])
+    if case["command"] == "deploy":
+        return release.plan_deploy(settings, t, args.get("version"), args.get("force", False))
+    if case["command"] == "switch":
+        return release.plan_switch(settings, t, args["to"], args.get("use_gates", True))
+    return release.plan_rollback(settings, t, args.get("use_gates", True))
+
+
+@pytest.mark.parametrize("case", PLANS, ids=[c["name"] for c in PLANS])
+def test_release_decisions(case):
+    if "error" in case:
+        with pytest.raises(ColorgateError) as err:
+            decide(case)
+        assert re.search(case["error"], str(err.value)), str(err.value)
+        return
+    plan, want = decide(case), case["plan"]
+    if "noop" in want:
+        assert (plan.noop, plan.steps) == (want["noop"], ())
+        return
+    assert plan.noop == ""
+    assert f"{plan.from_color} {plan.from_version}" == want["from"] and f"{plan.to_color} {plan.to_version}" == want["to"]
+    assert list(plan.steps) == want["steps"]
+    assert plan.action == want.get("action", case["command"])
+
+
+class Recording:
+    """Steps that record their calls and fail where the case says."""
+
+    def __init__(self, fail: dict):
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def __getattr__(self, name):
+        def step():
+            self.calls.append(name)
+            how = self.fail.get(name)
+            if how == "gate":
+                raise GateFailed(f"{name} failed")
+            if how == "error":
+                raise ColorgateError(f"{name} broke")
+        return step
+
+
+@pytest.mark.parametrize("case", RUNS, ids=[c["name"] for c in RUNS])
+def test_release_runs(case):
+    plan = release.Plan("deploy", "blue", "green", "v1", "v2", tuple(case["steps"]))
+    record = history.Record("deploy", "blue", "green", "v1", "v2")
+    steps = Recording(case.get("fail") or {})
+    raised = None
+    try:
+        release.execute(plan, steps, record)
+    except ColorgateError as exc:
+        raised = exc
+    history.settle(record, raised)
+    assert steps.calls == case["calls"]
+    assert record.outcome == case["outcome"]
+    assert (raised is None) == (case["outcome"] == "switched")
+    if "message" in case:
+        assert re.search(case["message"], str(raised)), str(raised)
