@@ -157,6 +157,14 @@ class App:
     def database_clients(self) -> tuple[str, ...]:
         return self.database.clients if self.database else ()
 
+    def without_egress(self, services: tuple[str, ...]) -> list[str]:
+        """Those of `services` on internal networks only: they cannot reach anything
+        outside the host (a managed database, say). Routed services also get the edge's
+        network, which is not internal."""
+        declared = self.raw.get("networks") or {}
+        return [s for s in services if s not in self.routed
+                and all((declared.get(n) or {}).get("internal") for n in _networks_of(self.services[s] or {}))]
+
 
 # --- loading and validating ---------------------------------------------------------
 

@@ -5,10 +5,10 @@ database, and both freeze writes at the edge for the last stretch: API writes ge
 503 with Retry-After (the client is told; nothing is silently lost), reads go on.
 
     checks (before anything changes), build the next color's images
-    dump:      start the next color on the (empty) target -> freeze -> drain -> backup
-               (one snapshot) -> restore into the target -> verify (target = dump =
-               local) -> its migrations -> pre gates -> switch -> post gates -> record
-               -> unfreeze
+    dump:      start the next color's containers on the (empty) target -> freeze -> drain
+               -> backup (one snapshot) -> restore into the target -> verify (target =
+               dump = local) -> its migrations -> wait until it is healthy -> pre gates
+               -> switch -> post gates -> record -> unfreeze
     replicate: copy the schema -> publish (one-off role, TLS relay) -> subscribe
                -> initial copy -> start the next color on the target -> freeze -> drain
                -> catch up until row counts and migrations are equal -> copy sequence
@@ -310,8 +310,8 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
             _subscribe(settings, url, _new_password())
             release.start_candidate(settings, plan, versions, databases)
             release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
-        else:  # started on the empty target now, so that the freeze need not wait for it
-            release.start_candidate(settings, plan, versions, databases)
+        else:  # started on the empty target now, so that the freeze need not wait for its start
+            release.start_candidate(settings, plan, versions, databases, wait=False)
         frozen_at = now()  # from here on the local database takes no more writes
         with _frozen(settings, record):
             with timed(record, "drain", "waiting for in-flight writes"):
@@ -331,6 +331,9 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
                 record.detail = f"backup {manifest['name']}"
                 # the release's own migrations, if any, now run on the target (the dump is their backup)
                 release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
+                # ready only now: an app's health check may need its tables, which the target lacked until the restore
+                with timed(record, "ready", f"waiting for {candidate} on the restored database"):
+                    release.wait_candidate(settings, plan, recovering=True)
             else:
                 with timed(record, "catch_up", "waiting for the target to catch up (row counts and migrations equal)"):
                     db.tools(settings, CATCH_UP_SCRIPT, ROLE, input=db.FACTS_SQL, extra=_both(url), what="catching up")
@@ -340,6 +343,10 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
             release.switch_and_verify(settings, record, plan, versions)
             edge.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
                                                    "from": "local", "live_color": candidate, "version": version})
+            # before writes open again: the previous color still uses the old database, so nothing of it
+            # may run on (a worker would take new jobs and write them where nobody reads them)
+            with runner.step(f"stopping {plan.from_color} ({plan.from_version}): it uses the old database"):
+                stack.stop_color(settings, plan.from_color, versions)
     except (ColorgateError, KeyboardInterrupt) as exc:
         if mode == "replicate" and touched:
             _unsubscribe(settings, url, check=False)
@@ -369,6 +376,10 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
     runner.add_secret(url)
     if settings.database_url:
         raise MoveError(f"the app already uses {shown_url(settings.database_url)} (DATABASE_URL): db.move moves the stack's own PostgreSQL only")
+    isolated = settings.app.without_egress(settings.app.database_clients())
+    if isolated:
+        raise MoveError(f"{isolated[0]} uses the database but is on internal networks only, so it could not reach a managed one: "
+                        f"give it a network that is not internal in {settings.app.file.name}")
     with lock(settings, "db.move", break_lock):
         # the next version on the inactive color, as a deploy would; never a no-op
         plan = dataclasses.replace(release.plan_deploy(settings, release.observe(settings, tags=True), force=True), action="db.move")

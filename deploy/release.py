@@ -101,8 +101,8 @@ def plan_switch(settings: Settings, target: Target, to: str, use_gates: bool = T
     """Move traffic to `to`, a color that is already running and healthy."""
     to = parse_color(to)
     active = _live(target)
+    check_same_database(settings, target.states, active.color, to)  # first: it says why a stopped color may not return
     version = _ready_version(settings, target.states, to)
-    check_same_database(settings, target.states, active.color, to)
     if to == active.color:
         return Plan(action, active.color, to, active.version, version, noop=f"{to} ({active.version}) is already live: nothing to do")
     return Plan(action, active.color, to, active.version, version, GATED_SWITCH if use_gates else ("switch",))
@@ -283,19 +283,26 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
         return 1
 
 
-def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
-    """Start the plan's candidate beside the live color; wait until its containers run
-    and every health check of its routed services passes, asked from the edge."""
+def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], databases: dict[str, str] | None = None,
+                    wait: bool = True) -> None:
+    """Start the plan's candidate beside the live color and (unless not `wait`) wait
+    until it is ready (wait_candidate)."""
     candidate, version = plan.to_color, plan.to_version
-    names = stack.color_services(settings, candidate)
     with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
         runner.run(
-            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *names),
+            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *stack.color_services(settings, candidate)),
             env=stack.compose_env(settings, versions, databases),
             what="docker compose up",
         )
-        stack.wait_ready(settings, names)
-        gates.wait_healthy(settings, candidate)
+        if wait:
+            wait_candidate(settings, plan)
+
+
+def wait_candidate(settings: Settings, plan: Plan, recovering: bool = False) -> None:
+    """Until the candidate's containers run and every health check of its routed
+    services passes, asked from the edge (`recovering`: see stack.wait_ready)."""
+    stack.wait_ready(settings, stack.color_services(settings, plan.to_color), recovering=recovering)
+    gates.wait_healthy(settings, plan.to_color)
 
 
 def candidate_migrations(settings: Settings, record: Record, candidate: str, versions: dict[str, str],

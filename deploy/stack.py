@@ -94,10 +94,13 @@ class _NotYet(Exception):
     pass
 
 
-def wait_ready(settings: Settings, services: list[str], timeout: float | None = None) -> dict[str, facts.ServiceState]:
+def wait_ready(settings: Settings, services: list[str], timeout: float | None = None,
+               recovering: bool = False) -> dict[str, facts.ServiceState]:
     """Wait (bounded) until every service is running and healthy.
 
-    Stops early, naming the service, when one exits or its health check fails.
+    Stops early, naming the service, when one exits or its health check fails; with
+    `recovering` (containers that ran while their database was still empty), an
+    unhealthy service is waited for until it turns healthy.
     """
     timeout = settings.health_timeout if timeout is None else timeout
 
@@ -111,7 +114,7 @@ def wait_ready(settings: Settings, services: list[str], timeout: float | None = 
         states = facts.service_states(settings)
         for name in services:
             s = states.get(name)
-            if s and (s.state in ("exited", "dead") or s.health == "unhealthy"):
+            if s and (s.state in ("exited", "dead") or (s.health == "unhealthy" and not recovering)):
                 what = "exited" if s.state in ("exited", "dead") else "failed its health check"
                 raise StackError(f"{name} {what}: see `invoke logs {name}`")
         pending = [n for n in services if n not in states or not states[n].ready]

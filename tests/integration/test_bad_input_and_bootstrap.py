@@ -64,3 +64,27 @@ def test_releases_on_a_stack_that_is_not_up_say_so(scratch):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and lines[-1] == "colorgate: the edge is not running: start the stack with `invoke up`", (task, proc.stderr)
     assert project_containers(settings) == {}
+
+
+def test_db_move_refuses_a_database_client_with_no_way_out(scratch, tmp_path):
+    env, settings = scratch
+    app = tmp_path / "compose.yaml"
+    app.write_text("""x-colorgate:
+  colored: [web, worker]
+  shared: [db]
+  routes: [{path: /, to: web:80}]
+  health: {web: /}
+  database: db
+services:
+  web: {build: web, networks: [front, back]}
+  worker: {build: web, networks: [back]}
+  db: {image: postgres:16, networks: [back]}
+networks:
+  front: {}
+  back: {internal: true}
+""")
+    proc = invoke("db.move", "--to", "postgresql://admin:pw@db.example.com:5432/app", env={**env, "COLORGATE_APP": str(app)})
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        "colorgate: worker uses the database but is on internal networks only, so it could not reach a managed one: "
+        "give it a network that is not internal in compose.yaml"), proc.stderr
+    assert project_containers(settings) == {}

@@ -13,6 +13,8 @@ import tenacity
 
 from deploy import config, db, edge, facts, gates, images, release, tls
 
+from benchmarks.db_move import managed_postgres
+
 from .conftest import invoke, isolated_env, running_stack
 
 ROOT = config.project_root()
@@ -95,6 +97,26 @@ def test_the_jobs_app_deploys_rolls_back_and_backs_up(jobs):
     manifest = db.backup(s)
     assert manifest["counts"]["public.jobs"] >= 7 and "public.alembic_version" in manifest["counts"]
     assert db.verify(s, manifest["name"]).usable
+
+
+def test_the_jobs_app_moves_to_a_managed_database(jobs):
+    """db.move works on an app it does not know: another database service name, another
+    URL variable (JOBS_DATABASE_URL), Alembic's table, a worker that uses the database."""
+    env, s = jobs
+    before = job(s, post_job(s, "before the move"))
+    with managed_postgres(s, f"{s.image_prefix}db:latest") as managed:
+        moved = invoke("db.move", env={**env, "COLORGATE_MOVE_TO": managed.url})
+        assert moved.returncode == 0, moved.stderr[-3000:]
+        live = _live(s)
+        # the new color's web and worker use the managed database; old jobs came along
+        states = facts.service_states(s)
+        assert {states[f"{name}_{live[0]}"].database for name in ("web", "worker")} == {config.shown_url(managed.url)}
+        assert managed.sql(f"SELECT text FROM jobs WHERE id = {before['id']}") == "before the move"
+        assert managed.sql("SELECT count(*) FROM alembic_version") == "1"
+        after = post_job(s, "after the move")
+        assert done_by(s, after) == f"{live[0]} {live[1]}"
+        assert managed.sql(f"SELECT done_by FROM jobs WHERE id = {after}") == f"{live[0]} {live[1]}"
+        assert edge.read_database_record(s)["url"] == config.shown_url(managed.url)
 
 
 @pytest.fixture(scope="module")

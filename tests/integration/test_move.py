@@ -149,8 +149,10 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
     states = facts.service_states(settings)
     assert states[f"backend_{live.color}"].database == config.shown_url(managed.url)
     assert not edge.is_frozen(settings) and "dbrelay" not in states
-    # the old database is untouched and still there; the old color keeps it, so no switching back
+    # the old database is untouched and still there; the old color, stopped by the move (nothing
+    # of it may write there any more), keeps it, so no switching back
     assert states["postgres"].state == "running"
+    assert {s.state for s in states.values() if s.color == record["from_color"]} == {"exited"}
     back = invoke("rollback", env=env)
     assert back.returncode == 1 and "switching would serve stale data" in back.stderr and edge.read_active(settings) == live
     # the configuration must follow: without DATABASE_URL nothing deploys

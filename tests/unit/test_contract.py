@@ -196,3 +196,11 @@ def test_no_sample_literal_in_the_engine_steps_or_builtin_features():
                 text = path.read_text()
                 found += [f"{path.relative_to(ROOT)}: {lit}" for lit in literals if re.search(lit, text)]
     assert not found, found
+
+
+def test_services_without_a_way_out_are_named():
+    """A database client on internal networks only could not reach a managed database."""
+    app = contract.parse(BASE)
+    assert app.without_egress(app.database_clients()) == ["worker"]  # api is routed: it has the edge's network
+    moved = contract.parse(app_with(**{"services__worker__networks": ["back", "front"]}))
+    assert moved.without_egress(moved.database_clients()) == []
