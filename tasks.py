@@ -231,7 +231,7 @@ def db_backups(c, profile=None, host=None, json_=False):
 @task(name="verify", positional=["backup"], help={"backup": "backup name, or latest", "profile": "env profile", "host": HOST_HELP})
 @operator_errors
 def db_verify(c, backup, profile=None, host=None):
-    """Restore a backup into a throwaway PostgreSQL and compare row counts and migrations."""
+    """Restore a backup into a throwaway PostgreSQL and compare every table's row count."""
     settings = _target(profile, host)
     with runner.step(f"verifying backup {backup}"):
         result = _db.verify(settings, None if backup == "latest" else backup)

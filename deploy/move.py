@@ -11,7 +11,7 @@ database, and both freeze writes at the edge for the last stretch: API writes ge
                -> switch -> post gates -> record -> unfreeze
     replicate: copy the schema -> publish (one-off role, TLS relay) -> subscribe
                -> initial copy -> start the next color on the target -> freeze -> drain
-               -> catch up until row counts and migrations are equal -> copy sequence
+               -> catch up until every row count is equal -> copy sequence
                values -> drop the subscription, publication and relay -> pre gates
                -> switch -> post gates -> record -> unfreeze -> back up the local database
 
@@ -335,7 +335,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
                 with timed(record, "ready", f"waiting for {candidate} on the restored database"):
                     release.wait_candidate(settings, plan, recovering=True)
             else:
-                with timed(record, "catch_up", "waiting for the target to catch up (row counts and migrations equal)"):
+                with timed(record, "catch_up", "waiting for the target to catch up (every row count equal)"):
                     db.tools(settings, CATCH_UP_SCRIPT, ROLE, input=db.FACTS_SQL, extra=_both(url), what="catching up")
                 with timed(record, "unsubscribe", "copying sequence values, ending replication"):
                     db.tools(settings, FINISH_SCRIPT, extra=_both(url), what="copying sequences and ending replication")
