@@ -206,10 +206,10 @@ def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
     if target.returncode != 0:
         raise MoveError(explain_connect_error(runner.redact(target.stderr), shown))
     source = parse_check(_psql(settings, CHECK_SQL, what="checking the local database").stdout)
-    facts = parse_check(target.stdout)
-    check_compatible(source, facts, shown, mode)
-    runner.say(f"   target {shown}: PostgreSQL {facts.major}, empty, credentials accepted (local: PostgreSQL {source.major})")
-    return facts
+    found = parse_check(target.stdout)
+    check_compatible(source, found, shown, mode)
+    runner.say(f"   target {shown}: PostgreSQL {found.major}, empty, credentials accepted (local: PostgreSQL {source.major})")
+    return found
 
 
 def _both(url: str) -> dict[str, str]:

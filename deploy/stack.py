@@ -1,12 +1,13 @@
 """The compose stack: bring it up, take it down, report its state, show its logs.
 
 Commands are built by pure functions (`compose_cmd`, `up_plan`) and executed by
-deploy.runner; facts.container facts are read through python-on-whales.
+deploy.runner; what runs on the target is read by deploy.facts.
 """
 
 from __future__ import annotations
 
 import errno
+import shutil
 import socket
 from dataclasses import asdict
 
@@ -195,7 +196,7 @@ def release_images_exist(settings: Settings, version: str) -> bool:
 def ensure_release_images(settings: Settings, color: str, versions: dict[str, str], force: bool = False) -> None:
     """`color`'s images at its version in `versions`, unless the target has them (or
     `force`): pulled from the registry when there is one, made on this machine and sent
-    when streaming, else built by the target's facts.engine."""
+    when streaming, else built by the target's engine."""
     version = versions[color]
     if not force and release_images_exist(settings, version):
         return
@@ -293,10 +294,12 @@ def down(settings: Settings, volumes: bool = False) -> None:
 
 
 def destroy(settings: Settings) -> None:
-    """Remove everything of this project: containers, networks, volumes, and the image
-    tags under its image prefix. For throwaway stacks (tests, benchmarks) only."""
+    """Remove everything of this project: containers, networks, volumes, the image
+    tags under its image prefix and its rendered compose file. For throwaway stacks
+    (tests, benchmarks) only."""
     runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
                env=settings.compose_env(), check=False)
+    shutil.rmtree(settings.compose_file.parent, ignore_errors=True)
     tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], env=settings.docker_env(), check=False).stdout.split()
     mine = [t for t in tags if t.startswith(settings.image_prefix)]
     if mine:
@@ -304,7 +307,7 @@ def destroy(settings: Settings) -> None:
 
 
 def migrate(settings: Settings, color: str, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
-    """Run the app's migration command in a one-off facts.container of `color`'s image."""
+    """Run the app's migration command in a one-off container of `color`'s image."""
     m = settings.app.migrations
     if not m:
         return
@@ -351,7 +354,7 @@ def format_status(data: dict) -> str:
     """The human view of `status()`."""
     active = data["active"]
     lines = [
-        f"project {data['project']} (profile {data['profile']}, facts.engine {data['engine']})",
+        f"project {data['project']} (profile {data['profile']}, engine {data['engine']})",
         f"active color: {active['color']} ({active['version']})" if active else "active color: none",
     ]
     live = next((s for s in data["services"] if active and s["color"] == active["color"] and s.get("database")), None)

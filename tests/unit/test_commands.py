@@ -1,5 +1,6 @@
 """Commands as data: what would run, checked without running it."""
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from deploy.errors import CommandError, PortInUse
 
 @pytest.fixture
 def settings():
-    return config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"})
+    s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"})
+    yield s
+    shutil.rmtree(s.compose_file.parent, ignore_errors=True)  # compose_cmd renders the compose file it names
 
 
 def test_compose_cmd_names_project_and_file(settings):
@@ -109,3 +112,15 @@ def test_bootstrap_makes_only_the_bases_colorgate_and_the_app_need(settings):
     jobs = config.load("development", root=config.project_root(),
                        environ={"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")})
     assert [b.name for b in images.needed_bases(jobs)] == ["nginx", "postgres", "certbot", "pyweb", "redis"]
+
+
+def test_status_text_names_project_engine_color_and_each_service():
+    data = {"project": "shop", "profile": "development", "engine": "local", "active": {"color": "green", "version": "v3"},
+            "writes_frozen": False, "urls": {"https": "https://localhost:8443/"},
+            "services": [{"service": "api_green", "color": "green", "state": "running", "health": "healthy", "version": "v3",
+                          "ports": [], "database": "local"},
+                         {"service": "edge", "color": None, "state": "running", "health": "healthy", "version": "",
+                          "ports": ["127.0.0.1:8443->8443/tcp"], "database": ""}]}
+    lines = stack.format_status(data).splitlines()
+    assert lines[:3] == ["project shop (profile development, engine local)", "active color: green (v3)", "database: local"]
+    assert any(line.split()[:4] == ["api_green", "running", "healthy", "v3"] for line in lines)
