@@ -16,6 +16,7 @@ import difflib
 import ipaddress
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,8 +219,9 @@ class Settings:
 
     @property
     def compose_file(self) -> Path:
-        """The compose file Colorgate renders from the app's (see deploy/contract.py)."""
-        return self.root / ".colorgate" / self.project / "compose.yml"
+        """The compose file Colorgate renders from the app's (deploy/render.py), written
+        before each compose command: outside the checkout, since it is derived data."""
+        return Path(tempfile.gettempdir()) / f"colorgate-{os.getuid()}" / self.project / "compose.yml"
 
     def local_database_url(self) -> str:
         """The URL the app reaches the stack's own PostgreSQL at (holds the password)."""

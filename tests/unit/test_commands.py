@@ -21,7 +21,8 @@ def test_compose_cmd_names_project_and_file(settings):
     cmd = stack.compose_cmd(settings, "up", "--detach", "edge")
     assert cmd[:4] == ["docker", "compose", "--project-name", "shop"]
     # the compose file rendered from the app's, and the app's directory for its build contexts
-    assert cmd[cmd.index("--file") + 1] == str(config.project_root() / ".colorgate" / "shop" / "compose.yml")
+    assert cmd[cmd.index("--file") + 1] == str(settings.compose_file) and settings.compose_file.parts[-2:] == ("shop", "compose.yml")
+    assert config.project_root() not in settings.compose_file.parents  # derived data stays out of the checkout
     assert cmd[cmd.index("--project-directory") + 1] == str(config.project_root() / "examples" / "spa-api-postgres")
     assert cmd[-3:] == ["up", "--detach", "edge"]
 
