@@ -43,10 +43,6 @@ def database_var(color: str) -> str:
     return f"COLORGATE_{color.upper()}_DATABASE_URL"
 
 
-def image_ref(prefix: str, service: str, version: str) -> str:
-    return f"{prefix}{service}:{version}"
-
-
 def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     """The compose file Colorgate runs: shared services as written, two copies of each
     colored one, and Colorgate's own parts. Secrets and versions stay `${...}` variables,

@@ -204,3 +204,13 @@ def test_services_without_a_way_out_are_named():
     assert app.without_egress(app.database_clients()) == ["worker"]  # api is routed: it has the edge's network
     moved = contract.parse(app_with(**{"services__worker__networks": ["back", "front"]}))
     assert moved.without_egress(moved.database_clients()) == []
+
+
+def test_the_readme_reference_is_a_valid_contract():
+    """The annotated block in README.md parses, given services of those names."""
+    block = re.search(r"```yaml\n(x-colorgate:.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    data = yaml.safe_load(block)
+    data["services"] = {**{n: {"build": "."} for n in data["x-colorgate"]["colored"]},
+                        **{n: {"image": "postgres:16"} for n in data["x-colorgate"]["shared"]}}
+    app = contract.parse(data)
+    assert app.routed == ("api", "web") and app.migrations.service == "api" and app.database.env == "DATABASE_URL"
