@@ -154,6 +154,12 @@ class App:
     def buildable(self, service: str) -> bool:
         return "build" in (self.services.get(service) or {})
 
+    def builds(self, name: str) -> bool:
+        """Whether a rendered service is built here: a colored copy or shared service
+        the app builds, or one of Colorgate's own parts."""
+        copy = self.split_copy(name)
+        return name in OWN_SERVICES or self.buildable(copy[0] if copy else name)
+
     def database_clients(self) -> tuple[str, ...]:
         return self.database.clients if self.database else ()
 

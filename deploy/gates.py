@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+import tenacity
 
 from deploy import facts, runner, tls
 from deploy.config import Settings
@@ -55,8 +56,6 @@ def edge_client(settings: Settings, ca_pem: str | None = None) -> httpx.Client:
 def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -> None:
     """Wait (bounded) until every health check of `color` passes, asked from the edge;
     polled quickly, so a release waits only as long as the app takes to get ready."""
-    import tenacity
-
     timeout = settings.health_timeout if timeout is None else timeout
     last: dict[str, str | None] = {}
 

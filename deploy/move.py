@@ -382,7 +382,7 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
                         f"give it a network that is not internal in {settings.app.file.name}")
     with lock(settings, "db.move", break_lock):
         # the next version on the inactive color, as a deploy would; never a no-op
-        plan = dataclasses.replace(release.plan_deploy(settings, release.observe(settings, tags=True), force=True), action="db.move")
+        plan = dataclasses.replace(release.plan_deploy(settings, release.observe(settings, tags=True, database=True), force=True), action="db.move")
         with runner.step(f"checking the target database {shown_url(url)}"):
             preflight(settings, url, mode)
         record = Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)
@@ -420,7 +420,7 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
     if settings.profile in ("staging", "production") and not yes:
         raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
     states = facts.service_states(settings)
-    stale = [name for color in COLORS for name in stack.color_services(settings, color)
+    stale = [name for color in COLORS for name in settings.app.color_services(color)
              if facts.color_database(settings, states, color) == "local" and name in states]
     service = settings.app.database.service
     stopped = [*stale, service]

@@ -53,10 +53,13 @@ DEPLOY_STEPS = ("images", "start", "migrations", "pre_gates", "switch", "post_ga
 GATED_SWITCH = ("pre_gates", "switch", "post_gates")
 
 
-def observe(settings: Settings, history: bool = False, tags: bool = False) -> Target:
-    """Read the facts a decision needs from the target."""
+def observe(settings: Settings, history: bool = False, tags: bool = False, database: bool = False) -> Target:
+    """Read the facts a decision needs from the target, and only those: a switch or a
+    rollback needs neither the database record (deploy, migrate and db.move check it)
+    nor the release tags, so it makes no docker call for them."""
     return Target(edge.read_active(settings), facts.service_states(settings),
-                  edge.read_history(settings) if history else [], edge.read_database_record(settings),
+                  edge.read_history(settings) if history else [],
+                  edge.read_database_record(settings) if database else {"url": "local"},
                   images.release_tags(settings) if tags else [])
 
 
@@ -68,7 +71,7 @@ def _live(target: Target) -> edge.Active:
 
 def _ready_version(settings: Settings, states: dict[str, facts.ServiceState], color: str) -> str:
     """The version `color` runs, or refuse when it is not running and healthy."""
-    names = stack.color_services(settings, color)
+    names = settings.app.color_services(color)
     missing = [s for s in names if s not in states or not states[s].ready]
     if missing:
         detail = ", ".join(f"{s} {states[s].state}/{states[s].health or 'no health'}" if s in states else f"{s} absent" for s in missing)
@@ -210,16 +213,15 @@ def _record(plan: Plan) -> Record:
     return Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)
 
 
-def _run(settings: Settings, plan: Plan, force: bool = False) -> Record:
-    """Record and execute a decided plan (a no-op is said, not recorded)."""
+def _run(settings: Settings, plan: Plan, target: Target, force: bool = False) -> Record:
+    """Record and execute a plan decided from `target` (a no-op is said, not recorded)."""
     record = _record(plan)
     if plan.noop:
         record.outcome = "no-op"
         runner.say(plan.noop)
         return record
     with recorded(settings, record):
-        versions = facts.running_versions(facts.service_states(settings))
-        execute(plan, Steps(settings, plan, record, versions, force=force), record)
+        execute(plan, Steps(settings, plan, record, facts.running_versions(target.states), force=force), record)
     return record
 
 
@@ -227,19 +229,22 @@ def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool
     """Move traffic to `to`, an already running color, gated."""
     parse_color(to)
     with lock(settings, "switch", break_lock):
-        return _run(settings, plan_switch(settings, observe(settings), to, use_gates))
+        target = observe(settings)
+        return _run(settings, plan_switch(settings, target, to, use_gates), target)
 
 
 def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = False) -> Record:
     """Switch back to the color that was live before the latest switch."""
     with lock(settings, "rollback", break_lock):
-        return _run(settings, plan_rollback(settings, observe(settings, history=True), use_gates))
+        target = observe(settings, history=True)
+        return _run(settings, plan_rollback(settings, target, use_gates), target)
 
 
 def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
     with lock(settings, "deploy", break_lock):
-        return _run(settings, plan_deploy(settings, observe(settings, tags=version is None), version, force), force)
+        target = observe(settings, tags=version is None, database=True)
+        return _run(settings, plan_deploy(settings, target, version, force), target, force)
 
 
 def switch_and_verify(settings: Settings, record: Record, plan: Plan, versions: dict[str, str] | None = None) -> None:
@@ -263,7 +268,7 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
     """Apply the live color's pending migrations, after a verified backup. Returns how many."""
     db.require_postgres(settings)  # migrating needs a verified backup first
     with lock(settings, "migrate", break_lock):
-        target = observe(settings)
+        target = observe(settings, database=True)
         stack.check_database_record(settings, target.database)
         active = _live(target)
         pending = facts.pending_migrations(settings, active.color)
@@ -290,7 +295,7 @@ def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], da
     candidate, version = plan.to_color, plan.to_version
     with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
         runner.run(
-            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *stack.color_services(settings, candidate)),
+            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *settings.app.color_services(candidate)),
             env=stack.compose_env(settings, versions, databases),
             what="docker compose up",
         )
@@ -301,7 +306,7 @@ def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], da
 def wait_candidate(settings: Settings, plan: Plan, recovering: bool = False) -> None:
     """Until the candidate's containers run and every health check of its routed
     services passes, asked from the edge (`recovering`: see stack.wait_ready)."""
-    stack.wait_ready(settings, stack.color_services(settings, plan.to_color), recovering=recovering)
+    stack.wait_ready(settings, settings.app.color_services(plan.to_color), recovering=recovering)
     gates.wait_healthy(settings, plan.to_color)
 
 

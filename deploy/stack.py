@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 import tenacity
 
-from deploy import contract, edge, facts, images, render, runner
+from deploy import edge, facts, images, render, runner
 from deploy.colors import COLORS
 from deploy.config import Settings, shown_url
 from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
@@ -54,10 +54,6 @@ def infra_services(settings: Settings, retired: bool = False) -> list[str]:
     the app's own database once `db.retire-local` retired it)."""
     db = settings.app.database.service if settings.app.database else None
     return [*(s for s in settings.app.shared if not (retired and s == db)), "edge"]
-
-
-def color_services(settings: Settings, color: str) -> list[str]:
-    return settings.app.color_services(color)
 
 
 def compose_env(settings: Settings, versions: dict[str, str], databases: dict[str, str] | None = None) -> dict[str, str]:
@@ -175,7 +171,7 @@ def _explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateEr
 def build(settings: Settings, services: list[str], versions: dict[str, str]) -> None:
     """Build images for `services` (compose, BuildKit); release images also get `latest`."""
     app = settings.app
-    buildable = [s for s in services if s in contract.OWN_SERVICES or app.buildable((app.split_copy(s) or (s, ""))[0])]
+    buildable = [s for s in services if app.builds(s)]
     if not buildable:
         return
     runner.run(compose_cmd(settings, "build", *buildable), env=compose_env(settings, versions), what="docker compose build")
@@ -205,7 +201,7 @@ def ensure_release_images(settings: Settings, color: str, versions: dict[str, st
             images.pull(settings, images.release_images(settings.app), version, env)
         return
     if force or not release_images_exist(settings.builder, version):
-        build(settings.builder, color_services(settings, color), versions)
+        build(settings.builder, settings.app.color_services(color), versions)
     if settings.image_source == "stream":
         refs = [images.app_tag(settings, name, tag) for name in images.release_images(settings.app) for tag in (version, "latest")]
         images.send(settings, refs)
@@ -273,8 +269,8 @@ def up(settings: Settings, version: str | None = None) -> dict:
             with runner.step("applying database migrations"):
                 migrate(settings, color, versions)
         with runner.step(f"starting {color} ({version})"):
-            runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *color_services(settings, color)), env=env, what="docker compose up")
-            wait_ready(settings, color_services(settings, color))
+            runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *settings.app.color_services(color)), env=env, what="docker compose up")
+            wait_ready(settings, settings.app.color_services(color))
         if not active:
             with runner.step(f"routing traffic to {color}"):
                 edge.write_active(settings, color, version)
@@ -320,11 +316,11 @@ def migrate(settings: Settings, color: str, versions: dict[str, str], databases:
 
 def stop_color(settings: Settings, color: str, versions: dict[str, str]) -> None:
     """Stop a color's containers (kept, with their logs, for diagnosis)."""
-    runner.run(compose_cmd(settings, "stop", *color_services(settings, color)), env=compose_env(settings, versions), check=False)
+    runner.run(compose_cmd(settings, "stop", *settings.app.color_services(color)), env=compose_env(settings, versions), check=False)
 
 
 def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:
-    known = [*infra_services(settings), *(name for color in COLORS for name in color_services(settings, color))]
+    known = [*infra_services(settings), *(name for color in COLORS for name in settings.app.color_services(color))]
     if service is not None and service not in known:
         raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
     args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import edge as edge_state, facts, gates, stack
+from deploy import edge as edge_state, facts, gates
 from deploy.colors import parse_color
 
 
@@ -157,7 +157,7 @@ def candidate_healthy(gate_settings, expected):
 def runs_expected_version(gate_settings, expected):
     states = facts.service_states(gate_settings)
     wrong = {name: (states[name].version if name in states else "absent")
-             for name in stack.color_services(gate_settings, expected.color)
+             for name in gate_settings.app.color_services(expected.color)
              if name not in states or states[name].version != expected.version}
     assert not wrong, f"expected every {expected.color} service at {expected.version}: {wrong}"
 
