@@ -21,11 +21,11 @@ deploy: venv
 	$(BIN)/pytest features/ -p no:cacheprovider --profile $(PROFILE) --junitxml=reports/gates.xml
 
 # The ACME tests run Debian's pebble (Let's Encrypt's test CA) on loopback, the
-# registry tests Debian's docker-registry.
+# registry tests Debian's docker-registry, the switch benchmark Debian's wrk.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-deps:
-	@{ command -v pebble && command -v docker-registry; } >/dev/null || { $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble docker-registry; }
+	@{ command -v pebble && command -v docker-registry && command -v wrk; } >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble docker-registry wrk; }
 
 # Two test processes, one test module each at a time: every module brings up its own
 # isolated stacks, so they do not share anything but the engine.

@@ -142,6 +142,8 @@ KEYS: dict[str, Key] = {
     # The app: its compose file with an x-colorgate block (or the directory holding it).
     "COLORGATE_APP": Key(_pattern(re.compile(r"^\S+$"), "should be a path to a compose file or its directory"), "examples/spa-api-postgres", attr="app_path"),
     "COLORGATE_DRAIN_SECONDS": Key(_seconds, "30"),
+    # During a db.move write freeze the edge holds each write this long, then 503.
+    "COLORGATE_HOLD_SECONDS": Key(_seconds, "5"),
     "COLORGATE_TLS_CA": Key(_pattern(re.compile(r"^(local|system|/\S+)$"), "should be local, system or an absolute path to a CA bundle"), "local"),
     "COLORGATE_TLS_MIN_DAYS": Key(_seconds, "14"),
     "COLORGATE_REPORTS_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "reports", attr="reports_path"),
@@ -182,6 +184,7 @@ class Settings:
     health_timeout: int
     app_path: str
     drain_seconds: int
+    hold_seconds: int
     tls_ca: str
     tls_min_days: int
     reports_path: str

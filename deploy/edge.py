@@ -1,9 +1,11 @@
 """The edge's state: the one module that reads and writes the files in its state
 directory (`/etc/colorgate/state`, the `edge-state` volume), all through Docker.
 
-    active.conf     which color (and version) is live: one atomic write, `nginx -t`,
-                    a graceful reload (the old file put back when nginx refuses it)
-    freeze.conf     present only during a write freeze (db.move)
+    live            which color (and version) is live: `color=..`, `version=..` lines,
+                    read by the edge on every request (compose/edge/colorgate.lua), so a
+                    switch is one validated atomic rename and no reload
+    freeze          present only during a write freeze (db.move): `hold=SECONDS`; writes
+                    are held that long, then passed on or answered 503
     database.json   where the app's database is (written by db.move, retire-local)
     lock/           the release lock (mkdir; holder JSON inside)
     history.jsonl   every release, one JSON record a line
@@ -26,43 +28,57 @@ from deploy.config import Settings
 from deploy.errors import BadVersion, CommandError, StackError
 
 STATE_DIR = "/etc/colorgate/state"
-STATE_FILE = f"{STATE_DIR}/active.conf"
-FREEZE_FILE = f"{STATE_DIR}/freeze.conf"
+LIVE_FILE = f"{STATE_DIR}/live"
+FREEZE_FILE = f"{STATE_DIR}/freeze"
 DATABASE_RECORD = f"{STATE_DIR}/database.json"
+# What the edge routes now and its requests in flight per color (colorgate.lua),
+# answered only inside the container.
+STATE_URL = "http://127.0.0.1:8080/.colorgate/state"
 
-FREEZE = '# Managed by Colorgate: a write freeze (db.move). API writes get 503 until removed.\nset $cg_frozen "1";\n'
 NGINX_CONF = "/etc/colorgate/nginx.conf"
-VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SET = re.compile(r'^\s*set\s+\$(cg_\w+)\s+"([^"]*)"\s*;\s*$', re.MULTILINE)
+VERSION_RE = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+VERSION = re.compile(f"^{VERSION_RE}$")
+# Every line of a state file must match its pattern (checked again on the edge, so a
+# file that did not come from here is refused before it is renamed into place).
+LIVE_LINES = f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}"
+FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?"
 
-# Write, test and reload in one exec: the new file ($1) goes in through stdin (empty
-# stdin removes it), and when `nginx -t` rejects it the previous file is put back and
-# nginx is not reloaded. After the reload, wait until new connections are answered by
-# the new configuration (three probes in a row carry the header line $2), since
-# `nginx -s reload` returns before the new workers take over.
-SWITCH_SCRIPT = f"""set -eu
+# Validate and install a state file in one exec: the new text ($1 the path) comes on
+# stdin (empty stdin removes the file); every line must match $2 and each key in $3
+# must be there, or the file is refused (exit 3) and the old one stays. Then wait
+# until the edge's state endpoint answers with the line $4: the edge reads the file
+# per request, so that is the next request.
+WRITE_SCRIPT = f"""set -eu
 f=$1
-if [ -f "$f" ]; then cp "$f" "$f.prev"; else rm -f "$f.prev"; fi
 cat > "$f.new"
-if [ -s "$f.new" ]; then mv "$f.new" "$f"; else rm -f "$f.new" "$f"; fi
-if ! nginx -t -q -c {NGINX_CONF} 2>/tmp/colorgate-nginx-t.err; then
-  if [ -f "$f.prev" ]; then mv "$f.prev" "$f"; else rm -f "$f"; fi
-  cat /tmp/colorgate-nginx-t.err >&2
-  exit 3
+if [ ! -s "$f.new" ]; then
+  rm -f "$f.new" "$f"
+else
+  bad=$(grep -vxE "$2" "$f.new" | head -n 1 || true)
+  if [ -n "$bad" ]; then rm -f "$f.new"; echo "refused $f: the line '$bad' is not valid there" >&2; exit 3; fi
+  for key in $3; do
+    grep -q "^$key=" "$f.new" || {{ rm -f "$f.new"; echo "refused $f: it has no '$key=' line" >&2; exit 3; }}
+  done
+  mv "$f.new" "$f"
 fi
-nginx -s reload -c {NGINX_CONF}
-want=${{2:-}}
+want=${{4:-}}
 [ -n "$want" ] || exit 0
-tries=0; seen=0
-while [ $seen -lt 3 ]; do
-  if curl -sk -o /dev/null -D - --max-time 1 https://127.0.0.1:8443/healthz | tr -d '\r' | grep -qix "$want"; then
-    seen=$((seen + 1))
-  else
-    seen=0
-  fi
+tries=0
+until curl -s --max-time 1 {STATE_URL} | grep -qx "$want"; do
   tries=$((tries + 1))
-  [ $tries -lt 200 ] || {{ echo "nginx reloaded, but new connections are still not answered with '$want' after 10 s" >&2; exit 4; }}
-  sleep 0.05
+  [ $tries -lt 100 ] || {{ echo "the edge does not answer '$want' after 2 s: see: invoke logs edge" >&2; exit 4; }}
+  sleep 0.02
+done
+"""
+
+# Wait until no request routed to color $1 is in flight, for at most $2 seconds;
+# print how many were still in flight at the end (0 when drained).
+DRAIN_SCRIPT = f"""tries=$(($2 * 10))
+while :; do
+  n=$(curl -s --max-time 1 {STATE_URL} | sed -n "s/^inflight_$1=//p")
+  if [ "${{n:-0}}" -le 0 ] || [ $tries -le 0 ]; then echo "${{n:-0}}"; exit 0; fi
+  tries=$((tries - 1))
+  sleep 0.1
 done
 """
 
@@ -73,40 +89,48 @@ class Active:
     version: str
 
 
-
 def check_version(version: str) -> str:
-    """A version tag safe in image tags and nginx config, or BadVersion."""
+    """A version tag safe in image tags and state files, or BadVersion."""
     if not VERSION.match(version or ""):
         raise BadVersion(f"bad version {version!r}: use letters, digits, '.', '_' or '-' (at most 128)")
     return version
 
 
-def render_upstream(color: str, version: str) -> str:
-    """The include file that makes `color` (running `version`) the live color."""
+def render_live(color: str, version: str) -> str:
+    """The state file that makes `color` (running `version`) the live color."""
     color = parse_color(color)
     check_version(version)
-    return (
-        "# Managed by Colorgate: the live color. Changed only with `nginx -t` and a graceful reload.\n"
-        f'set $cg_color "{color}";\n'
-        f'set $cg_version "{version}";\n'
-    )
+    return f"# Managed by Colorgate: the live color, read by the edge on every request.\ncolor={color}\nversion={version}\n"
+
+
+def render_freeze(hold_seconds: float) -> str:
+    return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n"
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (text or "").splitlines() if "=" in line and not line.startswith("#"))
 
 
 def parse_active(text: str) -> Active | None:
-    """Which color an include file routes to; None when no color is live (empty file).
+    """Which color a live file routes to; None when no color is live (no file).
 
     Raises ValueError when the file names no known color (edited by hand?).
     """
-    values = dict(_SET.findall(text or ""))
+    values = _fields(text)
     if not values:
         return None
-    color = values.get("cg_color", "")
+    color = values.get("color", "")
     if color not in COLORS:
-        raise ValueError(f"active.conf names color {color!r}, expected one of {', '.join(COLORS)}")
-    version = values.get("cg_version", "")
+        raise ValueError(f"the live file names color {color!r}, expected one of {', '.join(COLORS)}")
+    version = values.get("version", "")
     if not VERSION.match(version):
-        raise ValueError(f"active.conf names version {version!r}, which is not a version tag")
-    return Active(color, values.get("cg_version", ""))
+        raise ValueError(f"the live file names version {version!r}, which is not a version tag")
+    return Active(color, version)
+
+
+def parse_state(text: str) -> dict[str, str]:
+    """The edge's state endpoint: color, version, writes, inflight_<color>."""
+    return _fields(text)
 
 
 def edge_container(project: str) -> str:
@@ -114,21 +138,26 @@ def edge_container(project: str) -> str:
 
 
 def read_state_cmd(project: str) -> list[str]:
-    return ["docker", "exec", edge_container(project), "sh", "-c", f"cat {STATE_FILE} 2>/dev/null || true"]
+    return ["docker", "exec", edge_container(project), "sh", "-c", f"cat {LIVE_FILE} 2>/dev/null || true"]
 
 
-def switch_cmd(project: str, path: str = STATE_FILE, expect: str = "") -> list[str]:
-    """Install the include file given on stdin at `path` (removed when stdin is empty),
-    `nginx -t`, reload (or restore), then wait for the response header line `expect`."""
-    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", SWITCH_SCRIPT, "switch", path, expect]
+def write_cmd(project: str, path: str, lines: str, keys: str, expect: str = "") -> list[str]:
+    """Install the state file given on stdin at `path` (removed when stdin is empty)
+    after checking every line against `lines` and that each of `keys` is there; then
+    wait for the edge's state line `expect`."""
+    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", WRITE_SCRIPT, "write", path, lines, keys, expect]
 
 
-def expect_color(color: str) -> str:
-    return f"x-colorgate-edge-color: {color}"
+def switch_cmd(project: str, expect: str = "") -> list[str]:
+    return write_cmd(project, LIVE_FILE, LIVE_LINES, "color version", expect)
 
 
-def expect_writes(frozen: bool) -> str:
-    return f"x-colorgate-writes: {'frozen' if frozen else 'open'}"
+def freeze_cmd(project: str, frozen: bool) -> list[str]:
+    return write_cmd(project, FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}")
+
+
+def drain_cmd(project: str, color: str, seconds: int) -> list[str]:
+    return ["docker", "exec", edge_container(project), "sh", "-c", DRAIN_SCRIPT, "drain", parse_color(color), str(int(seconds))]
 
 
 def frozen_cmd(project: str) -> list[str]:
@@ -148,13 +177,24 @@ def read_active(settings: Settings) -> Active | None:
 
 
 def write_active(settings: Settings, color: str, version: str) -> None:
-    """Route traffic to `color`: write the include file, `nginx -t`, graceful reload."""
+    """Route traffic to `color`: one validated atomic write that the edge reads on the
+    next request; no reload, so open connections and streams stay."""
     runner.run(
-        switch_cmd(settings.project, expect=expect_color(color)),
-        input=render_upstream(color, version),
+        switch_cmd(settings.project, expect=f"color={color}"),
+        input=render_live(color, version),
         env=settings.docker_env(),
         what=f"switching the edge to {color}",
     )
+
+
+def drain(settings: Settings, color: str, seconds: int | None = None) -> int:
+    """Wait until the edge has no request in flight to `color`, for at most the drain
+    bound; returns how many were still open (streams) when it gave up."""
+    seconds = settings.drain_seconds if seconds is None else seconds
+    proc = runner.run(drain_cmd(settings.project, color, seconds), env=settings.docker_env(), check=False)
+    with contextlib.suppress(ValueError):
+        return int(proc.stdout.strip() or 0)
+    return 0
 
 
 def read_database_record(settings: Settings) -> dict:
@@ -175,11 +215,11 @@ def write_database_record(settings: Settings, record: dict) -> None:
 
 
 def set_frozen(settings: Settings, frozen: bool) -> None:
-    """Start or end a write freeze at the edge (API writes get 503, reads go on), with
-    `nginx -t` and a graceful reload."""
+    """Start or end a write freeze at the edge: from the next request on, writes are
+    held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on."""
     runner.run(
-        switch_cmd(settings.project, FREEZE_FILE, expect_writes(frozen)),
-        input=FREEZE if frozen else "",
+        freeze_cmd(settings.project, frozen),
+        input=render_freeze(settings.hold_seconds) if frozen else "",
         env=settings.docker_env(),
         what="starting a write freeze" if frozen else "ending the write freeze",
     )

@@ -41,7 +41,7 @@ class BaseImage:
 
 BASES = {
     # Colorgate's own parts: the edge, dbtools (and the examples' PostgreSQL), certbot
-    "nginx": BaseImage("nginx", ("nginx-light", "openssl", "ca-certificates", "curl")),
+    "nginx": BaseImage("nginx", ("nginx-light", "libnginx-mod-http-lua", "openssl", "ca-certificates", "curl")),
     "postgres": BaseImage("postgres", ("postgresql-15", "openssl", "socat")),
     "certbot": BaseImage("certbot", ("certbot", "ca-certificates")),
     # for the examples (an app names one with COLORGATE_BASE_<NAME> in its compose file)

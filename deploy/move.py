@@ -344,9 +344,10 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
             edge.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
                                                    "from": "local", "live_color": candidate, "version": version})
             # before writes open again: the previous color still uses the old database, so nothing of it
-            # may run on (a worker would take new jobs and write them where nobody reads them)
+            # may run on (a worker would take new jobs and write them where nobody reads them);
+            # its writes already drained, and a drain of its reads would lengthen the freeze
             with runner.step(f"stopping {plan.from_color} ({plan.from_version}): it uses the old database"):
-                stack.stop_color(settings, plan.from_color, versions)
+                stack.stop_color(settings, plan.from_color, versions, drain=False)
     except (ColorgateError, KeyboardInterrupt) as exc:
         if mode == "replicate" and touched:
             _unsubscribe(settings, url, check=False)

@@ -294,8 +294,10 @@ def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], da
     until it is ready (wait_candidate)."""
     candidate, version = plan.to_color, plan.to_version
     with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
+        grace = stack.drain_color(settings, candidate)  # streams from its last time live end within the bound
         runner.run(
-            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", *settings.app.color_services(candidate)),
+            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", "--timeout", str(grace),
+                              *settings.app.color_services(candidate)),
             env=stack.compose_env(settings, versions, databases),
             what="docker compose up",
         )

@@ -118,14 +118,13 @@ def dump(rendered: dict, source: Path) -> str:
 
 def edge_routes(app: App) -> str:
     """nginx `location` blocks for the routes, for the edge's HTTPS server. Each sends
-    to the live color's copy, named at request time from `$cg_color`."""
+    to the live color's copy, named at request time from `$cg_color`, which the edge's
+    colorgate.lua sets from the state file in the access phase."""
     blocks = []
     for r in sorted(app.routes, key=lambda r: (-len(r.path), r.path)):
         lines = [
             f"location ^~ {r.path} {{",
-            '    if ($cg_color = "") { return 503 "no active color\\n"; }',
-            "    error_page 597 = @frozen;",
-            "    if ($cg_refuse_write) { return 597; }",
+            '    access_by_lua_block { require("colorgate").route() }',
             f"    client_max_body_size {r.body_size};",
             f"    proxy_read_timeout {r.timeout}s;",
             f"    proxy_send_timeout {r.timeout}s;",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import shutil
 import socket
+import time
 from dataclasses import asdict
 
 import tenacity
@@ -314,9 +315,25 @@ def migrate(settings: Settings, color: str, versions: dict[str, str], databases:
     )
 
 
-def stop_color(settings: Settings, color: str, versions: dict[str, str]) -> None:
-    """Stop a color's containers (kept, with their logs, for diagnosis)."""
-    runner.run(compose_cmd(settings, "stop", *settings.app.color_services(color)), env=compose_env(settings, versions), check=False)
+def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: bool = True) -> None:
+    """Stop a color's containers (kept, with their logs, for diagnosis). With `drain`,
+    first wait until the edge has no request in flight to it, and give its containers
+    what is left of COLORGATE_DRAIN_SECONDS to stop: a stream still open is closed
+    within the bound."""
+    grace = ["--timeout", str(drain_color(settings, color))] if drain else []
+    runner.run(compose_cmd(settings, "stop", *grace, *settings.app.color_services(color)), env=compose_env(settings, versions), check=False)
+
+
+def drain_color(settings: Settings, color: str) -> int:
+    """Wait (within the drain bound) until the edge has no request in flight to
+    `color`; returns the seconds left of the bound (at least 1), the containers' grace
+    period when they are stopped or replaced next."""
+    started = time.monotonic()
+    left = edge.drain(settings, color)
+    if left:
+        runner.say(f"-- {left} request(s) to {color} still open at the drain bound "
+                   f"({settings.drain_seconds} s, COLORGATE_DRAIN_SECONDS): closing them")
+    return max(1, round(settings.drain_seconds - (time.monotonic() - started)))
 
 
 def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:

@@ -49,6 +49,13 @@ if [ -z "${COLORGATE_EDGE_ROUTES:-}" ]; then
   echo "edge: COLORGATE_EDGE_ROUTES is empty: start the edge with Colorgate (invoke up)" >&2; exit 64
 fi
 printf '%s' "$COLORGATE_EDGE_ROUTES" | base64 -d > /tmp/colorgate/routes.conf
+# State written by earlier Colorgate versions (nginx includes) becomes the per-request files.
+state=/etc/colorgate/state
+if [ -f "$state/active.conf" ] && [ ! -f "$state/live" ]; then
+  sed -n 's/^set \$cg_\(color\|version\) "\([^"]*\)";$/\1=\2/p' "$state/active.conf" > "$state/live.new" && mv "$state/live.new" "$state/live"
+fi
+[ -f "$state/freeze.conf" ] && [ ! -f "$state/freeze" ] && printf 'hold=0\n' > "$state/freeze"
+rm -f "$state/active.conf" "$state/active.conf.prev" "$state/freeze.conf"
 # After a reload, old workers finish their connections for at most this long.
 printf 'worker_shutdown_timeout %ss;\n' "$drain" > /tmp/colorgate/main.conf
 exec nginx -c /etc/colorgate/nginx.conf -g 'daemon off;'

@@ -14,20 +14,25 @@ def test_benchmark_smoke(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
         [sys.executable, "benchmarks/switch_under_load.py", "--switches", "2", "--gated", "1", "--baseline", "1",
-         "--rps", "60", "--pause", "0.8", "--warmup", "1", f"--json={out}", f"--png={png}"],
+         "--rps", "40", "--retry-rps", "5", "--pause", "0.8", "--warmup", "1", "--stream", "/api/stream?seconds=600",
+         f"--json={out}", f"--png={png}"],
         cwd=config.project_root(), capture_output=True, text=True, timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["switch"]["n"] == 2 and result["switch"]["median"] > 0
-    assert result["gated_switch"]["total_ms"]["n"] == 1 and result["gated_switch"]["pre_gates_ms"]["median"] > 0
-    assert result["load"]["requests"] > 100
-    assert result["stream"]["events"] > 0 and "survived" in result["stream"]
-    assert result["baseline_recreate"]["requests"] > 0
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "first response from the new color" in proc.stdout
     leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "cgbench" not in leftover
+    if proc.returncode == 3:  # the machine was too busy for the client to hold even this rate: said so, no figures
+        assert not result["valid"] and result["why"] and "INVALID RUN" in proc.stdout and "switch (no gates)" not in proc.stdout
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result["valid"] and result["switch"]["n"] == 2 and result["switch"]["median"] > 0
+    assert result["switch"]["never_retry"]["requests"] > 40 and result["switch"]["retry_once"]["requests"] > 0
+    assert result["gated_switch"]["total_ms"]["n"] == 1 and result["gated_switch"]["pre_gates_ms"]["median"] > 0
+    assert result["stream"]["events"] > 0 and "survived" in result["stream"]
+    assert result["baseline_recreate"]["never_retry"]["requests"] > 0
+    assert set(result["targets"]) == {"failed_never_retry", "switch_ms", "gated_ms", "rollback_ms", "stream_gap_s"}
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "first answer from the new color" in proc.stdout and "targets (issue #11):" in proc.stdout
 
 
 def test_db_backup_benchmark_smoke(tmp_path):

@@ -1,4 +1,7 @@
-"""Colors, and the edge's routing include file: rendering and reading it back."""
+"""Colors, and the edge's live file: rendering it, the checks before it is installed,
+reading it back."""
+
+import subprocess
 
 import pytest
 
@@ -22,9 +25,9 @@ def test_other():
 
 
 def test_render_then_parse_round_trip():
-    text = edge.render_upstream("green", "v12")
+    text = edge.render_live("green", "v12")
     # the routing data is only the color and version: the routes come from the app's contract
-    assert [line for line in text.splitlines() if not line.startswith("#")] == ['set $cg_color "green";', 'set $cg_version "v12";']
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["color=green", "version=v12"]
     assert edge.parse_active(text) == edge.Active("green", "v12")
 
 
@@ -35,26 +38,70 @@ def test_no_state_means_no_live_color():
 
 def test_damaged_state_is_an_error():
     with pytest.raises(ValueError, match="names color 'red'"):
-        edge.parse_active(edge.render_upstream("blue", "v1").replace('"blue"', '"red"'))
+        edge.parse_active(edge.render_live("blue", "v1").replace("=blue", "=red"))
     with pytest.raises(ValueError, match="names version 'v1 x'"):
-        edge.parse_active(edge.render_upstream("blue", "v1").replace('"v1"', '"v1 x"'))
+        edge.parse_active(edge.render_live("blue", "v1").replace("=v1", "=v1 x"))
 
 
-@pytest.mark.parametrize("version", ["", "v1;", 'v1" ; return 200 "x', "../x", "a b"])
-def test_versions_cannot_inject_config(version):
+@pytest.mark.parametrize("version", ["", "v1;", "v1\ncolor=green", "../x", "a b"])
+def test_versions_cannot_inject_state(version):
     with pytest.raises(ValueError, match="bad version"):
-        edge.render_upstream("blue", version)
+        edge.render_live("blue", version)
+
+
+def write(tmp_path, cmd, text):
+    """Run the edge's write script (the last arguments of `cmd`) with plain sh on a
+    temporary state file: the same script the edge runs, minus the confirmation."""
+    path = tmp_path / "live"
+    script, _name, _path, lines, keys, _expect = cmd[-6:]
+    return subprocess.run(["sh", "-c", script, "write", str(path), lines, keys, ""], input=text, text=True, capture_output=True), path
 
 
 def test_switch_is_one_exec_with_the_file_on_stdin():
-    cmd = edge.switch_cmd("shop")
+    cmd = edge.switch_cmd("shop", expect="color=green")
     assert cmd[:4] == ["docker", "exec", "-i", "shop-edge-1"]
-    assert cmd[-2:] == [edge.STATE_FILE, ""]
-    script = cmd[-4]
-    # test before reload, restore on failure, reload only after the test passed
-    assert script.index("nginx -t") < script.index("nginx -s reload")
-    assert 'mv "$f.prev" "$f"' in script and "exit 3" in script
-    # and returns only once new connections get the new configuration
-    assert script.index("nginx -s reload") < script.index('grep -qix "$want"')
-    assert edge.switch_cmd("shop", expect=edge.expect_color("green"))[-1] == "x-colorgate-edge-color: green"
+    assert cmd[-4] == edge.LIVE_FILE and cmd[-1] == "color=green"
+    # no reload: the edge reads the file on the next request
+    assert "nginx" not in cmd[-6]
     assert edge.read_state_cmd("shop")[:3] == ["docker", "exec", "shop-edge-1"]
+
+
+def test_a_valid_live_file_is_renamed_into_place(tmp_path):
+    proc, path = write(tmp_path, edge.switch_cmd("shop"), edge.render_live("green", "v2"))
+    assert proc.returncode == 0, proc.stderr
+    assert edge.parse_active(path.read_text()) == edge.Active("green", "v2")
+    assert not path.with_name("live.new").exists()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("color=red\nversion=v1\n", "the line 'color=red' is not valid there"),
+    ("color=blue\n", "it has no 'version=' line"),
+    ("color=blue\nversion=v1\nproxy_pass http://evil;\n", "the line 'proxy_pass http://evil;' is not valid there"),
+    ('set $cg_color "blue";\n', "is not valid there"),
+    ("color=blue\nversion=v1 x\n", "the line 'version=v1 x' is not valid there"),
+])
+def test_a_malformed_live_file_is_refused_and_the_old_one_stays(tmp_path, text, why):
+    ok, path = write(tmp_path, edge.switch_cmd("shop"), edge.render_live("blue", "v1"))
+    assert ok.returncode == 0
+    proc, path = write(tmp_path, edge.switch_cmd("shop"), text)
+    assert proc.returncode == 3 and why in proc.stderr
+    assert edge.parse_active(path.read_text()) == edge.Active("blue", "v1")
+    assert not path.with_name("live.new").exists()
+
+
+def test_freeze_file_holds_for_the_bound_and_empty_input_removes_it(tmp_path):
+    cmd = edge.freeze_cmd("shop", True)
+    assert cmd[-4] == edge.FREEZE_FILE and cmd[-1] == "writes=frozen"
+    assert edge.freeze_cmd("shop", False)[-1] == "writes=open"
+    proc, path = write(tmp_path, cmd, edge.render_freeze(5))
+    assert proc.returncode == 0 and "hold=5" in path.read_text().splitlines()
+    proc, path = write(tmp_path, cmd, "hold=soon\n")
+    assert proc.returncode == 3
+    proc, path = write(tmp_path, cmd, "")
+    assert proc.returncode == 0 and not path.exists()
+
+
+def test_state_endpoint_parses():
+    state = edge.parse_state("color=blue\nversion=v3\nwrites=open\ninflight_blue=2\ninflight_green=0\n")
+    assert state == {"color": "blue", "version": "v3", "writes": "open", "inflight_blue": "2", "inflight_green": "0"}
+    assert edge.drain_cmd("shop", "green", 30)[-3:] == ["drain", "green", "30"]

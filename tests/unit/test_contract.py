@@ -176,7 +176,9 @@ def test_the_edge_routes_follow_the_contract():
     api, web = text[api_at:web_at], text[web_at:]
     assert "proxy_pass http://api_$cg_color:3000;" in api and "set $cg_websocket 1;" in api and "proxy_read_timeout 300s;" in api
     assert "proxy_pass http://web_$cg_color:80;" in web and "client_max_body_size 1m;" in web and "websocket" not in web
-    assert all("if ($cg_refuse_write) { return 597; }" in block for block in (api, web))  # the write freeze covers every route
+    # every route asks colorgate.lua for the live color (and the write freeze) per request
+    assert all('access_by_lua_block { require("colorgate").route() }' in block for block in (api, web))
+    assert " if (" not in text  # no nginx `if`: the route's decisions are in the access phase
 
 
 def test_the_shipped_example_is_a_valid_contract():

@@ -50,10 +50,9 @@ def test_target_url_is_checked_before_anything():
     assert move.check_url(" postgresql://a:b@h/d ") == "postgresql://a:b@h/d"
 
 
-def test_freeze_is_its_own_include_and_removable():
-    cmd = edge.switch_cmd("shop", edge.FREEZE_FILE, edge.expect_writes(True))
-    assert cmd[-2:] == [edge.FREEZE_FILE, "x-colorgate-writes: frozen"] and '$cg_frozen "1"' in edge.FREEZE
-    assert 'rm -f "$f.new" "$f"' in cmd[-4]  # empty stdin removes the file
+def test_freeze_is_its_own_file_with_the_hold_bound():
+    assert edge.render_freeze(5).splitlines()[-1] == "hold=5"
+    assert edge.freeze_cmd("shop", True)[-4:] == [edge.FREEZE_FILE, edge.FREEZE_LINES, "hold", "writes=frozen"]
 
 
 SETTINGS = config.load("development", root=config.project_root(), environ={})

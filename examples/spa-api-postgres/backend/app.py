@@ -42,15 +42,27 @@ def pool():
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = psycopg2.pool.ThreadedConnectionPool(1, 8, DATABASE_URL, connect_timeout=3)
+            _pool = psycopg2.pool.ThreadedConnectionPool(1, POOL_SIZE, DATABASE_URL, connect_timeout=3)
         return _pool
+
+
+POOL_SIZE = 8
+# psycopg2's pool raises at once when all its connections are busy: wait for one
+# instead (a burst of requests queues for a moment rather than failing).
+_pool_slots = threading.BoundedSemaphore(POOL_SIZE)
 
 
 class Db:
     """A pooled connection, returned (or discarded when broken) on exit."""
 
     def __enter__(self):
-        self.conn = pool().getconn()
+        if not _pool_slots.acquire(timeout=10):
+            raise psycopg2.pool.PoolError("no database connection free for 10 s")
+        try:
+            self.conn = pool().getconn()
+        except BaseException:
+            _pool_slots.release()
+            raise
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
@@ -60,6 +72,7 @@ class Db:
         elif not self.conn.closed:
             self.conn.rollback()
         pool().putconn(self.conn, close=broken or bool(self.conn.closed))
+        _pool_slots.release()
         return False
 
 

@@ -1,0 +1,107 @@
+-- Colorgate's routing at request time: which color is live, and the write freeze.
+--
+-- Both are small files in the edge's state volume, written by Colorgate with one
+-- atomic rename each (deploy/edge.py), and read here on every request, so a switch
+-- or a freeze takes effect without a reload: keep-alive connections stay open, and
+-- streams on the old color go on until that color is stopped.
+--
+--   live     color=blue|green, version=TAG       (absent: no color is live, 503)
+--   freeze   hold=SECONDS                         (absent: writes pass)
+--
+-- During a freeze a request with a method other than GET, HEAD or OPTIONS is held
+-- for up to `hold` seconds and passed on (to the color live then) when the freeze
+-- ends; one still waiting at the bound gets 503 with Retry-After. Requests in flight
+-- are counted per color, so that a color is stopped only after its requests drained.
+
+local M = {}
+
+local STATE = "/etc/colorgate/state/"
+local LIVE = STATE .. "live"
+local FREEZE = STATE .. "freeze"
+local COLORS = { blue = true, green = true }
+local SAFE = { GET = true, HEAD = true, OPTIONS = true }
+local counts = ngx.shared.colorgate
+
+local function fields(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  local out = {}
+  for key, value in text:gmatch("([%w_]+)=([^\n]*)") do out[key] = value end
+  return out
+end
+
+-- The live color and version, or nil (no file, or a file that is not valid).
+function M.live()
+  local f = fields(LIVE)
+  if not f then return nil end
+  if not COLORS[f.color] or not (f.version or ""):match("^[%w][%w._-]*$") then
+    ngx.log(ngx.ERR, "colorgate: ", LIVE, " is not valid; no color is routed")
+    return nil
+  end
+  return f
+end
+
+-- The hold bound of a freeze in seconds, or nil when writes are open.
+function M.freeze()
+  local f = fields(FREEZE)
+  if not f then return nil end
+  return tonumber(f.hold or "") or 0
+end
+
+local function answer(status, content_type, body, headers)
+  ngx.status = status
+  ngx.header["Content-Type"] = content_type
+  for name, value in pairs(headers or {}) do ngx.header[name] = value end
+  ngx.say(body)
+  return ngx.exit(ngx.HTTP_OK)
+end
+
+-- access_by_lua for the app's routes.
+function M.route()
+  local hold = M.freeze()
+  if hold and not SAFE[ngx.req.get_method()] then
+    local started = ngx.now()
+    while hold do
+      ngx.update_time()
+      if ngx.now() - started >= hold then
+        return answer(503, "application/json",
+          '{"error": "maintenance: writes are paused for a moment (database move); retry shortly"}',
+          { ["Retry-After"] = "5", ["X-Colorgate-Maintenance"] = "write-freeze" })
+      end
+      ngx.sleep(0.02)
+      hold = M.freeze()
+    end
+    ngx.update_time()
+    ngx.var.cg_held = string.format("%d", (ngx.now() - started) * 1000)
+  end
+  ngx.var.cg_writes = hold and "frozen" or "open"
+  local live = M.live()
+  if not live then
+    return answer(503, "text/plain", "no active color")
+  end
+  ngx.var.cg_color = live.color
+  ngx.var.cg_version = live.version
+  ngx.ctx.cg_color = live.color
+  counts:incr(live.color, 1, 0)
+end
+
+-- log_by_lua: a request routed to a color has ended (answered, failed or aborted).
+function M.done()
+  local color = ngx.ctx.cg_color
+  if color then counts:incr(color, -1, 0) end
+end
+
+-- content_by_lua for the local state endpoint that Colorgate reads through docker exec.
+function M.state()
+  local live = M.live() or {}
+  local hold = M.freeze()
+  ngx.header["Content-Type"] = "text/plain"
+  ngx.say("color=", live.color or "")
+  ngx.say("version=", live.version or "")
+  ngx.say("writes=", hold and "frozen" or "open")
+  for color in pairs(COLORS) do ngx.say("inflight_", color, "=", counts:get(color) or 0) end
+end
+
+return M
