@@ -193,7 +193,7 @@ def history(c, profile=None, host=None, limit=20, json_=False):
 
 @task(help={"switches": "switches without gates", "gated": "gated switches", "baseline": "naive recreations to compare",
             "rps": "requests a second (wrk, clients that never retry)", "stream": "a server-sent-events path kept open across the switches",
-            "path": "another path to request", "json": "write figures to this JSON file", "png": "write the plot to this PNG file"},
+            "path": "a path to request (repeatable; default: each routed service's health path)", "json": "write figures to this JSON file", "png": "write the plot to this PNG file"},
       iterable=["path"])
 @operator_errors
 def bench(c, switches=20, gated=3, baseline=3, rps=200, stream="", path=None, json_="benchmarks/out/switch_under_load.json",

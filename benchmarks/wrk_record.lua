@@ -2,12 +2,13 @@
 -- paced to a rate, every response logged with its arrival time and the color that
 -- answered it.
 --
---   wrk ... -s wrk_record.lua URL -- RATE LOGFILE PATH [PATH ...]
+--   wrk ... -s wrk_record.lua URL -- RATE WARMUP LOGFILE PATH [PATH ...]
 --
 -- RATE is requests a second for each wrk thread; requests go round the PATHs. Each
 -- request is scheduled on the clock (t0 + k/RATE); a connection waits for its slot
--- after each answer. A request sent more than 100 ms after its slot counts as late:
--- the client, not the server, then set the pace, and the run is not valid.
+-- after each answer. A request sent more than 100 ms after its slot, once the first
+-- WARMUP seconds (every connection's TLS handshake at once) are over, counts as
+-- late: the client, not the server, then set the pace.
 -- Arrival times use CLOCK_MONOTONIC, the clock of Python's time.monotonic().
 
 local ffi = require("ffi")
@@ -29,9 +30,10 @@ end
 
 function init(args)
   rate = tonumber(args[1])
-  logfile = args[2]
+  warmup = tonumber(args[2])
+  logfile = args[3]
   reqs = {}
-  for i = 3, #args do reqs[#reqs + 1] = wrk.format("GET", args[i]) end
+  for i = 4, #args do reqs[#reqs + 1] = wrk.format("GET", args[i]) end
   n, slots, late, t0 = 0, 0, 0, now()
   log = {}
 end
@@ -43,8 +45,9 @@ end
 
 function delay()
   slots = slots + 1
-  local wait = t0 + slots / rate - now()
-  if wait < -0.1 then late = late + 1 end
+  local t = now()
+  local wait = t0 + slots / rate - t
+  if wait < -0.1 and t > t0 + warmup then late = late + 1 end
   if wait > 0 then return wait * 1000 end
   return 0
 end

@@ -43,14 +43,14 @@ VERSION = re.compile(f"^{VERSION_RE}$")
 LIVE_LINES = f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}"
 FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?"
 
-# Validate and install a state file in one exec: the new text ($1 the path) comes on
-# stdin (empty stdin removes the file); every line must match $2 and each key in $3
-# must be there, or the file is refused (exit 3) and the old one stays. Then wait
-# until the edge's state endpoint answers with the line $4: the edge reads the file
-# per request, so that is the next request.
+# Validate and install a state file in one exec: the new text is $5 (empty removes
+# the file at $1); every line must match $2 and each key in $3 must be there, or the
+# file is refused (exit 3) and the old one stays. Then wait until the edge's state
+# endpoint answers with the line $4: the edge reads the file per request, so that is
+# the next request.
 WRITE_SCRIPT = f"""set -eu
 f=$1
-cat > "$f.new"
+printf '%s' "$5" > "$f.new"
 if [ ! -s "$f.new" ]; then
   rm -f "$f.new" "$f"
 else
@@ -137,31 +137,33 @@ def edge_container(project: str) -> str:
     return f"{project}-edge-1"
 
 
-def read_state_cmd(project: str) -> list[str]:
-    return ["docker", "exec", edge_container(project), "sh", "-c", f"cat {LIVE_FILE} 2>/dev/null || true"]
+def read_file_cmd(path: str) -> list[str]:
+    """Print a state file (nothing when it is absent), inside the edge."""
+    return ["sh", "-c", f"cat {path} 2>/dev/null || true"]
 
 
-def write_cmd(project: str, path: str, lines: str, keys: str, expect: str = "") -> list[str]:
-    """Install the state file given on stdin at `path` (removed when stdin is empty)
-    after checking every line against `lines` and that each of `keys` is there; then
-    wait for the edge's state line `expect`."""
-    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", WRITE_SCRIPT, "write", path, lines, keys, expect]
+def in_edge(settings: Settings, cmd: list[str], what: str = "", check: bool = True):
+    """Run a command inside the edge, in the shell this process keeps open there."""
+    return runner.shell(settings.docker_host, edge_container(settings.project)).run(cmd, what=what, check=check)
 
 
-def switch_cmd(project: str, expect: str = "") -> list[str]:
-    return write_cmd(project, LIVE_FILE, LIVE_LINES, "color version", expect)
+def write_cmd(path: str, lines: str, keys: str, expect: str, text: str) -> list[str]:
+    """Install `text` as the state file at `path` (removed when empty) after checking
+    every line against `lines` and that each of `keys` is there; then wait for the
+    edge's state line `expect`. Runs inside the edge."""
+    return ["sh", "-c", WRITE_SCRIPT, "write", path, lines, keys, expect, text]
 
 
-def freeze_cmd(project: str, frozen: bool) -> list[str]:
-    return write_cmd(project, FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}")
+def switch_cmd(text: str, expect: str = "") -> list[str]:
+    return write_cmd(LIVE_FILE, LIVE_LINES, "color version", expect, text)
 
 
-def drain_cmd(project: str, color: str, seconds: int) -> list[str]:
-    return ["docker", "exec", edge_container(project), "sh", "-c", DRAIN_SCRIPT, "drain", parse_color(color), str(int(seconds))]
+def freeze_cmd(frozen: bool, text: str) -> list[str]:
+    return write_cmd(FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}", text)
 
 
-def frozen_cmd(project: str) -> list[str]:
-    return ["docker", "exec", edge_container(project), "test", "-f", FREEZE_FILE]
+def drain_cmd(color: str, seconds: int) -> list[str]:
+    return ["sh", "-c", DRAIN_SCRIPT, "drain", parse_color(color), str(int(seconds))]
 
 
 # --- the live color, the write freeze, the database record -----------------------
@@ -169,7 +171,7 @@ def frozen_cmd(project: str) -> list[str]:
 
 def read_active(settings: Settings) -> Active | None:
     """The live color, read from the edge (None when no color is live yet)."""
-    out = runner.run(read_state_cmd(settings.project), env=settings.docker_env(), what="reading the edge state").stdout
+    out = in_edge(settings, read_file_cmd(LIVE_FILE), "reading the edge state").stdout
     try:
         return parse_active(out)
     except ValueError as exc:
@@ -179,19 +181,14 @@ def read_active(settings: Settings) -> Active | None:
 def write_active(settings: Settings, color: str, version: str) -> None:
     """Route traffic to `color`: one validated atomic write that the edge reads on the
     next request; no reload, so open connections and streams stay."""
-    runner.run(
-        switch_cmd(settings.project, expect=f"color={color}"),
-        input=render_live(color, version),
-        env=settings.docker_env(),
-        what=f"switching the edge to {color}",
-    )
+    in_edge(settings, switch_cmd(render_live(color, version), expect=f"color={color}"), f"switching the edge to {color}")
 
 
 def drain(settings: Settings, color: str, seconds: int | None = None) -> int:
     """Wait until the edge has no request in flight to `color`, for at most the drain
     bound; returns how many were still open (streams) when it gave up."""
     seconds = settings.drain_seconds if seconds is None else seconds
-    proc = runner.run(drain_cmd(settings.project, color, seconds), env=settings.docker_env(), check=False)
+    proc = in_edge(settings, drain_cmd(color, seconds), check=False)
     with contextlib.suppress(ValueError):
         return int(proc.stdout.strip() or 0)
     return 0
@@ -200,8 +197,7 @@ def drain(settings: Settings, color: str, seconds: int | None = None) -> int:
 def read_database_record(settings: Settings) -> dict:
     """Where the target's record says the app's database is: {"url": "local"} until
     `db.move` moved it, then the managed database's URL (no password) and the move."""
-    out = runner.run(["docker", "exec", edge_container(settings.project), "sh", "-c", f"cat {DATABASE_RECORD} 2>/dev/null || true"],
-                     env=settings.docker_env(), what="reading the database record").stdout
+    out = in_edge(settings, read_file_cmd(DATABASE_RECORD), "reading the database record").stdout
     try:
         record = json.loads(out) if out.strip() else {}
     except ValueError:
@@ -210,23 +206,19 @@ def read_database_record(settings: Settings) -> dict:
 
 
 def write_database_record(settings: Settings, record: dict) -> None:
-    runner.run(["docker", "exec", "-i", edge_container(settings.project), "sh", "-c", f"cat > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}"],
-               input=json.dumps(record), env=settings.docker_env(), what="recording where the database is")
+    in_edge(settings, ["sh", "-c", f'printf "%s" "$1" > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}',
+                       "record", json.dumps(record)], "recording where the database is")
 
 
 def set_frozen(settings: Settings, frozen: bool) -> None:
     """Start or end a write freeze at the edge: from the next request on, writes are
     held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on."""
-    runner.run(
-        freeze_cmd(settings.project, frozen),
-        input=render_freeze(settings.hold_seconds) if frozen else "",
-        env=settings.docker_env(),
-        what="starting a write freeze" if frozen else "ending the write freeze",
-    )
+    in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds) if frozen else ""),
+            "starting a write freeze" if frozen else "ending the write freeze")
 
 
 def is_frozen(settings: Settings) -> bool:
-    return runner.run(frozen_cmd(settings.project), env=settings.docker_env(), check=False).returncode == 0
+    return in_edge(settings, ["test", "-f", FREEZE_FILE], check=False).returncode == 0
 
 
 # --- the release lock and the history -------------------------------------------------
@@ -236,28 +228,24 @@ LOCK_DIR = f"{STATE_DIR}/lock"
 HISTORY = f"{STATE_DIR}/history.jsonl"
 LOCK_HELD = 75
 LOCK_SCRIPT = f"""mkdir {LOCK_DIR} 2>/dev/null || {{ cat {LOCK_DIR}/holder 2>/dev/null; exit {LOCK_HELD}; }}
-cat > {LOCK_DIR}/holder"""
+printf '%s' "$1" > {LOCK_DIR}/holder"""
 
 
-def lock_cmd(project: str) -> list[str]:
-    """Take the lock (holder JSON on stdin); exit 75 printing the holder when taken."""
-    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", LOCK_SCRIPT]
+def lock_cmd(holder: str) -> list[str]:
+    """Take the lock for `holder` (JSON); exit 75 printing the holder when taken. Inside the edge."""
+    return ["sh", "-c", LOCK_SCRIPT, "lock", holder]
 
 
-def unlock_cmd(project: str) -> list[str]:
-    return ["docker", "exec", edge_container(project), "rm", "-rf", LOCK_DIR]
+def unlock_cmd() -> list[str]:
+    return ["rm", "-rf", LOCK_DIR]
 
 
-def append_history_cmd(project: str) -> list[str]:
-    return ["docker", "exec", "-i", edge_container(project), "sh", "-c", f"cat >> {HISTORY}"]
-
-
-def read_history_cmd(project: str) -> list[str]:
-    return ["docker", "exec", edge_container(project), "sh", "-c", f"cat {HISTORY} 2>/dev/null || true"]
+def append_history_cmd(record: dict) -> list[str]:
+    return ["sh", "-c", f"printf '%s\\n' \"$1\" >> {HISTORY}", "history", json.dumps(record)]
 
 
 def append_history(settings: Settings, record: dict) -> None:
-    runner.run(append_history_cmd(settings.project), input=json.dumps(record) + "\n", env=settings.docker_env(), what="recording history")
+    in_edge(settings, append_history_cmd(record), "recording history")
 
 
 def parse_history(text: str) -> list[dict]:
@@ -273,7 +261,7 @@ def parse_history(text: str) -> list[dict]:
 
 def read_history(settings: Settings) -> list[dict]:
     try:
-        out = runner.run(read_history_cmd(settings.project), env=settings.docker_env(), what="reading history").stdout
+        out = in_edge(settings, read_file_cmd(HISTORY), "reading history").stdout
     except CommandError as exc:
         raise facts.edge_down(settings) or exc from None
     return parse_history(out)

@@ -39,39 +39,42 @@ class ServiceState:
         return self.state == "running" and self.health in ("healthy", "")
 
 
-def engine(settings: Settings):
-    """python-on-whales client for the target engine (typed container and network facts)."""
-    from python_on_whales import DockerClient
-
-    return DockerClient(host=settings.docker_host or None)
+def inspect(settings: Settings, name: str) -> dict:
+    """`docker inspect` of a container (by name or id), through the Engine API."""
+    return runner.engine(settings.docker_host, "inspect_container", name, what=f"inspecting {name}")
 
 
 def service_states(settings: Settings) -> dict[str, ServiceState]:
     """The state of every container of this project, by compose service."""
     found: dict[str, ServiceState] = {}
     db = settings.app.database
-    containers = engine(settings).container.list(
-        all=True, filters=[("label", f"com.docker.compose.project={settings.project}")]
-    )
-    for c in containers:
-        labels = c.config.labels or {}
-        service = labels.get("com.docker.compose.service", c.name)
+    listed = runner.engine(settings.docker_host, "containers", all=True,
+                           filters={"label": f"com.docker.compose.project={settings.project}"}, what="listing containers")
+    for item in listed:
+        labels = item.get("Labels") or {}
         if labels.get("com.docker.compose.oneoff") == "True" or "com.docker.compose.config-hash" not in labels:
             continue  # one-offs, and containers merely run from an image compose built (labels inherited)
-        env = dict(item.split("=", 1) for item in (c.config.env or []) if "=" in item)
+        try:
+            c = inspect(settings, item["Id"])
+        except CommandError:
+            continue  # removed since the listing
+        service = labels.get("com.docker.compose.service", c["Name"].lstrip("/"))
+        config = c.get("Config") or {}
+        env = dict(entry.split("=", 1) for entry in (config.get("Env") or []) if "=" in entry)
         ports = []
-        for container_port, bindings in (c.network_settings.ports or {}).items():
+        for container_port, bindings in ((c.get("NetworkSettings") or {}).get("Ports") or {}).items():
             for b in bindings or []:
                 ports.append(f"{b['HostIp']}:{b['HostPort']}->{container_port}")
         app_service = labels.get("org.colorgate.service", service)
         color = labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
         is_client = bool(color and db and app_service in db.clients)
+        state = c.get("State") or {}
         found[service] = ServiceState(
             service=service,
             color=color,
-            state=c.state.status,
-            health=(c.state.health.status if c.state.health else "") or "",
-            image=c.config.image,
+            state=state.get("Status", ""),
+            health=(state.get("Health") or {}).get("Status", "") or "",
+            image=config.get("Image", ""),
             version=env.get("COLORGATE_VERSION", "") if color else "",
             ports=sorted(ports),
             database=database_shown(settings, env.get(db.env, "")) if is_client else "",
@@ -111,9 +114,10 @@ def edge_down(settings: Settings) -> StackError | None:
     return None
 
 
-def migration_status_cmd(settings: Settings, color: str) -> list[str]:
+def migration_status_cmd(settings: Settings, color: str) -> tuple[str, list[str]]:
+    """The container of `color` that answers for its migrations, and the status command."""
     m = settings.app.migrations
-    return ["docker", "exec", container(settings, settings.app.copy_name(m.service, color)), *m.status]
+    return container(settings, settings.app.copy_name(m.service, color)), list(m.status)
 
 
 def pending_migrations(settings: Settings, color: str) -> bool | None:
@@ -125,9 +129,10 @@ def pending_migrations(settings: Settings, color: str) -> bool | None:
         return False
     if not m.status:
         return None
-    proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
+    name, cmd = migration_status_cmd(settings, color)
+    proc = runner.exec_in(settings.docker_host, name, cmd, check=False, what="migration status")
     if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
-        raise CommandError(migration_status_cmd(settings, color), proc.returncode, proc.stdout, proc.stderr, "migration status")
+        raise CommandError(proc.args, proc.returncode, proc.stdout, proc.stderr, "migration status")
     return proc.returncode != 0
 
 
@@ -139,10 +144,10 @@ class Network:
 
 def service_networks(settings: Settings, service: str) -> list[Network]:
     """Networks a service's container is attached to, with their `internal` flag."""
-    docker = engine(settings)
-    found = docker.container.inspect(container(settings, service))
-    names = sorted((found.network_settings.networks or {}).keys())
-    return [Network(name, bool(docker.network.inspect(name).internal)) for name in names]
+    found = inspect(settings, container(settings, service))
+    names = sorted(((found.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+    return [Network(name, bool(runner.engine(settings.docker_host, "inspect_network", name, what="inspecting a network").get("Internal")))
+            for name in names]
 
 
 POSTGRES_PORT = 5432
@@ -150,16 +155,15 @@ POSTGRES_PORT = 5432
 
 def color_addresses(settings: Settings, color: str) -> dict[str, str]:
     """IP address -> service, for every container of `color` (on every network)."""
-    docker = engine(settings)
     out = {}
     for name in settings.app.color_services(color):
         try:
-            c = docker.container.inspect(container(settings, name))
-        except Exception:  # noqa: BLE001 - absent: it has no address
-            continue
-        for net in (c.network_settings.networks or {}).values():
-            if net.ip_address:
-                out[net.ip_address] = name
+            c = inspect(settings, container(settings, name))
+        except CommandError:
+            continue  # absent: it has no address
+        for net in ((c.get("NetworkSettings") or {}).get("Networks") or {}).values():
+            if net.get("IPAddress"):
+                out[net["IPAddress"]] = name
     return out
 
 
@@ -206,8 +210,9 @@ class Probe:
         return json.loads(self.text)
 
 
-def edge_probe_cmd(project: str, url: str) -> list[str]:
-    return ["docker", "exec", f"{project}-edge-1", "curl", "-sS", "-i", "--max-time", "5", url]
+def edge_probe_cmd(url: str) -> list[str]:
+    """What the edge container runs to ask `url` (docker exec through the Engine API)."""
+    return ["curl", "-sS", "-i", "--max-time", "5", url]
 
 
 def parse_curl_i(url: str, out: str) -> Probe:
@@ -229,7 +234,7 @@ def probe_from_edge(settings: Settings, service: str, color: str, path: str, por
     service's route's unless given."""
     port = port or settings.app.port_of(service)
     url = f"http://{settings.app.copy_name(service, color)}:{port}{path}"
-    proc = runner.run(edge_probe_cmd(settings.project, url), env=settings.docker_env(), check=False)
+    proc = runner.exec_in(settings.docker_host, container(settings, "edge"), edge_probe_cmd(url), check=False)
     if proc.returncode != 0:
         return Probe(url, 0, {}, (proc.stderr or proc.stdout).strip())
     return parse_curl_i(url, proc.stdout)

@@ -3,6 +3,7 @@ these; each returns plain data so a failed gate can say what it saw."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import sys
@@ -170,13 +171,34 @@ class GateRun:
         return lines
 
 
-def gate_cmd(settings: Settings, phase: str, color: str, version: str, report: Path) -> list[str]:
+def gate_args(settings: Settings, phase: str, color: str, version: str, report: Path) -> list[str]:
     return [
-        sys.executable, "-m", "pytest", str(settings.root / "features"),
+        str(settings.root / "features"),
         "-m", phase, "-q", "-p", "no:cacheprovider", "--rootdir", str(settings.root),
         f"--profile={settings.profile}", f"--target-color={color}", f"--target-version={version}",
         f"--junitxml={report}", "-o", "junit_family=xunit1",
     ]
+
+
+def gate_cmd(settings: Settings, phase: str, color: str, version: str, report: Path) -> list[str]:
+    """The gates as a process of their own (where this process cannot fork)."""
+    return [sys.executable, "-m", "pytest", *gate_args(settings, phase, color, version, report)]
+
+
+def _warm() -> None:
+    """Import what every gate run needs once, in this process, before forking."""
+    import _pytest.junitxml  # noqa: F401
+    import pytest  # noqa: F401
+    import pytest_bdd.plugin  # noqa: F401
+    import steps.common  # noqa: F401
+
+
+def _pytest_in_fork(args: list[str]) -> int:
+    """pytest in the forked child: only the plugins the gates use (no entry-point scan)."""
+    import pytest
+
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return int(pytest.main([*args, "-p", "pytest_bdd.plugin"]))
 
 
 def parse_junit(xml_text: str) -> list[Scenario]:
@@ -209,12 +231,13 @@ def run_gates(settings: Settings, phase: str, color: str, version: str) -> GateR
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     report = settings.reports_dir / f"gates-{stamp}-{phase}-{color}.xml"
-    proc = runner.run(
-        gate_cmd(settings, phase, color, version, report),
-        env=settings.as_environment(),
-        check=False,
-        timeout=600,
-        what=f"{phase} gates",
-    )
+    if hasattr(os, "fork"):
+        # a warm runner: pytest, its plugins and the steps' imports are already loaded here
+        _warm()
+        args = gate_args(settings, phase, color, version, report)
+        proc = runner.forked(lambda: _pytest_in_fork(args), env=settings.as_environment(), timeout=600, what=f"{phase} gates")
+    else:
+        proc = runner.run(gate_cmd(settings, phase, color, version, report), env=settings.as_environment(),
+                          check=False, timeout=600, what=f"{phase} gates")
     scenarios = parse_junit(report.read_text()) if report.is_file() else []
     return GateRun(phase, color, version, proc.returncode, scenarios, report, proc.stdout + proc.stderr)

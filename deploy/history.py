@@ -43,13 +43,12 @@ def describe_holder(text: str) -> str:
 @contextlib.contextmanager
 def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator[None]:
     """Hold the target's release lock for the duration; refuse at once when taken."""
-    env = settings.docker_env()
     if break_lock:
         runner.say("!! breaking the release lock")
-        runner.run(edge.unlock_cmd(settings.project), env=env, what="breaking the lock")
+        edge.in_edge(settings, edge.unlock_cmd(), "breaking the lock")
     holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
     try:
-        runner.run(edge.lock_cmd(settings.project), input=holder, env=env, what="taking the release lock")
+        edge.in_edge(settings, edge.lock_cmd(holder), "taking the release lock")
     except CommandError as exc:
         if exc.returncode == edge.LOCK_HELD:
             raise LockHeld(
@@ -60,7 +59,7 @@ def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator
     try:
         yield
     finally:
-        runner.run(edge.unlock_cmd(settings.project), env=env, check=False)
+        edge.in_edge(settings, edge.unlock_cmd(), check=False)
 
 
 @dataclass

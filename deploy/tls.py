@@ -21,13 +21,9 @@ TLS_DIR = "/etc/colorgate/tls"
 LOCAL_CA = f"{TLS_DIR}/local-ca.pem"
 
 
-def local_ca_cmd(project: str) -> list[str]:
-    return ["docker", "exec", edge.edge_container(project), "cat", LOCAL_CA]
-
-
 def read_local_ca(settings: Settings) -> str:
     """PEM of the local CA that signed the edge's certificate."""
-    return runner.run(local_ca_cmd(settings.project), env=settings.docker_env(), what="reading the edge's local CA").stdout
+    return edge.in_edge(settings, ["cat", LOCAL_CA], "reading the edge's local CA").stdout
 
 
 def client_context(ca_pem: str | None = None, ca_file: Path | None = None) -> ssl.SSLContext:

@@ -14,7 +14,7 @@ def test_benchmark_smoke(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
         [sys.executable, "benchmarks/switch_under_load.py", "--switches", "2", "--gated", "1", "--baseline", "1",
-         "--rps", "40", "--retry-rps", "5", "--pause", "0.8", "--warmup", "1", "--stream", "/api/stream?seconds=600",
+         "--rps", "40", "--retry-rps", "5", "--pause", "0.8", "--warmup", "1", "--stream", "/api/stream?seconds=600", "--path", "/api/version", "--path", "/",
          f"--json={out}", f"--png={png}"],
         cwd=config.project_root(), capture_output=True, text=True, timeout=600,
     )

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import tenacity
+from python_on_whales import DockerClient
 
 from deploy import config, contract, edge, facts, gates, history, release, runner, stack, tls
 from deploy.errors import CommandError, StackError
@@ -102,7 +103,7 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
         assert line.startswith("colorgate: the target is locked by deploy by ")
         assert "since 20" in line and line.endswith("or if it died, retry with --break-lock")
     # a lock left behind by a run that died can be broken explicitly
-    runner.run(edge.lock_cmd(rstack.project), input='{"command": "deploy"}', env=rstack.docker_env())
+    edge.in_edge(rstack, edge.lock_cmd('{"command": "deploy"}'))
     assert invoke("rollback", env=env).returncode == 1
     proc = invoke("switch", "--to", "green", "--break-lock", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -114,7 +115,7 @@ def test_switches_never_reload_nginx_and_a_bad_routing_file_never_lands(rstack):
     workers = lambda: runner.run(["docker", "exec", edge_name, "sh", "-c", "cat /proc/$(cat /tmp/nginx.pid)/task/*/children"]).stdout.split()  # noqa: E731
     before_state, before_workers = live(rstack), workers()
     with pytest.raises(CommandError) as err:
-        runner.run(edge.switch_cmd(rstack.project), input='color=blue\nversion=v1\nno_such_directive on;\n', env=rstack.docker_env())
+        edge.in_edge(rstack, edge.switch_cmd('color=blue\nversion=v1\nno_such_directive on;\n'))
     assert err.value.returncode == 3 and "no_such_directive" in err.value.stderr
     assert live(rstack) == before_state, "the refused routing file replaced the live one"
     assert api(rstack).json()["color"] == before_state.color
@@ -188,7 +189,7 @@ def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
     s = rstack
     color = live(s).color
     service = f"backend_{color}"
-    engine = facts.engine(s)
+    engine = DockerClient()  # the tests' own view of the engine (the engine is local here)
     network = f"{s.project}_colorgate"
     old_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
     runner.run(stack.compose_cmd(s, "stop", service), env=s.compose_env())

@@ -173,9 +173,9 @@ def test_gates_pass_on_the_live_stack(live_stack, stack_env, tmp_path):
 
 def test_up_again_changes_nothing(live_stack, settings):
     before = {s.service: s for s in facts.service_states(settings).values()}
-    ids_before = {name: facts.engine(settings).container.inspect(f"{settings.project}-{name}-1").id for name in before}
+    ids_before = {name: facts.inspect(settings, f"{settings.project}-{name}-1")["Id"] for name in before}
     stack.up(settings)
-    ids_after = {name: facts.engine(settings).container.inspect(f"{settings.project}-{name}-1").id for name in before}
+    ids_after = {name: facts.inspect(settings, f"{settings.project}-{name}-1")["Id"] for name in before}
     assert ids_after == ids_before
 
 

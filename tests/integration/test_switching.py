@@ -60,7 +60,7 @@ def test_a_routing_file_that_is_not_valid_is_refused_before_it_reaches_the_edge(
                       ('set $cg_color "blue";\n', "is not valid there"),
                       ("color=blue\n", "it has no 'version=' line")):
         with pytest.raises(CommandError) as err:
-            runner.run(edge.switch_cmd(settings.project), input=text, env=settings.docker_env())
+            edge.in_edge(settings, edge.switch_cmd(text))
         assert err.value.returncode == 3 and why in err.value.stderr
     assert live(settings) == before
     conn = connect(settings, ca)

@@ -13,6 +13,8 @@ def test_a_phase_below_its_rate_or_sending_late_does_not_count():
     assert slow.behind() == "gated: wrk achieved 150 req/s of the 200 asked"
     late = WrkRun("rollback", 200, 0.0, requests=2000, seconds=10.0, late=100, slots=1900)
     assert late.behind() == "rollback: 100 of 1900 wrk requests left over 100 ms after their slot"
+    # the baseline breaks the server by design: late requests there do not void the run
+    assert WrkRun("baseline", 200, 0.0, requests=2000, seconds=10.0, late=100, slots=1900).behind() == ""
 
 
 def test_switch_latency_is_the_first_answer_from_the_new_color_after_the_command():

@@ -52,7 +52,7 @@ def test_target_url_is_checked_before_anything():
 
 def test_freeze_is_its_own_file_with_the_hold_bound():
     assert edge.render_freeze(5).splitlines()[-1] == "hold=5"
-    assert edge.freeze_cmd("shop", True)[-4:] == [edge.FREEZE_FILE, edge.FREEZE_LINES, "hold", "writes=frozen"]
+    assert edge.freeze_cmd(True, edge.render_freeze(5))[4:] == [edge.FREEZE_FILE, edge.FREEZE_LINES, "hold", "writes=frozen", edge.render_freeze(5)]
 
 
 SETTINGS = config.load("development", root=config.project_root(), environ={})

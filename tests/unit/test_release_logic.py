@@ -1,6 +1,7 @@
 """Release bookkeeping and gate reports, on captured text (no Docker)."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -8,12 +9,16 @@ import pytest
 from deploy import config, edge, facts, gates, history
 
 
-def test_lock_is_an_atomic_mkdir_that_reports_the_holder():
-    cmd = edge.lock_cmd("shop")
-    assert cmd[:4] == ["docker", "exec", "-i", "shop-edge-1"]
-    assert cmd[-1].startswith(f"mkdir {edge.LOCK_DIR} 2>/dev/null || {{ cat {edge.LOCK_DIR}/holder")
-    assert "exit 75" in cmd[-1]
-    assert edge.unlock_cmd("shop")[-3:] == ["rm", "-rf", edge.LOCK_DIR]
+def test_lock_is_an_atomic_mkdir_that_reports_the_holder(tmp_path):
+    cmd = edge.lock_cmd('{"command": "deploy"}')
+    assert cmd[2].startswith(f"mkdir {edge.LOCK_DIR} 2>/dev/null || {{ cat {edge.LOCK_DIR}/holder")
+    assert "exit 75" in cmd[2] and cmd[-1] == '{"command": "deploy"}'
+    assert edge.unlock_cmd() == ["rm", "-rf", edge.LOCK_DIR]
+    # the same script, on a directory of this machine: the second taker is told who holds it
+    script = cmd[2].replace(edge.LOCK_DIR, str(tmp_path / "lock"))
+    first = subprocess.run(["sh", "-c", script, "lock", '{"command": "deploy"}'], capture_output=True, text=True)
+    second = subprocess.run(["sh", "-c", script, "lock", '{"command": "switch"}'], capture_output=True, text=True)
+    assert first.returncode == 0 and second.returncode == edge.LOCK_HELD and second.stdout == '{"command": "deploy"}'
 
 
 def test_holder_description():

@@ -9,7 +9,7 @@ Endpoints:
   PUT    /api/notes/<id>     replace a note's body
   DELETE /api/notes/<id>     delete a note
   GET    /api/slow?ms=N      answers after N milliseconds (at most 10 s): a slow request
-  GET    /api/stream?seconds=N  server-sent events, one a second for N seconds (at most 600)
+  GET    /api/stream?seconds=N&every=MS  server-sent events, one each MS ms (default 1000) for N seconds (at most 600)
 
 Connection settings come from DATABASE_URL when set (a managed database), else from
 libpq's environment (PGHOST, PGUSER, PGPASSWORD, PGDATABASE: the stack's own); the color and version from COLORGATE_COLOR and COLORGATE_VERSION.
@@ -120,7 +120,8 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(min(int((query.get("ms") or ["1000"])[0]), 10_000) / 1000)
             return self.send_json(200, {"color": COLOR, "version": VERSION, "slept_ms": int((query.get("ms") or ["1000"])[0])})
         if url.path == "/api/stream":
-            return self.stream(min(int((query.get("seconds") or ["30"])[0]), 600))
+            every = min(max(int((query.get("every") or ["1000"])[0]), 50), 10000) / 1000
+            return self.stream(min(int((query.get("seconds") or ["30"])[0]), 600), every)
         if self.path == "/api/health":
             return self.health()
         if self.path == "/api/version":
@@ -174,8 +175,9 @@ class Handler(BaseHTTPRequestHandler):
             deleted = cur.rowcount
         return self.send_json(204 if deleted else 404, {} if deleted else {"error": "not found"})
 
-    def stream(self, seconds):
-        """Server-sent events: a long-lived response, for drain behaviour at a switch."""
+    def stream(self, seconds, every=1.0):
+        """Server-sent events, one each `every` seconds for `seconds`: a long-lived
+        response, for drain behaviour at a switch."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -185,10 +187,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for n in range(seconds):
+        for n in range(int(seconds / every)):
             self.wfile.write(f"id: {n}\ndata: {json.dumps({'n': n, 'color': COLOR})}\n\n".encode())
             self.wfile.flush()
-            time.sleep(1)
+            time.sleep(every)
         self.wfile.write(b"event: end\ndata: {}\n\n")
         self.wfile.flush()
 
