@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from dataclasses import dataclass
 
 from deploy import facts, runner
@@ -70,18 +71,6 @@ until curl -s --max-time 1 {STATE_URL} | grep -qx "$want"; do
   sleep 0.02
 done
 """
-
-# Wait until no request routed to color $1 is in flight, for at most $2 seconds;
-# print how many were still in flight at the end (0 when drained).
-DRAIN_SCRIPT = f"""tries=$(($2 * 10))
-while :; do
-  n=$(curl -s --max-time 1 {STATE_URL} | sed -n "s/^inflight_$1=//p")
-  if [ "${{n:-0}}" -le 0 ] || [ $tries -le 0 ]; then echo "${{n:-0}}"; exit 0; fi
-  tries=$((tries - 1))
-  sleep 0.1
-done
-"""
-
 
 @dataclass(frozen=True)
 class Active:
@@ -162,8 +151,9 @@ def freeze_cmd(frozen: bool, text: str) -> list[str]:
     return write_cmd(FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}", text)
 
 
-def drain_cmd(color: str, seconds: int) -> list[str]:
-    return ["sh", "-c", DRAIN_SCRIPT, "drain", parse_color(color), str(int(seconds))]
+def state_cmd() -> list[str]:
+    """What the edge routes now and its requests in flight per color (colorgate.lua)."""
+    return ["curl", "-s", "--max-time", "1", STATE_URL]
 
 
 # --- the live color, the write freeze, the database record -----------------------
@@ -184,14 +174,18 @@ def write_active(settings: Settings, color: str, version: str) -> None:
     in_edge(settings, switch_cmd(render_live(color, version), expect=f"color={color}"), f"switching the edge to {color}")
 
 
-def drain(settings: Settings, color: str, seconds: int | None = None) -> int:
+def drain(settings: Settings, color: str, seconds: float | None = None) -> int:
     """Wait until the edge has no request in flight to `color`, for at most the drain
     bound; returns how many were still open (streams) when it gave up."""
-    seconds = settings.drain_seconds if seconds is None else seconds
-    proc = in_edge(settings, drain_cmd(color, seconds), check=False)
-    with contextlib.suppress(ValueError):
-        return int(proc.stdout.strip() or 0)
-    return 0
+    color = parse_color(color)
+    deadline = time.monotonic() + (settings.drain_seconds if seconds is None else seconds)
+    while True:
+        proc = in_edge(settings, state_cmd(), check=False)
+        count = parse_state(proc.stdout).get(f"inflight_{color}", "") if proc.returncode == 0 else ""
+        left = int(count) if count.isdigit() else 0
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
 
 
 def read_database_record(settings: Settings) -> dict:

@@ -211,7 +211,7 @@ class Probe:
 
 
 def edge_probe_cmd(url: str) -> list[str]:
-    """What the edge container runs to ask `url` (docker exec through the Engine API)."""
+    """What the edge container runs to ask `url` (in the shell kept open there)."""
     return ["curl", "-sS", "-i", "--max-time", "5", url]
 
 
@@ -234,7 +234,7 @@ def probe_from_edge(settings: Settings, service: str, color: str, path: str, por
     service's route's unless given."""
     port = port or settings.app.port_of(service)
     url = f"http://{settings.app.copy_name(service, color)}:{port}{path}"
-    proc = runner.exec_in(settings.docker_host, container(settings, "edge"), edge_probe_cmd(url), check=False)
+    proc = runner.shell(settings.docker_host, container(settings, "edge")).run(edge_probe_cmd(url), check=False)
     if proc.returncode != 0:
         return Probe(url, 0, {}, (proc.stderr or proc.stdout).strip())
     return parse_curl_i(url, proc.stdout)

@@ -14,11 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-import tenacity
 
-from deploy import facts, runner, tls
+from deploy import runner, tls
 from deploy.config import Settings
-from deploy.errors import StackError
 
 
 class EdgeClient(httpx.Client):
@@ -52,27 +50,6 @@ def edge_client(settings: Settings, ca_pem: str | None = None) -> httpx.Client:
 
 
 # --- probes from inside the edge (pre-switch: the candidate has no public route yet) --
-
-
-def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -> None:
-    """Wait (bounded) until every health check of `color` passes, asked from the edge;
-    polled quickly, so a release waits only as long as the app takes to get ready."""
-    timeout = settings.health_timeout if timeout is None else timeout
-    last: dict[str, str | None] = {}
-
-    @tenacity.retry(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_exponential(multiplier=0.1, max=1),
-                    retry=tenacity.retry_if_result(bool))
-    def poll() -> list[str]:
-        last.update(facts.candidate_health(settings, color))
-        return [s for s, problem in last.items() if problem]
-
-    try:
-        poll()
-    except tenacity.RetryError:
-        failing = {s: p for s, p in last.items() if p}
-        first = next(iter(failing))
-        raise StackError(f"{settings.app.copy_name(first, color)} failed its health check for {timeout}s "
-                         f"({settings.app.health[first].path}: {failing[first]}): see `invoke logs {settings.app.copy_name(first, color)}`") from None
 
 
 # --- TLS ---------------------------------------------------------------------------

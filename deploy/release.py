@@ -309,7 +309,7 @@ def wait_candidate(settings: Settings, plan: Plan, recovering: bool = False) -> 
     """Until the candidate's containers run and every health check of its routed
     services passes, asked from the edge (`recovering`: see stack.wait_ready)."""
     stack.wait_ready(settings, settings.app.color_services(plan.to_color), recovering=recovering)
-    gates.wait_healthy(settings, plan.to_color)
+    stack.wait_healthy(settings, plan.to_color)
 
 
 def candidate_migrations(settings: Settings, record: Record, candidate: str, versions: dict[str, str],

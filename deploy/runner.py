@@ -157,8 +157,8 @@ def forked(fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, wh
                 os.dup2(out.fileno(), 1)
                 os.dup2(out.fileno(), 2)
                 os.environ.update(env or {})
-                _api.cache_clear()  # its own engine connections and shells, not the parent's
-                _shells.clear()
+                _api.cache_clear()  # its own engine connections (the parent waits meanwhile, so the
+                # kept-open shells may serve the child too: each answer is framed by its own marker)
                 code = int(fn() or 0)
             except BaseException:  # noqa: BLE001 - reported through the exit code and the output
                 import traceback

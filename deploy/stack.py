@@ -128,6 +128,27 @@ def wait_ready(settings: Settings, services: list[str], timeout: float | None = 
         ) from None
 
 
+def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -> None:
+    """Wait (bounded) until every health check of `color` passes, asked from the edge;
+    polled quickly, so a release waits only as long as the app takes to get ready."""
+    timeout = settings.health_timeout if timeout is None else timeout
+    last: dict[str, str | None] = {}
+
+    @tenacity.retry(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_exponential(multiplier=0.1, max=1),
+                    retry=tenacity.retry_if_result(bool))
+    def poll() -> list[str]:
+        last.update(facts.candidate_health(settings, color))
+        return [s for s, problem in last.items() if problem]
+
+    try:
+        poll()
+    except tenacity.RetryError:
+        failing = {s: p for s, p in last.items() if p}
+        first = next(iter(failing))
+        raise StackError(f"{settings.app.copy_name(first, color)} failed its health check for {timeout}s "
+                         f"({settings.app.health[first].path}: {failing[first]}): see `invoke logs {settings.app.copy_name(first, color)}`") from None
+
+
 def local_engine(settings: Settings) -> bool:
     return not settings.docker_host or settings.docker_host.startswith("unix://")
 
@@ -272,6 +293,7 @@ def up(settings: Settings, version: str | None = None) -> dict:
         with runner.step(f"starting {color} ({version})"):
             runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *settings.app.color_services(color)), env=env, what="docker compose up")
             wait_ready(settings, settings.app.color_services(color))
+            wait_healthy(settings, color)  # the contract's checks, from the edge: not only Docker's
         if not active:
             with runner.step(f"routing traffic to {color}"):
                 edge.write_active(settings, color, version)

@@ -120,7 +120,7 @@ def test_clients_that_never_retry_lose_nothing_across_switches(settings, ca):
     start = live(settings)
     with NoRetryClients(settings, ca) as clients:
         time.sleep(0.5)
-        color, version = start.color, start.version
+        color = start.color
         versions = {start.color: start.version, other(start.color): "v1" if start.version == "v2" else "v2"}
         for _ in range(10):
             color = other(color)
