@@ -165,8 +165,10 @@ def gate_cmd(settings: Settings, phase: str, color: str, version: str, report: P
 def _warm() -> None:
     """Import what every gate run needs once, in this process, before forking."""
     import _pytest.junitxml  # noqa: F401
+    import docker  # noqa: F401 - the Engine API client the steps read the target with
     import pytest  # noqa: F401
     import pytest_bdd.plugin  # noqa: F401
+    import testinfra  # noqa: F401 - the host's listening sockets
     import steps.common  # noqa: F401
 
 
