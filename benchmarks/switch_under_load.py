@@ -469,6 +469,9 @@ def targets(result: dict, never_retry_failed: int) -> dict:
     out = {}
     for key, (label, target) in TARGETS.items():
         value = seen[key]
+        if key == "stream_gap_s" and not stream:
+            out[key] = {"label": label, "value": None, "target": target, "met": None}  # no --stream: not measured
+            continue
         met = value is not None and (value <= target if key != "failed_never_retry" else value == target)
         out[key] = {"label": label, "value": value, "target": target, "met": met}
     return out
@@ -547,7 +550,8 @@ def report(result: dict) -> str:
                      f"survived every switch: {st['survived']} {st['error']}")
     lines.append("targets (issue #11):")
     for t in result["targets"].values():
-        lines.append(f"   {'MET ' if t['met'] else 'MISS'}  {t['label']}: {t['value']} (target {t['target']})")
+        mark = "n/a " if t["met"] is None else "MET " if t["met"] else "MISS"
+        lines.append(f"   {mark}  {t['label']}: {t['value']} (target {t['target']})")
     return "\n".join(lines)
 
 

@@ -31,3 +31,9 @@ def test_targets_say_which_were_met():
     met = {key: t["met"] for key, t in targets(result, 0).items()}
     assert met == {"failed_never_retry": True, "switch_ms": True, "gated_ms": False, "rollback_ms": True, "stream_gap_s": False}
     assert targets(result, 1)["failed_never_retry"]["met"] is False and set(TARGETS) == set(met)
+
+
+def test_the_stream_target_is_not_judged_without_a_stream():
+    result = {"switch": {"median": 120.0}, "gated_switch": {"total_ms": {"median": 1500.0}},
+              "rollback": {"inside_command_ms": 250.0}, "stream": None}
+    assert targets(result, 0)["stream_gap_s"]["met"] is None
