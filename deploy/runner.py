@@ -2,9 +2,11 @@
 turned into CommandError when they fail. Also the progress lines operators see.
 
 Functions elsewhere in deploy/ build commands as `list[str]`; only this module
-executes them: as processes (`run`), or, for reads of the target that the gates and
-every release make many of, through the Docker Engine API on one connection (`engine`,
-`exec_in`) instead of a docker CLI process each.
+executes them: as processes (`run`); reads of containers through the Docker Engine API
+on one connection (`engine`, `exec_in`); commands in the edge through one shell kept
+open there (`shell`), since the gates and every release make many of them and each
+docker CLI process or exec costs ~100 ms of a small machine; the gates in a fork of
+this process (`forked`).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def forked(fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, wh
     """Run `fn()` (returning an exit code) in a forked copy of this process, with `env`
     added to its environment and its output captured: what this process imported is
     already loaded there (a warm interpreter), and nothing `fn` changes comes back.
-    Falls back to nothing: callers use `run` where os.fork is missing."""
+    Where os.fork is missing, callers run a process of their own instead."""
     with tempfile.TemporaryFile() as out:
         sys.stdout.flush()
         sys.stderr.flush()
