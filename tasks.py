@@ -166,8 +166,10 @@ def deploy(c, version=None, force=False, profile=None, host=None, registry=None,
 
 @task(help={"to": "blue or green", "profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def switch(c, to, profile=None, host=None, break_lock=False):
+def switch(c, to=None, profile=None, host=None, break_lock=False):
     """Move traffic to an already running color, gated (pre gates, switch, post gates)."""
+    if not to:  # a default, so that `invoke switch --help` is help, not a color named "--help"
+        raise ColorgateError("switch needs a color: invoke switch --to blue (or green)")
     settings = _target(profile, host)
     _report(release.switch(settings, to, break_lock=break_lock))
 

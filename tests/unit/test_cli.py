@@ -132,3 +132,9 @@ def test_init_writes_a_draft_and_refuses_unreadable_files(tmp_path):
     assert (tmp_path / "docker-compose.colorgate.yml").is_file()
     line = one_line_error(cli("init", "--compose", str(tmp_path / "missing.yml")))
     assert "does not exist" in line
+
+
+def test_switch_without_a_color_is_one_line_and_help_is_help():
+    assert one_line_error(cli("switch")) == "colorgate: switch needs a color: invoke switch --to blue (or green)"
+    helped = cli("switch", "--help")
+    assert helped.returncode == 0 and "Move traffic to an already running color" in helped.stdout
