@@ -114,10 +114,12 @@ def edge_down(settings: Settings) -> StackError | None:
     return None
 
 
-def migration_status_cmd(settings: Settings, color: str) -> tuple[str, list[str]]:
-    """The container of `color` that answers for its migrations, and the status command."""
+def migration_status_cmd(settings: Settings, color: str) -> list[str]:
+    """The app's status command in `color`'s container. A docker CLI process, not the
+    Engine API: an exec's hijacked stream through docker's ssh:// transport broke its
+    pipe now and then (seen in the SSH test), and this runs once per gate phase."""
     m = settings.app.migrations
-    return container(settings, settings.app.copy_name(m.service, color)), list(m.status)
+    return ["docker", "exec", container(settings, settings.app.copy_name(m.service, color)), *m.status]
 
 
 def pending_migrations(settings: Settings, color: str) -> bool | None:
@@ -129,10 +131,9 @@ def pending_migrations(settings: Settings, color: str) -> bool | None:
         return False
     if not m.status:
         return None
-    name, cmd = migration_status_cmd(settings, color)
-    proc = runner.exec_in(settings.docker_host, name, cmd, check=False, what="migration status")
+    proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
     if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
-        raise CommandError(proc.args, proc.returncode, proc.stdout, proc.stderr, "migration status")
+        raise CommandError(migration_status_cmd(settings, color), proc.returncode, proc.stdout, proc.stderr, "migration status")
     return proc.returncode != 0
 
 

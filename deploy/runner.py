@@ -3,7 +3,7 @@ turned into CommandError when they fail. Also the progress lines operators see.
 
 Functions elsewhere in deploy/ build commands as `list[str]`; only this module
 executes them: as processes (`run`); reads of containers through the Docker Engine API
-on one connection (`engine`, `exec_in`); commands in the edge through one shell kept
+on one connection (`engine`); commands in the edge through one shell kept
 open there (`shell`), since the gates and every release make many of them and each
 docker CLI process or exec costs ~100 ms of a small machine; the gates in a fork of
 this process (`forked`).
@@ -306,25 +306,3 @@ def engine(docker_host: str, call, *args, what: str = "", **kwargs):
     except docker.errors.DockerException as exc:
         detail = getattr(exc, "explanation", None) or str(exc)
         raise CommandError(["docker", call, *map(str, args)], 1, "", redact(f"Error response from daemon: {detail}"), what) from None
-
-
-def exec_in(docker_host: str, container: str, cmd: list[str], *, what: str = "", check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`docker exec CONTAINER CMD...` (no stdin) through the Engine API; the same result
-    and CommandError as `run` would give, with exit code 125 when docker itself failed
-    (no such container, not running, engine unreachable)."""
-    shown = ["docker", "exec", container, *cmd]
-    started = time.monotonic()
-    try:
-        created = engine(docker_host, "exec_create", container, cmd, stdout=True, stderr=True, what=what)
-        out, err = engine(docker_host, "exec_start", created["Id"], demux=True, what=what)
-        code = engine(docker_host, "exec_inspect", created["Id"], what=what)["ExitCode"]
-    except CommandError as exc:  # no such container, not running, no engine: docker's own failure, 125
-        if check:
-            raise CommandError(shown, 125, "", exc.stderr, what) from None
-        return subprocess.CompletedProcess(shown, 125, "", exc.stderr)
-    proc = subprocess.CompletedProcess(shown, code if code is not None else 1,
-                                       (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace"))
-    log.debug("$ %s (api): exit %s in %.2fs", redact(shlex.join(shown)), proc.returncode, time.monotonic() - started)
-    if check and proc.returncode != 0:
-        raise CommandError(shown, proc.returncode, redact(proc.stdout), redact(proc.stderr), what)
-    return proc
