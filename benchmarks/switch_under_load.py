@@ -409,17 +409,14 @@ def run(args) -> dict:
         runs["baseline"] = load.stop()
         end4 = time.monotonic()
         retry.stop()
-        retry_done = retry
-        retry = None
     finally:
         for w in started:  # a phase that failed half-way leaves no load client behind
             w.kill()
         if retry is not None:
-            retry.stop()
+            retry.stop()  # idempotent: flags set, thread joined
         if not args.keep:
             stack.destroy(settings)
         shutil.rmtree(workdir, ignore_errors=True)
-    retry = retry_done
 
     behind = [why for why in (*(r.behind() for r in runs.values()), retry.behind()) if why]
     if behind:
