@@ -91,11 +91,13 @@ def managed_postgres(settings: config.Settings, image: str):
 
 class Writer:
     """Clients writing notes through the public edge without pause, each request on a
-    new connection; every answer is accounted for: acknowledged, refused, or an error."""
+    new connection; every answer is accounted for: acknowledged (some of them held by
+    the edge during the freeze first), refused, or an error."""
 
     def __init__(self, settings: config.Settings, threads: int = 2):
         self.settings, self.ca = settings, tls.read_local_ca(settings)
         self.acked: list[str] = []
+        self.held: list[tuple[str, str, int]] = []  # (body, color that answered, ms held)
         self.refused: list[tuple[int, str, str]] = []
         self.errors: list[str] = []
         self.stop = threading.Event()
@@ -114,6 +116,8 @@ class Writer:
                     continue
                 if r.status_code == 201:
                     self.acked.append(body)
+                    if r.headers.get("x-colorgate-held-ms"):
+                        self.held.append((body, r.headers.get("x-colorgate-color", ""), int(r.headers["x-colorgate-held-ms"])))
                 elif r.status_code == 503 and "writes are paused" in r.text:
                     self.refused.append((r.status_code, r.headers.get("retry-after", ""), body))
                     time.sleep(0.05)
@@ -157,7 +161,8 @@ def one_mode(mode: str, rows: int) -> dict:
     finally:
         stack.destroy(settings)
     return {"mode": mode, "rows": rows, "write_freeze_s": record.timings["write_freeze"], "move_s": round(move_s, 2),
-            "backup_baseline_s": round(backup_s, 2), "acked": len(writer.acked), "refused": len(writer.refused),
+            "backup_baseline_s": round(backup_s, 2), "acked": len(writer.acked), "held": len(writer.held),
+            "held_max_ms": max((ms for _, _, ms in writer.held), default=0), "refused": len(writer.refused),
             "lost": len(lost), "errors": len(writer.errors), "timings": record.timings}
 
 
@@ -171,7 +176,8 @@ def main(argv=None) -> int:
     for r in results:
         print(f"{r['mode']:<9} {r['rows']} rows: write freeze {r['write_freeze_s']:.1f} s "
               f"({r['write_freeze_s'] / r['backup_baseline_s']:.1f}x a plain backup of {r['backup_baseline_s']:.1f} s); "
-              f"whole move {r['move_s']:.1f} s; writes acked {r['acked']}, refused {r['refused']}, lost {r['lost']}, "
+              f"whole move {r['move_s']:.1f} s; writes acked {r['acked']} (held first {r['held']}, at most "
+              f"{r['held_max_ms']} ms), refused {r['refused']}, lost {r['lost']}, "
               f"errors {r['errors']}")
     if len(results) == 2:
         print(f"replicate/dump write freeze: {results[1]['write_freeze_s'] / results[0]['write_freeze_s']:.2f}")

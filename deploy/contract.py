@@ -134,6 +134,10 @@ class App:
     def color_services(self, color: str) -> list[str]:
         return [self.copy_name(s, color) for s in self.colored]
 
+    def worker_services(self, color: str) -> list[str]:
+        """A color's copies of the colored services the edge does not route to (workers)."""
+        return [self.copy_name(s, color) for s in self.colored if s not in self.routed]
+
     def split_copy(self, name: str) -> tuple[str, str] | None:
         """`api_blue` -> (`api`, `blue`); None for anything that is not a colored copy."""
         service, _, color = name.rpartition("_")

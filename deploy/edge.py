@@ -118,7 +118,7 @@ def parse_active(text: str) -> Active | None:
 
 
 def parse_state(text: str) -> dict[str, str]:
-    """The edge's state endpoint: color, version, writes, inflight_<color>."""
+    """The edge's state endpoint: color, version, writes, inflight_<color>, inflight_writes."""
     return _fields(text)
 
 
@@ -174,18 +174,29 @@ def write_active(settings: Settings, color: str, version: str) -> None:
     in_edge(settings, switch_cmd(render_live(color, version), expect=f"color={color}"), f"switching the edge to {color}")
 
 
-def drain(settings: Settings, color: str, seconds: float | None = None) -> int:
-    """Wait until the edge has no request in flight to `color`, for at most the drain
-    bound; returns how many were still open (streams) when it gave up."""
-    color = parse_color(color)
-    deadline = time.monotonic() + (settings.drain_seconds if seconds is None else seconds)
+def _wait_idle(settings: Settings, key: str, seconds: float) -> int:
+    """Poll the edge's state until its counter `key` is 0, for at most `seconds`;
+    returns the count left then."""
+    deadline = time.monotonic() + seconds
     while True:
         proc = in_edge(settings, state_cmd(), check=False)
-        count = parse_state(proc.stdout).get(f"inflight_{color}", "") if proc.returncode == 0 else ""
+        count = parse_state(proc.stdout).get(key, "") if proc.returncode == 0 else ""
         left = int(count) if count.isdigit() else 0
         if not left or time.monotonic() >= deadline:
             return left
-        time.sleep(0.1)
+        time.sleep(0.02)
+
+
+def drain(settings: Settings, color: str, seconds: float | None = None) -> int:
+    """Wait until the edge has no request in flight to `color`, for at most the drain
+    bound; returns how many were still open (streams) when it gave up."""
+    return _wait_idle(settings, f"inflight_{parse_color(color)}", settings.drain_seconds if seconds is None else seconds)
+
+
+def drain_writes(settings: Settings, seconds: float = 10) -> int:
+    """During a freeze: wait until every write the edge let through before it has been
+    answered (held writes are not counted); returns how many were still in flight."""
+    return _wait_idle(settings, "inflight_writes", seconds)
 
 
 def read_database_record(settings: Settings) -> dict:
@@ -232,6 +243,16 @@ def lock_cmd(holder: str) -> list[str]:
 
 def unlock_cmd() -> list[str]:
     return ["rm", "-rf", LOCK_DIR]
+
+
+def read_lock_holder(settings: Settings) -> dict:
+    """Who holds the release lock ({} when nobody, or the holder file is unreadable)."""
+    out = in_edge(settings, read_file_cmd(f"{LOCK_DIR}/holder"), "reading the release lock").stdout
+    try:
+        holder = json.loads(out) if out.strip() else {}
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def append_history_cmd(record: dict) -> list[str]:

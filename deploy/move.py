@@ -1,23 +1,29 @@
 """db.move: cut the app over from the stack's own PostgreSQL to a managed one.
 
 Both modes end with the normal gated release of the next color, pointed at the new
-database, and both freeze writes at the edge for the last stretch: API writes get a
-503 with Retry-After (the client is told; nothing is silently lost), reads go on.
+database, and both freeze writes at the edge for the last stretch: a write that
+arrives then is held (COLORGATE_HOLD_SECONDS) and passed on to the new color when the
+freeze ends, or answered 503 with Retry-After at the bound; reads go on.
 
     checks (before anything changes), build the next color's images
-    dump:      start the next color's containers on the (empty) target -> freeze -> drain
-               -> backup (one snapshot) -> restore into the target -> verify (target =
-               dump = local) -> its migrations -> wait until it is healthy -> pre gates
-               -> switch -> post gates -> record -> unfreeze
+    dump:      start the next color's containers on the (empty) target -> pause the old
+               color's workers -> freeze -> drain -> backup (one snapshot) -> restore into
+               the target -> verify (target = dump = local) -> its migrations -> wait until
+               it is healthy -> pre gates -> switch -> post gates -> record -> unfreeze
     replicate: copy the schema -> publish (one-off role, TLS relay) -> subscribe
-               -> initial copy -> start the next color on the target -> freeze -> drain
-               -> catch up until every row count is equal -> copy sequence
-               values -> drop the subscription, publication and relay -> pre gates
-               -> switch -> post gates -> record -> unfreeze -> back up the local database
+               -> initial copy -> start the next color on the target -> pre gates
+               -> pause the old color's workers -> freeze -> drain -> catch up until
+               every row count is equal -> copy sequence values -> drop the subscription,
+               publication and role -> switch -> post gates -> record -> unfreeze
+               -> remove the relay -> back up the local database
+    both:      stop the old color (its reads drained)
 
+The replicate freeze covers only what must not see a write: everything that can run
+before it (the candidate's start and pre gates, the cut-over container's start) does.
 The local database is only read; it stays until `invoke db.retire-local`. A failure
-before the switch (or post gates that fail after it) leaves traffic on the old color
-with the local database, writes open again.
+before the switch (or post gates that fail after it, still inside the freeze) leaves
+traffic on the old color with the local database, its workers running again, writes
+open again.
 """
 
 from __future__ import annotations
@@ -53,8 +59,8 @@ PGDATABASE=$T_PGDATABASE PGSSLMODE=$T_PGSSLMODE "$@"; }
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 """
 
-# Until no client of the local database is inside a statement or transaction (writes
-# the edge let through just before the freeze finish first), at most 10 s.
+# Until no client of the local database is inside a statement or transaction (a
+# worker's, or a write that did not come through the edge), at most 10 s.
 DRAIN_SCRIPT = """i=0
 while [ $i -lt 100 ]; do
   n=$(psql -X -A -t -v ON_ERROR_STOP=1 -c "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
@@ -68,22 +74,6 @@ echo "$n sessions still busy" >&2; exit 1
 SCHEMA_SCRIPT = TARGET_FN + """set -eu
 pg_dump --schema-only --no-owner --no-privileges --no-publications --no-subscriptions > /tmp/schema.sql
 target q -f /tmp/schema.sql > /dev/null
-"""
-
-# Catch up: the subscriber has applied everything up to the local WAL position taken
-# after the drain, and every table's row count and the migrations are the same.
-CATCH_UP_SCRIPT = TARGET_FN + """set -eu
-cat > /tmp/facts.sql
-lsn=$(q -c "SELECT pg_current_wal_lsn()")
-q -f /tmp/facts.sql > /tmp/local
-i=0
-while :; do
-  applied=$(q -c "SELECT coalesce(bool_and(replay_lsn >= '$lsn'), false) FROM pg_stat_replication WHERE application_name = '$1'")
-  target q -f /tmp/facts.sql > /tmp/target
-  if [ "$applied" = t ] && cmp -s /tmp/local /tmp/target; then cat /tmp/local; exit 0; fi
-  i=$((i + 1)); [ $i -lt 600 ] || { echo "the target did not catch up within 60 s (applied: $applied)" >&2; exit 1; }
-  sleep 0.1
-done
 """
 
 WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
@@ -101,16 +91,48 @@ DO $$ BEGIN
 END $$;
 """
 
-# Once caught up: sequence values (logical replication does not carry them), then the
-# subscription (which drops its slot on the local side), publication and role.
-FINISH_SCRIPT = TARGET_FN + f"""set -eu
+# The replicate cut-over, one dbtools container started before the freeze: it checks
+# both databases answer and says `ready`, then waits for `go` on stdin (end of input:
+# it stops, having changed nothing). Then, each step announced on stdout:
+#   drained    no client of the local database is inside a statement (10 s at most)
+#   caught-up  the subscriber applied everything up to the local WAL position taken
+#              then, and every table's row count and the migrations are the same
+#   finished   sequence values copied (logical replication does not carry them), the
+#              subscription (and its slot on the local side), publication and role gone
+CUTOVER_SCRIPT = TARGET_FN + """set -eu
+printf '%s' "$CG_FACTS_SQL" > /tmp/facts.sql
+q -c "SELECT 1" > /dev/null && target q -c "SELECT 1" > /dev/null
+echo ready
+read -r go || exit 2
+[ "$go" = go ] || exit 2
+i=0
+until [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+             AND backend_type = 'client backend' AND state <> 'idle'")" = 0 ]; do
+  i=$((i + 1)); [ $i -lt 500 ] || { echo "local database sessions still busy after 10 s" >&2; exit 1; }
+  sleep 0.02
+done
+echo drained
+lsn=$(q -c "SELECT pg_current_wal_lsn()")
+q -f /tmp/facts.sql > /tmp/local
+i=0
+while :; do
+  applied=$(q -c "SELECT coalesce(bool_and(replay_lsn >= '$lsn'), false) FROM pg_stat_replication WHERE application_name = '$1'")
+  if [ "$applied" = t ]; then
+    target q -f /tmp/facts.sql > /tmp/target
+    cmp -s /tmp/local /tmp/target && break
+  fi
+  i=$((i + 1)); [ $i -lt 3000 ] || { echo "the target did not catch up within 60 s (applied: $applied)" >&2; exit 1; }
+  sleep 0.02
+done
+echo caught-up
 q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value)
       FROM pg_sequences WHERE last_value IS NOT NULL" > /tmp/sequences.sql
 target q -f /tmp/sequences.sql > /dev/null
-target q -c "DROP SUBSCRIPTION {ROLE}"
+target q -c "DROP SUBSCRIPTION $1"
 q > /dev/null <<'SQL'
-{SOURCE_CLEANUP_SQL.strip()}
+""" + SOURCE_CLEANUP_SQL.strip() + """
 SQL
+echo finished
 """
 
 # After a failure: when the publisher cannot be reached to drop the slot, detach the
@@ -245,9 +267,14 @@ def _frozen(settings: Settings, record: Record) -> Iterator[None]:
         runner.say(f"ok writes open again: the write freeze lasted {record.timings['write_freeze']:.1f}s")
 
 
-def _drain(settings: Settings) -> None:
-    time.sleep(0.5)  # requests the old nginx workers accepted before the reload reach the app
-    db.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
+def _drain(settings: Settings, script: bool = True) -> None:
+    """Under a freeze: until every write the edge let through before it has been
+    answered, and (`script`) no client of the local database is inside a statement."""
+    left = edge.drain_writes(settings)
+    if left:
+        raise MoveError(f"{left} write(s) let through before the freeze are still unanswered after 10 s")
+    if script:
+        db.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
 
 
 def _relay(settings: Settings, start: bool) -> None:
@@ -301,7 +328,8 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     candidate, version = plan.to_color, plan.to_version
     versions = {**facts.running_versions(facts.service_states(settings)), candidate: version, plan.from_color: plan.from_version}
     databases = {candidate: url}
-    touched = False
+    workers = settings.app.worker_services(plan.from_color)
+    touched = paused = False
     try:
         with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
             stack.ensure_release_images(settings, candidate, versions)
@@ -310,55 +338,103 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
             _subscribe(settings, url, _new_password())
             release.start_candidate(settings, plan, versions, databases)
             release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
+            # it runs on the replica already: gated before the freeze, which covers only the cut-over
+            release.gate(settings, record, plan, "pre")
         else:  # started on the empty target now, so that the freeze need not wait for its start
             release.start_candidate(settings, plan, versions, databases, wait=False)
+        if workers:  # a worker of the old color would take jobs and write them to the old database
+            with runner.step(f"pausing {plan.from_color}'s workers ({', '.join(workers)}): their jobs wait for {candidate}"):
+                stack.stop_color(settings, plan.from_color, versions, drain=False, services=workers)
+            paused = True
         frozen_at = now()  # from here on the local database takes no more writes
-        with _frozen(settings, record):
-            with timed(record, "drain", "waiting for in-flight writes"):
-                _drain(settings)
-            if mode == "dump":
-                with timed(record, "dump", "dumping the local database"):
-                    manifest = db.backup(settings)
-                touched = True
-                with timed(record, "restore", f"restoring {manifest['name']} into the target"):
-                    db.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
-                             '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=db.url_env(url), what="pg_restore")
-                with timed(record, "verify", "verifying the target against the dump and the local database"):
-                    expected = db.Facts(manifest["counts"], manifest["migrations"])
-                    _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
-                    _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
-                    db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row count matches")
-                record.detail = f"backup {manifest['name']}"
-                # the release's own migrations, if any, now run on the target (the dump is their backup)
-                release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
-                # ready only now: an app's health check may need its tables, which the target lacked until the restore
-                with timed(record, "ready", f"waiting for {candidate} on the restored database"):
-                    release.wait_candidate(settings, plan, recovering=True)
-            else:
-                with timed(record, "catch_up", "waiting for the target to catch up (every row count equal)"):
-                    db.tools(settings, CATCH_UP_SCRIPT, ROLE, input=db.FACTS_SQL, extra=_both(url), what="catching up")
-                with timed(record, "unsubscribe", "copying sequence values, ending replication"):
-                    db.tools(settings, FINISH_SCRIPT, extra=_both(url), what="copying sequences and ending replication")
-                    _relay(settings, False)
-            release.switch_and_verify(settings, record, plan, versions)
-            edge.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode,
-                                                   "from": "local", "live_color": candidate, "version": version})
-            # before writes open again: the previous color still uses the old database, so nothing of it
-            # may run on (a worker would take new jobs and write them where nobody reads them);
-            # its writes already drained, and a drain of its reads would lengthen the freeze
-            with runner.step(f"stopping {plan.from_color} ({plan.from_version}): it uses the old database"):
-                stack.stop_color(settings, plan.from_color, versions, drain=False)
+        if mode == "replicate":
+            _replicate_frozen(settings, record, url, plan, versions, frozen_at)
+        else:
+            _dump_frozen(settings, record, url, plan, versions, databases, frozen_at)
     except (ColorgateError, KeyboardInterrupt) as exc:
+        touched = touched or "restore" in record.timings  # dump: the restore began
         if mode == "replicate" and touched:
             _unsubscribe(settings, url, check=False)
         live = edge.read_active(settings)
         if live is None or live.color != candidate:
             stack.stop_color(settings, candidate, versions)
+            if paused:
+                runner.run(stack.compose_cmd(settings, "start", *workers), env=stack.compose_env(settings, versions),
+                           check=False, what=f"starting {plan.from_color}'s workers again")
         if touched and isinstance(exc, ColorgateError):
             kind = GateFailed if isinstance(exc, GateFailed) else MoveError
             raise kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
                        f"the target {shown_url(url)} now holds a partial copy: empty it before retrying") from None
         raise
+    # writes go to the new database now; the old color (reads drained) and the relay are left over
+    if mode == "replicate":
+        _relay(settings, False)
+    with runner.step(f"stopping {plan.from_color} ({plan.from_version}): it uses the old database"):
+        stack.stop_color(settings, plan.from_color, versions)
+
+
+def _record_moved(settings: Settings, url: str, mode: str, plan: release.Plan, frozen_at: str) -> None:
+    edge.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode, "from": "local",
+                                           "live_color": plan.to_color, "version": plan.to_version})
+
+
+def _replicate_frozen(settings: Settings, record: Record, url: str, plan: release.Plan, versions: dict[str, str],
+                      frozen_at: str) -> None:
+    """The replicate freeze: drain, catch up, sequences, end replication (one dbtools
+    container started before it), switch, post gates."""
+    env, flags = db.tools_env(settings, {**_both(url), "CG_FACTS_SQL": db.FACTS_SQL})
+    with runner.session(db.tools_cmd(settings, "sh", "-c", CUTOVER_SCRIPT, "dbtools", ROLE, flags=flags), env=env) as cut:
+        _expect(cut, "ready")
+        with _frozen(settings, record):
+            with timed(record, "drain", "waiting for in-flight writes"):
+                _drain(settings, script=False)
+                cut.stdin.write("go\n")
+                cut.stdin.flush()
+                _expect(cut, "drained")
+            with timed(record, "catch_up", "waiting for the target to catch up (every row count equal)"):
+                _expect(cut, "caught-up")
+            with timed(record, "unsubscribe", "copying sequence values, ending replication"):
+                _expect(cut, "finished")
+            release.switch_and_verify(settings, record, plan, versions, pre_gates=False)
+            _record_moved(settings, url, "replicate", plan, frozen_at)
+
+
+def _expect(proc, word: str) -> None:
+    """Read the cut-over script's output until it announces `word`; fail with its last
+    complaint when it ended first."""
+    for line in proc.stdout:
+        if line.strip() == word:
+            return
+    proc.wait(timeout=30)
+    last = (runner.redact(proc.stderr.read()).strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    raise MoveError(f"the replication cut-over stopped before '{word}': {last}")
+
+
+def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Plan, versions: dict[str, str],
+                 databases: dict[str, str], frozen_at: str) -> None:
+    """The dump freeze: drain, dump, restore, verify, migrations, ready, gated switch."""
+    candidate = plan.to_color
+    with _frozen(settings, record):
+        with timed(record, "drain", "waiting for in-flight writes"):
+            _drain(settings)
+        with timed(record, "dump", "dumping the local database"):
+            manifest = db.backup(settings)
+        with timed(record, "restore", f"restoring {manifest['name']} into the target"):
+            db.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
+                     '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=db.url_env(url), what="pg_restore")
+        with timed(record, "verify", "verifying the target against the dump and the local database"):
+            expected = db.Facts(manifest["counts"], manifest["migrations"])
+            _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
+            _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
+            db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row count matches")
+        record.detail = f"backup {manifest['name']}"
+        # the release's own migrations, if any, now run on the target (the dump is their backup)
+        release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
+        # ready only now: an app's health check may need its tables, which the target lacked until the restore
+        with timed(record, "ready", f"waiting for {candidate} on the restored database"):
+            release.wait_candidate(settings, plan, recovering=True)
+        release.switch_and_verify(settings, record, plan, versions)
+        _record_moved(settings, url, "dump", plan, frozen_at)
 
 
 def _new_password() -> str:

@@ -247,10 +247,17 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
         return _run(settings, plan_deploy(settings, target, version, force), target, force)
 
 
-def switch_and_verify(settings: Settings, record: Record, plan: Plan, versions: dict[str, str] | None = None) -> None:
-    """Pre gates, switch, post gates (switching back when they fail) for a plan decided
-    elsewhere (db.move)."""
-    execute(dataclasses.replace(plan, steps=GATED_SWITCH), Steps(settings, plan, record, versions), record)
+def gate(settings: Settings, record: Record, plan: Plan, phase: str) -> None:
+    """One gate phase on the plan's candidate (db.move gates it before its freeze)."""
+    _gate(settings, record, phase, plan.to_color, plan.to_version)
+
+
+def switch_and_verify(settings: Settings, record: Record, plan: Plan, versions: dict[str, str] | None = None,
+                      pre_gates: bool = True) -> None:
+    """Pre gates (unless already run), switch, post gates (switching back when they
+    fail) for a plan decided elsewhere (db.move)."""
+    steps = GATED_SWITCH if pre_gates else ("switch", "post_gates")
+    execute(dataclasses.replace(plan, steps=steps), Steps(settings, plan, record, versions), record)
 
 
 def _verified_backup(settings: Settings, record: Record) -> None:

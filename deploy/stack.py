@@ -337,13 +337,17 @@ def migrate(settings: Settings, color: str, versions: dict[str, str], databases:
     )
 
 
-def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: bool = True) -> None:
-    """Stop a color's containers (kept, with their logs, for diagnosis). With `drain`,
-    first wait until the edge has no request in flight to it, and give its containers
-    what is left of COLORGATE_DRAIN_SECONDS to stop: a stream still open is closed
-    within the bound."""
+def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: bool = True,
+               services: list[str] | None = None) -> None:
+    """Stop a color's containers (or those of `services`), kept with their logs for
+    diagnosis. With `drain`, first wait until the edge has no request in flight to it,
+    and give its containers what is left of COLORGATE_DRAIN_SECONDS to stop: a stream
+    still open is closed within the bound."""
+    names = settings.app.color_services(color) if services is None else services
+    if not names:
+        return
     grace = ["--timeout", str(drain_color(settings, color))] if drain else []
-    runner.run(compose_cmd(settings, "stop", *grace, *settings.app.color_services(color)), env=compose_env(settings, versions), check=False)
+    runner.run(compose_cmd(settings, "stop", *grace, *names), env=compose_env(settings, versions), check=False)
 
 
 def drain_color(settings: Settings, color: str) -> int:

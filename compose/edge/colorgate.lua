@@ -11,7 +11,9 @@
 -- During a freeze a request with a method other than GET, HEAD or OPTIONS is held
 -- for up to `hold` seconds and passed on (to the color live then) when the freeze
 -- ends; one still waiting at the bound gets 503 with Retry-After. Requests in flight
--- are counted per color, so that a color is stopped only after its requests drained.
+-- are counted per color, so that a color is stopped only after its requests drained,
+-- and writes in flight on their own, so that a freeze knows when the last write let
+-- through before it has been answered.
 
 local M = {}
 
@@ -85,12 +87,17 @@ function M.route()
   ngx.var.cg_version = live.version
   ngx.ctx.cg_color = live.color
   counts:incr(live.color, 1, 0)
+  if not SAFE[ngx.req.get_method()] then
+    ngx.ctx.cg_write = true
+    counts:incr("writes", 1, 0)
+  end
 end
 
 -- log_by_lua: a request routed to a color has ended (answered, failed or aborted).
 function M.done()
   local color = ngx.ctx.cg_color
   if color then counts:incr(color, -1, 0) end
+  if ngx.ctx.cg_write then counts:incr("writes", -1, 0) end
 end
 
 -- content_by_lua for the local state endpoint that Colorgate reads through docker exec.
@@ -102,6 +109,7 @@ function M.state()
   ngx.say("version=", live.version or "")
   ngx.say("writes=", hold and "frozen" or "open")
   for color in pairs(COLORS) do ngx.say("inflight_", color, "=", counts:get(color) or 0) end
+  ngx.say("inflight_writes=", counts:get("writes") or 0)
 end
 
 return M

@@ -136,7 +136,7 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
     """Zero lost: every acknowledged write is on the new database; every refused write
     was told so (503, Retry-After); nothing else went wrong."""
     assert writer.errors == [], writer.errors[:5]
-    assert writer.refused and all(code == 503 and retry == "5" for code, retry, _ in writer.refused)
+    assert all(code == 503 and retry == "5" for code, retry, _ in writer.refused)
     lost = writer.lost(managed)
     assert not lost, f"{len(lost)} acknowledged writes missing on the new database, e.g. {lost[:5]}"
     on_target = set(managed.sql("SELECT body FROM notes").split())
@@ -164,11 +164,13 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
 def test_dump_move_under_writes_loses_nothing(settings, env):
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
         with Writer(settings) as writer:
-            proc = invoke("db.move", "--mode", "dump", env=cli_env(env, managed.url))
+            # a hold shorter than the dump's freeze: writes still held at the bound are refused
+            proc = invoke("db.move", "--mode", "dump", env=cli_env(env, managed.url, COLORGATE_HOLD_SECONDS="1"))
         assert proc.returncode == 0, proc.stderr
         assert managed.password not in proc.stdout + proc.stderr
         assert "write freeze lasted" in proc.stderr
         record = assert_moved(settings, env, managed, writer, "dump")
+        assert writer.refused, "no write was refused at the 1 s bound of a longer freeze"
         print(f"\ndump move: write freeze {record['timings']['write_freeze']:.2f}s, {len(writer.acked)} acked, "
               f"{len(writer.refused)} refused, timings {record['timings']}")
         moved = cli_env(env, DATABASE_URL=managed.url)
@@ -196,10 +198,14 @@ def test_replicate_move_under_writes_loses_nothing(request):
             for i in range(200):
                 client.post("/api/notes", json={"body": f"seed-{i}"})
         with Writer(settings) as writer:
-            proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, managed.url))
+            proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, managed.url, COLORGATE_HOLD_SECONDS="30"))
         assert proc.returncode == 0, proc.stderr
         assert managed.password not in proc.stdout + proc.stderr
         record = assert_moved(settings, env, managed, writer, "replicate")
+        # within the hold bound nothing is refused: writes that came during the freeze were held,
+        # then answered by the new color, on the new database
+        assert not writer.refused and writer.held, (len(writer.refused), len(writer.held))
+        assert {color for _, color, _ in writer.held} == {record["to_color"]}
         print(f"\nreplicate move: write freeze {record['timings']['write_freeze']:.2f}s, {len(writer.acked)} acked, "
               f"{len(writer.refused)} refused, timings {record['timings']}")
         # sequences came along: new rows get fresh ids on the new database
