@@ -328,7 +328,10 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     candidate, version = plan.to_color, plan.to_version
     versions = {**facts.running_versions(facts.service_states(settings)), candidate: version, plan.from_color: plan.from_version}
     databases = {candidate: url}
-    workers = settings.app.worker_services(plan.from_color)
+    # no worker runs from just before the freeze until traffic has moved: one of the old color
+    # would take jobs (from a shared queue) and write them to the old database, one of the
+    # candidate to the replica (or the empty target); jobs wait in their queue meanwhile
+    workers, held = settings.app.worker_services(plan.from_color), settings.app.worker_services(candidate)
     touched = paused = False
     try:
         with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
@@ -336,13 +339,13 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
         if mode == "replicate":
             touched = True
             _subscribe(settings, url, _new_password())
-            release.start_candidate(settings, plan, versions, databases)
+            release.start_candidate(settings, plan, versions, databases, held=held)
             release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
             # it runs on the replica already: gated before the freeze, which covers only the cut-over
             release.gate(settings, record, plan, "pre")
         else:  # started on the empty target now, so that the freeze need not wait for its start
-            release.start_candidate(settings, plan, versions, databases, wait=False)
-        if workers:  # a worker of the old color would take jobs and write them to the old database
+            release.start_candidate(settings, plan, versions, databases, wait=False, held=held)
+        if workers:
             with runner.step(f"pausing {plan.from_color}'s workers ({', '.join(workers)}): their jobs wait for {candidate}"):
                 stack.stop_color(settings, plan.from_color, versions, drain=False, services=workers)
             paused = True
@@ -350,7 +353,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
         if mode == "replicate":
             _replicate_frozen(settings, record, url, plan, versions, frozen_at)
         else:
-            _dump_frozen(settings, record, url, plan, versions, databases, frozen_at)
+            _dump_frozen(settings, record, url, plan, versions, databases, held, frozen_at)
     except (ColorgateError, KeyboardInterrupt) as exc:
         touched = touched or "restore" in record.timings  # dump: the restore began
         if mode == "replicate" and touched:
@@ -369,6 +372,11 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     # writes go to the new database now; the old color (reads drained) and the relay are left over
     if mode == "replicate":
         _relay(settings, False)
+    if held:
+        with runner.step(f"starting {candidate}'s workers ({', '.join(held)})"):
+            runner.run(stack.compose_cmd(settings, "start", *held), env=stack.compose_env(settings, versions, databases),
+                       what="docker compose start")
+            stack.wait_ready(settings, held)
     with runner.step(f"stopping {plan.from_color} ({plan.from_version}): it uses the old database"):
         stack.stop_color(settings, plan.from_color, versions)
 
@@ -411,7 +419,7 @@ def _expect(proc, word: str) -> None:
 
 
 def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Plan, versions: dict[str, str],
-                 databases: dict[str, str], frozen_at: str) -> None:
+                 databases: dict[str, str], held: list[str], frozen_at: str) -> None:
     """The dump freeze: drain, dump, restore, verify, migrations, ready, gated switch."""
     candidate = plan.to_color
     with _frozen(settings, record):
@@ -432,7 +440,8 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
         release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
         # ready only now: an app's health check may need its tables, which the target lacked until the restore
         with timed(record, "ready", f"waiting for {candidate} on the restored database"):
-            release.wait_candidate(settings, plan, recovering=True)
+            release.wait_candidate(settings, plan, recovering=True,
+                                   services=[s for s in settings.app.color_services(candidate) if s not in held])
         release.switch_and_verify(settings, record, plan, versions)
         _record_moved(settings, url, "dump", plan, frozen_at)
 

@@ -296,26 +296,29 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
 
 
 def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], databases: dict[str, str] | None = None,
-                    wait: bool = True) -> None:
+                    wait: bool = True, held: list[str] | None = None) -> None:
     """Start the plan's candidate beside the live color and (unless not `wait`) wait
-    until it is ready (wait_candidate)."""
+    until it is ready (wait_candidate). Services in `held` (db.move's workers) are
+    created but not started: they start when traffic has moved."""
     candidate, version = plan.to_color, plan.to_version
+    held = held or []
+    started = [s for s in settings.app.color_services(candidate) if s not in held]
     with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
         grace = stack.drain_color(settings, candidate)  # streams from its last time live end within the bound
-        runner.run(
-            stack.compose_cmd(settings, "up", "--detach", "--no-build", "--force-recreate", "--timeout", str(grace),
-                              *settings.app.color_services(candidate)),
-            env=stack.compose_env(settings, versions, databases),
-            what="docker compose up",
-        )
+        for names, how in ((started, "--detach"), (held, "--no-start")):
+            if names:
+                runner.run(stack.compose_cmd(settings, "up", how, "--no-build", "--force-recreate", "--timeout", str(grace), *names),
+                           env=stack.compose_env(settings, versions, databases), what="docker compose up")
         if wait:
-            wait_candidate(settings, plan)
+            wait_candidate(settings, plan, services=started)
 
 
-def wait_candidate(settings: Settings, plan: Plan, recovering: bool = False) -> None:
-    """Until the candidate's containers run and every health check of its routed
-    services passes, asked from the edge (`recovering`: see stack.wait_ready)."""
-    stack.wait_ready(settings, settings.app.color_services(plan.to_color), recovering=recovering)
+def wait_candidate(settings: Settings, plan: Plan, recovering: bool = False, services: list[str] | None = None) -> None:
+    """Until the candidate's containers (or those of `services`) run and every health
+    check of its routed services passes, asked from the edge (`recovering`: see
+    stack.wait_ready)."""
+    stack.wait_ready(settings, settings.app.color_services(plan.to_color) if services is None else services,
+                     recovering=recovering)
     stack.wait_healthy(settings, plan.to_color)
 
 

@@ -6,14 +6,18 @@ for apps it does not know."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 
+import httpx
 import pytest
 import tenacity
 
 from deploy import config, db, edge, facts, gates, images, release, tls
 
-from benchmarks.db_move import managed_postgres
+from benchmarks.db_move import isolated, managed_postgres
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -100,23 +104,54 @@ def test_the_jobs_app_deploys_rolls_back_and_backs_up(jobs):
 
 
 def test_the_jobs_app_moves_to_a_managed_database(jobs):
-    """db.move works on an app it does not know: another database service name, another
-    URL variable (JOBS_DATABASE_URL), Alembic's table, a worker that uses the database."""
+    """db.move --mode replicate works on an app it does not know: another database service
+    name, another URL variable (JOBS_DATABASE_URL), Alembic's table, a worker that uses the
+    database. No worker writes where it would be lost: jobs queued while the move runs are
+    all done, on the new database, and the new color's workers start only once traffic moved."""
     env, s = jobs
     before = job(s, post_job(s, "before the move"))
+    old = _live(s)[0]
+    posted, stop = [], threading.Event()
+
+    def keep_posting():
+        while not stop.is_set():
+            with contextlib.suppress(AssertionError, httpx.HTTPError):
+                posted.append(post_job(s, "during the move"))
+            time.sleep(0.2)
+
     with managed_postgres(s, f"{s.image_prefix}db:latest") as managed:
-        moved = invoke("db.move", env={**env, "COLORGATE_MOVE_TO": managed.url})
+        poster = threading.Thread(target=keep_posting)
+        poster.start()
+        try:
+            relay = {k: v for k, v in isolated("x").items() if k.startswith("COLORGATE_MOVE_")}  # on docker0
+            moved = invoke("db.move", "--mode", "replicate", env={**env, **relay, "COLORGATE_MOVE_TO": managed.url})
+        finally:
+            stop.set()
+            poster.join()
         assert moved.returncode == 0, moved.stderr[-3000:]
         live = _live(s)
+        out = moved.stderr
+        assert f"pausing {old}'s workers (worker_{old})" in out
+        assert out.index("ok writes open again") < out.index(f"-> starting {live[0]}'s workers (worker_{live[0]})")
         # the new color's web and worker use the managed database; old jobs came along
         states = facts.service_states(s)
         assert {states[f"{name}_{live[0]}"].database for name in ("web", "worker")} == {config.shown_url(managed.url)}
+        assert states[f"worker_{old}"].state == "exited"
         assert managed.sql(f"SELECT text FROM jobs WHERE id = {before['id']}") == "before the move"
         assert managed.sql("SELECT count(*) FROM alembic_version") == "1"
+        assert len(posted) > 10
+        all_done_on(managed, posted)
         after = post_job(s, "after the move")
         assert done_by(s, after) == f"{live[0]} {live[1]}"
         assert managed.sql(f"SELECT done_by FROM jobs WHERE id = {after}") == f"{live[0]} {live[1]}"
         assert edge.read_database_record(s)["url"] == config.shown_url(managed.url)
+
+
+@tenacity.retry(stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.5), reraise=True)
+def all_done_on(managed, numbers: list[int]) -> None:
+    ids = ",".join(map(str, numbers))
+    found, done = managed.sql(f"SELECT count(*), count(done_by) FROM jobs WHERE id IN ({ids})").split("|")
+    assert (int(found), int(done)) == (len(numbers), len(numbers)), f"of {len(numbers)} jobs: {found} on the new database, {done} done"
 
 
 @pytest.fixture(scope="module")
