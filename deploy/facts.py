@@ -7,6 +7,7 @@ can explain itself from it; parsing is pure (tested on captured output).
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -179,7 +180,9 @@ def target_host(settings: Settings):
     import testinfra
 
     if settings.docker_host.startswith("ssh://"):
-        return testinfra.get_host(settings.docker_host)
+        from deploy import remote  # sessions on this command's one connection
+
+        return testinfra.get_host(settings.docker_host, ssh_extra_args=shlex.join(remote.tunnel(settings.docker_host).ssh_args()))
     return testinfra.get_host("local://")
 
 

@@ -1,15 +1,25 @@
 """Remote hosts over SSH: the address in COLORGATE_DOCKER_HOST / --host, what an SSH
-failure means, and `server.setup` (compose/scripts/server-setup.sh run on the host).
+failure means, the one connection a command makes (`Tunnel`), and `server.setup`
+(compose/scripts/server-setup.sh run on the host).
 
-Everything else about a remote target goes through the Docker CLI, which tunnels to
-the remote engine over SSH itself (`docker system dial-stdio`); the operator's SSH
-configuration (keys, known_hosts, ControlMaster) applies.
+A command that targets an SSH host opens one SSH connection, on first use, and ends it
+when it exits: a control master that forwards the host's Docker socket to a socket of
+its own here. Every docker and compose call, the Engine API, the kept-open shell in the
+edge and the gates' host checks (testinfra, through the master) use that connection, so
+a release pays the SSH handshake and its round trips once, not per call. The
+operator's SSH configuration (keys, known_hosts, agent) applies; nothing needs setting up.
 """
 
 from __future__ import annotations
 
+import atexit
 import platform
 import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -67,6 +77,114 @@ def explain_ssh_error(target: SshTarget, text: str) -> str | None:
         if cause in text:
             return f"cannot reach {target.shown} over SSH ({cause.lower()}): check the host name, the port and that sshd runs there"
     return None
+
+
+REMOTE_SOCKET = "/var/run/docker.sock"
+
+
+class Tunnel:
+    """One SSH connection to `url` for this process: `ssh` as a control master that
+    forwards the host's Docker socket to `socket` here. Its remote command reads its
+    input until this process ends, so the connection never outlives the command (not
+    even a killed one)."""
+
+    def __init__(self, url: str):
+        self.url, self.target = url, parse(url)
+        self.dir = Path(tempfile.mkdtemp(prefix="colorgate-ssh-"))  # 0700: only this user reaches the socket
+        self.socket, self.control, self.log = self.dir / "docker.sock", self.dir / "control", self.dir / "ssh.log"
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        port = ["-p", str(self.target.port)] if self.target.port else []
+        return ["ssh", *port, "-o", "ControlMaster=yes", "-o", f"ControlPath={self.control}", "-o", "ControlPersist=no",
+                "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+                "-o", "ConnectTimeout=15", "-L", f"{self.socket}:{REMOTE_SOCKET}", "--", self.target.login, "cat > /dev/null"]
+
+    def open(self) -> None:
+        """Connect, or raise ColorgateError naming the cause."""
+        started = time.monotonic()
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+                                         start_new_session=True)  # ended by close(), not by a Ctrl-C meant for us
+        atexit.register(self.close)
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() - started > 30:
+                self._fail("the SSH connection ended")
+            time.sleep(0.01)
+        if not self._ping():
+            self._fail("no Docker engine answered")
+        runner.log.debug("ssh: one connection to %s in %.2fs", self.target.shown, time.monotonic() - started)
+
+    def _ping(self) -> bool:
+        for _ in range(3):
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(15)
+                    s.connect(str(self.socket))
+                    s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                    if b" 200 " in s.recv(64):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def _fail(self, fallback: str) -> None:
+        why = self._explain(fallback)
+        self.close()
+        raise ColorgateError(why)
+
+    def _explain(self, fallback: str) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        explained = explain_ssh_error(self.target, text)
+        if explained:
+            return explained
+        host = self.target.shown
+        if "open failed" in text:  # the forward reached the host but not its engine: ask the host why
+            probe = subprocess.run(["ssh", *self.ssh_args(), *(["-p", str(self.target.port)] if self.target.port else []),
+                                    "--", self.target.login, f"if [ ! -S {REMOTE_SOCKET} ]; then echo missing; "
+                                    f"elif [ ! -w {REMOTE_SOCKET} ]; then echo denied; else echo down; fi"],
+                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30).stdout.strip()
+            if probe == "missing":
+                return f"{host} has no Docker: set it up with compose/scripts/server-setup.sh (`invoke server.setup --host {self.url}`)"
+            if probe == "denied":
+                return f"the SSH user {self.target.login} may not use Docker there: add it to the docker group (server-setup.sh does)"
+            if probe == "down":
+                return f"Docker is installed on {host} but not running: start it there (`systemctl start docker`)"
+        last = (text.strip().splitlines() or [fallback])[-1].strip()
+        return f"cannot use the Docker engine at {self.url} over SSH ({last}): try `{self.target.hint()} docker version`"
+
+    def ssh_args(self) -> list[str]:
+        """Options that make another `ssh` to the host a session on this connection."""
+        return ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control}"]
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()  # the remote `cat` ends, and the connection with it
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_tunnels: dict[str, Tunnel] = {}
+
+
+def tunnel(url: str) -> Tunnel:
+    """This process's one connection to the SSH host `url`, opened on first use (a
+    forked child uses its parent's)."""
+    if url not in _tunnels:
+        t = Tunnel(url)
+        t.open()
+        _tunnels[url] = t
+    return _tunnels[url]
+
+
+def docker_host(url: str) -> str:
+    """The DOCKER_HOST that reaches the engine at `url` (ssh://: through `tunnel`)."""
+    return f"unix://{tunnel(url).socket}" if url.startswith("ssh://") else url
 
 
 def compose_binary_for(machine: str, bundled: Path | None) -> Path | None:

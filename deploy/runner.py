@@ -62,6 +62,17 @@ def step(label: str) -> Iterator[None]:
     say(f"ok {label} ({time.monotonic() - started:.1f}s)")
 
 
+def environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment plus `env`. A DOCKER_HOST of ssh:// becomes this process's one
+    connection to that host (deploy.remote.Tunnel), opened on first use."""
+    full = {**os.environ, **(env or {})}
+    if full.get("DOCKER_HOST", "").startswith("ssh://"):
+        from deploy import remote
+
+        full["DOCKER_HOST"] = remote.docker_host(full["DOCKER_HOST"])
+    return full
+
+
 def run(
     cmd: list[str],
     *,
@@ -77,7 +88,7 @@ def run(
     capture=False lets output through to the terminal (logs, interactive use).
     Raises CommandError on a non-zero exit when `check`, with secrets masked.
     """
-    full_env = {**os.environ, **(env or {})}
+    full_env = environ(env)
     log.debug("$ %s", redact(shlex.join(cmd)))
     started = time.monotonic()
     try:
@@ -106,9 +117,9 @@ def pipe(first: list[str], second: list[str], *, first_env: Mapping[str, str] | 
          second_env: Mapping[str, str] | None = None, what: str = "", timeout: float | None = None) -> str:
     """`first | second` without a shell; both must succeed. Returns second's stdout."""
     log.debug("$ %s | %s", redact(shlex.join(first)), redact(shlex.join(second)))
-    producer = subprocess.Popen(first, env={**os.environ, **(first_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    producer = subprocess.Popen(first, env=environ(first_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        consumer = subprocess.run(second, env={**os.environ, **(second_env or {})}, stdin=producer.stdout,
+        consumer = subprocess.run(second, env=environ(second_env), stdin=producer.stdout,
                                   capture_output=True, timeout=timeout, check=False)
     finally:
         producer.stdout.close()
@@ -128,7 +139,7 @@ def session(cmd: list[str], *, env: Mapping[str, str] | None = None) -> Iterator
     snapshot open, say). Logged like `run`; ended when the block exits."""
     log.debug("$ %s (session)", redact(shlex.join(cmd)))
     proc = subprocess.Popen(
-        cmd, env={**os.environ, **(env or {})}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        cmd, env=environ(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, bufsize=1,
     )
     try:
@@ -201,7 +212,7 @@ class Shell:
         self.proc: subprocess.Popen | None = None
 
     def _start(self) -> subprocess.Popen:
-        env = {**os.environ, **({"DOCKER_HOST": self.docker_host} if self.docker_host else {})}
+        env = environ({"DOCKER_HOST": self.docker_host} if self.docker_host else {})
         log.debug("$ docker exec -i %s sh (kept open)", self.container)
         return subprocess.Popen(["docker", "exec", "-i", self.container, "sh"], env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
@@ -288,9 +299,8 @@ def _close_shells() -> None:
 def _api(docker_host: str):
     import docker
 
-    base = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    extra = {"use_ssh_client": True} if base.startswith("ssh://") else {}  # the operator's ssh and its config
-    return docker.APIClient(base_url=base, version="1.41", timeout=120, **extra)
+    base = environ({"DOCKER_HOST": docker_host} if docker_host else {}).get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return docker.APIClient(base_url=base, version="1.41", timeout=120)  # ssh://: through the one connection
 
 
 def engine(docker_host: str, call, *args, what: str = "", **kwargs):

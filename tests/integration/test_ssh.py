@@ -34,7 +34,7 @@ printf '%s\\n' "$AUTHORIZED_KEY" > /home/deploy/.ssh/authorized_keys
 chown deploy:deploy /home/deploy/.ssh/authorized_keys
 chmod 600 /home/deploy/.ssh/authorized_keys
 mkdir -p /run/sshd
-exec /usr/sbin/sshd -D -e -p "$PORT" -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no -o AllowUsers=deploy
+exec /usr/sbin/sshd -D -e -o LogLevel=VERBOSE -p "$PORT" -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no -o AllowUsers=deploy
 """
 
 
@@ -53,15 +53,14 @@ class SshHost:
 
 @contextlib.contextmanager
 def ssh_host(authorized_key: str, with_docker: bool = True, socket: str = SOCKET):
-    """An SSH server on 127.0.0.1:<free port> whose `deploy` user reaches the engine at `socket`."""
+    """An SSH server on 127.0.0.1:<free port> whose `deploy` user reaches the engine at
+    `socket` (not `with_docker`: a host with neither the engine's socket nor the CLI)."""
     settings = config.load("development")
     if not images.image_exists(settings, SSHD.tag(settings.debian_mirror)):
         images.build_bases(settings, [SSHD])
     port = free_port()
     name = f"cgtestsshd{os.getpid()}{secrets.token_hex(2)}"
-    mounts = ["-v", f"{socket}:{SOCKET}"]
-    if with_docker:
-        mounts += ["-v", f"{shutil.which('docker')}:/usr/bin/docker:ro"]
+    mounts = ["-v", f"{socket}:{SOCKET}", "-v", f"{shutil.which('docker')}:/usr/bin/docker:ro"] if with_docker else []
     try:  # a container that docker created but could not start is removed too
         runner.run(["docker", "run", "--detach", "--name", name, "--network", "host", *mounts,
                     "-e", f"SOCKET_GID={os.stat(socket).st_gid}", "-e", f"PORT={port}", "-e", "AUTHORIZED_KEY",
@@ -118,13 +117,27 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
+def logins(host: SshHost) -> tuple[int, int]:
+    """SSH connections the host's sshd accepted so far, and the command sessions run
+    (sessions multiplexed on a connection are not logins)."""
+    log = runner.run(["docker", "logs", host.container], check=False).stderr
+    return log.count("Accepted publickey for deploy"), log.count("Starting session: command for deploy")
+
+
 def test_a_release_travels_over_ssh(remote):
     host, env, _ = remote
+    first = logins(host)
     up = invoke("up", "--host", host.url, env=env)
     assert up.returncode == 0, up.stderr[-3000:]
     assert f"engine {host.url}" in up.stdout and "active color: blue (v1)" in up.stdout
+    before = logins(host)
     deployed = invoke("deploy", "--host", host.url, env=env)
     assert deployed.returncode == 0, deployed.stderr[-3000:]
+    # one connection for the whole gated release: every docker and compose call, the Engine API,
+    # the edge's shell, and the gates' host checks (testinfra) went through it
+    after = logins(host)
+    assert after[0] - before[0] == 1
+    assert after[1] - before[1] > 2  # the tunnel's own session, and the host checks' (`ss`...) on the host
     assert "PASS  No public database port: Nothing on the host answers on the database port" in deployed.stderr
     assert "deploy: blue v1 -> green v2: switched" in deployed.stdout
     # the lock, the history and the backups live on the target
@@ -138,9 +151,8 @@ def test_a_release_travels_over_ssh(remote):
     assert certificate.returncode == 0 and "local CA (made by the edge)" in certificate.stdout, certificate.stderr
     back = invoke("rollback", "--host", host.url, env=env)
     assert back.returncode == 0 and "rollback: green v2 -> blue v1: switched" in back.stdout, back.stderr[-2000:]
-    # the host checks ran on the SSH host (testinfra over SSH): its sshd saw those sessions
-    logins = runner.run(["docker", "logs", host.container], check=False).stderr.count("Accepted publickey for deploy")
-    assert logins > 20
+    # seven commands, seven connections
+    assert logins(host)[0] - first[0] == 7
 
 
 def test_ssh_problems_are_one_line_before_anything_changes(remote, tmp_path):
