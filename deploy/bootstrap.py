@@ -12,7 +12,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from deploy import images, remote, runner
+from deploy import images, runner, ssh
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, DockerUnavailable
 
@@ -38,8 +38,8 @@ def explain_engine_error(docker_host: str, stderr: str) -> str:
     last = text.splitlines()[-1].strip() if text else "no answer"
     where = docker_host or "the local socket"
     if docker_host.startswith("ssh://"):
-        target = remote.parse(docker_host)
-        explained = remote.explain_ssh_error(target, text)
+        target = ssh.parse(docker_host)
+        explained = ssh.explain_ssh_error(target, text)
         if explained:
             return explained
         host = target.shown

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from deploy import contract, runner
+from deploy import contract, runner, ssh
 from deploy.colors import COLORS
 from deploy.config import Settings, shown_url
 from deploy.errors import CommandError, StackError
@@ -180,9 +180,8 @@ def target_host(settings: Settings):
     import testinfra
 
     if settings.docker_host.startswith("ssh://"):
-        from deploy import remote  # sessions on this command's one connection
-
-        return testinfra.get_host(settings.docker_host, ssh_extra_args=shlex.join(remote.tunnel(settings.docker_host).ssh_args()))
+        # sessions on this command's one connection
+        return testinfra.get_host(settings.docker_host, ssh_extra_args=shlex.join(ssh.tunnel(settings.docker_host).ssh_args()))
     return testinfra.get_host("local://")
 
 

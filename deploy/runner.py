@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 
+from deploy import ssh
 from deploy.errors import CommandError
 
 log = logging.getLogger("colorgate")
@@ -64,12 +65,10 @@ def step(label: str) -> Iterator[None]:
 
 def environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Our environment plus `env`. A DOCKER_HOST of ssh:// becomes this process's one
-    connection to that host (deploy.remote.Tunnel), opened on first use."""
+    connection to that host (deploy.ssh.Tunnel), opened on first use."""
     full = {**os.environ, **(env or {})}
     if full.get("DOCKER_HOST", "").startswith("ssh://"):
-        from deploy import remote
-
-        full["DOCKER_HOST"] = remote.docker_host(full["DOCKER_HOST"])
+        full["DOCKER_HOST"] = ssh.docker_host(full["DOCKER_HOST"])
     return full
 
 
