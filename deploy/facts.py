@@ -37,12 +37,36 @@ class ServiceState:
 
     @property
     def ready(self) -> bool:
+        """Running, and healthy by the engine's own check (or without one)."""
         return self.state == "running" and self.health in ("healthy", "")
+
+    @property
+    def up(self) -> bool:
+        """Running and not failing its check: the engine checks rarely (a minute apart,
+        to keep an idle host idle), so a container started less than that ago is still
+        `starting`; a release waits for it actively (`passes_healthcheck`)."""
+        return self.state == "running" and self.health != "unhealthy"
 
 
 def inspect(settings: Settings, name: str) -> dict:
     """`docker inspect` of a container (by name or id), through the Engine API."""
     return runner.engine(settings.docker_host, "inspect_container", name, what=f"inspecting {name}")
+
+
+def passes_healthcheck(settings: Settings, service: str) -> bool:
+    """Run the container's own health check (its image's HEALTHCHECK or compose's
+    `healthcheck:`) now, inside it, instead of waiting for the engine's next turn."""
+    name = container(settings, service)
+    test = ((inspect(settings, name).get("Config") or {}).get("Healthcheck") or {}).get("Test") or ["NONE"]
+    if test[0] == "NONE":
+        return True
+    cmd = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]
+    try:
+        created = runner.engine(settings.docker_host, "exec_create", name, cmd)
+        runner.engine(settings.docker_host, "exec_start", created["Id"])  # attached: returns when it ended
+        return runner.engine(settings.docker_host, "exec_inspect", created["Id"]).get("ExitCode") == 0
+    except CommandError:  # stopped meanwhile: not ready
+        return False
 
 
 def service_states(settings: Settings) -> dict[str, ServiceState]:

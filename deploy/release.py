@@ -72,7 +72,7 @@ def _live(target: Target) -> edge.Active:
 def _ready_version(settings: Settings, states: dict[str, facts.ServiceState], color: str) -> str:
     """The version `color` runs, or refuse when it is not running and healthy."""
     names = settings.app.color_services(color)
-    missing = [s for s in names if s not in states or not states[s].ready]
+    missing = [s for s in names if s not in states or not states[s].up]
     if missing:
         detail = ", ".join(f"{s} {states[s].state}/{states[s].health or 'no health'}" if s in states else f"{s} absent" for s in missing)
         raise StackError(f"{color} is not running and healthy ({detail}): deploy it first with `invoke deploy`")

@@ -1,18 +1,24 @@
 """SSH hosts: the address in COLORGATE_DOCKER_HOST / --host, what an SSH failure means,
 and the one connection a command makes to the host (`Tunnel`).
 
-A command that targets an SSH host opens one SSH connection, on first use, and ends it
-when it exits: a control master that forwards the host's Docker socket to a socket of
-its own here. Every docker and compose call, the Engine API, the kept-open shell in the
-edge and the gates' host checks (testinfra, through the master) use that connection, so
-a release pays the SSH handshake and its round trips once, not per call. The
-operator's SSH configuration (keys, known_hosts, agent) applies; nothing needs setting up.
+A command that targets an SSH host uses one SSH connection, opened on first use: a
+control master that forwards the host's Docker socket to a socket here, in this user's
+private directory. Every docker and compose call, the Engine API, the kept-open shell in
+the edge and the gates' host checks (testinfra, as sessions on the master) use it, so a
+release pays the SSH handshake and its round trips once, not per call. The next command
+joins it; ssh ends it once no command has used it for COLORGATE_SSH_PERSIST seconds
+(default 60; 0: with each command). The operator's SSH configuration (keys,
+known_hosts, agent) applies; nothing needs setting up.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
+import hashlib
 import logging
+import os
 import shlex
 import shutil
 import socket
@@ -78,38 +84,78 @@ def explain_ssh_error(target: SshTarget, text: str) -> str | None:
 REMOTE_SOCKET = "/var/run/docker.sock"
 
 
+def persist_seconds() -> int:
+    """How long the connection stays open after the last command (COLORGATE_SSH_PERSIST,
+    default 60; 0 ends it with each command)."""
+    value = os.environ.get("COLORGATE_SSH_PERSIST", "60")
+    return int(value) if value.isdigit() and int(value) <= 3600 else 60
+
+
+def runtime_dir() -> Path:
+    """This user's private directory for connections: 0700, owned by us, or refused."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"colorgate-ssh-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    st = base.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ColorgateError(f"{base} belongs to someone else or is open to others: remove it, then retry")
+    return base
+
+
 class Tunnel:
-    """One SSH connection to `url` for this process: `ssh` as a control master that
-    forwards the host's Docker socket to `socket` here. Its remote command reads its
-    input until this process ends, so the connection never outlives the command (not
-    even a killed one)."""
+    """The SSH connection to `url`: `ssh` as a control master that forwards the host's
+    Docker socket to `socket` here, shared by the commands run one after another (so a
+    deploy, then a status, then a rollback pay one handshake), and ended by ssh itself
+    once no command has used it for `persist_seconds()`. While a command runs it holds
+    a session on it (`lifeline`, reading a pipe from this process): the connection never
+    idles out under a command, and a killed command lets it go too."""
 
     def __init__(self, url: str):
         self.url, self.target = url, parse(url)
-        self.dir = Path(tempfile.mkdtemp(prefix="colorgate-ssh-"))  # 0700: only this user reaches the socket
+        # one per address and per ssh setup (the ssh on PATH, HOME): another identity gets its own
+        key = hashlib.sha256("\0".join([url, shutil.which("ssh") or "ssh", os.environ.get("HOME", "")]).encode()).hexdigest()[:16]
+        self.dir = runtime_dir() / key
         self.socket, self.control, self.log = self.dir / "docker.sock", self.dir / "control", self.dir / "ssh.log"
-        self.proc: subprocess.Popen | None = None
+        self.master_log = self.dir / "master.log"  # what the master says once in the background (-E)
+        self.lifeline: subprocess.Popen | None = None
 
-    def command(self) -> list[str]:
+    def _ssh(self, *options: str) -> list[str]:
         port = ["-p", str(self.target.port)] if self.target.port else []
-        return ["ssh", *port, "-o", "ControlMaster=yes", "-o", f"ControlPath={self.control}", "-o", "ControlPersist=no",
-                "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
-                "-o", "ConnectTimeout=15", "-L", f"{self.socket}:{REMOTE_SOCKET}", "--", self.target.login, "cat > /dev/null"]
+        return ["ssh", *port, "-o", f"ControlPath={self.control}", *options]
+
+    def master_command(self) -> list[str]:
+        return self._ssh("-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPersist={persist_seconds() or 1}",
+                         "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes", "-o", "ServerAliveInterval=15",
+                         "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=15", "-E", str(self.master_log),
+                         "-L", f"{self.socket}:{REMOTE_SOCKET}", "--", self.target.login)
+
+    def _alive(self) -> bool:
+        return self.control.exists() and self.socket.exists() and subprocess.run(
+            self._ssh("-O", "check", "--", self.target.login), stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
 
     def open(self) -> None:
-        """Connect, or raise ColorgateError naming the cause."""
+        """Connect (or join the connection a previous command left), or raise
+        ColorgateError naming the cause."""
         started = time.monotonic()
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
-                                         start_new_session=True)  # ended by close(), not by a Ctrl-C meant for us
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        with open(self.dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one master per address, even when commands start together
+            reused = self._alive()
+            if not reused:
+                for stale in (self.control, self.socket, self.master_log):
+                    stale.unlink(missing_ok=True)
+                with open(self.log, "w") as log:  # ssh -f returns once connected and forwarding, then runs on its own
+                    master = subprocess.run(self.master_command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=log, start_new_session=True, timeout=60, check=False)
+                if master.returncode != 0 or not self.socket.exists():
+                    self._fail("the SSH connection ended")
+            self.lifeline = subprocess.Popen(self._ssh("-o", "ControlMaster=no", "--", self.target.login, "cat > /dev/null"),
+                                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             start_new_session=True)  # ended by close(), not by a Ctrl-C meant for us
         atexit.register(self.close)
-        while not self.socket.exists():
-            if self.proc.poll() is not None or time.monotonic() - started > 30:
-                self._fail("the SSH connection ended")
-            time.sleep(0.01)
         if not self._ping():
             self._fail("no Docker engine answered")
-        logger.debug("ssh: one connection to %s in %.2fs", self.target.shown, time.monotonic() - started)
+        logger.debug("ssh: %s connection to %s in %.2fs", "joined the" if reused else "opened a", self.target.shown,
+                     time.monotonic() - started)
 
     def _ping(self) -> bool:
         for _ in range(3):
@@ -127,19 +173,19 @@ class Tunnel:
 
     def _fail(self, fallback: str) -> None:
         why = self._explain(fallback)
-        self.close()
+        self.close(end=True)
         raise ColorgateError(why)
 
     def _explain(self, fallback: str) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        text = "".join(f.read_text(errors="replace") for f in (self.log, self.master_log) if f.exists())
         explained = explain_ssh_error(self.target, text)
         if explained:
             return explained
         host = self.target.shown
-        if "open failed" in text:  # the forward reached the host but not its engine: ask the host why
-            probe = subprocess.run(["ssh", *self.ssh_args(), *(["-p", str(self.target.port)] if self.target.port else []),
-                                    "--", self.target.login, f"if [ ! -S {REMOTE_SOCKET} ]; then echo missing; "
-                                    f"elif [ ! -w {REMOTE_SOCKET} ]; then echo denied; else echo down; fi"],
+        if "open failed" in text and self.control.exists():  # the forward reached the host but not its engine: ask why
+            probe = subprocess.run(self._ssh("-o", "ControlMaster=no", "--", self.target.login,
+                                             f"if [ ! -S {REMOTE_SOCKET} ]; then echo missing; "
+                                             f"elif [ ! -w {REMOTE_SOCKET} ]; then echo denied; else echo down; fi"),
                                    stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30).stdout.strip()
             if probe == "missing":
                 return f"{host} has no Docker: set it up with compose/scripts/server-setup.sh (`invoke server.setup --host {self.url}`)"
@@ -154,15 +200,15 @@ class Tunnel:
         """Options that make another `ssh` to the host a session on this connection."""
         return ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control}"]
 
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.stdin.close()  # the remote `cat` ends, and the connection with it
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def close(self, end: bool = False) -> None:
+        """This command is done with the connection; with `end` (or COLORGATE_SSH_PERSIST=0)
+        it ends now, else ssh ends it when unused for persist_seconds()."""
+        if self.lifeline is not None and self.lifeline.poll() is None:
+            self.lifeline.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.lifeline.wait(timeout=3)
+        if (end or not persist_seconds()) and self.control.exists():
+            subprocess.run(self._ssh("-O", "exit", "--", self.target.login), stdin=subprocess.DEVNULL, capture_output=True, check=False)
 
 
 _tunnels: dict[str, Tunnel] = {}

@@ -94,7 +94,9 @@ class _NotYet(Exception):
 
 def wait_ready(settings: Settings, services: list[str], timeout: float | None = None,
                recovering: bool = False) -> dict[str, facts.ServiceState]:
-    """Wait (bounded) until every service is running and healthy.
+    """Wait (bounded) until every service is running and healthy: by the engine's
+    check, or, while the engine has not checked yet (it checks a minute apart), by
+    running the container's health check here, actively.
 
     Stops early, naming the service, when one exits or its health check fails; with
     `recovering` (containers that ran while their database was still empty), an
@@ -115,7 +117,8 @@ def wait_ready(settings: Settings, services: list[str], timeout: float | None = 
             if s and (s.state in ("exited", "dead") or (s.health == "unhealthy" and not recovering)):
                 what = "exited" if s.state in ("exited", "dead") else "failed its health check"
                 raise StackError(f"{name} {what}: see `invoke logs {name}`")
-        pending = [n for n in services if n not in states or not states[n].ready]
+        pending = [n for n in services if n not in states or not (
+            states[n].ready or (states[n].state == "running" and facts.passes_healthcheck(settings, n)))]
         if pending:
             raise _NotYet(pending)
         return states
