@@ -10,7 +10,7 @@ import errno
 import shutil
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import tenacity
 
@@ -374,8 +374,12 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
 
 
 def status(settings: Settings) -> dict:
-    """Active color, per-service state and health, versions and URLs, as data."""
+    """Active color, per-service state and health, versions and URLs, as data. A
+    container the engine has not checked yet (it checks a minute apart) is checked now."""
     states = facts.service_states(settings)
+    for name, s in states.items():
+        if s.state == "running" and s.health == "starting" and facts.passes_healthcheck(settings, name):
+            states[name] = replace(s, health="healthy")
     active, frozen = None, False
     if states.get("edge") and states["edge"].state == "running":
         found = edge.read_active(settings)
