@@ -63,6 +63,12 @@ def _seconds(value: str) -> int:
     return int(value)
 
 
+def _seconds_or_zero(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 3600:
+        raise ValueError("should be a whole number of seconds from 0 to 3600")
+    return int(value)
+
+
 def _count(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 1000:
         raise ValueError("should be a whole number from 1 to 1000")
@@ -138,6 +144,8 @@ KEYS: dict[str, Key] = {
     "COLORGATE_REGISTRY_PASSWORD": Key(str, "", secret=True),
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
+    # An SSH host: the one connection stays open this long after a command (0: closed with it).
+    "COLORGATE_SSH_PERSIST": Key(_seconds_or_zero, "60"),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),
     # The app: its compose file with an x-colorgate block (or the directory holding it).
     "COLORGATE_APP": Key(_pattern(re.compile(r"^\S+$"), "should be a path to a compose file or its directory"), "examples/spa-api-postgres", attr="app_path"),
@@ -181,6 +189,7 @@ class Settings:
     image_source: str
     debian_mirror: str
     docker_host: str
+    ssh_persist: int
     health_timeout: int
     app_path: str
     drain_seconds: int
@@ -254,8 +263,12 @@ class Settings:
         return dataclasses.replace(self, docker_host="") if self.image_source == "stream" else self
 
     def docker_env(self) -> dict[str, str]:
-        """Environment for docker commands: which engine to talk to."""
-        return {"DOCKER_HOST": self.docker_host} if self.docker_host else {}
+        """Environment for docker commands: which engine to talk to (and, for an SSH
+        host, how long its connection outlives the command: deploy/ssh.py)."""
+        if not self.docker_host:
+            return {}
+        return {"DOCKER_HOST": self.docker_host, **({"COLORGATE_SSH_PERSIST": str(self.ssh_persist)}
+                                                     if self.docker_host.startswith("ssh://") else {})}
 
     def compose_env(self) -> dict[str, str]:
         """Variables the compose file interpolates (secrets included: never log this)."""

@@ -68,7 +68,7 @@ def environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     connection to that host (deploy.ssh.Tunnel), opened on first use."""
     full = {**os.environ, **(env or {})}
     if full.get("DOCKER_HOST", "").startswith("ssh://"):
-        full["DOCKER_HOST"] = ssh.docker_host(full["DOCKER_HOST"])
+        full["DOCKER_HOST"] = ssh.docker_host(full["DOCKER_HOST"], full.get("COLORGATE_SSH_PERSIST"))
     return full
 
 

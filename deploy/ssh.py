@@ -84,13 +84,6 @@ def explain_ssh_error(target: SshTarget, text: str) -> str | None:
 REMOTE_SOCKET = "/var/run/docker.sock"
 
 
-def persist_seconds() -> int:
-    """How long the connection stays open after the last command (COLORGATE_SSH_PERSIST,
-    default 60; 0 ends it with each command)."""
-    value = os.environ.get("COLORGATE_SSH_PERSIST", "60")
-    return int(value) if value.isdigit() and int(value) <= 3600 else 60
-
-
 def runtime_dir() -> Path:
     """This user's private directory for connections: 0700, owned by us, or refused."""
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"colorgate-ssh-{os.getuid()}"
@@ -105,12 +98,12 @@ class Tunnel:
     """The SSH connection to `url`: `ssh` as a control master that forwards the host's
     Docker socket to `socket` here, shared by the commands run one after another (so a
     deploy, then a status, then a rollback pay one handshake), and ended by ssh itself
-    once no command has used it for `persist_seconds()`. While a command runs it holds
+    once no command has used it for `persist` seconds (0: ended with the command). While a command runs it holds
     a session on it (`lifeline`, reading a pipe from this process): the connection never
     idles out under a command, and a killed command lets it go too."""
 
-    def __init__(self, url: str):
-        self.url, self.target = url, parse(url)
+    def __init__(self, url: str, persist: int = 60):
+        self.url, self.target, self.persist = url, parse(url), persist
         # one per address and per ssh setup (the ssh on PATH, HOME): another identity gets its own
         key = hashlib.sha256("\0".join([url, shutil.which("ssh") or "ssh", os.environ.get("HOME", "")]).encode()).hexdigest()[:16]
         self.dir = runtime_dir() / key
@@ -123,7 +116,7 @@ class Tunnel:
         return ["ssh", *port, "-o", f"ControlPath={self.control}", *options]
 
     def master_command(self) -> list[str]:
-        return self._ssh("-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPersist={persist_seconds() or 1}",
+        return self._ssh("-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.persist or 1}",
                          "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes", "-o", "ServerAliveInterval=15",
                          "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=15", "-E", str(self.master_log),
                          "-L", f"{self.socket}:{REMOTE_SOCKET}", "--", self.target.login)
@@ -201,29 +194,31 @@ class Tunnel:
         return ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control}"]
 
     def close(self, end: bool = False) -> None:
-        """This command is done with the connection; with `end` (or COLORGATE_SSH_PERSIST=0)
-        it ends now, else ssh ends it when unused for persist_seconds()."""
+        """This command is done with the connection; with `end` (or `persist` 0) it ends
+        now, else ssh ends it when unused for `persist` seconds."""
         if self.lifeline is not None and self.lifeline.poll() is None:
             self.lifeline.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.lifeline.wait(timeout=3)
-        if (end or not persist_seconds()) and self.control.exists():
+        if (end or not self.persist) and self.control.exists():
             subprocess.run(self._ssh("-O", "exit", "--", self.target.login), stdin=subprocess.DEVNULL, capture_output=True, check=False)
 
 
 _tunnels: dict[str, Tunnel] = {}
 
 
-def tunnel(url: str) -> Tunnel:
+def tunnel(url: str, persist: str | None = None) -> Tunnel:
     """This process's one connection to the SSH host `url`, opened on first use (a
-    forked child uses its parent's)."""
+    forked child uses its parent's); `persist`: COLORGATE_SSH_PERSIST, when known."""
     if url not in _tunnels:
-        t = Tunnel(url)
+        t = Tunnel(url, int(persist) if persist and persist.isdigit() else 60)
         t.open()
         _tunnels[url] = t
+    elif persist and persist.isdigit():
+        _tunnels[url].persist = int(persist)
     return _tunnels[url]
 
 
-def docker_host(url: str) -> str:
+def docker_host(url: str, persist: str | None = None) -> str:
     """The DOCKER_HOST that reaches the engine at `url` (ssh://: through `tunnel`)."""
-    return f"unix://{tunnel(url).socket}" if url.startswith("ssh://") else url
+    return f"unix://{tunnel(url, persist).socket}" if url.startswith("ssh://") else url

@@ -44,9 +44,13 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   # (peer map); from the networks only with the password.
   printf 'colorgate postgres %s\n' "$POSTGRES_USER" >> "$PGDATA/pg_ident.conf"
   write_hba
-  "$bin/pg_ctl" -w -o "-c listen_addresses='' -c unix_socket_directories=/tmp" start >/dev/null
-  echo "CREATE DATABASE :\"db\";" | "$bin/psql" -h /tmp -U "$POSTGRES_USER" -d postgres -v ON_ERROR_STOP=1 -q -v db="$POSTGRES_DB"
+  # on a socket of its own: the health check (pg_isready -h /tmp) must not take this
+  # set-up server, stopped again below, for the real one
+  setup=$(mktemp -d)
+  "$bin/pg_ctl" -w -o "-c listen_addresses='' -c unix_socket_directories=$setup" start >/dev/null
+  echo "CREATE DATABASE :\"db\";" | "$bin/psql" -h "$setup" -U "$POSTGRES_USER" -d postgres -v ON_ERROR_STOP=1 -q -v db="$POSTGRES_DB"
   "$bin/pg_ctl" -w stop >/dev/null
+  rm -rf "$setup"
   mv "$PGDATA" "$final"
   PGDATA=$final
   echo "postgres: cluster ready"

@@ -4,6 +4,7 @@ second bootstrap that changes nothing."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 from deploy import bootstrap, config, facts, images
@@ -30,14 +31,19 @@ def test_port_in_use_refuses_before_starting_anything(scratch):
     assert project_containers(settings) == {}
 
 
-def test_a_start_that_cannot_finish_is_torn_down(scratch):
+def test_a_start_that_cannot_finish_is_torn_down(scratch, tmp_path):
     env, _ = scratch
-    env = {**env, "COLORGATE_HEALTH_TIMEOUT": "1"}
+    # the sample app, whose contract asks its backend for a path it does not serve
+    shutil.copytree(config.project_root() / "examples", tmp_path / "examples")  # its images build from siblings
+    app = tmp_path / "examples" / "spa-api-postgres"
+    compose = app / "docker-compose.yml"
+    compose.write_text(compose.read_text().replace("backend: {path: /api/health,", "backend: {path: /api/missing,"))
+    env = {**env, "COLORGATE_HEALTH_TIMEOUT": "3", "COLORGATE_APP": str(app)}
     settings = config.load("development", environ={**os.environ, **env})
     proc = invoke("up", env=env)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("colorgate: timed out after 1s waiting for"), proc.stderr
+    assert last.startswith("colorgate: backend_blue failed its health check for 3s (/api/missing: "), proc.stderr
     assert "stopping what this run started (volumes kept)" in proc.stderr
     assert project_containers(settings) == {}, "containers left behind"
 

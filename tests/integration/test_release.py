@@ -69,7 +69,7 @@ def test_deploy_moves_traffic_to_the_new_version(rstack):
     assert live(s) == edge.Active("green", "v2")
     assert api(s).json() == {"color": "green", "version": "v2"}
     # the previous color keeps running, ready for a rollback
-    assert facts.service_states(s)["backend_blue"].ready
+    assert facts.service_states(s)["backend_blue"].up and facts.passes_healthcheck(s, "backend_blue")
     last = edge.read_history(s)[-1]
     assert last["outcome"] == "switched" and {g["phase"] for g in last["gates"]} == {"pre", "post"}
     assert all(g["outcome"] == "passed" for g in last["gates"]) and len(last["gates"]) >= 10

@@ -37,7 +37,7 @@ def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
 
 def test_remote_engine_goes_into_the_environment():
     s = config.load("development", root=config.project_root(), environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps"})
-    assert s.docker_env() == {"DOCKER_HOST": "ssh://deploy@vps"}
+    assert s.docker_env() == {"DOCKER_HOST": "ssh://deploy@vps", "COLORGATE_SSH_PERSIST": "60"}
     assert s.compose_env()["DOCKER_HOST"] == "ssh://deploy@vps"
     assert not stack.local_engine(s)
 

@@ -59,7 +59,14 @@ class Db:
         if not _pool_slots.acquire(timeout=10):
             raise psycopg2.pool.PoolError("no database connection free for 10 s")
         try:
-            self.conn = pool().getconn()
+            for _ in range(POOL_SIZE + 1):
+                self.conn = pool().getconn()
+                try:  # a connection from before a database restart is dead: take another
+                    with self.conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                    break
+                except psycopg2.Error:
+                    pool().putconn(self.conn, close=True)
         except BaseException:
             _pool_slots.release()
             raise
