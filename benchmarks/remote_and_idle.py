@@ -216,7 +216,7 @@ def run(args) -> dict:
         result["ssh_s"] = {c: round(statistics.median(v), 3) for c, v in times["ssh"].items()}
         result["ratio"] = {c: round(result["ssh_s"][c] / result["local_s"][c], 2) for c in TARGETS}
         result["ssh_connections"] = {c: max(v) for c, v in connections.items()}
-        time.sleep(3)  # the last command's containers settle
+        time.sleep(args.settle)  # the engine settles after the last command and the SSH server's removal
         runner.say(f"-- the two-color stack, idle, {args.idle:g} s")
         result["stack_idle_cores"] = round(busy_cores(args.idle), 4)
         own, memory = container_cpu_and_memory(settings, args.idle)
@@ -254,6 +254,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="alternating local/SSH rounds of status, deploy, rollback")
     p.add_argument("--idle", type=float, default=20.0, help="seconds of each idle CPU window")
+    p.add_argument("--settle", type=float, default=10.0, help="seconds to wait after the last command before the idle window")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--keep", action="store_true", help="leave the stack running")
     args = p.parse_args(argv)
