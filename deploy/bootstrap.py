@@ -42,13 +42,12 @@ def explain_engine_error(docker_host: str, stderr: str) -> str:
         explained = ssh.explain_ssh_error(target, text)
         if explained:
             return explained
-        host = target.shown
         if "command not found" in text or "exit status 127" in text:
-            return f"{host} has no Docker: set it up with compose/scripts/server-setup.sh (`invoke server.setup --host {docker_host}`)"
+            return ssh.engine_problem(target, docker_host, "missing")
         if "permission denied while trying to connect to the Docker daemon socket" in text:
-            return f"the SSH user {target.login} may not use Docker there: add it to the docker group (server-setup.sh does)"
+            return ssh.engine_problem(target, docker_host, "denied")
         if "Cannot connect to the Docker daemon" in text or "Is the docker daemon running" in text:
-            return f"Docker is installed on {host} but not running: start it there (`systemctl start docker`)"
+            return ssh.engine_problem(target, docker_host, "down")
         return f"the Docker engine at {docker_host} did not answer over SSH ({last}): try `{target.hint()} docker version`"
     return (f"the Docker engine at {where} is not reachable ({last}): "
             "start it (`systemctl start docker`) or fix COLORGATE_DOCKER_HOST")

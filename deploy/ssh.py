@@ -84,6 +84,15 @@ def explain_ssh_error(target: SshTarget, text: str) -> str | None:
 REMOTE_SOCKET = "/var/run/docker.sock"
 
 
+def engine_problem(target: SshTarget, url: str, kind: str) -> str:
+    """The one line for a host whose engine cannot be used: `missing`, `denied` or `down`."""
+    return {
+        "missing": f"{target.shown} has no Docker: set it up with compose/scripts/server-setup.sh (`invoke server.setup --host {url}`)",
+        "denied": f"the SSH user {target.login} may not use Docker there: add it to the docker group (server-setup.sh does)",
+        "down": f"Docker is installed on {target.shown} but not running: start it there (`systemctl start docker`)",
+    }[kind]
+
+
 def runtime_dir() -> Path:
     """This user's private directory for connections: 0700, owned by us, or refused."""
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"colorgate-ssh-{os.getuid()}"
@@ -174,18 +183,13 @@ class Tunnel:
         explained = explain_ssh_error(self.target, text)
         if explained:
             return explained
-        host = self.target.shown
         if "open failed" in text and self.control.exists():  # the forward reached the host but not its engine: ask why
             probe = subprocess.run(self._ssh("-o", "ControlMaster=no", "--", self.target.login,
                                              f"if [ ! -S {REMOTE_SOCKET} ]; then echo missing; "
                                              f"elif [ ! -w {REMOTE_SOCKET} ]; then echo denied; else echo down; fi"),
                                    stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30).stdout.strip()
-            if probe == "missing":
-                return f"{host} has no Docker: set it up with compose/scripts/server-setup.sh (`invoke server.setup --host {self.url}`)"
-            if probe == "denied":
-                return f"the SSH user {self.target.login} may not use Docker there: add it to the docker group (server-setup.sh does)"
-            if probe == "down":
-                return f"Docker is installed on {host} but not running: start it there (`systemctl start docker`)"
+            if probe in ("missing", "denied", "down"):
+                return engine_problem(self.target, self.url, probe)
         last = (text.strip().splitlines() or [fallback])[-1].strip()
         return f"cannot use the Docker engine at {self.url} over SSH ({last}): try `{self.target.hint()} docker version`"
 
