@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -42,7 +43,7 @@ class ServiceState:
 
     @property
     def up(self) -> bool:
-        """Running and not failing its check: the engine checks rarely (a minute apart,
+        """Running and not failing its check: the engine checks rarely (five minutes apart,
         to keep an idle host idle), so a container started less than that ago is still
         `starting`; a release waits for it actively (`passes_healthcheck`)."""
         return self.state == "running" and self.health != "unhealthy"
@@ -69,20 +70,35 @@ def passes_healthcheck(settings: Settings, service: str) -> bool:
         return False
 
 
+def parallel(fn, items: list) -> list:
+    """fn over items at once (each an Engine API round trip, or a check in a container):
+    results in order. Over SSH the round trips overlap instead of adding up."""
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _inspected(settings: Settings, name: str) -> dict | None:
+    try:
+        return inspect(settings, name)
+    except CommandError:
+        return None
+
+
 def service_states(settings: Settings) -> dict[str, ServiceState]:
     """The state of every container of this project, by compose service."""
     found: dict[str, ServiceState] = {}
     db = settings.app.database
     listed = runner.engine(settings.docker_host, "containers", all=True,
                            filters={"label": f"com.docker.compose.project={settings.project}"}, what="listing containers")
-    for item in listed:
-        labels = item.get("Labels") or {}
-        if labels.get("com.docker.compose.oneoff") == "True" or "com.docker.compose.config-hash" not in labels:
-            continue  # one-offs, and containers merely run from an image compose built (labels inherited)
-        try:
-            c = inspect(settings, item["Id"])
-        except CommandError:
+    # not one-offs, nor containers merely run from an image compose built (its labels inherited)
+    ours = [item for item in listed if (item.get("Labels") or {}).get("com.docker.compose.oneoff") != "True"
+            and "com.docker.compose.config-hash" in (item.get("Labels") or {})]
+    for item, c in zip(ours, parallel(lambda item: _inspected(settings, item["Id"]), ours)):
+        if c is None:
             continue  # removed since the listing
+        labels = item.get("Labels") or {}
         service = labels.get("com.docker.compose.service", c["Name"].lstrip("/"))
         config = c.get("Config") or {}
         env = dict(entry.split("=", 1) for entry in (config.get("Env") or []) if "=" in entry)

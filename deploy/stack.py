@@ -95,7 +95,7 @@ class _NotYet(Exception):
 def wait_ready(settings: Settings, services: list[str], timeout: float | None = None,
                recovering: bool = False) -> dict[str, facts.ServiceState]:
     """Wait (bounded) until every service is running and healthy: by the engine's
-    check, or, while the engine has not checked yet (it checks a minute apart), by
+    check, or, while the engine has not checked yet (it checks five minutes apart), by
     running the container's health check here, actively.
 
     Stops early, naming the service, when one exits or its health check fails; with
@@ -375,11 +375,12 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
 
 def status(settings: Settings) -> dict:
     """Active color, per-service state and health, versions and URLs, as data. A
-    container the engine has not checked yet (it checks a minute apart) is checked now."""
+    container the engine has not checked yet (it checks five minutes apart) is checked now."""
     states = facts.service_states(settings)
-    for name, s in states.items():
-        if s.state == "running" and s.health == "starting" and facts.passes_healthcheck(settings, name):
-            states[name] = replace(s, health="healthy")
+    starting = [name for name, s in states.items() if s.state == "running" and s.health == "starting"]
+    for name, passed in zip(starting, facts.parallel(lambda name: facts.passes_healthcheck(settings, name), starting)):
+        if passed:
+            states[name] = replace(states[name], health="healthy")
     active, frozen = None, False
     if states.get("edge") and states["edge"].state == "running":
         found = edge.read_active(settings)

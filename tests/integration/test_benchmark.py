@@ -55,3 +55,18 @@ def test_db_move_benchmark_smoke(tmp_path):
     assert result["write_freeze_s"] > 0 and result["backup_baseline_s"] > 0 and "x a plain backup" in proc.stdout
     leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "cgmovebench" not in leftover
+
+
+def test_remote_and_idle_benchmark_smoke(tmp_path):
+    """One round locally and over SSH on loopback, short windows: every figure is
+    measured and the stack and SSH server are removed."""
+    out = tmp_path / "vps.json"
+    proc = subprocess.run([sys.executable, "benchmarks/remote_and_idle.py", "--rounds", "1", "--idle", "2", "--baseline", "1",
+                           "--settle", "0", f"--json={out}"], cwd=config.project_root(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["ratio"]) == {"status", "deploy", "rollback"} and all(v > 0 for v in result["ratio"].values())
+    assert result["ssh_connections"]["status"] <= 1 and result["services"] == 6 and 0 < result["memory_mib"] < 1024
+    assert "targets (issue #16):" in proc.stdout
+    leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert "cgvps" not in leftover
