@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap, edge
 from deploy import config, db as _db, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls
-from deploy.errors import ColorgateError
+from deploy.errors import ColorgateError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
 logging.basicConfig(level=logging.DEBUG if DEBUG else logging.WARNING, format="%(message)s")
@@ -27,12 +28,15 @@ def operator_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        runner.on_signals()  # SIGTERM, SIGHUP: the clean-up of Ctrl-C, not an abrupt end
         try:
             return fn(*args, **kwargs)
         except ColorgateError as exc:
             if DEBUG:
                 raise
             raise Exit(f"colorgate: {runner.redact(str(exc))}", code=1) from None
+        except Interrupted as exc:
+            raise Exit(f"colorgate: interrupted by {exc}", code=128 + getattr(signal, str(exc), signal.SIGTERM).value) from None
         except KeyboardInterrupt:
             raise Exit("colorgate: interrupted", code=130) from None
         except BrokenPipeError:  # output piped into `head` and the like

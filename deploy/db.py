@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -318,3 +319,34 @@ def format_backups(backups: list[dict]) -> str:
         state = "-" if not v else ("usable" if v["usable"] else f"UNUSABLE: {v['reason']}")
         lines.append(f"{m['name']:<24} {b['size']:>10} {shown_age:>8}  {state}")
     return "\n".join(lines)
+
+
+# --- db.move's replication, on the local side ----------------------------------------
+# move.py drives it; recover.py removes what a move that died left behind.
+
+REPLICATION_ROLE = "colorgate_move"  # the one-off replication role, publication, slot and subscription
+DROP_REPLICATION_SQL = f"""DROP PUBLICATION IF EXISTS {REPLICATION_ROLE};
+SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{REPLICATION_ROLE}' AND active_pid IS NOT NULL;
+SELECT pg_sleep(0.5) FROM pg_replication_slots WHERE slot_name = '{REPLICATION_ROLE}';
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{REPLICATION_ROLE}' AND NOT active;
+DO $$ BEGIN
+  IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATION_ROLE}') THEN
+    EXECUTE 'DROP OWNED BY {REPLICATION_ROLE}';
+    EXECUTE 'DROP ROLE {REPLICATION_ROLE}';
+  END IF;
+END $$;
+"""
+REPLICATION_LEFTOVERS_SQL = f"""SELECT 'publication' FROM pg_publication WHERE pubname = '{REPLICATION_ROLE}'
+UNION ALL SELECT 'slot' FROM pg_replication_slots WHERE slot_name = '{REPLICATION_ROLE}'
+UNION ALL SELECT 'role' FROM pg_roles WHERE rolname = '{REPLICATION_ROLE}';
+"""
+
+
+def drop_replication(settings: Settings) -> list[str]:
+    """Drop db.move's publication, slot and role from the stack's own PostgreSQL, if
+    there; returns what was there (`publication`, `slot`, `role`)."""
+    local = dataclasses.replace(settings, database_url="")
+    found = tools(local, f'exec {" ".join(PSQL)}', input=REPLICATION_LEFTOVERS_SQL, what="looking for db.move's replication").stdout.split()
+    if found:
+        tools(local, f'exec {" ".join(PSQL)}', input=DROP_REPLICATION_SQL, what="dropping db.move's publication, slot and role")
+    return found

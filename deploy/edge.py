@@ -7,8 +7,9 @@ directory (`/etc/colorgate/state`, the `edge-state` volume), all through Docker.
     freeze          present only during a write freeze (db.move): `hold=SECONDS`; writes
                     are held that long, then passed on or answered 503
     database.json   where the app's database is (written by db.move, retire-local)
-    lock/           the release lock (mkdir; holder JSON inside)
-    history.jsonl   every release, one JSON record a line
+    lock/           the release lock (mkdir): holder JSON, token, heartbeat, phase
+    history.jsonl   every release, one JSON record a line: its intent when it starts,
+                    then its outcome (the same `id`; the last line of an id wins)
 
 The live color is read from the edge itself, never from a file on the operator's
 machine. Rendering and parsing are pure; the commands that read and change the edge
@@ -232,27 +233,122 @@ def is_frozen(settings: Settings) -> bool:
 LOCK_DIR = f"{STATE_DIR}/lock"
 HISTORY = f"{STATE_DIR}/history.jsonl"
 LOCK_HELD = 75
-LOCK_SCRIPT = f"""mkdir {LOCK_DIR} 2>/dev/null || {{ cat {LOCK_DIR}/holder 2>/dev/null; exit {LOCK_HELD}; }}
-printf '%s' "$1" > {LOCK_DIR}/holder"""
+HEARTBEAT_SECONDS = 5  # the holder touches lock/heartbeat this often
+STALE_SECONDS = 30  # a lock whose heartbeat is older than this lost its holder
+
+# The lock is a directory (mkdir is atomic): `holder` (JSON, shown to others), `token`
+# (the holder's random secret: only it unlocks), `heartbeat` (touched while the holder
+# lives), `phase` (where the holder is). Taken: print holder, heartbeat age and phase.
+_LOCK_REPORT = f"""  printf '%s\\n' "$(cat $L/holder 2>/dev/null)"
+  beat=$(stat -c %Y $L/heartbeat 2>/dev/null || stat -c %Y $L 2>/dev/null || date +%s)
+  echo "age=$(( $(date +%s) - beat ))"
+  echo "phase=$(cat $L/phase 2>/dev/null)"
+  exit {LOCK_HELD}"""
+LOCK_SCRIPT = f"""L={LOCK_DIR}
+if ! mkdir $L 2>/dev/null; then
+{_LOCK_REPORT}
+fi
+printf '%s' "$2" > $L/token
+printf '%s' "$1" > $L/holder
+touch $L/heartbeat"""
+READ_LOCK_SCRIPT = f"""L={LOCK_DIR}
+if [ -d $L ]; then
+{_LOCK_REPORT}
+fi"""
+# Only the token's holder unlocks: a run whose stale lock was broken must not remove
+# the lock of the run that broke it.
+UNLOCK_SCRIPT = f"""[ "$(cat {LOCK_DIR}/token 2>/dev/null)" = "$1" ] || exit 0
+rm -rf {LOCK_DIR}"""
+# Runs (one docker exec) as long as its holder does: its stdin is a pipe from the
+# holder, so when the holder dies, `cat` ends and the beats stop; a broken lock (another
+# token) stops them too.
+HEARTBEAT_SCRIPT = f"""exec 3<&0
+cat <&3 > /dev/null & c=$!
+while kill -0 $c 2>/dev/null && [ "$(cat {LOCK_DIR}/token 2>/dev/null)" = "$1" ]; do
+  touch {LOCK_DIR}/heartbeat
+  sleep {HEARTBEAT_SECONDS}
+done
+kill $c 2>/dev/null || true"""
+PHASE_SCRIPT = f"""[ "$(cat {LOCK_DIR}/token 2>/dev/null)" = "$1" ] && printf '%s' "$2" > {LOCK_DIR}/phase || true"""
 
 
-def lock_cmd(holder: str) -> list[str]:
-    """Take the lock for `holder` (JSON); exit 75 printing the holder when taken. Inside the edge."""
-    return ["sh", "-c", LOCK_SCRIPT, "lock", holder]
+@dataclass(frozen=True)
+class LockState:
+    """A taken lock as another command sees it."""
+
+    holder: dict  # command, operator, since, pid, host ({} when unreadable)
+    age: int  # seconds since its holder's last heartbeat
+    phase: str  # where the holder was then ("" before its first step)
+
+    @property
+    def stale(self) -> bool:
+        return self.age > STALE_SECONDS
 
 
-def unlock_cmd() -> list[str]:
+def describe_holder(holder: dict) -> str:
+    """`deploy by ana@laptop since 2026-11-27T10:00:00+00:00 (pid 42 on laptop)`."""
+    try:
+        return f"{holder['command']} by {holder['operator']} since {holder['since']} (pid {holder['pid']} on {holder['host']})"
+    except (KeyError, TypeError):
+        return "an unknown holder (unreadable lock file)"
+
+
+def parse_lock(text: str) -> LockState:
+    """The lock script's answer when the lock is taken: holder JSON, `age=`, `phase=`."""
+    lines = (text or "").splitlines()
+    try:
+        holder = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        holder = {}
+    values = _fields("\n".join(lines[1:]))
+    age = values.get("age", "")
+    return LockState(holder if isinstance(holder, dict) else {}, int(age) if age.lstrip("-").isdigit() else 0,
+                     values.get("phase", ""))
+
+
+def lock_cmd(holder: str, token: str) -> list[str]:
+    """Take the lock for `holder` (JSON) with `token`; exit 75 printing who holds it. Inside the edge."""
+    return ["sh", "-c", LOCK_SCRIPT, "lock", holder, token]
+
+
+def unlock_cmd(token: str) -> list[str]:
+    return ["sh", "-c", UNLOCK_SCRIPT, "unlock", token]
+
+
+def break_lock_cmd() -> list[str]:
     return ["rm", "-rf", LOCK_DIR]
+
+
+def phase_cmd(token: str, phase: str) -> list[str]:
+    return ["sh", "-c", PHASE_SCRIPT, "phase", token, phase]
+
+
+def heartbeat(settings: Settings, token: str):
+    """Start beating for the lock held with `token`: a process that lives as long as
+    this one (end it with end_heartbeat)."""
+    import subprocess
+
+    cmd = ["docker", "exec", "-i", edge_container(settings.project), "sh", "-c", HEARTBEAT_SCRIPT, "heartbeat", token]
+    return subprocess.Popen(cmd, env=runner.environ(settings.docker_env()), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def end_heartbeat(proc) -> None:
+    proc.stdin.close()
+    proc.kill()  # not waiting out its sleep: the lock is gone, so it beats no more
+    proc.wait()
+
+
+def read_lock(settings: Settings) -> LockState | None:
+    """The lock as another command sees it; None when nobody holds it."""
+    proc = in_edge(settings, ["sh", "-c", READ_LOCK_SCRIPT], "reading the release lock", check=False)
+    return parse_lock(proc.stdout) if proc.returncode == LOCK_HELD else None
 
 
 def read_lock_holder(settings: Settings) -> dict:
     """Who holds the release lock ({} when nobody, or the holder file is unreadable)."""
-    out = in_edge(settings, read_file_cmd(f"{LOCK_DIR}/holder"), "reading the release lock").stdout
-    try:
-        holder = json.loads(out) if out.strip() else {}
-    except ValueError:
-        return {}
-    return holder if isinstance(holder, dict) else {}
+    found = read_lock(settings)
+    return found.holder if found else {}
 
 
 def append_history_cmd(record: dict) -> list[str]:
@@ -264,13 +360,23 @@ def append_history(settings: Settings, record: dict) -> None:
 
 
 def parse_history(text: str) -> list[dict]:
-    """Records, oldest first; lines that are not JSON objects are skipped."""
-    out = []
+    """Records, oldest first; lines that are not JSON objects are skipped. A record
+    written again under its `id` (its intent, then its outcome) is its last line, in the
+    place of its first."""
+    out: list[dict] = []
+    where: dict[str, int] = {}
     for line in text.splitlines():
         with contextlib.suppress(ValueError):
             item = json.loads(line)
-            if isinstance(item, dict):
-                out.append(item)
+            if not isinstance(item, dict):
+                continue
+            key = item.get("id")
+            if key and key in where:
+                out[where[key]] = item
+                continue
+            if key:
+                where[key] = len(out)
+            out.append(item)
     return out
 
 

@@ -71,3 +71,9 @@ class GateFailed(ColorgateError):
 
 class MoveError(ColorgateError):
     """db.move cannot start, or failed (traffic stays on the old database)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal ended the command (SIGTERM from a cancelled CI job, SIGHUP from a closed
+    terminal; SIGINT stays Python's KeyboardInterrupt): the same clean-up as an error.
+    The message is the signal's name."""

@@ -9,6 +9,7 @@ import contextlib
 import getpass
 import json
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -30,52 +31,100 @@ def now() -> str:
 
 # --- lock --------------------------------------------------------------------------
 
+PAUSE_ENV = "COLORGATE_PAUSE_AT"  # tests only: stop (block) when a command reaches this phase
+_held: list[tuple[Settings, str]] = []  # the lock this process holds: (settings, token)
 
-def describe_holder(text: str) -> str:
-    """`deploy by ana@laptop since 2026-11-27T10:00:00+00:00 (pid 42)` from holder JSON."""
-    try:
-        h = json.loads(text)
-        return f"{h['command']} by {h['operator']} since {h['since']} (pid {h['pid']} on {h['host']})"
-    except (ValueError, KeyError, TypeError):
-        return "an unknown holder (unreadable lock file)"
+
+def held_message(found: edge.LockState) -> str:
+    """One line for a command that finds the lock taken: busy, or stale (its holder died)."""
+    who = edge.describe_holder(found.holder) + (f", at {found.phase}" if found.phase else "")
+    if found.stale:
+        return (f"the target's release lock is stale: {who}, last heartbeat {found.age} s ago (did it die?): "
+                "see `invoke status` and `invoke history`, then retry with --break-lock")
+    return f"the target is locked by {who}: wait for it to finish, or if it died, retry with --break-lock"
+
+
+def _break(settings: Settings) -> edge.LockState | None:
+    """--break-lock: remove the lock, close the record of the run that held it (it
+    ended without one) and record the break. Returns the lock broken (None: it was free)."""
+    found = edge.read_lock(settings)
+    edge.in_edge(settings, edge.break_lock_cmd(), "breaking the lock")
+    if found is None:
+        runner.say("!! --break-lock: the lock was free")
+        return None
+    who = edge.describe_holder(found.holder) + (f" at {found.phase}" if found.phase else "")
+    runner.say(f"!! breaking the release lock of {who} (last heartbeat {found.age} s ago"
+               + ("" if found.stale else ": it may still be running") + ")")
+    live = edge.read_active(settings)
+    where = f"{live.color} ({live.version})" if live else "no color"
+    for dead in [r for r in edge.read_history(settings) if r.get("outcome") == "running"]:
+        dead.update(outcome="interrupted", live_color=live.color if live else "", live_version=live.version if live else "",
+                    detail=f"ended without a record at {dead.get('phase') or found.phase or 'its start'} (killed?); "
+                           f"lock broken by {operator()}")
+        edge.append_history(settings, dead)
+        runner.say(f"!! its {dead['action']} {dead['from_color']} -> {dead['to_color']} ({dead['to_version']}) ended "
+                   f"without a record; traffic is on {where}")
+    edge.append_history(settings, asdict(Record("break-lock", "", "", "", "", outcome="broken",
+                                                detail=f"{who}, last heartbeat {found.age} s ago")))
+    return found
 
 
 @contextlib.contextmanager
-def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator[None]:
-    """Hold the target's release lock for the duration; refuse at once when taken."""
-    if break_lock:
-        runner.say("!! breaking the release lock")
-        edge.in_edge(settings, edge.unlock_cmd(), "breaking the lock")
+def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator[edge.LockState | None]:
+    """Hold the target's release lock for the duration, beating its heartbeat; refuse
+    at once when taken (saying whether its holder still beats). Yields the lock that
+    --break-lock broke (its holder died: what it left needs a thorough look), or None."""
+    broken = _break(settings) if break_lock else None
+    token = secrets.token_hex(16)
     holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
     try:
-        edge.in_edge(settings, edge.lock_cmd(holder), "taking the release lock")
+        edge.in_edge(settings, edge.lock_cmd(holder, token), "taking the release lock")
     except CommandError as exc:
         if exc.returncode == edge.LOCK_HELD:
-            raise LockHeld(
-                f"the target is locked by {describe_holder(exc.stdout)}: wait for it to finish, "
-                "or if it died, retry with --break-lock"
-            ) from None
+            raise LockHeld(held_message(edge.parse_lock(exc.stdout))) from None
         raise facts.edge_down(settings) or exc from None
+    beating = edge.heartbeat(settings, token)
+    _held.append((settings, token))
     try:
-        yield
+        yield broken
     finally:
-        edge.in_edge(settings, edge.unlock_cmd(), check=False)
+        _held.remove((settings, token))
+        edge.in_edge(settings, edge.unlock_cmd(token), check=False)
+        edge.end_heartbeat(beating)
+
+
+def at(record: Record | None, phase: str) -> None:
+    """The command reached `phase`: its record and its lock say so (another operator
+    sees where it is; a run that dies leaves it behind)."""
+    if record is not None:
+        record.phase = phase
+    if _held:
+        settings, token = _held[-1]
+        edge.in_edge(settings, edge.phase_cmd(token, phase), check=False)
+    if os.environ.get(PAUSE_ENV) == phase:  # tests: the fault matrix kills a command here
+        runner.say(f".. paused at {phase} ({PAUSE_ENV})")
+        while True:
+            time.sleep(3600)
 
 
 @dataclass
 class Record:
-    action: str  # deploy, switch, rollback
+    action: str  # deploy, switch, rollback, migrate, db.move, break-lock
     from_color: str
     to_color: str
     from_version: str
     to_version: str
     operator: str = field(default_factory=operator)
     started: str = field(default_factory=now)
-    outcome: str = "running"  # switched, refused, rolled back, no-op, failed
+    outcome: str = "running"  # switched, refused, rolled back, no-op, failed, interrupted
     detail: str = ""
     gates: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     duration_s: float = 0.0
+    id: str = field(default_factory=lambda: secrets.token_hex(6))
+    phase: str = ""  # the last phase it reached
+    live_color: str = ""  # where traffic was when it ended, read from the edge
+    live_version: str = ""
 
 
 @contextlib.contextmanager
@@ -89,9 +138,12 @@ def timed(record: Record, name: str, label: str) -> Iterator[None]:
 
 
 def previous_color(history: list[dict]) -> tuple[str, str] | None:
-    """(color, version) that was live before the latest completed switch."""
+    """(color, version) that was live before traffic last moved: the latest record that
+    ended with traffic on another color than it started from (read from the edge when it
+    ended; older records without it: those that switched)."""
     for record in reversed(history):
-        if record.get("outcome") == "switched":
+        live = record.get("live_color") or (record.get("to_color") if record.get("outcome") == "switched" else "")
+        if live and record.get("from_color") and live != record["from_color"]:
             return record["from_color"], record["from_version"]
     return None
 
@@ -107,13 +159,15 @@ def format_history(history: list[dict], limit: int = 20) -> str:
             f"{r['to_color'] + ' ' + r['to_version']:<14} {r['outcome']:<12} {r['duration_s']:>5.1f}s  {r['operator']}"
             + (f"  gates {passed}/{len(r['gates'])}" if r.get("gates") else "")
             + (f"  ({r['detail']})" if r.get("detail") else "")
+            + (f"  [traffic on {r['live_color']}]" if r.get("outcome") in ("failed", "interrupted") and r.get("live_color") else "")
         )
     return "\n".join(lines)
 
 
 def settle(record: Record, exc: BaseException | None) -> None:
     """The outcome of a release that ended (with `exc`, or not): switched, refused (a
-    gate failed before the switch), rolled back (set when traffic went back), failed."""
+    gate failed before the switch), rolled back (set when traffic went back), failed,
+    interrupted (a signal; at the phase it reached)."""
     if exc is None:
         if record.outcome == "running":
             record.outcome = "switched"
@@ -121,15 +175,21 @@ def settle(record: Record, exc: BaseException | None) -> None:
         if record.outcome == "running":
             record.outcome = "refused"
         record.detail = str(exc)
+    elif isinstance(exc, KeyboardInterrupt):
+        record.outcome = "interrupted"
+        record.detail = f"interrupted at {record.phase or 'its start'} ({exc or 'SIGINT'})"
     else:
-        record.outcome = "failed"
+        if record.outcome != "rolled back":
+            record.outcome = "failed"
         record.detail = str(exc) or type(exc).__name__
 
 
 @contextlib.contextmanager
 def recorded(settings: Settings, record: Record) -> Iterator[Record]:
-    """Settle the record's outcome, time it, and append it to the target's history."""
+    """Record the intent on the target, run, settle the outcome, note where traffic is
+    then (read from the edge) and record that under the same id."""
     started = time.monotonic()
+    edge.append_history(settings, asdict(record))  # the intent: a run that dies leaves it "running"
     try:
         yield record
         settle(record, None)
@@ -138,5 +198,7 @@ def recorded(settings: Settings, record: Record) -> Iterator[Record]:
         raise
     finally:
         record.duration_s = round(time.monotonic() - started, 2)
-        if record.outcome != "no-op":
-            edge.append_history(settings, asdict(record))
+        with contextlib.suppress(ColorgateError):
+            live = edge.read_active(settings)
+            record.live_color, record.live_version = (live.color, live.version) if live else ("", "")
+        edge.append_history(settings, asdict(record))

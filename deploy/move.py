@@ -39,10 +39,10 @@ from deploy import db, edge, facts, release, runner, stack
 from deploy.colors import COLORS
 from deploy.config import Settings, database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
-from deploy.history import Record, lock, now, recorded, timed
+from deploy.history import Record, at, lock, now, recorded, timed
 
 MODES = ("dump", "replicate")
-ROLE = "colorgate_move"  # the one-off replication role, publication and subscription
+ROLE = db.REPLICATION_ROLE  # the one-off replication role, publication and subscription
 
 CHECK_SQL = """SELECT 'version|' || current_setting('server_version_num');
 SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablename), '')
@@ -79,17 +79,6 @@ target q -f /tmp/schema.sql > /dev/null
 WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
   WHERE s.subname = '{ROLE}' AND r.srsubstate <> 'r'"""
 
-SOURCE_CLEANUP_SQL = f"""DROP PUBLICATION IF EXISTS {ROLE};
-SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND active_pid IS NOT NULL;
-SELECT pg_sleep(0.5) FROM pg_replication_slots WHERE slot_name = '{ROLE}';
-SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND NOT active;
-DO $$ BEGIN
-  IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN
-    EXECUTE 'DROP OWNED BY {ROLE}';
-    EXECUTE 'DROP ROLE {ROLE}';
-  END IF;
-END $$;
-"""
 
 # The replicate cut-over, one dbtools container started before the freeze: it checks
 # both databases answer and says `ready`, then waits for `go` on stdin (end of input:
@@ -130,7 +119,7 @@ q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '
 target q -f /tmp/sequences.sql > /dev/null
 target q -c "DROP SUBSCRIPTION $1"
 q > /dev/null <<'SQL'
-""" + SOURCE_CLEANUP_SQL.strip() + """
+""" + db.DROP_REPLICATION_SQL.strip() + """
 SQL
 echo finished
 """
@@ -277,27 +266,15 @@ def _drain(settings: Settings, script: bool = True) -> None:
         db.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
 
 
-def _relay(settings: Settings, start: bool) -> None:
-    env = stack.compose_env(settings, {})
-    if start:
-        if stack.local_engine(settings):
-            stack.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
-        runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", "dbrelay"),
-                   env=env, what="starting the replication relay")
-    else:
-        runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "rm", "--stop", "--force", "dbrelay"),
-                   env=env, check=False, what="removing the replication relay")
-
-
 def _subscribe(settings: Settings, url: str, password: str) -> None:
     with runner.step("copying the schema to the target"):
         db.tools(settings, SCHEMA_SCRIPT, extra=_both(url), what="copying the schema")
     with runner.step("publishing the local database (one-off role, TLS-only relay)"):
-        _psql(settings, SOURCE_CLEANUP_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
+        _psql(settings, db.DROP_REPLICATION_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
 CREATE PUBLICATION {ROLE} FOR ALL TABLES;
 """, what="creating the publication")
-        _relay(settings, True)
+        stack.relay(settings, True)
     conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
                 f"user={ROLE} password={password} sslmode=require connect_timeout=10")
     with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port})"):
@@ -320,8 +297,8 @@ def _unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
     dropped = _psql(settings, f"DROP SUBSCRIPTION IF EXISTS {ROLE};", url, check=check, what="dropping the subscription")
     if dropped.returncode != 0:
         _psql(settings, TARGET_CLEANUP_SQL, url, check=False)
-    _psql(settings, SOURCE_CLEANUP_SQL, check=check, what="dropping the publication and the replication role")
-    _relay(settings, False)
+    _psql(settings, db.DROP_REPLICATION_SQL, check=check, what="dropping the publication and the replication role")
+    stack.relay(settings, False)
 
 
 def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: release.Plan) -> None:
@@ -334,18 +311,24 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     workers, held = settings.app.worker_services(plan.from_color), settings.app.worker_services(candidate)
     touched = paused = False
     try:
+        at(record, "images")
         with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
             stack.ensure_release_images(settings, candidate, versions)
         if mode == "replicate":
             touched = True
+            at(record, "subscribe")
             _subscribe(settings, url, _new_password())
+            at(record, "start")
             release.start_candidate(settings, plan, versions, databases, held=held)
             release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
             # it runs on the replica already: gated before the freeze, which covers only the cut-over
+            at(record, "pre_gates")
             release.gate(settings, record, plan, "pre")
         else:  # started on the empty target now, so that the freeze need not wait for its start
+            at(record, "start")
             release.start_candidate(settings, plan, versions, databases, wait=False, held=held)
         if workers:
+            at(record, "pause_workers")
             with runner.step(f"pausing {plan.from_color}'s workers ({', '.join(workers)}): their jobs wait for {candidate}"):
                 stack.stop_color(settings, plan.from_color, versions, drain=False, services=workers)
             paused = True
@@ -370,8 +353,9 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
                        f"the target {shown_url(url)} now holds a partial copy: empty it before retrying") from None
         raise
     # writes go to the new database now; the old color (reads drained) and the relay are left over
+    at(record, "finish")
     if mode == "replicate":
-        _relay(settings, False)
+        stack.relay(settings, False)
     if held:
         with runner.step(f"starting {candidate}'s workers ({', '.join(held)})"):
             runner.run(stack.compose_cmd(settings, "start", *held), env=stack.compose_env(settings, versions, databases),
@@ -394,16 +378,19 @@ def _replicate_frozen(settings: Settings, record: Record, url: str, plan: releas
     with runner.session(db.tools_cmd(settings, "sh", "-c", CUTOVER_SCRIPT, "dbtools", ROLE, flags=flags), env=env) as cut:
         _expect(cut, "ready")
         with _frozen(settings, record):
+            at(record, "drain")
             with timed(record, "drain", "waiting for in-flight writes"):
                 _drain(settings, script=False)
                 cut.stdin.write("go\n")
                 cut.stdin.flush()
                 _expect(cut, "drained")
+            at(record, "catch_up")
             with timed(record, "catch_up", "waiting for the target to catch up (every row count equal)"):
                 _expect(cut, "caught-up")
             with timed(record, "unsubscribe", "copying sequence values, ending replication"):
                 _expect(cut, "finished")
             release.switch_and_verify(settings, record, plan, versions, pre_gates=False)
+            at(record, "record")
             _record_moved(settings, url, "replicate", plan, frozen_at)
 
 
@@ -423,10 +410,13 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
     """The dump freeze: drain, dump, restore, verify, migrations, ready, gated switch."""
     candidate = plan.to_color
     with _frozen(settings, record):
+        at(record, "drain")
         with timed(record, "drain", "waiting for in-flight writes"):
             _drain(settings)
+        at(record, "dump")
         with timed(record, "dump", "dumping the local database"):
             manifest = db.backup(settings)
+        at(record, "restore")
         with timed(record, "restore", f"restoring {manifest['name']} into the target"):
             db.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
                      '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=db.url_env(url), what="pg_restore")
@@ -443,6 +433,7 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
             release.wait_candidate(settings, plan, recovering=True,
                                    services=[s for s in settings.app.color_services(candidate) if s not in held])
         release.switch_and_verify(settings, record, plan, versions)
+        at(record, "record")
         _record_moved(settings, url, "dump", plan, frozen_at)
 
 
@@ -466,9 +457,10 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
     if isolated:
         raise MoveError(f"{isolated[0]} uses the database but is on internal networks only, so it could not reach a managed one: "
                         f"give it a network that is not internal in {settings.app.file.name}")
-    with lock(settings, "db.move", break_lock):
+    with lock(settings, "db.move", break_lock) as broken:
         # the next version on the inactive color, as a deploy would; never a no-op
-        plan = dataclasses.replace(release.plan_deploy(settings, release.observe(settings, tags=True, database=True), force=True), action="db.move")
+        target = release.observe(settings, tags=True, database=True, broken=broken)
+        plan = dataclasses.replace(release.plan_deploy(settings, target, force=True), action="db.move")
         with runner.step(f"checking the target database {shown_url(url)}"):
             preflight(settings, url, mode)
         record = Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from deploy import db, edge, facts, gates, images, runner, stack
+from deploy import db, edge, facts, gates, images, recover, runner, stack
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, GateFailed, StackError
-from deploy.history import Record, lock, previous_color, recorded, timed
+from deploy.history import Record, at, lock, previous_color, recorded, timed
 
 
 # --- deciding: pure functions of the facts read from the target ------------------------
@@ -53,11 +53,16 @@ DEPLOY_STEPS = ("images", "start", "migrations", "pre_gates", "switch", "post_ga
 GATED_SWITCH = ("pre_gates", "switch", "post_gates")
 
 
-def observe(settings: Settings, history: bool = False, tags: bool = False, database: bool = False) -> Target:
+def observe(settings: Settings, history: bool = False, tags: bool = False, database: bool = False,
+            broken: edge.LockState | None = None) -> Target:
     """Read the facts a decision needs from the target, and only those: a switch or a
     rollback needs neither the database record (deploy, migrate and db.move check it)
-    nor the release tags, so it makes no docker call for them."""
-    return Target(edge.read_active(settings), facts.service_states(settings),
+    nor the release tags, so it makes no docker call for them. Under the lock, first
+    repair what a run that died left behind (recover.py; `broken`: the lock --break-lock
+    broke, whose holder died)."""
+    active = edge.read_active(settings)
+    states = recover.reconcile(settings, active, facts.service_states(settings), thorough=broken is not None)
+    return Target(active, states,
                   edge.read_history(settings) if history else [],
                   edge.read_database_record(settings) if database else {"url": "local"},
                   images.release_tags(settings) if tags else [])
@@ -125,15 +130,18 @@ def plan_rollback(settings: Settings, target: Target, use_gates: bool = True) ->
 def execute(plan: Plan, do, record: Record) -> None:
     """Run the plan's steps in order through `do` (an object with one method per step,
     plus stop_candidate, switch_back and gates_back). A failure before the switch stops
-    a started candidate; post gates that fail switch traffic back and gate the old
-    color again. A failure of the switch itself is left as it is: traffic may already
-    have moved, so nothing is stopped."""
-    started = switching = False
+    a started candidate; post gates that fail, break or are interrupted switch traffic
+    back (the new color is not verified) and, when they failed, gate the old color
+    again. A failure of the switch itself is left as it is: traffic may already have
+    moved (the record says where it is)."""
+    started = switching = switched = False
     try:
         for step in plan.steps:
             switching = switching or step == "switch"
             started = started or step == "start"
+            at(record, step)
             getattr(do, step)()
+            switched = switched or step == "switch"
     except GateFailed as failed:
         if not switching:
             if started:
@@ -148,9 +156,14 @@ def execute(plan: Plan, do, record: Record) -> None:
         except GateFailed as again:
             raise GateFailed(f"{failed}; traffic is back on {plan.from_color}, but its gates fail too: {again}") from None
         raise GateFailed(f"{failed}; traffic is back on {plan.from_color} ({plan.from_version})") from None
-    except (ColorgateError, KeyboardInterrupt):
+    except (ColorgateError, KeyboardInterrupt) as exc:
         if started and not switching:
             do.stop_candidate()
+        elif switched and "post_gates" in plan.steps:
+            do.switch_back()
+            record.outcome = "rolled back"
+            if isinstance(exc, ColorgateError):
+                raise ColorgateError(f"{exc}; traffic is back on {plan.from_color} ({plan.from_version})") from None
         raise
 
 
@@ -228,22 +241,22 @@ def _run(settings: Settings, plan: Plan, target: Target, force: bool = False) ->
 def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool = False) -> Record:
     """Move traffic to `to`, an already running color, gated."""
     parse_color(to)
-    with lock(settings, "switch", break_lock):
-        target = observe(settings)
+    with lock(settings, "switch", break_lock) as broken:
+        target = observe(settings, broken=broken)
         return _run(settings, plan_switch(settings, target, to, use_gates), target)
 
 
 def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = False) -> Record:
     """Switch back to the color that was live before the latest switch."""
-    with lock(settings, "rollback", break_lock):
-        target = observe(settings, history=True)
+    with lock(settings, "rollback", break_lock) as broken:
+        target = observe(settings, history=True, broken=broken)
         return _run(settings, plan_rollback(settings, target, use_gates), target)
 
 
 def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
-    with lock(settings, "deploy", break_lock):
-        target = observe(settings, tags=version is None, database=True)
+    with lock(settings, "deploy", break_lock) as broken:
+        target = observe(settings, tags=version is None, database=True, broken=broken)
         return _run(settings, plan_deploy(settings, target, version, force), target, force)
 
 
@@ -274,8 +287,8 @@ def _verified_backup(settings: Settings, record: Record) -> None:
 def migrate(settings: Settings, break_lock: bool = False) -> int:
     """Apply the live color's pending migrations, after a verified backup. Returns how many."""
     db.require_postgres(settings)  # migrating needs a verified backup first
-    with lock(settings, "migrate", break_lock):
-        target = observe(settings, database=True)
+    with lock(settings, "migrate", break_lock) as broken:
+        target = observe(settings, database=True, broken=broken)
         stack.check_database_record(settings, target.database)
         active = _live(target)
         pending = facts.pending_migrations(settings, active.color)

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from deploy import ssh
-from deploy.errors import CommandError
+from deploy.errors import CommandError, Interrupted
 
 log = logging.getLogger("colorgate")
 _secrets: set[str] = set()
@@ -153,6 +154,24 @@ def session(cmd: list[str], *, env: Mapping[str, str] | None = None) -> Iterator
             proc.wait()
 
 
+def on_signals() -> None:
+    """End this command on SIGTERM or SIGHUP as on Ctrl-C (Interrupted, a
+    KeyboardInterrupt): every `finally` and clean-up runs, and the history says where it
+    stopped. A second signal during that clean-up is ignored, said, not obeyed."""
+    def cleaning(signum, frame):
+        say(f"!! {signal.Signals(signum).name}: still cleaning up (kill -9 {os.getpid()} abandons it)")
+
+    def interrupt(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, cleaning)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, interrupt)
+
+
 def forked(fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, what: str = "") -> subprocess.CompletedProcess[str]:
     """Run `fn()` (returning an exit code) in a forked copy of this process, with `env`
     added to its environment and its output captured: what this process imported is
@@ -166,6 +185,8 @@ def forked(fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, wh
         if pid == 0:  # the child: never returns
             code = 70
             try:
+                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)  # a signal ends the child at once; the parent cleans up
                 os.dup2(out.fileno(), 1)
                 os.dup2(out.fileno(), 2)
                 os.environ.update(env or {})
@@ -180,15 +201,18 @@ def forked(fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, wh
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() - started > timeout:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                raise CommandError([what or "forked"], 124, "", f"timed out after {timeout:.0f}s", what)
-            time.sleep(0.005)
+        try:
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() - started > timeout:
+                    raise CommandError([what or "forked"], 124, "", f"timed out after {timeout:.0f}s", what)
+                time.sleep(0.005)
+        except BaseException:  # timed out, or interrupted: the child does not outlive its wait
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
         out.seek(0)
         text = redact(out.read().decode(errors="replace"))
     code = os.waitstatus_to_exitcode(status)

@@ -353,6 +353,19 @@ def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: 
     runner.run(compose_cmd(settings, "stop", *grace, *names), env=compose_env(settings, versions), check=False)
 
 
+def relay(settings: Settings, start: bool) -> None:
+    """Start or remove db.move's TLS relay to the stack's PostgreSQL (replicate mode)."""
+    env = compose_env(settings, {})
+    if start:
+        if local_engine(settings):
+            check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
+        runner.run(compose_cmd(settings, *ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", "dbrelay"),
+                   env=env, what="starting the replication relay")
+    else:
+        runner.run(compose_cmd(settings, *ALL_PROFILES, "rm", "--stop", "--force", "dbrelay"),
+                   env=env, check=False, what="removing the replication relay")
+
+
 def drain_color(settings: Settings, color: str) -> int:
     """Wait (within the drain bound) until the edge has no request in flight to
     `color`; returns the seconds left of the bound (at least 1), the containers' grace
@@ -381,17 +394,20 @@ def status(settings: Settings) -> dict:
     for name, passed in zip(starting, facts.parallel(lambda name: facts.passes_healthcheck(settings, name), starting)):
         if passed:
             states[name] = replace(states[name], health="healthy")
-    active, frozen = None, False
+    active, frozen, held = None, False, None
     if states.get("edge") and states["edge"].state == "running":
         found = edge.read_active(settings)
         active = asdict(found) if found else None
         frozen = edge.is_frozen(settings)
+        taken = edge.read_lock(settings)
+        held = {**asdict(taken), "stale": taken.stale} if taken else None
     return {
         "project": settings.project,
         "profile": settings.profile,
         "engine": settings.docker_host or "local",
         "active": active,
         "writes_frozen": frozen,
+        "lock": held,
         "services": [asdict(s) for _, s in sorted(states.items())],
         "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
     }
@@ -407,6 +423,11 @@ def format_status(data: dict) -> str:
     live = next((s for s in data["services"] if active and s["color"] == active["color"] and s.get("database")), None)
     if live:
         lines.append(f"database: {live['database']}")
+    held = data.get("lock")
+    if held:
+        lines.append(f"release lock: {edge.describe_holder(held['holder'])}" + (f", at {held['phase']}" if held["phase"] else "")
+                     + f", last heartbeat {held['age']} s ago"
+                     + (" (STALE: its run died? see `invoke history`, then --break-lock)" if held["stale"] else ""))
     if data.get("writes_frozen"):
         lines.append("writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)")
     lines += [

@@ -102,12 +102,19 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
         line = proc.stderr.strip().splitlines()[-1]
         assert line.startswith("colorgate: the target is locked by deploy by ")
         assert "since 20" in line and line.endswith("or if it died, retry with --break-lock")
-    # a lock left behind by a run that died can be broken explicitly
-    edge.in_edge(rstack, edge.lock_cmd('{"command": "deploy"}'))
-    assert invoke("rollback", env=env).returncode == 1
+    # a lock left behind by a run that died (no heartbeat for longer than the bound) is stale,
+    # and can be broken explicitly, on record
+    edge.in_edge(rstack, edge.lock_cmd('{"command": "deploy"}', "dead-run"))
+    edge.in_edge(rstack, ["touch", "-d", f"@{int(time.time()) - edge.STALE_SECONDS - 5}", f"{edge.LOCK_DIR}/heartbeat"])
+    stale = invoke("rollback", env=env)
+    assert stale.returncode == 1 and "colorgate: the target's release lock is stale: " in stale.stderr
+    assert "last heartbeat 3" in stale.stderr and "see `invoke status` and `invoke history`, then retry with --break-lock" in stale.stderr
+    assert "(STALE: its run died?" in invoke("status", env=env).stdout
     proc = invoke("switch", "--to", "green", "--break-lock", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "breaking the release lock" in proc.stderr
+    assert "breaking the release lock of an unknown holder" in proc.stderr
+    broken = [r for r in edge.read_history(rstack) if r["action"] == "break-lock"][-1]
+    assert broken["outcome"] == "broken" and broken["operator"] and "last heartbeat" in broken["detail"]
 
 
 def test_switches_never_reload_nginx_and_a_bad_routing_file_never_lands(rstack):
@@ -291,7 +298,7 @@ def test_history_and_status_show_the_releases(rstack, env):
     last = records[-1]
     assert (last["action"], last["to_color"], last["outcome"]) == ("deploy", target, "switched")
     assert {"started", "operator", "from_color", "from_version", "to_version", "gates", "duration_s"} <= set(last)
-    assert {r["outcome"] for r in records} <= {"switched", "refused", "rolled back", "failed"}
+    assert {r["outcome"] for r in records} <= {"switched", "refused", "rolled back", "failed", "broken"}  # none left "running"
     status = json.loads(invoke("status", "--json", env=env).stdout)
     assert status["last_release"] == last
     text = invoke("history", env=env).stdout

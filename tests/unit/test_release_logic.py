@@ -1,7 +1,9 @@
 """Release bookkeeping and gate reports, on captured text (no Docker)."""
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -9,22 +11,59 @@ import pytest
 from deploy import config, edge, facts, gates, history
 
 
-def test_lock_is_an_atomic_mkdir_that_reports_the_holder(tmp_path):
-    cmd = edge.lock_cmd('{"command": "deploy"}')
-    assert cmd[2].startswith(f"mkdir {edge.LOCK_DIR} 2>/dev/null || {{ cat {edge.LOCK_DIR}/holder")
-    assert "exit 75" in cmd[2] and cmd[-1] == '{"command": "deploy"}'
-    assert edge.unlock_cmd() == ["rm", "-rf", edge.LOCK_DIR]
-    # the same script, on a directory of this machine: the second taker is told who holds it
+def _on(tmp_path, cmd: list[str], stdin=None, **kw) -> subprocess.CompletedProcess:
+    """An edge command (sh -c SCRIPT ...) run here, on a state directory of this machine."""
     script = cmd[2].replace(edge.LOCK_DIR, str(tmp_path / "lock"))
-    first = subprocess.run(["sh", "-c", script, "lock", '{"command": "deploy"}'], capture_output=True, text=True)
-    second = subprocess.run(["sh", "-c", script, "lock", '{"command": "switch"}'], capture_output=True, text=True)
-    assert first.returncode == 0 and second.returncode == edge.LOCK_HELD and second.stdout == '{"command": "deploy"}'
+    return subprocess.run(["sh", "-c", script, *cmd[3:]], capture_output=True, text=True, input=stdin, **kw)
 
 
-def test_holder_description():
-    holder = json.dumps({"command": "deploy", "operator": "ana@laptop", "since": "2026-11-27T10:00:00+00:00", "pid": 42, "host": "laptop"})
-    assert history.describe_holder(holder) == "deploy by ana@laptop since 2026-11-27T10:00:00+00:00 (pid 42 on laptop)"
-    assert history.describe_holder("garbage") == "an unknown holder (unreadable lock file)"
+def test_the_lock_is_an_atomic_mkdir_that_reports_holder_heartbeat_and_phase(tmp_path):
+    first = _on(tmp_path, edge.lock_cmd('{"command": "deploy"}', "t0ken"))
+    assert first.returncode == 0 and (tmp_path / "lock" / "token").read_text() == "t0ken"
+    assert _on(tmp_path, edge.phase_cmd("t0ken", "post_gates")).returncode == 0
+    assert _on(tmp_path, edge.phase_cmd("other", "images")).returncode == 0  # not the holder: ignored
+    second = _on(tmp_path, edge.lock_cmd('{"command": "switch"}', "other"))
+    assert second.returncode == edge.LOCK_HELD
+    found = edge.parse_lock(second.stdout)
+    assert found == edge.LockState({"command": "deploy"}, found.age, "post_gates") and 0 <= found.age <= 2 and not found.stale
+    assert edge.parse_lock(_on(tmp_path, ["sh", "-c", edge.READ_LOCK_SCRIPT]).stdout) == found
+    # a heartbeat older than the bound: stale
+    old = time.time() - edge.STALE_SECONDS - 10
+    os.utime(tmp_path / "lock" / "heartbeat", (old, old))
+    assert edge.parse_lock(_on(tmp_path, ["sh", "-c", edge.READ_LOCK_SCRIPT]).stdout).stale
+    # only the token's holder unlocks: a run whose lock was broken and retaken leaves the new one
+    assert _on(tmp_path, edge.unlock_cmd("other")).returncode == 0 and (tmp_path / "lock").is_dir()
+    assert _on(tmp_path, edge.unlock_cmd("t0ken")).returncode == 0 and not (tmp_path / "lock").exists()
+    assert _on(tmp_path, ["sh", "-c", edge.READ_LOCK_SCRIPT]).returncode == 0  # free
+
+
+def test_the_heartbeat_beats_while_its_holder_lives_and_stops_when_it_dies(tmp_path):
+    assert _on(tmp_path, edge.lock_cmd("{}", "t0ken")).returncode == 0
+    beat = tmp_path / "lock" / "heartbeat"
+    os.utime(beat, (0, 0))
+    script = ["sh", "-c", edge.HEARTBEAT_SCRIPT.replace(edge.LOCK_DIR, str(tmp_path / "lock")), "heartbeat", "t0ken"]
+    proc = subprocess.Popen(script, stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 5
+        while beat.stat().st_mtime == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beat.stat().st_mtime > 0, "no beat"
+        proc.stdin.close()  # the holder died: its end of the pipe closed
+        assert proc.wait(timeout=edge.HEARTBEAT_SECONDS + 3) == 0
+    finally:
+        proc.kill()
+
+
+def test_lock_messages_say_busy_or_stale():
+    holder = {"command": "deploy", "operator": "ana@laptop", "since": "2026-11-27T10:00:00+00:00", "pid": 42, "host": "laptop"}
+    assert edge.describe_holder(holder) == "deploy by ana@laptop since 2026-11-27T10:00:00+00:00 (pid 42 on laptop)"
+    assert edge.describe_holder({}) == "an unknown holder (unreadable lock file)"
+    busy = history.held_message(edge.LockState(holder, 3, "pre_gates"))
+    assert busy.startswith("the target is locked by deploy by ana@laptop") and ", at pre_gates:" in busy
+    assert busy.endswith("or if it died, retry with --break-lock")
+    stale = history.held_message(edge.LockState(holder, 95, "post_gates"))
+    assert stale.startswith("the target's release lock is stale: deploy by ana@laptop") and "last heartbeat 95 s ago" in stale
+    assert stale.endswith("then retry with --break-lock")
 
 
 HISTORY = "\n".join(
@@ -45,6 +84,27 @@ def test_history_parsing_skips_damaged_lines():
 def test_previous_color_is_the_one_before_the_last_completed_switch():
     assert history.previous_color(edge.parse_history(HISTORY)) == ("blue", "v1")
     assert history.previous_color([]) is None
+
+
+def test_a_record_written_twice_is_its_last_line_in_the_place_of_its_first():
+    lines = [{"id": "a", "action": "deploy", "outcome": "running"}, {"id": "b", "action": "switch", "outcome": "switched"},
+             {"id": "a", "action": "deploy", "outcome": "switched"}, {"action": "old", "outcome": "switched"}]
+    records = edge.parse_history("\n".join(json.dumps(r) for r in lines))
+    assert [(r.get("id"), r["outcome"]) for r in records] == [("a", "switched"), ("b", "switched"), (None, "switched")]
+
+
+def test_rollback_goes_to_where_traffic_was_before_it_last_moved_as_the_edge_said():
+    base = {"action": "deploy", "from_color": "blue", "to_color": "green", "from_version": "v1", "to_version": "v2"}
+    # a switch that failed after the routing file moved: traffic did move, so that is the one to undo
+    moved_anyway = {**base, "outcome": "failed", "live_color": "green", "live_version": "v2"}
+    assert history.previous_color([moved_anyway]) == ("blue", "v1")
+    # interrupted in its post gates and switched back: traffic never stayed; nothing to undo there
+    back = {**base, "from_version": "v2", "to_version": "v3", "outcome": "interrupted", "live_color": "blue", "live_version": "v2"}
+    assert history.previous_color([back]) is None
+    assert history.previous_color([moved_anyway, back]) == ("blue", "v1")
+    # a broken lock and a migration (same color) are not moves
+    assert history.previous_color([moved_anyway, {"action": "break-lock", "from_color": "", "outcome": "broken"},
+                                   {**base, "to_color": "blue", "outcome": "migrated", "live_color": "blue"}]) == ("blue", "v1")
 
 
 def test_history_format_shows_outcome_gates_and_detail():

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from deploy import config, edge, facts, history, release
-from deploy.errors import ColorgateError, GateFailed
+from deploy.errors import ColorgateError, GateFailed, Interrupted
 
 CASES = Path(__file__).with_name("cases")
 PLANS = yaml.safe_load((CASES / "release_plans.yaml").read_text())
@@ -81,6 +81,8 @@ class Recording:
                 raise GateFailed(f"{name} failed")
             if how == "error":
                 raise ColorgateError(f"{name} broke")
+            if how == "interrupt":
+                raise Interrupted("SIGTERM")
         return step
 
 
@@ -92,11 +94,13 @@ def test_release_runs(case):
     raised = None
     try:
         release.execute(plan, steps, record)
-    except ColorgateError as exc:
+    except (ColorgateError, KeyboardInterrupt) as exc:
         raised = exc
     history.settle(record, raised)
     assert steps.calls == case["calls"]
     assert record.outcome == case["outcome"]
+    if "detail" in case:  # what the history says
+        assert record.detail == case["detail"]
     assert (raised is None) == (case["outcome"] == "switched")
     if "message" in case:
         assert re.search(case["message"], str(raised)), str(raised)

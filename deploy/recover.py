@@ -1,0 +1,74 @@
+"""What a run that died leaves behind, found and repaired before the next command acts.
+
+A command killed at the wrong moment (SIGKILL, a host that lost power, a laptop that
+slept: no `finally` runs) can leave the target in a state the next command would act
+on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move) calls
+`reconcile` once it holds the lock, so nothing else runs meanwhile:
+
+    a write freeze           with no db.move running: writes open again
+    the replication relay    (db.move --mode replicate): removed, with the publication,
+                             slot and role on the local database (a slot left behind holds
+                             WAL until the disk fills)
+    the database record      says `local` while the live color's clients use the managed
+                             database (db.move killed between its switch and its record):
+                             the live color is what serves, so the record is rewritten
+                             from it; any other disagreement is refused
+    the live color's workers not running (paused or held by a db.move that died): started
+
+With `thorough` (after --break-lock: the lock's holder died), the local database is
+also searched for the publication, slot and role without waiting for a relay to hint
+at them. Each repair is said in one line.
+"""
+
+from __future__ import annotations
+
+from deploy import db, edge, facts, runner, stack
+from deploy.config import Settings
+from deploy.errors import StackError
+from deploy.history import now
+
+RELAY = "dbrelay"
+
+
+def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
+              thorough: bool = False) -> dict[str, facts.ServiceState]:
+    """Repair what a dead run left (see the module); returns the states, read again
+    when something was started."""
+    if edge.is_frozen(settings):
+        edge.set_frozen(settings, False)
+        runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")
+    pg = settings.app.postgres
+    local = bool(pg and pg.service in states and states[pg.service].state == "running")
+    if (RELAY in states or thorough) and local and not edge.read_database_record(settings).get("retired"):
+        found = db.drop_replication(settings)
+        if found:
+            runner.say(f"!! a db.move that died left its {', '.join(found)} ({db.REPLICATION_ROLE}) on the local database: dropped")
+    if RELAY in states:
+        stack.relay(settings, False)
+        runner.say("!! a db.move that died left its replication relay: removed")
+    if active is not None:
+        _database_record(settings, active, states)
+        stopped = [name for name in settings.app.worker_services(active.color)
+                   if name in states and states[name].state in ("created", "exited")]
+        if stopped:
+            runner.run(stack.compose_cmd(settings, "start", *stopped), env=stack.compose_env(settings, facts.running_versions(states)),
+                       what=f"starting {active.color}'s workers")
+            runner.say(f"!! {active.color} is live but its workers ({', '.join(stopped)}) were not running (a db.move died): started")
+            return facts.service_states(settings)
+    return states
+
+
+def _database_record(settings: Settings, active: edge.Active, states: dict[str, facts.ServiceState]) -> None:
+    record = edge.read_database_record(settings)
+    serving = facts.color_database(settings, states, active.color)
+    if not serving or serving == record["url"]:
+        return
+    if record["url"] == "local":
+        edge.write_database_record(settings, {"url": serving, "moved": now(), "mode": "unknown", "from": "local",
+                                              "live_color": active.color, "version": active.version,
+                                              "repaired": "db.move ended between its switch and its record"})
+        runner.say(f"!! the live {active.color} uses {serving}, but the record said the database is the stack's own "
+                   "(a db.move died between its switch and its record): record repaired")
+        return
+    raise StackError(f"the live {active.color} uses the database {serving}, but the target's record says {record['url']}: "
+                     f"switch to the color that uses {record['url']} (`invoke status` shows which), then deploy")

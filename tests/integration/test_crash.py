@@ -1,0 +1,165 @@
+"""The fault matrix (issue #13): the real CLI, stopped at a named phase
+(COLORGATE_PAUSE_AT makes it wait there), then killed: SIGKILL (no clean-up can run:
+the lock, the freeze, the record stay behind) or SIGTERM (a cancelled CI job: the same
+clean-up as an error). After each, the invariants: the edge answers from exactly the
+color its routing file names; the history says what happened; the next command
+repairs what was left, or refuses in one line that says how."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from benchmarks.db_move import Writer, managed_postgres
+from deploy import config, edge, facts, gates, history, tls
+
+from .conftest import INVOKE, invoke, isolated_env, running_stack
+from .test_move import move_env
+
+
+@pytest.fixture(scope="module")
+def env():
+    return move_env("crash")
+
+
+@pytest.fixture(scope="module")
+def settings(request, env):
+    s = config.load("development", environ={**os.environ, **env})
+    with running_stack(request, s):
+        yield s
+
+
+def killed_at(phase: str, sig: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run `invoke ARGS` until it reaches `phase`, then send it `sig`; its output."""
+    proc = subprocess.Popen([INVOKE, *args], env={**os.environ, **env, history.PAUSE_ENV: phase}, cwd=config.project_root(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith(f".. paused at {phase}"):
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    else:
+        proc.wait()
+        pytest.fail(f"`invoke {' '.join(args)}` ended before {phase}:\n{''.join(seen)}")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, proc.returncode, out, "".join(seen) + err)
+
+
+def served(settings: config.Settings) -> set[str]:
+    """The colors that answered 10 requests through the public edge (all 200)."""
+    colors = set()
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
+        for _ in range(10):
+            r = client.get("/api/version", headers={"Connection": "close"})
+            assert r.status_code == 200, r.text
+            colors.add(r.headers["x-colorgate-color"])
+    return colors
+
+
+def assert_one_color(settings: config.Settings) -> edge.Active:
+    live = edge.read_active(settings)
+    assert served(settings) == {live.color}
+    return live
+
+
+def last(settings: config.Settings, action: str | None = None) -> dict:
+    return [r for r in edge.read_history(settings) if action is None or r["action"] == action][-1]
+
+
+def test_sigterm_before_the_switch_stops_the_candidate_and_unlocks(settings, env):
+    before = assert_one_color(settings)
+    proc = killed_at("pre_gates", signal.SIGTERM, "deploy", env=env)
+    assert proc.returncode == 128 + signal.SIGTERM and proc.stderr.strip().endswith("colorgate: interrupted by SIGTERM")
+    assert assert_one_color(settings) == before
+    record = last(settings, "deploy")
+    assert (record["outcome"], record["detail"], record["live_color"]) == ("interrupted", "interrupted at pre_gates (SIGTERM)", before.color)
+    states = facts.service_states(settings)
+    assert all(states[s].state == "exited" for s in settings.app.color_services(record["to_color"]))
+    assert edge.read_lock(settings) is None
+
+
+def test_sigterm_in_the_post_gates_switches_back_to_the_verified_color(settings, env):
+    before = assert_one_color(settings)
+    proc = killed_at("post_gates", signal.SIGTERM, "deploy", env=env)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert assert_one_color(settings) == before  # the new color was live, unverified: traffic went back
+    record = last(settings, "deploy")
+    assert (record["outcome"], record["detail"]) == ("interrupted", "interrupted at post_gates (SIGTERM)")
+    assert (record["live_color"], record["live_version"]) == (before.color, before.version)
+    assert edge.read_lock(settings) is None
+    # nothing moved for good: rollback goes to where traffic was before the last real move
+    assert history.previous_color(edge.read_history(settings)) != (record["to_color"], record["to_version"])
+
+
+def test_sigkill_in_the_post_gates_leaves_a_lock_that_stops_beating_and_is_broken_on_record(settings, env):
+    before = assert_one_color(settings)
+    proc = killed_at("post_gates", signal.SIGKILL, "deploy", env=env)
+    assert proc.returncode == -signal.SIGKILL
+    moved = assert_one_color(settings)  # the switch happened; nothing could switch back
+    assert moved.color != before.color
+    # the lock stays, says where its holder was, and its heartbeat stops
+    held = edge.read_lock(settings)
+    assert held.holder["command"] == "deploy" and held.phase == "post_gates"
+    time.sleep(edge.HEARTBEAT_SECONDS + 2)
+    assert edge.read_lock(settings).age >= edge.HEARTBEAT_SECONDS + 1, "the dead holder's heartbeat went on"
+    refused = invoke("deploy", env=env)
+    assert refused.returncode == 1 and "locked by deploy by " in refused.stderr and ", at post_gates" in refused.stderr
+    status = invoke("status", env=env).stdout
+    assert "release lock: deploy by " in status and "at post_gates, last heartbeat" in status
+    assert last(settings, "deploy")["outcome"] == "running"  # its intent, never settled
+    # the operator breaks it and rolls back: the dead run's record is closed, the break recorded
+    proc = invoke("rollback", "--break-lock", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "breaking the release lock of deploy by " in proc.stderr and "ended without a record" in proc.stderr
+    assert assert_one_color(settings) == before
+    records = edge.read_history(settings)
+    dead = [r for r in records if r["action"] == "deploy"][-1]
+    assert dead["outcome"] == "interrupted" and "ended without a record at post_gates" in dead["detail"]
+    assert dead["live_color"] == moved.color
+    assert [r["action"] for r in records[-2:]] == ["break-lock", "rollback"] and records[-1]["outcome"] == "switched"
+    assert edge.read_lock(settings) is None
+
+
+def test_a_broken_lock_stays_with_whoever_broke_it(settings, env):
+    """A run whose stale lock was broken must not remove the new holder's lock when it ends."""
+    with history.lock(settings, "deploy"):
+        token = edge.in_edge(settings, ["cat", f"{edge.LOCK_DIR}/token"]).stdout
+        edge.in_edge(settings, edge.break_lock_cmd())
+        edge.in_edge(settings, edge.lock_cmd('{"command": "switch"}', "another-token"))
+        assert token != "another-token"
+    assert edge.read_lock(settings).holder == {"command": "switch"}  # the first run ended; the lock is not its own
+    edge.in_edge(settings, edge.unlock_cmd("another-token"))
+    assert edge.read_lock(settings) is None
+
+
+def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_next_command(settings, env):
+    """(Last in this module: the stack ends on a managed database that is then removed.)"""
+    before = assert_one_color(settings)
+    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+        with Writer(settings) as writer:
+            proc = killed_at("record", signal.SIGKILL, "db.move", env={**env, "COLORGATE_MOVE_TO": managed.url, "COLORGATE_HOLD_SECONDS": "1"})
+        assert proc.returncode == -signal.SIGKILL
+        moved = edge.read_active(settings)
+        assert moved.color != before.color and edge.read_database_record(settings)["url"] == "local"
+        assert edge.is_frozen(settings)  # the freeze outlived its run
+        # writes stay frozen, not lost, until the next command: it lifts the freeze, repairs the record from
+        # what the live color uses, and then refuses to deploy until DATABASE_URL says where the data is
+        refused = invoke("deploy", "--break-lock", env=env)
+        assert refused.returncode == 1, refused.stderr
+        assert "writes open again" in refused.stderr and "record repaired" in refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].endswith(f"set DATABASE_URL to that URL, with its password, in .env.development.local")
+        assert not edge.is_frozen(settings) and edge.read_database_record(settings)["url"] != "local"
+        assert assert_one_color(settings) == moved
+        assert writer.acked and not writer.lost(managed)  # every acknowledged write is where traffic goes now
+        deployed = invoke("deploy", env={**env, "DATABASE_URL": managed.url})
+        assert deployed.returncode == 0, deployed.stderr
+        assert facts.color_database(settings, facts.service_states(settings), edge.read_active(settings).color) != "local"
+        dead = [r for r in edge.read_history(settings) if r["action"] == "db.move"][-1]
+        assert dead["outcome"] == "interrupted" and "at record" in dead["detail"]
