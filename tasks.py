@@ -84,7 +84,7 @@ def bootstrap(c, profile=None, host=None):
 def up(c, profile=None, host=None, registry=None, version=None):
     """Start the edge, PostgreSQL and the live color (a no-op when all are running)."""
     settings = _target(profile, host, registry)
-    print(stack.format_status(stack.up(settings, version=version and edge.check_version(version))))
+    print(stack.format_status(release.up(settings, version=version and edge.check_version(version))))
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "volumes": "also delete volumes: the database, certificates and routing state"})
@@ -255,15 +255,17 @@ def db_verify(c, backup, profile=None, host=None):
 
 
 @task(name="restore", positional=["backup"], help={"backup": "backup name", "profile": "env profile", "host": HOST_HELP,
-                                                   "yes": "confirm restoring over a staging or production database"})
+                                                   "yes": "confirm restoring over a staging or production database",
+                                                   "unverified": "restore a backup that no restore has verified yet"})
 @operator_errors
-def db_restore(c, backup, profile=None, host=None, yes=False):
-    """Restore a backup into the live database (one transaction), after a fresh backup."""
+def db_restore(c, backup, profile=None, host=None, yes=False, unverified=False):
+    """Restore a verified backup into the live database (one transaction, under the lock,
+    writes frozen), after a fresh backup."""
     settings = _load(profile, host)
     _db.check_restore_allowed(settings, yes)
     _bootstrap.check_docker(settings)
     stack.check_database(settings)
-    fresh = _db.restore(settings, backup, yes=yes)
+    fresh = _db.restore(settings, backup, yes=yes, unverified=unverified)
     print(f"restored {backup}; the database as it was before is in backup {fresh['name']}")
 
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import tenacity
 
-from deploy import runner, stack
+from deploy import edge, history, runner, stack
 from deploy.config import STRICT_PROFILES, Settings, shown_url
 from deploy.errors import ColorgateError, CommandError, UnknownBackup
 
@@ -163,8 +163,10 @@ def facts(settings: Settings, container: str) -> Facts:
     return parse_facts([line for line in proc.stdout.splitlines() if line and line != END])
 
 
-def backup(settings: Settings, keep: int | None = None) -> dict:
-    """Dump the app's database with its facts from one snapshot; keep the newest `keep`."""
+def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] = frozenset()) -> dict:
+    """Dump the app's database with its facts from one snapshot; then, the backup made,
+    prune (`keep` newest, and never those in `protect` nor the newest verified ones: see
+    to_prune)."""
     name = backup_name()
     env, flags = tools_env(settings)
     with runner.session(tools_cmd(settings, *PSQL, flags=flags), env=env) as psql:
@@ -184,9 +186,16 @@ def backup(settings: Settings, keep: int | None = None) -> dict:
                 "size": int(size), "database": settings.postgres_db, "source": shown_url(settings.database_url),
                 "counts": snapshot_facts.counts,
                 "migrations": snapshot_facts.migrations}
-    tools(settings, 'cat > "/backups/$1.manifest.json"', name, input=json.dumps(manifest), what="writing the backup manifest")
-    prune(settings, keep or settings.backup_keep)
+    _write(settings, f"{name}.manifest.json", manifest, "writing the backup manifest")
+    prune(settings, keep or settings.backup_keep, protect=protect)
     return manifest
+
+
+def has_tables(settings: Settings) -> bool:
+    """Whether the app's database holds any table (a new one holds nothing to back up)."""
+    out = tools(settings, f'exec {" ".join(PSQL)}', input="SELECT count(*) FROM pg_tables WHERE schemaname NOT IN "
+                "('pg_catalog', 'information_schema');", what="looking into the database").stdout.split()
+    return bool(out) and out[-1] != "0"
 
 
 def list_backups(settings: Settings) -> list[dict]:
@@ -201,12 +210,42 @@ def list_backups(settings: Settings) -> list[dict]:
     return sorted(found, key=lambda b: b["manifest"]["name"])
 
 
-def prune(settings: Settings, keep: int) -> list[str]:
-    names = [b["manifest"]["name"] for b in list_backups(settings)]
-    old = names[:-keep] if len(names) > keep else []
-    if old:
-        script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json"; done'
-        tools(settings, script, *old, what="removing old backups")
+def to_prune(backups: list[dict], keep: int, protect: frozenset[str] = frozenset()) -> list[str]:
+    """Which backups (oldest first) to delete: all but the newest `keep`, except those
+    in `protect` (the one being restored) and the newest backup of each source (local,
+    or a managed database) that a restore verified usable: retention never leaves a
+    source without a backup known to work, whatever came after it."""
+    names = [b["manifest"]["name"] for b in backups]
+    kept = set(names[-keep:]) if keep > 0 else set()
+    newest_usable: dict[str, str] = {}
+    for b in backups:
+        if (b.get("verify") or {}).get("usable"):
+            newest_usable[b["manifest"].get("source", "local")] = b["manifest"]["name"]
+    kept |= set(newest_usable.values()) | set(protect)
+    return [n for n in names if n not in kept]
+
+
+# What killed backups leave: a dump still `.partial`, a `.new` manifest, a dump without a
+# manifest. Only those untouched for 10 minutes (a backup in progress writes all the time).
+SWEEP_SCRIPT = """cd /backups
+find . -maxdepth 1 -type f \\( -name '*.partial' -o -name '*.new' \\) -mmin +10 -print -delete | sed 's|^./||'
+for d in *.dump; do
+  [ -e "$d" ] || continue
+  n=${d%.dump}
+  [ -f "$n.manifest.json" ] && continue
+  [ -n "$(find "$d" -mmin +10)" ] || continue
+  rm -f "$d" "$n.verify.json" && echo "$d"
+done
+"""
+
+
+def prune(settings: Settings, keep: int, protect: frozenset[str] = frozenset()) -> list[str]:
+    """Delete what to_prune says, and sweep what killed backups left (said)."""
+    old = to_prune(list_backups(settings), keep, protect)
+    script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json"; done\n' + SWEEP_SCRIPT
+    swept = tools(settings, script, *old, what="removing old backups").stdout.split()
+    if swept:
+        runner.say(f"!! removed what killed backups left: {', '.join(swept)}")
     return old
 
 
@@ -237,8 +276,7 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
     manifest = found["manifest"]
     name = manifest["name"]
     result = Verified(name, False, "", [])
-    actual = tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
-    if actual != manifest["sha256"]:
+    if _checksum(settings, name) != manifest["sha256"]:
         result.reason = "the dump's checksum does not match its manifest (changed or damaged since the backup)"
     else:
         container = f"{settings.project}-verify-{secrets.token_hex(3)}"
@@ -269,7 +307,13 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
 
 def record_verify(settings: Settings, name: str, usable: bool, reason: str) -> None:
     record = {"usable": usable, "reason": reason, "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    tools(settings, 'cat > "/backups/$1.verify.json"', name, input=json.dumps(record), what="recording the verify result")
+    _write(settings, f"{name}.verify.json", record, "recording the verify result")
+
+
+def _write(settings: Settings, filename: str, data: dict, what: str) -> None:
+    """A JSON file beside the dumps, atomically: a run killed while writing leaves the old
+    file (or none) and a `.new` that the next prune sweeps, never half a manifest."""
+    tools(settings, 'cat > "/backups/$1.new" && mv "/backups/$1.new" "/backups/$1"', filename, input=json.dumps(data), what=what)
 
 
 def _wait_pg(settings: Settings, container: str) -> None:
@@ -287,22 +331,52 @@ def check_restore_allowed(settings: Settings, yes: bool) -> None:
         raise ColorgateError(f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)")
 
 
-def restore(settings: Settings, name: str, yes: bool = False) -> dict:
-    """Restore `name` into the live database, in one transaction, after a fresh backup."""
+def restore(settings: Settings, name: str, yes: bool = False, unverified: bool = False) -> dict:
+    """Restore `name` into the live database, in one transaction: only a backup a
+    restore verified (unless `unverified`) whose checksum still matches; under the
+    release lock, after a fresh backup (retention never takes the one being restored),
+    with writes frozen at the edge (a write in between would be lost silently; reads go
+    on). Recorded in the history. Returns the fresh backup's manifest."""
     check_restore_allowed(settings, yes)
     found = find(settings, name)
-    if found.get("verify") and not found["verify"]["usable"]:
-        raise ColorgateError(f"backup {name} is marked unusable ({found['verify']['reason']}): choose another")
-    with runner.step("taking a fresh backup first"):
-        fresh = backup(settings, keep=max(settings.backup_keep, 2))
-    runner.say(f"   fresh backup: {fresh['name']}")
-    with runner.step(f"restoring {name}"):
-        env, flags = tools_env(settings)
-        runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
-                             "--single-transaction", "--exit-on-error", "-d", env["PGDATABASE"] if settings.database_url else settings.postgres_db,
-                             f"/backups/{name}.dump", flags=flags),
-                   env=env, what="pg_restore")
+    checked = found.get("verify")
+    if checked and not checked["usable"]:
+        raise ColorgateError(f"backup {name} is marked unusable ({checked['reason']}): choose another")
+    if not checked and not unverified:
+        raise ColorgateError(f"backup {name} was never verified: run `invoke db.verify {name}` first, "
+                             "or restore it as it is with --unverified")
+    if _checksum(settings, name) != found["manifest"]["sha256"]:
+        raise ColorgateError(f"backup {name} changed or was damaged since it was made (its checksum does not match "
+                             "its manifest): choose another")
+    with history.lock(settings, "db.restore"):
+        live = edge.read_active(settings)
+        color, version = (live.color, live.version) if live else ("", "")
+        record = history.Record("db.restore", color, color, version, version)
+        with history.recorded(settings, record):
+            with history.timed(record, "backup", "taking a fresh backup first"):
+                history.at(record, "backup")
+                fresh = backup(settings, protect=frozenset({name}))
+            runner.say(f"   fresh backup: {fresh['name']}")
+            history.at(record, "restore")
+            with history.timed(record, "restore", f"restoring {name} (writes frozen at the edge)"):
+                edge.set_frozen(settings, True)
+                try:
+                    left = edge.drain_writes(settings)
+                    if left:
+                        raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
+                    env, flags = tools_env(settings)
+                    runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
+                                         "--single-transaction", "--exit-on-error", "-d",
+                                         env["PGDATABASE"] if settings.database_url else settings.postgres_db,
+                                         f"/backups/{name}.dump", flags=flags), env=env, what="pg_restore")
+                finally:
+                    edge.set_frozen(settings, False)
+            record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {fresh['name']}"
     return fresh
+
+
+def _checksum(settings: Settings, name: str) -> str:
+    return tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
 
 
 def format_backups(backups: list[dict]) -> str:

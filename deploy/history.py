@@ -116,7 +116,7 @@ class Record:
     to_version: str
     operator: str = field(default_factory=operator)
     started: str = field(default_factory=now)
-    outcome: str = "running"  # switched, refused, rolled back, no-op, failed, interrupted
+    outcome: str = "running"  # switched, refused, rolled back, no-op, failed, interrupted, migrated, restored, broken
     detail: str = ""
     gates: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase

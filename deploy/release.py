@@ -308,6 +308,27 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
         return 1
 
 
+def up(settings: Settings, version: str | None = None) -> dict:
+    """`invoke up` (which CI may run on every push): stack.up, with its migrations
+    guarded as a release's are: under the release lock, and, when the database holds
+    anything, after a backup a restore verified. At head: nothing taken, nothing run."""
+    def run_migrations(color: str, versions: dict[str, str]) -> None:
+        m = settings.app.migrations
+        running = facts.service_states(settings).get(settings.app.copy_name(m.service, color))
+        if running and running.state == "running" and facts.pending_migrations(settings, color) is False:
+            return  # at head: no lock taken (a release may be running), nothing to back up
+        with lock(settings, "up"):
+            record = Record("migrate", color, color, versions[color], versions[color])
+            with recorded(settings, record):
+                if settings.app.postgres and db.has_tables(settings):
+                    _verified_backup(settings, record)
+                with timed(record, "migrations", "applying database migrations"):
+                    stack.migrate(settings, color, versions)
+                record.outcome = "migrated"
+
+    return stack.up(settings, version, run_migrations=run_migrations)
+
+
 def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], databases: dict[str, str] | None = None,
                     wait: bool = True, held: list[str] | None = None) -> None:
     """Start the plan's candidate beside the live color and (unless not `wait`) wait

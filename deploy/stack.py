@@ -10,6 +10,7 @@ import errno
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 
 import tenacity
@@ -249,9 +250,12 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
         build(settings, [n for n in names if n != "certbot" and (n != "dbtools" or settings.app.postgres)], versions)
 
 
-def up(settings: Settings, version: str | None = None) -> dict:
+def up(settings: Settings, version: str | None = None,
+       run_migrations: Callable[[str, dict[str, str]], None] | None = None) -> dict:
     """Start the edge, PostgreSQL and the live color (the initial color on a new stack,
-    at `version`: default the newest built, or v1).
+    at `version`: default the newest built, or v1). Its migrations run through
+    `run_migrations(color, versions)` when given: `invoke up` guards them as a release
+    does (release.up).
 
     Idempotent: on a running stack it changes nothing. When a step fails on a stack
     that was not running before, what this call started is stopped again (volumes
@@ -290,7 +294,9 @@ def up(settings: Settings, version: str | None = None) -> dict:
 
         with runner.step(f"preparing {color} ({version}) images"):
             ensure_release_images(settings, color, versions)
-        if settings.app.migrations:
+        if settings.app.migrations and run_migrations is not None:
+            run_migrations(color, versions)
+        elif settings.app.migrations:
             with runner.step("applying database migrations"):
                 migrate(settings, color, versions)
         with runner.step(f"starting {color} ({version})"):

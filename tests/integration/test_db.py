@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from deploy import config, db, gates, runner, stack, tls
+from deploy import config, db, edge, gates, history, runner, stack, tls
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -81,8 +81,15 @@ def test_restore_brings_back_deleted_rows_after_a_fresh_backup(settings, client,
     name = db.backup(settings)["name"]
     assert client.delete(f"/api/notes/{kept['id']}").status_code == 204
     later = client.post("/api/notes", json={"body": "written after the backup"}).json()
+    refused = invoke("db.restore", name, env=env)  # never verified: not without saying so
+    assert refused.returncode == 1 and refused.stderr.strip().endswith(
+        f"backup {name} was never verified: run `invoke db.verify {name}` first, or restore it as it is with --unverified")
+    assert db.verify(settings, name).usable
     proc = invoke("db.restore", name, env=env)
     assert proc.returncode == 0, proc.stderr
+    assert "writes frozen at the edge" in proc.stderr and not edge.is_frozen(settings)
+    record = edge.read_history(settings)[-1]
+    assert (record["action"], record["outcome"]) == ("db.restore", "restored") and name in record["detail"]
     assert client.get(f"/api/notes/{kept['id']}").json()["body"] == "keep me"
     assert client.get(f"/api/notes/{later['id']}").status_code == 404
     fresh = proc.stdout.strip().split("backup ")[-1]
@@ -90,14 +97,57 @@ def test_restore_brings_back_deleted_rows_after_a_fresh_backup(settings, client,
     assert client.get("/api/health").json()["database"] == "ok"
 
 
+def test_restore_rechecks_the_checksum_and_restores_even_the_oldest_kept(settings, client, env):
+    oldest = db.backup(settings, keep=2)["name"]
+    assert db.verify(settings, oldest).usable
+    db.backup(settings, keep=2)
+    # the fresh backup a restore takes first would have pruned the oldest of two: it is kept
+    proc = invoke("db.restore", oldest, env={**env, "COLORGATE_BACKUP_KEEP": "2"})
+    assert proc.returncode == 0, proc.stderr
+    assert oldest in [b["manifest"]["name"] for b in db.list_backups(settings)]
+    # a dump changed since it was verified is refused before anything happens
+    db.tools(settings, 'printf "x" >> "/backups/$1.dump"', oldest)
+    before = len(edge.read_history(settings))
+    refused = invoke("db.restore", oldest, env=env)
+    assert refused.returncode == 1 and "changed or was damaged since it was made" in refused.stderr
+    assert len(edge.read_history(settings)) == before
+
+
 def test_unknown_backup_and_retention(settings, env):
+    verified = [b["manifest"]["name"] for b in db.list_backups(settings) if (b.get("verify") or {}).get("usable")]
     for _ in range(3):
         db.backup(settings, keep=2)
-    assert len(db.list_backups(settings)) == 2
+    names = [b["manifest"]["name"] for b in db.list_backups(settings)]
+    # the newest two, and the newest a restore verified usable (retention never drops the last known good one)
+    assert len(names) == 3 and verified and verified[-1] in names
     proc = invoke("db.verify", "20000101T000000000000Z", env=env)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "colorgate: unknown backup '20000101T000000000000Z': `invoke db.backups` lists them")
+
+
+def test_what_killed_backups_left_is_swept(settings):
+    db.tools(settings, 'cd /backups && touch -d "20 minutes ago" a.dump.partial b.dump c.manifest.json.new '
+                       '&& touch new.dump.partial')  # the last: a backup in progress
+    db.backup(settings)
+    left = db.tools(settings, "ls /backups").stdout.split()
+    assert not {"a.dump.partial", "b.dump", "c.manifest.json.new"} & set(left) and "new.dump.partial" in left
+    db.tools(settings, "rm -f /backups/new.dump.partial")
+
+
+def test_up_migrates_only_under_the_lock_after_a_verified_backup(settings, env):
+    up = invoke("up", env=env)  # at head: nothing taken, nothing recorded
+    assert up.returncode == 0 and "backing up" not in up.stderr
+    runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings),
+               input="ALTER TABLE notes DROP COLUMN tags; DELETE FROM schema_migrations WHERE version = 2;")
+    with history.lock(settings, "deploy"):
+        busy = invoke("up", env=env)
+    assert busy.returncode == 1 and "locked by deploy by " in busy.stderr
+    up = invoke("up", env=env)
+    assert up.returncode == 0, up.stderr
+    record = edge.read_history(settings)[-1]
+    assert (record["action"], record["outcome"]) == ("migrate", "migrated") and {"backup", "verify"} <= set(record["timings"])
+    assert db.verify(settings, record["detail"].split()[-1]).usable
 
 
 def test_migrate_when_at_head_changes_nothing(settings, env):

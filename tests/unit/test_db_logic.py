@@ -49,3 +49,23 @@ def test_a_managed_database_is_reached_through_the_environment_never_argv():
     local_env, local_flags = db.tools_env(config.load("development", root=config.project_root(), environ={}))
     assert "PGHOST" not in local_flags and local_flags == ["-e", "PGCONNECT_TIMEOUT"]
     assert db.url_env(url, prefix="T_")["T_PGHOST"] == "db.example.com"
+
+
+def _b(name: str, usable: bool | None = None, source: str = "local") -> dict:
+    return {"manifest": {"name": name, "source": source},
+            "verify": None if usable is None else {"usable": usable, "reason": ""}}
+
+
+def test_retention_keeps_the_newest_the_protected_and_the_last_known_good_of_each_source():
+    backups = [_b("1", True), _b("2", True, "postgresql://m/app"), _b("3", False), _b("4"), _b("5"), _b("6")]
+    assert db.to_prune(backups, keep=2) == ["3", "4"]  # 1 and 2: each source's newest usable
+    assert db.to_prune(backups, keep=2, protect=frozenset({"4"})) == ["3"]  # being restored
+    assert db.to_prune(backups, keep=10) == []
+    # a backup marked unusable protects nothing; one never verified neither
+    assert db.to_prune([_b("1", False), _b("2"), _b("3")], keep=1) == ["1", "2"]
+
+
+def test_backup_files_are_written_whole_or_not_at_all():
+    assert 'mv "$1.dump.partial" "$1.dump"' in db.DUMP_SCRIPT
+    # killed backups' leftovers are swept only when nothing has written them for 10 minutes
+    assert "-mmin +10" in db.SWEEP_SCRIPT and "'*.partial'" in db.SWEEP_SCRIPT and "'*.new'" in db.SWEEP_SCRIPT
