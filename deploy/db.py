@@ -357,10 +357,10 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                 history.at(record, "backup")
                 fresh = backup(settings, protect=frozenset({name}))
             runner.say(f"   fresh backup: {fresh['name']}")
-            history.at(record, "restore")
             with history.timed(record, "restore", f"restoring {name} (writes frozen at the edge)"):
                 edge.set_frozen(settings, True)
                 try:
+                    history.at(record, "restore")
                     left = edge.drain_writes(settings)
                     if left:
                         raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")

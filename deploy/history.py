@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ def now() -> str:
 # --- lock --------------------------------------------------------------------------
 
 PAUSE_ENV = "COLORGATE_PAUSE_AT"  # tests only: stop (block) when a command reaches this phase
-_held: list[tuple[Settings, str]] = []  # the lock this process holds: (settings, token)
+_held: list[list] = []  # the lock this process holds: [settings, token, its heartbeat process]
 
 
 def held_message(found: edge.LockState) -> str:
@@ -83,14 +84,14 @@ def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator
         if exc.returncode == edge.LOCK_HELD:
             raise LockHeld(held_message(edge.parse_lock(exc.stdout))) from None
         raise facts.edge_down(settings) or exc from None
-    beating = edge.heartbeat(settings, token)
-    _held.append((settings, token))
+    held = [settings, token, edge.heartbeat(settings, token)]
+    _held.append(held)
     try:
         yield broken
     finally:
-        _held.remove((settings, token))
+        _held.remove(held)
         edge.in_edge(settings, edge.unlock_cmd(token), check=False)
-        edge.end_heartbeat(beating)
+        edge.end_heartbeat(held[2])
 
 
 def at(record: Record | None, phase: str) -> None:
@@ -99,12 +100,18 @@ def at(record: Record | None, phase: str) -> None:
     if record is not None:
         record.phase = phase
     if _held:
-        settings, token = _held[-1]
+        held = _held[-1]
+        settings, token, beating = held
+        if beating.poll() is not None:  # its exec ended with the edge (restarted): beat again
+            held[2] = edge.heartbeat(settings, token)
         edge.in_edge(settings, edge.phase_cmd(token, phase), check=False)
-    if os.environ.get(PAUSE_ENV) == phase:  # tests: the fault matrix kills a command here
+    if os.environ.get(PAUSE_ENV) == phase:  # tests: the fault matrix kills a command here, or resumes it (SIGUSR1)
+        resumed: list[int] = []
+        signal.signal(signal.SIGUSR1, lambda signum, frame: resumed.append(signum))
         runner.say(f".. paused at {phase} ({PAUSE_ENV})")
-        while True:
-            time.sleep(3600)
+        while not resumed:
+            time.sleep(0.05)
+        runner.say(f".. resumed at {phase}")
 
 
 @dataclass

@@ -7,15 +7,18 @@ repairs what was left, or refuses in one line that says how."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from benchmarks.db_move import Writer, managed_postgres
-from deploy import config, edge, facts, gates, history, tls
+from deploy import config, db, edge, facts, gates, history, runner, stack, tls
 
 from .conftest import INVOKE, invoke, isolated_env, running_stack
 from .test_move import move_env
@@ -33,23 +36,35 @@ def settings(request, env):
         yield s
 
 
-def killed_at(phase: str, sig: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run `invoke ARGS` until it reaches `phase`, then send it `sig`; its output."""
+@contextlib.contextmanager
+def paused_at(phase: str, *args: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`invoke ARGS`, waiting at `phase` (COLORGATE_PAUSE_AT): yields the process (send it
+    a signal, or SIGUSR1 to go on); on the way out, its output is on `.result`."""
     proc = subprocess.Popen([INVOKE, *args], env={**os.environ, **env, history.PAUSE_ENV: phase}, cwd=config.project_root(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
-    deadline = time.monotonic() + 300
-    for line in proc.stderr:
-        seen.append(line)
-        if line.startswith(f".. paused at {phase}"):
-            break
-        assert time.monotonic() < deadline, "".join(seen)
-    else:
-        proc.wait()
-        pytest.fail(f"`invoke {' '.join(args)}` ended before {phase}:\n{''.join(seen)}")
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(args, proc.returncode, out, "".join(seen) + err)
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith(f".. paused at {phase}"):
+                break
+        else:
+            proc.wait()
+            pytest.fail(f"`invoke {' '.join(args)}` ended before {phase}:\n{''.join(seen)}")
+        yield proc
+        out, err = proc.communicate(timeout=300)
+        proc.result = subprocess.CompletedProcess(args, proc.returncode, out, "".join(seen) + err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def killed_at(phase: str, sig: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run `invoke ARGS` until it reaches `phase`, then send it `sig`; its output."""
+    with paused_at(phase, *args, env=env) as proc:
+        proc.send_signal(sig)
+    return proc.result
 
 
 def served(settings: config.Settings) -> set[str]:
@@ -73,16 +88,37 @@ def last(settings: config.Settings, action: str | None = None) -> dict:
     return [r for r in edge.read_history(settings) if action is None or r["action"] == action][-1]
 
 
-def test_sigterm_before_the_switch_stops_the_candidate_and_unlocks(settings, env):
+BEFORE_THE_SWITCH = ["images", "start", "migrations", "pre_gates"]
+
+
+@pytest.mark.parametrize("phase", BEFORE_THE_SWITCH)
+def test_sigterm_before_the_switch_leaves_traffic_and_unlocks(settings, env, phase):
     before = assert_one_color(settings)
-    proc = killed_at("pre_gates", signal.SIGTERM, "deploy", env=env)
+    proc = killed_at(phase, signal.SIGTERM, "deploy", env=env)
     assert proc.returncode == 128 + signal.SIGTERM and proc.stderr.strip().endswith("colorgate: interrupted by SIGTERM")
     assert assert_one_color(settings) == before
     record = last(settings, "deploy")
-    assert (record["outcome"], record["detail"], record["live_color"]) == ("interrupted", "interrupted at pre_gates (SIGTERM)", before.color)
-    states = facts.service_states(settings)
-    assert all(states[s].state == "exited" for s in settings.app.color_services(record["to_color"]))
+    assert (record["outcome"], record["detail"], record["live_color"]) == ("interrupted", f"interrupted at {phase} (SIGTERM)", before.color)
+    if phase != "images":  # from its start on, the candidate is stopped again
+        states = facts.service_states(settings)
+        assert all(states[s].state == "exited" for s in settings.app.color_services(record["to_color"]) if s in states)
     assert edge.read_lock(settings) is None
+
+
+@pytest.mark.parametrize("phase", BEFORE_THE_SWITCH)
+def test_sigkill_before_the_switch_leaves_traffic_and_the_next_deploy_ships_after_breaking_the_lock(settings, env, phase):
+    before = assert_one_color(settings)
+    proc = killed_at(phase, signal.SIGKILL, "deploy", env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert assert_one_color(settings) == before
+    assert edge.read_lock(settings).phase == phase
+    proc = invoke("deploy", "--break-lock", env=env)
+    assert proc.returncode == 0, proc.stderr
+    after = assert_one_color(settings)
+    assert after.color != before.color
+    dead = [r for r in edge.read_history(settings) if r["action"] == "deploy"][-2]
+    assert dead["outcome"] == "interrupted" and f"ended without a record at {phase}" in dead["detail"]
+    assert dead["live_color"] == before.color
 
 
 def test_sigterm_in_the_post_gates_switches_back_to_the_verified_color(settings, env):
@@ -137,6 +173,76 @@ def test_a_broken_lock_stays_with_whoever_broke_it(settings, env):
     assert edge.read_lock(settings).holder == {"command": "switch"}  # the first run ended; the lock is not its own
     edge.in_edge(settings, edge.unlock_cmd("another-token"))
     assert edge.read_lock(settings) is None
+
+
+def test_an_edge_restarted_mid_release_serves_the_routing_file_and_the_release_goes_on(settings, env):
+    before = assert_one_color(settings)
+    with paused_at("post_gates", "deploy", env=env) as proc:
+        moved = edge.read_active(settings)
+        runner.run(["docker", "restart", "--time", "2", edge.edge_container(settings.project)])
+        stack.wait_ready(settings, ["edge"])
+        assert assert_one_color(settings) == moved  # the routing file is on a volume: the edge reads it at start
+        proc.send_signal(signal.SIGUSR1)
+    assert proc.result.returncode == 0, proc.result.stderr
+    assert assert_one_color(settings) == moved and moved.color != before.color
+    assert last(settings, "deploy")["outcome"] == "switched" and edge.read_lock(settings) is None
+
+
+def test_every_container_killed_at_once_comes_back_serving_the_same_color_with_every_write(settings, env):
+    """A host that lost power: every container SIGKILLed, then started as the engine does at boot."""
+    before = assert_one_color(settings)
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
+        written = [client.post("/api/notes", json={"body": f"before the outage {i}"}).json()["id"] for i in range(5)]
+    running = [s.service for s in facts.service_states(settings).values() if s.state == "running"]
+    names = [facts.container(settings, name) for name in running]
+    runner.run(["docker", "kill", *names])
+    threads = [threading.Thread(target=runner.run, args=(["docker", "start", name],)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stack.wait_ready(settings, running)
+    stack.wait_healthy(settings, before.color)
+    assert assert_one_color(settings) == before
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
+        assert all(client.get(f"/api/notes/{i}").status_code == 200 for i in written)
+    status = invoke("status", env=env)
+    assert status.returncode == 0 and "release lock" not in status.stdout
+    assert invoke("deploy", env=env).returncode == 0
+
+
+def test_restore_killed_inside_its_freeze_leaves_the_backups_and_the_next_command_opens_writes(settings, env):
+    name = db.backup(settings)["name"]
+    assert db.verify(settings, name).usable
+    proc = killed_at("restore", signal.SIGKILL, "db.restore", name, env=env)
+    assert proc.returncode == -signal.SIGKILL and edge.is_frozen(settings)
+    names = [b["manifest"]["name"] for b in db.list_backups(settings)]
+    assert name in names and names[-1] != name  # the one to restore, and the fresh one taken before it
+    live = edge.read_active(settings)
+    fixed = invoke("switch", "--to", live.color, "--break-lock", env=env)  # any locked command: this one changes nothing else
+    assert fixed.returncode == 0 and "writes open again" in fixed.stderr and not edge.is_frozen(settings)
+    assert [r for r in edge.read_history(settings) if r["action"] == "db.restore"][-1]["outcome"] == "interrupted"
+
+
+def test_a_replicate_move_killed_in_its_freeze_leaves_no_relay_slot_or_freeze_after_the_next_command(settings, env):
+    before = assert_one_color(settings)
+    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+        with Writer(settings) as writer:
+            proc = killed_at("catch_up", signal.SIGKILL, "db.move", "--mode", "replicate",
+                             env={**env, "COLORGATE_MOVE_TO": managed.url, "COLORGATE_HOLD_SECONDS": "1"})
+        assert proc.returncode == -signal.SIGKILL
+        assert edge.is_frozen(settings) and "dbrelay" in facts.service_states(settings)
+        # (its cut-over container, orphaned, may finish ending the replication on its own meanwhile)
+        fixed = invoke("switch", "--to", before.color, "--break-lock", env=env)
+        assert fixed.returncode == 0, fixed.stderr
+        assert "writes open again" in fixed.stderr and "replication relay: removed" in fixed.stderr, fixed.stderr
+        assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
+        assert not db.drop_replication(settings)  # no publication, slot or role left
+        # traffic never left the local database, and has every acknowledged write
+        assert assert_one_color(settings) == before
+        assert facts.color_database(settings, facts.service_states(settings), before.color) == "local"
+        local = set(runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings), input="SELECT body FROM notes;").stdout.split())
+        assert writer.acked and not set(writer.acked) - local
 
 
 def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_next_command(settings, env):
