@@ -216,17 +216,22 @@ def bench(c, switches=20, gated=3, baseline=3, rps=200, stream="", path=None, js
 
 
 @task(name="backup", help={"profile": "env profile", "host": HOST_HELP, "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)",
-                           "local": "back up the stack's own PostgreSQL even after db.move (before db.retire-local)"})
+                           "local": "back up the stack's own PostgreSQL even after db.move (before db.retire-local)",
+                           "copy": "fail unless the off-host copy (COLORGATE_BACKUP_COPY) is made and checked"})
 @operator_errors
-def db_backup(c, profile=None, host=None, keep=None, local=False):
-    """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row counts."""
+def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False):
+    """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row
+    counts; with COLORGATE_BACKUP_COPY set, also copy it off the host."""
     settings = _target(profile, host)
+    if copy and not settings.backup_copy:
+        raise ColorgateError("--copy needs an off-host destination: set COLORGATE_BACKUP_COPY (an rclone remote:path) "
+                             "and COLORGATE_BACKUP_COPY_CONFIG (its rclone configuration file)")
     if local:
         settings = dataclasses.replace(settings, database_url="")
     else:
         stack.check_database(settings)
     with runner.step(f"backing up the database ({config.shown_url(settings.database_url)})"):
-        m = _db.backup(settings, keep=int(keep) if keep else None)
+        m = _db.backup(settings, keep=int(keep) if keep else None, copy_required=bool(settings.backup_copy))
     print(f"backup {m['name']}: {m['size']} bytes, sha256 {m['sha256'][:16]}..., "
           f"{sum(m['counts'].values())} rows in {len(m['counts'])} tables")
 
@@ -237,6 +242,8 @@ def db_backups(c, profile=None, host=None, json_=False):
     """List the backups on the target: name, size, age, verify result."""
     settings = _target(profile, host)
     found = _db.list_backups(settings)
+    if settings.backup_copy:
+        found = _db.with_remote(settings, found)
     print(json.dumps(found, indent=2) if json_ else _db.format_backups(found))
 
 

@@ -63,7 +63,7 @@ printf '%s\\n' "$AUTHORIZED_KEY" > /home/deploy/.ssh/authorized_keys
 chown deploy:deploy /home/deploy/.ssh/authorized_keys
 chmod 600 /home/deploy/.ssh/authorized_keys
 mkdir -p /run/sshd
-exec /usr/sbin/sshd -D -e -o LogLevel=VERBOSE -p "$PORT" -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no -o AllowUsers=deploy
+exec /usr/sbin/sshd -D -e -o LogLevel=VERBOSE -p "$PORT" -o ListenAddress="$LISTEN" -o PasswordAuthentication=no -o AllowUsers=deploy
 """
 
 
@@ -81,9 +81,10 @@ class SshHost:
 
 
 @contextlib.contextmanager
-def ssh_host(authorized_key: str, with_docker: bool = True, socket: str = SOCKET):
-    """An SSH server on 127.0.0.1:<free port> whose `deploy` user reaches the engine at
-    `socket` (not `with_docker`: a host with neither the engine's socket nor the CLI)."""
+def ssh_host(authorized_key: str, with_docker: bool = True, socket: str = SOCKET, listen: str = "127.0.0.1"):
+    """An SSH server on `listen`:<free port> whose `deploy` user reaches the engine at
+    `socket` (not `with_docker`: a host with neither the engine's socket nor the CLI;
+    an SFTP server, say, listening on docker0 for containers to reach)."""
     settings = config.load("development")
     if not images.image_exists(settings, SSHD.tag(settings.debian_mirror)):
         images.build_bases(settings, [SSHD])
@@ -92,13 +93,13 @@ def ssh_host(authorized_key: str, with_docker: bool = True, socket: str = SOCKET
     mounts = ["-v", f"{socket}:{SOCKET}", "-v", f"{shutil.which('docker')}:/usr/bin/docker:ro"] if with_docker else []
     try:  # a container that docker created but could not start is removed too
         runner.run(["docker", "run", "--detach", "--name", name, "--network", "host", *mounts,
-                    "-e", f"SOCKET_GID={os.stat(socket).st_gid}", "-e", f"PORT={port}", "-e", "AUTHORIZED_KEY",
+                    "-e", f"SOCKET_GID={os.stat(socket).st_gid}", "-e", f"PORT={port}", "-e", f"LISTEN={listen}", "-e", "AUTHORIZED_KEY",
                     SSHD.tag(settings.debian_mirror), "sh", "-c", SSHD_SCRIPT], env={"AUTHORIZED_KEY": authorized_key})
         for _ in range(100):
-            if subprocess.run(["ssh-keyscan", "-T", "1", "-p", str(port), "127.0.0.1"], capture_output=True).stdout:
+            if subprocess.run(["ssh-keyscan", "-T", "1", "-p", str(port), listen], capture_output=True).stdout:
                 break
             time.sleep(0.2)
-        yield SshHost(f"ssh://deploy@127.0.0.1:{port}", port, name)
+        yield SshHost(f"ssh://deploy@{listen}:{port}", port, name)
     finally:
         runner.run(["docker", "rm", "--force", "--volumes", name], check=False)
 

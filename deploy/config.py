@@ -156,6 +156,13 @@ KEYS: dict[str, Key] = {
     "COLORGATE_TLS_MIN_DAYS": Key(_seconds, "14"),
     "COLORGATE_REPORTS_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "reports", attr="reports_path"),
     "COLORGATE_BACKUP_KEEP": Key(_count, "7"),
+    # An off-host copy of every backup: an rclone destination (`remote:path`), the rclone
+    # configuration file on this machine that defines the remote (sent to the copy's
+    # container on stdin, never stored there), and, for an SFTP remote, a known_hosts
+    # file its host key must match.
+    "COLORGATE_BACKUP_COPY": Key(_pattern(re.compile(r"^([A-Za-z0-9_.-]+:\S*)?$"), "should be an rclone destination such as offsite:colorgate/prod"), ""),
+    "COLORGATE_BACKUP_COPY_CONFIG": Key(_pattern(re.compile(r"^\S*$"), "should be the path of an rclone configuration file"), ""),
+    "COLORGATE_BACKUP_COPY_KNOWN_HOSTS": Key(_pattern(re.compile(r"^\S*$"), "should be the path of a known_hosts file"), ""),
     # Where the app's database is: empty for the stack's own PostgreSQL, or the URL of
     # a managed one after `invoke db.move` (checked against the target's record).
     "DATABASE_URL": Key(database_url, "", secret=True),
@@ -198,6 +205,9 @@ class Settings:
     tls_min_days: int
     reports_path: str
     backup_keep: int
+    backup_copy: str
+    backup_copy_config: str
+    backup_copy_known_hosts: str
     database_url: str = field(repr=False)
     move_relay_bind: str
     move_relay_port: int

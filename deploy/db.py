@@ -10,17 +10,19 @@ like even while the app keeps writing.
 
 from __future__ import annotations
 
-import json
-import secrets
 import dataclasses
+import json
+import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import tenacity
 
-from deploy import edge, history, runner, stack
+from deploy import edge, history, images, runner, stack
 from deploy.config import STRICT_PROFILES, Settings, shown_url
 from deploy.errors import ColorgateError, CommandError, UnknownBackup
 
@@ -48,6 +50,7 @@ for m in *.manifest.json; do
   n=${m%.manifest.json}
   printf '{"manifest":'; cat "$m"
   printf ',"verify":'; if [ -f "$n.verify.json" ]; then cat "$n.verify.json"; else printf null; fi
+  printf ',"copy":'; if [ -f "$n.copy.json" ]; then cat "$n.copy.json"; else printf null; fi
   printf ',"size":%s}\\n' "$(stat -c %s "$n.dump" 2>/dev/null || echo -1)"
 done
 """
@@ -163,10 +166,12 @@ def facts(settings: Settings, container: str) -> Facts:
     return parse_facts([line for line in proc.stdout.splitlines() if line and line != END])
 
 
-def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] = frozenset()) -> dict:
-    """Dump the app's database with its facts from one snapshot; then, the backup made,
-    prune (`keep` newest, and never those in `protect` nor the newest verified ones: see
-    to_prune)."""
+def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] = frozenset(),
+           copy_required: bool = False) -> dict:
+    """Dump the app's database with its facts from one snapshot; send it off the host
+    when COLORGATE_BACKUP_COPY is set (a failed copy is said, or with `copy_required`
+    raised, the backup kept); then, the backup made, prune (`keep` newest, and never
+    those in `protect` nor the newest verified ones: see to_prune)."""
     name = backup_name()
     env, flags = tools_env(settings)
     with runner.session(tools_cmd(settings, *PSQL, flags=flags), env=env) as psql:
@@ -187,7 +192,15 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
                 "counts": snapshot_facts.counts,
                 "migrations": snapshot_facts.migrations}
     _write(settings, f"{name}.manifest.json", manifest, "writing the backup manifest")
-    prune(settings, keep or settings.backup_keep, protect=protect)
+    try:
+        if settings.backup_copy:
+            send(settings, manifest)
+    except ColorgateError as exc:
+        if copy_required:
+            raise ColorgateError(f"backup {name} is made and kept on the target, but {exc}") from None
+        runner.say(f"!! backup {name} is kept on the target only: {exc}")
+    finally:
+        prune(settings, keep or settings.backup_keep, protect=protect)
     return manifest
 
 
@@ -242,7 +255,7 @@ done
 def prune(settings: Settings, keep: int, protect: frozenset[str] = frozenset()) -> list[str]:
     """Delete what to_prune says, and sweep what killed backups left (said)."""
     old = to_prune(list_backups(settings), keep, protect)
-    script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json"; done\n' + SWEEP_SCRIPT
+    script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json" "$n.copy.json"; done\n' + SWEEP_SCRIPT
     swept = tools(settings, script, *old, what="removing old backups").stdout.split()
     if swept:
         runner.say(f"!! removed what killed backups left: {', '.join(swept)}")
@@ -251,14 +264,19 @@ def prune(settings: Settings, keep: int, protect: frozenset[str] = frozenset()) 
 
 def find(settings: Settings, name: str | None) -> dict:
     backups = list_backups(settings)
-    if not backups:
+    if not backups and not (settings.backup_copy and name):
         raise UnknownBackup("there are no backups yet: make one with `invoke db.backup`")
     if name is None:
         return backups[-1]
     for b in backups:
         if b["manifest"]["name"] == name:
             return b
-    raise UnknownBackup(f"unknown backup {name!r}: `invoke db.backups` lists them (newest: {backups[-1]['manifest']['name']})")
+    if settings.backup_copy and name in remote_backups(settings):
+        with runner.step(f"fetching backup {name} from {settings.backup_copy}"):
+            _copy(settings, "fetch", name)
+        return find(settings, name)
+    newest = f" (newest: {backups[-1]['manifest']['name']})" if backups else ""
+    raise UnknownBackup(f"unknown backup {name!r}: `invoke db.backups` lists them{newest}")
 
 
 @dataclass
@@ -383,16 +401,106 @@ def format_backups(backups: list[dict]) -> str:
     if not backups:
         return "no backups yet: `invoke db.backup` makes one"
     now = datetime.now(timezone.utc)
-    lines = [f"{'NAME':<24} {'SIZE':>10} {'AGE':>8}  VERIFIED"]
+    lines = [f"{'NAME':<24} {'SIZE':>10} {'AGE':>8}  {'OFF-HOST':<12} VERIFIED"]
     for b in backups:
         m = b["manifest"]
+        if b.get("remote_only"):
+            lines.append(f"{m['name']:<24} {'-':>10} {'-':>8}  {'only there':<12} -  (db.verify or db.restore fetches it)")
+            continue
         age = now - datetime.fromisoformat(m["created"])
         hours = age.total_seconds() / 3600
         shown_age = f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.0f}d"
         v = b.get("verify")
         state = "-" if not v else ("usable" if v["usable"] else f"UNUSABLE: {v['reason']}")
-        lines.append(f"{m['name']:<24} {b['size']:>10} {shown_age:>8}  {state}")
+        copied = "copied" if b.get("copy") else "-"
+        lines.append(f"{m['name']:<24} {b['size']:>10} {shown_age:>8}  {copied:<12} {state}")
     return "\n".join(lines)
+
+
+# --- off-host copies (COLORGATE_BACKUP_COPY) -----------------------------------------
+# rclone, in a one-off container on the target with the `backups` volume: the copy goes
+# from the database's host straight to the remote. Its configuration comes on stdin.
+
+COPY_SCRIPT = """set -eu
+(umask 077; cat > /tmp/rclone.conf)
+export RCLONE_CONFIG=/tmp/rclone.conf
+if [ -n "${CG_KNOWN_HOSTS:-}" ]; then
+  printf '%s\\n' "$CG_KNOWN_HOSTS" > /tmp/known_hosts
+  export RCLONE_SFTP_KNOWN_HOSTS_FILE=/tmp/known_hosts
+fi
+case "$1" in
+  send)
+    for f in "$3.dump" "$3.manifest.json"; do rclone copyto "/backups/$f" "$2/$f"; done
+    sum=$(rclone hashsum sha256 "$2/$3.dump" 2>/dev/null | cut -d' ' -f1 || true)
+    [ -n "$sum" ] || sum=$(rclone hashsum sha256 --download "$2/$3.dump" | cut -d' ' -f1)
+    echo "sha256=$sum" ;;
+  list)
+    rclone lsf --include '*.manifest.json' "$2" | sed 's/[.]manifest[.]json$//' ;;
+  fetch)
+    for f in "$3.dump" "$3.manifest.json"; do rclone copyto "$2/$f" "/backups/$f.new"; done
+    for f in "$3.dump" "$3.manifest.json"; do mv "/backups/$f.new" "/backups/$f"; done ;;
+esac
+"""
+# rclone options whose values are credentials (masked in everything Colorgate prints)
+SECRET_OPTION = re.compile(r"^\s*(\w*pass\w*|\w*secret\w*|\w*token\w*|key_pem|access_key_id|account_key)\s*=\s*(\S.*?)\s*$",
+                           re.IGNORECASE)
+
+
+def _copy(settings: Settings, action: str, name: str = "") -> str:
+    """Run COPY_SCRIPT's `action` against the remote; its output."""
+    def read(path: str, key: str) -> str:
+        if not path:
+            return ""
+        try:
+            return Path(path).expanduser().read_text()
+        except OSError as exc:
+            raise ColorgateError(f"cannot read {key} ({path}): {exc.strerror}; point it at the file") from None
+
+    config = read(settings.backup_copy_config, "COLORGATE_BACKUP_COPY_CONFIG")
+    for line in config.splitlines():
+        found = SECRET_OPTION.match(line)
+        if found:
+            runner.add_secret(found[2])
+    known = read(settings.backup_copy_known_hosts, "COLORGATE_BACKUP_COPY_KNOWN_HOSTS")
+    base = images.BASES["rclone"]
+    if not images.image_exists(settings, base.tag(settings.debian_mirror)):
+        images.build_bases(settings, [base])
+    cmd = ["docker", "run", "--rm", "-i", "-v", f"{settings.project}_backups:/backups", "-e", "CG_KNOWN_HOSTS",
+           base.tag(settings.debian_mirror), "sh", "-c", COPY_SCRIPT, "copy", action, settings.backup_copy, name]
+    proc = runner.run(cmd, input=config, env={**settings.docker_env(), "CG_KNOWN_HOSTS": known}, check=False,
+                      what=f"off-host copy ({action})")
+    if proc.returncode != 0:
+        last = (runner.redact(proc.stderr).strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise ColorgateError(f"the off-host copy ({action}) to {settings.backup_copy} failed: {last}; "
+                             "check COLORGATE_BACKUP_COPY, its rclone configuration and the remote")
+    return proc.stdout
+
+
+def send(settings: Settings, manifest: dict) -> dict:
+    """Copy a backup (dump and manifest) to the remote, check the copy's checksum there,
+    and record the copy beside the backup."""
+    name = manifest["name"]
+    with runner.step(f"copying backup {name} to {settings.backup_copy}"):
+        out = _copy(settings, "send", name)
+    got = next((line.split("=", 1)[1] for line in out.splitlines() if line.startswith("sha256=")), "")
+    if got != manifest["sha256"]:
+        raise ColorgateError(f"the copy of {name} at {settings.backup_copy} does not match its checksum "
+                             f"({got[:16] or 'none'}... against {manifest['sha256'][:16]}...)")
+    copied = {"remote": settings.backup_copy, "sha256": got, "copied": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _write(settings, f"{name}.copy.json", copied, "recording the off-host copy")
+    return copied
+
+
+def remote_backups(settings: Settings) -> list[str]:
+    """Names of the backups at the remote (COLORGATE_BACKUP_COPY), oldest first."""
+    return sorted(line.strip() for line in _copy(settings, "list").splitlines() if line.strip())
+
+
+def with_remote(settings: Settings, backups: list[dict]) -> list[dict]:
+    """The target's backups, plus those only the remote still has (the host lost them)."""
+    here = {b["manifest"]["name"] for b in backups}
+    there = [{"manifest": {"name": n}, "remote_only": True} for n in remote_backups(settings) if n not in here]
+    return sorted([*backups, *there], key=lambda b: b["manifest"]["name"])
 
 
 # --- db.move's replication, on the local side ----------------------------------------

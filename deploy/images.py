@@ -44,6 +44,7 @@ BASES = {
     "nginx": BaseImage("nginx", ("nginx-light", "libnginx-mod-http-lua", "openssl", "ca-certificates", "curl")),
     "postgres": BaseImage("postgres", ("postgresql-15", "openssl", "socat")),
     "certbot": BaseImage("certbot", ("certbot", "ca-certificates")),
+    "rclone": BaseImage("rclone", ("rclone", "ca-certificates")),  # off-host backup copies (made on first use)
     # for the examples (an app names one with COLORGATE_BASE_<NAME> in its compose file)
     "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
     "pyweb": BaseImage("pyweb", ("python3", "python3-psycopg2", "python3-redis", "python3-alembic", "ca-certificates")),

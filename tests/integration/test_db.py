@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 
 import pytest
 
 from deploy import config, db, edge, gates, history, runner, stack, tls
+
+from benchmarks.db_move import docker0
+from benchmarks.remote_and_idle import keygen, ssh_host
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -148,6 +152,44 @@ def test_up_migrates_only_under_the_lock_after_a_verified_backup(settings, env):
     record = edge.read_history(settings)[-1]
     assert (record["action"], record["outcome"]) == ("migrate", "migrated") and {"backup", "verify"} <= set(record["timings"])
     assert db.verify(settings, record["detail"].split()[-1]).usable
+
+
+def test_backups_are_copied_off_the_host_checked_there_and_fetched_back(settings, env, tmp_path):
+    """A real SFTP server (Debian's openssh, on docker0 as a remote host would be), reached by rclone
+    from the database's host, its host key pinned."""
+    key = tmp_path / "id_ed25519"
+    with ssh_host(keygen(key), with_docker=False, listen=docker0()) as sftp:
+        host_keys = runner.run(["docker", "exec", sftp.container, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"]).stdout.splitlines()
+        known = tmp_path / "known_hosts"
+        known.write_text("".join(f"[{docker0()}]:{sftp.port} {' '.join(k.split()[:2])}\n" for k in host_keys))
+        pem = key.read_text().strip().replace("\n", "\\n")
+        rclone = tmp_path / "rclone.conf"
+        rclone.write_text(f"[offsite]\ntype = sftp\nhost = {docker0()}\nport = {sftp.port}\nuser = deploy\nkey_pem = {pem}\n")
+        copying = {**env, "COLORGATE_BACKUP_COPY": "offsite:backups", "COLORGATE_BACKUP_COPY_CONFIG": str(rclone),
+                   "COLORGATE_BACKUP_COPY_KNOWN_HOSTS": str(known)}
+        made = invoke("db.backup", "--copy", env=copying)
+        assert made.returncode == 0, made.stderr
+        name = made.stdout.split()[1].rstrip(":")
+        assert f"copying backup {name} to offsite:backups" in made.stderr and "PRIVATE KEY" not in made.stdout + made.stderr
+        there = runner.run(["docker", "exec", sftp.container, "ls", "/home/deploy/backups"]).stdout.split()
+        assert {f"{name}.dump", f"{name}.manifest.json"} <= set(there)
+        listed = invoke("db.backups", env=copying).stdout
+        assert any(line.startswith(name) and " copied " in line for line in listed.splitlines()), listed
+        # the target loses its copy: the remote one is listed, and verify fetches and checks it
+        db.tools(settings, 'rm -f /backups/"$1".*', name)
+        assert any(line.startswith(name) and "only there" in line for line in invoke("db.backups", env=copying).stdout.splitlines())
+        verified = invoke("db.verify", name, env=copying)
+        assert verified.returncode == 0 and f"backup {name}: usable" in verified.stdout, verified.stderr
+        # a host key that does not match: refused, in one line, the backup kept on the target
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+        known.write_text("".join(f"[{docker0()}]:{sftp.port} {line.split()[0]} {(tmp_path / 'other.pub').read_text().split()[1]}\n"
+                                 for line in host_keys if line.startswith("ssh-ed25519")))
+        refused = invoke("db.backup", env=copying)
+        line = refused.stderr.strip().splitlines()[-1]
+        assert refused.returncode == 1 and "is made and kept on the target, but the off-host copy (send) to offsite:backups failed" in line
+        assert "PRIVATE KEY" not in refused.stderr
+    assert invoke("db.backup", "--copy", env=env).stderr.strip().endswith(
+        "COLORGATE_BACKUP_COPY_CONFIG (its rclone configuration file)")
 
 
 def test_migrate_when_at_head_changes_nothing(settings, env):

@@ -69,3 +69,12 @@ def test_backup_files_are_written_whole_or_not_at_all():
     assert 'mv "$1.dump.partial" "$1.dump"' in db.DUMP_SCRIPT
     # killed backups' leftovers are swept only when nothing has written them for 10 minutes
     assert "-mmin +10" in db.SWEEP_SCRIPT and "'*.partial'" in db.SWEEP_SCRIPT and "'*.new'" in db.SWEEP_SCRIPT
+
+
+def test_rclone_credentials_are_masked_and_its_configuration_never_on_a_command_line():
+    secret_lines = ["pass = hunter22", "key_pem = -----BEGIN OPENSSH PRIVATE KEY-----\\nabc", "secret_access_key = AKx9",
+                    "session_token=tok123"]
+    plain_lines = ["type = sftp", "host = backup.example.com", "user = deploy", "key_use_agent = false"]
+    assert all(db.SECRET_OPTION.match(line) for line in secret_lines)
+    assert not any(db.SECRET_OPTION.match(line) for line in plain_lines)
+    assert "cat > /tmp/rclone.conf" in db.COPY_SCRIPT and "RCLONE_SFTP_KNOWN_HOSTS_FILE" in db.COPY_SCRIPT
