@@ -10,11 +10,12 @@ engine), then, in alternating rounds so both see the same machine:
      (wall time, as the operator waits for them) locally and with --host ssh://...,
      and prints the SSH/local ratio of the medians; the sshd's own log gives the SSH
      connections each command opened;
-  2. measures the machine's CPU over a fixed window (/proc/stat) with the two-color
-     stack idle (no traffic), against the same window measured before the stack
-     started (the baseline), and the containers' own CPU (their cgroups) and memory.
+  2. measures, with the two-color stack idle (no traffic) over a fixed window, what it
+     costs: its containers' own CPU (their cgroups) plus what the Docker engine's
+     processes spend above their CPU in a window before the stack started (health-check
+     execs, shims), and its memory; the whole machine's CPU (/proc/stat) is shown too.
 
-    python benchmarks/remote_and_idle.py --rounds 3 --idle 20 --json out.json
+    python benchmarks/remote_and_idle.py --rounds 3 --json out.json
 
 The SSH helpers (ssh_host, keygen, operator_home) are shared with tests/integration/test_ssh.py.
 """
@@ -147,32 +148,57 @@ def logins(container: str) -> int:
 # --- idle cost ------------------------------------------------------------------------
 
 
-def busy_cores(seconds: float) -> float:
-    """Cores the whole machine kept busy over `seconds` (/proc/stat: all but idle and iowait)."""
+ENGINE = ("dockerd", "containerd", "containerd-shim", "fuse-overlayfs", "runc", "docker-proxy")  # comm, at most 15 chars
+
+
+def _engine_ticks() -> dict[int, int]:
+    """CPU ticks of the engine's processes (its own, and the children they reaped: runc,
+    each health check's exec), by pid."""
+    ticks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if comm.startswith(ENGINE):
+            ticks[int(entry.name)] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks
+
+
+def busy_cores(seconds: float) -> tuple[float, float]:
+    """Cores kept busy over `seconds`: (the whole machine, from /proc/stat: all but idle
+    and iowait; the Docker engine's processes)."""
     def sample() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         return sum(fields), fields[3] + fields[4]
 
     total0, idle0 = sample()
+    engine0, started = _engine_ticks(), time.monotonic()
     time.sleep(seconds)
     total1, idle1 = sample()
+    engine1, took = _engine_ticks(), time.monotonic() - started
     ncpu = os.cpu_count() or 1
-    return ncpu * (1 - (idle1 - idle0) / max(1, total1 - total0))
+    engine = sum(t - engine0.get(pid, 0) for pid, t in engine1.items()) / os.sysconf("SC_CLK_TCK") / took
+    return ncpu * (1 - (idle1 - idle0) / max(1, total1 - total0)), engine
 
 
 def containers(settings: config.Settings) -> list[dict]:
     return runner.engine(settings.docker_host, "containers", filters={"label": f"com.docker.compose.project={settings.project}"})
 
 
-def idle_costs(settings: config.Settings, seconds: float) -> tuple[float, float, float]:
-    """(machine cores, the project's containers' own cores, their MiB) over one window of
-    `seconds`: memory is usage less inactive file cache, as `docker stats` counts it."""
+def idle_costs(settings: config.Settings, seconds: float) -> tuple[float, float, float, float]:
+    """(machine cores, the engine's cores, the project's containers' own cores, their MiB)
+    over one window of `seconds`: memory is usage less inactive file cache, as `docker
+    stats` counts it."""
     def cpu() -> dict[str, int]:
         return {c["Id"]: runner.engine(settings.docker_host, "stats", c["Id"], stream=False)["cpu_stats"]["cpu_usage"]["total_usage"]
                 for c in containers(settings)}
 
     before, started = cpu(), time.monotonic()
-    machine = busy_cores(seconds)
+    machine, engine = busy_cores(seconds)
     after, took = cpu(), time.monotonic() - started
     cores = sum(after[k] - before.get(k, after[k]) for k in after) / 1e9 / took
     memory = 0
@@ -180,7 +206,7 @@ def idle_costs(settings: config.Settings, seconds: float) -> tuple[float, float,
         m = runner.engine(settings.docker_host, "stats", c["Id"], stream=False)["memory_stats"]
         stats = m.get("stats", {})
         memory += m.get("usage", 0) - stats.get("total_inactive_file", stats.get("inactive_file", 0))
-    return machine, cores, memory / 2**20
+    return machine, engine, cores, memory / 2**20
 
 
 # --- the run --------------------------------------------------------------------------
@@ -196,7 +222,8 @@ def run(args) -> dict:
     result: dict = {"rounds": args.rounds, "idle_window_s": args.idle, "baseline_window_s": args.baseline}
     try:
         runner.say(f"-- baseline: the machine without the stack, {args.baseline:g} s")
-        result["baseline_cores"] = round(busy_cores(args.baseline), 4)
+        machine, engine = busy_cores(args.baseline)
+        result["baseline_cores"], result["baseline_engine_cores"] = round(machine, 4), round(engine, 4)
         with runner.step("starting the stack"):
             stack.up(settings)
         key = keygen(root / "home" / ".ssh" / "id_ed25519")
@@ -219,14 +246,21 @@ def run(args) -> dict:
         result["ssh_connections"] = {c: max(v) for c, v in connections.items()}
         time.sleep(args.settle)  # the engine settles after the last command and the SSH server's removal
         runner.say(f"-- the two-color stack, idle, {args.idle:g} s")
-        machine, own, memory = idle_costs(settings, args.idle)
-        result["stack_idle_cores"], result["containers_cores"], result["memory_mib"] = round(machine, 4), round(own, 4), round(memory, 1)
+        machine, engine, own, memory = idle_costs(settings, args.idle)
+        result["stack_idle_cores"], result["engine_cores"] = round(machine, 4), round(engine, 4)
+        result["containers_cores"], result["memory_mib"] = round(own, 4), round(memory, 1)
         result["services"] = len(containers(settings))
     finally:
         if not args.keep:
             stack.destroy(settings)
         shutil.rmtree(root, ignore_errors=True)
-    result["idle_percent_of_one_core"] = round(100 * max(0.0, result["stack_idle_cores"] - result["baseline_cores"]), 2)
+    # what the stack costs: its containers, and what the engine spends on them (its
+    # processes' CPU above their own without the stack: health-check execs, shims). The
+    # machine's figure moves with everything else on it (this sandbox's processes, the
+    # kernel's), so it is shown, not judged.
+    result["idle_percent_of_one_core"] = round(100 * (max(0.0, result["engine_cores"] - result["baseline_engine_cores"])
+                                                      + result["containers_cores"]), 2)
+    result["machine_delta_percent"] = round(100 * (result["stack_idle_cores"] - result["baseline_cores"]), 2)
     return result
 
 
@@ -236,11 +270,13 @@ def report(r: dict) -> str:
     for c in TARGETS:
         lines.append(f"   {c:<9} local {r['local_s'][c]:6.2f} s   ssh {r['ssh_s'][c]:6.2f} s   ratio {r['ratio'][c]:.2f}x"
                      f"   ssh connections {r['ssh_connections'][c]}")
-    lines.append(f"idle, over {r['idle_window_s']:g} s: machine {100 * r['stack_idle_cores']:.2f}% of one core with the stack "
-                 f"({r['services']} containers) against {100 * r['baseline_cores']:.2f}% without it ({r['baseline_window_s']:g} s): "
-                 "the stack costs "
-                 f"{r['idle_percent_of_one_core']:.2f}% (its containers' own CPU {100 * r['containers_cores']:.2f}%); "
+    lines.append(f"idle, over {r['idle_window_s']:g} s ({r['services']} containers): the stack costs "
+                 f"{r['idle_percent_of_one_core']:.2f}% of one core (its containers {100 * r['containers_cores']:.2f}%, the engine "
+                 f"{100 * r['engine_cores']:.2f}% against {100 * r['baseline_engine_cores']:.2f}% without the stack); "
                  f"memory {r['memory_mib']:.0f} MiB")
+    lines.append(f"   the whole machine: {100 * r['stack_idle_cores']:.2f}% with the stack, {100 * r['baseline_cores']:.2f}% "
+                 f"without it ({r['baseline_window_s']:g} s before), a difference of {r['machine_delta_percent']:+.2f}% "
+                 "(other processes' noise included)")
     lines.append("targets (issue #16):")
     for c, target in TARGETS.items():
         lines.append(f"   {'MET ' if r['ratio'][c] < target else 'MISS'}  {c} over SSH vs local: {r['ratio'][c]:.2f}x (target < {target}x)")

@@ -67,6 +67,6 @@ def test_remote_and_idle_benchmark_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["ratio"]) == {"status", "deploy", "rollback"} and all(v > 0 for v in result["ratio"].values())
     assert result["ssh_connections"]["status"] <= 1 and result["services"] == 6 and 0 < result["memory_mib"] < 1024
-    assert "targets (issue #16):" in proc.stdout
+    assert "targets (issue #16):" in proc.stdout and result["engine_cores"] >= 0 and "the whole machine:" in proc.stdout
     leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "cgvps" not in leftover
