@@ -144,6 +144,11 @@ def tools(settings: Settings, script: str, *args: str, input: str | None = None,
 PSQL = ("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1")
 
 
+def psql(settings: Settings, sql: str, url: str = "", what: str = "", check: bool = True):
+    """Run SQL (stdin) with psql in a dbtools container against the app's database, or `url`."""
+    return tools(settings, f'exec {" ".join(PSQL)}', input=sql, extra=url_env(url) if url else None, check=check, what=what)
+
+
 def psql_cmd(container: str, settings: Settings) -> list[str]:
     """psql inside a PostgreSQL container over its socket (no password, no port)."""
     return ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
@@ -206,8 +211,8 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
 
 def has_tables(settings: Settings) -> bool:
     """Whether the app's database holds any table (a new one holds nothing to back up)."""
-    out = tools(settings, f'exec {" ".join(PSQL)}', input="SELECT count(*) FROM pg_tables WHERE schemaname NOT IN "
-                "('pg_catalog', 'information_schema');", what="looking into the database").stdout.split()
+    out = psql(settings, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');",
+               what="looking into the database").stdout.split()
     return bool(out) and out[-1] != "0"
 
 
@@ -528,7 +533,7 @@ def drop_replication(settings: Settings) -> list[str]:
     """Drop db.move's publication, slot and role from the stack's own PostgreSQL, if
     there; returns what was there (`publication`, `slot`, `role`)."""
     local = dataclasses.replace(settings, database_url="")
-    found = tools(local, f'exec {" ".join(PSQL)}', input=REPLICATION_LEFTOVERS_SQL, what="looking for db.move's replication").stdout.split()
+    found = psql(local, REPLICATION_LEFTOVERS_SQL, what="looking for db.move's replication").stdout.split()
     if found:
-        tools(local, f'exec {" ".join(PSQL)}', input=DROP_REPLICATION_SQL, what="dropping db.move's publication, slot and role")
+        psql(local, DROP_REPLICATION_SQL, what="dropping db.move's publication, slot and role")
     return found

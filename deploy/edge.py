@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -325,9 +326,8 @@ def phase_cmd(token: str, phase: str) -> list[str]:
 
 def heartbeat(settings: Settings, token: str):
     """Start beating for the lock held with `token`: a process that lives as long as
-    this one (end it with end_heartbeat)."""
-    import subprocess
-
+    this one (end it with end_heartbeat). Not runner.session: that waits for its
+    process at the end, and this one sleeps between beats."""
     cmd = ["docker", "exec", "-i", edge_container(settings.project), "sh", "-c", HEARTBEAT_SCRIPT, "heartbeat", token]
     return subprocess.Popen(cmd, env=runner.environ(settings.docker_env()), stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

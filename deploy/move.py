@@ -204,19 +204,13 @@ def check_compatible(source: ServerFacts, target: ServerFacts, shown: str, mode:
 # --- steps ---------------------------------------------------------------------------
 
 
-def _psql(settings: Settings, sql: str, url: str = "", what: str = "", check: bool = True):
-    """Run SQL (stdin) with psql against the local database, or `url`."""
-    return db.tools(settings, f'exec {" ".join(db.PSQL)}', input=sql, extra=db.url_env(url) if url else None,
-                    check=check, what=what)
-
-
 def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
     """Everything that can be checked before anything changes."""
     shown = shown_url(url)
-    target = _psql(settings, CHECK_SQL, url, check=False)
+    target = db.psql(settings, CHECK_SQL, url, check=False)
     if target.returncode != 0:
         raise MoveError(explain_connect_error(runner.redact(target.stderr), shown))
-    source = parse_check(_psql(settings, CHECK_SQL, what="checking the local database").stdout)
+    source = parse_check(db.psql(settings, CHECK_SQL, what="checking the local database").stdout)
     found = parse_check(target.stdout)
     check_compatible(source, found, shown, mode)
     runner.say(f"   target {shown}: PostgreSQL {found.major}, empty, credentials accepted (local: PostgreSQL {source.major})")
@@ -228,7 +222,7 @@ def _both(url: str) -> dict[str, str]:
 
 
 def _facts_of(settings: Settings, url: str = "") -> db.Facts:
-    out = _psql(settings, db.FACTS_SQL, url, what="reading row counts").stdout
+    out = db.psql(settings, db.FACTS_SQL, url, what="reading row counts").stdout
     return db.parse_facts([line for line in out.splitlines() if line and line != db.END])
 
 
@@ -270,7 +264,7 @@ def _subscribe(settings: Settings, url: str, password: str) -> None:
     with runner.step("copying the schema to the target"):
         db.tools(settings, SCHEMA_SCRIPT, extra=_both(url), what="copying the schema")
     with runner.step("publishing the local database (one-off role, TLS-only relay)"):
-        _psql(settings, db.DROP_REPLICATION_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
+        db.psql(settings, db.DROP_REPLICATION_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
 CREATE PUBLICATION {ROLE} FOR ALL TABLES;
 """, what="creating the publication")
@@ -278,7 +272,7 @@ CREATE PUBLICATION {ROLE} FOR ALL TABLES;
     conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
                 f"user={ROLE} password={password} sslmode=require connect_timeout=10")
     with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port})"):
-        created = _psql(settings, f"CREATE SUBSCRIPTION {ROLE} CONNECTION '{conninfo}' PUBLICATION {ROLE};", url, check=False)
+        created = db.psql(settings, f"CREATE SUBSCRIPTION {ROLE} CONNECTION '{conninfo}' PUBLICATION {ROLE};", url, check=False)
         if created.returncode != 0:
             last = (runner.redact(created.stderr).strip().splitlines() or ["no output"])[-1]
             raise MoveError(f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
@@ -294,10 +288,10 @@ done""", extra=db.url_env(url), what="waiting for the initial table sync")
 def _unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
     """Drop the subscription (and its slot), the publication, the role, the relay.
     check=False: best effort, after a failure."""
-    dropped = _psql(settings, f"DROP SUBSCRIPTION IF EXISTS {ROLE};", url, check=check, what="dropping the subscription")
+    dropped = db.psql(settings, f"DROP SUBSCRIPTION IF EXISTS {ROLE};", url, check=check, what="dropping the subscription")
     if dropped.returncode != 0:
-        _psql(settings, TARGET_CLEANUP_SQL, url, check=False)
-    _psql(settings, db.DROP_REPLICATION_SQL, check=check, what="dropping the publication and the replication role")
+        db.psql(settings, TARGET_CLEANUP_SQL, url, check=False)
+    db.psql(settings, db.DROP_REPLICATION_SQL, check=check, what="dropping the publication and the replication role")
     stack.relay(settings, False)
 
 

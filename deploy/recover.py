@@ -30,16 +30,17 @@ from deploy.history import now
 RELAY = "dbrelay"
 
 
-def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
-              thorough: bool = False) -> dict[str, facts.ServiceState]:
-    """Repair what a dead run left (see the module); returns the states, read again
-    when something was started."""
+def reconcile(settings: Settings, active: edge.Active | None,
+              states: dict[str, facts.ServiceState], thorough: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
+    """Repair what a dead run left (see the module); returns the states (read again
+    when something was started) and the target's database record, each read once."""
     if edge.is_frozen(settings):
         edge.set_frozen(settings, False)
         runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")
+    record = edge.read_database_record(settings)
     pg = settings.app.postgres
     local = bool(pg and pg.service in states and states[pg.service].state == "running")
-    if (RELAY in states or thorough) and local and not edge.read_database_record(settings).get("retired"):
+    if (RELAY in states or thorough) and local and not record.get("retired"):
         found = db.drop_replication(settings)
         if found:
             runner.say(f"!! a db.move that died left its {', '.join(found)} ({db.REPLICATION_ROLE}) on the local database: dropped")
@@ -47,28 +48,28 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
         stack.relay(settings, False)
         runner.say("!! a db.move that died left its replication relay: removed")
     if active is not None:
-        _database_record(settings, active, states)
+        record = _database_record(settings, record, active, states)
         stopped = [name for name in settings.app.worker_services(active.color)
                    if name in states and states[name].state in ("created", "exited")]
         if stopped:
             runner.run(stack.compose_cmd(settings, "start", *stopped), env=stack.compose_env(settings, facts.running_versions(states)),
                        what=f"starting {active.color}'s workers")
             runner.say(f"!! {active.color} is live but its workers ({', '.join(stopped)}) were not running (a db.move died): started")
-            return facts.service_states(settings)
-    return states
+            states = facts.service_states(settings)
+    return states, record
 
 
-def _database_record(settings: Settings, active: edge.Active, states: dict[str, facts.ServiceState]) -> None:
-    record = edge.read_database_record(settings)
+def _database_record(settings: Settings, record: dict, active: edge.Active, states: dict[str, facts.ServiceState]) -> dict:
+    """The record, repaired when it says `local` but the live color uses a managed database."""
     serving = facts.color_database(settings, states, active.color)
     if not serving or serving == record["url"]:
-        return
+        return record
     if record["url"] == "local":
-        edge.write_database_record(settings, {"url": serving, "moved": now(), "mode": "unknown", "from": "local",
-                                              "live_color": active.color, "version": active.version,
-                                              "repaired": "db.move ended between its switch and its record"})
+        record = {"url": serving, "moved": now(), "mode": "unknown", "from": "local", "live_color": active.color,
+                  "version": active.version, "repaired": "db.move ended between its switch and its record"}
+        edge.write_database_record(settings, record)
         runner.say(f"!! the live {active.color} uses {serving}, but the record said the database is the stack's own "
                    "(a db.move died between its switch and its record): record repaired")
-        return
+        return record
     raise StackError(f"the live {active.color} uses the database {serving}, but the target's record says {record['url']}: "
                      f"switch to the color that uses {record['url']} (`invoke status` shows which), then deploy")

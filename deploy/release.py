@@ -56,16 +56,14 @@ GATED_SWITCH = ("pre_gates", "switch", "post_gates")
 def observe(settings: Settings, history: bool = False, tags: bool = False, database: bool = False,
             broken: edge.LockState | None = None) -> Target:
     """Read the facts a decision needs from the target, and only those: a switch or a
-    rollback needs neither the database record (deploy, migrate and db.move check it)
-    nor the release tags, so it makes no docker call for them. Under the lock, first
+    rollback needs no release tags, so it makes no docker call for them (the database
+    record is read once, for the reconcile, and given to those that check it). Under the lock, first
     repair what a run that died left behind (recover.py; `broken`: the lock --break-lock
     broke, whose holder died)."""
     active = edge.read_active(settings)
-    states = recover.reconcile(settings, active, facts.service_states(settings), thorough=broken is not None)
-    return Target(active, states,
-                  edge.read_history(settings) if history else [],
-                  edge.read_database_record(settings) if database else {"url": "local"},
-                  images.release_tags(settings) if tags else [])
+    states, record = recover.reconcile(settings, active, facts.service_states(settings), thorough=broken is not None)
+    return Target(active, states, edge.read_history(settings) if history else [],
+                  record if database else {"url": "local"}, images.release_tags(settings) if tags else [])
 
 
 def _live(target: Target) -> edge.Active:
