@@ -38,12 +38,14 @@ def test_a_start_that_cannot_finish_is_torn_down(scratch, tmp_path):
     app = tmp_path / "examples" / "spa-api-postgres"
     compose = app / "docker-compose.yml"
     compose.write_text(compose.read_text().replace("backend: {path: /api/health,", "backend: {path: /api/missing,"))
-    env = {**env, "COLORGATE_HEALTH_TIMEOUT": "3", "COLORGATE_APP": str(app)}
+    # the bound covers PostgreSQL's first start too (a new volume's initdb), which
+    # under CI's load took over 3 s: short enough to keep the test quick, long enough for that
+    env = {**env, "COLORGATE_HEALTH_TIMEOUT": "20", "COLORGATE_APP": str(app)}
     settings = config.load("development", environ={**os.environ, **env})
     proc = invoke("up", env=env)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("colorgate: backend_blue failed its health check for 3s (/api/missing: "), proc.stderr
+    assert last.startswith("colorgate: backend_blue failed its health check for 20s (/api/missing: "), proc.stderr
     assert "stopping what this run started (volumes kept)" in proc.stderr
     assert project_containers(settings) == {}, "containers left behind"
 
