@@ -22,6 +22,7 @@ import contextlib
 import json
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -163,9 +164,12 @@ def state_cmd() -> list[str]:
 
 def read_active(settings: Settings) -> Active | None:
     """The live color, read from the edge (None when no color is live yet)."""
-    out = in_edge(settings, read_file_cmd(LIVE_FILE), "reading the edge state").stdout
+    return _active(in_edge(settings, read_file_cmd(LIVE_FILE), "reading the edge state").stdout)
+
+
+def _active(text: str) -> Active | None:
     try:
-        return parse_active(out)
+        return parse_active(text)
     except ValueError as exc:
         raise StackError(f"the edge's routing state is damaged ({exc}): run `invoke switch --to COLOR` to rewrite it") from None
 
@@ -204,7 +208,10 @@ def drain_writes(settings: Settings, seconds: float = 10) -> int:
 def read_database_record(settings: Settings) -> dict:
     """Where the target's record says the app's database is: {"url": "local"} until
     `db.move` moved it, then the managed database's URL (no password) and the move."""
-    out = in_edge(settings, read_file_cmd(DATABASE_RECORD), "reading the database record").stdout
+    return _database_record(in_edge(settings, read_file_cmd(DATABASE_RECORD), "reading the database record").stdout)
+
+
+def _database_record(out: str) -> dict:
     try:
         record = json.loads(out) if out.strip() else {}
     except ValueError:
@@ -245,13 +252,21 @@ _LOCK_REPORT = f"""  printf '%s\\n' "$(cat $L/holder 2>/dev/null)"
   echo "age=$(( $(date +%s) - beat ))"
   echo "phase=$(cat $L/phase 2>/dev/null)"
   exit {LOCK_HELD}"""
+# Taken, the lock's exec also prints what a locked command decides from, read under the
+# lock in the same round trip: the live file, whether writes are frozen, the database
+# record and (with $3 = history) the history, each after a `@@colorgate NAME` line.
 LOCK_SCRIPT = f"""L={LOCK_DIR}
 if ! mkdir $L 2>/dev/null; then
 {_LOCK_REPORT}
 fi
 printf '%s' "$2" > $L/token
 printf '%s' "$1" > $L/holder
-touch $L/heartbeat"""
+touch $L/heartbeat
+printf '\\n@@colorgate live\\n'; cat {LIVE_FILE} 2>/dev/null
+printf '\\n@@colorgate freeze\\n'; [ ! -f {FREEZE_FILE} ] || echo frozen
+printf '\\n@@colorgate database\\n'; cat {DATABASE_RECORD} 2>/dev/null
+if [ "${{3:-}}" = history ]; then printf '\\n@@colorgate history\\n'; cat {HISTORY} 2>/dev/null; fi
+true"""
 READ_LOCK_SCRIPT = f"""L={LOCK_DIR}
 if [ -d $L ]; then
 {_LOCK_REPORT}
@@ -271,6 +286,40 @@ while kill -0 $c 2>/dev/null && [ "$(cat {LOCK_DIR}/token 2>/dev/null)" = "$1" ]
 done
 kill $c 2>/dev/null || true"""
 PHASE_SCRIPT = f"""[ "$(cat {LOCK_DIR}/token 2>/dev/null)" = "$1" ] && printf '%s' "$2" > {LOCK_DIR}/phase || true"""
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the lock's exec read under the lock (LOCK_SCRIPT): the facts a locked
+    command starts from, in one round trip instead of one each. The files are parsed
+    when asked for (a damaged one stops only a command that reads it)."""
+
+    live: str = ""  # the live file's text
+    frozen: bool = False
+    database_text: str = ""
+    history: list[dict] | None = None  # None: not asked for
+
+    @property
+    def active(self) -> Active | None:
+        return _active(self.live)
+
+    @property
+    def database(self) -> dict:
+        """The database record ({"url": "local"} until db.move)."""
+        return _database_record(self.database_text)
+
+
+def parse_found(text: str) -> Found:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (text or "").splitlines():
+        if line.startswith("@@colorgate "):
+            current = sections.setdefault(line.split(" ", 1)[1], [])
+        elif current is not None:
+            current.append(line)
+    body = {name: "\n".join(lines) for name, lines in sections.items()}
+    return Found(body.get("live", ""), body.get("freeze", "").strip() == "frozen", body.get("database", ""),
+                 parse_history(body["history"]) if "history" in body else None)
 
 
 @dataclass(frozen=True)
@@ -307,9 +356,10 @@ def parse_lock(text: str) -> LockState:
                      values.get("phase", ""))
 
 
-def lock_cmd(holder: str, token: str) -> list[str]:
-    """Take the lock for `holder` (JSON) with `token`; exit 75 printing who holds it. Inside the edge."""
-    return ["sh", "-c", LOCK_SCRIPT, "lock", holder, token]
+def lock_cmd(holder: str, token: str, history: bool = False) -> list[str]:
+    """Take the lock for `holder` (JSON) with `token` and print what parse_found reads
+    (with the history when asked); exit 75 printing who holds it. Inside the edge."""
+    return ["sh", "-c", LOCK_SCRIPT, "lock", holder, token, "history" if history else ""]
 
 
 def unlock_cmd(token: str) -> list[str]:
@@ -324,19 +374,41 @@ def phase_cmd(token: str, phase: str) -> list[str]:
     return ["sh", "-c", PHASE_SCRIPT, "phase", token, phase]
 
 
-def heartbeat(settings: Settings, token: str):
-    """Start beating for the lock held with `token`: a process that lives as long as
-    this one (end it with end_heartbeat). Not runner.session: that waits for its
+class Heartbeat:
+    """Beats for the lock held with `token`, from `after` seconds on, in a process that
+    lives as long as this one (HEARTBEAT_SECONDS). A command that ends sooner (a switch,
+    a rollback) starts none: the lock's own mtime covers it, and a `docker exec` start
+    would compete with the traffic for the CPU. Not runner.session: that waits for its
     process at the end, and this one sleeps between beats."""
-    cmd = ["docker", "exec", "-i", edge_container(settings.project), "sh", "-c", HEARTBEAT_SCRIPT, "heartbeat", token]
-    return subprocess.Popen(cmd, env=runner.environ(settings.docker_env()), stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def __init__(self, settings: Settings, token: str, after: float = HEARTBEAT_SECONDS):
+        self.cmd = ["docker", "exec", "-i", edge_container(settings.project), "sh", "-c", HEARTBEAT_SCRIPT, "heartbeat", token]
+        self.env = runner.environ(settings.docker_env())
+        self.guard = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self.ended = False
+        self.timer = threading.Timer(after, self.revive)
+        self.timer.daemon = True
+        self.timer.start()
 
-def end_heartbeat(proc) -> None:
-    proc.stdin.close()
-    proc.kill()  # not waiting out its sleep: the lock is gone, so it beats no more
-    proc.wait()
+    def revive(self) -> None:
+        """Start beating, or again when the exec ended with the edge (restarted)."""
+        with self.guard:
+            if not self.ended and (self.proc is None or self.proc.poll() is not None):
+                self.proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.PIPE,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def beating(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def end(self) -> None:
+        with self.guard:
+            self.ended = True
+            self.timer.cancel()
+            if self.proc is not None:
+                self.proc.stdin.close()
+                self.proc.kill()  # not waiting out its sleep: the lock is gone, so it beats no more
+                self.proc.wait()
 
 
 def read_lock(settings: Settings) -> LockState | None:
@@ -351,12 +423,40 @@ def read_lock_holder(settings: Settings) -> dict:
     return found.holder if found else {}
 
 
-def append_history_cmd(record: dict) -> list[str]:
-    return ["sh", "-c", f"printf '%s\\n' \"$1\" >> {HISTORY}", "history", json.dumps(record)]
+# Append a record ($1, one JSON line) and, when $2 (a token) holds the lock, set its
+# phase to $3: a release's intent and its first phase in one exec.
+APPEND_SCRIPT = f"""printf '%s\\n' "$1" >> {HISTORY}
+[ -z "$2" ] || [ "$(cat {LOCK_DIR}/token 2>/dev/null)" != "$2" ] || printf '%s' "$3" > {LOCK_DIR}/phase"""
+LIVE_MARK = "@live"  # in a final record: where traffic is, filled in on the edge (FINAL_SCRIPT)
+# A record's outcome, with where traffic is then, read from the live file in the same
+# exec: its `"live_color": "@live"` and `"live_version": "@live"` get the live file's
+# values (only if they are a color and a version tag), and the live file is printed.
+FINAL_SCRIPT = f"""c=$(sed -n 's/^color=//p' {LIVE_FILE} 2>/dev/null); v=$(sed -n 's/^version=//p' {LIVE_FILE} 2>/dev/null)
+case "$c" in {'|'.join(COLORS)}) ;; *) c= ;; esac
+case "$v" in ''|*[!A-Za-z0-9._-]*) v= ;; esac
+printf '%s\\n' "$1" | sed "s/\\"live_color\\": \\"{LIVE_MARK}\\"/\\"live_color\\": \\"$c\\"/; s/\\"live_version\\": \\"{LIVE_MARK}\\"/\\"live_version\\": \\"$v\\"/" >> {HISTORY}
+printf 'color=%s\\nversion=%s\\n' "$c" "$v"
+"""
 
 
-def append_history(settings: Settings, record: dict) -> None:
-    in_edge(settings, append_history_cmd(record), "recording history")
+def append_history_cmd(record: dict, token: str = "", phase: str = "") -> list[str]:
+    return ["sh", "-c", APPEND_SCRIPT, "history", json.dumps(record), token, phase]
+
+
+def append_history(settings: Settings, record: dict, token: str = "", phase: str = "") -> None:
+    """Append `record`; with the lock's `token`, also say the holder is at `phase`."""
+    in_edge(settings, append_history_cmd(record, token, phase), "recording history")
+
+
+def final_history_cmd(record: dict) -> list[str]:
+    return ["sh", "-c", FINAL_SCRIPT, "history", json.dumps({**record, "live_color": LIVE_MARK, "live_version": LIVE_MARK})]
+
+
+def append_final(settings: Settings, record: dict) -> tuple[str, str]:
+    """Append a release's outcome with where traffic is now (read on the edge in the
+    same exec); returns that (color, version), ("", "") when no color is live."""
+    values = _fields(in_edge(settings, final_history_cmd(record), "recording history").stdout)
+    return values.get("color", ""), values.get("version", "")
 
 
 def parse_history(text: str) -> list[dict]:

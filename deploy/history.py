@@ -33,7 +33,23 @@ def now() -> str:
 # --- lock --------------------------------------------------------------------------
 
 PAUSE_ENV = "COLORGATE_PAUSE_AT"  # tests only: stop (block) when a command reaches this phase
-_held: list[list] = []  # the lock this process holds: [settings, token, its heartbeat process]
+
+
+@dataclass
+class Held:
+    """The release lock as its holder has it: what it read in the same exec as it took
+    the lock (`found`), the lock --break-lock broke (`broken`: its holder died, so what
+    it left needs a thorough look), and where the holder is."""
+
+    settings: Settings
+    token: str
+    found: edge.Found
+    broken: edge.LockState | None = None
+    heartbeat: edge.Heartbeat | None = None
+    phase: str = ""  # as the lock says it
+
+
+_held: list[Held] = []  # the lock this process holds
 
 
 def held_message(found: edge.LockState) -> str:
@@ -71,27 +87,27 @@ def _break(settings: Settings) -> edge.LockState | None:
 
 
 @contextlib.contextmanager
-def lock(settings: Settings, command: str, break_lock: bool = False) -> Iterator[edge.LockState | None]:
+def lock(settings: Settings, command: str, break_lock: bool = False, history: bool = False) -> Iterator[Held]:
     """Hold the target's release lock for the duration, beating its heartbeat; refuse
-    at once when taken (saying whether its holder still beats). Yields the lock that
-    --break-lock broke (its holder died: what it left needs a thorough look), or None."""
+    at once when taken (saying whether its holder still beats). Yields what the lock's
+    exec read under it (with the history when asked) and the lock --break-lock broke."""
     broken = _break(settings) if break_lock else None
     token = secrets.token_hex(16)
     holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
     try:
-        edge.in_edge(settings, edge.lock_cmd(holder, token), "taking the release lock")
+        out = edge.in_edge(settings, edge.lock_cmd(holder, token, history), "taking the release lock").stdout
     except CommandError as exc:
         if exc.returncode == edge.LOCK_HELD:
             raise LockHeld(held_message(edge.parse_lock(exc.stdout))) from None
         raise facts.edge_down(settings) or exc from None
-    held = [settings, token, edge.heartbeat(settings, token)]
+    held = Held(settings, token, edge.parse_found(out), broken, edge.Heartbeat(settings, token))
     _held.append(held)
     try:
-        yield broken
+        yield held
     finally:
         _held.remove(held)
         edge.in_edge(settings, edge.unlock_cmd(token), check=False)
-        edge.end_heartbeat(held[2])
+        held.heartbeat.end()
 
 
 def at(record: Record | None, phase: str) -> None:
@@ -99,12 +115,12 @@ def at(record: Record | None, phase: str) -> None:
     sees where it is; a run that dies leaves it behind)."""
     if record is not None:
         record.phase = phase
-    if _held:
+    if _held and _held[-1].phase != phase:
         held = _held[-1]
-        settings, token, beating = held
-        if beating.poll() is not None:  # its exec ended with the edge (restarted): beat again
-            held[2] = edge.heartbeat(settings, token)
-        edge.in_edge(settings, edge.phase_cmd(token, phase), check=False)
+        if held.heartbeat.proc is not None and not held.heartbeat.beating():
+            held.heartbeat.revive()  # its exec ended with the edge (restarted): beat again
+        edge.in_edge(held.settings, edge.phase_cmd(held.token, phase), check=False)
+        held.phase = phase
     if os.environ.get(PAUSE_ENV) == phase:  # tests: the fault matrix kills a command here, or resumes it (SIGUSR1)
         resumed: list[int] = []
         signal.signal(signal.SIGUSR1, lambda signum, frame: resumed.append(signum))
@@ -192,11 +208,17 @@ def settle(record: Record, exc: BaseException | None) -> None:
 
 
 @contextlib.contextmanager
-def recorded(settings: Settings, record: Record) -> Iterator[Record]:
-    """Record the intent on the target, run, settle the outcome, note where traffic is
-    then (read from the edge) and record that under the same id."""
+def recorded(settings: Settings, record: Record, phase: str = "") -> Iterator[Record]:
+    """Record the intent on the target (and, under the lock, its first `phase`, in the
+    same exec), run, settle the outcome, and record that under the same id with where
+    traffic is then (read on the edge as it is written)."""
     started = time.monotonic()
-    edge.append_history(settings, asdict(record))  # the intent: a run that dies leaves it "running"
+    held = _held[-1] if _held else None
+    if held and phase:
+        edge.append_history(settings, asdict(record), held.token, phase)  # the intent: a run that dies leaves it "running"
+        held.phase = phase
+    else:
+        edge.append_history(settings, asdict(record))
     try:
         yield record
         settle(record, None)
@@ -205,7 +227,4 @@ def recorded(settings: Settings, record: Record) -> Iterator[Record]:
         raise
     finally:
         record.duration_s = round(time.monotonic() - started, 2)
-        with contextlib.suppress(ColorgateError):
-            live = edge.read_active(settings)
-            record.live_color, record.live_version = (live.color, live.version) if live else ("", "")
-        edge.append_history(settings, asdict(record))
+        record.live_color, record.live_version = edge.append_final(settings, asdict(record))

@@ -30,14 +30,14 @@ from deploy.history import now
 RELAY = "dbrelay"
 
 
-def reconcile(settings: Settings, active: edge.Active | None,
-              states: dict[str, facts.ServiceState], thorough: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
-    """Repair what a dead run left (see the module); returns the states (read again
-    when something was started) and the target's database record, each read once."""
-    if edge.is_frozen(settings):
+def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
+              frozen: bool, record: dict, thorough: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
+    """Repair what a dead run left (see the module), from what the lock's exec read
+    (`active`, `frozen`, the database `record`) and the services' `states`; returns the
+    states (read again when something was started) and the database record (repaired)."""
+    if frozen:
         edge.set_frozen(settings, False)
         runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")
-    record = edge.read_database_record(settings)
     pg = settings.app.postgres
     local = bool(pg and pg.service in states and states[pg.service].state == "running")
     if (RELAY in states or thorough) and local and not record.get("retired"):

@@ -18,7 +18,7 @@ from deploy import db, edge, facts, gates, images, recover, runner, stack
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, GateFailed, StackError
-from deploy.history import Record, at, lock, previous_color, recorded, timed
+from deploy.history import Held, Record, at, lock, previous_color, recorded, timed
 
 
 # --- deciding: pure functions of the facts read from the target ------------------------
@@ -53,17 +53,19 @@ DEPLOY_STEPS = ("images", "start", "migrations", "pre_gates", "switch", "post_ga
 GATED_SWITCH = ("pre_gates", "switch", "post_gates")
 
 
-def observe(settings: Settings, history: bool = False, tags: bool = False, database: bool = False,
-            broken: edge.LockState | None = None) -> Target:
-    """Read the facts a decision needs from the target, and only those: a switch or a
-    rollback needs no release tags, so it makes no docker call for them (the database
-    record is read once, for the reconcile, and given to those that check it). Under the lock, first
-    repair what a run that died left behind (recover.py; `broken`: the lock --break-lock
-    broke, whose holder died)."""
-    active = edge.read_active(settings)
-    states, record = recover.reconcile(settings, active, facts.service_states(settings), thorough=broken is not None)
-    return Target(active, states, edge.read_history(settings) if history else [],
-                  record if database else {"url": "local"}, images.release_tags(settings) if tags else [])
+def observe(settings: Settings, held: Held, tags: bool = False, database: bool = False) -> Target:
+    """The facts a decision needs, and only those: the edge's files as the lock's exec
+    read them (`held.found`: the live color, the freeze, the database record and, when
+    the lock was asked for it, the history), the services from the Engine API, and the
+    release tags when asked (a switch or a rollback needs none). Under the lock, first
+    repair what a run that died left behind (recover.py; thoroughly when --break-lock
+    broke the lock of a run that died)."""
+    found = held.found
+    active = found.active
+    states, record = recover.reconcile(settings, active, facts.service_states(settings), found.frozen, found.database,
+                                       thorough=held.broken is not None)
+    return Target(active, states, found.history or [], record if database else {"url": "local"},
+                  images.release_tags(settings) if tags else [])
 
 
 def _live(target: Target) -> edge.Active:
@@ -231,7 +233,7 @@ def _run(settings: Settings, plan: Plan, target: Target, force: bool = False) ->
         record.outcome = "no-op"
         runner.say(plan.noop)
         return record
-    with recorded(settings, record):
+    with recorded(settings, record, phase=plan.steps[0]):
         execute(plan, Steps(settings, plan, record, facts.running_versions(target.states), force=force), record)
     return record
 
@@ -239,22 +241,22 @@ def _run(settings: Settings, plan: Plan, target: Target, force: bool = False) ->
 def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool = False) -> Record:
     """Move traffic to `to`, an already running color, gated."""
     parse_color(to)
-    with lock(settings, "switch", break_lock) as broken:
-        target = observe(settings, broken=broken)
+    with lock(settings, "switch", break_lock) as held:
+        target = observe(settings, held)
         return _run(settings, plan_switch(settings, target, to, use_gates), target)
 
 
 def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = False) -> Record:
     """Switch back to the color that was live before the latest switch."""
-    with lock(settings, "rollback", break_lock) as broken:
-        target = observe(settings, history=True, broken=broken)
+    with lock(settings, "rollback", break_lock, history=True) as held:
+        target = observe(settings, held)
         return _run(settings, plan_rollback(settings, target, use_gates), target)
 
 
 def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
-    with lock(settings, "deploy", break_lock) as broken:
-        target = observe(settings, tags=version is None, database=True, broken=broken)
+    with lock(settings, "deploy", break_lock) as held:
+        target = observe(settings, held, tags=version is None, database=True)
         return _run(settings, plan_deploy(settings, target, version, force), target, force)
 
 
@@ -285,8 +287,8 @@ def _verified_backup(settings: Settings, record: Record) -> None:
 def migrate(settings: Settings, break_lock: bool = False) -> int:
     """Apply the live color's pending migrations, after a verified backup. Returns how many."""
     db.require_postgres(settings)  # migrating needs a verified backup first
-    with lock(settings, "migrate", break_lock) as broken:
-        target = observe(settings, database=True, broken=broken)
+    with lock(settings, "migrate", break_lock) as held:
+        target = observe(settings, held, database=True)
         stack.check_database_record(settings, target.database)
         active = _live(target)
         pending = facts.pending_migrations(settings, active.color)

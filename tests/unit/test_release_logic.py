@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from deploy import config, edge, facts, gates, history
+from deploy.errors import StackError
 
 
 def _on(tmp_path, cmd: list[str], stdin=None, **kw) -> subprocess.CompletedProcess:
     """An edge command (sh -c SCRIPT ...) run here, on a state directory of this machine."""
-    script = cmd[2].replace(edge.LOCK_DIR, str(tmp_path / "lock"))
+    script = cmd[2].replace(edge.STATE_DIR, str(tmp_path))
     return subprocess.run(["sh", "-c", script, *cmd[3:]], capture_output=True, text=True, input=stdin, **kw)
 
 
@@ -35,6 +36,56 @@ def test_the_lock_is_an_atomic_mkdir_that_reports_holder_heartbeat_and_phase(tmp
     assert _on(tmp_path, edge.unlock_cmd("other")).returncode == 0 and (tmp_path / "lock").is_dir()
     assert _on(tmp_path, edge.unlock_cmd("t0ken")).returncode == 0 and not (tmp_path / "lock").exists()
     assert _on(tmp_path, ["sh", "-c", edge.READ_LOCK_SCRIPT]).returncode == 0  # free
+
+
+def test_taking_the_lock_reads_what_a_locked_command_decides_from_in_the_same_exec(tmp_path):
+    nothing = _on(tmp_path, edge.lock_cmd("{}", "t0ken"))
+    assert nothing.returncode == 0
+    assert edge.parse_found(nothing.stdout) == edge.Found("", False, "", None)  # a new target: no file yet
+    assert edge.parse_found(nothing.stdout).active is None and edge.parse_found(nothing.stdout).database == {"url": "local"}
+    assert _on(tmp_path, edge.unlock_cmd("t0ken")).returncode == 0
+
+    (tmp_path / "live").write_text(edge.render_live("green", "v7"))
+    (tmp_path / "freeze").write_text(edge.render_freeze(5))
+    (tmp_path / "database.json").write_text('{"url": "postgresql://app@db.example/app"}')  # as written: no newline
+    (tmp_path / "history.jsonl").write_text(HISTORY)
+    found = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken", history=True)).stdout)
+    assert found.active == edge.Active("green", "v7") and found.frozen
+    assert found.database == {"url": "postgresql://app@db.example/app"}
+    assert found.history == edge.parse_history(HISTORY) and len(found.history) == 3
+    assert _on(tmp_path, edge.unlock_cmd("t0ken")).returncode == 0
+    assert edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout).history is None  # not asked for
+
+    # a damaged file stops only a command that reads it
+    (tmp_path / "live").write_text("color=purple\n")
+    damaged = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout)  # (the lock was ours already: refused)
+    assert damaged == edge.Found()
+    _on(tmp_path, edge.unlock_cmd("t0ken"))
+    damaged = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout)
+    assert damaged.frozen
+    with pytest.raises(StackError, match="routing state is damaged"):
+        damaged.active
+
+
+def test_an_intent_sets_the_holders_phase_and_an_outcome_says_where_traffic_is(tmp_path):
+    assert _on(tmp_path, edge.lock_cmd("{}", "t0ken")).returncode == 0
+    record = {"id": "r1", "action": "switch", "outcome": "running", "detail": 'said "@live" in passing', "live_color": "", "live_version": ""}
+    assert _on(tmp_path, edge.append_history_cmd(record, "t0ken", "pre_gates")).returncode == 0
+    assert (tmp_path / "lock" / "phase").read_text() == "pre_gates"
+    assert _on(tmp_path, edge.append_history_cmd(record, "other", "switch")).returncode == 0  # not the holder: no phase
+    assert (tmp_path / "lock" / "phase").read_text() == "pre_gates"
+
+    (tmp_path / "live").write_text(edge.render_live("blue", "v1.2-rc_3"))
+    final = _on(tmp_path, edge.final_history_cmd({**record, "outcome": "switched"}))
+    assert final.returncode == 0 and edge._fields(final.stdout) == {"color": "blue", "version": "v1.2-rc_3"}
+    last = edge.parse_history((tmp_path / "history.jsonl").read_text())
+    assert last == [{**record, "outcome": "switched", "live_color": "blue", "live_version": "v1.2-rc_3"}]
+
+    (tmp_path / "live").write_text("color=blue\nversion=v1/../x\n")  # not a version tag: not written into the record
+    _on(tmp_path, edge.final_history_cmd(record))
+    assert edge.parse_history((tmp_path / "history.jsonl").read_text())[-1] == {**record, "live_color": "blue", "live_version": ""}
+    (tmp_path / "live").unlink()
+    assert edge._fields(_on(tmp_path, edge.final_history_cmd(record)).stdout) == {"color": "", "version": ""}
 
 
 def test_the_heartbeat_beats_while_its_holder_lives_and_stops_when_it_dies(tmp_path):
