@@ -260,7 +260,7 @@ def _drain(settings: Settings, script: bool = True) -> None:
         db.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
 
 
-def _subscribe(settings: Settings, url: str, password: str) -> None:
+def _subscribe(settings: Settings, record: Record, url: str, password: str) -> None:
     with runner.step("copying the schema to the target"):
         db.tools(settings, SCHEMA_SCRIPT, extra=_both(url), what="copying the schema")
     with runner.step("publishing the local database (one-off role, TLS-only relay)"):
@@ -277,6 +277,7 @@ CREATE PUBLICATION {ROLE} FOR ALL TABLES;
             last = (runner.redact(created.stderr).strip().splitlines() or ["no output"])[-1]
             raise MoveError(f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
                             "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and allow it in the firewall")
+    at(record, "initial_sync")
     with runner.step("copying the data (initial table sync)"):
         db.tools(settings, f"""i=0
 until [ "$(psql -X -A -t -v ON_ERROR_STOP=1 -c "{WAIT_SYNC_SQL}")" = 0 ]; do
@@ -304,6 +305,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     # candidate to the replica (or the empty target); jobs wait in their queue meanwhile
     workers, held = settings.app.worker_services(plan.from_color), settings.app.worker_services(candidate)
     touched = paused = False
+    frozen_at = ""
     try:
         at(record, "images")
         with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
@@ -311,7 +313,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
         if mode == "replicate":
             touched = True
             at(record, "subscribe")
-            _subscribe(settings, url, _new_password())
+            _subscribe(settings, record, url, _new_password())
             at(record, "start")
             release.start_candidate(settings, plan, versions, databases, held=held)
             release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
@@ -336,6 +338,10 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
         if mode == "replicate" and touched:
             _unsubscribe(settings, url, check=False)
         live = edge.read_active(settings)
+        if live is not None and live.color == candidate and frozen_at:
+            # interrupted after its gated switch (at its record): traffic and its writes are on the
+            # target now, so the record says so before anything else (else the next command repairs it)
+            _record_moved(settings, url, mode, plan, frozen_at)
         if live is None or live.color != candidate:
             stack.stop_color(settings, candidate, versions)
             if paused:
@@ -451,9 +457,9 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
     if isolated:
         raise MoveError(f"{isolated[0]} uses the database but is on internal networks only, so it could not reach a managed one: "
                         f"give it a network that is not internal in {settings.app.file.name}")
-    with lock(settings, "db.move", break_lock) as broken:
+    with lock(settings, "db.move", break_lock) as held:
         # the next version on the inactive color, as a deploy would; never a no-op
-        target = release.observe(settings, tags=True, database=True, broken=broken)
+        target = release.observe(settings, held, tags=True, database=True)
         plan = dataclasses.replace(release.plan_deploy(settings, target, force=True), action="db.move")
         with runner.step(f"checking the target database {shown_url(url)}"):
             preflight(settings, url, mode)

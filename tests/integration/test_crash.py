@@ -20,7 +20,7 @@ import pytest
 from benchmarks.db_move import Writer, managed_postgres
 from deploy import config, db, edge, facts, gates, history, runner, stack, tls
 
-from .conftest import INVOKE, invoke, isolated_env, running_stack
+from .conftest import INVOKE, invoke, running_stack
 from .test_move import move_env
 
 
@@ -65,6 +65,22 @@ def killed_at(phase: str, sig: int, *args: str, env: dict[str, str]) -> subproce
     with paused_at(phase, *args, env=env) as proc:
         proc.send_signal(sig)
     return proc.result
+
+
+def killed_in(phase: str, sig: int, after: float, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run `invoke ARGS` to `phase`, let it go on, and send it `sig` `after` seconds
+    into the step that follows (a kill inside a step: mid `docker compose up`, mid
+    pg_restore; wherever it lands, the invariants must hold)."""
+    with paused_at(phase, *args, env=env) as proc:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(after)
+        proc.send_signal(sig)
+    return proc.result
+
+
+def local_writes(settings: config.Settings) -> set[str]:
+    """The notes in the stack's own PostgreSQL."""
+    return set(runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings), input="SELECT body FROM notes;").stdout.split())
 
 
 def served(settings: config.Settings) -> set[str]:
@@ -136,7 +152,12 @@ def test_sigterm_in_the_post_gates_switches_back_to_the_verified_color(settings,
 
 def test_sigkill_in_the_post_gates_leaves_a_lock_that_stops_beating_and_is_broken_on_record(settings, env):
     before = assert_one_color(settings)
-    proc = killed_at("post_gates", signal.SIGKILL, "deploy", env=env)
+    with paused_at("post_gates", "deploy", env=env) as proc:
+        # a holder that lives beats (from HEARTBEAT_SECONDS after it took the lock on)
+        time.sleep(2 * edge.HEARTBEAT_SECONDS + 1)
+        assert edge.read_lock(settings).age <= edge.HEARTBEAT_SECONDS + 1, "a living holder's lock stopped beating"
+        proc.send_signal(signal.SIGKILL)
+    proc = proc.result
     assert proc.returncode == -signal.SIGKILL
     moved = assert_one_color(settings)  # the switch happened; nothing could switch back
     assert moved.color != before.color
@@ -161,6 +182,39 @@ def test_sigkill_in_the_post_gates_leaves_a_lock_that_stops_beating_and_is_broke
     assert dead["live_color"] == moved.color
     assert [r["action"] for r in records[-2:]] == ["break-lock", "rollback"] and records[-1]["outcome"] == "switched"
     assert edge.read_lock(settings) is None
+
+
+def test_sigkill_inside_the_candidates_compose_up_leaves_traffic_and_the_next_deploy_ships(settings, env):
+    before = assert_one_color(settings)
+    proc = killed_in("start", signal.SIGKILL, 0.3, "deploy", env=env)  # its `docker compose up` goes on, orphaned
+    assert proc.returncode == -signal.SIGKILL
+    assert assert_one_color(settings) == before
+    shipped = invoke("deploy", "--break-lock", env=env)
+    assert shipped.returncode == 0, shipped.stderr
+    after = assert_one_color(settings)
+    assert after.color != before.color and last(settings, "deploy")["outcome"] == "switched"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_backup_killed_mid_dump_loses_no_backup_and_lists_no_partial_one(settings, env, sig):
+    kept = db.backup(settings)["name"]
+    assert db.verify(settings, kept).usable
+    proc = subprocess.Popen([INVOKE, "db.backup"], env={**os.environ, **env}, cwd=config.project_root(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("-> backing up"):
+            break
+    time.sleep(0.3)  # inside the dump: its snapshot exported, pg_dump running
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM)
+    time.sleep(2)  # what it left running (orphaned docker clients) ends
+    listed = db.list_backups(settings)
+    assert kept in [b["manifest"]["name"] for b in listed]  # the newest verified backup is still there
+    assert all(b["manifest"].get("sha256") for b in listed)  # only complete ones, each with its manifest
+    again = invoke("db.backup", env=env)
+    assert again.returncode == 0, again.stderr
+    assert db.verify(settings, db.list_backups(settings)[-1]["manifest"]["name"]).usable
 
 
 def test_a_broken_lock_stays_with_whoever_broke_it(settings, env):
@@ -224,27 +278,6 @@ def test_restore_killed_inside_its_freeze_leaves_the_backups_and_the_next_comman
     assert [r for r in edge.read_history(settings) if r["action"] == "db.restore"][-1]["outcome"] == "interrupted"
 
 
-def test_a_replicate_move_killed_in_its_freeze_leaves_no_relay_slot_or_freeze_after_the_next_command(settings, env):
-    before = assert_one_color(settings)
-    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
-        with Writer(settings) as writer:
-            proc = killed_at("catch_up", signal.SIGKILL, "db.move", "--mode", "replicate",
-                             env={**env, "COLORGATE_MOVE_TO": managed.url, "COLORGATE_HOLD_SECONDS": "1"})
-        assert proc.returncode == -signal.SIGKILL
-        assert edge.is_frozen(settings) and "dbrelay" in facts.service_states(settings)
-        # (its cut-over container, orphaned, may finish ending the replication on its own meanwhile)
-        fixed = invoke("switch", "--to", before.color, "--break-lock", env=env)
-        assert fixed.returncode == 0, fixed.stderr
-        assert "writes open again" in fixed.stderr and "replication relay: removed" in fixed.stderr, fixed.stderr
-        assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
-        assert not db.drop_replication(settings)  # no publication, slot or role left
-        # traffic never left the local database, and has every acknowledged write
-        assert assert_one_color(settings) == before
-        assert facts.color_database(settings, facts.service_states(settings), before.color) == "local"
-        local = set(runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings), input="SELECT body FROM notes;").stdout.split())
-        assert writer.acked and not set(writer.acked) - local
-
-
 def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_next_command(settings, env):
     """(Last in this module: the stack ends on a managed database that is then removed.)"""
     before = assert_one_color(settings)
@@ -260,7 +293,7 @@ def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_nex
         refused = invoke("deploy", "--break-lock", env=env)
         assert refused.returncode == 1, refused.stderr
         assert "writes open again" in refused.stderr and "record repaired" in refused.stderr
-        assert refused.stderr.strip().splitlines()[-1].endswith(f"set DATABASE_URL to that URL, with its password, in .env.development.local")
+        assert refused.stderr.strip().splitlines()[-1].endswith("set DATABASE_URL to that URL, with its password, in .env.development.local")
         assert not edge.is_frozen(settings) and edge.read_database_record(settings)["url"] != "local"
         assert assert_one_color(settings) == moved
         assert writer.acked and not writer.lost(managed)  # every acknowledged write is where traffic goes now
