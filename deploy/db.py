@@ -10,10 +10,12 @@ like even while the app keeps writing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,8 +130,23 @@ def tools_env(settings: Settings, extra: dict[str, str] | None = None) -> tuple[
     return {**stack.compose_env(settings, {}), **env}, flags
 
 
-def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None) -> list[str]:
-    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *(flags or tools_env(settings)[1]), "dbtools", *args)
+def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None, name: str = "") -> list[str]:
+    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *(["--name", name] if name else []),
+                             *(flags or tools_env(settings)[1]), "dbtools", *args)
+
+
+@contextlib.contextmanager
+def one_off(settings: Settings) -> Iterator[str]:
+    """A name for a one-off dbtools container, which is removed when the command ends
+    while it runs (interrupted, timed out): `docker compose run` passes no SIGTERM on
+    and its container would go on alone (a pg_restore finishing after the freeze
+    ended, say). A SIGKILLed command cannot do this: see README "Reliability"."""
+    name = f"{settings.project}-dbtools-run-{secrets.token_hex(4)}"
+    try:
+        yield name
+    except BaseException:
+        runner.run(["docker", "rm", "--force", name], env=settings.docker_env(), check=False)
+        raise
 
 
 def tools(settings: Settings, script: str, *args: str, input: str | None = None, check: bool = True, what: str = "",
@@ -137,8 +154,9 @@ def tools(settings: Settings, script: str, *args: str, input: str | None = None,
     """Run a shell script in a one-off dbtools container (networks `data` and `web`,
     volume `backups`), connected to the app's database by libpq's environment."""
     env, flags = tools_env(settings, extra)
-    return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args, flags=flags), input=input,
-                      env=env, check=check, what=what)
+    with one_off(settings) as name:
+        return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args, flags=flags, name=name), input=input,
+                          env=env, check=check, what=what)
 
 
 PSQL = ("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1")
@@ -179,7 +197,7 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
     those in `protect` nor the newest verified ones: see to_prune)."""
     name = backup_name()
     env, flags = tools_env(settings)
-    with runner.session(tools_cmd(settings, *PSQL, flags=flags), env=env) as psql:
+    with one_off(settings) as one, runner.session(tools_cmd(settings, *PSQL, flags=flags, name=one), env=env) as psql:
         psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{END}';\n")
         psql.stdin.flush()
         out = _read_until_end(psql)
@@ -388,10 +406,11 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                     if left:
                         raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
                     env, flags = tools_env(settings)
-                    runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
-                                         "--single-transaction", "--exit-on-error", "-d",
-                                         env["PGDATABASE"] if settings.database_url else settings.postgres_db,
-                                         f"/backups/{name}.dump", flags=flags), env=env, what="pg_restore")
+                    with one_off(settings) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
+                        runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
+                                             "--single-transaction", "--exit-on-error", "-d",
+                                             env["PGDATABASE"] if settings.database_url else settings.postgres_db,
+                                             f"/backups/{name}.dump", flags=flags, name=one), env=env, what="pg_restore")
                 finally:
                     edge.set_frozen(settings, False)
             record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {fresh['name']}"

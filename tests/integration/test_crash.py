@@ -83,6 +83,11 @@ def local_writes(settings: config.Settings) -> set[str]:
     return set(runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings), input="SELECT body FROM notes;").stdout.split())
 
 
+def one_offs(settings: config.Settings) -> list[str]:
+    """One-off dbtools containers of the project (a pg_dump, pg_restore, psql) left running."""
+    return runner.run(["docker", "ps", "--all", "--quiet", "--filter", f"name={settings.project}-dbtools-run-"]).stdout.split()
+
+
 def served(settings: config.Settings) -> set[str]:
     """The colors that answered 10 requests through the public edge (all 200)."""
     colors = set()
@@ -208,6 +213,8 @@ def test_a_backup_killed_mid_dump_loses_no_backup_and_lists_no_partial_one(setti
     proc.send_signal(sig)
     proc.communicate(timeout=60)
     assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM)
+    if sig == signal.SIGTERM:
+        assert not one_offs(settings)  # its dump container was stopped with it, not left to go on alone
     time.sleep(2)  # what it left running (orphaned docker clients) ends
     listed = db.list_backups(settings)
     assert kept in [b["manifest"]["name"] for b in listed]  # the newest verified backup is still there
@@ -276,6 +283,29 @@ def test_restore_killed_inside_its_freeze_leaves_the_backups_and_the_next_comman
     fixed = invoke("switch", "--to", live.color, "--break-lock", env=env)  # any locked command: this one changes nothing else
     assert fixed.returncode == 0 and "writes open again" in fixed.stderr and not edge.is_frozen(settings)
     assert [r for r in edge.read_history(settings) if r["action"] == "db.restore"][-1]["outcome"] == "interrupted"
+
+
+def test_restore_terminated_inside_pg_restore_changes_no_data_and_opens_writes(settings, env):
+    """`docker compose run` passes no SIGTERM on: without stopping its container, the
+    restore went on alone and could commit after writes were open again."""
+    name = db.backup(settings)["name"]
+    assert db.verify(settings, name).usable
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
+        after = client.post("/api/notes", json={"body": "written after the backup"}).json()["id"]
+    # a reader holding the notes table: pg_restore (--clean drops it) waits there, so the signal lands inside it
+    with runner.session(db.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:
+        reader.stdin.write("BEGIN; LOCK TABLE notes IN ACCESS SHARE MODE; SELECT 'locked';\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "locked"
+        proc = killed_in("restore", signal.SIGTERM, 1.5, "db.restore", name, env=env)
+        assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+        assert not one_offs(settings) and not edge.is_frozen(settings) and edge.read_lock(settings) is None
+        reader.stdin.write("COMMIT;\n")  # had the restore gone on alone, it would go on now
+    time.sleep(2)
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
+        assert client.get(f"/api/notes/{after}").status_code == 200  # one transaction, interrupted: nothing restored
+    record = [r for r in edge.read_history(settings) if r["action"] == "db.restore"][-1]
+    assert (record["outcome"], record["detail"]) == ("interrupted", "interrupted at restore (SIGTERM)")
 
 
 def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_next_command(settings, env):

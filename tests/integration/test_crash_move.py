@@ -16,7 +16,7 @@ from benchmarks.db_move import Writer, managed_postgres
 from deploy import config, db, edge, facts
 
 from .conftest import invoke, running_stack
-from .test_crash import assert_one_color, killed_at, killed_in, last, local_writes
+from .test_crash import assert_one_color, killed_at, killed_in, last, local_writes, one_offs
 from .test_move import move_env
 
 
@@ -45,7 +45,7 @@ def cleaned_up_or_left(settings, sig: int, phase: str) -> None:
     SIGKILL could not: the lock stays (the next command breaks it)."""
     if sig == signal.SIGTERM:
         assert edge.read_lock(settings) is None and not edge.is_frozen(settings)
-        assert "dbrelay" not in facts.service_states(settings)
+        assert "dbrelay" not in facts.service_states(settings) and not one_offs(settings)
         record = last(settings, "db.move")
         assert (record["outcome"], record["detail"]) == ("interrupted", f"interrupted at {phase} (SIGTERM)")
     else:
