@@ -50,7 +50,7 @@ def _address(value: str) -> str:
 
 def _pattern(regex: re.Pattern[str], hint: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
-        if not regex.match(value):
+        if not regex.fullmatch(value):
             raise ValueError(hint)
         return value
 
@@ -75,8 +75,14 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _limit(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 1_000_000:
+        raise ValueError("should be a whole number from 0 (no limit) to 1000000")
+    return int(value)
+
+
 def _docker_host(value: str) -> str:
-    if value and not re.match(r"^(unix|tcp|ssh)://\S+$", value):
+    if value and not re.fullmatch(r"^(unix|tcp|ssh)://\S+$", value):
         raise ValueError("should be empty (local engine) or a URL like ssh://user@host")
     return value
 
@@ -150,6 +156,11 @@ KEYS: dict[str, Key] = {
     # The app: its compose file with an x-colorgate block (or the directory holding it).
     "COLORGATE_APP": Key(_pattern(re.compile(r"^\S+$"), "should be a path to a compose file or its directory"), "examples/spa-api-postgres", attr="app_path"),
     "COLORGATE_DRAIN_SECONDS": Key(_seconds, "30"),
+    # Per client address at the edge: requests per second (and the burst above it, let
+    # through at once) and connections at once; over either, 429. 0: no limit.
+    "COLORGATE_RATE_LIMIT": Key(_limit, "200"),
+    "COLORGATE_RATE_BURST": Key(_limit, "400"),
+    "COLORGATE_CONN_LIMIT": Key(_limit, "200"),
     # During a db.move write freeze the edge holds each write this long, then 503.
     "COLORGATE_HOLD_SECONDS": Key(_seconds, "5"),
     "COLORGATE_TLS_CA": Key(_pattern(re.compile(r"^(local|system|/\S+)$"), "should be local, system or an absolute path to a CA bundle"), "local"),
@@ -200,6 +211,9 @@ class Settings:
     health_timeout: int
     app_path: str
     drain_seconds: int
+    rate_limit: int
+    rate_burst: int
+    conn_limit: int
     hold_seconds: int
     tls_ca: str
     tls_min_days: int
@@ -289,6 +303,9 @@ class Settings:
             "COLORGATE_HTTP_PORT": str(self.http_port),
             "COLORGATE_HTTPS_PORT": str(self.https_port),
             "COLORGATE_DRAIN_SECONDS": str(self.drain_seconds),
+            "COLORGATE_RATE_LIMIT": str(self.rate_limit),
+            "COLORGATE_RATE_BURST": str(self.rate_burst),
+            "COLORGATE_CONN_LIMIT": str(self.conn_limit),
             "COLORGATE_IMAGE_PREFIX": self.image_prefix,
             "COLORGATE_MOVE_RELAY_BIND": self.move_relay_bind,
             "COLORGATE_MOVE_RELAY_PORT": str(self.move_relay_port),
@@ -310,7 +327,7 @@ def parse_env_text(text: str, origin: str) -> dict[str, str]:
             line = line[len("export ") :].lstrip()
         key, sep, value = line.partition("=")
         key = key.strip()
-        if not sep or not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
+        if not sep or not re.fullmatch(r"^[A-Z_][A-Z0-9_]*$", key):
             raise ConfigError(f"{origin}:{number}: expected KEY=value, got {raw.strip()[:40]!r}")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":

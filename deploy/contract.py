@@ -257,7 +257,7 @@ def _bool(value, where: str) -> bool:
 def _path(value, where: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ContractError(f"{where}: must start with / (got {value!r})")
-    if not ROUTE_PATH.match(value):
+    if not ROUTE_PATH.fullmatch(value):
         raise ContractError(f"{where}: {value!r} has characters a path cannot have (spaces, quotes, braces)")
     return value
 
@@ -291,7 +291,7 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
     for name in services:
         if name in OWN_SERVICES:
             raise ContractError(f"services.{name}: the name {name!r} is Colorgate's own ({', '.join(OWN_SERVICES)}): rename the service")
-        if not SERVICE_NAME.match(str(name)) or str(name).endswith(tuple(f"_{c}" for c in COLORS)):
+        if not SERVICE_NAME.fullmatch(str(name)) or str(name).endswith(tuple(f"_{c}" for c in COLORS)):
             raise ContractError(f"services.{name}: use lowercase letters, digits, '-', '_' and '.', not ending in _blue or _green")
     for volume in data.get("volumes") or {}:
         if volume in OWN_VOLUMES:
@@ -403,7 +403,7 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         if service not in shared:
             raise ContractError(f"x-colorgate.database.service: {service!r} is not shared: the database is started once, for both colors")
         env = raw.get("env", "DATABASE_URL")
-        if not isinstance(env, str) or not ENV_NAME.match(env):
+        if not isinstance(env, str) or not ENV_NAME.fullmatch(env):
             raise ContractError("x-colorgate.database.env: should be an environment variable name such as DATABASE_URL")
         kind = raw.get("kind", "postgresql")
         if kind not in ("postgresql", "other"):
@@ -424,6 +424,6 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
 
 def _size(value, where: str) -> str:
     value = str(value)
-    if not SIZE.match(value):
+    if not SIZE.fullmatch(value):
         raise ContractError(f"{where}: should be a size such as 10m, 512k or 1g")
     return value

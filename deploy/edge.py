@@ -83,7 +83,7 @@ class Active:
 
 def check_version(version: str) -> str:
     """A version tag safe in image tags and state files, or BadVersion."""
-    if not VERSION.match(version or ""):
+    if not VERSION.fullmatch(version or ""):
         raise BadVersion(f"bad version {version!r}: use letters, digits, '.', '_' or '-' (at most 128)")
     return version
 
@@ -115,7 +115,7 @@ def parse_active(text: str) -> Active | None:
     if color not in COLORS:
         raise ValueError(f"the live file names color {color!r}, expected one of {', '.join(COLORS)}")
     version = values.get("version", "")
-    if not VERSION.match(version):
+    if not VERSION.fullmatch(version):
         raise ValueError(f"the live file names version {version!r}, which is not a version tag")
     return Active(color, version)
 

@@ -205,6 +205,16 @@ def parse_junit(xml_text: str) -> list[Scenario]:
     return out
 
 
+def redact_report(report: Path) -> str:
+    """Rewrite a gate report without any secret this run knows (a failure message or
+    captured output may quote one; CI uploads the reports); returns its text."""
+    text = report.read_text()
+    clean = runner.redact(text)
+    if clean != text:
+        report.write_text(clean)
+    return clean
+
+
 def run_gates(settings: Settings, phase: str, color: str, version: str) -> GateRun:
     """Run the `phase` (pre/post) scenarios against `color` at `version`."""
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
@@ -218,5 +228,5 @@ def run_gates(settings: Settings, phase: str, color: str, version: str) -> GateR
     else:
         proc = runner.run(gate_cmd(settings, phase, color, version, report), env=settings.as_environment(),
                           check=False, timeout=600, what=f"{phase} gates")
-    scenarios = parse_junit(report.read_text()) if report.is_file() else []
+    scenarios = parse_junit(redact_report(report)) if report.is_file() else []
     return GateRun(phase, color, version, proc.returncode, scenarios, report, proc.stdout + proc.stderr)

@@ -107,7 +107,7 @@ def resolve_directory(directory: str | None, staging: bool) -> str:
     name = "letsencrypt-staging" if staging else (directory or "letsencrypt")
     if name in DIRECTORIES:
         return DIRECTORIES[name]
-    if not re.match(r"^https://\S+$", name):
+    if not re.fullmatch(r"^https://\S+$", name):
         raise ColorgateError(f"ACME directory {name!r} is neither letsencrypt, letsencrypt-staging nor an https:// URL")
     return name
 
@@ -167,7 +167,7 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
         raise ColorgateError(f"--domain {domain} is not COLORGATE_DOMAIN ({settings.domain}): set COLORGATE_DOMAIN={domain} first")
     if domain == "localhost" or "." not in domain:
         raise ColorgateError(f"an ACME CA cannot issue for {domain!r}: set COLORGATE_DOMAIN to a public host name")
-    if not EMAIL.match(email or ""):
+    if not EMAIL.fullmatch(email or ""):
         raise ColorgateError(f"invalid email {email!r}: give an address the CA can send expiry notices to")
     url = resolve_directory(directory, staging)
     env = stack.compose_env(settings, {})

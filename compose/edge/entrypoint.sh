@@ -10,9 +10,17 @@ tls=/etc/colorgate/tls
 case "$domain" in *[!A-Za-z0-9.-]*|"") echo "edge: bad COLORGATE_DOMAIN '$domain'" >&2; exit 64;; esac
 case "$https_port" in *[!0-9]*|"") echo "edge: bad COLORGATE_HTTPS_PORT '$https_port'" >&2; exit 64;; esac
 case "$drain" in *[!0-9]*|"") echo "edge: bad COLORGATE_DRAIN_SECONDS '$drain'" >&2; exit 64;; esac
+rate=${COLORGATE_RATE_LIMIT:-200}
+burst=${COLORGATE_RATE_BURST:-400}
+conns=${COLORGATE_CONN_LIMIT:-200}
+for n in "$rate" "$burst" "$conns"; do
+  case "$n" in *[!0-9]*|"") echo "edge: bad rate or connection limit '$n'" >&2; exit 64;; esac
+done
 
-# A local certificate, signed by a one-off local CA whose key is discarded at once.
-# Regenerated when the domain changes; never touches a certificate it did not make.
+# A local certificate, signed by a one-off local CA whose key is discarded at once,
+# valid 365 days (Mozilla's intermediate profile allows 366 at most). Regenerated when
+# the domain changes or within 30 days of its end; never touches a certificate it did
+# not make (an ACME one).
 local_cert() {
   echo "edge: generating a local certificate for $domain"
   tmp=$(mktemp -d)
@@ -26,7 +34,7 @@ local_cert() {
   printf 'subjectAltName=%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
     "$san" > "$tmp/ext"
   openssl x509 -req -in "$tmp/leaf.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
-    -days 397 -extfile "$tmp/ext" -out "$tmp/fullchain.pem" 2>/dev/null
+    -days 365 -extfile "$tmp/ext" -out "$tmp/fullchain.pem" 2>/dev/null
   mkdir -p "$tls/live"
   mv "$tmp/privkey.pem" "$tls/live/privkey.pem"
   mv "$tmp/fullchain.pem" "$tls/live/fullchain.pem"
@@ -38,12 +46,27 @@ if [ ! -s "$tls/live/fullchain.pem" ]; then
   local_cert
 elif [ -f "$tls/live/.colorgate-local" ] && [ "$(cat "$tls/live/.colorgate-local")" != "$domain" ]; then
   local_cert
+elif [ -f "$tls/live/.colorgate-local" ] && ! openssl x509 -checkend 2592000 -noout -in "$tls/live/fullchain.pem" > /dev/null 2>&1; then
+  local_cert
 fi
 
 mkdir -p /tmp/colorgate
 suffix=":$https_port"
 [ "$https_port" = 443 ] && suffix=""
-printf 'return 301 https://$host%s$request_uri;\n' "$suffix" > /tmp/colorgate/redirect.conf
+# to the configured domain, never to whatever Host the client sent
+printf 'return 301 https://%s%s$request_uri;\n' "$domain" "$suffix" > /tmp/colorgate/redirect.conf
+# Per client address: requests per second (with a burst) and connections at once; 0: none.
+# Over either: 429.
+: > /tmp/colorgate/limit-zones.conf
+: > /tmp/colorgate/limits.conf
+if [ "$rate" != 0 ]; then
+  printf 'limit_req_zone $binary_remote_addr zone=cg_req:10m rate=%sr/s;\n' "$rate" >> /tmp/colorgate/limit-zones.conf
+  printf 'limit_req zone=cg_req burst=%s nodelay;\n' "$burst" >> /tmp/colorgate/limits.conf
+fi
+if [ "$conns" != 0 ]; then
+  printf 'limit_conn_zone $binary_remote_addr zone=cg_conn:10m;\n' >> /tmp/colorgate/limit-zones.conf
+  printf 'limit_conn cg_conn %s;\n' "$conns" >> /tmp/colorgate/limits.conf
+fi
 # The app's routes, rendered by Colorgate from its x-colorgate block (base64 text).
 if [ -z "${COLORGATE_EDGE_ROUTES:-}" ]; then
   echo "edge: COLORGATE_EDGE_ROUTES is empty: start the edge with Colorgate (invoke up)" >&2; exit 64

@@ -87,7 +87,9 @@ if ! docker compose version > /dev/null 2>&1; then
 fi
 if ! docker compose version > /dev/null 2>&1; then
   binary=${COLORGATE_COMPOSE_BINARY:-}
-  [ -n "$binary" ] && [ -f "$binary" ] || die "no compose plugin package here: pass the binary in COLORGATE_COMPOSE_BINARY (invoke server.setup does)"
+  if [ -z "$binary" ] || [ ! -f "$binary" ]; then
+    die "no compose plugin package here: pass the binary in COLORGATE_COMPOSE_BINARY (invoke server.setup does)"
+  fi
   install -D -m 0755 "$binary" /usr/local/lib/docker/cli-plugins/docker-compose
   change "installed the compose plugin in /usr/local/lib/docker/cli-plugins"
 fi

@@ -3,16 +3,19 @@ no way into PostgreSQL or the backends from the host, data that survives down + 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import secrets
 import ssl
+import time
 
 import httpx
 import pytest
 
-from deploy import edge, facts, gates, runner, stack, tls
+from deploy import edge, facts, gates, render, runner, stack, tls
 
-from .conftest import invoke
+from .conftest import free_port, invoke
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,51 @@ def test_http_redirects_to_https_except_acme_challenges(settings):
     assert acme.status_code == 404  # served from the webroot (empty), not redirected
 
 
+def test_http_redirects_to_the_configured_domain_whatever_host_the_client_names(settings):
+    r = httpx.get(f"{settings.http_url}/login?next=/", headers={"Host": "evil.example"}, follow_redirects=False, trust_env=False)
+    assert r.status_code == 301 and r.headers["location"] == f"https://{settings.domain}:{settings.https_port}/login?next=/"
+
+
+def test_the_edge_sends_security_headers_on_every_answer(client):
+    for r in (client.get("/"), client.get("/api/version"), client.get("/api/notes/999999999"), client.get("/healthz")):
+        h = r.headers
+        assert h["strict-transport-security"] == "max-age=63072000" and h["x-content-type-options"] == "nosniff", r.url
+        assert h["referrer-policy"] == "strict-origin-when-cross-origin" and h["x-frame-options"] == "DENY"
+        assert h["content-security-policy"] == "frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+
+
+def test_the_app_sees_the_address_the_edge_saw_not_the_one_a_client_claims(live_stack, settings, client):
+    marker = secrets.token_hex(4)
+    assert client.get(f"/api/missing-{marker}", headers={"X-Forwarded-For": "6.6.6.6"}).status_code == 404
+    live = edge.read_active(settings).color
+    logs = runner.run(["docker", "logs", facts.container(settings, settings.app.copy_name("backend", live))]).stdout
+    line = [line for line in logs.splitlines() if marker in line][-1]  # the app logs failed requests with X-Forwarded-For
+    assert "6.6.6.6" not in line and ipaddress.ip_address(line.split()[0]), line
+
+
+def test_the_edge_limits_requests_per_client(live_stack, settings):
+    """The real edge image on its own, with a low limit: over rate + burst, 429 (with
+    the security headers); the limits are in its configuration as set."""
+    name, port = f"{settings.project}-limits-{secrets.token_hex(3)}", free_port()
+    runner.run(["docker", "run", "--detach", "--name", name, "-p", f"127.0.0.1:{port}:8443",
+                "-e", "COLORGATE_RATE_LIMIT=1", "-e", "COLORGATE_RATE_BURST=3", "-e", "COLORGATE_CONN_LIMIT=7",
+                "-e", f"COLORGATE_EDGE_ROUTES={render.edge_routes_b64(settings.app)}", f"{settings.image_prefix}edge:latest"])
+    try:
+        for _ in range(100):  # up: its plain-HTTP port answers inside (the limits are on HTTPS only)
+            if runner.run(["docker", "exec", name, "curl", "-sf", "http://127.0.0.1:8080/healthz"], check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=False, trust_env=False) as c:
+            answers = [c.get("/api/version") for _ in range(8)]  # an app route (no color is live here: 503)
+        statuses = [r.status_code for r in answers]
+        assert 429 not in statuses[:4] and statuses.count(429) >= 3, statuses  # 1 + a burst of 3, then refused
+        assert answers[-1].headers["strict-transport-security"] == "max-age=63072000"
+        conf = runner.run(["docker", "exec", name, "nginx", "-T", "-q", "-c", edge.NGINX_CONF]).stdout
+        assert "limit_conn cg_conn 7;" in conf and "rate=1r/s" in conf
+    finally:
+        runner.run(["docker", "rm", "--force", name], check=False)
+
+
 def test_notes_crud_through_the_edge(client):
     created = client.post("/api/notes", json={"body": "first"}).json()
     assert client.get(f"/api/notes/{created['id']}").json()["body"] == "first"
@@ -162,7 +210,7 @@ def test_tls_status_describes_the_served_certificate(live_stack, stack_env):
     data = json.loads(proc.stdout)
     assert data["subject"] == "CN=localhost" and "127.0.0.1" in data["sans"]
     assert data["issuer"] == "CN=Colorgate local CA (localhost)" and data["source"] == "local CA (made by the edge)"
-    assert 396 < data["days_left"] <= 397
+    assert 364 < data["days_left"] <= 365  # Mozilla's intermediate profile: at most 366 days
 
 
 def test_logs_of_one_service(live_stack, stack_env):

@@ -175,6 +175,8 @@ def test_a_write_still_held_at_the_bound_is_answered_503_with_retry_after(settin
         edge.set_frozen(settings, False)
     assert status == 503 and headers["retry-after"] == "5" and "writes are paused" in json.loads(body)["error"]
     assert 1.9 < took < 3.5
+    # the edge's own answers carry its security headers too
+    assert headers["strict-transport-security"] == "max-age=63072000" and headers["x-content-type-options"] == "nosniff"
 
 
 def test_an_edge_restarted_after_a_switch_serves_the_color_switched_to(settings, ca):

@@ -43,7 +43,7 @@ def test_damaged_state_is_an_error():
         edge.parse_active(edge.render_live("blue", "v1").replace("=v1", "=v1 x"))
 
 
-@pytest.mark.parametrize("version", ["", "v1;", "v1\ncolor=green", "../x", "a b"])
+@pytest.mark.parametrize("version", ["", "v1;", "v1\ncolor=green", "../x", "a b", "v1\n"])
 def test_versions_cannot_inject_state(version):
     with pytest.raises(ValueError, match="bad version"):
         edge.render_live("blue", version)

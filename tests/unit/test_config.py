@@ -163,3 +163,12 @@ def test_database_url_password_is_masked_and_shown_without_it(tmp_path):
     assert config.shown_url("") == "local"
     assert runner.redact("conninfo password=Very-Secret-77") == "conninfo password=********"
     assert "Very-Secret" not in repr(s)
+
+
+@pytest.mark.parametrize("key,value", [("COLORGATE_DOMAIN", "app.example.com\n"), ("COLORGATE_PROJECT", "colorgate\n"),
+                                       ("COLORGATE_DOCKER_HOST", "ssh://deploy@host\n"), ("COLORGATE_TLS_CA", "local\n")])
+def test_a_trailing_newline_is_not_a_valid_value(tmp_path, key, value):
+    """(`$` in a pattern accepts a trailing newline: every check matches the whole value.)"""
+    write(tmp_path, ".env.development", GOOD)
+    with pytest.raises(ConfigError, match=rf"^{key} '.*' in the environment should be"):
+        load(tmp_path, environ={key: value})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, edge, facts, gates, history
+from deploy import config, edge, facts, gates, history, runner
 from deploy.errors import StackError
 
 
@@ -191,6 +191,17 @@ def test_junit_report_gives_scenario_step_and_reason():
         "AssertionError: the edge routes to blue v1, expected green v2"
     )
     assert "FAIL  Upstream active: The edge routes to green" in "\n".join(run.summary_lines())
+
+
+def test_a_gate_report_is_rewritten_without_the_secrets_it_quotes(tmp_path):
+    """CI uploads the reports: a failure that quoted a password must not carry it there."""
+    runner.add_secret("pw-in-report-7f3a")
+    report = tmp_path / "gates.xml"
+    report.write_text(JUNIT.replace("expected green v2", "expected green v2 (postgresql://app:pw-in-report-7f3a@db/app)"))
+    text = gates.redact_report(report)
+    assert "pw-in-report-7f3a" not in report.read_text() and text == report.read_text()
+    assert "postgresql://app:" + runner.MASK + "@db/app" in text
+    assert gates.parse_junit(text)[1].outcome == "failed"
 
 
 def test_a_gate_run_with_no_scenarios_is_not_a_pass():

@@ -4,6 +4,7 @@ runs, with options that exist: no deploy logic only in YAML."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -58,3 +59,21 @@ def test_the_pipeline_pushes_run_number_tags_and_keeps_the_reports():
     upload = [s for s in deploy["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
     assert upload and upload[0]["if"] == "always()" and upload[0]["with"]["path"] == "reports/*.xml"
     assert "make test" in [s.get("run") for s in doc["jobs"]["test"]["steps"]]
+
+
+def test_the_pipeline_is_hardened():
+    """GitHub's hardening guide: least permissions per job, actions pinned by commit,
+    no persisted Git credentials, a known host key required, one deploy per target."""
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    assert doc["permissions"] == {}
+    assert doc["jobs"]["test"]["permissions"] == {"contents": "read"}
+    deploy = doc["jobs"]["deploy"]
+    assert deploy["permissions"] == {"contents": "read", "packages": "write"}
+    assert deploy["concurrency"]["cancel-in-progress"] is False and deploy["concurrency"]["group"]
+    steps = [s for job in doc["jobs"].values() for s in job["steps"]]
+    for step in (s for s in steps if "uses" in s):
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), f"{step['uses']} is not pinned by commit"
+        if step["uses"].startswith("actions/checkout@"):
+            assert step["with"]["persist-credentials"] is False
+    text = WORKFLOW.read_text()
+    assert "ssh-keyscan -H" not in text and "exit 1" in text.split("STAGING_KNOWN_HOSTS: ${{")[1].split("- name:")[0]

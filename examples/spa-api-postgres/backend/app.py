@@ -99,7 +99,9 @@ class Handler(BaseHTTPRequestHandler):
             super().log_request(code, size)
 
     def log_message(self, fmt, *args):  # errors and failed requests, one line each, on stdout
-        sys.stdout.write("%s %s\n" % (self.address_string(), fmt % args))
+        headers = getattr(self, "headers", None)  # the client as the edge saw it (X-Forwarded-For)
+        client = (headers.get("X-Forwarded-For") if headers else None) or self.address_string()
+        sys.stdout.write("%s %s\n" % (client, fmt % args))
         sys.stdout.flush()
 
     def send_json(self, status, payload):
