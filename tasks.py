@@ -356,15 +356,20 @@ def images_send(c, version=None, profile=None, host=None):
 
 @task(name="setup", help={"host": "the server: ssh://root@host[:port], or a user who may sudo", "user": "the deploy user to create",
                           "key_file": "public key the deploy user logs in with (default: ~/.ssh/id_ed25519.pub)",
+                          "ssh_port": "the port sshd listens on afterwards (default: the one in --host, else 22); "
+                                      "the firewall lets the new port in before sshd moves, and keeps the old one until it has",
                           "profile": "env profile"})
 @operator_errors
-def server_setup(c, host=None, user="deploy", key_file=None, profile=None):
+def server_setup(c, host=None, user="deploy", key_file=None, ssh_port=None, profile=None):
     """Set up a fresh Debian/Ubuntu server for Colorgate (Docker, deploy user, firewall, upgrades); idempotent."""
     settings = _load(profile, host)
     path = Path(key_file).expanduser() if key_file else Path("~/.ssh/id_ed25519.pub").expanduser()
     if not path.is_file():
         raise ColorgateError(f"no public key at {path}: pass --key-file with the key the {user} user will log in with")
-    print("\n".join(_remote.server_setup(settings, user, path.read_text().strip(), _bootstrap.bundled_compose())))
+    if ssh_port is not None and not (str(ssh_port).isdigit() and 1 <= int(ssh_port) <= 65535):
+        raise ColorgateError(f"--ssh-port {ssh_port!r} should be a port number from 1 to 65535")
+    print("\n".join(_remote.server_setup(settings, user, path.read_text().strip(), _bootstrap.bundled_compose(),
+                                         int(ssh_port) if ssh_port else None)))
 
 
 @task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})

@@ -55,7 +55,9 @@ def isolated(run_id: str) -> dict[str, str]:
     return {"COLORGATE_PROFILE": "development", "COLORGATE_PROJECT": run_id, "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
             "COLORGATE_HTTP_PORT": str(free_port_on("127.0.0.1")), "COLORGATE_HTTPS_PORT": str(free_port_on("127.0.0.1")),
             "COLORGATE_MOVE_RELAY_BIND": relay, "COLORGATE_MOVE_RELAY_HOST": relay,
-            "COLORGATE_MOVE_RELAY_PORT": str(free_port_on(relay))}
+            "COLORGATE_MOVE_RELAY_PORT": str(free_port_on(relay)),
+            # the writers send from one address: the edge's per-client limits stay on, above them
+            "COLORGATE_RATE_LIMIT": "100000", "COLORGATE_RATE_BURST": "100000", "COLORGATE_CONN_LIMIT": "65535"}
 
 
 @dataclasses.dataclass

@@ -321,7 +321,7 @@ def bench_settings() -> config.Settings:
         # (their cost is in the figures), set above what this client sends
         "COLORGATE_RATE_LIMIT": "100000",
         "COLORGATE_RATE_BURST": "100000",
-        "COLORGATE_CONN_LIMIT": "100000",
+        "COLORGATE_CONN_LIMIT": "65535",
     }
     return config.load("development", environ={**os.environ, **env})
 

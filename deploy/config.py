@@ -81,6 +81,18 @@ def _limit(value: str) -> int:
     return int(value)
 
 
+def _conn_limit(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise ValueError("should be a whole number from 0 (no limit) to 65535")
+    return int(value)
+
+
+def _size(value: str) -> str:
+    if not re.fullmatch(r"[1-9][0-9]*[kmg]", value):
+        raise ValueError("should be a size such as 512m or 2g")
+    return value
+
+
 def _docker_host(value: str) -> str:
     if value and not re.fullmatch(r"^(unix|tcp|ssh)://\S+$", value):
         raise ValueError("should be empty (local engine) or a URL like ssh://user@host")
@@ -160,7 +172,13 @@ KEYS: dict[str, Key] = {
     # through at once) and connections at once; over either, 429. 0: no limit.
     "COLORGATE_RATE_LIMIT": Key(_limit, "200"),
     "COLORGATE_RATE_BURST": Key(_limit, "400"),
-    "COLORGATE_CONN_LIMIT": Key(_limit, "200"),
+    "COLORGATE_CONN_LIMIT": Key(_conn_limit, "200"),
+    # Every container (unless its service sets its own): at most this many processes and
+    # this much memory; its log rotated at this size, this many files kept.
+    "COLORGATE_PIDS_LIMIT": Key(_limit, "512"),
+    "COLORGATE_MEMORY_LIMIT": Key(_size, "1g"),
+    "COLORGATE_LOG_MAX_SIZE": Key(_size, "10m"),
+    "COLORGATE_LOG_MAX_FILES": Key(_count, "3"),
     # During a db.move write freeze the edge holds each write this long, then 503.
     "COLORGATE_HOLD_SECONDS": Key(_seconds, "5"),
     "COLORGATE_TLS_CA": Key(_pattern(re.compile(r"^(local|system|/\S+)$"), "should be local, system or an absolute path to a CA bundle"), "local"),
@@ -214,6 +232,10 @@ class Settings:
     rate_limit: int
     rate_burst: int
     conn_limit: int
+    pids_limit: int
+    memory_limit: str
+    log_max_size: str
+    log_max_files: int
     hold_seconds: int
     tls_ca: str
     tls_min_days: int
@@ -306,6 +328,10 @@ class Settings:
             "COLORGATE_RATE_LIMIT": str(self.rate_limit),
             "COLORGATE_RATE_BURST": str(self.rate_burst),
             "COLORGATE_CONN_LIMIT": str(self.conn_limit),
+            "COLORGATE_PIDS_LIMIT": str(self.pids_limit),
+            "COLORGATE_MEMORY_LIMIT": self.memory_limit,
+            "COLORGATE_LOG_MAX_SIZE": self.log_max_size,
+            "COLORGATE_LOG_MAX_FILES": str(self.log_max_files),
             "COLORGATE_IMAGE_PREFIX": self.image_prefix,
             "COLORGATE_MOVE_RELAY_BIND": self.move_relay_bind,
             "COLORGATE_MOVE_RELAY_PORT": str(self.move_relay_port),

@@ -214,6 +214,51 @@ def published_ports(settings: Settings) -> dict[str, list[str]]:
     return {name: s.ports for name, s in service_states(settings).items()}
 
 
+@dataclass(frozen=True)
+class Confinement:
+    """How a running container is confined, from `docker inspect`."""
+
+    service: str
+    user: str  # the user it runs as ("" : the image's default, root)
+    cap_add: tuple[str, ...]
+    cap_drop: tuple[str, ...]
+    security_opt: tuple[str, ...]
+    read_only: bool
+
+    @property
+    def as_root(self) -> bool:
+        return self.user.split(":")[0] in ("", "root", "0")
+
+    @property
+    def no_new_privileges(self) -> bool:
+        """As the engine applies it: the last no-new-privileges option wins."""
+        said = [o.replace("=", ":") for o in self.security_opt if o.startswith("no-new-privileges")]
+        return bool(said) and said[-1] in ("no-new-privileges", "no-new-privileges:true")
+
+    def gains(self) -> list[str]:
+        """What lets it gain privileges: capabilities kept or added, no no-new-privileges."""
+        return ([f"capabilities added: {', '.join(self.cap_add)}"] if self.cap_add else []) + \
+            ([] if "ALL" in self.cap_drop else ["capabilities not dropped (cap_drop: [ALL])"]) + \
+            ([] if self.no_new_privileges else ["no-new-privileges off"])
+
+    def problems(self) -> list[str]:
+        """All that a locked-down container must not have: the gains, root, a writable root filesystem."""
+        return self.gains() + (["runs as root"] if self.as_root else []) + ([] if self.read_only else ["root filesystem writable"])
+
+
+def confinement(settings: Settings, services: list[str]) -> dict[str, Confinement]:
+    """Confinement of each running service in `services`."""
+    out = {}
+    for name, c in zip(services, parallel(lambda n: _inspected(settings, container(settings, n)), services)):
+        if c is None:
+            continue
+        host, config = c.get("HostConfig") or {}, c.get("Config") or {}
+        caps = lambda key: tuple(cap.upper().removeprefix("CAP_") for cap in host.get(key) or ())  # noqa: E731 (the engine says CAP_NET_RAW)
+        out[name] = Confinement(name, config.get("User") or "", caps("CapAdd"), caps("CapDrop"),
+                                tuple(host.get("SecurityOpt") or ()), bool(host.get("ReadonlyRootfs")))
+    return out
+
+
 def target_host(settings: Settings):
     """testinfra host for the machine the stack runs on: this one for a local engine,
     the SSH host of COLORGATE_DOCKER_HOST otherwise."""

@@ -23,11 +23,15 @@ def compose_binary_for(machine: str, bundled: Path | None) -> Path | None:
     return bundled if bundled and machine.strip() == platform.machine() else None
 
 
-def server_setup(settings: Settings, user: str, public_key: str, compose_binary: Path | None = None) -> list[str]:
+def server_setup(settings: Settings, user: str, public_key: str, compose_binary: Path | None = None,
+                 ssh_port: int | None = None) -> list[str]:
     """Upload and run server-setup.sh on the SSH host (as a user who may sudo, or root),
     with `compose_binary` (this machine's compose plugin) for a host whose distribution
-    has none and whose CPU matches. Returns the script's report lines."""
+    has none and whose CPU matches. sshd listens on `ssh_port` afterwards (default: the
+    port this host is reached on, so a setup never moves it unasked). Returns the
+    script's report lines."""
     target = parse(settings.docker_host)
+    port = ssh_port or target.port or 22
 
     def run(cmd: list[str], what: str, input: str | None = None):
         try:
@@ -49,7 +53,7 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
         run(target.scp(binary, f"{REMOTE_DIR}/docker-compose"), "uploading the compose plugin")
         env = f"COLORGATE_COMPOSE_BINARY={REMOTE_DIR}/docker-compose "
     sudo = "" if target.user == "root" else "sudo -n "
-    command = f"{sudo}env {env}sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)}; " \
+    command = f"{sudo}env {env}sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)} {int(port)}; " \
               f"rc=$?; rm -rf {REMOTE_DIR}; exit $rc"
     with runner.step(f"setting up {target.shown} (server-setup.sh)"):
         out = run(target.ssh(command), "server-setup.sh").stdout

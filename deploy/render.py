@@ -35,6 +35,35 @@ def _network_map(service: dict) -> dict:
     return {"default": None}
 
 
+# Every container Colorgate starts is locked down unless its service in the compose
+# file says otherwise: a key the service sets itself wins (`read_only: false` for an
+# image that writes outside its volumes, `cap_add: [CHOWN, SETUID, SETGID]` for one
+# that starts as root and steps down, such as the official postgres image). Limits and
+# log rotation come from the settings (COLORGATE_PIDS_LIMIT, _MEMORY_LIMIT, _LOG_*).
+LOCKED_DOWN = {
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges:true"],
+    "read_only": True,
+    "tmpfs": ["/tmp"],
+    "pids_limit": "${COLORGATE_PIDS_LIMIT:-512}",
+    "mem_limit": "${COLORGATE_MEMORY_LIMIT:-1g}",
+    "logging": {"driver": "json-file",
+                "options": {"max-size": "${COLORGATE_LOG_MAX_SIZE:-10m}", "max-file": "${COLORGATE_LOG_MAX_FILES:-3}"}},
+}
+
+
+def locked_down(svc: dict) -> dict:
+    """`svc` with every LOCKED_DOWN key it does not set itself; no-new-privileges is
+    added to a security_opt list it sets, unless that list turns it off."""
+    for key, value in LOCKED_DOWN.items():
+        if key not in svc:
+            svc[key] = copy.deepcopy(value)
+    opts = svc["security_opt"]
+    if isinstance(opts, list) and not any(str(o).replace("=", ":").startswith("no-new-privileges") for o in opts):
+        opts.append("no-new-privileges:true")
+    return svc
+
+
 def version_var(color: str) -> str:
     return f"COLORGATE_{color.upper()}_VERSION"
 
@@ -57,7 +86,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
         labels.update({"org.colorgate.role": "database" if app.database and name == app.database.service else "shared",
                        "org.colorgate.service": name})
         svc["labels"] = labels
-        services[name] = svc
+        services[name] = locked_down(svc)
     for color in COLORS:
         for name in app.colored:
             svc = copy.deepcopy(app.services[name] or {})
@@ -82,7 +111,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
                 items = deps.items() if isinstance(deps, dict) else ((d, None) for d in deps)
                 renamed = {app.copy_name(d, color) if d in app.colored else d: (v or {"condition": "service_started"}) for d, v in items}
                 svc["depends_on"] = renamed
-            services[app.copy_name(name, color)] = svc
+            services[app.copy_name(name, color)] = locked_down(svc)
     own = yaml.safe_load((OWN_PARTS / "colorgate.yml").read_text())
     db_networks = list(_network_map(app.services[app.database.service] or {})) if app.database else []
     for name, svc in own["services"].items():
@@ -95,7 +124,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
                 svc.setdefault("environment", {})["PGHOST"] = app.database.service
                 if name == "dbrelay":
                     svc["entrypoint"] = ["socat", "TCP-LISTEN:5433,fork,reuseaddr", f"TCP:{app.database.service}:5432"]
-        services[name] = svc
+        services[name] = locked_down(svc)
     networks = copy.deepcopy(app.raw.get("networks") or {})
     networks[EDGE_NETWORK] = {}
     volumes = copy.deepcopy(app.raw.get("volumes") or {})

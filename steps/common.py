@@ -296,3 +296,39 @@ def hsts(response):
     value = response.headers.get("strict-transport-security", "")
     max_age = int(value.split("max-age=")[1].split(";")[0]) if "max-age=" in value else 0
     assert max_age >= 31536000, f"Strict-Transport-Security is {value!r}"
+
+
+# --- hardening -------------------------------------------------------------------------
+
+
+@then("the color under test and the edge run locked down")
+def locked_down(gate_settings, expected):
+    services = [*gate_settings.app.color_services(expected.color), "edge"]
+    found = facts.confinement(gate_settings, services)
+    assert set(found) == set(services), f"not running: {sorted(set(services) - set(found))}"
+    weak = {name: c.problems() for name, c in found.items() if c.problems()}
+    assert not weak, (f"not locked down: {weak}: remove what undoes it (cap_add, read_only: false, user: root, "
+                      f"no-new-privileges:false) from {gate_settings.app.file.name}")
+
+
+@then("no other container can gain privileges")
+def no_privilege_gain(gate_settings, expected):
+    others = [name for name, s in facts.service_states(gate_settings).items()
+              if s.state == "running" and s.color is None and name != "edge"]
+    declared = {name: {str(c).upper().removeprefix("CAP_") for c in (gate_settings.app.services.get(name) or {}).get("cap_add") or ()}
+                for name in others}
+    gains = {}
+    for name, c in facts.confinement(gate_settings, others).items():
+        problems = [p for p in c.gains() if not (p.startswith("capabilities added") and set(c.cap_add) <= declared[name])]
+        if problems:
+            gains[name] = problems
+    assert not gains, f"can gain privileges: {gains}"
+
+
+@then("the response carries the edge's security headers")
+def security_headers(response):
+    h = response.headers
+    want = {"x-content-type-options": "nosniff", "referrer-policy": "strict-origin-when-cross-origin", "x-frame-options": "DENY"}
+    wrong = {k: h.get(k) for k, v in want.items() if h.get(k) != v}
+    assert not wrong, f"{response.url}: security headers missing or changed: {wrong}"
+    assert "frame-ancestors 'none'" in h.get("content-security-policy", ""), f"CSP is {h.get('content-security-policy')!r}"

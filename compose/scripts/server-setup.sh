@@ -13,7 +13,8 @@
 #   - a firewall (nftables table `inet colorgate`) letting in only SSH, 80 and 443
 #   - unattended security upgrades
 #   - iproute2 (`ss`): the gates check the host's listening sockets over SSH
-#   - rotation of container logs (json-file, 10 MB x 5 per container)
+#   - Docker defaults: rotation of container logs (json-file, 10 MB x 5 per container),
+#     no-new-privileges, live-restore, no inter-container traffic on the default bridge
 set -eu
 
 user=${1:-}
@@ -113,17 +114,14 @@ fi
 chown "$user:$user" "$keys"
 chmod 0600 "$keys"
 
-# --- SSH: keys only ----------------------------------------------------------------
-if printf 'Port %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n' "$ssh_port" \
-    | put /etc/ssh/sshd_config.d/10-colorgate.conf 0644; then
-  change "sshd: key-only logins on port $ssh_port"
-  mkdir -p /run/sshd
-  sshd -t || die "sshd rejects its configuration: see /etc/ssh/sshd_config.d/10-colorgate.conf"
-  if has_systemd; then systemctl reload ssh 2> /dev/null || systemctl reload sshd; fi
-fi
-
 # --- firewall: only SSH, HTTP and HTTPS come in -----------------------------------------
-# Its own table, so Docker's rules (and anyone else's) are left alone.
+# Its own table, so Docker's rules (and anyone else's) are left alone. A new SSH port is
+# let in before sshd moves to it, and the port sshd listens on now stays open until it
+# has moved (the next run closes it): a failed move never locks anyone out.
+ports=$ssh_port
+for port in $(ss -Htlnp 2> /dev/null | awk '/"sshd"/ { n = split($4, a, ":"); print a[n] }' | sort -u); do
+  case ", $ports," in *", $port,"*) ;; *) ports="$ports, $port" ;; esac
+done
 if cat <<NFT | put /etc/colorgate/firewall.nft 0644; then
 table inet colorgate
 delete table inet colorgate
@@ -134,13 +132,17 @@ table inet colorgate {
     ct state established,related accept
     ct state invalid drop
     meta l4proto { icmp, ipv6-icmp } accept
-    tcp dport { $ssh_port, 80, 443 } accept
+    tcp dport { $ports, 80, 443 } accept
   }
 }
 NFT
-  change "firewall rules written: SSH ($ssh_port), 80 and 443 only"
+  change "firewall rules written: SSH ($ports), 80 and 443 only"
+  reload_firewall=1
 fi
-if ! nft list table inet colorgate > /dev/null 2>&1 || [ "$(nft list table inet colorgate | grep -c 'dport')" = 0 ]; then
+# Loaded whenever the file changed (a new SSH port, say), and when the table is missing
+# (a reboot before the unit existed). Before sshd moves to a new port: the session this
+# runs in stays up (established connections are let through) and the next one gets in.
+if [ "${reload_firewall:-0}" = 1 ] || ! nft list table inet colorgate 2> /dev/null | grep -q dport; then
   nft -f /etc/colorgate/firewall.nft || die "could not load the firewall rules (nft -f /etc/colorgate/firewall.nft)"
   change "firewall loaded"
 fi
@@ -150,6 +152,15 @@ if printf '[Unit]\nDescription=Colorgate firewall (SSH, 80, 443 only)\nBefore=ne
   if has_systemd; then systemctl daemon-reload && systemctl enable colorgate-firewall.service; fi
 fi
 
+# --- SSH: keys only ----------------------------------------------------------------
+if printf 'Port %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n' "$ssh_port" \
+    | put /etc/ssh/sshd_config.d/10-colorgate.conf 0644; then
+  change "sshd: key-only logins on port $ssh_port"
+  mkdir -p /run/sshd
+  sshd -t || die "sshd rejects its configuration: see /etc/ssh/sshd_config.d/10-colorgate.conf"
+  if has_systemd; then systemctl reload ssh 2> /dev/null || systemctl reload sshd; fi
+fi
+
 # --- unattended security upgrades ------------------------------------------------------
 if printf 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n' \
     | put /etc/apt/apt.conf.d/20auto-upgrades 0644; then
@@ -157,14 +168,19 @@ if printf 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-U
 fi
 
 # --- Docker: container log rotation ------------------------------------------------
+# Docker's defaults: containers rotate their logs, cannot gain privileges (setuid), go
+# on running while the engine restarts (an upgrade), and on the default bridge do not
+# talk to each other (Colorgate's stacks use networks of their own).
 daemon=/etc/docker/daemon.json
-rotation='{"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "5"}}'
+defaults='{"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "5"}, "live-restore": true, "no-new-privileges": true, "icc": false}'
 if [ ! -s "$daemon" ]; then
-  printf '%s\n' "$rotation" | put "$daemon" 0644
-  change "container logs rotate (10 MB x 5)"
+  printf '%s\n' "$defaults" | put "$daemon" 0644
+  change "docker defaults: logs rotate (10 MB x 5), no-new-privileges, live-restore, no icc on the default bridge"
   if has_systemd; then systemctl restart docker; fi
-elif ! grep -q '"max-size"' "$daemon"; then
-  say "warning: $daemon exists without log rotation; add: $rotation"
+else
+  for want in '"max-size"' '"live-restore": true' '"no-new-privileges": true' '"icc": false'; do
+    grep -q "$want" "$daemon" || say "warning: $daemon (yours, left as it is) lacks $want; Colorgate's defaults: $defaults"
+  done
 fi
 if has_systemd; then
   for unit in docker ssh; do

@@ -41,6 +41,11 @@ def isolated_env(tag: str = "") -> dict[str, str]:
         "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
         "COLORGATE_HTTP_PORT": str(free_port()),
         "COLORGATE_HTTPS_PORT": str(free_port()),
+        # every test client sends from one address, some at hundreds of requests a
+        # second: the per-client limits stay on, above them (test_stack tests the limits)
+        "COLORGATE_RATE_LIMIT": "100000",
+        "COLORGATE_RATE_BURST": "100000",
+        "COLORGATE_CONN_LIMIT": "65535",
     }
 
 

@@ -286,6 +286,28 @@ def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
     assert run_gates_cli(env).returncode == 0
 
 
+def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_it_is_undone(rstack, env, tmp_path):
+    live_color = live(rstack).color
+    backend = rstack.app.copy_name("backend", live_color)
+    override = tmp_path / "weaken.yml"
+    override.write_text(f'services:\n  {backend}:\n    cap_add: [NET_RAW]\n    read_only: false\n'
+                        '    security_opt: ["no-new-privileges:false"]\n    user: root\n')
+    base = stack.compose_cmd(rstack)
+    versions = facts.running_versions(facts.service_states(rstack))
+    runner.run([*base, "--file", str(override), "up", "--detach", "--no-build", backend], env=stack.compose_env(rstack, versions))
+    try:
+        stack.wait_ready(rstack, [backend])
+        weak = facts.confinement(rstack, [backend])[backend]
+        assert weak.as_root and weak.cap_add == ("NET_RAW",) and not weak.read_only and not weak.no_new_privileges
+        proc = run_gates_cli(env, "-m", "post", "features/hardening.feature")
+        assert proc.returncode == 1, proc.stdout[-1500:]
+        assert "not locked down" in proc.stdout and "capabilities added: NET_RAW" in proc.stdout and "runs as root" in proc.stdout
+    finally:
+        runner.run([*base, "up", "--detach", "--no-build", backend], env=stack.compose_env(rstack, versions))
+        stack.wait_ready(rstack, [backend])
+    assert run_gates_cli(env, "features/hardening.feature").returncode == 0
+
+
 def test_history_and_status_show_the_releases(rstack, env):
     from deploy.colors import other
 

@@ -125,7 +125,9 @@ def test_setup_on_a_fresh_debian_then_again_changes_nothing(vps):
     assert "passwordauthentication no" in sshd and "kbdinteractiveauthentication no" in sshd and "pubkeyauthentication yes" in sshd
     table = sh(vps, "nft list table inet colorgate")
     assert "policy drop" in table and "tcp dport { 22, 80, 443 } accept" in table
-    assert '"max-size": "10m"' in sh(vps, "cat /etc/docker/daemon.json")
+    daemon = sh(vps, "cat /etc/docker/daemon.json")
+    for want in ('"max-size": "10m"', '"live-restore": true', '"no-new-privileges": true', '"icc": false'):
+        assert want in daemon, daemon
     assert 'Unattended-Upgrade "1"' in sh(vps, "cat /etc/apt/apt.conf.d/20auto-upgrades")
     assert "Docker Compose version" in sh(vps, "docker compose version")
 
@@ -133,3 +135,27 @@ def test_setup_on_a_fresh_debian_then_again_changes_nothing(vps):
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "server-setup: nothing to change: the server is set up"
     assert state(vps) == after_first
+
+
+def test_a_new_ssh_port_is_let_in_before_sshd_moves_and_the_old_one_closes_only_after(vps):
+    """(After the fresh-setup test: this one moves sshd.) The session the setup runs in
+    must never lose its way back in: a failed move leaves the old port open."""
+    assert setup(vps, "--key-file", str(vps.key_file)).returncode == 0  # set up, on 22
+    moved = setup(vps, "--key-file", str(vps.key_file), "--ssh-port", "2222")
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert "tcp dport { 22, 80, 443, 2222 } accept" in sh(vps, "nft list table inet colorgate")  # both, while sshd is on 22
+    assert "port 2222" in sh(vps, "sshd -T")
+    sh(vps, "kill -HUP 1")  # sshd (the container's first process) reads its configuration again, as `systemctl reload ssh` makes it
+    address = vps.url.split("@")[1]
+    for _ in range(50):
+        scanned = subprocess.run(["ssh-keyscan", "-T", "1", "-p", "2222", address], capture_output=True, text=True).stdout
+        if scanned:
+            break
+        time.sleep(0.2)
+    known_hosts = Path(vps.env["PATH"].split(":")[0]).parent / ".ssh" / "known_hosts"
+    known_hosts.write_text(known_hosts.read_text() + scanned)
+    on_new = dataclasses.replace(vps, url=f"{vps.url}:2222")
+    again = setup(on_new, "--key-file", str(vps.key_file))  # reached on 2222: it stays there
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "tcp dport { 80, 443, 2222 } accept" in sh(vps, "nft list table inet colorgate")  # sshd moved: 22 closed
+    assert setup(on_new, "--key-file", str(vps.key_file)).stdout.strip() == "server-setup: nothing to change: the server is set up"

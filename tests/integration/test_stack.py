@@ -187,6 +187,17 @@ def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
     assert proc.returncode != 0 and "password authentication failed" in proc.stderr
 
 
+def test_every_container_runs_locked_down_with_limits_and_rotated_logs(live_stack, settings):
+    states = facts.service_states(settings)
+    running = [name for name, s in states.items() if s.state == "running"]
+    for name, c in facts.confinement(settings, running).items():
+        assert not c.problems(), (name, c.problems())
+        host = facts.inspect(settings, facts.container(settings, name))["HostConfig"]
+        assert host["PidsLimit"] == settings.pids_limit and host["Memory"] == 1024 ** 3, name
+        assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}, name
+        assert "/tmp" in host["Tmpfs"], name
+
+
 def test_app_containers_run_as_non_root(live_stack, settings):
 
     for service in ("edge", "postgres", "frontend_blue", "backend_blue"):

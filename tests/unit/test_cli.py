@@ -138,3 +138,10 @@ def test_switch_without_a_color_is_one_line_and_help_is_help():
     assert one_line_error(cli("switch")) == "colorgate: switch needs a color: invoke switch --to blue (or green)"
     helped = cli("switch", "--help")
     assert helped.returncode == 0 and "Move traffic to an already running color" in helped.stdout
+
+
+def test_a_bad_ssh_port_for_server_setup_is_one_line(tmp_path):
+    key = tmp_path / "k.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNvbG9yZ2F0ZS10ZXN0LWtleS1ub3QtcmVhbC0xMjM0NTY x@y\n")
+    line = one_line_error(cli("server.setup", "--host", "ssh://root@192.0.2.1", "--key-file", str(key), "--ssh-port", "70000"))
+    assert line == "colorgate: --ssh-port '70000' should be a port number from 1 to 65535"

@@ -169,6 +169,28 @@ def test_rendering_makes_two_copies_of_each_colored_service():
     assert "api_green" not in BASE["services"] and BASE["services"]["api"]["environment"] == ["NODE_ENV=production", "FLAG"]
 
 
+def test_every_container_is_locked_down_unless_its_service_says_otherwise():
+    data = copy.deepcopy(BASE)
+    # the official postgres image starts as root and steps down: its service says what it needs
+    data["services"]["db"].update({"cap_add": ["CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER"], "read_only": False,
+                                   "security_opt": ["seccomp=default"], "mem_limit": "4g"})
+    services = render.compose(contract.parse(data))["services"]
+    for name, svc in services.items():
+        assert svc["cap_drop"] == ["ALL"] and "no-new-privileges:true" in svc["security_opt"], name
+        assert svc["pids_limit"] == "${COLORGATE_PIDS_LIMIT:-512}" and svc["logging"]["driver"] == "json-file", name
+    for name in ("web_blue", "api_green", "worker_blue", "cache", "edge", "dbrelay"):
+        assert services[name]["read_only"] is True and services[name]["tmpfs"] == ["/tmp"], name
+        assert services[name]["mem_limit"] == "${COLORGATE_MEMORY_LIMIT:-1g}" and "cap_add" not in services[name], name
+    db = services["db"]  # its own keys win; no-new-privileges is added to the options it sets
+    assert db["read_only"] is False and db["mem_limit"] == "4g" and db["cap_add"][0] == "CHOWN"
+    assert db["security_opt"] == ["seccomp=default", "no-new-privileges:true"]
+    # Colorgate's own exceptions, each said in compose/colorgate.yml
+    assert services["dbtools"]["read_only"] is False and services["certbot"]["cap_add"] == ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
+    off = copy.deepcopy(BASE)
+    off["services"]["cache"]["security_opt"] = ["no-new-privileges=false"]
+    assert render.compose(contract.parse(off))["services"]["cache"]["security_opt"] == ["no-new-privileges=false"]
+
+
 def test_the_edge_routes_follow_the_contract():
     text = render.edge_routes(contract.parse(BASE))
     api_at, web_at = text.index("location ^~ /api/ {"), text.index("location ^~ / {")
