@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
+import ipaddress
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,6 +35,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
 
 from deploy import config, db, gates, move, runner, stack, tls  # noqa: E402
 
@@ -71,24 +79,63 @@ class Managed:
                            "-U", "admin", "-d", "app", "-c", query]).stdout.strip()
 
 
+def certificate_authority(directory: Path, name: str = "Managed PostgreSQL test CA"):
+    """A CA as a provider has one: its certificate in `directory`/ca.pem (what the
+    provider hands out); returns (path, certificate, key) to sign servers with."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = directory / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path, cert, key
+
+
+def server_certificate(ca_cert, ca_key, address: str) -> tuple[str, str]:
+    """(certificate, key) PEM for a server at IP `address`, signed by the CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
 @contextlib.contextmanager
 def managed_postgres(settings: config.Settings, image: str):
-    """A PostgreSQL outside the stack, published on docker0; removed afterwards."""
+    """A PostgreSQL outside the stack, published on docker0, serving TLS with a
+    certificate from a CA of its own, as a provider's does: its URL names the CA file
+    (sslrootcert), so Colorgate verifies it (verify-full). Removed afterwards."""
     address, password = docker0(), secrets.token_urlsafe(16)
     port = free_port_on(address)
     name = f"{settings.project}-managed-{secrets.token_hex(3)}"
+    directory = Path(tempfile.mkdtemp(prefix="cg-managed-ca-"))
     try:  # a container that docker created but could not start is removed too
         runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app",
                     "-e", "POSTGRES_PASSWORD", "-p", f"{address}:{port}:5432", image], env={"POSTGRES_PASSWORD": password})
-        managed = Managed(f"postgresql://admin:{password}@{address}:{port}/app", name, password)
+        ca_path, ca_cert, ca_key = certificate_authority(directory)
+        managed = Managed(f"postgresql://admin:{password}@{address}:{port}/app?sslrootcert={ca_path}", name, password)
         for _ in range(120):  # ready once the first start's initialization is over (TCP is off until then)
             if runner.run(["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0:
                 break
             time.sleep(0.5)
+        cert, key = server_certificate(ca_cert, ca_key, address)
+        runner.run(["docker", "exec", "-i", "-e", "CERT", name, "sh", "-c",
+                    'umask 077; printf "%s" "$CERT" > "$PGDATA/server.crt"; cat > "$PGDATA/server.key"'],
+                   input=key, env={"CERT": cert})
+        managed.sql("SELECT pg_reload_conf()")  # PostgreSQL reads its certificate again on reload
         managed.sql("SELECT 1")
         yield managed
     finally:
         runner.run(["docker", "rm", "--force", "--volumes", name], check=False)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class Writer:

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from deploy import contract, render, runner
 from deploy.colors import COLORS
@@ -114,7 +114,41 @@ def database_url(value: str) -> str:
         raise ValueError("needs a user and a password: postgresql://USER:PASSWORD@HOST:5432/DB")
     if not parts.path.strip("/") or "/" in parts.path.strip("/"):
         raise ValueError("needs a database name: postgresql://USER:PASSWORD@HOST:5432/DB")
+    query = dict(parse_qsl(parts.query))
+    if query.get("sslmode", "verify-full") not in SSLMODES:
+        raise ValueError(f"has sslmode={query['sslmode']}: use one of {', '.join(SSLMODES)} (default verify-full)")
+    root = query.get("sslrootcert")
+    if root and not Path(root).expanduser().is_file():
+        raise ValueError(f"names sslrootcert={root}, which is not a file here: give the path of the database's CA certificate "
+                         "on this machine (Colorgate sends it to the containers)")
     return value
+
+
+# libpq's sslmode values; a managed database's URL without one is verify-full: TLS, the
+# server's certificate checked against the CA (the URL's sslrootcert, else the system's)
+# and its name against the host. A weaker one is used only when the URL says so.
+SSLMODES = ("verify-full", "verify-ca", "require", "prefer", "allow", "disable")
+
+
+def tls_params(url: str) -> tuple[str, str]:
+    """(sslmode, sslrootcert path on this machine or "") of a managed database's URL."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    root = query.get("sslrootcert", "")
+    return query.get("sslmode", "verify-full"), str(Path(root).expanduser()) if root else ""
+
+
+def client_url(url: str) -> str:
+    """The URL as the app's containers get it: sslrootcert (a path on this machine)
+    becomes the copy Colorgate puts in their `dbca` volume, and without an sslmode a URL
+    with a CA gets verify-full. Any other URL is left as the operator wrote it."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(k == "sslrootcert" for k, _ in query):
+        return url
+    query = [(k, f"{contract.DB_CA_DIR}/root.crt" if k == "sslrootcert" else v) for k, v in query]
+    if not any(k == "sslmode" for k, _ in query):
+        query.append(("sslmode", "verify-full"))
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
 
 
 def shown_url(url: str) -> str:

@@ -44,8 +44,9 @@ from deploy.errors import ContractError
 
 COLORS = ("blue", "green")
 OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot")  # Colorgate's own parts
-OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt")
+OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca")
 EDGE_NETWORK = "colorgate"  # the edge and every routed colored copy
+DB_CA_DIR = "/run/colorgate-db"  # where database clients find a managed database's CA (volume `dbca`)
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

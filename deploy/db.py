@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import tenacity
 
 from deploy import edge, history, images, runner, stack
-from deploy.config import STRICT_PROFILES, Settings, shown_url
+from deploy.config import STRICT_PROFILES, Settings, shown_url, tls_params
 from deploy.errors import ColorgateError, CommandError, UnknownBackup
 
 END = "--colorgate-end--"
@@ -101,13 +101,24 @@ def backup_name(now: datetime | None = None) -> str:
 PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE")
 
 
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # in the dbtools image (Debian's ca-certificates)
+
+
 def url_env(url: str, prefix: str = "") -> dict[str, str]:
-    """libpq variables for a database URL (`prefix` + PGHOST, ...)."""
+    """libpq variables for a managed database's URL (`prefix` + PGHOST, ...): its
+    sslmode (default verify-full) and the CA to check its certificate with: the URL's
+    sslrootcert (a file on this machine, sent as text; the dbtools entrypoint makes it
+    the file libpq reads), else the system's CAs."""
     parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
+    sslmode, root = tls_params(url)
     values = (parts.hostname or "", str(parts.port or 5432), unquote(parts.username or ""), unquote(parts.password or ""),
-              parts.path.strip("/"), query.get("sslmode", "prefer"))
-    return {prefix + name: value for name, value in zip(PG_VARS, values)}
+              parts.path.strip("/"), sslmode)
+    env = {prefix + name: value for name, value in zip(PG_VARS, values)}
+    if root:
+        env[f"CG_{prefix}PGSSLROOTCERT_PEM"] = Path(root).read_text()
+    else:
+        env[f"{prefix}PGSSLROOTCERT"] = SYSTEM_CAS
+    return env
 
 
 def require_postgres(settings: Settings) -> None:

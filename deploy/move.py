@@ -55,7 +55,7 @@ SELECT 'subscribe|' || (rolsuper OR EXISTS (SELECT FROM pg_roles r WHERE pg_has_
 # Shell helpers for scripts that talk to both databases: libpq's PG* variables point at
 # the local one, T_PG* at the target; `target CMD` runs CMD against the target.
 TARGET_FN = """target() { PGHOST=$T_PGHOST PGPORT=$T_PGPORT PGUSER=$T_PGUSER PGPASSWORD=$T_PGPASSWORD \
-PGDATABASE=$T_PGDATABASE PGSSLMODE=$T_PGSSLMODE "$@"; }
+PGDATABASE=$T_PGDATABASE PGSSLMODE=$T_PGSSLMODE PGSSLROOTCERT=$T_PGSSLROOTCERT "$@"; }
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 """
 
@@ -162,8 +162,14 @@ def explain_connect_error(stderr: str, shown: str) -> str:
         return f"the target database {shown} does not accept connections from this host: allow it in the managed service's access rules"
     if "database" in text and "does not exist" in text:
         return f"the database named in {shown} does not exist on the target: create it (empty) first"
+    if "certificate verify failed" in text:
+        return (f"the target database {shown} has a certificate that is not signed by the CA in the URL's sslrootcert "
+                "(or the system's, without one): give its provider's CA file as sslrootcert=PATH in the URL")
+    if "does not match host name" in text:
+        return (f"the target database {shown} has a certificate that does not name the URL's host ({last.strip()}): "
+                "use the host name the certificate names")
     if "SSL" in text:
-        return f"TLS to the target database {shown} failed ({last.strip()}): check sslmode in the URL"
+        return f"TLS to the target database {shown} failed ({last.strip()}): check sslmode and sslrootcert in the URL"
     return f"cannot use the target database {shown}: {last.strip()}"
 
 

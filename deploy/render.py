@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.contract import COLORS, EDGE_NETWORK, OWN_VOLUMES, App
+from deploy.contract import COLORS, DB_CA_DIR, EDGE_NETWORK, OWN_VOLUMES, App
 
 OWN_PARTS = Path(__file__).resolve().parent.parent / "compose"
 
@@ -98,6 +98,8 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
             if app.database and name in app.database.clients:
                 env[app.database.env] = "${%s:-}" % database_var(color)
+                # a managed database's CA (its URL's sslrootcert), put there by Colorgate
+                svc["volumes"] = [*(svc.get("volumes") or []), f"dbca:{DB_CA_DIR}:ro"]
             svc["environment"] = env
             labels = _env_dict(svc.get("labels"))
             labels.update({"org.colorgate.role": "colored", "org.colorgate.service": name, "org.colorgate.color": color})

@@ -11,13 +11,14 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import asdict, replace
 
 import tenacity
 
-from deploy import edge, facts, images, render, runner
+from deploy import contract, edge, facts, images, render, runner
 from deploy.colors import COLORS
-from deploy.config import Settings, shown_url
+from deploy.config import Settings, client_url, shown_url, tls_params
 from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
 
 # One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`
@@ -66,8 +67,26 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
     for color in COLORS:
-        env[render.database_var(color)] = (databases or {}).get(color, settings.app_database_url())
+        env[render.database_var(color)] = client_url((databases or {}).get(color, settings.app_database_url()))
     return env
+
+
+def stage_database_ca(settings: Settings, urls: list[str]) -> None:
+    """Put the CA of a managed database's URL (its sslrootcert, a file on this machine)
+    where the app's database clients read it (the `dbca` volume, see client_url), before
+    they start; nothing to do for URLs without one."""
+    roots = [tls_params(url)[1] for url in urls if url]
+    roots = [r for r in roots if r]
+    if not roots:
+        return
+    if len(set(Path(r).read_text() for r in roots)) > 1:
+        raise ConfigError("the two colors' database URLs name different CA files (sslrootcert): "
+                          "use one CA file for the managed database")
+    env = {**compose_env(settings, {}), "CG_DB_CA_PEM": Path(roots[0]).read_text()}
+    runner.run(compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--user", "root", "--entrypoint", "sh", "-e", "CG_DB_CA_PEM", "dbtools", "-c",
+                           f'printf "%s\n" "$CG_DB_CA_PEM" > {contract.DB_CA_DIR}/root.crt.new && '
+                           f'chmod 0644 {contract.DB_CA_DIR}/root.crt.new && mv {contract.DB_CA_DIR}/root.crt.new {contract.DB_CA_DIR}/root.crt'),
+               env=env, what="staging the managed database's CA for the app")
 
 
 def check_database(settings: Settings) -> dict:
@@ -300,6 +319,7 @@ def up(settings: Settings, version: str | None = None,
             with runner.step("applying database migrations"):
                 migrate(settings, color, versions)
         with runner.step(f"starting {color} ({version})"):
+            stage_database_ca(settings, [settings.app_database_url()])
             runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *settings.app.color_services(color)), env=env, what="docker compose up")
             wait_ready(settings, settings.app.color_services(color))
             wait_healthy(settings, color)  # the contract's checks, from the edge: not only Docker's

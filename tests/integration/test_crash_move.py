@@ -132,19 +132,20 @@ def test_a_dump_move_killed_in_its_freeze_mid_copy_opens_writes_and_loses_none(s
         assert_still_local(settings, before, writer)
 
 
-def test_a_move_terminated_after_its_switch_records_where_the_database_is(settings, env):
+def test_a_replicate_move_terminated_after_its_switch_records_where_the_database_is(settings, env):
     """(Last in this module: the stack ends on a managed database that is then removed.)
-    SIGTERM at the record (db.move killed between switch and record by SIGKILL is in
-    test_crash.py): the clean-up writes the record, so nothing needs repairing."""
+    SIGTERM at the record (a dump move SIGKILLed there is in test_crash.py): the
+    clean-up writes the record, so nothing needs repairing."""
     before = assert_one_color(settings)
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
         with Writer(settings) as writer:
-            proc = killed_at("record", signal.SIGTERM, "db.move", env=moving(env, managed))
+            proc = killed_at("record", signal.SIGTERM, "db.move", "--mode", "replicate", env=moving(env, managed))
         exited_by(proc, signal.SIGTERM)
         moved = assert_one_color(settings)
         assert moved.color != before.color
         assert edge.read_database_record(settings)["url"] != "local" and not edge.is_frozen(settings)
-        assert edge.read_lock(settings) is None
+        assert edge.read_lock(settings) is None and "dbrelay" not in facts.service_states(settings)
+        assert not db.drop_replication(settings)  # the cut-over ended the replication before the switch
         assert last(settings, "db.move")["detail"] == "interrupted at record (SIGTERM)"
         assert writer.acked and not writer.lost(managed)
         refused = invoke("deploy", env=env)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from benchmarks.db_move import Managed, Writer, docker0, free_port_on, isolated, managed_postgres
+from benchmarks.db_move import Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_postgres
 from deploy import config, db, edge, facts, gates, images, runner
 
 from .conftest import invoke, isolated_env, running_stack
@@ -53,7 +53,7 @@ def test_a_write_freeze_refuses_writes_and_serves_reads(settings, env):
     assert invoke("db.unfreeze", env=env).stdout.strip() == "writes were not frozen"
 
 
-def test_bad_targets_are_refused_before_anything_changes(settings, env):
+def test_bad_targets_are_refused_before_anything_changes(settings, env, tmp_path):
     before = (edge.read_active(settings), len(edge.read_history(settings)))
     address = docker0()
     cases = [
@@ -64,7 +64,11 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env):
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
         wrong = managed.url.replace(managed.password, "wrong-password")
         cases.append((wrong, "refused the credentials"))
-        cases.append((managed.url.rsplit("/", 1)[0] + "/nodb", "does not exist on the target: create it (empty) first"))
+        cases.append((managed.url.replace("/app?", "/nodb?"), "does not exist on the target: create it (empty) first"))
+        # verify-full by default: a certificate that the URL's CA (or, without one, the system's) did not sign is refused
+        other_ca, _, _ = certificate_authority(tmp_path, "Someone else's CA")
+        cases.append((managed.url.split("?")[0] + f"?sslrootcert={other_ca}", "certificate that is not signed by the CA"))
+        cases.append((managed.url.split("?")[0], "certificate that is not signed by the CA"))
         managed.sql("CREATE TABLE leftovers (id int)")
         cases.append((managed.url, "is not empty (1 table(s), e.g. public.leftovers)"))
         for url, message in cases:

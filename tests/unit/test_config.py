@@ -147,6 +147,8 @@ def test_shipped_profiles_are_valid_or_refused_for_the_right_reason():
         ("postgresql://u:p@h:99999/db", "should be a URL like"),
         ("postgresql://u@h/db", "needs a user and a password"),
         ("postgresql://u:p@h/", "needs a database name"),
+        ("postgresql://u:p@h/db?sslmode=sometimes", "has sslmode=sometimes: use one of verify-full, verify-ca"),
+        ("postgresql://u:p@h/db?sslrootcert=/nonexistent/ca.pem", "names sslrootcert=/nonexistent/ca.pem, which is not a file here"),
     ],
 )
 def test_database_url_is_checked_without_showing_it(tmp_path, url, message):
@@ -172,3 +174,22 @@ def test_a_trailing_newline_is_not_a_valid_value(tmp_path, key, value):
     write(tmp_path, ".env.development", GOOD)
     with pytest.raises(ConfigError, match=rf"^{key} '.*' in the environment should be"):
         load(tmp_path, environ={key: value})
+
+
+def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tmp_path):
+    from deploy import db
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    plain = db.url_env("postgresql://app:pw@db.example.com/shop")
+    assert plain["PGSSLMODE"] == "verify-full" and plain["PGSSLROOTCERT"] == db.SYSTEM_CAS  # no downgrade unless the URL says so
+    assert db.url_env("postgresql://app:pw@db.example.com/shop?sslmode=require")["PGSSLMODE"] == "require"
+    with_ca = db.url_env(f"postgresql://app:pw@db.example.com/shop?sslrootcert={ca}", prefix="T_")
+    assert with_ca["T_PGSSLMODE"] == "verify-full" and with_ca["CG_T_PGSSLROOTCERT_PEM"] == ca.read_text()
+    assert "T_PGSSLROOTCERT" not in with_ca  # the dbtools entrypoint writes the file and sets it
+    # the app's containers get the copy Colorgate puts in their volume; other URLs as written
+    url = f"postgresql://app:pw@db.example.com:6543/shop?sslrootcert={ca}&application_name=web"
+    assert config.client_url(url) == ("postgresql://app:pw@db.example.com:6543/shop?sslrootcert=/run/colorgate-db/root.crt"
+                                      "&application_name=web&sslmode=verify-full")
+    assert config.client_url(url + "&sslmode=verify-ca").endswith("&sslmode=verify-ca")
+    assert config.client_url("postgresql://app:pw@db.example.com/shop") == "postgresql://app:pw@db.example.com/shop"

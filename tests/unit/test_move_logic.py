@@ -18,6 +18,10 @@ SHOWN = "postgresql://app@db.example.com:5432/shop"
         ('psql: error: FATAL:  role "nobody" does not exist', "refused the credentials"),
         ('psql: error: FATAL:  database "shop" does not exist', "does not exist on the target: create it"),
         ('psql: error: FATAL:  no pg_hba.conf entry for host "1.2.3.4"', "does not accept connections from this host"),
+        ('psql: error: connection to server at "h", port 5432 failed: SSL error: certificate verify failed',
+         "certificate that is not signed by the CA in the URL's sslrootcert"),
+        ('psql: error: connection to server at "h", port 5432 failed: server certificate for "db.internal" does not match host name "h"',
+         "certificate that does not name the URL's host"),
     ],
 )
 def test_connection_errors_name_the_cause(stderr, expected):

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Entrypoint of the one-off database tools: a managed database's CA, sent by Colorgate
+# as text (the URL's sslrootcert is a file on the operator's machine), becomes the file
+# libpq reads: PGSSLROOTCERT for the app's database, T_PGSSLROOTCERT for a db.move target.
+set -eu
+if [ -n "${CG_PGSSLROOTCERT_PEM:-}" ]; then
+  printf '%s\n' "$CG_PGSSLROOTCERT_PEM" > /tmp/pg-root.crt
+  export PGSSLROOTCERT=/tmp/pg-root.crt
+fi
+if [ -n "${CG_T_PGSSLROOTCERT_PEM:-}" ]; then
+  printf '%s\n' "$CG_T_PGSSLROOTCERT_PEM" > /tmp/pg-target-root.crt
+  export T_PGSSLROOTCERT=/tmp/pg-target-root.crt
+fi
+unset CG_PGSSLROOTCERT_PEM CG_T_PGSSLROOTCERT_PEM
+exec "$@"
