@@ -274,7 +274,7 @@ def _subscribe(settings: Settings, record: Record, url: str, password: str) -> N
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
 CREATE PUBLICATION {ROLE} FOR ALL TABLES;
 """, what="creating the publication")
-        stack.relay(settings, True)
+        db.relay(settings, True)
     conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
                 f"user={ROLE} password={password} sslmode=require connect_timeout=10")
     with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port})"):
@@ -299,7 +299,7 @@ def _unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
     if dropped.returncode != 0:
         db.psql(settings, TARGET_CLEANUP_SQL, url, check=False)
     db.psql(settings, db.DROP_REPLICATION_SQL, check=check, what="dropping the publication and the replication role")
-    stack.relay(settings, False)
+    db.relay(settings, False)
 
 
 def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: release.Plan) -> None:
@@ -361,7 +361,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     # writes go to the new database now; the old color (reads drained) and the relay are left over
     at(record, "finish")
     if mode == "replicate":
-        stack.relay(settings, False)
+        db.relay(settings, False)
     if held:
         with runner.step(f"starting {candidate}'s workers ({', '.join(held)})"):
             runner.run(stack.compose_cmd(settings, "start", *held), env=stack.compose_env(settings, versions, databases),

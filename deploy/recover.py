@@ -45,7 +45,7 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
         if found:
             runner.say(f"!! a db.move that died left its {', '.join(found)} ({db.REPLICATION_ROLE}) on the local database: dropped")
     if RELAY in states:
-        stack.relay(settings, False)
+        db.relay(settings, False)
         runner.say("!! a db.move that died left its replication relay: removed")
     if active is not None:
         record = _database_record(settings, record, active, states)

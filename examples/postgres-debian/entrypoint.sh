@@ -15,11 +15,12 @@ export PGDATA
 
 # Client authentication, written at every start so an existing cluster gets the current
 # rules too. The role colorgate_move exists only while `invoke db.move --mode replicate`
-# runs (the managed database subscribes through a published relay): it must use TLS.
+# runs (the managed database subscribes through a published relay): Colorgate then puts
+# lines first that let it in over TLS from the relay's address only (and nothing else
+# through the relay); from anywhere else it is rejected.
 write_hba() {
   cat > "$PGDATA/pg_hba.conf" <<'HBA'
 local all all peer map=colorgate
-hostssl all colorgate_move 0.0.0.0/0 scram-sha-256
 host all colorgate_move 0.0.0.0/0 reject
 host all colorgate_move ::/0 reject
 host all all 0.0.0.0/0 scram-sha-256

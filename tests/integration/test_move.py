@@ -53,6 +53,32 @@ def test_a_write_freeze_refuses_writes_and_serves_reads(settings, env):
     assert invoke("db.unfreeze", env=env).stdout.strip() == "writes were not frozen"
 
 
+def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings, env):
+    """The relay is published on the host while a replicate move runs: a superuser, or
+    the move role without TLS, coming through it is refused by the database."""
+    password = "relay-test-pass-9"
+    db.psql(settings, f"CREATE ROLE {db.REPLICATION_ROLE} LOGIN REPLICATION PASSWORD '{password}';")
+    db.relay(settings, True)
+    try:
+        def through(user: str, secret: str, sslmode: str):
+            return db.tools(settings, 'psql -X -A -t -c "SELECT current_user"', check=False, extra={
+                "PGHOST": settings.move_relay_host, "PGPORT": str(settings.move_relay_port), "PGUSER": user,
+                "PGPASSWORD": secret, "PGSSLMODE": sslmode, "PGDATABASE": settings.postgres_db})
+
+        superuser = through(settings.postgres_user, settings.postgres_password, "require")
+        assert superuser.returncode != 0 and "pg_hba.conf rejects connection" in superuser.stderr, superuser.stderr
+        plain = through(db.REPLICATION_ROLE, password, "disable")
+        assert plain.returncode != 0 and "pg_hba.conf rejects connection" in plain.stderr, plain.stderr
+        tls = through(db.REPLICATION_ROLE, password, "require")
+        assert tls.returncode == 0 and tls.stdout.strip() == db.REPLICATION_ROLE, tls.stderr
+        assert db.psql(settings, "SELECT 1;").returncode == 0  # the app's own way in is as it was
+    finally:
+        db.relay(settings, False)
+        db.psql(settings, db.DROP_REPLICATION_SQL)
+    hba = runner.run(["docker", "exec", f"{settings.project}-postgres-1", "sh", "-c", 'cat "$PGDATA/pg_hba.conf"']).stdout
+    assert db.RELAY_HBA[0] not in hba and "dbrelay" not in facts.service_states(settings)
+
+
 def test_bad_targets_are_refused_before_anything_changes(settings, env, tmp_path):
     before = (edge.read_active(settings), len(edge.read_history(settings)))
     address = docker0()
