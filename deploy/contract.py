@@ -43,7 +43,7 @@ import yaml
 from deploy.errors import ContractError
 
 COLORS = ("blue", "green")
-OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot")  # Colorgate's own parts
+OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot", "certbot-loopback")  # Colorgate's own parts
 OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca")
 EDGE_NETWORK = "colorgate"  # the edge and every routed colored copy
 DB_CA_DIR = "/run/colorgate-db"  # where database clients find a managed database's CA (volume `dbca`)

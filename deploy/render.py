@@ -127,6 +127,12 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
                 if name == "dbrelay":
                     svc["entrypoint"] = ["socat", "TCP-LISTEN:5433,fork,reuseaddr", f"TCP:{app.database.service}:5432"]
         services[name] = locked_down(svc)
+    # certbot for an ACME directory on the host's own loopback (a test CA) only: the host's network
+    loopback = copy.deepcopy(services["certbot"])
+    del loopback["networks"]
+    loopback["network_mode"] = "host"
+    loopback["labels"] = {**loopback["labels"], "org.colorgate.role": "certbot-loopback"}
+    services["certbot-loopback"] = loopback
     networks = copy.deepcopy(app.raw.get("networks") or {})
     networks[EDGE_NETWORK] = {}
     volumes = copy.deepcopy(app.raw.get("volumes") or {})

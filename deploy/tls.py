@@ -5,6 +5,7 @@ Docker so clients (gates, tests, curl) can verify the edge for real."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import shlex
 import ssl
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from deploy import edge, runner, stack
 from deploy.config import Settings
@@ -112,9 +114,23 @@ def resolve_directory(directory: str | None, staging: bool) -> str:
     return name
 
 
-def certbot_cmd(settings: Settings, *args: str, ca_bundle: bool = False) -> list[str]:
+def on_loopback(directory: str) -> bool:
+    """Whether an ACME directory is on the host's own loopback (a test CA)."""
+    host = urlsplit(directory).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def certbot_cmd(settings: Settings, *args: str, directory: str, ca_bundle: bool = False) -> list[str]:
+    """certbot, one-off, on Colorgate's network; with the host's network only for a
+    directory on the host's loopback, which nothing else could reach."""
     extra = ["-e", f"REQUESTS_CA_BUNDLE={ACME_CA_FILE}"] if ca_bundle else []
-    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, "certbot", *args)
+    service = "certbot-loopback" if on_loopback(directory) else "certbot"
+    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, service, *args)
 
 
 def certonly_args(domain: str, email: str, directory: str) -> list[str]:
@@ -177,7 +193,7 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
         runner.run(stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "certbot", "-c",
                                      f"cat > {ACME_CA_FILE}"), input=Path(ca_bundle).read_text(), env=env, what="installing the ACME CA bundle")
     try:
-        runner.run(certbot_cmd(settings, *certonly_args(domain, email, url), ca_bundle=bool(ca_bundle)), env=env,
+        runner.run(certbot_cmd(settings, *certonly_args(domain, email, url), directory=url, ca_bundle=bool(ca_bundle)), env=env,
                    timeout=600, what="certbot certonly")
     except CommandError as exc:
         raise explain_certbot(exc, url, domain) from None
@@ -195,7 +211,7 @@ def renew(settings: Settings) -> dict:
         raise ColorgateError("the edge serves no ACME certificate yet: run `invoke tls.init` first")
     env = stack.compose_env(settings, {})
     try:
-        runner.run(certbot_cmd(settings, *renew_args(), ca_bundle=state["acme_ca_bundle"]), env=env,
+        runner.run(certbot_cmd(settings, *renew_args(), directory=state["acme_directory"], ca_bundle=state["acme_ca_bundle"]), env=env,
                    timeout=600, what="certbot renew")
     except CommandError as exc:
         raise explain_certbot(exc, state["acme_directory"], settings.domain) from None

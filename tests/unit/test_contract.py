@@ -145,7 +145,7 @@ def test_rendering_makes_two_copies_of_each_colored_service():
     app = contract.parse(BASE)
     out = render.compose(app)
     services = out["services"]
-    assert set(services) == {"db", "cache", "edge", "dbtools", "dbrelay", "certbot",
+    assert set(services) == {"db", "cache", "edge", "dbtools", "dbrelay", "certbot", "certbot-loopback",
                              *(f"{s}_{c}" for s in ("web", "api", "worker") for c in ("blue", "green"))}
     api = services["api_green"]
     assert api["image"] == "${COLORGATE_IMAGE_PREFIX}api:${COLORGATE_GREEN_VERSION:-latest}"
@@ -186,6 +186,9 @@ def test_every_container_is_locked_down_unless_its_service_says_otherwise():
     assert db["security_opt"] == ["seccomp=default", "no-new-privileges:true"]
     # Colorgate's own exceptions, each said in compose/colorgate.yml
     assert services["dbtools"]["read_only"] is False and services["certbot"]["cap_add"] == ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
+    # certbot is on Colorgate's network; only its copy for a directory on the host's loopback has the host's
+    assert services["certbot"]["networks"] == [contract.EDGE_NETWORK] and "network_mode" not in services["certbot"]
+    assert services["certbot-loopback"]["network_mode"] == "host" and "networks" not in services["certbot-loopback"]
     off = copy.deepcopy(BASE)
     off["services"]["cache"]["security_opt"] = ["no-new-privileges=false"]
     assert render.compose(contract.parse(off))["services"]["cache"]["security_opt"] == ["no-new-privileges=false"]

@@ -2,7 +2,9 @@
 
 from datetime import datetime, timedelta, timezone
 
-from deploy import tls
+import pytest
+
+from deploy import config, tls
 from tests.certs import make_ca, make_leaf
 
 
@@ -34,3 +36,14 @@ def test_the_renewal_of_a_remote_target_runs_here_against_it(tmp_path):
     local = config.load("development", root=config.project_root(), environ={})
     assert "COLORGATE_DOCKER_HOST" not in tls.cron_line(local, "/opt/venv/bin/python")
     assert "over SSH" in tls.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
+
+
+@pytest.mark.parametrize("directory, loopback", [
+    ("https://127.0.0.1:14000/dir", True), ("https://localhost:14000/dir", True), ("https://[::1]:14000/dir", True),
+    ("https://acme-v02.api.letsencrypt.org/directory", False), ("https://172.17.0.1:14000/dir", False),
+])
+def test_certbot_gets_the_hosts_network_only_for_a_directory_on_its_loopback(directory, loopback):
+    settings = config.load("development", environ={})
+    cmd = tls.certbot_cmd(settings, "renew", directory=directory)
+    assert tls.on_loopback(directory) is loopback
+    assert cmd[cmd.index("-T") + 1] == ("certbot-loopback" if loopback else "certbot")
