@@ -37,9 +37,8 @@ def _network_map(service: dict) -> dict:
 
 # Every container Colorgate starts is locked down unless its service in the compose
 # file says otherwise: a key the service sets itself wins (`read_only: false` for an
-# image that writes outside its volumes, `cap_add: [CHOWN, SETUID, SETGID]` for one
-# that starts as root and steps down, such as the official postgres image). Limits and
-# log rotation come from the settings (COLORGATE_PIDS_LIMIT, _MEMORY_LIMIT, _LOG_*).
+# image that writes outside its volumes, `cap_add: [...]`). Limits and log rotation come
+# from the settings (COLORGATE_PIDS_LIMIT, _MEMORY_LIMIT, _LOG_*).
 LOCKED_DOWN = {
     "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges:true"],
@@ -50,12 +49,19 @@ LOCKED_DOWN = {
     "logging": {"driver": "json-file",
                 "options": {"max-size": "${COLORGATE_LOG_MAX_SIZE:-10m}", "max-file": "${COLORGATE_LOG_MAX_FILES:-3}"}},
 }
+# Shared services (databases, caches) usually run images the team did not write, which
+# start as root, take their data directory and step down to their own user (the
+# official postgres, redis, mysql images): by default they keep only the capabilities
+# for that and a writable root filesystem; everything else is as above. An image that
+# runs as its own user from the start can say `cap_add: []` and `read_only: true`.
+STEP_DOWN_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+SHARED = {**LOCKED_DOWN, "cap_add": STEP_DOWN_CAPS, "read_only": False}
 
 
-def locked_down(svc: dict) -> dict:
-    """`svc` with every LOCKED_DOWN key it does not set itself; no-new-privileges is
+def locked_down(svc: dict, defaults: dict = LOCKED_DOWN) -> dict:
+    """`svc` with every key of `defaults` it does not set itself; no-new-privileges is
     added to a security_opt list it sets, unless that list turns it off."""
-    for key, value in LOCKED_DOWN.items():
+    for key, value in defaults.items():
         if key not in svc:
             svc[key] = copy.deepcopy(value)
     opts = svc["security_opt"]
@@ -86,7 +92,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
         labels.update({"org.colorgate.role": "database" if app.database and name == app.database.service else "shared",
                        "org.colorgate.service": name})
         svc["labels"] = labels
-        services[name] = locked_down(svc)
+        services[name] = locked_down(svc, SHARED)
     for color in COLORS:
         for name in app.colored:
             svc = copy.deepcopy(app.services[name] or {})

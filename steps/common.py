@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import edge as edge_state, facts, gates
+from deploy import edge as edge_state, facts, gates, render
 from deploy.colors import parse_color
 
 
@@ -315,7 +315,8 @@ def locked_down(gate_settings, expected):
 def no_privilege_gain(gate_settings, expected):
     others = [name for name, s in facts.service_states(gate_settings).items()
               if s.state == "running" and s.color is None and name != "edge"]
-    declared = {name: {str(c).upper().removeprefix("CAP_") for c in (gate_settings.app.services.get(name) or {}).get("cap_add") or ()}
+    rendered = render.compose(gate_settings.app)["services"]  # the app's own cap_add, or Colorgate's default for it
+    declared = {name: {str(c).upper().removeprefix("CAP_") for c in (rendered.get(name) or {}).get("cap_add") or ()}
                 for name in others}
     gains = {}
     for name, c in facts.confinement(gate_settings, others).items():

@@ -178,9 +178,12 @@ def test_every_container_is_locked_down_unless_its_service_says_otherwise():
     for name, svc in services.items():
         assert svc["cap_drop"] == ["ALL"] and "no-new-privileges:true" in svc["security_opt"], name
         assert svc["pids_limit"] == "${COLORGATE_PIDS_LIMIT:-512}" and svc["logging"]["driver"] == "json-file", name
-    for name in ("web_blue", "api_green", "worker_blue", "cache", "edge", "dbrelay"):
+    for name in ("web_blue", "api_green", "worker_blue", "edge", "dbrelay"):
         assert services[name]["read_only"] is True and services[name]["tmpfs"] == ["/tmp"], name
         assert services[name]["mem_limit"] == "${COLORGATE_MEMORY_LIMIT:-1g}" and "cap_add" not in services[name], name
+    # a shared service's image (redis:7 here) starts as root and steps down: only that is kept by default
+    cache = services["cache"]
+    assert cache["cap_add"] == render.STEP_DOWN_CAPS and cache["read_only"] is False and cache["tmpfs"] == ["/tmp"]
     db = services["db"]  # its own keys win; no-new-privileges is added to the options it sets
     assert db["read_only"] is False and db["mem_limit"] == "4g" and db["cap_add"][0] == "CHOWN"
     assert db["security_opt"] == ["seccomp=default", "no-new-privileges:true"]
