@@ -205,10 +205,16 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
 
 
 def renew(settings: Settings) -> dict:
-    """Renew when due (certbot decides), reload only when a certificate changed."""
+    """Renew when due (certbot decides; a local certificate within 30 days of its end is
+    made again by the edge), reload only when a certificate changed."""
     state = status(settings)
+    if state["source"].startswith("local"):
+        runner.run(["docker", "exec", edge.edge_container(settings.project), "/usr/local/bin/colorgate-edge", "--renew-local"],
+                   env=settings.docker_env(), what="renewing the local certificate")
+        reloaded = reload_if_changed(settings)
+        return {**status(settings), "reloaded": reloaded}
     if not state["acme_directory"]:
-        raise ColorgateError("the edge serves no ACME certificate yet: run `invoke tls.init` first")
+        raise ColorgateError("the edge serves a certificate installed by hand: renew it by hand, or run `invoke tls.init`")
     env = stack.compose_env(settings, {})
     try:
         runner.run(certbot_cmd(settings, *renew_args(), directory=state["acme_directory"], ca_bundle=state["acme_ca_bundle"]), env=env,

@@ -42,6 +42,18 @@ local_cert() {
   printf '%s\n' "$domain" > "$tls/live/.colorgate-local"
   rm -rf "$tmp"
 }
+# `colorgate-edge --renew-local` (docker exec, by `invoke tls.renew`): a local certificate
+# within 30 days of its end is made again and marked for the reload; nothing else.
+if [ "${1:-}" = --renew-local ]; then
+  if [ -f "$tls/live/.colorgate-local" ] && ! openssl x509 -checkend 2592000 -noout -in "$tls/live/fullchain.pem" > /dev/null 2>&1; then
+    local_cert
+    date -u +%FT%TZ > "$tls/.changed"
+    echo "renewed"
+  else
+    echo "not due"
+  fi
+  exit 0
+fi
 if [ ! -s "$tls/live/fullchain.pem" ]; then
   local_cert
 elif [ -f "$tls/live/.colorgate-local" ] && [ "$(cat "$tls/live/.colorgate-local")" != "$domain" ]; then

@@ -7,15 +7,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
+import time
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 import tenacity
+from cryptography import x509
 
-from deploy import config, gates, tls
+from deploy import config, gates, runner, tls
 from tests.certs import make_ca, make_leaf
 
 from .conftest import free_port, invoke, isolated_env, running_stack
@@ -122,6 +126,37 @@ def test_a_failing_challenge_is_explained_and_https_keeps_serving(settings, pebb
     with gates.edge_client(settings) as c:
         assert c.get("/api/health").status_code == 200
     assert tls.status(settings)["source"] == "local CA (made by the edge)"
+
+
+def test_a_local_certificate_near_its_end_is_made_again_by_tls_renew(settings, env):
+    """(Before tls.init: the edge serves its local certificate.) The daily tls.renew
+    renews it too, when fewer than 30 days are left, without a restart."""
+    def served_days() -> float:
+        pem = ssl.get_server_certificate(("127.0.0.1", settings.https_port))
+        not_after = x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+        return (not_after - datetime.now(timezone.utc)).total_seconds() / 86400
+
+    not_due = invoke("tls.renew", env=env)
+    assert not_due.returncode == 0 and not_due.stdout.startswith("not due yet"), not_due.stderr
+    ca, ca_key = make_ca("Colorgate local CA (short-lived)")
+    cert, key = make_leaf(ca, ca_key, DOMAIN, days=10)
+    container = f"{settings.project}-edge-1"
+    runner.run(["docker", "exec", "-i", container, "sh", "-c", "cat > /etc/colorgate/tls/live/fullchain.pem"], input=cert)
+    runner.run(["docker", "exec", "-i", container, "sh", "-c", "cat > /etc/colorgate/tls/live/privkey.pem"], input=key)
+    runner.run(["docker", "exec", container, "nginx", "-s", "reload", "-c", "/etc/colorgate/nginx.conf"])
+    for _ in range(50):
+        if served_days() < 11:
+            break
+        time.sleep(0.1)
+    assert served_days() < 11
+    renewed = invoke("tls.renew", env=env)
+    assert renewed.returncode == 0 and renewed.stdout.startswith("renewed; the edge now serves it"), renewed.stdout + renewed.stderr
+    for _ in range(50):
+        if served_days() > 364:
+            break
+        time.sleep(0.1)
+    assert served_days() > 364
+    assert json.loads(invoke("tls.status", "--json", env=env).stdout)["source"] == "local CA (made by the edge)"
 
 
 def test_obtain_renew_and_gate_with_zero_failed_requests(settings, pebble, env):
