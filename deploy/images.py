@@ -177,7 +177,9 @@ def explain_registry_error(server: str, text: str) -> str:
     """docker login/push/pull's complaint -> one line with the cause and the fix."""
     lower = text.lower()
     last = (text.strip().splitlines() or ["no output"])[-1].strip()
-    if "unauthorized" in lower or "401" in lower or "incorrect username or password" in lower or "authentication required" in lower:
+    # (a bare "401" would match inside a project name or digest: cgtestreg2401... was read as a refusal)
+    if "unauthorized" in lower or re.search(r"\b401\b", lower) or "incorrect username or password" in lower \
+            or "authentication required" in lower:
         return f"the registry {server} refused the credentials: check COLORGATE_REGISTRY_USER and COLORGATE_REGISTRY_PASSWORD"
     if "denied" in lower:
         return f"the registry {server} denied access ({last}): the user needs push/pull rights on the repository"

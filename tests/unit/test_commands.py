@@ -125,3 +125,13 @@ def test_status_text_names_project_engine_color_and_each_service():
     lines = stack.format_status(data).splitlines()
     assert lines[:3] == ["project shop (profile development, engine local)", "active color: green (v3)", "database: local"]
     assert any(line.split()[:4] == ["api_green", "running", "healthy", "v3"] for line in lines)
+
+
+def test_registry_errors_name_the_cause_and_a_401_inside_a_name_is_not_a_refusal():
+    server = "127.0.0.1:5000"
+    missing = ("Error response from daemon: manifest for 127.0.0.1:5000/cgtestreg24017326d/backend:v99 not found: "
+               "manifest unknown: manifest unknown")
+    assert images.explain_registry_error(server, missing).startswith("an image is not in the registry 127.0.0.1:5000")
+    refused = "Error response from daemon: Head \"https://127.0.0.1:5000/v2/app/manifests/v1\": 401 Unauthorized"
+    assert "refused the credentials" in images.explain_registry_error(server, refused)
+    assert "refused the credentials" in images.explain_registry_error(server, "error: received unexpected HTTP status: 401")
