@@ -57,34 +57,21 @@ def _pattern(regex: re.Pattern[str], hint: str) -> Callable[[str], str]:
     return parse
 
 
-def _seconds(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 3600:
-        raise ValueError("should be a whole number of seconds from 1 to 3600")
-    return int(value)
+def _whole(low: int, high: int, hint: str) -> Callable[[str], int]:
+    """A parser for a whole number from `low` to `high`; `hint` says what it should be."""
+    def parse(value: str) -> int:
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise ValueError(f"should be {hint}")
+        return int(value)
+
+    return parse
 
 
-def _seconds_or_zero(value: str) -> int:
-    if not value.isdigit() or not 0 <= int(value) <= 3600:
-        raise ValueError("should be a whole number of seconds from 0 to 3600")
-    return int(value)
-
-
-def _count(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 1000:
-        raise ValueError("should be a whole number from 1 to 1000")
-    return int(value)
-
-
-def _limit(value: str) -> int:
-    if not value.isdigit() or not 0 <= int(value) <= 1_000_000:
-        raise ValueError("should be a whole number from 0 (no limit) to 1000000")
-    return int(value)
-
-
-def _conn_limit(value: str) -> int:
-    if not value.isdigit() or not 0 <= int(value) <= 65535:
-        raise ValueError("should be a whole number from 0 (no limit) to 65535")
-    return int(value)
+_seconds = _whole(1, 3600, "a whole number of seconds from 1 to 3600")
+_seconds_or_zero = _whole(0, 3600, "a whole number of seconds from 0 to 3600")
+_count = _whole(1, 1000, "a whole number from 1 to 1000")
+_limit = _whole(0, 1_000_000, "a whole number from 0 (no limit) to 1000000")
+_conn_limit = _whole(0, 65535, "a whole number from 0 (no limit) to 65535")  # nginx's limit_conn takes no more
 
 
 def _size(value: str) -> str:

@@ -246,6 +246,11 @@ class Confinement:
         return self.gains() + (["runs as root"] if self.as_root else []) + ([] if self.read_only else ["root filesystem writable"])
 
 
+def capability(name: str) -> str:
+    """A capability as compose files name it (the engine says CAP_NET_RAW, compose NET_RAW)."""
+    return str(name).upper().removeprefix("CAP_")
+
+
 def confinement(settings: Settings, services: list[str]) -> dict[str, Confinement]:
     """Confinement of each running service in `services`."""
     out = {}
@@ -253,8 +258,8 @@ def confinement(settings: Settings, services: list[str]) -> dict[str, Confinemen
         if c is None:
             continue
         host, config = c.get("HostConfig") or {}, c.get("Config") or {}
-        caps = lambda key: tuple(cap.upper().removeprefix("CAP_") for cap in host.get(key) or ())  # noqa: E731 (the engine says CAP_NET_RAW)
-        out[name] = Confinement(name, config.get("User") or "", caps("CapAdd"), caps("CapDrop"),
+        out[name] = Confinement(name, config.get("User") or "", tuple(map(capability, host.get("CapAdd") or ())),
+                                tuple(map(capability, host.get("CapDrop") or ())),
                                 tuple(host.get("SecurityOpt") or ()), bool(host.get("ReadonlyRootfs")))
     return out
 

@@ -75,14 +75,13 @@ def stage_database_ca(settings: Settings, urls: list[str]) -> None:
     """Put the CA of a managed database's URL (its sslrootcert, a file on this machine)
     where the app's database clients read it (the `dbca` volume, see client_url), before
     they start; nothing to do for URLs without one."""
-    roots = [tls_params(url)[1] for url in urls if url]
-    roots = [r for r in roots if r]
-    if not roots:
+    pems = {Path(root).read_text() for root in (tls_params(url)[1] for url in urls if url) if root}
+    if not pems:
         return
-    if len(set(Path(r).read_text() for r in roots)) > 1:
+    if len(pems) > 1:
         raise ConfigError("the two colors' database URLs name different CA files (sslrootcert): "
                           "use one CA file for the managed database")
-    env = {**compose_env(settings, {}), "CG_DB_CA_PEM": Path(roots[0]).read_text()}
+    env = {**compose_env(settings, {}), "CG_DB_CA_PEM": pems.pop()}
     runner.run(compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--user", "root", "--entrypoint", "sh", "-e", "CG_DB_CA_PEM", "dbtools", "-c",
                            f'printf "%s\n" "$CG_DB_CA_PEM" > {contract.DB_CA_DIR}/root.crt.new && '
                            f'chmod 0644 {contract.DB_CA_DIR}/root.crt.new && mv {contract.DB_CA_DIR}/root.crt.new {contract.DB_CA_DIR}/root.crt'),

@@ -316,8 +316,7 @@ def no_privilege_gain(gate_settings, expected):
     others = [name for name, s in facts.service_states(gate_settings).items()
               if s.state == "running" and s.color is None and name != "edge"]
     rendered = render.compose(gate_settings.app)["services"]  # the app's own cap_add, or Colorgate's default for it
-    declared = {name: {str(c).upper().removeprefix("CAP_") for c in (rendered.get(name) or {}).get("cap_add") or ()}
-                for name in others}
+    declared = {name: set(map(facts.capability, (rendered.get(name) or {}).get("cap_add") or ())) for name in others}
     gains = {}
     for name, c in facts.confinement(gate_settings, others).items():
         problems = [p for p in c.gains() if not (p.startswith("capabilities added") and set(c.cap_add) <= declared[name])]
