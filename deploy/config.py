@@ -202,6 +202,9 @@ KEYS: dict[str, Key] = {
     "COLORGATE_LOG_MAX_FILES": Key(_count, "3"),
     # During a db.move write freeze the edge holds each write this long, then 503.
     "COLORGATE_HOLD_SECONDS": Key(_seconds, "5"),
+    # allow: the Hardening gate accepts a secret in a container's environment (an app
+    # that cannot read its database URL from a file, x-colorgate.database.file)
+    "COLORGATE_SECRETS_IN_ENV": Key(_pattern(re.compile(r"^(refuse|allow)$"), "should be refuse or allow"), "refuse"),
     "COLORGATE_TLS_CA": Key(_pattern(re.compile(r"^(local|system|/\S+)$"), "should be local, system or an absolute path to a CA bundle"), "local"),
     "COLORGATE_TLS_MIN_DAYS": Key(_seconds, "14"),
     "COLORGATE_REPORTS_DIR": Key(_pattern(re.compile(r"^\S+$"), "should be a directory path"), "reports", attr="reports_path"),
@@ -258,6 +261,7 @@ class Settings:
     log_max_size: str
     log_max_files: int
     hold_seconds: int
+    secrets_in_env: str
     tls_ca: str
     tls_min_days: int
     reports_path: str

@@ -24,7 +24,8 @@ the built-in features names a service, a port or a path of any app.
         status: [python, manage.py, migrate, --check]   # exit 0: at head; other: pending
       database:
         service: db                       # a shared PostgreSQL service
-        env: DATABASE_URL                 # the variable the app reads its URL from
+        env: DATABASE_URL                 # the variable the app reads its URL from, or better:
+        file: DATABASE_URL_FILE           # the variable naming a file that holds it (a secret as a file)
         clients: [web, worker]            # default: colored services on the db's networks
 
 Parsing and validation are pure (`parse`); deploy/render.py turns an App into the
@@ -44,9 +45,12 @@ from deploy.errors import ContractError
 
 COLORS = ("blue", "green")
 OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot", "certbot-loopback")  # Colorgate's own parts
-OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca")
+OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca", "secrets-db", "secrets-blue", "secrets-green")
 EDGE_NETWORK = "colorgate"  # the edge and every routed colored copy
 DB_CA_DIR = "/run/colorgate-db"  # where database clients find a managed database's CA (volume `dbca`)
+SECRETS_DIR = "/run/colorgate-secrets"  # secret files, read-only: `secrets-db` in the database, `secrets-<color>` in clients
+DB_PASSWORD_FILE = "postgres_password"  # in secrets-db (the database's and dbtools' superuser password)
+DB_URL_FILE = "database_url"  # in secrets-<color> (that color's database URL)
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -56,7 +60,7 @@ BLOCK_KEYS = ("colored", "shared", "routes", "health", "migrations", "database")
 ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size")
 HEALTH_KEYS = ("path", "status", "json", "contains", "timeout", "port")
 MIGRATION_KEYS = ("service", "command", "status")
-DATABASE_KEYS = ("service", "env", "clients", "kind")
+DATABASE_KEYS = ("service", "env", "file", "clients", "kind")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class Database:
     env: str
     clients: tuple[str, ...]
     kind: str = "postgresql"  # postgresql, or another engine (the db.* tasks then refuse)
+    file: str = ""  # the variable naming the file that holds the URL ("": the URL itself is in `env`)
 
 
 @dataclass(frozen=True)
@@ -406,6 +411,10 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         env = raw.get("env", "DATABASE_URL")
         if not isinstance(env, str) or not ENV_NAME.fullmatch(env):
             raise ContractError("x-colorgate.database.env: should be an environment variable name such as DATABASE_URL")
+        url_file = raw.get("file", "")
+        if not isinstance(url_file, str) or (url_file and not ENV_NAME.fullmatch(url_file)):
+            raise ContractError("x-colorgate.database.file: should be an environment variable name such as DATABASE_URL_FILE "
+                                "(Colorgate sets it to the path of a file holding the URL)")
         kind = raw.get("kind", "postgresql")
         if kind not in ("postgresql", "other"):
             raise ContractError("x-colorgate.database.kind: should be postgresql or other")
@@ -417,7 +426,7 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
                 raise ContractError(f"x-colorgate.database.clients: {stray[0]!r} is not colored: list the colored services that use the database")
         else:
             clients = [c for c in colored if db_networks & set(_networks_of(services[c] or {}))]
-        database = Database(service, env, tuple(clients), kind)
+        database = Database(service, env, tuple(clients), kind, url_file)
 
     return App(file=path, services=services, colored=tuple(colored), shared=tuple(shared), routes=tuple(routes),
                health=health, migrations=migrations, database=database, raw=data)

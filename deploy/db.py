@@ -154,6 +154,7 @@ def one_off(settings: Settings) -> Iterator[str]:
     and its container would go on alone (a pg_restore finishing after the freeze
     ended, say). A SIGKILLed command cannot do this: see README "Reliability"."""
     name = f"{settings.project}-dbtools-run-{secrets.token_hex(4)}"
+    stack.stage_secrets(settings, database=True)  # the stack's own database's password, as a file it reads
     try:
         yield name
     except BaseException:

@@ -118,7 +118,8 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
             image=config.get("Image", ""),
             version=env.get("COLORGATE_VERSION", "") if color else "",
             ports=sorted(ports),
-            database=database_shown(settings, env.get(db.env, "")) if is_client else "",
+            # the label (the URL may be a file), else the variable (a container made before it)
+            database=(labels.get("org.colorgate.database") or database_shown(settings, env.get(db.env, ""))) if is_client else "",
             app_service=app_service,
         )
     return found
@@ -224,6 +225,7 @@ class Confinement:
     cap_drop: tuple[str, ...]
     security_opt: tuple[str, ...]
     read_only: bool
+    secret_env: tuple[str, ...] = ()  # variables of its environment that hold a secret of the settings
 
     @property
     def as_root(self) -> bool:
@@ -260,7 +262,8 @@ def confinement(settings: Settings, services: list[str]) -> dict[str, Confinemen
         host, config = c.get("HostConfig") or {}, c.get("Config") or {}
         out[name] = Confinement(name, config.get("User") or "", tuple(map(capability, host.get("CapAdd") or ())),
                                 tuple(map(capability, host.get("CapDrop") or ())),
-                                tuple(host.get("SecurityOpt") or ()), bool(host.get("ReadonlyRootfs")))
+                                tuple(host.get("SecurityOpt") or ()), bool(host.get("ReadonlyRootfs")),
+                                tuple(k for k, _, v in (e.partition("=") for e in config.get("Env") or ()) if runner.holds_secret(v)))
     return out
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.contract import COLORS, DB_CA_DIR, EDGE_NETWORK, OWN_VOLUMES, App
+from deploy.contract import COLORS, DB_CA_DIR, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR, App
 
 OWN_PARTS = Path(__file__).resolve().parent.parent / "compose"
 
@@ -78,6 +78,21 @@ def database_var(color: str) -> str:
     return f"COLORGATE_{color.upper()}_DATABASE_URL"
 
 
+def database_label_var(color: str) -> str:
+    """The variable of a color's `org.colorgate.database` label: which database it uses,
+    `local` or the URL without its password (what facts read; the URL itself may be a file)."""
+    return f"COLORGATE_{color.upper()}_DATABASE_SHOWN"
+
+
+def secrets_volume(color: str = "") -> str:
+    """The volume of secret files of a color's database clients, or ("") of the database."""
+    return f"secrets-{color or 'db'}"
+
+
+def _mount(svc: dict, volume: str, path: str) -> None:
+    svc["volumes"] = [*(svc.get("volumes") or []), f"{volume}:{path}:ro"]
+
+
 def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     """The compose file Colorgate runs: shared services as written, two copies of each
     colored one, and Colorgate's own parts. Secrets and versions stay `${...}` variables,
@@ -88,6 +103,14 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
         svc.setdefault("restart", "unless-stopped")
         if app.buildable(name):
             svc.setdefault("image", f"{prefix_var}{name}:latest")
+        env = _env_dict(svc.get("environment"))
+        if app.postgres and name == app.postgres.service and "POSTGRES_PASSWORD" in env:
+            # the superuser's password as a file Colorgate puts there (stack.stage_secrets),
+            # not in the container's environment; PostgreSQL images read POSTGRES_PASSWORD_FILE
+            del env["POSTGRES_PASSWORD"]
+            env["POSTGRES_PASSWORD_FILE"] = f"{SECRETS_DIR}/{DB_PASSWORD_FILE}"
+            svc["environment"] = env
+            _mount(svc, secrets_volume(), SECRETS_DIR)
         labels = _env_dict(svc.get("labels"))
         labels.update({"org.colorgate.role": "database" if app.database and name == app.database.service else "shared",
                        "org.colorgate.service": name})
@@ -103,12 +126,18 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             env = _env_dict(svc.get("environment"))
             env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
             if app.database and name in app.database.clients:
-                env[app.database.env] = "${%s:-}" % database_var(color)
+                if app.database.file:  # the URL as a file of this color's (stack.stage_secrets)
+                    env[app.database.file] = f"{SECRETS_DIR}/{DB_URL_FILE}"
+                    _mount(svc, secrets_volume(color), SECRETS_DIR)
+                else:
+                    env[app.database.env] = "${%s:-}" % database_var(color)
                 # a managed database's CA (its URL's sslrootcert), put there by Colorgate
-                svc["volumes"] = [*(svc.get("volumes") or []), f"dbca:{DB_CA_DIR}:ro"]
+                _mount(svc, "dbca", DB_CA_DIR)
             svc["environment"] = env
             labels = _env_dict(svc.get("labels"))
             labels.update({"org.colorgate.role": "colored", "org.colorgate.service": name, "org.colorgate.color": color})
+            if app.database and name in app.database.clients:
+                labels["org.colorgate.database"] = "${%s:-local}" % database_label_var(color)
             svc["labels"] = labels
             networks = _network_map(svc)
             if name in app.routed:

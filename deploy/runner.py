@@ -40,6 +40,11 @@ def add_secret(value: str) -> None:
         _secrets.add(value)
 
 
+def holds_secret(text: str) -> bool:
+    """Whether `text` contains a secret this process knows (the settings' passwords, URLs)."""
+    return any(secret in text for secret in _secrets)
+
+
 def redact(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)

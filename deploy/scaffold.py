@@ -124,6 +124,8 @@ def block_text(draft: Draft) -> str:
     if draft.database:
         svc, kind = draft.database
         lines += ["  # the database: backups, verify, restore and db.move work on it (PostgreSQL)",
+                  "  # TODO: let the app read its URL from the file DATABASE_URL_FILE names and add `file: DATABASE_URL_FILE`",
+                  "  # (the Hardening gate refuses a secret in a container's environment; COLORGATE_SECRETS_IN_ENV=allow accepts it)",
                   f"  database: {{service: {svc}, env: DATABASE_URL{'' if kind == 'postgresql' else ', kind: other'}}}"]
     for item in draft.todo:
         lines.append(f"  # TODO: {item}")

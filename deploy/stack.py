@@ -7,8 +7,10 @@ deploy.runner; what runs on the target is read by deploy.facts.
 from __future__ import annotations
 
 import errno
+import io
 import shutil
 import socket
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,25 +69,67 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
     for color in COLORS:
-        env[render.database_var(color)] = client_url((databases or {}).get(color, settings.app_database_url()))
+        url = (databases or {}).get(color, settings.app_database_url())
+        env[render.database_var(color)] = client_url(url)
+        env[render.database_label_var(color)] = facts.database_shown(settings, url)
     return env
 
 
-def stage_database_ca(settings: Settings, urls: list[str]) -> None:
-    """Put the CA of a managed database's URL (its sslrootcert, a file on this machine)
-    where the app's database clients read it (the `dbca` volume, see client_url), before
-    they start; nothing to do for URLs without one."""
-    pems = {Path(root).read_text() for root in (tls_params(url)[1] for url in urls if url) if root}
-    if not pems:
-        return
+_staged: set[tuple] = set()
+
+
+def secret_files(settings: Settings, colors: dict[str, str], database: bool = False) -> dict[str, dict[str, str]]:
+    """What stage_secrets writes, volume -> file -> text: the database superuser's
+    password (`database`), each of `colors`' database URL (color -> URL, when the app
+    reads it from a file) and a managed database's CA (a URL's sslrootcert, a file on
+    this machine; one CA for both colors). Holds secrets."""
+    app = settings.app
+    files: dict[str, dict[str, str]] = {}
+    if database and app.postgres:
+        files[render.secrets_volume()] = {contract.DB_PASSWORD_FILE: settings.postgres_password}
+    for color, url in colors.items():
+        if app.database and app.database.file:
+            files[render.secrets_volume(color)] = {contract.DB_URL_FILE: client_url(url or settings.app_database_url())}
+    pems = {Path(root).read_text() for root in (tls_params(url)[1] for url in colors.values() if url) if root}
     if len(pems) > 1:
         raise ConfigError("the two colors' database URLs name different CA files (sslrootcert): "
                           "use one CA file for the managed database")
-    env = {**compose_env(settings, {}), "CG_DB_CA_PEM": pems.pop()}
-    runner.run(compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--user", "root", "--entrypoint", "sh", "-e", "CG_DB_CA_PEM", "dbtools", "-c",
-                           f'printf "%s\n" "$CG_DB_CA_PEM" > {contract.DB_CA_DIR}/root.crt.new && '
-                           f'chmod 0644 {contract.DB_CA_DIR}/root.crt.new && mv {contract.DB_CA_DIR}/root.crt.new {contract.DB_CA_DIR}/root.crt'),
-               env=env, what="staging the managed database's CA for the app")
+    if pems:
+        files["dbca"] = {"root.crt": pems.pop()}
+    return files
+
+
+def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, database: bool = False) -> None:
+    """Put secret_files into their volumes on the target, where the containers read them
+    (read-only, see render) before they start: never in a container's environment, a
+    command line or an image. Written through the Engine API into a container that is
+    created, never started, and removed; the same files once per process."""
+    files = secret_files(settings, colors or {}, database)
+    key = (settings.docker_host, settings.project, repr(sorted((v, sorted(f.items())) for v, f in files.items())))
+    if not files or key in _staged:
+        return
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for volume, contents in files.items():
+            for name, text in contents.items():
+                data = (text + "\n" if name == "root.crt" and not text.endswith("\n") else text).encode()
+                info = tarfile.TarInfo(f"{volume}/{name}")
+                info.size, info.mode = len(data), 0o444
+                tar.addfile(info, io.BytesIO(data))
+    host, what = settings.docker_host, "staging secret files"
+    binds = {}
+    for volume in files:
+        name = f"{settings.project}_{volume}"  # labelled as compose labels its own volumes, so compose adopts it
+        runner.engine(host, "create_volume", name, labels={"com.docker.compose.project": settings.project,
+                                                           "com.docker.compose.volume": volume}, what=what)
+        binds[name] = {"bind": f"/stage/{volume}", "mode": "rw"}
+    made = runner.engine(host, "create_container", images.app_tag(settings, "edge", "latest"), command=["true"],
+                         host_config=runner.engine(host, "create_host_config", binds=binds, network_mode="none"), labels={"org.colorgate.role": "stage"}, what=what)
+    try:
+        runner.engine(host, "put_archive", made["Id"], "/stage", buf.getvalue(), what=what)
+    finally:
+        runner.engine(host, "remove_container", made["Id"], force=True, what=what)
+    _staged.add(key)
 
 
 def check_database(settings: Settings) -> dict:
@@ -291,6 +335,7 @@ def up(settings: Settings, version: str | None = None,
     try:
         with runner.step(("pulling" if settings.registry else "building") + f" the images of {', '.join(infra)}"):
             ensure_infra_images(settings, versions, version)
+        stage_secrets(settings, database=True)
 
         env = compose_env(settings, versions)
         with runner.step(f"starting {' and '.join(infra)}"):
@@ -312,13 +357,13 @@ def up(settings: Settings, version: str | None = None,
 
         with runner.step(f"preparing {color} ({version}) images"):
             ensure_release_images(settings, color, versions)
+        stage_secrets(settings, {color: settings.app_database_url()})
         if settings.app.migrations and run_migrations is not None:
             run_migrations(color, versions)
         elif settings.app.migrations:
             with runner.step("applying database migrations"):
                 migrate(settings, color, versions)
         with runner.step(f"starting {color} ({version})"):
-            stage_database_ca(settings, [settings.app_database_url()])
             runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *settings.app.color_services(color)), env=env, what="docker compose up")
             wait_ready(settings, settings.app.color_services(color))
             wait_healthy(settings, color)  # the contract's checks, from the edge: not only Docker's
@@ -337,6 +382,7 @@ def down(settings: Settings, volumes: bool = False) -> None:
     """Remove the stack's containers and networks; volumes (data, certificates,
     routing state) are kept unless `volumes`."""
     args = [*ALL_PROFILES, "down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
+    _staged.clear()  # the secret files go with the volumes
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
 
 
@@ -344,6 +390,7 @@ def destroy(settings: Settings) -> None:
     """Remove everything of this project: containers, networks, volumes, the image
     tags under its image prefix and its rendered compose file. For throwaway stacks
     (tests, benchmarks) only."""
+    _staged.clear()
     runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
                env=settings.compose_env(), check=False)
     shutil.rmtree(settings.compose_file.parent, ignore_errors=True)
@@ -358,6 +405,7 @@ def migrate(settings: Settings, color: str, versions: dict[str, str], databases:
     m = settings.app.migrations
     if not m:
         return
+    stage_secrets(settings, {color: (databases or {}).get(color) or settings.app_database_url()})
     runner.run(
         compose_cmd(settings, "run", "--rm", "--no-deps", "-T", settings.app.copy_name(m.service, color), *m.command),
         env=compose_env(settings, versions, databases),

@@ -1,7 +1,7 @@
 Feature: Hardening
   The containers run locked down (not as root, no capabilities, no privilege gain,
-  read-only root filesystems), nothing but the edge is reachable from the host, and the
-  edge sends its security headers.
+  read-only root filesystems), nothing but the edge is reachable from the host, no
+  container holds a secret in its environment, and the edge sends its security headers.
 
   @pre @post
   Scenario: The color under test and the edge run locked down
@@ -13,6 +13,11 @@ Feature: Hardening
     Given the stack's containers
     Then no other container can gain privileges
     And only the edge publishes host ports
+
+  @pre @post
+  Scenario: Secrets reach the containers as files
+    Given the stack's containers
+    Then no container holds a secret in its environment
 
   @pre @post
   Scenario: The edge sends its security headers

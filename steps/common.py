@@ -325,6 +325,19 @@ def no_privilege_gain(gate_settings, expected):
     assert not gains, f"can gain privileges: {gains}"
 
 
+@then("no container holds a secret in its environment")
+def no_secret_in_environment(gate_settings):
+    if gate_settings.secrets_in_env == "allow":
+        return  # the operator accepted it (COLORGATE_SECRETS_IN_ENV=allow)
+    running = [name for name, s in facts.service_states(gate_settings).items() if s.state == "running"]
+    held = {name: list(c.secret_env) for name, c in facts.confinement(gate_settings, running).items() if c.secret_env}
+    db = gate_settings.app.database
+    fix = (f"let the app read its URL from a file (x-colorgate.database.file: {db.env}_FILE in {gate_settings.app.file.name}), "
+           if db and not db.file else "")
+    assert not held, (f"secrets in container environments (docker inspect shows them): {held}: {fix}"
+                      "or accept it with COLORGATE_SECRETS_IN_ENV=allow")
+
+
 @then("the response carries the edge's security headers")
 def security_headers(response):
     h = response.headers

@@ -1,14 +1,19 @@
 #!/bin/sh
 # PostgreSQL for the Colorgate stack, run as the postgres user. On the first start with
-# an empty data volume: initdb with POSTGRES_USER as superuser (password read from the
-# environment into a private file, never on a command line) and create POSTGRES_DB.
+# an empty data volume: initdb with POSTGRES_USER as superuser (password from the file
+# POSTGRES_PASSWORD_FILE names, as Colorgate delivers it, else from POSTGRES_PASSWORD;
+# never on a command line) and create POSTGRES_DB.
 # Network clients need the password (SCRAM).
 # Nothing publishes this port: compose puts PostgreSQL on an internal network (only
 # the relay of `db.move --mode replicate` reaches it from outside, while it runs).
 set -eu
 : "${PGDATA:=/var/lib/postgresql/data/pgdata}"
 : "${POSTGRES_USER:?POSTGRES_USER is required}"
-: "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is required}"
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  [ -r "$POSTGRES_PASSWORD_FILE" ] || { echo "postgres: POSTGRES_PASSWORD_FILE $POSTGRES_PASSWORD_FILE cannot be read" >&2; exit 1; }
+  POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
+: "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE is required}"
 : "${POSTGRES_DB:?POSTGRES_DB is required}"
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 export PGDATA

@@ -13,7 +13,7 @@ import pytest
 import tenacity
 from python_on_whales import DockerClient
 
-from deploy import config, contract, edge, facts, gates, history, release, runner, stack, tls
+from deploy import config, contract, edge, facts, gates, history, release, render, runner, stack, tls
 from deploy.errors import CommandError, StackError
 
 from .conftest import invoke, isolated_env, running_stack
@@ -290,8 +290,10 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
     live_color = live(rstack).color
     backend = rstack.app.copy_name("backend", live_color)
     override = tmp_path / "weaken.yml"
+    # ... and the database URL back in its environment, as an app that reads only DATABASE_URL has it
     override.write_text(f'services:\n  {backend}:\n    cap_add: [NET_RAW]\n    read_only: false\n'
-                        '    security_opt: ["no-new-privileges:false"]\n    user: root\n')
+                        '    security_opt: ["no-new-privileges:false"]\n    user: root\n'
+                        f'    environment:\n      DATABASE_URL: ${{{render.database_var(live_color)}}}\n')
     base = stack.compose_cmd(rstack)
     versions = facts.running_versions(facts.service_states(rstack))
     runner.run([*base, "--file", str(override), "up", "--detach", "--no-build", backend], env=stack.compose_env(rstack, versions))
@@ -302,10 +304,36 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
         proc = run_gates_cli(env, "-m", "post", "features/hardening.feature")
         assert proc.returncode == 1, proc.stdout[-1500:]
         assert "not locked down" in proc.stdout and "capabilities added: NET_RAW" in proc.stdout and "runs as root" in proc.stdout
+        # the example reads its URL from a file already: no advice to, only the way to accept it
+        assert f"secrets in container environments (docker inspect shows them): {{'{backend}': ['DATABASE_URL']}}: or accept it" in proc.stdout
+        assert rstack.postgres_password not in proc.stdout
+        accepted = run_gates_cli({**env, "COLORGATE_SECRETS_IN_ENV": "allow"}, "-m", "post", "features/hardening.feature", "-k", "secrets")
+        assert accepted.returncode == 0, accepted.stdout[-1500:]
     finally:
         runner.run([*base, "up", "--detach", "--no-build", backend], env=stack.compose_env(rstack, versions))
         stack.wait_ready(rstack, [backend])
     assert run_gates_cli(env, "features/hardening.feature").returncode == 0
+
+
+def test_secrets_are_read_only_files_and_in_no_containers_environment(rstack):
+    states = facts.service_states(rstack)
+    running = [name for name, st in states.items() if st.state == "running"]
+    assert {"postgres", "edge"} <= set(running)
+    # what docker inspect shows: no container's environment holds the password or a URL with it
+    assert not {n: c.secret_env for n, c in facts.confinement(rstack, running).items() if c.secret_env}
+    for name, _ in states.items():
+        if name in running:
+            env_text = "\n".join(runner.engine(rstack.docker_host, "inspect_container", facts.container(rstack, name))["Config"]["Env"])
+            assert rstack.postgres_password not in env_text, name
+    backend = rstack.app.copy_name("backend", live(rstack).color)
+    shown = runner.run(["docker", "exec", facts.container(rstack, backend), "sh", "-c",
+                        'stat -c "%a %U" "$DATABASE_URL_FILE" && touch "$DATABASE_URL_FILE" 2>/dev/null || echo read-only'],
+                       env=rstack.docker_env()).stdout.split("\n")
+    assert shown[:2] == ["444 root", "read-only"], shown
+    # the database read its password from its file: the app (URL from its file) is healthy on it
+    assert runner.run(["docker", "exec", "-i", facts.container(rstack, "postgres"), "sh", "-c", 'test -z "${POSTGRES_PASSWORD:-}" && '
+                       'test "$(cat "$POSTGRES_PASSWORD_FILE")" = "$(cat)"'], input=rstack.postgres_password,
+                      env=rstack.docker_env(), check=False).returncode == 0
 
 
 def test_history_and_status_show_the_releases(rstack, env):

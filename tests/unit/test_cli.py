@@ -109,7 +109,7 @@ def test_render_prints_the_compose_file_colorgate_runs_without_secrets():
     proc = cli("render", POSTGRES_PASSWORD="Very-Secret-Render-1")
     assert proc.returncode == 0, proc.stderr
     assert "backend_green:" in proc.stdout and "frontend_blue:" in proc.stdout and "edge:" in proc.stdout
-    assert "Very-Secret-Render-1" not in proc.stdout and "${COLORGATE_GREEN_DATABASE_URL:-}" in proc.stdout
+    assert "Very-Secret-Render-1" not in proc.stdout and "DATABASE_URL_FILE: /run/colorgate-secrets/database_url" in proc.stdout
     routes = cli("render", "--routes")
     assert "proxy_pass http://backend_$cg_color:8000;" in routes.stdout
 

@@ -102,6 +102,7 @@ def test_a_good_contract_is_read_with_its_defaults():
     ({"services__cache__depends_on": ["api"]}, r"^services.cache.depends_on: a shared service cannot depend on the colored 'api'$"),
     ({"x-colorgate__health__worker": {"path": "/ping"}}, r"^x-colorgate.health.worker.port: 'worker' has no route, so name the port"),
     ({"x-colorgate__database__clients": ["web", "db"]}, r"^x-colorgate.database.clients: 'db' is not colored"),
+    ({"x-colorgate__database__file": "PG URL"}, r"^x-colorgate.database.file: should be an environment variable name such as DATABASE_URL_FILE"),
     ({"x-colorgate": None}, r"has no x-colorgate block: add one \(`invoke init --compose"),
 ])
 def test_a_bad_contract_is_one_line_naming_the_path(changes, message):
@@ -156,7 +157,9 @@ def test_rendering_makes_two_copies_of_each_colored_service():
     assert set(services["worker_blue"]["networks"]) == {"back"} and "PG_URL" in services["worker_blue"]["environment"]
     assert "PG_URL" not in services["web_blue"]["environment"]
     assert api["depends_on"] == {"db": {"condition": "service_started"}, "worker_green": {"condition": "service_started"}}
-    assert api["labels"] == {"org.colorgate.role": "colored", "org.colorgate.service": "api", "org.colorgate.color": "green"}
+    assert api["labels"] == {"org.colorgate.role": "colored", "org.colorgate.service": "api", "org.colorgate.color": "green",
+                             "org.colorgate.database": "${COLORGATE_GREEN_DATABASE_SHOWN:-local}"}  # which one, for status and gates
+    assert "org.colorgate.database" not in services["web_green"]["labels"]
     # shared services as written (with a restart policy); the database is labelled as such
     assert services["db"]["image"] == "postgres:16" and services["db"]["labels"]["org.colorgate.role"] == "database"
     # Colorgate's own parts come from its package, reach the database, and hold no secret
@@ -167,6 +170,25 @@ def test_rendering_makes_two_copies_of_each_colored_service():
     assert "s3cret" not in render.dump(out, Path("x"))
     # the user's file is left as it was
     assert "api_green" not in BASE["services"] and BASE["services"]["api"]["environment"] == ["NODE_ENV=production", "FLAG"]
+
+
+def test_secrets_reach_the_database_and_its_clients_as_read_only_files():
+    data = app_with(**{"x-colorgate__database__file": "PG_URL_FILE",
+                       "services__db__environment": {"POSTGRES_USER": "app", "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:-}"}})
+    services = render.compose(contract.parse(data))["services"]
+    db, api, worker = services["db"], services["api_blue"], services["worker_green"]
+    # the database gets its password as a file of its own volume, not in its environment
+    assert db["environment"] == {"POSTGRES_USER": "app", "POSTGRES_PASSWORD_FILE": "/run/colorgate-secrets/postgres_password"}
+    assert "secrets-db:/run/colorgate-secrets:ro" in db["volumes"] and "data:/var/lib/postgresql/data" in db["volumes"]
+    # each color's clients: the file's path, their color's volume, no URL
+    assert api["environment"]["PG_URL_FILE"] == "/run/colorgate-secrets/database_url" and "PG_URL" not in api["environment"]
+    assert "secrets-blue:/run/colorgate-secrets:ro" in api["volumes"] and "secrets-green:/run/colorgate-secrets:ro" in worker["volumes"]
+    assert "dbtools" in services and "secrets-db:/run/colorgate-secrets:ro" in services["dbtools"]["volumes"]
+    assert "PGPASSWORD" not in services["dbtools"]["environment"]
+    assert not any("secrets" in v for v in services["web_blue"].get("volumes") or [])  # not a database client
+    # without `file`, the URL stays in the variable the app reads (the Hardening gate then objects)
+    plain = render.compose(contract.parse(BASE))["services"]
+    assert plain["api_blue"]["environment"]["PG_URL"] == "${COLORGATE_BLUE_DATABASE_URL:-}"
 
 
 def test_every_container_is_locked_down_unless_its_service_says_otherwise():

@@ -2,6 +2,8 @@
 
 from datetime import datetime, timezone
 
+import pytest
+
 from deploy import db
 
 
@@ -78,3 +80,26 @@ def test_rclone_credentials_are_masked_and_its_configuration_never_on_a_command_
     assert all(db.SECRET_OPTION.match(line) for line in secret_lines)
     assert not any(db.SECRET_OPTION.match(line) for line in plain_lines)
     assert "cat > /tmp/rclone.conf" in db.COPY_SCRIPT and "RCLONE_SFTP_KNOWN_HOSTS_FILE" in db.COPY_SCRIPT
+
+
+
+def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
+    from deploy import config, stack
+    from deploy.errors import ConfigError
+
+    s = config.load("development", root=config.project_root(), environ={"POSTGRES_PASSWORD": "pw-of-the-db-1"})
+    assert s.app.database.file == "DATABASE_URL_FILE"  # the default example reads its URL from a file
+    files = stack.secret_files(s, {"green": ""}, database=True)
+    assert files == {"secrets-db": {"postgres_password": "pw-of-the-db-1"}, "secrets-green": {"database_url": s.local_database_url()}}
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
+    managed = f"postgresql://app:pw2@db.example.com/shop?sslrootcert={ca}"
+    files = stack.secret_files(s, {"blue": managed})
+    assert set(files) == {"secrets-blue", "dbca"} and files["dbca"] == {"root.crt": ca.read_text()}
+    # the app gets the CA's path in its own container, and verify-full
+    assert files["secrets-blue"]["database_url"] == config.client_url(managed)
+    assert "sslrootcert=/run/colorgate-db/root.crt" in files["secrets-blue"]["database_url"]
+    other = tmp_path / "other.pem"
+    other.write_text("-----BEGIN CERTIFICATE-----\nY\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match="different CA files"):
+        stack.secret_files(s, {"blue": managed, "green": managed.replace(str(ca), str(other))})

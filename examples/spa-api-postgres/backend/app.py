@@ -31,7 +31,18 @@ import psycopg2.pool
 COLOR = os.environ.get("COLORGATE_COLOR", "unknown")
 VERSION = os.environ.get("COLORGATE_VERSION", "unknown")
 PORT = int(os.environ.get("PORT", "8000"))
-DATABASE_URL = os.environ.get("DATABASE_URL", "")  # empty: libpq's PG* variables
+
+def _database_url() -> str:
+    """From the file DATABASE_URL_FILE names (how Colorgate delivers it), else DATABASE_URL;
+    empty: libpq's PG* variables."""
+    path = os.environ.get("DATABASE_URL_FILE")
+    if path:
+        with open(path) as f:
+            return f.read().strip()
+    return os.environ.get("DATABASE_URL", "")
+
+
+DATABASE_URL = _database_url()
 NOTE_PATH = re.compile(r"^/api/notes/(\d+)$")
 
 _pool = None

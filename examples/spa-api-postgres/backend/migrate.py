@@ -34,7 +34,9 @@ def discover():
 
 
 def main(argv):
-    conn = psycopg2.connect(os.environ.get("DATABASE_URL", ""), connect_timeout=5)
+    path = os.environ.get("DATABASE_URL_FILE")  # how Colorgate delivers the URL; else DATABASE_URL
+    url = open(path).read().strip() if path else os.environ.get("DATABASE_URL", "")
+    conn = psycopg2.connect(url, connect_timeout=5)
     conn.autocommit = True
     cur = conn.cursor()
     cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))

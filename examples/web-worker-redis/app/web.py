@@ -18,7 +18,9 @@ from urllib.parse import parse_qs
 import psycopg2
 import redis
 
-DATABASE_URL = os.environ.get("JOBS_DATABASE_URL", "")
+# from the file JOBS_DATABASE_URL_FILE names (how Colorgate delivers it), else JOBS_DATABASE_URL
+_URL_FILE = os.environ.get("JOBS_DATABASE_URL_FILE")
+DATABASE_URL = open(_URL_FILE).read().strip() if _URL_FILE else os.environ.get("JOBS_DATABASE_URL", "")
 QUEUE = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://cache:6379/0"), socket_timeout=2)
 COLOR = os.environ.get("COLORGATE_COLOR", "?")
 JOB = re.compile(r"^/jobs/(\d+)$")

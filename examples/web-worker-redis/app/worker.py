@@ -9,7 +9,9 @@ import psycopg2
 import redis
 
 QUEUE = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://cache:6379/0"), socket_timeout=5)
-DATABASE_URL = os.environ.get("JOBS_DATABASE_URL", "")
+# from the file JOBS_DATABASE_URL_FILE names (how Colorgate delivers it), else JOBS_DATABASE_URL
+_URL_FILE = os.environ.get("JOBS_DATABASE_URL_FILE")
+DATABASE_URL = open(_URL_FILE).read().strip() if _URL_FILE else os.environ.get("JOBS_DATABASE_URL", "")
 WHO = f"{os.environ.get('COLORGATE_COLOR', '?')} {os.environ.get('COLORGATE_VERSION', '?')}"
 running = True
 
