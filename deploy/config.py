@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import hmac
 import ipaddress
 import os
 import re
@@ -31,7 +33,7 @@ STRICT_PROFILES = ("staging", "production")  # placeholders are refused here
 PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me|<[^>]+>|^x{3,}$|^todo$", re.IGNORECASE)
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-OPTIONAL_IDENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$")
+OPTIONAL_IDENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,58})?$")  # room for the app role's "_app"
 IMAGE_PREFIX = re.compile(r"^([a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?/)*([a-z0-9]+([._-][a-z0-9]+)*/)?$")
 
 
@@ -226,8 +228,8 @@ KEYS: dict[str, Key] = {
     # ... and reaches the host under this name or address (empty: COLORGATE_DOMAIN).
     "COLORGATE_MOVE_RELAY_HOST": Key(_pattern(re.compile(r"^[A-Za-z0-9.:-]*$"), "should be a host name or address"), ""),
     # The app's own PostgreSQL (x-colorgate.database): required only when it has one.
-    "POSTGRES_DB": Key(_pattern(OPTIONAL_IDENT, "should be a plain identifier (letters, digits, '_')"), ""),
-    "POSTGRES_USER": Key(_pattern(OPTIONAL_IDENT, "should be a plain identifier (letters, digits, '_')"), ""),
+    "POSTGRES_DB": Key(_pattern(OPTIONAL_IDENT, "should be a plain identifier (letters, digits, '_'; at most 59)"), ""),
+    "POSTGRES_USER": Key(_pattern(OPTIONAL_IDENT, "should be a plain identifier (letters, digits, '_'; at most 59)"), ""),
     "POSTGRES_PASSWORD": Key(str, "", secret=True),
 }
 
@@ -306,12 +308,23 @@ class Settings:
         before each compose command: outside the checkout, since it is derived data."""
         return Path(tempfile.gettempdir()) / f"colorgate-{os.getuid()}" / self.project / "compose.yml"
 
+    @property
+    def app_db_user(self) -> str:
+        """The app's own role in the stack's PostgreSQL: it owns the app's database and
+        is no superuser (POSTGRES_USER is, for Colorgate's backups, restores and moves)."""
+        return f"{self.postgres_user}_app"
+
+    def app_db_password(self) -> str:
+        """That role's password, derived from POSTGRES_PASSWORD (one-way): nothing more
+        to keep, and it changes with it (Colorgate sets it at every start)."""
+        return hmac.new(self.postgres_password.encode(), b"colorgate: the app's database role", hashlib.sha256).hexdigest()
+
     def local_database_url(self) -> str:
-        """The URL the app reaches the stack's own PostgreSQL at (holds the password)."""
+        """The URL the app reaches the stack's own PostgreSQL at, as its own role (holds the password)."""
         db = self.app.postgres
         if not db:
             return ""
-        return (f"postgresql://{quote(self.postgres_user, safe='')}:{quote(self.postgres_password, safe='')}"
+        return (f"postgresql://{self.app_db_user}:{self.app_db_password()}"
                 f"@{db.service}:5432/{quote(self.postgres_db, safe='')}")
 
     def app_database_url(self) -> str:
@@ -491,6 +504,8 @@ def load(profile: str | None = None, root: Path | None = None, environ: Mapping[
     settings = validate(profile, root, values, sources)
     runner.add_secret(settings.postgres_password)
     runner.add_secret(settings.local_database_url())
+    if settings.postgres_password:
+        runner.add_secret(settings.app_db_password())
     runner.add_secret(settings.registry_password)
     if settings.database_url:
         runner.add_secret(unquote(urlsplit(settings.database_url).password or ""))

@@ -420,8 +420,10 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                         raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
                     env, flags = tools_env(settings)
                     with one_off(settings) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
+                        # into the stack's own database as the app's role, so that the app owns what comes back
+                        as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
                         runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
-                                             "--single-transaction", "--exit-on-error", "-d",
+                                             *as_app, "--single-transaction", "--exit-on-error", "-d",
                                              env["PGDATABASE"] if settings.database_url else settings.postgres_db,
                                              f"/backups/{name}.dump", flags=flags, name=one), env=env, what="pg_restore")
                 finally:

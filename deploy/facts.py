@@ -196,6 +196,37 @@ def service_networks(settings: Settings, service: str) -> list[Network]:
 POSTGRES_PORT = 5432
 
 
+@dataclass(frozen=True)
+class DatabaseRoles:
+    """The app's own role in the stack's PostgreSQL, and who is connected over the network."""
+
+    role_super: bool | None  # None: the role does not exist
+    database_owner: str
+    sessions: tuple[tuple[str, str, bool], ...]  # (client address, role, superuser)
+
+
+def database_roles(settings: Settings) -> DatabaseRoles:
+    """Read over the database container's socket, as its superuser."""
+    db = settings.app.postgres
+    sql = (f"SELECT 'owner|' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database();\n"
+           f"SELECT 'role|' || rolsuper FROM pg_roles WHERE rolname = '{settings.app_db_user}';\n"
+           "SELECT 'session|' || host(a.client_addr) || '|' || a.usename || '|' || r.rolsuper FROM pg_stat_activity a "
+           "JOIN pg_roles r ON r.oid = a.usesysid WHERE a.backend_type = 'client backend' AND a.client_addr IS NOT NULL;\n")
+    out = runner.run(["docker", "exec", "-i", container(settings, db.service), "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                      "-U", settings.postgres_user, "-d", settings.postgres_db], input=sql, env=settings.docker_env(),
+                     what="reading the database's roles").stdout
+    role_super, owner, sessions = None, "", []
+    for kind, _, rest in (line.partition("|") for line in out.splitlines()):
+        if kind == "owner":
+            owner = rest
+        elif kind == "role":
+            role_super = rest == "t"
+        elif kind == "session":
+            address, user, sup = rest.split("|")
+            sessions.append((address, user, sup == "t"))
+    return DatabaseRoles(role_super, owner, tuple(sessions))
+
+
 def color_addresses(settings: Settings, color: str) -> dict[str, str]:
     """IP address -> service, for every container of `color` (on every network)."""
     out = {}

@@ -339,7 +339,7 @@ def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], da
     started = [s for s in settings.app.color_services(candidate) if s not in held]
     with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
         grace = stack.drain_color(settings, candidate)  # streams from its last time live end within the bound
-        stack.stage_secrets(settings, {candidate: (databases or {}).get(candidate) or settings.app_database_url()})
+        stack.prepare_clients(settings, candidate, (databases or {}).get(candidate) or settings.app_database_url())
         for names, how in ((started, "--detach"), (held, "--no-start")):
             if names:
                 runner.run(stack.compose_cmd(settings, "up", how, "--no-build", "--force-recreate", "--timeout", str(grace), *names),

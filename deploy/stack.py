@@ -99,6 +99,63 @@ def secret_files(settings: Settings, colors: dict[str, str], database: bool = Fa
     return files
 
 
+def app_role_sql(settings: Settings) -> str:
+    """SQL (run as the superuser, over the database container's socket) that makes the
+    app's own role: it can log in, is no superuser, owns the app's database and every
+    schema, table, view, sequence, function and type in it that the superuser owns (an
+    existing database, where the app ran as the superuser, is handed over); its
+    password is set again. Idempotent. Holds the role's password: send it on stdin."""
+    role, owner = settings.app_db_user, settings.postgres_user
+    password = settings.app_db_password().replace("'", "''")
+    return f"""DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+    CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+  END IF;
+END $$;
+ALTER ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{password}';
+ALTER DATABASE "{settings.postgres_db}" OWNER TO "{role}";
+DO $$ DECLARE r record; BEGIN
+  FOR r IN SELECT format('ALTER SCHEMA %I OWNER TO "{role}"', nspname) AS s FROM pg_namespace
+      WHERE nspowner = (SELECT oid FROM pg_roles WHERE rolname = '{owner}') AND nspname NOT IN ('pg_catalog', 'information_schema', 'public')
+        AND left(nspname, 3) <> 'pg_'
+    UNION ALL
+    SELECT format('ALTER %s %s OWNER TO "{role}"', CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+        WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, c.oid::regclass)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relowner = (SELECT oid FROM pg_roles WHERE rolname = '{owner}') AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND left(n.nspname, 3) <> 'pg_'
+        -- a serial's or identity's sequence goes with its table
+        AND NOT (c.relkind = 'S' AND EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                 AND d.objid = c.oid AND d.deptype IN ('a', 'i')))
+    UNION ALL
+    SELECT format('ALTER ROUTINE %s OWNER TO "{role}"', p.oid::regprocedure) FROM pg_proc p
+      JOIN pg_namespace n ON n.oid = p.pronamespace
+      WHERE p.proowner = (SELECT oid FROM pg_roles WHERE rolname = '{owner}') AND p.prokind IN ('f', 'p')
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        AND left(n.nspname, 3) <> 'pg_'
+        AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+    UNION ALL
+    SELECT format('ALTER TYPE %s OWNER TO "{role}"', t.oid::regtype) FROM pg_type t
+      JOIN pg_namespace n ON n.oid = t.typnamespace
+      WHERE t.typowner = (SELECT oid FROM pg_roles WHERE rolname = '{owner}') AND t.typtype IN ('e', 'd', 'r')
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND left(n.nspname, 3) <> 'pg_'
+        AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
+  LOOP EXECUTE r.s; END LOOP;
+END $$;
+"""
+
+
+def prepare_clients(settings: Settings, color: str, url: str) -> None:
+    """Before `color`'s database clients start or migrate on `url`: the app's own role
+    when that is the stack's own database, and their secret files. Once per process."""
+    if settings.app.postgres and url == settings.local_database_url() and ("role", settings.docker_host, settings.project) not in _staged:
+        runner.run(["docker", "exec", "-i", facts.container(settings, settings.app.postgres.service), "psql", "-X", "-q", "-v",
+                    "ON_ERROR_STOP=1", "-U", settings.postgres_user, "-d", settings.postgres_db],
+                   input=app_role_sql(settings), env=settings.docker_env(), what="giving the app its own database role")
+        _staged.add(("role", settings.docker_host, settings.project))
+    stage_secrets(settings, {color: url})
+
+
 def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, database: bool = False) -> None:
     """Put secret_files into their volumes on the target, where the containers read them
     (read-only, see render) before they start: never in a container's environment, a
@@ -357,7 +414,7 @@ def up(settings: Settings, version: str | None = None,
 
         with runner.step(f"preparing {color} ({version}) images"):
             ensure_release_images(settings, color, versions)
-        stage_secrets(settings, {color: settings.app_database_url()})
+        prepare_clients(settings, color, settings.app_database_url())
         if settings.app.migrations and run_migrations is not None:
             run_migrations(color, versions)
         elif settings.app.migrations:
@@ -405,7 +462,7 @@ def migrate(settings: Settings, color: str, versions: dict[str, str], databases:
     m = settings.app.migrations
     if not m:
         return
-    stage_secrets(settings, {color: (databases or {}).get(color) or settings.app_database_url()})
+    prepare_clients(settings, color, (databases or {}).get(color) or settings.app_database_url())
     runner.run(
         compose_cmd(settings, "run", "--rm", "--no-deps", "-T", settings.app.copy_name(m.service, color), *m.command),
         env=compose_env(settings, versions, databases),

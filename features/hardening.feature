@@ -20,6 +20,11 @@ Feature: Hardening
     Then no container holds a secret in its environment
 
   @pre @post
+  Scenario: The app reaches its database as its own role
+    Given the stack's containers
+    Then the color under test reaches the stack's database as its own role, not a superuser
+
+  @pre @post
   Scenario: The edge sends its security headers
     Given the public edge
     When I request "/" over HTTPS

@@ -338,6 +338,20 @@ def no_secret_in_environment(gate_settings):
                       "or accept it with COLORGATE_SECRETS_IN_ENV=allow")
 
 
+@then("the color under test reaches the stack's database as its own role, not a superuser")
+def own_database_role(gate_settings, expected):
+    s = gate_settings
+    if not s.app.postgres or s.database_url or facts.service_states(s).get(s.app.postgres.service) is None:
+        return  # no database of the stack's own in use: a managed one's roles are its operator's
+    found = facts.database_roles(s)
+    assert found.role_super is False, f"the app's role {s.app_db_user} is missing or a superuser: run `invoke up` to set it up"
+    assert found.database_owner == s.app_db_user, (f"the database {s.postgres_db} is owned by {found.database_owner}, "
+                                                  f"not the app's role {s.app_db_user}: run `invoke up` to hand it over")
+    mine = facts.color_addresses(s, expected.color)
+    as_super = sorted({f"{mine[addr]} as {user}" for addr, user, sup in found.sessions if sup and addr in mine})
+    assert not as_super, f"connected to the database as a superuser: {as_super}: give it the URL Colorgate renders (its own role)"
+
+
 @then("the response carries the edge's security headers")
 def security_headers(response):
     h = response.headers

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from deploy import config, db, edge, gates, history, runner, stack, tls
+from deploy import config, db, edge, facts, gates, history, runner, stack, tls
 
 from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host
@@ -99,6 +99,43 @@ def test_restore_brings_back_deleted_rows_after_a_fresh_backup(settings, client,
     fresh = proc.stdout.strip().split("backup ")[-1]
     assert fresh in [b["manifest"]["name"] for b in db.list_backups(settings)]  # the state before the restore is kept
     assert client.get("/api/health").json()["database"] == "ok"
+    # restored as the app's own role: the app owns what came back and writes to it
+    assert client.post("/api/notes", json={"body": "after the restore"}).status_code < 300
+
+
+def test_the_app_owns_its_database_as_a_role_of_its_own_and_takes_over_what_the_superuser_made(settings, client):
+    pg = ["docker", "exec", "-i", facts.container(settings, "postgres"), "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+          "-U", settings.postgres_user, "-d", settings.postgres_db]
+
+    def sql(text: str) -> str:
+        return runner.run(pg, input=text, env=settings.docker_env()).stdout.strip()
+
+    assert client.get("/api/health").json()["database"] == "ok"
+    roles = facts.database_roles(settings)
+    assert roles.role_super is False and roles.database_owner == settings.app_db_user
+    app_sessions = {(user, sup) for _, user, sup in roles.sessions}
+    assert (settings.app_db_user, False) in app_sessions and not any(sup for _, sup in app_sessions), app_sessions
+    # a database where the app ran as the superuser (before this version): what it made is handed over
+    sql("""CREATE SCHEMA legacy; CREATE TABLE legacy.t (id serial PRIMARY KEY, v text);
+CREATE TABLE public.ident (id int GENERATED ALWAYS AS IDENTITY, v text); CREATE VIEW legacy.v AS SELECT * FROM legacy.t;
+CREATE TYPE legacy.mood AS ENUM ('ok'); CREATE FUNCTION legacy.f() RETURNS int LANGUAGE sql AS 'SELECT 1';
+CREATE SEQUENCE public.free_seq;""")
+    try:
+        stack._staged.discard(("role", settings.docker_host, settings.project))
+        stack.prepare_clients(settings, "blue", settings.local_database_url())
+        owners = sql("""SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname IN ('legacy', 'public') AND c.relkind IN ('r', 'v', 'S')
+UNION SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'legacy'
+UNION SELECT pg_get_userbyid(typowner) FROM pg_type WHERE typname = 'mood'
+UNION SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'f';""")
+        assert owners.split() == [settings.app_db_user]
+        # the app's role uses all of it (the serial's and identity's sequences came along)
+        assert sql(f"""SET ROLE "{settings.app_db_user}"; INSERT INTO legacy.t (v) VALUES ('x'); INSERT INTO public.ident (v) VALUES ('y');
+SELECT legacy.f() + nextval('public.free_seq') + (SELECT count(*) FROM legacy.v);""") == "3"
+        stack._staged.discard(("role", settings.docker_host, settings.project))
+        stack.prepare_clients(settings, "blue", settings.local_database_url())  # idempotent
+    finally:
+        sql("DROP SCHEMA legacy CASCADE; DROP TABLE public.ident; DROP SEQUENCE public.free_seq;")
 
 
 def test_restore_rechecks_the_checksum_and_restores_even_the_oldest_kept(settings, client, env):

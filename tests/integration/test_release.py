@@ -336,6 +336,16 @@ def test_secrets_are_read_only_files_and_in_no_containers_environment(rstack):
                       env=rstack.docker_env(), check=False).returncode == 0
 
 
+def test_the_hardening_gate_fails_when_the_app_does_not_own_its_database_until_up_hands_it_over(rstack, env):
+    pg = ["docker", "exec", "-i", facts.container(rstack, "postgres"), "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+          "-U", rstack.postgres_user, "-d", rstack.postgres_db]
+    runner.run(pg, input=f'ALTER DATABASE "{rstack.postgres_db}" OWNER TO "{rstack.postgres_user}";', env=rstack.docker_env())
+    proc = run_gates_cli(env, "-m", "post", "features/hardening.feature")
+    assert proc.returncode == 1 and f"is owned by {rstack.postgres_user}, not the app's role {rstack.app_db_user}: run `invoke up`" in proc.stdout
+    assert invoke("up", env=env).returncode == 0
+    assert run_gates_cli(env, "features/hardening.feature").returncode == 0
+
+
 def test_history_and_status_show_the_releases(rstack, env):
     from deploy.colors import other
 

@@ -193,3 +193,17 @@ def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tm
                                       "&application_name=web&sslmode=verify-full")
     assert config.client_url(url + "&sslmode=verify-ca").endswith("&sslmode=verify-ca")
     assert config.client_url("postgresql://app:pw@db.example.com/shop") == "postgresql://app:pw@db.example.com/shop"
+
+
+def test_the_app_reaches_the_stacks_database_as_a_role_of_its_own():
+    s = config.load("development", root=config.project_root(), environ={"POSTGRES_USER": "shop", "POSTGRES_PASSWORD": "pw-1-of-the-db"})
+    assert s.app_db_user == "shop_app"
+    password = s.app_db_password()
+    assert len(password) == 64 and "pw-1-of-the-db" not in password
+    assert password == config.load("development", root=config.project_root(),
+                                   environ={"POSTGRES_USER": "shop", "POSTGRES_PASSWORD": "pw-1-of-the-db"}).app_db_password()
+    assert password != config.load("development", root=config.project_root(),
+                                   environ={"POSTGRES_USER": "shop", "POSTGRES_PASSWORD": "pw-2-of-the-db"}).app_db_password()
+    assert s.local_database_url().startswith(f"postgresql://shop_app:{password}@postgres:5432/")
+    with pytest.raises(config.ConfigError, match="at most 59"):
+        config.load("development", root=config.project_root(), environ={"POSTGRES_USER": "u" * 60})
