@@ -15,6 +15,7 @@ import dataclasses
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -158,7 +159,12 @@ def one_off(settings: Settings) -> Iterator[str]:
     try:
         yield name
     except BaseException:
-        runner.run(["docker", "rm", "--force", name], env=settings.docker_env(), check=False)
+        # compose, killed mid-`run`, may have asked the engine for the container a moment
+        # before: until it is removed, or clearly never came (3 s)
+        deadline = time.monotonic() + 3
+        while runner.run(["docker", "rm", "--force", name], env=settings.docker_env(), check=False).returncode != 0 \
+                and time.monotonic() < deadline:
+            time.sleep(0.25)
         raise
 
 
