@@ -45,11 +45,12 @@ from deploy.errors import ContractError
 
 COLORS = ("blue", "green")
 OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot", "certbot-loopback")  # Colorgate's own parts
-OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca", "secrets-db", "secrets-blue", "secrets-green")
+OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca", "secrets-db", "secrets-tools", "secrets-blue", "secrets-green")
 EDGE_NETWORK = "colorgate"  # the edge and every routed colored copy
 DB_CA_DIR = "/run/colorgate-db"  # where database clients find a managed database's CA (volume `dbca`)
-SECRETS_DIR = "/run/colorgate-secrets"  # secret files, read-only: `secrets-db` in the database, `secrets-<color>` in clients
-DB_PASSWORD_FILE = "postgres_password"  # in secrets-db (the database's and dbtools' superuser password)
+SECRETS_DIR = "/run/colorgate-secrets"  # secret files, read-only: `secrets-db` in the database, `secrets-tools` in
+# the one-off dbtools, `secrets-<color>` in that color's database clients
+DB_PASSWORD_FILE = "postgres_password"  # in secrets-db and secrets-tools (the database's superuser password)
 DB_URL_FILE = "database_url"  # in secrets-<color> (that color's database URL)
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")

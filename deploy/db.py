@@ -28,6 +28,7 @@ import tenacity
 from deploy import edge, history, images, runner, stack
 from deploy.facts import container as container_of, inspect as inspect_container
 from deploy.config import STRICT_PROFILES, Settings, shown_url, tls_params
+from deploy.contract import SECRETS_DIR
 from deploy.errors import ColorgateError, CommandError, UnknownBackup
 
 END = "--colorgate-end--"
@@ -133,13 +134,19 @@ def require_postgres(settings: Settings) -> None:
                              "the db.* tasks (backup, verify, restore, move) work with PostgreSQL only")
 
 
+# libpq's password variables: they reach a one-off dbtools container as files of its
+# own volume (secrets-tools, see one_off), which CG_<VAR>_FILE names; never its environment
+PASSWORD_VARS = ("PGPASSWORD", "T_PGPASSWORD")
+
+
 def tools_env(settings: Settings, extra: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """Environment and `-e` flags for a dbtools container: libpq variables for the
     app's database (the stack's own, or DATABASE_URL), plus `extra`. Values travel in
-    the environment, never on a command line."""
+    the environment, never on a command line; passwords not even there (PASSWORD_VARS)."""
     require_postgres(settings)
     env = {**(url_env(settings.database_url) if settings.database_url else {}), **(extra or {}), "PGCONNECT_TIMEOUT": "10"}
-    flags = [flag for name in env for flag in ("-e", name)]
+    env.update({f"CG_{var}_FILE": f"{SECRETS_DIR}/{var.lower()}" for var in PASSWORD_VARS if env.get(var)})
+    flags = [flag for name in env if name not in PASSWORD_VARS for flag in ("-e", name)]
     return {**stack.compose_env(settings, {}), **env}, flags
 
 
@@ -149,13 +156,14 @@ def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None, na
 
 
 @contextlib.contextmanager
-def one_off(settings: Settings) -> Iterator[str]:
-    """A name for a one-off dbtools container, which is removed when the command ends
+def one_off(settings: Settings, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A name for a one-off dbtools container (its passwords in `env`, from tools_env,
+    staged as its files first), which is removed when the command ends
     while it runs (interrupted, timed out): `docker compose run` passes no SIGTERM on
     and its container would go on alone (a pg_restore finishing after the freeze
     ended, say). A SIGKILLed command cannot do this: see README "Reliability"."""
     name = f"{settings.project}-dbtools-run-{secrets.token_hex(4)}"
-    stack.stage_secrets(settings, database=True)  # the stack's own database's password, as a file it reads
+    stack.stage_secrets(settings, database=True, tools={var.lower(): env[var] for var in PASSWORD_VARS if (env or {}).get(var)})
     try:
         yield name
     except BaseException:
@@ -173,7 +181,7 @@ def tools(settings: Settings, script: str, *args: str, input: str | None = None,
     """Run a shell script in a one-off dbtools container (networks `data` and `web`,
     volume `backups`), connected to the app's database by libpq's environment."""
     env, flags = tools_env(settings, extra)
-    with one_off(settings) as name:
+    with one_off(settings, env) as name:
         return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args, flags=flags, name=name), input=input,
                           env=env, check=check, what=what)
 
@@ -216,7 +224,7 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
     those in `protect` nor the newest verified ones: see to_prune)."""
     name = backup_name()
     env, flags = tools_env(settings)
-    with one_off(settings) as one, runner.session(tools_cmd(settings, *PSQL, flags=flags, name=one), env=env) as psql:
+    with one_off(settings, env) as one, runner.session(tools_cmd(settings, *PSQL, flags=flags, name=one), env=env) as psql:
         psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{END}';\n")
         psql.stdin.flush()
         out = _read_until_end(psql)
@@ -425,7 +433,7 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                     if left:
                         raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
                     env, flags = tools_env(settings)
-                    with one_off(settings) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
+                    with one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
                         # into the stack's own database as the app's role, so that the app owns what comes back
                         as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
                         runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",

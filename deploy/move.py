@@ -381,7 +381,7 @@ def _replicate_frozen(settings: Settings, record: Record, url: str, plan: releas
     """The replicate freeze: drain, catch up, sequences, end replication (one dbtools
     container started before it), switch, post gates."""
     env, flags = db.tools_env(settings, {**_both(url), "CG_FACTS_SQL": db.FACTS_SQL})
-    with db.one_off(settings) as one, \
+    with db.one_off(settings, env) as one, \
             runner.session(db.tools_cmd(settings, "sh", "-c", CUTOVER_SCRIPT, "dbtools", ROLE, flags=flags, name=one), env=env) as cut:
         _expect(cut, "ready")
         with _frozen(settings, record):

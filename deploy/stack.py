@@ -78,15 +78,19 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
 _staged: set[tuple] = set()
 
 
-def secret_files(settings: Settings, colors: dict[str, str], database: bool = False) -> dict[str, dict[str, str]]:
+def secret_files(settings: Settings, colors: dict[str, str], database: bool = False,
+                 tools: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
     """What stage_secrets writes, volume -> file -> text: the database superuser's
-    password (`database`), each of `colors`' database URL (color -> URL, when the app
-    reads it from a file) and a managed database's CA (a URL's sslrootcert, a file on
-    this machine; one CA for both colors). Holds secrets."""
+    password (`database`: for the database and the one-off dbtools) and the dbtools'
+    other passwords (`tools`: a managed database's, name -> password), each of
+    `colors`' database URL (color -> URL, when the app reads it from a file) and a
+    managed database's CA (a URL's sslrootcert, a file on this machine; one CA for
+    both colors). Holds secrets."""
     app = settings.app
     files: dict[str, dict[str, str]] = {}
     if database and app.postgres:
         files[render.secrets_volume()] = {contract.DB_PASSWORD_FILE: settings.postgres_password}
+        files["secrets-tools"] = {contract.DB_PASSWORD_FILE: settings.postgres_password, **(tools or {})}
     for color, url in colors.items():
         if app.database and app.database.file:
             files[render.secrets_volume(color)] = {contract.DB_URL_FILE: client_url(url or settings.app_database_url())}
@@ -156,12 +160,13 @@ def prepare_clients(settings: Settings, color: str, url: str) -> None:
     stage_secrets(settings, {color: url})
 
 
-def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, database: bool = False) -> None:
+def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, database: bool = False,
+                  tools: dict[str, str] | None = None) -> None:
     """Put secret_files into their volumes on the target, where the containers read them
     (read-only, see render) before they start: never in a container's environment, a
     command line or an image. Written through the Engine API into a container that is
     created, never started, and removed; the same files once per process."""
-    files = secret_files(settings, colors or {}, database)
+    files = secret_files(settings, colors or {}, database, tools)
     key = (settings.docker_host, settings.project, repr(sorted((v, sorted(f.items())) for v, f in files.items())))
     if not files or key in _staged:
         return

@@ -3,10 +3,19 @@
 # as text (the URL's sslrootcert is a file on the operator's machine), becomes the file
 # libpq reads: PGSSLROOTCERT for the app's database, T_PGSSLROOTCERT for a db.move target.
 set -eu
-# the stack's own database's password: a file Colorgate stages (never in the environment)
-if [ -z "${PGPASSWORD:-}" ] && [ -r /run/colorgate-secrets/postgres_password ]; then
+# Passwords are files Colorgate stages in this container's own volume, never in its
+# environment: a managed database's (PGPASSWORD, T_PGPASSWORD for a db.move target) as
+# CG_*_FILE names them, else the stack's own database's.
+if [ -n "${CG_PGPASSWORD_FILE:-}" ]; then
+  PGPASSWORD=$(cat "$CG_PGPASSWORD_FILE")
+  export PGPASSWORD
+elif [ -r /run/colorgate-secrets/postgres_password ]; then
   PGPASSWORD=$(cat /run/colorgate-secrets/postgres_password)
   export PGPASSWORD
+fi
+if [ -n "${CG_T_PGPASSWORD_FILE:-}" ]; then
+  T_PGPASSWORD=$(cat "$CG_T_PGPASSWORD_FILE")
+  export T_PGPASSWORD
 fi
 if [ -n "${CG_PGSSLROOTCERT_PEM:-}" ]; then
   printf '%s\n' "$CG_PGSSLROOTCERT_PEM" > /tmp/pg-root.crt

@@ -183,7 +183,7 @@ def test_secrets_reach_the_database_and_its_clients_as_read_only_files():
     # each color's clients: the file's path, their color's volume, no URL
     assert api["environment"]["PG_URL_FILE"] == "/run/colorgate-secrets/database_url" and "PG_URL" not in api["environment"]
     assert "secrets-blue:/run/colorgate-secrets:ro" in api["volumes"] and "secrets-green:/run/colorgate-secrets:ro" in worker["volumes"]
-    assert "dbtools" in services and "secrets-db:/run/colorgate-secrets:ro" in services["dbtools"]["volumes"]
+    assert "dbtools" in services and "secrets-tools:/run/colorgate-secrets:ro" in services["dbtools"]["volumes"]
     assert "PGPASSWORD" not in services["dbtools"]["environment"]
     assert not any("secrets" in v for v in services["web_blue"].get("volumes") or [])  # not a database client
     # without `file`, the URL stays in the variable the app reads (the Hardening gate then objects)

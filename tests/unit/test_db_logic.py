@@ -38,7 +38,7 @@ def test_dump_runs_inside_the_network_from_the_exported_snapshot():
 
 
 def test_a_managed_database_is_reached_through_the_environment_never_argv():
-    from deploy import config
+    from deploy import config, stack
 
     url = "postgresql://app:s%40cret@db.example.com:6543/shop?sslmode=require"
     s = config.load("development", root=config.project_root(), environ={"DATABASE_URL": url})
@@ -46,7 +46,11 @@ def test_a_managed_database_is_reached_through_the_environment_never_argv():
     assert {k: env[k] for k in db.PG_VARS} == {"PGHOST": "db.example.com", "PGPORT": "6543", "PGUSER": "app",
                                              "PGPASSWORD": "s@cret", "PGDATABASE": "shop", "PGSSLMODE": "require"}
     cmd = db.tools_cmd(s, "psql", flags=flags)
-    assert "-e" in cmd and "PGPASSWORD" in cmd and not any("s@cret" in part or "s%40cret" in part for part in cmd)
+    assert not any("s@cret" in part or "s%40cret" in part for part in cmd)
+    # not even in the container's environment: a file of its own volume, which the entrypoint reads
+    assert "PGPASSWORD" not in cmd and cmd[cmd.index("CG_PGPASSWORD_FILE") - 1] == "-e"
+    assert env["CG_PGPASSWORD_FILE"] == "/run/colorgate-secrets/pgpassword"
+    assert stack.secret_files(s, {}, database=True, tools={"pgpassword": "s@cret"})["secrets-tools"]["pgpassword"] == "s@cret"
     # the stack's own database: the dbtools service's environment is used as it is
     local_env, local_flags = db.tools_env(config.load("development", root=config.project_root(), environ={}))
     assert "PGHOST" not in local_flags and local_flags == ["-e", "PGCONNECT_TIMEOUT"]
@@ -90,7 +94,8 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     s = config.load("development", root=config.project_root(), environ={"POSTGRES_PASSWORD": "pw-of-the-db-1"})
     assert s.app.database.file == "DATABASE_URL_FILE"  # the default example reads its URL from a file
     files = stack.secret_files(s, {"green": ""}, database=True)
-    assert files == {"secrets-db": {"postgres_password": "pw-of-the-db-1"}, "secrets-green": {"database_url": s.local_database_url()}}
+    assert files == {"secrets-db": {"postgres_password": "pw-of-the-db-1"}, "secrets-tools": {"postgres_password": "pw-of-the-db-1"},
+                     "secrets-green": {"database_url": s.local_database_url()}}
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
     managed = f"postgresql://app:pw2@db.example.com/shop?sslrootcert={ca}"
