@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.remote_and_idle import SshHost, keygen, operator_env, operator_home, ssh_host
-from deploy import config, runner
+from deploy import config, images, runner
 
 from .conftest import free_port, invoke, isolated_env, remove_stack
 
@@ -83,6 +83,27 @@ def test_a_release_travels_over_ssh(remote):
     assert ended.returncode == 0, ended.stderr
     log = runner.run(["docker", "logs", host.container], check=False).stderr
     assert log.count("Disconnected from user deploy") == log.count("Accepted publickey for deploy"), log[-3000:]
+
+
+def test_an_app_without_a_database_travels_over_ssh_too(remote):
+    """Another app than the default one (the static site: another service, port and
+    health path, no database), released over the same SSH host."""
+    host, _, home = remote
+    env = operator_env({**isolated_env("sshsite"), "COLORGATE_APP": str(config.project_root() / "examples" / "static-site")}, home)
+    settings = config.load("development", environ={**os.environ, **env})
+    images.build_bases(settings, images.missing_bases(settings))
+    try:
+        up = invoke("up", "--host", host.url, env=env)
+        assert up.returncode == 0 and "active color: blue (v1)" in up.stdout, up.stderr[-3000:]
+        deployed = invoke("deploy", "--host", host.url, env=env)
+        assert deployed.returncode == 0 and "deploy: blue v1 -> green v2: switched" in deployed.stdout, deployed.stderr[-3000:]
+        assert "PASS  The static site: An unknown page is not found" in deployed.stderr, deployed.stderr[-3000:]
+        assert "PASS  Hardening: The color under test and the edge run locked down" in deployed.stderr
+        back = invoke("rollback", "--no-gates", "--host", host.url, env=env)
+        assert back.returncode == 0 and "rollback: green v2 -> blue v1: switched" in back.stdout, back.stderr[-2000:]
+        assert "declares no database" in one_line(invoke("db.backup", "--host", host.url, env=env))
+    finally:
+        remove_stack(settings)
 
 
 def test_ssh_problems_are_one_line_before_anything_changes(remote, tmp_path):
