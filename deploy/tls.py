@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shlex
+import socket
 import ssl
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -173,6 +175,40 @@ def reload_if_changed(settings: Settings) -> bool:
     return True
 
 
+def served_serial(settings: Settings) -> str | None:
+    """The serial (hex) of the certificate the edge presents to a new connection now;
+    None when the edge cannot be reached from here."""
+    from cryptography import x509
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # which one it serves, not whether it is trusted
+    try:
+        with socket.create_connection((settings.edge_address, settings.https_port), timeout=3) as raw, \
+                ctx.wrap_socket(raw, server_hostname=settings.domain) as conn:
+            der = conn.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    return format(x509.load_der_x509_certificate(der).serial_number, "x") if der else None
+
+
+def _reload(settings: Settings, seconds: float = 10) -> dict:
+    """reload_if_changed, and the edge's certificate: after a reload, once the edge
+    serves it to new connections (nginx's new workers take over a moment after `nginx -s
+    reload` returns), so what runs next (the TLS gate) sees it."""
+    reloaded = reload_if_changed(settings)
+    data = status(settings)
+    deadline = time.monotonic() + seconds
+    while reloaded:
+        served = served_serial(settings)
+        if served in (None, data["serial"]):
+            break  # serving it (or not reachable from here: the gates check it from where they can)
+        if time.monotonic() > deadline:
+            raise ColorgateError(f"the edge reloaded but still serves its previous certificate after {seconds:.0f} s: "
+                                 "see `invoke logs edge`")
+        time.sleep(0.1)
+    return {**data, "reloaded": reloaded}
+
+
 def init(settings: Settings, email: str, domain: str | None = None, directory: str | None = None,
          staging: bool = False, ca_bundle: Path | None = None) -> dict:
     """Obtain a certificate for the edge's domain over HTTP-01 and move the edge onto it
@@ -200,8 +236,7 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     record = json.dumps({"directory": url, "email": email, "domain": domain, "ca_bundle": bool(ca_bundle)})
     runner.run(["docker", "exec", "-i", edge.edge_container(settings.project), "sh", "-c", f"cat > {ACME_STATE}"],
                input=record, env=settings.docker_env(), what="recording the ACME directory")
-    reloaded = reload_if_changed(settings)
-    return {**status(settings), "reloaded": reloaded}
+    return _reload(settings)
 
 
 def renew(settings: Settings) -> dict:
@@ -211,8 +246,7 @@ def renew(settings: Settings) -> dict:
     if state["source"].startswith("local"):
         runner.run(["docker", "exec", edge.edge_container(settings.project), "/usr/local/bin/colorgate-edge", "--renew-local"],
                    env=settings.docker_env(), what="renewing the local certificate")
-        reloaded = reload_if_changed(settings)
-        return {**status(settings), "reloaded": reloaded}
+        return _reload(settings)
     if not state["acme_directory"]:
         raise ColorgateError("the edge serves a certificate installed by hand: renew it by hand, or run `invoke tls.init`")
     env = stack.compose_env(settings, {})
@@ -221,8 +255,7 @@ def renew(settings: Settings) -> dict:
                    timeout=600, what="certbot renew")
     except CommandError as exc:
         raise explain_certbot(exc, state["acme_directory"], settings.domain) from None
-    reloaded = reload_if_changed(settings)
-    return {**status(settings), "reloaded": reloaded}
+    return _reload(settings)
 
 
 def cron_line(settings: Settings, python: str) -> str:

@@ -19,7 +19,7 @@ import pytest
 import tenacity
 from cryptography import x509
 
-from deploy import config, gates, runner, tls
+from deploy import config, gates, images, runner, stack, tls
 from tests.certs import make_ca, make_leaf
 
 from .conftest import free_port, invoke, isolated_env, running_stack
@@ -222,3 +222,22 @@ def test_status_and_schedule(settings, tmp_path, env):
     assert first.startswith("installed: ") and again.startswith("already installed: ")
     line = (tmp_path / f"colorgate-{settings.project}-renew").read_text().splitlines()[-1]
     assert line.split()[1:5] == ["3", "*", "*", "*"] and "/opt/venv/bin/python -m invoke tls.renew" in line
+
+
+def test_an_app_without_a_database_gets_its_certificate_too(settings, pebble, env, request):
+    """(Last in this module: the static site takes the default stack's ports, which the
+    test CA validates on.) Another app than the default one gets and serves an ACME
+    certificate the same way, and its TLS gates pass against the CA's root."""
+    stack.down(settings)
+    site_env = {**env, "COLORGATE_PROJECT": f"{env['COLORGATE_PROJECT']}site",
+                "COLORGATE_IMAGE_PREFIX": f"{env['COLORGATE_PROJECT']}site/",
+                "COLORGATE_APP": str(config.project_root() / "examples" / "static-site")}
+    site = config.load("development", environ={**os.environ, **site_env})
+    images.build_bases(site, images.missing_bases(site))
+    with running_stack(request, site):
+        data = tls.init(site, f"ops@{DOMAIN}", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
+        assert data["source"] == "ACME" and data["sans"] == [DOMAIN] and "Pebble" in data["issuer"]
+        handshake = gates.tls_handshake(site.edge_address, site.https_port, DOMAIN, pebble["root"].read_text())
+        assert handshake.ok, handshake.error
+        proc = tls_gates(site_env, pebble["root"])
+        assert proc.returncode == 0, proc.stdout[-2000:]
