@@ -196,6 +196,13 @@ def service_networks(settings: Settings, service: str) -> list[Network]:
 POSTGRES_PORT = 5432
 
 
+def one_offs(settings: Settings, label: str) -> list[str]:
+    """Ids of this project's containers (any state) that carry `label` (key=value)."""
+    listed = runner.engine(settings.docker_host, "containers", all=True, what="listing one-off containers",
+                           filters={"label": [f"com.docker.compose.project={settings.project}", label]})
+    return [item["Id"] for item in listed]
+
+
 @dataclass(frozen=True)
 class DatabaseRoles:
     """The app's own role in the stack's PostgreSQL, and who is connected over the network."""

@@ -61,6 +61,11 @@ def held_message(found: edge.LockState) -> str:
     return f"the target is locked by {who}: wait for it to finish, or if it died, retry with --break-lock"
 
 
+def process_label(pid: int | None = None, host: str | None = None) -> str:
+    """`pid@host` of this process (or of a lock's holder): the label of its one-off containers."""
+    return f"{os.getpid() if pid is None else pid}@{socket.gethostname() if host is None else host}"
+
+
 def _break(settings: Settings) -> edge.LockState | None:
     """--break-lock: remove the lock, close the record of the run that held it (it
     ended without one) and record the break. Returns the lock broken (None: it was free)."""
@@ -94,6 +99,7 @@ def lock(settings: Settings, command: str, break_lock: bool = False, history: bo
     broken = _break(settings) if break_lock else None
     token = secrets.token_hex(16)
     holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
+    # (the one-off database containers a holder starts carry the same pid@host: see db.tools_cmd, recover.reconcile)
     try:
         out = edge.in_edge(settings, edge.lock_cmd(holder, token, history), "taking the release lock").stdout
     except CommandError as exc:

@@ -15,14 +15,17 @@ on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move)
                              from it; any other disagreement is refused
     the live color's workers not running (paused or held by a db.move that died): started
 
-With `thorough` (after --break-lock: the lock's holder died), the local database is
-also searched for the publication, slot and role without waiting for a relay to hint
-at them. Each repair is said in one line.
+With `dead`, the holder of a lock --break-lock broke (it died), first: the one-off
+database containers it started (labelled with its pid@host) are removed, before anything
+opens writes: a pg_restore or pg_dump that its killed `docker compose run` left going on
+alone would otherwise change data after the next command let writes in. Then the local
+database is also searched for the publication, slot and role without waiting for a
+relay to hint at them. Each repair is said in one line.
 """
 
 from __future__ import annotations
 
-from deploy import db, edge, facts, runner, stack
+from deploy import db, edge, facts, history, runner, stack
 from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.history import now
@@ -31,10 +34,17 @@ RELAY = "dbrelay"
 
 
 def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
-              frozen: bool, record: dict, thorough: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
+              frozen: bool, record: dict, dead: dict | None = None) -> tuple[dict[str, facts.ServiceState], dict]:
     """Repair what a dead run left (see the module), from what the lock's exec read
     (`active`, `frozen`, the database `record`) and the services' `states`; returns the
     states (read again when something was started) and the database record (repaired)."""
+    thorough = dead is not None
+    if dead and dead.get("pid") and dead.get("host"):
+        left = facts.one_offs(settings, f"{db.HOLDER_LABEL}={history.process_label(dead['pid'], dead['host'])}")
+        for container in left:
+            runner.engine(settings.docker_host, "remove_container", container, force=True, what="removing a dead run's one-off container")
+        if left:
+            runner.say(f"!! the run that died left {len(left)} one-off database container(s) going on alone: removed")
     if frozen:
         edge.set_frozen(settings, False)
         runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")

@@ -63,7 +63,7 @@ def observe(settings: Settings, held: Held, tags: bool = False, database: bool =
     found = held.found
     active = found.active
     states, record = recover.reconcile(settings, active, facts.service_states(settings), found.frozen, found.database,
-                                       thorough=held.broken is not None)
+                                       dead=held.broken.holder if held.broken else None)
     return Target(active, states, found.history or [], record if database else {"url": "local"},
                   images.release_tags(settings) if tags else [])
 

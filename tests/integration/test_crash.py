@@ -85,7 +85,8 @@ def local_writes(settings: config.Settings) -> set[str]:
 
 def one_offs(settings: config.Settings) -> list[str]:
     """One-off dbtools containers of the project (a pg_dump, pg_restore, psql) left running."""
-    return runner.run(["docker", "ps", "--all", "--quiet", "--filter", f"name={settings.project}-dbtools-run-"]).stdout.split()
+    return runner.run(["docker", "ps", "--all", "--filter", f"name={settings.project}-dbtools-run-",
+                       "--format", "{{.Names}} {{.State}} {{.Status}} {{.Command}}"]).stdout.splitlines()
 
 
 def served(settings: config.Settings) -> set[str]:
@@ -306,6 +307,35 @@ def test_restore_terminated_inside_pg_restore_changes_no_data_and_opens_writes(s
         assert client.get(f"/api/notes/{after}").status_code == 200  # one transaction, interrupted: nothing restored
     record = [r for r in edge.read_history(settings) if r["action"] == "db.restore"][-1]
     assert (record["outcome"], record["detail"]) == ("interrupted", "interrupted at restore (SIGTERM)")
+
+
+def test_restore_killed_inside_pg_restore_is_stopped_by_the_next_command_before_writes_open(settings, env):
+    """SIGKILL: nothing of the command can stop its pg_restore, which `docker compose run`
+    leaves going on alone (here, waiting for a reader's lock). The next command, having
+    broken the dead run's lock, removes it before it opens writes: a restore finishing
+    later would drop what was written meanwhile."""
+    name = db.backup(settings)["name"]
+    assert db.verify(settings, name).usable
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
+        after = client.post("/api/notes", json={"body": "written after the backup"}).json()["id"]
+    with runner.session(db.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:
+        reader.stdin.write("BEGIN; LOCK TABLE notes IN ACCESS SHARE MODE; SELECT 'locked';\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "locked"
+        proc = killed_in("restore", signal.SIGKILL, 1.5, "db.restore", name, env=env)
+        assert proc.returncode == -signal.SIGKILL and edge.is_frozen(settings)
+        assert one_offs(settings), "the killed restore's pg_restore should still be waiting"
+        live = edge.read_active(settings)
+        fixed = invoke("switch", "--to", live.color, "--break-lock", env=env)
+        assert fixed.returncode == 0, fixed.stderr
+        said = fixed.stderr
+        assert "left 1 one-off database container(s) going on alone: removed" in said, said
+        assert said.index("one-off database container") < said.index("writes open again")
+        assert not one_offs(settings) and not edge.is_frozen(settings)
+        reader.stdin.write("COMMIT;\n")  # had the restore gone on alone, it would go on now
+    time.sleep(2)
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
+        assert client.get(f"/api/notes/{after}").status_code == 200  # nothing restored
 
 
 def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_next_command(settings, env):
