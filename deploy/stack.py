@@ -185,8 +185,9 @@ def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, data
         runner.engine(host, "create_volume", name, labels={"com.docker.compose.project": settings.project,
                                                            "com.docker.compose.volume": volume}, what=what)
         binds[name] = {"bind": f"/stage/{volume}", "mode": "rw"}
+    host_config = runner.engine(host, "create_host_config", binds=binds, network_mode="none")
     made = runner.engine(host, "create_container", images.app_tag(settings, "edge", "latest"), command=["true"],
-                         host_config=runner.engine(host, "create_host_config", binds=binds, network_mode="none"), labels={"org.colorgate.role": "stage"}, what=what)
+                         host_config=host_config, labels={"org.colorgate.role": "stage"}, what=what)
     try:
         runner.engine(host, "put_archive", made["Id"], "/stage", buf.getvalue(), what=what)
     finally:
