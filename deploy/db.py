@@ -134,8 +134,6 @@ def require_postgres(settings: Settings) -> None:
                              "the db.* tasks (backup, verify, restore, move) work with PostgreSQL only")
 
 
-HOLDER_LABEL = "org.colorgate.holder"  # pid@host of the command that started a one-off container
-
 # libpq's password variables: they reach a one-off dbtools container as files of its
 # own volume (secrets-tools, see one_off), which CG_<VAR>_FILE names; never its environment
 PASSWORD_VARS = ("PGPASSWORD", "T_PGPASSWORD")
@@ -154,7 +152,7 @@ def tools_env(settings: Settings, extra: dict[str, str] | None = None) -> tuple[
 
 def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None, name: str = "") -> list[str]:
     return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *(["--name", name] if name else []),
-                             "--label", f"{HOLDER_LABEL}={history.process_label()}",  # whose: a dead holder's are removed
+                             "--label", f"{history.HOLDER_LABEL}={history.process_label()}",  # whose: a dead holder's are removed
                              *(flags or tools_env(settings)[1]), "dbtools", *args)
 
 

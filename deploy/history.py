@@ -61,6 +61,10 @@ def held_message(found: edge.LockState) -> str:
     return f"the target is locked by {who}: wait for it to finish, or if it died, retry with --break-lock"
 
 
+HOLDER_LABEL = "org.colorgate.holder"  # on the one-off containers a command starts: its process_label
+STAGE_ROLE = "stage"  # org.colorgate.role of stack.stage_secrets' never-started container
+
+
 def process_label(pid: int | None = None, host: str | None = None) -> str:
     """`pid@host` of this process (or of a lock's holder): the label of its one-off containers."""
     return f"{os.getpid() if pid is None else pid}@{socket.gethostname() if host is None else host}"

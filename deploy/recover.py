@@ -16,7 +16,7 @@ on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move)
     the live color's workers not running (paused or held by a db.move that died): started
 
 With `dead`, the holder of a lock --break-lock broke (it died), first: the one-off
-database containers it started (labelled with its pid@host) are removed, before anything
+containers it started (database tools, secret staging; labelled with its pid@host) are removed, before anything
 opens writes: a pg_restore or pg_dump that its killed `docker compose run` left going on
 alone would otherwise change data after the next command let writes in. Then the local
 database is also searched for the publication, slot and role without waiting for a
@@ -40,11 +40,11 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
     states (read again when something was started) and the database record (repaired)."""
     thorough = dead is not None
     if dead and dead.get("pid") and dead.get("host"):
-        left = facts.one_offs(settings, f"{db.HOLDER_LABEL}={history.process_label(dead['pid'], dead['host'])}")
+        left = facts.one_offs(settings, f"{history.HOLDER_LABEL}={history.process_label(dead['pid'], dead['host'])}")
         for container in left:
             runner.engine(settings.docker_host, "remove_container", container, force=True, what="removing a dead run's one-off container")
         if left:
-            runner.say(f"!! the run that died left {len(left)} one-off database container(s) going on alone: removed")
+            runner.say(f"!! the run that died left {len(left)} one-off container(s) (database tools, secret staging): removed")
     if frozen:
         edge.set_frozen(settings, False)
         runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")

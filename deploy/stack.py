@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 
 import tenacity
 
-from deploy import contract, edge, facts, images, render, runner
+from deploy import contract, edge, facts, history, images, render, runner
 from deploy.colors import COLORS
 from deploy.config import Settings, client_url, shown_url, tls_params
 from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
@@ -187,7 +187,10 @@ def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, data
         binds[name] = {"bind": f"/stage/{volume}", "mode": "rw"}
     host_config = runner.engine(host, "create_host_config", binds=binds, network_mode="none")
     made = runner.engine(host, "create_container", images.app_tag(settings, "edge", "latest"), command=["true"],
-                         host_config=host_config, labels={"org.colorgate.role": "stage"}, what=what)
+                         host_config=host_config, what=what,
+                         # this project's, but no service of it (compose's `--remove-orphans` takes a leftover)
+                         labels={"com.docker.compose.project": settings.project, "com.docker.compose.service": "colorgate-stage",
+                                 "org.colorgate.role": history.STAGE_ROLE, history.HOLDER_LABEL: history.process_label()})
     try:
         runner.engine(host, "put_archive", made["Id"], "/stage", buf.getvalue(), what=what)
     finally:
@@ -441,11 +444,19 @@ def up(settings: Settings, version: str | None = None,
     return status(settings)
 
 
+def _remove_stage_leftovers(settings: Settings) -> None:
+    """Stage containers a killed command left (created, never started; compose does not
+    see them), which would keep `down --volumes` from removing the secrets volumes."""
+    for container in facts.one_offs(settings, f"org.colorgate.role={history.STAGE_ROLE}"):
+        runner.engine(settings.docker_host, "remove_container", container, force=True, what="removing a stage leftover")
+
+
 def down(settings: Settings, volumes: bool = False) -> None:
     """Remove the stack's containers and networks; volumes (data, certificates,
     routing state) are kept unless `volumes`."""
     args = [*ALL_PROFILES, "down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
     _staged.clear()  # the secret files go with the volumes
+    _remove_stage_leftovers(settings)
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
 
 
@@ -454,6 +465,7 @@ def destroy(settings: Settings) -> None:
     tags under its image prefix and its rendered compose file. For throwaway stacks
     (tests, benchmarks) only."""
     _staged.clear()
+    _remove_stage_leftovers(settings)
     runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
                env=settings.compose_env(), check=False)
     shutil.rmtree(settings.compose_file.parent, ignore_errors=True)

@@ -8,7 +8,9 @@ repairs what was left, or refuses in one line that says how."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -329,13 +331,31 @@ def test_restore_killed_inside_pg_restore_is_stopped_by_the_next_command_before_
         fixed = invoke("switch", "--to", live.color, "--break-lock", env=env)
         assert fixed.returncode == 0, fixed.stderr
         said = fixed.stderr
-        assert "left 1 one-off database container(s) going on alone: removed" in said, said
-        assert said.index("one-off database container") < said.index("writes open again")
+        assert "left 1 one-off container(s) (database tools, secret staging): removed" in said, said
+        assert said.index("one-off container") < said.index("writes open again")
         assert not one_offs(settings) and not edge.is_frozen(settings)
         reader.stdin.write("COMMIT;\n")  # had the restore gone on alone, it would go on now
     time.sleep(2)
     with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
         assert client.get(f"/api/notes/{after}").status_code == 200  # nothing restored
+
+
+def test_a_stage_container_left_by_a_killed_run_is_removed_by_the_next_command(settings, env):
+    """A run killed while it wrote the secret files leaves their never-started container,
+    which compose does not list and which would keep `down --volumes` from removing the
+    volumes. The next command (--break-lock) removes the dead run's; `down` any."""
+    host = settings.docker_host
+    made = runner.engine(host, "create_container", f"{settings.image_prefix}edge:latest", command=["true"],
+                         host_config=runner.engine(host, "create_host_config", network_mode="none",
+                                                   binds={f"{settings.project}_secrets-db": {"bind": "/stage/secrets-db", "mode": "rw"}}),
+                         labels={"com.docker.compose.project": settings.project, "com.docker.compose.service": "colorgate-stage",
+                                 "org.colorgate.role": history.STAGE_ROLE, history.HOLDER_LABEL: "4242424@elsewhere"})
+    dead = {"command": "deploy", "operator": "ci@elsewhere", "since": history.now(), "pid": 4242424, "host": "elsewhere"}
+    edge.in_edge(settings, edge.lock_cmd(json.dumps(dead), secrets.token_hex(16)), "a dead run's lock")
+    live = edge.read_active(settings)
+    fixed = invoke("switch", "--to", live.color, "--break-lock", env=env)
+    assert fixed.returncode == 0 and "left 1 one-off container(s) (database tools, secret staging): removed" in fixed.stderr, fixed.stderr
+    assert made["Id"] not in [c["Id"] for c in runner.engine(host, "containers", all=True)]
 
 
 def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_next_command(settings, env):
