@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 import tenacity
 
 from deploy import edge, history, images, runner, stack
-from deploy.facts import container as container_of, inspect as inspect_container
+from deploy.facts import container as container_of, inspect as inspect_container, psql_cmd
 from deploy.config import STRICT_PROFILES, Settings, shown_url, tls_params
 from deploy.contract import SECRETS_DIR
 from deploy.errors import ColorgateError, CommandError, UnknownBackup
@@ -193,12 +193,6 @@ PSQL = ("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1")
 def psql(settings: Settings, sql: str, url: str = "", what: str = "", check: bool = True):
     """Run SQL (stdin) with psql in a dbtools container against the app's database, or `url`."""
     return tools(settings, f'exec {" ".join(PSQL)}', input=sql, extra=url_env(url) if url else None, check=check, what=what)
-
-
-def psql_cmd(container: str, settings: Settings) -> list[str]:
-    """psql inside a PostgreSQL container over its socket (no password, no port)."""
-    return ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-U", settings.postgres_user, "-d", settings.postgres_db]
 
 
 def _read_until_end(proc) -> list[str]:

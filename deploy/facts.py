@@ -203,6 +203,12 @@ def one_offs(settings: Settings, label: str) -> list[str]:
     return [item["Id"] for item in listed]
 
 
+def psql_cmd(container: str, settings: Settings) -> list[str]:
+    """psql inside a PostgreSQL container over its socket, as its superuser (no password, no port)."""
+    return ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+            "-U", settings.postgres_user, "-d", settings.postgres_db]
+
+
 @dataclass(frozen=True)
 class DatabaseRoles:
     """The app's own role in the stack's PostgreSQL, and who is connected over the network."""
@@ -219,8 +225,7 @@ def database_roles(settings: Settings) -> DatabaseRoles:
            f"SELECT 'role|' || rolsuper FROM pg_roles WHERE rolname = '{settings.app_db_user}';\n"
            "SELECT 'session|' || host(a.client_addr) || '|' || a.usename || '|' || r.rolsuper FROM pg_stat_activity a "
            "JOIN pg_roles r ON r.oid = a.usesysid WHERE a.backend_type = 'client backend' AND a.client_addr IS NOT NULL;\n")
-    out = runner.run(["docker", "exec", "-i", container(settings, db.service), "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                      "-U", settings.postgres_user, "-d", settings.postgres_db], input=sql, env=settings.docker_env(),
+    out = runner.run(psql_cmd(container(settings, db.service), settings), input=sql, env=settings.docker_env(),
                      what="reading the database's roles").stdout
     role_super, owner, sessions = None, "", []
     for kind, _, rest in (line.partition("|") for line in out.splitlines()):

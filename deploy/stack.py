@@ -153,8 +153,7 @@ def prepare_clients(settings: Settings, color: str, url: str) -> None:
     """Before `color`'s database clients start or migrate on `url`: the app's own role
     when that is the stack's own database, and their secret files. Once per process."""
     if settings.app.postgres and url == settings.local_database_url() and ("role", settings.docker_host, settings.project) not in _staged:
-        runner.run(["docker", "exec", "-i", facts.container(settings, settings.app.postgres.service), "psql", "-X", "-q", "-v",
-                    "ON_ERROR_STOP=1", "-U", settings.postgres_user, "-d", settings.postgres_db],
+        runner.run(facts.psql_cmd(facts.container(settings, settings.app.postgres.service), settings),
                    input=app_role_sql(settings), env=settings.docker_env(), what="giving the app its own database role")
         _staged.add(("role", settings.docker_host, settings.project))
     stage_secrets(settings, {color: url})
