@@ -288,18 +288,26 @@ def test_restore_killed_inside_its_freeze_leaves_the_backups_and_the_next_comman
     assert [r for r in edge.read_history(settings) if r["action"] == "db.restore"][-1]["outcome"] == "interrupted"
 
 
-def test_restore_terminated_inside_pg_restore_changes_no_data_and_opens_writes(settings, env):
-    """`docker compose run` passes no SIGTERM on: without stopping its container, the
-    restore went on alone and could commit after writes were open again."""
+@contextlib.contextmanager
+def restore_held_in_pg_restore(settings: config.Settings) -> Iterator[tuple[str, int, subprocess.Popen]]:
+    """A verified backup, a note written after it, and a reader holding the notes table:
+    a restore of that backup waits inside pg_restore (--clean drops the table), so a
+    signal sent a moment after its phase lands there. Yields (backup, note id, reader)."""
     name = db.backup(settings)["name"]
     assert db.verify(settings, name).usable
     with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
         after = client.post("/api/notes", json={"body": "written after the backup"}).json()["id"]
-    # a reader holding the notes table: pg_restore (--clean drops it) waits there, so the signal lands inside it
     with runner.session(db.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:
         reader.stdin.write("BEGIN; LOCK TABLE notes IN ACCESS SHARE MODE; SELECT 'locked';\n")
         reader.stdin.flush()
         assert reader.stdout.readline().strip() == "locked"
+        yield name, after, reader
+
+
+def test_restore_terminated_inside_pg_restore_changes_no_data_and_opens_writes(settings, env):
+    """`docker compose run` passes no SIGTERM on: without stopping its container, the
+    restore went on alone and could commit after writes were open again."""
+    with restore_held_in_pg_restore(settings) as (name, after, reader):
         proc = killed_in("restore", signal.SIGTERM, 1.5, "db.restore", name, env=env)
         assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
         assert not one_offs(settings) and not edge.is_frozen(settings) and edge.read_lock(settings) is None
@@ -316,14 +324,7 @@ def test_restore_killed_inside_pg_restore_is_stopped_by_the_next_command_before_
     leaves going on alone (here, waiting for a reader's lock). The next command, having
     broken the dead run's lock, removes it before it opens writes: a restore finishing
     later would drop what was written meanwhile."""
-    name = db.backup(settings)["name"]
-    assert db.verify(settings, name).usable
-    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
-        after = client.post("/api/notes", json={"body": "written after the backup"}).json()["id"]
-    with runner.session(db.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:
-        reader.stdin.write("BEGIN; LOCK TABLE notes IN ACCESS SHARE MODE; SELECT 'locked';\n")
-        reader.stdin.flush()
-        assert reader.stdout.readline().strip() == "locked"
+    with restore_held_in_pg_restore(settings) as (name, after, reader):
         proc = killed_in("restore", signal.SIGKILL, 1.5, "db.restore", name, env=env)
         assert proc.returncode == -signal.SIGKILL and edge.is_frozen(settings)
         assert one_offs(settings), "the killed restore's pg_restore should still be waiting"
