@@ -50,6 +50,17 @@ def _address(value: str) -> str:
         raise ValueError("should be an IP address such as 127.0.0.1 or 0.0.0.0") from None
 
 
+def _networks(value: str) -> tuple[str, ...]:
+    """A comma-separated list of IPv4 addresses or networks (203.0.113.7, 198.51.100.0/24)."""
+    found = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            found.append(str(ipaddress.IPv4Network(part)))
+        except ValueError:
+            raise ValueError(f"should list IPv4 addresses or networks such as 203.0.113.7,198.51.100.0/24 (not {part!r})") from None
+    return tuple(found)
+
+
 def _pattern(regex: re.Pattern[str], hint: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if not regex.fullmatch(value):
@@ -225,6 +236,10 @@ KEYS: dict[str, Key] = {
     # a temporary, TLS-only relay published on this address and port of the host ...
     "COLORGATE_MOVE_RELAY_BIND": Key(_address, "0.0.0.0"),
     "COLORGATE_MOVE_RELAY_PORT": Key(_port, "15432"),
+    # ... reached only from these IPv4 addresses or networks (the managed database's
+    # outgoing addresses, from its provider), enforced by the host firewall that
+    # server-setup.sh installs; a move on such a host refuses to start without them.
+    "COLORGATE_MOVE_RELAY_ALLOW": Key(_networks, ""),
     # ... and reaches the host under this name or address (empty: COLORGATE_DOMAIN).
     "COLORGATE_MOVE_RELAY_HOST": Key(_pattern(re.compile(r"^[A-Za-z0-9.:-]*$"), "should be a host name or address"), ""),
     # The app's own PostgreSQL (x-colorgate.database): required only when it has one.
@@ -274,6 +289,7 @@ class Settings:
     database_url: str = field(repr=False)
     move_relay_bind: str
     move_relay_port: int
+    move_relay_allow: tuple[str, ...]
     move_relay_host: str
     postgres_db: str
     postgres_user: str

@@ -11,7 +11,6 @@ like even while the app keeps writing.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
 import secrets
@@ -26,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 import tenacity
 
 from deploy import edge, history, images, runner, stack
-from deploy.facts import container as container_of, inspect as inspect_container, psql_cmd
+from deploy.facts import psql_cmd
 from deploy.config import STRICT_PROFILES, Settings, shown_url, tls_params
 from deploy.contract import SECRETS_DIR
 from deploy.errors import ColorgateError, CommandError, UnknownBackup
@@ -549,89 +548,3 @@ def with_remote(settings: Settings, backups: list[dict]) -> list[dict]:
     here = {b["manifest"]["name"] for b in backups}
     there = [{"manifest": {"name": n}, "remote_only": True} for n in remote_backups(settings) if n not in here]
     return sorted([*backups, *there], key=lambda b: b["manifest"]["name"])
-
-
-# --- db.move's replication, on the local side ----------------------------------------
-# move.py drives it; recover.py removes what a move that died left behind.
-
-REPLICATION_ROLE = "colorgate_move"  # the one-off replication role, publication, slot and subscription
-
-# The database's client rules while db.move's relay runs, first in pg_hba.conf (the first
-# line that matches decides): through the relay, only the move role, only over TLS, from
-# the relay's own address(es); every other role coming through it is rejected. The
-# block is removed with the relay; PostgreSQL reads the file again on pg_reload_conf().
-# Edited in place (`cat >`), so its owner and mode stay whatever the image made them.
-RELAY_HBA = ("# colorgate-relay begin", "# colorgate-relay end")
-RELAY_HBA_SCRIPT = f"""set -eu
-f="$PGDATA/pg_hba.conf"
-t=$(mktemp)
-{{
-  if [ $# -gt 0 ]; then
-    echo '{RELAY_HBA[0]}'
-    for ip in "$@"; do echo "hostssl all {REPLICATION_ROLE} $ip/32 scram-sha-256"; done
-    for ip in "$@"; do echo "host all all $ip/32 reject"; done
-    echo '{RELAY_HBA[1]}'
-  fi
-  awk '$0 == "{RELAY_HBA[0]}" {{ skip = 1 }} !skip {{ print }} $0 == "{RELAY_HBA[1]}" {{ skip = 0 }}' "$f"
-}} > "$t"
-cat "$t" > "$f"
-rm -f "$t"
-"""
-
-
-def relay(settings: Settings, start: bool) -> None:
-    """Start or remove db.move's relay (stack.relay) together with the database's
-    rules for it (RELAY_HBA_SCRIPT): the relay is published on the host, so what may
-    come through it is only the one-off move role, over TLS."""
-    if start:
-        stack.relay(settings, True)
-        addresses = relay_addresses(settings)
-        if not addresses:
-            stack.relay(settings, False)
-            raise ColorgateError("the replication relay shares no network with the database: see `invoke render`")
-        _relay_hba(settings, addresses)
-    else:
-        _relay_hba(settings, [], check=False)  # (the database may be down or retired)
-        stack.relay(settings, False)
-
-
-def relay_addresses(settings: Settings) -> list[str]:
-    """The relay's addresses on the networks it shares with the database: where
-    PostgreSQL sees its connections come from."""
-    pg = settings.app.postgres
-    names = [container_of(settings, "dbrelay"), container_of(settings, pg.service)]
-    relay_nets, db_nets = (((inspect_container(settings, n).get("NetworkSettings") or {}).get("Networks") or {}) for n in names)
-    return sorted({net["IPAddress"] for name, net in relay_nets.items() if name in db_nets and net.get("IPAddress")})
-
-
-def _relay_hba(settings: Settings, addresses: list[str], check: bool = True) -> None:
-    container = container_of(settings, settings.app.postgres.service)
-    runner.run(["docker", "exec", container, "sh", "-c", RELAY_HBA_SCRIPT, "relay-hba", *addresses],
-               env=settings.docker_env(), check=check, what="writing the database's rules for the relay")
-    runner.run(psql_cmd(container, settings), input="SELECT pg_reload_conf();", env=settings.docker_env(), check=check,
-               what="reloading the database's client rules")
-DROP_REPLICATION_SQL = f"""DROP PUBLICATION IF EXISTS {REPLICATION_ROLE};
-SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{REPLICATION_ROLE}' AND active_pid IS NOT NULL;
-SELECT pg_sleep(0.5) FROM pg_replication_slots WHERE slot_name = '{REPLICATION_ROLE}';
-SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{REPLICATION_ROLE}' AND NOT active;
-DO $$ BEGIN
-  IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATION_ROLE}') THEN
-    EXECUTE 'DROP OWNED BY {REPLICATION_ROLE}';
-    EXECUTE 'DROP ROLE {REPLICATION_ROLE}';
-  END IF;
-END $$;
-"""
-REPLICATION_LEFTOVERS_SQL = f"""SELECT 'publication' FROM pg_publication WHERE pubname = '{REPLICATION_ROLE}'
-UNION ALL SELECT 'slot' FROM pg_replication_slots WHERE slot_name = '{REPLICATION_ROLE}'
-UNION ALL SELECT 'role' FROM pg_roles WHERE rolname = '{REPLICATION_ROLE}';
-"""
-
-
-def drop_replication(settings: Settings) -> list[str]:
-    """Drop db.move's publication, slot and role from the stack's own PostgreSQL, if
-    there; returns what was there (`publication`, `slot`, `role`)."""
-    local = dataclasses.replace(settings, database_url="")
-    found = psql(local, REPLICATION_LEFTOVERS_SQL, what="looking for db.move's replication").stdout.split()
-    if found:
-        psql(local, DROP_REPLICATION_SQL, what="dropping db.move's publication, slot and role")
-    return found

@@ -42,7 +42,7 @@ class BaseImage:
 BASES = {
     # Colorgate's own parts: the edge, dbtools (and the examples' PostgreSQL), certbot
     "nginx": BaseImage("nginx", ("nginx-light", "libnginx-mod-http-lua", "openssl", "ca-certificates", "curl")),
-    "postgres": BaseImage("postgres", ("postgresql-15", "openssl", "socat", "ca-certificates")),
+    "postgres": BaseImage("postgres", ("postgresql-15", "openssl", "socat", "nftables", "ca-certificates")),
     "certbot": BaseImage("certbot", ("certbot", "ca-certificates")),
     "rclone": BaseImage("rclone", ("rclone", "ca-certificates")),  # off-host backup copies (made on first use)
     # for the examples (an app names one with COLORGATE_BASE_<NAME> in its compose file)

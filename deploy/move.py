@@ -35,14 +35,14 @@ import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from deploy import db, edge, facts, release, runner, stack
+from deploy import db, edge, facts, relay, release, runner, stack
 from deploy.colors import COLORS
 from deploy.config import Settings, database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
 from deploy.history import Record, at, lock, now, recorded, timed
 
 MODES = ("dump", "replicate")
-ROLE = db.REPLICATION_ROLE  # the one-off replication role, publication and subscription
+ROLE = relay.ROLE  # the one-off replication role, publication and subscription
 
 CHECK_SQL = """SELECT 'version|' || current_setting('server_version_num');
 SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablename), '')
@@ -119,7 +119,7 @@ q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '
 target q -f /tmp/sequences.sql > /dev/null
 target q -c "DROP SUBSCRIPTION $1"
 q > /dev/null <<'SQL'
-""" + db.DROP_REPLICATION_SQL.strip() + """
+""" + relay.DROP_SQL.strip() + """
 SQL
 echo finished
 """
@@ -220,6 +220,8 @@ def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
     found = parse_check(target.stdout)
     check_compatible(source, found, shown, mode)
     runner.say(f"   target {shown}: PostgreSQL {found.major}, empty, credentials accepted (local: PostgreSQL {source.major})")
+    if mode == "replicate":
+        relay.check(settings)
     return found
 
 
@@ -270,11 +272,11 @@ def _subscribe(settings: Settings, record: Record, url: str, password: str) -> N
     with runner.step("copying the schema to the target"):
         db.tools(settings, SCHEMA_SCRIPT, extra=_both(url), what="copying the schema")
     with runner.step("publishing the local database (one-off role, TLS-only relay)"):
-        db.psql(settings, db.DROP_REPLICATION_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
+        db.psql(settings, relay.DROP_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
 CREATE PUBLICATION {ROLE} FOR ALL TABLES;
 """, what="creating the publication")
-        db.relay(settings, True)
+        relay.start(settings)
     conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
                 f"user={ROLE} password={password} sslmode=require connect_timeout=10")
     with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port})"):
@@ -298,8 +300,8 @@ def _unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
     dropped = db.psql(settings, f"DROP SUBSCRIPTION IF EXISTS {ROLE};", url, check=check, what="dropping the subscription")
     if dropped.returncode != 0:
         db.psql(settings, TARGET_CLEANUP_SQL, url, check=False)
-    db.psql(settings, db.DROP_REPLICATION_SQL, check=check, what="dropping the publication and the replication role")
-    db.relay(settings, False)
+    db.psql(settings, relay.DROP_SQL, check=check, what="dropping the publication and the replication role")
+    relay.remove(settings)
 
 
 def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: release.Plan) -> None:
@@ -361,7 +363,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     # writes go to the new database now; the old color (reads drained) and the relay are left over
     at(record, "finish")
     if mode == "replicate":
-        db.relay(settings, False)
+        relay.remove(settings)
     if held:
         with runner.step(f"starting {candidate}'s workers ({', '.join(held)})"):
             runner.run(stack.compose_cmd(settings, "start", *held), env=stack.compose_env(settings, versions, databases),

@@ -6,7 +6,8 @@ on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move)
 `reconcile` once it holds the lock, so nothing else runs meanwhile:
 
     a write freeze           with no db.move running: writes open again
-    the replication relay    (db.move --mode replicate): removed, with the publication,
+    the replication relay    (db.move --mode replicate): removed, with what it opened (the
+                             database's rules, the host firewall's), then the publication,
                              slot and role on the local database (a slot left behind holds
                              WAL until the disk fills)
     the database record      says `local` while the live color's clients use the managed
@@ -25,12 +26,12 @@ relay to hint at them. Each repair is said in one line.
 
 from __future__ import annotations
 
-from deploy import db, edge, facts, history, runner, stack
+from deploy import edge, facts, history, relay, runner, stack
 from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.history import now
 
-RELAY = "dbrelay"
+RELAY = relay.SERVICE
 
 
 def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
@@ -50,13 +51,13 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
         runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")
     pg = settings.app.postgres
     local = bool(pg and pg.service in states and states[pg.service].state == "running")
-    if (RELAY in states or thorough) and local and not record.get("retired"):
-        found = db.drop_replication(settings)
-        if found:
-            runner.say(f"!! a db.move that died left its {', '.join(found)} ({db.REPLICATION_ROLE}) on the local database: dropped")
-    if RELAY in states:
-        db.relay(settings, False)
+    if RELAY in states:  # first: a subscriber still running cannot come back to its slot
+        relay.remove(settings)
         runner.say("!! a db.move that died left its replication relay: removed")
+    if (RELAY in states or thorough) and local and not record.get("retired"):
+        found = relay.drop(settings)
+        if found:
+            runner.say(f"!! a db.move that died left its {', '.join(found)} ({relay.ROLE}) on the local database: dropped")
     if active is not None:
         record = _database_record(settings, record, active, states)
         stopped = [name for name in settings.app.worker_services(active.color)

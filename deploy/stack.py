@@ -500,19 +500,6 @@ def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: 
     runner.run(compose_cmd(settings, "stop", *grace, *names), env=compose_env(settings, versions), check=False)
 
 
-def relay(settings: Settings, start: bool) -> None:
-    """Start or remove db.move's TLS relay to the stack's PostgreSQL (replicate mode)."""
-    env = compose_env(settings, {})
-    if start:
-        if local_engine(settings):
-            check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
-        runner.run(compose_cmd(settings, *ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", "dbrelay"),
-                   env=env, what="starting the replication relay")
-    else:
-        runner.run(compose_cmd(settings, *ALL_PROFILES, "rm", "--stop", "--force", "dbrelay"),
-                   env=env, check=False, what="removing the replication relay")
-
-
 def drain_color(settings: Settings, color: str) -> int:
     """Wait (within the drain bound) until the edge has no request in flight to
     `color`; returns the seconds left of the bound (at least 1), the containers' grace

@@ -10,7 +10,8 @@
 #     package when there is one, else the binary in $COLORGATE_COMPOSE_BINARY)
 #   - DEPLOY_USER in the docker group, logging in with that key only; password and
 #     keyboard-interactive SSH logins switched off for everyone
-#   - a firewall (nftables table `inet colorgate`) letting in only SSH, 80 and 443
+#   - a firewall (nftables table `inet colorgate`) letting in only SSH, 80 and 443, also to
+#     ports containers publish (Docker's DNAT bypasses the input hook)
 #   - unattended security upgrades
 #   - iproute2 (`ss`): the gates check the host's listening sockets over SSH
 #   - Docker defaults: rotation of container logs (json-file, 10 MB x 5 per container),
@@ -126,6 +127,12 @@ if cat <<NFT | put /etc/colorgate/firewall.nft 0644; then
 table inet colorgate
 delete table inet colorgate
 table inet colorgate {
+  # db.move's relay port, for the managed database's addresses only, while a move runs
+  # (Colorgate adds and removes the elements; they expire by themselves)
+  set relay {
+    type ipv4_addr . inet_service
+    flags interval, timeout
+  }
   chain input {
     type filter hook input priority filter; policy drop;
     iif "lo" accept
@@ -134,9 +141,21 @@ table inet colorgate {
     meta l4proto { icmp, ipv6-icmp } accept
     tcp dport { $ports, 80, 443 } accept
   }
+  # Docker publishes a container's port by DNAT, so those connections pass the forward
+  # hook, not the input hook above: from outside, only published 80 and 443 (and the
+  # relay, from its allow-list) reach a container. Containers' own traffic is left alone.
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    ct state established,related accept
+    ct status dnat meta l4proto tcp ct original proto-dst { 80, 443 } accept
+    ct status dnat meta l4proto tcp ip saddr . ct original proto-dst @relay accept
+    iifname "docker0" accept
+    iifname "br-*" accept
+    ct status dnat drop
+  }
 }
 NFT
-  change "firewall rules written: SSH ($ports), 80 and 443 only"
+  change "firewall rules written: SSH ($ports), 80 and 443 only, for the host and for published container ports"
   reload_firewall=1
 fi
 # Loaded whenever the file changed (a new SSH port, say), and when the table is missing

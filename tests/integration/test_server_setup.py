@@ -8,6 +8,7 @@ import dataclasses
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, images, runner
+from deploy import config, images, relay, runner, stack
+from deploy.errors import MoveError
 
-from .conftest import invoke
+from .conftest import invoke, isolated_env, remove_stack
 from .test_ssh import keygen
 
 SCRIPT = config.project_root() / "compose" / "scripts" / "server-setup.sh"
@@ -60,7 +62,10 @@ def vps(tmp_path_factory):
     key = keygen(root / "home" / ".ssh" / "id_ed25519")
     name = f"cgtestvps{os.getpid()}{secrets.token_hex(2)}"
     try:
-        runner.run(["docker", "run", "--detach", "--name", name, "--cap-add", "NET_ADMIN", "-e", "AUTHORIZED_KEY",
+        # NET_ADMIN for its firewall, SYS_ADMIN and forwarding for a network namespace
+        # behind DNAT inside it: a container published as Docker publishes one
+        runner.run(["docker", "run", "--detach", "--name", name, "--cap-add", "NET_ADMIN", "--cap-add", "SYS_ADMIN",
+                    "--sysctl", "net.ipv4.ip_forward=1", "-e", "AUTHORIZED_KEY",
                     VPS.tag(settings.debian_mirror), "sh", "-c", VPS_SSHD], env={"AUTHORIZED_KEY": key})
         address = runner.run(["docker", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name]).stdout.strip()
         for _ in range(100):
@@ -135,6 +140,81 @@ def test_setup_on_a_fresh_debian_then_again_changes_nothing(vps):
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "server-setup: nothing to change: the server is set up"
     assert state(vps) == after_first
+
+
+# A container as Docker publishes one: its own network namespace behind a veth, and
+# DNAT from the host's ports (80 -> 8080, 5432 -> 5432, the relay's 15432 -> 5433) in
+# the nat table's prerouting hook, as dockerd writes it; sshd answers on each port.
+PUBLISHED = """set -eu
+ip netns add app
+ip link add cg-host type veth peer name cg-app
+ip link set cg-app netns app
+ip addr add 10.201.0.1/24 dev cg-host
+ip link set cg-host up
+ip netns exec app sh -c 'ip addr add 10.201.0.2/24 dev cg-app; ip link set cg-app up; ip link set lo up; ip route add default via 10.201.0.1'
+nft -f - <<NFT
+table ip dockerlike {
+  chain prerouting {
+    type nat hook prerouting priority dstnat;
+    tcp dport 80 dnat to 10.201.0.2:8080
+    tcp dport 5432 dnat to 10.201.0.2:5432
+    tcp dport 15432 dnat to 10.201.0.2:5433
+  }
+}
+NFT
+ip netns exec app /usr/sbin/sshd -p 8080 -p 5432 -p 5433 -o PidFile=/run/sshd-app.pid
+"""
+
+
+def reachable(address: str, port: int) -> bool:
+    """Whether a connection to address:port gets an answer (sshd's banner) within 1.5 s."""
+    try:
+        with socket.create_connection((address, port), timeout=1.5) as conn:
+            return conn.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def test_published_ports_other_than_80_and_443_are_closed_and_the_relay_opens_for_its_allow_list_only(vps):
+    """Docker's published ports pass the forward hook, not the input hook: after the
+    setup, from outside the host (here: this machine, outside the VPS's namespace) only
+    80 reaches the container; the relay's port opens while a move runs, for the
+    allow-list's addresses only, and closes after it."""
+    assert setup(vps, "--key-file", str(vps.key_file)).returncode == 0
+    sh(vps, PUBLISHED)
+    address = vps.url.split("@")[1]
+    sh(vps, "nft delete table inet colorgate")  # as before the setup: Docker's DNAT lets everything through
+    assert [reachable(address, p) for p in (80, 5432, 15432)] == [True, True, True]
+    again = setup(vps, "--key-file", str(vps.key_file))  # the table missing: loaded again
+    assert again.returncode == 0 and "server-setup: changed: firewall loaded" in again.stdout, again.stdout
+    assert [reachable(address, p) for p in (80, 5432, 15432)] == [True, False, False]
+
+    me = runner.run(["docker", "inspect", "--format", "{{.NetworkSettings.Gateway}}", vps.container]).stdout.strip()  # as the VPS sees this machine
+    network = f"container:{vps.container}"  # the VPS's network namespace, where the move's nft runs as on a host's
+    env = isolated_env("fw")
+    settings = config.load("development", environ={**os.environ, **env, "COLORGATE_MOVE_RELAY_PORT": "15432"})
+    try:
+        stack.build(settings, ["dbtools"], {})
+        with pytest.raises(MoveError, match=r"^this host's firewall \(server-setup.sh\) lets nobody reach the replication relay: set "
+                                            r"COLORGATE_MOVE_RELAY_ALLOW to the addresses"):
+            relay.check(settings, network)
+        elsewhere = dataclasses.replace(settings, move_relay_allow=("198.51.100.0/24",))
+        assert relay.firewall(elsewhere, "open", network)
+        assert not reachable(address, 15432)  # open, but not for this address
+        allowed = dataclasses.replace(settings, move_relay_allow=(f"{me}/32",))
+        relay.check(allowed, network)
+        assert relay.firewall(allowed, "open", network)
+        assert reachable(address, 15432) and not reachable(address, 5432)
+        assert f"{me} . 15432 timeout 1d" in sh(vps, "nft list set inet colorgate relay")
+        relay.firewall(allowed, "close", network)
+        relay.firewall(elsewhere, "close", network)
+        relay.firewall(allowed, "close", network)  # again: nothing to close is no error
+        assert not reachable(address, 15432)
+        assert "elements" not in sh(vps, "nft list set inet colorgate relay")
+        assert not relay.firewall(settings, "check", "none")  # a host without Colorgate's firewall: left alone
+    finally:
+        remove_stack(settings)
+    assert setup(vps, "--key-file", str(vps.key_file)).stdout.strip() == "server-setup: nothing to change: the server is set up"
 
 
 def test_a_new_ssh_port_is_let_in_before_sshd_moves_and_the_old_one_closes_only_after(vps):

@@ -5,14 +5,9 @@ side gets its own HOME (key, known_hosts), as a CI runner would."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
-import secrets
 import shutil
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +15,7 @@ from benchmarks.remote_and_idle import SshHost, keygen, operator_env, operator_h
 from deploy import config, images, runner
 
 from .conftest import free_port, invoke, isolated_env, remove_stack
+
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory, request):

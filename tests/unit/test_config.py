@@ -104,6 +104,9 @@ def test_unknown_key_suggests_the_close_one(tmp_path):
         ("COLORGATE_DOMAIN=bad_domain!", "COLORGATE_DOMAIN 'bad_domain!' in .env.development should be a host name"),
         ("COLORGATE_PROJECT=Has Space", "COLORGATE_PROJECT 'Has Space' in .env.development should be lowercase"),
         ("COLORGATE_DOCKER_HOST=myhost", "COLORGATE_DOCKER_HOST 'myhost' in .env.development should be empty"),
+        ("COLORGATE_MOVE_RELAY_ALLOW=203.0.113.7,10.1.2.3/8", "COLORGATE_MOVE_RELAY_ALLOW '203.0.113.7,10.1.2.3/8' in .env.development "
+                                                              "should list IPv4 addresses or networks such as 203.0.113.7,198.51.100.0/24 (not '10.1.2.3/8')"),
+        ("COLORGATE_MOVE_RELAY_ALLOW=relay.example.com", "COLORGATE_MOVE_RELAY_ALLOW 'relay.example.com' in .env.development should list IPv4"),
     ],
 )
 def test_malformed_values(tmp_path, line, message):
@@ -111,6 +114,13 @@ def test_malformed_values(tmp_path, line, message):
     with pytest.raises(ConfigError) as err:
         load(tmp_path)
     assert str(err.value).startswith(message)
+
+
+def test_the_relays_allow_list_is_a_list_of_ipv4_networks(tmp_path):
+    write(tmp_path, ".env.development", GOOD + "COLORGATE_MOVE_RELAY_ALLOW= 203.0.113.7, 198.51.100.0/24,\n")
+    assert load(tmp_path).move_relay_allow == ("203.0.113.7/32", "198.51.100.0/24")
+    write(tmp_path, ".env.development", GOOD)
+    assert load(tmp_path).move_relay_allow == ()
 
 
 def test_malformed_line_names_file_and_line(tmp_path):

@@ -76,7 +76,7 @@ def test_no_switch_back_to_the_database_left_behind():
 def test_the_relay_rules_come_first_name_the_relay_and_go_with_it(tmp_path):
     import subprocess
 
-    from deploy import db
+    from deploy import relay
 
     original = "local all all peer map=colorgate\nhost all colorgate_move 0.0.0.0/0 reject\nhost all all 0.0.0.0/0 scram-sha-256\n"
     hba = tmp_path / "pg_hba.conf"
@@ -84,15 +84,15 @@ def test_the_relay_rules_come_first_name_the_relay_and_go_with_it(tmp_path):
     hba.chmod(0o600)
 
     def run(*addresses):
-        subprocess.run(["sh", "-c", db.RELAY_HBA_SCRIPT, "relay-hba", *addresses], env={"PGDATA": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        subprocess.run(["sh", "-c", relay.HBA_SCRIPT, "relay-hba", *addresses], env={"PGDATA": str(tmp_path), "PATH": "/usr/bin:/bin"},
                        check=True)
         return hba.read_text()
 
     opened = run("172.20.0.5", "172.21.0.7")
-    assert opened.splitlines()[:6] == [db.RELAY_HBA[0],
+    assert opened.splitlines()[:6] == [relay.HBA[0],
                                        "hostssl all colorgate_move 172.20.0.5/32 scram-sha-256",
                                        "hostssl all colorgate_move 172.21.0.7/32 scram-sha-256",
-                                       "host all all 172.20.0.5/32 reject", "host all all 172.21.0.7/32 reject", db.RELAY_HBA[1]]
+                                       "host all all 172.20.0.5/32 reject", "host all all 172.21.0.7/32 reject", relay.HBA[1]]
     assert opened.endswith(original)
-    assert run("172.22.0.9").count(db.RELAY_HBA[0]) == 1  # a relay started again: its block replaced, not added
+    assert run("172.22.0.9").count(relay.HBA[0]) == 1  # a relay started again: its block replaced, not added
     assert run() == original and oct(hba.stat().st_mode & 0o777) == "0o600"  # removed; the file's mode kept

@@ -1,0 +1,175 @@
+"""db.move's replication relay (replicate mode), and everything it opens.
+
+While a replicate move runs, the managed database subscribes to the stack's own
+PostgreSQL through a TCP relay (socat in a dbtools container, `dbrelay`) published on
+COLORGATE_MOVE_RELAY_BIND:PORT. Three things keep that door narrow, each opened with
+the relay and closed with it (`start`, `remove`):
+
+    the database's rules  pg_hba.conf, first: through the relay only the one-off move
+                          role, only over TLS; every other role coming through it is
+                          rejected (PostgreSQL sees the relay's address, not the client's)
+    the host firewall     on a host set up by server-setup.sh, published ports other
+                          than 80/443 are dropped in the forward hook; the relay's port
+                          is let in from COLORGATE_MOVE_RELAY_ALLOW only, as elements of
+                          the set `inet colorgate relay` (with a timeout, so a host that
+                          never runs Colorgate again does not keep them)
+    the one-off role      its publication and slot (dropped by move.py and `drop`)
+
+A move that died leaves the relay running: the next command's reconcile removes it
+and all of the above (recover.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from deploy import db, runner, stack
+from deploy.config import Settings
+from deploy.errors import ColorgateError, MoveError
+from deploy.facts import container as container_of, inspect as inspect_container, psql_cmd
+
+ROLE = "colorgate_move"  # the one-off replication role, publication, slot and subscription
+SERVICE = "dbrelay"
+
+# The database's client rules while the relay runs, first in pg_hba.conf (the first
+# line that matches decides): through the relay, only the move role, only over TLS, from
+# the relay's own address(es); every other role coming through it is rejected. The
+# block is removed with the relay; PostgreSQL reads the file again on pg_reload_conf().
+# Edited in place (`cat >`), so its owner and mode stay whatever the image made them.
+HBA = ("# colorgate-relay begin", "# colorgate-relay end")
+HBA_SCRIPT = f"""set -eu
+f="$PGDATA/pg_hba.conf"
+t=$(mktemp)
+{{
+  if [ $# -gt 0 ]; then
+    echo '{HBA[0]}'
+    for ip in "$@"; do echo "hostssl all {ROLE} $ip/32 scram-sha-256"; done
+    for ip in "$@"; do echo "host all all $ip/32 reject"; done
+    echo '{HBA[1]}'
+  fi
+  awk '$0 == "{HBA[0]}" {{ skip = 1 }} !skip {{ print }} $0 == "{HBA[1]}" {{ skip = 0 }}' "$f"
+}} > "$t"
+cat "$t" > "$f"
+rm -f "$t"
+"""
+
+# The host firewall's side (run with the host's network and NET_ADMIN only): `open PORT
+# NET...` lets NET reach the published PORT, `close PORT NET...` takes that back. The
+# set is server-setup.sh's; a host without it is said (`absent`) and left alone.
+FIREWALL_SET = "inet colorgate relay"
+FIREWALL_TIMEOUT = "24h"  # longer than any move; an element of one that died expires by itself
+FIREWALL_SCRIPT = f"""set -eu
+op=$1 port=$2
+shift 2
+nft list set {FIREWALL_SET} > /dev/null 2>&1 || {{ echo absent; exit 0; }}
+for net in "$@"; do
+  if [ "$op" = open ]; then
+    nft add element {FIREWALL_SET} "{{ $net . $port timeout {FIREWALL_TIMEOUT} }}"
+  else
+    nft delete element {FIREWALL_SET} "{{ $net . $port }}" 2> /dev/null || true
+  fi
+done
+echo present
+"""
+
+# A subscriber that still runs reconnects to its slot: its sender is ended until the slot
+# stays free (5 s at most), then the slot is dropped.
+DROP_SQL = f"""DROP PUBLICATION IF EXISTS {ROLE};
+DO $$ DECLARE i int := 0; BEGIN
+  WHILE i < 50 AND EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND active) LOOP
+    PERFORM pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND active_pid IS NOT NULL;
+    PERFORM pg_sleep(0.1);
+    i := i + 1;
+  END LOOP;
+END $$;
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND NOT active;
+DO $$ BEGIN
+  IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN
+    EXECUTE 'DROP OWNED BY {ROLE}';
+    EXECUTE 'DROP ROLE {ROLE}';
+  END IF;
+END $$;
+"""
+LEFTOVERS_SQL = f"""SELECT 'publication' FROM pg_publication WHERE pubname = '{ROLE}'
+UNION ALL SELECT 'slot' FROM pg_replication_slots WHERE slot_name = '{ROLE}'
+UNION ALL SELECT 'role' FROM pg_roles WHERE rolname = '{ROLE}';
+"""
+
+
+def check(settings: Settings, network: str = "host") -> None:
+    """Before a replicate move changes anything: on a host whose firewall
+    (server-setup.sh) drops published ports, the allow-list must say who may reach
+    the relay; without that firewall, say that only pg_hba guards it."""
+    if firewall(settings, "check", network):
+        if not settings.move_relay_allow:
+            raise MoveError("this host's firewall (server-setup.sh) lets nobody reach the replication relay: set "
+                            "COLORGATE_MOVE_RELAY_ALLOW to the addresses the managed database connects from (its provider lists them)")
+        runner.say(f"   relay port {settings.move_relay_port}: the host firewall lets in {', '.join(settings.move_relay_allow)} only")
+    else:
+        runner.say(f"   relay port {settings.move_relay_port}: no Colorgate firewall on this host (server-setup.sh), so any address "
+                   "reaches it; the database admits only the move role over TLS through it")
+
+
+def firewall(settings: Settings, op: str, network: str = "host") -> bool:
+    """Open (`open`) or close (`close`) the relay's port in the host firewall for the
+    allow-list, or only look (`check`); True when the host has Colorgate's firewall.
+    Runs nft in a one-off dbtools container on the target's engine with its host
+    network (`network`: another namespace, for tests) and NET_ADMIN alone."""
+    nets = settings.move_relay_allow if op != "check" else ()
+    proc = runner.run(["docker", "run", "--rm", "--network", network, "--user", "0", "--cap-drop", "ALL", "--cap-add", "NET_ADMIN",
+                       "--security-opt", "no-new-privileges", "--read-only", "--label", f"com.docker.compose.project={settings.project}",
+                       "--entrypoint", "sh", f"{settings.image_prefix}dbtools:latest",
+                       "-c", FIREWALL_SCRIPT, "relay-firewall", op, str(settings.move_relay_port), *nets],
+                      env=settings.docker_env(), check=op != "close", what="setting the host firewall for the relay")
+    return proc.stdout.strip().endswith("present")
+
+
+def start(settings: Settings, network: str = "host") -> None:
+    """Start the relay, with the database's rules for it and the host firewall's."""
+    env = stack.compose_env(settings, {})
+    if stack.local_engine(settings):
+        stack.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
+    runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
+               env=env, what="starting the replication relay")
+    found = addresses(settings)
+    if not found:
+        remove(settings, network)
+        raise ColorgateError("the replication relay shares no network with the database: see `invoke render`")
+    _hba(settings, found)
+    firewall(settings, "open", network)
+
+
+def remove(settings: Settings, network: str = "host") -> None:
+    """Remove the relay and what it opened (best effort: the database may be down or
+    retired, the firewall's elements may have expired)."""
+    firewall(settings, "close", network)
+    _hba(settings, [], check=False)
+    runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
+               env=stack.compose_env(settings, {}), check=False, what="removing the replication relay")
+
+
+def addresses(settings: Settings) -> list[str]:
+    """The relay's addresses on the networks it shares with the database: where
+    PostgreSQL sees its connections come from."""
+    pg = settings.app.postgres
+    names = [container_of(settings, SERVICE), container_of(settings, pg.service)]
+    relay_nets, db_nets = (((inspect_container(settings, n).get("NetworkSettings") or {}).get("Networks") or {}) for n in names)
+    return sorted({net["IPAddress"] for name, net in relay_nets.items() if name in db_nets and net.get("IPAddress")})
+
+
+def _hba(settings: Settings, found: list[str], check: bool = True) -> None:
+    container = container_of(settings, settings.app.postgres.service)
+    runner.run(["docker", "exec", container, "sh", "-c", HBA_SCRIPT, "relay-hba", *found],
+               env=settings.docker_env(), check=check, what="writing the database's rules for the relay")
+    runner.run(psql_cmd(container, settings), input="SELECT pg_reload_conf();", env=settings.docker_env(), check=check,
+               what="reloading the database's client rules")
+
+
+def drop(settings: Settings) -> list[str]:
+    """Drop db.move's publication, slot and role from the stack's own PostgreSQL, if
+    there; returns what was there (`publication`, `slot`, `role`)."""
+    local = dataclasses.replace(settings, database_url="")
+    found = db.psql(local, LEFTOVERS_SQL, what="looking for db.move's replication").stdout.split()
+    if found:
+        db.psql(local, DROP_SQL, what="dropping db.move's publication, slot and role")
+    return found
