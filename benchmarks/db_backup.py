@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import config, db, runner, stack  # noqa: E402
+from deploy import config, db, facts, runner, stack  # noqa: E402
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 
 
 def seed_cmd(settings: config.Settings) -> list[str]:
-    return db.psql_cmd(f"{settings.project}-postgres-1", settings)
+    return facts.psql_cmd(f"{settings.project}-postgres-1", settings)
 
 
 def main(argv=None) -> int:

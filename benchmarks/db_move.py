@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from deploy import config, db, gates, move, runner, stack, tls  # noqa: E402
+from deploy import config, db, facts, gates, move, runner, stack, tls  # noqa: E402
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 
@@ -196,7 +196,7 @@ def one_mode(mode: str, rows: int) -> dict:
     settings = config.load("development", environ={**os.environ, **isolated(run_id)})
     try:
         stack.up(settings)
-        runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings), input=SEED_SQL.format(rows=rows),
+        runner.run(facts.psql_cmd(f"{settings.project}-postgres-1", settings), input=SEED_SQL.format(rows=rows),
                    env=settings.docker_env(), what="seeding")
         t = time.monotonic()
         db.backup(settings)

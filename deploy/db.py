@@ -10,35 +10,19 @@ like even while the app keeps writing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import secrets
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from urllib.parse import unquote, urlsplit
-
 import tenacity
 
-from deploy import edge, history, images, runner, stack
-from deploy.facts import psql_cmd
-from deploy.config import STRICT_PROFILES, Settings, shown_url, tls_params
-from deploy.contract import SECRETS_DIR
+from deploy import dbtools, edge, history, images, runner
+from deploy.config import STRICT_PROFILES, Settings, shown_url
 from deploy.errors import ColorgateError, CommandError, UnknownBackup
 
-END = "--colorgate-end--"
-
-# Per-table exact row counts (`table|count` lines), the migration tool's own table
-# (schema_migrations, alembic_version, ...) included: whatever tool the app uses, a
-# restore that lost a migration shows as a different count there.
-FACTS_SQL = f"""SELECT format('SELECT %L, count(*) FROM %I.%I', schemaname || '.' || tablename, schemaname, tablename)
-  FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 \\gexec
-SELECT '{END}';
-"""
 
 DUMP_SCRIPT = """set -eu
 cd /backups
@@ -60,154 +44,20 @@ done
 """
 
 
-
-@dataclass(frozen=True)
-class Facts:
-    counts: dict[str, int]
-    migrations: list[int]
-
-
-def parse_facts(lines: list[str]) -> Facts:
-    """`table|count` lines and a `migrations|1,2,3` line -> Facts."""
-    counts, migrations = {}, []
-    for line in lines:
-        key, _, value = line.partition("|")
-        if key == "migrations":
-            migrations = [int(v) for v in value.split(",") if v]
-        elif value.isdigit():
-            counts[key] = int(value)
-    return Facts(counts, migrations)
-
-
-def compare(expected: Facts, got: Facts) -> list[tuple[str, str, str, bool]]:
-    """Rows of (what, expected, restored, same) for the verify table."""
-    rows = [(f"rows {t}", str(expected.counts.get(t, "-")), str(got.counts.get(t, "-")), expected.counts.get(t) == got.counts.get(t))
-            for t in sorted(set(expected.counts) | set(got.counts))]
-    if expected.migrations or got.migrations:  # manifests of earlier versions listed them apart
-        rows.append(("migrations", ",".join(map(str, expected.migrations)) or "-", ",".join(map(str, got.migrations)) or "-",
-                     expected.migrations == got.migrations))
-    return rows
-
-
-def format_compare(rows: list[tuple[str, str, str, bool]]) -> str:
-    lines = [f"{'CHECK':<32} {'BACKUP':>12} {'RESTORED':>12}  RESULT"]
-    lines += [f"{what:<32} {a:>12} {b:>12}  {'pass' if ok else 'FAIL'}" for what, a, b, ok in rows]
-    return "\n".join(lines)
-
-
 def backup_name(now: datetime | None = None) -> str:
     """Sortable and unique: UTC time to the microsecond."""
     return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
-
-
-PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE")
-
-
-SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"  # in the dbtools image (Debian's ca-certificates)
-
-
-def url_env(url: str, prefix: str = "") -> dict[str, str]:
-    """libpq variables for a managed database's URL (`prefix` + PGHOST, ...): its
-    sslmode (default verify-full) and the CA to check its certificate with: the URL's
-    sslrootcert (a file on this machine, sent as text; the dbtools entrypoint makes it
-    the file libpq reads), else the system's CAs."""
-    parts = urlsplit(url)
-    sslmode, root = tls_params(url)
-    values = (parts.hostname or "", str(parts.port or 5432), unquote(parts.username or ""), unquote(parts.password or ""),
-              parts.path.strip("/"), sslmode)
-    env = {prefix + name: value for name, value in zip(PG_VARS, values)}
-    if root:
-        env[f"CG_{prefix}PGSSLROOTCERT_PEM"] = Path(root).read_text()
-    else:
-        env[f"{prefix}PGSSLROOTCERT"] = SYSTEM_CAS
-    return env
-
-
-def require_postgres(settings: Settings) -> None:
-    """The db.* tasks work on the app's PostgreSQL: refuse in one line when it has none."""
-    db = settings.app.database
-    if db is None:
-        raise ColorgateError(f"the app ({settings.app.file}) declares no database (x-colorgate.database): there is nothing for db.* to do")
-    if db.kind != "postgresql":
-        raise ColorgateError(f"the app's database {db.service!r} is not PostgreSQL (x-colorgate.database.kind: {db.kind}): "
-                             "the db.* tasks (backup, verify, restore, move) work with PostgreSQL only")
-
-
-# libpq's password variables: they reach a one-off dbtools container as files of its
-# own volume (secrets-tools, see one_off), which CG_<VAR>_FILE names; never its environment
-PASSWORD_VARS = ("PGPASSWORD", "T_PGPASSWORD")
-
-
-def tools_env(settings: Settings, extra: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
-    """Environment and `-e` flags for a dbtools container: libpq variables for the
-    app's database (the stack's own, or DATABASE_URL), plus `extra`. Values travel in
-    the environment, never on a command line; passwords not even there (PASSWORD_VARS)."""
-    require_postgres(settings)
-    env = {**(url_env(settings.database_url) if settings.database_url else {}), **(extra or {}), "PGCONNECT_TIMEOUT": "10"}
-    env.update({f"CG_{var}_FILE": f"{SECRETS_DIR}/{var.lower()}" for var in PASSWORD_VARS if env.get(var)})
-    flags = [flag for name in env if name not in PASSWORD_VARS for flag in ("-e", name)]
-    return {**stack.compose_env(settings, {}), **env}, flags
-
-
-def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None, name: str = "") -> list[str]:
-    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *(["--name", name] if name else []),
-                             "--label", f"{history.HOLDER_LABEL}={history.process_label()}",  # whose: a dead holder's are removed
-                             *(flags or tools_env(settings)[1]), "dbtools", *args)
-
-
-@contextlib.contextmanager
-def one_off(settings: Settings, env: dict[str, str] | None = None) -> Iterator[str]:
-    """A name for a one-off dbtools container (its passwords in `env`, from tools_env,
-    staged as its files first), which is removed when the command ends
-    while it runs (interrupted, timed out): `docker compose run` passes no SIGTERM on
-    and its container would go on alone (a pg_restore finishing after the freeze
-    ended, say). A SIGKILLed command cannot do this: see README "Reliability"."""
-    name = f"{settings.project}-dbtools-run-{secrets.token_hex(4)}"
-    stack.stage_secrets(settings, database=True, tools={var.lower(): env[var] for var in PASSWORD_VARS if (env or {}).get(var)})
-    try:
-        yield name
-    except BaseException:
-        # compose, killed mid-`run`, may have asked the engine for the container a moment
-        # before: until it is removed, or clearly never came (3 s)
-        deadline = time.monotonic() + 3
-        while runner.run(["docker", "rm", "--force", name], env=settings.docker_env(), check=False).returncode != 0 \
-                and time.monotonic() < deadline:
-            time.sleep(0.25)
-        raise
-
-
-def tools(settings: Settings, script: str, *args: str, input: str | None = None, check: bool = True, what: str = "",
-          extra: dict[str, str] | None = None):
-    """Run a shell script in a one-off dbtools container (networks `data` and `web`,
-    volume `backups`), connected to the app's database by libpq's environment."""
-    env, flags = tools_env(settings, extra)
-    with one_off(settings, env) as name:
-        return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args, flags=flags, name=name), input=input,
-                          env=env, check=check, what=what)
-
-
-PSQL = ("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1")
-
-
-def psql(settings: Settings, sql: str, url: str = "", what: str = "", check: bool = True):
-    """Run SQL (stdin) with psql in a dbtools container against the app's database, or `url`."""
-    return tools(settings, f'exec {" ".join(PSQL)}', input=sql, extra=url_env(url) if url else None, check=check, what=what)
 
 
 def _read_until_end(proc) -> list[str]:
     lines = []
     for line in proc.stdout:
         line = line.rstrip("\n")
-        if line == END:
+        if line == dbtools.END:
             return lines
         if line:
             lines.append(line)
     raise ColorgateError(f"psql ended early: {runner.redact(proc.stderr.read().strip()[-300:])}")
-
-
-def facts(settings: Settings, container: str) -> Facts:
-    proc = runner.run(psql_cmd(container, settings), input=FACTS_SQL, env=settings.docker_env(), what="reading row counts")
-    return parse_facts([line for line in proc.stdout.splitlines() if line and line != END])
 
 
 def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] = frozenset(),
@@ -217,18 +67,18 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
     raised, the backup kept); then, the backup made, prune (`keep` newest, and never
     those in `protect` nor the newest verified ones: see to_prune)."""
     name = backup_name()
-    env, flags = tools_env(settings)
-    with one_off(settings, env) as one, runner.session(tools_cmd(settings, *PSQL, flags=flags, name=one), env=env) as psql:
-        psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{END}';\n")
+    env, flags = dbtools.tools_env(settings)
+    with dbtools.one_off(settings, env) as one, runner.session(dbtools.tools_cmd(settings, *dbtools.PSQL, flags=flags, name=one), env=env) as psql:
+        psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{dbtools.END}';\n")
         psql.stdin.flush()
         out = _read_until_end(psql)
         if not out:
             raise ColorgateError("could not export a snapshot from PostgreSQL: is the stack up? (`invoke status`)")
         snapshot = out[-1]
-        psql.stdin.write(FACTS_SQL)
+        psql.stdin.write(dbtools.FACTS_SQL)
         psql.stdin.flush()
-        snapshot_facts = parse_facts(_read_until_end(psql))
-        dumped = tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump")
+        snapshot_facts = dbtools.parse_facts(_read_until_end(psql))
+        dumped = dbtools.tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump")
         psql.stdin.write("COMMIT;\n")
     sha256, size = dumped.stdout.split()[-2:]
     manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256,
@@ -250,14 +100,14 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
 
 def has_tables(settings: Settings) -> bool:
     """Whether the app's database holds any table (a new one holds nothing to back up)."""
-    out = psql(settings, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');",
+    out = dbtools.psql(settings, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');",
                what="looking into the database").stdout.split()
     return bool(out) and out[-1] != "0"
 
 
 def list_backups(settings: Settings) -> list[dict]:
     """Backups on the target, oldest first, with size and verify result."""
-    out = tools(settings, LIST_SCRIPT, what="listing backups").stdout
+    out = dbtools.tools(settings, LIST_SCRIPT, what="listing backups").stdout
     found = []
     for line in out.splitlines():
         try:
@@ -300,7 +150,7 @@ def prune(settings: Settings, keep: int, protect: frozenset[str] = frozenset()) 
     """Delete what to_prune says, and sweep what killed backups left (said)."""
     old = to_prune(list_backups(settings), keep, protect)
     script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json" "$n.copy.json"; done\n' + SWEEP_SCRIPT
-    swept = tools(settings, script, *old, what="removing old backups").stdout.split()
+    swept = dbtools.tools(settings, script, *old, what="removing old backups").stdout.split()
     if swept:
         runner.say(f"!! removed what killed backups left: {', '.join(swept)}")
     return old
@@ -357,7 +207,7 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
                 last = (restored.stderr.strip().splitlines() or ["no output"])[-1]
                 result.reason = f"pg_restore failed: {runner.redact(last)}"
             else:
-                result.rows = compare(Facts(manifest["counts"], manifest["migrations"]), facts(settings, container))
+                result.rows = dbtools.compare(dbtools.Facts(manifest["counts"], manifest["migrations"]), dbtools.facts(settings, container))
                 bad = [r[0] for r in result.rows if not r[3]]
                 result.usable = not bad
                 result.reason = "restored; every row count and the migrations match" if not bad else f"mismatch: {', '.join(bad)}"
@@ -375,7 +225,7 @@ def record_verify(settings: Settings, name: str, usable: bool, reason: str) -> N
 def _write(settings: Settings, filename: str, data: dict, what: str) -> None:
     """A JSON file beside the dumps, atomically: a run killed while writing leaves the old
     file (or none) and a `.new` that the next prune sweeps, never half a manifest."""
-    tools(settings, 'cat > "/backups/$1.new" && mv "/backups/$1.new" "/backups/$1"', filename, input=json.dumps(data), what=what)
+    dbtools.tools(settings, 'cat > "/backups/$1.new" && mv "/backups/$1.new" "/backups/$1"', filename, input=json.dumps(data), what=what)
 
 
 def _wait_pg(settings: Settings, container: str) -> None:
@@ -426,11 +276,11 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                     left = edge.drain_writes(settings)
                     if left:
                         raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
-                    env, flags = tools_env(settings)
-                    with one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
+                    env, flags = dbtools.tools_env(settings)
+                    with dbtools.one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
                         # into the stack's own database as the app's role, so that the app owns what comes back
                         as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
-                        runner.run(tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
+                        runner.run(dbtools.tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
                                              *as_app, "--single-transaction", "--exit-on-error", "-d",
                                              env["PGDATABASE"] if settings.database_url else settings.postgres_db,
                                              f"/backups/{name}.dump", flags=flags, name=one), env=env, what="pg_restore")
@@ -441,7 +291,7 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
 
 
 def _checksum(settings: Settings, name: str) -> str:
-    return tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
+    return dbtools.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
 
 
 def format_backups(backups: list[dict]) -> str:

@@ -62,7 +62,7 @@ def held_message(found: edge.LockState) -> str:
 
 
 HOLDER_LABEL = "org.colorgate.holder"  # on the one-off containers a command starts: its process_label
-STAGE_ROLE = "stage"  # org.colorgate.role of stack.stage_secrets' never-started container
+STAGE_ROLE = "stage"  # org.colorgate.role of access.stage_secrets' never-started container
 
 
 def process_label(pid: int | None = None, host: str | None = None) -> str:
@@ -103,7 +103,7 @@ def lock(settings: Settings, command: str, break_lock: bool = False, history: bo
     broken = _break(settings) if break_lock else None
     token = secrets.token_hex(16)
     holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
-    # (the one-off database containers a holder starts carry the same pid@host: see db.tools_cmd, recover.reconcile)
+    # (the one-off database containers a holder starts carry the same pid@host: see dbtools.tools_cmd, recover.reconcile)
     try:
         out = edge.in_edge(settings, edge.lock_cmd(holder, token, history), "taking the release lock").stdout
     except CommandError as exc:

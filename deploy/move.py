@@ -23,7 +23,7 @@ before it (the candidate's start and pre gates, the cut-over container's start) 
 The local database is only read; it stays until `invoke db.retire-local`. A failure
 before the switch (or post gates that fail after it, still inside the freeze) leaves
 traffic on the old color with the local database, its workers running again, writes
-open again.
+open again. The replication itself (subscription, relay, cut-over script) is relay.py's.
 """
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from deploy import db, edge, facts, relay, release, runner, stack
+from deploy import db, dbtools, edge, facts, relay, release, runner, stack
 from deploy.colors import COLORS
 from deploy.config import Settings, database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
 from deploy.history import Record, at, lock, now, recorded, timed
 
 MODES = ("dump", "replicate")
-ROLE = relay.ROLE  # the one-off replication role, publication and subscription
 
 CHECK_SQL = """SELECT 'version|' || current_setting('server_version_num');
 SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablename), '')
@@ -50,13 +49,6 @@ SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablena
 SELECT 'subscribe|' || (rolsuper OR EXISTS (SELECT FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'member')
   AND r.rolname IN ('pg_create_subscription', 'rds_superuser', 'cloudsqlsuperuser', 'azure_pg_admin')))
   FROM pg_roles WHERE rolname = current_user;
-"""
-
-# Shell helpers for scripts that talk to both databases: libpq's PG* variables point at
-# the local one, T_PG* at the target; `target CMD` runs CMD against the target.
-TARGET_FN = """target() { PGHOST=$T_PGHOST PGPORT=$T_PGPORT PGUSER=$T_PGUSER PGPASSWORD=$T_PGPASSWORD \
-PGDATABASE=$T_PGDATABASE PGSSLMODE=$T_PGSSLMODE PGSSLROOTCERT=$T_PGSSLROOTCERT "$@"; }
-q() { psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 """
 
 # Until no client of the local database is inside a statement or transaction (a
@@ -70,72 +62,6 @@ while [ $i -lt 100 ]; do
 done
 echo "$n sessions still busy" >&2; exit 1
 """
-
-SCHEMA_SCRIPT = TARGET_FN + """set -eu
-pg_dump --schema-only --no-owner --no-privileges --no-publications --no-subscriptions > /tmp/schema.sql
-target q -f /tmp/schema.sql > /dev/null
-"""
-
-WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
-  WHERE s.subname = '{ROLE}' AND r.srsubstate <> 'r'"""
-
-
-# The replicate cut-over, one dbtools container started before the freeze: it checks
-# both databases answer and says `ready`, then waits for `go` on stdin (end of input:
-# it stops, having changed nothing). Then, each step announced on stdout:
-#   drained    no client of the local database is inside a statement (10 s at most)
-#   caught-up  the subscriber applied everything up to the local WAL position taken
-#              then, and every table's row count and the migrations are the same
-#   finished   sequence values copied (logical replication does not carry them), the
-#              subscription (and its slot on the local side), publication and role gone
-CUTOVER_SCRIPT = TARGET_FN + """set -eu
-printf '%s' "$CG_FACTS_SQL" > /tmp/facts.sql
-q -c "SELECT 1" > /dev/null && target q -c "SELECT 1" > /dev/null
-echo ready
-read -r go || exit 2
-[ "$go" = go ] || exit 2
-i=0
-until [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-             AND backend_type = 'client backend' AND state <> 'idle'")" = 0 ]; do
-  i=$((i + 1)); [ $i -lt 500 ] || { echo "local database sessions still busy after 10 s" >&2; exit 1; }
-  sleep 0.02
-done
-echo drained
-lsn=$(q -c "SELECT pg_current_wal_lsn()")
-q -f /tmp/facts.sql > /tmp/local
-i=0
-while :; do
-  applied=$(q -c "SELECT coalesce(bool_and(replay_lsn >= '$lsn'), false) FROM pg_stat_replication WHERE application_name = '$1'")
-  if [ "$applied" = t ]; then
-    target q -f /tmp/facts.sql > /tmp/target
-    cmp -s /tmp/local /tmp/target && break
-  fi
-  i=$((i + 1)); [ $i -lt 3000 ] || { echo "the target did not catch up within 60 s (applied: $applied)" >&2; exit 1; }
-  sleep 0.02
-done
-echo caught-up
-q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value)
-      FROM pg_sequences WHERE last_value IS NOT NULL" > /tmp/sequences.sql
-target q -f /tmp/sequences.sql > /dev/null
-target q -c "DROP SUBSCRIPTION $1"
-q > /dev/null <<'SQL'
-""" + relay.DROP_SQL.strip() + """
-SQL
-echo finished
-"""
-
-# After a failure: when the publisher cannot be reached to drop the slot, detach the
-# subscription from it first (the source side then drops the slot itself).
-TARGET_CLEANUP_SQL = f"""DO $$ BEGIN
-  IF EXISTS (SELECT FROM pg_subscription WHERE subname = '{ROLE}') THEN
-    EXECUTE 'ALTER SUBSCRIPTION {ROLE} DISABLE';
-    EXECUTE 'ALTER SUBSCRIPTION {ROLE} SET (slot_name = NONE)';
-    EXECUTE 'DROP SUBSCRIPTION {ROLE}';
-  END IF;
-END $$;
-"""
-
-
 
 # --- pure helpers --------------------------------------------------------------------
 
@@ -213,10 +139,10 @@ def check_compatible(source: ServerFacts, target: ServerFacts, shown: str, mode:
 def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
     """Everything that can be checked before anything changes."""
     shown = shown_url(url)
-    target = db.psql(settings, CHECK_SQL, url, check=False)
+    target = dbtools.psql(settings, CHECK_SQL, url, check=False)
     if target.returncode != 0:
         raise MoveError(explain_connect_error(runner.redact(target.stderr), shown))
-    source = parse_check(db.psql(settings, CHECK_SQL, what="checking the local database").stdout)
+    source = parse_check(dbtools.psql(settings, CHECK_SQL, what="checking the local database").stdout)
     found = parse_check(target.stdout)
     check_compatible(source, found, shown, mode)
     runner.say(f"   target {shown}: PostgreSQL {found.major}, empty, credentials accepted (local: PostgreSQL {source.major})")
@@ -225,20 +151,16 @@ def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
     return found
 
 
-def _both(url: str) -> dict[str, str]:
-    return db.url_env(url, prefix="T_")
+def _facts_of(settings: Settings, url: str = "") -> dbtools.Facts:
+    out = dbtools.psql(settings, dbtools.FACTS_SQL, url, what="reading row counts").stdout
+    return dbtools.parse_facts([line for line in out.splitlines() if line and line != dbtools.END])
 
 
-def _facts_of(settings: Settings, url: str = "") -> db.Facts:
-    out = db.psql(settings, db.FACTS_SQL, url, what="reading row counts").stdout
-    return db.parse_facts([line for line in out.splitlines() if line and line != db.END])
-
-
-def _compare_or_fail(expected: db.Facts, got: db.Facts, where: str) -> None:
-    rows = db.compare(expected, got)
+def _compare_or_fail(expected: dbtools.Facts, got: dbtools.Facts, where: str) -> None:
+    rows = dbtools.compare(expected, got)
     bad = [r[0] for r in rows if not r[3]]
     if bad:
-        runner.say(db.format_compare(rows))
+        runner.say(dbtools.format_compare(rows))
         raise MoveError(f"{where} does not match the local database ({', '.join(bad)})")
 
 
@@ -265,43 +187,7 @@ def _drain(settings: Settings, script: bool = True) -> None:
     if left:
         raise MoveError(f"{left} write(s) let through before the freeze are still unanswered after 10 s")
     if script:
-        db.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
-
-
-def _subscribe(settings: Settings, record: Record, url: str, password: str) -> None:
-    with runner.step("copying the schema to the target"):
-        db.tools(settings, SCHEMA_SCRIPT, extra=_both(url), what="copying the schema")
-    with runner.step("publishing the local database (one-off role, TLS-only relay)"):
-        db.psql(settings, relay.DROP_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
-CREATE PUBLICATION {ROLE} FOR ALL TABLES;
-""", what="creating the publication")
-        relay.start(settings)
-    conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
-                f"user={ROLE} password={password} sslmode=require connect_timeout=10")
-    with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port})"):
-        created = db.psql(settings, f"CREATE SUBSCRIPTION {ROLE} CONNECTION '{conninfo}' PUBLICATION {ROLE};", url, check=False)
-        if created.returncode != 0:
-            last = (runner.redact(created.stderr).strip().splitlines() or ["no output"])[-1]
-            raise MoveError(f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
-                            "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and allow it in the firewall")
-    at(record, "initial_sync")
-    with runner.step("copying the data (initial table sync)"):
-        db.tools(settings, f"""i=0
-until [ "$(psql -X -A -t -v ON_ERROR_STOP=1 -c "{WAIT_SYNC_SQL}")" = 0 ]; do
-  i=$((i + 1)); [ $i -lt 36000 ] || {{ echo "initial sync not done after an hour" >&2; exit 1; }}
-  sleep 0.1
-done""", extra=db.url_env(url), what="waiting for the initial table sync")
-
-
-def _unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
-    """Drop the subscription (and its slot), the publication, the role, the relay.
-    check=False: best effort, after a failure."""
-    dropped = db.psql(settings, f"DROP SUBSCRIPTION IF EXISTS {ROLE};", url, check=check, what="dropping the subscription")
-    if dropped.returncode != 0:
-        db.psql(settings, TARGET_CLEANUP_SQL, url, check=False)
-    db.psql(settings, relay.DROP_SQL, check=check, what="dropping the publication and the replication role")
-    relay.remove(settings)
+        dbtools.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
 
 
 def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: release.Plan) -> None:
@@ -321,7 +207,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
         if mode == "replicate":
             touched = True
             at(record, "subscribe")
-            _subscribe(settings, record, url, _new_password())
+            relay.subscribe(settings, record, url, _new_password())
             at(record, "start")
             release.start_candidate(settings, plan, versions, databases, held=held)
             release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
@@ -344,7 +230,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     except (ColorgateError, KeyboardInterrupt) as exc:
         touched = touched or "restore" in record.timings  # dump: the restore began
         if mode == "replicate" and touched:
-            _unsubscribe(settings, url, check=False)
+            relay.unsubscribe(settings, url, check=False)
         live = edge.read_active(settings)
         if live is not None and live.color == candidate and frozen_at:
             # interrupted after its gated switch (at its record): traffic and its writes are on the
@@ -382,9 +268,9 @@ def _replicate_frozen(settings: Settings, record: Record, url: str, plan: releas
                       frozen_at: str) -> None:
     """The replicate freeze: drain, catch up, sequences, end replication (one dbtools
     container started before it), switch, post gates."""
-    env, flags = db.tools_env(settings, {**_both(url), "CG_FACTS_SQL": db.FACTS_SQL})
-    with db.one_off(settings, env) as one, \
-            runner.session(db.tools_cmd(settings, "sh", "-c", CUTOVER_SCRIPT, "dbtools", ROLE, flags=flags, name=one), env=env) as cut:
+    env, flags = dbtools.tools_env(settings, {**relay.target_env(url), "CG_FACTS_SQL": dbtools.FACTS_SQL})
+    with dbtools.one_off(settings, env) as one, \
+            runner.session(dbtools.tools_cmd(settings, "sh", "-c", relay.CUTOVER_SCRIPT, "dbtools", relay.ROLE, flags=flags, name=one), env=env) as cut:
         _expect(cut, "ready")
         with _frozen(settings, record):
             at(record, "drain")
@@ -427,10 +313,10 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
             manifest = db.backup(settings)
         at(record, "restore")
         with timed(record, "restore", f"restoring {manifest['name']} into the target"):
-            db.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
-                     '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=db.url_env(url), what="pg_restore")
+            dbtools.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
+                     '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=dbtools.url_env(url), what="pg_restore")
         with timed(record, "verify", "verifying the target against the dump and the local database"):
-            expected = db.Facts(manifest["counts"], manifest["migrations"])
+            expected = dbtools.Facts(manifest["counts"], manifest["migrations"])
             _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
             _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
             db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row count matches")
@@ -454,7 +340,7 @@ def _new_password() -> str:
 
 def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = False) -> Record:
     """Move the app's database from the stack's PostgreSQL to the (empty) one at `url`."""
-    db.require_postgres(settings)
+    dbtools.require_postgres(settings)
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}: use dump or replicate")
     url = check_url(url)
@@ -490,7 +376,7 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
     """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
     the managed database and a verified backup of the local one from after the move exists.
     The data volume is kept. Returns what was stopped."""
-    db.require_postgres(settings)
+    dbtools.require_postgres(settings)
     record = stack.check_database(settings)
     if record["url"] == "local":
         raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")

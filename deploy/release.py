@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from deploy import db, edge, facts, gates, images, recover, runner, stack
+from deploy import access, db, dbtools, edge, facts, gates, images, recover, runner, stack
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, GateFailed, StackError
@@ -286,7 +286,7 @@ def _verified_backup(settings: Settings, record: Record) -> None:
 
 def migrate(settings: Settings, break_lock: bool = False) -> int:
     """Apply the live color's pending migrations, after a verified backup. Returns how many."""
-    db.require_postgres(settings)  # migrating needs a verified backup first
+    dbtools.require_postgres(settings)  # migrating needs a verified backup first
     with lock(settings, "migrate", break_lock) as held:
         target = observe(settings, held, database=True)
         stack.check_database_record(settings, target.database)
@@ -339,7 +339,7 @@ def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], da
     started = [s for s in settings.app.color_services(candidate) if s not in held]
     with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
         grace = stack.drain_color(settings, candidate)  # streams from its last time live end within the bound
-        stack.prepare_clients(settings, candidate, (databases or {}).get(candidate) or settings.app_database_url())
+        access.prepare_clients(settings, candidate, (databases or {}).get(candidate) or settings.app_database_url())
         for names, how in ((started, "--detach"), (held, "--no-start")):
             if names:
                 runner.run(stack.compose_cmd(settings, "up", how, "--no-build", "--force-recreate", "--timeout", str(grace), *names),

@@ -105,7 +105,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             svc.setdefault("image", f"{prefix_var}{name}:latest")
         env = _env_dict(svc.get("environment"))
         if app.postgres and name == app.postgres.service and "POSTGRES_PASSWORD" in env:
-            # the superuser's password as a file Colorgate puts there (stack.stage_secrets),
+            # the superuser's password as a file Colorgate puts there (access.stage_secrets),
             # not in the container's environment; PostgreSQL images read POSTGRES_PASSWORD_FILE
             del env["POSTGRES_PASSWORD"]
             env["POSTGRES_PASSWORD_FILE"] = f"{SECRETS_DIR}/{DB_PASSWORD_FILE}"
@@ -126,7 +126,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             env = _env_dict(svc.get("environment"))
             env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
             if app.database and name in app.database.clients:
-                if app.database.file:  # the URL as a file of this color's (stack.stage_secrets)
+                if app.database.file:  # the URL as a file of this color's (access.stage_secrets)
                     env[app.database.file] = f"{SECRETS_DIR}/{DB_URL_FILE}"
                     _mount(svc, secrets_volume(color), SECRETS_DIR)
                 else:

@@ -82,7 +82,7 @@ def killed_in(phase: str, sig: int, after: float, *args: str, env: dict[str, str
 
 def local_writes(settings: config.Settings) -> set[str]:
     """The notes in the stack's own PostgreSQL."""
-    return set(runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings), input="SELECT body FROM notes;").stdout.split())
+    return set(runner.run(facts.psql_cmd(f"{settings.project}-postgres-1", settings), input="SELECT body FROM notes;").stdout.split())
 
 
 def one_offs(settings: config.Settings) -> list[str]:
@@ -297,7 +297,7 @@ def restore_held_in_pg_restore(settings: config.Settings) -> Iterator[tuple[str,
     assert db.verify(settings, name).usable
     with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
         after = client.post("/api/notes", json={"body": "written after the backup"}).json()["id"]
-    with runner.session(db.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:
+    with runner.session(facts.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:
         reader.stdin.write("BEGIN; LOCK TABLE notes IN ACCESS SHARE MODE; SELECT 'locked';\n")
         reader.stdin.flush()
         assert reader.stdout.readline().strip() == "locked"

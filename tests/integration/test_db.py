@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from deploy import config, db, edge, facts, gates, history, runner, stack, tls
+from deploy import access, config, db, dbtools, edge, facts, gates, history, runner, stack, tls
 
 from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host
@@ -62,7 +62,7 @@ def test_backup_under_writes_then_verify_passes(settings, client):
 
 def test_a_corrupted_dump_fails_verify_and_is_marked_unusable(settings, env):
     name = db.backup(settings)["name"]
-    db.tools(settings, 'printf "garbage" | dd of="/backups/$1.dump" bs=1 seek=200 conv=notrunc 2>/dev/null', name)
+    dbtools.tools(settings, 'printf "garbage" | dd of="/backups/$1.dump" bs=1 seek=200 conv=notrunc 2>/dev/null', name)
     proc = invoke("db.verify", name, env=env)
     assert proc.returncode == 1 and "UNUSABLE" in proc.stdout and "checksum does not match" in proc.stdout
     assert f"{name}" in invoke("db.backups", env=env).stdout and "UNUSABLE" in invoke("db.backups", env=env).stdout
@@ -73,9 +73,9 @@ def test_a_corrupted_dump_fails_verify_and_is_marked_unusable(settings, env):
 def test_a_truncated_dump_fails_the_restore_check(settings):
     m = db.backup(settings)
     # truncated as a full disk would leave it, with a manifest that matches the truncated file
-    db.tools(settings, 'head -c 1500 "/backups/$1.dump" > /tmp/t && cat /tmp/t > "/backups/$1.dump"', m["name"])
-    m["sha256"] = db.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', m["name"]).stdout.strip()
-    db.tools(settings, 'cat > "/backups/$1.manifest.json"', m["name"], input=json.dumps(m))
+    dbtools.tools(settings, 'head -c 1500 "/backups/$1.dump" > /tmp/t && cat /tmp/t > "/backups/$1.dump"', m["name"])
+    m["sha256"] = dbtools.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', m["name"]).stdout.strip()
+    dbtools.tools(settings, 'cat > "/backups/$1.manifest.json"', m["name"], input=json.dumps(m))
     result = db.verify(settings, m["name"])
     assert not result.usable and result.reason.startswith("pg_restore failed")
 
@@ -121,8 +121,8 @@ CREATE TABLE public.ident (id int GENERATED ALWAYS AS IDENTITY, v text); CREATE 
 CREATE TYPE legacy.mood AS ENUM ('ok'); CREATE FUNCTION legacy.f() RETURNS int LANGUAGE sql AS 'SELECT 1';
 CREATE SEQUENCE public.free_seq;""")
     try:
-        stack._staged.discard(("role", settings.docker_host, settings.project))
-        stack.prepare_clients(settings, "blue", settings.local_database_url())
+        access._staged.discard(("role", settings.docker_host, settings.project))
+        access.prepare_clients(settings, "blue", settings.local_database_url())
         owners = sql("""SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE n.nspname IN ('legacy', 'public') AND c.relkind IN ('r', 'v', 'S')
 UNION SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'legacy'
@@ -132,8 +132,8 @@ UNION SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'f';""")
         # the app's role uses all of it (the serial's and identity's sequences came along)
         assert sql(f"""SET ROLE "{settings.app_db_user}"; INSERT INTO legacy.t (v) VALUES ('x'); INSERT INTO public.ident (v) VALUES ('y');
 SELECT legacy.f() + nextval('public.free_seq') + (SELECT count(*) FROM legacy.v);""") == "3"
-        stack._staged.discard(("role", settings.docker_host, settings.project))
-        stack.prepare_clients(settings, "blue", settings.local_database_url())  # idempotent
+        access._staged.discard(("role", settings.docker_host, settings.project))
+        access.prepare_clients(settings, "blue", settings.local_database_url())  # idempotent
     finally:
         sql("DROP SCHEMA legacy CASCADE; DROP TABLE public.ident; DROP SEQUENCE public.free_seq;")
 
@@ -147,7 +147,7 @@ def test_restore_rechecks_the_checksum_and_restores_even_the_oldest_kept(setting
     assert proc.returncode == 0, proc.stderr
     assert oldest in [b["manifest"]["name"] for b in db.list_backups(settings)]
     # a dump changed since it was verified is refused before anything happens
-    db.tools(settings, 'printf "x" >> "/backups/$1.dump"', oldest)
+    dbtools.tools(settings, 'printf "x" >> "/backups/$1.dump"', oldest)
     before = len(edge.read_history(settings))
     refused = invoke("db.restore", oldest, env=env)
     assert refused.returncode == 1 and "changed or was damaged since it was made" in refused.stderr
@@ -168,18 +168,18 @@ def test_unknown_backup_and_retention(settings, env):
 
 
 def test_what_killed_backups_left_is_swept(settings):
-    db.tools(settings, 'cd /backups && touch -d "20 minutes ago" a.dump.partial b.dump c.manifest.json.new '
+    dbtools.tools(settings, 'cd /backups && touch -d "20 minutes ago" a.dump.partial b.dump c.manifest.json.new '
                        '&& touch new.dump.partial')  # the last: a backup in progress
     db.backup(settings)
-    left = db.tools(settings, "ls /backups").stdout.split()
+    left = dbtools.tools(settings, "ls /backups").stdout.split()
     assert not {"a.dump.partial", "b.dump", "c.manifest.json.new"} & set(left) and "new.dump.partial" in left
-    db.tools(settings, "rm -f /backups/new.dump.partial")
+    dbtools.tools(settings, "rm -f /backups/new.dump.partial")
 
 
 def test_up_migrates_only_under_the_lock_after_a_verified_backup(settings, env):
     up = invoke("up", env=env)  # at head: nothing taken, nothing recorded
     assert up.returncode == 0 and "backing up" not in up.stderr
-    runner.run(db.psql_cmd(f"{settings.project}-postgres-1", settings),
+    runner.run(facts.psql_cmd(f"{settings.project}-postgres-1", settings),
                input="ALTER TABLE notes DROP COLUMN tags; DELETE FROM schema_migrations WHERE version = 2;")
     with history.lock(settings, "deploy"):
         busy = invoke("up", env=env)
@@ -213,7 +213,7 @@ def test_backups_are_copied_off_the_host_checked_there_and_fetched_back(settings
         listed = invoke("db.backups", env=copying).stdout
         assert any(line.startswith(name) and " copied " in line for line in listed.splitlines()), listed
         # the target loses its copy: the remote one is listed, and verify fetches and checks it
-        db.tools(settings, 'rm -f /backups/"$1".*', name)
+        dbtools.tools(settings, 'rm -f /backups/"$1".*', name)
         assert any(line.startswith(name) and "only there" in line for line in invoke("db.backups", env=copying).stdout.splitlines())
         verified = invoke("db.verify", name, env=copying)
         assert verified.returncode == 0 and f"backup {name}: usable" in verified.stdout, verified.stderr

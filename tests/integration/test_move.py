@@ -10,7 +10,7 @@ import os
 import pytest
 
 from benchmarks.db_move import Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_postgres
-from deploy import config, db, edge, facts, gates, images, relay, runner
+from deploy import config, db, dbtools, edge, facts, gates, images, relay, runner
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -57,11 +57,11 @@ def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings
     """The relay is published on the host while a replicate move runs: a superuser, or
     the move role without TLS, coming through it is refused by the database."""
     password = "relay-test-pass-9"
-    db.psql(settings, f"CREATE ROLE {relay.ROLE} LOGIN REPLICATION PASSWORD '{password}';")
+    dbtools.psql(settings, f"CREATE ROLE {relay.ROLE} LOGIN REPLICATION PASSWORD '{password}';")
     relay.start(settings)
     try:
         def through(user: str, secret: str, sslmode: str):
-            return db.tools(settings, 'psql -X -A -t -c "SELECT current_user"', check=False, extra={
+            return dbtools.tools(settings, 'psql -X -A -t -c "SELECT current_user"', check=False, extra={
                 "PGHOST": settings.move_relay_host, "PGPORT": str(settings.move_relay_port), "PGUSER": user,
                 "PGPASSWORD": secret, "PGSSLMODE": sslmode, "PGDATABASE": settings.postgres_db})
 
@@ -71,10 +71,10 @@ def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings
         assert plain.returncode != 0 and "pg_hba.conf rejects connection" in plain.stderr, plain.stderr
         tls = through(relay.ROLE, password, "require")
         assert tls.returncode == 0 and tls.stdout.strip() == relay.ROLE, tls.stderr
-        assert db.psql(settings, "SELECT 1;").returncode == 0  # the app's own way in is as it was
+        assert dbtools.psql(settings, "SELECT 1;").returncode == 0  # the app's own way in is as it was
     finally:
         relay.remove(settings)
-        db.psql(settings, relay.DROP_SQL)
+        dbtools.psql(settings, relay.DROP_SQL)
     hba = runner.run(["docker", "exec", f"{settings.project}-postgres-1", "sh", "-c", 'cat "$PGDATA/pg_hba.conf"']).stdout
     assert relay.HBA[0] not in hba and "dbrelay" not in facts.service_states(settings)
 

@@ -187,14 +187,14 @@ def test_a_trailing_newline_is_not_a_valid_value(tmp_path, key, value):
 
 
 def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tmp_path):
-    from deploy import db
+    from deploy import dbtools
 
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    plain = db.url_env("postgresql://app:pw@db.example.com/shop")
-    assert plain["PGSSLMODE"] == "verify-full" and plain["PGSSLROOTCERT"] == db.SYSTEM_CAS  # no downgrade unless the URL says so
-    assert db.url_env("postgresql://app:pw@db.example.com/shop?sslmode=require")["PGSSLMODE"] == "require"
-    with_ca = db.url_env(f"postgresql://app:pw@db.example.com/shop?sslrootcert={ca}", prefix="T_")
+    plain = dbtools.url_env("postgresql://app:pw@db.example.com/shop")
+    assert plain["PGSSLMODE"] == "verify-full" and plain["PGSSLROOTCERT"] == dbtools.SYSTEM_CAS  # no downgrade unless the URL says so
+    assert dbtools.url_env("postgresql://app:pw@db.example.com/shop?sslmode=require")["PGSSLMODE"] == "require"
+    with_ca = dbtools.url_env(f"postgresql://app:pw@db.example.com/shop?sslrootcert={ca}", prefix="T_")
     assert with_ca["T_PGSSLMODE"] == "verify-full" and with_ca["CG_T_PGSSLROOTCERT_PEM"] == ca.read_text()
     assert "T_PGSSLROOTCERT" not in with_ca  # the dbtools entrypoint writes the file and sets it
     # the app's containers get the copy Colorgate puts in their volume; other URLs as written

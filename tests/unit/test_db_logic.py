@@ -4,20 +4,20 @@ from datetime import datetime, timezone
 
 import pytest
 
-from deploy import db
+from deploy import db, dbtools, facts
 
 
 def test_facts_parsing():
-    facts = db.parse_facts(["public.notes|12", "public.schema_migrations|2", "migrations|1,2", "noise"])
-    assert facts == db.Facts({"public.notes": 12, "public.schema_migrations": 2}, [1, 2])
-    assert db.parse_facts(["migrations|"]).migrations == []
+    facts = dbtools.parse_facts(["public.notes|12", "public.schema_migrations|2", "migrations|1,2", "noise"])
+    assert facts == dbtools.Facts({"public.notes": 12, "public.schema_migrations": 2}, [1, 2])
+    assert dbtools.parse_facts(["migrations|"]).migrations == []
 
 
 def test_compare_flags_each_difference():
-    rows = db.compare(db.Facts({"a": 1, "b": 2}, [1, 2]), db.Facts({"a": 1, "c": 5}, [1]))
+    rows = dbtools.compare(dbtools.Facts({"a": 1, "b": 2}, [1, 2]), dbtools.Facts({"a": 1, "c": 5}, [1]))
     assert rows == [("rows a", "1", "1", True), ("rows b", "2", "-", False), ("rows c", "-", "5", False),
                     ("migrations", "1,2", "1", False)]
-    assert "FAIL" in db.format_compare(rows)
+    assert "FAIL" in dbtools.format_compare(rows)
 
 
 def test_backup_names_sort_by_time():
@@ -30,31 +30,31 @@ def test_dump_runs_inside_the_network_from_the_exported_snapshot():
     from deploy import config
 
     s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"})
-    cmd = db.tools_cmd(s, "sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP")
+    cmd = dbtools.tools_cmd(s, "sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP")
     assert cmd[cmd.index("run"):cmd.index("run") + 4] == ["run", "--rm", "--no-deps", "-T"]
     assert cmd[cmd.index("dbtools") + 1:] == ["sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP"]
     assert '--snapshot="$2"' in db.DUMP_SCRIPT and "--format=custom" in db.DUMP_SCRIPT
-    assert db.psql_cmd("shop-postgres-1", s)[:4] == ["docker", "exec", "-i", "shop-postgres-1"]
+    assert facts.psql_cmd("shop-postgres-1", s)[:4] == ["docker", "exec", "-i", "shop-postgres-1"]
 
 
 def test_a_managed_database_is_reached_through_the_environment_never_argv():
-    from deploy import config, stack
+    from deploy import access, config
 
     url = "postgresql://app:s%40cret@db.example.com:6543/shop?sslmode=require"
     s = config.load("development", root=config.project_root(), environ={"DATABASE_URL": url})
-    env, flags = db.tools_env(s)
-    assert {k: env[k] for k in db.PG_VARS} == {"PGHOST": "db.example.com", "PGPORT": "6543", "PGUSER": "app",
+    env, flags = dbtools.tools_env(s)
+    assert {k: env[k] for k in dbtools.PG_VARS} == {"PGHOST": "db.example.com", "PGPORT": "6543", "PGUSER": "app",
                                              "PGPASSWORD": "s@cret", "PGDATABASE": "shop", "PGSSLMODE": "require"}
-    cmd = db.tools_cmd(s, "psql", flags=flags)
+    cmd = dbtools.tools_cmd(s, "psql", flags=flags)
     assert not any("s@cret" in part or "s%40cret" in part for part in cmd)
     # not even in the container's environment: a file of its own volume, which the entrypoint reads
     assert "PGPASSWORD" not in cmd and cmd[cmd.index("CG_PGPASSWORD_FILE") - 1] == "-e"
     assert env["CG_PGPASSWORD_FILE"] == "/run/colorgate-secrets/pgpassword"
-    assert stack.secret_files(s, {}, database=True, tools={"pgpassword": "s@cret"})["secrets-tools"]["pgpassword"] == "s@cret"
+    assert access.secret_files(s, {}, database=True, tools={"pgpassword": "s@cret"})["secrets-tools"]["pgpassword"] == "s@cret"
     # the stack's own database: the dbtools service's environment is used as it is
-    local_env, local_flags = db.tools_env(config.load("development", root=config.project_root(), environ={}))
+    local_env, local_flags = dbtools.tools_env(config.load("development", root=config.project_root(), environ={}))
     assert "PGHOST" not in local_flags and local_flags == ["-e", "PGCONNECT_TIMEOUT"]
-    assert db.url_env(url, prefix="T_")["T_PGHOST"] == "db.example.com"
+    assert dbtools.url_env(url, prefix="T_")["T_PGHOST"] == "db.example.com"
 
 
 def _b(name: str, usable: bool | None = None, source: str = "local") -> dict:
@@ -88,18 +88,18 @@ def test_rclone_credentials_are_masked_and_its_configuration_never_on_a_command_
 
 
 def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
-    from deploy import config, stack
+    from deploy import access, config
     from deploy.errors import ConfigError
 
     s = config.load("development", root=config.project_root(), environ={"POSTGRES_PASSWORD": "pw-of-the-db-1"})
     assert s.app.database.file == "DATABASE_URL_FILE"  # the default example reads its URL from a file
-    files = stack.secret_files(s, {"green": ""}, database=True)
+    files = access.secret_files(s, {"green": ""}, database=True)
     assert files == {"secrets-db": {"postgres_password": "pw-of-the-db-1"}, "secrets-tools": {"postgres_password": "pw-of-the-db-1"},
                      "secrets-green": {"database_url": s.local_database_url()}}
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
     managed = f"postgresql://app:pw2@db.example.com/shop?sslrootcert={ca}"
-    files = stack.secret_files(s, {"blue": managed})
+    files = access.secret_files(s, {"blue": managed})
     assert set(files) == {"secrets-blue", "dbca"} and files["dbca"] == {"root.crt": ca.read_text()}
     # the app gets the CA's path in its own container, and verify-full
     assert files["secrets-blue"]["database_url"] == config.client_url(managed)
@@ -107,4 +107,4 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     other = tmp_path / "other.pem"
     other.write_text("-----BEGIN CERTIFICATE-----\nY\n-----END CERTIFICATE-----\n")
     with pytest.raises(ConfigError, match="different CA files"):
-        stack.secret_files(s, {"blue": managed, "green": managed.replace(str(ca), str(other))})
+        access.secret_files(s, {"blue": managed, "green": managed.replace(str(ca), str(other))})
