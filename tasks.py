@@ -15,7 +15,7 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from deploy import bootstrap as _bootstrap, edge
+from deploy import bootstrap as _bootstrap, edge, keys as _keys
 from deploy import config, db as _db, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls
 from deploy.errors import ColorgateError, Interrupted
 
@@ -230,7 +230,7 @@ def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False):
         settings = dataclasses.replace(settings, database_url="")
     else:
         stack.check_database(settings)
-    with runner.step(f"backing up the database ({config.shown_url(settings.database_url)})"):
+    with runner.step(f"backing up the database ({_keys.shown_url(settings.database_url)})"):
         m = _db.backup(settings, keep=int(keep) if keep else None, copy_required=bool(settings.backup_copy))
     print(f"backup {m['name']}: {m['size']} bytes, sha256 {m['sha256'][:16]}..., "
           f"{sum(m['counts'].values())} rows in {len(m['counts'])} tables")

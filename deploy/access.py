@@ -22,7 +22,8 @@ import tarfile
 from pathlib import Path
 
 from deploy import contract, facts, history, images, render, runner
-from deploy.config import Settings, client_url, tls_params
+from deploy.config import Settings
+from deploy.keys import client_url, tls_params
 from deploy.errors import ConfigError
 
 _staged: set[tuple] = set()

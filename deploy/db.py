@@ -20,7 +20,8 @@ from pathlib import Path
 import tenacity
 
 from deploy import dbtools, edge, history, images, runner
-from deploy.config import STRICT_PROFILES, Settings, shown_url
+from deploy.config import Settings
+from deploy.keys import STRICT_PROFILES, shown_url
 from deploy.errors import ColorgateError, CommandError, UnknownBackup
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from deploy import access, history, runner, stack
-from deploy.config import Settings, tls_params
+from deploy.config import Settings
+from deploy.keys import tls_params
 from deploy.contract import SECRETS_DIR
 from deploy.errors import ColorgateError
 from deploy.facts import psql_cmd

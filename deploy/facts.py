@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from deploy import contract, runner, ssh
 from deploy.colors import COLORS
-from deploy.config import Settings, shown_url
+from deploy.config import Settings
+from deploy.keys import shown_url
 from deploy.errors import CommandError, StackError
 
 

@@ -37,7 +37,8 @@ from urllib.parse import unquote, urlsplit
 
 from deploy import db, dbtools, edge, facts, relay, release, runner, stack
 from deploy.colors import COLORS
-from deploy.config import Settings, database_url, shown_url
+from deploy.config import Settings
+from deploy.keys import database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
 from deploy.history import Record, at, lock, now, recorded, timed
 

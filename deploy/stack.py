@@ -17,7 +17,8 @@ import tenacity
 
 from deploy import access, edge, facts, images, render, runner
 from deploy.colors import COLORS
-from deploy.config import Settings, client_url, shown_url
+from deploy.config import Settings
+from deploy.keys import client_url, shown_url
 from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
 
 # One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import tenacity
 
-from deploy import config, db, edge, facts, gates, images, release, tls
+from deploy import config, db, edge, facts, gates, images, keys, release, tls
 
 from benchmarks.db_move import isolated, managed_postgres
 
@@ -135,7 +135,7 @@ def test_the_jobs_app_moves_to_a_managed_database(jobs):
         assert out.index("ok writes open again") < out.index(f"-> starting {live[0]}'s workers (worker_{live[0]})")
         # the new color's web and worker use the managed database; old jobs came along
         states = facts.service_states(s)
-        assert {states[f"{name}_{live[0]}"].database for name in ("web", "worker")} == {config.shown_url(managed.url)}
+        assert {states[f"{name}_{live[0]}"].database for name in ("web", "worker")} == {keys.shown_url(managed.url)}
         assert states[f"worker_{old}"].state == "exited"
         assert managed.sql(f"SELECT text FROM jobs WHERE id = {before['id']}") == "before the move"
         assert managed.sql("SELECT count(*) FROM alembic_version") == "1"
@@ -144,7 +144,7 @@ def test_the_jobs_app_moves_to_a_managed_database(jobs):
         after = post_job(s, "after the move")
         assert done_by(s, after) == f"{live[0]} {live[1]}"
         assert managed.sql(f"SELECT done_by FROM jobs WHERE id = {after}") == f"{live[0]} {live[1]}"
-        assert edge.read_database_record(s)["url"] == config.shown_url(managed.url)
+        assert edge.read_database_record(s)["url"] == keys.shown_url(managed.url)
 
 
 @tenacity.retry(stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.5), reraise=True)

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from benchmarks.db_move import Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_postgres
-from deploy import config, db, dbtools, edge, facts, gates, images, relay, runner
+from deploy import config, db, dbtools, edge, facts, gates, images, keys, relay, runner
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -174,10 +174,10 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
     assert len(writer.acked) > 20
     record = edge.read_history(settings)[-1]
     assert (record["action"], record["outcome"]) == ("db.move", "switched") and f"{mode} to postgresql://admin@" in record["detail"]
-    assert edge.read_database_record(settings)["url"] == config.shown_url(managed.url)
+    assert edge.read_database_record(settings)["url"] == keys.shown_url(managed.url)
     live = edge.read_active(settings)
     states = facts.service_states(settings)
-    assert states[f"backend_{live.color}"].database == config.shown_url(managed.url)
+    assert states[f"backend_{live.color}"].database == keys.shown_url(managed.url)
     assert not edge.is_frozen(settings) and "dbrelay" not in states
     # the old database is untouched and still there; the old color, stopped by the move (nothing
     # of it may write there any more), keeps it, so no switching back

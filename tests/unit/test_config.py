@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, runner
+from deploy import config, keys, runner
 from deploy.errors import ConfigError
 
 GOOD = """\
@@ -147,7 +147,7 @@ def test_shipped_profiles_are_valid_or_refused_for_the_right_reason():
         with pytest.raises(ConfigError, match="is a placeholder"):
             config.load(profile, root=root, environ={})
     example = config.parse_env_text((root / ".env.example").read_text(), ".env.example")
-    assert set(example) == set(config.KEYS), "every key is documented in .env.example"
+    assert set(example) == set(keys.KEYS), "every key is documented in .env.example"
 
 
 @pytest.mark.parametrize(
@@ -171,8 +171,8 @@ def test_database_url_is_checked_without_showing_it(tmp_path, url, message):
 def test_database_url_password_is_masked_and_shown_without_it(tmp_path):
     write(tmp_path, ".env.development", GOOD + "DATABASE_URL=postgresql://app:Very-Secret-77@db.example.com:6543/shop\n")
     s = load(tmp_path)
-    assert config.shown_url(s.database_url) == "postgresql://app@db.example.com:6543/shop"
-    assert config.shown_url("") == "local"
+    assert keys.shown_url(s.database_url) == "postgresql://app@db.example.com:6543/shop"
+    assert keys.shown_url("") == "local"
     assert runner.redact("conninfo password=Very-Secret-77") == "conninfo password=********"
     assert "Very-Secret" not in repr(s)
 
@@ -199,10 +199,10 @@ def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tm
     assert "T_PGSSLROOTCERT" not in with_ca  # the dbtools entrypoint writes the file and sets it
     # the app's containers get the copy Colorgate puts in their volume; other URLs as written
     url = f"postgresql://app:pw@db.example.com:6543/shop?sslrootcert={ca}&application_name=web"
-    assert config.client_url(url) == ("postgresql://app:pw@db.example.com:6543/shop?sslrootcert=/run/colorgate-db/root.crt"
+    assert keys.client_url(url) == ("postgresql://app:pw@db.example.com:6543/shop?sslrootcert=/run/colorgate-db/root.crt"
                                       "&application_name=web&sslmode=verify-full")
-    assert config.client_url(url + "&sslmode=verify-ca").endswith("&sslmode=verify-ca")
-    assert config.client_url("postgresql://app:pw@db.example.com/shop") == "postgresql://app:pw@db.example.com/shop"
+    assert keys.client_url(url + "&sslmode=verify-ca").endswith("&sslmode=verify-ca")
+    assert keys.client_url("postgresql://app:pw@db.example.com/shop") == "postgresql://app:pw@db.example.com/shop"
 
 
 def test_the_app_reaches_the_stacks_database_as_a_role_of_its_own():

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from deploy import db, dbtools, facts
+from deploy import db, dbtools, facts, keys
 
 
 def test_facts_parsing():
@@ -102,7 +102,7 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     files = access.secret_files(s, {"blue": managed})
     assert set(files) == {"secrets-blue", "dbca"} and files["dbca"] == {"root.crt": ca.read_text()}
     # the app gets the CA's path in its own container, and verify-full
-    assert files["secrets-blue"]["database_url"] == config.client_url(managed)
+    assert files["secrets-blue"]["database_url"] == keys.client_url(managed)
     assert "sslrootcert=/run/colorgate-db/root.crt" in files["secrets-blue"]["database_url"]
     other = tmp_path / "other.pem"
     other.write_text("-----BEGIN CERTIFICATE-----\nY\n-----END CERTIFICATE-----\n")
