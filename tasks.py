@@ -16,7 +16,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap, edge, keys as _keys
-from deploy import config, db as _db, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls
+from deploy import config, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls
 from deploy.errors import ColorgateError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -255,7 +255,7 @@ def db_verify(c, backup, profile=None, host=None):
     with runner.step(f"verifying backup {backup}"):
         result = _db.verify(settings, None if backup == "latest" else backup)
     if result.rows:
-        print(_db.format_compare(result.rows))
+        print(_dbtools.format_compare(result.rows))
     print(f"backup {result.name}: {'usable' if result.usable else 'UNUSABLE'} ({result.reason})")
     if not result.usable:
         raise Exit(code=1)
@@ -358,9 +358,10 @@ def images_send(c, version=None, profile=None, host=None):
                           "key_file": "public key the deploy user logs in with (default: ~/.ssh/id_ed25519.pub)",
                           "ssh_port": "the port sshd listens on afterwards (default: the one in --host, else 22); "
                                       "the firewall lets the new port in before sshd moves, and keeps the old one until it has",
+                          "keep_root_login": "leave root's SSH login (by key) on; by default it is switched off once the deploy user works",
                           "profile": "env profile"})
 @operator_errors
-def server_setup(c, host=None, user="deploy", key_file=None, ssh_port=None, profile=None):
+def server_setup(c, host=None, user="deploy", key_file=None, ssh_port=None, keep_root_login=False, profile=None):
     """Set up a fresh Debian/Ubuntu server for Colorgate (Docker, deploy user, firewall, upgrades); idempotent."""
     settings = _load(profile, host)
     path = Path(key_file).expanduser() if key_file else Path("~/.ssh/id_ed25519.pub").expanduser()
@@ -369,7 +370,7 @@ def server_setup(c, host=None, user="deploy", key_file=None, ssh_port=None, prof
     if ssh_port is not None and not (str(ssh_port).isdigit() and 1 <= int(ssh_port) <= 65535):
         raise ColorgateError(f"--ssh-port {ssh_port!r} should be a port number from 1 to 65535")
     print("\n".join(_remote.server_setup(settings, user, path.read_text().strip(), _bootstrap.bundled_compose(),
-                                         int(ssh_port) if ssh_port else None)))
+                                         int(ssh_port) if ssh_port else None, keep_root_login)))
 
 
 @task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})

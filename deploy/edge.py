@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
-import threading
 import time
 from dataclasses import dataclass
 
@@ -372,43 +370,6 @@ def break_lock_cmd() -> list[str]:
 
 def phase_cmd(token: str, phase: str) -> list[str]:
     return ["sh", "-c", PHASE_SCRIPT, "phase", token, phase]
-
-
-class Heartbeat:
-    """Beats for the lock held with `token`, from `after` seconds on, in a process that
-    lives as long as this one (HEARTBEAT_SECONDS). A command that ends sooner (a switch,
-    a rollback) starts none: the lock's own mtime covers it, and a `docker exec` start
-    would compete with the traffic for the CPU. Not runner.session: that waits for its
-    process at the end, and this one sleeps between beats."""
-
-    def __init__(self, settings: Settings, token: str, after: float = HEARTBEAT_SECONDS):
-        self.cmd = ["docker", "exec", "-i", edge_container(settings.project), "sh", "-c", HEARTBEAT_SCRIPT, "heartbeat", token]
-        self.env = runner.environ(settings.docker_env())
-        self.guard = threading.Lock()
-        self.proc: subprocess.Popen | None = None
-        self.ended = False
-        self.timer = threading.Timer(after, self.revive)
-        self.timer.daemon = True
-        self.timer.start()
-
-    def revive(self) -> None:
-        """Start beating, or again when the exec ended with the edge (restarted)."""
-        with self.guard:
-            if not self.ended and (self.proc is None or self.proc.poll() is not None):
-                self.proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.PIPE,
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def beating(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def end(self) -> None:
-        with self.guard:
-            self.ended = True
-            self.timer.cancel()
-            if self.proc is not None:
-                self.proc.stdin.close()
-                self.proc.kill()  # not waiting out its sleep: the lock is gone, so it beats no more
-                self.proc.wait()
 
 
 def read_lock(settings: Settings) -> LockState | None:

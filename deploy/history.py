@@ -12,6 +12,8 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,43 @@ def now() -> str:
 PAUSE_ENV = "COLORGATE_PAUSE_AT"  # tests only: stop (block) when a command reaches this phase
 
 
+class Heartbeat:
+    """Beats for the lock held with `token`, from `after` seconds on, in a process that
+    lives as long as this one (edge.HEARTBEAT_SECONDS). A command that ends sooner (a switch,
+    a rollback) starts none: the lock's own mtime covers it, and a `docker exec` start
+    would compete with the traffic for the CPU. Not runner.session: that waits for its
+    process at the end, and this one sleeps between beats."""
+
+    def __init__(self, settings: Settings, token: str, after: float = edge.HEARTBEAT_SECONDS):
+        self.cmd = ["docker", "exec", "-i", edge.edge_container(settings.project), "sh", "-c", edge.HEARTBEAT_SCRIPT, "heartbeat", token]
+        self.env = runner.environ(settings.docker_env())
+        self.guard = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+        self.ended = False
+        self.timer = threading.Timer(after, self.revive)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def revive(self) -> None:
+        """Start beating, or again when the exec ended with the edge (restarted)."""
+        with self.guard:
+            if not self.ended and (self.proc is None or self.proc.poll() is not None):
+                self.proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.PIPE,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def beating(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def end(self) -> None:
+        with self.guard:
+            self.ended = True
+            self.timer.cancel()
+            if self.proc is not None:
+                self.proc.stdin.close()
+                self.proc.kill()  # not waiting out its sleep: the lock is gone, so it beats no more
+                self.proc.wait()
+
+
 @dataclass
 class Held:
     """The release lock as its holder has it: what it read in the same exec as it took
@@ -45,7 +84,7 @@ class Held:
     token: str
     found: edge.Found
     broken: edge.LockState | None = None
-    heartbeat: edge.Heartbeat | None = None
+    heartbeat: Heartbeat | None = None
     phase: str = ""  # as the lock says it
 
 
@@ -110,7 +149,7 @@ def lock(settings: Settings, command: str, break_lock: bool = False, history: bo
         if exc.returncode == edge.LOCK_HELD:
             raise LockHeld(held_message(edge.parse_lock(exc.stdout))) from None
         raise facts.edge_down(settings) or exc from None
-    held = Held(settings, token, edge.parse_found(out), broken, edge.Heartbeat(settings, token))
+    held = Held(settings, token, edge.parse_found(out), broken, Heartbeat(settings, token))
     _held.append(held)
     try:
         yield held

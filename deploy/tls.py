@@ -135,6 +135,24 @@ def certbot_cmd(settings: Settings, *args: str, directory: str, ca_bundle: bool 
     return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, service, *args)
 
 
+# certbot runs as the edge's user (its image's USER). Volumes it wrote as root (before
+# this version) are handed to that user once, by the only root run left: chown alone.
+OWNED_SCRIPT = """me=$(id -u)
+[ "$(stat -c %u /etc/letsencrypt)" = "$me" ] && [ -z "$(find /etc/colorgate/tls /var/www/acme ! -user "$me" -print -quit)" ] \
+  && echo own || echo root"""
+
+
+def own_volumes(settings: Settings, env: dict[str, str]) -> None:
+    run = ["run", "--rm", "--no-deps", "-T"]
+    found = runner.run(stack.compose_cmd(settings, *run, "--entrypoint", "sh", "certbot", "-c", OWNED_SCRIPT), env=env,
+                       what="checking certbot's files").stdout.split()
+    if found[-1:] != ["own"]:
+        runner.run(stack.compose_cmd(settings, *run, "--user", "0", "--cap-add", "CHOWN", "--entrypoint", "chown", "certbot",
+                                     "-R", "10003:10003", "/etc/letsencrypt", "/etc/colorgate/tls", "/var/www/acme"),
+                   env=env, what="handing certbot's files to the edge's user")
+        runner.say("   certbot's files, made as root by an earlier version, now belong to the edge's user (certbot runs as it)")
+
+
 def certonly_args(domain: str, email: str, directory: str) -> list[str]:
     return ["certonly", "--webroot", "--webroot-path", "/var/www/acme", "--domain", domain, "--email", email,
             "--agree-tos", "--non-interactive", "--no-eff-email", "--server", directory, "--cert-name", CERT_NAME,
@@ -223,6 +241,7 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
         raise ColorgateError(f"invalid email {email!r}: give an address the CA can send expiry notices to")
     url = resolve_directory(directory, staging)
     env = stack.compose_env(settings, {})
+    own_volumes(settings, env)
     if ca_bundle:
         if not Path(ca_bundle).is_file():
             raise ColorgateError(f"--ca-bundle {ca_bundle} does not exist")
@@ -250,6 +269,7 @@ def renew(settings: Settings) -> dict:
     if not state["acme_directory"]:
         raise ColorgateError("the edge serves a certificate installed by hand: renew it by hand, or run `invoke tls.init`")
     env = stack.compose_env(settings, {})
+    own_volumes(settings, env)
     try:
         runner.run(certbot_cmd(settings, *renew_args(), directory=state["acme_directory"], ca_bundle=state["acme_ca_bundle"]), env=env,
                    timeout=600, what="certbot renew")

@@ -1,16 +1,14 @@
 #!/bin/sh
 # certbot deploy hook: install a newly obtained or renewed certificate where the edge
-# reads it (the tls volume), readable by the edge's user, and leave a marker so
-# Colorgate reloads nginx only when a certificate changed.
+# reads it (the tls volume), as the edge's own user (certbot runs as it), and leave a
+# marker so Colorgate reloads nginx only when a certificate changed.
 set -eu
 : "${RENEWED_LINEAGE:?run by certbot as a deploy hook}"
-edge_uid=10003
 tls=/etc/colorgate/tls
 mkdir -p "$tls/live"
 tmp=$(mktemp -d "$tls/.incoming.XXXXXX")
 cp "$RENEWED_LINEAGE/fullchain.pem" "$tmp/fullchain.pem"
 cp "$RENEWED_LINEAGE/privkey.pem" "$tmp/privkey.pem"
-chown "$edge_uid:$edge_uid" "$tmp/fullchain.pem" "$tmp/privkey.pem"
 chmod 0644 "$tmp/fullchain.pem"
 chmod 0600 "$tmp/privkey.pem"
 mv "$tmp/privkey.pem" "$tls/live/privkey.pem"

@@ -9,7 +9,8 @@
 #   - Docker engine (Debian/Ubuntu package docker.io) and the compose plugin (a distro
 #     package when there is one, else the binary in $COLORGATE_COMPOSE_BINARY)
 #   - DEPLOY_USER in the docker group, logging in with that key only; password and
-#     keyboard-interactive SSH logins switched off for everyone
+#     keyboard-interactive SSH logins switched off for everyone; root's SSH login too,
+#     with COLORGATE_ROOT_LOGIN=no (invoke server.setup passes it once DEPLOY_USER works)
 #   - a firewall (nftables table `inet colorgate`) letting in only SSH, 80 and 443, also to
 #     ports containers publish (Docker's DNAT bypasses the input hook)
 #   - unattended security upgrades
@@ -171,12 +172,24 @@ if printf '[Unit]\nDescription=Colorgate firewall (SSH, 80, 443 only)\nBefore=ne
   if has_systemd; then systemctl daemon-reload && systemctl enable colorgate-firewall.service; fi
 fi
 
-# --- SSH: keys only ----------------------------------------------------------------
-if printf 'Port %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n' "$ssh_port" \
-    | put /etc/ssh/sshd_config.d/10-colorgate.conf 0644; then
-  change "sshd: key-only logins on port $ssh_port"
+# --- SSH: keys only; root not at all once the deploy user works -------------------------
+# COLORGATE_ROOT_LOGIN=no is passed by `invoke server.setup` once it has logged in as
+# the deploy user (so nobody is locked out); a later run without it keeps what is there.
+sshd_conf=/etc/ssh/sshd_config.d/10-colorgate.conf
+root_login=${COLORGATE_ROOT_LOGIN:-}
+if [ -z "$root_login" ]; then
+  root_login=prohibit-password
+  if grep -qx 'PermitRootLogin no' "$sshd_conf" 2> /dev/null; then root_login=no; fi
+fi
+case $root_login in
+  no|prohibit-password) ;;
+  *) die "COLORGATE_ROOT_LOGIN must be no or prohibit-password" ;;
+esac
+if printf 'Port %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin %s\nPubkeyAuthentication yes\n' "$ssh_port" "$root_login" \
+    | put "$sshd_conf" 0644; then
+  change "sshd: key-only logins on port $ssh_port, root login: $root_login"
   mkdir -p /run/sshd
-  sshd -t || die "sshd rejects its configuration: see /etc/ssh/sshd_config.d/10-colorgate.conf"
+  sshd -t || die "sshd rejects its configuration: see $sshd_conf"
   if has_systemd; then systemctl reload ssh 2> /dev/null || systemctl reload sshd; fi
 fi
 

@@ -235,8 +235,16 @@ def test_an_app_without_a_database_gets_its_certificate_too(settings, pebble, en
     site = config.load("development", environ={**os.environ, **site_env})
     images.build_bases(site, images.missing_bases(site))
     with running_stack(request, site):
+        # as an earlier version, which ran certbot as root, left its volumes
+        stack.build(site, ["certbot"], {})
+        volumes = ["-v", f"{site.project}_letsencrypt:/etc/letsencrypt", "-v", f"{site.project}_tls:/etc/colorgate/tls"]
+        as_root = ["docker", "run", "--rm", "--user", "0", *volumes, "--entrypoint", "sh", images.app_tag(site, "certbot", "latest"), "-c"]
+        runner.run([*as_root, "chown 0:0 /etc/letsencrypt && mkdir -p /etc/letsencrypt/accounts && date > /etc/colorgate/tls/.changed"])
         data = tls.init(site, f"ops@{DOMAIN}", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
         assert data["source"] == "ACME" and data["sans"] == [DOMAIN] and "Pebble" in data["issuer"]
+        # handed to the edge's user once; everything certbot wrote since is that user's: it ran as it
+        assert runner.run([*as_root, "find /etc/letsencrypt /etc/colorgate/tls ! -user 10003 | wc -l"]).stdout.strip() == "0"
+        assert runner.run([*as_root, "stat -c %u /etc/letsencrypt/renewal/*.conf"]).stdout.split() == ["10003"]
         handshake = gates.tls_handshake(site.edge_address, site.https_port, DOMAIN, pebble["root"].read_text())
         assert handshake.ok, handshake.error
         proc = tls_gates(site_env, pebble["root"])

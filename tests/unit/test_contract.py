@@ -210,7 +210,11 @@ def test_every_container_is_locked_down_unless_its_service_says_otherwise():
     assert db["read_only"] is False and db["mem_limit"] == "4g" and db["cap_add"][0] == "CHOWN"
     assert db["security_opt"] == ["seccomp=default", "no-new-privileges:true"]
     # Colorgate's own exceptions, each said in compose/colorgate.yml
-    assert services["dbtools"]["read_only"] is False and services["certbot"]["cap_add"] == ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
+    assert services["dbtools"]["read_only"] is False
+    # certbot runs as the edge's user (its image's USER) with no capability and a read-only root
+    certbot = services["certbot"]
+    assert "cap_add" not in certbot and certbot["read_only"] is True and certbot["cap_drop"] == ["ALL"]
+    assert certbot["tmpfs"] == ["/tmp", "/var/lib/letsencrypt:uid=10003,gid=10003", "/var/log/letsencrypt:uid=10003,gid=10003"]
     # certbot is on Colorgate's network; only its copy for a directory on the host's loopback has the host's
     assert services["certbot"]["networks"] == [contract.EDGE_NETWORK] and "network_mode" not in services["certbot"]
     assert services["certbot-loopback"]["network_mode"] == "host" and "networks" not in services["certbot-loopback"]
