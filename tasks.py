@@ -16,7 +16,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap, edge, keys as _keys
-from deploy import config, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls
+from deploy import config, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls, traffic as _traffic
 from deploy.errors import ColorgateError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -146,6 +146,21 @@ def logs(c, service, profile=None, host=None, follow=False, tail=200):
     """Show container logs of SERVICE (e.g. api_blue: a colored service's copy), or of every service with `all`."""
     settings = _target(profile, host)
     stack.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
+
+
+@task(help={"seconds": "how far back (default 300)", "profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
+@operator_errors
+def traffic(c, seconds=None, profile=None, host=None, json_=False):
+    """Real traffic per color from the edge's request log: requests, 5xx share, p50/p95/p99 latency, versions."""
+    try:
+        seconds = float(seconds or 300)
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds <= 86400:
+        raise ColorgateError("--seconds should be a number of seconds from 1 to 86400")
+    settings = _target(profile, host)
+    found = _traffic.window(settings, seconds)
+    print(json.dumps(_traffic.as_json(found), indent=2) if json_ else _traffic.format_figures(found, seconds))
 
 
 LOCK_HELP = "break a stale release lock left by a run that died (check `invoke status` first)"
@@ -416,7 +431,7 @@ def tls_schedule(c, profile=None, host=None):
     print(_tls.schedule(settings))
 
 
-ns = Collection(bootstrap, init, up, down, status, render, logs, deploy, switch, rollback, history, bench)
+ns = Collection(bootstrap, init, up, down, status, render, logs, traffic, deploy, switch, rollback, history, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
 ns.add_collection(Collection("images", images_push, images_send))

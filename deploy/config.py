@@ -56,6 +56,14 @@ class Settings:
     log_max_size: str
     log_max_files: int
     hold_seconds: int
+    analysis_intervals: int
+    analysis_seconds: int
+    analysis_failure_limit: int
+    analysis_max_error_ratio: float
+    analysis_max_p95_ms: int
+    analysis_max_slowdown: float
+    analysis_min_requests: int
+    analysis_inconclusive: str
     secrets_in_env: str
     tls_ca: str
     tls_min_days: int

@@ -93,7 +93,10 @@ _held: list[Held] = []  # the lock this process holds
 
 def held_message(found: edge.LockState) -> str:
     """One line for a command that finds the lock taken: busy, or stale (its holder died)."""
-    who = edge.describe_holder(found.holder) + (f", at {found.phase}" if found.phase else "")
+    phase = found.phase
+    if phase.startswith("analysis until ") and phase.split()[-1].isdigit():  # traffic.ANALYSIS_PHASE
+        phase = f"analysing the new color's traffic, {max(0, int(phase.split()[-1]) - int(time.time()))} s left"
+    who = edge.describe_holder(found.holder) + (f", at {phase}" if phase else "")
     if found.stale:
         return (f"the target's release lock is stale: {who}, last heartbeat {found.age} s ago (did it die?): "
                 "see `invoke status` and `invoke history`, then retry with --break-lock")
@@ -192,6 +195,7 @@ class Record:
     detail: str = ""
     gates: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    analysis: dict = field(default_factory=dict)  # the new color's real traffic after the switch (traffic.analyse)
     duration_s: float = 0.0
     id: str = field(default_factory=lambda: secrets.token_hex(6))
     phase: str = ""  # the last phase it reached

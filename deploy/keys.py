@@ -76,6 +76,19 @@ _limit = _whole(0, 1_000_000, "a whole number from 0 (no limit) to 1000000")
 _conn_limit = _whole(0, 65535, "a whole number from 0 (no limit) to 65535")  # nginx's limit_conn takes no more
 
 
+def _ratio(low: float, high: float, hint: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = low - 1
+        if not low <= number <= high:
+            raise ValueError(f"should be {hint}")
+        return number
+
+    return parse
+
+
 def _size(value: str) -> str:
     if not re.fullmatch(r"[1-9][0-9]*[kmg]", value):
         raise ValueError("should be a size such as 512m or 2g")
@@ -202,6 +215,20 @@ KEYS: dict[str, Key] = {
     "COLORGATE_MEMORY_LIMIT": Key(_size, "1g"),
     "COLORGATE_LOG_MAX_SIZE": Key(_size, "10m"),
     "COLORGATE_LOG_MAX_FILES": Key(_count, "3"),
+    # After every switch, the new color's real traffic is judged over this many
+    # intervals of this many seconds (0: not at all): an interval fails when its 5xx
+    # share, its p95 latency, or its p95 against the old color's before the switch is
+    # over the bound; this many failed intervals switch traffic back. An interval with
+    # fewer requests than the minimum is inconclusive: it passes, is extended by one
+    # more interval (at most as many as planned), or fails.
+    "COLORGATE_ANALYSIS_INTERVALS": Key(_whole(0, 100, "a whole number of intervals from 0 (no analysis) to 100"), "0"),
+    "COLORGATE_ANALYSIS_SECONDS": Key(_seconds, "20"),
+    "COLORGATE_ANALYSIS_FAILURE_LIMIT": Key(_count, "1"),
+    "COLORGATE_ANALYSIS_MAX_ERROR_RATIO": Key(_ratio(0, 1, "a share from 0 to 1, such as 0.01 for 1%"), "0.01"),
+    "COLORGATE_ANALYSIS_MAX_P95_MS": Key(_whole(1, 600_000, "a whole number of milliseconds from 1 to 600000"), "1000"),
+    "COLORGATE_ANALYSIS_MAX_SLOWDOWN": Key(_ratio(1, 1000, "a factor of at least 1, such as 3"), "3"),
+    "COLORGATE_ANALYSIS_MIN_REQUESTS": Key(_limit, "20"),
+    "COLORGATE_ANALYSIS_INCONCLUSIVE": Key(_pattern(re.compile(r"^(pass|extend|fail)$"), "should be pass, extend or fail"), "pass"),
     # During a db.move write freeze the edge holds each write this long, then 503.
     "COLORGATE_HOLD_SECONDS": Key(_seconds, "5"),
     # allow: the Hardening gate accepts a secret in a container's environment (an app

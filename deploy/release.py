@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from deploy import access, db, dbtools, edge, facts, gates, images, recover, runner, stack
+from deploy import access, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, GateFailed, StackError
@@ -93,6 +93,11 @@ def check_same_database(settings: Settings, states: dict[str, facts.ServiceState
                              f"switching would serve stale data; ship a release to {to} with `invoke deploy` instead")
 
 
+def _analysis(settings: Settings) -> tuple[str, ...]:
+    """After the post gates, the new color's real traffic is judged (COLORGATE_ANALYSIS_INTERVALS)."""
+    return ("analysis",) if settings.analysis_intervals > 0 else ()
+
+
 def plan_deploy(settings: Settings, target: Target, version: str | None = None, force: bool = False) -> Plan:
     """Ship `version` (default: the next vN) to the inactive color."""
     stack.check_database_record(settings, target.database)
@@ -102,7 +107,7 @@ def plan_deploy(settings: Settings, target: Target, version: str | None = None, 
     if version == active.version and not force:
         return Plan("deploy", active.color, candidate, active.version, version,
                     noop=f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
-    return Plan("deploy", active.color, candidate, active.version, version, DEPLOY_STEPS)
+    return Plan("deploy", active.color, candidate, active.version, version, DEPLOY_STEPS + _analysis(settings))
 
 
 def plan_switch(settings: Settings, target: Target, to: str, use_gates: bool = True, action: str = "switch") -> Plan:
@@ -113,7 +118,7 @@ def plan_switch(settings: Settings, target: Target, to: str, use_gates: bool = T
     version = _ready_version(settings, target.states, to)
     if to == active.color:
         return Plan(action, active.color, to, active.version, version, noop=f"{to} ({active.version}) is already live: nothing to do")
-    return Plan(action, active.color, to, active.version, version, GATED_SWITCH if use_gates else ("switch",))
+    return Plan(action, active.color, to, active.version, version, GATED_SWITCH + _analysis(settings) if use_gates else ("switch",))
 
 
 def plan_rollback(settings: Settings, target: Target, use_gates: bool = True) -> Plan:
@@ -199,6 +204,9 @@ class Steps:
 
     def post_gates(self) -> None:
         _gate(self.settings, self.record, "post", self.plan.to_color, self.plan.to_version)
+
+    def analysis(self) -> None:
+        traffic.analyse(self.settings, self.record, self.plan.to_color, self.plan.from_color)
 
     def switch_back(self) -> None:
         p = self.plan

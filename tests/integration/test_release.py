@@ -363,3 +363,86 @@ def test_history_and_status_show_the_releases(rstack, env):
     assert status["last_release"] == last
     text = invoke("history", env=env).stdout
     assert text.splitlines()[0].split()[:3] == ["STARTED", "ACTION", "FROM"] and "deploy" in text.splitlines()[-1]
+
+
+class UserLoad:
+    """Users of the live app, at a steady rate through the edge, each request a user's
+    (`user=N`): what each got, when, and from which color."""
+
+    def __init__(self, settings, rate: float = 30):
+        import threading
+
+        self.settings, self.rate, self.seen = settings, rate, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        with gates.edge_client(self.settings, tls.read_local_ca(self.settings)) as c:
+            n = 0
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    r = c.get(f"/api/slow?ms=0&user={n}")
+                    self.seen.append((time.time(), r.status_code, r.headers.get("x-colorgate-color", "")))
+                except Exception as exc:  # noqa: BLE001 - counted as a failed request
+                    self.seen.append((time.time(), 0, repr(exc)))
+                n += 1
+                time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(3)  # the old color's figures before the switch: the analysis compares against them
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+ANALYSIS = dict(analysis_intervals=2, analysis_seconds=4, analysis_min_requests=20)
+
+
+def test_a_release_that_fails_real_users_while_its_gates_pass_is_switched_back_by_the_analysis(rstack, tmp_path, capsys):
+    """Its health checks and gates pass; one user in five gets a 500 from it. The
+    analysis of real traffic after the switch sees it in its first interval and
+    switches back by itself; the history keeps each interval's figures."""
+    bad = dataclasses.replace(broken_app(
+        tmp_path, rstack, '        if url.path == "/api/slow":\n',
+        '        if url.path == "/api/slow" and int((query.get("user") or ["1"])[0]) % 5 == 0:\n'
+        '            return self.send_json(500, {"error": "broken for real users"})\n'
+        '        if url.path == "/api/slow":\n'), **ANALYSIS)
+    before = live(bad)
+    with UserLoad(bad) as load:
+        with pytest.raises(release.GateFailed) as err:
+            release.deploy(bad, version="v6-fails-users")
+    message = str(err.value)
+    assert "the analysis of" in message and "traffic failed at interval 1: 5xx" in message, message
+    assert f"traffic is back on {before.color} ({before.version})" in message
+    assert_traffic_untouched(bad, before)
+    last = edge.read_history(bad)[-1]
+    assert (last["to_version"], last["outcome"]) == ("v6-fails-users", "rolled back")
+    assert {g["outcome"] for g in last["gates"] if g["phase"] in ("pre", "post")} == {"passed"}  # the gates saw nothing
+    analysis = last["analysis"]
+    assert analysis["verdict"] == "failed" and analysis["baseline"]["error_ratio"] == 0
+    first = analysis["intervals"][0]
+    assert first["verdict"] == "failed" and 0.1 < first["figures"]["error_ratio"] < 0.3 and first["figures"]["requests"] >= 20
+    failed = [t for t, status, _ in load.seen if status >= 500 or status == 0]
+    switched_for = last["timings"]["analysis"] if "analysis" in last["timings"] else None
+    with capsys.disabled():
+        print(f"\n  bad release: {len(failed)} of {len(load.seen)} user requests failed between the switch and the flip-back "
+              f"(analysis {switched_for}s)")
+    assert 0 < len(failed) < len(load.seen)
+    assert all(color == before.color for t, status, color in load.seen if t > time.time() - 0.5)
+
+
+def test_a_good_release_passes_the_analysis_under_the_same_load(rstack):
+    good = dataclasses.replace(rstack, **ANALYSIS)
+    before = live(good)
+    with UserLoad(good) as load:
+        record = release.deploy(good, version="v7-good")
+    assert record.outcome == "switched" and live(good).version == "v7-good"
+    analysis = edge.read_history(good)[-1]["analysis"]
+    assert analysis["verdict"] == "passed" and [i["verdict"] for i in analysis["intervals"]] == ["passed", "passed"]
+    assert all(i["figures"]["errors"] == 0 for i in analysis["intervals"])
+    assert not [s for _, s, _ in load.seen if s != 200]
+    assert before.version != "v7-good"

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from deploy import edge, facts, gates, render, runner, stack, tls
+from deploy import edge, facts, gates, render, runner, stack, tls, traffic
 
 from .conftest import free_port, invoke
 
@@ -229,6 +229,34 @@ def test_logs_of_one_service(live_stack, stack_env):
     bad = invoke("logs", "backend_red", env=stack_env)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("colorgate: unknown service 'backend_red': use one of postgres, edge")
     assert proc.returncode == 0 and "backend_blue" in proc.stdout
+
+
+def test_the_edge_logs_every_request_with_the_color_that_answered_it(live_stack, settings, stack_env, client):
+    """Real traffic per color, read through the Engine API: what the app answered under
+    its color and version, what the edge answered itself apart; `invoke traffic` shows it."""
+    live = edge.read_active(settings)
+    started = time.time() - 0.5
+    for _ in range(20):
+        assert client.get("/api/version").status_code == 200
+    for _ in range(5):
+        assert client.get("/api/no-such-thing?token=secret-in-query").status_code == 404
+    deadline = time.monotonic() + 5  # the log is flushed every second
+    while time.monotonic() < deadline:
+        requests = [r for r in traffic.read(settings, started) if r.path.startswith("/api/")]
+        if len(requests) >= 25:
+            break
+        time.sleep(0.2)
+    mine = [r for r in requests if r.color == live.color]
+    assert len(mine) >= 25 and {r.version for r in mine} == {live.version}
+    assert sorted({r.status for r in mine}) == [200, 404] and all(0 <= r.seconds < 5 for r in mine)
+    assert not any("secret-in-query" in r.path for r in requests)  # the path without its query: no tokens in logs
+    found = traffic.figures(requests)[live.color]
+    assert found.requests >= 25 and found.errors == 0 and found.p99_ms >= found.p50_ms
+    shown = invoke("traffic", "--seconds", "120", "--json", env=stack_env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)[live.color]["requests"] >= 25
+    bad = invoke("traffic", "--seconds", "soon", env=stack_env)
+    assert bad.returncode == 1 and bad.stderr.strip() == "colorgate: --seconds should be a number of seconds from 1 to 86400"
 
 
 def test_gates_pass_on_the_live_stack(live_stack, stack_env, tmp_path):

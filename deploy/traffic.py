@@ -1,0 +1,210 @@
+"""Real traffic, per color: what the edge logged for every request it answered.
+
+The edge writes one JSON line per request on its stdout (compose/edge/nginx.conf,
+`log_format colorgate`): when, which color and version answered (empty: the edge
+itself, such as a 429 or a 503 with no live color), method, path, status, the
+upstream's status and times. Docker's log driver rotates it (COLORGATE_LOG_*), and
+Colorgate reads it through the Engine API, so a remote host works the same.
+
+`figures` turns a window of it into what a release is judged on: per color, the
+number of requests, the share answered 5xx, and the p50/p95/p99 of the time the edge
+took to answer. `analyse` judges the new color after a switch, interval by interval
+(COLORGATE_ANALYSIS_*), against absolute bounds and against the old color's figures
+from before the switch; a failed analysis is a failed gate: the release switches back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from deploy import edge, runner
+from deploy.config import Settings
+from deploy.errors import GateFailed
+from deploy.history import Record, at
+
+EDGE = "edge"  # the bucket of requests the edge answered itself (no color)
+
+
+@dataclass(frozen=True)
+class Request:
+    at: float  # seconds since the epoch
+    color: str  # blue, green, or "" (the edge itself)
+    version: str
+    method: str
+    path: str
+    status: int
+    seconds: float  # the whole request, as the edge saw it
+
+
+@dataclass(frozen=True)
+class Figures:
+    requests: int
+    errors: int  # answered 5xx
+    error_ratio: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    versions: tuple[str, ...]
+
+
+def parse(lines: list[str]) -> list[Request]:
+    """The edge's JSON lines (anything else in its output is skipped)."""
+    found = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            d = json.loads(line)
+            found.append(Request(float(d["t"]), d.get("color", ""), d.get("version", ""), d.get("method", ""),
+                                 d.get("path", ""), int(d["status"]), float(d.get("rt", 0))))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile (`share` in 0..1) of `values`; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def figures(requests: list[Request], since: float | None = None, until: float | None = None) -> dict[str, Figures]:
+    """Per color (and EDGE for the edge's own answers), over [since, until)."""
+    groups: dict[str, list[Request]] = {}
+    for r in requests:
+        if (since is None or r.at >= since) and (until is None or r.at < until):
+            groups.setdefault(r.color or EDGE, []).append(r)
+    out = {}
+    for color, rs in sorted(groups.items()):
+        times = [r.seconds * 1000 for r in rs]
+        errors = sum(1 for r in rs if r.status >= 500)
+        out[color] = Figures(len(rs), errors, round(errors / len(rs), 4), percentile(times, 0.50), percentile(times, 0.95),
+                             percentile(times, 0.99), tuple(sorted({r.version for r in rs if r.version})))
+    return out
+
+
+def read(settings: Settings, since: float) -> list[Request]:
+    """What the edge logged from `since` (seconds since the epoch) on: at most a second
+    behind (the log's buffer is flushed every second)."""
+    raw = runner.engine(settings.docker_host, "logs", edge.edge_container(settings.project), stdout=True, stderr=False,
+                        since=int(since), what="reading the edge's request log")
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return [r for r in parse(text.splitlines()) if r.at >= since]
+
+
+def window(settings: Settings, seconds: float) -> dict[str, Figures]:
+    now = time.time()
+    return figures(read(settings, now - seconds), since=now - seconds)
+
+
+def as_json(found: dict[str, Figures]) -> dict:
+    return {color: asdict(f) for color, f in found.items()}
+
+
+def format_figures(found: dict[str, Figures], seconds: float) -> str:
+    if not found:
+        return f"no request in the last {seconds:g}s"
+    lines = [f"last {seconds:g}s    requests   5xx      ratio    p50 ms   p95 ms   p99 ms   versions"]
+    for color, f in found.items():
+        lines.append(f"{color:<14}{f.requests:>8}{f.errors:>6}{f.error_ratio:>11.2%}{f.p50_ms:>9.0f}{f.p95_ms:>9.0f}"
+                     f"{f.p99_ms:>9.0f}   {', '.join(f.versions) or '-'}")
+    return "\n".join(lines)
+
+
+# --- the analysis window after a switch ---------------------------------------------
+
+FLUSH_SECONDS = 1.2  # the edge flushes its request log every second
+SLOWDOWN_FLOOR_MS = 50.0  # an old color faster than this is compared as if it took this long
+ANALYSIS_PHASE = "analysis until "  # + the epoch second it ends, in the lock: another operator sees what is left
+
+
+@dataclass(frozen=True)
+class Bounds:
+    intervals: int
+    seconds: float
+    failure_limit: int
+    max_error_ratio: float
+    max_p95_ms: float
+    max_slowdown: float
+    min_requests: int
+    inconclusive: str  # pass, extend or fail
+
+    @classmethod
+    def of(cls, settings: Settings) -> Bounds:
+        return cls(settings.analysis_intervals, settings.analysis_seconds, settings.analysis_failure_limit,
+                   settings.analysis_max_error_ratio, settings.analysis_max_p95_ms, settings.analysis_max_slowdown,
+                   settings.analysis_min_requests, settings.analysis_inconclusive)
+
+
+def judge(found: Figures | None, baseline: Figures | None, bounds: Bounds) -> tuple[str, list[str]]:
+    """An interval's verdict (passed, failed, inconclusive) and the bounds it broke."""
+    count = found.requests if found else 0
+    if found is None or count < bounds.min_requests:
+        return "inconclusive", [f"{count} requests, fewer than {bounds.min_requests}"]
+    broken = []
+    if found.error_ratio > bounds.max_error_ratio:
+        broken.append(f"5xx {found.error_ratio:.1%} > {bounds.max_error_ratio:.1%}")
+    if found.p95_ms > bounds.max_p95_ms:
+        broken.append(f"p95 {found.p95_ms:.0f} ms > {bounds.max_p95_ms:.0f} ms")
+    if baseline is not None and baseline.requests >= bounds.min_requests:
+        limit = bounds.max_slowdown * max(baseline.p95_ms, SLOWDOWN_FLOOR_MS)
+        if found.p95_ms > limit:
+            broken.append(f"p95 {found.p95_ms:.0f} ms > {bounds.max_slowdown:g} x the old color's {baseline.p95_ms:.0f} ms")
+    return ("failed" if broken else "passed"), broken
+
+
+def describe(found: Figures | None) -> str:
+    if found is None:
+        return "no request"
+    return f"{found.requests} requests, 5xx {found.error_ratio:.1%}, p95 {found.p95_ms:.0f} ms, p99 {found.p99_ms:.0f} ms"
+
+
+def analyse(settings: Settings, record: Record, color: str, old_color: str) -> None:
+    """Judge `color`'s real traffic after the switch, one interval at a time, from now
+    on (the gates' own requests are over); each interval's figures and verdict go into
+    the record. Raises GateFailed once `failure_limit` intervals failed."""
+    bounds = Bounds.of(settings)
+    if bounds.intervals <= 0:
+        return
+    start = time.time()
+    baseline = figures(read(settings, start - bounds.intervals * bounds.seconds),
+                       since=start - bounds.intervals * bounds.seconds, until=start).get(old_color)
+    record.analysis = {"color": color, "bounds": asdict(bounds), "baseline": asdict(baseline) if baseline else None, "intervals": []}
+    runner.say(f"   analysis of {color}: {bounds.intervals} x {bounds.seconds:g}s; {old_color} before the switch: {describe(baseline)}")
+    try:
+        _intervals(settings, record, color, bounds, baseline, start)
+    finally:
+        record.timings["analysis"] = round(time.time() - start, 3)
+
+
+def _intervals(settings: Settings, record: Record, color: str, bounds: Bounds, baseline: Figures | None, start: float) -> None:
+    planned, failed, number = bounds.intervals, 0, 0
+    while number < planned:
+        number += 1
+        end = start + bounds.seconds
+        at(record, f"{ANALYSIS_PHASE}{int(start + (planned - number + 1) * bounds.seconds)}")
+        with runner.step(f"analysing {color}'s traffic, interval {number} of {planned}"):
+            time.sleep(max(0.0, end - time.time()) + FLUSH_SECONDS)
+            found = figures(read(settings, start), since=start, until=end).get(color)
+        verdict, broken = judge(found, baseline, bounds)
+        if verdict == "inconclusive":
+            if bounds.inconclusive == "extend" and planned < 2 * bounds.intervals:
+                planned += 1
+            elif bounds.inconclusive == "fail":
+                verdict = "failed"
+        record.analysis["intervals"].append({"interval": number, "from": round(start, 3), "to": round(end, 3), "verdict": verdict,
+                                             "broken": broken, "figures": asdict(found) if found else None})
+        runner.say(f"   interval {number}: {describe(found)}: {verdict}" + (f" ({'; '.join(broken)})" if broken else ""))
+        if verdict == "failed":
+            failed += 1
+            if failed >= bounds.failure_limit:
+                record.analysis["verdict"] = "failed"
+                raise GateFailed(f"the analysis of {color}'s traffic failed at interval {number}: {'; '.join(broken)}")
+        start = end
+    record.analysis["verdict"] = "passed"
