@@ -163,6 +163,22 @@ def traffic(c, seconds=None, profile=None, host=None, json_=False):
     print(json.dumps(_traffic.as_json(found), indent=2) if json_ else _traffic.format_figures(found, seconds))
 
 
+@task(help={"on": "answer every route with a 503 maintenance page", "off": "serve the app again", "message": "one line for the page",
+            "retry": "seconds for Retry-After (default 60)", "profile": "env profile", "host": HOST_HELP})
+@operator_errors
+def maintenance(c, on=False, off=False, message="", retry=None, profile=None, host=None):
+    """Maintenance mode: the edge answers the app's routes with 503, Retry-After and a message; its own health stays up."""
+    if on == off:
+        raise ColorgateError("say --on or --off")
+    retry = str(retry or 60)
+    if not retry.isdigit() or not 1 <= int(retry) <= 86400:
+        raise ColorgateError("--retry should be a number of seconds from 1 to 86400")
+    settings = _target(profile, host)
+    changed = _history.maintenance(settings, on, message, int(retry))
+    print("maintenance mode on: the app's routes answer 503" if on else
+          "maintenance mode off: the app is served" if changed else "maintenance mode was off")
+
+
 LOCK_HELP = "break a stale release lock left by a run that died (check `invoke status` first)"
 
 
@@ -431,7 +447,7 @@ def tls_schedule(c, profile=None, host=None):
     print(_tls.schedule(settings))
 
 
-ns = Collection(bootstrap, init, up, down, status, render, logs, traffic, deploy, switch, rollback, history, bench)
+ns = Collection(bootstrap, init, up, down, status, render, logs, traffic, maintenance, deploy, switch, rollback, history, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
 ns.add_collection(Collection("images", images_push, images_send))

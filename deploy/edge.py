@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from deploy import facts, runner
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
-from deploy.errors import BadVersion, CommandError, StackError
+from deploy.errors import BadVersion, ColorgateError, CommandError, StackError
 
 STATE_DIR = "/etc/colorgate/state"
 LIVE_FILE = f"{STATE_DIR}/live"
 FREEZE_FILE = f"{STATE_DIR}/freeze"
+MAINTENANCE_FILE = f"{STATE_DIR}/maintenance"
 DATABASE_RECORD = f"{STATE_DIR}/database.json"
 # What the edge routes now and its requests in flight per color (colorgate.lua),
 # answered only inside the container.
@@ -44,6 +45,10 @@ VERSION = re.compile(f"^{VERSION_RE}$")
 # file that did not come from here is refused before it is renamed into place).
 LIVE_LINES = f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}"
 FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?"
+# A maintenance message goes into an HTML page and a JSON string as it is: no markup,
+# quotes, backslashes or control characters, at most 300 characters.
+MESSAGE = re.compile(r'[^\x00-\x1f\x7f<>&"\\]{0,300}')
+MAINTENANCE_LINES = r'#.*|retry=[0-9]+|since=[0-9TZ:+.-]+|bypass=[0-9a-f]+|message=[^<>&"\\]*'
 
 # Validate and install a state file in one exec: the new text is $5 (empty removes
 # the file at $1); every line must match $2 and each key in $3 must be there, or the
@@ -95,6 +100,13 @@ def render_live(color: str, version: str) -> str:
 
 def render_freeze(hold_seconds: float) -> str:
     return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n"
+
+
+def render_maintenance(message: str, retry: int, since: str, bypass: str) -> str:
+    if not MESSAGE.fullmatch(message):
+        raise ColorgateError("the maintenance message must be one line of at most 300 characters without < > & \" or \\")
+    return (f"# Managed by Colorgate: maintenance mode; every route answers 503 with this message.\n"
+            f"retry={retry}\nsince={since}\nbypass={bypass}\nmessage={message}\n")
 
 
 def _fields(text: str) -> dict[str, str]:
@@ -150,6 +162,10 @@ def switch_cmd(text: str, expect: str = "") -> list[str]:
 
 def freeze_cmd(frozen: bool, text: str) -> list[str]:
     return write_cmd(FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}", text)
+
+
+def maintenance_cmd(text: str) -> list[str]:
+    return write_cmd(MAINTENANCE_FILE, MAINTENANCE_LINES, "retry bypass" if text else "", f"maintenance={'on' if text else 'off'}", text)
 
 
 def state_cmd() -> list[str]:
@@ -227,6 +243,18 @@ def set_frozen(settings: Settings, frozen: bool) -> None:
     held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on."""
     in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds) if frozen else ""),
             "starting a write freeze" if frozen else "ending the write freeze")
+
+
+def set_maintenance(settings: Settings, text: str) -> None:
+    """Turn maintenance mode on (`text`: render_maintenance) or off (empty), from the
+    next request on."""
+    in_edge(settings, maintenance_cmd(text), "turning maintenance mode on" if text else "turning maintenance mode off")
+
+
+def read_maintenance(settings: Settings) -> dict[str, str] | None:
+    """The maintenance file's fields (retry, since, message, bypass), None when off."""
+    text = in_edge(settings, read_file_cmd(MAINTENANCE_FILE), "reading maintenance mode").stdout
+    return _fields(text) or None
 
 
 def is_frozen(settings: Settings) -> bool:

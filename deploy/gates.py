@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy import runner, tls
+from deploy import edge, runner, tls
 from deploy.config import Settings
 
 
@@ -24,23 +24,36 @@ class EdgeClient(httpx.Client):
     public domain (SNI, certificate name and Host), so the domain need not resolve
     from where the gates run."""
 
-    def __init__(self, server_name: str, **kwargs):
+    def __init__(self, server_name: str, bypass=None, **kwargs):
         super().__init__(headers={"Host": server_name}, **kwargs)
         self._server_name = server_name
+        self._bypass = bypass  # the gates': reads maintenance mode's token, once, when the edge answers with it
 
     def build_request(self, *args, **kwargs) -> httpx.Request:
         request = super().build_request(*args, **kwargs)
         request.extensions["sni_hostname"] = self._server_name
         return request
 
+    def send(self, request: httpx.Request, **kwargs) -> httpx.Response:
+        response = super().send(request, **kwargs)
+        if self._bypass and response.status_code == 503 and response.headers.get("x-colorgate-maintenance") == "on":
+            token, self._bypass = self._bypass(), None
+            if token:  # the gates judge the app, which maintenance mode hides from users only
+                self.headers["X-Colorgate-Bypass"] = request.headers["X-Colorgate-Bypass"] = token
+                response.close()
+                return super().send(request, **kwargs)
+        return response
 
-def edge_client(settings: Settings, ca_pem: str | None = None) -> httpx.Client:
+
+def edge_client(settings: Settings, ca_pem: str | None = None, gate: bool = False) -> httpx.Client:
     """HTTPS client for the public edge, verifying its certificate against `ca_pem`
-    (the edge's local CA by default) and the configured domain."""
+    (the edge's local CA by default) and the configured domain. A `gate` client passes
+    maintenance mode (with its token, read when the edge first answers with it)."""
     ca_pem = ca_pem if ca_pem is not None else tls.read_local_ca(settings)
     port = "" if settings.https_port == 443 else f":{settings.https_port}"
     return EdgeClient(
         settings.domain,
+        bypass=(lambda: (edge.read_maintenance(settings) or {}).get("bypass")) if gate else None,
         base_url=f"https://{settings.edge_address}{port}",
         verify=tls.client_context(ca_pem),
         timeout=10,

@@ -24,6 +24,19 @@ from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, GateFailed, LockHeld
 
 
+def maintenance(settings: Settings, on: bool, message: str = "", retry: int = 60) -> bool:
+    """Maintenance mode on or off at the edge, recorded in the history; False when it
+    already was. Colorgate's gates pass through with the bypass token (gates.py)."""
+    if not on and edge.read_maintenance(settings) is None:
+        return False
+    text = edge.render_maintenance(message, retry, now(), secrets.token_hex(16)) if on else ""
+    edge.set_maintenance(settings, text)
+    live = edge.read_active(settings)
+    edge.append_history(settings, asdict(Record("maintenance", "", "", "", "", outcome="on" if on else "off", detail=message,
+                                                live_color=live.color if live else "", live_version=live.version if live else "")))
+    return True
+
+
 def operator() -> str:
     return os.environ.get("COLORGATE_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
 
@@ -184,7 +197,7 @@ def at(record: Record | None, phase: str) -> None:
 
 @dataclass
 class Record:
-    action: str  # deploy, switch, rollback, migrate, db.move, break-lock
+    action: str  # deploy, switch, rollback, migrate, db.move, break-lock, maintenance
     from_color: str
     to_color: str
     from_version: str

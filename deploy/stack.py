@@ -395,11 +395,12 @@ def status(settings: Settings) -> dict:
     for name, passed in zip(starting, facts.parallel(lambda name: facts.passes_healthcheck(settings, name), starting)):
         if passed:
             states[name] = replace(states[name], health="healthy")
-    active, frozen, held = None, False, None
+    active, frozen, held, maintenance = None, False, None, None
     if states.get("edge") and states["edge"].state == "running":
         found = edge.read_active(settings)
         active = asdict(found) if found else None
         frozen = edge.is_frozen(settings)
+        maintenance = {k: v for k, v in (edge.read_maintenance(settings) or {}).items() if k != "bypass"} or None
         taken = edge.read_lock(settings)
         held = {**asdict(taken), "stale": taken.stale} if taken else None
     return {
@@ -408,6 +409,7 @@ def status(settings: Settings) -> dict:
         "engine": settings.docker_host or "local",
         "active": active,
         "writes_frozen": frozen,
+        "maintenance": maintenance,
         "lock": held,
         "services": [asdict(s) for _, s in sorted(states.items())],
         "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
@@ -429,6 +431,10 @@ def format_status(data: dict) -> str:
         lines.append(f"release lock: {edge.describe_holder(held['holder'])}" + (f", at {held['phase']}" if held["phase"] else "")
                      + f", last heartbeat {held['age']} s ago"
                      + (" (STALE: its run died? see `invoke history`, then --break-lock)" if held["stale"] else ""))
+    if data.get("maintenance"):
+        m = data["maintenance"]
+        lines.append(f"MAINTENANCE MODE since {m.get('since', '?')}: the app's routes answer 503"
+                     + (f" ({m['message']})" if m.get("message") else "") + " - `invoke maintenance --off` ends it")
     if data.get("writes_frozen"):
         lines.append("writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)")
     lines += [

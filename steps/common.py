@@ -67,7 +67,7 @@ def trust(gate_settings) -> str | None:
 
 @pytest.fixture(scope="session")
 def edge(gate_settings, trust):
-    with gates.edge_client(gate_settings, trust) as client:
+    with gates.edge_client(gate_settings, trust, gate=True) as client:
         yield client
 
 

@@ -5,8 +5,12 @@
 -- or a freeze takes effect without a reload: keep-alive connections stay open, and
 -- streams on the old color go on until that color is stopped.
 --
---   live     color=blue|green, version=TAG       (absent: no color is live, 503)
---   freeze   hold=SECONDS                         (absent: writes pass)
+--   live         color=blue|green, version=TAG   (absent: no color is live, 503)
+--   freeze       hold=SECONDS                     (absent: writes pass)
+--   maintenance  retry=SECONDS, since=TIME, message=TEXT, bypass=TOKEN
+--                (absent: the app is served; present: every route answers 503 with
+--                Retry-After and the message, except requests that carry the token
+--                in X-Colorgate-Bypass: Colorgate's own gates)
 --
 -- During a freeze a request with a method other than GET, HEAD or OPTIONS is held
 -- for up to `hold` seconds and passed on (to the color live then) when the freeze
@@ -20,6 +24,7 @@ local M = {}
 local STATE = "/etc/colorgate/state/"
 local LIVE = STATE .. "live"
 local FREEZE = STATE .. "freeze"
+local MAINTENANCE = STATE .. "maintenance"
 local COLORS = { blue = true, green = true }
 local SAFE = { GET = true, HEAD = true, OPTIONS = true }
 local counts = ngx.shared.colorgate
@@ -60,8 +65,26 @@ local function answer(status, content_type, body, headers)
   return ngx.exit(ngx.HTTP_OK)
 end
 
+-- Maintenance mode: a 503 page (HTML for browsers, JSON otherwise) with Retry-After.
+-- The message was checked when it was written (no markup, quotes or control characters).
+local function maintenance(m)
+  local headers = { ["Retry-After"] = m.retry or "60", ["X-Colorgate-Maintenance"] = "on", ["Cache-Control"] = "no-store" }
+  local message = m.message or ""
+  if message == "" then message = "This service is down for maintenance. Please try again shortly." end
+  if (ngx.var.http_accept or ""):find("text/html", 1, true) then
+    return answer(503, "text/html; charset=utf-8", '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+      .. '<title>Maintenance</title></head><body><h1>Maintenance</h1><p>' .. message .. '</p></body></html>', headers)
+  end
+  return answer(503, "application/json", '{"error": "maintenance", "message": "' .. message .. '"}', headers)
+end
+
 -- access_by_lua for the app's routes.
 function M.route()
+  local m = fields(MAINTENANCE)
+  if m and (m.bypass or "") ~= "" and ngx.var.http_x_colorgate_bypass == m.bypass then
+    m = nil
+  end
+  if m then return maintenance(m) end
   local hold = M.freeze()
   if hold and not SAFE[ngx.req.get_method()] then
     local started = ngx.now()
@@ -108,6 +131,7 @@ function M.state()
   ngx.say("color=", live.color or "")
   ngx.say("version=", live.version or "")
   ngx.say("writes=", hold and "frozen" or "open")
+  ngx.say("maintenance=", fields(MAINTENANCE) and "on" or "off")
   for color in pairs(COLORS) do ngx.say("inflight_", color, "=", counts:get(color) or 0) end
   ngx.say("inflight_writes=", counts:get("writes") or 0)
 end

@@ -275,6 +275,42 @@ def test_gates_pass_on_the_live_stack(live_stack, stack_env, tmp_path):
         assert f'value="{feature}"' in xml, f"the {feature} gate did not run"
 
 
+def test_maintenance_mode_answers_503_with_retry_after_while_the_gates_and_the_edges_health_go_on(live_stack, settings, stack_env, client):
+    """Users get a 503 page with Retry-After (HTML for a browser, JSON otherwise) and
+    the edge's security headers; the edge's own health stays up; Colorgate's gates pass
+    through it (they judge the app); status and the history say so."""
+    import subprocess
+    import sys
+
+    bad = invoke("maintenance", "--on", "--message", "<script>alert(1)</script>", env=stack_env)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("colorgate: the maintenance message must be one line")
+    assert client.get("/api/version").status_code == 200  # nothing changed
+    on = invoke("maintenance", "--on", "--message", "Back at 14:00: upgrading the database", "--retry", "120", env=stack_env)
+    try:
+        assert on.returncode == 0 and on.stdout.strip() == "maintenance mode on: the app's routes answer 503", on.stderr
+        page = client.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
+        assert page.status_code == 503 and page.headers["retry-after"] == "120" and page.headers["x-colorgate-maintenance"] == "on"
+        assert "Back at 14:00: upgrading the database" in page.text and page.headers["content-type"].startswith("text/html")
+        assert page.headers["strict-transport-security"] and page.headers["x-content-type-options"] == "nosniff"
+        api = client.get("/api/version")
+        assert api.status_code == 503 and api.json() == {"error": "maintenance", "message": "Back at 14:00: upgrading the database"}
+        assert client.get("/healthz").status_code == 200  # the edge's own health: its container stays healthy
+        status = json.loads(invoke("status", "--json", env=stack_env).stdout)["maintenance"]
+        assert status["message"] == "Back at 14:00: upgrading the database" and status["retry"] == "120" and "bypass" not in status
+        assert "MAINTENANCE MODE since " in invoke("status", env=stack_env).stdout
+        gated = subprocess.run([sys.executable, "-m", "pytest", "features/", "-q", "-p", "no:cacheprovider", "-m", "post"],
+                               env={**os.environ, **stack_env}, capture_output=True, text=True,
+                               cwd=str(stack.__file__).rsplit("/deploy/", 1)[0])
+        assert gated.returncode == 0, gated.stdout[-2000:]
+    finally:
+        off = invoke("maintenance", "--off", env=stack_env)
+    assert off.returncode == 0 and off.stdout.strip() == "maintenance mode off: the app is served"
+    assert client.get("/api/version").status_code == 200
+    assert invoke("maintenance", "--off", env=stack_env).stdout.strip() == "maintenance mode was off"
+    records = [r for r in edge.read_history(settings) if r["action"] == "maintenance"]
+    assert [(r["outcome"], r["detail"]) for r in records[-2:]] == [("on", "Back at 14:00: upgrading the database"), ("off", "")]
+
+
 def test_up_again_changes_nothing(live_stack, settings):
     before = {s.service: s for s in facts.service_states(settings).values()}
     ids_before = {name: facts.inspect(settings, f"{settings.project}-{name}-1")["Id"] for name in before}
