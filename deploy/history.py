@@ -104,10 +104,13 @@ class Held:
 _held: list[Held] = []  # the lock this process holds
 
 
+ANALYSIS_PHASE = "analysis until "  # + the epoch second it ends (traffic.analyse): another operator sees what is left
+
+
 def held_message(found: edge.LockState) -> str:
     """One line for a command that finds the lock taken: busy, or stale (its holder died)."""
     phase = found.phase
-    if phase.startswith("analysis until ") and phase.split()[-1].isdigit():  # traffic.ANALYSIS_PHASE
+    if phase.startswith(ANALYSIS_PHASE) and phase.split()[-1].isdigit():
         phase = f"analysing the new color's traffic, {max(0, int(phase.split()[-1]) - int(time.time()))} s left"
     who = edge.describe_holder(found.holder) + (f", at {phase}" if phase else "")
     if found.stale:

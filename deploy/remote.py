@@ -61,11 +61,11 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
     sudo = "" if target.user == "root" else "sudo -n "
     if keep_root_login:
         env += "COLORGATE_ROOT_LOGIN=prohibit-password "
-    script = f"{sudo}env {env}sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)} {int(port)}"
+    script = f"sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)} {int(port)}"
     cleaned = False
     try:
         with runner.step(f"setting up {target.shown} (server-setup.sh)"):
-            out = run(target.ssh(script), "server-setup.sh").stdout
+            out = run(target.ssh(f"{sudo}env {env}{script}"), "server-setup.sh").stdout
         lines = [line for line in out.splitlines() if line.startswith("server-setup: ")]
         if keep_root_login:
             return lines
@@ -76,8 +76,7 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
                             f"and use Docker ({deploy.hint()}); run server.setup again once it can"]
         with runner.step(f"{user} logs in and uses Docker: root's SSH login off"):
             # the work directory goes in the same session: root may not log in again
-            out = run(target.ssh(f"{sudo}env COLORGATE_ROOT_LOGIN=no {env}sh {REMOTE_DIR}/server-setup.sh "
-                                 f"{shlex.quote(user)} {shlex.quote(public_key)} {int(port)}; rc=$?; rm -rf {REMOTE_DIR}; exit $rc"),
+            out = run(target.ssh(f"{sudo}env COLORGATE_ROOT_LOGIN=no {env}{script}; rc=$?; rm -rf {REMOTE_DIR}; exit $rc"),
                       "server-setup.sh").stdout
         cleaned = True
         locked = [line for line in out.splitlines() if line.startswith("server-setup: changed")]

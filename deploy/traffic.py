@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from deploy import edge, runner
 from deploy.config import Settings
 from deploy.errors import GateFailed
-from deploy.history import Record, at
+from deploy.history import ANALYSIS_PHASE, Record, at
 
 EDGE = "edge"  # the bucket of requests the edge answered itself (no color)
 
@@ -121,7 +121,6 @@ def format_figures(found: dict[str, Figures], seconds: float) -> str:
 
 FLUSH_SECONDS = 1.2  # the edge flushes its request log every second
 SLOWDOWN_FLOOR_MS = 50.0  # an old color faster than this is compared as if it took this long
-ANALYSIS_PHASE = "analysis until "  # + the epoch second it ends, in the lock: another operator sees what is left
 
 
 @dataclass(frozen=True)

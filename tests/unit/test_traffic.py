@@ -78,6 +78,6 @@ def test_another_operator_sees_how_long_the_analysis_has_left():
     from deploy import edge, history
 
     holder = {"command": "deploy", "operator": "ana@laptop", "since": "2026-11-27T10:00:00+00:00", "pid": 42, "host": "laptop"}
-    phase = f"{traffic.ANALYSIS_PHASE}{int(time.time()) + 40}"
+    phase = f"{history.ANALYSIS_PHASE}{int(time.time()) + 40}"
     message = history.held_message(edge.LockState(holder, 3, phase))
     assert ", at analysing the new color's traffic, 4" in message and " s left: wait for it to finish" in message
