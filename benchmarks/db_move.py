@@ -16,9 +16,11 @@ The helpers (managed_postgres, Writer) are shared with tests/integration/test_mo
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -40,7 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from deploy import config, db, facts, gates, move, runner, stack, tls  # noqa: E402
+from deploy import config, db, facts, gates, images, move, runner, stack, tls  # noqa: E402
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 
@@ -58,9 +60,10 @@ def free_port_on(address: str) -> int:
 
 
 def isolated(run_id: str) -> dict[str, str]:
-    """Overrides for a stack of its own, whose replication relay listens on docker0."""
+    """Overrides for a stack of its own, whose replication relay listens on docker0
+    with a certificate for that address from the stand-in public CA (public_ca)."""
     relay = docker0()
-    return {"COLORGATE_PROFILE": "development", "COLORGATE_PROJECT": run_id, "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
+    return {**relay_certificate(relay), "COLORGATE_PROFILE": "development", "COLORGATE_PROJECT": run_id, "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
             "COLORGATE_HTTP_PORT": str(free_port_on("127.0.0.1")), "COLORGATE_HTTPS_PORT": str(free_port_on("127.0.0.1")),
             "COLORGATE_MOVE_RELAY_BIND": relay, "COLORGATE_MOVE_RELAY_HOST": relay,
             "COLORGATE_MOVE_RELAY_PORT": str(free_port_on(relay)),
@@ -108,11 +111,45 @@ def server_certificate(ca_cert, ca_key, address: str) -> tuple[str, str]:
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
 
+# PostgreSQL 17 from Debian trixie, as managed services run it (16 or newer: its
+# subscriptions can check a server against the system's CAs): the examples' image on it
+MANAGED = images.BaseImage("postgres17", ("postgresql-17", "openssl", "ca-certificates"), suite="trixie")
+
+
+def managed_image(settings: config.Settings) -> str:
+    images.build_bases(settings, [MANAGED])
+    tag = f"{settings.image_prefix}postgres17:test"
+    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={MANAGED.tag(settings.debian_mirror)}", "--tag", tag,
+                str(Path(__file__).resolve().parent.parent / "examples" / "postgres-debian")], env={"DOCKER_BUILDKIT": "0"})
+    return tag
+
+
+@functools.cache
+def public_ca() -> tuple[Path, x509.Certificate, object]:
+    """A CA standing in for the public ones: managed_postgres puts it in the target's
+    system store, as a managed database trusts Let's Encrypt's. Made once per process."""
+    directory = Path(tempfile.mkdtemp(prefix="cg-public-ca-"))
+    atexit.register(shutil.rmtree, directory, True)
+    return certificate_authority(directory, "Stand-in public CA")
+
+
+def relay_certificate(address: str, ca=None) -> dict[str, str]:
+    """COLORGATE_MOVE_RELAY_CERT/KEY: files holding a certificate for `address` from the
+    stand-in public CA (or `ca`: (path, certificate, key) of another)."""
+    ca_path, ca_cert, ca_key = ca or public_ca()
+    cert, key = server_certificate(ca_cert, ca_key, address)
+    directory = Path(tempfile.mkdtemp(prefix="cg-relay-cert-", dir=ca_path.parent))
+    (directory / "fullchain.pem").write_text(cert + ca_cert.public_bytes(serialization.Encoding.PEM).decode())
+    (directory / "privkey.pem").write_text(key)
+    return {"COLORGATE_MOVE_RELAY_CERT": str(directory / "fullchain.pem"), "COLORGATE_MOVE_RELAY_KEY": str(directory / "privkey.pem")}
+
+
 @contextlib.contextmanager
 def managed_postgres(settings: config.Settings, image: str):
     """A PostgreSQL outside the stack, published on docker0, serving TLS with a
     certificate from a CA of its own, as a provider's does: its URL names the CA file
-    (sslrootcert), so Colorgate verifies it (verify-full). Removed afterwards."""
+    (sslrootcert), so Colorgate verifies it (verify-full). It trusts the stand-in
+    public CA, as a provider's trusts the public ones. Removed afterwards."""
     address, password = docker0(), secrets.token_urlsafe(16)
     port = free_port_on(address)
     name = f"{settings.project}-managed-{secrets.token_hex(3)}"
@@ -131,6 +168,9 @@ def managed_postgres(settings: config.Settings, image: str):
                     'umask 077; printf "%s" "$CERT" > "$PGDATA/server.crt"; cat > "$PGDATA/server.key"'],
                    input=key, env={"CERT": cert})
         managed.sql("SELECT pg_reload_conf()")  # PostgreSQL reads its certificate again on reload
+        runner.run(["docker", "exec", "-i", "--user", "0", name, "sh", "-c", "command -v update-ca-certificates > /dev/null || exit 0; "
+                    "cat > /usr/local/share/ca-certificates/public.crt && update-ca-certificates > /dev/null"],
+                   input=public_ca()[0].read_text())
         managed.sql("SELECT 1")
         yield managed
     finally:
@@ -201,7 +241,7 @@ def one_mode(mode: str, rows: int) -> dict:
         t = time.monotonic()
         db.backup(settings)
         backup_s = time.monotonic() - t
-        with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+        with managed_postgres(settings, managed_image(settings)) as managed:
             with Writer(settings) as writer:
                 t = time.monotonic()
                 record = move.move(settings, managed.url, mode=mode)

@@ -77,6 +77,9 @@ class Settings:
     move_relay_port: int
     move_relay_allow: tuple[str, ...]
     move_relay_host: str
+    move_relay_sslmode: str
+    move_relay_cert: str
+    move_relay_key: str
     postgres_db: str
     postgres_user: str
     postgres_password: str = field(repr=False)
@@ -263,6 +266,9 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         raise ConfigError(
             f"COLORGATE_HTTP_PORT and COLORGATE_HTTPS_PORT are both {parsed['COLORGATE_HTTP_PORT']}: give them different ports"
         )
+    if bool(parsed["COLORGATE_MOVE_RELAY_CERT"]) != bool(parsed["COLORGATE_MOVE_RELAY_KEY"]):
+        raise ConfigError("COLORGATE_MOVE_RELAY_CERT and COLORGATE_MOVE_RELAY_KEY go together: set both (the relay's "
+                          "certificate chain and its key) or neither (the edge's certificate)")
     app = app or load_app(root, str(parsed["COLORGATE_APP"]), sources.get("COLORGATE_APP"))
     if app.postgres:
         for key in ("POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"):

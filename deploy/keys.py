@@ -258,6 +258,14 @@ KEYS: dict[str, Key] = {
     "COLORGATE_MOVE_RELAY_ALLOW": Key(_networks, ""),
     # ... and reaches the host under this name or address (empty: COLORGATE_DOMAIN).
     "COLORGATE_MOVE_RELAY_HOST": Key(_pattern(re.compile(r"^[A-Za-z0-9.:-]*$"), "should be a host name or address"), ""),
+    # ... and the target checks whose server it reaches there: verify-full (the default)
+    # against its own system CAs (sslrootcert=system, PostgreSQL 16 or newer), so the
+    # stack's PostgreSQL serves, while the relay runs, a certificate for that name from
+    # a CA the target trusts: these files (chain and key, on this machine) or, without
+    # them, the edge's ACME certificate. require: TLS, the certificate not checked.
+    "COLORGATE_MOVE_RELAY_SSLMODE": Key(_pattern(re.compile(r"^(verify-full|require)$"), "should be verify-full or require"), "verify-full"),
+    "COLORGATE_MOVE_RELAY_CERT": Key(_pattern(re.compile(r"^\S*$"), "should be the path of a PEM certificate chain"), ""),
+    "COLORGATE_MOVE_RELAY_KEY": Key(_pattern(re.compile(r"^\S*$"), "should be the path of a PEM private key"), ""),
     # The app's own PostgreSQL (x-colorgate.database): required only when it has one.
     "POSTGRES_DB": Key(_pattern(OPTIONAL_IDENT, "should be a plain identifier (letters, digits, '_'; at most 59)"), ""),
     "POSTGRES_USER": Key(_pattern(OPTIONAL_IDENT, "should be a plain identifier (letters, digits, '_'; at most 59)"), ""),

@@ -148,6 +148,7 @@ def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
     check_compatible(source, found, shown, mode)
     runner.say(f"   target {shown}: PostgreSQL {found.major}, empty, credentials accepted (local: PostgreSQL {source.major})")
     if mode == "replicate":
+        relay.check_tls(settings, found.major)
         relay.check(settings)
     return found
 

@@ -19,6 +19,14 @@ the relay and closed with it (`start`, `remove`):
                           never runs Colorgate again does not keep them)
     the one-off role      its publication and slot (dropped by move.py and `drop`)
 
+The target checks the server it reaches through the relay (COLORGATE_MOVE_RELAY_SSLMODE
+verify-full, the default): against its system CAs (`sslrootcert=system`, PostgreSQL 16
+or newer; a managed database has no file of ours to check against), for the name
+COLORGATE_MOVE_RELAY_HOST. So while the relay runs, the stack's PostgreSQL serves a
+certificate for that name from a public CA (`certificate`, `serve`): the files in
+COLORGATE_MOVE_RELAY_CERT/KEY, or the edge's own ACME certificate, in its data
+directory and named by ALTER SYSTEM, both taken back with the relay.
+
 A move that died leaves the relay running: the next command's reconcile removes it
 and all of the above (recover.py).
 """
@@ -26,10 +34,12 @@ and all of the above (recover.py).
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
 
-from deploy import dbtools, runner, stack
+from deploy import dbtools, runner, stack, tls
 from deploy.config import Settings
-from deploy.errors import ColorgateError, MoveError
+from deploy.errors import ColorgateError, ConfigError, MoveError
 from deploy.facts import container as container_of, inspect as inspect_container, psql_cmd
 from deploy.history import Record, at
 
@@ -173,6 +183,106 @@ END $$;
 """
 
 
+# --- the certificate the target checks --------------------------------------------
+
+CERT_FILES = ("colorgate-relay.crt", "colorgate-relay.key")  # in the data directory while the relay runs
+SYSTEM_ROOTS_SINCE = 16  # the first PostgreSQL whose libpq takes sslrootcert=system
+
+# `on CHAIN` (the key on stdin) writes the files, owned as the data directory is;
+# `off` removes them.
+SERVE_SCRIPT = f"""set -eu
+cd "$PGDATA"
+if [ "$1" = on ]; then
+  umask 077
+  printf '%s' "$2" > {CERT_FILES[0]}
+  cat > {CERT_FILES[1]}
+  if [ "$(id -u)" = 0 ]; then chown "$(stat -c %u:%g .)" {CERT_FILES[0]} {CERT_FILES[1]}; fi
+else
+  rm -f {CERT_FILES[0]} {CERT_FILES[1]}
+fi
+"""
+# ALTER SYSTEM cannot run in a transaction or a DO block: psql's \\if decides
+SERVE_SQL = f"""ALTER SYSTEM SET ssl_cert_file = '{CERT_FILES[0]}';
+ALTER SYSTEM SET ssl_key_file = '{CERT_FILES[1]}';
+SELECT pg_reload_conf();
+"""
+UNSERVE_SQL = f"""SELECT current_setting('ssl_cert_file') = '{CERT_FILES[0]}' AS ours \\gset
+\\if :ours
+ALTER SYSTEM RESET ssl_cert_file;
+ALTER SYSTEM RESET ssl_key_file;
+SELECT pg_reload_conf();
+\\endif
+"""
+
+
+def verify_full_possible(target_major: int) -> None:
+    if target_major < SYSTEM_ROOTS_SINCE:
+        raise MoveError(f"the target runs PostgreSQL {target_major}, which cannot check the relay's certificate against its "
+                        f"system CAs (sslrootcert=system needs {SYSTEM_ROOTS_SINCE} or newer): set COLORGATE_MOVE_RELAY_SSLMODE=require "
+                        "to let it subscribe over TLS unchecked, or use --mode dump")
+
+
+def certificate(settings: Settings) -> tuple[str, str, str]:
+    """(chain, key, where from) that the stack's PostgreSQL serves while the relay runs,
+    checked for COLORGATE_MOVE_RELAY_HOST: the files the settings name, else the edge's."""
+    host = settings.move_relay_host
+    if settings.move_relay_cert:
+        texts = []
+        for name, value in (("COLORGATE_MOVE_RELAY_CERT", settings.move_relay_cert), ("COLORGATE_MOVE_RELAY_KEY", settings.move_relay_key)):
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{name}={value} is not a file here: give the path of the relay's PEM "
+                                  f"{'certificate chain' if name.endswith('CERT') else 'private key'} for {host}")
+            texts.append(path.read_text())
+        runner.add_secret(texts[1].strip())
+        chain, key, origin = texts[0], texts[1], f"the relay's certificate ({settings.move_relay_cert})"
+    else:
+        chain, key, local = tls.key_pair(settings)
+        if local:
+            raise MoveError(f"the edge serves a certificate of its own local CA, which the target does not trust, so it could not "
+                            f"check the relay: get an ACME certificate for {host} first (`invoke tls.init`), give one in "
+                            "COLORGATE_MOVE_RELAY_CERT/KEY, or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked")
+        origin = "the edge's certificate"
+    tls.check_pair(chain, key, host, origin, "COLORGATE_MOVE_RELAY_HOST", MoveError)
+    return chain, key, origin
+
+
+def serve(settings: Settings, material: tuple[str, str] | None, check: bool = True) -> None:
+    """Make the stack's PostgreSQL serve `material` (chain, key), and wait until new
+    connections get it; None: serve its own certificate again (if ours is set)."""
+    container = container_of(settings, settings.app.postgres.service)
+    env = settings.docker_env()
+    if material is None:
+        runner.run(psql_cmd(container, settings), input=UNSERVE_SQL, env=env, check=check,
+                   what="giving the database its own certificate back")
+        runner.run(["docker", "exec", container, "sh", "-c", SERVE_SCRIPT, "relay-cert", "off"], env=env, check=False)
+        return
+    chain, key = material
+    runner.run(["docker", "exec", "-i", container, "sh", "-c", SERVE_SCRIPT, "relay-cert", "on", chain], input=key, env=env,
+               what="giving the database the relay's certificate")
+    runner.run(psql_cmd(container, settings), input=SERVE_SQL, env=env, what="naming the relay's certificate")
+    deadline = time.monotonic() + 5
+    while True:  # the reload is a signal: a session started after it has been handled sees the new setting
+        shown = runner.run(psql_cmd(container, settings), input="SHOW ssl_cert_file;", env=env, what="reading ssl_cert_file").stdout.strip()
+        if shown == CERT_FILES[0]:
+            return
+        if time.monotonic() > deadline:
+            raise MoveError(f"the database does not take the relay's certificate (ssl_cert_file stays {shown!r}; set on its "
+                            "command line?): leave ssl_cert_file to postgresql.conf, or set COLORGATE_MOVE_RELAY_SSLMODE=require")
+        time.sleep(0.1)
+
+
+def check_tls(settings: Settings, target_major: int) -> None:
+    """Before a replicate move changes anything: the target can check the relay's
+    certificate, and it is one it would accept (or the settings say it need not)."""
+    if settings.move_relay_sslmode == "verify-full":
+        verify_full_possible(target_major)
+        _, _, origin = certificate(settings)
+        runner.say(f"   relay TLS: the target checks {origin} for {settings.move_relay_host} against its system CAs (verify-full)")
+    else:
+        runner.say("   relay TLS: the target does not check the relay's certificate (COLORGATE_MOVE_RELAY_SSLMODE=require)")
+
+
 def check(settings: Settings, network: str = "host") -> None:
     """Before a replicate move changes anything: on a host whose firewall
     (server-setup.sh) drops published ports, the allow-list must say who may reach
@@ -220,6 +330,7 @@ def remove(settings: Settings, network: str = "host") -> None:
     """Remove the relay and what it opened (best effort: the database may be down or
     retired, the firewall's elements may have expired)."""
     firewall(settings, "close", network)
+    serve(settings, None, check=False)
     _hba(settings, [], check=False)
     runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
                env=stack.compose_env(settings, {}), check=False, what="removing the replication relay")
@@ -266,12 +377,21 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
 CREATE PUBLICATION {ROLE} FOR ALL TABLES;
 """, what="creating the publication")
         start(settings)
+        checked = settings.move_relay_sslmode == "verify-full"
+        if checked:
+            chain, key, origin = certificate(settings)
+            serve(settings, (chain, key))
+    tls_params = "sslmode=verify-full sslrootcert=system" if checked else "sslmode=require"
     conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
-                f"user={ROLE} password={password} sslmode=require connect_timeout=10")
-    with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port})"):
+                f"user={ROLE} password={password} {tls_params} connect_timeout=10")
+    with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port}, {tls_params.split()[0]})"):
         created = dbtools.psql(settings, f"CREATE SUBSCRIPTION {ROLE} CONNECTION '{conninfo}' PUBLICATION {ROLE};", url, check=False)
         if created.returncode != 0:
             last = (runner.redact(created.stderr).strip().splitlines() or ["no output"])[-1]
+            if checked and "certificate" in last:
+                raise MoveError(f"the target does not accept the relay's certificate ({origin}; {last}): it checks it against its "
+                                f"system CAs for {settings.move_relay_host}: give a certificate from a public CA for that name "
+                                "(COLORGATE_MOVE_RELAY_CERT/KEY), or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked")
             raise MoveError(f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
                             "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and its addresses in COLORGATE_MOVE_RELAY_ALLOW")
     at(record, "initial_sync")

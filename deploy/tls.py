@@ -38,14 +38,87 @@ def client_context(ca_pem: str | None = None, ca_file: Path | None = None) -> ss
 
 
 CERT = f"{TLS_DIR}/live/fullchain.pem"
+KEY = f"{TLS_DIR}/live/privkey.pem"
+LOCAL_MARKER = f"{TLS_DIR}/live/.colorgate-local"  # there while the local CA's certificate is served
 ACME_STATE = f"{TLS_DIR}/acme.json"
+
+
+def key_pair(settings: Settings) -> tuple[str, str, bool]:
+    """(certificate chain, private key, made by the local CA) that the edge serves."""
+    out = edge.in_edge(settings, ["sh", "-c", f"cat {CERT}; echo '--colorgate-key--'; cat {KEY}; echo '--colorgate-local--'; "
+                                  f"test ! -f {LOCAL_MARKER} || echo local"], "reading the edge's certificate").stdout
+    chain, _, rest = out.partition("--colorgate-key--")
+    key, _, local = rest.partition("--colorgate-local--")
+    runner.add_secret(key.strip())
+    return chain.strip() + "\n", key.strip() + "\n", local.strip() == "local"
+
+
+def names(cert) -> list[str]:
+    """A certificate's subject alternative names (DNS names, then addresses)."""
+    from cryptography import x509
+
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*sans.get_values_for_type(x509.DNSName), *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))]
+
+
+def covers(cert_names: list[str], host: str) -> bool:
+    """Whether a certificate with these names is valid for `host` as a verifying client
+    sees it: an address matches an address; a name matches a name, or a wildcard
+    (`*.example.com`) in its first label only."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    host = host.lower().rstrip(".")
+    for name in cert_names:
+        if address is not None:
+            try:
+                if ipaddress.ip_address(name) == address:
+                    return True
+            except ValueError:
+                pass
+            continue
+        name = name.lower().rstrip(".")
+        if name == host or (name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]):
+            return True
+    return False
+
+
+def check_pair(chain: str, key: str, host: str, origin: str, setting: str, error=ColorgateError, now=None) -> None:
+    """Refuse (raise `error`) a chain and key that a verifying client would not accept
+    for `host`, the value of `setting`, or a server would not load: not PEM, a key of
+    another certificate, another name, not valid now."""
+    from datetime import datetime, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        leaf = x509.load_pem_x509_certificates(chain.encode())[0]
+        private = serialization.load_pem_private_key(key.encode(), None)
+    except (ValueError, TypeError) as exc:
+        raise error(f"{origin} is not a PEM certificate chain and an unencrypted PEM key ({str(exc).splitlines()[0]}): "
+                    "give the chain (the server's certificate first) and its key") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise error(f"{origin}: the key is not the certificate's: give the key of the first certificate in the chain")
+    if not covers(names(leaf), host):
+        raise error(f"{origin} is for {', '.join(names(leaf)) or 'no name'}, not {host} ({setting}), "
+                    f"so a client checking it would refuse it: give a certificate for {host}, or set {setting} to one of its names")
+    now = now or datetime.now(timezone.utc)
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise error(f"{origin} is not valid now (from {leaf.not_valid_before_utc:%Y-%m-%d} to {leaf.not_valid_after_utc:%Y-%m-%d}): "
+                    "renew it (`invoke tls.renew` for the edge's) or give a current one")
 
 
 def served_cert_cmd(project: str) -> list[str]:
     """The certificate chain the edge serves, and the ACME record when there is one."""
     return ["docker", "exec", edge.edge_container(project), "sh", "-c",
             f"cat {CERT}; echo '--colorgate-acme--'; cat {ACME_STATE} 2>/dev/null || true; "
-            f"echo '--colorgate-local--'; cat {TLS_DIR}/live/.colorgate-local 2>/dev/null || true"]
+            f"echo '--colorgate-local--'; cat {LOCAL_MARKER} 2>/dev/null || true"]
 
 
 def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -> dict:
@@ -56,11 +129,6 @@ def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -
 
     cert = x509.load_pem_x509_certificates(pem.encode())[0]
     now = now or datetime.now(timezone.utc)
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [*sans.get_values_for_type(x509.DNSName), *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))]
-    except x509.ExtensionNotFound:
-        names = []
     not_after = cert.not_valid_after_utc
     try:
         acme = json.loads(acme_state) if acme_state.strip() else None
@@ -68,7 +136,7 @@ def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -
         acme = None
     return {
         "subject": cert.subject.rfc4514_string(),
-        "sans": names,
+        "sans": names(cert),
         "issuer": cert.issuer.rfc4514_string(),
         "serial": format(cert.serial_number, "x"),
         "not_before": cert.not_valid_before_utc.isoformat(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,8 +34,15 @@ def make_ca(name: str = "Colorgate test CA") -> tuple[str, str]:
     return _pem(cert, key)
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def make_leaf(ca_pem: str, ca_key_pem: str, name: str, days: int) -> tuple[str, str]:
-    """A server certificate for `name`; `days` < 0 makes one that expired that long ago."""
+    """A server certificate for `name` (a host name or an address); `days` < 0 makes one that expired that long ago."""
     ca = x509.load_pem_x509_certificate(ca_pem.encode())
     ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -44,7 +52,7 @@ def make_leaf(ca_pem: str, ca_key_pem: str, name: str, days: int) -> tuple[str, 
         x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(min(now, not_after) - dt.timedelta(days=30)).not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_san(name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)

@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-from benchmarks.db_move import Writer, managed_postgres
-from deploy import config, edge, facts, relay
+from benchmarks.db_move import Writer, managed_image, managed_postgres
+from deploy import config, edge, facts, relay, runner
 
 from .conftest import invoke, running_stack
 from .test_crash import assert_one_color, killed_at, killed_in, last, local_writes, one_offs
@@ -30,6 +30,11 @@ def settings(request, env):
     s = config.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
+
+
+@pytest.fixture(scope="module")
+def pg17(settings):
+    return managed_image(settings)
 
 
 def moving(env: dict[str, str], managed) -> dict[str, str]:
@@ -61,6 +66,9 @@ def assert_still_local(settings, before: edge.Active, writer: Writer) -> None:
     assert writer.acked and not set(writer.acked) - local_writes(settings)
     assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
     assert not relay.drop(settings)  # no publication, slot or role left
+    served = runner.run(["docker", "exec", f"{settings.project}-postgres-1", "psql", "-X", "-A", "-t", "-U", settings.postgres_user,
+                         "-d", settings.postgres_db, "-c", "SHOW ssl_cert_file"]).stdout.strip()
+    assert served == "server.crt"  # its own certificate again, not the relay's
 
 
 def next_command(settings, env, before: edge.Active) -> str:
@@ -87,9 +95,9 @@ def test_a_dump_move_killed_inside_its_candidates_start_leaves_traffic_and_data_
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_replicate_move_killed_inside_its_initial_sync_leaves_no_relay_slot_or_role(settings, env, sig):
+def test_a_replicate_move_killed_inside_its_initial_sync_leaves_no_relay_slot_or_role(settings, env, pg17, sig):
     before = assert_one_color(settings)
-    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+    with managed_postgres(settings, pg17) as managed:
         with Writer(settings) as writer:
             proc = killed_in("initial_sync", sig, 0.2, "db.move", "--mode", "replicate", env=moving(env, managed))
         exited_by(proc, sig)
@@ -100,9 +108,9 @@ def test_a_replicate_move_killed_inside_its_initial_sync_leaves_no_relay_slot_or
         assert_still_local(settings, before, writer)
 
 
-def test_a_replicate_move_killed_in_its_freeze_leaves_no_relay_slot_or_freeze_after_the_next_command(settings, env):
+def test_a_replicate_move_killed_in_its_freeze_leaves_no_relay_slot_or_freeze_after_the_next_command(settings, env, pg17):
     before = assert_one_color(settings)
-    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+    with managed_postgres(settings, pg17) as managed:
         with Writer(settings) as writer:
             proc = killed_at("catch_up", signal.SIGKILL, "db.move", "--mode", "replicate", env=moving(env, managed))
         exited_by(proc, signal.SIGKILL)
@@ -132,12 +140,12 @@ def test_a_dump_move_killed_in_its_freeze_mid_copy_opens_writes_and_loses_none(s
         assert_still_local(settings, before, writer)
 
 
-def test_a_replicate_move_terminated_after_its_switch_records_where_the_database_is(settings, env):
+def test_a_replicate_move_terminated_after_its_switch_records_where_the_database_is(settings, env, pg17):
     """(Last in this module: the stack ends on a managed database that is then removed.)
     SIGTERM at the record (a dump move SIGKILLed there is in test_crash.py): the
     clean-up writes the record, so nothing needs repairing."""
     before = assert_one_color(settings)
-    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+    with managed_postgres(settings, pg17) as managed:
         with Writer(settings) as writer:
             proc = killed_at("record", signal.SIGTERM, "db.move", "--mode", "replicate", env=moving(env, managed))
         exited_by(proc, signal.SIGTERM)

@@ -124,6 +124,8 @@ def test_the_jobs_app_moves_to_a_managed_database(jobs):
         poster.start()
         try:
             relay = {k: v for k, v in isolated("x").items() if k.startswith("COLORGATE_MOVE_")}  # on docker0
+            # its target is the example's own PostgreSQL 15, which cannot check the relay against system CAs: told so
+            relay["COLORGATE_MOVE_RELAY_SSLMODE"] = "require"
             moved = invoke("db.move", "--mode", "replicate", env={**env, **relay, "COLORGATE_MOVE_TO": managed.url})
         finally:
             stop.set()
@@ -131,6 +133,7 @@ def test_the_jobs_app_moves_to_a_managed_database(jobs):
         assert moved.returncode == 0, moved.stderr[-3000:]
         live = _live(s)
         out = moved.stderr
+        assert "relay TLS: the target does not check the relay's certificate (COLORGATE_MOVE_RELAY_SSLMODE=require)" in out
         assert f"pausing {old}'s workers (worker_{old})" in out
         assert out.index("ok writes open again") < out.index(f"-> starting {live[0]}'s workers (worker_{live[0]})")
         # the new color's web and worker use the managed database; old jobs came along

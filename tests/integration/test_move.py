@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from benchmarks.db_move import Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_postgres
+from benchmarks.db_move import (Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_image, managed_postgres,
+                                relay_certificate)
 from deploy import config, db, dbtools, edge, facts, gates, images, keys, relay, runner
 
 from .conftest import invoke, isolated_env, running_stack
@@ -31,6 +32,12 @@ def settings(request, env):
     s = config.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
+
+
+@pytest.fixture(scope="module")
+def pg17(settings):
+    """A target as managed services run one: 16 or newer, trusting public CAs."""
+    return managed_image(settings)
 
 
 def cli_env(env: dict[str, str], url: str | None = None, **extra: str) -> dict[str, str]:
@@ -79,7 +86,7 @@ def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings
     assert relay.HBA[0] not in hba and "dbrelay" not in facts.service_states(settings)
 
 
-def test_bad_targets_are_refused_before_anything_changes(settings, env, tmp_path):
+def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tmp_path):
     before = (edge.read_active(settings), len(edge.read_history(settings)))
     address = docker0()
     cases = [
@@ -102,6 +109,21 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, tmp_path
             last = proc.stderr.strip().splitlines()[-1]
             assert proc.returncode == 1 and last.startswith("colorgate: ") and message in last, proc.stderr
             assert "Traceback" not in proc.stderr and managed.password not in proc.stderr + proc.stdout
+    # replicate: the target must be able to check the relay's certificate, and it must be one it would accept
+    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as pg15:
+        checks = [(pg15.url, {}, "runs PostgreSQL 15, which cannot check the relay's certificate against its system CAs "
+                                 "(sslrootcert=system needs 16 or newer): set COLORGATE_MOVE_RELAY_SSLMODE=require")]
+        with managed_postgres(settings, pg17) as managed:
+            checks += [
+                (managed.url, {"COLORGATE_MOVE_RELAY_CERT": "", "COLORGATE_MOVE_RELAY_KEY": ""},
+                 "the edge serves a certificate of its own local CA, which the target does not trust"),
+                (managed.url, {"COLORGATE_MOVE_RELAY_HOST": "127.0.0.1"},
+                 f"is for {address}, not 127.0.0.1 (COLORGATE_MOVE_RELAY_HOST), so a client checking it would refuse it"),
+            ]
+            for url, extra, message in checks:
+                proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, url, **extra))
+                last = proc.stderr.strip().splitlines()[-1]
+                assert proc.returncode == 1 and last.startswith("colorgate: ") and message in last, proc.stderr
     unknown = invoke("db.move", "--mode", "teleport", env=cli_env(env, cases[0][0]))
     assert unknown.returncode == 1 and "unknown mode 'teleport': use dump or replicate" in unknown.stderr
     assert (edge.read_active(settings), len(edge.read_history(settings))) == before
@@ -139,22 +161,31 @@ def assert_nothing_moved(settings, before, proc):
     return last
 
 
-def test_a_move_that_fails_midway_leaves_traffic_and_data_where_they_were(settings, env):
+def test_a_move_that_fails_midway_leaves_traffic_and_data_where_they_were(settings, env, pg17, tmp_path):
     before = edge.read_active(settings)
     with gates.edge_client(settings) as client:
         notes = client.get("/api/notes").json()
-    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+    with managed_postgres(settings, pg17) as managed:
         # a user that may connect but not create tables: the checks pass, the restore fails
         managed.sql("CREATE ROLE limited LOGIN PASSWORD 'limited-pass-1'")
         limited = managed.url.replace(f"admin:{managed.password}", "limited:limited-pass-1")
         proc = invoke("db.move", env=cli_env(env, limited))
         assert "permission denied for schema public" in assert_nothing_moved(settings, before, proc)
         # replicate: the target cannot reach the relay, so subscribing fails after the schema copy
-        unreachable = cli_env(env, managed.url, COLORGATE_MOVE_RELAY_HOST="192.0.2.1")
+        unreachable = cli_env(env, managed.url, COLORGATE_MOVE_RELAY_HOST="192.0.2.1", COLORGATE_MOVE_RELAY_SSLMODE="require")
         proc = invoke("db.move", "--mode", "replicate", env=unreachable)
         assert "could not subscribe through 192.0.2.1" in assert_nothing_moved(settings, before, proc)
+        # the target checks the server it reaches through the relay: a certificate from a CA it does not
+        # trust is refused, and the local database serves its own certificate again
+        untrusted = relay_certificate(docker0(), ca=certificate_authority(tmp_path, "Not a public CA"))
+        managed.sql("CREATE DATABASE fresh")  # an empty one: the failed move above left its schema in `app`
+        proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, managed.url.replace("/app?", "/fresh?"), **untrusted))
+        last = assert_nothing_moved(settings, before, proc)
+        assert "the target does not accept the relay's certificate" in last and "certificate verify failed" in last, last
         local = ["docker", "exec", f"{settings.project}-postgres-1", "psql", "-X", "-A", "-t", "-U", settings.postgres_user,
                  "-d", settings.postgres_db, "-c"]
+        assert runner.run([*local, "SHOW ssl_cert_file"]).stdout.strip() == "server.crt"
+        assert runner.run(["docker", "exec", f"{settings.project}-postgres-1", "sh", "-c", 'ls "$PGDATA"']).stdout.count("colorgate-relay") == 0
         assert runner.run([*local, "SELECT count(*) FROM pg_publication"]).stdout.strip() == "0"
         assert runner.run([*local, "SELECT count(*) FROM pg_roles WHERE rolname = 'colorgate_move'"]).stdout.strip() == "0"
     with gates.edge_client(settings) as client:  # nothing of the local data was touched
@@ -223,7 +254,7 @@ def test_dump_move_under_writes_loses_nothing(settings, env):
 def test_replicate_move_under_writes_loses_nothing(request):
     env = move_env("rp")
     settings = config.load("development", environ={**os.environ, **env})
-    with running_stack(request, settings), managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+    with running_stack(request, settings), managed_postgres(settings, managed_image(settings)) as managed:
         with gates.edge_client(settings) as client:
             for i in range(200):
                 client.post("/api/notes", json={"body": f"seed-{i}"})
@@ -231,6 +262,8 @@ def test_replicate_move_under_writes_loses_nothing(request):
             proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, managed.url, COLORGATE_HOLD_SECONDS="30"))
         assert proc.returncode == 0, proc.stderr
         assert managed.password not in proc.stdout + proc.stderr
+        # the target checked the local database's certificate through the relay
+        assert "relay TLS: the target checks the relay's certificate" in proc.stderr and ", sslmode=verify-full)" in proc.stderr
         record = assert_moved(settings, env, managed, writer, "replicate")
         # within the hold bound nothing is refused: writes that came during the freeze were held,
         # then answered by the new color, on the new database

@@ -116,6 +116,17 @@ def test_malformed_values(tmp_path, line, message):
     assert str(err.value).startswith(message)
 
 
+def test_the_relays_certificate_and_key_go_together_and_it_is_checked_unless_told_otherwise(tmp_path):
+    write(tmp_path, ".env.development", GOOD)
+    assert load(tmp_path).move_relay_sslmode == "verify-full"
+    write(tmp_path, ".env.development", GOOD + "COLORGATE_MOVE_RELAY_CERT=/etc/relay/fullchain.pem\n")
+    with pytest.raises(ConfigError, match="^COLORGATE_MOVE_RELAY_CERT and COLORGATE_MOVE_RELAY_KEY go together: set both"):
+        load(tmp_path)
+    write(tmp_path, ".env.development", GOOD + "COLORGATE_MOVE_RELAY_SSLMODE=prefer\n")
+    with pytest.raises(ConfigError, match="^COLORGATE_MOVE_RELAY_SSLMODE 'prefer' in .env.development should be verify-full or require"):
+        load(tmp_path)
+
+
 def test_the_relays_allow_list_is_a_list_of_ipv4_networks(tmp_path):
     write(tmp_path, ".env.development", GOOD + "COLORGATE_MOVE_RELAY_ALLOW= 203.0.113.7, 198.51.100.0/24,\n")
     assert load(tmp_path).move_relay_allow == ("203.0.113.7/32", "198.51.100.0/24")

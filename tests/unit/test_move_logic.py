@@ -96,3 +96,14 @@ def test_the_relay_rules_come_first_name_the_relay_and_go_with_it(tmp_path):
     assert opened.endswith(original)
     assert run("172.22.0.9").count(relay.HBA[0]) == 1  # a relay started again: its block replaced, not added
     assert run() == original and oct(hba.stat().st_mode & 0o777) == "0o600"  # removed; the file's mode kept
+
+
+def test_a_target_that_cannot_check_the_relay_against_its_system_cas_is_refused_unless_told_not_to_check():
+    from deploy import relay
+    from deploy.errors import MoveError
+
+    relay.verify_full_possible(16)
+    relay.verify_full_possible(17)
+    with pytest.raises(MoveError, match=r"^the target runs PostgreSQL 15, which cannot check the relay's certificate .* "
+                                        r"set COLORGATE_MOVE_RELAY_SSLMODE=require"):
+        relay.verify_full_possible(15)

@@ -47,3 +47,33 @@ def test_certbot_gets_the_hosts_network_only_for_a_directory_on_its_loopback(dir
     cmd = tls.certbot_cmd(settings, "renew", directory=directory)
     assert tls.on_loopback(directory) is loopback
     assert cmd[cmd.index("-T") + 1] == ("certbot-loopback" if loopback else "certbot")
+
+
+@pytest.mark.parametrize("names, host, ok", [
+    (["db.example.org"], "db.example.org", True), (["DB.Example.org"], "db.example.org.", True),
+    (["*.example.org"], "db.example.org", True), (["*.example.org"], "a.db.example.org", False),
+    (["*.example.org"], "example.org", False), (["app.example.org"], "db.example.org", False),
+    (["203.0.113.7"], "203.0.113.7", True), (["203.0.113.7"], "203.0.113.8", False),
+    (["*.0.113.7"], "203.0.113.7", False), ([], "db.example.org", False),
+])
+def test_a_certificate_covers_a_host_as_a_verifying_client_sees_it(names, host, ok):
+    assert tls.covers(names, host) is ok
+
+
+def test_a_key_pair_is_refused_unless_a_checking_client_would_accept_it_for_the_host():
+    ca, ca_key = make_ca()
+    chain, key = make_leaf(ca, ca_key, "203.0.113.7", days=30)
+    tls.check_pair(chain + ca, key, "203.0.113.7", "the relay's certificate", "COLORGATE_MOVE_RELAY_HOST")
+    _, other_key = make_leaf(ca, ca_key, "203.0.113.7", days=30)
+    expired, expired_key = make_leaf(ca, ca_key, "203.0.113.7", days=-1)
+    cases = [
+        ((chain, other_key, "203.0.113.7"), "the relay's certificate: the key is not the certificate's"),
+        ((chain, key, "db.example.org"), "the relay's certificate is for 203.0.113.7, not db.example.org (COLORGATE_MOVE_RELAY_HOST), "
+                                         "so a client checking it would refuse it: give a certificate for db.example.org"),
+        ((expired, expired_key, "203.0.113.7"), "the relay's certificate is not valid now"),
+        (("not a certificate", key, "203.0.113.7"), "the relay's certificate is not a PEM certificate chain and an unencrypted PEM key"),
+    ]
+    for (c, k, host), message in cases:
+        with pytest.raises(tls.ColorgateError) as err:
+            tls.check_pair(c, k, host, "the relay's certificate", "COLORGATE_MOVE_RELAY_HOST")
+        assert str(err.value).startswith(message), err.value
