@@ -15,7 +15,7 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from deploy import bootstrap as _bootstrap, edge, keys as _keys
+from deploy import bootstrap as _bootstrap, canary as canary_steps, edge, keys as _keys
 from deploy import config, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls, traffic as _traffic
 from deploy.errors import ColorgateError, Interrupted
 
@@ -190,13 +190,37 @@ def _report(record) -> None:
 
 
 @task(help={"version": "version tag to deploy (default: the next vN)", "force": "deploy even if this version is live; rebuild images",
+            "canary": "shares of users the new version gets first, in turn, each gated and judged: 10 or 10,50",
             "profile": "env profile", "host": HOST_HELP, "registry": REGISTRY_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def deploy(c, version=None, force=False, profile=None, host=None, registry=None, break_lock=False):
+def deploy(c, version=None, force=False, canary=None, profile=None, host=None, registry=None, break_lock=False):
     """Ship a version to the inactive color: build, start, gate, switch, gate again
     (switching back by itself if the post-switch gates fail)."""
+    shares = canary_steps.parse_percents(canary) if canary else ()
     settings = _target(profile, host, registry)
-    _report(release.deploy(settings, version=version, force=force, break_lock=break_lock))
+    _report(release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares))
+
+
+@task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
+@operator_errors
+def canary_status(c, profile=None, host=None, json_=False):
+    """The canary: its color and share of users, and the deploy running it."""
+    data = canary_steps.status(_load(profile, host))
+    print(json.dumps(data, indent=2) if json_ else canary_steps.format_status(data))
+
+
+@task(name="promote", help={"profile": "env profile", "host": HOST_HELP})
+@operator_errors
+def canary_promote(c, profile=None, host=None):
+    """End the canary's analysis now: its deploy switches everyone to it, gated."""
+    print(canary_steps.promote(_load(profile, host)))
+
+
+@task(name="abort", help={"profile": "env profile", "host": HOST_HELP})
+@operator_errors
+def canary_abort(c, profile=None, host=None):
+    """Every user back on the stable color at once; the deploy stops the canary."""
+    print(canary_steps.abort(_load(profile, host)))
 
 
 @task(help={"to": "blue or green", "profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
@@ -450,5 +474,6 @@ def tls_schedule(c, profile=None, host=None):
 ns = Collection(bootstrap, init, up, down, status, render, logs, traffic, maintenance, deploy, switch, rollback, history, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
+ns.add_collection(Collection("canary", canary_status, canary_promote, canary_abort))
 ns.add_collection(Collection("images", images_push, images_send))
 ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))

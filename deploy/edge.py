@@ -109,7 +109,7 @@ def render_maintenance(message: str, retry: int, since: str, bypass: str) -> str
             f"retry={retry}\nsince={since}\nbypass={bypass}\nmessage={message}\n")
 
 
-def _fields(text: str) -> dict[str, str]:
+def state_fields(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in (text or "").splitlines() if "=" in line and not line.startswith("#"))
 
 
@@ -118,7 +118,7 @@ def parse_active(text: str) -> Active | None:
 
     Raises ValueError when the file names no known color (edited by hand?).
     """
-    values = _fields(text)
+    values = state_fields(text)
     if not values:
         return None
     color = values.get("color", "")
@@ -132,7 +132,7 @@ def parse_active(text: str) -> Active | None:
 
 def parse_state(text: str) -> dict[str, str]:
     """The edge's state endpoint: color, version, writes, inflight_<color>, inflight_writes."""
-    return _fields(text)
+    return state_fields(text)
 
 
 def edge_container(project: str) -> str:
@@ -178,10 +178,10 @@ def state_cmd() -> list[str]:
 
 def read_active(settings: Settings) -> Active | None:
     """The live color, read from the edge (None when no color is live yet)."""
-    return _active(in_edge(settings, read_file_cmd(LIVE_FILE), "reading the edge state").stdout)
+    return live_of(in_edge(settings, read_file_cmd(LIVE_FILE), "reading the edge state").stdout)
 
 
-def _active(text: str) -> Active | None:
+def live_of(text: str) -> Active | None:
     try:
         return parse_active(text)
     except ValueError as exc:
@@ -254,7 +254,13 @@ def set_maintenance(settings: Settings, text: str) -> None:
 def read_maintenance(settings: Settings) -> dict[str, str] | None:
     """The maintenance file's fields (retry, since, message, bypass), None when off."""
     text = in_edge(settings, read_file_cmd(MAINTENANCE_FILE), "reading maintenance mode").stdout
-    return _fields(text) or None
+    return state_fields(text) or None
+
+
+def read_files(settings: Settings, *names: str) -> dict[str, str]:
+    """Several state files (names in STATE_DIR) in one exec: name -> text ("" when absent)."""
+    script = "".join(f"printf '\\n@@colorgate {n}\\n'; cat {STATE_DIR}/{n} 2>/dev/null; " for n in names) + "true"
+    return _sections(in_edge(settings, ["sh", "-c", script], "reading the edge state").stdout)
 
 
 def is_frozen(settings: Settings) -> bool:
@@ -280,7 +286,8 @@ _LOCK_REPORT = f"""  printf '%s\\n' "$(cat $L/holder 2>/dev/null)"
   exit {LOCK_HELD}"""
 # Taken, the lock's exec also prints what a locked command decides from, read under the
 # lock in the same round trip: the live file, whether writes are frozen, the database
-# record and (with $3 = history) the history, each after a `@@colorgate NAME` line.
+# record, whether a canary is set and (with $3 = history) the history, each after a
+# `@@colorgate NAME` line.
 LOCK_SCRIPT = f"""L={LOCK_DIR}
 if ! mkdir $L 2>/dev/null; then
 {_LOCK_REPORT}
@@ -291,6 +298,7 @@ touch $L/heartbeat
 printf '\\n@@colorgate live\\n'; cat {LIVE_FILE} 2>/dev/null
 printf '\\n@@colorgate freeze\\n'; [ ! -f {FREEZE_FILE} ] || echo frozen
 printf '\\n@@colorgate database\\n'; cat {DATABASE_RECORD} 2>/dev/null
+printf '\\n@@colorgate canary\\n'; [ ! -f {STATE_DIR}/canary ] || echo canary
 if [ "${{3:-}}" = history ]; then printf '\\n@@colorgate history\\n'; cat {HISTORY} 2>/dev/null; fi
 true"""
 READ_LOCK_SCRIPT = f"""L={LOCK_DIR}
@@ -324,10 +332,11 @@ class Found:
     frozen: bool = False
     database_text: str = ""
     history: list[dict] | None = None  # None: not asked for
+    canary: bool = False  # a canary file is there (canary.py)
 
     @property
     def active(self) -> Active | None:
-        return _active(self.live)
+        return live_of(self.live)
 
     @property
     def database(self) -> dict:
@@ -335,7 +344,8 @@ class Found:
         return _database_record(self.database_text)
 
 
-def parse_found(text: str) -> Found:
+def _sections(text: str) -> dict[str, str]:
+    """`@@colorgate NAME` lines and what follows each -> {NAME: text}."""
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in (text or "").splitlines():
@@ -343,9 +353,13 @@ def parse_found(text: str) -> Found:
             current = sections.setdefault(line.split(" ", 1)[1], [])
         elif current is not None:
             current.append(line)
-    body = {name: "\n".join(lines) for name, lines in sections.items()}
+    return {name: "\n".join(lines) for name, lines in sections.items()}
+
+
+def parse_found(text: str) -> Found:
+    body = _sections(text)
     return Found(body.get("live", ""), body.get("freeze", "").strip() == "frozen", body.get("database", ""),
-                 parse_history(body["history"]) if "history" in body else None)
+                 parse_history(body["history"]) if "history" in body else None, body.get("canary", "").strip() == "canary")
 
 
 @dataclass(frozen=True)
@@ -376,7 +390,7 @@ def parse_lock(text: str) -> LockState:
         holder = json.loads(lines[0]) if lines else {}
     except ValueError:
         holder = {}
-    values = _fields("\n".join(lines[1:]))
+    values = state_fields("\n".join(lines[1:]))
     age = values.get("age", "")
     return LockState(holder if isinstance(holder, dict) else {}, int(age) if age.lstrip("-").isdigit() else 0,
                      values.get("phase", ""))
@@ -444,7 +458,7 @@ def final_history_cmd(record: dict) -> list[str]:
 def append_final(settings: Settings, record: dict) -> tuple[str, str]:
     """Append a release's outcome with where traffic is now (read on the edge in the
     same exec); returns that (color, version), ("", "") when no color is live."""
-    values = _fields(in_edge(settings, final_history_cmd(record), "recording history").stdout)
+    values = state_fields(in_edge(settings, final_history_cmd(record), "recording history").stdout)
     return values.get("color", ""), values.get("version", "")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy import edge, runner, tls
+from deploy import canary, edge, runner, tls
 from deploy.config import Settings
 
 
@@ -24,10 +24,11 @@ class EdgeClient(httpx.Client):
     public domain (SNI, certificate name and Host), so the domain need not resolve
     from where the gates run."""
 
-    def __init__(self, server_name: str, bypass=None, **kwargs):
+    def __init__(self, server_name: str, bypass=None, pin=None, **kwargs):
         super().__init__(headers={"Host": server_name}, **kwargs)
         self._server_name = server_name
         self._bypass = bypass  # the gates': reads maintenance mode's token, once, when the edge answers with it
+        self._pin = pin  # the gates': during a canary, the bucket that lands on the color under test, read once
 
     def build_request(self, *args, **kwargs) -> httpx.Request:
         request = super().build_request(*args, **kwargs)
@@ -42,18 +43,28 @@ class EdgeClient(httpx.Client):
                 self.headers["X-Colorgate-Bypass"] = request.headers["X-Colorgate-Bypass"] = token
                 response.close()
                 return super().send(request, **kwargs)
+        if self._pin and f"{canary.COOKIE}=" in response.headers.get("set-cookie", ""):
+            bucket, self._pin = self._pin(), None  # a canary runs: the edge put this client in a bucket of its own choosing
+            if bucket is not None:
+                self.cookies.clear()
+                self.cookies.set(canary.COOKIE, bucket)
+                request.headers["Cookie"] = f"{canary.COOKIE}={bucket}"
+                response.close()
+                return super().send(request, **kwargs)
         return response
 
 
-def edge_client(settings: Settings, ca_pem: str | None = None, gate: bool = False) -> httpx.Client:
+def edge_client(settings: Settings, ca_pem: str | None = None, gate: bool = False, color: str = "") -> httpx.Client:
     """HTTPS client for the public edge, verifying its certificate against `ca_pem`
     (the edge's local CA by default) and the configured domain. A `gate` client passes
-    maintenance mode (with its token, read when the edge first answers with it)."""
+    maintenance mode (with its token, read when the edge first answers with it) and,
+    during a canary, is served by `color` (the color under test) only."""
     ca_pem = ca_pem if ca_pem is not None else tls.read_local_ca(settings)
     port = "" if settings.https_port == 443 else f":{settings.https_port}"
     return EdgeClient(
         settings.domain,
         bypass=(lambda: (edge.read_maintenance(settings) or {}).get("bypass")) if gate else None,
+        pin=(lambda: canary.pin(canary.read(settings), color)) if gate and color else None,
         base_url=f"https://{settings.edge_address}{port}",
         verify=tls.client_context(ca_pem),
         timeout=10,

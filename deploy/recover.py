@@ -15,6 +15,9 @@ on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move)
                              the live color is what serves, so the record is rewritten
                              from it; any other disagreement is refused
     the live color's workers not running (paused or held by a db.move that died): started
+    a canary                 with no deploy running it (one died): every user back on the
+                             live color (the canary's color is left running; the next
+                             deploy replaces it)
 
 With `dead`, the holder of a lock --break-lock broke (it died), first: the one-off
 containers it started (database tools, secret staging; labelled with its pid@host) are removed, before anything
@@ -26,7 +29,7 @@ relay to hint at them. Each repair is said in one line.
 
 from __future__ import annotations
 
-from deploy import edge, facts, history, relay, runner, stack
+from deploy import canary, edge, facts, history, relay, runner, stack
 from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.history import now
@@ -35,7 +38,7 @@ RELAY = relay.SERVICE
 
 
 def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
-              frozen: bool, record: dict, dead: dict | None = None) -> tuple[dict[str, facts.ServiceState], dict]:
+              frozen: bool, record: dict, dead: dict | None = None, canary_left: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
     """Repair what a dead run left (see the module), from what the lock's exec read
     (`active`, `frozen`, the database `record`) and the services' `states`; returns the
     states (read again when something was started) and the database record (repaired)."""
@@ -46,6 +49,9 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
             runner.engine(settings.docker_host, "remove_container", container, force=True, what="removing a dead run's one-off container")
         if left:
             runner.say(f"!! the run that died left {len(left)} one-off container(s) (database tools, secret staging): removed")
+    if canary_left:
+        canary.clear(settings)
+        runner.say("!! a deploy that died left its canary: every user is on the live color again")
     if frozen:
         edge.set_frozen(settings, False)
         runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")

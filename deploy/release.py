@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from deploy import access, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
+from deploy import access, canary, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, GateFailed, StackError
@@ -47,6 +47,7 @@ class Plan:
     to_version: str
     steps: tuple[str, ...] = ()
     noop: str = ""
+    canary: tuple[int, ...] = ()  # shares of users the candidate gets, in turn, before the switch (canary.py)
 
 
 DEPLOY_STEPS = ("images", "start", "migrations", "pre_gates", "switch", "post_gates")
@@ -63,7 +64,7 @@ def observe(settings: Settings, held: Held, tags: bool = False, database: bool =
     found = held.found
     active = found.active
     states, record = recover.reconcile(settings, active, facts.service_states(settings), found.frozen, found.database,
-                                       dead=held.broken.holder if held.broken else None)
+                                       dead=held.broken.holder if held.broken else None, canary_left=found.canary)
     return Target(active, states, found.history or [], record if database else {"url": "local"},
                   images.release_tags(settings) if tags else [])
 
@@ -98,8 +99,10 @@ def _analysis(settings: Settings) -> tuple[str, ...]:
     return ("analysis",) if settings.analysis_intervals > 0 else ()
 
 
-def plan_deploy(settings: Settings, target: Target, version: str | None = None, force: bool = False) -> Plan:
-    """Ship `version` (default: the next vN) to the inactive color."""
+def plan_deploy(settings: Settings, target: Target, version: str | None = None, force: bool = False,
+                canary: tuple[int, ...] = ()) -> Plan:
+    """Ship `version` (default: the next vN) to the inactive color (through canary
+    steps first, when asked)."""
     stack.check_database_record(settings, target.database)
     active = _live(target)
     version = edge.check_version(version or images.next_version(target.tags))
@@ -107,7 +110,8 @@ def plan_deploy(settings: Settings, target: Target, version: str | None = None, 
     if version == active.version and not force:
         return Plan("deploy", active.color, candidate, active.version, version,
                     noop=f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
-    return Plan("deploy", active.color, candidate, active.version, version, DEPLOY_STEPS + _analysis(settings))
+    steps = DEPLOY_STEPS if not canary else (*DEPLOY_STEPS[:DEPLOY_STEPS.index("switch")], "canary", *DEPLOY_STEPS[DEPLOY_STEPS.index("switch"):])
+    return Plan("deploy", active.color, candidate, active.version, version, steps + _analysis(settings), canary=canary)
 
 
 def plan_switch(settings: Settings, target: Target, to: str, use_gates: bool = True, action: str = "switch") -> Plan:
@@ -197,10 +201,31 @@ class Steps:
     def pre_gates(self) -> None:
         _gate(self.settings, self.record, "pre", self.plan.to_color, self.plan.to_version)
 
+    def canary(self) -> None:
+        """Each share of users in turn on the candidate, gated and judged (canary.py)."""
+        p = self.plan
+        for number, percent in enumerate(p.canary):
+            at(self.record, f"canary {percent}%")
+            with timed(self.record, "canary", f"sending {percent}% of users to {p.to_color} ({p.to_version})"):
+                decided = canary.start(self.settings, p.to_color, p.to_version, percent, first=number == 0)
+            if decided == "promote":
+                break
+            _gate(self.settings, self.record, "post", p.to_color, p.to_version)
+            if traffic.analyse_canary(self.settings, self.record, p.to_color, p.from_color, percent, self._promoted):
+                break
+
+    def _promoted(self) -> bool:
+        found = canary.decision(self.settings)
+        if found == "abort":
+            raise GateFailed(canary.ABORTED)
+        return found == "promote"
+
     def switch(self) -> None:
         p = self.plan
         with timed(self.record, "switch", f"switching traffic {p.from_color} -> {p.to_color}"):
             edge.write_active(self.settings, p.to_color, p.to_version)
+            if p.canary:  # after the switch: the canary names the live color now, so it routes no one
+                canary.clear(self.settings)
 
     def post_gates(self) -> None:
         _gate(self.settings, self.record, "post", self.plan.to_color, self.plan.to_version)
@@ -217,6 +242,9 @@ class Steps:
         _gate(self.settings, self.record, "post", self.plan.from_color, self.plan.from_version)
 
     def stop_candidate(self) -> None:
+        if self.plan.canary:  # every user back on the stable color first
+            with runner.step(f"ending the canary: everyone on {self.plan.from_color} ({self.plan.from_version})"):
+                canary.clear(self.settings)
         stack.stop_color(self.settings, self.plan.to_color, self.versions)
 
 
@@ -261,11 +289,13 @@ def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = Fals
         return _run(settings, plan_rollback(settings, target, use_gates), target)
 
 
-def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False) -> Record:
-    """Ship `version` (default: the next vN) to the inactive color, gate it, switch."""
+def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False,
+           canary: tuple[int, ...] = ()) -> Record:
+    """Ship `version` (default: the next vN) to the inactive color, gate it, switch
+    (through the canary shares first, when given)."""
     with lock(settings, "deploy", break_lock) as held:
         target = observe(settings, held, tags=version is None, database=True)
-        return _run(settings, plan_deploy(settings, target, version, force), target, force)
+        return _run(settings, plan_deploy(settings, target, version, force, canary), target, force)
 
 
 def gate(settings: Settings, record: Record, plan: Plan, phase: str) -> None:

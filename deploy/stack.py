@@ -15,7 +15,7 @@ from dataclasses import asdict, replace
 
 import tenacity
 
-from deploy import access, edge, facts, images, render, runner
+from deploy import access, canary, edge, facts, images, render, runner
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import client_url, shown_url
@@ -395,12 +395,15 @@ def status(settings: Settings) -> dict:
     for name, passed in zip(starting, facts.parallel(lambda name: facts.passes_healthcheck(settings, name), starting)):
         if passed:
             states[name] = replace(states[name], health="healthy")
-    active, frozen, held, maintenance = None, False, None, None
+    active, frozen, held, maintenance, split = None, False, None, None, None
     if states.get("edge") and states["edge"].state == "running":
-        found = edge.read_active(settings)
+        files = edge.read_files(settings, "live", "freeze", "maintenance", "canary")
+        found = edge.live_of(files["live"])
         active = asdict(found) if found else None
-        frozen = edge.is_frozen(settings)
-        maintenance = {k: v for k, v in (edge.read_maintenance(settings) or {}).items() if k != "bypass"} or None
+        frozen = bool(files["freeze"].strip())
+        maintenance = {k: v for k, v in edge.state_fields(files["maintenance"]).items() if k != "bypass"} or None
+        split = canary.parse(files["canary"])
+        split = split if split and active and split["color"] != active["color"] else None
         taken = edge.read_lock(settings)
         held = {**asdict(taken), "stale": taken.stale} if taken else None
     return {
@@ -410,6 +413,7 @@ def status(settings: Settings) -> dict:
         "active": active,
         "writes_frozen": frozen,
         "maintenance": maintenance,
+        "canary": split,
         "lock": held,
         "services": [asdict(s) for _, s in sorted(states.items())],
         "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
@@ -435,6 +439,9 @@ def format_status(data: dict) -> str:
         m = data["maintenance"]
         lines.append(f"MAINTENANCE MODE since {m.get('since', '?')}: the app's routes answer 503"
                      + (f" ({m['message']})" if m.get("message") else "") + " - `invoke maintenance --off` ends it")
+    if data.get("canary"):
+        c = data["canary"]
+        lines.append(f"canary: {c['color']} ({c['version']}) gets {c['percent']}% of users - `invoke canary.status`")
     if data.get("writes_frozen"):
         lines.append("writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)")
     lines += [

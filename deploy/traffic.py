@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 from deploy import edge, runner
 from deploy.config import Settings
@@ -141,7 +141,7 @@ class Bounds:
                    settings.analysis_min_requests, settings.analysis_inconclusive)
 
 
-def judge(found: Figures | None, baseline: Figures | None, bounds: Bounds) -> tuple[str, list[str]]:
+def judge(found: Figures | None, baseline: Figures | None, bounds: Bounds, against: str = "the old color's") -> tuple[str, list[str]]:
     """An interval's verdict (passed, failed, inconclusive) and the bounds it broke."""
     count = found.requests if found else 0
     if found is None or count < bounds.min_requests:
@@ -154,7 +154,7 @@ def judge(found: Figures | None, baseline: Figures | None, bounds: Bounds) -> tu
     if baseline is not None and baseline.requests >= bounds.min_requests:
         limit = bounds.max_slowdown * max(baseline.p95_ms, SLOWDOWN_FLOOR_MS)
         if found.p95_ms > limit:
-            broken.append(f"p95 {found.p95_ms:.0f} ms > {bounds.max_slowdown:g} x the old color's {baseline.p95_ms:.0f} ms")
+            broken.append(f"p95 {found.p95_ms:.0f} ms > {bounds.max_slowdown:g} x {against} {baseline.p95_ms:.0f} ms")
     return ("failed" if broken else "passed"), broken
 
 
@@ -174,36 +174,66 @@ def analyse(settings: Settings, record: Record, color: str, old_color: str) -> N
     start = time.time()
     baseline = figures(read(settings, start - bounds.intervals * bounds.seconds),
                        since=start - bounds.intervals * bounds.seconds, until=start).get(old_color)
-    record.analysis = {"color": color, "bounds": asdict(bounds), "baseline": asdict(baseline) if baseline else None, "intervals": []}
+    record.analysis.update({"color": color, "bounds": asdict(bounds), "baseline": asdict(baseline) if baseline else None, "intervals": []})
     runner.say(f"   analysis of {color}: {bounds.intervals} x {bounds.seconds:g}s; {old_color} before the switch: {describe(baseline)}")
     try:
-        _intervals(settings, record, color, bounds, baseline, start)
+        _intervals(settings, record, record.analysis, color, bounds, start, baseline=baseline)
     finally:
         record.timings["analysis"] = round(time.time() - start, 3)
 
 
-def _intervals(settings: Settings, record: Record, color: str, bounds: Bounds, baseline: Figures | None, start: float) -> None:
+def analyse_canary(settings: Settings, record: Record, color: str, stable: str, percent: int, promoted) -> bool:
+    """Judge the canary `color` at `percent` of the users against `stable` in the same
+    intervals (COLORGATE_ANALYSIS_*, at least one interval). `promoted()` is asked
+    every second (it raises on an abort); True when it said so: no more analysis."""
+    bounds = Bounds.of(settings)
+    bounds = Bounds(max(1, bounds.intervals), *astuple(bounds)[1:])
+    entry = {"percent": percent, "intervals": []}
+    record.analysis.setdefault("canary", []).append(entry)
+    runner.say(f"   analysis of {color} at {percent}% of users: {bounds.intervals} x {bounds.seconds:g}s, against {stable} in the same intervals")
+    start = time.time()
+    try:
+        return _intervals(settings, record, entry, color, bounds, start, stable=stable, promoted=promoted)
+    finally:
+        record.timings["canary_analysis"] = round(record.timings.get("canary_analysis", 0.0) + time.time() - start, 3)
+
+
+def _intervals(settings: Settings, record: Record, entry: dict, color: str, bounds: Bounds, start: float,
+               baseline: Figures | None = None, stable: str = "", promoted=None) -> bool:
+    """Judge `color` interval by interval into entry["intervals"]; the baseline is
+    `baseline`, or `stable`'s figures in the same interval."""
     planned, failed, number = bounds.intervals, 0, 0
     while number < planned:
         number += 1
         end = start + bounds.seconds
         at(record, f"{ANALYSIS_PHASE}{int(start + (planned - number + 1) * bounds.seconds)}")
         with runner.step(f"analysing {color}'s traffic, interval {number} of {planned}"):
-            time.sleep(max(0.0, end - time.time()) + FLUSH_SECONDS)
-            found = figures(read(settings, start), since=start, until=end).get(color)
-        verdict, broken = judge(found, baseline, bounds)
+            while (left := end + FLUSH_SECONDS - time.time()) > 0:
+                time.sleep(min(1.0, left))
+                if promoted and promoted():
+                    entry["verdict"] = "promoted"
+                    runner.say("   promoted by an operator (`invoke canary.promote`): no more analysis")
+                    return True
+            found_all = figures(read(settings, start), since=start, until=end)
+        found = found_all.get(color)
+        if stable:
+            baseline = found_all.get(stable)
+        verdict, broken = judge(found, baseline, bounds, f"{stable}'s" if stable else "the old color's")
         if verdict == "inconclusive":
             if bounds.inconclusive == "extend" and planned < 2 * bounds.intervals:
                 planned += 1
             elif bounds.inconclusive == "fail":
                 verdict = "failed"
-        record.analysis["intervals"].append({"interval": number, "from": round(start, 3), "to": round(end, 3), "verdict": verdict,
-                                             "broken": broken, "figures": asdict(found) if found else None})
-        runner.say(f"   interval {number}: {describe(found)}: {verdict}" + (f" ({'; '.join(broken)})" if broken else ""))
+        entry["intervals"].append({"interval": number, "from": round(start, 3), "to": round(end, 3), "verdict": verdict,
+                                   "broken": broken, "figures": asdict(found) if found else None,
+                                   **({"baseline": asdict(baseline) if baseline else None} if stable else {})})
+        runner.say(f"   interval {number}: {describe(found)}" + (f" ({stable}: {describe(baseline)})" if stable else "")
+                   + f": {verdict}" + (f" ({'; '.join(broken)})" if broken else ""))
         if verdict == "failed":
             failed += 1
             if failed >= bounds.failure_limit:
-                record.analysis["verdict"] = "failed"
+                entry["verdict"] = "failed"
                 raise GateFailed(f"the analysis of {color}'s traffic failed at interval {number}: {'; '.join(broken)}")
         start = end
-    record.analysis["verdict"] = "passed"
+    entry["verdict"] = "passed"
+    return False

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import edge as edge_state, facts, gates, render
+from deploy import canary, edge as edge_state, facts, gates, render
 from deploy.colors import parse_color
 
 
@@ -66,8 +66,8 @@ def trust(gate_settings) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def edge(gate_settings, trust):
-    with gates.edge_client(gate_settings, trust, gate=True) as client:
+def edge(gate_settings, trust, expected):
+    with gates.edge_client(gate_settings, trust, gate=True, color=expected.color) as client:
         yield client
 
 
@@ -196,11 +196,16 @@ def routes_answered_by_expected(gate_settings, client, app, expected):
 
 @then("the edge routes to the color and version under test")
 def edge_routes_expected(gate_settings, expected):
+    """The live color, or during a canary the canary's (both colors are live then)."""
     active = edge_state.read_active(gate_settings)
     assert active is not None, "the edge routes to no color"
-    assert (active.color, active.version) == (expected.color, expected.version), (
-        f"the edge routes to {active.color} {active.version}, expected {expected.color} {expected.version}"
-    )
+    if (active.color, active.version) == (expected.color, expected.version):
+        return
+    found = canary.read(gate_settings)
+    routed = f"{active.color} {active.version}" + (f", and {found['color']} {found['version']} to {found['percent']}% of users"
+                                                     if found else "")
+    assert found and (found["color"], found["version"]) == (expected.color, expected.version) and found["color"] != active.color, (
+        f"the edge routes to {routed}, expected {expected.color} {expected.version}")
 
 
 @then("the color under test has no pending database migrations")

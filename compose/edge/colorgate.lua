@@ -7,6 +7,11 @@
 --
 --   live         color=blue|green, version=TAG   (absent: no color is live, 503)
 --   freeze       hold=SECONDS                     (absent: writes pass)
+--   canary       color=, version=, percent=1-99, offset=0-99 (decision=promote)
+--                (absent, or naming the live color: everyone gets the live color;
+--                present: that share of users gets the canary color instead, each
+--                user in a bucket 0-99 kept in a cookie, new users hashed by address
+--                and user agent into one, so a user stays on one color)
 --   maintenance  retry=SECONDS, since=TIME, message=TEXT, bypass=TOKEN
 --                (absent: the app is served; present: every route answers 503 with
 --                Retry-After and the message, except requests that carry the token
@@ -25,6 +30,8 @@ local STATE = "/etc/colorgate/state/"
 local LIVE = STATE .. "live"
 local FREEZE = STATE .. "freeze"
 local MAINTENANCE = STATE .. "maintenance"
+local CANARY = STATE .. "canary"
+local BUCKET_COOKIE = "colorgate_bucket"
 local COLORS = { blue = true, green = true }
 local SAFE = { GET = true, HEAD = true, OPTIONS = true }
 local counts = ngx.shared.colorgate
@@ -48,6 +55,26 @@ function M.live()
     return nil
   end
   return f
+end
+
+-- The canary beside `live` (another color, a share above 0), or nil.
+function M.canary(live)
+  local c = fields(CANARY)
+  if not c or not COLORS[c.color] or (live and c.color == live.color) or not (c.version or ""):match("^[%w][%w._-]*$") then
+    return nil
+  end
+  c.percent, c.offset = tonumber(c.percent or "") or 0, tonumber(c.offset or "") or 0
+  if c.percent <= 0 then return nil end
+  return c
+end
+
+-- A user's bucket (0-99): from the cookie, else hashed from the client and given to it.
+local function bucket()
+  local b = tonumber(ngx.var["cookie_" .. BUCKET_COOKIE] or "")
+  if b and b == math.floor(b) and b >= 0 and b <= 99 then return b end
+  b = ngx.crc32_short((ngx.var.remote_addr or "") .. "|" .. (ngx.var.http_user_agent or "")) % 100
+  ngx.var.cg_cookie = BUCKET_COOKIE .. "=" .. b .. "; Path=/; Max-Age=2592000; Secure; HttpOnly; SameSite=Lax"
+  return b
 end
 
 -- The hold bound of a freeze in seconds, or nil when writes are open.
@@ -106,10 +133,13 @@ function M.route()
   if not live then
     return answer(503, "text/plain", "no active color")
   end
-  ngx.var.cg_color = live.color
-  ngx.var.cg_version = live.version
-  ngx.ctx.cg_color = live.color
-  counts:incr(live.color, 1, 0)
+  local color, version = live.color, live.version
+  local c = M.canary(live)
+  if c and (bucket() + c.offset) % 100 < c.percent then color, version = c.color, c.version end
+  ngx.var.cg_color = color
+  ngx.var.cg_version = version
+  ngx.ctx.cg_color = color
+  counts:incr(color, 1, 0)
   if not SAFE[ngx.req.get_method()] then
     ngx.ctx.cg_write = true
     counts:incr("writes", 1, 0)
@@ -132,6 +162,8 @@ function M.state()
   ngx.say("version=", live.version or "")
   ngx.say("writes=", hold and "frozen" or "open")
   ngx.say("maintenance=", fields(MAINTENANCE) and "on" or "off")
+  local c = M.canary(live.color and live or nil)
+  ngx.say("canary=", c and (c.color .. " " .. c.percent) or "off")
   for color in pairs(COLORS) do ngx.say("inflight_", color, "=", counts:get(color) or 0) end
   ngx.say("inflight_writes=", counts:get("writes") or 0)
 end

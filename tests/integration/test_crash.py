@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.db_move import Writer, managed_postgres
-from deploy import config, db, edge, facts, gates, history, runner, stack, tls
+from deploy import canary, config, db, edge, facts, gates, history, runner, stack, tls
 
 from .conftest import INVOKE, invoke, running_stack
 from .test_move import move_env
@@ -156,6 +156,28 @@ def test_sigterm_in_the_post_gates_switches_back_to_the_verified_color(settings,
     assert edge.read_lock(settings) is None
     # nothing moved for good: rollback goes to where traffic was before the last real move
     assert history.previous_color(edge.read_history(settings)) != (record["to_color"], record["to_version"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_canary_deploy_killed_mid_canary_leaves_no_user_on_the_unwatched_release(settings, env, sig):
+    """SIGTERM: its clean-up ends the canary and stops the candidate. SIGKILL: the canary
+    outlives it (a share of users on a release nobody judges) until the next command,
+    which ends it before anything else."""
+    before = assert_one_color(settings)
+    proc = killed_in("canary 10%", sig, 2.0, "deploy", "--canary", "10", env=env)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + sig and proc.stderr.strip().endswith("colorgate: interrupted by SIGTERM"), proc.stderr
+        assert canary.read(settings) is None and edge.read_lock(settings) is None
+        record = last(settings, "deploy")
+        assert record["outcome"] == "interrupted" and record["detail"].endswith("(SIGTERM)"), record  # in the canary's analysis
+    else:
+        assert proc.returncode == -signal.SIGKILL
+        left = canary.read(settings)
+        assert left and left["percent"] == 10 and left["color"] != before.color  # users still split
+        fixed = invoke("switch", "--to", before.color, "--break-lock", env=env)
+        assert fixed.returncode == 0 and "a deploy that died left its canary: every user is on the live color again" in fixed.stderr, fixed.stderr
+        assert canary.read(settings) is None
+    assert assert_one_color(settings) == before
 
 
 def test_sigkill_in_the_post_gates_leaves_a_lock_that_stops_beating_and_is_broken_on_record(settings, env):

@@ -7,16 +7,17 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import time
 
 import pytest
 import tenacity
 from python_on_whales import DockerClient
 
-from deploy import config, contract, edge, facts, gates, history, release, render, runner, stack, tls
+from deploy import canary, config, contract, edge, facts, gates, history, release, render, runner, stack, tls
 from deploy.errors import CommandError, StackError
 
-from .conftest import invoke, isolated_env, running_stack
+from .conftest import INVOKE, invoke, isolated_env, running_stack
 
 
 @pytest.fixture(scope="module")
@@ -369,10 +370,10 @@ class UserLoad:
     """Users of the live app, at a steady rate through the edge, each request a user's
     (`user=N`): what each got, when, and from which color."""
 
-    def __init__(self, settings, rate: float = 30):
+    def __init__(self, settings, rate: float = 30, new_users: bool = False):
         import threading
 
-        self.settings, self.rate, self.seen = settings, rate, []
+        self.settings, self.rate, self.seen, self.new_users = settings, rate, [], new_users
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -382,7 +383,9 @@ class UserLoad:
             while not self.stop.is_set():
                 started = time.monotonic()
                 try:
-                    r = c.get(f"/api/slow?ms=0&user={n}")
+                    if self.new_users:  # a user the edge has not seen: no cookie, its own user agent
+                        c.cookies.clear()
+                    r = c.get(f"/api/slow?ms=0&user={n}", headers={"User-Agent": f"user-{n}"} if self.new_users else None)
                     self.seen.append((time.time(), r.status_code, r.headers.get("x-colorgate-color", "")))
                 except Exception as exc:  # noqa: BLE001 - counted as a failed request
                     self.seen.append((time.time(), 0, repr(exc)))
@@ -446,3 +449,134 @@ def test_a_good_release_passes_the_analysis_under_the_same_load(rstack):
     assert all(i["figures"]["errors"] == 0 for i in analysis["intervals"])
     assert not [s for _, s, _ in load.seen if s != 200]
     assert before.version != "v7-good"
+
+
+# --- canary releases --------------------------------------------------------------------
+
+
+CANARY_ENV = {"COLORGATE_ANALYSIS_INTERVALS": "1", "COLORGATE_ANALYSIS_MIN_REQUESTS": "1"}
+
+
+def deploy_in_background(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`invoke deploy ARGS` as an operator starts it, running while the test looks on."""
+    return subprocess.Popen([INVOKE, "deploy", *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=config.project_root())
+
+
+def wait_for_canary(settings, percent: int, proc: subprocess.Popen, seconds: float = 180) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = canary.read(settings)
+        if found and found["percent"] == percent:
+            return found
+        if proc.poll() is not None:
+            raise AssertionError(f"the deploy ended before its canary reached {percent}%: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"no canary at {percent}% within {seconds:.0f}s")
+
+
+def first_visits(settings, users: int) -> dict[str, tuple[str, str]]:
+    """Each user's first request (no cookie yet): the color that answered and the bucket cookie the edge gave."""
+    seen = {}
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        for n in range(users):
+            c.cookies.clear()
+            r = c.get("/api/version", headers={"User-Agent": f"canary-user-{n}"})
+            assert r.status_code == 200, r.text
+            seen[f"canary-user-{n}"] = (r.headers["x-colorgate-color"], r.cookies.get(canary.COOKIE) or "")
+    return seen
+
+
+def returning_visits(settings, seen: dict[str, tuple[str, str]], times: int = 2) -> dict[str, set[str]]:
+    """Each user comes back with its cookie (from another address, as a phone changes networks: the cookie decides)."""
+    colors = {}
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        for user, (_, bucket) in seen.items():
+            c.cookies.clear()
+            c.cookies.set(canary.COOKIE, bucket)
+            colors[user] = {c.get("/api/version", headers={"User-Agent": f"{user}-elsewhere"}).headers["x-colorgate-color"]
+                            for _ in range(times)}
+    return colors
+
+
+def test_a_10_percent_canary_sends_about_10_percent_of_distinct_users_keeps_each_on_one_color_and_an_abort_returns_all(rstack, env, capsys):
+    before = live(rstack)
+    proc = deploy_in_background({**env, **CANARY_ENV, "COLORGATE_ANALYSIS_SECONDS": "120"}, "--canary", "10", "--version", "v8-canary")
+    try:
+        found = wait_for_canary(rstack, 10, proc)
+        assert found["color"] != before.color and found["version"] == "v8-canary"
+        status = invoke("canary.status", env=env)
+        assert f"canary: {found['color']} (v8-canary) gets 10% of users" in status.stdout and "deploy: " in status.stdout, status.stdout
+        assert f"canary: {found['color']} (v8-canary) gets 10% of users" in invoke("status", env=env).stdout
+        seen = first_visits(rstack, 300)
+        on_canary = [u for u, (color, _) in seen.items() if color == found["color"]]
+        assert all(bucket.isdigit() for _, bucket in seen.values())  # every new user got its bucket
+        share = len(on_canary) / len(seen)
+        with capsys.disabled():
+            print(f"\n  10% canary: {len(on_canary)} of {len(seen)} distinct users ({share:.1%}) got {found['color']}")
+        assert 0.04 <= share <= 0.18, share
+        again = returning_visits(rstack, seen)
+        assert all(again[u] == {seen[u][0]} for u in seen), [u for u in seen if again[u] != {seen[u][0]}][:5]  # each stays
+        aborted = invoke("canary.abort", env=env)
+        assert aborted.returncode == 0 and f"everyone gets {before.color} again" in aborted.stdout, aborted.stderr
+        back = returning_visits(rstack, {u: seen[u] for u in on_canary}, times=1)  # at once: the next request
+        assert all(colors == {before.color} for colors in back.values()), back
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1 and "the canary was aborted" in err.strip().splitlines()[-1], err[-2000:]
+    assert_traffic_untouched(rstack, before)
+    states = facts.service_states(rstack)
+    assert {s.state for s in states.values() if s.color == found["color"]} <= {"exited", "created"}  # the candidate stopped
+    assert canary.read(rstack) is None and edge.read_history(rstack)[-1]["outcome"] == "refused"
+
+
+def test_a_canary_goes_step_by_step_and_a_promote_switches_everyone_gated(rstack, env):
+    before = live(rstack)
+    proc = deploy_in_background({**env, **CANARY_ENV, "COLORGATE_ANALYSIS_SECONDS": "3"}, "--canary", "10,50", "--version", "v9-canary")
+    try:
+        wait_for_canary(rstack, 50, proc)  # 10% passed its gates and its interval, on its own
+        promoted = invoke("canary.promote", env=env)
+        assert promoted.returncode == 0 and "the deploy switches everyone to" in promoted.stdout, promoted.stderr
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    now = live(rstack)
+    assert now.version == "v9-canary" and now.color != before.color and canary.read(rstack) is None
+    last = edge.read_history(rstack)[-1]
+    assert last["outcome"] == "switched"
+    steps = last["analysis"]["canary"]
+    assert [s["percent"] for s in steps] == [10, 50] and steps[0]["verdict"] == "passed", steps
+    assert steps[1]["verdict"] in ("promoted", "passed")  # promoted, unless its 3 s interval ended first
+    assert {g["phase"] for g in last["gates"]} == {"pre", "post"} and all(g["outcome"] == "passed" for g in last["gates"])
+    assert invoke("canary.status", env=env).stdout.startswith(f"no canary: everyone gets {now.color} (v9-canary)")
+    assert "no canary runs: nothing to abort" in invoke("canary.abort", env=env).stdout
+
+
+def test_a_canary_that_fails_its_users_is_aborted_by_its_analysis_and_the_stable_color_never_moves(rstack, tmp_path):
+    """One request in five of the canary's users gets a 500; its gates pass. Users are new
+    ones each time (no cookie), so about a tenth of them reach the canary."""
+    bad = dataclasses.replace(broken_app(
+        tmp_path, rstack, '        if url.path == "/api/slow":\n',
+        '        if url.path == "/api/slow" and int((query.get("user") or ["1"])[0]) % 5 == 0:\n'
+        '            return self.send_json(500, {"error": "broken for real users"})\n'
+        '        if url.path == "/api/slow":\n'), analysis_intervals=1, analysis_seconds=6, analysis_min_requests=3)
+    before = live(bad)
+    with UserLoad(bad, new_users=True) as load:
+        with pytest.raises(release.GateFailed) as err:
+            release.deploy(bad, version="v10-bad-canary", canary=(10,))
+    assert "the analysis of" in str(err.value) and "traffic failed at interval 1: 5xx" in str(err.value), err.value
+    assert_traffic_untouched(bad, before)
+    assert canary.read(bad) is None
+    last = edge.read_history(bad)[-1]
+    assert (last["to_version"], last["outcome"]) == ("v10-bad-canary", "refused")
+    step = last["analysis"]["canary"][0]
+    assert step["verdict"] == "failed" and step["intervals"][0]["baseline"]["errors"] == 0
+    on_canary = [s for _, s, color in load.seen if color != before.color]
+    assert on_canary and len(on_canary) < len(load.seen) / 4  # a share of users, not everyone
+    assert all(color == before.color for t, _, color in load.seen if t > time.time() - 0.5)

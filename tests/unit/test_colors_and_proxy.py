@@ -105,7 +105,7 @@ def test_maintenance_file_carries_retry_message_and_token_and_refuses_markup(tmp
     text = edge.render_maintenance("Back at 14:00: upgrading the database", 120, "2026-11-30T12:00:00+00:00", "ab12cd")
     proc, path = write(tmp_path, edge.maintenance_cmd(text))
     assert proc.returncode == 0, proc.stderr
-    assert edge._fields(path.read_text()) == {"retry": "120", "since": "2026-11-30T12:00:00+00:00", "bypass": "ab12cd",
+    assert edge.state_fields(path.read_text()) == {"retry": "120", "since": "2026-11-30T12:00:00+00:00", "bypass": "ab12cd",
                                               "message": "Back at 14:00: upgrading the database"}
     assert edge.maintenance_cmd(text)[-2] == "maintenance=on" and edge.maintenance_cmd("")[-2] == "maintenance=off"
     for message in ("<b>x</b>", 'say "hi"', "a\nb", "x" * 301, "back\\slash"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, edge, facts, gates, history, runner
+from deploy import canary, config, edge, facts, gates, history, runner
 from deploy.errors import StackError
 
 
@@ -49,8 +49,9 @@ def test_taking_the_lock_reads_what_a_locked_command_decides_from_in_the_same_ex
     (tmp_path / "freeze").write_text(edge.render_freeze(5))
     (tmp_path / "database.json").write_text('{"url": "postgresql://app@db.example/app"}')  # as written: no newline
     (tmp_path / "history.jsonl").write_text(HISTORY)
+    (tmp_path / "canary").write_text(canary.render("blue", "v8", 10, 42, 1796000000))
     found = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken", history=True)).stdout)
-    assert found.active == edge.Active("green", "v7") and found.frozen
+    assert found.active == edge.Active("green", "v7") and found.frozen and found.canary
     assert found.database == {"url": "postgresql://app@db.example/app"}
     assert found.history == edge.parse_history(HISTORY) and len(found.history) == 3
     assert _on(tmp_path, edge.unlock_cmd("t0ken")).returncode == 0
@@ -77,7 +78,7 @@ def test_an_intent_sets_the_holders_phase_and_an_outcome_says_where_traffic_is(t
 
     (tmp_path / "live").write_text(edge.render_live("blue", "v1.2-rc_3"))
     final = _on(tmp_path, edge.final_history_cmd({**record, "outcome": "switched"}))
-    assert final.returncode == 0 and edge._fields(final.stdout) == {"color": "blue", "version": "v1.2-rc_3"}
+    assert final.returncode == 0 and edge.state_fields(final.stdout) == {"color": "blue", "version": "v1.2-rc_3"}
     last = edge.parse_history((tmp_path / "history.jsonl").read_text())
     assert last == [{**record, "outcome": "switched", "live_color": "blue", "live_version": "v1.2-rc_3"}]
 
@@ -85,7 +86,7 @@ def test_an_intent_sets_the_holders_phase_and_an_outcome_says_where_traffic_is(t
     _on(tmp_path, edge.final_history_cmd(record))
     assert edge.parse_history((tmp_path / "history.jsonl").read_text())[-1] == {**record, "live_color": "blue", "live_version": ""}
     (tmp_path / "live").unlink()
-    assert edge._fields(_on(tmp_path, edge.final_history_cmd(record)).stdout) == {"color": "", "version": ""}
+    assert edge.state_fields(_on(tmp_path, edge.final_history_cmd(record)).stdout) == {"color": "", "version": ""}
 
 
 def test_the_heartbeat_beats_while_its_holder_lives_and_stops_when_it_dies(tmp_path):

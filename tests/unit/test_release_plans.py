@@ -43,7 +43,7 @@ def decide(case: dict) -> release.Plan:
     args = dict(case.get("args") or {})
     t = target(case["facts"])
     if case["command"] == "deploy":
-        return release.plan_deploy(settings, t, args.get("version"), args.get("force", False))
+        return release.plan_deploy(settings, t, args.get("version"), args.get("force", False), tuple(args.get("canary", ())))
     if case["command"] == "switch":
         return release.plan_switch(settings, t, args["to"], args.get("use_gates", True))
     return release.plan_rollback(settings, t, args.get("use_gates", True))
