@@ -16,7 +16,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap, canary as canary_steps, edge, keys as _keys
-from deploy import config, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls, traffic as _traffic
+from deploy import config, views, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls, traffic as _traffic
 from deploy.errors import ColorgateError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -84,7 +84,8 @@ def bootstrap(c, profile=None, host=None):
 def up(c, profile=None, host=None, registry=None, version=None):
     """Start the edge, PostgreSQL and the live color (a no-op when all are running)."""
     settings = _target(profile, host, registry)
-    print(stack.format_status(release.up(settings, version=version and edge.check_version(version))))
+    release.up(settings, version=version and edge.check_version(version))
+    print(views.format_status(views.status(settings)))
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "volumes": "also delete volumes: the database, certificates and routing state"})
@@ -101,15 +102,15 @@ def down(c, profile=None, host=None, volumes=False):
 def status(c, profile=None, host=None, json_=False):
     """Active color, each service's state, health and version, and the URLs."""
     settings = _target(profile, host)
-    data = stack.status(settings)
+    data = views.status(settings)
     history = edge.read_history(settings) if data["active"] else []
     data["last_release"] = history[-1] if history else None
     if json_:
         print(json.dumps(data, indent=2))
     else:
-        print(stack.format_status(data))
+        print(views.format_status(data))
         if history:
-            print("\nlast release:\n" + _history.format_history(history, limit=1))
+            print("\nlast release:\n" + views.format_history(history, limit=1))
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "routes": "print the edge's nginx routes instead"})
@@ -243,29 +244,35 @@ def rollback(c, profile=None, host=None, no_gates=False, break_lock=False):
     _report(release.rollback(settings, use_gates=not no_gates, break_lock=break_lock))
 
 
-@task(help={"profile": "env profile", "host": HOST_HELP, "limit": "how many records", "json": "print machine-readable JSON"})
+@task(help={"profile": "env profile", "host": HOST_HELP, "limit": "how many records", "json": "print machine-readable JSON",
+            "show": "one record in full (1: the latest, 2: the one before, or its id): gates, canary and analysis figures, report"})
 @operator_errors
-def history(c, profile=None, host=None, limit=20, json_=False):
+def history(c, profile=None, host=None, limit=20, json_=False, show=None):
     """Deploys, switches and rollbacks recorded on the target, newest last."""
     settings = _target(profile, host)
     records = edge.read_history(settings)
-    print(json.dumps(records[-int(limit):], indent=2) if json_ else _history.format_history(records, int(limit)))
+    if show:
+        record = views.pick(records, show)
+        print(json.dumps(record, indent=2) if json_ else views.format_release(record, settings.root))
+        return
+    print(json.dumps(records[-int(limit):], indent=2) if json_ else views.format_history(records, int(limit)))
 
 
 @task(help={"switches": "switches without gates", "gated": "gated switches", "baseline": "naive recreations to compare",
             "rps": "requests a second (wrk, clients that never retry)", "stream": "a server-sent-events path kept open across the switches",
-            "path": "a path to request (repeatable; default: each routed service's health path)", "json": "write figures to this JSON file", "png": "write the plot to this PNG file"},
+            "path": "a path to request (repeatable; default: each routed service's health path)", "json": "write figures to this JSON file", "png": "write the plot to this PNG file",
+            "no_bad_release": "skip the bad release that the analysis must flip back (time to detect, failed requests)"},
       iterable=["path"])
 @operator_errors
 def bench(c, switches=20, gated=3, baseline=3, rps=200, stream="", path=None, json_="benchmarks/out/switch_under_load.json",
-          png="benchmarks/out/switch_under_load.png"):
+          png="benchmarks/out/switch_under_load.png", no_bad_release=False):
     """Benchmark switching under HTTPS load on an isolated stack of the app, against the naive recreate baseline
     (exits 3 without figures when the load client could not hold its rate)."""
     from benchmarks import switch_under_load
 
     code = switch_under_load.main([f"--switches={switches}", f"--gated={gated}", f"--baseline={baseline}", f"--rps={rps}",
                                    *([f"--stream={stream}"] if stream else []), *(f"--path={p}" for p in path or []),
-                                   f"--json={json_}", f"--png={png}"])
+                                   f"--json={json_}", f"--png={png}", *(["--no-bad-release"] if no_bad_release else [])])
     if code:
         raise SystemExit(code)
 

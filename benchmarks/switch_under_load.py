@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import config, edge, facts, release, runner, stack, tls  # noqa: E402
 from deploy.colors import other  # noqa: E402
+from deploy.errors import GateFailed  # noqa: E402
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_record.lua")
 MIN_RATE_SHARE = 0.95  # a phase whose client achieved less than this share of its rate is not valid
@@ -414,6 +415,22 @@ def run(args) -> dict:
         runs["baseline"] = load.stop()
         end4 = time.monotonic()
         retry.stop()
+
+        # 5. a bad release: its gates pass, but one in five of its users' requests fails;
+        # the analysis of real traffic after the switch must flip it back
+        if args.bad_release:
+            bad = bad_release(settings, workdir)
+            load = Wrk(f"https://{settings.edge_address}:{settings.https_port}", [*paths, BAD_PATH], args.rps, "bad release",
+                       workdir, args.warmup)
+            started.append(load)
+            time.sleep(args.warmup + 3)  # the old color's figures before the switch: the analysis compares against them
+            clock = time.time() - time.monotonic()
+            try:
+                release.deploy(bad, version="v-bad")
+            except GateFailed:
+                pass
+            runs["bad release"] = load.stop()
+            bad_record = edge.read_history(settings)[-1]
     finally:
         for w in started:  # a phase that failed half-way leaves no load client behind
             w.kill()
@@ -449,6 +466,7 @@ def run(args) -> dict:
         "baseline_recreate": {"recreations": args.baseline,
                               "longest_gap_ms": round(longest_gap(runs["baseline"], phase4, end4) * 1000, 1),
                               "never_retry": wrk_figures(runs["baseline"]), "retry_once": retry.window(phase4, end4)},
+        "bad_release": bad_release_figures(bad_record, runs["bad release"], clock) if args.bad_release else None,
         "stream": {**asdict(retry.stream), "survived": retry.stream.survived} if args.stream else None,
         "seconds": round(time.monotonic() - began, 1),
     }
@@ -457,6 +475,38 @@ def run(args) -> dict:
         plot(runs, retry, events, began, [("switches", phase1, end1), ("gated", phase2, end2), ("rollback", phase3, end3),
                                           ("baseline recreate", phase4, end4)], args.png)
     return result
+
+
+BAD_PATH = "/api/slow?ms=0&from=load"  # what the bad release fails one time in five (its health checks and gates never ask it)
+BAD_ANALYSIS = {"COLORGATE_ANALYSIS_INTERVALS": "3", "COLORGATE_ANALYSIS_SECONDS": "5", "COLORGATE_ANALYSIS_MIN_REQUESTS": "20"}
+
+
+def bad_release(settings: config.Settings, workdir: Path) -> config.Settings:
+    """The app with one change, as a bad release would be: a share of its users'
+    requests fail while everything the gates look at works; analysis on."""
+    copy = workdir / "bad-app"
+    shutil.copytree(settings.app_dir, copy)
+    app = copy / "backend" / "app.py"
+    text = app.read_text()
+    anchor = '        if url.path == "/api/slow":\n'
+    assert anchor in text, "the sample app changed: update benchmarks/switch_under_load.py's bad release"
+    app.write_text(text.replace(anchor, '        if query.get("from") == ["load"] and __import__("random").random() < 0.2:\n'
+                                        '            return self.send_json(500, {"error": "a bad release"})\n' + anchor, 1))
+    return config.load("development", environ={**os.environ, **settings.as_environment(), **BAD_ANALYSIS,
+                                                "COLORGATE_APP": str(copy / "docker-compose.yml")})
+
+
+def bad_release_figures(record: dict, run: WrkRun, clock: float) -> dict:
+    """Time from the switch to the flip-back, and what the users got meanwhile."""
+    marks = {m["what"].split(" to ")[0]: m["t"] - clock for m in record.get("marks", [])}  # on time.monotonic()'s clock
+    switched, back = marks.get("switch"), marks.get("switch back")
+    if switched is None or back is None:
+        return {"flipped_back": False, "outcome": record["outcome"], "detail": record.get("detail", "")}
+    window = [(t, status) for t, status, _ in run.answers if switched <= t <= back + 0.5]
+    failed = sum(1 for _, status in window if status >= 500 or status == 0)
+    return {"flipped_back": True, "outcome": record["outcome"], "time_to_detect_s": round(back - switched, 2),
+            "failed": failed, "answered": len(window), "failed_share": round(failed / len(window), 4) if window else 0.0,
+            "analysis": {k: v for k, v in BAD_ANALYSIS.items()}, "client": wrk_figures(run)}
 
 
 def targets(result: dict, never_retry_failed: int) -> dict:
@@ -550,6 +600,15 @@ def report(result: dict) -> str:
         st = result["stream"]
         lines.append(f"stream {st['path']} opened on {st['opened_color']}: {st['events']} events, max gap {st['max_gap_s']:.1f} s, "
                      f"survived every switch: {st['survived']} {st['error']}")
+    bad = result.get("bad_release")
+    if bad and bad["flipped_back"]:
+        c = bad["client"]
+        lines.append(f"bad release (1 in 5 of {BAD_PATH} fails, gates pass; analysis {bad['analysis']['COLORGATE_ANALYSIS_INTERVALS']} x "
+                     f"{bad['analysis']['COLORGATE_ANALYSIS_SECONDS']} s): flipped back {bad['time_to_detect_s']} s after the switch; "
+                     f"{bad['failed']} of {bad['answered']} requests answered meanwhile failed ({bad['failed_share']:.1%}); "
+                     f"wrk {c['achieved_rps']}/s of {c['asked_rps']}/s")
+    elif bad:
+        lines.append(f"bad release: NOT flipped back by the analysis (outcome {bad['outcome']}: {bad['detail'][:200]})")
     lines.append("targets (issue #11):")
     for t in result["targets"].values():
         mark = "n/a " if t["met"] is None else "MET " if t["met"] else "MISS"
@@ -571,6 +630,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--png", help="write the plot to this PNG file")
     p.add_argument("--keep", action="store_true", help="leave the benchmark's stack running")
+    p.add_argument("--no-bad-release", dest="bad_release", action="store_false",
+                   help="skip the bad release (one in five user requests fails, gates pass) that the analysis must flip back")
     args = p.parse_args(argv)
     for path in (args.json, args.png):
         if path:

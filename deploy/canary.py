@@ -26,22 +26,11 @@ import secrets
 import time
 
 from deploy import edge
-from deploy.colors import COLORS, other, parse_color
+from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import ColorgateError, GateFailed
 
-FILE = f"{edge.STATE_DIR}/canary"
-LINES = (f"#.*|color=({'|'.join(COLORS)})|version={edge.VERSION_RE}|percent=[0-9]{{1,2}}|offset=[0-9]{{1,2}}"
-         "|since=[0-9]+|decision=(promote)?")
 COOKIE = "colorgate_bucket"
-
-# A step after the first is written only while the file is there and undecided: an
-# abort (the file removed) or a promote that came meanwhile is not overwritten.
-GUARD = """if [ "${6:-}" = next ]; then
-  [ -f "$1" ] || { echo "aborted" >&2; exit 5; }
-  ! grep -q '^decision=.' "$1" || { echo "decided" >&2; exit 5; }
-fi
-"""
 
 
 def parse_percents(text: str) -> tuple[int, ...]:
@@ -56,51 +45,22 @@ def parse_percents(text: str) -> tuple[int, ...]:
     return percents
 
 
-def render(color: str, version: str, percent: int, offset: int, since: int, decision: str = "") -> str:
-    return (f"color={parse_color(color)}\nversion={edge.check_version(version)}\npercent={percent}\noffset={offset}\n"
-            f"since={since}\n" + (f"decision={decision}\n" if decision else ""))
-
-
-def parse(text: str) -> dict | None:
-    """The file's fields (percent, offset and since as numbers), None when absent."""
-    fields = edge.state_fields(text)
-    if not fields.get("color"):
-        return None
-    return {**fields, "percent": int(fields.get("percent", "0")), "offset": int(fields.get("offset", "0")),
-            "since": int(fields.get("since", "0")), "decision": fields.get("decision", "")}
-
-
-def read(settings: Settings) -> dict | None:
-    return parse(edge.in_edge(settings, edge.read_file_cmd(FILE), "reading the canary").stdout)
-
-
-def _write(settings: Settings, text: str, expect: str, guard: bool = False, what: str = "") -> bool:
-    """Install the file (empty: remove it); False when the guard found it aborted or decided."""
-    proc = edge.in_edge(settings, ["sh", "-c", GUARD + edge.WRITE_SCRIPT, "canary", FILE, LINES, "color version percent offset" if text else "",
-                                   expect, text, "next" if guard else ""], what or "writing the canary", check=False)
-    if proc.returncode == 5:
-        return False
-    if proc.returncode != 0:
-        raise ColorgateError(f"the edge refused the canary ({(proc.stderr.strip().splitlines() or ['no output'])[-1]})")
-    return True
-
-
 ABORTED = "the canary was aborted (`invoke canary.abort`): everyone is on the stable color"
 
 
 def start(settings: Settings, color: str, version: str, percent: int, first: bool) -> str:
     """Send `percent` of the users to `color`. Returns what an operator decided
     meanwhile ("promote": no more steps; "": went on); raises GateFailed on an abort."""
-    expect = f"canary={color} {percent}"
+    expect, what = f"canary={color} {percent}", f"sending {percent}% of users to {color}"
     if first:
-        _write(settings, render(color, version, percent, secrets.randbelow(100), int(time.time())), expect,
-               what=f"sending {percent}% of users to {color}")
+        edge.write_canary(settings, edge.render_canary(color, version, percent, secrets.randbelow(100), int(time.time())), expect,
+                          what=what)
         return ""
     current = read(settings)
     if current is None:
         raise GateFailed(ABORTED)
-    if not current["decision"] and _write(settings, render(color, version, percent, current["offset"], current["since"]), expect,
-                                          guard=True, what=f"sending {percent}% of users to {color}"):
+    text = edge.render_canary(color, version, percent, current["offset"], current["since"])
+    if not current["decision"] and edge.write_canary(settings, text, expect, guard=True, what=what):
         return ""
     found = decision(settings)
     if found == "abort":
@@ -108,9 +68,13 @@ def start(settings: Settings, color: str, version: str, percent: int, first: boo
     return found
 
 
+def read(settings: Settings) -> dict | None:
+    return edge.read_canary(settings)
+
+
 def clear(settings: Settings) -> None:
     """Everyone on the live color again, from the next request on."""
-    _write(settings, "", "canary=off", what="ending the canary")
+    edge.write_canary(settings, "", "canary=off", what="ending the canary")
 
 
 def decision(settings: Settings) -> str:
@@ -174,7 +138,7 @@ def promote(settings: Settings) -> str:
         raise ColorgateError(f"no deploy is running this canary (it died?), so nothing would promote it: switch everyone with "
                              f"`invoke switch --to {found['color']}` (gated), or end it with `invoke canary.abort`")
     if found.get("decision") != "promote":
-        text = render(found["color"], found["version"], found["percent"], found["offset"], found["since"], "promote")
-        if not _write(settings, text, f"canary={found['color']} {found['percent']}", guard=True, what="promoting the canary"):
+        text = edge.render_canary(found["color"], found["version"], found["percent"], found["offset"], found["since"], "promote")
+        if not edge.write_canary(settings, text, f"canary={found['color']} {found['percent']}", guard=True, what="promoting the canary"):
             return "the canary ended meanwhile: nothing to promote"
     return f"canary promoted: the deploy switches everyone to {found['color']} ({found['version']}), gated, at its next check"

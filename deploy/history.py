@@ -212,6 +212,8 @@ class Record:
     gates: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     analysis: dict = field(default_factory=dict)  # the new color's real traffic after the switch (traffic.analyse)
+    marks: list[dict] = field(default_factory=list)  # {"t": epoch seconds, "what": "switch to green"}: for the report
+    report: str = ""  # the release report (a PNG on the machine that ran it)
     duration_s: float = 0.0
     id: str = field(default_factory=lambda: secrets.token_hex(6))
     phase: str = ""  # the last phase it reached
@@ -238,22 +240,6 @@ def previous_color(history: list[dict]) -> tuple[str, str] | None:
         if live and record.get("from_color") and live != record["from_color"]:
             return record["from_color"], record["from_version"]
     return None
-
-
-def format_history(history: list[dict], limit: int = 20) -> str:
-    if not history:
-        return "no releases recorded yet"
-    lines = [f"{'STARTED':<26} {'ACTION':<9} {'FROM':<14} {'TO':<14} {'OUTCOME':<12} {'TIME':>6}  OPERATOR"]
-    for r in history[-limit:]:
-        passed = sum(1 for g in r.get("gates", []) if g.get("outcome") == "passed")
-        lines.append(
-            f"{r['started']:<26} {r['action']:<9} {r['from_color'] + ' ' + r['from_version']:<14} "
-            f"{r['to_color'] + ' ' + r['to_version']:<14} {r['outcome']:<12} {r['duration_s']:>5.1f}s  {r['operator']}"
-            + (f"  gates {passed}/{len(r['gates'])}" if r.get("gates") else "")
-            + (f"  ({r['detail']})" if r.get("detail") else "")
-            + (f"  [traffic on {r['live_color']}]" if r.get("outcome") in ("failed", "interrupted") and r.get("live_color") else "")
-        )
-    return "\n".join(lines)
 
 
 def settle(record: Record, exc: BaseException | None) -> None:

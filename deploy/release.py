@@ -12,6 +12,7 @@ keeps running: a rollback is a switch.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import asdict, dataclass, field
 
 from deploy import access, canary, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
@@ -208,6 +209,7 @@ class Steps:
             at(self.record, f"canary {percent}%")
             with timed(self.record, "canary", f"sending {percent}% of users to {p.to_color} ({p.to_version})"):
                 decided = canary.start(self.settings, p.to_color, p.to_version, percent, first=number == 0)
+                self._mark(f"canary {percent}%")
             if decided == "promote":
                 break
             _gate(self.settings, self.record, "post", p.to_color, p.to_version)
@@ -220,10 +222,14 @@ class Steps:
             raise GateFailed(canary.ABORTED)
         return found == "promote"
 
+    def _mark(self, what: str) -> None:
+        self.record.marks.append({"t": round(time.time(), 3), "what": what})
+
     def switch(self) -> None:
         p = self.plan
         with timed(self.record, "switch", f"switching traffic {p.from_color} -> {p.to_color}"):
             edge.write_active(self.settings, p.to_color, p.to_version)
+            self._mark(f"switch to {p.to_color}")
             if p.canary:  # after the switch: the canary names the live color now, so it routes no one
                 canary.clear(self.settings)
 
@@ -237,6 +243,7 @@ class Steps:
         p = self.plan
         with timed(self.record, "switch_back", f"switching traffic back to {p.from_color}"):
             edge.write_active(self.settings, p.from_color, p.from_version)
+            self._mark(f"switch back to {p.from_color}")
 
     def gates_back(self) -> None:
         _gate(self.settings, self.record, "post", self.plan.from_color, self.plan.from_version)
@@ -245,6 +252,7 @@ class Steps:
         if self.plan.canary:  # every user back on the stable color first
             with runner.step(f"ending the canary: everyone on {self.plan.from_color} ({self.plan.from_version})"):
                 canary.clear(self.settings)
+                self._mark("canary ended")
         stack.stop_color(self.settings, self.plan.to_color, self.versions)
 
 
@@ -269,8 +277,17 @@ def _run(settings: Settings, plan: Plan, target: Target, force: bool = False) ->
         record.outcome = "no-op"
         runner.say(plan.noop)
         return record
-    with recorded(settings, record, phase=plan.steps[0]):
-        execute(plan, Steps(settings, plan, record, facts.running_versions(target.states), force=force), record)
+    if plan.action == "deploy":  # a release's picture, next to its gate reports
+        record.report = str(settings.reports_dir / f"release-{record.started.replace(':', '')}-{record.id}.png")
+    try:
+        with recorded(settings, record, phase=plan.steps[0]):
+            execute(plan, Steps(settings, plan, record, facts.running_versions(target.states), force=force), record)
+    except ColorgateError:
+        if record.report:
+            traffic.write_report(settings, record)
+        raise
+    if record.report:
+        traffic.write_report(settings, record)
     return record
 
 
@@ -346,7 +363,7 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
         return 1
 
 
-def up(settings: Settings, version: str | None = None) -> dict:
+def up(settings: Settings, version: str | None = None) -> None:
     """`invoke up` (which CI may run on every push): stack.up, with its migrations
     guarded as a release's are: under the release lock, and, when the database holds
     anything, after a backup a restore verified. At head: nothing taken, nothing run."""

@@ -11,11 +11,10 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
 
 import tenacity
 
-from deploy import access, canary, edge, facts, images, render, runner
+from deploy import access, edge, facts, images, render, runner
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import client_url, shown_url
@@ -254,7 +253,7 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
 
 
 def up(settings: Settings, version: str | None = None,
-       run_migrations: Callable[[str, dict[str, str]], None] | None = None) -> dict:
+       run_migrations: Callable[[str, dict[str, str]], None] | None = None) -> None:
     """Start the edge, PostgreSQL and the live color (the initial color on a new stack,
     at `version`: default the newest built, or v1). Its migrations run through
     `run_migrations(color, versions)` when given: `invoke up` guards them as a release
@@ -316,7 +315,6 @@ def up(settings: Settings, version: str | None = None,
             runner.say("!! stopping what this run started (volumes kept)")
             runner.run(compose_cmd(settings, "down", "--remove-orphans"), env=settings.compose_env(), check=False)
         raise
-    return status(settings)
 
 
 def down(settings: Settings, volumes: bool = False) -> None:
@@ -385,72 +383,3 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
         raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
     args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")
-
-
-def status(settings: Settings) -> dict:
-    """Active color, per-service state and health, versions and URLs, as data. A
-    container the engine has not checked yet (it checks five minutes apart) is checked now."""
-    states = facts.service_states(settings)
-    starting = [name for name, s in states.items() if s.state == "running" and s.health == "starting"]
-    for name, passed in zip(starting, facts.parallel(lambda name: facts.passes_healthcheck(settings, name), starting)):
-        if passed:
-            states[name] = replace(states[name], health="healthy")
-    active, frozen, held, maintenance, split = None, False, None, None, None
-    if states.get("edge") and states["edge"].state == "running":
-        files = edge.read_files(settings, "live", "freeze", "maintenance", "canary")
-        found = edge.live_of(files["live"])
-        active = asdict(found) if found else None
-        frozen = bool(files["freeze"].strip())
-        maintenance = {k: v for k, v in edge.state_fields(files["maintenance"]).items() if k != "bypass"} or None
-        split = canary.parse(files["canary"])
-        split = split if split and active and split["color"] != active["color"] else None
-        taken = edge.read_lock(settings)
-        held = {**asdict(taken), "stale": taken.stale} if taken else None
-    return {
-        "project": settings.project,
-        "profile": settings.profile,
-        "engine": settings.docker_host or "local",
-        "active": active,
-        "writes_frozen": frozen,
-        "maintenance": maintenance,
-        "canary": split,
-        "lock": held,
-        "services": [asdict(s) for _, s in sorted(states.items())],
-        "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
-    }
-
-
-def format_status(data: dict) -> str:
-    """The human view of `status()`."""
-    active = data["active"]
-    lines = [
-        f"project {data['project']} (profile {data['profile']}, engine {data['engine']})",
-        f"active color: {active['color']} ({active['version']})" if active else "active color: none",
-    ]
-    live = next((s for s in data["services"] if active and s["color"] == active["color"] and s.get("database")), None)
-    if live:
-        lines.append(f"database: {live['database']}")
-    held = data.get("lock")
-    if held:
-        lines.append(f"release lock: {edge.describe_holder(held['holder'])}" + (f", at {held['phase']}" if held["phase"] else "")
-                     + f", last heartbeat {held['age']} s ago"
-                     + (" (STALE: its run died? see `invoke history`, then --break-lock)" if held["stale"] else ""))
-    if data.get("maintenance"):
-        m = data["maintenance"]
-        lines.append(f"MAINTENANCE MODE since {m.get('since', '?')}: the app's routes answer 503"
-                     + (f" ({m['message']})" if m.get("message") else "") + " - `invoke maintenance --off` ends it")
-    if data.get("canary"):
-        c = data["canary"]
-        lines.append(f"canary: {c['color']} ({c['version']}) gets {c['percent']}% of users - `invoke canary.status`")
-    if data.get("writes_frozen"):
-        lines.append("writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)")
-    lines += [
-        "",
-        f"{'SERVICE':<20} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",
-    ]
-    for s in data["services"]:
-        lines.append(f"{s['service']:<20} {s['state']:<10} {s['health'] or '-':<10} {s['version'] or '-':<10} {', '.join(s['ports']) or '-'}")
-    if not data["services"]:
-        lines.append("(no containers: run `invoke up`)")
-    lines += ["", *(f"{name:<6} {url}" for name, url in data["urls"].items())]
-    return "\n".join(lines)

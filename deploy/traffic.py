@@ -158,6 +158,43 @@ def judge(found: Figures | None, baseline: Figures | None, bounds: Bounds, again
     return ("failed" if broken else "passed"), broken
 
 
+def route_of(path: str, routes) -> object | None:
+    """The route nginx sends `path` to: the longest prefix that matches."""
+    matching = [r for r in routes if path.startswith(r.path)]
+    return max(matching, key=lambda r: len(r.path)) if matching else None
+
+
+def judge_routes(requests: list[Request], color: str, baseline: Figures | None, bounds: Bounds, routes,
+                 against: str = "the old color's") -> tuple[str, list[str], dict]:
+    """An interval's verdict for `color` where routes of the contract carry their own
+    bounds (x-colorgate.routes[].analysis): each such route's requests are judged by
+    its bounds alone, the rest by the settings' (and against the baseline). Returns
+    (verdict, broken, {route path: verdict and figures} for the routes of their own)."""
+    own = [r for r in routes if r.own_bounds]
+    mine = [r for r in requests if r.color == color]
+    groups: dict[str, list[Request]] = {}
+    for r in mine:
+        route = route_of(r.path, routes)
+        groups.setdefault(route.path if route is not None and route.own_bounds else "", []).append(r)
+    rest = figures(groups.get("", [])).get(color)
+    verdict, broken = judge(rest, baseline, bounds, against) if rest or not own else ("inconclusive", [])
+    detail, failed = {}, verdict == "failed"
+    for route in own:
+        found = figures(groups.get(route.path, [])).get(color)
+        limits = Bounds(bounds.intervals, bounds.seconds, bounds.failure_limit,
+                        bounds.max_error_ratio if route.max_error_ratio is None else route.max_error_ratio,
+                        bounds.max_p95_ms if route.max_p95_ms is None else route.max_p95_ms,
+                        bounds.max_slowdown, bounds.min_requests, bounds.inconclusive)
+        v, b = judge(found, None, limits)
+        detail[route.path] = {"verdict": v, "figures": asdict(found) if found else None}
+        if v == "failed":
+            failed = True
+            broken += [f"{route.path}: {x}" for x in b]
+        elif v == "passed" and verdict == "inconclusive" and not rest:
+            verdict = "passed"
+    return ("failed" if failed else verdict), broken, detail
+
+
 def describe(found: Figures | None) -> str:
     if found is None:
         return "no request"
@@ -214,18 +251,20 @@ def _intervals(settings: Settings, record: Record, entry: dict, color: str, boun
                     entry["verdict"] = "promoted"
                     runner.say("   promoted by an operator (`invoke canary.promote`): no more analysis")
                     return True
-            found_all = figures(read(settings, start), since=start, until=end)
+            requests = [r for r in read(settings, start) if start <= r.at < end]
+            found_all = figures(requests)
         found = found_all.get(color)
         if stable:
             baseline = found_all.get(stable)
-        verdict, broken = judge(found, baseline, bounds, f"{stable}'s" if stable else "the old color's")
+        verdict, broken, routes = judge_routes(requests, color, baseline, bounds, settings.app.routes,
+                                               f"{stable}'s" if stable else "the old color's")
         if verdict == "inconclusive":
             if bounds.inconclusive == "extend" and planned < 2 * bounds.intervals:
                 planned += 1
             elif bounds.inconclusive == "fail":
                 verdict = "failed"
         entry["intervals"].append({"interval": number, "from": round(start, 3), "to": round(end, 3), "verdict": verdict,
-                                   "broken": broken, "figures": asdict(found) if found else None,
+                                   "broken": broken, "figures": asdict(found) if found else None, **({"routes": routes} if routes else {}),
                                    **({"baseline": asdict(baseline) if baseline else None} if stable else {})})
         runner.say(f"   interval {number}: {describe(found)}" + (f" ({stable}: {describe(baseline)})" if stable else "")
                    + f": {verdict}" + (f" ({'; '.join(broken)})" if broken else ""))
@@ -237,3 +276,77 @@ def _intervals(settings: Settings, record: Record, entry: dict, color: str, boun
         start = end
     entry["verdict"] = "passed"
     return False
+
+
+# --- the release report -------------------------------------------------------------------
+
+REPORT_BEFORE_SECONDS = 30  # the report starts this long before the release: the old color's traffic
+SERIES = {"blue": "tab:blue", "green": "tab:green", EDGE: "tab:gray"}
+
+
+def series(requests: list[Request], since: float, until: float, bucket: float) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Per color: (seconds since `since`, requests a second, 5xx share, p95 ms) per bucket
+    with requests in it."""
+    out: dict[str, list] = {}
+    groups: dict[tuple[str, int], list[Request]] = {}
+    for r in requests:
+        if since <= r.at < until:
+            groups.setdefault((r.color or EDGE, int((r.at - since) // bucket)), []).append(r)
+    for (color, n), rs in sorted(groups.items()):
+        errors = sum(1 for r in rs if r.status >= 500)
+        out.setdefault(color, []).append((n * bucket, len(rs) / bucket, errors / len(rs), percentile([r.seconds * 1000 for r in rs], 0.95)))
+    return out
+
+
+def write_report(settings: Settings, record: Record) -> None:
+    """The release's PNG (record.report): both colors' request rate, 5xx share and p95
+    over the release and its analysis, the switches and canary steps marked, the
+    analysed intervals shaded. Never fails a release: a report that cannot be made is said."""
+    from datetime import datetime
+
+    try:
+        began = datetime.fromisoformat(record.started).timestamp() - REPORT_BEFORE_SECONDS
+        ended = time.time() + 0.5
+        time.sleep(FLUSH_SECONDS)  # the edge's last requests of the release reach its log
+        found = series(read(settings, began), began, ended, max(1.0, math.ceil((ended - began) / 150)))
+        _plot(found, began, ended, record)
+        runner.say(f"   release report: {record.report}")
+    except Exception as exc:  # noqa: BLE001 - a picture is never worth a failed release
+        runner.say(f"!! no release report ({type(exc).__name__}: {exc})")
+
+
+def _plot(found: dict, began: float, ended: float, record: Record) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
+    for color, points in found.items():
+        xs = [p[0] for p in points]
+        for ax, i in zip(axes, (1, 2, 3)):
+            ax.plot(xs, [p[i] * (100 if i == 2 else 1) for p in points], color=SERIES.get(color, "black"), lw=1.2,
+                    label=color if color != EDGE else "the edge itself", marker="." if len(xs) < 40 else None)
+    spans = [*record.analysis.get("intervals", []), *(i for step in record.analysis.get("canary", []) for i in step.get("intervals", []))]
+    for ax in axes:
+        for span in spans:
+            ax.axvspan(span["from"] - began, span["to"] - began, color="red" if span["verdict"] == "failed" else "gray", alpha=0.08)
+        for mark in record.marks:
+            back = mark["what"].startswith("switch back") or mark["what"].startswith("canary ended")
+            ax.axvline(mark["t"] - began, color="red" if back else "black", lw=1, ls="--" if back else "-")
+    for mark in record.marks:
+        axes[0].annotate(mark["what"], (mark["t"] - began, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize=8,
+                         va="top", ha="right")
+    for ax, label in zip(axes, ("requests / s", "answered 5xx (%)", "p95 latency (ms)")):
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=8)
+    axes[-1].set_xlabel(f"seconds since {REPORT_BEFORE_SECONDS} s before the release began")
+    verdict = record.analysis.get("verdict") or next((s.get("verdict") for s in reversed(record.analysis.get("canary", []))), "")
+    fig.suptitle(f"{record.action} {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
+                 f"{record.outcome}" + (f" (analysis: {verdict})" if verdict else "") + f"  [{record.started}]", fontsize=11)
+    fig.tight_layout()
+    Path(record.report).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(record.report, dpi=80)
+    plt.close(fig)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, runner, stack
+from deploy import config, runner, stack, views
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
@@ -71,9 +71,11 @@ def settings(stack_env):
 
 @contextlib.contextmanager
 def running_stack(request, settings: config.Settings):
-    """`up` from nothing; on the way out, logs if anything failed, then remove it all."""
+    """`up` from nothing, yielding the status after it; on the way out, logs if anything
+    failed, then remove it all."""
     try:
-        yield stack.up(settings)
+        stack.up(settings)
+        yield views.status(settings)
     finally:
         if request.session.testsfailed:
             dump_logs(settings)

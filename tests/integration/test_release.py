@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import tenacity
@@ -405,7 +406,7 @@ class UserLoad:
 ANALYSIS = dict(analysis_intervals=2, analysis_seconds=4, analysis_min_requests=20)
 
 
-def test_a_release_that_fails_real_users_while_its_gates_pass_is_switched_back_by_the_analysis(rstack, tmp_path, capsys):
+def test_a_release_that_fails_real_users_while_its_gates_pass_is_switched_back_by_the_analysis(rstack, env, tmp_path, capsys):
     """Its health checks and gates pass; one user in five gets a 500 from it. The
     analysis of real traffic after the switch sees it in its first interval and
     switches back by itself; the history keeps each interval's figures."""
@@ -436,19 +437,26 @@ def test_a_release_that_fails_real_users_while_its_gates_pass_is_switched_back_b
               f"(analysis {switched_for}s)")
     assert 0 < len(failed) < len(load.seen)
     assert all(color == before.color for t, status, color in load.seen if t > time.time() - 0.5)
+    # the release report: a picture of it, and the record in full
+    assert Path(last["report"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [m["what"] for m in last["marks"]] == [f"switch to {last['to_color']}", f"switch back to {before.color}"]
+    shown = invoke("history", "--show", "1", env=env).stdout
+    assert shown.startswith(f"deploy {before.color} {before.version} -> {last['to_color']} v6-fails-users: rolled back") and \
+        "  analysis after the switch: failed" in shown and "    interval 1: " in shown and f"  report: {last['report']}\n" in shown + "\n", shown
 
 
-def test_a_good_release_passes_the_analysis_under_the_same_load(rstack):
+def test_good_releases_pass_the_analysis_under_the_same_load_with_no_false_alarm(rstack):
     good = dataclasses.replace(rstack, **ANALYSIS)
-    before = live(good)
-    with UserLoad(good) as load:
-        record = release.deploy(good, version="v7-good")
-    assert record.outcome == "switched" and live(good).version == "v7-good"
-    analysis = edge.read_history(good)[-1]["analysis"]
-    assert analysis["verdict"] == "passed" and [i["verdict"] for i in analysis["intervals"]] == ["passed", "passed"]
-    assert all(i["figures"]["errors"] == 0 for i in analysis["intervals"])
-    assert not [s for _, s, _ in load.seen if s != 200]
-    assert before.version != "v7-good"
+    for version in ("v7-good", "v7b-good"):  # repeated: each judged against the one before it
+        before = live(good)
+        with UserLoad(good) as load:
+            record = release.deploy(good, version=version)
+        assert record.outcome == "switched" and live(good).version == version
+        analysis = edge.read_history(good)[-1]["analysis"]
+        assert analysis["verdict"] == "passed" and [i["verdict"] for i in analysis["intervals"]] == ["passed", "passed"]
+        assert all(i["figures"]["errors"] == 0 for i in analysis["intervals"])
+        assert not [s for _, s, _ in load.seen if s != 200]
+        assert before.version != version
 
 
 # --- canary releases --------------------------------------------------------------------
@@ -577,6 +585,7 @@ def test_a_canary_that_fails_its_users_is_aborted_by_its_analysis_and_the_stable
     assert (last["to_version"], last["outcome"]) == ("v10-bad-canary", "refused")
     step = last["analysis"]["canary"][0]
     assert step["verdict"] == "failed" and step["intervals"][0]["baseline"]["errors"] == 0
+    assert [m["what"] for m in last["marks"]] == ["canary 10%", "canary ended"] and Path(last["report"]).is_file()
     on_canary = [s for _, s, color in load.seen if color != before.color]
     assert on_canary and len(on_canary) < len(load.seen) / 4  # a share of users, not everyone
     assert all(color == before.color for t, _, color in load.seen if t > time.time() - 0.5)

@@ -1,6 +1,6 @@
 """The switch benchmark refuses a run whose load client fell behind (pure logic)."""
 
-from benchmarks.switch_under_load import TARGETS, WrkRun, first_answer_from, longest_gap, targets
+from benchmarks.switch_under_load import TARGETS, WrkRun, first_answer_from, longest_gap, targets, bad_release_figures
 
 
 def test_a_phase_that_kept_its_rate_counts():
@@ -37,3 +37,17 @@ def test_the_stream_target_is_not_judged_without_a_stream():
     result = {"switch": {"median": 120.0}, "gated_switch": {"total_ms": {"median": 1500.0}},
               "rollback": {"inside_command_ms": 250.0}, "stream": None}
     assert targets(result, 0)["stream_gap_s"]["met"] is None
+
+
+def test_a_bad_release_is_timed_from_its_switch_to_its_flip_back_and_its_failed_requests_counted():
+    clock = 1_000_000.0  # time.time() - time.monotonic()
+    record = {"outcome": "rolled back", "marks": [{"t": clock + 100.0, "what": "switch to green"},
+                                                  {"t": clock + 106.5, "what": "switch back to blue"}]}
+    run = WrkRun("bad release", 200, 90.0)
+    run.answers = [(99.0, 500, "blue"), (101.0, 200, "green"), (102.0, 500, "green"), (103.0, 0, ""), (106.8, 200, "blue"),
+                   (107.5, 500, "blue")]
+    figures = bad_release_figures(record, run, clock)
+    assert figures["flipped_back"] and figures["time_to_detect_s"] == 6.5
+    assert (figures["failed"], figures["answered"]) == (2, 4)  # inside [switch, flip-back + 0.5 s]
+    never = bad_release_figures({"outcome": "switched", "marks": [{"t": clock + 100, "what": "switch to green"}]}, run, clock)
+    assert never == {"flipped_back": False, "outcome": "switched", "detail": ""}

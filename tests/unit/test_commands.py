@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, images, runner, stack
+from deploy import config, images, runner, stack, views
 from deploy.errors import CommandError, PortInUse
 
 
@@ -101,7 +101,7 @@ def test_port_in_use_is_refused_with_the_key_to_change():
 
 
 def test_status_formatting_without_containers():
-    text = stack.format_status(
+    text = views.format_status(
         {"project": "p", "profile": "development", "engine": "local", "active": None, "services": [], "urls": {"https": "https://x/"}}
     )
     assert "active color: none" in text and "run `invoke up`" in text
@@ -122,7 +122,7 @@ def test_status_text_names_project_engine_color_and_each_service():
                           "ports": [], "database": "local"},
                          {"service": "edge", "color": None, "state": "running", "health": "healthy", "version": "",
                           "ports": ["127.0.0.1:8443->8443/tcp"], "database": ""}]}
-    lines = stack.format_status(data).splitlines()
+    lines = views.format_status(data).splitlines()
     assert lines[:3] == ["project shop (profile development, engine local)", "active color: green (v3)", "database: local"]
     assert any(line.split()[:4] == ["api_green", "running", "healthy", "v3"] for line in lines)
 

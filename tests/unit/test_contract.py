@@ -104,6 +104,10 @@ def test_a_good_contract_is_read_with_its_defaults():
     ({"x-colorgate__database__clients": ["web", "db"]}, r"^x-colorgate.database.clients: 'db' is not colored"),
     ({"x-colorgate__database__file": "PG URL"}, r"^x-colorgate.database.file: should be an environment variable name such as DATABASE_URL_FILE"),
     ({"x-colorgate": None}, r"has no x-colorgate block: add one \(`invoke init --compose"),
+    ({"x-colorgate__routes": [{"path": "/", "to": "web:80", "analysis": {"max_error_ratio": 5}}]},
+     r"^x-colorgate.routes\[0\].analysis.max_error_ratio: should be a share from 0 to 1, such as 0.05 for 5%$"),
+    ({"x-colorgate__routes": [{"path": "/", "to": "web:80", "analysis": {"max_p95": 500}}]},
+     r"^x-colorgate.routes\[0\].analysis: unknown key 'max_p95': did you mean 'max_p95_ms'\?$"),
 ])
 def test_a_bad_contract_is_one_line_naming_the_path(changes, message):
     with pytest.raises(ContractError, match=message) as err:
@@ -270,3 +274,12 @@ def test_the_readme_reference_is_a_valid_contract():
                         **{n: {"image": "postgres:16"} for n in data["x-colorgate"]["shared"]}}
     app = contract.parse(data)
     assert app.routed == ("api", "web") and app.migrations.service == "api" and app.database.env == "DATABASE_URL"
+
+
+def test_a_route_may_carry_its_own_analysis_bounds():
+    app = contract.parse(app_with(**{"x-colorgate__routes": [
+        {"path": "/api/export", "to": "api:3000", "analysis": {"max_p95_ms": 5000, "max_error_ratio": 0.05}},
+        {"path": "/", "to": "web:80"}]}))
+    export, web = app.routes
+    assert (export.max_p95_ms, export.max_error_ratio, export.own_bounds) == (5000, 0.05, True)
+    assert (web.max_p95_ms, web.max_error_ratio, web.own_bounds) == (None, None, False)

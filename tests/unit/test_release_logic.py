@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import canary, config, edge, facts, gates, history, runner
-from deploy.errors import StackError
+from deploy import canary, config, edge, facts, gates, history, runner, views
+from deploy.errors import ColorgateError, StackError
 
 
 def _on(tmp_path, cmd: list[str], stdin=None, **kw) -> subprocess.CompletedProcess:
@@ -49,7 +49,7 @@ def test_taking_the_lock_reads_what_a_locked_command_decides_from_in_the_same_ex
     (tmp_path / "freeze").write_text(edge.render_freeze(5))
     (tmp_path / "database.json").write_text('{"url": "postgresql://app@db.example/app"}')  # as written: no newline
     (tmp_path / "history.jsonl").write_text(HISTORY)
-    (tmp_path / "canary").write_text(canary.render("blue", "v8", 10, 42, 1796000000))
+    (tmp_path / "canary").write_text(edge.render_canary("blue", "v8", 10, 42, 1796000000))
     found = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken", history=True)).stdout)
     assert found.active == edge.Active("green", "v7") and found.frozen and found.canary
     assert found.database == {"url": "postgresql://app@db.example/app"}
@@ -165,7 +165,7 @@ def test_history_format_shows_outcome_gates_and_detail():
                             gates=[{"outcome": "passed"}, {"outcome": "failed"}])
     from dataclasses import asdict
 
-    text = history.format_history([asdict(record)])
+    text = views.format_history([asdict(record)])
     assert "rolled back" in text and "gates 1/2" in text and "(post gates failed)" in text and "4.2s" in text
 
 
@@ -234,3 +234,31 @@ def test_settings_pass_to_the_gates_unchanged():
 def test_curl_output_parsing(out, status, header, body):
     probe = facts.parse_curl_i("http://x", out)
     assert (probe.status_code, probe.headers.get("x-colorgate-color"), probe.text) == (status, header, body)
+
+
+def test_one_record_in_full_shows_its_gates_canary_steps_analysis_marks_and_report(tmp_path):
+    figures = {"requests": 40, "errors": 8, "error_ratio": 0.2, "p50_ms": 2, "p95_ms": 5, "p99_ms": 9}
+    calm = {**figures, "errors": 0, "error_ratio": 0.0}
+    record = {"id": "ab12", "action": "deploy", "from_color": "blue", "from_version": "v1", "to_color": "green", "to_version": "v2",
+              "outcome": "refused", "duration_s": 31.5, "operator": "ana@ci", "started": "2026-11-30T12:00:00+00:00",
+              "detail": "the analysis of green's traffic failed at interval 1: 5xx 20.0% > 1.0%", "timings": {"pre_gates": 0.5},
+              "gates": [{"phase": "pre", "feature": "Health", "name": "It answers", "outcome": "passed", "step": "", "message": ""},
+                        {"phase": "post", "feature": "TLS", "name": "Chain", "outcome": "failed", "step": "the chain", "message": "expired"}],
+              "analysis": {"canary": [{"percent": 10, "verdict": "failed", "intervals": [
+                  {"interval": 1, "verdict": "failed", "broken": ["5xx 20.0% > 1.0%"], "figures": figures, "baseline": calm}]}]},
+              "marks": [{"t": 1796040012.5, "what": "canary 10%"}], "report": "reports/release-x.png"}
+    text = views.format_release(record, tmp_path)
+    assert text.splitlines()[0] == "deploy blue v1 -> green v2: refused in 31.5s, by ana@ci, started 2026-11-30T12:00:00+00:00 (id ab12)"
+    assert "    pre   PASS  Health: It answers" in text and "    post  FAIL  TLS: Chain - step: the chain; why: expired" in text
+    assert "  canary 10% of users: failed" in text
+    assert ("    interval 1: 40 requests, 5xx 20.0%, p95 5 ms, p99 9 ms (blue: 40 requests, 5xx 0.0%, p95 5 ms, p99 9 ms): "
+            "failed (5xx 20.0% > 1.0%)") in text
+    assert "  marks: +12.5s canary 10%" in text
+    assert text.endswith("report: reports/release-x.png (not on this machine: it is written where the release ran)")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "release-x.png").write_bytes(b"png")
+    assert views.format_release(record, tmp_path).endswith("report: reports/release-x.png")
+    history_ = [dict(record, id="first"), record]
+    assert views.pick(history_, "1") is record and views.pick(history_, "first")["id"] == "first"
+    with pytest.raises(ColorgateError, match=r"^no record '3' in the history \(2 kept\): give 1 for the latest"):
+        views.pick(history_, "3")

@@ -81,3 +81,46 @@ def test_another_operator_sees_how_long_the_analysis_has_left():
     phase = f"{history.ANALYSIS_PHASE}{int(time.time()) + 40}"
     message = history.held_message(edge.LockState(holder, 3, phase))
     assert ", at analysing the new color's traffic, 4" in message and " s left: wait for it to finish" in message
+
+
+def test_a_report_series_is_per_color_per_bucket_rate_error_share_and_p95():
+    lines = [line(1000 + i / 10, "blue", 200, 0.002) for i in range(20)]  # 2 s of blue, 10 a second
+    lines += [line(1002 + i / 10, "green", 500 if i % 4 == 0 else 200, 0.010) for i in range(20)]
+    found = traffic.series(traffic.parse(lines), 1000, 1004, bucket=2)
+    assert found["blue"] == [(0, 10.0, 0.0, 2.0)]
+    assert found["green"] == [(2, 10.0, 0.25, 10.0)]
+
+
+def test_the_release_report_is_a_png_with_the_switch_and_the_analysis_marked(tmp_path):
+    from deploy.history import Record
+
+    record = Record("deploy", "blue", "green", "v1", "v2", started="2026-11-30T12:00:00+00:00", outcome="rolled back")
+    began = 1796040000.0 - traffic.REPORT_BEFORE_SECONDS  # 2026-11-30T12:00:00Z, less the lead
+    record.marks = [{"t": began + 40, "what": "switch to green"}, {"t": began + 50, "what": "switch back to blue"}]
+    record.analysis = {"verdict": "failed", "intervals": [{"from": began + 42, "to": began + 48, "verdict": "failed"}]}
+    record.report = str(tmp_path / "reports" / "release.png")
+    lines = [line(began + i / 5, "blue" if not 40 <= i / 5 < 50 else "green", 500 if 42 <= i / 5 < 48 and i % 3 == 0 else 200, 0.004)
+             for i in range(300)]
+    traffic._plot(traffic.series(traffic.parse(lines), began, began + 60, 1.0), began, began + 60, record)
+    png = (tmp_path / "reports" / "release.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_routes_with_bounds_of_their_own_are_judged_by_them_and_the_rest_by_the_settings():
+    from deploy.contract import Route
+
+    routes = (Route("/api/export", "api", 3000, max_p95_ms=5000), Route("/api/", "api", 3000), Route("/", "web", 80))
+    bounds = traffic.Bounds(3, 20, 1, 0.01, 1000, 3, 20, "pass")
+    slow_exports = [line(100 + i / 10, "green", 200, 3.0, path="/api/export/all") for i in range(30)]  # 3 s each: its own bound is 5 s
+    quick = [line(100 + i / 10, "green", 200, 0.010, path="/api/notes") for i in range(30)]
+    verdict, broken, detail = traffic.judge_routes(traffic.parse(slow_exports + quick), "green", None, bounds, routes)
+    assert (verdict, broken) == ("passed", []) and detail["/api/export"]["verdict"] == "passed"
+    # the same slow exports judged by the settings' 1 s bound fail the color
+    assert traffic.judge_routes(traffic.parse(slow_exports + quick), "green", None, bounds, routes[1:])[0] == "failed"
+    # a route's own bound broken fails the interval, named by its path
+    slower = [line(100 + i / 10, "green", 200, 6.0, path="/api/export/all") for i in range(30)]
+    verdict, broken, _ = traffic.judge_routes(traffic.parse(slower + quick), "green", None, bounds, routes)
+    assert verdict == "failed" and broken == ["/api/export: p95 6000 ms > 5000 ms"]
+    # only a route of its own had traffic: its verdict is the interval's
+    assert traffic.judge_routes(traffic.parse(slow_exports), "green", None, bounds, routes)[0] == "passed"
+    assert traffic.route_of("/api/export/x", routes).path == "/api/export" and traffic.route_of("/x", routes[:2]) is None

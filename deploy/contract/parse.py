@@ -1,189 +1,18 @@
-"""The app contract: a plain Compose file plus a top-level `x-colorgate:` block.
-
-The user writes each service once. The block says which services are colored (a blue
-and a green copy per release), which are shared (started once), the routes the edge
-serves, each routed service's health check, the migration command and the database.
-Everything Colorgate knows about an app comes from here: nothing in deploy/, steps/ or
-the built-in features names a service, a port or a path of any app.
-
-    x-colorgate:
-      colored: [web, worker]              # or a mapping: {web: {}, worker: {}}
-      shared: [db, redis]
-      routes:
-        - path: /                         # longest prefix wins, as in nginx
-          to: web:5000
-          websocket: false                # pass Upgrade/Connection (WebSocket)
-          buffering: true                 # false for server-sent events
-          timeout: 60                     # seconds nginx waits for the upstream to answer
-          body_size: 10m                  # largest request body
-      health:
-        web: {path: /healthz, status: 200, json: {db: ok}, contains: "", timeout: 5, port: 5000}
-      migrations:
-        service: web                      # a colored service: run in its candidate image
-        command: [python, manage.py, migrate]
-        status: [python, manage.py, migrate, --check]   # exit 0: at head; other: pending
-      database:
-        service: db                       # a shared PostgreSQL service
-        env: DATABASE_URL                 # the variable the app reads its URL from, or better:
-        file: DATABASE_URL_FILE           # the variable naming a file that holds it (a secret as a file)
-        clients: [web, worker]            # default: colored services on the db's networks
-
-Parsing and validation are pure (`parse`); deploy/render.py turns an App into the
-compose file Colorgate runs and the edge's routes.
-"""
+"""Reading a compose file and validating its x-colorgate block into an App: every
+error is one line naming the path in the file and the fix (see deploy/contract/__init__.py)."""
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from deploy.contract.model import (BLOCK_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
+                                   MIGRATION_KEYS, OWN_SERVICES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
+                                   SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, _networks_of)
 from deploy.errors import ContractError
-
-COLORS = ("blue", "green")
-OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot", "certbot-loopback")  # Colorgate's own parts
-OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca", "secrets-db", "secrets-tools", "secrets-blue", "secrets-green")
-EDGE_NETWORK = "colorgate"  # the edge and every routed colored copy
-DB_CA_DIR = "/run/colorgate-db"  # where database clients find a managed database's CA (volume `dbca`)
-SECRETS_DIR = "/run/colorgate-secrets"  # secret files, read-only: `secrets-db` in the database, `secrets-tools` in
-# the one-off dbtools, `secrets-<color>` in that color's database clients
-DB_PASSWORD_FILE = "postgres_password"  # in secrets-db and secrets-tools (the database's superuser password)
-DB_URL_FILE = "database_url"  # in secrets-<color> (that color's database URL)
-COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SIZE = re.compile(r"^\d+[kKmMgG]?$")
-ROUTE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
-BLOCK_KEYS = ("colored", "shared", "routes", "health", "migrations", "database")
-ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size")
-HEALTH_KEYS = ("path", "status", "json", "contains", "timeout", "port")
-MIGRATION_KEYS = ("service", "command", "status")
-DATABASE_KEYS = ("service", "env", "file", "clients", "kind")
-
-
-@dataclass(frozen=True)
-class Route:
-    path: str
-    service: str
-    port: int
-    websocket: bool = False
-    buffering: bool = True
-    timeout: int = 60
-    body_size: str = "10m"
-
-
-@dataclass(frozen=True)
-class Health:
-    service: str
-    path: str
-    port: int
-    status: int = 200
-    json: tuple[tuple[str, str], ...] = ()
-    contains: str = ""
-    timeout: int = 5
-
-
-@dataclass(frozen=True)
-class Migrations:
-    service: str
-    command: tuple[str, ...]
-    status: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Database:
-    service: str
-    env: str
-    clients: tuple[str, ...]
-    kind: str = "postgresql"  # postgresql, or another engine (the db.* tasks then refuse)
-    file: str = ""  # the variable naming the file that holds the URL ("": the URL itself is in `env`)
-
-
-@dataclass(frozen=True)
-class App:
-    """An app's contract, validated. `services` is the compose file's services, as written."""
-
-    file: Path
-    services: dict = field(repr=False, compare=False)
-    colored: tuple[str, ...]
-    shared: tuple[str, ...]
-    routes: tuple[Route, ...]
-    health: dict[str, Health]
-    migrations: Migrations | None
-    database: Database | None
-    raw: dict = field(repr=False, compare=False, default_factory=dict)
-
-    @property
-    def directory(self) -> Path:
-        return self.file.parent
-
-    @property
-    def routed(self) -> tuple[str, ...]:
-        """Colored services the edge routes to, in the contract's order."""
-        return tuple(dict.fromkeys(r.service for r in self.routes))
-
-    @property
-    def features_dir(self) -> Path:
-        """The app's own gate features, next to its compose file."""
-        return self.directory / "features"
-
-    @property
-    def postgres(self) -> Database | None:
-        return self.database if self.database and self.database.kind == "postgresql" else None
-
-    def copy_name(self, service: str, color: str) -> str:
-        """`api` in blue -> `api_blue`: the compose service (and DNS name) of a colored copy."""
-        return f"{service}_{color}"
-
-    def color_services(self, color: str) -> list[str]:
-        return [self.copy_name(s, color) for s in self.colored]
-
-    def worker_services(self, color: str) -> list[str]:
-        """A color's copies of the colored services the edge does not route to (workers)."""
-        return [self.copy_name(s, color) for s in self.colored if s not in self.routed]
-
-    def split_copy(self, name: str) -> tuple[str, str] | None:
-        """`api_blue` -> (`api`, `blue`); None for anything that is not a colored copy."""
-        service, _, color = name.rpartition("_")
-        return (service, color) if color in COLORS and service in self.colored else None
-
-    def port_of(self, service: str) -> int:
-        """The port the edge reaches a routed service on (its first route's)."""
-        for route in self.routes:
-            if route.service == service:
-                return route.port
-        raise ContractError(f"service {service!r} has no route: x-colorgate.routes names no port for it")
-
-    def route_for(self, path: str) -> Route | None:
-        """The route nginx picks for `path`: the longest matching prefix."""
-        matches = [r for r in self.routes if path.startswith(r.path)]
-        return max(matches, key=lambda r: len(r.path), default=None)
-
-    def buildable(self, service: str) -> bool:
-        return "build" in (self.services.get(service) or {})
-
-    def builds(self, name: str) -> bool:
-        """Whether a rendered service is built here: a colored copy or shared service
-        the app builds, or one of Colorgate's own parts."""
-        copy = self.split_copy(name)
-        return name in OWN_SERVICES or self.buildable(copy[0] if copy else name)
-
-    def database_clients(self) -> tuple[str, ...]:
-        return self.database.clients if self.database else ()
-
-    def without_egress(self, services: tuple[str, ...]) -> list[str]:
-        """Those of `services` on internal networks only: they cannot reach anything
-        outside the host (a managed database, say). Routed services also get the edge's
-        network, which is not internal."""
-        declared = self.raw.get("networks") or {}
-        return [s for s in services if s not in self.routed
-                and all((declared.get(n) or {}).get("internal") for n in _networks_of(self.services[s] or {}))]
-
-
-# --- loading and validating ---------------------------------------------------------
 
 
 def find_file(path: Path) -> Path:
@@ -255,6 +84,22 @@ def _int(value, where: str, low: int, high: int) -> int:
     return value
 
 
+def _route_analysis(raw, where: str) -> dict:
+    """A route's own analysis bounds: {max_error_ratio: 0-1, max_p95_ms: 1-600000}, each optional."""
+    if raw is None:
+        return {}
+    raw = _keys(raw, ROUTE_ANALYSIS_KEYS, where)
+    out = {}
+    if "max_error_ratio" in raw:
+        ratio = raw["max_error_ratio"]
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+            raise ContractError(f"{where}.max_error_ratio: should be a share from 0 to 1, such as 0.05 for 5%")
+        out["max_error_ratio"] = float(ratio)
+    if "max_p95_ms" in raw:
+        out["max_p95_ms"] = _int(raw["max_p95_ms"], f"{where}.max_p95_ms", 1, 600_000)
+    return out
+
+
 def _bool(value, where: str) -> bool:
     if not isinstance(value, bool):
         raise ContractError(f"{where}: should be true or false")
@@ -277,13 +122,6 @@ def _command(value, where: str) -> tuple[str, ...]:
 
 def _ports_published(service: dict) -> bool:
     return bool(service.get("ports")) or service.get("network_mode") == "host"
-
-
-def _networks_of(service: dict) -> list[str]:
-    networks = service.get("networks")
-    if not networks:
-        return ["default"] if service.get("network_mode") is None else []
-    return list(networks) if isinstance(networks, (list, dict)) else []
 
 
 def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
@@ -351,6 +189,7 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
             buffering=_bool(raw.get("buffering", True), f"{where}.buffering"),
             timeout=_int(raw.get("timeout", 60), f"{where}.timeout", 1, 86400),
             body_size=_size(raw.get("body_size", "10m"), f"{where}.body_size"),
+            **_route_analysis(raw.get("analysis"), f"{where}.analysis"),
         ))
     if not routes:
         raise ContractError("x-colorgate.routes: add at least one route, such as {path: /, to: web:5000}")
