@@ -423,7 +423,9 @@ def run(args) -> dict:
             load = Wrk(f"https://{settings.edge_address}:{settings.https_port}", [*paths, BAD_PATH], args.rps, "bad release",
                        workdir, args.warmup)
             started.append(load)
-            time.sleep(args.warmup + 3)  # the old color's figures before the switch: the analysis compares against them
+            # the analysis compares with the old color's figures over the span before the switch (3 x 5 s): not
+            # the baseline phase's failures
+            time.sleep(args.warmup + 15)
             clock = time.time() - time.monotonic()
             try:
                 release.deploy(bad, version="v-bad")
