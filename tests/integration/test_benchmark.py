@@ -33,6 +33,9 @@ def test_benchmark_smoke(tmp_path):
     assert set(result["targets"]) == {"failed_never_retry", "switch_ms", "gated_ms", "rollback_ms", "stream_gap_s"}
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "first answer from the new color" in proc.stdout and "targets (issue #11):" in proc.stdout
+    bad = result["bad_release"]  # flipped back by the analysis, timed, its failed requests counted
+    assert bad["flipped_back"] and bad["outcome"] == "rolled back" and 0 < bad["time_to_detect_s"] < 30, bad
+    assert 0 < bad["failed"] < bad["answered"] and "bad release (1 in 5 of" in proc.stdout
 
 
 def test_db_backup_benchmark_smoke(tmp_path):
