@@ -120,7 +120,8 @@ def missing_bases(settings: Settings) -> list[BaseImage]:
 
 
 def build_bases(settings: Settings, bases: list[BaseImage]) -> None:
-    """mmdebstrap the missing base images in parallel, then import them."""
+    """mmdebstrap those of `bases` that are missing, in parallel, then import them."""
+    bases = [base for base in bases if not image_exists(settings, base.tag(settings.debian_mirror))]
     if not bases:
         return
     with tempfile.TemporaryDirectory(prefix="colorgate-base-") as tmp:
