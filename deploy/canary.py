@@ -25,7 +25,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from deploy import edge
+from deploy import edge, history
 from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import ColorgateError, GateFailed
@@ -113,7 +113,7 @@ def format_status(data: dict) -> str:
         lines.append(f"decided: {c['decision']} (the deploy switches at its next check)")
     deploy = data["deploy"]
     if deploy and not deploy["stale"]:
-        lines.append(f"deploy: {edge.describe_holder(deploy['holder'])}, at {deploy['phase'] or 'start'}")
+        lines.append(f"deploy: {edge.describe_holder(deploy['holder'])}, at {history.describe_phase(deploy['phase']) or 'start'}")
     else:
         lines.append("deploy: none running (it died?): the next command ends this canary; `invoke canary.abort` ends it now")
     return "\n".join(lines)

@@ -107,11 +107,16 @@ _held: list[Held] = []  # the lock this process holds
 ANALYSIS_PHASE = "analysis until "  # + the epoch second it ends (traffic.analyse): another operator sees what is left
 
 
+def describe_phase(phase: str) -> str:
+    """A lock's phase as an operator reads it: an analysis says how long it has left."""
+    if phase.startswith(ANALYSIS_PHASE) and phase.split()[-1].isdigit():
+        return f"analysing the new color's traffic, {max(0, int(phase.split()[-1]) - int(time.time()))} s left"
+    return phase
+
+
 def held_message(found: edge.LockState) -> str:
     """One line for a command that finds the lock taken: busy, or stale (its holder died)."""
-    phase = found.phase
-    if phase.startswith(ANALYSIS_PHASE) and phase.split()[-1].isdigit():
-        phase = f"analysing the new color's traffic, {max(0, int(phase.split()[-1]) - int(time.time()))} s left"
+    phase = describe_phase(found.phase)
     who = edge.describe_holder(found.holder) + (f", at {phase}" if phase else "")
     if found.stale:
         return (f"the target's release lock is stale: {who}, last heartbeat {found.age} s ago (did it die?): "

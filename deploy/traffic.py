@@ -323,7 +323,15 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
     from pathlib import Path
 
     fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
+    steps = sorted({b[0] - a[0] for points in found.values() for a, b in zip(points, points[1:]) if b[0] > a[0]})
+    bucket = steps[0] if steps else 1.0
     for color, points in found.items():
+        gapped = []  # a bucket without requests breaks the line instead of bridging it
+        for point in points:
+            if gapped and point[0] - gapped[-1][0] > 1.5 * bucket:
+                gapped.append((gapped[-1][0] + bucket, math.nan, math.nan, math.nan))
+            gapped.append(point)
+        points = gapped
         xs = [p[0] for p in points]
         for ax, i in zip(axes, (1, 2, 3)):
             ax.plot(xs, [p[i] * (100 if i == 2 else 1) for p in points], color=SERIES.get(color, "black"), lw=1.2,

@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from deploy import edge, facts
+from deploy import edge, facts, history
 from deploy.config import Settings
 from deploy.errors import ColorgateError
 
@@ -57,7 +57,7 @@ def format_status(data: dict) -> str:
         lines.append(f"database: {live['database']}")
     held = data.get("lock")
     if held:
-        lines.append(f"release lock: {edge.describe_holder(held['holder'])}" + (f", at {held['phase']}" if held["phase"] else "")
+        lines.append(f"release lock: {edge.describe_holder(held['holder'])}" + (f", at {history.describe_phase(held['phase'])}" if held["phase"] else "")
                      + f", last heartbeat {held['age']} s ago"
                      + (" (STALE: its run died? see `invoke history`, then --break-lock)" if held["stale"] else ""))
     if data.get("maintenance"):
