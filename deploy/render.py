@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -213,3 +214,69 @@ def edge_routes(app: App) -> str:
 def edge_routes_b64(app: App) -> str:
     """The routes as the edge container receives them (an environment value)."""
     return base64.b64encode(edge_routes(app).encode()).decode()
+
+
+# --- a Swarm stack (issue #15, first part: rendering) ---------------------------------
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+EDGE_SWARM_HEALTHCHECK = {"test": ["CMD", "curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/healthz"],
+                          "interval": "10s", "timeout": "3s", "retries": 3, "start_period": "20s"}
+SWARM_DROPPED = ("build", "restart", "profiles", "pids_limit", "mem_limit", "depends_on", "container_name", "network_mode")
+
+
+def interpolate(value, env: dict[str, str]):
+    """${VAR} and ${VAR:-default} in every string of `value`, from `env` (compose's rules)."""
+    if isinstance(value, str):
+        return VARIABLE.sub(lambda m: env.get(m[1]) or (m[2] or ""), value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    return value
+
+
+def _host_ports(ports: list) -> list[dict]:
+    """Published ports in Swarm's host mode (no routing mesh: it needs IPVS): the edge
+    answers on the node it runs on. `[ADDRESS:]PUBLISHED:TARGET` -> long syntax."""
+    out = []
+    for port in ports:
+        parts = str(port).split(":")
+        out.append({"target": int(parts[-1]), "published": int(parts[-2]), "protocol": "tcp", "mode": "host"})
+    return out
+
+
+def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None) -> dict:
+    """The stack `docker stack deploy` runs on a Swarm, from the same rendering as the
+    compose file (`compose`), its variables filled in from `env`: every colored copy a
+    service of `replicas[name]` tasks (default 1) reached by name (dnsrr: a name resolves
+    to its tasks' addresses, which the edge resolves per request; Swarm's virtual IPs
+    need IPVS), shared services and the edge on the manager (their volumes are there;
+    the edge publishes its ports in host mode there), overlay networks that one-off
+    containers may join. Colorgate's tools (profiles) are not services."""
+    rendered = interpolate(compose(app), env)
+    services = {}
+    for name, svc in rendered["services"].items():
+        if svc.get("profiles") or svc.get("network_mode"):
+            continue
+        svc = {k: v for k, v in svc.items() if k not in SWARM_DROPPED}
+        copy_of = app.split_copy(name)
+        deploy = {"endpoint_mode": "dnsrr", "resources": {"limits": {"memory": env.get("COLORGATE_MEMORY_LIMIT") or "1g"}}}
+        if copy_of:
+            deploy["replicas"] = (replicas or {}).get(copy_of[0], 1)
+        else:
+            deploy.update(replicas=1, placement={"constraints": ["node.role == manager"]})
+        if svc.get("ports"):
+            svc["ports"] = _host_ports(svc["ports"])
+        if svc.get("tmpfs"):  # a service's tmpfs key is not applied by Swarm: as mounts
+            tmpfs = svc.pop("tmpfs")
+            svc["volumes"] = [*(svc.get("volumes") or []),
+                              *({"type": "tmpfs", "target": str(t).split(":", 1)[0]} for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs))]
+        if name == "edge":  # Swarm counts a task as running once healthy: not after the image's 300 s interval
+            svc["healthcheck"] = EDGE_SWARM_HEALTHCHECK
+        svc["deploy"] = deploy
+        services[name] = svc
+    networks = {name: {**{k: v for k, v in (net or {}).items() if k in ("internal", "labels")}, "driver": "overlay", "attachable": True}
+                for name, net in rendered["networks"].items()}
+    if any("default" in (svc.get("networks") or {}) for svc in services.values()):
+        networks.setdefault("default", {"driver": "overlay", "attachable": True})
+    return {"version": "3.8", "services": services, "networks": networks, "volumes": rendered["volumes"]}

@@ -283,3 +283,31 @@ def test_a_route_may_carry_its_own_analysis_bounds():
     export, web = app.routes
     assert (export.max_p95_ms, export.max_error_ratio, export.own_bounds) == (5000, 0.05, True)
     assert (web.max_p95_ms, web.max_error_ratio, web.own_bounds) == (None, None, False)
+
+
+def test_variables_are_filled_in_as_compose_fills_them():
+    env = {"A": "1", "EMPTY": ""}
+    assert render.interpolate({"x": ["${A}", "${B:-two}", "${EMPTY:-d}", "${B}", "k=${A}"]}, env) == {"x": ["1", "two", "d", "", "k=1"]}
+
+
+def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
+    app = contract.parse(BASE)
+    env = {"COLORGATE_IMAGE_PREFIX": "reg.example/acme/", "COLORGATE_BLUE_VERSION": "v7", "COLORGATE_HTTPS_PORT": "443",
+           "COLORGATE_HTTP_PORT": "80", "COLORGATE_MEMORY_LIMIT": "512m"}
+    out = render.swarm(app, env, replicas={"api": 3})
+    services = out["services"]
+    # Colorgate's tools run as one-off containers, not services; certbot on the host's network neither
+    assert set(services) == {"web_blue", "web_green", "api_blue", "api_green", "worker_blue", "worker_green", "db", "cache", "edge"}
+    api = services["api_blue"]
+    assert api["image"] == "reg.example/acme/api:v7" and services["api_green"]["image"] == "reg.example/acme/api:latest"
+    assert api["deploy"] == {"endpoint_mode": "dnsrr", "replicas": 3, "resources": {"limits": {"memory": "512m"}}}
+    assert services["web_blue"]["deploy"]["replicas"] == 1  # the contract asks for no more
+    assert not {"build", "restart", "depends_on", "pids_limit", "mem_limit", "tmpfs"} & set(api)
+    assert {"type": "tmpfs", "target": "/tmp"} in api["volumes"]  # Swarm ignores a service's tmpfs key
+    for pinned in ("db", "cache", "edge"):  # their volumes, and the edge's published ports, are on the manager
+        assert services[pinned]["deploy"]["placement"] == {"constraints": ["node.role == manager"]}
+    assert services["edge"]["ports"] == [{"target": 8080, "published": 80, "protocol": "tcp", "mode": "host"},
+                                         {"target": 8443, "published": 443, "protocol": "tcp", "mode": "host"}]
+    assert services["edge"]["healthcheck"]["interval"] == "10s"
+    assert out["networks"]["back"] == {"internal": True, "driver": "overlay", "attachable": True}
+    assert out["networks"]["colorgate"] == {"driver": "overlay", "attachable": True} and out["version"] == "3.8"
