@@ -7,7 +7,7 @@ Everything Colorgate knows about an app comes from here: nothing in deploy/, ste
 the built-in features names a service, a port or a path of any app.
 
     x-colorgate:
-      colored: [web, worker]              # or a mapping: {web: {}, worker: {}}
+      colored: [web, worker]              # or a mapping: {web: {replicas: 3}, worker: {}} (tasks per color on a Swarm)
       shared: [db, redis]
       routes:
         - path: /                         # longest prefix wins, as in nginx

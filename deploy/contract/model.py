@@ -26,6 +26,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIZE = re.compile(r"^\d+[kKmMgG]?$")
 ROUTE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 BLOCK_KEYS = ("colored", "shared", "routes", "health", "migrations", "database")
+COLORED_KEYS = ("replicas",)
 ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size", "analysis")
 ROUTE_ANALYSIS_KEYS = ("max_error_ratio", "max_p95_ms")
 HEALTH_KEYS = ("path", "status", "json", "contains", "timeout", "port")
@@ -91,6 +92,7 @@ class App:
     migrations: Migrations | None
     database: Database | None
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)  # tasks per color on a Swarm (x-colorgate.colored.NAME.replicas; 1)
 
     @property
     def directory(self) -> Path:

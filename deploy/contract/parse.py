@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.contract.model import (BLOCK_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
+from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
                                    MIGRATION_KEYS, OWN_SERVICES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
                                    SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, _networks_of)
 from deploy.errors import ContractError
@@ -268,8 +268,15 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
             clients = [c for c in colored if db_networks & set(_networks_of(services[c] or {}))]
         database = Database(service, env, tuple(clients), kind, url_file)
 
+    replicas = {}
+    raw_colored = block.get("colored")
+    for name, options in (raw_colored.items() if isinstance(raw_colored, dict) else ()):
+        where = f"x-colorgate.colored.{name}"
+        options = _keys(options if options is not None else {}, COLORED_KEYS, where)
+        if "replicas" in options:
+            replicas[name] = _int(options["replicas"], f"{where}.replicas", 1, 100)
     return App(file=path, services=services, colored=tuple(colored), shared=tuple(shared), routes=tuple(routes),
-               health=health, migrations=migrations, database=database, raw=data)
+               health=health, migrations=migrations, database=database, raw=data, replicas=replicas)
 
 
 def _size(value, where: str) -> str:

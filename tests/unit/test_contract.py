@@ -311,3 +311,13 @@ def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
     assert services["edge"]["healthcheck"]["interval"] == "10s"
     assert out["networks"]["back"] == {"internal": True, "driver": "overlay", "attachable": True}
     assert out["networks"]["colorgate"] == {"driver": "overlay", "attachable": True} and out["version"] == "3.8"
+
+
+def test_a_colored_service_may_ask_for_more_tasks_on_a_swarm():
+    app = contract.parse(app_with(**{"x-colorgate__colored": {"web": {"replicas": 3}, "api": None, "worker": {}}}))
+    assert app.colored == ("web", "api", "worker") and app.replicas == {"web": 3}
+    assert render.swarm(app, {})["services"]["web_green"]["deploy"]["replicas"] == 3
+    with pytest.raises(ContractError, match=r"^x-colorgate.colored.web.replicas: should be a whole number from 1 to 100$"):
+        contract.parse(app_with(**{"x-colorgate__colored": {"web": {"replicas": 0}, "api": {}, "worker": {}}}))
+    with pytest.raises(ContractError, match=r"^x-colorgate.colored.web: unknown key 'replica': did you mean 'replicas'\?$"):
+        contract.parse(app_with(**{"x-colorgate__colored": {"web": {"replica": 2}, "api": {}, "worker": {}}}))
