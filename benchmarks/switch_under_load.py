@@ -508,7 +508,7 @@ def bad_release_figures(record: dict, run: WrkRun, clock: float) -> dict:
     failed = sum(1 for _, status in window if status >= 500 or status == 0)
     return {"flipped_back": True, "outcome": record["outcome"], "time_to_detect_s": round(back - switched, 2),
             "failed": failed, "answered": len(window), "failed_share": round(failed / len(window), 4) if window else 0.0,
-            "analysis": {k: v for k, v in BAD_ANALYSIS.items()}, "client": wrk_figures(run)}
+            "analysis": dict(BAD_ANALYSIS), "client": wrk_figures(run)}
 
 
 def targets(result: dict, never_retry_failed: int) -> dict:

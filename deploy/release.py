@@ -282,12 +282,9 @@ def _run(settings: Settings, plan: Plan, target: Target, force: bool = False) ->
     try:
         with recorded(settings, record, phase=plan.steps[0]):
             execute(plan, Steps(settings, plan, record, facts.running_versions(target.states), force=force), record)
-    except ColorgateError:
-        if record.report:
+    finally:
+        if record.report and record.outcome != "interrupted":  # a signal ends the command now, without a picture
             traffic.write_report(settings, record)
-        raise
-    if record.report:
-        traffic.write_report(settings, record)
     return record
 
 

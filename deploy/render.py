@@ -258,9 +258,10 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None)
     for name, svc in rendered["services"].items():
         if svc.get("profiles") or svc.get("network_mode"):
             continue
+        memory = svc.get("mem_limit") or "1g"  # the service's own, else the settings' (filled in above)
         svc = {k: v for k, v in svc.items() if k not in SWARM_DROPPED}
         copy_of = app.split_copy(name)
-        deploy = {"endpoint_mode": "dnsrr", "resources": {"limits": {"memory": env.get("COLORGATE_MEMORY_LIMIT") or "1g"}}}
+        deploy = {"endpoint_mode": "dnsrr", "resources": {"limits": {"memory": memory}}}
         if copy_of:
             deploy["replicas"] = (replicas if replicas is not None else app.replicas).get(copy_of[0], 1)
         else:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from deploy import edge, runner
 from deploy.config import Settings
@@ -181,10 +182,8 @@ def judge_routes(requests: list[Request], color: str, baseline: Figures | None, 
     detail, failed = {}, verdict == "failed"
     for route in own:
         found = figures(groups.get(route.path, [])).get(color)
-        limits = Bounds(bounds.intervals, bounds.seconds, bounds.failure_limit,
-                        bounds.max_error_ratio if route.max_error_ratio is None else route.max_error_ratio,
-                        bounds.max_p95_ms if route.max_p95_ms is None else route.max_p95_ms,
-                        bounds.max_slowdown, bounds.min_requests, bounds.inconclusive)
+        limits = replace(bounds, **{k: v for k, v in (("max_error_ratio", route.max_error_ratio), ("max_p95_ms", route.max_p95_ms))
+                                    if v is not None})
         v, b = judge(found, None, limits)
         detail[route.path] = {"verdict": v, "figures": asdict(found) if found else None}
         if v == "failed":
@@ -195,10 +194,19 @@ def judge_routes(requests: list[Request], color: str, baseline: Figures | None, 
     return ("failed" if failed else verdict), broken, detail
 
 
-def describe(found: Figures | None) -> str:
-    if found is None:
+def describe(found: Figures | dict | None) -> str:
+    """Figures in a line (or their dict, as the history keeps them)."""
+    if not found:
         return "no request"
-    return f"{found.requests} requests, 5xx {found.error_ratio:.1%}, p95 {found.p95_ms:.0f} ms, p99 {found.p99_ms:.0f} ms"
+    f = asdict(found) if isinstance(found, Figures) else found
+    return f"{f['requests']} requests, 5xx {f['error_ratio']:.1%}, p95 {f['p95_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms"
+
+
+def format_interval(interval: dict, against: str = "") -> str:
+    """One judged interval as the history keeps it, with `against`'s figures beside it (canary steps)."""
+    return (f"interval {interval['interval']}: {describe(interval.get('figures'))}"
+            + (f" ({against}: {describe(interval.get('baseline'))})" if against else "") + f": {interval['verdict']}"
+            + (f" ({'; '.join(interval['broken'])})" if interval.get("broken") else ""))
 
 
 def analyse(settings: Settings, record: Record, color: str, old_color: str) -> None:
@@ -224,7 +232,7 @@ def analyse_canary(settings: Settings, record: Record, color: str, stable: str, 
     intervals (COLORGATE_ANALYSIS_*, at least one interval). `promoted()` is asked
     every second (it raises on an abort); True when it said so: no more analysis."""
     bounds = Bounds.of(settings)
-    bounds = Bounds(max(1, bounds.intervals), *astuple(bounds)[1:])
+    bounds = replace(bounds, intervals=max(1, bounds.intervals))
     entry = {"percent": percent, "intervals": []}
     record.analysis.setdefault("canary", []).append(entry)
     runner.say(f"   analysis of {color} at {percent}% of users: {bounds.intervals} x {bounds.seconds:g}s, against {stable} in the same intervals")
@@ -266,8 +274,7 @@ def _intervals(settings: Settings, record: Record, entry: dict, color: str, boun
         entry["intervals"].append({"interval": number, "from": round(start, 3), "to": round(end, 3), "verdict": verdict,
                                    "broken": broken, "figures": asdict(found) if found else None, **({"routes": routes} if routes else {}),
                                    **({"baseline": asdict(baseline) if baseline else None} if stable else {})})
-        runner.say(f"   interval {number}: {describe(found)}" + (f" ({stable}: {describe(baseline)})" if stable else "")
-                   + f": {verdict}" + (f" ({'; '.join(broken)})" if broken else ""))
+        runner.say(f"   {format_interval(entry['intervals'][-1], stable)}")
         if verdict == "failed":
             failed += 1
             if failed >= bounds.failure_limit:
@@ -320,7 +327,6 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from pathlib import Path
 
     fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
     steps = sorted({b[0] - a[0] for points in found.values() for a, b in zip(points, points[1:]) if b[0] > a[0]})

@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from deploy import edge, facts, history
+from deploy import edge, facts, history, traffic
 from deploy.config import Settings
 from deploy.errors import ColorgateError
 
@@ -108,16 +108,8 @@ def pick(history: list[dict], which: str) -> dict:
                          "before, ..., or an id from `invoke history --json`")
 
 
-def _figures(f: dict | None) -> str:
-    if not f:
-        return "no request"
-    return f"{f['requests']} requests, 5xx {f['error_ratio']:.1%}, p95 {f['p95_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms"
-
-
 def _intervals(intervals: list[dict], against: str = "") -> list[str]:
-    return [f"    interval {i['interval']}: {_figures(i.get('figures'))}"
-            + (f" ({against}: {_figures(i.get('baseline'))})" if against else "") + f": {i['verdict']}"
-            + (f" ({'; '.join(i['broken'])})" if i.get("broken") and i["verdict"] != "passed" else "") for i in intervals]
+    return [f"    {traffic.format_interval(i, against)}" for i in intervals]
 
 
 def format_release(r: dict, here: Path | None = None) -> str:
@@ -141,7 +133,7 @@ def format_release(r: dict, here: Path | None = None) -> str:
         lines.append(f"  canary {step['percent']}% of users: {step.get('verdict', 'not finished')}")
         lines += _intervals(step.get("intervals", []), stable)
     if "intervals" in analysis:
-        lines.append(f"  analysis after the switch: {analysis.get('verdict', 'not finished')}; {stable} before it: {_figures(analysis.get('baseline'))}")
+        lines.append(f"  analysis after the switch: {analysis.get('verdict', 'not finished')}; {stable} before it: {traffic.describe(analysis.get('baseline'))}")
         lines += _intervals(analysis["intervals"])
     if r.get("marks"):
         began = datetime.fromisoformat(r["started"]).timestamp()
