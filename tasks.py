@@ -16,7 +16,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap, canary as canary_steps, edge, keys as _keys
-from deploy import config, views, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls, traffic as _traffic
+from deploy import config, swarm as _swarm, views, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls, traffic as _traffic
 from deploy.errors import ColorgateError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -66,6 +66,8 @@ def _target(profile: str | None, host: str | None = None, registry: str | None =
     """Validated settings for the profile, with the Docker engine checked reachable."""
     settings = _load(profile, host, registry)
     _bootstrap.check_docker(settings)
+    if settings.swarm:
+        _swarm.check_target(settings)
     return settings
 
 
@@ -242,6 +244,19 @@ def rollback(c, profile=None, host=None, no_gates=False, break_lock=False):
     if no_gates:
         runner.say("!! rolling back without gates (--no-gates)")
     _report(release.rollback(settings, use_gates=not no_gates, break_lock=break_lock))
+
+
+@task(positional=["spec"], help={"spec": "SERVICE=N: the live color's copy of an app's colored service, run by N tasks",
+                                  "profile": "env profile", "host": HOST_HELP})
+@operator_errors
+def scale(c, spec, profile=None, host=None):
+    """On a Swarm: run the live color's copy of a service with N replicas (the next deploy keeps N)."""
+    service, sep, count = spec.partition("=")
+    if not sep or not count.isdigit() or not 1 <= int(count) <= 100:
+        raise ColorgateError(f"scale needs SERVICE=N with N from 1 to 100, got {spec!r}: e.g. invoke scale api=3")
+    settings = _target(profile, host)
+    copy = stack.scale(settings, service.strip(), int(count))
+    print(f"{copy}: {count} replicas running")
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "limit": "how many records", "json": "print machine-readable JSON",
@@ -478,7 +493,7 @@ def tls_schedule(c, profile=None, host=None):
     print(_tls.schedule(settings))
 
 
-ns = Collection(bootstrap, init, up, down, status, render, logs, traffic, maintenance, deploy, switch, rollback, history, bench)
+ns = Collection(bootstrap, init, up, down, status, render, logs, traffic, maintenance, deploy, switch, rollback, history, scale, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
 ns.add_collection(Collection("canary", canary_status, canary_promote, canary_abort))

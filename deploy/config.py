@@ -44,6 +44,7 @@ class Settings:
     image_source: str
     debian_mirror: str
     docker_host: str
+    target: str
     ssh_persist: int
     health_timeout: int
     app_path: str
@@ -96,6 +97,11 @@ class Settings:
     def app_dir(self) -> Path:
         """The app's directory: compose resolves its relative paths (build contexts) here."""
         return self.app.directory
+
+    @property
+    def swarm(self) -> bool:
+        """Whether the engine is a Swarm manager the stack runs on (deploy/swarm.py)."""
+        return self.target == "swarm"
 
     @property
     def reports_dir(self) -> Path:

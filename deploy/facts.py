@@ -1,28 +1,37 @@
-"""Facts: the one module that reads the target. What runs (containers, their state,
-health, version, ports, database), networks, listening sockets, and the app's answers
-as the edge sees them. Each fact is plain data, so a release can be decided and a gate
-can explain itself from it; parsing is pure (tested on captured output).
+"""Facts: the one module that reads the target's engine and host. What runs
+(containers, or on a Swarm its services and tasks: their state, health, version,
+ports, database), networks, confinement, listening sockets. (The app's answers as the
+edge sees them: deploy/probes.py.) Each fact is plain data, so a release can be decided
+and a gate can explain itself from it; parsing is pure (tested on captured output).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from deploy import contract, runner, ssh
+from deploy import runner, ssh, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import shown_url
 from deploy.errors import CommandError, StackError
 
 
-def container(settings: Settings, service: str) -> str:
-    """The container compose runs a service in."""
-    return f"{settings.project}-{service}-1"
+_task_containers: dict[tuple[str, str, str], str] = {}
+
+
+def container(settings: Settings, service: str, fresh: bool = False) -> str:
+    """The container compose runs a service in; on a Swarm, the running task's on the
+    manager (the edge's, a shared service's), looked up once per process unless `fresh`."""
+    if not settings.swarm:
+        return f"{settings.project}-{service}-1"
+    key = (settings.docker_host, settings.project, service)
+    if fresh or key not in _task_containers:
+        _task_containers[key] = swarm.task_container(settings, service)
+    return _task_containers[key]
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,10 @@ def _inspected(settings: Settings, name: str) -> dict | None:
 
 
 def service_states(settings: Settings) -> dict[str, ServiceState]:
-    """The state of every container of this project, by compose service."""
+    """The state of every container of this project, by compose service (on a Swarm,
+    of every service of the stack: `running` once all its replicas run its spec)."""
+    if settings.swarm:
+        return _swarm_states(settings)
     found: dict[str, ServiceState] = {}
     db = settings.app.database
     listed = runner.engine(settings.docker_host, "containers", all=True,
@@ -123,6 +135,21 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
             database=(labels.get("org.colorgate.database") or database_shown(settings, env.get(db.env, ""))) if is_client else "",
             app_service=app_service,
         )
+    return found
+
+
+def _swarm_states(settings: Settings) -> dict[str, ServiceState]:
+    db = settings.app.database
+    found = {}
+    for name, s in swarm.services(settings).items():
+        color = s.labels.get("org.colorgate.color") if s.labels.get("org.colorgate.color") in COLORS else None
+        app_service = s.labels.get("org.colorgate.service", name)
+        is_client = bool(color and db and app_service in db.clients)
+        found[name] = ServiceState(
+            service=name, color=color, state=s.state, health="" if s.state != "starting" else "starting", image=s.image,
+            version=s.env.get("COLORGATE_VERSION", "") if color else "", ports=s.ports,
+            database=(s.labels.get("org.colorgate.database") or database_shown(settings, s.env.get(db.env, ""))) if is_client else "",
+            app_service=app_service)
     return found
 
 
@@ -241,8 +268,13 @@ def database_roles(settings: Settings) -> DatabaseRoles:
 
 
 def color_addresses(settings: Settings, color: str) -> dict[str, str]:
-    """IP address -> service, for every container of `color` (on every network)."""
+    """IP address -> service, for every container of `color` (on every network); on a
+    Swarm, of every task running the service's current spec, on any node."""
     out = {}
+    if settings.swarm:
+        current = swarm.services(settings)
+        return {address: name for name in settings.app.color_services(color) if name in current
+                for address in current[name].addresses}
     for name in settings.app.color_services(color):
         try:
             c = inspect(settings, container(settings, name))
@@ -292,14 +324,47 @@ class Confinement:
         return self.gains() + (["runs as root"] if self.as_root else []) + ([] if self.read_only else ["root filesystem writable"])
 
 
+def _no_new_privs(settings: Settings, name: str) -> bool:
+    """Whether the process of container `name` runs with no_new_privs (its kernel's word)."""
+    try:
+        created = runner.engine(settings.docker_host, "exec_create", name, ["cat", "/proc/1/status"])
+        out = runner.engine(settings.docker_host, "exec_start", created["Id"])
+    except CommandError:
+        return False
+    text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    return any(line.split() == ["NoNewPrivs:", "1"] for line in text.splitlines())
+
+
+def _image_user(settings: Settings, image: str) -> str:
+    try:
+        return ((runner.engine(settings.docker_host, "inspect_image", image.split("@", 1)[0]).get("Config") or {}).get("User")) or ""
+    except CommandError:
+        return ""
+
+
 def capability(name: str) -> str:
     """A capability as compose files name it (the engine says CAP_NET_RAW, compose NET_RAW)."""
     return str(name).upper().removeprefix("CAP_")
 
 
 def confinement(settings: Settings, services: list[str]) -> dict[str, Confinement]:
-    """Confinement of each running service in `services`."""
+    """Confinement of each running service in `services`. On a Swarm, as its service
+    says its tasks run (the user: its image's, unless the service sets one), and
+    no-new-privileges as the engines apply it: Swarm has none per service (API 1.41),
+    so each node's engine sets it for every container (`dockerd --no-new-privileges`,
+    as server.setup does), seen in the edge's task on the manager."""
     out = {}
+    if settings.swarm:
+        current, locked = swarm.services(settings), _no_new_privs(settings, container(settings, "edge"))
+        for name in services:
+            spec = current[name].spec if name in current and current[name].state != "exited" else None
+            if spec is not None:
+                user = spec.get("User") or _image_user(settings, spec.get("Image") or "")
+                out[name] = Confinement(name, user, tuple(map(capability, spec.get("CapabilityAdd") or ())),
+                                        tuple(map(capability, spec.get("CapabilityDrop") or ())),
+                                        ("no-new-privileges:true",) if locked else (), bool(spec.get("ReadOnly")),
+                                        tuple(k for k, _, v in (e.partition("=") for e in spec.get("Env") or ()) if runner.holds_secret(v)))
+        return out
     for name, c in zip(services, parallel(lambda n: _inspected(settings, container(settings, n)), services)):
         if c is None:
             continue
@@ -335,76 +400,3 @@ def tcp_connects(host: str, port: int, timeout: float = 2.0) -> bool:
             return True
     except OSError:
         return False
-
-
-@dataclass(frozen=True)
-class Probe:
-    """An HTTP answer as the edge sees it from a container on its network."""
-
-    url: str
-    status_code: int
-    headers: dict[str, str]
-    text: str
-
-    def json(self):
-        return json.loads(self.text)
-
-
-def edge_probe_cmd(url: str) -> list[str]:
-    """What the edge container runs to ask `url` (in the shell kept open there)."""
-    return ["curl", "-sS", "-i", "--max-time", "5", url]
-
-
-def parse_curl_i(url: str, out: str) -> Probe:
-    """`curl -i` output (status line, headers, blank line, body) -> Probe."""
-    head, _, body = out.replace("\r\n", "\n").partition("\n\n")
-    lines = head.splitlines()
-    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return Probe(url, status, headers, body)
-
-
-def probe_from_edge(settings: Settings, service: str, color: str, path: str, port: int | None = None) -> Probe:
-    """GET http://<service>_<color>:<port><path> from inside the edge container, the
-    way nginx will reach it after a switch (same network, same DNS). The port is the
-    service's route's unless given."""
-    port = port or settings.app.port_of(service)
-    url = f"http://{settings.app.copy_name(service, color)}:{port}{path}"
-    proc = runner.shell(settings.docker_host, container(settings, "edge")).run(edge_probe_cmd(url), check=False)
-    if proc.returncode != 0:
-        return Probe(url, 0, {}, (proc.stderr or proc.stdout).strip())
-    return parse_curl_i(url, proc.stdout)
-
-
-def health_problem(check: contract.Health, status_code: int, text: str) -> str | None:
-    """What is wrong with an answer to a health check (None: healthy), from the
-    contract's expectations: status, JSON fields, body text."""
-    shown = f"answered {status_code}: {text[:200]!r}"
-    if status_code != check.status:
-        return f"expected status {check.status}, {shown}"
-    if check.json:
-        try:
-            body = json.loads(text)
-        except ValueError:
-            return f"expected a JSON body, {shown}"
-        for key, value in check.json:
-            got = body.get(key) if isinstance(body, dict) else None
-            got = str(got).lower() if isinstance(got, bool) else got
-            if str(got) != value:
-                return f"JSON field {key!r} is {got!r}, expected {value!r}: {shown}"
-    if check.contains and check.contains not in text:
-        return f"the body does not contain {check.contains!r}: {shown}"
-    return None
-
-
-def candidate_health(settings: Settings, color: str) -> dict[str, str | None]:
-    """Each routed service of `color` against its health check: service -> problem or None."""
-    out = {}
-    for service, check in settings.app.health.items():
-        probe = probe_from_edge(settings, service, color, check.path, check.port)
-        out[service] = health_problem(check, probe.status_code, probe.text) if probe.status_code else f"no answer: {probe.text}"
-    return out

@@ -58,7 +58,7 @@ class Heartbeat:
     process at the end, and this one sleeps between beats."""
 
     def __init__(self, settings: Settings, token: str, after: float = edge.HEARTBEAT_SECONDS):
-        self.cmd = ["docker", "exec", "-i", edge.edge_container(settings.project), "sh", "-c", edge.HEARTBEAT_SCRIPT, "heartbeat", token]
+        self.cmd = ["docker", "exec", "-i", edge.edge_container(settings), "sh", "-c", edge.HEARTBEAT_SCRIPT, "heartbeat", token]
         self.env = runner.environ(settings.docker_env())
         self.guard = threading.Lock()
         self.proc: subprocess.Popen | None = None

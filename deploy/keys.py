@@ -198,6 +198,10 @@ KEYS: dict[str, Key] = {
     "COLORGATE_REGISTRY_PASSWORD": Key(str, "", secret=True),
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
+    # compose: one engine runs the stack (Docker Compose). swarm: that engine is a Swarm
+    # manager; each color's services are Swarm services spread over its nodes (a Swarm
+    # of more than one node pulls its images from COLORGATE_REGISTRY).
+    "COLORGATE_TARGET": Key(_pattern(re.compile(r"^(compose|swarm)$"), "should be compose or swarm"), "compose"),
     # An SSH host: the one connection stays open this long after a command (0: closed with it).
     "COLORGATE_SSH_PERSIST": Key(_seconds_or_zero, "60"),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),

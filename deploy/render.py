@@ -245,10 +245,10 @@ def _host_ports(ports: list) -> list[dict]:
     return out
 
 
-def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None) -> dict:
+def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None, copies: dict[str, int] | None = None) -> dict:
     """The stack `docker stack deploy` runs on a Swarm, from the same rendering as the
     compose file (`compose`), its variables filled in from `env`: every colored copy a
-    service of `replicas[name]` tasks (default: the contract's, else 1) reached by name (dnsrr: a name resolves
+    service of `copies[copy]` tasks, else `replicas[name]` (default: the contract's, else 1) reached by name (dnsrr: a name resolves
     to its tasks' addresses, which the edge resolves per request; Swarm's virtual IPs
     need IPVS), shared services and the edge on the manager (their volumes are there;
     the edge publishes its ports in host mode there), overlay networks that one-off
@@ -263,7 +263,7 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None)
         copy_of = app.split_copy(name)
         deploy = {"endpoint_mode": "dnsrr", "resources": {"limits": {"memory": memory}}}
         if copy_of:
-            deploy["replicas"] = (replicas if replicas is not None else app.replicas).get(copy_of[0], 1)
+            deploy["replicas"] = (copies or {}).get(name, (replicas if replicas is not None else app.replicas).get(copy_of[0], 1))
         else:
             deploy.update(replicas=1, placement={"constraints": ["node.role == manager"]})
         if svc.get("ports"):

@@ -14,11 +14,12 @@ from collections.abc import Callable
 
 import tenacity
 
-from deploy import access, edge, facts, images, render, runner
+from deploy import access, edge, facts, images, probes, render, runner, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import client_url, shown_url
 from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
+from deploy.history import Record, lock, recorded
 
 # One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`
 # see them and their volumes (backups, letsencrypt).
@@ -106,6 +107,9 @@ def wait_ready(settings: Settings, services: list[str], timeout: float | None = 
     unhealthy service is waited for until it turns healthy.
     """
     timeout = settings.health_timeout if timeout is None else timeout
+    if settings.swarm:  # a task is running once healthy: the Swarm restarts those that fail
+        swarm.wait_converged(settings, services, timeout)
+        return facts.service_states(settings)
 
     @tenacity.retry(
         stop=tenacity.stop_after_delay(timeout),
@@ -143,7 +147,7 @@ def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -
     @tenacity.retry(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_exponential(multiplier=0.1, max=1),
                     retry=tenacity.retry_if_result(bool))
     def poll() -> list[str]:
-        last.update(facts.candidate_health(settings, color))
+        last.update(probes.candidate_health(settings, color))
         return [s for s, problem in last.items() if problem]
 
     try:
@@ -280,7 +284,7 @@ def up(settings: Settings, version: str | None = None,
         env = compose_env(settings, versions)
         with runner.step(f"starting {' and '.join(infra)}"):
             try:
-                runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *infra), env=env, what="docker compose up")
+                start(settings, infra, env)
             except CommandError as exc:
                 raise _explain_compose_error(settings, exc) from None
             wait_ready(settings, infra)
@@ -304,7 +308,7 @@ def up(settings: Settings, version: str | None = None,
             with runner.step("applying database migrations"):
                 migrate(settings, color, versions)
         with runner.step(f"starting {color} ({version})"):
-            runner.run(compose_cmd(settings, "up", "--detach", "--no-build", *settings.app.color_services(color)), env=env, what="docker compose up")
+            start(settings, settings.app.color_services(color), env, color)
             wait_ready(settings, settings.app.color_services(color))
             wait_healthy(settings, color)  # the contract's checks, from the edge: not only Docker's
         if not active:
@@ -313,8 +317,24 @@ def up(settings: Settings, version: str | None = None,
     except (ColorgateError, KeyboardInterrupt):
         if fresh:
             runner.say("!! stopping what this run started (volumes kept)")
-            runner.run(compose_cmd(settings, "down", "--remove-orphans"), env=settings.compose_env(), check=False)
+            if settings.swarm:
+                swarm.remove(settings)
+            else:
+                runner.run(compose_cmd(settings, "down", "--remove-orphans"), env=settings.compose_env(), check=False)
         raise
+
+
+def start(settings: Settings, names: list[str], env: dict[str, str], color: str | None = None,
+          recreate: bool = False, grace: int = 10, created_only: bool = False) -> None:
+    """`docker compose up` of `names` (`recreate`: anew, the old ones given `grace`
+    seconds; `created_only`: created, not started). On a Swarm the whole stack is
+    applied, with `color` running beside the colors that run (swarm.apply)."""
+    if settings.swarm:
+        swarm.apply(settings, env, swarm.running_colors(settings) | ({color} if color else set()))
+        return
+    how = ["--no-start"] if created_only else ["--detach"]
+    again = ["--force-recreate", "--timeout", str(grace)] if recreate else []
+    runner.run(compose_cmd(settings, "up", *how, "--no-build", *again, *names), env=env, what="docker compose up")
 
 
 def down(settings: Settings, volumes: bool = False) -> None:
@@ -322,6 +342,8 @@ def down(settings: Settings, volumes: bool = False) -> None:
     routing state) are kept unless `volumes`."""
     args = [*ALL_PROFILES, "down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
     access.forget(settings)  # the secret files go with the volumes
+    if settings.swarm:
+        return swarm.remove(settings, volumes)
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
 
 
@@ -330,6 +352,8 @@ def destroy(settings: Settings) -> None:
     tags under its image prefix and its rendered compose file. For throwaway stacks
     (tests, benchmarks) only."""
     access.forget(settings)
+    if settings.swarm:
+        swarm.remove(settings, volumes=True)
     runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
                env=settings.compose_env(), check=False)
     shutil.rmtree(settings.compose_file.parent, ignore_errors=True)
@@ -362,6 +386,9 @@ def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: 
     if not names:
         return
     grace = ["--timeout", str(drain_color(settings, color))] if drain else []
+    if settings.swarm:  # the color's services at 0 replicas (all of them: a Swarm stops no single task)
+        swarm.apply(settings, compose_env(settings, versions), swarm.running_colors(settings) - {color})
+        return
     runner.run(compose_cmd(settings, "stop", *grace, *names), env=compose_env(settings, versions), check=False)
 
 
@@ -381,5 +408,30 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
     known = [*infra_services(settings), *(name for color in COLORS for name in settings.app.color_services(color))]
     if service is not None and service not in known:
         raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
+    if settings.swarm:
+        for name in [service] if service else known:
+            runner.run(swarm.logs_cmd(settings, name, follow, tail), env=settings.docker_env(), capture=False, check=False)
+        return
     args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")
+
+
+def scale(settings: Settings, service: str, count: int) -> str:
+    """The live color's copy of `service` run by `count` tasks (a Swarm only), under the
+    release lock and recorded; the next color to start gets as many. Returns the copy."""
+    if not settings.swarm:
+        raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
+    if service not in settings.app.colored:
+        raise ColorgateError(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
+    with lock(settings, "scale"):
+        active = edge.read_active(settings)
+        if active is None:
+            raise StackError("no color is live yet: start the stack with `invoke up`")
+        copy, states = settings.app.copy_name(service, active.color), facts.service_states(settings)
+        record = Record("scale", active.color, active.color, active.version, active.version,
+                        detail=f"{copy}: {count} replicas")
+        with recorded(settings, record), runner.step(f"scaling {copy} to {count} replicas"):
+            swarm.scale(settings, compose_env(settings, facts.running_versions(states)), copy, count)
+            swarm.wait_converged(settings, [copy], settings.health_timeout)
+            record.outcome = "scaled"
+    return copy

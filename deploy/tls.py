@@ -114,9 +114,9 @@ def check_pair(chain: str, key: str, host: str, origin: str, setting: str, error
                     "renew it (`invoke tls.renew` for the edge's) or give a current one")
 
 
-def served_cert_cmd(project: str) -> list[str]:
+def served_cert_cmd(settings: Settings) -> list[str]:
     """The certificate chain the edge serves, and the ACME record when there is one."""
-    return ["docker", "exec", edge.edge_container(project), "sh", "-c",
+    return ["docker", "exec", edge.edge_container(settings), "sh", "-c",
             f"cat {CERT}; echo '--colorgate-acme--'; cat {ACME_STATE} 2>/dev/null || true; "
             f"echo '--colorgate-local--'; cat {LOCAL_MARKER} 2>/dev/null || true"]
 
@@ -149,7 +149,7 @@ def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -
 
 
 def status(settings: Settings) -> dict:
-    out = runner.run(served_cert_cmd(settings.project), env=settings.docker_env(), what="reading the edge's certificate").stdout
+    out = runner.run(served_cert_cmd(settings), env=settings.docker_env(), what="reading the edge's certificate").stdout
     pem, _, rest = out.partition("--colorgate-acme--")
     acme_state, _, local_marker = rest.partition("--colorgate-local--")
     return describe(pem, acme_state, local_marker)
@@ -253,7 +253,7 @@ def explain_certbot(exc: CommandError, directory: str, domain: str) -> Colorgate
 def reload_if_changed(settings: Settings) -> bool:
     """If the deploy hook installed a certificate: `nginx -t`, graceful reload; else nothing."""
     script = f"[ -f {TLS_DIR}/.changed ] || exit 10; nginx -t -q -c {edge.NGINX_CONF} && nginx -s reload -c {edge.NGINX_CONF} && rm -f {TLS_DIR}/.changed"
-    proc = runner.run(["docker", "exec", edge.edge_container(settings.project), "sh", "-c", script], env=settings.docker_env(), check=False)
+    proc = runner.run(["docker", "exec", edge.edge_container(settings), "sh", "-c", script], env=settings.docker_env(), check=False)
     if proc.returncode == 10:
         return False
     if proc.returncode != 0:
@@ -321,7 +321,7 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     except CommandError as exc:
         raise explain_certbot(exc, url, domain) from None
     record = json.dumps({"directory": url, "email": email, "domain": domain, "ca_bundle": bool(ca_bundle)})
-    runner.run(["docker", "exec", "-i", edge.edge_container(settings.project), "sh", "-c", f"cat > {ACME_STATE}"],
+    runner.run(["docker", "exec", "-i", edge.edge_container(settings), "sh", "-c", f"cat > {ACME_STATE}"],
                input=record, env=settings.docker_env(), what="recording the ACME directory")
     return _reload(settings)
 
@@ -331,7 +331,7 @@ def renew(settings: Settings) -> dict:
     made again by the edge), reload only when a certificate changed."""
     state = status(settings)
     if state["source"].startswith("local"):
-        runner.run(["docker", "exec", edge.edge_container(settings.project), "/usr/local/bin/colorgate-edge", "--renew-local"],
+        runner.run(["docker", "exec", edge.edge_container(settings), "/usr/local/bin/colorgate-edge", "--renew-local"],
                    env=settings.docker_env(), what="renewing the local certificate")
         return _reload(settings)
     if not state["acme_directory"]:

@@ -93,7 +93,7 @@ def figures(requests: list[Request], since: float | None = None, until: float | 
 def read(settings: Settings, since: float) -> list[Request]:
     """What the edge logged from `since` (seconds since the epoch) on: at most a second
     behind (the log's buffer is flushed every second)."""
-    raw = runner.engine(settings.docker_host, "logs", edge.edge_container(settings.project), stdout=True, stderr=False,
+    raw = runner.engine(settings.docker_host, "logs", edge.edge_container(settings), stdout=True, stderr=False,
                         since=int(since), what="reading the edge's request log")
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     return [r for r in parse(text.splitlines()) if r.at >= since]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import canary, edge as edge_state, facts, gates, render
+from deploy import canary, edge as edge_state, facts, gates, probes, render
 from deploy.colors import parse_color
 
 
@@ -97,7 +97,7 @@ def request_over_https(client, path):
 
 @when(parsers.parse('the edge requests "{path}" from the {service} of the color under test'), target_fixture="response")
 def edge_requests(gate_settings, expected, path, service):
-    return facts.probe_from_edge(gate_settings, service, expected.color, path)
+    return probes.probe_from_edge(gate_settings, service, expected.color, path)
 
 
 @given("the stack's containers", target_fixture="ports")
@@ -148,7 +148,7 @@ def faster_than(response, ms):
 
 @then("every routed service of the color under test passes its health check")
 def candidate_healthy(gate_settings, expected):
-    problems = {s: p for s, p in facts.candidate_health(gate_settings, expected.color).items() if p}
+    problems = {s: p for s, p in probes.candidate_health(gate_settings, expected.color).items() if p}
     assert not problems, "; ".join(f"{gate_settings.app.copy_name(s, expected.color)} "
                                    f"{gate_settings.app.health[s].path}: {p}" for s, p in problems.items())
 
@@ -170,7 +170,7 @@ def public_health(client, app):
         if route is None or route.service != service:
             continue  # not reachable from outside at that path: the pre gate checked it
         response = client.get(check.path)
-        problem = facts.health_problem(check, response.status_code, response.text)
+        problem = probes.health_problem(check, response.status_code, response.text)
         assert problem is None, f"{service} through the edge at {check.path}: {problem}"
         checked += 1
     if not checked:

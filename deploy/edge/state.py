@@ -10,10 +10,10 @@ import re
 import time
 from dataclasses import dataclass
 
-from deploy import runner
+from deploy import facts, runner
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
-from deploy.errors import BadVersion, ColorgateError, StackError
+from deploy.errors import BadVersion, ColorgateError, CommandError, StackError
 
 STATE_DIR = "/etc/colorgate/state"
 LIVE_FILE = f"{STATE_DIR}/live"
@@ -124,8 +124,8 @@ def parse_state(text: str) -> dict[str, str]:
     return state_fields(text)
 
 
-def edge_container(project: str) -> str:
-    return f"{project}-edge-1"
+def edge_container(settings: Settings, fresh: bool = False) -> str:
+    return facts.container(settings, "edge", fresh)
 
 
 def read_file_cmd(path: str) -> list[str]:
@@ -134,8 +134,18 @@ def read_file_cmd(path: str) -> list[str]:
 
 
 def in_edge(settings: Settings, cmd: list[str], what: str = "", check: bool = True):
-    """Run a command inside the edge, in the shell this process keeps open there."""
-    return runner.shell(settings.docker_host, edge_container(settings.project)).run(cmd, what=what, check=check)
+    """Run a command inside the edge, in the shell this process keeps open there. On a
+    Swarm, when the shell cannot start because the edge's task was replaced meanwhile,
+    once more in the task that runs now."""
+    if not settings.swarm:
+        return runner.shell(settings.docker_host, edge_container(settings)).run(cmd, what=what, check=check)
+    known = edge_container(settings)
+    proc = runner.shell(settings.docker_host, known).run(cmd, what=what, check=False)
+    if proc.returncode == 125 and edge_container(settings, fresh=True) != known:
+        proc = runner.shell(settings.docker_host, edge_container(settings)).run(cmd, what=what, check=False)
+    if check and proc.returncode != 0:
+        raise CommandError(proc.args, proc.returncode, proc.stdout, proc.stderr, what)
+    return proc
 
 
 def write_cmd(path: str, lines: str, keys: str, expect: str, text: str) -> list[str]:

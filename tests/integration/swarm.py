@@ -5,7 +5,13 @@ a container made from Debian's docker.io, on a bridge network of their own.
 dockerd needs by name, no seccomp filter, the host's cgroup mount and a tmpfs for
 /var/lib/docker (overlay2 on it). Swarm's virtual IPs need IPVS, which these kernels
 lack: services use `endpoint_mode: dnsrr` (a name resolves to its tasks' addresses).
-Nothing can be pulled here, so images are sent to every node (`docker save | load`).
+Nothing can be pulled from outside here: images are sent to every node (`docker save |
+load`), or, with `registry`, pushed by this machine to Debian's docker-registry on its
+loopback and pulled by every node from their own loopback (a forwarder in each node to
+this process's forwarder on the network's gateway), the same name everywhere, over the
+plain HTTP that engines allow for loopback registries. The manager's engine also
+listens on tcp (its network only) for COLORGATE_DOCKER_HOST, and every engine runs
+with `--no-new-privileges`, as server.setup configures a Swarm node.
 Everything is removed on the way out: the services and containers inside each engine
 first (their cgroups go with them), then the engines and their network.
 """
@@ -15,13 +21,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
+
+import httpx
 
 from deploy import images, runner
 from deploy.config import Settings
 
-ENGINE = images.BaseImage("dockerd", ("docker.io", "iptables", "ca-certificates", "procps"))
+ENGINE = images.BaseImage("dockerd", ("docker.io", "iptables", "ca-certificates", "procps", "socat"))
+ENGINE_PORT = 2375
 CAPS = ("SYS_ADMIN", "NET_ADMIN", "SYS_MODULE", "SYS_PTRACE", "MKNOD", "NET_RAW", "SYS_CHROOT", "SETFCAP", "AUDIT_WRITE",
         "IPC_LOCK", "SYS_NICE")
 
@@ -30,6 +44,13 @@ CAPS = ("SYS_ADMIN", "NET_ADMIN", "SYS_MODULE", "SYS_PTRACE", "MKNOD", "NET_RAW"
 class Cluster:
     network: str
     nodes: list[str]  # engine containers; the first is the manager
+    address: str = ""  # the manager's, on the cluster's network
+    registry: str = ""  # 127.0.0.1:PORT, the same for this machine and every node (with `registry`)
+
+    @property
+    def docker_host(self) -> str:
+        """The manager's engine, for COLORGATE_DOCKER_HOST."""
+        return f"tcp://{self.address}:{ENGINE_PORT}"
 
     def docker(self, node: str, *args: str, input: str | bytes | None = None, check: bool = True):
         """`docker ARGS` against one node's engine."""
@@ -60,16 +81,73 @@ class Cluster:
             time.sleep(0.5)
 
 
+def _forward(listen: tuple[str, int], to: tuple[str, int], stop: threading.Event) -> threading.Thread:
+    """Accept on `listen` and relay each connection to `to`, until `stop`."""
+    server = socket.create_server(listen)
+    server.settimeout(0.5)
+
+    def pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with server:
+            while not stop.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                upstream = socket.create_connection(to)
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@contextlib.contextmanager
+def _registry() -> Iterator[int]:
+    """Debian's docker-registry on 127.0.0.1:<free port>, without authentication (the
+    registry test covers that), its storage removed afterwards."""
+    binary = shutil.which("docker-registry")
+    if not binary:
+        raise AssertionError("Debian's docker-registry is not installed: `make test-deps` installs it")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="cgswarm-registry-") as root:
+        with open(f"{root}/config.yml", "w") as f:
+            f.write(f"version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {root}/data}}}}\n"
+                    f"http: {{addr: 127.0.0.1:{port}}}\n")
+        proc = subprocess.Popen([binary, "serve", f"{root}/config.yml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def _engine_up(node: str) -> bool:
     return runner.run(["docker", "exec", node, "docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], check=False).returncode == 0
 
 
 @contextlib.contextmanager
-def swarm(settings: Settings, size: int = 2) -> Iterator[Cluster]:
-    """`size` engines in a Swarm (the first manages it), removed afterwards."""
+def swarm(settings: Settings, size: int = 2, registry: bool = False) -> Iterator[Cluster]:
+    """`size` engines in a Swarm (the first manages it), with a registry they all pull
+    from when asked, removed afterwards."""
     images.build_bases(settings, [ENGINE])
     run_id = f"cgswarm{secrets.token_hex(3)}"
     cluster = Cluster(f"{run_id}-net", [f"{run_id}-node{n}" for n in range(1, size + 1)])
+    stop = threading.Event()
     try:
         runner.run(["docker", "network", "create", "--label", f"org.colorgate.swarm={run_id}", cluster.network])
         for n, node in enumerate(cluster.nodes, 1):
@@ -78,7 +156,8 @@ def swarm(settings: Settings, size: int = 2) -> Iterator[Cluster]:
                         "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
                         "-v", "/sys/fs/cgroup:/sys/fs/cgroup", "--tmpfs", "/var/lib/docker:exec", "--tmpfs", "/run",
                         ENGINE.tag(settings.debian_mirror), "dockerd", "--host", "unix:///var/run/docker.sock",
-                        "--storage-driver", "overlay2"])
+                        *(["--host", f"tcp://0.0.0.0:{ENGINE_PORT}"] if n == 1 else []),
+                        "--no-new-privileges", "--storage-driver", "overlay2"])
         deadline = time.monotonic() + 60
         while not all(_engine_up(node) for node in cluster.nodes):
             if time.monotonic() > deadline:
@@ -87,12 +166,24 @@ def swarm(settings: Settings, size: int = 2) -> Iterator[Cluster]:
             time.sleep(0.5)
         address = runner.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
                               cluster.nodes[0]]).stdout.strip()
+        cluster.address = address
         cluster.manager("swarm", "init", "--advertise-addr", address)
         token = cluster.manager("swarm", "join-token", "-q", "worker").stdout.strip()
         for node in cluster.nodes[1:]:
             cluster.docker(node, "swarm", "join", "--token", token, f"{address}:2377")
-        yield cluster
+        with contextlib.ExitStack() as extra:
+            if registry:
+                port = extra.enter_context(_registry())
+                gateway = runner.run(["docker", "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                                      cluster.network]).stdout.strip()
+                _forward((gateway, port), ("127.0.0.1", port), stop)
+                for node in cluster.nodes:
+                    runner.run(["docker", "exec", "--detach", node, "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                                f"TCP:{gateway}:{port}"])
+                cluster.registry = f"127.0.0.1:{port}"
+            yield cluster
     finally:
+        stop.set()
         for node in cluster.nodes:  # what runs inside first, so that its cgroups go with it
             runner.run(["docker", "exec", node, "sh", "-c", "docker service rm $(docker service ls -q) 2>/dev/null; "
                         "docker rm -f $(docker ps -aq) 2>/dev/null; true"], check=False)

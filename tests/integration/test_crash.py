@@ -265,7 +265,7 @@ def test_an_edge_restarted_mid_release_serves_the_routing_file_and_the_release_g
     before = assert_one_color(settings)
     with paused_at("post_gates", "deploy", env=env) as proc:
         moved = edge.read_active(settings)
-        runner.run(["docker", "restart", "--time", "2", edge.edge_container(settings.project)])
+        runner.run(["docker", "restart", "--time", "2", edge.edge_container(settings)])
         stack.wait_ready(settings, ["edge"])
         assert assert_one_color(settings) == moved  # the routing file is on a volume: the edge reads it at start
         proc.send_signal(signal.SIGUSR1)

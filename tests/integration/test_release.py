@@ -120,7 +120,7 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
 
 
 def test_switches_never_reload_nginx_and_a_bad_routing_file_never_lands(rstack):
-    edge_name = edge.edge_container(rstack.project)
+    edge_name = edge.edge_container(rstack)
     workers = lambda: runner.run(["docker", "exec", edge_name, "sh", "-c", "cat /proc/$(cat /tmp/nginx.pid)/task/*/children"]).stdout.split()  # noqa: E731
     before_state, before_workers = live(rstack), workers()
     with pytest.raises(CommandError) as err:
@@ -233,7 +233,7 @@ def run_gates_cli(env, *args):
 def test_gates_fail_on_a_certificate_for_the_wrong_name_or_expired(rstack, env, tmp_path):
     from tests.certs import make_ca, make_leaf
 
-    edge_name = edge.edge_container(rstack.project)
+    edge_name = edge.edge_container(rstack)
     keep = {name: runner.run(["docker", "exec", edge_name, "cat", f"/etc/colorgate/tls/{name}"]).stdout
             for name in ("local-ca.pem", "live/fullchain.pem", "live/privkey.pem")}
 

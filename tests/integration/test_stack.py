@@ -79,7 +79,7 @@ def test_certificate_is_verified_for_the_domain_and_not_for_another(settings, ca
 
 
 def test_tls_configuration_follows_mozilla_intermediate(live_stack, settings, client):
-    dump = runner.run(["docker", "exec", edge.edge_container(settings.project), "nginx", "-T", "-q", "-c", edge.NGINX_CONF]).stdout
+    dump = runner.run(["docker", "exec", edge.edge_container(settings), "nginx", "-T", "-q", "-c", edge.NGINX_CONF]).stdout
     lines = [line.strip() for line in dump.splitlines()]
     assert [line for line in lines if line.startswith("ssl_protocols")] == ["ssl_protocols TLSv1.2 TLSv1.3;"]
     assert "ssl_prefer_server_ciphers off;" in lines and "ssl_session_tickets off;" in lines

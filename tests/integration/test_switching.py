@@ -184,7 +184,7 @@ def test_an_edge_restarted_after_a_switch_serves_the_color_switched_to(settings,
     to = other(start.color)
     versions = {start.color: start.version, to: "v1" if start.version == "v2" else "v2"}
     release.switch(settings, to, use_gates=False)
-    runner.run(["docker", "restart", edge.edge_container(settings.project)], env=settings.docker_env())
+    runner.run(["docker", "restart", edge.edge_container(settings)], env=settings.docker_env())
     stack.wait_ready(settings, ["edge"])
     status, headers, body = request(connect(settings, ca), "GET", "/api/version")
     assert status == 200 and json.loads(body) == {"color": to, "version": versions[to]}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import canary, config, edge, facts, gates, history, runner, views
+from deploy import canary, config, edge, gates, history, probes, runner, views
 from deploy.errors import ColorgateError, StackError
 
 
@@ -233,7 +233,7 @@ def test_settings_pass_to_the_gates_unchanged():
     ],
 )
 def test_curl_output_parsing(out, status, header, body):
-    probe = facts.parse_curl_i("http://x", out)
+    probe = probes.parse_curl_i("http://x", out)
     assert (probe.status_code, probe.headers.get("x-colorgate-color"), probe.text) == (status, header, body)
 
 

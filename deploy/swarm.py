@@ -1,0 +1,257 @@
+"""The Swarm target (COLORGATE_TARGET=swarm, issue #15): the same stack, releases and
+gates on a Docker Swarm manager, locally or over SSH.
+
+The stack is rendered for the Swarm (render.swarm) and applied whole with `docker stack
+deploy`: each colored copy is a service whose replicas say whether that color runs (0:
+stopped, its spec and version kept, as compose keeps a stopped container), so a command
+changes only the services whose spec it changes. A running color keeps the replicas it
+has (`invoke scale` changes them); a color that starts gets the live color's, else the
+contract's. The edge and the shared services sit on the manager, with their volumes:
+the edge's state (live color, lock, history, certificates) is the cluster's one truth,
+read through the manager's engine as on one host.
+
+What runs is read from the manager's Engine API: services and their tasks. A task of
+a service with a health check is `running` only once healthy; so a service is ready
+when all its replicas run its current spec.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import yaml
+
+from deploy import images, render, runner
+from deploy.colors import COLORS
+from deploy.config import Settings
+from deploy.errors import ColorgateError, CommandError, StackError
+
+STACK_LABEL = "com.docker.stack.namespace"
+SERVICE_LABEL = "com.docker.swarm.service.name"
+FAILED = ("failed", "rejected", "orphaned")
+
+
+def service_name(settings: Settings, service: str) -> str:
+    """The Swarm service of a compose service: `<project>_<service>`."""
+    return f"{settings.project}_{service}"
+
+
+def refuse_unsupported(settings: Settings) -> None:
+    """What the Swarm target does not run yet, refused in one line before anything changes."""
+    app = settings.app
+    if app.postgres or app.migrations or app.database:
+        raise ColorgateError(f"the app {app.file} has its own database or migrations, which the Swarm target does not run yet "
+                             "(their secrets and one-off containers are per node): use COLORGATE_TARGET=compose, or an app without them")
+
+
+def nodes(settings: Settings) -> list[dict]:
+    """The Swarm's nodes (the manager's view); one line when the engine is no manager."""
+    try:
+        return runner.engine(settings.docker_host, "nodes", what="listing the Swarm's nodes")
+    except CommandError as exc:
+        text = exc.stderr + exc.stdout
+        if "not a swarm manager" in text or "swarm" in text.lower():
+            raise ColorgateError(f"the engine at {settings.docker_host or 'this machine'} is not a Swarm manager: run "
+                                 "`docker swarm init` there (and join the other nodes), or set COLORGATE_TARGET=compose") from None
+        raise
+
+
+def check_images_reachable(settings: Settings, ready_nodes: int) -> None:
+    """Images built or sent to one engine exist only there: the other nodes cannot run them."""
+    if ready_nodes > 1 and settings.image_source != "registry":
+        raise ColorgateError(f"this Swarm has {ready_nodes} nodes, which pull their images from a registry: set COLORGATE_REGISTRY "
+                             "(and push with `invoke images.push`); images built on one engine exist only there")
+
+
+def check_target(settings: Settings) -> int:
+    """Refuse what cannot work on this Swarm; returns how many nodes are ready."""
+    refuse_unsupported(settings)
+    ready = sum(1 for n in nodes(settings) if (n.get("Status") or {}).get("State") == "ready")
+    check_images_reachable(settings, ready)
+    return ready
+
+
+# --- reading the Swarm -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service of the stack as the manager reports it, with its tasks that should run."""
+
+    name: str  # the compose service: `site_blue`, `edge`
+    replicas: int
+    running: int  # tasks running the current spec (healthy, when it has a check)
+    image: str
+    env: dict[str, str]
+    labels: dict[str, str]
+    ports: list[str]
+    error: str  # the latest failed task's error, "" when none
+    addresses: dict[str, str]  # task address -> node id, of the tasks running the current spec
+    spec: dict = field(default_factory=dict, repr=False)  # its tasks' container spec
+
+    @property
+    def state(self) -> str:
+        if self.replicas == 0:
+            return "exited"
+        return "running" if self.running >= self.replicas else "starting"
+
+
+def _spec_key(container_spec: dict) -> str:
+    return json.dumps({"image": container_spec.get("Image"), "env": sorted(container_spec.get("Env") or [])})
+
+
+def parse_service(project: str, service: dict, tasks: list[dict]) -> Service:
+    """A service and its tasks (Engine API dicts) -> Service (pure)."""
+    spec = service.get("Spec") or {}
+    container = ((spec.get("TaskTemplate") or {}).get("ContainerSpec")) or {}
+    current = _spec_key(container)
+    mode = spec.get("Mode") or {}
+    replicas = int(((mode.get("Replicated") or {}).get("Replicas")) or 0) if "Replicated" in mode else len(tasks)
+    running, error, addresses = 0, "", {}
+    for task in sorted(tasks, key=lambda t: t.get("UpdatedAt") or ""):
+        status = task.get("Status") or {}
+        mine = _spec_key(((task.get("Spec") or {}).get("ContainerSpec")) or {}) == current
+        if status.get("State") in FAILED and mine:
+            error = status.get("Err") or status.get("Message") or status.get("State")
+        if task.get("DesiredState") == "running" and status.get("State") == "running" and mine:
+            running += 1
+            for net in task.get("NetworksAttachments") or []:
+                for address in net.get("Addresses") or []:
+                    addresses[address.split("/", 1)[0]] = task.get("NodeID", "")
+    ports = [f"0.0.0.0:{p['PublishedPort']}->{p['TargetPort']}/{p.get('Protocol', 'tcp')}"
+             for p in ((spec.get("EndpointSpec") or {}).get("Ports") or []) if p.get("PublishedPort")]
+    env = dict(e.split("=", 1) for e in container.get("Env") or [] if "=" in e)
+    return Service(spec.get("Name", "").removeprefix(f"{project}_"), replicas, running,
+                   (container.get("Image") or "").split("@", 1)[0], env, container.get("Labels") or {}, sorted(ports),
+                   error, addresses, container)
+
+
+def services(settings: Settings) -> dict[str, Service]:
+    """Every service of the stack, by compose service name."""
+    found = runner.engine(settings.docker_host, "services", filters={"label": f"{STACK_LABEL}={settings.project}"},
+                          what="listing the stack's services")
+    if not found:
+        return {}
+    tasks = runner.engine(settings.docker_host, "tasks", filters={"label": f"{STACK_LABEL}={settings.project}"},
+                          what="listing the stack's tasks")
+    by_service: dict[str, list[dict]] = {}
+    for task in tasks:
+        by_service.setdefault(task.get("ServiceID", ""), []).append(task)
+    parsed = (parse_service(settings.project, s, by_service.get(s["ID"], [])) for s in found)
+    return {s.name: s for s in parsed}
+
+
+def task_container(settings: Settings, service: str) -> str:
+    """The running container of `service`'s task on the manager (the edge, a shared
+    service: the stack pins them there). Raises CommandError as a missing container would."""
+    listed = runner.engine(settings.docker_host, "containers", filters={"label": f"{SERVICE_LABEL}={service_name(settings, service)}",
+                                                                          "status": "running"}, what=f"finding {service}'s container")
+    if not listed:
+        raise CommandError(["docker", "inspect", service_name(settings, service)], 1, "",
+                           f"Error: No such object: no running task of {service_name(settings, service)} on this node")
+    return sorted(listed, key=lambda c: c.get("Created", 0))[-1]["Id"]
+
+
+# --- changing the Swarm ----------------------------------------------------------------
+
+
+def replicas_for(settings: Settings, current: dict[str, Service], running: set[str]) -> dict[str, int]:
+    """Replicas of every colored copy (pure): 0 for a color not in `running`; a copy
+    that runs keeps its count; one that starts gets its other color's count when that
+    runs, else the contract's."""
+    app = settings.app
+    out = {}
+    for color in COLORS:
+        for name in app.colored:
+            copy = app.copy_name(name, color)
+            if color not in running:
+                out[copy] = 0
+                continue
+            mine, other = current.get(copy), current.get(app.copy_name(name, [c for c in COLORS if c != color][0]))
+            if mine and mine.replicas:
+                out[copy] = mine.replicas
+            elif other and other.replicas:
+                out[copy] = other.replicas
+            else:
+                out[copy] = app.replicas.get(name, 1)
+    return out
+
+
+def stack_file(settings: Settings, env: dict[str, str], replicas: dict[str, int]) -> str:
+    """The stack `docker stack deploy` reads (holds the settings' values: sent on stdin)."""
+    return yaml.safe_dump(render.swarm(settings.app, env, copies=replicas), sort_keys=False)
+
+
+def deploy_cmd(settings: Settings) -> list[str]:
+    # images from a registry: resolved to digests, so every node runs the same bytes
+    resolve = "always" if settings.image_source == "registry" else "never"
+    return ["docker", "stack", "deploy", "--detach=true", "--with-registry-auth", "--resolve-image", resolve,
+            "--compose-file", "-", settings.project]
+
+
+def apply(settings: Settings, env: dict[str, str], running: set[str], replicas: dict[str, int] | None = None) -> None:
+    """Make the stack run the colors in `running` (the others at 0 replicas), with the
+    versions and values of `env` (stack.compose_env); `replicas` overrides copies' counts."""
+    counts = {**replicas_for(settings, services(settings), running), **(replicas or {})}
+    text = stack_file(settings, env, counts)
+    if settings.image_source == "registry":
+        with images.registry_session(settings) as session:
+            runner.run(deploy_cmd(settings), input=text, env={**env, **session}, what="docker stack deploy")
+    else:
+        runner.run(deploy_cmd(settings), input=text, env=env, what="docker stack deploy")
+
+
+def running_colors(settings: Settings, current: dict[str, Service] | None = None) -> set[str]:
+    """The colors whose copies have replicas."""
+    current = services(settings) if current is None else current
+    return {c for c in COLORS if any((current.get(settings.app.copy_name(n, c)) or Service("", 0, 0, "", {}, {}, [], "", {})).replicas
+                                     for n in settings.app.colored)}
+
+
+def wait_converged(settings: Settings, names: list[str], timeout: float) -> dict[str, Service]:
+    """Until every service in `names` runs all its replicas on its current spec; a task
+    that failed is said with its error when the wait ends."""
+    deadline = time.monotonic() + timeout
+    delay = 0.25
+    while True:
+        current = services(settings)
+        pending = [n for n in names if n not in current or current[n].state != "running"]
+        if not pending:
+            return current
+        if time.monotonic() > deadline:
+            detail = "; ".join(f"{n}: {current[n].running}/{current[n].replicas} running"
+                               + (f", last failure: {current[n].error}" if current[n].error else "") if n in current else f"{n}: absent"
+                               for n in pending)
+            raise StackError(f"timed out after {timeout:.0f}s waiting for the Swarm to run {', '.join(pending)} ({detail}): "
+                             f"see `invoke logs SERVICE`")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2)
+
+
+def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> None:
+    """`docker stack rm`, then wait until its tasks and networks are gone (and, with
+    `volumes`, remove its volumes on the manager)."""
+    runner.run(["docker", "stack", "rm", settings.project], env=settings.docker_env(), check=False, what="docker stack rm")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = runner.engine(settings.docker_host, "containers", all=True, filters={"label": f"{STACK_LABEL}={settings.project}"})
+        nets = runner.engine(settings.docker_host, "networks", filters={"label": f"{STACK_LABEL}={settings.project}"})
+        if not left and not nets:
+            break
+        time.sleep(0.5)
+    if volumes:
+        for volume in (runner.engine(settings.docker_host, "volumes", filters={"label": f"{STACK_LABEL}={settings.project}"})
+                       .get("Volumes") or []):
+            runner.engine(settings.docker_host, "remove_volume", volume["Name"], force=True, what="removing a volume")
+
+
+def scale(settings: Settings, env: dict[str, str], copy: str, count: int) -> None:
+    """`copy`'s replicas set to `count` (the rest of the stack as it runs)."""
+    apply(settings, env, running_colors(settings), replicas={copy: count})
+
+
+def logs_cmd(settings: Settings, service: str, follow: bool, tail: int) -> list[str]:
+    return ["docker", "service", "logs", "--timestamps", "--tail", str(tail), *(["--follow"] if follow else []),
+            service_name(settings, service)]

@@ -1,0 +1,93 @@
+"""The Swarm target (issue #15): the same commands, gates and releases against the
+manager of a test Swarm of two engines, whose nodes pull the images from a registry.
+The static site runs there with 3 tasks per color spread over both nodes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deploy import config, edge, facts, gates, images, swarm as swarm_target, tls
+
+from .conftest import invoke, isolated_env
+from .swarm import swarm
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    settings = config.load("development", environ=dict(os.environ))
+    with swarm(settings, size=2, registry=True) as made:
+        yield made
+
+
+def answers(settings, n: int = 24) -> list:
+    ca = tls.read_local_ca(settings)
+    with gates.edge_client(settings, ca) as client:
+        return [client.get("/status.txt") for _ in range(n)]
+
+
+def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster):
+    run = isolated_env("swt")
+    env = {**run, "COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm",
+           "COLORGATE_DOCKER_HOST": cluster.docker_host, "COLORGATE_BIND": cluster.address,
+           "COLORGATE_REGISTRY": f"{cluster.registry}/{run['COLORGATE_PROJECT']}"}
+    settings = config.load("development", environ={**os.environ, **env})
+    here = {**env, "COLORGATE_TARGET": "compose", "COLORGATE_DOCKER_HOST": ""}  # where CI builds and pushes
+    images.build_bases(config.load("development", environ={**os.environ, **here}),
+                       [images.BASES["nginx"], images.BASES["postgres"], images.BASES["certbot"]])
+
+    # images built on one engine exist only there: a two-node Swarm needs the registry
+    refused = invoke("up", env={**env, "COLORGATE_REGISTRY": ""})
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "colorgate: this Swarm has 2 nodes, which pull their images from a registry: set COLORGATE_REGISTRY "
+        "(and push with `invoke images.push`); images built on one engine exist only there"), refused.stderr
+    assert not swarm_target.services(settings)
+
+    for version in ("v1", "v2"):
+        pushed = invoke("images.push", "--version", version, env=here)
+        assert pushed.returncode == 0, pushed.stderr
+    try:
+        up = invoke("up", "--version", "v1", env=env)
+        assert up.returncode == 0, up.stderr
+        assert edge.read_active(settings).color == "blue"
+        scaled = invoke("scale", "site=3", env=env)
+        assert scaled.returncode == 0, scaled.stderr
+        running = swarm_target.services(settings)
+        assert running["site_blue"].running == 3 and len(set(running["site_blue"].addresses.values())) == 2, running["site_blue"]
+        assert running["site_green"].replicas == 0
+
+        deployed = invoke("deploy", "--version", "v2", env=env)
+        assert deployed.returncode == 0, deployed.stderr
+        assert "pre gates on green (v2)" in deployed.stderr and "post gates on green (v2)" in deployed.stderr
+        green = swarm_target.services(settings)["site_green"]
+        assert green.running == 3 and len(set(green.addresses.values())) == 2, green  # as many as the live color, both nodes
+        served = answers(settings)
+        assert all(r.status_code == 200 and r.headers["x-colorgate-color"] == "green" for r in served), [r.status_code for r in served]
+        upstreams = {r.headers["x-colorgate-upstream"].rsplit(":", 1)[0] for r in served}
+        assert len(upstreams) == 3 and upstreams <= set(green.addresses), upstreams  # every task answered
+        assert len({green.addresses[a] for a in upstreams}) == 2  # from both nodes
+        states = facts.service_states(settings)
+        assert states["site_green"].version == "v2" and states["site_blue"].version == "v1"
+
+        status = invoke("status", env=env)
+        assert status.returncode == 0 and "green" in status.stdout, status.stdout
+
+        back = invoke("rollback", env=env)
+        assert back.returncode == 0, back.stderr
+        assert edge.read_active(settings).color == "blue"
+        assert all(r.headers["x-colorgate-color"] == "blue" for r in answers(settings, 6))
+
+        features = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "features/"],
+                                  env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+                                  cwd=config.project_root())
+        assert features.returncode == 0, features.stdout[-3000:]
+        history = invoke("history", "--json", env=env)
+        assert [r["action"] for r in __import__("json").loads(history.stdout)][-3:] == ["scale", "deploy", "rollback"]
+    finally:
+        down = invoke("down", "--volumes", env=env)
+        assert down.returncode == 0, down.stderr
+        assert not swarm_target.services(settings)

@@ -1,0 +1,75 @@
+"""The Swarm target's decisions, from captured Engine API answers (no Docker): what a
+service's state is, how many tasks each colored copy gets, and the refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from deploy import config, swarm
+from deploy.errors import ColorgateError
+
+
+def settings(**env):
+    base = {"COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm", "COLORGATE_PROJECT": "shop", **env}
+    return config.load("development", root=config.project_root(), environ=base)
+
+
+def task(state: str, image: str = "reg/site:v2", desired: str = "running", addresses=("10.0.1.5/24",), node: str = "n1",
+         err: str = "", at: str = "2026-11-30T10:00:00Z") -> dict:
+    return {"ServiceID": "s1", "NodeID": node, "DesiredState": desired, "UpdatedAt": at,
+            "Status": {"State": state, "Err": err}, "Spec": {"ContainerSpec": {"Image": f"{image}@sha256:abc", "Env": ["COLORGATE_VERSION=v2"]}},
+            "NetworksAttachments": [{"Addresses": list(addresses)}]}
+
+
+SERVICE = {"ID": "s1", "Spec": {"Name": "shop_site_green", "Mode": {"Replicated": {"Replicas": 3}},
+                                 "TaskTemplate": {"ContainerSpec": {"Image": "reg/site:v2@sha256:abc", "Env": ["COLORGATE_VERSION=v2"],
+                                                                    "Labels": {"org.colorgate.color": "green"}}},
+                                 "EndpointSpec": {"Ports": [{"TargetPort": 8443, "PublishedPort": 443, "PublishMode": "host"}]}}}
+
+
+def test_a_service_runs_once_all_its_replicas_run_its_current_spec():
+    three = [task("running", addresses=(f"10.0.1.{n}/24",), node=f"n{n % 2}") for n in (5, 6, 7)]
+    s = swarm.parse_service("shop", SERVICE, three)
+    assert (s.name, s.state, s.running, s.image, s.env["COLORGATE_VERSION"]) == ("site_green", "running", 3, "reg/site:v2", "v2")
+    assert s.addresses == {"10.0.1.5": "n1", "10.0.1.6": "n0", "10.0.1.7": "n1"} and s.ports == ["0.0.0.0:443->8443/tcp"]
+    # a task of the old spec, still running during an update, does not count; nor one that is shutting down
+    mixed = [three[0], task("running", image="reg/site:v1"), task("running", desired="shutdown")]
+    assert swarm.parse_service("shop", SERVICE, mixed).state == "starting"
+    # the latest failure of the current spec is kept, for the operator
+    failing = [task("failed", err="task: non-zero exit (1)", desired="shutdown", at="2026-11-30T10:00:01Z"), three[0]]
+    assert swarm.parse_service("shop", SERVICE, failing).error == "task: non-zero exit (1)"
+    stopped = {**SERVICE, "Spec": {**SERVICE["Spec"], "Mode": {"Replicated": {"Replicas": 0}}}}
+    assert swarm.parse_service("shop", stopped, []).state == "exited"  # 0 replicas: stopped, its version kept
+
+
+def test_a_starting_color_gets_as_many_tasks_as_the_other_runs_else_the_contracts():
+    s = settings()
+    blank = swarm.Service("", 0, 0, "", {}, {}, [], "", {})
+    assert swarm.replicas_for(s, {}, {"blue"}) == {"site_blue": 1, "site_green": 0}
+    scaled = {"site_blue": dataclasses.replace(blank, name="site_blue", replicas=3)}
+    assert swarm.replicas_for(s, scaled, {"blue", "green"}) == {"site_blue": 3, "site_green": 3}
+    both = {**scaled, "site_green": dataclasses.replace(blank, name="site_green", replicas=2)}
+    assert swarm.replicas_for(s, both, {"green"}) == {"site_blue": 0, "site_green": 2}  # a running copy keeps its count
+    assert swarm.running_colors(s, both) == {"blue", "green"}
+    assert swarm.running_colors(s, {"site_blue": dataclasses.replace(blank, replicas=0)}) == set()
+
+
+def test_a_multi_node_swarm_without_a_registry_and_an_app_with_a_database_are_refused():
+    with pytest.raises(ColorgateError, match=r"^this Swarm has 3 nodes, which pull their images from a registry: set COLORGATE_REGISTRY"):
+        swarm.check_images_reachable(settings(), 3)
+    swarm.check_images_reachable(settings(), 1)  # one node: its own engine's images will do
+    swarm.check_images_reachable(settings(COLORGATE_REGISTRY="reg.example/acme"), 3)
+    with pytest.raises(ColorgateError, match=r"has its own database or migrations, which the Swarm target does not run yet"):
+        swarm.refuse_unsupported(settings(COLORGATE_APP="examples/spa-api-postgres", POSTGRES_DB="app", POSTGRES_USER="app",
+                                          POSTGRES_PASSWORD="x" * 12))
+    with pytest.raises(config.ConfigError, match=r"^COLORGATE_TARGET 'k8s' in the environment should be compose or swarm$"):
+        settings(COLORGATE_TARGET="k8s")
+
+
+def test_the_stack_deploy_resolves_registry_images_to_digests_and_reads_the_stack_on_stdin():
+    s = settings(COLORGATE_REGISTRY="reg.example/acme")
+    assert swarm.deploy_cmd(s)[-3:] == ["--compose-file", "-", "shop"]
+    assert swarm.deploy_cmd(s)[swarm.deploy_cmd(s).index("--resolve-image") + 1] == "always"
+    assert swarm.deploy_cmd(settings())[swarm.deploy_cmd(settings()).index("--resolve-image") + 1] == "never"
