@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
-from deploy import config, edge, facts, gates, images, swarm as swarm_target, tls
+from deploy import config, edge, facts, gates, images, runner, swarm as swarm_target, tls
 
 from .conftest import invoke, isolated_env
 from .swarm import swarm
@@ -23,21 +25,34 @@ def cluster():
         yield made
 
 
+@pytest.fixture(scope="module")
+def registry(cluster) -> str:
+    """The static site's images v1 and v2, built on this machine and pushed, as CI would."""
+    run = isolated_env("swp")
+    path = f"{cluster.registry}/{run['COLORGATE_PROJECT']}"
+    here = {**run, "COLORGATE_APP": "examples/static-site", "COLORGATE_REGISTRY": path}
+    images.build_bases(config.load("development", environ={**os.environ, **here}),
+                       [images.BASES["nginx"], images.BASES["postgres"], images.BASES["certbot"]])
+    for version in ("v1", "v2"):
+        pushed = invoke("images.push", "--version", version, env=here)
+        assert pushed.returncode == 0, pushed.stderr
+    return path
+
+
+def swarm_env(cluster, registry: str, tag: str) -> dict[str, str]:
+    return {**isolated_env(tag), "COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm",
+            "COLORGATE_DOCKER_HOST": cluster.docker_host, "COLORGATE_BIND": cluster.address, "COLORGATE_REGISTRY": registry}
+
+
 def answers(settings, n: int = 24) -> list:
     ca = tls.read_local_ca(settings)
     with gates.edge_client(settings, ca) as client:
         return [client.get("/status.txt") for _ in range(n)]
 
 
-def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster):
-    run = isolated_env("swt")
-    env = {**run, "COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm",
-           "COLORGATE_DOCKER_HOST": cluster.docker_host, "COLORGATE_BIND": cluster.address,
-           "COLORGATE_REGISTRY": f"{cluster.registry}/{run['COLORGATE_PROJECT']}"}
+def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster, registry):
+    env = swarm_env(cluster, registry, "swt")
     settings = config.load("development", environ={**os.environ, **env})
-    here = {**env, "COLORGATE_TARGET": "compose", "COLORGATE_DOCKER_HOST": ""}  # where CI builds and pushes
-    images.build_bases(config.load("development", environ={**os.environ, **here}),
-                       [images.BASES["nginx"], images.BASES["postgres"], images.BASES["certbot"]])
 
     # images built on one engine exist only there: a two-node Swarm needs the registry
     refused = invoke("up", env={**env, "COLORGATE_REGISTRY": ""})
@@ -46,10 +61,6 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster)
         "colorgate: this Swarm has 2 nodes, which pull their images from a registry: set COLORGATE_REGISTRY "
         "(and push with `invoke images.push`); images built on one engine exist only there"), refused.stderr
     assert not swarm_target.services(settings)
-
-    for version in ("v1", "v2"):
-        pushed = invoke("images.push", "--version", version, env=here)
-        assert pushed.returncode == 0, pushed.stderr
     try:
         up = invoke("up", "--version", "v1", env=env)
         assert up.returncode == 0, up.stderr
@@ -91,3 +102,67 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster)
         down = invoke("down", "--volumes", env=env)
         assert down.returncode == 0, down.stderr
         assert not swarm_target.services(settings)
+
+
+class Load:
+    """GET /status.txt through the edge at a steady rate, in a thread: what each got."""
+
+    def __init__(self, settings, rate: float = 40):
+        self.settings, self.rate, self.seen, self.stop = settings, rate, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        with gates.edge_client(self.settings, tls.read_local_ca(self.settings)) as client:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    r = client.get("/status.txt")
+                    self.seen.append((time.monotonic(), r.status_code, r.headers.get("x-colorgate-color", ""), r.elapsed.total_seconds()))
+                except Exception as exc:  # noqa: BLE001 - counted as a failed request
+                    self.seen.append((time.monotonic(), 0, repr(exc), 0.0))
+                time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+
+    def failed(self, since: float = 0) -> list:
+        return [s for s in self.seen if s[0] >= since and s[1] != 200]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def test_switches_under_load_lose_no_request_and_the_live_color_rides_out_a_lost_worker(cluster, registry):
+    """Runs last in this module: it stops a node of the module's Swarm."""
+    env = {**swarm_env(cluster, registry, "swl"), "COLORGATE_ANALYSIS_INTERVALS": "0"}
+    settings = config.load("development", environ={**os.environ, **env})
+    try:
+        assert invoke("up", "--version", "v1", env=env).returncode == 0
+        assert invoke("scale", "site=3", env=env).returncode == 0
+        with Load(settings) as load:
+            time.sleep(1)
+            deployed = invoke("deploy", "--version", "v2", env=env)
+            assert deployed.returncode == 0, deployed.stderr
+            for color in ("blue", "green", "blue", "green"):
+                switched = invoke("switch", "--to", color, env=env)
+                assert switched.returncode == 0, switched.stderr
+            time.sleep(1)
+            switches = len(load.seen)
+            assert not load.failed() and switches > 100, load.failed()[:5]
+            assert {s[2] for s in load.seen} == {"blue", "green"}
+
+            # a worker goes away: the live color's tasks on the manager keep answering
+            worker = cluster.nodes[1]
+            lost_at = time.monotonic()
+            runner.run(["docker", "stop", "--time", "1", worker])
+            time.sleep(20)
+        failed = load.failed(lost_at)
+        after = [s for s in load.seen if s[0] >= lost_at]
+        assert not failed and len(after) > 200, failed[:5]
+        slowest = max(s[3] for s in after)
+        print(f"\nswarm: {switches} requests across a deploy and 4 switches, 0 failed; {len(after)} after a worker "
+              f"stopped, 0 failed, the slowest {slowest:.2f}s")
+    finally:
+        invoke("down", "--volumes", env=env)
