@@ -369,6 +369,7 @@ def db_migrate(c, profile=None, host=None, break_lock=False):
 def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
     """Move the app's database to a managed PostgreSQL and release the next color on it, gated."""
     settings = _target(profile, host)
+    _swarm.refuse(settings, "db.move")
     to = to or os.environ.get("COLORGATE_MOVE_TO", "")
     if not to:
         raise ColorgateError("db.move needs the target: --to URL, or COLORGATE_MOVE_TO in the environment (keeps the password off the command line)")
@@ -383,6 +384,7 @@ def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
 def db_retire_local(c, profile=None, host=None, yes=False):
     """After db.move: stop the stack's own PostgreSQL (volume kept), given a verified backup from after the move."""
     settings = _target(profile, host)
+    _swarm.refuse(settings, "db.retire-local")
     stopped = _move.retire_local(settings, yes=yes)
     print(f"retired: stopped {', '.join(stopped)} (the pgdata volume is kept)" if stopped else "nothing to do")
 
@@ -469,6 +471,7 @@ def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=Non
     from pathlib import Path
 
     settings = _target(profile, host)
+    _swarm.refuse(settings, "tls.init")
     with runner.step(f"obtaining a certificate for {domain or settings.domain}"):
         data = _tls.init(settings, email, domain=domain, directory=directory, staging=staging,
                          ca_bundle=Path(ca_bundle) if ca_bundle else None)

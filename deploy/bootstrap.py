@@ -6,15 +6,17 @@ Idempotent: each part checks first and says "present" when there is nothing to d
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
+import socket
 import stat
 from pathlib import Path
 
 from deploy import images, runner, ssh
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError, DockerUnavailable
+from deploy.errors import ColorgateError, CommandError, DockerUnavailable, PortInUse
 
 PLUGIN_DIR = Path.home() / ".docker" / "cli-plugins"
 
@@ -119,3 +121,37 @@ def bootstrap(settings: Settings) -> list[tuple[str, str]]:
     else:
         done.append(("base images", "present"))
     return done
+
+
+# --- the ports the edge publishes on this machine -----------------------------------
+
+
+def local_engine(settings: Settings) -> bool:
+    return not settings.docker_host or settings.docker_host.startswith("unix://")
+
+
+def check_ports_free(settings: Settings) -> None:
+    """Refuse early when a port the edge must publish is taken on this host."""
+    for key, port in (("COLORGATE_HTTP_PORT", settings.http_port), ("COLORGATE_HTTPS_PORT", settings.https_port)):
+        check_port_free(settings, settings.bind, port, key)
+
+
+def check_port_free(settings: Settings, address: str, port: int, key: str) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as servers do (docker-proxy too): connections of an earlier run still in
+        # TIME_WAIT must not count as "in use"; a live listener still does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"port {port} on {address} is already in use: stop what uses it "
+                    f"or set {key} in .env.{settings.profile}.local"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise PortInUse(f"port {port} needs root to bind on this host: run as root or set {key} above 1023") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise PortInUse(f"address {address} is not on this host: set the address for {key}'s bind in .env.{settings.profile}.local") from None
+            raise

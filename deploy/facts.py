@@ -201,6 +201,11 @@ def pending_migrations(settings: Settings, color: str) -> bool | None:
         return False
     if not m.status:
         return None
+    if settings.swarm:  # the status command runs in a task of the copy on the manager: unknown when none runs there
+        try:
+            container(settings, settings.app.copy_name(m.service, color), fresh=True)
+        except CommandError:
+            return None
     proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
     if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
         raise CommandError(migration_status_cmd(settings, color), proc.returncode, proc.stdout, proc.stderr, "migration status")

@@ -37,7 +37,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from deploy import dbtools, runner, stack, tls
+from deploy import bootstrap, dbtools, runner, stack, tls
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, MoveError
 from deploy.facts import container as container_of, inspect as inspect_container, psql_cmd
@@ -314,8 +314,8 @@ def firewall(settings: Settings, op: str, network: str = "host") -> bool:
 def start(settings: Settings, network: str = "host") -> None:
     """Start the relay, with the database's rules for it and the host firewall's."""
     env = stack.compose_env(settings, {})
-    if stack.local_engine(settings):
-        stack.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
+    if bootstrap.local_engine(settings):
+        bootstrap.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
     runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
                env=env, what="starting the replication relay")
     found = addresses(settings)

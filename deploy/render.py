@@ -245,16 +245,19 @@ def _host_ports(ports: list) -> list[dict]:
     return out
 
 
-def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None, copies: dict[str, int] | None = None) -> dict:
+def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None, copies: dict[str, int] | None = None,
+          secrets: dict[str, dict[str, str]] | None = None) -> dict:
     """The stack `docker stack deploy` runs on a Swarm, from the same rendering as the
     compose file (`compose`), its variables filled in from `env`: every colored copy a
     service of `copies[copy]` tasks, else `replicas[name]` (default: the contract's, else 1) reached by name (dnsrr: a name resolves
     to its tasks' addresses, which the edge resolves per request; Swarm's virtual IPs
     need IPVS), shared services and the edge on the manager (their volumes are there;
     the edge publishes its ports in host mode there), overlay networks that one-off
-    containers may join. Colorgate's tools (profiles) are not services."""
+    containers may join. Colorgate's tools (profiles) are not services. A volume of
+    secret files (access.secret_files) named in `secrets` (volume -> file -> the Swarm
+    secret holding it) becomes those secrets, at the same paths: a volume is one node's."""
     rendered = interpolate(compose(app), env)
-    services = {}
+    services, used = {}, {}
     for name, svc in rendered["services"].items():
         if svc.get("profiles") or svc.get("network_mode"):
             continue
@@ -272,12 +275,38 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
             tmpfs = svc.pop("tmpfs")
             svc["volumes"] = [*(svc.get("volumes") or []),
                               *({"type": "tmpfs", "target": str(t).split(":", 1)[0]} for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs))]
-        if name == "edge":  # Swarm counts a task as running once healthy: not after the image's 300 s interval
+        for mount in list(svc.get("volumes") or []):
+            volume, _, rest = str(mount).partition(":") if isinstance(mount, str) else ("", "", "")
+            if volume in (secrets or {}):
+                svc["volumes"].remove(mount)
+                path = rest.split(":", 1)[0]
+                svc["secrets"] = [*(svc.get("secrets") or []), *({"source": secret, "target": f"{path}/{file}", "mode": 0o444}
+                                                                 for file, secret in sorted(secrets[volume].items()))]
+                used.update({secret: {"external": True} for secret in secrets[volume].values()})
+        # Swarm counts a task as running once healthy: checked every 10 s (not the images' 300 s, which keeps one
+        # host idle: a release there runs the check itself), the image's own check unless the service says another
+        if name == "edge":
             svc["healthcheck"] = EDGE_SWARM_HEALTHCHECK
+        elif not (svc.get("healthcheck") or {}).get("disable"):
+            svc["healthcheck"] = {**(svc.get("healthcheck") or {}), "interval": EDGE_SWARM_HEALTHCHECK["interval"]}
         svc["deploy"] = deploy
         services[name] = svc
     networks = {name: {**{k: v for k, v in (net or {}).items() if k in ("internal", "labels")}, "driver": "overlay", "attachable": True}
                 for name, net in rendered["networks"].items()}
     if any("default" in (svc.get("networks") or {}) for svc in services.values()):
         networks.setdefault("default", {"driver": "overlay", "attachable": True})
-    return {"version": "3.8", "services": services, "networks": networks, "volumes": rendered["volumes"]}
+    volumes = {v: spec for v, spec in rendered["volumes"].items() if v not in (secrets or {})}
+    return {"version": "3.8", "services": services, "networks": networks, "volumes": volumes, **({"secrets": used} if used else {})}
+
+
+def one_offs_on_swarm(rendered: dict, project: str) -> dict:
+    """The compose file for one-off containers (`compose run`: migrations, database
+    tools) on a Swarm manager: on the stack's networks (overlay, attachable) and its
+    volumes there, as they are, instead of compose's own."""
+    out = copy.deepcopy(rendered)
+    out["networks"] = {n: {"external": True, "name": f"{project}_{n}"} for n in rendered["networks"]}
+    if any(not svc.get("network_mode") and ("default" in (svc.get("networks") or {"default": None}))
+           for svc in rendered["services"].values()):
+        out["networks"]["default"] = {"external": True, "name": f"{project}_default"}
+    out["volumes"] = {v: {"external": True, "name": f"{project}_{v}"} for v in rendered["volumes"]}
+    return out

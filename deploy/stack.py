@@ -6,15 +6,13 @@ deploy.runner; what runs on the target is read by deploy.facts.
 
 from __future__ import annotations
 
-import errno
 import shutil
-import socket
 import time
 from collections.abc import Callable
 
 import tenacity
 
-from deploy import access, edge, facts, images, probes, render, runner, swarm
+from deploy import access, bootstrap, edge, facts, images, probes, render, runner, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import client_url, shown_url
@@ -26,10 +24,20 @@ from deploy.history import Record, lock, recorded
 ALL_PROFILES = ("--profile", "tools")
 
 
+_volumes_made: set[tuple[str, str]] = set()
+
+
 def write_rendered(settings: Settings) -> None:
     """Write the compose file rendered from the app's (only when it changed). It holds
-    no secret: those stay ${...} variables that compose fills in from compose_env."""
-    text = render.dump(render.compose(settings.app), settings.app.file)
+    no secret: those stay ${...} variables that compose fills in from compose_env. On a
+    Swarm it is for one-off containers, on the stack's networks and volumes there."""
+    rendered = render.compose(settings.app)
+    if settings.swarm:
+        if (settings.docker_host, settings.project) not in _volumes_made:
+            swarm.ensure_volumes(settings, list(rendered["volumes"]))
+            _volumes_made.add((settings.docker_host, settings.project))
+        rendered = render.one_offs_on_swarm(rendered, settings.project)
+    text = render.dump(rendered, settings.app.file)
     path = settings.compose_file
     if path.is_file() and path.read_text() == text:
         return
@@ -159,37 +167,6 @@ def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -
                          f"({settings.app.health[first].path}: {failing[first]}): see `invoke logs {settings.app.copy_name(first, color)}`") from None
 
 
-def local_engine(settings: Settings) -> bool:
-    return not settings.docker_host or settings.docker_host.startswith("unix://")
-
-
-def check_ports_free(settings: Settings) -> None:
-    """Refuse early when a port the edge must publish is taken on this host."""
-    for key, port in (("COLORGATE_HTTP_PORT", settings.http_port), ("COLORGATE_HTTPS_PORT", settings.https_port)):
-        check_port_free(settings, settings.bind, port, key)
-
-
-def check_port_free(settings: Settings, address: str, port: int, key: str) -> None:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # as servers do (docker-proxy too): connections of an earlier run still in
-        # TIME_WAIT must not count as "in use"; a live listener still does
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"port {port} on {address} is already in use: stop what uses it "
-                    f"or set {key} in .env.{settings.profile}.local"
-                ) from None
-            if exc.errno == errno.EACCES:
-                raise PortInUse(f"port {port} needs root to bind on this host: run as root or set {key} above 1023") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise PortInUse(f"address {address} is not on this host: set the address for {key}'s bind in .env.{settings.profile}.local") from None
-            raise
-
-
 def _explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateError:
     text = exc.stderr + exc.stdout
     if "port is already allocated" in text or "address already in use" in text:
@@ -270,8 +247,8 @@ def up(settings: Settings, version: str | None = None,
     states = facts.service_states(settings)
     fresh = not any(s.state == "running" for s in states.values())
     edge_running = states.get("edge") is not None and states["edge"].state == "running"
-    if local_engine(settings) and not edge_running:
-        check_ports_free(settings)
+    if bootstrap.local_engine(settings) and not edge_running:
+        bootstrap.check_ports_free(settings)
 
     versions = facts.running_versions(states)
     # after `db.retire-local` the stack's own PostgreSQL stays stopped
@@ -330,8 +307,7 @@ def start(settings: Settings, names: list[str], env: dict[str, str], color: str 
     seconds; `created_only`: created, not started). On a Swarm the whole stack is
     applied, with `color` running beside the colors that run (swarm.apply)."""
     if settings.swarm:
-        swarm.apply(settings, env, swarm.running_colors(settings) | ({color} if color else set()))
-        return
+        return swarm_apply(settings, env, swarm.running_colors(settings) | ({color} if color else set()))
     how = ["--no-start"] if created_only else ["--detach"]
     again = ["--force-recreate", "--timeout", str(grace)] if recreate else []
     runner.run(compose_cmd(settings, "up", *how, "--no-build", *again, *names), env=env, what="docker compose up")
@@ -343,6 +319,7 @@ def down(settings: Settings, volumes: bool = False) -> None:
     args = [*ALL_PROFILES, "down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
     access.forget(settings)  # the secret files go with the volumes
     if settings.swarm:
+        _volumes_made.discard((settings.docker_host, settings.project))
         return swarm.remove(settings, volumes)
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
 
@@ -354,8 +331,10 @@ def destroy(settings: Settings) -> None:
     access.forget(settings)
     if settings.swarm:
         swarm.remove(settings, volumes=True)
-    runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
-               env=settings.compose_env(), check=False)
+        _volumes_made.discard((settings.docker_host, settings.project))
+    else:
+        runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
+                   env=settings.compose_env(), check=False)
     shutil.rmtree(settings.compose_file.parent, ignore_errors=True)
     tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], env=settings.docker_env(), check=False).stdout.split()
     mine = [t for t in tags if t.startswith(settings.image_prefix)]
@@ -387,8 +366,7 @@ def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: 
         return
     grace = ["--timeout", str(drain_color(settings, color))] if drain else []
     if settings.swarm:  # the color's services at 0 replicas (all of them: a Swarm stops no single task)
-        swarm.apply(settings, compose_env(settings, versions), swarm.running_colors(settings) - {color})
-        return
+        return swarm_apply(settings, compose_env(settings, versions), swarm.running_colors(settings) - {color})
     runner.run(compose_cmd(settings, "stop", *grace, *names), env=compose_env(settings, versions), check=False)
 
 
@@ -431,7 +409,14 @@ def scale(settings: Settings, service: str, count: int) -> str:
         record = Record("scale", active.color, active.color, active.version, active.version,
                         detail=f"{copy}: {count} replicas")
         with recorded(settings, record), runner.step(f"scaling {copy} to {count} replicas"):
-            swarm.scale(settings, compose_env(settings, facts.running_versions(states)), copy, count)
+            swarm_apply(settings, compose_env(settings, facts.running_versions(states)), swarm.running_colors(settings), {copy: count})
             swarm.wait_converged(settings, [copy], settings.health_timeout)
             record.outcome = "scaled"
     return copy
+
+
+def swarm_apply(settings: Settings, env: dict[str, str], running: set[str], replicas: dict[str, int] | None = None) -> None:
+    """swarm.apply with the stack's secret files (the database's password, each color's
+    database URL) as Swarm secrets: a volume holds them on one node only."""
+    files = access.secret_files(settings, {c: "" for c in COLORS}, database=True)
+    swarm.apply(settings, env, running, replicas, {v: f for v, f in files.items() if v != "secrets-tools"})

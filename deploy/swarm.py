@@ -17,6 +17,7 @@ when all its replicas run its current spec.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from deploy import images, render, runner
-from deploy.colors import COLORS
+from deploy.colors import COLORS, other
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, StackError
 
@@ -38,12 +39,14 @@ def service_name(settings: Settings, service: str) -> str:
     return f"{settings.project}_{service}"
 
 
-def refuse_unsupported(settings: Settings) -> None:
+NOT_YET = ("db.move", "db.retire-local", "tls.init")
+
+
+def refuse(settings: Settings, command: str) -> None:
     """What the Swarm target does not run yet, refused in one line before anything changes."""
-    app = settings.app
-    if app.postgres or app.migrations or app.database:
-        raise ColorgateError(f"the app {app.file} has its own database or migrations, which the Swarm target does not run yet "
-                             "(their secrets and one-off containers are per node): use COLORGATE_TARGET=compose, or an app without them")
+    if settings.swarm and command in NOT_YET:
+        raise ColorgateError(f"`invoke {command}` does not run on a Swarm yet (COLORGATE_TARGET=swarm): "
+                             "run it on a one-host stack, or see README \"More than one host\"")
 
 
 def nodes(settings: Settings) -> list[dict]:
@@ -67,7 +70,6 @@ def check_images_reachable(settings: Settings, ready_nodes: int) -> None:
 
 def check_target(settings: Settings) -> int:
     """Refuse what cannot work on this Swarm; returns how many nodes are ready."""
-    refuse_unsupported(settings)
     ready = sum(1 for n in nodes(settings) if (n.get("Status") or {}).get("State") == "ready")
     check_images_reachable(settings, ready)
     return ready
@@ -169,19 +171,51 @@ def replicas_for(settings: Settings, current: dict[str, Service], running: set[s
             if color not in running:
                 out[copy] = 0
                 continue
-            mine, other = current.get(copy), current.get(app.copy_name(name, [c for c in COLORS if c != color][0]))
+            mine, theirs = current.get(copy), current.get(app.copy_name(name, other(color)))
             if mine and mine.replicas:
                 out[copy] = mine.replicas
-            elif other and other.replicas:
-                out[copy] = other.replicas
+            elif theirs and theirs.replicas:
+                out[copy] = theirs.replicas
             else:
                 out[copy] = app.replicas.get(name, 1)
     return out
 
 
-def stack_file(settings: Settings, env: dict[str, str], replicas: dict[str, int]) -> str:
+def stack_file(settings: Settings, env: dict[str, str], replicas: dict[str, int], secrets: dict[str, dict[str, str]]) -> str:
     """The stack `docker stack deploy` reads (holds the settings' values: sent on stdin)."""
-    return yaml.safe_dump(render.swarm(settings.app, env, copies=replicas), sort_keys=False)
+    return yaml.safe_dump(render.swarm(settings.app, env, copies=replicas, secrets=secrets), sort_keys=False)
+
+
+def secret_name(project: str, volume: str, file: str, text: str) -> str:
+    """A Swarm secret is immutable: a new value is a new secret, named by its digest."""
+    return f"{project}_{hashlib.sha256(f'{volume}/{file}/{text}'.encode()).hexdigest()[:16]}"
+
+
+def ensure_secrets(settings: Settings, files: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The Swarm secrets holding `files` (volume -> file -> text, access.secret_files),
+    made when missing: volume -> file -> secret name. Their values go to the manager's
+    API only (never a command line or a log)."""
+    existing = {s["Spec"]["Name"] for s in runner.engine(settings.docker_host, "secrets", filters={"label": f"{STACK_LABEL}={settings.project}"},
+                                                          what="listing the stack's secrets")}
+    names: dict[str, dict[str, str]] = {}
+    for volume, contents in files.items():
+        for file, text in contents.items():
+            name = secret_name(settings.project, volume, file, text)
+            if name not in existing:
+                runner.engine(settings.docker_host, "create_secret", name=name, data=text.encode(), what="making a Swarm secret",
+                              labels={STACK_LABEL: settings.project, "org.colorgate.file": f"{volume}/{file}"})
+            names.setdefault(volume, {})[file] = name
+    return names
+
+
+def prune_secrets(settings: Settings, keep: set[str]) -> None:
+    """Remove the stack's secrets no service uses any longer (one still in use stays)."""
+    for found in runner.engine(settings.docker_host, "secrets", filters={"label": f"{STACK_LABEL}={settings.project}"}):
+        if found["Spec"]["Name"] not in keep:
+            try:
+                runner.engine(settings.docker_host, "remove_secret", found["ID"])
+            except CommandError:
+                pass  # a task of the old spec still holds it: the next command removes it
 
 
 def deploy_cmd(settings: Settings) -> list[str]:
@@ -191,16 +225,20 @@ def deploy_cmd(settings: Settings) -> list[str]:
             "--compose-file", "-", settings.project]
 
 
-def apply(settings: Settings, env: dict[str, str], running: set[str], replicas: dict[str, int] | None = None) -> None:
+def apply(settings: Settings, env: dict[str, str], running: set[str], replicas: dict[str, int] | None = None,
+          files: dict[str, dict[str, str]] | None = None) -> None:
     """Make the stack run the colors in `running` (the others at 0 replicas), with the
-    versions and values of `env` (stack.compose_env); `replicas` overrides copies' counts."""
+    versions and values of `env` (stack.compose_env) and the secret `files` as Swarm
+    secrets; `replicas` overrides copies' counts."""
     counts = {**replicas_for(settings, services(settings), running), **(replicas or {})}
-    text = stack_file(settings, env, counts)
+    secrets = ensure_secrets(settings, files or {})
+    text = stack_file(settings, env, counts, secrets)
     if settings.image_source == "registry":
         with images.registry_session(settings) as session:
             runner.run(deploy_cmd(settings), input=text, env={**env, **session}, what="docker stack deploy")
     else:
         runner.run(deploy_cmd(settings), input=text, env=env, what="docker stack deploy")
+    prune_secrets(settings, {name for contents in secrets.values() for name in contents.values()})
 
 
 def running_colors(settings: Settings, current: dict[str, Service] | None = None) -> set[str]:
@@ -241,15 +279,20 @@ def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> No
         if not left and not nets:
             break
         time.sleep(0.5)
-    if volumes:
-        for volume in (runner.engine(settings.docker_host, "volumes", filters={"label": f"{STACK_LABEL}={settings.project}"})
-                       .get("Volumes") or []):
-            runner.engine(settings.docker_host, "remove_volume", volume["Name"], force=True, what="removing a volume")
+    if volumes:  # the stack's, and those its one-off containers and secret files use (compose's labels)
+        for label in (STACK_LABEL, "com.docker.compose.project"):
+            for volume in runner.engine(settings.docker_host, "volumes", filters={"label": f"{label}={settings.project}"}).get("Volumes") or []:
+                runner.engine(settings.docker_host, "remove_volume", volume["Name"], force=True, what="removing a volume")
 
 
-def scale(settings: Settings, env: dict[str, str], copy: str, count: int) -> None:
-    """`copy`'s replicas set to `count` (the rest of the stack as it runs)."""
-    apply(settings, env, running_colors(settings), replicas={copy: count})
+def ensure_volumes(settings: Settings, volumes: list[str]) -> None:
+    """The stack's volumes on the manager, made (as compose labels its own) when missing:
+    one-off containers use them as they are there (render.one_offs_on_swarm)."""
+    found = {v["Name"] for v in runner.engine(settings.docker_host, "volumes").get("Volumes") or []}
+    for volume in volumes:
+        if f"{settings.project}_{volume}" not in found:
+            runner.engine(settings.docker_host, "create_volume", f"{settings.project}_{volume}", what="making a volume",
+                          labels={"com.docker.compose.project": settings.project, "com.docker.compose.volume": volume})
 
 
 def logs_cmd(settings: Settings, service: str, follow: bool, tail: int) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, images, runner, stack, views
+from deploy import bootstrap, config, images, runner, stack, views
 from deploy.errors import CommandError, PortInUse
 
 
@@ -39,7 +39,7 @@ def test_remote_engine_goes_into_the_environment():
     s = config.load("development", root=config.project_root(), environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps"})
     assert s.docker_env() == {"DOCKER_HOST": "ssh://deploy@vps", "COLORGATE_SSH_PERSIST": "60"}
     assert s.compose_env()["DOCKER_HOST"] == "ssh://deploy@vps"
-    assert not stack.local_engine(s)
+    assert not bootstrap.local_engine(s)
 
 
 def test_mmdebstrap_cmd_includes_packages_and_security_updates():
@@ -97,7 +97,7 @@ def test_port_in_use_is_refused_with_the_key_to_change():
         env = {"COLORGATE_HTTP_PORT": str(free), "COLORGATE_HTTPS_PORT": str(port)}
         s = config.load("development", root=config.project_root(), environ=env)
         with pytest.raises(PortInUse, match=rf"^port {port} on 127.0.0.1 is already in use: .* COLORGATE_HTTPS_PORT in \.env\.development\.local$"):
-            stack.check_ports_free(s)
+            bootstrap.check_ports_free(s)
 
 
 def test_status_formatting_without_containers():

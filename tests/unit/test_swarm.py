@@ -56,14 +56,16 @@ def test_a_starting_color_gets_as_many_tasks_as_the_other_runs_else_the_contract
     assert swarm.running_colors(s, {"site_blue": dataclasses.replace(blank, replicas=0)}) == set()
 
 
-def test_a_multi_node_swarm_without_a_registry_and_an_app_with_a_database_are_refused():
+def test_a_multi_node_swarm_without_a_registry_and_what_does_not_run_there_yet_are_refused():
     with pytest.raises(ColorgateError, match=r"^this Swarm has 3 nodes, which pull their images from a registry: set COLORGATE_REGISTRY"):
         swarm.check_images_reachable(settings(), 3)
     swarm.check_images_reachable(settings(), 1)  # one node: its own engine's images will do
     swarm.check_images_reachable(settings(COLORGATE_REGISTRY="reg.example/acme"), 3)
-    with pytest.raises(ColorgateError, match=r"has its own database or migrations, which the Swarm target does not run yet"):
-        swarm.refuse_unsupported(settings(COLORGATE_APP="examples/spa-api-postgres", POSTGRES_DB="app", POSTGRES_USER="app",
-                                          POSTGRES_PASSWORD="x" * 12))
+    for command in ("db.move", "db.retire-local", "tls.init"):
+        with pytest.raises(ColorgateError, match=rf"^`invoke {command}` does not run on a Swarm yet \(COLORGATE_TARGET=swarm\)"):
+            swarm.refuse(settings(), command)
+        swarm.refuse(settings(COLORGATE_TARGET="compose"), command)
+    swarm.refuse(settings(), "db.backup")
     with pytest.raises(config.ConfigError, match=r"^COLORGATE_TARGET 'k8s' in the environment should be compose or swarm$"):
         settings(COLORGATE_TARGET="k8s")
 
@@ -73,3 +75,24 @@ def test_the_stack_deploy_resolves_registry_images_to_digests_and_reads_the_stac
     assert swarm.deploy_cmd(s)[-3:] == ["--compose-file", "-", "shop"]
     assert swarm.deploy_cmd(s)[swarm.deploy_cmd(s).index("--resolve-image") + 1] == "always"
     assert swarm.deploy_cmd(settings())[swarm.deploy_cmd(settings()).index("--resolve-image") + 1] == "never"
+
+
+def test_secret_files_become_swarm_secrets_at_the_same_paths_and_one_offs_use_the_stacks_networks():
+    from deploy import render
+
+    s = settings(COLORGATE_APP="examples/spa-api-postgres", POSTGRES_DB="app", POSTGRES_USER="app", POSTGRES_PASSWORD="x" * 12)
+    names = {"secrets-db": {"postgres_password": "shop_aaa"}, "secrets-green": {"database_url": "shop_bbb"}}
+    out = render.swarm(s.app, {}, secrets=names)
+    db = out["services"]["postgres"]
+    assert {"source": "shop_aaa", "target": "/run/colorgate-secrets/postgres_password", "mode": 0o444} in db["secrets"]
+    assert not any(str(v).startswith("secrets-db:") for v in db["volumes"])  # a volume is one node's
+    assert out["services"]["backend_green"]["secrets"][0]["target"] == "/run/colorgate-secrets/database_url"
+    assert any(str(v).startswith("secrets-blue:") for v in out["services"]["backend_blue"]["volumes"])  # not given: as it was
+    assert out["secrets"] == {"shop_aaa": {"external": True}, "shop_bbb": {"external": True}}
+    assert "secrets-db" not in out["volumes"] and "pgdata" in out["volumes"]
+    # a new value is a new secret (they are immutable); the same value, the same one
+    assert swarm.secret_name("shop", "secrets-db", "postgres_password", "a") != swarm.secret_name("shop", "secrets-db", "postgres_password", "b")
+    assert swarm.secret_name("shop", "v", "f", "a") == swarm.secret_name("shop", "v", "f", "a")
+    one_offs = render.one_offs_on_swarm(render.compose(s.app), "shop")
+    assert one_offs["networks"]["data"] == {"external": True, "name": "shop_data"}
+    assert one_offs["volumes"]["backups"] == {"external": True, "name": "shop_backups"}
