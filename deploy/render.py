@@ -246,7 +246,7 @@ def _host_ports(ports: list) -> list[dict]:
 
 
 def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None, copies: dict[str, int] | None = None,
-          secrets: dict[str, dict[str, str]] | None = None) -> dict:
+          secrets: dict[str, dict[str, str]] | None = None, node: str = "") -> dict:
     """The stack `docker stack deploy` runs on a Swarm, from the same rendering as the
     compose file (`compose`), its variables filled in from `env`: every colored copy a
     service of `copies[copy]` tasks, else `replicas[name]` (default: the contract's, else 1) reached by name (dnsrr: a name resolves
@@ -255,7 +255,8 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
     the edge publishes its ports in host mode there), overlay networks that one-off
     containers may join. Colorgate's tools (profiles) are not services. A volume of
     secret files (access.secret_files) named in `secrets` (volume -> file -> the Swarm
-    secret holding it) becomes those secrets, at the same paths: a volume is one node's."""
+    secret holding it) becomes those secrets, at the same paths: a volume is one node's.
+    `node` (an id) pins the shared services and the edge to that manager rather than any."""
     rendered = interpolate(compose(app), env)
     services, used = {}, {}
     for name, svc in rendered["services"].items():
@@ -268,7 +269,7 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
         if copy_of:
             deploy["replicas"] = (copies or {}).get(name, (replicas if replicas is not None else app.replicas).get(copy_of[0], 1))
         else:
-            deploy.update(replicas=1, placement={"constraints": ["node.role == manager"]})
+            deploy.update(replicas=1, placement={"constraints": [f"node.id == {node}" if node else "node.role == manager"]})
         if svc.get("ports"):
             svc["ports"] = _host_ports(svc["ports"])
         if svc.get("tmpfs"):  # a service's tmpfs key is not applied by Swarm: as mounts

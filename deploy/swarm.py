@@ -183,7 +183,14 @@ def replicas_for(settings: Settings, current: dict[str, Service], running: set[s
 
 def stack_file(settings: Settings, env: dict[str, str], replicas: dict[str, int], secrets: dict[str, dict[str, str]]) -> str:
     """The stack `docker stack deploy` reads (holds the settings' values: sent on stdin)."""
-    return yaml.safe_dump(render.swarm(settings.app, env, copies=replicas, secrets=secrets), sort_keys=False)
+    return yaml.safe_dump(render.swarm(settings.app, env, copies=replicas, secrets=secrets, node=manager_node(settings)),
+                          sort_keys=False)
+
+
+def manager_node(settings: Settings) -> str:
+    """The id of the manager Colorgate talks to: the edge and the shared services run
+    there, with their volumes (another manager's engine would not show their tasks)."""
+    return ((runner.engine(settings.docker_host, "info", what="reading the engine's Swarm") or {}).get("Swarm") or {}).get("NodeID", "")
 
 
 def secret_name(project: str, volume: str, file: str, text: str) -> str:
