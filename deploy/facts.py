@@ -102,7 +102,6 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
     if settings.swarm:
         return _swarm_states(settings)
     found: dict[str, ServiceState] = {}
-    db = settings.app.database
     listed = runner.engine(settings.docker_host, "containers", all=True,
                            filters={"label": f"com.docker.compose.project={settings.project}"}, what="listing containers")
     # not one-offs, nor containers merely run from an image compose built (its labels inherited)
@@ -119,38 +118,28 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
         for container_port, bindings in ((c.get("NetworkSettings") or {}).get("Ports") or {}).items():
             for b in bindings or []:
                 ports.append(f"{b['HostIp']}:{b['HostPort']}->{container_port}")
-        app_service = labels.get("org.colorgate.service", service)
-        color = labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
-        is_client = bool(color and db and app_service in db.clients)
         state = c.get("State") or {}
-        found[service] = ServiceState(
-            service=service,
-            color=color,
-            state=state.get("Status", ""),
-            health=(state.get("Health") or {}).get("Status", "") or "",
-            image=config.get("Image", ""),
-            version=env.get("COLORGATE_VERSION", "") if color else "",
-            ports=sorted(ports),
-            # the label (the URL may be a file), else the variable (a container made before it)
-            database=(labels.get("org.colorgate.database") or database_shown(settings, env.get(db.env, ""))) if is_client else "",
-            app_service=app_service,
-        )
+        found[service] = ServiceState(service, state=state.get("Status", ""), health=(state.get("Health") or {}).get("Status", "") or "",
+                                      image=config.get("Image", ""), ports=sorted(ports), **_colorgate_labels(settings, service, labels, env))
     return found
+
+
+def _colorgate_labels(settings: Settings, service: str, labels: dict, env: dict[str, str]) -> dict:
+    """What Colorgate's labels and a color's environment say of a container or a Swarm
+    service: its color, version, app service and (of a database client) its database."""
+    db = settings.app.database
+    app_service = labels.get("org.colorgate.service", service)
+    color = labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
+    is_client = bool(color and db and app_service in db.clients)
+    # the label (the URL may be a file), else the variable (a container made before it)
+    database = (labels.get("org.colorgate.database") or database_shown(settings, env.get(db.env, ""))) if is_client else ""
+    return {"color": color, "version": env.get("COLORGATE_VERSION", "") if color else "", "database": database, "app_service": app_service}
 
 
 def _swarm_states(settings: Settings) -> dict[str, ServiceState]:
-    db = settings.app.database
-    found = {}
-    for name, s in swarm.services(settings).items():
-        color = s.labels.get("org.colorgate.color") if s.labels.get("org.colorgate.color") in COLORS else None
-        app_service = s.labels.get("org.colorgate.service", name)
-        is_client = bool(color and db and app_service in db.clients)
-        found[name] = ServiceState(
-            service=name, color=color, state=s.state, health="" if s.state != "starting" else "starting", image=s.image,
-            version=s.env.get("COLORGATE_VERSION", "") if color else "", ports=s.ports,
-            database=(s.labels.get("org.colorgate.database") or database_shown(settings, s.env.get(db.env, ""))) if is_client else "",
-            app_service=app_service)
-    return found
+    return {name: ServiceState(name, state=s.state, health="starting" if s.state == "starting" else "", image=s.image, ports=s.ports,
+                               **_colorgate_labels(settings, name, s.labels, s.env))
+            for name, s in swarm.services(settings).items()}
 
 
 def database_shown(settings: Settings, url: str) -> str:

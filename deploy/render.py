@@ -219,8 +219,9 @@ def edge_routes_b64(app: App) -> str:
 # --- a Swarm stack (issue #15, first part: rendering) ---------------------------------
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SWARM_HEALTH_INTERVAL = "10s"
 EDGE_SWARM_HEALTHCHECK = {"test": ["CMD", "curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/healthz"],
-                          "interval": "10s", "timeout": "3s", "retries": 3, "start_period": "20s"}
+                          "interval": SWARM_HEALTH_INTERVAL, "timeout": "3s", "retries": 3, "start_period": "20s"}
 SWARM_DROPPED = ("build", "restart", "profiles", "pids_limit", "mem_limit", "depends_on", "container_name", "network_mode")
 
 
@@ -289,7 +290,7 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
         if name == "edge":
             svc["healthcheck"] = EDGE_SWARM_HEALTHCHECK
         elif not (svc.get("healthcheck") or {}).get("disable"):
-            svc["healthcheck"] = {**(svc.get("healthcheck") or {}), "interval": EDGE_SWARM_HEALTHCHECK["interval"]}
+            svc["healthcheck"] = {**(svc.get("healthcheck") or {}), "interval": SWARM_HEALTH_INTERVAL}
         svc["deploy"] = deploy
         services[name] = svc
     networks = {name: {**{k: v for k, v in (net or {}).items() if k in ("internal", "labels")}, "driver": "overlay", "attachable": True}

@@ -307,7 +307,7 @@ def start(settings: Settings, names: list[str], env: dict[str, str], color: str 
     seconds; `created_only`: created, not started). On a Swarm the whole stack is
     applied, with `color` running beside the colors that run (swarm.apply)."""
     if settings.swarm:
-        return swarm_apply(settings, env, swarm.running_colors(settings) | ({color} if color else set()))
+        return swarm_apply(settings, env, start=color or "")
     how = ["--no-start"] if created_only else ["--detach"]
     again = ["--force-recreate", "--timeout", str(grace)] if recreate else []
     runner.run(compose_cmd(settings, "up", *how, "--no-build", *again, *names), env=env, what="docker compose up")
@@ -366,7 +366,7 @@ def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: 
         return
     grace = ["--timeout", str(drain_color(settings, color))] if drain else []
     if settings.swarm:  # the color's services at 0 replicas (all of them: a Swarm stops no single task)
-        return swarm_apply(settings, compose_env(settings, versions), swarm.running_colors(settings) - {color})
+        return swarm_apply(settings, compose_env(settings, versions), stop=color)
     runner.run(compose_cmd(settings, "stop", *grace, *names), env=compose_env(settings, versions), check=False)
 
 
@@ -409,14 +409,14 @@ def scale(settings: Settings, service: str, count: int) -> str:
         record = Record("scale", active.color, active.color, active.version, active.version,
                         detail=f"{copy}: {count} replicas")
         with recorded(settings, record), runner.step(f"scaling {copy} to {count} replicas"):
-            swarm_apply(settings, compose_env(settings, facts.running_versions(states)), swarm.running_colors(settings), {copy: count})
+            swarm_apply(settings, compose_env(settings, facts.running_versions(states)), replicas={copy: count})
             swarm.wait_converged(settings, [copy], settings.health_timeout)
             record.outcome = "scaled"
     return copy
 
 
-def swarm_apply(settings: Settings, env: dict[str, str], running: set[str], replicas: dict[str, int] | None = None) -> None:
+def swarm_apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = "", replicas: dict[str, int] | None = None) -> None:
     """swarm.apply with the stack's secret files (the database's password, each color's
     database URL) as Swarm secrets: a volume holds them on one node only."""
     files = access.secret_files(settings, {c: "" for c in COLORS}, database=True)
-    swarm.apply(settings, env, running, replicas, {v: f for v, f in files.items() if v != "secrets-tools"})
+    swarm.apply(settings, env, start, stop, replicas, {v: f for v, f in files.items() if v != "secrets-tools"})

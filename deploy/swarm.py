@@ -232,12 +232,14 @@ def deploy_cmd(settings: Settings) -> list[str]:
             "--compose-file", "-", settings.project]
 
 
-def apply(settings: Settings, env: dict[str, str], running: set[str], replicas: dict[str, int] | None = None,
+def apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = "", replicas: dict[str, int] | None = None,
           files: dict[str, dict[str, str]] | None = None) -> None:
-    """Make the stack run the colors in `running` (the others at 0 replicas), with the
-    versions and values of `env` (stack.compose_env) and the secret `files` as Swarm
-    secrets; `replicas` overrides copies' counts."""
-    counts = {**replicas_for(settings, services(settings), running), **(replicas or {})}
+    """Make the stack run the colors that run now, plus `start`, less `stop` (the others
+    at 0 replicas), with the versions and values of `env` (stack.compose_env) and the
+    secret `files` as Swarm secrets; `replicas` overrides copies' counts."""
+    current = services(settings)
+    running = (running_colors(settings, current) | ({start} if start else set())) - {stop}
+    counts = {**replicas_for(settings, current, running), **(replicas or {})}
     secrets = ensure_secrets(settings, files or {})
     text = stack_file(settings, env, counts, secrets)
     if settings.image_source == "registry":
@@ -248,11 +250,10 @@ def apply(settings: Settings, env: dict[str, str], running: set[str], replicas: 
     prune_secrets(settings, {name for contents in secrets.values() for name in contents.values()})
 
 
-def running_colors(settings: Settings, current: dict[str, Service] | None = None) -> set[str]:
-    """The colors whose copies have replicas."""
-    current = services(settings) if current is None else current
-    return {c for c in COLORS if any((current.get(settings.app.copy_name(n, c)) or Service("", 0, 0, "", {}, {}, [], "", {})).replicas
-                                     for n in settings.app.colored)}
+def running_colors(settings: Settings, current: dict[str, Service]) -> set[str]:
+    """The colors whose copies have replicas (pure)."""
+    return {c for c in COLORS if any(current[copy].replicas for n in settings.app.colored
+                                     if (copy := settings.app.copy_name(n, c)) in current)}
 
 
 def wait_converged(settings: Settings, names: list[str], timeout: float) -> dict[str, Service]:

@@ -53,7 +53,7 @@ def test_a_starting_color_gets_as_many_tasks_as_the_other_runs_else_the_contract
     both = {**scaled, "site_green": dataclasses.replace(blank, name="site_green", replicas=2)}
     assert swarm.replicas_for(s, both, {"green"}) == {"site_blue": 0, "site_green": 2}  # a running copy keeps its count
     assert swarm.running_colors(s, both) == {"blue", "green"}
-    assert swarm.running_colors(s, {"site_blue": dataclasses.replace(blank, replicas=0)}) == set()
+    assert swarm.running_colors(s, {"site_blue": dataclasses.replace(blank, replicas=0)}) == set() == swarm.running_colors(s, {})
 
 
 def test_a_multi_node_swarm_without_a_registry_and_what_does_not_run_there_yet_are_refused():
