@@ -438,9 +438,12 @@ def images_send(c, version=None, profile=None, host=None):
                           "ssh_port": "the port sshd listens on afterwards (default: the one in --host, else 22); "
                                       "the firewall lets the new port in before sshd moves, and keeps the old one until it has",
                           "keep_root_login": "leave root's SSH login (by key) on; by default it is switched off once the deploy user works",
+                          "swarm_peers": "a Swarm node: the other nodes' addresses or CIDRs, comma-separated, let in to Swarm's ports "
+                                         "(2377, 7946, 4789); its engine runs without live-restore, which Swarm refuses; "
+                                         "kept for later runs, `none` forgets them",
                           "profile": "env profile"})
 @operator_errors
-def server_setup(c, host=None, user="deploy", key_file=None, ssh_port=None, keep_root_login=False, profile=None):
+def server_setup(c, host=None, user="deploy", key_file=None, ssh_port=None, keep_root_login=False, swarm_peers="", profile=None):
     """Set up a fresh Debian/Ubuntu server for Colorgate (Docker, deploy user, firewall, upgrades); idempotent."""
     settings = _load(profile, host)
     path = Path(key_file).expanduser() if key_file else Path("~/.ssh/id_ed25519.pub").expanduser()
@@ -449,7 +452,7 @@ def server_setup(c, host=None, user="deploy", key_file=None, ssh_port=None, keep
     if ssh_port is not None and not (str(ssh_port).isdigit() and 1 <= int(ssh_port) <= 65535):
         raise ColorgateError(f"--ssh-port {ssh_port!r} should be a port number from 1 to 65535")
     print("\n".join(_remote.server_setup(settings, user, path.read_text().strip(), _bootstrap.bundled_compose(),
-                                         int(ssh_port) if ssh_port else None, keep_root_login)))
+                                         int(ssh_port) if ssh_port else None, keep_root_login, swarm_peers)))
 
 
 @task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})

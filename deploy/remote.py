@@ -25,14 +25,15 @@ def compose_binary_for(machine: str, bundled: Path | None) -> Path | None:
 
 
 def server_setup(settings: Settings, user: str, public_key: str, compose_binary: Path | None = None,
-                 ssh_port: int | None = None, keep_root_login: bool = False) -> list[str]:
+                 ssh_port: int | None = None, keep_root_login: bool = False, swarm_peers: str = "") -> list[str]:
     """Upload and run server-setup.sh on the SSH host (as a user who may sudo, or root),
     with `compose_binary` (this machine's compose plugin) for a host whose distribution
     has none and whose CPU matches. sshd listens on `ssh_port` afterwards (default: the
     port this host is reached on, so a setup never moves it unasked). Then, once `user`
     logs in with this machine's key and is in the docker group, root's SSH login is
     switched off (unless `keep_root_login`: a host with no other way in to set up
-    again). Returns the script's report lines."""
+    again). `swarm_peers` (addresses or CIDRs, comma-separated) makes it a Swarm node
+    whose peers reach Swarm's ports. Returns the script's report lines."""
     target = parse(settings.docker_host)
     port = ssh_port or target.port or 22
 
@@ -61,6 +62,8 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
     sudo = "" if target.user == "root" else "sudo -n "
     if keep_root_login:
         env += "COLORGATE_ROOT_LOGIN=prohibit-password "
+    if swarm_peers:
+        env += f"COLORGATE_SWARM_PEERS={shlex.quote(swarm_peers)} "
     script = f"sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)} {int(port)}"
     cleaned = False
     try:

@@ -17,6 +17,10 @@
 #   - iproute2 (`ss`): the gates check the host's listening sockets over SSH
 #   - Docker defaults: rotation of container logs (json-file, 10 MB x 5 per container),
 #     no-new-privileges, live-restore, no inter-container traffic on the default bridge
+#   - a Swarm node, with COLORGATE_SWARM_PEERS=ADDR[,ADDR...] (the other nodes, addresses
+#     or CIDRs; kept for later runs, `none` forgets them): Swarm's ports (2377/tcp,
+#     7946/tcp+udp, 4789/udp) let in from those only, and Docker's defaults without
+#     live-restore, which Swarm refuses to run with
 set -eu
 
 user=${1:-}
@@ -53,6 +57,16 @@ esac
 case $ssh_port in
   ""|*[!0-9]*) die "SSH_PORT must be a number" ;;
 esac
+peers_file=/etc/colorgate/swarm-peers
+peers=${COLORGATE_SWARM_PEERS:-}
+if [ -z "$peers" ] && [ -f "$peers_file" ]; then peers=$(cat "$peers_file"); fi
+case $peers in
+  none) peers="" ;;
+  *[!0-9./,]*|,*|*,|*,,*) die "COLORGATE_SWARM_PEERS must be IPv4 addresses or CIDRs, comma-separated (10.0.0.2,10.0.0.3), or none" ;;
+esac
+if [ -z "$peers" ] && command -v docker > /dev/null && [ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2> /dev/null)" = active ]; then
+  die "this engine is a Swarm node: pass its peers (--swarm-peers ADDR,...), or run docker swarm leave first"
+fi
 [ -r /etc/os-release ] || die "cannot tell the distribution: /etc/os-release is missing"
 # shellcheck disable=SC1091
 . /etc/os-release
@@ -124,6 +138,12 @@ ports=$ssh_port
 for port in $(ss -Htlnp 2> /dev/null | awk '/"sshd"/ { n = split($4, a, ":"); print a[n] }' | sort -u); do
   case ", $ports," in *", $port,"*) ;; *) ports="$ports, $port" ;; esac
 done
+# A Swarm node's peers reach its control plane (2377), gossip (7946) and overlay (4789).
+swarm_rules=""
+if [ -n "$peers" ]; then
+  swarm_rules="ip saddr { $(printf '%s' "$peers" | sed 's/,/, /g') } tcp dport { 2377, 7946 } accept
+    ip saddr { $(printf '%s' "$peers" | sed 's/,/, /g') } udp dport { 4789, 7946 } accept"
+fi
 if cat <<NFT | put /etc/colorgate/firewall.nft 0644; then
 table inet colorgate
 delete table inet colorgate
@@ -141,6 +161,7 @@ table inet colorgate {
     ct state invalid drop
     meta l4proto { icmp, ipv6-icmp } accept
     tcp dport { $ports, 80, 443 } accept
+    $swarm_rules
   }
   # Docker publishes a container's port by DNAT, so those connections pass the forward
   # hook, not the input hook above: from outside, only published 80 and 443 (and the
@@ -156,7 +177,7 @@ table inet colorgate {
   }
 }
 NFT
-  change "firewall rules written: SSH ($ports), 80 and 443 only, for the host and for published container ports"
+  change "firewall rules written: SSH ($ports), 80 and 443 only, for the host and for published container ports${peers:+; the Swarm ports for $peers}"
   reload_firewall=1
 fi
 # Loaded whenever the file changed (a new SSH port, say), and when the table is missing
@@ -203,16 +224,34 @@ fi
 # Docker's defaults: containers rotate their logs, cannot gain privileges (setuid), go
 # on running while the engine restarts (an upgrade), and on the default bridge do not
 # talk to each other (Colorgate's stacks use networks of their own).
+# A Swarm node keeps its containers only while its engine runs: Swarm refuses live-restore.
 daemon=/etc/docker/daemon.json
-defaults='{"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "5"}, "live-restore": true, "no-new-privileges": true, "icc": false}'
-if [ ! -s "$daemon" ]; then
-  printf '%s\n' "$defaults" | put "$daemon" 0644
-  change "docker defaults: logs rotate (10 MB x 5), no-new-privileges, live-restore, no icc on the default bridge"
+one_host='{"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "5"}, "live-restore": true, "no-new-privileges": true, "icc": false}'
+swarm_node='{"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "5"}, "no-new-privileges": true, "icc": false}'
+defaults=$one_host
+wants='"max-size" "live-restore":.true "no-new-privileges":.true "icc":.false'
+if [ -n "$peers" ]; then
+  defaults=$swarm_node
+  wants='"max-size" "no-new-privileges":.true "icc":.false'
+fi
+ours=0
+if [ ! -s "$daemon" ] || [ "$(cat "$daemon")" = "$one_host" ] || [ "$(cat "$daemon")" = "$swarm_node" ]; then ours=1; fi
+if [ "$ours" = 1 ] && printf '%s\n' "$defaults" | put "$daemon" 0644; then
+  change "docker defaults: logs rotate (10 MB x 5), no-new-privileges, ${peers:+no }live-restore, no icc on the default bridge"
   if has_systemd; then systemctl restart docker; fi
-else
-  for want in '"max-size"' '"live-restore": true' '"no-new-privileges": true' '"icc": false'; do
-    grep -q "$want" "$daemon" || say "warning: $daemon (yours, left as it is) lacks $want; Colorgate's defaults: $defaults"
+elif [ "$ours" = 0 ]; then
+  for want in $wants; do
+    grep -q "$want" "$daemon" || say "warning: $daemon (yours, left as it is) lacks $(printf '%s' "$want" | tr . ' '); Colorgate's defaults: $defaults"
   done
+  if [ -n "$peers" ] && grep -q '"live-restore": *true' "$daemon"; then
+    say "warning: $daemon (yours, left as it is) sets live-restore, which Swarm refuses: take it out before docker swarm init or join"
+  fi
+fi
+if [ -n "$peers" ]; then
+  if printf '%s\n' "$peers" | put "$peers_file" 0644; then change "a Swarm node: its peers are $peers"; fi
+elif [ -f "$peers_file" ]; then
+  rm -f "$peers_file"
+  change "no longer a Swarm node: Swarm's ports closed"
 fi
 if has_systemd; then
   for unit in docker ssh; do

@@ -11,7 +11,8 @@ loopback and pulled by every node from their own loopback (a forwarder in each n
 this process's forwarder on the network's gateway), the same name everywhere, over the
 plain HTTP that engines allow for loopback registries. The manager's engine also
 listens on tcp (its network only) for COLORGATE_DOCKER_HOST, and every engine runs
-with `--no-new-privileges`, as server.setup configures a Swarm node.
+with the daemon.json that server-setup.sh writes on a Swarm node (no-new-privileges,
+no live-restore), so the Swarm tests also show that a node set up so forms a Swarm.
 Everything is removed on the way out: the services and containers inside each engine
 first (their cgroups go with them), then the engines and their network.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import secrets
 import shutil
 import socket
@@ -31,13 +33,20 @@ from collections.abc import Iterator
 
 import httpx
 
-from deploy import images, runner
+from deploy import images, remote, runner
 from deploy.config import Settings
 
 ENGINE = images.BaseImage("dockerd", ("docker.io", "iptables", "ca-certificates", "procps", "socat"))
 ENGINE_PORT = 2375
 CAPS = ("SYS_ADMIN", "NET_ADMIN", "SYS_MODULE", "SYS_PTRACE", "MKNOD", "NET_RAW", "SYS_CHROOT", "SETFCAP", "AUDIT_WRITE",
         "IPC_LOCK", "SYS_NICE")
+
+
+def node_daemon_json() -> str:
+    """Docker's settings server-setup.sh writes on a Swarm node (--swarm-peers)."""
+    found = re.search(r"^swarm_node='(.*)'$", remote.SETUP_SCRIPT.read_text(), re.MULTILINE)
+    assert found, "server-setup.sh no longer names a Swarm node's daemon.json `swarm_node='...'`"
+    return found.group(1)
 
 
 @dataclasses.dataclass
@@ -155,9 +164,10 @@ def swarm(settings: Settings, size: int = 2, registry: bool = False) -> Iterator
                         "--label", f"org.colorgate.swarm={run_id}", *(f"--cap-add={cap}" for cap in CAPS),
                         "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
                         "-v", "/sys/fs/cgroup:/sys/fs/cgroup", "--tmpfs", "/var/lib/docker:exec", "--tmpfs", "/run",
-                        ENGINE.tag(settings.debian_mirror), "dockerd", "--host", "unix:///var/run/docker.sock",
-                        *(["--host", f"tcp://0.0.0.0:{ENGINE_PORT}"] if n == 1 else []),
-                        "--no-new-privileges", "--storage-driver", "overlay2"])
+                        "-e", f"DAEMON_JSON={node_daemon_json()}", ENGINE.tag(settings.debian_mirror), "sh", "-c",
+                        'mkdir -p /etc/docker && printf "%s\\n" "$DAEMON_JSON" > /etc/docker/daemon.json && exec dockerd "$@"',
+                        "dockerd", "--host", "unix:///var/run/docker.sock",
+                        *(["--host", f"tcp://0.0.0.0:{ENGINE_PORT}"] if n == 1 else []), "--storage-driver", "overlay2"])
         deadline = time.monotonic() + 60
         while not all(_engine_up(node) for node in cluster.nodes):
             if time.monotonic() > deadline:

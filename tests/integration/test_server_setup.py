@@ -20,6 +20,7 @@ from deploy import config, images, relay, runner, stack
 from deploy.errors import MoveError
 
 from .conftest import invoke, isolated_env, remove_stack
+from .swarm import node_daemon_json
 from .test_ssh import keygen
 
 SCRIPT = config.project_root() / "compose" / "scripts" / "server-setup.sh"
@@ -220,6 +221,42 @@ def test_published_ports_other_than_80_and_443_are_closed_and_the_relay_opens_fo
         assert not relay.firewall(settings, "check", "none")  # a host without Colorgate's firewall: left alone
     finally:
         remove_stack(settings)
+    assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
+
+
+def test_a_swarm_node_lets_only_its_peers_in_to_swarms_ports_and_its_engine_runs_without_live_restore(vps):
+    """--swarm-peers: Swarm's control plane and gossip (2377, 7946; here sshd answers on
+    them) reachable from the peers' addresses only; kept for later runs until `none`.
+    The daemon.json it writes is the one the test Swarm's engines run with
+    (tests/integration/swarm.py): Swarm refuses live-restore."""
+    sh(vps, "/usr/sbin/sshd -p 2377 -p 7946 -o PidFile=/run/sshd-swarm.pid")
+    address = vps.url.split("@")[1]
+    me = runner.run(["docker", "inspect", "--format", "{{.NetworkSettings.Gateway}}", vps.container]).stdout.strip()
+    try:
+        bad = setup(vps, "--key-file", str(vps.key_file), "--swarm-peers", "10.0.0.2;reboot")
+        assert bad.returncode == 1 and "COLORGATE_SWARM_PEERS must be IPv4 addresses or CIDRs" in bad.stderr.strip().splitlines()[-1]
+
+        others = setup(vps, "--key-file", str(vps.key_file), "--swarm-peers", "198.51.100.7,203.0.113.0/24")
+        assert others.returncode == 0, others.stderr[-2000:]
+        assert "server-setup: changed: a Swarm node: its peers are 198.51.100.7,203.0.113.0/24" in others.stdout
+        assert [reachable(address, p) for p in (2377, 7946)] == [False, False]  # not from here
+        daemon = sh(vps, "cat /etc/docker/daemon.json")
+        assert "live-restore" not in daemon and '"no-new-privileges": true' in daemon, daemon
+        assert daemon.strip() == node_daemon_json()
+
+        joined = setup(vps, "--key-file", str(vps.key_file), "--swarm-peers", f"{me}/32,198.51.100.7")
+        assert joined.returncode == 0, joined.stderr[-2000:]
+        assert [reachable(address, p) for p in (2377, 7946, 5432)] == [True, True, False]
+        table = sh(vps, "nft list table inet colorgate")
+        assert "udp dport { 4789, 7946 } accept" in table and "198.51.100.7" in table, table
+        assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED  # the peers are kept
+
+        left = setup(vps, "--key-file", str(vps.key_file), "--swarm-peers", "none")
+        assert "server-setup: changed: no longer a Swarm node: Swarm's ports closed" in left.stdout, left.stdout
+        assert [reachable(address, p) for p in (2377, 7946)] == [False, False]
+        assert '"live-restore": true' in sh(vps, "cat /etc/docker/daemon.json")
+    finally:
+        sh(vps, "kill $(cat /run/sshd-swarm.pid)")
     assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
 
 
