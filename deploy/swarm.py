@@ -68,6 +68,40 @@ def check_images_reachable(settings: Settings, ready_nodes: int) -> None:
                              "(and push with `invoke images.push`); images built on one engine exist only there")
 
 
+def node_addresses(found: list[dict]) -> dict[str, str]:
+    """Each ready node's address, by hostname (pure): where its published ports are."""
+    out = {}
+    for node in found:
+        status = node.get("Status") or {}
+        address = status.get("Addr") or ""
+        if address in ("", "0.0.0.0"):  # a manager may report none: its advertised address is in its ManagerStatus
+            address = ((node.get("ManagerStatus") or {}).get("Addr") or "").rsplit(":", 1)[0]
+        if status.get("State") == "ready" and address:
+            out[(node.get("Description") or {}).get("Hostname") or node.get("ID", "")] = address
+    return out
+
+
+def active_nodes(found: list[dict]) -> int:
+    """How many nodes can take tasks: ready, and not paused or drained (pure)."""
+    return sum(1 for n in found if (n.get("Status") or {}).get("State") == "ready"
+               and (n.get("Spec") or {}).get("Availability", "active") == "active")
+
+
+def spread_problems(found: dict[str, "Service"], names: list[str], nodes: int) -> dict[str, str]:
+    """The services of `names` whose tasks sit on fewer nodes than they could: Swarm
+    spreads a service's tasks over the nodes that can take them, so one node's loss
+    takes at most its share (pure)."""
+    out = {}
+    for name in names:
+        service = found.get(name)
+        if not service or service.replicas < 2:
+            continue
+        on, could = len(set(service.addresses.values())), min(service.replicas, nodes)
+        if on < could:
+            out[name] = f"its {service.running} task(s) run on {on} node(s), of the {nodes} that can take tasks"
+    return out
+
+
 def check_target(settings: Settings) -> int:
     """Refuse what cannot work on this Swarm; returns how many nodes are ready."""
     ready = sum(1 for n in nodes(settings) if (n.get("Status") or {}).get("State") == "ready")

@@ -1,7 +1,8 @@
 Feature: Health
   The color under test answers the health checks the app declares (x-colorgate.health),
   asked from inside the edge the way nginx will ask; through the public edge the live
-  stack answers them too.
+  stack answers them too. On a Swarm, the candidate's tasks sit on as many nodes as can take
+  them (one host is one node).
 
   @pre
   Scenario: Every routed service of the candidate passes its health check
@@ -10,6 +11,10 @@ Feature: Health
   @pre
   Scenario: The candidate runs the version under test
     Then the color under test runs the version under test
+
+  @pre
+  Scenario: The candidate's tasks are spread over the nodes of a Swarm
+    Then each service of the color under test runs on as many nodes as it can
 
   @pre
   Scenario: The candidate's database migrations are at head

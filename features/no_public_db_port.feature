@@ -1,5 +1,6 @@
 Feature: No public database port
   The database and the app's services are reachable only from inside the stack.
+  On a Swarm, no node answers on the database port.
 
   @pre @post
   Scenario: Only the edge publishes host ports

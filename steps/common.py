@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import canary, edge as edge_state, facts, gates, probes, render
+from deploy import canary, edge as edge_state, facts, gates, probes, render, swarm
 from deploy.colors import parse_color
 
 
@@ -162,6 +162,17 @@ def runs_expected_version(gate_settings, expected):
     assert not wrong, f"expected every {expected.color} service at {expected.version}: {wrong}"
 
 
+@then("each service of the color under test runs on as many nodes as it can")
+def candidate_spread(gate_settings, expected):
+    if not gate_settings.swarm:
+        return  # one host is one node: each service runs on all the nodes it can
+    names = [gate_settings.app.copy_name(s, expected.color) for s in gate_settings.app.colored]
+    problems = swarm.spread_problems(swarm.services(gate_settings), names, swarm.active_nodes(swarm.nodes(gate_settings)))
+    assert not problems, ("; ".join(f"{name}: {why}" for name, why in problems.items()) +
+                          ": one node's loss would take more of it than it must; see `docker node ls` and the services' "
+                          "placement constraints; `docker service update --force SERVICE` spreads its tasks again")
+
+
 @then("every health check passes through the public edge")
 def public_health(client, app):
     checked = 0
@@ -252,7 +263,10 @@ def nothing_listens(gate_settings, app):
 def no_host_connection(gate_settings, app):
     if not app.postgres:
         pytest.skip("the app declares no PostgreSQL database")
-    for address in sorted({"127.0.0.1", gate_settings.edge_address}):
+    addresses = {"127.0.0.1", gate_settings.edge_address}
+    if gate_settings.swarm:  # every node's, where a port published on the Swarm or by anything on the node would answer
+        addresses |= set(swarm.node_addresses(swarm.nodes(gate_settings)).values())
+    for address in sorted(addresses):
         assert not facts.tcp_connects(address, facts.POSTGRES_PORT), f"{address}:{facts.POSTGRES_PORT} accepted a connection from the host"
 
 

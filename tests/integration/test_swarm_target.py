@@ -103,6 +103,8 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster,
                                   env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
                                   cwd=config.project_root())
         assert features.returncode == 0, features.stdout[-3000:]
+        logs = invoke("logs", "edge", "--tail", "300", env=env)  # docker service logs: the edge's request log
+        assert logs.returncode == 0 and "/status.txt" in logs.stdout, logs.stdout[-1000:]
         history = invoke("history", "--json", env=env)
         assert [r["action"] for r in __import__("json").loads(history.stdout)][-3:] == ["scale", "deploy", "rollback"]
     finally:
@@ -205,8 +207,9 @@ class Writes(Load):
 def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when_a_worker_goes(cluster, db_registry):
     """Runs last in this module: it stops a node of the module's Swarm. The database is
     on the manager with its volume; its password and each color's database URL are
-    Swarm secrets; migrations, backups and their verification are one-off containers
-    on the manager, on the stack's overlay networks."""
+    Swarm secrets; migrations, backups, their verification and a restore are one-off
+    containers on the manager, on the stack's overlay networks. The gate on the
+    database port asks every node."""
     env = {**swarm_env(cluster, db_registry, "swd"), **DB_APP}
     settings = config.load("development", environ={**os.environ, **env})
     try:
@@ -225,6 +228,18 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
             assert features.returncode == 0, features.stdout[-3000:]
             green = swarm_target.services(settings)["backend_green"]
             assert green.running == 3 and len(set(green.addresses.values())) == 2, green
+            worker = swarm_target.node_addresses(swarm_target.nodes(settings))["node2"]
+            # anything on a worker that answers on the database port fails the gate, which asks every node
+            runner.run(["docker", "exec", "--detach", cluster.nodes[1], "socat", "TCP-LISTEN:5432,fork,reuseaddr", "SYSTEM:true"])
+            try:
+                while not facts.tcp_connects(worker, 5432, timeout=0.5):
+                    time.sleep(0.1)
+                caught = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "features/",
+                                         "-k", "answers_on_the_database_port"], env={**os.environ, **env}, capture_output=True,
+                                        text=True, timeout=300, cwd=config.project_root())
+                assert caught.returncode == 1 and f"{worker}:5432 accepted a connection" in caught.stdout, caught.stdout[-2000:]
+            finally:
+                runner.run(["docker", "exec", cluster.nodes[1], "pkill", "-f", "TCP-LISTEN:5432"], check=False)
             lost_at = time.monotonic()
             runner.run(["docker", "stop", "--time", "1", cluster.nodes[1]])  # a worker goes, with its backend tasks
             time.sleep(20)
@@ -239,6 +254,13 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
         with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
             stored = {note["id"] for note in client.get("/api/notes").json()}
         assert acknowledged <= stored and len(acknowledged) > 300, len(acknowledged - stored)
+        # the database tasks that change it: one-off containers on the manager, as db.backup's
+        assert invoke("db.migrate", env=env).stdout.strip() == "at head"
+        restored = invoke("db.restore", "latest", env=env)  # the backup taken mid-load: the notes written since go
+        assert restored.returncode == 0, restored.stderr
+        with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
+            kept = {note["id"] for note in client.get("/api/notes").json()}
+        assert kept < stored and len(kept) > 10, (len(kept), len(stored))
         secrets = runner.engine(settings.docker_host, "secrets", filters={"label": f"com.docker.stack.namespace={settings.project}"})
         assert len(secrets) >= 3  # the password, each color's URL
         print(f"\nswarm with its database: {len(acknowledged)} writes acknowledged, all stored; {len(after)} after a worker "

@@ -98,3 +98,31 @@ def test_secret_files_become_swarm_secrets_at_the_same_paths_and_one_offs_use_th
     one_offs = render.one_offs_on_swarm(render.compose(s.app), "shop")
     assert one_offs["networks"]["data"] == {"external": True, "name": "shop_data"}
     assert one_offs["volumes"]["backups"] == {"external": True, "name": "shop_backups"}
+
+
+def test_node_addresses_are_the_ready_nodes_and_a_manager_without_one_gives_its_advertised_address():
+    found = [
+        {"ID": "a", "Description": {"Hostname": "node1"}, "Status": {"State": "ready", "Addr": "0.0.0.0"},
+         "ManagerStatus": {"Addr": "10.0.0.1:2377", "Leader": True}},
+        {"ID": "b", "Description": {"Hostname": "node2"}, "Status": {"State": "ready", "Addr": "10.0.0.2"}},
+        {"ID": "c", "Description": {"Hostname": "node3"}, "Status": {"State": "down", "Addr": "10.0.0.3"}},
+    ]
+    assert swarm.node_addresses(found) == {"node1": "10.0.0.1", "node2": "10.0.0.2"}
+
+
+def test_a_service_is_spread_when_its_tasks_sit_on_as_many_nodes_as_can_take_them():
+    def service(name: str, replicas: int, nodes: list[str]) -> swarm.Service:
+        return swarm.Service(name, replicas, len(nodes), "img", {}, {}, [], "",
+                             {f"10.0.{i}.{n}": node for n, node in enumerate(nodes) for i in (1, 2)})  # two networks a task
+
+    found = {"api_green": service("api_green", 3, ["a", "a", "b"]), "web_green": service("web_green", 3, ["a", "a", "a"]),
+             "one_green": service("one_green", 1, ["a"]), "api_blue": service("api_blue", 3, ["a", "a", "a"])}
+    names = ["api_green", "web_green", "one_green", "gone_green"]
+    assert swarm.spread_problems(found, names, nodes=2) == {
+        "web_green": "its 3 task(s) run on 1 node(s), of the 2 that can take tasks"}
+    assert swarm.spread_problems(found, names, nodes=1) == {}  # one node can take tasks: nothing to spread over
+    assert set(swarm.spread_problems(found, names, nodes=3)) == {"api_green", "web_green"}  # 3 tasks, 3 nodes
+    nodes = [{"Status": {"State": "ready"}, "Spec": {"Availability": "active"}},
+             {"Status": {"State": "ready"}, "Spec": {"Availability": "drain"}},
+             {"Status": {"State": "down"}, "Spec": {"Availability": "active"}}, {"Status": {"State": "ready"}}]
+    assert swarm.active_nodes(nodes) == 2
