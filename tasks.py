@@ -276,18 +276,21 @@ def history(c, profile=None, host=None, limit=20, json_=False, show=None):
 @task(help={"switches": "switches without gates", "gated": "gated switches", "baseline": "naive recreations to compare",
             "rps": "requests a second (wrk, clients that never retry)", "stream": "a server-sent-events path kept open across the switches",
             "path": "a path to request (repeatable; default: each routed service's health path)", "json": "write figures to this JSON file", "png": "write the plot to this PNG file",
-            "no_bad_release": "skip the bad release that the analysis must flip back (time to detect, failed requests)"},
+            "no_bad_release": "skip the bad release that the analysis must flip back (time to detect, failed requests)",
+            "swarm": "run on a test Swarm of this many Docker engines in containers, images pushed to its registry",
+            "replicas": "with --swarm: tasks of each colored service (default 3)"},
       iterable=["path"])
 @operator_errors
 def bench(c, switches=20, gated=3, baseline=3, rps=200, stream="", path=None, json_="benchmarks/out/switch_under_load.json",
-          png="benchmarks/out/switch_under_load.png", no_bad_release=False):
-    """Benchmark switching under HTTPS load on an isolated stack of the app, against the naive recreate baseline
-    (exits 3 without figures when the load client could not hold its rate)."""
+          png="benchmarks/out/switch_under_load.png", no_bad_release=False, swarm=0, replicas=3):
+    """Benchmark switching under HTTPS load on an isolated stack of the app (or a test Swarm), against the naive
+    recreate baseline (exits 3 without figures when the load client could not hold its rate)."""
     from benchmarks import switch_under_load
 
     code = switch_under_load.main([f"--switches={switches}", f"--gated={gated}", f"--baseline={baseline}", f"--rps={rps}",
                                    *([f"--stream={stream}"] if stream else []), *(f"--path={p}" for p in path or []),
-                                   f"--json={json_}", f"--png={png}", *(["--no-bad-release"] if no_bad_release else [])])
+                                   f"--json={json_}", f"--png={png}", *(["--no-bad-release"] if no_bad_release else []),
+                                   f"--swarm={swarm}", f"--replicas={replicas}"])
     if code:
         raise SystemExit(code)
 

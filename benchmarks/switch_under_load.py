@@ -25,6 +25,13 @@ The load, side by side in one run:
 Paths: --path (repeatable), else each routed service's health path from the app's
 contract (which may be heavier than the app's usual requests: a database query each).
 
+With --swarm N the same phases run on the test Swarm of tests/integration/swarm.py
+(N Docker engines in containers, a registry every node pulls from): the app's images
+are built here and pushed, as CI would, every colored service runs --replicas tasks
+spread over the nodes, and the load goes to the edge on the manager. Its baseline is
+what Swarm offers by itself: `docker service update --force`, a rolling restart of the
+live color's routed services.
+
 A load client that cannot keep its rate measures itself: each phase's achieved rate
 and late requests are checked, and a run that fell behind prints why, writes no
 figures and exits 3.
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -56,7 +64,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import config, edge, facts, release, runner, stack, tls  # noqa: E402
+from deploy import config, edge, facts, release, runner, stack, swarm, tls  # noqa: E402
 from deploy.colors import other  # noqa: E402
 from deploy.errors import GateFailed  # noqa: E402
 
@@ -188,8 +196,10 @@ class RetryOnce:
     connection, when a reused connection closed before any answer; plus the stream.
     Runs in a thread of its own with its own event loop."""
 
-    def __init__(self, base_url: str, ca_pem: str, paths: list[str], rate: int, stream_path: str | None):
-        self.base_url, self.ca_pem, self.paths, self.rate = base_url, ca_pem, paths, rate
+    def __init__(self, settings: config.Settings, ca_pem: str, paths: list[str], rate: int, stream_path: str | None):
+        # the edge's address, spoken to as the domain (Host, SNI, certificate), as the gates' client does
+        self.base_url, self.ca_pem, self.paths, self.rate = edge_url(settings), ca_pem, paths, rate
+        self.server_name = settings.domain
         self.records: list[Req] = []
         self.stream = Stream(stream_path or "")
         self.late = self.slots = 0
@@ -206,8 +216,9 @@ class RetryOnce:
 
     async def main(self) -> None:
         verify = tls.client_context(self.ca_pem)
-        keepalive = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=15, trust_env=False)
-        fresh = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=15, trust_env=False,
+        host = {"Host": self.server_name}
+        keepalive = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=15, trust_env=False, headers=host)
+        fresh = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=15, trust_env=False, headers=host,
                                   limits=httpx.Limits(max_keepalive_connections=0))
         stream_task = asyncio.create_task(self._stream(keepalive)) if self.stream.path else None
         tasks: set[asyncio.Task] = set()
@@ -235,7 +246,7 @@ class RetryOnce:
         client = keepalive
         for attempt in (1, 2):
             try:
-                r = await client.get(path)
+                r = await client.get(path, extensions={"sni_hostname": self.server_name})
                 self.records.append(Req(t, time.monotonic() - t, 200 <= r.status_code < 300, r.status_code,
                                         r.headers.get("x-colorgate-color", ""), retried=attempt > 1))
                 return
@@ -252,7 +263,8 @@ class RetryOnce:
     async def _stream(self, client: httpx.AsyncClient) -> None:
         last = time.monotonic()
         try:
-            async with client.stream("GET", self.stream.path, timeout=httpx.Timeout(15, read=10)) as r:
+            async with client.stream("GET", self.stream.path, timeout=httpx.Timeout(15, read=10),
+                                     extensions={"sni_hostname": self.server_name}) as r:
                 self.stream.opened_color = r.headers.get("x-colorgate-color", "")
                 async for line in r.aiter_lines():
                     if line.startswith("data:"):
@@ -333,11 +345,50 @@ def load_paths(settings: config.Settings, given: list[str]) -> list[str]:
     return list(dict.fromkeys(given or [app.health[s].path for s in app.routed]))
 
 
+def edge_url(settings: config.Settings) -> str:
+    return f"https://{settings.edge_address}:{settings.https_port}"
+
+
+def reload(settings: config.Settings, **changes: str) -> config.Settings:
+    return config.load("development", environ={**os.environ, **settings.as_environment(), **changes})
+
+
+def push(settings: config.Settings, version: str) -> None:
+    """Build the app's images on this machine and push them as `version`, as CI would."""
+    invoke = str(Path(sys.executable).with_name("invoke"))
+    runner.run([invoke, "images.push", "--version", version], env={**os.environ, **settings.as_environment()},
+               what=f"pushing the images ({version})", timeout=1800)
+
+
+@contextlib.contextmanager
+def on_a_swarm(settings: config.Settings, size: int):
+    """The test Swarm of `size` engines with a registry (tests/integration/swarm.py), the
+    app's v1 and v2 pushed to it; yields the settings whose target is its manager."""
+    from deploy import images
+    from tests.integration.swarm import swarm as test_swarm
+
+    with test_swarm(settings, size=size, registry=True) as cluster:
+        here = reload(settings, COLORGATE_REGISTRY=f"{cluster.registry}/{settings.project}")
+        images.build_bases(here, images.needed_bases(here))
+        for version in ("v1", "v2"):
+            push(here, version)
+        yield reload(here, COLORGATE_TARGET="swarm", COLORGATE_DOCKER_HOST=cluster.docker_host, COLORGATE_BIND=cluster.address)
+
+
 def run(args) -> dict:
-    """Drive the phases under load; compute the figures once the load has stopped."""
+    """The stack to measure: on this machine's engine, or on a test Swarm."""
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: `sudo apt-get install wrk` (Debian's package)")
-    settings = bench_settings()
+    with contextlib.ExitStack() as scope:
+        settings = bench_settings()
+        if args.swarm:
+            with runner.step(f"starting a test Swarm of {args.swarm} engines; pushing the app's images to its registry"):
+                settings = scope.enter_context(on_a_swarm(settings, args.swarm))
+        return measure(args, settings)
+
+
+def measure(args, settings: config.Settings) -> dict:
+    """Drive the phases under load; compute the figures once the load has stopped."""
     paths = load_paths(settings, args.path)
     workdir = Path(tempfile.mkdtemp(prefix="cgbench-"))
     events: list[tuple[float, str]] = []  # (time.monotonic(), "switch->green" ...)
@@ -346,15 +397,18 @@ def run(args) -> dict:
     retry = None
 
     def phase(name: str) -> Wrk:
-        started.append(Wrk(f"https://{settings.edge_address}:{settings.https_port}", paths, args.rps, name, workdir, args.warmup))
+        started.append(Wrk(edge_url(settings), paths, args.rps, name, workdir, args.warmup))
         return started[-1]
 
     try:
         with runner.step(f"starting an isolated stack of {settings.app.file.parent.name} with both colors"):
-            stack.up(settings)
-            release.deploy(settings)  # both colors now run: blue v1, green v2
+            stack.up(settings, version="v1")
+            if settings.swarm:
+                for service in settings.app.colored:
+                    stack.scale(settings, service, args.replicas)
+            release.deploy(settings, version="v2")  # both colors now run: blue v1, green v2
         versions = facts.running_versions(facts.service_states(settings))
-        retry = RetryOnce(settings.https_url, tls.read_local_ca(settings), paths, args.retry_rps, args.stream)
+        retry = RetryOnce(settings, tls.read_local_ca(settings), paths, args.retry_rps, args.stream)
         retry.start()
         began = time.monotonic()
 
@@ -401,7 +455,7 @@ def run(args) -> dict:
         end3 = time.monotonic()
         retry.stop_stream_flag.set()  # the baseline recreates containers: streams end there
 
-        # 4. baseline: recreate the live color's routed services in place
+        # 4. baseline: recreate the live color's routed services in place (on a Swarm: its rolling restart)
         load = phase("baseline")
         time.sleep(args.warmup)
         phase4 = time.monotonic()
@@ -410,7 +464,12 @@ def run(args) -> dict:
         routed = [settings.app.copy_name(s, live) for s in settings.app.routed]
         for _ in range(args.baseline):
             events.append((time.monotonic(), "recreate"))
-            runner.run(stack.compose_cmd(settings, "up", "--detach", "--no-build", "--no-deps", "--force-recreate", *routed), env=env)
+            if settings.swarm:
+                for name in routed:
+                    runner.run(["docker", "service", "update", "--force", "--quiet", "--detach=false",
+                                swarm.service_name(settings, name)], env={**os.environ, **settings.docker_env()}, timeout=600)
+            else:
+                runner.run(stack.compose_cmd(settings, "up", "--detach", "--no-build", "--no-deps", "--force-recreate", *routed), env=env)
             time.sleep(args.pause + 2)
         runs["baseline"] = load.stop()
         end4 = time.monotonic()
@@ -420,8 +479,7 @@ def run(args) -> dict:
         # the analysis of real traffic after the switch must flip it back
         if args.bad_release:
             bad = bad_release(settings, workdir)
-            load = Wrk(f"https://{settings.edge_address}:{settings.https_port}", [*paths, BAD_PATH], args.rps, "bad release",
-                       workdir, args.warmup)
+            load = Wrk(edge_url(settings), [*paths, BAD_PATH], args.rps, "bad release", workdir, args.warmup)
             started.append(load)
             # the analysis compares with the old color's figures over the span before the switch (3 x 5 s): not
             # the baseline phase's failures
@@ -454,7 +512,8 @@ def run(args) -> dict:
     never_retry_failed = sum(runs[p].failed for p in ("switches", "gated", "rollback"))
     result = {
         "valid": True,
-        "config": {"app": str(settings.app.file), "paths": paths, "rps": args.rps, "retry_rps": args.retry_rps,
+        "config": {"app": str(settings.app.file), "target": f"swarm of {args.swarm} nodes, {args.replicas} tasks a colored service"
+                   if settings.swarm else "one engine", "paths": paths, "rps": args.rps, "retry_rps": args.retry_rps,
                    "switches": args.switches, "gated": args.gated, "baseline": args.baseline, "stream": args.stream or None,
                    "client_cpu": pin()[-1] if pin() else "any"},
         "switch": {**ms([x for x in switch if x is not None]), "never_answered": switch.count(None),
@@ -486,16 +545,18 @@ BAD_ANALYSIS = {"COLORGATE_ANALYSIS_INTERVALS": "3", "COLORGATE_ANALYSIS_SECONDS
 def bad_release(settings: config.Settings, workdir: Path) -> config.Settings:
     """The app with one change, as a bad release would be: a share of its users'
     requests fail while everything the gates look at works; analysis on."""
-    copy = workdir / "bad-app"
-    shutil.copytree(settings.app_dir, copy)
+    shutil.copytree(settings.app_dir.parent, workdir / "bad")  # with its siblings: a build context may be one (../postgres-debian)
+    copy = workdir / "bad" / settings.app_dir.name
     app = copy / "backend" / "app.py"
     text = app.read_text()
     anchor = '        if url.path == "/api/slow":\n'
     assert anchor in text, "the sample app changed: update benchmarks/switch_under_load.py's bad release"
     app.write_text(text.replace(anchor, '        if query.get("from") == ["load"] and __import__("random").random() < 0.2:\n'
                                         '            return self.send_json(500, {"error": "a bad release"})\n' + anchor, 1))
-    return config.load("development", environ={**os.environ, **settings.as_environment(), **BAD_ANALYSIS,
-                                                "COLORGATE_APP": str(copy / "docker-compose.yml")})
+    bad = reload(settings, **BAD_ANALYSIS, COLORGATE_APP=str(copy / "docker-compose.yml"))
+    if bad.swarm:  # its nodes pull it: built here and pushed
+        push(reload(bad, COLORGATE_TARGET="compose", COLORGATE_DOCKER_HOST=""), "v-bad")
+    return bad
 
 
 def bad_release_figures(record: dict, run: WrkRun, clock: float) -> dict:
@@ -586,6 +647,7 @@ def report(result: dict) -> str:
                 f"{r['retried_once']} retried")
 
     lines = [
+        f"target: {result['config']['target']}",
         f"switch (no gates) x{s['n']}: first answer from the new color after median {s['median']} ms, max {s['max']} ms; "
         f"longest gap {s['longest_gap_ms']} ms",
         f"   {load(s)}",
@@ -595,7 +657,8 @@ def report(result: dict) -> str:
         f"rollback (no gates): {rb['inside_command_ms']} ms inside the command, first answer from the old color after "
         f"{rb['first_answer_ms']} ms",
         f"   {load(rb)}",
-        f"baseline (compose up --force-recreate of the live color) x{b['recreations']}: longest gap {b['longest_gap_ms']} ms",
+        f"baseline ({'docker service update --force' if 'swarm' in result['config']['target'] else 'compose up --force-recreate'} "
+        f"of the live color) x{b['recreations']}: longest gap {b['longest_gap_ms']} ms",
         f"   {load(b)}",
     ]
     if result["stream"]:
@@ -631,7 +694,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each phase's first action")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--png", help="write the plot to this PNG file")
-    p.add_argument("--keep", action="store_true", help="leave the benchmark's stack running")
+    p.add_argument("--keep", action="store_true", help="leave the benchmark's stack running (not with --swarm)")
+    p.add_argument("--swarm", type=int, default=0, metavar="NODES",
+                   help="run on a test Swarm of this many engines in containers (tests/integration/swarm.py)")
+    p.add_argument("--replicas", type=int, default=3, help="with --swarm: tasks of each colored service")
     p.add_argument("--no-bad-release", dest="bad_release", action="store_false",
                    help="skip the bad release (one in five user requests fails, gates pass) that the analysis must flip back")
     args = p.parse_args(argv)
