@@ -7,6 +7,7 @@ deploy.runner; what runs on the target is read by deploy.facts.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable
 
@@ -386,9 +387,16 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
     known = [*infra_services(settings), *(name for color in COLORS for name in settings.app.color_services(color))]
     if service is not None and service not in known:
         raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
-    if settings.swarm:
-        for name in [service] if service else known:
-            runner.run(swarm.logs_cmd(settings, name, follow, tail), env=settings.docker_env(), capture=False, check=False)
+    if settings.swarm:  # one `docker service logs` a service: in turn, or side by side when they follow
+        runs = [threading.Thread(target=runner.run, args=(swarm.logs_cmd(settings, name, follow, tail),), daemon=True,
+                                 kwargs={"env": settings.docker_env(), "capture": False, "check": False})
+                for name in ([service] if service else known)]
+        for run in runs:
+            run.start()
+            if not follow:
+                run.join()
+        for run in runs:
+            run.join()
         return
     args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")

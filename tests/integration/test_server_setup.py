@@ -224,12 +224,20 @@ def test_published_ports_other_than_80_and_443_are_closed_and_the_relay_opens_fo
     assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
 
 
+# Answers every connection to the ports it is given with an SSH banner (what reachable() reads).
+STUB = r"""open(my $pid, ">", "/run/swarm-stub.pid"); print $pid $$; close $pid;
+my @socks = map { IO::Socket::INET->new(LocalPort => $_, Listen => 5, ReuseAddr => 1, Blocking => 0) or die "$_: $!" } @ARGV;
+while (1) { for my $s (@socks) { if (my $c = $s->accept) { print $c "SSH-2.0-stub\r\n"; close $c } } select(undef, undef, undef, 0.05) }
+"""
+
+
 def test_a_swarm_node_lets_only_its_peers_in_to_swarms_ports_and_its_engine_runs_without_live_restore(vps):
-    """--swarm-peers: Swarm's control plane and gossip (2377, 7946; here sshd answers on
-    them) reachable from the peers' addresses only; kept for later runs until `none`.
-    The daemon.json it writes is the one the test Swarm's engines run with
-    (tests/integration/swarm.py): Swarm refuses live-restore."""
-    sh(vps, "/usr/sbin/sshd -p 2377 -p 7946 -o PidFile=/run/sshd-swarm.pid")
+    """--swarm-peers: Swarm's control plane and gossip (2377, 7946; here a stub answers
+    there as sshd would, but is not sshd, whose ports the setup lets in) reachable from
+    the peers' addresses only; kept for later runs until `none`. The daemon.json it
+    writes is the one the test Swarm's engines run with (tests/integration/swarm.py):
+    Swarm refuses live-restore."""
+    runner.run(["docker", "exec", "--detach", vps.container, "perl", "-MIO::Socket::INET", "-e", STUB, "2377", "7946"])
     address = vps.url.split("@")[1]
     me = runner.run(["docker", "inspect", "--format", "{{.NetworkSettings.Gateway}}", vps.container]).stdout.strip()
     try:
@@ -256,7 +264,7 @@ def test_a_swarm_node_lets_only_its_peers_in_to_swarms_ports_and_its_engine_runs
         assert [reachable(address, p) for p in (2377, 7946)] == [False, False]
         assert '"live-restore": true' in sh(vps, "cat /etc/docker/daemon.json")
     finally:
-        sh(vps, "kill $(cat /run/sshd-swarm.pid)")
+        sh(vps, "kill $(cat /run/swarm-stub.pid)")
     assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
 
 

@@ -5,6 +5,8 @@ The static site runs there with 3 tasks per color spread over both nodes."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ import pytest
 
 from deploy import config, edge, facts, gates, images, runner, swarm as swarm_target, tls
 
-from .conftest import invoke, isolated_env
+from .conftest import INVOKE, invoke, isolated_env
 from .swarm import swarm
 
 
@@ -220,14 +222,23 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
             deployed = invoke("deploy", "--version", "v2", env=env)
             assert deployed.returncode == 0, deployed.stderr
             assert "post gates on green (v2)" in deployed.stderr
-            for task in (("db.backup",), ("db.verify", "latest")):  # one-off tools on the manager, on the stack's networks
-                done = invoke(*task, env=env)
-                assert done.returncode == 0, done.stderr
+            backed_up = invoke("db.backup", env=env)  # one-off tools on the manager, on the stack's networks
+            assert backed_up.returncode == 0, backed_up.stderr
+            backup = re.search(r"^backup (\S+):", backed_up.stdout, re.MULTILINE).group(1)
+            verified = invoke("db.verify", backup, env=env)
+            assert verified.returncode == 0, verified.stderr
             features = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "features/"],
                                       env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=config.project_root())
             assert features.returncode == 0, features.stdout[-3000:]
             green = swarm_target.services(settings)["backend_green"]
             assert green.running == 3 and len(set(green.addresses.values())) == 2, green
+            # `logs all --follow`: every service's log side by side (not the first one's only), until interrupted
+            follow = subprocess.Popen([INVOKE, "logs", "all", "--follow", "--tail", "20"], env={**os.environ, **env}, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=config.project_root(), start_new_session=True)
+            time.sleep(8)
+            os.killpg(follow.pid, signal.SIGINT)
+            followed = follow.communicate(timeout=30)[0]
+            assert "colorgate sample api: color=green" in followed and "/api/notes" in followed, followed[-2000:]
             worker = swarm_target.node_addresses(swarm_target.nodes(settings))["node2"]
             # anything on a worker that answers on the database port fails the gate, which asks every node
             runner.run(["docker", "exec", "--detach", cluster.nodes[1], "socat", "TCP-LISTEN:5432,fork,reuseaddr", "SYSTEM:true"])
@@ -256,7 +267,7 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
         assert acknowledged <= stored and len(acknowledged) > 300, len(acknowledged - stored)
         # the database tasks that change it: one-off containers on the manager, as db.backup's
         assert invoke("db.migrate", env=env).stdout.strip() == "at head"
-        restored = invoke("db.restore", "latest", env=env)  # the backup taken mid-load: the notes written since go
+        restored = invoke("db.restore", backup, env=env)  # the backup taken mid-load: the notes written since go
         assert restored.returncode == 0, restored.stderr
         with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
             kept = {note["id"] for note in client.get("/api/notes").json()}
