@@ -477,7 +477,6 @@ def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=Non
     from pathlib import Path
 
     settings = _target(profile, host)
-    _swarm.refuse(settings, "tls.init")
     with runner.step(f"obtaining a certificate for {domain or settings.domain}"):
         data = _tls.init(settings, email, domain=domain, directory=directory, staging=staging,
                          ca_bundle=Path(ca_bundle) if ca_bundle else None)

@@ -39,7 +39,7 @@ def service_name(settings: Settings, service: str) -> str:
     return f"{settings.project}_{service}"
 
 
-NOT_YET = ("db.move", "db.retire-local", "tls.init")
+NOT_YET = ("db.move", "db.retire-local")
 
 
 def refuse(settings: Settings, command: str) -> None:

@@ -5,16 +5,21 @@ networks, volumes, image tags) when the run ends, even when it fails."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+import tenacity
 
-from deploy import config, runner, stack, views
+from deploy import config, runner, stack, tls, views
+from tests.certs import make_ca, make_leaf
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
@@ -30,6 +35,53 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def udp_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def pebble_server(d: Path, http_port: int, validity_days: int):
+    """Debian's pebble (Let's Encrypt's test CA) on loopback ports of its own, with
+    pebble-challtestsrv as its DNS (every name -> 127.0.0.1): it fetches HTTP-01
+    challenges from 127.0.0.1:`http_port`. Its files in `d`; stopped afterwards."""
+    assert shutil.which("pebble") and shutil.which("pebble-challtestsrv"), "install Debian's pebble package (make test does)"
+    ca, ca_key = make_ca("Pebble endpoint test CA")
+    cert, key = make_leaf(ca, ca_key, "localhost", days=30)
+    (d / "ca.pem").write_text(ca)
+    (d / "cert.pem").write_text(cert)
+    (d / "key.pem").write_text(key)
+    acme, mgmt, dns, chall = free_port(), free_port(), udp_free_port(), free_port()
+    (d / "config.json").write_text(json.dumps({"pebble": {
+        "listenAddress": f"127.0.0.1:{acme}", "managementListenAddress": f"127.0.0.1:{mgmt}",
+        "certificate": str(d / "cert.pem"), "privateKey": str(d / "key.pem"),
+        "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
+        "externalAccountBindingRequired": False, "certificateValidityPeriod": validity_days * 86400,
+    }}))
+    logs = open(d / "pebble.log", "w")
+    challtest = subprocess.Popen(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+                                  "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+                                  "-management", f"127.0.0.1:{chall}"], stdout=logs, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(["pebble", "-config", str(d / "config.json"), "-dnsserver", f"127.0.0.1:{dns}"],
+                              env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+                              stdout=logs, stderr=subprocess.STDOUT)
+    try:
+        @tenacity.retry(stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.3), reraise=True)
+        def root() -> str:
+            return httpx.get(f"https://localhost:{mgmt}/roots/0", verify=tls.client_context(ca_file=d / "ca.pem"), trust_env=False).raise_for_status().text
+
+        (d / "issuer-root.pem").write_text(root())
+        yield {"directory": f"https://localhost:{acme}/dir", "port": acme, "endpoint_ca": d / "ca.pem", "root": d / "issuer-root.pem",
+               "challtestsrv": f"http://127.0.0.1:{chall}", "dir": d}
+    finally:
+        for proc in (server, challtest):
+            proc.terminate()
+            proc.wait(timeout=10)
+        logs.close()
+        print((d / "pebble.log").read_text()[-3000:], file=sys.stderr)
 
 
 def isolated_env(tag: str = "") -> dict[str, str]:

@@ -55,6 +55,8 @@ class Cluster:
     nodes: list[str]  # engine containers; the first is the manager
     address: str = ""  # the manager's, on the cluster's network
     registry: str = ""  # 127.0.0.1:PORT, the same for this machine and every node (with `registry`)
+    gateway: str = ""  # this machine's address on the cluster's network
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # ends the forwarders
 
     @property
     def docker_host(self) -> str:
@@ -73,6 +75,18 @@ class Cluster:
         for node in self.nodes:
             runner.run(["sh", "-c", 'docker save "$1" | docker exec -i "$2" docker load -q', "send", tag, node],
                        what=f"sending {tag} to {node}")
+
+    def reach_loopback(self, port: int) -> None:
+        """This machine's 127.0.0.1:`port` at 127.0.0.1:`port` in every node (a registry,
+        an ACME server): a forwarder on the network's gateway, socat in each node."""
+        _forward((self.gateway, port), ("127.0.0.1", port), self.stop)
+        for node in self.nodes:
+            runner.run(["docker", "exec", "--detach", node, "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                        f"TCP:{self.gateway}:{port}"])
+
+    def publish_here(self, port: int) -> None:
+        """The manager's `port` at this machine's 127.0.0.1:`port` (where a test CA fetches challenges)."""
+        _forward(("127.0.0.1", port), (self.address, port), self.stop)
 
     def tasks(self, service: str) -> list[tuple[str, str]]:
         """(node hostname, current state) of each of the service's tasks."""
@@ -109,7 +123,12 @@ def _forward(listen: tuple[str, int], to: tuple[str, int], stop: threading.Event
                     client, _ = server.accept()
                 except TimeoutError:
                     continue
-                upstream = socket.create_connection(to)
+                try:
+                    upstream = socket.create_connection(to, timeout=5)
+                    upstream.settimeout(None)
+                except OSError:
+                    client.close()  # nothing there (yet): this connection fails, the forwarder goes on
+                    continue
                 for a, b in ((client, upstream), (upstream, client)):
                     threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
@@ -156,7 +175,6 @@ def swarm(settings: Settings, size: int = 2, registry: bool = False) -> Iterator
     images.build_bases(settings, [ENGINE])
     run_id = f"cgswarm{secrets.token_hex(3)}"
     cluster = Cluster(f"{run_id}-net", [f"{run_id}-node{n}" for n in range(1, size + 1)])
-    stop = threading.Event()
     try:
         runner.run(["docker", "network", "create", "--label", f"org.colorgate.swarm={run_id}", cluster.network])
         for n, node in enumerate(cluster.nodes, 1):
@@ -177,6 +195,8 @@ def swarm(settings: Settings, size: int = 2, registry: bool = False) -> Iterator
         address = runner.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
                               cluster.nodes[0]]).stdout.strip()
         cluster.address = address
+        cluster.gateway = runner.run(["docker", "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                                      cluster.network]).stdout.strip()
         cluster.manager("swarm", "init", "--advertise-addr", address)
         token = cluster.manager("swarm", "join-token", "-q", "worker").stdout.strip()
         for node in cluster.nodes[1:]:
@@ -184,16 +204,11 @@ def swarm(settings: Settings, size: int = 2, registry: bool = False) -> Iterator
         with contextlib.ExitStack() as extra:
             if registry:
                 port = extra.enter_context(_registry())
-                gateway = runner.run(["docker", "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
-                                      cluster.network]).stdout.strip()
-                _forward((gateway, port), ("127.0.0.1", port), stop)
-                for node in cluster.nodes:
-                    runner.run(["docker", "exec", "--detach", node, "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
-                                f"TCP:{gateway}:{port}"])
+                cluster.reach_loopback(port)
                 cluster.registry = f"127.0.0.1:{port}"
             yield cluster
     finally:
-        stop.set()
+        cluster.stop.set()
         for node in cluster.nodes:  # what runs inside first, so that its cgroups go with it
             runner.run(["docker", "exec", node, "sh", "-c", "docker service rm $(docker service ls -q) 2>/dev/null; "
                         "docker rm -f $(docker ps -aq) 2>/dev/null; true"], check=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -16,24 +15,15 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
-import tenacity
 from cryptography import x509
 
 from deploy import config, gates, images, runner, stack, tls
 from tests.certs import make_ca, make_leaf
 
-from .conftest import free_port, invoke, isolated_env, running_stack
+from .conftest import free_port, invoke, isolated_env, pebble_server, running_stack
 
 DOMAIN = "colorgate-test.example"
 VALIDITY_DAYS = 20  # under certbot's 30-day renewal window (so renew renews), over the gate's 14-day floor
-
-
-def udp_free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,41 +33,8 @@ def env():
 
 @pytest.fixture(scope="module")
 def pebble(tmp_path_factory, env):
-    assert shutil.which("pebble") and shutil.which("pebble-challtestsrv"), "install Debian's pebble package (make test does)"
-    d = tmp_path_factory.mktemp("pebble")
-    ca, ca_key = make_ca("Pebble endpoint test CA")
-    cert, key = make_leaf(ca, ca_key, "localhost", days=30)
-    (d / "ca.pem").write_text(ca)
-    (d / "cert.pem").write_text(cert)
-    (d / "key.pem").write_text(key)
-    acme, mgmt, dns, chall = free_port(), free_port(), udp_free_port(), free_port()
-    (d / "config.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"127.0.0.1:{acme}", "managementListenAddress": f"127.0.0.1:{mgmt}",
-        "certificate": str(d / "cert.pem"), "privateKey": str(d / "key.pem"),
-        "httpPort": int(env["COLORGATE_HTTP_PORT"]), "tlsPort": free_port(), "ocspResponderURL": "",
-        "externalAccountBindingRequired": False, "certificateValidityPeriod": VALIDITY_DAYS * 86400,
-    }}))
-    logs = open(d / "pebble.log", "w")
-    challtest = subprocess.Popen(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-                                  "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-                                  "-management", f"127.0.0.1:{chall}"], stdout=logs, stderr=subprocess.STDOUT)
-    server = subprocess.Popen(["pebble", "-config", str(d / "config.json"), "-dnsserver", f"127.0.0.1:{dns}"],
-                              env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
-                              stdout=logs, stderr=subprocess.STDOUT)
-    try:
-        @tenacity.retry(stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.3), reraise=True)
-        def root() -> str:
-            return httpx.get(f"https://localhost:{mgmt}/roots/0", verify=tls.client_context(ca_file=d / "ca.pem"), trust_env=False).raise_for_status().text
-
-        (d / "issuer-root.pem").write_text(root())
-        yield {"directory": f"https://localhost:{acme}/dir", "endpoint_ca": d / "ca.pem", "root": d / "issuer-root.pem",
-               "challtestsrv": f"http://127.0.0.1:{chall}", "dir": d}
-    finally:
-        for proc in (server, challtest):
-            proc.terminate()
-            proc.wait(timeout=10)
-        logs.close()
-        print((d / "pebble.log").read_text()[-3000:], file=sys.stderr)
+    with pebble_server(tmp_path_factory.mktemp("pebble"), int(env["COLORGATE_HTTP_PORT"]), VALIDITY_DAYS) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")

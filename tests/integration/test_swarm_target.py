@@ -16,7 +16,7 @@ import pytest
 
 from deploy import config, edge, facts, gates, images, runner, swarm as swarm_target, tls
 
-from .conftest import INVOKE, invoke, isolated_env
+from .conftest import INVOKE, invoke, isolated_env, pebble_server
 from .swarm import swarm
 
 
@@ -167,6 +167,35 @@ def test_switches_under_load_lose_no_request(cluster, registry):
 
     finally:
         invoke("down", "--volumes", env=env)
+
+
+ACME_DOMAIN = "colorgate-swarm.example"
+
+
+def test_tls_init_gets_the_edge_a_certificate_from_an_acme_ca_and_renew_renews_it_on_a_swarm(cluster, registry, tmp_path):
+    """certbot runs as a one-off on the manager, with the edge's volumes (its webroot and
+    certificates) there; the test CA (pebble, on this machine's loopback, reached from
+    the manager's) fetches the HTTP-01 challenge from the edge on the manager."""
+    env = {**swarm_env(cluster, registry, "swa"), "COLORGATE_DOMAIN": ACME_DOMAIN}
+    settings = config.load("development", environ={**os.environ, **env})
+    with pebble_server(tmp_path, settings.http_port, validity_days=20) as pebble:
+        cluster.reach_loopback(pebble["port"])
+        cluster.publish_here(settings.http_port)
+        try:
+            assert invoke("up", "--version", "v1", env=env).returncode == 0
+            got = invoke("tls.init", "--email", f"ops@{ACME_DOMAIN}", "--directory", pebble["directory"],
+                         "--ca-bundle", str(pebble["endpoint_ca"]), env=env)
+            assert got.returncode == 0, got.stderr[-3000:]
+            first = tls.status(settings)
+            assert first["source"] == "ACME" and "Pebble" in first["issuer"] and first["sans"] == [ACME_DOMAIN], first
+            renewed = invoke("tls.renew", env=env)  # 20 days left: inside certbot's window
+            assert renewed.returncode == 0, renewed.stderr[-3000:]
+            assert tls.status(settings)["serial"] != first["serial"]
+            served = gates.tls_handshake(settings.edge_address, settings.https_port, ACME_DOMAIN, pebble["root"].read_text())
+            assert served.ok, served.error
+        finally:
+            down = invoke("down", "--volumes", env=env)
+            assert down.returncode == 0, down.stderr
 
 
 @pytest.fixture(scope="module")
