@@ -1,6 +1,7 @@
 """The Swarm target (issue #15): the same commands, gates and releases against the
 manager of a test Swarm of two engines, whose nodes pull the images from a registry.
-The static site runs there with 3 tasks per color spread over both nodes."""
+The static site runs there with 3 tasks per color spread over both nodes; its edge
+gets a certificate from a test ACME CA; the PostgreSQL app loses a worker under writes."""
 
 from __future__ import annotations
 
