@@ -206,7 +206,7 @@ def db_registry(cluster) -> str:
     here = {**run, **DB_APP, "COLORGATE_REGISTRY": path}
     built = config.load("development", environ={**os.environ, **here})
     images.build_bases(built, images.needed_bases(built))
-    for version in ("v1", "v2"):
+    for version in ("v1", "v2", "v3"):
         pushed = invoke("images.push", "--version", version, env=here)
         assert pushed.returncode == 0, pushed.stderr
     return path
@@ -241,7 +241,9 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
     on the manager with its volume; its password and each color's database URL are
     Swarm secrets; migrations, backups, their verification and a restore are one-off
     containers on the manager, on the stack's overlay networks. The gate on the
-    database port asks every node."""
+    database port asks every node. The worker goes while a release starts its
+    candidate: that release either converges on the node left or fails, with traffic
+    where it was; the live color rides it out."""
     env = {**swarm_env(cluster, db_registry, "swd"), **DB_APP}
     settings = config.load("development", environ={**os.environ, **env})
     try:
@@ -281,9 +283,20 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
                 assert caught.returncode == 1 and f"{worker}:5432 accepted a connection" in caught.stdout, caught.stdout[-2000:]
             finally:
                 runner.run(["docker", "exec", cluster.nodes[1], "pkill", "-f", "TCP-LISTEN:5432"], check=False)
+            # a worker goes, with its tasks of the live color, while the next release starts its candidate there: the
+            # candidate converges on the node left and passes its gates, or fails them with traffic where it was
+            release = subprocess.Popen([INVOKE, "deploy", "--version", "v3"], env={**os.environ, **env}, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=config.project_root())
+            deadline = time.monotonic() + 180
+            while release.poll() is None and swarm_target.services(settings)["backend_blue"].replicas == 0:
+                assert time.monotonic() < deadline, "the release did not start its candidate within 180 s"
+                time.sleep(0.2)
             lost_at = time.monotonic()
-            runner.run(["docker", "stop", "--time", "1", cluster.nodes[1]])  # a worker goes, with its backend tasks
-            time.sleep(20)
+            runner.run(["docker", "stop", "--time", "1", cluster.nodes[1]])
+            released = release.communicate(timeout=600)[1]
+            time.sleep(max(0.0, lost_at + 20 - time.monotonic()))
+        live = edge.read_active(settings)
+        assert (live.color, live.version) == (("blue", "v3") if release.returncode == 0 else ("green", "v2")), released[-3000:]
         acknowledged = {s[2] for s in writes.seen if s[1] == 201}
         after = [s for s in writes.seen if s[0] >= lost_at]
         assert not [s for s in writes.failed() if s[0] < lost_at], writes.failed()[:5]  # the deploy, gates and backup: none
@@ -305,7 +318,9 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
         secrets = runner.engine(settings.docker_host, "secrets", filters={"label": f"com.docker.stack.namespace={settings.project}"})
         assert len(secrets) >= 3  # the password, each color's URL
         print(f"\nswarm with its database: {len(acknowledged)} writes acknowledged, all stored; {len(after)} after a worker "
-              f"stopped, {len(in_flight)} in flight to it failed unacknowledged, the slowest answer {max(s[3] for s in after):.2f}s")
+              f"stopped, {len(in_flight)} in flight to it failed unacknowledged, the slowest answer {max(s[3] for s in after):.2f}s; "
+              f"the release under way {'switched to' if release.returncode == 0 else 'failed, traffic stayed on'} {live.color} "
+              f"({released.strip().splitlines()[-1][:300]})")
     finally:
         down = invoke("down", "--volumes", env=env)
         assert down.returncode == 0, down.stderr
