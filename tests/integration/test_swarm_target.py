@@ -170,6 +170,41 @@ def test_switches_under_load_lose_no_request(cluster, registry):
         invoke("down", "--volumes", env=env)
 
 
+class NewUsers(Load):
+    """GET /status.txt at a steady rate, each request from a user the edge has not seen
+    (no canary cookie): a canary's share of them lands on the canary."""
+
+    def run(self):
+        with gates.edge_client(self.settings, tls.read_local_ca(self.settings)) as client:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                client.cookies.clear()
+                try:
+                    r = client.get("/status.txt")
+                    self.seen.append((time.monotonic(), r.status_code, r.headers.get("x-colorgate-color", ""), r.elapsed.total_seconds()))
+                except Exception as exc:  # noqa: BLE001 - counted as a failed request
+                    self.seen.append((time.monotonic(), 0, repr(exc), 0.0))
+                time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+
+
+def test_a_canary_deploy_on_a_swarm_sends_its_share_of_users_to_the_candidate_then_everyone(cluster, registry):
+    env = {**swarm_env(cluster, registry, "swc"), "COLORGATE_ANALYSIS_INTERVALS": "1", "COLORGATE_ANALYSIS_SECONDS": "3",
+           "COLORGATE_ANALYSIS_MIN_REQUESTS": "1"}
+    settings = config.load("development", environ={**os.environ, **env})
+    try:
+        assert invoke("up", "--version", "v1", env=env).returncode == 0
+        with NewUsers(settings, rate=20) as load:
+            deployed = invoke("deploy", "--version", "v2", "--canary", "50", env=env)
+            time.sleep(1)
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        last = edge.read_history(settings)[-1]
+        assert last["outcome"] == "switched" and [(s["percent"], s["verdict"]) for s in last["analysis"]["canary"]] == [(50, "passed")], last
+        assert not load.failed() and {s[2] for s in load.seen} == {"blue", "green"}, load.failed()[:5]
+        assert edge.read_active(settings).color == "green" and {s[2] for s in load.seen[-5:]} == {"green"}
+    finally:
+        invoke("down", "--volumes", env=env)
+
+
 ACME_DOMAIN = "colorgate-swarm.example"
 
 
