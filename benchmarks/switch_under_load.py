@@ -512,8 +512,8 @@ def measure(args, settings: config.Settings) -> dict:
     never_retry_failed = sum(runs[p].failed for p in ("switches", "gated", "rollback"))
     result = {
         "valid": True,
-        "config": {"app": str(settings.app.file), "target": f"swarm of {args.swarm} nodes, {args.replicas} tasks a colored service"
-                   if settings.swarm else "one engine", "paths": paths, "rps": args.rps, "retry_rps": args.retry_rps,
+        "config": {"app": str(settings.app.file), "swarm_nodes": args.swarm, "replicas": args.replicas if args.swarm else None,
+                   "paths": paths, "rps": args.rps, "retry_rps": args.retry_rps,
                    "switches": args.switches, "gated": args.gated, "baseline": args.baseline, "stream": args.stream or None,
                    "client_cpu": pin()[-1] if pin() else "any"},
         "switch": {**ms([x for x in switch if x is not None]), "never_answered": switch.count(None),
@@ -646,8 +646,9 @@ def report(result: dict) -> str:
                 f"(asked {n['asked_rps']}/s, p99 {n['p99_ms']} ms{late(n)}); retry-once: {r['failed']} failed of {r['requests']}, "
                 f"{r['retried_once']} retried")
 
+    on_swarm = result["config"]["swarm_nodes"]
     lines = [
-        f"target: {result['config']['target']}",
+        f"target: a Swarm of {on_swarm} nodes, {result['config']['replicas']} tasks a colored service" if on_swarm else "target: one engine",
         f"switch (no gates) x{s['n']}: first answer from the new color after median {s['median']} ms, max {s['max']} ms; "
         f"longest gap {s['longest_gap_ms']} ms",
         f"   {load(s)}",
@@ -657,7 +658,7 @@ def report(result: dict) -> str:
         f"rollback (no gates): {rb['inside_command_ms']} ms inside the command, first answer from the old color after "
         f"{rb['first_answer_ms']} ms",
         f"   {load(rb)}",
-        f"baseline ({'docker service update --force' if 'swarm' in result['config']['target'] else 'compose up --force-recreate'} "
+        f"baseline ({'docker service update --force' if on_swarm else 'compose up --force-recreate'} "
         f"of the live color) x{b['recreations']}: longest gap {b['longest_gap_ms']} ms",
         f"   {load(b)}",
     ]

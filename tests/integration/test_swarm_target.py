@@ -117,21 +117,29 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster,
 
 
 class Load:
-    """GET /status.txt through the edge at a steady rate, in a thread: what each got."""
+    """GET /status.txt through the edge at a steady rate, in a thread: what each got,
+    as (arrived, status, what `one` keeps of it, seconds)."""
 
     def __init__(self, settings, rate: float = 40):
         self.settings, self.rate, self.seen, self.stop = settings, rate, [], threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
+    def one(self, client, n: int):
+        """The n-th request: its response and what to keep of it (here: the color)."""
+        r = client.get("/status.txt")
+        return r, r.headers.get("x-colorgate-color", "")
+
     def run(self):
         with gates.edge_client(self.settings, tls.read_local_ca(self.settings)) as client:
+            n = 0
             while not self.stop.is_set():
                 started = time.monotonic()
                 try:
-                    r = client.get("/status.txt")
-                    self.seen.append((time.monotonic(), r.status_code, r.headers.get("x-colorgate-color", ""), r.elapsed.total_seconds()))
+                    r, kept = self.one(client, n)
+                    self.seen.append((time.monotonic(), r.status_code, kept, r.elapsed.total_seconds()))
                 except Exception as exc:  # noqa: BLE001 - counted as a failed request
                     self.seen.append((time.monotonic(), 0, repr(exc), 0.0))
+                n += 1
                 time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - started)))
 
     ok = 200
@@ -174,17 +182,9 @@ class NewUsers(Load):
     """GET /status.txt at a steady rate, each request from a user the edge has not seen
     (no canary cookie): a canary's share of them lands on the canary."""
 
-    def run(self):
-        with gates.edge_client(self.settings, tls.read_local_ca(self.settings)) as client:
-            while not self.stop.is_set():
-                started = time.monotonic()
-                client.cookies.clear()
-                try:
-                    r = client.get("/status.txt")
-                    self.seen.append((time.monotonic(), r.status_code, r.headers.get("x-colorgate-color", ""), r.elapsed.total_seconds()))
-                except Exception as exc:  # noqa: BLE001 - counted as a failed request
-                    self.seen.append((time.monotonic(), 0, repr(exc), 0.0))
-                time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+    def one(self, client, n: int):
+        client.cookies.clear()
+        return super().one(client, n)
 
 
 def test_a_canary_deploy_on_a_swarm_sends_its_share_of_users_to_the_candidate_then_everyone(cluster, registry):
@@ -256,19 +256,9 @@ class Writes(Load):
 
     ok = 201
 
-    def run(self):
-        with gates.edge_client(self.settings, tls.read_local_ca(self.settings)) as client:
-            n = 0
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    r = client.post("/api/notes", json={"body": f"swarm note {n}"})
-                    self.seen.append((time.monotonic(), r.status_code, r.json()["id"] if r.status_code == 201 else r.text[:100],
-                                      r.elapsed.total_seconds()))
-                except Exception as exc:  # noqa: BLE001 - counted as a failed request
-                    self.seen.append((time.monotonic(), 0, repr(exc), 0.0))
-                n += 1
-                time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+    def one(self, client, n: int):
+        r = client.post("/api/notes", json={"body": f"swarm note {n}"})
+        return r, r.json()["id"] if r.status_code == 201 else r.text[:100]
 
 
 def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when_a_worker_goes(cluster, db_registry):
