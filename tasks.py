@@ -148,7 +148,7 @@ def init(c, compose=".", output=None):
 def logs(c, service, profile=None, host=None, follow=False, tail=200):
     """Show container logs of SERVICE (e.g. api_blue: a colored service's copy), or of every service with `all`."""
     settings = _target(profile, host)
-    stack.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
+    views.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
 
 
 @task(help={"seconds": "how far back (default 300)", "profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
@@ -372,7 +372,6 @@ def db_migrate(c, profile=None, host=None, break_lock=False):
 def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
     """Move the app's database to a managed PostgreSQL and release the next color on it, gated."""
     settings = _target(profile, host)
-    _swarm.refuse(settings, "db.move")
     to = to or os.environ.get("COLORGATE_MOVE_TO", "")
     if not to:
         raise ColorgateError("db.move needs the target: --to URL, or COLORGATE_MOVE_TO in the environment (keeps the password off the command line)")
@@ -387,7 +386,6 @@ def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
 def db_retire_local(c, profile=None, host=None, yes=False):
     """After db.move: stop the stack's own PostgreSQL (volume kept), given a verified backup from after the move."""
     settings = _target(profile, host)
-    _swarm.refuse(settings, "db.retire-local")
     stopped = _move.retire_local(settings, yes=yes)
     print(f"retired: stopped {', '.join(stopped)} (the pgdata volume is kept)" if stopped else "nothing to do")
 

@@ -145,18 +145,22 @@ def relay_certificate(address: str, ca=None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def managed_postgres(settings: config.Settings, image: str):
-    """A PostgreSQL outside the stack, published on docker0, serving TLS with a
-    certificate from a CA of its own, as a provider's does: its URL names the CA file
-    (sslrootcert), so Colorgate verifies it (verify-full). It trusts the stand-in
-    public CA, as a provider's trusts the public ones. Removed afterwards."""
-    address, password = docker0(), secrets.token_urlsafe(16)
-    port = free_port_on(address)
+def managed_postgres(settings: config.Settings, image: str, network: str = ""):
+    """A PostgreSQL outside the stack, published on docker0 (or on `network`, at its own
+    address there), serving TLS with a certificate from a CA of its own, as a provider's
+    does: its URL names the CA file (sslrootcert), so Colorgate verifies it
+    (verify-full). It trusts the stand-in public CA, as a provider's trusts the public
+    ones. Removed afterwards."""
+    password = secrets.token_urlsafe(16)
     name = f"{settings.project}-managed-{secrets.token_hex(3)}"
     directory = Path(tempfile.mkdtemp(prefix="cg-managed-ca-"))
     try:  # a container that docker created but could not start is removed too
-        runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app",
-                    "-e", "POSTGRES_PASSWORD", "-p", f"{address}:{port}:5432", image], env={"POSTGRES_PASSWORD": password})
+        address = "" if network else docker0()
+        port = 5432 if network else free_port_on(address)
+        runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app", "-e", "POSTGRES_PASSWORD",
+                    *(["--network", network] if network else ["-p", f"{address}:{port}:5432"]), image], env={"POSTGRES_PASSWORD": password})
+        if network:
+            address = runner.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name]).stdout.strip()
         ca_path, ca_cert, ca_key = certificate_authority(directory)
         managed = Managed(f"postgresql://admin:{password}@{address}:{port}/app?sslrootcert={ca_path}", name, password)
         for _ in range(120):  # ready once the first start's initialization is over (TCP is off until then)

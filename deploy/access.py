@@ -34,18 +34,19 @@ def secret_files(settings: Settings, colors: dict[str, str], database: bool = Fa
     """What stage_secrets writes, volume -> file -> text: the database superuser's
     password (`database`: for the database and the one-off dbtools) and the dbtools'
     other passwords (`tools`: a managed database's, name -> password), each of
-    `colors`' database URL (color -> URL, when the app reads it from a file) and a
-    managed database's CA (a URL's sslrootcert, a file on this machine; one CA for
-    both colors). Holds secrets."""
+    `colors`' database URL (color -> URL, when the app reads it from a file; "": the
+    configured one) and a managed database's CA (a URL's sslrootcert, a file on this
+    machine; one CA for both colors). Holds secrets."""
     app = settings.app
     files: dict[str, dict[str, str]] = {}
     if database and app.postgres:
         files[render.secrets_volume()] = {contract.DB_PASSWORD_FILE: settings.postgres_password}
         files["secrets-tools"] = {contract.DB_PASSWORD_FILE: settings.postgres_password, **(tools or {})}
-    for color, url in colors.items():
+    urls = {color: url or settings.app_database_url() for color, url in colors.items()}
+    for color, url in urls.items():
         if app.database and app.database.file:
-            files[render.secrets_volume(color)] = {contract.DB_URL_FILE: client_url(url or settings.app_database_url())}
-    pems = {Path(root).read_text() for root in (tls_params(url)[1] for url in colors.values() if url) if root}
+            files[render.secrets_volume(color)] = {contract.DB_URL_FILE: client_url(url)}
+    pems = {Path(root).read_text() for root in (tls_params(url)[1] for url in urls.values()) if root}
     if len(pems) > 1:
         raise ConfigError("the two colors' database URLs name different CA files (sslrootcert): "
                           "use one CA file for the managed database")

@@ -342,8 +342,9 @@ def capability(name: str) -> str:
 
 
 def confinement(settings: Settings, services: list[str]) -> dict[str, Confinement]:
-    """Confinement of each running service in `services`. On a Swarm, as its service
-    says its tasks run (the user: its image's, unless the service sets one), and
+    """Confinement of each service in `services` that has a container (running or not:
+    db.move's workers are created only). On a Swarm, of each service (at 0 tasks too),
+    as it says its tasks run (the user: its image's, unless the service sets one), and
     no-new-privileges as the engines apply it: Swarm has none per service (API 1.41),
     so each node's engine sets it for every container (`dockerd --no-new-privileges`,
     as server.setup does), seen in the edge's task on the manager."""
@@ -351,7 +352,7 @@ def confinement(settings: Settings, services: list[str]) -> dict[str, Confinemen
     if settings.swarm:
         current, locked = swarm.services(settings), _no_new_privs(settings, container(settings, "edge"))
         for name in services:
-            spec = current[name].spec if name in current and current[name].state != "exited" else None
+            spec = current[name].spec if name in current else None  # at 0 tasks too, as a created container
             if spec is not None:
                 user = spec.get("User") or _image_user(settings, spec.get("Image") or "")
                 out[name] = Confinement(name, user, tuple(map(capability, spec.get("CapabilityAdd") or ())),

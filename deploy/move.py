@@ -200,7 +200,8 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     # would take jobs (from a shared queue) and write them to the old database, one of the
     # candidate to the replica (or the empty target); jobs wait in their queue meanwhile
     workers, held = settings.app.worker_services(plan.from_color), settings.app.worker_services(candidate)
-    touched = paused = False
+    touched = False
+    paused: dict[str, int] | None = None
     frozen_at = ""
     try:
         at(record, "images")
@@ -222,8 +223,8 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
         if workers:
             at(record, "pause_workers")
             with runner.step(f"pausing {plan.from_color}'s workers ({', '.join(workers)}): their jobs wait for {candidate}"):
-                stack.stop_color(settings, plan.from_color, versions, drain=False, services=workers)
-            paused = True
+                paused = stack.stop_color(settings, plan.from_color, versions, drain=False, services=workers, databases=databases)
+                paused = {name: paused.get(name, 0) for name in workers}  # (a Swarm's counts: they start with as many)
         frozen_at = now()  # from here on the local database takes no more writes
         if mode == "replicate":
             _replicate_frozen(settings, record, url, plan, versions, frozen_at)
@@ -240,9 +241,11 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
             _record_moved(settings, url, mode, plan, frozen_at)
         if live is None or live.color != candidate:
             stack.stop_color(settings, candidate, versions)
-            if paused:
-                runner.run(stack.compose_cmd(settings, "start", *workers), env=stack.compose_env(settings, versions),
-                           check=False, what=f"starting {plan.from_color}'s workers again")
+            if paused is not None:
+                try:
+                    stack.resume(settings, workers, versions, counts=paused, wait=False)
+                except ColorgateError as again:
+                    runner.say(f"!! {plan.from_color}'s workers did not start again ({again}): the next command starts them")
         if touched and isinstance(exc, ColorgateError):
             kind = GateFailed if isinstance(exc, GateFailed) else MoveError
             raise kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
@@ -254,11 +257,11 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
         relay.remove(settings)
     if held:
         with runner.step(f"starting {candidate}'s workers ({', '.join(held)})"):
-            runner.run(stack.compose_cmd(settings, "start", *held), env=stack.compose_env(settings, versions, databases),
-                       what="docker compose start")
-            stack.wait_ready(settings, held)
+            counts = {name: (paused or {}).get(settings.app.copy_name(settings.app.split_copy(name)[0], plan.from_color), 0)
+                      for name in held}
+            stack.resume(settings, held, versions, databases, counts)
     with runner.step(f"stopping {plan.from_color} ({plan.from_version}): it uses the old database"):
-        stack.stop_color(settings, plan.from_color, versions)
+        stack.stop_color(settings, plan.from_color, versions, databases=databases)
 
 
 def _record_moved(settings: Settings, url: str, mode: str, plan: release.Plan, frozen_at: str) -> None:
@@ -395,17 +398,27 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
     if settings.profile in ("staging", "production") and not yes:
         raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
     states = facts.service_states(settings)
-    stale = [name for color in COLORS for name in settings.app.color_services(color)
-             if facts.color_database(settings, states, color) == "local" and name in states]
+    stale = [color for color in COLORS if facts.color_database(settings, states, color) == "local"]
     service = settings.app.database.service
-    stopped = [*stale, service]
+    stopped = [*(name for color in stale for name in settings.app.color_services(color) if name in states), service]
     with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
-        if stale:
-            runner.run(stack.compose_cmd(settings, "stop", *stale), env=stack.compose_env(settings, {}), what="docker compose stop")
-        runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
-                   what="removing the local PostgreSQL container")
+        _stop_local(settings, stale, service)
     edge.write_database_record(settings, {**record, "retired": now(), "retired_backup": fresh[-1]["manifest"]["name"]})
     return stopped
+
+
+def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
+    """Stop the services of `stale` colors (their containers kept) and the shared
+    `service` (db.retire-local: the database, its volume kept): on a Swarm at 0 tasks,
+    which later commands keep (swarm.replicas_for)."""
+    if settings.swarm:
+        copies = {name: 0 for color in stale for name in settings.app.color_services(color)}
+        return stack.swarm_apply(settings, stack.compose_env(settings, {}), replicas={**copies, service: 0})
+    names = [name for color in stale for name in settings.app.color_services(color)]
+    if names:
+        runner.run(stack.compose_cmd(settings, "stop", *names), env=stack.compose_env(settings, {}), what="docker compose stop")
+    runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
+               what="removing the local PostgreSQL container")
 
 
 def unfreeze(settings: Settings) -> bool:

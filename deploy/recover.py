@@ -34,9 +34,6 @@ from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.history import now
 
-RELAY = relay.SERVICE
-
-
 def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
               frozen: bool, record: dict, dead: dict | None = None, canary_left: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
     """Repair what a dead run left (see the module), from what the lock's exec read
@@ -57,10 +54,11 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
         runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")
     pg = settings.app.postgres
     local = bool(pg and pg.service in states and states[pg.service].state == "running")
-    if RELAY in states:  # first: a subscriber still running cannot come back to its slot
+    relay_left = relay.left(settings, states)
+    if relay_left:  # first: a subscriber still running cannot come back to its slot
         relay.remove(settings)
         runner.say("!! a db.move that died left its replication relay: removed")
-    if (RELAY in states or thorough) and local and not record.get("retired"):
+    if (relay_left or thorough) and local and not record.get("retired"):
         found = relay.drop(settings)
         if found:
             runner.say(f"!! a db.move that died left its {', '.join(found)} ({relay.ROLE}) on the local database: dropped")
@@ -69,8 +67,7 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
         stopped = [name for name in settings.app.worker_services(active.color)
                    if name in states and states[name].state in ("created", "exited")]
         if stopped:
-            runner.run(stack.compose_cmd(settings, "start", *stopped), env=stack.compose_env(settings, facts.running_versions(states)),
-                       what=f"starting {active.color}'s workers")
+            stack.resume(settings, stopped, facts.running_versions(states), wait=False)
             runner.say(f"!! {active.color} is live but its workers ({', '.join(stopped)}) were not running (a db.move died): started")
             states = facts.service_states(settings)
     return states, record

@@ -336,11 +336,24 @@ def remove(settings: Settings, network: str = "host") -> None:
                env=stack.compose_env(settings, {}), check=False, what="removing the replication relay")
 
 
+def container(settings: Settings) -> str:
+    """The relay's container: compose's, on a Swarm too (a one-off container on the
+    manager, beside the database, on the stack's overlay network; not a service)."""
+    return f"{settings.project}-{SERVICE}-1"
+
+
+def left(settings: Settings, states: dict) -> bool:
+    """Whether a relay exists (facts.service_states lists it on one host only)."""
+    if not settings.swarm:
+        return SERVICE in states
+    return bool(runner.engine(settings.docker_host, "containers", all=True, filters={"name": f"^/?{container(settings)}$"}))
+
+
 def addresses(settings: Settings) -> list[str]:
     """The relay's addresses on the networks it shares with the database: where
     PostgreSQL sees its connections come from."""
     pg = settings.app.postgres
-    names = [container_of(settings, SERVICE), container_of(settings, pg.service)]
+    names = [container(settings), container_of(settings, pg.service)]
     relay_nets, db_nets = (((inspect_container(settings, n).get("NetworkSettings") or {}).get("Networks") or {}) for n in names)
     return sorted({net["IPAddress"] for name, net in relay_nets.items() if name in db_nets and net.get("IPAddress")})
 

@@ -392,10 +392,8 @@ def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], da
     with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
         grace = stack.drain_color(settings, candidate)  # streams from its last time live end within the bound
         access.prepare_clients(settings, candidate, (databases or {}).get(candidate) or settings.app_database_url())
-        for names, created_only in ((started, False), (held, True)):
-            if names:
-                stack.start(settings, names, stack.compose_env(settings, versions, databases), candidate, recreate=True,
-                            grace=grace, created_only=created_only)
+        stack.start(settings, started, stack.compose_env(settings, versions, databases), candidate, recreate=True,
+                    grace=grace, held=held, databases=databases)
         if wait:
             wait_candidate(settings, plan, services=started)
 

@@ -253,6 +253,7 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
     service of `copies[copy]` tasks, else `replicas[name]` (default: the contract's, else 1) reached by name (dnsrr: a name resolves
     to its tasks' addresses, which the edge resolves per request; Swarm's virtual IPs
     need IPVS), shared services and the edge on the manager (their volumes are there;
+    one task each, or `copies[name]`: 0 for a database db.retire-local retired;
     the edge publishes its ports in host mode there), overlay networks that one-off
     containers may join. Colorgate's tools (profiles) are not services. A volume of
     secret files (access.secret_files) named in `secrets` (volume -> file -> the Swarm
@@ -270,7 +271,7 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
         if copy_of:
             deploy["replicas"] = (copies or {}).get(name, (replicas if replicas is not None else app.replicas).get(copy_of[0], 1))
         else:
-            deploy.update(replicas=1, placement={"constraints": [f"node.id == {node}" if node else "node.role == manager"]})
+            deploy.update(replicas=(copies or {}).get(name, 1), placement={"constraints": [f"node.id == {node}" if node else "node.role == manager"]})
         if svc.get("ports"):
             svc["ports"] = _host_ports(svc["ports"])
         if svc.get("tmpfs"):  # a service's tmpfs key is not applied by Swarm: as mounts

@@ -7,7 +7,6 @@ deploy.runner; what runs on the target is read by deploy.facts.
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Callable
 
@@ -303,15 +302,18 @@ def up(settings: Settings, version: str | None = None,
 
 
 def start(settings: Settings, names: list[str], env: dict[str, str], color: str | None = None,
-          recreate: bool = False, grace: int = 10, created_only: bool = False) -> None:
+          recreate: bool = False, grace: int = 10, held: list[str] | None = None,
+          databases: dict[str, str] | None = None) -> None:
     """`docker compose up` of `names` (`recreate`: anew, the old ones given `grace`
-    seconds; `created_only`: created, not started). On a Swarm the whole stack is
-    applied, with `color` running beside the colors that run (swarm.apply)."""
+    seconds), and of `held` created but not started (db.move's workers). On a Swarm the
+    whole stack is applied, with `color` running beside the colors that run and `held`
+    at 0 tasks (swarm.apply); `databases` as compose_env's, for the secret files."""
     if settings.swarm:
-        return swarm_apply(settings, env, start=color or "")
-    how = ["--no-start"] if created_only else ["--detach"]
+        return swarm_apply(settings, env, start=color or "", replicas={name: 0 for name in held or []}, databases=databases)
     again = ["--force-recreate", "--timeout", str(grace)] if recreate else []
-    runner.run(compose_cmd(settings, "up", *how, "--no-build", *again, *names), env=env, what="docker compose up")
+    for group, how in ((names, "--detach"), (held or [], "--no-start")):
+        if group:
+            runner.run(compose_cmd(settings, "up", how, "--no-build", *again, *group), env=env, what="docker compose up")
 
 
 def down(settings: Settings, volumes: bool = False) -> None:
@@ -357,18 +359,42 @@ def migrate(settings: Settings, color: str, versions: dict[str, str], databases:
 
 
 def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: bool = True,
-               services: list[str] | None = None) -> None:
+               services: list[str] | None = None, databases: dict[str, str] | None = None) -> dict[str, int]:
     """Stop a color's containers (or those of `services`), kept with their logs for
     diagnosis. With `drain`, first wait until the edge has no request in flight to it,
     and give its containers what is left of COLORGATE_DRAIN_SECONDS to stop: a stream
-    still open is closed within the bound."""
+    still open is closed within the bound. On a Swarm, their services at 0 tasks (a
+    color's own or, of `services`, theirs: the rest keeps running), waiting until their
+    tasks have stopped; returns how many each of `services` had there (for `resume`)."""
     names = settings.app.color_services(color) if services is None else services
     if not names:
-        return
-    grace = ["--timeout", str(drain_color(settings, color))] if drain else []
-    if settings.swarm:  # the color's services at 0 replicas (all of them: a Swarm stops no single task)
-        return swarm_apply(settings, compose_env(settings, versions), stop=color)
+        return {}
+    drain_seconds = drain_color(settings, color) if drain else 0
+    grace = ["--timeout", str(drain_seconds)] if drain else []
+    if settings.swarm:
+        had = {name: s.replicas for name, s in swarm.services(settings).items() if name in names}
+        swarm_apply(settings, compose_env(settings, versions, databases), stop=color if services is None else "",
+                    replicas=None if services is None else {name: 0 for name in names}, databases=databases)
+        swarm.wait_stopped(settings, names, 30 + drain_seconds, strict=services is not None)
+        return had
     runner.run(compose_cmd(settings, "stop", *grace, *names), env=compose_env(settings, versions), check=False)
+    return {}
+
+
+def resume(settings: Settings, names: list[str], versions: dict[str, str], databases: dict[str, str] | None = None,
+           counts: dict[str, int] | None = None, wait: bool = True) -> None:
+    """Start again the stopped services `names` of a running color (db.move's workers):
+    on a Swarm with `counts` tasks each, else as a copy that starts (swarm.resumed_count).
+    With `wait`, until they run."""
+    env = compose_env(settings, versions, databases)
+    if settings.swarm:
+        current = swarm.services(settings)
+        swarm_apply(settings, env, databases=databases,
+                    replicas={name: (counts or {}).get(name) or swarm.resumed_count(settings, current, name) for name in names})
+    else:
+        runner.run(compose_cmd(settings, "start", *names), env=env, what="docker compose start")
+    if wait:
+        wait_ready(settings, names)
 
 
 def drain_color(settings: Settings, color: str) -> int:
@@ -381,25 +407,6 @@ def drain_color(settings: Settings, color: str) -> int:
         runner.say(f"-- {left} request(s) to {color} still open at the drain bound "
                    f"({settings.drain_seconds} s, COLORGATE_DRAIN_SECONDS): closing them")
     return max(1, round(settings.drain_seconds - (time.monotonic() - started)))
-
-
-def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:
-    known = [*infra_services(settings), *(name for color in COLORS for name in settings.app.color_services(color))]
-    if service is not None and service not in known:
-        raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
-    if settings.swarm:  # one `docker service logs` a service: in turn, or side by side when they follow
-        runs = [threading.Thread(target=runner.run, args=(swarm.logs_cmd(settings, name, follow, tail),), daemon=True,
-                                 kwargs={"env": settings.docker_env(), "capture": False, "check": False})
-                for name in ([service] if service else known)]
-        for run in runs:
-            run.start()
-            if not follow:
-                run.join()
-        for run in runs:
-            run.join()
-        return
-    args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
-    runner.run(compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")
 
 
 def scale(settings: Settings, service: str, count: int) -> str:
@@ -423,8 +430,10 @@ def scale(settings: Settings, service: str, count: int) -> str:
     return copy
 
 
-def swarm_apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = "", replicas: dict[str, int] | None = None) -> None:
+def swarm_apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = "", replicas: dict[str, int] | None = None,
+                databases: dict[str, str] | None = None) -> None:
     """swarm.apply with the stack's secret files (the database's password, each color's
-    database URL) as Swarm secrets: a volume holds them on one node only."""
-    files = access.secret_files(settings, {c: "" for c in COLORS}, database=True)
+    database URL: the configured one unless `databases` names another, as compose_env)
+    as Swarm secrets: a volume holds them on one node only."""
+    files = access.secret_files(settings, {c: (databases or {}).get(c, "") for c in COLORS}, database=True)
     swarm.apply(settings, env, start, stop, replicas, {v: f for v, f in files.items() if v != "secrets-tools"})

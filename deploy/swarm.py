@@ -32,21 +32,12 @@ from deploy.errors import ColorgateError, CommandError, StackError
 STACK_LABEL = "com.docker.stack.namespace"
 SERVICE_LABEL = "com.docker.swarm.service.name"
 FAILED = ("failed", "rejected", "orphaned")
+ALIVE = ("assigned", "accepted", "preparing", "ready", "starting", "running")  # a task whose container may run
 
 
 def service_name(settings: Settings, service: str) -> str:
     """The Swarm service of a compose service: `<project>_<service>`."""
     return f"{settings.project}_{service}"
-
-
-NOT_YET = ("db.move", "db.retire-local")
-
-
-def refuse(settings: Settings, command: str) -> None:
-    """What the Swarm target does not run yet, refused in one line before anything changes."""
-    if settings.swarm and command in NOT_YET:
-        raise ColorgateError(f"`invoke {command}` does not run on a Swarm yet (COLORGATE_TARGET=swarm): "
-                             "run it on a one-host stack, or see README \"More than one host\"")
 
 
 def nodes(settings: Settings) -> list[dict]:
@@ -126,6 +117,7 @@ class Service:
     error: str  # the latest failed task's error, "" when none
     addresses: dict[str, str]  # task address -> node id, of the tasks running the current spec
     spec: dict = field(default_factory=dict, repr=False)  # its tasks' container spec
+    alive: int = 0  # tasks whose container may still run, of any spec, told to stop or not
 
     @property
     def state(self) -> str:
@@ -145,9 +137,10 @@ def parse_service(project: str, service: dict, tasks: list[dict]) -> Service:
     current = _spec_key(container)
     mode = spec.get("Mode") or {}
     replicas = int(((mode.get("Replicated") or {}).get("Replicas")) or 0) if "Replicated" in mode else len(tasks)
-    running, error, addresses = 0, "", {}
+    running, error, addresses, alive = 0, "", {}, 0
     for task in sorted(tasks, key=lambda t: t.get("UpdatedAt") or ""):
         status = task.get("Status") or {}
+        alive += status.get("State") in ALIVE
         mine = _spec_key(((task.get("Spec") or {}).get("ContainerSpec")) or {}) == current
         if status.get("State") in FAILED and mine:
             error = status.get("Err") or status.get("Message") or status.get("State")
@@ -161,7 +154,7 @@ def parse_service(project: str, service: dict, tasks: list[dict]) -> Service:
     env = dict(e.split("=", 1) for e in container.get("Env") or [] if "=" in e)
     return Service(spec.get("Name", "").removeprefix(f"{project}_"), replicas, running,
                    (container.get("Image") or "").split("@", 1)[0], env, container.get("Labels") or {}, sorted(ports),
-                   error, addresses, container)
+                   error, addresses, container, alive)
 
 
 def services(settings: Settings) -> dict[str, Service]:
@@ -193,25 +186,48 @@ def task_container(settings: Settings, service: str) -> str:
 # --- changing the Swarm ----------------------------------------------------------------
 
 
-def replicas_for(settings: Settings, current: dict[str, Service], running: set[str]) -> dict[str, int]:
-    """Replicas of every colored copy (pure): 0 for a color not in `running`; a copy
-    that runs keeps its count; one that starts gets its other color's count when that
-    runs, else the contract's."""
+def replicas_for(settings: Settings, current: dict[str, Service], running: set[str], start: str = "") -> dict[str, int]:
+    """Replicas of every service (pure). A colored copy: 0 for a color not in `running`;
+    one that runs keeps its count; one at 0 in a color that ran already stays at 0
+    (paused: db.move's workers), unless its color is `start`ed; one that starts gets its
+    other color's count when that runs, else the contract's. A shared service runs
+    one task, or none when it is at 0 (the database db.retire-local retired)."""
     app = settings.app
-    out = {}
+    ran = running_colors(settings, current)
+    out = {name: 0 for name, service in current.items() if not app.split_copy(name) and service.replicas == 0}
     for color in COLORS:
         for name in app.colored:
             copy = app.copy_name(name, color)
-            if color not in running:
+            mine = current.get(copy)
+            if color not in running or (mine and not mine.replicas and color in ran and color != start):
                 out[copy] = 0
-                continue
-            mine, theirs = current.get(copy), current.get(app.copy_name(name, other(color)))
-            if mine and mine.replicas:
+            elif mine and mine.replicas:
                 out[copy] = mine.replicas
-            elif theirs and theirs.replicas:
-                out[copy] = theirs.replicas
             else:
-                out[copy] = app.replicas.get(name, 1)
+                out[copy] = resumed_count(settings, current, copy)
+    return out
+
+
+def resumed_count(settings: Settings, current: dict[str, Service], copy: str) -> int:
+    """Tasks for a colored copy that starts (pure): its other color's count when that
+    runs, else the contract's."""
+    name, color = settings.app.split_copy(copy)
+    theirs = current.get(settings.app.copy_name(name, other(color)))
+    return theirs.replicas if theirs and theirs.replicas else settings.app.replicas.get(name, 1)
+
+
+def database_changes(settings: Settings, current: dict[str, Service], env: dict[str, str], colors: set[str]) -> list[str]:
+    """The running `colors` whose database clients `env` would point at another
+    database than the one they use (pure): a Swarm would roll them over to it."""
+    out = []
+    for color in sorted(colors):
+        for name in settings.app.colored:
+            found = current.get(settings.app.copy_name(name, color))
+            had = found.labels.get("org.colorgate.database") if found and found.replicas else None
+            new = env.get(render.database_label_var(color)) or "local"
+            if had and had != new:
+                out.append(f"{color} uses {had}, not {new}")
+                break
     return out
 
 
@@ -272,8 +288,13 @@ def apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = 
     at 0 replicas), with the versions and values of `env` (stack.compose_env) and the
     secret `files` as Swarm secrets; `replicas` overrides copies' counts."""
     current = services(settings)
-    running = (running_colors(settings, current) | ({start} if start else set())) - {stop}
-    counts = {**replicas_for(settings, current, running), **(replicas or {})}
+    before = running_colors(settings, current)
+    running = (before | ({start} if start else set())) - {stop}
+    moved = database_changes(settings, current, env, before - {start, stop})
+    if moved:  # its tasks would be replaced by ones writing elsewhere: the data split between two databases
+        raise StackError(f"this command would point a running color at another database ({'; '.join(moved)}): "
+                         "set DATABASE_URL to the database it uses (`invoke status` shows it)")
+    counts = {**replicas_for(settings, current, running, start), **(replicas or {})}
     secrets = ensure_secrets(settings, files or {})
     text = stack_file(settings, env, counts, secrets)
     if settings.image_source == "registry":
@@ -308,6 +329,24 @@ def wait_converged(settings: Settings, names: list[str], timeout: float) -> dict
                              f"see `invoke logs SERVICE`")
         time.sleep(delay)
         delay = min(delay * 1.5, 2)
+
+
+def wait_stopped(settings: Settings, names: list[str], timeout: float, strict: bool) -> None:
+    """Until no task of `names` runs any longer (a service at 0 tasks stops them after
+    `stack deploy` returned). At the bound, those still running are said, or (`strict`:
+    db.move's workers, which could take a job to the old database) refused."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = services(settings)
+        left = [n for n in names if n in current and current[n].alive]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            if strict:
+                raise StackError(f"{', '.join(left)} still running {timeout:.0f} s after being stopped: see `invoke logs SERVICE`")
+            runner.say(f"-- {', '.join(left)} still running {timeout:.0f} s after being stopped: the Swarm stops them")
+            return
+        time.sleep(0.25)
 
 
 def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> None:

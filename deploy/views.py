@@ -3,11 +3,13 @@ Each reads through facts (the services) and edge (its state files) and only form
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from deploy import edge, facts, history, traffic
+from deploy import edge, facts, history, runner, stack, swarm, traffic
+from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import ColorgateError
 
@@ -143,3 +145,22 @@ def format_release(r: dict, here: Path | None = None) -> str:
         there = (here / path if here and not path.is_absolute() else path).is_file()
         lines.append(f"  report: {r['report']}" + ("" if there else " (not on this machine: it is written where the release ran)"))
     return "\n".join(lines)
+
+
+def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:
+    known = [*stack.infra_services(settings), *(name for color in COLORS for name in settings.app.color_services(color))]
+    if service is not None and service not in known:
+        raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
+    if settings.swarm:  # one `docker service logs` a service: in turn, or side by side when they follow
+        runs = [threading.Thread(target=runner.run, args=(swarm.logs_cmd(settings, name, follow, tail),), daemon=True,
+                                 kwargs={"env": settings.docker_env(), "capture": False, "check": False})
+                for name in ([service] if service else known)]
+        for run in runs:
+            run.start()
+            if not follow:
+                run.join()
+        for run in runs:
+            run.join()
+        return
+    args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
+    runner.run(stack.compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")

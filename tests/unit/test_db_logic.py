@@ -1,5 +1,6 @@
 """Backup facts and the verify table, on captured psql output (no Docker)."""
 
+import dataclasses
 from datetime import datetime, timezone
 
 import pytest
@@ -108,3 +109,7 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     other.write_text("-----BEGIN CERTIFICATE-----\nY\n-----END CERTIFICATE-----\n")
     with pytest.raises(ConfigError, match="different CA files"):
         access.secret_files(s, {"blue": managed, "green": managed.replace(str(ca), str(other))})
+    # "" is the configured URL, with its CA: after db.move, a color started with DATABASE_URL set gets both
+    moved = dataclasses.replace(s, database_url=managed)
+    files = access.secret_files(moved, {"blue": "", "green": ""})
+    assert files["dbca"] == {"root.crt": ca.read_text()} and files["secrets-green"]["database_url"] == keys.client_url(managed)

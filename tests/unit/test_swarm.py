@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from deploy import config, swarm
+from deploy import config, render, swarm
 from deploy.errors import ColorgateError
 
 
@@ -42,6 +42,10 @@ def test_a_service_runs_once_all_its_replicas_run_its_current_spec():
     assert swarm.parse_service("shop", SERVICE, failing).error == "task: non-zero exit (1)"
     stopped = {**SERVICE, "Spec": {**SERVICE["Spec"], "Mode": {"Replicated": {"Replicas": 0}}}}
     assert swarm.parse_service("shop", stopped, []).state == "exited"  # 0 replicas: stopped, its version kept
+    # told to stop, a task runs on until its container has: stopping waits for that
+    stopping = swarm.parse_service("shop", stopped, [task("running", desired="shutdown"), task("complete", desired="shutdown")])
+    assert (stopping.state, stopping.alive) == ("exited", 1)
+    assert swarm.parse_service("shop", SERVICE, mixed).alive == 3
 
 
 def test_a_starting_color_gets_as_many_tasks_as_the_other_runs_else_the_contracts():
@@ -56,19 +60,51 @@ def test_a_starting_color_gets_as_many_tasks_as_the_other_runs_else_the_contract
     assert swarm.running_colors(s, {"site_blue": dataclasses.replace(blank, replicas=0)}) == set() == swarm.running_colors(s, {})
 
 
-def test_a_multi_node_swarm_without_a_registry_and_what_does_not_run_there_yet_are_refused():
+def test_a_multi_node_swarm_without_a_registry_is_refused():
     with pytest.raises(ColorgateError, match=r"^this Swarm has 3 nodes, which pull their images from a registry: set COLORGATE_REGISTRY"):
         swarm.check_images_reachable(settings(), 3)
     swarm.check_images_reachable(settings(), 1)  # one node: its own engine's images will do
     swarm.check_images_reachable(settings(COLORGATE_REGISTRY="reg.example/acme"), 3)
-    for command in ("db.move", "db.retire-local"):
-        with pytest.raises(ColorgateError, match=rf"^`invoke {command}` does not run on a Swarm yet \(COLORGATE_TARGET=swarm\)"):
-            swarm.refuse(settings(), command)
-        swarm.refuse(settings(COLORGATE_TARGET="compose"), command)
-    swarm.refuse(settings(), "db.backup")
-    swarm.refuse(settings(), "tls.init")  # certbot runs as a one-off on the manager, with the edge's volumes
     with pytest.raises(config.ConfigError, match=r"^COLORGATE_TARGET 'k8s' in the environment should be compose or swarm$"):
         settings(COLORGATE_TARGET="k8s")
+
+
+def jobs(**env):
+    return settings(COLORGATE_APP="examples/web-worker-redis", **env)
+
+
+def service(name: str, replicas: int, database: str = "") -> swarm.Service:
+    return swarm.Service(name, replicas, replicas, "", {}, {"org.colorgate.database": database} if database else {}, [], "", {})
+
+
+def test_a_paused_copy_and_a_retired_database_stay_at_no_tasks_until_a_command_says_otherwise():
+    s = jobs()
+    # db.move paused blue's worker (2 tasks before) and started green with its worker held
+    current = {"web_blue": service("web_blue", 3), "worker_blue": service("worker_blue", 0), "db": service("db", 1),
+               "web_green": service("web_green", 3), "worker_green": service("worker_green", 0)}
+    assert swarm.replicas_for(s, current, {"blue", "green"}) == {"web_blue": 3, "worker_blue": 0, "web_green": 3, "worker_green": 0}
+    # a color that starts again gets every copy going
+    stopped = {**current, "web_green": service("web_green", 0)}
+    assert swarm.replicas_for(s, stopped, {"blue", "green"}, start="green") == {"web_blue": 3, "worker_blue": 0, "web_green": 3,
+                                                                                "worker_green": 1}
+    assert swarm.resumed_count(s, current, "worker_green") == 1  # its other color paused too: the contract's
+    assert swarm.resumed_count(s, {**current, "worker_blue": service("worker_blue", 2)}, "worker_green") == 2
+    # the database db.retire-local retired stays at 0; the others run their one task
+    retired = {**current, "db": service("db", 0), "cache": service("cache", 1)}
+    assert swarm.replicas_for(s, retired, {"green"}) == {"db": 0, "web_blue": 0, "worker_blue": 0, "web_green": 3, "worker_green": 0}
+
+
+def test_a_command_that_would_point_a_running_color_at_another_database_is_found():
+    s = jobs()
+    current = {"web_blue": service("web_blue", 3, "local"), "web_green": service("web_green", 2, "postgresql://admin@10.0.0.9:5432/app"),
+               "worker_green": service("worker_green", 1, "postgresql://admin@10.0.0.9:5432/app"), "web_old": service("x", 0, "local")}
+    env = {render.database_label_var("blue"): "local", render.database_label_var("green"): "local"}
+    assert swarm.database_changes(s, current, env, {"blue", "green"}) == ["green uses postgresql://admin@10.0.0.9:5432/app, not local"]
+    assert swarm.database_changes(s, current, env, {"blue"}) == []  # green is being stopped or started anew
+    moved = {**env, render.database_label_var("green"): "postgresql://admin@10.0.0.9:5432/app"}
+    assert swarm.database_changes(s, current, moved, {"blue", "green"}) == []
+    # a stopped copy's label does not count: it starts with what the command gives it
+    assert swarm.database_changes(s, {"web_green": service("web_green", 0, "local")}, moved, {"green"}) == []
 
 
 def test_the_stack_deploy_resolves_registry_images_to_digests_and_reads_the_stack_on_stdin():
