@@ -311,16 +311,28 @@ def running_colors(settings: Settings, current: dict[str, Service]) -> set[str]:
                                      if (copy := settings.app.copy_name(n, c)) in current)}
 
 
+def lost_nodes(before: dict[str, str], found: list[dict]) -> list[str]:
+    """The nodes of `before` (node_addresses) that are not ready in `found` (pure)."""
+    return sorted(set(before) - set(node_addresses(found)))
+
+
 def wait_converged(settings: Settings, names: list[str], timeout: float) -> dict[str, Service]:
     """Until every service in `names` runs all its replicas on its current spec; a task
-    that failed is said with its error when the wait ends."""
+    that failed is said with its error when the wait ends. A node that goes down
+    meanwhile ends the wait at once: the Swarm places its tasks again only once it has
+    declared it down, and then maybe not within the bound (seen: over 120 s)."""
     deadline = time.monotonic() + timeout
     delay = 0.25
+    ready = node_addresses(nodes(settings))
     while True:
         current = services(settings)
         pending = [n for n in names if n not in current or current[n].state != "running"]
         if not pending:
             return current
+        gone = lost_nodes(ready, nodes(settings))
+        if gone:
+            raise StackError(f"node {', '.join(gone)} went down while the Swarm started {', '.join(pending)}: run the command "
+                             "again once `docker node ls` shows it Down (the Swarm then places its tasks on the nodes left) or back")
         if time.monotonic() > deadline:
             detail = "; ".join(f"{n}: {current[n].running}/{current[n].replicas} running"
                                + (f", last failure: {current[n].error}" if current[n].error else "") if n in current else f"{n}: absent"

@@ -24,11 +24,19 @@ from tests.certs import make_ca, make_leaf
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
 
+# The longest modules (a Swarm of engines each) first: `-n 2 --dist loadfile` hands modules
+# out in this order, so the others fill the second process meanwhile instead of leaving
+# one running alone at the end.
+LONGEST = ("test_swarm_target.py", "test_swarm_move.py")
+
+
 def pytest_collection_modifyitems(items):
     here = Path(__file__).parent
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.integration)
+    rank = {name: n for n, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(Path(item.fspath).name, len(LONGEST)))  # stable: in-module order kept
 
 
 def free_port() -> int:

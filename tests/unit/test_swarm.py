@@ -163,3 +163,16 @@ def test_a_service_is_spread_when_its_tasks_sit_on_as_many_nodes_as_can_take_the
              {"Status": {"State": "ready"}, "Spec": {"Availability": "drain"}},
              {"Status": {"State": "down"}, "Spec": {"Availability": "active"}}, {"Status": {"State": "ready"}}]
     assert swarm.active_nodes(nodes) == 2
+
+
+def node(name: str, state: str = "ready", address: str = "10.0.0.2", availability: str = "active") -> dict:
+    return {"ID": name, "Description": {"Hostname": name}, "Status": {"State": state, "Addr": address}, "Spec": {"Availability": availability}}
+
+
+def test_a_node_that_went_down_during_a_wait_is_named():
+    before = swarm.node_addresses([node("node1"), node("node2", address="10.0.0.3")])
+    assert swarm.lost_nodes(before, [node("node1"), node("node2", address="10.0.0.3")]) == []
+    assert swarm.lost_nodes(before, [node("node1"), node("node2", state="down", address="10.0.0.3")]) == ["node2"]
+    assert swarm.lost_nodes(before, [node("node1")]) == ["node2"]  # removed from the Swarm
+    # drained, a node is still up (its tasks move on purpose); one that joins during the wait is no loss
+    assert swarm.lost_nodes(before, [node("node1"), node("node2", availability="drain"), node("node3")]) == []
