@@ -56,6 +56,7 @@ class Cluster:
     address: str = ""  # the manager's, on the cluster's network
     registry: str = ""  # 127.0.0.1:PORT, the same for this machine and every node (with `registry`)
     gateway: str = ""  # this machine's address on the cluster's network
+    socket: str = ""  # the manager's engine on this machine's filesystem (with `socket_dir`)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)  # ends the forwarders
 
     @property
@@ -169,9 +170,10 @@ def _engine_up(node: str) -> bool:
 
 
 @contextlib.contextmanager
-def swarm(settings: Settings, size: int = 2, registry: bool = False) -> Iterator[Cluster]:
+def swarm(settings: Settings, size: int = 2, registry: bool = False, socket_dir: str = "") -> Iterator[Cluster]:
     """`size` engines in a Swarm (the first manages it), with a registry they all pull
-    from when asked, removed afterwards."""
+    from when asked, removed afterwards. With `socket_dir`, the manager's engine also
+    listens on the socket `socket_dir`/docker.sock of this machine (for an sshd in front)."""
     images.build_bases(settings, [ENGINE])
     run_id = f"cgswarm{secrets.token_hex(3)}"
     cluster = Cluster(f"{run_id}-net", [f"{run_id}-node{n}" for n in range(1, size + 1)])
@@ -182,10 +184,12 @@ def swarm(settings: Settings, size: int = 2, registry: bool = False) -> Iterator
                         "--label", f"org.colorgate.swarm={run_id}", *(f"--cap-add={cap}" for cap in CAPS),
                         "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
                         "-v", "/sys/fs/cgroup:/sys/fs/cgroup", "--tmpfs", "/var/lib/docker:exec", "--tmpfs", "/run",
+                        *(["-v", f"{socket_dir}:/run/outside"] if n == 1 and socket_dir else []),
                         "-e", f"DAEMON_JSON={node_daemon_json()}", ENGINE.tag(settings.debian_mirror), "sh", "-c",
                         'mkdir -p /etc/docker && printf "%s\\n" "$DAEMON_JSON" > /etc/docker/daemon.json && exec dockerd "$@"',
                         "dockerd", "--host", "unix:///var/run/docker.sock",
-                        *(["--host", f"tcp://0.0.0.0:{ENGINE_PORT}"] if n == 1 else []), "--storage-driver", "overlay2"])
+                        *(["--host", f"tcp://0.0.0.0:{ENGINE_PORT}"] if n == 1 else []),
+                        *(["--host", "unix:///run/outside/docker.sock"] if n == 1 and socket_dir else []), "--storage-driver", "overlay2"])
         deadline = time.monotonic() + 60
         while not all(_engine_up(node) for node in cluster.nodes):
             if time.monotonic() > deadline:
@@ -195,6 +199,7 @@ def swarm(settings: Settings, size: int = 2, registry: bool = False) -> Iterator
         address = runner.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
                               cluster.nodes[0]]).stdout.strip()
         cluster.address = address
+        cluster.socket = f"{socket_dir}/docker.sock" if socket_dir else ""
         cluster.gateway = runner.run(["docker", "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
                                       cluster.network]).stdout.strip()
         cluster.manager("swarm", "init", "--advertise-addr", address)

@@ -3,7 +3,8 @@ web service and a worker in two colors, Redis and PostgreSQL shared, on the mana
 a test Swarm of two engines that pull from a registry. The managed database is a
 PostgreSQL on the cluster's network, reached by URL. The replication relay is a
 one-off container on the manager, beside the database, published on the manager's
-address; the workers pause and start again as services at 0 tasks and back."""
+address; the workers pause and start again as services at 0 tasks and back. The dump
+move reaches the manager over SSH."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import tenacity
 
 from benchmarks.db_move import managed_postgres
+from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
 from deploy import config, edge, facts, gates, images, keys, relay, swarm as swarm_target, tls
 
 from .conftest import invoke, isolated_env
@@ -26,9 +28,9 @@ JOBS = {"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-re
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     settings = config.load("development", environ=dict(os.environ))
-    with swarm(settings, size=2, registry=True) as made:
+    with swarm(settings, size=2, registry=True, socket_dir=str(tmp_path_factory.mktemp("manager"))) as made:
         yield made
 
 
@@ -128,24 +130,31 @@ def test_the_jobs_app_moves_to_a_managed_database_and_retires_its_own_on_a_swarm
 
 
 
-def test_a_dump_move_on_a_swarm_starts_the_candidate_on_the_restored_database(cluster, pushed):
-    """--mode dump: the candidate's tasks start on the empty target and are ready only
+def test_a_dump_move_on_a_swarm_over_ssh_starts_the_candidate_on_the_restored_database(cluster, pushed, tmp_path):
+    """--mode dump, with the manager reached over SSH (an sshd in front of its engine, as
+    on a server): the candidate's tasks start on the empty target and are ready only
     once the dump is restored there; the jobs queued meanwhile are done on it."""
-    env = swarm_env(cluster, pushed, "swk")
-    settings = config.load("development", environ={**os.environ, **env})
-    try:
-        up = invoke("up", "--version", "v1", env=env)
-        assert up.returncode == 0, up.stderr
-        before = [post_job(settings, f"before {n}") for n in range(5)]
-        with managed_postgres(settings, pushed["managed_image"], network=cluster.network) as managed:
-            moved = invoke("db.move", "--mode", "dump", env={**env, "COLORGATE_MOVE_TO": managed.url})
-            assert moved.returncode == 0, moved.stderr[-3000:]
-            assert "waiting for green on the restored database" in moved.stderr
-            services = swarm_target.services(settings)
-            assert (services["web_green"].running, services["worker_green"].running, services["web_blue"].replicas) == (1, 1, 0)
-            after = post_job(settings, "after the move")
-            all_done_on(managed, [*before, after])
-            assert managed.sql(f"SELECT done_by FROM jobs WHERE id = {after}").startswith("green v")
-    finally:
-        down = invoke("down", "--volumes", env=env)
-        assert down.returncode == 0, down.stderr
+    with ssh_host(keygen(tmp_path / "home" / ".ssh" / "id_ed25519"), socket=cluster.socket) as host:
+        base = swarm_env(cluster, pushed, "swk")
+        env = operator_env({**base, "COLORGATE_DOCKER_HOST": host.url}, operator_home(tmp_path, host.port))
+        settings = config.load("development", environ={**os.environ, **base})  # the same manager, for the test's own looks
+        try:
+            up = invoke("up", "--version", "v1", env=env)
+            assert up.returncode == 0 and f"engine {host.url}" in up.stdout, up.stderr[-3000:]
+            before = [post_job(settings, f"before {n}") for n in range(5)]
+            with managed_postgres(settings, pushed["managed_image"], network=cluster.network) as managed:
+                moved = invoke("db.move", "--mode", "dump", env={**env, "COLORGATE_MOVE_TO": managed.url})
+                assert moved.returncode == 0, moved.stderr[-3000:]
+                assert "waiting for green on the restored database" in moved.stderr
+                # the gates ran over the same connection, the host checks too
+                assert "PASS  No public database port: Nothing on the host answers on the database port" in moved.stderr
+                services = swarm_target.services(settings)
+                assert (services["web_green"].running, services["worker_green"].running, services["web_blue"].replicas) == (1, 1, 0)
+                after = post_job(settings, "after the move")
+                all_done_on(managed, [*before, after])
+                assert managed.sql(f"SELECT done_by FROM jobs WHERE id = {after}").startswith("green v")
+                history = invoke("history", "--json", env={**env, "DATABASE_URL": managed.url})
+                assert '"action": "db.move"' in history.stdout, history.stderr
+        finally:
+            down = invoke("down", "--volumes", env=env)
+            assert down.returncode == 0, down.stderr
