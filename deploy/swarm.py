@@ -97,7 +97,21 @@ def check_target(settings: Settings) -> int:
     """Refuse what cannot work on this Swarm; returns how many nodes are ready."""
     ready = sum(1 for n in nodes(settings) if (n.get("Status") or {}).get("State") == "ready")
     check_images_reachable(settings, ready)
+    found = runner.engine(settings.docker_host, "services", filters={"label": f"{STACK_LABEL}={settings.project}"},
+                          what="listing the stack's services")
+    check_manager(settings, {s["Spec"]["Name"].removeprefix(f"{settings.project}_"): _pinned(s["Spec"]) for s in found})
     return ready
+
+
+def check_manager(settings: Settings, pins: dict[str, str], node: str = "") -> None:
+    """The edge and the shared services run, with their volumes, on the manager the
+    stack was first applied through: through another, they would start there on empty
+    volumes. `pins`: service -> the node id its placement names."""
+    node = node or manager_node(settings)
+    elsewhere = sorted(name for name, pin in pins.items() if pin and pin != node)
+    if elsewhere:
+        raise StackError(f"{', '.join(elsewhere)} run on another manager (node {pins[elsewhere[0]]}), with their volumes: point "
+                         "COLORGATE_DOCKER_HOST at that manager (`docker node ls` names it)")
 
 
 # --- reading the Swarm -------------------------------------------------------------------
@@ -118,6 +132,7 @@ class Service:
     addresses: dict[str, str]  # task address -> node id, of the tasks running the current spec
     spec: dict = field(default_factory=dict, repr=False)  # its tasks' container spec
     alive: int = 0  # tasks whose container may still run, of any spec, told to stop or not
+    pinned: str = ""  # the node id its placement names (`node.id == ID`), "" when none
 
     @property
     def state(self) -> str:
@@ -154,7 +169,15 @@ def parse_service(project: str, service: dict, tasks: list[dict]) -> Service:
     env = dict(e.split("=", 1) for e in container.get("Env") or [] if "=" in e)
     return Service(spec.get("Name", "").removeprefix(f"{project}_"), replicas, running,
                    (container.get("Image") or "").split("@", 1)[0], env, container.get("Labels") or {}, sorted(ports),
-                   error, addresses, container, alive)
+                   error, addresses, container, alive, _pinned(spec))
+
+
+def _pinned(spec: dict) -> str:
+    for constraint in (((spec.get("TaskTemplate") or {}).get("Placement") or {}).get("Constraints") or []):
+        key, _, value = constraint.partition("==")
+        if key.strip() == "node.id":
+            return value.strip()
+    return ""
 
 
 def services(settings: Settings) -> dict[str, Service]:
@@ -231,9 +254,10 @@ def database_changes(settings: Settings, current: dict[str, Service], env: dict[
     return out
 
 
-def stack_file(settings: Settings, env: dict[str, str], replicas: dict[str, int], secrets: dict[str, dict[str, str]]) -> str:
+def stack_file(settings: Settings, env: dict[str, str], replicas: dict[str, int], secrets: dict[str, dict[str, str]],
+               node: str) -> str:
     """The stack `docker stack deploy` reads (holds the settings' values: sent on stdin)."""
-    return yaml.safe_dump(render.swarm(settings.app, env, copies=replicas, secrets=secrets, node=manager_node(settings)),
+    return yaml.safe_dump(render.swarm(settings.app, env, copies=replicas, secrets=secrets, node=node),
                           sort_keys=False)
 
 
@@ -295,8 +319,10 @@ def apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = 
         raise StackError(f"this command would point a running color at another database ({'; '.join(moved)}): "
                          "set DATABASE_URL to the database it uses (`invoke status` shows it)")
     counts = {**replicas_for(settings, current, running, start), **(replicas or {})}
+    node = manager_node(settings)
+    check_manager(settings, {name: s.pinned for name, s in current.items()}, node)
     secrets = ensure_secrets(settings, files or {})
-    text = stack_file(settings, env, counts, secrets)
+    text = stack_file(settings, env, counts, secrets, node)
     if settings.image_source == "registry":
         with images.registry_session(settings) as session:
             runner.run(deploy_cmd(settings), input=text, env={**env, **session}, what="docker stack deploy")

@@ -19,7 +19,7 @@ import tenacity
 
 from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
-from deploy import config, edge, facts, gates, images, keys, relay, swarm as swarm_target, tls
+from deploy import config, edge, facts, gates, images, keys, relay, runner, swarm as swarm_target, tls
 
 from .conftest import invoke, isolated_env
 from .swarm import swarm
@@ -155,6 +155,24 @@ def test_a_dump_move_on_a_swarm_over_ssh_starts_the_candidate_on_the_restored_da
                 assert managed.sql(f"SELECT done_by FROM jobs WHERE id = {after}").startswith("green v")
                 history = invoke("history", "--json", env={**env, "DATABASE_URL": managed.url})
                 assert '"action": "db.move"' in history.stdout, history.stderr
+                # a second manager: a command through it is refused in one line (applied through it, the edge and
+                # the shared services would move there, onto empty volumes)
+                second = swarm_target.node_addresses(swarm_target.nodes(settings))["node2"]
+                cluster.manager("node", "promote", "node2")
+                runner.run(["docker", "exec", "--detach", cluster.nodes[1], "socat", "TCP-LISTEN:2376,fork,reuseaddr",
+                            "UNIX-CONNECT:/var/run/docker.sock"])
+                try:
+                    deadline = time.monotonic() + 60
+                    while not (facts.tcp_connects(second, 2376, timeout=0.5) and cluster.docker(
+                            cluster.nodes[1], "info", "--format", "{{.Swarm.ControlAvailable}}").stdout.strip() == "true"):
+                        assert time.monotonic() < deadline, "node2 did not become a manager within 60 s"
+                        time.sleep(0.2)
+                    other = invoke("deploy", env={**base, "COLORGATE_DOCKER_HOST": f"tcp://{second}:2376", "DATABASE_URL": managed.url})
+                    assert other.returncode == 1 and other.stderr.strip().splitlines()[-1].startswith("colorgate: cache, db, edge run on "
+                                                                                                   "another manager (node "), other.stderr
+                finally:
+                    runner.run(["docker", "exec", cluster.nodes[1], "pkill", "-f", "TCP-LISTEN:2376"], check=False)
+                    cluster.manager("node", "demote", "node2")
         finally:
             down = invoke("down", "--volumes", env=env)
             assert down.returncode == 0, down.stderr

@@ -176,3 +176,15 @@ def test_a_node_that_went_down_during_a_wait_is_named():
     assert swarm.lost_nodes(before, [node("node1")]) == ["node2"]  # removed from the Swarm
     # drained, a node is still up (its tasks move on purpose); one that joins during the wait is no loss
     assert swarm.lost_nodes(before, [node("node1"), node("node2", availability="drain"), node("node3")]) == []
+
+
+def test_services_pinned_to_another_manager_are_refused():
+    edge = {**SERVICE, "Spec": {**SERVICE["Spec"], "Name": "shop_edge",
+                                "TaskTemplate": {**SERVICE["Spec"]["TaskTemplate"], "Placement": {"Constraints": ["node.id == m4n4g3r1"]}}}}
+    pinned = swarm.parse_service("shop", edge, [])
+    assert pinned.pinned == "m4n4g3r1" and swarm.parse_service("shop", SERVICE, []).pinned == ""
+    pins = {"edge": "m4n4g3r1", "site_green": ""}
+    swarm.check_manager(settings(), pins, "m4n4g3r1")
+    # applied through another manager, the edge (and a database) would start there, on empty volumes
+    with pytest.raises(ColorgateError, match=r"^edge run on another manager \(node m4n4g3r1\), with their volumes: point COLORGATE_DOCKER_HOST"):
+        swarm.check_manager(settings(), pins, "0th3rm4n4g3r")
