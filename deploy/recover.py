@@ -34,6 +34,7 @@ from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.history import now
 
+
 def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
               frozen: bool, record: dict, dead: dict | None = None, canary_left: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
     """Repair what a dead run left (see the module), from what the lock's exec read

@@ -173,6 +173,7 @@ def parse_service(project: str, service: dict, tasks: list[dict]) -> Service:
 
 
 def _pinned(spec: dict) -> str:
+    """The node id a service's placement pins it to (`node.id == ID`), "" when none (pure)."""
     for constraint in (((spec.get("TaskTemplate") or {}).get("Placement") or {}).get("Constraints") or []):
         key, _, value = constraint.partition("==")
         if key.strip() == "node.id":
