@@ -413,7 +413,8 @@ def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
     which later commands keep (swarm.replicas_for)."""
     if settings.swarm:
         copies = {name: 0 for color in stale for name in settings.app.color_services(color)}
-        return stack.swarm_apply(settings, stack.compose_env(settings, {}), replicas={**copies, service: 0})
+        stack.swarm_apply(settings, stack.compose_env(settings, {}), replicas={**copies, service: 0})
+        return
     names = [name for color in stale for name in settings.app.color_services(color)]
     if names:
         runner.run(stack.compose_cmd(settings, "stop", *names), env=stack.compose_env(settings, {}), what="docker compose stop")

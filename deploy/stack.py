@@ -309,7 +309,8 @@ def start(settings: Settings, names: list[str], env: dict[str, str], color: str 
     whole stack is applied, with `color` running beside the colors that run and `held`
     at 0 tasks (swarm.apply); `databases` as compose_env's, for the secret files."""
     if settings.swarm:
-        return swarm_apply(settings, env, start=color or "", replicas={name: 0 for name in held or []}, databases=databases)
+        swarm_apply(settings, env, start=color or "", replicas={name: 0 for name in held or []}, databases=databases)
+        return
     again = ["--force-recreate", "--timeout", str(grace)] if recreate else []
     for group, how in ((names, "--detach"), (held or [], "--no-start")):
         if group:
@@ -372,11 +373,10 @@ def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: 
     drain_seconds = drain_color(settings, color) if drain else 0
     grace = ["--timeout", str(drain_seconds)] if drain else []
     if settings.swarm:
-        had = {name: s.replicas for name, s in swarm.services(settings).items() if name in names}
-        swarm_apply(settings, compose_env(settings, versions, databases), stop=color if services is None else "",
-                    replicas=None if services is None else {name: 0 for name in names}, databases=databases)
+        before = swarm_apply(settings, compose_env(settings, versions, databases), stop=color if services is None else "",
+                             replicas=None if services is None else {name: 0 for name in names}, databases=databases)
         swarm.wait_stopped(settings, names, 30 + drain_seconds, strict=services is not None)
-        return had
+        return {name: s.replicas for name, s in before.items() if name in names}
     runner.run(compose_cmd(settings, "stop", *grace, *names), env=compose_env(settings, versions), check=False)
     return {}
 
@@ -431,9 +431,9 @@ def scale(settings: Settings, service: str, count: int) -> str:
 
 
 def swarm_apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = "", replicas: dict[str, int] | None = None,
-                databases: dict[str, str] | None = None) -> None:
+                databases: dict[str, str] | None = None) -> dict[str, swarm.Service]:
     """swarm.apply with the stack's secret files (the database's password, each color's
     database URL: the configured one unless `databases` names another, as compose_env)
     as Swarm secrets: a volume holds them on one node only."""
     files = access.secret_files(settings, {c: (databases or {}).get(c, "") for c in COLORS}, database=True)
-    swarm.apply(settings, env, start, stop, replicas, {v: f for v, f in files.items() if v != "secrets-tools"})
+    return swarm.apply(settings, env, start, stop, replicas, {v: f for v, f in files.items() if v != "secrets-tools"})

@@ -308,10 +308,11 @@ def deploy_cmd(settings: Settings) -> list[str]:
 
 
 def apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = "", replicas: dict[str, int] | None = None,
-          files: dict[str, dict[str, str]] | None = None) -> None:
+          files: dict[str, dict[str, str]] | None = None) -> dict[str, Service]:
     """Make the stack run the colors that run now, plus `start`, less `stop` (the others
     at 0 replicas), with the versions and values of `env` (stack.compose_env) and the
-    secret `files` as Swarm secrets; `replicas` overrides copies' counts."""
+    secret `files` as Swarm secrets; `replicas` overrides copies' counts. Returns the
+    services as they were before."""
     current = services(settings)
     before = running_colors(settings, current)
     running = (before | ({start} if start else set())) - {stop}
@@ -330,6 +331,7 @@ def apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = 
     else:
         runner.run(deploy_cmd(settings), input=text, env=env, what="docker stack deploy")
     prune_secrets(settings, {name for contents in secrets.values() for name in contents.values()})
+    return current
 
 
 def running_colors(settings: Settings, current: dict[str, Service]) -> set[str]:

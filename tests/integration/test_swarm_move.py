@@ -15,13 +15,13 @@ import time
 
 import httpx
 import pytest
-import tenacity
 
 from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
-from deploy import config, edge, facts, gates, images, keys, relay, runner, swarm as swarm_target, tls
+from deploy import config, edge, facts, images, keys, relay, runner, swarm as swarm_target
 
 from .conftest import invoke, isolated_env
+from .test_examples import all_done_on, post_job
 from .swarm import swarm
 
 JOBS = {"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")}
@@ -32,19 +32,6 @@ def cluster(tmp_path_factory):
     settings = config.load("development", environ=dict(os.environ))
     with swarm(settings, size=2, registry=True, socket_dir=str(tmp_path_factory.mktemp("manager"))) as made:
         yield made
-
-
-def post_job(settings, text: str) -> int:
-    with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
-        r = client.post("/jobs", data={"text": text})
-        assert r.status_code == 303, r.text
-        return int(r.headers["x-job"])
-
-
-@tenacity.retry(stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.5), reraise=True)
-def all_done_on(managed, numbers: list[int]) -> None:
-    found, done = managed.sql(f"SELECT count(*), count(done_by) FROM jobs WHERE id IN ({','.join(map(str, numbers))})").split("|")
-    assert (int(found), int(done)) == (len(numbers), len(numbers)), f"of {len(numbers)} jobs: {found} on the new database, {done} done"
 
 
 @pytest.fixture(scope="module")
