@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from deploy.contract import COLORS, DB_CA_DIR, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR, App
+from deploy.contract import (COLORS, DB_CA_DIR, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
+                             SECURITY_HEADERS, App)
 
 OWN_PARTS = Path(__file__).resolve().parent.parent / "compose"
 
@@ -189,11 +190,38 @@ def dump(rendered: dict, source: Path) -> str:
 # --- the edge's routes --------------------------------------------------------------
 
 
+# What the edge says of every answer itself (which color and version answered, from
+# where, a write held during a freeze, a new user's canary bucket): an app's own value of
+# one of these is never passed on.
+EDGE_SAYS = {
+    "X-Colorgate-Color": "$cg_color",
+    "X-Colorgate-Version": "$cg_version",
+    "X-Colorgate-Upstream": "$upstream_addr",
+    "X-Colorgate-Writes": "$cg_writes",
+    "X-Colorgate-Held-Ms": "$cg_held",
+}
+
+
+def edge_headers(app_owned: tuple[str, ...] = ()) -> list[str]:
+    """The edge's answer headers as nginx directives: each security header replaces the
+    app's own value (hidden, then added) unless the app owns it (`app_owned`: passed as
+    the app sent it). nginx inherits `add_header` and `proxy_hide_header` into a location
+    only when it sets none of its own, so a route that owns a header repeats them all."""
+    lines = []
+    for name, value in SECURITY_HEADERS.items():
+        if name not in app_owned:
+            lines += [f"proxy_hide_header {name};", f'add_header {name} "{value}" always;']
+    for name, value in EDGE_SAYS.items():
+        lines += [f"proxy_hide_header {name};", f"add_header {name} {value} always;"]
+    return [*lines, "add_header Set-Cookie $cg_cookie always;"]  # empty (not sent) but during a canary
+
+
 def edge_routes(app: App) -> str:
-    """nginx `location` blocks for the routes, for the edge's HTTPS server. Each sends
-    to the live color's copy, named at request time from `$cg_color`, which the edge's
-    colorgate.lua sets from the state file in the access phase."""
-    blocks = []
+    """The edge's answer headers and nginx `location` blocks for the routes, for the
+    edge's HTTPS server. Each sends to the live color's copy, named at request time from
+    `$cg_color`, which the edge's colorgate.lua sets from the state file in the access
+    phase."""
+    blocks = ["# the edge's answer headers (deploy/render.py edge_headers)", *edge_headers()]
     for r in sorted(app.routes, key=lambda r: (-len(r.path), r.path)):
         lines = [
             f"location ^~ {r.path} {{",
@@ -206,6 +234,8 @@ def edge_routes(app: App) -> str:
             lines.append("    set $cg_websocket 1;")
         if not r.buffering:
             lines += ["    proxy_buffering off;", "    proxy_cache off;"]
+        if r.app_headers:
+            lines += [f"    # the app's own {', '.join(r.app_headers)}", *(f"    {line}" for line in edge_headers(r.app_headers))]
         lines += [f"    proxy_pass http://{r.service}_$cg_color:{r.port};", "}"]
         blocks.append("\n".join(lines))
     return "\n".join(blocks) + "\n"

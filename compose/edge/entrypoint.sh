@@ -67,6 +67,7 @@ suffix=":$https_port"
 [ "$https_port" = 443 ] && suffix=""
 # to the configured domain, never to whatever Host the client sent
 printf 'return 301 https://%s%s$request_uri;\n' "$domain" "$suffix" > /tmp/colorgate/redirect.conf
+printf 'proxy_set_header X-Forwarded-Port %s;\n' "$https_port" > /tmp/colorgate/forwarded.conf
 # Per client address: requests per second (with a burst) and connections at once; 0: none.
 # Over either: 429.
 : > /tmp/colorgate/limit-zones.conf

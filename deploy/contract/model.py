@@ -25,9 +25,20 @@ SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIZE = re.compile(r"^\d+[kKmMgG]?$")
 ROUTE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+# The edge's security headers, on every answer of its HTTPS server (its own 503 and 429
+# too). An app's own value of one is replaced, never sent beside it, unless a route lets
+# the app own that header there (`routes[].app_headers`): then the app's passes as sent.
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=63072000",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "X-Frame-Options": "DENY",
+    # forbids only framing, plugins and a foreign <base>: any SPA works under it
+    "Content-Security-Policy": "frame-ancestors 'none'; base-uri 'self'; object-src 'none'",
+}
 BLOCK_KEYS = ("colored", "shared", "routes", "health", "migrations", "database")
 COLORED_KEYS = ("replicas",)
-ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size", "analysis")
+ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size", "analysis", "app_headers")
 ROUTE_ANALYSIS_KEYS = ("max_error_ratio", "max_p95_ms")
 HEALTH_KEYS = ("path", "status", "json", "contains", "timeout", "port")
 MIGRATION_KEYS = ("service", "command", "status")
@@ -46,6 +57,7 @@ class Route:
     # the analysis judges this route's requests against these instead of the settings' (None: the settings')
     max_error_ratio: float | None = None
     max_p95_ms: int | None = None
+    app_headers: tuple[str, ...] = ()  # of SECURITY_HEADERS: the app's own value passes on this route
 
     @property
     def own_bounds(self) -> bool:

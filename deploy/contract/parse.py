@@ -11,7 +11,7 @@ import yaml
 
 from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
                                    MIGRATION_KEYS, OWN_SERVICES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
-                                   SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, _networks_of)
+                                   SECURITY_HEADERS, SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, _networks_of)
 from deploy.errors import ContractError
 
 
@@ -82,6 +82,19 @@ def _int(value, where: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ContractError(f"{where}: should be a whole number from {low} to {high}")
     return value
+
+
+def _app_headers(raw, where: str) -> tuple[str, ...]:
+    """Security headers the app sends itself on a route (any case), by their canonical names."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(h, str) for h in raw):
+        raise ContractError(f"{where}: should be a list of header names, such as [Content-Security-Policy]")
+    known = {name.lower(): name for name in SECURITY_HEADERS}
+    for header in raw:
+        if header.lower() not in known:
+            raise ContractError(f"{where}: {header!r} is not a header the edge sets: name one of {', '.join(SECURITY_HEADERS)}")
+    return tuple(dict.fromkeys(known[h.lower()] for h in raw))
 
 
 def _route_analysis(raw, where: str) -> dict:
@@ -190,6 +203,7 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
             timeout=_int(raw.get("timeout", 60), f"{where}.timeout", 1, 86400),
             body_size=_size(raw.get("body_size", "10m"), f"{where}.body_size"),
             **_route_analysis(raw.get("analysis"), f"{where}.analysis"),
+            app_headers=_app_headers(raw.get("app_headers"), f"{where}.app_headers"),
         ))
     if not routes:
         raise ContractError("x-colorgate.routes: add at least one route, such as {path: /, to: web:5000}")

@@ -174,6 +174,11 @@ def test_the_static_site_releases_with_no_database(site):
     with gates.edge_client(s, tls.read_local_ca(s)) as c:
         r = c.get("/about/")
         assert r.status_code == 200 and (r.headers["x-colorgate-color"], r.headers["x-colorgate-version"]) == ("green", "v2")
+        # the site sends its own security headers: its CSP passes (the contract says it owns it), the
+        # edge's nosniff and HSTS replace the site's; once each (the Hardening gate passed on them too)
+        h = r.headers
+        assert h.get_list("content-security-policy") == ["default-src 'self'; frame-ancestors 'none'"], h
+        assert h.get_list("x-content-type-options") == ["nosniff"] and h.get_list("strict-transport-security") == ["max-age=63072000"]
     back = invoke("rollback", "--no-gates", env=env)
     assert back.returncode == 0 and _live(s) == ("blue", "v1")
     # the database tasks say in one line that there is no database

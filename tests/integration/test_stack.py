@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from deploy import edge, facts, gates, render, runner, stack, tls, traffic
+from deploy import contract, edge, facts, gates, render, runner, stack, tls, traffic
 
 from .conftest import free_port, invoke
 
@@ -117,11 +117,21 @@ def test_http_redirects_to_the_configured_domain_whatever_host_the_client_names(
 
 
 def test_the_edge_sends_security_headers_on_every_answer(client):
+    """Once each: the API sends its own nosniff, which the edge's replaces."""
     for r in (client.get("/"), client.get("/api/version"), client.get("/api/notes/999999999"), client.get("/healthz")):
         h = r.headers
+        assert all(len(h.get_list(name)) == 1 for name in contract.SECURITY_HEADERS), (r.url, h)
         assert h["strict-transport-security"] == "max-age=63072000" and h["x-content-type-options"] == "nosniff", r.url
         assert h["referrer-policy"] == "strict-origin-when-cross-origin" and h["x-frame-options"] == "DENY"
         assert h["content-security-policy"] == "frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+
+
+def test_the_app_builds_its_public_url_from_the_edges_forwarded_headers(settings, client):
+    """As a browser asks (the port in Host, when not 443): the app sees the public scheme, host and port."""
+    got = client.get("/api/whoami", headers={"Host": f"{settings.domain}:{settings.https_port}"}).json()
+    assert got["url"] == f"https://{settings.domain}:{settings.https_port}/" and got["port"] == str(settings.https_port)
+    assert got["forwarded"].startswith("for=") and got["forwarded"].endswith(
+        f';host="{settings.domain}:{settings.https_port}";proto=https'), got
 
 
 def test_the_app_sees_the_address_the_edge_saw_not_the_one_a_client_claims(live_stack, settings, client):

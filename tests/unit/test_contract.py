@@ -75,6 +75,10 @@ def test_a_good_contract_is_read_with_its_defaults():
      r"^x-colorgate.routes\[0\]: service 'db' is not colored: route only to colored services$"),
     ({"x-colorgate__routes": [{"path": "/", "to": "web"}]},
      r"^x-colorgate.routes\[0\].to: should be service:port, such as api:3000 \(got 'web'\)$"),
+    ({"x-colorgate__routes": [{"path": "/", "to": "web:80", "app_headers": ["X-Powered-By"]}]},
+     r"^x-colorgate.routes\[0\].app_headers: 'X-Powered-By' is not a header the edge sets: name one of Strict-Transport-Security, "),
+    ({"x-colorgate__routes": [{"path": "/", "to": "web:80", "app_headers": "Content-Security-Policy"}]},
+     r"^x-colorgate.routes\[0\].app_headers: should be a list of header names, such as \[Content-Security-Policy\]$"),
     ({"x-colorgate__routes": [{"path": "api/", "to": "api:3000"}, {"path": "/", "to": "web:80"}]},
      r"^x-colorgate.routes\[0\].path: must start with / \(got 'api/'\)$"),
     ({"x-colorgate__health__api": {"path": "healthz"}}, r"^x-colorgate.health.api.path: must start with / \(got 'healthz'\)$"),
@@ -237,6 +241,26 @@ def test_the_edge_routes_follow_the_contract():
     # every route asks colorgate.lua for the live color (and the write freeze) per request
     assert all('access_by_lua_block { require("colorgate").route() }' in block for block in (api, web))
     assert " if (" not in text  # no nginx `if`: the route's decisions are in the access phase
+
+
+def test_the_edge_replaces_an_apps_own_security_headers_unless_a_route_lets_the_app_own_them():
+    """Each security header the edge sets is hidden from the app's answer, then added:
+    one value, the edge's. A route that owns some repeats the edge's other headers
+    (nginx inherits none into a location that sets its own) and leaves the app's."""
+    data = copy.deepcopy(BASE)
+    data["x-colorgate"]["routes"][0]["app_headers"] = ["content-security-policy", "Strict-Transport-Security"]
+    app = contract.parse(data)
+    assert app.routes[0].app_headers == ("Content-Security-Policy", "Strict-Transport-Security")
+    text = render.edge_routes(app)
+    server, api, web = text[:text.index("location")], text[text.index("location ^~ /api/ {"):text.index("location ^~ / {")], \
+        text[text.index("location ^~ / {"):]
+    for name, value in contract.SECURITY_HEADERS.items():
+        assert f"proxy_hide_header {name};" in server and f'add_header {name} "{value}" always;' in server
+        assert (f"proxy_hide_header {name};" in api) is (f"add_header {name} " in api) is (name not in app.routes[0].app_headers)
+    assert "add_header" not in web  # inherits the server's
+    for block in (server, api):
+        assert "proxy_hide_header X-Colorgate-Color;" in block and "add_header X-Colorgate-Color $cg_color always;" in block
+        assert "add_header Set-Cookie $cg_cookie always;" in block and "proxy_hide_header Set-Cookie" not in block
 
 
 def test_the_shipped_example_is_a_valid_contract():

@@ -122,6 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Colorgate-Color", COLOR)
         self.send_header("X-Colorgate-Version", VERSION)
+        self.send_header("X-Content-Type-Options", "nosniff")  # as web frameworks do: the edge's replaces it
         self.end_headers()
         self.wfile.write(body)
 
@@ -146,6 +147,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.health()
         if self.path == "/api/version":
             return self.send_json(200, {"color": COLOR, "version": VERSION})
+        if self.path == "/api/whoami":  # the public URL, as an app builds its links from the edge's headers
+            h = self.headers
+            return self.send_json(200, {"url": f"{h.get('X-Forwarded-Proto')}://{h.get('X-Forwarded-Host')}/",
+                                        "port": h.get("X-Forwarded-Port"), "forwarded": h.get("Forwarded")})
         if self.path == "/api/notes":
             with Db() as conn, conn.cursor() as cur:
                 cur.execute("SELECT id, body, created_at FROM notes ORDER BY id")
