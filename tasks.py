@@ -16,7 +16,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from deploy import bootstrap as _bootstrap, canary as canary_steps, edge, keys as _keys
-from deploy import config, swarm as _swarm, views, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls, traffic as _traffic
+from deploy import access, apply as _apply, config, swarm as _swarm, views, db as _db, dbtools as _dbtools, render as _render, images as _images, move as _move, history as _history, release, remote as _remote, runner, stack, tls as _tls, traffic as _traffic
 from deploy.errors import ColorgateError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -81,12 +81,26 @@ def bootstrap(c, profile=None, host=None):
 
 
 @task(help={"profile": "env profile: development, staging or production", "host": HOST_HELP, "registry": REGISTRY_HELP,
-            "version": "version to start when no color is live yet (default: the newest built, or v1)"})
+            "version": "version to start when no color is live yet (default: the newest built, or v1)",
+            "yes": "on staging or production: recreate the shared services or the edge that changed"})
 @operator_errors
-def up(c, profile=None, host=None, registry=None, version=None):
-    """Start the edge, PostgreSQL and the live color (a no-op when all are running)."""
+def up(c, profile=None, host=None, registry=None, version=None, yes=False):
+    """Start the stack, or apply what changed beside the colors of a running one (as apply)."""
     settings = _target(profile, host, registry)
-    release.up(settings, version=version and edge.check_version(version))
+    release.up(settings, version=version and edge.check_version(version), yes=yes)
+    print(views.format_status(views.status(settings)))
+
+
+@task(help={"profile": "env profile", "host": HOST_HELP, "registry": REGISTRY_HELP, "plan": "only show what would change",
+            "yes": "on staging or production: recreate the shared services or the edge that changed"})
+@operator_errors
+def apply(c, profile=None, host=None, registry=None, plan=False, yes=False):
+    """Apply a changed contract or settings beside the colors: routes reloaded, new networks attached, shared services recreated."""
+    settings = _target(profile, host, registry)
+    if plan:
+        print("\n".join(_apply.plan(settings)))
+        return
+    release.up(settings, yes=yes)
     print(views.format_status(views.status(settings)))
 
 
@@ -309,7 +323,7 @@ def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False):
     if local:
         settings = dataclasses.replace(settings, database_url="")
     else:
-        stack.check_database(settings)
+        access.check_database(settings)
     with runner.step(f"backing up the database ({_keys.shown_url(settings.database_url)})"):
         m = _db.backup(settings, keep=int(keep) if keep else None, copy_required=bool(settings.backup_copy))
     print(f"backup {m['name']}: {m['size']} bytes, sha256 {m['sha256'][:16]}..., "
@@ -351,7 +365,7 @@ def db_restore(c, backup, profile=None, host=None, yes=False, unverified=False):
     settings = _load(profile, host)
     _db.check_restore_allowed(settings, yes)
     _bootstrap.check_docker(settings)
-    stack.check_database(settings)
+    access.check_database(settings)
     fresh = _db.restore(settings, backup, yes=yes, unverified=unverified)
     print(f"restored {backup}; the database as it was before is in backup {fresh['name']}")
 
@@ -499,7 +513,7 @@ def tls_schedule(c, profile=None, host=None):
     print(_tls.schedule(settings))
 
 
-ns = Collection(bootstrap, init, up, down, status, render, logs, traffic, maintenance, deploy, switch, rollback, history, scale, bench)
+ns = Collection(bootstrap, init, up, apply, down, status, render, logs, traffic, maintenance, deploy, switch, rollback, history, scale, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
 ns.add_collection(Collection("canary", canary_status, canary_promote, canary_abort))

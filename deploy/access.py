@@ -21,9 +21,9 @@ import io
 import tarfile
 from pathlib import Path
 
-from deploy import contract, facts, history, images, render, runner
+from deploy import contract, edge, facts, history, images, render, runner
 from deploy.config import Settings
-from deploy.keys import client_url, tls_params
+from deploy.keys import client_url, shown_url, tls_params
 from deploy.errors import ConfigError
 
 _staged: set[tuple] = set()
@@ -157,3 +157,22 @@ def forget(settings: Settings) -> None:
     _staged.clear()
     for container in facts.one_offs(settings, f"org.colorgate.role={history.STAGE_ROLE}"):
         runner.engine(settings.docker_host, "remove_container", container, force=True, what="removing a stage leftover")
+
+
+def check_database(settings: Settings) -> dict:
+    """Refuse when DATABASE_URL disagrees with where the target says the database is:
+    deploying with the wrong one would split the data between two databases."""
+    return check_database_record(settings, edge.read_database_record(settings))
+
+
+def check_database_record(settings: Settings, record: dict) -> dict:
+    """check_database on a record already read (pure)."""
+    configured = shown_url(settings.database_url)
+    local_file = f".env.{settings.profile}.local"
+    if record["url"] != configured:
+        if record["url"] == "local":
+            raise ConfigError(f"DATABASE_URL points at {configured}, but this stack's database is still its own PostgreSQL: "
+                              f"move it with `invoke db.move --to URL`, or clear DATABASE_URL in {local_file}")
+        raise ConfigError(f"this stack's database moved to {record['url']} on {record.get('moved', '?')} (db.move), but DATABASE_URL "
+                          f"{'is empty' if not settings.database_url else 'points at ' + configured}: set DATABASE_URL to that URL, with its password, in {local_file}")
+    return record

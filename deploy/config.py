@@ -184,7 +184,6 @@ class Settings:
             "COLORGATE_IMAGE_PREFIX": self.image_prefix,
             "COLORGATE_MOVE_RELAY_BIND": self.move_relay_bind,
             "COLORGATE_MOVE_RELAY_PORT": str(self.move_relay_port),
-            "COLORGATE_EDGE_ROUTES": render.edge_routes_b64(self.app),
             "POSTGRES_DB": self.postgres_db,
             "POSTGRES_USER": self.postgres_user,
             "POSTGRES_PASSWORD": self.postgres_password,

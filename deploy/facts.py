@@ -7,6 +7,7 @@ and a gate can explain itself from it; parsing is pure (tested on captured outpu
 
 from __future__ import annotations
 
+import re
 import shlex
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -148,6 +149,31 @@ def database_shown(settings: Settings, url: str) -> str:
     if not url or (db and urlsplit(url).hostname == db.service):
         return "local"
     return shown_url(url)
+
+
+# What `docker compose --dry-run up` says it would do, per line: `Container P-svc-1  Recreate`,
+# `Network P_name  Removed`. Only what changes something that already runs counts.
+_DRY_RUN = re.compile(r"DRY-RUN MODE -\s+(Container|Network)\s+(\S+)\s+(Recreate|Creating|Removed|Removing)\s*$")
+
+
+def parse_dry_run(text: str, project: str) -> dict[str, str]:
+    """What a `docker compose --dry-run up` would change (pure): {"service S": "recreate"
+    | "create", "network N": "recreate"}, from its progress lines (a network compose
+    would remove is one whose definition changed: it makes it again)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _DRY_RUN.search(line)
+        if not m:
+            continue
+        kind, name, action = m.groups()
+        if kind == "Network":
+            if action.startswith("Creat"):
+                continue  # a new network: nothing runs on it yet
+            found[f"network {name.removeprefix(project + '_')}"] = "recreate"
+        elif name.startswith(f"{project}-"):  # P-svc-1 (an old copy renamed on the way, ID_P-svc-1, is the same)
+            service = name.removeprefix(f"{project}-").rsplit("-", 1)[0]
+            found.setdefault(f"service {service}", "recreate" if action == "Recreate" else "create")
+    return found
 
 
 def running_versions(states: dict[str, ServiceState]) -> dict[str, str]:

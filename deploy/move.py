@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from deploy import db, dbtools, edge, facts, relay, release, runner, stack
+from deploy import access, db, dbtools, edge, facts, relay, release, runner, stack
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import database_url, shown_url
@@ -359,7 +359,7 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
                         f"give it a network that is not internal in {settings.app.file.name}")
     with lock(settings, "db.move", break_lock) as held:
         # the next version on the inactive color, as a deploy would; never a no-op
-        target = release.observe(settings, held, tags=True, database=True)
+        target = release.observe(settings, held, tags=True, database=True, beside=True)
         plan = dataclasses.replace(release.plan_deploy(settings, target, force=True), action="db.move")
         with runner.step(f"checking the target database {shown_url(url)}"):
             preflight(settings, url, mode)
@@ -382,7 +382,7 @@ def retire_local(settings: Settings, yes: bool = False) -> list[str]:
     the managed database and a verified backup of the local one from after the move exists.
     The data volume is kept. Returns what was stopped."""
     dbtools.require_postgres(settings)
-    record = stack.check_database(settings)
+    record = access.check_database(settings)
     if record["url"] == "local":
         raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
     if record.get("retired"):

@@ -15,10 +15,10 @@ import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
-from deploy import access, canary, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
+from deploy import access, apply, canary, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
 from deploy.colors import other, parse_color
 from deploy.config import Settings
-from deploy.errors import ColorgateError, GateFailed, StackError
+from deploy.errors import ColorgateError, ConfigError, GateFailed, StackError
 from deploy.history import Held, Record, at, lock, previous_color, recorded, timed
 
 
@@ -34,6 +34,7 @@ class Target:
     history: list[dict] = field(default_factory=list)
     database: dict = field(default_factory=lambda: {"url": "local"})  # the target's database record
     tags: list[str] = field(default_factory=list)  # release versions whose images exist
+    beside: tuple[apply.Change, ...] = ()  # what starting the candidate would change beside it (apply.changes)
 
 
 @dataclass(frozen=True)
@@ -55,19 +56,22 @@ DEPLOY_STEPS = ("images", "start", "migrations", "pre_gates", "switch", "post_ga
 GATED_SWITCH = ("pre_gates", "switch", "post_gates")
 
 
-def observe(settings: Settings, held: Held, tags: bool = False, database: bool = False) -> Target:
+def observe(settings: Settings, held: Held, tags: bool = False, database: bool = False, beside: bool = False) -> Target:
     """The facts a decision needs, and only those: the edge's files as the lock's exec
     read them (`held.found`: the live color, the freeze, the database record and, when
-    the lock was asked for it, the history), the services from the Engine API, and the
-    release tags when asked (a switch or a rollback needs none). Under the lock, first
+    the lock was asked for it, the history), the services from the Engine API, the
+    release tags when asked (a switch or a rollback needs none) and, for a deploy
+    (`beside`), what starting the candidate would change beside it. Under the lock, first
     repair what a run that died left behind (recover.py; thoroughly when --break-lock
     broke the lock of a run that died)."""
     found = held.found
     active = found.active
     states, record = recover.reconcile(settings, active, facts.service_states(settings), found.frozen, found.database,
                                        dead=held.broken.holder if held.broken else None, canary_left=found.canary)
+    changes = apply.changes(settings, other(active.color), facts.running_versions(states), bool(record.get("retired")),
+                            found.routes) if beside and active else []
     return Target(active, states, found.history or [], record if database else {"url": "local"},
-                  images.release_tags(settings) if tags else [])
+                  images.release_tags(settings) if tags else [], tuple(changes))
 
 
 def _live(target: Target) -> edge.Active:
@@ -104,8 +108,10 @@ def plan_deploy(settings: Settings, target: Target, version: str | None = None, 
                 canary: tuple[int, ...] = ()) -> Plan:
     """Ship `version` (default: the next vN) to the inactive color (through canary
     steps first, when asked)."""
-    stack.check_database_record(settings, target.database)
+    access.check_database_record(settings, target.database)
     active = _live(target)
+    if target.beside:
+        raise ConfigError(apply.refusal(list(target.beside)))
     version = edge.check_version(version or images.next_version(target.tags))
     candidate = other(active.color)
     if version == active.version and not force:
@@ -308,7 +314,7 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch
     (through the canary shares first, when given)."""
     with lock(settings, "deploy", break_lock) as held:
-        target = observe(settings, held, tags=version is None, database=True)
+        target = observe(settings, held, tags=version is None, database=True, beside=True)
         return _run(settings, plan_deploy(settings, target, version, force, canary), target, force)
 
 
@@ -341,7 +347,7 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
     dbtools.require_postgres(settings)  # migrating needs a verified backup first
     with lock(settings, "migrate", break_lock) as held:
         target = observe(settings, held, database=True)
-        stack.check_database_record(settings, target.database)
+        access.check_database_record(settings, target.database)
         active = _live(target)
         pending = facts.pending_migrations(settings, active.color)
         if not settings.app.migrations:
@@ -360,10 +366,17 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
         return 1
 
 
-def up(settings: Settings, version: str | None = None) -> None:
-    """`invoke up` (which CI may run on every push): stack.up, with its migrations
-    guarded as a release's are: under the release lock, and, when the database holds
-    anything, after a backup a restore verified. At head: nothing taken, nothing run."""
+def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
+    """`invoke up` and `invoke apply` (which CI may run on every push): stack.up, with
+    what changes beside the colors of a running stack readied under the release lock
+    (apply.prepare: refused when unsafe, --yes on staging and production to recreate),
+    and its migrations guarded as a release's are: under the release lock, and, when the
+    database holds anything, after a backup a restore verified. At head: nothing taken,
+    nothing run."""
+    def prepare(color: str) -> None:
+        with lock(settings, "apply"):
+            apply.prepare(settings, color, yes)
+
     def run_migrations(color: str, versions: dict[str, str]) -> None:
         m = settings.app.migrations
         running = facts.service_states(settings).get(settings.app.copy_name(m.service, color))
@@ -378,7 +391,7 @@ def up(settings: Settings, version: str | None = None) -> None:
                     stack.migrate(settings, color, versions)
                 record.outcome = "migrated"
 
-    return stack.up(settings, version, run_migrations=run_migrations)
+    return stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
 
 
 def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], databases: dict[str, str] | None = None,

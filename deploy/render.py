@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import re
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def _env_dict(environment) -> dict:
     return out
 
 
-def _network_map(service: dict) -> dict:
+def network_map(service: dict) -> dict:
+    """A compose service's networks as a mapping (from a list, a mapping, or none: `default`)."""
     networks = service.get("networks")
     if isinstance(networks, list):
         return {n: None for n in networks}
@@ -141,7 +143,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             if app.database and name in app.database.clients:
                 labels["org.colorgate.database"] = "${%s:-local}" % database_label_var(color)
             svc["labels"] = labels
-            networks = _network_map(svc)
+            networks = network_map(svc)
             if name in app.routed:
                 networks[EDGE_NETWORK] = None
             svc["networks"] = networks
@@ -152,7 +154,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
                 svc["depends_on"] = renamed
             services[app.copy_name(name, color)] = locked_down(svc)
     own = yaml.safe_load((OWN_PARTS / "colorgate.yml").read_text())
-    db_networks = list(_network_map(app.services[app.database.service] or {})) if app.database else []
+    db_networks = list(network_map(app.services[app.database.service] or {})) if app.database else []
     for name, svc in own["services"].items():
         build = svc.get("build")
         if isinstance(build, dict) and "context" in build:
@@ -241,9 +243,30 @@ def edge_routes(app: App) -> str:
     return "\n".join(blocks) + "\n"
 
 
+ROUTES_HEADER = "# colorgate routes "  # the routes file's first line: this, then the digest of the rest
+
+
+def edge_routes_file(app: App) -> str:
+    """The routes as the edge keeps them in its state (deploy/edge/state.py, ROUTES_FILE):
+    a first line with their digest (what a deploy compares, so a changed contract is seen
+    before anything starts), then the routes, and an answer with the digest for the edge
+    itself only (so a reload is known to be served)."""
+    body = edge_routes(app)
+    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return (f"{ROUTES_HEADER}{digest}\n{body}"
+            f'location = /.colorgate/routes {{ access_log off; allow 127.0.0.1; deny all; return 200 "{digest}\\n"; }}\n')
+
+
+def routes_digest(text: str) -> str:
+    """The digest a routes file's first line names ("" for none, or not one of ours)."""
+    first = (text or "").partition("\n")[0].strip()
+    return first.removeprefix(ROUTES_HEADER.strip()).strip() if first.startswith(ROUTES_HEADER.strip()) else ""
+
+
 def edge_routes_b64(app: App) -> str:
-    """The routes as the edge container receives them (an environment value)."""
-    return base64.b64encode(edge_routes(app).encode()).decode()
+    """The routes file as an edge started by hand receives it (COLORGATE_EDGE_ROUTES):
+    Colorgate writes it into the edge's state instead."""
+    return base64.b64encode(edge_routes_file(app).encode()).decode()
 
 
 # --- a Swarm stack (issue #15, first part: rendering) ---------------------------------

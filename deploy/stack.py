@@ -15,7 +15,7 @@ import tenacity
 from deploy import access, bootstrap, edge, facts, images, probes, render, runner, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
-from deploy.keys import client_url, shown_url
+from deploy.keys import client_url
 from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
 from deploy.history import Record, lock, recorded
 
@@ -79,25 +79,6 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
         env[render.database_var(color)] = client_url(url)
         env[render.database_label_var(color)] = facts.database_shown(settings, url)
     return env
-
-
-def check_database(settings: Settings) -> dict:
-    """Refuse when DATABASE_URL disagrees with where the target says the database is:
-    deploying with the wrong one would split the data between two databases."""
-    return check_database_record(settings, edge.read_database_record(settings))
-
-
-def check_database_record(settings: Settings, record: dict) -> dict:
-    """check_database on a record already read (pure)."""
-    configured = shown_url(settings.database_url)
-    local_file = f".env.{settings.profile}.local"
-    if record["url"] != configured:
-        if record["url"] == "local":
-            raise ConfigError(f"DATABASE_URL points at {configured}, but this stack's database is still its own PostgreSQL: "
-                              f"move it with `invoke db.move --to URL`, or clear DATABASE_URL in {local_file}")
-        raise ConfigError(f"this stack's database moved to {record['url']} on {record.get('moved', '?')} (db.move), but DATABASE_URL "
-                          f"{'is empty' if not settings.database_url else 'points at ' + configured}: set DATABASE_URL to that URL, with its password, in {local_file}")
-    return record
 
 
 class _NotYet(Exception):
@@ -234,15 +215,18 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
 
 
 def up(settings: Settings, version: str | None = None,
-       run_migrations: Callable[[str, dict[str, str]], None] | None = None) -> None:
+       run_migrations: Callable[[str, dict[str, str]], None] | None = None,
+       prepare: Callable[[str], None] | None = None) -> None:
     """Start the edge, PostgreSQL and the live color (the initial color on a new stack,
-    at `version`: default the newest built, or v1). Its migrations run through
-    `run_migrations(color, versions)` when given: `invoke up` guards them as a release
-    does (release.up).
+    at `version`: default the newest built, or v1), and give the edge the contract's
+    routes. Its migrations run through `run_migrations(color, versions)` when given: `invoke
+    up` guards them as a release does (release.up). On a running stack, `prepare(live
+    color)` first readies what changes beside the colors (apply.prepare).
 
-    Idempotent: on a running stack it changes nothing. When a step fails on a stack
-    that was not running before, what this call started is stopped again (volumes
-    are kept), so nothing is left half-started.
+    Idempotent: on a running stack it changes only what the contract or the settings
+    changed beside the colors, and never recreates the live color. When a step fails
+    on a stack that was not running before, what this call started is stopped again
+    (volumes are kept), so nothing is left half-started.
     """
     states = facts.service_states(settings)
     fresh = not any(s.state == "running" for s in states.values())
@@ -259,13 +243,19 @@ def up(settings: Settings, version: str | None = None,
         access.stage_secrets(settings, database=True)
 
         env = compose_env(settings, versions)
+        active = edge.read_active(settings) if edge_running else None
+        if active and prepare:
+            prepare(active.color)
+        if edge_running:  # an edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it
+            edge.sync_routes(settings, render.edge_routes_file(settings.app), reload=bool(edge.read_routes_line(settings).strip()))
         with runner.step(f"starting {' and '.join(infra)}"):
             try:
                 start(settings, infra, env)
             except CommandError as exc:
                 raise _explain_compose_error(settings, exc) from None
             wait_ready(settings, infra)
-        check_database(settings)
+        edge.sync_routes(settings, render.edge_routes_file(settings.app))
+        access.check_database(settings)
 
         active = edge.read_active(settings)
         if active:
@@ -285,7 +275,7 @@ def up(settings: Settings, version: str | None = None,
             with runner.step("applying database migrations"):
                 migrate(settings, color, versions)
         with runner.step(f"starting {color} ({version})"):
-            start(settings, settings.app.color_services(color), env, color)
+            start(settings, settings.app.color_services(color), env, color, keep=bool(active))
             wait_ready(settings, settings.app.color_services(color))
             wait_healthy(settings, color)  # the contract's checks, from the edge: not only Docker's
         if not active:
@@ -303,18 +293,21 @@ def up(settings: Settings, version: str | None = None,
 
 def start(settings: Settings, names: list[str], env: dict[str, str], color: str | None = None,
           recreate: bool = False, grace: int = 10, held: list[str] | None = None,
-          databases: dict[str, str] | None = None) -> None:
+          databases: dict[str, str] | None = None, keep: bool = False) -> None:
     """`docker compose up` of `names` (`recreate`: anew, the old ones given `grace`
-    seconds), and of `held` created but not started (db.move's workers). On a Swarm the
+    seconds; `keep`: never, only started if stopped), and of `held` created but not
+    started (db.move's workers); a `color`'s alone, without what it depends on (that
+    runs already: apply.changes). On a Swarm the
     whole stack is applied, with `color` running beside the colors that run and `held`
     at 0 tasks (swarm.apply); `databases` as compose_env's, for the secret files."""
     if settings.swarm:
         swarm_apply(settings, env, start=color or "", replicas={name: 0 for name in held or []}, databases=databases)
         return
-    again = ["--force-recreate", "--timeout", str(grace)] if recreate else []
+    again = ["--force-recreate", "--timeout", str(grace)] if recreate else ["--no-recreate"] if keep else []
+    alone = ["--no-deps"] if color else []  # a color never starts, recreates or reconnects what runs beside it
     for group, how in ((names, "--detach"), (held or [], "--no-start")):
         if group:
-            runner.run(compose_cmd(settings, "up", how, "--no-build", *again, *group), env=env, what="docker compose up")
+            runner.run(compose_cmd(settings, "up", how, "--no-build", *alone, *again, *group), env=env, what="docker compose up")
 
 
 def down(settings: Settings, volumes: bool = False) -> None:

@@ -80,13 +80,18 @@ if [ "$conns" != 0 ]; then
   printf 'limit_conn_zone $binary_remote_addr zone=cg_conn:10m;\n' >> /tmp/colorgate/limit-zones.conf
   printf 'limit_conn cg_conn %s;\n' "$conns" >> /tmp/colorgate/limits.conf
 fi
-# The app's routes, rendered by Colorgate from its x-colorgate block (base64 text).
-if [ -z "${COLORGATE_EDGE_ROUTES:-}" ]; then
-  echo "edge: COLORGATE_EDGE_ROUTES is empty: start the edge with Colorgate (invoke up)" >&2; exit 64
-fi
-printf '%s' "$COLORGATE_EDGE_ROUTES" | base64 -d > /tmp/colorgate/routes.conf
-# State written by earlier Colorgate versions (nginx includes) becomes the per-request files.
+# The app's routes and the edge's answer headers: kept in the state volume by Colorgate
+# (`invoke up` writes them, then reloads), so a changed route needs no new container. Until
+# then none (app paths 404), or those an edge started by hand is given (base64 text).
 state=/etc/colorgate/state
+if [ ! -s "$state/routes.conf" ]; then
+  if [ -n "${COLORGATE_EDGE_ROUTES:-}" ]; then
+    printf '%s' "$COLORGATE_EDGE_ROUTES" | base64 -d > "$state/routes.conf"
+  else
+    echo "# colorgate routes none (written by invoke up)" > "$state/routes.conf"
+  fi
+fi
+# State written by earlier Colorgate versions (nginx includes) becomes the per-request files.
 if [ -f "$state/active.conf" ] && [ ! -f "$state/live" ]; then
   sed -n 's/^set \$cg_\(color\|version\) "\([^"]*\)";$/\1=\2/p' "$state/active.conf" > "$state/live.new" && mv "$state/live.new" "$state/live"
 fi

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from deploy import facts
 from deploy.colors import COLORS
 from deploy.config import Settings
-from deploy.edge.state import (DATABASE_RECORD, FREEZE_FILE, LIVE_FILE, STATE_DIR, Active, _database_record, _sections, in_edge,
+from deploy.edge.state import (DATABASE_RECORD, FREEZE_FILE, LIVE_FILE, ROUTES_FILE, STATE_DIR, Active, _database_record, _sections, in_edge,
                                live_of, read_file_cmd, state_fields)
 from deploy.errors import CommandError
 
@@ -34,7 +34,7 @@ _LOCK_REPORT = f"""  printf '%s\\n' "$(cat $L/holder 2>/dev/null)"
   exit {LOCK_HELD}"""
 # Taken, the lock's exec also prints what a locked command decides from, read under the
 # lock in the same round trip: the live file, whether writes are frozen, the database
-# record, whether a canary is set and (with $3 = history) the history, each after a
+# record, whether a canary is set, the routes' first line and (with $3 = history) the history, each after a
 # `@@colorgate NAME` line.
 LOCK_SCRIPT = f"""L={LOCK_DIR}
 if ! mkdir $L 2>/dev/null; then
@@ -47,6 +47,7 @@ printf '\\n@@colorgate live\\n'; cat {LIVE_FILE} 2>/dev/null
 printf '\\n@@colorgate freeze\\n'; [ ! -f {FREEZE_FILE} ] || echo frozen
 printf '\\n@@colorgate database\\n'; cat {DATABASE_RECORD} 2>/dev/null
 printf '\\n@@colorgate canary\\n'; [ ! -f {STATE_DIR}/canary ] || echo canary
+printf '\\n@@colorgate routes\\n'; head -n 1 {ROUTES_FILE} 2>/dev/null || true
 if [ "${{3:-}}" = history ]; then printf '\\n@@colorgate history\\n'; cat {HISTORY} 2>/dev/null; fi
 true"""
 READ_LOCK_SCRIPT = f"""L={LOCK_DIR}
@@ -81,6 +82,7 @@ class Found:
     database_text: str = ""
     history: list[dict] | None = None  # None: not asked for
     canary: bool = False  # a canary file is there (canary.py)
+    routes: str = ""  # the first line of the edge's routes file (names their digest)
 
     @property
     def active(self) -> Active | None:
@@ -95,7 +97,8 @@ class Found:
 def parse_found(text: str) -> Found:
     body = _sections(text)
     return Found(body.get("live", ""), body.get("freeze", "").strip() == "frozen", body.get("database", ""),
-                 parse_history(body["history"]) if "history" in body else None, body.get("canary", "").strip() == "canary")
+                 parse_history(body["history"]) if "history" in body else None, body.get("canary", "").strip() == "canary",
+                 body.get("routes", "").strip())
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from deploy import facts, runner
+from deploy import facts, render, runner
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
 from deploy.errors import BadVersion, ColorgateError, CommandError, StackError
@@ -21,6 +21,7 @@ FREEZE_FILE = f"{STATE_DIR}/freeze"
 MAINTENANCE_FILE = f"{STATE_DIR}/maintenance"
 DATABASE_RECORD = f"{STATE_DIR}/database.json"
 CANARY_FILE = f"{STATE_DIR}/canary"
+ROUTES_FILE = f"{STATE_DIR}/routes.conf"  # the app's routes and the edge's answer headers (render.edge_routes_file)
 # What the edge routes now and its requests in flight per color (colorgate.lua),
 # answered only inside the container.
 STATE_URL = "http://127.0.0.1:8080/.colorgate/state"
@@ -66,6 +67,31 @@ until curl -s --max-time 1 {STATE_URL} | grep -qx "$want"; do
   sleep 0.02
 done
 """
+
+# Install the edge's routes ($1) and reload gracefully, in one exec: in place, `nginx -t`
+# (a configuration nginx refuses is taken back: exit 3, the edge serves the old one), the
+# reload, then wait until the new workers answer with the digest $2. With $3 = file, only
+# in place: for an edge of an earlier Colorgate (its routes elsewhere) about to be replaced.
+ROUTES_SCRIPT = f"""set -eu
+f={ROUTES_FILE}
+[ ! -f "$f" ] || cp "$f" "$f.old"
+printf '%s' "$1" > "$f.new"
+mv "$f.new" "$f"
+if [ "${{3:-}}" = file ]; then rm -f "$f.old"; exit 0; fi
+if ! out=$(nginx -t -q -c {NGINX_CONF} 2>&1); then
+  if [ -f "$f.old" ]; then mv "$f.old" "$f"; else rm -f "$f"; fi
+  echo "refused the edge's new routes: $out" >&2; exit 3
+fi
+rm -f "$f.old"
+nginx -s reload -c {NGINX_CONF}
+tries=0
+until [ "$(curl -sk --max-time 1 https://127.0.0.1:8443/.colorgate/routes)" = "$2" ]; do
+  tries=$((tries + 1))
+  [ $tries -lt 250 ] || {{ echo "the edge does not serve its new routes 5 s after the reload: see: invoke logs edge" >&2; exit 4; }}
+  sleep 0.02
+done
+"""
+
 
 @dataclass(frozen=True)
 class Active:
@@ -165,6 +191,32 @@ def freeze_cmd(frozen: bool, text: str) -> list[str]:
 
 def maintenance_cmd(text: str) -> list[str]:
     return write_cmd(MAINTENANCE_FILE, MAINTENANCE_LINES, "retry bypass" if text else "", f"maintenance={'on' if text else 'off'}", text)
+
+
+def routes_cmd(text: str, digest: str, reload: bool = True) -> list[str]:
+    return ["sh", "-c", ROUTES_SCRIPT, "routes", text, digest, "" if reload else "file"]
+
+
+def write_routes(settings: Settings, text: str, digest: str, reload: bool = True) -> None:
+    """Install the edge's routes (render.edge_routes_file) with a graceful reload (unless
+    not `reload`): requests in flight finish on the old workers."""
+    in_edge(settings, routes_cmd(text, digest, reload), "reloading the edge with its new routes")
+
+
+def sync_routes(settings: Settings, text: str, reload: bool = True) -> bool:
+    """Give the edge `text` (render.edge_routes_file) unless it has those routes already:
+    with a graceful reload (unless not `reload`). Returns whether it wrote them."""
+    digest = render.routes_digest(text)
+    if render.routes_digest(read_routes_line(settings)) == digest:
+        return False
+    with runner.step("giving the edge the contract's routes (nginx -t, graceful reload)" if reload else "keeping the contract's routes in the edge's state"):
+        write_routes(settings, text, digest, reload)
+    return True
+
+
+def read_routes_line(settings: Settings) -> str:
+    """The first line of the routes the edge keeps (names their digest; "" for none)."""
+    return in_edge(settings, ["sh", "-c", f"head -n 1 {ROUTES_FILE} 2>/dev/null || true"], "reading the edge's routes").stdout
 
 
 def state_cmd() -> list[str]:

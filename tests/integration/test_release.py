@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import tenacity
+import yaml
 from python_on_whales import DockerClient
 
-from deploy import canary, config, contract, edge, facts, gates, history, release, render, runner, stack, tls
+from deploy import apply, canary, config, contract, edge, facts, gates, history, release, render, runner, stack, tls
 from deploy.errors import CommandError, StackError
 
 from .conftest import INVOKE, invoke, isolated_env, running_stack
@@ -81,6 +82,45 @@ def test_deploying_the_live_version_is_a_no_op(rstack):
     before = len(edge.read_history(rstack))
     assert release.deploy(rstack, version="v2").outcome == "no-op"
     assert len(edge.read_history(rstack)) == before
+
+
+def changed_contract(tmp_path, settings) -> Path:
+    """A copy of the examples whose app has a route more (the edge's configuration), an
+    app network made internal, and a shared service with another environment."""
+    shutil.copytree(settings.app_dir.parent, tmp_path / "examples")  # its PostgreSQL builds from ../
+    path = tmp_path / "examples" / settings.app_dir.name / "docker-compose.yml"
+    data = contract.read_compose(path)
+    data["x-colorgate"]["routes"].append({"path": "/docs/", "to": "frontend:8080"})
+    data["networks"]["web"] = {"internal": True}
+    data["services"]["postgres"]["environment"]["TZ"] = "UTC"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path.parent
+
+
+def test_a_deploy_refuses_a_changed_contract_before_anything_starts_and_traffic_never_notices(rstack, env, tmp_path):
+    """A release starts only its candidate: what the contract changed beside the colors
+    (the edge's routes, a network, a shared service) is named, nothing is created,
+    recreated or reconnected, and clients that never retry lose nothing meanwhile."""
+    from .test_switching import NoRetryClients
+
+    before = live(rstack)
+    ids = {name: facts.inspect(rstack, facts.container(rstack, name))["Id"]
+           for name in ("edge", "postgres", *rstack.app.color_services(before.color))}
+    app = changed_contract(tmp_path, rstack)
+    with NoRetryClients(rstack, tls.read_local_ca(rstack)) as clients:
+        time.sleep(0.5)
+        proc = invoke("deploy", env={**env, "COLORGATE_APP": str(app)})
+        time.sleep(0.5)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("colorgate: the contract or the settings changed what runs beside the colors ("), proc.stderr
+    for phrase in ("the edge's routes would be reloaded", "postgres would be recreated", "the network web would be recreated", "invoke apply"):
+        assert phrase in last, last
+    assert clients.failed == [] and clients.ok > 50, f"{len(clients.failed)} of {clients.ok + len(clients.failed)} lost: {clients.failed[:5]}"
+    assert {name: facts.inspect(rstack, facts.container(rstack, name))["Id"] for name in ids} == ids
+    assert_traffic_untouched(rstack, before)
+    assert edge.read_history(rstack)[-1]["to_version"] == before.version  # not recorded as a release: refused before one began
+    # the contract as it runs changes nothing beside the candidate (the other tests deploy it)
+    assert apply.changes(rstack, "blue" if before.color == "green" else "green", facts.running_versions(facts.service_states(rstack))) == []
 
 
 def test_switch_refuses_unknown_and_stopped_colors(rstack, env):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import bootstrap, config, images, runner, stack, views
+from deploy import bootstrap, config, facts, images, runner, stack, views
 from deploy.errors import CommandError, PortInUse
 
 
@@ -135,3 +135,26 @@ def test_registry_errors_name_the_cause_and_a_401_inside_a_name_is_not_a_refusal
     refused = "Error response from daemon: Head \"https://127.0.0.1:5000/v2/app/manifests/v1\": 401 Unauthorized"
     assert "refused the credentials" in images.explain_registry_error(server, refused)
     assert "refused the credentials" in images.explain_registry_error(server, "error: received unexpected HTTP status: 401")
+
+
+# captured from `docker compose --dry-run up --detach --no-build --no-deps` (Compose 2.40) on a
+# stack whose network `data` became internal and whose postgres changed, with a new `cache`
+DRY_RUN = """\
+ DRY-RUN MODE -  Container cg-postgres-1  Stopping
+ DRY-RUN MODE -  Container cg-postgres-1  Stopped
+ DRY-RUN MODE -  Network cg_data  Removed
+ DRY-RUN MODE -  Container cg-edge-1  Running
+ DRY-RUN MODE -  Container cg-postgres-1  Recreate
+ DRY-RUN MODE -  Container cg-cache-1  Creating
+ DRY-RUN MODE -  Container cg-backend_green-1  Recreate
+ DRY-RUN MODE -  Container cg-postgres-1  Recreated
+ DRY-RUN MODE -  Container 0de44b3498c8_cg-backend_green-1  Starting
+ DRY-RUN MODE -  Container cg-cache-1  Created
+ DRY-RUN MODE -  Network cg_web  Creating
+"""
+
+
+def test_what_compose_would_change_is_read_from_its_dry_run():
+    assert facts.parse_dry_run(DRY_RUN, "cg") == {
+        "network data": "recreate", "service postgres": "recreate", "service cache": "create", "service backend_green": "recreate"}
+    assert facts.parse_dry_run(" DRY-RUN MODE -  Container cg-edge-1  Running\n", "cg") == {}

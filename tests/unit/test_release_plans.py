@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, edge, facts, history, release
+from deploy import apply, config, edge, facts, history, release
 from deploy.errors import ColorgateError, GateFailed, Interrupted
 
 CASES = Path(__file__).with_name("cases")
@@ -35,6 +35,7 @@ def target(raw: dict) -> release.Target:
         history=raw.get("history") or [],
         database=raw.get("database") or {"url": "local"},
         tags=raw.get("tags") or [],
+        beside=tuple(apply.Change(*change.split()) for change in raw.get("beside") or ()),
     )
 
 

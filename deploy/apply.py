@@ -1,0 +1,150 @@
+"""A changed contract or settings reaching a running stack (`invoke up`, `invoke apply`),
+in the order that keeps the live color answering. A release never does this: it starts
+only its candidate, and refuses while anything here is pending (release.plan_deploy).
+
+What can change beside the colors, as compose's own dry run and the edge's routes say:
+
+    the edge's routes     written into its state and reloaded gracefully: no new container
+    a shared service      recreated (compose); the database after a verified backup;
+    or the edge           on staging and production only with --yes
+    a new network         made, and the live color's running containers attached to it,
+                          before a shared service moves onto it
+    a network's options   refused: Docker cannot change a network in place, and making it
+                          again would cut the live color off it
+
+The live color itself is left as it runs: the next release's candidate brings its changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deploy import db, edge, facts, render, runner, stack
+from deploy.colors import other
+from deploy.config import Settings
+from deploy.errors import ColorgateError, CommandError, ConfigError
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # "routes", "service" or "network"
+    name: str  # the service or network ("edge" for the routes)
+    how: str  # "reload", "recreate" or "create"
+
+    def __str__(self) -> str:
+        if self.kind == "routes":
+            return "the edge's routes would be reloaded"
+        return f"{'the network ' if self.kind == 'network' else ''}{self.name} would be {self.how}d"
+
+
+def changes_from(dry_run: dict[str, str], beside: list[str], routes_running: str, routes_wanted: str) -> list[Change]:
+    """What a running stack lacks of the contract (pure): from compose's dry run
+    (facts.parse_dry_run), the services that run beside the colors and the digests of the
+    routes the edge has and of those the contract renders."""
+    found = [Change("routes", "edge", "reload")] if routes_running != routes_wanted else []
+    for what, how in dry_run.items():
+        kind, _, name = what.partition(" ")
+        if kind == "network" or name in beside:
+            found.append(Change(kind, name, how))
+    return found
+
+
+def changes(settings: Settings, color: str, versions: dict[str, str], retired: bool = False,
+            routes_line: str | None = None) -> list[Change]:
+    """What starting `color` (a candidate) would change beside it, or what `invoke up`
+    applies: read from compose's own dry run (its decision, not a guess at it) and the
+    edge's routes (`routes_line`: their first line, when already read). On a Swarm the
+    stack is applied as a whole: only the routes are read."""
+    beside = stack.infra_services(settings, retired)
+    line = edge.read_routes_line(settings) if routes_line is None else routes_line
+    wanted = render.routes_digest(render.edge_routes_file(settings.app))
+    if settings.swarm:
+        return changes_from({}, beside, render.routes_digest(line), wanted)
+    proc = runner.run(stack.compose_cmd(settings, "--dry-run", "up", "--detach", "--no-build", "--no-deps", "--pull", "never",
+                                        *beside, *settings.app.color_services(color)),
+                      env=stack.compose_env(settings, versions), what="docker compose up --dry-run")
+    return changes_from(facts.parse_dry_run(proc.stderr + proc.stdout, settings.project), beside, render.routes_digest(line), wanted)
+
+
+def refusal(found: list[Change]) -> str:
+    """Why a release does not start while `found` is pending, and what applies it."""
+    return (f"the contract or the settings changed what runs beside the colors ({', '.join(map(str, found))}); "
+            "a release starts only its candidate: apply the change first with `invoke apply` (`--plan` shows it), then deploy")
+
+
+def check(found: list[Change], profile: str, yes: bool, database: str | None) -> None:
+    """Refuse what cannot be applied safely (pure): a network whose options changed, and,
+    on staging or production without `yes`, recreating a service."""
+    networks = [c.name for c in found if c.kind == "network"]
+    if networks:
+        raise ConfigError(f"the options of the network {networks[0]} changed: Docker cannot change a network in place, and "
+                          "making it again would cut the live color off it: give the changed network a new name in the "
+                          "compose file (a new network is attached to the running containers first)")
+    recreated = [c.name for c in found if c.kind == "service" and c.how == "recreate"]
+    if recreated and profile in ("staging", "production") and not yes:
+        data = f" ({database} after a verified backup; its clients lose it while it restarts)" if database in recreated else ""
+        raise ConfigError(f"applying this recreates {', '.join(recreated)}{data} on {profile}: run again with --yes")
+
+
+def attach_networks(settings: Settings, color: str) -> list[str]:
+    """Make the networks the contract gives `color`'s copies that their running containers
+    are not on yet, and attach them (under their compose names), so that a shared service
+    moving onto such a network is still reached. Returns `copy network` for each attached."""
+    rendered = render.compose(settings.app)
+    networks = rendered.get("networks") or {}
+    copies = settings.app.color_services(color)
+    # compose makes what the copies lack; it never recreates a container with --no-recreate
+    runner.run(stack.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *copies),
+               env=stack.compose_env(settings, facts.running_versions(facts.service_states(settings))), what="docker compose up --no-start")
+    attached = []
+    for copy in copies:
+        name = facts.container(settings, copy)
+        try:
+            have = {n.name for n in facts.service_networks(settings, copy)}
+        except CommandError:
+            continue  # not running: it starts with its networks
+        for key in render.network_map(rendered["services"][copy]):
+            docker_name = (networks.get(key) or {}).get("name") or f"{settings.project}_{key}"
+            if docker_name not in have:
+                runner.run(["docker", "network", "connect", "--alias", copy, "--alias", name, docker_name, name],
+                           env=settings.docker_env(), what=f"attaching {copy} to the network {key}")
+                attached.append(f"{copy} {key}")
+    return attached
+
+
+def plan_lines(found: list[Change]) -> list[str]:
+    """The plan as `invoke apply --plan` prints it."""
+    if not found:
+        return ["nothing to apply: what runs beside the colors is what the contract and the settings say"]
+    return [f"-- {str(c).replace(' would be ', ': ', 1)}" for c in found]
+
+
+def plan(settings: Settings) -> list[str]:
+    """What `invoke apply` would change on a running stack, as lines (`--plan`)."""
+    active = edge.read_active(settings)
+    if active is None:
+        return ["no color is live yet: `invoke up` starts the stack"]
+    versions = facts.running_versions(facts.service_states(settings))
+    return plan_lines(changes(settings, other(active.color), versions, bool(edge.read_database_record(settings).get("retired"))))
+
+
+def prepare(settings: Settings, active_color: str, yes: bool = False) -> list[Change]:
+    """Before `invoke up` starts what runs beside the colors on a running stack: read
+    what it would change, refuse what cannot be applied safely, attach the live color to
+    new networks, and take a verified backup when the database is recreated."""
+    versions = facts.running_versions(facts.service_states(settings))
+    found = changes(settings, other(active_color), versions, bool(edge.read_database_record(settings).get("retired")))
+    database = settings.app.database.service if settings.app.postgres else None
+    check(found, settings.profile, yes, database)
+    for line in plan_lines(found):
+        runner.say(line)
+    if any(c.kind == "service" for c in found):
+        with runner.step(f"attaching {active_color} to the contract's new networks"):
+            attach_networks(settings, active_color)
+    if database and any(c.kind == "service" and c.name == database and c.how == "recreate" for c in found) and db.has_tables(settings):
+        with runner.step(f"backing up the database before {database} is recreated"):
+            manifest = db.backup(settings)
+            verified = db.verify(settings, manifest["name"])
+        if not verified.usable:
+            raise ColorgateError(f"the backup {manifest['name']} did not verify ({verified.reason}): not recreating {database}")
+    return found
