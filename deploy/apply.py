@@ -86,29 +86,30 @@ def check(found: list[Change], profile: str, yes: bool, database: str | None) ->
         raise ConfigError(f"applying this recreates {', '.join(recreated)}{data} on {profile}: run again with --yes")
 
 
-def attach_networks(settings: Settings, color: str) -> list[str]:
-    """Make the networks the contract gives `color`'s copies that their running containers
-    are not on yet, and attach them (under their compose names), so that a shared service
-    moving onto such a network is still reached. Returns `copy network` for each attached."""
+def attach_networks(settings: Settings, services: list[str]) -> list[str]:
+    """Make the networks the contract gives `services` (the live color's copies, the
+    shared services about to be recreated) that their running containers are not on yet,
+    and attach them under their compose names: a shared service moving onto such a network
+    is still reached by the live color, and reached before it moves (its backup). Returns
+    `service network` for each attached."""
     rendered = render.compose(settings.app)
     networks = rendered.get("networks") or {}
-    copies = settings.app.color_services(color)
-    # compose makes what the copies lack; it never recreates a container with --no-recreate
-    runner.run(stack.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *copies),
+    # compose makes what they lack; it never recreates a container with --no-recreate
+    runner.run(stack.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services),
                env=stack.compose_env(settings, facts.running_versions(facts.service_states(settings))), what="docker compose up --no-start")
     attached = []
-    for copy in copies:
-        name = facts.container(settings, copy)
+    for service in services:
+        name = facts.container(settings, service)
         try:
-            have = {n.name for n in facts.service_networks(settings, copy)}
+            have = {n.name for n in facts.service_networks(settings, service)}
         except CommandError:
             continue  # not running: it starts with its networks
-        for key in render.network_map(rendered["services"][copy]):
+        for key in render.network_map(rendered["services"][service]):
             docker_name = (networks.get(key) or {}).get("name") or f"{settings.project}_{key}"
             if docker_name not in have:
-                runner.run(["docker", "network", "connect", "--alias", copy, "--alias", name, docker_name, name],
-                           env=settings.docker_env(), what=f"attaching {copy} to the network {key}")
-                attached.append(f"{copy} {key}")
+                runner.run(["docker", "network", "connect", "--alias", service, "--alias", name, docker_name, name],
+                           env=settings.docker_env(), what=f"attaching {service} to the network {key}")
+                attached.append(f"{service} {key}")
     return attached
 
 
@@ -138,10 +139,11 @@ def prepare(settings: Settings, active_color: str, yes: bool = False) -> list[Ch
     check(found, settings.profile, yes, database)
     for line in plan_lines(found):
         runner.say(line)
+    recreated = [c.name for c in found if c.kind == "service" and c.how == "recreate"]
     if any(c.kind == "service" for c in found):
-        with runner.step(f"attaching {active_color} to the contract's new networks"):
-            attach_networks(settings, active_color)
-    if database and any(c.kind == "service" and c.name == database and c.how == "recreate" for c in found) and db.has_tables(settings):
+        with runner.step(f"attaching {active_color} and what is recreated to the contract's new networks"):
+            attach_networks(settings, [*settings.app.color_services(active_color), *recreated])
+    if database in recreated and db.has_tables(settings):
         with runner.step(f"backing up the database before {database} is recreated"):
             manifest = db.backup(settings)
             verified = db.verify(settings, manifest["name"])

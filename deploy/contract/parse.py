@@ -128,9 +128,18 @@ def _path(value, where: str) -> str:
 
 
 def _command(value, where: str) -> tuple[str, ...]:
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-        return tuple(value)
-    raise ContractError(f'{where}: should be a command as a list, such as ["npm", "run", "migrate"]')
+    """A command in the block, written as a service's `command:` is: `$$` is a `$` for the
+    shell in the container, and a lone `$` (which compose would expand from the operator's
+    environment there) is refused rather than read two ways."""
+    if not (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)):
+        raise ContractError(f'{where}: should be a command as a list, such as ["npm", "run", "migrate"]')
+    for n, arg in enumerate(value):
+        lone = re.search(r"\$\S*", arg.replace("$$", "\0"))
+        if lone:
+            word = lone.group(0).replace("\0", "$$")
+            raise ContractError(f"{where}[{n}]: {word!r} has a lone '$': write '${word}' as in a service's command: "
+                                "($$ reaches the container's shell as $; the block is never expanded from your environment)")
+    return tuple(arg.replace("$$", "$") for arg in value)
 
 
 def _ports_published(service: dict) -> bool:

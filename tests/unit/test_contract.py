@@ -62,6 +62,9 @@ def test_a_good_contract_is_read_with_its_defaults():
     assert app.health["web"] == contract.Health("web", "/", 80)
     assert app.health["api"].json == (("db", "ok"), ("ready", "true"))
     assert app.migrations.command == ("npm", "run", "migrate")
+    # the block's commands read `$` as a service's command: does: `$$` reaches the shell as `$`
+    shell = contract.parse(app_with(**{"x-colorgate__migrations__command": ["sh", "-c", 'migrate --url "$$(cat $$DB_FILE)" --cost $$$$']}))
+    assert shell.migrations.command == ("sh", "-c", 'migrate --url "$(cat $DB_FILE)" --cost $$')
     # the database's clients: the colored services on its networks (not the frontend)
     assert app.database == contract.Database("db", "PG_URL", ("api", "worker"))
     assert app.route_for("/api/x").service == "api" and app.route_for("/deep/link").service == "web"
@@ -91,6 +94,8 @@ def test_a_good_contract_is_read_with_its_defaults():
     ({"x-colorgate__health__web": None}, r"^x-colorgate.health: routed service 'web' has no health check: add \{path: /health\} for it$"),
     ({"x-colorgate__migrations__service": "db"}, r"^x-colorgate.migrations.service: 'db' is not colored"),
     ({"x-colorgate__migrations__command": "npm run migrate"}, r"^x-colorgate.migrations.command: should be a command as a list"),
+    ({"x-colorgate__migrations__command": ["sh", "-c", "migrate --url $DB_URL"]},
+     r"^x-colorgate.migrations.command\[2\]: '\$DB_URL' has a lone '\$': write '\$\$DB_URL' as in a service's command: "),
     ({"x-colorgate__database__service": "api"}, r"^x-colorgate.database.service: 'api' is not shared"),
     ({"x-colorgate__routes": [{"path": "/", "to": "web:80"}, {"path": "/", "to": "api:3000"}]},
      r"^x-colorgate.routes: the path '/' is routed twice: keep one$"),

@@ -1,0 +1,182 @@
+"""`invoke apply` on a running stack under steady load: a changed contract (a route more,
+the database moved onto a new internal network, a shared service's environment) reaches
+the target beside the live color, which keeps answering; the release after it starts only
+its candidate. A network whose options changed is refused before anything changes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy import apply, config, contract, db, edge, facts, gates, tls
+
+from .conftest import invoke, isolated_env, running_stack
+from .test_switching import connect, request
+
+
+@pytest.fixture(scope="module")
+def env():
+    return isolated_env("ap")
+
+
+@pytest.fixture(scope="module")
+def settings(request, env):
+    s = config.load("development", environ={**os.environ, **env})
+    with running_stack(request, s):
+        yield s
+
+
+class SteadyClients:
+    """Readers sending GETs of an answer that needs no database back to back on keep-alive
+    connections (none may fail), and one writer posting notes (each write it was told was
+    stored is checked afterwards; those refused while the database restarts are counted).
+    A reader retries a GET only as browsers and HTTP libraries do (RFC 9112 9.3.1): once,
+    on a new connection, when the edge closed an idle keep-alive one without answering,
+    as nginx's graceful reload does; those are counted too."""
+
+    def __init__(self, settings, readers=3):
+        self.settings, self.ca = settings, tls.read_local_ca(settings)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.reads, self.read_failures, self.closed_idle = 0, [], 0
+        self.stored, self.refused = [], 0
+        self.threads = [threading.Thread(target=self.read, daemon=True) for _ in range(readers)]
+        self.threads.append(threading.Thread(target=self.write, daemon=True))
+
+    def read(self) -> None:
+        conn = connect(self.settings, self.ca)
+        while not self.stop.is_set():
+            try:
+                try:
+                    status, _, _ = request(conn, "GET", "/api/version")
+                except http.client.RemoteDisconnected:
+                    with self.lock:
+                        self.closed_idle += 1
+                    conn.close()
+                    conn = connect(self.settings, self.ca)
+                    status, _, _ = request(conn, "GET", "/api/version")
+                with self.lock:
+                    self.reads += 1
+                    if status != 200:
+                        self.read_failures.append(status)
+            except OSError as exc:
+                with self.lock:
+                    self.read_failures.append(repr(exc))
+                conn.close()
+                conn = connect(self.settings, self.ca)
+
+    def write(self) -> None:
+        conn, n = connect(self.settings, self.ca), 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                status, _, body = request(conn, "POST", "/api/notes", {"body": f"steady #{n}"})
+            except OSError:
+                status, body = 0, b""
+                conn.close()
+                conn = connect(self.settings, self.ca)
+            with self.lock:
+                if status == 201:
+                    self.stored.append(json.loads(body)["id"])
+                else:
+                    self.refused += 1
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.5)
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+
+def edited(tmp_path: Path, settings, edit) -> dict[str, str]:
+    """COLORGATE_APP for a copy of the examples whose app's compose file `edit` changed."""
+    root = tmp_path / "examples"
+    shutil.copytree(settings.app_dir.parent, root)  # its PostgreSQL builds from ../
+    path = root / settings.app_dir.name / "docker-compose.yml"
+    data = contract.read_compose(path)
+    edit(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return {"COLORGATE_APP": str(path.parent)}
+
+
+def moved_database(data: dict) -> None:
+    data["x-colorgate"]["routes"].insert(0, {"path": "/docs/", "to": "frontend:8080"})
+    data["networks"]["store"] = {"internal": True}
+    data["services"]["backend"]["networks"] = ["web", "store"]
+    data["services"]["postgres"]["networks"] = ["store"]
+    data["services"]["postgres"]["environment"]["TZ"] = "UTC"
+
+
+def ids(settings, names) -> dict[str, str]:
+    return {name: facts.inspect(settings, facts.container(settings, name))["Id"] for name in names}
+
+
+def test_a_changed_network_option_is_refused_before_anything_changes(settings, env, tmp_path):
+    def internal_web(data):
+        data["networks"]["web"] = {"internal": True}
+
+    live = edge.read_active(settings)
+    before = ids(settings, ("edge", "postgres", *settings.app.color_services(live.color)))
+    proc = invoke("apply", env={**env, **edited(tmp_path, settings, internal_web)})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "colorgate: the options of the network web changed: Docker cannot change a network in place, and making it again "
+        "would cut the live color off it: give the changed network a new name in the compose file (a new network is "
+        "attached to the running containers first)")
+    assert ids(settings, before) == before and edge.read_active(settings) == live
+
+
+def test_apply_moves_the_database_onto_a_new_network_and_adds_a_route_while_the_live_color_answers(settings, env, tmp_path):
+    changed = {**env, **edited(tmp_path, settings, moved_database)}
+    live = edge.read_active(settings)
+    copies = settings.app.color_services(live.color)
+    before = ids(settings, ("edge", *copies))
+    backups = len(db.list_backups(settings))
+
+    plan = invoke("apply", "--plan", env=changed)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines() == ["-- the edge's routes: reloaded", "-- postgres: recreated"]
+
+    with SteadyClients(settings) as clients:
+        proc = invoke("apply", env=changed)
+    assert proc.returncode == 0, proc.stderr
+    print(f"\n  apply: {clients.reads} reads, {len(clients.read_failures)} failed, {clients.closed_idle} on idle connections the "
+          f"reload closed; {len(clients.stored)} writes stored, "
+          f"{clients.refused} refused while the database restarted")
+    assert clients.read_failures == [] and clients.reads > 50, clients.read_failures[:5]
+    assert "backing up the database before postgres is recreated" in proc.stdout + proc.stderr
+    # the live color was attached, not recreated, and the edge reloaded, not restarted
+    assert ids(settings, before) == before and edge.read_active(settings) == live
+    assert {n.name for n in facts.service_networks(settings, "postgres")} == {f"{settings.project}_store"}
+    assert f"{settings.project}_store" in {n.name for n in facts.service_networks(settings, settings.app.copy_name("backend", live.color))}
+    assert len(db.list_backups(settings)) == backups + 1
+    stored = {n["id"] for n in gates_get(settings, "/api/notes").json()}
+    assert set(clients.stored) <= stored  # every write acknowledged is there
+    assert gates_get(settings, "/docs/").status_code == 200
+
+    again = invoke("apply", "--plan", env=changed)
+    assert again.stdout.strip() == "nothing to apply: what runs beside the colors is what the contract and the settings say"
+    # the next release starts its candidate on the new network; its gates pass
+    deploy = invoke("deploy", env=changed)
+    assert deploy.returncode == 0, deploy.stderr
+    assert edge.read_active(settings).color != live.color
+    gates_get(settings, "/api/health").raise_for_status()
+
+
+def gates_get(settings, path):
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        return c.get(path)
