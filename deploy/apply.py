@@ -5,8 +5,9 @@ only its candidate, and refuses while anything here is pending (release.plan_dep
 What can change beside the colors, as compose's own dry run and the edge's routes say:
 
     the edge's routes     written into its state and reloaded gracefully: no new container
-    a shared service      recreated (compose); the database after a verified backup;
-    or the edge           on staging and production only with --yes
+    a shared service      recreated (compose); the database after a verified backup, its
+    or the edge           clients' requests held at the edge while it restarts; on staging
+                          and production only with --yes
     a new network         made, and the live color's running containers attached to it,
                           before a shared service moves onto it
     a network's options   refused: Docker cannot change a network in place, and making it
@@ -17,6 +18,9 @@ The live color itself is left as it runs: the next release's candidate brings it
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from deploy import db, edge, facts, render, runner, stack
@@ -129,10 +133,12 @@ def plan(settings: Settings) -> list[str]:
     return plan_lines(changes(settings, other(active.color), versions, bool(edge.read_database_record(settings).get("retired"))))
 
 
-def prepare(settings: Settings, active_color: str, yes: bool = False) -> list[Change]:
-    """Before `invoke up` starts what runs beside the colors on a running stack: read
+@contextlib.contextmanager
+def applying(settings: Settings, active_color: str, yes: bool = False) -> Iterator[list[Change]]:
+    """Around `invoke up` starting what runs beside the colors of a running stack: read
     what it would change, refuse what cannot be applied safely, attach the live color to
-    new networks, and take a verified backup when the database is recreated."""
+    new networks; when the database is recreated, a verified backup first, and its
+    clients' requests held at the edge while it restarts (then passed on)."""
     versions = facts.running_versions(facts.service_states(settings))
     found = changes(settings, other(active_color), versions, bool(edge.read_database_record(settings).get("retired")))
     database = settings.app.database.service if settings.app.postgres else None
@@ -143,10 +149,29 @@ def prepare(settings: Settings, active_color: str, yes: bool = False) -> list[Ch
     if any(c.kind == "service" for c in found):
         with runner.step(f"attaching {active_color} and what is recreated to the contract's new networks"):
             attach_networks(settings, [*settings.app.color_services(active_color), *recreated])
-    if database in recreated and db.has_tables(settings):
+    if database not in recreated:
+        yield found
+        return
+    if db.has_tables(settings):
         with runner.step(f"backing up the database before {database} is recreated"):
             manifest = db.backup(settings)
             verified = db.verify(settings, manifest["name"])
         if not verified.usable:
             raise ColorgateError(f"the backup {manifest['name']} did not verify ({verified.reason}): not recreating {database}")
-    return found
+    with _held(settings, active_color, database):
+        yield found
+
+
+@contextlib.contextmanager
+def _held(settings: Settings, color: str, database: str) -> Iterator[None]:
+    """The database's clients' requests held at the edge (for up to COLORGATE_HOLD_SECONDS
+    each), once those in flight are answered (5 s at most: a stream never is)."""
+    with runner.step(f"holding the requests to {database}'s clients at the edge while it restarts"):
+        edge.set_frozen(settings, True, database=True)
+        edge.drain(settings, color, seconds=min(5, settings.drain_seconds))
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        edge.set_frozen(settings, False)
+        runner.say(f"ok requests pass again: held for {time.monotonic() - started:.1f}s")

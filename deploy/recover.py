@@ -5,7 +5,7 @@ slept: no `finally` runs) can leave the target in a state the next command would
 on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move) calls
 `reconcile` once it holds the lock, so nothing else runs meanwhile:
 
-    a write freeze           with no db.move running: writes open again
+    a write freeze           with no db.move, db.restore or apply running: writes open again
     the replication relay    (db.move --mode replicate): removed, with what it opened (the
                              database's rules, the host firewall's), then the publication,
                              slot and role on the local database (a slot left behind holds
@@ -52,7 +52,7 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
         runner.say("!! a deploy that died left its canary: every user is on the live color again")
     if frozen:
         edge.set_frozen(settings, False)
-        runner.say("!! writes were frozen at the edge with no db.move running (one died): writes open again")
+        runner.say("!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again")
     pg = settings.app.postgres
     local = bool(pg and pg.service in states and states[pg.service].state == "running")
     relay_left = relay.left(settings, states)

@@ -11,8 +11,10 @@ keeps running: a rollback is a switch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from deploy import access, apply, canary, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
@@ -369,13 +371,14 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
 def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
     """`invoke up` and `invoke apply` (which CI may run on every push): stack.up, with
     what changes beside the colors of a running stack readied under the release lock
-    (apply.prepare: refused when unsafe, --yes on staging and production to recreate),
+    (apply.applying: refused when unsafe, --yes on staging and production to recreate),
     and its migrations guarded as a release's are: under the release lock, and, when the
     database holds anything, after a backup a restore verified. At head: nothing taken,
     nothing run."""
-    def prepare(color: str) -> None:
-        with lock(settings, "apply"):
-            apply.prepare(settings, color, yes)
+    @contextlib.contextmanager
+    def prepare(color: str) -> Iterator[None]:
+        with lock(settings, "apply"), apply.applying(settings, color, yes):
+            yield
 
     def run_migrations(color: str, versions: dict[str, str]) -> None:
         m = settings.app.migrations

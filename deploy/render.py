@@ -234,6 +234,8 @@ def edge_routes(app: App) -> str:
         ]
         if r.websocket:
             lines.append("    set $cg_websocket 1;")
+        if app.database and r.service in app.database.clients:
+            lines.append("    set $cg_database 1;  # held while the database restarts")
         if not r.buffering:
             lines += ["    proxy_buffering off;", "    proxy_cache off;"]
         if r.app_headers:

@@ -6,6 +6,7 @@ deploy.runner; what runs on the target is read by deploy.facts.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -216,12 +217,12 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
 
 def up(settings: Settings, version: str | None = None,
        run_migrations: Callable[[str, dict[str, str]], None] | None = None,
-       prepare: Callable[[str], None] | None = None) -> None:
+       prepare: Callable[[str], contextlib.AbstractContextManager] | None = None) -> None:
     """Start the edge, PostgreSQL and the live color (the initial color on a new stack,
     at `version`: default the newest built, or v1), and give the edge the contract's
     routes. Its migrations run through `run_migrations(color, versions)` when given: `invoke
     up` guards them as a release does (release.up). On a running stack, `prepare(live
-    color)` first readies what changes beside the colors (apply.prepare).
+    color)` is a context around starting what runs beside the colors (apply.applying).
 
     Idempotent: on a running stack it changes only what the contract or the settings
     changed beside the colors, and never recreates the live color. When a step fails
@@ -244,17 +245,16 @@ def up(settings: Settings, version: str | None = None,
 
         env = compose_env(settings, versions)
         active = edge.read_active(settings) if edge_running else None
-        if active and prepare:
-            prepare(active.color)
-        if edge_running:  # an edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it
-            edge.sync_routes(settings, render.edge_routes_file(settings.app), reload=bool(edge.read_routes_line(settings).strip()))
-        with runner.step(f"starting {' and '.join(infra)}"):
-            try:
-                start(settings, infra, env)
-            except CommandError as exc:
-                raise _explain_compose_error(settings, exc) from None
-            wait_ready(settings, infra)
-        edge.sync_routes(settings, render.edge_routes_file(settings.app))
+        with prepare(active.color) if active and prepare else contextlib.nullcontext():
+            if edge_running:  # an edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it
+                edge.sync_routes(settings, render.edge_routes_file(settings.app), reload=bool(edge.read_routes_line(settings).strip()))
+            with runner.step(f"starting {' and '.join(infra)}"):
+                try:
+                    start(settings, infra, env)
+                except CommandError as exc:
+                    raise _explain_compose_error(settings, exc) from None
+                wait_ready(settings, infra)
+            edge.sync_routes(settings, render.edge_routes_file(settings.app))
         access.check_database(settings)
 
         active = edge.read_active(settings)

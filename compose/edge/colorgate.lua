@@ -6,7 +6,7 @@
 -- streams on the old color go on until that color is stopped.
 --
 --   live         color=blue|green, version=TAG   (absent: no color is live, 503)
---   freeze       hold=SECONDS                     (absent: writes pass)
+--   freeze       hold=SECONDS, requests=database  (absent: writes pass)
 --   canary       color=, version=, percent=1-99, offset=0-99 (decision=promote)
 --                (absent, or naming the live color: everyone gets the live color;
 --                present: that share of users gets the canary color instead, each
@@ -17,7 +17,8 @@
 --                Retry-After and the message, except requests that carry the token
 --                in X-Colorgate-Bypass: Colorgate's own gates)
 --
--- During a freeze a request with a method other than GET, HEAD or OPTIONS is held
+-- During a freeze a request with a method other than GET, HEAD or OPTIONS (with
+-- `requests=database`: any request to a route of the database's clients) is held
 -- for up to `hold` seconds and passed on (to the color live then) when the freeze
 -- ends; one still waiting at the bound gets 503 with Retry-After. Requests in flight
 -- are counted per color, so that a color is stopped only after its requests drained,
@@ -77,11 +78,12 @@ local function bucket()
   return b
 end
 
--- The hold bound of a freeze in seconds, or nil when writes are open.
+-- The hold bound of a freeze in seconds, or nil when writes are open; and whether it
+-- holds every request to a route of the database's clients (a database restart).
 function M.freeze()
   local f = fields(FREEZE)
   if not f then return nil end
-  return tonumber(f.hold or "") or 0
+  return tonumber(f.hold or "") or 0, f.requests == "database"
 end
 
 local function answer(status, content_type, body, headers)
@@ -112,14 +114,15 @@ function M.route()
     m = nil
   end
   if m then return maintenance(m) end
-  local hold = M.freeze()
-  if hold and not SAFE[ngx.req.get_method()] then
+  local hold, all = M.freeze()
+  if hold and (not SAFE[ngx.req.get_method()] or (all and ngx.var.cg_database == "1")) then
     local started = ngx.now()
+    local what = SAFE[ngx.req.get_method()] and "requests" or "writes"
     while hold do
       ngx.update_time()
       if ngx.now() - started >= hold then
         return answer(503, "application/json",
-          '{"error": "maintenance: writes are paused for a moment (database move); retry shortly"}',
+          '{"error": "maintenance: ' .. what .. ' are paused for a moment (database move or restart); retry shortly"}',
           { ["Retry-After"] = "5", ["X-Colorgate-Maintenance"] = "write-freeze" })
       end
       ngx.sleep(0.02)

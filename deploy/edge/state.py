@@ -32,7 +32,7 @@ VERSION = re.compile(f"^{VERSION_RE}$")
 # Every line of a state file must match its pattern (checked again on the edge, so a
 # file that did not come from here is refused before it is renamed into place).
 LIVE_LINES = f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}"
-FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?"
+FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database"
 # A maintenance message goes into an HTML page and a JSON string as it is: no markup,
 # quotes, backslashes or control characters, at most 300 characters.
 MESSAGE = re.compile(r'[^\x00-\x1f\x7f<>&"\\]{0,300}')
@@ -113,7 +113,12 @@ def render_live(color: str, version: str) -> str:
     return f"# Managed by Colorgate: the live color, read by the edge on every request.\ncolor={color}\nversion={version}\n"
 
 
-def render_freeze(hold_seconds: float) -> str:
+def render_freeze(hold_seconds: float, database: bool = False) -> str:
+    """A write freeze (db.move, db.restore): writes are held; with `database` (the
+    database restarts: invoke apply), every request to a route of its clients too."""
+    if database:
+        return (f"# Managed by Colorgate: the database restarts; its clients' requests are held this long, then 503.\n"
+                f"hold={hold_seconds:g}\nrequests=database\n")
     return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n"
 
 
@@ -289,10 +294,11 @@ def write_database_record(settings: Settings, record: dict) -> None:
                        "record", json.dumps(record)], "recording where the database is")
 
 
-def set_frozen(settings: Settings, frozen: bool) -> None:
+def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None:
     """Start or end a write freeze at the edge: from the next request on, writes are
-    held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on."""
-    in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds) if frozen else ""),
+    held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on, except,
+    with `database`, those to a route of the database's clients."""
+    in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds, database) if frozen else ""),
             "starting a write freeze" if frozen else "ending the write freeze")
 
 
