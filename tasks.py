@@ -87,7 +87,7 @@ def bootstrap(c, profile=None, host=None):
 def up(c, profile=None, host=None, registry=None, version=None, yes=False):
     """Start the stack, or apply what changed beside the colors of a running one (as apply)."""
     settings = _target(profile, host, registry)
-    release.up(settings, version=version and edge.check_version(version), yes=yes)
+    _apply.up(settings, version=version and edge.check_version(version), yes=yes)
     print(views.format_status(views.status(settings)))
 
 
@@ -100,7 +100,7 @@ def apply(c, profile=None, host=None, registry=None, plan=False, yes=False):
     if plan:
         print("\n".join(_apply.plan(settings)))
         return
-    release.up(settings, yes=yes)
+    _apply.up(settings, yes=yes)
     print(views.format_status(views.status(settings)))
 
 
@@ -208,14 +208,15 @@ def _report(record) -> None:
 
 @task(help={"version": "version tag to deploy (default: the next vN)", "force": "deploy even if this version is live; rebuild images",
             "canary": "shares of users the new version gets first, in turn, each gated and judged: 10 or 10,50",
+            "keep_rejected": "turned away after the switch: keep the new color running for debugging (default: stopped once drained)",
             "profile": "env profile", "host": HOST_HELP, "registry": REGISTRY_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def deploy(c, version=None, force=False, canary=None, profile=None, host=None, registry=None, break_lock=False):
+def deploy(c, version=None, force=False, canary=None, keep_rejected=False, profile=None, host=None, registry=None, break_lock=False):
     """Ship a version to the inactive color: build, start, gate, switch, gate again
     (switching back by itself if the post-switch gates fail)."""
     shares = canary_steps.parse_percents(canary) if canary else ()
     settings = _target(profile, host, registry)
-    _report(release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares))
+    _report(release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares, keep_rejected=keep_rejected))
 
 
 @task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
@@ -240,24 +241,28 @@ def canary_abort(c, profile=None, host=None):
     print(canary_steps.abort(_load(profile, host)))
 
 
-@task(help={"to": "blue or green", "profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
+REJECTED_HELP = "send traffic to a release that was turned away (its gates or analysis failed after a switch)"
+
+
+@task(help={"to": "blue or green", "profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP, "force": REJECTED_HELP})
 @operator_errors
-def switch(c, to=None, profile=None, host=None, break_lock=False):
+def switch(c, to=None, profile=None, host=None, break_lock=False, force=False):
     """Move traffic to an already running color, gated (pre gates, switch, post gates)."""
     if not to:  # a default, so that `invoke switch --help` is help, not a color named "--help"
         raise ColorgateError("switch needs a color: invoke switch --to blue (or green)")
     settings = _target(profile, host)
-    _report(release.switch(settings, to, break_lock=break_lock))
+    _report(release.switch(settings, to, break_lock=break_lock, force=force))
 
 
-@task(help={"profile": "env profile", "host": HOST_HELP, "no_gates": "emergency: switch back at once without running the gates", "break_lock": LOCK_HELP})
+@task(help={"profile": "env profile", "host": HOST_HELP, "no_gates": "emergency: switch back at once without running the gates",
+            "break_lock": LOCK_HELP, "force": REJECTED_HELP})
 @operator_errors
-def rollback(c, profile=None, host=None, no_gates=False, break_lock=False):
+def rollback(c, profile=None, host=None, no_gates=False, break_lock=False, force=False):
     """Go back to the color that was live before the latest switch, gated."""
     settings = _target(profile, host)
     if no_gates:
         runner.say("!! rolling back without gates (--no-gates)")
-    _report(release.rollback(settings, use_gates=not no_gates, break_lock=break_lock))
+    _report(release.rollback(settings, use_gates=not no_gates, break_lock=break_lock, force=force))
 
 
 @task(positional=["spec"], help={"spec": "SERVICE=N: the live color's copy of an app's colored service, run by N tasks",

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from deploy import db, edge, facts, render, runner, stack
+from deploy.history import Record, lock, recorded, timed
 from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, ConfigError
@@ -175,3 +176,32 @@ def _held(settings: Settings, color: str, database: str) -> Iterator[None]:
     finally:
         edge.set_frozen(settings, False)
         runner.say(f"ok requests pass again: held for {time.monotonic() - started:.1f}s")
+
+
+def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
+    """`invoke up` and `invoke apply` (which CI may run on every push): stack.up, with
+    what changes beside the colors of a running stack readied under the release lock
+    (apply.applying: refused when unsafe, --yes on staging and production to recreate),
+    and its migrations guarded as a release's are: under the release lock, and, when the
+    database holds anything, after a backup a restore verified. At head: nothing taken,
+    nothing run."""
+    @contextlib.contextmanager
+    def prepare(color: str) -> Iterator[None]:
+        with lock(settings, "apply"), applying(settings, color, yes):
+            yield
+
+    def run_migrations(color: str, versions: dict[str, str]) -> None:
+        m = settings.app.migrations
+        running = facts.service_states(settings).get(settings.app.copy_name(m.service, color))
+        if running and running.state == "running" and facts.pending_migrations(settings, color) is False:
+            return  # at head: no lock taken (a release may be running), nothing to back up
+        with lock(settings, "up"):
+            record = Record("migrate", color, color, versions[color], versions[color])
+            with recorded(settings, record):
+                if settings.app.postgres and db.has_tables(settings):
+                    db.verified_backup(settings, record)
+                with timed(record, "migrations", "applying database migrations"):
+                    stack.migrate(settings, color, versions)
+                record.outcome = "migrated"
+
+    return stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)

@@ -239,6 +239,17 @@ def _wait_pg(settings: Settings, container: str) -> None:
     ready()
 
 
+def verified_backup(settings: Settings, record: history.Record) -> None:
+    """Before migrating: a backup that a real restore has verified, or stop."""
+    with history.timed(record, "backup", "backing up the database before migrating"):
+        manifest = backup(settings)
+    with history.timed(record, "verify", f"verifying backup {manifest['name']}"):
+        verified = verify(settings, manifest["name"])
+    if not verified.usable:
+        raise ColorgateError(f"the pre-migration backup {manifest['name']} did not verify ({verified.reason}): not migrating")
+    record.detail = f"backup {manifest['name']}"
+
+
 def check_restore_allowed(settings: Settings, yes: bool) -> None:
     if settings.profile in STRICT_PROFILES and not yes:
         raise ColorgateError(f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)")

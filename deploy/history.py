@@ -224,6 +224,7 @@ class Record:
     phase: str = ""  # the last phase it reached
     live_color: str = ""  # where traffic was when it ended, read from the edge
     live_version: str = ""
+    rejected: str = ""  # "green v5": a release its gates, its analysis or an operator's canary abort turned away
 
 
 @contextlib.contextmanager
@@ -245,6 +246,25 @@ def previous_color(history: list[dict]) -> tuple[str, str] | None:
         if live and record.get("from_color") and live != record["from_color"]:
             return record["from_color"], record["from_version"]
     return None
+
+
+def rejected(history: list[dict], color: str) -> dict | None:
+    """The record that rejected what `color` holds now: the latest release onto `color`
+    (deploy, switch, rollback), when it was turned away (`rejected`); else None."""
+    for record in reversed(history):
+        if record.get("to_color") == color and record.get("action") in ("deploy", "switch", "rollback", "db.move") \
+                and record.get("outcome") not in ("no-op", "running"):
+            return record if record.get("rejected") else None
+    return None
+
+
+def check_not_rejected(history: list[dict], color: str, version: str, force: bool) -> None:
+    """Refuse to send traffic to a release that was turned away, unless `force`."""
+    found = rejected(history, color)
+    if found and not force and found.get("to_version") == version:
+        raise ColorgateError(f"{color} holds {version}, which its {found['action']} of {found['started'][:19]} turned away "
+                             f"({found['outcome']}: {(found.get('detail') or '?')[:160]}): traffic does not go back to it; "
+                             "ship a release with `invoke deploy`, or add --force")
 
 
 def settle(record: Record, exc: BaseException | None) -> None:

@@ -11,17 +11,15 @@ keeps running: a rollback is a switch.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from deploy import access, apply, canary, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, GateFailed, StackError
-from deploy.history import Held, Record, at, lock, previous_color, recorded, timed
+from deploy.history import Held, Record, at, check_not_rejected, lock, previous_color, recorded, rejected, timed
 
 
 # --- deciding: pure functions of the facts read from the target ------------------------
@@ -82,10 +80,14 @@ def _live(target: Target) -> edge.Active:
     return target.active
 
 
-def _ready_version(settings: Settings, states: dict[str, facts.ServiceState], color: str) -> str:
+def _ready_version(settings: Settings, states: dict[str, facts.ServiceState], color: str, history: list[dict] = ()) -> str:
     """The version `color` runs, or refuse when it is not running and healthy."""
     names = settings.app.color_services(color)
     missing = [s for s in names if s not in states or not states[s].up]
+    turned_away = rejected(list(history), color)
+    if missing and turned_away:
+        raise StackError(f"{color} was stopped after its {turned_away['action']} of {turned_away['started'][:19]} was turned away "
+                         f"({turned_away['to_version']}): nothing runs there to send traffic to; ship a release with `invoke deploy`")
     if missing:
         detail = ", ".join(f"{s} {states[s].state}/{states[s].health or 'no health'}" if s in states else f"{s} absent" for s in missing)
         raise StackError(f"{color} is not running and healthy ({detail}): deploy it first with `invoke deploy`")
@@ -123,23 +125,26 @@ def plan_deploy(settings: Settings, target: Target, version: str | None = None, 
     return Plan("deploy", active.color, candidate, active.version, version, steps + _analysis(settings), canary=canary)
 
 
-def plan_switch(settings: Settings, target: Target, to: str, use_gates: bool = True, action: str = "switch") -> Plan:
-    """Move traffic to `to`, a color that is already running and healthy."""
+def plan_switch(settings: Settings, target: Target, to: str, use_gates: bool = True, action: str = "switch",
+                force: bool = False) -> Plan:
+    """Move traffic to `to`, a color that is already running and healthy, and not holding
+    a release that was turned away (unless `force`)."""
     to = parse_color(to)
     active = _live(target)
     check_same_database(settings, target.states, active.color, to)  # first: it says why a stopped color may not return
-    version = _ready_version(settings, target.states, to)
+    version = _ready_version(settings, target.states, to, target.history)
     if to == active.color:
         return Plan(action, active.color, to, active.version, version, noop=f"{to} ({active.version}) is already live: nothing to do")
+    check_not_rejected(target.history, to, version, force)
     return Plan(action, active.color, to, active.version, version, GATED_SWITCH + _analysis(settings) if use_gates else ("switch",))
 
 
-def plan_rollback(settings: Settings, target: Target, use_gates: bool = True) -> Plan:
+def plan_rollback(settings: Settings, target: Target, use_gates: bool = True, force: bool = False) -> Plan:
     """Back to the color that was live before the latest completed switch."""
     previous = previous_color(target.history)
     if previous is None:
         raise ColorgateError("no previous color in the history: nothing to roll back to")
-    return plan_switch(settings, target, previous[0], use_gates, action="rollback")
+    return plan_switch(settings, target, previous[0], use_gates, action="rollback", force=force)
 
 
 # --- executing: one place runs a plan's steps and handles their failures ----------------
@@ -161,6 +166,8 @@ def execute(plan: Plan, do, record: Record) -> None:
             getattr(do, step)()
             switched = switched or step == "switch"
     except GateFailed as failed:
+        if started or switching:
+            record.rejected = f"{plan.to_color} {plan.to_version}"
         if not switching:
             if started:
                 do.stop_candidate()
@@ -173,14 +180,17 @@ def execute(plan: Plan, do, record: Record) -> None:
             do.gates_back()
         except GateFailed as again:
             raise GateFailed(f"{failed}; traffic is back on {plan.from_color}, but its gates fail too: {again}") from None
+        finally:
+            do.retire_rejected()
         raise GateFailed(f"{failed}; traffic is back on {plan.from_color} ({plan.from_version})") from None
     except (ColorgateError, KeyboardInterrupt) as exc:
         if started and not switching:
             do.stop_candidate()
         elif switched and "post_gates" in plan.steps:
             do.switch_back()
-            record.outcome = "rolled back"
+            record.outcome, record.rejected = "rolled back", f"{plan.to_color} {plan.to_version}"
             if isinstance(exc, ColorgateError):
+                do.retire_rejected()
                 raise ColorgateError(f"{exc}; traffic is back on {plan.from_color} ({plan.from_version})") from None
         raise
 
@@ -190,10 +200,11 @@ class Steps:
 
     def __init__(self, settings: Settings, plan: Plan, record: Record, versions: dict[str, str] | None = None,
                  databases: dict[str, str] | None = None, force: bool = False, verified_backup: bool = True,
-                 migrate: bool = True):
+                 migrate: bool = True, keep_rejected: bool = False):
         self.settings, self.plan, self.record = settings, plan, record
         self.versions = {**(versions or {}), plan.to_color: plan.to_version, plan.from_color: plan.from_version}
         self.databases, self.force, self.verified_backup, self.migrate = databases, force, verified_backup, migrate
+        self.keep_rejected = keep_rejected
 
     def images(self) -> None:
         p = self.plan
@@ -256,6 +267,20 @@ class Steps:
     def gates_back(self) -> None:
         _gate(self.settings, self.record, "post", self.plan.from_color, self.plan.from_version)
 
+    def retire_rejected(self) -> None:
+        """After traffic went back: the color turned away stopped once its requests
+        drained (kept with its logs), unless kept running for debugging. db.move stops
+        its own candidate, once it knows where its writes went."""
+        p = self.plan
+        if p.action == "db.move":
+            return
+        if self.keep_rejected:
+            runner.say(f"-- {p.to_color} ({p.to_version}) keeps running for debugging (--keep-rejected); "
+                       "traffic does not go to it again without --force")
+            return
+        with timed(self.record, "stop_rejected", f"stopping {p.to_color} ({p.to_version}) once its requests drained"):
+            stack.stop_color(self.settings, p.to_color, self.versions)
+
     def stop_candidate(self) -> None:
         if self.plan.canary:  # every user back on the stable color first
             with runner.step(f"ending the canary: everyone on {self.plan.from_color} ({self.plan.from_version})"):
@@ -278,7 +303,7 @@ def _record(plan: Plan) -> Record:
     return Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)
 
 
-def _run(settings: Settings, plan: Plan, target: Target, force: bool = False) -> Record:
+def _run(settings: Settings, plan: Plan, target: Target, force: bool = False, keep_rejected: bool = False) -> Record:
     """Record and execute a plan decided from `target` (a no-op is said, not recorded)."""
     record = _record(plan)
     if plan.noop:
@@ -289,35 +314,37 @@ def _run(settings: Settings, plan: Plan, target: Target, force: bool = False) ->
         record.report = str(settings.reports_dir / f"release-{record.started.replace(':', '')}-{record.id}.png")
     try:
         with recorded(settings, record, phase=plan.steps[0]):
-            execute(plan, Steps(settings, plan, record, facts.running_versions(target.states), force=force), record)
+            execute(plan, Steps(settings, plan, record, facts.running_versions(target.states), force=force,
+                                keep_rejected=keep_rejected), record)
     finally:
         if record.report and record.outcome != "interrupted":  # a signal ends the command now, without a picture
             traffic.write_report(settings, record)
     return record
 
 
-def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool = False) -> Record:
-    """Move traffic to `to`, an already running color, gated."""
+def switch(settings: Settings, to: str, use_gates: bool = True, break_lock: bool = False, force: bool = False) -> Record:
+    """Move traffic to `to`, an already running color, gated (a release turned away: with `force`)."""
     parse_color(to)
-    with lock(settings, "switch", break_lock) as held:
+    with lock(settings, "switch", break_lock, history=True) as held:
         target = observe(settings, held)
-        return _run(settings, plan_switch(settings, target, to, use_gates), target)
+        return _run(settings, plan_switch(settings, target, to, use_gates, force=force), target)
 
 
-def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = False) -> Record:
+def rollback(settings: Settings, use_gates: bool = True, break_lock: bool = False, force: bool = False) -> Record:
     """Switch back to the color that was live before the latest switch."""
     with lock(settings, "rollback", break_lock, history=True) as held:
         target = observe(settings, held)
-        return _run(settings, plan_rollback(settings, target, use_gates), target)
+        return _run(settings, plan_rollback(settings, target, use_gates, force), target)
 
 
 def deploy(settings: Settings, version: str | None = None, force: bool = False, break_lock: bool = False,
-           canary: tuple[int, ...] = ()) -> Record:
+           canary: tuple[int, ...] = (), keep_rejected: bool = False) -> Record:
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch
-    (through the canary shares first, when given)."""
+    (through the canary shares first, when given); turned away after the switch, the
+    candidate is stopped once drained (`keep_rejected`: kept running for debugging)."""
     with lock(settings, "deploy", break_lock) as held:
         target = observe(settings, held, tags=version is None, database=True, beside=True)
-        return _run(settings, plan_deploy(settings, target, version, force, canary), target, force)
+        return _run(settings, plan_deploy(settings, target, version, force, canary), target, force, keep_rejected)
 
 
 def gate(settings: Settings, record: Record, plan: Plan, phase: str) -> None:
@@ -331,17 +358,6 @@ def switch_and_verify(settings: Settings, record: Record, plan: Plan, versions: 
     fail) for a plan decided elsewhere (db.move)."""
     steps = GATED_SWITCH if pre_gates else ("switch", "post_gates")
     execute(dataclasses.replace(plan, steps=steps), Steps(settings, plan, record, versions), record)
-
-
-def _verified_backup(settings: Settings, record: Record) -> None:
-    """Before migrating: a backup that a real restore has verified, or stop."""
-    with timed(record, "backup", "backing up the database before migrating"):
-        manifest = db.backup(settings)
-    with timed(record, "verify", f"verifying backup {manifest['name']}"):
-        verified = db.verify(settings, manifest["name"])
-    if not verified.usable:
-        raise ColorgateError(f"the pre-migration backup {manifest['name']} did not verify ({verified.reason}): not migrating")
-    record.detail = f"backup {manifest['name']}"
 
 
 def migrate(settings: Settings, break_lock: bool = False) -> int:
@@ -360,41 +376,12 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
             return 0
         record = Record("migrate", active.color, active.color, active.version, active.version)
         with recorded(settings, record):
-            _verified_backup(settings, record)
+            db.verified_backup(settings, record)
             versions = facts.running_versions(target.states)
             with timed(record, "migrations", "applying the database migrations"):
                 stack.migrate(settings, active.color, versions)
             record.outcome = "migrated"
         return 1
-
-
-def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
-    """`invoke up` and `invoke apply` (which CI may run on every push): stack.up, with
-    what changes beside the colors of a running stack readied under the release lock
-    (apply.applying: refused when unsafe, --yes on staging and production to recreate),
-    and its migrations guarded as a release's are: under the release lock, and, when the
-    database holds anything, after a backup a restore verified. At head: nothing taken,
-    nothing run."""
-    @contextlib.contextmanager
-    def prepare(color: str) -> Iterator[None]:
-        with lock(settings, "apply"), apply.applying(settings, color, yes):
-            yield
-
-    def run_migrations(color: str, versions: dict[str, str]) -> None:
-        m = settings.app.migrations
-        running = facts.service_states(settings).get(settings.app.copy_name(m.service, color))
-        if running and running.state == "running" and facts.pending_migrations(settings, color) is False:
-            return  # at head: no lock taken (a release may be running), nothing to back up
-        with lock(settings, "up"):
-            record = Record("migrate", color, color, versions[color], versions[color])
-            with recorded(settings, record):
-                if settings.app.postgres and db.has_tables(settings):
-                    _verified_backup(settings, record)
-                with timed(record, "migrations", "applying database migrations"):
-                    stack.migrate(settings, color, versions)
-                record.outcome = "migrated"
-
-    return stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
 
 
 def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], databases: dict[str, str] | None = None,
@@ -435,6 +422,6 @@ def candidate_migrations(settings: Settings, record: Record, candidate: str, ver
                              "ship them first with `invoke deploy`, then move")
     if pending is not False and migrate:
         if verified_backup and settings.app.postgres:
-            _verified_backup(settings, record)
+            db.verified_backup(settings, record)
         with timed(record, "migrations", "applying the database migrations"):
             stack.migrate(settings, candidate, versions, databases)

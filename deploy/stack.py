@@ -221,7 +221,7 @@ def up(settings: Settings, version: str | None = None,
     """Start the edge, PostgreSQL and the live color (the initial color on a new stack,
     at `version`: default the newest built, or v1), and give the edge the contract's
     routes. Its migrations run through `run_migrations(color, versions)` when given: `invoke
-    up` guards them as a release does (release.up). On a running stack, `prepare(live
+    up` guards them as a release does (apply.up). On a running stack, `prepare(live
     color)` is a context around starting what runs beside the colors (apply.applying).
 
     Idempotent: on a running stack it changes only what the contract or the settings

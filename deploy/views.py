@@ -22,15 +22,22 @@ def status(settings: Settings) -> dict:
     for name, passed in zip(starting, facts.parallel(lambda name: facts.passes_healthcheck(settings, name), starting)):
         if passed:
             states[name] = replace(states[name], health="healthy")
-    active, frozen, held, maintenance, split = None, False, None, None, None
+    active, frozen, held, maintenance, split, turned_away = None, False, None, None, None, {}
     if states.get("edge") and states["edge"].state == "running":
-        files = edge.read_files(settings, "live", "freeze", "maintenance", "canary")
+        files = edge.read_files(settings, "live", "freeze", "maintenance", "canary", "history.jsonl")
         found = edge.live_of(files["live"])
         active = asdict(found) if found else None
         frozen = bool(files["freeze"].strip())
         maintenance = {k: v for k, v in edge.state_fields(files["maintenance"]).items() if k != "bypass"} or None
         split = edge.parse_canary(files["canary"])
         split = split if split and active and split["color"] != active["color"] else None
+        records = edge.parse_history(files["history.jsonl"])
+        for color in COLORS:
+            found = history.rejected(records, color)
+            if found:
+                running = any(s.color == color and s.state == "running" for s in states.values())
+                turned_away[color] = {"version": found["to_version"], "action": found["action"], "started": found["started"],
+                                      "outcome": found["outcome"], "running": running}
         taken = edge.read_lock(settings)
         held = {**asdict(taken), "stale": taken.stale} if taken else None
     return {
@@ -41,6 +48,7 @@ def status(settings: Settings) -> dict:
         "writes_frozen": frozen,
         "maintenance": maintenance,
         "canary": split,
+        "rejected": turned_away,
         "lock": held,
         "services": [asdict(s) for _, s in sorted(states.items())],
         "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
@@ -69,6 +77,9 @@ def format_status(data: dict) -> str:
     if data.get("canary"):
         c = data["canary"]
         lines.append(f"canary: {c['color']} ({c['version']}) gets {c['percent']}% of users - `invoke canary.status`")
+    for color, r in (data.get("rejected") or {}).items():
+        lines.append(f"rejected: {color} ({r['version']}), turned away by its {r['action']} of {r['started'][:19]} ({r['outcome']}); "
+                     + ("kept running for debugging" if r["running"] else "stopped") + ": traffic does not go to it without --force")
     if data.get("writes_frozen"):
         lines.append("writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)")
     lines += [
@@ -95,6 +106,7 @@ def format_history(history: list[dict], limit: int = 20) -> str:
             + (f"  gates {passed}/{len(r['gates'])}" if r.get("gates") else "")
             + (f"  ({r['detail']})" if r.get("detail") else "")
             + (f"  [traffic on {r['live_color']}]" if r.get("outcome") in ("failed", "interrupted") and r.get("live_color") else "")
+            + (f"  [rejected: {r['rejected']}]" if r.get("rejected") else "")
         )
     return "\n".join(lines)
 
@@ -121,6 +133,8 @@ def format_release(r: dict, here: Path | None = None) -> str:
              f"in {r.get('duration_s', 0):.1f}s, by {r.get('operator', '?')}, started {r['started']} (id {r.get('id', '?')})"]
     if r.get("detail"):
         lines.append(f"  detail: {r['detail']}")
+    if r.get("rejected"):
+        lines.append(f"  rejected: {r['rejected']} (traffic does not go back to it without --force)")
     if r.get("timings"):
         lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["timings"].items()))
     marks = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}

@@ -217,6 +217,23 @@ def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
     assert pre and set(pre) == {"passed"}
 
 
+def test_a_release_turned_away_is_stopped_marked_and_never_rolled_back_to(rstack, env):
+    """The release the post gates just turned away (the test before) stopped once
+    drained; `status` and `history` say so, and a rollback refuses in one line."""
+    last = edge.read_history(rstack)[-1]
+    rejected = last["to_color"]
+    assert last["rejected"] == f"{rejected} v4-broken-route" and "stop_rejected" in last["timings"]
+    states = facts.service_states(rstack)
+    assert all(states[name].state != "running" for name in rstack.app.color_services(rejected))
+    status = invoke("status", env=env)
+    assert f"rejected: {rejected} (v4-broken-route), turned away by its deploy of " in status.stdout, status.stdout
+    assert f"[rejected: {rejected} v4-broken-route]" in invoke("history", env=env).stdout
+    proc = invoke("rollback", env=env)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
+        f"colorgate: {rejected} was stopped after its deploy of "), proc.stderr
+    assert_traffic_untouched(rstack, live(rstack))
+
+
 def test_a_failing_migration_stops_the_deploy_before_traffic_moves(rstack, tmp_path):
     s = broken_app(tmp_path, rstack)  # the same app...
     (tmp_path / "app" / "backend" / "migrations" / "900_broken.sql").write_text(
@@ -458,7 +475,7 @@ def test_a_release_that_fails_real_users_while_its_gates_pass_is_switched_back_b
     before = live(bad)
     with UserLoad(bad) as load:
         with pytest.raises(release.GateFailed) as err:
-            release.deploy(bad, version="v6-fails-users")
+            release.deploy(bad, version="v6-fails-users", keep_rejected=True)
     message = str(err.value)
     assert "the analysis of" in message and "traffic failed at interval 1: 5xx" in message, message
     assert f"traffic is back on {before.color} ({before.version})" in message
@@ -480,6 +497,12 @@ def test_a_release_that_fails_real_users_while_its_gates_pass_is_switched_back_b
     # the release report: a picture of it, and the record in full
     assert Path(last["report"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [m["what"] for m in last["marks"]] == [f"switch to {last['to_color']}", f"switch back to {before.color}"]
+    # kept running for debugging (--keep-rejected), but traffic does not go back to it without --force
+    assert last["rejected"] == f"{last['to_color']} v6-fails-users" and "stop_rejected" not in last["timings"]
+    assert facts.service_states(bad)[bad.app.copy_name("backend", last["to_color"])].up
+    refused = invoke("switch", "--to", last["to_color"], env=env)
+    assert refused.returncode == 1 and f"{last['to_color']} holds v6-fails-users, which its deploy of " in refused.stderr, refused.stderr
+    assert_traffic_untouched(bad, before)
     shown = invoke("history", "--show", "1", env=env).stdout
     assert shown.startswith(f"deploy {before.color} {before.version} -> {last['to_color']} v6-fails-users: rolled back") and \
         "  analysis after the switch: failed" in shown and "    interval 1: " in shown and f"  report: {last['report']}\n" in shown + "\n", shown

@@ -125,6 +125,11 @@ def test_status_text_names_project_engine_color_and_each_service():
     lines = views.format_status(data).splitlines()
     assert lines[:3] == ["project shop (profile development, engine local)", "active color: green (v3)", "database: local"]
     assert any(line.split()[:4] == ["api_green", "running", "healthy", "v3"] for line in lines)
+    # a release turned away is said so until a release replaces it
+    data["rejected"] = {"blue": {"version": "v4", "action": "deploy", "started": "2026-12-02T11:00:00+00:00", "outcome": "rolled back",
+                                 "running": False}}
+    assert views.format_status(data).splitlines()[3] == (
+        "rejected: blue (v4), turned away by its deploy of 2026-12-02T11:00:00 (rolled back); stopped: traffic does not go to it without --force")
 
 
 def test_registry_errors_name_the_cause_and_a_401_inside_a_name_is_not_a_refusal():

@@ -168,6 +168,9 @@ def test_history_format_shows_outcome_gates_and_detail():
 
     text = views.format_history([asdict(record)])
     assert "rolled back" in text and "gates 1/2" in text and "(post gates failed)" in text and "4.2s" in text
+    record.rejected = "green v2"
+    assert views.format_history([asdict(record)]).endswith("  [rejected: green v2]")
+    assert "  rejected: green v2 (traffic does not go back to it without --force)" in views.format_release({**asdict(record), "gates": []}).splitlines()
 
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="1" skipped="0" tests="2">

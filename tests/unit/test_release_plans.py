@@ -46,8 +46,8 @@ def decide(case: dict) -> release.Plan:
     if case["command"] == "deploy":
         return release.plan_deploy(settings, t, args.get("version"), args.get("force", False), tuple(args.get("canary", ())))
     if case["command"] == "switch":
-        return release.plan_switch(settings, t, args["to"], args.get("use_gates", True))
-    return release.plan_rollback(settings, t, args.get("use_gates", True))
+        return release.plan_switch(settings, t, args["to"], args.get("use_gates", True), force=args.get("force", False))
+    return release.plan_rollback(settings, t, args.get("use_gates", True), force=args.get("force", False))
 
 
 @pytest.mark.parametrize("case", PLANS, ids=[c["name"] for c in PLANS])
@@ -100,6 +100,7 @@ def test_release_runs(case):
     history.settle(record, raised)
     assert steps.calls == case["calls"]
     assert record.outcome == case["outcome"]
+    assert record.rejected == case.get("rejected", "")
     if "detail" in case:  # what the history says
         assert record.detail == case["detail"]
     assert (raised is None) == (case["outcome"] == "switched")
