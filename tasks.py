@@ -274,7 +274,7 @@ def scale(c, spec, profile=None, host=None):
     if not sep or not count.isdigit() or not 1 <= int(count) <= 100:
         raise ColorgateError(f"scale needs SERVICE=N with N from 1 to 100, got {spec!r}: e.g. invoke scale api=3")
     settings = _target(profile, host)
-    copy = stack.scale(settings, service.strip(), int(count))
+    copy = _apply.scale(settings, service.strip(), int(count))
     print(f"{copy}: {count} replicas running")
 
 

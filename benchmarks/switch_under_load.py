@@ -64,7 +64,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import config, edge, facts, release, runner, stack, swarm, tls  # noqa: E402
+from deploy import apply, config, edge, facts, release, runner, stack, swarm, tls  # noqa: E402
 from deploy.colors import other  # noqa: E402
 from deploy.errors import GateFailed  # noqa: E402
 
@@ -405,7 +405,7 @@ def measure(args, settings: config.Settings) -> dict:
             stack.up(settings, version="v1")
             if settings.swarm:
                 for service in settings.app.colored:
-                    stack.scale(settings, service, args.replicas)
+                    apply.scale(settings, service, args.replicas)
             release.deploy(settings, version="v2")  # both colors now run: blue v1, green v2
         versions = facts.running_versions(facts.service_states(settings))
         retry = RetryOnce(settings, tls.read_local_ca(settings), paths, args.retry_rps, args.stream)

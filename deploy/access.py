@@ -17,14 +17,16 @@ what the superuser owns before a color starts or migrates.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from deploy import contract, edge, facts, history, images, render, runner
 from deploy.config import Settings
 from deploy.keys import client_url, shown_url, tls_params
-from deploy.errors import ConfigError
+from deploy.errors import CommandError, ConfigError
 
 _staged: set[tuple] = set()
 
@@ -129,10 +131,19 @@ def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, data
                 info = tarfile.TarInfo(f"{volume}/{name}")
                 info.size, info.mode = len(data), 0o444
                 tar.addfile(info, io.BytesIO(data))
-    host, what = settings.docker_host, "staging secret files"
-    binds = {}
-    for volume in files:
-        name = f"{settings.project}_{volume}"  # labelled as compose labels its own volumes, so compose adopts it
+    with _staging(settings, list(files), "staging secret files") as made:
+        runner.engine(settings.docker_host, "put_archive", made, "/stage", buf.getvalue(), what="staging secret files")
+    _staged.add(key)
+
+
+@contextlib.contextmanager
+def _staging(settings: Settings, volumes: list[str], what: str) -> Iterator[str]:
+    """A container (created, never started; removed after) with the project's `volumes`
+    at /stage/VOLUME, each made when missing, labelled as compose labels its own (so
+    compose adopts it): for files written or read through the Engine API."""
+    host, binds = settings.docker_host, {}
+    for volume in volumes:
+        name = f"{settings.project}_{volume}"
         runner.engine(host, "create_volume", name, labels={"com.docker.compose.project": settings.project,
                                                            "com.docker.compose.volume": volume}, what=what)
         binds[name] = {"bind": f"/stage/{volume}", "mode": "rw"}
@@ -143,10 +154,39 @@ def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, data
                          labels={"com.docker.compose.project": settings.project, "com.docker.compose.service": "colorgate-stage",
                                  "org.colorgate.role": history.STAGE_ROLE, history.HOLDER_LABEL: history.process_label()})
     try:
-        runner.engine(host, "put_archive", made["Id"], "/stage", buf.getvalue(), what=what)
+        yield made["Id"]
     finally:
         runner.engine(host, "remove_container", made["Id"], force=True, what=what)
-    _staged.add(key)
+
+
+APP_MARK = "app"  # in the edge's state: the app whose project this is
+
+
+def check_project(settings: Settings) -> None:
+    """Refuse, before anything starts, a compose project whose volumes another app made
+    (a COLORGATE_PROJECT two apps share): the other app's database would be this one's.
+    Read from the edge's state volume, when there is one (mark_project writes it)."""
+    try:
+        runner.engine(settings.docker_host, "inspect_volume", f"{settings.project}_edge-state")
+    except CommandError:
+        return  # a new project: nothing of anyone's yet (a volume made empty here would lose the edge's ownership)
+    with _staging(settings, ["edge-state"], "reading which app the project belongs to") as made:
+        try:
+            stream, _ = runner.engine(settings.docker_host, "get_archive", made, f"/stage/edge-state/{APP_MARK}", what="reading the app mark")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                owner = tar.extractfile(tar.getmembers()[0]).read().decode().strip()
+        except CommandError:
+            return  # made by an earlier Colorgate: marked once the edge runs
+    if owner and owner != settings.app.name:
+        raise ConfigError(f"the compose project {settings.project} holds the app {owner!r} (its volumes, its database), not "
+                          f"{settings.app.name!r}: set COLORGATE_PROJECT to a project of this app's own (default: its name), "
+                          f"or, if it is the same app renamed, give its compose file `name: {owner}`")
+
+
+def mark_project(settings: Settings) -> None:
+    """Once the edge runs: its state names this app as the project's, unless it names one."""
+    edge.in_edge(settings, ["sh", "-c", '[ -s "$1" ] || printf "%s\\n" "$2" > "$1"', "mark", f"{edge.STATE_DIR}/{APP_MARK}",
+                            settings.app.name], "marking the project as this app's")
 
 
 def forget(settings: Settings) -> None:

@@ -1,4 +1,5 @@
-"""A changed contract or settings reaching a running stack (`invoke up`, `invoke apply`),
+"""A changed contract or settings reaching a running stack (`invoke up`, `invoke apply`,
+and on a Swarm `invoke scale`),
 in the order that keeps the live color answering. A release never does this: it starts
 only its candidate, and refuses while anything here is pending (release.plan_deploy).
 
@@ -23,11 +24,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from deploy import db, edge, facts, render, runner, stack
+from deploy import db, edge, facts, render, runner, stack, swarm
 from deploy.history import Record, lock, recorded, timed
 from deploy.colors import other
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError, ConfigError
+from deploy.errors import ColorgateError, CommandError, ConfigError, StackError
 
 
 @dataclass(frozen=True)
@@ -205,3 +206,24 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
                 record.outcome = "migrated"
 
     return stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
+
+
+def scale(settings: Settings, service: str, count: int) -> str:
+    """The live color's copy of `service` run by `count` tasks (a Swarm only), under the
+    release lock and recorded; the next color to start gets as many. Returns the copy."""
+    if not settings.swarm:
+        raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
+    if service not in settings.app.colored:
+        raise ColorgateError(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
+    with lock(settings, "scale"):
+        active = edge.read_active(settings)
+        if active is None:
+            raise StackError("no color is live yet: start the stack with `invoke up`")
+        copy, states = settings.app.copy_name(service, active.color), facts.service_states(settings)
+        record = Record("scale", active.color, active.color, active.version, active.version,
+                        detail=f"{copy}: {count} replicas")
+        with recorded(settings, record), runner.step(f"scaling {copy} to {count} replicas"):
+            stack.swarm_apply(settings, stack.compose_env(settings, facts.running_versions(states)), replicas={copy: count})
+            swarm.wait_converged(settings, [copy], settings.health_timeout)
+            record.outcome = "scaled"
+    return copy

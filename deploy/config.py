@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from deploy import contract, render, runner
+from deploy import contract, runner
 from deploy.errors import ConfigError
 from deploy.keys import KEYS, PLACEHOLDER, PROFILES, STRICT_PROFILES
 
@@ -282,8 +282,10 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
                                   f"set it in {profile_file}.local or the environment")
     values = {spec.attr or key.removeprefix("COLORGATE_").lower(): parsed[key] for key, spec in KEYS.items()}
     registry = parsed["COLORGATE_REGISTRY"]
+    project = parsed["COLORGATE_PROJECT"] or app.name
     values.update(  # what follows from more than one key
-        image_prefix=registry + "/" if registry else parsed["COLORGATE_IMAGE_PREFIX"],
+        project=project,
+        image_prefix=registry + "/" if registry else parsed["COLORGATE_IMAGE_PREFIX"] or f"{project}/",
         image_source="registry" if registry else parsed["COLORGATE_IMAGES"],
         app_path=str(app.file),
         move_relay_host=parsed["COLORGATE_MOVE_RELAY_HOST"] or parsed["COLORGATE_DOMAIN"],

@@ -22,6 +22,7 @@ STRICT_PROFILES = ("staging", "production")  # placeholders are refused here
 PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me|<[^>]+>|^x{3,}$|^todo$", re.IGNORECASE)
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+PROJECT_OR_APP = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})?$")
 OPTIONAL_IDENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,58})?$")  # room for the app role's "_app"
 IMAGE_PREFIX = re.compile(r"^([a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?/)*([a-z0-9]+([._-][a-z0-9]+)*/)?$")
 
@@ -178,13 +179,14 @@ class Key:
 
 
 KEYS: dict[str, Key] = {
-    "COLORGATE_PROJECT": Key(_pattern(PROJECT, "should be lowercase letters, digits, '-' or '_'"), "colorgate"),
+    # "": the app's name (compose `name:`, else its directory), so two apps never share volumes
+    "COLORGATE_PROJECT": Key(_pattern(PROJECT_OR_APP, "should be lowercase letters, digits, '-' or '_'"), ""),
     "COLORGATE_DOMAIN": Key(_pattern(HOSTNAME, "should be a host name such as localhost or app.example.com"), "localhost"),
     "COLORGATE_BIND": Key(_address, "127.0.0.1"),
     "COLORGATE_HTTP_PORT": Key(_port),
     "COLORGATE_HTTPS_PORT": Key(_port),
     "COLORGATE_INITIAL_COLOR": Key(_color, "blue"),
-    "COLORGATE_IMAGE_PREFIX": Key(_pattern(IMAGE_PREFIX, "should be an image name prefix ending in '/', such as colorgate/"), "colorgate/"),
+    "COLORGATE_IMAGE_PREFIX": Key(_pattern(IMAGE_PREFIX, "should be an image name prefix ending in '/', such as shop/"), ""),  # "": <project>/
     # A registry to push images to and pull them from (e.g. ghcr.io/acme): images are
     # then named <registry>/<name>:<tag> and the target pulls instead of building.
     # Empty: images are built by the target's engine. Credentials, when it needs them:

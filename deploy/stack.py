@@ -17,8 +17,7 @@ from deploy import access, bootstrap, edge, facts, images, probes, render, runne
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import client_url
-from deploy.errors import ColorgateError, CommandError, ConfigError, PortInUse, StackError
-from deploy.history import Record, lock, recorded
+from deploy.errors import ColorgateError, CommandError, PortInUse, StackError
 
 # One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`
 # see them and their volumes (backups, letsencrypt).
@@ -241,6 +240,8 @@ def up(settings: Settings, version: str | None = None,
     try:
         with runner.step(("pulling" if settings.registry else "building") + f" the images of {', '.join(infra)}"):
             ensure_infra_images(settings, versions, version)
+        if not settings.swarm:
+            access.check_project(settings)
         access.stage_secrets(settings, database=True)
 
         env = compose_env(settings, versions)
@@ -255,6 +256,7 @@ def up(settings: Settings, version: str | None = None,
                     raise _explain_compose_error(settings, exc) from None
                 wait_ready(settings, infra)
             edge.sync_routes(settings, render.edge_routes_file(settings.app))
+        access.mark_project(settings)
         access.check_database(settings)
 
         active = edge.read_active(settings)
@@ -319,6 +321,16 @@ def down(settings: Settings, volumes: bool = False) -> None:
         _volumes_made.discard((settings.docker_host, settings.project))
         return swarm.remove(settings, volumes)
     runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
+    _remove_left_networks(settings)
+
+
+def _remove_left_networks(settings: Settings) -> None:
+    """The project's networks compose down no longer knows: those an earlier contract
+    named (a network renamed, a database moved onto a new one by `invoke apply`)."""
+    left = runner.run(["docker", "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={settings.project}"],
+                      env=settings.docker_env(), check=False).stdout.split()
+    if left:
+        runner.run(["docker", "network", "rm", *left], env=settings.docker_env(), check=False, what="removing the project's networks")
 
 
 def destroy(settings: Settings) -> None:
@@ -332,6 +344,7 @@ def destroy(settings: Settings) -> None:
     else:
         runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
                    env=settings.compose_env(), check=False)
+        _remove_left_networks(settings)
     shutil.rmtree(settings.compose_file.parent, ignore_errors=True)
     tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], env=settings.docker_env(), check=False).stdout.split()
     mine = [t for t in tags if t.startswith(settings.image_prefix)]
@@ -400,27 +413,6 @@ def drain_color(settings: Settings, color: str) -> int:
         runner.say(f"-- {left} request(s) to {color} still open at the drain bound "
                    f"({settings.drain_seconds} s, COLORGATE_DRAIN_SECONDS): closing them")
     return max(1, round(settings.drain_seconds - (time.monotonic() - started)))
-
-
-def scale(settings: Settings, service: str, count: int) -> str:
-    """The live color's copy of `service` run by `count` tasks (a Swarm only), under the
-    release lock and recorded; the next color to start gets as many. Returns the copy."""
-    if not settings.swarm:
-        raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
-    if service not in settings.app.colored:
-        raise ColorgateError(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
-    with lock(settings, "scale"):
-        active = edge.read_active(settings)
-        if active is None:
-            raise StackError("no color is live yet: start the stack with `invoke up`")
-        copy, states = settings.app.copy_name(service, active.color), facts.service_states(settings)
-        record = Record("scale", active.color, active.color, active.version, active.version,
-                        detail=f"{copy}: {count} replicas")
-        with recorded(settings, record), runner.step(f"scaling {copy} to {count} replicas"):
-            swarm_apply(settings, compose_env(settings, facts.running_versions(states)), replicas={copy: count})
-            swarm.wait_converged(settings, [copy], settings.health_timeout)
-            record.outcome = "scaled"
-    return copy
 
 
 def swarm_apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = "", replicas: dict[str, int] | None = None,

@@ -111,6 +111,13 @@ class App:
         return self.file.parent
 
     @property
+    def name(self) -> str:
+        """The app's name as compose gives its project one: the file's `name:`, else its
+        directory's, lowercased, without what a project name may not hold."""
+        given = self.raw.get("name") if isinstance(self.raw.get("name"), str) else self.directory.name
+        return re.sub(r"[^a-z0-9_-]", "", given.lower()).lstrip("_-")[:63] or "app"
+
+    @property
     def routed(self) -> tuple[str, ...]:
         """Colored services the edge routes to, in the contract's order."""
         return tuple(dict.fromkeys(r.service for r in self.routes))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import apply, config, contract, db, edge, facts, gates, tls
+from deploy import config, contract, db, edge, facts, gates, runner, stack, tls
 
 from .conftest import invoke, isolated_env, running_stack
 from .test_switching import connect, request
@@ -184,3 +184,12 @@ def test_apply_moves_the_database_onto_a_new_network_and_adds_a_route_while_the_
 def gates_get(settings, path):
     with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
         return c.get(path)
+
+
+def test_down_removes_the_networks_an_earlier_contract_named_too(settings):
+    """After the move above, the running contract names `store`; this one (the test's
+    settings) still names `data`: down removes both, and nothing of the project is left."""
+    stack.down(settings)
+    left = runner.run(["docker", "network", "ls", "--format", "{{.Name}}", "--filter", f"label=com.docker.compose.project={settings.project}"],
+                      env=settings.docker_env()).stdout.split()
+    assert left == []

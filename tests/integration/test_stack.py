@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from deploy import contract, edge, facts, gates, render, runner, stack, tls, traffic
+from deploy import config, contract, edge, facts, gates, render, runner, stack, tls, traffic
 
 from .conftest import free_port, invoke
 
@@ -327,6 +327,21 @@ def test_up_again_changes_nothing(live_stack, settings):
     stack.up(settings)
     ids_after = {name: facts.inspect(settings, f"{settings.project}-{name}-1")["Id"] for name in before}
     assert ids_after == ids_before
+
+
+def test_up_refuses_a_project_whose_volumes_another_app_made(live_stack, settings, stack_env):
+    """Another app given the same COLORGATE_PROJECT would have taken this one's database
+    volume: refused in one line before anything is made or started."""
+    before = {s.service: facts.inspect(settings, facts.container(settings, s.service))["Id"] for s in facts.service_states(settings).values()}
+    other = str(config.project_root() / "examples" / "static-site")
+    proc = invoke("up", env={**stack_env, "COLORGATE_APP": other})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"colorgate: the compose project {settings.project} holds the app 'spa-api-postgres' (its volumes, its database), not "
+        "'static-site': set COLORGATE_PROJECT to a project of this app's own (default: its name), or, if it is the same app "
+        "renamed, give its compose file `name: spa-api-postgres`")
+    after = {s.service: facts.inspect(settings, facts.container(settings, s.service))["Id"] for s in facts.service_states(settings).values()}
+    assert after == before
 
 
 def test_down_keeps_data_and_up_brings_it_back(live_stack, settings, ca_pem):

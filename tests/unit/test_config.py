@@ -32,6 +32,23 @@ def test_good_profile_loads_with_defaults(tmp_path):
     assert s.sources["POSTGRES_USER"] == ".env.development"
 
 
+def test_the_project_and_image_names_default_to_the_apps_name(tmp_path):
+    """Two apps on one engine never share a project (its volumes), nor image names."""
+    write(tmp_path, ".env.development", GOOD)
+    s = load(tmp_path)
+    assert (s.project, s.image_prefix) == ("spa-api-postgres", "spa-api-postgres/")  # the sample's directory
+    app = tmp_path / "My_Shop.v2"
+    app.mkdir()
+    compose = (config.project_root() / "examples" / "static-site" / "docker-compose.yml").read_text()
+    (app / "compose.yaml").write_text(compose)
+    assert load(tmp_path, environ={"COLORGATE_APP": str(app)}).project == "my_shopv2"  # as compose makes a project name
+    (app / "compose.yaml").write_text("name: shop\n" + compose)
+    named = load(tmp_path, environ={"COLORGATE_APP": str(app)})
+    assert (named.project, named.image_prefix) == ("shop", "shop/")
+    given = load(tmp_path, environ={"COLORGATE_APP": str(app), "COLORGATE_PROJECT": "shop-eu", "COLORGATE_IMAGE_PREFIX": "acme/"})
+    assert (given.project, given.image_prefix) == ("shop-eu", "acme/")
+
+
 def test_local_file_then_environment_override(tmp_path):
     write(tmp_path, ".env.development", GOOD)
     write(tmp_path, ".env.development.local", "COLORGATE_HTTPS_PORT=9443\nCOLORGATE_DOMAIN=app.test\n")
