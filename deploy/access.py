@@ -137,14 +137,14 @@ def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, data
 
 
 @contextlib.contextmanager
-def _staging(settings: Settings, volumes: list[str], what: str) -> Iterator[str]:
+def _staging(settings: Settings, volumes: list[str], what: str, project: str = "") -> Iterator[str]:
     """A container (created, never started; removed after) with the project's `volumes`
     at /stage/VOLUME, each made when missing, labelled as compose labels its own (so
     compose adopts it): for files written or read through the Engine API."""
-    host, binds = settings.docker_host, {}
+    host, binds, project = settings.docker_host, {}, project or settings.project
     for volume in volumes:
-        name = f"{settings.project}_{volume}"
-        runner.engine(host, "create_volume", name, labels={"com.docker.compose.project": settings.project,
+        name = f"{project}_{volume}"
+        runner.engine(host, "create_volume", name, labels={"com.docker.compose.project": project,
                                                            "com.docker.compose.volume": volume}, what=what)
         binds[name] = {"bind": f"/stage/{volume}", "mode": "rw"}
     host_config = runner.engine(host, "create_host_config", binds=binds, network_mode="none")
@@ -162,25 +162,37 @@ def _staging(settings: Settings, volumes: list[str], what: str) -> Iterator[str]
 APP_MARK = "app"  # in the edge's state: the app whose project this is
 
 
-def check_project(settings: Settings) -> None:
+def check_project(settings: Settings, legacy: str = "colorgate") -> None:
     """Refuse, before anything starts, a compose project whose volumes another app made
     (a COLORGATE_PROJECT two apps share): the other app's database would be this one's.
-    Read from the edge's state volume, when there is one (mark_project writes it)."""
-    try:
-        runner.engine(settings.docker_host, "inspect_volume", f"{settings.project}_edge-state")
-    except CommandError:
-        return  # a new project: nothing of anyone's yet (a volume made empty here would lose the edge's ownership)
-    with _staging(settings, ["edge-state"], "reading which app the project belongs to") as made:
-        try:
-            stream, _ = runner.engine(settings.docker_host, "get_archive", made, f"/stage/edge-state/{APP_MARK}", what="reading the app mark")
-            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                owner = tar.extractfile(tar.getmembers()[0]).read().decode().strip()
-        except CommandError:
-            return  # made by an earlier Colorgate: marked once the edge runs
+    Read from the edge's state volume, when there is one (mark_project writes it). And
+    with the project named after the app (no COLORGATE_PROJECT), a stack of this app
+    under `legacy` (every app's project before) is named rather than started anew."""
+    owner = _project_mark(settings, settings.project)
     if owner and owner != settings.app.name:
         raise ConfigError(f"the compose project {settings.project} holds the app {owner!r} (its volumes, its database), not "
                           f"{settings.app.name!r}: set COLORGATE_PROJECT to a project of this app's own (default: its name), "
                           f"or, if it is the same app renamed, give its compose file `name: {owner}`")
+    if owner is None and not settings.raw.get("COLORGATE_PROJECT") and settings.project != legacy \
+            and _project_mark(settings, legacy) in ("", settings.app.name):
+        raise ConfigError(f"this app runs as the compose project {legacy} (the default before projects were named after "
+                          f"their app), with its database there: set COLORGATE_PROJECT={legacy} in "
+                          f".env.{settings.profile}.local to go on with it")
+
+
+def _project_mark(settings: Settings, project: str) -> str | None:
+    """The app the project's edge state names: None without such a volume, "" without a mark."""
+    try:
+        runner.engine(settings.docker_host, "inspect_volume", f"{project}_edge-state")
+    except CommandError:
+        return None  # a new project (a volume made empty here would lose the edge's ownership of it)
+    with _staging(settings, ["edge-state"], "reading which app the project belongs to", project) as made:
+        try:
+            stream, _ = runner.engine(settings.docker_host, "get_archive", made, f"/stage/edge-state/{APP_MARK}", what="reading the app mark")
+        except CommandError:
+            return ""  # made by an earlier Colorgate: marked once the edge runs
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            return tar.extractfile(tar.getmembers()[0]).read().decode().strip()
 
 
 def mark_project(settings: Settings) -> None:

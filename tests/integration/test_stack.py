@@ -3,6 +3,7 @@ no way into PostgreSQL or the backends from the host, data that survives down + 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -13,7 +14,8 @@ import time
 import httpx
 import pytest
 
-from deploy import config, contract, edge, facts, gates, render, runner, stack, tls, traffic
+from deploy import access, config, contract, edge, facts, gates, render, runner, stack, tls, traffic
+from deploy.errors import ConfigError
 
 from .conftest import free_port, invoke
 
@@ -342,6 +344,18 @@ def test_up_refuses_a_project_whose_volumes_another_app_made(live_stack, setting
         "renamed, give its compose file `name: spa-api-postgres`")
     after = {s.service: facts.inspect(settings, facts.container(settings, s.service))["Id"] for s in facts.service_states(settings).values()}
     assert after == before
+
+
+def test_an_app_that_ran_under_the_old_default_project_is_told_to_keep_it(live_stack, settings):
+    """Projects were `colorgate` for every app: upgraded, an app that ran so is named its
+    old project rather than started anew, empty (the live stack stands in for the old
+    project here; nothing named `colorgate` is touched)."""
+    renamed = dataclasses.replace(settings, project=f"{settings.project}-new", raw={**settings.raw, "COLORGATE_PROJECT": ""})
+    with pytest.raises(ConfigError, match=rf"^this app runs as the compose project {settings.project} \(the default before "
+                       rf"projects were named after their app\), with its database there: set COLORGATE_PROJECT={settings.project} in "):
+        access.check_project(renamed, legacy=settings.project)
+    other = dataclasses.replace(renamed, app=contract.load(config.project_root() / "examples" / "static-site"))
+    access.check_project(other, legacy=settings.project)  # another app's old project is not this one's
 
 
 def test_down_keeps_data_and_up_brings_it_back(live_stack, settings, ca_pem):
