@@ -135,7 +135,14 @@ def render(c, profile=None, host=None, routes=False):
     """Print the compose file Colorgate runs, rendered from the app's x-colorgate block
     (colored copies, shared services, Colorgate's own parts); secrets stay ${...}."""
     settings = _load(profile, host)
-    print(_render.edge_routes(settings.app) if routes else _render.dump(_render.compose(settings.app), settings.app.file), end="")
+    if routes:
+        print(_render.edge_routes(settings.app), end="")
+        return
+    wired = _render.wiring(settings.app)
+    print(_render.dump(_render.compose(settings.app), settings.app.file, wired), end="")
+    for line in wired:
+        if line.startswith("!! "):
+            runner.say(line)
 
 
 @task(help={"compose": "the app's compose file, or its directory (default: this directory)",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from deploy import contract, edge, facts, history, images, render, runner
 from deploy.config import Settings
-from deploy.keys import client_url, shown_url, tls_params
+from deploy.keys import app_url, shown_url, tls_params, url_parts
 from deploy.errors import CommandError, ConfigError
 
 _staged: set[tuple] = set()
@@ -46,8 +46,11 @@ def secret_files(settings: Settings, colors: dict[str, str], database: bool = Fa
         files["secrets-tools"] = {contract.DB_PASSWORD_FILE: settings.postgres_password, **(tools or {})}
     urls = {color: url or settings.app_database_url() for color, url in colors.items()}
     for color, url in urls.items():
-        if app.database and app.database.file:
-            files[render.secrets_volume(color)] = {contract.DB_URL_FILE: client_url(url)}
+        db = app.database
+        if db and db.reads_files:
+            files[render.secrets_volume(color)] = {
+                **({contract.DB_URL_FILE: app_url(url, db.scheme)} if db.file else {}),
+                **({contract.DB_CLIENT_PASSWORD_FILE: url_parts(url)["password"]} if "password_file" in dict(db.parts) else {})}
     pems = {Path(root).read_text() for root in (tls_params(url)[1] for url in urls.values()) if root}
     if len(pems) > 1:
         raise ConfigError("the two colors' database URLs name different CA files (sslrootcert): "

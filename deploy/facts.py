@@ -133,7 +133,7 @@ def _colorgate_labels(settings: Settings, service: str, labels: dict, env: dict[
     color = labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
     is_client = bool(color and db and app_service in db.clients)
     # the label (the URL may be a file), else the variable (a container made before it)
-    database = (labels.get("org.colorgate.database") or database_shown(settings, env.get(db.env, ""))) if is_client else ""
+    database = (labels.get("org.colorgate.database") or database_shown(settings, env.get(next(iter(db.env), ""), ""))) if is_client else ""
     return {"color": color, "version": env.get("COLORGATE_VERSION", "") if color else "", "database": database, "app_service": app_service}
 
 

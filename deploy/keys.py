@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from deploy import contract
 from deploy.colors import COLORS
@@ -152,6 +152,20 @@ def client_url(url: str) -> str:
     if not any(k == "sslmode" for k, _ in query):
         query.append(("sslmode", "verify-full"))
     return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+
+
+def app_url(url: str, scheme: str = "postgresql") -> str:
+    """The URL as the app's driver reads it: client_url, with the contract's scheme
+    (`postgres://`, SQLAlchemy's `postgresql+psycopg://`, ...)."""
+    url = client_url(url)
+    return f"{scheme}:{url.partition(':')[2]}" if url and scheme != url.partition(":")[0] else url
+
+
+def url_parts(url: str) -> dict[str, str]:
+    """host, port, name, user and password of a database URL (x-colorgate.database.parts)."""
+    parts = urlsplit(url)
+    return {"host": parts.hostname or "", "port": str(parts.port or 5432), "name": unquote(parts.path.lstrip("/")),
+            "user": unquote(parts.username or ""), "password": unquote(parts.password or "")}
 
 
 def shown_url(url: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.contract import (COLORS, DB_CA_DIR, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
+from deploy.contract import (COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
                              SECURITY_HEADERS, App)
 
 OWN_PARTS = Path(__file__).resolve().parent.parent / "compose"
@@ -74,12 +74,42 @@ def locked_down(svc: dict, defaults: dict = LOCKED_DOWN) -> dict:
     return svc
 
 
+OWN_DATABASE_VARS = ("POSTGRES_DB", "POSTGRES_USER")  # the database service's, from the settings
+
+
+def wiring(app: App) -> list[str]:
+    """What `invoke render` says of the database's wiring: which variables Colorgate sets
+    in which services, and ("!! ") each value of the app's own compose file it replaces
+    (a URL or a password written there stops working: Colorgate gives the app its own role)."""
+    db = app.postgres or app.database
+    if not db:
+        return []
+    lines = [f"{var} in {', '.join(db.clients) or '(no client)'}: {what}" for var, what in db.variables()]
+    if app.postgres:
+        lines.append(f"POSTGRES_DB, POSTGRES_USER in {db.service}: from the settings; POSTGRES_PASSWORD_FILE: the path of a file "
+                     "holding POSTGRES_PASSWORD")
+    for name in (db.service, *db.clients):
+        own = _env_dict((app.services[name] or {}).get("environment"))
+        replaced = [v for v, _ in db.variables()] if name in db.clients else (
+            ["POSTGRES_PASSWORD", *OWN_DATABASE_VARS] if app.postgres else [])
+        for var in replaced:
+            value = own.get(var)
+            if value is not None and not str(value).startswith("${"):
+                lines.append(f"!! services.{name}.environment.{var}: the value written there is replaced by Colorgate's")
+        for var, value in own.items():
+            if var not in replaced and re.search(r"://[^/\s:@]+:[^/\s@]+@", str(value or "")):
+                lines.append(f"!! services.{name}.environment.{var}: holds a URL with a password that Colorgate does not set "
+                             "(name the variable in x-colorgate.database.env to have Colorgate's URL there)")
+    return lines
+
+
 def version_var(color: str) -> str:
     return f"COLORGATE_{color.upper()}_VERSION"
 
 
-def database_var(color: str) -> str:
-    return f"COLORGATE_{color.upper()}_DATABASE_URL"
+def database_var(color: str, part: str = "url") -> str:
+    """The compose variable of a color's database URL (or of one of its parts)."""
+    return f"COLORGATE_{color.upper()}_DATABASE_{part.upper()}"
 
 
 def database_label_var(color: str) -> str:
@@ -108,10 +138,12 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
         if app.buildable(name):
             svc.setdefault("image", f"{prefix_var}{name}:latest")
         env = _env_dict(svc.get("environment"))
-        if app.postgres and name == app.postgres.service and "POSTGRES_PASSWORD" in env:
-            # the superuser's password as a file Colorgate puts there (access.stage_secrets),
-            # not in the container's environment; PostgreSQL images read POSTGRES_PASSWORD_FILE
-            del env["POSTGRES_PASSWORD"]
+        if app.postgres and name == app.postgres.service:
+            # the settings' database and superuser, whatever the file says (Colorgate connects
+            # as them); the password as a file Colorgate puts there (access.stage_secrets), not
+            # in the container's environment: PostgreSQL images read POSTGRES_PASSWORD_FILE
+            env.pop("POSTGRES_PASSWORD", None)
+            env.update({key: "${%s:-}" % key for key in OWN_DATABASE_VARS})
             env["POSTGRES_PASSWORD_FILE"] = f"{SECRETS_DIR}/{DB_PASSWORD_FILE}"
             svc["environment"] = env
             _mount(svc, secrets_volume(), SECRETS_DIR)
@@ -130,11 +162,15 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             env = _env_dict(svc.get("environment"))
             env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
             if app.database and name in app.database.clients:
-                if app.database.file:  # the URL as a file of this color's (access.stage_secrets)
-                    env[app.database.file] = f"{SECRETS_DIR}/{DB_URL_FILE}"
+                db = app.database
+                for var in db.env:
+                    env[var] = "${%s:-}" % database_var(color)
+                for var in db.file:  # the URL as a file of this color's (access.stage_secrets)
+                    env[var] = f"{SECRETS_DIR}/{DB_URL_FILE}"
+                for part, var in db.parts:
+                    env[var] = f"{SECRETS_DIR}/{DB_CLIENT_PASSWORD_FILE}" if part == "password_file" else "${%s:-}" % database_var(color, part)
+                if db.reads_files:
                     _mount(svc, secrets_volume(color), SECRETS_DIR)
-                else:
-                    env[app.database.env] = "${%s:-}" % database_var(color)
                 # a managed database's CA (its URL's sslrootcert), put there by Colorgate
                 _mount(svc, "dbca", DB_CA_DIR)
             svc["environment"] = env
@@ -183,9 +219,10 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     return out
 
 
-def dump(rendered: dict, source: Path) -> str:
+def dump(rendered: dict, source: Path, wired: list[str] = ()) -> str:
     header = (f"# Generated by Colorgate from {source} (its x-colorgate block): do not edit.\n"
-              "# `invoke render` prints it; values in ${...} come from the validated settings.\n")
+              "# `invoke render` prints it; values in ${...} come from the validated settings.\n"
+              + "".join(f"# database: {line}\n" for line in wired))
     return header + yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False, width=120)
 
 

@@ -19,6 +19,7 @@ DATABASE_IMAGES = {"postgres": "postgresql", "postgis": "postgresql", "timescale
                    "mysql": "other", "mariadb": "other", "mongo": "other"}
 SHARED_IMAGES = ("redis", "valkey", "memcached", "rabbitmq", "elasticsearch", "opensearch", "minio", "nats", "kafka", "zookeeper")
 URL_IN_TEST = re.compile(r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(?::(\d+))?(/[^\s'\"]*)?")
+POSTGRES_URL = re.compile(r"^(postgres(?:ql)?(?:\+\w+)?)://")
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Draft:
     routes: list[tuple[str, str, int]] = field(default_factory=list)  # path, service, port
     health: dict[str, tuple[str, str]] = field(default_factory=dict)  # service -> (path, how it was found)
     database: tuple[str, str] | None = None  # service, kind
+    url_vars: list[str] = field(default_factory=list)  # the colored services' variables that hold a PostgreSQL URL
+    scheme: str = "postgresql"  # the scheme those URLs are written with
     todo: list[str] = field(default_factory=list)
 
 
@@ -84,6 +87,17 @@ def infer(data: dict) -> Draft:
             draft.health[name] = (path, "from its healthcheck")
             if not ports and port:
                 draft.routes.append(("/", name, port))
+    for name in draft.colored:
+        env = (services[name] or {}).get("environment") or {}
+        pairs = env.items() if isinstance(env, dict) else (str(e).partition("=")[::2] for e in env)
+        for var, value in pairs:
+            found = POSTGRES_URL.match(str(value or ""))
+            if found and draft.database and draft.database[1] == "postgresql":
+                draft.scheme = found[1] if found[1] in contract.DATABASE_SCHEMES else "postgresql"
+                if var not in draft.url_vars:
+                    draft.url_vars.append(var)
+                draft.todo.append(f"services.{name}.environment.{var}: its URL (and the password in it) is replaced by "
+                                  "Colorgate's, as the app's own role; the database's POSTGRES_* come from the settings")
     if not draft.colored:
         draft.todo.append("no service to release in two colors was found: list your app's services under colored")
     paths = [r[0] for r in draft.routes]
@@ -126,7 +140,9 @@ def block_text(draft: Draft) -> str:
         lines += ["  # the database: backups, verify, restore and db.move work on it (PostgreSQL)",
                   "  # TODO: let the app read its URL from the file DATABASE_URL_FILE names and add `file: DATABASE_URL_FILE`",
                   "  # (the Hardening gate refuses a secret in a container's environment; COLORGATE_SECRETS_IN_ENV=allow accepts it)",
-                  f"  database: {{service: {svc}, env: DATABASE_URL{'' if kind == 'postgresql' else ', kind: other'}}}"]
+                  f"  database: {{service: {svc}, env: [{', '.join(draft.url_vars or ['DATABASE_URL'])}]"
+                  + ("" if draft.scheme == "postgresql" else f", scheme: {draft.scheme}")
+                  + f"{'' if kind == 'postgresql' else ', kind: other'}}}"]
     for item in draft.todo:
         lines.append(f"  # TODO: {item}")
     return "\n".join(lines) + "\n"

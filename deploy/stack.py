@@ -16,7 +16,7 @@ import tenacity
 from deploy import access, bootstrap, edge, facts, images, probes, render, runner, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
-from deploy.keys import client_url
+from deploy.keys import app_url, url_parts
 from deploy.errors import ColorgateError, CommandError, PortInUse, StackError
 
 # One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`
@@ -74,10 +74,13 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
     env = {**settings.compose_env(), **images.base_build_args(settings)}
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
+    db = settings.app.database
     for color in COLORS:
         url = (databases or {}).get(color, settings.app_database_url())
-        env[render.database_var(color)] = client_url(url)
+        env[render.database_var(color)] = app_url(url, db.scheme if db else "postgresql")
         env[render.database_label_var(color)] = facts.database_shown(settings, url)
+        for part, value in (url_parts(url).items() if db and db.parts else ()):
+            env[render.database_var(color, part)] = value
     return env
 
 

@@ -353,8 +353,8 @@ def no_secret_in_environment(gate_settings):
     running = [name for name, s in facts.service_states(gate_settings).items() if s.state == "running"]
     held = {name: list(c.secret_env) for name, c in facts.confinement(gate_settings, running).items() if c.secret_env}
     db = gate_settings.app.database
-    fix = (f"let the app read its URL from a file (x-colorgate.database.file: {db.env}_FILE in {gate_settings.app.file.name}), "
-           if db and not db.file else "")
+    fix = (f"let the app read its URL from a file (x-colorgate.database.file: {db.env[0]}_FILE in {gate_settings.app.file.name}), "
+           if db and db.env and not db.reads_files else "")
     assert not held, (f"secrets in container environments (docker inspect shows them): {held}: {fix}"
                       "or accept it with COLORGATE_SECRETS_IN_ENV=allow")
 

@@ -20,6 +20,7 @@ SECRETS_DIR = "/run/colorgate-secrets"  # secret files, read-only: `secrets-db` 
 # the one-off dbtools, `secrets-<color>` in that color's database clients
 DB_PASSWORD_FILE = "postgres_password"  # in secrets-db and secrets-tools (the database's superuser password)
 DB_URL_FILE = "database_url"  # in secrets-<color> (that color's database URL)
+DB_CLIENT_PASSWORD_FILE = "database_password"  # in secrets-<color> (the password of that URL: database.parts.password_file)
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -42,7 +43,11 @@ ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size", "a
 ROUTE_ANALYSIS_KEYS = ("max_error_ratio", "max_p95_ms")
 HEALTH_KEYS = ("path", "status", "json", "contains", "timeout", "port")
 MIGRATION_KEYS = ("service", "command", "status")
-DATABASE_KEYS = ("service", "env", "file", "clients", "kind")
+DATABASE_KEYS = ("service", "env", "file", "clients", "kind", "scheme", "parts")
+# The URL's scheme as the app's driver wants it (SQLAlchemy names its driver there).
+DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg", "postgresql+pg8000")
+# The URL's parts, each in a variable of its own, for an app that reads no URL.
+DATABASE_PARTS = ("host", "port", "name", "user", "password", "password_file")
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,25 @@ class Migrations:
 @dataclass(frozen=True)
 class Database:
     service: str
-    env: str
+    env: tuple[str, ...]  # the variables that hold the URL itself (default DATABASE_URL, unless `file` or `parts`)
     clients: tuple[str, ...]
     kind: str = "postgresql"  # postgresql, or another engine (the db.* tasks then refuse)
-    file: str = ""  # the variable naming the file that holds the URL ("": the URL itself is in `env`)
+    file: tuple[str, ...] = ()  # the variables naming the file that holds the URL
+    scheme: str = "postgresql"  # the URL's scheme as the app's driver wants it (DATABASE_SCHEMES)
+    parts: tuple[tuple[str, str], ...] = ()  # (part, variable): the URL's parts one by one (DATABASE_PARTS)
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether its clients get a file of secrets (the URL, or the password alone)."""
+        return bool(self.file) or any(part == "password_file" for part, _ in self.parts)
+
+    def variables(self) -> list[tuple[str, str]]:
+        """(variable, what Colorgate puts in it) for every variable a client gets."""
+        said = {"host": "the database's host", "port": "its port", "name": "the database's name", "user": "the app's role",
+                "password": "its password (in the environment)", "password_file": "the path of a file holding the password"}
+        return ([(v, f"the URL ({self.scheme}://...), in the environment") for v in self.env]
+                + [(v, "the path of a file holding the URL") for v in self.file]
+                + [(v, said[part]) for part, v in self.parts])
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
-                                   MIGRATION_KEYS, OWN_SERVICES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
+                                   MIGRATION_KEYS, OWN_SERVICES, DATABASE_PARTS, DATABASE_SCHEMES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
                                    SECURITY_HEADERS, SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, _networks_of)
 from deploy.errors import ContractError
 
@@ -125,6 +125,14 @@ def _path(value, where: str) -> str:
     if not ROUTE_PATH.fullmatch(value):
         raise ContractError(f"{where}: {value!r} has characters a path cannot have (spaces, quotes, braces)")
     return value
+
+
+def _variables(value, where: str, example: str, why: str = "") -> tuple[str, ...]:
+    """One environment variable name, or a list of them."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and ENV_NAME.fullmatch(n) for n in names):
+        raise ContractError(f"{where}: should be an environment variable name such as {example}, or a list of them{why}")
+    return tuple(names)
 
 
 def _command(value, where: str) -> tuple[str, ...]:
@@ -271,13 +279,22 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         service = _known(raw.get("service"), services, "x-colorgate.database.service")
         if service not in shared:
             raise ContractError(f"x-colorgate.database.service: {service!r} is not shared: the database is started once, for both colors")
-        env = raw.get("env", "DATABASE_URL")
-        if not isinstance(env, str) or not ENV_NAME.fullmatch(env):
-            raise ContractError("x-colorgate.database.env: should be an environment variable name such as DATABASE_URL")
-        url_file = raw.get("file", "")
-        if not isinstance(url_file, str) or (url_file and not ENV_NAME.fullmatch(url_file)):
-            raise ContractError("x-colorgate.database.file: should be an environment variable name such as DATABASE_URL_FILE "
-                                "(Colorgate sets it to the path of a file holding the URL)")
+        url_file = _variables(raw.get("file", ()), "x-colorgate.database.file", "DATABASE_URL_FILE",
+                              " (Colorgate sets it to the path of a file holding the URL)")
+        parts = raw.get("parts") or {}
+        if not isinstance(parts, dict):
+            raise ContractError("x-colorgate.database.parts: should be a mapping of the URL's parts to variables, "
+                                "such as {host: DB_HOST, name: DB_NAME, user: DB_USER, password_file: DB_PASSWORD_FILE}")
+        for part, var in parts.items():
+            if part not in DATABASE_PARTS:
+                raise ContractError(f"x-colorgate.database.parts: unknown part {part!r}: use {', '.join(DATABASE_PARTS)}")
+            _variables(var, f"x-colorgate.database.parts.{part}", "DB_HOST")
+        env = _variables(raw.get("env", () if parts else "DATABASE_URL"), "x-colorgate.database.env", "DATABASE_URL")
+        env = () if url_file else env  # the file is read instead: the URL never sits in the environment then
+        scheme = raw.get("scheme", "postgresql")
+        if scheme not in DATABASE_SCHEMES:
+            raise ContractError(f"x-colorgate.database.scheme: should be one of {', '.join(DATABASE_SCHEMES)} "
+                                "(the URL's scheme as the app's driver reads it)")
         kind = raw.get("kind", "postgresql")
         if kind not in ("postgresql", "other"):
             raise ContractError("x-colorgate.database.kind: should be postgresql or other")
@@ -289,7 +306,7 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
                 raise ContractError(f"x-colorgate.database.clients: {stray[0]!r} is not colored: list the colored services that use the database")
         else:
             clients = [c for c in colored if db_networks & set(_networks_of(services[c] or {}))]
-        database = Database(service, env, tuple(clients), kind, url_file)
+        database = Database(service, env, tuple(clients), kind, url_file, scheme, tuple((p, v) for p, v in parts.items()))
 
     replicas = {}
     raw_colored = block.get("colored")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, contract, render
+from deploy import config, contract, keys, render
 from deploy.errors import ContractError
 
 ROOT = config.project_root()
@@ -66,7 +66,7 @@ def test_a_good_contract_is_read_with_its_defaults():
     shell = contract.parse(app_with(**{"x-colorgate__migrations__command": ["sh", "-c", 'migrate --url "$$(cat $$DB_FILE)" --cost $$$$']}))
     assert shell.migrations.command == ("sh", "-c", 'migrate --url "$(cat $DB_FILE)" --cost $$')
     # the database's clients: the colored services on its networks (not the frontend)
-    assert app.database == contract.Database("db", "PG_URL", ("api", "worker"))
+    assert app.database == contract.Database("db", ("PG_URL",), ("api", "worker"))
     assert app.route_for("/api/x").service == "api" and app.route_for("/deep/link").service == "web"
     assert app.split_copy("worker_green") == ("worker", "green") and app.split_copy("db") is None
 
@@ -191,7 +191,9 @@ def test_secrets_reach_the_database_and_its_clients_as_read_only_files():
     services = render.compose(contract.parse(data))["services"]
     db, api, worker = services["db"], services["api_blue"], services["worker_green"]
     # the database gets its password as a file of its own volume, not in its environment
-    assert db["environment"] == {"POSTGRES_USER": "app", "POSTGRES_PASSWORD_FILE": "/run/colorgate-secrets/postgres_password"}
+    # and the database and superuser of the settings, which Colorgate connects as, whatever the file says
+    assert db["environment"] == {"POSTGRES_USER": "${POSTGRES_USER:-}", "POSTGRES_DB": "${POSTGRES_DB:-}",
+                                 "POSTGRES_PASSWORD_FILE": "/run/colorgate-secrets/postgres_password"}
     assert "secrets-db:/run/colorgate-secrets:ro" in db["volumes"] and "data:/var/lib/postgresql/data" in db["volumes"]
     # each color's clients: the file's path, their color's volume, no URL
     assert api["environment"]["PG_URL_FILE"] == "/run/colorgate-secrets/database_url" and "PG_URL" not in api["environment"]
@@ -202,6 +204,46 @@ def test_secrets_reach_the_database_and_its_clients_as_read_only_files():
     # without `file`, the URL stays in the variable the app reads (the Hardening gate then objects)
     plain = render.compose(contract.parse(BASE))["services"]
     assert plain["api_blue"]["environment"]["PG_URL"] == "${COLORGATE_BLUE_DATABASE_URL:-}"
+
+
+def test_an_app_reads_its_database_from_several_variables_a_scheme_of_its_own_or_the_parts_of_the_url():
+    """Apps as they are: two variables with the URL, SQLAlchemy's scheme, or no URL at all."""
+    two = contract.parse(app_with(**{"x-colorgate__database": {"service": "db", "env": ["DATABASE_URL", "DB_DSN"],
+                                                                "scheme": "postgresql+psycopg"}}))
+    api = render.compose(two)["services"]["api_green"]["environment"]
+    assert api["DATABASE_URL"] == api["DB_DSN"] == "${COLORGATE_GREEN_DATABASE_URL:-}"
+    assert keys.app_url("postgresql://app:p%40ss@db:5432/shop", two.database.scheme) == "postgresql+psycopg://app:p%40ss@db:5432/shop"
+    assert keys.app_url("postgres://app:x@db/shop") == "postgresql://app:x@db/shop" and keys.app_url("", "postgres") == ""
+    parts = contract.parse(app_with(**{"x-colorgate__database": {"service": "db", "parts": {
+        "host": "DB_HOST", "port": "DB_PORT", "name": "DB_NAME", "user": "DB_USER", "password_file": "DB_PASSWORD_FILE"}}}))
+    api = render.compose(parts)["services"]["api_blue"]
+    assert {k: v for k, v in api["environment"].items() if k.startswith("DB_")} == {
+        "DB_HOST": "${COLORGATE_BLUE_DATABASE_HOST:-}", "DB_PORT": "${COLORGATE_BLUE_DATABASE_PORT:-}",
+        "DB_NAME": "${COLORGATE_BLUE_DATABASE_NAME:-}", "DB_USER": "${COLORGATE_BLUE_DATABASE_USER:-}",
+        "DB_PASSWORD_FILE": "/run/colorgate-secrets/database_password"}
+    assert "DATABASE_URL" not in api["environment"] and "secrets-blue:/run/colorgate-secrets:ro" in api["volumes"]
+    assert keys.url_parts("postgresql://app_role:p%40ss@db.internal/shop%2Deu?sslmode=require") == {
+        "host": "db.internal", "port": "5432", "name": "shop-eu", "user": "app_role", "password": "p@ss"}
+    for bad, message in (({"parts": {"pass": "X"}}, r"^x-colorgate.database.parts: unknown part 'pass': use host, port"),
+                         ({"env": ["OK", "not ok"]}, r"^x-colorgate.database.env: should be an environment variable name such as DATABASE_URL, or a list of them$"),
+                         ({"scheme": "mysql"}, r"^x-colorgate.database.scheme: should be one of postgresql, postgres, ")):
+        with pytest.raises(ContractError, match=message):
+            contract.parse(app_with(**{"x-colorgate__database": {"service": "db", **bad}}))
+
+
+def test_render_says_which_variables_colorgate_sets_and_which_values_of_the_app_it_replaces():
+    data = app_with(**{"x-colorgate__database": {"service": "db", "file": "PG_URL_FILE", "clients": ["api"]},
+                       "services__api__environment": {"PG_URL_FILE": "/etc/app/db", "CACHE_URL": "redis://u:pw@cache:6379"},
+                       "services__db__environment": {"POSTGRES_USER": "shop", "POSTGRES_PASSWORD": "secret", "POSTGRES_DB": "${POSTGRES_DB}"}})
+    lines = render.wiring(contract.parse(data))
+    assert lines[0] == "PG_URL_FILE in api: the path of a file holding the URL"
+    assert [line for line in lines if line.startswith("!! ")] == [
+        "!! services.db.environment.POSTGRES_PASSWORD: the value written there is replaced by Colorgate's",
+        "!! services.db.environment.POSTGRES_USER: the value written there is replaced by Colorgate's",
+        "!! services.api.environment.PG_URL_FILE: the value written there is replaced by Colorgate's",
+        "!! services.api.environment.CACHE_URL: holds a URL with a password that Colorgate does not set "
+        "(name the variable in x-colorgate.database.env to have Colorgate's URL there)"]
+    assert "# database: PG_URL_FILE in api: the path of a file holding the URL\n" in render.dump(render.compose(contract.parse(data)), Path("x"), lines)
 
 
 def test_every_container_is_locked_down_unless_its_service_says_otherwise():
@@ -302,7 +344,8 @@ def test_the_readme_reference_is_a_valid_contract():
     data["services"] = {**{n: {"build": "."} for n in data["x-colorgate"]["colored"]},
                         **{n: {"image": "postgres:16"} for n in data["x-colorgate"]["shared"]}}
     app = contract.parse(data)
-    assert app.routed == ("api", "web") and app.migrations.service == "api" and app.database.env == "DATABASE_URL"
+    assert app.routed == ("api", "web") and app.migrations.service == "api"
+    assert (app.database.file, app.database.env, app.database.scheme) == (("DATABASE_URL_FILE",), (), "postgresql")
 
 
 def test_a_route_may_carry_its_own_analysis_bounds():

@@ -93,7 +93,7 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     from deploy.errors import ConfigError
 
     s = config.load("development", root=config.project_root(), environ={"POSTGRES_PASSWORD": "pw-of-the-db-1"})
-    assert s.app.database.file == "DATABASE_URL_FILE"  # the default example reads its URL from a file
+    assert s.app.database.file == ("DATABASE_URL_FILE",)  # the default example reads its URL from a file
     files = access.secret_files(s, {"green": ""}, database=True)
     assert files == {"secrets-db": {"postgres_password": "pw-of-the-db-1"}, "secrets-tools": {"postgres_password": "pw-of-the-db-1"},
                      "secrets-green": {"database_url": s.local_database_url()}}

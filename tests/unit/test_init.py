@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy import contract, scaffold
+from deploy import contract, render, scaffold
 from deploy.errors import ContractError
 
 COMPOSE = """\
@@ -38,6 +38,54 @@ def test_the_draft_infers_routes_health_and_the_database(tmp_path):
     out.write_text(out.read_text().replace('    ports: ["127.0.0.1:3000:3000/tcp"]\n', ""))
     app = contract.load(out)
     assert app.routes[0] == contract.Route("/", "web", 3000) and app.database.clients == ("web", "worker")
+
+
+# Miniflux's compose file as its documentation gives it (docs: installation, Docker Compose)
+MINIFLUX = """\
+services:
+  miniflux:
+    image: miniflux/miniflux:latest
+    ports:
+      - "80:8080"
+    depends_on:
+      db:
+        condition: service_healthy
+    environment:
+      - DATABASE_URL=postgres://miniflux:secret@db/miniflux?sslmode=disable
+      - RUN_MIGRATIONS=1
+      - CREATE_ADMIN=1
+      - ADMIN_USERNAME=admin
+      - ADMIN_PASSWORD=test123
+  db:
+    image: postgres:17-alpine
+    environment:
+      - POSTGRES_USER=miniflux
+      - POSTGRES_PASSWORD=secret
+      - POSTGRES_DB=miniflux
+    volumes:
+      - miniflux-db:/var/lib/postgresql/data
+    healthcheck:
+      test: ["CMD", "pg_isready", "-U", "miniflux"]
+      interval: 10s
+      start_period: 30s
+volumes:
+  miniflux-db:
+"""
+
+
+def test_a_database_url_the_app_reads_is_found_with_its_scheme_and_said_to_be_replaced(tmp_path):
+    (tmp_path / "compose.yaml").write_text(MINIFLUX)
+    out, draft = scaffold.init(tmp_path)
+    assert (draft.url_vars, draft.scheme, draft.database) == (["DATABASE_URL"], "postgres", ("db", "postgresql"))
+    assert "  database: {service: db, env: [DATABASE_URL], scheme: postgres}" in out.read_text()
+    assert "services.miniflux.environment.DATABASE_URL: its URL (and the password in it) is replaced by Colorgate's, " \
+           "as the app's own role; the database's POSTGRES_* come from the settings" in draft.todo
+    # render then says what it replaces, once the ports are gone
+    out.write_text(out.read_text().replace('    ports:\n      - "80:8080"\n', ""))
+    wired = render.wiring(contract.load(out))
+    assert "DATABASE_URL in miniflux: the URL (postgres://...), in the environment" in wired
+    assert "!! services.miniflux.environment.DATABASE_URL: the value written there is replaced by Colorgate's" in wired
+    assert "!! services.db.environment.POSTGRES_PASSWORD: the value written there is replaced by Colorgate's" in wired
 
 
 def test_what_cannot_be_inferred_is_marked(tmp_path):
