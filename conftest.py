@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["steps.common"]
+pytest_plugins = ["steps.http", "steps.common"]
 
 
 def pytest_addoption(parser):

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from deploy import contract, runner
 from deploy.errors import ConfigError
-from deploy.keys import KEYS, PLACEHOLDER, PROFILES, STRICT_PROFILES
+from deploy.keys import GATE_PREFIX, KEYS, PLACEHOLDER, PROFILES, STRICT_PROFILES
 
 @dataclass(frozen=True)
 class Settings:
@@ -87,11 +87,13 @@ class Settings:
     app: contract.App = field(repr=False, compare=False)
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # COLORGATE_GATE_*: secrets the app's own gates use (a password, a token), masked everywhere
+    gate_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def as_environment(self) -> dict[str, str]:
         """These settings as environment variables, for a child process (the gates)
         that must load exactly the same settings. Contains secrets: never log it."""
-        return {**self.raw, "COLORGATE_PROFILE": self.profile, "COLORGATE_APP": str(self.app.file)}
+        return {**self.raw, **self.gate_secrets, "COLORGATE_PROFILE": self.profile, "COLORGATE_APP": str(self.app.file)}
 
     @property
     def app_dir(self) -> Path:
@@ -220,13 +222,16 @@ def merge_sources(
     sources: dict[str, str] = {}
     for origin, layer in layers:
         for key, value in layer.items():
+            if key.startswith(GATE_PREFIX) and len(key) > len(GATE_PREFIX):
+                values[key], sources[key] = value, origin
+                continue
             if key not in KEYS:
                 close = difflib.get_close_matches(key, KEYS, n=1)
                 hint = f"did you mean {close[0]}?" if close else "see .env.example for the keys"
                 raise ConfigError(f"{origin}: unknown key {key}: {hint}")
             values[key] = value
             sources[key] = origin
-    for key in KEYS:
+    for key in [*KEYS, *(k for k in environ if k.startswith(GATE_PREFIX) and len(k) > len(GATE_PREFIX))]:
         if key in environ:
             values[key] = environ[key]
             sources[key] = "the environment"
@@ -280,7 +285,12 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
             if not str(parsed[key]).strip():
                 raise ConfigError(f"{key} is missing: the app's database {app.postgres.service!r} (x-colorgate.database) needs it; "
                                   f"set it in {profile_file}.local or the environment")
+    gate_secrets = {key: value for key, value in values.items() if key.startswith(GATE_PREFIX)}
+    for key, value in gate_secrets.items():
+        if profile in STRICT_PROFILES and PLACEHOLDER.search(value):
+            raise ConfigError(f"{key} in {sources.get(key, profile_file)} is a placeholder: set a real value in {profile_file}.local or the environment")
     values = {spec.attr or key.removeprefix("COLORGATE_").lower(): parsed[key] for key, spec in KEYS.items()}
+    values["gate_secrets"] = gate_secrets
     registry = parsed["COLORGATE_REGISTRY"]
     project = parsed["COLORGATE_PROJECT"] or app.name
     values.update(  # what follows from more than one key
@@ -322,6 +332,8 @@ def load(profile: str | None = None, root: Path | None = None, environ: Mapping[
     if settings.postgres_password:
         runner.add_secret(settings.app_db_password())
     runner.add_secret(settings.registry_password)
+    for secret in settings.gate_secrets.values():
+        runner.add_secret(secret)
     if settings.database_url:
         runner.add_secret(unquote(urlsplit(settings.database_url).password or ""))
         runner.add_secret(settings.database_url)

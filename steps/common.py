@@ -11,6 +11,7 @@ from pytest_bdd import given, parsers, then, when
 
 from deploy import canary, contract, edge as edge_state, facts, gates, probes, render, swarm
 from deploy.colors import parse_color
+from steps.http import show as _show
 
 
 _options: dict[str, str | None] = {}
@@ -77,22 +78,12 @@ def published(gate_settings) -> dict[str, list[str]]:
     return facts.published_ports(gate_settings)
 
 
-def _show(response) -> str:
-    url = getattr(response, "url", None) or response.request.url
-    return f"{url} answered {response.status_code}: {response.text[:200]!r}"
-
-
 # --- given / when --------------------------------------------------------------------
 
 
 @given("the public edge", target_fixture="client")
 def the_public_edge(edge):
     return edge
-
-
-@when(parsers.parse('I request "{path}" over HTTPS'), target_fixture="response")
-def request_over_https(client, path):
-    return client.get(path)
 
 
 @when(parsers.parse('the edge requests "{path}" from the {service} of the color under test'), target_fixture="response")
@@ -103,44 +94,6 @@ def edge_requests(gate_settings, expected, path, service):
 @given("the stack's containers", target_fixture="ports")
 def the_stacks_containers(published):
     return published
-
-
-# --- then: the step library apps use in their own features -------------------------------
-
-
-@then(parsers.parse("the status is {code:d}"))
-def status_is(response, code):
-    assert response.status_code == code, _show(response)
-
-
-@then(parsers.parse('the JSON field "{field}" is "{value}"'))
-def json_field_is(response, field, value):
-    try:
-        body = response.json()
-    except ValueError:
-        raise AssertionError(f"not JSON: {_show(response)}") from None
-    got = body.get(field) if isinstance(body, dict) else None
-    got = str(got).lower() if isinstance(got, bool) else got
-    assert str(got) == value, f"{field} is {got!r}, expected {value!r}: {_show(response)}"
-
-
-@then(parsers.parse('the body contains "{text}"'))
-def body_contains(response, text):
-    assert text in response.text, f"the body does not contain {text!r}: {_show(response)}"
-
-
-@then(parsers.parse('the header "{name}" is "{value}"'))
-def header_is(response, name, value):
-    got = response.headers.get(name.lower())
-    assert got == value, f"header {name} is {got!r}, expected {value!r}: {_show(response)}"
-
-
-@then(parsers.parse("the response time is below {ms:d} ms"))
-def faster_than(response, ms):
-    elapsed = getattr(response, "elapsed", None)
-    assert elapsed is not None, "this response has no timing: ask through the public edge (`When I request ... over HTTPS`)"
-    took = elapsed.total_seconds() * 1000
-    assert took < ms, f"took {took:.0f} ms (limit {ms} ms): {_show(response)}"
 
 
 # --- then: the built-in gates --------------------------------------------------------------

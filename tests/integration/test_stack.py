@@ -285,6 +285,8 @@ def test_gates_pass_on_the_live_stack(live_stack, stack_env, tmp_path):
     assert 'failures="0"' in xml and 'errors="0"' in xml and " passed" in proc.stdout
     for feature in ("Health", "No public database port", "TLS valid", "Upstream active"):
         assert f'value="{feature}"' in xml, f"the {feature} gate did not run"
+    # the app's own: a record written, read back, changed and removed (its own step file too)
+    assert 'value="A note written through the API is read back, changed and removed"' in xml
 
 
 def test_maintenance_mode_answers_503_with_retry_after_while_the_gates_and_the_edges_health_go_on(live_stack, settings, stack_env, client):

@@ -30,3 +30,27 @@ Feature: The sample app
     Then the status is 200
     And the JSON field "database" is "ok"
     And the header "content-type" is "application/json"
+
+  @post
+  Scenario: A note written through the API is read back, changed and removed
+    Given the public edge
+    When I send POST "/api/notes" with the JSON body
+      """
+      {"body": "written by the gates"}
+      """
+    Then the status is 201
+    And I save the JSON field "id" as "note"
+    And the note was made within the last minute
+    When I send GET "/api/notes/${note}"
+    Then the status is 200
+    And the JSON field "body" is "written by the gates"
+    And the JSON field "id" is "${note}"
+    When I send PUT "/api/notes/${note}" with the JSON body
+      """
+      {"body": "changed by the gates"}
+      """
+    Then the JSON field "body" is "changed by the gates"
+    When I send DELETE "/api/notes/${note}"
+    Then the status is 204
+    When I send GET "/api/notes/${note}"
+    Then the status is 404
