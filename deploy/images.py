@@ -49,6 +49,8 @@ BASES = {
     "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
     "pyweb": BaseImage("pyweb", ("python3", "python3-psycopg2", "python3-redis", "python3-alembic", "ca-certificates")),
     "redis": BaseImage("redis", ("redis-server", "ca-certificates")),
+    # apps nobody here wrote, as Debian packages them
+    "miniflux": BaseImage("miniflux", ("miniflux", "ca-certificates"), suite="trixie"),
 }
 OWN_BASES = ("nginx", "postgres", "certbot")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.contract import (COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
+from deploy.contract import (COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
                              SECURITY_HEADERS, App)
 
 OWN_PARTS = Path(__file__).resolve().parent.parent / "compose"
@@ -95,7 +95,8 @@ def wiring(app: App) -> list[str]:
         for var in replaced:
             value = own.get(var)
             if value is not None and not str(value).startswith("${"):
-                lines.append(f"!! services.{name}.environment.{var}: the value written there is replaced by Colorgate's")
+                how = "removed: the app reads its URL from the file" if var in db.unset else "replaced by Colorgate's"
+                lines.append(f"!! services.{name}.environment.{var}: the value written there is {how}")
         for var, value in own.items():
             if var not in replaced and re.search(r"://[^/\s:@]+:[^/\s@]+@", str(value or "")):
                 lines.append(f"!! services.{name}.environment.{var}: holds a URL with a password that Colorgate does not set "
@@ -132,8 +133,14 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     colored one, and Colorgate's own parts. Secrets and versions stay `${...}` variables,
     filled in from the validated settings when compose runs; nothing secret is written."""
     services: dict = {}
+    # a database on compose's default network (a file naming no networks) is put on an
+    # internal network of Colorgate's with its clients: nothing else reaches it
+    own_db_network = bool(app.database and "networks" not in (app.services[app.database.service] or {})
+                          and "network_mode" not in (app.services[app.database.service] or {}))
     for name in app.shared:
         svc = copy.deepcopy(app.services[name] or {})
+        if own_db_network and name == app.database.service:
+            svc["networks"] = [DB_NETWORK]
         svc.setdefault("restart", "unless-stopped")
         if app.buildable(name):
             svc.setdefault("image", f"{prefix_var}{name}:latest")
@@ -163,6 +170,8 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
             if app.database and name in app.database.clients:
                 db = app.database
+                for var in db.unset:
+                    env.pop(var, None)
                 for var in db.env:
                     env[var] = "${%s:-}" % database_var(color)
                 for var in db.file:  # the URL as a file of this color's (access.stage_secrets)
@@ -182,6 +191,8 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             networks = network_map(svc)
             if name in app.routed:
                 networks[EDGE_NETWORK] = None
+            if own_db_network and name in app.database.clients:
+                networks[DB_NETWORK] = None
             svc["networks"] = networks
             deps = svc.get("depends_on")
             if deps:
@@ -190,7 +201,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
                 svc["depends_on"] = renamed
             services[app.copy_name(name, color)] = locked_down(svc)
     own = yaml.safe_load((OWN_PARTS / "colorgate.yml").read_text())
-    db_networks = list(network_map(app.services[app.database.service] or {})) if app.database else []
+    db_networks = list(network_map(services[app.database.service])) if app.database else []
     for name, svc in own["services"].items():
         build = svc.get("build")
         if isinstance(build, dict) and "context" in build:
@@ -210,6 +221,8 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     services["certbot-loopback"] = loopback
     networks = copy.deepcopy(app.raw.get("networks") or {})
     networks[EDGE_NETWORK] = {}
+    if own_db_network:
+        networks[DB_NETWORK] = {"internal": True}
     volumes = copy.deepcopy(app.raw.get("volumes") or {})
     volumes.update({name: {} for name in OWN_VOLUMES})
     out = {"services": services, "networks": networks, "volumes": volumes}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass, field
 
 import httpx
@@ -28,15 +29,16 @@ from pytest_bdd import given, parsers, then, when
 
 METHODS = "GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS"
 SAVED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
+PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]|\[([^=\]]+)=([^\]]*)\]")
 
 
 @dataclass
 class Http:
-    """One scenario's requests: its headers and auth, and the values it saved."""
+    """One scenario's requests: its headers and auth, and the values it saved (`run`: a
+    value of its own, for names that must be new each time the gates run)."""
     headers: dict[str, str] = field(default_factory=dict)
     auth: httpx.Auth | None = None
-    saved: dict[str, str] = field(default_factory=dict)
+    saved: dict[str, str] = field(default_factory=lambda: {"run": secrets.token_hex(4)})
 
     def fill(self, text: str) -> str:
         """`text` with each ${name} replaced by the value saved as `name`."""
@@ -59,9 +61,16 @@ def show(response) -> str:
 
 
 def json_path(body, path: str):
-    """The value at `path` (`a.b`, `items[0].id`, `0.name`) of a JSON body; KeyError if absent."""
+    """The value at `path` (`a.b`, `items[0].id`, `0.name`, `[title=News].id`: the first
+    item whose title is News) of a JSON body; KeyError if absent."""
     value = body
-    for name, index in PATH_PART.findall(path):
+    for name, index, where, equals in PATH_PART.findall(path):
+        if where:  # [field=value]: the first item of a list whose field is that value
+            found = [item for item in value if isinstance(item, dict) and _text(item.get(where)) == equals] if isinstance(value, list) else []
+            if not found:
+                raise KeyError(path)
+            value = found[0]
+            continue
         key = int(index) if index else (int(name) if name.lstrip("-").isdigit() and isinstance(value, list) else name)
         if isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
             value = value[key]
@@ -79,7 +88,7 @@ def _field(response, path: str):
         raise AssertionError(f"not JSON: {show(response)}") from None
     try:
         return json_path(body, path)
-    except KeyError:
+    except (KeyError, TypeError):
         raise AssertionError(f"the JSON field {path!r} is absent: {show(response)}") from None
 
 
@@ -156,7 +165,7 @@ def send_form(client, http, method, path, body):
 @when(parsers.parse('I save the JSON field "{path}" as "{name}"'))
 @then(parsers.parse('I save the JSON field "{path}" as "{name}"'))
 def save_field(response, http, path, name):
-    http.saved[name] = _text(_field(response, path))
+    http.saved[name] = _text(_field(response, http.fill(path)))
 
 
 # --- then: the answer -----------------------------------------------------------------
@@ -169,20 +178,20 @@ def status_is(response, code):
 
 @then(parsers.parse('the JSON field "{path}" is "{value}"'))
 def json_field_is(response, http, path, value):
-    got, value = _text(_field(response, path)), http.fill(value)
+    got, value = _text(_field(response, http.fill(path))), http.fill(value)
     assert got == value, f"{path} is {got!r}, expected {value!r}: {show(response)}"
 
 
 @then(parsers.parse('the JSON field "{path}" contains "{value}"'))
 def json_field_contains(response, http, path, value):
-    got, value = _field(response, path), http.fill(value)
+    got, value = _field(response, http.fill(path)), http.fill(value)
     found = any(_text(item) == value for item in got) if isinstance(got, list) else value in _text(got)
     assert found, f"{path} is {got!r}: {value!r} is not in it: {show(response)}"
 
 
 @then(parsers.parse('the JSON field "{path}" is present'))
-def json_field_present(response, path):
-    _field(response, path)
+def json_field_present(response, http, path):
+    _field(response, http.fill(path))
 
 
 @then(parsers.parse('the body contains "{text}"'))

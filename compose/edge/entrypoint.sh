@@ -88,7 +88,9 @@ if [ ! -s "$state/routes.conf" ]; then
   if [ -n "${COLORGATE_EDGE_ROUTES:-}" ]; then
     printf '%s' "$COLORGATE_EDGE_ROUTES" | base64 -d > "$state/routes.conf"
   else
-    echo "# colorgate routes none (written by invoke up)" > "$state/routes.conf"
+    # the digest answer too, so that waiting for the first routes to be served logs no 404
+    printf '%s\n' "# colorgate routes none (written by invoke up)" \
+      'location = /.colorgate/routes { access_log off; allow 127.0.0.1; deny all; return 200 "none\n"; }' > "$state/routes.conf"
   fi
 fi
 # State written by earlier Colorgate versions (nginx includes) becomes the per-request files.

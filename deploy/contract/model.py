@@ -15,6 +15,7 @@ COLORS = ("blue", "green")
 OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot", "certbot-loopback")  # Colorgate's own parts
 OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca", "secrets-db", "secrets-tools", "secrets-blue", "secrets-green")
 EDGE_NETWORK = "colorgate"  # the edge and every routed colored copy
+DB_NETWORK = "colorgate-db"  # internal: a database the compose file leaves on its default network, and its clients
 DB_CA_DIR = "/run/colorgate-db"  # where database clients find a managed database's CA (volume `dbca`)
 SECRETS_DIR = "/run/colorgate-secrets"  # secret files, read-only: `secrets-db` in the database, `secrets-tools` in
 # the one-off dbtools, `secrets-<color>` in that color's database clients
@@ -96,6 +97,7 @@ class Database:
     file: tuple[str, ...] = ()  # the variables naming the file that holds the URL
     scheme: str = "postgresql"  # the URL's scheme as the app's driver wants it (DATABASE_SCHEMES)
     parts: tuple[tuple[str, str], ...] = ()  # (part, variable): the URL's parts one by one (DATABASE_PARTS)
+    unset: tuple[str, ...] = ()  # `env` named beside `file`: removed from the clients' environment (a URL written there)
 
     @property
     def reads_files(self) -> bool:
@@ -107,6 +109,7 @@ class Database:
         said = {"host": "the database's host", "port": "its port", "name": "the database's name", "user": "the app's role",
                 "password": "its password (in the environment)", "password_file": "the path of a file holding the password"}
         return ([(v, f"the URL ({self.scheme}://...), in the environment") for v in self.env]
+                + [(v, "removed (the app reads the URL from its file)") for v in self.unset]
                 + [(v, "the path of a file holding the URL") for v in self.file]
                 + [(v, said[part]) for part, v in self.parts])
 

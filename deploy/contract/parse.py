@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
+from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, DB_NETWORK, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
                                    MIGRATION_KEYS, OWN_SERVICES, DATABASE_PARTS, DATABASE_SCHEMES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
                                    SECURITY_HEADERS, SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, _networks_of)
 from deploy.errors import ContractError
@@ -171,8 +171,9 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
     for volume in data.get("volumes") or {}:
         if volume in OWN_VOLUMES:
             raise ContractError(f"volumes.{volume}: the name {volume!r} is one of Colorgate's volumes ({', '.join(OWN_VOLUMES)}): rename it")
-    if EDGE_NETWORK in (data.get("networks") or {}):
-        raise ContractError(f"networks.{EDGE_NETWORK}: the name is Colorgate's edge network: rename it")
+    for own in (EDGE_NETWORK, DB_NETWORK):
+        if own in (data.get("networks") or {}):
+            raise ContractError(f"networks.{own}: the name is one of Colorgate's networks: rename it")
 
     colored = [_known(n, services, f"x-colorgate.colored[{i}]") for i, n in enumerate(_names(block.get("colored"), "x-colorgate.colored"))]
     shared = [_known(n, services, f"x-colorgate.shared[{i}]") for i, n in enumerate(_names(block.get("shared"), "x-colorgate.shared"))]
@@ -290,7 +291,8 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
                 raise ContractError(f"x-colorgate.database.parts: unknown part {part!r}: use {', '.join(DATABASE_PARTS)}")
             _variables(var, f"x-colorgate.database.parts.{part}", "DB_HOST")
         env = _variables(raw.get("env", () if parts else "DATABASE_URL"), "x-colorgate.database.env", "DATABASE_URL")
-        env = () if url_file else env  # the file is read instead: the URL never sits in the environment then
+        # with a file, the URL never sits in the environment: a variable named beside it is removed
+        env, unset = ((), env if "env" in raw else ()) if url_file else (env, ())
         scheme = raw.get("scheme", "postgresql")
         if scheme not in DATABASE_SCHEMES:
             raise ContractError(f"x-colorgate.database.scheme: should be one of {', '.join(DATABASE_SCHEMES)} "
@@ -306,7 +308,7 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
                 raise ContractError(f"x-colorgate.database.clients: {stray[0]!r} is not colored: list the colored services that use the database")
         else:
             clients = [c for c in colored if db_networks & set(_networks_of(services[c] or {}))]
-        database = Database(service, env, tuple(clients), kind, url_file, scheme, tuple((p, v) for p, v in parts.items()))
+        database = Database(service, env, tuple(clients), kind, url_file, scheme, tuple((p, v) for p, v in parts.items()), unset)
 
     replicas = {}
     raw_colored = block.get("colored")

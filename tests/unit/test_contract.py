@@ -231,6 +231,30 @@ def test_an_app_reads_its_database_from_several_variables_a_scheme_of_its_own_or
             contract.parse(app_with(**{"x-colorgate__database": {"service": "db", **bad}}))
 
 
+def test_a_url_the_compose_file_writes_beside_the_file_the_app_reads_is_removed():
+    """Miniflux reads DATABASE_URL_FILE, and its documented compose file writes DATABASE_URL
+    with a password: named in `env` beside `file`, that variable is removed."""
+    data = app_with(**{"x-colorgate__database": {"service": "db", "file": "DATABASE_URL_FILE", "env": "DATABASE_URL", "scheme": "postgres"},
+                       "services__api__environment": ["DATABASE_URL=postgres://miniflux:secret@db/miniflux", "RUN_MIGRATIONS=1"]})
+    app = contract.parse(data)
+    api = render.compose(app)["services"]["api_blue"]["environment"]
+    assert "DATABASE_URL" not in api and api["DATABASE_URL_FILE"] == "/run/colorgate-secrets/database_url" and api["RUN_MIGRATIONS"] == "1"
+    assert "!! services.api.environment.DATABASE_URL: the value written there is removed: the app reads its URL from the file" in render.wiring(app)
+
+
+def test_a_database_on_the_default_network_is_moved_to_an_internal_one_with_its_clients():
+    data = app_with(**{"services__db__networks": None, "services__api__networks": None, "services__worker__networks": None})
+    rendered = render.compose(contract.parse(data))
+    services = rendered["services"]
+    assert services["db"]["networks"] == ["colorgate-db"] and rendered["networks"]["colorgate-db"] == {"internal": True}
+    assert set(services["api_blue"]["networks"]) == {"default", "colorgate", "colorgate-db"}  # still reaches the world
+    assert "colorgate-db" in services["dbtools"]["networks"]
+    # a database on networks of the file's own is left on them
+    assert "colorgate-db" not in render.compose(contract.parse(BASE))["networks"]
+    with pytest.raises(ContractError, match=r"^networks.colorgate-db: the name is one of Colorgate's networks: rename it$"):
+        contract.parse(app_with(**{"networks__colorgate-db": {}}))
+
+
 def test_render_says_which_variables_colorgate_sets_and_which_values_of_the_app_it_replaces():
     data = app_with(**{"x-colorgate__database": {"service": "db", "file": "PG_URL_FILE", "clients": ["api"]},
                        "services__api__environment": {"PG_URL_FILE": "/etc/app/db", "CACHE_URL": "redis://u:pw@cache:6379"},
