@@ -144,6 +144,18 @@ def next_version(tags: list[str]) -> str:
     return f"v{max(numbers, default=0) + 1}"
 
 
+def next_release(tags: list[str], history: list[dict], live: set[str]) -> tuple[str, bool]:
+    """The next vN, and whether its images are to be made again: a deploy refused or
+    failed before it went live (never `live` now, never switched to in the `history`)
+    uses up no number: the next deploy builds that version anew."""
+    live = live | {r.get("live_version") for r in history} | {
+        r.get("to_version") for r in history if r.get("outcome") in ("switched", "rolled back")}
+    never = {r.get("to_version") for r in history if r.get("action") == "deploy"
+             and r.get("outcome") in ("refused", "failed", "interrupted")} - live
+    version = next_version([tag for tag in tags if tag not in never])
+    return version, version in tags
+
+
 def app_tag(settings: Settings, name: str, version: str) -> str:
     return f"{settings.image_prefix}{name}:{version}"
 

@@ -50,6 +50,7 @@ class Plan:
     steps: tuple[str, ...] = ()
     noop: str = ""
     canary: tuple[int, ...] = ()  # shares of users the candidate gets, in turn, before the switch (canary.py)
+    rebuild: bool = False  # its images exist from a deploy of that version that never went live: made again
 
 
 DEPLOY_STEPS = ("images", "start", "migrations", "pre_gates", "switch", "post_gates")
@@ -116,13 +117,15 @@ def plan_deploy(settings: Settings, target: Target, version: str | None = None, 
     active = _live(target)
     if target.beside:
         raise ConfigError(apply.refusal(list(target.beside)))
-    version = edge.check_version(version or images.next_version(target.tags))
+    live = {s.version for s in target.states.values() if s.state == "running"} | ({target.active.version} if target.active else set())
+    version, rebuild = (version, False) if version else images.next_release(target.tags, target.history, live)
+    version = edge.check_version(version)
     candidate = other(active.color)
     if version == active.version and not force:
         return Plan("deploy", active.color, candidate, active.version, version,
                     noop=f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
     steps = DEPLOY_STEPS if not canary else (*DEPLOY_STEPS[:DEPLOY_STEPS.index("switch")], "canary", *DEPLOY_STEPS[DEPLOY_STEPS.index("switch"):])
-    return Plan("deploy", active.color, candidate, active.version, version, steps + _analysis(settings), canary=canary)
+    return Plan("deploy", active.color, candidate, active.version, version, steps + _analysis(settings), canary=canary, rebuild=rebuild)
 
 
 def plan_switch(settings: Settings, target: Target, to: str, use_gates: bool = True, action: str = "switch",
@@ -209,7 +212,7 @@ class Steps:
     def images(self) -> None:
         p = self.plan
         with runner.step(f"{'pulling' if self.settings.registry else 'building'} {p.to_color} images ({p.to_version})"):
-            stack.ensure_release_images(self.settings, p.to_color, self.versions, force=self.force)
+            stack.ensure_release_images(self.settings, p.to_color, self.versions, force=self.force or p.rebuild)
 
     def start(self) -> None:
         start_candidate(self.settings, self.plan, self.versions, self.databases)
@@ -342,7 +345,7 @@ def deploy(settings: Settings, version: str | None = None, force: bool = False, 
     """Ship `version` (default: the next vN) to the inactive color, gate it, switch
     (through the canary shares first, when given); turned away after the switch, the
     candidate is stopped once drained (`keep_rejected`: kept running for debugging)."""
-    with lock(settings, "deploy", break_lock) as held:
+    with lock(settings, "deploy", break_lock, history=True) as held:
         target = observe(settings, held, tags=version is None, database=True, beside=True)
         return _run(settings, plan_deploy(settings, target, version, force, canary), target, force, keep_rejected)
 

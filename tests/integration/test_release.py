@@ -198,6 +198,21 @@ def test_an_unhealthy_candidate_never_receives_traffic(rstack, tmp_path):
     assert facts.service_states(s)["backend_blue"].state == "exited", "the failed candidate was left running"
 
 
+def test_a_deploy_that_never_went_live_uses_up_no_version_number(rstack, tmp_path):
+    """The next deploy takes the number of one that failed before its switch, and builds
+    that version anew from its own code (not the failed one's images)."""
+    broken = dataclasses.replace(
+        broken_app(tmp_path, rstack, "return self.send_json(200, status)", "return self.send_json(500, status)"), health_timeout=10)
+    with pytest.raises(StackError):
+        release.deploy(broken)
+    failed = edge.read_history(rstack)[-1]
+    assert failed["outcome"] == "failed" and failed["to_version"].startswith("v")
+    record = release.deploy(rstack)
+    assert (record.outcome, record.to_version) == ("switched", failed["to_version"])
+    assert api(rstack).json() == {"color": record.to_color, "version": failed["to_version"]}
+    assert api(rstack, "/api/health").json()["database"] == "ok"  # the good code, made again
+
+
 def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
     s = broken_app(
         tmp_path, rstack,

@@ -64,6 +64,7 @@ def test_release_decisions(case):
     assert plan.noop == ""
     assert f"{plan.from_color} {plan.from_version}" == want["from"] and f"{plan.to_color} {plan.to_version}" == want["to"]
     assert list(plan.steps) == want["steps"]
+    assert plan.rebuild == want.get("rebuild", False)
     assert plan.action == want.get("action", case["command"])
 
 
