@@ -350,7 +350,7 @@ def db_backups(c, profile=None, host=None, json_=False):
     found = _db.list_backups(settings)
     if settings.backup_copy:
         found = _db.with_remote(settings, found)
-    print(json.dumps(found, indent=2) if json_ else _db.format_backups(found))
+    print(json.dumps(found, indent=2) if json_ else views.format_backups(found))
 
 
 @task(name="verify", positional=["backup"], help={"backup": "backup name, or latest", "profile": "env profile", "host": HOST_HELP})

@@ -199,9 +199,9 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
         with lock(settings, "up"):
             record = Record("migrate", color, color, versions[color], versions[color])
             with recorded(settings, record):
-                if settings.app.postgres and db.has_tables(settings):
-                    db.verified_backup(settings, record)
-                with timed(record, "migrations", "applying database migrations"):
+                guard = db.migrating(settings, record, m.cheap) if settings.app.postgres and db.has_tables(settings) \
+                    else contextlib.nullcontext()
+                with guard, timed(record, "migrations", "applying database migrations"):
                     stack.migrate(settings, color, versions)
                 record.outcome = "migrated"
 

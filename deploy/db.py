@@ -10,9 +10,11 @@ like even while the app keeps writing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -239,6 +241,44 @@ def _wait_pg(settings: Settings, container: str) -> None:
     ready()
 
 
+SCHEMA_SQL = """SELECT md5(coalesce(string_agg(table_schema || '.' || table_name || '.' || column_name || ':' || data_type, ','
+  ORDER BY table_schema, table_name, column_name), '')) FROM information_schema.columns
+  WHERE table_schema NOT IN ('pg_catalog', 'information_schema');"""
+
+
+def schema_fingerprint(settings: Settings) -> str:
+    """A digest of the database's tables and columns: what a migration changes."""
+    return dbtools.psql(settings, SCHEMA_SQL, what="reading the database's schema").stdout.split()[-1]
+
+
+@contextlib.contextmanager
+def migrating(settings: Settings, record: history.Record, cheap: bool = False) -> Iterator[None]:
+    """Around a migration: a backup a real restore has verified first, or stop. With
+    `cheap` (x-colorgate.migrations.cheap: the command is cheap and idempotent), the
+    backup is taken but verified only when the migration changed the schema (read before
+    and after), and dropped when it changed nothing: no restore on every deploy."""
+    if not cheap:
+        verified_backup(settings, record)
+        yield
+        return
+    with history.timed(record, "backup", "backing up the database before migrating (verified if the schema changes)"):
+        manifest = backup(settings)
+        before = schema_fingerprint(settings)
+    yield
+    name = manifest["name"]
+    if schema_fingerprint(settings) == before:
+        dbtools.tools(settings, 'cd /backups && rm -f "$1.dump" "$1.manifest.json"', name, what="dropping the backup")
+        record.detail = f"the migrations changed no table (migrations.cheap): backup {name} dropped"
+        runner.say(f"-- the migrations changed no table: backup {name} dropped")
+        return
+    with history.timed(record, "verify", f"verifying backup {name} (the migrations changed the schema)"):
+        verified = verify(settings, name)
+    if not verified.usable:
+        raise ColorgateError(f"the migrations changed the schema, but the backup {name} taken before them did not verify "
+                             f"({verified.reason}): take one now with `invoke db.backup`")
+    record.detail = f"backup {name}"
+
+
 def verified_backup(settings: Settings, record: history.Record) -> None:
     """Before migrating: a backup that a real restore has verified, or stop."""
     with history.timed(record, "backup", "backing up the database before migrating"):
@@ -305,30 +345,6 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
 def _checksum(settings: Settings, name: str) -> str:
     return dbtools.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
 
-
-def format_backups(backups: list[dict]) -> str:
-    if not backups:
-        return "no backups yet: `invoke db.backup` makes one"
-    now = datetime.now(timezone.utc)
-    lines = [f"{'NAME':<24} {'SIZE':>10} {'AGE':>8}  {'OFF-HOST':<12} VERIFIED"]
-    for b in backups:
-        m = b["manifest"]
-        if b.get("remote_only"):
-            lines.append(f"{m['name']:<24} {'-':>10} {'-':>8}  {'only there':<12} -  (db.verify or db.restore fetches it)")
-            continue
-        age = now - datetime.fromisoformat(m["created"])
-        hours = age.total_seconds() / 3600
-        shown_age = f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.0f}d"
-        v = b.get("verify")
-        state = "-" if not v else ("usable" if v["usable"] else f"UNUSABLE: {v['reason']}")
-        copied = "copied" if b.get("copy") else "-"
-        lines.append(f"{m['name']:<24} {b['size']:>10} {shown_age:>8}  {copied:<12} {state}")
-    return "\n".join(lines)
-
-
-# --- off-host copies (COLORGATE_BACKUP_COPY) -----------------------------------------
-# rclone, in a one-off container on the target with the `backups` volume: the copy goes
-# from the database's host straight to the remote. Its configuration comes on stdin.
 
 COPY_SCRIPT = """set -eu
 (umask 077; cat > /tmp/rclone.conf)

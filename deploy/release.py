@@ -11,6 +11,7 @@ keeps running: a rollback is a switch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
@@ -379,9 +380,9 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
             return 0
         record = Record("migrate", active.color, active.color, active.version, active.version)
         with recorded(settings, record):
-            db.verified_backup(settings, record)
             versions = facts.running_versions(target.states)
-            with timed(record, "migrations", "applying the database migrations"):
+            with db.migrating(settings, record, settings.app.migrations.cheap), \
+                    timed(record, "migrations", "applying the database migrations"):
                 stack.migrate(settings, active.color, versions)
             record.outcome = "migrated"
         return 1
@@ -424,7 +425,7 @@ def candidate_migrations(settings: Settings, record: Record, candidate: str, ver
         raise ColorgateError(f"{candidate} ({versions[candidate]}) brings migrations the database lacks: "
                              "ship them first with `invoke deploy`, then move")
     if pending is not False and migrate:
-        if verified_backup and settings.app.postgres:
-            db.verified_backup(settings, record)
-        with timed(record, "migrations", "applying the database migrations"):
+        guard = db.migrating(settings, record, settings.app.migrations.cheap) if verified_backup and settings.app.postgres \
+            else contextlib.nullcontext()
+        with guard, timed(record, "migrations", "applying the database migrations"):
             stack.migrate(settings, candidate, versions, databases)

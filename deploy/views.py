@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from deploy import edge, facts, history, runner, stack, swarm, traffic
@@ -110,6 +110,30 @@ def format_history(history: list[dict], limit: int = 20) -> str:
         )
     return "\n".join(lines)
 
+
+def format_backups(backups: list[dict]) -> str:
+    if not backups:
+        return "no backups yet: `invoke db.backup` makes one"
+    now = datetime.now(timezone.utc)
+    lines = [f"{'NAME':<24} {'SIZE':>10} {'AGE':>8}  {'OFF-HOST':<12} VERIFIED"]
+    for b in backups:
+        m = b["manifest"]
+        if b.get("remote_only"):
+            lines.append(f"{m['name']:<24} {'-':>10} {'-':>8}  {'only there':<12} -  (db.verify or db.restore fetches it)")
+            continue
+        age = now - datetime.fromisoformat(m["created"])
+        hours = age.total_seconds() / 3600
+        shown_age = f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.0f}d"
+        v = b.get("verify")
+        state = "-" if not v else ("usable" if v["usable"] else f"UNUSABLE: {v['reason']}")
+        copied = "copied" if b.get("copy") else "-"
+        lines.append(f"{m['name']:<24} {b['size']:>10} {shown_age:>8}  {copied:<12} {state}")
+    return "\n".join(lines)
+
+
+# --- off-host copies (COLORGATE_BACKUP_COPY) -----------------------------------------
+# rclone, in a one-off container on the target with the `backups` volume: the copy goes
+# from the database's host straight to the remote. Its configuration comes on stdin.
 
 def pick(history: list[dict], which: str) -> dict:
     """A record by its id, or by position: 1 is the latest, 2 the one before, ..."""

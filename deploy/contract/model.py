@@ -43,7 +43,7 @@ COLORED_KEYS = ("replicas",)
 ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size", "analysis", "app_headers")
 ROUTE_ANALYSIS_KEYS = ("max_error_ratio", "max_p95_ms")
 HEALTH_KEYS = ("path", "status", "json", "contains", "timeout", "port")
-MIGRATION_KEYS = ("service", "command", "status")
+MIGRATION_KEYS = ("service", "command", "status", "cheap")
 DATABASE_KEYS = ("service", "env", "file", "clients", "kind", "scheme", "parts")
 # The URL's scheme as the app's driver wants it (SQLAlchemy names its driver there).
 DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg", "postgresql+pg8000")
@@ -86,6 +86,7 @@ class Migrations:
     service: str
     command: tuple[str, ...]
     status: tuple[str, ...] = ()
+    cheap: bool = False  # cheap and idempotent: its backup is verified (and kept) only when it changed the schema
 
 
 @dataclass(frozen=True)

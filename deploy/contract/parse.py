@@ -267,7 +267,8 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         if service not in colored:
             raise ContractError(f"x-colorgate.migrations.service: {service!r} is not colored: migrations run in a colored service's candidate image")
         migrations = Migrations(service, _command(raw.get("command"), "x-colorgate.migrations.command"),
-                                _command(raw["status"], "x-colorgate.migrations.status") if raw.get("status") is not None else ())
+                                _command(raw["status"], "x-colorgate.migrations.status") if raw.get("status") is not None else (),
+                                _bool(raw.get("cheap", False), "x-colorgate.migrations.cheap"))
 
     database = None
     raw_db = block.get("database")

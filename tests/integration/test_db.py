@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 
 import pytest
+import yaml
 
-from deploy import access, config, db, dbtools, edge, facts, gates, history, runner, stack, tls
+from deploy import access, config, contract, db, dbtools, edge, facts, gates, history, runner, stack, tls
 
 from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host
@@ -188,6 +190,31 @@ def test_up_migrates_only_under_the_lock_after_a_verified_backup(settings, env):
     assert up.returncode == 0, up.stderr
     record = edge.read_history(settings)[-1]
     assert (record["action"], record["outcome"]) == ("migrate", "migrated") and {"backup", "verify"} <= set(record["timings"])
+    assert db.verify(settings, record["detail"].split()[-1]).usable
+
+
+def test_cheap_migrations_keep_a_verified_backup_only_when_they_changed_the_schema(settings, env, tmp_path):
+    """migrations.cheap, without a status command: every `up` runs the command, and its
+    backup is verified and kept only when the schema changed (read before and after)."""
+    shutil.copytree(settings.app_dir.parent, tmp_path / "examples")
+    path = tmp_path / "examples" / settings.app_dir.name / "docker-compose.yml"
+    data = contract.read_compose(path)
+    data["x-colorgate"]["migrations"] = {**data["x-colorgate"]["migrations"], "cheap": True}
+    del data["x-colorgate"]["migrations"]["status"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    cheap = {**env, "COLORGATE_APP": str(path.parent)}
+    kept = len(db.list_backups(settings))
+    up = invoke("up", env=cheap)  # at head: the command changes nothing, its backup is dropped unverified
+    assert up.returncode == 0, up.stderr
+    record = edge.read_history(settings)[-1]
+    assert record["outcome"] == "migrated" and "changed no table (migrations.cheap)" in record["detail"]
+    assert "verify" not in record["timings"] and len(db.list_backups(settings)) == kept
+    runner.run(facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+               input="ALTER TABLE notes DROP COLUMN tags; DELETE FROM schema_migrations WHERE version = 2;")
+    up = invoke("up", env=cheap)  # the command changes the schema now: the backup from before it is verified and kept
+    assert up.returncode == 0, up.stderr
+    record = edge.read_history(settings)[-1]
+    assert "verify" in record["timings"] and len(db.list_backups(settings)) == kept + 1
     assert db.verify(settings, record["detail"].split()[-1]).usable
 
 

@@ -94,6 +94,7 @@ def test_a_good_contract_is_read_with_its_defaults():
     ({"x-colorgate__health__web": None}, r"^x-colorgate.health: routed service 'web' has no health check: add \{path: /health\} for it$"),
     ({"x-colorgate__migrations__service": "db"}, r"^x-colorgate.migrations.service: 'db' is not colored"),
     ({"x-colorgate__migrations__command": "npm run migrate"}, r"^x-colorgate.migrations.command: should be a command as a list"),
+    ({"x-colorgate__migrations__cheap": "yes"}, r"^x-colorgate.migrations.cheap: should be true or false"),
     ({"x-colorgate__migrations__command": ["sh", "-c", "migrate --url $DB_URL"]},
      r"^x-colorgate.migrations.command\[2\]: '\$DB_URL' has a lone '\$': write '\$\$DB_URL' as in a service's command: "),
     ({"x-colorgate__database__service": "api"}, r"^x-colorgate.database.service: 'api' is not shared"),
