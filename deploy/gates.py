@@ -24,11 +24,12 @@ class EdgeClient(httpx.Client):
     public domain (SNI, certificate name and Host), so the domain need not resolve
     from where the gates run."""
 
-    def __init__(self, server_name: str, bypass=None, pin=None, **kwargs):
+    def __init__(self, server_name: str, bypass=None, pin=None, writes=None, **kwargs):
         super().__init__(headers={"Host": server_name}, **kwargs)
         self._server_name = server_name
         self._bypass = bypass  # the gates': reads maintenance mode's token, once, when the edge answers with it
         self._pin = pin  # the gates': during a canary, the bucket that lands on the color under test, read once
+        self._writes = writes  # the gates': a write freeze's token (db.move gates while writes are frozen), read once
 
     def build_request(self, *args, **kwargs) -> httpx.Request:
         request = super().build_request(*args, **kwargs)
@@ -36,6 +37,10 @@ class EdgeClient(httpx.Client):
         return request
 
     def send(self, request: httpx.Request, **kwargs) -> httpx.Response:
+        if self._writes:
+            token, self._writes = self._writes(), None
+            if token:  # a gate's own writes pass a freeze: they go to the color under test, which db.move moved
+                self.headers["X-Colorgate-Writes"] = request.headers["X-Colorgate-Writes"] = token
         response = super().send(request, **kwargs)
         if self._bypass and response.status_code == 503 and response.headers.get("x-colorgate-maintenance") == "on":
             token, self._bypass = self._bypass(), None
@@ -64,6 +69,7 @@ def edge_client(settings: Settings, ca_pem: str | None = None, gate: bool = Fals
     return EdgeClient(
         settings.domain,
         bypass=(lambda: (edge.read_maintenance(settings) or {}).get("bypass")) if gate else None,
+        writes=(lambda: edge.state_fields(edge.read_files(settings, "freeze")["freeze"]).get("bypass")) if gate else None,
         pin=(lambda: canary.pin(canary.read(settings), color)) if gate and color else None,
         base_url=f"https://{settings.edge_address}{port}",
         verify=tls.client_context(ca_pem),

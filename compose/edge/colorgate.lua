@@ -6,7 +6,8 @@
 -- streams on the old color go on until that color is stopped.
 --
 --   live         color=blue|green, version=TAG   (absent: no color is live, 503)
---   freeze       hold=SECONDS, requests=database  (absent: writes pass)
+--   freeze       hold=SECONDS, requests=database, bypass=TOKEN  (absent: writes pass; the
+--                gates' requests carry TOKEN in X-Colorgate-Writes and pass too)
 --   canary       color=, version=, percent=1-99, offset=0-99 (decision=promote)
 --                (absent, or naming the live color: everyone gets the live color;
 --                present: that share of users gets the canary color instead, each
@@ -83,6 +84,7 @@ end
 function M.freeze()
   local f = fields(FREEZE)
   if not f then return nil end
+  if (f.bypass or "") ~= "" and ngx.var.http_x_colorgate_writes == f.bypass then return nil end  -- the gates' own
   return tonumber(f.hold or "") or 0, f.requests == "database"
 end
 

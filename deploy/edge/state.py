@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ VERSION = re.compile(f"^{VERSION_RE}$")
 # Every line of a state file must match its pattern (checked again on the edge, so a
 # file that did not come from here is refused before it is renamed into place).
 LIVE_LINES = f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}"
-FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database"
+FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database|bypass=[0-9a-f]{32}"
 # A maintenance message goes into an HTML page and a JSON string as it is: no markup,
 # quotes, backslashes or control characters, at most 300 characters.
 MESSAGE = re.compile(r'[^\x00-\x1f\x7f<>&"\\]{0,300}')
@@ -113,13 +114,15 @@ def render_live(color: str, version: str) -> str:
     return f"# Managed by Colorgate: the live color, read by the edge on every request.\ncolor={color}\nversion={version}\n"
 
 
-def render_freeze(hold_seconds: float, database: bool = False) -> str:
+def render_freeze(hold_seconds: float, database: bool = False, bypass: str = "") -> str:
     """A write freeze (db.move, db.restore): writes are held; with `database` (the
-    database restarts: invoke apply), every request to a route of its clients too."""
+    database restarts: invoke apply), every request to a route of its clients too.
+    Requests carrying `bypass` in X-Colorgate-Writes pass (the gates' own)."""
+    token = f"bypass={bypass}\n" if bypass else ""
     if database:
         return (f"# Managed by Colorgate: the database restarts; its clients' requests are held this long, then 503.\n"
-                f"hold={hold_seconds:g}\nrequests=database\n")
-    return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n"
+                f"hold={hold_seconds:g}\nrequests=database\n{token}")
+    return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n{token}"
 
 
 def render_maintenance(message: str, retry: int, since: str, bypass: str) -> str:
@@ -298,7 +301,7 @@ def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None
     """Start or end a write freeze at the edge: from the next request on, writes are
     held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on, except,
     with `database`, those to a route of the database's clients."""
-    in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds, database) if frozen else ""),
+    in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds, database, secrets.token_hex(16)) if frozen else ""),
             "starting a write freeze" if frozen else "ending the write freeze")
 
 
