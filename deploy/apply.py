@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from deploy import db, edge, facts, render, runner, stack, swarm
+from deploy import db, edge, facts, recover, render, runner, stack, swarm
 from deploy.history import Record, lock, recorded, timed
 from deploy.colors import other
 from deploy.config import Settings
@@ -188,8 +188,12 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
     nothing run."""
     @contextlib.contextmanager
     def prepare(color: str) -> Iterator[None]:
-        with lock(settings, "apply"), applying(settings, color, yes):
-            yield
+        with lock(settings, "apply") as held:
+            found = held.found  # first, what a run that died left (a hold at the edge, say): recover.py
+            recover.reconcile(settings, found.active, facts.service_states(settings), found.frozen, found.database,
+                              dead=held.broken.holder if held.broken else None, canary_left=found.canary)
+            with applying(settings, color, yes):
+                yield
 
     def run_migrations(color: str, versions: dict[str, str]) -> None:
         m = settings.app.migrations

@@ -2,7 +2,7 @@
 
 A command killed at the wrong moment (SIGKILL, a host that lost power, a laptop that
 slept: no `finally` runs) can leave the target in a state the next command would act
-on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move) calls
+on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move, apply) calls
 `reconcile` once it holds the lock, so nothing else runs meanwhile:
 
     a write freeze           with no db.move, db.restore or apply running: writes open again

@@ -186,6 +186,18 @@ def gates_get(settings, path):
         return c.get(path)
 
 
+def test_a_hold_an_apply_that_died_left_at_the_edge_is_ended_by_the_next_apply(settings, env, tmp_path):
+    """Killed while the database restarted, an apply leaves the edge holding its clients'
+    requests (each then 503): the next apply ends that first, and says so."""
+    edge.set_frozen(settings, True, database=True)
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        assert c.get("/api/version", timeout=15).status_code == 503  # held, then refused
+    proc = invoke("apply", env={**env, **edited(tmp_path, settings, moved_database)})
+    assert proc.returncode == 0, proc.stderr
+    assert "!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again" in proc.stderr
+    assert gates_get(settings, "/api/version").status_code == 200
+
+
 def test_down_removes_the_networks_an_earlier_contract_named_too(settings):
     """After the move above, the running contract names `store`; this one (the test's
     settings) still names `data`: down removes both, and nothing of the project is left."""
