@@ -346,6 +346,10 @@ def _checksum(settings: Settings, name: str) -> str:
     return dbtools.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
 
 
+# --- off-host copies (COLORGATE_BACKUP_COPY) -----------------------------------------
+# rclone, in a one-off container on the target with the `backups` volume: the copy goes
+# from the database's host straight to the remote. Its configuration comes on stdin.
+
 COPY_SCRIPT = """set -eu
 (umask 077; cat > /tmp/rclone.conf)
 export RCLONE_CONFIG=/tmp/rclone.conf

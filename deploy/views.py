@@ -33,11 +33,11 @@ def status(settings: Settings) -> dict:
         split = split if split and active and split["color"] != active["color"] else None
         records = edge.parse_history(files["history.jsonl"])
         for color in COLORS:
-            found = history.rejected(records, color)
-            if found:
+            record = history.rejected(records, color)
+            if record:
                 running = any(s.color == color and s.state == "running" for s in states.values())
-                turned_away[color] = {"version": found["to_version"], "action": found["action"], "started": found["started"],
-                                      "outcome": found["outcome"], "running": running}
+                turned_away[color] = {"version": record["to_version"], "action": record["action"], "started": record["started"],
+                                      "outcome": record["outcome"], "running": running}
         taken = edge.read_lock(settings)
         held = {**asdict(taken), "stale": taken.stale} if taken else None
     return {
@@ -130,10 +130,6 @@ def format_backups(backups: list[dict]) -> str:
         lines.append(f"{m['name']:<24} {b['size']:>10} {shown_age:>8}  {copied:<12} {state}")
     return "\n".join(lines)
 
-
-# --- off-host copies (COLORGATE_BACKUP_COPY) -----------------------------------------
-# rclone, in a one-off container on the target with the `backups` volume: the copy goes
-# from the database's host straight to the remote. Its configuration comes on stdin.
 
 def pick(history: list[dict], which: str) -> dict:
     """A record by its id, or by position: 1 is the latest, 2 the one before, ..."""
