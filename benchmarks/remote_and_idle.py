@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fit for a small VPS (issue #16): remote commands against local ones, and what an idle
+"""Fit for a small VPS: remote commands against local ones, and what an idle
 stack costs.
 
 Starts its own isolated stack of the app (COLORGATE_APP) and an SSH server on loopback

@@ -72,7 +72,7 @@ WRK_SCRIPT = Path(__file__).with_name("wrk_record.lua")
 MIN_RATE_SHARE = 0.95  # a phase whose client achieved less than this share of its rate is not valid
 MAX_LATE_SHARE = 0.01  # nor one where more than this share of requests left >100 ms after their slot
 
-# The figures issue #11 asks for (medians over the run), printed beside the results.
+# The targets the figures are held to (medians over the run), printed beside the results.
 TARGETS = {
     "failed_never_retry": ("failed requests, clients that never retry (all switches)", 0),
     "switch_ms": ("switch, command to first new-color answer (median, ms)", 150),

@@ -189,9 +189,7 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
     @contextlib.contextmanager
     def prepare(color: str) -> Iterator[None]:
         with lock(settings, "apply") as held:
-            found = held.found  # first, what a run that died left (a hold at the edge, say): recover.py
-            recover.reconcile(settings, found.active, facts.service_states(settings), found.frozen, found.database,
-                              dead=held.broken.holder if held.broken else None, canary_left=found.canary)
+            recover.on_lock(settings, held)  # first, what a run that died left (a hold at the edge, say)
             with applying(settings, color, yes):
                 yield
 

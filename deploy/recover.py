@@ -74,6 +74,14 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
     return states, record
 
 
+def on_lock(settings: Settings, held: history.Held) -> tuple[dict[str, facts.ServiceState], dict]:
+    """`reconcile` from what the lock's exec read (`held.found`), thoroughly when
+    --break-lock broke the lock of a run that died: what a locked command calls first."""
+    found = held.found
+    return reconcile(settings, found.active, facts.service_states(settings), found.frozen, found.database,
+                     dead=held.broken.holder if held.broken else None, canary_left=found.canary)
+
+
 def _database_record(settings: Settings, record: dict, active: edge.Active, states: dict[str, facts.ServiceState]) -> dict:
     """The record, repaired when it says `local` but the live color uses a managed database."""
     serving = facts.color_database(settings, states, active.color)

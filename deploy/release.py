@@ -68,8 +68,7 @@ def observe(settings: Settings, held: Held, tags: bool = False, database: bool =
     broke the lock of a run that died)."""
     found = held.found
     active = found.active
-    states, record = recover.reconcile(settings, active, facts.service_states(settings), found.frozen, found.database,
-                                       dead=held.broken.holder if held.broken else None, canary_left=found.canary)
+    states, record = recover.on_lock(settings, held)
     changes = apply.changes(settings, other(active.color), facts.running_versions(states), bool(record.get("retired")),
                             found.routes) if beside and active else []
     return Target(active, states, found.history or [], record if database else {"url": "local"},

@@ -321,7 +321,7 @@ def edge_routes_b64(app: App) -> str:
     return base64.b64encode(edge_routes_file(app).encode()).decode()
 
 
-# --- a Swarm stack (issue #15, first part: rendering) ---------------------------------
+# --- a Swarm stack ----------------------------------------------------------------------
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SWARM_HEALTH_INTERVAL = "10s"
