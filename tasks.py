@@ -87,6 +87,7 @@ def bootstrap(c, profile=None, host=None):
 def up(c, profile=None, host=None, registry=None, version=None, yes=False):
     """Start the stack, or apply what changed beside the colors of a running one (as apply)."""
     settings = _target(profile, host, registry)
+    _say_left_out(settings.app)
     _apply.up(settings, version=version and edge.check_version(version), yes=yes)
     print(views.format_status(views.status(settings)))
 
@@ -138,9 +139,13 @@ def render(c, profile=None, host=None, routes=False):
     if routes:
         print(_render.edge_routes(settings.app), end="")
         return
-    wired = _render.wiring(settings.app)
-    print(_render.dump(_render.compose(settings.app), settings.app.file, wired), end="")
-    for line in wired:
+    print(_render.dump(_render.compose(settings.app), settings.app.file, _render.wiring(settings.app)), end="")
+    _say_left_out(settings.app)
+
+
+def _say_left_out(app) -> None:
+    """The values of the app's compose file that Colorgate replaces or leaves out (on stderr)."""
+    for line in _render.wiring(app):
         if line.startswith("!! "):
             runner.say(line)
 
@@ -158,8 +163,9 @@ def init(c, compose=".", output=None):
     for item in draft.todo:
         print(f"  TODO: {item}")
     try:
-        contract.load(path)
+        app = contract.load(path)
         print(f"the contract is valid: set COLORGATE_APP={path} and run `invoke render`, then `invoke up`")
+        _say_left_out(app)
     except ColorgateError as exc:
         print(f"  still to fix: {exc}")
 

@@ -51,6 +51,8 @@ BASES = {
     "redis": BaseImage("redis", ("redis-server", "ca-certificates")),
     # apps nobody here wrote, as Debian packages them
     "miniflux": BaseImage("miniflux", ("miniflux", "ca-certificates"), suite="trixie"),
+    # ... and where it is an app from PyPI, the Python it is installed with
+    "mlflow": BaseImage("mlflow", ("python3", "python3-venv", "ca-certificates")),
 }
 OWN_BASES = ("nginx", "postgres", "certbot")
 

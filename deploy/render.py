@@ -32,11 +32,7 @@ def _env_dict(environment) -> dict:
 def network_map(service: dict) -> dict:
     """A compose service's networks as a mapping (from a list, a mapping, or none: `default`)."""
     networks = service.get("networks")
-    if isinstance(networks, list):
-        return {n: None for n in networks}
-    if isinstance(networks, dict):
-        return dict(networks)
-    return {"default": None}
+    return dict(networks) if isinstance(networks, dict) else dict.fromkeys(networks) if isinstance(networks, list) else {"default": None}
 
 
 # Every container Colorgate starts is locked down unless its service in the compose
@@ -77,13 +73,32 @@ def locked_down(svc: dict, defaults: dict = LOCKED_DOWN) -> dict:
 OWN_DATABASE_VARS = ("POSTGRES_DB", "POSTGRES_USER")  # the database service's, from the settings
 
 
+# What Colorgate's compose file leaves out of the app's services (often in a docs' file):
+# only the edge publishes host ports (the gates check it), and compose names containers
+# per project and color (a fixed container_name collides between colors and stacks).
+DROPPED_KEYS = ("ports", "container_name")
+
+
+def dropped(app: App) -> list[str]:
+    lines = []
+    for name, svc in app.services.items():
+        if (svc or {}).get("ports"):
+            why = ("the database is reached by its clients only, on Colorgate's networks" if app.database and name == app.database.service
+                   else "the edge routes to it" if name in app.routed else "only the edge publishes host ports")
+            lines.append(f"!! services.{name}.ports: left out: {why}")
+        if "container_name" in (svc or {}):
+            lines.append(f"!! services.{name}.container_name: left out: compose names the containers per project"
+                         + " and color" * (name in app.colored))
+    return lines
+
+
 def wiring(app: App) -> list[str]:
-    """What `invoke render` says of the database's wiring: which variables Colorgate sets
-    in which services, and ("!! ") each value of the app's own compose file it replaces
-    (a URL or a password written there stops working: Colorgate gives the app its own role)."""
+    """What `invoke render` says of the app's compose file: which variables Colorgate sets
+    in which services, and ("!! ") each value of the file it replaces (a URL or a password
+    written there stops working: Colorgate gives the app its own role) or leaves out."""
     db = app.postgres or app.database
     if not db:
-        return []
+        return dropped(app)
     lines = [f"{var} in {', '.join(db.clients) or '(no client)'}: {what}" for var, what in db.variables()]
     if app.postgres:
         lines.append(f"POSTGRES_DB, POSTGRES_USER in {db.service}: from the settings; POSTGRES_PASSWORD_FILE: the path of a file "
@@ -101,7 +116,7 @@ def wiring(app: App) -> list[str]:
             if var not in replaced and re.search(r"://[^/\s:@]+:[^/\s@]+@", str(value or "")):
                 lines.append(f"!! services.{name}.environment.{var}: holds a URL with a password that Colorgate does not set "
                              "(name the variable in x-colorgate.database.env to have Colorgate's URL there)")
-    return lines
+    return [*lines, *dropped(app)]
 
 
 def version_var(color: str) -> str:
@@ -128,6 +143,10 @@ def _mount(svc: dict, volume: str, path: str) -> None:
     svc["volumes"] = [*(svc.get("volumes") or []), f"{volume}:{path}:ro"]
 
 
+def _without_dropped(svc: dict | None) -> dict:
+    return {key: copy.deepcopy(value) for key, value in (svc or {}).items() if key not in DROPPED_KEYS}
+
+
 def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     """The compose file Colorgate runs: shared services as written, two copies of each
     colored one, and Colorgate's own parts. Secrets and versions stay `${...}` variables,
@@ -138,7 +157,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     own_db_network = bool(app.database and "networks" not in (app.services[app.database.service] or {})
                           and "network_mode" not in (app.services[app.database.service] or {}))
     for name in app.shared:
-        svc = copy.deepcopy(app.services[name] or {})
+        svc = _without_dropped(app.services[name])
         if own_db_network and name == app.database.service:
             svc["networks"] = [DB_NETWORK]
         svc.setdefault("restart", "unless-stopped")
@@ -161,7 +180,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
         services[name] = locked_down(svc, SHARED)
     for color in COLORS:
         for name in app.colored:
-            svc = copy.deepcopy(app.services[name] or {})
+            svc = _without_dropped(app.services[name])
             version = "${%s:-latest}" % version_var(color)
             if app.buildable(name) or "image" not in svc:
                 svc["image"] = f"{prefix_var}{name}:{version}"
@@ -235,7 +254,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
 def dump(rendered: dict, source: Path, wired: list[str] = ()) -> str:
     header = (f"# Generated by Colorgate from {source} (its x-colorgate block): do not edit.\n"
               "# `invoke render` prints it; values in ${...} come from the validated settings.\n"
-              + "".join(f"# database: {line}\n" for line in wired))
+              + "".join(f"# {line}\n" for line in wired))
     return header + yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False, width=120)
 
 

@@ -80,8 +80,7 @@ def infer(data: dict) -> Draft:
         ports = [p for p in (container_port(spec) for spec in svc.get("ports") or []) if p]
         found = health_from_test((svc.get("healthcheck") or {}).get("test"))
         if ports:
-            draft.routes.append(("/", name, ports[0]))
-            draft.todo.append(f"services.{name}: remove its `ports:` ({', '.join(map(str, ports))}): the edge publishes 80/443 and routes to it")
+            draft.routes.append(("/", name, ports[0]))  # its `ports:` are left out of what runs (render.dropped)
         if found:
             port, path = found
             draft.health[name] = (path, "from its healthcheck")

@@ -150,10 +150,6 @@ def _command(value, where: str) -> tuple[str, ...]:
     return tuple(arg.replace("$$", "$") for arg in value)
 
 
-def _ports_published(service: dict) -> bool:
-    return bool(service.get("ports")) or service.get("network_mode") == "host"
-
-
 def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
     """Validate the `x-colorgate` block against the file's services. Every error is one
     line that names the path in the block and the fix."""
@@ -187,10 +183,9 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         raise ContractError(f"x-colorgate: service {undeclared[0]!r} is neither colored nor shared: add it to one of them")
     for name in colored:
         svc = services[name] or {}
-        if _ports_published(svc):
-            raise ContractError(f"services.{name}: a colored service publishes host ports: remove `ports:` (the edge routes to it)")
-        if "container_name" in svc:
-            raise ContractError(f"services.{name}: a colored service cannot have a container_name (it runs as two copies): remove it")
+        if svc.get("network_mode") == "host":
+            raise ContractError(f"services.{name}: a colored service cannot use the host's network (its two copies would share "
+                                "its ports): remove `network_mode: host` (the edge routes to it)")
         for dep in (svc.get("depends_on") or {}):
             if dep not in services:
                 raise ContractError(f"services.{name}.depends_on: unknown service {dep!r}")

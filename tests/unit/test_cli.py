@@ -128,7 +128,8 @@ def test_a_bad_contract_stops_every_task_in_one_line(tmp_path):
 def test_init_writes_a_draft_and_refuses_unreadable_files(tmp_path):
     (tmp_path / "docker-compose.yml").write_text("services:\n  web:\n    build: .\n    ports: ['80:8000']\n")
     proc = cli("init", "--compose", str(tmp_path))
-    assert proc.returncode == 0 and "wrote " in proc.stdout and "TODO: services.web: remove its `ports:`" in proc.stdout
+    assert proc.returncode == 0 and "wrote " in proc.stdout and "the contract is valid" in proc.stdout
+    assert "!! services.web.ports: left out: the edge routes to it" in proc.stderr  # what it will run without
     assert (tmp_path / "docker-compose.colorgate.yml").is_file()
     line = one_line_error(cli("init", "--compose", str(tmp_path / "missing.yml")))
     assert "does not exist" in line

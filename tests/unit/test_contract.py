@@ -87,8 +87,8 @@ def test_a_good_contract_is_read_with_its_defaults():
     ({"x-colorgate__health__api": {"path": "healthz"}}, r"^x-colorgate.health.api.path: must start with / \(got 'healthz'\)$"),
     ({"x-colorgate__database": ["db", "cache"]}, r"^x-colorgate.database: name one database service \(two databases are not supported\)$"),
     ({"x-colorgate__database": {"service": ["db", "cache"]}}, r"^x-colorgate.database.service: name one database service"),
-    ({"services__web__ports": ["8080:80"]},
-     r"^services.web: a colored service publishes host ports: remove `ports:` \(the edge routes to it\)$"),
+    ({"services__web__network_mode": "host"},
+     r"^services.web: a colored service cannot use the host's network \(its two copies would share its ports\): remove `network_mode: host`"),
     ({"x-colorgate__shared": ["db"]}, r"^x-colorgate: service 'cache' is neither colored nor shared: add it to one of them$"),
     ({"x-colorgate__shared": ["db", "cache", "web"]}, r"^x-colorgate: 'web' is both colored and shared"),
     ({"x-colorgate__health__web": None}, r"^x-colorgate.health: routed service 'web' has no health check: add \{path: /health\} for it$"),
@@ -106,7 +106,6 @@ def test_a_good_contract_is_read_with_its_defaults():
     ({"x-colorgate__routes": []}, r"^x-colorgate.routes: add at least one route"),
     ({"x-colorgate__colored": []}, r"^x-colorgate.colored: name at least one service"),
     ({"x-colorgate__helth": {}}, r"^x-colorgate: unknown key 'helth': did you mean 'health'\?$"),
-    ({"services__api__container_name": "api"}, r"^services.api: a colored service cannot have a container_name"),
     ({"services__edge": {"image": "nginx"}}, r"^services.edge: the name 'edge' is Colorgate's own"),
     ({"volumes__backups": {}}, r"^volumes.backups: the name 'backups' is one of Colorgate's volumes"),
     ({"services__cache__depends_on": ["api"]}, r"^services.cache.depends_on: a shared service cannot depend on the colored 'api'$"),
@@ -268,7 +267,26 @@ def test_render_says_which_variables_colorgate_sets_and_which_values_of_the_app_
         "!! services.api.environment.PG_URL_FILE: the value written there is replaced by Colorgate's",
         "!! services.api.environment.CACHE_URL: holds a URL with a password that Colorgate does not set "
         "(name the variable in x-colorgate.database.env to have Colorgate's URL there)"]
-    assert "# database: PG_URL_FILE in api: the path of a file holding the URL\n" in render.dump(render.compose(contract.parse(data)), Path("x"), lines)
+    assert "# PG_URL_FILE in api: the path of a file holding the URL\n" in render.dump(render.compose(contract.parse(data)), Path("x"), lines)
+
+
+def test_the_ports_and_container_names_of_a_docs_compose_file_are_left_out_and_said():
+    """Upstream compose files publish the app's and the database's ports and name their
+    containers (MLflow's does both): Colorgate runs them without, and says so."""
+    data = app_with(**{"services__web__ports": ["5000:5000"], "services__web__container_name": "web-server",
+                       "services__db__ports": ["5432:5432"], "services__db__container_name": "app-postgres",
+                       "services__cache__ports": ["6379:6379"]})
+    app = contract.parse(data)
+    services = render.compose(app)["services"]
+    for name in ("web_blue", "web_green", "db", "cache"):
+        assert "ports" not in services[name] and "container_name" not in services[name], name
+    assert [line for line in render.wiring(app) if ".ports" in line or "container_name" in line] == [
+        "!! services.web.ports: left out: the edge routes to it",
+        "!! services.web.container_name: left out: compose names the containers per project and color",
+        "!! services.db.ports: left out: the database is reached by its clients only, on Colorgate's networks",
+        "!! services.db.container_name: left out: compose names the containers per project",
+        "!! services.cache.ports: left out: only the edge publishes host ports"]
+    assert app.services["web"]["ports"] == ["5000:5000"]  # the app's own file is read, never changed
 
 
 def test_every_container_is_locked_down_unless_its_service_says_otherwise():
