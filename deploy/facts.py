@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 import shlex
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from deploy import runner, ssh, swarm
@@ -46,6 +48,7 @@ class ServiceState:
     ports: list[str]
     database: str = ""  # the database's clients: `local` or the managed database's URL without its password
     app_service: str = ""  # the app's service it runs (`api` for `api_blue`)
+    restarted: str = ""  # a crash loop the engine's restart policy hides (crash_loop), or ""
 
     @property
     def ready(self) -> bool:
@@ -121,8 +124,27 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
                 ports.append(f"{b['HostIp']}:{b['HostPort']}->{container_port}")
         state = c.get("State") or {}
         found[service] = ServiceState(service, state=state.get("Status", ""), health=(state.get("Health") or {}).get("Status", "") or "",
-                                      image=config.get("Image", ""), ports=sorted(ports), **_colorgate_labels(settings, service, labels, env))
+                                      image=config.get("Image", ""), ports=sorted(ports), restarted=crash_loop(c, time.time()),
+                                      **_colorgate_labels(settings, service, labels, env))
     return found
+
+
+RECENT_RESTART_S = 600
+
+
+def crash_loop(inspected: dict, now: float) -> str:
+    """A container its restart policy brought back in the last RECENT_RESTART_S, or "": between
+    crashes it answers its health check (a candidate killed for memory passed `up` so)."""
+    state = inspected.get("State") or {}
+    count, started = inspected.get("RestartCount") or 0, re.sub(r"(\.\d{6})\d*", r"\1", str(state.get("StartedAt") or ""))
+    try:
+        ago = now - datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return ""
+    if not count or ago > RECENT_RESTART_S:
+        return ""
+    why = "out of memory (raise COLORGATE_MEMORY_LIMIT or mem_limit, or use less)" if state.get("OOMKilled") else "it exited"
+    return f"restarted {count} time{'s' * (count != 1)}, the last {ago:.0f}s ago: {why}"
 
 
 def _colorgate_labels(settings: Settings, service: str, labels: dict, env: dict[str, str]) -> dict:
@@ -161,10 +183,7 @@ def parse_dry_run(text: str, project: str) -> dict[str, str]:
     | "create", "network N": "recreate"}, from its progress lines (a network compose
     would remove is one whose definition changed: it makes it again)."""
     found: dict[str, str] = {}
-    for line in text.splitlines():
-        m = _DRY_RUN.search(line)
-        if not m:
-            continue
+    for m in filter(None, map(_DRY_RUN.search, text.splitlines())):
         kind, name, action = m.groups()
         if kind == "Network":
             if action.startswith("Creat"):
@@ -180,8 +199,8 @@ def running_versions(states: dict[str, ServiceState]) -> dict[str, str]:
     """Version each color runs now (colors with no container are left out)."""
     versions: dict[str, str] = {}
     for s in sorted(states.values(), key=lambda s: s.service):
-        if s.color and s.version and s.color not in versions:
-            versions[s.color] = s.version
+        if s.color and s.version:
+            versions.setdefault(s.color, s.version)
     return versions
 
 
@@ -194,9 +213,7 @@ def edge_down(settings: Settings) -> StackError | None:
     """The error to give when a command on the edge failed because it is not running
     (read from the container's state, not from docker's wording); None when it runs."""
     edge = service_states(settings).get("edge")
-    if edge is None or edge.state != "running":
-        return StackError("the edge is not running: start the stack with `invoke up`")
-    return None
+    return None if edge and edge.state == "running" else StackError("the edge is not running: start the stack with `invoke up`")
 
 
 def migration_status_cmd(settings: Settings, color: str) -> list[str]:

@@ -88,6 +88,8 @@ def format_status(data: dict) -> str:
     ]
     for s in data["services"]:
         lines.append(f"{s['service']:<20} {s['state']:<10} {s['health'] or '-':<10} {s['version'] or '-':<10} {', '.join(s['ports']) or '-'}")
+        if s.get("restarted"):
+            lines.append(f"  !! {s['service']} {s['restarted']}")
     if not data["services"]:
         lines.append("(no containers: run `invoke up`)")
     lines += ["", *(f"{name:<6} {url}" for name, url in data["urls"].items())]

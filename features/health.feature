@@ -1,12 +1,17 @@
 Feature: Health
   The color under test answers the health checks the app declares (x-colorgate.health),
   asked from inside the edge the way nginx will ask; through the public edge the live
-  stack answers them too. On a Swarm, the candidate's tasks sit on as many nodes as can take
-  them (one host is one node).
+  stack answers them too, and none of the candidate's containers is being brought back
+  by its restart policy (between crashes it would answer them). On a Swarm, the
+  candidate's tasks sit on as many nodes as can take them (one host is one node).
 
   @pre
   Scenario: Every routed service of the candidate passes its health check
     Then every routed service of the color under test passes its health check
+
+  @pre @post
+  Scenario: The candidate is not restarting in a loop
+    Then no container of the color under test is restarting in a loop
 
   @pre
   Scenario: The candidate runs the version under test

@@ -106,6 +106,16 @@ def candidate_healthy(gate_settings, expected):
                                    f"{gate_settings.app.health[s].path}: {p}" for s, p in problems.items())
 
 
+@then("no container of the color under test is restarting in a loop")
+def candidate_not_crash_looping(gate_settings, expected):
+    if gate_settings.swarm:
+        pytest.skip("on a Swarm a task that crashes is replaced by a new one: the tasks' own states are read instead")
+    states = facts.service_states(gate_settings)
+    looping = {name: states[name].restarted for name in gate_settings.app.color_services(expected.color)
+               if name in states and states[name].restarted}
+    assert not looping, "; ".join(f"{name} {why}" for name, why in looping.items())
+
+
 @then("the color under test runs the version under test")
 def runs_expected_version(gate_settings, expected):
     states = facts.service_states(gate_settings)

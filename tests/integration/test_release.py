@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -387,6 +388,27 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
         runner.run([*base, "up", "--detach", "--no-build", backend], env=stack.compose_env(rstack, versions))
         stack.wait_ready(rstack, [backend])
     assert run_gates_cli(env, "features/hardening.feature").returncode == 0
+
+
+def test_the_health_gate_fails_on_a_color_its_restart_policy_keeps_bringing_back(rstack, env):
+    """A container killed (for memory, or a crash) and restarted by `restart:` answers its
+    health check between crashes; the Health gate reads the engine's restart count."""
+    backend = rstack.app.copy_name("backend", live(rstack).color)
+    name = facts.container(rstack, backend)
+    os.kill(facts.inspect(rstack, name)["State"]["Pid"], signal.SIGKILL)  # from the host: not a `docker kill`, which counts as a stop
+    base = stack.compose_cmd(rstack)
+    versions = facts.running_versions(facts.service_states(rstack))
+    try:
+        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.2), reraise=True):
+            with attempt:
+                assert facts.service_states(rstack)[backend].restarted.startswith("restarted 1 time, the last ")
+        stack.wait_ready(rstack, [backend])
+        proc = run_gates_cli(env, "features/health.feature", "-m", "post")
+        assert proc.returncode == 1 and f"{backend} restarted 1 time, the last " in proc.stdout and ": it exited" in proc.stdout, proc.stdout[-1500:]
+    finally:  # a new container: its restart count starts again at 0
+        runner.run([*base, "up", "--detach", "--no-build", "--force-recreate", backend], env=stack.compose_env(rstack, versions))
+        stack.wait_ready(rstack, [backend])
+    assert run_gates_cli(env, "features/health.feature").returncode == 0
 
 
 def test_secrets_are_read_only_files_and_in_no_containers_environment(rstack):

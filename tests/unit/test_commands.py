@@ -130,6 +130,9 @@ def test_status_text_names_project_engine_color_and_each_service():
                                  "running": False}}
     assert views.format_status(data).splitlines()[3] == (
         "rejected: blue (v4), turned away by its deploy of 2026-12-02T11:00:00 (rolled back); stopped: traffic does not go to it without --force")
+    # a container its restart policy keeps bringing back is named under its line
+    data["services"][0]["restarted"] = "restarted 2 times, the last 14s ago: it exited"
+    assert "  !! api_green restarted 2 times, the last 14s ago: it exited" in views.format_status(data).splitlines()
 
 
 def test_registry_errors_name_the_cause_and_a_401_inside_a_name_is_not_a_refusal():
@@ -163,3 +166,21 @@ def test_what_compose_would_change_is_read_from_its_dry_run():
     assert facts.parse_dry_run(DRY_RUN, "cg") == {
         "network data": "recreate", "service postgres": "recreate", "service cache": "create", "service backend_green": "recreate"}
     assert facts.parse_dry_run(" DRY-RUN MODE -  Container cg-edge-1  Running\n", "cg") == {}
+
+
+# `docker inspect` of the MLflow candidate killed for memory under its 1g limit: running,
+# answering its health check between kills, brought back by `restart: unless-stopped`
+OOM_LOOP = {"RestartCount": 2, "State": {"Status": "running", "OOMKilled": True, "ExitCode": 0,
+                                         "StartedAt": "2026-12-03T11:00:00.482113651Z"}}
+
+
+def test_a_container_its_restart_policy_keeps_bringing_back_is_named_with_the_reason():
+    started = 1796295600.482113  # 2026-12-03T11:00:00.482113Z
+    assert facts.crash_loop(OOM_LOOP, started + 14) == (
+        "restarted 2 times, the last 14s ago: out of memory (raise COLORGATE_MEMORY_LIMIT or mem_limit, or use less)")
+    exited = {"RestartCount": 1, "State": {**OOM_LOOP["State"], "OOMKilled": False}}
+    assert facts.crash_loop(exited, started + 3) == "restarted 1 time, the last 3s ago: it exited"
+    # restarts long ago (a color kept for rollback), none at all, or no start time: nothing to say
+    assert facts.crash_loop(OOM_LOOP, started + facts.RECENT_RESTART_S + 1) == ""
+    assert facts.crash_loop({**OOM_LOOP, "RestartCount": 0}, started + 14) == ""
+    assert facts.crash_loop({"State": {"StartedAt": "0001-01-01T00:00:00Z"}}, started) == ""
