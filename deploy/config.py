@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from deploy import contract, runner
 from deploy.errors import ConfigError
-from deploy.keys import GATE_PREFIX, KEYS, PLACEHOLDER, PROFILES, STRICT_PROFILES
+from deploy.keys import GATE_PREFIX, KEYS, PLACEHOLDER, PROFILE_DEFAULTS, PROFILES, STRICT_PROFILES
 
 @dataclass(frozen=True)
 class Settings:
@@ -238,10 +238,23 @@ def merge_sources(
     return values, sources
 
 
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")  # Compose's own order
+
+
+def compose_file_in(directory: Path) -> Path | None:
+    return next((directory / name for name in COMPOSE_FILES if (directory / name).is_file()), None)
+
+
 def load_app(root: Path, value: str, source: str | None = None) -> contract.App:
     """The app's contract, validated (ContractError names the path and the fix). A
-    relative path is the operator's, from the directory of the env files; the default
-    (no source) is the example that ships with Colorgate."""
+    relative path is from the settings' directory; without one, the compose file there,
+    else (in Colorgate's own checkout) the sample that ships with it."""
+    if not value:
+        found = compose_file_in(root) or (project_root() / SAMPLE if (project_root() / SAMPLE).is_dir() else None)
+        if found is None:
+            raise ConfigError(f"no compose file in {root}: run colorgate in your app's directory (the one holding its "
+                              "compose file) or set COLORGATE_APP")
+        return contract.load(found)
     path = Path(value)
     return contract.load(path if path.is_absolute() else (root if source else project_root()) / path)
 
@@ -303,8 +316,22 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
     return Settings(profile=profile, root=root, app=app, sources=dict(sources), raw=raw_values, **values)
 
 
+SAMPLE = "examples/spa-api-postgres"
+
+
 def project_root() -> Path:
+    """Colorgate's own source tree (its checkout, or where the package is installed)."""
     return Path(__file__).resolve().parent.parent
+
+
+def settings_dir(start: Path, profile: str) -> Path:
+    """Where the settings are read from, found as Compose finds its file: the first of
+    `start` and its parents that holds .env.<profile>, .env.<profile>.local or a compose
+    file; else `start`."""
+    for directory in (start, *start.parents):
+        if (directory / f".env.{profile}").is_file() or (directory / f".env.{profile}.local").is_file() or compose_file_in(directory):
+            return directory
+    return start
 
 
 def load(profile: str | None = None, root: Path | None = None, environ: Mapping[str, str] | None = None,
@@ -312,17 +339,14 @@ def load(profile: str | None = None, root: Path | None = None, environ: Mapping[
     """Load and validate the settings for `profile` (default: $COLORGATE_PROFILE or
     development). `overrides` (command-line options such as --host) win over all."""
     environ = os.environ if environ is None else environ
-    root = root or project_root()
     profile = (profile or environ.get("COLORGATE_PROFILE") or "development").strip()
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
-    base = root / f".env.{profile}"
-    if not base.is_file():
-        raise ConfigError(f"env file {base.name} is missing: create it from .env.example (cp .env.example {base.name})")
-    layers = [(base.name, parse_env_text(base.read_text(), base.name))]
-    local = root / f".env.{profile}.local"
-    if local.is_file():
-        layers.append((local.name, parse_env_text(local.read_text(), local.name)))
+    root = root or settings_dir(Path.cwd(), profile)
+    layers = [(f"Colorgate's {profile} defaults", PROFILE_DEFAULTS[profile])]
+    for name in (f".env.{profile}", f".env.{profile}.local"):
+        if (root / name).is_file():
+            layers.append((name, parse_env_text((root / name).read_text(), name)))
     values, sources = merge_sources(layers, environ)
     for key, (option, value) in (overrides or {}).items():
         values[key], sources[key] = value, option

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy import canary, edge, runner, tls
+from deploy import canary, config, edge, runner, tls
 from deploy.config import Settings
 
 
@@ -180,8 +180,8 @@ class GateRun:
 
 def gate_args(settings: Settings, phase: str, color: str, version: str, report: Path) -> list[str]:
     return [
-        str(settings.root / "features"),
-        "-m", phase, "-q", "-p", "no:cacheprovider", "--rootdir", str(settings.root),
+        str(config.project_root() / "features"),  # the built-in gates, which collect the app's own too
+        "-m", phase, "-q", "-p", "no:cacheprovider", "--rootdir", str(config.project_root()),
         f"--profile={settings.profile}", f"--target-color={color}", f"--target-version={version}",
         f"--junitxml={report}", "-o", "junit_family=xunit1",
     ]

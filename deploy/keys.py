@@ -19,6 +19,19 @@ from deploy.colors import COLORS
 
 PROFILES = ("development", "staging", "production")
 STRICT_PROFILES = ("staging", "production")  # placeholders are refused here
+# What each profile starts from, below its .env.<profile> file (which may be absent, as
+# in an app's repository holding only .env.<profile>.local): development on loopback with
+# unprivileged ports and a development-only password; staging and production public,
+# with real traffic judged after each switch, and no domain (a placeholder, refused) or
+# password but the operator's.
+PROFILE_DEFAULTS = {
+    "development": {"COLORGATE_DOMAIN": "localhost", "COLORGATE_BIND": "127.0.0.1", "COLORGATE_HTTP_PORT": "8080",
+                    "COLORGATE_HTTPS_PORT": "8443", "POSTGRES_DB": "colorgate", "POSTGRES_USER": "colorgate",
+                    "POSTGRES_PASSWORD": "development-only-password"},
+    **{profile: {"COLORGATE_DOMAIN": "change-me.example.com", "COLORGATE_BIND": "0.0.0.0", "COLORGATE_HTTP_PORT": "80", "COLORGATE_HTTPS_PORT": "443",
+                 "COLORGATE_ANALYSIS_INTERVALS": "3", "POSTGRES_DB": "colorgate", "POSTGRES_USER": "colorgate"}
+       for profile in STRICT_PROFILES},
+}
 PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me|<[^>]+>|^x{3,}$|^todo$", re.IGNORECASE)
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -223,7 +236,8 @@ KEYS: dict[str, Key] = {
     "COLORGATE_SSH_PERSIST": Key(_seconds_or_zero, "60"),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),
     # The app: its compose file with an x-colorgate block (or the directory holding it).
-    "COLORGATE_APP": Key(_pattern(re.compile(r"^\S+$"), "should be a path to a compose file or its directory"), "examples/spa-api-postgres", attr="app_path"),
+    # Default: the compose file of the settings' directory (Compose's names), else the sample.
+    "COLORGATE_APP": Key(_pattern(re.compile(r"^\S*$"), "should be a path to a compose file or its directory"), "", attr="app_path"),
     "COLORGATE_DRAIN_SECONDS": Key(_seconds, "30"),
     # Per client address at the edge: requests per second (and the burst above it, let
     # through at once) and connections at once; over either, 429. 0: no limit.

@@ -59,13 +59,13 @@ def test_local_file_then_environment_override(tmp_path):
 
 
 def test_missing_required_key_names_key_and_file(tmp_path):
-    write(tmp_path, ".env.staging", GOOD.replace("POSTGRES_USER=app\n", ""))
-    with pytest.raises(ConfigError, match=r"^POSTGRES_USER is missing: the app's database 'postgres' \(x-colorgate.database\) needs it; set it in \.env\.staging\.local"):
+    write(tmp_path, ".env.staging", GOOD.replace("POSTGRES_PASSWORD=s3cret-value-42\n", "COLORGATE_DOMAIN=app.example.org\n"))
+    with pytest.raises(ConfigError, match=r"^POSTGRES_PASSWORD is missing: the app's database 'postgres' \(x-colorgate.database\) needs it; set it in \.env\.staging\.local"):
         load(tmp_path, "staging")
 
 
 def test_placeholder_secret_refused_in_staging_without_showing_it(tmp_path):
-    write(tmp_path, ".env.staging", GOOD.replace("s3cret-value-42", "change-me"))
+    write(tmp_path, ".env.staging", GOOD.replace("s3cret-value-42", "change-me") + "COLORGATE_DOMAIN=app.example.org\n")
     with pytest.raises(ConfigError) as err:
         load(tmp_path, "staging")
     message = str(err.value)
@@ -89,9 +89,39 @@ def test_unknown_profile_lists_the_valid_ones(tmp_path):
         load(tmp_path, "prod")
 
 
-def test_missing_env_file_says_how_to_create_it(tmp_path):
-    with pytest.raises(ConfigError, match=r"env file \.env\.staging is missing: create it from \.env\.example"):
+def test_a_profile_without_its_env_file_starts_from_colorgates_defaults(tmp_path):
+    """An app's repository may hold only .env.<profile>.local (secrets, its domain)."""
+    s = load(tmp_path)
+    assert (s.http_port, s.https_port, s.bind, s.domain) == (8080, 8443, "127.0.0.1", "localhost")
+    assert s.sources["COLORGATE_HTTP_PORT"] == "Colorgate's development defaults"
+    # staging and production are public, judged after each switch, and need a real domain and password
+    with pytest.raises(ConfigError, match=r"^COLORGATE_DOMAIN in Colorgate's staging defaults is a placeholder \('change-me.example.com'\): "
+                                          r"set a real value in \.env\.staging\.local or the environment$"):
         load(tmp_path, "staging")
+    write(tmp_path, ".env.production.local", "COLORGATE_DOMAIN=shop.example.org\nPOSTGRES_PASSWORD=a-real-secret-42\n")
+    prod = load(tmp_path, "production")
+    assert (prod.bind, prod.http_port, prod.https_port, prod.analysis_intervals, prod.domain) == ("0.0.0.0", 80, 443, 3, "shop.example.org")
+
+
+def test_settings_are_read_from_the_apps_directory_found_as_compose_finds_its_file(tmp_path, monkeypatch):
+    """Run in an app's directory (or below it), Colorgate reads the settings and the
+    compose file there, not in its own checkout."""
+    app = tmp_path / "shop"
+    (app / "src").mkdir(parents=True)
+    (app / "compose.yaml").write_text((config.project_root() / "examples" / "static-site" / "docker-compose.yml").read_text())
+    write(app, ".env.development.local", "COLORGATE_HTTPS_PORT=9443\n")
+    assert config.settings_dir(app / "src", "development") == app
+    s = config.load("development", root=config.settings_dir(app / "src", "development"), environ={})
+    assert (s.root, s.app.file, s.project, s.https_port) == (app, app / "compose.yaml", "shop", 9443)
+    # a directory with neither settings nor a compose file above it, where no sample ships
+    # (an installed package): one line saying where to run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert config.settings_dir(empty, "development") == empty
+    monkeypatch.setattr(config, "SAMPLE", "no-such-sample")
+    with pytest.raises(ConfigError, match=r"^no compose file in .*empty: run colorgate in your app's directory \(the one holding its "
+                                          r"compose file\) or set COLORGATE_APP$"):
+        config.load("development", root=empty, environ={})
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "http", "-1", "80.5"])
