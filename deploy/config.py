@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import hmac
 import os
 import re
@@ -238,19 +239,12 @@ def merge_sources(
     return values, sources
 
 
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")  # Compose's own order
-
-
-def compose_file_in(directory: Path) -> Path | None:
-    return next((directory / name for name in COMPOSE_FILES if (directory / name).is_file()), None)
-
-
 def load_app(root: Path, value: str, source: str | None = None) -> contract.App:
     """The app's contract, validated (ContractError names the path and the fix). A
     relative path is from the settings' directory; without one, the compose file there,
     else (in Colorgate's own checkout) the sample that ships with it."""
     if not value:
-        found = compose_file_in(root) or (project_root() / SAMPLE if (project_root() / SAMPLE).is_dir() else None)
+        found = contract.compose_in(root) or (project_root() / SAMPLE if (project_root() / SAMPLE).is_dir() else None)
         if found is None:
             raise ConfigError(f"no compose file in {root}: run colorgate in your app's directory (the one holding its "
                               "compose file) or set COLORGATE_APP")
@@ -324,12 +318,23 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+SHIPPED = {"colorgate_parts": "compose", "colorgate_gates": "features"}  # package: its directory in the source tree
+
+
+def shipped(package: str) -> Path:
+    """A directory Colorgate ships as package data (its own services, its built-in gates),
+    where it is installed: the checkout's compose/ and features/, or a wheel's copies."""
+    spec = importlib.util.find_spec(package)
+    found = [Path(p) for p in (spec.submodule_search_locations or []) if Path(p).is_dir()] if spec else []
+    return found[0] if found else project_root() / SHIPPED[package]
+
+
 def settings_dir(start: Path, profile: str) -> Path:
     """Where the settings are read from, found as Compose finds its file: the first of
     `start` and its parents that holds .env.<profile>, .env.<profile>.local or a compose
     file; else `start`."""
     for directory in (start, *start.parents):
-        if (directory / f".env.{profile}").is_file() or (directory / f".env.{profile}.local").is_file() or compose_file_in(directory):
+        if (directory / f".env.{profile}").is_file() or (directory / f".env.{profile}.local").is_file() or contract.compose_in(directory):
             return directory
     return start
 

@@ -180,8 +180,8 @@ class GateRun:
 
 def gate_args(settings: Settings, phase: str, color: str, version: str, report: Path) -> list[str]:
     return [
-        str(config.project_root() / "features"),  # the built-in gates, which collect the app's own too
-        "-m", phase, "-q", "-p", "no:cacheprovider", "--rootdir", str(config.project_root()),
+        str(config.shipped("colorgate_gates")),  # the built-in gates, which collect the app's own too
+        "-m", phase, "-q", "-p", "no:cacheprovider", "--rootdir", str(config.shipped("colorgate_gates")),
         f"--profile={settings.profile}", f"--target-color={color}", f"--target-version={version}",
         f"--junitxml={report}", "-o", "junit_family=xunit1",
     ]
@@ -207,7 +207,7 @@ def _pytest_in_fork(args: list[str]) -> int:
     import pytest
 
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    return int(pytest.main([*args, "-p", "pytest_bdd.plugin"]))
+    return int(pytest.main([*args, "-p", "pytest_bdd.plugin", "-p", "steps.plugin"]))
 
 
 def parse_junit(xml_text: str) -> list[Scenario]:

@@ -10,12 +10,12 @@ import platform
 import shlex
 from pathlib import Path
 
-from deploy import runner
+from deploy import config, runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError
 from deploy.ssh import explain_ssh_error, parse
 
-SETUP_SCRIPT = Path(__file__).resolve().parent.parent / "compose" / "scripts" / "server-setup.sh"
+SETUP_SCRIPT = config.shipped("colorgate_parts") / "scripts" / "server-setup.sh"
 REMOTE_DIR = "/tmp/colorgate-setup"
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from deploy.config import shipped
 from deploy.contract import (COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
                              SECURITY_HEADERS, App)
 
-OWN_PARTS = Path(__file__).resolve().parent.parent / "compose"
+OWN_PARTS = shipped("colorgate_parts")  # Colorgate's own services: the edge, dbtools, certbot
 
 
 def _env_dict(environment) -> dict:

@@ -149,7 +149,7 @@ def block_text(draft: Draft) -> str:
 
 def init(source: Path, output: Path | None = None) -> tuple[Path, Draft]:
     """Write a copy of `source` with a drafted x-colorgate block in front of it."""
-    source = contract.find_file(source)
+    source = contract.find_file(source, drafts=False)
     data = contract.read_compose(source)
     if "x-colorgate" in data:
         raise ContractError(f"{source} already has an x-colorgate block: edit it, then check it with `invoke render`")
@@ -158,4 +158,20 @@ def init(source: Path, output: Path | None = None) -> tuple[Path, Draft]:
         raise ContractError(f"{output} exists already: remove it or pass --output FILE")
     draft = infer(data)
     output.write_text(block_text(draft) + "\n" + source.read_text())
+    gates = output.parent / "features" / GATES_MODULE
+    if not gates.exists():
+        gates.parent.mkdir(exist_ok=True)
+        gates.write_text(GATES_TEXT)
     return output, draft
+
+
+# What `pytest features/` collects in an app's directory: the built-in gates and the app's
+# own *.feature files and *steps.py there (Colorgate's pytest plugin brings the rest).
+GATES_MODULE = "test_colorgate.py"
+GATES_TEXT = '''"""Colorgate's gates for `pytest features/`: the built-in ones (health, no public
+database port, TLS, upstream, hardening) and this directory's own *.feature files, with
+the step definitions of its *steps.py files. Written by `colorgate init`."""
+
+from colorgate_gates.test_gates import *  # noqa: F401,F403
+from colorgate_gates.test_app_features import *  # noqa: F401,F403
+'''

@@ -99,7 +99,8 @@ def init(c, compose=".", output=None):
         print(f"  TODO: {item}")
     try:
         app = contract.load(path)
-        print(f"the contract is valid: set COLORGATE_APP={path} and run `invoke render`, then `invoke up`")
+        print(f"the contract is valid: Colorgate reads it there (run in {path.parent}, or set COLORGATE_APP={path}): "
+              "`colorgate render`, then `colorgate up`; `pytest features/` runs the gates")
         _say_left_out(app)
     except ColorgateError as exc:
         print(f"  still to fix: {exc}")

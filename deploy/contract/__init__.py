@@ -35,4 +35,4 @@ edge's routes.
 """
 
 from deploy.contract.model import *  # noqa: F401,F403
-from deploy.contract.parse import find_file, load, parse, read_compose  # noqa: F401
+from deploy.contract.parse import compose_in, find_file, load, parse, read_compose  # noqa: F401

@@ -15,12 +15,18 @@ from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAM
 from deploy.errors import ContractError
 
 
-def find_file(path: Path) -> Path:
-    """A compose file, or the compose file in a directory."""
+def compose_in(directory: Path, drafts: bool = True) -> Path | None:
+    """The app's compose file in `directory`: the copy `init` drafted (NAME.colorgate.yml)
+    if there is one (and `drafts`), else the first of Compose's own names."""
+    names = [f"{Path(n).stem}.colorgate{Path(n).suffix}" for n in COMPOSE_NAMES] * drafts + list(COMPOSE_NAMES)
+    return next((directory / name for name in names if (directory / name).is_file()), None)
+
+
+def find_file(path: Path, drafts: bool = True) -> Path:
+    """A compose file, or the compose file in a directory (see compose_in)."""
     if path.is_dir():
-        for name in COMPOSE_NAMES:
-            if (path / name).is_file():
-                return path / name
+        if compose_in(path, drafts):
+            return compose_in(path, drafts)
         raise ContractError(f"no compose file in {path}: expected one of {', '.join(COMPOSE_NAMES)}")
     if not path.is_file():
         raise ContractError(f"the app's compose file {path} does not exist: set COLORGATE_APP to your compose file")

@@ -111,3 +111,16 @@ def test_init_refuses_clearly(tmp_path):
     (tmp_path / "compose.colorgate.yaml").write_text("")
     with pytest.raises(ContractError, match="exists already: remove it or pass --output"):
         scaffold.init(tmp_path)
+
+
+def test_init_writes_the_gates_module_once_and_the_draft_is_the_contract_read_from_then_on(tmp_path):
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE)
+    out, _ = scaffold.init(tmp_path)
+    gates = tmp_path / "features" / "test_colorgate.py"
+    assert "from colorgate_gates.test_gates import *" in gates.read_text()
+    assert contract.compose_in(tmp_path) == out  # the drafted copy, before Compose's own names
+    assert contract.compose_in(tmp_path, drafts=False) == tmp_path / "docker-compose.yml"
+    gates.write_text("# the team's own\n")
+    out.unlink()
+    scaffold.init(tmp_path)
+    assert gates.read_text() == "# the team's own\n"  # never overwritten

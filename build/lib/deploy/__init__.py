@@ -1,0 +1,1 @@
+"""Colorgate: blue/green deploys of a Docker Compose stack behind nginx, gated."""

@@ -1,0 +1,231 @@
+"""A changed contract or settings reaching a running stack (`invoke up`, `invoke apply`,
+and on a Swarm `invoke scale`),
+in the order that keeps the live color answering. A release never does this: it starts
+only its candidate, and refuses while anything here is pending (release.plan_deploy).
+
+What can change beside the colors, as compose's own dry run and the edge's routes say:
+
+    the edge's routes     written into its state and reloaded gracefully: no new container
+    a shared service      recreated (compose); the database after a verified backup, its
+    or the edge           clients' requests held at the edge while it restarts; on staging
+                          and production only with --yes
+    a new network         made, and the live color's running containers attached to it,
+                          before a shared service moves onto it
+    a network's options   refused: Docker cannot change a network in place, and making it
+                          again would cut the live color off it
+
+The live color itself is left as it runs: the next release's candidate brings its changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from deploy import db, edge, facts, recover, render, runner, stack, swarm
+from deploy.history import Record, lock, recorded, timed
+from deploy.colors import other
+from deploy.config import Settings
+from deploy.errors import ColorgateError, CommandError, ConfigError, StackError
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # "routes", "service" or "network"
+    name: str  # the service or network ("edge" for the routes)
+    how: str  # "reload", "recreate" or "create"
+
+    def __str__(self) -> str:
+        if self.kind == "routes":
+            return "the edge's routes would be reloaded"
+        return f"{'the network ' if self.kind == 'network' else ''}{self.name} would be {self.how}d"
+
+
+def changes_from(dry_run: dict[str, str], beside: list[str], routes_running: str, routes_wanted: str) -> list[Change]:
+    """What a running stack lacks of the contract (pure): from compose's dry run
+    (facts.parse_dry_run), the services that run beside the colors and the digests of the
+    routes the edge has and of those the contract renders."""
+    found = [Change("routes", "edge", "reload")] if routes_running != routes_wanted else []
+    for what, how in dry_run.items():
+        kind, _, name = what.partition(" ")
+        if kind == "network" or name in beside:
+            found.append(Change(kind, name, how))
+    return found
+
+
+def changes(settings: Settings, color: str, versions: dict[str, str], retired: bool = False,
+            routes_line: str | None = None) -> list[Change]:
+    """What starting `color` (a candidate) would change beside it, or what `invoke up`
+    applies: read from compose's own dry run (its decision, not a guess at it) and the
+    edge's routes (`routes_line`: their first line, when already read). On a Swarm the
+    stack is applied as a whole: only the routes are read."""
+    beside = stack.infra_services(settings, retired)
+    line = edge.read_routes_line(settings) if routes_line is None else routes_line
+    wanted = render.routes_digest(render.edge_routes_file(settings.app))
+    if settings.swarm:
+        return changes_from({}, beside, render.routes_digest(line), wanted)
+    proc = runner.run(stack.compose_cmd(settings, "--dry-run", "up", "--detach", "--no-build", "--no-deps", "--pull", "never",
+                                        *beside, *settings.app.color_services(color)),
+                      env=stack.compose_env(settings, versions), what="docker compose up --dry-run")
+    return changes_from(facts.parse_dry_run(proc.stderr + proc.stdout, settings.project), beside, render.routes_digest(line), wanted)
+
+
+def refusal(found: list[Change]) -> str:
+    """Why a release does not start while `found` is pending, and what applies it."""
+    return (f"the contract or the settings changed what runs beside the colors ({', '.join(map(str, found))}); "
+            "a release starts only its candidate: apply the change first with `invoke apply` (`--plan` shows it), then deploy")
+
+
+def check(found: list[Change], profile: str, yes: bool, database: str | None) -> None:
+    """Refuse what cannot be applied safely (pure): a network whose options changed, and,
+    on staging or production without `yes`, recreating a service."""
+    networks = [c.name for c in found if c.kind == "network"]
+    if networks:
+        raise ConfigError(f"the options of the network {networks[0]} changed: Docker cannot change a network in place, and "
+                          "making it again would cut the live color off it: give the changed network a new name in the "
+                          "compose file (a new network is attached to the running containers first)")
+    recreated = [c.name for c in found if c.kind == "service" and c.how == "recreate"]
+    if recreated and profile in ("staging", "production") and not yes:
+        data = f" ({database} after a verified backup; its clients lose it while it restarts)" if database in recreated else ""
+        raise ConfigError(f"applying this recreates {', '.join(recreated)}{data} on {profile}: run again with --yes")
+
+
+def attach_networks(settings: Settings, services: list[str]) -> list[str]:
+    """Make the networks the contract gives `services` (the live color's copies, the
+    shared services about to be recreated) that their running containers are not on yet,
+    and attach them under their compose names: a shared service moving onto such a network
+    is still reached by the live color, and reached before it moves (its backup). Returns
+    `service network` for each attached."""
+    rendered = render.compose(settings.app)
+    networks = rendered.get("networks") or {}
+    # compose makes what they lack; it never recreates a container with --no-recreate
+    runner.run(stack.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services),
+               env=stack.compose_env(settings, facts.running_versions(facts.service_states(settings))), what="docker compose up --no-start")
+    attached = []
+    for service in services:
+        name = facts.container(settings, service)
+        try:
+            have = {n.name for n in facts.service_networks(settings, service)}
+        except CommandError:
+            continue  # not running: it starts with its networks
+        for key in render.network_map(rendered["services"][service]):
+            docker_name = (networks.get(key) or {}).get("name") or f"{settings.project}_{key}"
+            if docker_name not in have:
+                runner.run(["docker", "network", "connect", "--alias", service, "--alias", name, docker_name, name],
+                           env=settings.docker_env(), what=f"attaching {service} to the network {key}")
+                attached.append(f"{service} {key}")
+    return attached
+
+
+def plan_lines(found: list[Change]) -> list[str]:
+    """The plan as `invoke apply --plan` prints it."""
+    if not found:
+        return ["nothing to apply: what runs beside the colors is what the contract and the settings say"]
+    return [f"-- {str(c).replace(' would be ', ': ', 1)}" for c in found]
+
+
+def plan(settings: Settings) -> list[str]:
+    """What `invoke apply` would change on a running stack, as lines (`--plan`)."""
+    active = edge.read_active(settings)
+    if active is None:
+        return ["no color is live yet: `invoke up` starts the stack"]
+    versions = facts.running_versions(facts.service_states(settings))
+    return plan_lines(changes(settings, other(active.color), versions, bool(edge.read_database_record(settings).get("retired"))))
+
+
+@contextlib.contextmanager
+def applying(settings: Settings, active_color: str, yes: bool = False) -> Iterator[list[Change]]:
+    """Around `invoke up` starting what runs beside the colors of a running stack: read
+    what it would change, refuse what cannot be applied safely, attach the live color to
+    new networks; when the database is recreated, a verified backup first, and its
+    clients' requests held at the edge while it restarts (then passed on)."""
+    versions = facts.running_versions(facts.service_states(settings))
+    found = changes(settings, other(active_color), versions, bool(edge.read_database_record(settings).get("retired")))
+    database = settings.app.database.service if settings.app.postgres else None
+    check(found, settings.profile, yes, database)
+    for line in plan_lines(found):
+        runner.say(line)
+    recreated = [c.name for c in found if c.kind == "service" and c.how == "recreate"]
+    if any(c.kind == "service" for c in found):
+        with runner.step(f"attaching {active_color} and what is recreated to the contract's new networks"):
+            attach_networks(settings, [*settings.app.color_services(active_color), *recreated])
+    if database not in recreated:
+        yield found
+        return
+    if db.has_tables(settings):
+        with runner.step(f"backing up the database before {database} is recreated"):
+            manifest = db.backup(settings)
+            verified = db.verify(settings, manifest["name"])
+        if not verified.usable:
+            raise ColorgateError(f"the backup {manifest['name']} did not verify ({verified.reason}): not recreating {database}")
+    with _held(settings, active_color, database):
+        yield found
+
+
+@contextlib.contextmanager
+def _held(settings: Settings, color: str, database: str) -> Iterator[None]:
+    """The database's clients' requests held at the edge (for up to COLORGATE_HOLD_SECONDS
+    each), once those in flight are answered (5 s at most: a stream never is)."""
+    with runner.step(f"holding the requests to {database}'s clients at the edge while it restarts"):
+        edge.set_frozen(settings, True, database=True)
+        edge.drain(settings, color, seconds=min(5, settings.drain_seconds))
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        edge.set_frozen(settings, False)
+        runner.say(f"ok requests pass again: held for {time.monotonic() - started:.1f}s")
+
+
+def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
+    """`invoke up` and `invoke apply` (which CI may run on every push): stack.up, with
+    what changes beside the colors of a running stack readied under the release lock
+    (apply.applying: refused when unsafe, --yes on staging and production to recreate),
+    and its migrations guarded as a release's are: under the release lock, and, when the
+    database holds anything, after a backup a restore verified. At head: nothing taken,
+    nothing run."""
+    @contextlib.contextmanager
+    def prepare(color: str) -> Iterator[None]:
+        with lock(settings, "apply") as held:
+            recover.on_lock(settings, held)  # first, what a run that died left (a hold at the edge, say)
+            with applying(settings, color, yes):
+                yield
+
+    def run_migrations(color: str, versions: dict[str, str]) -> None:
+        m = settings.app.migrations
+        running = facts.service_states(settings).get(settings.app.copy_name(m.service, color))
+        if running and running.state == "running" and facts.pending_migrations(settings, color) is False:
+            return  # at head: no lock taken (a release may be running), nothing to back up
+        with lock(settings, "up"):
+            record = Record("migrate", color, color, versions[color], versions[color])
+            with recorded(settings, record):
+                guard = db.migrating(settings, record, m.cheap) if settings.app.postgres and db.has_tables(settings) \
+                    else contextlib.nullcontext()
+                with guard, timed(record, "migrations", "applying database migrations"):
+                    stack.migrate(settings, color, versions)
+                record.outcome = "migrated"
+
+    return stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
+
+
+def scale(settings: Settings, service: str, count: int) -> str:
+    """The live color's copy of `service` run by `count` tasks (a Swarm only), under the
+    release lock and recorded; the next color to start gets as many. Returns the copy."""
+    if not settings.swarm:
+        raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
+    if service not in settings.app.colored:
+        raise ColorgateError(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
+    with lock(settings, "scale"):
+        active = edge.read_active(settings)
+        if active is None:
+            raise StackError("no color is live yet: start the stack with `invoke up`")
+        copy, states = settings.app.copy_name(service, active.color), facts.service_states(settings)
+        record = Record("scale", active.color, active.color, active.version, active.version,
+                        detail=f"{copy}: {count} replicas")
+        with recorded(settings, record), runner.step(f"scaling {copy} to {count} replicas"):
+            stack.swarm_apply(settings, stack.compose_env(settings, facts.running_versions(states)), replicas={copy: count})
+            swarm.wait_converged(settings, [copy], settings.health_timeout)
+            record.outcome = "scaled"
+    return copy

@@ -1,0 +1,38 @@
+"""Colorgate's command line: the `colorgate` command (invoke's Program over these
+tasks) and, in a repository whose tasks.py imports `ns`, `invoke`. Argument parsing and
+output only: the work is done in deploy/. Every task takes --profile (default:
+$COLORGATE_PROFILE or development). Set COLORGATE_DEBUG=1 to see commands and tracebacks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import metadata
+
+from invoke import Collection, Program
+
+from deploy.cli.app import (apply, bench, bootstrap, canary_abort, canary_promote, canary_status, deploy, down, history, init, logs,
+                            maintenance, render, rollback, scale, status, switch, traffic, up)
+from deploy.cli.ops import (db_backup, db_backups, db_migrate, db_move, db_restore, db_retire_local, db_unfreeze, db_verify,
+                            images_push, images_send, server_setup, tls_init, tls_renew, tls_schedule, tls_status)
+
+ns = Collection(bootstrap, init, up, apply, down, status, render, logs, traffic, maintenance, deploy, switch, rollback, history, scale, bench)
+ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
+ns.add_collection(Collection("server", server_setup))
+ns.add_collection(Collection("canary", canary_status, canary_promote, canary_abort))
+ns.add_collection(Collection("images", images_push, images_send))
+ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))
+
+
+
+def main() -> None:
+    """The `colorgate` console script."""
+    try:
+        version = metadata.version("colorgate")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        Program(namespace=ns, name="Colorgate", binary="colorgate", version=version).run()
+    except BrokenPipeError:  # `colorgate --list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None

@@ -1,0 +1,83 @@
+"""What every task shares: one-line errors and exit codes, the settings with --host and
+--registry applied, and the engine checked reachable."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+
+from invoke import Exit
+
+from deploy import bootstrap as _bootstrap, config, render as _render, runner, swarm as _swarm
+from deploy.errors import ColorgateError, Interrupted
+
+DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
+logging.basicConfig(level=logging.DEBUG if DEBUG else logging.WARNING, format="%(message)s")
+
+
+def operator_errors(fn):
+    """Turn Colorgate errors into one line and exit code 1 (a traceback only in debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        runner.on_signals()  # SIGTERM, SIGHUP: the clean-up of Ctrl-C, not an abrupt end
+        try:
+            return fn(*args, **kwargs)
+        except ColorgateError as exc:
+            if DEBUG:
+                raise
+            raise Exit(f"colorgate: {runner.redact(str(exc))}", code=1) from None
+        except Interrupted as exc:
+            raise Exit(f"colorgate: interrupted by {exc}", code=128 + getattr(signal, str(exc), signal.SIGTERM).value) from None
+        except KeyboardInterrupt:
+            raise Exit("colorgate: interrupted", code=130) from None
+        except BrokenPipeError:  # output piped into `head` and the like
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=141) from None
+
+    return wrapper
+
+
+HOST_HELP = "the Docker host to act on: ssh://user@host[:port] (default: COLORGATE_DOCKER_HOST, else this machine)"
+
+
+REGISTRY_HELP = "registry to pull the images from, e.g. ghcr.io/acme (default: COLORGATE_REGISTRY; empty: build them)"
+
+
+def _load(profile: str | None, host: str | None = None, registry: str | None = None) -> config.Settings:
+    """Validated settings for the profile; --host and --registry override the settings."""
+    overrides = {}
+    if host:
+        overrides["COLORGATE_DOCKER_HOST"] = ("--host", host)
+    if registry:
+        overrides["COLORGATE_REGISTRY"] = ("--registry", registry)
+    return config.load(profile, overrides=overrides)
+
+
+def _target(profile: str | None, host: str | None = None, registry: str | None = None) -> config.Settings:
+    """Validated settings for the profile, with the Docker engine checked reachable."""
+    settings = _load(profile, host, registry)
+    _bootstrap.check_docker(settings)
+    if settings.swarm:
+        _swarm.check_target(settings)
+    return settings
+
+
+def _say_left_out(app) -> None:
+    """The values of the app's compose file that Colorgate replaces or leaves out (on stderr)."""
+    for line in _render.wiring(app):
+        if line.startswith("!! "):
+            runner.say(line)
+
+
+LOCK_HELP = "break a stale release lock left by a run that died (check `invoke status` first)"
+
+
+def _report(record) -> None:
+    if record.outcome == "no-op":
+        return
+    print(f"{record.action}: {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
+          f"{record.outcome} in {record.duration_s:.1f}s")

@@ -1,0 +1,432 @@
+"""Database safety: backups that are checked, verified by a real restore, and restore.
+
+Backups are `pg_dump -Fc` files made by a one-off `dbtools` container on the stack's
+internal network (never through a published port) and kept on the target in the
+`backups` volume, each with a manifest: checksum, size, and the per-table row counts
+and applied migrations *of the same snapshot the dump was taken from* (the snapshot is
+exported by a psql session held open for the duration), so verify compares like with
+like even while the app keeps writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import tenacity
+
+from deploy import dbtools, edge, history, images, runner
+from deploy.config import Settings
+from deploy.keys import STRICT_PROFILES, shown_url
+from deploy.errors import ColorgateError, CommandError, UnknownBackup
+
+
+DUMP_SCRIPT = """set -eu
+cd /backups
+pg_dump --format=custom --snapshot="$2" --file="$1.dump.partial"
+mv "$1.dump.partial" "$1.dump"
+sha256sum "$1.dump" | cut -d' ' -f1
+stat -c %s "$1.dump"
+"""
+
+LIST_SCRIPT = """cd /backups
+for m in *.manifest.json; do
+  [ -e "$m" ] || continue
+  n=${m%.manifest.json}
+  printf '{"manifest":'; cat "$m"
+  printf ',"verify":'; if [ -f "$n.verify.json" ]; then cat "$n.verify.json"; else printf null; fi
+  printf ',"copy":'; if [ -f "$n.copy.json" ]; then cat "$n.copy.json"; else printf null; fi
+  printf ',"size":%s}\\n' "$(stat -c %s "$n.dump" 2>/dev/null || echo -1)"
+done
+"""
+
+
+def backup_name(now: datetime | None = None) -> str:
+    """Sortable and unique: UTC time to the microsecond."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _read_until_end(proc) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line == dbtools.END:
+            return lines
+        if line:
+            lines.append(line)
+    raise ColorgateError(f"psql ended early: {runner.redact(proc.stderr.read().strip()[-300:])}")
+
+
+def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] = frozenset(),
+           copy_required: bool = False) -> dict:
+    """Dump the app's database with its facts from one snapshot; send it off the host
+    when COLORGATE_BACKUP_COPY is set (a failed copy is said, or with `copy_required`
+    raised, the backup kept); then, the backup made, prune (`keep` newest, and never
+    those in `protect` nor the newest verified ones: see to_prune)."""
+    name = backup_name()
+    env, flags = dbtools.tools_env(settings)
+    with dbtools.one_off(settings, env) as one, runner.session(dbtools.tools_cmd(settings, *dbtools.PSQL, flags=flags, name=one), env=env) as psql:
+        psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{dbtools.END}';\n")
+        psql.stdin.flush()
+        out = _read_until_end(psql)
+        if not out:
+            raise ColorgateError("could not export a snapshot from PostgreSQL: is the stack up? (`invoke status`)")
+        snapshot = out[-1]
+        psql.stdin.write(dbtools.FACTS_SQL)
+        psql.stdin.flush()
+        snapshot_facts = dbtools.parse_facts(_read_until_end(psql))
+        dumped = dbtools.tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump")
+        psql.stdin.write("COMMIT;\n")
+    sha256, size = dumped.stdout.split()[-2:]
+    manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256,
+                "size": int(size), "database": settings.postgres_db, "source": shown_url(settings.database_url),
+                "counts": snapshot_facts.counts,
+                "migrations": snapshot_facts.migrations}
+    _write(settings, f"{name}.manifest.json", manifest, "writing the backup manifest")
+    try:
+        if settings.backup_copy:
+            send(settings, manifest)
+    except ColorgateError as exc:
+        if copy_required:
+            raise ColorgateError(f"backup {name} is made and kept on the target, but {exc}") from None
+        runner.say(f"!! backup {name} is kept on the target only: {exc}")
+    finally:
+        prune(settings, keep or settings.backup_keep, protect=protect)
+    return manifest
+
+
+def has_tables(settings: Settings) -> bool:
+    """Whether the app's database holds any table (a new one holds nothing to back up)."""
+    out = dbtools.psql(settings, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');",
+               what="looking into the database").stdout.split()
+    return bool(out) and out[-1] != "0"
+
+
+def list_backups(settings: Settings) -> list[dict]:
+    """Backups on the target, oldest first, with size and verify result."""
+    out = dbtools.tools(settings, LIST_SCRIPT, what="listing backups").stdout
+    found = []
+    for line in out.splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return sorted(found, key=lambda b: b["manifest"]["name"])
+
+
+def to_prune(backups: list[dict], keep: int, protect: frozenset[str] = frozenset()) -> list[str]:
+    """Which backups (oldest first) to delete: all but the newest `keep`, except those
+    in `protect` (the one being restored) and the newest backup of each source (local,
+    or a managed database) that a restore verified usable: retention never leaves a
+    source without a backup known to work, whatever came after it."""
+    names = [b["manifest"]["name"] for b in backups]
+    kept = set(names[-keep:]) if keep > 0 else set()
+    newest_usable: dict[str, str] = {}
+    for b in backups:
+        if (b.get("verify") or {}).get("usable"):
+            newest_usable[b["manifest"].get("source", "local")] = b["manifest"]["name"]
+    kept |= set(newest_usable.values()) | set(protect)
+    return [n for n in names if n not in kept]
+
+
+# What killed backups leave: a dump still `.partial`, a `.new` manifest, a dump without a
+# manifest. Only those untouched for 10 minutes (a backup in progress writes all the time).
+SWEEP_SCRIPT = """cd /backups
+find . -maxdepth 1 -type f \\( -name '*.partial' -o -name '*.new' \\) -mmin +10 -print -delete | sed 's|^./||'
+for d in *.dump; do
+  [ -e "$d" ] || continue
+  n=${d%.dump}
+  [ -f "$n.manifest.json" ] && continue
+  [ -n "$(find "$d" -mmin +10)" ] || continue
+  rm -f "$d" "$n.verify.json" && echo "$d"
+done
+"""
+
+
+def prune(settings: Settings, keep: int, protect: frozenset[str] = frozenset()) -> list[str]:
+    """Delete what to_prune says, and sweep what killed backups left (said)."""
+    old = to_prune(list_backups(settings), keep, protect)
+    script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json" "$n.copy.json"; done\n' + SWEEP_SCRIPT
+    swept = dbtools.tools(settings, script, *old, what="removing old backups").stdout.split()
+    if swept:
+        runner.say(f"!! removed what killed backups left: {', '.join(swept)}")
+    return old
+
+
+def find(settings: Settings, name: str | None) -> dict:
+    backups = list_backups(settings)
+    if not backups and not (settings.backup_copy and name):
+        raise UnknownBackup("there are no backups yet: make one with `invoke db.backup`")
+    if name is None:
+        return backups[-1]
+    for b in backups:
+        if b["manifest"]["name"] == name:
+            return b
+    if settings.backup_copy and name in remote_backups(settings):
+        with runner.step(f"fetching backup {name} from {settings.backup_copy}"):
+            _copy(settings, "fetch", name)
+        return find(settings, name)
+    newest = f" (newest: {backups[-1]['manifest']['name']})" if backups else ""
+    raise UnknownBackup(f"unknown backup {name!r}: `invoke db.backups` lists them{newest}")
+
+
+@dataclass
+class Verified:
+    name: str
+    usable: bool
+    reason: str
+    rows: list[tuple[str, str, str, bool]]
+
+
+def verify(settings: Settings, name: str | None = None) -> Verified:
+    """Restore a backup into a throwaway PostgreSQL and compare it with its manifest.
+    The result is recorded beside the backup; one that fails is marked unusable."""
+    found = find(settings, name)
+    manifest = found["manifest"]
+    name = manifest["name"]
+    result = Verified(name, False, "", [])
+    if _checksum(settings, name) != manifest["sha256"]:
+        result.reason = "the dump's checksum does not match its manifest (changed or damaged since the backup)"
+    else:
+        container = f"{settings.project}-verify-{secrets.token_hex(3)}"
+        try:  # removed below even when docker created it but could not start it
+            runner.run(["docker", "run", "--detach", "--name", container, "--network", "none",
+                        "--label", f"com.colorgate.verify={settings.project}",
+                        "-e", f"POSTGRES_USER={settings.postgres_user}", "-e", f"POSTGRES_DB={settings.postgres_db}",
+                        "-e", "POSTGRES_PASSWORD", "-v", f"{settings.project}_backups:/backups:ro",
+                        f"{settings.image_prefix}dbtools:latest"],
+                       env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)}, what="starting a throwaway PostgreSQL")
+            _wait_pg(settings, container)
+            restored = runner.run(["docker", "exec", container, "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
+                                   "-U", settings.postgres_user, "-d", settings.postgres_db, f"/backups/{name}.dump"],
+                                  env=settings.docker_env(), check=False, what="pg_restore")
+            if restored.returncode != 0:
+                last = (restored.stderr.strip().splitlines() or ["no output"])[-1]
+                result.reason = f"pg_restore failed: {runner.redact(last)}"
+            else:
+                result.rows = dbtools.compare(dbtools.Facts(manifest["counts"], manifest["migrations"]), dbtools.facts(settings, container))
+                bad = [r[0] for r in result.rows if not r[3]]
+                result.usable = not bad
+                result.reason = "restored; every row count and the migrations match" if not bad else f"mismatch: {', '.join(bad)}"
+        finally:
+            runner.run(["docker", "rm", "--force", "--volumes", container], env=settings.docker_env(), check=False)
+    record_verify(settings, name, result.usable, result.reason)
+    return result
+
+
+def record_verify(settings: Settings, name: str, usable: bool, reason: str) -> None:
+    record = {"usable": usable, "reason": reason, "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _write(settings, f"{name}.verify.json", record, "recording the verify result")
+
+
+def _write(settings: Settings, filename: str, data: dict, what: str) -> None:
+    """A JSON file beside the dumps, atomically: a run killed while writing leaves the old
+    file (or none) and a `.new` that the next prune sweeps, never half a manifest."""
+    dbtools.tools(settings, 'cat > "/backups/$1.new" && mv "/backups/$1.new" "/backups/$1"', filename, input=json.dumps(data), what=what)
+
+
+def _wait_pg(settings: Settings, container: str) -> None:
+    @tenacity.retry(stop=tenacity.stop_after_delay(60), wait=tenacity.wait_exponential(multiplier=0.2, max=2),
+                    retry=tenacity.retry_if_exception_type(CommandError), reraise=True)
+    def ready() -> None:
+        runner.run(["docker", "exec", container, "psql", "-X", "-q", "-U", settings.postgres_user, "-d", settings.postgres_db,
+                    "-c", "SELECT 1"], env=settings.docker_env(), what="waiting for the throwaway PostgreSQL")
+
+    ready()
+
+
+SCHEMA_SQL = """SELECT md5(coalesce(string_agg(table_schema || '.' || table_name || '.' || column_name || ':' || data_type, ','
+  ORDER BY table_schema, table_name, column_name), '')) FROM information_schema.columns
+  WHERE table_schema NOT IN ('pg_catalog', 'information_schema');"""
+
+
+def schema_fingerprint(settings: Settings) -> str:
+    """A digest of the database's tables and columns: what a migration changes."""
+    return dbtools.psql(settings, SCHEMA_SQL, what="reading the database's schema").stdout.split()[-1]
+
+
+@contextlib.contextmanager
+def migrating(settings: Settings, record: history.Record, cheap: bool = False) -> Iterator[None]:
+    """Around a migration: a backup a real restore has verified first, or stop. With
+    `cheap` (x-colorgate.migrations.cheap: the command is cheap and idempotent), the
+    backup is taken but verified only when the migration changed the schema (read before
+    and after), and dropped when it changed nothing: no restore on every deploy."""
+    if not cheap:
+        verified_backup(settings, record)
+        yield
+        return
+    with history.timed(record, "backup", "backing up the database before migrating (verified if the schema changes)"):
+        manifest = backup(settings)
+        before = schema_fingerprint(settings)
+    yield
+    name = manifest["name"]
+    if schema_fingerprint(settings) == before:
+        dbtools.tools(settings, 'cd /backups && rm -f "$1.dump" "$1.manifest.json"', name, what="dropping the backup")
+        record.detail = f"the migrations changed no table (migrations.cheap): backup {name} dropped"
+        runner.say(f"-- the migrations changed no table: backup {name} dropped")
+        return
+    with history.timed(record, "verify", f"verifying backup {name} (the migrations changed the schema)"):
+        verified = verify(settings, name)
+    if not verified.usable:
+        raise ColorgateError(f"the migrations changed the schema, but the backup {name} taken before them did not verify "
+                             f"({verified.reason}): take one now with `invoke db.backup`")
+    record.detail = f"backup {name}"
+
+
+def verified_backup(settings: Settings, record: history.Record) -> None:
+    """Before migrating: a backup that a real restore has verified, or stop."""
+    with history.timed(record, "backup", "backing up the database before migrating"):
+        manifest = backup(settings)
+    with history.timed(record, "verify", f"verifying backup {manifest['name']}"):
+        verified = verify(settings, manifest["name"])
+    if not verified.usable:
+        raise ColorgateError(f"the pre-migration backup {manifest['name']} did not verify ({verified.reason}): not migrating")
+    record.detail = f"backup {manifest['name']}"
+
+
+def check_restore_allowed(settings: Settings, yes: bool) -> None:
+    if settings.profile in STRICT_PROFILES and not yes:
+        raise ColorgateError(f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)")
+
+
+def restore(settings: Settings, name: str, yes: bool = False, unverified: bool = False) -> dict:
+    """Restore `name` into the live database, in one transaction: only a backup a
+    restore verified (unless `unverified`) whose checksum still matches; under the
+    release lock, after a fresh backup (retention never takes the one being restored),
+    with writes frozen at the edge (a write in between would be lost silently; reads go
+    on). Recorded in the history. Returns the fresh backup's manifest."""
+    check_restore_allowed(settings, yes)
+    found = find(settings, name)
+    checked = found.get("verify")
+    if checked and not checked["usable"]:
+        raise ColorgateError(f"backup {name} is marked unusable ({checked['reason']}): choose another")
+    if not checked and not unverified:
+        raise ColorgateError(f"backup {name} was never verified: run `invoke db.verify {name}` first, "
+                             "or restore it as it is with --unverified")
+    if _checksum(settings, name) != found["manifest"]["sha256"]:
+        raise ColorgateError(f"backup {name} changed or was damaged since it was made (its checksum does not match "
+                             "its manifest): choose another")
+    with history.lock(settings, "db.restore"):
+        live = edge.read_active(settings)
+        color, version = (live.color, live.version) if live else ("", "")
+        record = history.Record("db.restore", color, color, version, version)
+        with history.recorded(settings, record):
+            with history.timed(record, "backup", "taking a fresh backup first"):
+                history.at(record, "backup")
+                fresh = backup(settings, protect=frozenset({name}))
+            runner.say(f"   fresh backup: {fresh['name']}")
+            with history.timed(record, "restore", f"restoring {name} (writes frozen at the edge)"):
+                edge.set_frozen(settings, True)
+                try:
+                    history.at(record, "restore")
+                    left = edge.drain_writes(settings)
+                    if left:
+                        raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
+                    env, flags = dbtools.tools_env(settings)
+                    with dbtools.one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
+                        # into the stack's own database as the app's role, so that the app owns what comes back
+                        as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
+                        runner.run(dbtools.tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
+                                             *as_app, "--single-transaction", "--exit-on-error", "-d",
+                                             env["PGDATABASE"] if settings.database_url else settings.postgres_db,
+                                             f"/backups/{name}.dump", flags=flags, name=one), env=env, what="pg_restore")
+                finally:
+                    edge.set_frozen(settings, False)
+            record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {fresh['name']}"
+    return fresh
+
+
+def _checksum(settings: Settings, name: str) -> str:
+    return dbtools.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
+
+
+# --- off-host copies (COLORGATE_BACKUP_COPY) -----------------------------------------
+# rclone, in a one-off container on the target with the `backups` volume: the copy goes
+# from the database's host straight to the remote. Its configuration comes on stdin.
+
+COPY_SCRIPT = """set -eu
+(umask 077; cat > /tmp/rclone.conf)
+export RCLONE_CONFIG=/tmp/rclone.conf
+if [ -n "${CG_KNOWN_HOSTS:-}" ]; then
+  printf '%s\\n' "$CG_KNOWN_HOSTS" > /tmp/known_hosts
+  export RCLONE_SFTP_KNOWN_HOSTS_FILE=/tmp/known_hosts
+fi
+case "$1" in
+  send)
+    for f in "$3.dump" "$3.manifest.json"; do rclone copyto "/backups/$f" "$2/$f"; done
+    sum=$(rclone hashsum sha256 "$2/$3.dump" 2>/dev/null | cut -d' ' -f1 || true)
+    [ -n "$sum" ] || sum=$(rclone hashsum sha256 --download "$2/$3.dump" | cut -d' ' -f1)
+    echo "sha256=$sum" ;;
+  list)
+    rclone lsf --include '*.manifest.json' "$2" | sed 's/[.]manifest[.]json$//' ;;
+  fetch)
+    for f in "$3.dump" "$3.manifest.json"; do rclone copyto "$2/$f" "/backups/$f.new"; done
+    for f in "$3.dump" "$3.manifest.json"; do mv "/backups/$f.new" "/backups/$f"; done ;;
+esac
+"""
+# rclone options whose values are credentials (masked in everything Colorgate prints)
+SECRET_OPTION = re.compile(r"^\s*(\w*pass\w*|\w*secret\w*|\w*token\w*|key_pem|access_key_id|account_key)\s*=\s*(\S.*?)\s*$",
+                           re.IGNORECASE)
+
+
+def _copy(settings: Settings, action: str, name: str = "") -> str:
+    """Run COPY_SCRIPT's `action` against the remote; its output."""
+    def read(path: str, key: str) -> str:
+        if not path:
+            return ""
+        try:
+            return Path(path).expanduser().read_text()
+        except OSError as exc:
+            raise ColorgateError(f"cannot read {key} ({path}): {exc.strerror}; point it at the file") from None
+
+    config = read(settings.backup_copy_config, "COLORGATE_BACKUP_COPY_CONFIG")
+    for line in config.splitlines():
+        found = SECRET_OPTION.match(line)
+        if found:
+            runner.add_secret(found[2])
+    known = read(settings.backup_copy_known_hosts, "COLORGATE_BACKUP_COPY_KNOWN_HOSTS")
+    base = images.BASES["rclone"]
+    if not images.image_exists(settings, base.tag(settings.debian_mirror)):
+        images.build_bases(settings, [base])
+    cmd = ["docker", "run", "--rm", "-i", "-v", f"{settings.project}_backups:/backups", "-e", "CG_KNOWN_HOSTS",
+           base.tag(settings.debian_mirror), "sh", "-c", COPY_SCRIPT, "copy", action, settings.backup_copy, name]
+    proc = runner.run(cmd, input=config, env={**settings.docker_env(), "CG_KNOWN_HOSTS": known}, check=False,
+                      what=f"off-host copy ({action})")
+    if proc.returncode != 0:
+        last = (runner.redact(proc.stderr).strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise ColorgateError(f"the off-host copy ({action}) to {settings.backup_copy} failed: {last}; "
+                             "check COLORGATE_BACKUP_COPY, its rclone configuration and the remote")
+    return proc.stdout
+
+
+def send(settings: Settings, manifest: dict) -> dict:
+    """Copy a backup (dump and manifest) to the remote, check the copy's checksum there,
+    and record the copy beside the backup."""
+    name = manifest["name"]
+    with runner.step(f"copying backup {name} to {settings.backup_copy}"):
+        out = _copy(settings, "send", name)
+    got = next((line.split("=", 1)[1] for line in out.splitlines() if line.startswith("sha256=")), "")
+    if got != manifest["sha256"]:
+        raise ColorgateError(f"the copy of {name} at {settings.backup_copy} does not match its checksum "
+                             f"({got[:16] or 'none'}... against {manifest['sha256'][:16]}...)")
+    copied = {"remote": settings.backup_copy, "sha256": got, "copied": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _write(settings, f"{name}.copy.json", copied, "recording the off-host copy")
+    return copied
+
+
+def remote_backups(settings: Settings) -> list[str]:
+    """Names of the backups at the remote (COLORGATE_BACKUP_COPY), oldest first."""
+    return sorted(line.strip() for line in _copy(settings, "list").splitlines() if line.strip())
+
+
+def with_remote(settings: Settings, backups: list[dict]) -> list[dict]:
+    """The target's backups, plus those only the remote still has (the host lost them)."""
+    here = {b["manifest"]["name"] for b in backups}
+    there = [{"manifest": {"name": n}, "remote_only": True} for n in remote_backups(settings) if n not in here]
+    return sorted([*backups, *there], key=lambda b: b["manifest"]["name"])

@@ -1,0 +1,25 @@
+"""The edge's state: the one module that reads and writes the files in its state
+directory (`/etc/colorgate/state`, the `edge-state` volume), all through Docker.
+
+    live            which color (and version) is live: `color=..`, `version=..` lines,
+                    read by the edge on every request (compose/edge/colorgate.lua), so a
+                    switch is one validated atomic rename and no reload
+    freeze          present only during a write freeze (db.move): `hold=SECONDS`; writes
+                    are held that long, then passed on or answered 503
+    canary          during a canary deploy: which color gets which share of users
+                    (`color`, `version`, `percent`, `offset`, `since`, `decision`)
+    maintenance     present only in maintenance mode: `retry`, `since`, `message`, `bypass`
+    database.json   where the app's database is (written by db.move, retire-local)
+    lock/           the release lock (mkdir): holder JSON, token, heartbeat, phase
+    history.jsonl   every release, one JSON record a line: its intent when it starts,
+                    then its outcome (the same `id`; the last line of an id wins)
+
+The live color is read from the edge itself, never from a file on the operator's
+machine. Rendering and parsing are pure; the commands that read and change the edge
+are returned as argument lists for deploy.runner. Two parts: state.py (the routing
+state: live, canary, freeze, maintenance, the database record) and ledger.py (the
+release lock and the history); nothing outside this package touches those files.
+"""
+
+from deploy.edge.ledger import *  # noqa: F401,F403
+from deploy.edge.state import *  # noqa: F401,F403

@@ -1,0 +1,383 @@
+"""The edge's routing state: which color is live (and the canary beside it), the
+write freeze, maintenance mode and the database record, read and written through
+one shell kept open in the edge (see deploy/edge/__init__.py for the files)."""
+
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from deploy import facts, render, runner
+from deploy.colors import COLORS, parse_color
+from deploy.config import Settings
+from deploy.errors import BadVersion, ColorgateError, CommandError, StackError
+
+STATE_DIR = "/etc/colorgate/state"
+LIVE_FILE = f"{STATE_DIR}/live"
+FREEZE_FILE = f"{STATE_DIR}/freeze"
+MAINTENANCE_FILE = f"{STATE_DIR}/maintenance"
+DATABASE_RECORD = f"{STATE_DIR}/database.json"
+CANARY_FILE = f"{STATE_DIR}/canary"
+ROUTES_FILE = f"{STATE_DIR}/routes.conf"  # the app's routes and the edge's answer headers (render.edge_routes_file)
+# What the edge routes now and its requests in flight per color (colorgate.lua),
+# answered only inside the container.
+STATE_URL = "http://127.0.0.1:8080/.colorgate/state"
+
+NGINX_CONF = "/etc/colorgate/nginx.conf"
+VERSION_RE = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+VERSION = re.compile(f"^{VERSION_RE}$")
+# Every line of a state file must match its pattern (checked again on the edge, so a
+# file that did not come from here is refused before it is renamed into place).
+LIVE_LINES = f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}"
+FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database|bypass=[0-9a-f]{32}"
+# A maintenance message goes into an HTML page and a JSON string as it is: no markup,
+# quotes, backslashes or control characters, at most 300 characters.
+MESSAGE = re.compile(r'[^\x00-\x1f\x7f<>&"\\]{0,300}')
+MAINTENANCE_LINES = r'#.*|retry=[0-9]+|since=[0-9TZ:+.-]+|bypass=[0-9a-f]+|message=[^<>&"\\]*'
+CANARY_LINES = (f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}|percent=[0-9]{{1,2}}|offset=[0-9]{{1,2}}"
+                "|since=[0-9]+|decision=(promote)?")
+
+# Validate and install a state file in one exec: the new text is $5 (empty removes
+# the file at $1); every line must match $2 and each key in $3 must be there, or the
+# file is refused (exit 3) and the old one stays. Then wait until the edge's state
+# endpoint answers with the line $4: the edge reads the file per request, so that is
+# the next request.
+WRITE_SCRIPT = f"""set -eu
+f=$1
+printf '%s' "$5" > "$f.new"
+if [ ! -s "$f.new" ]; then
+  rm -f "$f.new" "$f"
+else
+  bad=$(grep -vxE "$2" "$f.new" | head -n 1 || true)
+  if [ -n "$bad" ]; then rm -f "$f.new"; echo "refused $f: the line '$bad' is not valid there" >&2; exit 3; fi
+  for key in $3; do
+    grep -q "^$key=" "$f.new" || {{ rm -f "$f.new"; echo "refused $f: it has no '$key=' line" >&2; exit 3; }}
+  done
+  mv "$f.new" "$f"
+fi
+want=${{4:-}}
+[ -n "$want" ] || exit 0
+tries=0
+until curl -s --max-time 1 {STATE_URL} | grep -qx "$want"; do
+  tries=$((tries + 1))
+  [ $tries -lt 100 ] || {{ echo "the edge does not answer '$want' after 2 s: see: invoke logs edge" >&2; exit 4; }}
+  sleep 0.02
+done
+"""
+
+# Install the edge's routes ($1) and reload gracefully, in one exec: in place, `nginx -t`
+# (a configuration nginx refuses is taken back: exit 3, the edge serves the old one), the
+# reload, then wait until the new workers answer with the digest $2. With $3 = file, only
+# in place: for an edge of an earlier Colorgate (its routes elsewhere) about to be replaced.
+ROUTES_SCRIPT = f"""set -eu
+f={ROUTES_FILE}
+[ ! -f "$f" ] || cp "$f" "$f.old"
+printf '%s' "$1" > "$f.new"
+mv "$f.new" "$f"
+if [ "${{3:-}}" = file ]; then rm -f "$f.old"; exit 0; fi
+if ! out=$(nginx -t -q -c {NGINX_CONF} 2>&1); then
+  if [ -f "$f.old" ]; then mv "$f.old" "$f"; else rm -f "$f"; fi
+  echo "refused the edge's new routes: $out" >&2; exit 3
+fi
+rm -f "$f.old"
+nginx -s reload -c {NGINX_CONF}
+tries=0
+until [ "$(curl -sk --max-time 1 https://127.0.0.1:8443/.colorgate/routes)" = "$2" ]; do
+  tries=$((tries + 1))
+  [ $tries -lt 250 ] || {{ echo "the edge does not serve its new routes 5 s after the reload: see: invoke logs edge" >&2; exit 4; }}
+  sleep 0.02
+done
+"""
+
+
+@dataclass(frozen=True)
+class Active:
+    color: str
+    version: str
+
+
+def check_version(version: str) -> str:
+    """A version tag safe in image tags and state files, or BadVersion."""
+    if not VERSION.fullmatch(version or ""):
+        raise BadVersion(f"bad version {version!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    return version
+
+
+def render_live(color: str, version: str) -> str:
+    """The state file that makes `color` (running `version`) the live color."""
+    color = parse_color(color)
+    check_version(version)
+    return f"# Managed by Colorgate: the live color, read by the edge on every request.\ncolor={color}\nversion={version}\n"
+
+
+def render_freeze(hold_seconds: float, database: bool = False, bypass: str = "") -> str:
+    """A write freeze (db.move, db.restore): writes are held; with `database` (the
+    database restarts: invoke apply), every request to a route of its clients too.
+    Requests carrying `bypass` in X-Colorgate-Writes pass (the gates' own)."""
+    token = f"bypass={bypass}\n" if bypass else ""
+    if database:
+        return (f"# Managed by Colorgate: the database restarts; its clients' requests are held this long, then 503.\n"
+                f"hold={hold_seconds:g}\nrequests=database\n{token}")
+    return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n{token}"
+
+
+def render_maintenance(message: str, retry: int, since: str, bypass: str) -> str:
+    if not MESSAGE.fullmatch(message):
+        raise ColorgateError("the maintenance message must be one line of at most 300 characters without < > & \" or \\")
+    return (f"# Managed by Colorgate: maintenance mode; every route answers 503 with this message.\n"
+            f"retry={retry}\nsince={since}\nbypass={bypass}\nmessage={message}\n")
+
+
+def state_fields(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (text or "").splitlines() if "=" in line and not line.startswith("#"))
+
+
+def parse_active(text: str) -> Active | None:
+    """Which color a live file routes to; None when no color is live (no file).
+
+    Raises ValueError when the file names no known color (edited by hand?).
+    """
+    values = state_fields(text)
+    if not values:
+        return None
+    color = values.get("color", "")
+    if color not in COLORS:
+        raise ValueError(f"the live file names color {color!r}, expected one of {', '.join(COLORS)}")
+    version = values.get("version", "")
+    if not VERSION.fullmatch(version):
+        raise ValueError(f"the live file names version {version!r}, which is not a version tag")
+    return Active(color, version)
+
+
+def parse_state(text: str) -> dict[str, str]:
+    """The edge's state endpoint: color, version, writes, inflight_<color>, inflight_writes."""
+    return state_fields(text)
+
+
+def edge_container(settings: Settings, fresh: bool = False) -> str:
+    return facts.container(settings, "edge", fresh)
+
+
+def read_file_cmd(path: str) -> list[str]:
+    """Print a state file (nothing when it is absent), inside the edge."""
+    return ["sh", "-c", f"cat {path} 2>/dev/null || true"]
+
+
+def in_edge(settings: Settings, cmd: list[str], what: str = "", check: bool = True):
+    """Run a command inside the edge, in the shell this process keeps open there. On a
+    Swarm, when the shell cannot start because the edge's task was replaced meanwhile,
+    once more in the task that runs now."""
+    if not settings.swarm:
+        return runner.shell(settings.docker_host, edge_container(settings)).run(cmd, what=what, check=check)
+    known = edge_container(settings)
+    proc = runner.shell(settings.docker_host, known).run(cmd, what=what, check=False)
+    if proc.returncode == 125 and edge_container(settings, fresh=True) != known:
+        proc = runner.shell(settings.docker_host, edge_container(settings)).run(cmd, what=what, check=False)
+    if check and proc.returncode != 0:
+        raise CommandError(proc.args, proc.returncode, proc.stdout, proc.stderr, what)
+    return proc
+
+
+def write_cmd(path: str, lines: str, keys: str, expect: str, text: str) -> list[str]:
+    """Install `text` as the state file at `path` (removed when empty) after checking
+    every line against `lines` and that each of `keys` is there; then wait for the
+    edge's state line `expect`. Runs inside the edge."""
+    return ["sh", "-c", WRITE_SCRIPT, "write", path, lines, keys, expect, text]
+
+
+def switch_cmd(text: str, expect: str = "") -> list[str]:
+    return write_cmd(LIVE_FILE, LIVE_LINES, "color version", expect, text)
+
+
+def freeze_cmd(frozen: bool, text: str) -> list[str]:
+    return write_cmd(FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}", text)
+
+
+def maintenance_cmd(text: str) -> list[str]:
+    return write_cmd(MAINTENANCE_FILE, MAINTENANCE_LINES, "retry bypass" if text else "", f"maintenance={'on' if text else 'off'}", text)
+
+
+def routes_cmd(text: str, digest: str, reload: bool = True) -> list[str]:
+    return ["sh", "-c", ROUTES_SCRIPT, "routes", text, digest, "" if reload else "file"]
+
+
+def write_routes(settings: Settings, text: str, digest: str, reload: bool = True) -> None:
+    """Install the edge's routes (render.edge_routes_file) with a graceful reload (unless
+    not `reload`): requests in flight finish on the old workers."""
+    in_edge(settings, routes_cmd(text, digest, reload), "reloading the edge with its new routes")
+
+
+def sync_routes(settings: Settings, text: str, reload: bool = True) -> bool:
+    """Give the edge `text` (render.edge_routes_file) unless it has those routes already:
+    with a graceful reload (unless not `reload`). Returns whether it wrote them."""
+    digest = render.routes_digest(text)
+    if render.routes_digest(read_routes_line(settings)) == digest:
+        return False
+    with runner.step("giving the edge the contract's routes (nginx -t, graceful reload)" if reload else "keeping the contract's routes in the edge's state"):
+        write_routes(settings, text, digest, reload)
+    return True
+
+
+def read_routes_line(settings: Settings) -> str:
+    """The first line of the routes the edge keeps (names their digest; "" for none)."""
+    return in_edge(settings, ["sh", "-c", f"head -n 1 {ROUTES_FILE} 2>/dev/null || true"], "reading the edge's routes").stdout
+
+
+def state_cmd() -> list[str]:
+    """What the edge routes now and its requests in flight per color (colorgate.lua)."""
+    return ["curl", "-s", "--max-time", "1", STATE_URL]
+
+
+# --- the live color, the write freeze, the database record -----------------------
+
+
+def read_active(settings: Settings) -> Active | None:
+    """The live color, read from the edge (None when no color is live yet)."""
+    return live_of(in_edge(settings, read_file_cmd(LIVE_FILE), "reading the edge state").stdout)
+
+
+def live_of(text: str) -> Active | None:
+    try:
+        return parse_active(text)
+    except ValueError as exc:
+        raise StackError(f"the edge's routing state is damaged ({exc}): run `invoke switch --to COLOR` to rewrite it") from None
+
+
+def write_active(settings: Settings, color: str, version: str) -> None:
+    """Route traffic to `color`: one validated atomic write that the edge reads on the
+    next request; no reload, so open connections and streams stay."""
+    in_edge(settings, switch_cmd(render_live(color, version), expect=f"color={color}"), f"switching the edge to {color}")
+
+
+def _wait_idle(settings: Settings, key: str, seconds: float) -> int:
+    """Poll the edge's state until its counter `key` is 0, for at most `seconds`;
+    returns the count left then."""
+    deadline = time.monotonic() + seconds
+    while True:
+        proc = in_edge(settings, state_cmd(), check=False)
+        count = parse_state(proc.stdout).get(key, "") if proc.returncode == 0 else ""
+        left = int(count) if count.isdigit() else 0
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
+
+
+def drain(settings: Settings, color: str, seconds: float | None = None) -> int:
+    """Wait until the edge has no request in flight to `color`, for at most the drain
+    bound; returns how many were still open (streams) when it gave up."""
+    return _wait_idle(settings, f"inflight_{parse_color(color)}", settings.drain_seconds if seconds is None else seconds)
+
+
+def drain_writes(settings: Settings, seconds: float = 10) -> int:
+    """During a freeze: wait until every write the edge let through before it has been
+    answered (held writes are not counted); returns how many were still in flight."""
+    return _wait_idle(settings, "inflight_writes", seconds)
+
+
+def read_database_record(settings: Settings) -> dict:
+    """Where the target's record says the app's database is: {"url": "local"} until
+    `db.move` moved it, then the managed database's URL (no password) and the move."""
+    return _database_record(in_edge(settings, read_file_cmd(DATABASE_RECORD), "reading the database record").stdout)
+
+
+def _database_record(out: str) -> dict:
+    try:
+        record = json.loads(out) if out.strip() else {}
+    except ValueError:
+        raise StackError(f"the database record {DATABASE_RECORD} on the edge is damaged: fix or remove it") from None
+    return record if isinstance(record, dict) and record.get("url") else {"url": "local"}
+
+
+def write_database_record(settings: Settings, record: dict) -> None:
+    in_edge(settings, ["sh", "-c", f'printf "%s" "$1" > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}',
+                       "record", json.dumps(record)], "recording where the database is")
+
+
+def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None:
+    """Start or end a write freeze at the edge: from the next request on, writes are
+    held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on, except,
+    with `database`, those to a route of the database's clients."""
+    in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds, database, secrets.token_hex(16)) if frozen else ""),
+            "starting a write freeze" if frozen else "ending the write freeze")
+
+
+def set_maintenance(settings: Settings, text: str) -> None:
+    """Turn maintenance mode on (`text`: render_maintenance) or off (empty), from the
+    next request on."""
+    in_edge(settings, maintenance_cmd(text), "turning maintenance mode on" if text else "turning maintenance mode off")
+
+
+def read_maintenance(settings: Settings) -> dict[str, str] | None:
+    """The maintenance file's fields (retry, since, message, bypass), None when off."""
+    text = in_edge(settings, read_file_cmd(MAINTENANCE_FILE), "reading maintenance mode").stdout
+    return state_fields(text) or None
+
+
+def read_files(settings: Settings, *names: str) -> dict[str, str]:
+    """Several state files (names in STATE_DIR) in one exec: name -> text ("" when absent)."""
+    script = "".join(f"printf '\\n@@colorgate {n}\\n'; cat {STATE_DIR}/{n} 2>/dev/null; " for n in names) + "true"
+    return _sections(in_edge(settings, ["sh", "-c", script], "reading the edge state").stdout)
+
+
+def render_canary(color: str, version: str, percent: int, offset: int, since: int, decision: str = "") -> str:
+    return (f"color={parse_color(color)}\nversion={check_version(version)}\npercent={percent}\noffset={offset}\n"
+            f"since={since}\n" + (f"decision={decision}\n" if decision else ""))
+
+
+def parse_canary(text: str) -> dict | None:
+    """The canary file's fields (percent, offset and since as numbers), None when absent."""
+    fields = state_fields(text)
+    if not fields.get("color"):
+        return None
+    return {**fields, "percent": int(fields.get("percent", "0")), "offset": int(fields.get("offset", "0")),
+            "since": int(fields.get("since", "0")), "decision": fields.get("decision", "")}
+
+
+def read_canary(settings: Settings) -> dict | None:
+    return parse_canary(in_edge(settings, read_file_cmd(CANARY_FILE), "reading the canary").stdout)
+
+
+# A canary step after the first is written only while the file is there and undecided:
+# an abort (the file removed) or a promote that came meanwhile is not overwritten.
+CANARY_GUARD = """if [ "${6:-}" = next ]; then
+  [ -f "$1" ] || { echo "aborted" >&2; exit 5; }
+  ! grep -q '^decision=.' "$1" || { echo "decided" >&2; exit 5; }
+fi
+"""
+
+
+def canary_cmd(text: str, expect: str, guard: bool = False) -> list[str]:
+    return ["sh", "-c", CANARY_GUARD + WRITE_SCRIPT, "canary", CANARY_FILE, CANARY_LINES,
+            "color version percent offset" if text else "", expect, text, "next" if guard else ""]
+
+
+def write_canary(settings: Settings, text: str, expect: str, guard: bool = False, what: str = "") -> bool:
+    """Install the canary file (empty: remove it), then wait until the edge routes by
+    it; False when `guard` found it aborted or decided meanwhile."""
+    proc = in_edge(settings, canary_cmd(text, expect, guard), what or "writing the canary", check=False)
+    if proc.returncode == 5:
+        return False
+    if proc.returncode != 0:
+        raise ColorgateError(f"the edge refused the canary ({(proc.stderr.strip().splitlines() or ['no output'])[-1]})")
+    return True
+
+
+def is_frozen(settings: Settings) -> bool:
+    return in_edge(settings, ["test", "-f", FREEZE_FILE], check=False).returncode == 0
+
+
+def _sections(text: str) -> dict[str, str]:
+    """`@@colorgate NAME` lines and what follows each -> {NAME: text}."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (text or "").splitlines():
+        if line.startswith("@@colorgate "):
+            current = sections.setdefault(line.split(" ", 1)[1], [])
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines) for name, lines in sections.items()}
+

@@ -1,0 +1,98 @@
+"""What a run that died leaves behind, found and repaired before the next command acts.
+
+A command killed at the wrong moment (SIGKILL, a host that lost power, a laptop that
+slept: no `finally` runs) can leave the target in a state the next command would act
+on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move, apply) calls
+`reconcile` once it holds the lock, so nothing else runs meanwhile:
+
+    a write freeze           with no db.move, db.restore or apply running: writes open again
+    the replication relay    (db.move --mode replicate): removed, with what it opened (the
+                             database's rules, the host firewall's), then the publication,
+                             slot and role on the local database (a slot left behind holds
+                             WAL until the disk fills)
+    the database record      says `local` while the live color's clients use the managed
+                             database (db.move killed between its switch and its record):
+                             the live color is what serves, so the record is rewritten
+                             from it; any other disagreement is refused
+    the live color's workers not running (paused or held by a db.move that died): started
+    a canary                 with no deploy running it (one died): every user back on the
+                             live color (the canary's color is left running; the next
+                             deploy replaces it)
+
+With `dead`, the holder of a lock --break-lock broke (it died), first: the one-off
+containers it started (database tools, secret staging; labelled with its pid@host) are removed, before anything
+opens writes: a pg_restore or pg_dump that its killed `docker compose run` left going on
+alone would otherwise change data after the next command let writes in. Then the local
+database is also searched for the publication, slot and role without waiting for a
+relay to hint at them. Each repair is said in one line.
+"""
+
+from __future__ import annotations
+
+from deploy import canary, edge, facts, history, relay, runner, stack
+from deploy.config import Settings
+from deploy.errors import StackError
+from deploy.history import now
+
+
+def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
+              frozen: bool, record: dict, dead: dict | None = None, canary_left: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
+    """Repair what a dead run left (see the module), from what the lock's exec read
+    (`active`, `frozen`, the database `record`) and the services' `states`; returns the
+    states (read again when something was started) and the database record (repaired)."""
+    thorough = dead is not None
+    if dead and dead.get("pid") and dead.get("host"):
+        left = facts.one_offs(settings, f"{history.HOLDER_LABEL}={history.process_label(dead['pid'], dead['host'])}")
+        for container in left:
+            runner.engine(settings.docker_host, "remove_container", container, force=True, what="removing a dead run's one-off container")
+        if left:
+            runner.say(f"!! the run that died left {len(left)} one-off container(s) (database tools, secret staging): removed")
+    if canary_left:
+        canary.clear(settings)
+        runner.say("!! a deploy that died left its canary: every user is on the live color again")
+    if frozen:
+        edge.set_frozen(settings, False)
+        runner.say("!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again")
+    pg = settings.app.postgres
+    local = bool(pg and pg.service in states and states[pg.service].state == "running")
+    relay_left = relay.left(settings, states)
+    if relay_left:  # first: a subscriber still running cannot come back to its slot
+        relay.remove(settings)
+        runner.say("!! a db.move that died left its replication relay: removed")
+    if (relay_left or thorough) and local and not record.get("retired"):
+        found = relay.drop(settings)
+        if found:
+            runner.say(f"!! a db.move that died left its {', '.join(found)} ({relay.ROLE}) on the local database: dropped")
+    if active is not None:
+        record = _database_record(settings, record, active, states)
+        stopped = [name for name in settings.app.worker_services(active.color)
+                   if name in states and states[name].state in ("created", "exited")]
+        if stopped:
+            stack.resume(settings, stopped, facts.running_versions(states), wait=False)
+            runner.say(f"!! {active.color} is live but its workers ({', '.join(stopped)}) were not running (a db.move died): started")
+            states = facts.service_states(settings)
+    return states, record
+
+
+def on_lock(settings: Settings, held: history.Held) -> tuple[dict[str, facts.ServiceState], dict]:
+    """`reconcile` from what the lock's exec read (`held.found`), thoroughly when
+    --break-lock broke the lock of a run that died: what a locked command calls first."""
+    found = held.found
+    return reconcile(settings, found.active, facts.service_states(settings), found.frozen, found.database,
+                     dead=held.broken.holder if held.broken else None, canary_left=found.canary)
+
+
+def _database_record(settings: Settings, record: dict, active: edge.Active, states: dict[str, facts.ServiceState]) -> dict:
+    """The record, repaired when it says `local` but the live color uses a managed database."""
+    serving = facts.color_database(settings, states, active.color)
+    if not serving or serving == record["url"]:
+        return record
+    if record["url"] == "local":
+        record = {"url": serving, "moved": now(), "mode": "unknown", "from": "local", "live_color": active.color,
+                  "version": active.version, "repaired": "db.move ended between its switch and its record"}
+        edge.write_database_record(settings, record)
+        runner.say(f"!! the live {active.color} uses {serving}, but the record said the database is the stack's own "
+                   "(a db.move died between its switch and its record): record repaired")
+        return record
+    raise StackError(f"the live {active.color} uses the database {serving}, but the target's record says {record['url']}: "
+                     f"switch to the color that uses {record['url']} (`invoke status` shows which), then deploy")

@@ -1,0 +1,89 @@
+"""`server.setup`: compose/scripts/server-setup.sh run on an SSH host, with the compose
+plugin uploaded where the host's distribution has none. (The address, its errors and
+the one connection a command makes: deploy/ssh.py.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shlex
+from pathlib import Path
+
+from deploy import config, runner
+from deploy.config import Settings
+from deploy.errors import ColorgateError, CommandError
+from deploy.ssh import explain_ssh_error, parse
+
+SETUP_SCRIPT = config.shipped("colorgate_parts") / "scripts" / "server-setup.sh"
+REMOTE_DIR = "/tmp/colorgate-setup"
+
+
+def compose_binary_for(machine: str, bundled: Path | None) -> Path | None:
+    """The compose plugin to upload: the bundled one, when it suits the host's CPU."""
+    return bundled if bundled and machine.strip() == platform.machine() else None
+
+
+def server_setup(settings: Settings, user: str, public_key: str, compose_binary: Path | None = None,
+                 ssh_port: int | None = None, keep_root_login: bool = False, swarm_peers: str = "") -> list[str]:
+    """Upload and run server-setup.sh on the SSH host (as a user who may sudo, or root),
+    with `compose_binary` (this machine's compose plugin) for a host whose distribution
+    has none and whose CPU matches. sshd listens on `ssh_port` afterwards (default: the
+    port this host is reached on, so a setup never moves it unasked). Then, once `user`
+    logs in with this machine's key and is in the docker group, root's SSH login is
+    switched off (unless `keep_root_login`: a host with no other way in to set up
+    again). `swarm_peers` (addresses or CIDRs, comma-separated) makes it a Swarm node
+    whose peers reach Swarm's ports. Returns the script's report lines."""
+    target = parse(settings.docker_host)
+    port = ssh_port or target.port or 22
+
+    def run(cmd: list[str], what: str, input: str | None = None):
+        try:
+            return runner.run(cmd, what=what, input=input, timeout=1800)
+        except CommandError as exc:
+            text = exc.stderr + exc.stdout
+            explained = explain_ssh_error(target, text)
+            if explained and target.user == "root" and "refused the SSH login" in explained:
+                explained += (" (a server set up before has root's login off once its deploy user worked: "
+                              "run it as a user who may sudo, --host ssh://USER@HOST)")
+            if explained:
+                raise ColorgateError(explained) from None
+            lines = [line for line in text.strip().splitlines() if line.startswith("server-setup: ")]
+            raise ColorgateError(f"on {target.shown}: " + (lines[-1] if lines else str(exc))) from None
+
+    machine = run(target.ssh("uname", "-m"), "uname on the host").stdout
+    run(target.ssh("mkdir", "-p", "-m", "700", REMOTE_DIR), "making a work directory on the host")
+    run(target.scp(SETUP_SCRIPT, f"{REMOTE_DIR}/server-setup.sh"), "uploading server-setup.sh")
+    env = ""
+    binary = compose_binary_for(machine, compose_binary)
+    if binary:
+        run(target.scp(binary, f"{REMOTE_DIR}/docker-compose"), "uploading the compose plugin")
+        env = f"COLORGATE_COMPOSE_BINARY={REMOTE_DIR}/docker-compose "
+    sudo = "" if target.user == "root" else "sudo -n "
+    if keep_root_login:
+        env += "COLORGATE_ROOT_LOGIN=prohibit-password "
+    if swarm_peers:
+        env += f"COLORGATE_SWARM_PEERS={shlex.quote(swarm_peers)} "
+    script = f"sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)} {int(port)}"
+    cleaned = False
+    try:
+        with runner.step(f"setting up {target.shown} (server-setup.sh)"):
+            out = run(target.ssh(f"{sudo}env {env}{script}"), "server-setup.sh").stdout
+        lines = [line for line in out.splitlines() if line.startswith("server-setup: ")]
+        if keep_root_login:
+            return lines
+        deploy = dataclasses.replace(target, user=user, port=port if port != 22 else target.port)
+        works = runner.run(deploy.ssh("id", "-nG"), check=False, what=f"logging in as {user}", timeout=60)
+        if works.returncode != 0 or "docker" not in works.stdout.split():
+            return [*lines, f"server-setup: root login left as it was: {user} could not log in from here with your key "
+                            f"and use Docker ({deploy.hint()}); run server.setup again once it can"]
+        with runner.step(f"{user} logs in and uses Docker: root's SSH login off"):
+            # the work directory goes in the same session: root may not log in again
+            out = run(target.ssh(f"{sudo}env COLORGATE_ROOT_LOGIN=no {env}{script}; rc=$?; rm -rf {REMOTE_DIR}; exit $rc"),
+                      "server-setup.sh").stdout
+        cleaned = True
+        locked = [line for line in out.splitlines() if line.startswith("server-setup: changed")]
+        return [line for line in lines if not line.endswith("nothing to change: the server is set up") or not locked] + locked
+    finally:
+        if not cleaned:
+            runner.run(target.ssh(f"rm -rf {REMOTE_DIR}"), check=False, timeout=60)

@@ -1,0 +1,440 @@
+"""Rendering an app's contract into what Colorgate runs: the compose file (shared
+services as written, a blue and a green copy of each colored one, Colorgate's own parts)
+and the edge's nginx routes. Pure functions of the contract; `invoke render` prints both.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import re
+from pathlib import Path
+
+import yaml
+
+from deploy.config import shipped
+from deploy.contract import (COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
+                             SECURITY_HEADERS, App)
+
+OWN_PARTS = shipped("colorgate_parts")  # Colorgate's own services: the edge, dbtools, certbot
+
+
+def _env_dict(environment) -> dict:
+    if isinstance(environment, dict):
+        return dict(environment)
+    out = {}
+    for item in environment or []:
+        key, sep, value = str(item).partition("=")
+        out[key] = value if sep else None
+    return out
+
+
+def network_map(service: dict) -> dict:
+    """A compose service's networks as a mapping (from a list, a mapping, or none: `default`)."""
+    networks = service.get("networks")
+    return dict(networks) if isinstance(networks, dict) else dict.fromkeys(networks) if isinstance(networks, list) else {"default": None}
+
+
+# Every container Colorgate starts is locked down unless its service in the compose
+# file says otherwise: a key the service sets itself wins (`read_only: false` for an
+# image that writes outside its volumes, `cap_add: [...]`). Limits and log rotation come
+# from the settings (COLORGATE_PIDS_LIMIT, _MEMORY_LIMIT, _LOG_*).
+LOCKED_DOWN = {
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges:true"],
+    "read_only": True,
+    "tmpfs": ["/tmp"],
+    "pids_limit": "${COLORGATE_PIDS_LIMIT:-512}",
+    "mem_limit": "${COLORGATE_MEMORY_LIMIT:-1g}",
+    "logging": {"driver": "json-file",
+                "options": {"max-size": "${COLORGATE_LOG_MAX_SIZE:-10m}", "max-file": "${COLORGATE_LOG_MAX_FILES:-3}"}},
+}
+# Shared services (databases, caches) usually run images the team did not write, which
+# start as root, take their data directory and step down to their own user (the
+# official postgres, redis, mysql images): by default they keep only the capabilities
+# for that and a writable root filesystem; everything else is as above. An image that
+# runs as its own user from the start can say `cap_add: []` and `read_only: true`.
+STEP_DOWN_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+SHARED = {**LOCKED_DOWN, "cap_add": STEP_DOWN_CAPS, "read_only": False}
+
+
+def locked_down(svc: dict, defaults: dict = LOCKED_DOWN) -> dict:
+    """`svc` with every key of `defaults` it does not set itself; no-new-privileges is
+    added to a security_opt list it sets, unless that list turns it off."""
+    for key, value in defaults.items():
+        if key not in svc:
+            svc[key] = copy.deepcopy(value)
+    opts = svc["security_opt"]
+    if isinstance(opts, list) and not any(str(o).replace("=", ":").startswith("no-new-privileges") for o in opts):
+        opts.append("no-new-privileges:true")
+    return svc
+
+
+OWN_DATABASE_VARS = ("POSTGRES_DB", "POSTGRES_USER")  # the database service's, from the settings
+
+
+# What Colorgate's compose file leaves out of the app's services (often in a docs' file):
+# only the edge publishes host ports (the gates check it), and compose names containers
+# per project and color (a fixed container_name collides between colors and stacks).
+DROPPED_KEYS = ("ports", "container_name")
+
+
+def dropped(app: App) -> list[str]:
+    lines = []
+    for name, svc in app.services.items():
+        if (svc or {}).get("ports"):
+            why = ("the database is reached by its clients only, on Colorgate's networks" if app.database and name == app.database.service
+                   else "the edge routes to it" if name in app.routed else "only the edge publishes host ports")
+            lines.append(f"!! services.{name}.ports: left out: {why}")
+        if "container_name" in (svc or {}):
+            lines.append(f"!! services.{name}.container_name: left out: compose names the containers per project"
+                         + " and color" * (name in app.colored))
+    return lines
+
+
+def wiring(app: App) -> list[str]:
+    """What `invoke render` says of the app's compose file: which variables Colorgate sets
+    in which services, and ("!! ") each value of the file it replaces (a URL or a password
+    written there stops working: Colorgate gives the app its own role) or leaves out."""
+    db = app.postgres or app.database
+    if not db:
+        return dropped(app)
+    lines = [f"{var} in {', '.join(db.clients) or '(no client)'}: {what}" for var, what in db.variables()]
+    if app.postgres:
+        lines.append(f"POSTGRES_DB, POSTGRES_USER in {db.service}: from the settings; POSTGRES_PASSWORD_FILE: the path of a file "
+                     "holding POSTGRES_PASSWORD")
+    for name in (db.service, *db.clients):
+        own = _env_dict((app.services[name] or {}).get("environment"))
+        replaced = [v for v, _ in db.variables()] if name in db.clients else (
+            ["POSTGRES_PASSWORD", *OWN_DATABASE_VARS] if app.postgres else [])
+        for var in replaced:
+            value = own.get(var)
+            if value is not None and not str(value).startswith("${"):
+                how = "removed: the app reads its URL from the file" if var in db.unset else "replaced by Colorgate's"
+                lines.append(f"!! services.{name}.environment.{var}: the value written there is {how}")
+        for var, value in own.items():
+            if var not in replaced and re.search(r"://[^/\s:@]+:[^/\s@]+@", str(value or "")):
+                lines.append(f"!! services.{name}.environment.{var}: holds a URL with a password that Colorgate does not set "
+                             "(name the variable in x-colorgate.database.env to have Colorgate's URL there)")
+    return [*lines, *dropped(app)]
+
+
+def version_var(color: str) -> str:
+    return f"COLORGATE_{color.upper()}_VERSION"
+
+
+def database_var(color: str, part: str = "url") -> str:
+    """The compose variable of a color's database URL (or of one of its parts)."""
+    return f"COLORGATE_{color.upper()}_DATABASE_{part.upper()}"
+
+
+def database_label_var(color: str) -> str:
+    """The variable of a color's `org.colorgate.database` label: which database it uses,
+    `local` or the URL without its password (what facts read; the URL itself may be a file)."""
+    return f"COLORGATE_{color.upper()}_DATABASE_SHOWN"
+
+
+def secrets_volume(color: str = "") -> str:
+    """The volume of secret files of a color's database clients, or ("") of the database."""
+    return f"secrets-{color or 'db'}"
+
+
+def _mount(svc: dict, volume: str, path: str) -> None:
+    svc["volumes"] = [*(svc.get("volumes") or []), f"{volume}:{path}:ro"]
+
+
+def _without_dropped(svc: dict | None) -> dict:
+    return {key: copy.deepcopy(value) for key, value in (svc or {}).items() if key not in DROPPED_KEYS}
+
+
+def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
+    """The compose file Colorgate runs: shared services as written, two copies of each
+    colored one, and Colorgate's own parts. Secrets and versions stay `${...}` variables,
+    filled in from the validated settings when compose runs; nothing secret is written."""
+    services: dict = {}
+    # a database on compose's default network (a file naming no networks) is put on an
+    # internal network of Colorgate's with its clients: nothing else reaches it
+    own_db_network = bool(app.database and "networks" not in (app.services[app.database.service] or {})
+                          and "network_mode" not in (app.services[app.database.service] or {}))
+    for name in app.shared:
+        svc = _without_dropped(app.services[name])
+        if own_db_network and name == app.database.service:
+            svc["networks"] = [DB_NETWORK]
+        svc.setdefault("restart", "unless-stopped")
+        if app.buildable(name):
+            svc.setdefault("image", f"{prefix_var}{name}:latest")
+        env = _env_dict(svc.get("environment"))
+        if app.postgres and name == app.postgres.service:
+            # the settings' database and superuser, whatever the file says (Colorgate connects
+            # as them); the password as a file Colorgate puts there (access.stage_secrets), not
+            # in the container's environment: PostgreSQL images read POSTGRES_PASSWORD_FILE
+            env.pop("POSTGRES_PASSWORD", None)
+            env.update({key: "${%s:-}" % key for key in OWN_DATABASE_VARS})
+            env["POSTGRES_PASSWORD_FILE"] = f"{SECRETS_DIR}/{DB_PASSWORD_FILE}"
+            svc["environment"] = env
+            _mount(svc, secrets_volume(), SECRETS_DIR)
+        labels = _env_dict(svc.get("labels"))
+        labels.update({"org.colorgate.role": "database" if app.database and name == app.database.service else "shared",
+                       "org.colorgate.service": name})
+        svc["labels"] = labels
+        services[name] = locked_down(svc, SHARED)
+    for color in COLORS:
+        for name in app.colored:
+            svc = _without_dropped(app.services[name])
+            version = "${%s:-latest}" % version_var(color)
+            if app.buildable(name) or "image" not in svc:
+                svc["image"] = f"{prefix_var}{name}:{version}"
+            svc.setdefault("restart", "unless-stopped")
+            env = _env_dict(svc.get("environment"))
+            env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
+            if app.database and name in app.database.clients:
+                db = app.database
+                for var in db.unset:
+                    env.pop(var, None)
+                for var in db.env:
+                    env[var] = "${%s:-}" % database_var(color)
+                for var in db.file:  # the URL as a file of this color's (access.stage_secrets)
+                    env[var] = f"{SECRETS_DIR}/{DB_URL_FILE}"
+                for part, var in db.parts:
+                    env[var] = f"{SECRETS_DIR}/{DB_CLIENT_PASSWORD_FILE}" if part == "password_file" else "${%s:-}" % database_var(color, part)
+                if db.reads_files:
+                    _mount(svc, secrets_volume(color), SECRETS_DIR)
+                # a managed database's CA (its URL's sslrootcert), put there by Colorgate
+                _mount(svc, "dbca", DB_CA_DIR)
+            svc["environment"] = env
+            labels = _env_dict(svc.get("labels"))
+            labels.update({"org.colorgate.role": "colored", "org.colorgate.service": name, "org.colorgate.color": color})
+            if app.database and name in app.database.clients:
+                labels["org.colorgate.database"] = "${%s:-local}" % database_label_var(color)
+            svc["labels"] = labels
+            networks = network_map(svc)
+            if name in app.routed:
+                networks[EDGE_NETWORK] = None
+            if own_db_network and name in app.database.clients:
+                networks[DB_NETWORK] = None
+            svc["networks"] = networks
+            deps = svc.get("depends_on")
+            if deps:
+                items = deps.items() if isinstance(deps, dict) else ((d, None) for d in deps)
+                renamed = {app.copy_name(d, color) if d in app.colored else d: (v or {"condition": "service_started"}) for d, v in items}
+                svc["depends_on"] = renamed
+            services[app.copy_name(name, color)] = locked_down(svc)
+    own = yaml.safe_load((OWN_PARTS / "colorgate.yml").read_text())
+    db_networks = list(network_map(services[app.database.service])) if app.database else []
+    for name, svc in own["services"].items():
+        build = svc.get("build")
+        if isinstance(build, dict) and "context" in build:
+            build["context"] = str(OWN_PARTS / build["context"])
+        if name in ("dbtools", "dbrelay"):
+            svc["networks"] = list(dict.fromkeys([*db_networks, EDGE_NETWORK]))
+            if app.database:
+                svc.setdefault("environment", {})["PGHOST"] = app.database.service
+                if name == "dbrelay":
+                    svc["entrypoint"] = ["socat", "TCP-LISTEN:5433,fork,reuseaddr", f"TCP:{app.database.service}:5432"]
+        services[name] = locked_down(svc)
+    # certbot for an ACME directory on the host's own loopback (a test CA) only: the host's network
+    loopback = copy.deepcopy(services["certbot"])
+    del loopback["networks"]
+    loopback["network_mode"] = "host"
+    loopback["labels"] = {**loopback["labels"], "org.colorgate.role": "certbot-loopback"}
+    services["certbot-loopback"] = loopback
+    networks = copy.deepcopy(app.raw.get("networks") or {})
+    networks[EDGE_NETWORK] = {}
+    if own_db_network:
+        networks[DB_NETWORK] = {"internal": True}
+    volumes = copy.deepcopy(app.raw.get("volumes") or {})
+    volumes.update({name: {} for name in OWN_VOLUMES})
+    out = {"services": services, "networks": networks, "volumes": volumes}
+    for key in ("configs", "secrets"):
+        if app.raw.get(key):
+            out[key] = copy.deepcopy(app.raw[key])
+    return out
+
+
+def dump(rendered: dict, source: Path, wired: list[str] = ()) -> str:
+    header = (f"# Generated by Colorgate from {source} (its x-colorgate block): do not edit.\n"
+              "# `invoke render` prints it; values in ${...} come from the validated settings.\n"
+              + "".join(f"# {line}\n" for line in wired))
+    return header + yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False, width=120)
+
+
+# --- the edge's routes --------------------------------------------------------------
+
+
+# What the edge says of every answer itself (which color and version answered, from
+# where, a write held during a freeze, a new user's canary bucket): an app's own value of
+# one of these is never passed on.
+EDGE_SAYS = {
+    "X-Colorgate-Color": "$cg_color",
+    "X-Colorgate-Version": "$cg_version",
+    "X-Colorgate-Upstream": "$upstream_addr",
+    "X-Colorgate-Writes": "$cg_writes",
+    "X-Colorgate-Held-Ms": "$cg_held",
+}
+
+
+def edge_headers(app_owned: tuple[str, ...] = ()) -> list[str]:
+    """The edge's answer headers as nginx directives: each security header replaces the
+    app's own value (hidden, then added) unless the app owns it (`app_owned`: passed as
+    the app sent it). nginx inherits `add_header` and `proxy_hide_header` into a location
+    only when it sets none of its own, so a route that owns a header repeats them all."""
+    lines = []
+    for name, value in SECURITY_HEADERS.items():
+        if name not in app_owned:
+            lines += [f"proxy_hide_header {name};", f'add_header {name} "{value}" always;']
+    for name, value in EDGE_SAYS.items():
+        lines += [f"proxy_hide_header {name};", f"add_header {name} {value} always;"]
+    return [*lines, "add_header Set-Cookie $cg_cookie always;"]  # empty (not sent) but during a canary
+
+
+def edge_routes(app: App) -> str:
+    """The edge's answer headers and nginx `location` blocks for the routes, for the
+    edge's HTTPS server. Each sends to the live color's copy, named at request time from
+    `$cg_color`, which the edge's colorgate.lua sets from the state file in the access
+    phase."""
+    blocks = ["# the edge's answer headers (deploy/render.py edge_headers)", *edge_headers()]
+    for r in sorted(app.routes, key=lambda r: (-len(r.path), r.path)):
+        lines = [
+            f"location ^~ {r.path} {{",
+            '    access_by_lua_block { require("colorgate").route() }',
+            f"    client_max_body_size {r.body_size};",
+            f"    proxy_read_timeout {r.timeout}s;",
+            f"    proxy_send_timeout {r.timeout}s;",
+        ]
+        if r.websocket:
+            lines.append("    set $cg_websocket 1;")
+        if app.database and r.service in app.database.clients:
+            lines.append("    set $cg_database 1;  # held while the database restarts")
+        if not r.buffering:
+            lines += ["    proxy_buffering off;", "    proxy_cache off;"]
+        if r.app_headers:
+            lines += [f"    # the app's own {', '.join(r.app_headers)}", *(f"    {line}" for line in edge_headers(r.app_headers))]
+        lines += [f"    proxy_pass http://{r.service}_$cg_color:{r.port};", "}"]
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks) + "\n"
+
+
+ROUTES_HEADER = "# colorgate routes "  # the routes file's first line: this, then the digest of the rest
+
+
+def edge_routes_file(app: App) -> str:
+    """The routes as the edge keeps them in its state (deploy/edge/state.py, ROUTES_FILE):
+    a first line with their digest (what a deploy compares, so a changed contract is seen
+    before anything starts), then the routes, and an answer with the digest for the edge
+    itself only (so a reload is known to be served)."""
+    body = edge_routes(app)
+    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return (f"{ROUTES_HEADER}{digest}\n{body}"
+            f'location = /.colorgate/routes {{ access_log off; allow 127.0.0.1; deny all; return 200 "{digest}\\n"; }}\n')
+
+
+def routes_digest(text: str) -> str:
+    """The digest a routes file's first line names ("" for none, or not one of ours)."""
+    first = (text or "").partition("\n")[0].strip()
+    return first.removeprefix(ROUTES_HEADER.strip()).strip() if first.startswith(ROUTES_HEADER.strip()) else ""
+
+
+def edge_routes_b64(app: App) -> str:
+    """The routes file as an edge started by hand receives it (COLORGATE_EDGE_ROUTES):
+    Colorgate writes it into the edge's state instead."""
+    return base64.b64encode(edge_routes_file(app).encode()).decode()
+
+
+# --- a Swarm stack ----------------------------------------------------------------------
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SWARM_HEALTH_INTERVAL = "10s"
+EDGE_SWARM_HEALTHCHECK = {"test": ["CMD", "curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/healthz"],
+                          "interval": SWARM_HEALTH_INTERVAL, "timeout": "3s", "retries": 3, "start_period": "20s"}
+SWARM_DROPPED = ("build", "restart", "profiles", "pids_limit", "mem_limit", "depends_on", "container_name", "network_mode")
+
+
+def interpolate(value, env: dict[str, str]):
+    """${VAR} and ${VAR:-default} in every string of `value`, from `env` (compose's rules)."""
+    if isinstance(value, str):
+        return VARIABLE.sub(lambda m: env.get(m[1]) or (m[2] or ""), value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    return value
+
+
+def _host_ports(ports: list) -> list[dict]:
+    """Published ports in Swarm's host mode (no routing mesh: it needs IPVS): the edge
+    answers on the node it runs on. `[ADDRESS:]PUBLISHED:TARGET` -> long syntax."""
+    out = []
+    for port in ports:
+        parts = str(port).split(":")
+        out.append({"target": int(parts[-1]), "published": int(parts[-2]), "protocol": "tcp", "mode": "host"})
+    return out
+
+
+def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None, copies: dict[str, int] | None = None,
+          secrets: dict[str, dict[str, str]] | None = None, node: str = "") -> dict:
+    """The stack `docker stack deploy` runs on a Swarm, from the same rendering as the
+    compose file (`compose`), its variables filled in from `env`: every colored copy a
+    service of `copies[copy]` tasks, else `replicas[name]` (default: the contract's, else 1) reached by name (dnsrr: a name resolves
+    to its tasks' addresses, which the edge resolves per request; Swarm's virtual IPs
+    need IPVS), shared services and the edge on the manager (their volumes are there;
+    one task each, or `copies[name]`: 0 for a database db.retire-local retired;
+    the edge publishes its ports in host mode there), overlay networks that one-off
+    containers may join. Colorgate's tools (profiles) are not services. A volume of
+    secret files (access.secret_files) named in `secrets` (volume -> file -> the Swarm
+    secret holding it) becomes those secrets, at the same paths: a volume is one node's.
+    `node` (an id) pins the shared services and the edge to that manager rather than any."""
+    rendered = interpolate(compose(app), env)
+    services, used = {}, {}
+    for name, svc in rendered["services"].items():
+        if svc.get("profiles") or svc.get("network_mode"):
+            continue
+        memory = svc.get("mem_limit") or "1g"  # the service's own, else the settings' (filled in above)
+        svc = {k: v for k, v in svc.items() if k not in SWARM_DROPPED}
+        copy_of = app.split_copy(name)
+        deploy = {"endpoint_mode": "dnsrr", "resources": {"limits": {"memory": memory}}}
+        if copy_of:
+            deploy["replicas"] = (copies or {}).get(name, (replicas if replicas is not None else app.replicas).get(copy_of[0], 1))
+        else:
+            deploy.update(replicas=(copies or {}).get(name, 1), placement={"constraints": [f"node.id == {node}" if node else "node.role == manager"]})
+        if svc.get("ports"):
+            svc["ports"] = _host_ports(svc["ports"])
+        if svc.get("tmpfs"):  # a service's tmpfs key is not applied by Swarm: as mounts
+            tmpfs = svc.pop("tmpfs")
+            svc["volumes"] = [*(svc.get("volumes") or []),
+                              *({"type": "tmpfs", "target": str(t).split(":", 1)[0]} for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs))]
+        for mount in list(svc.get("volumes") or []):
+            volume, _, rest = str(mount).partition(":") if isinstance(mount, str) else ("", "", "")
+            if volume in (secrets or {}):
+                svc["volumes"].remove(mount)
+                path = rest.split(":", 1)[0]
+                svc["secrets"] = [*(svc.get("secrets") or []), *({"source": secret, "target": f"{path}/{file}", "mode": 0o444}
+                                                                 for file, secret in sorted(secrets[volume].items()))]
+                used.update({secret: {"external": True} for secret in secrets[volume].values()})
+        # Swarm counts a task as running once healthy: checked every 10 s (not the images' 300 s, which keeps one
+        # host idle: a release there runs the check itself), the image's own check unless the service says another
+        if name == "edge":
+            svc["healthcheck"] = EDGE_SWARM_HEALTHCHECK
+        elif not (svc.get("healthcheck") or {}).get("disable"):
+            svc["healthcheck"] = {**(svc.get("healthcheck") or {}), "interval": SWARM_HEALTH_INTERVAL}
+        svc["deploy"] = deploy
+        services[name] = svc
+    networks = {name: {**{k: v for k, v in (net or {}).items() if k in ("internal", "labels")}, "driver": "overlay", "attachable": True}
+                for name, net in rendered["networks"].items()}
+    if any("default" in (svc.get("networks") or {}) for svc in services.values()):
+        networks.setdefault("default", {"driver": "overlay", "attachable": True})
+    volumes = {v: spec for v, spec in rendered["volumes"].items() if v not in (secrets or {})}
+    return {"version": "3.8", "services": services, "networks": networks, "volumes": volumes, **({"secrets": used} if used else {})}
+
+
+def one_offs_on_swarm(rendered: dict, project: str) -> dict:
+    """The compose file for one-off containers (`compose run`: migrations, database
+    tools) on a Swarm manager: on the stack's networks (overlay, attachable) and its
+    volumes there, as they are, instead of compose's own."""
+    out = copy.deepcopy(rendered)
+    out["networks"] = {n: {"external": True, "name": f"{project}_{n}"} for n in rendered["networks"]}
+    if any(not svc.get("network_mode") and ("default" in (svc.get("networks") or {"default": None}))
+           for svc in rendered["services"].values()):
+        out["networks"]["default"] = {"external": True, "name": f"{project}_default"}
+    out["volumes"] = {v: {"external": True, "name": f"{project}_{v}"} for v in rendered["volumes"]}
+    return out

@@ -1,0 +1,109 @@
+"""Colorgate as a team adds it to its own repository: the wheel built from this tree,
+installed in a fresh virtualenv, run in a directory outside the source tree that holds
+only the app's compose file and its .env.development.local. `colorgate init` drafts the
+contract and the gates' test module, then `colorgate up`, `colorgate deploy`, `pytest
+features/` (the built-in gates and the app's own) and `colorgate down --volumes`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy import config, images
+
+from .conftest import isolated_env, remove_stack
+
+ROOT = config.project_root()
+
+# An app nobody wrote for Colorgate: one web service built from an inline Dockerfile,
+# publishing its port and declaring a health check, as a compose file for `docker
+# compose up` has it (the base image stands in for `python:3`: nothing can be pulled here).
+COMPOSE = """\
+name: shop
+services:
+  web:
+    build:
+      context: .
+      args:
+        BASE: ${COLORGATE_BASE_PYTHON:-colorgate-base/python:missing}
+      dockerfile_inline: |
+        ARG BASE
+        FROM $${BASE}
+        RUN mkdir -p /srv && echo "hello from the shop" > /srv/index.html && echo ok > /srv/health
+        USER 65534
+        CMD ["python3", "-m", "http.server", "8000", "--directory", "/srv"]
+    ports:
+      - "8000:8000"
+    healthcheck:
+      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:8000/health')"]
+      interval: 10s
+"""
+
+OWN_FEATURE = """\
+Feature: The shop
+  @post
+  Scenario: The shop's front page answers through the edge
+    Given the public edge
+    When I send GET "/"
+    Then the status is 200
+    And the body contains "hello from the shop"
+"""
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory) -> Path:
+    """A fresh virtualenv with the wheel of this tree installed (its dependencies from PyPI)."""
+    where = tmp_path_factory.mktemp("installed")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(where / "dist"), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(where / "venv")], check=True, timeout=120)
+    wheel = next((where / "dist").glob("colorgate-*.whl"))
+    subprocess.run([str(where / "venv" / "bin" / "pip"), "install", "--quiet", str(wheel)], check=True, capture_output=True, timeout=900)
+    return where / "venv" / "bin"
+
+
+def run(bin_dir: Path, cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COLORGATE_", "POSTGRES_", "VIRTUAL_ENV", "PYTHON"))}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([str(bin_dir / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(venv, tmp_path):
+    app = tmp_path / "shop"
+    app.mkdir()
+    (app / "compose.yaml").write_text(COMPOSE)
+    isolated = isolated_env("inst")
+    local = {k: v for k, v in isolated.items() if k != "COLORGATE_PROFILE"}
+    (app / ".env.development.local").write_text("".join(f"{k}={v}\n" for k, v in local.items()))
+    assert sorted(p.name for p in app.iterdir()) == [".env.development.local", "compose.yaml"]
+    # the installed package holds nothing of this tree's path
+    where = run(venv, app, "python", "-c", "import deploy, colorgate_parts, colorgate_gates; print(deploy.__file__)")
+    assert where.returncode == 0 and str(ROOT) not in where.stdout and "site-packages" in where.stdout, where.stdout + where.stderr
+    drafted = run(venv, app, "colorgate", "init")
+    assert drafted.returncode == 0 and "the contract is valid" in drafted.stdout, drafted.stdout + drafted.stderr
+    settings = config.load("development", root=app, environ={})  # this test's own view, to clean up whatever happens
+    images.build_bases(settings, images.missing_bases(settings))
+    try:
+        assert "!! services.web.ports: left out: the edge routes to it" in drafted.stderr
+        assert (app / "compose.colorgate.yaml").is_file() and (app / "features" / "test_colorgate.py").is_file()
+        (app / "features" / "shop.feature").write_text(OWN_FEATURE)
+        up = run(venv, app, "colorgate", "up")
+        assert up.returncode == 0 and "web_blue" in up.stdout, up.stdout + up.stderr
+        released = run(venv, app, "colorgate", "deploy")
+        assert released.returncode == 0 and "deploy: blue v1 -> green v2: switched" in released.stdout, released.stdout[-3000:] + released.stderr
+        assert "PASS  The shop: The shop's front page answers through the edge" in released.stderr  # its own gate, in the release
+        assert (app / "reports").is_dir()  # the gates' reports are the app's
+        gates = run(venv, app, "pytest", "features/", "-p", "no:cacheprovider", "-q")
+        assert gates.returncode == 0, gates.stdout[-3000:] + gates.stderr
+        assert " passed" in gates.stdout and "failed" not in gates.stdout
+        listed = run(venv, app, "pytest", "features/", "-p", "no:cacheprovider", "--collect-only", "-q")
+        names = listed.stdout
+        assert "the_shops_front_page_answers_through_the_edge" in names and "only_the_edge_publishes_host_ports" in names, names
+        down = run(venv, app, "colorgate", "down", "--volumes")
+        assert down.returncode == 0, down.stderr
+    finally:
+        remove_stack(settings)
