@@ -11,6 +11,8 @@ from importlib import metadata
 
 from invoke import Collection, Program
 
+from deploy.cli import common
+
 from deploy.cli.app import (apply, bench, bootstrap, canary_abort, canary_promote, canary_status, deploy, down, history, init, logs,
                             maintenance, render, rollback, scale, status, switch, traffic, up)
 from deploy.cli.ops import (db_backup, db_backups, db_migrate, db_move, db_restore, db_retire_local, db_unfreeze, db_verify,
@@ -23,6 +25,16 @@ ns.add_collection(Collection("canary", canary_status, canary_promote, canary_abo
 ns.add_collection(Collection("images", images_push, images_send))
 ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))
 
+
+_names = {t.body.__wrapped__: name for name in ns.task_names for t in [ns[name]]}
+
+
+def _help(fn) -> None:
+    """A task's help, as `colorgate --help TASK` prints it."""
+    Program(namespace=ns, name="Colorgate", binary="colorgate").run(["colorgate", "--help", _names[fn]], exit=False)
+
+
+common.show_help = _help
 
 
 def main() -> None:

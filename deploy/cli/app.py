@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from invoke import task
 
 from deploy import apply as _apply, bootstrap as _bootstrap, canary as canary_steps, contract, edge, history as _history, release, scaffold
 from deploy import render as _render, runner, stack, traffic as _traffic, views
-from deploy.cli.common import HOST_HELP, LOCK_HELP, REGISTRY_HELP, _load, _report, _say_left_out, _target, operator_errors
+from deploy.cli.common import HOST_HELP, LOCK_HELP, REGISTRY_HELP, _load, _report, _say_left_out, _target, operator_errors, task
 from deploy.errors import ColorgateError
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+import invoke
 from invoke import Exit
 
 from deploy import bootstrap as _bootstrap, config, render as _render, runner, swarm as _swarm
@@ -18,11 +19,23 @@ DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
 logging.basicConfig(level=logging.DEBUG if DEBUG else logging.WARNING, format="%(message)s")
 
 
+# Every task's options are long ones only: invoke's automatic short flags made `-h` mean
+# --host (so `colorgate deploy -h` asked for a host) and gave one letter several meanings.
+task = functools.partial(invoke.task, auto_shortflags=False)
+
+# Set by deploy.cli: prints a task's help (what `colorgate --help TASK` prints).
+show_help = None
+HELP_WORDS = ("--help", "-h")
+
+
 def operator_errors(fn):
-    """Turn Colorgate errors into one line and exit code 1 (a traceback only in debug)."""
+    """Turn Colorgate errors into one line and exit code 1 (a traceback only in debug).
+    `--help` where a task takes a positional argument is help, not that argument."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if show_help and any(value in HELP_WORDS for value in (*args[1:], *kwargs.values()) if isinstance(value, str)):
+            return show_help(fn)
         runner.on_signals()  # SIGTERM, SIGHUP: the clean-up of Ctrl-C, not an abrupt end
         try:
             return fn(*args, **kwargs)

@@ -8,11 +8,11 @@ import json
 import os
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import Exit
 
 from deploy import access, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys
 from deploy import move as _move, release, remote as _remote, runner, stack, tls as _tls, views
-from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors
+from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task
 from deploy.errors import ColorgateError
 
 

@@ -141,6 +141,23 @@ def test_switch_without_a_color_is_one_line_and_help_is_help():
     assert helped.returncode == 0 and "Move traffic to an already running color" in helped.stdout
 
 
+@pytest.mark.parametrize("args", [("logs", "--help"), ("db.restore", "--help"), ("db.verify", "-h"), ("scale", "--help"), ("deploy", "-h")])
+def test_help_is_help_for_every_task_even_where_it_takes_an_argument(args):
+    """`-h` is no short flag of an option (it meant --host), and `--help` in the place of a
+    positional argument is not taken as its value (a service, a backup): nothing is reached."""
+    proc = cli(*args, COLORGATE_DOCKER_HOST="unix:///nonexistent/cg.sock")
+    assert proc.returncode == 0 and "Docstring:" in proc.stdout and "--host" in proc.stdout, (proc.stdout, proc.stderr)
+    assert proc.stderr == ""
+
+
+def test_the_colorgate_command_runs_the_same_tasks_as_invoke():
+    listed = subprocess.run([str(Path(INVOKE).with_name("colorgate")), "--list"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert listed.returncode == 0
+    import tasks
+
+    assert {line.split()[0] for line in listed.stdout.splitlines()[2:] if line.startswith("  ") and not line.startswith("   ")} == set(tasks.ns.task_names)
+
+
 def test_a_bad_ssh_port_for_server_setup_is_one_line(tmp_path):
     key = tmp_path / "k.pub"
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNvbG9yZ2F0ZS10ZXN0LWtleS1ub3QtcmVhbC0xMjM0NTY x@y\n")

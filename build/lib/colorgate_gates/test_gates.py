@@ -1,5 +1,0 @@
-"""Collects every *.feature in this directory as gate scenarios (steps: steps/)."""
-
-from pytest_bdd import scenarios
-
-scenarios(".")

@@ -1,1 +1,0 @@
-"""Colorgate: blue/green deploys of a Docker Compose stack behind nginx, gated."""
