@@ -63,13 +63,13 @@ def changes(settings: Settings, color: str, versions: dict[str, str], retired: b
     stack is applied as a whole: only the routes are read."""
     beside = stack.infra_services(settings, retired)
     line = edge.read_routes_line(settings) if routes_line is None else routes_line
-    wanted = render.routes_digest(render.edge_routes_file(settings.app))
+    wanted = edge.routes_digest(edge.edge_routes_file(settings.app))
     if settings.swarm:
-        return changes_from({}, beside, render.routes_digest(line), wanted)
+        return changes_from({}, beside, edge.routes_digest(line), wanted)
     proc = runner.run(stack.compose_cmd(settings, "--dry-run", "up", "--detach", "--no-build", "--no-deps", "--pull", "never",
                                         *beside, *settings.app.color_services(color)),
                       env=stack.compose_env(settings, versions), what="docker compose up --dry-run")
-    return changes_from(facts.parse_dry_run(proc.stderr + proc.stdout, settings.project), beside, render.routes_digest(line), wanted)
+    return changes_from(facts.parse_dry_run(proc.stderr + proc.stdout, settings.project), beside, edge.routes_digest(line), wanted)
 
 
 def refusal(found: list[Change]) -> str:

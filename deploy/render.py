@@ -1,13 +1,11 @@
 """Rendering an app's contract into what Colorgate runs: the compose file (shared
 services as written, a blue and a green copy of each colored one, Colorgate's own parts)
-and the edge's nginx routes. Pure functions of the contract; `invoke render` prints both.
+(the edge's nginx routes are deploy/edge/routes.py). Pure functions of the contract.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
-import hashlib
 import re
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import yaml
 
 from deploy.config import shipped
 from deploy.contract import (COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
-                             SECURITY_HEADERS, App)
+                             App)
 
 OWN_PARTS = shipped("colorgate_parts")  # Colorgate's own services: the edge, dbtools, certbot
 
@@ -258,90 +256,6 @@ def dump(rendered: dict, source: Path, wired: list[str] = ()) -> str:
               + "".join(f"# {line}\n" for line in wired))
     return header + yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False, width=120)
 
-
-# --- the edge's routes --------------------------------------------------------------
-
-
-# What the edge says of every answer itself (which color and version answered, from
-# where, a write held during a freeze, a new user's canary bucket): an app's own value of
-# one of these is never passed on.
-EDGE_SAYS = {
-    "X-Colorgate-Color": "$cg_color",
-    "X-Colorgate-Version": "$cg_version",
-    "X-Colorgate-Upstream": "$upstream_addr",
-    "X-Colorgate-Writes": "$cg_writes",
-    "X-Colorgate-Held-Ms": "$cg_held",
-}
-
-
-def edge_headers(app_owned: tuple[str, ...] = ()) -> list[str]:
-    """The edge's answer headers as nginx directives: each security header replaces the
-    app's own value (hidden, then added) unless the app owns it (`app_owned`: passed as
-    the app sent it). nginx inherits `add_header` and `proxy_hide_header` into a location
-    only when it sets none of its own, so a route that owns a header repeats them all."""
-    lines = []
-    for name, value in SECURITY_HEADERS.items():
-        if name not in app_owned:
-            lines += [f"proxy_hide_header {name};", f'add_header {name} "{value}" always;']
-    for name, value in EDGE_SAYS.items():
-        lines += [f"proxy_hide_header {name};", f"add_header {name} {value} always;"]
-    return [*lines, "add_header Set-Cookie $cg_cookie always;"]  # empty (not sent) but during a canary
-
-
-def edge_routes(app: App) -> str:
-    """The edge's answer headers and nginx `location` blocks for the routes, for the
-    edge's HTTPS server. Each sends to the live color's copy, named at request time from
-    `$cg_color`, which the edge's colorgate.lua sets from the state file in the access
-    phase."""
-    blocks = ["# the edge's answer headers (deploy/render.py edge_headers)", *edge_headers()]
-    for r in sorted(app.routes, key=lambda r: (-len(r.path), r.path)):
-        lines = [
-            f"location ^~ {r.path} {{",
-            '    access_by_lua_block { require("colorgate").route() }',
-            f"    client_max_body_size {r.body_size};",
-            f"    proxy_read_timeout {r.timeout}s;",
-            f"    proxy_send_timeout {r.timeout}s;",
-        ]
-        if r.websocket:
-            lines.append("    set $cg_websocket 1;")
-        if app.database and r.service in app.database.clients:
-            lines.append("    set $cg_database 1;  # held while the database restarts")
-        if not r.buffering:
-            lines += ["    proxy_buffering off;", "    proxy_cache off;"]
-        if r.app_headers:
-            lines += [f"    # the app's own {', '.join(r.app_headers)}", *(f"    {line}" for line in edge_headers(r.app_headers))]
-        lines += [f"    proxy_pass http://{r.service}_$cg_color:{r.port};", "}"]
-        blocks.append("\n".join(lines))
-    return "\n".join(blocks) + "\n"
-
-
-ROUTES_HEADER = "# colorgate routes "  # the routes file's first line: this, then the digest of the rest
-
-
-def edge_routes_file(app: App) -> str:
-    """The routes as the edge keeps them in its state (deploy/edge/state.py, ROUTES_FILE):
-    a first line with their digest (what a deploy compares, so a changed contract is seen
-    before anything starts), then the routes, and an answer with the digest for the edge
-    itself only (so a reload is known to be served)."""
-    body = edge_routes(app)
-    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    return (f"{ROUTES_HEADER}{digest}\n{body}"
-            f'location = /.colorgate/routes {{ access_log off; allow 127.0.0.1; deny all; return 200 "{digest}\\n"; }}\n')
-
-
-def routes_digest(text: str) -> str:
-    """The digest a routes file's first line names ("" for none, or not one of ours)."""
-    first = (text or "").partition("\n")[0].strip()
-    return first.removeprefix(ROUTES_HEADER.strip()).strip() if first.startswith(ROUTES_HEADER.strip()) else ""
-
-
-def edge_routes_b64(app: App) -> str:
-    """The routes file as an edge started by hand receives it (COLORGATE_EDGE_ROUTES):
-    Colorgate writes it into the edge's state instead."""
-    return base64.b64encode(edge_routes_file(app).encode()).decode()
-
-
-# --- a Swarm stack ----------------------------------------------------------------------
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SWARM_HEALTH_INTERVAL = "10s"

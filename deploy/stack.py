@@ -251,14 +251,14 @@ def up(settings: Settings, version: str | None = None,
         active = edge.read_active(settings) if edge_running else None
         with prepare(active.color) if active and prepare else contextlib.nullcontext():
             if edge_running:  # an edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it
-                edge.sync_routes(settings, render.edge_routes_file(settings.app), reload=bool(edge.read_routes_line(settings).strip()))
+                edge.sync_routes(settings, edge.edge_routes_file(settings.app), reload=bool(edge.read_routes_line(settings).strip()))
             with runner.step(f"starting {' and '.join(infra)}"):
                 try:
                     start(settings, infra, env)
                 except CommandError as exc:
                     raise _explain_compose_error(settings, exc) from None
                 wait_ready(settings, infra)
-            edge.sync_routes(settings, render.edge_routes_file(settings.app))
+            edge.sync_routes(settings, edge.edge_routes_file(settings.app))
         access.mark_project(settings)
         access.check_database(settings)
 

@@ -80,7 +80,7 @@ def render(c, profile=None, host=None, routes=False):
     (colored copies, shared services, Colorgate's own parts); secrets stay ${...}."""
     settings = _load(profile, host)
     if routes:
-        print(_render.edge_routes(settings.app), end="")
+        print(edge.edge_routes(settings.app), end="")
         return
     print(_render.dump(_render.compose(settings.app), settings.app.file, _render.wiring(settings.app)), end="")
     _say_left_out(settings.app)

@@ -30,8 +30,8 @@ the built-in features names a service, a port or a path of any app.
         clients: [web, worker]            # default: colored services on the db's networks
 
 Parsing and validation are pure (`parse`, in parse.py; the App and its parts are in
-model.py); deploy/render.py turns an App into the compose file Colorgate runs and the
-edge's routes.
+model.py); deploy/render.py turns an App into the compose file Colorgate runs, and
+deploy/edge/routes.py into the edge's routes.
 """
 
 from deploy.contract.model import *  # noqa: F401,F403

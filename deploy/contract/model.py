@@ -38,7 +38,10 @@ SECURITY_HEADERS = {
     # forbids only framing, plugins and a foreign <base>: any SPA works under it
     "Content-Security-Policy": "frame-ancestors 'none'; base-uri 'self'; object-src 'none'",
 }
-BLOCK_KEYS = ("colored", "shared", "routes", "health", "migrations", "database")
+BLOCK_KEYS = ("colored", "shared", "routes", "health", "migrations", "database", "secrets")
+SECRET_KEYS = ("services", "env")
+SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+APP_SECRETS_DIR = "/run/app-secrets"  # the app's own secrets (x-colorgate.secrets), one file each, read-only
 COLORED_KEYS = ("replicas",)
 ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size", "analysis", "app_headers")
 ROUTE_ANALYSIS_KEYS = ("max_error_ratio", "max_p95_ms")
@@ -116,6 +119,31 @@ class Database:
 
 
 @dataclass(frozen=True)
+class Secret:
+    """One of the app's own secrets (an API key, a signing key): its value comes from the
+    settings (COLORGATE_SECRET_<NAME>, or a command: COLORGATE_SECRET_<NAME>_COMMAND) and
+    reaches each of `services` as the file APP_SECRETS_DIR/<name>, never its environment."""
+
+    name: str
+    services: tuple[str, ...]
+    env: str = ""  # a variable set to the file's path, for an app that reads it from one (STRIPE_KEY_FILE)
+
+    @property
+    def path(self) -> str:
+        return f"{APP_SECRETS_DIR}/{self.name}"
+
+    @property
+    def key(self) -> str:
+        """The setting that holds its value (its command: this and `_COMMAND`)."""
+        return f"COLORGATE_SECRET_{self.name.upper()}"
+
+
+def app_secrets_volume(color: str, service: str) -> str:
+    """The volume of the secret files of one colored copy (only its own secrets)."""
+    return f"secrets-{color}-{service}"
+
+
+@dataclass(frozen=True)
 class App:
     """An app's contract, validated. `services` is the compose file's services, as written."""
 
@@ -129,6 +157,7 @@ class App:
     database: Database | None
     raw: dict = field(repr=False, compare=False, default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)  # tasks per color on a Swarm (x-colorgate.colored.NAME.replicas; 1)
+    secrets: tuple[Secret, ...] = ()  # the app's own (x-colorgate.secrets)
 
     @property
     def directory(self) -> Path:

@@ -11,7 +11,8 @@ import yaml
 
 from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, DB_NETWORK, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
                                    MIGRATION_KEYS, OWN_SERVICES, DATABASE_PARTS, DATABASE_SCHEMES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
-                                   SECURITY_HEADERS, SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, _networks_of)
+                                   SECRET_KEYS, SECRET_NAME, SECURITY_HEADERS, SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, Secret,
+                                   _networks_of)
 from deploy.errors import ContractError
 
 
@@ -320,7 +321,32 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         if "replicas" in options:
             replicas[name] = _int(options["replicas"], f"{where}.replicas", 1, 100)
     return App(file=path, services=services, colored=tuple(colored), shared=tuple(shared), routes=tuple(routes),
-               health=health, migrations=migrations, database=database, raw=data, replicas=replicas)
+               health=health, migrations=migrations, database=database, raw=data, replicas=replicas,
+               secrets=_secrets(block.get("secrets"), services, colored))
+
+
+def _secrets(raw, services: dict, colored: list[str]) -> tuple[Secret, ...]:
+    """x-colorgate.secrets: name -> the colored services that get it (a list), or
+    {services: [...], env: VAR}, VAR set to the file's path."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ContractError("x-colorgate.secrets: should be a mapping of each secret's name to the services that get it")
+    found = []
+    for name, spec in (raw or {}).items():
+        where = f"x-colorgate.secrets.{name}"
+        if not isinstance(name, str) or not SECRET_NAME.fullmatch(name):
+            raise ContractError(f"{where}: a secret's name is lowercase letters, digits and '_', such as stripe_key")
+        spec = {"services": spec} if isinstance(spec, list) else _keys(spec, SECRET_KEYS, where)
+        names = [_known(n, services, f"{where}.services[{i}]") for i, n in enumerate(_names(spec.get("services"), f"{where}.services"))]
+        if not names:
+            raise ContractError(f"{where}.services: name the colored services that get it")
+        stray = [n for n in names if n not in colored]
+        if stray:
+            raise ContractError(f"{where}.services: {stray[0]!r} is not colored: secrets reach colored services (a shared one reads its own)")
+        env = spec.get("env", "")
+        if env and not (isinstance(env, str) and ENV_NAME.fullmatch(env)):
+            raise ContractError(f"{where}.env: should be an environment variable name such as {name.upper()}_FILE")
+        found.append(Secret(name, tuple(names), env))
+    return tuple(found)
 
 
 def _size(value, where: str) -> str:

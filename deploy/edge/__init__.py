@@ -18,8 +18,10 @@ The live color is read from the edge itself, never from a file on the operator's
 machine. Rendering and parsing are pure; the commands that read and change the edge
 are returned as argument lists for deploy.runner. Two parts: state.py (the routing
 state: live, canary, freeze, maintenance, the database record) and ledger.py (the
-release lock and the history); nothing outside this package touches those files.
+release lock and the history), and routes.py renders the routes file it loads; nothing
+outside this package touches those files.
 """
 
 from deploy.edge.ledger import *  # noqa: F401,F403
+from deploy.edge.routes import *  # noqa: F401,F403
 from deploy.edge.state import *  # noqa: F401,F403

@@ -11,10 +11,11 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from deploy import facts, render, runner
+from deploy import facts, runner
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
 from deploy.errors import BadVersion, ColorgateError, CommandError, StackError
+from deploy.edge.routes import routes_digest
 
 STATE_DIR = "/etc/colorgate/state"
 LIVE_FILE = f"{STATE_DIR}/live"
@@ -22,7 +23,7 @@ FREEZE_FILE = f"{STATE_DIR}/freeze"
 MAINTENANCE_FILE = f"{STATE_DIR}/maintenance"
 DATABASE_RECORD = f"{STATE_DIR}/database.json"
 CANARY_FILE = f"{STATE_DIR}/canary"
-ROUTES_FILE = f"{STATE_DIR}/routes.conf"  # the app's routes and the edge's answer headers (render.edge_routes_file)
+ROUTES_FILE = f"{STATE_DIR}/routes.conf"  # the app's routes and the edge's answer headers (edge_routes_file)
 # What the edge routes now and its requests in flight per color (colorgate.lua),
 # answered only inside the container.
 STATE_URL = "http://127.0.0.1:8080/.colorgate/state"
@@ -206,16 +207,16 @@ def routes_cmd(text: str, digest: str, reload: bool = True) -> list[str]:
 
 
 def write_routes(settings: Settings, text: str, digest: str, reload: bool = True) -> None:
-    """Install the edge's routes (render.edge_routes_file) with a graceful reload (unless
+    """Install the edge's routes (edge_routes_file) with a graceful reload (unless
     not `reload`): requests in flight finish on the old workers."""
     in_edge(settings, routes_cmd(text, digest, reload), "reloading the edge with its new routes")
 
 
 def sync_routes(settings: Settings, text: str, reload: bool = True) -> bool:
-    """Give the edge `text` (render.edge_routes_file) unless it has those routes already:
+    """Give the edge `text` (edge_routes_file) unless it has those routes already:
     with a graceful reload (unless not `reload`). Returns whether it wrote them."""
-    digest = render.routes_digest(text)
-    if render.routes_digest(read_routes_line(settings)) == digest:
+    digest = routes_digest(text)
+    if routes_digest(read_routes_line(settings)) == digest:
         return False
     with runner.step("giving the edge the contract's routes (nginx -t, graceful reload)" if reload else "keeping the contract's routes in the edge's state"):
         write_routes(settings, text, digest, reload)

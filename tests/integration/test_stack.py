@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from deploy import access, config, contract, edge, facts, gates, render, runner, stack, tls, traffic
+from deploy import access, config, contract, edge, facts, gates, runner, stack, tls, traffic
 from deploy.errors import ConfigError
 
 from .conftest import free_port, invoke
@@ -151,7 +151,7 @@ def test_the_edge_limits_requests_per_client(live_stack, settings):
     name, port = f"{settings.project}-limits-{secrets.token_hex(3)}", free_port()
     runner.run(["docker", "run", "--detach", "--name", name, "-p", f"127.0.0.1:{port}:8443",
                 "-e", "COLORGATE_RATE_LIMIT=1", "-e", "COLORGATE_RATE_BURST=3", "-e", "COLORGATE_CONN_LIMIT=7",
-                "-e", f"COLORGATE_EDGE_ROUTES={render.edge_routes_b64(settings.app)}", f"{settings.image_prefix}edge:latest"])
+                "-e", f"COLORGATE_EDGE_ROUTES={edge.edge_routes_b64(settings.app)}", f"{settings.image_prefix}edge:latest"])
     try:
         for _ in range(100):  # up: its plain-HTTP port answers inside (the limits are on HTTPS only)
             if runner.run(["docker", "exec", name, "curl", "-sf", "http://127.0.0.1:8080/healthz"], check=False).returncode == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, contract, keys, render
+from deploy import config, contract, edge, keys, render
 from deploy.errors import ContractError
 
 ROOT = config.project_root()
@@ -322,7 +322,7 @@ def test_every_container_is_locked_down_unless_its_service_says_otherwise():
 
 
 def test_the_edge_routes_follow_the_contract():
-    text = render.edge_routes(contract.parse(BASE))
+    text = edge.edge_routes(contract.parse(BASE))
     api_at, web_at = text.index("location ^~ /api/ {"), text.index("location ^~ / {")
     assert api_at < web_at  # the longest prefix first (nginx picks the longest anyway)
     api, web = text[api_at:web_at], text[web_at:]
@@ -341,7 +341,7 @@ def test_the_edge_replaces_an_apps_own_security_headers_unless_a_route_lets_the_
     data["x-colorgate"]["routes"][0]["app_headers"] = ["content-security-policy", "Strict-Transport-Security"]
     app = contract.parse(data)
     assert app.routes[0].app_headers == ("Content-Security-Policy", "Strict-Transport-Security")
-    text = render.edge_routes(app)
+    text = edge.edge_routes(app)
     server, api, web = text[:text.index("location")], text[text.index("location ^~ /api/ {"):text.index("location ^~ / {")], \
         text[text.index("location ^~ / {"):]
     for name, value in contract.SECURITY_HEADERS.items():
