@@ -23,7 +23,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploy import contract, edge, facts, history, images, render, runner
+from deploy import appsecrets, contract, edge, facts, history, images, render, runner
 from deploy.config import Settings
 from deploy.keys import app_url, shown_url, tls_params, url_parts
 from deploy.errors import CommandError, ConfigError
@@ -37,8 +37,9 @@ def secret_files(settings: Settings, colors: dict[str, str], database: bool = Fa
     password (`database`: for the database and the one-off dbtools) and the dbtools'
     other passwords (`tools`: a managed database's, name -> password), each of
     `colors`' database URL (color -> URL, when the app reads it from a file; "": the
-    configured one) and a managed database's CA (a URL's sslrootcert, a file on this
-    machine; one CA for both colors). Holds secrets."""
+    configured one), the app's own secrets of each of `colors`' copies (appsecrets) and a
+    managed database's CA (a URL's sslrootcert, a file on this machine; one CA for both
+    colors). Holds secrets."""
     app = settings.app
     files: dict[str, dict[str, str]] = {}
     if database and app.postgres:
@@ -51,6 +52,10 @@ def secret_files(settings: Settings, colors: dict[str, str], database: bool = Fa
             files[render.secrets_volume(color)] = {
                 **({contract.DB_URL_FILE: app_url(url, db.scheme)} if db.file else {}),
                 **({contract.DB_CLIENT_PASSWORD_FILE: url_parts(url)["password"]} if "password_file" in dict(db.parts) else {})}
+    for color in colors:  # the app's own secrets: each copy gets only those named for its service
+        for secret in app.secrets:
+            for service in secret.services:
+                files.setdefault(contract.app_secrets_volume(color, service), {})[secret.name] = appsecrets.value(settings, secret)
     pems = {Path(root).read_text() for root in (tls_params(url)[1] for url in urls.values()) if root}
     if len(pems) > 1:
         raise ConfigError("the two colors' database URLs name different CA files (sslrootcert): "

@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from deploy import contract, runner
 from deploy.errors import ConfigError
-from deploy.keys import GATE_PREFIX, KEYS, PLACEHOLDER, PROFILE_DEFAULTS, PROFILES, STRICT_PROFILES
+from deploy.keys import GATE_PREFIX, KEYS, PLACEHOLDER, PREFIXES, PROFILE_DEFAULTS, PROFILES, SECRET_PREFIX, STRICT_PROFILES
 
 @dataclass(frozen=True)
 class Settings:
@@ -90,6 +90,8 @@ class Settings:
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     # COLORGATE_GATE_*: secrets the app's own gates use (a password, a token), masked everywhere
     gate_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # COLORGATE_SECRET_<NAME>[_COMMAND]: the app's own secrets, or the commands that print them (deploy/appsecrets.py)
+    app_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def as_environment(self) -> dict[str, str]:
         """These settings as environment variables, for a child process (the gates)
@@ -223,7 +225,7 @@ def merge_sources(
     sources: dict[str, str] = {}
     for origin, layer in layers:
         for key, value in layer.items():
-            if key.startswith(GATE_PREFIX) and len(key) > len(GATE_PREFIX):
+            if any(key.startswith(prefix) and len(key) > len(prefix) for prefix in PREFIXES):
                 values[key], sources[key] = value, origin
                 continue
             if key not in KEYS:
@@ -232,7 +234,7 @@ def merge_sources(
                 raise ConfigError(f"{origin}: unknown key {key}: {hint}")
             values[key] = value
             sources[key] = origin
-    for key in [*KEYS, *(k for k in environ if k.startswith(GATE_PREFIX) and len(k) > len(GATE_PREFIX))]:
+    for key in [*KEYS, *(k for k in environ if any(k.startswith(prefix) and len(k) > len(prefix) for prefix in PREFIXES))]:
         if key in environ:
             values[key] = environ[key]
             sources[key] = "the environment"
@@ -296,8 +298,10 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
     for key, value in gate_secrets.items():
         if profile in STRICT_PROFILES and PLACEHOLDER.search(value):
             raise ConfigError(f"{key} in {sources.get(key, profile_file)} is a placeholder: set a real value in {profile_file}.local or the environment")
+    app_secrets = {key: value for key, value in values.items() if key.startswith(SECRET_PREFIX)}
+    check_app_secrets(profile, app, app_secrets, sources)
     values = {spec.attr or key.removeprefix("COLORGATE_").lower(): parsed[key] for key, spec in KEYS.items()}
-    values["gate_secrets"] = gate_secrets
+    values["gate_secrets"], values["app_secrets"] = gate_secrets, app_secrets
     registry = parsed["COLORGATE_REGISTRY"]
     project = parsed["COLORGATE_PROJECT"] or app.name
     values.update(  # what follows from more than one key
@@ -308,6 +312,23 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
         move_relay_host=parsed["COLORGATE_MOVE_RELAY_HOST"] or parsed["COLORGATE_DOMAIN"],
     )
     return Settings(profile=profile, root=root, app=app, sources=dict(sources), raw=raw_values, **values)
+
+
+def check_app_secrets(profile: str, app: contract.App, found: Mapping[str, str], sources: Mapping[str, str]) -> None:
+    """Each COLORGATE_SECRET_* key names a secret of the contract, by a value or a command
+    (not both), and no value is a placeholder on staging or production."""
+    names = {secret.key: secret for secret in app.secrets}
+    for key, value in found.items():
+        base = key.removesuffix("_COMMAND")
+        where = sources.get(key, f".env.{profile}")
+        if base not in names:
+            known = ", ".join(sorted(s.name for s in app.secrets)) or "none"
+            raise ConfigError(f"{key} in {where}: the contract names no secret {base.removeprefix(SECRET_PREFIX).lower()!r} "
+                              f"(x-colorgate.secrets names {known}): add it there, or remove the key")
+        if key == base and f"{key}_COMMAND" in found:
+            raise ConfigError(f"{key} and {key}_COMMAND are both set ({where}, {sources.get(key + '_COMMAND')}): keep the value or the command")
+        if key == base and profile in STRICT_PROFILES and PLACEHOLDER.search(value):
+            raise ConfigError(f"{key} in {where} is a placeholder: set a real value in .env.{profile}.local or the environment")
 
 
 SAMPLE = "examples/spa-api-postgres"
@@ -363,6 +384,9 @@ def load(profile: str | None = None, root: Path | None = None, environ: Mapping[
     runner.add_secret(settings.registry_password)
     for secret in settings.gate_secrets.values():
         runner.add_secret(secret)
+    for key, secret in settings.app_secrets.items():
+        if not key.endswith("_COMMAND"):
+            runner.add_secret(secret)
     if settings.database_url:
         runner.add_secret(unquote(urlsplit(settings.database_url).password or ""))
         runner.add_secret(settings.database_url)

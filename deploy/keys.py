@@ -36,6 +36,10 @@ PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me|<[^>]+>|^x{3,}$|^todo$
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 GATE_PREFIX = "COLORGATE_GATE_"  # keys of this prefix: secrets of the app's own gates (a password, a token)
+# keys of this prefix: the app's own secrets (x-colorgate.secrets): COLORGATE_SECRET_<NAME>
+# holds a value, COLORGATE_SECRET_<NAME>_COMMAND a command that prints it (deploy/appsecrets.py)
+SECRET_PREFIX = "COLORGATE_SECRET_"
+PREFIXES = (GATE_PREFIX, SECRET_PREFIX)
 PROJECT_OR_APP = re.compile(r"^([a-z0-9][a-z0-9_-]{0,62})?$")
 OPTIONAL_IDENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,58})?$")  # room for the app role's "_app"
 IMAGE_PREFIX = re.compile(r"^([a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?/)*([a-z0-9]+([._-][a-z0-9]+)*/)?$")

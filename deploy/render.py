@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from deploy.config import shipped
-from deploy.contract import (COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
-                             App)
+from deploy.contract import (APP_SECRETS_DIR, COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
+                             App, app_secrets_volume)
 
 OWN_PARTS = shipped("colorgate_parts")  # Colorgate's own services: the edge, dbtools, certbot
 
@@ -138,6 +138,10 @@ def secrets_volume(color: str = "") -> str:
     return f"secrets-{color or 'db'}"
 
 
+def app_secrets_volumes(app: App) -> list[str]:
+    return sorted({app_secrets_volume(color, name) for secret in app.secrets for name in secret.services for color in COLORS})
+
+
 def _mount(svc: dict, volume: str, path: str) -> None:
     svc["volumes"] = [*(svc.get("volumes") or []), f"{volume}:{path}:ro"]
 
@@ -200,6 +204,10 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
                     _mount(svc, secrets_volume(color), SECRETS_DIR)
                 # a managed database's CA (its URL's sslrootcert), put there by Colorgate
                 _mount(svc, "dbca", DB_CA_DIR)
+            own = [secret for secret in app.secrets if name in secret.services]
+            if own:  # the app's own secrets, each a file of this copy's own volume (access.stage_secrets)
+                _mount(svc, app_secrets_volume(color, name), APP_SECRETS_DIR)
+                env.update({secret.env: secret.path for secret in own if secret.env})
             svc["environment"] = env
             labels = _env_dict(svc.get("labels"))
             labels.update({"org.colorgate.role": "colored", "org.colorgate.service": name, "org.colorgate.color": color})
@@ -242,7 +250,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     if own_db_network:
         networks[DB_NETWORK] = {"internal": True}
     volumes = copy.deepcopy(app.raw.get("volumes") or {})
-    volumes.update({name: {} for name in OWN_VOLUMES})
+    volumes.update({name: {} for name in (*OWN_VOLUMES, *app_secrets_volumes(app))})
     out = {"services": services, "networks": networks, "volumes": volumes}
     for key in ("configs", "secrets"):
         if app.raw.get(key):

@@ -16,13 +16,14 @@ from deploy.cli import common
 from deploy.cli.app import (apply, bench, bootstrap, canary_abort, canary_promote, canary_status, deploy, down, history, init, logs,
                             maintenance, render, rollback, scale, status, switch, traffic, up)
 from deploy.cli.ops import (db_backup, db_backups, db_migrate, db_move, db_restore, db_retire_local, db_unfreeze, db_verify,
-                            images_push, images_send, server_setup, tls_init, tls_renew, tls_schedule, tls_status)
+                            images_push, images_send, secrets_check, server_setup, tls_init, tls_renew, tls_schedule, tls_status)
 
 ns = Collection(bootstrap, init, up, apply, down, status, render, logs, traffic, maintenance, deploy, switch, rollback, history, scale, bench)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
 ns.add_collection(Collection("canary", canary_status, canary_promote, canary_abort))
 ns.add_collection(Collection("images", images_push, images_send))
+ns.add_collection(Collection("secrets", secrets_check))
 ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))
 
 

@@ -29,7 +29,7 @@ def bootstrap(c, profile=None, host=None):
 @operator_errors
 def up(c, profile=None, host=None, registry=None, version=None, yes=False):
     """Start the stack, or apply what changed beside the colors of a running one (as apply)."""
-    settings = _target(profile, host, registry)
+    settings = _target(profile, host, registry, starts=True)
     _say_left_out(settings.app)
     _apply.up(settings, version=version and edge.check_version(version), yes=yes)
     print(views.format_status(views.status(settings)))
@@ -40,7 +40,7 @@ def up(c, profile=None, host=None, registry=None, version=None, yes=False):
 @operator_errors
 def apply(c, profile=None, host=None, registry=None, plan=False, yes=False):
     """Apply a changed contract or settings beside the colors: routes reloaded, new networks attached, shared services recreated."""
-    settings = _target(profile, host, registry)
+    settings = _target(profile, host, registry, starts=True)
     if plan:
         print("\n".join(_apply.plan(settings)))
         return
@@ -153,7 +153,7 @@ def deploy(c, version=None, force=False, canary=None, keep_rejected=False, profi
     """Ship a version to the inactive color: build, start, gate, switch, gate again
     (switching back by itself if the post-switch gates fail)."""
     shares = canary_steps.parse_percents(canary) if canary else ()
-    settings = _target(profile, host, registry)
+    settings = _target(profile, host, registry, starts=True)
     _report(release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares, keep_rejected=keep_rejected))
 
 

@@ -12,7 +12,7 @@ import sys
 import invoke
 from invoke import Exit
 
-from deploy import bootstrap as _bootstrap, config, render as _render, runner, swarm as _swarm
+from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render, runner, swarm as _swarm
 from deploy.errors import ColorgateError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -70,9 +70,12 @@ def _load(profile: str | None, host: str | None = None, registry: str | None = N
     return config.load(profile, overrides=overrides)
 
 
-def _target(profile: str | None, host: str | None = None, registry: str | None = None) -> config.Settings:
-    """Validated settings for the profile, with the Docker engine checked reachable."""
+def _target(profile: str | None, host: str | None = None, registry: str | None = None, starts: bool = False) -> config.Settings:
+    """Validated settings for the profile, with the Docker engine checked reachable (and,
+    for a command that `starts` containers, every app secret read before anything moves)."""
     settings = _load(profile, host, registry)
+    if starts:
+        appsecrets.values(settings)
     _bootstrap.check_docker(settings)
     if settings.swarm:
         _swarm.check_target(settings)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from invoke import Exit
 
-from deploy import access, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys
+from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys
 from deploy import move as _move, release, remote as _remote, runner, stack, tls as _tls, views
 from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task
 from deploy.errors import ColorgateError
@@ -218,3 +218,14 @@ def tls_schedule(c, profile=None, host=None):
     """Install the daily `invoke tls.renew` on this host (a cron file; idempotent)."""
     settings = _load(profile, host)
     print(_tls.schedule(settings))
+
+
+@task(name="check", help={"profile": "env profile"})
+@operator_errors
+def secrets_check(c, profile=None):
+    """Say where each of the app's secrets (x-colorgate.secrets) comes from for the profile, running
+    its command if it has one, without printing a value; exits 1 when one is missing or fails."""
+    lines, complete = appsecrets.check(_load(profile))
+    print("\n".join(lines))
+    if not complete:
+        raise Exit(code=1)

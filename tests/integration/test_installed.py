@@ -1,12 +1,15 @@
 """Colorgate as a team adds it to its own repository: the wheel built from this tree,
 installed in a fresh virtualenv, run in a directory outside the source tree that holds
 only the app's compose file and its .env.development.local. `colorgate init` drafts the
-contract and the gates' test module, then `colorgate up`, `colorgate deploy`, `pytest
-features/` (the built-in gates and the app's own) and `colorgate down --volumes`."""
+contract and the gates' test module; a secret of the app's own, printed by a command,
+reaches its container as a file and nowhere else; `colorgate up`, `colorgate deploy`,
+`pytest features/` (the built-in gates and the app's own), `colorgate down --volumes`."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, images
+from deploy import config, facts, images, runner
 
 from .conftest import isolated_env, remove_stack
 
@@ -89,6 +92,20 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
     assert where.returncode == 0 and str(ROOT) not in where.stdout and "site-packages" in where.stdout, where.stdout + where.stderr
     drafted = run(venv, app, "colorgate", "init")
     assert drafted.returncode == 0 and "the contract is valid" in drafted.stdout, drafted.stdout + drafted.stderr
+    # the app's own secret, named in the contract, its value printed by a command (as a
+    # secret manager's CLI would: here one reading a file outside the repository)
+    token = secrets.token_hex(16)
+    (tmp_path / "vault").write_text(token + "\n")
+    contract_file = app / "compose.colorgate.yaml"
+    contract_file.write_text(contract_file.read_text().replace(
+        "x-colorgate:\n", "x-colorgate:\n  secrets:\n    shop_token: {services: [web], env: SHOP_TOKEN_FILE}\n", 1))
+    missing = run(venv, app, "colorgate", "secrets.check")
+    assert missing.returncode == 1 and missing.stdout.startswith("MISSING  shop_token: set COLORGATE_SECRET_SHOP_TOKEN"), missing.stdout
+    with (app / ".env.development.local").open("a") as f:
+        f.write(f"COLORGATE_SECRET_SHOP_TOKEN_COMMAND=cat {tmp_path / 'vault'}\n")
+    checked = run(venv, app, "colorgate", "secrets.check")
+    assert checked.returncode == 0 and checked.stdout.startswith(
+        "ok       shop_token: printed by COLORGATE_SECRET_SHOP_TOKEN_COMMAND in .env.development.local (32 characters)"), checked.stdout
     settings = config.load("development", root=app, environ={})  # this test's own view, to clean up whatever happens
     images.build_bases(settings, images.missing_bases(settings))
     try:
@@ -101,6 +118,15 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
         assert released.returncode == 0 and "deploy: blue v1 -> green v2: switched" in released.stdout, released.stdout[-3000:] + released.stderr
         assert "PASS  The shop: The shop's front page answers through the edge" in released.stderr  # its own gate, in the release
         assert (app / "reports").is_dir()  # the gates' reports are the app's
+        # the secret is a file of the web copies only, its path in their environment, its value nowhere else
+        live = facts.container(settings, "web_green")
+        shown = runner.run(["docker", "exec", live, "cat", "/run/app-secrets/shop_token"], env=settings.docker_env())
+        assert shown.stdout.strip() == token
+        inspected = json.dumps(facts.inspect(settings, live))
+        assert "SHOP_TOKEN_FILE=/run/app-secrets/shop_token" in inspected and token not in inspected
+        history = run(venv, app, "colorgate", "history", "--json")
+        reports = "".join(p.read_text(errors="replace") for p in (app / "reports").glob("*.xml"))
+        assert token not in up.stdout + up.stderr + released.stdout + released.stderr + history.stdout + reports + checked.stdout
         gates = run(venv, app, "pytest", "features/", "-p", "no:cacheprovider", "-q")
         assert gates.returncode == 0, gates.stdout[-3000:] + gates.stderr
         assert " passed" in gates.stdout and "failed" not in gates.stdout

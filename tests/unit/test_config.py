@@ -275,3 +275,49 @@ def test_the_app_reaches_the_stacks_database_as_a_role_of_its_own():
     assert s.local_database_url().startswith(f"postgresql://shop_app:{password}@postgres:5432/")
     with pytest.raises(config.ConfigError, match="at most 59"):
         config.load("development", root=config.project_root(), environ={"POSTGRES_USER": "u" * 60})
+
+
+def _with_secret(tmp_path: Path) -> Path:
+    app = tmp_path / "shop"
+    app.mkdir()
+    compose = (config.project_root() / "examples" / "static-site" / "docker-compose.yml").read_text()
+    (app / "compose.yaml").write_text(compose.replace("x-colorgate:\n", "x-colorgate:\n  secrets:\n    stripe_key: [site]\n", 1))
+    return app
+
+
+def test_the_apps_secrets_come_from_a_setting_or_a_command_and_are_masked(tmp_path):
+    from deploy import appsecrets
+
+    app = _with_secret(tmp_path)
+    s = config.load("development", root=app, environ={})
+    assert appsecrets.check(s) == ([f"MISSING  stripe_key: set COLORGATE_SECRET_STRIPE_KEY or COLORGATE_SECRET_STRIPE_KEY_COMMAND in "
+                                    ".env.development.local  -> site as /run/app-secrets/stripe_key"], False)
+    with pytest.raises(ConfigError, match=r"^the secret stripe_key \(x-colorgate.secrets\) has no value for development: set COLORGATE_SECRET_STRIPE_KEY"):
+        appsecrets.values(s)
+    given = config.load("development", root=app, environ={"COLORGATE_SECRET_STRIPE_KEY": "sk_test_given_1"})
+    assert appsecrets.values(given) == {"stripe_key": "sk_test_given_1"} and "sk_test_given_1" not in runner.redact("key sk_test_given_1")
+    # a command, as a secret manager's CLI: what it prints, one trailing newline dropped, read once
+    (tmp_path / "count").write_text("")
+    command = f"echo run >> {tmp_path / 'count'}; printf 'sk_live_from_cmd\\n'"
+    made = config.load("development", root=app, environ={"COLORGATE_SECRET_STRIPE_KEY_COMMAND": command})
+    assert appsecrets.values(made) == {"stripe_key": "sk_live_from_cmd"} == appsecrets.values(made)
+    assert (tmp_path / "count").read_text() == "run\n" and "sk_live_from_cmd" not in runner.redact("sk_live_from_cmd")
+    lines, complete = appsecrets.check(made)
+    assert complete and lines[0].startswith("ok       stripe_key: printed by COLORGATE_SECRET_STRIPE_KEY_COMMAND in the environment (16 characters)")
+    # a command that fails says its last line of stderr, masked; never its output
+    failing = config.load("production", root=app, environ={"COLORGATE_DOMAIN": "shop.example.org", "COLORGATE_SECRET_STRIPE_KEY_COMMAND":
+                                                            "echo partial-output; echo 'not signed in: run op signin' >&2; exit 4"})
+    with pytest.raises(ConfigError, match=r"^COLORGATE_SECRET_STRIPE_KEY_COMMAND in the environment failed \(exit 4\): not signed in: run op signin$"):
+        appsecrets.values(failing)
+
+
+def test_a_secret_setting_the_contract_does_not_name_or_a_placeholder_is_refused(tmp_path):
+    app = _with_secret(tmp_path)
+    with pytest.raises(ConfigError, match=r"^COLORGATE_SECRET_STRIPE in the environment: the contract names no secret 'stripe' "
+                                          r"\(x-colorgate.secrets names stripe_key\): add it there, or remove the key$"):
+        config.load("development", root=app, environ={"COLORGATE_SECRET_STRIPE": "x"})
+    with pytest.raises(ConfigError, match=r"^COLORGATE_SECRET_STRIPE_KEY and COLORGATE_SECRET_STRIPE_KEY_COMMAND are both set"):
+        config.load("development", root=app, environ={"COLORGATE_SECRET_STRIPE_KEY": "x", "COLORGATE_SECRET_STRIPE_KEY_COMMAND": "echo x"})
+    write(app, ".env.staging.local", "COLORGATE_DOMAIN=shop.example.org\nCOLORGATE_SECRET_STRIPE_KEY=change-me\n")
+    with pytest.raises(ConfigError, match=r"^COLORGATE_SECRET_STRIPE_KEY in \.env\.staging\.local is a placeholder"):
+        config.load("staging", root=app, environ={})

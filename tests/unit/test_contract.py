@@ -436,3 +436,22 @@ def test_a_colored_service_may_ask_for_more_tasks_on_a_swarm():
         contract.parse(app_with(**{"x-colorgate__colored": {"web": {"replicas": 0}, "api": {}, "worker": {}}}))
     with pytest.raises(ContractError, match=r"^x-colorgate.colored.web: unknown key 'replica': did you mean 'replicas'\?$"):
         contract.parse(app_with(**{"x-colorgate__colored": {"web": {"replica": 2}, "api": {}, "worker": {}}}))
+
+
+def test_the_apps_own_secrets_are_files_of_the_copies_that_need_them_and_never_their_environment():
+    data = app_with(**{"x-colorgate__secrets": {"stripe_key": {"services": ["api"], "env": "STRIPE_KEY_FILE"}, "signing_key": ["api", "worker"]}})
+    app = contract.parse(data)
+    assert app.secrets == (contract.Secret("stripe_key", ("api",), "STRIPE_KEY_FILE"), contract.Secret("signing_key", ("api", "worker")))
+    rendered = render.compose(app)
+    api, worker, web = (rendered["services"][f"{n}_green"] for n in ("api", "worker", "web"))
+    assert "secrets-green-api:/run/app-secrets:ro" in api["volumes"] and api["environment"]["STRIPE_KEY_FILE"] == "/run/app-secrets/stripe_key"
+    assert "secrets-green-worker:/run/app-secrets:ro" in worker["volumes"] and "STRIPE_KEY_FILE" not in worker["environment"]
+    assert not any("app-secrets" in str(v) for v in web.get("volumes") or [])
+    assert {"secrets-blue-api", "secrets-green-api", "secrets-blue-worker", "secrets-green-worker"} <= set(rendered["volumes"])
+    for bad, message in (({"Stripe": ["api"]}, r"^x-colorgate.secrets.Stripe: a secret's name is lowercase letters, digits and '_'"),
+                         ({"key": ["db"]}, r"^x-colorgate.secrets.key.services: 'db' is not colored: secrets reach colored services"),
+                         ({"key": {"services": ["api"], "file": "X"}}, r"^x-colorgate.secrets.key: unknown key 'file': use services, env$"),
+                         ({"key": []}, r"^x-colorgate.secrets.key.services: name the colored services that get it$"),
+                         ({"key": {"services": ["api"], "env": "not ok"}}, r"^x-colorgate.secrets.key.env: should be an environment variable name")):
+        with pytest.raises(ContractError, match=message):
+            contract.parse(app_with(**{"x-colorgate__secrets": bad}))
