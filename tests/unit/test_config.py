@@ -290,7 +290,7 @@ def test_the_apps_secrets_come_from_a_setting_or_a_command_and_are_masked(tmp_pa
 
     app = _with_secret(tmp_path)
     s = config.load("development", root=app, environ={})
-    assert appsecrets.check(s) == ([f"MISSING  stripe_key: set COLORGATE_SECRET_STRIPE_KEY or COLORGATE_SECRET_STRIPE_KEY_COMMAND in "
+    assert appsecrets.check(s) == (["MISSING  stripe_key: set COLORGATE_SECRET_STRIPE_KEY or COLORGATE_SECRET_STRIPE_KEY_COMMAND in "
                                     ".env.development.local  -> site as /run/app-secrets/stripe_key"], False)
     with pytest.raises(ConfigError, match=r"^the secret stripe_key \(x-colorgate.secrets\) has no value for development: set COLORGATE_SECRET_STRIPE_KEY"):
         appsecrets.values(s)
