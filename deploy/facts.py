@@ -96,7 +96,7 @@ def parallel(fn, items: list) -> list:
 def _inspected(settings: Settings, name: str) -> dict | None:
     try:
         return inspect(settings, name)
-    except CommandError:
+    except CommandError:  # removed since it was listed
         return None
 
 
@@ -252,8 +252,7 @@ class Network:
 
 def service_networks(settings: Settings, service: str) -> list[Network]:
     """Networks a service's container is attached to, with their `internal` flag."""
-    found = inspect(settings, container(settings, service))
-    names = sorted(((found.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+    names = sorted(((inspect(settings, container(settings, service)).get("NetworkSettings") or {}).get("Networks") or {}).keys())
     return [Network(name, bool(runner.engine(settings.docker_host, "inspect_network", name, what="inspecting a network").get("Internal")))
             for name in names]
 
@@ -393,7 +392,8 @@ def confinement(settings: Settings, services: list[str]) -> dict[str, Confinemen
     as server.setup does), seen in the edge's task on the manager."""
     out = {}
     if settings.swarm:
-        current, locked = swarm.services(settings), _no_new_privs(settings, container(settings, "edge"))
+        # the edge's task now: one the Swarm replaced since it was looked up would read as "off"
+        current, locked = swarm.services(settings), _no_new_privs(settings, container(settings, "edge", fresh=True))
         for name in services:
             spec = current[name].spec if name in current else None  # at 0 tasks too, as a created container
             if spec is not None:
