@@ -310,8 +310,9 @@ def _run(settings: Settings, plan: Plan, target: Target, force: bool = False, ke
     """Record and execute a plan decided from `target` (a no-op is said, not recorded)."""
     record = _record(plan)
     if plan.noop:
-        record.outcome = "no-op"
-        runner.say(plan.noop)
+        record.outcome, record.detail = "no-op", plan.noop
+        if plan.action != "deploy":  # deploy's task exits with it
+            runner.say(plan.noop)
         return record
     if plan.action == "deploy":  # a release's picture, next to its gate reports
         record.report = str(settings.reports_dir / f"release-{record.started.replace(':', '')}-{record.id}.png")

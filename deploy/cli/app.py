@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from invoke import Exit
 
 from deploy import apply as _apply, bootstrap as _bootstrap, canary as canary_steps, contract, edge, history as _history, release, scaffold
 from deploy import render as _render, runner, stack, traffic as _traffic, views
@@ -154,7 +155,10 @@ def deploy(c, version=None, force=False, canary=None, keep_rejected=False, profi
     (switching back by itself if the post-switch gates fail)."""
     shares = canary_steps.parse_percents(canary) if canary else ()
     settings = _target(profile, host, registry, starts=True)
-    _report(release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares, keep_rejected=keep_rejected))
+    record = release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares, keep_rejected=keep_rejected)
+    if record.outcome == "no-op":  # nothing released: not a success a CI job could take for one
+        raise Exit(f"colorgate: {record.detail}", code=1)
+    _report(record)
 
 
 @task(name="status", help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})

@@ -79,9 +79,14 @@ def test_deploy_moves_traffic_to_the_new_version(rstack):
     assert all(g["outcome"] == "passed" for g in last["gates"]) and len(last["gates"]) >= 10
 
 
-def test_deploying_the_live_version_is_a_no_op(rstack):
+def test_deploying_the_live_version_is_a_no_op_that_says_so_and_fails(rstack, env):
     before = len(edge.read_history(rstack))
     assert release.deploy(rstack, version="v2").outcome == "no-op"
+    assert len(edge.read_history(rstack)) == before
+    # from the command line (a CI job that deployed nothing must not pass as a release)
+    proc = invoke("deploy", "--version", "v2", env=env)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        "colorgate: v2 is already live on green: nothing to do (--force deploys it again)"), proc.stderr
     assert len(edge.read_history(rstack)) == before
 
 
