@@ -40,6 +40,11 @@ class CommandError(ColorgateError):
         detail = (errors or lines or ["no output"])[-1].strip()
         super().__init__(f"{self.what} failed (exit {returncode}): {detail}")
 
+    def tail(self, count: int = 30) -> list[str]:
+        """The last `count` lines it printed (stdout, then stderr; masked by the runner),
+        for a person to act on: a build's failing step, a migration's traceback."""
+        return [line.rstrip() for line in f"{self.stdout}\n{self.stderr}".strip().splitlines() if line.strip()][-count:]
+
 
 class ContractError(ConfigError):
     """The app's compose file or its x-colorgate block is unreadable or invalid."""

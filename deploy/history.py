@@ -225,6 +225,7 @@ class Record:
     live_color: str = ""  # where traffic was when it ended, read from the edge
     live_version: str = ""
     rejected: str = ""  # "green v5": a release its gates, its analysis or an operator's canary abort turned away
+    output: list[str] = field(default_factory=list)  # a failed command's last lines (CommandError.tail)
 
 
 @contextlib.contextmanager
@@ -285,6 +286,7 @@ def settle(record: Record, exc: BaseException | None) -> None:
         if record.outcome != "rolled back":
             record.outcome = "failed"
         record.detail = str(exc) or type(exc).__name__
+        record.output = exc.tail() if isinstance(exc, CommandError) else []
 
 
 @contextlib.contextmanager

@@ -155,6 +155,8 @@ def format_release(r: dict, here: Path | None = None) -> str:
              f"in {r.get('duration_s', 0):.1f}s, by {r.get('operator', '?')}, started {r['started']} (id {r.get('id', '?')})"]
     if r.get("detail"):
         lines.append(f"  detail: {r['detail']}")
+    if r.get("output"):
+        lines += ["  its last lines:", *(f"    | {line}" for line in r["output"])]
     if r.get("rejected"):
         lines.append(f"  rejected: {r['rejected']} (traffic does not go back to it without --force)")
     if r.get("timings"):

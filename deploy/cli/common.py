@@ -13,7 +13,7 @@ import invoke
 from invoke import Exit
 
 from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render, runner, swarm as _swarm
-from deploy.errors import ColorgateError, Interrupted
+from deploy.errors import ColorgateError, CommandError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
 logging.basicConfig(level=logging.DEBUG if DEBUG else logging.WARNING, format="%(message)s")
@@ -42,6 +42,8 @@ def operator_errors(fn):
         except ColorgateError as exc:
             if DEBUG:
                 raise
+            if isinstance(exc, CommandError) and len(exc.tail()) > 1:  # what it said before the line that says why
+                print("\n".join(f"   | {runner.redact(line)}" for line in exc.tail()), file=sys.stderr)
             raise Exit(f"colorgate: {runner.redact(str(exc))}", code=1) from None
         except Interrupted as exc:
             raise Exit(f"colorgate: interrupted by {exc}", code=128 + getattr(signal, str(exc), signal.SIGTERM).value) from None

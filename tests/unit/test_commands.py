@@ -1,5 +1,6 @@
 """Commands as data: what would run, checked without running it."""
 
+import dataclasses
 import shutil
 import socket
 from pathlib import Path
@@ -184,3 +185,30 @@ def test_a_container_its_restart_policy_keeps_bringing_back_is_named_with_the_re
     assert facts.crash_loop(OOM_LOOP, started + facts.RECENT_RESTART_S + 1) == ""
     assert facts.crash_loop({**OOM_LOOP, "RestartCount": 0}, started + 14) == ""
     assert facts.crash_loop({"State": {"StartedAt": "0001-01-01T00:00:00Z"}}, started) == ""
+
+
+def test_a_failed_command_shows_and_keeps_its_last_lines_for_a_person_to_act_on(capsys):
+    from invoke import Exit
+
+    from deploy import history
+    from deploy.cli.common import operator_errors
+
+    build = "\n".join([f"#{n} step {n}" for n in range(1, 40)] + ["#40 ERROR: failed to solve: npm ci exited 1"])
+    exc = CommandError(["docker", "compose", "build"], 1, "", build, "docker compose build")
+    assert str(exc) == "docker compose build failed (exit 1): #40 ERROR: failed to solve: npm ci exited 1"
+    assert exc.tail() == [f"#{n} step {n}" for n in range(11, 40)] + ["#40 ERROR: failed to solve: npm ci exited 1"]
+    record = history.Record("deploy", "blue", "green", "v1", "v2")
+    history.settle(record, exc)
+    assert (record.outcome, record.output) == ("failed", exc.tail())
+    shown = views.format_release(dataclasses.asdict(record))
+    assert "  its last lines:\n    | #11 step 11\n" in shown and "    | #40 ERROR: failed to solve: npm ci exited 1" in shown
+
+    @operator_errors
+    def failing(c):
+        raise exc
+
+    with pytest.raises(Exit) as ended:
+        failing(None)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "   | #11 step 11" and err[-1] == "   | #40 ERROR: failed to solve: npm ci exited 1" and len(err) == 30
+    assert ended.value.message == "colorgate: docker compose build failed (exit 1): #40 ERROR: failed to solve: npm ci exited 1"
