@@ -3,13 +3,14 @@ Each reads through facts (the services) and edge (its state files) and only form
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from deploy import edge, facts, history, runner, stack, swarm, traffic
-from deploy.colors import COLORS
+from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError
 
@@ -202,3 +203,23 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
         return
     args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
     runner.run(stack.compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")
+
+
+def exec_in(settings: Settings, service: str, color: str | None, command: str) -> int:
+    """`invoke exec`: `command` (a shell command line) in the container of `service`: a
+    colored service's copy of `color` (default: the live one), a copy by name (web_blue),
+    or a shared service. Returns its exit code."""
+    app = settings.app
+    if not command.strip():
+        raise ColorgateError(f"exec needs a command after --: colorgate exec {service} -- ls /")
+    if service in app.colored:
+        live = edge.read_active(settings)
+        if not (color or live):
+            raise ColorgateError("no color is live yet: name one with --color blue")
+        service = app.copy_name(service, parse_color(color) if color else live.color)
+    known = [*app.shared, *app.colored, *(name for c in COLORS for name in app.color_services(c))]
+    if service not in known:
+        raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}")
+    tty = ["-t"] if sys.stdin.isatty() and sys.stdout.isatty() else []
+    cmd = ["docker", "exec", "-i", *tty, facts.container(settings, service), "sh", "-c", command]
+    return runner.run(cmd, env=settings.docker_env(), capture=False, check=False, what=f"exec in {service}").returncode

@@ -114,6 +114,16 @@ def logs(c, service, profile=None, host=None, follow=False, tail=200):
     views.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
 
 
+@task(name="exec", positional=["service"], help={"service": "a colored service (web: the live color's copy), a copy (web_blue) or a shared one",
+                                                 "color": "the copy of this color instead of the live one", "profile": "env profile", "host": HOST_HELP})
+@operator_errors
+def exec_(c, service, color=None, profile=None, host=None):
+    """Run a command in a container of SERVICE, the live color's by default: colorgate exec web -- ls /app (exits with its code)."""
+    code = views.exec_in(_target(profile, host), service, color, c.remainder)
+    if code:
+        raise Exit(code=code)
+
+
 @task(help={"seconds": "how far back (default 300)", "profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
 @operator_errors
 def traffic(c, seconds=None, profile=None, host=None, json_=False):

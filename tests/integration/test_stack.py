@@ -227,6 +227,16 @@ def test_status_json_and_text(live_stack, stack_env):
     assert "active color: blue (v1)" in text and "backend_blue" in text
 
 
+def test_exec_runs_a_command_in_the_live_colors_container_and_exits_with_its_code(live_stack, stack_env):
+    ran = invoke("exec", "backend", "--", "echo", "from $COLORGATE_COLOR; id -u", env=stack_env)
+    assert ran.returncode == 0 and ran.stdout.splitlines()[0] == "from blue" and ran.stdout.splitlines()[1] != "0", ran.stderr
+    assert invoke("exec", "postgres", "--", "pg_isready -q -h /tmp", env=stack_env).returncode == 0  # a shared service by name
+    failed = invoke("exec", "backend", "--color", "blue", "--", "exit 7", env=stack_env)
+    assert failed.returncode == 7 and failed.stderr == ""
+    unknown = invoke("exec", "api", "--", "true", env=stack_env)
+    assert unknown.returncode == 1 and unknown.stderr.strip().startswith("colorgate: unknown service 'api': use one of postgres, ")
+
+
 def test_tls_status_describes_the_served_certificate(live_stack, stack_env):
     proc = invoke("tls.status", "--json", env=stack_env)
     assert proc.returncode == 0, proc.stderr
