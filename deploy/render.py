@@ -13,7 +13,7 @@ import yaml
 
 from deploy.config import shipped
 from deploy.contract import (APP_SECRETS_DIR, COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
-                             App, app_secrets_volume)
+                             App, networks_of, app_secrets_volume)
 
 OWN_PARTS = shipped("colorgate_parts")  # Colorgate's own services: the edge, dbtools, certbot
 
@@ -157,8 +157,7 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     services: dict = {}
     # a database on compose's default network (a file naming no networks) is put on an
     # internal network of Colorgate's with its clients: nothing else reaches it
-    own_db_network = bool(app.database and "networks" not in (app.services[app.database.service] or {})
-                          and "network_mode" not in (app.services[app.database.service] or {}))
+    own_db_network = bool(app.database and networks_of(app.services[app.database.service] or {}) == ["default"])
     for name in app.shared:
         svc = _without_dropped(app.services[name])
         if own_db_network and name == app.database.service:

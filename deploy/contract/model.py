@@ -230,10 +230,10 @@ class App:
         network, which is not internal."""
         declared = self.raw.get("networks") or {}
         return [s for s in services if s not in self.routed
-                and all((declared.get(n) or {}).get("internal") for n in _networks_of(self.services[s] or {}))]
+                and all((declared.get(n) or {}).get("internal") for n in networks_of(self.services[s] or {}))]
 
 
-def _networks_of(service: dict) -> list[str]:
+def networks_of(service: dict) -> list[str]:
     networks = service.get("networks")
     if not networks:
         return ["default"] if service.get("network_mode") is None else []

@@ -4,7 +4,9 @@ error is one line naming the path in the file and the fix (see deploy/contract/_
 from __future__ import annotations
 
 import difflib
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -12,7 +14,7 @@ import yaml
 from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, DB_NETWORK, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
                                    MIGRATION_KEYS, OWN_SERVICES, DATABASE_PARTS, DATABASE_SCHEMES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
                                    SECRET_KEYS, SECRET_NAME, SECURITY_HEADERS, SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, Secret,
-                                   _networks_of)
+                                   networks_of)
 from deploy.errors import ContractError
 
 
@@ -46,9 +48,38 @@ def read_compose(path: Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ContractError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if isinstance(data, dict):
+        data = merged(path, data)
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
         raise ContractError(f"{path} is not a compose file: it has no `services:` mapping")
     return data
+
+
+# Beside the file, as Compose merges them when it is given no -f (a team's `docker
+# compose up` on the server does the same)
+OVERRIDE_NAMES = ("compose.override.yaml", "compose.override.yml", "docker-compose.override.yaml", "docker-compose.override.yml")
+
+
+def merged(path: Path, data: dict) -> dict:
+    """The app as Compose itself reads it, where the file uses what only Compose resolves
+    (`include:`, a service's `extends:`) or has an override file beside it: `docker
+    compose config` without interpolation (the `${...}` stay for the settings to fill in
+    when Colorgate runs it), paths made absolute. Other files are read as written."""
+    overrides = [path.parent / name for name in OVERRIDE_NAMES if (path.parent / name).is_file()]
+    extends = any(isinstance(svc, dict) and "extends" in svc for svc in (data.get("services") or {}).values())
+    if not (overrides or extends or "include" in data):
+        return data
+    files = [arg for f in (path, *overrides) for arg in ("--file", str(f))]
+    cmd = ["docker", "compose", "--project-directory", str(path.parent), *files, "config", "--no-interpolate", "--format", "json"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise ContractError(f"{path} uses include, extends or an override file, which Compose resolves: install Docker's compose "
+                            "plugin (`invoke bootstrap`)") from None
+    if proc.returncode != 0:
+        said = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ContractError(f"docker compose cannot read {path}{' with ' + ', '.join(o.name for o in overrides) if overrides else ''}: {said}")
+    return json.loads(proc.stdout)
 
 
 def load(path: Path) -> App:
@@ -303,14 +334,14 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         kind = raw.get("kind", "postgresql")
         if kind not in ("postgresql", "other"):
             raise ContractError("x-colorgate.database.kind: should be postgresql or other")
-        db_networks = set(_networks_of(services[service] or {}))
+        db_networks = set(networks_of(services[service] or {}))
         if "clients" in raw:
             clients = [_known(n, services, f"x-colorgate.database.clients[{i}]") for i, n in enumerate(_names(raw["clients"], "x-colorgate.database.clients"))]
             stray = [c for c in clients if c not in colored]
             if stray:
                 raise ContractError(f"x-colorgate.database.clients: {stray[0]!r} is not colored: list the colored services that use the database")
         else:
-            clients = [c for c in colored if db_networks & set(_networks_of(services[c] or {}))]
+            clients = [c for c in colored if db_networks & set(networks_of(services[c] or {}))]
         database = Database(service, env, tuple(clients), kind, url_file, scheme, tuple((p, v) for p, v in parts.items()), unset)
 
     replicas = {}
