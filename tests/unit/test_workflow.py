@@ -77,3 +77,36 @@ def test_the_pipeline_is_hardened():
             assert step["with"]["persist-credentials"] is False
     text = WORKFLOW.read_text()
     assert "ssh-keyscan -H" not in text and "exit 1" in text.split("STAGING_KNOWN_HOSTS: ${{")[1].split("- name:")[0]
+
+
+RELEASE = config.project_root() / ".github" / "workflows" / "colorgate-release.yml"
+CALLER = config.project_root() / "examples" / "ci" / "release.yml"
+
+
+def test_the_reusable_release_workflow_and_the_example_that_calls_it_are_valid_and_audit_clean():
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    proc = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(RELEASE), str(CALLER)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    audit = subprocess.run([str(Path(sys.executable).with_name("zizmor")), "--offline", str(WORKFLOW), str(RELEASE), str(CALLER)],
+                           capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0 and "No findings to report" in audit.stdout, audit.stdout + audit.stderr
+
+
+def test_the_reusable_workflow_runs_real_tasks_and_its_callers_give_what_it_asks():
+    doc = yaml.safe_load(RELEASE.read_text())
+    calls = [shlex.split(line)[1:] for step in doc["jobs"]["release"]["steps"] for line in step.get("run", "").splitlines()
+             if line.strip().startswith("colorgate ")]
+    assert [c[0] for c in calls] == ["images.push", "up", "deploy", "rollback", "status", "history"]
+    for name, *args in calls:
+        options = {o.replace("_", "-") for o in tasks.ns[name].help} | {"profile"}
+        assert all(a[2:] in options for a in args if a.startswith("--")), (name, args)
+    call = doc[True]["workflow_call"]
+    caller = yaml.safe_load(CALLER.read_text())
+    for job in caller["jobs"].values():
+        assert job["uses"].split("@")[0].endswith("/.github/workflows/colorgate-release.yml")
+        assert {k for k, v in call["inputs"].items() if v.get("required")} <= set(job["with"]) <= set(call["inputs"])
+        assert set(job["secrets"]) == set(call["secrets"])
+    # production runs in its environment (required reviewers there), never on a plain push to main
+    assert caller["jobs"]["production"]["with"]["environment"] == "production"
+    assert "startsWith(github.ref, 'refs/tags/v')" in caller["jobs"]["production"]["if"]
