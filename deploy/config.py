@@ -43,6 +43,7 @@ class Settings:
     registry_user: str
     registry_password: str = field(repr=False)
     image_source: str
+    versions: str  # commit or counter: a deploy's default version (COLORGATE_VERSIONS)
     debian_mirror: str
     docker_host: str
     target: str

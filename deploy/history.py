@@ -226,6 +226,8 @@ class Record:
     live_version: str = ""
     rejected: str = ""  # "green v5": a release its gates, its analysis or an operator's canary abort turned away
     output: list[str] = field(default_factory=list)  # a failed command's last lines (CommandError.tail)
+    commit: str = ""  # the app's code a deploy shipped, by Git (`-dirty`: with changes), and its subject
+    subject: str = ""
 
 
 @contextlib.contextmanager

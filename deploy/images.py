@@ -158,6 +158,21 @@ def next_release(tags: list[str], history: list[dict], live: set[str]) -> tuple[
     return version, version in tags
 
 
+def source_version(directory: Path) -> tuple[str, str]:
+    """The version of the code in `directory` by Git (its commit, 12 hex digits, and
+    `-dirty` when a tracked file changed since) and that commit's subject; ("", "")
+    outside a Git work tree."""
+    def git(*args: str) -> str:
+        proc = runner.run(["git", "-C", str(directory), *args], check=False, what="git")
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if not commit:
+        return "", ""
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return commit + "-dirty" * dirty, git("log", "-1", "--format=%s")
+
+
 def app_tag(settings: Settings, name: str, version: str) -> str:
     return f"{settings.image_prefix}{name}:{version}"
 

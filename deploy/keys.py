@@ -228,6 +228,10 @@ KEYS: dict[str, Key] = {
     # Without a registry: `build` makes the images with the target's engine; `stream`
     # makes them with this machine's and sends what the target lacks over SSH
     # (docker save | docker load).
+    # A release's version when `deploy` is given none: `commit`, the app repository's
+    # commit (12 hex digits, `-dirty` when tracked files changed), else (no Git there)
+    # the next vN; `counter`: always the next vN (v1, v2, ...).
+    "COLORGATE_VERSIONS": Key(_pattern(re.compile(r"^(commit|counter)$"), "should be commit or counter"), "commit", attr="versions"),
     "COLORGATE_IMAGES": Key(_pattern(re.compile(r"^(build|stream)$"), "should be build or stream"), "build", attr="image_source"),
     "COLORGATE_REGISTRY_PASSWORD": Key(str, "", secret=True),
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),

@@ -36,6 +36,8 @@ class Target:
     database: dict = field(default_factory=lambda: {"url": "local"})  # the target's database record
     tags: list[str] = field(default_factory=list)  # release versions whose images exist
     beside: tuple[apply.Change, ...] = ()  # what starting the candidate would change beside it (apply.changes)
+    commit: str = ""  # the app's code here, by Git (images.source_version): a deploy's version by default
+    subject: str = ""  # that commit's subject
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,9 @@ def observe(settings: Settings, held: Held, tags: bool = False, database: bool =
     states, record = recover.on_lock(settings, held)
     changes = apply.changes(settings, other(active.color), facts.running_versions(states), bool(record.get("retired")),
                             found.routes) if beside and active else []
+    commit, subject = images.source_version(settings.app.directory) if beside and settings.versions == "commit" else ("", "")
     return Target(active, states, found.history or [], record if database else {"url": "local"},
-                  images.release_tags(settings) if tags else [], tuple(changes))
+                  images.release_tags(settings) if tags else [], tuple(changes), commit, subject)
 
 
 def _live(target: Target) -> edge.Active:
@@ -111,14 +114,19 @@ def _analysis(settings: Settings) -> tuple[str, ...]:
 
 def plan_deploy(settings: Settings, target: Target, version: str | None = None, force: bool = False,
                 canary: tuple[int, ...] = ()) -> Plan:
-    """Ship `version` (default: the next vN) to the inactive color (through canary
-    steps first, when asked)."""
+    """Ship `version` (default: the app's commit, else the next vN) to the inactive
+    color (through canary steps first, when asked)."""
     access.check_database_record(settings, target.database)
     active = _live(target)
     if target.beside:
         raise ConfigError(apply.refusal(list(target.beside)))
     live = {s.version for s in target.states.values() if s.state == "running"} | ({target.active.version} if target.active else set())
-    version, rebuild = (version, False) if version else images.next_release(target.tags, target.history, live)
+    if version:
+        rebuild = False
+    elif target.commit:  # a commit's images are its code's; a changed tree's are made again each time
+        version, rebuild = target.commit, target.commit.endswith("-dirty") and target.commit in target.tags
+    else:
+        version, rebuild = images.next_release(target.tags, target.history, live)
     version = edge.check_version(version)
     candidate = other(active.color)
     if version == active.version and not force:
@@ -309,6 +317,7 @@ def _record(plan: Plan) -> Record:
 def _run(settings: Settings, plan: Plan, target: Target, force: bool = False, keep_rejected: bool = False) -> Record:
     """Record and execute a plan decided from `target` (a no-op is said, not recorded)."""
     record = _record(plan)
+    record.commit, record.subject = target.commit, target.subject
     if plan.noop:
         record.outcome, record.detail = "no-op", plan.noop
         if plan.action != "deploy":  # deploy's task exits with it

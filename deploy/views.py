@@ -154,6 +154,8 @@ def format_release(r: dict, here: Path | None = None) -> str:
     scenario, the canary steps and the analysis with their figures, marks, the report."""
     lines = [f"{r['action']} {r['from_color']} {r['from_version']} -> {r['to_color']} {r['to_version']}: {r['outcome']} "
              f"in {r.get('duration_s', 0):.1f}s, by {r.get('operator', '?')}, started {r['started']} (id {r.get('id', '?')})"]
+    if r.get("commit"):
+        lines.append(f"  commit: {r['commit']} {r.get('subject', '')}".rstrip())
     if r.get("detail"):
         lines.append(f"  detail: {r['detail']}")
     if r.get("output"):

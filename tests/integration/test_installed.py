@@ -112,10 +112,20 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
         assert "!! services.web.ports: left out: the edge routes to it" in drafted.stderr
         assert (app / "compose.colorgate.yaml").is_file() and (app / "features" / "test_colorgate.py").is_file()
         (app / "features" / "shop.feature").write_text(OWN_FEATURE)
+        # the team's repository: its commit is the release's version
+        (app / ".gitignore").write_text(".env.*.local\nreports/\n")
+        git = ["git", "-C", str(app), "-c", "user.email=dev@example.org", "-c", "user.name=dev"]
+        for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the shop, first release"]):
+            subprocess.run([*git, *args], check=True, capture_output=True)
+        head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         up = run(venv, app, "colorgate", "up")
         assert up.returncode == 0 and "web_blue" in up.stdout, up.stdout + up.stderr
         released = run(venv, app, "colorgate", "deploy")
-        assert released.returncode == 0 and "deploy: blue v1 -> green v2: switched" in released.stdout, released.stdout[-3000:] + released.stderr
+        assert released.returncode == 0 and f"deploy: blue v1 -> green {head}: switched" in released.stdout, released.stdout[-3000:] + released.stderr
+        shown = run(venv, app, "colorgate", "history", "--show", "1")
+        assert f"  commit: {head} the shop, first release" in shown.stdout, shown.stdout
+        again = run(venv, app, "colorgate", "deploy")  # the same commit is live: nothing released, and not a success
+        assert again.returncode == 1 and again.stderr.strip().endswith(f"{head} is already live on green: nothing to do (--force deploys it again)")
         assert "PASS  The shop: The shop's front page answers through the edge" in released.stderr  # its own gate, in the release
         assert (app / "reports").is_dir()  # the gates' reports are the app's
         # the secret is a file of the web copies only, its path in their environment, its value nowhere else

@@ -3,6 +3,7 @@
 import dataclasses
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,17 @@ def test_a_failed_command_shows_and_keeps_its_last_lines_for_a_person_to_act_on(
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "   | #11 step 11" and err[-1] == "   | #40 ERROR: failed to solve: npm ci exited 1" and len(err) == 30
     assert ended.value.message == "colorgate: docker compose build failed (exit 1): #40 ERROR: failed to solve: npm ci exited 1"
+
+
+def test_the_version_of_an_apps_code_is_its_commit_and_dirty_when_a_tracked_file_changed(tmp_path):
+    assert images.source_version(tmp_path) == ("", "")  # no Git here: deploy counts (vN)
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=dev@example.org", "-c", "user.name=dev"]
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    for args in (["init", "-q"], ["add", "compose.yaml"], ["commit", "-qm", "the shop, first release"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert images.source_version(tmp_path) == (head, "the shop, first release") and len(head) == 12
+    (tmp_path / "notes.txt").write_text("untracked: not a change of the code\n")
+    assert images.source_version(tmp_path)[0] == head
+    (tmp_path / "compose.yaml").write_text("services: {web: {}}\n")
+    assert images.source_version(tmp_path)[0] == f"{head}-dirty"

@@ -36,6 +36,7 @@ def target(raw: dict) -> release.Target:
         database=raw.get("database") or {"url": "local"},
         tags=raw.get("tags") or [],
         beside=tuple(apply.Change(*change.split()) for change in raw.get("beside") or ()),
+        commit=raw.get("commit") or "",
     )
 
 
