@@ -351,7 +351,7 @@ def cron_line(settings: Settings, python: str) -> str:
     minute = int(hashlib.sha256(settings.project.encode()).hexdigest(), 16) % 60
     host = f"COLORGATE_DOCKER_HOST={shlex.quote(settings.docker_host)} " if settings.docker_host else ""
     return (f"{minute} 3 * * * root cd {shlex.quote(str(settings.root))} && COLORGATE_PROFILE={settings.profile} {host}"
-            f"{shlex.quote(python)} -m invoke tls.renew >> /var/log/colorgate-{settings.project}-renew.log 2>&1\n")
+            f"{shlex.quote(python)} -m deploy.cli tls.renew >> /var/log/colorgate-{settings.project}-renew.log 2>&1\n")
 
 
 def schedule(settings: Settings, cron_dir: Path = Path("/etc/cron.d"), python: str = sys.executable) -> str:

@@ -178,7 +178,7 @@ def test_status_and_schedule(settings, tmp_path, env):
     again = tls.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
     assert first.startswith("installed: ") and again.startswith("already installed: ")
     line = (tmp_path / f"colorgate-{settings.project}-renew").read_text().splitlines()[-1]
-    assert line.split()[1:5] == ["3", "*", "*", "*"] and "/opt/venv/bin/python -m invoke tls.renew" in line
+    assert line.split()[1:5] == ["3", "*", "*", "*"] and "/opt/venv/bin/python -m deploy.cli tls.renew" in line
 
 
 def test_an_app_without_a_database_gets_its_certificate_too(settings, pebble, env, request):

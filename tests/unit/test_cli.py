@@ -159,6 +159,9 @@ def test_the_colorgate_command_runs_the_same_tasks_as_invoke():
     import tasks
 
     assert {line.split()[0] for line in listed.stdout.splitlines()[2:] if line.startswith("  ") and not line.startswith("   ")} == set(tasks.ns.task_names)
+    # as the renewal's cron line runs it, with only the interpreter's path
+    module = subprocess.run([sys.executable, "-m", "deploy.cli", "--list"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert module.returncode == 0 and module.stdout == listed.stdout
 
 
 def test_a_bad_ssh_port_for_server_setup_is_one_line(tmp_path):

@@ -32,7 +32,7 @@ def test_the_renewal_of_a_remote_target_runs_here_against_it(tmp_path):
     settings = config.load("development", root=config.project_root(),
                            environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps.example.org:2222"})
     line = tls.cron_line(settings, "/opt/venv/bin/python")
-    assert "COLORGATE_DOCKER_HOST=ssh://deploy@vps.example.org:2222 /opt/venv/bin/python -m invoke tls.renew" in line
+    assert "COLORGATE_DOCKER_HOST=ssh://deploy@vps.example.org:2222 /opt/venv/bin/python -m deploy.cli tls.renew" in line
     local = config.load("development", root=config.project_root(), environ={})
     assert "COLORGATE_DOCKER_HOST" not in tls.cron_line(local, "/opt/venv/bin/python")
     assert "over SSH" in tls.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
