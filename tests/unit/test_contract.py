@@ -428,6 +428,17 @@ def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
     assert out["networks"]["colorgate"] == {"driver": "overlay", "attachable": True} and out["version"] == "3.8"
 
 
+def test_on_a_swarm_the_apps_secrets_are_swarm_secrets_at_the_same_paths():
+    app = contract.parse(app_with(**{"x-colorgate__secrets": {"stripe_key": {"services": ["api"], "env": "STRIPE_KEY_FILE"}}}))
+    made = {"secrets-blue-api": {"stripe_key": "shop_secrets-blue-api_stripe_key_3f9a"}}  # swarm.ensure_secrets' names
+    out = render.swarm(app, {"COLORGATE_HTTPS_PORT": "443", "COLORGATE_HTTP_PORT": "80"}, secrets=made)
+    api = out["services"]["api_blue"]
+    assert {"source": "shop_secrets-blue-api_stripe_key_3f9a", "target": "/run/app-secrets/stripe_key", "mode": 0o444} in api["secrets"]
+    assert not any(str(v).startswith("secrets-blue-api") for v in api["volumes"])  # no volume: a volume is one node's
+    assert api["environment"]["STRIPE_KEY_FILE"] == "/run/app-secrets/stripe_key" and "secrets-blue-api" not in out["volumes"]
+    assert out["secrets"] == {"shop_secrets-blue-api_stripe_key_3f9a": {"external": True}}
+
+
 def test_a_colored_service_may_ask_for_more_tasks_on_a_swarm():
     app = contract.parse(app_with(**{"x-colorgate__colored": {"web": {"replicas": 3}, "api": None, "worker": {}}}))
     assert app.colored == ("web", "api", "worker") and app.replicas == {"web": 3}
