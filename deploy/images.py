@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from deploy import runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, RegistryError
@@ -173,6 +175,13 @@ def source_version(directory: Path) -> tuple[str, str]:
     return commit + "-dirty" * dirty, git("log", "-1", "--format=%s")
 
 
+def default_version(settings: Settings) -> str:
+    """A release's version when none is given: the app's commit (COLORGATE_VERSIONS=commit,
+    its code in Git), else the next vN."""
+    commit = source_version(settings.app.directory)[0] if settings.versions == "commit" else ""
+    return commit or next_version(release_tags(settings))
+
+
 def app_tag(settings: Settings, name: str, version: str) -> str:
     return f"{settings.image_prefix}{name}:{version}"
 
@@ -241,13 +250,53 @@ def registry_session(settings: Settings) -> Iterator[dict[str, str]]:
         yield env
 
 
+MANIFESTS = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+
+
+def registry_image(settings: Settings, name: str, tag: str) -> str | None:
+    """The image (its config's digest, what the engine calls its id) the registry holds
+    as `name:tag`, or None when it holds none: the registry's HTTP API, with basic auth
+    or the token a Bearer challenge asks for (GHCR, Docker Hub)."""
+    server = registry_server(settings)
+    repository = app_tag(settings, name, tag).removeprefix(f"{server}/").rsplit(":", 1)[0]
+    scheme = "http" if server.split(":")[0] in ("127.0.0.1", "localhost") else "https"  # as the engine trusts loopback
+    url, accept = f"{scheme}://{server}/v2/{repository}/manifests/{tag}", {"Accept": MANIFESTS}
+    auth = (settings.registry_user, settings.registry_password) if settings.registry_user else None
+    try:
+        with httpx.Client(timeout=30) as client:
+            answer = client.get(url, headers=accept)
+            challenge = answer.headers.get("www-authenticate", "")
+            if answer.status_code == 401 and challenge.lower().startswith("bearer"):
+                asked = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+                granted = client.get(asked.get("realm", ""), params={k: v for k, v in asked.items() if k in ("service", "scope")}, auth=auth)
+                token = granted.json().get("token") or granted.json().get("access_token") if granted.status_code == 200 else ""
+                answer = client.get(url, headers={**accept, "Authorization": f"Bearer {token}"})
+            elif answer.status_code == 401 and auth:
+                answer = client.get(url, headers=accept, auth=auth)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise RegistryError(explain_registry_error(server, f"dial tcp: {exc}")) from None
+    if answer.status_code == 404:
+        return None
+    if answer.status_code != 200:
+        raise RegistryError(explain_registry_error(server, f"{answer.status_code} {answer.reason_phrase}"))
+    return (answer.json().get("config") or {}).get("digest")
+
+
 def push(settings: Settings, version: str, env: dict[str, str]) -> list[str]:
-    """Push every image at `version` and `latest` (the infra images were built as latest)."""
+    """Push every image at `version` and `latest` (the infra images were built as latest),
+    refusing first, before any is pushed, a `version` the registry holds from another
+    build: a version names one build (a laptop's v7 and CI's v7 are not the same code)."""
     pushed = []
     shared = infra_images(settings.app)
     for name in pushed_images(settings.app):
         if name in shared:
             runner.run(tag_cmd(app_tag(settings, name, "latest"), app_tag(settings, name, version)), env=settings.docker_env())
+    for name in pushed_images(settings.app):
+        held, built = registry_image(settings, name, version), image_id(settings, app_tag(settings, name, version))
+        if held and held != built:
+            raise RegistryError(f"the registry holds {app_tag(settings, name, version)} from another build ({held[:19]}, this one "
+                                f"{(built or '?')[:19]}): give this build a version of its own (--version), a version names one build")
+    for name in pushed_images(settings.app):
         for tag in (version, "latest"):
             ref = app_tag(settings, name, tag)
             try:

@@ -128,7 +128,7 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
     settings = _target(profile, host, registry)
     if not settings.registry:
         raise ColorgateError("no registry: pass --registry (e.g. ghcr.io/acme) or set COLORGATE_REGISTRY")
-    version = edge.check_version(version or _images.next_version(_images.release_tags(settings)))
+    version = edge.check_version(version or _images.default_version(settings))
     with _images.registry_session(settings) as env:
         with runner.step(f"building the images ({version})"):
             stack.build(settings, [*_images.infra_images(settings.app), *settings.app.color_services("blue")], {"blue": version})

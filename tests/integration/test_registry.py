@@ -4,6 +4,7 @@ htpasswd (bcrypt) authentication. The target pulls what it lacks instead of buil
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from deploy import config, edge, facts, images, runner
+from deploy.errors import RegistryError
 
 from .conftest import free_port, invoke, isolated_env, remove_stack
 
@@ -36,7 +38,9 @@ storage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}
 http: {{addr: 127.0.0.1:{port}}}
 auth: {{htpasswd: {{realm: colorgate-test, path: {root}/htpasswd}}}}
 """)
-    proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # its log to a file: a pipe nobody reads fills up and the registry stops answering
+    log = (root / "registry.log").open("wb")
+    proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=log)
     try:
         for _ in range(100):
             try:
@@ -48,6 +52,7 @@ auth: {{htpasswd: {{realm: colorgate-test, path: {root}/htpasswd}}}}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +111,13 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     assert deployed.returncode == 0, deployed.stderr[-2000:]
     assert "pulling green images (v8)" in deployed.stderr and "deploy: blue v7 -> green v8: switched" in deployed.stdout
     assert facts.service_states(settings)["backend_green"].image == images.app_tag(settings, "backend", "v8")
+
+    # a version the registry holds from another build is refused before anything is pushed
+    runner.run(images.tag_cmd(images.app_tag(settings, "frontend", "latest"), images.app_tag(settings, "backend", "v8")))
+    with images.registry_session(settings) as session, pytest.raises(RegistryError, match=(
+            rf"^the registry holds {re.escape(images.app_tag(settings, 'backend', 'v8'))} from another build \(sha256:")):
+        images.push(settings, "v8", session)
+    assert images.registry_image(settings, "backend", "v8") == facts.inspect(settings, facts.container(settings, "backend_green"))["Image"]
 
     missing = invoke("deploy", "--version", "v99", env=env)
     assert missing.returncode == 1 and "is not in the registry" in missing.stderr.strip().splitlines()[-1]
