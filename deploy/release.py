@@ -129,7 +129,7 @@ def plan_deploy(settings: Settings, target: Target, version: str | None = None, 
         version, rebuild = images.next_release(target.tags, target.history, live)
     version = edge.check_version(version)
     candidate = other(active.color)
-    if version == active.version and not force:
+    if version == active.version and not force and not (target.commit.endswith("-dirty") and version == target.commit):  # changed again
         return Plan("deploy", active.color, candidate, active.version, version,
                     noop=f"{version} is already live on {active.color}: nothing to do (--force deploys it again)")
     steps = DEPLOY_STEPS if not canary else (*DEPLOY_STEPS[:DEPLOY_STEPS.index("switch")], "canary", *DEPLOY_STEPS[DEPLOY_STEPS.index("switch"):])
