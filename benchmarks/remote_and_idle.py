@@ -277,7 +277,7 @@ def report(r: dict) -> str:
     lines.append(f"   the whole machine: {100 * r['stack_idle_cores']:.2f}% with the stack, {100 * r['baseline_cores']:.2f}% "
                  f"without it ({r['baseline_window_s']:g} s before), a difference of {r['machine_delta_percent']:+.2f}% "
                  "(other processes' noise included)")
-    lines.append("targets (issue #16):")
+    lines.append("targets (over SSH against local, and idle CPU):")
     for c, target in TARGETS.items():
         lines.append(f"   {'MET ' if r['ratio'][c] < target else 'MISS'}  {c} over SSH vs local: {r['ratio'][c]:.2f}x (target < {target}x)")
     lines.append(f"   {'MET ' if r['idle_percent_of_one_core'] < IDLE_TARGET else 'MISS'}  idle CPU of the stack: "

@@ -675,7 +675,7 @@ def report(result: dict) -> str:
                      f"wrk {c['achieved_rps']}/s of {c['asked_rps']}/s")
     elif bad:
         lines.append(f"bad release: NOT flipped back by the analysis (outcome {bad['outcome']}: {bad['detail'][:200]})")
-    lines.append("targets (issue #11):")
+    lines.append("targets (a switch under load):")
     for t in result["targets"].values():
         mark = "n/a " if t["met"] is None else "MET " if t["met"] else "MISS"
         lines.append(f"   {mark}  {t['label']}: {t['value']} (target {t['target']})")

@@ -1,4 +1,4 @@
-"""The Swarm target (COLORGATE_TARGET=swarm, issue #15): the same stack, releases and
+"""The Swarm target (COLORGATE_TARGET=swarm): the same stack, releases and
 gates on a Docker Swarm manager, locally or over SSH.
 
 The stack is rendered for the Swarm (render.swarm) and applied whole with `docker stack

@@ -1,4 +1,4 @@
-"""A Docker Swarm on one machine, for tests (issue #15): several Docker engines, each in
+"""A Docker Swarm on one machine, for tests: several Docker engines, each in
 a container made from Debian's docker.io, on a bridge network of their own.
 
 `--privileged` is refused on these machines, so each engine gets the capabilities

@@ -32,7 +32,7 @@ def test_benchmark_smoke(tmp_path):
     assert result["baseline_recreate"]["never_retry"]["requests"] > 0
     assert set(result["targets"]) == {"failed_never_retry", "switch_ms", "gated_ms", "rollback_ms", "stream_gap_s"}
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "first answer from the new color" in proc.stdout and "targets (issue #11):" in proc.stdout
+    assert "first answer from the new color" in proc.stdout and "targets (a switch under load):" in proc.stdout
     bad = result["bad_release"]  # flipped back by the analysis, timed, its failed requests counted
     assert bad["flipped_back"] and bad["outcome"] == "rolled back" and 0 < bad["time_to_detect_s"] < 30, bad
     assert 0 < bad["failed"] < bad["answered"] and "bad release (1 in 5 of" in proc.stdout
@@ -70,6 +70,6 @@ def test_remote_and_idle_benchmark_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["ratio"]) == {"status", "deploy", "rollback"} and all(v > 0 for v in result["ratio"].values())
     assert result["ssh_connections"]["status"] <= 1 and result["services"] == 6 and 0 < result["memory_mib"] < 1024
-    assert "targets (issue #16):" in proc.stdout and result["engine_cores"] >= 0 and "the whole machine:" in proc.stdout
+    assert "targets (over SSH against local, and idle CPU):" in proc.stdout and result["engine_cores"] >= 0 and "the whole machine:" in proc.stdout
     leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "cgvps" not in leftover

@@ -1,4 +1,4 @@
-"""The fault matrix (issue #13): the real CLI, stopped at a named phase
+"""The fault matrix: the real CLI, stopped at a named phase
 (COLORGATE_PAUSE_AT makes it wait there), then killed: SIGKILL (no clean-up can run:
 the lock, the freeze, the record stay behind) or SIGTERM (a cancelled CI job: the same
 clean-up as an error). After each, the invariants: the edge answers from exactly the

@@ -1,4 +1,4 @@
-"""The fault matrix's db.move cells (issue #13), both modes, on a stack of their own
+"""The fault matrix's db.move cells, both modes, on a stack of their own
 (run beside test_crash.py): killed before the freeze, inside the initial sync or the
 copy, inside the freeze, after the switch. Invariants: traffic is on exactly one
 color, the one the routing file names, with the database its record names; every

@@ -1,4 +1,4 @@
-"""The test Swarm of issue #15 works on this machine: engines in containers form a
+"""The test Swarm works on this machine: engines in containers form a
 Swarm, an image sent to every node runs as a service spread over the nodes, and its
 tasks answer across nodes by name over an overlay network (dnsrr: no IPVS here).
 The Swarm target itself is tested on this cluster in test_swarm_target.py."""

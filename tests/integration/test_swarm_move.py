@@ -1,4 +1,4 @@
-"""db.move and db.retire-local on a Swarm (issue #15), with the jobs example: a routed
+"""db.move and db.retire-local on a Swarm, with the jobs example: a routed
 web service and a worker in two colors, Redis and PostgreSQL shared, on the manager of
 a test Swarm of two engines that pull from a registry. The managed database is a
 PostgreSQL on the cluster's network, reached by URL. The replication relay is a

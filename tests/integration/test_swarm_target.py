@@ -1,4 +1,4 @@
-"""The Swarm target (issue #15): the same commands, gates and releases against the
+"""The Swarm target: the same commands, gates and releases against the
 manager of a test Swarm of two engines, whose nodes pull the images from a registry.
 The static site runs there with 3 tasks per color spread over both nodes; its edge
 gets a certificate from a test ACME CA; the PostgreSQL app loses a worker under writes."""

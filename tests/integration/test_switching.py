@@ -1,4 +1,4 @@
-"""Switching without a reload (issue #11): the edge reads the live color per request,
+"""Switching without a reload: the edge reads the live color per request,
 so clients that never retry lose nothing across switches, streams on the old color
 stay open until it is stopped (then closed within the drain bound), writes during a
 short freeze are held and passed on, and a routing file that is not valid never

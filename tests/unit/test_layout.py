@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # a module of deploy/, or a package (deploy/edge/, deploy/contract/): one node, its files together
 MODULES = {p.stem: [p] for p in (ROOT / "deploy").glob("*.py") if p.stem != "__init__"}
 MODULES.update({d.name: sorted(d.glob("*.py")) for d in (ROOT / "deploy").iterdir() if (d / "__init__.py").is_file()})
-MAX_LINES = 440  # "no module over about 400 lines" (issue #10)
+MAX_LINES = 440  # "no module over about 400 lines"
 
 
 def imports(path: Path) -> tuple[set[str], list[int]]:
