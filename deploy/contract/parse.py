@@ -28,8 +28,8 @@ def compose_in(directory: Path, drafts: bool = True) -> Path | None:
 def find_file(path: Path, drafts: bool = True) -> Path:
     """A compose file, or the compose file in a directory (see compose_in)."""
     if path.is_dir():
-        if compose_in(path, drafts):
-            return compose_in(path, drafts)
+        if found := compose_in(path, drafts):
+            return found
         raise ContractError(f"no compose file in {path}: expected one of {', '.join(COMPOSE_NAMES)}")
     if not path.is_file():
         raise ContractError(f"the app's compose file {path} does not exist: set COLORGATE_APP to your compose file")

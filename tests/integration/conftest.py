@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import dataclasses
 import os
 import secrets
 import shutil
@@ -18,7 +19,7 @@ import httpx
 import pytest
 import tenacity
 
-from deploy import config, runner, stack, tls, views
+from deploy import config, edge, gates, runner, stack, tls, views
 from tests.certs import make_ca, make_leaf
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -140,6 +141,16 @@ def running_stack(request, settings: config.Settings):
         if request.session.testsfailed:
             dump_logs(settings)
         remove_stack(settings)
+
+
+def gates_strict_then_accepted(settings: config.Settings):
+    """The live color's gates twice, for an app whose docs put a secret in its environment:
+    with COLORGATE_SECRETS_IN_ENV=refuse (the Hardening gate names it), then with the
+    operator's acceptance the settings carry. Returns both results."""
+    active = edge.read_active(settings)
+    strict = dataclasses.replace(settings, secrets_in_env="refuse", raw={**settings.raw, "COLORGATE_SECRETS_IN_ENV": "refuse"})
+    return (gates.run_gates(strict, "pre or post", active.color, active.version),
+            gates.run_gates(settings, "pre or post", active.color, active.version))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ verified backup before `mlflow db upgrade`, rollback, switch, backup and verify.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from urllib.parse import urlsplit
 
@@ -16,7 +15,7 @@ import pytest
 
 from deploy import config, db, edge, facts, gates, images, release, render, tls
 
-from .conftest import invoke, isolated_env, running_stack
+from .conftest import gates_strict_then_accepted, invoke, isolated_env, running_stack
 
 ROOT = config.project_root()
 
@@ -58,12 +57,9 @@ def test_mlflow_from_pypi_runs_on_the_stacks_database_as_its_own_role(mlflow):
 
 def test_mlflow_passes_the_built_in_gates_and_its_own_write_and_read_back(mlflow):
     env, s = mlflow
-    active = edge.read_active(s)
     # the URL in its environment is what the Hardening gate refuses unless the operator accepts it
-    strict = dataclasses.replace(s, secrets_in_env="refuse", raw={**s.raw, "COLORGATE_SECRETS_IN_ENV": "refuse"})
-    refused = gates.run_gates(strict, "pre or post", active.color, active.version)
+    refused, result = gates_strict_then_accepted(s)
     assert not refused.passed and "MLFLOW_BACKEND_STORE_URI" in refused.first_failure()
-    result = gates.run_gates(s, "pre or post", active.color, active.version)
     assert result.passed, result.first_failure()
     assert {"An experiment created through the REST API is read back and deleted", "The candidate answers its health check",
             "The app reaches its database as its own role"} <= {x.name for x in result.scenarios}
