@@ -34,7 +34,7 @@ live color's routed services.
 
 A load client that cannot keep its rate measures itself: each phase's achieved rate
 and late requests are checked, and a run that fell behind prints why, writes no
-figures and exits 3.
+figures and exits 8.
 
     python benchmarks/switch_under_load.py --switches 20 --rps 200 --json out.json --png out.png
 """
@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import apply, config, edge, facts, release, runner, stack, swarm, tls  # noqa: E402
 from deploy.colors import other  # noqa: E402
-from deploy.errors import GateFailed  # noqa: E402
+from deploy.errors import BENCH_INVALID, GateFailed  # noqa: E402
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_record.lua")
 MIN_RATE_SHARE = 0.95  # a phase whose client achieved less than this share of its rate is not valid
@@ -711,7 +711,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     if not result["valid"]:
-        return 3
+        return BENCH_INVALID
     if args.png:
         print(f"wrote {args.png}")
     return 0

@@ -28,7 +28,7 @@ from deploy import db, edge, facts, recover, render, runner, stack, swarm
 from deploy.history import Record, lock, recorded, timed
 from deploy.colors import other
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError, ConfigError, StackError
+from deploy.errors import BadInput, ColorgateError, CommandError, ConfigError, StackError
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def scale(settings: Settings, service: str, count: int) -> str:
     if not settings.swarm:
         raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
     if service not in settings.app.colored:
-        raise ColorgateError(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
+        raise BadInput(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
     with lock(settings, "scale"):
         active = edge.read_active(settings)
         if active is None:

@@ -28,7 +28,7 @@ import time
 from deploy import edge, history
 from deploy.colors import other
 from deploy.config import Settings
-from deploy.errors import ColorgateError, GateFailed
+from deploy.errors import BadInput, ColorgateError, GateFailed
 
 COOKIE = "colorgate_bucket"
 
@@ -40,7 +40,7 @@ def parse_percents(text: str) -> tuple[int, ...]:
     except ValueError:
         percents = ()
     if not percents or any(not 1 <= p <= 99 for p in percents) or list(percents) != sorted(set(percents)):
-        raise ColorgateError(f"--canary {text!r} is not a list of rising shares of users: give percentages from 1 to 99, "
+        raise BadInput(f"--canary {text!r} is not a list of rising shares of users: give percentages from 1 to 99, "
                              "such as --canary 10 or --canary 10,50 (100 is the switch that follows them)")
     return percents
 

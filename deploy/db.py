@@ -24,7 +24,7 @@ import tenacity
 from deploy import dbtools, edge, history, images, runner
 from deploy.config import Settings
 from deploy.keys import STRICT_PROFILES, shown_url
-from deploy.errors import ColorgateError, CommandError, UnknownBackup
+from deploy.errors import BadInput, ColorgateError, CommandError, UnknownBackup
 
 
 DUMP_SCRIPT = """set -eu
@@ -292,7 +292,7 @@ def verified_backup(settings: Settings, record: history.Record) -> None:
 
 def check_restore_allowed(settings: Settings, yes: bool) -> None:
     if settings.profile in STRICT_PROFILES and not yes:
-        raise ColorgateError(f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)")
+        raise BadInput(f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)")
 
 
 def restore(settings: Settings, name: str, yes: bool = False, unverified: bool = False) -> dict:
@@ -305,9 +305,9 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
     found = find(settings, name)
     checked = found.get("verify")
     if checked and not checked["usable"]:
-        raise ColorgateError(f"backup {name} is marked unusable ({checked['reason']}): choose another")
+        raise BadInput(f"backup {name} is marked unusable ({checked['reason']}): choose another")
     if not checked and not unverified:
-        raise ColorgateError(f"backup {name} was never verified: run `invoke db.verify {name}` first, "
+        raise BadInput(f"backup {name} was never verified: run `invoke db.verify {name}` first, "
                              "or restore it as it is with --unverified")
     if _checksum(settings, name) != found["manifest"]["sha256"]:
         raise ColorgateError(f"backup {name} changed or was damaged since it was made (its checksum does not match "

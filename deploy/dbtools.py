@@ -21,7 +21,7 @@ from deploy import access, history, runner, stack
 from deploy.config import Settings
 from deploy.keys import tls_params
 from deploy.contract import SECRETS_DIR
-from deploy.errors import ColorgateError
+from deploy.errors import BadInput
 from deploy.facts import psql_cmd
 
 
@@ -98,9 +98,9 @@ def require_postgres(settings: Settings) -> None:
     """The db.* tasks work on the app's PostgreSQL: refuse in one line when it has none."""
     db = settings.app.database
     if db is None:
-        raise ColorgateError(f"the app ({settings.app.file}) declares no database (x-colorgate.database): there is nothing for db.* to do")
+        raise BadInput(f"the app ({settings.app.file}) declares no database (x-colorgate.database): there is nothing for db.* to do")
     if db.kind != "postgresql":
-        raise ColorgateError(f"the app's database {db.service!r} is not PostgreSQL (x-colorgate.database.kind: {db.kind}): "
+        raise BadInput(f"the app's database {db.service!r} is not PostgreSQL (x-colorgate.database.kind: {db.kind}): "
                              "the db.* tasks (backup, verify, restore, move) work with PostgreSQL only")
 
 

@@ -1,20 +1,41 @@
-"""Typed errors. The CLI edge (tasks.py) turns each into one line; no tracebacks."""
+"""Typed errors. The CLI edge (deploy/cli) turns each into one line and its exit code; no
+tracebacks. Each class owns its code; the README's "Exit codes" table lists them."""
 
 from __future__ import annotations
 
 import re
 
+# The exit codes, one meaning each whatever the task (128+N: ended by signal N).
+FAILED = 1  # a command, a build, a migration, a health check or a check did not succeed
+BAD_INPUT = 2  # an option, a setting, the contract or a name given is wrong; nothing changed
+REFUSED = 3  # the gates turned a release away before the switch: traffic stayed where it was
+FLIPPED_BACK = 4  # traffic moved, its gates or the analysis failed after it, and it moved back
+LOCKED = 5  # another release holds the target's lock (or left it stale)
+UNREACHABLE = 6  # Docker is missing, or the engine or the SSH host does not answer
+NOTHING_TO_DO = 7  # the version asked for is live already
+BENCH_INVALID = 8  # a benchmark whose load client fell behind: no figures
+
 
 class ColorgateError(Exception):
     """Base class: the message is the one line an operator sees (problem and fix)."""
 
+    exit_code = FAILED
 
-class ConfigError(ColorgateError):
+
+class BadInput(ColorgateError):
+    """An option or a name given on the command line is wrong (nothing was changed)."""
+
+    exit_code = BAD_INPUT
+
+
+class ConfigError(BadInput):
     """A setting is missing, malformed or a placeholder."""
 
 
 class DockerUnavailable(ColorgateError):
-    """The docker CLI is missing or the engine cannot be reached."""
+    """The docker CLI is missing, or the engine (on this machine or over SSH) cannot be reached."""
+
+    exit_code = UNREACHABLE
 
 
 class PortInUse(ColorgateError):
@@ -50,15 +71,15 @@ class ContractError(ConfigError):
     """The app's compose file or its x-colorgate block is unreadable or invalid."""
 
 
-class UnknownColor(ColorgateError):
+class UnknownColor(BadInput):
     """A color other than blue or green."""
 
 
-class BadVersion(ColorgateError, ValueError):
+class BadVersion(BadInput, ValueError):
     """A version tag that is not safe in image tags and nginx configuration."""
 
 
-class UnknownBackup(ColorgateError):
+class UnknownBackup(BadInput):
     """No backup by that name on the target."""
 
 
@@ -69,9 +90,26 @@ class RegistryError(ColorgateError):
 class LockHeld(ColorgateError):
     """Another release holds the target's lock."""
 
+    exit_code = LOCKED
+
 
 class GateFailed(ColorgateError):
-    """A gate scenario failed: traffic did not move, or moved back."""
+    """A gate scenario (or the canary's analysis) turned a release away before the switch:
+    traffic did not move."""
+
+    exit_code = REFUSED
+
+
+class FlippedBack(GateFailed):
+    """Gates or the analysis failed after the switch, and traffic moved back."""
+
+    exit_code = FLIPPED_BACK
+
+
+class NothingToDo(ColorgateError):
+    """The version asked for is live already (--force deploys it again)."""
+
+    exit_code = NOTHING_TO_DO
 
 
 class MoveError(ColorgateError):

@@ -247,7 +247,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
                 except ColorgateError as again:
                     runner.say(f"!! {plan.from_color}'s workers did not start again ({again}): the next command starts them")
         if touched and isinstance(exc, ColorgateError):
-            kind = GateFailed if isinstance(exc, GateFailed) else MoveError
+            kind = type(exc) if isinstance(exc, GateFailed) else MoveError
             raise kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
                        f"the target {shown_url(url)} now holds a partial copy: empty it before retrying") from None
         raise

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from deploy import access, apply, canary, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
 from deploy.colors import other, parse_color
 from deploy.config import Settings
-from deploy.errors import ColorgateError, ConfigError, GateFailed, StackError
+from deploy.errors import ColorgateError, ConfigError, FlippedBack, GateFailed, StackError
 from deploy.history import Held, Record, at, check_not_rejected, lock, previous_color, recorded, rejected, timed
 
 
@@ -190,10 +190,10 @@ def execute(plan: Plan, do, record: Record) -> None:
         try:
             do.gates_back()
         except GateFailed as again:
-            raise GateFailed(f"{failed}; traffic is back on {plan.from_color}, but its gates fail too: {again}") from None
+            raise FlippedBack(f"{failed}; traffic is back on {plan.from_color}, but its gates fail too: {again}") from None
         finally:
             do.retire_rejected()
-        raise GateFailed(f"{failed}; traffic is back on {plan.from_color} ({plan.from_version})") from None
+        raise FlippedBack(f"{failed}; traffic is back on {plan.from_color} ({plan.from_version})") from None
     except (ColorgateError, KeyboardInterrupt) as exc:
         if started and not switching:
             do.stop_candidate()
@@ -202,7 +202,7 @@ def execute(plan: Plan, do, record: Record) -> None:
             record.outcome, record.rejected = "rolled back", f"{plan.to_color} {plan.to_version}"
             if isinstance(exc, ColorgateError):
                 do.retire_rejected()
-                raise ColorgateError(f"{exc}; traffic is back on {plan.from_color} ({plan.from_version})") from None
+                raise FlippedBack(f"{exc}; traffic is back on {plan.from_color} ({plan.from_version})") from None
         raise
 
 

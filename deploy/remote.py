@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deploy import config, runner
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError
+from deploy.errors import BAD_INPUT, BadInput, ColorgateError, CommandError, DockerUnavailable
 from deploy.ssh import explain_ssh_error, parse
 
 SETUP_SCRIPT = config.shipped("colorgate_parts") / "scripts" / "server-setup.sh"
@@ -47,9 +47,10 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
                 explained += (" (a server set up before has root's login off once its deploy user worked: "
                               "run it as a user who may sudo, --host ssh://USER@HOST)")
             if explained:
-                raise ColorgateError(explained) from None
+                raise DockerUnavailable(explained) from None
             lines = [line for line in text.strip().splitlines() if line.startswith("server-setup: ")]
-            raise ColorgateError(f"on {target.shown}: " + (lines[-1] if lines else str(exc))) from None
+            kind = BadInput if exc.returncode == BAD_INPUT else ColorgateError  # the script refused an argument
+            raise kind(f"on {target.shown}: " + (lines[-1] if lines else str(exc))) from None
 
     machine = run(target.ssh("uname", "-m"), "uname on the host").stdout
     run(target.ssh("mkdir", "-p", "-m", "700", REMOTE_DIR), "making a work directory on the host")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from deploy.errors import ColorgateError, ConfigError
+from deploy.errors import ColorgateError, ConfigError, DockerUnavailable
 
 logger = logging.getLogger("colorgate")
 
@@ -176,7 +176,7 @@ class Tunnel:
     def _fail(self, fallback: str) -> None:
         why = self._explain(fallback)
         self.close(end=True)
-        raise ColorgateError(why)
+        raise DockerUnavailable(why)
 
     def _explain(self, fallback: str) -> str:
         text = "".join(f.read_text(errors="replace") for f in (self.log, self.master_log) if f.exists())

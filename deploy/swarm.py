@@ -47,7 +47,7 @@ def nodes(settings: Settings) -> list[dict]:
     except CommandError as exc:
         text = exc.stderr + exc.stdout
         if "not a swarm manager" in text or "swarm" in text.lower():
-            raise ColorgateError(f"the engine at {settings.docker_host or 'this machine'} is not a Swarm manager: run "
+            raise ConfigError(f"the engine at {settings.docker_host or 'this machine'} is not a Swarm manager: run "
                                  "`docker swarm init` there (and join the other nodes), or set COLORGATE_TARGET=compose") from None
         raise
 
@@ -55,7 +55,7 @@ def nodes(settings: Settings) -> list[dict]:
 def check_images_reachable(settings: Settings, ready_nodes: int) -> None:
     """Images built or sent to one engine exist only there: the other nodes cannot run them."""
     if ready_nodes > 1 and settings.image_source != "registry":
-        raise ColorgateError(f"this Swarm has {ready_nodes} nodes, which pull their images from a registry: set COLORGATE_REGISTRY "
+        raise ConfigError(f"this Swarm has {ready_nodes} nodes, which pull their images from a registry: set COLORGATE_REGISTRY "
                              "(and push with `invoke images.push`); images built on one engine exist only there")
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from deploy import edge, runner, stack
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError
+from deploy.errors import BadInput, ColorgateError, CommandError
 
 TLS_DIR = "/etc/colorgate/tls"
 LOCAL_CA = f"{TLS_DIR}/local-ca.pem"
@@ -175,12 +175,12 @@ HOOK = "/usr/local/bin/colorgate-deploy-hook"
 def resolve_directory(directory: str | None, staging: bool) -> str:
     """`letsencrypt`, `letsencrypt-staging` or a URL -> the ACME directory URL."""
     if staging and directory not in (None, "letsencrypt-staging"):
-        raise ColorgateError("--staging and --directory both given: use one")
+        raise BadInput("--staging and --directory both given: use one")
     name = "letsencrypt-staging" if staging else (directory or "letsencrypt")
     if name in DIRECTORIES:
         return DIRECTORIES[name]
     if not re.fullmatch(r"^https://\S+$", name):
-        raise ColorgateError(f"ACME directory {name!r} is neither letsencrypt, letsencrypt-staging nor an https:// URL")
+        raise BadInput(f"ACME directory {name!r} is neither letsencrypt, letsencrypt-staging nor an https:// URL")
     return name
 
 
@@ -302,17 +302,17 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     certificate keeps serving."""
     domain = domain or settings.domain
     if domain != settings.domain:
-        raise ColorgateError(f"--domain {domain} is not COLORGATE_DOMAIN ({settings.domain}): set COLORGATE_DOMAIN={domain} first")
+        raise BadInput(f"--domain {domain} is not COLORGATE_DOMAIN ({settings.domain}): set COLORGATE_DOMAIN={domain} first")
     if domain == "localhost" or "." not in domain:
-        raise ColorgateError(f"an ACME CA cannot issue for {domain!r}: set COLORGATE_DOMAIN to a public host name")
+        raise BadInput(f"an ACME CA cannot issue for {domain!r}: set COLORGATE_DOMAIN to a public host name")
     if not EMAIL.fullmatch(email or ""):
-        raise ColorgateError(f"invalid email {email!r}: give an address the CA can send expiry notices to")
+        raise BadInput(f"invalid email {email!r}: give an address the CA can send expiry notices to")
     url = resolve_directory(directory, staging)
     env = stack.compose_env(settings, {})
     own_volumes(settings, env)
     if ca_bundle:
         if not Path(ca_bundle).is_file():
-            raise ColorgateError(f"--ca-bundle {ca_bundle} does not exist")
+            raise BadInput(f"--ca-bundle {ca_bundle} does not exist")
         runner.run(stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "certbot", "-c",
                                      f"cat > {ACME_CA_FILE}"), input=Path(ca_bundle).read_text(), env=env, what="installing the ACME CA bundle")
     try:

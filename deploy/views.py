@@ -12,7 +12,7 @@ from pathlib import Path
 from deploy import edge, facts, history, runner, stack, swarm, traffic
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
-from deploy.errors import ColorgateError
+from deploy.errors import BadInput
 
 
 def status(settings: Settings) -> dict:
@@ -141,7 +141,7 @@ def pick(history: list[dict], which: str) -> dict:
         return found[-1]
     if str(which).isdigit() and 1 <= int(which) <= len(history):
         return history[-int(which)]
-    raise ColorgateError(f"no record {which!r} in the history ({len(history)} kept): give 1 for the latest, 2 for the one "
+    raise BadInput(f"no record {which!r} in the history ({len(history)} kept): give 1 for the latest, 2 for the one "
                          "before, ..., or an id from `invoke history --json`")
 
 
@@ -191,7 +191,7 @@ def format_release(r: dict, here: Path | None = None) -> str:
 def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:
     known = [*stack.infra_services(settings), *(name for color in COLORS for name in settings.app.color_services(color))]
     if service is not None and service not in known:
-        raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
+        raise BadInput(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
     if settings.swarm:  # one `docker service logs` a service: in turn, or side by side when they follow
         runs = [threading.Thread(target=runner.run, args=(swarm.logs_cmd(settings, name, follow, tail),), daemon=True,
                                  kwargs={"env": settings.docker_env(), "capture": False, "check": False})
@@ -213,15 +213,15 @@ def exec_in(settings: Settings, service: str, color: str | None, command: str) -
     or a shared service. Returns its exit code."""
     app = settings.app
     if not command.strip():
-        raise ColorgateError(f"exec needs a command after --: colorgate exec {service} -- ls /")
+        raise BadInput(f"exec needs a command after --: colorgate exec {service} -- ls /")
     if service in app.colored:
         live = edge.read_active(settings)
         if not (color or live):
-            raise ColorgateError("no color is live yet: name one with --color blue")
+            raise BadInput("no color is live yet: name one with --color blue")
         service = app.copy_name(service, parse_color(color) if color else live.color)
     known = [*app.shared, *app.colored, *(name for c in COLORS for name in app.color_services(c))]
     if service not in known:
-        raise ColorgateError(f"unknown service {service!r}: use one of {', '.join(known)}")
+        raise BadInput(f"unknown service {service!r}: use one of {', '.join(known)}")
     tty = ["-t"] if sys.stdin.isatty() and sys.stdout.isatty() else []
     cmd = ["docker", "exec", "-i", *tty, facts.container(settings, service), "sh", "-c", command]
     return runner.run(cmd, env=settings.docker_env(), capture=False, check=False, what=f"exec in {service}").returncode

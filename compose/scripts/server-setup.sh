@@ -30,6 +30,7 @@ changed=0
 
 say() { printf 'server-setup: %s\n' "$*"; }
 die() { printf 'server-setup: error: %s\n' "$*" >&2; exit 1; }
+bad() { printf 'server-setup: error: %s\n' "$*" >&2; exit 2; }  # an argument is wrong: nothing was changed
 change() { changed=$((changed + 1)); say "changed: $*"; }
 has_systemd() { [ -d /run/systemd/system ]; }
 
@@ -48,21 +49,21 @@ put() {
 
 [ "$(id -u)" = 0 ] || die "run as root (sudo sh server-setup.sh ...)"
 case $user in
-  ""|*[!a-z0-9_-]*) die "usage: server-setup.sh DEPLOY_USER \"SSH_PUBLIC_KEY\" [SSH_PORT] (user: lowercase letters, digits, - and _)" ;;
+  ""|*[!a-z0-9_-]*) bad "usage: server-setup.sh DEPLOY_USER \"SSH_PUBLIC_KEY\" [SSH_PORT] (user: lowercase letters, digits, - and _)" ;;
 esac
 case $key in
   ssh-*" "*|ecdsa-*" "*|sk-*" "*) ;;
-  *) die "the second argument must be an SSH public key (ssh-ed25519 AAAA... you@laptop)" ;;
+  *) bad "the second argument must be an SSH public key (ssh-ed25519 AAAA... you@laptop)" ;;
 esac
 case $ssh_port in
-  ""|*[!0-9]*) die "SSH_PORT must be a number" ;;
+  ""|*[!0-9]*) bad "SSH_PORT must be a number" ;;
 esac
 peers_file=/etc/colorgate/swarm-peers
 peers=${COLORGATE_SWARM_PEERS:-}
 if [ -z "$peers" ] && [ -f "$peers_file" ]; then peers=$(cat "$peers_file"); fi
 case $peers in
   none) peers="" ;;
-  *[!0-9./,]*|,*|*,|*,,*) die "COLORGATE_SWARM_PEERS must be IPv4 addresses or CIDRs, comma-separated (10.0.0.2,10.0.0.3), or none" ;;
+  *[!0-9./,]*|,*|*,|*,,*) bad "COLORGATE_SWARM_PEERS must be IPv4 addresses or CIDRs, comma-separated (10.0.0.2,10.0.0.3), or none" ;;
 esac
 if [ -z "$peers" ] && command -v docker > /dev/null && [ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2> /dev/null)" = active ]; then
   die "this engine is a Swarm node: pass its peers (--swarm-peers ADDR,...), or run docker swarm leave first"

@@ -9,9 +9,10 @@ import os
 import sys
 from importlib import metadata
 
-from invoke import Collection, Program
+from invoke import Collection, Exit, ParseError, Program
 
 from deploy.cli import common
+from deploy.errors import BAD_INPUT
 
 from deploy.cli.app import (apply, bench, bootstrap, canary_abort, canary_promote, canary_status, deploy, down, exec_, history, init, logs,
                             maintenance, render, rollback, scale, status, switch, traffic, up)
@@ -41,6 +42,26 @@ def _help(fn) -> None:
 common.show_help = _help
 
 
+class _Program(Program):
+    """invoke's Program, whose usage errors (an unknown task or option, a missing
+    argument) exit 2 like every other bad input, not 1 like a failure."""
+
+    def _usage(self, parse, *args) -> None:
+        try:
+            parse(*args)
+        except ParseError as exc:
+            raise Exit(f"colorgate: {exc}", code=BAD_INPUT) from None
+
+    def parse_core(self, argv) -> None:
+        self._usage(super().parse_core, argv)
+
+    def parse_tasks(self) -> None:
+        self._usage(super().parse_tasks)
+
+    def parse_cleanup(self) -> None:
+        self._usage(super().parse_cleanup)
+
+
 def main() -> None:
     """The `colorgate` console script."""
     try:
@@ -48,7 +69,7 @@ def main() -> None:
     except metadata.PackageNotFoundError:
         version = "unknown"
     try:
-        Program(namespace=ns, name="Colorgate", binary="colorgate", version=version).run()
+        _Program(namespace=ns, name="Colorgate", binary="colorgate", version=version).run()
     except BrokenPipeError:  # `colorgate --list | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(141) from None

@@ -12,7 +12,7 @@ from invoke import Exit
 from deploy import apply as _apply, bootstrap as _bootstrap, canary as canary_steps, contract, edge, history as _history, release, scaffold
 from deploy import render as _render, runner, stack, traffic as _traffic, views
 from deploy.cli.common import HOST_HELP, LOCK_HELP, REGISTRY_HELP, _load, _report, _say_left_out, _target, operator_errors, task
-from deploy.errors import ColorgateError
+from deploy.errors import BadInput, NothingToDo, ColorgateError
 
 
 @task(help={"profile": "env profile: development, staging or production", "host": HOST_HELP})
@@ -133,7 +133,7 @@ def traffic(c, seconds=None, profile=None, host=None, json_=False):
     except ValueError:
         seconds = 0
     if not 0 < seconds <= 86400:
-        raise ColorgateError("--seconds should be a number of seconds from 1 to 86400")
+        raise BadInput("--seconds should be a number of seconds from 1 to 86400")
     settings = _target(profile, host)
     found = _traffic.window(settings, seconds)
     print(json.dumps(_traffic.as_json(found), indent=2) if json_ else _traffic.format_figures(found, seconds))
@@ -145,10 +145,10 @@ def traffic(c, seconds=None, profile=None, host=None, json_=False):
 def maintenance(c, on=False, off=False, message="", retry=None, profile=None, host=None):
     """Maintenance mode: the edge answers the app's routes with 503, Retry-After and a message; its own health stays up."""
     if on == off:
-        raise ColorgateError("say --on or --off")
+        raise BadInput("say --on or --off")
     retry = str(retry or 60)
     if not retry.isdigit() or not 1 <= int(retry) <= 86400:
-        raise ColorgateError("--retry should be a number of seconds from 1 to 86400")
+        raise BadInput("--retry should be a number of seconds from 1 to 86400")
     settings = _target(profile, host)
     changed = _history.maintenance(settings, on, message, int(retry))
     print("maintenance mode on: the app's routes answer 503" if on else
@@ -167,7 +167,7 @@ def deploy(c, version=None, force=False, canary=None, keep_rejected=False, profi
     settings = _target(profile, host, registry, starts=True)
     record = release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares, keep_rejected=keep_rejected)
     if record.outcome == "no-op":  # nothing released: not a success a CI job could take for one
-        raise Exit(f"colorgate: {record.detail}", code=1)
+        raise NothingToDo(record.detail)
     _report(record)
 
 
@@ -201,7 +201,7 @@ REJECTED_HELP = "send traffic to a release that was turned away (its gates or an
 def switch(c, to=None, profile=None, host=None, break_lock=False, force=False):
     """Move traffic to an already running color, gated (pre gates, switch, post gates)."""
     if not to:  # a default, so that `invoke switch --help` is help, not a color named "--help"
-        raise ColorgateError("switch needs a color: invoke switch --to blue (or green)")
+        raise BadInput("switch needs a color: invoke switch --to blue (or green)")
     settings = _target(profile, host)
     _report(release.switch(settings, to, break_lock=break_lock, force=force))
 
@@ -224,7 +224,7 @@ def scale(c, spec, profile=None, host=None):
     """On a Swarm: run the live color's copy of a service with N replicas (the next deploy keeps N)."""
     service, sep, count = spec.partition("=")
     if not sep or not count.isdigit() or not 1 <= int(count) <= 100:
-        raise ColorgateError(f"scale needs SERVICE=N with N from 1 to 100, got {spec!r}: e.g. invoke scale api=3")
+        raise BadInput(f"scale needs SERVICE=N with N from 1 to 100, got {spec!r}: e.g. invoke scale api=3")
     settings = _target(profile, host)
     copy = _apply.scale(settings, service.strip(), int(count))
     print(f"{copy}: {count} replicas running")
@@ -255,7 +255,7 @@ def history(c, profile=None, host=None, limit=20, json_=False, show=None):
 def bench(c, switches=20, gated=3, baseline=3, rps=200, stream="", path=None, json_="benchmarks/out/switch_under_load.json",
           png="benchmarks/out/switch_under_load.png", no_bad_release=False, swarm=0, replicas=3):
     """Benchmark switching under HTTPS load on an isolated stack of the app (or a test Swarm), against the naive
-    recreate baseline (exits 3 without figures when the load client could not hold its rate)."""
+    recreate baseline (exits 8 without figures when the load client could not hold its rate)."""
     from benchmarks import switch_under_load
 
     code = switch_under_load.main([f"--switches={switches}", f"--gated={gated}", f"--baseline={baseline}", f"--rps={rps}",

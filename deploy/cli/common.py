@@ -29,7 +29,7 @@ HELP_WORDS = ("--help", "-h")
 
 
 def operator_errors(fn):
-    """Turn Colorgate errors into one line and exit code 1 (a traceback only in debug).
+    """Turn Colorgate errors into one line and their exit code (errors.py; a traceback only in debug).
     `--help` where a task takes a positional argument is help, not that argument."""
 
     @functools.wraps(fn)
@@ -44,7 +44,7 @@ def operator_errors(fn):
                 raise
             if isinstance(exc, CommandError) and len(exc.tail()) > 1:  # what it said before the line that says why
                 print("\n".join(f"   | {runner.redact(line)}" for line in exc.tail()), file=sys.stderr)
-            raise Exit(f"colorgate: {runner.redact(str(exc))}", code=1) from None
+            raise Exit(f"colorgate: {runner.redact(str(exc))}", code=exc.exit_code) from None
         except Interrupted as exc:
             raise Exit(f"colorgate: interrupted by {exc}", code=128 + getattr(signal, str(exc), signal.SIGTERM).value) from None
         except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from invoke import Exit
 from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys
 from deploy import move as _move, release, remote as _remote, runner, stack, tls as _tls, views
 from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task
-from deploy.errors import ColorgateError
+from deploy.errors import BAD_INPUT, BadInput
 
 
 @task(name="backup", help={"profile": "env profile", "host": HOST_HELP, "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)",
@@ -25,7 +25,7 @@ def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False):
     counts; with COLORGATE_BACKUP_COPY set, also copy it off the host."""
     settings = _target(profile, host)
     if copy and not settings.backup_copy:
-        raise ColorgateError("--copy needs an off-host destination: set COLORGATE_BACKUP_COPY (an rclone remote:path) "
+        raise BadInput("--copy needs an off-host destination: set COLORGATE_BACKUP_COPY (an rclone remote:path) "
                              "and COLORGATE_BACKUP_COPY_CONFIG (its rclone configuration file)")
     if local:
         settings = dataclasses.replace(settings, database_url="")
@@ -95,7 +95,7 @@ def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
     settings = _target(profile, host)
     to = to or os.environ.get("COLORGATE_MOVE_TO", "")
     if not to:
-        raise ColorgateError("db.move needs the target: --to URL, or COLORGATE_MOVE_TO in the environment (keeps the password off the command line)")
+        raise BadInput("db.move needs the target: --to URL, or COLORGATE_MOVE_TO in the environment (keeps the password off the command line)")
     record = _move.move(settings, to, mode=mode, break_lock=break_lock)
     _report(record)
     print(f"the database is now {record.detail}; set DATABASE_URL to the target URL in .env.{settings.profile}.local "
@@ -127,7 +127,7 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
     """Build every image and push it to the registry as VERSION and latest."""
     settings = _target(profile, host, registry)
     if not settings.registry:
-        raise ColorgateError("no registry: pass --registry (e.g. ghcr.io/acme) or set COLORGATE_REGISTRY")
+        raise BadInput("no registry: pass --registry (e.g. ghcr.io/acme) or set COLORGATE_REGISTRY")
     version = edge.check_version(version or _images.default_version(settings))
     with _images.registry_session(settings) as env:
         with runner.step(f"building the images ({version})"):
@@ -170,9 +170,9 @@ def server_setup(c, host=None, user="deploy", key_file=None, ssh_port=None, keep
     settings = _load(profile, host)
     path = Path(key_file).expanduser() if key_file else Path("~/.ssh/id_ed25519.pub").expanduser()
     if not path.is_file():
-        raise ColorgateError(f"no public key at {path}: pass --key-file with the key the {user} user will log in with")
+        raise BadInput(f"no public key at {path}: pass --key-file with the key the {user} user will log in with")
     if ssh_port is not None and not (str(ssh_port).isdigit() and 1 <= int(ssh_port) <= 65535):
-        raise ColorgateError(f"--ssh-port {ssh_port!r} should be a port number from 1 to 65535")
+        raise BadInput(f"--ssh-port {ssh_port!r} should be a port number from 1 to 65535")
     print("\n".join(_remote.server_setup(settings, user, path.read_text().strip(), _bootstrap.bundled_compose(),
                                          int(ssh_port) if ssh_port else None, keep_root_login, swarm_peers)))
 
@@ -224,8 +224,9 @@ def tls_schedule(c, profile=None, host=None):
 @operator_errors
 def secrets_check(c, profile=None):
     """Say where each of the app's secrets (x-colorgate.secrets) comes from for the profile, running
-    its command if it has one, without printing a value; exits 1 when one is missing or fails."""
+    its command if it has one, without printing a value; exits 2 when one is missing or fails
+    (as a deploy would refuse)."""
     lines, complete = appsecrets.check(_load(profile))
     print("\n".join(lines))
     if not complete:
-        raise Exit(code=1)
+        raise Exit(code=BAD_INPUT)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from deploy import facts, runner
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
-from deploy.errors import BadVersion, ColorgateError, CommandError, StackError
+from deploy.errors import BadInput, BadVersion, ColorgateError, CommandError, StackError
 from deploy.edge.routes import routes_digest
 
 STATE_DIR = "/etc/colorgate/state"
@@ -128,7 +128,7 @@ def render_freeze(hold_seconds: float, database: bool = False, bypass: str = "")
 
 def render_maintenance(message: str, retry: int, since: str, bypass: str) -> str:
     if not MESSAGE.fullmatch(message):
-        raise ColorgateError("the maintenance message must be one line of at most 300 characters without < > & \" or \\")
+        raise BadInput("the maintenance message must be one line of at most 300 characters without < > & \" or \\")
     return (f"# Managed by Colorgate: maintenance mode; every route answers 503 with this message.\n"
             f"retry={retry}\nsince={since}\nbypass={bypass}\nmessage={message}\n")
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from deploy import config, gates, images, runner, stack, tls
+from deploy import config, errors, gates, images, runner, stack, tls
 from tests.certs import make_ca, make_leaf
 
 from .conftest import free_port, invoke, isolated_env, pebble_server, running_stack
@@ -57,7 +57,7 @@ def test_bad_email_is_refused_before_anything_runs(settings, pebble):
 
 def test_a_domain_other_than_the_configured_one_is_refused(settings, env):
     proc = invoke("tls.init", "--email", f"ops@{DOMAIN}", "--domain", "bad..example", env=env)
-    assert proc.returncode == 1
+    assert proc.returncode == errors.BAD_INPUT
     assert proc.stderr.strip().splitlines()[-1] == (
         f"colorgate: --domain bad..example is not COLORGATE_DOMAIN ({DOMAIN}): set COLORGATE_DOMAIN=bad..example first")
 
@@ -66,7 +66,7 @@ def test_unreachable_acme_server_leaves_the_certificate_in_place(settings, pebbl
     before = tls.status(settings)
     proc = invoke("tls.init", "--email", f"ops@{DOMAIN}", "--directory", f"https://localhost:{free_port()}/dir",
                   "--ca-bundle", str(pebble["endpoint_ca"]), env=env)
-    assert proc.returncode == 1 and "is unreachable: check the directory URL" in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == errors.FAILED and "is unreachable: check the directory URL" in proc.stderr.strip().splitlines()[-1]
     assert tls.status(settings) == before
 
 
@@ -79,7 +79,7 @@ def test_a_failing_challenge_is_explained_and_https_keeps_serving(settings, pebb
     finally:
         httpx.post(f"{pebble['challtestsrv']}/clear-a", json={"host": DOMAIN + "."}).raise_for_status()
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 1 and "could not fetch the HTTP-01 challenge" in last and "port 80 of" in last, proc.stderr[-2000:]
+    assert proc.returncode == errors.FAILED and "could not fetch the HTTP-01 challenge" in last and "port 80 of" in last, proc.stderr[-2000:]
     with gates.edge_client(settings) as c:
         assert c.get("/api/health").status_code == 200
     assert tls.status(settings)["source"] == "local CA (made by the edge)"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, contract, db, edge, facts, gates, runner, stack, tls
+from deploy import config, contract, db, edge, errors, facts, gates, runner, stack, tls
 
 from .conftest import invoke, isolated_env, running_stack
 from .test_switching import connect, request
@@ -132,7 +132,7 @@ def test_a_changed_network_option_is_refused_before_anything_changes(settings, e
     live = edge.read_active(settings)
     before = ids(settings, ("edge", "postgres", *settings.app.color_services(live.color)))
     proc = invoke("apply", env={**env, **edited(tmp_path, settings, internal_web)})
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == errors.BAD_INPUT, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "colorgate: the options of the network web changed: Docker cannot change a network in place, and making it again "
         "would cut the live color off it: give the changed network a new name in the compose file (a new network is "

@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 
-from deploy import bootstrap, config, facts, images
+from deploy import bootstrap, config, errors, facts, images
 
 from .conftest import invoke
 
@@ -23,7 +23,7 @@ def test_port_in_use_refuses_before_starting_anything(scratch):
         held.bind(("127.0.0.1", settings.https_port))
         held.listen()
         proc = invoke("up", env=env)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == errors.FAILED, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"colorgate: port {settings.https_port} on 127.0.0.1 is already in use: "
         "stop what uses it or set COLORGATE_HTTPS_PORT in .env.development.local"
@@ -43,7 +43,7 @@ def test_a_start_that_cannot_finish_is_torn_down(scratch, tmp_path):
     env = {**env, "COLORGATE_HEALTH_TIMEOUT": "20", "COLORGATE_APP": str(app)}
     settings = config.load("development", environ={**os.environ, **env})
     proc = invoke("up", env=env)
-    assert proc.returncode == 1
+    assert proc.returncode == errors.FAILED
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("colorgate: backend_blue failed its health check for 20s (/api/missing: "), proc.stderr
     assert "stopping what this run started (volumes kept)" in proc.stderr
@@ -70,7 +70,7 @@ def test_releases_on_a_stack_that_is_not_up_say_so(scratch):
     for task in (["deploy"], ["switch", "--to", "green"], ["rollback", "--no-gates"]):
         proc = invoke(*task, env=env)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1 and lines[-1] == "colorgate: the edge is not running: start the stack with `invoke up`", (task, proc.stderr)
+        assert proc.returncode == errors.FAILED and lines[-1] == "colorgate: the edge is not running: start the stack with `invoke up`", (task, proc.stderr)
     assert project_containers(settings) == {}
 
 
@@ -92,7 +92,7 @@ networks:
   back: {internal: true}
 """)
     proc = invoke("db.move", "--to", "postgresql://admin:pw@db.example.com:5432/app", env={**env, "COLORGATE_APP": str(app)})
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+    assert proc.returncode == errors.FAILED and proc.stderr.strip().splitlines()[-1] == (
         "colorgate: worker uses the database but is on internal networks only, so it could not reach a managed one: "
         "give it a network that is not internal in compose.yaml"), proc.stderr
     assert project_containers(settings) == {}

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from deploy import config
+from deploy import config, errors
 
 
 def test_benchmark_smoke(tmp_path):
@@ -21,7 +21,7 @@ def test_benchmark_smoke(tmp_path):
     result = json.loads(out.read_text())
     leftover = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "cgbench" not in leftover
-    if proc.returncode == 3:  # the machine was too busy for the client to hold even this rate: said so, no figures
+    if proc.returncode == errors.BENCH_INVALID:  # the machine was too busy for the client to hold even this rate: said so, no figures
         assert not result["valid"] and result["why"] and "INVALID RUN" in proc.stdout and "switch (no gates)" not in proc.stdout
         return
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.db_move import Writer, managed_postgres
-from deploy import canary, config, db, edge, facts, gates, history, runner, stack, tls
+from deploy import canary, config, db, edge, errors, facts, gates, history, runner, stack, tls
 
 from .conftest import INVOKE, invoke, running_stack
 from .test_move import move_env
@@ -197,7 +197,7 @@ def test_sigkill_in_the_post_gates_leaves_a_lock_that_stops_beating_and_is_broke
     time.sleep(edge.HEARTBEAT_SECONDS + 2)
     assert edge.read_lock(settings).age >= edge.HEARTBEAT_SECONDS + 1, "the dead holder's heartbeat went on"
     refused = invoke("deploy", env=env)
-    assert refused.returncode == 1 and "locked by deploy by " in refused.stderr and ", at post_gates" in refused.stderr
+    assert refused.returncode == errors.LOCKED and "locked by deploy by " in refused.stderr and ", at post_gates" in refused.stderr
     status = invoke("status", env=env).stdout
     assert "release lock: deploy by " in status and "at post_gates, last heartbeat" in status
     assert last(settings, "deploy")["outcome"] == "running"  # its intent, never settled
@@ -394,7 +394,7 @@ def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_nex
         # writes stay frozen, not lost, until the next command: it lifts the freeze, repairs the record from
         # what the live color uses, and then refuses to deploy until DATABASE_URL says where the data is
         refused = invoke("deploy", "--break-lock", env=env)
-        assert refused.returncode == 1, refused.stderr
+        assert refused.returncode == errors.BAD_INPUT, refused.stderr
         assert "writes open again" in refused.stderr and "record repaired" in refused.stderr
         assert refused.stderr.strip().splitlines()[-1].endswith("set DATABASE_URL to that URL, with its password, in .env.development.local")
         assert not edge.is_frozen(settings) and edge.read_database_record(settings)["url"] != "local"

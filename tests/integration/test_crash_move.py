@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from benchmarks.db_move import Writer, managed_image, managed_postgres
-from deploy import config, edge, facts, relay, runner
+from deploy import config, edge, errors, facts, relay, runner
 
 from .conftest import invoke, running_stack
 from .test_crash import assert_one_color, killed_at, killed_in, last, local_writes, one_offs
@@ -157,7 +157,7 @@ def test_a_replicate_move_terminated_after_its_switch_records_where_the_database
         assert last(settings, "db.move")["detail"] == "interrupted at record (SIGTERM)"
         assert writer.acked and not writer.lost(managed)
         refused = invoke("deploy", env=env)
-        assert refused.returncode == 1 and "record repaired" not in refused.stderr
+        assert refused.returncode == errors.BAD_INPUT and "record repaired" not in refused.stderr
         assert refused.stderr.strip().splitlines()[-1].endswith("set DATABASE_URL to that URL, with its password, in .env.development.local")
         deployed = invoke("deploy", env={**env, "DATABASE_URL": managed.url})
         assert deployed.returncode == 0, deployed.stderr

@@ -11,7 +11,7 @@ import threading
 import pytest
 import yaml
 
-from deploy import access, config, contract, db, dbtools, edge, facts, gates, history, runner, stack, tls
+from deploy import access, config, contract, db, dbtools, edge, errors, facts, gates, history, runner, stack, tls
 
 from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host
@@ -66,10 +66,10 @@ def test_a_corrupted_dump_fails_verify_and_is_marked_unusable(settings, env):
     name = db.backup(settings)["name"]
     dbtools.tools(settings, 'printf "garbage" | dd of="/backups/$1.dump" bs=1 seek=200 conv=notrunc 2>/dev/null', name)
     proc = invoke("db.verify", name, env=env)
-    assert proc.returncode == 1 and "UNUSABLE" in proc.stdout and "checksum does not match" in proc.stdout
+    assert proc.returncode == errors.FAILED and "UNUSABLE" in proc.stdout and "checksum does not match" in proc.stdout
     assert f"{name}" in invoke("db.backups", env=env).stdout and "UNUSABLE" in invoke("db.backups", env=env).stdout
     refused = invoke("db.restore", name, env=env)
-    assert refused.returncode == 1 and "is marked unusable" in refused.stderr
+    assert refused.returncode == errors.BAD_INPUT and "is marked unusable" in refused.stderr
 
 
 def test_a_truncated_dump_fails_the_restore_check(settings):
@@ -88,7 +88,7 @@ def test_restore_brings_back_deleted_rows_after_a_fresh_backup(settings, client,
     assert client.delete(f"/api/notes/{kept['id']}").status_code == 204
     later = client.post("/api/notes", json={"body": "written after the backup"}).json()
     refused = invoke("db.restore", name, env=env)  # never verified: not without saying so
-    assert refused.returncode == 1 and refused.stderr.strip().endswith(
+    assert refused.returncode == errors.BAD_INPUT and refused.stderr.strip().endswith(
         f"backup {name} was never verified: run `invoke db.verify {name}` first, or restore it as it is with --unverified")
     assert db.verify(settings, name).usable
     proc = invoke("db.restore", name, env=env)
@@ -152,7 +152,7 @@ def test_restore_rechecks_the_checksum_and_restores_even_the_oldest_kept(setting
     dbtools.tools(settings, 'printf "x" >> "/backups/$1.dump"', oldest)
     before = len(edge.read_history(settings))
     refused = invoke("db.restore", oldest, env=env)
-    assert refused.returncode == 1 and "changed or was damaged since it was made" in refused.stderr
+    assert refused.returncode == errors.FAILED and "changed or was damaged since it was made" in refused.stderr
     assert len(edge.read_history(settings)) == before
 
 
@@ -164,7 +164,7 @@ def test_unknown_backup_and_retention(settings, env):
     # the newest two, and the newest a restore verified usable (retention never drops the last known good one)
     assert len(names) == 3 and verified and verified[-1] in names
     proc = invoke("db.verify", "20000101T000000000000Z", env=env)
-    assert proc.returncode == 1
+    assert proc.returncode == errors.BAD_INPUT
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "colorgate: unknown backup '20000101T000000000000Z': `invoke db.backups` lists them")
 
@@ -185,7 +185,7 @@ def test_up_migrates_only_under_the_lock_after_a_verified_backup(settings, env):
                input="ALTER TABLE notes DROP COLUMN tags; DELETE FROM schema_migrations WHERE version = 2;")
     with history.lock(settings, "deploy"):
         busy = invoke("up", env=env)
-    assert busy.returncode == 1 and "locked by deploy by " in busy.stderr
+    assert busy.returncode == errors.LOCKED and "locked by deploy by " in busy.stderr
     up = invoke("up", env=env)
     assert up.returncode == 0, up.stderr
     record = edge.read_history(settings)[-1]
@@ -250,7 +250,7 @@ def test_backups_are_copied_off_the_host_checked_there_and_fetched_back(settings
                                  for line in host_keys if line.startswith("ssh-ed25519")))
         refused = invoke("db.backup", env=copying)
         line = refused.stderr.strip().splitlines()[-1]
-        assert refused.returncode == 1 and "is made and kept on the target, but the off-host copy (send) to offsite:backups failed" in line
+        assert refused.returncode == errors.FAILED and "is made and kept on the target, but the off-host copy (send) to offsite:backups failed" in line
         assert "PRIVATE KEY" not in refused.stderr
     assert invoke("db.backup", "--copy", env=env).stderr.strip().endswith(
         "COLORGATE_BACKUP_COPY_CONFIG (its rclone configuration file)")

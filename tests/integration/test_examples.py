@@ -15,7 +15,7 @@ import httpx
 import pytest
 import tenacity
 
-from deploy import config, db, edge, facts, gates, images, keys, release, tls
+from deploy import config, db, edge, errors, facts, gates, images, keys, release, tls
 
 from benchmarks.db_move import isolated, managed_postgres
 
@@ -185,4 +185,4 @@ def test_the_static_site_releases_with_no_database(site):
     for task in (["db.backup"], ["db.backups"], ["db.verify", "latest"], ["db.migrate"], ["db.move", "--to", "postgresql://a:b@h/d"]):
         proc = invoke(*task, env=env)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1 and lines[-1].startswith("colorgate: the app (") and "declares no database" in lines[-1], (task, proc.stderr)
+        assert proc.returncode == errors.BAD_INPUT and lines[-1].startswith("colorgate: the app (") and "declares no database" in lines[-1], (task, proc.stderr)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, facts, images, runner
+from deploy import config, errors, facts, images, runner
 
 from .conftest import isolated_env, remove_stack
 
@@ -100,7 +100,7 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
     contract_file.write_text(contract_file.read_text().replace(
         "x-colorgate:\n", "x-colorgate:\n  secrets:\n    shop_token: {services: [web], env: SHOP_TOKEN_FILE}\n", 1))
     missing = run(venv, app, "colorgate", "secrets.check")
-    assert missing.returncode == 1 and missing.stdout.startswith("MISSING  shop_token: set COLORGATE_SECRET_SHOP_TOKEN"), missing.stdout
+    assert missing.returncode == errors.BAD_INPUT and missing.stdout.startswith("MISSING  shop_token: set COLORGATE_SECRET_SHOP_TOKEN"), missing.stdout
     with (app / ".env.development.local").open("a") as f:
         f.write(f"COLORGATE_SECRET_SHOP_TOKEN_COMMAND=cat {tmp_path / 'vault'}\n")
     checked = run(venv, app, "colorgate", "secrets.check")
@@ -125,7 +125,7 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
         shown = run(venv, app, "colorgate", "history", "--show", "1")
         assert f"  commit: {head} the shop, first release" in shown.stdout, shown.stdout
         again = run(venv, app, "colorgate", "deploy")  # the same commit is live: nothing released, and not a success
-        assert again.returncode == 1 and again.stderr.strip().endswith(f"{head} is already live on green: nothing to do (--force deploys it again)")
+        assert again.returncode == errors.NOTHING_TO_DO and again.stderr.strip().endswith(f"{head} is already live on green: nothing to do (--force deploys it again)")
         assert "PASS  The shop: The shop's front page answers through the edge" in released.stderr  # its own gate, in the release
         assert (app / "reports").is_dir()  # the gates' reports are the app's
         # the secret is a file of the web copies only, its path in their environment, its value nowhere else

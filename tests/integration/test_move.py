@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.db_move import (Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_image, managed_postgres,
                                 relay_certificate)
-from deploy import config, db, dbtools, edge, facts, gates, images, keys, relay, runner
+from deploy import config, db, dbtools, edge, errors, facts, gates, images, keys, relay, runner
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -107,7 +107,7 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tm
         for url, message in cases:
             proc = invoke("db.move", env=cli_env(env, url))
             last = proc.stderr.strip().splitlines()[-1]
-            assert proc.returncode == 1 and last.startswith("colorgate: ") and message in last, proc.stderr
+            assert proc.returncode == errors.FAILED and last.startswith("colorgate: ") and message in last, proc.stderr
             assert "Traceback" not in proc.stderr and managed.password not in proc.stderr + proc.stdout
     # replicate: the target must be able to check the relay's certificate, and it must be one it would accept
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as pg15:
@@ -123,9 +123,9 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tm
             for url, extra, message in checks:
                 proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, url, **extra))
                 last = proc.stderr.strip().splitlines()[-1]
-                assert proc.returncode == 1 and last.startswith("colorgate: ") and message in last, proc.stderr
+                assert proc.returncode == errors.FAILED and last.startswith("colorgate: ") and message in last, proc.stderr
     unknown = invoke("db.move", "--mode", "teleport", env=cli_env(env, cases[0][0]))
-    assert unknown.returncode == 1 and "unknown mode 'teleport': use dump or replicate" in unknown.stderr
+    assert unknown.returncode == errors.BAD_INPUT and "unknown mode 'teleport': use dump or replicate" in unknown.stderr
     assert (edge.read_active(settings), len(edge.read_history(settings))) == before
     assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
     assert invoke("db.retire-local", env=env).stderr.strip().endswith(
@@ -140,7 +140,7 @@ def test_a_target_older_than_the_source_is_refused(settings, env):
     with managed_postgres(settings, tag) as managed:
         assert managed.sql("SHOW server_version_num").startswith("13")
         proc = invoke("db.move", env=cli_env(env, managed.url))
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
+    assert proc.returncode == errors.FAILED and proc.stderr.strip().splitlines()[-1].startswith(
         "colorgate: the target database postgresql://admin@") and "runs PostgreSQL 13, older than the local 15" in proc.stderr
 
 
@@ -148,7 +148,7 @@ def assert_nothing_moved(settings, before, proc):
     """A move that failed after it started: one line, traffic and data where they were,
     writes open again, the candidate stopped, no relay left."""
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 1 and last.startswith("colorgate: ") and "Traceback" not in proc.stderr
+    assert proc.returncode == errors.FAILED and last.startswith("colorgate: ") and "Traceback" not in proc.stderr
     assert "traffic stays on blue with the local database, untouched" in last and "now holds a partial copy" in last
     assert edge.read_active(settings) == before and not edge.is_frozen(settings)
     states = facts.service_states(settings)
@@ -215,10 +215,10 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
     assert states["postgres"].state == "running"
     assert {s.state for s in states.values() if s.color == record["from_color"]} == {"exited"}
     back = invoke("rollback", env=env)
-    assert back.returncode == 1 and "switching would serve stale data" in back.stderr and edge.read_active(settings) == live
+    assert back.returncode == errors.FAILED and "switching would serve stale data" in back.stderr and edge.read_active(settings) == live
     # the configuration must follow: without DATABASE_URL nothing deploys
     refused = invoke("deploy", env=env)
-    assert refused.returncode == 1 and "set DATABASE_URL to that URL" in refused.stderr
+    assert refused.returncode == errors.BAD_INPUT and "set DATABASE_URL to that URL" in refused.stderr
     return record
 
 
@@ -285,7 +285,7 @@ def test_replicate_move_under_writes_loses_nothing(request):
         taken = db.list_backups(local_settings)[-1]["manifest"]["name"]
         db.record_verify(local_settings, taken, False, "marked unusable by the test")
         refused = invoke("db.retire-local", env=moved)
-        assert refused.returncode == 1 and "no verified backup of the local database taken since the move" in refused.stderr
+        assert refused.returncode == errors.FAILED and "no verified backup of the local database taken since the move" in refused.stderr
         assert facts.service_states(settings)["postgres"].state == "running"
         assert invoke("db.backup", "--local", env=moved).returncode == 0
         assert invoke("db.verify", "latest", env=moved).returncode == 0

@@ -14,7 +14,7 @@ import bcrypt
 import httpx
 import pytest
 
-from deploy import config, edge, facts, images, runner
+from deploy import config, edge, errors, facts, images, runner
 from deploy.errors import RegistryError
 
 from .conftest import free_port, invoke, isolated_env, remove_stack
@@ -84,7 +84,7 @@ def drop_local_tags(env) -> None:
 def test_bad_registry_credentials_are_one_line_before_anything(registry, env):
     proc = invoke("images.push", "--version", "v7", env={**env, "COLORGATE_REGISTRY_PASSWORD": "wrong-password-123"})
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and lines[-1] == (
+    assert proc.returncode == errors.FAILED and lines[-1] == (
         f"colorgate: the registry {registry[0]} refused the credentials: check COLORGATE_REGISTRY_USER and COLORGATE_REGISTRY_PASSWORD")
     assert "wrong-password-123" not in proc.stderr and tags(registry, env, "backend") == []
 
@@ -120,5 +120,5 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     assert images.registry_image(settings, "backend", "v8") == facts.inspect(settings, facts.container(settings, "backend_green"))["Image"]
 
     missing = invoke("deploy", "--version", "v99", env=env)
-    assert missing.returncode == 1 and "is not in the registry" in missing.stderr.strip().splitlines()[-1]
+    assert missing.returncode == errors.FAILED and "is not in the registry" in missing.stderr.strip().splitlines()[-1]
     assert edge.read_active(settings).version == "v8"

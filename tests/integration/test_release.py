@@ -17,7 +17,7 @@ import tenacity
 import yaml
 from python_on_whales import DockerClient
 
-from deploy import apply, canary, config, contract, edge, facts, gates, history, release, render, runner, stack, tls
+from deploy import apply, canary, config, contract, edge, errors, facts, gates, history, release, render, runner, stack, tls
 from deploy.errors import CommandError, StackError
 
 from .conftest import INVOKE, invoke, isolated_env, running_stack
@@ -85,7 +85,7 @@ def test_deploying_the_live_version_is_a_no_op_that_says_so_and_fails(rstack, en
     assert len(edge.read_history(rstack)) == before
     # from the command line (a CI job that deployed nothing must not pass as a release)
     proc = invoke("deploy", "--version", "v2", env=env)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+    assert proc.returncode == errors.NOTHING_TO_DO and proc.stderr.strip().splitlines()[-1] == (
         "colorgate: v2 is already live on green: nothing to do (--force deploys it again)"), proc.stderr
     assert len(edge.read_history(rstack)) == before
 
@@ -118,7 +118,7 @@ def test_a_deploy_refuses_a_changed_contract_before_anything_starts_and_traffic_
         proc = invoke("deploy", env={**env, "COLORGATE_APP": str(app)})
         time.sleep(0.5)
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 1 and last.startswith("colorgate: the contract or the settings changed what runs beside the colors ("), proc.stderr
+    assert proc.returncode == errors.BAD_INPUT and last.startswith("colorgate: the contract or the settings changed what runs beside the colors ("), proc.stderr
     for phrase in ("the edge's routes would be reloaded", "postgres would be recreated", "the network web would be recreated", "invoke apply"):
         assert phrase in last, last
     assert clients.failed == [] and clients.ok > 50, f"{len(clients.failed)} of {clients.ok + len(clients.failed)} lost: {clients.failed[:5]}"
@@ -131,11 +131,11 @@ def test_a_deploy_refuses_a_changed_contract_before_anything_starts_and_traffic_
 
 def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
     proc = invoke("switch", "--to", "purple", env=env)
-    assert proc.returncode == 1 and proc.stderr.strip() == "colorgate: unknown color 'purple': use one of blue, green"
+    assert proc.returncode == errors.BAD_INPUT and proc.stderr.strip() == "colorgate: unknown color 'purple': use one of blue, green"
     runner.run(stack.compose_cmd(rstack, "stop", "frontend_blue"), env=rstack.compose_env())
     try:
         proc = invoke("switch", "--to", "blue", env=env)
-        assert proc.returncode == 1
+        assert proc.returncode == errors.FAILED
         assert proc.stderr.strip().splitlines()[-1].startswith("colorgate: blue is not running and healthy (frontend_blue exited")
         assert live(rstack) == edge.Active("green", "v2")
     finally:
@@ -146,7 +146,7 @@ def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
 def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
     with history.lock(rstack, "deploy"):
         proc = invoke("deploy", env=env)
-        assert proc.returncode == 1
+        assert proc.returncode == errors.LOCKED
         line = proc.stderr.strip().splitlines()[-1]
         assert line.startswith("colorgate: the target is locked by deploy by ")
         assert "since 20" in line and line.endswith("or if it died, retry with --break-lock")
@@ -155,7 +155,7 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
     edge.in_edge(rstack, edge.lock_cmd('{"command": "deploy"}', "dead-run"))
     edge.in_edge(rstack, ["touch", "-d", f"@{int(time.time()) - edge.STALE_SECONDS - 5}", f"{edge.LOCK_DIR}/heartbeat"])
     stale = invoke("rollback", env=env)
-    assert stale.returncode == 1 and "colorgate: the target's release lock is stale: " in stale.stderr
+    assert stale.returncode == errors.LOCKED and "colorgate: the target's release lock is stale: " in stale.stderr
     assert "last heartbeat 3" in stale.stderr and "see `invoke status` and `invoke history`, then retry with --break-lock" in stale.stderr
     assert "(STALE: its run died?" in invoke("status", env=env).stdout
     proc = invoke("switch", "--to", "green", "--break-lock", env=env)
@@ -250,7 +250,7 @@ def test_a_release_turned_away_is_stopped_marked_and_never_rolled_back_to(rstack
     assert f"rejected: {rejected} (v4-broken-route), turned away by its deploy of " in status.stdout, status.stdout
     assert f"[rejected: {rejected} v4-broken-route]" in invoke("history", env=env).stdout
     proc = invoke("rollback", env=env)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
+    assert proc.returncode == errors.FAILED and proc.stderr.strip().splitlines()[-1].startswith(
         f"colorgate: {rejected} was stopped after its deploy of "), proc.stderr
     assert_traffic_untouched(rstack, live(rstack))
 
@@ -543,7 +543,7 @@ def test_a_release_that_fails_real_users_while_its_gates_pass_is_switched_back_b
     assert last["rejected"] == f"{last['to_color']} v6-fails-users" and "stop_rejected" not in last["timings"]
     assert facts.service_states(bad)[bad.app.copy_name("backend", last["to_color"])].up
     refused = invoke("switch", "--to", last["to_color"], env=env)
-    assert refused.returncode == 1 and f"{last['to_color']} holds v6-fails-users, which its deploy of " in refused.stderr, refused.stderr
+    assert refused.returncode == errors.FAILED and f"{last['to_color']} holds v6-fails-users, which its deploy of " in refused.stderr, refused.stderr
     assert_traffic_untouched(bad, before)
     shown = invoke("history", "--show", "1", env=env).stdout
     assert shown.startswith(f"deploy {before.color} {before.version} -> {last['to_color']} v6-fails-users: rolled back") and \
@@ -639,7 +639,7 @@ def test_a_10_percent_canary_sends_about_10_percent_of_distinct_users_keeps_each
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 1 and "the canary was aborted" in err.strip().splitlines()[-1], err[-2000:]
+    assert proc.returncode == errors.REFUSED and "the canary was aborted" in err.strip().splitlines()[-1], err[-2000:]
     assert_traffic_untouched(rstack, before)
     states = facts.service_states(rstack)
     assert {s.state for s in states.values() if s.color == found["color"]} <= {"exited", "created"}  # the candidate stopped

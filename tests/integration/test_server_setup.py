@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, images, relay, runner, stack
+from deploy import config, errors, images, relay, runner, stack
 from deploy.errors import MoveError
 
 from .conftest import invoke, isolated_env, remove_stack
@@ -116,11 +116,11 @@ def test_bad_arguments_get_one_line(vps, tmp_path):
     bad.write_text("not-a-key\n")
     proc = setup(vps, "--key-file", str(bad))
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and lines[-1].startswith("colorgate: on ") and "must be an SSH public key" in lines[-1]
+    assert proc.returncode == errors.BAD_INPUT and lines[-1].startswith("colorgate: on ") and "must be an SSH public key" in lines[-1]
     proc = setup(vps, "--user", "Bad User", "--key-file", str(vps.key_file))
-    assert proc.returncode == 1 and "usage: server-setup.sh DEPLOY_USER" in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == errors.BAD_INPUT and "usage: server-setup.sh DEPLOY_USER" in proc.stderr.strip().splitlines()[-1]
     proc = setup(vps, "--key-file", str(tmp_path / "missing.pub"))
-    assert proc.returncode == 1 and proc.stderr.strip().endswith("pass --key-file with the key the deploy user will log in with")
+    assert proc.returncode == errors.BAD_INPUT and proc.stderr.strip().endswith("pass --key-file with the key the deploy user will log in with")
 
 
 def test_setup_on_a_fresh_debian_then_again_changes_nothing(vps):
@@ -242,7 +242,7 @@ def test_a_swarm_node_lets_only_its_peers_in_to_swarms_ports_and_its_engine_runs
     me = runner.run(["docker", "inspect", "--format", "{{.NetworkSettings.Gateway}}", vps.container]).stdout.strip()
     try:
         bad = setup(vps, "--key-file", str(vps.key_file), "--swarm-peers", "10.0.0.2;reboot")
-        assert bad.returncode == 1 and "COLORGATE_SWARM_PEERS must be IPv4 addresses or CIDRs" in bad.stderr.strip().splitlines()[-1]
+        assert bad.returncode == errors.BAD_INPUT and "COLORGATE_SWARM_PEERS must be IPv4 addresses or CIDRs" in bad.stderr.strip().splitlines()[-1]
 
         others = setup(vps, "--key-file", str(vps.key_file), "--swarm-peers", "198.51.100.7,203.0.113.0/24")
         assert others.returncode == 0, others.stderr[-2000:]
@@ -316,4 +316,4 @@ def test_root_login_is_switched_off_once_the_deploy_user_logs_in_and_uses_docker
     assert as_deploy.returncode == 0 and "docker" in as_deploy.stdout.split(), as_deploy.stderr
     again = setup(on_port, "--key-file", str(mine))  # root may not log in any more: one line says why and what to do
     line = again.stderr.strip().splitlines()[-1]
-    assert again.returncode == 1 and "refused the SSH login of root@" in line and "run it as a user who may sudo, --host ssh://USER@HOST" in line, again.stderr
+    assert again.returncode == errors.UNREACHABLE and "refused the SSH login of root@" in line and "run it as a user who may sudo, --host ssh://USER@HOST" in line, again.stderr

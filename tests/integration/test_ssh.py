@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from benchmarks.remote_and_idle import SshHost, keygen, operator_env, operator_home, ssh_host
-from deploy import config, images, runner
+from deploy import config, errors, images, runner
 
 from .conftest import free_port, invoke, isolated_env, remove_stack
 
@@ -31,9 +31,9 @@ def remote(tmp_path_factory, request):
             remove_stack(settings)  # the same engine, reached directly
 
 
-def one_line(proc: subprocess.CompletedProcess) -> str:
+def one_line(proc: subprocess.CompletedProcess, code: int = errors.UNREACHABLE) -> str:
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and lines and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code and lines and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
     return lines[-1]
 
 
@@ -97,7 +97,7 @@ def test_an_app_without_a_database_travels_over_ssh_too(remote):
         assert "PASS  Hardening: The color under test and the edge run locked down" in deployed.stderr
         back = invoke("rollback", "--no-gates", "--host", host.url, env=env)
         assert back.returncode == 0 and "rollback: green v2 -> blue v1: switched" in back.stdout, back.stderr[-2000:]
-        assert "declares no database" in one_line(invoke("db.backup", "--host", host.url, env=env))
+        assert "declares no database" in one_line(invoke("db.backup", "--host", host.url, env=env), errors.BAD_INPUT)
     finally:
         remove_stack(settings)
 

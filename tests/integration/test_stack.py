@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from deploy import access, config, contract, edge, facts, gates, runner, stack, tls, traffic
+from deploy import access, config, contract, edge, errors, facts, gates, runner, stack, tls, traffic
 from deploy.errors import ConfigError
 
 from .conftest import free_port, invoke
@@ -234,7 +234,7 @@ def test_exec_runs_a_command_in_the_live_colors_container_and_exits_with_its_cod
     failed = invoke("exec", "backend", "--color", "blue", "--", "exit 7", env=stack_env)
     assert failed.returncode == 7 and failed.stderr == ""
     unknown = invoke("exec", "api", "--", "true", env=stack_env)
-    assert unknown.returncode == 1 and unknown.stderr.strip().startswith("colorgate: unknown service 'api': use one of postgres, ")
+    assert unknown.returncode == errors.BAD_INPUT and unknown.stderr.strip().startswith("colorgate: unknown service 'api': use one of postgres, ")
 
 
 def test_tls_status_describes_the_served_certificate(live_stack, stack_env):
@@ -249,7 +249,7 @@ def test_tls_status_describes_the_served_certificate(live_stack, stack_env):
 def test_logs_of_one_service(live_stack, stack_env):
     proc = invoke("logs", "backend_blue", "--tail", "5", env=stack_env)
     bad = invoke("logs", "backend_red", env=stack_env)
-    assert bad.returncode == 1 and bad.stderr.strip().startswith("colorgate: unknown service 'backend_red': use one of postgres, edge")
+    assert bad.returncode == errors.BAD_INPUT and bad.stderr.strip().startswith("colorgate: unknown service 'backend_red': use one of postgres, edge")
     assert proc.returncode == 0 and "backend_blue" in proc.stdout
 
 
@@ -278,7 +278,7 @@ def test_the_edge_logs_every_request_with_the_color_that_answered_it(live_stack,
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)[live.color]["requests"] >= 25
     bad = invoke("traffic", "--seconds", "soon", env=stack_env)
-    assert bad.returncode == 1 and bad.stderr.strip() == "colorgate: --seconds should be a number of seconds from 1 to 86400"
+    assert bad.returncode == errors.BAD_INPUT and bad.stderr.strip() == "colorgate: --seconds should be a number of seconds from 1 to 86400"
 
 
 def test_gates_pass_on_the_live_stack(live_stack, stack_env, tmp_path):
@@ -307,7 +307,7 @@ def test_maintenance_mode_answers_503_with_retry_after_while_the_gates_and_the_e
     import sys
 
     bad = invoke("maintenance", "--on", "--message", "<script>alert(1)</script>", env=stack_env)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("colorgate: the maintenance message must be one line")
+    assert bad.returncode == errors.BAD_INPUT and bad.stderr.strip().splitlines()[-1].startswith("colorgate: the maintenance message must be one line")
     assert client.get("/api/version").status_code == 200  # nothing changed
     on = invoke("maintenance", "--on", "--message", "Back at 14:00: upgrading the database", "--retry", "120", env=stack_env)
     try:
@@ -349,7 +349,7 @@ def test_up_refuses_a_project_whose_volumes_another_app_made(live_stack, setting
     before = {s.service: facts.inspect(settings, facts.container(settings, s.service))["Id"] for s in facts.service_states(settings).values()}
     other = str(config.project_root() / "examples" / "static-site")
     proc = invoke("up", env={**stack_env, "COLORGATE_APP": other})
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == errors.BAD_INPUT, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"colorgate: the compose project {settings.project} holds the app 'spa-api-postgres' (its volumes, its database), not "
         "'static-site': set COLORGATE_PROJECT to a project of this app's own (default: its name), or, if it is the same app "

@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
-from deploy import config, edge, facts, images, keys, relay, runner, swarm as swarm_target
+from deploy import config, edge, errors, facts, images, keys, relay, runner, swarm as swarm_target
 
 from .conftest import invoke, isolated_env
 from .test_examples import all_done_on, post_job
@@ -155,7 +155,7 @@ def test_a_dump_move_on_a_swarm_over_ssh_starts_the_candidate_on_the_restored_da
                         assert time.monotonic() < deadline, "node2 did not become a manager within 60 s"
                         time.sleep(0.2)
                     other = invoke("deploy", env={**base, "COLORGATE_DOCKER_HOST": f"tcp://{second}:2376", "DATABASE_URL": managed.url})
-                    assert other.returncode == 1 and other.stderr.strip().splitlines()[-1].startswith("colorgate: cache, db, edge run on "
+                    assert other.returncode == errors.FAILED and other.stderr.strip().splitlines()[-1].startswith("colorgate: cache, db, edge run on "
                                                                                                    "another manager (node "), other.stderr
                 finally:
                     runner.run(["docker", "exec", cluster.nodes[1], "pkill", "-f", "TCP-LISTEN:2376"], check=False)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from deploy import config, edge, facts, gates, images, runner, swarm as swarm_target, tls
+from deploy import config, edge, errors, facts, gates, images, runner, swarm as swarm_target, tls
 
 from .conftest import INVOKE, invoke, isolated_env, pebble_server
 from .swarm import swarm
@@ -23,7 +23,7 @@ from .swarm import swarm
 
 def test_an_engine_that_is_no_swarm_manager_is_one_line():
     proc = invoke("status", env={**isolated_env("swn"), "COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm"})
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+    assert proc.returncode == errors.BAD_INPUT and proc.stderr.strip().splitlines() == [
         "colorgate: the engine at this machine is not a Swarm manager: run `docker swarm init` there (and join the other nodes), "
         "or set COLORGATE_TARGET=compose"], proc.stderr
 
@@ -66,7 +66,7 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster,
 
     # images built on one engine exist only there: a two-node Swarm needs the registry
     refused = invoke("up", env={**env, "COLORGATE_REGISTRY": ""})
-    assert refused.returncode == 1
+    assert refused.returncode == errors.BAD_INPUT
     assert refused.stderr.strip().splitlines()[-1] == (
         "colorgate: this Swarm has 2 nodes, which pull their images from a registry: set COLORGATE_REGISTRY "
         "(and push with `invoke images.push`); images built on one engine exist only there"), refused.stderr

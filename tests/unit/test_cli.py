@@ -1,5 +1,6 @@
-"""The CLI's bad-input paths: one line naming the problem and the fix, exit code 1,
-no traceback. None of these reaches a Docker engine."""
+"""The CLI's bad-input paths: one line naming the problem and the fix, the exit code
+that says which kind of problem it is (2 bad input, 6 unreachable), no traceback. None
+of these reaches a Docker engine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy import errors
+
 ROOT = Path(__file__).resolve().parents[2]
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
@@ -20,8 +23,8 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([INVOKE, *args], env={**full, **env}, capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+def one_line_error(proc: subprocess.CompletedProcess, code: int = errors.BAD_INPUT) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]
@@ -49,13 +52,13 @@ def test_bad_port_from_the_environment():
 
 
 def test_docker_engine_not_reachable():
-    line = one_line_error(cli("status", COLORGATE_DOCKER_HOST="unix:///nonexistent/colorgate-test.sock"))
+    line = one_line_error(cli("status", COLORGATE_DOCKER_HOST="unix:///nonexistent/colorgate-test.sock"), errors.UNREACHABLE)
     assert line.startswith("colorgate: the Docker engine at unix:///nonexistent/colorgate-test.sock is not reachable")
     assert line.endswith("start it (`systemctl start docker`) or fix COLORGATE_DOCKER_HOST")
 
 
 def test_docker_cli_missing(tmp_path):
-    line = one_line_error(cli("up", PATH=str(tmp_path)))
+    line = one_line_error(cli("up", PATH=str(tmp_path)), errors.UNREACHABLE)
     assert line == "colorgate: the docker CLI is not installed: install Docker Engine (e.g. `apt-get install docker.io`) and retry"
 
 
@@ -82,7 +85,7 @@ def test_every_task_that_acts_on_a_target_takes_host():
 def test_host_option_wins_and_is_named_in_errors():
     line = one_line_error(cli("status", "--host", "myhost", COLORGATE_DOCKER_HOST="ssh://a@b"))
     assert line == "colorgate: COLORGATE_DOCKER_HOST 'myhost' in --host should be empty (local engine) or a URL like ssh://user@host"
-    line = one_line_error(cli("status", "--host", "unix:///nonexistent/cg.sock"))
+    line = one_line_error(cli("status", "--host", "unix:///nonexistent/cg.sock"), errors.UNREACHABLE)
     assert line.startswith("colorgate: the Docker engine at unix:///nonexistent/cg.sock is not reachable")
 
 
@@ -169,3 +172,16 @@ def test_a_bad_ssh_port_for_server_setup_is_one_line(tmp_path):
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNvbG9yZ2F0ZS10ZXN0LWtleS1ub3QtcmVhbC0xMjM0NTY x@y\n")
     line = one_line_error(cli("server.setup", "--host", "ssh://root@192.0.2.1", "--key-file", str(key), "--ssh-port", "70000"))
     assert line == "colorgate: --ssh-port '70000' should be a port number from 1 to 65535"
+
+
+def test_the_exit_codes_are_the_readmes_and_usage_errors_are_bad_input():
+    """The README's table lists every code errors.py defines, with the same meaning each."""
+    table = dict(re.findall(r"^\| (\d) \| ([a-z`]+)", (ROOT / "README.md").read_text(), re.M))
+    defined = {str(value): name for name, value in vars(errors).items() if name.isupper() and isinstance(value, int)}
+    assert set(table) == set(defined) | {"0"}, (table, defined)
+    for code, name in defined.items():
+        assert name.lower().split("_")[0] == table[code].strip("`"), (code, name, table[code])
+    colorgate = str(Path(INVOKE).with_name("colorgate"))
+    for args in (["deploy", "--no-such-option"], ["no-such-task"], ["exec"]):
+        proc = subprocess.run([colorgate, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert proc.returncode == errors.BAD_INPUT and proc.stderr.startswith("colorgate: "), (args, proc.returncode, proc.stderr)

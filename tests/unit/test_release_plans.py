@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import apply, config, edge, facts, history, release
+from deploy import apply, config, edge, errors, facts, history, release
 from deploy.errors import ColorgateError, GateFailed, Interrupted
 
 CASES = Path(__file__).with_name("cases")
 PLANS = yaml.safe_load((CASES / "release_plans.yaml").read_text())
 RUNS = yaml.safe_load((CASES / "release_runs.yaml").read_text())
+EXIT_CODES = {"refused": errors.REFUSED, "rolled back": errors.FLIPPED_BACK, "failed": errors.FAILED}
 
 
 def state(service: str, text: str) -> facts.ServiceState:
@@ -106,5 +107,7 @@ def test_release_runs(case):
     if "detail" in case:  # what the history says
         assert record.detail == case["detail"]
     assert (raised is None) == (case["outcome"] == "switched")
+    if case["outcome"] in EXIT_CODES:  # what a CI job's step sees
+        assert raised.exit_code == EXIT_CODES[case["outcome"]], type(raised)
     if "message" in case:
         assert re.search(case["message"], str(raised)), str(raised)
