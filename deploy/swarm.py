@@ -27,7 +27,7 @@ import yaml
 from deploy import images, render, runner
 from deploy.colors import COLORS, other
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError, StackError
+from deploy.errors import CommandError, ConfigError, StackError
 
 STACK_LABEL = "com.docker.stack.namespace"
 SERVICE_LABEL = "com.docker.swarm.service.name"
