@@ -71,7 +71,8 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
     """Compose variables, with each color's version pinned so no command recreates
     a color with an image it was not running, and each color's database URL (the
     configured one unless `databases` names another; db.move does). Holds secrets."""
-    env = {**settings.compose_env(), **images.base_build_args(settings)}
+    env = {**settings.compose_env(), **images.base_build_args(settings),
+           "CG_DBTOOLS_BASE": images.BASES["postgres"].tag(settings.debian_mirror)}
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
     db = settings.app.database
@@ -349,10 +350,12 @@ def destroy(settings: Settings) -> None:
                    env=settings.compose_env(), check=False)
         _remove_left_networks(settings)
     shutil.rmtree(settings.compose_file.parent, ignore_errors=True)
-    tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], env=settings.docker_env(), check=False).stdout.split()
-    mine = [t for t in tags if t.startswith(settings.image_prefix)]
-    if mine:
-        runner.run(["docker", "image", "rm", *mine], env=settings.docker_env(), check=False)
+    # the target's tags, and, for another engine, those made here to push or send to it
+    for engine in [settings.docker_env(), *([{}] if settings.docker_host else [])]:
+        tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], env=engine, check=False).stdout.split()
+        mine = [t for t in tags if t.startswith(settings.image_prefix)]
+        if mine:
+            runner.run(["docker", "image", "rm", *mine], env=engine, check=False)
 
 
 def migrate(settings: Settings, color: str, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
