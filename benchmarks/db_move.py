@@ -113,7 +113,7 @@ def server_certificate(ca_cert, ca_key, address: str) -> tuple[str, str]:
 
 # PostgreSQL 17 from Debian trixie, as managed services run it (16 or newer: its
 # subscriptions can check a server against the system's CAs): the examples' image on it
-MANAGED = images.BaseImage("postgres17", ("postgresql-17", "openssl", "ca-certificates"), suite="trixie")
+MANAGED = images.postgres_base(17)
 
 
 def managed_image(settings: config.Settings) -> str:

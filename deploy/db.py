@@ -70,6 +70,7 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
     raised, the backup kept); then, the backup made, prune (`keep` newest, and never
     those in `protect` nor the newest verified ones: see to_prune)."""
     name = backup_name()
+    major = dbtools.dump_major(settings)
     env, flags = dbtools.tools_env(settings)
     with dbtools.one_off(settings, env) as one, runner.session(dbtools.tools_cmd(settings, *dbtools.PSQL, flags=flags, name=one), env=env) as psql:
         psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{dbtools.END}';\n")
@@ -81,11 +82,12 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
         psql.stdin.write(dbtools.FACTS_SQL)
         psql.stdin.flush()
         snapshot_facts = dbtools.parse_facts(_read_until_end(psql))
-        dumped = dbtools.tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump")
+        dumped = dbtools.tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump", major=major)
         psql.stdin.write("COMMIT;\n")
     sha256, size = dumped.stdout.split()[-2:]
     manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256,
                 "size": int(size), "database": settings.postgres_db, "source": shown_url(settings.database_url),
+                "postgres": dbtools.server_version(settings),  # verify restores it into a server of its major
                 "counts": snapshot_facts.counts,
                 "migrations": snapshot_facts.migrations}
     _write(settings, f"{name}.manifest.json", manifest, "writing the backup manifest")
@@ -195,12 +197,13 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
         result.reason = "the dump's checksum does not match its manifest (changed or damaged since the backup)"
     else:
         container = f"{settings.project}-verify-{secrets.token_hex(3)}"
+        major = dbtools.archive_major(settings, manifest)  # the throwaway server: of the tools that made it
+        image = dbtools.tools_image(settings, major)
         try:  # removed below even when docker created it but could not start it
             runner.run(["docker", "run", "--detach", "--name", container, "--network", "none",
                         "--label", f"com.colorgate.verify={settings.project}",
                         "-e", f"POSTGRES_USER={settings.postgres_user}", "-e", f"POSTGRES_DB={settings.postgres_db}",
-                        "-e", "POSTGRES_PASSWORD", "-v", f"{settings.project}_backups:/backups:ro",
-                        f"{settings.image_prefix}dbtools:latest"],
+                        "-e", "POSTGRES_PASSWORD", "-v", f"{settings.project}_backups:/backups:ro", image],
                        env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)}, what="starting a throwaway PostgreSQL")
             _wait_pg(settings, container)
             restored = runner.run(["docker", "exec", container, "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
@@ -213,7 +216,7 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
                 result.rows = dbtools.compare(dbtools.Facts(manifest["counts"], manifest["migrations"]), dbtools.facts(settings, container))
                 bad = [r[0] for r in result.rows if not r[3]]
                 result.usable = not bad
-                result.reason = "restored; every row count and the migrations match" if not bad else f"mismatch: {', '.join(bad)}"
+                result.reason = f"restored into PostgreSQL {major}; every row count and the migrations match" if not bad else f"mismatch: {', '.join(bad)}"
         finally:
             runner.run(["docker", "rm", "--force", "--volumes", container], env=settings.docker_env(), check=False)
     record_verify(settings, name, result.usable, result.reason)
@@ -328,14 +331,14 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                     left = edge.drain_writes(settings)
                     if left:
                         raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
-                    env, flags = dbtools.tools_env(settings)
+                    env, flags = dbtools.tools_env(settings, major=dbtools.archive_major(settings, found["manifest"]))
                     with dbtools.one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
                         # into the stack's own database as the app's role, so that the app owns what comes back
                         as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
-                        runner.run(dbtools.tools_cmd(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
-                                             *as_app, "--single-transaction", "--exit-on-error", "-d",
-                                             env["PGDATABASE"] if settings.database_url else settings.postgres_db,
-                                             f"/backups/{name}.dump", flags=flags, name=one), env=env, what="pg_restore")
+                        runner.run(dbtools.tools_cmd(settings, "sh", "-c", dbtools.RESTORE_SCRIPT, "restore", f"/backups/{name}.dump",
+                                                     env["PGDATABASE"] if settings.database_url else settings.postgres_db,
+                                                     "--clean", "--if-exists", "--no-owner", "--no-privileges", *as_app,
+                                                     flags=flags, name=one), env=env, what="pg_restore")
                 finally:
                     edge.set_frozen(settings, False)
             record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {fresh['name']}"

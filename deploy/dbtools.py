@@ -5,6 +5,11 @@ included), which backups, verify, restore and db.move compare.
 
 Passwords never travel in a container's environment or on a command line: they are
 files in the `secrets-tools` volume (access.stage_secrets) that CG_<VAR>_FILE names.
+
+pg_dump is of the server's PostgreSQL major (images.tools_major; the server's version is
+read once per process), pg_restore of the major that made the dump, and the dbtools
+image of a major is made on first use (`dbtools:pg17`, from Debian's trixie;
+`dbtools:latest` is 15's).
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from deploy import access, history, runner, stack
+from deploy import access, history, images, runner, stack
 from deploy.config import Settings
 from deploy.keys import tls_params
 from deploy.contract import SECRETS_DIR
 from deploy.errors import BadInput
-from deploy.facts import psql_cmd
+from deploy.facts import container as container_of, psql_cmd
 
 
 END = "--colorgate-end--"
@@ -109,15 +114,69 @@ def require_postgres(settings: Settings) -> None:
 PASSWORD_VARS = ("PGPASSWORD", "T_PGPASSWORD")
 
 
-def tools_env(settings: Settings, extra: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+def tools_env(settings: Settings, extra: dict[str, str] | None = None,
+              major: int = images.TOOLS_MAJOR) -> tuple[dict[str, str], list[str]]:
     """Environment and `-e` flags for a dbtools container: libpq variables for the
     app's database (the stack's own, or DATABASE_URL), plus `extra`. Values travel in
-    the environment, never on a command line; passwords not even there (PASSWORD_VARS)."""
+    the environment, never on a command line; passwords not even there (PASSWORD_VARS).
+    The container is of `major`'s tools: psql reaches a server of any version, but
+    pg_dump and pg_restore want dump_major's or archive_major's."""
     require_postgres(settings)
     env = {**(url_env(settings.database_url) if settings.database_url else {}), **(extra or {}), "PGCONNECT_TIMEOUT": "10"}
     env.update({f"CG_{var}_FILE": f"{SECRETS_DIR}/{var.lower()}" for var in PASSWORD_VARS if env.get(var)})
     flags = [flag for name in env if name not in PASSWORD_VARS for flag in ("-e", name)]
-    return {**stack.compose_env(settings, {}), **env}, flags
+    return {**stack.compose_env(settings, {}), **env, **_image_vars(settings, major)}, flags
+
+
+def _image_vars(settings: Settings, major: int) -> dict[str, str]:
+    """The compose variables that make `dbtools` the image of `major`'s tools."""
+    return {"CG_DBTOOLS_TAG": images.tools_tag(major), "CG_DBTOOLS_BASE": images.postgres_base(major).tag(settings.debian_mirror)}
+
+
+def dump_major(settings: Settings) -> int:
+    """The major of the tools that dump the app's database (made if missing)."""
+    return ensure_tools(settings, images.tools_major(server_version(settings) // 10000))
+
+
+def archive_major(settings: Settings, manifest: dict) -> int:
+    """The major of the tools that made a backup, whose pg_restore reads it (made if
+    missing); manifests from before they named the server's version were made with 15's."""
+    return ensure_tools(settings, images.tools_major(manifest.get("postgres", images.TOOLS_MAJOR * 10000) // 10000))
+
+
+def tools_image(settings: Settings, major: int) -> str:
+    return f"{settings.image_prefix}dbtools:{images.tools_tag(major)}"
+
+
+def ensure_tools(settings: Settings, major: int) -> int:
+    """Make the dbtools image of `major` where the engine lacks it (its base first):
+    `up` makes only the default's. Returns `major`."""
+    if major == images.TOOLS_MAJOR or images.image_exists(settings, tools_image(settings, major)):
+        return major
+    with runner.step(f"making the PostgreSQL {major} database tools (once per engine)"):
+        images.build_bases(settings, [images.postgres_base(major)])
+        runner.run(stack.compose_cmd(settings, "build", "dbtools"), env={**stack.compose_env(settings, {}), **_image_vars(settings, major)},
+                   what=f"building the PostgreSQL {major} tools", timeout=1200)
+    return major
+
+
+_VERSIONS: dict[tuple[str, str, str], int] = {}
+
+
+def server_version(settings: Settings) -> int:
+    """The app's PostgreSQL's server_version_num (150004 for 15.4), read once per
+    process: the stack's own in its container, a managed one with the default tools'
+    psql (libpq reaches servers of any version)."""
+    key = (settings.docker_host, settings.project, settings.database_url)
+    if key not in _VERSIONS:
+        sql = "SHOW server_version_num;"
+        if settings.database_url:
+            out = psql(settings, sql, what="reading the server's version").stdout
+        else:
+            container = container_of(settings, settings.app.database.service)
+            out = runner.run(psql_cmd(container, settings), input=sql, env=settings.docker_env(), what="reading the server's version").stdout
+        _VERSIONS[key] = int(out.strip().splitlines()[-1])
+    return _VERSIONS[key]
 
 
 def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None, name: str = "") -> list[str]:
@@ -148,16 +207,36 @@ def one_off(settings: Settings, env: dict[str, str] | None = None) -> Iterator[s
 
 
 def tools(settings: Settings, script: str, *args: str, input: str | None = None, check: bool = True, what: str = "",
-          extra: dict[str, str] | None = None):
+          extra: dict[str, str] | None = None, major: int = images.TOOLS_MAJOR):
     """Run a shell script in a one-off dbtools container (networks `data` and `web`,
     volume `backups`), connected to the app's database by libpq's environment."""
-    env, flags = tools_env(settings, extra)
+    env, flags = tools_env(settings, extra, major)
     with one_off(settings, env) as name:
         return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args, flags=flags, name=name), input=input,
                           env=env, check=check, what=what)
 
 
 PSQL = ("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1")
+
+
+# pg_restore of an archive (`$1`) into a database (`$2`) in one transaction, its options
+# after them. Into a server older than the tools (a 16 restored with 17's), pg_restore's
+# own connection would send `SET transaction_timeout`, which 16 lacks: there it writes a
+# script, which psql runs without that line; the script's own BEGIN ... COMMIT commits
+# only if it reached its end, and a pg_restore that failed half-way fails the restore.
+RESTORE_SCRIPT = """set -eu
+archive=$1; db=$2; shift 2
+tools=$(pg_restore --version | sed -E 's/^[^0-9]*([0-9]+).*/\\1/')
+server=$(psql -X -A -t -v ON_ERROR_STOP=1 -d "$db" -c 'SHOW server_version_num')
+if [ $((server / 10000)) -ge "$tools" ]; then
+  exec pg_restore --single-transaction --exit-on-error -d "$db" "$@" "$archive"
+fi
+failed=${TMPDIR:-/tmp}/pg_restore.failed
+rm -f "$failed"
+{ pg_restore --single-transaction -f - "$@" "$archive" || echo failed > "$failed"; } \\
+  | sed '0,/^SET transaction_timeout = 0;$/{//d}' | psql -X -q -v ON_ERROR_STOP=1 -d "$db"
+[ ! -e "$failed" ] || { echo "pg_restore: error: the archive could not be read to its end" >&2; exit 1; }
+"""
 
 
 def psql(settings: Settings, sql: str, url: str = "", what: str = "", check: bool = True):

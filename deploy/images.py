@@ -24,7 +24,7 @@ import httpx
 
 from deploy import runner
 from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError, RegistryError
+from deploy.errors import ColorgateError, CommandError, ConfigError, RegistryError
 
 SUITE = "bookworm"
 BASE_REPO = "colorgate-base"
@@ -57,6 +57,34 @@ BASES = {
     "mlflow": BaseImage("mlflow", ("python3", "python3-venv", "ca-certificates")),
 }
 OWN_BASES = ("nginx", "postgres", "certbot")
+
+# The PostgreSQL majors Debian packages, each in its suite. The database tools (pg_dump,
+# pg_restore, psql, and verify's throwaway server) are those of the oldest of them that is
+# at least as new as the server: pg_dump reads servers of its own major or older, never a
+# newer one, and a restore is checked in the server's own major where Debian has it.
+POSTGRES_SUITES = {13: "bullseye", 15: SUITE, 17: "trixie"}
+TOOLS_MAJOR = 15  # dbtools:latest, made by `up` (BASES["postgres"])
+
+
+def tools_major(server: int) -> int:
+    """The PostgreSQL major of the tools for a server of major `server`."""
+    fits = [major for major in sorted(POSTGRES_SUITES) if major >= server]
+    if not fits:
+        raise ConfigError(f"the database runs PostgreSQL {server}, newer than the newest tools Debian packages "
+                          f"({max(POSTGRES_SUITES)}): run PostgreSQL {max(POSTGRES_SUITES)} or older")
+    return fits[0]
+
+
+def postgres_base(major: int) -> BaseImage:
+    """The base image holding Debian's PostgreSQL `major` (the dbtools image's base)."""
+    if major == TOOLS_MAJOR:
+        return BASES["postgres"]
+    return BaseImage(f"postgres{major}", (f"postgresql-{major}", *BASES["postgres"].packages[1:]), suite=POSTGRES_SUITES[major])
+
+
+def tools_tag(major: int) -> str:
+    """The dbtools image's tag for the tools of `major`."""
+    return "latest" if major == TOOLS_MAJOR else f"pg{major}"
 
 OWN_IMAGES = ("edge", "dbtools", "certbot")  # Colorgate's own parts; compose runs them as :latest
 

@@ -318,8 +318,9 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
             manifest = db.backup(settings)
         at(record, "restore")
         with timed(record, "restore", f"restoring {manifest['name']} into the target"):
-            dbtools.tools(settings, 'exec pg_restore --no-owner --no-privileges --exit-on-error --single-transaction '
-                     '-d "$PGDATABASE" "/backups/$1.dump"', manifest["name"], extra=dbtools.url_env(url), what="pg_restore")
+            target_env = dbtools.url_env(url)
+            dbtools.tools(settings, dbtools.RESTORE_SCRIPT, f"/backups/{manifest['name']}.dump", target_env["PGDATABASE"],
+                          "--no-owner", "--no-privileges", extra=target_env, what="pg_restore", major=dbtools.archive_major(settings, manifest))
         with timed(record, "verify", "verifying the target against the dump and the local database"):
             expected = dbtools.Facts(manifest["counts"], manifest["migrations"])
             _compare_or_fail(expected, _facts_of(settings, url), "the restored target")

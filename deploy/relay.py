@@ -383,7 +383,7 @@ def target_env(url: str) -> dict[str, str]:
 
 def subscribe(settings: Settings, record: Record, url: str, password: str) -> None:
     with runner.step("copying the schema to the target"):
-        dbtools.tools(settings, SCHEMA_SCRIPT, extra=target_env(url), what="copying the schema")
+        dbtools.tools(settings, SCHEMA_SCRIPT, extra=target_env(url), what="copying the schema", major=dbtools.dump_major(settings))
     with runner.step("publishing the local database (one-off role, TLS-only relay)"):
         dbtools.psql(settings, DROP_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};

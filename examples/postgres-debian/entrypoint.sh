@@ -69,6 +69,9 @@ if [ ! -s "$PGDATA/server.key" ]; then
     -subj "/CN=colorgate-postgres" -keyout "$PGDATA/server.key" -out "$PGDATA/server.crt" 2>/dev/null)
 fi
 unset POSTGRES_PASSWORD
+# TLS where the build has it (Debian's does; one without OpenSSL has an empty ssl_library)
+ssl=on
+[ -n "$("$bin/postgres" -D "$PGDATA" -C ssl_library 2>/dev/null)" ] || ssl=off
 # wal_level=logical: `db.move --mode replicate` can publish without a restart.
 exec "$bin/postgres" -c listen_addresses='*' -c unix_socket_directories=/tmp \
-  -c password_encryption=scram-sha-256 -c wal_level=logical -c ssl=on "$@"
+  -c password_encryption=scram-sha-256 -c wal_level=logical -c ssl=$ssl "$@"

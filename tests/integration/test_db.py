@@ -57,6 +57,8 @@ def test_backup_under_writes_then_verify_passes(settings, client):
     assert manifest["counts"]["public.notes"] >= 20 and manifest["counts"]["public.schema_migrations"] == 2
     result = db.verify(settings, manifest["name"])
     assert result.usable, result
+    # the stack's own PostgreSQL is 15, dumped and restored with 15's tools (the default image)
+    assert manifest["postgres"] // 10000 == 15 and result.reason.startswith("restored into PostgreSQL 15;")
     assert ("rows public.notes", str(manifest["counts"]["public.notes"]), str(manifest["counts"]["public.notes"]), True) in result.rows
     listed = {b["manifest"]["name"]: b for b in db.list_backups(settings)}
     assert listed[manifest["name"]]["verify"]["usable"] is True and listed[manifest["name"]]["size"] == manifest["size"]

@@ -15,7 +15,7 @@ from deploy import config, db, dbtools, edge, errors, facts, gates, images, keys
 
 from .conftest import invoke, isolated_env, running_stack
 
-PG13 = images.BaseImage("postgres13", ("postgresql-13", "openssl", "socat"), suite="bullseye")
+PG13 = images.postgres_base(13)
 
 
 def move_env(tag: str) -> dict[str, str]:
@@ -107,7 +107,9 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tm
         for url, message in cases:
             proc = invoke("db.move", env=cli_env(env, url))
             last = proc.stderr.strip().splitlines()[-1]
-            assert proc.returncode == errors.FAILED and last.startswith("colorgate: ") and message in last, proc.stderr
+            malformed = message.startswith("the target URL")  # the URL given, not the target it names
+            assert proc.returncode == (errors.BAD_INPUT if malformed else errors.FAILED), proc.stderr
+            assert last.startswith("colorgate: ") and message in last, proc.stderr
             assert "Traceback" not in proc.stderr and managed.password not in proc.stderr + proc.stdout
     # replicate: the target must be able to check the relay's certificate, and it must be one it would accept
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as pg15:

@@ -1,11 +1,13 @@
 """Backup facts and the verify table, on captured psql output (no Docker)."""
 
 import dataclasses
+import subprocess
 from datetime import datetime, timezone
 
 import pytest
 
 from deploy import db, dbtools, facts, keys
+from deploy.errors import ConfigError
 
 
 def test_facts_parsing():
@@ -31,7 +33,7 @@ def test_dump_runs_inside_the_network_from_the_exported_snapshot():
     from deploy import config
 
     s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"})
-    cmd = dbtools.tools_cmd(s, "sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP")
+    cmd = dbtools.tools_cmd(s, "sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP", flags=dbtools.tools_env(s, major=15)[1])
     assert cmd[cmd.index("run"):cmd.index("run") + 4] == ["run", "--rm", "--no-deps", "-T"]
     assert cmd[cmd.index("dbtools") + 1:] == ["sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP"]
     assert '--snapshot="$2"' in db.DUMP_SCRIPT and "--format=custom" in db.DUMP_SCRIPT
@@ -43,7 +45,8 @@ def test_a_managed_database_is_reached_through_the_environment_never_argv():
 
     url = "postgresql://app:s%40cret@db.example.com:6543/shop?sslmode=require"
     s = config.load("development", root=config.project_root(), environ={"DATABASE_URL": url})
-    env, flags = dbtools.tools_env(s)
+    env, flags = dbtools.tools_env(s, major=17)
+    assert env["CG_DBTOOLS_TAG"] == "pg17" and env["CG_DBTOOLS_BASE"].startswith("colorgate-base/postgres17:trixie-")
     assert {k: env[k] for k in dbtools.PG_VARS} == {"PGHOST": "db.example.com", "PGPORT": "6543", "PGUSER": "app",
                                              "PGPASSWORD": "s@cret", "PGDATABASE": "shop", "PGSSLMODE": "require"}
     cmd = dbtools.tools_cmd(s, "psql", flags=flags)
@@ -53,7 +56,8 @@ def test_a_managed_database_is_reached_through_the_environment_never_argv():
     assert env["CG_PGPASSWORD_FILE"] == "/run/colorgate-secrets/pgpassword"
     assert access.secret_files(s, {}, database=True, tools={"pgpassword": "s@cret"})["secrets-tools"]["pgpassword"] == "s@cret"
     # the stack's own database: the dbtools service's environment is used as it is
-    local_env, local_flags = dbtools.tools_env(config.load("development", root=config.project_root(), environ={}))
+    local_env, local_flags = dbtools.tools_env(config.load("development", root=config.project_root(), environ={}), major=15)
+    assert local_env["CG_DBTOOLS_TAG"] == "latest"
     assert "PGHOST" not in local_flags and local_flags == ["-e", "PGCONNECT_TIMEOUT"]
     assert dbtools.url_env(url, prefix="T_")["T_PGHOST"] == "db.example.com"
 
@@ -113,3 +117,68 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     moved = dataclasses.replace(s, database_url=managed)
     files = access.secret_files(moved, {"blue": "", "green": ""})
     assert files["dbca"] == {"root.crt": ca.read_text()} and files["secrets-green"]["database_url"] == keys.client_url(managed)
+
+
+@pytest.mark.parametrize("server, tools", [(12, 13), (13, 13), (14, 15), (15, 15), (16, 17), (17, 17)])
+def test_the_tools_are_of_the_servers_major_or_the_next_debian_packages(server, tools):
+    """pg_dump reads servers of its own major or older, never a newer one."""
+    from deploy import images
+
+    assert images.tools_major(server) == tools
+    base = images.postgres_base(tools)
+    assert base.packages[0] == f"postgresql-{tools}" and base.suite == images.POSTGRES_SUITES[tools]
+    assert images.tools_tag(tools) == ("latest" if tools == 15 else f"pg{tools}")
+
+
+def test_a_server_newer_than_any_debian_tools_is_refused_in_one_line():
+    from deploy import images
+
+    with pytest.raises(ConfigError, match=r"^the database runs PostgreSQL 18, newer than the newest tools Debian packages \(17\): run PostgreSQL 17 or older$"):
+        images.tools_major(18)
+
+
+FAKE_PG_RESTORE = """#!/bin/sh
+[ "$1" = --version ] && { echo "pg_restore (PostgreSQL) 17.6 (Debian 17.6-0+deb13u1)"; exit 0; }
+case " $* " in
+  *" -f - "*) printf 'SET statement_timeout = 0;\\nSET transaction_timeout = 0;\\nBEGIN;\\nCREATE TABLE kept (id int);\\n'
+              [ "${FAKE_FAIL:-}" = 1 ] && exit 1
+              printf 'COMMIT;\\n' ;;
+  *) echo "direct $*" > "$LOG" ;;
+esac
+"""
+FAKE_PSQL = """#!/bin/sh
+case " $* " in
+  *" SHOW server_version_num "*) echo "$FAKE_SERVER" ;;
+  *) { echo "psql $*"; cat; } > "$LOG" ;;
+esac
+"""
+
+
+def _restore(tmp_path, server: int, fail: bool = False) -> tuple[subprocess.CompletedProcess, str]:
+    for name, text in (("pg_restore", FAKE_PG_RESTORE), ("psql", FAKE_PSQL)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    log = tmp_path / "log"
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "LOG": str(log), "FAKE_SERVER": str(server), "TMPDIR": str(tmp_path),
+           "FAKE_FAIL": "1" if fail else ""}
+    proc = subprocess.run(["sh", "-c", dbtools.RESTORE_SCRIPT, "restore", "/backups/b.dump", "app", "--clean", "--no-owner"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    return proc, log.read_text() if log.exists() else ""
+
+
+def test_a_restore_into_a_server_as_new_as_the_tools_is_pg_restore_itself_in_one_transaction(tmp_path):
+    proc, log = _restore(tmp_path, 170002)
+    assert proc.returncode == 0 and log == "direct --single-transaction --exit-on-error -d app --clean --no-owner /backups/b.dump\n"
+
+
+def test_into_an_older_server_the_setting_it_lacks_is_left_out_and_a_half_read_archive_fails(tmp_path):
+    """16 restored with 17's tools: pg_restore's own connection would send
+    `SET transaction_timeout`, which 16 refuses."""
+    proc, log = _restore(tmp_path, 160010)
+    assert proc.returncode == 0, proc.stderr
+    assert log.splitlines() == ["psql -X -q -v ON_ERROR_STOP=1 -d app", "SET statement_timeout = 0;", "BEGIN;",
+                                "CREATE TABLE kept (id int);", "COMMIT;"]
+    # an archive read half-way: psql saw no COMMIT (nothing committed), and the restore fails
+    proc, log = _restore(tmp_path, 160010, fail=True)
+    assert proc.returncode == 1 and "COMMIT;" not in log
+    assert proc.stderr.strip() == "pg_restore: error: the archive could not be read to its end"
