@@ -206,7 +206,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     try:
         at(record, "images")
         with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
-            stack.ensure_release_images(settings, candidate, versions)
+            stack.ensure_release_images(settings, candidate, versions, release=True)
         if mode == "replicate":
             touched = True
             at(record, "subscribe")

@@ -220,7 +220,7 @@ class Steps:
     def images(self) -> None:
         p = self.plan
         with runner.step(f"{'pulling' if self.settings.registry else 'building'} {p.to_color} images ({p.to_version})"):
-            stack.ensure_release_images(self.settings, p.to_color, self.versions, force=self.force or p.rebuild)
+            stack.ensure_release_images(self.settings, p.to_color, self.versions, force=self.force or p.rebuild, release=True)
 
     def start(self) -> None:
         start_candidate(self.settings, self.plan, self.versions, self.databases)

@@ -183,12 +183,15 @@ def release_images_exist(settings: Settings, version: str) -> bool:
     return all(images.image_exists(settings, images.app_tag(settings, name, version)) for name in images.release_images(settings.app))
 
 
-def ensure_release_images(settings: Settings, color: str, versions: dict[str, str], force: bool = False) -> None:
+def ensure_release_images(settings: Settings, color: str, versions: dict[str, str], force: bool = False,
+                          release: bool = False) -> None:
     """`color`'s images at its version in `versions`, unless the target has them (or
     `force`): pulled from the registry when there is one, made on this machine and sent
-    when streaming, else built by the target's engine."""
+    when streaming, else built by the target's engine. For a `release`, the registry is
+    asked even when the target holds the tag, which may be another build's (a pull of
+    an image it has costs one manifest request); never for a color that runs (`up`)."""
     version = versions[color]
-    if not force and release_images_exist(settings, version):
+    if not force and release_images_exist(settings, version) and not (release and settings.image_source == "registry"):
         return
     if settings.image_source == "registry":
         with images.registry_session(settings) as env:

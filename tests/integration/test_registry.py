@@ -106,11 +106,14 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
 
     assert invoke("images.push", "--version", "v8", env=env).returncode == 0
     settings = config.load("development", environ={**os.environ, **env})
-    runner.run(["docker", "image", "rm", images.app_tag(settings, "backend", "v8"), images.app_tag(settings, "frontend", "v8")])
+    # the target lacks one image and holds the other's tag from another build: the registry's are what runs
+    runner.run(["docker", "image", "rm", images.app_tag(settings, "frontend", "v8")])
+    runner.run(images.tag_cmd(images.app_tag(settings, "frontend", "latest"), images.app_tag(settings, "backend", "v8")))
     deployed = invoke("deploy", "--version", "v8", env=env)
     assert deployed.returncode == 0, deployed.stderr[-2000:]
     assert "pulling green images (v8)" in deployed.stderr and "deploy: blue v7 -> green v8: switched" in deployed.stdout
     assert facts.service_states(settings)["backend_green"].image == images.app_tag(settings, "backend", "v8")
+    assert facts.inspect(settings, facts.container(settings, "backend_green"))["Image"] == images.registry_image(settings, "backend", "v8")
 
     # a version the registry holds from another build is refused before anything is pushed
     runner.run(images.tag_cmd(images.app_tag(settings, "frontend", "latest"), images.app_tag(settings, "backend", "v8")))
