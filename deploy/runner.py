@@ -26,6 +26,9 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 
+from rich.console import Console
+from rich.text import Text
+
 from deploy import ssh
 from deploy.errors import CommandError, Interrupted
 
@@ -51,9 +54,28 @@ def redact(text: str) -> str:
     return text
 
 
+# What a progress line's prefix says, in colour on a terminal: a step begins, ends
+# well, fails; a warning.
+PREFIX_STYLES = {"-> ": "cyan", "ok ": "green", "xx ": "bold red", "!! ": "yellow"}
+
+
+@functools.cache
+def _terminal() -> Console | None:
+    """rich's console on stderr where it shows colour: a terminal (or FORCE_COLOR), and
+    neither NO_COLOR nor TERM=dumb; None where lines stay plain (piped, CI logs)."""
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    return console if console.is_terminal and not console.no_color and console.color_system else None
+
+
 def say(message: str) -> None:
     """A progress line for the operator (stderr, so --json output stays clean)."""
-    print(redact(message), file=sys.stderr, flush=True)
+    text = redact(message)
+    style = PREFIX_STYLES.get(text[:3])
+    console = _terminal() if style else None
+    if console is None:
+        print(text, file=sys.stderr, flush=True)
+    else:
+        console.print(Text.assemble((text[:3], style), text[3:]))
 
 
 @contextlib.contextmanager

@@ -185,3 +185,32 @@ def test_the_exit_codes_are_the_readmes_and_usage_errors_are_bad_input():
     for args in (["deploy", "--no-such-option"], ["no-such-task"], ["exec"]):
         proc = subprocess.run([colorgate, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert proc.returncode == errors.BAD_INPUT and proc.stderr.startswith("colorgate: "), (args, proc.returncode, proc.stderr)
+
+
+@pytest.mark.parametrize("env, coloured", [({"FORCE_COLOR": "1"}, True), ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, False),
+                                           ({"FORCE_COLOR": "1", "TERM": "dumb"}, False), ({}, False)])
+def test_progress_lines_are_coloured_on_a_terminal_and_plain_when_piped_or_with_no_color(env, coloured):
+    """(FORCE_COLOR stands in for a terminal; without it stderr here is a pipe.)"""
+    base = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TERM")}
+    proc = subprocess.run([sys.executable, "-c", "from deploy import runner; runner.say('ok built [b]x[/b] (1.0s)'); runner.say('a line')"],
+                          env={**base, **env}, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    if coloured:
+        assert proc.stderr == "\x1b[32mok \x1b[0mbuilt [b]x[/b] (1.0s)\na line\n", repr(proc.stderr)
+    else:
+        assert proc.stderr == "ok built [b]x[/b] (1.0s)\na line\n", repr(proc.stderr)
+
+
+def test_shell_completion_completes_tasks_and_their_options():
+    """The script `colorgate --print-completion-script bash` prints, sourced by bash."""
+    script = ('source <(colorgate --print-completion-script bash); COMP_WORDS=(colorgate "$@"); '
+              '_complete_colorgate colorgate "${@: -1}"; printf "%s\\n" "${COMPREPLY[@]}"')
+    path = f"{Path(INVOKE).parent}:{os.environ['PATH']}"
+
+    def complete(*words: str) -> list[str]:
+        proc = subprocess.run(["bash", "-c", script, "bash", *words], env={**os.environ, "PATH": path},
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        return sorted(proc.stdout.split())
+
+    assert complete("db.ba") == ["db.backup", "db.backups"]
+    assert complete("deploy", "--k") == ["--keep-rejected"]
