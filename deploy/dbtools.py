@@ -130,7 +130,7 @@ def tools_env(settings: Settings, extra: dict[str, str] | None = None,
 
 def _image_vars(settings: Settings, major: int) -> dict[str, str]:
     """The compose variables that make `dbtools` the image of `major`'s tools."""
-    return {"CG_DBTOOLS_TAG": images.tools_tag(major), "CG_DBTOOLS_BASE": images.postgres_base(major).tag(settings.debian_mirror)}
+    return {"CG_DBTOOLS_TAG": images.tools_tag(major), "CG_DBTOOLS_BASE": images.postgres_base(major).tag(settings.base_source)}
 
 
 def dump_major(settings: Settings) -> int:
@@ -167,6 +167,7 @@ def server_version(settings: Settings) -> int:
     """The app's PostgreSQL's server_version_num (150004 for 15.4), read once per
     process: the stack's own in its container, a managed one with the default tools'
     psql (libpq reaches servers of any version)."""
+    require_postgres(settings)
     key = (settings.docker_host, settings.project, settings.database_url)
     if key not in _VERSIONS:
         sql = "SHOW server_version_num;"

@@ -182,3 +182,12 @@ def test_into_an_older_server_the_setting_it_lacks_is_left_out_and_a_half_read_a
     proc, log = _restore(tmp_path, 160010, fail=True)
     assert proc.returncode == 1 and "COMMIT;" not in log
     assert proc.stderr.strip() == "pg_restore: error: the archive could not be read to its end"
+
+
+def test_the_servers_version_is_not_asked_of_an_app_without_a_database():
+    from deploy import config
+    from deploy.errors import BadInput
+
+    s = config.load("development", root=config.project_root(), environ={"COLORGATE_APP": "examples/static-site"})
+    with pytest.raises(BadInput, match=r"declares no database \(x-colorgate.database\): there is nothing for db.\* to do$"):
+        dbtools.dump_major(s)
