@@ -20,7 +20,7 @@ from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
 from deploy import config, edge, errors, facts, images, keys, relay, runner, swarm as swarm_target
 
-from .conftest import invoke, isolated_env
+from .conftest import invoke, isolated_env, remove_stack
 from .test_examples import all_done_on, post_job
 from .swarm import swarm
 
@@ -35,7 +35,7 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pushed(cluster) -> dict[str, str]:
+def pushed(cluster):
     """The jobs app's images v1 to v3 in the cluster's registry, built here as CI would (a
     move releases the next version the manager has not pulled yet)."""
     run = isolated_env("swi")
@@ -43,10 +43,13 @@ def pushed(cluster) -> dict[str, str]:
             "COLORGATE_REGISTRY": f"{cluster.registry}/{run['COLORGATE_PROJECT']}"}
     built = config.load("development", environ={**os.environ, **here})
     images.build_bases(built, images.needed_bases(built))
-    for version in ("v1", "v2", "v3"):
-        pushed = invoke("images.push", "--version", version, env=here)
-        assert pushed.returncode == 0, pushed.stderr
-    return {"COLORGATE_REGISTRY": here["COLORGATE_REGISTRY"], "managed_image": images.app_tag(built, "db", "latest")}
+    try:
+        for version in ("v1", "v2", "v3"):
+            pushed = invoke("images.push", "--version", version, env=here)
+            assert pushed.returncode == 0, pushed.stderr
+        yield {"COLORGATE_REGISTRY": here["COLORGATE_REGISTRY"], "managed_image": images.app_tag(built, "db", "latest")}
+    finally:
+        remove_stack(built)  # the tags made here
 
 
 def swarm_env(cluster, pushed, tag: str) -> dict[str, str]:

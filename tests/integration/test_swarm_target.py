@@ -17,7 +17,7 @@ import pytest
 
 from deploy import config, edge, errors, facts, gates, images, runner, swarm as swarm_target, tls
 
-from .conftest import INVOKE, invoke, isolated_env, pebble_server
+from .conftest import INVOKE, invoke, isolated_env, pebble_server, remove_stack
 from .swarm import swarm
 
 
@@ -36,17 +36,21 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def registry(cluster) -> str:
-    """The static site's images v1 and v2, built on this machine and pushed, as CI would."""
+def registry(cluster):
+    """The static site's images v1 and v2, built on this machine and pushed, as CI would
+    (their tags here removed afterwards)."""
     run = isolated_env("swp")
     path = f"{cluster.registry}/{run['COLORGATE_PROJECT']}"
     here = {**run, "COLORGATE_APP": "examples/static-site", "COLORGATE_REGISTRY": path}
-    images.build_bases(config.load("development", environ={**os.environ, **here}),
-                       [images.BASES["nginx"], images.BASES["postgres"], images.BASES["certbot"]])
-    for version in ("v1", "v2"):
-        pushed = invoke("images.push", "--version", version, env=here)
-        assert pushed.returncode == 0, pushed.stderr
-    return path
+    built = config.load("development", environ={**os.environ, **here})
+    images.build_bases(built, [images.BASES["nginx"], images.BASES["postgres"], images.BASES["certbot"]])
+    try:
+        for version in ("v1", "v2"):
+            pushed = invoke("images.push", "--version", version, env=here)
+            assert pushed.returncode == 0, pushed.stderr
+        yield path
+    finally:
+        remove_stack(built)
 
 
 def swarm_env(cluster, registry: str, tag: str) -> dict[str, str]:
@@ -235,16 +239,19 @@ def test_tls_init_gets_the_edge_a_certificate_from_an_acme_ca_and_renew_renews_i
 
 
 @pytest.fixture(scope="module")
-def db_registry(cluster) -> str:
+def db_registry(cluster):
     run = isolated_env("swq")
     path = f"{cluster.registry}/{run['COLORGATE_PROJECT']}"
     here = {**run, **DB_APP, "COLORGATE_REGISTRY": path}
     built = config.load("development", environ={**os.environ, **here})
     images.build_bases(built, images.needed_bases(built))
-    for version in ("v1", "v2", "v3"):
-        pushed = invoke("images.push", "--version", version, env=here)
-        assert pushed.returncode == 0, pushed.stderr
-    return path
+    try:
+        for version in ("v1", "v2", "v3"):
+            pushed = invoke("images.push", "--version", version, env=here)
+            assert pushed.returncode == 0, pushed.stderr
+        yield path
+    finally:
+        remove_stack(built)  # the tags made here
 
 
 DB_APP = {"COLORGATE_APP": "examples/spa-api-postgres", "POSTGRES_DB": "app", "POSTGRES_USER": "app",
