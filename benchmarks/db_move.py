@@ -119,7 +119,7 @@ MANAGED = images.postgres_base(17)
 def managed_image(settings: config.Settings) -> str:
     images.build_bases(settings, [MANAGED])
     tag = f"{settings.image_prefix}postgres17:test"
-    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={MANAGED.tag(settings.debian_mirror)}", "--tag", tag,
+    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={MANAGED.tag(settings.base_source)}", "--tag", tag,
                 str(Path(__file__).resolve().parent.parent / "examples" / "postgres-debian")], env={"DOCKER_BUILDKIT": "0"})
     return tag
 

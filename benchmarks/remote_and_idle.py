@@ -87,7 +87,7 @@ def ssh_host(authorized_key: str, with_docker: bool = True, socket: str = SOCKET
     `socket` (not `with_docker`: a host with neither the engine's socket nor the CLI;
     an SFTP server, say, listening on docker0 for containers to reach)."""
     settings = config.load("development")
-    if not images.image_exists(settings, SSHD.tag(settings.debian_mirror)):
+    if not images.image_exists(settings, SSHD.tag(settings.base_source)):
         images.build_bases(settings, [SSHD])
     port = free_port()
     name = f"cgtestsshd{os.getpid()}{secrets.token_hex(2)}"
@@ -95,7 +95,7 @@ def ssh_host(authorized_key: str, with_docker: bool = True, socket: str = SOCKET
     try:  # a container that docker created but could not start is removed too
         runner.run(["docker", "run", "--detach", "--name", name, "--network", "host", *mounts,
                     "-e", f"SOCKET_GID={os.stat(socket).st_gid}", "-e", f"PORT={port}", "-e", f"LISTEN={listen}", "-e", "AUTHORIZED_KEY",
-                    SSHD.tag(settings.debian_mirror), "sh", "-c", SSHD_SCRIPT], env={"AUTHORIZED_KEY": authorized_key})
+                    SSHD.tag(settings.base_source), "sh", "-c", SSHD_SCRIPT], env={"AUTHORIZED_KEY": authorized_key})
         for _ in range(100):
             if subprocess.run(["ssh-keyscan", "-T", "1", "-p", str(port), listen], capture_output=True).stdout:
                 break

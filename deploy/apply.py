@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from deploy import db, edge, facts, recover, render, runner, stack, swarm
+from deploy import db, edge, facts, recover, render, runner, stack, swarm, tls
 from deploy.history import Record, lock, recorded, timed
 from deploy.colors import other
 from deploy.config import Settings
@@ -207,7 +207,9 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
                     stack.migrate(settings, color, versions)
                 record.outcome = "migrated"
 
-    return stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
+    stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
+    if not settings.swarm:
+        tls.ensure_renewer(settings)  # once an ACME certificate is in use
 
 
 def scale(settings: Settings, service: str, count: int) -> str:

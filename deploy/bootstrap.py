@@ -113,9 +113,11 @@ def bootstrap(settings: Settings) -> list[tuple[str, str]]:
     settings = settings.builder  # base images live where the images are made
     missing = images.missing_bases(settings)
     if missing:
-        done.append(("mmdebstrap", ensure_mmdebstrap()))
+        if settings.bases == "mmdebstrap":
+            done.append(("mmdebstrap", ensure_mmdebstrap()))
         names = ", ".join(b.name for b in missing)
-        with runner.step(f"making base images from Debian's mirror: {names} (about a minute)"):
+        made = "from Debian's mirror" if settings.bases == "mmdebstrap" else f"FROM {settings.debian_image} with Debian's packages"
+        with runner.step(f"making base images {made}: {names} (about a minute)"):
             images.build_bases(settings, missing)
         done.append(("base images", f"built {names}"))
     else:

@@ -45,10 +45,14 @@ class Settings:
     image_source: str
     versions: str  # commit or counter: a deploy's default version (COLORGATE_VERSIONS)
     debian_mirror: str
+    bases: str  # mmdebstrap or image: how base images are made (COLORGATE_BASES)
+    debian_image: str
     docker_host: str
     target: str
     ssh_persist: int
     health_timeout: int
+    renew_every: int  # the renewer's certbot renew, this many seconds apart (COLORGATE_RENEW_EVERY)
+    renewal_check: int  # the edge takes up what it renewed this many seconds apart
     app_path: str
     drain_seconds: int
     rate_limit: int
@@ -159,6 +163,12 @@ class Settings:
         return f"http://{self.domain}{port}"
 
     @property
+    def base_source(self) -> str:
+        """What base images are made from, part of their tags: the mirror (mmdebstrap's),
+        or Debian's image and the mirror (a base made FROM it is another image)."""
+        return self.debian_mirror if self.bases == "mmdebstrap" else f"{self.debian_image}+{self.debian_mirror}"
+
+    @property
     def builder(self) -> "Settings":
         """The settings whose engine makes the images: this machine's when streaming."""
         return dataclasses.replace(self, docker_host="") if self.image_source == "stream" else self
@@ -183,6 +193,8 @@ class Settings:
             "COLORGATE_RATE_LIMIT": str(self.rate_limit),
             "COLORGATE_RATE_BURST": str(self.rate_burst),
             "COLORGATE_CONN_LIMIT": str(self.conn_limit),
+            "COLORGATE_RENEW_EVERY": str(self.renew_every),
+            "COLORGATE_RENEWAL_CHECK": str(self.renewal_check),
             "COLORGATE_PIDS_LIMIT": str(self.pids_limit),
             "COLORGATE_MEMORY_LIMIT": self.memory_limit,
             "COLORGATE_LOG_MAX_SIZE": self.log_max_size,

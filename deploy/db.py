@@ -395,10 +395,10 @@ def _copy(settings: Settings, action: str, name: str = "") -> str:
             runner.add_secret(found[2])
     known = read(settings.backup_copy_known_hosts, "COLORGATE_BACKUP_COPY_KNOWN_HOSTS")
     base = images.BASES["rclone"]
-    if not images.image_exists(settings, base.tag(settings.debian_mirror)):
+    if not images.image_exists(settings, base.tag(settings.base_source)):
         images.build_bases(settings, [base])
     cmd = ["docker", "run", "--rm", "-i", "-v", f"{settings.project}_backups:/backups", "-e", "CG_KNOWN_HOSTS",
-           base.tag(settings.debian_mirror), "sh", "-c", COPY_SCRIPT, "copy", action, settings.backup_copy, name]
+           base.tag(settings.base_source), "sh", "-c", COPY_SCRIPT, "copy", action, settings.backup_copy, name]
     proc = runner.run(cmd, input=config, env={**settings.docker_env(), "CG_KNOWN_HOSTS": known}, check=False,
                       what=f"off-host copy ({action})")
     if proc.returncode != 0:

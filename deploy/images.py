@@ -126,6 +126,20 @@ def mmdebstrap_cmd(base: BaseImage, out: Path, mirror: str) -> list[str]:
     return cmd
 
 
+def base_dockerfile(base: BaseImage, image: str, mirror: str) -> str:
+    """A base made FROM Debian's official image of its suite, with the same packages
+    from the same mirror as mmdebstrap's, documentation left out alike."""
+    dpkg = "".join(f"path-exclude={pattern}\\n" for pattern in DPKG_EXCLUDES) + "path-include=/usr/share/doc/*/copyright\\n"
+    apt = "".join(f"{line}\\n" for line in sources(mirror, base.suite))
+    return (f"FROM {image}:{base.suite}-slim\n"
+            f"RUN printf '{dpkg}' > /etc/dpkg/dpkg.cfg.d/colorgate-excludes \\\n"
+            f" && rm -f /etc/apt/sources.list.d/* && printf '{apt}' > /etc/apt/sources.list \\\n"
+            " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+            f"{' '.join(base.packages)} > /dev/null \\\n"
+            " && rm -rf /var/lib/apt/lists/*\n"
+            'CMD ["bash"]\n')
+
+
 def import_cmd(tar: Path, tag: str) -> list[str]:
     return ["docker", "image", "import", "--change", 'CMD ["bash"]', "--message", "colorgate base (mmdebstrap)", str(tar), tag]
 
@@ -150,20 +164,26 @@ def needed_bases(settings: Settings) -> list[BaseImage]:
 
 
 def missing_bases(settings: Settings) -> list[BaseImage]:
-    return [base for base in needed_bases(settings) if not image_exists(settings, base.tag(settings.debian_mirror))]
+    return [base for base in needed_bases(settings) if not image_exists(settings, base.tag(settings.base_source))]
 
 
 def build_bases(settings: Settings, bases: list[BaseImage]) -> None:
-    """mmdebstrap those of `bases` that are missing, in parallel, then import them."""
-    bases = [base for base in bases if not image_exists(settings, base.tag(settings.debian_mirror))]
+    """Make those of `bases` that are missing, in parallel: mmdebstrap them here and
+    import them, or (COLORGATE_BASES=image) build them FROM Debian's image."""
+    bases = [base for base in bases if not image_exists(settings, base.tag(settings.base_source))]
     if not bases:
         return
     with tempfile.TemporaryDirectory(prefix="colorgate-base-") as tmp:
 
         def make(base: BaseImage) -> None:
+            if settings.bases == "image":  # the legacy builder: it uses a FROM image the engine has, and pulls one it lacks
+                runner.run(["docker", "build", "--quiet", "--tag", base.tag(settings.base_source), "-"],
+                           input=base_dockerfile(base, settings.debian_image, settings.debian_mirror),
+                           env={**settings.docker_env(), "DOCKER_BUILDKIT": "0"}, what=f"building the {base.name} base", timeout=1200)
+                return
             tar = Path(tmp) / f"{base.name}.tar"
             runner.run(mmdebstrap_cmd(base, tar, settings.debian_mirror), what=f"mmdebstrap {base.name}", timeout=1200)
-            runner.run(import_cmd(tar, base.tag(settings.debian_mirror)), env=settings.docker_env(), what=f"docker import {base.name}")
+            runner.run(import_cmd(tar, base.tag(settings.base_source)), env=settings.docker_env(), what=f"docker import {base.name}")
 
         with ThreadPoolExecutor(max_workers=len(bases)) as pool:
             for future in [pool.submit(make, base) for base in bases]:
@@ -216,7 +236,7 @@ def app_tag(settings: Settings, name: str, version: str) -> str:
 
 def base_build_args(settings: Settings) -> dict[str, str]:
     """Compose variables naming the base image each Dockerfile starts FROM."""
-    return {f"COLORGATE_BASE_{name.upper()}": base.tag(settings.debian_mirror) for name, base in BASES.items()}
+    return {f"COLORGATE_BASE_{name.upper()}": base.tag(settings.base_source) for name, base in BASES.items()}
 
 
 def tag_cmd(source: str, target: str) -> list[str]:

@@ -235,6 +235,13 @@ KEYS: dict[str, Key] = {
     "COLORGATE_IMAGES": Key(_pattern(re.compile(r"^(build|stream)$"), "should be build or stream"), "build", attr="image_source"),
     "COLORGATE_REGISTRY_PASSWORD": Key(str, "", secret=True),
     "COLORGATE_DEBIAN_MIRROR": Key(_pattern(re.compile(r"^https?://\S+$"), "should be an http(s) URL"), "http://deb.debian.org/debian"),
+    # How Colorgate's base images are made: `mmdebstrap`, on this machine from Debian's
+    # mirror (Debian or Ubuntu; no registry needed); `image`, by the engine that builds,
+    # FROM Debian's official image (COLORGATE_DEBIAN_IMAGE:<suite>-slim) with Debian's
+    # packages from the mirror: a machine with only Docker and Python (macOS too).
+    "COLORGATE_BASES": Key(_pattern(re.compile(r"^(mmdebstrap|image)$"), "should be mmdebstrap or image"), "mmdebstrap"),
+    "COLORGATE_DEBIAN_IMAGE": Key(_pattern(re.compile(r"^[a-z0-9][a-z0-9.:/_-]*$"), "should be an image name such as debian or "
+                                           "registry.example.com/library/debian"), "debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),
     # compose: one engine runs the stack (Docker Compose). swarm: that engine is a Swarm
     # manager; each color's services are Swarm services spread over its nodes (a Swarm
@@ -243,6 +250,10 @@ KEYS: dict[str, Key] = {
     # An SSH host: the one connection stays open this long after a command (0: closed with it).
     "COLORGATE_SSH_PERSIST": Key(_seconds_or_zero, "60"),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),
+    # The renewer on the server runs certbot renew this often (it renews within 30 days
+    # of the end); the edge looks for what it renewed this often.
+    "COLORGATE_RENEW_EVERY": Key(_whole(1, 604800, "a whole number of seconds from 1 to 604800 (a week)"), "43200"),
+    "COLORGATE_RENEWAL_CHECK": Key(_seconds, "60"),
     # The app: its compose file with an x-colorgate block (or the directory holding it).
     # Default: the compose file of the settings' directory (Compose's names), else the sample.
     "COLORGATE_APP": Key(_pattern(re.compile(r"^\S*$"), "should be a path to a compose file or its directory"), "", attr="app_path"),

@@ -238,12 +238,14 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
                 if name == "dbrelay":
                     svc["entrypoint"] = ["socat", "TCP-LISTEN:5433,fork,reuseaddr", f"TCP:{app.database.service}:5432"]
         services[name] = locked_down(svc)
-    # certbot for an ACME directory on the host's own loopback (a test CA) only: the host's network
-    loopback = copy.deepcopy(services["certbot"])
-    del loopback["networks"]
-    loopback["network_mode"] = "host"
-    loopback["labels"] = {**loopback["labels"], "org.colorgate.role": "certbot-loopback"}
-    services["certbot-loopback"] = loopback
+    # certbot (one-off, and the renewer) for an ACME directory on the host's own loopback
+    # (a test CA) only: the host's network
+    for name in ("certbot", "renewer"):
+        loopback = copy.deepcopy(services[name])
+        del loopback["networks"]
+        loopback["network_mode"] = "host"
+        loopback["labels"] = {**loopback["labels"], "org.colorgate.role": f"{name}-loopback"}
+        services[f"{name}-loopback"] = loopback
     networks = copy.deepcopy(app.raw.get("networks") or {})
     networks[EDGE_NETWORK] = {}
     if own_db_network:

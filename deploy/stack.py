@@ -72,7 +72,7 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
     a color with an image it was not running, and each color's database URL (the
     configured one unless `databases` names another; db.move does). Holds secrets."""
     env = {**settings.compose_env(), **images.base_build_args(settings),
-           "CG_DBTOOLS_BASE": images.BASES["postgres"].tag(settings.debian_mirror)}
+           "CG_DBTOOLS_BASE": images.BASES["postgres"].tag(settings.base_source)}
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
     db = settings.app.database

@@ -41,6 +41,7 @@ CERT = f"{TLS_DIR}/live/fullchain.pem"
 KEY = f"{TLS_DIR}/live/privkey.pem"
 LOCAL_MARKER = f"{TLS_DIR}/live/.colorgate-local"  # there while the local CA's certificate is served
 ACME_STATE = f"{TLS_DIR}/acme.json"
+RENEWALS = f"{TLS_DIR}/renewals.log"  # the renewer's runs on the server, one JSON line each (compose/certbot/renew-loop.sh)
 
 
 def key_pair(settings: Settings) -> tuple[str, str, bool]:
@@ -118,11 +119,13 @@ def served_cert_cmd(settings: Settings) -> list[str]:
     """The certificate chain the edge serves, and the ACME record when there is one."""
     return ["docker", "exec", edge.edge_container(settings), "sh", "-c",
             f"cat {CERT}; echo '--colorgate-acme--'; cat {ACME_STATE} 2>/dev/null || true; "
-            f"echo '--colorgate-local--'; cat {LOCAL_MARKER} 2>/dev/null || true"]
+            f"echo '--colorgate-local--'; cat {LOCAL_MARKER} 2>/dev/null || true; "
+            f"echo '--colorgate-renewal--'; tail -n 1 {RENEWALS} 2>/dev/null || true"]
 
 
-def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -> dict:
-    """Subject, SANs, issuer, validity and source of the first certificate in `pem`."""
+def describe(pem: str, acme_state: str = "", local_marker: str = "", renewal: str = "", now=None) -> dict:
+    """Subject, SANs, issuer, validity and source of the first certificate in `pem`, and
+    the renewer's last run on the server (`renewal`, its log's last line)."""
     from datetime import datetime, timezone
 
     from cryptography import x509
@@ -134,6 +137,10 @@ def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -
         acme = json.loads(acme_state) if acme_state.strip() else None
     except ValueError:
         acme = None
+    try:
+        run = json.loads(renewal) if renewal.strip() else None
+    except ValueError:
+        run = None
     return {
         "subject": cert.subject.rfc4514_string(),
         "sans": names(cert),
@@ -145,14 +152,17 @@ def describe(pem: str, acme_state: str = "", local_marker: str = "", now=None) -
         "source": "local CA (made by the edge)" if local_marker.strip() else ("ACME" if acme else "installed by hand"),
         "acme_directory": acme.get("directory") if acme else None,
         "acme_ca_bundle": bool(acme.get("ca_bundle")) if acme else False,
+        "renewed_on_server": (f"{run.get('finished', '?')}: {run.get('outcome', '?')}"
+                              + (f" ({run['detail']})" if run.get("outcome") == "failed" and run.get("detail") else "")) if run else None,
     }
 
 
 def status(settings: Settings) -> dict:
     out = runner.run(served_cert_cmd(settings), env=settings.docker_env(), what="reading the edge's certificate").stdout
     pem, _, rest = out.partition("--colorgate-acme--")
-    acme_state, _, local_marker = rest.partition("--colorgate-local--")
-    return describe(pem, acme_state, local_marker)
+    acme_state, _, rest = rest.partition("--colorgate-local--")
+    local_marker, _, renewal = rest.partition("--colorgate-renewal--")
+    return describe(pem, acme_state, local_marker, renewal)
 
 
 def format_status(data: dict) -> str:
@@ -244,6 +254,8 @@ def explain_certbot(exc: CommandError, directory: str, domain: str) -> Colorgate
             f"the CA could not fetch the HTTP-01 challenge for {domain} ({detail.removeprefix('Detail:').strip() or 'see certbot output'}): "
             f"port 80 of {domain} must reach this edge"
         )
+    if "Another instance of Certbot is already running" in text:
+        return ColorgateError("the renewer on the server is renewing this certificate right now: try again in a minute")
     if "invalid" in text.lower() and "contact" in text.lower():
         return ColorgateError("the ACME server refused the email address: give a valid --email")
     last = next((line for line in reversed(text.splitlines()) if line.strip()), "no output")
@@ -323,7 +335,29 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     record = json.dumps({"directory": url, "email": email, "domain": domain, "ca_bundle": bool(ca_bundle)})
     runner.run(["docker", "exec", "-i", edge.edge_container(settings), "sh", "-c", f"cat > {ACME_STATE}"],
                input=record, env=settings.docker_env(), what="recording the ACME directory")
-    return _reload(settings)
+    reloaded = _reload(settings)
+    if not settings.swarm:  # a Swarm's edge is renewed by tls.renew (scheduled where it runs)
+        start_renewer(settings, url)
+    return reloaded
+
+
+def start_renewer(settings: Settings, directory: str) -> None:
+    """The renewer on the server (compose/certbot/renew-loop.sh), for the ACME
+    `directory`: started, or made again when the settings changed (compose's `up`), and
+    its other variant (loopback or not) removed."""
+    name, other = ("renewer-loopback", "renewer") if on_loopback(directory) else ("renewer", "renewer-loopback")
+    env = stack.compose_env(settings, {})
+    runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "rm", "--stop", "--force", other), env=env, check=False)
+    with runner.step(f"starting the certificate's renewal on the server (every {settings.renew_every} s)"):
+        runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", name), env=env,
+                   what="starting the renewer")
+
+
+def ensure_renewer(settings: Settings) -> None:
+    """`up`: the renewer runs wherever an ACME certificate is in use."""
+    directory = status(settings)["acme_directory"]
+    if directory:
+        start_renewer(settings, directory)
 
 
 def renew(settings: Settings) -> dict:

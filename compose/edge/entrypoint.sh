@@ -101,4 +101,28 @@ fi
 rm -f "$state/active.conf" "$state/active.conf.prev" "$state/freeze.conf"
 # After a reload, old workers finish their connections for at most this long.
 printf 'worker_shutdown_timeout %ss;\n' "$drain" > /tmp/colorgate/main.conf
+
+# Renewals on the server (the renewer service, compose/certbot/renew-loop.sh), taken up
+# every COLORGATE_RENEWAL_CHECK seconds: a renewed certificate is checked (nginx -t) and
+# loaded by a graceful reload; renewals and failures go to the history (a run that found
+# nothing due only to the renewer's log, which `invoke tls.status` reads).
+take_up_renewals() {
+  log=$tls/renewals.log
+  seen=$(wc -l < "$log" 2> /dev/null || echo 0)
+  while sleep "${COLORGATE_RENEWAL_CHECK:-60}"; do
+    now=$(wc -l < "$log" 2> /dev/null || echo 0)
+    if [ "$now" -le "$seen" ]; then seen=$now; continue; fi  # nothing new, or the log was shortened
+    new=$(tail -n "$((now - seen))" "$log")
+    seen=$now
+    if printf '%s\n' "$new" | grep -q '"outcome": "renewed"'; then
+      if nginx -t -q -c /etc/colorgate/nginx.conf 2> /dev/null; then
+        nginx -s reload -c /etc/colorgate/nginx.conf && rm -f "$tls/.changed"
+      else
+        new=$(printf '%s\n' "$new" | sed 's/"outcome": "renewed", "detail": "[^"]*"/"outcome": "failed", "detail": "the edge rejected the renewed certificate (nginx -t): it keeps serving the old one"/')
+      fi
+    fi
+    printf '%s\n' "$new" | grep -v '"outcome": "not due"' >> "$state/history.jsonl" || true
+  done
+}
+take_up_renewals &
 exec nginx -c /etc/colorgate/nginx.conf -g 'daemon off;'

@@ -185,7 +185,7 @@ def swarm(settings: Settings, size: int = 2, registry: bool = False, socket_dir:
                         "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
                         "-v", "/sys/fs/cgroup:/sys/fs/cgroup", "--tmpfs", "/var/lib/docker:exec", "--tmpfs", "/run",
                         *(["-v", f"{socket_dir}:/run/outside"] if n == 1 and socket_dir else []),
-                        "-e", f"DAEMON_JSON={node_daemon_json()}", ENGINE.tag(settings.debian_mirror), "sh", "-c",
+                        "-e", f"DAEMON_JSON={node_daemon_json()}", ENGINE.tag(settings.base_source), "sh", "-c",
                         'mkdir -p /etc/docker && printf "%s\\n" "$DAEMON_JSON" > /etc/docker/daemon.json && exec dockerd "$@"',
                         "dockerd", "--host", "unix:///var/run/docker.sock",
                         *(["--host", f"tcp://0.0.0.0:{ENGINE_PORT}"] if n == 1 else []),

@@ -4,6 +4,7 @@ their own; certbot in its container answering HTTP-01 through the edge."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import ssl
@@ -15,9 +16,10 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
+import tenacity
 from cryptography import x509
 
-from deploy import config, errors, gates, images, runner, stack, tls
+from deploy import config, edge, errors, facts, gates, images, runner, stack, tls
 from tests.certs import make_ca, make_leaf
 
 from .conftest import free_port, invoke, isolated_env, pebble_server, running_stack
@@ -28,7 +30,8 @@ VALIDITY_DAYS = 20  # under certbot's 30-day renewal window (so renew renews), o
 
 @pytest.fixture(scope="module")
 def env():
-    return {**isolated_env("acme"), "COLORGATE_DOMAIN": DOMAIN}
+    # the edge looks for what the renewer on the server renewed every second (60 by default)
+    return {**isolated_env("acme"), "COLORGATE_DOMAIN": DOMAIN, "COLORGATE_RENEWAL_CHECK": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +172,29 @@ def test_obtain_renew_and_gate_with_zero_failed_requests(settings, pebble, env):
     other.write_text(unrelated)
     proc = tls_gates(env, other)
     assert proc.returncode == 1 and "failed verification" in proc.stdout
+
+
+def test_the_server_renews_by_itself_and_the_edge_takes_up_the_new_certificate(settings, pebble, env):
+    """With no operator's machine: the renewer tls.init started on the server renews a
+    certificate inside certbot's 30-day window (here 2 s after it starts; 12 h by default),
+    the edge checks it and reloads onto it by itself, and tls.status and the history say so."""
+    before = tls.status(settings)
+    assert facts.service_states(settings)["renewer-loopback"].state == "running"  # pebble is on this host's loopback
+    tls.start_renewer(dataclasses.replace(settings, renew_every=2), pebble["directory"])
+    try:
+        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(90), wait=tenacity.wait_fixed(0.5), reraise=True):
+            with attempt:
+                now = tls.status(settings)
+                assert (now["renewed_on_server"] or "").endswith(": renewed") and now["serial"] != before["serial"], now
+                assert tls.served_serial(settings) == now["serial"]  # served: the edge reloaded by itself
+    finally:
+        tls.start_renewer(settings, pebble["directory"])  # its default interval again: no renewal during the next tests
+    renewals = [r for r in edge.read_history(settings) if r["action"] == "tls.renew"]
+    assert renewals and {r["outcome"] for r in renewals} == {"renewed"} and renewals[-1]["operator"] == "the renewer on the server"
+    shown = invoke("history", env=env)
+    assert shown.returncode == 0 and "tls.renew" in shown.stdout and "the renewer on the server" in shown.stdout, shown.stdout
+    handshake = gates.tls_handshake(settings.edge_address, settings.https_port, DOMAIN, pebble["root"].read_text())
+    assert handshake.ok, handshake.error
 
 
 def test_status_and_schedule(settings, tmp_path, env):

@@ -54,14 +54,14 @@ def test_bootstrap_twice_changes_nothing_the_second_time(settings):
     bootstrap.bootstrap(settings)  # whatever the machine had, it is now complete
     plugin = bootstrap.PLUGIN_DIR / "docker-compose"
     plugin_mtime = plugin.stat().st_mtime if plugin.exists() else None
-    base_ids = {b.name: images.image_id(settings, b.tag(settings.debian_mirror)) for b in images.needed_bases(settings)}
+    base_ids = {b.name: images.image_id(settings, b.tag(settings.base_source)) for b in images.needed_bases(settings)}
 
     outcome = dict(bootstrap.bootstrap(settings))
 
     assert outcome["compose plugin"].startswith("present")
     assert outcome["base images"] == "present"
     assert (plugin.stat().st_mtime if plugin.exists() else None) == plugin_mtime
-    assert {b.name: images.image_id(settings, b.tag(settings.debian_mirror)) for b in images.needed_bases(settings)} == base_ids
+    assert {b.name: images.image_id(settings, b.tag(settings.base_source)) for b in images.needed_bases(settings)} == base_ids
     assert all(base_ids.values())
 
 

@@ -137,7 +137,7 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tm
 def test_a_target_older_than_the_source_is_refused(settings, env):
     images.build_bases(settings, [PG13])
     tag = f"{settings.image_prefix}postgres13:test"
-    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={PG13.tag(settings.debian_mirror)}", "--tag", tag,
+    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={PG13.tag(settings.base_source)}", "--tag", tag,
                 str(settings.app_dir.parent / "postgres-debian")], env={"DOCKER_BUILDKIT": "0"})
     with managed_postgres(settings, tag) as managed:
         assert managed.sql("SHOW server_version_num").startswith("13")

@@ -35,7 +35,7 @@ def _server_image(settings, major: int, tmp_path_factory) -> str:
     """The examples' PostgreSQL image on a server of `major`."""
     base = images.postgres_base(major if major in images.POSTGRES_SUITES else images.TOOLS_MAJOR)
     images.build_bases(settings, [base])
-    base_tag = base.tag(settings.debian_mirror)
+    base_tag = base.tag(settings.base_source)
     if major == 16:
         context = tmp_path_factory.mktemp("pg16")
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(context),

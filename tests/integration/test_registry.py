@@ -3,6 +3,7 @@ htpasswd (bcrypt) authentication. The target pulls what it lacks instead of buil
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -125,3 +126,28 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     missing = invoke("deploy", "--version", "v99", env=env)
     assert missing.returncode == errors.FAILED and "is not in the registry" in missing.stderr.strip().splitlines()[-1]
     assert edge.read_active(settings).version == "v8"
+
+
+def test_base_images_build_from_debians_image_in_a_registry_with_debians_packages(registry, env):
+    """COLORGATE_BASES=image, for a machine without mmdebstrap: the engine builds a base
+    FROM `<image>:bookworm-slim` (here a minimal Debian made by mmdebstrap, pushed to the
+    test registry in place of Docker Hub's) with the packages from Debian's mirror."""
+    settings = config.load("development", environ={**os.environ, **env})
+    slim = images.BaseImage("slim", ("ca-certificates",))
+    images.build_bases(settings, [slim])
+    debian = f"{settings.image_prefix}debian"
+    runner.run(images.tag_cmd(slim.tag(settings.base_source), f"{debian}:bookworm-slim"))
+    with images.registry_session(settings) as session:
+        runner.run(["docker", "push", "--quiet", f"{debian}:bookworm-slim"], env=session)
+        runner.run(["docker", "image", "rm", f"{debian}:bookworm-slim"])
+        runner.run(["docker", "pull", "--quiet", f"{debian}:bookworm-slim"], env=session)  # as `docker login` would let it
+    made = dataclasses.replace(settings, bases="image", debian_image=debian)
+    base = images.BASES["redis"]
+    tag = base.tag(made.base_source)
+    try:
+        images.build_bases(made, [base])
+        assert images.image_exists(made, tag) and tag != base.tag(settings.base_source)
+        ran = runner.run(["docker", "run", "--rm", "--entrypoint", "sh", tag, "-c", "redis-server --version; ls /usr/share/doc/redis-server"])
+        assert ran.stdout.startswith("Redis server v=") and ran.stdout.splitlines()[-1] == "copyright"  # documentation left out
+    finally:
+        runner.run(["docker", "image", "rm", "--force", tag], check=False)

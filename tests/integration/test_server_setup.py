@@ -62,7 +62,7 @@ def vps(tmp_path_factory):
     """A fresh Debian container with root's SSH login, on its own bridge address (so
     that its firewall is its own), and an operator set up to reach it."""
     settings = config.load("development")
-    if not images.image_exists(settings, VPS.tag(settings.debian_mirror)):
+    if not images.image_exists(settings, VPS.tag(settings.base_source)):
         images.build_bases(settings, [VPS])
     root = tmp_path_factory.mktemp("vps")
     key = keygen(root / "home" / ".ssh" / "id_ed25519")
@@ -72,7 +72,7 @@ def vps(tmp_path_factory):
         # behind DNAT inside it: a container published as Docker publishes one
         runner.run(["docker", "run", "--detach", "--name", name, "--cap-add", "NET_ADMIN", "--cap-add", "SYS_ADMIN",
                     "--sysctl", "net.ipv4.ip_forward=1", "-e", "AUTHORIZED_KEY",
-                    VPS.tag(settings.debian_mirror), "sh", "-c", VPS_SSHD], env={"AUTHORIZED_KEY": key})
+                    VPS.tag(settings.base_source), "sh", "-c", VPS_SSHD], env={"AUTHORIZED_KEY": key})
         address = runner.run(["docker", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name]).stdout.strip()
         for _ in range(100):
             if subprocess.run(["ssh-keyscan", "-T", "1", address], capture_output=True).stdout:

@@ -21,7 +21,7 @@ def test_engines_in_containers_form_a_swarm_whose_services_answer_across_nodes()
     settings = config.load("development", environ=dict(os.environ))
     python = images.BASES["python"]
     images.build_bases(settings, [python])
-    tag = python.tag(settings.debian_mirror)
+    tag = python.tag(settings.base_source)
     with swarm(settings, size=2) as cluster:
         nodes = cluster.manager("node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.ManagerStatus}}").stdout.split("\n")
         assert sorted(n.strip() for n in nodes if n.strip()) == ["node1 Ready Leader", "node2 Ready"], nodes

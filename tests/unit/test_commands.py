@@ -34,7 +34,7 @@ def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
     assert env["COLORGATE_BLUE_VERSION"] == "v3" and env["COLORGATE_GREEN_VERSION"] == "v4"
     assert env["POSTGRES_PASSWORD"] == settings.postgres_password
     assert "DOCKER_HOST" not in env
-    assert env["COLORGATE_BASE_PYTHON"] == images.BASES["python"].tag(settings.debian_mirror)
+    assert env["COLORGATE_BASE_PYTHON"] == images.BASES["python"].tag(settings.base_source)
 
 
 def test_remote_engine_goes_into_the_environment():
@@ -64,6 +64,18 @@ def test_base_tag_changes_with_what_goes_in():
     assert a.tag(mirror) == images.BaseImage("x", ("nginx-light",)).tag(mirror)
     assert a.tag(mirror) != b.tag(mirror) != b.tag("http://other/debian")
     assert a.tag(mirror).startswith("colorgate-base/x:bookworm-")
+
+
+def test_a_base_made_from_debians_image_has_the_same_packages_sources_and_exclusions_and_its_own_tag():
+    from deploy import config
+
+    file = images.base_dockerfile(images.BASES["redis"], "registry.example.com/debian", "http://mirror.example/debian")
+    assert file.startswith("FROM registry.example.com/debian:bookworm-slim\n")
+    assert "--no-install-recommends redis-server ca-certificates " in file
+    assert "deb http://mirror.example/debian bookworm-updates main\\n" in file and "path-exclude=/usr/share/doc/*\\n" in file
+    made = {bases: config.load("development", root=config.project_root(), environ={"COLORGATE_BASES": bases}) for bases in ("mmdebstrap", "image")}
+    assert made["mmdebstrap"].base_source == made["mmdebstrap"].debian_mirror  # the tags every machine made so far
+    assert images.BASES["redis"].tag(made["image"].base_source) != images.BASES["redis"].tag(made["mmdebstrap"].base_source)
 
 
 def test_import_cmd():

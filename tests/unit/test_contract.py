@@ -159,7 +159,7 @@ def test_rendering_makes_two_copies_of_each_colored_service():
     app = contract.parse(BASE)
     out = render.compose(app)
     services = out["services"]
-    assert set(services) == {"db", "cache", "edge", "dbtools", "dbrelay", "certbot", "certbot-loopback",
+    assert set(services) == {"db", "cache", "edge", "dbtools", "dbrelay", "certbot", "certbot-loopback", "renewer", "renewer-loopback",
                              *(f"{s}_{c}" for s in ("web", "api", "worker") for c in ("blue", "green"))}
     api = services["api_green"]
     assert api["image"] == "${COLORGATE_IMAGE_PREFIX}api:${COLORGATE_GREEN_VERSION:-latest}"
@@ -316,6 +316,11 @@ def test_every_container_is_locked_down_unless_its_service_says_otherwise():
     # certbot is on Colorgate's network; only its copy for a directory on the host's loopback has the host's
     assert services["certbot"]["networks"] == [contract.EDGE_NETWORK] and "network_mode" not in services["certbot"]
     assert services["certbot-loopback"]["network_mode"] == "host" and "networks" not in services["certbot-loopback"]
+    # the renewer on the server too, kept running, a tool `up` does not start by itself
+    renewer = services["renewer"]
+    assert renewer["read_only"] is True and renewer["cap_drop"] == ["ALL"] and renewer["tmpfs"] == certbot["tmpfs"]
+    assert renewer["restart"] == "unless-stopped" and renewer["profiles"] == ["tools"] and renewer["image"] == certbot["image"]
+    assert services["renewer-loopback"]["network_mode"] == "host" and "networks" not in services["renewer-loopback"]
     off = copy.deepcopy(BASE)
     off["services"]["cache"]["security_opt"] = ["no-new-privileges=false"]
     assert render.compose(contract.parse(off))["services"]["cache"]["security_opt"] == ["no-new-privileges=false"]

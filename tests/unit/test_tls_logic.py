@@ -1,6 +1,10 @@
 """Reading a certificate for `tls.status` (no Docker)."""
 
+import json
+import subprocess
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +20,9 @@ def test_describe_a_leaf():
     assert data["issuer"] == "CN=Test CA"
     assert 19.9 < data["days_left"] <= 20
     assert data["source"] == "ACME" and data["acme_directory"] == "https://acme.test/dir"
+    assert data["renewed_on_server"] is None  # the renewer has not run yet
+    failed = '{"finished": "2026-12-03T03:00:00Z", "outcome": "failed", "detail": "Failed to renew: timeout"}\n'
+    assert tls.describe(cert, "", "", failed)["renewed_on_server"] == "2026-12-03T03:00:00Z: failed (Failed to renew: timeout)"
 
 
 def test_describe_reports_expired_and_local_certificates():
@@ -77,3 +84,39 @@ def test_a_key_pair_is_refused_unless_a_checking_client_would_accept_it_for_the_
         with pytest.raises(tls.ColorgateError) as err:
             tls.check_pair(c, k, host, "the relay's certificate", "COLORGATE_MOVE_RELAY_HOST")
         assert str(err.value).startswith(message), err.value
+
+
+FAKE_CERTBOT = """#!/bin/sh
+case "$FAKE" in
+  renews) echo "Congratulations, all renewals succeeded:"; date +%s%N > "$CG_TLS_DIR/.changed" ;;
+  due-later) echo "The following certificates are not due for renewal yet:" ;;
+  fails) printf 'Attempting to renew\\nFailed to renew "colorgate": a \\\\ "quoted"\\ttab reason\\n\\n'; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("fake, outcome, detail", [
+    ("renews", "renewed", "Congratulations, all renewals succeeded:"),
+    ("due-later", "not due", "The following certificates are not due for renewal yet:"),
+    ("fails", "failed", 'Failed to renew "colorgate": a \\ "quoted"tab reason'),
+])
+def test_the_renewer_on_the_server_writes_each_run_as_a_history_record(tmp_path, fake, outcome, detail):
+    """compose/certbot/renew-loop.sh with a stand-in certbot: one JSON line a run, in the
+    history's record form, whatever certbot printed."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "certbot").write_text(FAKE_CERTBOT)
+    (tmp_path / "bin" / "certbot").chmod(0o755)
+    script = Path(tls.__file__).resolve().parents[1] / "compose" / "certbot" / "renew-loop.sh"
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "CG_TLS_DIR": str(tmp_path), "COLORGATE_RENEW_EVERY": "0.05", "FAKE": fake}
+    proc = subprocess.Popen(["sh", str(script)], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while len(lines := (tmp_path / "renewals.log").read_text().splitlines() if (tmp_path / "renewals.log").exists() else []) < 2:
+            assert time.monotonic() < deadline, "the renewer wrote no second run"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    record = json.loads(lines[0])
+    assert (record["action"], record["operator"], record["outcome"], record["detail"]) == ("tls.renew", "the renewer on the server", outcome, detail)
+    assert {"id", "started", "finished", "duration_s", "from_color", "to_color", "from_version", "to_version"} <= set(record)
