@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 import tasks
-from deploy import config
+from deploy import config, errors
 
 WORKFLOW = config.project_root() / ".github" / "workflows" / "staging-blue-green.yml"
 
@@ -107,6 +107,10 @@ def test_the_reusable_workflow_runs_real_tasks_and_its_callers_give_what_it_asks
         assert job["uses"].split("@")[0].endswith("/.github/workflows/colorgate-release.yml")
         assert {k for k, v in call["inputs"].items() if v.get("required")} <= set(job["with"]) <= set(call["inputs"])
         assert set(job["secrets"]) == set(call["secrets"])
+    # the job summary says what the exit code means, a refusal apart from a flip-back
+    summary = next(step["run"] for step in doc["jobs"]["release"]["steps"] if step.get("name") == "Summary")
+    for code in (errors.BAD_INPUT, errors.REFUSED, errors.FLIPPED_BACK, errors.LOCKED, errors.UNREACHABLE, errors.NOTHING_TO_DO):
+        assert re.search(rf"^\s*{code}\) echo .*\(exit {code}\)", summary, re.M), code
     # production runs in its environment (required reviewers there), never on a plain push to main
     assert caller["jobs"]["production"]["with"]["environment"] == "production"
     assert "startsWith(github.ref, 'refs/tags/v')" in caller["jobs"]["production"]["if"]
