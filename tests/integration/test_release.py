@@ -672,11 +672,12 @@ def test_a_canary_goes_step_by_step_and_a_promote_switches_everyone_gated(rstack
 
 
 def test_a_canary_that_fails_its_users_is_aborted_by_its_analysis_and_the_stable_color_never_moves(rstack, tmp_path):
-    """One request in five of the canary's users gets a 500; its gates pass. Users are new
-    ones each time (no cookie), so about a tenth of them reach the canary."""
+    """Four requests in five of the canary's users get a 500 (so that however few of them
+    reach it in the interval, the analysis sees errors); its gates (user 1) pass. Users are
+    new ones each time (no cookie), so about a tenth of them reach the canary."""
     bad = dataclasses.replace(broken_app(
         tmp_path, rstack, '        if url.path == "/api/slow":\n',
-        '        if url.path == "/api/slow" and int((query.get("user") or ["1"])[0]) % 5 == 0:\n'
+        '        if url.path == "/api/slow" and int((query.get("user") or ["1"])[0]) % 5 != 1:\n'
         '            return self.send_json(500, {"error": "broken for real users"})\n'
         '        if url.path == "/api/slow":\n'), analysis_intervals=1, analysis_seconds=6, analysis_min_requests=3)
     before = live(bad)
