@@ -29,6 +29,7 @@ from deploy.history import Record, lock, recorded, timed
 from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError, ConfigError, StackError
+from deploy.keys import STRICT_PROFILES
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,23 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
     stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
     if not settings.swarm:
         tls.ensure_renewer(settings)  # once an ACME certificate is in use
+
+
+def check_down(settings: Settings, volumes: bool, yes: bool) -> None:
+    """`down --volumes` deletes the database, the backups on the host, the certificates,
+    the history and the lock: on staging and production only with `yes`."""
+    if volumes and settings.profile in STRICT_PROFILES and not yes:
+        raise BadInput(f"`down --volumes` deletes the {settings.profile} database, its backups on the host, its certificates and "
+                       "its history: add --yes (first, `invoke db.backup --copy` keeps a backup off the host)")
+
+
+def down(settings: Settings, volumes: bool = False, yes: bool = False) -> None:
+    """`invoke down` (check_down first), waiting for no one: while the edge runs (a
+    release may be under way) under the release lock, which a holder refuses."""
+    check_down(settings, volumes, yes)
+    held = lock(settings, "down") if facts.edge_down(settings) is None else contextlib.nullcontext()
+    with held, runner.step("removing the stack" + (" and its volumes" if volumes else " (volumes kept)")):
+        stack.down(settings, volumes=volumes)
 
 
 def scale(settings: Settings, service: str, count: int) -> str:

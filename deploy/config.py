@@ -18,13 +18,12 @@ import importlib.util
 import hmac
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from deploy import contract, runner
+from deploy import contract, runner, ssh
 from deploy.errors import ConfigError
 from deploy.keys import GATE_PREFIX, KEYS, PLACEHOLDER, PREFIXES, PROFILE_DEFAULTS, PROFILES, SECRET_PREFIX, STRICT_PROFILES
 
@@ -126,8 +125,9 @@ class Settings:
     @property
     def compose_file(self) -> Path:
         """The compose file Colorgate renders from the app's (deploy/render.py), written
-        before each compose command: outside the checkout, since it is derived data."""
-        return Path(tempfile.gettempdir()) / f"colorgate-{os.getuid()}" / self.project / "compose.yml"
+        before each compose command: outside the checkout, since it is derived data, in
+        this user's private directory (checked)."""
+        return ssh.private_dir("compose") / self.project / "compose.yml"
 
     @property
     def app_db_user(self) -> str:

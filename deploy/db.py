@@ -126,9 +126,10 @@ def to_prune(backups: list[dict], keep: int, protect: frozenset[str] = frozenset
     """Which backups (oldest first) to delete: all but the newest `keep`, except those
     in `protect` (the one being restored) and the newest backup of each source (local,
     or a managed database) that a restore verified usable: retention never leaves a
-    source without a backup known to work, whatever came after it."""
+    source without a backup known to work, whatever came after it. The newest is always
+    kept (a `keep` below 1 is read as 1)."""
     names = [b["manifest"]["name"] for b in backups]
-    kept = set(names[-keep:]) if keep > 0 else set()
+    kept = set(names[-max(keep, 1):])
     newest_usable: dict[str, str] = {}
     for b in backups:
         if (b.get("verify") or {}).get("usable"):

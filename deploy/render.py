@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from deploy.config import shipped
+from deploy.errors import ContractError
 from deploy.contract import (APP_SECRETS_DIR, COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
                              App, networks_of, app_secrets_volume)
 
@@ -284,14 +285,46 @@ def interpolate(value, env: dict[str, str]):
     return value
 
 
-def _host_ports(ports: list) -> list[dict]:
+def host_ports(ports: list, where: str) -> list[dict]:
     """Published ports in Swarm's host mode (no routing mesh: it needs IPVS): the edge
-    answers on the node it runs on. `[ADDRESS:]PUBLISHED:TARGET` -> long syntax."""
+    answers on the node it runs on. Each of Compose's forms (`[ADDRESS:]PUBLISHED:TARGET`,
+    a `/udp` suffix, ranges, the long syntax) -> the long syntax. Swarm publishes on every
+    address of its node: a port bound to loopback there (meant to stay private: the edge
+    with COLORGATE_BIND=127.0.0.1, say) is refused, not made public."""
     out = []
-    for port in ports:
-        parts = str(port).split(":")
-        out.append({"target": int(parts[-1]), "published": int(parts[-2]), "protocol": "tcp", "mode": "host"})
+    for i, port in enumerate(ports):
+        if isinstance(port, dict):
+            address, published, target, protocol = port.get("host_ip", ""), str(port.get("published", "")), str(port.get("target", "")), port.get("protocol", "tcp")
+        else:
+            spec, _, protocol = str(port).partition("/")
+            address = ""
+            if spec.startswith("["):  # [IPv6]:PUBLISHED:TARGET
+                address, _, spec = spec[1:].partition("]:")
+            parts = spec.split(":")
+            if len(parts) == 3:
+                address, parts = parts[0], parts[1:]
+            published, target = parts if len(parts) == 2 else ("", parts[0])
+        if address.startswith("127.") or address in ("::1", "localhost"):
+            raise ContractError(f"{where}[{i}]: {port!r} is bound to loopback, which a Swarm cannot do (it publishes on every "
+                                "address of the node): for the edge set COLORGATE_BIND to the node's address or 0.0.0.0")
+        try:
+            targets, publisheds = _port_range(target), _port_range(published) if published else []
+        except ValueError:
+            raise ContractError(f"{where}[{i}]: {port!r} is not a port, a range or PUBLISHED:TARGET") from None
+        if publisheds and len(publisheds) != len(targets):
+            raise ContractError(f"{where}[{i}]: {port!r} maps {len(publisheds)} ports to {len(targets)}: give ranges of one length")
+        for n, target_port in enumerate(targets):
+            out.append({"target": target_port, **({"published": publisheds[n]} if publisheds else {}),
+                        "protocol": protocol or "tcp", "mode": "host"})
     return out
+
+
+def _port_range(text: str) -> list[int]:
+    first, _, last = text.strip().partition("-")
+    low, high = int(first), int(last or first)
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(text)
+    return list(range(low, high + 1))
 
 
 def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None, copies: dict[str, int] | None = None,
@@ -321,7 +354,7 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
         else:
             deploy.update(replicas=(copies or {}).get(name, 1), placement={"constraints": [f"node.id == {node}" if node else "node.role == manager"]})
         if svc.get("ports"):
-            svc["ports"] = _host_ports(svc["ports"])
+            svc["ports"] = host_ports(svc["ports"], f"services.{name}.ports")
         if svc.get("tmpfs"):  # a service's tmpfs key is not applied by Swarm: as mounts
             tmpfs = svc.pop("tmpfs")
             svc["volumes"] = [*(svc.get("volumes") or []),

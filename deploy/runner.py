@@ -118,26 +118,39 @@ def run(
     full_env = environ(env)
     log.debug("$ %s", redact(shlex.join(cmd)))
     started = time.monotonic()
+    pipe = subprocess.PIPE if capture else None
     try:
-        proc = subprocess.run(
-            cmd,
-            env=full_env,
-            input=input,
-            text=True,
-            capture_output=capture,
-            timeout=timeout,
-            check=False,
-        )
+        # captured commands run in a process group of their own, ended as a whole: `docker
+        # compose` is the docker CLI running the compose plugin as its child, and killing the
+        # CLI alone leaves the plugin going on by itself (creating, starting a container after
+        # this command gave up on it). Interactive ones stay in the terminal's group; the
+        # others never read it (a background group reading the terminal would be stopped).
+        child = subprocess.Popen(cmd, env=full_env, text=True, stdin=subprocess.PIPE if input is not None else (subprocess.DEVNULL if capture else None),
+                                 stdout=pipe, stderr=pipe, process_group=0 if capture else None)
     except FileNotFoundError as exc:
         raise CommandError(cmd, 127, "", f"{cmd[0]}: command not found", what) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(cmd, 124, "", f"timed out after {timeout:.0f}s", what) from exc
+    try:
+        out, err = child.communicate(input, timeout=timeout)
+    except BaseException as exc:  # timed out, interrupted: nothing it started outlives it
+        _end(child, capture)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise CommandError(cmd, 124, "", f"timed out after {timeout:.0f}s", what) from exc
+        raise
+    proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     log.debug("  exit %s in %.2fs", proc.returncode, time.monotonic() - started)
     if check and proc.returncode != 0:
         raise CommandError(
             cmd, proc.returncode, redact(proc.stdout or ""), redact(proc.stderr or ""), what
         )
     return proc
+
+
+def _end(child: subprocess.Popen, group: bool) -> None:
+    """Kill `child` with its whole process group (SIGKILL: none of them runs another
+    instruction), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL) if group else child.kill()
+    child.wait()
 
 
 def pipe(first: list[str], second: list[str], *, first_env: Mapping[str, str] | None = None,

@@ -22,6 +22,7 @@ import os
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -93,13 +94,15 @@ def engine_problem(target: SshTarget, url: str, kind: str) -> str:
     }[kind]
 
 
-def runtime_dir() -> Path:
-    """This user's private directory for connections: 0700, owned by us, or refused."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"colorgate-ssh-{os.getuid()}"
+def private_dir(kind: str = "ssh") -> Path:
+    """This user's private directory for `kind` (ssh: connections; compose: the rendered
+    compose files): 0700 and owned by us, or refused, never used: another local user who
+    made it first could read what is in it or swap a compose file before compose reads it."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"colorgate-{kind}-{os.getuid()}"
     base.mkdir(mode=0o700, exist_ok=True)
-    st = base.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise ColorgateError(f"{base} belongs to someone else or is open to others: remove it, then retry")
+    st = base.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ColorgateError(f"{base} belongs to someone else or is open to others: remove it (it is Colorgate's), then retry")
     return base
 
 
@@ -115,7 +118,7 @@ class Tunnel:
         self.url, self.target, self.persist = url, parse(url), persist
         # one per address and per ssh setup (the ssh on PATH, HOME): another identity gets its own
         key = hashlib.sha256("\0".join([url, shutil.which("ssh") or "ssh", os.environ.get("HOME", "")]).encode()).hexdigest()[:16]
-        self.dir = runtime_dir() / key
+        self.dir = private_dir() / key
         self.socket, self.control, self.log = self.dir / "docker.sock", self.dir / "control", self.dir / "ssh.log"
         self.master_log = self.dir / "master.log"  # what the master says once in the background (-E)
         self.lifeline: subprocess.Popen | None = None

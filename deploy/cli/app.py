@@ -10,8 +10,8 @@ from pathlib import Path
 from invoke import Exit
 
 from deploy import apply as _apply, bootstrap as _bootstrap, canary as canary_steps, contract, edge, history as _history, release, scaffold
-from deploy import render as _render, runner, stack, traffic as _traffic, views
-from deploy.cli.common import HOST_HELP, LOCK_HELP, REGISTRY_HELP, _load, _report, _say_left_out, _target, operator_errors, task
+from deploy import render as _render, runner, traffic as _traffic, views
+from deploy.cli.common import HOST_HELP, LOCK_HELP, REGISTRY_HELP, _load, _report, _say_left_out, _target, operator_errors, task, whole
 from deploy.errors import BadInput, NothingToDo, ColorgateError
 
 
@@ -49,13 +49,15 @@ def apply(c, profile=None, host=None, registry=None, plan=False, yes=False):
     print(views.format_status(views.status(settings)))
 
 
-@task(help={"profile": "env profile", "host": HOST_HELP, "volumes": "also delete volumes: the database, certificates and routing state"})
+@task(help={"profile": "env profile", "host": HOST_HELP, "volumes": "also delete volumes: the database, backups, certificates and history",
+            "yes": "confirm --volumes on staging and production"})
 @operator_errors
-def down(c, profile=None, host=None, volumes=False):
-    """Stop and remove the stack's containers; data volumes are kept unless --volumes."""
-    settings = _target(profile, host)
-    with runner.step("removing the stack" + (" and its volumes" if volumes else " (volumes kept)")):
-        stack.down(settings, volumes=volumes)
+def down(c, profile=None, host=None, volumes=False, yes=False):
+    """Stop and remove the stack's containers; data volumes are kept unless --volumes (under the release lock)."""
+    settings = _load(profile, host)
+    _apply.check_down(settings, volumes, yes)  # before the engine is asked anything
+    _bootstrap.check_docker(settings)
+    _apply.down(settings, volumes=volumes, yes=yes)
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
@@ -106,12 +108,13 @@ def init(c, compose=".", output=None):
         print(f"  still to fix: {exc}")
 
 
-@task(positional=["service"], help={"service": "a compose service (edge, db, api_blue, ...) or all", "profile": "env profile", "host": HOST_HELP, "follow": "keep following new lines", "tail": "lines per service"})
+@task(positional=["service"], help={"service": "a compose service (edge, db, api_blue, ...) or all", "profile": "env profile", "host": HOST_HELP, "follow": "keep following new lines", "tail": "lines per service (default 200)"})
 @operator_errors
-def logs(c, service, profile=None, host=None, follow=False, tail=200):
+def logs(c, service, profile=None, host=None, follow=False, tail=None):
     """Show container logs of SERVICE (e.g. api_blue: a colored service's copy), or of every service with `all`."""
+    lines = whole(tail, "--tail", 200, 1, 1_000_000)
     settings = _target(profile, host)
-    views.logs(settings, None if service == "all" else service, follow=follow, tail=int(tail))
+    views.logs(settings, None if service == "all" else service, follow=follow, tail=lines)
 
 
 @task(name="exec", positional=["service"], help={"service": "a colored service (web: the live color's copy), a copy (web_blue) or a shared one",
@@ -230,32 +233,35 @@ def scale(c, spec, profile=None, host=None):
     print(f"{copy}: {count} replicas running")
 
 
-@task(help={"profile": "env profile", "host": HOST_HELP, "limit": "how many records", "json": "print machine-readable JSON",
+@task(help={"profile": "env profile", "host": HOST_HELP, "limit": "how many records (default 20)", "json": "print machine-readable JSON",
             "show": "one record in full (1: the latest, 2: the one before, or its id): gates, canary and analysis figures, report"})
 @operator_errors
-def history(c, profile=None, host=None, limit=20, json_=False, show=None):
+def history(c, profile=None, host=None, limit=None, json_=False, show=None):
     """Deploys, switches and rollbacks recorded on the target, newest last."""
+    limit = whole(limit, "--limit", 20, 1, 100_000)
     settings = _target(profile, host)
     records = edge.read_history(settings)
     if show:
         record = views.pick(records, show)
         print(json.dumps(record, indent=2) if json_ else views.format_release(record, settings.root))
         return
-    print(json.dumps(records[-int(limit):], indent=2) if json_ else views.format_history(records, int(limit)))
+    print(json.dumps(records[-limit:], indent=2) if json_ else views.format_history(records, limit))
 
 
-@task(help={"switches": "switches without gates", "gated": "gated switches", "baseline": "naive recreations to compare",
-            "rps": "requests a second (wrk, clients that never retry)", "stream": "a server-sent-events path kept open across the switches",
+@task(help={"switches": "switches without gates (default 20)", "gated": "gated switches (default 3)",
+            "baseline": "naive recreations to compare (default 3)", "rps": "requests a second (wrk, clients that never retry; default 200)", "stream": "a server-sent-events path kept open across the switches",
             "path": "a path to request (repeatable; default: each routed service's health path)", "json": "write figures to this JSON file", "png": "write the plot to this PNG file",
             "no_bad_release": "skip the bad release that the analysis must flip back (time to detect, failed requests)",
-            "swarm": "run on a test Swarm of this many Docker engines in containers, images pushed to its registry",
+            "swarm": "run on a test Swarm of this many Docker engines in containers, images pushed to its registry (default 0: one engine)",
             "replicas": "with --swarm: tasks of each colored service (default 3)"},
       iterable=["path"])
 @operator_errors
-def bench(c, switches=20, gated=3, baseline=3, rps=200, stream="", path=None, json_="benchmarks/out/switch_under_load.json",
-          png="benchmarks/out/switch_under_load.png", no_bad_release=False, swarm=0, replicas=3):
+def bench(c, switches=None, gated=None, baseline=None, rps=None, stream="", path=None, json_="benchmarks/out/switch_under_load.json",
+          png="benchmarks/out/switch_under_load.png", no_bad_release=False, swarm=None, replicas=None):
     """Benchmark switching under HTTPS load on an isolated stack of the app (or a test Swarm), against the naive
     recreate baseline (exits 8 without figures when the load client could not hold its rate)."""
+    switches, gated, baseline = whole(switches, "--switches", 20, 1, 1000), whole(gated, "--gated", 3, 0, 100), whole(baseline, "--baseline", 3, 0, 100)
+    rps, swarm, replicas = whole(rps, "--rps", 200, 1, 100_000), whole(swarm, "--swarm", 0, 0, 9), whole(replicas, "--replicas", 3, 1, 50)
     from benchmarks import switch_under_load
 
     code = switch_under_load.main([f"--switches={switches}", f"--gated={gated}", f"--baseline={baseline}", f"--rps={rps}",

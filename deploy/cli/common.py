@@ -13,7 +13,7 @@ import invoke
 from invoke import Exit
 
 from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render, runner, swarm as _swarm
-from deploy.errors import ColorgateError, CommandError, Interrupted
+from deploy.errors import BadInput, ColorgateError, CommandError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
 logging.basicConfig(level=logging.DEBUG if DEBUG else logging.WARNING, format="%(message)s")
@@ -54,6 +54,17 @@ def operator_errors(fn):
             raise Exit(code=141) from None
 
     return wrapper
+
+
+def whole(value, option: str, default: int, lo: int, hi: int) -> int:
+    """A numeric option's value (given as text, so a typo is this line and not invoke's
+    traceback), `default` when not given, checked to lie in lo..hi."""
+    if value is None:
+        return default
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit() or not lo <= int(text) <= hi:
+        raise BadInput(f"{option} takes a whole number from {lo} to {hi}, got {text!r}: e.g. {option} {default}")
+    return int(text)
 
 
 HOST_HELP = "the Docker host to act on: ssh://user@host[:port] (default: COLORGATE_DOCKER_HOST, else this machine)"

@@ -12,7 +12,7 @@ from invoke import Exit
 
 from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys
 from deploy import move as _move, release, remote as _remote, runner, stack, tls as _tls, views
-from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task
+from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task, whole
 from deploy.errors import BAD_INPUT, BadInput
 
 
@@ -23,6 +23,7 @@ from deploy.errors import BAD_INPUT, BadInput
 def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False):
     """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row
     counts; with COLORGATE_BACKUP_COPY set, also copy it off the host."""
+    keep = None if keep is None else whole(keep, "--keep", 7, 1, 1000)
     settings = _target(profile, host)
     if copy and not settings.backup_copy:
         raise BadInput("--copy needs an off-host destination: set COLORGATE_BACKUP_COPY (an rclone remote:path) "
@@ -32,7 +33,7 @@ def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False):
     else:
         access.check_database(settings)
     with runner.step(f"backing up the database ({_keys.shown_url(settings.database_url)})"):
-        m = _db.backup(settings, keep=int(keep) if keep else None, copy_required=bool(settings.backup_copy))
+        m = _db.backup(settings, keep=keep, copy_required=bool(settings.backup_copy))
     print(f"backup {m['name']}: {m['size']} bytes, sha256 {m['sha256'][:16]}..., "
           f"{sum(m['counts'].values())} rows in {len(m['counts'])} tables")
 

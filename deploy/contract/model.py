@@ -24,6 +24,20 @@ DB_URL_FILE = "database_url"  # in secrets-<color> (that color's database URL)
 DB_CLIENT_PASSWORD_FILE = "database_password"  # in secrets-<color> (the password of that URL: database.parts.password_file)
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+# The shapes Compose's specification gives the keys Colorgate reads or rewrites (a
+# service's, and the file's own sections): checked first, so a wrong one is one line.
+TEXT, NUMBER, LIST, MAPPING = "text", "number", "list", "mapping"
+SERVICE_SHAPES = {
+    "image": (TEXT,), "build": (TEXT, MAPPING), "command": (TEXT, LIST), "entrypoint": (TEXT, LIST),
+    "environment": (MAPPING, LIST), "labels": (MAPPING, LIST), "env_file": (TEXT, LIST), "ports": (LIST,),
+    "expose": (LIST,), "networks": (LIST, MAPPING), "depends_on": (LIST, MAPPING), "volumes": (LIST,),
+    "healthcheck": (MAPPING,), "deploy": (MAPPING,), "profiles": (LIST,), "secrets": (LIST,), "tmpfs": (TEXT, LIST),
+    "cap_add": (LIST,), "cap_drop": (LIST,), "security_opt": (LIST,), "ulimits": (MAPPING,), "sysctls": (MAPPING, LIST),
+    "extra_hosts": (LIST, MAPPING), "logging": (MAPPING,), "user": (TEXT, NUMBER), "working_dir": (TEXT,),
+    "restart": (TEXT,), "read_only": ("bool",), "init": ("bool",), "stop_grace_period": (TEXT,),
+}
+TOP_SECTIONS = ("volumes", "networks", "secrets", "configs")  # each a mapping of names to bodies (or nothing)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIZE = re.compile(r"^\d+[kKmMgG]?$")
 ROUTE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")

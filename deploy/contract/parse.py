@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.contract.model import (BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, DB_NETWORK, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
+from deploy.contract.model import (LIST, MAPPING, NUMBER, SERVICE_SHAPES, TEXT, TOP_SECTIONS, BLOCK_KEYS, COLORED_KEYS, COLORS, COMPOSE_NAMES, DATABASE_KEYS, DB_NETWORK, EDGE_NETWORK, ENV_NAME, HEALTH_KEYS,
                                    MIGRATION_KEYS, OWN_SERVICES, DATABASE_PARTS, DATABASE_SCHEMES, OWN_VOLUMES, ROUTE_ANALYSIS_KEYS, ROUTE_KEYS, ROUTE_PATH,
                                    SECRET_KEYS, SECRET_NAME, SECURITY_HEADERS, SERVICE_NAME, SIZE, App, Database, Health, Migrations, Route, Secret,
                                    networks_of)
@@ -53,6 +53,35 @@ def read_compose(path: Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
         raise ContractError(f"{path} is not a compose file: it has no `services:` mapping")
     return data
+
+
+_IS = {TEXT: lambda v: isinstance(v, str), NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+       LIST: lambda v: isinstance(v, list), MAPPING: lambda v: isinstance(v, dict), "bool": lambda v: isinstance(v, bool)}
+_SAID = {TEXT: "text", NUMBER: "a number", LIST: "a list", MAPPING: "a mapping", "bool": "true or false"}
+
+
+def shapes(data: dict) -> None:
+    """Each section and service key Colorgate reads has the shape Compose's specification
+    gives it (see model.SERVICE_SHAPES), else one line naming it and what it should be."""
+    if not isinstance(data.get("services"), dict) or not data["services"]:
+        raise ContractError("services: should be a mapping of the app's services (`services:` then `  web: {image: ...}`)")
+    for section in TOP_SECTIONS:
+        body = data.get(section)
+        if body is not None and not isinstance(body, dict):
+            raise ContractError(f"{section}: should be a mapping of names (`{section}:` then `  name: {{}}` lines), not a {type(body).__name__}")
+    for name, svc in data["services"].items():
+        if not isinstance(name, str):
+            raise ContractError(f"services.{name}: a service's name is text: quote it ('{name}':)")
+        if svc is not None and not isinstance(svc, dict):
+            raise ContractError(f"services.{name}: should be a mapping of the service's keys (image:, build:, ...), not a {type(svc).__name__}")
+        for key, allowed in SERVICE_SHAPES.items():
+            value = (svc or {}).get(key)
+            if value is not None and not any(_IS[shape](value) for shape in allowed):
+                raise ContractError(f"services.{name}.{key}: should be {' or '.join(_SAID[a] for a in allowed)}, not {value!r}")
+            if isinstance(value, list) and key in ("environment", "labels", "profiles", "depends_on", "cap_add", "cap_drop") \
+                    and not all(isinstance(item, str) for item in value):
+                raise ContractError(f"services.{name}.{key}: each item of the list should be text (KEY=value, a name), not "
+                                    f"{next(item for item in value if not isinstance(item, str))!r}")
 
 
 # Beside the file, as Compose merges them when it is given no -f (a team's `docker
@@ -191,6 +220,7 @@ def _command(value, where: str) -> tuple[str, ...]:
 def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
     """Validate the `x-colorgate` block against the file's services. Every error is one
     line that names the path in the block and the fix."""
+    shapes(data)
     services: dict = data.get("services") or {}
     block = data.get("x-colorgate")
     if block is None:

@@ -43,6 +43,21 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(Path(item.fspath).name, len(LONGEST)))  # stable: in-module order kept
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Each module's time (setup, calls, teardown), longest first: what LONGEST's order
+    is made from (the suite's wall time is the busiest process's sum)."""
+    spent: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) and getattr(report, "nodeid", ""):
+                module = report.nodeid.split("::")[0]
+                spent[module] = spent.get(module, 0.0) + report.duration
+    if spent:
+        terminalreporter.write_sep("=", "time per module")
+        for module, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:25]:
+            terminalreporter.write_line(f"{seconds:8.1f}s {module}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

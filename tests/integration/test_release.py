@@ -150,6 +150,10 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
         line = proc.stderr.strip().splitlines()[-1]
         assert line.startswith("colorgate: the target is locked by deploy by ")
         assert "since 20" in line and line.endswith("or if it died, retry with --break-lock")
+        before = facts.service_states(rstack)
+        removing = invoke("down", "--volumes", env=env)  # nor is the stack removed under a release
+        assert removing.returncode == errors.LOCKED and "locked by deploy by " in removing.stderr
+        assert facts.service_states(rstack) == before
     # a lock left behind by a run that died (no heartbeat for longer than the bound) is stale,
     # and can be broken explicitly, on record
     edge.in_edge(rstack, edge.lock_cmd('{"command": "deploy"}', "dead-run"))

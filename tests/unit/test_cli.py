@@ -74,6 +74,13 @@ def test_restore_over_staging_needs_yes_before_touching_anything():
     assert line == "colorgate: restoring over the staging database needs --yes (a fresh backup is taken first)"
 
 
+def test_down_with_volumes_on_production_needs_yes_before_touching_anything():
+    line = one_line_error(cli("down", "--volumes", "--profile", "production",
+                              COLORGATE_DOMAIN="app.example.org", POSTGRES_PASSWORD="a-real-secret-1", PATH="/nonexistent"))
+    assert line == ("colorgate: `down --volumes` deletes the production database, its backups on the host, its certificates and its history: "
+                    "add --yes (first, `invoke db.backup --copy` keeps a backup off the host)")
+
+
 def test_every_task_that_acts_on_a_target_takes_host():
     import tasks
 
@@ -214,3 +221,14 @@ def test_shell_completion_completes_tasks_and_their_options():
 
     assert complete("db.ba") == ["db.backup", "db.backups"]
     assert complete("deploy", "--k") == ["--keep-rejected"]
+
+
+def test_a_number_option_given_text_or_out_of_range_is_one_line_before_anything_runs():
+    """No engine is asked: the value is checked first (here no Docker target is set up)."""
+    assert one_line_error(cli("history", "--limit", "abc")) == "colorgate: --limit takes a whole number from 1 to 100000, got 'abc': e.g. --limit 20"
+    from deploy.cli.common import whole
+
+    assert whole(None, "--keep", 7, 1, 1000) == 7 and whole("12", "--keep", 7, 1, 1000) == 12
+    for bad in ("-1", "0", "1001", "abc", "2.5", ""):
+        with pytest.raises(errors.BadInput, match=r"^--keep takes a whole number from 1 to 1000, got "):
+            whole(bad, "--keep", 7, 1, 1000)

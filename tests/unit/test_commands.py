@@ -1,6 +1,7 @@
 """Commands as data: what would run, checked without running it."""
 
 import dataclasses
+import os
 import shutil
 import socket
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy import bootstrap, config, facts, images, runner, stack, views
-from deploy.errors import CommandError, PortInUse
+from deploy.errors import ColorgateError, CommandError, PortInUse
 
 
 @pytest.fixture
@@ -239,3 +240,24 @@ def test_the_version_of_an_apps_code_is_its_commit_and_dirty_when_a_tracked_file
     assert images.source_version(tmp_path)[0] == head
     (tmp_path / "compose.yaml").write_text("services: {web: {}}\n")
     assert images.source_version(tmp_path)[0] == f"{head}-dirty"
+
+
+@pytest.mark.parametrize("made", ["open to others", "someone else's", "a link"])
+def test_the_rendered_compose_file_is_never_written_where_another_user_could_read_or_swap_it(settings, tmp_path, monkeypatch, made):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    planted = tmp_path / f"colorgate-compose-{os.getuid()}"
+    if made == "a link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        planted.symlink_to(tmp_path / "elsewhere")
+    else:
+        planted.mkdir(mode=0o700)
+        os.chmod(planted, 0o777 if made == "open to others" else 0o700)
+        if made == "someone else's":
+            if os.getuid() != 0:
+                pytest.skip("making a directory another user owns needs root")
+            os.chown(planted, 65534, 65534)
+    with pytest.raises(ColorgateError, match=r"belongs to someone else or is open to others: remove it"):
+        stack.compose_cmd(settings, "ps")
+    assert not list(Path(planted).rglob("compose.yml"))
+    os.rmdir(planted) if not planted.is_symlink() else planted.unlink()
+    assert stack.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"  # made afresh, private

@@ -412,7 +412,7 @@ def test_variables_are_filled_in_as_compose_fills_them():
 
 def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
     app = contract.parse(BASE)
-    env = {"COLORGATE_IMAGE_PREFIX": "reg.example/acme/", "COLORGATE_BLUE_VERSION": "v7", "COLORGATE_HTTPS_PORT": "443",
+    env = {"COLORGATE_BIND": "0.0.0.0", "COLORGATE_IMAGE_PREFIX": "reg.example/acme/", "COLORGATE_BLUE_VERSION": "v7", "COLORGATE_HTTPS_PORT": "443",
            "COLORGATE_HTTP_PORT": "80", "COLORGATE_MEMORY_LIMIT": "512m"}
     out = render.swarm(app, env, replicas={"api": 3})
     services = out["services"]
@@ -436,7 +436,7 @@ def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
 def test_on_a_swarm_the_apps_secrets_are_swarm_secrets_at_the_same_paths():
     app = contract.parse(app_with(**{"x-colorgate__secrets": {"stripe_key": {"services": ["api"], "env": "STRIPE_KEY_FILE"}}}))
     made = {"secrets-blue-api": {"stripe_key": "shop_secrets-blue-api_stripe_key_3f9a"}}  # swarm.ensure_secrets' names
-    out = render.swarm(app, {"COLORGATE_HTTPS_PORT": "443", "COLORGATE_HTTP_PORT": "80"}, secrets=made)
+    out = render.swarm(app, {"COLORGATE_BIND": "0.0.0.0", "COLORGATE_HTTPS_PORT": "443", "COLORGATE_HTTP_PORT": "80"}, secrets=made)
     api = out["services"]["api_blue"]
     assert {"source": "shop_secrets-blue-api_stripe_key_3f9a", "target": "/run/app-secrets/stripe_key", "mode": 0o444} in api["secrets"]
     assert not any(str(v).startswith("secrets-blue-api") for v in api["volumes"])  # no volume: a volume is one node's
@@ -447,7 +447,7 @@ def test_on_a_swarm_the_apps_secrets_are_swarm_secrets_at_the_same_paths():
 def test_a_colored_service_may_ask_for_more_tasks_on_a_swarm():
     app = contract.parse(app_with(**{"x-colorgate__colored": {"web": {"replicas": 3}, "api": None, "worker": {}}}))
     assert app.colored == ("web", "api", "worker") and app.replicas == {"web": 3}
-    assert render.swarm(app, {})["services"]["web_green"]["deploy"]["replicas"] == 3
+    assert render.swarm(app, {"COLORGATE_BIND": "0.0.0.0"})["services"]["web_green"]["deploy"]["replicas"] == 3
     with pytest.raises(ContractError, match=r"^x-colorgate.colored.web.replicas: should be a whole number from 1 to 100$"):
         contract.parse(app_with(**{"x-colorgate__colored": {"web": {"replicas": 0}, "api": {}, "worker": {}}}))
     with pytest.raises(ContractError, match=r"^x-colorgate.colored.web: unknown key 'replica': did you mean 'replicas'\?$"):
@@ -471,3 +471,57 @@ def test_the_apps_own_secrets_are_files_of_the_copies_that_need_them_and_never_t
                          ({"key": {"services": ["api"], "env": "not ok"}}, r"^x-colorgate.secrets.key.env: should be an environment variable name")):
         with pytest.raises(ContractError, match=message):
             contract.parse(app_with(**{"x-colorgate__secrets": bad}))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["services"].__setitem__(1, {"image": "x"}), "services.1: a service's name is text: quote it ('1':)"),
+    (lambda d: d["services"].__setitem__("web", ["a"]), "services.web: should be a mapping of the service's keys (image:, build:, ...), not a list"),
+    (lambda d: d["services"]["api"].__setitem__("environment", 5), "services.api.environment: should be a mapping or a list, not 5"),
+    (lambda d: d["services"]["api"].__setitem__("environment", ["A=1", 2]), "services.api.environment: each item of the list should be text (KEY=value, a name), not 2"),
+    (lambda d: d["services"]["api"].__setitem__("labels", 7), "services.api.labels: should be a mapping or a list, not 7"),
+    (lambda d: d.__setitem__("volumes", ["a"]), "volumes: should be a mapping of names (`volumes:` then `  name: {}` lines), not a list"),
+    (lambda d: d.__setitem__("networks", ["data"]), "networks: should be a mapping of names (`networks:` then `  name: {}` lines), not a list"),
+    (lambda d: d.__setitem__("services", ["web"]), "services: should be a mapping of the app's services (`services:` then `  web: {image: ...}`)"),
+    (lambda d: d["services"]["api"].__setitem__("depends_on", 7), "services.api.depends_on: should be a list or a mapping, not 7"),
+    (lambda d: d["services"]["db"].__setitem__("volumes", "data:/x"), "services.db.volumes: should be a list, not 'data:/x'"),
+    (lambda d: d["services"]["db"].__setitem__("healthcheck", ["CMD"]), "services.db.healthcheck: should be a mapping, not ['CMD']"),
+    (lambda d: d["services"]["db"].__setitem__("image", 16), "services.db.image: should be text, not 16"),
+    (lambda d: d["services"]["db"].__setitem__("read_only", "yes"), "services.db.read_only: should be true or false, not 'yes'"),
+])
+def test_a_compose_file_of_the_wrong_shape_is_one_line_naming_the_key(mutate, message):
+    """Shapes Compose's specification forbids, which would otherwise reach the rendering."""
+    data = copy.deepcopy(BASE)
+    mutate(data)
+    with pytest.raises(ContractError) as caught:
+        contract.parse(data)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("port, published", [
+    ("0.0.0.0:443:8443", [{"target": 8443, "published": 443, "protocol": "tcp", "mode": "host"}]),
+    ("10.0.0.5:5432:5432/tcp", [{"target": 5432, "published": 5432, "protocol": "tcp", "mode": "host"}]),
+    ("[::]:53:53/udp", [{"target": 53, "published": 53, "protocol": "udp", "mode": "host"}]),
+    ("7000-7001:8000-8001", [{"target": 8000, "published": 7000, "protocol": "tcp", "mode": "host"},
+                             {"target": 8001, "published": 7001, "protocol": "tcp", "mode": "host"}]),
+    ({"target": 6379, "published": "6380", "protocol": "tcp"}, [{"target": 6379, "published": 6380, "protocol": "tcp", "mode": "host"}]),
+    (6379, [{"target": 6379, "protocol": "tcp", "mode": "host"}]),
+])
+def test_on_a_swarm_every_port_form_compose_allows_is_published_on_the_node(port, published):
+    assert render.host_ports([port], "services.edge.ports") == published
+
+
+@pytest.mark.parametrize("port, message", [
+    ("127.0.0.1:8443:8443", "services.edge.ports[0]: '127.0.0.1:8443:8443' is bound to loopback, which a Swarm cannot do (it publishes on every "
+                            "address of the node): for the edge set COLORGATE_BIND to the node's address or 0.0.0.0"),
+    ({"target": 6379, "published": 6379, "host_ip": "::1"}, "is bound to loopback"),
+    ("[::1]:1:1", "is bound to loopback"),
+    ("7000-7002:8000-8001", "services.edge.ports[0]: '7000-7002:8000-8001' maps 3 ports to 2: give ranges of one length"),
+    ("redis:6379", "services.edge.ports[0]: 'redis:6379' is not a port, a range or PUBLISHED:TARGET"),
+])
+def test_on_a_swarm_a_port_it_cannot_publish_as_written_is_refused_in_one_line(port, message):
+    """A loopback port is meant to stay private; Swarm would publish it on every address."""
+    with pytest.raises(ContractError) as caught:
+        render.host_ports([port], "services.edge.ports")
+    assert message in str(caught.value)
+    with pytest.raises(ContractError, match="COLORGATE_BIND"):  # the edge as the development profile binds it
+        render.swarm(contract.parse(BASE), {"COLORGATE_BIND": "127.0.0.1"})

@@ -74,6 +74,8 @@ def test_retention_keeps_the_newest_the_protected_and_the_last_known_good_of_eac
     assert db.to_prune(backups, keep=10) == []
     # a backup marked unusable protects nothing; one never verified neither
     assert db.to_prune([_b("1", False), _b("2"), _b("3")], keep=1) == ["1", "2"]
+    # whatever reaches it, retention never deletes the backup just made
+    assert db.to_prune([_b("1"), _b("2"), _b("3")], keep=0) == db.to_prune([_b("1"), _b("2"), _b("3")], keep=-1) == ["1", "2"]
 
 
 def test_backup_files_are_written_whole_or_not_at_all():

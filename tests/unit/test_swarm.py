@@ -119,7 +119,7 @@ def test_secret_files_become_swarm_secrets_at_the_same_paths_and_one_offs_use_th
 
     s = settings(COLORGATE_APP="examples/spa-api-postgres", POSTGRES_DB="app", POSTGRES_USER="app", POSTGRES_PASSWORD="x" * 12)
     names = {"secrets-db": {"postgres_password": "shop_aaa"}, "secrets-green": {"database_url": "shop_bbb"}}
-    out = render.swarm(s.app, {}, secrets=names, node="n0de1d")
+    out = render.swarm(s.app, {"COLORGATE_BIND": "0.0.0.0"}, secrets=names, node="n0de1d")
     for pinned in ("postgres", "edge"):  # on the manager Colorgate talks to, with their volumes
         assert out["services"][pinned]["deploy"]["placement"] == {"constraints": ["node.id == n0de1d"]}
     db = out["services"]["postgres"]
