@@ -181,34 +181,38 @@ def _held(settings: Settings, color: str, database: str) -> Iterator[None]:
 
 
 def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
-    """`invoke up` and `invoke apply` (which CI may run on every push): stack.up, with
-    what changes beside the colors of a running stack readied under the release lock
-    (apply.applying: refused when unsafe, --yes on staging and production to recreate),
-    and its migrations guarded as a release's are: under the release lock, and, when the
-    database holds anything, after a backup a restore verified. At head: nothing taken,
-    nothing run."""
-    @contextlib.contextmanager
-    def prepare(color: str) -> Iterator[None]:
-        with lock(settings, "apply") as held:
+    """`invoke up` and `invoke apply` (which CI may run on every push): stack.up, on a
+    running stack under the release lock throughout (it may start what a running
+    db.move stopped, recreate shared services: never beside a release), with what
+    changes beside the colors readied by apply.applying (refused when unsafe, --yes on
+    staging and production to recreate), and its migrations guarded as a release's are:
+    under the lock, and, when the database holds anything, after a backup a restore
+    verified. A new stack takes the lock once its edge runs, for its migrations."""
+    running = facts.edge_down(settings) is None
+    with lock(settings, "up") if running else contextlib.nullcontext() as held:
+        if held is not None:
             recover.on_lock(settings, held)  # first, what a run that died left (a hold at the edge, say)
+
+        @contextlib.contextmanager
+        def prepare(color: str) -> Iterator[None]:
             with applying(settings, color, yes):
                 yield
 
-    def run_migrations(color: str, versions: dict[str, str]) -> None:
-        m = settings.app.migrations
-        running = facts.service_states(settings).get(settings.app.copy_name(m.service, color))
-        if running and running.state == "running" and facts.pending_migrations(settings, color) is False:
-            return  # at head: no lock taken (a release may be running), nothing to back up
-        with lock(settings, "up"):
-            record = Record("migrate", color, color, versions[color], versions[color])
-            with recorded(settings, record):
-                guard = db.migrating(settings, record, m.cheap) if settings.app.postgres and db.has_tables(settings) \
-                    else contextlib.nullcontext()
-                with guard, timed(record, "migrations", "applying database migrations"):
-                    stack.migrate(settings, color, versions)
-                record.outcome = "migrated"
+        def run_migrations(color: str, versions: dict[str, str]) -> None:
+            m = settings.app.migrations
+            current = facts.service_states(settings).get(settings.app.copy_name(m.service, color))
+            if current and current.state == "running" and facts.pending_migrations(settings, color) is False:
+                return  # at head: nothing to back up
+            with contextlib.nullcontext() if held is not None else lock(settings, "up"):
+                record = Record("migrate", color, color, versions[color], versions[color])
+                with recorded(settings, record):
+                    guard = db.migrating(settings, record, m.cheap) if settings.app.postgres and db.has_tables(settings) \
+                        else contextlib.nullcontext()
+                    with guard, timed(record, "migrations", "applying database migrations"):
+                        stack.migrate(settings, color, versions)
+                    record.outcome = "migrated"
 
-    stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
+        stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
     if not settings.swarm:
         tls.ensure_renewer(settings)  # once an ACME certificate is in use
 

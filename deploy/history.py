@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
 import json
 import os
 import secrets
@@ -55,23 +56,59 @@ class Heartbeat:
     lives as long as this one (edge.HEARTBEAT_SECONDS). A command that ends sooner (a switch,
     a rollback) starts none: the lock's own mtime covers it, and a `docker exec` start
     would compete with the traffic for the CPU. Not runner.session: that waits for its
-    process at the end, and this one sleeps between beats."""
+    process at the end, and this one sleeps between beats.
 
-    def __init__(self, settings: Settings, token: str, after: float = edge.HEARTBEAT_SECONDS):
-        self.cmd = ["docker", "exec", "-i", edge.edge_container(settings), "sh", "-c", edge.HEARTBEAT_SCRIPT, "heartbeat", token]
-        self.env = runner.environ(settings.docker_env())
+    A watchdog thread starts the beating process again whenever it ended (the edge was
+    restarted, the connection dropped), through the longest step as between phases; when
+    it cannot keep one running for `give_up` seconds (half the time after which others
+    may break the lock), the lock is as good as lost: `on_lost` ends this command (SIGTERM:
+    its clean-up runs) before another operator could take the lock beside it."""
+
+    def __init__(self, command, env: dict[str, str], after: float = edge.HEARTBEAT_SECONDS,
+                 give_up: float = edge.STALE_SECONDS / 2, on_lost=None):
+        self.command, self.env, self.give_up = command, env, give_up  # command(): the argument list, made afresh each start
+        self.on_lost = on_lost or self._end_command
         self.guard = threading.Lock()
         self.proc: subprocess.Popen | None = None
-        self.ended = False
-        self.timer = threading.Timer(after, self.revive)
-        self.timer.daemon = True
-        self.timer.start()
+        self.ended = threading.Event()
+        self.watchdog = threading.Thread(target=self._watch, args=(after,), daemon=True, name="colorgate-heartbeat")
+        self.watchdog.start()
+
+    @classmethod
+    def of(cls, settings: Settings, token: str) -> Heartbeat:
+        """The heartbeat in the edge's container as it is at each start (a Swarm may
+        have replaced the edge's task meanwhile)."""
+        return cls(lambda: ["docker", "exec", "-i", edge.edge_container(settings, fresh=True), "sh", "-c", edge.HEARTBEAT_SCRIPT,
+                            "heartbeat", token], runner.environ(settings.docker_env()))
+
+    def _watch(self, after: float) -> None:
+        failing_since, wait = None, after
+        while not self.ended.wait(wait):
+            wait = min(edge.HEARTBEAT_SECONDS, self.give_up / 3)
+            if self.beating():
+                failing_since = None
+            elif self.proc is not None:  # it ended: started again below, unless that has not helped for too long
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self.give_up:
+                    self.on_lost()
+                    return
+            self.revive()
+
+    @staticmethod
+    def _end_command() -> None:
+        runner.say(f"!! the release lock's heartbeat could not be kept for {edge.STALE_SECONDS // 2} s (the edge unreachable? "
+                   "the lock broken?): ending this command before another operator may take the lock")
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def revive(self) -> None:
         """Start beating, or again when the exec ended with the edge (restarted)."""
         with self.guard:
-            if not self.ended and (self.proc is None or self.proc.poll() is not None):
-                self.proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.PIPE,
+            if not self.ended.is_set() and (self.proc is None or self.proc.poll() is not None):
+                try:
+                    cmd = self.command()
+                except (ColorgateError, OSError):  # the edge cannot be found now: the watchdog tries again
+                    return
+                self.proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.PIPE,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def beating(self) -> bool:
@@ -79,8 +116,7 @@ class Heartbeat:
 
     def end(self) -> None:
         with self.guard:
-            self.ended = True
-            self.timer.cancel()
+            self.ended.set()
             if self.proc is not None:
                 self.proc.stdin.close()
                 self.proc.kill()  # not waiting out its sleep: the lock is gone, so it beats no more
@@ -114,10 +150,45 @@ def describe_phase(phase: str) -> str:
     return phase
 
 
+def machine() -> str:
+    """This machine and its boot, as a lock's holder names them beside its host name (which
+    two machines may share): `MACHINE/BOOT`, digests of their ids, or "" where it has none."""
+    ids = []
+    for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            ids.append(hashlib.sha256(open(path).read().strip().encode()).hexdigest()[:16])
+        except OSError:
+            return ""
+    return "/".join(ids)
+
+
+def dead_here(found: edge.LockState) -> bool:
+    """The lock's holder ran on this machine and is gone: its process ended, or the
+    machine rebooted since. Known at once, with no waiting for its heartbeat to age."""
+    holder, here = found.holder, machine()
+    theirs = str(holder.get("machine") or "")
+    if not here or holder.get("host") != socket.gethostname() or theirs.split("/")[0] != here.split("/")[0]:
+        return False
+    if theirs != here:
+        return True  # rebooted since
+    try:
+        pid = int(holder.get("pid", 0))
+        if pid > 0:
+            os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, TypeError):
+        pass
+    return False
+
+
 def held_message(found: edge.LockState) -> str:
     """One line for a command that finds the lock taken: busy, or stale (its holder died)."""
     phase = describe_phase(found.phase)
     who = edge.describe_holder(found.holder) + (f", at {phase}" if phase else "")
+    if dead_here(found):
+        return (f"the target's release lock is left by a run that died: {who}, whose process is gone from this machine: "
+                "see `invoke status` and `invoke history`, then retry with --break-lock")
     if found.stale:
         return (f"the target's release lock is stale: {who}, last heartbeat {found.age} s ago (did it die?): "
                 "see `invoke status` and `invoke history`, then retry with --break-lock")
@@ -137,13 +208,22 @@ def _break(settings: Settings) -> edge.LockState | None:
     """--break-lock: remove the lock, close the record of the run that held it (it
     ended without one) and record the break. Returns the lock broken (None: it was free)."""
     found = edge.read_lock(settings)
-    edge.in_edge(settings, edge.break_lock_cmd(), "breaking the lock")
     if found is None:
         runner.say("!! --break-lock: the lock was free")
         return None
+    dead = dead_here(found)
+    if not (found.stale or dead):
+        raise LockHeld(f"the target is locked by {edge.describe_holder(found.holder)}, whose heartbeat is {found.age} s old: it is "
+                       f"running, and --break-lock breaks only a lock whose holder died (no heartbeat for {edge.STALE_SECONDS} s)")
+    try:  # only the lock read, and only if still stale: not one another operator took since
+        edge.in_edge(settings, edge.break_lock_cmd(found.token, dead), "breaking the lock")
+    except CommandError as exc:
+        if exc.returncode == edge.LOCK_HELD:
+            raise LockHeld(f"the release lock changed while breaking it: {held_message(edge.parse_lock(exc.stdout))}") from None
+        raise
     who = edge.describe_holder(found.holder) + (f" at {found.phase}" if found.phase else "")
     runner.say(f"!! breaking the release lock of {who} (last heartbeat {found.age} s ago"
-               + ("" if found.stale else ": it may still be running") + ")")
+               + (": its process is gone" if dead else "") + ")")
     live = edge.read_active(settings)
     where = f"{live.color} ({live.version})" if live else "no color"
     for dead in [r for r in edge.read_history(settings) if r.get("outcome") == "running"]:
@@ -165,7 +245,8 @@ def lock(settings: Settings, command: str, break_lock: bool = False, history: bo
     exec read under it (with the history when asked) and the lock --break-lock broke."""
     broken = _break(settings) if break_lock else None
     token = secrets.token_hex(16)
-    holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname()})
+    holder = json.dumps({"command": command, "operator": operator(), "since": now(), "pid": os.getpid(), "host": socket.gethostname(),
+                         "machine": machine()})
     # (the one-off database containers a holder starts carry the same pid@host: see dbtools.tools_cmd, recover.reconcile)
     try:
         out = edge.in_edge(settings, edge.lock_cmd(holder, token, history), "taking the release lock").stdout
@@ -173,12 +254,14 @@ def lock(settings: Settings, command: str, break_lock: bool = False, history: bo
         if exc.returncode == edge.LOCK_HELD:
             raise LockHeld(held_message(edge.parse_lock(exc.stdout))) from None
         raise facts.edge_down(settings) or exc from None
-    held = Held(settings, token, edge.parse_found(out), broken, Heartbeat(settings, token))
+    held = Held(settings, token, edge.parse_found(out), broken, Heartbeat.of(settings, token))
     _held.append(held)
+    edge.HELD[(settings.docker_host, settings.project)] = token
     try:
         yield held
     finally:
         _held.remove(held)
+        edge.HELD.pop((settings.docker_host, settings.project), None)
         edge.in_edge(settings, edge.unlock_cmd(token), check=False)
         held.heartbeat.end()
 

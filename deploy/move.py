@@ -423,9 +423,11 @@ def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
                what="removing the local PostgreSQL container")
 
 
-def unfreeze(settings: Settings) -> bool:
-    """End a write freeze left by an interrupted db.move. False when there was none."""
-    if not edge.is_frozen(settings):
-        return False
-    edge.set_frozen(settings, False)
-    return True
+def unfreeze(settings: Settings, break_lock: bool = False) -> bool:
+    """End a write freeze left by an interrupted db.move, under the release lock (so
+    never the freeze of a move that runs: its lock refuses). False when there was none."""
+    with lock(settings, "db.unfreeze", break_lock):
+        if not edge.is_frozen(settings):
+            return False
+        edge.set_frozen(settings, False)
+        return True

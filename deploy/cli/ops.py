@@ -112,12 +112,12 @@ def db_retire_local(c, profile=None, host=None, yes=False):
     print(f"retired: stopped {', '.join(stopped)} (the pgdata volume is kept)" if stopped else "nothing to do")
 
 
-@task(name="unfreeze", help={"profile": "env profile", "host": HOST_HELP})
+@task(name="unfreeze", help={"profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
 @operator_errors
-def db_unfreeze(c, profile=None, host=None):
-    """End a write freeze left at the edge by an interrupted db.move."""
+def db_unfreeze(c, profile=None, host=None, break_lock=False):
+    """End a write freeze left at the edge by an interrupted db.move (refused while a move holds the lock)."""
     settings = _target(profile, host)
-    print("writes open again" if _move.unfreeze(settings) else "writes were not frozen")
+    print("writes open again" if _move.unfreeze(settings, break_lock) else "writes were not frozen")
 
 
 @task(name="push", help={"registry": "where to push, e.g. ghcr.io/acme (default: COLORGATE_REGISTRY)",

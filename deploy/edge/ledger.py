@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deploy import facts
 from deploy.colors import COLORS
 from deploy.config import Settings
-from deploy.edge.state import (DATABASE_RECORD, FREEZE_FILE, LIVE_FILE, ROUTES_FILE, STATE_DIR, Active, _database_record, _sections, in_edge,
-                               live_of, read_file_cmd, state_fields)
+from deploy.edge.state import (DATABASE_RECORD, FREEZE_FILE, LIVE_FILE, LOCK_DIR, ROUTES_FILE, STATE_DIR, Active, _database_record, _sections,
+                               in_edge, live_of, read_file_cmd, state_fields)
 from deploy.errors import CommandError
 
 
 # --- the release lock and the history -------------------------------------------------
 
 
-LOCK_DIR = f"{STATE_DIR}/lock"
 HISTORY = f"{STATE_DIR}/history.jsonl"
 LOCK_HELD = 75
 HEARTBEAT_SECONDS = 5  # the holder touches lock/heartbeat this often
@@ -31,6 +30,7 @@ _LOCK_REPORT = f"""  printf '%s\\n' "$(cat $L/holder 2>/dev/null)"
   beat=$(stat -c %Y $L/heartbeat 2>/dev/null || stat -c %Y $L 2>/dev/null || date +%s)
   echo "age=$(( $(date +%s) - beat ))"
   echo "phase=$(cat $L/phase 2>/dev/null)"
+  echo "token=$(cat $L/token 2>/dev/null)"
   exit {LOCK_HELD}"""
 # Taken, the lock's exec also prints what a locked command decides from, read under the
 # lock in the same round trip: the live file, whether writes are frozen, the database
@@ -54,6 +54,16 @@ READ_LOCK_SCRIPT = f"""L={LOCK_DIR}
 if [ -d $L ]; then
 {_LOCK_REPORT}
 fi"""
+# --break-lock removes only the lock it read ($1: its token) and only while that is stale
+# (or $2 = dead: its holder's process is known gone), in one exec: two operators breaking
+# the same stale lock cannot remove each other's new one. Otherwise: the lock as it is now.
+BREAK_SCRIPT = f"""L={LOCK_DIR}
+[ -d $L ] || exit 0
+beat=$(stat -c %Y $L/heartbeat 2>/dev/null || stat -c %Y $L 2>/dev/null || date +%s)
+if [ "$(cat $L/token 2>/dev/null)" != "$1" ] || {{ [ "$2" != dead ] && [ $(( $(date +%s) - beat )) -le {STALE_SECONDS} ]; }}; then
+{_LOCK_REPORT}
+fi
+rm -rf $L"""
 # Only the token's holder unlocks: a run whose stale lock was broken must not remove
 # the lock of the run that broke it.
 UNLOCK_SCRIPT = f"""[ "$(cat {LOCK_DIR}/token 2>/dev/null)" = "$1" ] || exit 0
@@ -105,9 +115,10 @@ def parse_found(text: str) -> Found:
 class LockState:
     """A taken lock as another command sees it."""
 
-    holder: dict  # command, operator, since, pid, host ({} when unreadable)
+    holder: dict  # command, operator, since, pid, host, machine ({} when unreadable)
     age: int  # seconds since its holder's last heartbeat
     phase: str  # where the holder was then ("" before its first step)
+    token: str = field(default="", repr=False, compare=False)  # what --break-lock names to remove this lock and no other
 
     @property
     def stale(self) -> bool:
@@ -132,7 +143,7 @@ def parse_lock(text: str) -> LockState:
     values = state_fields("\n".join(lines[1:]))
     age = values.get("age", "")
     return LockState(holder if isinstance(holder, dict) else {}, int(age) if age.lstrip("-").isdigit() else 0,
-                     values.get("phase", ""))
+                     values.get("phase", ""), values.get("token", ""))
 
 
 def lock_cmd(holder: str, token: str, history: bool = False) -> list[str]:
@@ -145,8 +156,8 @@ def unlock_cmd(token: str) -> list[str]:
     return ["sh", "-c", UNLOCK_SCRIPT, "unlock", token]
 
 
-def break_lock_cmd() -> list[str]:
-    return ["rm", "-rf", LOCK_DIR]
+def break_lock_cmd(token: str, dead: bool = False) -> list[str]:
+    return ["sh", "-c", BREAK_SCRIPT, "break", token, "dead" if dead else ""]
 
 
 def phase_cmd(token: str, phase: str) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from deploy import facts, runner
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
-from deploy.errors import BadInput, BadVersion, ColorgateError, CommandError, StackError
+from deploy.errors import BadInput, BadVersion, ColorgateError, CommandError, LockHeld, StackError
 from deploy.edge.routes import routes_digest
 
 STATE_DIR = "/etc/colorgate/state"
@@ -24,6 +24,7 @@ MAINTENANCE_FILE = f"{STATE_DIR}/maintenance"
 DATABASE_RECORD = f"{STATE_DIR}/database.json"
 CANARY_FILE = f"{STATE_DIR}/canary"
 ROUTES_FILE = f"{STATE_DIR}/routes.conf"  # the app's routes and the edge's answer headers (edge_routes_file)
+LOCK_DIR = f"{STATE_DIR}/lock"  # the release lock (ledger.py)
 # What the edge routes now and its requests in flight per color (colorgate.lua),
 # answered only inside the container.
 STATE_URL = "http://127.0.0.1:8080/.colorgate/state"
@@ -168,10 +169,31 @@ def read_file_cmd(path: str) -> list[str]:
     return ["sh", "-c", f"cat {path} 2>/dev/null || true"]
 
 
-def in_edge(settings: Settings, cmd: list[str], what: str = "", check: bool = True):
+# The release lock's token this process holds, per target (set by history.lock): the
+# writes of a lock's holder (the live color, the freeze, the canary, maintenance) check
+# it in the same exec, so a holder whose lock another operator broke changes nothing.
+HELD: dict[tuple[str, str], str] = {}
+LOCK_LOST = 76
+GUARD_SCRIPT = f"""[ "$(cat {LOCK_DIR}/token 2>/dev/null)" = "$1" ] || exit {LOCK_LOST}
+shift
+exec "$@"
+"""
+
+
+def in_edge(settings: Settings, cmd: list[str], what: str = "", check: bool = True, guarded: bool = False):
     """Run a command inside the edge, in the shell this process keeps open there. On a
     Swarm, when the shell cannot start because the edge's task was replaced meanwhile,
-    once more in the task that runs now."""
+    once more in the task that runs now. `guarded`: when this process holds the lock,
+    only while it still does (else LockHeld, whatever `check`)."""
+    token = HELD.get((settings.docker_host, settings.project)) if guarded else None
+    if token:
+        proc = in_edge(settings, ["sh", "-c", GUARD_SCRIPT, "guard", token, *cmd], what, check=False)
+        if proc.returncode == LOCK_LOST:
+            raise LockHeld(f"{what or 'a change at the edge'}: refused: this command's release lock was broken meanwhile "
+                           "(--break-lock by another operator), so it changes nothing more: see `invoke status`")
+        if check and proc.returncode != 0:
+            raise CommandError(cmd, proc.returncode, proc.stdout, proc.stderr, what)
+        return proc
     if not settings.swarm:
         return runner.shell(settings.docker_host, edge_container(settings)).run(cmd, what=what, check=check)
     known = edge_container(settings)
@@ -251,7 +273,7 @@ def live_of(text: str) -> Active | None:
 def write_active(settings: Settings, color: str, version: str) -> None:
     """Route traffic to `color`: one validated atomic write that the edge reads on the
     next request; no reload, so open connections and streams stay."""
-    in_edge(settings, switch_cmd(render_live(color, version), expect=f"color={color}"), f"switching the edge to {color}")
+    in_edge(settings, switch_cmd(render_live(color, version), expect=f"color={color}"), f"switching the edge to {color}", guarded=True)
 
 
 def _wait_idle(settings: Settings, key: str, seconds: float) -> int:
@@ -295,7 +317,7 @@ def _database_record(out: str) -> dict:
 
 def write_database_record(settings: Settings, record: dict) -> None:
     in_edge(settings, ["sh", "-c", f'printf "%s" "$1" > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}',
-                       "record", json.dumps(record)], "recording where the database is")
+                       "record", json.dumps(record)], "recording where the database is", guarded=True)
 
 
 def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None:
@@ -303,13 +325,13 @@ def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None
     held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on, except,
     with `database`, those to a route of the database's clients."""
     in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds, database, secrets.token_hex(16)) if frozen else ""),
-            "starting a write freeze" if frozen else "ending the write freeze")
+            "starting a write freeze" if frozen else "ending the write freeze", guarded=True)
 
 
 def set_maintenance(settings: Settings, text: str) -> None:
     """Turn maintenance mode on (`text`: render_maintenance) or off (empty), from the
     next request on."""
-    in_edge(settings, maintenance_cmd(text), "turning maintenance mode on" if text else "turning maintenance mode off")
+    in_edge(settings, maintenance_cmd(text), "turning maintenance mode on" if text else "turning maintenance mode off", guarded=True)
 
 
 def read_maintenance(settings: Settings) -> dict[str, str] | None:
@@ -359,7 +381,7 @@ def canary_cmd(text: str, expect: str, guard: bool = False) -> list[str]:
 def write_canary(settings: Settings, text: str, expect: str, guard: bool = False, what: str = "") -> bool:
     """Install the canary file (empty: remove it), then wait until the edge routes by
     it; False when `guard` found it aborted or decided meanwhile."""
-    proc = in_edge(settings, canary_cmd(text, expect, guard), what or "writing the canary", check=False)
+    proc = in_edge(settings, canary_cmd(text, expect, guard), what or "writing the canary", check=False, guarded=True)
     if proc.returncode == 5:
         return False
     if proc.returncode != 0:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.db_move import Writer, managed_postgres
-from deploy import canary, config, db, edge, errors, facts, gates, history, runner, stack, tls
+from deploy import canary, colors, config, db, edge, errors, facts, gates, history, runner, stack, tls
 
 from .conftest import INVOKE, invoke, running_stack
 from .test_move import move_env
@@ -249,13 +249,20 @@ def test_a_backup_killed_mid_dump_loses_no_backup_and_lists_no_partial_one(setti
     assert db.verify(settings, db.list_backups(settings)[-1]["manifest"]["name"]).usable
 
 
-def test_a_broken_lock_stays_with_whoever_broke_it(settings, env):
-    """A run whose stale lock was broken must not remove the new holder's lock when it ends."""
+def test_a_broken_lock_stays_with_whoever_broke_it_and_its_old_holder_changes_nothing(settings, env):
+    """A run whose stale lock another operator broke neither switches nor freezes (its
+    writes check its token at the edge) nor removes the new holder's lock when it ends."""
+    before = assert_one_color(settings)
     with history.lock(settings, "deploy"):
-        token = edge.in_edge(settings, ["cat", f"{edge.LOCK_DIR}/token"]).stdout
-        edge.in_edge(settings, edge.break_lock_cmd())
-        edge.in_edge(settings, edge.lock_cmd('{"command": "switch"}', "another-token"))
-        assert token != "another-token"
+        read = edge.read_lock(settings)
+        edge.in_edge(settings, ["touch", "-d", f"@{int(time.time()) - edge.STALE_SECONDS - 5}", f"{edge.LOCK_DIR}/heartbeat"])
+        edge.in_edge(settings, edge.break_lock_cmd(read.token))  # another operator's --break-lock,
+        edge.in_edge(settings, edge.lock_cmd('{"command": "switch"}', "another-token"))  # and its lock
+        with pytest.raises(errors.LockHeld, match="release lock was broken meanwhile"):
+            edge.write_active(settings, colors.other(before.color), before.version)
+        with pytest.raises(errors.LockHeld):
+            edge.set_frozen(settings, True)
+    assert assert_one_color(settings) == before and not edge.is_frozen(settings)
     assert edge.read_lock(settings).holder == {"command": "switch"}  # the first run ended; the lock is not its own
     edge.in_edge(settings, edge.unlock_cmd("another-token"))
     assert edge.read_lock(settings) is None

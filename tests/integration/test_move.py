@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.db_move import (Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_image, managed_postgres,
                                 relay_certificate)
-from deploy import config, db, dbtools, edge, errors, facts, gates, images, keys, relay, runner
+from deploy import config, db, dbtools, edge, errors, facts, gates, history, images, keys, relay, runner
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -52,6 +52,9 @@ def test_a_write_freeze_refuses_writes_and_serves_reads(settings, env):
             r = client.post("/api/notes", json={"body": "frozen"})
             assert r.status_code == 503 and r.headers["retry-after"] == "5" and "writes are paused" in r.json()["error"]
         assert "writes: FROZEN at the edge" in invoke("status", env=env).stdout
+        with history.lock(settings, "db.move"):  # a move that runs keeps its freeze
+            held = invoke("db.unfreeze", env=env)
+        assert held.returncode == errors.LOCKED and edge.is_frozen(settings)
     finally:
         proc = invoke("db.unfreeze", env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "writes open again"

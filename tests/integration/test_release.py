@@ -154,6 +154,9 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
         removing = invoke("down", "--volumes", env=env)  # nor is the stack removed under a release
         assert removing.returncode == errors.LOCKED and "locked by deploy by " in removing.stderr
         assert facts.service_states(rstack) == before
+        breaking = invoke("switch", "--to", "green", "--break-lock", env=env)  # its heartbeat is fresh: it runs
+        assert breaking.returncode == errors.LOCKED and "--break-lock breaks only a lock whose holder died" in breaking.stderr
+        assert edge.read_lock(rstack).holder["command"] == "deploy"
     # a lock left behind by a run that died (no heartbeat for longer than the bound) is stale,
     # and can be broken explicitly, on record
     edge.in_edge(rstack, edge.lock_cmd('{"command": "deploy"}', "dead-run"))

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -94,17 +95,87 @@ def test_the_heartbeat_beats_while_its_holder_lives_and_stops_when_it_dies(tmp_p
     assert _on(tmp_path, edge.lock_cmd("{}", "t0ken")).returncode == 0
     beat = tmp_path / "lock" / "heartbeat"
     os.utime(beat, (0, 0))
-    script = ["sh", "-c", edge.HEARTBEAT_SCRIPT.replace(edge.LOCK_DIR, str(tmp_path / "lock")), "heartbeat", "t0ken"]
-    proc = subprocess.Popen(script, stdin=subprocess.PIPE)
+    script = edge.HEARTBEAT_SCRIPT.replace(edge.LOCK_DIR, str(tmp_path / "lock")).replace(f"sleep {edge.HEARTBEAT_SECONDS}", "sleep 0.2")
+    proc = subprocess.Popen(["sh", "-c", script, "heartbeat", "t0ken"], stdin=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 5
         while beat.stat().st_mtime == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert beat.stat().st_mtime > 0, "no beat"
         proc.stdin.close()  # the holder died: its end of the pipe closed
-        assert proc.wait(timeout=edge.HEARTBEAT_SECONDS + 3) == 0
+        assert proc.wait(timeout=3) == 0
     finally:
         proc.kill()
+
+
+def test_the_heartbeats_watchdog_restarts_a_beat_that_ended_and_gives_up_on_one_that_cannot_run(tmp_path):
+    starts = []
+
+    def command():
+        starts.append(time.monotonic())
+        return ["sh", "-c", "sleep 0.05"] if len(starts) < 3 else ["sleep", "30"]  # ends twice, then beats on
+
+    lost = threading.Event()
+    kept = history.Heartbeat(command, dict(os.environ), after=0, give_up=1.2, on_lost=lost.set)
+    try:
+        deadline = time.monotonic() + 10
+        while not (len(starts) == 3 and kept.beating()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(starts) == 3 and kept.beating() and not lost.is_set()  # started again each time it ended
+    finally:
+        kept.end()
+    failing = history.Heartbeat(lambda: ["false"], dict(os.environ), after=0, give_up=0.6, on_lost=lost.set)
+    try:
+        assert lost.wait(5), "a beat that cannot run ends the command"
+    finally:
+        failing.end()
+
+
+def test_breaking_removes_only_the_stale_lock_it_read_so_two_breakers_leave_one_holder(tmp_path):
+    assert _on(tmp_path, edge.lock_cmd('{"command": "deploy"}', "dead-run")).returncode == 0
+    fresh = _on(tmp_path, edge.break_lock_cmd("dead-run"))
+    assert fresh.returncode == edge.LOCK_HELD and (tmp_path / "lock").is_dir()  # its heartbeat is fresh: it runs
+    old = time.time() - edge.STALE_SECONDS - 10
+    os.utime(tmp_path / "lock" / "heartbeat", (old, old))
+    read = edge.parse_lock(_on(tmp_path, ["sh", "-c", edge.READ_LOCK_SCRIPT]).stdout)
+    assert read.stale and read.token == "dead-run"
+    # both operators read the same stale lock; the first breaks it and takes it
+    assert _on(tmp_path, edge.break_lock_cmd(read.token)).returncode == 0
+    assert _on(tmp_path, edge.lock_cmd('{"command": "switch"}', "first")).returncode == 0
+    # the second's break names the token it read, which is no longer there: the first's lock stays
+    second = _on(tmp_path, edge.break_lock_cmd(read.token))
+    assert second.returncode == edge.LOCK_HELD and edge.parse_lock(second.stdout).holder == {"command": "switch"}
+    assert (tmp_path / "lock" / "token").read_text() == "first"
+    # a holder known dead (its process gone from this machine) is broken at once
+    assert _on(tmp_path, edge.break_lock_cmd("first", dead=True)).returncode == 0 and not (tmp_path / "lock").exists()
+    assert _on(tmp_path, edge.break_lock_cmd("anything")).returncode == 0  # free: nothing to do
+
+
+def test_a_holders_writes_at_the_edge_check_its_token_there(tmp_path):
+    """GUARD_SCRIPT runs a write only while the lock's token is the holder's."""
+    (tmp_path / "lock").mkdir()
+    (tmp_path / "lock" / "token").write_text("mine")
+    write = ["sh", "-c", 'echo "$1" > "$2"', "write", "blue", str(tmp_path / "live")]
+    assert _on(tmp_path, ["sh", "-c", edge.GUARD_SCRIPT, "guard", "mine", *write]).returncode == 0
+    assert (tmp_path / "live").read_text() == "blue\n"
+    (tmp_path / "lock" / "token").write_text("the-breakers")
+    lost = _on(tmp_path, ["sh", "-c", edge.GUARD_SCRIPT, "guard", "mine", "sh", "-c", 'echo "$1" > "$2"', "write", "green", str(tmp_path / "live")])
+    assert lost.returncode == edge.LOCK_LOST and (tmp_path / "live").read_text() == "blue\n"
+
+
+def test_a_holder_on_this_machine_whose_process_is_gone_is_known_dead_at_once():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    here = {"command": "deploy", "operator": "ana", "since": "x", "host": history.socket.gethostname(), "machine": history.machine()}
+    assert history.machine(), "this machine has a machine id and a boot id"
+    assert history.dead_here(edge.LockState({**here, "pid": gone.pid}, 3, "pre_gates"))
+    assert not history.dead_here(edge.LockState({**here, "pid": os.getpid()}, 3, "pre_gates"))  # alive
+    assert not history.dead_here(edge.LockState({**here, "pid": gone.pid, "host": "another"}, 3, ""))  # not ours to judge
+    assert not history.dead_here(edge.LockState({**here, "pid": gone.pid, "machine": "0" * 16 + "/x"}, 3, ""))
+    rebooted = {**here, "pid": os.getpid(), "machine": history.machine().split("/")[0] + "/an-earlier-boot"}
+    assert history.dead_here(edge.LockState(rebooted, 3, ""))
+    message = history.held_message(edge.LockState({**here, "pid": gone.pid}, 3, "pre_gates"))
+    assert message.startswith("the target's release lock is left by a run that died: deploy by ana") and "process is gone" in message
 
 
 def test_lock_messages_say_busy_or_stale():
