@@ -25,7 +25,7 @@ from pathlib import Path
 
 from deploy import appsecrets, contract, edge, facts, history, images, render, runner
 from deploy.config import Settings
-from deploy.keys import app_url, shown_url, tls_params, url_parts
+from deploy.keys import app_url, ca_file, shown_url, url_parts
 from deploy.errors import CommandError, ConfigError
 
 _staged: set[tuple] = set()
@@ -50,13 +50,13 @@ def secret_files(settings: Settings, colors: dict[str, str], database: bool = Fa
         db = app.database
         if db and db.reads_files:
             files[render.secrets_volume(color)] = {
-                **({contract.DB_URL_FILE: app_url(url, db.scheme)} if db.file else {}),
+                **({contract.DB_URL_FILE: app_url(url, db.scheme, managed=url != settings.local_database_url())} if db.file else {}),
                 **({contract.DB_CLIENT_PASSWORD_FILE: url_parts(url)["password"]} if "password_file" in dict(db.parts) else {})}
     for color in colors:  # the app's own secrets: each copy gets only those named for its service
         for secret in app.secrets:
             for service in secret.services:
                 files.setdefault(contract.app_secrets_volume(color, service), {})[secret.name] = appsecrets.value(settings, secret)
-    pems = {Path(root).read_text() for root in (tls_params(url)[1] for url in urls.values()) if root}
+    pems = {Path(root).read_text() for root in (ca_file(url) for url in urls.values() if url != settings.local_database_url()) if root}
     if len(pems) > 1:
         raise ConfigError("the two colors' database URLs name different CA files (sslrootcert): "
                           "use one CA file for the managed database")

@@ -158,24 +158,46 @@ def tls_params(url: str) -> tuple[str, str]:
     return query.get("sslmode", "verify-full"), str(Path(root).expanduser()) if root else ""
 
 
-def client_url(url: str) -> str:
-    """The URL as the app's containers get it: sslrootcert (a path on this machine)
-    becomes the copy Colorgate puts in their `dbca` volume, and without an sslmode a URL
-    with a CA gets verify-full. Any other URL is left as the operator wrote it."""
+def ca_file(url: str) -> str:
+    """The CA file (on this machine) a managed database's certificate is checked with:
+    the URL's sslrootcert, else, for a checking sslmode (verify-full, the default, or
+    verify-ca), this machine's system CAs; "" for a URL that asks for no check."""
+    sslmode, root = tls_params(url)
+    if root or sslmode not in ("verify-full", "verify-ca"):
+        return root
+    import ssl
+
+    found = ssl.get_default_verify_paths().cafile
+    if found and Path(found).is_file():
+        return found
+    import certifi  # where the system's are not a file (macOS): Mozilla's, as httpx uses
+
+    return certifi.where()
+
+
+def client_url(url: str, managed: bool = True) -> str:
+    """The URL as the app's containers get it. A `managed` database's is checked as
+    Colorgate checks it (libpq's own default, sslmode=prefer, checks nothing and falls
+    back to plaintext): sslmode=verify-full unless the URL names a mode, and for a
+    checking mode sslrootcert is the copy of ca_file Colorgate puts in their `dbca`
+    volume. The stack's own database (on its internal network), or a URL that asks for
+    no check, as written."""
+    if not url or not managed or not ca_file(url):
+        return url
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     if not any(k == "sslrootcert" for k, _ in query):
-        return url
+        query.append(("sslrootcert", ""))
     query = [(k, f"{contract.DB_CA_DIR}/root.crt" if k == "sslrootcert" else v) for k, v in query]
     if not any(k == "sslmode" for k, _ in query):
         query.append(("sslmode", "verify-full"))
     return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
 
 
-def app_url(url: str, scheme: str = "postgresql") -> str:
+def app_url(url: str, scheme: str = "postgresql", managed: bool = True) -> str:
     """The URL as the app's driver reads it: client_url, with the contract's scheme
     (`postgres://`, SQLAlchemy's `postgresql+psycopg://`, ...)."""
-    url = client_url(url)
+    url = client_url(url, managed)
     return f"{scheme}:{url.partition(':')[2]}" if url and scheme != url.partition(":")[0] else url
 
 

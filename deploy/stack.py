@@ -78,7 +78,7 @@ def compose_env(settings: Settings, versions: dict[str, str], databases: dict[st
     db = settings.app.database
     for color in COLORS:
         url = (databases or {}).get(color, settings.app_database_url())
-        env[render.database_var(color)] = app_url(url, db.scheme if db else "postgresql")
+        env[render.database_var(color)] = app_url(url, db.scheme if db else "postgresql", managed=url != settings.local_database_url())
         env[render.database_label_var(color)] = facts.database_shown(settings, url)
         for part, value in (url_parts(url).items() if db and db.parts else ()):
             env[render.database_var(color, part)] = value

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from invoke import Exit
 
-from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys
+from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys, offsite as _offsite
 from deploy import move as _move, release, remote as _remote, runner, stack, tls as _tls, views
 from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task, whole
 from deploy.errors import BAD_INPUT, BadInput
@@ -45,7 +45,7 @@ def db_backups(c, profile=None, host=None, json_=False):
     settings = _target(profile, host)
     found = _db.list_backups(settings)
     if settings.backup_copy:
-        found = _db.with_remote(settings, found)
+        found = _offsite.with_remote(settings, found)
     print(json.dumps(found, indent=2) if json_ else views.format_backups(found))
 
 

@@ -254,6 +254,9 @@ def test_backups_are_copied_off_the_host_checked_there_and_fetched_back(settings
         line = refused.stderr.strip().splitlines()[-1]
         assert refused.returncode == errors.FAILED and "is made and kept on the target, but the off-host copy (send) to offsite:backups failed" in line
         assert "PRIVATE KEY" not in refused.stderr
+        # no host key pinned at all: refused before rclone connects (it would accept any)
+        unpinned = invoke("db.backup", "--copy", env={**copying, "COLORGATE_BACKUP_COPY_KNOWN_HOSTS": ""})
+        assert unpinned.returncode != 0 and "is SFTP, and no host key is pinned" in unpinned.stderr.strip().splitlines()[-1]
     assert invoke("db.backup", "--copy", env=env).stderr.strip().endswith(
         "COLORGATE_BACKUP_COPY_CONFIG (its rclone configuration file)")
 

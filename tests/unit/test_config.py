@@ -260,7 +260,14 @@ def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tm
     assert keys.client_url(url) == ("postgresql://app:pw@db.example.com:6543/shop?sslrootcert=/run/colorgate-db/root.crt"
                                       "&application_name=web&sslmode=verify-full")
     assert keys.client_url(url + "&sslmode=verify-ca").endswith("&sslmode=verify-ca")
-    assert keys.client_url("postgresql://app:pw@db.example.com/shop") == "postgresql://app:pw@db.example.com/shop"
+    # without a CA of its own a managed URL is checked against this machine's system CAs (libpq's default,
+    # sslmode=prefer, would check nothing and fall back to plaintext); a URL that asks for no check is left so
+    assert keys.client_url("postgresql://app:pw@db.example.com/shop") == \
+        "postgresql://app:pw@db.example.com/shop?sslrootcert=/run/colorgate-db/root.crt&sslmode=verify-full"
+    assert keys.ca_file("postgresql://app:pw@db.example.com/shop").endswith((".crt", ".pem"))
+    for unchecked in ("postgresql://app:pw@db.example.com/shop?sslmode=require", "postgresql://app:pw@db.example.com/shop?sslmode=disable"):
+        assert keys.client_url(unchecked) == unchecked and keys.ca_file(unchecked) == ""
+    assert keys.client_url("postgresql://app:pw@postgres:5432/shop", managed=False) == "postgresql://app:pw@postgres:5432/shop"
 
 
 def test_the_app_reaches_the_stacks_database_as_a_role_of_its_own():

@@ -212,8 +212,8 @@ def test_an_app_reads_its_database_from_several_variables_a_scheme_of_its_own_or
                                                                 "scheme": "postgresql+psycopg"}}))
     api = render.compose(two)["services"]["api_green"]["environment"]
     assert api["DATABASE_URL"] == api["DB_DSN"] == "${COLORGATE_GREEN_DATABASE_URL:-}"
-    assert keys.app_url("postgresql://app:p%40ss@db:5432/shop", two.database.scheme) == "postgresql+psycopg://app:p%40ss@db:5432/shop"
-    assert keys.app_url("postgres://app:x@db/shop") == "postgresql://app:x@db/shop" and keys.app_url("", "postgres") == ""
+    assert keys.app_url("postgresql://app:p%40ss@db:5432/shop", two.database.scheme, managed=False) == "postgresql+psycopg://app:p%40ss@db:5432/shop"
+    assert keys.app_url("postgres://app:x@db/shop", managed=False) == "postgresql://app:x@db/shop" and keys.app_url("", "postgres") == ""
     parts = contract.parse(app_with(**{"x-colorgate__database": {"service": "db", "parts": {
         "host": "DB_HOST", "port": "DB_PORT", "name": "DB_NAME", "user": "DB_USER", "password_file": "DB_PASSWORD_FILE"}}}))
     api = render.compose(parts)["services"]["api_blue"]

@@ -2,11 +2,12 @@
 
 import dataclasses
 import subprocess
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
 
-from deploy import db, dbtools, facts, keys
+from deploy import db, dbtools, facts, keys, offsite
 from deploy.errors import ConfigError
 
 
@@ -88,9 +89,17 @@ def test_rclone_credentials_are_masked_and_its_configuration_never_on_a_command_
     secret_lines = ["pass = hunter22", "key_pem = -----BEGIN OPENSSH PRIVATE KEY-----\\nabc", "secret_access_key = AKx9",
                     "session_token=tok123"]
     plain_lines = ["type = sftp", "host = backup.example.com", "user = deploy", "key_use_agent = false"]
-    assert all(db.SECRET_OPTION.match(line) for line in secret_lines)
-    assert not any(db.SECRET_OPTION.match(line) for line in plain_lines)
-    assert "cat > /tmp/rclone.conf" in db.COPY_SCRIPT and "RCLONE_SFTP_KNOWN_HOSTS_FILE" in db.COPY_SCRIPT
+    assert all(offsite.SECRET_OPTION.match(line) for line in secret_lines)
+    assert not any(offsite.SECRET_OPTION.match(line) for line in plain_lines)
+    assert "cat > /tmp/rclone.conf" in offsite.COPY_SCRIPT and "RCLONE_SFTP_KNOWN_HOSTS_FILE" in offsite.COPY_SCRIPT
+
+
+def test_an_sftp_remote_without_a_pinned_host_key_is_known_before_anything_is_sent():
+    config = "[offsite]\ntype = sftp\nhost = b.example\n\n[pinned]\ntype = sftp\nknown_hosts_file = /k\n\n[s3]\ntype = s3\n"
+    assert offsite.unpinned_sftp(config, "offsite:backups")
+    assert not offsite.unpinned_sftp(config, "pinned:backups")  # its own known_hosts_file
+    assert not offsite.unpinned_sftp(config, "s3:bucket/backups") and not offsite.unpinned_sftp(config, "missing:x")
+    assert not offsite.unpinned_sftp("not [an ini", "offsite:x")  # rclone says what is wrong with it
 
 
 
@@ -119,6 +128,11 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     moved = dataclasses.replace(s, database_url=managed)
     files = access.secret_files(moved, {"blue": "", "green": ""})
     assert files["dbca"] == {"root.crt": ca.read_text()} and files["secrets-green"]["database_url"] == keys.client_url(managed)
+    # a managed URL without a CA: the app checks it against the system CAs this machine trusts, as Colorgate does
+    bare = "postgresql://app:pw2@db.example.com/shop"
+    files = access.secret_files(s, {"blue": bare})
+    assert files["dbca"] == {"root.crt": Path(keys.ca_file(bare)).read_text()} and "BEGIN CERTIFICATE" in files["dbca"]["root.crt"]
+    assert files["secrets-blue"]["database_url"].endswith("?sslrootcert=/run/colorgate-db/root.crt&sslmode=verify-full")
 
 
 @pytest.mark.parametrize("server, tools", [(12, 13), (13, 13), (14, 15), (15, 15), (16, 17), (17, 17)])
