@@ -301,9 +301,9 @@ def check_restore_allowed(settings: Settings, yes: bool) -> None:
 def restore(settings: Settings, name: str, yes: bool = False, unverified: bool = False) -> dict:
     """Restore `name` into the live database, in one transaction: only a backup a
     restore verified (unless `unverified`) whose checksum still matches; under the
-    release lock, after a fresh backup (retention never takes the one being restored),
-    with writes frozen at the edge (a write in between would be lost silently; reads go
-    on). Recorded in the history. Returns the fresh backup's manifest."""
+    release lock, with writes frozen at the edge from before a fresh backup (retention
+    never takes the one being restored) to the end (a write in between would be in
+    neither; reads go on). Recorded in the history. Returns the fresh backup's manifest."""
     check_restore_allowed(settings, yes)
     found = find(settings, name)
     checked = found.get("verify")
@@ -320,17 +320,17 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
         color, version = (live.color, live.version) if live else ("", "")
         record = history.Record("db.restore", color, color, version, version)
         with history.recorded(settings, record):
-            with history.timed(record, "backup", "taking a fresh backup first"):
-                history.at(record, "backup")
-                fresh = backup(settings, protect=frozenset({name}))
-            runner.say(f"   fresh backup: {fresh['name']}")
-            with history.timed(record, "restore", f"restoring {name} (writes frozen at the edge)"):
-                edge.set_frozen(settings, True)
-                try:
-                    history.at(record, "restore")
+            edge.set_frozen(settings, True)  # first: a write during the fresh backup would be in neither
+            try:
+                with history.timed(record, "backup", "taking a fresh backup first (writes frozen at the edge)"):
+                    history.at(record, "backup")
                     left = edge.drain_writes(settings)
                     if left:
                         raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
+                    fresh = backup(settings, protect=frozenset({name}))
+                runner.say(f"   fresh backup: {fresh['name']}")
+                with history.timed(record, "restore", f"restoring {name} (writes frozen at the edge)"):
+                    history.at(record, "restore")
                     env, flags = dbtools.tools_env(settings, major=dbtools.archive_major(settings, found["manifest"]))
                     with dbtools.one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
                         # into the stack's own database as the app's role, so that the app owns what comes back
@@ -339,8 +339,8 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                                                      env["PGDATABASE"] if settings.database_url else settings.postgres_db,
                                                      "--clean", "--if-exists", "--no-owner", "--no-privileges", *as_app,
                                                      flags=flags, name=one), env=env, what="pg_restore")
-                finally:
-                    edge.set_frozen(settings, False)
+            finally:
+                edge.set_frozen(settings, False)
             record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {fresh['name']}"
     return fresh
 

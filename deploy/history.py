@@ -1,6 +1,6 @@
 """The record of releases: who ran what, when, from which color to which, every
 gate's result and each phase's time; the release lock around it. Both live on the
-target (deploy/edge.py owns their files), so every operator and CI see the same ones.
+target (deploy/edge/ owns their files), so every operator and CI see the same ones.
 """
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ def maintenance(settings: Settings, on: bool, message: str = "", retry: int = 60
     return True
 
 
+def unfreeze(settings: Settings, break_lock: bool = False) -> bool:
+    """End a write freeze left by an interrupted db.move, under the release lock (so
+    never the freeze of a move that runs: its lock refuses). False when there was none."""
+    with lock(settings, "db.unfreeze", break_lock):
+        if not edge.is_frozen(settings):
+            return False
+        edge.set_frozen(settings, False)
+        return True
+
+
 def operator() -> str:
     return os.environ.get("COLORGATE_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
 
@@ -51,6 +61,9 @@ def now() -> str:
 PAUSE_ENV = "COLORGATE_PAUSE_AT"  # tests only: stop (block) when a command reaches this phase
 
 
+GIVE_UP_SECONDS = edge.STALE_SECONDS - 2 * edge.HEARTBEAT_SECONDS
+
+
 class Heartbeat:
     """Beats for the lock held with `token`, from `after` seconds on, in a process that
     lives as long as this one (edge.HEARTBEAT_SECONDS). A command that ends sooner (a switch,
@@ -60,12 +73,13 @@ class Heartbeat:
 
     A watchdog thread starts the beating process again whenever it ended (the edge was
     restarted, the connection dropped), through the longest step as between phases; when
-    it cannot keep one running for `give_up` seconds (half the time after which others
-    may break the lock), the lock is as good as lost: `on_lost` ends this command (SIGTERM:
+    it cannot keep one running for `give_up` seconds (two beats short of the time after
+    which others may break the lock; an edge that restarts is back well before), the lock
+    is as good as lost: `on_lost` ends this command (SIGTERM:
     its clean-up runs) before another operator could take the lock beside it."""
 
     def __init__(self, command, env: dict[str, str], after: float = edge.HEARTBEAT_SECONDS,
-                 give_up: float = edge.STALE_SECONDS / 2, on_lost=None):
+                 give_up: float = GIVE_UP_SECONDS, on_lost=None):
         self.command, self.env, self.give_up = command, env, give_up  # command(): the argument list, made afresh each start
         self.on_lost = on_lost or self._end_command
         self.guard = threading.Lock()
@@ -96,7 +110,7 @@ class Heartbeat:
 
     @staticmethod
     def _end_command() -> None:
-        runner.say(f"!! the release lock's heartbeat could not be kept for {edge.STALE_SECONDS // 2} s (the edge unreachable? "
+        runner.say(f"!! the release lock's heartbeat could not be kept for {GIVE_UP_SECONDS} s (the edge unreachable? "
                    "the lock broken?): ending this command before another operator may take the lock")
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -353,6 +367,13 @@ def check_not_rejected(history: list[dict], color: str, version: str, force: boo
                              "ship a release with `invoke deploy`, or add --force")
 
 
+def first_line(text: str, limit: int = 500) -> str:
+    """What the history keeps of a failure's message: its first line, at most `limit`
+    characters (a page of output belongs in `output`, bounded, not in every listing)."""
+    line = next((part.strip() for part in (text or "").splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
 def settle(record: Record, exc: BaseException | None) -> None:
     """The outcome of a release that ended (with `exc`, or not): switched, refused (a
     gate failed before the switch), rolled back (set when traffic went back), failed,
@@ -363,15 +384,15 @@ def settle(record: Record, exc: BaseException | None) -> None:
     elif isinstance(exc, GateFailed):
         if record.outcome == "running":
             record.outcome = "refused"
-        record.detail = str(exc)
+        record.detail = first_line(str(exc))
     elif isinstance(exc, KeyboardInterrupt):
         record.outcome = "interrupted"
         record.detail = f"interrupted at {record.phase or 'its start'} ({exc or 'SIGINT'})"
     else:
         if record.outcome != "rolled back":
             record.outcome = "failed"
-        record.detail = str(exc) or type(exc).__name__
-        record.output = exc.tail() if isinstance(exc, CommandError) else []
+        record.detail = first_line(str(exc)) or type(exc).__name__
+        record.output = exc.tail() if isinstance(exc, CommandError) else []  # its last lines, bounded (errors.py)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,10 @@ SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablena
 SELECT 'subscribe|' || (rolsuper OR EXISTS (SELECT FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'member')
   AND r.rolname IN ('pg_create_subscription', 'rds_superuser', 'cloudsqlsuperuser', 'azure_pg_admin')))
   FROM pg_roles WHERE rolname = current_user;
+SELECT 'noidentity|' || count(*) || '|' || coalesce(min(n.nspname || '.' || c.relname), '')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+    AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)));
 """
 
 # Until no client of the local database is inside a statement or transaction (a
@@ -106,6 +110,7 @@ class ServerFacts:
     tables: int
     first_table: str
     can_subscribe: bool  # superuser, or a role that may create subscriptions (PG16+, managed services' admin roles)
+    without_identity: tuple[int, str] = (0, "")  # tables with no replica identity (no primary key): how many, the first
 
     @property
     def major(self) -> int:
@@ -118,7 +123,8 @@ def parse_check(out: str) -> ServerFacts:
         key, _, value = line.partition("|")
         fields[key] = value
     count, _, first = fields.get("tables", "0|").partition("|")
-    return ServerFacts(int(fields["version"]), int(count), first, fields.get("subscribe") in ("t", "true"))
+    bare, _, first_bare = fields.get("noidentity", "0|").partition("|")
+    return ServerFacts(int(fields["version"]), int(count), first, fields.get("subscribe") in ("t", "true"), (int(bare or 0), first_bare))
 
 
 def check_compatible(source: ServerFacts, target: ServerFacts, shown: str, mode: str) -> None:
@@ -132,6 +138,11 @@ def check_compatible(source: ServerFacts, target: ServerFacts, shown: str, mode:
     if mode == "replicate" and not target.can_subscribe:
         raise MoveError(f"the user in {shown} may not create a subscription: "
                         "use the managed service's admin user, or --mode dump")
+    count, first = source.without_identity
+    if mode == "replicate" and count:
+        raise MoveError(f"{count} local table(s) have no replica identity (no primary key), e.g. {first}: while replication "
+                        f"copies them the app's UPDATE and DELETE there would fail; add a primary key, or `ALTER TABLE {first} "
+                        "REPLICA IDENTITY FULL`, or move with --mode dump")
 
 
 # --- steps ---------------------------------------------------------------------------
@@ -421,13 +432,3 @@ def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
         runner.run(stack.compose_cmd(settings, "stop", *names), env=stack.compose_env(settings, {}), what="docker compose stop")
     runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
                what="removing the local PostgreSQL container")
-
-
-def unfreeze(settings: Settings, break_lock: bool = False) -> bool:
-    """End a write freeze left by an interrupted db.move, under the release lock (so
-    never the freeze of a move that runs: its lock refuses). False when there was none."""
-    with lock(settings, "db.unfreeze", break_lock):
-        if not edge.is_frozen(settings):
-            return False
-        edge.set_frozen(settings, False)
-        return True

@@ -26,9 +26,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 
-from rich.console import Console
-from rich.text import Text
-
 from deploy import ssh
 from deploy.errors import CommandError, Interrupted
 
@@ -60,9 +57,14 @@ PREFIX_STYLES = {"-> ": "cyan", "ok ": "green", "xx ": "bold red", "!! ": "yello
 
 
 @functools.cache
-def _terminal() -> Console | None:
+def _terminal():
     """rich's console on stderr where it shows colour: a terminal (or FORCE_COLOR), and
-    neither NO_COLOR nor TERM=dumb; None where lines stay plain (piped, CI logs)."""
+    neither NO_COLOR nor TERM=dumb; None where lines stay plain (piped, CI logs: rich,
+    a tenth of a second to import, is not even loaded there)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not (sys.stderr.isatty() or os.environ.get("FORCE_COLOR")):
+        return None
+    from rich.console import Console
+
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     return console if console.is_terminal and not console.no_color and console.color_system else None
 
@@ -75,6 +77,8 @@ def say(message: str) -> None:
     if console is None:
         print(text, file=sys.stderr, flush=True)
     else:
+        from rich.text import Text
+
         console.print(Text.assemble((text[:3], style), text[3:]))
 
 

@@ -40,7 +40,8 @@ def status(settings: Settings) -> dict:
                 turned_away[color] = {"version": record["to_version"], "action": record["action"], "started": record["started"],
                                       "outcome": record["outcome"], "running": running}
         taken = edge.read_lock(settings)
-        held = {**asdict(taken), "stale": taken.stale} if taken else None
+        held = {**{k: v for k, v in asdict(taken).items() if k != "token"}, "stale": taken.stale,
+                "dead": history.dead_here(taken)} if taken else None
     return {
         "project": settings.project,
         "profile": settings.profile,
@@ -70,7 +71,8 @@ def format_status(data: dict) -> str:
     if held:
         lines.append(f"release lock: {edge.describe_holder(held['holder'])}" + (f", at {history.describe_phase(held['phase'])}" if held["phase"] else "")
                      + f", last heartbeat {held['age']} s ago"
-                     + (" (STALE: its run died? see `invoke history`, then --break-lock)" if held["stale"] else ""))
+                     + (" (DEAD: its process is gone from this machine; see `invoke history`, then --break-lock)" if held.get("dead")
+                        else " (STALE: its run died? see `invoke history`, then --break-lock)" if held["stale"] else ""))
     if data.get("maintenance"):
         m = data["maintenance"]
         lines.append(f"MAINTENANCE MODE since {m.get('since', '?')}: the app's routes answer 503"

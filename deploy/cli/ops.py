@@ -11,7 +11,7 @@ from pathlib import Path
 from invoke import Exit
 
 from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys, offsite as _offsite
-from deploy import move as _move, release, remote as _remote, runner, stack, tls as _tls, views
+from deploy import history as _history, move as _move, release, remote as _remote, runner, stack, tls as _tls, views
 from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task, whole
 from deploy.errors import BAD_INPUT, BadInput
 
@@ -117,7 +117,7 @@ def db_retire_local(c, profile=None, host=None, yes=False):
 def db_unfreeze(c, profile=None, host=None, break_lock=False):
     """End a write freeze left at the edge by an interrupted db.move (refused while a move holds the lock)."""
     settings = _target(profile, host)
-    print("writes open again" if _move.unfreeze(settings, break_lock) else "writes were not frozen")
+    print("writes open again" if _history.unfreeze(settings, break_lock) else "writes were not frozen")
 
 
 @task(name="push", help={"registry": "where to push, e.g. ghcr.io/acme (default: COLORGATE_REGISTRY)",

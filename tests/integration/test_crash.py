@@ -197,9 +197,12 @@ def test_sigkill_in_the_post_gates_leaves_a_lock_that_stops_beating_and_is_broke
     time.sleep(edge.HEARTBEAT_SECONDS + 2)
     assert edge.read_lock(settings).age >= edge.HEARTBEAT_SECONDS + 1, "the dead holder's heartbeat went on"
     refused = invoke("deploy", env=env)
-    assert refused.returncode == errors.LOCKED and "locked by deploy by " in refused.stderr and ", at post_gates" in refused.stderr
+    # its process is gone from this machine: known dead at once, not only once its heartbeat is old
+    assert refused.returncode == errors.LOCKED and "release lock is left by a run that died: deploy by " in refused.stderr
+    assert ", at post_gates, whose process is gone from this machine" in refused.stderr
     status = invoke("status", env=env).stdout
-    assert "release lock: deploy by " in status and "at post_gates, last heartbeat" in status
+    assert "release lock: deploy by " in status and "at post_gates, last heartbeat" in status and "(DEAD: its process is gone" in status
+    assert held.token and held.token not in invoke("status", "--json", env=env).stdout  # what breaks it is never shown
     assert last(settings, "deploy")["outcome"] == "running"  # its intent, never settled
     # the operator breaks it and rolls back: the dead run's record is closed, the break recorded
     proc = invoke("rollback", "--break-lock", env=env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host
 
 from .conftest import invoke, isolated_env, running_stack
+from .test_crash import paused_at
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +95,12 @@ def test_restore_brings_back_deleted_rows_after_a_fresh_backup(settings, client,
     assert refused.returncode == errors.BAD_INPUT and refused.stderr.strip().endswith(
         f"backup {name} was never verified: run `invoke db.verify {name}` first, or restore it as it is with --unverified")
     assert db.verify(settings, name).usable
-    proc = invoke("db.restore", name, env=env)
+    with paused_at("backup", "db.restore", name, env=env) as running:  # writes are frozen before the fresh backup starts
+        assert edge.is_frozen(settings)
+        running.send_signal(signal.SIGUSR1)
+    proc = running.result
     assert proc.returncode == 0, proc.stderr
-    assert "writes frozen at the edge" in proc.stderr and not edge.is_frozen(settings)
+    assert "taking a fresh backup first (writes frozen at the edge)" in proc.stderr and not edge.is_frozen(settings)
     record = edge.read_history(settings)[-1]
     assert (record["action"], record["outcome"]) == ("db.restore", "restored") and name in record["detail"]
     assert client.get(f"/api/notes/{kept['id']}").json()["body"] == "keep me"

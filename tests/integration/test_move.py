@@ -129,6 +129,15 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tm
                 proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, url, **extra))
                 last = proc.stderr.strip().splitlines()[-1]
                 assert proc.returncode == errors.FAILED and last.startswith("colorgate: ") and message in last, proc.stderr
+            # a local table without a primary key: replication would break the live app's UPDATE and DELETE on it
+            local = facts.psql_cmd(f"{settings.project}-postgres-1", settings)
+            runner.run(local, input="CREATE TABLE audit_log (at timestamptz, line text);")
+            try:
+                proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, managed.url))
+                assert proc.returncode == errors.FAILED and "1 local table(s) have no replica identity (no primary key), e.g. public.audit_log" \
+                    in proc.stderr.strip().splitlines()[-1], proc.stderr
+            finally:
+                runner.run(local, input="DROP TABLE audit_log;")
     unknown = invoke("db.move", "--mode", "teleport", env=cli_env(env, cases[0][0]))
     assert unknown.returncode == errors.BAD_INPUT and "unknown mode 'teleport': use dump or replicate" in unknown.stderr
     assert (edge.read_active(settings), len(edge.read_history(settings))) == before

@@ -129,8 +129,11 @@ def test_the_edge_sends_security_headers_on_every_answer(client):
 
 
 def test_the_app_builds_its_public_url_from_the_edges_forwarded_headers(settings, client):
-    """As a browser asks (the port in Host, when not 443): the app sees the public scheme, host and port."""
-    got = client.get("/api/whoami", headers={"Host": f"{settings.domain}:{settings.https_port}"}).json()
+    """As a browser asks (the port in Host, when not 443): the app sees the public scheme, host and port,
+    and none of the gates' tokens (they would be in its logs)."""
+    got = client.get("/api/whoami", headers={"Host": f"{settings.domain}:{settings.https_port}", "X-Colorgate-Bypass": "b" * 32,
+                                             "X-Colorgate-Writes": "w" * 32}).json()
+    assert got["colorgate"] == [], got
     assert got["url"] == f"https://{settings.domain}:{settings.https_port}/" and got["port"] == str(settings.https_port)
     assert got["forwarded"].startswith("for=") and got["forwarded"].endswith(
         f';host="{settings.domain}:{settings.https_port}";proto=https'), got

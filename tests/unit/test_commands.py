@@ -214,6 +214,12 @@ def test_a_failed_command_shows_and_keeps_its_last_lines_for_a_person_to_act_on(
     record = history.Record("deploy", "blue", "green", "v1", "v2")
     history.settle(record, exc)
     assert (record.outcome, record.output) == ("failed", exc.tail())
+    # the record's detail is one line, bounded, whatever the message was
+    paged = history.Record("deploy", "blue", "green", "v1", "v2")
+    history.settle(paged, ColorgateError("the app's migration failed\n" + "x" * 5000))
+    assert paged.detail == "the app's migration failed"
+    history.settle(paged, ColorgateError("y" * 5000))
+    assert len(paged.detail) == 500 and paged.detail.endswith("…")
     shown = views.format_release(dataclasses.asdict(record))
     assert "  its last lines:\n    | #11 step 11\n" in shown and "    | #40 ERROR: failed to solve: npm ci exited 1" in shown
 

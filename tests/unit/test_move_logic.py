@@ -48,6 +48,13 @@ def test_compatibility_checks():
     with pytest.raises(move.MoveError, match="may not create a subscription"):
         move.check_compatible(source, move.ServerFacts(150004, 0, "", False), SHOWN, "replicate")
     move.check_compatible(source, move.ServerFacts(150004, 0, "", False), SHOWN, "dump")
+    # a local table without a replica identity: replicate would break the live app's UPDATE and DELETE on it
+    bare = move.parse_check("version|150004\ntables|3|public.audit\nsubscribe|t\nnoidentity|1|public.audit\n")
+    assert bare.without_identity == (1, "public.audit")
+    with pytest.raises(move.MoveError, match=r"^1 local table\(s\) have no replica identity \(no primary key\), e.g. public.audit: .*"
+                                             r"`ALTER TABLE public.audit REPLICA IDENTITY FULL`, or move with --mode dump$"):
+        move.check_compatible(bare, empty16, SHOWN, "replicate")
+    move.check_compatible(bare, empty16, SHOWN, "dump")
 
 
 def test_target_url_is_checked_before_anything():

@@ -150,7 +150,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/api/whoami":  # the public URL, as an app builds its links from the edge's headers
             h = self.headers
             return self.send_json(200, {"url": f"{h.get('X-Forwarded-Proto')}://{h.get('X-Forwarded-Host')}/",
-                                        "port": h.get("X-Forwarded-Port"), "forwarded": h.get("Forwarded")})
+                                        "port": h.get("X-Forwarded-Port"), "forwarded": h.get("Forwarded"),
+                                        "colorgate": sorted(k.lower() for k in h.keys() if k.lower().startswith("x-colorgate"))})
         if self.path == "/api/notes":
             with Db() as conn, conn.cursor() as cur:
                 cur.execute("SELECT id, body, created_at FROM notes ORDER BY id")
