@@ -385,6 +385,7 @@ def test_a_stage_container_left_by_a_killed_run_is_removed_by_the_next_command(s
                                  "org.colorgate.role": history.STAGE_ROLE, history.HOLDER_LABEL: "4242424@elsewhere"})
     dead = {"command": "deploy", "operator": "ci@elsewhere", "since": history.now(), "pid": 4242424, "host": "elsewhere"}
     edge.in_edge(settings, edge.lock_cmd(json.dumps(dead), secrets.token_hex(16)), "a dead run's lock")
+    edge.in_edge(settings, ["touch", "-d", f"@{int(time.time()) - edge.STALE_SECONDS - 5}", f"{edge.LOCK_DIR}/heartbeat"])  # it died
     live = edge.read_active(settings)
     fixed = invoke("switch", "--to", live.color, "--break-lock", env=env)
     assert fixed.returncode == 0 and "left 1 one-off container(s) (database tools, secret staging): removed" in fixed.stderr, fixed.stderr

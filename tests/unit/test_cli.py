@@ -4,6 +4,7 @@ of these reaches a Docker engine."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -21,6 +22,13 @@ INVOKE = str(Path(sys.executable).with_name("invoke"))
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("COLORGATE_", "POSTGRES_"))}
     return subprocess.run([INVOKE, *args], env={**full, **env}, capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def at_once(*calls):
+    """Run independent CLI calls (each a zero-argument function) side by side: each is
+    a process of its own that mostly starts Python, so the test waits for the slowest."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
 
 
 def one_line_error(proc: subprocess.CompletedProcess, code: int = errors.BAD_INPUT) -> str:
@@ -90,9 +98,11 @@ def test_every_task_that_acts_on_a_target_takes_host():
 
 
 def test_host_option_wins_and_is_named_in_errors():
-    line = one_line_error(cli("status", "--host", "myhost", COLORGATE_DOCKER_HOST="ssh://a@b"))
+    named, unreachable = at_once(lambda: cli("status", "--host", "myhost", COLORGATE_DOCKER_HOST="ssh://a@b"),
+                                 lambda: cli("status", "--host", "unix:///nonexistent/cg.sock"))
+    line = one_line_error(named)
     assert line == "colorgate: COLORGATE_DOCKER_HOST 'myhost' in --host should be empty (local engine) or a URL like ssh://user@host"
-    line = one_line_error(cli("status", "--host", "unix:///nonexistent/cg.sock"), errors.UNREACHABLE)
+    line = one_line_error(unreachable, errors.UNREACHABLE)
     assert line.startswith("colorgate: the Docker engine at unix:///nonexistent/cg.sock is not reachable")
 
 
@@ -129,10 +139,11 @@ def test_a_bad_contract_stops_every_task_in_one_line(tmp_path):
     app = tmp_path / "compose.yaml"
     app.write_text("x-colorgate:\n  colored: [web]\n  routes: [{path: /, to: web:80}]\n  health: {web: healthz}\n"
                    "services:\n  web: {build: .}\n")
-    for task in ("up", "deploy", "status", "render"):
-        line = one_line_error(cli(task, COLORGATE_APP=str(app)))
-        assert line == "colorgate: x-colorgate.health.web.path: must start with / (got 'healthz')"
-    line = one_line_error(cli("up", COLORGATE_APP=str(tmp_path / "nope")))
+    *each, missing = at_once(*(lambda task=task: cli(task, COLORGATE_APP=str(app)) for task in ("up", "deploy", "status", "render")),
+                             lambda: cli("up", COLORGATE_APP=str(tmp_path / "nope")))
+    for proc in each:
+        assert one_line_error(proc) == "colorgate: x-colorgate.health.web.path: must start with / (got 'healthz')"
+    line = one_line_error(missing)
     assert line.startswith("colorgate: the app's compose file ") and line.endswith("does not exist: set COLORGATE_APP to your compose file")
 
 
@@ -152,25 +163,26 @@ def test_switch_without_a_color_is_one_line_and_help_is_help():
     assert helped.returncode == 0 and "Move traffic to an already running color" in helped.stdout
 
 
-@pytest.mark.parametrize("args", [("logs", "--help"), ("db.restore", "--help"), ("db.verify", "-h"), ("scale", "--help"), ("deploy", "-h"),
-                                  ("exec", "--help")])
-def test_help_is_help_for_every_task_even_where_it_takes_an_argument(args):
+def test_help_is_help_for_every_task_even_where_it_takes_an_argument():
     """`-h` is no short flag of an option (it meant --host), and `--help` in the place of a
     positional argument is not taken as its value (a service, a backup): nothing is reached."""
-    proc = cli(*args, COLORGATE_DOCKER_HOST="unix:///nonexistent/cg.sock")
-    assert proc.returncode == 0 and "Docstring:" in proc.stdout, (proc.stdout, proc.stderr)
-    assert re.search(r"--host=STRING\s+the Docker host to act on", proc.stdout), proc.stdout  # each option's help too
-    assert proc.stderr == ""
+    asked = [("logs", "--help"), ("db.restore", "--help"), ("db.verify", "-h"), ("scale", "--help"), ("deploy", "-h"), ("exec", "--help")]
+    for args, proc in zip(asked, at_once(*(lambda args=args: cli(*args, COLORGATE_DOCKER_HOST="unix:///nonexistent/cg.sock")
+                                            for args in asked))):
+        assert proc.returncode == 0 and "Docstring:" in proc.stdout, (args, proc.stdout, proc.stderr)
+        assert re.search(r"--host=STRING\s+the Docker host to act on", proc.stdout), proc.stdout  # each option's help too
+        assert proc.stderr == "", args
 
 
 def test_the_colorgate_command_runs_the_same_tasks_as_invoke():
-    listed = subprocess.run([str(Path(INVOKE).with_name("colorgate")), "--list"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    listed, module = at_once(
+        lambda: subprocess.run([str(Path(INVOKE).with_name("colorgate")), "--list"], capture_output=True, text=True, timeout=60, cwd=ROOT),
+        # as the renewal's cron line runs it, with only the interpreter's path
+        lambda: subprocess.run([sys.executable, "-m", "deploy.cli", "--list"], capture_output=True, text=True, timeout=60, cwd=ROOT))
     assert listed.returncode == 0
     import tasks
 
     assert {line.split()[0] for line in listed.stdout.splitlines()[2:] if line.startswith("  ") and not line.startswith("   ")} == set(tasks.ns.task_names)
-    # as the renewal's cron line runs it, with only the interpreter's path
-    module = subprocess.run([sys.executable, "-m", "deploy.cli", "--list"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert module.returncode == 0 and module.stdout == listed.stdout
 
 
@@ -189,8 +201,9 @@ def test_the_exit_codes_are_the_readmes_and_usage_errors_are_bad_input():
     for code, name in defined.items():
         assert name.lower().split("_")[0] == table[code].strip("`"), (code, name, table[code])
     colorgate = str(Path(INVOKE).with_name("colorgate"))
-    for args in (["deploy", "--no-such-option"], ["no-such-task"], ["exec"]):
-        proc = subprocess.run([colorgate, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    usage = (["deploy", "--no-such-option"], ["no-such-task"], ["exec"])
+    for args, proc in zip(usage, at_once(*(lambda args=args: subprocess.run([colorgate, *args], capture_output=True, text=True, timeout=60,
+                                                                             cwd=ROOT) for args in usage))):
         assert proc.returncode == errors.BAD_INPUT and proc.stderr.startswith("colorgate: "), (args, proc.returncode, proc.stderr)
 
 
@@ -219,8 +232,8 @@ def test_shell_completion_completes_tasks_and_their_options():
         assert proc.returncode == 0, proc.stderr
         return sorted(proc.stdout.split())
 
-    assert complete("db.ba") == ["db.backup", "db.backups"]
-    assert complete("deploy", "--k") == ["--keep-rejected"]
+    tasks, options = at_once(lambda: complete("db.ba"), lambda: complete("deploy", "--k"))
+    assert tasks == ["db.backup", "db.backups"] and options == ["--keep-rejected"]
 
 
 def test_a_number_option_given_text_or_out_of_range_is_one_line_before_anything_runs():
