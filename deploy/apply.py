@@ -226,11 +226,15 @@ def check_down(settings: Settings, volumes: bool, yes: bool) -> None:
 
 
 def down(settings: Settings, volumes: bool = False, yes: bool = False) -> None:
-    """`invoke down` (check_down first), waiting for no one: while the edge runs (a
-    release may be under way) under the release lock, which a holder refuses."""
+    """`invoke down` (check_down first), never beside a release: while the edge runs, the
+    release lock is taken first (a holder refuses it) and given back just before the
+    edge, which keeps the lock in its volume, is removed (a lock left there would stop
+    the next `up`)."""
     check_down(settings, volumes, yes)
-    held = lock(settings, "down") if facts.edge_down(settings) is None else contextlib.nullcontext()
-    with held, runner.step("removing the stack" + (" and its volumes" if volumes else " (volumes kept)")):
+    if facts.edge_down(settings) is None:
+        with lock(settings, "down"):
+            pass
+    with runner.step("removing the stack" + (" and its volumes" if volumes else " (volumes kept)")):
         stack.down(settings, volumes=volumes)
 
 

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from deploy import ssh
 from deploy.errors import CommandError, Interrupted
@@ -123,20 +124,22 @@ def run(
     log.debug("$ %s", redact(shlex.join(cmd)))
     started = time.monotonic()
     pipe = subprocess.PIPE if capture else None
+    # captured docker commands run in a process group of their own, ended as a whole:
+    # `docker compose` is the docker CLI running the compose plugin as its child, and
+    # killing the CLI alone leaves the plugin going on by itself (creating, starting a
+    # container after this command gave up on it). They never read the terminal (a
+    # background group that did would be stopped); every other command stays in the
+    # terminal's group, where ssh may ask for a password or a host key.
+    group = capture and Path(cmd[0]).name == "docker"
     try:
-        # captured commands run in a process group of their own, ended as a whole: `docker
-        # compose` is the docker CLI running the compose plugin as its child, and killing the
-        # CLI alone leaves the plugin going on by itself (creating, starting a container after
-        # this command gave up on it). Interactive ones stay in the terminal's group; the
-        # others never read it (a background group reading the terminal would be stopped).
-        child = subprocess.Popen(cmd, env=full_env, text=True, stdin=subprocess.PIPE if input is not None else (subprocess.DEVNULL if capture else None),
-                                 stdout=pipe, stderr=pipe, process_group=0 if capture else None)
+        child = subprocess.Popen(cmd, env=full_env, text=True, stdin=subprocess.PIPE if input is not None else (subprocess.DEVNULL if group else None),
+                                 stdout=pipe, stderr=pipe, process_group=0 if group else None)
     except FileNotFoundError as exc:
         raise CommandError(cmd, 127, "", f"{cmd[0]}: command not found", what) from exc
     try:
         out, err = child.communicate(input, timeout=timeout)
     except BaseException as exc:  # timed out, interrupted: nothing it started outlives it
-        _end(child, capture)
+        _end(child, group)
         if isinstance(exc, subprocess.TimeoutExpired):
             raise CommandError(cmd, 124, "", f"timed out after {timeout:.0f}s", what) from exc
         raise

@@ -96,7 +96,8 @@ def spread_problems(found: dict[str, "Service"], names: list[str], nodes: int) -
 def check_target(settings: Settings) -> int:
     """Refuse what cannot work on this Swarm; returns how many nodes are ready."""
     ready = sum(1 for n in nodes(settings) if (n.get("Status") or {}).get("State") == "ready")
-    render.host_ports([f"{settings.bind}:{settings.https_port}:8443"], "services.edge.ports")  # COLORGATE_BIND not loopback
+    bind = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
+    render.host_ports([f"{bind}:{settings.https_port}:8443"], "services.edge.ports")  # COLORGATE_BIND not loopback
     check_images_reachable(settings, ready)
     found = runner.engine(settings.docker_host, "services", filters={"label": f"{STACK_LABEL}={settings.project}"},
                           what="listing the stack's services")

@@ -38,53 +38,72 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int = errors.BAD_INP
     return lines[0]
 
 
-def test_unknown_profile():
-    line = one_line_error(cli("up", "--profile", "prod"))
+# The one-call cases below, started side by side when the first of them runs (each is
+# a process that mostly starts Python): name -> the call's arguments and environment.
+STAGING = {"COLORGATE_DOMAIN": "app.example.org", "POSTGRES_PASSWORD": "a-real-secret-1", "PATH": "/nonexistent"}
+EARLY = {
+    "unknown profile": (("up", "--profile", "prod"), {}),
+    "placeholder domain": (("up", "--profile", "staging"), {}),
+    "placeholder password": (("status", "--profile", "staging"), {"COLORGATE_DOMAIN": "app.example.org"}),
+    "bad port": (("up",), {"COLORGATE_HTTPS_PORT": "99999"}),
+    "engine unreachable": (("status",), {"COLORGATE_DOCKER_HOST": "unix:///nonexistent/colorgate-test.sock"}),
+    "no docker CLI": (("up",), {"PATH": "/nonexistent-colorgate-bin"}),
+    "debug": (("up",), {"COLORGATE_INITIAL_COLOR": "purple", "COLORGATE_DEBUG": "1"}),
+    "restore on staging": (("db.restore", "20260101T000000000000Z", "--profile", "staging"), STAGING),
+    "down --volumes on production": (("down", "--volumes", "--profile", "production"), STAGING),
+}
+
+
+@pytest.fixture(scope="module")
+def early():
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        yield {name: pool.submit(cli, *args, **env) for name, (args, env) in EARLY.items()}
+
+
+def test_unknown_profile(early):
+    line = one_line_error(early["unknown profile"].result())
     assert line == "colorgate: unknown profile 'prod': use one of development, staging, production"
 
 
-def test_placeholders_in_staging_stop_before_anything_starts():
-    line = one_line_error(cli("up", "--profile", "staging"))
+def test_placeholders_in_staging_stop_before_anything_starts(early):
+    line = one_line_error(early["placeholder domain"].result())
     assert line.startswith("colorgate: COLORGATE_DOMAIN in .env.staging is a placeholder")
 
 
-def test_placeholder_password_in_staging_is_named_but_not_shown():
-    line = one_line_error(cli("status", "--profile", "staging", COLORGATE_DOMAIN="app.example.org"))
+def test_placeholder_password_in_staging_is_named_but_not_shown(early):
+    line = one_line_error(early["placeholder password"].result())
     assert line.startswith("colorgate: POSTGRES_PASSWORD in .env.staging is a placeholder: set a real value")
     assert "change-me" not in line
 
 
-def test_bad_port_from_the_environment():
-    line = one_line_error(cli("up", COLORGATE_HTTPS_PORT="99999"))
+def test_bad_port_from_the_environment(early):
+    line = one_line_error(early["bad port"].result())
     assert line == "colorgate: COLORGATE_HTTPS_PORT '99999' in the environment should be a port number from 1 to 65535"
 
 
-def test_docker_engine_not_reachable():
-    line = one_line_error(cli("status", COLORGATE_DOCKER_HOST="unix:///nonexistent/colorgate-test.sock"), errors.UNREACHABLE)
+def test_docker_engine_not_reachable(early):
+    line = one_line_error(early["engine unreachable"].result(), errors.UNREACHABLE)
     assert line.startswith("colorgate: the Docker engine at unix:///nonexistent/colorgate-test.sock is not reachable")
     assert line.endswith("start it (`systemctl start docker`) or fix COLORGATE_DOCKER_HOST")
 
 
-def test_docker_cli_missing(tmp_path):
-    line = one_line_error(cli("up", PATH=str(tmp_path)), errors.UNREACHABLE)
+def test_docker_cli_missing(early):
+    line = one_line_error(early["no docker CLI"].result(), errors.UNREACHABLE)
     assert line == "colorgate: the docker CLI is not installed: install Docker Engine (e.g. `apt-get install docker.io`) and retry"
 
 
-@pytest.mark.parametrize("color", ["purple"])
-def test_debug_mode_shows_the_traceback(color):
-    proc = cli("up", COLORGATE_INITIAL_COLOR=color, COLORGATE_DEBUG="1")
+def test_debug_mode_shows_the_traceback(early):
+    proc = early["debug"].result()
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
-def test_restore_over_staging_needs_yes_before_touching_anything():
-    line = one_line_error(cli("db.restore", "20260101T000000000000Z", "--profile", "staging",
-                              COLORGATE_DOMAIN="app.example.org", POSTGRES_PASSWORD="a-real-secret-1", PATH="/nonexistent"))
+def test_restore_over_staging_needs_yes_before_touching_anything(early):
+    line = one_line_error(early["restore on staging"].result())
     assert line == "colorgate: restoring over the staging database needs --yes (a fresh backup is taken first)"
 
 
-def test_down_with_volumes_on_production_needs_yes_before_touching_anything():
-    line = one_line_error(cli("down", "--volumes", "--profile", "production",
-                              COLORGATE_DOMAIN="app.example.org", POSTGRES_PASSWORD="a-real-secret-1", PATH="/nonexistent"))
+def test_down_with_volumes_on_production_needs_yes_before_touching_anything(early):
+    line = one_line_error(early["down --volumes on production"].result())
     assert line == ("colorgate: `down --volumes` deletes the production database, its backups on the host, its certificates and its history: "
                     "add --yes (first, `invoke db.backup --copy` keeps a backup off the host)")
 

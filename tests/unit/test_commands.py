@@ -1,10 +1,13 @@
 """Commands as data: what would run, checked without running it."""
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -267,3 +270,29 @@ def test_the_rendered_compose_file_is_never_written_where_another_user_could_rea
     assert not list(Path(planted).rglob("compose.yml"))
     os.rmdir(planted) if not planted.is_symlink() else planted.unlink()
     assert stack.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"  # made afresh, private
+
+
+def test_a_docker_command_that_is_ended_takes_what_it_started_with_it(tmp_path):
+    """As `docker compose` runs its plugin as a child: a command ended (here by its
+    timeout; a signal goes the same way) leaves no process of it running on its own."""
+    docker = tmp_path / "docker"
+    docker.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {tmp_path}/child\nwait\n")
+    docker.chmod(0o755)
+    with pytest.raises(CommandError, match="timed out"):
+        runner.run([str(docker), "compose", "run"], timeout=1)
+    child = int((tmp_path / "child").read_text())
+    deadline = time.monotonic() + 5
+    try:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            if open(f"/proc/{child}/stat").read().split()[2] == "Z":
+                break  # ended; only not yet reaped by init
+            time.sleep(0.05)
+        else:
+            pytest.fail("the docker command's child outlived it")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)  # (this test's own, when it failed)
