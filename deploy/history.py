@@ -6,6 +6,7 @@ target (deploy/edge/ owns their files), so every operator and CI see the same on
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import hashlib
 import json
@@ -164,6 +165,7 @@ def describe_phase(phase: str) -> str:
     return phase
 
 
+@functools.cache
 def machine() -> str:
     """This machine and its boot, as a lock's holder names them beside its host name (which
     two machines may share): `MACHINE/BOOT`, digests of their ids, or "" where it has none."""
@@ -225,19 +227,19 @@ def _break(settings: Settings) -> edge.LockState | None:
     if found is None:
         runner.say("!! --break-lock: the lock was free")
         return None
-    dead = dead_here(found)
-    if not (found.stale or dead):
+    gone = dead_here(found)
+    if not (found.stale or gone):
         raise LockHeld(f"the target is locked by {edge.describe_holder(found.holder)}, whose heartbeat is {found.age} s old: it is "
                        f"running, and --break-lock breaks only a lock whose holder died (no heartbeat for {edge.STALE_SECONDS} s)")
     try:  # only the lock read, and only if still stale: not one another operator took since
-        edge.in_edge(settings, edge.break_lock_cmd(found.token, dead), "breaking the lock")
+        edge.in_edge(settings, edge.break_lock_cmd(found.token, gone), "breaking the lock")
     except CommandError as exc:
         if exc.returncode == edge.LOCK_HELD:
             raise LockHeld(f"the release lock changed while breaking it: {held_message(edge.parse_lock(exc.stdout))}") from None
         raise
     who = edge.describe_holder(found.holder) + (f" at {found.phase}" if found.phase else "")
     runner.say(f"!! breaking the release lock of {who} (last heartbeat {found.age} s ago"
-               + (": its process is gone" if dead else "") + ")")
+               + (": its process is gone" if gone else "") + ")")
     live = edge.read_active(settings)
     where = f"{live.color} ({live.version})" if live else "no color"
     for dead in [r for r in edge.read_history(settings) if r.get("outcome") == "running"]:
