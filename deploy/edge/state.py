@@ -320,11 +320,19 @@ def write_database_record(settings: Settings, record: dict) -> None:
                        "record", json.dumps(record)], "recording where the database is", guarded=True)
 
 
+def freeze_hold(settings: Settings, database: bool = False) -> int:
+    """How long the edge holds a request during a freeze (set_frozen) at most."""
+    return max(settings.hold_seconds, settings.health_timeout) if database else settings.hold_seconds
+
+
 def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None:
     """Start or end a write freeze at the edge: from the next request on, writes are
     held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on, except,
-    with `database`, those to a route of the database's clients."""
-    in_edge(settings, freeze_cmd(frozen, render_freeze(settings.hold_seconds, database, secrets.token_hex(16)) if frozen else ""),
+    with `database`, those to a route of the database's clients, each held for as long
+    as Colorgate waits for the database to be back (COLORGATE_HEALTH_TIMEOUT, at least
+    the hold): the restart ends the hold, and none is answered 503 while it is awaited."""
+    in_edge(settings, freeze_cmd(frozen, render_freeze(freeze_hold(settings, database), database, secrets.token_hex(16))
+                                 if frozen else ""),
             "starting a write freeze" if frozen else "ending the write freeze", guarded=True)
 
 

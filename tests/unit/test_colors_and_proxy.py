@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from deploy import colors, edge
+from deploy import colors, config, edge
 from deploy.errors import ColorgateError
 
 
@@ -87,6 +87,15 @@ def test_a_malformed_live_file_is_refused_and_the_old_one_stays(tmp_path, text, 
     assert proc.returncode == 3 and why in proc.stderr
     assert edge.parse_active(path.read_text()) == edge.Active("blue", "v1")
     assert not path.with_name("live.new").exists()
+
+
+def test_a_database_restart_holds_requests_as_long_as_the_database_is_awaited_a_write_freeze_for_the_hold():
+    s = config.load("development", root=config.project_root(),
+                    environ={"COLORGATE_HOLD_SECONDS": "5", "COLORGATE_HEALTH_TIMEOUT": "90"})
+    assert edge.freeze_hold(s) == 5 and edge.freeze_hold(s, database=True) == 90
+    longer = config.load("development", root=config.project_root(),
+                         environ={"COLORGATE_HOLD_SECONDS": "120", "COLORGATE_HEALTH_TIMEOUT": "90"})
+    assert edge.freeze_hold(longer, database=True) == 120
 
 
 def test_freeze_file_holds_for_the_bound_and_empty_text_removes_it(tmp_path):
