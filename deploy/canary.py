@@ -84,14 +84,6 @@ def decision(settings: Settings) -> str:
     return "abort" if found is None else found.get("decision", "")
 
 
-def pin(found: dict | None, color: str) -> str | None:
-    """The bucket (cookie value) that lands on `color` during the canary `found`."""
-    if not found:
-        return None
-    offset = int(found.get("offset", 0))
-    return str((100 - offset) % 100 if color == found.get("color") else (99 - offset) % 100)
-
-
 # --- operator commands -----------------------------------------------------------------
 
 

@@ -56,6 +56,7 @@ class Settings:
     drain_seconds: int
     rate_limit: int
     rate_burst: int
+    trusted_proxies: tuple[str, ...]
     conn_limit: int
     pids_limit: int
     memory_limit: str
@@ -193,6 +194,7 @@ class Settings:
             "COLORGATE_RATE_LIMIT": str(self.rate_limit),
             "COLORGATE_RATE_BURST": str(self.rate_burst),
             "COLORGATE_CONN_LIMIT": str(self.conn_limit),
+            "COLORGATE_TRUSTED_PROXIES": ",".join(self.trusted_proxies),
             "COLORGATE_RENEW_EVERY": str(self.renew_every),
             "COLORGATE_RENEWAL_CHECK": str(self.renewal_check),
             "COLORGATE_PIDS_LIMIT": str(self.pids_limit),

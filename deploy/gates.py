@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy import canary, config, edge, runner, tls
+from deploy import config, edge, runner, tls
 from deploy.config import Settings
 
 
@@ -24,53 +24,33 @@ class EdgeClient(httpx.Client):
     public domain (SNI, certificate name and Host), so the domain need not resolve
     from where the gates run."""
 
-    def __init__(self, server_name: str, bypass=None, pin=None, writes=None, **kwargs):
-        super().__init__(headers={"Host": server_name}, **kwargs)
+    def __init__(self, server_name: str, **kwargs):
+        super().__init__(**kwargs)
+        self.headers["Host"] = server_name
         self._server_name = server_name
-        self._bypass = bypass  # the gates': reads maintenance mode's token, once, when the edge answers with it
-        self._pin = pin  # the gates': during a canary, the bucket that lands on the color under test, read once
-        self._writes = writes  # the gates': a write freeze's token (db.move gates while writes are frozen), read once
 
     def build_request(self, *args, **kwargs) -> httpx.Request:
         request = super().build_request(*args, **kwargs)
         request.extensions["sni_hostname"] = self._server_name
         return request
 
-    def send(self, request: httpx.Request, **kwargs) -> httpx.Response:
-        if self._writes:
-            token, self._writes = self._writes(), None
-            if token:  # a gate's own writes pass a freeze: they go to the color under test, which db.move moved
-                self.headers["X-Colorgate-Writes"] = request.headers["X-Colorgate-Writes"] = token
-        response = super().send(request, **kwargs)
-        if self._bypass and response.status_code == 503 and response.headers.get("x-colorgate-maintenance") == "on":
-            token, self._bypass = self._bypass(), None
-            if token:  # the gates judge the app, which maintenance mode hides from users only
-                self.headers["X-Colorgate-Bypass"] = request.headers["X-Colorgate-Bypass"] = token
-                response.close()
-                return super().send(request, **kwargs)
-        if self._pin and f"{canary.COOKIE}=" in response.headers.get("set-cookie", ""):
-            bucket, self._pin = self._pin(), None  # a canary runs: the edge put this client in a bucket of its own choosing
-            if bucket is not None:
-                self.cookies.clear()
-                self.cookies.set(canary.COOKIE, bucket)
-                request.headers["Cookie"] = f"{canary.COOKIE}={bucket}"
-                response.close()
-                return super().send(request, **kwargs)
-        return response
-
 
 def edge_client(settings: Settings, ca_pem: str | None = None, gate: bool = False, color: str = "") -> httpx.Client:
     """HTTPS client for the public edge, verifying its certificate against `ca_pem`
-    (the edge's local CA by default) and the configured domain. A `gate` client passes
-    maintenance mode (with its token, read when the edge first answers with it) and,
-    during a canary, is served by `color` (the color under test) only."""
+    (the edge's local CA by default) and the configured domain. A `gate` client sends
+    the gates' token (read from the edge once): it passes maintenance mode and a write
+    freeze, is exempt from the per-client limits, is told which container answered,
+    and, during a canary, is served by `color` (the color under test)."""
     ca_pem = ca_pem if ca_pem is not None else tls.read_local_ca(settings)
     port = "" if settings.https_port == 443 else f":{settings.https_port}"
+    headers = {}
+    if gate:
+        headers["X-Colorgate-Gate"] = edge.read_gate_token(settings)
+        if color:
+            headers["X-Colorgate-Serve"] = color
     return EdgeClient(
         settings.domain,
-        bypass=(lambda: (edge.read_maintenance(settings) or {}).get("bypass")) if gate else None,
-        writes=(lambda: edge.state_fields(edge.read_files(settings, "freeze")["freeze"]).get("bypass")) if gate else None,
-        pin=(lambda: canary.pin(canary.read(settings), color)) if gate and color else None,
+        headers=headers,
         base_url=f"https://{settings.edge_address}{port}",
         verify=tls.client_context(ca_pem),
         timeout=10,

@@ -28,10 +28,10 @@ from deploy.errors import ColorgateError, CommandError, GateFailed, LockHeld
 
 def maintenance(settings: Settings, on: bool, message: str = "", retry: int = 60) -> bool:
     """Maintenance mode on or off at the edge, recorded in the history; False when it
-    already was. Colorgate's gates pass through with the bypass token (gates.py)."""
+    already was. Colorgate's gates pass with their token (gates.edge_client)."""
     if not on and edge.read_maintenance(settings) is None:
         return False
-    text = edge.render_maintenance(message, retry, now(), secrets.token_hex(16)) if on else ""
+    text = edge.render_maintenance(message, retry, now()) if on else ""
     edge.set_maintenance(settings, text)
     live = edge.read_active(settings)
     edge.append_history(settings, asdict(Record("maintenance", "", "", "", "", outcome="on" if on else "off", detail=message,

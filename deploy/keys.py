@@ -69,6 +69,18 @@ def _networks(value: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _proxies(value: str) -> tuple[str, ...]:
+    """A comma-separated list of IPv4 or IPv6 addresses or networks (the edge's trusted proxies)."""
+    found = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            found.append(str(ipaddress.ip_network(part)))
+        except ValueError:
+            raise ValueError(f"should list the load balancer's or CDN's addresses or networks, such as 10.0.0.0/8,2001:db8::/32 "
+                             f"(not {part!r})") from None
+    return tuple(found)
+
+
 def _pattern(regex: re.Pattern[str], hint: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if not regex.fullmatch(value):
@@ -285,6 +297,9 @@ KEYS: dict[str, Key] = {
     "COLORGATE_RATE_LIMIT": Key(_limit, "200"),
     "COLORGATE_RATE_BURST": Key(_limit, "400"),
     "COLORGATE_CONN_LIMIT": Key(_conn_limit, "200"),
+    # behind a load balancer or CDN: the client's address is read from X-Forwarded-For
+    # when these sent it (for the limits, the canary and the app); empty: the peer's
+    "COLORGATE_TRUSTED_PROXIES": Key(_proxies, ""),
     # Every container (unless its service sets its own): at most this many processes and
     # this much memory; its log rotated at this size, this many files kept.
     "COLORGATE_PIDS_LIMIT": Key(_limit, "512"),

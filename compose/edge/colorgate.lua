@@ -6,17 +6,21 @@
 -- streams on the old color go on until that color is stopped.
 --
 --   live         color=blue|green, version=TAG   (absent: no color is live, 503)
---   freeze       hold=SECONDS, requests=database, bypass=TOKEN  (absent: writes pass; the
---                gates' requests carry TOKEN in X-Colorgate-Writes and pass too)
+--   freeze       hold=SECONDS, requests=database  (absent: writes pass)
 --   canary       color=, version=, percent=1-99, offset=0-99 (decision=promote)
 --                (absent, or naming the live color: everyone gets the live color;
 --                present: that share of users gets the canary color instead, each
---                user in a bucket 0-99 kept in a cookie, new users hashed by address
---                and user agent into one, so a user stays on one color)
---   maintenance  retry=SECONDS, since=TIME, message=TEXT, bypass=TOKEN
+--                user in a bucket 0-99 kept in a cookie signed by the edge, new users
+--                (and a cookie whose signature is wrong) hashed by address and user
+--                agent into one, so a user stays on one color and cannot choose it)
+--   maintenance  retry=SECONDS, since=TIME, message=TEXT
 --                (absent: the app is served; present: every route answers 503 with
---                Retry-After and the message, except requests that carry the token
---                in X-Colorgate-Bypass: Colorgate's own gates)
+--                Retry-After and the message)
+--   gate-token   made at start (entrypoint.sh). A request carrying it in X-Colorgate-Gate
+--                is Colorgate's own gates': it passes maintenance mode and a write
+--                freeze (it judges the app users are kept from), is served the color it
+--                names in X-Colorgate-Serve during a canary, is exempt from the limits
+--                (nginx.conf), and is told which container answered (X-Colorgate-Upstream)
 --
 -- During a freeze a request with a method other than GET, HEAD or OPTIONS (with
 -- `requests=database`: any request to a route of the database's clients) is held
@@ -33,6 +37,7 @@ local LIVE = STATE .. "live"
 local FREEZE = STATE .. "freeze"
 local MAINTENANCE = STATE .. "maintenance"
 local CANARY = STATE .. "canary"
+local GATE_TOKEN = STATE .. "gate-token"
 local BUCKET_COOKIE = "colorgate_bucket"
 local COLORS = { blue = true, green = true }
 local SAFE = { GET = true, HEAD = true, OPTIONS = true }
@@ -70,12 +75,36 @@ function M.canary(live)
   return c
 end
 
--- A user's bucket (0-99): from the cookie, else hashed from the client and given to it.
+-- The gates' token, read once per worker ("" until the file is there).
+local token
+local function gate_token()
+  if token then return token end
+  local f = io.open(GATE_TOKEN, "r")
+  if not f then return "" end
+  token = f:read("*l") or ""
+  f:close()
+  return token
+end
+
+-- Whether the request is Colorgate's gates' (it carries their token).
+local function is_gate()
+  local sent = ngx.var.http_x_colorgate_gate
+  return sent ~= nil and sent ~= "" and sent == gate_token()
+end
+
+-- The signature of a bucket in its cookie (keyed by the gates' token, which users never see).
+local function signature(b)
+  local mac = ngx.encode_base64(ngx.hmac_sha1(gate_token(), BUCKET_COOKIE .. "=" .. b))
+  return (mac:sub(1, 16):gsub("[+/]", { ["+"] = "-", ["/"] = "_" }))
+end
+
+-- A user's bucket (0-99): from the cookie when the edge signed it, else hashed from the
+-- client and given to it.
 local function bucket()
-  local b = tonumber(ngx.var["cookie_" .. BUCKET_COOKIE] or "")
-  if b and b == math.floor(b) and b >= 0 and b <= 99 then return b end
-  b = ngx.crc32_short((ngx.var.remote_addr or "") .. "|" .. (ngx.var.http_user_agent or "")) % 100
-  ngx.var.cg_cookie = BUCKET_COOKIE .. "=" .. b .. "; Path=/; Max-Age=2592000; Secure; HttpOnly; SameSite=Lax"
+  local n, sig = (ngx.var["cookie_" .. BUCKET_COOKIE] or ""):match("^(%d%d?)%.([%w_-]+)$")
+  if n and gate_token() ~= "" and sig == signature(n) then return tonumber(n) end
+  local b = ngx.crc32_short((ngx.var.remote_addr or "") .. "|" .. (ngx.var.http_user_agent or "")) % 100
+  ngx.var.cg_cookie = BUCKET_COOKIE .. "=" .. b .. "." .. signature(b) .. "; Path=/; Max-Age=2592000; Secure; HttpOnly; SameSite=Lax"
   return b
 end
 
@@ -84,7 +113,6 @@ end
 function M.freeze()
   local f = fields(FREEZE)
   if not f then return nil end
-  if (f.bypass or "") ~= "" and ngx.var.http_x_colorgate_writes == f.bypass then return nil end  -- the gates' own
   return tonumber(f.hold or "") or 0, f.requests == "database"
 end
 
@@ -111,12 +139,12 @@ end
 
 -- access_by_lua for the app's routes.
 function M.route()
-  local m = fields(MAINTENANCE)
-  if m and (m.bypass or "") ~= "" and ngx.var.http_x_colorgate_bypass == m.bypass then
-    m = nil
-  end
+  local gate = is_gate()
+  ngx.ctx.cg_gate = gate
+  local m = not gate and fields(MAINTENANCE)
   if m then return maintenance(m) end
-  local hold, all = M.freeze()
+  local hold, all
+  if not gate then hold, all = M.freeze() end
   if hold and (not SAFE[ngx.req.get_method()] or (all and ngx.var.cg_database == "1")) then
     local started = ngx.now()
     local what = SAFE[ngx.req.get_method()] and "requests" or "writes"
@@ -140,7 +168,13 @@ function M.route()
   end
   local color, version = live.color, live.version
   local c = M.canary(live)
-  if c and (bucket() + c.offset) % 100 < c.percent then color, version = c.color, c.version end
+  if c then
+    local serve = gate and ngx.var.http_x_colorgate_serve  -- the gates name the color under test
+    if serve ~= c.color and serve ~= color then serve = nil end
+    if serve == c.color or (not serve and (bucket() + c.offset) % 100 < c.percent) then
+      color, version = c.color, c.version
+    end
+  end
   ngx.var.cg_color = color
   ngx.var.cg_version = version
   ngx.ctx.cg_color = color
@@ -149,6 +183,11 @@ function M.route()
     ngx.ctx.cg_write = true
     counts:incr("writes", 1, 0)
   end
+end
+
+-- header_filter_by_lua: the address of the container that answered, to the gates only.
+function M.answered()
+  if ngx.ctx.cg_gate then ngx.header["X-Colorgate-Upstream"] = ngx.var.upstream_addr end
 end
 
 -- log_by_lua: a request routed to a color has ended (answered, failed or aborted).

@@ -16,6 +16,9 @@ conns=${COLORGATE_CONN_LIMIT:-200}
 for n in "$rate" "$burst" "$conns"; do
   case "$n" in *[!0-9]*|"") echo "edge: bad rate or connection limit '$n'" >&2; exit 64;; esac
 done
+proxies=${COLORGATE_TRUSTED_PROXIES:-}
+case "$proxies" in *[!0-9A-Fa-f.:/,]*) echo "edge: bad COLORGATE_TRUSTED_PROXIES '$proxies' (addresses or CIDRs, comma-separated)" >&2; exit 64;; esac
+state=/etc/colorgate/state
 
 # A local certificate, signed by a one-off local CA whose key is discarded at once,
 # valid 365 days (Mozilla's intermediate profile allows 366 at most). Regenerated when
@@ -68,22 +71,39 @@ suffix=":$https_port"
 # to the configured domain, never to whatever Host the client sent
 printf 'return 301 https://%s%s$request_uri;\n' "$domain" "$suffix" > /tmp/colorgate/redirect.conf
 printf 'proxy_set_header X-Forwarded-Port %s;\n' "$https_port" > /tmp/colorgate/forwarded.conf
+# The gates' token, made once and kept in the state volume (0600): Colorgate's gates send it
+# in X-Colorgate-Gate (never passed on to the app). Their requests are exempt from the
+# per-client limits and may pass maintenance mode and a write freeze, name the color that
+# serves them during a canary, and are told which container answered (colorgate.lua);
+# it also signs the canary bucket cookie.
+if [ ! -s "$state/gate-token" ]; then
+  (umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$state/gate-token.new" && mv "$state/gate-token.new" "$state/gate-token")
+fi
+gate=$(cat "$state/gate-token")
+case "$gate" in *[!0-9a-f]*|"") echo "edge: $state/gate-token is not a token: remove it (a new one is made at start)" >&2; exit 64;; esac
+# Behind a load balancer or CDN (COLORGATE_TRUSTED_PROXIES): the client's address is the
+# last one in X-Forwarded-For not sent by a trusted proxy, for the limits, the canary and
+# the app (its X-Forwarded-For, X-Real-IP and Forwarded).
+: > /tmp/colorgate/clients.conf
+if [ -n "$proxies" ]; then
+  printf '%s\n' "$proxies" | tr ',' '\n' | sed '/^$/d; s/.*/set_real_ip_from &;/' >> /tmp/colorgate/clients.conf
+  printf 'real_ip_header X-Forwarded-For;\nreal_ip_recursive on;\n' >> /tmp/colorgate/clients.conf
+fi
 # Per client address: requests per second (with a burst) and connections at once; 0: none.
-# Over either: 429.
-: > /tmp/colorgate/limit-zones.conf
+# Over either: 429. The gates' own requests have no key, so no limit.
+printf 'map $http_x_colorgate_gate $cg_client { "%s" ""; default $binary_remote_addr; }\n' "$gate" >> /tmp/colorgate/clients.conf
 : > /tmp/colorgate/limits.conf
 if [ "$rate" != 0 ]; then
-  printf 'limit_req_zone $binary_remote_addr zone=cg_req:10m rate=%sr/s;\n' "$rate" >> /tmp/colorgate/limit-zones.conf
+  printf 'limit_req_zone $cg_client zone=cg_req:10m rate=%sr/s;\n' "$rate" >> /tmp/colorgate/clients.conf
   printf 'limit_req zone=cg_req burst=%s nodelay;\n' "$burst" >> /tmp/colorgate/limits.conf
 fi
 if [ "$conns" != 0 ]; then
-  printf 'limit_conn_zone $binary_remote_addr zone=cg_conn:10m;\n' >> /tmp/colorgate/limit-zones.conf
+  printf 'limit_conn_zone $cg_client zone=cg_conn:10m;\n' >> /tmp/colorgate/clients.conf
   printf 'limit_conn cg_conn %s;\n' "$conns" >> /tmp/colorgate/limits.conf
 fi
 # The app's routes and the edge's answer headers: kept in the state volume by Colorgate
 # (`invoke up` writes them, then reloads), so a changed route needs no new container. Until
 # then none (app paths 404), or those an edge started by hand is given (base64 text).
-state=/etc/colorgate/state
 if [ ! -s "$state/routes.conf" ]; then
   if [ -n "${COLORGATE_EDGE_ROUTES:-}" ]; then
     printf '%s' "$COLORGATE_EDGE_ROUTES" | base64 -d > "$state/routes.conf"

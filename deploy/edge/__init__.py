@@ -8,7 +8,8 @@ directory (`/etc/colorgate/state`, the `edge-state` volume), all through Docker.
                     are held that long, then passed on or answered 503
     canary          during a canary deploy: which color gets which share of users
                     (`color`, `version`, `percent`, `offset`, `since`, `decision`)
-    maintenance     present only in maintenance mode: `retry`, `since`, `message`, `bypass`
+    maintenance     present only in maintenance mode: `retry`, `since`, `message`
+    gate-token      the gates' token, made by the edge at its start (read_gate_token)
     database.json   where the app's database is (written by db.move, retire-local)
     lock/           the release lock (mkdir): holder JSON, token, heartbeat, phase
     history.jsonl   every release, one JSON record a line: its intent when it starts,

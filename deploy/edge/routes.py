@@ -11,13 +11,13 @@ from deploy.contract import SECURITY_HEADERS, App
 
 
 
-# What the edge says of every answer itself (which color and version answered, from
-# where, a write held during a freeze, a new user's canary bucket): an app's own value of
-# one of these is never passed on.
+# What the edge says of every answer itself (which color and version answered, a write
+# held during a freeze, a new user's canary bucket): an app's own value of one of these is
+# never passed on. Which container answered (X-Colorgate-Upstream) it tells the gates only
+# (colorgate.lua, M.answered): an internal address is no client's business.
 EDGE_SAYS = {
     "X-Colorgate-Color": "$cg_color",
     "X-Colorgate-Version": "$cg_version",
-    "X-Colorgate-Upstream": "$upstream_addr",
     "X-Colorgate-Writes": "$cg_writes",
     "X-Colorgate-Held-Ms": "$cg_held",
 }
@@ -34,6 +34,7 @@ def edge_headers(app_owned: tuple[str, ...] = ()) -> list[str]:
             lines += [f"proxy_hide_header {name};", f'add_header {name} "{value}" always;']
     for name, value in EDGE_SAYS.items():
         lines += [f"proxy_hide_header {name};", f"add_header {name} {value} always;"]
+    lines.append("proxy_hide_header X-Colorgate-Upstream;")
     return [*lines, "add_header Set-Cookie $cg_cookie always;"]  # empty (not sent) but during a canary
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ STATE_DIR = "/etc/colorgate/state"
 LIVE_FILE = f"{STATE_DIR}/live"
 FREEZE_FILE = f"{STATE_DIR}/freeze"
 MAINTENANCE_FILE = f"{STATE_DIR}/maintenance"
+GATE_TOKEN_FILE = f"{STATE_DIR}/gate-token"
 DATABASE_RECORD = f"{STATE_DIR}/database.json"
 CANARY_FILE = f"{STATE_DIR}/canary"
 ROUTES_FILE = f"{STATE_DIR}/routes.conf"  # the app's routes and the edge's answer headers (edge_routes_file)
@@ -35,11 +35,11 @@ VERSION = re.compile(f"^{VERSION_RE}$")
 # Every line of a state file must match its pattern (checked again on the edge, so a
 # file that did not come from here is refused before it is renamed into place).
 LIVE_LINES = f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}"
-FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database|bypass=[0-9a-f]{32}"
+FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database"
 # A maintenance message goes into an HTML page and a JSON string as it is: no markup,
 # quotes, backslashes or control characters, at most 300 characters.
 MESSAGE = re.compile(r'[^\x00-\x1f\x7f<>&"\\]{0,300}')
-MAINTENANCE_LINES = r'#.*|retry=[0-9]+|since=[0-9TZ:+.-]+|bypass=[0-9a-f]+|message=[^<>&"\\]*'
+MAINTENANCE_LINES = r'#.*|retry=[0-9]+|since=[0-9TZ:+.-]+|message=[^<>&"\\]*'
 CANARY_LINES = (f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}|percent=[0-9]{{1,2}}|offset=[0-9]{{1,2}}"
                 "|since=[0-9]+|decision=(promote)?")
 
@@ -116,22 +116,21 @@ def render_live(color: str, version: str) -> str:
     return f"# Managed by Colorgate: the live color, read by the edge on every request.\ncolor={color}\nversion={version}\n"
 
 
-def render_freeze(hold_seconds: float, database: bool = False, bypass: str = "") -> str:
+def render_freeze(hold_seconds: float, database: bool = False) -> str:
     """A write freeze (db.move, db.restore): writes are held; with `database` (the
     database restarts: invoke apply), every request to a route of its clients too.
-    Requests carrying `bypass` in X-Colorgate-Writes pass (the gates' own)."""
-    token = f"bypass={bypass}\n" if bypass else ""
+    The gates' own requests pass (colorgate.lua)."""
     if database:
         return (f"# Managed by Colorgate: the database restarts; its clients' requests are held this long, then 503.\n"
-                f"hold={hold_seconds:g}\nrequests=database\n{token}")
-    return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n{token}"
+                f"hold={hold_seconds:g}\nrequests=database\n")
+    return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n"
 
 
-def render_maintenance(message: str, retry: int, since: str, bypass: str) -> str:
+def render_maintenance(message: str, retry: int, since: str) -> str:
     if not MESSAGE.fullmatch(message):
         raise BadInput("the maintenance message must be one line of at most 300 characters without < > & \" or \\")
     return (f"# Managed by Colorgate: maintenance mode; every route answers 503 with this message.\n"
-            f"retry={retry}\nsince={since}\nbypass={bypass}\nmessage={message}\n")
+            f"retry={retry}\nsince={since}\nmessage={message}\n")
 
 
 def state_fields(text: str) -> dict[str, str]:
@@ -221,7 +220,7 @@ def freeze_cmd(frozen: bool, text: str) -> list[str]:
 
 
 def maintenance_cmd(text: str) -> list[str]:
-    return write_cmd(MAINTENANCE_FILE, MAINTENANCE_LINES, "retry bypass" if text else "", f"maintenance={'on' if text else 'off'}", text)
+    return write_cmd(MAINTENANCE_FILE, MAINTENANCE_LINES, "retry" if text else "", f"maintenance={'on' if text else 'off'}", text)
 
 
 def routes_cmd(text: str, digest: str, reload: bool = True) -> list[str]:
@@ -331,8 +330,7 @@ def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None
     with `database`, those to a route of the database's clients, each held for as long
     as Colorgate waits for the database to be back (COLORGATE_HEALTH_TIMEOUT, at least
     the hold): the restart ends the hold, and none is answered 503 while it is awaited."""
-    in_edge(settings, freeze_cmd(frozen, render_freeze(freeze_hold(settings, database), database, secrets.token_hex(16))
-                                 if frozen else ""),
+    in_edge(settings, freeze_cmd(frozen, render_freeze(freeze_hold(settings, database), database) if frozen else ""),
             "starting a write freeze" if frozen else "ending the write freeze", guarded=True)
 
 
@@ -340,6 +338,14 @@ def set_maintenance(settings: Settings, text: str) -> None:
     """Turn maintenance mode on (`text`: render_maintenance) or off (empty), from the
     next request on."""
     in_edge(settings, maintenance_cmd(text), "turning maintenance mode on" if text else "turning maintenance mode off", guarded=True)
+
+
+def read_gate_token(settings: Settings) -> str:
+    """The gates' token (X-Colorgate-Gate), which the edge made at its start."""
+    token = in_edge(settings, read_file_cmd(GATE_TOKEN_FILE), "reading the gates' token").stdout.strip()
+    if not re.fullmatch("[0-9a-f]{32}", token):
+        raise StackError("the edge has no gates' token (an edge made by an older Colorgate): `invoke apply` recreates it")
+    return token
 
 
 def read_maintenance(settings: Settings) -> dict[str, str] | None:

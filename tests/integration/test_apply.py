@@ -5,6 +5,7 @@ its candidate. A network whose options changed is refused before anything change
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from deploy import config, contract, db, edge, errors, facts, gates, runner, stack, tls
+from deploy.colors import other
 
 from .conftest import invoke, isolated_env, running_stack
 from .test_switching import connect, request
@@ -189,13 +191,66 @@ def gates_get(settings, path):
 def test_a_hold_an_apply_that_died_left_at_the_edge_is_ended_by_the_next_apply(settings, env, tmp_path):
     """Killed while the database restarted, an apply leaves the edge holding its clients'
     requests (each then 503): the next apply ends that first, and says so."""
-    edge.set_frozen(settings, True, database=True)
+    edge.set_frozen(dataclasses.replace(settings, health_timeout=2), True, database=True)  # each request held 2 s at most
     with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
         assert c.get("/api/version", timeout=15).status_code == 503  # held, then refused
     proc = invoke("apply", env={**env, **edited(tmp_path, settings, moved_database)})
     assert proc.returncode == 0, proc.stderr
     assert "!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again" in proc.stderr
     assert gates_get(settings, "/api/version").status_code == 200
+
+
+class OneAddress:
+    """GETs from this one address at `rate` a second (paced, on one keep-alive connection
+    per thread), counting the edge's 429s: a client over the per-client limit."""
+
+    def __init__(self, settings, rate: float, threads: int = 4):
+        self.settings, self.ca, self.rate, self.stop = settings, tls.read_local_ca(settings), rate, threading.Event()
+        self.statuses: list[int] = []
+        self.threads = [threading.Thread(target=self.send, daemon=True) for _ in range(threads)]
+
+    def send(self) -> None:
+        conn, every = connect(self.settings, self.ca), len(self.threads) / self.rate
+        due = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                status, _, _ = request(conn, "GET", "/api/version")
+            except (OSError, http.client.HTTPException):
+                status = 0
+                conn.close()
+                conn = connect(self.settings, self.ca)
+            self.statuses.append(status)
+            due += every
+            time.sleep(max(0.0, due - time.monotonic()))
+
+    def __enter__(self):
+        self.started = time.monotonic()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+        self.achieved = len(self.statuses) / (time.monotonic() - self.started)
+
+
+def test_gated_switches_pass_while_one_address_sends_three_times_the_per_client_limit(settings, env, tmp_path):
+    """The gates carry the edge's token, which no per-client limit counts: a client that
+    exhausts its address's limit (the gates' address too) cannot make a release fail."""
+    limited = {**env, **edited(tmp_path, settings, moved_database), "COLORGATE_RATE_LIMIT": "20", "COLORGATE_RATE_BURST": "10"}
+    applied = invoke("apply", env=limited)  # the edge is recreated with the lower limit
+    assert applied.returncode == 0, applied.stderr
+    with OneAddress(settings, rate=60) as load:
+        for _ in range(2):
+            switched = invoke("switch", "--to", other(edge.read_active(settings).color), env=limited)
+            assert switched.returncode == 0, switched.stderr
+            assert "post gates" in switched.stderr
+    assert load.achieved >= 0.9 * 60, f"the client kept only {load.achieved:.0f} of 60 requests a second"
+    assert load.statuses.count(429) > len(load.statuses) / 2, load.statuses[-20:]  # over the limit throughout
+    print(f"\n  {len(load.statuses)} GETs at {load.achieved:.0f}/s from one address (limit 20/s): "
+          f"{load.statuses.count(429)} answered 429; 2 gated switches passed")
 
 
 def test_down_removes_the_networks_an_earlier_contract_named_too(settings):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -619,6 +620,23 @@ def returning_visits(settings, seen: dict[str, tuple[str, str]], times: int = 2)
     return colors
 
 
+def forged_visits(settings, users: list[str], found: dict) -> set[str]:
+    """Users the edge put on the live color claim the bucket that lands on the canary:
+    as a bare number, and signed with a key that is not the edge's. Returns the colors
+    that answered them."""
+    landing = (100 - found["offset"]) % 100
+    colors = set()
+    with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
+        for user in users:
+            for value in (str(landing), f"{landing}.{'A' * 16}"):
+                c.cookies.clear()
+                c.cookies.set(canary.COOKIE, value)
+                r = c.get("/api/version", headers={"User-Agent": user})
+                assert re.fullmatch(r"[0-9]{1,2}\.[A-Za-z0-9_-]{16}", r.cookies.get(canary.COOKIE) or ""), r.headers  # a signed one
+                colors.add(r.headers["x-colorgate-color"])
+    return colors
+
+
 def test_a_10_percent_canary_sends_about_10_percent_of_distinct_users_keeps_each_on_one_color_and_an_abort_returns_all(rstack, env, capsys):
     before = live(rstack)
     proc = deploy_in_background({**env, **CANARY_ENV, "COLORGATE_ANALYSIS_SECONDS": "120"}, "--canary", "10", "--version", "v8-canary")
@@ -630,13 +648,14 @@ def test_a_10_percent_canary_sends_about_10_percent_of_distinct_users_keeps_each
         assert f"canary: {found['color']} (v8-canary) gets 10% of users" in invoke("status", env=env).stdout
         seen = first_visits(rstack, 300)
         on_canary = [u for u, (color, _) in seen.items() if color == found["color"]]
-        assert all(bucket.isdigit() for _, bucket in seen.values())  # every new user got its bucket
+        assert all(re.fullmatch(r"[0-9]{1,2}\.[A-Za-z0-9_-]{16}", bucket) for _, bucket in seen.values())  # each got a signed bucket
         share = len(on_canary) / len(seen)
         with capsys.disabled():
             print(f"\n  10% canary: {len(on_canary)} of {len(seen)} distinct users ({share:.1%}) got {found['color']}")
         assert 0.04 <= share <= 0.18, share
         again = returning_visits(rstack, seen)
         assert all(again[u] == {seen[u][0]} for u in seen), [u for u in seen if again[u] != {seen[u][0]}][:5]  # each stays
+        assert forged_visits(rstack, [u for u in seen if u not in on_canary][:20], found) == {before.color}  # a forged bucket is ignored
         aborted = invoke("canary.abort", env=env)
         assert aborted.returncode == 0 and f"everyone gets {before.color} again" in aborted.stdout, aborted.stderr
         back = returning_visits(rstack, {u: seen[u] for u in on_canary}, times=1)  # at once: the next request

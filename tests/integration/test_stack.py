@@ -131,12 +131,20 @@ def test_the_edge_sends_security_headers_on_every_answer(client):
 def test_the_app_builds_its_public_url_from_the_edges_forwarded_headers(settings, client):
     """As a browser asks (the port in Host, when not 443): the app sees the public scheme, host and port,
     and none of the gates' tokens (they would be in its logs)."""
-    got = client.get("/api/whoami", headers={"Host": f"{settings.domain}:{settings.https_port}", "X-Colorgate-Bypass": "b" * 32,
-                                             "X-Colorgate-Writes": "w" * 32}).json()
+    got = client.get("/api/whoami", headers={"Host": f"{settings.domain}:{settings.https_port}",
+                                             "X-Colorgate-Gate": edge.read_gate_token(settings), "X-Colorgate-Serve": "green"}).json()
     assert got["colorgate"] == [], got
     assert got["url"] == f"https://{settings.domain}:{settings.https_port}/" and got["port"] == str(settings.https_port)
     assert got["forwarded"].startswith("for=") and got["forwarded"].endswith(
         f';host="{settings.domain}:{settings.https_port}";proto=https'), got
+
+
+def test_the_edge_tells_only_the_gates_which_container_answered(settings, client):
+    assert "x-colorgate-upstream" not in client.get("/api/version").headers
+    with gates.edge_client(settings, tls.read_local_ca(settings), gate=True) as gate:
+        upstream = gate.get("/api/version").headers["x-colorgate-upstream"]
+    owner = facts.color_addresses(settings, edge.read_active(settings).color).get(upstream.rsplit(":", 1)[0])
+    assert owner == settings.app.copy_name("backend", edge.read_active(settings).color), upstream
 
 
 def test_the_app_sees_the_address_the_edge_saw_not_the_one_a_client_claims(live_stack, settings, client):
@@ -148,12 +156,15 @@ def test_the_app_sees_the_address_the_edge_saw_not_the_one_a_client_claims(live_
     assert "6.6.6.6" not in line and ipaddress.ip_address(line.split()[0]), line
 
 
-def test_the_edge_limits_requests_per_client(live_stack, settings):
+def test_the_edge_limits_requests_per_client_but_not_the_gates_and_reads_the_client_behind_a_trusted_proxy(live_stack, settings):
     """The real edge image on its own, with a low limit: over rate + burst, 429 (with
-    the security headers); the limits are in its configuration as set."""
+    the security headers); the limits are in its configuration as set. The gates' token
+    lifts them; behind a trusted proxy (here any peer) each client named in
+    X-Forwarded-For has a limit of its own."""
     name, port = f"{settings.project}-limits-{secrets.token_hex(3)}", free_port()
     runner.run(["docker", "run", "--detach", "--name", name, "-p", f"127.0.0.1:{port}:8443",
                 "-e", "COLORGATE_RATE_LIMIT=1", "-e", "COLORGATE_RATE_BURST=3", "-e", "COLORGATE_CONN_LIMIT=7",
+                "-e", "COLORGATE_TRUSTED_PROXIES=0.0.0.0/0",
                 "-e", f"COLORGATE_EDGE_ROUTES={edge.edge_routes_b64(settings.app)}", f"{settings.image_prefix}edge:latest"])
     try:
         for _ in range(100):  # up: its plain-HTTP port answers inside (the limits are on HTTPS only)
@@ -162,9 +173,15 @@ def test_the_edge_limits_requests_per_client(live_stack, settings):
             time.sleep(0.1)
         with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=False, trust_env=False) as c:
             answers = [c.get("/api/version") for _ in range(8)]  # an app route (no color is live here: 503)
+            token = runner.run(["docker", "exec", name, "cat", "/etc/colorgate/state/gate-token"]).stdout.strip()
+            gates_own = [c.get("/api/version", headers={"X-Colorgate-Gate": token}).status_code for _ in range(8)]
+            forged = [c.get("/api/version", headers={"X-Colorgate-Gate": "0" * 32}).status_code for _ in range(3)]
+            clients = [c.get("/api/version", headers={"X-Forwarded-For": f"203.0.113.{n}"}).status_code for n in range(8)]
         statuses = [r.status_code for r in answers]
         assert 429 not in statuses[:4] and statuses.count(429) >= 3, statuses  # 1 + a burst of 3, then refused
         assert answers[-1].headers["strict-transport-security"] == "max-age=63072000"
+        assert 429 not in gates_own and forged.count(429) >= 2, (gates_own, forged)  # (a second refills one)
+        assert 429 not in clients, clients
         conf = runner.run(["docker", "exec", name, "nginx", "-T", "-q", "-c", edge.NGINX_CONF]).stdout
         assert "limit_conn cg_conn 7;" in conf and "rate=1r/s" in conf
     finally:

@@ -60,7 +60,7 @@ def swarm_env(cluster, registry: str, tag: str) -> dict[str, str]:
 
 def answers(settings, n: int = 24) -> list:
     ca = tls.read_local_ca(settings)
-    with gates.edge_client(settings, ca) as client:
+    with gates.edge_client(settings, ca, gate=True) as client:  # the gates are told which task answered
         return [client.get("/status.txt") for _ in range(n)]
 
 

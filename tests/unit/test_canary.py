@@ -59,15 +59,6 @@ def lands_on_canary(bucket: int, found: dict) -> bool:
     return (bucket + found["offset"]) % 100 < found["percent"]
 
 
-@pytest.mark.parametrize("offset", [0, 1, 37, 99])
-@pytest.mark.parametrize("percent", [1, 10, 50, 99])
-def test_the_gates_bucket_lands_on_the_color_under_test(offset, percent):
-    found = {"color": "green", "offset": offset, "percent": percent}
-    assert lands_on_canary(int(canary.pin(found, "green")), found)
-    assert not lands_on_canary(int(canary.pin(found, "blue")), found)
-    assert canary.pin(None, "green") is None  # no canary: nothing to pin
-
-
 def test_raising_the_share_keeps_everyone_who_had_the_canary():
     for offset in (0, 63):
         small = {b for b in range(100) if lands_on_canary(b, {"offset": offset, "percent": 10})}

@@ -110,16 +110,16 @@ def test_freeze_file_holds_for_the_bound_and_empty_text_removes_it(tmp_path):
     assert proc.returncode == 0 and not path.exists()
 
 
-def test_maintenance_file_carries_retry_message_and_token_and_refuses_markup(tmp_path):
-    text = edge.render_maintenance("Back at 14:00: upgrading the database", 120, "2026-11-30T12:00:00+00:00", "ab12cd")
+def test_maintenance_file_carries_retry_and_message_and_refuses_markup(tmp_path):
+    text = edge.render_maintenance("Back at 14:00: upgrading the database", 120, "2026-11-30T12:00:00+00:00")
     proc, path = write(tmp_path, edge.maintenance_cmd(text))
     assert proc.returncode == 0, proc.stderr
-    assert edge.state_fields(path.read_text()) == {"retry": "120", "since": "2026-11-30T12:00:00+00:00", "bypass": "ab12cd",
+    assert edge.state_fields(path.read_text()) == {"retry": "120", "since": "2026-11-30T12:00:00+00:00",
                                               "message": "Back at 14:00: upgrading the database"}
     assert edge.maintenance_cmd(text)[-2] == "maintenance=on" and edge.maintenance_cmd("")[-2] == "maintenance=off"
     for message in ("<b>x</b>", 'say "hi"', "a\nb", "x" * 301, "back\\slash"):
         with pytest.raises(ColorgateError, match="the maintenance message must be one line"):
-            edge.render_maintenance(message, 60, "t", "ab")
+            edge.render_maintenance(message, 60, "t")
     # a file that did not come from here is refused on the edge too
     proc, _ = write(tmp_path, edge.maintenance_cmd("retry=60\nbypass=ab\nmessage=<script>\n"))
     assert proc.returncode == 3 and "is not valid there" in proc.stderr

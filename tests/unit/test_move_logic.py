@@ -66,10 +66,8 @@ def test_target_url_is_checked_before_anything():
 def test_freeze_is_its_own_file_with_the_hold_bound():
     assert edge.render_freeze(5).splitlines()[-1] == "hold=5"
     assert edge.freeze_cmd(True, edge.render_freeze(5))[4:] == [edge.FREEZE_FILE, edge.FREEZE_LINES, "hold", "writes=frozen", edge.render_freeze(5)]
-    # the gates' own requests pass with its token (db.move runs its post gates during the freeze)
-    token = "0123456789abcdef" * 2
-    held = edge.render_freeze(5, database=True, bypass=token).splitlines()
-    assert held[1:] == ["hold=5", "requests=database", f"bypass={token}"]
+    held = edge.render_freeze(5, database=True).splitlines()
+    assert held[1:] == ["hold=5", "requests=database"]
     assert all(re.fullmatch(edge.FREEZE_LINES, line) for line in held)
 
 
