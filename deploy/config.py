@@ -83,6 +83,7 @@ class Settings:
     move_relay_bind: str
     move_relay_port: int
     move_relay_allow: tuple[str, ...]
+    move_relay_firewall: str
     move_relay_host: str
     move_relay_sslmode: str
     move_relay_cert: str

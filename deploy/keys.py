@@ -347,6 +347,9 @@ KEYS: dict[str, Key] = {
     # outgoing addresses, from its provider), enforced by the host firewall that
     # server-setup.sh installs; a move on such a host refuses to start without them.
     "COLORGATE_MOVE_RELAY_ALLOW": Key(_networks, ""),
+    # required: a relay bound to a public address needs the host firewall server-setup.sh
+    # loads (which lets in COLORGATE_MOVE_RELAY_ALLOW only); none: pg_hba alone guards it
+    "COLORGATE_MOVE_RELAY_FIREWALL": Key(_pattern(re.compile(r"^(required|none)$"), "should be required or none"), "required"),
     # ... and reaches the host under this name or address (empty: COLORGATE_DOMAIN).
     "COLORGATE_MOVE_RELAY_HOST": Key(_pattern(re.compile(r"^[A-Za-z0-9.:-]*$"), "should be a host name or address"), ""),
     # ... and the target checks whose server it reaches there: verify-full (the default)

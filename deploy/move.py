@@ -23,7 +23,7 @@ before it (the candidate's start and pre gates, the cut-over container's start) 
 The local database is only read; it stays until `invoke db.retire-local`. A failure
 before the switch (or post gates that fail after it, still inside the freeze) leaves
 traffic on the old color with the local database, its workers running again, writes
-open again. The replication itself (subscription, relay, cut-over script) is relay.py's.
+open again. The replication itself (subscription, cut-over script) is replication.py's, its relay relay.py's.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from deploy import access, db, dbtools, edge, facts, relay, release, runner, stack
+from deploy import access, db, dbtools, edge, facts, relay, release, replication, runner, stack
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import database_url, shown_url
@@ -221,7 +221,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
         if mode == "replicate":
             touched = True
             at(record, "subscribe")
-            relay.subscribe(settings, record, url, _new_password())
+            replication.subscribe(settings, record, url, _new_password())
             at(record, "start")
             release.start_candidate(settings, plan, versions, databases, held=held)
             release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
@@ -244,7 +244,7 @@ def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: rel
     except (ColorgateError, KeyboardInterrupt) as exc:
         touched = touched or "restore" in record.timings  # dump: the restore began
         if mode == "replicate" and touched:
-            relay.unsubscribe(settings, url, check=False)
+            replication.unsubscribe(settings, url, check=False)
         live = edge.read_active(settings)
         if live is not None and live.color == candidate and frozen_at:
             # interrupted after its gated switch (at its record): traffic and its writes are on the
@@ -284,9 +284,9 @@ def _replicate_frozen(settings: Settings, record: Record, url: str, plan: releas
                       frozen_at: str) -> None:
     """The replicate freeze: drain, catch up, sequences, end replication (one dbtools
     container started before it), switch, post gates."""
-    env, flags = dbtools.tools_env(settings, {**relay.target_env(url), "CG_FACTS_SQL": dbtools.FACTS_SQL})
+    env, flags = dbtools.tools_env(settings, {**replication.target_env(url), "CG_FACTS_SQL": dbtools.FACTS_SQL})
     with dbtools.one_off(settings, env) as one, \
-            runner.session(dbtools.tools_cmd(settings, "sh", "-c", relay.CUTOVER_SCRIPT, "dbtools", relay.ROLE, flags=flags, name=one), env=env) as cut:
+            runner.session(dbtools.tools_cmd(settings, "sh", "-c", replication.CUTOVER_SCRIPT, "dbtools", relay.ROLE, flags=flags, name=one), env=env) as cut:
         _expect(cut, "ready")
         with _frozen(settings, record):
             at(record, "drain")

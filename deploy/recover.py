@@ -29,7 +29,7 @@ relay to hint at them. Each repair is said in one line.
 
 from __future__ import annotations
 
-from deploy import canary, edge, facts, history, relay, runner, stack
+from deploy import canary, edge, facts, history, relay, replication, runner, stack
 from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.history import now
@@ -60,7 +60,7 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
         relay.remove(settings)
         runner.say("!! a db.move that died left its replication relay: removed")
     if (relay_left or thorough) and local and not record.get("retired"):
-        found = relay.drop(settings)
+        found = replication.drop(settings)
         if found:
             runner.say(f"!! a db.move that died left its {', '.join(found)} ({relay.ROLE}) on the local database: dropped")
     if active is not None:

@@ -1,13 +1,10 @@
-"""db.move's replication (replicate mode): the subscription, the relay, and everything
-the relay opens.
-
-The target copies the schema, then subscribes to a one-off publication (`subscribe`);
-the cut-over (CUTOVER_SCRIPT, driven by move.py inside the write freeze) waits until
-it caught up, copies sequence values and ends the replication; `unsubscribe` ends it
-after a failure. While it runs, the managed database subscribes to the stack's own
-PostgreSQL through a TCP relay (socat in a dbtools container, `dbrelay`) published on
-COLORGATE_MOVE_RELAY_BIND:PORT. Three things keep that door narrow, each opened with
-the relay and closed with it (`start`, `remove`):
+"""db.move's replication relay (replicate mode, deploy/replication.py): while a move
+runs, the managed database subscribes to the stack's own PostgreSQL through a TCP relay
+(socat in a dbtools container, `dbrelay`) published on COLORGATE_MOVE_RELAY_BIND:PORT.
+It starts closed and forwards nothing until the database's rules for it are written
+(`launch`, then `start` opens it), and forwards a few connections at once at most
+(render.RELAY_CONNECTIONS). Three things keep that door narrow, each opened with the
+relay and closed with it (`start`, `remove`):
 
     the database's rules  pg_hba.conf, first: through the relay only the one-off move
                           role, only over TLS; every other role coming through it is
@@ -17,7 +14,7 @@ the relay and closed with it (`start`, `remove`):
                           is let in from COLORGATE_MOVE_RELAY_ALLOW only, as elements of
                           the set `inet colorgate relay` (with a timeout, so a host that
                           never runs Colorgate again does not keep them)
-    the one-off role      its publication and slot (dropped by move.py and `drop`)
+    the one-off role      its publication and slot (dropped by move.py and replication.drop)
 
 The target checks the server it reaches through the relay (COLORGATE_MOVE_RELAY_SSLMODE
 verify-full, the default): against its system CAs (`sslrootcert=system`, PostgreSQL 16
@@ -33,15 +30,14 @@ and all of the above (recover.py).
 
 from __future__ import annotations
 
-import dataclasses
+import ipaddress
 import time
 from pathlib import Path
 
-from deploy import bootstrap, dbtools, runner, stack, tls
+from deploy import bootstrap, render, runner, stack, tls
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, MoveError
 from deploy.facts import container as container_of, inspect as inspect_container, psql_cmd
-from deploy.history import Record, at
 
 ROLE = "colorgate_move"  # the one-off replication role, publication, slot and subscription
 SERVICE = "dbrelay"
@@ -71,6 +67,15 @@ rm -f "$t"
 # The host firewall's side (run with the host's network and NET_ADMIN only): `open PORT
 # NET...` lets NET reach the published PORT, `close PORT NET...` takes that back. The
 # set is server-setup.sh's; a host without it is said (`absent`) and left alone.
+# Open the relay (the file it waits for), then wait until it listens on 5433 (0x1539).
+OPEN_SCRIPT = """touch "$1"
+i=0
+while [ $i -lt 100 ]; do
+  grep -q ':1539 00000000:0000 0A' /proc/net/tcp && exit 0
+  i=$((i + 1)); sleep 0.05
+done
+echo "the replication relay did not start listening" >&2; exit 1
+"""
 FIREWALL_SET = "inet colorgate relay"
 FIREWALL_TIMEOUT = "24h"  # longer than any move; an element of one that died expires by itself
 FIREWALL_SCRIPT = f"""set -eu
@@ -86,102 +91,6 @@ for net in "$@"; do
 done
 echo present
 """
-
-# A subscriber that still runs reconnects to its slot: its sender is ended until the slot
-# stays free (5 s at most), then the slot is dropped.
-DROP_SQL = f"""DROP PUBLICATION IF EXISTS {ROLE};
-DO $$ DECLARE i int := 0; BEGIN
-  WHILE i < 50 AND EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND active) LOOP
-    PERFORM pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND active_pid IS NOT NULL;
-    PERFORM pg_sleep(0.1);
-    i := i + 1;
-  END LOOP;
-END $$;
-SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{ROLE}' AND NOT active;
-DO $$ BEGIN
-  IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN
-    EXECUTE 'DROP OWNED BY {ROLE}';
-    EXECUTE 'DROP ROLE {ROLE}';
-  END IF;
-END $$;
-"""
-LEFTOVERS_SQL = f"""SELECT 'publication' FROM pg_publication WHERE pubname = '{ROLE}'
-UNION ALL SELECT 'slot' FROM pg_replication_slots WHERE slot_name = '{ROLE}'
-UNION ALL SELECT 'role' FROM pg_roles WHERE rolname = '{ROLE}';
-"""
-
-
-# Shell helpers for scripts that talk to both databases: libpq's PG* variables point at
-# the local one, T_PG* at the target; `target CMD` runs CMD against the target.
-TARGET_FN = """target() { PGHOST=$T_PGHOST PGPORT=$T_PGPORT PGUSER=$T_PGUSER PGPASSWORD=$T_PGPASSWORD \
-PGDATABASE=$T_PGDATABASE PGSSLMODE=$T_PGSSLMODE PGSSLROOTCERT=$T_PGSSLROOTCERT "$@"; }
-q() { psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
-"""
-
-SCHEMA_SCRIPT = TARGET_FN + """set -eu
-pg_dump --schema-only --no-owner --no-privileges --no-publications --no-subscriptions > /tmp/schema.sql
-target q -f /tmp/schema.sql > /dev/null
-"""
-
-WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
-  WHERE s.subname = '{ROLE}' AND r.srsubstate <> 'r'"""
-
-
-# The replicate cut-over, one dbtools container started before the freeze: it checks
-# both databases answer and says `ready`, then waits for `go` on stdin (end of input:
-# it stops, having changed nothing). Then, each step announced on stdout:
-#   drained    no client of the local database is inside a statement (10 s at most)
-#   caught-up  the subscriber applied everything up to the local WAL position taken
-#              then, and every table's row count and the migrations are the same
-#   finished   sequence values copied (logical replication does not carry them), the
-#              subscription (and its slot on the local side), publication and role gone
-CUTOVER_SCRIPT = TARGET_FN + """set -eu
-printf '%s' "$CG_FACTS_SQL" > /tmp/facts.sql
-q -c "SELECT 1" > /dev/null && target q -c "SELECT 1" > /dev/null
-echo ready
-read -r go || exit 2
-[ "$go" = go ] || exit 2
-i=0
-until [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-             AND backend_type = 'client backend' AND state <> 'idle'")" = 0 ]; do
-  i=$((i + 1)); [ $i -lt 500 ] || { echo "local database sessions still busy after 10 s" >&2; exit 1; }
-  sleep 0.02
-done
-echo drained
-lsn=$(q -c "SELECT pg_current_wal_lsn()")
-q -f /tmp/facts.sql > /tmp/local
-i=0
-while :; do
-  applied=$(q -c "SELECT coalesce(bool_and(replay_lsn >= '$lsn'), false) FROM pg_stat_replication WHERE application_name = '$1'")
-  if [ "$applied" = t ]; then
-    target q -f /tmp/facts.sql > /tmp/target
-    cmp -s /tmp/local /tmp/target && break
-  fi
-  i=$((i + 1)); [ $i -lt 3000 ] || { echo "the target did not catch up within 60 s (applied: $applied)" >&2; exit 1; }
-  sleep 0.02
-done
-echo caught-up
-q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value)
-      FROM pg_sequences WHERE last_value IS NOT NULL" > /tmp/sequences.sql
-target q -f /tmp/sequences.sql > /dev/null
-target q -c "DROP SUBSCRIPTION $1"
-q > /dev/null <<'SQL'
-""" + DROP_SQL.strip() + """
-SQL
-echo finished
-"""
-
-# After a failure: when the publisher cannot be reached to drop the slot, detach the
-# subscription from it first (the source side then drops the slot itself).
-TARGET_CLEANUP_SQL = f"""DO $$ BEGIN
-  IF EXISTS (SELECT FROM pg_subscription WHERE subname = '{ROLE}') THEN
-    EXECUTE 'ALTER SUBSCRIPTION {ROLE} DISABLE';
-    EXECUTE 'ALTER SUBSCRIPTION {ROLE} SET (slot_name = NONE)';
-    EXECUTE 'DROP SUBSCRIPTION {ROLE}';
-  END IF;
-END $$;
-"""
-
 
 # --- the certificate the target checks --------------------------------------------
 
@@ -284,17 +193,30 @@ def check_tls(settings: Settings, target_major: int) -> None:
 
 
 def check(settings: Settings, network: str = "host") -> None:
-    """Before a replicate move changes anything: on a host whose firewall
-    (server-setup.sh) drops published ports, the allow-list must say who may reach
-    the relay; without that firewall, say that only pg_hba guards it."""
-    if firewall(settings, "check", network):
+    """Before a replicate move changes anything: who can reach the relay (exposure)."""
+    runner.say(exposure(settings, firewall(settings, "check", network)))
+
+
+def exposure(settings: Settings, guarded: bool) -> str:
+    """Who may reach the relay, as a line to show; refused (MoveError) when nobody may
+    or anybody may: on a host whose firewall (server-setup.sh, `guarded`) drops
+    published ports, the allow-list must name who may; without it, a relay on a public
+    address (or every address) is refused unless COLORGATE_MOVE_RELAY_FIREWALL=none."""
+    port = settings.move_relay_port
+    if guarded:
         if not settings.move_relay_allow:
             raise MoveError("this host's firewall (server-setup.sh) lets nobody reach the replication relay: set "
                             "COLORGATE_MOVE_RELAY_ALLOW to the addresses the managed database connects from (its provider lists them)")
-        runner.say(f"   relay port {settings.move_relay_port}: the host firewall lets in {', '.join(settings.move_relay_allow)} only")
-    else:
-        runner.say(f"   relay port {settings.move_relay_port}: no Colorgate firewall on this host (server-setup.sh), so any address "
-                   "reaches it; the database admits only the move role over TLS through it")
+        return f"   relay port {port}: the host firewall lets in {', '.join(settings.move_relay_allow)} only"
+    bind = ipaddress.ip_address(settings.move_relay_bind)
+    public = bind.is_unspecified or bind.is_global
+    if public and settings.move_relay_firewall != "none":
+        raise MoveError(f"the replication relay would listen on {bind}:{port}, reachable by any address, and this host has no "
+                        "Colorgate firewall to keep it to COLORGATE_MOVE_RELAY_ALLOW: run compose/scripts/server-setup.sh on it, "
+                        "or bind the relay to a private address (COLORGATE_MOVE_RELAY_BIND), or set COLORGATE_MOVE_RELAY_FIREWALL=none")
+    reach = "any address reaches it" if public else f"it listens on {bind} only"
+    return (f"   relay port {port}: no Colorgate firewall on this host (server-setup.sh), {reach}; "
+            "the database admits only the move role over TLS through it")
 
 
 def firewall(settings: Settings, op: str, network: str = "host") -> bool:
@@ -312,18 +234,27 @@ def firewall(settings: Settings, op: str, network: str = "host") -> bool:
 
 
 def start(settings: Settings, network: str = "host") -> None:
-    """Start the relay, with the database's rules for it and the host firewall's."""
-    env = stack.compose_env(settings, {})
-    if bootstrap.local_engine(settings):
-        bootstrap.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
-    runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
-               env=env, what="starting the replication relay")
+    """Start the relay closed (launch), write the database's rules for it, open it,
+    then the host firewall."""
+    launch(settings)
     found = addresses(settings)
     if not found:
         remove(settings, network)
         raise ColorgateError("the replication relay shares no network with the database: see `invoke render`")
     _hba(settings, found)
+    runner.run(["docker", "exec", container(settings), "sh", "-c", OPEN_SCRIPT, "relay-open", render.RELAY_OPEN],
+               env=settings.docker_env(), what="opening the replication relay")
     firewall(settings, "open", network)
+
+
+def launch(settings: Settings) -> None:
+    """The relay's container, published but closed: it forwards nothing until opened
+    (render.RELAY_SCRIPT), so nobody reaches the database through it before its rules
+    for the relay's address are written (its address is known only once it runs)."""
+    if bootstrap.local_engine(settings):
+        bootstrap.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
+    runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
+               env=stack.compose_env(settings, {}), what="starting the replication relay (closed)")
 
 
 def remove(settings: Settings, network: str = "host") -> None:
@@ -364,63 +295,3 @@ def _hba(settings: Settings, found: list[str], check: bool = True) -> None:
                env=settings.docker_env(), check=check, what="writing the database's rules for the relay")
     runner.run(psql_cmd(container, settings), input="SELECT pg_reload_conf();", env=settings.docker_env(), check=check,
                what="reloading the database's client rules")
-
-
-def drop(settings: Settings) -> list[str]:
-    """Drop db.move's publication, slot and role from the stack's own PostgreSQL, if
-    there; returns what was there (`publication`, `slot`, `role`)."""
-    local = dataclasses.replace(settings, database_url="")
-    found = dbtools.psql(local, LEFTOVERS_SQL, what="looking for db.move's replication").stdout.split()
-    if found:
-        dbtools.psql(local, DROP_SQL, what="dropping db.move's publication, slot and role")
-    return found
-
-
-def target_env(url: str) -> dict[str, str]:
-    """libpq variables for the target, as T_PG* (see TARGET_FN)."""
-    return dbtools.url_env(url, prefix="T_")
-
-
-def subscribe(settings: Settings, record: Record, url: str, password: str) -> None:
-    with runner.step("copying the schema to the target"):
-        dbtools.tools(settings, SCHEMA_SCRIPT, extra=target_env(url), what="copying the schema", major=dbtools.dump_major(settings))
-    with runner.step("publishing the local database (one-off role, TLS-only relay)"):
-        dbtools.psql(settings, DROP_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
-CREATE PUBLICATION {ROLE} FOR ALL TABLES;
-""", what="creating the publication")
-        start(settings)
-        checked = settings.move_relay_sslmode == "verify-full"
-        if checked:
-            chain, key, origin = certificate(settings)
-            serve(settings, (chain, key))
-    tls_params = "sslmode=verify-full sslrootcert=system" if checked else "sslmode=require"
-    conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
-                f"user={ROLE} password={password} {tls_params} connect_timeout=10")
-    with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port}, {tls_params.split()[0]})"):
-        created = dbtools.psql(settings, f"CREATE SUBSCRIPTION {ROLE} CONNECTION '{conninfo}' PUBLICATION {ROLE};", url, check=False)
-        if created.returncode != 0:
-            last = (runner.redact(created.stderr).strip().splitlines() or ["no output"])[-1]
-            if checked and "certificate" in last:
-                raise MoveError(f"the target does not accept the relay's certificate ({origin}; {last}): it checks it against its "
-                                f"system CAs for {settings.move_relay_host}: give a certificate from a public CA for that name "
-                                "(COLORGATE_MOVE_RELAY_CERT/KEY), or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked")
-            raise MoveError(f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
-                            "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and its addresses in COLORGATE_MOVE_RELAY_ALLOW")
-    at(record, "initial_sync")
-    with runner.step("copying the data (initial table sync)"):
-        dbtools.tools(settings, f"""i=0
-until [ "$(psql -X -A -t -v ON_ERROR_STOP=1 -c "{WAIT_SYNC_SQL}")" = 0 ]; do
-  i=$((i + 1)); [ $i -lt 36000 ] || {{ echo "initial sync not done after an hour" >&2; exit 1; }}
-  sleep 0.1
-done""", extra=dbtools.url_env(url), what="waiting for the initial table sync")
-
-
-def unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
-    """Drop the subscription (and its slot), the publication, the role, the relay.
-    check=False: best effort, after a failure."""
-    dropped = dbtools.psql(settings, f"DROP SUBSCRIPTION IF EXISTS {ROLE};", url, check=check, what="dropping the subscription")
-    if dropped.returncode != 0:
-        dbtools.psql(settings, TARGET_CLEANUP_SQL, url, check=False)
-    dbtools.psql(settings, DROP_SQL, check=check, what="dropping the publication and the replication role")
-    remove(settings)

@@ -77,6 +77,14 @@ OWN_DATABASE_VARS = ("POSTGRES_DB", "POSTGRES_USER")  # the database service's, 
 # only the edge publishes host ports (the gates check it), and compose names containers
 # per project and color (a fixed container_name collides between colors and stacks).
 DROPPED_KEYS = ("ports", "container_name")
+# db.move's replication relay (deploy/relay.py) listens only once Colorgate opened it
+# (RELAY_OPEN, after the database's rules for it are written: it is published at once, so
+# until then it answers nobody), and forwards RELAY_CONNECTIONS connections at once at
+# most (a subscription needs a few; idle ones cannot use up the database's max_connections).
+RELAY_OPEN = "/tmp/colorgate-relay-open"
+RELAY_CONNECTIONS = 8
+RELAY_SCRIPT = ('trap "exit 0" TERM; until [ -e "$1" ]; do sleep 0.1; done; '
+                'exec socat "TCP-LISTEN:5433,fork,reuseaddr,max-children=$2" "$3"')
 
 
 def dropped(app: App) -> list[str]:
@@ -237,7 +245,8 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
             if app.database:
                 svc.setdefault("environment", {})["PGHOST"] = app.database.service
                 if name == "dbrelay":
-                    svc["entrypoint"] = ["socat", "TCP-LISTEN:5433,fork,reuseaddr", f"TCP:{app.database.service}:5432"]
+                    svc["entrypoint"] = ["sh", "-c", RELAY_SCRIPT, "dbrelay", RELAY_OPEN, str(RELAY_CONNECTIONS),
+                                         f"TCP:{app.database.service}:5432"]
         services[name] = locked_down(svc)
     # certbot (one-off, and the renewer) for an ACME directory on the host's own loopback
     # (a test CA) only: the host's network

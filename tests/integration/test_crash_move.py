@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from benchmarks.db_move import Writer, managed_image, managed_postgres
-from deploy import config, edge, errors, facts, relay, runner
+from deploy import config, edge, errors, facts, replication, runner
 
 from .conftest import invoke, running_stack
 from .test_crash import assert_one_color, killed_at, killed_in, last, local_writes, one_offs
@@ -65,7 +65,7 @@ def assert_still_local(settings, before: edge.Active, writer: Writer) -> None:
     assert edge.read_database_record(settings)["url"] == "local"
     assert writer.acked and not set(writer.acked) - local_writes(settings)
     assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
-    assert not relay.drop(settings)  # no publication, slot or role left
+    assert not replication.drop(settings)  # no publication, slot or role left
     served = runner.run(["docker", "exec", f"{settings.project}-postgres-1", "psql", "-X", "-A", "-t", "-U", settings.postgres_user,
                          "-d", settings.postgres_db, "-c", "SHOW ssl_cert_file"]).stdout.strip()
     assert served == "server.crt"  # its own certificate again, not the relay's
@@ -153,7 +153,7 @@ def test_a_replicate_move_terminated_after_its_switch_records_where_the_database
         assert moved.color != before.color
         assert edge.read_database_record(settings)["url"] != "local" and not edge.is_frozen(settings)
         assert edge.read_lock(settings) is None and "dbrelay" not in facts.service_states(settings)
-        assert not relay.drop(settings)  # the cut-over ended the replication before the switch
+        assert not replication.drop(settings)  # the cut-over ended the replication before the switch
         assert last(settings, "db.move")["detail"] == "interrupted at record (SIGTERM)"
         assert writer.acked and not writer.lost(managed)
         refused = invoke("deploy", env=env)

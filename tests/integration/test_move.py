@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
 
 import pytest
 
 from benchmarks.db_move import (Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_image, managed_postgres,
                                 relay_certificate)
-from deploy import config, db, dbtools, edge, errors, facts, gates, history, images, keys, relay, runner
+from deploy import config, db, dbtools, edge, errors, facts, gates, history, images, keys, relay, render, replication, runner
 
 from .conftest import invoke, isolated_env, running_stack
 
@@ -64,17 +66,24 @@ def test_a_write_freeze_refuses_writes_and_serves_reads(settings, env):
 
 
 def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings, env):
-    """The relay is published on the host while a replicate move runs: a superuser, or
-    the move role without TLS, coming through it is refused by the database."""
+    """The relay is published on the host while a replicate move runs: until the
+    database's rules for it are written it forwards nothing; then a superuser, or the
+    move role without TLS, coming through it is refused by the database, and it forwards
+    a few connections at once at most."""
     password = "relay-test-pass-9"
     dbtools.psql(settings, f"CREATE ROLE {relay.ROLE} LOGIN REPLICATION PASSWORD '{password}';")
-    relay.start(settings)
-    try:
-        def through(user: str, secret: str, sslmode: str):
-            return dbtools.tools(settings, 'psql -X -A -t -c "SELECT current_user"', check=False, extra={
-                "PGHOST": settings.move_relay_host, "PGPORT": str(settings.move_relay_port), "PGUSER": user,
-                "PGPASSWORD": secret, "PGSSLMODE": sslmode, "PGDATABASE": settings.postgres_db})
 
+    def through(user: str, secret: str, sslmode: str, command: str = 'psql -X -A -t -c "SELECT current_user"'):
+        return dbtools.tools(settings, command, check=False, extra={
+            "PGHOST": settings.move_relay_host, "PGPORT": str(settings.move_relay_port), "PGUSER": user,
+            "PGPASSWORD": secret, "PGSSLMODE": sslmode, "PGDATABASE": settings.postgres_db, "PGCONNECT_TIMEOUT": "3"})
+
+    try:
+        relay.launch(settings)  # published, not yet open
+        closed = through(settings.postgres_user, settings.postgres_password, "disable")
+        assert closed.returncode != 0 and "pg_hba" not in closed.stderr and any(
+            why in closed.stderr for why in ("closed the connection", "refused", "timeout expired")), closed.stderr
+        relay.start(settings)
         superuser = through(settings.postgres_user, settings.postgres_password, "require")
         assert superuser.returncode != 0 and "pg_hba.conf rejects connection" in superuser.stderr, superuser.stderr
         plain = through(relay.ROLE, password, "disable")
@@ -82,9 +91,21 @@ def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings
         tls = through(relay.ROLE, password, "require")
         assert tls.returncode == 0 and tls.stdout.strip() == relay.ROLE, tls.stderr
         assert dbtools.psql(settings, "SELECT 1;").returncode == 0  # the app's own way in is as it was
+
+        many = render.RELAY_CONNECTIONS + 3
+        sessions = threading.Thread(target=through, args=(relay.ROLE, password, "require", " ".join(
+            ['psql -X -A -t -c "SELECT pg_sleep(4)" > /dev/null &'] * many) + " wait"))
+        sessions.start()
+        count = facts.psql_cmd(facts.container(settings, "postgres"), settings)
+        seen = []
+        while sessions.is_alive():
+            seen.append(int(runner.run(count, input=f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{relay.ROLE}';").stdout))
+            time.sleep(0.1)
+        sessions.join()
+        assert max(seen) == render.RELAY_CONNECTIONS, seen  # the rest waited their turn
     finally:
         relay.remove(settings)
-        dbtools.psql(settings, relay.DROP_SQL)
+        dbtools.psql(settings, replication.DROP_SQL)
     hba = runner.run(["docker", "exec", f"{settings.project}-postgres-1", "sh", "-c", 'cat "$PGDATA/pg_hba.conf"']).stdout
     assert relay.HBA[0] not in hba and "dbrelay" not in facts.service_states(settings)
 

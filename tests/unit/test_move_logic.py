@@ -1,6 +1,8 @@
 """db.move's checks and messages, on captured psql output (no Docker)."""
 
+import dataclasses
 import re
+import subprocess
 
 import pytest
 
@@ -119,3 +121,38 @@ def test_a_target_that_cannot_check_the_relay_against_its_system_cas_is_refused_
     with pytest.raises(MoveError, match=r"^the target runs PostgreSQL 15, which cannot check the relay's certificate .* "
                                         r"set COLORGATE_MOVE_RELAY_SSLMODE=require"):
         relay.verify_full_possible(15)
+
+
+@pytest.mark.parametrize("bind, guarded, allow, firewall, expected", [
+    ("0.0.0.0", True, ("203.0.113.7/32",), "required", "the host firewall lets in 203.0.113.7/32 only"),
+    ("0.0.0.0", True, (), "required", "this host's firewall (server-setup.sh) lets nobody reach the replication relay"),
+    ("0.0.0.0", False, ("203.0.113.7/32",), "required", "reachable by any address, and this host has no Colorgate firewall"),
+    ("93.184.216.34", False, (), "required", "reachable by any address, and this host has no Colorgate firewall"),
+    ("0.0.0.0", False, (), "none", "no Colorgate firewall on this host (server-setup.sh), any address reaches it"),
+    ("10.0.0.5", False, (), "required", "no Colorgate firewall on this host (server-setup.sh), it listens on 10.0.0.5 only"),
+])
+def test_a_relay_anybody_could_reach_is_refused_unless_the_operator_says_so(bind, guarded, allow, firewall, expected):
+    from deploy import relay
+    from deploy.errors import MoveError
+
+    s = dataclasses.replace(SETTINGS, move_relay_bind=bind, move_relay_allow=allow, move_relay_firewall=firewall)
+    try:
+        said = relay.exposure(s, guarded)
+    except MoveError as exc:
+        said = str(exc)
+        assert expected.startswith(("this host", "reachable")) and "COLORGATE_MOVE_RELAY_" in said
+    assert expected in said, said
+
+
+def test_the_relay_forwards_nothing_until_opened_and_a_few_connections_at_once(tmp_path):
+    from deploy import render
+
+    sh, _, script, name, opened, cap, target = render.compose(SETTINGS.app)["services"]["dbrelay"]["entrypoint"]
+    assert (sh, opened, target) == ("sh", render.RELAY_OPEN, "TCP:postgres:5432") and int(cap) == render.RELAY_CONNECTIONS
+    shown = script.replace("exec socat", "exec echo socat")  # what it would run, without a socat here
+    gate = tmp_path / "open"
+    with pytest.raises(subprocess.TimeoutExpired):  # closed: it waits
+        subprocess.run(["sh", "-c", shown, name, str(gate), cap, target], capture_output=True, timeout=0.5)
+    gate.touch()
+    proc = subprocess.run(["sh", "-c", shown, name, str(gate), cap, target], capture_output=True, text=True, timeout=5)
+    assert proc.stdout.split() == ["socat", f"TCP-LISTEN:5433,fork,reuseaddr,max-children={cap}", target]
