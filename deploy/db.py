@@ -11,6 +11,7 @@ like even while the app keeps writing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ from datetime import datetime, timezone
 
 import tenacity
 
-from deploy import dbtools, edge, history, offsite, runner
+from deploy import access, dbtools, edge, facts, history, offsite, runner, stack
+from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import STRICT_PROFILES, shown_url
-from deploy.errors import BadInput, ColorgateError, CommandError, UnknownBackup
+from deploy.errors import BadInput, ColorgateError, CommandError, MoveError, UnknownBackup
 
 
 DUMP_SCRIPT = """set -eu
@@ -303,7 +305,8 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
     restore verified (unless `unverified`) whose checksum still matches; under the
     release lock, with writes frozen at the edge from before a fresh backup (retention
     never takes the one being restored) to the end (a write in between would be in
-    neither; reads go on). Recorded in the history. Returns the fresh backup's manifest."""
+    neither; reads go on), and, in the stack's own database, refused there too (one that
+    did not come through the edge). Recorded in the history. Returns the fresh backup's manifest."""
     check_restore_allowed(settings, yes)
     found = find(settings, name)
     checked = found.get("verify")
@@ -327,6 +330,8 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                     left = edge.drain_writes(settings)
                     if left:
                         raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
+                    if not settings.database_url:  # nor one that did not come through the edge (a GET handler's)
+                        dbtools.freeze_database(settings, True)
                     fresh = backup(settings, protect=frozenset({name}))
                 runner.say(f"   fresh backup: {fresh['name']}")
                 with history.timed(record, "restore", f"restoring {name} (writes frozen at the edge)"):
@@ -340,6 +345,8 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
                                                      "--clean", "--if-exists", "--no-owner", "--no-privileges", *as_app,
                                                      flags=flags, name=one), env=env, what="pg_restore")
             finally:
+                if not settings.database_url:
+                    dbtools.freeze_database(settings, False)
                 edge.set_frozen(settings, False)
             record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {fresh['name']}"
     return fresh
@@ -347,3 +354,51 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
 
 def _checksum(settings: Settings, name: str) -> str:
     return dbtools.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
+
+
+# --- after db.move ------------------------------------------------------------------
+
+
+def retire_local(settings: Settings, yes: bool = False) -> list[str]:
+    """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
+    the managed database and a verified backup of the local one from after the move exists.
+    The data volume is kept. Returns what was stopped."""
+    dbtools.require_postgres(settings)
+    record = access.check_database(settings)
+    if record["url"] == "local":
+        raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
+    if record.get("retired"):
+        runner.say(f"the local PostgreSQL was already retired on {record['retired']}")
+        return []
+    local = dataclasses.replace(settings, database_url="")
+    fresh = [b for b in list_backups(local)
+             if b["manifest"].get("source", "local") == "local" and b["manifest"]["created"] >= record["moved"]
+             and b.get("verify") and b["verify"]["usable"]]
+    if not fresh:
+        raise MoveError(f"no verified backup of the local database taken since the move ({record['moved']}): "
+                        "make one with `invoke db.backup --local`, then `invoke db.verify`")
+    if settings.profile in ("staging", "production") and not yes:
+        raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
+    states = facts.service_states(settings)
+    stale = [color for color in COLORS if facts.color_database(settings, states, color) == "local"]
+    service = settings.app.database.service
+    stopped = [*(name for color in stale for name in settings.app.color_services(color) if name in states), service]
+    with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
+        _stop_local(settings, stale, service)
+    edge.write_database_record(settings, {**record, "retired": history.now(), "retired_backup": fresh[-1]["manifest"]["name"]})
+    return stopped
+
+
+def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
+    """Stop the services of `stale` colors (their containers kept) and the shared
+    `service` (db.retire-local: the database, its volume kept): on a Swarm at 0 tasks,
+    which later commands keep (swarm.replicas_for)."""
+    if settings.swarm:
+        copies = {name: 0 for color in stale for name in settings.app.color_services(color)}
+        stack.swarm_apply(settings, stack.compose_env(settings, {}), replicas={**copies, service: 0})
+        return
+    names = [name for color in stale for name in settings.app.color_services(color)]
+    if names:
+        runner.run(stack.compose_cmd(settings, "stop", *names), env=stack.compose_env(settings, {}), what="docker compose stop")
+    runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
+               what="removing the local PostgreSQL container")

@@ -42,6 +42,58 @@ SELECT '{END}';
 """
 
 
+# Per-table content digests (`table|md5` lines): the md5 of each row's text, in order, with
+# the settings that shape that text fixed, so one table on two servers (their own time zone
+# or date style) has one digest. A row count misses an UPDATE; this does not.
+CONTENT_SQL = f"""SET TimeZone = 'UTC';
+SET DateStyle = 'ISO, YMD';
+SET IntervalStyle = 'postgres';
+SET extra_float_digits = 3;
+SET bytea_output = 'hex';
+SELECT format('SELECT %L, coalesce(md5(string_agg(md5(colorgate_row::text), '''' ORDER BY md5(colorgate_row::text))), ''-'') '
+              'FROM %I.%I colorgate_row',
+              schemaname || '.' || tablename, schemaname, tablename)
+  FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 \\gexec
+SELECT '{END}';
+"""
+
+# While db.move (or db.restore) holds the edge's write freeze, the stack's own database
+# takes no write from anybody: a statement trigger on every table refuses INSERT, UPDATE,
+# DELETE and TRUNCATE in every session, those already open too, so a write that did not
+# come through the edge (a GET handler's, a WebSocket's, a scheduler's) fails loudly
+# instead of landing in a database the app is leaving; reads go on. All of it is named
+# colorgate_freeze (a schema, its function, each trigger): UNFREEZE_SQL takes it away
+# whole (the next command does, after a run that died), and a restore of a backup taken
+# meanwhile leaves it out (RESTORE_SCRIPT).
+FREEZE_SQL = """SET lock_timeout = '5s';
+SET client_min_messages = warning;
+BEGIN;
+CREATE SCHEMA IF NOT EXISTS colorgate_freeze;
+CREATE OR REPLACE FUNCTION colorgate_freeze.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'this database takes no writes now: the app moves to another one, or it is being restored (Colorgate)'
+    USING ERRCODE = 'read_only_sql_transaction';
+END $$;
+SELECT format('CREATE TRIGGER colorgate_freeze BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I.%I '
+              'FOR EACH STATEMENT EXECUTE FUNCTION colorgate_freeze.refuse()', n.nspname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'colorgate_freeze')
+    AND n.nspname NOT LIKE 'pg_toast%' AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'colorgate_freeze')
+  ORDER BY 1 \\gexec
+COMMIT;
+"""
+UNFREEZE_SQL = """SET lock_timeout = '5s';
+SET client_min_messages = warning;
+BEGIN;
+SELECT format('DROP TRIGGER colorgate_freeze ON %I.%I', n.nspname, c.relname)
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE t.tgname = 'colorgate_freeze' ORDER BY 1 \\gexec
+DROP FUNCTION IF EXISTS colorgate_freeze.refuse();
+DROP SCHEMA IF EXISTS colorgate_freeze;
+COMMIT;
+"""
+
+
 @dataclass(frozen=True)
 class Facts:
     counts: dict[str, int]
@@ -229,12 +281,14 @@ RESTORE_SCRIPT = """set -eu
 archive=$1; db=$2; shift 2
 tools=$(pg_restore --version | sed -E 's/^[^0-9]*([0-9]+).*/\\1/')
 server=$(psql -X -A -t -v ON_ERROR_STOP=1 -d "$db" -c 'SHOW server_version_num')
+toc=${TMPDIR:-/tmp}/pg_restore.toc  # all but a freeze's refusal of writes (FREEZE_SQL), if it was taken during one
+pg_restore -l "$archive" | grep -v colorgate_freeze > "$toc"
 if [ $((server / 10000)) -ge "$tools" ]; then
-  exec pg_restore --single-transaction --exit-on-error -d "$db" "$@" "$archive"
+  exec pg_restore --single-transaction --exit-on-error -L "$toc" -d "$db" "$@" "$archive"
 fi
 failed=${TMPDIR:-/tmp}/pg_restore.failed
 rm -f "$failed"
-{ pg_restore --single-transaction -f - "$@" "$archive" || echo failed > "$failed"; } \\
+{ pg_restore --single-transaction -L "$toc" -f - "$@" "$archive" || echo failed > "$failed"; } \\
   | sed '0,/^SET transaction_timeout = 0;$/{//d}' | psql -X -q -v ON_ERROR_STOP=1 -d "$db"
 [ ! -e "$failed" ] || { echo "pg_restore: error: the archive could not be read to its end" >&2; exit 1; }
 """
@@ -243,6 +297,25 @@ rm -f "$failed"
 def psql(settings: Settings, sql: str, url: str = "", what: str = "", check: bool = True):
     """Run SQL (stdin) with psql in a dbtools container against the app's database, or `url`."""
     return tools(settings, f'exec {" ".join(PSQL)}', input=sql, extra=url_env(url) if url else None, check=check, what=what)
+
+
+def local_sql(settings: Settings, sql: str, what: str):
+    """Run SQL as the superuser in the stack's own PostgreSQL container (docker exec)."""
+    return runner.run(psql_cmd(container_of(settings, settings.app.postgres.service), settings), input=sql,
+                      env=settings.docker_env(), what=what)
+
+
+def freeze_database(settings: Settings, frozen: bool) -> None:
+    """Refuse (FREEZE_SQL) or take again (UNFREEZE_SQL) every write to the stack's own database."""
+    local_sql(settings, FREEZE_SQL if frozen else UNFREEZE_SQL,
+              "refusing writes in the local database" if frozen else "taking writes in the local database again")
+
+
+def content(settings: Settings, url: str = "") -> dict[str, str]:
+    """Each table's content digest (CONTENT_SQL): of the stack's own database, or `url`'s."""
+    out = (psql(settings, CONTENT_SQL, url, what="reading the target's content") if url
+           else local_sql(settings, CONTENT_SQL, "reading the local database's content")).stdout
+    return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
 
 def facts(settings: Settings, container: str) -> Facts:

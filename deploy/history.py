@@ -39,16 +39,6 @@ def maintenance(settings: Settings, on: bool, message: str = "", retry: int = 60
     return True
 
 
-def unfreeze(settings: Settings, break_lock: bool = False) -> bool:
-    """End a write freeze left by an interrupted db.move, under the release lock (so
-    never the freeze of a move that runs: its lock refuses). False when there was none."""
-    with lock(settings, "db.unfreeze", break_lock):
-        if not edge.is_frozen(settings):
-            return False
-        edge.set_frozen(settings, False)
-        return True
-
-
 def operator() -> str:
     return os.environ.get("COLORGATE_OPERATOR") or f"{getpass.getuser()}@{socket.gethostname()}"
 

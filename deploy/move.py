@@ -7,23 +7,27 @@ freeze ends, or answered 503 with Retry-After at the bound; reads go on.
 
     checks (before anything changes), build the next color's images
     dump:      start the next color's containers on the (empty) target -> pause the old
-               color's workers -> freeze -> drain -> backup (one snapshot) -> restore into
-               the target -> verify (target = dump = local) -> its migrations -> wait until
-               it is healthy -> pre gates -> switch -> post gates -> record -> unfreeze
+               color's workers -> freeze -> drain -> the local database refuses writes
+               -> backup (one snapshot) -> restore into the target -> verify (target =
+               dump = local, row counts, then content) -> its migrations -> wait until it
+               is healthy -> pre gates -> the local content unchanged -> switch -> post
+               gates -> record -> unfreeze
     replicate: copy the schema -> publish (one-off role, TLS relay) -> subscribe
                -> initial copy -> start the next color on the target -> pre gates
-               -> pause the old color's workers -> freeze -> drain -> catch up until
-               every row count is equal -> copy sequence values -> drop the subscription,
+               -> pause the old color's workers -> freeze -> drain -> the local database
+               refuses writes -> catch up until every row count, then every table's
+               content, is equal -> copy sequence values -> drop the subscription,
                publication and role -> switch -> post gates -> record -> unfreeze
                -> remove the relay -> back up the local database
     both:      stop the old color (its reads drained)
 
 The replicate freeze covers only what must not see a write: everything that can run
 before it (the candidate's start and pre gates, the cut-over container's start) does.
-The local database is only read; it stays until `invoke db.retire-local`. A failure
+The local database's data is only read; it refuses writes from the freeze on (from then
+on it is not the app's) and stays until `invoke db.retire-local`. A failure
 before the switch (or post gates that fail after it, still inside the freeze) leaves
 traffic on the old color with the local database, its workers running again, writes
-open again. The replication itself (subscription, cut-over script) is replication.py's, its relay relay.py's.
+open again (in the database first). The replication itself (subscription, cut-over script) is replication.py's, its relay relay.py's.
 """
 
 from __future__ import annotations
@@ -35,8 +39,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
-from deploy import access, db, dbtools, edge, facts, relay, release, replication, runner, stack
-from deploy.colors import COLORS
+from deploy import db, dbtools, edge, facts, relay, release, replication, runner, stack
 from deploy.config import Settings
 from deploy.keys import database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
@@ -178,12 +181,20 @@ def _compare_or_fail(expected: dbtools.Facts, got: dbtools.Facts, where: str) ->
 
 
 @contextlib.contextmanager
-def _frozen(settings: Settings, record: Record) -> Iterator[None]:
+def _frozen(settings: Settings, record: Record, plan: release.Plan) -> Iterator[None]:
+    """Writes frozen at the edge, and (once drained: _drain) refused in the local
+    database; a failure that leaves traffic there takes writes there again first. After
+    a move the local database keeps refusing them: nothing may write to it any more."""
     started = time.monotonic()
     with runner.step("freezing writes at the edge (reads go on)"):
         edge.set_frozen(settings, True)
     try:
         yield
+    except BaseException:
+        live = edge.read_active(settings)
+        if live is None or live.color != plan.to_color:
+            dbtools.freeze_database(settings, False)
+        raise
     finally:
         try:
             edge.set_frozen(settings, False)
@@ -195,12 +206,20 @@ def _frozen(settings: Settings, record: Record) -> Iterator[None]:
 
 def _drain(settings: Settings, script: bool = True) -> None:
     """Under a freeze: until every write the edge let through before it has been
-    answered, and (`script`) no client of the local database is inside a statement."""
+    answered, and (`script`) no client of the local database is inside a statement;
+    then the local database refuses every write (a GET handler's, a worker's)."""
     left = edge.drain_writes(settings)
     if left:
         raise MoveError(f"{left} write(s) let through before the freeze are still unanswered after 10 s")
     if script:
         dbtools.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
+    dbtools.freeze_database(settings, True)
+
+
+def _same_content(expected: dict[str, str], got: dict[str, str], problem: str) -> None:
+    differ = sorted(t for t in set(expected) | set(got) if expected.get(t) != got.get(t))
+    if differ:
+        raise MoveError(f"{problem}, row by row, in {', '.join(differ)}")
 
 
 def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: release.Plan) -> None:
@@ -284,11 +303,12 @@ def _replicate_frozen(settings: Settings, record: Record, url: str, plan: releas
                       frozen_at: str) -> None:
     """The replicate freeze: drain, catch up, sequences, end replication (one dbtools
     container started before it), switch, post gates."""
-    env, flags = dbtools.tools_env(settings, {**replication.target_env(url), "CG_FACTS_SQL": dbtools.FACTS_SQL})
+    env, flags = dbtools.tools_env(settings, {**replication.target_env(url), "CG_FACTS_SQL": dbtools.FACTS_SQL,
+                                                     "CG_CONTENT_SQL": dbtools.CONTENT_SQL})
     with dbtools.one_off(settings, env) as one, \
             runner.session(dbtools.tools_cmd(settings, "sh", "-c", replication.CUTOVER_SCRIPT, "dbtools", relay.ROLE, flags=flags, name=one), env=env) as cut:
         _expect(cut, "ready")
-        with _frozen(settings, record):
+        with _frozen(settings, record, plan):
             at(record, "drain")
             with timed(record, "drain", "waiting for in-flight writes"):
                 _drain(settings, script=False)
@@ -296,7 +316,7 @@ def _replicate_frozen(settings: Settings, record: Record, url: str, plan: releas
                 cut.stdin.flush()
                 _expect(cut, "drained")
             at(record, "catch_up")
-            with timed(record, "catch_up", "waiting for the target to catch up (every row count equal)"):
+            with timed(record, "catch_up", "waiting for the target to catch up (every row the same)"):
                 _expect(cut, "caught-up")
             with timed(record, "unsubscribe", "copying sequence values, ending replication"):
                 _expect(cut, "finished")
@@ -320,7 +340,7 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
                  databases: dict[str, str], held: list[str], frozen_at: str) -> None:
     """The dump freeze: drain, dump, restore, verify, migrations, ready, gated switch."""
     candidate = plan.to_color
-    with _frozen(settings, record):
+    with _frozen(settings, record, plan):
         at(record, "drain")
         with timed(record, "drain", "waiting for in-flight writes"):
             _drain(settings)
@@ -336,7 +356,9 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
             expected = dbtools.Facts(manifest["counts"], manifest["migrations"])
             _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
             _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
-            db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row count matches")
+            local = dbtools.content(settings)
+            _same_content(local, dbtools.content(settings, url), "the restored target differs from the local database")
+            db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row the same")
         record.detail = f"backup {manifest['name']}"
         # the release's own migrations, if any, now run on the target (the dump is their backup)
         release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
@@ -344,7 +366,11 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
         with timed(record, "ready", f"waiting for {candidate} on the restored database"):
             release.wait_candidate(settings, plan, recovering=True,
                                    services=[s for s in settings.app.color_services(candidate) if s not in held])
-        release.switch_and_verify(settings, record, plan, versions)
+        at(record, "pre_gates")
+        release.gate(settings, record, plan, "pre")
+        with timed(record, "compare", "checking that the local database is still what was restored"):
+            _same_content(local, dbtools.content(settings), "a write reached the local database after the restore: it differs from the copy")
+        release.switch_and_verify(settings, record, plan, versions, pre_gates=False)
         at(record, "record")
         _record_moved(settings, url, "dump", plan, frozen_at)
 
@@ -387,48 +413,3 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
             verified = db.verify(local, manifest["name"])
         runner.say(f"   backup {manifest['name']}: {'usable' if verified.usable else 'UNUSABLE: ' + verified.reason}")
     return record
-
-
-def retire_local(settings: Settings, yes: bool = False) -> list[str]:
-    """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
-    the managed database and a verified backup of the local one from after the move exists.
-    The data volume is kept. Returns what was stopped."""
-    dbtools.require_postgres(settings)
-    record = access.check_database(settings)
-    if record["url"] == "local":
-        raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
-    if record.get("retired"):
-        runner.say(f"the local PostgreSQL was already retired on {record['retired']}")
-        return []
-    local = dataclasses.replace(settings, database_url="")
-    fresh = [b for b in db.list_backups(local)
-             if b["manifest"].get("source", "local") == "local" and b["manifest"]["created"] >= record["moved"]
-             and b.get("verify") and b["verify"]["usable"]]
-    if not fresh:
-        raise MoveError(f"no verified backup of the local database taken since the move ({record['moved']}): "
-                        "make one with `invoke db.backup --local`, then `invoke db.verify`")
-    if settings.profile in ("staging", "production") and not yes:
-        raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
-    states = facts.service_states(settings)
-    stale = [color for color in COLORS if facts.color_database(settings, states, color) == "local"]
-    service = settings.app.database.service
-    stopped = [*(name for color in stale for name in settings.app.color_services(color) if name in states), service]
-    with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
-        _stop_local(settings, stale, service)
-    edge.write_database_record(settings, {**record, "retired": now(), "retired_backup": fresh[-1]["manifest"]["name"]})
-    return stopped
-
-
-def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
-    """Stop the services of `stale` colors (their containers kept) and the shared
-    `service` (db.retire-local: the database, its volume kept): on a Swarm at 0 tasks,
-    which later commands keep (swarm.replicas_for)."""
-    if settings.swarm:
-        copies = {name: 0 for color in stale for name in settings.app.color_services(color)}
-        stack.swarm_apply(settings, stack.compose_env(settings, {}), replicas={**copies, service: 0})
-        return
-    names = [name for color in stale for name in settings.app.color_services(color)]
-    if names:
-        runner.run(stack.compose_cmd(settings, "stop", *names), env=stack.compose_env(settings, {}), what="docker compose stop")
-    runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
-               what="removing the local PostgreSQL container")

@@ -5,7 +5,9 @@ slept: no `finally` runs) can leave the target in a state the next command would
 on wrongly. Every locked command (deploy, switch, rollback, db.migrate, db.move, apply) calls
 `reconcile` once it holds the lock, so nothing else runs meanwhile:
 
-    a write freeze           with no db.move, db.restore or apply running: writes open again
+    a write freeze           with no db.move, db.restore or apply running: writes open again,
+                             in the local database first while it is the app's (a move
+                             that died after its switch leaves the old one refusing them)
     the replication relay    (db.move --mode replicate): removed, with what it opened (the
                              database's rules, the host firewall's), then the publication,
                              slot and role on the local database (a slot left behind holds
@@ -29,7 +31,7 @@ relay to hint at them. Each repair is said in one line.
 
 from __future__ import annotations
 
-from deploy import canary, edge, facts, history, relay, replication, runner, stack
+from deploy import canary, dbtools, edge, facts, history, relay, replication, runner, stack
 from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.history import now
@@ -50,11 +52,15 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
     if canary_left:
         canary.clear(settings)
         runner.say("!! a deploy that died left its canary: every user is on the live color again")
-    if frozen:
-        edge.set_frozen(settings, False)
-        runner.say("!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again")
     pg = settings.app.postgres
     local = bool(pg and pg.service in states and states[pg.service].state == "running")
+    if active is not None:
+        record = _database_record(settings, record, active, states)
+    if frozen:
+        if local and record.get("url") == "local":  # the app's database still: it takes writes again first
+            dbtools.freeze_database(settings, False)
+        edge.set_frozen(settings, False)
+        runner.say("!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again")
     relay_left = relay.left(settings, states)
     if relay_left:  # first: a subscriber still running cannot come back to its slot
         relay.remove(settings)
@@ -64,7 +70,6 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
         if found:
             runner.say(f"!! a db.move that died left its {', '.join(found)} ({relay.ROLE}) on the local database: dropped")
     if active is not None:
-        record = _database_record(settings, record, active, states)
         stopped = [name for name in settings.app.worker_services(active.color)
                    if name in states and states[name].state in ("created", "exited")]
         if stopped:
@@ -80,6 +85,15 @@ def on_lock(settings: Settings, held: history.Held) -> tuple[dict[str, facts.Ser
     found = held.found
     return reconcile(settings, found.active, facts.service_states(settings), found.frozen, found.database,
                      dead=held.broken.holder if held.broken else None, canary_left=found.canary)
+
+
+def unfreeze(settings: Settings, break_lock: bool = False) -> bool:
+    """End a write freeze left by an interrupted db.move, db.restore or apply (at the
+    edge, and in the local database while it is the app's) under the release lock, so
+    never the freeze of one that runs: its lock refuses. False when there was none."""
+    with history.lock(settings, "db.unfreeze", break_lock) as held:
+        on_lock(settings, held)
+        return held.found.frozen
 
 
 def _database_record(settings: Settings, record: dict, active: edge.Active, states: dict[str, facts.ServiceState]) -> dict:

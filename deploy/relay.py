@@ -234,9 +234,13 @@ def firewall(settings: Settings, op: str, network: str = "host") -> bool:
 
 
 def start(settings: Settings, network: str = "host") -> None:
-    """Start the relay closed (launch), write the database's rules for it, open it,
-    then the host firewall."""
+    """Start the relay closed (launch), then open it (admit)."""
     launch(settings)
+    admit(settings, network)
+
+
+def admit(settings: Settings, network: str = "host") -> None:
+    """Write the database's rules for the launched relay, open it, then the host firewall."""
     found = addresses(settings)
     if not found:
         remove(settings, network)

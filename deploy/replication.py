@@ -60,11 +60,13 @@ WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscript
 # it stops, having changed nothing). Then, each step announced on stdout:
 #   drained    no client of the local database is inside a statement (10 s at most)
 #   caught-up  the subscriber applied everything up to the local WAL position taken
-#              then, and every table's row count and the migrations are the same
+#              then, every table's row count and the migrations are the same, and then
+#              every table's content (dbtools.CONTENT_SQL, in $CG_CONTENT_SQL)
 #   finished   sequence values copied (logical replication does not carry them), the
 #              subscription (and its slot on the local side), publication and role gone
 CUTOVER_SCRIPT = TARGET_FN + """set -eu
 printf '%s' "$CG_FACTS_SQL" > /tmp/facts.sql
+printf '%s' "$CG_CONTENT_SQL" > /tmp/content.sql
 q -c "SELECT 1" > /dev/null && target q -c "SELECT 1" > /dev/null
 echo ready
 read -r go || exit 2
@@ -88,6 +90,12 @@ while :; do
   i=$((i + 1)); [ $i -lt 3000 ] || { echo "the target did not catch up within 60 s (applied: $applied)" >&2; exit 1; }
   sleep 0.02
 done
+q -f /tmp/content.sql > /tmp/local
+target q -f /tmp/content.sql > /tmp/target
+cmp -s /tmp/local /tmp/target || {
+  echo "the target differs from the local database, row by row, in $(diff /tmp/local /tmp/target | grep '^[<>]' | cut -c3- | cut -d'|' -f1 | sort -u | paste -s -d ' ' -)" >&2
+  exit 1
+}
 echo caught-up
 q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value)
       FROM pg_sequences WHERE last_value IS NOT NULL" > /tmp/sequences.sql

@@ -69,6 +69,9 @@ def assert_still_local(settings, before: edge.Active, writer: Writer) -> None:
     served = runner.run(["docker", "exec", f"{settings.project}-postgres-1", "psql", "-X", "-A", "-t", "-U", settings.postgres_user,
                          "-d", settings.postgres_db, "-c", "SHOW ssl_cert_file"]).stdout.strip()
     assert served == "server.crt"  # its own certificate again, not the relay's
+    refusing = runner.run(facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+                          input="SELECT count(*) FROM pg_trigger WHERE tgname = 'colorgate_freeze';").stdout.strip()
+    assert refusing == "0"  # the local database takes writes again
 
 
 def next_command(settings, env, before: edge.Active) -> str:

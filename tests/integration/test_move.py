@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import threading
 import time
 
+import httpx
 import pytest
 
 from benchmarks.db_move import (Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_image, managed_postgres,
@@ -16,6 +18,7 @@ from benchmarks.db_move import (Managed, Writer, certificate_authority, docker0,
 from deploy import config, db, dbtools, edge, errors, facts, gates, history, images, keys, relay, render, replication, runner
 
 from .conftest import invoke, isolated_env, running_stack
+from .test_crash import paused_at
 
 PG13 = images.postgres_base(13)
 
@@ -83,7 +86,7 @@ def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings
         closed = through(settings.postgres_user, settings.postgres_password, "disable")
         assert closed.returncode != 0 and "pg_hba" not in closed.stderr and any(
             why in closed.stderr for why in ("closed the connection", "refused", "timeout expired")), closed.stderr
-        relay.start(settings)
+        relay.admit(settings)
         superuser = through(settings.postgres_user, settings.postgres_password, "require")
         assert superuser.returncode != 0 and "pg_hba.conf rejects connection" in superuser.stderr, superuser.stderr
         plain = through(relay.ROLE, password, "disable")
@@ -228,6 +231,27 @@ def test_a_move_that_fails_midway_leaves_traffic_and_data_where_they_were(settin
     assert after[:len(notes)] == notes
 
 
+def test_a_write_that_reaches_the_local_database_after_the_restore_stops_the_move_before_its_switch(settings, env):
+    """Forced: with the move paused before its pre gates (the target restored and
+    compared), the local database takes an UPDATE that passes the freeze's refusal (a
+    superuser's session in replication's role does). The comparison just before the
+    switch finds it: traffic and data stay where they were, and the local database takes
+    writes again."""
+    before = edge.read_active(settings)
+    with gates.edge_client(settings) as client:
+        assert client.post("/api/notes", json={"body": "to-be-changed"}, headers={"Connection": "close"}).status_code == 201
+    local = facts.psql_cmd(f"{settings.project}-postgres-1", settings)
+    with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
+        with paused_at("pre_gates", "db.move", env=cli_env(env, managed.url)) as proc:
+            refused = runner.run(local, input="UPDATE notes SET body = 'refused' WHERE body = 'to-be-changed';", check=False)
+            assert refused.returncode != 0 and "this database takes no writes now" in refused.stderr, refused.stderr
+            runner.run(local, input="SET session_replication_role = replica; UPDATE notes SET body = 'changed' WHERE body = 'to-be-changed';")
+            proc.send_signal(signal.SIGUSR1)
+        last = assert_nothing_moved(settings, before, proc.result)
+    assert "a write reached the local database after the restore: it differs from the copy, row by row, in public.notes" in last, last
+    assert runner.run(local, input="SELECT count(*) FROM pg_trigger WHERE tgname = 'colorgate_freeze';").stdout.strip() == "0"
+
+
 def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> dict:
     """Zero lost: every acknowledged write is on the new database; every refused write
     was told so (503, Retry-After); nothing else went wrong."""
@@ -257,12 +281,55 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
     return record
 
 
+class GetWriter:
+    """A client of a GET that writes (the sample's /api/notes/new, as an audit row or a
+    last_seen is written), which the edge's freeze lets through: each answer stored (201)
+    or refused by the database (500, said), nothing else."""
+
+    def __init__(self, settings):
+        self.settings, self.stop = settings, threading.Event()
+        self.acked, self.refused, self.errors = [], [], []
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        with gates.edge_client(self.settings) as client:
+            n = 0
+            while not self.stop.is_set():
+                n += 1
+                try:
+                    r = client.get(f"/api/notes/new?body=g{n}")
+                except httpx.HTTPError as exc:
+                    self.errors.append(f"g{n}: {exc!r}")
+                    continue
+                if r.status_code == 201:
+                    self.acked.append(f"g{n}")
+                elif r.status_code == 500 and "this database takes no writes now" in r.text:
+                    self.refused.append(f"g{n}")
+                else:
+                    self.errors.append(f"g{n}: HTTP {r.status_code} {r.text[:80]}")
+                time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
 def test_dump_move_under_writes_loses_nothing(settings, env):
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
-        with Writer(settings) as writer:
+        with Writer(settings) as writer, GetWriter(settings) as getter:
             # a hold shorter than the dump's freeze: writes still held at the bound are refused
             proc = invoke("db.move", "--mode", "dump", env=cli_env(env, managed.url, COLORGATE_HOLD_SECONDS="1"))
         assert proc.returncode == 0, proc.stderr
+        # a GET that writes passes the edge's freeze: in the freeze the local database refused it, aloud
+        assert getter.errors == [] and getter.refused and getter.acked, (getter.errors[:3], len(getter.refused))
+        on_target = set(managed.sql("SELECT body FROM notes WHERE body LIKE 'g%'").split())
+        assert set(getter.acked) <= on_target and not set(getter.refused) & on_target
+        local = facts.psql_cmd(f"{settings.project}-postgres-1", settings)
+        assert "this database takes no writes now" in runner.run(local, input="DELETE FROM notes;", check=False).stderr  # nor will it
         assert managed.password not in proc.stdout + proc.stderr
         assert "write freeze lasted" in proc.stderr
         record = assert_moved(settings, env, managed, writer, "dump")

@@ -155,6 +155,8 @@ def test_a_server_newer_than_any_debian_tools_is_refused_in_one_line():
 
 FAKE_PG_RESTORE = """#!/bin/sh
 [ "$1" = --version ] && { echo "pg_restore (PostgreSQL) 17.6 (Debian 17.6-0+deb13u1)"; exit 0; }
+[ "$1" = -l ] && { printf '215; 1259 16385 TABLE public kept app\\n3300; 2620 16390 TRIGGER public kept colorgate_freeze app\\n'
+                   printf '8; 2615 16384 SCHEMA - colorgate_freeze app\\n'; exit 0; }
 case " $* " in
   *" -f - "*) printf 'SET statement_timeout = 0;\\nSET transaction_timeout = 0;\\nBEGIN;\\nCREATE TABLE kept (id int);\\n'
               [ "${FAKE_FAIL:-}" = 1 ] && exit 1
@@ -184,7 +186,10 @@ def _restore(tmp_path, server: int, fail: bool = False) -> tuple[subprocess.Comp
 
 def test_a_restore_into_a_server_as_new_as_the_tools_is_pg_restore_itself_in_one_transaction(tmp_path):
     proc, log = _restore(tmp_path, 170002)
-    assert proc.returncode == 0 and log == "direct --single-transaction --exit-on-error -d app --clean --no-owner /backups/b.dump\n"
+    toc = tmp_path / "pg_restore.toc"
+    assert proc.returncode == 0 and log == f"direct --single-transaction --exit-on-error -L {toc} -d app --clean --no-owner /backups/b.dump\n"
+    # a backup taken during a freeze brings none of the freeze's refusal of writes along
+    assert toc.read_text() == "215; 1259 16385 TABLE public kept app\n"
 
 
 def test_into_an_older_server_the_setting_it_lacks_is_left_out_and_a_half_read_archive_fails(tmp_path):
