@@ -106,23 +106,26 @@ def ensure_mmdebstrap() -> str:
     return "installed"
 
 
-def bootstrap(settings: Settings) -> list[tuple[str, str]]:
-    """Check and install what is missing; return (part, what happened) pairs."""
+def bootstrap(settings: Settings, refresh: bool = False) -> list[tuple[str, str]]:
+    """Check and install what is missing, and make the base images that are missing or
+    older than COLORGATE_BASE_MAX_AGE (every one with `refresh`); return (part, what
+    happened) pairs."""
     done = [("docker engine", f"reachable (v{check_docker(settings)})")]
     done.append(("compose plugin", ensure_compose(settings)))
-    settings = settings.builder  # base images live where the images are made
-    missing = images.missing_bases(settings)
-    if missing:
-        if settings.bases == "mmdebstrap":
-            done.append(("mmdebstrap", ensure_mmdebstrap()))
-        names = ", ".join(b.name for b in missing)
-        made = "from Debian's mirror" if settings.bases == "mmdebstrap" else f"FROM {settings.debian_image} with Debian's packages"
-        with runner.step(f"making base images {made}: {names} (about a minute)"):
-            images.build_bases(settings, missing)
-        done.append(("base images", f"built {names}"))
-    else:
-        done.append(("base images", "present"))
+    made = fresh_bases(settings.builder, force=refresh, installed=done)  # base images live where the images are made
+    done.append(("base images", f"built {', '.join(made)}" if made else "present"))
     return done
+
+
+def fresh_bases(settings: Settings, force: bool = False, installed: list | None = None) -> list[str]:
+    """The base images the app needs, made where missing or old (images.refresh_bases),
+    mmdebstrap installed first when they are made with it; returns those made."""
+    needed = images.needed_bases(settings)
+    if settings.bases == "mmdebstrap" and (force or images.stale(images.base_ages(settings, needed), settings.base_max_age)):
+        outcome = ensure_mmdebstrap()
+        if installed is not None:
+            installed.append(("mmdebstrap", outcome))
+    return images.refresh_bases(settings, needed, force=force)
 
 
 # --- the ports the edge publishes on this machine -----------------------------------

@@ -44,6 +44,7 @@ class Settings:
     image_source: str
     versions: str  # commit or counter: a deploy's default version (COLORGATE_VERSIONS)
     debian_mirror: str
+    base_max_age: int
     bases: str  # mmdebstrap or image: how base images are made (COLORGATE_BASES)
     debian_image: str
     docker_host: str

@@ -3,7 +3,8 @@
 Base images come from Debian's own mirror (mmdebstrap, then `docker import`), with
 every package the image needs included at build time, so nothing in a Dockerfile
 needs network access. Their tag carries a hash of what went in, so a changed package
-list makes a new base image and an unchanged one is never rebuilt.
+list makes a new base image; an unchanged one is made again once older than
+COLORGATE_BASE_MAX_AGE (refresh_bases), so Debian's security updates reach it.
 
 App images are built by `docker compose build` (BuildKit in the engine; no buildx
 plugin needed) and tagged `<prefix><name>:<version>` plus `latest`.
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -167,10 +169,11 @@ def missing_bases(settings: Settings) -> list[BaseImage]:
     return [base for base in needed_bases(settings) if not image_exists(settings, base.tag(settings.base_source))]
 
 
-def build_bases(settings: Settings, bases: list[BaseImage]) -> None:
-    """Make those of `bases` that are missing, in parallel: mmdebstrap them here and
-    import them, or (COLORGATE_BASES=image) build them FROM Debian's image."""
-    bases = [base for base in bases if not image_exists(settings, base.tag(settings.base_source))]
+def build_bases(settings: Settings, bases: list[BaseImage], force: bool = False) -> None:
+    """Make those of `bases` that are missing (all of them with `force`), in parallel:
+    mmdebstrap them here and import them, or (COLORGATE_BASES=image) build them FROM
+    Debian's image."""
+    bases = [base for base in bases if force or not image_exists(settings, base.tag(settings.base_source))]
     if not bases:
         return
     with tempfile.TemporaryDirectory(prefix="colorgate-base-") as tmp:
@@ -188,6 +191,46 @@ def build_bases(settings: Settings, bases: list[BaseImage]) -> None:
         with ThreadPoolExecutor(max_workers=len(bases)) as pool:
             for future in [pool.submit(make, base) for base in bases]:
                 future.result()
+
+
+def base_ages(settings: Settings, bases: list[BaseImage]) -> dict[str, float | None]:
+    """How old each base image is, in seconds, by the engine's record of when it was made
+    (RFC 3339 with nanoseconds; None: missing)."""
+    ages: dict[str, float | None] = {}
+    for base in bases:
+        proc = runner.run(["docker", "image", "inspect", "--format", "{{.Created}}", base.tag(settings.base_source)],
+                          env=settings.docker_env(), check=False)
+        m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", proc.stdout.strip())
+        made = datetime.fromisoformat(m[1] + (m[2] or "")[:7] + ("+00:00" if m[3] == "Z" else m[3])) if m else None
+        ages[base.name] = (datetime.now(timezone.utc) - made).total_seconds() if made else None
+    return ages
+
+
+def stale(ages: dict[str, float | None], max_age: int) -> list[str]:
+    """The bases to make (again): missing ones, and, unless `max_age` is 0, those older."""
+    return [name for name, age in ages.items() if age is None or (max_age and age > max_age)]
+
+
+def format_age(seconds: float | None) -> str:
+    n, unit = (None, "") if seconds is None else (round(seconds / 86400), "day") if seconds >= 172800 else (round(seconds / 3600), "hour")
+    return "missing" if n is None else f"{n} {unit}{'' if n == 1 else 's'}"
+
+
+def refresh_bases(settings: Settings, bases: list[BaseImage], force: bool = False) -> list[str]:
+    """Make again those of `bases` that are missing or older than COLORGATE_BASE_MAX_AGE
+    (all of them with `force`), saying why; returns their names. The images built FROM
+    them afterwards get Debian's updates; an old image is removed where nothing uses it."""
+    ages = base_ages(settings, bases)
+    names = [base.name for base in bases] if force else stale(ages, settings.base_max_age)
+    if names:
+        made = "from Debian's mirror" if settings.bases == "mmdebstrap" else f"FROM {settings.debian_image} with Debian's packages"
+        with runner.step(f"making base images {made}: {', '.join(f'{n} ({format_age(ages[n])})' for n in names)} (about a minute)"):
+            chosen = [base for base in bases if base.name in names]
+            replaced = [image_id(settings, base.tag(settings.base_source)) for base in chosen]
+            build_bases(settings, chosen, force=True)
+            for image in filter(None, replaced):
+                runner.run(["docker", "image", "rm", image], env=settings.docker_env(), check=False, what="removing an old base image")
+    return names
 
 
 def next_version(tags: list[str]) -> str:

@@ -107,6 +107,14 @@ _limit = _whole(0, 1_000_000, "a whole number from 0 (no limit) to 1000000")
 _conn_limit = _whole(0, 65535, "a whole number from 0 (no limit) to 65535")  # nginx's limit_conn takes no more
 
 
+def _age(value: str) -> int:
+    """An age as a whole number with a unit (7d, 12h, 30m, 45s), in seconds; 0: never."""
+    m = re.fullmatch(r"(\d{1,6})([dhms]?)", value.strip())
+    if not m or (m[1] != "0" and not m[2]):
+        raise ValueError("should be an age such as 7d, 12h, 30m or 45s (0: never)")
+    return int(m[1]) * {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 0}[m[2]]
+
+
 def _ratio(low: float, high: float, hint: str) -> Callable[[str], float]:
     def parse(value: str) -> float:
         try:
@@ -274,6 +282,9 @@ KEYS: dict[str, Key] = {
     # FROM Debian's official image (COLORGATE_DEBIAN_IMAGE:<suite>-slim) with Debian's
     # packages from the mirror: a machine with only Docker and Python (macOS too).
     "COLORGATE_BASES": Key(_pattern(re.compile(r"^(mmdebstrap|image)$"), "should be mmdebstrap or image"), "mmdebstrap"),
+    # base images older than this are made again (from the mirror: Debian's security updates)
+    # before images are built from them, by deploy, up and bootstrap; 0: only when missing
+    "COLORGATE_BASE_MAX_AGE": Key(_age, "7d"),
     "COLORGATE_DEBIAN_IMAGE": Key(_pattern(re.compile(r"^[a-z0-9][a-z0-9.:/_-]*$"), "should be an image name such as debian or "
                                            "registry.example.com/library/debian"), "debian"),
     "COLORGATE_DOCKER_HOST": Key(_docker_host, ""),

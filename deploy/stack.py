@@ -198,6 +198,7 @@ def ensure_release_images(settings: Settings, color: str, versions: dict[str, st
             images.pull(settings, images.release_images(settings.app), version, env)
         return
     if force or not release_images_exist(settings.builder, version):
+        bootstrap.fresh_bases(settings.builder)  # those older than COLORGATE_BASE_MAX_AGE first: Debian's updates
         build(settings.builder, settings.app.color_services(color), versions)
     if settings.image_source == "stream":
         refs = [images.app_tag(settings, name, tag) for name in images.release_images(settings.app) for tag in (version, "latest")]

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from deploy import edge, facts, history, runner, stack, swarm, traffic
+from deploy import edge, facts, history, images, runner, stack, swarm, traffic
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
 from deploy.errors import BadInput
@@ -54,6 +54,8 @@ def status(settings: Settings) -> dict:
         "lock": held,
         "services": [asdict(s) for _, s in sorted(states.items())],
         "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
+        "bases": {"ages": images.base_ages(settings.builder, images.needed_bases(settings.builder)),
+                  "max_age": settings.base_max_age},
     }
 
 
@@ -85,6 +87,12 @@ def format_status(data: dict) -> str:
                      + ("kept running for debugging" if r["running"] else "stopped") + ": traffic does not go to it without --force")
     if data.get("writes_frozen"):
         lines.append("writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)")
+    bases = data.get("bases") or {}
+    if bases.get("ages"):
+        old = images.stale(bases["ages"], bases["max_age"])
+        lines.append("base images: " + ", ".join(f"{name} {images.format_age(age)}" for name, age in bases["ages"].items())
+                     + (f"; {', '.join(old)} to be made again (the next deploy does, or `invoke bootstrap --refresh`)" if old
+                        else f" old (made again after {images.format_age(bases['max_age'])})" if bases["max_age"] else " old"))
     lines += [
         "",
         f"{'SERVICE':<20} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",

@@ -15,12 +15,13 @@ from deploy.cli.common import HOST_HELP, LOCK_HELP, REGISTRY_HELP, _load, _repor
 from deploy.errors import BadInput, NothingToDo, ColorgateError
 
 
-@task(help={"profile": "env profile: development, staging or production", "host": HOST_HELP})
+@task(help={"profile": "env profile: development, staging or production", "host": HOST_HELP,
+            "refresh": "make every base image again now (Debian's security updates), however old"})
 @operator_errors
-def bootstrap(c, profile=None, host=None):
-    """Check Docker, install the compose plugin and make the base images if missing."""
+def bootstrap(c, profile=None, host=None, refresh=False):
+    """Check Docker, install the compose plugin and make the base images if missing or old."""
     settings = _load(profile, host)
-    for part, outcome in _bootstrap.bootstrap(settings):
+    for part, outcome in _bootstrap.bootstrap(settings, refresh=refresh):
         print(f"{part:<16} {outcome}")
 
 

@@ -13,13 +13,14 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import tenacity
 
-from deploy import config, edge, gates, runner, stack, tls, views
+from deploy import config, edge, gates, history, runner, stack, tls, views
 from tests.certs import make_ca, make_leaf
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -51,7 +52,7 @@ def pytest_terminal_summary(terminalreporter):
         for report in reports:
             if getattr(report, "when", None) and getattr(report, "nodeid", ""):
                 module = report.nodeid.split("::")[0]
-                spent[module] = spent.get(module, 0.0) + report.duration
+                spent[module] = spent.get(module, 0.0) + getattr(report, "duration", 0.0)
     if spent:
         terminalreporter.write_sep("=", "time per module")
         for module, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:25]:
@@ -205,3 +206,26 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call":
         item.rep_call_failed = report.failed
 
+
+@contextlib.contextmanager
+def paused_at(phase: str, *args: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`invoke ARGS`, waiting at `phase` (COLORGATE_PAUSE_AT): yields the process (send it
+    a signal, or SIGUSR1 to go on); on the way out, its output is on `.result`."""
+    proc = subprocess.Popen([INVOKE, *args], env={**os.environ, **env, history.PAUSE_ENV: phase}, cwd=config.project_root(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith(f".. paused at {phase}"):
+                break
+        else:
+            proc.wait()
+            pytest.fail(f"`invoke {' '.join(args)}` ended before {phase}:\n{''.join(seen)}")
+        yield proc
+        out, err = proc.communicate(timeout=300)
+        proc.result = subprocess.CompletedProcess(args, proc.returncode, out, "".join(seen) + err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

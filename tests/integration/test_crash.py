@@ -22,7 +22,7 @@ import pytest
 from benchmarks.db_move import Writer, managed_postgres
 from deploy import canary, colors, config, db, edge, errors, facts, gates, history, runner, stack, tls
 
-from .conftest import INVOKE, invoke, running_stack
+from .conftest import INVOKE, invoke, paused_at, running_stack
 from .test_move import move_env
 
 
@@ -36,30 +36,6 @@ def settings(request, env):
     s = config.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
-
-
-@contextlib.contextmanager
-def paused_at(phase: str, *args: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """`invoke ARGS`, waiting at `phase` (COLORGATE_PAUSE_AT): yields the process (send it
-    a signal, or SIGUSR1 to go on); on the way out, its output is on `.result`."""
-    proc = subprocess.Popen([INVOKE, *args], env={**os.environ, **env, history.PAUSE_ENV: phase}, cwd=config.project_root(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith(f".. paused at {phase}"):
-                break
-        else:
-            proc.wait()
-            pytest.fail(f"`invoke {' '.join(args)}` ended before {phase}:\n{''.join(seen)}")
-        yield proc
-        out, err = proc.communicate(timeout=300)
-        proc.result = subprocess.CompletedProcess(args, proc.returncode, out, "".join(seen) + err)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def killed_at(phase: str, sig: int, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -17,8 +17,7 @@ from deploy import access, config, contract, db, dbtools, edge, errors, facts, g
 from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host
 
-from .conftest import invoke, isolated_env, running_stack
-from .test_crash import paused_at
+from .conftest import invoke, isolated_env, paused_at, running_stack
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ from benchmarks.db_move import (Managed, Writer, certificate_authority, docker0,
                                 relay_certificate)
 from deploy import config, db, dbtools, edge, errors, facts, gates, history, images, keys, relay, render, replication, runner
 
-from .conftest import invoke, isolated_env, running_stack
-from .test_crash import paused_at
+from .conftest import invoke, isolated_env, paused_at, running_stack
 
 PG13 = images.postgres_base(13)
 

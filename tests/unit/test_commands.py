@@ -70,6 +70,24 @@ def test_base_tag_changes_with_what_goes_in():
     assert a.tag(mirror).startswith("colorgate-base/x:bookworm-")
 
 
+def test_bases_older_than_the_setting_or_missing_are_made_again_and_status_says_how_old_they_are():
+    day = 86400
+    assert config.load("development", root=config.project_root(), environ={}).base_max_age == 7 * day
+    for text, seconds in (("7d", 7 * day), ("12h", 43200), ("30m", 1800), ("45s", 45), ("0", 0)):
+        assert config.load("development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": text}).base_max_age == seconds
+    for bad in ("7", "a week", "-1d", "7w"):
+        with pytest.raises(ColorgateError, match=r"COLORGATE_BASE_MAX_AGE .* should be an age such as 7d, 12h, 30m or 45s"):
+            config.load("development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": bad})
+    ages = {"nginx": 8 * day, "postgres": 2 * day, "certbot": None}
+    assert images.stale(ages, 7 * day) == ["nginx", "certbot"] and images.stale(ages, 0) == ["certbot"]
+    status = {"project": "p", "profile": "development", "engine": "local", "active": None, "services": [], "urls": {},
+              "bases": {"ages": {"nginx": 8 * day, "postgres": 3600.0}, "max_age": 7 * day}}
+    assert ("base images: nginx 8 days, postgres 1 hour; nginx to be made again (the next deploy does, or "
+            "`invoke bootstrap --refresh`)") in views.format_status(status).splitlines()
+    status["bases"]["ages"]["nginx"] = day
+    assert "base images: nginx 24 hours, postgres 1 hour old (made again after 7 days)" in views.format_status(status).splitlines()
+
+
 def test_a_base_made_from_debians_image_has_the_same_packages_sources_and_exclusions_and_its_own_tag():
     from deploy import config
 
