@@ -30,9 +30,9 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
     with `compose_binary` (this machine's compose plugin) for a host whose distribution
     has none and whose CPU matches. sshd listens on `ssh_port` afterwards (default: the
     port this host is reached on, so a setup never moves it unasked). Then, once `user`
-    logs in with this machine's key and is in the docker group, root's SSH login is
-    switched off (unless `keep_root_login`: a host with no other way in to set up
-    again). `swarm_peers` (addresses or CIDRs, comma-separated) makes it a Swarm node
+    logs in with this machine's key and is in the docker group, password logins are
+    switched off, and root's SSH login (unless `keep_root_login`: a host with no other
+    way in to set up again); until then both stay as they were. `swarm_peers` (addresses or CIDRs, comma-separated) makes it a Swarm node
     whose peers reach Swarm's ports. Returns the script's report lines."""
     target = parse(settings.docker_host)
     port = ssh_port or target.port or 22
@@ -61,8 +61,6 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
         run(target.scp(binary, f"{REMOTE_DIR}/docker-compose"), "uploading the compose plugin")
         env = f"COLORGATE_COMPOSE_BINARY={REMOTE_DIR}/docker-compose "
     sudo = "" if target.user == "root" else "sudo -n "
-    if keep_root_login:
-        env += "COLORGATE_ROOT_LOGIN=prohibit-password "
     if swarm_peers:
         env += f"COLORGATE_SWARM_PEERS={shlex.quote(swarm_peers)} "
     script = f"sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)} {int(port)}"
@@ -71,17 +69,16 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
         with runner.step(f"setting up {target.shown} (server-setup.sh)"):
             out = run(target.ssh(f"{sudo}env {env}{script}"), "server-setup.sh").stdout
         lines = [line for line in out.splitlines() if line.startswith("server-setup: ")]
-        if keep_root_login:
-            return lines
         deploy = dataclasses.replace(target, user=user, port=port if port != 22 else target.port)
         works = runner.run(deploy.ssh("id", "-nG"), check=False, what=f"logging in as {user}", timeout=60)
         if works.returncode != 0 or "docker" not in works.stdout.split():
-            return [*lines, f"server-setup: root login left as it was: {user} could not log in from here with your key "
-                            f"and use Docker ({deploy.hint()}); run server.setup again once it can"]
-        with runner.step(f"{user} logs in and uses Docker: root's SSH login off"):
+            return [*lines, f"server-setup: password and root logins left as they were: {user} could not log in from here "
+                            f"with your key and use Docker ({deploy.hint()}); run server.setup again once it can"]
+        root = "prohibit-password" if keep_root_login else "no"
+        with runner.step(f"{user} logs in and uses Docker: password logins off" + ("" if keep_root_login else ", and root's")):
             # the work directory goes in the same session: root may not log in again
-            out = run(target.ssh(f"{sudo}env COLORGATE_ROOT_LOGIN=no {env}{script}; rc=$?; rm -rf {REMOTE_DIR}; exit $rc"),
-                      "server-setup.sh").stdout
+            out = run(target.ssh(f"{sudo}env COLORGATE_PASSWORD_LOGIN=no COLORGATE_ROOT_LOGIN={root} {env}{script}; rc=$?; "
+                                 f"rm -rf {REMOTE_DIR}; exit $rc"), "server-setup.sh").stdout
         cleaned = True
         locked = [line for line in out.splitlines() if line.startswith("server-setup: changed")]
         return [line for line in lines if not line.endswith("nothing to change: the server is set up") or not locked] + locked

@@ -8,9 +8,12 @@
 # What it sets up:
 #   - Docker engine (Debian/Ubuntu package docker.io) and the compose plugin (a distro
 #     package when there is one, else the binary in $COLORGATE_COMPOSE_BINARY)
-#   - DEPLOY_USER in the docker group, logging in with that key only; password and
-#     keyboard-interactive SSH logins switched off for everyone; root's SSH login too,
-#     with COLORGATE_ROOT_LOGIN=no (invoke server.setup passes it once DEPLOY_USER works)
+#   - DEPLOY_USER in the docker group, logging in with that key; password and
+#     keyboard-interactive SSH logins switched off for everyone with
+#     COLORGATE_PASSWORD_LOGIN=no, and root's SSH login with COLORGATE_ROOT_LOGIN=no
+#     (invoke server.setup passes them once DEPLOY_USER logged in with the key: nobody
+#     is locked out by a key that does not work); sshd's port set where it listens, in
+#     ssh.socket where systemd listens for it (socket activation: Ubuntu 22.10 and later)
 #   - a firewall (nftables table `inet colorgate`) letting in only SSH, 80 and 443, also to
 #     ports containers publish (Docker's DNAT bypasses the input hook)
 #   - unattended security upgrades
@@ -33,6 +36,7 @@ die() { printf 'server-setup: error: %s\n' "$*" >&2; exit 1; }
 bad() { printf 'server-setup: error: %s\n' "$*" >&2; exit 2; }  # an argument is wrong: nothing was changed
 change() { changed=$((changed + 1)); say "changed: $*"; }
 has_systemd() { [ -d /run/systemd/system ]; }
+socket_activated() { systemctl is-enabled --quiet ssh.socket 2> /dev/null; }
 
 # Write stdin to $1 (mode $2) only when the content differs; true when it changed.
 put() {
@@ -194,9 +198,10 @@ if printf '[Unit]\nDescription=Colorgate firewall (SSH, 80, 443 only)\nBefore=ne
   if has_systemd; then systemctl daemon-reload && systemctl enable colorgate-firewall.service; fi
 fi
 
-# --- SSH: keys only; root not at all once the deploy user works -------------------------
-# COLORGATE_ROOT_LOGIN=no is passed by `invoke server.setup` once it has logged in as
-# the deploy user (so nobody is locked out); a later run without it keeps what is there.
+# --- SSH: keys only, and root not at all, once the deploy user's key works ---------------
+# COLORGATE_PASSWORD_LOGIN=no and COLORGATE_ROOT_LOGIN=no are passed by `invoke
+# server.setup` once it has logged in as the deploy user with its key (so nobody is
+# locked out); a later run without them keeps what is there.
 sshd_conf=/etc/ssh/sshd_config.d/10-colorgate.conf
 root_login=${COLORGATE_ROOT_LOGIN:-}
 if [ -z "$root_login" ]; then
@@ -207,12 +212,35 @@ case $root_login in
   no|prohibit-password) ;;
   *) die "COLORGATE_ROOT_LOGIN must be no or prohibit-password" ;;
 esac
-if printf 'Port %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin %s\nPubkeyAuthentication yes\n' "$ssh_port" "$root_login" \
+password_login=${COLORGATE_PASSWORD_LOGIN:-}
+if [ -z "$password_login" ] && grep -qx 'PasswordAuthentication no' "$sshd_conf" 2> /dev/null; then password_login=no; fi
+case $password_login in
+  no|"") ;;
+  *) die "COLORGATE_PASSWORD_LOGIN must be no" ;;
+esac
+keys_only=""
+[ "$password_login" = no ] && keys_only='PasswordAuthentication no\nKbdInteractiveAuthentication no\n'
+# shellcheck disable=SC2059
+if printf "Port %s\\n${keys_only}PermitRootLogin %s\\nPubkeyAuthentication yes\\n" "$ssh_port" "$root_login" \
     | put "$sshd_conf" 0644; then
-  change "sshd: key-only logins on port $ssh_port, root login: $root_login"
+  if [ "$password_login" = no ]; then
+    change "sshd: key-only logins on port $ssh_port, root login: $root_login"
+  else
+    change "sshd: port $ssh_port, root login: $root_login; password logins as they were until the deploy user's key works"
+  fi
   mkdir -p /run/sshd
   sshd -t || die "sshd rejects its configuration: see $sshd_conf"
-  if has_systemd; then systemctl reload ssh 2> /dev/null || systemctl reload sshd; fi
+  if has_systemd && ! socket_activated; then systemctl reload ssh 2> /dev/null || systemctl reload sshd; fi
+fi
+# Socket activation (Ubuntu 22.10 and later): systemd listens for sshd, so the port is the
+# socket's, whatever sshd_config says; the sessions that run go on.
+if has_systemd && socket_activated; then
+  install -d -m 0755 /etc/systemd/system/ssh.socket.d
+  if printf '[Socket]\nListenStream=\nListenStream=0.0.0.0:%s\nListenStream=[::]:%s\n' "$ssh_port" "$ssh_port" \
+      | put /etc/systemd/system/ssh.socket.d/10-colorgate.conf 0644; then
+    systemctl daemon-reload && systemctl restart ssh.socket
+    change "ssh.socket: systemd listens for sshd on port $ssh_port"
+  fi
 fi
 
 # --- unattended security upgrades ------------------------------------------------------
@@ -255,7 +283,9 @@ elif [ -f "$peers_file" ]; then
   change "no longer a Swarm node: Swarm's ports closed"
 fi
 if has_systemd; then
-  for unit in docker ssh; do
+  ssh_unit=ssh
+  if socket_activated; then ssh_unit=ssh.socket; fi  # a second sshd would take its port
+  for unit in docker "$ssh_unit"; do
     systemctl is-enabled --quiet "$unit" 2> /dev/null || { systemctl enable --now "$unit" && change "enabled $unit"; }
   done
 fi

@@ -160,7 +160,7 @@ def images_send(c, version=None, profile=None, host=None):
                           "key_file": "public key the deploy user logs in with (default: ~/.ssh/id_ed25519.pub)",
                           "ssh_port": "the port sshd listens on afterwards (default: the one in --host, else 22); "
                                       "the firewall lets the new port in before sshd moves, and keeps the old one until it has",
-                          "keep_root_login": "leave root's SSH login (by key) on; by default it is switched off once the deploy user works",
+                          "keep_root_login": "leave root's SSH login (by key) on; by default it is switched off, as password logins are, once the deploy user's key works",
                           "swarm_peers": "a Swarm node: the other nodes' addresses or CIDRs, comma-separated, let in to Swarm's ports "
                                          "(2377, 7946, 4789); its engine runs without live-restore, which Swarm refuses; "
                                          "kept for later runs, `none` forgets them",

@@ -37,8 +37,8 @@ exec /usr/sbin/sshd -D -e
 
 
 UNCHANGED = "server-setup: nothing to change: the server is set up"
-NOT_LOCKED = ("server-setup: root login left as it was: deploy could not log in from here with your key and use Docker "
-              "(ssh -p {port} -- deploy@{address}); run server.setup again once it can")
+NOT_LOCKED = ("server-setup: password and root logins left as they were: deploy could not log in from here with your key "
+              "and use Docker (ssh -p {port} -- deploy@{address}); run server.setup again once it can")
 
 
 def test_server_setup_is_shellcheck_clean():
@@ -133,7 +133,10 @@ def test_setup_on_a_fresh_debian_then_again_changes_nothing(vps):
     assert sh(vps, "cat /home/deploy/.ssh/authorized_keys").strip() == KEY
     assert sh(vps, "stat -c %a /home/deploy/.ssh /home/deploy/.ssh/authorized_keys").split() == ["700", "600"]
     sshd = sh(vps, "mkdir -p /run/sshd && sshd -T")
-    assert "passwordauthentication no" in sshd and "kbdinteractiveauthentication no" in sshd and "pubkeyauthentication yes" in sshd
+    # the deploy key is not this machine's, so its login is not proven: password logins stay as Debian has them
+    assert "passwordauthentication yes" in sshd and "pubkeyauthentication yes" in sshd and "permitrootlogin without-password" in sshd
+    assert "server-setup: changed: sshd: port 22, root login: prohibit-password; password logins as they were until the deploy " \
+           "user's key works" in first.stdout
     table = sh(vps, "nft list table inet colorgate")
     assert "policy drop" in table and "tcp dport { 22, 80, 443 } accept" in table
     daemon = sh(vps, "cat /etc/docker/daemon.json")
@@ -268,6 +271,37 @@ def test_a_swarm_node_lets_only_its_peers_in_to_swarms_ports_and_its_engine_runs
     assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
 
 
+# systemd as a host with socket-activated sshd has it (Ubuntu 22.10 and later): ssh.socket
+# and every unit enabled; each call is logged.
+SOCKET_SYSTEMD = r"""set -eu
+mkdir -p /run/systemd/system
+cat > /usr/local/bin/systemctl <<'EOF'
+#!/bin/sh
+echo "$*" >> /run/systemctl.log
+exit 0
+EOF
+chmod 755 /usr/local/bin/systemctl
+"""
+
+
+def test_where_systemd_listens_for_sshd_the_port_is_set_in_its_socket(vps):
+    """(Before sshd moves.) sshd_config's Port means nothing to a socket-activated sshd:
+    the socket gets the port, and is restarted; no second sshd is enabled beside it."""
+    sh(vps, SOCKET_SYSTEMD)
+    try:
+        done = setup(vps, "--key-file", str(vps.key_file))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "server-setup: changed: ssh.socket: systemd listens for sshd on port 22" in done.stdout, done.stdout
+        assert sh(vps, "cat /etc/systemd/system/ssh.socket.d/10-colorgate.conf") == (
+            "[Socket]\nListenStream=\nListenStream=0.0.0.0:22\nListenStream=[::]:22\n")
+        calls = sh(vps, "cat /run/systemctl.log").splitlines()
+        assert "daemon-reload" in calls and "restart ssh.socket" in calls, calls
+        assert not [c for c in calls if c.startswith(("reload ssh", "enable --now ssh"))], calls
+        assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
+    finally:
+        sh(vps, "rm -rf /run/systemd/system /usr/local/bin/systemctl /run/systemctl.log /etc/systemd/system/ssh.socket.d")
+
+
 def test_a_new_ssh_port_is_let_in_before_sshd_moves_and_the_old_one_closes_only_after(vps):
     """(After the fresh-setup test: this one moves sshd.) The session the setup runs in
     must never lose its way back in: a failed move leaves the old port open."""
@@ -301,7 +335,9 @@ def test_root_login_is_switched_off_once_the_deploy_user_logs_in_and_uses_docker
     mine = Path(vps.env["PATH"].split(":")[0]).parent / ".ssh" / "id_ed25519.pub"
     kept = setup(on_port, "--key-file", str(mine), "--keep-root-login")
     assert kept.returncode == 0, kept.stderr[-2000:]
-    assert "permitrootlogin without-password" in sh(vps, "sshd -T")
+    sshd = sh(vps, "sshd -T")  # deploy's key works: password logins off, root's (by key) kept
+    assert "permitrootlogin without-password" in sshd and "passwordauthentication no" in sshd and "kbdinteractiveauthentication no" in sshd
+    assert f"server-setup: changed: sshd: key-only logins on port {port}, root login: prohibit-password" in kept.stdout, kept.stdout
 
     locked = setup(on_port, "--key-file", str(mine))
     assert locked.returncode == 0, locked.stderr[-2000:]
