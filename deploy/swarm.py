@@ -18,9 +18,11 @@ when all its replicas run its current spec.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
 from dataclasses import dataclass, field
+from secrets import token_hex
 
 import yaml
 
@@ -270,21 +272,40 @@ def manager_node(settings: Settings) -> str:
     return ((runner.engine(settings.docker_host, "info", what="reading the engine's Swarm") or {}).get("Swarm") or {}).get("NodeID", "")
 
 
-def secret_name(project: str, volume: str, file: str, text: str) -> str:
-    """A Swarm secret is immutable: a new value is a new secret, named by its digest."""
-    return f"{project}_{hashlib.sha256(f'{volume}/{file}/{text}'.encode()).hexdigest()[:16]}"
+def secret_name(project: str, volume: str, file: str, text: str, salt: str = "") -> str:
+    """A Swarm secret is immutable: a new value is a new secret, named by its digest keyed
+    by the stack's salt (stack_salt: a name shows neither the value nor which stacks share
+    one; without one, the names earlier Colorgate versions gave, still used)."""
+    message = f"{volume}/{file}/{text}".encode()
+    return f"{project}_{(hmac.new(salt.encode(), message, 'sha256') if salt else hashlib.sha256(message)).hexdigest()[:16]}"
+
+
+def stack_salt(settings: Settings) -> str:
+    """The stack's random salt for its secrets' names, the label of a Swarm config of its
+    own, made once under the release lock (and removed with the stack, as its secrets are)."""
+    name, label = f"{settings.project}_colorgate-salt", "org.colorgate.salt"
+    found = [c for c in runner.engine(settings.docker_host, "configs", filters={"name": name}) if c["Spec"]["Name"] == name]
+    if found:
+        return found[0]["Spec"]["Labels"][label]
+    salt = token_hex(16)
+    runner.engine(settings.docker_host, "create_config", name=name, data=b"the salt of this stack's secrets' names",
+                  labels={STACK_LABEL: settings.project, label: salt}, what="making the stack's salt")
+    return salt
 
 
 def ensure_secrets(settings: Settings, files: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     """The Swarm secrets holding `files` (volume -> file -> text, access.secret_files),
-    made when missing: volume -> file -> secret name. Their values go to the manager's
+    made when missing: volume -> file -> secret name (one an earlier version named
+    without a salt is kept while it holds the value). Their values go to the manager's
     API only (never a command line or a log)."""
     existing = {s["Spec"]["Name"] for s in runner.engine(settings.docker_host, "secrets", filters={"label": f"{STACK_LABEL}={settings.project}"},
                                                           what="listing the stack's secrets")}
+    salt = stack_salt(settings) if files else ""
     names: dict[str, dict[str, str]] = {}
     for volume, contents in files.items():
         for file, text in contents.items():
-            name = secret_name(settings.project, volume, file, text)
+            earlier = secret_name(settings.project, volume, file, text)
+            name = earlier if earlier in existing else secret_name(settings.project, volume, file, text, salt)
             if name not in existing:
                 runner.engine(settings.docker_host, "create_secret", name=name, data=text.encode(), what="making a Swarm secret",
                               labels={STACK_LABEL: settings.project, "org.colorgate.file": f"{volume}/{file}"})
@@ -417,8 +438,3 @@ def ensure_volumes(settings: Settings, volumes: list[str]) -> None:
         if f"{settings.project}_{volume}" not in found:
             runner.engine(settings.docker_host, "create_volume", f"{settings.project}_{volume}", what="making a volume",
                           labels={"com.docker.compose.project": settings.project, "com.docker.compose.volume": volume})
-
-
-def logs_cmd(settings: Settings, service: str, follow: bool, tail: int) -> list[str]:
-    return ["docker", "service", "logs", "--timestamps", "--tail", str(tail), *(["--follow"] if follow else []),
-            service_name(settings, service)]

@@ -203,7 +203,7 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
     if service is not None and service not in known:
         raise BadInput(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
     if settings.swarm:  # one `docker service logs` a service: in turn, or side by side when they follow
-        runs = [threading.Thread(target=runner.run, args=(swarm.logs_cmd(settings, name, follow, tail),), daemon=True,
+        runs = [threading.Thread(target=runner.run, args=(_swarm_logs_cmd(settings, name, follow, tail),), daemon=True,
                                  kwargs={"env": settings.docker_env(), "capture": False, "check": False})
                 for name in ([service] if service else known)]
         for run in runs:
@@ -235,3 +235,8 @@ def exec_in(settings: Settings, service: str, color: str | None, command: str) -
     tty = ["-t"] if sys.stdin.isatty() and sys.stdout.isatty() else []
     cmd = ["docker", "exec", "-i", *tty, facts.container(settings, service), "sh", "-c", command]
     return runner.run(cmd, env=settings.docker_env(), capture=False, check=False, what=f"exec in {service}").returncode
+
+
+def _swarm_logs_cmd(settings: Settings, service: str, follow: bool, tail: int) -> list[str]:
+    return ["docker", "service", "logs", "--timestamps", "--tail", str(tail), *(["--follow"] if follow else []),
+            swarm.service_name(settings, service)]

@@ -352,6 +352,9 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
         assert kept < stored and len(kept) > 10, (len(kept), len(stored))
         secrets = runner.engine(settings.docker_host, "secrets", filters={"label": f"com.docker.stack.namespace={settings.project}"})
         assert len(secrets) >= 3  # the password, each color's URL
+        assert settings.postgres_password and not any(  # named by a salted digest: not the value's plain one
+            s["Spec"]["Name"] == swarm_target.secret_name(settings.project, "secrets-db", "postgres_password", settings.postgres_password)
+            for s in secrets)
         print(f"\nswarm with its database: {len(acknowledged)} writes acknowledged, all stored; {len(after)} after a worker "
               f"stopped, {len(in_flight)} in flight to it failed unacknowledged, the slowest answer {max(s[3] for s in after):.2f}s; "
               f"the release under way {'switched to' if release.returncode == 0 else 'failed, traffic stayed on'} {live.color} "
@@ -361,4 +364,5 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
         down = invoke("down", "--volumes", env=env)
         assert down.returncode == 0, down.stderr
     assert not runner.engine(settings.docker_host, "secrets", filters={"label": f"com.docker.stack.namespace={settings.project}"})
+    assert not runner.engine(settings.docker_host, "configs", filters={"label": f"com.docker.stack.namespace={settings.project}"})
     assert not runner.engine(settings.docker_host, "volumes", filters={"label": f"com.docker.compose.project={settings.project}"}).get("Volumes")

@@ -4,6 +4,7 @@ service's state is, how many tasks each colored copy gets, and the refusals."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 
@@ -130,8 +131,12 @@ def test_secret_files_become_swarm_secrets_at_the_same_paths_and_one_offs_use_th
     assert out["secrets"] == {"shop_aaa": {"external": True}, "shop_bbb": {"external": True}}
     assert "secrets-db" not in out["volumes"] and "pgdata" in out["volumes"]
     # a new value is a new secret (they are immutable); the same value, the same one
-    assert swarm.secret_name("shop", "secrets-db", "postgres_password", "a") != swarm.secret_name("shop", "secrets-db", "postgres_password", "b")
-    assert swarm.secret_name("shop", "v", "f", "a") == swarm.secret_name("shop", "v", "f", "a")
+    assert swarm.secret_name("shop", "secrets-db", "postgres_password", "a", "s1") != swarm.secret_name("shop", "secrets-db", "postgres_password", "b", "s1")
+    assert swarm.secret_name("shop", "v", "f", "a", "s1") == swarm.secret_name("shop", "v", "f", "a", "s1")
+    # salted per stack: the name of a value is not its plain digest, and differs between stacks' salts
+    salted = swarm.secret_name("shop", "v", "f", "hunter2", "s1")
+    assert salted != swarm.secret_name("shop", "v", "f", "hunter2", "s2") != swarm.secret_name("shop", "v", "f", "hunter2")
+    assert hashlib.sha256(b"v/f/hunter2").hexdigest()[:16] not in salted
     one_offs = render.one_offs_on_swarm(render.compose(s.app), "shop")
     assert one_offs["networks"]["data"] == {"external": True, "name": "shop_data"}
     assert one_offs["volumes"]["backups"] == {"external": True, "name": "shop_backups"}
