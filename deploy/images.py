@@ -228,8 +228,10 @@ def refresh_bases(settings: Settings, bases: list[BaseImage], force: bool = Fals
             chosen = [base for base in bases if base.name in names]
             replaced = [image_id(settings, base.tag(settings.base_source)) for base in chosen]
             build_bases(settings, chosen, force=True)
-            for image in filter(None, replaced):
-                runner.run(["docker", "image", "rm", image], env=settings.docker_env(), check=False, what="removing an old base image")
+            for image in filter(None, replaced):  # only once untagged (another name may still hold it), and unused
+                tags = runner.run(["docker", "image", "inspect", "--format", "{{len .RepoTags}}", image], env=settings.docker_env(), check=False)
+                if tags.stdout.strip() == "0":
+                    runner.run(["docker", "image", "rm", image], env=settings.docker_env(), check=False, what="removing an old base image")
     return names
 
 
