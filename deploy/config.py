@@ -45,6 +45,7 @@ class Settings:
     versions: str  # commit or counter: a deploy's default version (COLORGATE_VERSIONS)
     debian_mirror: str
     base_max_age: int
+    swarm_encrypt: str
     bases: str  # mmdebstrap or image: how base images are made (COLORGATE_BASES)
     debian_image: str
     docker_host: str

@@ -292,6 +292,9 @@ KEYS: dict[str, Key] = {
     # manager; each color's services are Swarm services spread over its nodes (a Swarm
     # of more than one node pulls its images from COLORGATE_REGISTRY).
     "COLORGATE_TARGET": Key(_pattern(re.compile(r"^(compose|swarm)$"), "should be compose or swarm"), "compose"),
+    # on a Swarm: its overlay networks encrypted (IPsec between nodes; the firewall
+    # server-setup.sh writes lets ESP in from the peers), or not (no)
+    "COLORGATE_SWARM_ENCRYPT": Key(_pattern(re.compile(r"^(yes|no)$"), "should be yes or no"), "yes"),
     # An SSH host: the one connection stays open this long after a command (0: closed with it).
     "COLORGATE_SSH_PERSIST": Key(_seconds_or_zero, "60"),
     "COLORGATE_HEALTH_TIMEOUT": Key(_seconds, "120"),

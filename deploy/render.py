@@ -337,7 +337,7 @@ def _port_range(text: str) -> list[int]:
 
 
 def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None, copies: dict[str, int] | None = None,
-          secrets: dict[str, dict[str, str]] | None = None, node: str = "") -> dict:
+          secrets: dict[str, dict[str, str]] | None = None, node: str = "", encrypted: bool = True) -> dict:
     """The stack `docker stack deploy` runs on a Swarm, from the same rendering as the
     compose file (`compose`), its variables filled in from `env`: every colored copy a
     service of `copies[copy]` tasks, else `replicas[name]` (default: the contract's, else 1) reached by name (dnsrr: a name resolves
@@ -348,7 +348,9 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
     containers may join. Colorgate's tools (profiles) are not services. A volume of
     secret files (access.secret_files) named in `secrets` (volume -> file -> the Swarm
     secret holding it) becomes those secrets, at the same paths: a volume is one node's.
-    `node` (an id) pins the shared services and the edge to that manager rather than any."""
+    `node` (an id) pins the shared services and the edge to that manager rather than any.
+    Its overlay networks are `encrypted` (IPsec between nodes; Docker makes a network
+    once, so one made before keeps its options)."""
     rendered = interpolate(compose(app), env)
     services, used = {}, {}
     for name, svc in rendered["services"].items():
@@ -384,10 +386,11 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
             svc["healthcheck"] = {**(svc.get("healthcheck") or {}), "interval": SWARM_HEALTH_INTERVAL}
         svc["deploy"] = deploy
         services[name] = svc
-    networks = {name: {**{k: v for k, v in (net or {}).items() if k in ("internal", "labels")}, "driver": "overlay", "attachable": True}
+    overlay = {"driver": "overlay", "attachable": True, **({"driver_opts": {"encrypted": ""}} if encrypted else {})}
+    networks = {name: {**{k: v for k, v in (net or {}).items() if k in ("internal", "labels")}, **overlay}
                 for name, net in rendered["networks"].items()}
     if any("default" in (svc.get("networks") or {}) for svc in services.values()):
-        networks.setdefault("default", {"driver": "overlay", "attachable": True})
+        networks.setdefault("default", dict(overlay))
     volumes = {v: spec for v, spec in rendered["volumes"].items() if v not in (secrets or {})}
     return {"version": "3.8", "services": services, "networks": networks, "volumes": volumes, **({"secrets": used} if used else {})}
 

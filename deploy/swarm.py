@@ -262,8 +262,8 @@ def database_changes(settings: Settings, current: dict[str, Service], env: dict[
 def stack_file(settings: Settings, env: dict[str, str], replicas: dict[str, int], secrets: dict[str, dict[str, str]],
                node: str) -> str:
     """The stack `docker stack deploy` reads (holds the settings' values: sent on stdin)."""
-    return yaml.safe_dump(render.swarm(settings.app, env, copies=replicas, secrets=secrets, node=node),
-                          sort_keys=False)
+    stack = render.swarm(settings.app, env, copies=replicas, secrets=secrets, node=node, encrypted=settings.swarm_encrypt == "yes")
+    return yaml.safe_dump(stack, sort_keys=False)
 
 
 def manager_node(settings: Settings) -> str:

@@ -22,7 +22,7 @@
 #     no-new-privileges, live-restore, no inter-container traffic on the default bridge
 #   - a Swarm node, with COLORGATE_SWARM_PEERS=ADDR[,ADDR...] (the other nodes, addresses
 #     or CIDRs; kept for later runs, `none` forgets them): Swarm's ports (2377/tcp,
-#     7946/tcp+udp, 4789/udp) let in from those only, and Docker's defaults without
+#     7946/tcp+udp, 4789/udp) and IPsec's ESP (encrypted overlays) let in from those only, and Docker's defaults without
 #     live-restore, which Swarm refuses to run with
 set -eu
 
@@ -143,11 +143,13 @@ ports=$ssh_port
 for port in $(ss -Htlnp 2> /dev/null | awk '/"sshd"/ { n = split($4, a, ":"); print a[n] }' | sort -u); do
   case ", $ports," in *", $port,"*) ;; *) ports="$ports, $port" ;; esac
 done
-# A Swarm node's peers reach its control plane (2377), gossip (7946) and overlay (4789).
+# A Swarm node's peers reach its control plane (2377), gossip (7946) and overlay (4789),
+# and send the IPsec (ESP) packets of its encrypted overlay networks.
 swarm_rules=""
 if [ -n "$peers" ]; then
   swarm_rules="ip saddr { $(printf '%s' "$peers" | sed 's/,/, /g') } tcp dport { 2377, 7946 } accept
-    ip saddr { $(printf '%s' "$peers" | sed 's/,/, /g') } udp dport { 4789, 7946 } accept"
+    ip saddr { $(printf '%s' "$peers" | sed 's/,/, /g') } udp dport { 4789, 7946 } accept
+    ip saddr { $(printf '%s' "$peers" | sed 's/,/, /g') } meta l4proto esp accept"
 fi
 if cat <<NFT | put /etc/colorgate/firewall.nft 0644; then
 table inet colorgate

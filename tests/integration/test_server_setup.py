@@ -260,6 +260,8 @@ def test_a_swarm_node_lets_only_its_peers_in_to_swarms_ports_and_its_engine_runs
         assert [reachable(address, p) for p in (2377, 7946, 5432)] == [True, True, False]
         table = sh(vps, "nft list table inet colorgate")
         assert "udp dport { 4789, 7946 } accept" in table and "198.51.100.7" in table, table
+        esp = [line.strip() for line in table.splitlines() if "l4proto esp accept" in line]  # encrypted overlays' IPsec
+        assert len(esp) == 1 and me in esp[0] and "198.51.100.7" in esp[0], table
         assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED  # the peers are kept
 
         left = setup(vps, "--key-file", str(vps.key_file), "--swarm-peers", "none")

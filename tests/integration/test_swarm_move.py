@@ -22,7 +22,7 @@ from deploy import config, edge, errors, facts, images, keys, relay, runner, swa
 
 from .conftest import invoke, isolated_env, remove_stack
 from .test_examples import all_done_on, post_job
-from .swarm import swarm
+from .swarm import IN_THE_CLEAR, swarm
 
 JOBS = {"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")}
 
@@ -53,7 +53,7 @@ def pushed(cluster):
 
 
 def swarm_env(cluster, pushed, tag: str) -> dict[str, str]:
-    return {**isolated_env(tag), **JOBS, "COLORGATE_REGISTRY": pushed["COLORGATE_REGISTRY"], "COLORGATE_TARGET": "swarm",
+    return {**isolated_env(tag), **JOBS, **IN_THE_CLEAR, "COLORGATE_REGISTRY": pushed["COLORGATE_REGISTRY"], "COLORGATE_TARGET": "swarm",
             "COLORGATE_DOCKER_HOST": cluster.docker_host, "COLORGATE_BIND": cluster.address,
             # the relay on the manager's address, where the managed database (on the cluster's network) reaches it;
             # the example's PostgreSQL 15 cannot check it against system CAs: told so

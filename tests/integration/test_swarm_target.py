@@ -18,7 +18,7 @@ import pytest
 from deploy import config, edge, errors, facts, gates, images, runner, swarm as swarm_target, tls
 
 from .conftest import INVOKE, invoke, isolated_env, pebble_server, remove_stack
-from .swarm import swarm
+from .swarm import IN_THE_CLEAR, swarm
 
 
 def test_an_engine_that_is_no_swarm_manager_is_one_line():
@@ -54,7 +54,7 @@ def registry(cluster):
 
 
 def swarm_env(cluster, registry: str, tag: str) -> dict[str, str]:
-    return {**isolated_env(tag), "COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm",
+    return {**isolated_env(tag), **IN_THE_CLEAR, "COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm",
             "COLORGATE_DOCKER_HOST": cluster.docker_host, "COLORGATE_BIND": cluster.address, "COLORGATE_REGISTRY": registry}
 
 

@@ -429,8 +429,11 @@ def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
     assert services["edge"]["ports"] == [{"target": 8080, "published": 80, "protocol": "tcp", "mode": "host"},
                                          {"target": 8443, "published": 443, "protocol": "tcp", "mode": "host"}]
     assert services["edge"]["healthcheck"]["interval"] == "10s"
-    assert out["networks"]["back"] == {"internal": True, "driver": "overlay", "attachable": True}
-    assert out["networks"]["colorgate"] == {"driver": "overlay", "attachable": True} and out["version"] == "3.8"
+    encrypted = {"driver": "overlay", "attachable": True, "driver_opts": {"encrypted": ""}}  # IPsec between the nodes
+    assert out["networks"]["back"] == {"internal": True, **encrypted}
+    assert out["networks"]["colorgate"] == encrypted and out["version"] == "3.8"
+    clear = render.swarm(app, env, replicas={"api": 3}, encrypted=False)["networks"]  # COLORGATE_SWARM_ENCRYPT=no
+    assert clear["colorgate"] == {"driver": "overlay", "attachable": True}
 
 
 def test_on_a_swarm_the_apps_secrets_are_swarm_secrets_at_the_same_paths():
