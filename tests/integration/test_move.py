@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -342,9 +343,14 @@ def test_dump_move_under_writes_loses_nothing(settings, env):
         states = facts.service_states(settings)
         assert "postgres" not in states, (retired.stdout, retired.stderr, states.get("postgres"))
         assert states[f"backend_{record['from_color']}"].state == "exited"
-        # and the next gated release runs on the managed database alone
-        proc = invoke("deploy", env=moved)
+        # and the next gated release runs on the managed database alone, with a URL that names no CA: the
+        # app checks the server (verify-full) against this machine's system CAs (SSL_CERT_FILE stands for them)
+        ca = parse_qs(urlsplit(managed.url).query)["sslrootcert"][0]
+        proc = invoke("deploy", env=cli_env(env, DATABASE_URL=managed.url.split("?")[0], SSL_CERT_FILE=ca))
         assert proc.returncode == 0, proc.stderr
+        live = edge.read_active(settings).color
+        given = runner.run(["docker", "exec", facts.container(settings, f"backend_{live}"), "cat", "/run/colorgate-secrets/database_url"])
+        assert "sslmode=verify-full" in given.stdout and "sslrootcert=/run/colorgate-db/root.crt" in given.stdout
         with gates.edge_client(settings) as client:
             assert client.post("/api/notes", json={"body": "after-retire"}).status_code == 201
         assert "after-retire" in managed.sql("SELECT body FROM notes")
