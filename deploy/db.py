@@ -295,6 +295,14 @@ def verified_backup(settings: Settings, record: history.Record) -> None:
     record.detail = f"backup {manifest['name']}"
 
 
+def check_keep(settings: Settings, keep: int | None, yes: bool) -> None:
+    """Keeping fewer backups than the settings do deletes some they keep: on staging and
+    production only with `yes`."""
+    if keep is not None and keep < settings.backup_keep and settings.profile in STRICT_PROFILES and not yes:
+        raise BadInput(f"--keep {keep} deletes {settings.profile} backups that COLORGATE_BACKUP_KEEP ({settings.backup_keep}) keeps: "
+                       "add --yes")
+
+
 def check_restore_allowed(settings: Settings, yes: bool) -> None:
     if settings.profile in STRICT_PROFILES and not yes:
         raise BadInput(f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)")

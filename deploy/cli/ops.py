@@ -18,12 +18,14 @@ from deploy.errors import BAD_INPUT, BadInput
 
 @task(name="backup", help={"profile": "env profile", "host": HOST_HELP, "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)",
                            "local": "back up the stack's own PostgreSQL even after db.move (before db.retire-local)",
-                           "copy": "fail unless the off-host copy (COLORGATE_BACKUP_COPY) is made and checked"})
+                           "copy": "fail unless the off-host copy (COLORGATE_BACKUP_COPY) is made and checked",
+                           "yes": "on staging or production: keep fewer than COLORGATE_BACKUP_KEEP (older ones are deleted)"})
 @operator_errors
-def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False):
+def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False, yes=False):
     """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row
     counts; with COLORGATE_BACKUP_COPY set, also copy it off the host."""
     keep = None if keep is None else whole(keep, "--keep", 7, 1, 1000)
+    _db.check_keep(_load(profile, host), keep, yes)  # before anything is asked of the target
     settings = _target(profile, host)
     if copy and not settings.backup_copy:
         raise BadInput("--copy needs an off-host destination: set COLORGATE_BACKUP_COPY (an rclone remote:path) "

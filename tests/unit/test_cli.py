@@ -51,6 +51,7 @@ EARLY = {
     "debug": (("up",), {"COLORGATE_INITIAL_COLOR": "purple", "COLORGATE_DEBUG": "1"}),
     "restore on staging": (("db.restore", "20260101T000000000000Z", "--profile", "staging"), STAGING),
     "down --volumes on production": (("down", "--volumes", "--profile", "production"), STAGING),
+    "fewer backups on staging": (("db.backup", "--keep", "2", "--profile", "staging"), STAGING),
 }
 
 
@@ -106,6 +107,11 @@ def test_down_with_volumes_on_production_needs_yes_before_touching_anything(earl
     line = one_line_error(early["down --volumes on production"].result())
     assert line == ("colorgate: `down --volumes` deletes the production database, its backups on the host, its certificates and its history: "
                     "add --yes (first, `invoke db.backup --copy` keeps a backup off the host)")
+
+
+def test_keeping_fewer_backups_than_the_setting_on_staging_needs_yes_before_touching_anything(early):
+    line = one_line_error(early["fewer backups on staging"].result())
+    assert line == "colorgate: --keep 2 deletes staging backups that COLORGATE_BACKUP_KEEP (7) keeps: add --yes"
 
 
 def test_every_task_that_acts_on_a_target_takes_host():
