@@ -100,15 +100,20 @@ def with_remote(settings: Settings, backups: list[dict]) -> list[dict]:
 
 
 def unpinned_sftp(config: str, remote: str) -> bool:
-    """The rclone configuration's remote that `remote` (NAME:path) names is SFTP and pins
-    no host key of its own (`known_hosts_file`): rclone would then accept any."""
+    """The rclone configuration's remote that `remote` (NAME:path) names is SFTP, or wraps
+    one (an encrypting `crypt`), that pins no host key of its own (`known_hosts_file`):
+    rclone would then accept any."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
         parser.read_string(config)
     except configparser.Error:
         return False  # rclone says what is wrong with it
     name = remote.split(":", 1)[0]
-    if not parser.has_section(name):
-        return False
-    section = parser[name]
-    return section.get("type", "").strip() == "sftp" and not section.get("known_hosts_file", "").strip()
+    for _ in range(10):  # through the remotes that wrap another (crypt, compress, chunker, alias: `remote = NAME:path`)
+        if not parser.has_section(name):
+            return False
+        section = parser[name]
+        if section.get("type", "").strip() == "sftp":
+            return not section.get("known_hosts_file", "").strip()
+        name = section.get("remote", "").strip().split(":", 1)[0]
+    return False

@@ -100,6 +100,8 @@ def test_an_sftp_remote_without_a_pinned_host_key_is_known_before_anything_is_se
     assert not offsite.unpinned_sftp(config, "pinned:backups")  # its own known_hosts_file
     assert not offsite.unpinned_sftp(config, "s3:bucket/backups") and not offsite.unpinned_sftp(config, "missing:x")
     assert not offsite.unpinned_sftp("not [an ini", "offsite:x")  # rclone says what is wrong with it
+    wrapped = config + "\n[sealed]\ntype = crypt\nremote = offsite:colorgate\npassword = x\n\n[sealed-pinned]\ntype = crypt\nremote = pinned:c\n"
+    assert offsite.unpinned_sftp(wrapped, "sealed:") and not offsite.unpinned_sftp(wrapped, "sealed-pinned:")  # through crypt
 
 
 
