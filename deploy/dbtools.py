@@ -63,8 +63,9 @@ SELECT '{END}';
 # come through the edge (a GET handler's, a WebSocket's, a scheduler's) fails loudly
 # instead of landing in a database the app is leaving; reads go on. All of it is named
 # colorgate_freeze (a schema, its function, each trigger): UNFREEZE_SQL takes it away
-# whole (the next command does, after a run that died), and a restore of a backup taken
-# meanwhile leaves it out (RESTORE_SCRIPT).
+# (the next command does, after a run that died), and a restore of a backup taken
+# meanwhile leaves it out (RESTORE_SCRIPT). Triggers an earlier freeze left are armed
+# again by the function alone.
 FREEZE_SQL = """SET lock_timeout = '5s';
 SET client_min_messages = warning;
 BEGIN;
@@ -82,15 +83,32 @@ SELECT format('CREATE TRIGGER colorgate_freeze BEFORE INSERT OR UPDATE OR DELETE
   ORDER BY 1 \\gexec
 COMMIT;
 """
-UNFREEZE_SQL = """SET lock_timeout = '5s';
-SET client_min_messages = warning;
-BEGIN;
-SELECT format('DROP TRIGGER colorgate_freeze ON %I.%I', n.nspname, c.relname)
-  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE t.tgname = 'colorgate_freeze' ORDER BY 1 \\gexec
-DROP FUNCTION IF EXISTS colorgate_freeze.refuse();
-DROP SCHEMA IF EXISTS colorgate_freeze;
-COMMIT;
+
+# Taking writes again never waits for a table: the function the triggers call lets every
+# write through at once (no table lock), then each trigger is dropped where its table's
+# lock comes at once (a long reader, a restore stopped mid-wait may hold it); one
+# left lets writes through until a later UNFREEZE_SQL takes it, the schema with the last.
+UNFREEZE_SQL = """SET client_min_messages = warning;
+DO $$ BEGIN
+  IF EXISTS (SELECT FROM pg_namespace WHERE nspname = 'colorgate_freeze') THEN
+    CREATE OR REPLACE FUNCTION colorgate_freeze.refuse() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NULL; END $f$;
+  END IF;
+END $$;
+SET lock_timeout = '200ms';  -- waiting, a DROP TRIGGER would hold up the table's readers behind it
+DO $$ DECLARE r record; BEGIN
+  FOR r IN SELECT n.nspname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = 'colorgate_freeze' LOOP
+    BEGIN
+      EXECUTE format('DROP TRIGGER colorgate_freeze ON %I.%I', r.nspname, r.relname);
+    EXCEPTION WHEN lock_not_available THEN
+      RAISE WARNING 'colorgate: the refusal of writes stays on %.% (it lets them through) until its lock comes', r.nspname, r.relname;
+    END;
+  END LOOP;
+  IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'colorgate_freeze') THEN
+    DROP FUNCTION IF EXISTS colorgate_freeze.refuse();
+    DROP SCHEMA IF EXISTS colorgate_freeze;
+  END IF;
+END $$;
 """
 
 
