@@ -44,8 +44,9 @@ def edge_client(settings: Settings, ca_pem: str | None = None, gate: bool = Fals
     ca_pem = ca_pem if ca_pem is not None else tls.read_local_ca(settings)
     port = "" if settings.https_port == 443 else f":{settings.https_port}"
     headers = {}
-    if gate:
-        headers["X-Colorgate-Gate"] = edge.read_gate_token(settings)
+    token = edge.read_gate_token(settings) if gate else ""
+    if token:
+        headers["X-Colorgate-Gate"] = token
         if color:
             headers["X-Colorgate-Serve"] = color
     return EdgeClient(

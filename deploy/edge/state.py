@@ -341,11 +341,10 @@ def set_maintenance(settings: Settings, text: str) -> None:
 
 
 def read_gate_token(settings: Settings) -> str:
-    """The gates' token (X-Colorgate-Gate), which the edge made at its start."""
+    """The gates' token (X-Colorgate-Gate), which the edge made at its start ("" from an
+    edge an older Colorgate made, which knows none: `invoke apply` makes it again)."""
     token = in_edge(settings, read_file_cmd(GATE_TOKEN_FILE), "reading the gates' token").stdout.strip()
-    if not re.fullmatch("[0-9a-f]{32}", token):
-        raise StackError("the edge has no gates' token (an edge made by an older Colorgate): `invoke apply` recreates it")
-    return token
+    return token if re.fullmatch("[0-9a-f]{32}", token) else ""
 
 
 def read_maintenance(settings: Settings) -> dict[str, str] | None:
