@@ -185,18 +185,24 @@ def _frozen(settings: Settings, record: Record, plan: release.Plan) -> Iterator[
     """Writes frozen at the edge, and (once drained: _drain) refused in the local
     database; a failure that leaves traffic there takes writes there again first. After
     a move the local database keeps refusing them: nothing may write to it any more."""
-    started = time.monotonic()
+    started, held = time.monotonic(), False
     with runner.step("freezing writes at the edge (reads go on)"):
         edge.set_frozen(settings, True)
     try:
         yield
     except BaseException:
-        live = edge.read_active(settings)
-        if live is None or live.color != plan.to_color:
-            dbtools.freeze_database(settings, False)
+        try:
+            live = edge.read_active(settings)
+            if live is None or live.color != plan.to_color:
+                dbtools.freeze_database(settings, False)
+        except ColorgateError as again:  # writes stay held at the edge: the next command (or db.unfreeze) opens both
+            held = True
+            runner.say(f"!! the local database still refuses writes ({again}), so the edge keeps holding them")
         raise
     finally:
         try:
+            if held:
+                raise MoveError("the local database could not take writes again")
             edge.set_frozen(settings, False)
         except ColorgateError as exc:
             raise MoveError(f"writes are still frozen at the edge ({exc}): end the freeze with `invoke db.unfreeze`") from None
