@@ -362,8 +362,8 @@ def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Pla
             expected = dbtools.Facts(manifest["counts"], manifest["migrations"])
             _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
             _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
-            local = dbtools.content(settings)
-            _same_content(local, dbtools.content(settings, url), "the restored target differs from the local database")
+            local, copy = facts.parallel(lambda source: dbtools.content(settings, source), ["", url])
+            _same_content(local, copy, "the restored target differs from the local database")
             db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row the same")
         record.detail = f"backup {manifest['name']}"
         # the release's own migrations, if any, now run on the target (the dump is their backup)

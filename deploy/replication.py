@@ -90,8 +90,10 @@ while :; do
   i=$((i + 1)); [ $i -lt 3000 ] || { echo "the target did not catch up within 60 s (applied: $applied)" >&2; exit 1; }
   sleep 0.02
 done
-q -f /tmp/content.sql > /tmp/local
+q -f /tmp/content.sql > /tmp/local &
+reading=$!
 target q -f /tmp/content.sql > /tmp/target
+wait "$reading"
 cmp -s /tmp/local /tmp/target || {
   echo "the target differs from the local database, row by row, in $(diff /tmp/local /tmp/target | grep '^[<>]' | cut -c3- | cut -d'|' -f1 | sort -u | paste -s -d ' ' -)" >&2
   exit 1
