@@ -1,5 +1,8 @@
-"""Facts the gates check, read from the target. Steps in steps/ stay thin and call
-these; each returns plain data so a failed gate can say what it saw."""
+"""The gates' side of the engine: the HTTPS client that speaks to the edge as the
+public domain (a gate's carries the edge's gate token), the TLS handshake the TLS gate
+reads, and running the gate features (pytest-bdd in a forked process, its JUnit report
+read back as scenarios). The steps in steps/ call these and deploy.facts; each returns
+plain data, so a failed gate can say what it saw."""
 
 from __future__ import annotations
 
@@ -58,9 +61,6 @@ def edge_client(settings: Settings, ca_pem: str | None = None, gate: bool = Fals
         follow_redirects=False,
         trust_env=False,
     )
-
-
-# --- probes from inside the edge (pre-switch: the candidate has no public route yet) --
 
 
 # --- TLS ---------------------------------------------------------------------------

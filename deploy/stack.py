@@ -1,6 +1,6 @@
 """The compose stack: bring it up, take it down, report its state, show its logs.
 
-Commands are built by pure functions (`compose_cmd`, `up_plan`) and executed by
+Commands are built by pure functions (`compose_cmd`, `compose_env`) and executed by
 deploy.runner; what runs on the target is read by deploy.facts.
 """
 
