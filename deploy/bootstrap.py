@@ -121,11 +121,12 @@ def fresh_bases(settings: Settings, force: bool = False, installed: list | None 
     """The base images the app needs, made where missing or old (images.refresh_bases),
     mmdebstrap installed first when they are made with it; returns those made."""
     needed = images.needed_bases(settings)
-    if settings.bases == "mmdebstrap" and (force or images.stale(images.base_ages(settings, needed), settings.base_max_age)):
+    ages = images.base_ages(settings, needed)  # once: a release build asks on every deploy
+    if settings.bases == "mmdebstrap" and (force or images.stale(ages, settings.base_max_age)):
         outcome = ensure_mmdebstrap()
         if installed is not None:
             installed.append(("mmdebstrap", outcome))
-    return images.refresh_bases(settings, needed, force=force)
+    return images.refresh_bases(settings, needed, force=force, ages=ages)
 
 
 # --- the ports the edge publishes on this machine -----------------------------------

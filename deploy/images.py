@@ -216,11 +216,11 @@ def format_age(seconds: float | None) -> str:
     return "missing" if n is None else f"{n} {unit}{'' if n == 1 else 's'}"
 
 
-def refresh_bases(settings: Settings, bases: list[BaseImage], force: bool = False) -> list[str]:
-    """Make again those of `bases` that are missing or older than COLORGATE_BASE_MAX_AGE
-    (all of them with `force`), saying why; returns their names. The images built FROM
-    them afterwards get Debian's updates; an old image is removed where nothing uses it."""
-    ages = base_ages(settings, bases)
+def refresh_bases(settings: Settings, bases: list[BaseImage], force: bool = False, ages: dict | None = None) -> list[str]:
+    """Make again those of `bases` that are missing or older than COLORGATE_BASE_MAX_AGE (all
+    with `force`; `ages`: their base_ages, when read), saying why; returns their names. Images
+    built FROM them then get Debian's updates; an old image is removed where nothing uses it."""
+    ages = base_ages(settings, bases) if ages is None else ages
     names = [base.name for base in bases] if force else stale(ages, settings.base_max_age)
     if names:
         made = "from Debian's mirror" if settings.bases == "mmdebstrap" else f"FROM {settings.debian_image} with Debian's packages"

@@ -58,27 +58,24 @@ def _address(value: str) -> str:
         raise ValueError("should be an IP address such as 127.0.0.1 or 0.0.0.0") from None
 
 
-def _networks(value: str) -> tuple[str, ...]:
-    """A comma-separated list of IPv4 addresses or networks (203.0.113.7, 198.51.100.0/24)."""
-    found = []
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        try:
-            found.append(str(ipaddress.IPv4Network(part)))
-        except ValueError:
-            raise ValueError(f"should list IPv4 addresses or networks such as 203.0.113.7,198.51.100.0/24 (not {part!r})") from None
-    return tuple(found)
+def _network_list(network: Callable[[str], object], hint: str) -> Callable[[str], tuple[str, ...]]:
+    """A parser for a comma-separated list of addresses or networks, each read by
+    `network` (ipaddress.IPv4Network, ipaddress.ip_network); `hint` says what it should list."""
+    def parse(value: str) -> tuple[str, ...]:
+        found = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                found.append(str(network(part)))
+            except ValueError:
+                raise ValueError(f"should list {hint} (not {part!r})") from None
+        return tuple(found)
+
+    return parse
 
 
-def _proxies(value: str) -> tuple[str, ...]:
-    """A comma-separated list of IPv4 or IPv6 addresses or networks (the edge's trusted proxies)."""
-    found = []
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        try:
-            found.append(str(ipaddress.ip_network(part)))
-        except ValueError:
-            raise ValueError(f"should list the load balancer's or CDN's addresses or networks, such as 10.0.0.0/8,2001:db8::/32 "
-                             f"(not {part!r})") from None
-    return tuple(found)
+_networks = _network_list(ipaddress.IPv4Network, "IPv4 addresses or networks such as 203.0.113.7,198.51.100.0/24")
+# the edge's trusted proxies: a load balancer's or CDN's, IPv6 too
+_proxies = _network_list(ipaddress.ip_network, "the load balancer's or CDN's addresses or networks, such as 10.0.0.0/8,2001:db8::/32")
 
 
 def _pattern(regex: re.Pattern[str], hint: str) -> Callable[[str], str]:
