@@ -22,8 +22,10 @@ from deploy.errors import BAD_INPUT, BadInput
                            "yes": "on staging or production: keep fewer than COLORGATE_BACKUP_KEEP (older ones are deleted)"})
 @operator_errors
 def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False, yes=False):
-    """Dump the database (pg_dump -Fc, inside the stack's network) with a checksum and row
-    counts; with COLORGATE_BACKUP_COPY set, also copy it off the host."""
+    """Dump the database with a checksum and row counts (and an off-host copy if set).
+
+    pg_dump -Fc inside the stack's network; with COLORGATE_BACKUP_COPY set, the dump is
+    also copied off the host."""
     keep = None if keep is None else whole(keep, "--keep", 7, 1, 1000)
     _db.check_keep(_load(profile, host), keep, yes)  # before anything is asked of the target
     settings = _target(profile, host)
@@ -70,8 +72,9 @@ def db_verify(c, backup, profile=None, host=None):
                                                    "unverified": "restore a backup that no restore has verified yet"})
 @operator_errors
 def db_restore(c, backup, profile=None, host=None, yes=False, unverified=False):
-    """Restore a verified backup into the live database (one transaction, under the lock,
-    writes frozen), after a fresh backup."""
+    """Restore a verified backup into the live database, after a fresh backup.
+
+    One transaction, under the release lock, with writes frozen."""
     settings = _load(profile, host)
     _db.check_restore_allowed(settings, yes)
     _bootstrap.check_docker(settings)
@@ -133,6 +136,7 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
         raise BadInput("no registry: pass --registry (e.g. ghcr.io/acme) or set COLORGATE_REGISTRY")
     version = edge.check_version(version or _images.default_version(settings))
     with _images.registry_session(settings) as env:
+        _bootstrap.fresh_bases(settings.builder)  # a fresh CI runner has none: they are made first, as deploy makes them
         with runner.step(f"building the images ({version})"):
             stack.build(settings, [*_images.infra_images(settings.app), *settings.app.color_services("blue")], {"blue": version})
         with runner.step(f"pushing to {settings.registry}"):
@@ -226,9 +230,10 @@ def tls_schedule(c, profile=None, host=None):
 @task(name="check", help={"profile": "env profile"})
 @operator_errors
 def secrets_check(c, profile=None):
-    """Say where each of the app's secrets (x-colorgate.secrets) comes from for the profile, running
-    its command if it has one, without printing a value; exits 2 when one is missing or fails
-    (as a deploy would refuse)."""
+    """Say where each of the app's secrets comes from for the profile, without a value.
+
+    Each of x-colorgate.secrets, its command run if it has one; exits 2 when one is
+    missing or fails (as a deploy would refuse)."""
     lines, complete = appsecrets.check(_load(profile))
     print("\n".join(lines))
     if not complete:

@@ -13,11 +13,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import bcrypt
 import tenacity
 
 from deploy import config, edge, gates, history, runner, stack, tls, views
@@ -31,7 +33,7 @@ INVOKE = str(Path(sys.executable).with_name("invoke"))
 # `-n 3 --dist loadfile --no-loadscope-reorder` hands modules out in this order (xdist's
 # default reorder puts the modules with most tests first, which left the Swarm ones,
 # with few, running alone at the end), so the short ones fill the other processes meanwhile.
-LONGEST = ("test_swarm_target.py", "test_swarm_move.py", "test_crash.py", "test_move.py", "test_release.py", "test_db.py",
+LONGEST = ("test_swarm_target.py", "test_swarm_move.py", "test_crash.py", "test_move.py", "test_release.py", "test_db.py", "test_installed.py",
            "test_registry.py", "test_pg_versions.py", "test_mlflow.py", "test_crash_move.py", "test_swarm_cluster.py")
 
 
@@ -110,6 +112,42 @@ def pebble_server(d: Path, http_port: int, validity_days: int):
             proc.wait(timeout=10)
         logs.close()
         print((d / "pebble.log").read_text()[-3000:], file=sys.stderr)
+
+
+REGISTRY_USER = "ci"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """docker-registry on 127.0.0.1:<free port> (the engine trusts loopback registries over HTTP)."""
+    binary = shutil.which("docker-registry")
+    if not binary:
+        pytest.fail("Debian's docker-registry is not installed: `make test-deps` installs it")
+    root = tmp_path_factory.mktemp("registry")
+    password = secrets.token_urlsafe(16)
+    (root / "htpasswd").write_bytes(f"{REGISTRY_USER}:".encode() + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)) + b"\n")
+    port = free_port()
+    (root / "config.yml").write_text(f"""version: 0.1
+log: {{level: warn}}
+storage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}}}
+http: {{addr: 127.0.0.1:{port}}}
+auth: {{htpasswd: {{realm: colorgate-test, path: {root}/htpasswd}}}}
+""")
+    # its log to a file: a pipe nobody reads fills up and the registry stops answering
+    log = (root / "registry.log").open("wb")
+    proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}", password
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
 
 
 def isolated_env(tag: str = "") -> dict[str, str]:

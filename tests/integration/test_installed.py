@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, errors, facts, images, runner
+from benchmarks.remote_and_idle import keygen, operator_home, ssh_host
+from deploy import config, edge, errors, facts, images, runner
 
-from .conftest import isolated_env, remove_stack
+from . import workflow
+from .conftest import REGISTRY_USER, isolated_env, remove_stack
 
 ROOT = config.project_root()
 
@@ -147,3 +149,99 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
         assert down.returncode == 0, down.stderr
     finally:
         remove_stack(settings)
+
+
+def test_the_reusable_release_workflow_runs_its_steps_against_an_ssh_host_and_a_registry(venv, registry, tmp_path):
+    """The job of .github/workflows/colorgate-release.yml, step by step as a runner runs
+    it (tests/integration/workflow.py), from an app's repository holding its compose
+    file, contract and gates: Colorgate installed by its own step (the wheel in place of
+    PyPI's), the settings, key and host key written from secrets, the images pushed to a
+    registry, the first release started and gated on a host reached over SSH, then a
+    second commit deployed, the same commit again (nothing to do, exit 7, said in the
+    summary), and a rollback by dispatch."""
+    root = tmp_path / "runner"
+    key = keygen(root / "key" / "id_ed25519")
+    app = tmp_path / "repo"
+    app.mkdir()
+    (app / "compose.yaml").write_text(COMPOSE)
+    drafted = run(venv, app, "colorgate", "init")
+    assert drafted.returncode == 0, drafted.stdout + drafted.stderr
+    (app / "features" / "shop.feature").write_text(OWN_FEATURE)
+    (app / ".gitignore").write_text(".env.*.local\nreports/\n")
+    git = ["git", "-C", str(app), "-c", "user.email=dev@example.org", "-c", "user.name=dev"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the shop, first release"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    address, password = registry
+    isolated = isolated_env("wf")
+    project = isolated["COLORGATE_PROJECT"]
+    local = {k: v for k, v in isolated.items() if k != "COLORGATE_PROFILE"}
+    local.update(COLORGATE_DOMAIN="shop.example.org", COLORGATE_BIND="127.0.0.1", COLORGATE_ANALYSIS_INTERVALS="0",
+                 POSTGRES_PASSWORD=secrets.token_urlsafe(18))
+    settings = config.load("staging", root=app, environ={**local, "COLORGATE_REGISTRY": f"{address}/{project}"})
+    wheel = next((venv.parent.parent / "dist").glob("colorgate-*.whl"))
+    with ssh_host(key) as host:
+        home = operator_home(root, host.port, known=False)  # the job writes the key and known_hosts itself
+        plugins = home / ".docker" / "cli-plugins"  # a runner's image has the compose plugin
+        plugins.mkdir(parents=True)
+        (plugins / "docker-compose").symlink_to(Path.home() / ".docker" / "cli-plugins" / "docker-compose")  # bootstrap's
+        known = subprocess.run(["ssh-keyscan", "-p", str(host.port), "127.0.0.1"], capture_output=True, text=True).stdout
+        uploaded: list[str] = []
+
+        def upload(given: dict) -> int:
+            for pattern in given["path"].split():
+                uploaded.extend(str(p.relative_to(app)) for p in app.glob(pattern.removeprefix("./")))
+            return 0
+
+        def job(action: str, scratch: str) -> tuple[list[workflow.Step], str]:
+            return workflow.run_job(
+                ROOT / ".github" / "workflows" / "colorgate-release.yml", "release",
+                inputs={"profile": "staging", "environment": "staging", "action": action, "colorgate": str(wheel),
+                        "registry": f"{address}/{project}", "registry-user": REGISTRY_USER, "bases": "mmdebstrap"},
+                secrets={"host": f"127.0.0.1:{host.port}", "user": "deploy", "ssh-key": (root / "key" / "id_ed25519").read_text(),
+                         "known-hosts": known, "settings": "".join(f"{k}={v}\n" for k, v in local.items()),
+                         "registry-password": password, "GITHUB_TOKEN": "unused-here"},
+                github={"actor": "dev", "repository_owner": "Acme", "run_number": "1"},
+                workspace=app, scratch=tmp_path / scratch,
+                base_env={**workflow.environment_without_colorgate(), "HOME": str(home),
+                          "PATH": f"{home}/bin{os.pathsep}{venv}{os.pathsep}{os.environ['PATH']}"},
+                actions={"actions/checkout": lambda given: 0 if given["persist-credentials"] == "False" else 1,
+                         "actions/setup-python": lambda given: 0, "actions/upload-artifact": upload})
+
+        def ran(steps: list[workflow.Step]) -> dict[str, int | None]:
+            return {s.name: s.code for s in steps if s.ran}
+
+        try:
+            steps, summary = job("deploy", "first")
+            outcome = ran(steps)
+            assert all(code == 0 for code in outcome.values()), "\n".join(f"{s.name}: {s.code}\n{s.output[-3000:]}" for s in steps)
+            assert "Deploy the inactive color, gate, switch" not in outcome  # the first release: started, then gated
+            head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+            assert f"The first release: the stack was started at {head}, then gated." in summary and "Done." in summary, summary
+            assert (app / "reports" / "gates-first-release.xml").is_file() and "reports/gates-first-release.xml" in uploaded
+            assert edge.read_active(settings).version == head
+            assert (home / ".ssh" / "id_ed25519").stat().st_mode & 0o777 == 0o600  # written under umask 077
+            assert password not in summary and password not in "".join(s.output for s in steps)
+
+            (app / "features" / "shop.feature").write_text(OWN_FEATURE.replace("answers through the edge", "answers, again"))
+            subprocess.run([*git, "commit", "-qam", "the shop, second release"], check=True, capture_output=True)
+            second = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+            steps, summary = job("deploy", "second")
+            deployed = next(s for s in steps if s.name == "Deploy the inactive color, gate, switch")
+            assert deployed.code == 0 and f"deploy: blue {head} -> green {second}: switched" in deployed.output, deployed.output[-3000:]
+            assert "Done." in summary and f"green {second}" in summary, summary  # the status and the release in the summary
+            assert any(p.startswith("reports/") and p.endswith(".png") for p in uploaded), uploaded  # the release's picture
+
+            steps, summary = job("deploy", "again")  # the same commit: nothing released, and said so
+            assert next(s for s in steps if s.name == "Deploy the inactive color, gate, switch").code == errors.NOTHING_TO_DO
+            assert f"**Nothing to do** (exit {errors.NOTHING_TO_DO})" in summary, summary
+
+            steps, summary = job("rollback", "rollback")
+            outcome = ran(steps)
+            assert "Build and push the images" not in outcome and outcome["Roll back to the color that was live before"] == 0, steps
+            assert "Done." in summary and edge.read_active(settings).version == head
+        finally:
+            remove_stack(settings)
+            refs = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
+            mine = [r for r in refs if r.startswith(f"{address}/{project}/")]
+            if mine:
+                runner.run(["docker", "image", "rm", *mine], check=False)

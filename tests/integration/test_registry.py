@@ -6,54 +6,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import secrets
-import shutil
-import subprocess
-import time
 
-import bcrypt
 import httpx
 import pytest
 
 from deploy import config, edge, errors, facts, images, runner
 from deploy.errors import RegistryError
 
-from .conftest import free_port, invoke, isolated_env, remove_stack
-
-USER = "ci"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """docker-registry on 127.0.0.1:<free port> (the engine trusts loopback registries over HTTP)."""
-    binary = shutil.which("docker-registry")
-    if not binary:
-        pytest.fail("Debian's docker-registry is not installed: `make test-deps` installs it")
-    root = tmp_path_factory.mktemp("registry")
-    password = secrets.token_urlsafe(16)
-    (root / "htpasswd").write_bytes(f"{USER}:".encode() + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)) + b"\n")
-    port = free_port()
-    (root / "config.yml").write_text(f"""version: 0.1
-log: {{level: warn}}
-storage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}}}
-http: {{addr: 127.0.0.1:{port}}}
-auth: {{htpasswd: {{realm: colorgate-test, path: {root}/htpasswd}}}}
-""")
-    # its log to a file: a pipe nobody reads fills up and the registry stops answering
-    log = (root / "registry.log").open("wb")
-    proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}", password
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+from .conftest import REGISTRY_USER as USER, invoke, isolated_env, remove_stack
 
 
 @pytest.fixture(scope="module")
