@@ -80,8 +80,9 @@ def status(c, profile=None, host=None, json_=False):
 @task(help={"profile": "env profile", "host": HOST_HELP, "routes": "print the edge's nginx routes instead"})
 @operator_errors
 def render(c, profile=None, host=None, routes=False):
-    """Print the compose file Colorgate runs, rendered from the app's x-colorgate block
-    (colored copies, shared services, Colorgate's own parts); secrets stay ${...}."""
+    """Print the compose file Colorgate runs, rendered from the app's x-colorgate block.
+
+    Colored copies, shared services, Colorgate's own parts; secrets stay ${...}."""
     settings = _load(profile, host)
     if routes:
         print(edge.edge_routes(settings.app), end="")
@@ -94,8 +95,9 @@ def render(c, profile=None, host=None, routes=False):
             "output": "where to write the copy (default: NAME.colorgate.yml beside it)"})
 @operator_errors
 def init(c, compose=".", output=None):
-    """Draft an x-colorgate block for an existing compose file, in a copy of it: what it
-    could infer (routes from published ports, health checks, the database) and TODOs."""
+    """Draft an x-colorgate block for an existing compose file, in a copy of it.
+
+    What it could infer (routes from published ports, health checks, the database) and TODOs."""
     path, draft = scaffold.init(Path(compose), Path(output) if output else None)
     print(f"wrote {path} (the original is unchanged)")
     for item in draft.todo:
@@ -109,10 +111,10 @@ def init(c, compose=".", output=None):
         print(f"  still to fix: {exc}")
 
 
-@task(positional=["service"], help={"service": "a compose service (edge, db, api_blue, ...) or all", "profile": "env profile", "host": HOST_HELP, "follow": "keep following new lines", "tail": "lines per service (default 200)"})
+@task(positional=["service"], help={"service": "a compose service (edge, db, api_blue, ...), migrations or all", "profile": "env profile", "host": HOST_HELP, "follow": "keep following new lines", "tail": "lines per service (default 200)"})
 @operator_errors
 def logs(c, service, profile=None, host=None, follow=False, tail=None):
-    """Show container logs of SERVICE (e.g. api_blue: a colored service's copy), or of every service with `all`."""
+    """Show container logs of SERVICE (api_blue: a copy; `migrations`: the last ones; `all`)."""
     lines = whole(tail, "--tail", 200, 1, 1_000_000)
     settings = _target(profile, host)
     views.logs(settings, None if service == "all" else service, follow=follow, tail=lines)
@@ -165,8 +167,9 @@ def maintenance(c, on=False, off=False, message="", retry=None, profile=None, ho
             "profile": "env profile", "host": HOST_HELP, "registry": REGISTRY_HELP, "break_lock": LOCK_HELP})
 @operator_errors
 def deploy(c, version=None, force=False, canary=None, keep_rejected=False, profile=None, host=None, registry=None, break_lock=False):
-    """Ship a version to the inactive color: build, start, gate, switch, gate again
-    (switching back by itself if the post-switch gates fail)."""
+    """Ship a version to the inactive color: build, start, gate, switch, gate again.
+
+    It switches back by itself if the post-switch gates or the analysis fail."""
     shares = canary_steps.parse_percents(canary) if canary else ()
     settings = _target(profile, host, registry, starts=True)
     record = release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares, keep_rejected=keep_rejected)
@@ -259,8 +262,10 @@ def history(c, profile=None, host=None, limit=None, json_=False, show=None):
 @operator_errors
 def bench(c, switches=None, gated=None, baseline=None, rps=None, stream="", path=None, json_="benchmarks/out/switch_under_load.json",
           png="benchmarks/out/switch_under_load.png", no_bad_release=False, swarm=None, replicas=None):
-    """Benchmark switching under HTTPS load on an isolated stack of the app (or a test Swarm), against the naive
-    recreate baseline (exits 8 without figures when the load client could not hold its rate)."""
+    """Benchmark switching under HTTPS load on an isolated stack, against a naive recreate.
+
+    The stack is the app's (or a test Swarm's); exits 8 without figures when the load
+    client could not hold its rate."""
     switches, gated, baseline = whole(switches, "--switches", 20, 1, 1000), whole(gated, "--gated", 3, 0, 100), whole(baseline, "--baseline", 3, 0, 100)
     rps, swarm, replicas = whole(rps, "--rps", 200, 1, 100_000), whole(swarm, "--swarm", 0, 0, 9), whole(replicas, "--replicas", 3, 1, 50)
     from benchmarks import switch_under_load

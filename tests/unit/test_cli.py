@@ -211,6 +211,22 @@ def test_the_colorgate_command_runs_the_same_tasks_as_invoke():
     assert module.returncode == 0 and module.stdout == listed.stdout
 
 
+def test_every_tasks_line_in_the_list_is_a_whole_sentence():
+    """`--list` shows a docstring's first line: it is a sentence of its own (ends with a
+    full stop), the detail in a paragraph after it, so no line stops mid-sentence."""
+    import tasks
+
+    def every(collection, prefix=""):
+        for name, task in collection.tasks.items():
+            yield prefix + name, task
+        for name, sub in collection.collections.items():
+            yield from every(sub, f"{prefix}{name}.")
+
+    cut = {name: first for name, task in every(tasks.ns)
+           if not (first := (task.__doc__ or "").strip().splitlines()[0]).endswith((".", ".)"))}
+    assert cut == {}, cut
+
+
 def test_a_bad_ssh_port_for_server_setup_is_one_line(tmp_path):
     key = tmp_path / "k.pub"
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNvbG9yZ2F0ZS10ZXN0LWtleS1ub3QtcmVhbC0xMjM0NTY x@y\n")
