@@ -362,14 +362,20 @@ def destroy(settings: Settings) -> None:
             runner.run(["docker", "image", "rm", *mine], env=engine, check=False)
 
 
+def migrations_container(settings: Settings, color: str) -> str:
+    return f"{settings.project}-migrations-{color}"
+
+
 def migrate(settings: Settings, color: str, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
-    """Run the app's migration command in a one-off container of `color`'s image."""
+    """The app's migration command in a one-off container of `color`'s image, kept until its next (`logs migrations`)."""
     m = settings.app.migrations
     if not m:
         return
     access.prepare_clients(settings, color, (databases or {}).get(color) or settings.app_database_url())
+    name = migrations_container(settings, color)
+    runner.run(["docker", "rm", "--force", name], env=settings.docker_env(), check=False, what="removing the last migrations")
     runner.run(
-        compose_cmd(settings, "run", "--rm", "--no-deps", "-T", settings.app.copy_name(m.service, color), *m.command),
+        compose_cmd(settings, "run", "--name", name, "--no-deps", "-T", settings.app.copy_name(m.service, color), *m.command),
         env=compose_env(settings, versions, databases),
         what="database migrations",
     )

@@ -200,8 +200,16 @@ def format_release(r: dict, here: Path | None = None) -> str:
 
 def logs(settings: Settings, service: str | None = None, follow: bool = False, tail: int = 200) -> None:
     known = [*stack.infra_services(settings), *(name for color in COLORS for name in settings.app.color_services(color))]
+    if service == "migrations" and settings.app.migrations:  # each color's last, kept until its next
+        for color in COLORS:
+            shown = runner.run(["docker", "logs", "--tail", str(tail), stack.migrations_container(settings, color)],
+                               env=settings.docker_env(), check=False)
+            print(f"---- the last migrations of {color} ----\n{shown.stdout}{shown.stderr}" if shown.returncode == 0
+                  else f"---- {color} has no migrations kept ----")
+        return
     if service is not None and service not in known:
-        raise BadInput(f"unknown service {service!r}: use one of {', '.join(known)}, or all")
+        extra = ", migrations" if settings.app.migrations else ""
+        raise BadInput(f"unknown service {service!r}: use one of {', '.join(known)}{extra}, or all")
     if settings.swarm:  # one `docker service logs` a service: in turn, or side by side when they follow
         runs = [threading.Thread(target=runner.run, args=(_swarm_logs_cmd(settings, name, follow, tail),), daemon=True,
                                  kwargs={"env": settings.docker_env(), "capture": False, "check": False})

@@ -271,6 +271,10 @@ def test_logs_of_one_service(live_stack, stack_env):
     bad = invoke("logs", "backend_red", env=stack_env)
     assert bad.returncode == errors.BAD_INPUT and bad.stderr.strip().startswith("colorgate: unknown service 'backend_red': use one of postgres, edge")
     assert proc.returncode == 0 and "backend_blue" in proc.stdout
+    # the last migrations of a color are kept with their output (up ran blue's)
+    kept = invoke("logs", "migrations", env=stack_env)
+    assert kept.returncode == 0 and "---- the last migrations of blue ----\nmigrate: " in kept.stdout, kept.stdout + kept.stderr
+    assert "migrate: at head (" in kept.stdout.split("---- the last migrations of blue ----")[1]
 
 
 def test_the_edge_logs_every_request_with_the_color_that_answered_it(live_stack, settings, stack_env, client):
@@ -395,6 +399,8 @@ def test_down_keeps_data_and_up_brings_it_back(live_stack, settings, ca_pem):
         note = c.post("/api/notes", json={"body": "survives down"}).json()
     stack.down(settings)
     assert facts.service_states(settings) == {}
+    kept = runner.run(["docker", "container", "inspect", stack.migrations_container(settings, "blue")], check=False)
+    assert kept.returncode != 0  # the kept migrations go with the stack
     stack.up(settings)
     with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
         assert c.get(f"/api/notes/{note['id']}").json()["body"] == "survives down"
