@@ -5,29 +5,31 @@ database, and both freeze writes at the edge for the last stretch: a write that
 arrives then is held (COLORGATE_HOLD_SECONDS) and passed on to the new color when the
 freeze ends, or answered 503 with Retry-After at the bound; reads go on.
 
-    checks (before anything changes), build the next color's images
-    dump:      start the next color's containers on the (empty) target -> pause the old
-               color's workers -> freeze -> drain -> the local database refuses writes
-               -> backup (one snapshot) -> restore into the target -> verify (target =
-               dump = local, row counts, then content) -> its migrations -> wait until it
-               is healthy -> pre gates -> the local content unchanged -> switch -> post
-               gates -> record -> unfreeze
-    replicate: copy the schema -> publish (one-off role, TLS relay) -> subscribe
-               -> initial copy -> start the next color on the target -> pre gates
-               -> pause the old color's workers -> freeze -> drain -> the local database
-               refuses writes -> catch up until every row count, then every table's
-               content, is equal -> copy sequence values -> drop the subscription,
-               publication and role -> switch -> post gates -> record -> unfreeze
-               -> remove the relay -> back up the local database
-    both:      stop the old color (its reads drained)
+The order is data: `plan_steps` lists the steps of each mode (pure; the case files in
+tests/unit/cases/move_runs.yaml hold it, and every failure path), `execute` runs them
+through `Steps` and undoes, latest first, what a failure leaves (UNDO). In short:
+
+    dump:      images -> start the next color on the (empty) target -> pause the old
+               color's workers -> freeze -> drain (then the local database refuses
+               writes) -> dump -> restore into the target -> verify (target = dump =
+               local: row counts, then content) -> its migrations -> ready -> pre gates
+               -> the local content unchanged -> switch and post gates -> record -> unfreeze
+    replicate: images -> subscribe (schema, publication, one-off role, TLS relay, the
+               initial copy) -> start the next color on the replica -> pre gates ->
+               pause the old color's workers -> the cut-over's container -> freeze ->
+               drain -> catch up (every row count, then every table's content, equal)
+               -> end the replication (sequences, subscription, publication, role) ->
+               switch and post gates -> record -> unfreeze -> remove the relay
+    both:      start the next color's workers, stop the old color (its reads drained)
 
 The replicate freeze covers only what must not see a write: everything that can run
-before it (the candidate's start and pre gates, the cut-over container's start) does.
-The local database's data is only read; it refuses writes from the freeze on (from then
-on it is not the app's) and stays until `invoke db.retire-local`. A failure
-before the switch (or post gates that fail after it, still inside the freeze) leaves
-traffic on the old color with the local database, its workers running again, writes
-open again (in the database first). The replication itself (subscription, cut-over script) is replication.py's, its relay relay.py's.
+before it does. The local database's data is only read; it refuses writes from the
+freeze on (from then on it is not the app's) and stays until `invoke db.retire-local`
+(replicate backs it up after the move). A failure before the switch (or post gates that
+fail after it, inside the freeze) leaves traffic on the old color with the local
+database, its workers running again, writes open again (in the database first). The
+checks before anything changes are movecheck.py's, the replication's own parts
+(subscription, cut-over script) replication.py's, its relay relay.py's.
 """
 
 from __future__ import annotations
@@ -36,28 +38,16 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 from deploy import db, dbtools, edge, facts, relay, release, replication, runner, stack
 from deploy.config import Settings
-from deploy.keys import database_url, shown_url
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
 from deploy.history import Record, at, lock, now, recorded, timed
+from deploy.keys import shown_url
+from deploy.movecheck import check_url, preflight
 
 MODES = ("dump", "replicate")
-
-CHECK_SQL = """SELECT 'version|' || current_setting('server_version_num');
-SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablename), '')
-  FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');
-SELECT 'subscribe|' || (rolsuper OR EXISTS (SELECT FROM pg_roles r WHERE pg_has_role(current_user, r.oid, 'member')
-  AND r.rolname IN ('pg_create_subscription', 'rds_superuser', 'cloudsqlsuperuser', 'azure_pg_admin')))
-  FROM pg_roles WHERE rolname = current_user;
-SELECT 'noidentity|' || count(*) || '|' || coalesce(min(n.nspname || '.' || c.relname), '')
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
-    AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)));
-"""
 
 # Until no client of the local database is inside a statement or transaction (a
 # worker's, or a write that did not come through the edge), at most 10 s.
@@ -70,102 +60,6 @@ while [ $i -lt 100 ]; do
 done
 echo "$n sessions still busy" >&2; exit 1
 """
-
-# --- pure helpers --------------------------------------------------------------------
-
-
-def check_url(url: str) -> str:
-    try:
-        return database_url(url.strip())
-    except ValueError as exc:
-        raise ConfigError(f"the target URL {exc}") from None
-
-
-def explain_connect_error(stderr: str, shown: str) -> str:
-    """psql's complaint about a connection -> one line naming the cause and the fix."""
-    text = stderr.strip()
-    last = (text.splitlines() or ["no output"])[-1]
-    if "could not translate host name" in text:
-        return f"cannot reach the target database {shown}: its host name does not resolve; check the URL"
-    if any(s in text for s in ("Connection refused", "timeout expired", "No route to host", "Network is unreachable",
-                               "Connection timed out", "could not connect to server")):
-        return f"cannot reach the target database {shown}: nothing answers there ({last.strip()}); check the host, port and firewall"
-    if "password authentication failed" in text or ("role" in text and "does not exist" in text):
-        return f"the target database {shown} refused the credentials: check the user and password in the URL"
-    if "no pg_hba.conf entry" in text:
-        return f"the target database {shown} does not accept connections from this host: allow it in the managed service's access rules"
-    if "database" in text and "does not exist" in text:
-        return f"the database named in {shown} does not exist on the target: create it (empty) first"
-    if "certificate verify failed" in text:
-        return (f"the target database {shown} has a certificate that is not signed by the CA in the URL's sslrootcert "
-                "(or the system's, without one): give its provider's CA file as sslrootcert=PATH in the URL")
-    if "does not match host name" in text:
-        return (f"the target database {shown} has a certificate that does not name the URL's host ({last.strip()}): "
-                "use the host name the certificate names")
-    if "SSL" in text:
-        return f"TLS to the target database {shown} failed ({last.strip()}): check sslmode and sslrootcert in the URL"
-    return f"cannot use the target database {shown}: {last.strip()}"
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerFacts:
-    version: int  # server_version_num, e.g. 150004
-    tables: int
-    first_table: str
-    can_subscribe: bool  # superuser, or a role that may create subscriptions (PG16+, managed services' admin roles)
-    without_identity: tuple[int, str] = (0, "")  # tables with no replica identity (no primary key): how many, the first
-
-    @property
-    def major(self) -> int:
-        return self.version // 10000  # 150004 -> 15; 90624 (9.6) -> 9
-
-
-def parse_check(out: str) -> ServerFacts:
-    fields = {}
-    for line in out.splitlines():
-        key, _, value = line.partition("|")
-        fields[key] = value
-    count, _, first = fields.get("tables", "0|").partition("|")
-    bare, _, first_bare = fields.get("noidentity", "0|").partition("|")
-    return ServerFacts(int(fields["version"]), int(count), first, fields.get("subscribe") in ("t", "true"), (int(bare or 0), first_bare))
-
-
-def check_compatible(source: ServerFacts, target: ServerFacts, shown: str, mode: str) -> None:
-    """Refuse a target that is older than the source, not empty, or (replicate) cannot subscribe."""
-    if target.major < source.major:
-        raise MoveError(f"the target database {shown} runs PostgreSQL {target.major}, older than the local {source.major}: "
-                        f"a dump or replication may not apply there; use PostgreSQL {source.major} or newer")
-    if target.tables:
-        raise MoveError(f"the target database {shown} is not empty ({target.tables} table(s), e.g. {target.first_table}): "
-                        "db.move only fills an empty database; point it at a new one")
-    if mode == "replicate" and not target.can_subscribe:
-        raise MoveError(f"the user in {shown} may not create a subscription: "
-                        "use the managed service's admin user, or --mode dump")
-    count, first = source.without_identity
-    if mode == "replicate" and count:
-        raise MoveError(f"{count} local table(s) have no replica identity (no primary key), e.g. {first}: while replication "
-                        f"copies them the app's UPDATE and DELETE there would fail; add a primary key, or `ALTER TABLE {first} "
-                        "REPLICA IDENTITY FULL`, or move with --mode dump")
-
-
-# --- steps ---------------------------------------------------------------------------
-
-
-def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
-    """Everything that can be checked before anything changes."""
-    shown = shown_url(url)
-    target = dbtools.psql(settings, CHECK_SQL, url, check=False)
-    if target.returncode != 0:
-        raise MoveError(explain_connect_error(runner.redact(target.stderr), shown))
-    source = parse_check(dbtools.psql(settings, CHECK_SQL, what="checking the local database").stdout)
-    found = parse_check(target.stdout)
-    check_compatible(source, found, shown, mode)
-    runner.say(f"   target {shown}: PostgreSQL {found.major}, empty, credentials accepted (local: PostgreSQL {source.major})")
-    if mode == "replicate":
-        relay.check_tls(settings, found.major)
-        relay.check(settings)
-    return found
-
 
 def _facts_of(settings: Settings, url: str = "") -> dbtools.Facts:
     out = dbtools.psql(settings, dbtools.FACTS_SQL, url, what="reading row counts").stdout
@@ -180,34 +74,234 @@ def _compare_or_fail(expected: dbtools.Facts, got: dbtools.Facts, where: str) ->
         raise MoveError(f"{where} does not match the local database ({', '.join(bad)})")
 
 
-@contextlib.contextmanager
-def _frozen(settings: Settings, record: Record, plan: release.Plan) -> Iterator[None]:
-    """Writes frozen at the edge, and (once drained: _drain) refused in the local
-    database; a failure that leaves traffic there takes writes there again first. After
-    a move the local database keeps refusing them: nothing may write to it any more."""
-    started, held = time.monotonic(), False
-    with runner.step("freezing writes at the edge (reads go on)"):
-        edge.set_frozen(settings, True)
+# --- the order: a pure plan, run by one executor that undoes what a failure leaves --------
+
+
+def plan_steps(mode: str, workers: bool, held: bool) -> tuple[str, ...]:
+    """db.move's steps in order. `workers`: the old color has workers, paused from just
+    before the freeze until traffic moved (one would write jobs to the old database);
+    `held`: the candidate has workers, started once traffic moved."""
+    pause = ("pause_workers",) if workers else ()
+    finish = ("start_workers",) if held else ()
+    if mode == "replicate":  # everything that can run before the freeze does: it covers only the cut-over
+        return ("images", "subscribe", "start", "migrations", "pre_gates", *pause, "open_cut_over", "freeze", "drain",
+                "catch_up", "end_replication", "switch", "record", "unfreeze", "close_cut_over", "remove_relay", *finish, "stop_old")
+    return ("images", "start", *pause, "freeze", "drain", "dump", "restore", "verify", "migrations", "ready", "pre_gates",
+            "compare", "switch", "record", "unfreeze", *finish, "stop_old")
+
+
+# What undoes a step when it, or one after it, fails while traffic is on the old color;
+# of these, ALWAYS are undone wherever traffic is (the freeze ends, the cut-over's
+# container stops). ENDS: a step that ends what another began (then that needs no undo).
+UNDO = {"subscribe": "drop_subscription", "start": "stop_candidate", "pause_workers": "resume_workers",
+        "open_cut_over": "close_cut_over", "freeze": "thaw"}
+ALWAYS = ("open_cut_over", "freeze")
+ENDS = {"unfreeze": "freeze", "close_cut_over": "open_cut_over"}
+TOUCHES = ("subscribe", "restore")  # begun, they leave a partial copy in the target
+
+
+def execute(steps: tuple[str, ...], do, record: Record, plan: release.Plan, shown: str) -> None:
+    """Run `steps` through `do` (one method per step and per undo, and traffic_moved).
+    On a failure (or a signal): traffic that moved already (interrupted after the
+    switch) is recorded first, so that the record says where writes go; then what the
+    steps began is undone, latest first; the first undo that fails is raised (the
+    others are still tried). An error that leaves traffic on the old color after the
+    target was touched says so, and that the target must be emptied."""
+    done: list[str] = []
     try:
-        yield
-    except BaseException:
-        try:
-            live = edge.read_active(settings)
-            if live is None or live.color != plan.to_color:
-                dbtools.freeze_database(settings, False)
-        except ColorgateError as again:  # writes stay held at the edge: the next command (or db.unfreeze) opens both
-            held = True
-            runner.say(f"!! the local database still refuses writes ({again}), so the edge keeps holding them")
+        for step in steps:
+            at(record, step)
+            done.append(step)
+            getattr(do, step)()
+    except BaseException as exc:
+        moved = "switch" in done and do.traffic_moved()
+        ended = {ENDS[step] for step in done if step in ENDS}
+        undos = [UNDO[step] for step in reversed(done) if step in UNDO and step not in ended and (not moved or step in ALWAYS)]
+        problems = []
+        for undo in (["record"] if moved and "unfreeze" not in done else []) + undos:
+            try:
+                getattr(do, undo)()
+            except ColorgateError as again:
+                problems.append(again)
+        if problems:  # what failed first is said; what the operator must do now is the error
+            for said in [exc or type(exc).__name__, *problems[1:]]:
+                runner.say(f"!! {said}")
+            raise problems[0] from None
+        if isinstance(exc, ColorgateError) and not moved and any(step in done for step in TOUCHES):
+            kind = type(exc) if isinstance(exc, GateFailed) else MoveError
+            raise kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
+                       f"the target {shown} now holds a partial copy: empty it before retrying") from None
         raise
-    finally:
+
+
+class Steps:
+    """db.move's steps and their undos on the real target (plan_steps orders them)."""
+
+    def __init__(self, settings: Settings, record: Record, plan: release.Plan, url: str, mode: str):
+        self.settings, self._record, self.plan, self.url, self.mode = settings, record, plan, url, mode
+        self.candidate = plan.to_color
+        self.versions = {**facts.running_versions(facts.service_states(settings)), plan.to_color: plan.to_version,
+                         plan.from_color: plan.from_version}
+        self.databases = {plan.to_color: url}
+        self.workers, self.held = settings.app.worker_services(plan.from_color), settings.app.worker_services(plan.to_color)
+        self.paused: dict[str, int] | None = None
+        self.frozen_at, self.freeze_started = "", 0.0
+        self.cut_over = contextlib.ExitStack()  # the cut-over's container and its session (replicate)
+        self.cut = None
+        self.manifest: dict = {}
+        self.local: dict[str, str] = {}
+
+    def traffic_moved(self) -> bool:
+        live = edge.read_active(self.settings)
+        return live is not None and live.color == self.candidate
+
+    def images(self) -> None:
+        with runner.step(f"{'pulling' if self.settings.registry else 'building'} {self.candidate} images ({self.plan.to_version})"):
+            stack.ensure_release_images(self.settings, self.candidate, self.versions, release=True)
+
+    def subscribe(self) -> None:
+        replication.subscribe(self.settings, self._record, self.url, _new_password())
+
+    def drop_subscription(self) -> None:
+        replication.unsubscribe(self.settings, self.url, check=False)
+
+    def start(self) -> None:
+        """On the replica (ready, then gated before the freeze), or on the empty target
+        (not waited for: the app's health check may need the tables it lacks until the restore)."""
+        release.start_candidate(self.settings, self.plan, self.versions, self.databases, wait=self.mode == "replicate", held=self.held)
+
+    def stop_candidate(self) -> None:
+        stack.stop_color(self.settings, self.candidate, self.versions)
+
+    def migrations(self) -> None:
+        """Replicate: refused (the replica must stay the local database's copy); dump: on the
+        restored target, the dump their backup."""
+        release.candidate_migrations(self.settings, self._record, self.candidate, self.versions, self.databases,
+                                     verified_backup=False, migrate=self.mode == "dump")
+
+    def pre_gates(self) -> None:
+        release.gate(self.settings, self._record, self.plan, "pre")
+
+    def pause_workers(self) -> None:
+        with runner.step(f"pausing {self.plan.from_color}'s workers ({', '.join(self.workers)}): their jobs wait for {self.candidate}"):
+            paused = stack.stop_color(self.settings, self.plan.from_color, self.versions, drain=False, services=self.workers,
+                                      databases=self.databases)
+            self.paused = {name: paused.get(name, 0) for name in self.workers}  # (a Swarm's counts: they start with as many)
+
+    def resume_workers(self) -> None:
+        if self.paused is None:
+            return
         try:
-            if held:
-                raise MoveError("the local database could not take writes again")
-            edge.set_frozen(settings, False)
+            stack.resume(self.settings, self.workers, self.versions, counts=self.paused, wait=False)
+        except ColorgateError as again:
+            runner.say(f"!! {self.plan.from_color}'s workers did not start again ({again}): the next command starts them")
+
+    def open_cut_over(self) -> None:
+        """The cut-over script's container, started and ready before the freeze."""
+        env, flags = dbtools.tools_env(self.settings, {**replication.target_env(self.url), "CG_FACTS_SQL": dbtools.FACTS_SQL,
+                                                       "CG_CONTENT_SQL": dbtools.CONTENT_SQL})
+        one = self.cut_over.enter_context(dbtools.one_off(self.settings, env))
+        self.cut = self.cut_over.enter_context(runner.session(dbtools.tools_cmd(
+            self.settings, "sh", "-c", replication.CUTOVER_SCRIPT, "dbtools", relay.ROLE, flags=flags, name=one), env=env))
+        _expect(self.cut, "ready")
+
+    def close_cut_over(self) -> None:
+        self.cut_over.close()
+
+    def freeze(self) -> None:
+        self.frozen_at, self.freeze_started = now(), time.monotonic()  # from here on the local database takes no more writes
+        with runner.step("freezing writes at the edge (reads go on)"):
+            edge.set_frozen(self.settings, True)
+
+    def thaw(self) -> None:
+        """After a failure: writes open again where traffic is, in the local database first
+        (unless traffic moved); if it cannot take them, the edge keeps holding them."""
+        try:
+            if not self.traffic_moved():
+                dbtools.freeze_database(self.settings, False)
+        except ColorgateError as again:  # the next command (or db.unfreeze) opens both
+            runner.say(f"!! the local database still refuses writes ({again}), so the edge keeps holding them")
+            raise MoveError("writes are still frozen at the edge (the local database could not take writes again): "
+                            "end the freeze with `invoke db.unfreeze`") from None
+        self.unfreeze()
+
+    def unfreeze(self) -> None:
+        """Writes open at the edge (the local database keeps refusing them after a move:
+        nothing may write to it any more)."""
+        try:
+            edge.set_frozen(self.settings, False)
         except ColorgateError as exc:
             raise MoveError(f"writes are still frozen at the edge ({exc}): end the freeze with `invoke db.unfreeze`") from None
-        record.timings["write_freeze"] = round(time.monotonic() - started, 3)
-        runner.say(f"ok writes open again: the write freeze lasted {record.timings['write_freeze']:.1f}s")
+        self._record.timings["write_freeze"] = round(time.monotonic() - self.freeze_started, 3)
+        runner.say(f"ok writes open again: the write freeze lasted {self._record.timings['write_freeze']:.1f}s")
+
+    def drain(self) -> None:
+        with timed(self._record, "drain", "waiting for in-flight writes"):
+            _drain(self.settings, script=self.mode == "dump")
+            if self.cut is not None:
+                self.cut.stdin.write("go\n")
+                self.cut.stdin.flush()
+                _expect(self.cut, "drained")
+
+    def catch_up(self) -> None:
+        with timed(self._record, "catch_up", "waiting for the target to catch up (every row the same)"):
+            _expect(self.cut, "caught-up")
+
+    def end_replication(self) -> None:
+        with timed(self._record, "unsubscribe", "copying sequence values, ending replication"):
+            _expect(self.cut, "finished")
+
+    def dump(self) -> None:
+        with timed(self._record, "dump", "dumping the local database"):
+            self.manifest = db.backup(self.settings)
+
+    def restore(self) -> None:
+        with timed(self._record, "restore", f"restoring {self.manifest['name']} into the target"):
+            target_env = dbtools.url_env(self.url)
+            dbtools.tools(self.settings, dbtools.RESTORE_SCRIPT, f"/backups/{self.manifest['name']}.dump", target_env["PGDATABASE"],
+                          "--no-owner", "--no-privileges", extra=target_env, what="pg_restore",
+                          major=dbtools.archive_major(self.settings, self.manifest))
+
+    def verify(self) -> None:
+        with timed(self._record, "verify", "verifying the target against the dump and the local database"):
+            expected = dbtools.Facts(self.manifest["counts"], self.manifest["migrations"])
+            _compare_or_fail(expected, _facts_of(self.settings, self.url), "the restored target")
+            _compare_or_fail(expected, _facts_of(self.settings), "a write slipped past the freeze: the dump")
+            self.local, copy = facts.parallel(lambda source: dbtools.content(self.settings, source), ["", self.url])
+            _same_content(self.local, copy, "the restored target differs from the local database")
+            db.record_verify(self.settings, self.manifest["name"], True, f"restored into {shown_url(self.url)} by db.move; every row the same")
+        self._record.detail = f"backup {self.manifest['name']}"
+
+    def ready(self) -> None:
+        with timed(self._record, "ready", f"waiting for {self.candidate} on the restored database"):
+            release.wait_candidate(self.settings, self.plan, recovering=True,
+                                   services=[s for s in self.settings.app.color_services(self.candidate) if s not in self.held])
+
+    def compare(self) -> None:
+        with timed(self._record, "compare", "checking that the local database is still what was restored"):
+            _same_content(self.local, dbtools.content(self.settings),
+                          "a write reached the local database after the restore: it differs from the copy")
+
+    def switch(self) -> None:
+        """Switch and post gates (back to the old color when they fail), as a release's."""
+        release.switch_and_verify(self.settings, self._record, self.plan, self.versions, pre_gates=False)
+
+    def record(self) -> None:
+        edge.write_database_record(self.settings, {"url": shown_url(self.url), "moved": self.frozen_at, "mode": self.mode,
+                                                   "from": "local", "live_color": self.candidate, "version": self.plan.to_version})
+
+    def remove_relay(self) -> None:
+        relay.remove(self.settings)
+
+    def start_workers(self) -> None:
+        with runner.step(f"starting {self.candidate}'s workers ({', '.join(self.held)})"):
+            counts = {name: (self.paused or {}).get(self.settings.app.copy_name(self.settings.app.split_copy(name)[0], self.plan.from_color), 0)
+                      for name in self.held}
+            stack.resume(self.settings, self.held, self.versions, self.databases, counts)
+
+    def stop_old(self) -> None:
+        with runner.step(f"stopping {self.plan.from_color} ({self.plan.from_version}): it uses the old database"):
+            stack.stop_color(self.settings, self.plan.from_color, self.versions, databases=self.databases)
 
 
 def _drain(settings: Settings, script: bool = True) -> None:
@@ -228,109 +322,6 @@ def _same_content(expected: dict[str, str], got: dict[str, str], problem: str) -
         raise MoveError(f"{problem}, row by row, in {', '.join(differ)}")
 
 
-def _cut_over(settings: Settings, record: Record, url: str, mode: str, plan: release.Plan) -> None:
-    candidate, version = plan.to_color, plan.to_version
-    versions = {**facts.running_versions(facts.service_states(settings)), candidate: version, plan.from_color: plan.from_version}
-    databases = {candidate: url}
-    # no worker runs from just before the freeze until traffic has moved: one of the old color
-    # would take jobs (from a shared queue) and write them to the old database, one of the
-    # candidate to the replica (or the empty target); jobs wait in their queue meanwhile
-    workers, held = settings.app.worker_services(plan.from_color), settings.app.worker_services(candidate)
-    touched = False
-    paused: dict[str, int] | None = None
-    frozen_at = ""
-    try:
-        at(record, "images")
-        with runner.step(f"{'pulling' if settings.registry else 'building'} {candidate} images ({version})"):
-            stack.ensure_release_images(settings, candidate, versions, release=True)
-        if mode == "replicate":
-            touched = True
-            at(record, "subscribe")
-            replication.subscribe(settings, record, url, _new_password())
-            at(record, "start")
-            release.start_candidate(settings, plan, versions, databases, held=held)
-            release.candidate_migrations(settings, record, candidate, versions, databases, migrate=False)
-            # it runs on the replica already: gated before the freeze, which covers only the cut-over
-            at(record, "pre_gates")
-            release.gate(settings, record, plan, "pre")
-        else:  # started on the empty target now, so that the freeze need not wait for its start
-            at(record, "start")
-            release.start_candidate(settings, plan, versions, databases, wait=False, held=held)
-        if workers:
-            at(record, "pause_workers")
-            with runner.step(f"pausing {plan.from_color}'s workers ({', '.join(workers)}): their jobs wait for {candidate}"):
-                paused = stack.stop_color(settings, plan.from_color, versions, drain=False, services=workers, databases=databases)
-                paused = {name: paused.get(name, 0) for name in workers}  # (a Swarm's counts: they start with as many)
-        frozen_at = now()  # from here on the local database takes no more writes
-        if mode == "replicate":
-            _replicate_frozen(settings, record, url, plan, versions, frozen_at)
-        else:
-            _dump_frozen(settings, record, url, plan, versions, databases, held, frozen_at)
-    except (ColorgateError, KeyboardInterrupt) as exc:
-        touched = touched or "restore" in record.timings  # dump: the restore began
-        if mode == "replicate" and touched:
-            replication.unsubscribe(settings, url, check=False)
-        live = edge.read_active(settings)
-        if live is not None and live.color == candidate and frozen_at:
-            # interrupted after its gated switch (at its record): traffic and its writes are on the
-            # target now, so the record says so before anything else (else the next command repairs it)
-            _record_moved(settings, url, mode, plan, frozen_at)
-        if live is None or live.color != candidate:
-            stack.stop_color(settings, candidate, versions)
-            if paused is not None:
-                try:
-                    stack.resume(settings, workers, versions, counts=paused, wait=False)
-                except ColorgateError as again:
-                    runner.say(f"!! {plan.from_color}'s workers did not start again ({again}): the next command starts them")
-        if touched and isinstance(exc, ColorgateError):
-            kind = type(exc) if isinstance(exc, GateFailed) else MoveError
-            raise kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
-                       f"the target {shown_url(url)} now holds a partial copy: empty it before retrying") from None
-        raise
-    # writes go to the new database now; the old color (reads drained) and the relay are left over
-    at(record, "finish")
-    if mode == "replicate":
-        relay.remove(settings)
-    if held:
-        with runner.step(f"starting {candidate}'s workers ({', '.join(held)})"):
-            counts = {name: (paused or {}).get(settings.app.copy_name(settings.app.split_copy(name)[0], plan.from_color), 0)
-                      for name in held}
-            stack.resume(settings, held, versions, databases, counts)
-    with runner.step(f"stopping {plan.from_color} ({plan.from_version}): it uses the old database"):
-        stack.stop_color(settings, plan.from_color, versions, databases=databases)
-
-
-def _record_moved(settings: Settings, url: str, mode: str, plan: release.Plan, frozen_at: str) -> None:
-    edge.write_database_record(settings, {"url": shown_url(url), "moved": frozen_at, "mode": mode, "from": "local",
-                                           "live_color": plan.to_color, "version": plan.to_version})
-
-
-def _replicate_frozen(settings: Settings, record: Record, url: str, plan: release.Plan, versions: dict[str, str],
-                      frozen_at: str) -> None:
-    """The replicate freeze: drain, catch up, sequences, end replication (one dbtools
-    container started before it), switch, post gates."""
-    env, flags = dbtools.tools_env(settings, {**replication.target_env(url), "CG_FACTS_SQL": dbtools.FACTS_SQL,
-                                                     "CG_CONTENT_SQL": dbtools.CONTENT_SQL})
-    with dbtools.one_off(settings, env) as one, \
-            runner.session(dbtools.tools_cmd(settings, "sh", "-c", replication.CUTOVER_SCRIPT, "dbtools", relay.ROLE, flags=flags, name=one), env=env) as cut:
-        _expect(cut, "ready")
-        with _frozen(settings, record, plan):
-            at(record, "drain")
-            with timed(record, "drain", "waiting for in-flight writes"):
-                _drain(settings, script=False)
-                cut.stdin.write("go\n")
-                cut.stdin.flush()
-                _expect(cut, "drained")
-            at(record, "catch_up")
-            with timed(record, "catch_up", "waiting for the target to catch up (every row the same)"):
-                _expect(cut, "caught-up")
-            with timed(record, "unsubscribe", "copying sequence values, ending replication"):
-                _expect(cut, "finished")
-            release.switch_and_verify(settings, record, plan, versions, pre_gates=False)
-            at(record, "record")
-            _record_moved(settings, url, "replicate", plan, frozen_at)
-
-
 def _expect(proc, word: str) -> None:
     """Read the cut-over script's output until it announces `word`; fail with its last
     complaint when it ended first."""
@@ -340,45 +331,6 @@ def _expect(proc, word: str) -> None:
     proc.wait(timeout=30)
     last = (runner.redact(proc.stderr.read()).strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     raise MoveError(f"the replication cut-over stopped before '{word}': {last}")
-
-
-def _dump_frozen(settings: Settings, record: Record, url: str, plan: release.Plan, versions: dict[str, str],
-                 databases: dict[str, str], held: list[str], frozen_at: str) -> None:
-    """The dump freeze: drain, dump, restore, verify, migrations, ready, gated switch."""
-    candidate = plan.to_color
-    with _frozen(settings, record, plan):
-        at(record, "drain")
-        with timed(record, "drain", "waiting for in-flight writes"):
-            _drain(settings)
-        at(record, "dump")
-        with timed(record, "dump", "dumping the local database"):
-            manifest = db.backup(settings)
-        at(record, "restore")
-        with timed(record, "restore", f"restoring {manifest['name']} into the target"):
-            target_env = dbtools.url_env(url)
-            dbtools.tools(settings, dbtools.RESTORE_SCRIPT, f"/backups/{manifest['name']}.dump", target_env["PGDATABASE"],
-                          "--no-owner", "--no-privileges", extra=target_env, what="pg_restore", major=dbtools.archive_major(settings, manifest))
-        with timed(record, "verify", "verifying the target against the dump and the local database"):
-            expected = dbtools.Facts(manifest["counts"], manifest["migrations"])
-            _compare_or_fail(expected, _facts_of(settings, url), "the restored target")
-            _compare_or_fail(expected, _facts_of(settings), "a write slipped past the freeze: the dump")
-            local, copy = facts.parallel(lambda source: dbtools.content(settings, source), ["", url])
-            _same_content(local, copy, "the restored target differs from the local database")
-            db.record_verify(settings, manifest["name"], True, f"restored into {shown_url(url)} by db.move; every row the same")
-        record.detail = f"backup {manifest['name']}"
-        # the release's own migrations, if any, now run on the target (the dump is their backup)
-        release.candidate_migrations(settings, record, candidate, versions, databases, verified_backup=False)
-        # ready only now: an app's health check may need its tables, which the target lacked until the restore
-        with timed(record, "ready", f"waiting for {candidate} on the restored database"):
-            release.wait_candidate(settings, plan, recovering=True,
-                                   services=[s for s in settings.app.color_services(candidate) if s not in held])
-        at(record, "pre_gates")
-        release.gate(settings, record, plan, "pre")
-        with timed(record, "compare", "checking that the local database is still what was restored"):
-            _same_content(local, dbtools.content(settings), "a write reached the local database after the restore: it differs from the copy")
-        release.switch_and_verify(settings, record, plan, versions, pre_gates=False)
-        at(record, "record")
-        _record_moved(settings, url, "dump", plan, frozen_at)
 
 
 def _new_password() -> str:
@@ -409,7 +361,8 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
             preflight(settings, url, mode)
         record = Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)
         with recorded(settings, record):
-            _cut_over(settings, record, url, mode, plan)
+            do = Steps(settings, record, plan, url, mode)
+            execute(plan_steps(mode, bool(do.workers), bool(do.held)), do, record, plan, shown_url(url))
             record.detail = f"{mode} to {shown_url(url)}, write freeze {record.timings['write_freeze']:.1f}s" + (
                 f", {record.detail}" if record.detail else "")
     if mode == "replicate":

@@ -3,11 +3,13 @@
 import dataclasses
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
-from deploy import config, edge, facts, move, release
-from deploy.errors import ConfigError
+from deploy import config, edge, errors, facts, history, move, movecheck, release
+from deploy.errors import ColorgateError, ConfigError, GateFailed
 
 SHOWN = "postgresql://app@db.example.com:5432/shop"
 
@@ -29,40 +31,40 @@ SHOWN = "postgresql://app@db.example.com:5432/shop"
     ],
 )
 def test_connection_errors_name_the_cause(stderr, expected):
-    message = move.explain_connect_error(stderr, SHOWN)
+    message = movecheck.explain_connect_error(stderr, SHOWN)
     assert expected in message and SHOWN in message and "\n" not in message
 
 
 def test_server_facts_parse_and_major_versions():
-    facts = move.parse_check("version|150004\ntables|2|public.notes\nsubscribe|true\n")
-    assert facts == move.ServerFacts(150004, 2, "public.notes", True) and facts.major == 15
-    assert move.parse_check("version|90624\ntables|0|\nsubscribe|f").major == 9
+    facts = movecheck.parse_check("version|150004\ntables|2|public.notes\nsubscribe|true\n")
+    assert facts == movecheck.ServerFacts(150004, 2, "public.notes", True) and facts.major == 15
+    assert movecheck.parse_check("version|90624\ntables|0|\nsubscribe|f").major == 9
 
 
 def test_compatibility_checks():
-    source = move.ServerFacts(150004, 3, "public.notes", True)
-    empty16 = move.ServerFacts(160002, 0, "", True)
-    move.check_compatible(source, empty16, SHOWN, "replicate")
+    source = movecheck.ServerFacts(150004, 3, "public.notes", True)
+    empty16 = movecheck.ServerFacts(160002, 0, "", True)
+    movecheck.check_compatible(source, empty16, SHOWN, "replicate")
     with pytest.raises(move.MoveError, match=r"runs PostgreSQL 13, older than the local 15: .*use PostgreSQL 15 or newer"):
-        move.check_compatible(source, move.ServerFacts(130016, 0, "", True), SHOWN, "dump")
+        movecheck.check_compatible(source, movecheck.ServerFacts(130016, 0, "", True), SHOWN, "dump")
     with pytest.raises(move.MoveError, match=r"is not empty \(1 table\(s\), e.g. public.x\)"):
-        move.check_compatible(source, move.ServerFacts(150004, 1, "public.x", True), SHOWN, "dump")
+        movecheck.check_compatible(source, movecheck.ServerFacts(150004, 1, "public.x", True), SHOWN, "dump")
     with pytest.raises(move.MoveError, match="may not create a subscription"):
-        move.check_compatible(source, move.ServerFacts(150004, 0, "", False), SHOWN, "replicate")
-    move.check_compatible(source, move.ServerFacts(150004, 0, "", False), SHOWN, "dump")
+        movecheck.check_compatible(source, movecheck.ServerFacts(150004, 0, "", False), SHOWN, "replicate")
+    movecheck.check_compatible(source, movecheck.ServerFacts(150004, 0, "", False), SHOWN, "dump")
     # a local table without a replica identity: replicate would break the live app's UPDATE and DELETE on it
-    bare = move.parse_check("version|150004\ntables|3|public.audit\nsubscribe|t\nnoidentity|1|public.audit\n")
+    bare = movecheck.parse_check("version|150004\ntables|3|public.audit\nsubscribe|t\nnoidentity|1|public.audit\n")
     assert bare.without_identity == (1, "public.audit")
     with pytest.raises(move.MoveError, match=r"^1 local table\(s\) have no replica identity \(no primary key\), e.g. public.audit: .*"
                                              r"`ALTER TABLE public.audit REPLICA IDENTITY FULL`, or move with --mode dump$"):
-        move.check_compatible(bare, empty16, SHOWN, "replicate")
-    move.check_compatible(bare, empty16, SHOWN, "dump")
+        movecheck.check_compatible(bare, empty16, SHOWN, "replicate")
+    movecheck.check_compatible(bare, empty16, SHOWN, "dump")
 
 
 def test_target_url_is_checked_before_anything():
     with pytest.raises(ConfigError, match="^the target URL needs a user and a password"):
-        move.check_url("postgresql://app@db.example.com/shop")
-    assert move.check_url(" postgresql://a:b@h/d ") == "postgresql://a:b@h/d"
+        movecheck.check_url("postgresql://app@db.example.com/shop")
+    assert movecheck.check_url(" postgresql://a:b@h/d ") == "postgresql://a:b@h/d"
 
 
 def test_freeze_is_its_own_file_with_the_hold_bound():
@@ -156,3 +158,59 @@ def test_the_relay_forwards_nothing_until_opened_and_a_few_connections_at_once(t
     gate.touch()
     proc = subprocess.run(["sh", "-c", shown, name, str(gate), cap, target], capture_output=True, text=True, timeout=5)
     assert proc.stdout.split() == ["socat", f"TCP-LISTEN:5433,fork,reuseaddr,max-children={cap}", target]
+
+
+MOVE_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "move_runs.yaml").read_text())
+EXIT_CODES = {"refused": errors.REFUSED, "rolled back": errors.FLIPPED_BACK, "failed": errors.FAILED}
+
+
+class RecordingMove:
+    """db.move's steps and undos as stand-ins that record their calls and fail where the
+    case says; the edge's answer to "did traffic move?" is the case's."""
+
+    def __init__(self, fail: dict, moved: bool, record: history.Record):
+        self.calls: list[str] = []
+        self.fail, self.moved, self._record = fail, moved, record
+
+    def traffic_moved(self) -> bool:
+        return self.moved
+
+    def __getattr__(self, name):
+        def step():
+            how = self.fail.get(name) if name not in self.calls else None  # a step fails once (the record is written again)
+            self.calls.append(name)
+            if how == "error":
+                raise ColorgateError(f"{name} broke")
+            if how == "gate":
+                raise GateFailed(f"{name} failed")
+            if how == "flipped":
+                self._record.outcome = "rolled back"
+                raise errors.FlippedBack(f"post gates failed; traffic is back on {self._record.from_color}")
+            if how == "interrupt":
+                raise errors.Interrupted("SIGTERM")
+        return step
+
+
+@pytest.mark.parametrize("case", MOVE_RUNS, ids=[c["name"] for c in MOVE_RUNS])
+def test_move_runs(case):
+    steps = move.plan_steps(**case["plan"])
+    if "steps" in case:
+        assert list(steps) == case["steps"]
+    plan = release.Plan("db.move", "blue", "green", "v1", "v2", ())
+    record = history.Record("db.move", "blue", "green", "v1", "v2")
+    do = RecordingMove(case.get("fail") or {}, case.get("moved", False), record)
+    raised = None
+    try:
+        move.execute(steps, do, record, plan, "postgresql://app@db.example.com/shop")
+    except (ColorgateError, KeyboardInterrupt) as exc:
+        raised = exc
+    history.settle(record, raised)
+    assert do.calls == case.get("calls", case.get("steps")), do.calls
+    assert record.outcome == case["outcome"]
+    assert (raised is None) == (case["outcome"] == "switched")
+    if "detail" in case:
+        assert record.detail == case["detail"]
+    if "exit" in case:
+        assert raised.exit_code == EXIT_CODES[case["exit"]], type(raised)
+    if "message" in case:
+        assert re.search(case["message"], str(raised)), str(raised)
