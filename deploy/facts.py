@@ -2,8 +2,7 @@
 (containers, or on a Swarm its services and tasks: their state, health, version,
 ports, database), networks, confinement, listening sockets. (The app's answers as the
 edge sees them: deploy/probes.py.) Each fact is plain data, so a release can be decided
-and a gate can explain itself from it; parsing is pure (tested on captured output).
-"""
+and a gate can explain itself from it; parsing is pure (tested on captured output)."""
 
 from __future__ import annotations
 
@@ -27,8 +26,7 @@ _task_containers: dict[tuple[str, str, str], str] = {}
 
 
 def container(settings: Settings, service: str, fresh: bool = False) -> str:
-    """The container compose runs a service in; on a Swarm, the running task's on the
-    manager (the edge's, a shared service's), looked up once per process unless `fresh`."""
+    """The container of a service; on a Swarm, its running task's on the manager, looked up once unless `fresh`."""
     if not settings.swarm:
         return f"{settings.project}-{service}-1"
     key = (settings.docker_host, settings.project, service)
@@ -57,9 +55,8 @@ class ServiceState:
 
     @property
     def up(self) -> bool:
-        """Running and not failing its check: the engine checks rarely (five minutes apart,
-        to keep an idle host idle), so a container started less than that ago is still
-        `starting`; a release waits for it actively (`passes_healthcheck`)."""
+        """Running and not failing its check: the engine checks five minutes apart (an idle host stays idle), so a
+        container started since is still `starting`; a release waits for it actively (`passes_healthcheck`)."""
         return self.state == "running" and self.health != "unhealthy"
 
 
@@ -69,8 +66,7 @@ def inspect(settings: Settings, name: str) -> dict:
 
 
 def passes_healthcheck(settings: Settings, service: str) -> bool:
-    """Run the container's own health check (its image's HEALTHCHECK or compose's
-    `healthcheck:`) now, inside it, instead of waiting for the engine's next turn."""
+    """The container's own health check (its image's or compose's) run now, inside it, not at the engine's next turn."""
     name = container(settings, service)
     test = ((inspect(settings, name).get("Config") or {}).get("Healthcheck") or {}).get("Test") or ["NONE"]
     if test[0] == "NONE":
@@ -360,13 +356,18 @@ class Confinement:
         return self.gains() + (["runs as root"] if self.as_root else []) + ([] if self.read_only else ["root filesystem writable"])
 
 
-def _no_new_privs(settings: Settings, name: str) -> bool:
-    """Whether the process of container `name` runs with no_new_privs (its kernel's word)."""
-    try:
-        created = runner.engine(settings.docker_host, "exec_create", name, ["cat", "/proc/1/status"])
-        out = runner.engine(settings.docker_host, "exec_start", created["Id"])
-    except CommandError:
-        return False
+def _no_new_privs(settings: Settings, service: str) -> bool:
+    """Whether `service`'s process runs with no_new_privs (its kernel's word): its task's now, asked again for 3 s
+    while it cannot be read (a task the Swarm was replacing read as "off" and failed a gate)."""
+    for attempt in range(10):
+        try:
+            created = runner.engine(settings.docker_host, "exec_create", container(settings, service, fresh=True), ["cat", "/proc/1/status"])
+            out = runner.engine(settings.docker_host, "exec_start", created["Id"])
+            break
+        except CommandError:
+            if attempt == 9:
+                return False
+            time.sleep(0.3)
     text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
     return any(line.split() == ["NoNewPrivs:", "1"] for line in text.splitlines())
 
@@ -392,8 +393,7 @@ def confinement(settings: Settings, services: list[str]) -> dict[str, Confinemen
     as server.setup does), seen in the edge's task on the manager."""
     out = {}
     if settings.swarm:
-        # the edge's task now: one the Swarm replaced since it was looked up would read as "off"
-        current, locked = swarm.services(settings), _no_new_privs(settings, container(settings, "edge", fresh=True))
+        current, locked = swarm.services(settings), _no_new_privs(settings, "edge")
         for name in services:
             spec = current[name].spec if name in current else None  # at 0 tasks too, as a created container
             if spec is not None:
