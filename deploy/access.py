@@ -26,7 +26,7 @@ from pathlib import Path
 from deploy import appsecrets, contract, edge, facts, history, images, render, runner
 from deploy.config import Settings
 from deploy.keys import app_url, ca_file, shown_url, url_parts
-from deploy.errors import CommandError, ConfigError
+from deploy.errors import CommandError, ConfigError, NotFound
 
 _staged: set[tuple] = set()
 
@@ -192,7 +192,7 @@ def _project_mark(settings: Settings, project: str) -> str | None:
     """The app the project's edge state names: None without such a volume, "" without a mark."""
     try:
         runner.engine(settings.docker_host, "inspect_volume", f"{project}_edge-state")
-    except CommandError:
+    except NotFound:
         return None  # a new project (a volume made empty here would lose the edge's ownership of it)
     with _staging(settings, ["edge-state"], "reading which app the project belongs to", project) as made:
         try:

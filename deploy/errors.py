@@ -38,6 +38,12 @@ class DockerUnavailable(ColorgateError):
     exit_code = UNREACHABLE
 
 
+class EngineLost(DockerUnavailable):
+    """The engine could not be asked (its socket, or the SSH connection to it, gone or
+    silent): nothing can be concluded about what runs there, so this is never read as
+    "absent" (no `except CommandError` catches it)."""
+
+
 class PortInUse(ColorgateError):
     """A port the edge must publish is already taken on the host."""
 
@@ -65,6 +71,11 @@ class CommandError(ColorgateError):
         """The last `count` lines it printed (stdout, then stderr; masked by the runner),
         for a person to act on: a build's failing step, a migration's traceback."""
         return [line.rstrip() for line in f"{self.stdout}\n{self.stderr}".strip().splitlines() if line.strip()][-count:]
+
+
+class NotFound(CommandError):
+    """The engine answered that the object (container, image, network, secret) does not
+    exist: absent, as a fact, apart from every other failure."""
 
 
 class ContractError(ConfigError):

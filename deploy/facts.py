@@ -19,7 +19,7 @@ from deploy import runner, ssh, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import shown_url
-from deploy.errors import CommandError, StackError
+from deploy.errors import CommandError, NotFound, StackError
 
 
 _task_containers: dict[tuple[str, str, str], str] = {}
@@ -92,7 +92,7 @@ def parallel(fn, items: list) -> list:
 def _inspected(settings: Settings, name: str) -> dict | None:
     try:
         return inspect(settings, name)
-    except CommandError:  # removed since it was listed
+    except NotFound:  # removed since it was listed
         return None
 
 
@@ -232,7 +232,7 @@ def pending_migrations(settings: Settings, color: str) -> bool | None:
     if settings.swarm:  # the status command runs in a task of the copy on the manager: unknown when none runs there
         try:
             container(settings, settings.app.copy_name(m.service, color), fresh=True)
-        except CommandError:
+        except NotFound:
             return None
     proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
     if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
@@ -310,7 +310,7 @@ def color_addresses(settings: Settings, color: str) -> dict[str, str]:
     for name in settings.app.color_services(color):
         try:
             c = inspect(settings, container(settings, name))
-        except CommandError:
+        except NotFound:
             continue  # absent: it has no address
         for net in ((c.get("NetworkSettings") or {}).get("Networks") or {}).values():
             if net.get("IPAddress"):
@@ -375,7 +375,7 @@ def _no_new_privs(settings: Settings, service: str) -> bool:
 def _image_user(settings: Settings, image: str) -> str:
     try:
         return ((runner.engine(settings.docker_host, "inspect_image", image.split("@", 1)[0]).get("Config") or {}).get("User")) or ""
-    except CommandError:
+    except NotFound:
         return ""
 
 

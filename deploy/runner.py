@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -28,11 +29,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from deploy import ssh
-from deploy.errors import CommandError, Interrupted
+from deploy.errors import CommandError, EngineLost, Interrupted, NotFound
 
 log = logging.getLogger("colorgate")
 _secrets: set[str] = set()
 MASK = "********"
+ABSENT = re.compile(r"^(Error( response from daemon)?: )?No such (container|object|image|network|volume|service|secret)\b", re.M)
 
 
 def add_secret(value: str) -> None:
@@ -146,9 +148,8 @@ def run(
     proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     log.debug("  exit %s in %.2fs", proc.returncode, time.monotonic() - started)
     if check and proc.returncode != 0:
-        raise CommandError(
-            cmd, proc.returncode, redact(proc.stdout or ""), redact(proc.stderr or ""), what
-        )
+        absent = Path(cmd[0]).name == "docker" and ABSENT.search(proc.stderr or "")  # the docker CLI's word for it
+        raise (NotFound if absent else CommandError)(cmd, proc.returncode, redact(proc.stdout or ""), redact(proc.stderr or ""), what)
     return proc
 
 
@@ -375,14 +376,20 @@ def _api(docker_host: str):
 
 def engine(docker_host: str, call, *args, what: str = "", **kwargs):
     """`call` (a docker.APIClient method name) on the target's engine, one kept-open
-    connection per engine. Errors become CommandError, worded as the CLI would."""
+    connection per engine. Errors become CommandError, worded as the CLI would: NotFound
+    when the object does not exist, EngineLost when the engine could not be asked."""
     import docker.errors
+    import requests.exceptions
 
     log.debug("api %s %s", call, redact(" ".join(map(str, args))))
     try:
         return getattr(_api(docker_host), call)(*args, **kwargs)
     except docker.errors.NotFound as exc:
-        raise CommandError(["docker", call, *map(str, args)], 1, "", redact(f"Error: No such object: {exc.explanation or exc}"), what) from None
+        raise NotFound(["docker", call, *map(str, args)], 1, "", redact(f"Error: No such object: {exc.explanation or exc}"), what) from None
+    except requests.exceptions.RequestException as exc:  # its socket or SSH connection gone, or no answer
+        reason = "no answer in 120 s" if isinstance(exc, requests.exceptions.Timeout) else "the connection failed or was lost"
+        raise EngineLost(f"cannot ask the Docker engine ({docker_host or 'this machine'}) while {what or call}: {reason}; "
+                         "check that it runs (and the SSH host answers), then run the command again") from None
     except docker.errors.DockerException as exc:
         detail = getattr(exc, "explanation", None) or str(exc)
         raise CommandError(["docker", call, *map(str, args)], 1, "", redact(f"Error response from daemon: {detail}"), what) from None

@@ -29,7 +29,7 @@ import yaml
 from deploy import images, render, runner
 from deploy.colors import COLORS, other
 from deploy.config import Settings
-from deploy.errors import CommandError, ConfigError, StackError
+from deploy.errors import CommandError, ConfigError, NotFound, StackError
 
 STACK_LABEL = "com.docker.stack.namespace"
 SERVICE_LABEL = "com.docker.swarm.service.name"
@@ -202,11 +202,11 @@ def services(settings: Settings) -> dict[str, Service]:
 
 def task_container(settings: Settings, service: str) -> str:
     """The running container of `service`'s task on the manager (the edge, a shared
-    service: the stack pins them there). Raises CommandError as a missing container would."""
+    service: the stack pins them there). Raises NotFound as a missing container would."""
     listed = runner.engine(settings.docker_host, "containers", filters={"label": f"{SERVICE_LABEL}={service_name(settings, service)}",
                                                                           "status": "running"}, what=f"finding {service}'s container")
     if not listed:
-        raise CommandError(["docker", "inspect", service_name(settings, service)], 1, "",
+        raise NotFound(["docker", "inspect", service_name(settings, service)], 1, "",
                            f"Error: No such object: no running task of {service_name(settings, service)} on this node")
     return sorted(listed, key=lambda c: c.get("Created", 0))[-1]["Id"]
 

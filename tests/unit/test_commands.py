@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import bootstrap, config, facts, images, runner, stack, views
-from deploy.errors import ColorgateError, CommandError, PortInUse
+from deploy import bootstrap, config, errors, facts, images, runner, stack, views
+from deploy.errors import ColorgateError, CommandError, EngineLost, NotFound, PortInUse
 
 
 @pytest.fixture
@@ -120,6 +120,37 @@ def test_runner_raises_with_command_exit_code_and_masked_output():
 def test_runner_missing_program_is_a_command_error():
     with pytest.raises(CommandError, match="command not found"):
         runner.run(["colorgate-no-such-program"])
+
+
+def test_what_the_docker_cli_says_is_absent_is_not_found_and_any_other_failure_is_not(tmp_path):
+    """A stand-in `docker` on PATH prints what the real CLI prints; the runner's reading
+    of it is under test: "No such ..." is an answer (absent), anything else a failure."""
+    fake = tmp_path / "docker"
+    fake.write_text('#!/bin/sh\necho "$1" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    with pytest.raises(NotFound):
+        runner.run([str(fake), "Error response from daemon: No such container: shop-edge-1"])
+    with pytest.raises(NotFound):
+        runner.run([str(fake), "Error: No such object: shop-web_blue-1"])
+    for said in ("error during connect: Get http://docker/v1.41/containers/json: EOF", "Cannot connect to the Docker daemon"):
+        with pytest.raises(CommandError) as err:
+            runner.run([str(fake), said])
+        assert not isinstance(err.value, NotFound), said
+    with pytest.raises(CommandError) as err:  # another program's "No such" is its own business
+        runner.run(["sh", "-c", "echo 'No such container: x' >&2; exit 1"])
+    assert not isinstance(err.value, NotFound)
+
+
+def test_an_engine_that_cannot_be_asked_is_never_read_as_one_where_nothing_runs(tmp_path):
+    """Its socket gone (as when the SSH connection drops): every read raises EngineLost
+    (exit 6, one line), which no `except CommandError` takes for "absent"."""
+    gone = f"unix://{tmp_path}/engine.sock"
+    s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop", "COLORGATE_DOCKER_HOST": gone})
+    for read in (lambda: facts.service_states(s), lambda: facts.inspect(s, "shop-edge-1"), lambda: facts.confinement(s, ["edge"])):
+        with pytest.raises(EngineLost) as err:
+            read()
+        assert not isinstance(err.value, CommandError) and err.value.exit_code == errors.UNREACHABLE
+        assert str(err.value).startswith(f"cannot ask the Docker engine ({gone}) while ") and "\n" not in str(err.value)
 
 
 def test_port_in_use_is_refused_with_the_key_to_change():
