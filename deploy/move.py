@@ -92,10 +92,11 @@ def plan_steps(mode: str, workers: bool, held: bool) -> tuple[str, ...]:
 
 # What undoes a step when it, or one after it, fails while traffic is on the old color;
 # of these, ALWAYS are undone wherever traffic is (the freeze ends, the cut-over's
-# container stops). ENDS: a step that ends what another began (then that needs no undo).
+# container stops, the replication's parts and its relay go). ENDS: a step that ends what
+# another began (then that needs no undo).
 UNDO = {"subscribe": "drop_subscription", "start": "stop_candidate", "pause_workers": "resume_workers",
         "open_cut_over": "close_cut_over", "freeze": "thaw"}
-ALWAYS = ("open_cut_over", "freeze")
+ALWAYS = ("subscribe", "open_cut_over", "freeze")  # (after the switch the cut-over ended the subscription: its relay goes)
 ENDS = {"unfreeze": "freeze", "close_cut_over": "open_cut_over"}
 TOUCHES = ("subscribe", "restore")  # begun, they leave a partial copy in the target
 

@@ -12,8 +12,7 @@ read through the manager's engine as on one host.
 
 What runs is read from the manager's Engine API: services and their tasks. A task of
 a service with a health check is `running` only once healthy; so a service is ready
-when all its replicas run its current spec.
-"""
+when all its replicas run its current spec."""
 
 from __future__ import annotations
 
@@ -414,8 +413,7 @@ def wait_stopped(settings: Settings, names: list[str], timeout: float, strict: b
 
 
 def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> None:
-    """`docker stack rm`, then wait until its tasks and networks are gone (and, with
-    `volumes`, remove its volumes on the manager)."""
+    """`docker stack rm`, then wait until its tasks and networks are gone (with `volumes`, remove its volumes on the manager)."""
     runner.run(["docker", "stack", "rm", settings.project], env=settings.docker_env(), check=False, what="docker stack rm")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -424,7 +422,9 @@ def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> No
         if not left and not nets:
             break
         time.sleep(0.5)
-    if volumes:  # the stack's, and those its one-off containers and secret files use (compose's labels)
+    if volumes:  # the stack's, and those its one-off containers (kept migrations: removed first) and secret files use
+        for one in runner.engine(settings.docker_host, "containers", all=True, filters={"label": f"com.docker.compose.project={settings.project}"}):
+            runner.engine(settings.docker_host, "remove_container", one["Id"], force=True, what="removing a one-off container")
         for label in (STACK_LABEL, "com.docker.compose.project"):
             for volume in runner.engine(settings.docker_host, "volumes", filters={"label": f"{label}={settings.project}"}).get("Volumes") or []:
                 runner.engine(settings.docker_host, "remove_volume", volume["Name"], force=True, what="removing a volume")
