@@ -357,19 +357,19 @@ class Confinement:
 
 
 def _no_new_privs(settings: Settings, service: str) -> bool:
-    """Whether `service`'s process runs with no_new_privs (its kernel's word): its task's now, asked again for 3 s
-    while it cannot be read (a task the Swarm was replacing read as "off" and failed a gate)."""
+    """Whether `service`'s process runs with no_new_privs: its task's now, asked for 3 s while unreadable (a Swarm's read "off")."""
     for attempt in range(10):
         try:
             created = runner.engine(settings.docker_host, "exec_create", container(settings, service, fresh=True), ["cat", "/proc/1/status"])
             out = runner.engine(settings.docker_host, "exec_start", created["Id"])
-            break
+            said = [line.split() for line in (out.decode(errors="replace") if isinstance(out, bytes) else str(out)).splitlines()
+                    if line.startswith("NoNewPrivs:")]
+            if said:
+                return said[0] == ["NoNewPrivs:", "1"]
         except CommandError:
-            if attempt == 9:
-                return False
-            time.sleep(0.3)
-    text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
-    return any(line.split() == ["NoNewPrivs:", "1"] for line in text.splitlines())
+            pass
+        time.sleep(0.3 if attempt < 9 else 0)
+    return False
 
 
 def _image_user(settings: Settings, image: str) -> str:

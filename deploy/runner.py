@@ -386,10 +386,10 @@ def engine(docker_host: str, call, *args, what: str = "", **kwargs):
         return getattr(_api(docker_host), call)(*args, **kwargs)
     except docker.errors.NotFound as exc:
         raise NotFound(["docker", call, *map(str, args)], 1, "", redact(f"Error: No such object: {exc.explanation or exc}"), what) from None
-    except requests.exceptions.RequestException as exc:  # its socket or SSH connection gone, or no answer
+    except docker.errors.DockerException as exc:  # the engine's answer (an APIError is a requests error too)
+        detail = getattr(exc, "explanation", None) or str(exc)
+        raise CommandError(["docker", call, *map(str, args)], 1, "", redact(f"Error response from daemon: {detail}"), what) from None
+    except requests.exceptions.RequestException as exc:  # no answer: its socket or SSH connection gone, or silent
         reason = "no answer in 120 s" if isinstance(exc, requests.exceptions.Timeout) else "the connection failed or was lost"
         raise EngineLost(f"cannot ask the Docker engine ({docker_host or 'this machine'}) while {what or call}: {reason}; "
                          "check that it runs (and the SSH host answers), then run the command again") from None
-    except docker.errors.DockerException as exc:
-        detail = getattr(exc, "explanation", None) or str(exc)
-        raise CommandError(["docker", call, *map(str, args)], 1, "", redact(f"Error response from daemon: {detail}"), what) from None
