@@ -168,72 +168,98 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     # internal network of Colorgate's with its clients: nothing else reaches it
     own_db_network = bool(app.database and networks_of(app.services[app.database.service] or {}) == ["default"])
     for name in app.shared:
-        svc = _without_dropped(app.services[name])
-        if own_db_network and name == app.database.service:
-            svc["networks"] = [DB_NETWORK]
-        svc.setdefault("restart", "unless-stopped")
-        if app.buildable(name):
-            svc.setdefault("image", f"{prefix_var}{name}:latest")
-        env = _env_dict(svc.get("environment"))
-        if app.postgres and name == app.postgres.service:
-            # the settings' database and superuser, whatever the file says (Colorgate connects
-            # as them); the password as a file Colorgate puts there (access.stage_secrets), not
-            # in the container's environment: PostgreSQL images read POSTGRES_PASSWORD_FILE
-            env.pop("POSTGRES_PASSWORD", None)
-            env.update({key: "${%s:-}" % key for key in OWN_DATABASE_VARS})
-            env["POSTGRES_PASSWORD_FILE"] = f"{SECRETS_DIR}/{DB_PASSWORD_FILE}"
-            svc["environment"] = env
-            _mount(svc, secrets_volume(), SECRETS_DIR)
-        labels = _env_dict(svc.get("labels"))
-        labels.update({"org.colorgate.role": "database" if app.database and name == app.database.service else "shared",
-                       "org.colorgate.service": name})
-        svc["labels"] = labels
-        services[name] = locked_down(svc, SHARED)
+        services[name] = _shared(app, name, prefix_var, own_db_network)
     for color in COLORS:
         for name in app.colored:
-            svc = _without_dropped(app.services[name])
-            version = "${%s:-latest}" % version_var(color)
-            if app.buildable(name) or "image" not in svc:
-                svc["image"] = f"{prefix_var}{name}:{version}"
-            svc.setdefault("restart", "unless-stopped")
-            env = _env_dict(svc.get("environment"))
-            env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
-            if app.database and name in app.database.clients:
-                db = app.database
-                for var in db.unset:
-                    env.pop(var, None)
-                for var in db.env:
-                    env[var] = "${%s:-}" % database_var(color)
-                for var in db.file:  # the URL as a file of this color's (access.stage_secrets)
-                    env[var] = f"{SECRETS_DIR}/{DB_URL_FILE}"
-                for part, var in db.parts:
-                    env[var] = f"{SECRETS_DIR}/{DB_CLIENT_PASSWORD_FILE}" if part == "password_file" else "${%s:-}" % database_var(color, part)
-                if db.reads_files:
-                    _mount(svc, secrets_volume(color), SECRETS_DIR)
-                # a managed database's CA (its URL's sslrootcert), put there by Colorgate
-                _mount(svc, "dbca", DB_CA_DIR)
-            own = [secret for secret in app.secrets if name in secret.services]
-            if own:  # the app's own secrets, each a file of this copy's own volume (access.stage_secrets)
-                _mount(svc, app_secrets_volume(color, name), APP_SECRETS_DIR)
-                env.update({secret.env: secret.path for secret in own if secret.env})
-            svc["environment"] = env
-            labels = _env_dict(svc.get("labels"))
-            labels.update({"org.colorgate.role": "colored", "org.colorgate.service": name, "org.colorgate.color": color})
-            if app.database and name in app.database.clients:
-                labels["org.colorgate.database"] = "${%s:-local}" % database_label_var(color)
-            svc["labels"] = labels
-            networks = network_map(svc)
-            if name in app.routed:
-                networks[EDGE_NETWORK] = None
-            if own_db_network and name in app.database.clients:
-                networks[DB_NETWORK] = None
-            svc["networks"] = networks
-            deps = svc.get("depends_on")
-            if deps:
-                items = deps.items() if isinstance(deps, dict) else ((d, None) for d in deps)
-                renamed = {app.copy_name(d, color) if d in app.colored else d: (v or {"condition": "service_started"}) for d, v in items}
-                svc["depends_on"] = renamed
-            services[app.copy_name(name, color)] = locked_down(svc)
+            services[app.copy_name(name, color)] = _colored_copy(app, name, color, prefix_var, own_db_network)
+    _own_parts(app, services)
+    networks = copy.deepcopy(app.raw.get("networks") or {})
+    networks[EDGE_NETWORK] = {}
+    if own_db_network:
+        networks[DB_NETWORK] = {"internal": True}
+    volumes = copy.deepcopy(app.raw.get("volumes") or {})
+    volumes.update({name: {} for name in (*OWN_VOLUMES, *app_secrets_volumes(app))})
+    out = {"services": services, "networks": networks, "volumes": volumes}
+    for key in ("configs", "secrets"):
+        if app.raw.get(key):
+            out[key] = copy.deepcopy(app.raw[key])
+    return out
+
+
+def _shared(app: App, name: str, prefix_var: str, own_db_network: bool) -> dict:
+    """A shared service as written, with Colorgate's labels (the database: the settings' superuser, its password a file)."""
+    svc = _without_dropped(app.services[name])
+    if own_db_network and name == app.database.service:
+        svc["networks"] = [DB_NETWORK]
+    svc.setdefault("restart", "unless-stopped")
+    if app.buildable(name):
+        svc.setdefault("image", f"{prefix_var}{name}:latest")
+    env = _env_dict(svc.get("environment"))
+    if app.postgres and name == app.postgres.service:
+        # the settings' database and superuser, whatever the file says (Colorgate connects
+        # as them); the password as a file Colorgate puts there (access.stage_secrets), not
+        # in the container's environment: PostgreSQL images read POSTGRES_PASSWORD_FILE
+        env.pop("POSTGRES_PASSWORD", None)
+        env.update({key: "${%s:-}" % key for key in OWN_DATABASE_VARS})
+        env["POSTGRES_PASSWORD_FILE"] = f"{SECRETS_DIR}/{DB_PASSWORD_FILE}"
+        svc["environment"] = env
+        _mount(svc, secrets_volume(), SECRETS_DIR)
+    labels = _env_dict(svc.get("labels"))
+    labels.update({"org.colorgate.role": "database" if app.database and name == app.database.service else "shared",
+                   "org.colorgate.service": name})
+    svc["labels"] = labels
+    return locked_down(svc, SHARED)
+
+
+def _colored_copy(app: App, name: str, color: str, prefix_var: str, own_db_network: bool) -> dict:
+    """`color`'s copy of a colored service: its version's image, its database wiring and secrets, its networks."""
+    svc = _without_dropped(app.services[name])
+    version = "${%s:-latest}" % version_var(color)
+    if app.buildable(name) or "image" not in svc:
+        svc["image"] = f"{prefix_var}{name}:{version}"
+    svc.setdefault("restart", "unless-stopped")
+    env = _env_dict(svc.get("environment"))
+    env.update({"COLORGATE_COLOR": color, "COLORGATE_VERSION": version})
+    if app.database and name in app.database.clients:
+        db = app.database
+        for var in db.unset:
+            env.pop(var, None)
+        for var in db.env:
+            env[var] = "${%s:-}" % database_var(color)
+        for var in db.file:  # the URL as a file of this color's (access.stage_secrets)
+            env[var] = f"{SECRETS_DIR}/{DB_URL_FILE}"
+        for part, var in db.parts:
+            env[var] = f"{SECRETS_DIR}/{DB_CLIENT_PASSWORD_FILE}" if part == "password_file" else "${%s:-}" % database_var(color, part)
+        if db.reads_files:
+            _mount(svc, secrets_volume(color), SECRETS_DIR)
+        # a managed database's CA (its URL's sslrootcert), put there by Colorgate
+        _mount(svc, "dbca", DB_CA_DIR)
+    own = [secret for secret in app.secrets if name in secret.services]
+    if own:  # the app's own secrets, each a file of this copy's own volume (access.stage_secrets)
+        _mount(svc, app_secrets_volume(color, name), APP_SECRETS_DIR)
+        env.update({secret.env: secret.path for secret in own if secret.env})
+    svc["environment"] = env
+    labels = _env_dict(svc.get("labels"))
+    labels.update({"org.colorgate.role": "colored", "org.colorgate.service": name, "org.colorgate.color": color})
+    if app.database and name in app.database.clients:
+        labels["org.colorgate.database"] = "${%s:-local}" % database_label_var(color)
+    svc["labels"] = labels
+    networks = network_map(svc)
+    if name in app.routed:
+        networks[EDGE_NETWORK] = None
+    if own_db_network and name in app.database.clients:
+        networks[DB_NETWORK] = None
+    svc["networks"] = networks
+    deps = svc.get("depends_on")
+    if deps:
+        items = deps.items() if isinstance(deps, dict) else ((d, None) for d in deps)
+        renamed = {app.copy_name(d, color) if d in app.colored else d: (v or {"condition": "service_started"}) for d, v in items}
+        svc["depends_on"] = renamed
+    return locked_down(svc)
+
+
+def _own_parts(app: App, services: dict) -> None:
+    """Colorgate's own services (compose/colorgate.yml) into `services`, beside the app's."""
     own = yaml.safe_load((OWN_PARTS / "colorgate.yml").read_text())
     db_networks = list(network_map(services[app.database.service])) if app.database else []
     for name, svc in own["services"].items():
@@ -256,17 +282,6 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
         loopback["network_mode"] = "host"
         loopback["labels"] = {**loopback["labels"], "org.colorgate.role": f"{name}-loopback"}
         services[f"{name}-loopback"] = loopback
-    networks = copy.deepcopy(app.raw.get("networks") or {})
-    networks[EDGE_NETWORK] = {}
-    if own_db_network:
-        networks[DB_NETWORK] = {"internal": True}
-    volumes = copy.deepcopy(app.raw.get("volumes") or {})
-    volumes.update({name: {} for name in (*OWN_VOLUMES, *app_secrets_volumes(app))})
-    out = {"services": services, "networks": networks, "volumes": volumes}
-    for key in ("configs", "secrets"):
-        if app.raw.get(key):
-            out[key] = copy.deepcopy(app.raw[key])
-    return out
 
 
 def dump(rendered: dict, source: Path, wired: list[str] = ()) -> str:

@@ -226,7 +226,17 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
     if block is None:
         raise ContractError(f"{path} has no x-colorgate block: add one (`invoke init --compose {path}` writes a first draft)")
     block = _keys(block, BLOCK_KEYS, "x-colorgate")
+    _check_names(data, services)
+    colored, shared = _roles(block, services)
+    routes = _routes(block, services, colored)
+    return App(file=path, services=services, colored=tuple(colored), shared=tuple(shared), routes=tuple(routes),
+               health=_health(block, services, colored, routes), migrations=_migrations(block, services, colored),
+               database=_database(block, services, colored, shared), raw=data, replicas=_replicas(block),
+               secrets=_secrets(block.get("secrets"), services, colored))
 
+
+def _check_names(data: dict, services: dict) -> None:
+    """No service, volume or network takes one of Colorgate's own names."""
     for name in services:
         if name in OWN_SERVICES:
             raise ContractError(f"services.{name}: the name {name!r} is Colorgate's own ({', '.join(OWN_SERVICES)}): rename the service")
@@ -239,6 +249,9 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         if own in (data.get("networks") or {}):
             raise ContractError(f"networks.{own}: the name is one of Colorgate's networks: rename it")
 
+
+def _roles(block: dict, services: dict) -> tuple[list[str], list[str]]:
+    """The colored and the shared services: every service one of them, and what each may depend on."""
     colored = [_known(n, services, f"x-colorgate.colored[{i}]") for i, n in enumerate(_names(block.get("colored"), "x-colorgate.colored"))]
     shared = [_known(n, services, f"x-colorgate.shared[{i}]") for i, n in enumerate(_names(block.get("shared"), "x-colorgate.shared"))]
     if not colored:
@@ -261,7 +274,10 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
         for dep in (services[name] or {}).get("depends_on") or {}:
             if dep in colored:
                 raise ContractError(f"services.{name}.depends_on: a shared service cannot depend on the colored {dep!r}")
+    return colored, shared
 
+
+def _routes(block: dict, services: dict, colored: list[str]) -> list[Route]:
     routes = []
     raw_routes = block.get("routes") or []
     if not isinstance(raw_routes, list):
@@ -292,7 +308,10 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
     dup = next((p for p in paths if paths.count(p) > 1), None)
     if dup:
         raise ContractError(f"x-colorgate.routes: the path {dup!r} is routed twice: keep one")
+    return routes
 
+
+def _health(block: dict, services: dict, colored: list[str], routes: list[Route]) -> dict[str, Health]:
     health: dict[str, Health] = {}
     raw_health = block.get("health") or {}
     if not isinstance(raw_health, dict):
@@ -322,68 +341,72 @@ def parse(data: dict, path: Path = Path("docker-compose.yml")) -> App:
     missing = [s for s in dict.fromkeys(r.service for r in routes) if s not in health]
     if missing:
         raise ContractError(f"x-colorgate.health: routed service {missing[0]!r} has no health check: add {{path: /health}} for it")
+    return health
 
-    migrations = None
-    if block.get("migrations") is not None:
-        raw = _keys(block["migrations"], MIGRATION_KEYS, "x-colorgate.migrations")
-        service = _known(raw.get("service"), services, "x-colorgate.migrations.service")
-        if service not in colored:
-            raise ContractError(f"x-colorgate.migrations.service: {service!r} is not colored: migrations run in a colored service's candidate image")
-        migrations = Migrations(service, _command(raw.get("command"), "x-colorgate.migrations.command"),
-                                _command(raw["status"], "x-colorgate.migrations.status") if raw.get("status") is not None else (),
-                                _bool(raw.get("cheap", False), "x-colorgate.migrations.cheap"))
 
-    database = None
+def _migrations(block: dict, services: dict, colored: list[str]) -> Migrations | None:
+    if block.get("migrations") is None:
+        return None
+    raw = _keys(block["migrations"], MIGRATION_KEYS, "x-colorgate.migrations")
+    service = _known(raw.get("service"), services, "x-colorgate.migrations.service")
+    if service not in colored:
+        raise ContractError(f"x-colorgate.migrations.service: {service!r} is not colored: migrations run in a colored service's candidate image")
+    return Migrations(service, _command(raw.get("command"), "x-colorgate.migrations.command"),
+                      _command(raw["status"], "x-colorgate.migrations.status") if raw.get("status") is not None else (),
+                      _bool(raw.get("cheap", False), "x-colorgate.migrations.cheap"))
+
+
+def _database(block: dict, services: dict, colored: list[str], shared: list[str]) -> Database | None:
     raw_db = block.get("database")
     if isinstance(raw_db, list):
         raise ContractError("x-colorgate.database: name one database service (two databases are not supported)")
-    if raw_db is not None:
-        raw = _keys({"service": raw_db} if isinstance(raw_db, str) else raw_db, DATABASE_KEYS, "x-colorgate.database")
-        if isinstance(raw.get("service"), list):
-            raise ContractError("x-colorgate.database.service: name one database service (two databases are not supported)")
-        service = _known(raw.get("service"), services, "x-colorgate.database.service")
-        if service not in shared:
-            raise ContractError(f"x-colorgate.database.service: {service!r} is not shared: the database is started once, for both colors")
-        url_file = _variables(raw.get("file", ()), "x-colorgate.database.file", "DATABASE_URL_FILE",
-                              " (Colorgate sets it to the path of a file holding the URL)")
-        parts = raw.get("parts") or {}
-        if not isinstance(parts, dict):
-            raise ContractError("x-colorgate.database.parts: should be a mapping of the URL's parts to variables, "
-                                "such as {host: DB_HOST, name: DB_NAME, user: DB_USER, password_file: DB_PASSWORD_FILE}")
-        for part, var in parts.items():
-            if part not in DATABASE_PARTS:
-                raise ContractError(f"x-colorgate.database.parts: unknown part {part!r}: use {', '.join(DATABASE_PARTS)}")
-            _variables(var, f"x-colorgate.database.parts.{part}", "DB_HOST")
-        env = _variables(raw.get("env", () if parts else "DATABASE_URL"), "x-colorgate.database.env", "DATABASE_URL")
-        # with a file, the URL never sits in the environment: a variable named beside it is removed
-        env, unset = ((), env if "env" in raw else ()) if url_file else (env, ())
-        scheme = raw.get("scheme", "postgresql")
-        if scheme not in DATABASE_SCHEMES:
-            raise ContractError(f"x-colorgate.database.scheme: should be one of {', '.join(DATABASE_SCHEMES)} "
-                                "(the URL's scheme as the app's driver reads it)")
-        kind = raw.get("kind", "postgresql")
-        if kind not in ("postgresql", "other"):
-            raise ContractError("x-colorgate.database.kind: should be postgresql or other")
-        db_networks = set(networks_of(services[service] or {}))
-        if "clients" in raw:
-            clients = [_known(n, services, f"x-colorgate.database.clients[{i}]") for i, n in enumerate(_names(raw["clients"], "x-colorgate.database.clients"))]
-            stray = [c for c in clients if c not in colored]
-            if stray:
-                raise ContractError(f"x-colorgate.database.clients: {stray[0]!r} is not colored: list the colored services that use the database")
-        else:
-            clients = [c for c in colored if db_networks & set(networks_of(services[c] or {}))]
-        database = Database(service, env, tuple(clients), kind, url_file, scheme, tuple((p, v) for p, v in parts.items()), unset)
+    if raw_db is None:
+        return None
+    raw = _keys({"service": raw_db} if isinstance(raw_db, str) else raw_db, DATABASE_KEYS, "x-colorgate.database")
+    if isinstance(raw.get("service"), list):
+        raise ContractError("x-colorgate.database.service: name one database service (two databases are not supported)")
+    service = _known(raw.get("service"), services, "x-colorgate.database.service")
+    if service not in shared:
+        raise ContractError(f"x-colorgate.database.service: {service!r} is not shared: the database is started once, for both colors")
+    url_file = _variables(raw.get("file", ()), "x-colorgate.database.file", "DATABASE_URL_FILE",
+                          " (Colorgate sets it to the path of a file holding the URL)")
+    parts = raw.get("parts") or {}
+    if not isinstance(parts, dict):
+        raise ContractError("x-colorgate.database.parts: should be a mapping of the URL's parts to variables, "
+                            "such as {host: DB_HOST, name: DB_NAME, user: DB_USER, password_file: DB_PASSWORD_FILE}")
+    for part, var in parts.items():
+        if part not in DATABASE_PARTS:
+            raise ContractError(f"x-colorgate.database.parts: unknown part {part!r}: use {', '.join(DATABASE_PARTS)}")
+        _variables(var, f"x-colorgate.database.parts.{part}", "DB_HOST")
+    env = _variables(raw.get("env", () if parts else "DATABASE_URL"), "x-colorgate.database.env", "DATABASE_URL")
+    # with a file, the URL never sits in the environment: a variable named beside it is removed
+    env, unset = ((), env if "env" in raw else ()) if url_file else (env, ())
+    scheme = raw.get("scheme", "postgresql")
+    if scheme not in DATABASE_SCHEMES:
+        raise ContractError(f"x-colorgate.database.scheme: should be one of {', '.join(DATABASE_SCHEMES)} "
+                            "(the URL's scheme as the app's driver reads it)")
+    kind = raw.get("kind", "postgresql")
+    if kind not in ("postgresql", "other"):
+        raise ContractError("x-colorgate.database.kind: should be postgresql or other")
+    db_networks = set(networks_of(services[service] or {}))
+    if "clients" in raw:
+        clients = [_known(n, services, f"x-colorgate.database.clients[{i}]") for i, n in enumerate(_names(raw["clients"], "x-colorgate.database.clients"))]
+        stray = [c for c in clients if c not in colored]
+        if stray:
+            raise ContractError(f"x-colorgate.database.clients: {stray[0]!r} is not colored: list the colored services that use the database")
+    else:
+        clients = [c for c in colored if db_networks & set(networks_of(services[c] or {}))]
+    return Database(service, env, tuple(clients), kind, url_file, scheme, tuple((p, v) for p, v in parts.items()), unset)
 
-    replicas = {}
-    raw_colored = block.get("colored")
+
+def _replicas(block: dict) -> dict[str, int]:
+    raw_colored, replicas = block.get("colored"), {}
     for name, options in (raw_colored.items() if isinstance(raw_colored, dict) else ()):
         where = f"x-colorgate.colored.{name}"
         options = _keys(options if options is not None else {}, COLORED_KEYS, where)
         if "replicas" in options:
             replicas[name] = _int(options["replicas"], f"{where}.replicas", 1, 100)
-    return App(file=path, services=services, colored=tuple(colored), shared=tuple(shared), routes=tuple(routes),
-               health=health, migrations=migrations, database=database, raw=data, replicas=replicas,
-               secrets=_secrets(block.get("secrets"), services, colored))
+    return replicas
 
 
 def _secrets(raw, services: dict, colored: list[str]) -> tuple[Secret, ...]:
