@@ -28,12 +28,11 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
                  ssh_port: int | None = None, keep_root_login: bool = False, swarm_peers: str = "") -> list[str]:
     """Upload and run server-setup.sh on the SSH host (as a user who may sudo, or root),
     with `compose_binary` (this machine's compose plugin) for a host whose distribution
-    has none and whose CPU matches. sshd listens on `ssh_port` afterwards (default: the
-    port this host is reached on, so a setup never moves it unasked). Then, once `user`
-    logs in with this machine's key and is in the docker group, password logins are
-    switched off, and root's SSH login (unless `keep_root_login`: a host with no other
-    way in to set up again); until then both stay as they were. `swarm_peers` (addresses or CIDRs, comma-separated) makes it a Swarm node
-    whose peers reach Swarm's ports. Returns the script's report lines."""
+    has none and whose CPU matches; sshd then listens on `ssh_port` (default: the port this
+    host is reached on: a setup never moves it unasked). Once `user` logs in with this
+    machine's key and is in the docker group, password logins are switched off, and root's
+    SSH login (unless `keep_root_login`); until then both stay as they were. `swarm_peers`
+    (addresses or CIDRs) makes it a Swarm node whose peers reach Swarm's ports. Returns its report lines."""
     target = parse(settings.docker_host)
     port = ssh_port or target.port or 22
 

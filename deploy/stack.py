@@ -225,23 +225,18 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
 def up(settings: Settings, version: str | None = None,
        run_migrations: Callable[[str, dict[str, str]], None] | None = None,
        prepare: Callable[[str], contextlib.AbstractContextManager] | None = None) -> None:
-    """Start the edge, PostgreSQL and the live color (the initial color on a new stack,
-    at `version`: default the newest built, or v1), and give the edge the contract's
-    routes. Its migrations run through `run_migrations(color, versions)` when given: `invoke
-    up` guards them as a release does (apply.up). On a running stack, `prepare(live
-    color)` is a context around starting what runs beside the colors (apply.applying).
-
-    Idempotent: on a running stack it changes only what the contract or the settings
-    changed beside the colors, and never recreates the live color. When a step fails
-    on a stack that was not running before, what this call started is stopped again
-    (volumes are kept), so nothing is left half-started.
+    """Start the edge, PostgreSQL and the live color (the initial color on a new stack, at
+    `version`: default the newest built, or v1), the edge given the contract's routes; the
+    migrations through `run_migrations(color, versions)` when given (apply.up guards them as
+    a release does). Idempotent: on a running stack only what changed beside the colors
+    changes, inside `prepare(live color)` (apply.applying), and the live color is never
+    recreated. A failure on a stack that was not running stops what it started (volumes kept).
     """
     states = facts.service_states(settings)
     fresh = not any(s.state == "running" for s in states.values())
     edge_running = states.get("edge") is not None and states["edge"].state == "running"
     if bootstrap.local_engine(settings) and not edge_running:
         bootstrap.check_ports_free(settings)
-
     versions = facts.running_versions(states)
     # after `db.retire-local` the stack's own PostgreSQL stays stopped
     infra = infra_services(settings, retired=edge_running and bool(edge.read_database_record(settings).get("retired")))
@@ -251,46 +246,20 @@ def up(settings: Settings, version: str | None = None,
         if not settings.swarm:
             access.check_project(settings)
         access.stage_secrets(settings, database=True)
-
-        env = compose_env(settings, versions)
         active = edge.read_active(settings) if edge_running else None
         with prepare(active.color) if active and prepare else contextlib.nullcontext():
             if edge_running:  # an edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it
                 edge.sync_routes(settings, edge.edge_routes_file(settings.app), reload=bool(edge.read_routes_line(settings).strip()))
             with runner.step(f"starting {' and '.join(infra)}"):
                 try:
-                    start(settings, infra, env)
+                    start(settings, infra, compose_env(settings, versions))
                 except CommandError as exc:
                     raise _explain_compose_error(settings, exc) from None
                 wait_ready(settings, infra)
             edge.sync_routes(settings, edge.edge_routes_file(settings.app))
         access.mark_project(settings)
         access.check_database(settings)
-
-        active = edge.read_active(settings)
-        if active:
-            color, version = active.color, active.version
-        else:
-            color = settings.initial_color
-            version = versions.get(color) or version or (images.release_tags(settings) or ["v1"])[-1]
-        versions[color] = version
-        env = compose_env(settings, versions)
-
-        with runner.step(f"preparing {color} ({version}) images"):
-            ensure_release_images(settings, color, versions)
-        access.prepare_clients(settings, color, settings.app_database_url())
-        if settings.app.migrations and run_migrations is not None:
-            run_migrations(color, versions)
-        elif settings.app.migrations:
-            with runner.step("applying database migrations"):
-                migrate(settings, color, versions)
-        with runner.step(f"starting {color} ({version})"):
-            start(settings, settings.app.color_services(color), env, color, keep=bool(active))
-            wait_ready(settings, settings.app.color_services(color))
-            wait_healthy(settings, color)  # the contract's checks, from the edge: not only Docker's
-        if not active:
-            with runner.step(f"routing traffic to {color}"):
-                edge.write_active(settings, color, version)
+        _start_live_color(settings, versions, version, run_migrations)
     except (ColorgateError, KeyboardInterrupt):
         if fresh:
             runner.say("!! stopping what this run started (volumes kept)")
@@ -299,6 +268,33 @@ def up(settings: Settings, version: str | None = None,
             else:
                 runner.run(compose_cmd(settings, "down", "--remove-orphans"), env=settings.compose_env(), check=False)
         raise
+
+
+def _start_live_color(settings: Settings, versions: dict[str, str], version: str | None,
+                      run_migrations: Callable[[str, dict[str, str]], None] | None) -> None:
+    """The live color (on a new stack the initial one, then routed to): its images, migrations, start."""
+    active = edge.read_active(settings)
+    if active:
+        color, version = active.color, active.version
+    else:
+        color = settings.initial_color
+        version = versions.get(color) or version or (images.release_tags(settings) or ["v1"])[-1]
+    versions[color] = version
+    with runner.step(f"preparing {color} ({version}) images"):
+        ensure_release_images(settings, color, versions)
+    access.prepare_clients(settings, color, settings.app_database_url())
+    if settings.app.migrations and run_migrations is not None:
+        run_migrations(color, versions)
+    elif settings.app.migrations:
+        with runner.step("applying database migrations"):
+            migrate(settings, color, versions)
+    with runner.step(f"starting {color} ({version})"):
+        start(settings, settings.app.color_services(color), compose_env(settings, versions), color, keep=bool(active))
+        wait_ready(settings, settings.app.color_services(color))
+        wait_healthy(settings, color)  # the contract's checks, from the edge: not only Docker's
+    if not active:
+        with runner.step(f"routing traffic to {color}"):
+            edge.write_active(settings, color, version)
 
 
 def start(settings: Settings, names: list[str], env: dict[str, str], color: str | None = None,

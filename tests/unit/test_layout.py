@@ -1,5 +1,6 @@
 """The engine's shape: no import circle between deploy/ modules (none hidden inside a
-function either), and every typed error lives in deploy/errors.py."""
+function either), modules and functions of a readable size, and every typed error lives
+in deploy/errors.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULES = {p.stem: [p] for p in (ROOT / "deploy").glob("*.py") if p.stem != "__init__"}
 MODULES.update({d.name: sorted(d.glob("*.py")) for d in (ROOT / "deploy").iterdir() if (d / "__init__.py").is_file()})
 MAX_LINES = 440  # "no module over about 400 lines"
+MAX_FUNCTION = 60  # lines, its docstring included
 
 
 def imports(path: Path) -> tuple[set[str], list[int]]:
@@ -54,6 +56,13 @@ def test_no_import_circle_in_the_engine():
 def test_no_module_is_much_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for paths in MODULES.values() for p in paths if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these by what they own: {long}"
+
+
+def test_no_function_of_the_engine_or_the_steps_is_over_60_lines():
+    paths = [p for ps in MODULES.values() for p in ps] + sorted((ROOT / "steps").glob("*.py"))
+    long = {f"{p.relative_to(ROOT)}:{node.name}": node.end_lineno - node.lineno + 1 for p in paths for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION}
+    assert not long, f"split these into the steps they take: {long}"
 
 
 def test_typed_errors_live_in_errors_py():
