@@ -6,6 +6,7 @@ plain data, so a failed gate can say what it saw."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import ssl
@@ -173,14 +174,19 @@ def gate_cmd(settings: Settings, phase: str, color: str, version: str, report: P
     return [sys.executable, "-m", "pytest", *gate_args(settings, phase, color, version, report)]
 
 
+# The gates' pytest plugin (steps/, its entry point "colorgate"), named as pytest's `-p`
+# names it: the engine runs the gates and never imports the steps' code itself.
+GATE_PLUGIN = "steps.plugin"
+
+
 def _warm() -> None:
-    """Import what every gate run needs once, in this process, before forking."""
-    import _pytest.junitxml  # noqa: F401
-    import docker  # noqa: F401 - the Engine API client the steps read the target with
-    import pytest  # noqa: F401
-    import pytest_bdd.plugin  # noqa: F401
-    import testinfra  # noqa: F401 - the host's listening sockets
-    import steps.common  # noqa: F401
+    """Load what every gate run needs once, in this process, before forking: pytest, its
+    JUnit report, pytest-bdd, the Engine API client and testinfra the steps read the
+    target with, and the gates' plugin by its name, with the step library it brings."""
+    for name in ("_pytest.junitxml", "pytest", "pytest_bdd.plugin", "docker", "testinfra", GATE_PLUGIN):
+        plugin = importlib.import_module(name)
+    for name in getattr(plugin, "pytest_plugins", ()):
+        importlib.import_module(name)
 
 
 def _pytest_in_fork(args: list[str]) -> int:
@@ -188,7 +194,7 @@ def _pytest_in_fork(args: list[str]) -> int:
     import pytest
 
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    return int(pytest.main([*args, "-p", "pytest_bdd.plugin", "-p", "steps.plugin"]))
+    return int(pytest.main([*args, "-p", "pytest_bdd.plugin", "-p", GATE_PLUGIN]))
 
 
 def parse_junit(xml_text: str) -> list[Scenario]:

@@ -53,6 +53,17 @@ def test_no_import_circle_in_the_engine():
             visit(name, [])
 
 
+def test_the_engine_never_imports_the_steps():
+    """The gates' steps use the engine, never the other way round: the engine runs the
+    gates by their plugin's name (deploy.gates.GATE_PLUGIN), at the top of a module or
+    inside a function alike."""
+    for path in (p for paths in MODULES.values() for p in paths):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not [n for n in names if n.split(".")[0] == "steps"], f"{path.relative_to(ROOT)}:{node.lineno} imports the steps"
+
+
 def test_no_module_is_much_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for paths in MODULES.values() for p in paths if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these by what they own: {long}"
