@@ -11,7 +11,6 @@ like even while the app keeps writing.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import secrets
 from collections.abc import Iterator
@@ -20,11 +19,10 @@ from datetime import datetime, timezone
 
 import tenacity
 
-from deploy import access, dbtools, edge, facts, history, offsite, runner, stack
-from deploy.colors import COLORS
+from deploy import dbtools, edge, history, offsite, plans, runner
 from deploy.config import Settings
+from deploy.errors import BadInput, ColorgateError, CommandError, UnknownBackup
 from deploy.keys import STRICT_PROFILES, shown_url
-from deploy.errors import BadInput, ColorgateError, CommandError, MoveError, UnknownBackup
 
 
 DUMP_SCRIPT = """set -eu
@@ -331,82 +329,57 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
         color, version = (live.color, live.version) if live else ("", "")
         record = history.Record("db.restore", color, color, version, version)
         with history.recorded(settings, record):
-            edge.set_frozen(settings, True)  # first: a write during the fresh backup would be in neither
-            try:
-                with history.timed(record, "backup", "taking a fresh backup first (writes frozen at the edge)"):
-                    history.at(record, "backup")
-                    left = edge.drain_writes(settings)
-                    if left:
-                        raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
-                    if not settings.database_url:  # nor one that did not come through the edge (a GET handler's)
-                        dbtools.freeze_database(settings, True)
-                    fresh = backup(settings, protect=frozenset({name}))
-                runner.say(f"   fresh backup: {fresh['name']}")
-                with history.timed(record, "restore", f"restoring {name} (writes frozen at the edge)"):
-                    history.at(record, "restore")
-                    env, flags = dbtools.tools_env(settings, major=dbtools.archive_major(settings, found["manifest"]))
-                    with dbtools.one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
-                        # into the stack's own database as the app's role, so that the app owns what comes back
-                        as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
-                        runner.run(dbtools.tools_cmd(settings, "sh", "-c", dbtools.RESTORE_SCRIPT, "restore", f"/backups/{name}.dump",
-                                                     env["PGDATABASE"] if settings.database_url else settings.postgres_db,
-                                                     "--clean", "--if-exists", "--no-owner", "--no-privileges", *as_app,
-                                                     flags=flags, name=one), env=env, what="pg_restore")
-            finally:
-                if not settings.database_url:
-                    dbtools.freeze_database(settings, False)
-                edge.set_frozen(settings, False)
-            record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {fresh['name']}"
-    return fresh
+            do = Restore(settings, record, name, found["manifest"])
+            plans.execute(RESTORE_STEPS, do, record, RESTORE_UNDO)
+            record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {do.fresh['name']}"
+    return do.fresh
+
+
+# db.restore's order: writes frozen at the edge first (a write during the fresh backup
+# would be in neither), and whatever happens, open again at the end
+RESTORE_STEPS = ("freeze", "backup", "restore", "unfreeze")
+RESTORE_UNDO = plans.Undo(steps={"freeze": "unfreeze"}, always=("freeze",), ends={"unfreeze": "freeze"})
+
+
+class Restore:
+    """db.restore's steps on the real target (RESTORE_STEPS orders them)."""
+
+    def __init__(self, settings: Settings, record: history.Record, name: str, manifest: dict):
+        self.settings, self.record, self.name, self.manifest = settings, record, name, manifest
+        self.local = not settings.database_url
+        self.fresh: dict = {}
+
+    def freeze(self) -> None:
+        edge.set_frozen(self.settings, True)
+
+    def backup(self) -> None:
+        with history.timed(self.record, "backup", "taking a fresh backup first (writes frozen at the edge)"):
+            left = edge.drain_writes(self.settings)
+            if left:
+                raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
+            if self.local:  # nor one that did not come through the edge (a GET handler's)
+                dbtools.freeze_database(self.settings, True)
+            self.fresh = backup(self.settings, protect=frozenset({self.name}))
+        runner.say(f"   fresh backup: {self.fresh['name']}")
+
+    def restore(self) -> None:
+        settings = self.settings
+        with history.timed(self.record, "restore", f"restoring {self.name} (writes frozen at the edge)"):
+            env, flags = dbtools.tools_env(settings, major=dbtools.archive_major(settings, self.manifest))
+            with dbtools.one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
+                # into the stack's own database as the app's role, so that the app owns what comes back
+                as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
+                runner.run(dbtools.tools_cmd(settings, "sh", "-c", dbtools.RESTORE_SCRIPT, "restore", f"/backups/{self.name}.dump",
+                                             env["PGDATABASE"] if settings.database_url else settings.postgres_db,
+                                             "--clean", "--if-exists", "--no-owner", "--no-privileges", *as_app,
+                                             flags=flags, name=one), env=env, what="pg_restore")
+
+    def unfreeze(self) -> None:
+        """Writes open again: in the stack's own database first, then at the edge."""
+        if self.local:
+            dbtools.freeze_database(self.settings, False)
+        edge.set_frozen(self.settings, False)
 
 
 def _checksum(settings: Settings, name: str) -> str:
     return dbtools.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
-
-
-# --- after db.move ------------------------------------------------------------------
-
-
-def retire_local(settings: Settings, yes: bool = False) -> list[str]:
-    """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
-    the managed database and a verified backup of the local one from after the move exists.
-    The data volume is kept. Returns what was stopped."""
-    dbtools.require_postgres(settings)
-    record = access.check_database(settings)
-    if record["url"] == "local":
-        raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
-    if record.get("retired"):
-        runner.say(f"the local PostgreSQL was already retired on {record['retired']}")
-        return []
-    local = dataclasses.replace(settings, database_url="")
-    fresh = [b for b in list_backups(local)
-             if b["manifest"].get("source", "local") == "local" and b["manifest"]["created"] >= record["moved"]
-             and b.get("verify") and b["verify"]["usable"]]
-    if not fresh:
-        raise MoveError(f"no verified backup of the local database taken since the move ({record['moved']}): "
-                        "make one with `invoke db.backup --local`, then `invoke db.verify`")
-    if settings.profile in ("staging", "production") and not yes:
-        raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
-    states = facts.service_states(settings)
-    stale = [color for color in COLORS if facts.color_database(settings, states, color) == "local"]
-    service = settings.app.database.service
-    stopped = [*(name for color in stale for name in settings.app.color_services(color) if name in states), service]
-    with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
-        _stop_local(settings, stale, service)
-    edge.write_database_record(settings, {**record, "retired": history.now(), "retired_backup": fresh[-1]["manifest"]["name"]})
-    return stopped
-
-
-def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
-    """Stop the services of `stale` colors (their containers kept) and the shared
-    `service` (db.retire-local: the database, its volume kept): on a Swarm at 0 tasks,
-    which later commands keep (swarm.replicas_for)."""
-    if settings.swarm:
-        copies = {name: 0 for color in stale for name in settings.app.color_services(color)}
-        stack.swarm_apply(settings, stack.compose_env(settings, {}), replicas={**copies, service: 0})
-        return
-    names = [name for color in stale for name in settings.app.color_services(color)]
-    if names:
-        runner.run(stack.compose_cmd(settings, "stop", *names), env=stack.compose_env(settings, {}), what="docker compose stop")
-    runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
-               what="removing the local PostgreSQL container")

@@ -40,10 +40,11 @@ import secrets
 import time
 from urllib.parse import unquote, urlsplit
 
-from deploy import db, dbtools, edge, facts, relay, release, replication, runner, stack
+from deploy import access, db, dbtools, edge, facts, plans, relay, release, replication, runner, stack
+from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
-from deploy.history import Record, at, lock, now, recorded, timed
+from deploy.history import Record, lock, now, recorded, timed
 from deploy.keys import shown_url
 from deploy.movecheck import check_url, preflight
 
@@ -90,49 +91,30 @@ def plan_steps(mode: str, workers: bool, held: bool) -> tuple[str, ...]:
             "compare", "switch", "record", "unfreeze", *finish, "stop_old")
 
 
-# What undoes a step when it, or one after it, fails while traffic is on the old color;
-# of these, ALWAYS are undone wherever traffic is (the freeze ends, the cut-over's
-# container stops, the replication's parts and its relay go). ENDS: a step that ends what
-# another began (then that needs no undo).
-UNDO = {"subscribe": "drop_subscription", "start": "stop_candidate", "pause_workers": "resume_workers",
-        "open_cut_over": "close_cut_over", "freeze": "thaw"}
-ALWAYS = ("subscribe", "open_cut_over", "freeze")  # (after the switch the cut-over ended the subscription: its relay goes)
-ENDS = {"unfreeze": "freeze", "close_cut_over": "open_cut_over"}
+# What undoes each step when it, or one after it, fails; wherever traffic is: the freeze
+# ends, the cut-over's container stops, the replication's parts and its relay go, and a
+# move whose switch went through is recorded (its writes go to the target); the rest only
+# while traffic is on the old color.
+UNDO = plans.Undo(
+    steps={"subscribe": "drop_subscription", "start": "stop_candidate", "pause_workers": "resume_workers",
+           "open_cut_over": "close_cut_over", "freeze": "thaw", "switch": "record_if_moved"},
+    always=("subscribe", "open_cut_over", "freeze", "switch"),
+    ends={"unfreeze": "freeze", "close_cut_over": "open_cut_over", "record": "switch"})
 TOUCHES = ("subscribe", "restore")  # begun, they leave a partial copy in the target
 
 
 def execute(steps: tuple[str, ...], do, record: Record, plan: release.Plan, shown: str) -> None:
-    """Run `steps` through `do` (one method per step and per undo, and traffic_moved).
-    On a failure (or a signal): traffic that moved already (interrupted after the
-    switch) is recorded first, so that the record says where writes go; then what the
-    steps began is undone, latest first; the first undo that fails is raised (the
-    others are still tried). An error that leaves traffic on the old color after the
-    target was touched says so, and that the target must be emptied."""
-    done: list[str] = []
-    try:
-        for step in steps:
-            at(record, step)
-            done.append(step)
-            getattr(do, step)()
-    except BaseException as exc:
-        moved = "switch" in done and do.traffic_moved()
-        ended = {ENDS[step] for step in done if step in ENDS}
-        undos = [UNDO[step] for step in reversed(done) if step in UNDO and step not in ended and (not moved or step in ALWAYS)]
-        problems = []
-        for undo in (["record"] if moved and "unfreeze" not in done else []) + undos:
-            try:
-                getattr(do, undo)()
-            except ColorgateError as again:
-                problems.append(again)
-        if problems:  # what failed first is said; what the operator must do now is the error
-            for said in [exc or type(exc).__name__, *problems[1:]]:
-                runner.say(f"!! {said}")
-            raise problems[0] from None
+    """Run a move's `steps` through `do` (plans.execute, with UNDO); an error that leaves
+    traffic on the old color after the target was touched says so, and that the target
+    must be emptied before a retry."""
+    def explain(exc: BaseException, done: list[str], moved: bool) -> BaseException | None:
         if isinstance(exc, ColorgateError) and not moved and any(step in done for step in TOUCHES):
             kind = type(exc) if isinstance(exc, GateFailed) else MoveError
-            raise kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
-                       f"the target {shown} now holds a partial copy: empty it before retrying") from None
-        raise
+            return kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
+                        f"the target {shown} now holds a partial copy: empty it before retrying")
+        return None
+
+    plans.execute(steps, do, record, UNDO, moved=do.traffic_moved, explain=explain)
 
 
 class Steps:
@@ -152,7 +134,10 @@ class Steps:
         self.manifest: dict = {}
         self.local: dict[str, str] = {}
 
-    def traffic_moved(self) -> bool:
+    def traffic_moved(self, done: list[str] = ("switch",)) -> bool:
+        """Whether traffic is on the candidate (only once its switch began)."""
+        if "switch" not in done:
+            return False
         live = edge.read_active(self.settings)
         return live is not None and live.color == self.candidate
 
@@ -287,6 +272,12 @@ class Steps:
         """Switch and post gates (back to the old color when they fail), as a release's."""
         release.switch_and_verify(self.settings, self._record, self.plan, self.versions, pre_gates=False)
 
+    def record_if_moved(self) -> None:
+        """Interrupted after the switch: traffic and its writes are on the target, so the
+        record says so before anything else (else the next command repairs it)."""
+        if self.traffic_moved():
+            self.record()
+
     def record(self) -> None:
         edge.write_database_record(self.settings, {"url": shown_url(self.url), "moved": self.frozen_at, "mode": self.mode,
                                                    "from": "local", "live_color": self.candidate, "version": self.plan.to_version})
@@ -373,3 +364,51 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
             verified = db.verify(local, manifest["name"])
         runner.say(f"   backup {manifest['name']}: {'usable' if verified.usable else 'UNUSABLE: ' + verified.reason}")
     return record
+
+
+# --- after db.move ------------------------------------------------------------------
+
+
+def retire_local(settings: Settings, yes: bool = False) -> list[str]:
+    """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
+    the managed database and a verified backup of the local one from after the move exists.
+    The data volume is kept. Returns what was stopped."""
+    dbtools.require_postgres(settings)
+    record = access.check_database(settings)
+    if record["url"] == "local":
+        raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
+    if record.get("retired"):
+        runner.say(f"the local PostgreSQL was already retired on {record['retired']}")
+        return []
+    local = dataclasses.replace(settings, database_url="")
+    fresh = [b for b in db.list_backups(local)
+             if b["manifest"].get("source", "local") == "local" and b["manifest"]["created"] >= record["moved"]
+             and b.get("verify") and b["verify"]["usable"]]
+    if not fresh:
+        raise MoveError(f"no verified backup of the local database taken since the move ({record['moved']}): "
+                        "make one with `invoke db.backup --local`, then `invoke db.verify`")
+    if settings.profile in ("staging", "production") and not yes:
+        raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
+    states = facts.service_states(settings)
+    stale = [color for color in COLORS if facts.color_database(settings, states, color) == "local"]
+    service = settings.app.database.service
+    stopped = [*(name for color in stale for name in settings.app.color_services(color) if name in states), service]
+    with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
+        _stop_local(settings, stale, service)
+    edge.write_database_record(settings, {**record, "retired": now(), "retired_backup": fresh[-1]["manifest"]["name"]})
+    return stopped
+
+
+def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
+    """Stop the services of `stale` colors (their containers kept) and the shared
+    `service` (db.retire-local: the database, its volume kept): on a Swarm at 0 tasks,
+    which later commands keep (swarm.replicas_for)."""
+    if settings.swarm:
+        copies = {name: 0 for color in stale for name in settings.app.color_services(color)}
+        stack.swarm_apply(settings, stack.compose_env(settings, {}), replicas={**copies, service: 0})
+        return
+    names = [name for color in stale for name in settings.app.color_services(color)]
+    if names:
+        runner.run(stack.compose_cmd(settings, "stop", *names), env=stack.compose_env(settings, {}), what="docker compose stop")
+    runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
+               what="removing the local PostgreSQL container")

@@ -113,7 +113,7 @@ def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
 def db_retire_local(c, profile=None, host=None, yes=False):
     """After db.move: stop the stack's own PostgreSQL (volume kept), given a verified backup from after the move."""
     settings = _target(profile, host)
-    stopped = _db.retire_local(settings, yes=yes)
+    stopped = _move.retire_local(settings, yes=yes)
     print(f"retired: stopped {', '.join(stopped)} (the pgdata volume is kept)" if stopped else "nothing to do")
 
 

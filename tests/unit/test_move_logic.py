@@ -1,4 +1,5 @@
-"""db.move's checks and messages, on captured psql output (no Docker)."""
+"""db.move's checks and messages, on captured psql output, and the order of db.move and
+db.restore with every failure path, from case files (no Docker)."""
 
 import dataclasses
 import re
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, edge, errors, facts, history, move, movecheck, release
+from deploy import config, db, edge, errors, facts, history, move, movecheck, plans, release
 from deploy.errors import ColorgateError, ConfigError, GateFailed
 
 SHOWN = "postgresql://app@db.example.com:5432/shop"
@@ -172,8 +173,8 @@ class RecordingMove:
         self.calls: list[str] = []
         self.fail, self.moved, self._record = fail, moved, record
 
-    def traffic_moved(self) -> bool:
-        return self.moved
+    def traffic_moved(self, done: list[str]) -> bool:
+        return self.moved and "switch" in done
 
     def __getattr__(self, name):
         def step():
@@ -212,5 +213,43 @@ def test_move_runs(case):
         assert record.detail == case["detail"]
     if "exit" in case:
         assert raised.exit_code == EXIT_CODES[case["exit"]], type(raised)
+    if "message" in case:
+        assert re.search(case["message"], str(raised)), str(raised)
+
+
+RESTORE_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "restore_runs.yaml").read_text())
+
+
+class Recording:
+    """Steps and undos that record their calls and fail (once each) where the case says."""
+
+    def __init__(self, fail: dict):
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def __getattr__(self, name):
+        def step():
+            how = self.fail.get(name) if name not in self.calls else None
+            self.calls.append(name)
+            if how == "error":
+                raise ColorgateError(f"{name} broke")
+            if how == "interrupt":
+                raise errors.Interrupted("SIGTERM")
+        return step
+
+
+@pytest.mark.parametrize("case", RESTORE_RUNS, ids=[c["name"] for c in RESTORE_RUNS])
+def test_restore_runs(case):
+    record = history.Record("db.restore", "blue", "blue", "v1", "v1")
+    do, raised = Recording(case.get("fail") or {}), None
+    try:
+        plans.execute(db.RESTORE_STEPS, do, record, db.RESTORE_UNDO)
+        record.outcome = "restored"
+    except (ColorgateError, KeyboardInterrupt) as exc:
+        raised = exc
+    history.settle(record, raised)
+    assert do.calls == case["calls"] and record.outcome == case["outcome"]
+    if "detail" in case:
+        assert record.detail == case["detail"]
     if "message" in case:
         assert re.search(case["message"], str(raised)), str(raised)
