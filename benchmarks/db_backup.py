@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import config, db, facts, runner, stack  # noqa: E402
+from deploy import apply, config, db, facts, runner, stack  # noqa: E402
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     settings = config.load("development", environ={**os.environ, "COLORGATE_PROJECT": run_id, "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
                                                    "COLORGATE_HTTP_PORT": str(free_port()), "COLORGATE_HTTPS_PORT": str(free_port())})
     try:
-        stack.up(settings)
+        apply.start_stack(settings)
         t = time.monotonic()
         runner.run(seed_cmd(settings), input=SEED_SQL.format(rows=int(args.rows)), env=settings.docker_env(), what="seeding")
         seed_s = time.monotonic() - t

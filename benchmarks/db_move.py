@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from deploy import config, db, facts, gates, images, move, runner, stack, tls  # noqa: E402
+from deploy import apply, config, db, facts, gates, images, move, runner, stack, tls  # noqa: E402
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 
@@ -239,7 +239,7 @@ def one_mode(mode: str, rows: int) -> dict:
     run_id = f"cgmovebench{os.getpid()}{secrets.token_hex(2)}"
     settings = config.load("development", environ={**os.environ, **isolated(run_id)})
     try:
-        stack.up(settings)
+        apply.start_stack(settings)
         runner.run(facts.psql_cmd(f"{settings.project}-postgres-1", settings), input=SEED_SQL.format(rows=rows),
                    env=settings.docker_env(), what="seeding")
         t = time.monotonic()

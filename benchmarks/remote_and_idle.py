@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.switch_under_load import free_port  # noqa: E402
-from deploy import config, images, runner, stack  # noqa: E402
+from deploy import apply, config, images, runner, stack  # noqa: E402
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 TARGETS = {"status": 1.3, "deploy": 1.3, "rollback": 1.3}  # SSH/local wall time
@@ -225,7 +225,7 @@ def run(args) -> dict:
         machine, engine = busy_cores(args.baseline)
         result["baseline_cores"], result["baseline_engine_cores"] = round(machine, 4), round(engine, 4)
         with runner.step("starting the stack"):
-            stack.up(settings)
+            apply.start_stack(settings)
         key = keygen(root / "home" / ".ssh" / "id_ed25519")
         with ssh_host(key) as host:
             remote = {**operator_env(env, operator_home(root, host.port))}

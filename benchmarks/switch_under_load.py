@@ -402,7 +402,7 @@ def measure(args, settings: config.Settings) -> dict:
 
     try:
         with runner.step(f"starting an isolated stack of {settings.app.file.parent.name} with both colors"):
-            stack.up(settings, version="v1")
+            apply.start_stack(settings, version="v1")
             if settings.swarm:
                 for service in settings.app.colored:
                     apply.scale(settings, service, args.replicas)

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from deploy import db, edge, facts, recover, render, runner, stack, swarm, tls
+from deploy import access, bootstrap, db, edge, facts, images, plans, recover, render, runner, stack, swarm, tls
 from deploy.history import Record, lock, recorded, timed
 from deploy.colors import other
 from deploy.config import Settings
@@ -181,7 +181,7 @@ def _held(settings: Settings, color: str, database: str) -> Iterator[None]:
 
 
 def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
-    """`invoke up` and `invoke apply` (which CI may run on every push): stack.up, on a
+    """`invoke up` and `invoke apply` (which CI may run on every push): start_stack, on a
     running stack under the release lock throughout (it may start what a running
     db.move stopped, recreate shared services: never beside a release), with what
     changes beside the colors readied by apply.applying (refused when unsafe, --yes on
@@ -212,9 +212,139 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
                         stack.migrate(settings, color, versions)
                     record.outcome = "migrated"
 
-        stack.up(settings, version, run_migrations=run_migrations, prepare=prepare)
+        start_stack(settings, version, run_migrations=run_migrations, prepare=prepare)
     if not settings.swarm:
         tls.ensure_renewer(settings)  # once an ACME certificate is in use
+
+
+# --- starting the stack: planned as a release is -----------------------------------------
+
+
+def plan_up(edge_running: bool, prepared: bool, swarm: bool, migrations: bool) -> tuple[str, ...]:
+    """`up`'s steps in order (pure): the images of Colorgate's own and the shared services,
+    the database's secrets staged, the edge and the shared services started (on a running
+    stack inside `prepare`: applying's checks, backup and hold) and given the contract's
+    routes; then the live color: its images, its database clients, its migrations,
+    started, and on a new stack routed to."""
+    return ("infra_images", *(() if swarm else ("check_project",)), "stage_secrets", *(("prepare",) if prepared else ()),
+            *(("old_routes",) if edge_running else ()), "start_infra", "routes", *(("prepared",) if prepared else ()),
+            "check_database", "color_images", "clients", *(("migrations",) if migrations else ()), "start_color", "route")
+
+
+def undo_up(fresh: bool) -> plans.Undo:
+    """On a stack that was not running, a failure stops what this run started (volumes
+    kept); on a running one, what `prepare` began (a hold at the edge) ends whatever happens."""
+    if fresh:
+        return plans.Undo(steps={"infra_images": "tear_down"})
+    return plans.Undo(steps={"prepare": "prepared"}, ends={"prepared": "prepare"})
+
+
+def start_stack(settings: Settings, version: str | None = None,
+                run_migrations: Callable[[str, dict[str, str]], None] | None = None,
+                prepare: Callable[[str], contextlib.AbstractContextManager] | None = None) -> None:
+    """Start the edge, PostgreSQL and the live color (the initial color on a new stack, at
+    `version`: default the newest built, or v1), the edge given the contract's routes; the
+    migrations through `run_migrations(color, versions)` when given (up guards them as a
+    release does). Idempotent: on a running stack only what changed beside the colors
+    changes, inside `prepare(live color)` (applying), and the live color is never recreated."""
+    states = facts.service_states(settings)
+    fresh = not any(s.state == "running" for s in states.values())
+    edge_running = states.get("edge") is not None and states["edge"].state == "running"
+    if bootstrap.local_engine(settings) and not edge_running:
+        bootstrap.check_ports_free(settings)
+    active = edge.read_active(settings) if edge_running else None
+    do = Starting(settings, states, edge_running, version, run_migrations, prepare, active)
+    steps = plan_up(edge_running, bool(active and prepare), settings.swarm, bool(settings.app.migrations))
+    plans.execute(steps, do, None, undo_up(fresh))
+
+
+class Starting:
+    """`up`'s steps on the real target (plan_up orders them)."""
+
+    def __init__(self, settings: Settings, states: dict, edge_running: bool, version: str | None,
+                 run_migrations, prepare, active: edge.Active | None):
+        self.settings, self.version, self.run_migrations, self.prepare_fn, self.active = settings, version, run_migrations, prepare, active
+        self.versions = facts.running_versions(states)
+        # after `db.retire-local` the stack's own PostgreSQL stays stopped
+        self.infra = stack.infra_services(settings, retired=edge_running and bool(edge.read_database_record(settings).get("retired")))
+        self.beside = contextlib.ExitStack()
+        self.live: edge.Active | None = None
+        self.color = ""
+
+    def infra_images(self) -> None:
+        with runner.step(("pulling" if self.settings.registry else "building") + f" the images of {', '.join(self.infra)}"):
+            stack.ensure_infra_images(self.settings, self.versions, self.version)
+
+    def check_project(self) -> None:
+        access.check_project(self.settings)
+
+    def stage_secrets(self) -> None:
+        access.stage_secrets(self.settings, database=True)
+
+    def prepare(self) -> None:
+        self.beside.enter_context(self.prepare_fn(self.active.color))
+
+    def prepared(self) -> None:
+        self.beside.close()
+
+    def old_routes(self) -> None:
+        """An edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it."""
+        edge.sync_routes(self.settings, edge.edge_routes_file(self.settings.app), reload=bool(edge.read_routes_line(self.settings).strip()))
+
+    def start_infra(self) -> None:
+        with runner.step(f"starting {' and '.join(self.infra)}"):
+            try:
+                stack.start(self.settings, self.infra, stack.compose_env(self.settings, self.versions))
+            except CommandError as exc:
+                raise stack.explain_compose_error(self.settings, exc) from None
+            stack.wait_ready(self.settings, self.infra)
+
+    def routes(self) -> None:
+        edge.sync_routes(self.settings, edge.edge_routes_file(self.settings.app))
+
+    def check_database(self) -> None:
+        access.mark_project(self.settings)
+        access.check_database(self.settings)
+
+    def color_images(self) -> None:
+        """The live color (on a new stack the initial one, at the version asked for) and its images."""
+        s, self.live = self.settings, edge.read_active(self.settings)
+        if self.live:
+            self.color, self.versions[self.live.color] = self.live.color, self.live.version
+        else:
+            self.color = s.initial_color
+            self.versions[self.color] = self.versions.get(self.color) or self.version or (images.release_tags(s) or ["v1"])[-1]
+        with runner.step(f"preparing {self.color} ({self.versions[self.color]}) images"):
+            stack.ensure_release_images(s, self.color, self.versions)
+
+    def clients(self) -> None:
+        access.prepare_clients(self.settings, self.color, self.settings.app_database_url())
+
+    def migrations(self) -> None:
+        if self.run_migrations is not None:
+            self.run_migrations(self.color, self.versions)
+            return
+        with runner.step("applying database migrations"):
+            stack.migrate(self.settings, self.color, self.versions)
+
+    def start_color(self) -> None:
+        s, color = self.settings, self.color
+        with runner.step(f"starting {color} ({self.versions[color]})"):
+            stack.start(s, s.app.color_services(color), stack.compose_env(s, self.versions), color, keep=bool(self.live))
+            stack.wait_ready(s, s.app.color_services(color))
+            stack.wait_healthy(s, color)  # the contract's checks, from the edge: not only Docker's
+
+    def route(self) -> None:
+        if self.live is None:
+            with runner.step(f"routing traffic to {self.color}"):
+                edge.write_active(self.settings, self.color, self.versions[self.color])
+
+    def tear_down(self) -> None:
+        runner.say("!! stopping what this run started (volumes kept)")
+        if self.settings.swarm:
+            swarm.remove(self.settings)
+        else:
+            runner.run(stack.compose_cmd(self.settings, "down", "--remove-orphans"), env=self.settings.compose_env(), check=False)
 
 
 def check_down(settings: Settings, volumes: bool, yes: bool) -> None:

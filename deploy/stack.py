@@ -1,4 +1,6 @@
-"""The compose stack: bring it up, take it down, report its state, show its logs.
+"""The compose stack's parts: start and stop services and colors, wait until they are
+ready, build and pull images, migrate, take the stack down (`up`'s order is
+apply.start_stack's).
 
 Commands are built by pure functions (`compose_cmd`, `compose_env`) and executed by
 deploy.runner; what runs on the target is read by deploy.facts.
@@ -6,10 +8,8 @@ deploy.runner; what runs on the target is read by deploy.facts.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Callable
 
 import tenacity
 
@@ -152,7 +152,7 @@ def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -
                          f"({settings.app.health[first].path}: {failing[first]}): see `invoke logs {settings.app.copy_name(first, color)}`") from None
 
 
-def _explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateError:
+def explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateError:
     text = exc.stderr + exc.stdout
     if "port is already allocated" in text or "address already in use" in text:
         return PortInUse(
@@ -220,81 +220,6 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
     else:
         # certbot is built when first used (tls.init); dbtools only for an app with PostgreSQL
         build(settings, [n for n in names if n != "certbot" and (n != "dbtools" or settings.app.postgres)], versions)
-
-
-def up(settings: Settings, version: str | None = None,
-       run_migrations: Callable[[str, dict[str, str]], None] | None = None,
-       prepare: Callable[[str], contextlib.AbstractContextManager] | None = None) -> None:
-    """Start the edge, PostgreSQL and the live color (the initial color on a new stack, at
-    `version`: default the newest built, or v1), the edge given the contract's routes; the
-    migrations through `run_migrations(color, versions)` when given (apply.up guards them as
-    a release does). Idempotent: on a running stack only what changed beside the colors
-    changes, inside `prepare(live color)` (apply.applying), and the live color is never
-    recreated. A failure on a stack that was not running stops what it started (volumes kept).
-    """
-    states = facts.service_states(settings)
-    fresh = not any(s.state == "running" for s in states.values())
-    edge_running = states.get("edge") is not None and states["edge"].state == "running"
-    if bootstrap.local_engine(settings) and not edge_running:
-        bootstrap.check_ports_free(settings)
-    versions = facts.running_versions(states)
-    # after `db.retire-local` the stack's own PostgreSQL stays stopped
-    infra = infra_services(settings, retired=edge_running and bool(edge.read_database_record(settings).get("retired")))
-    try:
-        with runner.step(("pulling" if settings.registry else "building") + f" the images of {', '.join(infra)}"):
-            ensure_infra_images(settings, versions, version)
-        if not settings.swarm:
-            access.check_project(settings)
-        access.stage_secrets(settings, database=True)
-        active = edge.read_active(settings) if edge_running else None
-        with prepare(active.color) if active and prepare else contextlib.nullcontext():
-            if edge_running:  # an edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it
-                edge.sync_routes(settings, edge.edge_routes_file(settings.app), reload=bool(edge.read_routes_line(settings).strip()))
-            with runner.step(f"starting {' and '.join(infra)}"):
-                try:
-                    start(settings, infra, compose_env(settings, versions))
-                except CommandError as exc:
-                    raise _explain_compose_error(settings, exc) from None
-                wait_ready(settings, infra)
-            edge.sync_routes(settings, edge.edge_routes_file(settings.app))
-        access.mark_project(settings)
-        access.check_database(settings)
-        _start_live_color(settings, versions, version, run_migrations)
-    except (ColorgateError, KeyboardInterrupt):
-        if fresh:
-            runner.say("!! stopping what this run started (volumes kept)")
-            if settings.swarm:
-                swarm.remove(settings)
-            else:
-                runner.run(compose_cmd(settings, "down", "--remove-orphans"), env=settings.compose_env(), check=False)
-        raise
-
-
-def _start_live_color(settings: Settings, versions: dict[str, str], version: str | None,
-                      run_migrations: Callable[[str, dict[str, str]], None] | None) -> None:
-    """The live color (on a new stack the initial one, then routed to): its images, migrations, start."""
-    active = edge.read_active(settings)
-    if active:
-        color, version = active.color, active.version
-    else:
-        color = settings.initial_color
-        version = versions.get(color) or version or (images.release_tags(settings) or ["v1"])[-1]
-    versions[color] = version
-    with runner.step(f"preparing {color} ({version}) images"):
-        ensure_release_images(settings, color, versions)
-    access.prepare_clients(settings, color, settings.app_database_url())
-    if settings.app.migrations and run_migrations is not None:
-        run_migrations(color, versions)
-    elif settings.app.migrations:
-        with runner.step("applying database migrations"):
-            migrate(settings, color, versions)
-    with runner.step(f"starting {color} ({version})"):
-        start(settings, settings.app.color_services(color), compose_env(settings, versions), color, keep=bool(active))
-        wait_ready(settings, settings.app.color_services(color))
-        wait_healthy(settings, color)  # the contract's checks, from the edge: not only Docker's
-    if not active:
-        with runner.step(f"routing traffic to {color}"):
-            edge.write_active(settings, color, version)
 
 
 def start(settings: Settings, names: list[str], env: dict[str, str], color: str | None = None,

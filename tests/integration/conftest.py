@@ -22,7 +22,7 @@ import pytest
 import bcrypt
 import tenacity
 
-from deploy import config, edge, gates, history, runner, stack, tls, views
+from deploy import apply, config, edge, gates, history, runner, stack, tls, views
 from tests.certs import make_ca, make_leaf
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -192,7 +192,7 @@ def running_stack(request, settings: config.Settings):
     """`up` from nothing, yielding the status after it; on the way out, logs if anything
     failed, then remove it all."""
     try:
-        stack.up(settings)
+        apply.start_stack(settings)
         yield views.status(settings)
     finally:
         if request.session.testsfailed:

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from deploy import access, config, contract, edge, errors, facts, gates, runner, stack, tls, traffic
+from deploy import access, apply, config, contract, edge, errors, facts, gates, runner, stack, tls, traffic
 from deploy.errors import ConfigError
 
 from .conftest import free_port, invoke
@@ -362,7 +362,7 @@ def test_maintenance_mode_answers_503_with_retry_after_while_the_gates_and_the_e
 def test_up_again_changes_nothing(live_stack, settings):
     before = {s.service: s for s in facts.service_states(settings).values()}
     ids_before = {name: facts.inspect(settings, f"{settings.project}-{name}-1")["Id"] for name in before}
-    stack.up(settings)
+    apply.start_stack(settings)
     ids_after = {name: facts.inspect(settings, f"{settings.project}-{name}-1")["Id"] for name in before}
     assert ids_after == ids_before
 
@@ -401,7 +401,7 @@ def test_down_keeps_data_and_up_brings_it_back(live_stack, settings, ca_pem):
     assert facts.service_states(settings) == {}
     kept = runner.run(["docker", "container", "inspect", stack.migrations_container(settings, "blue")], check=False)
     assert kept.returncode != 0  # the kept migrations go with the stack
-    stack.up(settings)
+    apply.start_stack(settings)
     with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
         assert c.get(f"/api/notes/{note['id']}").json()["body"] == "survives down"
         assert c.get("/api/health").json()["color"] == "blue"

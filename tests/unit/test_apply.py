@@ -1,13 +1,17 @@
 """What a changed contract changes beside the colors of a running stack, and what of it
 `invoke apply` refuses to do, decided from compose's dry run and the edge's routes
-(pure: no Docker)."""
+(pure: no Docker); and the order of `up` with every failure path, from a case file."""
 
 from __future__ import annotations
 
-import pytest
+import re
+from pathlib import Path
 
-from deploy import apply
-from deploy.errors import ConfigError
+import pytest
+import yaml
+
+from deploy import apply, errors, plans
+from deploy.errors import ColorgateError, ConfigError
 
 DRY = {"service postgres": "recreate", "service cache": "create", "service backend_green": "recreate", "network data": "recreate"}
 
@@ -36,3 +40,37 @@ def test_the_plan_says_what_would_change_or_that_nothing_would():
     assert apply.plan_lines([]) == ["nothing to apply: what runs beside the colors is what the contract and the settings say"]
     assert apply.plan_lines(apply.changes_from({"service postgres": "recreate"}, ["postgres"], "a", "b")) == [
         "-- the edge's routes: reloaded", "-- postgres: recreated"]
+
+
+UP_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "up_runs.yaml").read_text())
+
+
+class RecordingUp:
+    """`up`'s steps and undos as stand-ins that record their calls and fail (once each) where the case says."""
+
+    def __init__(self, fail: dict):
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def __getattr__(self, name):
+        def step():
+            how = self.fail.get(name) if name not in self.calls else None
+            self.calls.append(name)
+            if how == "error":
+                raise ColorgateError(f"{name} broke")
+            if how == "interrupt":
+                raise errors.Interrupted("SIGTERM")
+        return step
+
+
+@pytest.mark.parametrize("case", UP_RUNS, ids=[c["name"] for c in UP_RUNS])
+def test_up_runs(case):
+    do, raised = RecordingUp(case.get("fail") or {}), None
+    try:
+        plans.execute(apply.plan_up(**case["plan"]), do, None, apply.undo_up(case["fresh"]))
+    except (ColorgateError, KeyboardInterrupt) as exc:
+        raised = exc
+    assert do.calls == case["calls"]
+    assert (raised is None) == ("fail" not in case)
+    if "message" in case:
+        assert re.search(case["message"], str(raised)), str(raised)
