@@ -32,4 +32,4 @@ test-deps:
 # wait on it (two processes kept two cores under a third busy), so three fit two cores.
 test: venv test-deps
 	$(BIN)/invoke bootstrap
-	$(BIN)/pytest -n 3 --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -n 4 --dist loadfile --no-loadscope-reorder

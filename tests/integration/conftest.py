@@ -30,11 +30,12 @@ INVOKE = str(Path(sys.executable).with_name("invoke"))
 
 # The longest modules first, as the "time per module" summary below measures them (a
 # Swarm of engines each, then those with several stacks or long waits under load):
-# `-n 3 --dist loadfile --no-loadscope-reorder` hands modules out in this order (xdist's
+# `-n 4 --dist loadfile --no-loadscope-reorder` hands modules out in this order (xdist's
 # default reorder puts the modules with most tests first, which left the Swarm ones,
 # with few, running alone at the end), so the short ones fill the other processes meanwhile.
-LONGEST = ("test_swarm_target.py", "test_swarm_move.py", "test_crash.py", "test_move.py", "test_release.py", "test_db.py", "test_installed.py",
-           "test_registry.py", "test_pg_versions.py", "test_mlflow.py", "test_crash_move.py", "test_swarm_cluster.py")
+LONGEST = ("test_swarm_target.py", "test_release.py", "test_crash_move.py", "test_crash.py", "test_move.py", "test_db.py",
+           "test_swarm_move.py", "test_installed.py", "test_benchmark.py", "test_pg_versions.py", "test_mlflow.py",
+           "test_registry.py", "test_acme.py", "test_swarm_cluster.py")
 
 
 def pytest_collection_modifyitems(items):
