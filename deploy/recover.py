@@ -37,46 +37,80 @@ from deploy.errors import StackError
 from deploy.history import now
 
 
+def plan_repairs(active: bool, frozen: bool, canary_left: bool, dead_run: bool, relay_left: bool, thorough: bool,
+                 local: bool, retired: bool, workers_stopped: bool) -> tuple[str, ...]:
+    """The repairs, in order, from what the lock's exec and the engine said (pure): a dead
+    run's one-off containers first (before anything opens writes: a pg_restore left going
+    on would change data after them), its canary, the database record (the live color's
+    clients say where the database is), the write freeze, the relay before the
+    replication's slot (a subscriber still running cannot come back to it), the workers."""
+    return (*(("remove_one_offs",) if dead_run else ()), *(("end_canary",) if canary_left else ()),
+            *(("check_record",) if active else ()), *(("open_writes",) if frozen else ()),
+            *(("remove_relay",) if relay_left else ()),
+            *(("drop_replication",) if (relay_left or thorough) and local and not retired else ()),
+            *(("start_workers",) if active and workers_stopped else ()))
+
+
 def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
               frozen: bool, record: dict, dead: dict | None = None, canary_left: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
     """Repair what a dead run left (see the module), from what the lock's exec read
     (`active`, `frozen`, the database `record`) and the services' `states`; returns the
     states (read again when something was started) and the database record (repaired)."""
-    thorough = dead is not None
-    if dead and dead.get("pid") and dead.get("host"):
-        left = facts.one_offs(settings, f"{history.HOLDER_LABEL}={history.process_label(dead['pid'], dead['host'])}")
+    pg = settings.app.postgres
+    do = Repairs(settings, active, states, record, dead)
+    repairs = plan_repairs(active is not None, frozen, canary_left, bool(dead and dead.get("pid") and dead.get("host")),
+                           relay.left(settings, states), dead is not None,
+                           bool(pg and pg.service in states and states[pg.service].state == "running"),
+                           bool(record.get("retired")), bool(do.stopped))
+    for repair in repairs:
+        getattr(do, repair)()
+    return do.states, do.record
+
+
+class Repairs:
+    """Each repair of `reconcile` on the real target (plan_repairs orders them)."""
+
+    def __init__(self, settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState], record: dict,
+                 dead: dict | None):
+        self.settings, self.active, self.states, self.record, self.dead = settings, active, states, record, dead
+        self.stopped = [name for name in settings.app.worker_services(active.color)
+                        if name in states and states[name].state in ("created", "exited")] if active else []
+
+    def remove_one_offs(self) -> None:
+        left = facts.one_offs(self.settings, f"{history.HOLDER_LABEL}={history.process_label(self.dead['pid'], self.dead['host'])}")
         for container in left:
-            runner.engine(settings.docker_host, "remove_container", container, force=True, what="removing a dead run's one-off container")
+            runner.engine(self.settings.docker_host, "remove_container", container, force=True, what="removing a dead run's one-off container")
         if left:
             runner.say(f"!! the run that died left {len(left)} one-off container(s) (database tools, secret staging): removed")
-    if canary_left:
-        canary.clear(settings)
+
+    def end_canary(self) -> None:
+        canary.clear(self.settings)
         runner.say("!! a deploy that died left its canary: every user is on the live color again")
-    pg = settings.app.postgres
-    local = bool(pg and pg.service in states and states[pg.service].state == "running")
-    if active is not None:
-        record = _database_record(settings, record, active, states)
-    if frozen:
-        if local and record.get("url") == "local":  # the app's database still: it takes writes again first
-            dbtools.freeze_database(settings, False)
-        edge.set_frozen(settings, False)
+
+    def check_record(self) -> None:
+        self.record = _database_record(self.settings, self.record, self.active, self.states)
+
+    def open_writes(self) -> None:
+        pg = self.settings.app.postgres
+        local = bool(pg and pg.service in self.states and self.states[pg.service].state == "running")
+        if local and self.record.get("url") == "local":  # the app's database still: it takes writes again first
+            dbtools.freeze_database(self.settings, False)
+        edge.set_frozen(self.settings, False)
         runner.say("!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again")
-    relay_left = relay.left(settings, states)
-    if relay_left:  # first: a subscriber still running cannot come back to its slot
-        relay.remove(settings)
+
+    def remove_relay(self) -> None:
+        relay.remove(self.settings)
         runner.say("!! a db.move that died left its replication relay: removed")
-    if (relay_left or thorough) and local and not record.get("retired"):
-        found = replication.drop(settings)
+
+    def drop_replication(self) -> None:
+        found = replication.drop(self.settings)
         if found:
             runner.say(f"!! a db.move that died left its {', '.join(found)} ({relay.ROLE}) on the local database: dropped")
-    if active is not None:
-        stopped = [name for name in settings.app.worker_services(active.color)
-                   if name in states and states[name].state in ("created", "exited")]
-        if stopped:
-            stack.resume(settings, stopped, facts.running_versions(states), wait=False)
-            runner.say(f"!! {active.color} is live but its workers ({', '.join(stopped)}) were not running (a db.move died): started")
-            states = facts.service_states(settings)
-    return states, record
+
+    def start_workers(self) -> None:
+        stack.resume(self.settings, self.stopped, facts.running_versions(self.states), wait=False)
+        runner.say(f"!! {self.active.color} is live but its workers ({', '.join(self.stopped)}) were not running (a db.move died): started")
+        self.states = facts.service_states(self.settings)
 
 
 def on_lock(settings: Settings, held: history.Held) -> tuple[dict[str, facts.ServiceState], dict]:
