@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import apply, errors, plans
+from deploy import apply, plans
 from deploy.errors import ColorgateError, ConfigError
+
+from .recording import Recording
 
 DRY = {"service postgres": "recreate", "service cache": "create", "service backend_green": "recreate", "network data": "recreate"}
 
@@ -45,27 +47,9 @@ def test_the_plan_says_what_would_change_or_that_nothing_would():
 UP_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "up_runs.yaml").read_text())
 
 
-class RecordingUp:
-    """`up`'s steps and undos as stand-ins that record their calls and fail (once each) where the case says."""
-
-    def __init__(self, fail: dict):
-        self.calls: list[str] = []
-        self.fail = fail
-
-    def __getattr__(self, name):
-        def step():
-            how = self.fail.get(name) if name not in self.calls else None
-            self.calls.append(name)
-            if how == "error":
-                raise ColorgateError(f"{name} broke")
-            if how == "interrupt":
-                raise errors.Interrupted("SIGTERM")
-        return step
-
-
 @pytest.mark.parametrize("case", UP_RUNS, ids=[c["name"] for c in UP_RUNS])
 def test_up_runs(case):
-    do, raised = RecordingUp(case.get("fail") or {}), None
+    do, raised = Recording(case.get("fail") or {}), None
     try:
         plans.execute(apply.plan_up(**case["plan"]), do, None, apply.undo_up(case["fresh"]))
     except (ColorgateError, KeyboardInterrupt) as exc:

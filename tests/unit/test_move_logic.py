@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from deploy import config, db, edge, errors, facts, history, move, movecheck, plans, release
-from deploy.errors import ColorgateError, ConfigError, GateFailed
+from deploy.errors import ColorgateError, ConfigError
+
+from .recording import Recording
 
 SHOWN = "postgresql://app@db.example.com:5432/shop"
 
@@ -165,31 +167,15 @@ MOVE_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "move_runs.yaml"
 EXIT_CODES = {"refused": errors.REFUSED, "rolled back": errors.FLIPPED_BACK, "failed": errors.FAILED}
 
 
-class RecordingMove:
-    """db.move's steps and undos as stand-ins that record their calls and fail where the
-    case says; the edge's answer to "did traffic move?" is the case's."""
+class RecordingMove(Recording):
+    """db.move's steps and undos; the edge's answer to "did traffic move?" is the case's."""
 
     def __init__(self, fail: dict, moved: bool, record: history.Record):
-        self.calls: list[str] = []
-        self.fail, self.moved, self._record = fail, moved, record
+        super().__init__(fail, record)
+        self.moved = moved
 
     def traffic_moved(self, done: list[str]) -> bool:
         return self.moved and "switch" in done
-
-    def __getattr__(self, name):
-        def step():
-            how = self.fail.get(name) if name not in self.calls else None  # a step fails once (the record is written again)
-            self.calls.append(name)
-            if how == "error":
-                raise ColorgateError(f"{name} broke")
-            if how == "gate":
-                raise GateFailed(f"{name} failed")
-            if how == "flipped":
-                self._record.outcome = "rolled back"
-                raise errors.FlippedBack(f"post gates failed; traffic is back on {self._record.from_color}")
-            if how == "interrupt":
-                raise errors.Interrupted("SIGTERM")
-        return step
 
 
 @pytest.mark.parametrize("case", MOVE_RUNS, ids=[c["name"] for c in MOVE_RUNS])
@@ -218,24 +204,6 @@ def test_move_runs(case):
 
 
 RESTORE_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "restore_runs.yaml").read_text())
-
-
-class Recording:
-    """Steps and undos that record their calls and fail (once each) where the case says."""
-
-    def __init__(self, fail: dict):
-        self.calls: list[str] = []
-        self.fail = fail
-
-    def __getattr__(self, name):
-        def step():
-            how = self.fail.get(name) if name not in self.calls else None
-            self.calls.append(name)
-            if how == "error":
-                raise ColorgateError(f"{name} broke")
-            if how == "interrupt":
-                raise errors.Interrupted("SIGTERM")
-        return step
 
 
 @pytest.mark.parametrize("case", RESTORE_RUNS, ids=[c["name"] for c in RESTORE_RUNS])

@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from deploy import apply, config, edge, errors, facts, history, release
-from deploy.errors import ColorgateError, GateFailed, Interrupted
+from deploy.errors import ColorgateError
+
+from .recording import Recording
 
 CASES = Path(__file__).with_name("cases")
 PLANS = yaml.safe_load((CASES / "release_plans.yaml").read_text())
@@ -68,26 +70,6 @@ def test_release_decisions(case):
     assert list(plan.steps) == want["steps"]
     assert plan.rebuild == want.get("rebuild", False)
     assert plan.action == want.get("action", case["command"])
-
-
-class Recording:
-    """Steps that record their calls and fail where the case says."""
-
-    def __init__(self, fail: dict):
-        self.calls: list[str] = []
-        self.fail = fail
-
-    def __getattr__(self, name):
-        def step():
-            self.calls.append(name)
-            how = self.fail.get(name)
-            if how == "gate":
-                raise GateFailed(f"{name} failed")
-            if how == "error":
-                raise ColorgateError(f"{name} broke")
-            if how == "interrupt":
-                raise Interrupted("SIGTERM")
-        return step
 
 
 @pytest.mark.parametrize("case", RUNS, ids=[c["name"] for c in RUNS])
