@@ -359,16 +359,16 @@ class Confinement:
 def _no_new_privs(settings: Settings, service: str) -> bool:
     """Whether `service`'s process runs with no_new_privs: its task's now, asked for 3 s while unreadable (a Swarm's read "off")."""
     for attempt in range(10):
+        if attempt:
+            time.sleep(0.3)
         try:
             created = runner.engine(settings.docker_host, "exec_create", container(settings, service, fresh=True), ["cat", "/proc/1/status"])
             out = runner.engine(settings.docker_host, "exec_start", created["Id"])
-            said = [line.split() for line in (out.decode(errors="replace") if isinstance(out, bytes) else str(out)).splitlines()
-                    if line.startswith("NoNewPrivs:")]
+            said = [line.split() for line in (out.decode(errors="replace") if isinstance(out, bytes) else out).splitlines() if line.startswith("NoNewPrivs:")]
             if said:
                 return said[0] == ["NoNewPrivs:", "1"]
         except CommandError:
             pass
-        time.sleep(0.3 if attempt < 9 else 0)
     return False
 
 

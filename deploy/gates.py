@@ -183,9 +183,9 @@ def _warm() -> None:
     """Load what every gate run needs once, in this process, before forking: pytest, its
     JUnit report, pytest-bdd, the Engine API client and testinfra the steps read the
     target with, and the gates' plugin by its name, with the step library it brings."""
-    for name in ("_pytest.junitxml", "pytest", "pytest_bdd.plugin", "docker", "testinfra", GATE_PLUGIN):
-        plugin = importlib.import_module(name)
-    for name in getattr(plugin, "pytest_plugins", ()):
+    for name in ("_pytest.junitxml", "pytest", "pytest_bdd.plugin", "docker", "testinfra"):
+        importlib.import_module(name)
+    for name in getattr(importlib.import_module(GATE_PLUGIN), "pytest_plugins", ()):
         importlib.import_module(name)
 
 

@@ -114,7 +114,7 @@ def execute(steps: tuple[str, ...], do, record: Record, plan: release.Plan, show
                         f"the target {shown} now holds a partial copy: empty it before retrying")
         return None
 
-    plans.execute(steps, do, record, UNDO, moved=do.traffic_moved, explain=explain)
+    plans.execute(steps, do, record, UNDO, moved=lambda done: "switch" in done and do.traffic_moved(), explain=explain)
 
 
 class Steps:
@@ -134,10 +134,8 @@ class Steps:
         self.manifest: dict = {}
         self.local: dict[str, str] = {}
 
-    def traffic_moved(self, done: list[str] = ("switch",)) -> bool:
-        """Whether traffic is on the candidate (only once its switch began)."""
-        if "switch" not in done:
-            return False
+    def traffic_moved(self) -> bool:
+        """Whether traffic is on the candidate, as the edge says."""
         live = edge.read_active(self.settings)
         return live is not None and live.color == self.candidate
 

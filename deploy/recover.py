@@ -56,12 +56,9 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
     """Repair what a dead run left (see the module), from what the lock's exec read
     (`active`, `frozen`, the database `record`) and the services' `states`; returns the
     states (read again when something was started) and the database record (repaired)."""
-    pg = settings.app.postgres
     do = Repairs(settings, active, states, record, dead)
     repairs = plan_repairs(active is not None, frozen, canary_left, bool(dead and dead.get("pid") and dead.get("host")),
-                           relay.left(settings, states), dead is not None,
-                           bool(pg and pg.service in states and states[pg.service].state == "running"),
-                           bool(record.get("retired")), bool(do.stopped))
+                           relay.left(settings, states), dead is not None, do.local, bool(record.get("retired")), bool(do.stopped))
     for repair in repairs:
         getattr(do, repair)()
     return do.states, do.record
@@ -73,6 +70,8 @@ class Repairs:
     def __init__(self, settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState], record: dict,
                  dead: dict | None):
         self.settings, self.active, self.states, self.record, self.dead = settings, active, states, record, dead
+        pg = settings.app.postgres
+        self.local = bool(pg and pg.service in states and states[pg.service].state == "running")  # the stack's own, running
         self.stopped = [name for name in settings.app.worker_services(active.color)
                         if name in states and states[name].state in ("created", "exited")] if active else []
 
@@ -91,9 +90,7 @@ class Repairs:
         self.record = _database_record(self.settings, self.record, self.active, self.states)
 
     def open_writes(self) -> None:
-        pg = self.settings.app.postgres
-        local = bool(pg and pg.service in self.states and self.states[pg.service].state == "running")
-        if local and self.record.get("url") == "local":  # the app's database still: it takes writes again first
+        if self.local and self.record.get("url") == "local":  # the app's database still: it takes writes again first
             dbtools.freeze_database(self.settings, False)
         edge.set_frozen(self.settings, False)
         runner.say("!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again")
