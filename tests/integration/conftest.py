@@ -62,16 +62,43 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{seconds:8.1f}s {module}")
 
 
+# Ports for the stacks, test CAs and forwarders a test process starts: each pytest-xdist
+# process has a range of its own below the kernel's ephemeral ones (32768 and up, which
+# clients' connections use) and hands each port out once. The kernel's "any free port"
+# can give two processes the same number before either has bound it, and then one test's
+# client reaches another test's edge.
+PORT_BASE, PORTS_EACH = 20000, 1500
+
+
+def _port_numbers() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = PORT_BASE + (int(worker) if worker.isdigit() else 0) % 8 * PORTS_EACH
+    start = secrets.randbelow(PORTS_EACH)  # a new run does not start where the last one's leftovers may still be
+    for n in range(PORTS_EACH):
+        yield first + (start + n) % PORTS_EACH
+
+
+_PORTS = _port_numbers()
+
+
+def _free(kind: int) -> int:
+    for port in _PORTS:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (by something outside this test run)
+            return port
+    raise AssertionError(f"this test process used all of its {PORTS_EACH} ports")
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that no other test process of this run is handed."""
+    return _free(socket.SOCK_STREAM)
 
 
 def udp_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return _free(socket.SOCK_DGRAM)
 
 
 @contextlib.contextmanager

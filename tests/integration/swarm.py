@@ -36,6 +36,8 @@ import httpx
 from deploy import images, remote, runner
 from deploy.config import Settings
 
+from .conftest import free_port
+
 ENGINE = images.BaseImage("dockerd", ("docker.io", "iptables", "ca-certificates", "procps", "socat"))
 ENGINE_PORT = 2375
 # The engines here (containers without --privileged) cannot run IPsec, so a stack's
@@ -149,9 +151,7 @@ def _registry() -> Iterator[int]:
     binary = shutil.which("docker-registry")
     if not binary:
         raise AssertionError("Debian's docker-registry is not installed: `make test-deps` installs it")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="cgswarm-registry-") as root:
         with open(f"{root}/config.yml", "w") as f:
             f.write(f"version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {root}/data}}}}\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -119,9 +120,27 @@ def test_a_local_certificate_near_its_end_is_made_again_by_tls_renew(settings, e
     assert json.loads(invoke("tls.status", "--json", env=env).stdout)["source"] == "local CA (made by the edge)"
 
 
+def served_now(settings) -> str:
+    """Which certificate the edge presents to a new connection, unverified: what a failed
+    verification saw (its subject, issuer and serial)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with ctx.wrap_socket(socket.create_connection((settings.edge_address, settings.https_port), timeout=3),
+                             server_hostname=settings.domain) as conn:
+            cert = x509.load_der_x509_certificate(conn.getpeercert(binary_form=True))
+    except (OSError, ssl.SSLError) as exc:
+        return f"nothing ({exc!r})"
+    return f"{cert.subject.rfc4514_string()} from {cert.issuer.rfc4514_string()}, serial {cert.serial_number:x}"
+
+
 def test_obtain_renew_and_gate_with_zero_failed_requests(settings, pebble, env):
     both = tls.read_local_ca(settings) + pebble["root"].read_text()
     failures, retried, done, stop = [], [], [0], threading.Event()
+    began, steps = time.monotonic(), []  # the test's own steps, to place a failure among them
+
+    def step(what: str) -> None:
+        steps.append(f"{time.monotonic() - began:.2f}s {what}")
 
     def load():
         with gates.edge_client(settings, both) as c:
@@ -141,19 +160,23 @@ def test_obtain_renew_and_gate_with_zero_failed_requests(settings, pebble, env):
                     if r.status_code != 200:
                         failures.append(r.status_code)
                 except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
+                    seen = served_now(settings) if "CERTIFICATE_VERIFY_FAILED" in str(exc) else ""
+                    failures.append(f"{time.monotonic() - began:.2f}s {exc!r} {seen}")
                 done[0] += 1
 
     t = threading.Thread(target=load)
     t.start()
     try:
+        step(f"tls.init (serving {served_now(settings)})")
         data = tls.init(settings, f"ops@{DOMAIN}", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
+        step(f"tls.init returned (serving {served_now(settings)})")
         first = tls.status(settings)
         renewed = tls.renew(settings)
+        step(f"tls.renew returned (serving {served_now(settings)})")
     finally:
         stop.set()
         t.join()
-    assert failures == [] and done[0] > 50, (failures[:5], done[0])
+    assert failures == [] and done[0] > 50, (failures[:5], len(failures), done[0], steps)
     assert len(retried) <= 3 * 2, retried  # at most a couple per reload
 
     assert data["reloaded"] is True and data["source"] == "ACME" and data["acme_directory"] == pebble["directory"]
