@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from deploy import access, bootstrap, db, edge, facts, images, plans, recover, render, runner, stack, swarm, tls
-from deploy.history import Record, lock, recorded, timed
+from deploy import access, bootstrap, db, edge, facts, images, migrations, plans, recover, render, runner, stack, swarm, tls
+from deploy.history import Record, lock, recorded
 from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError, ConfigError, StackError
@@ -206,10 +206,7 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
             with contextlib.nullcontext() if held is not None else lock(settings, "up"):
                 record = Record("migrate", color, color, versions[color], versions[color])
                 with recorded(settings, record):
-                    guard = db.migrating(settings, record, m.cheap) if settings.app.postgres and db.has_tables(settings) \
-                        else contextlib.nullcontext()
-                    with guard, timed(record, "migrations", "applying database migrations"):
-                        stack.migrate(settings, color, versions)
+                    migrations.run(settings, record, color, versions, backup=settings.app.postgres and db.has_tables(settings))
                     record.outcome = "migrated"
 
         start_stack(settings, version, run_migrations=run_migrations, prepare=prepare)
@@ -324,8 +321,9 @@ class Starting:
         if self.run_migrations is not None:
             self.run_migrations(self.color, self.versions)
             return
-        with runner.step("applying database migrations"):
-            stack.migrate(self.settings, self.color, self.versions)
+        version = self.versions[self.color]  # a stack started by hand (tests): its first migrations, not recorded
+        migrations.run(self.settings, Record("migrate", self.color, self.color, version, version), self.color, self.versions,
+                       backup=False)
 
     def start_color(self) -> None:
         s, color = self.settings, self.color
@@ -370,7 +368,8 @@ def down(settings: Settings, volumes: bool = False, yes: bool = False) -> None:
 
 def scale(settings: Settings, service: str, count: int) -> str:
     """The live color's copy of `service` run by `count` tasks (a Swarm only), under the
-    release lock and recorded; the next color to start gets as many. Returns the copy."""
+    release lock and recorded; the next color to start gets as many. A scale that does
+    not converge goes back to the count it had (SCALE_STEPS). Returns the copy."""
     if not settings.swarm:
         raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
     if service not in settings.app.colored:
@@ -379,11 +378,40 @@ def scale(settings: Settings, service: str, count: int) -> str:
         active = edge.read_active(settings)
         if active is None:
             raise StackError("no color is live yet: start the stack with `invoke up`")
-        copy, states = settings.app.copy_name(service, active.color), facts.service_states(settings)
+        do = Scaling(settings, settings.app.copy_name(service, active.color), count)
         record = Record("scale", active.color, active.color, active.version, active.version,
-                        detail=f"{copy}: {count} replicas")
-        with recorded(settings, record), runner.step(f"scaling {copy} to {count} replicas"):
-            stack.swarm_apply(settings, stack.compose_env(settings, facts.running_versions(states)), replicas={copy: count})
-            swarm.wait_converged(settings, [copy], settings.health_timeout)
+                        detail=f"{do.copy}: {do.before} -> {count} replicas")
+        with recorded(settings, record), runner.step(f"scaling {do.copy} from {do.before} to {count} replicas"):
+            plans.execute(SCALE_STEPS, do, record, SCALE_UNDO)
             record.outcome = "scaled"
-    return copy
+    return do.copy
+
+
+SCALE_STEPS = ("scale", "converge")
+SCALE_UNDO = plans.Undo(steps={"scale": "scale_back"})
+
+
+class Scaling:
+    """scale's steps on a Swarm (SCALE_STEPS orders them): the copy's tasks set to the
+    new count, then waited for; undone by setting the count it had and waiting for that."""
+
+    def __init__(self, settings: Settings, copy: str, count: int):
+        self.settings, self.copy, self.count = settings, copy, count
+        self.states = facts.service_states(settings)
+        found = swarm.services(settings).get(copy)
+        self.before = found.replicas if found else 0
+
+    def _set(self, count: int) -> None:
+        env = stack.compose_env(self.settings, facts.running_versions(self.states))
+        stack.swarm_apply(self.settings, env, replicas={self.copy: count})
+
+    def scale(self) -> None:
+        self._set(self.count)
+
+    def converge(self) -> None:
+        swarm.wait_converged(self.settings, [self.copy], self.settings.health_timeout)
+
+    def scale_back(self) -> None:
+        with runner.step(f"{self.copy} did not reach {self.count} replicas: back to {self.before}"):
+            self._set(self.before)
+            swarm.wait_converged(self.settings, [self.copy], self.settings.health_timeout)

@@ -10,10 +10,8 @@ like even while the app keeps writing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -254,43 +252,8 @@ def schema_fingerprint(settings: Settings) -> str:
     return dbtools.psql(settings, SCHEMA_SQL, what="reading the database's schema").stdout.split()[-1]
 
 
-@contextlib.contextmanager
-def migrating(settings: Settings, record: history.Record, cheap: bool = False) -> Iterator[None]:
-    """Around a migration: a backup a real restore has verified first, or stop. With
-    `cheap` (x-colorgate.migrations.cheap: the command is cheap and idempotent), the
-    backup is taken but verified only when the migration changed the schema (read before
-    and after), and dropped when it changed nothing: no restore on every deploy."""
-    if not cheap:
-        verified_backup(settings, record)
-        yield
-        return
-    with history.timed(record, "backup", "backing up the database before migrating (verified if the schema changes)"):
-        manifest = backup(settings)
-        before = schema_fingerprint(settings)
-    yield
-    name = manifest["name"]
-    if schema_fingerprint(settings) == before:
-        dbtools.tools(settings, 'cd /backups && rm -f "$1.dump" "$1.manifest.json"', name, what="dropping the backup")
-        record.detail = f"the migrations changed no table (migrations.cheap): backup {name} dropped"
-        runner.say(f"-- the migrations changed no table: backup {name} dropped")
-        return
-    with history.timed(record, "verify", f"verifying backup {name} (the migrations changed the schema)"):
-        verified = verify(settings, name)
-    if not verified.usable:
-        raise ColorgateError(f"the migrations changed the schema, but the backup {name} taken before them did not verify "
-                             f"({verified.reason}): take one now with `invoke db.backup`")
-    record.detail = f"backup {name}"
-
-
-def verified_backup(settings: Settings, record: history.Record) -> None:
-    """Before migrating: a backup that a real restore has verified, or stop."""
-    with history.timed(record, "backup", "backing up the database before migrating"):
-        manifest = backup(settings)
-    with history.timed(record, "verify", f"verifying backup {manifest['name']}"):
-        verified = verify(settings, manifest["name"])
-    if not verified.usable:
-        raise ColorgateError(f"the pre-migration backup {manifest['name']} did not verify ({verified.reason}): not migrating")
-    record.detail = f"backup {manifest['name']}"
+def drop_backup(settings: Settings, name: str) -> None:
+    dbtools.tools(settings, 'cd /backups && rm -f "$1.dump" "$1.manifest.json"', name, what="dropping the backup")
 
 
 def check_keep(settings: Settings, keep: int | None, yes: bool) -> None:

@@ -25,8 +25,8 @@ through `Steps` and undoes, latest first, what a failure leaves (UNDO). In short
 The replicate freeze covers only what must not see a write: everything that can run
 before it does. The local database's data is only read; it refuses writes from the
 freeze on (from then on it is not the app's) and stays until `invoke db.retire-local`
-(replicate backs it up after the move). A failure before the switch (or post gates that
-fail after it, inside the freeze) leaves traffic on the old color with the local
+(retire.py; replicate backs it up after the move). A failure before the switch (or post
+gates that fail after it, inside the freeze) leaves traffic on the old color with the local
 database, its workers running again, writes open again (in the database first). The
 checks before anything changes are movecheck.py's, the replication's own parts
 (subscription, cut-over script) replication.py's, its relay relay.py's.
@@ -40,8 +40,7 @@ import secrets
 import time
 from urllib.parse import unquote, urlsplit
 
-from deploy import access, db, dbtools, edge, facts, plans, relay, release, replication, runner, stack
-from deploy.colors import COLORS
+from deploy import db, dbtools, edge, facts, plans, relay, release, replication, runner, stack
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
 from deploy.history import Record, lock, now, recorded, timed
@@ -365,48 +364,3 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
 
 
 # --- after db.move ------------------------------------------------------------------
-
-
-def retire_local(settings: Settings, yes: bool = False) -> list[str]:
-    """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
-    the managed database and a verified backup of the local one from after the move exists.
-    The data volume is kept. Returns what was stopped."""
-    dbtools.require_postgres(settings)
-    record = access.check_database(settings)
-    if record["url"] == "local":
-        raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
-    if record.get("retired"):
-        runner.say(f"the local PostgreSQL was already retired on {record['retired']}")
-        return []
-    local = dataclasses.replace(settings, database_url="")
-    fresh = [b for b in db.list_backups(local)
-             if b["manifest"].get("source", "local") == "local" and b["manifest"]["created"] >= record["moved"]
-             and b.get("verify") and b["verify"]["usable"]]
-    if not fresh:
-        raise MoveError(f"no verified backup of the local database taken since the move ({record['moved']}): "
-                        "make one with `invoke db.backup --local`, then `invoke db.verify`")
-    if settings.profile in ("staging", "production") and not yes:
-        raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {fresh[-1]['manifest']['name']} is verified)")
-    states = facts.service_states(settings)
-    stale = [color for color in COLORS if facts.color_database(settings, states, color) == "local"]
-    service = settings.app.database.service
-    stopped = [*(name for color in stale for name in settings.app.color_services(color) if name in states), service]
-    with runner.step(f"stopping {', '.join(stopped)} (volumes kept)"):
-        _stop_local(settings, stale, service)
-    edge.write_database_record(settings, {**record, "retired": now(), "retired_backup": fresh[-1]["manifest"]["name"]})
-    return stopped
-
-
-def _stop_local(settings: Settings, stale: list[str], service: str) -> None:
-    """Stop the services of `stale` colors (their containers kept) and the shared
-    `service` (db.retire-local: the database, its volume kept): on a Swarm at 0 tasks,
-    which later commands keep (swarm.replicas_for)."""
-    if settings.swarm:
-        copies = {name: 0 for color in stale for name in settings.app.color_services(color)}
-        stack.swarm_apply(settings, stack.compose_env(settings, {}), replicas={**copies, service: 0})
-        return
-    names = [name for color in stale for name in settings.app.color_services(color)]
-    if names:
-        runner.run(stack.compose_cmd(settings, "stop", *names), env=stack.compose_env(settings, {}), what="docker compose stop")
-    runner.run(stack.compose_cmd(settings, "rm", "--stop", "--force", service), env=stack.compose_env(settings, {}),
-               what="removing the local PostgreSQL container")

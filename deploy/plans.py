@@ -1,8 +1,10 @@
 """Operations as plans: an operation's steps in order, decided by a pure function of
 the facts (so a unit test sees every change to the order), run by one executor that, on
-a failure or a signal, undoes what the steps began, latest first. up, db.move and
-db.restore run this way (their case files: tests/unit/cases/); a release's own executor
-(release.execute) also switches traffic back."""
+a failure or a signal, undoes what the steps began, latest first. up, scale, db.move,
+db.restore, db.retire-local and the app's migrations (inside a release, db.migrate and
+up) run this way, and recover orders its repairs as a plan (their case files:
+tests/unit/cases/); a release's own executor (release.execute) also switches traffic
+back."""
 
 from __future__ import annotations
 

@@ -11,12 +11,11 @@ keeps running: a rollback is a switch.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
-from deploy import access, apply, canary, db, dbtools, edge, facts, gates, images, recover, runner, stack, traffic
+from deploy import access, apply, canary, dbtools, edge, facts, gates, images, migrations, recover, runner, stack, traffic
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, FlippedBack, GateFailed, StackError
@@ -390,9 +389,7 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
         record = Record("migrate", active.color, active.color, active.version, active.version)
         with recorded(settings, record):
             versions = facts.running_versions(target.states)
-            with db.migrating(settings, record, settings.app.migrations.cheap), \
-                    timed(record, "migrations", "applying the database migrations"):
-                stack.migrate(settings, active.color, versions)
+            migrations.run(settings, record, active.color, versions)
             record.outcome = "migrated"
         return 1
 
@@ -434,7 +431,4 @@ def candidate_migrations(settings: Settings, record: Record, candidate: str, ver
         raise ColorgateError(f"{candidate} ({versions[candidate]}) brings migrations the database lacks: "
                              "ship them first with `invoke deploy`, then move")
     if pending is not False and migrate:
-        guard = db.migrating(settings, record, settings.app.migrations.cheap) if verified_backup and settings.app.postgres \
-            else contextlib.nullcontext()
-        with guard, timed(record, "migrations", "applying the database migrations"):
-            stack.migrate(settings, candidate, versions, databases)
+        migrations.run(settings, record, candidate, versions, databases, backup=verified_backup and settings.app.postgres)

@@ -287,21 +287,6 @@ def migrations_container(settings: Settings, color: str) -> str:
     return f"{settings.project}-migrations-{color}"
 
 
-def migrate(settings: Settings, color: str, versions: dict[str, str], databases: dict[str, str] | None = None) -> None:
-    """The app's migration command in a one-off container of `color`'s image, kept until its next (`logs migrations`)."""
-    m = settings.app.migrations
-    if not m:
-        return
-    access.prepare_clients(settings, color, (databases or {}).get(color) or settings.app_database_url())
-    name = migrations_container(settings, color)
-    runner.run(["docker", "rm", "--force", name], env=settings.docker_env(), check=False, what="removing the last migrations")
-    runner.run(
-        compose_cmd(settings, "run", "--name", name, "--no-deps", "-T", settings.app.copy_name(m.service, color), *m.command),
-        env=compose_env(settings, versions, databases),
-        what="database migrations",
-    )
-
-
 def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: bool = True,
                services: list[str] | None = None, databases: dict[str, str] | None = None) -> dict[str, int]:
     """Stop a color's containers (or those of `services`), kept with their logs for

@@ -11,7 +11,7 @@ from pathlib import Path
 from invoke import Exit
 
 from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys, offsite as _offsite
-from deploy import move as _move, recover as _recover, release, remote as _remote, runner, stack, tls as _tls, views
+from deploy import move as _move, recover as _recover, release, remote as _remote, retire as _retire, runner, stack, tls as _tls, views
 from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task, whole
 from deploy.errors import BAD_INPUT, BadInput
 
@@ -113,7 +113,7 @@ def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
 def db_retire_local(c, profile=None, host=None, yes=False):
     """After db.move: stop the stack's own PostgreSQL (volume kept), given a verified backup from after the move."""
     settings = _target(profile, host)
-    stopped = _move.retire_local(settings, yes=yes)
+    stopped = _retire.retire(settings, yes=yes)
     print(f"retired: stopped {', '.join(stopped)} (the pgdata volume is kept)" if stopped else "nothing to do")
 
 

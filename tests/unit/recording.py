@@ -28,3 +28,28 @@ class Recording:
             if how == "interrupt":
                 raise errors.Interrupted("SIGTERM")
         return step
+
+
+def check_case(case: dict, steps: tuple[str, ...], undo, outcome: str, action: str = "op", phases: bool = True) -> None:
+    """Run a case of a plan's case file through plans.execute with a Recording, settle
+    its record as `recorded` does, and check the calls in order, the outcome, and (when
+    the case gives them) the record's detail and the message the operator reads. Without
+    `phases`, the steps are not phases of the record (a plan inside another operation)."""
+    import re
+
+    from deploy import plans
+
+    record = history.Record(action, "blue", "blue", "v1", "v1")
+    do, raised = Recording(case.get("fail") or {}, record), None
+    try:
+        plans.execute(steps, do, record if phases else None, undo)
+        record.outcome = outcome
+    except (errors.ColorgateError, KeyboardInterrupt) as exc:
+        raised = exc
+    history.settle(record, raised)
+    assert do.calls == case["calls"] and record.outcome == case["outcome"], (do.calls, record.outcome)
+    assert (raised is None) == ("fail" not in case)
+    if "detail" in case:
+        assert record.detail == case["detail"]
+    if "message" in case:
+        assert re.search(case["message"], str(raised)), str(raised)

@@ -1,6 +1,7 @@
 """What a changed contract changes beside the colors of a running stack, and what of it
 `invoke apply` refuses to do, decided from compose's dry run and the edge's routes
-(pure: no Docker); and the order of `up` with every failure path, from a case file."""
+(pure: no Docker); and the order of `up` and of `scale` with every failure path, from
+case files."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 from deploy import apply, plans
 from deploy.errors import ColorgateError, ConfigError
 
-from .recording import Recording
+from .recording import Recording, check_case
 
 DRY = {"service postgres": "recreate", "service cache": "create", "service backend_green": "recreate", "network data": "recreate"}
 
@@ -58,3 +59,11 @@ def test_up_runs(case):
     assert (raised is None) == ("fail" not in case)
     if "message" in case:
         assert re.search(case["message"], str(raised)), str(raised)
+
+
+SCALE_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "scale_runs.yaml").read_text())
+
+
+@pytest.mark.parametrize("case", SCALE_RUNS, ids=[c["name"] for c in SCALE_RUNS])
+def test_scale_runs(case):
+    check_case(case, apply.SCALE_STEPS, apply.SCALE_UNDO, "scaled", "scale")

@@ -1,4 +1,5 @@
-"""Backup facts and the verify table, on captured psql output (no Docker)."""
+"""Backup facts and the verify table, on captured psql output, and the order of the
+app's migrations with every failure path, from a case file (no Docker)."""
 
 import dataclasses
 import subprocess
@@ -6,9 +7,12 @@ from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
+import yaml
 
-from deploy import db, dbtools, facts, keys, offsite
+from deploy import db, dbtools, facts, keys, migrations, offsite
 from deploy.errors import ConfigError
+
+from .recording import check_case
 
 
 def test_facts_parsing():
@@ -214,3 +218,12 @@ def test_the_servers_version_is_not_asked_of_an_app_without_a_database():
     s = config.load("development", root=config.project_root(), environ={"COLORGATE_APP": "examples/static-site"})
     with pytest.raises(BadInput, match=r"declares no database \(x-colorgate.database\): there is nothing for db.\* to do$"):
         dbtools.dump_major(s)
+
+
+MIGRATE_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "migrate_runs.yaml").read_text())
+
+
+@pytest.mark.parametrize("case", MIGRATE_RUNS, ids=[c["name"] for c in MIGRATE_RUNS])
+def test_migrate_runs(case):
+    # the migrations are a phase of the operation around them: its record says "migrations"
+    check_case(case, migrations.plan(**case["plan"]), migrations.UNDO, "migrated", "migrate", phases=False)

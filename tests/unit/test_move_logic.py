@@ -1,5 +1,5 @@
-"""db.move's checks and messages, on captured psql output, and the order of db.move and
-db.restore with every failure path, from case files (no Docker)."""
+"""db.move's checks and messages, on captured psql output, and the order of db.move,
+db.restore and db.retire-local with every failure path, from case files (no Docker)."""
 
 import dataclasses
 import re
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, db, edge, errors, facts, history, move, movecheck, plans, release
+from deploy import config, db, edge, errors, facts, history, move, movecheck, release, retire
 from deploy.errors import ColorgateError, ConfigError
 
-from .recording import Recording
+from .recording import Recording, check_case
 
 SHOWN = "postgresql://app@db.example.com:5432/shop"
 
@@ -208,16 +208,12 @@ RESTORE_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "restore_runs
 
 @pytest.mark.parametrize("case", RESTORE_RUNS, ids=[c["name"] for c in RESTORE_RUNS])
 def test_restore_runs(case):
-    record = history.Record("db.restore", "blue", "blue", "v1", "v1")
-    do, raised = Recording(case.get("fail") or {}), None
-    try:
-        plans.execute(db.RESTORE_STEPS, do, record, db.RESTORE_UNDO)
-        record.outcome = "restored"
-    except (ColorgateError, KeyboardInterrupt) as exc:
-        raised = exc
-    history.settle(record, raised)
-    assert do.calls == case["calls"] and record.outcome == case["outcome"]
-    if "detail" in case:
-        assert record.detail == case["detail"]
-    if "message" in case:
-        assert re.search(case["message"], str(raised)), str(raised)
+    check_case(case, db.RESTORE_STEPS, db.RESTORE_UNDO, "restored", "db.restore")
+
+
+RETIRE_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "retire_runs.yaml").read_text())
+
+
+@pytest.mark.parametrize("case", RETIRE_RUNS, ids=[c["name"] for c in RETIRE_RUNS])
+def test_retire_local_runs(case):
+    check_case(case, retire.RETIRE_STEPS, retire.RETIRE_UNDO, "retired", "db.retire-local")

@@ -1,0 +1,96 @@
+"""After a move to a managed database: `invoke db.retire-local` stops the stack's own
+PostgreSQL, and the colors still using it, once the app runs on the managed database and
+a verified backup of the local one from after the move exists. Its data volume is
+kept."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from deploy import access, db, dbtools, edge, facts, plans, runner, stack, swarm
+from deploy.colors import COLORS
+from deploy.config import Settings
+from deploy.errors import MoveError
+from deploy.history import Record, lock, now, recorded
+
+
+def retire(settings: Settings, yes: bool = False) -> list[str]:
+    """Stop the stack's own PostgreSQL (and colors still using it) once the app runs on
+    the managed database and a verified backup of the local one from after the move
+    exists, under the release lock and recorded (RETIRE_STEPS). The data volume is kept.
+    Returns what was stopped."""
+    dbtools.require_postgres(settings)
+    with lock(settings, "db.retire-local"):
+        record = access.check_database(settings)
+        if record["url"] == "local":
+            raise MoveError("the stack's own PostgreSQL is the app's database: move it first with `invoke db.move --to URL`")
+        if record.get("retired"):
+            runner.say(f"the local PostgreSQL was already retired on {record['retired']}")
+            return []
+        backup = _retire_backup(settings, record["moved"])
+        if settings.profile in ("staging", "production") and not yes:
+            raise MoveError(f"retiring the {settings.profile} stack's own PostgreSQL needs --yes (backup {backup} is verified)")
+        do = Retiring(settings, record, backup)
+        live = edge.read_active(settings)
+        history_record = Record("db.retire-local", live.color if live else "", live.color if live else "",
+                                live.version if live else "", live.version if live else "", detail=f"backup {backup}")
+        with recorded(settings, history_record), runner.step(f"stopping {', '.join(do.stopped)} (volumes kept)"):
+            plans.execute(RETIRE_STEPS, do, history_record, RETIRE_UNDO)
+            history_record.outcome = "retired"
+        return do.stopped
+
+
+def _retire_backup(settings: Settings, moved: str) -> str:
+    """The latest verified backup of the local database taken since the move, or refuse."""
+    local = dataclasses.replace(settings, database_url="")
+    fresh = [b for b in db.list_backups(local)
+             if b["manifest"].get("source", "local") == "local" and b["manifest"]["created"] >= moved
+             and b.get("verify") and b["verify"]["usable"]]
+    if not fresh:
+        raise MoveError(f"no verified backup of the local database taken since the move ({moved}): "
+                        "make one with `invoke db.backup --local`, then `invoke db.verify`")
+    return fresh[-1]["manifest"]["name"]
+
+
+RETIRE_STEPS = ("stop", "record")
+RETIRE_UNDO = plans.Undo(steps={"stop": "start_again"})
+
+
+class Retiring:
+    """db.retire-local's steps (RETIRE_STEPS orders them): the colors still on the local
+    database and the database itself stopped (on a Swarm at 0 tasks, which later commands
+    keep: swarm.replicas_for), then the database record says so. Undone by starting them
+    again: until the record says retired, the stack runs as before."""
+
+    def __init__(self, settings: Settings, record: dict, backup: str):
+        self.settings, self.record, self.backup = settings, record, backup
+        states = facts.service_states(settings)
+        self.stale = [color for color in COLORS if facts.color_database(settings, states, color) == "local"]
+        self.service = settings.app.database.service
+        self.copies = [name for color in self.stale for name in settings.app.color_services(color) if name in states]
+        self.stopped = [*self.copies, self.service]
+        self.replicas = {name: service.replicas for name, service in swarm.services(settings).items()} if settings.swarm else {}
+
+    def stop(self) -> None:
+        env = stack.compose_env(self.settings, {})
+        if self.settings.swarm:
+            stack.swarm_apply(self.settings, env, replicas={name: 0 for name in self.stopped})
+            return
+        if self.copies:
+            runner.run(stack.compose_cmd(self.settings, "stop", *self.copies), env=env, what="docker compose stop")
+        runner.run(stack.compose_cmd(self.settings, "rm", "--stop", "--force", self.service), env=env,
+                   what="removing the local PostgreSQL container")
+
+    def record(self) -> None:
+        edge.write_database_record(self.settings, {**self.record, "retired": now(), "retired_backup": self.backup})
+
+    def start_again(self) -> None:
+        env = stack.compose_env(self.settings, {})
+        with runner.step(f"starting {', '.join(self.stopped)} again: the local PostgreSQL is not retired"):
+            if self.settings.swarm:
+                stack.swarm_apply(self.settings, env, replicas={name: self.replicas.get(name, 1) for name in self.stopped})
+                return
+            runner.run(stack.compose_cmd(self.settings, "up", "--detach", "--no-deps", "--no-build", self.service), env=env,
+                       what="starting the local PostgreSQL again")
+            if self.copies:
+                runner.run(stack.compose_cmd(self.settings, "start", *self.copies), env=env, what="docker compose start")
