@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from deploy import access, bootstrap, db, edge, facts, images, migrations, plans, recover, render, runner, stack, swarm, tls
@@ -136,67 +136,51 @@ def plan(settings: Settings) -> list[str]:
     return plan_lines(changes(settings, other(active.color), versions, bool(edge.read_database_record(settings).get("retired"))))
 
 
-@contextlib.contextmanager
-def applying(settings: Settings, active_color: str, yes: bool = False) -> Iterator[list[Change]]:
-    """Around `invoke up` starting what runs beside the colors of a running stack: read
-    what it would change, refuse what cannot be applied safely, attach the live color to
-    new networks; when the database is recreated, a verified backup first, and its
-    clients' requests held at the edge while it restarts (then passed on)."""
+@dataclass(frozen=True)
+class Beside:
+    """What `up` on a running stack does beside its live color, decided before anything
+    runs (`beside` refuses what cannot be applied safely): the live color (and what is
+    recreated) attached to new networks; when the database is recreated, a verified
+    backup first (unless it holds nothing yet), and its clients' requests held at the
+    edge while it restarts, then passed on."""
+
+    live: str
+    found: tuple[Change, ...] = ()
+    attach: bool = False
+    backup: bool = False
+    hold: str = ""  # the database service that is recreated, or ""
+
+    @property
+    def recreated(self) -> list[str]:
+        return [c.name for c in self.found if c.kind == "service" and c.how == "recreate"]
+
+
+def beside(settings: Settings, live: str, yes: bool = False) -> Beside:
+    """Read what `up` would change beside the `live` color, and refuse what cannot be
+    applied safely (or needs --yes), before anything runs."""
     versions = facts.running_versions(facts.service_states(settings))
-    found = changes(settings, other(active_color), versions, bool(edge.read_database_record(settings).get("retired")))
+    found = changes(settings, other(live), versions, bool(edge.read_database_record(settings).get("retired")))
     database = settings.app.database.service if settings.app.postgres else None
     check(found, settings.profile, yes, database)
     for line in plan_lines(found):
         runner.say(line)
     recreated = [c.name for c in found if c.kind == "service" and c.how == "recreate"]
-    if any(c.kind == "service" for c in found):
-        with runner.step(f"attaching {active_color} and what is recreated to the contract's new networks"):
-            attach_networks(settings, [*settings.app.color_services(active_color), *recreated])
-    if database not in recreated:
-        yield found
-        return
-    if db.has_tables(settings):
-        with runner.step(f"backing up the database before {database} is recreated"):
-            manifest = db.backup(settings)
-            verified = db.verify(settings, manifest["name"])
-        if not verified.usable:
-            raise ColorgateError(f"the backup {manifest['name']} did not verify ({verified.reason}): not recreating {database}")
-    with _held(settings, active_color, database):
-        yield found
-
-
-@contextlib.contextmanager
-def _held(settings: Settings, color: str, database: str) -> Iterator[None]:
-    """The database's clients' requests held at the edge (for up to COLORGATE_HOLD_SECONDS
-    each), once those in flight are answered (5 s at most: a stream never is)."""
-    with runner.step(f"holding the requests to {database}'s clients at the edge while it restarts"):
-        edge.set_frozen(settings, True, database=True)
-        edge.drain(settings, color, seconds=min(5, settings.drain_seconds))
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        edge.set_frozen(settings, False)
-        runner.say(f"ok requests pass again: held for {time.monotonic() - started:.1f}s")
+    hold = database if database and database in recreated else ""
+    return Beside(live, tuple(found), any(c.kind == "service" for c in found), bool(hold) and db.has_tables(settings), hold)
 
 
 def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
     """`invoke up` and `invoke apply` (which CI may run on every push): start_stack, on a
     running stack under the release lock throughout (it may start what a running
     db.move stopped, recreate shared services: never beside a release), with what
-    changes beside the colors readied by apply.applying (refused when unsafe, --yes on
-    staging and production to recreate), and its migrations guarded as a release's are:
+    changes beside the colors read and checked first (`beside`: refused when unsafe, --yes
+    on staging and production to recreate), and its migrations guarded as a release's are:
     under the lock, and, when the database holds anything, after a backup a restore
     verified. A new stack takes the lock once its edge runs, for its migrations."""
     running = facts.edge_down(settings) is None
     with lock(settings, "up") if running else contextlib.nullcontext() as held:
         if held is not None:
             recover.on_lock(settings, held)  # first, what a run that died left (a hold at the edge, say)
-
-        @contextlib.contextmanager
-        def prepare(color: str) -> Iterator[None]:
-            with applying(settings, color, yes):
-                yield
 
         def run_migrations(color: str, versions: dict[str, str]) -> None:
             m = settings.app.migrations
@@ -209,7 +193,7 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
                     migrations.run(settings, record, color, versions, backup=settings.app.postgres and db.has_tables(settings))
                     record.outcome = "migrated"
 
-        start_stack(settings, version, run_migrations=run_migrations, prepare=prepare)
+        start_stack(settings, version, run_migrations=run_migrations, apply=True, yes=yes)
     if not settings.swarm:
         tls.ensure_renewer(settings)  # once an ACME certificate is in use
 
@@ -217,56 +201,62 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
 # --- starting the stack: planned as a release is -----------------------------------------
 
 
-def plan_up(edge_running: bool, prepared: bool, swarm: bool, migrations: bool) -> tuple[str, ...]:
+def plan_up(edge_running: bool, swarm: bool, migrations: bool, attach: bool = False, backup: bool = False,
+            hold: bool = False) -> tuple[str, ...]:
     """`up`'s steps in order (pure): the images of Colorgate's own and the shared services,
-    the database's secrets staged, the edge and the shared services started (on a running
-    stack inside `prepare`: applying's checks, backup and hold) and given the contract's
-    routes; then the live color: its images, its database clients, its migrations,
-    started, and on a new stack routed to."""
-    return ("infra_images", *(() if swarm else ("check_project",)), "stage_secrets", *(("prepare",) if prepared else ()),
-            *(("old_routes",) if edge_running else ()), "start_infra", "routes", *(("prepared",) if prepared else ()),
+    the database's secrets staged; on a running stack what changes beside its live color
+    (Beside): the live color attached to new networks, a verified backup and the
+    database's clients held at the edge when it is recreated; the edge and the shared
+    services started and given the contract's routes (the hold released); then the live
+    color: its images, its database clients, its migrations, started, and on a new stack
+    routed to."""
+    return ("infra_images", *(() if swarm else ("check_project",)), "stage_secrets", *(("attach_networks",) if attach else ()),
+            *(("backup_database",) if backup else ()), *(("hold_clients",) if hold else ()),
+            *(("old_routes",) if edge_running else ()), "start_infra", "routes", *(("release_hold",) if hold else ()),
             "check_database", "color_images", "clients", *(("migrations",) if migrations else ()), "start_color", "route")
 
 
 def undo_up(fresh: bool) -> plans.Undo:
     """On a stack that was not running, a failure stops what this run started (volumes
-    kept); on a running one, what `prepare` began (a hold at the edge) ends whatever happens."""
+    kept); on a running one, a hold at the edge ends whatever happens."""
     if fresh:
         return plans.Undo(steps={"infra_images": "tear_down"})
-    return plans.Undo(steps={"prepare": "prepared"}, ends={"prepared": "prepare"})
+    return plans.Undo(steps={"hold_clients": "release_hold"}, ends={"release_hold": "hold_clients"})
 
 
 def start_stack(settings: Settings, version: str | None = None,
-                run_migrations: Callable[[str, dict[str, str]], None] | None = None,
-                prepare: Callable[[str], contextlib.AbstractContextManager] | None = None) -> None:
+                run_migrations: Callable[[str, dict[str, str]], None] | None = None, apply: bool = False,
+                yes: bool = False) -> None:
     """Start the edge, PostgreSQL and the live color (the initial color on a new stack, at
     `version`: default the newest built, or v1), the edge given the contract's routes; the
     migrations through `run_migrations(color, versions)` when given (up guards them as a
     release does). Idempotent: on a running stack only what changed beside the colors
-    changes, inside `prepare(live color)` (applying), and the live color is never recreated."""
+    changes (with `apply`: read and checked first, `beside`), and the live color is never
+    recreated."""
     states = facts.service_states(settings)
     fresh = not any(s.state == "running" for s in states.values())
     edge_running = states.get("edge") is not None and states["edge"].state == "running"
     if bootstrap.local_engine(settings) and not edge_running:
         bootstrap.check_ports_free(settings)
     active = edge.read_active(settings) if edge_running else None
-    do = Starting(settings, states, edge_running, version, run_migrations, prepare, active)
-    steps = plan_up(edge_running, bool(active and prepare), settings.swarm, bool(settings.app.migrations))
+    changing = beside(settings, active.color, yes) if active and apply else Beside(active.color if active else "")
+    do = Starting(settings, states, edge_running, version, run_migrations, changing)
+    steps = plan_up(edge_running, settings.swarm, bool(settings.app.migrations), changing.attach, changing.backup,
+                    bool(changing.hold))
     plans.execute(steps, do, None, undo_up(fresh))
 
 
 class Starting:
     """`up`'s steps on the real target (plan_up orders them)."""
 
-    def __init__(self, settings: Settings, states: dict, edge_running: bool, version: str | None,
-                 run_migrations, prepare, active: edge.Active | None):
-        self.settings, self.version, self.run_migrations, self.prepare_fn, self.active = settings, version, run_migrations, prepare, active
+    def __init__(self, settings: Settings, states: dict, edge_running: bool, version: str | None, run_migrations,
+                 changing: Beside):
+        self.settings, self.version, self.run_migrations, self.changing = settings, version, run_migrations, changing
         self.versions = facts.running_versions(states)
         # after `db.retire-local` the stack's own PostgreSQL stays stopped
         self.infra = stack.infra_services(settings, retired=edge_running and bool(edge.read_database_record(settings).get("retired")))
-        self.beside = contextlib.ExitStack()
         self.live: edge.Active | None = None
-        self.color = ""
+        self.color, self.held_since = "", 0.0
 
     def infra_images(self) -> None:
         with runner.step(("pulling" if self.settings.registry else "building") + f" the images of {', '.join(self.infra)}"):
@@ -278,11 +268,31 @@ class Starting:
     def stage_secrets(self) -> None:
         access.stage_secrets(self.settings, database=True)
 
-    def prepare(self) -> None:
-        self.beside.enter_context(self.prepare_fn(self.active.color))
+    def attach_networks(self) -> None:
+        live = self.changing.live
+        with runner.step(f"attaching {live} and what is recreated to the contract's new networks"):
+            attach_networks(self.settings, [*self.settings.app.color_services(live), *self.changing.recreated])
 
-    def prepared(self) -> None:
-        self.beside.close()
+    def backup_database(self) -> None:
+        database = self.changing.hold
+        with runner.step(f"backing up the database before {database} is recreated"):
+            manifest = db.backup(self.settings)
+            verified = db.verify(self.settings, manifest["name"])
+        if not verified.usable:
+            raise ColorgateError(f"the backup {manifest['name']} did not verify ({verified.reason}): not recreating {database}")
+
+    def hold_clients(self) -> None:
+        """The database's clients' requests held at the edge (for up to
+        COLORGATE_HOLD_SECONDS each), once those in flight are answered (5 s at most: a
+        stream never is)."""
+        with runner.step(f"holding the requests to {self.changing.hold}'s clients at the edge while it restarts"):
+            edge.set_frozen(self.settings, True, database=True)
+            self.held_since = time.monotonic()
+            edge.drain(self.settings, self.changing.live, seconds=min(5, self.settings.drain_seconds))
+
+    def release_hold(self) -> None:
+        edge.set_frozen(self.settings, False)
+        runner.say(f"ok requests pass again: held for {time.monotonic() - self.held_since:.1f}s")
 
     def old_routes(self) -> None:
         """An edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it."""
