@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -301,7 +302,7 @@ def first_answer_from(run: WrkRun, since: float, color: str) -> float | None:
 def longest_gap(run: WrkRun, start: float, end: float) -> float:
     """Longest time without a successful answer arriving, inside [start, end)."""
     points = [start, *(t for t, status, _ in run.answers if start <= t < end and status < 400), end]
-    return max(b - a for a, b in zip(points, points[1:]))
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 def ms(values: list[float]) -> dict:
@@ -616,7 +617,7 @@ def plot(runs: dict[str, WrkRun], retry: RetryOnce, events, began: float, phases
     for ax in (top, bottom):
         for t, label in events:
             ax.axvline(t - began, color="green" if label.endswith("green") else "blue" if label.endswith("blue") else "black", lw=0.6, alpha=0.6)
-        for name, start, end in phases:
+        for _, start, end in phases:
             ax.axvspan(start - began, end - began, alpha=0.04, color="gray")
     for name, start, _ in phases:
         top.text(start - began, top.get_ylim()[1], name, fontsize=8, va="top")

@@ -173,7 +173,7 @@ class Settings:
         return self.debian_mirror if self.bases == "mmdebstrap" else f"{self.debian_image}+{self.debian_mirror}"
 
     @property
-    def builder(self) -> "Settings":
+    def builder(self) -> Settings:
         """The settings whose engine makes the images: this machine's when streaming."""
         return dataclasses.replace(self, docker_host="") if self.image_source == "stream" else self
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import tenacity
 
@@ -45,7 +45,7 @@ done
 
 def backup_name(now: datetime | None = None) -> str:
     """Sortable and unique: UTC time to the microsecond."""
-    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def _read_until_end(proc) -> list[str]:
@@ -81,7 +81,7 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
         dumped = dbtools.tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump", major=major)
         psql.stdin.write("COMMIT;\n")
     sha256, size = dumped.stdout.split()[-2:]
-    manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": sha256,
+    manifest = {"name": name, "created": datetime.now(UTC).isoformat(timespec="seconds"), "sha256": sha256,
                 "size": int(size), "database": settings.postgres_db, "source": shown_url(settings.database_url),
                 "postgres": dbtools.server_version(settings),  # verify restores it into a server of its major
                 "counts": snapshot_facts.counts,
@@ -222,7 +222,7 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
 
 
 def record_verify(settings: Settings, name: str, usable: bool, reason: str) -> None:
-    record = {"usable": usable, "reason": reason, "verified": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = {"usable": usable, "reason": reason, "verified": datetime.now(UTC).isoformat(timespec="seconds")}
     _write(settings, f"{name}.verify.json", record, "recording the verify result")
 
 

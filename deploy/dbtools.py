@@ -161,7 +161,7 @@ def url_env(url: str, prefix: str = "") -> dict[str, str]:
     sslmode, root = tls_params(url)
     values = (parts.hostname or "", str(parts.port or 5432), unquote(parts.username or ""), unquote(parts.password or ""),
               parts.path.strip("/"), sslmode)
-    env = {prefix + name: value for name, value in zip(PG_VARS, values)}
+    env = {prefix + name: value for name, value in zip(PG_VARS, values, strict=True)}
     if root:
         env[f"CG_{prefix}PGSSLROOTCERT_PEM"] = Path(root).read_text()
     else:

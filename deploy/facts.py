@@ -107,7 +107,7 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
     # not one-offs, nor containers merely run from an image compose built (its labels inherited)
     ours = [item for item in listed if (item.get("Labels") or {}).get("com.docker.compose.oneoff") != "True"
             and "com.docker.compose.config-hash" in (item.get("Labels") or {})]
-    for item, c in zip(ours, parallel(lambda item: _inspected(settings, item["Id"]), ours)):
+    for item, c in zip(ours, parallel(lambda item: _inspected(settings, item["Id"]), ours), strict=True):
         if c is None:
             continue  # removed since the listing
         labels = item.get("Labels") or {}
@@ -403,7 +403,7 @@ def confinement(settings: Settings, services: list[str]) -> dict[str, Confinemen
                                         ("no-new-privileges:true",) if locked else (), bool(spec.get("ReadOnly")),
                                         tuple(k for k, _, v in (e.partition("=") for e in spec.get("Env") or ()) if runner.holds_secret(v)))
         return out
-    for name, c in zip(services, parallel(lambda n: _inspected(settings, container(settings, n)), services)):
+    for name, c in zip(services, parallel(lambda n: _inspected(settings, container(settings, n)), services), strict=True):
         if c is None:
             continue
         host, config = c.get("HostConfig") or {}, c.get("Config") or {}

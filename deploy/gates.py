@@ -14,7 +14,7 @@ import sys
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import httpx
@@ -235,7 +235,7 @@ def redact_report(report: Path) -> str:
 def run_gates(settings: Settings, phase: str, color: str, version: str) -> GateRun:
     """Run the `phase` (pre/post) scenarios against `color` at `version`."""
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     report = settings.reports_dir / f"gates-{stamp}-{phase}-{color}.xml"
     if hasattr(os, "fork"):
         # a warm runner: pytest, its plugins and the steps' imports are already loaded here

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import httpx
@@ -202,7 +202,7 @@ def base_ages(settings: Settings, bases: list[BaseImage]) -> dict[str, float | N
                           env=settings.docker_env(), check=False)
         m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", proc.stdout.strip())
         made = datetime.fromisoformat(m[1] + (m[2] or "")[:7] + ("+00:00" if m[3] == "Z" else m[3])) if m else None
-        ages[base.name] = (datetime.now(timezone.utc) - made).total_seconds() if made else None
+        ages[base.name] = (datetime.now(UTC) - made).total_seconds() if made else None
     return ages
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import configparser
 import re
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from deploy import images, runner
@@ -84,7 +84,7 @@ def send(settings: Settings, manifest: dict) -> dict:
     if got != manifest["sha256"]:
         raise ColorgateError(f"the copy of {name} at {settings.backup_copy} does not match its checksum "
                              f"({got[:16] or 'none'}... against {manifest['sha256'][:16]}...)")
-    return {"remote": settings.backup_copy, "sha256": got, "copied": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {"remote": settings.backup_copy, "sha256": got, "copied": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def remote_backups(settings: Settings) -> list[str]:

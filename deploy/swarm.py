@@ -79,7 +79,7 @@ def active_nodes(found: list[dict]) -> int:
                and (n.get("Spec") or {}).get("Availability", "active") == "active")
 
 
-def spread_problems(found: dict[str, "Service"], names: list[str], nodes: int) -> dict[str, str]:
+def spread_problems(found: dict[str, Service], names: list[str], nodes: int) -> dict[str, str]:
     """The services of `names` whose tasks sit on fewer nodes than they could: Swarm
     spreads a service's tasks over the nodes that can take them, so one node's loss
     takes at most its share (pure)."""

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from deploy import edge, runner, stack
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError
+from datetime import UTC
 
 TLS_DIR = "/etc/colorgate/tls"
 LOCAL_CA = f"{TLS_DIR}/local-ca.pem"
@@ -92,7 +93,7 @@ def check_pair(chain: str, key: str, host: str, origin: str, setting: str, error
     """Refuse (raise `error`) a chain and key that a verifying client would not accept
     for `host`, the value of `setting`, or a server would not load: not PEM, a key of
     another certificate, another name, not valid now."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -109,7 +110,7 @@ def check_pair(chain: str, key: str, host: str, origin: str, setting: str, error
     if not covers(names(leaf), host):
         raise error(f"{origin} is for {', '.join(names(leaf)) or 'no name'}, not {host} ({setting}), "
                     f"so a client checking it would refuse it: give a certificate for {host}, or set {setting} to one of its names")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
         raise error(f"{origin} is not valid now (from {leaf.not_valid_before_utc:%Y-%m-%d} to {leaf.not_valid_after_utc:%Y-%m-%d}): "
                     "renew it (`invoke tls.renew` for the edge's) or give a current one")
@@ -126,12 +127,12 @@ def served_cert_cmd(settings: Settings) -> list[str]:
 def describe(pem: str, acme_state: str = "", local_marker: str = "", renewal: str = "", now=None) -> dict:
     """Subject, SANs, issuer, validity and source of the first certificate in `pem`, and
     the renewer's last run on the server (`renewal`, its log's last line)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificates(pem.encode())[0]
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     not_after = cert.not_valid_after_utc
     try:
         acme = json.loads(acme_state) if acme_state.strip() else None

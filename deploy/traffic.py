@@ -15,6 +15,7 @@ from before the switch; a failed analysis is a failed gate: the release switches
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -329,7 +330,7 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
-    steps = sorted({b[0] - a[0] for points in found.values() for a, b in zip(points, points[1:]) if b[0] > a[0]})
+    steps = sorted({b[0] - a[0] for points in found.values() for a, b in itertools.pairwise(points) if b[0] > a[0]})
     bucket = steps[0] if steps else 1.0
     for color, points in found.items():
         gapped = []  # a bucket without requests breaks the line instead of bridging it
@@ -339,7 +340,7 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
             gapped.append(point)
         points = gapped
         xs = [p[0] for p in points]
-        for ax, i in zip(axes, (1, 2, 3)):
+        for ax, i in zip(axes, (1, 2, 3), strict=True):
             ax.plot(xs, [p[i] * (100 if i == 2 else 1) for p in points], color=SERIES.get(color, "black"), lw=1.2,
                     label=color if color != EDGE else "the edge itself", marker="." if len(xs) < 40 else None)
     spans = [*record.analysis.get("intervals", []), *(i for step in record.analysis.get("canary", []) for i in step.get("intervals", []))]
@@ -352,7 +353,7 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
     for mark in record.marks:
         axes[0].annotate(mark["what"], (mark["t"] - began, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize=8,
                          va="top", ha="right")
-    for ax, label in zip(axes, ("requests / s", "answered 5xx (%)", "p95 latency (ms)")):
+    for ax, label in zip(axes, ("requests / s", "answered 5xx (%)", "p95 latency (ms)"), strict=True):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper left", fontsize=8)

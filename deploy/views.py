@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from deploy import edge, facts, history, images, runner, stack, swarm, traffic
@@ -20,7 +20,7 @@ def status(settings: Settings) -> dict:
     container the engine has not checked yet (it checks five minutes apart) is checked now."""
     states = facts.service_states(settings)
     starting = [name for name, s in states.items() if s.state == "running" and s.health == "starting"]
-    for name, passed in zip(starting, facts.parallel(lambda name: facts.passes_healthcheck(settings, name), starting)):
+    for name, passed in zip(starting, facts.parallel(lambda name: facts.passes_healthcheck(settings, name), starting), strict=True):
         if passed:
             states[name] = replace(states[name], health="healthy")
     active, frozen, held, maintenance, split, turned_away = None, False, None, None, None, {}
@@ -127,7 +127,7 @@ def format_history(history: list[dict], limit: int = 20) -> str:
 def format_backups(backups: list[dict]) -> str:
     if not backups:
         return "no backups yet: `invoke db.backup` makes one"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     lines = [f"{'NAME':<24} {'SIZE':>10} {'AGE':>8}  {'OFF-HOST':<12} VERIFIED"]
     for b in backups:
         m = b["manifest"]

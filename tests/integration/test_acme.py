@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import httpx
 import pytest
@@ -95,7 +95,7 @@ def test_a_local_certificate_near_its_end_is_made_again_by_tls_renew(settings, e
     def served_days() -> float:
         pem = ssl.get_server_certificate(("127.0.0.1", settings.https_port))
         not_after = x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
-        return (not_after - datetime.now(timezone.utc)).total_seconds() / 86400
+        return (not_after - datetime.now(UTC)).total_seconds() / 86400
 
     not_due = invoke("tls.renew", env=env)
     assert not_due.returncode == 0 and not_due.stdout.startswith("not due yet"), not_due.stderr

@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import yaml
 

@@ -193,7 +193,7 @@ def test_help_is_help_for_every_task_even_where_it_takes_an_argument():
     positional argument is not taken as its value (a service, a backup): nothing is reached."""
     asked = [("logs", "--help"), ("db.restore", "--help"), ("db.verify", "-h"), ("scale", "--help"), ("deploy", "-h"), ("exec", "--help")]
     for args, proc in zip(asked, at_once(*(lambda args=args: cli(*args, COLORGATE_DOCKER_HOST="unix:///nonexistent/cg.sock")
-                                            for args in asked))):
+                                            for args in asked)), strict=True):
         assert proc.returncode == 0 and "Docstring:" in proc.stdout, (args, proc.stdout, proc.stderr)
         assert re.search(r"--host=STRING\s+the Docker host to act on", proc.stdout), proc.stdout  # each option's help too
         assert proc.stderr == "", args
@@ -244,7 +244,7 @@ def test_the_exit_codes_are_the_readmes_and_usage_errors_are_bad_input():
     colorgate = str(Path(INVOKE).with_name("colorgate"))
     usage = (["deploy", "--no-such-option"], ["no-such-task"], ["exec"])
     for args, proc in zip(usage, at_once(*(lambda args=args: subprocess.run([colorgate, *args], capture_output=True, text=True, timeout=60,
-                                                                             cwd=ROOT) for args in usage))):
+                                                                             cwd=ROOT) for args in usage)), strict=True):
         assert proc.returncode == errors.BAD_INPUT and proc.stderr.startswith("colorgate: "), (args, proc.returncode, proc.stderr)
 
 

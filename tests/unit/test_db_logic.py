@@ -4,7 +4,7 @@ app's migrations with every failure path, from a case file (no Docker)."""
 import dataclasses
 import subprocess
 from pathlib import Path
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 import yaml
@@ -29,8 +29,8 @@ def test_compare_flags_each_difference():
 
 
 def test_backup_names_sort_by_time():
-    a = db.backup_name(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc))
-    b = db.backup_name(datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=timezone.utc))
+    a = db.backup_name(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
+    b = db.backup_name(datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=UTC))
     assert a == "20260102T030405000006Z" and a < b
 
 

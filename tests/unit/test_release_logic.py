@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import canary, config, edge, gates, history, probes, runner, views
+from deploy import config, edge, gates, history, probes, runner, views
 from deploy.errors import ColorgateError, StackError
 
 
@@ -67,7 +67,7 @@ def test_taking_the_lock_reads_what_a_locked_command_decides_from_in_the_same_ex
     damaged = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout)
     assert damaged.frozen
     with pytest.raises(StackError, match="routing state is damaged"):
-        damaged.active
+        _ = damaged.active
 
 
 def test_an_intent_sets_the_holders_phase_and_an_outcome_says_where_traffic_is(tmp_path):

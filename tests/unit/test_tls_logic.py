@@ -3,7 +3,7 @@
 import json
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ def test_describe_a_leaf():
 def test_describe_reports_expired_and_local_certificates():
     ca, ca_key = make_ca()
     cert, _ = make_leaf(ca, ca_key, "localhost", days=-2)
-    data = tls.describe(cert, "", "localhost\n", now=datetime.now(timezone.utc) + timedelta(days=1))
+    data = tls.describe(cert, "", "localhost\n", now=datetime.now(UTC) + timedelta(days=1))
     assert data["days_left"] < -2.9 and data["source"] == "local CA (made by the edge)" and data["acme_directory"] is None
     assert "days_left" in tls.format_status(data)
 
