@@ -1,6 +1,6 @@
-"""The engine's shape: no import circle between deploy/ modules (none hidden inside a
-function either), modules and functions of a readable size, and every typed error lives
-in deploy/errors.py."""
+"""The engine's shape: its layers (nothing imports upward), no import circle between
+deploy/ modules (none hidden inside a function either), modules and functions of a
+readable size, and every typed error lives in deploy/errors.py."""
 
 from __future__ import annotations
 
@@ -51,6 +51,50 @@ def test_no_import_circle_in_the_engine():
     for name in sorted(graph):
         if name not in state:
             visit(name, [])
+
+
+# The engine's layers, lowest first: a module imports modules of its own layer or of a
+# lower one, never of a higher one (README.md, "Layout", says what each owns).
+LAYERS = {
+    "settings and commands": {"errors", "colors", "contract", "keys", "ssh", "runner", "config", "render", "scaffold",
+                              "appsecrets", "images", "remote"},
+    "the target's facts": {"facts", "swarm", "bootstrap"},
+    "the edge and the record": {"edge", "history", "plans", "probes", "canary", "traffic"},
+    "the stack": {"access", "stack", "tls", "gates", "dbtools", "relay"},
+    "the data": {"db", "offsite", "replication", "movecheck", "migrations"},
+    "operations": {"apply", "recover", "release", "move", "retire", "views"},
+    "the commands": {"cli"},
+}
+LAYER = {module: n for n, modules in enumerate(LAYERS.values()) for module in modules}
+NAMES = list(LAYERS)
+
+
+def test_every_module_has_a_layer():
+    assert set(MODULES) == set(LAYER), f"give these a layer in LAYERS: {sorted(set(MODULES) ^ set(LAYER))}"
+
+
+def test_nothing_imports_upward():
+    """Every deploy import of a module (`from deploy import x`, `from deploy.x import y`,
+    `import deploy.x`, at the top of a module or inside a function) reaches its own layer or
+    a lower one."""
+    for name, paths in MODULES.items():
+        for path in paths:
+            for node in ast.walk(ast.parse(path.read_text())):
+                for used in deploy_modules(node) - {name}:
+                    assert LAYER[used] <= LAYER[name], (
+                        f"{path.relative_to(ROOT)}:{node.lineno} imports {used} ({NAMES[LAYER[used]]}) from "
+                        f"{NAMES[LAYER[name]]}: move what it needs down, or pass it in")
+
+
+def deploy_modules(node: ast.AST) -> set[str]:
+    """The deploy modules (and packages) an import statement names."""
+    if isinstance(node, ast.Import):
+        names = {a.name.split(".")[1] for a in node.names if a.name.startswith("deploy.")}
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "deploy" and not node.level:
+        names = {node.module.split(".")[1]} if "." in node.module else {a.name for a in node.names}
+    else:
+        return set()
+    return {n for n in names if n in MODULES}
 
 
 def test_the_engine_never_imports_the_steps():
