@@ -388,19 +388,102 @@ def run(args) -> dict:
         return measure(args, settings)
 
 
+class Phases:
+    """One run's phases under load, in order: each starts its own load client, warms up,
+    acts, and stops the client; `windows` holds when each acted (time.monotonic())."""
+
+    def __init__(self, args, settings: config.Settings, paths: list[str], workdir: Path):
+        self.args, self.settings, self.paths, self.workdir = args, settings, paths, workdir
+        self.events: list[tuple[float, str]] = []  # (time.monotonic(), "switch->green" ...)
+        self.runs: dict[str, WrkRun] = {}
+        self.windows: dict[str, tuple[float, float]] = {}
+        self.started: list[Wrk] = []
+        self.gated: list[float] = []
+        self.pre: list[float] = []
+        self.post: list[float] = []
+        self.rollback_inside = 0.0
+        self.bad_record: dict = {}
+        self.clock = 0.0
+
+    @contextlib.contextmanager
+    def phase(self, name: str, paths: list[str] | None = None, settle: float = 0.0):
+        load = Wrk(edge_url(self.settings), paths or self.paths, self.args.rps, name, self.workdir, self.args.warmup)
+        self.started.append(load)
+        time.sleep(self.args.warmup + settle)
+        start = time.monotonic()
+        yield
+        self.runs[name] = load.stop()
+        self.windows[name] = (start, time.monotonic())
+
+    def switches(self, versions: dict[str, str]) -> None:
+        """1. switches without gates"""
+        with self.phase("switches"):
+            for _ in range(self.args.switches):
+                to = other(edge.read_active(self.settings).color)
+                self.events.append((time.monotonic(), f"switch->{to}"))
+                edge.write_active(self.settings, to, versions[to])
+                time.sleep(self.args.pause)
+
+    def gated_switches(self) -> None:
+        """2. full gated switches"""
+        with self.phase("gated"):
+            for _ in range(self.args.gated):
+                to = other(edge.read_active(self.settings).color)
+                t = time.monotonic()
+                self.events.append((t, f"gated->{to}"))
+                record = release.switch(self.settings, to)
+                self.gated.append(time.monotonic() - t)
+                self.pre.append(record.timings["pre_gates"])
+                self.post.append(record.timings["post_gates"])
+                time.sleep(self.args.pause)
+
+    def rollback(self) -> None:
+        """3. rollback without gates: lock, read the target and history, switch, record, unlock"""
+        with self.phase("rollback"):
+            before = edge.read_active(self.settings).color
+            t = time.monotonic()
+            self.events.append((t, f"rollback->{other(before)}"))
+            release.rollback(self.settings, use_gates=False)
+            self.rollback_inside = time.monotonic() - t
+            time.sleep(self.args.pause)
+
+    def baseline(self, versions: dict[str, str]) -> None:
+        """4. baseline: recreate the live color's routed services in place (on a Swarm: its rolling restart)"""
+        s = self.settings
+        env = stack.compose_env(s, versions)
+        with self.phase("baseline"):
+            live = edge.read_active(s).color
+            routed = [s.app.copy_name(name, live) for name in s.app.routed]
+            for _ in range(self.args.baseline):
+                self.events.append((time.monotonic(), "recreate"))
+                if s.swarm:
+                    for name in routed:
+                        runner.run(["docker", "service", "update", "--force", "--quiet", "--detach=false",
+                                    swarm.service_name(s, name)], env={**os.environ, **s.docker_env()}, timeout=600)
+                else:
+                    runner.run(stack.compose_cmd(s, "up", "--detach", "--no-build", "--no-deps", "--force-recreate", *routed), env=env)
+                time.sleep(self.args.pause + 2)
+
+    def bad_release(self) -> None:
+        """5. a bad release: its gates pass, but one in five of its users' requests fails;
+        the analysis of real traffic after the switch must flip it back. The analysis
+        compares with the old color's figures over the span before the switch (3 x 5 s):
+        not the baseline phase's failures."""
+        bad = bad_release(self.settings, self.workdir)
+        with self.phase("bad release", [*self.paths, BAD_PATH], settle=15):
+            self.clock = time.time() - time.monotonic()
+            with contextlib.suppress(GateFailed):
+                release.deploy(bad, version="v-bad")
+        self.bad_record = edge.read_history(self.settings)[-1]
+
+    def latencies(self, prefix: str, run: str) -> list[float | None]:
+        return [first_answer_from(self.runs[run], t, label.split("->")[1]) for t, label in self.events if label.startswith(prefix)]
+
+
 def measure(args, settings: config.Settings) -> dict:
     """Drive the phases under load; compute the figures once the load has stopped."""
-    paths = load_paths(settings, args.path)
-    workdir = Path(tempfile.mkdtemp(prefix="cgbench-"))
-    events: list[tuple[float, str]] = []  # (time.monotonic(), "switch->green" ...)
-    runs: dict[str, WrkRun] = {}
-    started: list[Wrk] = []
+    run = Phases(args, settings, load_paths(settings, args.path), Path(tempfile.mkdtemp(prefix="cgbench-")))
     retry = None
-
-    def phase(name: str) -> Wrk:
-        started.append(Wrk(edge_url(settings), paths, args.rps, name, workdir, args.warmup))
-        return started[-1]
-
     try:
         with runner.step(f"starting an isolated stack of {settings.app.file.parent.name} with both colors"):
             apply.start_stack(settings, version="v1")
@@ -409,133 +492,61 @@ def measure(args, settings: config.Settings) -> dict:
                     apply.scale(settings, service, args.replicas)
             release.deploy(settings, version="v2")  # both colors now run: blue v1, green v2
         versions = facts.running_versions(facts.service_states(settings))
-        retry = RetryOnce(settings, tls.read_local_ca(settings), paths, args.retry_rps, args.stream)
+        retry = RetryOnce(settings, tls.read_local_ca(settings), run.paths, args.retry_rps, args.stream)
         retry.start()
         began = time.monotonic()
-
-        # 1. switches without gates
-        load = phase("switches")
-        time.sleep(args.warmup)
-        phase1 = time.monotonic()
-        for _ in range(args.switches):
-            to = other(edge.read_active(settings).color)
-            events.append((time.monotonic(), f"switch->{to}"))
-            edge.write_active(settings, to, versions[to])
-            time.sleep(args.pause)
-        runs["switches"] = load.stop()
-        end1 = time.monotonic()
-
-        # 2. full gated switches
-        load = phase("gated")
-        time.sleep(args.warmup)
-        phase2 = time.monotonic()
-        gated, pre, post = [], [], []
-        for _ in range(args.gated):
-            to = other(edge.read_active(settings).color)
-            t = time.monotonic()
-            events.append((t, f"gated->{to}"))
-            record = release.switch(settings, to)
-            gated.append(time.monotonic() - t)
-            pre.append(record.timings["pre_gates"])
-            post.append(record.timings["post_gates"])
-            time.sleep(args.pause)
-        runs["gated"] = load.stop()
-        end2 = time.monotonic()
-
-        # 3. rollback without gates
-        load = phase("rollback")
-        time.sleep(args.warmup)
-        phase3 = time.monotonic()
-        before = edge.read_active(settings).color
-        t = time.monotonic()
-        events.append((t, f"rollback->{other(before)}"))
-        release.rollback(settings, use_gates=False)  # lock, read the target and history, switch, record, unlock
-        rollback_inside = time.monotonic() - t
-        time.sleep(args.pause)
-        runs["rollback"] = load.stop()
-        end3 = time.monotonic()
+        run.switches(versions)
+        run.gated_switches()
+        run.rollback()
         retry.stop_stream_flag.set()  # the baseline recreates containers: streams end there
-
-        # 4. baseline: recreate the live color's routed services in place (on a Swarm: its rolling restart)
-        load = phase("baseline")
-        time.sleep(args.warmup)
-        phase4 = time.monotonic()
-        live = edge.read_active(settings).color
-        env = stack.compose_env(settings, versions)
-        routed = [settings.app.copy_name(s, live) for s in settings.app.routed]
-        for _ in range(args.baseline):
-            events.append((time.monotonic(), "recreate"))
-            if settings.swarm:
-                for name in routed:
-                    runner.run(["docker", "service", "update", "--force", "--quiet", "--detach=false",
-                                swarm.service_name(settings, name)], env={**os.environ, **settings.docker_env()}, timeout=600)
-            else:
-                runner.run(stack.compose_cmd(settings, "up", "--detach", "--no-build", "--no-deps", "--force-recreate", *routed), env=env)
-            time.sleep(args.pause + 2)
-        runs["baseline"] = load.stop()
-        end4 = time.monotonic()
+        run.baseline(versions)
         retry.stop()
-
-        # 5. a bad release: its gates pass, but one in five of its users' requests fails;
-        # the analysis of real traffic after the switch must flip it back
         if args.bad_release:
-            bad = bad_release(settings, workdir)
-            load = Wrk(edge_url(settings), [*paths, BAD_PATH], args.rps, "bad release", workdir, args.warmup)
-            started.append(load)
-            # the analysis compares with the old color's figures over the span before the switch (3 x 5 s): not
-            # the baseline phase's failures
-            time.sleep(args.warmup + 15)
-            clock = time.time() - time.monotonic()
-            try:
-                release.deploy(bad, version="v-bad")
-            except GateFailed:
-                pass
-            runs["bad release"] = load.stop()
-            bad_record = edge.read_history(settings)[-1]
+            run.bad_release()
     finally:
-        for w in started:  # a phase that failed half-way leaves no load client behind
+        for w in run.started:  # a phase that failed half-way leaves no load client behind
             w.kill()
         if retry is not None:
             retry.stop()  # idempotent: flags set, thread joined
         if not args.keep:
             stack.destroy(settings)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    behind = [why for why in (*(r.behind() for r in runs.values()), retry.behind()) if why]
+        shutil.rmtree(run.workdir, ignore_errors=True)
+    behind = [why for why in (*(r.behind() for r in run.runs.values()), retry.behind()) if why]
     if behind:
-        return {"valid": False, "why": behind, "client": {name: wrk_figures(r) for name, r in runs.items()}}
+        return {"valid": False, "why": behind, "client": {name: wrk_figures(r) for name, r in run.runs.items()}}
+    result = figures(args, settings, run, retry, began)
+    if args.png:
+        plot(run.runs, retry, run.events, began, [("baseline recreate" if name == "baseline" else name, *window)
+                                                  for name, window in run.windows.items() if name != "bad release"], args.png)
+    return result
 
-    def latencies(prefix: str, run: WrkRun) -> list[float | None]:
-        return [first_answer_from(run, t, label.split("->")[1]) for t, label in events if label.startswith(prefix)]
 
-    switch = latencies("switch->", runs["switches"])
-    back = latencies("rollback->", runs["rollback"])
-    never_retry_failed = sum(runs[p].failed for p in ("switches", "gated", "rollback"))
+def figures(args, settings: config.Settings, run: Phases, retry: RetryOnce, began: float) -> dict:
+    """The run's figures, phase by phase, and how they stand against the targets."""
+    switch, back, w = run.latencies("switch->", "switches"), run.latencies("rollback->", "rollback"), run.windows
+    never_retry_failed = sum(run.runs[p].failed for p in ("switches", "gated", "rollback"))
     result = {
         "valid": True,
         "config": {"app": str(settings.app.file), "swarm_nodes": args.swarm, "replicas": args.replicas if args.swarm else None,
-                   "paths": paths, "rps": args.rps, "retry_rps": args.retry_rps,
+                   "paths": run.paths, "rps": args.rps, "retry_rps": args.retry_rps,
                    "switches": args.switches, "gated": args.gated, "baseline": args.baseline, "stream": args.stream or None,
                    "client_cpu": pin()[-1] if pin() else "any"},
         "switch": {**ms([x for x in switch if x is not None]), "never_answered": switch.count(None),
-                   "longest_gap_ms": round(longest_gap(runs["switches"], phase1, end1) * 1000, 1),
-                   "never_retry": wrk_figures(runs["switches"]), "retry_once": retry.window(phase1, end1)},
-        "gated_switch": {"total_ms": ms(gated), "pre_gates_ms": ms(pre), "post_gates_ms": ms(post),
-                         "never_retry": wrk_figures(runs["gated"]), "retry_once": retry.window(phase2, end2)},
+                   "longest_gap_ms": round(longest_gap(run.runs["switches"], *w["switches"]) * 1000, 1),
+                   "never_retry": wrk_figures(run.runs["switches"]), "retry_once": retry.window(*w["switches"])},
+        "gated_switch": {"total_ms": ms(run.gated), "pre_gates_ms": ms(run.pre), "post_gates_ms": ms(run.post),
+                         "never_retry": wrk_figures(run.runs["gated"]), "retry_once": retry.window(*w["gated"])},
         "rollback": {"first_answer_ms": round(back[0] * 1000, 1) if back and back[0] is not None else None,
-                     "inside_command_ms": round(rollback_inside * 1000, 1),
-                     "never_retry": wrk_figures(runs["rollback"]), "retry_once": retry.window(phase3, end3)},
+                     "inside_command_ms": round(run.rollback_inside * 1000, 1),
+                     "never_retry": wrk_figures(run.runs["rollback"]), "retry_once": retry.window(*w["rollback"])},
         "baseline_recreate": {"recreations": args.baseline,
-                              "longest_gap_ms": round(longest_gap(runs["baseline"], phase4, end4) * 1000, 1),
-                              "never_retry": wrk_figures(runs["baseline"]), "retry_once": retry.window(phase4, end4)},
-        "bad_release": bad_release_figures(bad_record, runs["bad release"], clock) if args.bad_release else None,
+                              "longest_gap_ms": round(longest_gap(run.runs["baseline"], *w["baseline"]) * 1000, 1),
+                              "never_retry": wrk_figures(run.runs["baseline"]), "retry_once": retry.window(*w["baseline"])},
+        "bad_release": bad_release_figures(run.bad_record, run.runs["bad release"], run.clock) if args.bad_release else None,
         "stream": {**asdict(retry.stream), "survived": retry.stream.survived} if args.stream else None,
         "seconds": round(time.monotonic() - began, 1),
     }
     result["targets"] = targets(result, never_retry_failed)
-    if args.png:
-        plot(runs, retry, events, began, [("switches", phase1, end1), ("gated", phase2, end2), ("rollback", phase3, end3),
-                                          ("baseline recreate", phase4, end4)], args.png)
     return result
 
 
