@@ -66,6 +66,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import apply, config, edge, facts, release, runner, stack, swarm, tls  # noqa: E402
+from deploy.target import compose_cmd, compose_env  # noqa: E402
 from deploy.colors import other  # noqa: E402
 from deploy.errors import BENCH_INVALID, GateFailed  # noqa: E402
 
@@ -450,7 +451,7 @@ class Phases:
     def baseline(self, versions: dict[str, str]) -> None:
         """4. baseline: recreate the live color's routed services in place (on a Swarm: its rolling restart)"""
         s = self.settings
-        env = stack.compose_env(s, versions)
+        env = compose_env(s, versions)
         with self.phase("baseline"):
             live = edge.read_active(s).color
             routed = [s.app.copy_name(name, live) for name in s.app.routed]
@@ -461,7 +462,7 @@ class Phases:
                         runner.run(["docker", "service", "update", "--force", "--quiet", "--detach=false",
                                     swarm.service_name(s, name)], env={**os.environ, **s.docker_env()}, timeout=600)
                 else:
-                    runner.run(stack.compose_cmd(s, "up", "--detach", "--no-build", "--no-deps", "--force-recreate", *routed), env=env)
+                    runner.run(compose_cmd(s, "up", "--detach", "--no-build", "--no-deps", "--force-recreate", *routed), env=env)
                 time.sleep(self.args.pause + 2)
 
     def bad_release(self) -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from deploy import access, bootstrap, db, edge, facts, images, migrations, plans, recover, render, runner, stack, swarm, tls
+from deploy import access, bootstrap, db, edge, facts, images, migrations, plans, recover, render, runner, stack, target, tls
 from deploy.history import Record, lock, recorded
 from deploy.colors import other
 from deploy.config import Settings
@@ -65,12 +65,8 @@ def changes(settings: Settings, color: str, versions: dict[str, str], retired: b
     beside = stack.infra_services(settings, retired)
     line = edge.read_routes_line(settings) if routes_line is None else routes_line
     wanted = edge.routes_digest(edge.edge_routes_file(settings.app))
-    if settings.swarm:
-        return changes_from({}, beside, edge.routes_digest(line), wanted)
-    proc = runner.run(stack.compose_cmd(settings, "--dry-run", "up", "--detach", "--no-build", "--no-deps", "--pull", "never",
-                                        *beside, *settings.app.color_services(color)),
-                      env=stack.compose_env(settings, versions), what="docker compose up --dry-run")
-    return changes_from(facts.parse_dry_run(proc.stderr + proc.stdout, settings.project), beside, edge.routes_digest(line), wanted)
+    dry_run = target.of(settings).dry_run(settings, [*beside, *settings.app.color_services(color)], versions)
+    return changes_from(dry_run, beside, edge.routes_digest(line), wanted)
 
 
 def refusal(found: list[Change]) -> str:
@@ -102,8 +98,8 @@ def attach_networks(settings: Settings, services: list[str]) -> list[str]:
     rendered = render.compose(settings.app)
     networks = rendered.get("networks") or {}
     # compose makes what they lack; it never recreates a container with --no-recreate
-    runner.run(stack.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services),
-               env=stack.compose_env(settings, facts.running_versions(facts.service_states(settings))), what="docker compose up --no-start")
+    runner.run(target.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services),
+               env=target.compose_env(settings, facts.running_versions(facts.service_states(settings))), what="docker compose up --no-start")
     attached = []
     for service in services:
         name = facts.container(settings, service)
@@ -194,14 +190,14 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
                     record.outcome = "migrated"
 
         start_stack(settings, version, run_migrations=run_migrations, apply=True, yes=yes)
-    if not settings.swarm:
+    if target.of(settings).renews_on_server:
         tls.ensure_renewer(settings)  # once an ACME certificate is in use
 
 
 # --- starting the stack: planned as a release is -----------------------------------------
 
 
-def plan_up(edge_running: bool, swarm: bool, migrations: bool, attach: bool = False, backup: bool = False,
+def plan_up(edge_running: bool, project_check: bool, migrations: bool, attach: bool = False, backup: bool = False,
             hold: bool = False) -> tuple[str, ...]:
     """`up`'s steps in order (pure): the images of Colorgate's own and the shared services,
     the database's secrets staged; on a running stack what changes beside its live color
@@ -210,7 +206,7 @@ def plan_up(edge_running: bool, swarm: bool, migrations: bool, attach: bool = Fa
     services started and given the contract's routes (the hold released); then the live
     color: its images, its database clients, its migrations, started, and on a new stack
     routed to."""
-    return ("infra_images", *(() if swarm else ("check_project",)), "stage_secrets", *(("attach_networks",) if attach else ()),
+    return ("infra_images", *(("check_project",) if project_check else ()), "stage_secrets", *(("attach_networks",) if attach else ()),
             *(("backup_database",) if backup else ()), *(("hold_clients",) if hold else ()),
             *(("old_routes",) if edge_running else ()), "start_infra", "routes", *(("release_hold",) if hold else ()),
             "check_database", "color_images", "clients", *(("migrations",) if migrations else ()), "start_color", "route")
@@ -241,7 +237,7 @@ def start_stack(settings: Settings, version: str | None = None,
     active = edge.read_active(settings) if edge_running else None
     changing = beside(settings, active.color, yes) if active and apply else Beside(active.color if active else "")
     do = Starting(settings, states, edge_running, version, run_migrations, changing)
-    steps = plan_up(edge_running, settings.swarm, bool(settings.app.migrations), changing.attach, changing.backup,
+    steps = plan_up(edge_running, target.of(settings).checks_project, bool(settings.app.migrations), changing.attach, changing.backup,
                     bool(changing.hold))
     plans.execute(steps, do, None, undo_up(fresh))
 
@@ -301,7 +297,7 @@ class Starting:
     def start_infra(self) -> None:
         with runner.step(f"starting {' and '.join(self.infra)}"):
             try:
-                stack.start(self.settings, self.infra, stack.compose_env(self.settings, self.versions))
+                stack.start(self.settings, self.infra, target.compose_env(self.settings, self.versions))
             except CommandError as exc:
                 raise stack.explain_compose_error(self.settings, exc) from None
             stack.wait_ready(self.settings, self.infra)
@@ -338,7 +334,7 @@ class Starting:
     def start_color(self) -> None:
         s, color = self.settings, self.color
         with runner.step(f"starting {color} ({self.versions[color]})"):
-            stack.start(s, s.app.color_services(color), stack.compose_env(s, self.versions), color, keep=bool(self.live))
+            stack.start(s, s.app.color_services(color), target.compose_env(s, self.versions), color, keep=bool(self.live))
             stack.wait_ready(s, s.app.color_services(color))
             stack.wait_healthy(s, color)  # the contract's checks, from the edge: not only Docker's
 
@@ -349,10 +345,7 @@ class Starting:
 
     def tear_down(self) -> None:
         runner.say("!! stopping what this run started (volumes kept)")
-        if self.settings.swarm:
-            swarm.remove(self.settings)
-        else:
-            runner.run(stack.compose_cmd(self.settings, "down", "--remove-orphans"), env=self.settings.compose_env(), check=False)
+        target.of(self.settings).tear_down(self.settings)
 
 
 def check_down(settings: Settings, volumes: bool, yes: bool) -> None:
@@ -380,7 +373,7 @@ def scale(settings: Settings, service: str, count: int) -> str:
     """The live color's copy of `service` run by `count` tasks (a Swarm only), under the
     release lock and recorded; the next color to start gets as many. A scale that does
     not converge goes back to the count it had (SCALE_STEPS). Returns the copy."""
-    if not settings.swarm:
+    if not target.of(settings).scales:
         raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
     if service not in settings.app.colored:
         raise BadInput(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
@@ -408,20 +401,20 @@ class Scaling:
     def __init__(self, settings: Settings, copy: str, count: int):
         self.settings, self.copy, self.count = settings, copy, count
         self.states = facts.service_states(settings)
-        found = swarm.services(settings).get(copy)
-        self.before = found.replicas if found else 0
+        self.target = target.of(settings)
+        self.before = self.target.counts(settings).get(copy, 0)
 
     def _set(self, count: int) -> None:
-        env = stack.compose_env(self.settings, facts.running_versions(self.states))
-        stack.swarm_apply(self.settings, env, replicas={self.copy: count})
+        env = target.compose_env(self.settings, facts.running_versions(self.states))
+        self.target.set_counts(self.settings, env, {self.copy: count})
 
     def scale(self) -> None:
         self._set(self.count)
 
     def converge(self) -> None:
-        swarm.wait_converged(self.settings, [self.copy], self.settings.health_timeout)
+        self.target.converge(self.settings, [self.copy], self.settings.health_timeout)
 
     def scale_back(self) -> None:
         with runner.step(f"{self.copy} did not reach {self.count} replicas: back to {self.before}"):
             self._set(self.before)
-            swarm.wait_converged(self.settings, [self.copy], self.settings.health_timeout)
+            self.target.converge(self.settings, [self.copy], self.settings.health_timeout)

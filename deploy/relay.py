@@ -34,7 +34,7 @@ import ipaddress
 import time
 from pathlib import Path
 
-from deploy import bootstrap, render, runner, stack, tls
+from deploy import bootstrap, render, runner, target, tls
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, MoveError
 from deploy.facts import container as container_of, inspect as inspect_container, psql_cmd
@@ -257,8 +257,8 @@ def launch(settings: Settings) -> None:
     for the relay's address are written (its address is known only once it runs)."""
     if bootstrap.local_engine(settings):
         bootstrap.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
-    runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
-               env=stack.compose_env(settings, {}), what="starting the replication relay (closed)")
+    runner.run(target.compose_cmd(settings, *target.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
+               env=target.compose_env(settings, {}), what="starting the replication relay (closed)")
 
 
 def remove(settings: Settings, network: str = "host") -> None:
@@ -267,8 +267,8 @@ def remove(settings: Settings, network: str = "host") -> None:
     firewall(settings, "close", network)
     serve(settings, None, check=False)
     _hba(settings, [], check=False)
-    runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
-               env=stack.compose_env(settings, {}), check=False, what="removing the replication relay")
+    runner.run(target.compose_cmd(settings, *target.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
+               env=target.compose_env(settings, {}), check=False, what="removing the replication relay")
 
 
 def container(settings: Settings) -> str:
@@ -279,9 +279,7 @@ def container(settings: Settings) -> str:
 
 def left(settings: Settings, states: dict) -> bool:
     """Whether a relay exists (facts.service_states lists it on one host only)."""
-    if not settings.swarm:
-        return SERVICE in states
-    return bool(runner.engine(settings.docker_host, "containers", all=True, filters={"name": f"^/?{container(settings)}$"}))
+    return target.of(settings).one_off_exists(settings, states, SERVICE, container(settings))
 
 
 def addresses(settings: Settings) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from deploy import access, db, dbtools, edge, facts, plans, runner, stack, swarm
+from deploy import access, db, dbtools, edge, facts, plans, runner, target
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import MoveError
@@ -69,28 +69,15 @@ class Retiring:
         self.service = settings.app.database.service
         self.copies = [name for color in self.stale for name in settings.app.color_services(color) if name in states]
         self.stopped = [*self.copies, self.service]
-        self.replicas = {name: service.replicas for name, service in swarm.services(settings).items()} if settings.swarm else {}
+        self.target = target.of(settings)
+        self.counts = self.target.counts(settings)
 
     def stop(self) -> None:
-        env = stack.compose_env(self.settings, {})
-        if self.settings.swarm:
-            stack.swarm_apply(self.settings, env, replicas={name: 0 for name in self.stopped})
-            return
-        if self.copies:
-            runner.run(stack.compose_cmd(self.settings, "stop", *self.copies), env=env, what="docker compose stop")
-        runner.run(stack.compose_cmd(self.settings, "rm", "--stop", "--force", self.service), env=env,
-                   what="removing the local PostgreSQL container")
+        self.target.retire(self.settings, self.copies, self.service)
 
     def record(self) -> None:
         edge.write_database_record(self.settings, {**self.record, "retired": now(), "retired_backup": self.backup})
 
     def start_again(self) -> None:
-        env = stack.compose_env(self.settings, {})
         with runner.step(f"starting {', '.join(self.stopped)} again: the local PostgreSQL is not retired"):
-            if self.settings.swarm:
-                stack.swarm_apply(self.settings, env, replicas={name: self.replicas.get(name, 1) for name in self.stopped})
-                return
-            runner.run(stack.compose_cmd(self.settings, "up", "--detach", "--no-deps", "--no-build", self.service), env=env,
-                       what="starting the local PostgreSQL again")
-            if self.copies:
-                runner.run(stack.compose_cmd(self.settings, "start", *self.copies), env=env, what="docker compose start")
+            self.target.unretire(self.settings, self.copies, self.service, self.counts)

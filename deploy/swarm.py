@@ -332,7 +332,7 @@ def deploy_cmd(settings: Settings) -> list[str]:
 def apply(settings: Settings, env: dict[str, str], start: str = "", stop: str = "", replicas: dict[str, int] | None = None,
           files: dict[str, dict[str, str]] | None = None) -> dict[str, Service]:
     """Make the stack run the colors that run now, plus `start`, less `stop` (the others
-    at 0 replicas), with the versions and values of `env` (stack.compose_env) and the
+    at 0 replicas), with the versions and values of `env` (target.compose_env) and the
     secret `files` as Swarm secrets; `replicas` overrides copies' counts. Returns the
     services as they were before."""
     current = services(settings)

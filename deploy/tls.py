@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from deploy import edge, runner, stack
+from deploy import edge, runner, target
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError
 from datetime import UTC
@@ -211,7 +211,7 @@ def certbot_cmd(settings: Settings, *args: str, directory: str, ca_bundle: bool 
     directory on the host's loopback, which nothing else could reach."""
     extra = ["-e", f"REQUESTS_CA_BUNDLE={ACME_CA_FILE}"] if ca_bundle else []
     service = "certbot-loopback" if on_loopback(directory) else "certbot"
-    return stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, service, *args)
+    return target.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, service, *args)
 
 
 # certbot runs as the edge's user (its image's USER). Volumes it wrote as root (before
@@ -223,10 +223,10 @@ OWNED_SCRIPT = """me=$(id -u)
 
 def own_volumes(settings: Settings, env: dict[str, str]) -> None:
     run = ["run", "--rm", "--no-deps", "-T"]
-    found = runner.run(stack.compose_cmd(settings, *run, "--entrypoint", "sh", "certbot", "-c", OWNED_SCRIPT), env=env,
+    found = runner.run(target.compose_cmd(settings, *run, "--entrypoint", "sh", "certbot", "-c", OWNED_SCRIPT), env=env,
                        what="checking certbot's files").stdout.split()
     if found[-1:] != ["own"]:
-        runner.run(stack.compose_cmd(settings, *run, "--user", "0", "--cap-add", "CHOWN", "--entrypoint", "chown", "certbot",
+        runner.run(target.compose_cmd(settings, *run, "--user", "0", "--cap-add", "CHOWN", "--entrypoint", "chown", "certbot",
                                      "-R", "10003:10003", "/etc/letsencrypt", "/etc/colorgate/tls", "/var/www/acme"),
                    env=env, what="handing certbot's files to the edge's user")
         runner.say("   certbot's files, made as root by an earlier version, now belong to the edge's user (certbot runs as it)")
@@ -321,12 +321,12 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     if not EMAIL.fullmatch(email or ""):
         raise BadInput(f"invalid email {email!r}: give an address the CA can send expiry notices to")
     url = resolve_directory(directory, staging)
-    env = stack.compose_env(settings, {})
+    env = target.compose_env(settings, {})
     own_volumes(settings, env)
     if ca_bundle:
         if not Path(ca_bundle).is_file():
             raise BadInput(f"--ca-bundle {ca_bundle} does not exist")
-        runner.run(stack.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "certbot", "-c",
+        runner.run(target.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "certbot", "-c",
                                      f"cat > {ACME_CA_FILE}"), input=Path(ca_bundle).read_text(), env=env, what="installing the ACME CA bundle")
     try:
         runner.run(certbot_cmd(settings, *certonly_args(domain, email, url), directory=url, ca_bundle=bool(ca_bundle)), env=env,
@@ -337,7 +337,7 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     runner.run(["docker", "exec", "-i", edge.edge_container(settings), "sh", "-c", f"cat > {ACME_STATE}"],
                input=record, env=settings.docker_env(), what="recording the ACME directory")
     reloaded = _reload(settings)
-    if not settings.swarm:  # a Swarm's edge is renewed by tls.renew (scheduled where it runs)
+    if target.of(settings).renews_on_server:  # else tls.renew renews it (scheduled where it runs)
         start_renewer(settings, url)
     return reloaded
 
@@ -347,10 +347,10 @@ def start_renewer(settings: Settings, directory: str) -> None:
     `directory`: started, or made again when the settings changed (compose's `up`), and
     its other variant (loopback or not) removed."""
     name, other = ("renewer-loopback", "renewer") if on_loopback(directory) else ("renewer", "renewer-loopback")
-    env = stack.compose_env(settings, {})
-    runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "rm", "--stop", "--force", other), env=env, check=False)
+    env = target.compose_env(settings, {})
+    runner.run(target.compose_cmd(settings, *target.ALL_PROFILES, "rm", "--stop", "--force", other), env=env, check=False)
     with runner.step(f"starting the certificate's renewal on the server (every {settings.renew_every} s)"):
-        runner.run(stack.compose_cmd(settings, *stack.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", name), env=env,
+        runner.run(target.compose_cmd(settings, *target.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", name), env=env,
                    what="starting the renewer")
 
 
@@ -371,7 +371,7 @@ def renew(settings: Settings) -> dict:
         return _reload(settings)
     if not state["acme_directory"]:
         raise ColorgateError("the edge serves a certificate installed by hand: renew it by hand, or run `invoke tls.init`")
-    env = stack.compose_env(settings, {})
+    env = target.compose_env(settings, {})
     own_volumes(settings, env)
     try:
         runner.run(certbot_cmd(settings, *renew_args(), directory=state["acme_directory"], ca_bundle=state["acme_ca_bundle"]), env=env,

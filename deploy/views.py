@@ -4,12 +4,11 @@ Each reads through facts (the services) and edge (its state files) and only form
 from __future__ import annotations
 
 import sys
-import threading
 from dataclasses import asdict, replace
 from datetime import datetime, UTC
 from pathlib import Path
 
-from deploy import edge, facts, history, images, runner, stack, swarm, traffic
+from deploy import edge, facts, history, images, runner, stack, target, traffic
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
 from deploy.errors import BadInput
@@ -210,19 +209,7 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
     if service is not None and service not in known:
         extra = ", migrations" if settings.app.migrations else ""
         raise BadInput(f"unknown service {service!r}: use one of {', '.join(known)}{extra}, or all")
-    if settings.swarm:  # one `docker service logs` a service: in turn, or side by side when they follow
-        runs = [threading.Thread(target=runner.run, args=(_swarm_logs_cmd(settings, name, follow, tail),), daemon=True,
-                                 kwargs={"env": settings.docker_env(), "capture": False, "check": False})
-                for name in ([service] if service else known)]
-        for run in runs:
-            run.start()
-            if not follow:
-                run.join()
-        for run in runs:
-            run.join()
-        return
-    args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
-    runner.run(stack.compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")
+    target.of(settings).logs(settings, service, known, follow, tail)
 
 
 def exec_in(settings: Settings, service: str, color: str | None, command: str) -> int:
@@ -243,8 +230,3 @@ def exec_in(settings: Settings, service: str, color: str | None, command: str) -
     tty = ["-t"] if sys.stdin.isatty() and sys.stdout.isatty() else []
     cmd = ["docker", "exec", "-i", *tty, facts.container(settings, service), "sh", "-c", command]
     return runner.run(cmd, env=settings.docker_env(), capture=False, check=False, what=f"exec in {service}").returncode
-
-
-def _swarm_logs_cmd(settings: Settings, service: str, follow: bool, tail: int) -> list[str]:
-    return ["docker", "service", "logs", "--timestamps", "--tail", str(tail), *(["--follow"] if follow else []),
-            swarm.service_name(settings, service)]

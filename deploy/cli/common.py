@@ -12,7 +12,7 @@ import sys
 import invoke
 from invoke import Exit
 
-from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render, runner, swarm as _swarm
+from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render, runner, target
 from deploy.errors import BadInput, ColorgateError, CommandError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -90,8 +90,7 @@ def _target(profile: str | None, host: str | None = None, registry: str | None =
     if starts:
         appsecrets.values(settings)
     _bootstrap.check_docker(settings)
-    if settings.swarm:
-        _swarm.check_target(settings)
+    target.of(settings).check(settings)
     return settings
 
 

@@ -193,14 +193,14 @@ def in_edge(settings: Settings, cmd: list[str], what: str = "", check: bool = Tr
         if check and proc.returncode != 0:
             raise CommandError(cmd, proc.returncode, proc.stdout, proc.stderr, what)
         return proc
-    if not settings.swarm:
-        return runner.shell(settings.docker_host, edge_container(settings)).run(cmd, what=what, check=check)
-    known = edge_container(settings)
-    proc = runner.shell(settings.docker_host, known).run(cmd, what=what, check=False)
-    if proc.returncode == 125 and edge_container(settings, fresh=True) != known:
-        proc = runner.shell(settings.docker_host, edge_container(settings)).run(cmd, what=what, check=False)
+    shell = runner.shell(settings.docker_host, edge_container(settings))
+    proc = shell.run(cmd, what=what, check=False)
+    if proc.returncode == 125:  # the shell could not start: on a Swarm the edge's task may be another one now
+        now = edge_container(settings, fresh=True)
+        if now != shell.container:
+            return runner.shell(settings.docker_host, now).run(cmd, what=what, check=check)
     if check and proc.returncode != 0:
-        raise CommandError(proc.args, proc.returncode, proc.stdout, proc.stderr, what)
+        raise CommandError(proc.args, proc.returncode, runner.redact(proc.stdout), runner.redact(proc.stderr), what)
     return proc
 
 

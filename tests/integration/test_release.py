@@ -18,7 +18,7 @@ import tenacity
 import yaml
 from python_on_whales import DockerClient
 
-from deploy import apply, canary, config, contract, edge, errors, facts, gates, history, release, render, runner, stack, tls
+from deploy import apply, canary, config, contract, edge, errors, facts, gates, history, release, render, runner, stack, target, tls
 from deploy.errors import CommandError, StackError
 
 from .conftest import INVOKE, invoke, isolated_env, running_stack
@@ -133,14 +133,14 @@ def test_a_deploy_refuses_a_changed_contract_before_anything_starts_and_traffic_
 def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
     proc = invoke("switch", "--to", "purple", env=env)
     assert proc.returncode == errors.BAD_INPUT and proc.stderr.strip() == "colorgate: unknown color 'purple': use one of blue, green"
-    runner.run(stack.compose_cmd(rstack, "stop", "frontend_blue"), env=rstack.compose_env())
+    runner.run(target.compose_cmd(rstack, "stop", "frontend_blue"), env=rstack.compose_env())
     try:
         proc = invoke("switch", "--to", "blue", env=env)
         assert proc.returncode == errors.FAILED
         assert proc.stderr.strip().splitlines()[-1].startswith("colorgate: blue is not running and healthy (frontend_blue exited")
         assert live(rstack) == edge.Active("green", "v2")
     finally:
-        runner.run(stack.compose_cmd(rstack, "start", "frontend_blue"), env=rstack.compose_env())
+        runner.run(target.compose_cmd(rstack, "start", "frontend_blue"), env=rstack.compose_env())
         stack.wait_ready(rstack, ["frontend_blue"])
 
 
@@ -287,12 +287,12 @@ def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
     engine = DockerClient()  # the tests' own view of the engine (the engine is local here)
     network = f"{s.project}_colorgate"
     old_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
-    runner.run(stack.compose_cmd(s, "stop", service), env=s.compose_env())
+    runner.run(target.compose_cmd(s, "stop", service), env=s.compose_env())
     # something else takes the old address while the backend is down
     squatter = engine.container.run(f"{s.image_prefix}backend:v1", ["sleep", "60"], detach=True, networks=[network],
                                      name=f"{s.project}-squatter", remove=True)
     try:
-        runner.run(stack.compose_cmd(s, "start", service), env=s.compose_env())
+        runner.run(target.compose_cmd(s, "start", service), env=s.compose_env())
         stack.wait_ready(s, [service])
         new_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
         assert new_ip != old_ip
@@ -358,10 +358,10 @@ def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
     # (a port published from an internal-only network is silently not published, so
     # the mistake needs both halves: a routable network and the port)
     override.write_text(f'services:\n  postgres:\n    networks: [data, web]\n    ports: ["127.0.0.1:{port}:5432"]\n')
-    base = stack.compose_cmd(rstack)
+    base = target.compose_cmd(rstack)
     cmd = [*base, "--file", str(override), "up", "--detach", "--no-build", "postgres"]
     versions = facts.running_versions(facts.service_states(rstack))
-    runner.run(cmd, env=stack.compose_env(rstack, versions))
+    runner.run(cmd, env=target.compose_env(rstack, versions))
     try:
         stack.wait_ready(rstack, ["postgres"])
         proc = run_gates_cli(env, "-m", "post")
@@ -369,7 +369,7 @@ def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
         assert "services publishing host ports" in proc.stdout and "postgres" in proc.stdout
         assert "PostgreSQL sits on internal networks only" in proc.stdout or "internal" in proc.stdout
     finally:
-        runner.run([*base, "up", "--detach", "--no-build", "postgres"], env=stack.compose_env(rstack, versions))
+        runner.run([*base, "up", "--detach", "--no-build", "postgres"], env=target.compose_env(rstack, versions))
         stack.wait_ready(rstack, ["postgres"])
     assert run_gates_cli(env).returncode == 0
 
@@ -382,9 +382,9 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
     override.write_text(f'services:\n  {backend}:\n    cap_add: [NET_RAW]\n    read_only: false\n'
                         '    security_opt: ["no-new-privileges:false"]\n    user: root\n'
                         f'    environment:\n      DATABASE_URL: ${{{render.database_var(live_color)}}}\n')
-    base = stack.compose_cmd(rstack)
+    base = target.compose_cmd(rstack)
     versions = facts.running_versions(facts.service_states(rstack))
-    runner.run([*base, "--file", str(override), "up", "--detach", "--no-build", backend], env=stack.compose_env(rstack, versions))
+    runner.run([*base, "--file", str(override), "up", "--detach", "--no-build", backend], env=target.compose_env(rstack, versions))
     try:
         stack.wait_ready(rstack, [backend])
         weak = facts.confinement(rstack, [backend])[backend]
@@ -398,7 +398,7 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
         accepted = run_gates_cli({**env, "COLORGATE_SECRETS_IN_ENV": "allow"}, "features/hardening.feature", "-k", "secrets")
         assert accepted.returncode == 0, accepted.stdout[-1500:]
     finally:
-        runner.run([*base, "up", "--detach", "--no-build", backend], env=stack.compose_env(rstack, versions))
+        runner.run([*base, "up", "--detach", "--no-build", backend], env=target.compose_env(rstack, versions))
         stack.wait_ready(rstack, [backend])
     assert run_gates_cli(env, "features/hardening.feature").returncode == 0
 
@@ -409,7 +409,7 @@ def test_the_health_gate_fails_on_a_color_its_restart_policy_keeps_bringing_back
     backend = rstack.app.copy_name("backend", live(rstack).color)
     name = facts.container(rstack, backend)
     os.kill(facts.inspect(rstack, name)["State"]["Pid"], signal.SIGKILL)  # from the host: not a `docker kill`, which counts as a stop
-    base = stack.compose_cmd(rstack)
+    base = target.compose_cmd(rstack)
     versions = facts.running_versions(facts.service_states(rstack))
     try:
         for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.2), reraise=True):
@@ -419,7 +419,7 @@ def test_the_health_gate_fails_on_a_color_its_restart_policy_keeps_bringing_back
         proc = run_gates_cli(env, "features/health.feature", "-m", "post")
         assert proc.returncode == 1 and f"{backend} restarted 1 time, the last " in proc.stdout and ": it exited" in proc.stdout, proc.stdout[-1500:]
     finally:  # a new container: its restart count starts again at 0
-        runner.run([*base, "up", "--detach", "--no-build", "--force-recreate", backend], env=stack.compose_env(rstack, versions))
+        runner.run([*base, "up", "--detach", "--no-build", "--force-recreate", backend], env=target.compose_env(rstack, versions))
         stack.wait_ready(rstack, [backend])
     assert run_gates_cli(env, "features/health.feature").returncode == 0
 

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from deploy import access, apply, config, contract, edge, errors, facts, gates, runner, stack, tls, traffic
+from deploy import access, apply, config, contract, edge, errors, facts, gates, runner, stack, target, tls, traffic
 from deploy.errors import ConfigError
 
 from .conftest import free_port, invoke
@@ -212,7 +212,7 @@ def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
     for port in (5432, 8000):
         assert not facts.tcp_connects("127.0.0.1", port), f"127.0.0.1:{port} accepted a connection"
     # and PostgreSQL refuses connections without the password even from inside the stack
-    probe = stack.compose_cmd(settings, "exec", "-T", "backend_blue", "python3", "-c",
+    probe = target.compose_cmd(settings, "exec", "-T", "backend_blue", "python3", "-c",
                               f"import psycopg2; psycopg2.connect(host='postgres', user='{settings.postgres_user}', "
                               f"dbname='{settings.postgres_db}', password='wrong')")
     proc = runner.run(probe, env=settings.compose_env(), check=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import bootstrap, config, errors, facts, images, runner, stack, views
+from deploy import bootstrap, config, errors, facts, images, runner, target, views
 from deploy.errors import ColorgateError, CommandError, EngineLost, NotFound, PortInUse
 
 
@@ -24,7 +24,7 @@ def settings():
 
 
 def test_compose_cmd_names_project_and_file(settings):
-    cmd = stack.compose_cmd(settings, "up", "--detach", "edge")
+    cmd = target.compose_cmd(settings, "up", "--detach", "edge")
     assert cmd[:4] == ["docker", "compose", "--project-name", "shop"]
     # the compose file rendered from the app's, and the app's directory for its build contexts
     assert cmd[cmd.index("--file") + 1] == str(settings.compose_file) and settings.compose_file.parts[-2:] == ("shop", "compose.yml")
@@ -34,7 +34,7 @@ def test_compose_cmd_names_project_and_file(settings):
 
 
 def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
-    env = stack.compose_env(settings, {"blue": "v3", "green": "v4"})
+    env = target.compose_env(settings, {"blue": "v3", "green": "v4"})
     assert env["COLORGATE_BLUE_VERSION"] == "v3" and env["COLORGATE_GREEN_VERSION"] == "v4"
     assert env["POSTGRES_PASSWORD"] == settings.postgres_password
     assert "DOCKER_HOST" not in env
@@ -315,10 +315,10 @@ def test_the_rendered_compose_file_is_never_written_where_another_user_could_rea
                 pytest.skip("making a directory another user owns needs root")
             os.chown(planted, 65534, 65534)
     with pytest.raises(ColorgateError, match=r"belongs to someone else or is open to others: remove it"):
-        stack.compose_cmd(settings, "ps")
+        target.compose_cmd(settings, "ps")
     assert not list(Path(planted).rglob("compose.yml"))
     os.rmdir(planted) if not planted.is_symlink() else planted.unlink()
-    assert stack.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"  # made afresh, private
+    assert target.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"  # made afresh, private
 
 
 def test_a_docker_command_that_is_ended_takes_what_it_started_with_it(tmp_path):
