@@ -210,6 +210,14 @@ def format_interval(interval: dict, against: str = "") -> str:
             + (f" ({'; '.join(interval['broken'])})" if interval.get("broken") else ""))
 
 
+def baseline_span(record: Record, color: str, bounds: Bounds, now: float) -> tuple[float, float]:
+    """The span the old color's figures are taken from: as long as the analysis, up to
+    the switch to `color` (its mark in the record; `now` without one), so that the post
+    gates' time in between never leaves it without the old color's traffic."""
+    switched = next((m["t"] for m in reversed(record.marks) if m["what"] == f"switch to {color}"), now)
+    return switched - bounds.intervals * bounds.seconds, switched
+
+
 def analyse(settings: Settings, record: Record, color: str, old_color: str) -> None:
     """Judge `color`'s real traffic after the switch, one interval at a time, from now
     on (the gates' own requests are over); each interval's figures and verdict go into
@@ -218,8 +226,8 @@ def analyse(settings: Settings, record: Record, color: str, old_color: str) -> N
     if bounds.intervals <= 0:
         return
     start = time.time()
-    baseline = figures(read(settings, start - bounds.intervals * bounds.seconds),
-                       since=start - bounds.intervals * bounds.seconds, until=start).get(old_color)
+    since, until = baseline_span(record, color, bounds, start)
+    baseline = figures(read(settings, since), since=since, until=until).get(old_color)
     record.analysis.update({"color": color, "bounds": asdict(bounds), "baseline": asdict(baseline) if baseline else None, "intervals": []})
     runner.say(f"   analysis of {color}: {bounds.intervals} x {bounds.seconds:g}s; {old_color} before the switch: {describe(baseline)}")
     try:

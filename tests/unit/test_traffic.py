@@ -2,7 +2,7 @@
 
 import json
 
-from deploy import traffic
+from deploy import history, traffic
 
 
 def line(t, color, status, rt, version="v1", path="/api/x"):
@@ -65,6 +65,14 @@ def test_an_interval_fails_on_5xx_on_latency_and_on_slowing_down_against_the_old
     assert traffic.judge(fig(p95=45), fig(p95=2), BOUNDS)[0] == "passed"
     # an old color with too few requests is no baseline
     assert traffic.judge(fig(p95=200), fig(requests=5, p95=10), BOUNDS)[0] == "passed"
+
+
+def test_the_old_colors_figures_come_from_before_the_switch_however_long_the_post_gates_took():
+    record = history.Record("deploy", "blue", "green", "v1", "v2")
+    record.marks += [{"t": 1000.0, "what": "switch to green"}]
+    # BOUNDS: 3 intervals of 10 s; the post gates ended 40 s after the switch
+    assert traffic.baseline_span(record, "green", BOUNDS, now=1040.0) == (970.0, 1000.0)
+    assert traffic.baseline_span(history.Record("deploy", "blue", "green", "v1", "v2"), "green", BOUNDS, now=1040.0) == (1010.0, 1040.0)
 
 
 def test_an_interval_with_too_few_requests_is_inconclusive():
