@@ -15,11 +15,12 @@ import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
-from deploy import access, apply, canary, dbtools, edge, facts, gates, images, migrations, recover, runner, stack, target, traffic
+from deploy import access, apply, canary, dbtools, edge, facts, gates, images, migrations, recover, runner, stack, traffic
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, FlippedBack, GateFailed, StackError
 from deploy.history import Held, Record, at, check_not_rejected, lock, previous_color, recorded, rejected, timed
+from deploy.target import compose_env  # (release.Target is what a release observes, not the target it runs on)
 
 
 # --- deciding: pure functions of the facts read from the target ------------------------
@@ -405,7 +406,7 @@ def start_candidate(settings: Settings, plan: Plan, versions: dict[str, str], da
     with runner.step(f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"):
         grace = stack.drain_color(settings, candidate)  # streams from its last time live end within the bound
         access.prepare_clients(settings, candidate, (databases or {}).get(candidate) or settings.app_database_url())
-        stack.start(settings, started, target.compose_env(settings, versions, databases), candidate, recreate=True,
+        stack.start(settings, started, compose_env(settings, versions, databases), candidate, recreate=True,
                     grace=grace, held=held, databases=databases)
         if wait:
             wait_candidate(settings, plan, services=started)
