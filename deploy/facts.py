@@ -1,8 +1,10 @@
-"""Facts: the one module that reads the target's engine and host. What runs
-(containers, or on a Swarm its services and tasks: their state, health, version,
-ports, database), networks, confinement, listening sockets. (The app's answers as the
-edge sees them: deploy/probes.py.) Each fact is plain data, so a release can be decided
-and a gate can explain itself from it; parsing is pure (tested on captured output)."""
+"""Facts: what the target's engine and host say. What runs (containers, or on a Swarm
+its services and tasks: their state, health, version, ports, database), networks,
+listening sockets; each target is read as its reader says (`reads`: ComposeReads or
+SwarmReads, chosen once). (How each container is confined: deploy/confinement.py; the
+addresses of a color's containers: deploy/target.py; the app's answers as the edge sees
+them: deploy/probes.py.) Each fact is plain data, so a release can be decided and a gate
+can explain itself from it; parsing is pure (tested on captured output)."""
 
 from __future__ import annotations
 
@@ -22,17 +24,61 @@ from deploy.keys import shown_url
 from deploy.errors import CommandError, NotFound, StackError
 
 
-_task_containers: dict[tuple[str, str, str], str] = {}
+class ComposeReads:
+    """How one engine's stack is read: compose names each service's container and
+    labels it with the project."""
+
+    def container(self, settings: Settings, service: str, fresh: bool) -> str:
+        return f"{settings.project}-{service}-1"
+
+    def states(self, settings: Settings) -> dict[str, ServiceState]:
+        return _compose_states(settings)
+
+    def runs_here(self, settings: Settings, service: str) -> bool:
+        """Whether a command can run in `service`'s container on the engine asked."""
+        return True
+
+
+class SwarmReads(ComposeReads):
+    """How a Swarm's stack is read, on its manager: its services and their tasks."""
+
+    def __init__(self) -> None:
+        self._task_containers: dict[tuple[str, str, str], str] = {}
+
+    def container(self, settings: Settings, service: str, fresh: bool) -> str:
+        """Its running task's container on the manager, looked up once unless `fresh`."""
+        key = (settings.docker_host, settings.project, service)
+        if fresh or key not in self._task_containers:
+            self._task_containers[key] = swarm.task_container(settings, service)
+        return self._task_containers[key]
+
+    def states(self, settings: Settings) -> dict[str, ServiceState]:
+        """Every service of the stack: `running` once all its replicas run its spec."""
+        return {name: ServiceState(name, state=s.state, health="starting" if s.state == "starting" else "", image=s.image,
+                                   ports=s.ports, **_colorgate_labels(settings, name, s.labels, s.env))
+                for name, s in swarm.services(settings).items()}
+
+    def runs_here(self, settings: Settings, service: str) -> bool:
+        """A task of it on the manager (a command runs through the manager's engine)."""
+        try:
+            self.container(settings, service, fresh=True)
+        except NotFound:
+            return False
+        return True
+
+
+COMPOSE_READS, SWARM_READS = ComposeReads(), SwarmReads()
+
+
+def reads(settings: Settings) -> ComposeReads:
+    """How the target of these settings is read (COLORGATE_TARGET): the one place that
+    asks which target it is (deploy.target gives each its operations)."""
+    return SWARM_READS if settings.swarm else COMPOSE_READS
 
 
 def container(settings: Settings, service: str, fresh: bool = False) -> str:
-    """The container of a service; on a Swarm, its running task's on the manager, looked up once unless `fresh`."""
-    if not settings.swarm:
-        return f"{settings.project}-{service}-1"
-    key = (settings.docker_host, settings.project, service)
-    if fresh or key not in _task_containers:
-        _task_containers[key] = swarm.task_container(settings, service)
-    return _task_containers[key]
+    """The container of a service (on a Swarm, its running task's on the manager)."""
+    return reads(settings).container(settings, service, fresh)
 
 
 @dataclass(frozen=True)
@@ -89,7 +135,7 @@ def parallel(fn, items: list) -> list:
         return list(pool.map(fn, items))
 
 
-def _inspected(settings: Settings, name: str) -> dict | None:
+def inspected(settings: Settings, name: str) -> dict | None:
     try:
         return inspect(settings, name)
     except NotFound:  # removed since it was listed
@@ -99,15 +145,17 @@ def _inspected(settings: Settings, name: str) -> dict | None:
 def service_states(settings: Settings) -> dict[str, ServiceState]:
     """The state of every container of this project, by compose service (on a Swarm,
     of every service of the stack: `running` once all its replicas run its spec)."""
-    if settings.swarm:
-        return _swarm_states(settings)
+    return reads(settings).states(settings)
+
+
+def _compose_states(settings: Settings) -> dict[str, ServiceState]:
     found: dict[str, ServiceState] = {}
     listed = runner.engine(settings.docker_host, "containers", all=True,
                            filters={"label": f"com.docker.compose.project={settings.project}"}, what="listing containers")
     # not one-offs, nor containers merely run from an image compose built (its labels inherited)
     ours = [item for item in listed if (item.get("Labels") or {}).get("com.docker.compose.oneoff") != "True"
             and "com.docker.compose.config-hash" in (item.get("Labels") or {})]
-    for item, c in zip(ours, parallel(lambda item: _inspected(settings, item["Id"]), ours), strict=True):
+    for item, c in zip(ours, parallel(lambda item: inspected(settings, item["Id"]), ours), strict=True):
         if c is None:
             continue  # removed since the listing
         labels = item.get("Labels") or {}
@@ -153,12 +201,6 @@ def _colorgate_labels(settings: Settings, service: str, labels: dict, env: dict[
     # the label (the URL may be a file), else the variable (a container made before it)
     database = (labels.get("org.colorgate.database") or database_shown(settings, env.get(next(iter(db.env), ""), ""))) if is_client else ""
     return {"color": color, "version": env.get("COLORGATE_VERSION", "") if color else "", "database": database, "app_service": app_service}
-
-
-def _swarm_states(settings: Settings) -> dict[str, ServiceState]:
-    return {name: ServiceState(name, state=s.state, health="starting" if s.state == "starting" else "", image=s.image, ports=s.ports,
-                               **_colorgate_labels(settings, name, s.labels, s.env))
-            for name, s in swarm.services(settings).items()}
 
 
 def database_shown(settings: Settings, url: str) -> str:
@@ -229,11 +271,8 @@ def pending_migrations(settings: Settings, color: str) -> bool | None:
         return False
     if not m.status:
         return None
-    if settings.swarm:  # the status command runs in a task of the copy on the manager: unknown when none runs there
-        try:
-            container(settings, settings.app.copy_name(m.service, color), fresh=True)
-        except NotFound:
-            return None
+    if not reads(settings).runs_here(settings, settings.app.copy_name(m.service, color)):
+        return None  # (a Swarm's copy with no task on the manager): unknown
     proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
     if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
         raise CommandError(migration_status_cmd(settings, color), proc.returncode, proc.stdout, proc.stderr, "migration status")
@@ -299,119 +338,9 @@ def database_roles(settings: Settings) -> DatabaseRoles:
     return DatabaseRoles(role_super, owner, tuple(sessions))
 
 
-def color_addresses(settings: Settings, color: str) -> dict[str, str]:
-    """IP address -> service, for every container of `color` (on every network); on a
-    Swarm, of every task running the service's current spec, on any node."""
-    out = {}
-    if settings.swarm:
-        current = swarm.services(settings)
-        return {address: name for name in settings.app.color_services(color) if name in current
-                for address in current[name].addresses}
-    for name in settings.app.color_services(color):
-        try:
-            c = inspect(settings, container(settings, name))
-        except NotFound:
-            continue  # absent: it has no address
-        for net in ((c.get("NetworkSettings") or {}).get("Networks") or {}).values():
-            if net.get("IPAddress"):
-                out[net["IPAddress"]] = name
-    return out
-
-
 def published_ports(settings: Settings) -> dict[str, list[str]]:
     """Host ports each service publishes (services that publish none map to [])."""
     return {name: s.ports for name, s in service_states(settings).items()}
-
-
-@dataclass(frozen=True)
-class Confinement:
-    """How a running container is confined, from `docker inspect`."""
-
-    service: str
-    user: str  # the user it runs as ("" : the image's default, root)
-    cap_add: tuple[str, ...]
-    cap_drop: tuple[str, ...]
-    security_opt: tuple[str, ...]
-    read_only: bool
-    secret_env: tuple[str, ...] = ()  # variables of its environment that hold a secret of the settings
-
-    @property
-    def as_root(self) -> bool:
-        return self.user.split(":")[0] in ("", "root", "0")
-
-    @property
-    def no_new_privileges(self) -> bool:
-        """As the engine applies it: the last no-new-privileges option wins."""
-        said = [o.replace("=", ":") for o in self.security_opt if o.startswith("no-new-privileges")]
-        return bool(said) and said[-1] in ("no-new-privileges", "no-new-privileges:true")
-
-    def gains(self) -> list[str]:
-        """What lets it gain privileges: capabilities kept or added, no no-new-privileges."""
-        return ([f"capabilities added: {', '.join(self.cap_add)}"] if self.cap_add else []) + \
-            ([] if "ALL" in self.cap_drop else ["capabilities not dropped (cap_drop: [ALL])"]) + \
-            ([] if self.no_new_privileges else ["no-new-privileges off"])
-
-    def problems(self) -> list[str]:
-        """All that a locked-down container must not have: the gains, root, a writable root filesystem."""
-        return self.gains() + (["runs as root"] if self.as_root else []) + ([] if self.read_only else ["root filesystem writable"])
-
-
-def _no_new_privs(settings: Settings, service: str) -> bool:
-    """Whether `service`'s process runs with no_new_privs: its task's now, asked for 3 s while unreadable (a Swarm's read "off")."""
-    for attempt in range(10):
-        if attempt:
-            time.sleep(0.3)
-        try:
-            created = runner.engine(settings.docker_host, "exec_create", container(settings, service, fresh=True), ["cat", "/proc/1/status"])
-            out = runner.engine(settings.docker_host, "exec_start", created["Id"])
-            said = [line.split() for line in (out.decode(errors="replace") if isinstance(out, bytes) else out).splitlines() if line.startswith("NoNewPrivs:")]
-            if said:
-                return said[0] == ["NoNewPrivs:", "1"]
-        except CommandError:
-            pass
-    return False
-
-
-def _image_user(settings: Settings, image: str) -> str:
-    try:
-        return ((runner.engine(settings.docker_host, "inspect_image", image.split("@", 1)[0]).get("Config") or {}).get("User")) or ""
-    except NotFound:
-        return ""
-
-
-def capability(name: str) -> str:
-    """A capability as compose files name it (the engine says CAP_NET_RAW, compose NET_RAW)."""
-    return str(name).upper().removeprefix("CAP_")
-
-
-def confinement(settings: Settings, services: list[str]) -> dict[str, Confinement]:
-    """Confinement of each service in `services` that has a container (running or not:
-    db.move's workers are created only). On a Swarm, of each service (at 0 tasks too),
-    as it says its tasks run (the user: its image's, unless the service sets one), and
-    no-new-privileges as the engines apply it: Swarm has none per service (API 1.41),
-    so each node's engine sets it for every container (`dockerd --no-new-privileges`,
-    as server.setup does), seen in the edge's task on the manager."""
-    out = {}
-    if settings.swarm:
-        current, locked = swarm.services(settings), _no_new_privs(settings, "edge")
-        for name in services:
-            spec = current[name].spec if name in current else None  # at 0 tasks too, as a created container
-            if spec is not None:
-                user = spec.get("User") or _image_user(settings, spec.get("Image") or "")
-                out[name] = Confinement(name, user, tuple(map(capability, spec.get("CapabilityAdd") or ())),
-                                        tuple(map(capability, spec.get("CapabilityDrop") or ())),
-                                        ("no-new-privileges:true",) if locked else (), bool(spec.get("ReadOnly")),
-                                        tuple(k for k, _, v in (e.partition("=") for e in spec.get("Env") or ()) if runner.holds_secret(v)))
-        return out
-    for name, c in zip(services, parallel(lambda n: _inspected(settings, container(settings, n)), services), strict=True):
-        if c is None:
-            continue
-        host, config = c.get("HostConfig") or {}, c.get("Config") or {}
-        out[name] = Confinement(name, config.get("User") or "", tuple(map(capability, host.get("CapAdd") or ())),
-                                tuple(map(capability, host.get("CapDrop") or ())),
-                                tuple(host.get("SecurityOpt") or ()), bool(host.get("ReadonlyRootfs")),
-                                tuple(k for k, _, v in (e.partition("=") for e in config.get("Env") or ()) if runner.holds_secret(v)))
-    return out
 
 
 def target_host(settings: Settings):

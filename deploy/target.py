@@ -3,7 +3,8 @@ Swarm's manager (`docker stack deploy` of the whole stack; swarm.py reads it and
 for it). `of(settings)` chooses once, from COLORGATE_TARGET; what runs above asks the
 target it is given, never which one it is. Both offer the same operations: start, stop
 and resume services (a color's, or some of them), wait until they are ready, set how
-many tasks a service runs, the dry run of a start, logs, and removing the stack.
+many tasks a service runs, the dry run of a start, logs, the addresses and confinement
+of what runs, and removing the stack.
 
 The compose file both run is rendered from the app's (`write_rendered`; on a Swarm it
 is for one-off containers), and the commands are built by pure functions
@@ -16,7 +17,7 @@ import threading
 
 import tenacity
 
-from deploy import access, facts, images, render, runner, swarm
+from deploy import access, confinement, facts, images, render, runner, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import ConfigError, StackError
@@ -78,6 +79,7 @@ class _NotYet(Exception):
 class Compose:
     """One engine: compose starts, stops and removes the containers it names."""
 
+    reads = facts.COMPOSE_READS  # how it is read
     checks_project = True  # a compose project of that name may be another app's (access.check_project)
     renews_on_server = True  # the renewer runs beside the edge (a Swarm's edge is renewed by tls.renew)
     scales = False  # one container per service
@@ -167,6 +169,22 @@ class Compose:
     def one_off_exists(self, settings: Settings, states: dict, service: str, container: str) -> bool:
         return service in states  # compose lists its one-off services' containers too
 
+    def addresses(self, settings: Settings, color: str) -> dict[str, str]:
+        """IP address -> service, for every container of `color` (on every network)."""
+        out = {}
+        for name in settings.app.color_services(color):
+            found = facts.inspected(settings, facts.container(settings, name))
+            for net in (((found or {}).get("NetworkSettings") or {}).get("Networks") or {}).values():
+                if net.get("IPAddress"):
+                    out[net["IPAddress"]] = name
+        return out
+
+    def confinements(self, settings: Settings, services: list[str]) -> dict[str, confinement.Confinement]:
+        """Of each of `services` that has a container (running or not: db.move's workers
+        are created only)."""
+        found = facts.parallel(lambda n: facts.inspected(settings, facts.container(settings, n)), services)
+        return {name: confinement.of_container(name, c) for name, c in zip(services, found, strict=True) if c is not None}
+
     def logs(self, settings: Settings, service: str | None, known: list[str], follow: bool, tail: int) -> None:
         """`service`'s logs, or (None) all of the stack's `known` services'."""
         args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
@@ -201,6 +219,7 @@ class Swarm(Compose):
     """A Swarm's manager: the whole stack applied at once, each colored copy a service
     whose tasks say whether its color runs (0: stopped, its spec kept)."""
 
+    reads = facts.SWARM_READS
     checks_project = False
     renews_on_server = False
     scales = True
@@ -271,6 +290,26 @@ class Swarm(Compose):
     def one_off_exists(self, settings: Settings, states: dict, service: str, container: str) -> bool:
         return bool(runner.engine(settings.docker_host, "containers", all=True, filters={"name": f"^/?{container}$"}))
 
+    def addresses(self, settings: Settings, color: str) -> dict[str, str]:
+        """Of every task running the service's current spec, on any node."""
+        current = swarm.services(settings)
+        return {address: name for name in settings.app.color_services(color) if name in current
+                for address in current[name].addresses}
+
+    def confinements(self, settings: Settings, services: list[str]) -> dict[str, confinement.Confinement]:
+        """Of each service (at 0 tasks too, as a created container), as it says its tasks
+        run, and no-new-privileges as the engines apply it: each node's engine sets it for
+        every container (`dockerd --no-new-privileges`, as server.setup does), seen in the
+        edge's task on the manager."""
+        current, locked = swarm.services(settings), confinement.no_new_privs(settings, "edge")
+        out = {}
+        for name in services:
+            spec = current[name].spec if name in current else None
+            if spec is not None:
+                user = spec.get("User") or confinement.image_user(settings, spec.get("Image") or "")
+                out[name] = confinement.of_service(name, spec, user, locked)
+        return out
+
     def logs(self, settings: Settings, service: str | None, known: list[str], follow: bool, tail: int) -> None:
         """One `docker service logs` a service: in turn, or side by side when they follow."""
         runs = [threading.Thread(target=runner.run, args=(self._logs_cmd(settings, name, follow, tail),), daemon=True,
@@ -304,5 +343,7 @@ COMPOSE, SWARM = Compose(), Swarm()
 
 
 def of(settings: Settings) -> Compose:
-    """The target of these settings (COLORGATE_TARGET): the one place that asks."""
-    return SWARM if settings.swarm else COMPOSE
+    """The target of these settings (COLORGATE_TARGET): the one whose reads facts.reads
+    chose for them."""
+    chosen = facts.reads(settings)
+    return next(t for t in (COMPOSE, SWARM) if t.reads is chosen)

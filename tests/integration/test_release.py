@@ -387,7 +387,7 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
     runner.run([*base, "--file", str(override), "up", "--detach", "--no-build", backend], env=target.compose_env(rstack, versions))
     try:
         stack.wait_ready(rstack, [backend])
-        weak = facts.confinement(rstack, [backend])[backend]
+        weak = target.of(rstack).confinements(rstack, [backend])[backend]
         assert weak.as_root and weak.cap_add == ("NET_RAW",) and not weak.read_only and not weak.no_new_privileges
         proc = run_gates_cli(env, "features/hardening.feature")  # pre and post scenarios, on the live color
         assert proc.returncode == 1, proc.stdout[-1500:]
@@ -429,7 +429,7 @@ def test_secrets_are_read_only_files_and_in_no_containers_environment(rstack):
     running = [name for name, st in states.items() if st.state == "running"]
     assert {"postgres", "edge"} <= set(running)
     # what docker inspect shows: no container's environment holds the password or a URL with it
-    assert not {n: c.secret_env for n, c in facts.confinement(rstack, running).items() if c.secret_env}
+    assert not {n: c.secret_env for n, c in target.of(rstack).confinements(rstack, running).items() if c.secret_env}
     for name, _ in states.items():
         if name in running:
             env_text = "\n".join(runner.engine(rstack.docker_host, "inspect_container", facts.container(rstack, name))["Config"]["Env"])

@@ -143,7 +143,7 @@ def test_the_edge_tells_only_the_gates_which_container_answered(settings, client
     assert "x-colorgate-upstream" not in client.get("/api/version").headers
     with gates.edge_client(settings, tls.read_local_ca(settings), gate=True) as gate:
         upstream = gate.get("/api/version").headers["x-colorgate-upstream"]
-    owner = facts.color_addresses(settings, edge.read_active(settings).color).get(upstream.rsplit(":", 1)[0])
+    owner = target.of(settings).addresses(settings, edge.read_active(settings).color).get(upstream.rsplit(":", 1)[0])
     assert owner == settings.app.copy_name("backend", edge.read_active(settings).color), upstream
 
 
@@ -222,7 +222,7 @@ def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
 def test_every_container_runs_locked_down_with_limits_and_rotated_logs(live_stack, settings):
     states = facts.service_states(settings)
     running = [name for name, s in states.items() if s.state == "running"]
-    for name, c in facts.confinement(settings, running).items():
+    for name, c in target.of(settings).confinements(settings, running).items():
         assert not c.problems(), (name, c.problems())
         host = facts.inspect(settings, facts.container(settings, name))["HostConfig"]
         assert host["PidsLimit"] == settings.pids_limit and host["Memory"] == 1024 ** 3, name

@@ -146,7 +146,7 @@ def test_an_engine_that_cannot_be_asked_is_never_read_as_one_where_nothing_runs(
     (exit 6, one line), which no `except CommandError` takes for "absent"."""
     gone = f"unix://{tmp_path}/engine.sock"
     s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop", "COLORGATE_DOCKER_HOST": gone})
-    for read in (lambda: facts.service_states(s), lambda: facts.inspect(s, "shop-edge-1"), lambda: facts.confinement(s, ["edge"])):
+    for read in (lambda: facts.service_states(s), lambda: facts.inspect(s, "shop-edge-1"), lambda: target.of(s).confinements(s, ["edge"])):
         with pytest.raises(EngineLost) as err:
             read()
         assert not isinstance(err.value, CommandError) and err.value.exit_code == errors.UNREACHABLE

@@ -58,7 +58,7 @@ def test_no_import_circle_in_the_engine():
 LAYERS = {
     "settings and commands": {"errors", "colors", "contract", "keys", "ssh", "runner", "config", "render", "scaffold",
                               "appsecrets", "images", "remote"},
-    "the target's facts": {"facts", "swarm", "bootstrap"},
+    "the target's facts": {"facts", "confinement", "swarm", "bootstrap"},
     "the edge and the record": {"edge", "history", "plans", "probes", "canary", "traffic"},
     "the stack": {"access", "target", "stack", "tls", "gates", "dbtools", "relay"},
     "the data": {"db", "offsite", "replication", "movecheck", "migrations"},
