@@ -97,6 +97,16 @@ def deploy_modules(node: ast.AST) -> set[str]:
     return {n for n in names if n in MODULES}
 
 
+def test_only_the_facts_reader_asks_which_target_the_stack_runs_on():
+    """`settings.swarm` is read in one place, facts.reads; everything else asks the target
+    (deploy.target) or the reader it is given (a module's own `swarm`, render.swarm, is no
+    such question)."""
+    asked = [f"{p.relative_to(ROOT)}:{ast.unparse(node)}" for ps in MODULES.values() for p in ps
+             for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Attribute) and node.attr == "swarm" and not (isinstance(node.value, ast.Name) and node.value.id in MODULES)]
+    assert asked == ["deploy/facts.py:settings.swarm"], asked
+
+
 def test_the_engine_never_imports_the_steps():
     """The gates' steps use the engine, never the other way round: the engine runs the
     gates by their plugin's name (deploy.gates.GATE_PLUGIN), at the top of a module or
