@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from deploy import access, bootstrap, db, edge, facts, images, migrations, plans, recover, render, runner, stack, target, tls
+from deploy import access, acme, bootstrap, db, edge, facts, images, migrations, plans, recover, render, runner, stack, target
 from deploy.history import Record, lock, recorded
 from deploy.colors import other
 from deploy.config import Settings
@@ -191,7 +191,7 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
 
         start_stack(settings, version, run_migrations=run_migrations, apply=True, yes=yes)
     if target.of(settings).renews_on_server:
-        tls.ensure_renewer(settings)  # once an ACME certificate is in use
+        acme.ensure_renewer(settings)  # once an ACME certificate is in use
 
 
 # --- starting the stack: planned as a release is -----------------------------------------

@@ -12,6 +12,7 @@ from invoke import Exit
 
 from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys, offsite as _offsite
 from deploy import move as _move, recover as _recover, release, remote as _remote, retire as _retire, runner, stack, tls as _tls, views
+from deploy import acme as _acme
 from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task, whole
 from deploy.errors import BAD_INPUT, BadInput
 
@@ -204,7 +205,7 @@ def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=Non
 
     settings = _target(profile, host)
     with runner.step(f"obtaining a certificate for {domain or settings.domain}"):
-        data = _tls.init(settings, email, domain=domain, directory=directory, staging=staging,
+        data = _acme.init(settings, email, domain=domain, directory=directory, staging=staging,
                          ca_bundle=Path(ca_bundle) if ca_bundle else None)
     print(_tls.format_status(data))
 
@@ -214,7 +215,7 @@ def tls_init(c, email, domain=None, staging=False, directory=None, ca_bundle=Non
 def tls_renew(c, profile=None, host=None):
     """Renew the certificate when due; reload the edge only when it changed."""
     settings = _target(profile, host)
-    data = _tls.renew(settings)
+    data = _acme.renew(settings)
     print(("renewed; the edge now serves it" if data["reloaded"] else "not due yet: nothing changed")
           + f" (expires {data['not_after']}, {data['days_left']} days left)")
 
@@ -224,7 +225,7 @@ def tls_renew(c, profile=None, host=None):
 def tls_schedule(c, profile=None, host=None):
     """Install the daily `invoke tls.renew` on this host (a cron file; idempotent)."""
     settings = _load(profile, host)
-    print(_tls.schedule(settings))
+    print(_acme.schedule(settings))
 
 
 @task(name="check", help={"profile": "env profile"})

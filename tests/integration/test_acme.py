@@ -20,7 +20,7 @@ import pytest
 import tenacity
 from cryptography import x509
 
-from deploy import config, edge, errors, facts, gates, images, runner, stack, tls
+from deploy import acme, config, edge, errors, facts, gates, images, runner, stack, tls
 from tests.certs import make_ca, make_leaf
 
 from .conftest import free_port, invoke, isolated_env, pebble_server, running_stack
@@ -56,7 +56,7 @@ def tls_gates(env, ca_file) -> subprocess.CompletedProcess:
 
 def test_bad_email_is_refused_before_anything_runs(settings, pebble):
     with pytest.raises(Exception, match=r"^invalid email 'not-an-email': give an address"):
-        tls.init(settings, "not-an-email", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
+        acme.init(settings, "not-an-email", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
 
 
 def test_a_domain_other_than_the_configured_one_is_refused(settings, env):
@@ -168,10 +168,10 @@ def test_obtain_renew_and_gate_with_zero_failed_requests(settings, pebble, env):
     t.start()
     try:
         step(f"tls.init (serving {served_now(settings)})")
-        data = tls.init(settings, f"ops@{DOMAIN}", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
+        data = acme.init(settings, f"ops@{DOMAIN}", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
         step(f"tls.init returned (serving {served_now(settings)})")
         first = tls.status(settings)
-        renewed = tls.renew(settings)
+        renewed = acme.renew(settings)
         step(f"tls.renew returned (serving {served_now(settings)})")
     finally:
         stop.set()
@@ -184,7 +184,7 @@ def test_obtain_renew_and_gate_with_zero_failed_requests(settings, pebble, env):
     assert VALIDITY_DAYS - 1 < data["days_left"] <= VALIDITY_DAYS
     # due within certbot's window, so renew renewed it and the edge moved onto the new one
     assert renewed["reloaded"] is True and renewed["serial"] != first["serial"]
-    assert tls.renew(settings)["reloaded"] is True  # still inside the window: renewed again, never a no-op reload
+    assert acme.renew(settings)["reloaded"] is True  # still inside the window: renewed again, never a no-op reload
     handshake = gates.tls_handshake(settings.edge_address, settings.https_port, DOMAIN, pebble["root"].read_text())
     assert handshake.ok, handshake.error
 
@@ -203,7 +203,7 @@ def test_the_server_renews_by_itself_and_the_edge_takes_up_the_new_certificate(s
     the edge checks it and reloads onto it by itself, and tls.status and the history say so."""
     before = tls.status(settings)
     assert facts.service_states(settings)["renewer-loopback"].state == "running"  # pebble is on this host's loopback
-    tls.start_renewer(dataclasses.replace(settings, renew_every=2), pebble["directory"])
+    acme.start_renewer(dataclasses.replace(settings, renew_every=2), pebble["directory"])
     try:
         for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(90), wait=tenacity.wait_fixed(0.5), reraise=True):
             with attempt:
@@ -211,7 +211,7 @@ def test_the_server_renews_by_itself_and_the_edge_takes_up_the_new_certificate(s
                 assert (now["renewed_on_server"] or "").endswith(": renewed") and now["serial"] != before["serial"], now
                 assert tls.served_serial(settings) == now["serial"]  # served: the edge reloaded by itself
     finally:
-        tls.start_renewer(settings, pebble["directory"])  # its default interval again: no renewal during the next tests
+        acme.start_renewer(settings, pebble["directory"])  # its default interval again: no renewal during the next tests
     renewals = [r for r in edge.read_history(settings) if r["action"] == "tls.renew"]
     assert renewals and {r["outcome"] for r in renewals} == {"renewed"} and renewals[-1]["operator"] == "the renewer on the server"
     shown = invoke("history", env=env)
@@ -223,8 +223,8 @@ def test_the_server_renews_by_itself_and_the_edge_takes_up_the_new_certificate(s
 def test_status_and_schedule(settings, tmp_path, env):
     proc = invoke("tls.status", "--json", env=env)
     assert json.loads(proc.stdout)["source"] == "ACME"
-    first = tls.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
-    again = tls.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
+    first = acme.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
+    again = acme.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
     assert first.startswith("installed: ") and again.startswith("already installed: ")
     line = (tmp_path / f"colorgate-{settings.project}-renew").read_text().splitlines()[-1]
     assert line.split()[1:5] == ["3", "*", "*", "*"] and "/opt/venv/bin/python -m deploy.cli tls.renew" in line
@@ -246,7 +246,7 @@ def test_an_app_without_a_database_gets_its_certificate_too(settings, pebble, en
         volumes = ["-v", f"{site.project}_letsencrypt:/etc/letsencrypt", "-v", f"{site.project}_tls:/etc/colorgate/tls"]
         as_root = ["docker", "run", "--rm", "--user", "0", *volumes, "--entrypoint", "sh", images.app_tag(site, "certbot", "latest"), "-c"]
         runner.run([*as_root, "chown 0:0 /etc/letsencrypt && mkdir -p /etc/letsencrypt/accounts && date > /etc/colorgate/tls/.changed"])
-        data = tls.init(site, f"ops@{DOMAIN}", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
+        data = acme.init(site, f"ops@{DOMAIN}", directory=pebble["directory"], ca_bundle=pebble["endpoint_ca"])
         assert data["source"] == "ACME" and data["sans"] == [DOMAIN] and "Pebble" in data["issuer"]
         # handed to the edge's user once; everything certbot wrote since is that user's: it ran as it
         assert runner.run([*as_root, "find /etc/letsencrypt /etc/colorgate/tls ! -user 10003 | wc -l"]).stdout.strip() == "0"

@@ -60,7 +60,7 @@ LAYERS = {
                               "appsecrets", "images", "remote"},
     "the target's facts": {"facts", "confinement", "swarm", "bootstrap"},
     "the edge and the record": {"edge", "history", "plans", "probes", "canary", "traffic"},
-    "the stack": {"access", "target", "stack", "tls", "gates", "dbtools", "relay"},
+    "the stack": {"access", "target", "stack", "tls", "acme", "gates", "dbtools", "relay"},
     "the data": {"db", "offsite", "replication", "movecheck", "migrations"},
     "operations": {"apply", "recover", "release", "move", "retire", "views"},
     "the commands": {"cli"},
