@@ -63,7 +63,7 @@ class Retiring:
     again: until the record says retired, the stack runs as before."""
 
     def __init__(self, settings: Settings, record: dict, backup: str):
-        self.settings, self.record, self.backup = settings, record, backup
+        self.settings, self.database_record, self.backup = settings, record, backup
         states = facts.service_states(settings)
         self.stale = [color for color in COLORS if facts.color_database(settings, states, color) == "local"]
         self.service = settings.app.database.service
@@ -76,7 +76,7 @@ class Retiring:
         self.target.retire(self.settings, self.copies, self.service)
 
     def record(self) -> None:
-        edge.write_database_record(self.settings, {**self.record, "retired": now(), "retired_backup": self.backup})
+        edge.write_database_record(self.settings, {**self.database_record, "retired": now(), "retired_backup": self.backup})
 
     def start_again(self) -> None:
         with runner.step(f"starting {', '.join(self.stopped)} again: the local PostgreSQL is not retired"):

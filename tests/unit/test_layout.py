@@ -130,6 +130,22 @@ def test_no_function_of_the_engine_the_steps_or_the_benchmarks_is_over_60_lines(
     assert not long, f"split these into the steps they take: {long}"
 
 
+def test_no_instance_attribute_hides_a_method_of_its_class():
+    """A plan's steps are methods called by name (plans.execute): an attribute set on the
+    instance under a step's name (`self.record = ...` beside `def record`) would be called
+    instead."""
+    hidden = []
+    for p in (p for ps in MODULES.values() for p in ps):
+        for cls in (n for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ClassDef)):
+            methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
+            for node in ast.walk(cls):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+                for t in (e for tgt in targets for e in (tgt.elts if isinstance(tgt, ast.Tuple) else [tgt])):
+                    if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self" and t.attr in methods:
+                        hidden.append(f"{p.relative_to(ROOT)}:{t.lineno} {cls.name}.{t.attr}")
+    assert not hidden, hidden
+
+
 def test_typed_errors_live_in_errors_py():
     for name, path in ((name, p) for name, paths in MODULES.items() for p in paths):
         if name == "errors":
