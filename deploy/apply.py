@@ -137,8 +137,9 @@ class Beside:
     """What `up` on a running stack does beside its live color, decided before anything
     runs (`beside` refuses what cannot be applied safely): the live color (and what is
     recreated) attached to new networks; when the database is recreated, a verified
-    backup first (unless it holds nothing yet), and its clients' requests held at the
-    edge while it restarts, then passed on."""
+    backup first (unless it holds nothing yet, which backup_database asks once the
+    networks are attached), and its clients' requests held at the edge while it
+    restarts, then passed on."""
 
     live: str
     found: tuple[Change, ...] = ()
@@ -162,7 +163,7 @@ def beside(settings: Settings, live: str, yes: bool = False) -> Beside:
         runner.say(line)
     recreated = [c.name for c in found if c.kind == "service" and c.how == "recreate"]
     hold = database if database and database in recreated else ""
-    return Beside(live, tuple(found), any(c.kind == "service" for c in found), bool(hold) and db.has_tables(settings), hold)
+    return Beside(live, tuple(found), any(c.kind == "service" for c in found), bool(hold), hold)
 
 
 def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:
@@ -270,7 +271,12 @@ class Starting:
             attach_networks(self.settings, [*self.settings.app.color_services(live), *self.changing.recreated])
 
     def backup_database(self) -> None:
+        """A verified backup, unless the database holds nothing yet: asked only now, once
+        the tools can reach it on the contract's networks (attach_networks)."""
         database = self.changing.hold
+        if not db.has_tables(self.settings):
+            runner.say(f"-- {database} holds no table yet: nothing to back up before it is recreated")
+            return
         with runner.step(f"backing up the database before {database} is recreated"):
             manifest = db.backup(self.settings)
             verified = db.verify(self.settings, manifest["name"])
