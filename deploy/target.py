@@ -279,10 +279,10 @@ class Swarm(Compose):
 
     def retire(self, settings: Settings, copies: list[str], service: str) -> None:
         """At 0 tasks, which later commands keep (swarm.replicas_for)."""
-        self.apply(settings, compose_env(settings, {}), replicas={name: 0 for name in [*copies, service]})
+        self.set_counts(settings, compose_env(settings, {}), {name: 0 for name in [*copies, service]})
 
     def unretire(self, settings: Settings, copies: list[str], service: str, counts: dict[str, int]) -> None:
-        self.apply(settings, compose_env(settings, {}), replicas={name: counts.get(name, 1) for name in [*copies, service]})
+        self.set_counts(settings, compose_env(settings, {}), {name: counts.get(name, 1) for name in [*copies, service]})
 
     def dry_run(self, settings: Settings, services: list[str], versions: dict[str, str]) -> dict[str, str]:
         return {}  # the stack is applied as a whole: nothing beside a color is started alone

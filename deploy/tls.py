@@ -177,9 +177,9 @@ def reload_if_changed(settings: Settings) -> bool:
     return True
 
 
-def served_serial(settings: Settings) -> str | None:
-    """The serial (hex) of the certificate the edge presents to a new connection now;
-    None when the edge cannot be reached from here."""
+def served_cert(settings: Settings):
+    """The certificate (cryptography's x509) the edge presents to a new connection now,
+    unverified; None when the edge cannot be reached from here."""
     from cryptography import x509
 
     ctx = ssl.create_default_context()
@@ -190,7 +190,13 @@ def served_serial(settings: Settings) -> str | None:
             der = conn.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError):
         return None
-    return format(x509.load_der_x509_certificate(der).serial_number, "x") if der else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def served_serial(settings: Settings) -> str | None:
+    """The serial (hex) of the certificate the edge serves now (None: unreachable from here)."""
+    cert = served_cert(settings)
+    return format(cert.serial_number, "x") if cert else None
 
 
 def reload_and_wait(settings: Settings, seconds: float = 10) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -121,16 +120,11 @@ def test_a_local_certificate_near_its_end_is_made_again_by_tls_renew(settings, e
 
 
 def served_now(settings) -> str:
-    """Which certificate the edge presents to a new connection, unverified: what a failed
+    """Which certificate the edge presents to a new connection: what a failed
     verification saw (its subject, issuer and serial)."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    try:
-        with ctx.wrap_socket(socket.create_connection((settings.edge_address, settings.https_port), timeout=3),
-                             server_hostname=settings.domain) as conn:
-            cert = x509.load_der_x509_certificate(conn.getpeercert(binary_form=True))
-    except (OSError, ssl.SSLError) as exc:
-        return f"nothing ({exc!r})"
+    cert = tls.served_cert(settings)
+    if cert is None:
+        return "nothing (the edge did not answer)"
     return f"{cert.subject.rfc4514_string()} from {cert.issuer.rfc4514_string()}, serial {cert.serial_number:x}"
 
 

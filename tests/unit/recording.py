@@ -6,7 +6,9 @@ which the executors own (release.execute, plans.execute)."""
 
 from __future__ import annotations
 
-from deploy import errors, history
+import re
+
+from deploy import errors, history, plans
 
 
 class Recording:
@@ -35,10 +37,6 @@ def check_case(case: dict, steps: tuple[str, ...], undo, outcome: str, action: s
     its record as `recorded` does, and check the calls in order, the outcome, and (when
     the case gives them) the record's detail and the message the operator reads. Without
     `phases`, the steps are not phases of the record (a plan inside another operation)."""
-    import re
-
-    from deploy import plans
-
     record = history.Record(action, "blue", "blue", "v1", "v1")
     do, raised = Recording(case.get("fail") or {}, record), None
     try:
