@@ -21,7 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import apply, config, db, facts, runner, stack  # noqa: E402
+from deploy import apply, config, stack  # noqa: E402
+from deploy.data import db
+from deploy.target import facts, runner
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 

@@ -42,7 +42,11 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from deploy import apply, config, db, facts, gates, images, move, runner, stack, tls  # noqa: E402
+from deploy import apply, config, images, stack  # noqa: E402
+from deploy.edge import tls  # noqa: E402
+from deploy.data import db, move
+from deploy.release import gates
+from deploy.target import facts, runner
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 

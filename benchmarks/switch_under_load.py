@@ -65,8 +65,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import apply, config, edge, facts, release, runner, stack, swarm, tls  # noqa: E402
-from deploy.target import compose_cmd, compose_env  # noqa: E402
+from deploy import apply, config, edge, stack  # noqa: E402
+from deploy.edge import tls  # noqa: E402
+from deploy.release import releases
+from deploy.target import facts, runner, swarm
+from deploy.target.targets import compose_cmd, compose_env  # noqa: E402
 from deploy.colors import other  # noqa: E402
 from deploy.errors import BENCH_INVALID, GateFailed  # noqa: E402
 
@@ -432,7 +435,7 @@ class Phases:
                 to = other(edge.read_active(self.settings).color)
                 t = time.monotonic()
                 self.events.append((t, f"gated->{to}"))
-                record = release.switch(self.settings, to)
+                record = releases.switch(self.settings, to)
                 self.gated.append(time.monotonic() - t)
                 self.pre.append(record.timings["pre_gates"])
                 self.post.append(record.timings["post_gates"])
@@ -444,7 +447,7 @@ class Phases:
             before = edge.read_active(self.settings).color
             t = time.monotonic()
             self.events.append((t, f"rollback->{other(before)}"))
-            release.rollback(self.settings, use_gates=False)
+            releases.rollback(self.settings, use_gates=False)
             self.rollback_inside = time.monotonic() - t
             time.sleep(self.args.pause)
 
@@ -474,7 +477,7 @@ class Phases:
         with self.phase("bad release", [*self.paths, BAD_PATH], settle=15):
             self.clock = time.time() - time.monotonic()
             with contextlib.suppress(GateFailed):
-                release.deploy(bad, version="v-bad")
+                releases.deploy(bad, version="v-bad")
         self.bad_record = edge.read_history(self.settings)[-1]
 
     def latencies(self, prefix: str, run: str) -> list[float | None]:
@@ -491,7 +494,7 @@ def measure(args, settings: config.Settings) -> dict:
             if settings.swarm:
                 for service in settings.app.colored:
                     apply.scale(settings, service, args.replicas)
-            release.deploy(settings, version="v2")  # both colors now run: blue v1, green v2
+            releases.deploy(settings, version="v2")  # both colors now run: blue v1, green v2
         versions = facts.running_versions(facts.service_states(settings))
         retry = RetryOnce(settings, tls.read_local_ca(settings), run.paths, args.retry_rps, args.stream)
         retry.start()

@@ -23,7 +23,9 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploy import appsecrets, contract, edge, facts, history, images, render, runner
+from deploy import appsecrets, contract, edge, images, render
+from deploy.release import history
+from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.keys import app_url, ca_file, shown_url, url_parts
 from deploy.errors import CommandError, ConfigError, NotFound

@@ -24,8 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from deploy import access, acme, bootstrap, db, edge, facts, images, migrations, plans, recover, render, runner, stack, target
-from deploy.history import Record, lock, recorded
+from deploy import access, bootstrap, edge, images, render, stack
+from deploy.data import db, migrations
+from deploy.edge import acme
+from deploy.release import plans, recover
+from deploy.target import facts, runner, targets
+from deploy.release.history import Record, lock, recorded
 from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError, ConfigError, StackError
@@ -65,7 +69,7 @@ def changes(settings: Settings, color: str, versions: dict[str, str], retired: b
     beside = stack.infra_services(settings, retired)
     line = edge.read_routes_line(settings) if routes_line is None else routes_line
     wanted = edge.routes_digest(edge.edge_routes_file(settings.app))
-    dry_run = target.of(settings).dry_run(settings, [*beside, *settings.app.color_services(color)], versions)
+    dry_run = targets.of(settings).dry_run(settings, [*beside, *settings.app.color_services(color)], versions)
     return changes_from(dry_run, beside, edge.routes_digest(line), wanted)
 
 
@@ -98,8 +102,8 @@ def attach_networks(settings: Settings, services: list[str]) -> list[str]:
     rendered = render.compose(settings.app)
     networks = rendered.get("networks") or {}
     # compose makes what they lack; it never recreates a container with --no-recreate
-    runner.run(target.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services),
-               env=target.compose_env(settings, facts.running_versions(facts.service_states(settings))), what="docker compose up --no-start")
+    runner.run(targets.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services),
+               env=targets.compose_env(settings, facts.running_versions(facts.service_states(settings))), what="docker compose up --no-start")
     attached = []
     for service in services:
         name = facts.container(settings, service)
@@ -191,7 +195,7 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
                     record.outcome = "migrated"
 
         start_stack(settings, version, run_migrations=run_migrations, apply=True, yes=yes)
-    if target.of(settings).renews_on_server:
+    if targets.of(settings).renews_on_server:
         acme.ensure_renewer(settings)  # once an ACME certificate is in use
 
 
@@ -238,7 +242,7 @@ def start_stack(settings: Settings, version: str | None = None,
     active = edge.read_active(settings) if edge_running else None
     changing = beside(settings, active.color, yes) if active and apply else Beside(active.color if active else "")
     do = Starting(settings, states, edge_running, version, run_migrations, changing)
-    steps = plan_up(edge_running, target.of(settings).checks_project, bool(settings.app.migrations), changing.attach, changing.backup,
+    steps = plan_up(edge_running, targets.of(settings).checks_project, bool(settings.app.migrations), changing.attach, changing.backup,
                     bool(changing.hold))
     plans.execute(steps, do, None, undo_up(fresh))
 
@@ -303,7 +307,7 @@ class Starting:
     def start_infra(self) -> None:
         with runner.step(f"starting {' and '.join(self.infra)}"):
             try:
-                stack.start(self.settings, self.infra, target.compose_env(self.settings, self.versions))
+                stack.start(self.settings, self.infra, targets.compose_env(self.settings, self.versions))
             except CommandError as exc:
                 raise stack.explain_compose_error(self.settings, exc) from None
             stack.wait_ready(self.settings, self.infra)
@@ -340,7 +344,7 @@ class Starting:
     def start_color(self) -> None:
         s, color = self.settings, self.color
         with runner.step(f"starting {color} ({self.versions[color]})"):
-            stack.start(s, s.app.color_services(color), target.compose_env(s, self.versions), color, keep=bool(self.live))
+            stack.start(s, s.app.color_services(color), targets.compose_env(s, self.versions), color, keep=bool(self.live))
             stack.wait_ready(s, s.app.color_services(color))
             stack.wait_healthy(s, color)  # the contract's checks, from the edge: not only Docker's
 
@@ -351,7 +355,7 @@ class Starting:
 
     def tear_down(self) -> None:
         runner.say("!! stopping what this run started (volumes kept)")
-        target.of(self.settings).tear_down(self.settings)
+        targets.of(self.settings).tear_down(self.settings)
 
 
 def check_down(settings: Settings, volumes: bool, yes: bool) -> None:
@@ -379,7 +383,7 @@ def scale(settings: Settings, service: str, count: int) -> str:
     """The live color's copy of `service` run by `count` tasks (a Swarm only), under the
     release lock and recorded; the next color to start gets as many. A scale that does
     not converge goes back to the count it had (SCALE_STEPS). Returns the copy."""
-    if not target.of(settings).scales:
+    if not targets.of(settings).scales:
         raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
     if service not in settings.app.colored:
         raise BadInput(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
@@ -407,11 +411,11 @@ class Scaling:
     def __init__(self, settings: Settings, copy: str, count: int):
         self.settings, self.copy, self.count = settings, copy, count
         self.states = facts.service_states(settings)
-        self.target = target.of(settings)
+        self.target = targets.of(settings)
         self.before = self.target.counts(settings).get(copy, 0)
 
     def _set(self, count: int) -> None:
-        env = target.compose_env(self.settings, facts.running_versions(self.states))
+        env = targets.compose_env(self.settings, facts.running_versions(self.states))
         self.target.set_counts(self.settings, env, {self.copy: count})
 
     def scale(self) -> None:

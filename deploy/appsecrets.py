@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import subprocess
 
-from deploy import runner
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.contract import Secret
 from deploy.errors import ConfigError

@@ -14,7 +14,8 @@ import socket
 import stat
 from pathlib import Path
 
-from deploy import images, runner, ssh
+from deploy import images
+from deploy.target import runner, ssh
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, DockerUnavailable, PortInUse
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from deploy import contract, runner, ssh
+from deploy import contract
+from deploy.target import runner, ssh
 from deploy.errors import ConfigError
 from deploy.keys import GATE_PREFIX, KEYS, PLACEHOLDER, PREFIXES, PROFILE_DEFAULTS, PROFILES, SECRET_PREFIX, STRICT_PROFILES
 
@@ -113,7 +114,7 @@ class Settings:
 
     @property
     def swarm(self) -> bool:
-        """Whether the engine is a Swarm manager the stack runs on (deploy/swarm.py)."""
+        """Whether the engine is a Swarm manager the stack runs on (deploy/target/swarm.py)."""
         return self.target == "swarm"
 
     @property
@@ -179,7 +180,7 @@ class Settings:
 
     def docker_env(self) -> dict[str, str]:
         """Environment for docker commands: which engine to talk to (and, for an SSH
-        host, how long its connection outlives the command: deploy/ssh.py)."""
+        host, how long its connection outlives the command: deploy/target/ssh.py)."""
         if not self.docker_host:
             return {}
         return {"DOCKER_HOST": self.docker_host, **({"COLORGATE_SSH_PERSIST": str(self.ssh_persist)}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy import runner
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, ConfigError, RegistryError
 

@@ -1,6 +1,6 @@
 """`server.setup`: compose/scripts/server-setup.sh run on an SSH host, with the compose
 plugin uploaded where the host's distribution has none. (The address, its errors and
-the one connection a command makes: deploy/ssh.py.)
+the one connection a command makes: deploy/target/ssh.py.)
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import platform
 import shlex
 from pathlib import Path
 
-from deploy import config, runner
+from deploy import config
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import BAD_INPUT, BadInput, ColorgateError, CommandError, DockerUnavailable
-from deploy.ssh import explain_ssh_error, parse
+from deploy.target.ssh import explain_ssh_error, parse
 
 SETUP_SCRIPT = config.shipped("colorgate_parts") / "scripts" / "server-setup.sh"
 REMOTE_DIR = "/tmp/colorgate-setup"
@@ -69,7 +70,7 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
             out = run(target.ssh(f"{sudo}env {env}{script}"), "server-setup.sh").stdout
         lines = [line for line in out.splitlines() if line.startswith("server-setup: ")]
         deploy = dataclasses.replace(target, user=user, port=port if port != 22 else target.port)
-        works = runner.run(deploy.ssh("id", "-nG"), check=False, what=f"logging in as {user}", timeout=60)
+        works = runner.run(deploy.target.ssh("id", "-nG"), check=False, what=f"logging in as {user}", timeout=60)
         if works.returncode != 0 or "docker" not in works.stdout.split():
             return [*lines, f"server-setup: password and root logins left as they were: {user} could not log in from here "
                             f"with your key and use Docker ({deploy.hint()}); run server.setup again once it can"]

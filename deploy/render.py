@@ -77,7 +77,7 @@ OWN_DATABASE_VARS = ("POSTGRES_DB", "POSTGRES_USER")  # the database service's, 
 # only the edge publishes host ports (the gates check it), and compose names containers
 # per project and color (a fixed container_name collides between colors and stacks).
 DROPPED_KEYS = ("ports", "container_name")
-# db.move's replication relay (deploy/relay.py) listens only once Colorgate opened it
+# db.move's replication relay (deploy/data/relay.py) listens only once Colorgate opened it
 # (RELAY_OPEN, after the database's rules for it are written: it is published at once, so
 # until then it answers nobody), and forwards RELAY_CONNECTIONS connections at once at
 # most (a subscription needs a few; idle ones cannot use up the database's max_connections).

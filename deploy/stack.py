@@ -1,7 +1,7 @@
-"""The stack's parts, whichever target it runs on (deploy.target): start and stop
+"""The stack's parts, whichever target it runs on (deploy.target.targets): start and stop
 services and colors, wait until they are ready and healthy, build and pull images, take
 the stack down (`up`'s order is apply.start_stack's). What runs on the target is read by
-deploy.facts.
+deploy.target.facts.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import time
 
 import tenacity
 
-from deploy import access, bootstrap, edge, facts, images, probes, runner, target
+from deploy import access, bootstrap, edge, images
+from deploy.edge import probes
+from deploy.target import facts, runner, targets
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, PortInUse, StackError
 
@@ -29,7 +31,7 @@ def wait_ready(settings: Settings, services: list[str], timeout: float | None = 
     stops early, naming the service, when one exits or its health check fails; with
     `recovering` (containers that ran while their database was still empty), an
     unhealthy service is waited for until it turns healthy."""
-    return target.of(settings).wait_ready(settings, services, settings.health_timeout if timeout is None else timeout, recovering)
+    return targets.of(settings).wait_ready(settings, services, settings.health_timeout if timeout is None else timeout, recovering)
 
 
 def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -> None:
@@ -69,7 +71,7 @@ def build(settings: Settings, services: list[str], versions: dict[str, str]) -> 
     buildable = [s for s in services if app.builds(s)]
     if not buildable:
         return
-    runner.run(target.compose_cmd(settings, "build", *buildable), env=target.compose_env(settings, versions), what="docker compose build")
+    runner.run(targets.compose_cmd(settings, "build", *buildable), env=targets.compose_env(settings, versions), what="docker compose build")
     for service in buildable:
         copy = app.split_copy(service)
         if copy:
@@ -132,14 +134,14 @@ def start(settings: Settings, names: list[str], env: dict[str, str], color: str 
     apply.changes). On a Swarm the whole stack is applied, with `color` running beside
     the colors that run and `held` at 0 tasks; `databases` as compose_env's, for the
     secret files."""
-    target.of(settings).start(settings, names, env, color, recreate, grace, held, databases, keep)
+    targets.of(settings).start(settings, names, env, color, recreate, grace, held, databases, keep)
 
 
 def down(settings: Settings, volumes: bool = False) -> None:
     """Remove the stack's containers and networks; volumes (data, certificates,
     routing state) are kept unless `volumes`."""
     access.forget(settings)  # the secret files go with the volumes
-    target.of(settings).down(settings, volumes)
+    targets.of(settings).down(settings, volumes)
 
 
 def destroy(settings: Settings) -> None:
@@ -147,7 +149,7 @@ def destroy(settings: Settings) -> None:
     tags under its image prefix and its rendered compose file. For throwaway stacks
     (tests, benchmarks) only."""
     access.forget(settings)
-    target.of(settings).destroy(settings)
+    targets.of(settings).destroy(settings)
     shutil.rmtree(settings.compose_file.parent, ignore_errors=True)
     # the target's tags, and, for another engine, those made here to push or send to it
     for engine in [settings.docker_env(), *([{}] if settings.docker_host else [])]:
@@ -173,7 +175,7 @@ def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: 
     if not names:
         return {}
     grace = drain_color(settings, color) if drain else None
-    return target.of(settings).stop(settings, names, color, versions, databases, grace, whole=services is None)
+    return targets.of(settings).stop(settings, names, color, versions, databases, grace, whole=services is None)
 
 
 def resume(settings: Settings, names: list[str], versions: dict[str, str], databases: dict[str, str] | None = None,
@@ -181,7 +183,7 @@ def resume(settings: Settings, names: list[str], versions: dict[str, str], datab
     """Start again the stopped services `names` of a running color (db.move's workers):
     on a Swarm with `counts` tasks each, else as a copy that starts (swarm.resumed_count).
     With `wait`, until they run."""
-    target.of(settings).resume(settings, names, target.compose_env(settings, versions, databases), databases, counts)
+    targets.of(settings).resume(settings, names, targets.compose_env(settings, versions, databases), databases, counts)
     if wait:
         wait_ready(settings, names)
 

@@ -8,7 +8,9 @@ from dataclasses import asdict, replace
 from datetime import datetime, UTC
 from pathlib import Path
 
-from deploy import edge, facts, history, images, runner, stack, target, traffic
+from deploy import edge, images, stack
+from deploy.release import history, traffic
+from deploy.target import facts, runner, targets
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
 from deploy.errors import BadInput
@@ -209,7 +211,7 @@ def logs(settings: Settings, service: str | None = None, follow: bool = False, t
     if service is not None and service not in known:
         extra = ", migrations" if settings.app.migrations else ""
         raise BadInput(f"unknown service {service!r}: use one of {', '.join(known)}{extra}, or all")
-    target.of(settings).logs(settings, service, known, follow, tail)
+    targets.of(settings).logs(settings, service, known, follow, tail)
 
 
 def exec_in(settings: Settings, service: str, color: str | None, command: str) -> int:

@@ -1,4 +1,4 @@
-"""Step definitions for the gates. Thin: each step asks deploy.gates for a fact and
+"""Step definitions for the gates. Thin: each step asks deploy.release.gates for a fact and
 asserts on it with a message that shows what was seen."""
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import canary, confinement, contract, edge as edge_state, facts, gates, probes, render, swarm, target
+from deploy import contract, edge as edge_state, render
+from deploy.edge import probes
+from deploy.release import canary, gates
+from deploy.target import confinement, facts, swarm, targets
 from deploy.colors import parse_color
 from steps.http import show as _show
 
@@ -153,7 +156,7 @@ def public_health(client, app):
 
 @then("every route is answered by the color and version under test")
 def routes_answered_by_expected(gate_settings, client, app, expected):
-    addresses = target.of(gate_settings).addresses(gate_settings, expected.color)
+    addresses = targets.of(gate_settings).addresses(gate_settings, expected.color)
     for route in app.routes:
         check = app.health.get(route.service)
         path = check.path if check and app.route_for(check.path) == route else route.path
@@ -288,7 +291,7 @@ def hsts(response):
 @then("the color under test and the edge run locked down")
 def locked_down(gate_settings, expected):
     services = [*gate_settings.app.color_services(expected.color), "edge"]
-    found = target.of(gate_settings).confinements(gate_settings, services)
+    found = targets.of(gate_settings).confinements(gate_settings, services)
     assert set(found) == set(services), f"not running: {sorted(set(services) - set(found))}"
     weak = {name: c.problems() for name, c in found.items() if c.problems()}
     assert not weak, (f"not locked down: {weak}: remove what undoes it (cap_add, read_only: false, user: root, "
@@ -302,7 +305,7 @@ def no_privilege_gain(gate_settings, expected):
     rendered = render.compose(gate_settings.app)["services"]  # the app's own cap_add, or Colorgate's default for it
     declared = {name: set(map(confinement.capability, (rendered.get(name) or {}).get("cap_add") or ())) for name in others}
     gains = {}
-    for name, c in target.of(gate_settings).confinements(gate_settings, others).items():
+    for name, c in targets.of(gate_settings).confinements(gate_settings, others).items():
         problems = [p for p in c.gains() if not (p.startswith("capabilities added") and set(c.cap_add) <= declared[name])]
         if problems:
             gains[name] = problems
@@ -314,7 +317,7 @@ def no_secret_in_environment(gate_settings):
     if gate_settings.secrets_in_env == "allow":
         return  # the operator accepted it (COLORGATE_SECRETS_IN_ENV=allow)
     running = [name for name, s in facts.service_states(gate_settings).items() if s.state == "running"]
-    held = {name: list(c.secret_env) for name, c in target.of(gate_settings).confinements(gate_settings, running).items() if c.secret_env}
+    held = {name: list(c.secret_env) for name, c in targets.of(gate_settings).confinements(gate_settings, running).items() if c.secret_env}
     db = gate_settings.app.database
     fix = (f"let the app read its URL from a file (x-colorgate.database.file: {db.env[0]}_FILE in {gate_settings.app.file.name}), "
            if db and db.env and not db.reads_files else "")
@@ -331,7 +334,7 @@ def own_database_role(gate_settings, expected):
     assert found.role_super is False, f"the app's role {s.app_db_user} is missing or a superuser: run `invoke up` to set it up"
     assert found.database_owner == s.app_db_user, (f"the database {s.postgres_db} is owned by {found.database_owner}, "
                                                   f"not the app's role {s.app_db_user}: run `invoke up` to hand it over")
-    mine = target.of(s).addresses(s, expected.color)
+    mine = targets.of(s).addresses(s, expected.color)
     as_super = sorted({f"{mine[addr]} as {user}" for addr, user, sup in found.sessions if sup and addr in mine})
     assert not as_super, f"connected to the database as a superuser: {as_super}: give it the URL Colorgate renders (its own role)"
 

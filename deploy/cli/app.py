@@ -9,8 +9,11 @@ from pathlib import Path
 
 from invoke import Exit
 
-from deploy import apply as _apply, bootstrap as _bootstrap, canary as canary_steps, contract, edge, history as _history, release, scaffold
-from deploy import render as _render, runner, traffic as _traffic, views
+from deploy import apply as _apply, bootstrap as _bootstrap, contract, edge, scaffold
+from deploy.release import canary as canary_steps, history as _history, releases
+from deploy import render as _render, views
+from deploy.release import traffic as _traffic
+from deploy.target import runner
 from deploy.cli.common import HOST_HELP, LOCK_HELP, REGISTRY_HELP, _load, _report, _say_left_out, _target, operator_errors, task, whole
 from deploy.errors import BadInput, NothingToDo, ColorgateError
 
@@ -172,7 +175,7 @@ def deploy(c, version=None, force=False, canary=None, keep_rejected=False, profi
     It switches back by itself if the post-switch gates or the analysis fail."""
     shares = canary_steps.parse_percents(canary) if canary else ()
     settings = _target(profile, host, registry, starts=True)
-    record = release.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares, keep_rejected=keep_rejected)
+    record = releases.deploy(settings, version=version, force=force, break_lock=break_lock, canary=shares, keep_rejected=keep_rejected)
     if record.outcome == "no-op":  # nothing released: not a success a CI job could take for one
         raise NothingToDo(record.detail)
     _report(record)
@@ -210,7 +213,7 @@ def switch(c, to=None, profile=None, host=None, break_lock=False, force=False):
     if not to:  # a default, so that `invoke switch --help` is help, not a color named "--help"
         raise BadInput("switch needs a color: invoke switch --to blue (or green)")
     settings = _target(profile, host)
-    _report(release.switch(settings, to, break_lock=break_lock, force=force))
+    _report(releases.switch(settings, to, break_lock=break_lock, force=force))
 
 
 @task(help={"profile": "env profile", "host": HOST_HELP, "no_gates": "emergency: switch back at once without running the gates",
@@ -221,7 +224,7 @@ def rollback(c, profile=None, host=None, no_gates=False, break_lock=False, force
     settings = _target(profile, host)
     if no_gates:
         runner.say("!! rolling back without gates (--no-gates)")
-    _report(release.rollback(settings, use_gates=not no_gates, break_lock=break_lock, force=force))
+    _report(releases.rollback(settings, use_gates=not no_gates, break_lock=break_lock, force=force))
 
 
 @task(positional=["spec"], help={"spec": "SERVICE=N: the live color's copy of an app's colored service, run by N tasks",

@@ -12,7 +12,8 @@ import sys
 import invoke
 from invoke import Exit
 
-from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render, runner, target
+from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render
+from deploy.target import runner, targets
 from deploy.errors import BadInput, ColorgateError, CommandError, Interrupted
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
@@ -90,7 +91,7 @@ def _target(profile: str | None, host: str | None = None, registry: str | None =
     if starts:
         appsecrets.values(settings)
     _bootstrap.check_docker(settings)
-    target.of(settings).check(settings)
+    targets.of(settings).check(settings)
     return settings
 
 

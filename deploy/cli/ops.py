@@ -10,9 +10,14 @@ from pathlib import Path
 
 from invoke import Exit
 
-from deploy import access, appsecrets, bootstrap as _bootstrap, db as _db, dbtools as _dbtools, edge, images as _images, keys as _keys, offsite as _offsite
-from deploy import move as _move, recover as _recover, release, remote as _remote, retire as _retire, runner, stack, tls as _tls, views
-from deploy import acme as _acme
+from deploy import access, appsecrets, bootstrap as _bootstrap, edge, images as _images, keys as _keys
+from deploy.data import db as _db, dbtools as _dbtools, offsite as _offsite
+from deploy import remote as _remote, stack, views
+from deploy.data import move as _move, retire as _retire
+from deploy.edge import tls as _tls
+from deploy.release import recover as _recover, releases
+from deploy.target import runner
+from deploy.edge import acme as _acme
 from deploy.cli.common import HOST_HELP, LOCK_HELP, _load, _report, _target, operator_errors, task, whole
 from deploy.errors import BAD_INPUT, BadInput
 
@@ -89,7 +94,7 @@ def db_restore(c, backup, profile=None, host=None, yes=False, unverified=False):
 def db_migrate(c, profile=None, host=None, break_lock=False):
     """Apply the live color's pending migrations, after a verified backup."""
     settings = _target(profile, host)
-    applied = release.migrate(settings, break_lock=break_lock)
+    applied = releases.migrate(settings, break_lock=break_lock)
     print(f"applied {applied} migration(s)" if applied else "at head")
 
 

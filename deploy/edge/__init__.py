@@ -17,7 +17,7 @@ directory (`/etc/colorgate/state`, the `edge-state` volume), all through Docker.
 
 The live color is read from the edge itself, never from a file on the operator's
 machine. Rendering and parsing are pure; the commands that read and change the edge
-are returned as argument lists for deploy.runner. Two parts: state.py (the routing
+are returned as argument lists for deploy.target.runner. Two parts: state.py (the routing
 state: live, canary, freeze, maintenance, the database record) and ledger.py (the
 release lock and the history), and routes.py renders the routes file it loads; nothing
 outside this package touches those files.

@@ -7,7 +7,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 
-from deploy import facts
+from deploy.target import facts
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.edge.state import (DATABASE_RECORD, FREEZE_FILE, LIVE_FILE, LOCK_DIR, ROUTES_FILE, STATE_DIR, Active, _database_record, _sections,

@@ -10,7 +10,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from deploy import facts, runner
+from deploy.target import facts, runner
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
 from deploy.errors import BadInput, BadVersion, ColorgateError, CommandError, LockHeld, StackError

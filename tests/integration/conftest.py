@@ -22,7 +22,10 @@ import pytest
 import bcrypt
 import tenacity
 
-from deploy import apply, config, edge, gates, history, runner, stack, target, tls, views
+from deploy import apply, config, edge, stack, views
+from deploy.edge import tls
+from deploy.release import gates, history
+from deploy.target import runner, targets
 from tests.certs import make_ca, make_leaf
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -201,7 +204,7 @@ def remove_stack(settings: config.Settings) -> None:
 
 
 def dump_logs(settings: config.Settings) -> None:
-    proc = runner.run(target.compose_cmd(settings, "logs", "--tail", "40"), env=settings.compose_env(), check=False)
+    proc = runner.run(targets.compose_cmd(settings, "logs", "--tail", "40"), env=settings.compose_env(), check=False)
     print(f"\n---- container logs of {settings.project} ----\n{proc.stdout}{proc.stderr}", file=sys.stderr)
 
 

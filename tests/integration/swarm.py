@@ -33,7 +33,8 @@ from collections.abc import Iterator
 
 import httpx
 
-from deploy import images, remote, runner
+from deploy import images, remote
+from deploy.target import runner
 from deploy.config import Settings
 
 from .conftest import free_port

@@ -19,7 +19,10 @@ import pytest
 import tenacity
 from cryptography import x509
 
-from deploy import acme, config, edge, errors, facts, gates, images, runner, stack, tls
+from deploy import config, edge, errors, images, stack
+from deploy.edge import acme, tls
+from deploy.release import gates
+from deploy.target import facts, runner
 from tests.certs import make_ca, make_leaf
 
 from .conftest import free_port, invoke, isolated_env, pebble_server, running_stack

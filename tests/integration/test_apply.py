@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, contract, db, edge, errors, facts, gates, runner, stack, tls
+from deploy import config, contract, edge, errors, stack
+from deploy.data import db
+from deploy.edge import tls
+from deploy.release import gates
+from deploy.target import facts, runner
 from deploy.colors import other
 
 from .conftest import invoke, isolated_env, running_stack

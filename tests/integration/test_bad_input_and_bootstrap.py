@@ -10,7 +10,8 @@ import shutil
 import socket
 import time
 
-from deploy import bootstrap, config, errors, facts, images, runner
+from deploy import bootstrap, config, errors, images
+from deploy.target import facts, runner
 
 from .conftest import invoke
 

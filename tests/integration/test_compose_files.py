@@ -10,7 +10,9 @@ import shutil
 
 import pytest
 
-from deploy import config, facts, gates, images, release, render
+from deploy import config, images, render
+from deploy.release import gates, releases
+from deploy.target import facts
 
 from .conftest import isolated_env, running_stack
 
@@ -71,7 +73,7 @@ def test_an_app_split_over_include_extends_and_an_override_file_is_released_as_c
     assert {name for name, ports in facts.published_ports(s).items() if ports} == {"edge"}
     result = gates.run_gates(s, "pre or post", "blue", "v1")
     assert result.passed, result.first_failure()
-    record = release.deploy(s)
+    record = releases.deploy(s)
     assert (record.outcome, record.to_color) == ("switched", "green"), record.detail
     green = dict(e.partition("=")[::2] for e in facts.inspect(s, facts.container(s, "site_green"))["Config"]["Env"])
     assert green["GREETING"] == "from the override"

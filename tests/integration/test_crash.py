@@ -20,7 +20,11 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.db_move import Writer, managed_postgres
-from deploy import canary, colors, config, db, edge, errors, facts, gates, history, runner, stack, tls
+from deploy import colors, config, edge, errors, stack
+from deploy.data import db
+from deploy.edge import tls
+from deploy.release import canary, gates, history
+from deploy.target import facts, runner
 
 from .conftest import INVOKE, invoke, paused_at, running_stack
 from .test_move import move_env

@@ -13,7 +13,9 @@ import signal
 import pytest
 
 from benchmarks.db_move import Writer, managed_image, managed_postgres
-from deploy import config, edge, errors, facts, replication, runner
+from deploy import config, edge, errors
+from deploy.data import replication
+from deploy.target import facts, runner
 
 from .conftest import invoke, running_stack
 from .test_crash import assert_one_color, killed_at, killed_in, last, local_writes, one_offs

@@ -12,7 +12,11 @@ import threading
 import pytest
 import yaml
 
-from deploy import access, config, contract, db, dbtools, edge, errors, facts, gates, history, runner, stack, tls
+from deploy import access, config, contract, edge, errors, stack
+from deploy.data import db, dbtools
+from deploy.edge import tls
+from deploy.release import gates, history
+from deploy.target import facts, runner
 
 from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host

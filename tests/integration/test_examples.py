@@ -15,7 +15,11 @@ import httpx
 import pytest
 import tenacity
 
-from deploy import config, db, edge, errors, facts, gates, images, keys, release, tls
+from deploy import config, edge, errors, images, keys
+from deploy.data import db
+from deploy.edge import tls
+from deploy.release import gates, releases
+from deploy.target import facts
 
 from benchmarks.db_move import isolated, managed_postgres
 
@@ -84,7 +88,7 @@ def test_the_jobs_app_runs_with_its_worker_redis_and_alembic(jobs):
 
 def test_the_jobs_app_deploys_rolls_back_and_backs_up(jobs):
     env, s = jobs
-    record = release.deploy(s)
+    record = releases.deploy(s)
     assert (record.outcome, record.to_color, record.to_version) == ("switched", "green", "v2")
     # both colors' workers take jobs now (the queue is shared); the green web serves
     with gates.edge_client(s, tls.read_local_ca(s)) as c:
@@ -169,7 +173,7 @@ def test_the_static_site_releases_with_no_database(site):
     assert set(facts.service_states(s)) == {"edge", "site_blue"}
     ran = gates_pass(s)
     assert "An unknown page is not found" in ran
-    record = release.deploy(s)
+    record = releases.deploy(s)
     assert (record.outcome, record.to_version) == ("switched", "v2")
     with gates.edge_client(s, tls.read_local_ca(s)) as c:
         r = c.get("/about/")

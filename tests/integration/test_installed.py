@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.remote_and_idle import keygen, operator_home, ssh_host
-from deploy import config, edge, errors, facts, images, runner
+from deploy import config, edge, errors, images
+from deploy.target import facts, runner
 
 from . import workflow
 from .conftest import REGISTRY_USER, isolated_env, remove_stack

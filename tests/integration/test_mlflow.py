@@ -13,7 +13,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from deploy import config, db, edge, facts, gates, images, release, render, tls
+from deploy import config, edge, images, render
+from deploy.data import db
+from deploy.edge import tls
+from deploy.release import gates, releases
+from deploy.target import facts
 
 from .conftest import gates_strict_then_accepted, invoke, isolated_env, running_stack
 
@@ -68,7 +72,7 @@ def test_mlflow_passes_the_built_in_gates_and_its_own_write_and_read_back(mlflow
 
 def test_mlflow_deploys_with_a_backup_before_its_migration_rolls_back_and_keeps_its_data(mlflow):
     env, s = mlflow
-    record = release.deploy(s)
+    record = releases.deploy(s)
     assert (record.outcome, record.to_color, record.to_version) == ("switched", "green", "v2")
     # a backup taken and verified (restored into a scratch database) before `mlflow db upgrade`
     assert record.detail.startswith("backup ") and {"backup", "verify", "migrations"} <= set(record.timings)

@@ -16,7 +16,10 @@ import pytest
 
 from benchmarks.db_move import (Managed, Writer, certificate_authority, docker0, free_port_on, isolated, managed_image, managed_postgres,
                                 relay_certificate)
-from deploy import config, db, dbtools, edge, errors, facts, gates, history, images, keys, relay, render, replication, runner
+from deploy import config, edge, errors, images, keys, render
+from deploy.data import db, dbtools, relay, replication
+from deploy.release import gates, history
+from deploy.target import facts, runner
 
 from .conftest import invoke, isolated_env, paused_at, running_stack
 

@@ -12,7 +12,9 @@ import zipfile
 
 import pytest
 
-from deploy import config, db, dbtools, images, runner
+from deploy import config, images
+from deploy.data import db, dbtools
+from deploy.target import runner
 
 from benchmarks.db_move import managed_postgres
 

@@ -10,7 +10,8 @@ import re
 import httpx
 import pytest
 
-from deploy import config, edge, errors, facts, images, runner
+from deploy import config, edge, errors, images
+from deploy.target import facts, runner
 from deploy.errors import RegistryError
 
 from .conftest import REGISTRY_USER as USER, invoke, isolated_env, remove_stack

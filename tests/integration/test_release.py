@@ -18,7 +18,10 @@ import tenacity
 import yaml
 from python_on_whales import DockerClient
 
-from deploy import apply, canary, config, contract, edge, errors, facts, gates, history, release, render, runner, stack, target, tls
+from deploy import apply, config, contract, edge, errors, render, stack
+from deploy.edge import tls
+from deploy.release import canary, gates, history, releases
+from deploy.target import facts, runner, targets
 from deploy.errors import CommandError, StackError
 
 from .conftest import INVOKE, invoke, isolated_env, running_stack
@@ -69,7 +72,7 @@ def assert_traffic_untouched(settings, before):
 
 def test_deploy_moves_traffic_to_the_new_version(rstack):
     s = rstack
-    record = release.deploy(s)
+    record = releases.deploy(s)
     assert (record.outcome, record.from_color, record.to_color, record.to_version) == ("switched", "blue", "green", "v2")
     assert live(s) == edge.Active("green", "v2")
     assert api(s).json() == {"color": "green", "version": "v2"}
@@ -82,7 +85,7 @@ def test_deploy_moves_traffic_to_the_new_version(rstack):
 
 def test_deploying_the_live_version_is_a_no_op_that_says_so_and_fails(rstack, env):
     before = len(edge.read_history(rstack))
-    assert release.deploy(rstack, version="v2").outcome == "no-op"
+    assert releases.deploy(rstack, version="v2").outcome == "no-op"
     assert len(edge.read_history(rstack)) == before
     # from the command line (a CI job that deployed nothing must not pass as a release)
     proc = invoke("deploy", "--version", "v2", env=env)
@@ -133,14 +136,14 @@ def test_a_deploy_refuses_a_changed_contract_before_anything_starts_and_traffic_
 def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
     proc = invoke("switch", "--to", "purple", env=env)
     assert proc.returncode == errors.BAD_INPUT and proc.stderr.strip() == "colorgate: unknown color 'purple': use one of blue, green"
-    runner.run(target.compose_cmd(rstack, "stop", "frontend_blue"), env=rstack.compose_env())
+    runner.run(targets.compose_cmd(rstack, "stop", "frontend_blue"), env=rstack.compose_env())
     try:
         proc = invoke("switch", "--to", "blue", env=env)
         assert proc.returncode == errors.FAILED
         assert proc.stderr.strip().splitlines()[-1].startswith("colorgate: blue is not running and healthy (frontend_blue exited")
         assert live(rstack) == edge.Active("green", "v2")
     finally:
-        runner.run(target.compose_cmd(rstack, "start", "frontend_blue"), env=rstack.compose_env())
+        runner.run(targets.compose_cmd(rstack, "start", "frontend_blue"), env=rstack.compose_env())
         stack.wait_ready(rstack, ["frontend_blue"])
 
 
@@ -183,18 +186,18 @@ def test_switches_never_reload_nginx_and_a_bad_routing_file_never_lands(rstack):
     assert live(rstack) == before_state, "the refused routing file replaced the live one"
     assert api(rstack).json()["color"] == before_state.color
     # the edge reads the live color per request: a switch there and back keeps the same workers
-    release.rollback(rstack, use_gates=False)
-    release.rollback(rstack, use_gates=False)
+    releases.rollback(rstack, use_gates=False)
+    releases.rollback(rstack, use_gates=False)
     assert live(rstack) == before_state and workers() == before_workers, "nginx was reloaded by a switch"
 
 
 def test_rollback_returns_to_the_previous_version(rstack):
     assert live(rstack).color == "green"
-    record = release.rollback(rstack)
+    record = releases.rollback(rstack)
     assert (record.action, record.outcome, record.to_color, record.to_version) == ("rollback", "switched", "blue", "v1")
     assert api(rstack).json() == {"color": "blue", "version": "v1"}
     # and forward again, without gates (the emergency path)
-    assert release.rollback(rstack, use_gates=False).to_version == "v2"
+    assert releases.rollback(rstack, use_gates=False).to_version == "v2"
     assert api(rstack).json() == {"color": "green", "version": "v2"}
 
 
@@ -205,7 +208,7 @@ def test_an_unhealthy_candidate_never_receives_traffic(rstack, tmp_path):
     )
     before = live(s)
     with pytest.raises(StackError, match="waiting for .*backend_blue.* to become healthy"):
-        release.deploy(s, version="v3-unhealthy")
+        releases.deploy(s, version="v3-unhealthy")
     assert_traffic_untouched(s, before)
     last = edge.read_history(s)[-1]
     assert (last["to_version"], last["outcome"]) == ("v3-unhealthy", "failed") and last["gates"] == []
@@ -218,10 +221,10 @@ def test_a_deploy_that_never_went_live_uses_up_no_version_number(rstack, tmp_pat
     broken = dataclasses.replace(
         broken_app(tmp_path, rstack, "return self.send_json(200, status)", "return self.send_json(500, status)"), health_timeout=10)
     with pytest.raises(StackError):
-        release.deploy(broken)
+        releases.deploy(broken)
     failed = edge.read_history(rstack)[-1]
     assert failed["outcome"] == "failed" and failed["to_version"].startswith("v")
-    record = release.deploy(rstack)
+    record = releases.deploy(rstack)
     assert (record.outcome, record.to_version) == ("switched", failed["to_version"])
     assert api(rstack).json() == {"color": record.to_color, "version": failed["to_version"]}
     assert api(rstack, "/api/health").json()["database"] == "ok"  # the good code, made again
@@ -234,8 +237,8 @@ def test_a_post_gate_failure_switches_back_by_itself(rstack, tmp_path):
         "    def do_GET(self):\n        if self.headers.get('X-Forwarded-Proto'):\n            return self.send_json(500, {'error': 'broken behind a proxy'})\n",
     )
     before = live(s)
-    with pytest.raises(release.GateFailed) as err:
-        release.deploy(s, version="v4-broken-route")
+    with pytest.raises(errors.GateFailed) as err:
+        releases.deploy(s, version="v4-broken-route")
     assert f"traffic is back on {before.color} ({before.version})" in str(err.value)
     assert_traffic_untouched(s, before)
     last = edge.read_history(s)[-1]
@@ -269,7 +272,7 @@ def test_a_failing_migration_stops_the_deploy_before_traffic_moves(rstack, tmp_p
         "ALTER TABLE notes ADD COLUMN oops integer;\nSELECT no_such_function();\n")  # ...with a migration that fails
     before = live(s)
     with pytest.raises(CommandError, match="database migrations failed"):
-        release.deploy(s, version="v5-bad-migration")
+        releases.deploy(s, version="v5-bad-migration")
     assert_traffic_untouched(s, before)
     last = edge.read_history(s)[-1]
     assert (last["to_version"], last["outcome"]) == ("v5-bad-migration", "failed") and "backup" in last["timings"]
@@ -287,12 +290,12 @@ def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
     engine = DockerClient()  # the tests' own view of the engine (the engine is local here)
     network = f"{s.project}_colorgate"
     old_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
-    runner.run(target.compose_cmd(s, "stop", service), env=s.compose_env())
+    runner.run(targets.compose_cmd(s, "stop", service), env=s.compose_env())
     # something else takes the old address while the backend is down
     squatter = engine.container.run(f"{s.image_prefix}backend:v1", ["sleep", "60"], detach=True, networks=[network],
                                      name=f"{s.project}-squatter", remove=True)
     try:
-        runner.run(target.compose_cmd(s, "start", service), env=s.compose_env())
+        runner.run(targets.compose_cmd(s, "start", service), env=s.compose_env())
         stack.wait_ready(s, [service])
         new_ip = engine.container.inspect(f"{s.project}-{service}-1").network_settings.networks[network].ip_address
         assert new_ip != old_ip
@@ -358,10 +361,10 @@ def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
     # (a port published from an internal-only network is silently not published, so
     # the mistake needs both halves: a routable network and the port)
     override.write_text(f'services:\n  postgres:\n    networks: [data, web]\n    ports: ["127.0.0.1:{port}:5432"]\n')
-    base = target.compose_cmd(rstack)
+    base = targets.compose_cmd(rstack)
     cmd = [*base, "--file", str(override), "up", "--detach", "--no-build", "postgres"]
     versions = facts.running_versions(facts.service_states(rstack))
-    runner.run(cmd, env=target.compose_env(rstack, versions))
+    runner.run(cmd, env=targets.compose_env(rstack, versions))
     try:
         stack.wait_ready(rstack, ["postgres"])
         proc = run_gates_cli(env, "-m", "post")
@@ -369,7 +372,7 @@ def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
         assert "services publishing host ports" in proc.stdout and "postgres" in proc.stdout
         assert "PostgreSQL sits on internal networks only" in proc.stdout or "internal" in proc.stdout
     finally:
-        runner.run([*base, "up", "--detach", "--no-build", "postgres"], env=target.compose_env(rstack, versions))
+        runner.run([*base, "up", "--detach", "--no-build", "postgres"], env=targets.compose_env(rstack, versions))
         stack.wait_ready(rstack, ["postgres"])
     assert run_gates_cli(env).returncode == 0
 
@@ -382,12 +385,12 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
     override.write_text(f'services:\n  {backend}:\n    cap_add: [NET_RAW]\n    read_only: false\n'
                         '    security_opt: ["no-new-privileges:false"]\n    user: root\n'
                         f'    environment:\n      DATABASE_URL: ${{{render.database_var(live_color)}}}\n')
-    base = target.compose_cmd(rstack)
+    base = targets.compose_cmd(rstack)
     versions = facts.running_versions(facts.service_states(rstack))
-    runner.run([*base, "--file", str(override), "up", "--detach", "--no-build", backend], env=target.compose_env(rstack, versions))
+    runner.run([*base, "--file", str(override), "up", "--detach", "--no-build", backend], env=targets.compose_env(rstack, versions))
     try:
         stack.wait_ready(rstack, [backend])
-        weak = target.of(rstack).confinements(rstack, [backend])[backend]
+        weak = targets.of(rstack).confinements(rstack, [backend])[backend]
         assert weak.as_root and weak.cap_add == ("NET_RAW",) and not weak.read_only and not weak.no_new_privileges
         proc = run_gates_cli(env, "features/hardening.feature")  # pre and post scenarios, on the live color
         assert proc.returncode == 1, proc.stdout[-1500:]
@@ -398,7 +401,7 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
         accepted = run_gates_cli({**env, "COLORGATE_SECRETS_IN_ENV": "allow"}, "features/hardening.feature", "-k", "secrets")
         assert accepted.returncode == 0, accepted.stdout[-1500:]
     finally:
-        runner.run([*base, "up", "--detach", "--no-build", backend], env=target.compose_env(rstack, versions))
+        runner.run([*base, "up", "--detach", "--no-build", backend], env=targets.compose_env(rstack, versions))
         stack.wait_ready(rstack, [backend])
     assert run_gates_cli(env, "features/hardening.feature").returncode == 0
 
@@ -409,7 +412,7 @@ def test_the_health_gate_fails_on_a_color_its_restart_policy_keeps_bringing_back
     backend = rstack.app.copy_name("backend", live(rstack).color)
     name = facts.container(rstack, backend)
     os.kill(facts.inspect(rstack, name)["State"]["Pid"], signal.SIGKILL)  # from the host: not a `docker kill`, which counts as a stop
-    base = target.compose_cmd(rstack)
+    base = targets.compose_cmd(rstack)
     versions = facts.running_versions(facts.service_states(rstack))
     try:
         for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.2), reraise=True):
@@ -419,7 +422,7 @@ def test_the_health_gate_fails_on_a_color_its_restart_policy_keeps_bringing_back
         proc = run_gates_cli(env, "features/health.feature", "-m", "post")
         assert proc.returncode == 1 and f"{backend} restarted 1 time, the last " in proc.stdout and ": it exited" in proc.stdout, proc.stdout[-1500:]
     finally:  # a new container: its restart count starts again at 0
-        runner.run([*base, "up", "--detach", "--no-build", "--force-recreate", backend], env=target.compose_env(rstack, versions))
+        runner.run([*base, "up", "--detach", "--no-build", "--force-recreate", backend], env=targets.compose_env(rstack, versions))
         stack.wait_ready(rstack, [backend])
     assert run_gates_cli(env, "features/health.feature").returncode == 0
 
@@ -429,7 +432,7 @@ def test_secrets_are_read_only_files_and_in_no_containers_environment(rstack):
     running = [name for name, st in states.items() if st.state == "running"]
     assert {"postgres", "edge"} <= set(running)
     # what docker inspect shows: no container's environment holds the password or a URL with it
-    assert not {n: c.secret_env for n, c in target.of(rstack).confinements(rstack, running).items() if c.secret_env}
+    assert not {n: c.secret_env for n, c in targets.of(rstack).confinements(rstack, running).items() if c.secret_env}
     for name, _ in states.items():
         if name in running:
             env_text = "\n".join(runner.engine(rstack.docker_host, "inspect_container", facts.container(rstack, name))["Config"]["Env"])
@@ -524,8 +527,8 @@ def test_a_release_that_fails_real_users_while_its_gates_pass_is_switched_back_b
         '        if url.path == "/api/slow":\n'), **ANALYSIS)
     before = live(bad)
     with UserLoad(bad) as load:
-        with pytest.raises(release.GateFailed) as err:
-            release.deploy(bad, version="v6-fails-users", keep_rejected=True)
+        with pytest.raises(errors.GateFailed) as err:
+            releases.deploy(bad, version="v6-fails-users", keep_rejected=True)
     message = str(err.value)
     assert "the analysis of" in message and "traffic failed at interval 1: 5xx" in message, message
     assert f"traffic is back on {before.color} ({before.version})" in message
@@ -563,7 +566,7 @@ def test_good_releases_pass_the_analysis_under_the_same_load_with_no_false_alarm
     for version in ("v7-good", "v7b-good"):  # repeated: each judged against the one before it
         before = live(good)
         with UserLoad(good) as load:
-            record = release.deploy(good, version=version)
+            record = releases.deploy(good, version=version)
         assert record.outcome == "switched" and live(good).version == version
         analysis = edge.read_history(good)[-1]["analysis"]
         assert analysis["verdict"] == "passed" and [i["verdict"] for i in analysis["intervals"]] == ["passed", "passed"]
@@ -708,8 +711,8 @@ def test_a_canary_that_fails_its_users_is_aborted_by_its_analysis_and_the_stable
         '        if url.path == "/api/slow":\n'), analysis_intervals=1, analysis_seconds=6, analysis_min_requests=3)
     before = live(bad)
     with UserLoad(bad, new_users=True) as load:
-        with pytest.raises(release.GateFailed) as err:
-            release.deploy(bad, version="v10-bad-canary", canary=(10,))
+        with pytest.raises(errors.GateFailed) as err:
+            releases.deploy(bad, version="v10-bad-canary", canary=(10,))
     assert "the analysis of" in str(err.value) and "traffic failed at interval 1: 5xx" in str(err.value), err.value
     assert_traffic_untouched(bad, before)
     assert canary.read(bad) is None

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, errors, images, relay, runner, stack
+from deploy import config, errors, images, stack
+from deploy.data import relay
+from deploy.target import runner
 from deploy.errors import MoveError
 
 from .conftest import invoke, isolated_env, remove_stack

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from benchmarks.remote_and_idle import SshHost, keygen, operator_env, operator_home, ssh_host
-from deploy import config, errors, images, runner
+from deploy import config, errors, images
+from deploy.target import runner
 
 from .conftest import free_port, invoke, isolated_env, remove_stack
 

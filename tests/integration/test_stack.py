@@ -14,7 +14,10 @@ import time
 import httpx
 import pytest
 
-from deploy import access, apply, config, contract, edge, errors, facts, gates, runner, stack, target, tls, traffic
+from deploy import access, apply, config, contract, edge, errors, stack
+from deploy.edge import tls
+from deploy.release import gates, traffic
+from deploy.target import facts, runner, targets
 from deploy.errors import ConfigError
 
 from .conftest import free_port, invoke
@@ -143,7 +146,7 @@ def test_the_edge_tells_only_the_gates_which_container_answered(settings, client
     assert "x-colorgate-upstream" not in client.get("/api/version").headers
     with gates.edge_client(settings, tls.read_local_ca(settings), gate=True) as gate:
         upstream = gate.get("/api/version").headers["x-colorgate-upstream"]
-    owner = target.of(settings).addresses(settings, edge.read_active(settings).color).get(upstream.rsplit(":", 1)[0])
+    owner = targets.of(settings).addresses(settings, edge.read_active(settings).color).get(upstream.rsplit(":", 1)[0])
     assert owner == settings.app.copy_name("backend", edge.read_active(settings).color), upstream
 
 
@@ -212,7 +215,7 @@ def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
     for port in (5432, 8000):
         assert not facts.tcp_connects("127.0.0.1", port), f"127.0.0.1:{port} accepted a connection"
     # and PostgreSQL refuses connections without the password even from inside the stack
-    probe = target.compose_cmd(settings, "exec", "-T", "backend_blue", "python3", "-c",
+    probe = targets.compose_cmd(settings, "exec", "-T", "backend_blue", "python3", "-c",
                               f"import psycopg2; psycopg2.connect(host='postgres', user='{settings.postgres_user}', "
                               f"dbname='{settings.postgres_db}', password='wrong')")
     proc = runner.run(probe, env=settings.compose_env(), check=False)
@@ -222,7 +225,7 @@ def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
 def test_every_container_runs_locked_down_with_limits_and_rotated_logs(live_stack, settings):
     states = facts.service_states(settings)
     running = [name for name, s in states.items() if s.state == "running"]
-    for name, c in target.of(settings).confinements(settings, running).items():
+    for name, c in targets.of(settings).confinements(settings, running).items():
         assert not c.problems(), (name, c.problems())
         host = facts.inspect(settings, facts.container(settings, name))["HostConfig"]
         assert host["PidsLimit"] == settings.pids_limit and host["Memory"] == 1024 ** 3, name

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from deploy import config, images, runner
+from deploy import config, images
+from deploy.target import runner
 
 from .conftest import invoke, isolated_env, remove_stack
 from .test_ssh import keygen, operator_env, operator_home, ssh_host

@@ -18,7 +18,9 @@ import pytest
 
 from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
-from deploy import config, edge, errors, facts, images, keys, relay, runner, swarm as swarm_target
+from deploy import config, edge, errors, images, keys
+from deploy.data import relay
+from deploy.target import facts, runner, swarm as swarm_target
 
 from .conftest import invoke, isolated_env, remove_stack
 from .test_examples import all_done_on, post_job

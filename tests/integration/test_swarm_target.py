@@ -15,7 +15,10 @@ import time
 
 import pytest
 
-from deploy import config, edge, errors, facts, gates, images, runner, swarm as swarm_target, tls
+from deploy import config, edge, errors, images
+from deploy.edge import tls
+from deploy.release import gates
+from deploy.target import facts, runner, swarm as swarm_target
 
 from .conftest import INVOKE, invoke, isolated_env, pebble_server, remove_stack
 from .swarm import IN_THE_CLEAR, swarm

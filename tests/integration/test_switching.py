@@ -16,7 +16,10 @@ import time
 
 import pytest
 
-from deploy import config, edge, release, runner, stack, tls
+from deploy import config, edge, stack
+from deploy.edge import tls
+from deploy.release import releases
+from deploy.target import runner
 from deploy.colors import other
 from deploy.errors import CommandError
 
@@ -27,7 +30,7 @@ from .conftest import isolated_env, running_stack
 def settings(request):
     s = config.load("development", environ={**os.environ, **isolated_env("sw")})
     with running_stack(request, s):
-        release.deploy(s, version="v2")  # both colors run: blue v1, green v2 (live)
+        releases.deploy(s, version="v2")  # both colors run: blue v1, green v2 (live)
         yield s
 
 
@@ -184,7 +187,7 @@ def test_an_edge_restarted_after_a_switch_serves_the_color_switched_to(settings,
     start = live(settings)
     to = other(start.color)
     versions = {start.color: start.version, to: "v1" if start.version == "v2" else "v2"}
-    release.switch(settings, to, use_gates=False)
+    releases.switch(settings, to, use_gates=False)
     runner.run(["docker", "restart", edge.edge_container(settings)], env=settings.docker_env())
     stack.wait_ready(settings, ["edge"])
     status, headers, body = request(connect(settings, ca), "GET", "/api/version")

@@ -10,7 +10,11 @@ import os
 import httpx
 import pytest
 
-from deploy import config, db, edge, facts, gates, images, release, render, tls
+from deploy import config, edge, images, render
+from deploy.data import db
+from deploy.edge import tls
+from deploy.release import gates, releases
+from deploy.target import facts
 
 from .conftest import gates_strict_then_accepted, invoke, isolated_env, running_stack
 
@@ -70,7 +74,7 @@ def test_miniflux_deploys_rolls_back_and_backs_up_with_its_data(miniflux):
     env, s = miniflux
     made = api(s, "POST", "/v1/categories", json={"title": "kept across releases"})
     assert made.status_code == 201, made.text
-    record = release.deploy(s)
+    record = releases.deploy(s)
     assert (record.outcome, record.to_color, record.to_version) == ("switched", "green", "v2")
     titles = {c["title"] for c in api(s, "GET", "/v1/categories").json()}
     assert "kept across releases" in titles

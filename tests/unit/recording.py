@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-from deploy import errors, history, plans
+from deploy import errors
+from deploy.release import history, plans
 
 
 class Recording:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import apply, plans
+from deploy import apply
+from deploy.release import plans
 from deploy.errors import ColorgateError, ConfigError
 
 from .recording import Recording, check_case

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from deploy import canary, edge
+from deploy import edge
+from deploy.release import canary
 from deploy.errors import ColorgateError
 
 

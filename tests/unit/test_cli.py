@@ -253,7 +253,7 @@ def test_the_exit_codes_are_the_readmes_and_usage_errors_are_bad_input():
 def test_progress_lines_are_coloured_on_a_terminal_and_plain_when_piped_or_with_no_color(env, coloured):
     """(FORCE_COLOR stands in for a terminal; without it stderr here is a pipe.)"""
     base = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TERM")}
-    proc = subprocess.run([sys.executable, "-c", "from deploy import runner; runner.say('ok built [b]x[/b] (1.0s)'); runner.say('a line')"],
+    proc = subprocess.run([sys.executable, "-c", "from deploy.target import runner; runner.say('ok built [b]x[/b] (1.0s)'); runner.say('a line')"],
                           env={**base, **env}, capture_output=True, text=True, timeout=30, cwd=ROOT)
     if coloured:
         assert proc.stderr == "\x1b[32mok \x1b[0mbuilt [b]x[/b] (1.0s)\na line\n", repr(proc.stderr)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import bootstrap, config, errors, facts, images, runner, target, views
+from deploy import bootstrap, config, errors, images, views
+from deploy.target import facts, runner, targets
 from deploy.errors import ColorgateError, CommandError, EngineLost, NotFound, PortInUse
 
 
@@ -24,7 +25,7 @@ def settings():
 
 
 def test_compose_cmd_names_project_and_file(settings):
-    cmd = target.compose_cmd(settings, "up", "--detach", "edge")
+    cmd = targets.compose_cmd(settings, "up", "--detach", "edge")
     assert cmd[:4] == ["docker", "compose", "--project-name", "shop"]
     # the compose file rendered from the app's, and the app's directory for its build contexts
     assert cmd[cmd.index("--file") + 1] == str(settings.compose_file) and settings.compose_file.parts[-2:] == ("shop", "compose.yml")
@@ -34,7 +35,7 @@ def test_compose_cmd_names_project_and_file(settings):
 
 
 def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
-    env = target.compose_env(settings, {"blue": "v3", "green": "v4"})
+    env = targets.compose_env(settings, {"blue": "v3", "green": "v4"})
     assert env["COLORGATE_BLUE_VERSION"] == "v3" and env["COLORGATE_GREEN_VERSION"] == "v4"
     assert env["POSTGRES_PASSWORD"] == settings.postgres_password
     assert "DOCKER_HOST" not in env
@@ -146,7 +147,7 @@ def test_an_engine_that_cannot_be_asked_is_never_read_as_one_where_nothing_runs(
     (exit 6, one line), which no `except CommandError` takes for "absent"."""
     gone = f"unix://{tmp_path}/engine.sock"
     s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop", "COLORGATE_DOCKER_HOST": gone})
-    for read in (lambda: facts.service_states(s), lambda: facts.inspect(s, "shop-edge-1"), lambda: target.of(s).confinements(s, ["edge"])):
+    for read in (lambda: facts.service_states(s), lambda: facts.inspect(s, "shop-edge-1"), lambda: targets.of(s).confinements(s, ["edge"])):
         with pytest.raises(EngineLost) as err:
             read()
         assert not isinstance(err.value, CommandError) and err.value.exit_code == errors.UNREACHABLE
@@ -256,7 +257,7 @@ def test_a_container_its_restart_policy_keeps_bringing_back_is_named_with_the_re
 def test_a_failed_command_shows_and_keeps_its_last_lines_for_a_person_to_act_on(capsys):
     from invoke import Exit
 
-    from deploy import history
+    from deploy.release import history
     from deploy.cli.common import operator_errors
 
     build = "\n".join([f"#{n} step {n}" for n in range(1, 40)] + ["#40 ERROR: failed to solve: npm ci exited 1"])
@@ -315,10 +316,10 @@ def test_the_rendered_compose_file_is_never_written_where_another_user_could_rea
                 pytest.skip("making a directory another user owns needs root")
             os.chown(planted, 65534, 65534)
     with pytest.raises(ColorgateError, match=r"belongs to someone else or is open to others: remove it"):
-        target.compose_cmd(settings, "ps")
+        targets.compose_cmd(settings, "ps")
     assert not list(Path(planted).rglob("compose.yml"))
     os.rmdir(planted) if not planted.is_symlink() else planted.unlink()
-    assert target.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"  # made afresh, private
+    assert targets.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"  # made afresh, private
 
 
 def test_a_docker_command_that_is_ended_takes_what_it_started_with_it(tmp_path):

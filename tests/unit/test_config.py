@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, keys, runner
+from deploy import config, keys
+from deploy.target import runner
 from deploy.errors import ConfigError
 
 GOOD = """\
@@ -245,7 +246,7 @@ def test_a_trailing_newline_is_not_a_valid_value(tmp_path, key, value):
 
 
 def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tmp_path):
-    from deploy import dbtools
+    from deploy.data import dbtools
 
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")

@@ -3,13 +3,13 @@ service's spec (no Docker), and what the hardening gates count against it."""
 
 from __future__ import annotations
 
-from deploy import confinement
+from deploy.target import confinement
 
 SECRET = "pw-of-the-db-1"  # a value of the settings (runner.add_secret: then masked everywhere)
 
 
 def setup_module():
-    from deploy import runner
+    from deploy.target import runner
 
     runner.add_secret(SECRET)
 

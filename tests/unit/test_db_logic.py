@@ -9,7 +9,9 @@ from datetime import datetime, UTC
 import pytest
 import yaml
 
-from deploy import db, dbtools, facts, keys, migrations, offsite
+from deploy import keys
+from deploy.data import db, dbtools, migrations, offsite
+from deploy.target import facts
 from deploy.errors import ConfigError
 
 from .recording import check_case

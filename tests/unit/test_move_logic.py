@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, db, edge, errors, facts, history, move, movecheck, release, retire
+from deploy import config, edge, errors
+from deploy.data import db, move, movecheck, retire
+from deploy.release import history, releases
+from deploy.target import facts
 from deploy.errors import ColorgateError, ConfigError
 
 from .recording import Recording, check_case
@@ -88,14 +91,14 @@ def _backend(color, database):
 def test_no_switch_back_to_the_database_left_behind():
     states = {"backend_blue": _backend("blue", "local"), "backend_green": _backend("green", SHOWN)}
     with pytest.raises(Exception, match=r"blue uses the database local, but the live green uses .* ship a release to blue"):
-        release.check_same_database(SETTINGS, states, "green", "blue")
-    release.check_same_database(SETTINGS, {**states, "backend_blue": _backend("blue", SHOWN)}, "green", "blue")
+        releases.check_same_database(SETTINGS, states, "green", "blue")
+    releases.check_same_database(SETTINGS, {**states, "backend_blue": _backend("blue", SHOWN)}, "green", "blue")
 
 
 def test_the_relay_rules_come_first_name_the_relay_and_go_with_it(tmp_path):
     import subprocess
 
-    from deploy import relay
+    from deploy.data import relay
 
     original = "local all all peer map=colorgate\nhost all colorgate_move 0.0.0.0/0 reject\nhost all all 0.0.0.0/0 scram-sha-256\n"
     hba = tmp_path / "pg_hba.conf"
@@ -118,7 +121,7 @@ def test_the_relay_rules_come_first_name_the_relay_and_go_with_it(tmp_path):
 
 
 def test_a_target_that_cannot_check_the_relay_against_its_system_cas_is_refused_unless_told_not_to_check():
-    from deploy import relay
+    from deploy.data import relay
     from deploy.errors import MoveError
 
     relay.verify_full_possible(16)
@@ -137,7 +140,7 @@ def test_a_target_that_cannot_check_the_relay_against_its_system_cas_is_refused_
     ("10.0.0.5", False, (), "required", "no Colorgate firewall on this host (server-setup.sh), it listens on 10.0.0.5 only"),
 ])
 def test_a_relay_anybody_could_reach_is_refused_unless_the_operator_says_so(bind, guarded, allow, firewall, expected):
-    from deploy import relay
+    from deploy.data import relay
     from deploy.errors import MoveError
 
     s = dataclasses.replace(SETTINGS, move_relay_bind=bind, move_relay_allow=allow, move_relay_firewall=firewall)
@@ -183,7 +186,7 @@ def test_move_runs(case):
     steps = move.plan_steps(**case["plan"])
     if "steps" in case:
         assert list(steps) == case["steps"]
-    plan = release.Plan("db.move", "blue", "green", "v1", "v2", ())
+    plan = releases.Plan("db.move", "blue", "green", "v1", "v2", ())
     record = history.Record("db.move", "blue", "green", "v1", "v2")
     do = RecordingMove(case.get("fail") or {}, case.get("moved", False), record)
     raised = None

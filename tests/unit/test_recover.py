@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import recover
+from deploy.release import recover
 
 CASES = yaml.safe_load((Path(__file__).with_name("cases") / "repairs.yaml").read_text())
 NOTHING = dict(active=False, frozen=False, canary_left=False, dead_run=False, relay_left=False, thorough=False,

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, edge, gates, history, probes, runner, views
+from deploy import config, edge, views
+from deploy.edge import probes
+from deploy.release import gates, history
+from deploy.target import runner
 from deploy.errors import ColorgateError, StackError
 
 

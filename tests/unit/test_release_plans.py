@@ -2,7 +2,7 @@
 Docker: tests/unit/cases/release_plans.yaml (facts in, the plan or the refusal out) and
 release_runs.yaml (a plan's steps in, which ran and the outcome out). The steps are
 stand-ins that record their calls: what is under test is the order and the handling
-of every failure, which `deploy.release.execute` owns."""
+of every failure, which `deploy.release.releases.execute` owns."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import apply, config, edge, errors, facts, history, release
+from deploy import apply, config, edge, errors
+from deploy.release import history, releases
+from deploy.target import facts
 from deploy.errors import ColorgateError
 
 from .recording import Recording
@@ -30,9 +32,9 @@ def state(service: str, text: str) -> facts.ServiceState:
                               "" if database == "-" else database, service.rsplit("_", 1)[0])
 
 
-def target(raw: dict) -> release.Target:
+def target(raw: dict) -> releases.Target:
     active = raw.get("active")
-    return release.Target(
+    return releases.Target(
         active=edge.Active(*active.split()) if active else None,
         states={name: state(name, text) for name, text in (raw.get("states") or {}).items()},
         history=raw.get("history") or [],
@@ -43,15 +45,15 @@ def target(raw: dict) -> release.Target:
     )
 
 
-def decide(case: dict) -> release.Plan:
+def decide(case: dict) -> releases.Plan:
     settings = config.load("development", root=config.project_root(), environ=case.get("settings") or {})
     args = dict(case.get("args") or {})
     t = target(case["facts"])
     if case["command"] == "deploy":
-        return release.plan_deploy(settings, t, args.get("version"), args.get("force", False), tuple(args.get("canary", ())))
+        return releases.plan_deploy(settings, t, args.get("version"), args.get("force", False), tuple(args.get("canary", ())))
     if case["command"] == "switch":
-        return release.plan_switch(settings, t, args["to"], args.get("use_gates", True), force=args.get("force", False))
-    return release.plan_rollback(settings, t, args.get("use_gates", True), force=args.get("force", False))
+        return releases.plan_switch(settings, t, args["to"], args.get("use_gates", True), force=args.get("force", False))
+    return releases.plan_rollback(settings, t, args.get("use_gates", True), force=args.get("force", False))
 
 
 @pytest.mark.parametrize("case", PLANS, ids=[c["name"] for c in PLANS])
@@ -74,12 +76,12 @@ def test_release_decisions(case):
 
 @pytest.mark.parametrize("case", RUNS, ids=[c["name"] for c in RUNS])
 def test_release_runs(case):
-    plan = release.Plan("deploy", "blue", "green", "v1", "v2", tuple(case["steps"]))
+    plan = releases.Plan("deploy", "blue", "green", "v1", "v2", tuple(case["steps"]))
     record = history.Record("deploy", "blue", "green", "v1", "v2")
     steps = Recording(case.get("fail") or {})
     raised = None
     try:
-        release.execute(plan, steps, record)
+        releases.execute(plan, steps, record)
     except (ColorgateError, KeyboardInterrupt) as exc:
         raised = exc
     history.settle(record, raised)

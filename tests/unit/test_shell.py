@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from deploy import runner
+from deploy.target import runner
 from deploy.errors import CommandError
 
 

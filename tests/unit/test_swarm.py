@@ -8,7 +8,8 @@ import hashlib
 
 import pytest
 
-from deploy import config, render, swarm
+from deploy import config, render
+from deploy.target import swarm
 from deploy.errors import ColorgateError
 
 

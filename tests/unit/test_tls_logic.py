@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import acme, config, tls
+from deploy import config
+from deploy.edge import acme, tls
 from tests.certs import make_ca, make_leaf
 
 
@@ -106,7 +107,7 @@ def test_the_renewer_on_the_server_writes_each_run_as_a_history_record(tmp_path,
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "certbot").write_text(FAKE_CERTBOT)
     (tmp_path / "bin" / "certbot").chmod(0o755)
-    script = Path(tls.__file__).resolve().parents[1] / "compose" / "certbot" / "renew-loop.sh"
+    script = Path(tls.__file__).resolve().parents[2] / "compose" / "certbot" / "renew-loop.sh"
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "CG_TLS_DIR": str(tmp_path), "COLORGATE_RENEW_EVERY": "0.05", "FAKE": fake}
     proc = subprocess.Popen(["sh", str(script)], env=env)
     try:

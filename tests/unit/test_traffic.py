@@ -2,7 +2,7 @@
 
 import json
 
-from deploy import history, traffic
+from deploy.release import history, traffic
 
 
 def line(t, color, status, rt, version="v1", path="/api/x"):
@@ -83,7 +83,8 @@ def test_an_interval_with_too_few_requests_is_inconclusive():
 def test_another_operator_sees_how_long_the_analysis_has_left():
     import time
 
-    from deploy import edge, history
+    from deploy import edge
+    from deploy.release import history
 
     holder = {"command": "deploy", "operator": "ana@laptop", "since": "2026-11-27T10:00:00+00:00", "pid": 42, "host": "laptop"}
     phase = f"{history.ANALYSIS_PHASE}{int(time.time()) + 40}"
@@ -100,7 +101,7 @@ def test_a_report_series_is_per_color_per_bucket_rate_error_share_and_p95():
 
 
 def test_the_release_report_is_a_png_with_the_switch_and_the_analysis_marked(tmp_path):
-    from deploy.history import Record
+    from deploy.release.history import Record
 
     record = Record("deploy", "blue", "green", "v1", "v2", started="2026-11-30T12:00:00+00:00", outcome="rolled back")
     began = 1796040000.0 - traffic.REPORT_BEFORE_SECONDS  # 2026-11-30T12:00:00Z, less the lead

@@ -17,7 +17,10 @@ from datetime import datetime, UTC
 
 import tenacity
 
-from deploy import dbtools, edge, history, offsite, plans, runner
+from deploy import edge
+from deploy.data import dbtools, offsite
+from deploy.release import history, plans
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError, UnknownBackup
 from deploy.keys import STRICT_PROFILES, shown_url

@@ -1,7 +1,7 @@
 """How each container of the stack is confined: the user it runs as, its capabilities,
 no-new-privileges, a read-only root filesystem, and which variables of its environment
 hold a secret of the settings (the hardening gates judge them). Read from `docker
-inspect` on one engine, from each service's spec on a Swarm (deploy.target reads them);
+inspect` on one engine, from each service's spec on a Swarm (deploy.target.targets reads them);
 turned into a Confinement by pure functions."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from deploy import facts, runner
+from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.errors import CommandError, NotFound
 

@@ -11,7 +11,8 @@ import re
 from datetime import datetime, UTC
 from pathlib import Path
 
-from deploy import images, runner
+from deploy import images
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import secrets
 import time
 
-from deploy import edge, history
+from deploy import edge
+from deploy.release import history
 from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, GateFailed

@@ -1,7 +1,7 @@
 """The gates' side of the engine: the HTTPS client that speaks to the edge as the
 public domain (a gate's carries the edge's gate token), the TLS handshake the TLS gate
 reads, and running the gate features (pytest-bdd in a forked process, its JUnit report
-read back as scenarios). The steps in steps/ call these and deploy.facts; each returns
+read back as scenarios). The steps in steps/ call these and deploy.target.facts; each returns
 plain data, so a failed gate can say what it saw."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from deploy import config, edge, runner, tls
+from deploy import config, edge
+from deploy.edge import tls
+from deploy.target import runner
 from deploy.config import Settings
 
 

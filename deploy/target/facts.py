@@ -1,9 +1,9 @@
 """Facts: what the target's engine and host say. What runs (containers, or on a Swarm
 its services and tasks: their state, health, version, ports, database), networks,
 listening sockets; each target is read as its reader says (`reads`: ComposeReads or
-SwarmReads, chosen once). (How each container is confined: deploy/confinement.py; the
-addresses of a color's containers: deploy/target.py; the app's answers as the edge sees
-them: deploy/probes.py.) Each fact is plain data, so a release can be decided and a gate
+SwarmReads, chosen once). (How each container is confined: deploy/target/confinement.py; the
+addresses of a color's containers: deploy/target/targets.py; the app's answers as the edge sees
+them: deploy/edge/probes.py.) Each fact is plain data, so a release can be decided and a gate
 can explain itself from it; parsing is pure (tested on captured output)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from deploy import runner, ssh, swarm
+from deploy.target import runner, ssh, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import shown_url
@@ -72,7 +72,7 @@ COMPOSE_READS, SWARM_READS = ComposeReads(), SwarmReads()
 
 def reads(settings: Settings) -> ComposeReads:
     """How the target of these settings is read (COLORGATE_TARGET): the one place that
-    asks which target it is (deploy.target gives each its operations)."""
+    asks which target it is (deploy.target.targets gives each its operations)."""
     return SWARM_READS if settings.swarm else COMPOSE_READS
 
 

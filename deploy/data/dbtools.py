@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from deploy import access, history, images, runner, target
+from deploy import access, images
+from deploy.release import history
+from deploy.target import runner, targets
 from deploy.config import Settings
 from deploy.keys import tls_params
 from deploy.contract import SECRETS_DIR
 from deploy.errors import BadInput
-from deploy.facts import container as container_of, psql_cmd
+from deploy.target.facts import container as container_of, psql_cmd
 
 
 END = "--colorgate-end--"
@@ -195,7 +197,7 @@ def tools_env(settings: Settings, extra: dict[str, str] | None = None,
     env = {**(url_env(settings.database_url) if settings.database_url else {}), **(extra or {}), "PGCONNECT_TIMEOUT": "10"}
     env.update({f"CG_{var}_FILE": f"{SECRETS_DIR}/{var.lower()}" for var in PASSWORD_VARS if env.get(var)})
     flags = [flag for name in env if name not in PASSWORD_VARS for flag in ("-e", name)]
-    return {**target.compose_env(settings, {}), **env, **_image_vars(settings, major)}, flags
+    return {**targets.compose_env(settings, {}), **env, **_image_vars(settings, major)}, flags
 
 
 def _image_vars(settings: Settings, major: int) -> dict[str, str]:
@@ -225,7 +227,7 @@ def ensure_tools(settings: Settings, major: int) -> int:
         return major
     with runner.step(f"making the PostgreSQL {major} database tools (once per engine)"):
         images.build_bases(settings, [images.postgres_base(major)])
-        runner.run(target.compose_cmd(settings, "build", "dbtools"), env={**target.compose_env(settings, {}), **_image_vars(settings, major)},
+        runner.run(targets.compose_cmd(settings, "build", "dbtools"), env={**targets.compose_env(settings, {}), **_image_vars(settings, major)},
                    what=f"building the PostgreSQL {major} tools", timeout=1200)
     return major
 
@@ -251,7 +253,7 @@ def server_version(settings: Settings) -> int:
 
 
 def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None, name: str = "") -> list[str]:
-    return target.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *(["--name", name] if name else []),
+    return targets.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *(["--name", name] if name else []),
                              "--label", f"{history.HOLDER_LABEL}={history.process_label()}",  # whose: a dead holder's are removed
                              *(flags or tools_env(settings)[1]), "dbtools", *args)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from deploy import dbtools, relay, runner
+from deploy.data import dbtools, relay
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ConfigError, MoveError
 from deploy.keys import database_url, shown_url

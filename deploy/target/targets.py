@@ -8,7 +8,7 @@ of what runs, and removing the stack.
 
 The compose file both run is rendered from the app's (`write_rendered`; on a Swarm it
 is for one-off containers), and the commands are built by pure functions
-(`compose_cmd`, `compose_env`) and executed by deploy.runner.
+(`compose_cmd`, `compose_env`) and executed by deploy.target.runner.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import threading
 
 import tenacity
 
-from deploy import access, confinement, facts, images, render, runner, swarm
+from deploy import access, images, render
+from deploy.target import confinement, facts, runner, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import ConfigError, StackError

@@ -22,10 +22,11 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from deploy import edge, runner
+from deploy import edge
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import GateFailed
-from deploy.history import ANALYSIS_PHASE, Record, at
+from deploy.release.history import ANALYSIS_PHASE, Record, at
 
 EDGE = "edge"  # the bucket of requests the edge answered itself (no color)
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from deploy import ssh
+from deploy.target import ssh
 from deploy.errors import CommandError, EngineLost, Interrupted, NotFound
 
 log = logging.getLogger("colorgate")
@@ -100,7 +100,7 @@ def step(label: str) -> Iterator[None]:
 
 def environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Our environment plus `env`. A DOCKER_HOST of ssh:// becomes this process's one
-    connection to that host (deploy.ssh.Tunnel), opened on first use."""
+    connection to that host (deploy.target.ssh.Tunnel), opened on first use."""
     full = {**os.environ, **(env or {})}
     if full.get("DOCKER_HOST", "").startswith("ssh://"):
         full["DOCKER_HOST"] = ssh.docker_host(full["DOCKER_HOST"], full.get("COLORGATE_SSH_PERSIST"))

@@ -16,10 +16,13 @@ steps are phases of the operation around them (its record and lock say "migratio
 
 from __future__ import annotations
 
-from deploy import access, db, plans, runner, stack, target
+from deploy import access, stack
+from deploy.data import db
+from deploy.release import plans
+from deploy.target import runner, targets
 from deploy.config import Settings
 from deploy.errors import ColorgateError
-from deploy.history import Record, timed
+from deploy.release.history import Record, timed
 
 
 def plan(backup: bool, cheap: bool) -> tuple[str, ...]:
@@ -69,8 +72,8 @@ class Migrating:
         name = stack.migrations_container(s, self.color)
         with timed(self.record, "migrations", "applying the database migrations"):
             runner.run(["docker", "rm", "--force", name], env=s.docker_env(), check=False, what="removing the last migrations")
-            runner.run(target.compose_cmd(s, "run", "--name", name, "--no-deps", "-T", s.app.copy_name(m.service, self.color),
-                                         *m.command), env=target.compose_env(s, self.versions, self.databases), what="database migrations")
+            runner.run(targets.compose_cmd(s, "run", "--name", name, "--no-deps", "-T", s.app.copy_name(m.service, self.color),
+                                         *m.command), env=targets.compose_env(s, self.versions, self.databases), what="database migrations")
 
     def keep_if_changed(self) -> None:
         """cheap: the backup verified when the schema changed, dropped when it did not."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from deploy import runner
+from deploy.target import runner
 from deploy.errors import ColorgateError
-from deploy.history import Record, at
+from deploy.release.history import Record, at
 
 
 @dataclass(frozen=True)

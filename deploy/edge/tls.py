@@ -12,7 +12,8 @@ import ssl
 import time
 from pathlib import Path
 
-from deploy import edge, runner
+from deploy import edge
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError
 from datetime import UTC

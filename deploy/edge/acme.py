@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from deploy import edge, runner, target, tls
+from deploy import edge
+from deploy.edge import tls
+from deploy.target import runner, targets
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError
 
@@ -58,7 +60,7 @@ def certbot_cmd(settings: Settings, *args: str, directory: str, ca_bundle: bool 
     directory on the host's loopback, which nothing else could reach."""
     extra = ["-e", f"REQUESTS_CA_BUNDLE={ACME_CA_FILE}"] if ca_bundle else []
     service = "certbot-loopback" if on_loopback(directory) else "certbot"
-    return target.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, service, *args)
+    return targets.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, service, *args)
 
 
 # certbot runs as the edge's user (its image's USER). Volumes it wrote as root (before
@@ -70,10 +72,10 @@ OWNED_SCRIPT = """me=$(id -u)
 
 def own_volumes(settings: Settings, env: dict[str, str]) -> None:
     run = ["run", "--rm", "--no-deps", "-T"]
-    found = runner.run(target.compose_cmd(settings, *run, "--entrypoint", "sh", "certbot", "-c", OWNED_SCRIPT), env=env,
+    found = runner.run(targets.compose_cmd(settings, *run, "--entrypoint", "sh", "certbot", "-c", OWNED_SCRIPT), env=env,
                        what="checking certbot's files").stdout.split()
     if found[-1:] != ["own"]:
-        runner.run(target.compose_cmd(settings, *run, "--user", "0", "--cap-add", "CHOWN", "--entrypoint", "chown", "certbot",
+        runner.run(targets.compose_cmd(settings, *run, "--user", "0", "--cap-add", "CHOWN", "--entrypoint", "chown", "certbot",
                                      "-R", "10003:10003", "/etc/letsencrypt", "/etc/colorgate/tls", "/var/www/acme"),
                    env=env, what="handing certbot's files to the edge's user")
         runner.say("   certbot's files, made as root by an earlier version, now belong to the edge's user (certbot runs as it)")
@@ -123,12 +125,12 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     if not EMAIL.fullmatch(email or ""):
         raise BadInput(f"invalid email {email!r}: give an address the CA can send expiry notices to")
     url = resolve_directory(directory, staging)
-    env = target.compose_env(settings, {})
+    env = targets.compose_env(settings, {})
     own_volumes(settings, env)
     if ca_bundle:
         if not Path(ca_bundle).is_file():
             raise BadInput(f"--ca-bundle {ca_bundle} does not exist")
-        runner.run(target.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "certbot", "-c",
+        runner.run(targets.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "certbot", "-c",
                                      f"cat > {ACME_CA_FILE}"), input=Path(ca_bundle).read_text(), env=env, what="installing the ACME CA bundle")
     try:
         runner.run(certbot_cmd(settings, *certonly_args(domain, email, url), directory=url, ca_bundle=bool(ca_bundle)), env=env,
@@ -139,7 +141,7 @@ def init(settings: Settings, email: str, domain: str | None = None, directory: s
     runner.run(["docker", "exec", "-i", edge.edge_container(settings), "sh", "-c", f"cat > {tls.ACME_STATE}"],
                input=record, env=settings.docker_env(), what="recording the ACME directory")
     reloaded = tls.reload_and_wait(settings)
-    if target.of(settings).renews_on_server:  # else tls.renew renews it (scheduled where it runs)
+    if targets.of(settings).renews_on_server:  # else tls.renew renews it (scheduled where it runs)
         start_renewer(settings, url)
     return reloaded
 
@@ -149,10 +151,10 @@ def start_renewer(settings: Settings, directory: str) -> None:
     `directory`: started, or made again when the settings changed (compose's `up`), and
     its other variant (loopback or not) removed."""
     name, other = ("renewer-loopback", "renewer") if on_loopback(directory) else ("renewer", "renewer-loopback")
-    env = target.compose_env(settings, {})
-    runner.run(target.compose_cmd(settings, *target.ALL_PROFILES, "rm", "--stop", "--force", other), env=env, check=False)
+    env = targets.compose_env(settings, {})
+    runner.run(targets.compose_cmd(settings, *targets.ALL_PROFILES, "rm", "--stop", "--force", other), env=env, check=False)
     with runner.step(f"starting the certificate's renewal on the server (every {settings.renew_every} s)"):
-        runner.run(target.compose_cmd(settings, *target.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", name), env=env,
+        runner.run(targets.compose_cmd(settings, *targets.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", name), env=env,
                    what="starting the renewer")
 
 
@@ -173,7 +175,7 @@ def renew(settings: Settings) -> dict:
         return tls.reload_and_wait(settings)
     if not state["acme_directory"]:
         raise ColorgateError("the edge serves a certificate installed by hand: renew it by hand, or run `invoke tls.init`")
-    env = target.compose_env(settings, {})
+    env = targets.compose_env(settings, {})
     own_volumes(settings, env)
     try:
         runner.run(certbot_cmd(settings, *renew_args(), directory=state["acme_directory"], ca_bundle=state["acme_ca_bundle"]), env=env,

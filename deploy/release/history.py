@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, UTC
 
-from deploy import edge, facts, runner
+from deploy import edge
+from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, GateFailed, LockHeld
 

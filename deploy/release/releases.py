@@ -15,12 +15,15 @@ import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
-from deploy import access, apply, canary, dbtools, edge, facts, gates, images, migrations, recover, runner, stack, traffic
+from deploy import access, apply, edge, images, stack
+from deploy.data import dbtools, migrations
+from deploy.release import canary, gates, recover, traffic
+from deploy.target import facts, runner
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, FlippedBack, GateFailed, StackError
-from deploy.history import Held, Record, at, check_not_rejected, lock, previous_color, recorded, rejected, timed
-from deploy.target import compose_env  # (release.Target is what a release observes, not the target it runs on)
+from deploy.release.history import Held, Record, at, check_not_rejected, lock, previous_color, recorded, rejected, timed
+from deploy.target.targets import compose_env  # (release.Target is what a release observes, not the target it runs on)
 
 
 # --- deciding: pure functions of the facts read from the target ------------------------

@@ -1,4 +1,4 @@
-"""db.move's replication relay (replicate mode, deploy/replication.py): while a move
+"""db.move's replication relay (replicate mode, deploy/data/replication.py): while a move
 runs, the managed database subscribes to the stack's own PostgreSQL through a TCP relay
 (socat in a dbtools container, `dbrelay`) published on COLORGATE_MOVE_RELAY_BIND:PORT.
 It starts closed and forwards nothing until the database's rules for it are written
@@ -34,10 +34,12 @@ import ipaddress
 import time
 from pathlib import Path
 
-from deploy import bootstrap, render, runner, target, tls
+from deploy import bootstrap, render
+from deploy.edge import tls
+from deploy.target import runner, targets
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, MoveError
-from deploy.facts import container as container_of, inspect as inspect_container, psql_cmd
+from deploy.target.facts import container as container_of, inspect as inspect_container, psql_cmd
 
 ROLE = "colorgate_move"  # the one-off replication role, publication, slot and subscription
 SERVICE = "dbrelay"
@@ -257,8 +259,8 @@ def launch(settings: Settings) -> None:
     for the relay's address are written (its address is known only once it runs)."""
     if bootstrap.local_engine(settings):
         bootstrap.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
-    runner.run(target.compose_cmd(settings, *target.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
-               env=target.compose_env(settings, {}), what="starting the replication relay (closed)")
+    runner.run(targets.compose_cmd(settings, *targets.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
+               env=targets.compose_env(settings, {}), what="starting the replication relay (closed)")
 
 
 def remove(settings: Settings, network: str = "host") -> None:
@@ -267,8 +269,8 @@ def remove(settings: Settings, network: str = "host") -> None:
     firewall(settings, "close", network)
     serve(settings, None, check=False)
     _hba(settings, [], check=False)
-    runner.run(target.compose_cmd(settings, *target.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
-               env=target.compose_env(settings, {}), check=False, what="removing the replication relay")
+    runner.run(targets.compose_cmd(settings, *targets.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
+               env=targets.compose_env(settings, {}), check=False, what="removing the replication relay")
 
 
 def container(settings: Settings) -> str:
@@ -279,7 +281,7 @@ def container(settings: Settings) -> str:
 
 def left(settings: Settings, states: dict) -> bool:
     """Whether a relay exists (facts.service_states lists it on one host only)."""
-    return target.of(settings).one_off_exists(settings, states, SERVICE, container(settings))
+    return targets.of(settings).one_off_exists(settings, states, SERVICE, container(settings))
 
 
 def addresses(settings: Settings) -> list[str]:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from deploy import access, db, dbtools, edge, facts, plans, runner, target
+from deploy import access, edge
+from deploy.data import db, dbtools
+from deploy.release import plans
+from deploy.target import facts, runner, targets
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import MoveError
-from deploy.history import Record, lock, now, recorded
+from deploy.release.history import Record, lock, now, recorded
 
 
 def retire(settings: Settings, yes: bool = False) -> list[str]:
@@ -69,7 +72,7 @@ class Retiring:
         self.service = settings.app.database.service
         self.copies = [name for color in self.stale for name in settings.app.color_services(color) if name in states]
         self.stopped = [*self.copies, self.service]
-        self.target = target.of(settings)
+        self.target = targets.of(settings)
         self.counts = self.target.counts(settings)
 
     def stop(self) -> None:

@@ -1,5 +1,5 @@
 """db.move's replication (replicate mode): the target copies the schema, then subscribes
-to a one-off publication of the stack's own PostgreSQL through the relay (deploy/relay.py,
+to a one-off publication of the stack's own PostgreSQL through the relay (deploy/data/relay.py,
 which keeps that door narrow); the cut-over (CUTOVER_SCRIPT, driven by move.py inside
 the write freeze) waits until it caught up, copies sequence values and ends the
 replication; `unsubscribe` ends it after a failure, `drop` removes what a move that died
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from deploy import dbtools, relay, runner
+from deploy.data import dbtools, relay
+from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import MoveError
-from deploy.history import Record, at
-from deploy.relay import ROLE
+from deploy.release.history import Record, at
+from deploy.data.relay import ROLE
 
 # A subscriber that still runs reconnects to its slot: its sender is ended until the slot
 # stays free (5 s at most), then the slot is dropped.

@@ -25,7 +25,8 @@ from secrets import token_hex
 
 import yaml
 
-from deploy import images, render, runner
+from deploy import images, render
+from deploy.target import runner
 from deploy.colors import COLORS, other
 from deploy.config import Settings
 from deploy.errors import CommandError, ConfigError, NotFound, StackError

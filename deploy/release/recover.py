@@ -31,10 +31,13 @@ relay to hint at them. Each repair is said in one line.
 
 from __future__ import annotations
 
-from deploy import canary, dbtools, edge, facts, history, relay, replication, runner, stack
+from deploy import edge, stack
+from deploy.data import dbtools, relay, replication
+from deploy.release import canary, history
+from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.errors import StackError
-from deploy.history import now
+from deploy.release.history import now
 
 
 def plan_repairs(active: bool, frozen: bool, canary_left: bool, dead_run: bool, relay_left: bool, thorough: bool,

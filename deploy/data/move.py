@@ -40,12 +40,15 @@ import secrets
 import time
 from urllib.parse import unquote, urlsplit
 
-from deploy import db, dbtools, edge, facts, plans, relay, release, replication, runner, stack
+from deploy import edge, stack
+from deploy.data import db, dbtools, relay, replication
+from deploy.release import plans, releases
+from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
-from deploy.history import Record, lock, now, recorded, timed
+from deploy.release.history import Record, lock, now, recorded, timed
 from deploy.keys import shown_url
-from deploy.movecheck import check_url, preflight
+from deploy.data.movecheck import check_url, preflight
 
 MODES = ("dump", "replicate")
 
@@ -102,7 +105,7 @@ UNDO = plans.Undo(
 TOUCHES = ("subscribe", "restore")  # begun, they leave a partial copy in the target
 
 
-def execute(steps: tuple[str, ...], do, record: Record, plan: release.Plan, shown: str) -> None:
+def execute(steps: tuple[str, ...], do, record: Record, plan: releases.Plan, shown: str) -> None:
     """Run a move's `steps` through `do` (plans.execute, with UNDO); an error that leaves
     traffic on the old color after the target was touched says so, and that the target
     must be emptied before a retry."""
@@ -119,7 +122,7 @@ def execute(steps: tuple[str, ...], do, record: Record, plan: release.Plan, show
 class Steps:
     """db.move's steps and their undos on the real target (plan_steps orders them)."""
 
-    def __init__(self, settings: Settings, record: Record, plan: release.Plan, url: str, mode: str):
+    def __init__(self, settings: Settings, record: Record, plan: releases.Plan, url: str, mode: str):
         self.settings, self._record, self.plan, self.url, self.mode = settings, record, plan, url, mode
         self.candidate = plan.to_color
         self.versions = {**facts.running_versions(facts.service_states(settings)), plan.to_color: plan.to_version,
@@ -151,7 +154,7 @@ class Steps:
     def start(self) -> None:
         """On the replica (ready, then gated before the freeze), or on the empty target
         (not waited for: the app's health check may need the tables it lacks until the restore)."""
-        release.start_candidate(self.settings, self.plan, self.versions, self.databases, wait=self.mode == "replicate", held=self.held)
+        releases.start_candidate(self.settings, self.plan, self.versions, self.databases, wait=self.mode == "replicate", held=self.held)
 
     def stop_candidate(self) -> None:
         stack.stop_color(self.settings, self.candidate, self.versions)
@@ -159,11 +162,11 @@ class Steps:
     def migrations(self) -> None:
         """Replicate: refused (the replica must stay the local database's copy); dump: on the
         restored target, the dump their backup."""
-        release.candidate_migrations(self.settings, self._record, self.candidate, self.versions, self.databases,
+        releases.candidate_migrations(self.settings, self._record, self.candidate, self.versions, self.databases,
                                      verified_backup=False, migrate=self.mode == "dump")
 
     def pre_gates(self) -> None:
-        release.gate(self.settings, self._record, self.plan, "pre")
+        releases.gate(self.settings, self._record, self.plan, "pre")
 
     def pause_workers(self) -> None:
         with runner.step(f"pausing {self.plan.from_color}'s workers ({', '.join(self.workers)}): their jobs wait for {self.candidate}"):
@@ -257,7 +260,7 @@ class Steps:
 
     def ready(self) -> None:
         with timed(self._record, "ready", f"waiting for {self.candidate} on the restored database"):
-            release.wait_candidate(self.settings, self.plan, recovering=True,
+            releases.wait_candidate(self.settings, self.plan, recovering=True,
                                    services=[s for s in self.settings.app.color_services(self.candidate) if s not in self.held])
 
     def compare(self) -> None:
@@ -267,7 +270,7 @@ class Steps:
 
     def switch(self) -> None:
         """Switch and post gates (back to the old color when they fail), as a release's."""
-        release.switch_and_verify(self.settings, self._record, self.plan, self.versions, pre_gates=False)
+        releases.switch_and_verify(self.settings, self._record, self.plan, self.versions, pre_gates=False)
 
     def record_if_moved(self) -> None:
         """Interrupted after the switch: traffic and its writes are on the target, so the
@@ -344,8 +347,8 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
                         f"give it a network that is not internal in {settings.app.file.name}")
     with lock(settings, "db.move", break_lock) as held:
         # the next version on the inactive color, as a deploy would; never a no-op
-        target = release.observe(settings, held, tags=True, database=True, beside=True)
-        plan = dataclasses.replace(release.plan_deploy(settings, target, force=True), action="db.move")
+        target = releases.observe(settings, held, tags=True, database=True, beside=True)
+        plan = dataclasses.replace(releases.plan_deploy(settings, target, force=True), action="db.move")
         with runner.step(f"checking the target database {shown_url(url)}"):
             preflight(settings, url, mode)
         record = Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)
