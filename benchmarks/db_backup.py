@@ -41,12 +41,25 @@ def main(argv=None) -> int:
     run_id = f"cgdbbench{os.getpid()}{secrets.token_hex(2)}"
     from benchmarks.switch_under_load import free_port
 
-    settings = config.load("development", environ={**os.environ, "COLORGATE_PROJECT": run_id, "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
-                                                   "COLORGATE_HTTP_PORT": str(free_port()), "COLORGATE_HTTPS_PORT": str(free_port())})
+    settings = config.load(
+        "development",
+        environ={
+            **os.environ,
+            "COLORGATE_PROJECT": run_id,
+            "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
+            "COLORGATE_HTTP_PORT": str(free_port()),
+            "COLORGATE_HTTPS_PORT": str(free_port()),
+        },
+    )
     try:
         apply.start_stack(settings)
         t = time.monotonic()
-        runner.run(seed_cmd(settings), input=SEED_SQL.format(rows=int(args.rows)), env=settings.docker_env(), what="seeding")
+        runner.run(
+            seed_cmd(settings),
+            input=SEED_SQL.format(rows=int(args.rows)),
+            env=settings.docker_env(),
+            what="seeding",
+        )
         seed_s = time.monotonic() - t
         t = time.monotonic()
         manifest = db.backup(settings)
@@ -57,12 +70,21 @@ def main(argv=None) -> int:
     finally:
         if not args.keep:
             stack.destroy(settings)
-    result = {"rows": manifest["counts"].get("public.notes"), "seed_s": round(seed_s, 2), "backup_s": round(backup_s, 2),
-              "verify_s": round(verify_s, 2), "dump_bytes": manifest["size"], "verified": verified.usable,
-              "backup_vs_seed": round(backup_s / seed_s, 2), "verify_vs_seed": round(verify_s / seed_s, 2)}
-    print(f"{result['rows']} rows: seed {result['seed_s']} s; backup {result['backup_s']} s ({result['backup_vs_seed']}x seed); "
-          f"verify {result['verify_s']} s ({result['verify_vs_seed']}x seed); dump {result['dump_bytes'] / 1e6:.1f} MB; "
-          f"verified: {result['verified']}")
+    result = {
+        "rows": manifest["counts"].get("public.notes"),
+        "seed_s": round(seed_s, 2),
+        "backup_s": round(backup_s, 2),
+        "verify_s": round(verify_s, 2),
+        "dump_bytes": manifest["size"],
+        "verified": verified.usable,
+        "backup_vs_seed": round(backup_s / seed_s, 2),
+        "verify_vs_seed": round(verify_s / seed_s, 2),
+    }
+    print(
+        f"{result['rows']} rows: seed {result['seed_s']} s; backup {result['backup_s']} s ({result['backup_vs_seed']}x seed); "
+        f"verify {result['verify_s']} s ({result['verify_vs_seed']}x seed); dump {result['dump_bytes'] / 1e6:.1f} MB; "
+        f"verified: {result['verified']}"
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -53,7 +53,9 @@ SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g:
 
 def docker0() -> str:
     """The host's address on Docker's default bridge: reachable from every container."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True
+    ).stdout
     return out.split()[3].split("/")[0]
 
 
@@ -67,12 +69,21 @@ def isolated(run_id: str) -> dict[str, str]:
     """Overrides for a stack of its own, whose replication relay listens on docker0
     with a certificate for that address from the stand-in public CA (public_ca)."""
     relay = docker0()
-    return {**relay_certificate(relay), "COLORGATE_PROFILE": "development", "COLORGATE_PROJECT": run_id, "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
-            "COLORGATE_HTTP_PORT": str(free_port_on("127.0.0.1")), "COLORGATE_HTTPS_PORT": str(free_port_on("127.0.0.1")),
-            "COLORGATE_MOVE_RELAY_BIND": relay, "COLORGATE_MOVE_RELAY_HOST": relay,
-            "COLORGATE_MOVE_RELAY_PORT": str(free_port_on(relay)),
-            # the writers send from one address: the edge's per-client limits stay on, above them
-            "COLORGATE_RATE_LIMIT": "100000", "COLORGATE_RATE_BURST": "100000", "COLORGATE_CONN_LIMIT": "65535"}
+    return {
+        **relay_certificate(relay),
+        "COLORGATE_PROFILE": "development",
+        "COLORGATE_PROJECT": run_id,
+        "COLORGATE_IMAGE_PREFIX": f"{run_id}/",
+        "COLORGATE_HTTP_PORT": str(free_port_on("127.0.0.1")),
+        "COLORGATE_HTTPS_PORT": str(free_port_on("127.0.0.1")),
+        "COLORGATE_MOVE_RELAY_BIND": relay,
+        "COLORGATE_MOVE_RELAY_HOST": relay,
+        "COLORGATE_MOVE_RELAY_PORT": str(free_port_on(relay)),
+        # the writers send from one address: the edge's per-client limits stay on, above them
+        "COLORGATE_RATE_LIMIT": "100000",
+        "COLORGATE_RATE_BURST": "100000",
+        "COLORGATE_CONN_LIMIT": "65535",
+    }
 
 
 @dataclasses.dataclass
@@ -82,8 +93,25 @@ class Managed:
     password: str
 
     def sql(self, query: str) -> str:
-        return runner.run(["docker", "exec", self.container, "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                           "-U", "admin", "-d", "app", "-c", query]).stdout.strip()
+        return runner.run(
+            [
+                "docker",
+                "exec",
+                self.container,
+                "psql",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "admin",
+                "-d",
+                "app",
+                "-c",
+                query,
+            ]
+        ).stdout.strip()
 
 
 def certificate_authority(directory: Path, name: str = "Managed PostgreSQL test CA"):
@@ -92,11 +120,17 @@ def certificate_authority(directory: Path, name: str = "Managed PostgreSQL test 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     path = directory / "ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path, cert, key
@@ -106,12 +140,23 @@ def server_certificate(ca_cert, ca_key, address: str) -> tuple[str, str]:
     """(certificate, key) PEM for a server at IP `address`, signed by the CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
 
@@ -123,8 +168,19 @@ MANAGED = images.postgres_base(17)
 def managed_image(settings: config.Settings) -> str:
     images.build_bases(settings, [MANAGED])
     tag = f"{settings.image_prefix}postgres17:test"
-    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={MANAGED.tag(settings.base_source)}", "--tag", tag,
-                str(Path(__file__).resolve().parent.parent / "examples" / "postgres-debian")], env={"DOCKER_BUILDKIT": "0"})
+    runner.run(
+        [
+            "docker",
+            "build",
+            "--quiet",
+            "--build-arg",
+            f"BASE={MANAGED.tag(settings.base_source)}",
+            "--tag",
+            tag,
+            str(Path(__file__).resolve().parent.parent / "examples" / "postgres-debian"),
+        ],
+        env={"DOCKER_BUILDKIT": "0"},
+    )
     return tag
 
 
@@ -143,9 +199,14 @@ def relay_certificate(address: str, ca=None) -> dict[str, str]:
     ca_path, ca_cert, ca_key = ca or public_ca()
     cert, key = server_certificate(ca_cert, ca_key, address)
     directory = Path(tempfile.mkdtemp(prefix="cg-relay-cert-", dir=ca_path.parent))
-    (directory / "fullchain.pem").write_text(cert + ca_cert.public_bytes(serialization.Encoding.PEM).decode())
+    (directory / "fullchain.pem").write_text(
+        cert + ca_cert.public_bytes(serialization.Encoding.PEM).decode()
+    )
     (directory / "privkey.pem").write_text(key)
-    return {"COLORGATE_MOVE_RELAY_CERT": str(directory / "fullchain.pem"), "COLORGATE_MOVE_RELAY_KEY": str(directory / "privkey.pem")}
+    return {
+        "COLORGATE_MOVE_RELAY_CERT": str(directory / "fullchain.pem"),
+        "COLORGATE_MOVE_RELAY_KEY": str(directory / "privkey.pem"),
+    }
 
 
 @contextlib.contextmanager
@@ -161,24 +222,83 @@ def managed_postgres(settings: config.Settings, image: str, network: str = ""):
     try:  # a container that docker created but could not start is removed too
         address = "" if network else docker0()
         port = 5432 if network else free_port_on(address)
-        runner.run(["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin", "-e", "POSTGRES_DB=app", "-e", "POSTGRES_PASSWORD",
-                    *(["--network", network] if network else ["-p", f"{address}:{port}:5432"]), image], env={"POSTGRES_PASSWORD": password})
+        runner.run(
+            [
+                "docker",
+                "run",
+                "--detach",
+                "--name",
+                name,
+                "-e",
+                "POSTGRES_USER=admin",
+                "-e",
+                "POSTGRES_DB=app",
+                "-e",
+                "POSTGRES_PASSWORD",
+                *(["--network", network] if network else ["-p", f"{address}:{port}:5432"]),
+                image,
+            ],
+            env={"POSTGRES_PASSWORD": password},
+        )
         if network:
-            address = runner.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name]).stdout.strip()
+            address = runner.run(
+                [
+                    "docker",
+                    "inspect",
+                    "--format",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    name,
+                ]
+            ).stdout.strip()
         ca_path, ca_cert, ca_key = certificate_authority(directory)
-        managed = Managed(f"postgresql://admin:{password}@{address}:{port}/app?sslrootcert={ca_path}", name, password)
-        for _ in range(120):  # ready once the first start's initialization is over (TCP is off until then)
-            if runner.run(["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0:
+        managed = Managed(
+            f"postgresql://admin:{password}@{address}:{port}/app?sslrootcert={ca_path}",
+            name,
+            password,
+        )
+        for _ in range(
+            120
+        ):  # ready once the first start's initialization is over (TCP is off until then)
+            if (
+                runner.run(
+                    ["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"], check=False
+                ).returncode
+                == 0
+            ):
                 break
             time.sleep(0.5)
         cert, key = server_certificate(ca_cert, ca_key, address)
-        runner.run(["docker", "exec", "-i", "-e", "CERT", name, "sh", "-c",
-                    'umask 077; printf "%s" "$CERT" > "$PGDATA/server.crt"; cat > "$PGDATA/server.key"'],
-                   input=key, env={"CERT": cert})
+        runner.run(
+            [
+                "docker",
+                "exec",
+                "-i",
+                "-e",
+                "CERT",
+                name,
+                "sh",
+                "-c",
+                'umask 077; printf "%s" "$CERT" > "$PGDATA/server.crt"; cat > "$PGDATA/server.key"',
+            ],
+            input=key,
+            env={"CERT": cert},
+        )
         managed.sql("SELECT pg_reload_conf()")  # PostgreSQL reads its certificate again on reload
-        runner.run(["docker", "exec", "-i", "--user", "0", name, "sh", "-c", "command -v update-ca-certificates > /dev/null || exit 0; "
-                    "cat > /usr/local/share/ca-certificates/public.crt && update-ca-certificates > /dev/null"],
-                   input=public_ca()[0].read_text())
+        runner.run(
+            [
+                "docker",
+                "exec",
+                "-i",
+                "--user",
+                "0",
+                name,
+                "sh",
+                "-c",
+                "command -v update-ca-certificates > /dev/null || exit 0; "
+                "cat > /usr/local/share/ca-certificates/public.crt && update-ca-certificates > /dev/null",
+            ],
+            input=public_ca()[0].read_text(),
+        )
         managed.sql("SELECT 1")
         yield managed
     finally:
@@ -207,14 +327,22 @@ class Writer:
                 body = f"w{n}-{i}"
                 i += 1
                 try:
-                    r = client.post("/api/notes", json={"body": body}, headers={"Connection": "close"})
+                    r = client.post(
+                        "/api/notes", json={"body": body}, headers={"Connection": "close"}
+                    )
                 except httpx.HTTPError as exc:
                     self.errors.append(f"{body}: {type(exc).__name__}: {exc}")
                     continue
                 if r.status_code == 201:
                     self.acked.append(body)
                     if r.headers.get("x-colorgate-held-ms"):
-                        self.held.append((body, r.headers.get("x-colorgate-color", ""), int(r.headers["x-colorgate-held-ms"])))
+                        self.held.append(
+                            (
+                                body,
+                                r.headers.get("x-colorgate-color", ""),
+                                int(r.headers["x-colorgate-held-ms"]),
+                            )
+                        )
                 elif r.status_code == 503 and "writes are paused" in r.text:
                     self.refused.append((r.status_code, r.headers.get("retry-after", ""), body))
                     time.sleep(0.05)
@@ -244,8 +372,12 @@ def one_mode(mode: str, rows: int) -> dict:
     settings = config.load("development", environ={**os.environ, **isolated(run_id)})
     try:
         apply.start_stack(settings)
-        runner.run(facts.psql_cmd(f"{settings.project}-postgres-1", settings), input=SEED_SQL.format(rows=rows),
-                   env=settings.docker_env(), what="seeding")
+        runner.run(
+            facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+            input=SEED_SQL.format(rows=rows),
+            env=settings.docker_env(),
+            what="seeding",
+        )
         t = time.monotonic()
         db.backup(settings)
         backup_s = time.monotonic() - t
@@ -257,10 +389,20 @@ def one_mode(mode: str, rows: int) -> dict:
             lost = writer.lost(managed)
     finally:
         stack.destroy(settings)
-    return {"mode": mode, "rows": rows, "write_freeze_s": record.timings["write_freeze"], "move_s": round(move_s, 2),
-            "backup_baseline_s": round(backup_s, 2), "acked": len(writer.acked), "held": len(writer.held),
-            "held_max_ms": max((ms for _, _, ms in writer.held), default=0), "refused": len(writer.refused),
-            "lost": len(lost), "errors": len(writer.errors), "timings": record.timings}
+    return {
+        "mode": mode,
+        "rows": rows,
+        "write_freeze_s": record.timings["write_freeze"],
+        "move_s": round(move_s, 2),
+        "backup_baseline_s": round(backup_s, 2),
+        "acked": len(writer.acked),
+        "held": len(writer.held),
+        "held_max_ms": max((ms for _, _, ms in writer.held), default=0),
+        "refused": len(writer.refused),
+        "lost": len(lost),
+        "errors": len(writer.errors),
+        "timings": record.timings,
+    }
 
 
 def main(argv=None) -> int:
@@ -271,13 +413,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     results = [one_mode(mode, args.rows) for mode in args.modes.split(",")]
     for r in results:
-        print(f"{r['mode']:<9} {r['rows']} rows: write freeze {r['write_freeze_s']:.1f} s "
-              f"({r['write_freeze_s'] / r['backup_baseline_s']:.1f}x a plain backup of {r['backup_baseline_s']:.1f} s); "
-              f"whole move {r['move_s']:.1f} s; writes acked {r['acked']} (held first {r['held']}, at most "
-              f"{r['held_max_ms']} ms), refused {r['refused']}, lost {r['lost']}, "
-              f"errors {r['errors']}")
+        print(
+            f"{r['mode']:<9} {r['rows']} rows: write freeze {r['write_freeze_s']:.1f} s "
+            f"({r['write_freeze_s'] / r['backup_baseline_s']:.1f}x a plain backup of {r['backup_baseline_s']:.1f} s); "
+            f"whole move {r['move_s']:.1f} s; writes acked {r['acked']} (held first {r['held']}, at most "
+            f"{r['held_max_ms']} ms), refused {r['refused']}, lost {r['lost']}, "
+            f"errors {r['errors']}"
+        )
     if len(results) == 2:
-        print(f"replicate/dump write freeze: {results[1]['write_freeze_s'] / results[0]['write_freeze_s']:.2f}")
+        print(
+            f"replicate/dump write freeze: {results[1]['write_freeze_s'] / results[0]['write_freeze_s']:.2f}"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -75,7 +75,9 @@ from deploy.errors import BENCH_INVALID, GateFailed  # noqa: E402
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_record.lua")
 MIN_RATE_SHARE = 0.95  # a phase whose client achieved less than this share of its rate is not valid
-MAX_LATE_SHARE = 0.01  # nor one where more than this share of requests left >100 ms after their slot
+MAX_LATE_SHARE = (
+    0.01  # nor one where more than this share of requests left >100 ms after their slot
+)
 
 # The targets the figures are held to (medians over the run), printed beside the results.
 TARGETS = {
@@ -136,14 +138,36 @@ def pin() -> list[str]:
 class Wrk:
     """wrk running for one phase: started before, stopped (SIGINT) after."""
 
-    def __init__(self, url: str, paths: list[str], rate: int, phase: str, workdir: Path, warmup: float):
+    def __init__(
+        self, url: str, paths: list[str], rate: int, phase: str, workdir: Path, warmup: float
+    ):
         self.log = workdir / f"wrk-{phase}.log"
-        connections = max(16, rate)  # room for answers of up to 1 s at the full rate (open loop in effect)
+        connections = max(
+            16, rate
+        )  # room for answers of up to 1 s at the full rate (open loop in effect)
         self.run = WrkRun(phase, rate, time.monotonic())
         self.proc = subprocess.Popen(
-            [*pin(), "wrk", "-t1", f"-c{connections}", "-d3600s", "--timeout", "15s", "-s", str(WRK_SCRIPT),
-             url, "--", str(rate), str(warmup), str(self.log), *paths],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                *pin(),
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                "-d3600s",
+                "--timeout",
+                "15s",
+                "-s",
+                str(WRK_SCRIPT),
+                url,
+                "--",
+                str(rate),
+                str(warmup),
+                str(self.log),
+                *paths,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -158,7 +182,12 @@ class Wrk:
             raise SystemExit(f"wrk gave no summary for {self.run.phase}: {out[-500:]}")
         v = {k: int(x) for k, x in (item.split("=") for item in m.group(1).split())}
         r = self.run
-        r.requests, r.seconds, r.late, r.slots = v["requests"], v["duration_us"] / 1e6, v["late"], v["slots"]
+        r.requests, r.seconds, r.late, r.slots = (
+            v["requests"],
+            v["duration_us"] / 1e6,
+            v["late"],
+            v["slots"],
+        )
         r.errors = {k: v[k] for k in ("connect", "read", "write", "status", "timeout") if v[k]}
         r.p50_ms, r.p99_ms, r.max_ms = v["p50_us"] / 1000, v["p99_us"] / 1000, v["max_us"] / 1000
         for line in self.log.read_text().splitlines():
@@ -201,7 +230,14 @@ class RetryOnce:
     connection, when a reused connection closed before any answer; plus the stream.
     Runs in a thread of its own with its own event loop."""
 
-    def __init__(self, settings: config.Settings, ca_pem: str, paths: list[str], rate: int, stream_path: str | None):
+    def __init__(
+        self,
+        settings: config.Settings,
+        ca_pem: str,
+        paths: list[str],
+        rate: int,
+        stream_path: str | None,
+    ):
         # the edge's address, spoken to as the domain (Host, SNI, certificate), as the gates' client does
         self.base_url, self.ca_pem, self.paths, self.rate = edge_url(settings), ca_pem, paths, rate
         self.server_name = settings.domain
@@ -222,9 +258,17 @@ class RetryOnce:
     async def main(self) -> None:
         verify = tls.client_context(self.ca_pem)
         host = {"Host": self.server_name}
-        keepalive = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=15, trust_env=False, headers=host)
-        fresh = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=15, trust_env=False, headers=host,
-                                  limits=httpx.Limits(max_keepalive_connections=0))
+        keepalive = httpx.AsyncClient(
+            base_url=self.base_url, verify=verify, timeout=15, trust_env=False, headers=host
+        )
+        fresh = httpx.AsyncClient(
+            base_url=self.base_url,
+            verify=verify,
+            timeout=15,
+            trust_env=False,
+            headers=host,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         stream_task = asyncio.create_task(self._stream(keepalive)) if self.stream.path else None
         tasks: set[asyncio.Task] = set()
         t0, i = time.monotonic(), 0
@@ -252,24 +296,56 @@ class RetryOnce:
         for attempt in (1, 2):
             try:
                 r = await client.get(path, extensions={"sni_hostname": self.server_name})
-                self.records.append(Req(t, time.monotonic() - t, 200 <= r.status_code < 300, r.status_code,
-                                        r.headers.get("x-colorgate-color", ""), retried=attempt > 1))
+                self.records.append(
+                    Req(
+                        t,
+                        time.monotonic() - t,
+                        200 <= r.status_code < 300,
+                        r.status_code,
+                        r.headers.get("x-colorgate-color", ""),
+                        retried=attempt > 1,
+                    )
+                )
                 return
             except httpx.RemoteProtocolError as exc:
                 if attempt == 1 and "without sending a response" in str(exc):
                     client = fresh
                     continue
-                self.records.append(Req(t, time.monotonic() - t, False, 0, "", f"{type(exc).__name__}: {exc}"[:120], attempt > 1))
+                self.records.append(
+                    Req(
+                        t,
+                        time.monotonic() - t,
+                        False,
+                        0,
+                        "",
+                        f"{type(exc).__name__}: {exc}"[:120],
+                        attempt > 1,
+                    )
+                )
                 return
             except httpx.HTTPError as exc:
-                self.records.append(Req(t, time.monotonic() - t, False, 0, "", f"{type(exc).__name__}: {exc}"[:120], attempt > 1))
+                self.records.append(
+                    Req(
+                        t,
+                        time.monotonic() - t,
+                        False,
+                        0,
+                        "",
+                        f"{type(exc).__name__}: {exc}"[:120],
+                        attempt > 1,
+                    )
+                )
                 return
 
     async def _stream(self, client: httpx.AsyncClient) -> None:
         last = time.monotonic()
         try:
-            async with client.stream("GET", self.stream.path, timeout=httpx.Timeout(15, read=10),
-                                     extensions={"sni_hostname": self.server_name}) as r:
+            async with client.stream(
+                "GET",
+                self.stream.path,
+                timeout=httpx.Timeout(15, read=10),
+                extensions={"sni_hostname": self.server_name},
+            ) as r:
                 self.stream.opened_color = r.headers.get("x-colorgate-color", "")
                 async for line in r.aiter_lines():
                     if line.startswith("data:"):
@@ -286,12 +362,18 @@ class RetryOnce:
     def window(self, start: float, end: float) -> dict:
         rs = [r for r in self.records if start <= r.t < end]
         failed = [r for r in rs if not r.ok]
-        return {"requests": len(rs), "failed": len(failed), "retried_once": sum(1 for r in rs if r.retried),
-                "failure_examples": sorted({r.error or f"HTTP {r.status}" for r in failed})[:3]}
+        return {
+            "requests": len(rs),
+            "failed": len(failed),
+            "retried_once": sum(1 for r in rs if r.retried),
+            "failure_examples": sorted({r.error or f"HTTP {r.status}" for r in failed})[:3],
+        }
 
     def behind(self) -> str:
         if self.slots and self.late > MAX_LATE_SHARE * self.slots:
-            return f"the retry-once client sent {self.late} of {self.slots} requests over 100 ms late"
+            return (
+                f"the retry-once client sent {self.late} of {self.slots} requests over 100 ms late"
+            )
         return ""
 
 
@@ -300,7 +382,10 @@ class RetryOnce:
 
 def first_answer_from(run: WrkRun, since: float, color: str) -> float | None:
     """Seconds from `since` until the first answer from `color` that arrived after it."""
-    return next((t - since for t, status, c in run.answers if t >= since and c == color and status < 400), None)
+    return next(
+        (t - since for t, status, c in run.answers if t >= since and c == color and status < 400),
+        None,
+    )
 
 
 def longest_gap(run: WrkRun, start: float, end: float) -> float:
@@ -312,12 +397,25 @@ def longest_gap(run: WrkRun, start: float, end: float) -> float:
 def ms(values: list[float]) -> dict:
     if not values:
         return {"median": None, "max": None, "n": 0}
-    return {"median": round(statistics.median(values) * 1000, 1), "max": round(max(values) * 1000, 1), "n": len(values)}
+    return {
+        "median": round(statistics.median(values) * 1000, 1),
+        "max": round(max(values) * 1000, 1),
+        "n": len(values),
+    }
 
 
 def wrk_figures(run: WrkRun) -> dict:
-    return {"requests": run.requests, "failed": run.failed, "errors": run.errors, "achieved_rps": round(run.achieved, 1),
-            "asked_rps": run.rate, "late": run.late, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms, "max_ms": run.max_ms}
+    return {
+        "requests": run.requests,
+        "failed": run.failed,
+        "errors": run.errors,
+        "achieved_rps": round(run.achieved, 1),
+        "asked_rps": run.rate,
+        "late": run.late,
+        "p50_ms": run.p50_ms,
+        "p99_ms": run.p99_ms,
+        "max_ms": run.max_ms,
+    }
 
 
 def free_port() -> int:
@@ -355,14 +453,20 @@ def edge_url(settings: config.Settings) -> str:
 
 
 def reload(settings: config.Settings, **changes: str) -> config.Settings:
-    return config.load("development", environ={**os.environ, **settings.as_environment(), **changes})
+    return config.load(
+        "development", environ={**os.environ, **settings.as_environment(), **changes}
+    )
 
 
 def push(settings: config.Settings, version: str) -> None:
     """Build the app's images on this machine and push them as `version`, as CI would."""
     invoke = str(Path(sys.executable).with_name("invoke"))
-    runner.run([invoke, "images.push", "--version", version], env={**os.environ, **settings.as_environment()},
-               what=f"pushing the images ({version})", timeout=1800)
+    runner.run(
+        [invoke, "images.push", "--version", version],
+        env={**os.environ, **settings.as_environment()},
+        what=f"pushing the images ({version})",
+        timeout=1800,
+    )
 
 
 @contextlib.contextmanager
@@ -377,7 +481,12 @@ def on_a_swarm(settings: config.Settings, size: int):
         images.build_bases(here, images.needed_bases(here))
         for version in ("v1", "v2"):
             push(here, version)
-        yield reload(here, COLORGATE_TARGET="swarm", COLORGATE_DOCKER_HOST=cluster.docker_host, COLORGATE_BIND=cluster.address)
+        yield reload(
+            here,
+            COLORGATE_TARGET="swarm",
+            COLORGATE_DOCKER_HOST=cluster.docker_host,
+            COLORGATE_BIND=cluster.address,
+        )
 
 
 def run(args) -> dict:
@@ -387,7 +496,9 @@ def run(args) -> dict:
     with contextlib.ExitStack() as scope:
         settings = bench_settings()
         if args.swarm:
-            with runner.step(f"starting a test Swarm of {args.swarm} engines; pushing the app's images to its registry"):
+            with runner.step(
+                f"starting a test Swarm of {args.swarm} engines; pushing the app's images to its registry"
+            ):
                 settings = scope.enter_context(on_a_swarm(settings, args.swarm))
         return measure(args, settings)
 
@@ -411,7 +522,14 @@ class Phases:
 
     @contextlib.contextmanager
     def phase(self, name: str, paths: list[str] | None = None, settle: float = 0.0):
-        load = Wrk(edge_url(self.settings), paths or self.paths, self.args.rps, name, self.workdir, self.args.warmup)
+        load = Wrk(
+            edge_url(self.settings),
+            paths or self.paths,
+            self.args.rps,
+            name,
+            self.workdir,
+            self.args.warmup,
+        )
         self.started.append(load)
         time.sleep(self.args.warmup + settle)
         start = time.monotonic()
@@ -462,10 +580,32 @@ class Phases:
                 self.events.append((time.monotonic(), "recreate"))
                 if s.swarm:
                     for name in routed:
-                        runner.run(["docker", "service", "update", "--force", "--quiet", "--detach=false",
-                                    swarm.service_name(s, name)], env={**os.environ, **s.docker_env()}, timeout=600)
+                        runner.run(
+                            [
+                                "docker",
+                                "service",
+                                "update",
+                                "--force",
+                                "--quiet",
+                                "--detach=false",
+                                swarm.service_name(s, name),
+                            ],
+                            env={**os.environ, **s.docker_env()},
+                            timeout=600,
+                        )
                 else:
-                    runner.run(compose_cmd(s, "up", "--detach", "--no-build", "--no-deps", "--force-recreate", *routed), env=env)
+                    runner.run(
+                        compose_cmd(
+                            s,
+                            "up",
+                            "--detach",
+                            "--no-build",
+                            "--no-deps",
+                            "--force-recreate",
+                            *routed,
+                        ),
+                        env=env,
+                    )
                 time.sleep(self.args.pause + 2)
 
     def bad_release(self) -> None:
@@ -481,22 +621,32 @@ class Phases:
         self.bad_record = edge.read_history(self.settings)[-1]
 
     def latencies(self, prefix: str, run: str) -> list[float | None]:
-        return [first_answer_from(self.runs[run], t, label.split("->")[1]) for t, label in self.events if label.startswith(prefix)]
+        return [
+            first_answer_from(self.runs[run], t, label.split("->")[1])
+            for t, label in self.events
+            if label.startswith(prefix)
+        ]
 
 
 def measure(args, settings: config.Settings) -> dict:
     """Drive the phases under load; compute the figures once the load has stopped."""
-    run = Phases(args, settings, load_paths(settings, args.path), Path(tempfile.mkdtemp(prefix="cgbench-")))
+    run = Phases(
+        args, settings, load_paths(settings, args.path), Path(tempfile.mkdtemp(prefix="cgbench-"))
+    )
     retry = None
     try:
-        with runner.step(f"starting an isolated stack of {settings.app.file.parent.name} with both colors"):
+        with runner.step(
+            f"starting an isolated stack of {settings.app.file.parent.name} with both colors"
+        ):
             apply.start_stack(settings, version="v1")
             if settings.swarm:
                 for service in settings.app.colored:
                     apply.scale(settings, service, args.replicas)
             releases.deploy(settings, version="v2")  # both colors now run: blue v1, green v2
         versions = facts.running_versions(facts.service_states(settings))
-        retry = RetryOnce(settings, tls.read_local_ca(settings), run.paths, args.retry_rps, args.stream)
+        retry = RetryOnce(
+            settings, tls.read_local_ca(settings), run.paths, args.retry_rps, args.stream
+        )
         retry.start()
         began = time.monotonic()
         run.switches(versions)
@@ -517,37 +667,83 @@ def measure(args, settings: config.Settings) -> dict:
         shutil.rmtree(run.workdir, ignore_errors=True)
     behind = [why for why in (*(r.behind() for r in run.runs.values()), retry.behind()) if why]
     if behind:
-        return {"valid": False, "why": behind, "client": {name: wrk_figures(r) for name, r in run.runs.items()}}
+        return {
+            "valid": False,
+            "why": behind,
+            "client": {name: wrk_figures(r) for name, r in run.runs.items()},
+        }
     result = figures(args, settings, run, retry, began)
     if args.png:
-        plot(run.runs, retry, run.events, began, [("baseline recreate" if name == "baseline" else name, *window)
-                                                  for name, window in run.windows.items() if name != "bad release"], args.png)
+        plot(
+            run.runs,
+            retry,
+            run.events,
+            began,
+            [
+                ("baseline recreate" if name == "baseline" else name, *window)
+                for name, window in run.windows.items()
+                if name != "bad release"
+            ],
+            args.png,
+        )
     return result
 
 
 def figures(args, settings: config.Settings, run: Phases, retry: RetryOnce, began: float) -> dict:
     """The run's figures, phase by phase, and how they stand against the targets."""
-    switch, back, w = run.latencies("switch->", "switches"), run.latencies("rollback->", "rollback"), run.windows
+    switch, back, w = (
+        run.latencies("switch->", "switches"),
+        run.latencies("rollback->", "rollback"),
+        run.windows,
+    )
     never_retry_failed = sum(run.runs[p].failed for p in ("switches", "gated", "rollback"))
     result = {
         "valid": True,
-        "config": {"app": str(settings.app.file), "swarm_nodes": args.swarm, "replicas": args.replicas if args.swarm else None,
-                   "paths": run.paths, "rps": args.rps, "retry_rps": args.retry_rps,
-                   "switches": args.switches, "gated": args.gated, "baseline": args.baseline, "stream": args.stream or None,
-                   "client_cpu": pin()[-1] if pin() else "any"},
-        "switch": {**ms([x for x in switch if x is not None]), "never_answered": switch.count(None),
-                   "longest_gap_ms": round(longest_gap(run.runs["switches"], *w["switches"]) * 1000, 1),
-                   "never_retry": wrk_figures(run.runs["switches"]), "retry_once": retry.window(*w["switches"])},
-        "gated_switch": {"total_ms": ms(run.gated), "pre_gates_ms": ms(run.pre), "post_gates_ms": ms(run.post),
-                         "never_retry": wrk_figures(run.runs["gated"]), "retry_once": retry.window(*w["gated"])},
-        "rollback": {"first_answer_ms": round(back[0] * 1000, 1) if back and back[0] is not None else None,
-                     "inside_command_ms": round(run.rollback_inside * 1000, 1),
-                     "never_retry": wrk_figures(run.runs["rollback"]), "retry_once": retry.window(*w["rollback"])},
-        "baseline_recreate": {"recreations": args.baseline,
-                              "longest_gap_ms": round(longest_gap(run.runs["baseline"], *w["baseline"]) * 1000, 1),
-                              "never_retry": wrk_figures(run.runs["baseline"]), "retry_once": retry.window(*w["baseline"])},
-        "bad_release": bad_release_figures(run.bad_record, run.runs["bad release"], run.clock) if args.bad_release else None,
-        "stream": {**asdict(retry.stream), "survived": retry.stream.survived} if args.stream else None,
+        "config": {
+            "app": str(settings.app.file),
+            "swarm_nodes": args.swarm,
+            "replicas": args.replicas if args.swarm else None,
+            "paths": run.paths,
+            "rps": args.rps,
+            "retry_rps": args.retry_rps,
+            "switches": args.switches,
+            "gated": args.gated,
+            "baseline": args.baseline,
+            "stream": args.stream or None,
+            "client_cpu": pin()[-1] if pin() else "any",
+        },
+        "switch": {
+            **ms([x for x in switch if x is not None]),
+            "never_answered": switch.count(None),
+            "longest_gap_ms": round(longest_gap(run.runs["switches"], *w["switches"]) * 1000, 1),
+            "never_retry": wrk_figures(run.runs["switches"]),
+            "retry_once": retry.window(*w["switches"]),
+        },
+        "gated_switch": {
+            "total_ms": ms(run.gated),
+            "pre_gates_ms": ms(run.pre),
+            "post_gates_ms": ms(run.post),
+            "never_retry": wrk_figures(run.runs["gated"]),
+            "retry_once": retry.window(*w["gated"]),
+        },
+        "rollback": {
+            "first_answer_ms": round(back[0] * 1000, 1) if back and back[0] is not None else None,
+            "inside_command_ms": round(run.rollback_inside * 1000, 1),
+            "never_retry": wrk_figures(run.runs["rollback"]),
+            "retry_once": retry.window(*w["rollback"]),
+        },
+        "baseline_recreate": {
+            "recreations": args.baseline,
+            "longest_gap_ms": round(longest_gap(run.runs["baseline"], *w["baseline"]) * 1000, 1),
+            "never_retry": wrk_figures(run.runs["baseline"]),
+            "retry_once": retry.window(*w["baseline"]),
+        },
+        "bad_release": bad_release_figures(run.bad_record, run.runs["bad release"], run.clock)
+        if args.bad_release
+        else None,
+        "stream": {**asdict(retry.stream), "survived": retry.stream.survived}
+        if args.stream
+        else None,
         "seconds": round(time.monotonic() - began, 1),
     }
     result["targets"] = targets(result, never_retry_failed)
@@ -555,20 +751,34 @@ def figures(args, settings: config.Settings, run: Phases, retry: RetryOnce, bega
 
 
 BAD_PATH = "/api/slow?ms=0&from=load"  # what the bad release fails one time in five (its health checks and gates never ask it)
-BAD_ANALYSIS = {"COLORGATE_ANALYSIS_INTERVALS": "3", "COLORGATE_ANALYSIS_SECONDS": "5", "COLORGATE_ANALYSIS_MIN_REQUESTS": "20"}
+BAD_ANALYSIS = {
+    "COLORGATE_ANALYSIS_INTERVALS": "3",
+    "COLORGATE_ANALYSIS_SECONDS": "5",
+    "COLORGATE_ANALYSIS_MIN_REQUESTS": "20",
+}
 
 
 def bad_release(settings: config.Settings, workdir: Path) -> config.Settings:
     """The app with one change, as a bad release would be: a share of its users'
     requests fail while everything the gates look at works; analysis on."""
-    shutil.copytree(settings.app_dir.parent, workdir / "bad")  # with its siblings: a build context may be one (../postgres-debian)
+    shutil.copytree(
+        settings.app_dir.parent, workdir / "bad"
+    )  # with its siblings: a build context may be one (../postgres-debian)
     copy = workdir / "bad" / settings.app_dir.name
     app = copy / "backend" / "app.py"
     text = app.read_text()
     anchor = '        if url.path == "/api/slow":\n'
-    assert anchor in text, "the sample app changed: update benchmarks/switch_under_load.py's bad release"
-    app.write_text(text.replace(anchor, '        if query.get("from") == ["load"] and __import__("random").random() < 0.2:\n'
-                                        '            return self.send_json(500, {"error": "a bad release"})\n' + anchor, 1))
+    assert anchor in text, (
+        "the sample app changed: update benchmarks/switch_under_load.py's bad release"
+    )
+    app.write_text(
+        text.replace(
+            anchor,
+            '        if query.get("from") == ["load"] and __import__("random").random() < 0.2:\n'
+            '            return self.send_json(500, {"error": "a bad release"})\n' + anchor,
+            1,
+        )
+    )
     bad = reload(settings, **BAD_ANALYSIS, COLORGATE_APP=str(copy / "docker-compose.yml"))
     if bad.swarm:  # its nodes pull it: built here and pushed
         push(reload(bad, COLORGATE_TARGET="compose", COLORGATE_DOCKER_HOST=""), "v-bad")
@@ -577,15 +787,28 @@ def bad_release(settings: config.Settings, workdir: Path) -> config.Settings:
 
 def bad_release_figures(record: dict, run: WrkRun, clock: float) -> dict:
     """Time from the switch to the flip-back, and what the users got meanwhile."""
-    marks = {m["what"].split(" to ")[0]: m["t"] - clock for m in record.get("marks", [])}  # on time.monotonic()'s clock
+    marks = {
+        m["what"].split(" to ")[0]: m["t"] - clock for m in record.get("marks", [])
+    }  # on time.monotonic()'s clock
     switched, back = marks.get("switch"), marks.get("switch back")
     if switched is None or back is None:
-        return {"flipped_back": False, "outcome": record["outcome"], "detail": record.get("detail", "")}
+        return {
+            "flipped_back": False,
+            "outcome": record["outcome"],
+            "detail": record.get("detail", ""),
+        }
     window = [(t, status) for t, status, _ in run.answers if switched <= t <= back + 0.5]
     failed = sum(1 for _, status in window if status >= 500 or status == 0)
-    return {"flipped_back": True, "outcome": record["outcome"], "time_to_detect_s": round(back - switched, 2),
-            "failed": failed, "answered": len(window), "failed_share": round(failed / len(window), 4) if window else 0.0,
-            "analysis": dict(BAD_ANALYSIS), "client": wrk_figures(run)}
+    return {
+        "flipped_back": True,
+        "outcome": record["outcome"],
+        "time_to_detect_s": round(back - switched, 2),
+        "failed": failed,
+        "answered": len(window),
+        "failed_share": round(failed / len(window), 4) if window else 0.0,
+        "analysis": dict(BAD_ANALYSIS),
+        "client": wrk_figures(run),
+    }
 
 
 def targets(result: dict, never_retry_failed: int) -> dict:
@@ -601,14 +824,23 @@ def targets(result: dict, never_retry_failed: int) -> dict:
     for key, (label, target) in TARGETS.items():
         value = seen[key]
         if key == "stream_gap_s" and not stream:
-            out[key] = {"label": label, "value": None, "target": target, "met": None}  # no --stream: not measured
+            out[key] = {
+                "label": label,
+                "value": None,
+                "target": target,
+                "met": None,
+            }  # no --stream: not measured
             continue
-        met = value is not None and (value <= target if key != "failed_never_retry" else value == target)
+        met = value is not None and (
+            value <= target if key != "failed_never_retry" else value == target
+        )
         out[key] = {"label": label, "value": value, "target": target, "met": met}
     return out
 
 
-def plot(runs: dict[str, WrkRun], retry: RetryOnce, events, began: float, phases, path: str) -> None:
+def plot(
+    runs: dict[str, WrkRun], retry: RetryOnce, events, began: float, phases, path: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -622,16 +854,46 @@ def plot(runs: dict[str, WrkRun], retry: RetryOnce, events, began: float, phases
                 if c == color and status < 400:
                     buckets[int((t - began) * 4)] = buckets.get(int((t - began) * 4), 0) + 1
         xs = sorted(buckets)
-        top.bar([x / 4 for x in xs], [buckets[x] * 4 for x in xs], width=0.25, color=color, alpha=0.6, label=f"answers from {color} (never-retry clients, /s)")
+        top.bar(
+            [x / 4 for x in xs],
+            [buckets[x] * 4 for x in xs],
+            width=0.25,
+            color=color,
+            alpha=0.6,
+            label=f"answers from {color} (never-retry clients, /s)",
+        )
     ok = [r for r in retry.records if r.ok]
     bad = [r for r in retry.records if not r.ok]
     for color in ("blue", "green"):
         rs = [r for r in ok if r.color == color]
-        bottom.scatter([r.t - began for r in rs], [r.latency * 1000 for r in rs], s=3, color=color, alpha=0.5, label=f"ok ({color})")
-    bottom.scatter([r.t - began for r in bad], [max(r.latency * 1000, 1) for r in bad], s=14, color="red", marker="x", label=f"failed ({len(bad)})")
+        bottom.scatter(
+            [r.t - began for r in rs],
+            [r.latency * 1000 for r in rs],
+            s=3,
+            color=color,
+            alpha=0.5,
+            label=f"ok ({color})",
+        )
+    bottom.scatter(
+        [r.t - began for r in bad],
+        [max(r.latency * 1000, 1) for r in bad],
+        s=14,
+        color="red",
+        marker="x",
+        label=f"failed ({len(bad)})",
+    )
     for ax in (top, bottom):
         for t, label in events:
-            ax.axvline(t - began, color="green" if label.endswith("green") else "blue" if label.endswith("blue") else "black", lw=0.6, alpha=0.6)
+            ax.axvline(
+                t - began,
+                color="green"
+                if label.endswith("green")
+                else "blue"
+                if label.endswith("blue")
+                else "black",
+                lw=0.6,
+                alpha=0.6,
+            )
         for _, start, end in phases:
             ax.axvspan(start - began, end - began, alpha=0.04, color="gray")
     for name, start, _ in phases:
@@ -649,22 +911,39 @@ def plot(runs: dict[str, WrkRun], retry: RetryOnce, events, began: float, phases
 
 def report(result: dict) -> str:
     if not result["valid"]:
-        return "\n".join(["INVALID RUN: the load client did not hold its rate, so these would be its figures, not Colorgate's:",
-                          *(f"  {why}" for why in result["why"])])
-    s, g, rb, b = result["switch"], result["gated_switch"], result["rollback"], result["baseline_recreate"]
+        return "\n".join(
+            [
+                "INVALID RUN: the load client did not hold its rate, so these would be its figures, not Colorgate's:",
+                *(f"  {why}" for why in result["why"]),
+            ]
+        )
+    s, g, rb, b = (
+        result["switch"],
+        result["gated_switch"],
+        result["rollback"],
+        result["baseline_recreate"],
+    )
 
     def late(n: dict) -> str:
-        return f"; {n['late']} sent late, every connection waiting: failures a lower bound" if n["late"] else ""
+        return (
+            f"; {n['late']} sent late, every connection waiting: failures a lower bound"
+            if n["late"]
+            else ""
+        )
 
     def load(part: dict) -> str:
         n, r = part["never_retry"], part["retry_once"]
-        return (f"never-retry clients: {n['failed']} failed of {n['requests']} at {n['achieved_rps']}/s "
-                f"(asked {n['asked_rps']}/s, p99 {n['p99_ms']} ms{late(n)}); retry-once: {r['failed']} failed of {r['requests']}, "
-                f"{r['retried_once']} retried")
+        return (
+            f"never-retry clients: {n['failed']} failed of {n['requests']} at {n['achieved_rps']}/s "
+            f"(asked {n['asked_rps']}/s, p99 {n['p99_ms']} ms{late(n)}); retry-once: {r['failed']} failed of {r['requests']}, "
+            f"{r['retried_once']} retried"
+        )
 
     on_swarm = result["config"]["swarm_nodes"]
     lines = [
-        f"target: a Swarm of {on_swarm} nodes, {result['config']['replicas']} tasks a colored service" if on_swarm else "target: one engine",
+        f"target: a Swarm of {on_swarm} nodes, {result['config']['replicas']} tasks a colored service"
+        if on_swarm
+        else "target: one engine",
         f"switch (no gates) x{s['n']}: first answer from the new color after median {s['median']} ms, max {s['max']} ms; "
         f"longest gap {s['longest_gap_ms']} ms",
         f"   {load(s)}",
@@ -680,17 +959,23 @@ def report(result: dict) -> str:
     ]
     if result["stream"]:
         st = result["stream"]
-        lines.append(f"stream {st['path']} opened on {st['opened_color']}: {st['events']} events, max gap {st['max_gap_s']:.1f} s, "
-                     f"survived every switch: {st['survived']} {st['error']}")
+        lines.append(
+            f"stream {st['path']} opened on {st['opened_color']}: {st['events']} events, max gap {st['max_gap_s']:.1f} s, "
+            f"survived every switch: {st['survived']} {st['error']}"
+        )
     bad = result.get("bad_release")
     if bad and bad["flipped_back"]:
         c = bad["client"]
-        lines.append(f"bad release (1 in 5 of {BAD_PATH} fails, gates pass; analysis {bad['analysis']['COLORGATE_ANALYSIS_INTERVALS']} x "
-                     f"{bad['analysis']['COLORGATE_ANALYSIS_SECONDS']} s): flipped back {bad['time_to_detect_s']} s after the switch; "
-                     f"{bad['failed']} of {bad['answered']} requests answered meanwhile failed ({bad['failed_share']:.1%}); "
-                     f"wrk {c['achieved_rps']}/s of {c['asked_rps']}/s")
+        lines.append(
+            f"bad release (1 in 5 of {BAD_PATH} fails, gates pass; analysis {bad['analysis']['COLORGATE_ANALYSIS_INTERVALS']} x "
+            f"{bad['analysis']['COLORGATE_ANALYSIS_SECONDS']} s): flipped back {bad['time_to_detect_s']} s after the switch; "
+            f"{bad['failed']} of {bad['answered']} requests answered meanwhile failed ({bad['failed_share']:.1%}); "
+            f"wrk {c['achieved_rps']}/s of {c['asked_rps']}/s"
+        )
     elif bad:
-        lines.append(f"bad release: NOT flipped back by the analysis (outcome {bad['outcome']}: {bad['detail'][:200]})")
+        lines.append(
+            f"bad release: NOT flipped back by the analysis (outcome {bad['outcome']}: {bad['detail'][:200]})"
+        )
     lines.append("targets (a switch under load):")
     for t in result["targets"].values():
         mark = "n/a " if t["met"] is None else "MET " if t["met"] else "MISS"
@@ -703,20 +988,48 @@ def main(argv=None) -> int:
     p.add_argument("--switches", type=int, default=20, help="switches without gates")
     p.add_argument("--gated", type=int, default=3, help="full gated switches")
     p.add_argument("--baseline", type=int, default=3, help="naive recreations of the live color")
-    p.add_argument("--rps", type=int, default=200, help="requests a second from the never-retry clients (wrk)")
-    p.add_argument("--retry-rps", type=int, default=20, help="requests a second from the retry-once client")
-    p.add_argument("--path", action="append", default=[], help="a path to request (repeatable; default: the health paths)")
-    p.add_argument("--stream", default="", help="a long-lived path (server-sent events) to keep open across the switches")
+    p.add_argument(
+        "--rps", type=int, default=200, help="requests a second from the never-retry clients (wrk)"
+    )
+    p.add_argument(
+        "--retry-rps", type=int, default=20, help="requests a second from the retry-once client"
+    )
+    p.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        help="a path to request (repeatable; default: the health paths)",
+    )
+    p.add_argument(
+        "--stream",
+        default="",
+        help="a long-lived path (server-sent events) to keep open across the switches",
+    )
     p.add_argument("--pause", type=float, default=1.0, help="seconds between switches")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each phase's first action")
+    p.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of load before each phase's first action"
+    )
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--png", help="write the plot to this PNG file")
-    p.add_argument("--keep", action="store_true", help="leave the benchmark's stack running (not with --swarm)")
-    p.add_argument("--swarm", type=int, default=0, metavar="NODES",
-                   help="run on a test Swarm of this many engines in containers (tests/integration/swarm.py)")
-    p.add_argument("--replicas", type=int, default=3, help="with --swarm: tasks of each colored service")
-    p.add_argument("--no-bad-release", dest="bad_release", action="store_false",
-                   help="skip the bad release (one in five user requests fails, gates pass) that the analysis must flip back")
+    p.add_argument(
+        "--keep", action="store_true", help="leave the benchmark's stack running (not with --swarm)"
+    )
+    p.add_argument(
+        "--swarm",
+        type=int,
+        default=0,
+        metavar="NODES",
+        help="run on a test Swarm of this many engines in containers (tests/integration/swarm.py)",
+    )
+    p.add_argument(
+        "--replicas", type=int, default=3, help="with --swarm: tasks of each colored service"
+    )
+    p.add_argument(
+        "--no-bad-release",
+        dest="bad_release",
+        action="store_false",
+        help="skip the bad release (one in five user requests fails, gates pass) that the analysis must flip back",
+    )
     args = p.parse_args(argv)
     for path in (args.json, args.png):
         if path:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deploy import appsecrets, contract, edge, images, render
-from deploy.release import history
+from deploy.edge import locking
 from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.keys import app_url, ca_file, shown_url, url_parts
@@ -33,8 +33,12 @@ from deploy.errors import CommandError, ConfigError, NotFound
 _staged: set[tuple] = set()
 
 
-def secret_files(settings: Settings, colors: dict[str, str], database: bool = False,
-                 tools: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+def secret_files(
+    settings: Settings,
+    colors: dict[str, str],
+    database: bool = False,
+    tools: dict[str, str] | None = None,
+) -> dict[str, dict[str, str]]:
     """What stage_secrets writes, volume -> file -> text: the database superuser's
     password (`database`: for the database and the one-off dbtools) and the dbtools'
     other passwords (`tools`: a managed database's, name -> password), each of
@@ -46,22 +50,46 @@ def secret_files(settings: Settings, colors: dict[str, str], database: bool = Fa
     files: dict[str, dict[str, str]] = {}
     if database and app.postgres:
         files[render.secrets_volume()] = {contract.DB_PASSWORD_FILE: settings.postgres_password}
-        files["secrets-tools"] = {contract.DB_PASSWORD_FILE: settings.postgres_password, **(tools or {})}
+        files["secrets-tools"] = {
+            contract.DB_PASSWORD_FILE: settings.postgres_password,
+            **(tools or {}),
+        }
     urls = {color: url or settings.app_database_url() for color, url in colors.items()}
     for color, url in urls.items():
         db = app.database
         if db and db.reads_files:
             files[render.secrets_volume(color)] = {
-                **({contract.DB_URL_FILE: app_url(url, db.scheme, managed=url != settings.local_database_url())} if db.file else {}),
-                **({contract.DB_CLIENT_PASSWORD_FILE: url_parts(url)["password"]} if "password_file" in dict(db.parts) else {})}
+                **(
+                    {
+                        contract.DB_URL_FILE: app_url(
+                            url, db.scheme, managed=url != settings.local_database_url()
+                        )
+                    }
+                    if db.file
+                    else {}
+                ),
+                **(
+                    {contract.DB_CLIENT_PASSWORD_FILE: url_parts(url)["password"]}
+                    if "password_file" in dict(db.parts)
+                    else {}
+                ),
+            }
     for color in colors:  # the app's own secrets: each copy gets only those named for its service
         for secret in app.secrets:
             for service in secret.services:
-                files.setdefault(contract.app_secrets_volume(color, service), {})[secret.name] = appsecrets.value(settings, secret)
-    pems = {Path(root).read_text() for root in (ca_file(url) for url in urls.values() if url != settings.local_database_url()) if root}
+                files.setdefault(contract.app_secrets_volume(color, service), {})[secret.name] = (
+                    appsecrets.value(settings, secret)
+                )
+    pems = {
+        Path(root).read_text()
+        for root in (ca_file(url) for url in urls.values() if url != settings.local_database_url())
+        if root
+    }
     if len(pems) > 1:
-        raise ConfigError("the two colors' database URLs name different CA files (sslrootcert): "
-                          "use one CA file for the managed database")
+        raise ConfigError(
+            "the two colors' database URLs name different CA files (sslrootcert): "
+            "use one CA file for the managed database"
+        )
     if pems:
         files["dbca"] = {"root.crt": pems.pop()}
     return files
@@ -116,33 +144,58 @@ END $$;
 def prepare_clients(settings: Settings, color: str, url: str) -> None:
     """Before `color`'s database clients start or migrate on `url`: the app's own role
     when that is the stack's own database, and their secret files. Once per process."""
-    if settings.app.postgres and url == settings.local_database_url() and ("role", settings.docker_host, settings.project) not in _staged:
-        runner.run(facts.psql_cmd(facts.container(settings, settings.app.postgres.service), settings),
-                   input=app_role_sql(settings), env=settings.docker_env(), what="giving the app its own database role")
+    if (
+        settings.app.postgres
+        and url == settings.local_database_url()
+        and ("role", settings.docker_host, settings.project) not in _staged
+    ):
+        runner.run(
+            facts.psql_cmd(facts.container(settings, settings.app.postgres.service), settings),
+            input=app_role_sql(settings),
+            env=settings.docker_env(),
+            what="giving the app its own database role",
+        )
         _staged.add(("role", settings.docker_host, settings.project))
     stage_secrets(settings, {color: url})
 
 
-def stage_secrets(settings: Settings, colors: dict[str, str] | None = None, database: bool = False,
-                  tools: dict[str, str] | None = None) -> None:
+def stage_secrets(
+    settings: Settings,
+    colors: dict[str, str] | None = None,
+    database: bool = False,
+    tools: dict[str, str] | None = None,
+) -> None:
     """Put secret_files into their volumes on the target, where the containers read them
     (read-only, see render) before they start: never in a container's environment, a
     command line or an image. Written through the Engine API into a container that is
     created, never started, and removed; the same files once per process."""
     files = secret_files(settings, colors or {}, database, tools)
-    key = (settings.docker_host, settings.project, repr(sorted((v, sorted(f.items())) for v, f in files.items())))
+    key = (
+        settings.docker_host,
+        settings.project,
+        repr(sorted((v, sorted(f.items())) for v, f in files.items())),
+    )
     if not files or key in _staged:
         return
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for volume, contents in files.items():
             for name, text in contents.items():
-                data = (text + "\n" if name == "root.crt" and not text.endswith("\n") else text).encode()
+                data = (
+                    text + "\n" if name == "root.crt" and not text.endswith("\n") else text
+                ).encode()
                 info = tarfile.TarInfo(f"{volume}/{name}")
                 info.size, info.mode = len(data), 0o444
                 tar.addfile(info, io.BytesIO(data))
     with _staging(settings, list(files), "staging secret files") as made:
-        runner.engine(settings.docker_host, "put_archive", made, "/stage", buf.getvalue(), what="staging secret files")
+        runner.engine(
+            settings.docker_host,
+            "put_archive",
+            made,
+            "/stage",
+            buf.getvalue(),
+            what="staging secret files",
+        )
     _staged.add(key)
 
 
@@ -154,15 +207,30 @@ def _staging(settings: Settings, volumes: list[str], what: str, project: str = "
     host, binds, project = settings.docker_host, {}, project or settings.project
     for volume in volumes:
         name = f"{project}_{volume}"
-        runner.engine(host, "create_volume", name, labels={"com.docker.compose.project": project,
-                                                           "com.docker.compose.volume": volume}, what=what)
+        runner.engine(
+            host,
+            "create_volume",
+            name,
+            labels={"com.docker.compose.project": project, "com.docker.compose.volume": volume},
+            what=what,
+        )
         binds[name] = {"bind": f"/stage/{volume}", "mode": "rw"}
     host_config = runner.engine(host, "create_host_config", binds=binds, network_mode="none")
-    made = runner.engine(host, "create_container", images.app_tag(settings, "edge", "latest"), command=["true"],
-                         host_config=host_config, what=what,
-                         # this project's, but no service of it (compose's `--remove-orphans` takes a leftover)
-                         labels={"com.docker.compose.project": settings.project, "com.docker.compose.service": "colorgate-stage",
-                                 "org.colorgate.role": history.STAGE_ROLE, history.HOLDER_LABEL: history.process_label()})
+    made = runner.engine(
+        host,
+        "create_container",
+        images.app_tag(settings, "edge", "latest"),
+        command=["true"],
+        host_config=host_config,
+        what=what,
+        # this project's, but no service of it (compose's `--remove-orphans` takes a leftover)
+        labels={
+            "com.docker.compose.project": settings.project,
+            "com.docker.compose.service": "colorgate-stage",
+            "org.colorgate.role": locking.STAGE_ROLE,
+            locking.HOLDER_LABEL: locking.process_label(),
+        },
+    )
     try:
         yield made["Id"]
     finally:
@@ -180,14 +248,22 @@ def check_project(settings: Settings, legacy: str = "colorgate") -> None:
     under `legacy` (every app's project before) is named rather than started anew."""
     owner = _project_mark(settings, settings.project)
     if owner and owner != settings.app.name:
-        raise ConfigError(f"the compose project {settings.project} holds the app {owner!r} (its volumes, its database), not "
-                          f"{settings.app.name!r}: set COLORGATE_PROJECT to a project of this app's own (default: its name), "
-                          f"or, if it is the same app renamed, give its compose file `name: {owner}`")
-    if owner is None and not settings.raw.get("COLORGATE_PROJECT") and settings.project != legacy \
-            and _project_mark(settings, legacy) in ("", settings.app.name):
-        raise ConfigError(f"this app runs as the compose project {legacy} (the default before projects were named after "
-                          f"their app), with its database there: set COLORGATE_PROJECT={legacy} in "
-                          f".env.{settings.profile}.local to go on with it")
+        raise ConfigError(
+            f"the compose project {settings.project} holds the app {owner!r} (its volumes, its database), not "
+            f"{settings.app.name!r}: set COLORGATE_PROJECT to a project of this app's own (default: its name), "
+            f"or, if it is the same app renamed, give its compose file `name: {owner}`"
+        )
+    if (
+        owner is None
+        and not settings.raw.get("COLORGATE_PROJECT")
+        and settings.project != legacy
+        and _project_mark(settings, legacy) in ("", settings.app.name)
+    ):
+        raise ConfigError(
+            f"this app runs as the compose project {legacy} (the default before projects were named after "
+            f"their app), with its database there: set COLORGATE_PROJECT={legacy} in "
+            f".env.{settings.profile}.local to go on with it"
+        )
 
 
 def _project_mark(settings: Settings, project: str) -> str | None:
@@ -195,10 +271,20 @@ def _project_mark(settings: Settings, project: str) -> str | None:
     try:
         runner.engine(settings.docker_host, "inspect_volume", f"{project}_edge-state")
     except NotFound:
-        return None  # a new project (a volume made empty here would lose the edge's ownership of it)
-    with _staging(settings, ["edge-state"], "reading which app the project belongs to", project) as made:
+        return (
+            None  # a new project (a volume made empty here would lose the edge's ownership of it)
+        )
+    with _staging(
+        settings, ["edge-state"], "reading which app the project belongs to", project
+    ) as made:
         try:
-            stream, _ = runner.engine(settings.docker_host, "get_archive", made, f"/stage/edge-state/{APP_MARK}", what="reading the app mark")
+            stream, _ = runner.engine(
+                settings.docker_host,
+                "get_archive",
+                made,
+                f"/stage/edge-state/{APP_MARK}",
+                what="reading the app mark",
+            )
         except CommandError:
             return ""  # made by an earlier Colorgate: marked once the edge runs
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
@@ -207,8 +293,18 @@ def _project_mark(settings: Settings, project: str) -> str | None:
 
 def mark_project(settings: Settings) -> None:
     """Once the edge runs: its state names this app as the project's, unless it names one."""
-    edge.in_edge(settings, ["sh", "-c", '[ -s "$1" ] || printf "%s\\n" "$2" > "$1"', "mark", f"{edge.STATE_DIR}/{APP_MARK}",
-                            settings.app.name], "marking the project as this app's")
+    edge.in_edge(
+        settings,
+        [
+            "sh",
+            "-c",
+            '[ -s "$1" ] || printf "%s\\n" "$2" > "$1"',
+            "mark",
+            f"{edge.STATE_DIR}/{APP_MARK}",
+            settings.app.name,
+        ],
+        "marking the project as this app's",
+    )
 
 
 def forget(settings: Settings) -> None:
@@ -217,8 +313,14 @@ def forget(settings: Settings) -> None:
     see them), which would keep `down --volumes` from removing the secrets volumes,
     are removed."""
     _staged.clear()
-    for container in facts.one_offs(settings, f"org.colorgate.role={history.STAGE_ROLE}"):
-        runner.engine(settings.docker_host, "remove_container", container, force=True, what="removing a stage leftover")
+    for container in facts.one_offs(settings, f"org.colorgate.role={locking.STAGE_ROLE}"):
+        runner.engine(
+            settings.docker_host,
+            "remove_container",
+            container,
+            force=True,
+            what="removing a stage leftover",
+        )
 
 
 def check_database(settings: Settings) -> dict:
@@ -233,8 +335,12 @@ def check_database_record(settings: Settings, record: dict) -> dict:
     local_file = f".env.{settings.profile}.local"
     if record["url"] != configured:
         if record["url"] == "local":
-            raise ConfigError(f"DATABASE_URL points at {configured}, but this stack's database is still its own PostgreSQL: "
-                              f"move it with `invoke db.move --to URL`, or clear DATABASE_URL in {local_file}")
-        raise ConfigError(f"this stack's database moved to {record['url']} on {record.get('moved', '?')} (db.move), but DATABASE_URL "
-                          f"{'is empty' if not settings.database_url else 'points at ' + configured}: set DATABASE_URL to that URL, with its password, in {local_file}")
+            raise ConfigError(
+                f"DATABASE_URL points at {configured}, but this stack's database is still its own PostgreSQL: "
+                f"move it with `invoke db.move --to URL`, or clear DATABASE_URL in {local_file}"
+            )
+        raise ConfigError(
+            f"this stack's database moved to {record['url']} on {record.get('moved', '?')} (db.move), but DATABASE_URL "
+            f"{'is empty' if not settings.database_url else 'points at ' + configured}: set DATABASE_URL to that URL, with its password, in {local_file}"
+        )
     return record

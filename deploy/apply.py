@@ -29,7 +29,8 @@ from deploy.data import db, migrations
 from deploy.edge import acme
 from deploy.release import plans, recover
 from deploy.target import facts, runner, targets
-from deploy.release.history import Record, lock, recorded
+from deploy.release.history import Record
+from deploy.edge.locking import lock, recorded
 from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError, ConfigError, StackError
@@ -48,7 +49,9 @@ class Change:
         return f"{'the network ' if self.kind == 'network' else ''}{self.name} would be {self.how}d"
 
 
-def changes_from(dry_run: dict[str, str], beside: list[str], routes_running: str, routes_wanted: str) -> list[Change]:
+def changes_from(
+    dry_run: dict[str, str], beside: list[str], routes_running: str, routes_wanted: str
+) -> list[Change]:
     """What a running stack lacks of the contract (pure): from compose's dry run
     (facts.parse_dry_run), the services that run beside the colors and the digests of the
     routes the edge has and of those the contract renders."""
@@ -60,8 +63,13 @@ def changes_from(dry_run: dict[str, str], beside: list[str], routes_running: str
     return found
 
 
-def changes(settings: Settings, color: str, versions: dict[str, str], retired: bool = False,
-            routes_line: str | None = None) -> list[Change]:
+def changes(
+    settings: Settings,
+    color: str,
+    versions: dict[str, str],
+    retired: bool = False,
+    routes_line: str | None = None,
+) -> list[Change]:
     """What starting `color` (a candidate) would change beside it, or what `invoke up`
     applies: read from compose's own dry run (its decision, not a guess at it) and the
     edge's routes (`routes_line`: their first line, when already read). On a Swarm the
@@ -69,14 +77,18 @@ def changes(settings: Settings, color: str, versions: dict[str, str], retired: b
     beside = stack.infra_services(settings, retired)
     line = edge.read_routes_line(settings) if routes_line is None else routes_line
     wanted = edge.routes_digest(edge.edge_routes_file(settings.app))
-    dry_run = targets.of(settings).dry_run(settings, [*beside, *settings.app.color_services(color)], versions)
+    dry_run = targets.of(settings).dry_run(
+        settings, [*beside, *settings.app.color_services(color)], versions
+    )
     return changes_from(dry_run, beside, edge.routes_digest(line), wanted)
 
 
 def refusal(found: list[Change]) -> str:
     """Why a release does not start while `found` is pending, and what applies it."""
-    return (f"the contract or the settings changed what runs beside the colors ({', '.join(map(str, found))}); "
-            "a release starts only its candidate: apply the change first with `invoke apply` (`--plan` shows it), then deploy")
+    return (
+        f"the contract or the settings changed what runs beside the colors ({', '.join(map(str, found))}); "
+        "a release starts only its candidate: apply the change first with `invoke apply` (`--plan` shows it), then deploy"
+    )
 
 
 def check(found: list[Change], profile: str, yes: bool, database: str | None) -> None:
@@ -84,13 +96,21 @@ def check(found: list[Change], profile: str, yes: bool, database: str | None) ->
     on staging or production without `yes`, recreating a service."""
     networks = [c.name for c in found if c.kind == "network"]
     if networks:
-        raise ConfigError(f"the options of the network {networks[0]} changed: Docker cannot change a network in place, and "
-                          "making it again would cut the live color off it: give the changed network a new name in the "
-                          "compose file (a new network is attached to the running containers first)")
+        raise ConfigError(
+            f"the options of the network {networks[0]} changed: Docker cannot change a network in place, and "
+            "making it again would cut the live color off it: give the changed network a new name in the "
+            "compose file (a new network is attached to the running containers first)"
+        )
     recreated = [c.name for c in found if c.kind == "service" and c.how == "recreate"]
     if recreated and profile in ("staging", "production") and not yes:
-        data = f" ({database} after a verified backup; its clients lose it while it restarts)" if database in recreated else ""
-        raise ConfigError(f"applying this recreates {', '.join(recreated)}{data} on {profile}: run again with --yes")
+        data = (
+            f" ({database} after a verified backup; its clients lose it while it restarts)"
+            if database in recreated
+            else ""
+        )
+        raise ConfigError(
+            f"applying this recreates {', '.join(recreated)}{data} on {profile}: run again with --yes"
+        )
 
 
 def attach_networks(settings: Settings, services: list[str]) -> list[str]:
@@ -102,8 +122,13 @@ def attach_networks(settings: Settings, services: list[str]) -> list[str]:
     rendered = render.compose(settings.app)
     networks = rendered.get("networks") or {}
     # compose makes what they lack; it never recreates a container with --no-recreate
-    runner.run(targets.compose_cmd(settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services),
-               env=targets.compose_env(settings, facts.running_versions(facts.service_states(settings))), what="docker compose up --no-start")
+    runner.run(
+        targets.compose_cmd(
+            settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services
+        ),
+        env=targets.compose_env(settings, facts.running_versions(facts.service_states(settings))),
+        what="docker compose up --no-start",
+    )
     attached = []
     for service in services:
         name = facts.container(settings, service)
@@ -114,8 +139,21 @@ def attach_networks(settings: Settings, services: list[str]) -> list[str]:
         for key in render.network_map(rendered["services"][service]):
             docker_name = (networks.get(key) or {}).get("name") or f"{settings.project}_{key}"
             if docker_name not in have:
-                runner.run(["docker", "network", "connect", "--alias", service, "--alias", name, docker_name, name],
-                           env=settings.docker_env(), what=f"attaching {service} to the network {key}")
+                runner.run(
+                    [
+                        "docker",
+                        "network",
+                        "connect",
+                        "--alias",
+                        service,
+                        "--alias",
+                        name,
+                        docker_name,
+                        name,
+                    ],
+                    env=settings.docker_env(),
+                    what=f"attaching {service} to the network {key}",
+                )
                 attached.append(f"{service} {key}")
     return attached
 
@@ -123,7 +161,9 @@ def attach_networks(settings: Settings, services: list[str]) -> list[str]:
 def plan_lines(found: list[Change]) -> list[str]:
     """The plan as `invoke apply --plan` prints it."""
     if not found:
-        return ["nothing to apply: what runs beside the colors is what the contract and the settings say"]
+        return [
+            "nothing to apply: what runs beside the colors is what the contract and the settings say"
+        ]
     return [f"-- {str(c).replace(' would be ', ': ', 1)}" for c in found]
 
 
@@ -133,7 +173,14 @@ def plan(settings: Settings) -> list[str]:
     if active is None:
         return ["no color is live yet: `invoke up` starts the stack"]
     versions = facts.running_versions(facts.service_states(settings))
-    return plan_lines(changes(settings, other(active.color), versions, bool(edge.read_database_record(settings).get("retired"))))
+    return plan_lines(
+        changes(
+            settings,
+            other(active.color),
+            versions,
+            bool(edge.read_database_record(settings).get("retired")),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -160,7 +207,9 @@ def beside(settings: Settings, live: str, yes: bool = False) -> Beside:
     """Read what `up` would change beside the `live` color, and refuse what cannot be
     applied safely (or needs --yes), before anything runs."""
     versions = facts.running_versions(facts.service_states(settings))
-    found = changes(settings, other(live), versions, bool(edge.read_database_record(settings).get("retired")))
+    found = changes(
+        settings, other(live), versions, bool(edge.read_database_record(settings).get("retired"))
+    )
     database = settings.app.database.service if settings.app.postgres else None
     check(found, settings.profile, yes, database)
     for line in plan_lines(found):
@@ -181,17 +230,29 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
     running = facts.edge_down(settings) is None
     with lock(settings, "up") if running else contextlib.nullcontext() as held:
         if held is not None:
-            recover.on_lock(settings, held)  # first, what a run that died left (a hold at the edge, say)
+            recover.on_lock(
+                settings, held
+            )  # first, what a run that died left (a hold at the edge, say)
 
         def run_migrations(color: str, versions: dict[str, str]) -> None:
             m = settings.app.migrations
             current = facts.service_states(settings).get(settings.app.copy_name(m.service, color))
-            if current and current.state == "running" and facts.pending_migrations(settings, color) is False:
+            if (
+                current
+                and current.state == "running"
+                and facts.pending_migrations(settings, color) is False
+            ):
                 return  # at head: nothing to back up
             with contextlib.nullcontext() if held is not None else lock(settings, "up"):
                 record = Record("migrate", color, color, versions[color], versions[color])
                 with recorded(settings, record):
-                    migrations.run(settings, record, color, versions, backup=settings.app.postgres and db.has_tables(settings))
+                    migrations.run(
+                        settings,
+                        record,
+                        color,
+                        versions,
+                        backup=settings.app.postgres and db.has_tables(settings),
+                    )
                     record.outcome = "migrated"
 
         start_stack(settings, version, run_migrations=run_migrations, apply=True, yes=yes)
@@ -202,8 +263,14 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
 # --- starting the stack: planned as a release is -----------------------------------------
 
 
-def plan_up(edge_running: bool, project_check: bool, migrations: bool, attach: bool = False, backup: bool = False,
-            hold: bool = False) -> tuple[str, ...]:
+def plan_up(
+    edge_running: bool,
+    project_check: bool,
+    migrations: bool,
+    attach: bool = False,
+    backup: bool = False,
+    hold: bool = False,
+) -> tuple[str, ...]:
     """`up`'s steps in order (pure): the images of Colorgate's own and the shared services,
     the database's secrets staged; on a running stack what changes beside its live color
     (Beside): the live color attached to new networks, a verified backup and the
@@ -211,10 +278,24 @@ def plan_up(edge_running: bool, project_check: bool, migrations: bool, attach: b
     services started and given the contract's routes (the hold released); then the live
     color: its images, its database clients, its migrations, started, and on a new stack
     routed to."""
-    return ("infra_images", *(("check_project",) if project_check else ()), "stage_secrets", *(("attach_networks",) if attach else ()),
-            *(("backup_database",) if backup else ()), *(("hold_clients",) if hold else ()),
-            *(("old_routes",) if edge_running else ()), "start_infra", "routes", *(("release_hold",) if hold else ()),
-            "check_database", "color_images", "clients", *(("migrations",) if migrations else ()), "start_color", "route")
+    return (
+        "infra_images",
+        *(("check_project",) if project_check else ()),
+        "stage_secrets",
+        *(("attach_networks",) if attach else ()),
+        *(("backup_database",) if backup else ()),
+        *(("hold_clients",) if hold else ()),
+        *(("old_routes",) if edge_running else ()),
+        "start_infra",
+        "routes",
+        *(("release_hold",) if hold else ()),
+        "check_database",
+        "color_images",
+        "clients",
+        *(("migrations",) if migrations else ()),
+        "start_color",
+        "route",
+    )
 
 
 def undo_up(fresh: bool) -> plans.Undo:
@@ -225,9 +306,13 @@ def undo_up(fresh: bool) -> plans.Undo:
     return plans.Undo(steps={"hold_clients": "release_hold"}, ends={"release_hold": "hold_clients"})
 
 
-def start_stack(settings: Settings, version: str | None = None,
-                run_migrations: Callable[[str, dict[str, str]], None] | None = None, apply: bool = False,
-                yes: bool = False) -> None:
+def start_stack(
+    settings: Settings,
+    version: str | None = None,
+    run_migrations: Callable[[str, dict[str, str]], None] | None = None,
+    apply: bool = False,
+    yes: bool = False,
+) -> None:
     """Start the edge, PostgreSQL and the live color (the initial color on a new stack, at
     `version`: default the newest built, or v1), the edge given the contract's routes; the
     migrations through `run_migrations(color, versions)` when given (up guards them as a
@@ -240,27 +325,55 @@ def start_stack(settings: Settings, version: str | None = None,
     if bootstrap.local_engine(settings) and not edge_running:
         bootstrap.check_ports_free(settings)
     active = edge.read_active(settings) if edge_running else None
-    changing = beside(settings, active.color, yes) if active and apply else Beside(active.color if active else "")
+    changing = (
+        beside(settings, active.color, yes)
+        if active and apply
+        else Beside(active.color if active else "")
+    )
     do = Starting(settings, states, edge_running, version, run_migrations, changing)
-    steps = plan_up(edge_running, targets.of(settings).checks_project, bool(settings.app.migrations), changing.attach, changing.backup,
-                    bool(changing.hold))
+    steps = plan_up(
+        edge_running,
+        targets.of(settings).checks_project,
+        bool(settings.app.migrations),
+        changing.attach,
+        changing.backup,
+        bool(changing.hold),
+    )
     plans.execute(steps, do, None, undo_up(fresh))
 
 
 class Starting:
     """`up`'s steps on the real target (plan_up orders them)."""
 
-    def __init__(self, settings: Settings, states: dict, edge_running: bool, version: str | None, run_migrations,
-                 changing: Beside):
-        self.settings, self.version, self.run_migrations, self.changing = settings, version, run_migrations, changing
+    def __init__(
+        self,
+        settings: Settings,
+        states: dict,
+        edge_running: bool,
+        version: str | None,
+        run_migrations,
+        changing: Beside,
+    ):
+        self.settings, self.version, self.run_migrations, self.changing = (
+            settings,
+            version,
+            run_migrations,
+            changing,
+        )
         self.versions = facts.running_versions(states)
         # after `db.retire-local` the stack's own PostgreSQL stays stopped
-        self.infra = stack.infra_services(settings, retired=edge_running and bool(edge.read_database_record(settings).get("retired")))
+        self.infra = stack.infra_services(
+            settings,
+            retired=edge_running and bool(edge.read_database_record(settings).get("retired")),
+        )
         self.live: edge.Active | None = None
         self.color, self.held_since = "", 0.0
 
     def infra_images(self) -> None:
-        with runner.step(("pulling" if self.settings.registry else "building") + f" the images of {', '.join(self.infra)}"):
+        with runner.step(
+            ("pulling" if self.settings.registry else "building")
+            + f" the images of {', '.join(self.infra)}"
+        ):
             stack.ensure_infra_images(self.settings, self.versions, self.version)
 
     def check_project(self) -> None:
@@ -272,29 +385,39 @@ class Starting:
     def attach_networks(self) -> None:
         live = self.changing.live
         with runner.step(f"attaching {live} and what is recreated to the contract's new networks"):
-            attach_networks(self.settings, [*self.settings.app.color_services(live), *self.changing.recreated])
+            attach_networks(
+                self.settings, [*self.settings.app.color_services(live), *self.changing.recreated]
+            )
 
     def backup_database(self) -> None:
         """A verified backup, unless the database holds nothing yet: asked only now, once
         the tools can reach it on the contract's networks (attach_networks)."""
         database = self.changing.hold
         if not db.has_tables(self.settings):
-            runner.say(f"-- {database} holds no table yet: nothing to back up before it is recreated")
+            runner.say(
+                f"-- {database} holds no table yet: nothing to back up before it is recreated"
+            )
             return
         with runner.step(f"backing up the database before {database} is recreated"):
             manifest = db.backup(self.settings)
             verified = db.verify(self.settings, manifest["name"])
         if not verified.usable:
-            raise ColorgateError(f"the backup {manifest['name']} did not verify ({verified.reason}): not recreating {database}")
+            raise ColorgateError(
+                f"the backup {manifest['name']} did not verify ({verified.reason}): not recreating {database}"
+            )
 
     def hold_clients(self) -> None:
         """The database's clients' requests held at the edge (for up to
         COLORGATE_HOLD_SECONDS each), once those in flight are answered (5 s at most: a
         stream never is)."""
-        with runner.step(f"holding the requests to {self.changing.hold}'s clients at the edge while it restarts"):
+        with runner.step(
+            f"holding the requests to {self.changing.hold}'s clients at the edge while it restarts"
+        ):
             edge.set_frozen(self.settings, True, database=True)
             self.held_since = time.monotonic()
-            edge.drain(self.settings, self.changing.live, seconds=min(5, self.settings.drain_seconds))
+            edge.drain(
+                self.settings, self.changing.live, seconds=min(5, self.settings.drain_seconds)
+            )
 
     def release_hold(self) -> None:
         edge.set_frozen(self.settings, False)
@@ -302,12 +425,18 @@ class Starting:
 
     def old_routes(self) -> None:
         """An edge of an earlier Colorgate keeps its routes elsewhere: for the one replacing it."""
-        edge.sync_routes(self.settings, edge.edge_routes_file(self.settings.app), reload=bool(edge.read_routes_line(self.settings).strip()))
+        edge.sync_routes(
+            self.settings,
+            edge.edge_routes_file(self.settings.app),
+            reload=bool(edge.read_routes_line(self.settings).strip()),
+        )
 
     def start_infra(self) -> None:
         with runner.step(f"starting {' and '.join(self.infra)}"):
             try:
-                stack.start(self.settings, self.infra, targets.compose_env(self.settings, self.versions))
+                stack.start(
+                    self.settings, self.infra, targets.compose_env(self.settings, self.versions)
+                )
             except CommandError as exc:
                 raise stack.explain_compose_error(self.settings, exc) from None
             stack.wait_ready(self.settings, self.infra)
@@ -326,7 +455,11 @@ class Starting:
             self.color, self.versions[self.live.color] = self.live.color, self.live.version
         else:
             self.color = s.initial_color
-            self.versions[self.color] = self.versions.get(self.color) or self.version or (images.release_tags(s) or ["v1"])[-1]
+            self.versions[self.color] = (
+                self.versions.get(self.color)
+                or self.version
+                or (images.release_tags(s) or ["v1"])[-1]
+            )
         with runner.step(f"preparing {self.color} ({self.versions[self.color]}) images"):
             stack.ensure_release_images(s, self.color, self.versions)
 
@@ -337,14 +470,27 @@ class Starting:
         if self.run_migrations is not None:
             self.run_migrations(self.color, self.versions)
             return
-        version = self.versions[self.color]  # a stack started by hand (tests): its first migrations, not recorded
-        migrations.run(self.settings, Record("migrate", self.color, self.color, version, version), self.color, self.versions,
-                       backup=False)
+        version = self.versions[
+            self.color
+        ]  # a stack started by hand (tests): its first migrations, not recorded
+        migrations.run(
+            self.settings,
+            Record("migrate", self.color, self.color, version, version),
+            self.color,
+            self.versions,
+            backup=False,
+        )
 
     def start_color(self) -> None:
         s, color = self.settings, self.color
         with runner.step(f"starting {color} ({self.versions[color]})"):
-            stack.start(s, s.app.color_services(color), targets.compose_env(s, self.versions), color, keep=bool(self.live))
+            stack.start(
+                s,
+                s.app.color_services(color),
+                targets.compose_env(s, self.versions),
+                color,
+                keep=bool(self.live),
+            )
             stack.wait_ready(s, s.app.color_services(color))
             stack.wait_healthy(s, color)  # the contract's checks, from the edge: not only Docker's
 
@@ -362,8 +508,10 @@ def check_down(settings: Settings, volumes: bool, yes: bool) -> None:
     """`down --volumes` deletes the database, the backups on the host, the certificates,
     the history and the lock: on staging and production only with `yes`."""
     if volumes and settings.profile in STRICT_PROFILES and not yes:
-        raise BadInput(f"`down --volumes` deletes the {settings.profile} database, its backups on the host, its certificates and "
-                       "its history: add --yes (first, `invoke db.backup --copy` keeps a backup off the host)")
+        raise BadInput(
+            f"`down --volumes` deletes the {settings.profile} database, its backups on the host, its certificates and "
+            "its history: add --yes (first, `invoke db.backup --copy` keeps a backup off the host)"
+        )
 
 
 def down(settings: Settings, volumes: bool = False, yes: bool = False) -> None:
@@ -384,17 +532,30 @@ def scale(settings: Settings, service: str, count: int) -> str:
     release lock and recorded; the next color to start gets as many. A scale that does
     not converge goes back to the count it had (SCALE_STEPS). Returns the copy."""
     if not targets.of(settings).scales:
-        raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
+        raise ConfigError(
+            "`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service"
+        )
     if service not in settings.app.colored:
-        raise BadInput(f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}")
+        raise BadInput(
+            f"unknown service {service!r}: scale one of the app's colored services: {', '.join(settings.app.colored)}"
+        )
     with lock(settings, "scale"):
         active = edge.read_active(settings)
         if active is None:
             raise StackError("no color is live yet: start the stack with `invoke up`")
         do = Scaling(settings, settings.app.copy_name(service, active.color), count)
-        record = Record("scale", active.color, active.color, active.version, active.version,
-                        detail=f"{do.copy}: {do.before} -> {count} replicas")
-        with recorded(settings, record), runner.step(f"scaling {do.copy} from {do.before} to {count} replicas"):
+        record = Record(
+            "scale",
+            active.color,
+            active.color,
+            active.version,
+            active.version,
+            detail=f"{do.copy}: {do.before} -> {count} replicas",
+        )
+        with (
+            recorded(settings, record),
+            runner.step(f"scaling {do.copy} from {do.before} to {count} replicas"),
+        ):
             plans.execute(SCALE_STEPS, do, record, SCALE_UNDO)
             record.outcome = "scaled"
     return do.copy

@@ -32,18 +32,31 @@ def source(settings: Settings, secret: Secret) -> tuple[str, str] | None:
 
 def value(settings: Settings, secret: Secret) -> str:
     """`secret`'s value (its command run once per process), masked from then on."""
-    cache = (str(settings.root), settings.profile, secret.name, settings.app_secrets.get(secret.key, ""),
-             settings.app_secrets.get(f"{secret.key}_COMMAND", ""))
+    cache = (
+        str(settings.root),
+        settings.profile,
+        secret.name,
+        settings.app_secrets.get(secret.key, ""),
+        settings.app_secrets.get(f"{secret.key}_COMMAND", ""),
+    )
     if cache in _read:
         return _read[cache]
     found = source(settings, secret)
     if found is None:
-        raise ConfigError(f"the secret {secret.name} (x-colorgate.secrets) has no value for {settings.profile}: set {secret.key}, "
-                          f"or {secret.key}_COMMAND to a command that prints it, in .env.{settings.profile}.local or the environment")
+        raise ConfigError(
+            f"the secret {secret.name} (x-colorgate.secrets) has no value for {settings.profile}: set {secret.key}, "
+            f"or {secret.key}_COMMAND to a command that prints it, in .env.{settings.profile}.local or the environment"
+        )
     kind, where = found
-    text = settings.app_secrets[secret.key] if kind == "value" else _run(settings.app_secrets[f"{secret.key}_COMMAND"], secret, where)
+    text = (
+        settings.app_secrets[secret.key]
+        if kind == "value"
+        else _run(settings.app_secrets[f"{secret.key}_COMMAND"], secret, where)
+    )
     if not text:
-        raise ConfigError(f"the secret {secret.name} is empty ({secret.key}{'_COMMAND' * (kind == 'command')} in {where}): give it a value")
+        raise ConfigError(
+            f"the secret {secret.name} is empty ({secret.key}{'_COMMAND' * (kind == 'command')} in {where}): give it a value"
+        )
     runner.add_secret(text)
     _read[cache] = text
     return text
@@ -59,9 +72,13 @@ def _run(command: str, secret: Secret, where: str) -> str:
     shown only as its last line, masked, when it fails."""
     what = f"{secret.key}_COMMAND in {where}"
     try:
-        proc = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        proc = subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
-        raise ConfigError(f"{what} did not finish in {COMMAND_TIMEOUT_S}s: check that the secret manager is signed in") from None
+        raise ConfigError(
+            f"{what} did not finish in {COMMAND_TIMEOUT_S}s: check that the secret manager is signed in"
+        ) from None
     if proc.returncode != 0:
         runner.add_secret(proc.stdout.strip())
         said = (proc.stderr.strip().splitlines() or ["it printed nothing on stderr"])[-1]
@@ -76,10 +93,14 @@ def check(settings: Settings) -> tuple[list[str], bool]:
     lines, complete = [], True
     for secret in settings.app.secrets:
         found = source(settings, secret)
-        to = f"-> {', '.join(secret.services)} as {secret.path}" + (f" (${secret.env})" if secret.env else "")
+        to = f"-> {', '.join(secret.services)} as {secret.path}" + (
+            f" (${secret.env})" if secret.env else ""
+        )
         if found is None:
             complete = False
-            lines.append(f"MISSING  {secret.name}: set {secret.key} or {secret.key}_COMMAND in .env.{settings.profile}.local  {to}")
+            lines.append(
+                f"MISSING  {secret.name}: set {secret.key} or {secret.key}_COMMAND in .env.{settings.profile}.local  {to}"
+            )
             continue
         try:
             text = value(settings, secret)
@@ -87,6 +108,10 @@ def check(settings: Settings) -> tuple[list[str], bool]:
             complete = False
             lines.append(f"FAILED   {secret.name}: {exc}")
             continue
-        how = f"printed by {secret.key}_COMMAND in {found[1]}" if found[0] == "command" else f"{secret.key} in {found[1]}"
+        how = (
+            f"printed by {secret.key}_COMMAND in {found[1]}"
+            if found[0] == "command"
+            else f"{secret.key} in {found[1]}"
+        )
         lines.append(f"ok       {secret.name}: {how} ({len(text)} characters)  {to}")
     return lines or ["the contract names no secrets (x-colorgate.secrets)"], complete

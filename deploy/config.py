@@ -26,7 +26,17 @@ from urllib.parse import quote, unquote, urlsplit
 from deploy import contract
 from deploy.target import runner, ssh
 from deploy.errors import ConfigError
-from deploy.keys import GATE_PREFIX, KEYS, PLACEHOLDER, PREFIXES, PROFILE_DEFAULTS, PROFILES, SECRET_PREFIX, STRICT_PROFILES
+from deploy.keys import (
+    GATE_PREFIX,
+    KEYS,
+    PLACEHOLDER,
+    PREFIXES,
+    PROFILE_DEFAULTS,
+    PROFILES,
+    SECRET_PREFIX,
+    STRICT_PROFILES,
+)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -105,7 +115,12 @@ class Settings:
     def as_environment(self) -> dict[str, str]:
         """These settings as environment variables, for a child process (the gates)
         that must load exactly the same settings. Contains secrets: never log it."""
-        return {**self.raw, **self.gate_secrets, "COLORGATE_PROFILE": self.profile, "COLORGATE_APP": str(self.app.file)}
+        return {
+            **self.raw,
+            **self.gate_secrets,
+            "COLORGATE_PROFILE": self.profile,
+            "COLORGATE_APP": str(self.app.file),
+        }
 
     @property
     def app_dir(self) -> Path:
@@ -143,15 +158,19 @@ class Settings:
     def app_db_password(self) -> str:
         """That role's password, derived from POSTGRES_PASSWORD (one-way): nothing more
         to keep, and it changes with it (Colorgate sets it at every start)."""
-        return hmac.new(self.postgres_password.encode(), b"colorgate: the app's database role", hashlib.sha256).hexdigest()
+        return hmac.new(
+            self.postgres_password.encode(), b"colorgate: the app's database role", hashlib.sha256
+        ).hexdigest()
 
     def local_database_url(self) -> str:
         """The URL the app reaches the stack's own PostgreSQL at, as its own role (holds the password)."""
         db = self.app.postgres
         if not db:
             return ""
-        return (f"postgresql://{self.app_db_user}:{self.app_db_password()}"
-                f"@{db.service}:5432/{quote(self.postgres_db, safe='')}")
+        return (
+            f"postgresql://{self.app_db_user}:{self.app_db_password()}"
+            f"@{db.service}:5432/{quote(self.postgres_db, safe='')}"
+        )
 
     def app_database_url(self) -> str:
         """The URL the app's colored services get: the managed database's, else the stack's own."""
@@ -171,7 +190,11 @@ class Settings:
     def base_source(self) -> str:
         """What base images are made from, part of their tags: the mirror (mmdebstrap's),
         or Debian's image and the mirror (a base made FROM it is another image)."""
-        return self.debian_mirror if self.bases == "mmdebstrap" else f"{self.debian_image}+{self.debian_mirror}"
+        return (
+            self.debian_mirror
+            if self.bases == "mmdebstrap"
+            else f"{self.debian_image}+{self.debian_mirror}"
+        )
 
     @property
     def builder(self) -> Settings:
@@ -183,8 +206,14 @@ class Settings:
         host, how long its connection outlives the command: deploy/target/ssh.py)."""
         if not self.docker_host:
             return {}
-        return {"DOCKER_HOST": self.docker_host, **({"COLORGATE_SSH_PERSIST": str(self.ssh_persist)}
-                                                     if self.docker_host.startswith("ssh://") else {})}
+        return {
+            "DOCKER_HOST": self.docker_host,
+            **(
+                {"COLORGATE_SSH_PERSIST": str(self.ssh_persist)}
+                if self.docker_host.startswith("ssh://")
+                else {}
+            ),
+        }
 
     def compose_env(self) -> dict[str, str]:
         """Variables the compose file interpolates (secrets included: never log this)."""
@@ -253,7 +282,14 @@ def merge_sources(
                 raise ConfigError(f"{origin}: unknown key {key}: {hint}")
             values[key] = value
             sources[key] = origin
-    for key in [*KEYS, *(k for k in environ if any(k.startswith(prefix) and len(k) > len(prefix) for prefix in PREFIXES))]:
+    for key in [
+        *KEYS,
+        *(
+            k
+            for k in environ
+            if any(k.startswith(prefix) and len(k) > len(prefix) for prefix in PREFIXES)
+        ),
+    ]:
         if key in environ:
             values[key] = environ[key]
             sources[key] = "the environment"
@@ -265,17 +301,28 @@ def load_app(root: Path, value: str, source: str | None = None) -> contract.App:
     relative path is from the settings' directory; without one, the compose file there,
     else (in Colorgate's own checkout) the sample that ships with it."""
     if not value:
-        found = contract.compose_in(root) or (project_root() / SAMPLE if (project_root() / SAMPLE).is_dir() else None)
+        found = contract.compose_in(root) or (
+            project_root() / SAMPLE if (project_root() / SAMPLE).is_dir() else None
+        )
         if found is None:
-            raise ConfigError(f"no compose file in {root}: run colorgate in your app's directory (the one holding its "
-                              "compose file) or set COLORGATE_APP")
+            raise ConfigError(
+                f"no compose file in {root}: run colorgate in your app's directory (the one holding its "
+                "compose file) or set COLORGATE_APP"
+            )
         return contract.load(found)
     path = Path(value)
-    return contract.load(path if path.is_absolute() else (root if source else project_root()) / path)
+    return contract.load(
+        path if path.is_absolute() else (root if source else project_root()) / path
+    )
 
 
-def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mapping[str, str],
-             app: contract.App | None = None) -> Settings:
+def validate(
+    profile: str,
+    root: Path,
+    values: Mapping[str, str],
+    sources: Mapping[str, str],
+    app: contract.App | None = None,
+) -> Settings:
     """Turn raw strings into Settings, or raise ConfigError naming key, file and fix."""
     profile_file = f".env.{profile}"
     parsed: dict[str, object] = {}
@@ -305,35 +352,50 @@ def validate(profile: str, root: Path, values: Mapping[str, str], sources: Mappi
             f"COLORGATE_HTTP_PORT and COLORGATE_HTTPS_PORT are both {parsed['COLORGATE_HTTP_PORT']}: give them different ports"
         )
     if bool(parsed["COLORGATE_MOVE_RELAY_CERT"]) != bool(parsed["COLORGATE_MOVE_RELAY_KEY"]):
-        raise ConfigError("COLORGATE_MOVE_RELAY_CERT and COLORGATE_MOVE_RELAY_KEY go together: set both (the relay's "
-                          "certificate chain and its key) or neither (the edge's certificate)")
+        raise ConfigError(
+            "COLORGATE_MOVE_RELAY_CERT and COLORGATE_MOVE_RELAY_KEY go together: set both (the relay's "
+            "certificate chain and its key) or neither (the edge's certificate)"
+        )
     app = app or load_app(root, str(parsed["COLORGATE_APP"]), sources.get("COLORGATE_APP"))
     if app.postgres:
         for key in ("POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"):
             if not str(parsed[key]).strip():
-                raise ConfigError(f"{key} is missing: the app's database {app.postgres.service!r} (x-colorgate.database) needs it; "
-                                  f"set it in {profile_file}.local or the environment")
+                raise ConfigError(
+                    f"{key} is missing: the app's database {app.postgres.service!r} (x-colorgate.database) needs it; "
+                    f"set it in {profile_file}.local or the environment"
+                )
     gate_secrets = {key: value for key, value in values.items() if key.startswith(GATE_PREFIX)}
     for key, value in gate_secrets.items():
         if profile in STRICT_PROFILES and PLACEHOLDER.search(value):
-            raise ConfigError(f"{key} in {sources.get(key, profile_file)} is a placeholder: set a real value in {profile_file}.local or the environment")
+            raise ConfigError(
+                f"{key} in {sources.get(key, profile_file)} is a placeholder: set a real value in {profile_file}.local or the environment"
+            )
     app_secrets = {key: value for key, value in values.items() if key.startswith(SECRET_PREFIX)}
     check_app_secrets(profile, app, app_secrets, sources)
-    values = {spec.attr or key.removeprefix("COLORGATE_").lower(): parsed[key] for key, spec in KEYS.items()}
+    values = {
+        spec.attr or key.removeprefix("COLORGATE_").lower(): parsed[key]
+        for key, spec in KEYS.items()
+    }
     values["gate_secrets"], values["app_secrets"] = gate_secrets, app_secrets
     registry = parsed["COLORGATE_REGISTRY"]
     project = parsed["COLORGATE_PROJECT"] or app.name
     values.update(  # what follows from more than one key
         project=project,
-        image_prefix=registry + "/" if registry else parsed["COLORGATE_IMAGE_PREFIX"] or f"{project}/",
+        image_prefix=registry + "/"
+        if registry
+        else parsed["COLORGATE_IMAGE_PREFIX"] or f"{project}/",
         image_source="registry" if registry else parsed["COLORGATE_IMAGES"],
         app_path=str(app.file),
         move_relay_host=parsed["COLORGATE_MOVE_RELAY_HOST"] or parsed["COLORGATE_DOMAIN"],
     )
-    return Settings(profile=profile, root=root, app=app, sources=dict(sources), raw=raw_values, **values)
+    return Settings(
+        profile=profile, root=root, app=app, sources=dict(sources), raw=raw_values, **values
+    )
 
 
-def check_app_secrets(profile: str, app: contract.App, found: Mapping[str, str], sources: Mapping[str, str]) -> None:
+def check_app_secrets(
+    profile: str, app: contract.App, found: Mapping[str, str], sources: Mapping[str, str]
+) -> None:
     """Each COLORGATE_SECRET_* key names a secret of the contract, by a value or a command
     (not both), and no value is a placeholder on staging or production."""
     names = {secret.key: secret for secret in app.secrets}
@@ -342,12 +404,18 @@ def check_app_secrets(profile: str, app: contract.App, found: Mapping[str, str],
         where = sources.get(key, f".env.{profile}")
         if base not in names:
             known = ", ".join(sorted(s.name for s in app.secrets)) or "none"
-            raise ConfigError(f"{key} in {where}: the contract names no secret {base.removeprefix(SECRET_PREFIX).lower()!r} "
-                              f"(x-colorgate.secrets names {known}): add it there, or remove the key")
+            raise ConfigError(
+                f"{key} in {where}: the contract names no secret {base.removeprefix(SECRET_PREFIX).lower()!r} "
+                f"(x-colorgate.secrets names {known}): add it there, or remove the key"
+            )
         if key == base and f"{key}_COMMAND" in found:
-            raise ConfigError(f"{key} and {key}_COMMAND are both set ({where}, {sources.get(key + '_COMMAND')}): keep the value or the command")
+            raise ConfigError(
+                f"{key} and {key}_COMMAND are both set ({where}, {sources.get(key + '_COMMAND')}): keep the value or the command"
+            )
         if key == base and profile in STRICT_PROFILES and PLACEHOLDER.search(value):
-            raise ConfigError(f"{key} in {where} is a placeholder: set a real value in .env.{profile}.local or the environment")
+            raise ConfigError(
+                f"{key} in {where} is a placeholder: set a real value in .env.{profile}.local or the environment"
+            )
 
 
 SAMPLE = "examples/spa-api-postgres"
@@ -358,14 +426,21 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-SHIPPED = {"colorgate_parts": "compose", "colorgate_gates": "features"}  # package: its directory in the source tree
+SHIPPED = {
+    "colorgate_parts": "compose",
+    "colorgate_gates": "features",
+}  # package: its directory in the source tree
 
 
 def shipped(package: str) -> Path:
     """A directory Colorgate ships as package data (its own services, its built-in gates),
     where it is installed: the checkout's compose/ and features/, or a wheel's copies."""
     spec = importlib.util.find_spec(package)
-    found = [Path(p) for p in (spec.submodule_search_locations or []) if Path(p).is_dir()] if spec else []
+    found = (
+        [Path(p) for p in (spec.submodule_search_locations or []) if Path(p).is_dir()]
+        if spec
+        else []
+    )
     return found[0] if found else project_root() / SHIPPED[package]
 
 
@@ -374,13 +449,21 @@ def settings_dir(start: Path, profile: str) -> Path:
     `start` and its parents that holds .env.<profile>, .env.<profile>.local or a compose
     file; else `start`."""
     for directory in (start, *start.parents):
-        if (directory / f".env.{profile}").is_file() or (directory / f".env.{profile}.local").is_file() or contract.compose_in(directory):
+        if (
+            (directory / f".env.{profile}").is_file()
+            or (directory / f".env.{profile}.local").is_file()
+            or contract.compose_in(directory)
+        ):
             return directory
     return start
 
 
-def load(profile: str | None = None, root: Path | None = None, environ: Mapping[str, str] | None = None,
-         overrides: Mapping[str, str] | None = None) -> Settings:
+def load(
+    profile: str | None = None,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Settings:
     """Load and validate the settings for `profile` (default: $COLORGATE_PROFILE or
     development). `overrides` (command-line options such as --host) win over all."""
     environ = os.environ if environ is None else environ

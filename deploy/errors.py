@@ -70,7 +70,11 @@ class CommandError(ColorgateError):
     def tail(self, count: int = 30) -> list[str]:
         """The last `count` lines it printed (stdout, then stderr; masked by the runner),
         for a person to act on: a build's failing step, a migration's traceback."""
-        return [line.rstrip() for line in f"{self.stdout}\n{self.stderr}".strip().splitlines() if line.strip()][-count:]
+        return [
+            line.rstrip()
+            for line in f"{self.stdout}\n{self.stderr}".strip().splitlines()
+            if line.strip()
+        ][-count:]
 
 
 class NotFound(CommandError):

@@ -39,19 +39,30 @@ class BaseImage:
     suite: str = SUITE
 
     def tag(self, mirror: str) -> str:
-        digest = hashlib.sha256(" ".join((self.suite, mirror, *self.packages)).encode()).hexdigest()[:10]
+        digest = hashlib.sha256(
+            " ".join((self.suite, mirror, *self.packages)).encode()
+        ).hexdigest()[:10]
         return f"{BASE_REPO}/{self.name}:{self.suite}-{digest}"
 
 
 BASES = {
     # Colorgate's own parts: the edge, dbtools (and the examples' PostgreSQL), certbot
-    "nginx": BaseImage("nginx", ("nginx-light", "libnginx-mod-http-lua", "openssl", "ca-certificates", "curl")),
-    "postgres": BaseImage("postgres", ("postgresql-15", "openssl", "socat", "nftables", "ca-certificates")),
+    "nginx": BaseImage(
+        "nginx", ("nginx-light", "libnginx-mod-http-lua", "openssl", "ca-certificates", "curl")
+    ),
+    "postgres": BaseImage(
+        "postgres", ("postgresql-15", "openssl", "socat", "nftables", "ca-certificates")
+    ),
     "certbot": BaseImage("certbot", ("certbot", "ca-certificates")),
-    "rclone": BaseImage("rclone", ("rclone", "ca-certificates")),  # off-host backup copies (made on first use)
+    "rclone": BaseImage(
+        "rclone", ("rclone", "ca-certificates")
+    ),  # off-host backup copies (made on first use)
     # for the examples (an app names one with COLORGATE_BASE_<NAME> in its compose file)
     "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
-    "pyweb": BaseImage("pyweb", ("python3", "python3-psycopg2", "python3-redis", "python3-alembic", "ca-certificates")),
+    "pyweb": BaseImage(
+        "pyweb",
+        ("python3", "python3-psycopg2", "python3-redis", "python3-alembic", "ca-certificates"),
+    ),
     "redis": BaseImage("redis", ("redis-server", "ca-certificates")),
     # apps nobody here wrote, as Debian packages them
     "miniflux": BaseImage("miniflux", ("miniflux", "ca-certificates"), suite="trixie"),
@@ -72,8 +83,10 @@ def tools_major(server: int) -> int:
     """The PostgreSQL major of the tools for a server of major `server`."""
     fits = [major for major in sorted(POSTGRES_SUITES) if major >= server]
     if not fits:
-        raise ConfigError(f"the database runs PostgreSQL {server}, newer than the newest tools Debian packages "
-                          f"({max(POSTGRES_SUITES)}): run PostgreSQL {max(POSTGRES_SUITES)} or older")
+        raise ConfigError(
+            f"the database runs PostgreSQL {server}, newer than the newest tools Debian packages "
+            f"({max(POSTGRES_SUITES)}): run PostgreSQL {max(POSTGRES_SUITES)} or older"
+        )
     return fits[0]
 
 
@@ -81,12 +94,17 @@ def postgres_base(major: int) -> BaseImage:
     """The base image holding Debian's PostgreSQL `major` (the dbtools image's base)."""
     if major == TOOLS_MAJOR:
         return BASES["postgres"]
-    return BaseImage(f"postgres{major}", (f"postgresql-{major}", *BASES["postgres"].packages[1:]), suite=POSTGRES_SUITES[major])
+    return BaseImage(
+        f"postgres{major}",
+        (f"postgresql-{major}", *BASES["postgres"].packages[1:]),
+        suite=POSTGRES_SUITES[major],
+    )
 
 
 def tools_tag(major: int) -> str:
     """The dbtools image's tag for the tools of `major`."""
     return "latest" if major == TOOLS_MAJOR else f"pg{major}"
+
 
 OWN_IMAGES = ("edge", "dbtools", "certbot")  # Colorgate's own parts; compose runs them as :latest
 
@@ -124,26 +142,46 @@ def sources(mirror: str, suite: str = SUITE) -> list[str]:
 def mmdebstrap_cmd(base: BaseImage, out: Path, mirror: str) -> list[str]:
     cmd = ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(base.packages)}"]
     cmd += [f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES]
-    cmd += ["--dpkgopt=path-include=/usr/share/doc/*/copyright", base.suite, str(out), *sources(mirror, base.suite)]
+    cmd += [
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        base.suite,
+        str(out),
+        *sources(mirror, base.suite),
+    ]
     return cmd
 
 
 def base_dockerfile(base: BaseImage, image: str, mirror: str) -> str:
     """A base made FROM Debian's official image of its suite, with the same packages
     from the same mirror as mmdebstrap's, documentation left out alike."""
-    dpkg = "".join(f"path-exclude={pattern}\\n" for pattern in DPKG_EXCLUDES) + "path-include=/usr/share/doc/*/copyright\\n"
+    dpkg = (
+        "".join(f"path-exclude={pattern}\\n" for pattern in DPKG_EXCLUDES)
+        + "path-include=/usr/share/doc/*/copyright\\n"
+    )
     apt = "".join(f"{line}\\n" for line in sources(mirror, base.suite))
-    return (f"FROM {image}:{base.suite}-slim\n"
-            f"RUN printf '{dpkg}' > /etc/dpkg/dpkg.cfg.d/colorgate-excludes \\\n"
-            f" && rm -f /etc/apt/sources.list.d/* && printf '{apt}' > /etc/apt/sources.list \\\n"
-            " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
-            f"{' '.join(base.packages)} > /dev/null \\\n"
-            " && rm -rf /var/lib/apt/lists/*\n"
-            'CMD ["bash"]\n')
+    return (
+        f"FROM {image}:{base.suite}-slim\n"
+        f"RUN printf '{dpkg}' > /etc/dpkg/dpkg.cfg.d/colorgate-excludes \\\n"
+        f" && rm -f /etc/apt/sources.list.d/* && printf '{apt}' > /etc/apt/sources.list \\\n"
+        " && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+        f"{' '.join(base.packages)} > /dev/null \\\n"
+        " && rm -rf /var/lib/apt/lists/*\n"
+        'CMD ["bash"]\n'
+    )
 
 
 def import_cmd(tar: Path, tag: str) -> list[str]:
-    return ["docker", "image", "import", "--change", 'CMD ["bash"]', "--message", "colorgate base (mmdebstrap)", str(tar), tag]
+    return [
+        "docker",
+        "image",
+        "import",
+        "--change",
+        'CMD ["bash"]',
+        "--message",
+        "colorgate base (mmdebstrap)",
+        str(tar),
+        tag,
+    ]
 
 
 def image_exists_cmd(tag: str) -> list[str]:
@@ -161,32 +199,56 @@ def image_exists(settings: Settings, tag: str) -> bool:
 
 def needed_bases(settings: Settings) -> list[BaseImage]:
     """Colorgate's own bases and those the app's compose file names (COLORGATE_BASE_<NAME>)."""
-    named = {m.lower() for m in re.findall(r"COLORGATE_BASE_([A-Z0-9]+)", settings.app.file.read_text())}
+    named = {
+        m.lower() for m in re.findall(r"COLORGATE_BASE_([A-Z0-9]+)", settings.app.file.read_text())
+    }
     return [base for name, base in BASES.items() if name in OWN_BASES or name in named]
 
 
 def missing_bases(settings: Settings) -> list[BaseImage]:
-    return [base for base in needed_bases(settings) if not image_exists(settings, base.tag(settings.base_source))]
+    return [
+        base
+        for base in needed_bases(settings)
+        if not image_exists(settings, base.tag(settings.base_source))
+    ]
 
 
 def build_bases(settings: Settings, bases: list[BaseImage], force: bool = False) -> None:
     """Make those of `bases` that are missing (all of them with `force`), in parallel:
     mmdebstrap them here and import them, or (COLORGATE_BASES=image) build them FROM
     Debian's image."""
-    bases = [base for base in bases if force or not image_exists(settings, base.tag(settings.base_source))]
+    bases = [
+        base
+        for base in bases
+        if force or not image_exists(settings, base.tag(settings.base_source))
+    ]
     if not bases:
         return
     with tempfile.TemporaryDirectory(prefix="colorgate-base-") as tmp:
 
         def make(base: BaseImage) -> None:
-            if settings.bases == "image":  # the legacy builder: it uses a FROM image the engine has, and pulls one it lacks
-                runner.run(["docker", "build", "--quiet", "--tag", base.tag(settings.base_source), "-"],
-                           input=base_dockerfile(base, settings.debian_image, settings.debian_mirror),
-                           env={**settings.docker_env(), "DOCKER_BUILDKIT": "0"}, what=f"building the {base.name} base", timeout=1200)
+            if (
+                settings.bases == "image"
+            ):  # the legacy builder: it uses a FROM image the engine has, and pulls one it lacks
+                runner.run(
+                    ["docker", "build", "--quiet", "--tag", base.tag(settings.base_source), "-"],
+                    input=base_dockerfile(base, settings.debian_image, settings.debian_mirror),
+                    env={**settings.docker_env(), "DOCKER_BUILDKIT": "0"},
+                    what=f"building the {base.name} base",
+                    timeout=1200,
+                )
                 return
             tar = Path(tmp) / f"{base.name}.tar"
-            runner.run(mmdebstrap_cmd(base, tar, settings.debian_mirror), what=f"mmdebstrap {base.name}", timeout=1200)
-            runner.run(import_cmd(tar, base.tag(settings.base_source)), env=settings.docker_env(), what=f"docker import {base.name}")
+            runner.run(
+                mmdebstrap_cmd(base, tar, settings.debian_mirror),
+                what=f"mmdebstrap {base.name}",
+                timeout=1200,
+            )
+            runner.run(
+                import_cmd(tar, base.tag(settings.base_source)),
+                env=settings.docker_env(),
+                what=f"docker import {base.name}",
+            )
 
         with ThreadPoolExecutor(max_workers=len(bases)) as pool:
             for future in [pool.submit(make, base) for base in bases]:
@@ -198,10 +260,26 @@ def base_ages(settings: Settings, bases: list[BaseImage]) -> dict[str, float | N
     (RFC 3339 with nanoseconds; None: missing)."""
     ages: dict[str, float | None] = {}
     for base in bases:
-        proc = runner.run(["docker", "image", "inspect", "--format", "{{.Created}}", base.tag(settings.base_source)],
-                          env=settings.docker_env(), check=False)
-        m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", proc.stdout.strip())
-        made = datetime.fromisoformat(m[1] + (m[2] or "")[:7] + ("+00:00" if m[3] == "Z" else m[3])) if m else None
+        proc = runner.run(
+            [
+                "docker",
+                "image",
+                "inspect",
+                "--format",
+                "{{.Created}}",
+                base.tag(settings.base_source),
+            ],
+            env=settings.docker_env(),
+            check=False,
+        )
+        m = re.fullmatch(
+            r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", proc.stdout.strip()
+        )
+        made = (
+            datetime.fromisoformat(m[1] + (m[2] or "")[:7] + ("+00:00" if m[3] == "Z" else m[3]))
+            if m
+            else None
+        )
         ages[base.name] = (datetime.now(UTC) - made).total_seconds() if made else None
     return ages
 
@@ -212,26 +290,51 @@ def stale(ages: dict[str, float | None], max_age: int) -> list[str]:
 
 
 def format_age(seconds: float | None) -> str:
-    n, unit = (None, "") if seconds is None else (round(seconds / 86400), "day") if seconds >= 172800 else (round(seconds / 3600), "hour")
+    n, unit = (
+        (None, "")
+        if seconds is None
+        else (round(seconds / 86400), "day")
+        if seconds >= 172800
+        else (round(seconds / 3600), "hour")
+    )
     return "missing" if n is None else f"{n} {unit}{'' if n == 1 else 's'}"
 
 
-def refresh_bases(settings: Settings, bases: list[BaseImage], force: bool = False, ages: dict | None = None) -> list[str]:
+def refresh_bases(
+    settings: Settings, bases: list[BaseImage], force: bool = False, ages: dict | None = None
+) -> list[str]:
     """Make again those of `bases` that are missing or older than COLORGATE_BASE_MAX_AGE (all
     with `force`; `ages`: their base_ages, when read), saying why; returns their names. Images
     built FROM them then get Debian's updates; an old image is removed where nothing uses it."""
     ages = base_ages(settings, bases) if ages is None else ages
     names = [base.name for base in bases] if force else stale(ages, settings.base_max_age)
     if names:
-        made = "from Debian's mirror" if settings.bases == "mmdebstrap" else f"FROM {settings.debian_image} with Debian's packages"
-        with runner.step(f"making base images {made}: {', '.join(f'{n} ({format_age(ages[n])})' for n in names)} (about a minute)"):
+        made = (
+            "from Debian's mirror"
+            if settings.bases == "mmdebstrap"
+            else f"FROM {settings.debian_image} with Debian's packages"
+        )
+        with runner.step(
+            f"making base images {made}: {', '.join(f'{n} ({format_age(ages[n])})' for n in names)} (about a minute)"
+        ):
             chosen = [base for base in bases if base.name in names]
             replaced = [image_id(settings, base.tag(settings.base_source)) for base in chosen]
             build_bases(settings, chosen, force=True)
-            for image in filter(None, replaced):  # only once untagged (another name may still hold it), and unused
-                tags = runner.run(["docker", "image", "inspect", "--format", "{{len .RepoTags}}", image], env=settings.docker_env(), check=False)
+            for image in filter(
+                None, replaced
+            ):  # only once untagged (another name may still hold it), and unused
+                tags = runner.run(
+                    ["docker", "image", "inspect", "--format", "{{len .RepoTags}}", image],
+                    env=settings.docker_env(),
+                    check=False,
+                )
                 if tags.stdout.strip() == "0":
-                    runner.run(["docker", "image", "rm", image], env=settings.docker_env(), check=False, what="removing an old base image")
+                    runner.run(
+                        ["docker", "image", "rm", image],
+                        env=settings.docker_env(),
+                        check=False,
+                        what="removing an old base image",
+                    )
     return names
 
 
@@ -245,10 +348,16 @@ def next_release(tags: list[str], history: list[dict], live: set[str]) -> tuple[
     """The next vN, and whether its images are to be made again: a deploy refused or
     failed before it went live (never `live` now, never switched to in the `history`)
     uses up no number: the next deploy builds that version anew."""
-    live = live | {r.get("live_version") for r in history} | {
-        r.get("to_version") for r in history if r.get("outcome") in ("switched", "rolled back")}
-    never = {r.get("to_version") for r in history if r.get("action") == "deploy"
-             and r.get("outcome") in ("refused", "failed", "interrupted")} - live
+    live = (
+        live
+        | {r.get("live_version") for r in history}
+        | {r.get("to_version") for r in history if r.get("outcome") in ("switched", "rolled back")}
+    )
+    never = {
+        r.get("to_version")
+        for r in history
+        if r.get("action") == "deploy" and r.get("outcome") in ("refused", "failed", "interrupted")
+    } - live
     version = next_version([tag for tag in tags if tag not in never])
     return version, version in tags
 
@@ -257,6 +366,7 @@ def source_version(directory: Path) -> tuple[str, str]:
     """The version of the code in `directory` by Git (its commit, 12 hex digits, and
     `-dirty` when a tracked file changed since) and that commit's subject; ("", "")
     outside a Git work tree."""
+
     def git(*args: str) -> str:
         proc = runner.run(["git", "-C", str(directory), *args], check=False, what="git")
         return proc.stdout.strip() if proc.returncode == 0 else ""
@@ -281,7 +391,10 @@ def app_tag(settings: Settings, name: str, version: str) -> str:
 
 def base_build_args(settings: Settings) -> dict[str, str]:
     """Compose variables naming the base image each Dockerfile starts FROM."""
-    return {f"COLORGATE_BASE_{name.upper()}": base.tag(settings.base_source) for name, base in BASES.items()}
+    return {
+        f"COLORGATE_BASE_{name.upper()}": base.tag(settings.base_source)
+        for name, base in BASES.items()
+    }
 
 
 def tag_cmd(source: str, target: str) -> list[str]:
@@ -312,14 +425,27 @@ def explain_registry_error(server: str, text: str) -> str:
     lower = text.lower()
     last = (text.strip().splitlines() or ["no output"])[-1].strip()
     # (a bare "401" would match inside a project name or digest: cgtestreg2401... was read as a refusal)
-    if "unauthorized" in lower or re.search(r"\b401\b", lower) or "incorrect username or password" in lower \
-            or "authentication required" in lower:
+    if (
+        "unauthorized" in lower
+        or re.search(r"\b401\b", lower)
+        or "incorrect username or password" in lower
+        or "authentication required" in lower
+    ):
         return f"the registry {server} refused the credentials: check COLORGATE_REGISTRY_USER and COLORGATE_REGISTRY_PASSWORD"
     if "denied" in lower:
         return f"the registry {server} denied access ({last}): the user needs push/pull rights on the repository"
     if "manifest unknown" in lower or "not found" in lower:
         return f"an image is not in the registry {server} ({last}): push it first with `invoke images.push --version ...`"
-    if any(s in lower for s in ("connection refused", "no such host", "i/o timeout", "dial tcp", "server gave http response")):
+    if any(
+        s in lower
+        for s in (
+            "connection refused",
+            "no such host",
+            "i/o timeout",
+            "dial tcp",
+            "server gave http response",
+        )
+    ):
         return f"cannot reach the registry {server} ({last}): check COLORGATE_REGISTRY and that the host can reach it"
     return f"the registry {server} failed: {last}"
 
@@ -336,10 +462,24 @@ def registry_session(settings: Settings) -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="colorgate-docker-config-") as config_dir:
         env = {**env, "DOCKER_CONFIG": config_dir}
         try:
-            runner.run(["docker", "login", "--username", settings.registry_user, "--password-stdin", registry_server(settings)],
-                       input=settings.registry_password, env=env, what="docker login", timeout=120)
+            runner.run(
+                [
+                    "docker",
+                    "login",
+                    "--username",
+                    settings.registry_user,
+                    "--password-stdin",
+                    registry_server(settings),
+                ],
+                input=settings.registry_password,
+                env=env,
+                what="docker login",
+                timeout=120,
+            )
         except CommandError as exc:
-            raise RegistryError(explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)) from None
+            raise RegistryError(
+                explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)
+            ) from None
         yield env
 
 
@@ -352,7 +492,9 @@ def registry_image(settings: Settings, name: str, tag: str) -> str | None:
     or the token a Bearer challenge asks for (GHCR, Docker Hub)."""
     server = registry_server(settings)
     repository = app_tag(settings, name, tag).removeprefix(f"{server}/").rsplit(":", 1)[0]
-    scheme = "http" if server.split(":")[0] in ("127.0.0.1", "localhost") else "https"  # as the engine trusts loopback
+    scheme = (
+        "http" if server.split(":")[0] in ("127.0.0.1", "localhost") else "https"
+    )  # as the engine trusts loopback
     url, accept = f"{scheme}://{server}/v2/{repository}/manifests/{tag}", {"Accept": MANIFESTS}
     auth = (settings.registry_user, settings.registry_password) if settings.registry_user else None
     try:
@@ -361,8 +503,16 @@ def registry_image(settings: Settings, name: str, tag: str) -> str | None:
             challenge = answer.headers.get("www-authenticate", "")
             if answer.status_code == 401 and challenge.lower().startswith("bearer"):
                 asked = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-                granted = client.get(asked.get("realm", ""), params={k: v for k, v in asked.items() if k in ("service", "scope")}, auth=auth)
-                token = granted.json().get("token") or granted.json().get("access_token") if granted.status_code == 200 else ""
+                granted = client.get(
+                    asked.get("realm", ""),
+                    params={k: v for k, v in asked.items() if k in ("service", "scope")},
+                    auth=auth,
+                )
+                token = (
+                    granted.json().get("token") or granted.json().get("access_token")
+                    if granted.status_code == 200
+                    else ""
+                )
                 answer = client.get(url, headers={**accept, "Authorization": f"Bearer {token}"})
             elif answer.status_code == 401 and auth:
                 answer = client.get(url, headers=accept, auth=auth)
@@ -371,7 +521,9 @@ def registry_image(settings: Settings, name: str, tag: str) -> str | None:
     if answer.status_code == 404:
         return None
     if answer.status_code != 200:
-        raise RegistryError(explain_registry_error(server, f"{answer.status_code} {answer.reason_phrase}"))
+        raise RegistryError(
+            explain_registry_error(server, f"{answer.status_code} {answer.reason_phrase}")
+        )
     return (answer.json().get("config") or {}).get("digest")
 
 
@@ -383,32 +535,57 @@ def push(settings: Settings, version: str, env: dict[str, str]) -> list[str]:
     shared = infra_images(settings.app)
     for name in pushed_images(settings.app):
         if name in shared:
-            runner.run(tag_cmd(app_tag(settings, name, "latest"), app_tag(settings, name, version)), env=settings.docker_env())
+            runner.run(
+                tag_cmd(app_tag(settings, name, "latest"), app_tag(settings, name, version)),
+                env=settings.docker_env(),
+            )
     for name in pushed_images(settings.app):
-        held, built = registry_image(settings, name, version), image_id(settings, app_tag(settings, name, version))
+        held, built = (
+            registry_image(settings, name, version),
+            image_id(settings, app_tag(settings, name, version)),
+        )
         if held and held != built:
-            raise RegistryError(f"the registry holds {app_tag(settings, name, version)} from another build ({held[:19]}, this one "
-                                f"{(built or '?')[:19]}): give this build a version of its own (--version), a version names one build")
+            raise RegistryError(
+                f"the registry holds {app_tag(settings, name, version)} from another build ({held[:19]}, this one "
+                f"{(built or '?')[:19]}): give this build a version of its own (--version), a version names one build"
+            )
     for name in pushed_images(settings.app):
         for tag in (version, "latest"):
             ref = app_tag(settings, name, tag)
             try:
-                runner.run(["docker", "push", "--quiet", ref], env=env, what=f"docker push {ref}", timeout=3600)
+                runner.run(
+                    ["docker", "push", "--quiet", ref],
+                    env=env,
+                    what=f"docker push {ref}",
+                    timeout=3600,
+                )
             except CommandError as exc:
-                raise RegistryError(explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)) from None
+                raise RegistryError(
+                    explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)
+                ) from None
             pushed.append(ref)
     return pushed
 
 
-def pull(settings: Settings, names: tuple[str, ...], version: str, env: dict[str, str], as_latest: bool = False) -> None:
+def pull(
+    settings: Settings,
+    names: tuple[str, ...],
+    version: str,
+    env: dict[str, str],
+    as_latest: bool = False,
+) -> None:
     """Pull `names` at `version` onto the target (and tag them latest there, for the
     shared images compose runs as latest)."""
     for name in names:
         ref = app_tag(settings, name, version)
         try:
-            runner.run(["docker", "pull", "--quiet", ref], env=env, what=f"docker pull {ref}", timeout=3600)
+            runner.run(
+                ["docker", "pull", "--quiet", ref], env=env, what=f"docker pull {ref}", timeout=3600
+            )
         except CommandError as exc:
-            raise RegistryError(explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)) from None
+            raise RegistryError(
+                explain_registry_error(registry_server(settings), exc.stderr + exc.stdout)
+            ) from None
         if as_latest and version != "latest":
             runner.run(tag_cmd(ref, app_tag(settings, name, "latest")), env=settings.docker_env())
 
@@ -430,11 +607,19 @@ def send(settings: Settings, refs: list[str]) -> tuple[list[str], list[str]]:
             present.append(ref)
             continue
         if image_id(settings, wanted) is not None:
-            runner.run(tag_cmd(wanted, ref), env=settings.docker_env(), what=f"tagging {ref} on the target")
+            runner.run(
+                tag_cmd(wanted, ref), env=settings.docker_env(), what=f"tagging {ref} on the target"
+            )
             present.append(ref)
             continue
         with runner.step(f"sending {ref} to {settings.docker_host or 'the local engine'}"):
-            runner.pipe(["docker", "save", ref], ["docker", "load", "--quiet"], first_env=local.docker_env(),
-                        second_env=settings.docker_env(), what=f"docker save {ref} | docker load", timeout=3600)
+            runner.pipe(
+                ["docker", "save", ref],
+                ["docker", "load", "--quiet"],
+                first_env=local.docker_env(),
+                second_env=settings.docker_env(),
+                what=f"docker save {ref} | docker load",
+                timeout=3600,
+            )
         sent.append(ref)
     return sent, present

@@ -25,8 +25,15 @@ def compose_binary_for(machine: str, bundled: Path | None) -> Path | None:
     return bundled if bundled and machine.strip() == platform.machine() else None
 
 
-def server_setup(settings: Settings, user: str, public_key: str, compose_binary: Path | None = None,
-                 ssh_port: int | None = None, keep_root_login: bool = False, swarm_peers: str = "") -> list[str]:
+def server_setup(
+    settings: Settings,
+    user: str,
+    public_key: str,
+    compose_binary: Path | None = None,
+    ssh_port: int | None = None,
+    keep_root_login: bool = False,
+    swarm_peers: str = "",
+) -> list[str]:
     """Upload and run server-setup.sh on the SSH host (as a user who may sudo, or root),
     with `compose_binary` (this machine's compose plugin) for a host whose distribution
     has none and whose CPU matches; sshd then listens on `ssh_port` (default: the port this
@@ -44,12 +51,18 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
             text = exc.stderr + exc.stdout
             explained = explain_ssh_error(target, text)
             if explained and target.user == "root" and "refused the SSH login" in explained:
-                explained += (" (a server set up before has root's login off once its deploy user worked: "
-                              "run it as a user who may sudo, --host ssh://USER@HOST)")
+                explained += (
+                    " (a server set up before has root's login off once its deploy user worked: "
+                    "run it as a user who may sudo, --host ssh://USER@HOST)"
+                )
             if explained:
                 raise DockerUnavailable(explained) from None
-            lines = [line for line in text.strip().splitlines() if line.startswith("server-setup: ")]
-            kind = BadInput if exc.returncode == BAD_INPUT else ColorgateError  # the script refused an argument
+            lines = [
+                line for line in text.strip().splitlines() if line.startswith("server-setup: ")
+            ]
+            kind = (
+                BadInput if exc.returncode == BAD_INPUT else ColorgateError
+            )  # the script refused an argument
             raise kind(f"on {target.shown}: " + (lines[-1] if lines else str(exc))) from None
 
     machine = run(target.ssh("uname", "-m"), "uname on the host").stdout
@@ -63,25 +76,44 @@ def server_setup(settings: Settings, user: str, public_key: str, compose_binary:
     sudo = "" if target.user == "root" else "sudo -n "
     if swarm_peers:
         env += f"COLORGATE_SWARM_PEERS={shlex.quote(swarm_peers)} "
-    script = f"sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)} {int(port)}"
+    script = (
+        f"sh {REMOTE_DIR}/server-setup.sh {shlex.quote(user)} {shlex.quote(public_key)} {int(port)}"
+    )
     cleaned = False
     try:
         with runner.step(f"setting up {target.shown} (server-setup.sh)"):
             out = run(target.ssh(f"{sudo}env {env}{script}"), "server-setup.sh").stdout
         lines = [line for line in out.splitlines() if line.startswith("server-setup: ")]
         deploy = dataclasses.replace(target, user=user, port=port if port != 22 else target.port)
-        works = runner.run(deploy.target.ssh("id", "-nG"), check=False, what=f"logging in as {user}", timeout=60)
+        works = runner.run(
+            deploy.target.ssh("id", "-nG"), check=False, what=f"logging in as {user}", timeout=60
+        )
         if works.returncode != 0 or "docker" not in works.stdout.split():
-            return [*lines, f"server-setup: password and root logins left as they were: {user} could not log in from here "
-                            f"with your key and use Docker ({deploy.hint()}); run server.setup again once it can"]
+            return [
+                *lines,
+                f"server-setup: password and root logins left as they were: {user} could not log in from here "
+                f"with your key and use Docker ({deploy.hint()}); run server.setup again once it can",
+            ]
         root = "prohibit-password" if keep_root_login else "no"
-        with runner.step(f"{user} logs in and uses Docker: password logins off" + ("" if keep_root_login else ", and root's")):
+        with runner.step(
+            f"{user} logs in and uses Docker: password logins off"
+            + ("" if keep_root_login else ", and root's")
+        ):
             # the work directory goes in the same session: root may not log in again
-            out = run(target.ssh(f"{sudo}env COLORGATE_PASSWORD_LOGIN=no COLORGATE_ROOT_LOGIN={root} {env}{script}; rc=$?; "
-                                 f"rm -rf {REMOTE_DIR}; exit $rc"), "server-setup.sh").stdout
+            out = run(
+                target.ssh(
+                    f"{sudo}env COLORGATE_PASSWORD_LOGIN=no COLORGATE_ROOT_LOGIN={root} {env}{script}; rc=$?; "
+                    f"rm -rf {REMOTE_DIR}; exit $rc"
+                ),
+                "server-setup.sh",
+            ).stdout
         cleaned = True
         locked = [line for line in out.splitlines() if line.startswith("server-setup: changed")]
-        return [line for line in lines if not line.endswith("nothing to change: the server is set up") or not locked] + locked
+        return [
+            line
+            for line in lines
+            if not line.endswith("nothing to change: the server is set up") or not locked
+        ] + locked
     finally:
         if not cleaned:
             runner.run(target.ssh(f"rm -rf {REMOTE_DIR}"), check=False, timeout=60)

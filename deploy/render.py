@@ -13,8 +13,21 @@ import yaml
 
 from deploy.config import shipped
 from deploy.errors import ContractError
-from deploy.contract import (APP_SECRETS_DIR, COLORS, DB_CA_DIR, DB_CLIENT_PASSWORD_FILE, DB_NETWORK, DB_PASSWORD_FILE, DB_URL_FILE, EDGE_NETWORK, OWN_VOLUMES, SECRETS_DIR,
-                             App, networks_of, app_secrets_volume)
+from deploy.contract import (
+    APP_SECRETS_DIR,
+    COLORS,
+    DB_CA_DIR,
+    DB_CLIENT_PASSWORD_FILE,
+    DB_NETWORK,
+    DB_PASSWORD_FILE,
+    DB_URL_FILE,
+    EDGE_NETWORK,
+    OWN_VOLUMES,
+    SECRETS_DIR,
+    App,
+    networks_of,
+    app_secrets_volume,
+)
 
 OWN_PARTS = shipped("colorgate_parts")  # Colorgate's own services: the edge, dbtools, certbot
 
@@ -32,7 +45,13 @@ def _env_dict(environment) -> dict:
 def network_map(service: dict) -> dict:
     """A compose service's networks as a mapping (from a list, a mapping, or none: `default`)."""
     networks = service.get("networks")
-    return dict(networks) if isinstance(networks, dict) else dict.fromkeys(networks) if isinstance(networks, list) else {"default": None}
+    return (
+        dict(networks)
+        if isinstance(networks, dict)
+        else dict.fromkeys(networks)
+        if isinstance(networks, list)
+        else {"default": None}
+    )
 
 
 # Every container Colorgate starts is locked down unless its service in the compose
@@ -46,8 +65,13 @@ LOCKED_DOWN = {
     "tmpfs": ["/tmp"],
     "pids_limit": "${COLORGATE_PIDS_LIMIT:-512}",
     "mem_limit": "${COLORGATE_MEMORY_LIMIT:-1g}",
-    "logging": {"driver": "json-file",
-                "options": {"max-size": "${COLORGATE_LOG_MAX_SIZE:-10m}", "max-file": "${COLORGATE_LOG_MAX_FILES:-3}"}},
+    "logging": {
+        "driver": "json-file",
+        "options": {
+            "max-size": "${COLORGATE_LOG_MAX_SIZE:-10m}",
+            "max-file": "${COLORGATE_LOG_MAX_FILES:-3}",
+        },
+    },
 }
 # Shared services (databases, caches) usually run images the team did not write, which
 # start as root, take their data directory and step down to their own user (the
@@ -65,7 +89,9 @@ def locked_down(svc: dict, defaults: dict = LOCKED_DOWN) -> dict:
         if key not in svc:
             svc[key] = copy.deepcopy(value)
     opts = svc["security_opt"]
-    if isinstance(opts, list) and not any(str(o).replace("=", ":").startswith("no-new-privileges") for o in opts):
+    if isinstance(opts, list) and not any(
+        str(o).replace("=", ":").startswith("no-new-privileges") for o in opts
+    ):
         opts.append("no-new-privileges:true")
     return svc
 
@@ -83,20 +109,29 @@ DROPPED_KEYS = ("ports", "container_name")
 # most (a subscription needs a few; idle ones cannot use up the database's max_connections).
 RELAY_OPEN = "/tmp/colorgate-relay-open"
 RELAY_CONNECTIONS = 8
-RELAY_SCRIPT = ('trap "exit 0" TERM; until [ -e "$1" ]; do sleep 0.1; done; '
-                'exec socat "TCP-LISTEN:5433,fork,reuseaddr,max-children=$2" "$3"')
+RELAY_SCRIPT = (
+    'trap "exit 0" TERM; until [ -e "$1" ]; do sleep 0.1; done; '
+    'exec socat "TCP-LISTEN:5433,fork,reuseaddr,max-children=$2" "$3"'
+)
 
 
 def dropped(app: App) -> list[str]:
     lines = []
     for name, svc in app.services.items():
         if (svc or {}).get("ports"):
-            why = ("the database is reached by its clients only, on Colorgate's networks" if app.database and name == app.database.service
-                   else "the edge routes to it" if name in app.routed else "only the edge publishes host ports")
+            why = (
+                "the database is reached by its clients only, on Colorgate's networks"
+                if app.database and name == app.database.service
+                else "the edge routes to it"
+                if name in app.routed
+                else "only the edge publishes host ports"
+            )
             lines.append(f"!! services.{name}.ports: left out: {why}")
         if "container_name" in (svc or {}):
-            lines.append(f"!! services.{name}.container_name: left out: compose names the containers per project"
-                         + " and color" * (name in app.colored))
+            lines.append(
+                f"!! services.{name}.container_name: left out: compose names the containers per project"
+                + " and color" * (name in app.colored)
+            )
     return lines
 
 
@@ -107,23 +142,38 @@ def wiring(app: App) -> list[str]:
     db = app.postgres or app.database
     if not db:
         return dropped(app)
-    lines = [f"{var} in {', '.join(db.clients) or '(no client)'}: {what}" for var, what in db.variables()]
+    lines = [
+        f"{var} in {', '.join(db.clients) or '(no client)'}: {what}" for var, what in db.variables()
+    ]
     if app.postgres:
-        lines.append(f"POSTGRES_DB, POSTGRES_USER in {db.service}: from the settings; POSTGRES_PASSWORD_FILE: the path of a file "
-                     "holding POSTGRES_PASSWORD")
+        lines.append(
+            f"POSTGRES_DB, POSTGRES_USER in {db.service}: from the settings; POSTGRES_PASSWORD_FILE: the path of a file "
+            "holding POSTGRES_PASSWORD"
+        )
     for name in (db.service, *db.clients):
         own = _env_dict((app.services[name] or {}).get("environment"))
-        replaced = [v for v, _ in db.variables()] if name in db.clients else (
-            ["POSTGRES_PASSWORD", *OWN_DATABASE_VARS] if app.postgres else [])
+        replaced = (
+            [v for v, _ in db.variables()]
+            if name in db.clients
+            else (["POSTGRES_PASSWORD", *OWN_DATABASE_VARS] if app.postgres else [])
+        )
         for var in replaced:
             value = own.get(var)
             if value is not None and not str(value).startswith("${"):
-                how = "removed: the app reads its URL from the file" if var in db.unset else "replaced by Colorgate's"
-                lines.append(f"!! services.{name}.environment.{var}: the value written there is {how}")
+                how = (
+                    "removed: the app reads its URL from the file"
+                    if var in db.unset
+                    else "replaced by Colorgate's"
+                )
+                lines.append(
+                    f"!! services.{name}.environment.{var}: the value written there is {how}"
+                )
         for var, value in own.items():
             if var not in replaced and re.search(r"://[^/\s:@]+:[^/\s@]+@", str(value or "")):
-                lines.append(f"!! services.{name}.environment.{var}: holds a URL with a password that Colorgate does not set "
-                             "(name the variable in x-colorgate.database.env to have Colorgate's URL there)")
+                lines.append(
+                    f"!! services.{name}.environment.{var}: holds a URL with a password that Colorgate does not set "
+                    "(name the variable in x-colorgate.database.env to have Colorgate's URL there)"
+                )
     return [*lines, *dropped(app)]
 
 
@@ -148,7 +198,14 @@ def secrets_volume(color: str = "") -> str:
 
 
 def app_secrets_volumes(app: App) -> list[str]:
-    return sorted({app_secrets_volume(color, name) for secret in app.secrets for name in secret.services for color in COLORS})
+    return sorted(
+        {
+            app_secrets_volume(color, name)
+            for secret in app.secrets
+            for name in secret.services
+            for color in COLORS
+        }
+    )
 
 
 def _mount(svc: dict, volume: str, path: str) -> None:
@@ -156,7 +213,9 @@ def _mount(svc: dict, volume: str, path: str) -> None:
 
 
 def _without_dropped(svc: dict | None) -> dict:
-    return {key: copy.deepcopy(value) for key, value in (svc or {}).items() if key not in DROPPED_KEYS}
+    return {
+        key: copy.deepcopy(value) for key, value in (svc or {}).items() if key not in DROPPED_KEYS
+    }
 
 
 def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
@@ -166,12 +225,16 @@ def compose(app: App, prefix_var: str = "${COLORGATE_IMAGE_PREFIX}") -> dict:
     services: dict = {}
     # a database on compose's default network (a file naming no networks) is put on an
     # internal network of Colorgate's with its clients: nothing else reaches it
-    own_db_network = bool(app.database and networks_of(app.services[app.database.service] or {}) == ["default"])
+    own_db_network = bool(
+        app.database and networks_of(app.services[app.database.service] or {}) == ["default"]
+    )
     for name in app.shared:
         services[name] = _shared(app, name, prefix_var, own_db_network)
     for color in COLORS:
         for name in app.colored:
-            services[app.copy_name(name, color)] = _colored_copy(app, name, color, prefix_var, own_db_network)
+            services[app.copy_name(name, color)] = _colored_copy(
+                app, name, color, prefix_var, own_db_network
+            )
     _own_parts(app, services)
     networks = copy.deepcopy(app.raw.get("networks") or {})
     networks[EDGE_NETWORK] = {}
@@ -205,8 +268,14 @@ def _shared(app: App, name: str, prefix_var: str, own_db_network: bool) -> dict:
         svc["environment"] = env
         _mount(svc, secrets_volume(), SECRETS_DIR)
     labels = _env_dict(svc.get("labels"))
-    labels.update({"org.colorgate.role": "database" if app.database and name == app.database.service else "shared",
-                   "org.colorgate.service": name})
+    labels.update(
+        {
+            "org.colorgate.role": "database"
+            if app.database and name == app.database.service
+            else "shared",
+            "org.colorgate.service": name,
+        }
+    )
     svc["labels"] = labels
     return locked_down(svc, SHARED)
 
@@ -229,7 +298,11 @@ def _colored_copy(app: App, name: str, color: str, prefix_var: str, own_db_netwo
         for var in db.file:  # the URL as a file of this color's (access.stage_secrets)
             env[var] = f"{SECRETS_DIR}/{DB_URL_FILE}"
         for part, var in db.parts:
-            env[var] = f"{SECRETS_DIR}/{DB_CLIENT_PASSWORD_FILE}" if part == "password_file" else "${%s:-}" % database_var(color, part)
+            env[var] = (
+                f"{SECRETS_DIR}/{DB_CLIENT_PASSWORD_FILE}"
+                if part == "password_file"
+                else "${%s:-}" % database_var(color, part)
+            )
         if db.reads_files:
             _mount(svc, secrets_volume(color), SECRETS_DIR)
         # a managed database's CA (its URL's sslrootcert), put there by Colorgate
@@ -240,7 +313,13 @@ def _colored_copy(app: App, name: str, color: str, prefix_var: str, own_db_netwo
         env.update({secret.env: secret.path for secret in own if secret.env})
     svc["environment"] = env
     labels = _env_dict(svc.get("labels"))
-    labels.update({"org.colorgate.role": "colored", "org.colorgate.service": name, "org.colorgate.color": color})
+    labels.update(
+        {
+            "org.colorgate.role": "colored",
+            "org.colorgate.service": name,
+            "org.colorgate.color": color,
+        }
+    )
     if app.database and name in app.database.clients:
         labels["org.colorgate.database"] = "${%s:-local}" % database_label_var(color)
     svc["labels"] = labels
@@ -253,7 +332,12 @@ def _colored_copy(app: App, name: str, color: str, prefix_var: str, own_db_netwo
     deps = svc.get("depends_on")
     if deps:
         items = deps.items() if isinstance(deps, dict) else ((d, None) for d in deps)
-        renamed = {app.copy_name(d, color) if d in app.colored else d: (v or {"condition": "service_started"}) for d, v in items}
+        renamed = {
+            app.copy_name(d, color) if d in app.colored else d: (
+                v or {"condition": "service_started"}
+            )
+            for d, v in items
+        }
         svc["depends_on"] = renamed
     return locked_down(svc)
 
@@ -271,8 +355,15 @@ def _own_parts(app: App, services: dict) -> None:
             if app.database:
                 svc.setdefault("environment", {})["PGHOST"] = app.database.service
                 if name == "dbrelay":
-                    svc["entrypoint"] = ["sh", "-c", RELAY_SCRIPT, "dbrelay", RELAY_OPEN, str(RELAY_CONNECTIONS),
-                                         f"TCP:{app.database.service}:5432"]
+                    svc["entrypoint"] = [
+                        "sh",
+                        "-c",
+                        RELAY_SCRIPT,
+                        "dbrelay",
+                        RELAY_OPEN,
+                        str(RELAY_CONNECTIONS),
+                        f"TCP:{app.database.service}:5432",
+                    ]
         services[name] = locked_down(svc)
     # certbot (one-off, and the renewer) for an ACME directory on the host's own loopback
     # (a test CA) only: the host's network
@@ -285,17 +376,33 @@ def _own_parts(app: App, services: dict) -> None:
 
 
 def dump(rendered: dict, source: Path, wired: list[str] = ()) -> str:
-    header = (f"# Generated by Colorgate from {source} (its x-colorgate block): do not edit.\n"
-              "# `invoke render` prints it; values in ${...} come from the validated settings.\n"
-              + "".join(f"# {line}\n" for line in wired))
+    header = (
+        f"# Generated by Colorgate from {source} (its x-colorgate block): do not edit.\n"
+        "# `invoke render` prints it; values in ${...} come from the validated settings.\n"
+        + "".join(f"# {line}\n" for line in wired)
+    )
     return header + yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False, width=120)
 
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SWARM_HEALTH_INTERVAL = "10s"
-EDGE_SWARM_HEALTHCHECK = {"test": ["CMD", "curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/healthz"],
-                          "interval": SWARM_HEALTH_INTERVAL, "timeout": "3s", "retries": 3, "start_period": "20s"}
-SWARM_DROPPED = ("build", "restart", "profiles", "pids_limit", "mem_limit", "depends_on", "container_name", "network_mode")
+EDGE_SWARM_HEALTHCHECK = {
+    "test": ["CMD", "curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/healthz"],
+    "interval": SWARM_HEALTH_INTERVAL,
+    "timeout": "3s",
+    "retries": 3,
+    "start_period": "20s",
+}
+SWARM_DROPPED = (
+    "build",
+    "restart",
+    "profiles",
+    "pids_limit",
+    "mem_limit",
+    "depends_on",
+    "container_name",
+    "network_mode",
+)
 
 
 def interpolate(value, env: dict[str, str]):
@@ -318,7 +425,12 @@ def host_ports(ports: list, where: str) -> list[dict]:
     out = []
     for i, port in enumerate(ports):
         if isinstance(port, dict):
-            address, published, target, protocol = port.get("host_ip", ""), str(port.get("published", "")), str(port.get("target", "")), port.get("protocol", "tcp")
+            address, published, target, protocol = (
+                port.get("host_ip", ""),
+                str(port.get("published", "")),
+                str(port.get("target", "")),
+                port.get("protocol", "tcp"),
+            )
         else:
             spec, _, protocol = str(port).partition("/")
             address = ""
@@ -329,17 +441,29 @@ def host_ports(ports: list, where: str) -> list[dict]:
                 address, parts = parts[0], parts[1:]
             published, target = parts if len(parts) == 2 else ("", parts[0])
         if address.startswith("127.") or address in ("::1", "localhost"):
-            raise ContractError(f"{where}[{i}]: {port!r} is bound to loopback, which a Swarm cannot do (it publishes on every "
-                                "address of the node): for the edge set COLORGATE_BIND to the node's address or 0.0.0.0")
+            raise ContractError(
+                f"{where}[{i}]: {port!r} is bound to loopback, which a Swarm cannot do (it publishes on every "
+                "address of the node): for the edge set COLORGATE_BIND to the node's address or 0.0.0.0"
+            )
         try:
             targets, publisheds = _port_range(target), _port_range(published) if published else []
         except ValueError:
-            raise ContractError(f"{where}[{i}]: {port!r} is not a port, a range or PUBLISHED:TARGET") from None
+            raise ContractError(
+                f"{where}[{i}]: {port!r} is not a port, a range or PUBLISHED:TARGET"
+            ) from None
         if publisheds and len(publisheds) != len(targets):
-            raise ContractError(f"{where}[{i}]: {port!r} maps {len(publisheds)} ports to {len(targets)}: give ranges of one length")
+            raise ContractError(
+                f"{where}[{i}]: {port!r} maps {len(publisheds)} ports to {len(targets)}: give ranges of one length"
+            )
         for n, target_port in enumerate(targets):
-            out.append({"target": target_port, **({"published": publisheds[n]} if publisheds else {}),
-                        "protocol": protocol or "tcp", "mode": "host"})
+            out.append(
+                {
+                    "target": target_port,
+                    **({"published": publisheds[n]} if publisheds else {}),
+                    "protocol": protocol or "tcp",
+                    "mode": "host",
+                }
+            )
     return out
 
 
@@ -351,8 +475,15 @@ def _port_range(text: str) -> list[int]:
     return list(range(low, high + 1))
 
 
-def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None, copies: dict[str, int] | None = None,
-          secrets: dict[str, dict[str, str]] | None = None, node: str = "", encrypted: bool = True) -> dict:
+def swarm(
+    app: App,
+    env: dict[str, str],
+    replicas: dict[str, int] | None = None,
+    copies: dict[str, int] | None = None,
+    secrets: dict[str, dict[str, str]] | None = None,
+    node: str = "",
+    encrypted: bool = True,
+) -> dict:
     """The stack `docker stack deploy` runs on a Swarm, from the same rendering as the
     compose file (`compose`), its variables filled in from `env`: every colored copy a
     service of `copies[copy]` tasks, else `replicas[name]` (default: the contract's, else 1) reached by name (dnsrr: a name resolves
@@ -371,43 +502,77 @@ def swarm(app: App, env: dict[str, str], replicas: dict[str, int] | None = None,
     for name, svc in rendered["services"].items():
         if svc.get("profiles") or svc.get("network_mode"):
             continue
-        memory = svc.get("mem_limit") or "1g"  # the service's own, else the settings' (filled in above)
+        memory = (
+            svc.get("mem_limit") or "1g"
+        )  # the service's own, else the settings' (filled in above)
         svc = {k: v for k, v in svc.items() if k not in SWARM_DROPPED}
         copy_of = app.split_copy(name)
         deploy = {"endpoint_mode": "dnsrr", "resources": {"limits": {"memory": memory}}}
         if copy_of:
-            deploy["replicas"] = (copies or {}).get(name, (replicas if replicas is not None else app.replicas).get(copy_of[0], 1))
+            deploy["replicas"] = (copies or {}).get(
+                name, (replicas if replicas is not None else app.replicas).get(copy_of[0], 1)
+            )
         else:
-            deploy.update(replicas=(copies or {}).get(name, 1), placement={"constraints": [f"node.id == {node}" if node else "node.role == manager"]})
+            deploy.update(
+                replicas=(copies or {}).get(name, 1),
+                placement={
+                    "constraints": [f"node.id == {node}" if node else "node.role == manager"]
+                },
+            )
         if svc.get("ports"):
             svc["ports"] = host_ports(svc["ports"], f"services.{name}.ports")
         if svc.get("tmpfs"):  # a service's tmpfs key is not applied by Swarm: as mounts
             tmpfs = svc.pop("tmpfs")
-            svc["volumes"] = [*(svc.get("volumes") or []),
-                              *({"type": "tmpfs", "target": str(t).split(":", 1)[0]} for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs))]
+            svc["volumes"] = [
+                *(svc.get("volumes") or []),
+                *(
+                    {"type": "tmpfs", "target": str(t).split(":", 1)[0]}
+                    for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs)
+                ),
+            ]
         for mount in list(svc.get("volumes") or []):
             volume, _, rest = str(mount).partition(":") if isinstance(mount, str) else ("", "", "")
             if volume in (secrets or {}):
                 svc["volumes"].remove(mount)
                 path = rest.split(":", 1)[0]
-                svc["secrets"] = [*(svc.get("secrets") or []), *({"source": secret, "target": f"{path}/{file}", "mode": 0o444}
-                                                                 for file, secret in sorted(secrets[volume].items()))]
+                svc["secrets"] = [
+                    *(svc.get("secrets") or []),
+                    *(
+                        {"source": secret, "target": f"{path}/{file}", "mode": 0o444}
+                        for file, secret in sorted(secrets[volume].items())
+                    ),
+                ]
                 used.update({secret: {"external": True} for secret in secrets[volume].values()})
         # Swarm counts a task as running once healthy: checked every 10 s (not the images' 300 s, which keeps one
         # host idle: a release there runs the check itself), the image's own check unless the service says another
         if name == "edge":
             svc["healthcheck"] = EDGE_SWARM_HEALTHCHECK
         elif not (svc.get("healthcheck") or {}).get("disable"):
-            svc["healthcheck"] = {**(svc.get("healthcheck") or {}), "interval": SWARM_HEALTH_INTERVAL}
+            svc["healthcheck"] = {
+                **(svc.get("healthcheck") or {}),
+                "interval": SWARM_HEALTH_INTERVAL,
+            }
         svc["deploy"] = deploy
         services[name] = svc
-    overlay = {"driver": "overlay", "attachable": True, **({"driver_opts": {"encrypted": ""}} if encrypted else {})}
-    networks = {name: {**{k: v for k, v in (net or {}).items() if k in ("internal", "labels")}, **overlay}
-                for name, net in rendered["networks"].items()}
+    overlay = {
+        "driver": "overlay",
+        "attachable": True,
+        **({"driver_opts": {"encrypted": ""}} if encrypted else {}),
+    }
+    networks = {
+        name: {**{k: v for k, v in (net or {}).items() if k in ("internal", "labels")}, **overlay}
+        for name, net in rendered["networks"].items()
+    }
     if any("default" in (svc.get("networks") or {}) for svc in services.values()):
         networks.setdefault("default", dict(overlay))
     volumes = {v: spec for v, spec in rendered["volumes"].items() if v not in (secrets or {})}
-    return {"version": "3.8", "services": services, "networks": networks, "volumes": volumes, **({"secrets": used} if used else {})}
+    return {
+        "version": "3.8",
+        "services": services,
+        "networks": networks,
+        "volumes": volumes,
+        **({"secrets": used} if used else {}),
+    }
 
 
 def one_offs_on_swarm(rendered: dict, project: str) -> dict:
@@ -415,9 +580,13 @@ def one_offs_on_swarm(rendered: dict, project: str) -> dict:
     tools) on a Swarm manager: on the stack's networks (overlay, attachable) and its
     volumes there, as they are, instead of compose's own."""
     out = copy.deepcopy(rendered)
-    out["networks"] = {n: {"external": True, "name": f"{project}_{n}"} for n in rendered["networks"]}
-    if any(not svc.get("network_mode") and ("default" in (svc.get("networks") or {"default": None}))
-           for svc in rendered["services"].values()):
+    out["networks"] = {
+        n: {"external": True, "name": f"{project}_{n}"} for n in rendered["networks"]
+    }
+    if any(
+        not svc.get("network_mode") and ("default" in (svc.get("networks") or {"default": None}))
+        for svc in rendered["services"].values()
+    ):
         out["networks"]["default"] = {"external": True, "name": f"{project}_default"}
     out["volumes"] = {v: {"external": True, "name": f"{project}_{v}"} for v in rendered["volumes"]}
     return out

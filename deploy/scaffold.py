@@ -15,10 +15,29 @@ from pathlib import Path
 from deploy import contract
 from deploy.errors import ContractError
 
-DATABASE_IMAGES = {"postgres": "postgresql", "postgis": "postgresql", "timescale": "postgresql",
-                   "mysql": "other", "mariadb": "other", "mongo": "other"}
-SHARED_IMAGES = ("redis", "valkey", "memcached", "rabbitmq", "elasticsearch", "opensearch", "minio", "nats", "kafka", "zookeeper")
-URL_IN_TEST = re.compile(r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(?::(\d+))?(/[^\s'\"]*)?")
+DATABASE_IMAGES = {
+    "postgres": "postgresql",
+    "postgis": "postgresql",
+    "timescale": "postgresql",
+    "mysql": "other",
+    "mariadb": "other",
+    "mongo": "other",
+}
+SHARED_IMAGES = (
+    "redis",
+    "valkey",
+    "memcached",
+    "rabbitmq",
+    "elasticsearch",
+    "opensearch",
+    "minio",
+    "nats",
+    "kafka",
+    "zookeeper",
+)
+URL_IN_TEST = re.compile(
+    r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(?::(\d+))?(/[^\s'\"]*)?"
+)
 POSTGRES_URL = re.compile(r"^(postgres(?:ql)?(?:\+\w+)?)://")
 
 
@@ -27,9 +46,13 @@ class Draft:
     colored: list[str] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)
     routes: list[tuple[str, str, int]] = field(default_factory=list)  # path, service, port
-    health: dict[str, tuple[str, str]] = field(default_factory=dict)  # service -> (path, how it was found)
+    health: dict[str, tuple[str, str]] = field(
+        default_factory=dict
+    )  # service -> (path, how it was found)
     database: tuple[str, str] | None = None  # service, kind
-    url_vars: list[str] = field(default_factory=list)  # the colored services' variables that hold a PostgreSQL URL
+    url_vars: list[str] = field(
+        default_factory=list
+    )  # the colored services' variables that hold a PostgreSQL URL
     scheme: str = "postgresql"  # the scheme those URLs are written with
     todo: list[str] = field(default_factory=list)
 
@@ -71,7 +94,9 @@ def infer(data: dict) -> Draft:
             draft.shared.append(name)
             draft.database = (name, kind)
             if kind != "postgresql":
-                draft.todo.append(f"{name}: not PostgreSQL, so the db.* tasks (backup, verify, move) will refuse")
+                draft.todo.append(
+                    f"{name}: not PostgreSQL, so the db.* tasks (backup, verify, move) will refuse"
+                )
             continue
         if "build" not in svc and (image.startswith(SHARED_IMAGES) or kind):
             draft.shared.append(name)
@@ -80,7 +105,9 @@ def infer(data: dict) -> Draft:
         ports = [p for p in (container_port(spec) for spec in svc.get("ports") or []) if p]
         found = health_from_test((svc.get("healthcheck") or {}).get("test"))
         if ports:
-            draft.routes.append(("/", name, ports[0]))  # its `ports:` are left out of what runs (render.dropped)
+            draft.routes.append(
+                ("/", name, ports[0])
+            )  # its `ports:` are left out of what runs (render.dropped)
         if found:
             port, path = found
             draft.health[name] = (path, "from its healthcheck")
@@ -95,33 +122,49 @@ def infer(data: dict) -> Draft:
                 draft.scheme = found[1] if found[1] in contract.DATABASE_SCHEMES else "postgresql"
                 if var not in draft.url_vars:
                     draft.url_vars.append(var)
-                draft.todo.append(f"services.{name}.environment.{var}: its URL (and the password in it) is replaced by "
-                                  "Colorgate's, as the app's own role; the database's POSTGRES_* come from the settings")
+                draft.todo.append(
+                    f"services.{name}.environment.{var}: its URL (and the password in it) is replaced by "
+                    "Colorgate's, as the app's own role; the database's POSTGRES_* come from the settings"
+                )
     if not draft.colored:
-        draft.todo.append("no service to release in two colors was found: list your app's services under colored")
+        draft.todo.append(
+            "no service to release in two colors was found: list your app's services under colored"
+        )
     paths = [r[0] for r in draft.routes]
     if len(draft.routes) > 1:
-        draft.routes = [(f"/{svc}/" if i else path, svc, port) for i, (path, svc, port) in enumerate(draft.routes)]
-        draft.todo.append(f"routes: {len(paths)} services publish ports; each now has a guessed path prefix: set the real ones")
+        draft.routes = [
+            (f"/{svc}/" if i else path, svc, port)
+            for i, (path, svc, port) in enumerate(draft.routes)
+        ]
+        draft.todo.append(
+            f"routes: {len(paths)} services publish ports; each now has a guessed path prefix: set the real ones"
+        )
     if not draft.routes and draft.colored:
-        draft.todo.append(f"routes: no published port found: route a path to the service that serves HTTP, e.g. {{path: /, to: {draft.colored[0]}:PORT}}")
+        draft.todo.append(
+            f"routes: no published port found: route a path to the service that serves HTTP, e.g. {{path: /, to: {draft.colored[0]}:PORT}}"
+        )
     for _, svc, _ in draft.routes:
         if svc not in draft.health:
-            draft.health[svc] = ("/", "TODO: a path that answers 200 only when the service is ready")
+            draft.health[svc] = (
+                "/",
+                "TODO: a path that answers 200 only when the service is ready",
+            )
     return draft
 
 
 def block_text(draft: Draft) -> str:
     """The x-colorgate block as commented YAML."""
-    lines = ["# Colorgate: how to release this app in two colors (blue/green). Drafted by",
-             "# `invoke init`; check every line, finish each TODO, then `invoke render` to see the result.",
-             "x-colorgate:",
-             "  # released as a blue and a green copy each (web servers, APIs, workers)",
-             f"  colored: [{', '.join(draft.colored)}]",
-             "  # started once for both colors (databases, caches)",
-             f"  shared: [{', '.join(draft.shared)}]",
-             "  # the edge's routes: path prefix -> service:port (the longest prefix wins)",
-             "  routes:"]
+    lines = [
+        "# Colorgate: how to release this app in two colors (blue/green). Drafted by",
+        "# `invoke init`; check every line, finish each TODO, then `invoke render` to see the result.",
+        "x-colorgate:",
+        "  # released as a blue and a green copy each (web servers, APIs, workers)",
+        f"  colored: [{', '.join(draft.colored)}]",
+        "  # started once for both colors (databases, caches)",
+        f"  shared: [{', '.join(draft.shared)}]",
+        "  # the edge's routes: path prefix -> service:port (the longest prefix wins)",
+        "  routes:",
+    ]
     for path, svc, port in draft.routes:
         lines += [f"    - path: {path}", f"      to: {svc}:{port}"]
     if not draft.routes:
@@ -132,16 +175,20 @@ def block_text(draft: Draft) -> str:
         lines.append(f"    {svc}: {{path: {path}}}  # {how}")
     if not draft.health:
         lines.append("    {}")
-    lines += ["  # TODO (optional): migrations run in the candidate's image before the switch, e.g.",
-              "  # migrations: {service: api, command: [npm, run, migrate], status: [npm, run, migrate:status]}"]
+    lines += [
+        "  # TODO (optional): migrations run in the candidate's image before the switch, e.g.",
+        "  # migrations: {service: api, command: [npm, run, migrate], status: [npm, run, migrate:status]}",
+    ]
     if draft.database:
         svc, kind = draft.database
-        lines += ["  # the database: backups, verify, restore and db.move work on it (PostgreSQL)",
-                  "  # TODO: let the app read its URL from the file DATABASE_URL_FILE names and add `file: DATABASE_URL_FILE`",
-                  "  # (the Hardening gate refuses a secret in a container's environment; COLORGATE_SECRETS_IN_ENV=allow accepts it)",
-                  f"  database: {{service: {svc}, env: [{', '.join(draft.url_vars or ['DATABASE_URL'])}]"
-                  + ("" if draft.scheme == "postgresql" else f", scheme: {draft.scheme}")
-                  + f"{'' if kind == 'postgresql' else ', kind: other'}}}"]
+        lines += [
+            "  # the database: backups, verify, restore and db.move work on it (PostgreSQL)",
+            "  # TODO: let the app read its URL from the file DATABASE_URL_FILE names and add `file: DATABASE_URL_FILE`",
+            "  # (the Hardening gate refuses a secret in a container's environment; COLORGATE_SECRETS_IN_ENV=allow accepts it)",
+            f"  database: {{service: {svc}, env: [{', '.join(draft.url_vars or ['DATABASE_URL'])}]"
+            + ("" if draft.scheme == "postgresql" else f", scheme: {draft.scheme}")
+            + f"{'' if kind == 'postgresql' else ', kind: other'}}}",
+        ]
     for item in draft.todo:
         lines.append(f"  # TODO: {item}")
     return "\n".join(lines) + "\n"
@@ -152,7 +199,9 @@ def init(source: Path, output: Path | None = None) -> tuple[Path, Draft]:
     source = contract.find_file(source, drafts=False)
     data = contract.read_compose(source)
     if "x-colorgate" in data:
-        raise ContractError(f"{source} already has an x-colorgate block: edit it, then check it with `invoke render`")
+        raise ContractError(
+            f"{source} already has an x-colorgate block: edit it, then check it with `invoke render`"
+        )
     output = output or source.with_name(f"{source.stem}.colorgate{source.suffix}")
     if output.exists():
         raise ContractError(f"{output} exists already: remove it or pass --output FILE")

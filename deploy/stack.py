@@ -25,13 +25,16 @@ def infra_services(settings: Settings, retired: bool = False) -> list[str]:
     return [*(s for s in settings.app.shared if not (retired and s == db)), "edge"]
 
 
-def wait_ready(settings: Settings, services: list[str], timeout: float | None = None,
-               recovering: bool = False) -> dict[str, facts.ServiceState]:
+def wait_ready(
+    settings: Settings, services: list[str], timeout: float | None = None, recovering: bool = False
+) -> dict[str, facts.ServiceState]:
     """Wait (bounded) until every service is running and healthy (Target.wait_ready):
     stops early, naming the service, when one exits or its health check fails; with
     `recovering` (containers that ran while their database was still empty), an
     unhealthy service is waited for until it turns healthy."""
-    return targets.of(settings).wait_ready(settings, services, settings.health_timeout if timeout is None else timeout, recovering)
+    return targets.of(settings).wait_ready(
+        settings, services, settings.health_timeout if timeout is None else timeout, recovering
+    )
 
 
 def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -> None:
@@ -40,8 +43,11 @@ def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -
     timeout = settings.health_timeout if timeout is None else timeout
     last: dict[str, str | None] = {}
 
-    @tenacity.retry(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_exponential(multiplier=0.1, max=1),
-                    retry=tenacity.retry_if_result(bool))
+    @tenacity.retry(
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=1),
+        retry=tenacity.retry_if_result(bool),
+    )
     def poll() -> list[str]:
         last.update(probes.candidate_health(settings, color))
         return [s for s, problem in last.items() if problem]
@@ -51,8 +57,10 @@ def wait_healthy(settings: Settings, color: str, timeout: float | None = None) -
     except tenacity.RetryError:
         failing = {s: p for s, p in last.items() if p}
         first = next(iter(failing))
-        raise StackError(f"{settings.app.copy_name(first, color)} failed its health check for {timeout}s "
-                         f"({settings.app.health[first].path}: {failing[first]}): see `invoke logs {settings.app.copy_name(first, color)}`") from None
+        raise StackError(
+            f"{settings.app.copy_name(first, color)} failed its health check for {timeout}s "
+            f"({settings.app.health[first].path}: {failing[first]}): see `invoke logs {settings.app.copy_name(first, color)}`"
+        ) from None
 
 
 def explain_compose_error(settings: Settings, exc: CommandError) -> ColorgateError:
@@ -71,40 +79,65 @@ def build(settings: Settings, services: list[str], versions: dict[str, str]) -> 
     buildable = [s for s in services if app.builds(s)]
     if not buildable:
         return
-    runner.run(targets.compose_cmd(settings, "build", *buildable), env=targets.compose_env(settings, versions), what="docker compose build")
+    runner.run(
+        targets.compose_cmd(settings, "build", *buildable),
+        env=targets.compose_env(settings, versions),
+        what="docker compose build",
+    )
     for service in buildable:
         copy = app.split_copy(service)
         if copy:
             name, color = copy
             runner.run(
-                images.tag_cmd(images.app_tag(settings, name, versions[color]), images.app_tag(settings, name, "latest")),
+                images.tag_cmd(
+                    images.app_tag(settings, name, versions[color]),
+                    images.app_tag(settings, name, "latest"),
+                ),
                 env=settings.docker_env(),
             )
 
 
 def release_images_exist(settings: Settings, version: str) -> bool:
-    return all(images.image_exists(settings, images.app_tag(settings, name, version)) for name in images.release_images(settings.app))
+    return all(
+        images.image_exists(settings, images.app_tag(settings, name, version))
+        for name in images.release_images(settings.app)
+    )
 
 
-def ensure_release_images(settings: Settings, color: str, versions: dict[str, str], force: bool = False,
-                          release: bool = False) -> None:
+def ensure_release_images(
+    settings: Settings,
+    color: str,
+    versions: dict[str, str],
+    force: bool = False,
+    release: bool = False,
+) -> None:
     """`color`'s images at its version in `versions`, unless the target has them (or
     `force`): pulled from the registry when there is one, made on this machine and sent
     when streaming, else built by the target's engine. For a `release`, the registry is
     asked even when the target holds the tag, which may be another build's (a pull of
     an image it has costs one manifest request); never for a color that runs (`up`)."""
     version = versions[color]
-    if not force and release_images_exist(settings, version) and not (release and settings.image_source == "registry"):
+    if (
+        not force
+        and release_images_exist(settings, version)
+        and not (release and settings.image_source == "registry")
+    ):
         return
     if settings.image_source == "registry":
         with images.registry_session(settings) as env:
             images.pull(settings, images.release_images(settings.app), version, env)
         return
     if force or not release_images_exist(settings.builder, version):
-        bootstrap.fresh_bases(settings.builder)  # those older than COLORGATE_BASE_MAX_AGE first: Debian's updates
+        bootstrap.fresh_bases(
+            settings.builder
+        )  # those older than COLORGATE_BASE_MAX_AGE first: Debian's updates
         build(settings.builder, settings.app.color_services(color), versions)
     if settings.image_source == "stream":
-        refs = [images.app_tag(settings, name, tag) for name in images.release_images(settings.app) for tag in (version, "latest")]
+        refs = [
+            images.app_tag(settings, name, tag)
+            for name in images.release_images(settings.app)
+            for tag in (version, "latest")
+        ]
         images.send(settings, refs)
 
 
@@ -117,17 +150,31 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
         with images.registry_session(settings) as env:
             images.pull(settings, names, version or "latest", env, as_latest=True)
         return
-    if settings.image_source == "stream":  # all of them: `compose run` cannot build on the target then
+    if (
+        settings.image_source == "stream"
+    ):  # all of them: `compose run` cannot build on the target then
         build(settings.builder, list(names), versions)
         images.send(settings, [images.app_tag(settings, name, "latest") for name in names])
     else:
         # certbot is built when first used (tls.init); dbtools only for an app with PostgreSQL
-        build(settings, [n for n in names if n != "certbot" and (n != "dbtools" or settings.app.postgres)], versions)
+        build(
+            settings,
+            [n for n in names if n != "certbot" and (n != "dbtools" or settings.app.postgres)],
+            versions,
+        )
 
 
-def start(settings: Settings, names: list[str], env: dict[str, str], color: str | None = None,
-          recreate: bool = False, grace: int = 10, held: list[str] | None = None,
-          databases: dict[str, str] | None = None, keep: bool = False) -> None:
+def start(
+    settings: Settings,
+    names: list[str],
+    env: dict[str, str],
+    color: str | None = None,
+    recreate: bool = False,
+    grace: int = 10,
+    held: list[str] | None = None,
+    databases: dict[str, str] | None = None,
+    keep: bool = False,
+) -> None:
     """Start `names` (`recreate`: anew, the old ones given `grace` seconds; `keep`:
     never, only started if stopped), and create `held` without starting them (db.move's
     workers); a `color`'s alone, without what it depends on (that runs already:
@@ -153,7 +200,11 @@ def destroy(settings: Settings) -> None:
     shutil.rmtree(settings.compose_file.parent, ignore_errors=True)
     # the target's tags, and, for another engine, those made here to push or send to it
     for engine in [settings.docker_env(), *([{}] if settings.docker_host else [])]:
-        tags = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], env=engine, check=False).stdout.split()
+        tags = runner.run(
+            ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+            env=engine,
+            check=False,
+        ).stdout.split()
         mine = [t for t in tags if t.startswith(settings.image_prefix)]
         if mine:
             runner.run(["docker", "image", "rm", *mine], env=engine, check=False)
@@ -163,8 +214,14 @@ def migrations_container(settings: Settings, color: str) -> str:
     return f"{settings.project}-migrations-{color}"
 
 
-def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: bool = True,
-               services: list[str] | None = None, databases: dict[str, str] | None = None) -> dict[str, int]:
+def stop_color(
+    settings: Settings,
+    color: str,
+    versions: dict[str, str],
+    drain: bool = True,
+    services: list[str] | None = None,
+    databases: dict[str, str] | None = None,
+) -> dict[str, int]:
     """Stop a color's containers (or those of `services`), kept with their logs for
     diagnosis. With `drain`, first wait until the edge has no request in flight to it,
     and give its containers what is left of COLORGATE_DRAIN_SECONDS to stop: a stream
@@ -175,15 +232,25 @@ def stop_color(settings: Settings, color: str, versions: dict[str, str], drain: 
     if not names:
         return {}
     grace = drain_color(settings, color) if drain else None
-    return targets.of(settings).stop(settings, names, color, versions, databases, grace, whole=services is None)
+    return targets.of(settings).stop(
+        settings, names, color, versions, databases, grace, whole=services is None
+    )
 
 
-def resume(settings: Settings, names: list[str], versions: dict[str, str], databases: dict[str, str] | None = None,
-           counts: dict[str, int] | None = None, wait: bool = True) -> None:
+def resume(
+    settings: Settings,
+    names: list[str],
+    versions: dict[str, str],
+    databases: dict[str, str] | None = None,
+    counts: dict[str, int] | None = None,
+    wait: bool = True,
+) -> None:
     """Start again the stopped services `names` of a running color (db.move's workers):
     on a Swarm with `counts` tasks each, else as a copy that starts (swarm.resumed_count).
     With `wait`, until they run."""
-    targets.of(settings).resume(settings, names, targets.compose_env(settings, versions, databases), databases, counts)
+    targets.of(settings).resume(
+        settings, names, targets.compose_env(settings, versions, databases), databases, counts
+    )
     if wait:
         wait_ready(settings, names)
 
@@ -195,6 +262,8 @@ def drain_color(settings: Settings, color: str) -> int:
     started = time.monotonic()
     left = edge.drain(settings, color)
     if left:
-        runner.say(f"-- {left} request(s) to {color} still open at the drain bound "
-                   f"({settings.drain_seconds} s, COLORGATE_DRAIN_SECONDS): closing them")
+        runner.say(
+            f"-- {left} request(s) to {color} still open at the drain bound "
+            f"({settings.drain_seconds} s, COLORGATE_DRAIN_SECONDS): closing them"
+        )
     return max(1, round(settings.drain_seconds - (time.monotonic() - started)))

@@ -16,5 +16,7 @@ if _app_features:
         _spec = importlib.util.spec_from_file_location(f"app_steps_{_path.stem}", _path)
         _module = importlib.util.module_from_spec(_spec)
         _spec.loader.exec_module(_module)
-        globals().update({name: value for name, value in vars(_module).items() if not name.startswith("__")})
+        globals().update(
+            {name: value for name, value in vars(_module).items() if not name.startswith("__")}
+        )
     scenarios(str(_app_features))

@@ -89,7 +89,10 @@ def the_public_edge(edge):
     return edge
 
 
-@when(parsers.parse('the edge requests "{path}" from the {service} of the color under test'), target_fixture="response")
+@when(
+    parsers.parse('the edge requests "{path}" from the {service} of the color under test'),
+    target_fixture="response",
+)
 def edge_requests(gate_settings, expected, path, service):
     return probes.probe_from_edge(gate_settings, service, expected.color, path)
 
@@ -104,27 +107,38 @@ def the_stacks_containers(published):
 
 @then("every routed service of the color under test passes its health check")
 def candidate_healthy(gate_settings, expected):
-    problems = {s: p for s, p in probes.candidate_health(gate_settings, expected.color).items() if p}
-    assert not problems, "; ".join(f"{gate_settings.app.copy_name(s, expected.color)} "
-                                   f"{gate_settings.app.health[s].path}: {p}" for s, p in problems.items())
+    problems = {
+        s: p for s, p in probes.candidate_health(gate_settings, expected.color).items() if p
+    }
+    assert not problems, "; ".join(
+        f"{gate_settings.app.copy_name(s, expected.color)} {gate_settings.app.health[s].path}: {p}"
+        for s, p in problems.items()
+    )
 
 
 @then("no container of the color under test is restarting in a loop")
 def candidate_not_crash_looping(gate_settings, expected):
     if gate_settings.swarm:
-        pytest.skip("on a Swarm a task that crashes is replaced by a new one: the tasks' own states are read instead")
+        pytest.skip(
+            "on a Swarm a task that crashes is replaced by a new one: the tasks' own states are read instead"
+        )
     states = facts.service_states(gate_settings)
-    looping = {name: states[name].restarted for name in gate_settings.app.color_services(expected.color)
-               if name in states and states[name].restarted}
+    looping = {
+        name: states[name].restarted
+        for name in gate_settings.app.color_services(expected.color)
+        if name in states and states[name].restarted
+    }
     assert not looping, "; ".join(f"{name} {why}" for name, why in looping.items())
 
 
 @then("the color under test runs the version under test")
 def runs_expected_version(gate_settings, expected):
     states = facts.service_states(gate_settings)
-    wrong = {name: (states[name].version if name in states else "absent")
-             for name in gate_settings.app.color_services(expected.color)
-             if name not in states or states[name].version != expected.version}
+    wrong = {
+        name: (states[name].version if name in states else "absent")
+        for name in gate_settings.app.color_services(expected.color)
+        if name not in states or states[name].version != expected.version
+    }
     assert not wrong, f"expected every {expected.color} service at {expected.version}: {wrong}"
 
 
@@ -133,10 +147,14 @@ def candidate_spread(gate_settings, expected):
     if not gate_settings.swarm:
         return  # one host is one node: each service runs on all the nodes it can
     names = [gate_settings.app.copy_name(s, expected.color) for s in gate_settings.app.colored]
-    problems = swarm.spread_problems(swarm.services(gate_settings), names, swarm.active_nodes(swarm.nodes(gate_settings)))
-    assert not problems, ("; ".join(f"{name}: {why}" for name, why in problems.items()) +
-                          ": one node's loss would take more of it than it must; see `docker node ls` and the services' "
-                          "placement constraints; `docker service update --force SERVICE` spreads its tasks again")
+    problems = swarm.spread_problems(
+        swarm.services(gate_settings), names, swarm.active_nodes(swarm.nodes(gate_settings))
+    )
+    assert not problems, (
+        "; ".join(f"{name}: {why}" for name, why in problems.items())
+        + ": one node's loss would take more of it than it must; see `docker node ls` and the services' "
+        "placement constraints; `docker service update --force SERVICE` spreads its tasks again"
+    )
 
 
 @then("every health check passes through the public edge")
@@ -161,14 +179,19 @@ def routes_answered_by_expected(gate_settings, client, app, expected):
         check = app.health.get(route.service)
         path = check.path if check and app.route_for(check.path) == route else route.path
         response = client.get(path)
-        got = (response.headers.get("x-colorgate-color"), response.headers.get("x-colorgate-version"))
+        got = (
+            response.headers.get("x-colorgate-color"),
+            response.headers.get("x-colorgate-version"),
+        )
         assert got == (expected.color, expected.version), (
-            f"{path}: the edge says color {got[0]!r} version {got[1]!r}, expected {expected.color!r} {expected.version!r}: {_show(response)}")
+            f"{path}: the edge says color {got[0]!r} version {got[1]!r}, expected {expected.color!r} {expected.version!r}: {_show(response)}"
+        )
         upstream = (response.headers.get("x-colorgate-upstream") or "").rsplit(":", 1)[0]
         owner = addresses.get(upstream)
         assert owner == app.copy_name(route.service, expected.color), (
             f"{path} was answered from {upstream or 'no upstream'} ({owner or 'not a ' + expected.color + ' container'}), "
-            f"expected {app.copy_name(route.service, expected.color)}")
+            f"expected {app.copy_name(route.service, expected.color)}"
+        )
 
 
 @then("the edge routes to the color and version under test")
@@ -179,10 +202,16 @@ def edge_routes_expected(gate_settings, expected):
     if (active.color, active.version) == (expected.color, expected.version):
         return
     found = canary.read(gate_settings)
-    routed = f"{active.color} {active.version}" + (f", and {found['color']} {found['version']} to {found['percent']}% of users"
-                                                     if found else "")
-    assert found and (found["color"], found["version"]) == (expected.color, expected.version) and found["color"] != active.color, (
-        f"the edge routes to {routed}, expected {expected.color} {expected.version}")
+    routed = f"{active.color} {active.version}" + (
+        f", and {found['color']} {found['version']} to {found['percent']}% of users"
+        if found
+        else ""
+    )
+    assert (
+        found
+        and (found["color"], found["version"]) == (expected.color, expected.version)
+        and found["color"] != active.color
+    ), f"the edge routes to {routed}, expected {expected.color} {expected.version}"
 
 
 @then("the color under test has no pending database migrations")
@@ -191,15 +220,22 @@ def migrations_at_head(gate_settings, expected):
     if not m or not m.status:
         pytest.skip("the app declares no migration status command (x-colorgate.migrations.status)")
     pending = facts.pending_migrations(gate_settings, expected.color)
-    assert not pending, (f"{gate_settings.app.copy_name(m.service, expected.color)} has migrations the database "
-                         f"has not applied ({' '.join(m.status)} says so): run `invoke db.migrate`")
+    assert not pending, (
+        f"{gate_settings.app.copy_name(m.service, expected.color)} has migrations the database "
+        f"has not applied ({' '.join(m.status)} says so): run `invoke db.migrate`"
+    )
 
 
 @then("only the edge publishes host ports")
 def only_edge_publishes(gate_settings, ports):
     publishing = {service: p for service, p in ports.items() if p}
-    if "dbrelay" in publishing and edge_state.read_lock_holder(gate_settings).get("command") == "db.move":
-        del publishing["dbrelay"]  # db.move's replication relay (TLS only, a one-off role): gone when the move ends
+    if (
+        "dbrelay" in publishing
+        and edge_state.read_lock_holder(gate_settings).get("command") == "db.move"
+    ):
+        del publishing[
+            "dbrelay"
+        ]  # db.move's replication relay (TLS only, a one-off role): gone when the move ends
     assert set(publishing) == {"edge"}, f"services publishing host ports: {publishing}"
 
 
@@ -210,12 +246,17 @@ def only_internal_networks(gate_settings, app):
     service = app.database.service
     if edge_state.read_database_record(gate_settings).get("retired"):
         # retired after db.move: the app uses a managed database; no local one is left
-        found = facts.service_states(gate_settings).get(service)  # on a Swarm: its service, at 0 tasks
-        assert found is None or found.state == "exited", f"the retired local database {service} is running again"
+        found = facts.service_states(gate_settings).get(
+            service
+        )  # on a Swarm: its service, at 0 tasks
+        assert found is None or found.state == "exited", (
+            f"the retired local database {service} is running again"
+        )
         return
     networks = facts.service_networks(gate_settings, service)
     assert networks and all(n.internal for n in networks), (
-        f"{service} networks: {networks}: put the database on networks marked `internal: true` in {app.file.name}")
+        f"{service} networks: {networks}: put the database on networks marked `internal: true` in {app.file.name}"
+    )
 
 
 @then("nothing on the host listens on the database port")
@@ -231,15 +272,21 @@ def no_host_connection(gate_settings, app):
     if not app.postgres:
         pytest.skip("the app declares no PostgreSQL database")
     addresses = {"127.0.0.1", gate_settings.edge_address}
-    if gate_settings.swarm:  # every node's, where a port published on the Swarm or by anything on the node would answer
+    if (
+        gate_settings.swarm
+    ):  # every node's, where a port published on the Swarm or by anything on the node would answer
         addresses |= set(swarm.node_addresses(swarm.nodes(gate_settings)).values())
     for address in sorted(addresses):
-        assert not facts.tcp_connects(address, facts.POSTGRES_PORT), f"{address}:{facts.POSTGRES_PORT} accepted a connection from the host"
+        assert not facts.tcp_connects(address, facts.POSTGRES_PORT), (
+            f"{address}:{facts.POSTGRES_PORT} accepted a connection from the host"
+        )
 
 
 @given("a TLS handshake with the edge", target_fixture="handshake")
 def tls_handshake(gate_settings, trust):
-    return gates.tls_handshake(gate_settings.edge_address, gate_settings.https_port, gate_settings.domain, trust)
+    return gates.tls_handshake(
+        gate_settings.edge_address, gate_settings.https_port, gate_settings.domain, trust
+    )
 
 
 @then("the certificate chains to the configured CA and matches the domain")
@@ -253,7 +300,9 @@ def chain_and_name(gate_settings, handshake):
 def not_expiring(gate_settings, handshake):
     assert handshake.ok, f"handshake failed: {handshake.error}"
     days = (handshake.not_after - time.time()) / 86400
-    assert days >= gate_settings.tls_min_days, f"certificate expires in {days:.1f} days (minimum {gate_settings.tls_min_days})"
+    assert days >= gate_settings.tls_min_days, (
+        f"certificate expires in {days:.1f} days (minimum {gate_settings.tls_min_days})"
+    )
 
 
 @then(parsers.parse("a {protocol} handshake is refused"))
@@ -261,9 +310,13 @@ def protocol_refused(gate_settings, protocol):
     import ssl
 
     version = {"TLS 1.0": ssl.TLSVersion.TLSv1, "TLS 1.1": ssl.TLSVersion.TLSv1_1}[protocol]
-    result = gates.tls_handshake(gate_settings.edge_address, gate_settings.https_port, gate_settings.domain, None, version)
+    result = gates.tls_handshake(
+        gate_settings.edge_address, gate_settings.https_port, gate_settings.domain, None, version
+    )
     assert not result.ok, f"the edge accepted a {protocol} handshake ({result.protocol})"
-    assert "NO_PROTOCOLS_AVAILABLE" not in result.error, f"this client cannot offer {protocol}, so the check proves nothing: {result.error}"
+    assert "NO_PROTOCOLS_AVAILABLE" not in result.error, (
+        f"this client cannot offer {protocol}, so the check proves nothing: {result.error}"
+    )
 
 
 @then("HTTP redirects to HTTPS")
@@ -271,17 +324,28 @@ def http_redirects(gate_settings):
     import httpx
 
     port = "" if gate_settings.http_port == 80 else f":{gate_settings.http_port}"
-    r = httpx.get(f"http://{gate_settings.edge_address}{port}/some/path?q=1", headers={"Host": gate_settings.domain},
-                  follow_redirects=False, trust_env=False, timeout=5)
+    r = httpx.get(
+        f"http://{gate_settings.edge_address}{port}/some/path?q=1",
+        headers={"Host": gate_settings.domain},
+        follow_redirects=False,
+        trust_env=False,
+        timeout=5,
+    )
     assert r.status_code == 301, f"{r.url} answered {r.status_code}"
-    assert r.headers.get("location") == f"{gate_settings.https_url}/some/path?q=1", f"redirects to {r.headers.get('location')}"
+    assert r.headers.get("location") == f"{gate_settings.https_url}/some/path?q=1", (
+        f"redirects to {r.headers.get('location')}"
+    )
 
 
 @then("the response sets HSTS for at least a year")
 def hsts(response):
     values = response.headers.get_list("strict-transport-security")
     value = values[0] if len(values) == 1 else ", ".join(values)
-    max_age = int(value.split("max-age=")[1].split(";")[0]) if len(values) == 1 and "max-age=" in value else 0
+    max_age = (
+        int(value.split("max-age=")[1].split(";")[0])
+        if len(values) == 1 and "max-age=" in value
+        else 0
+    )
     assert max_age >= 31536000, f"Strict-Transport-Security is {value!r}"
 
 
@@ -294,19 +358,33 @@ def locked_down(gate_settings, expected):
     found = targets.of(gate_settings).confinements(gate_settings, services)
     assert set(found) == set(services), f"not running: {sorted(set(services) - set(found))}"
     weak = {name: c.problems() for name, c in found.items() if c.problems()}
-    assert not weak, (f"not locked down: {weak}: remove what undoes it (cap_add, read_only: false, user: root, "
-                      f"no-new-privileges:false) from {gate_settings.app.file.name}")
+    assert not weak, (
+        f"not locked down: {weak}: remove what undoes it (cap_add, read_only: false, user: root, "
+        f"no-new-privileges:false) from {gate_settings.app.file.name}"
+    )
 
 
 @then("no other container can gain privileges")
 def no_privilege_gain(gate_settings, expected):
-    others = [name for name, s in facts.service_states(gate_settings).items()
-              if s.state == "running" and s.color is None and name != "edge"]
-    rendered = render.compose(gate_settings.app)["services"]  # the app's own cap_add, or Colorgate's default for it
-    declared = {name: set(map(confinement.capability, (rendered.get(name) or {}).get("cap_add") or ())) for name in others}
+    others = [
+        name
+        for name, s in facts.service_states(gate_settings).items()
+        if s.state == "running" and s.color is None and name != "edge"
+    ]
+    rendered = render.compose(gate_settings.app)[
+        "services"
+    ]  # the app's own cap_add, or Colorgate's default for it
+    declared = {
+        name: set(map(confinement.capability, (rendered.get(name) or {}).get("cap_add") or ()))
+        for name in others
+    }
     gains = {}
     for name, c in targets.of(gate_settings).confinements(gate_settings, others).items():
-        problems = [p for p in c.gains() if not (p.startswith("capabilities added") and set(c.cap_add) <= declared[name])]
+        problems = [
+            p
+            for p in c.gains()
+            if not (p.startswith("capabilities added") and set(c.cap_add) <= declared[name])
+        ]
         if problems:
             gains[name] = problems
     assert not gains, f"can gain privileges: {gains}"
@@ -316,13 +394,24 @@ def no_privilege_gain(gate_settings, expected):
 def no_secret_in_environment(gate_settings):
     if gate_settings.secrets_in_env == "allow":
         return  # the operator accepted it (COLORGATE_SECRETS_IN_ENV=allow)
-    running = [name for name, s in facts.service_states(gate_settings).items() if s.state == "running"]
-    held = {name: list(c.secret_env) for name, c in targets.of(gate_settings).confinements(gate_settings, running).items() if c.secret_env}
+    running = [
+        name for name, s in facts.service_states(gate_settings).items() if s.state == "running"
+    ]
+    held = {
+        name: list(c.secret_env)
+        for name, c in targets.of(gate_settings).confinements(gate_settings, running).items()
+        if c.secret_env
+    }
     db = gate_settings.app.database
-    fix = (f"let the app read its URL from a file (x-colorgate.database.file: {db.env[0]}_FILE in {gate_settings.app.file.name}), "
-           if db and db.env and not db.reads_files else "")
-    assert not held, (f"secrets in container environments (docker inspect shows them): {held}: {fix}"
-                      "or accept it with COLORGATE_SECRETS_IN_ENV=allow")
+    fix = (
+        f"let the app read its URL from a file (x-colorgate.database.file: {db.env[0]}_FILE in {gate_settings.app.file.name}), "
+        if db and db.env and not db.reads_files
+        else ""
+    )
+    assert not held, (
+        f"secrets in container environments (docker inspect shows them): {held}: {fix}"
+        "or accept it with COLORGATE_SECRETS_IN_ENV=allow"
+    )
 
 
 @then("the color under test reaches the stack's database as its own role, not a superuser")
@@ -331,12 +420,20 @@ def own_database_role(gate_settings, expected):
     if not s.app.postgres or s.database_url:
         return  # no database of the stack's own in use: a managed one's roles are its operator's
     found = facts.database_roles(s)
-    assert found.role_super is False, f"the app's role {s.app_db_user} is missing or a superuser: run `invoke up` to set it up"
-    assert found.database_owner == s.app_db_user, (f"the database {s.postgres_db} is owned by {found.database_owner}, "
-                                                  f"not the app's role {s.app_db_user}: run `invoke up` to hand it over")
+    assert found.role_super is False, (
+        f"the app's role {s.app_db_user} is missing or a superuser: run `invoke up` to set it up"
+    )
+    assert found.database_owner == s.app_db_user, (
+        f"the database {s.postgres_db} is owned by {found.database_owner}, "
+        f"not the app's role {s.app_db_user}: run `invoke up` to hand it over"
+    )
     mine = targets.of(s).addresses(s, expected.color)
-    as_super = sorted({f"{mine[addr]} as {user}" for addr, user, sup in found.sessions if sup and addr in mine})
-    assert not as_super, f"connected to the database as a superuser: {as_super}: give it the URL Colorgate renders (its own role)"
+    as_super = sorted(
+        {f"{mine[addr]} as {user}" for addr, user, sup in found.sessions if sup and addr in mine}
+    )
+    assert not as_super, (
+        f"connected to the database as a superuser: {as_super}: give it the URL Colorgate renders (its own role)"
+    )
 
 
 @then("the response carries the edge's security headers")
@@ -351,7 +448,9 @@ def security_headers(gate_settings, response):
         if len(sent) > 1:
             wrong[name] = f"sent {len(sent)} times: {sent}"
         elif name in owned and not sent:
-            wrong[name] = f"missing: the app owns it on {route.path} (x-colorgate.routes[].app_headers) but sent none"
+            wrong[name] = (
+                f"missing: the app owns it on {route.path} (x-colorgate.routes[].app_headers) but sent none"
+            )
         elif name not in owned and sent != [value]:
             wrong[name] = sent[0] if sent else "missing"
     assert not wrong, f"{response.url}: security headers missing or changed: {wrong}"

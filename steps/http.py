@@ -36,17 +36,22 @@ PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]|\[([^=\]]+)=([^\]]*)\]")
 class Http:
     """One scenario's requests: its headers and auth, and the values it saved (`run`: a
     value of its own, for names that must be new each time the gates run)."""
+
     headers: dict[str, str] = field(default_factory=dict)
     auth: httpx.Auth | None = None
     saved: dict[str, str] = field(default_factory=lambda: {"run": secrets.token_hex(4)})
 
     def fill(self, text: str) -> str:
         """`text` with each ${name} replaced by the value saved as `name`."""
+
         def value(match: re.Match) -> str:
             if match[1] not in self.saved:
-                raise AssertionError(f"no value saved as {match[1]!r}: save one first (`And I save the JSON field \"id\" as "
-                                     f"\"{match[1]}\"`); saved: {sorted(self.saved) or 'none'}")
+                raise AssertionError(
+                    f'no value saved as {match[1]!r}: save one first (`And I save the JSON field "id" as '
+                    f'"{match[1]}"`); saved: {sorted(self.saved) or "none"}'
+                )
             return self.saved[match[1]]
+
         return SAVED.sub(value, text)
 
 
@@ -66,12 +71,24 @@ def json_path(body, path: str):
     value = body
     for name, index, where, equals in PATH_PART.findall(path):
         if where:  # [field=value]: the first item of a list whose field is that value
-            found = [item for item in value if isinstance(item, dict) and _text(item.get(where)) == equals] if isinstance(value, list) else []
+            found = (
+                [
+                    item
+                    for item in value
+                    if isinstance(item, dict) and _text(item.get(where)) == equals
+                ]
+                if isinstance(value, list)
+                else []
+            )
             if not found:
                 raise KeyError(path)
             value = found[0]
             continue
-        key = int(index) if index else (int(name) if name.lstrip("-").isdigit() and isinstance(value, list) else name)
+        key = (
+            int(index)
+            if index
+            else (int(name) if name.lstrip("-").isdigit() and isinstance(value, list) else name)
+        )
         if isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
             value = value[key]
         elif isinstance(value, dict) and key in value:
@@ -100,9 +117,13 @@ def _text(value) -> str:
 def _secret(gate_settings, key: str) -> str:
     value = gate_settings.gate_secrets.get(key)
     if not key.startswith("COLORGATE_GATE_"):
-        raise AssertionError(f"{key}: a gate's secret is a setting named COLORGATE_GATE_... (in .env.<profile>.local)")
+        raise AssertionError(
+            f"{key}: a gate's secret is a setting named COLORGATE_GATE_... (in .env.<profile>.local)"
+        )
     if not value:
-        raise AssertionError(f"{key} is not set: put it in .env.{gate_settings.profile}.local or the environment")
+        raise AssertionError(
+            f"{key} is not set: put it in .env.{gate_settings.profile}.local or the environment"
+        )
     return value
 
 
@@ -119,7 +140,11 @@ def bearer_token(http, gate_settings, key):
     http.headers["Authorization"] = f"Bearer {_secret(gate_settings, key)}"
 
 
-@given(parsers.re(r'I send the header "(?P<name>[^"]+)" with the value in (?P<key>COLORGATE_GATE_\w+)$'))
+@given(
+    parsers.re(
+        r'I send the header "(?P<name>[^"]+)" with the value in (?P<key>COLORGATE_GATE_\w+)$'
+    )
+)
 def secret_header(http, gate_settings, name, key):
     http.headers[name] = _secret(gate_settings, key)
 
@@ -132,9 +157,17 @@ def plain_header(http, name, value):
 # --- when: requests -----------------------------------------------------------------
 
 
-def _send(client, http: Http, method: str, path: str, content: bytes | None = None, content_type: str = ""):
+def _send(
+    client, http: Http, method: str, path: str, content: bytes | None = None, content_type: str = ""
+):
     headers = {**http.headers, **({"Content-Type": content_type} if content_type else {})}
-    return client.request(method, http.fill(path), headers=headers, content=content, auth=http.auth or httpx.USE_CLIENT_DEFAULT)
+    return client.request(
+        method,
+        http.fill(path),
+        headers=headers,
+        content=content,
+        auth=http.auth or httpx.USE_CLIENT_DEFAULT,
+    )
 
 
 @when(parsers.parse('I request "{path}" over HTTPS'), target_fixture="response")
@@ -147,7 +180,10 @@ def send(client, http, method, path):
     return _send(client, http, method, path)
 
 
-@when(parsers.re(rf'I send (?P<method>{METHODS}) "(?P<path>[^"]*)" with the JSON body$'), target_fixture="response")
+@when(
+    parsers.re(rf'I send (?P<method>{METHODS}) "(?P<path>[^"]*)" with the JSON body$'),
+    target_fixture="response",
+)
 def send_json(client, http, method, path, docstring):
     text = http.fill(docstring)
     try:
@@ -157,9 +193,16 @@ def send_json(client, http, method, path, docstring):
     return _send(client, http, method, path, text.encode(), "application/json")
 
 
-@when(parsers.re(rf'I send (?P<method>{METHODS}) "(?P<path>[^"]*)" with the form body "(?P<body>[^"]*)"$'), target_fixture="response")
+@when(
+    parsers.re(
+        rf'I send (?P<method>{METHODS}) "(?P<path>[^"]*)" with the form body "(?P<body>[^"]*)"$'
+    ),
+    target_fixture="response",
+)
 def send_form(client, http, method, path, body):
-    return _send(client, http, method, path, http.fill(body).encode(), "application/x-www-form-urlencoded")
+    return _send(
+        client, http, method, path, http.fill(body).encode(), "application/x-www-form-urlencoded"
+    )
 
 
 @when(parsers.parse('I save the JSON field "{path}" as "{name}"'))
@@ -185,7 +228,9 @@ def json_field_is(response, http, path, value):
 @then(parsers.parse('the JSON field "{path}" contains "{value}"'))
 def json_field_contains(response, http, path, value):
     got, value = _field(response, http.fill(path)), http.fill(value)
-    found = any(_text(item) == value for item in got) if isinstance(got, list) else value in _text(got)
+    found = (
+        any(_text(item) == value for item in got) if isinstance(got, list) else value in _text(got)
+    )
     assert found, f"{path} is {got!r}: {value!r} is not in it: {show(response)}"
 
 
@@ -209,6 +254,8 @@ def header_is(response, name, value):
 @then(parsers.parse("the response time is below {ms:d} ms"))
 def faster_than(response, ms):
     elapsed = getattr(response, "elapsed", None)
-    assert elapsed is not None, "this response has no timing: ask through the public edge (`When I request ... over HTTPS`)"
+    assert elapsed is not None, (
+        "this response has no timing: ask through the public edge (`When I request ... over HTTPS`)"
+    )
     took = elapsed.total_seconds() * 1000
     assert took < ms, f"took {took:.0f} ms (limit {ms} ms): {show(response)}"

@@ -14,9 +14,23 @@ pytest_plugins = ["steps.http", "steps.common"]
 
 def pytest_addoption(parser):
     group = parser.getgroup("colorgate")
-    group.addoption("--profile", default=None, help="env profile of the target (default: $COLORGATE_PROFILE or development)")
-    group.addoption("--target-color", dest="target_color", default=None, help="color the gates check (default: the live one)")
-    group.addoption("--target-version", dest="target_version", default=None, help="version the gates expect (default: the live one)")
+    group.addoption(
+        "--profile",
+        default=None,
+        help="env profile of the target (default: $COLORGATE_PROFILE or development)",
+    )
+    group.addoption(
+        "--target-color",
+        dest="target_color",
+        default=None,
+        help="color the gates check (default: the live one)",
+    )
+    group.addoption(
+        "--target-version",
+        dest="target_version",
+        default=None,
+        help="version the gates expect (default: the live one)",
+    )
 
 
 @pytest.fixture(scope="session")

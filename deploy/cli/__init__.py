@@ -14,29 +14,99 @@ from invoke import Collection, Exit, ParseError, Program
 from deploy.cli import common
 from deploy.errors import BAD_INPUT
 
-from deploy.cli.app import (apply, bench, bootstrap, canary_abort, canary_promote, canary_status, deploy, down, exec_, history, init, logs,
-                            maintenance, render, rollback, scale, status, switch, traffic, up)
-from deploy.cli.ops import (db_backup, db_backups, db_migrate, db_move, db_restore, db_retire_local, db_unfreeze, db_verify,
-                            images_push, images_send, secrets_check, server_setup, tls_init, tls_renew, tls_schedule, tls_status)
+from deploy.cli.app import (
+    apply,
+    bench,
+    bootstrap,
+    canary_abort,
+    canary_promote,
+    canary_status,
+    deploy,
+    down,
+    exec_,
+    history,
+    init,
+    logs,
+    maintenance,
+    render,
+    rollback,
+    scale,
+    status,
+    switch,
+    traffic,
+    up,
+)
+from deploy.cli.ops import (
+    db_backup,
+    db_backups,
+    db_migrate,
+    db_move,
+    db_restore,
+    db_retire_local,
+    db_unfreeze,
+    db_verify,
+    images_push,
+    images_send,
+    secrets_check,
+    server_setup,
+    tls_init,
+    tls_renew,
+    tls_schedule,
+    tls_status,
+)
 
-ns = Collection(bootstrap, init, up, apply, down, status, render, logs, exec_, traffic, maintenance, deploy, switch, rollback, history, scale, bench)
+ns = Collection(
+    bootstrap,
+    init,
+    up,
+    apply,
+    down,
+    status,
+    render,
+    logs,
+    exec_,
+    traffic,
+    maintenance,
+    deploy,
+    switch,
+    rollback,
+    history,
+    scale,
+    bench,
+)
 ns.add_collection(Collection("tls", tls_status, tls_init, tls_renew, tls_schedule))
 ns.add_collection(Collection("server", server_setup))
 ns.add_collection(Collection("canary", canary_status, canary_promote, canary_abort))
 ns.add_collection(Collection("images", images_push, images_send))
 ns.add_collection(Collection("secrets", secrets_check))
-ns.add_collection(Collection("db", db_backup, db_backups, db_verify, db_restore, db_migrate, db_move, db_retire_local, db_unfreeze))
+ns.add_collection(
+    Collection(
+        "db",
+        db_backup,
+        db_backups,
+        db_verify,
+        db_restore,
+        db_migrate,
+        db_move,
+        db_retire_local,
+        db_unfreeze,
+    )
+)
 
 
 _names = {t.body.__wrapped__: name for name in ns.task_names for t in [ns[name]]}
-_helps = {name: dict(ns[name].help) for name in ns.task_names}  # invoke takes each text out of `help` as it parses
+_helps = {
+    name: dict(ns[name].help) for name in ns.task_names
+}  # invoke takes each text out of `help` as it parses
 
 
 def _help(fn) -> None:
     """A task's help, as `colorgate --help TASK` prints it."""
     for name, texts in _helps.items():
         ns[name].help = dict(texts)
-    Program(namespace=ns, name="Colorgate", binary="colorgate").run(["colorgate", "--help", _names[fn]], exit=False)
+    Program(namespace=ns, name="Colorgate", binary="colorgate").run(
+        ["colorgate", "--help", _names[fn]], exit=False
+    )
 
 
 common.show_help = _help

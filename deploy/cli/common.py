@@ -35,7 +35,9 @@ def operator_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if show_help and any(value in HELP_WORDS for value in (*args[1:], *kwargs.values()) if isinstance(value, str)):
+        if show_help and any(
+            value in HELP_WORDS for value in (*args[1:], *kwargs.values()) if isinstance(value, str)
+        ):
             return show_help(fn)
         runner.on_signals()  # SIGTERM, SIGHUP: the clean-up of Ctrl-C, not an abrupt end
         try:
@@ -43,11 +45,18 @@ def operator_errors(fn):
         except ColorgateError as exc:
             if DEBUG:
                 raise
-            if isinstance(exc, CommandError) and len(exc.tail()) > 1:  # what it said before the line that says why
-                print("\n".join(f"   | {runner.redact(line)}" for line in exc.tail()), file=sys.stderr)
+            if (
+                isinstance(exc, CommandError) and len(exc.tail()) > 1
+            ):  # what it said before the line that says why
+                print(
+                    "\n".join(f"   | {runner.redact(line)}" for line in exc.tail()), file=sys.stderr
+                )
             raise Exit(f"colorgate: {runner.redact(str(exc))}", code=exc.exit_code) from None
         except Interrupted as exc:
-            raise Exit(f"colorgate: interrupted by {exc}", code=128 + getattr(signal, str(exc), signal.SIGTERM).value) from None
+            raise Exit(
+                f"colorgate: interrupted by {exc}",
+                code=128 + getattr(signal, str(exc), signal.SIGTERM).value,
+            ) from None
         except KeyboardInterrupt:
             raise Exit("colorgate: interrupted", code=130) from None
         except BrokenPipeError:  # output piped into `head` and the like
@@ -64,7 +73,9 @@ def whole(value, option: str, default: int, lo: int, hi: int) -> int:
         return default
     text = str(value).strip()
     if not text.lstrip("-").isdigit() or not lo <= int(text) <= hi:
-        raise BadInput(f"{option} takes a whole number from {lo} to {hi}, got {text!r}: e.g. {option} {default}")
+        raise BadInput(
+            f"{option} takes a whole number from {lo} to {hi}, got {text!r}: e.g. {option} {default}"
+        )
     return int(text)
 
 
@@ -74,7 +85,9 @@ HOST_HELP = "the Docker host to act on: ssh://user@host[:port] (default: COLORGA
 REGISTRY_HELP = "registry to pull the images from, e.g. ghcr.io/acme (default: COLORGATE_REGISTRY; empty: build them)"
 
 
-def _load(profile: str | None, host: str | None = None, registry: str | None = None) -> config.Settings:
+def _load(
+    profile: str | None, host: str | None = None, registry: str | None = None
+) -> config.Settings:
     """Validated settings for the profile; --host and --registry override the settings."""
     overrides = {}
     if host:
@@ -84,7 +97,9 @@ def _load(profile: str | None, host: str | None = None, registry: str | None = N
     return config.load(profile, overrides=overrides)
 
 
-def _target(profile: str | None, host: str | None = None, registry: str | None = None, starts: bool = False) -> config.Settings:
+def _target(
+    profile: str | None, host: str | None = None, registry: str | None = None, starts: bool = False
+) -> config.Settings:
     """Validated settings for the profile, with the Docker engine checked reachable (and,
     for a command that `starts` containers, every app secret read before anything moves)."""
     settings = _load(profile, host, registry)
@@ -108,5 +123,7 @@ LOCK_HELP = "break a stale release lock left by a run that died (check `invoke s
 def _report(record) -> None:
     if record.outcome == "no-op":
         return
-    print(f"{record.action}: {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
-          f"{record.outcome} in {record.duration_s:.1f}s")
+    print(
+        f"{record.action}: {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
+        f"{record.outcome} in {record.duration_s:.1f}s"
+    )

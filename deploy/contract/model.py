@@ -2,7 +2,6 @@
 migrations, its database), with the names Colorgate keeps for itself. Built only by
 deploy/contract/parse.py, from a compose file's x-colorgate block."""
 
-
 from __future__ import annotations
 
 import re
@@ -12,14 +11,35 @@ from pathlib import Path
 from deploy.errors import ContractError
 
 COLORS = ("blue", "green")
-OWN_SERVICES = ("edge", "dbtools", "dbrelay", "certbot", "certbot-loopback")  # Colorgate's own parts
-OWN_VOLUMES = ("edge-state", "tls", "acme", "backups", "letsencrypt", "dbca", "secrets-db", "secrets-tools", "secrets-blue", "secrets-green")
+OWN_SERVICES = (
+    "edge",
+    "dbtools",
+    "dbrelay",
+    "certbot",
+    "certbot-loopback",
+)  # Colorgate's own parts
+OWN_VOLUMES = (
+    "edge-state",
+    "tls",
+    "acme",
+    "backups",
+    "letsencrypt",
+    "dbca",
+    "secrets-db",
+    "secrets-tools",
+    "secrets-blue",
+    "secrets-green",
+)
 EDGE_NETWORK = "colorgate"  # the edge and every routed colored copy
 DB_NETWORK = "colorgate-db"  # internal: a database the compose file leaves on its default network, and its clients
-DB_CA_DIR = "/run/colorgate-db"  # where database clients find a managed database's CA (volume `dbca`)
+DB_CA_DIR = (
+    "/run/colorgate-db"  # where database clients find a managed database's CA (volume `dbca`)
+)
 SECRETS_DIR = "/run/colorgate-secrets"  # secret files, read-only: `secrets-db` in the database, `secrets-tools` in
 # the one-off dbtools, `secrets-<color>` in that color's database clients
-DB_PASSWORD_FILE = "postgres_password"  # in secrets-db and secrets-tools (the database's superuser password)
+DB_PASSWORD_FILE = (
+    "postgres_password"  # in secrets-db and secrets-tools (the database's superuser password)
+)
 DB_URL_FILE = "database_url"  # in secrets-<color> (that color's database URL)
 DB_CLIENT_PASSWORD_FILE = "database_password"  # in secrets-<color> (the password of that URL: database.parts.password_file)
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
@@ -29,15 +49,43 @@ SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 # service's, and the file's own sections): checked first, so a wrong one is one line.
 TEXT, NUMBER, LIST, MAPPING = "text", "number", "list", "mapping"
 SERVICE_SHAPES = {
-    "image": (TEXT,), "build": (TEXT, MAPPING), "command": (TEXT, LIST), "entrypoint": (TEXT, LIST),
-    "environment": (MAPPING, LIST), "labels": (MAPPING, LIST), "env_file": (TEXT, LIST), "ports": (LIST,),
-    "expose": (LIST,), "networks": (LIST, MAPPING), "depends_on": (LIST, MAPPING), "volumes": (LIST,),
-    "healthcheck": (MAPPING,), "deploy": (MAPPING,), "profiles": (LIST,), "secrets": (LIST,), "tmpfs": (TEXT, LIST),
-    "cap_add": (LIST,), "cap_drop": (LIST,), "security_opt": (LIST,), "ulimits": (MAPPING,), "sysctls": (MAPPING, LIST),
-    "extra_hosts": (LIST, MAPPING), "logging": (MAPPING,), "user": (TEXT, NUMBER), "working_dir": (TEXT,),
-    "restart": (TEXT,), "read_only": ("bool",), "init": ("bool",), "stop_grace_period": (TEXT,),
+    "image": (TEXT,),
+    "build": (TEXT, MAPPING),
+    "command": (TEXT, LIST),
+    "entrypoint": (TEXT, LIST),
+    "environment": (MAPPING, LIST),
+    "labels": (MAPPING, LIST),
+    "env_file": (TEXT, LIST),
+    "ports": (LIST,),
+    "expose": (LIST,),
+    "networks": (LIST, MAPPING),
+    "depends_on": (LIST, MAPPING),
+    "volumes": (LIST,),
+    "healthcheck": (MAPPING,),
+    "deploy": (MAPPING,),
+    "profiles": (LIST,),
+    "secrets": (LIST,),
+    "tmpfs": (TEXT, LIST),
+    "cap_add": (LIST,),
+    "cap_drop": (LIST,),
+    "security_opt": (LIST,),
+    "ulimits": (MAPPING,),
+    "sysctls": (MAPPING, LIST),
+    "extra_hosts": (LIST, MAPPING),
+    "logging": (MAPPING,),
+    "user": (TEXT, NUMBER),
+    "working_dir": (TEXT,),
+    "restart": (TEXT,),
+    "read_only": ("bool",),
+    "init": ("bool",),
+    "stop_grace_period": (TEXT,),
 }
-TOP_SECTIONS = ("volumes", "networks", "secrets", "configs")  # each a mapping of names to bodies (or nothing)
+TOP_SECTIONS = (
+    "volumes",
+    "networks",
+    "secrets",
+    "configs",
+)  # each a mapping of names to bodies (or nothing)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIZE = re.compile(r"^\d+[kKmMgG]?$")
 ROUTE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
@@ -55,15 +103,33 @@ SECURITY_HEADERS = {
 BLOCK_KEYS = ("colored", "shared", "routes", "health", "migrations", "database", "secrets")
 SECRET_KEYS = ("services", "env")
 SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-APP_SECRETS_DIR = "/run/app-secrets"  # the app's own secrets (x-colorgate.secrets), one file each, read-only
+APP_SECRETS_DIR = (
+    "/run/app-secrets"  # the app's own secrets (x-colorgate.secrets), one file each, read-only
+)
 COLORED_KEYS = ("replicas",)
-ROUTE_KEYS = ("path", "to", "websocket", "buffering", "timeout", "body_size", "analysis", "app_headers")
+ROUTE_KEYS = (
+    "path",
+    "to",
+    "websocket",
+    "buffering",
+    "timeout",
+    "body_size",
+    "analysis",
+    "app_headers",
+)
 ROUTE_ANALYSIS_KEYS = ("max_error_ratio", "max_p95_ms")
 HEALTH_KEYS = ("path", "status", "json", "contains", "timeout", "port")
 MIGRATION_KEYS = ("service", "command", "status", "cheap")
 DATABASE_KEYS = ("service", "env", "file", "clients", "kind", "scheme", "parts")
 # The URL's scheme as the app's driver wants it (SQLAlchemy names its driver there).
-DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+asyncpg", "postgresql+pg8000")
+DATABASE_SCHEMES = (
+    "postgresql",
+    "postgres",
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+    "postgresql+asyncpg",
+    "postgresql+pg8000",
+)
 # The URL's parts, each in a variable of its own, for an app that reads no URL.
 DATABASE_PARTS = ("host", "port", "name", "user", "password", "password_file")
 
@@ -80,7 +146,9 @@ class Route:
     # the analysis judges this route's requests against these instead of the settings' (None: the settings')
     max_error_ratio: float | None = None
     max_p95_ms: int | None = None
-    app_headers: tuple[str, ...] = ()  # of SECURITY_HEADERS: the app's own value passes on this route
+    app_headers: tuple[
+        str, ...
+    ] = ()  # of SECURITY_HEADERS: the app's own value passes on this route
 
     @property
     def own_bounds(self) -> bool:
@@ -109,13 +177,19 @@ class Migrations:
 @dataclass(frozen=True)
 class Database:
     service: str
-    env: tuple[str, ...]  # the variables that hold the URL itself (default DATABASE_URL, unless `file` or `parts`)
+    env: tuple[
+        str, ...
+    ]  # the variables that hold the URL itself (default DATABASE_URL, unless `file` or `parts`)
     clients: tuple[str, ...]
     kind: str = "postgresql"  # postgresql, or another engine (the db.* tasks then refuse)
     file: tuple[str, ...] = ()  # the variables naming the file that holds the URL
     scheme: str = "postgresql"  # the URL's scheme as the app's driver wants it (DATABASE_SCHEMES)
-    parts: tuple[tuple[str, str], ...] = ()  # (part, variable): the URL's parts one by one (DATABASE_PARTS)
-    unset: tuple[str, ...] = ()  # `env` named beside `file`: removed from the clients' environment (a URL written there)
+    parts: tuple[
+        tuple[str, str], ...
+    ] = ()  # (part, variable): the URL's parts one by one (DATABASE_PARTS)
+    unset: tuple[
+        str, ...
+    ] = ()  # `env` named beside `file`: removed from the clients' environment (a URL written there)
 
     @property
     def reads_files(self) -> bool:
@@ -124,12 +198,20 @@ class Database:
 
     def variables(self) -> list[tuple[str, str]]:
         """(variable, what Colorgate puts in it) for every variable a client gets."""
-        said = {"host": "the database's host", "port": "its port", "name": "the database's name", "user": "the app's role",
-                "password": "its password (in the environment)", "password_file": "the path of a file holding the password"}
-        return ([(v, f"the URL ({self.scheme}://...), in the environment") for v in self.env]
-                + [(v, "removed (the app reads the URL from its file)") for v in self.unset]
-                + [(v, "the path of a file holding the URL") for v in self.file]
-                + [(v, said[part]) for part, v in self.parts])
+        said = {
+            "host": "the database's host",
+            "port": "its port",
+            "name": "the database's name",
+            "user": "the app's role",
+            "password": "its password (in the environment)",
+            "password_file": "the path of a file holding the password",
+        }
+        return (
+            [(v, f"the URL ({self.scheme}://...), in the environment") for v in self.env]
+            + [(v, "removed (the app reads the URL from its file)") for v in self.unset]
+            + [(v, "the path of a file holding the URL") for v in self.file]
+            + [(v, said[part]) for part, v in self.parts]
+        )
 
 
 @dataclass(frozen=True)
@@ -140,7 +222,9 @@ class Secret:
 
     name: str
     services: tuple[str, ...]
-    env: str = ""  # a variable set to the file's path, for an app that reads it from one (STRIPE_KEY_FILE)
+    env: str = (
+        ""  # a variable set to the file's path, for an app that reads it from one (STRIPE_KEY_FILE)
+    )
 
     @property
     def path(self) -> str:
@@ -170,7 +254,9 @@ class App:
     migrations: Migrations | None
     database: Database | None
     raw: dict = field(repr=False, compare=False, default_factory=dict)
-    replicas: dict[str, int] = field(default_factory=dict)  # tasks per color on a Swarm (x-colorgate.colored.NAME.replicas; 1)
+    replicas: dict[str, int] = field(
+        default_factory=dict
+    )  # tasks per color on a Swarm (x-colorgate.colored.NAME.replicas; 1)
     secrets: tuple[Secret, ...] = ()  # the app's own (x-colorgate.secrets)
 
     @property
@@ -181,7 +267,9 @@ class App:
     def name(self) -> str:
         """The app's name as compose gives its project one: the file's `name:`, else its
         directory's, lowercased, without what a project name may not hold."""
-        given = self.raw.get("name") if isinstance(self.raw.get("name"), str) else self.directory.name
+        given = (
+            self.raw.get("name") if isinstance(self.raw.get("name"), str) else self.directory.name
+        )
         return re.sub(r"[^a-z0-9_-]", "", given.lower()).lstrip("_-")[:63] or "app"
 
     @property
@@ -219,7 +307,9 @@ class App:
         for route in self.routes:
             if route.service == service:
                 return route.port
-        raise ContractError(f"service {service!r} has no route: x-colorgate.routes names no port for it")
+        raise ContractError(
+            f"service {service!r} has no route: x-colorgate.routes names no port for it"
+        )
 
     def route_for(self, path: str) -> Route | None:
         """The route nginx picks for `path`: the longest matching prefix."""
@@ -243,8 +333,14 @@ class App:
         outside the host (a managed database, say). Routed services also get the edge's
         network, which is not internal."""
         declared = self.raw.get("networks") or {}
-        return [s for s in services if s not in self.routed
-                and all((declared.get(n) or {}).get("internal") for n in networks_of(self.services[s] or {}))]
+        return [
+            s
+            for s in services
+            if s not in self.routed
+            and all(
+                (declared.get(n) or {}).get("internal") for n in networks_of(self.services[s] or {})
+            )
+        ]
 
 
 def networks_of(service: dict) -> list[str]:

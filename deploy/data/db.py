@@ -20,6 +20,7 @@ import tenacity
 from deploy import edge
 from deploy.data import dbtools, offsite
 from deploy.release import history, plans
+from deploy.edge import locking
 from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError, UnknownBackup
@@ -62,8 +63,12 @@ def _read_until_end(proc) -> list[str]:
     raise ColorgateError(f"psql ended early: {runner.redact(proc.stderr.read().strip()[-300:])}")
 
 
-def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] = frozenset(),
-           copy_required: bool = False) -> dict:
+def backup(
+    settings: Settings,
+    keep: int | None = None,
+    protect: frozenset[str] = frozenset(),
+    copy_required: bool = False,
+) -> dict:
     """Dump the app's database with its facts from one snapshot; send it off the host
     when COLORGATE_BACKUP_COPY is set (a failed copy is said, or with `copy_required`
     raised, the backup kept); then, the backup made, prune (`keep` newest, and never
@@ -71,12 +76,21 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
     name = backup_name()
     major = dbtools.dump_major(settings)
     env, flags = dbtools.tools_env(settings)
-    with dbtools.one_off(settings, env) as one, runner.session(dbtools.tools_cmd(settings, *dbtools.PSQL, flags=flags, name=one), env=env) as psql:
-        psql.stdin.write(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{dbtools.END}';\n")
+    with (
+        dbtools.one_off(settings, env) as one,
+        runner.session(
+            dbtools.tools_cmd(settings, *dbtools.PSQL, flags=flags, name=one), env=env
+        ) as psql,
+    ):
+        psql.stdin.write(
+            f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{dbtools.END}';\n"
+        )
         psql.stdin.flush()
         out = _read_until_end(psql)
         if not out:
-            raise ColorgateError("could not export a snapshot from PostgreSQL: is the stack up? (`invoke status`)")
+            raise ColorgateError(
+                "could not export a snapshot from PostgreSQL: is the stack up? (`invoke status`)"
+            )
         snapshot = out[-1]
         psql.stdin.write(dbtools.FACTS_SQL)
         psql.stdin.flush()
@@ -84,11 +98,19 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
         dumped = dbtools.tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump", major=major)
         psql.stdin.write("COMMIT;\n")
     sha256, size = dumped.stdout.split()[-2:]
-    manifest = {"name": name, "created": datetime.now(UTC).isoformat(timespec="seconds"), "sha256": sha256,
-                "size": int(size), "database": settings.postgres_db, "source": shown_url(settings.database_url),
-                "postgres": dbtools.server_version(settings),  # verify restores it into a server of its major
-                "counts": snapshot_facts.counts,
-                "migrations": snapshot_facts.migrations}
+    manifest = {
+        "name": name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sha256": sha256,
+        "size": int(size),
+        "database": settings.postgres_db,
+        "source": shown_url(settings.database_url),
+        "postgres": dbtools.server_version(
+            settings
+        ),  # verify restores it into a server of its major
+        "counts": snapshot_facts.counts,
+        "migrations": snapshot_facts.migrations,
+    }
     _write(settings, f"{name}.manifest.json", manifest, "writing the backup manifest")
     try:
         if settings.backup_copy:
@@ -96,7 +118,9 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
             _write(settings, f"{name}.copy.json", copied, "recording the off-host copy")
     except ColorgateError as exc:
         if copy_required:
-            raise ColorgateError(f"backup {name} is made and kept on the target, but {exc}") from None
+            raise ColorgateError(
+                f"backup {name} is made and kept on the target, but {exc}"
+            ) from None
         runner.say(f"!! backup {name} is kept on the target only: {exc}")
     finally:
         prune(settings, keep or settings.backup_keep, protect=protect)
@@ -105,8 +129,11 @@ def backup(settings: Settings, keep: int | None = None, protect: frozenset[str] 
 
 def has_tables(settings: Settings) -> bool:
     """Whether the app's database holds any table (a new one holds nothing to back up)."""
-    out = dbtools.psql(settings, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');",
-               what="looking into the database").stdout.split()
+    out = dbtools.psql(
+        settings,
+        "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');",
+        what="looking into the database",
+    ).stdout.split()
     return bool(out) and out[-1] != "0"
 
 
@@ -129,7 +156,7 @@ def to_prune(backups: list[dict], keep: int, protect: frozenset[str] = frozenset
     source without a backup known to work, whatever came after it. The newest is always
     kept (a `keep` below 1 is read as 1)."""
     names = [b["manifest"]["name"] for b in backups]
-    kept = set(names[-max(keep, 1):])
+    kept = set(names[-max(keep, 1) :])
     newest_usable: dict[str, str] = {}
     for b in backups:
         if (b.get("verify") or {}).get("usable"):
@@ -155,7 +182,10 @@ done
 def prune(settings: Settings, keep: int, protect: frozenset[str] = frozenset()) -> list[str]:
     """Delete what to_prune says, and sweep what killed backups left (said)."""
     old = to_prune(list_backups(settings), keep, protect)
-    script = 'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json" "$n.copy.json"; done\n' + SWEEP_SCRIPT
+    script = (
+        'cd /backups && for n in "$@"; do rm -f "$n.dump" "$n.manifest.json" "$n.verify.json" "$n.copy.json"; done\n'
+        + SWEEP_SCRIPT
+    )
     swept = dbtools.tools(settings, script, *old, what="removing old backups").stdout.split()
     if swept:
         runner.say(f"!! removed what killed backups left: {', '.join(swept)}")
@@ -195,52 +225,132 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
     name = manifest["name"]
     result = Verified(name, False, "", [])
     if _checksum(settings, name) != manifest["sha256"]:
-        result.reason = "the dump's checksum does not match its manifest (changed or damaged since the backup)"
+        result.reason = (
+            "the dump's checksum does not match its manifest (changed or damaged since the backup)"
+        )
     else:
         container = f"{settings.project}-verify-{secrets.token_hex(3)}"
-        major = dbtools.archive_major(settings, manifest)  # the throwaway server: of the tools that made it
+        major = dbtools.archive_major(
+            settings, manifest
+        )  # the throwaway server: of the tools that made it
         image = dbtools.tools_image(settings, major)
         try:  # removed below even when docker created it but could not start it
-            runner.run(["docker", "run", "--detach", "--name", container, "--network", "none",
-                        "--label", f"com.colorgate.verify={settings.project}",
-                        "-e", f"POSTGRES_USER={settings.postgres_user}", "-e", f"POSTGRES_DB={settings.postgres_db}",
-                        "-e", "POSTGRES_PASSWORD", "-v", f"{settings.project}_backups:/backups:ro", image],
-                       env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)}, what="starting a throwaway PostgreSQL")
+            runner.run(
+                [
+                    "docker",
+                    "run",
+                    "--detach",
+                    "--name",
+                    container,
+                    "--network",
+                    "none",
+                    "--label",
+                    f"com.colorgate.verify={settings.project}",
+                    "-e",
+                    f"POSTGRES_USER={settings.postgres_user}",
+                    "-e",
+                    f"POSTGRES_DB={settings.postgres_db}",
+                    "-e",
+                    "POSTGRES_PASSWORD",
+                    "-v",
+                    f"{settings.project}_backups:/backups:ro",
+                    image,
+                ],
+                env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)},
+                what="starting a throwaway PostgreSQL",
+            )
             _wait_pg(settings, container)
-            restored = runner.run(["docker", "exec", container, "pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
-                                   "-U", settings.postgres_user, "-d", settings.postgres_db, f"/backups/{name}.dump"],
-                                  env=settings.docker_env(), check=False, what="pg_restore")
+            restored = runner.run(
+                [
+                    "docker",
+                    "exec",
+                    container,
+                    "pg_restore",
+                    "--no-owner",
+                    "--no-privileges",
+                    "--exit-on-error",
+                    "-U",
+                    settings.postgres_user,
+                    "-d",
+                    settings.postgres_db,
+                    f"/backups/{name}.dump",
+                ],
+                env=settings.docker_env(),
+                check=False,
+                what="pg_restore",
+            )
             if restored.returncode != 0:
                 last = (restored.stderr.strip().splitlines() or ["no output"])[-1]
                 result.reason = f"pg_restore failed: {runner.redact(last)}"
             else:
-                result.rows = dbtools.compare(dbtools.Facts(manifest["counts"], manifest["migrations"]), dbtools.facts(settings, container))
+                result.rows = dbtools.compare(
+                    dbtools.Facts(manifest["counts"], manifest["migrations"]),
+                    dbtools.facts(settings, container),
+                )
                 bad = [r[0] for r in result.rows if not r[3]]
                 result.usable = not bad
-                result.reason = f"restored into PostgreSQL {major}; every row count and the migrations match" if not bad else f"mismatch: {', '.join(bad)}"
+                result.reason = (
+                    f"restored into PostgreSQL {major}; every row count and the migrations match"
+                    if not bad
+                    else f"mismatch: {', '.join(bad)}"
+                )
         finally:
-            runner.run(["docker", "rm", "--force", "--volumes", container], env=settings.docker_env(), check=False)
+            runner.run(
+                ["docker", "rm", "--force", "--volumes", container],
+                env=settings.docker_env(),
+                check=False,
+            )
     record_verify(settings, name, result.usable, result.reason)
     return result
 
 
 def record_verify(settings: Settings, name: str, usable: bool, reason: str) -> None:
-    record = {"usable": usable, "reason": reason, "verified": datetime.now(UTC).isoformat(timespec="seconds")}
+    record = {
+        "usable": usable,
+        "reason": reason,
+        "verified": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     _write(settings, f"{name}.verify.json", record, "recording the verify result")
 
 
 def _write(settings: Settings, filename: str, data: dict, what: str) -> None:
     """A JSON file beside the dumps, atomically: a run killed while writing leaves the old
     file (or none) and a `.new` that the next prune sweeps, never half a manifest."""
-    dbtools.tools(settings, 'cat > "/backups/$1.new" && mv "/backups/$1.new" "/backups/$1"', filename, input=json.dumps(data), what=what)
+    dbtools.tools(
+        settings,
+        'cat > "/backups/$1.new" && mv "/backups/$1.new" "/backups/$1"',
+        filename,
+        input=json.dumps(data),
+        what=what,
+    )
 
 
 def _wait_pg(settings: Settings, container: str) -> None:
-    @tenacity.retry(stop=tenacity.stop_after_delay(60), wait=tenacity.wait_exponential(multiplier=0.2, max=2),
-                    retry=tenacity.retry_if_exception_type(CommandError), reraise=True)
+    @tenacity.retry(
+        stop=tenacity.stop_after_delay(60),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=2),
+        retry=tenacity.retry_if_exception_type(CommandError),
+        reraise=True,
+    )
     def ready() -> None:
-        runner.run(["docker", "exec", container, "psql", "-X", "-q", "-U", settings.postgres_user, "-d", settings.postgres_db,
-                    "-c", "SELECT 1"], env=settings.docker_env(), what="waiting for the throwaway PostgreSQL")
+        runner.run(
+            [
+                "docker",
+                "exec",
+                container,
+                "psql",
+                "-X",
+                "-q",
+                "-U",
+                settings.postgres_user,
+                "-d",
+                settings.postgres_db,
+                "-c",
+                "SELECT 1",
+            ],
+            env=settings.docker_env(),
+            what="waiting for the throwaway PostgreSQL",
+        )
 
     ready()
 
@@ -252,24 +362,40 @@ SCHEMA_SQL = """SELECT md5(coalesce(string_agg(table_schema || '.' || table_name
 
 def schema_fingerprint(settings: Settings) -> str:
     """A digest of the database's tables and columns: what a migration changes."""
-    return dbtools.psql(settings, SCHEMA_SQL, what="reading the database's schema").stdout.split()[-1]
+    return dbtools.psql(settings, SCHEMA_SQL, what="reading the database's schema").stdout.split()[
+        -1
+    ]
 
 
 def drop_backup(settings: Settings, name: str) -> None:
-    dbtools.tools(settings, 'cd /backups && rm -f "$1.dump" "$1.manifest.json"', name, what="dropping the backup")
+    dbtools.tools(
+        settings,
+        'cd /backups && rm -f "$1.dump" "$1.manifest.json"',
+        name,
+        what="dropping the backup",
+    )
 
 
 def check_keep(settings: Settings, keep: int | None, yes: bool) -> None:
     """Keeping fewer backups than the settings do deletes some they keep: on staging and
     production only with `yes`."""
-    if keep is not None and keep < settings.backup_keep and settings.profile in STRICT_PROFILES and not yes:
-        raise BadInput(f"--keep {keep} deletes {settings.profile} backups that COLORGATE_BACKUP_KEEP ({settings.backup_keep}) keeps: "
-                       "add --yes")
+    if (
+        keep is not None
+        and keep < settings.backup_keep
+        and settings.profile in STRICT_PROFILES
+        and not yes
+    ):
+        raise BadInput(
+            f"--keep {keep} deletes {settings.profile} backups that COLORGATE_BACKUP_KEEP ({settings.backup_keep}) keeps: "
+            "add --yes"
+        )
 
 
 def check_restore_allowed(settings: Settings, yes: bool) -> None:
     if settings.profile in STRICT_PROFILES and not yes:
-        raise BadInput(f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)")
+        raise BadInput(
+            f"restoring over the {settings.profile} database needs --yes (a fresh backup is taken first)"
+        )
 
 
 def restore(settings: Settings, name: str, yes: bool = False, unverified: bool = False) -> dict:
@@ -285,26 +411,35 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
     if checked and not checked["usable"]:
         raise BadInput(f"backup {name} is marked unusable ({checked['reason']}): choose another")
     if not checked and not unverified:
-        raise BadInput(f"backup {name} was never verified: run `invoke db.verify {name}` first, "
-                             "or restore it as it is with --unverified")
+        raise BadInput(
+            f"backup {name} was never verified: run `invoke db.verify {name}` first, "
+            "or restore it as it is with --unverified"
+        )
     if _checksum(settings, name) != found["manifest"]["sha256"]:
-        raise ColorgateError(f"backup {name} changed or was damaged since it was made (its checksum does not match "
-                             "its manifest): choose another")
-    with history.lock(settings, "db.restore"):
+        raise ColorgateError(
+            f"backup {name} changed or was damaged since it was made (its checksum does not match "
+            "its manifest): choose another"
+        )
+    with locking.lock(settings, "db.restore"):
         live = edge.read_active(settings)
         color, version = (live.color, live.version) if live else ("", "")
         record = history.Record("db.restore", color, color, version, version)
-        with history.recorded(settings, record):
+        with locking.recorded(settings, record):
             do = Restore(settings, record, name, found["manifest"])
             plans.execute(RESTORE_STEPS, do, record, RESTORE_UNDO)
-            record.outcome, record.detail = "restored", f"restored {name}; as it was before: backup {do.fresh['name']}"
+            record.outcome, record.detail = (
+                "restored",
+                f"restored {name}; as it was before: backup {do.fresh['name']}",
+            )
     return do.fresh
 
 
 # db.restore's order: writes frozen at the edge first (a write during the fresh backup
 # would be in neither), and whatever happens, open again at the end
 RESTORE_STEPS = ("freeze", "backup", "restore", "unfreeze")
-RESTORE_UNDO = plans.Undo(steps={"freeze": "unfreeze"}, always=("freeze",), ends={"unfreeze": "freeze"})
+RESTORE_UNDO = plans.Undo(
+    steps={"freeze": "unfreeze"}, always=("freeze",), ends={"unfreeze": "freeze"}
+)
 
 
 class Restore:
@@ -319,10 +454,14 @@ class Restore:
         edge.set_frozen(self.settings, True)
 
     def backup(self) -> None:
-        with history.timed(self.record, "backup", "taking a fresh backup first (writes frozen at the edge)"):
+        with history.timed(
+            self.record, "backup", "taking a fresh backup first (writes frozen at the edge)"
+        ):
             left = edge.drain_writes(self.settings)
             if left:
-                raise ColorgateError(f"{left} write(s) still unanswered after 10 s: not restoring; try again")
+                raise ColorgateError(
+                    f"{left} write(s) still unanswered after 10 s: not restoring; try again"
+                )
             if self.local:  # nor one that did not come through the edge (a GET handler's)
                 dbtools.freeze_database(self.settings, True)
             self.fresh = backup(self.settings, protect=frozenset({self.name}))
@@ -330,15 +469,37 @@ class Restore:
 
     def restore(self) -> None:
         settings = self.settings
-        with history.timed(self.record, "restore", f"restoring {self.name} (writes frozen at the edge)"):
-            env, flags = dbtools.tools_env(settings, major=dbtools.archive_major(settings, self.manifest))
-            with dbtools.one_off(settings, env) as one:  # interrupted: stopped before writes open again (one transaction: nothing done)
+        with history.timed(
+            self.record, "restore", f"restoring {self.name} (writes frozen at the edge)"
+        ):
+            env, flags = dbtools.tools_env(
+                settings, major=dbtools.archive_major(settings, self.manifest)
+            )
+            with (
+                dbtools.one_off(settings, env) as one
+            ):  # interrupted: stopped before writes open again (one transaction: nothing done)
                 # into the stack's own database as the app's role, so that the app owns what comes back
                 as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
-                runner.run(dbtools.tools_cmd(settings, "sh", "-c", dbtools.RESTORE_SCRIPT, "restore", f"/backups/{self.name}.dump",
-                                             env["PGDATABASE"] if settings.database_url else settings.postgres_db,
-                                             "--clean", "--if-exists", "--no-owner", "--no-privileges", *as_app,
-                                             flags=flags, name=one), env=env, what="pg_restore")
+                runner.run(
+                    dbtools.tools_cmd(
+                        settings,
+                        "sh",
+                        "-c",
+                        dbtools.RESTORE_SCRIPT,
+                        "restore",
+                        f"/backups/{self.name}.dump",
+                        env["PGDATABASE"] if settings.database_url else settings.postgres_db,
+                        "--clean",
+                        "--if-exists",
+                        "--no-owner",
+                        "--no-privileges",
+                        *as_app,
+                        flags=flags,
+                        name=one,
+                    ),
+                    env=env,
+                    what="pg_restore",
+                )
 
     def unfreeze(self) -> None:
         """Writes open again: in the stack's own database first, then at the edge."""
@@ -348,4 +509,6 @@ class Restore:
 
 
 def _checksum(settings: Settings, name: str) -> str:
-    return dbtools.tools(settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum").stdout.strip()
+    return dbtools.tools(
+        settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum"
+    ).stdout.strip()

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from deploy import access, images
-from deploy.release import history
+from deploy.edge import locking
 from deploy.target import runner, targets
 from deploy.config import Settings
 from deploy.keys import tls_params
@@ -134,11 +134,24 @@ def parse_facts(lines: list[str]) -> Facts:
 
 def compare(expected: Facts, got: Facts) -> list[tuple[str, str, str, bool]]:
     """Rows of (what, expected, restored, same) for the verify table."""
-    rows = [(f"rows {t}", str(expected.counts.get(t, "-")), str(got.counts.get(t, "-")), expected.counts.get(t) == got.counts.get(t))
-            for t in sorted(set(expected.counts) | set(got.counts))]
+    rows = [
+        (
+            f"rows {t}",
+            str(expected.counts.get(t, "-")),
+            str(got.counts.get(t, "-")),
+            expected.counts.get(t) == got.counts.get(t),
+        )
+        for t in sorted(set(expected.counts) | set(got.counts))
+    ]
     if expected.migrations or got.migrations:  # manifests of earlier versions listed them apart
-        rows.append(("migrations", ",".join(map(str, expected.migrations)) or "-", ",".join(map(str, got.migrations)) or "-",
-                     expected.migrations == got.migrations))
+        rows.append(
+            (
+                "migrations",
+                ",".join(map(str, expected.migrations)) or "-",
+                ",".join(map(str, got.migrations)) or "-",
+                expected.migrations == got.migrations,
+            )
+        )
     return rows
 
 
@@ -161,8 +174,14 @@ def url_env(url: str, prefix: str = "") -> dict[str, str]:
     the file libpq reads), else the system's CAs."""
     parts = urlsplit(url)
     sslmode, root = tls_params(url)
-    values = (parts.hostname or "", str(parts.port or 5432), unquote(parts.username or ""), unquote(parts.password or ""),
-              parts.path.strip("/"), sslmode)
+    values = (
+        parts.hostname or "",
+        str(parts.port or 5432),
+        unquote(parts.username or ""),
+        unquote(parts.password or ""),
+        parts.path.strip("/"),
+        sslmode,
+    )
     env = {prefix + name: value for name, value in zip(PG_VARS, values, strict=True)}
     if root:
         env[f"CG_{prefix}PGSSLROOTCERT_PEM"] = Path(root).read_text()
@@ -175,10 +194,14 @@ def require_postgres(settings: Settings) -> None:
     """The db.* tasks work on the app's PostgreSQL: refuse in one line when it has none."""
     db = settings.app.database
     if db is None:
-        raise BadInput(f"the app ({settings.app.file}) declares no database (x-colorgate.database): there is nothing for db.* to do")
+        raise BadInput(
+            f"the app ({settings.app.file}) declares no database (x-colorgate.database): there is nothing for db.* to do"
+        )
     if db.kind != "postgresql":
-        raise BadInput(f"the app's database {db.service!r} is not PostgreSQL (x-colorgate.database.kind: {db.kind}): "
-                             "the db.* tasks (backup, verify, restore, move) work with PostgreSQL only")
+        raise BadInput(
+            f"the app's database {db.service!r} is not PostgreSQL (x-colorgate.database.kind: {db.kind}): "
+            "the db.* tasks (backup, verify, restore, move) work with PostgreSQL only"
+        )
 
 
 # libpq's password variables: they reach a one-off dbtools container as files of its
@@ -186,23 +209,33 @@ def require_postgres(settings: Settings) -> None:
 PASSWORD_VARS = ("PGPASSWORD", "T_PGPASSWORD")
 
 
-def tools_env(settings: Settings, extra: dict[str, str] | None = None,
-              major: int = images.TOOLS_MAJOR) -> tuple[dict[str, str], list[str]]:
+def tools_env(
+    settings: Settings, extra: dict[str, str] | None = None, major: int = images.TOOLS_MAJOR
+) -> tuple[dict[str, str], list[str]]:
     """Environment and `-e` flags for a dbtools container: libpq variables for the
     app's database (the stack's own, or DATABASE_URL), plus `extra`. Values travel in
     the environment, never on a command line; passwords not even there (PASSWORD_VARS).
     The container is of `major`'s tools: psql reaches a server of any version, but
     pg_dump and pg_restore want dump_major's or archive_major's."""
     require_postgres(settings)
-    env = {**(url_env(settings.database_url) if settings.database_url else {}), **(extra or {}), "PGCONNECT_TIMEOUT": "10"}
-    env.update({f"CG_{var}_FILE": f"{SECRETS_DIR}/{var.lower()}" for var in PASSWORD_VARS if env.get(var)})
+    env = {
+        **(url_env(settings.database_url) if settings.database_url else {}),
+        **(extra or {}),
+        "PGCONNECT_TIMEOUT": "10",
+    }
+    env.update(
+        {f"CG_{var}_FILE": f"{SECRETS_DIR}/{var.lower()}" for var in PASSWORD_VARS if env.get(var)}
+    )
     flags = [flag for name in env if name not in PASSWORD_VARS for flag in ("-e", name)]
     return {**targets.compose_env(settings, {}), **env, **_image_vars(settings, major)}, flags
 
 
 def _image_vars(settings: Settings, major: int) -> dict[str, str]:
     """The compose variables that make `dbtools` the image of `major`'s tools."""
-    return {"CG_DBTOOLS_TAG": images.tools_tag(major), "CG_DBTOOLS_BASE": images.postgres_base(major).tag(settings.base_source)}
+    return {
+        "CG_DBTOOLS_TAG": images.tools_tag(major),
+        "CG_DBTOOLS_BASE": images.postgres_base(major).tag(settings.base_source),
+    }
 
 
 def dump_major(settings: Settings) -> int:
@@ -213,7 +246,9 @@ def dump_major(settings: Settings) -> int:
 def archive_major(settings: Settings, manifest: dict) -> int:
     """The major of the tools that made a backup, whose pg_restore reads it (made if
     missing); manifests from before they named the server's version were made with 15's."""
-    return ensure_tools(settings, images.tools_major(manifest.get("postgres", images.TOOLS_MAJOR * 10000) // 10000))
+    return ensure_tools(
+        settings, images.tools_major(manifest.get("postgres", images.TOOLS_MAJOR * 10000) // 10000)
+    )
 
 
 def tools_image(settings: Settings, major: int) -> str:
@@ -227,8 +262,12 @@ def ensure_tools(settings: Settings, major: int) -> int:
         return major
     with runner.step(f"making the PostgreSQL {major} database tools (once per engine)"):
         images.build_bases(settings, [images.postgres_base(major)])
-        runner.run(targets.compose_cmd(settings, "build", "dbtools"), env={**targets.compose_env(settings, {}), **_image_vars(settings, major)},
-                   what=f"building the PostgreSQL {major} tools", timeout=1200)
+        runner.run(
+            targets.compose_cmd(settings, "build", "dbtools"),
+            env={**targets.compose_env(settings, {}), **_image_vars(settings, major)},
+            what=f"building the PostgreSQL {major} tools",
+            timeout=1200,
+        )
     return major
 
 
@@ -247,15 +286,32 @@ def server_version(settings: Settings) -> int:
             out = psql(settings, sql, what="reading the server's version").stdout
         else:
             container = container_of(settings, settings.app.database.service)
-            out = runner.run(psql_cmd(container, settings), input=sql, env=settings.docker_env(), what="reading the server's version").stdout
+            out = runner.run(
+                psql_cmd(container, settings),
+                input=sql,
+                env=settings.docker_env(),
+                what="reading the server's version",
+            ).stdout
         _VERSIONS[key] = int(out.strip().splitlines()[-1])
     return _VERSIONS[key]
 
 
-def tools_cmd(settings: Settings, *args: str, flags: list[str] | None = None, name: str = "") -> list[str]:
-    return targets.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *(["--name", name] if name else []),
-                             "--label", f"{history.HOLDER_LABEL}={history.process_label()}",  # whose: a dead holder's are removed
-                             *(flags or tools_env(settings)[1]), "dbtools", *args)
+def tools_cmd(
+    settings: Settings, *args: str, flags: list[str] | None = None, name: str = ""
+) -> list[str]:
+    return targets.compose_cmd(
+        settings,
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        *(["--name", name] if name else []),
+        "--label",
+        f"{locking.HOLDER_LABEL}={locking.process_label()}",  # whose: a dead holder's are removed
+        *(flags or tools_env(settings)[1]),
+        "dbtools",
+        *args,
+    )
 
 
 @contextlib.contextmanager
@@ -266,27 +322,49 @@ def one_off(settings: Settings, env: dict[str, str] | None = None) -> Iterator[s
     and its container would go on alone (a pg_restore finishing after the freeze
     ended, say). A SIGKILLed command cannot do this: see README "Reliability"."""
     name = f"{settings.project}-dbtools-run-{secrets.token_hex(4)}"
-    access.stage_secrets(settings, database=True, tools={var.lower(): env[var] for var in PASSWORD_VARS if (env or {}).get(var)})
+    access.stage_secrets(
+        settings,
+        database=True,
+        tools={var.lower(): env[var] for var in PASSWORD_VARS if (env or {}).get(var)},
+    )
     try:
         yield name
     except BaseException:
         # compose, killed mid-`run`, may have asked the engine for the container a moment
         # before: until it is removed, or clearly never came (3 s)
         deadline = time.monotonic() + 3
-        while runner.run(["docker", "rm", "--force", name], env=settings.docker_env(), check=False).returncode != 0 \
-                and time.monotonic() < deadline:
+        while (
+            runner.run(
+                ["docker", "rm", "--force", name], env=settings.docker_env(), check=False
+            ).returncode
+            != 0
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.25)
         raise
 
 
-def tools(settings: Settings, script: str, *args: str, input: str | None = None, check: bool = True, what: str = "",
-          extra: dict[str, str] | None = None, major: int = images.TOOLS_MAJOR):
+def tools(
+    settings: Settings,
+    script: str,
+    *args: str,
+    input: str | None = None,
+    check: bool = True,
+    what: str = "",
+    extra: dict[str, str] | None = None,
+    major: int = images.TOOLS_MAJOR,
+):
     """Run a shell script in a one-off dbtools container (networks `data` and `web`,
     volume `backups`), connected to the app's database by libpq's environment."""
     env, flags = tools_env(settings, extra, major)
     with one_off(settings, env) as name:
-        return runner.run(tools_cmd(settings, "sh", "-c", script, "dbtools", *args, flags=flags, name=name), input=input,
-                          env=env, check=check, what=what)
+        return runner.run(
+            tools_cmd(settings, "sh", "-c", script, "dbtools", *args, flags=flags, name=name),
+            input=input,
+            env=env,
+            check=check,
+            what=what,
+        )
 
 
 PSQL = ("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1")
@@ -316,28 +394,52 @@ rm -f "$failed"
 
 def psql(settings: Settings, sql: str, url: str = "", what: str = "", check: bool = True):
     """Run SQL (stdin) with psql in a dbtools container against the app's database, or `url`."""
-    return tools(settings, f'exec {" ".join(PSQL)}', input=sql, extra=url_env(url) if url else None, check=check, what=what)
+    return tools(
+        settings,
+        f"exec {' '.join(PSQL)}",
+        input=sql,
+        extra=url_env(url) if url else None,
+        check=check,
+        what=what,
+    )
 
 
 def local_sql(settings: Settings, sql: str, what: str):
     """Run SQL as the superuser in the stack's own PostgreSQL container (docker exec)."""
-    return runner.run(psql_cmd(container_of(settings, settings.app.postgres.service), settings), input=sql,
-                      env=settings.docker_env(), what=what)
+    return runner.run(
+        psql_cmd(container_of(settings, settings.app.postgres.service), settings),
+        input=sql,
+        env=settings.docker_env(),
+        what=what,
+    )
 
 
 def freeze_database(settings: Settings, frozen: bool) -> None:
     """Refuse (FREEZE_SQL) or take again (UNFREEZE_SQL) every write to the stack's own database."""
-    local_sql(settings, FREEZE_SQL if frozen else UNFREEZE_SQL,
-              "refusing writes in the local database" if frozen else "taking writes in the local database again")
+    local_sql(
+        settings,
+        FREEZE_SQL if frozen else UNFREEZE_SQL,
+        "refusing writes in the local database"
+        if frozen
+        else "taking writes in the local database again",
+    )
 
 
 def content(settings: Settings, url: str = "") -> dict[str, str]:
     """Each table's content digest (CONTENT_SQL): of the stack's own database, or `url`'s."""
-    out = (psql(settings, CONTENT_SQL, url, what="reading the target's content") if url
-           else local_sql(settings, CONTENT_SQL, "reading the local database's content")).stdout
+    out = (
+        psql(settings, CONTENT_SQL, url, what="reading the target's content")
+        if url
+        else local_sql(settings, CONTENT_SQL, "reading the local database's content")
+    ).stdout
     return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
 
 def facts(settings: Settings, container: str) -> Facts:
-    proc = runner.run(psql_cmd(container, settings), input=FACTS_SQL, env=settings.docker_env(), what="reading row counts")
+    proc = runner.run(
+        psql_cmd(container, settings),
+        input=FACTS_SQL,
+        env=settings.docker_env(),
+        what="reading row counts",
+    )
     return parse_facts([line for line in proc.stdout.splitlines() if line and line != END])

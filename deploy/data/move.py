@@ -43,10 +43,13 @@ from urllib.parse import unquote, urlsplit
 from deploy import edge, stack
 from deploy.data import db, dbtools, relay, replication
 from deploy.release import plans, releases
+from deploy.release import candidate
+from deploy.release import decide
 from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
-from deploy.release.history import Record, lock, now, recorded, timed
+from deploy.release.history import Record, now, timed
+from deploy.edge.locking import lock, recorded
 from deploy.keys import shown_url
 from deploy.data.movecheck import check_url, preflight
 
@@ -63,6 +66,7 @@ while [ $i -lt 100 ]; do
 done
 echo "$n sessions still busy" >&2; exit 1
 """
+
 
 def _facts_of(settings: Settings, url: str = "") -> dbtools.Facts:
     out = dbtools.psql(settings, dbtools.FACTS_SQL, url, what="reading row counts").stdout
@@ -86,11 +90,48 @@ def plan_steps(mode: str, workers: bool, held: bool) -> tuple[str, ...]:
     `held`: the candidate has workers, started once traffic moved."""
     pause = ("pause_workers",) if workers else ()
     finish = ("start_workers",) if held else ()
-    if mode == "replicate":  # everything that can run before the freeze does: it covers only the cut-over
-        return ("images", "subscribe", "start", "migrations", "pre_gates", *pause, "open_cut_over", "freeze", "drain",
-                "catch_up", "end_replication", "switch", "record", "unfreeze", "close_cut_over", "remove_relay", *finish, "stop_old")
-    return ("images", "start", *pause, "freeze", "drain", "dump", "restore", "verify", "migrations", "ready", "pre_gates",
-            "compare", "switch", "record", "unfreeze", *finish, "stop_old")
+    if (
+        mode == "replicate"
+    ):  # everything that can run before the freeze does: it covers only the cut-over
+        return (
+            "images",
+            "subscribe",
+            "start",
+            "migrations",
+            "pre_gates",
+            *pause,
+            "open_cut_over",
+            "freeze",
+            "drain",
+            "catch_up",
+            "end_replication",
+            "switch",
+            "record",
+            "unfreeze",
+            "close_cut_over",
+            "remove_relay",
+            *finish,
+            "stop_old",
+        )
+    return (
+        "images",
+        "start",
+        *pause,
+        "freeze",
+        "drain",
+        "dump",
+        "restore",
+        "verify",
+        "migrations",
+        "ready",
+        "pre_gates",
+        "compare",
+        "switch",
+        "record",
+        "unfreeze",
+        *finish,
+        "stop_old",
+    )
 
 
 # What undoes each step when it, or one after it, fails; wherever traffic is: the freeze
@@ -98,40 +139,71 @@ def plan_steps(mode: str, workers: bool, held: bool) -> tuple[str, ...]:
 # move whose switch went through is recorded (its writes go to the target); the rest only
 # while traffic is on the old color.
 UNDO = plans.Undo(
-    steps={"subscribe": "drop_subscription", "start": "stop_candidate", "pause_workers": "resume_workers",
-           "open_cut_over": "close_cut_over", "freeze": "thaw", "switch": "record_if_moved"},
+    steps={
+        "subscribe": "drop_subscription",
+        "start": "stop_candidate",
+        "pause_workers": "resume_workers",
+        "open_cut_over": "close_cut_over",
+        "freeze": "thaw",
+        "switch": "record_if_moved",
+    },
     always=("subscribe", "open_cut_over", "freeze", "switch"),
-    ends={"unfreeze": "freeze", "close_cut_over": "open_cut_over", "record": "switch"})
+    ends={"unfreeze": "freeze", "close_cut_over": "open_cut_over", "record": "switch"},
+)
 TOUCHES = ("subscribe", "restore")  # begun, they leave a partial copy in the target
 
 
-def execute(steps: tuple[str, ...], do, record: Record, plan: releases.Plan, shown: str) -> None:
+def execute(steps: tuple[str, ...], do, record: Record, plan: decide.Plan, shown: str) -> None:
     """Run a move's `steps` through `do` (plans.execute, with UNDO); an error that leaves
     traffic on the old color after the target was touched says so, and that the target
     must be emptied before a retry."""
+
     def explain(exc: BaseException, done: list[str], moved: bool) -> BaseException | None:
         if isinstance(exc, ColorgateError) and not moved and any(step in done for step in TOUCHES):
             kind = type(exc) if isinstance(exc, GateFailed) else MoveError
-            return kind(f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
-                        f"the target {shown} now holds a partial copy: empty it before retrying")
+            return kind(
+                f"{exc}; traffic stays on {plan.from_color} with the local database, untouched; "
+                f"the target {shown} now holds a partial copy: empty it before retrying"
+            )
         return None
 
-    plans.execute(steps, do, record, UNDO, moved=lambda done: "switch" in done and do.traffic_moved(), explain=explain)
+    plans.execute(
+        steps,
+        do,
+        record,
+        UNDO,
+        moved=lambda done: "switch" in done and do.traffic_moved(),
+        explain=explain,
+    )
 
 
 class Steps:
     """db.move's steps and their undos on the real target (plan_steps orders them)."""
 
-    def __init__(self, settings: Settings, record: Record, plan: releases.Plan, url: str, mode: str):
-        self.settings, self._record, self.plan, self.url, self.mode = settings, record, plan, url, mode
+    def __init__(self, settings: Settings, record: Record, plan: decide.Plan, url: str, mode: str):
+        self.settings, self._record, self.plan, self.url, self.mode = (
+            settings,
+            record,
+            plan,
+            url,
+            mode,
+        )
         self.candidate = plan.to_color
-        self.versions = {**facts.running_versions(facts.service_states(settings)), plan.to_color: plan.to_version,
-                         plan.from_color: plan.from_version}
+        self.versions = {
+            **facts.running_versions(facts.service_states(settings)),
+            plan.to_color: plan.to_version,
+            plan.from_color: plan.from_version,
+        }
         self.databases = {plan.to_color: url}
-        self.workers, self.held = settings.app.worker_services(plan.from_color), settings.app.worker_services(plan.to_color)
+        self.workers, self.held = (
+            settings.app.worker_services(plan.from_color),
+            settings.app.worker_services(plan.to_color),
+        )
         self.paused: dict[str, int] | None = None
         self.frozen_at, self.freeze_started = "", 0.0
-        self.cut_over = contextlib.ExitStack()  # the cut-over's container and its session (replicate)
+        self.cut_over = (
+            contextlib.ExitStack()
+        )  # the cut-over's container and its session (replicate)
         self.cut = None
         self.manifest: dict = {}
         self.local: dict[str, str] = {}
@@ -142,7 +214,9 @@ class Steps:
         return live is not None and live.color == self.candidate
 
     def images(self) -> None:
-        with runner.step(f"{'pulling' if self.settings.registry else 'building'} {self.candidate} images ({self.plan.to_version})"):
+        with runner.step(
+            f"{'pulling' if self.settings.registry else 'building'} {self.candidate} images ({self.plan.to_version})"
+        ):
             stack.ensure_release_images(self.settings, self.candidate, self.versions, release=True)
 
     def subscribe(self) -> None:
@@ -154,7 +228,14 @@ class Steps:
     def start(self) -> None:
         """On the replica (ready, then gated before the freeze), or on the empty target
         (not waited for: the app's health check may need the tables it lacks until the restore)."""
-        releases.start_candidate(self.settings, self.plan, self.versions, self.databases, wait=self.mode == "replicate", held=self.held)
+        candidate.start_candidate(
+            self.settings,
+            self.plan,
+            self.versions,
+            self.databases,
+            wait=self.mode == "replicate",
+            held=self.held,
+        )
 
     def stop_candidate(self) -> None:
         stack.stop_color(self.settings, self.candidate, self.versions)
@@ -162,17 +243,34 @@ class Steps:
     def migrations(self) -> None:
         """Replicate: refused (the replica must stay the local database's copy); dump: on the
         restored target, the dump their backup."""
-        releases.candidate_migrations(self.settings, self._record, self.candidate, self.versions, self.databases,
-                                     verified_backup=False, migrate=self.mode == "dump")
+        candidate.candidate_migrations(
+            self.settings,
+            self._record,
+            self.candidate,
+            self.versions,
+            self.databases,
+            verified_backup=False,
+            migrate=self.mode == "dump",
+        )
 
     def pre_gates(self) -> None:
-        releases.gate(self.settings, self._record, self.plan, "pre")
+        candidate.gate(self.settings, self._record, self.plan, "pre")
 
     def pause_workers(self) -> None:
-        with runner.step(f"pausing {self.plan.from_color}'s workers ({', '.join(self.workers)}): their jobs wait for {self.candidate}"):
-            paused = stack.stop_color(self.settings, self.plan.from_color, self.versions, drain=False, services=self.workers,
-                                      databases=self.databases)
-            self.paused = {name: paused.get(name, 0) for name in self.workers}  # (a Swarm's counts: they start with as many)
+        with runner.step(
+            f"pausing {self.plan.from_color}'s workers ({', '.join(self.workers)}): their jobs wait for {self.candidate}"
+        ):
+            paused = stack.stop_color(
+                self.settings,
+                self.plan.from_color,
+                self.versions,
+                drain=False,
+                services=self.workers,
+                databases=self.databases,
+            )
+            self.paused = {
+                name: paused.get(name, 0) for name in self.workers
+            }  # (a Swarm's counts: they start with as many)
 
     def resume_workers(self) -> None:
         if self.paused is None:
@@ -180,22 +278,46 @@ class Steps:
         try:
             stack.resume(self.settings, self.workers, self.versions, counts=self.paused, wait=False)
         except ColorgateError as again:
-            runner.say(f"!! {self.plan.from_color}'s workers did not start again ({again}): the next command starts them")
+            runner.say(
+                f"!! {self.plan.from_color}'s workers did not start again ({again}): the next command starts them"
+            )
 
     def open_cut_over(self) -> None:
         """The cut-over script's container, started and ready before the freeze."""
-        env, flags = dbtools.tools_env(self.settings, {**replication.target_env(self.url), "CG_FACTS_SQL": dbtools.FACTS_SQL,
-                                                       "CG_CONTENT_SQL": dbtools.CONTENT_SQL})
+        env, flags = dbtools.tools_env(
+            self.settings,
+            {
+                **replication.target_env(self.url),
+                "CG_FACTS_SQL": dbtools.FACTS_SQL,
+                "CG_CONTENT_SQL": dbtools.CONTENT_SQL,
+            },
+        )
         one = self.cut_over.enter_context(dbtools.one_off(self.settings, env))
-        self.cut = self.cut_over.enter_context(runner.session(dbtools.tools_cmd(
-            self.settings, "sh", "-c", replication.CUTOVER_SCRIPT, "dbtools", relay.ROLE, flags=flags, name=one), env=env))
+        self.cut = self.cut_over.enter_context(
+            runner.session(
+                dbtools.tools_cmd(
+                    self.settings,
+                    "sh",
+                    "-c",
+                    replication.CUTOVER_SCRIPT,
+                    "dbtools",
+                    relay.ROLE,
+                    flags=flags,
+                    name=one,
+                ),
+                env=env,
+            )
+        )
         _expect(self.cut, "ready")
 
     def close_cut_over(self) -> None:
         self.cut_over.close()
 
     def freeze(self) -> None:
-        self.frozen_at, self.freeze_started = now(), time.monotonic()  # from here on the local database takes no more writes
+        self.frozen_at, self.freeze_started = (
+            now(),
+            time.monotonic(),
+        )  # from here on the local database takes no more writes
         with runner.step("freezing writes at the edge (reads go on)"):
             edge.set_frozen(self.settings, True)
 
@@ -206,9 +328,13 @@ class Steps:
             if not self.traffic_moved():
                 dbtools.freeze_database(self.settings, False)
         except ColorgateError as again:  # the next command (or db.unfreeze) opens both
-            runner.say(f"!! the local database still refuses writes ({again}), so the edge keeps holding them")
-            raise MoveError("writes are still frozen at the edge (the local database could not take writes again): "
-                            "end the freeze with `invoke db.unfreeze`") from None
+            runner.say(
+                f"!! the local database still refuses writes ({again}), so the edge keeps holding them"
+            )
+            raise MoveError(
+                "writes are still frozen at the edge (the local database could not take writes again): "
+                "end the freeze with `invoke db.unfreeze`"
+            ) from None
         self.unfreeze()
 
     def unfreeze(self) -> None:
@@ -217,9 +343,13 @@ class Steps:
         try:
             edge.set_frozen(self.settings, False)
         except ColorgateError as exc:
-            raise MoveError(f"writes are still frozen at the edge ({exc}): end the freeze with `invoke db.unfreeze`") from None
+            raise MoveError(
+                f"writes are still frozen at the edge ({exc}): end the freeze with `invoke db.unfreeze`"
+            ) from None
         self._record.timings["write_freeze"] = round(time.monotonic() - self.freeze_started, 3)
-        runner.say(f"ok writes open again: the write freeze lasted {self._record.timings['write_freeze']:.1f}s")
+        runner.say(
+            f"ok writes open again: the write freeze lasted {self._record.timings['write_freeze']:.1f}s"
+        )
 
     def drain(self) -> None:
         with timed(self._record, "drain", "waiting for in-flight writes"):
@@ -230,7 +360,9 @@ class Steps:
                 _expect(self.cut, "drained")
 
     def catch_up(self) -> None:
-        with timed(self._record, "catch_up", "waiting for the target to catch up (every row the same)"):
+        with timed(
+            self._record, "catch_up", "waiting for the target to catch up (every row the same)"
+        ):
             _expect(self.cut, "caught-up")
 
     def end_replication(self) -> None:
@@ -244,33 +376,67 @@ class Steps:
     def restore(self) -> None:
         with timed(self._record, "restore", f"restoring {self.manifest['name']} into the target"):
             target_env = dbtools.url_env(self.url)
-            dbtools.tools(self.settings, dbtools.RESTORE_SCRIPT, f"/backups/{self.manifest['name']}.dump", target_env["PGDATABASE"],
-                          "--no-owner", "--no-privileges", extra=target_env, what="pg_restore",
-                          major=dbtools.archive_major(self.settings, self.manifest))
+            dbtools.tools(
+                self.settings,
+                dbtools.RESTORE_SCRIPT,
+                f"/backups/{self.manifest['name']}.dump",
+                target_env["PGDATABASE"],
+                "--no-owner",
+                "--no-privileges",
+                extra=target_env,
+                what="pg_restore",
+                major=dbtools.archive_major(self.settings, self.manifest),
+            )
 
     def verify(self) -> None:
-        with timed(self._record, "verify", "verifying the target against the dump and the local database"):
+        with timed(
+            self._record, "verify", "verifying the target against the dump and the local database"
+        ):
             expected = dbtools.Facts(self.manifest["counts"], self.manifest["migrations"])
             _compare_or_fail(expected, _facts_of(self.settings, self.url), "the restored target")
-            _compare_or_fail(expected, _facts_of(self.settings), "a write slipped past the freeze: the dump")
-            self.local, copy = facts.parallel(lambda source: dbtools.content(self.settings, source), ["", self.url])
+            _compare_or_fail(
+                expected, _facts_of(self.settings), "a write slipped past the freeze: the dump"
+            )
+            self.local, copy = facts.parallel(
+                lambda source: dbtools.content(self.settings, source), ["", self.url]
+            )
             _same_content(self.local, copy, "the restored target differs from the local database")
-            db.record_verify(self.settings, self.manifest["name"], True, f"restored into {shown_url(self.url)} by db.move; every row the same")
+            db.record_verify(
+                self.settings,
+                self.manifest["name"],
+                True,
+                f"restored into {shown_url(self.url)} by db.move; every row the same",
+            )
         self._record.detail = f"backup {self.manifest['name']}"
 
     def ready(self) -> None:
         with timed(self._record, "ready", f"waiting for {self.candidate} on the restored database"):
-            releases.wait_candidate(self.settings, self.plan, recovering=True,
-                                   services=[s for s in self.settings.app.color_services(self.candidate) if s not in self.held])
+            candidate.wait_candidate(
+                self.settings,
+                self.plan,
+                recovering=True,
+                services=[
+                    s
+                    for s in self.settings.app.color_services(self.candidate)
+                    if s not in self.held
+                ],
+            )
 
     def compare(self) -> None:
-        with timed(self._record, "compare", "checking that the local database is still what was restored"):
-            _same_content(self.local, dbtools.content(self.settings),
-                          "a write reached the local database after the restore: it differs from the copy")
+        with timed(
+            self._record, "compare", "checking that the local database is still what was restored"
+        ):
+            _same_content(
+                self.local,
+                dbtools.content(self.settings),
+                "a write reached the local database after the restore: it differs from the copy",
+            )
 
     def switch(self) -> None:
         """Switch and post gates (back to the old color when they fail), as a release's."""
-        releases.switch_and_verify(self.settings, self._record, self.plan, self.versions, pre_gates=False)
+        releases.switch_and_verify(
+            self.settings, self._record, self.plan, self.versions, pre_gates=False
+        )
 
     def record_if_moved(self) -> None:
         """Interrupted after the switch: traffic and its writes are on the target, so the
@@ -279,21 +445,41 @@ class Steps:
             self.record()
 
     def record(self) -> None:
-        edge.write_database_record(self.settings, {"url": shown_url(self.url), "moved": self.frozen_at, "mode": self.mode,
-                                                   "from": "local", "live_color": self.candidate, "version": self.plan.to_version})
+        edge.write_database_record(
+            self.settings,
+            {
+                "url": shown_url(self.url),
+                "moved": self.frozen_at,
+                "mode": self.mode,
+                "from": "local",
+                "live_color": self.candidate,
+                "version": self.plan.to_version,
+            },
+        )
 
     def remove_relay(self) -> None:
         relay.remove(self.settings)
 
     def start_workers(self) -> None:
         with runner.step(f"starting {self.candidate}'s workers ({', '.join(self.held)})"):
-            counts = {name: (self.paused or {}).get(self.settings.app.copy_name(self.settings.app.split_copy(name)[0], self.plan.from_color), 0)
-                      for name in self.held}
+            counts = {
+                name: (self.paused or {}).get(
+                    self.settings.app.copy_name(
+                        self.settings.app.split_copy(name)[0], self.plan.from_color
+                    ),
+                    0,
+                )
+                for name in self.held
+            }
             stack.resume(self.settings, self.held, self.versions, self.databases, counts)
 
     def stop_old(self) -> None:
-        with runner.step(f"stopping {self.plan.from_color} ({self.plan.from_version}): it uses the old database"):
-            stack.stop_color(self.settings, self.plan.from_color, self.versions, databases=self.databases)
+        with runner.step(
+            f"stopping {self.plan.from_color} ({self.plan.from_version}): it uses the old database"
+        ):
+            stack.stop_color(
+                self.settings, self.plan.from_color, self.versions, databases=self.databases
+            )
 
 
 def _drain(settings: Settings, script: bool = True) -> None:
@@ -302,7 +488,9 @@ def _drain(settings: Settings, script: bool = True) -> None:
     then the local database refuses every write (a GET handler's, a worker's)."""
     left = edge.drain_writes(settings)
     if left:
-        raise MoveError(f"{left} write(s) let through before the freeze are still unanswered after 10 s")
+        raise MoveError(
+            f"{left} write(s) let through before the freeze are still unanswered after 10 s"
+        )
     if script:
         dbtools.tools(settings, DRAIN_SCRIPT, what="waiting for in-flight writes")
     dbtools.freeze_database(settings, True)
@@ -321,7 +509,9 @@ def _expect(proc, word: str) -> None:
         if line.strip() == word:
             return
     proc.wait(timeout=30)
-    last = (runner.redact(proc.stderr.read()).strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    last = (runner.redact(proc.stderr.read()).strip().splitlines() or [f"exit {proc.returncode}"])[
+        -1
+    ]
     raise MoveError(f"the replication cut-over stopped before '{word}': {last}")
 
 
@@ -340,29 +530,45 @@ def move(settings: Settings, url: str, mode: str = "dump", break_lock: bool = Fa
     runner.add_secret(unquote(urlsplit(url).password or ""))
     runner.add_secret(url)
     if settings.database_url:
-        raise MoveError(f"the app already uses {shown_url(settings.database_url)} (DATABASE_URL): db.move moves the stack's own PostgreSQL only")
+        raise MoveError(
+            f"the app already uses {shown_url(settings.database_url)} (DATABASE_URL): db.move moves the stack's own PostgreSQL only"
+        )
     isolated = settings.app.without_egress(settings.app.database_clients())
     if isolated:
-        raise MoveError(f"{isolated[0]} uses the database but is on internal networks only, so it could not reach a managed one: "
-                        f"give it a network that is not internal in {settings.app.file.name}")
+        raise MoveError(
+            f"{isolated[0]} uses the database but is on internal networks only, so it could not reach a managed one: "
+            f"give it a network that is not internal in {settings.app.file.name}"
+        )
     with lock(settings, "db.move", break_lock) as held:
         # the next version on the inactive color, as a deploy would; never a no-op
-        target = releases.observe(settings, held, tags=True, database=True, beside=True)
-        plan = dataclasses.replace(releases.plan_deploy(settings, target, force=True), action="db.move")
+        target = decide.observe(settings, held, tags=True, database=True, beside=True)
+        plan = dataclasses.replace(
+            decide.plan_deploy(settings, target, force=True), action="db.move"
+        )
         with runner.step(f"checking the target database {shown_url(url)}"):
             preflight(settings, url, mode)
-        record = Record(plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version)
+        record = Record(
+            plan.action, plan.from_color, plan.to_color, plan.from_version, plan.to_version
+        )
         with recorded(settings, record):
             do = Steps(settings, record, plan, url, mode)
-            execute(plan_steps(mode, bool(do.workers), bool(do.held)), do, record, plan, shown_url(url))
-            record.detail = f"{mode} to {shown_url(url)}, write freeze {record.timings['write_freeze']:.1f}s" + (
-                f", {record.detail}" if record.detail else "")
+            execute(
+                plan_steps(mode, bool(do.workers), bool(do.held)), do, record, plan, shown_url(url)
+            )
+            record.detail = (
+                f"{mode} to {shown_url(url)}, write freeze {record.timings['write_freeze']:.1f}s"
+                + (f", {record.detail}" if record.detail else "")
+            )
     if mode == "replicate":
         local = dataclasses.replace(settings, database_url="")
-        with runner.step("backing up the local database as it was at the move (for db.retire-local)"):
+        with runner.step(
+            "backing up the local database as it was at the move (for db.retire-local)"
+        ):
             manifest = db.backup(local)
             verified = db.verify(local, manifest["name"])
-        runner.say(f"   backup {manifest['name']}: {'usable' if verified.usable else 'UNUSABLE: ' + verified.reason}")
+        runner.say(
+            f"   backup {manifest['name']}: {'usable' if verified.usable else 'UNUSABLE: ' + verified.reason}"
+        )
     return record
 
 

@@ -37,19 +37,24 @@ case "$1" in
 esac
 """
 # rclone options whose values are credentials (masked in everything Colorgate prints)
-SECRET_OPTION = re.compile(r"^\s*(\w*pass\w*|\w*secret\w*|\w*token\w*|key_pem|access_key_id|account_key)\s*=\s*(\S.*?)\s*$",
-                           re.IGNORECASE)
+SECRET_OPTION = re.compile(
+    r"^\s*(\w*pass\w*|\w*secret\w*|\w*token\w*|key_pem|access_key_id|account_key)\s*=\s*(\S.*?)\s*$",
+    re.IGNORECASE,
+)
 
 
 def copy(settings: Settings, action: str, name: str = "") -> str:
     """Run COPY_SCRIPT's `action` against the remote; its output."""
+
     def read(path: str, key: str) -> str:
         if not path:
             return ""
         try:
             return Path(path).expanduser().read_text()
         except OSError as exc:
-            raise ColorgateError(f"cannot read {key} ({path}): {exc.strerror}; point it at the file") from None
+            raise ColorgateError(
+                f"cannot read {key} ({path}): {exc.strerror}; point it at the file"
+            ) from None
 
     config = read(settings.backup_copy_config, "COLORGATE_BACKUP_COPY_CONFIG")
     for line in config.splitlines():
@@ -58,20 +63,45 @@ def copy(settings: Settings, action: str, name: str = "") -> str:
             runner.add_secret(found[2])
     known = read(settings.backup_copy_known_hosts, "COLORGATE_BACKUP_COPY_KNOWN_HOSTS")
     if not known and unpinned_sftp(config, settings.backup_copy):
-        raise ConfigError(f"the off-host copy to {settings.backup_copy} is SFTP, and no host key is pinned, so any machine "
-                          "answering as that server would get the backups: set COLORGATE_BACKUP_COPY_KNOWN_HOSTS to a known_hosts "
-                          "file for it (`ssh-keyscan HOST > FILE`, then check its fingerprint)")
+        raise ConfigError(
+            f"the off-host copy to {settings.backup_copy} is SFTP, and no host key is pinned, so any machine "
+            "answering as that server would get the backups: set COLORGATE_BACKUP_COPY_KNOWN_HOSTS to a known_hosts "
+            "file for it (`ssh-keyscan HOST > FILE`, then check its fingerprint)"
+        )
     base = images.BASES["rclone"]
     if not images.image_exists(settings, base.tag(settings.base_source)):
         images.build_bases(settings, [base])
-    cmd = ["docker", "run", "--rm", "-i", "-v", f"{settings.project}_backups:/backups", "-e", "CG_KNOWN_HOSTS",
-           base.tag(settings.base_source), "sh", "-c", COPY_SCRIPT, "copy", action, settings.backup_copy, name]
-    proc = runner.run(cmd, input=config, env={**settings.docker_env(), "CG_KNOWN_HOSTS": known}, check=False,
-                      what=f"off-host copy ({action})")
+    cmd = [
+        "docker",
+        "run",
+        "--rm",
+        "-i",
+        "-v",
+        f"{settings.project}_backups:/backups",
+        "-e",
+        "CG_KNOWN_HOSTS",
+        base.tag(settings.base_source),
+        "sh",
+        "-c",
+        COPY_SCRIPT,
+        "copy",
+        action,
+        settings.backup_copy,
+        name,
+    ]
+    proc = runner.run(
+        cmd,
+        input=config,
+        env={**settings.docker_env(), "CG_KNOWN_HOSTS": known},
+        check=False,
+        what=f"off-host copy ({action})",
+    )
     if proc.returncode != 0:
         last = (runner.redact(proc.stderr).strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise ColorgateError(f"the off-host copy ({action}) to {settings.backup_copy} failed: {last}; "
-                             "check COLORGATE_BACKUP_COPY, its rclone configuration and the remote")
+        raise ColorgateError(
+            f"the off-host copy ({action}) to {settings.backup_copy} failed: {last}; "
+            "check COLORGATE_BACKUP_COPY, its rclone configuration and the remote"
+        )
     return proc.stdout
 
 
@@ -81,11 +111,19 @@ def send(settings: Settings, manifest: dict) -> dict:
     name = manifest["name"]
     with runner.step(f"copying backup {name} to {settings.backup_copy}"):
         out = copy(settings, "send", name)
-    got = next((line.split("=", 1)[1] for line in out.splitlines() if line.startswith("sha256=")), "")
+    got = next(
+        (line.split("=", 1)[1] for line in out.splitlines() if line.startswith("sha256=")), ""
+    )
     if got != manifest["sha256"]:
-        raise ColorgateError(f"the copy of {name} at {settings.backup_copy} does not match its checksum "
-                             f"({got[:16] or 'none'}... against {manifest['sha256'][:16]}...)")
-    return {"remote": settings.backup_copy, "sha256": got, "copied": datetime.now(UTC).isoformat(timespec="seconds")}
+        raise ColorgateError(
+            f"the copy of {name} at {settings.backup_copy} does not match its checksum "
+            f"({got[:16] or 'none'}... against {manifest['sha256'][:16]}...)"
+        )
+    return {
+        "remote": settings.backup_copy,
+        "sha256": got,
+        "copied": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def remote_backups(settings: Settings) -> list[str]:
@@ -96,7 +134,11 @@ def remote_backups(settings: Settings) -> list[str]:
 def with_remote(settings: Settings, backups: list[dict]) -> list[dict]:
     """The target's backups, plus those only the remote still has (the host lost them)."""
     here = {b["manifest"]["name"] for b in backups}
-    there = [{"manifest": {"name": n}, "remote_only": True} for n in remote_backups(settings) if n not in here]
+    there = [
+        {"manifest": {"name": n}, "remote_only": True}
+        for n in remote_backups(settings)
+        if n not in here
+    ]
     return sorted([*backups, *there], key=lambda b: b["manifest"]["name"])
 
 
@@ -110,7 +152,9 @@ def unpinned_sftp(config: str, remote: str) -> bool:
     except configparser.Error:
         return False  # rclone says what is wrong with it
     name = remote.split(":", 1)[0]
-    for _ in range(10):  # through the remotes that wrap another (crypt, compress, chunker, alias: `remote = NAME:path`)
+    for _ in range(
+        10
+    ):  # through the remotes that wrap another (crypt, compress, chunker, alias: `remote = NAME:path`)
         if not parser.has_section(name):
             return False
         section = parser[name]

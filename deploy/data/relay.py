@@ -96,7 +96,10 @@ echo present
 
 # --- the certificate the target checks --------------------------------------------
 
-CERT_FILES = ("colorgate-relay.crt", "colorgate-relay.key")  # in the data directory while the relay runs
+CERT_FILES = (
+    "colorgate-relay.crt",
+    "colorgate-relay.key",
+)  # in the data directory while the relay runs
 SYSTEM_ROOTS_SINCE = 16  # the first PostgreSQL whose libpq takes sslrootcert=system
 
 # `on CHAIN` (the key on stdin) writes the files, owned as the data directory is;
@@ -128,9 +131,11 @@ SELECT pg_reload_conf();
 
 def verify_full_possible(target_major: int) -> None:
     if target_major < SYSTEM_ROOTS_SINCE:
-        raise MoveError(f"the target runs PostgreSQL {target_major}, which cannot check the relay's certificate against its "
-                        f"system CAs (sslrootcert=system needs {SYSTEM_ROOTS_SINCE} or newer): set COLORGATE_MOVE_RELAY_SSLMODE=require "
-                        "to let it subscribe over TLS unchecked, or use --mode dump")
+        raise MoveError(
+            f"the target runs PostgreSQL {target_major}, which cannot check the relay's certificate against its "
+            f"system CAs (sslrootcert=system needs {SYSTEM_ROOTS_SINCE} or newer): set COLORGATE_MOVE_RELAY_SSLMODE=require "
+            "to let it subscribe over TLS unchecked, or use --mode dump"
+        )
 
 
 def certificate(settings: Settings) -> tuple[str, str, str]:
@@ -139,20 +144,31 @@ def certificate(settings: Settings) -> tuple[str, str, str]:
     host = settings.move_relay_host
     if settings.move_relay_cert:
         texts = []
-        for name, value in (("COLORGATE_MOVE_RELAY_CERT", settings.move_relay_cert), ("COLORGATE_MOVE_RELAY_KEY", settings.move_relay_key)):
+        for name, value in (
+            ("COLORGATE_MOVE_RELAY_CERT", settings.move_relay_cert),
+            ("COLORGATE_MOVE_RELAY_KEY", settings.move_relay_key),
+        ):
             path = Path(value).expanduser()
             if not path.is_file():
-                raise ConfigError(f"{name}={value} is not a file here: give the path of the relay's PEM "
-                                  f"{'certificate chain' if name.endswith('CERT') else 'private key'} for {host}")
+                raise ConfigError(
+                    f"{name}={value} is not a file here: give the path of the relay's PEM "
+                    f"{'certificate chain' if name.endswith('CERT') else 'private key'} for {host}"
+                )
             texts.append(path.read_text())
         runner.add_secret(texts[1].strip())
-        chain, key, origin = texts[0], texts[1], f"the relay's certificate ({settings.move_relay_cert})"
+        chain, key, origin = (
+            texts[0],
+            texts[1],
+            f"the relay's certificate ({settings.move_relay_cert})",
+        )
     else:
         chain, key, local = tls.key_pair(settings)
         if local:
-            raise MoveError(f"the edge serves a certificate of its own local CA, which the target does not trust, so it could not "
-                            f"check the relay: get an ACME certificate for {host} first (`invoke tls.init`), give one in "
-                            "COLORGATE_MOVE_RELAY_CERT/KEY, or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked")
+            raise MoveError(
+                f"the edge serves a certificate of its own local CA, which the target does not trust, so it could not "
+                f"check the relay: get an ACME certificate for {host} first (`invoke tls.init`), give one in "
+                "COLORGATE_MOVE_RELAY_CERT/KEY, or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked"
+            )
         origin = "the edge's certificate"
     tls.check_pair(chain, key, host, origin, "COLORGATE_MOVE_RELAY_HOST", MoveError)
     return chain, key, origin
@@ -164,22 +180,49 @@ def serve(settings: Settings, material: tuple[str, str] | None, check: bool = Tr
     container = container_of(settings, settings.app.postgres.service)
     env = settings.docker_env()
     if material is None:
-        runner.run(psql_cmd(container, settings), input=UNSERVE_SQL, env=env, check=check,
-                   what="giving the database its own certificate back")
-        runner.run(["docker", "exec", container, "sh", "-c", SERVE_SCRIPT, "relay-cert", "off"], env=env, check=False)
+        runner.run(
+            psql_cmd(container, settings),
+            input=UNSERVE_SQL,
+            env=env,
+            check=check,
+            what="giving the database its own certificate back",
+        )
+        runner.run(
+            ["docker", "exec", container, "sh", "-c", SERVE_SCRIPT, "relay-cert", "off"],
+            env=env,
+            check=False,
+        )
         return
     chain, key = material
-    runner.run(["docker", "exec", "-i", container, "sh", "-c", SERVE_SCRIPT, "relay-cert", "on", chain], input=key, env=env,
-               what="giving the database the relay's certificate")
-    runner.run(psql_cmd(container, settings), input=SERVE_SQL, env=env, what="naming the relay's certificate")
+    runner.run(
+        ["docker", "exec", "-i", container, "sh", "-c", SERVE_SCRIPT, "relay-cert", "on", chain],
+        input=key,
+        env=env,
+        what="giving the database the relay's certificate",
+    )
+    runner.run(
+        psql_cmd(container, settings),
+        input=SERVE_SQL,
+        env=env,
+        what="naming the relay's certificate",
+    )
     deadline = time.monotonic() + 5
-    while True:  # the reload is a signal: a session started after it has been handled sees the new setting
-        shown = runner.run(psql_cmd(container, settings), input="SHOW ssl_cert_file;", env=env, what="reading ssl_cert_file").stdout.strip()
+    while (
+        True
+    ):  # the reload is a signal: a session started after it has been handled sees the new setting
+        shown = runner.run(
+            psql_cmd(container, settings),
+            input="SHOW ssl_cert_file;",
+            env=env,
+            what="reading ssl_cert_file",
+        ).stdout.strip()
         if shown == CERT_FILES[0]:
             return
         if time.monotonic() > deadline:
-            raise MoveError(f"the database does not take the relay's certificate (ssl_cert_file stays {shown!r}; set on its "
-                            "command line?): leave ssl_cert_file to postgresql.conf, or set COLORGATE_MOVE_RELAY_SSLMODE=require")
+            raise MoveError(
+                f"the database does not take the relay's certificate (ssl_cert_file stays {shown!r}; set on its "
+                "command line?): leave ssl_cert_file to postgresql.conf, or set COLORGATE_MOVE_RELAY_SSLMODE=require"
+            )
         time.sleep(0.1)
 
 
@@ -189,9 +232,13 @@ def check_tls(settings: Settings, target_major: int) -> None:
     if settings.move_relay_sslmode == "verify-full":
         verify_full_possible(target_major)
         _, _, origin = certificate(settings)
-        runner.say(f"   relay TLS: the target checks {origin} for {settings.move_relay_host} against its system CAs (verify-full)")
+        runner.say(
+            f"   relay TLS: the target checks {origin} for {settings.move_relay_host} against its system CAs (verify-full)"
+        )
     else:
-        runner.say("   relay TLS: the target does not check the relay's certificate (COLORGATE_MOVE_RELAY_SSLMODE=require)")
+        runner.say(
+            "   relay TLS: the target does not check the relay's certificate (COLORGATE_MOVE_RELAY_SSLMODE=require)"
+        )
 
 
 def check(settings: Settings, network: str = "host") -> None:
@@ -207,18 +254,24 @@ def exposure(settings: Settings, guarded: bool) -> str:
     port = settings.move_relay_port
     if guarded:
         if not settings.move_relay_allow:
-            raise MoveError("this host's firewall (server-setup.sh) lets nobody reach the replication relay: set "
-                            "COLORGATE_MOVE_RELAY_ALLOW to the addresses the managed database connects from (its provider lists them)")
+            raise MoveError(
+                "this host's firewall (server-setup.sh) lets nobody reach the replication relay: set "
+                "COLORGATE_MOVE_RELAY_ALLOW to the addresses the managed database connects from (its provider lists them)"
+            )
         return f"   relay port {port}: the host firewall lets in {', '.join(settings.move_relay_allow)} only"
     bind = ipaddress.ip_address(settings.move_relay_bind)
     public = bind.is_unspecified or bind.is_global
     if public and settings.move_relay_firewall != "none":
-        raise MoveError(f"the replication relay would listen on {bind}:{port}, reachable by any address, and this host has no "
-                        "Colorgate firewall to keep it to COLORGATE_MOVE_RELAY_ALLOW: run compose/scripts/server-setup.sh on it, "
-                        "or bind the relay to a private address (COLORGATE_MOVE_RELAY_BIND), or set COLORGATE_MOVE_RELAY_FIREWALL=none")
+        raise MoveError(
+            f"the replication relay would listen on {bind}:{port}, reachable by any address, and this host has no "
+            "Colorgate firewall to keep it to COLORGATE_MOVE_RELAY_ALLOW: run compose/scripts/server-setup.sh on it, "
+            "or bind the relay to a private address (COLORGATE_MOVE_RELAY_BIND), or set COLORGATE_MOVE_RELAY_FIREWALL=none"
+        )
     reach = "any address reaches it" if public else f"it listens on {bind} only"
-    return (f"   relay port {port}: no Colorgate firewall on this host (server-setup.sh), {reach}; "
-            "the database admits only the move role over TLS through it")
+    return (
+        f"   relay port {port}: no Colorgate firewall on this host (server-setup.sh), {reach}; "
+        "the database admits only the move role over TLS through it"
+    )
 
 
 def firewall(settings: Settings, op: str, network: str = "host") -> bool:
@@ -227,11 +280,38 @@ def firewall(settings: Settings, op: str, network: str = "host") -> bool:
     Runs nft in a one-off dbtools container on the target's engine with its host
     network (`network`: another namespace, for tests) and NET_ADMIN alone."""
     nets = settings.move_relay_allow if op != "check" else ()
-    proc = runner.run(["docker", "run", "--rm", "--network", network, "--user", "0", "--cap-drop", "ALL", "--cap-add", "NET_ADMIN",
-                       "--security-opt", "no-new-privileges", "--read-only", "--label", f"com.docker.compose.project={settings.project}",
-                       "--entrypoint", "sh", f"{settings.image_prefix}dbtools:latest",
-                       "-c", FIREWALL_SCRIPT, "relay-firewall", op, str(settings.move_relay_port), *nets],
-                      env=settings.docker_env(), check=op != "close", what="setting the host firewall for the relay")
+    proc = runner.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            network,
+            "--user",
+            "0",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "NET_ADMIN",
+            "--security-opt",
+            "no-new-privileges",
+            "--read-only",
+            "--label",
+            f"com.docker.compose.project={settings.project}",
+            "--entrypoint",
+            "sh",
+            f"{settings.image_prefix}dbtools:latest",
+            "-c",
+            FIREWALL_SCRIPT,
+            "relay-firewall",
+            op,
+            str(settings.move_relay_port),
+            *nets,
+        ],
+        env=settings.docker_env(),
+        check=op != "close",
+        what="setting the host firewall for the relay",
+    )
     return proc.stdout.strip().endswith("present")
 
 
@@ -246,10 +326,24 @@ def admit(settings: Settings, network: str = "host") -> None:
     found = addresses(settings)
     if not found:
         remove(settings, network)
-        raise ColorgateError("the replication relay shares no network with the database: see `invoke render`")
+        raise ColorgateError(
+            "the replication relay shares no network with the database: see `invoke render`"
+        )
     _hba(settings, found)
-    runner.run(["docker", "exec", container(settings), "sh", "-c", OPEN_SCRIPT, "relay-open", render.RELAY_OPEN],
-               env=settings.docker_env(), what="opening the replication relay")
+    runner.run(
+        [
+            "docker",
+            "exec",
+            container(settings),
+            "sh",
+            "-c",
+            OPEN_SCRIPT,
+            "relay-open",
+            render.RELAY_OPEN,
+        ],
+        env=settings.docker_env(),
+        what="opening the replication relay",
+    )
     firewall(settings, "open", network)
 
 
@@ -258,9 +352,19 @@ def launch(settings: Settings) -> None:
     (render.RELAY_SCRIPT), so nobody reaches the database through it before its rules
     for the relay's address are written (its address is known only once it runs)."""
     if bootstrap.local_engine(settings):
-        bootstrap.check_port_free(settings, settings.move_relay_bind, settings.move_relay_port, "COLORGATE_MOVE_RELAY_PORT")
-    runner.run(targets.compose_cmd(settings, *targets.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE),
-               env=targets.compose_env(settings, {}), what="starting the replication relay (closed)")
+        bootstrap.check_port_free(
+            settings,
+            settings.move_relay_bind,
+            settings.move_relay_port,
+            "COLORGATE_MOVE_RELAY_PORT",
+        )
+    runner.run(
+        targets.compose_cmd(
+            settings, *targets.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE
+        ),
+        env=targets.compose_env(settings, {}),
+        what="starting the replication relay (closed)",
+    )
 
 
 def remove(settings: Settings, network: str = "host") -> None:
@@ -269,8 +373,12 @@ def remove(settings: Settings, network: str = "host") -> None:
     firewall(settings, "close", network)
     serve(settings, None, check=False)
     _hba(settings, [], check=False)
-    runner.run(targets.compose_cmd(settings, *targets.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
-               env=targets.compose_env(settings, {}), check=False, what="removing the replication relay")
+    runner.run(
+        targets.compose_cmd(settings, *targets.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
+        env=targets.compose_env(settings, {}),
+        check=False,
+        what="removing the replication relay",
+    )
 
 
 def container(settings: Settings) -> str:
@@ -289,13 +397,31 @@ def addresses(settings: Settings) -> list[str]:
     PostgreSQL sees its connections come from."""
     pg = settings.app.postgres
     names = [container(settings), container_of(settings, pg.service)]
-    relay_nets, db_nets = (((inspect_container(settings, n).get("NetworkSettings") or {}).get("Networks") or {}) for n in names)
-    return sorted({net["IPAddress"] for name, net in relay_nets.items() if name in db_nets and net.get("IPAddress")})
+    relay_nets, db_nets = (
+        ((inspect_container(settings, n).get("NetworkSettings") or {}).get("Networks") or {})
+        for n in names
+    )
+    return sorted(
+        {
+            net["IPAddress"]
+            for name, net in relay_nets.items()
+            if name in db_nets and net.get("IPAddress")
+        }
+    )
 
 
 def _hba(settings: Settings, found: list[str], check: bool = True) -> None:
     container = container_of(settings, settings.app.postgres.service)
-    runner.run(["docker", "exec", container, "sh", "-c", HBA_SCRIPT, "relay-hba", *found],
-               env=settings.docker_env(), check=check, what="writing the database's rules for the relay")
-    runner.run(psql_cmd(container, settings), input="SELECT pg_reload_conf();", env=settings.docker_env(), check=check,
-               what="reloading the database's client rules")
+    runner.run(
+        ["docker", "exec", container, "sh", "-c", HBA_SCRIPT, "relay-hba", *found],
+        env=settings.docker_env(),
+        check=check,
+        what="writing the database's rules for the relay",
+    )
+    runner.run(
+        psql_cmd(container, settings),
+        input="SELECT pg_reload_conf();",
+        env=settings.docker_env(),
+        check=check,
+        what="reloading the database's client rules",
+    )

@@ -13,7 +13,8 @@ from deploy.data import dbtools, relay
 from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import MoveError
-from deploy.release.history import Record, at
+from deploy.release.history import Record
+from deploy.edge.locking import at
 from deploy.data.relay import ROLE
 
 # A subscriber that still runs reconnects to its slot: its sender is ended until the slot
@@ -47,10 +48,13 @@ PGDATABASE=$T_PGDATABASE PGSSLMODE=$T_PGSSLMODE PGSSLROOTCERT=$T_PGSSLROOTCERT "
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
 """
 
-SCHEMA_SCRIPT = TARGET_FN + """set -eu
+SCHEMA_SCRIPT = (
+    TARGET_FN
+    + """set -eu
 pg_dump --schema-only --no-owner --no-privileges --no-publications --no-subscriptions > /tmp/schema.sql
 target q -f /tmp/schema.sql > /dev/null
 """
+)
 
 WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
   WHERE s.subname = '{ROLE}' AND r.srsubstate <> 'r'"""
@@ -65,7 +69,9 @@ WAIT_SYNC_SQL = f"""SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscript
 #              every table's content (dbtools.CONTENT_SQL, in $CG_CONTENT_SQL)
 #   finished   sequence values copied (logical replication does not carry them), the
 #              subscription (and its slot on the local side), publication and role gone
-CUTOVER_SCRIPT = TARGET_FN + """set -eu
+CUTOVER_SCRIPT = (
+    TARGET_FN
+    + """set -eu
 printf '%s' "$CG_FACTS_SQL" > /tmp/facts.sql
 printf '%s' "$CG_CONTENT_SQL" > /tmp/content.sql
 q -c "SELECT 1" > /dev/null && target q -c "SELECT 1" > /dev/null
@@ -105,10 +111,13 @@ q -c "SELECT format('SELECT setval(%L, %s, true);', quote_ident(schemaname) || '
 target q -f /tmp/sequences.sql > /dev/null
 target q -c "DROP SUBSCRIPTION $1"
 q > /dev/null <<'SQL'
-""" + DROP_SQL.strip() + """
+"""
+    + DROP_SQL.strip()
+    + """
 SQL
 echo finished
 """
+)
 
 # After a failure: when the publisher cannot be reached to drop the slot, detach the
 # subscription from it first (the source side then drops the slot itself).
@@ -122,12 +131,13 @@ END $$;
 """
 
 
-
 def drop(settings: Settings) -> list[str]:
     """Drop db.move's publication, slot and role from the stack's own PostgreSQL, if
     there; returns what was there (`publication`, `slot`, `role`)."""
     local = dataclasses.replace(settings, database_url="")
-    found = dbtools.psql(local, LEFTOVERS_SQL, what="looking for db.move's replication").stdout.split()
+    found = dbtools.psql(
+        local, LEFTOVERS_SQL, what="looking for db.move's replication"
+    ).stdout.split()
     if found:
         dbtools.psql(local, DROP_SQL, what="dropping db.move's publication, slot and role")
     return found
@@ -140,44 +150,81 @@ def target_env(url: str) -> dict[str, str]:
 
 def subscribe(settings: Settings, record: Record, url: str, password: str) -> None:
     with runner.step("copying the schema to the target"):
-        dbtools.tools(settings, SCHEMA_SCRIPT, extra=target_env(url), what="copying the schema", major=dbtools.dump_major(settings))
+        dbtools.tools(
+            settings,
+            SCHEMA_SCRIPT,
+            extra=target_env(url),
+            what="copying the schema",
+            major=dbtools.dump_major(settings),
+        )
     with runner.step("publishing the local database (one-off role, TLS-only relay)"):
-        dbtools.psql(settings, DROP_SQL + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
+        dbtools.psql(
+            settings,
+            DROP_SQL
+            + f"""CREATE ROLE {ROLE} LOGIN REPLICATION PASSWORD '{password}';
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE};
 CREATE PUBLICATION {ROLE} FOR ALL TABLES;
-""", what="creating the publication")
+""",
+            what="creating the publication",
+        )
         relay.start(settings)
         checked = settings.move_relay_sslmode == "verify-full"
         if checked:
             chain, key, origin = relay.certificate(settings)
             relay.serve(settings, (chain, key))
     tls_params = "sslmode=verify-full sslrootcert=system" if checked else "sslmode=require"
-    conninfo = (f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
-                f"user={ROLE} password={password} {tls_params} connect_timeout=10")
-    with runner.step(f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port}, {tls_params.split()[0]})"):
-        created = dbtools.psql(settings, f"CREATE SUBSCRIPTION {ROLE} CONNECTION '{conninfo}' PUBLICATION {ROLE};", url, check=False)
+    conninfo = (
+        f"host={settings.move_relay_host} port={settings.move_relay_port} dbname={settings.postgres_db} "
+        f"user={ROLE} password={password} {tls_params} connect_timeout=10"
+    )
+    with runner.step(
+        f"subscribing the target (through {settings.move_relay_host}:{settings.move_relay_port}, {tls_params.split()[0]})"
+    ):
+        created = dbtools.psql(
+            settings,
+            f"CREATE SUBSCRIPTION {ROLE} CONNECTION '{conninfo}' PUBLICATION {ROLE};",
+            url,
+            check=False,
+        )
         if created.returncode != 0:
             last = (runner.redact(created.stderr).strip().splitlines() or ["no output"])[-1]
             if checked and "certificate" in last:
-                raise MoveError(f"the target does not accept the relay's certificate ({origin}; {last}): it checks it against its "
-                                f"system CAs for {settings.move_relay_host}: give a certificate from a public CA for that name "
-                                "(COLORGATE_MOVE_RELAY_CERT/KEY), or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked")
-            raise MoveError(f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
-                            "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and its addresses in COLORGATE_MOVE_RELAY_ALLOW")
+                raise MoveError(
+                    f"the target does not accept the relay's certificate ({origin}; {last}): it checks it against its "
+                    f"system CAs for {settings.move_relay_host}: give a certificate from a public CA for that name "
+                    "(COLORGATE_MOVE_RELAY_CERT/KEY), or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked"
+                )
+            raise MoveError(
+                f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
+                "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and its addresses in COLORGATE_MOVE_RELAY_ALLOW"
+            )
     at(record, "initial_sync")
     with runner.step("copying the data (initial table sync)"):
-        dbtools.tools(settings, f"""i=0
+        dbtools.tools(
+            settings,
+            f"""i=0
 until [ "$(psql -X -A -t -v ON_ERROR_STOP=1 -c "{WAIT_SYNC_SQL}")" = 0 ]; do
   i=$((i + 1)); [ $i -lt 36000 ] || {{ echo "initial sync not done after an hour" >&2; exit 1; }}
   sleep 0.1
-done""", extra=dbtools.url_env(url), what="waiting for the initial table sync")
+done""",
+            extra=dbtools.url_env(url),
+            what="waiting for the initial table sync",
+        )
 
 
 def unsubscribe(settings: Settings, url: str, check: bool = True) -> None:
     """Drop the subscription (and its slot), the publication, the role, the relay.
     check=False: best effort, after a failure."""
-    dropped = dbtools.psql(settings, f"DROP SUBSCRIPTION IF EXISTS {ROLE};", url, check=check, what="dropping the subscription")
+    dropped = dbtools.psql(
+        settings,
+        f"DROP SUBSCRIPTION IF EXISTS {ROLE};",
+        url,
+        check=check,
+        what="dropping the subscription",
+    )
     if dropped.returncode != 0:
         dbtools.psql(settings, TARGET_CLEANUP_SQL, url, check=False)
-    dbtools.psql(settings, DROP_SQL, check=check, what="dropping the publication and the replication role")
+    dbtools.psql(
+        settings, DROP_SQL, check=check, what="dropping the publication and the replication role"
+    )
     relay.remove(settings)

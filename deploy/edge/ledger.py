@@ -10,8 +10,21 @@ from dataclasses import dataclass, field
 from deploy.target import facts
 from deploy.colors import COLORS
 from deploy.config import Settings
-from deploy.edge.state import (DATABASE_RECORD, FREEZE_FILE, LIVE_FILE, LOCK_DIR, ROUTES_FILE, STATE_DIR, Active, _database_record, _sections,
-                               in_edge, live_of, read_file_cmd, state_fields)
+from deploy.edge.state import (
+    DATABASE_RECORD,
+    FREEZE_FILE,
+    LIVE_FILE,
+    LOCK_DIR,
+    ROUTES_FILE,
+    STATE_DIR,
+    Active,
+    _database_record,
+    _sections,
+    in_edge,
+    live_of,
+    read_file_cmd,
+    state_fields,
+)
 from deploy.errors import CommandError
 
 
@@ -106,9 +119,14 @@ class Found:
 
 def parse_found(text: str) -> Found:
     body = _sections(text)
-    return Found(body.get("live", ""), body.get("freeze", "").strip() == "frozen", body.get("database", ""),
-                 parse_history(body["history"]) if "history" in body else None, body.get("canary", "").strip() == "canary",
-                 body.get("routes", "").strip())
+    return Found(
+        body.get("live", ""),
+        body.get("freeze", "").strip() == "frozen",
+        body.get("database", ""),
+        parse_history(body["history"]) if "history" in body else None,
+        body.get("canary", "").strip() == "canary",
+        body.get("routes", "").strip(),
+    )
 
 
 @dataclass(frozen=True)
@@ -118,7 +136,9 @@ class LockState:
     holder: dict  # command, operator, since, pid, host, machine ({} when unreadable)
     age: int  # seconds since its holder's last heartbeat
     phase: str  # where the holder was then ("" before its first step)
-    token: str = field(default="", repr=False, compare=False)  # what --break-lock names to remove this lock and no other
+    token: str = field(
+        default="", repr=False, compare=False
+    )  # what --break-lock names to remove this lock and no other
 
     @property
     def stale(self) -> bool:
@@ -142,8 +162,12 @@ def parse_lock(text: str) -> LockState:
         holder = {}
     values = state_fields("\n".join(lines[1:]))
     age = values.get("age", "")
-    return LockState(holder if isinstance(holder, dict) else {}, int(age) if age.lstrip("-").isdigit() else 0,
-                     values.get("phase", ""), values.get("token", ""))
+    return LockState(
+        holder if isinstance(holder, dict) else {},
+        int(age) if age.lstrip("-").isdigit() else 0,
+        values.get("phase", ""),
+        values.get("token", ""),
+    )
 
 
 def lock_cmd(holder: str, token: str, history: bool = False) -> list[str]:
@@ -166,7 +190,9 @@ def phase_cmd(token: str, phase: str) -> list[str]:
 
 def read_lock(settings: Settings) -> LockState | None:
     """The lock as another command sees it; None when nobody holds it."""
-    proc = in_edge(settings, ["sh", "-c", READ_LOCK_SCRIPT], "reading the release lock", check=False)
+    proc = in_edge(
+        settings, ["sh", "-c", READ_LOCK_SCRIPT], "reading the release lock", check=False
+    )
     return parse_lock(proc.stdout) if proc.returncode == LOCK_HELD else None
 
 
@@ -185,7 +211,7 @@ LIVE_MARK = "@live"  # in a final record: where traffic is, filled in on the edg
 # exec: its `"live_color": "@live"` and `"live_version": "@live"` get the live file's
 # values (only if they are a color and a version tag), and the live file is printed.
 FINAL_SCRIPT = f"""c=$(sed -n 's/^color=//p' {LIVE_FILE} 2>/dev/null); v=$(sed -n 's/^version=//p' {LIVE_FILE} 2>/dev/null)
-case "$c" in {'|'.join(COLORS)}) ;; *) c= ;; esac
+case "$c" in {"|".join(COLORS)}) ;; *) c= ;; esac
 case "$v" in ''|*[!A-Za-z0-9._-]*) v= ;; esac
 printf '%s\\n' "$1" | sed "s/\\"live_color\\": \\"{LIVE_MARK}\\"/\\"live_color\\": \\"$c\\"/; s/\\"live_version\\": \\"{LIVE_MARK}\\"/\\"live_version\\": \\"$v\\"/" >> {HISTORY}
 printf 'color=%s\\nversion=%s\\n' "$c" "$v"
@@ -202,7 +228,13 @@ def append_history(settings: Settings, record: dict, token: str = "", phase: str
 
 
 def final_history_cmd(record: dict) -> list[str]:
-    return ["sh", "-c", FINAL_SCRIPT, "history", json.dumps({**record, "live_color": LIVE_MARK, "live_version": LIVE_MARK})]
+    return [
+        "sh",
+        "-c",
+        FINAL_SCRIPT,
+        "history",
+        json.dumps({**record, "live_color": LIVE_MARK, "live_version": LIVE_MARK}),
+    ]
 
 
 def append_final(settings: Settings, record: dict) -> tuple[str, str]:

@@ -43,7 +43,9 @@ def parse_curl_i(url: str, out: str) -> Probe:
     return Probe(url, status, headers, body)
 
 
-def probe_from_edge(settings: Settings, service: str, color: str, path: str, port: int | None = None) -> Probe:
+def probe_from_edge(
+    settings: Settings, service: str, color: str, path: str, port: int | None = None
+) -> Probe:
     """GET http://<service>_<color>:<port><path> from inside the edge container, the
     way nginx will reach it after a switch (same network, same DNS). The port is the
     service's route's unless given."""
@@ -81,5 +83,9 @@ def candidate_health(settings: Settings, color: str) -> dict[str, str | None]:
     out = {}
     for service, check in settings.app.health.items():
         probe = probe_from_edge(settings, service, color, check.path, check.port)
-        out[service] = health_problem(check, probe.status_code, probe.text) if probe.status_code else f"no answer: {probe.text}"
+        out[service] = (
+            health_problem(check, probe.status_code, probe.text)
+            if probe.status_code
+            else f"no answer: {probe.text}"
+        )
     return out

@@ -10,7 +10,6 @@ import hashlib
 from deploy.contract import SECURITY_HEADERS, App
 
 
-
 # What the edge says of every answer itself (which color and version answered, a write
 # held during a freeze, a new user's canary bucket): an app's own value of one of these is
 # never passed on. Which container answered (X-Colorgate-Upstream) it tells the gates only
@@ -35,7 +34,10 @@ def edge_headers(app_owned: tuple[str, ...] = ()) -> list[str]:
     for name, value in EDGE_SAYS.items():
         lines += [f"proxy_hide_header {name};", f"add_header {name} {value} always;"]
     lines.append("proxy_hide_header X-Colorgate-Upstream;")
-    return [*lines, "add_header Set-Cookie $cg_cookie always;"]  # empty (not sent) but during a canary
+    return [
+        *lines,
+        "add_header Set-Cookie $cg_cookie always;",
+    ]  # empty (not sent) but during a canary
 
 
 def edge_routes(app: App) -> str:
@@ -59,13 +61,18 @@ def edge_routes(app: App) -> str:
         if not r.buffering:
             lines += ["    proxy_buffering off;", "    proxy_cache off;"]
         if r.app_headers:
-            lines += [f"    # the app's own {', '.join(r.app_headers)}", *(f"    {line}" for line in edge_headers(r.app_headers))]
+            lines += [
+                f"    # the app's own {', '.join(r.app_headers)}",
+                *(f"    {line}" for line in edge_headers(r.app_headers)),
+            ]
         lines += [f"    proxy_pass http://{r.service}_$cg_color:{r.port};", "}"]
         blocks.append("\n".join(lines))
     return "\n".join(blocks) + "\n"
 
 
-ROUTES_HEADER = "# colorgate routes "  # the routes file's first line: this, then the digest of the rest
+ROUTES_HEADER = (
+    "# colorgate routes "  # the routes file's first line: this, then the digest of the rest
+)
 
 
 def edge_routes_file(app: App) -> str:
@@ -75,14 +82,20 @@ def edge_routes_file(app: App) -> str:
     itself only (so a reload is known to be served)."""
     body = edge_routes(app)
     digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    return (f"{ROUTES_HEADER}{digest}\n{body}"
-            f'location = /.colorgate/routes {{ access_log off; allow 127.0.0.1; deny all; return 200 "{digest}\\n"; }}\n')
+    return (
+        f"{ROUTES_HEADER}{digest}\n{body}"
+        f'location = /.colorgate/routes {{ access_log off; allow 127.0.0.1; deny all; return 200 "{digest}\\n"; }}\n'
+    )
 
 
 def routes_digest(text: str) -> str:
     """The digest a routes file's first line names ("" for none, or not one of ours)."""
     first = (text or "").partition("\n")[0].strip()
-    return first.removeprefix(ROUTES_HEADER.strip()).strip() if first.startswith(ROUTES_HEADER.strip()) else ""
+    return (
+        first.removeprefix(ROUTES_HEADER.strip()).strip()
+        if first.startswith(ROUTES_HEADER.strip())
+        else ""
+    )
 
 
 def edge_routes_b64(app: App) -> str:

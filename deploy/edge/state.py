@@ -2,7 +2,6 @@
 write freeze, maintenance mode and the database record, read and written through
 one shell kept open in the edge (see deploy/edge/__init__.py for the files)."""
 
-
 from __future__ import annotations
 
 import json
@@ -23,7 +22,9 @@ MAINTENANCE_FILE = f"{STATE_DIR}/maintenance"
 GATE_TOKEN_FILE = f"{STATE_DIR}/gate-token"
 DATABASE_RECORD = f"{STATE_DIR}/database.json"
 CANARY_FILE = f"{STATE_DIR}/canary"
-ROUTES_FILE = f"{STATE_DIR}/routes.conf"  # the app's routes and the edge's answer headers (edge_routes_file)
+ROUTES_FILE = (
+    f"{STATE_DIR}/routes.conf"  # the app's routes and the edge's answer headers (edge_routes_file)
+)
 LOCK_DIR = f"{STATE_DIR}/lock"  # the release lock (ledger.py)
 # What the edge routes now and its requests in flight per color (colorgate.lua),
 # answered only inside the container.
@@ -40,8 +41,10 @@ FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database"
 # quotes, backslashes or control characters, at most 300 characters.
 MESSAGE = re.compile(r'[^\x00-\x1f\x7f<>&"\\]{0,300}')
 MAINTENANCE_LINES = r'#.*|retry=[0-9]+|since=[0-9TZ:+.-]+|message=[^<>&"\\]*'
-CANARY_LINES = (f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}|percent=[0-9]{{1,2}}|offset=[0-9]{{1,2}}"
-                "|since=[0-9]+|decision=(promote)?")
+CANARY_LINES = (
+    f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}|percent=[0-9]{{1,2}}|offset=[0-9]{{1,2}}"
+    "|since=[0-9]+|decision=(promote)?"
+)
 
 # Validate and install a state file in one exec: the new text is $5 (empty removes
 # the file at $1); every line must match $2 and each key in $3 must be there, or the
@@ -105,7 +108,9 @@ class Active:
 def check_version(version: str) -> str:
     """A version tag safe in image tags and state files, or BadVersion."""
     if not VERSION.fullmatch(version or ""):
-        raise BadVersion(f"bad version {version!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+        raise BadVersion(
+            f"bad version {version!r}: use letters, digits, '.', '_' or '-' (at most 128)"
+        )
     return version
 
 
@@ -121,20 +126,30 @@ def render_freeze(hold_seconds: float, database: bool = False) -> str:
     database restarts: invoke apply), every request to a route of its clients too.
     The gates' own requests pass (colorgate.lua)."""
     if database:
-        return (f"# Managed by Colorgate: the database restarts; its clients' requests are held this long, then 503.\n"
-                f"hold={hold_seconds:g}\nrequests=database\n")
+        return (
+            f"# Managed by Colorgate: the database restarts; its clients' requests are held this long, then 503.\n"
+            f"hold={hold_seconds:g}\nrequests=database\n"
+        )
     return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n"
 
 
 def render_maintenance(message: str, retry: int, since: str) -> str:
     if not MESSAGE.fullmatch(message):
-        raise BadInput("the maintenance message must be one line of at most 300 characters without < > & \" or \\")
-    return (f"# Managed by Colorgate: maintenance mode; every route answers 503 with this message.\n"
-            f"retry={retry}\nsince={since}\nmessage={message}\n")
+        raise BadInput(
+            'the maintenance message must be one line of at most 300 characters without < > & " or \\'
+        )
+    return (
+        f"# Managed by Colorgate: maintenance mode; every route answers 503 with this message.\n"
+        f"retry={retry}\nsince={since}\nmessage={message}\n"
+    )
 
 
 def state_fields(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in (text or "").splitlines() if "=" in line and not line.startswith("#"))
+    return dict(
+        line.split("=", 1)
+        for line in (text or "").splitlines()
+        if "=" in line and not line.startswith("#")
+    )
 
 
 def parse_active(text: str) -> Active | None:
@@ -147,7 +162,9 @@ def parse_active(text: str) -> Active | None:
         return None
     color = values.get("color", "")
     if color not in COLORS:
-        raise ValueError(f"the live file names color {color!r}, expected one of {', '.join(COLORS)}")
+        raise ValueError(
+            f"the live file names color {color!r}, expected one of {', '.join(COLORS)}"
+        )
     version = values.get("version", "")
     if not VERSION.fullmatch(version):
         raise ValueError(f"the live file names version {version!r}, which is not a version tag")
@@ -179,28 +196,38 @@ exec "$@"
 """
 
 
-def in_edge(settings: Settings, cmd: list[str], what: str = "", check: bool = True, guarded: bool = False):
+def in_edge(
+    settings: Settings, cmd: list[str], what: str = "", check: bool = True, guarded: bool = False
+):
     """Run a command inside the edge, in the shell this process keeps open there. On a
     Swarm, when the shell cannot start because the edge's task was replaced meanwhile,
     once more in the task that runs now. `guarded`: when this process holds the lock,
     only while it still does (else LockHeld, whatever `check`)."""
     token = HELD.get((settings.docker_host, settings.project)) if guarded else None
     if token:
-        proc = in_edge(settings, ["sh", "-c", GUARD_SCRIPT, "guard", token, *cmd], what, check=False)
+        proc = in_edge(
+            settings, ["sh", "-c", GUARD_SCRIPT, "guard", token, *cmd], what, check=False
+        )
         if proc.returncode == LOCK_LOST:
-            raise LockHeld(f"{what or 'a change at the edge'}: refused: this command's release lock was broken meanwhile "
-                           "(--break-lock by another operator), so it changes nothing more: see `invoke status`")
+            raise LockHeld(
+                f"{what or 'a change at the edge'}: refused: this command's release lock was broken meanwhile "
+                "(--break-lock by another operator), so it changes nothing more: see `invoke status`"
+            )
         if check and proc.returncode != 0:
             raise CommandError(cmd, proc.returncode, proc.stdout, proc.stderr, what)
         return proc
     shell = runner.shell(settings.docker_host, edge_container(settings))
     proc = shell.run(cmd, what=what, check=False)
-    if proc.returncode == 125:  # the shell could not start: on a Swarm the edge's task may be another one now
+    if (
+        proc.returncode == 125
+    ):  # the shell could not start: on a Swarm the edge's task may be another one now
         now = edge_container(settings, fresh=True)
         if now != shell.container:
             return runner.shell(settings.docker_host, now).run(cmd, what=what, check=check)
     if check and proc.returncode != 0:
-        raise CommandError(proc.args, proc.returncode, runner.redact(proc.stdout), runner.redact(proc.stderr), what)
+        raise CommandError(
+            proc.args, proc.returncode, runner.redact(proc.stdout), runner.redact(proc.stderr), what
+        )
     return proc
 
 
@@ -216,11 +243,19 @@ def switch_cmd(text: str, expect: str = "") -> list[str]:
 
 
 def freeze_cmd(frozen: bool, text: str) -> list[str]:
-    return write_cmd(FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}", text)
+    return write_cmd(
+        FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}", text
+    )
 
 
 def maintenance_cmd(text: str) -> list[str]:
-    return write_cmd(MAINTENANCE_FILE, MAINTENANCE_LINES, "retry" if text else "", f"maintenance={'on' if text else 'off'}", text)
+    return write_cmd(
+        MAINTENANCE_FILE,
+        MAINTENANCE_LINES,
+        "retry" if text else "",
+        f"maintenance={'on' if text else 'off'}",
+        text,
+    )
 
 
 def routes_cmd(text: str, digest: str, reload: bool = True) -> list[str]:
@@ -239,14 +274,22 @@ def sync_routes(settings: Settings, text: str, reload: bool = True) -> bool:
     digest = routes_digest(text)
     if routes_digest(read_routes_line(settings)) == digest:
         return False
-    with runner.step("giving the edge the contract's routes (nginx -t, graceful reload)" if reload else "keeping the contract's routes in the edge's state"):
+    with runner.step(
+        "giving the edge the contract's routes (nginx -t, graceful reload)"
+        if reload
+        else "keeping the contract's routes in the edge's state"
+    ):
         write_routes(settings, text, digest, reload)
     return True
 
 
 def read_routes_line(settings: Settings) -> str:
     """The first line of the routes the edge keeps (names their digest; "" for none)."""
-    return in_edge(settings, ["sh", "-c", f"head -n 1 {ROUTES_FILE} 2>/dev/null || true"], "reading the edge's routes").stdout
+    return in_edge(
+        settings,
+        ["sh", "-c", f"head -n 1 {ROUTES_FILE} 2>/dev/null || true"],
+        "reading the edge's routes",
+    ).stdout
 
 
 def state_cmd() -> list[str]:
@@ -266,13 +309,20 @@ def live_of(text: str) -> Active | None:
     try:
         return parse_active(text)
     except ValueError as exc:
-        raise StackError(f"the edge's routing state is damaged ({exc}): run `invoke switch --to COLOR` to rewrite it") from None
+        raise StackError(
+            f"the edge's routing state is damaged ({exc}): run `invoke switch --to COLOR` to rewrite it"
+        ) from None
 
 
 def write_active(settings: Settings, color: str, version: str) -> None:
     """Route traffic to `color`: one validated atomic write that the edge reads on the
     next request; no reload, so open connections and streams stay."""
-    in_edge(settings, switch_cmd(render_live(color, version), expect=f"color={color}"), f"switching the edge to {color}", guarded=True)
+    in_edge(
+        settings,
+        switch_cmd(render_live(color, version), expect=f"color={color}"),
+        f"switching the edge to {color}",
+        guarded=True,
+    )
 
 
 def _wait_idle(settings: Settings, key: str, seconds: float) -> int:
@@ -291,7 +341,11 @@ def _wait_idle(settings: Settings, key: str, seconds: float) -> int:
 def drain(settings: Settings, color: str, seconds: float | None = None) -> int:
     """Wait until the edge has no request in flight to `color`, for at most the drain
     bound; returns how many were still open (streams) when it gave up."""
-    return _wait_idle(settings, f"inflight_{parse_color(color)}", settings.drain_seconds if seconds is None else seconds)
+    return _wait_idle(
+        settings,
+        f"inflight_{parse_color(color)}",
+        settings.drain_seconds if seconds is None else seconds,
+    )
 
 
 def drain_writes(settings: Settings, seconds: float = 10) -> int:
@@ -303,25 +357,41 @@ def drain_writes(settings: Settings, seconds: float = 10) -> int:
 def read_database_record(settings: Settings) -> dict:
     """Where the target's record says the app's database is: {"url": "local"} until
     `db.move` moved it, then the managed database's URL (no password) and the move."""
-    return _database_record(in_edge(settings, read_file_cmd(DATABASE_RECORD), "reading the database record").stdout)
+    return _database_record(
+        in_edge(settings, read_file_cmd(DATABASE_RECORD), "reading the database record").stdout
+    )
 
 
 def _database_record(out: str) -> dict:
     try:
         record = json.loads(out) if out.strip() else {}
     except ValueError:
-        raise StackError(f"the database record {DATABASE_RECORD} on the edge is damaged: fix or remove it") from None
+        raise StackError(
+            f"the database record {DATABASE_RECORD} on the edge is damaged: fix or remove it"
+        ) from None
     return record if isinstance(record, dict) and record.get("url") else {"url": "local"}
 
 
 def write_database_record(settings: Settings, record: dict) -> None:
-    in_edge(settings, ["sh", "-c", f'printf "%s" "$1" > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}',
-                       "record", json.dumps(record)], "recording where the database is", guarded=True)
+    in_edge(
+        settings,
+        [
+            "sh",
+            "-c",
+            f'printf "%s" "$1" > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}',
+            "record",
+            json.dumps(record),
+        ],
+        "recording where the database is",
+        guarded=True,
+    )
 
 
 def freeze_hold(settings: Settings, database: bool = False) -> int:
     """How long the edge holds a request during a freeze (set_frozen) at most."""
-    return max(settings.hold_seconds, settings.health_timeout) if database else settings.hold_seconds
+    return (
+        max(settings.hold_seconds, settings.health_timeout) if database else settings.hold_seconds
+    )
 
 
 def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None:
@@ -330,20 +400,33 @@ def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None
     with `database`, those to a route of the database's clients, each held for as long
     as Colorgate waits for the database to be back (COLORGATE_HEALTH_TIMEOUT, at least
     the hold): the restart ends the hold, and none is answered 503 while it is awaited."""
-    in_edge(settings, freeze_cmd(frozen, render_freeze(freeze_hold(settings, database), database) if frozen else ""),
-            "starting a write freeze" if frozen else "ending the write freeze", guarded=True)
+    in_edge(
+        settings,
+        freeze_cmd(
+            frozen, render_freeze(freeze_hold(settings, database), database) if frozen else ""
+        ),
+        "starting a write freeze" if frozen else "ending the write freeze",
+        guarded=True,
+    )
 
 
 def set_maintenance(settings: Settings, text: str) -> None:
     """Turn maintenance mode on (`text`: render_maintenance) or off (empty), from the
     next request on."""
-    in_edge(settings, maintenance_cmd(text), "turning maintenance mode on" if text else "turning maintenance mode off", guarded=True)
+    in_edge(
+        settings,
+        maintenance_cmd(text),
+        "turning maintenance mode on" if text else "turning maintenance mode off",
+        guarded=True,
+    )
 
 
 def read_gate_token(settings: Settings) -> str:
     """The gates' token (X-Colorgate-Gate), which the edge made at its start ("" from an
     edge an older Colorgate made, which knows none: `invoke apply` makes it again)."""
-    token = in_edge(settings, read_file_cmd(GATE_TOKEN_FILE), "reading the gates' token").stdout.strip()
+    token = in_edge(
+        settings, read_file_cmd(GATE_TOKEN_FILE), "reading the gates' token"
+    ).stdout.strip()
     return token if re.fullmatch("[0-9a-f]{32}", token) else ""
 
 
@@ -355,13 +438,20 @@ def read_maintenance(settings: Settings) -> dict[str, str] | None:
 
 def read_files(settings: Settings, *names: str) -> dict[str, str]:
     """Several state files (names in STATE_DIR) in one exec: name -> text ("" when absent)."""
-    script = "".join(f"printf '\\n@@colorgate {n}\\n'; cat {STATE_DIR}/{n} 2>/dev/null; " for n in names) + "true"
+    script = (
+        "".join(f"printf '\\n@@colorgate {n}\\n'; cat {STATE_DIR}/{n} 2>/dev/null; " for n in names)
+        + "true"
+    )
     return _sections(in_edge(settings, ["sh", "-c", script], "reading the edge state").stdout)
 
 
-def render_canary(color: str, version: str, percent: int, offset: int, since: int, decision: str = "") -> str:
-    return (f"color={parse_color(color)}\nversion={check_version(version)}\npercent={percent}\noffset={offset}\n"
-            f"since={since}\n" + (f"decision={decision}\n" if decision else ""))
+def render_canary(
+    color: str, version: str, percent: int, offset: int, since: int, decision: str = ""
+) -> str:
+    return (
+        f"color={parse_color(color)}\nversion={check_version(version)}\npercent={percent}\noffset={offset}\n"
+        f"since={since}\n" + (f"decision={decision}\n" if decision else "")
+    )
 
 
 def parse_canary(text: str) -> dict | None:
@@ -369,8 +459,13 @@ def parse_canary(text: str) -> dict | None:
     fields = state_fields(text)
     if not fields.get("color"):
         return None
-    return {**fields, "percent": int(fields.get("percent", "0")), "offset": int(fields.get("offset", "0")),
-            "since": int(fields.get("since", "0")), "decision": fields.get("decision", "")}
+    return {
+        **fields,
+        "percent": int(fields.get("percent", "0")),
+        "offset": int(fields.get("offset", "0")),
+        "since": int(fields.get("since", "0")),
+        "decision": fields.get("decision", ""),
+    }
 
 
 def read_canary(settings: Settings) -> dict | None:
@@ -387,18 +482,38 @@ fi
 
 
 def canary_cmd(text: str, expect: str, guard: bool = False) -> list[str]:
-    return ["sh", "-c", CANARY_GUARD + WRITE_SCRIPT, "canary", CANARY_FILE, CANARY_LINES,
-            "color version percent offset" if text else "", expect, text, "next" if guard else ""]
+    return [
+        "sh",
+        "-c",
+        CANARY_GUARD + WRITE_SCRIPT,
+        "canary",
+        CANARY_FILE,
+        CANARY_LINES,
+        "color version percent offset" if text else "",
+        expect,
+        text,
+        "next" if guard else "",
+    ]
 
 
-def write_canary(settings: Settings, text: str, expect: str, guard: bool = False, what: str = "") -> bool:
+def write_canary(
+    settings: Settings, text: str, expect: str, guard: bool = False, what: str = ""
+) -> bool:
     """Install the canary file (empty: remove it), then wait until the edge routes by
     it; False when `guard` found it aborted or decided meanwhile."""
-    proc = in_edge(settings, canary_cmd(text, expect, guard), what or "writing the canary", check=False, guarded=True)
+    proc = in_edge(
+        settings,
+        canary_cmd(text, expect, guard),
+        what or "writing the canary",
+        check=False,
+        guarded=True,
+    )
     if proc.returncode == 5:
         return False
     if proc.returncode != 0:
-        raise ColorgateError(f"the edge refused the canary ({(proc.stderr.strip().splitlines() or ['no output'])[-1]})")
+        raise ColorgateError(
+            f"the edge refused the canary ({(proc.stderr.strip().splitlines() or ['no output'])[-1]})"
+        )
     return True
 
 
@@ -416,4 +531,3 @@ def _sections(text: str) -> dict[str, str]:
         elif current is not None:
             current.append(line)
     return {name: "\n".join(lines) for name, lines in sections.items()}
-

@@ -40,9 +40,15 @@ def parse_percents(text: str) -> tuple[int, ...]:
         percents = tuple(int(p) for p in str(text).replace(" ", "").split(",") if p)
     except ValueError:
         percents = ()
-    if not percents or any(not 1 <= p <= 99 for p in percents) or list(percents) != sorted(set(percents)):
-        raise BadInput(f"--canary {text!r} is not a list of rising shares of users: give percentages from 1 to 99, "
-                             "such as --canary 10 or --canary 10,50 (100 is the switch that follows them)")
+    if (
+        not percents
+        or any(not 1 <= p <= 99 for p in percents)
+        or list(percents) != sorted(set(percents))
+    ):
+        raise BadInput(
+            f"--canary {text!r} is not a list of rising shares of users: give percentages from 1 to 99, "
+            "such as --canary 10 or --canary 10,50 (100 is the switch that follows them)"
+        )
     return percents
 
 
@@ -54,8 +60,12 @@ def start(settings: Settings, color: str, version: str, percent: int, first: boo
     meanwhile ("promote": no more steps; "": went on); raises GateFailed on an abort."""
     expect, what = f"canary={color} {percent}", f"sending {percent}% of users to {color}"
     if first:
-        edge.write_canary(settings, edge.render_canary(color, version, percent, secrets.randbelow(100), int(time.time())), expect,
-                          what=what)
+        edge.write_canary(
+            settings,
+            edge.render_canary(color, version, percent, secrets.randbelow(100), int(time.time())),
+            expect,
+            what=what,
+        )
         return ""
     current = read(settings)
     if current is None:
@@ -92,23 +102,34 @@ def status(settings: Settings) -> dict:
     found = read(settings)
     live = edge.read_active(settings)
     lock = edge.read_lock(settings)
-    return {"canary": found, "live": {"color": live.color, "version": live.version} if live else None,
-            "deploy": {"holder": lock.holder, "phase": lock.phase, "stale": lock.stale} if lock else None}
+    return {
+        "canary": found,
+        "live": {"color": live.color, "version": live.version} if live else None,
+        "deploy": {"holder": lock.holder, "phase": lock.phase, "stale": lock.stale}
+        if lock
+        else None,
+    }
 
 
 def format_status(data: dict) -> str:
     c, live = data["canary"], data["live"] or {}
     if not c:
         return f"no canary: everyone gets {live.get('color', '-')} ({live.get('version', '-')})"
-    lines = [f"canary: {c['color']} ({c['version']}) gets {c['percent']}% of users, since {time.strftime('%H:%M:%S', time.gmtime(c['since']))} UTC; "
-             f"the others get {live.get('color', '-')} ({live.get('version', '-')})"]
+    lines = [
+        f"canary: {c['color']} ({c['version']}) gets {c['percent']}% of users, since {time.strftime('%H:%M:%S', time.gmtime(c['since']))} UTC; "
+        f"the others get {live.get('color', '-')} ({live.get('version', '-')})"
+    ]
     if c.get("decision"):
         lines.append(f"decided: {c['decision']} (the deploy switches at its next check)")
     deploy = data["deploy"]
     if deploy and not deploy["stale"]:
-        lines.append(f"deploy: {edge.describe_holder(deploy['holder'])}, at {history.describe_phase(deploy['phase']) or 'start'}")
+        lines.append(
+            f"deploy: {edge.describe_holder(deploy['holder'])}, at {history.describe_phase(deploy['phase']) or 'start'}"
+        )
     else:
-        lines.append("deploy: none running (it died?): the next command ends this canary; `invoke canary.abort` ends it now")
+        lines.append(
+            "deploy: none running (it died?): the next command ends this canary; `invoke canary.abort` ends it now"
+        )
     return "\n".join(lines)
 
 
@@ -128,10 +149,25 @@ def promote(settings: Settings) -> str:
         return "no canary runs: nothing to promote"
     lock = edge.read_lock(settings)
     if lock is None or lock.stale:
-        raise ColorgateError(f"no deploy is running this canary (it died?), so nothing would promote it: switch everyone with "
-                             f"`invoke switch --to {found['color']}` (gated), or end it with `invoke canary.abort`")
+        raise ColorgateError(
+            f"no deploy is running this canary (it died?), so nothing would promote it: switch everyone with "
+            f"`invoke switch --to {found['color']}` (gated), or end it with `invoke canary.abort`"
+        )
     if found.get("decision") != "promote":
-        text = edge.render_canary(found["color"], found["version"], found["percent"], found["offset"], found["since"], "promote")
-        if not edge.write_canary(settings, text, f"canary={found['color']} {found['percent']}", guard=True, what="promoting the canary"):
+        text = edge.render_canary(
+            found["color"],
+            found["version"],
+            found["percent"],
+            found["offset"],
+            found["since"],
+            "promote",
+        )
+        if not edge.write_canary(
+            settings,
+            text,
+            f"canary={found['color']} {found['percent']}",
+            guard=True,
+            what="promoting the canary",
+        ):
             return "the canary ended meanwhile: nothing to promote"
     return f"canary promoted: the deploy switches everyone to {found['color']} ({found['version']}), gated, at its next check"

@@ -41,7 +41,9 @@ class EdgeClient(httpx.Client):
         return request
 
 
-def edge_client(settings: Settings, ca_pem: str | None = None, gate: bool = False, color: str = "") -> httpx.Client:
+def edge_client(
+    settings: Settings, ca_pem: str | None = None, gate: bool = False, color: str = ""
+) -> httpx.Client:
     """HTTPS client for the public edge, verifying its certificate against `ca_pem`
     (the edge's local CA by default) and the configured domain. A `gate` client sends
     the gates' token (read from the edge once): it passes maintenance mode and a write
@@ -88,7 +90,13 @@ def trust_pem(settings: Settings) -> str | None:
         return f.read()
 
 
-def tls_handshake(host: str, port: int, server_name: str, ca_pem: str | None, version: ssl.TLSVersion | None = None) -> Handshake:
+def tls_handshake(
+    host: str,
+    port: int,
+    server_name: str,
+    ca_pem: str | None,
+    version: ssl.TLSVersion | None = None,
+) -> Handshake:
     """Handshake with full verification (chain to `ca_pem`, name `server_name`).
 
     With `version`, probe whether the server accepts that protocol: the client offers
@@ -99,12 +107,21 @@ def tls_handshake(host: str, port: int, server_name: str, ca_pem: str | None, ve
         ctx.verify_mode = ssl.CERT_NONE
         ctx.set_ciphers("ALL:@SECLEVEL=0")
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0/1.1 are deprecated: that is the point
+            warnings.simplefilter(
+                "ignore", DeprecationWarning
+            )  # TLS 1.0/1.1 are deprecated: that is the point
             ctx.minimum_version = ctx.maximum_version = version
     try:
-        with socket.create_connection((host, port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=server_name) as s:
+        with (
+            socket.create_connection((host, port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=server_name) as s,
+        ):
             cert = s.getpeercert() or {}
-            sans = [value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "IP Address")]
+            sans = [
+                value
+                for kind, value in cert.get("subjectAltName", ())
+                if kind in ("DNS", "IP Address")
+            ]
             not_after = ssl.cert_time_to_seconds(cert["notAfter"]) if "notAfter" in cert else 0.0
             return Handshake(True, "", s.version() or "", not_after, sans)
     except ssl.SSLCertVerificationError as exc:
@@ -138,7 +155,11 @@ class GateRun:
 
     @property
     def passed(self) -> bool:
-        return self.returncode == 0 and bool(self.scenarios) and all(s.outcome != "failed" for s in self.scenarios)
+        return (
+            self.returncode == 0
+            and bool(self.scenarios)
+            and all(s.outcome != "failed" for s in self.scenarios)
+        )
 
     def first_failure(self) -> str:
         for s in self.scenarios:
@@ -164,10 +185,22 @@ class GateRun:
 
 def gate_args(settings: Settings, phase: str, color: str, version: str, report: Path) -> list[str]:
     return [
-        str(config.shipped("colorgate_gates")),  # the built-in gates, which collect the app's own too
-        "-m", phase, "-q", "-p", "no:cacheprovider", "--rootdir", str(config.shipped("colorgate_gates")),
-        f"--profile={settings.profile}", f"--target-color={color}", f"--target-version={version}",
-        f"--junitxml={report}", "-o", "junit_family=xunit1",
+        str(
+            config.shipped("colorgate_gates")
+        ),  # the built-in gates, which collect the app's own too
+        "-m",
+        phase,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(config.shipped("colorgate_gates")),
+        f"--profile={settings.profile}",
+        f"--target-color={color}",
+        f"--target-version={version}",
+        f"--junitxml={report}",
+        "-o",
+        "junit_family=xunit1",
     ]
 
 
@@ -209,18 +242,26 @@ def parse_junit(xml_text: str) -> list[Scenario]:
         if failure is None:
             failure = case.find("error")
         skipped = case.find("skipped")
-        outcome = "failed" if failure is not None else "skipped" if skipped is not None else "passed"
+        outcome = (
+            "failed" if failure is not None else "skipped" if skipped is not None else "passed"
+        )
         message = ""
         if failure is not None:
-            message = (failure.get("message") or "").strip().splitlines()[0] if failure.get("message") else "failed"
-        out.append(Scenario(
-            feature=props.get("feature", case.get("classname", "")),
-            name=props.get("scenario", case.get("name", "")),
-            outcome=outcome,
-            step=props.get("failed_step", ""),
-            message=runner.redact(message),
-            duration_s=float(case.get("time") or 0),
-        ))
+            message = (
+                (failure.get("message") or "").strip().splitlines()[0]
+                if failure.get("message")
+                else "failed"
+            )
+        out.append(
+            Scenario(
+                feature=props.get("feature", case.get("classname", "")),
+                name=props.get("scenario", case.get("name", "")),
+                outcome=outcome,
+                step=props.get("failed_step", ""),
+                message=runner.redact(message),
+                duration_s=float(case.get("time") or 0),
+            )
+        )
     return out
 
 
@@ -243,9 +284,21 @@ def run_gates(settings: Settings, phase: str, color: str, version: str) -> GateR
         # a warm runner: pytest, its plugins and the steps' imports are already loaded here
         _warm()
         args = gate_args(settings, phase, color, version, report)
-        proc = runner.forked(lambda: _pytest_in_fork(args), env=settings.as_environment(), timeout=600, what=f"{phase} gates")
+        proc = runner.forked(
+            lambda: _pytest_in_fork(args),
+            env=settings.as_environment(),
+            timeout=600,
+            what=f"{phase} gates",
+        )
     else:
-        proc = runner.run(gate_cmd(settings, phase, color, version, report), env=settings.as_environment(),
-                          check=False, timeout=600, what=f"{phase} gates")
+        proc = runner.run(
+            gate_cmd(settings, phase, color, version, report),
+            env=settings.as_environment(),
+            check=False,
+            timeout=600,
+            what=f"{phase} gates",
+        )
     scenarios = parse_junit(redact_report(report)) if report.is_file() else []
-    return GateRun(phase, color, version, proc.returncode, scenarios, report, proc.stdout + proc.stderr)
+    return GateRun(
+        phase, color, version, proc.returncode, scenarios, report, proc.stdout + proc.stderr
+    )

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from deploy.target import runner
 from deploy.errors import ColorgateError
-from deploy.release.history import Record, at
+from deploy.release.history import Record
+from deploy.edge.locking import at
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,14 @@ class Undo:
     ends: dict[str, str] = field(default_factory=dict)
 
 
-def execute(steps: tuple[str, ...], do, record: Record | None, undo: Undo,
-            moved: Callable[[list[str]], bool] | None = None,
-            explain: Callable[[BaseException, list[str], bool], BaseException | None] | None = None) -> None:
+def execute(
+    steps: tuple[str, ...],
+    do,
+    record: Record | None,
+    undo: Undo,
+    moved: Callable[[list[str]], bool] | None = None,
+    explain: Callable[[BaseException, list[str], bool], BaseException | None] | None = None,
+) -> None:
     """Run `steps` through `do` (a method per step and per undo). On a failure (or a
     signal) what the steps began, the failing one included, is undone, latest first:
     `moved(done)` says whether traffic moved already (then only `undo.always`). The
@@ -47,8 +53,11 @@ def execute(steps: tuple[str, ...], do, record: Record | None, undo: Undo,
     except BaseException as exc:
         went = moved(done) if moved else False
         ended = {undo.ends[step] for step in completed if step in undo.ends}
-        calls = [undo.steps[step] for step in reversed(done)
-                 if step in undo.steps and step not in ended and (not went or step in undo.always)]
+        calls = [
+            undo.steps[step]
+            for step in reversed(done)
+            if step in undo.steps and step not in ended and (not went or step in undo.always)
+        ]
         problems = []
         for call in calls:
             try:

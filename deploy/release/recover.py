@@ -33,35 +33,65 @@ from __future__ import annotations
 
 from deploy import edge, stack
 from deploy.data import dbtools, relay, replication
-from deploy.release import canary, history
+from deploy.release import canary
+from deploy.edge import locking
 from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.release.history import now
 
 
-def plan_repairs(active: bool, frozen: bool, canary_left: bool, dead_run: bool, relay_left: bool, thorough: bool,
-                 local: bool, retired: bool, workers_stopped: bool) -> tuple[str, ...]:
+def plan_repairs(
+    active: bool,
+    frozen: bool,
+    canary_left: bool,
+    dead_run: bool,
+    relay_left: bool,
+    thorough: bool,
+    local: bool,
+    retired: bool,
+    workers_stopped: bool,
+) -> tuple[str, ...]:
     """The repairs, in order, from what the lock's exec and the engine said (pure): a dead
     run's one-off containers first (before anything opens writes: a pg_restore left going
     on would change data after them), its canary, the database record (the live color's
     clients say where the database is), the write freeze, the relay before the
     replication's slot (a subscriber still running cannot come back to it), the workers."""
-    return (*(("remove_one_offs",) if dead_run else ()), *(("end_canary",) if canary_left else ()),
-            *(("check_record",) if active else ()), *(("open_writes",) if frozen else ()),
-            *(("remove_relay",) if relay_left else ()),
-            *(("drop_replication",) if (relay_left or thorough) and local and not retired else ()),
-            *(("start_workers",) if active and workers_stopped else ()))
+    return (
+        *(("remove_one_offs",) if dead_run else ()),
+        *(("end_canary",) if canary_left else ()),
+        *(("check_record",) if active else ()),
+        *(("open_writes",) if frozen else ()),
+        *(("remove_relay",) if relay_left else ()),
+        *(("drop_replication",) if (relay_left or thorough) and local and not retired else ()),
+        *(("start_workers",) if active and workers_stopped else ()),
+    )
 
 
-def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState],
-              frozen: bool, record: dict, dead: dict | None = None, canary_left: bool = False) -> tuple[dict[str, facts.ServiceState], dict]:
+def reconcile(
+    settings: Settings,
+    active: edge.Active | None,
+    states: dict[str, facts.ServiceState],
+    frozen: bool,
+    record: dict,
+    dead: dict | None = None,
+    canary_left: bool = False,
+) -> tuple[dict[str, facts.ServiceState], dict]:
     """Repair what a dead run left (see the module), from what the lock's exec read
     (`active`, `frozen`, the database `record`) and the services' `states`; returns the
     states (read again when something was started) and the database record (repaired)."""
     do = Repairs(settings, active, states, record, dead)
-    repairs = plan_repairs(active is not None, frozen, canary_left, bool(dead and dead.get("pid") and dead.get("host")),
-                           relay.left(settings, states), dead is not None, do.local, bool(record.get("retired")), bool(do.stopped))
+    repairs = plan_repairs(
+        active is not None,
+        frozen,
+        canary_left,
+        bool(dead and dead.get("pid") and dead.get("host")),
+        relay.left(settings, states),
+        dead is not None,
+        do.local,
+        bool(record.get("retired")),
+        bool(do.stopped),
+    )
     for repair in repairs:
         getattr(do, repair)()
     return do.states, do.record
@@ -70,20 +100,52 @@ def reconcile(settings: Settings, active: edge.Active | None, states: dict[str, 
 class Repairs:
     """Each repair of `reconcile` on the real target (plan_repairs orders them)."""
 
-    def __init__(self, settings: Settings, active: edge.Active | None, states: dict[str, facts.ServiceState], record: dict,
-                 dead: dict | None):
-        self.settings, self.active, self.states, self.record, self.dead = settings, active, states, record, dead
+    def __init__(
+        self,
+        settings: Settings,
+        active: edge.Active | None,
+        states: dict[str, facts.ServiceState],
+        record: dict,
+        dead: dict | None,
+    ):
+        self.settings, self.active, self.states, self.record, self.dead = (
+            settings,
+            active,
+            states,
+            record,
+            dead,
+        )
         pg = settings.app.postgres
-        self.local = bool(pg and pg.service in states and states[pg.service].state == "running")  # the stack's own, running
-        self.stopped = [name for name in settings.app.worker_services(active.color)
-                        if name in states and states[name].state in ("created", "exited")] if active else []
+        self.local = bool(
+            pg and pg.service in states and states[pg.service].state == "running"
+        )  # the stack's own, running
+        self.stopped = (
+            [
+                name
+                for name in settings.app.worker_services(active.color)
+                if name in states and states[name].state in ("created", "exited")
+            ]
+            if active
+            else []
+        )
 
     def remove_one_offs(self) -> None:
-        left = facts.one_offs(self.settings, f"{history.HOLDER_LABEL}={history.process_label(self.dead['pid'], self.dead['host'])}")
+        left = facts.one_offs(
+            self.settings,
+            f"{locking.HOLDER_LABEL}={locking.process_label(self.dead['pid'], self.dead['host'])}",
+        )
         for container in left:
-            runner.engine(self.settings.docker_host, "remove_container", container, force=True, what="removing a dead run's one-off container")
+            runner.engine(
+                self.settings.docker_host,
+                "remove_container",
+                container,
+                force=True,
+                what="removing a dead run's one-off container",
+            )
         if left:
-            runner.say(f"!! the run that died left {len(left)} one-off container(s) (database tools, secret staging): removed")
+            runner.say(
+                f"!! the run that died left {len(left)} one-off container(s) (database tools, secret staging): removed"
+            )
 
     def end_canary(self) -> None:
         canary.clear(self.settings)
@@ -93,10 +155,14 @@ class Repairs:
         self.record = _database_record(self.settings, self.record, self.active, self.states)
 
     def open_writes(self) -> None:
-        if self.local and self.record.get("url") == "local":  # the app's database still: it takes writes again first
+        if (
+            self.local and self.record.get("url") == "local"
+        ):  # the app's database still: it takes writes again first
             dbtools.freeze_database(self.settings, False)
         edge.set_frozen(self.settings, False)
-        runner.say("!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again")
+        runner.say(
+            "!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again"
+        )
 
     def remove_relay(self) -> None:
         relay.remove(self.settings)
@@ -105,42 +171,66 @@ class Repairs:
     def drop_replication(self) -> None:
         found = replication.drop(self.settings)
         if found:
-            runner.say(f"!! a db.move that died left its {', '.join(found)} ({relay.ROLE}) on the local database: dropped")
+            runner.say(
+                f"!! a db.move that died left its {', '.join(found)} ({relay.ROLE}) on the local database: dropped"
+            )
 
     def start_workers(self) -> None:
         stack.resume(self.settings, self.stopped, facts.running_versions(self.states), wait=False)
-        runner.say(f"!! {self.active.color} is live but its workers ({', '.join(self.stopped)}) were not running (a db.move died): started")
+        runner.say(
+            f"!! {self.active.color} is live but its workers ({', '.join(self.stopped)}) were not running (a db.move died): started"
+        )
         self.states = facts.service_states(self.settings)
 
 
-def on_lock(settings: Settings, held: history.Held) -> tuple[dict[str, facts.ServiceState], dict]:
+def on_lock(settings: Settings, held: locking.Held) -> tuple[dict[str, facts.ServiceState], dict]:
     """`reconcile` from what the lock's exec read (`held.found`), thoroughly when
     --break-lock broke the lock of a run that died: what a locked command calls first."""
     found = held.found
-    return reconcile(settings, found.active, facts.service_states(settings), found.frozen, found.database,
-                     dead=held.broken.holder if held.broken else None, canary_left=found.canary)
+    return reconcile(
+        settings,
+        found.active,
+        facts.service_states(settings),
+        found.frozen,
+        found.database,
+        dead=held.broken.holder if held.broken else None,
+        canary_left=found.canary,
+    )
 
 
 def unfreeze(settings: Settings, break_lock: bool = False) -> bool:
     """End a write freeze left by an interrupted db.move, db.restore or apply (at the
     edge, and in the local database while it is the app's) under the release lock, so
     never the freeze of one that runs: its lock refuses. False when there was none."""
-    with history.lock(settings, "db.unfreeze", break_lock) as held:
+    with locking.lock(settings, "db.unfreeze", break_lock) as held:
         on_lock(settings, held)
         return held.found.frozen
 
 
-def _database_record(settings: Settings, record: dict, active: edge.Active, states: dict[str, facts.ServiceState]) -> dict:
+def _database_record(
+    settings: Settings, record: dict, active: edge.Active, states: dict[str, facts.ServiceState]
+) -> dict:
     """The record, repaired when it says `local` but the live color uses a managed database."""
     serving = facts.color_database(settings, states, active.color)
     if not serving or serving == record["url"]:
         return record
     if record["url"] == "local":
-        record = {"url": serving, "moved": now(), "mode": "unknown", "from": "local", "live_color": active.color,
-                  "version": active.version, "repaired": "db.move ended between its switch and its record"}
+        record = {
+            "url": serving,
+            "moved": now(),
+            "mode": "unknown",
+            "from": "local",
+            "live_color": active.color,
+            "version": active.version,
+            "repaired": "db.move ended between its switch and its record",
+        }
         edge.write_database_record(settings, record)
-        runner.say(f"!! the live {active.color} uses {serving}, but the record said the database is the stack's own "
-                   "(a db.move died between its switch and its record): record repaired")
+        runner.say(
+            f"!! the live {active.color} uses {serving}, but the record said the database is the stack's own "
+            "(a db.move died between its switch and its record): record repaired"
+        )
         return record
-    raise StackError(f"the live {active.color} uses the database {serving}, but the target's record says {record['url']}: "
-                     f"switch to the color that uses {record['url']} (`invoke status` shows which), then deploy")
+    raise StackError(
+        f"the live {active.color} uses the database {serving}, but the target's record says {record['url']}: "
+        f"switch to the color that uses {record['url']} (`invoke status` shows which), then deploy"
+    )

@@ -26,7 +26,8 @@ from deploy import edge
 from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import GateFailed
-from deploy.release.history import ANALYSIS_PHASE, Record, at
+from deploy.release.history import ANALYSIS_PHASE, Record
+from deploy.edge.locking import at
 
 EDGE = "edge"  # the bucket of requests the edge answered itself (no color)
 
@@ -62,8 +63,17 @@ def parse(lines: list[str]) -> list[Request]:
             continue
         try:
             d = json.loads(line)
-            found.append(Request(float(d["t"]), d.get("color", ""), d.get("version", ""), d.get("method", ""),
-                                 d.get("path", ""), int(d["status"]), float(d.get("rt", 0))))
+            found.append(
+                Request(
+                    float(d["t"]),
+                    d.get("color", ""),
+                    d.get("version", ""),
+                    d.get("method", ""),
+                    d.get("path", ""),
+                    int(d["status"]),
+                    float(d.get("rt", 0)),
+                )
+            )
         except (ValueError, KeyError, TypeError):
             continue
     return found
@@ -77,7 +87,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
-def figures(requests: list[Request], since: float | None = None, until: float | None = None) -> dict[str, Figures]:
+def figures(
+    requests: list[Request], since: float | None = None, until: float | None = None
+) -> dict[str, Figures]:
     """Per color (and EDGE for the edge's own answers), over [since, until)."""
     groups: dict[str, list[Request]] = {}
     for r in requests:
@@ -87,16 +99,30 @@ def figures(requests: list[Request], since: float | None = None, until: float | 
     for color, rs in sorted(groups.items()):
         times = [r.seconds * 1000 for r in rs]
         errors = sum(1 for r in rs if r.status >= 500)
-        out[color] = Figures(len(rs), errors, round(errors / len(rs), 4), percentile(times, 0.50), percentile(times, 0.95),
-                             percentile(times, 0.99), tuple(sorted({r.version for r in rs if r.version})))
+        out[color] = Figures(
+            len(rs),
+            errors,
+            round(errors / len(rs), 4),
+            percentile(times, 0.50),
+            percentile(times, 0.95),
+            percentile(times, 0.99),
+            tuple(sorted({r.version for r in rs if r.version})),
+        )
     return out
 
 
 def read(settings: Settings, since: float) -> list[Request]:
     """What the edge logged from `since` (seconds since the epoch) on: at most a second
     behind (the log's buffer is flushed every second)."""
-    raw = runner.engine(settings.docker_host, "logs", edge.edge_container(settings), stdout=True, stderr=False,
-                        since=int(since), what="reading the edge's request log")
+    raw = runner.engine(
+        settings.docker_host,
+        "logs",
+        edge.edge_container(settings),
+        stdout=True,
+        stderr=False,
+        since=int(since),
+        what="reading the edge's request log",
+    )
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     return [r for r in parse(text.splitlines()) if r.at >= since]
 
@@ -113,10 +139,14 @@ def as_json(found: dict[str, Figures]) -> dict:
 def format_figures(found: dict[str, Figures], seconds: float) -> str:
     if not found:
         return f"no request in the last {seconds:g}s"
-    lines = [f"last {seconds:g}s    requests   5xx      ratio    p50 ms   p95 ms   p99 ms   versions"]
+    lines = [
+        f"last {seconds:g}s    requests   5xx      ratio    p50 ms   p95 ms   p99 ms   versions"
+    ]
     for color, f in found.items():
-        lines.append(f"{color:<14}{f.requests:>8}{f.errors:>6}{f.error_ratio:>11.2%}{f.p50_ms:>9.0f}{f.p95_ms:>9.0f}"
-                     f"{f.p99_ms:>9.0f}   {', '.join(f.versions) or '-'}")
+        lines.append(
+            f"{color:<14}{f.requests:>8}{f.errors:>6}{f.error_ratio:>11.2%}{f.p50_ms:>9.0f}{f.p95_ms:>9.0f}"
+            f"{f.p99_ms:>9.0f}   {', '.join(f.versions) or '-'}"
+        )
     return "\n".join(lines)
 
 
@@ -139,12 +169,24 @@ class Bounds:
 
     @classmethod
     def of(cls, settings: Settings) -> Bounds:
-        return cls(settings.analysis_intervals, settings.analysis_seconds, settings.analysis_failure_limit,
-                   settings.analysis_max_error_ratio, settings.analysis_max_p95_ms, settings.analysis_max_slowdown,
-                   settings.analysis_min_requests, settings.analysis_inconclusive)
+        return cls(
+            settings.analysis_intervals,
+            settings.analysis_seconds,
+            settings.analysis_failure_limit,
+            settings.analysis_max_error_ratio,
+            settings.analysis_max_p95_ms,
+            settings.analysis_max_slowdown,
+            settings.analysis_min_requests,
+            settings.analysis_inconclusive,
+        )
 
 
-def judge(found: Figures | None, baseline: Figures | None, bounds: Bounds, against: str = "the old color's") -> tuple[str, list[str]]:
+def judge(
+    found: Figures | None,
+    baseline: Figures | None,
+    bounds: Bounds,
+    against: str = "the old color's",
+) -> tuple[str, list[str]]:
     """An interval's verdict (passed, failed, inconclusive) and the bounds it broke."""
     count = found.requests if found else 0
     if found is None or count < bounds.min_requests:
@@ -157,7 +199,9 @@ def judge(found: Figures | None, baseline: Figures | None, bounds: Bounds, again
     if baseline is not None and baseline.requests >= bounds.min_requests:
         limit = bounds.max_slowdown * max(baseline.p95_ms, SLOWDOWN_FLOOR_MS)
         if found.p95_ms > limit:
-            broken.append(f"p95 {found.p95_ms:.0f} ms > {bounds.max_slowdown:g} x {against} {baseline.p95_ms:.0f} ms")
+            broken.append(
+                f"p95 {found.p95_ms:.0f} ms > {bounds.max_slowdown:g} x {against} {baseline.p95_ms:.0f} ms"
+            )
     return ("failed" if broken else "passed"), broken
 
 
@@ -167,8 +211,14 @@ def route_of(path: str, routes) -> object | None:
     return max(matching, key=lambda r: len(r.path)) if matching else None
 
 
-def judge_routes(requests: list[Request], color: str, baseline: Figures | None, bounds: Bounds, routes,
-                 against: str = "the old color's") -> tuple[str, list[str], dict]:
+def judge_routes(
+    requests: list[Request],
+    color: str,
+    baseline: Figures | None,
+    bounds: Bounds,
+    routes,
+    against: str = "the old color's",
+) -> tuple[str, list[str], dict]:
     """An interval's verdict for `color` where routes of the contract carry their own
     bounds (x-colorgate.routes[].analysis): each such route's requests are judged by
     its bounds alone, the rest by the settings' (and against the baseline). Returns
@@ -178,14 +228,27 @@ def judge_routes(requests: list[Request], color: str, baseline: Figures | None, 
     groups: dict[str, list[Request]] = {}
     for r in mine:
         route = route_of(r.path, routes)
-        groups.setdefault(route.path if route is not None and route.own_bounds else "", []).append(r)
+        groups.setdefault(route.path if route is not None and route.own_bounds else "", []).append(
+            r
+        )
     rest = figures(groups.get("", [])).get(color)
-    verdict, broken = judge(rest, baseline, bounds, against) if rest or not own else ("inconclusive", [])
+    verdict, broken = (
+        judge(rest, baseline, bounds, against) if rest or not own else ("inconclusive", [])
+    )
     detail, failed = {}, verdict == "failed"
     for route in own:
         found = figures(groups.get(route.path, [])).get(color)
-        limits = replace(bounds, **{k: v for k, v in (("max_error_ratio", route.max_error_ratio), ("max_p95_ms", route.max_p95_ms))
-                                    if v is not None})
+        limits = replace(
+            bounds,
+            **{
+                k: v
+                for k, v in (
+                    ("max_error_ratio", route.max_error_ratio),
+                    ("max_p95_ms", route.max_p95_ms),
+                )
+                if v is not None
+            },
+        )
         v, b = judge(found, None, limits)
         detail[route.path] = {"verdict": v, "figures": asdict(found) if found else None}
         if v == "failed":
@@ -206,16 +269,21 @@ def describe(found: Figures | dict | None) -> str:
 
 def format_interval(interval: dict, against: str = "") -> str:
     """One judged interval as the history keeps it, with `against`'s figures beside it (canary steps)."""
-    return (f"interval {interval['interval']}: {describe(interval.get('figures'))}"
-            + (f" ({against}: {describe(interval.get('baseline'))})" if against else "") + f": {interval['verdict']}"
-            + (f" ({'; '.join(interval['broken'])})" if interval.get("broken") else ""))
+    return (
+        f"interval {interval['interval']}: {describe(interval.get('figures'))}"
+        + (f" ({against}: {describe(interval.get('baseline'))})" if against else "")
+        + f": {interval['verdict']}"
+        + (f" ({'; '.join(interval['broken'])})" if interval.get("broken") else "")
+    )
 
 
 def baseline_span(record: Record, color: str, bounds: Bounds, now: float) -> tuple[float, float]:
     """The span the old color's figures are taken from: as long as the analysis, up to
     the switch to `color` (its mark in the record; `now` without one), so that the post
     gates' time in between never leaves it without the old color's traffic."""
-    switched = next((m["t"] for m in reversed(record.marks) if m["what"] == f"switch to {color}"), now)
+    switched = next(
+        (m["t"] for m in reversed(record.marks) if m["what"] == f"switch to {color}"), now
+    )
     return switched - bounds.intervals * bounds.seconds, switched
 
 
@@ -229,15 +297,26 @@ def analyse(settings: Settings, record: Record, color: str, old_color: str) -> N
     start = time.time()
     since, until = baseline_span(record, color, bounds, start)
     baseline = figures(read(settings, since), since=since, until=until).get(old_color)
-    record.analysis.update({"color": color, "bounds": asdict(bounds), "baseline": asdict(baseline) if baseline else None, "intervals": []})
-    runner.say(f"   analysis of {color}: {bounds.intervals} x {bounds.seconds:g}s; {old_color} before the switch: {describe(baseline)}")
+    record.analysis.update(
+        {
+            "color": color,
+            "bounds": asdict(bounds),
+            "baseline": asdict(baseline) if baseline else None,
+            "intervals": [],
+        }
+    )
+    runner.say(
+        f"   analysis of {color}: {bounds.intervals} x {bounds.seconds:g}s; {old_color} before the switch: {describe(baseline)}"
+    )
     try:
         _intervals(settings, record, record.analysis, color, bounds, start, baseline=baseline)
     finally:
         record.timings["analysis"] = round(time.time() - start, 3)
 
 
-def analyse_canary(settings: Settings, record: Record, color: str, stable: str, percent: int, promoted) -> bool:
+def analyse_canary(
+    settings: Settings, record: Record, color: str, stable: str, percent: int, promoted
+) -> bool:
     """Judge the canary `color` at `percent` of the users against `stable` in the same
     intervals (COLORGATE_ANALYSIS_*, at least one interval). `promoted()` is asked
     every second (it raises on an abort); True when it said so: no more analysis."""
@@ -245,16 +324,31 @@ def analyse_canary(settings: Settings, record: Record, color: str, stable: str, 
     bounds = replace(bounds, intervals=max(1, bounds.intervals))
     entry = {"percent": percent, "intervals": []}
     record.analysis.setdefault("canary", []).append(entry)
-    runner.say(f"   analysis of {color} at {percent}% of users: {bounds.intervals} x {bounds.seconds:g}s, against {stable} in the same intervals")
+    runner.say(
+        f"   analysis of {color} at {percent}% of users: {bounds.intervals} x {bounds.seconds:g}s, against {stable} in the same intervals"
+    )
     start = time.time()
     try:
-        return _intervals(settings, record, entry, color, bounds, start, stable=stable, promoted=promoted)
+        return _intervals(
+            settings, record, entry, color, bounds, start, stable=stable, promoted=promoted
+        )
     finally:
-        record.timings["canary_analysis"] = round(record.timings.get("canary_analysis", 0.0) + time.time() - start, 3)
+        record.timings["canary_analysis"] = round(
+            record.timings.get("canary_analysis", 0.0) + time.time() - start, 3
+        )
 
 
-def _intervals(settings: Settings, record: Record, entry: dict, color: str, bounds: Bounds, start: float,
-               baseline: Figures | None = None, stable: str = "", promoted=None) -> bool:
+def _intervals(
+    settings: Settings,
+    record: Record,
+    entry: dict,
+    color: str,
+    bounds: Bounds,
+    start: float,
+    baseline: Figures | None = None,
+    stable: str = "",
+    promoted=None,
+) -> bool:
     """Judge `color` interval by interval into entry["intervals"]; the baseline is
     `baseline`, or `stable`'s figures in the same interval."""
     planned, failed, number = bounds.intervals, 0, 0
@@ -267,29 +361,48 @@ def _intervals(settings: Settings, record: Record, entry: dict, color: str, boun
                 time.sleep(min(1.0, left))
                 if promoted and promoted():
                     entry["verdict"] = "promoted"
-                    runner.say("   promoted by an operator (`invoke canary.promote`): no more analysis")
+                    runner.say(
+                        "   promoted by an operator (`invoke canary.promote`): no more analysis"
+                    )
                     return True
             requests = [r for r in read(settings, start) if start <= r.at < end]
             found_all = figures(requests)
         found = found_all.get(color)
         if stable:
             baseline = found_all.get(stable)
-        verdict, broken, routes = judge_routes(requests, color, baseline, bounds, settings.app.routes,
-                                               f"{stable}'s" if stable else "the old color's")
+        verdict, broken, routes = judge_routes(
+            requests,
+            color,
+            baseline,
+            bounds,
+            settings.app.routes,
+            f"{stable}'s" if stable else "the old color's",
+        )
         if verdict == "inconclusive":
             if bounds.inconclusive == "extend" and planned < 2 * bounds.intervals:
                 planned += 1
             elif bounds.inconclusive == "fail":
                 verdict = "failed"
-        entry["intervals"].append({"interval": number, "from": round(start, 3), "to": round(end, 3), "verdict": verdict,
-                                   "broken": broken, "figures": asdict(found) if found else None, **({"routes": routes} if routes else {}),
-                                   **({"baseline": asdict(baseline) if baseline else None} if stable else {})})
+        entry["intervals"].append(
+            {
+                "interval": number,
+                "from": round(start, 3),
+                "to": round(end, 3),
+                "verdict": verdict,
+                "broken": broken,
+                "figures": asdict(found) if found else None,
+                **({"routes": routes} if routes else {}),
+                **({"baseline": asdict(baseline) if baseline else None} if stable else {}),
+            }
+        )
         runner.say(f"   {format_interval(entry['intervals'][-1], stable)}")
         if verdict == "failed":
             failed += 1
             if failed >= bounds.failure_limit:
                 entry["verdict"] = "failed"
-                raise GateFailed(f"the analysis of {color}'s traffic failed at interval {number}: {'; '.join(broken)}")
+                raise GateFailed(
+                    f"the analysis of {color}'s traffic failed at interval {number}: {'; '.join(broken)}"
+                )
         start = end
     entry["verdict"] = "passed"
     return False
@@ -297,11 +410,15 @@ def _intervals(settings: Settings, record: Record, entry: dict, color: str, boun
 
 # --- the release report -------------------------------------------------------------------
 
-REPORT_BEFORE_SECONDS = 30  # the report starts this long before the release: the old color's traffic
+REPORT_BEFORE_SECONDS = (
+    30  # the report starts this long before the release: the old color's traffic
+)
 SERIES = {"blue": "tab:blue", "green": "tab:green", EDGE: "tab:gray"}
 
 
-def series(requests: list[Request], since: float, until: float, bucket: float) -> dict[str, list[tuple[float, float, float, float]]]:
+def series(
+    requests: list[Request], since: float, until: float, bucket: float
+) -> dict[str, list[tuple[float, float, float, float]]]:
     """Per color: (seconds since `since`, requests a second, 5xx share, p95 ms) per bucket
     with requests in it."""
     out: dict[str, list] = {}
@@ -311,7 +428,14 @@ def series(requests: list[Request], since: float, until: float, bucket: float) -
             groups.setdefault((r.color or EDGE, int((r.at - since) // bucket)), []).append(r)
     for (color, n), rs in sorted(groups.items()):
         errors = sum(1 for r in rs if r.status >= 500)
-        out.setdefault(color, []).append((n * bucket, len(rs) / bucket, errors / len(rs), percentile([r.seconds * 1000 for r in rs], 0.95)))
+        out.setdefault(color, []).append(
+            (
+                n * bucket,
+                len(rs) / bucket,
+                errors / len(rs),
+                percentile([r.seconds * 1000 for r in rs], 0.95),
+            )
+        )
     return out
 
 
@@ -325,7 +449,9 @@ def write_report(settings: Settings, record: Record) -> None:
         began = datetime.fromisoformat(record.started).timestamp() - REPORT_BEFORE_SECONDS
         ended = time.time() + 0.5
         time.sleep(FLUSH_SECONDS)  # the edge's last requests of the release reach its log
-        found = series(read(settings, began), began, ended, max(1.0, math.ceil((ended - began) / 150)))
+        found = series(
+            read(settings, began), began, ended, max(1.0, math.ceil((ended - began) / 150))
+        )
         _plot(found, began, ended, record)
         runner.say(f"   release report: {record.report}")
     except Exception as exc:  # noqa: BLE001 - a picture is never worth a failed release
@@ -339,7 +465,14 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
-    steps = sorted({b[0] - a[0] for points in found.values() for a, b in itertools.pairwise(points) if b[0] > a[0]})
+    steps = sorted(
+        {
+            b[0] - a[0]
+            for points in found.values()
+            for a, b in itertools.pairwise(points)
+            if b[0] > a[0]
+        }
+    )
     bucket = steps[0] if steps else 1.0
     for color, points in found.items():
         gapped = []  # a bucket without requests breaks the line instead of bridging it
@@ -350,26 +483,58 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
         points = gapped
         xs = [p[0] for p in points]
         for ax, i in zip(axes, (1, 2, 3), strict=True):
-            ax.plot(xs, [p[i] * (100 if i == 2 else 1) for p in points], color=SERIES.get(color, "black"), lw=1.2,
-                    label=color if color != EDGE else "the edge itself", marker="." if len(xs) < 40 else None)
-    spans = [*record.analysis.get("intervals", []), *(i for step in record.analysis.get("canary", []) for i in step.get("intervals", []))]
+            ax.plot(
+                xs,
+                [p[i] * (100 if i == 2 else 1) for p in points],
+                color=SERIES.get(color, "black"),
+                lw=1.2,
+                label=color if color != EDGE else "the edge itself",
+                marker="." if len(xs) < 40 else None,
+            )
+    spans = [
+        *record.analysis.get("intervals", []),
+        *(i for step in record.analysis.get("canary", []) for i in step.get("intervals", [])),
+    ]
     for ax in axes:
         for span in spans:
-            ax.axvspan(span["from"] - began, span["to"] - began, color="red" if span["verdict"] == "failed" else "gray", alpha=0.08)
+            ax.axvspan(
+                span["from"] - began,
+                span["to"] - began,
+                color="red" if span["verdict"] == "failed" else "gray",
+                alpha=0.08,
+            )
         for mark in record.marks:
             back = mark["what"].startswith("switch back") or mark["what"].startswith("canary ended")
-            ax.axvline(mark["t"] - began, color="red" if back else "black", lw=1, ls="--" if back else "-")
+            ax.axvline(
+                mark["t"] - began, color="red" if back else "black", lw=1, ls="--" if back else "-"
+            )
     for mark in record.marks:
-        axes[0].annotate(mark["what"], (mark["t"] - began, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize=8,
-                         va="top", ha="right")
-    for ax, label in zip(axes, ("requests / s", "answered 5xx (%)", "p95 latency (ms)"), strict=True):
+        axes[0].annotate(
+            mark["what"],
+            (mark["t"] - began, 1),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=8,
+            va="top",
+            ha="right",
+        )
+    for ax, label in zip(
+        axes, ("requests / s", "answered 5xx (%)", "p95 latency (ms)"), strict=True
+    ):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper left", fontsize=8)
     axes[-1].set_xlabel(f"seconds since {REPORT_BEFORE_SECONDS} s before the release began")
-    verdict = record.analysis.get("verdict") or next((s.get("verdict") for s in reversed(record.analysis.get("canary", []))), "")
-    fig.suptitle(f"{record.action} {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
-                 f"{record.outcome}" + (f" (analysis: {verdict})" if verdict else "") + f"  [{record.started}]", fontsize=11)
+    verdict = record.analysis.get("verdict") or next(
+        (s.get("verdict") for s in reversed(record.analysis.get("canary", []))), ""
+    )
+    fig.suptitle(
+        f"{record.action} {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
+        f"{record.outcome}"
+        + (f" (analysis: {verdict})" if verdict else "")
+        + f"  [{record.started}]",
+        fontsize=11,
+    )
     fig.tight_layout()
     Path(record.report).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(record.report, dpi=80)

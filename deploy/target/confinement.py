@@ -24,7 +24,9 @@ class Confinement:
     cap_drop: tuple[str, ...]
     security_opt: tuple[str, ...]
     read_only: bool
-    secret_env: tuple[str, ...] = ()  # variables of its environment that hold a secret of the settings
+    secret_env: tuple[
+        str, ...
+    ] = ()  # variables of its environment that hold a secret of the settings
 
     @property
     def as_root(self) -> bool:
@@ -38,32 +40,56 @@ class Confinement:
 
     def gains(self) -> list[str]:
         """What lets it gain privileges: capabilities kept or added, no no-new-privileges."""
-        return ([f"capabilities added: {', '.join(self.cap_add)}"] if self.cap_add else []) + \
-            ([] if "ALL" in self.cap_drop else ["capabilities not dropped (cap_drop: [ALL])"]) + \
-            ([] if self.no_new_privileges else ["no-new-privileges off"])
+        return (
+            ([f"capabilities added: {', '.join(self.cap_add)}"] if self.cap_add else [])
+            + ([] if "ALL" in self.cap_drop else ["capabilities not dropped (cap_drop: [ALL])"])
+            + ([] if self.no_new_privileges else ["no-new-privileges off"])
+        )
 
     def problems(self) -> list[str]:
         """All that a locked-down container must not have: the gains, root, a writable root filesystem."""
-        return self.gains() + (["runs as root"] if self.as_root else []) + ([] if self.read_only else ["root filesystem writable"])
+        return (
+            self.gains()
+            + (["runs as root"] if self.as_root else [])
+            + ([] if self.read_only else ["root filesystem writable"])
+        )
 
 
 def of_container(name: str, inspected: dict) -> Confinement:
     """A container's confinement, from `docker inspect` (pure)."""
     host, config = inspected.get("HostConfig") or {}, inspected.get("Config") or {}
-    return Confinement(name, config.get("User") or "", tuple(map(capability, host.get("CapAdd") or ())),
-                       tuple(map(capability, host.get("CapDrop") or ())),
-                       tuple(host.get("SecurityOpt") or ()), bool(host.get("ReadonlyRootfs")),
-                       tuple(k for k, _, v in (e.partition("=") for e in config.get("Env") or ()) if runner.holds_secret(v)))
+    return Confinement(
+        name,
+        config.get("User") or "",
+        tuple(map(capability, host.get("CapAdd") or ())),
+        tuple(map(capability, host.get("CapDrop") or ())),
+        tuple(host.get("SecurityOpt") or ()),
+        bool(host.get("ReadonlyRootfs")),
+        tuple(
+            k
+            for k, _, v in (e.partition("=") for e in config.get("Env") or ())
+            if runner.holds_secret(v)
+        ),
+    )
 
 
 def of_service(name: str, spec: dict, user: str, locked: bool) -> Confinement:
     """A Swarm service's, from its container spec (pure): `user` as its tasks run (the
     spec's, else its image's), `locked`: whether the engines set
     no-new-privileges for every container (Swarm has none per service: API 1.41)."""
-    return Confinement(name, user, tuple(map(capability, spec.get("CapabilityAdd") or ())),
-                       tuple(map(capability, spec.get("CapabilityDrop") or ())),
-                       ("no-new-privileges:true",) if locked else (), bool(spec.get("ReadOnly")),
-                       tuple(k for k, _, v in (e.partition("=") for e in spec.get("Env") or ()) if runner.holds_secret(v)))
+    return Confinement(
+        name,
+        user,
+        tuple(map(capability, spec.get("CapabilityAdd") or ())),
+        tuple(map(capability, spec.get("CapabilityDrop") or ())),
+        ("no-new-privileges:true",) if locked else (),
+        bool(spec.get("ReadOnly")),
+        tuple(
+            k
+            for k, _, v in (e.partition("=") for e in spec.get("Env") or ())
+            if runner.holds_secret(v)
+        ),
+    )
 
 
 def no_new_privs(settings: Settings, service: str) -> bool:
@@ -72,9 +98,20 @@ def no_new_privs(settings: Settings, service: str) -> bool:
         if attempt:
             time.sleep(0.3)
         try:
-            created = runner.engine(settings.docker_host, "exec_create", facts.container(settings, service, fresh=True), ["cat", "/proc/1/status"])
+            created = runner.engine(
+                settings.docker_host,
+                "exec_create",
+                facts.container(settings, service, fresh=True),
+                ["cat", "/proc/1/status"],
+            )
             out = runner.engine(settings.docker_host, "exec_start", created["Id"])
-            said = [line.split() for line in (out.decode(errors="replace") if isinstance(out, bytes) else out).splitlines() if line.startswith("NoNewPrivs:")]
+            said = [
+                line.split()
+                for line in (
+                    out.decode(errors="replace") if isinstance(out, bytes) else out
+                ).splitlines()
+                if line.startswith("NoNewPrivs:")
+            ]
             if said:
                 return said[0] == ["NoNewPrivs:", "1"]
         except CommandError:
@@ -84,7 +121,14 @@ def no_new_privs(settings: Settings, service: str) -> bool:
 
 def image_user(settings: Settings, image: str) -> str:
     try:
-        return ((runner.engine(settings.docker_host, "inspect_image", image.split("@", 1)[0]).get("Config") or {}).get("User")) or ""
+        return (
+            (
+                runner.engine(settings.docker_host, "inspect_image", image.split("@", 1)[0]).get(
+                    "Config"
+                )
+                or {}
+            ).get("User")
+        ) or ""
     except NotFound:
         return ""
 

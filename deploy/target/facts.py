@@ -54,9 +54,17 @@ class SwarmReads(ComposeReads):
 
     def states(self, settings: Settings) -> dict[str, ServiceState]:
         """Every service of the stack: `running` once all its replicas run its spec."""
-        return {name: ServiceState(name, state=s.state, health="starting" if s.state == "starting" else "", image=s.image,
-                                   ports=s.ports, **_colorgate_labels(settings, name, s.labels, s.env))
-                for name, s in swarm.services(settings).items()}
+        return {
+            name: ServiceState(
+                name,
+                state=s.state,
+                health="starting" if s.state == "starting" else "",
+                image=s.image,
+                ports=s.ports,
+                **_colorgate_labels(settings, name, s.labels, s.env),
+            )
+            for name, s in swarm.services(settings).items()
+        }
 
     def runs_here(self, settings: Settings, service: str) -> bool:
         """A task of it on the manager (a command runs through the manager's engine)."""
@@ -90,7 +98,9 @@ class ServiceState:
     image: str
     version: str
     ports: list[str]
-    database: str = ""  # the database's clients: `local` or the managed database's URL without its password
+    database: str = (
+        ""  # the database's clients: `local` or the managed database's URL without its password
+    )
     app_service: str = ""  # the app's service it runs (`api` for `api_blue`)
     restarted: str = ""  # a crash loop the engine's restart policy hides (crash_loop), or ""
 
@@ -114,14 +124,20 @@ def inspect(settings: Settings, name: str) -> dict:
 def passes_healthcheck(settings: Settings, service: str) -> bool:
     """The container's own health check (its image's or compose's) run now, inside it, not at the engine's next turn."""
     name = container(settings, service)
-    test = ((inspect(settings, name).get("Config") or {}).get("Healthcheck") or {}).get("Test") or ["NONE"]
+    test = ((inspect(settings, name).get("Config") or {}).get("Healthcheck") or {}).get("Test") or [
+        "NONE"
+    ]
     if test[0] == "NONE":
         return True
     cmd = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]
     try:
         created = runner.engine(settings.docker_host, "exec_create", name, cmd)
-        runner.engine(settings.docker_host, "exec_start", created["Id"])  # attached: returns when it ended
-        return runner.engine(settings.docker_host, "exec_inspect", created["Id"]).get("ExitCode") == 0
+        runner.engine(
+            settings.docker_host, "exec_start", created["Id"]
+        )  # attached: returns when it ended
+        return (
+            runner.engine(settings.docker_host, "exec_inspect", created["Id"]).get("ExitCode") == 0
+        )
     except CommandError:  # stopped meanwhile: not ready
         return False
 
@@ -150,12 +166,23 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
 
 def _compose_states(settings: Settings) -> dict[str, ServiceState]:
     found: dict[str, ServiceState] = {}
-    listed = runner.engine(settings.docker_host, "containers", all=True,
-                           filters={"label": f"com.docker.compose.project={settings.project}"}, what="listing containers")
+    listed = runner.engine(
+        settings.docker_host,
+        "containers",
+        all=True,
+        filters={"label": f"com.docker.compose.project={settings.project}"},
+        what="listing containers",
+    )
     # not one-offs, nor containers merely run from an image compose built (its labels inherited)
-    ours = [item for item in listed if (item.get("Labels") or {}).get("com.docker.compose.oneoff") != "True"
-            and "com.docker.compose.config-hash" in (item.get("Labels") or {})]
-    for item, c in zip(ours, parallel(lambda item: inspected(settings, item["Id"]), ours), strict=True):
+    ours = [
+        item
+        for item in listed
+        if (item.get("Labels") or {}).get("com.docker.compose.oneoff") != "True"
+        and "com.docker.compose.config-hash" in (item.get("Labels") or {})
+    ]
+    for item, c in zip(
+        ours, parallel(lambda item: inspected(settings, item["Id"]), ours), strict=True
+    ):
         if c is None:
             continue  # removed since the listing
         labels = item.get("Labels") or {}
@@ -163,13 +190,21 @@ def _compose_states(settings: Settings) -> dict[str, ServiceState]:
         config = c.get("Config") or {}
         env = dict(entry.split("=", 1) for entry in (config.get("Env") or []) if "=" in entry)
         ports = []
-        for container_port, bindings in ((c.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        for container_port, bindings in (
+            (c.get("NetworkSettings") or {}).get("Ports") or {}
+        ).items():
             for b in bindings or []:
                 ports.append(f"{b['HostIp']}:{b['HostPort']}->{container_port}")
         state = c.get("State") or {}
-        found[service] = ServiceState(service, state=state.get("Status", ""), health=(state.get("Health") or {}).get("Status", "") or "",
-                                      image=config.get("Image", ""), ports=sorted(ports), restarted=crash_loop(c, time.time()),
-                                      **_colorgate_labels(settings, service, labels, env))
+        found[service] = ServiceState(
+            service,
+            state=state.get("Status", ""),
+            health=(state.get("Health") or {}).get("Status", "") or "",
+            image=config.get("Image", ""),
+            ports=sorted(ports),
+            restarted=crash_loop(c, time.time()),
+            **_colorgate_labels(settings, service, labels, env),
+        )
     return found
 
 
@@ -180,14 +215,21 @@ def crash_loop(inspected: dict, now: float) -> str:
     """A container its restart policy brought back in the last RECENT_RESTART_S, or "": between
     crashes it answers its health check (a candidate killed for memory passed `up` so)."""
     state = inspected.get("State") or {}
-    count, started = inspected.get("RestartCount") or 0, re.sub(r"(\.\d{6})\d*", r"\1", str(state.get("StartedAt") or ""))
+    count, started = (
+        inspected.get("RestartCount") or 0,
+        re.sub(r"(\.\d{6})\d*", r"\1", str(state.get("StartedAt") or "")),
+    )
     try:
         ago = now - datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return ""
     if not count or ago > RECENT_RESTART_S:
         return ""
-    why = "out of memory (raise COLORGATE_MEMORY_LIMIT or mem_limit, or use less)" if state.get("OOMKilled") else "it exited"
+    why = (
+        "out of memory (raise COLORGATE_MEMORY_LIMIT or mem_limit, or use less)"
+        if state.get("OOMKilled")
+        else "it exited"
+    )
     return f"restarted {count} time{'s' * (count != 1)}, the last {ago:.0f}s ago: {why}"
 
 
@@ -196,11 +238,25 @@ def _colorgate_labels(settings: Settings, service: str, labels: dict, env: dict[
     service: its color, version, app service and (of a database client) its database."""
     db = settings.app.database
     app_service = labels.get("org.colorgate.service", service)
-    color = labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
+    color = (
+        labels.get("org.colorgate.color") if labels.get("org.colorgate.color") in COLORS else None
+    )
     is_client = bool(color and db and app_service in db.clients)
     # the label (the URL may be a file), else the variable (a container made before it)
-    database = (labels.get("org.colorgate.database") or database_shown(settings, env.get(next(iter(db.env), ""), ""))) if is_client else ""
-    return {"color": color, "version": env.get("COLORGATE_VERSION", "") if color else "", "database": database, "app_service": app_service}
+    database = (
+        (
+            labels.get("org.colorgate.database")
+            or database_shown(settings, env.get(next(iter(db.env), ""), ""))
+        )
+        if is_client
+        else ""
+    )
+    return {
+        "color": color,
+        "version": env.get("COLORGATE_VERSION", "") if color else "",
+        "database": database,
+        "app_service": app_service,
+    }
 
 
 def database_shown(settings: Settings, url: str) -> str:
@@ -213,7 +269,9 @@ def database_shown(settings: Settings, url: str) -> str:
 
 # What `docker compose --dry-run up` says it would do, per line: `Container P-svc-1  Recreate`,
 # `Network P_name  Removed`. Only what changes something that already runs counts.
-_DRY_RUN = re.compile(r"DRY-RUN MODE -\s+(Container|Network)\s+(\S+)\s+(Recreate|Creating|Removed|Removing)\s*$")
+_DRY_RUN = re.compile(
+    r"DRY-RUN MODE -\s+(Container|Network)\s+(\S+)\s+(Recreate|Creating|Removed|Removing)\s*$"
+)
 
 
 def parse_dry_run(text: str, project: str) -> dict[str, str]:
@@ -227,7 +285,9 @@ def parse_dry_run(text: str, project: str) -> dict[str, str]:
             if action.startswith("Creat"):
                 continue  # a new network: nothing runs on it yet
             found[f"network {name.removeprefix(project + '_')}"] = "recreate"
-        elif name.startswith(f"{project}-"):  # P-svc-1 (an old copy renamed on the way, ID_P-svc-1, is the same)
+        elif name.startswith(
+            f"{project}-"
+        ):  # P-svc-1 (an old copy renamed on the way, ID_P-svc-1, is the same)
             service = name.removeprefix(f"{project}-").rsplit("-", 1)[0]
             found.setdefault(f"service {service}", "recreate" if action == "Recreate" else "create")
     return found
@@ -251,7 +311,11 @@ def edge_down(settings: Settings) -> StackError | None:
     """The error to give when a command on the edge failed because it is not running
     (read from the container's state, not from docker's wording); None when it runs."""
     edge = service_states(settings).get("edge")
-    return None if edge and edge.state == "running" else StackError("the edge is not running: start the stack with `invoke up`")
+    return (
+        None
+        if edge and edge.state == "running"
+        else StackError("the edge is not running: start the stack with `invoke up`")
+    )
 
 
 def migration_status_cmd(settings: Settings, color: str) -> list[str]:
@@ -259,7 +323,12 @@ def migration_status_cmd(settings: Settings, color: str) -> list[str]:
     Engine API: an exec's hijacked stream through docker's ssh:// transport broke its
     pipe now and then (seen in the SSH test), and this runs once per gate phase."""
     m = settings.app.migrations
-    return ["docker", "exec", container(settings, settings.app.copy_name(m.service, color)), *m.status]
+    return [
+        "docker",
+        "exec",
+        container(settings, settings.app.copy_name(m.service, color)),
+        *m.status,
+    ]
 
 
 def pending_migrations(settings: Settings, color: str) -> bool | None:
@@ -273,9 +342,20 @@ def pending_migrations(settings: Settings, color: str) -> bool | None:
         return None
     if not reads(settings).runs_here(settings, settings.app.copy_name(m.service, color)):
         return None  # (a Swarm's copy with no task on the manager): unknown
-    proc = runner.run(migration_status_cmd(settings, color), env=settings.docker_env(), check=False, what="migration status")
+    proc = runner.run(
+        migration_status_cmd(settings, color),
+        env=settings.docker_env(),
+        check=False,
+        what="migration status",
+    )
     if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
-        raise CommandError(migration_status_cmd(settings, color), proc.returncode, proc.stdout, proc.stderr, "migration status")
+        raise CommandError(
+            migration_status_cmd(settings, color),
+            proc.returncode,
+            proc.stdout,
+            proc.stderr,
+            "migration status",
+        )
     return proc.returncode != 0
 
 
@@ -287,9 +367,25 @@ class Network:
 
 def service_networks(settings: Settings, service: str) -> list[Network]:
     """Networks a service's container is attached to, with their `internal` flag."""
-    names = sorted(((inspect(settings, container(settings, service)).get("NetworkSettings") or {}).get("Networks") or {}).keys())
-    return [Network(name, bool(runner.engine(settings.docker_host, "inspect_network", name, what="inspecting a network").get("Internal")))
-            for name in names]
+    names = sorted(
+        (
+            (inspect(settings, container(settings, service)).get("NetworkSettings") or {}).get(
+                "Networks"
+            )
+            or {}
+        ).keys()
+    )
+    return [
+        Network(
+            name,
+            bool(
+                runner.engine(
+                    settings.docker_host, "inspect_network", name, what="inspecting a network"
+                ).get("Internal")
+            ),
+        )
+        for name in names
+    ]
 
 
 POSTGRES_PORT = 5432
@@ -297,15 +393,35 @@ POSTGRES_PORT = 5432
 
 def one_offs(settings: Settings, label: str) -> list[str]:
     """Ids of this project's containers (any state) that carry `label` (key=value)."""
-    listed = runner.engine(settings.docker_host, "containers", all=True, what="listing one-off containers",
-                           filters={"label": [f"com.docker.compose.project={settings.project}", label]})
+    listed = runner.engine(
+        settings.docker_host,
+        "containers",
+        all=True,
+        what="listing one-off containers",
+        filters={"label": [f"com.docker.compose.project={settings.project}", label]},
+    )
     return [item["Id"] for item in listed]
 
 
 def psql_cmd(container: str, settings: Settings) -> list[str]:
     """psql inside a PostgreSQL container over its socket, as its superuser (no password, no port)."""
-    return ["docker", "exec", "-i", container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-U", settings.postgres_user, "-d", settings.postgres_db]
+    return [
+        "docker",
+        "exec",
+        "-i",
+        container,
+        "psql",
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-U",
+        settings.postgres_user,
+        "-d",
+        settings.postgres_db,
+    ]
 
 
 @dataclass(frozen=True)
@@ -320,12 +436,18 @@ class DatabaseRoles:
 def database_roles(settings: Settings) -> DatabaseRoles:
     """Read over the database container's socket, as its superuser."""
     db = settings.app.postgres
-    sql = (f"SELECT 'owner|' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database();\n"
-           f"SELECT 'role|' || rolsuper FROM pg_roles WHERE rolname = '{settings.app_db_user}';\n"
-           "SELECT 'session|' || host(a.client_addr) || '|' || a.usename || '|' || r.rolsuper FROM pg_stat_activity a "
-           "JOIN pg_roles r ON r.oid = a.usesysid WHERE a.backend_type = 'client backend' AND a.client_addr IS NOT NULL;\n")
-    out = runner.run(psql_cmd(container(settings, db.service), settings), input=sql, env=settings.docker_env(),
-                     what="reading the database's roles").stdout
+    sql = (
+        f"SELECT 'owner|' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database();\n"
+        f"SELECT 'role|' || rolsuper FROM pg_roles WHERE rolname = '{settings.app_db_user}';\n"
+        "SELECT 'session|' || host(a.client_addr) || '|' || a.usename || '|' || r.rolsuper FROM pg_stat_activity a "
+        "JOIN pg_roles r ON r.oid = a.usesysid WHERE a.backend_type = 'client backend' AND a.client_addr IS NOT NULL;\n"
+    )
+    out = runner.run(
+        psql_cmd(container(settings, db.service), settings),
+        input=sql,
+        env=settings.docker_env(),
+        what="reading the database's roles",
+    ).stdout
     role_super, owner, sessions = None, "", []
     for kind, _, rest in (line.partition("|") for line in out.splitlines()):
         if kind == "owner":
@@ -350,14 +472,21 @@ def target_host(settings: Settings):
 
     if settings.docker_host.startswith("ssh://"):
         # sessions on this command's one connection
-        return testinfra.get_host(settings.docker_host, ssh_extra_args=shlex.join(ssh.tunnel(settings.docker_host).ssh_args()))
+        return testinfra.get_host(
+            settings.docker_host,
+            ssh_extra_args=shlex.join(ssh.tunnel(settings.docker_host).ssh_args()),
+        )
     return testinfra.get_host("local://")
 
 
 def listening_on_port(settings: Settings, port: int) -> list[str]:
     """Sockets on the target host listening on `port`, any address (testinfra)."""
     host = target_host(settings)
-    return [s for s in host.socket.get_listening_sockets() if s.rsplit(":", 1)[-1] == str(port) and s.startswith("tcp")]
+    return [
+        s
+        for s in host.socket.get_listening_sockets()
+        if s.rsplit(":", 1)[-1] == str(port) and s.startswith("tcp")
+    ]
 
 
 def tcp_connects(host: str, port: int, timeout: float = 2.0) -> bool:

@@ -34,7 +34,10 @@ from deploy.errors import CommandError, EngineLost, Interrupted, NotFound
 log = logging.getLogger("colorgate")
 _secrets: set[str] = set()
 MASK = "********"
-ABSENT = re.compile(r"^(Error( response from daemon)?: )?No such (container|object|image|network|volume|service|secret)\b", re.M)
+ABSENT = re.compile(
+    r"^(Error( response from daemon)?: )?No such (container|object|image|network|volume|service|secret)\b",
+    re.M,
+)
 
 
 def add_secret(value: str) -> None:
@@ -64,12 +67,18 @@ def _terminal():
     """rich's console on stderr where it shows colour: a terminal (or FORCE_COLOR), and
     neither NO_COLOR nor TERM=dumb; None where lines stay plain (piped, CI logs: rich,
     a tenth of a second to import, is not even loaded there)."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not (sys.stderr.isatty() or os.environ.get("FORCE_COLOR")):
+    if (
+        os.environ.get("NO_COLOR")
+        or os.environ.get("TERM") == "dumb"
+        or not (sys.stderr.isatty() or os.environ.get("FORCE_COLOR"))
+    ):
         return None
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    return console if console.is_terminal and not console.no_color and console.color_system else None
+    return (
+        console if console.is_terminal and not console.no_color and console.color_system else None
+    )
 
 
 def say(message: str) -> None:
@@ -103,7 +112,9 @@ def environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     connection to that host (deploy.target.ssh.Tunnel), opened on first use."""
     full = {**os.environ, **(env or {})}
     if full.get("DOCKER_HOST", "").startswith("ssh://"):
-        full["DOCKER_HOST"] = ssh.docker_host(full["DOCKER_HOST"], full.get("COLORGATE_SSH_PERSIST"))
+        full["DOCKER_HOST"] = ssh.docker_host(
+            full["DOCKER_HOST"], full.get("COLORGATE_SSH_PERSIST")
+        )
     return full
 
 
@@ -134,8 +145,15 @@ def run(
     # terminal's group, where ssh may ask for a password or a host key.
     group = capture and Path(cmd[0]).name == "docker"
     try:
-        child = subprocess.Popen(cmd, env=full_env, text=True, stdin=subprocess.PIPE if input is not None else (subprocess.DEVNULL if group else None),
-                                 stdout=pipe, stderr=pipe, process_group=0 if group else None)
+        child = subprocess.Popen(
+            cmd,
+            env=full_env,
+            text=True,
+            stdin=subprocess.PIPE if input is not None else (subprocess.DEVNULL if group else None),
+            stdout=pipe,
+            stderr=pipe,
+            process_group=0 if group else None,
+        )
     except FileNotFoundError as exc:
         raise CommandError(cmd, 127, "", f"{cmd[0]}: command not found", what) from exc
     try:
@@ -148,8 +166,12 @@ def run(
     proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     log.debug("  exit %s in %.2fs", proc.returncode, time.monotonic() - started)
     if check and proc.returncode != 0:
-        absent = Path(cmd[0]).name == "docker" and ABSENT.search(proc.stderr or "")  # the docker CLI's word for it
-        raise (NotFound if absent else CommandError)(cmd, proc.returncode, redact(proc.stdout or ""), redact(proc.stderr or ""), what)
+        absent = Path(cmd[0]).name == "docker" and ABSENT.search(
+            proc.stderr or ""
+        )  # the docker CLI's word for it
+        raise (NotFound if absent else CommandError)(
+            cmd, proc.returncode, redact(proc.stdout or ""), redact(proc.stderr or ""), what
+        )
     return proc
 
 
@@ -161,21 +183,42 @@ def _end(child: subprocess.Popen, group: bool) -> None:
     child.wait()
 
 
-def pipe(first: list[str], second: list[str], *, first_env: Mapping[str, str] | None = None,
-         second_env: Mapping[str, str] | None = None, what: str = "", timeout: float | None = None) -> str:
+def pipe(
+    first: list[str],
+    second: list[str],
+    *,
+    first_env: Mapping[str, str] | None = None,
+    second_env: Mapping[str, str] | None = None,
+    what: str = "",
+    timeout: float | None = None,
+) -> str:
     """`first | second` without a shell; both must succeed. Returns second's stdout."""
     log.debug("$ %s | %s", redact(shlex.join(first)), redact(shlex.join(second)))
-    producer = subprocess.Popen(first, env=environ(first_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    producer = subprocess.Popen(
+        first, env=environ(first_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
-        consumer = subprocess.run(second, env=environ(second_env), stdin=producer.stdout,
-                                  capture_output=True, timeout=timeout, check=False)
+        consumer = subprocess.run(
+            second,
+            env=environ(second_env),
+            stdin=producer.stdout,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
     finally:
         producer.stdout.close()
         producer_err = producer.stderr.read().decode(errors="replace")
         producer.wait()
-    for cmd, code, out, err in ((first, producer.returncode, "", producer_err),
-                                (second, consumer.returncode, consumer.stdout.decode(errors="replace"),
-                                 consumer.stderr.decode(errors="replace"))):
+    for cmd, code, out, err in (
+        (first, producer.returncode, "", producer_err),
+        (
+            second,
+            consumer.returncode,
+            consumer.stdout.decode(errors="replace"),
+            consumer.stderr.decode(errors="replace"),
+        ),
+    ):
         if code != 0:
             raise CommandError(cmd, code, redact(out), redact(err), what)
     return consumer.stdout.decode(errors="replace")
@@ -187,8 +230,13 @@ def session(cmd: list[str], *, env: Mapping[str, str] | None = None) -> Iterator
     snapshot open, say). Logged like `run`; ended when the block exits."""
     log.debug("$ %s (session)", redact(shlex.join(cmd)))
     proc = subprocess.Popen(
-        cmd, env=environ(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, bufsize=1,
+        cmd,
+        env=environ(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
     )
     try:
         yield proc
@@ -206,8 +254,11 @@ def on_signals() -> None:
     """End this command on SIGTERM or SIGHUP as on Ctrl-C (Interrupted, a
     KeyboardInterrupt): every `finally` and clean-up runs, and the history says where it
     stopped. A second signal during that clean-up is ignored, said, not obeyed."""
+
     def cleaning(signum, frame):
-        say(f"!! {signal.Signals(signum).name}: still cleaning up (kill -9 {os.getpid()} abandons it)")
+        say(
+            f"!! {signal.Signals(signum).name}: still cleaning up (kill -9 {os.getpid()} abandons it)"
+        )
 
     def interrupt(signum, frame):
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
@@ -220,7 +271,9 @@ def on_signals() -> None:
         signal.signal(sig, interrupt)
 
 
-def forked(fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, what: str = "") -> subprocess.CompletedProcess[str]:
+def forked(
+    fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, what: str = ""
+) -> subprocess.CompletedProcess[str]:
     """Run `fn()` (returning an exit code) in a forked copy of this process, with `env`
     added to its environment and its output captured: what this process imported is
     already loaded there (a warm interpreter), and nothing `fn` changes comes back.
@@ -234,7 +287,9 @@ def forked(fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, wh
             code = 70
             try:
                 for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-                    signal.signal(sig, signal.SIG_DFL)  # a signal ends the child at once; the parent cleans up
+                    signal.signal(
+                        sig, signal.SIG_DFL
+                    )  # a signal ends the child at once; the parent cleans up
                 os.dup2(out.fileno(), 1)
                 os.dup2(out.fileno(), 2)
                 os.environ.update(env or {})
@@ -255,7 +310,9 @@ def forked(fn, *, env: Mapping[str, str] | None = None, timeout: float = 600, wh
                 if done:
                     break
                 if time.monotonic() - started > timeout:
-                    raise CommandError([what or "forked"], 124, "", f"timed out after {timeout:.0f}s", what)
+                    raise CommandError(
+                        [what or "forked"], 124, "", f"timed out after {timeout:.0f}s", what
+                    )
                 time.sleep(0.005)
         except BaseException:  # timed out, or interrupted: the child does not outlive its wait
             os.kill(pid, signal.SIGKILL)
@@ -285,15 +342,25 @@ class Shell:
     def _start(self) -> subprocess.Popen:
         env = environ({"DOCKER_HOST": self.docker_host} if self.docker_host else {})
         log.debug("$ docker exec -i %s sh (kept open)", self.container)
-        return subprocess.Popen(["docker", "exec", "-i", self.container, "sh"], env=env, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        return subprocess.Popen(
+            ["docker", "exec", "-i", self.container, "sh"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
 
-    def run(self, cmd: list[str], *, what: str = "", check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, cmd: list[str], *, what: str = "", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         shown = ["docker", "exec", self.container, *cmd]
         marker = secrets.token_hex(8)
-        script = (f"{shlex.join(cmd)} </dev/null >/tmp/.cg-$$.out 2>/tmp/.cg-$$.err; rc=$?; "
-                  f"printf '\\n{marker} %d %d %d\\n' $rc $(wc -c </tmp/.cg-$$.out) $(wc -c </tmp/.cg-$$.err); "
-                  "cat /tmp/.cg-$$.out /tmp/.cg-$$.err\n")
+        script = (
+            f"{shlex.join(cmd)} </dev/null >/tmp/.cg-$$.out 2>/tmp/.cg-$$.err; rc=$?; "
+            f"printf '\\n{marker} %d %d %d\\n' $rc $(wc -c </tmp/.cg-$$.out) $(wc -c </tmp/.cg-$$.err); "
+            "cat /tmp/.cg-$$.out /tmp/.cg-$$.err\n"
+        )
         started = time.monotonic()
         with self.lock:
             for attempt in (1, 2):
@@ -302,20 +369,38 @@ class Shell:
                 try:
                     self.proc.stdin.write(script.encode())
                     break
-                except (BrokenPipeError, OSError):  # the container went away since: once more on a new shell
+                except (
+                    BrokenPipeError,
+                    OSError,
+                ):  # the container went away since: once more on a new shell
                     self.proc = None
                     if attempt == 2:
-                        raise CommandError(shown, 125, "", f"the shell in {self.container} ended", what) from None
+                        raise CommandError(
+                            shown, 125, "", f"the shell in {self.container} ended", what
+                        ) from None
             result = self._read(marker)
         if result is None:
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+            err = (
+                self.proc.stderr.read().decode(errors="replace")
+                if self.proc.poll() is not None
+                else ""
+            )
             self.proc = None
-            proc = subprocess.CompletedProcess(shown, 125, "", err.strip() or f"the shell in {self.container} ended")
+            proc = subprocess.CompletedProcess(
+                shown, 125, "", err.strip() or f"the shell in {self.container} ended"
+            )
         else:
             proc = subprocess.CompletedProcess(shown, *result)
-        log.debug("$ %s (kept-open shell): exit %s in %.3fs", redact(shlex.join(shown)), proc.returncode, time.monotonic() - started)
+        log.debug(
+            "$ %s (kept-open shell): exit %s in %.3fs",
+            redact(shlex.join(shown)),
+            proc.returncode,
+            time.monotonic() - started,
+        )
         if check and proc.returncode != 0:
-            raise CommandError(shown, proc.returncode, redact(proc.stdout), redact(proc.stderr), what)
+            raise CommandError(
+                shown, proc.returncode, redact(proc.stdout), redact(proc.stderr), what
+            )
         return proc
 
     def _read(self, marker: str) -> tuple[int, str, str] | None:
@@ -335,7 +420,11 @@ class Shell:
             if not chunk:
                 return None
             body += chunk
-        return int(rc), body[:int(n_out)].decode(errors="replace"), body[int(n_out):].decode(errors="replace")
+        return (
+            int(rc),
+            body[: int(n_out)].decode(errors="replace"),
+            body[int(n_out) :].decode(errors="replace"),
+        )
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -370,8 +459,13 @@ def _close_shells() -> None:
 def _api(docker_host: str):
     import docker
 
-    base = environ({"DOCKER_HOST": docker_host} if docker_host else {}).get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    return docker.APIClient(base_url=base, version="1.41", timeout=120)  # ssh://: through the one connection
+    base = (
+        environ({"DOCKER_HOST": docker_host} if docker_host else {}).get("DOCKER_HOST")
+        or "unix:///var/run/docker.sock"
+    )
+    return docker.APIClient(
+        base_url=base, version="1.41", timeout=120
+    )  # ssh://: through the one connection
 
 
 def engine(docker_host: str, call, *args, what: str = "", **kwargs):
@@ -385,11 +479,33 @@ def engine(docker_host: str, call, *args, what: str = "", **kwargs):
     try:
         return getattr(_api(docker_host), call)(*args, **kwargs)
     except docker.errors.NotFound as exc:
-        raise NotFound(["docker", call, *map(str, args)], 1, "", redact(f"Error: No such object: {exc.explanation or exc}"), what) from None
-    except docker.errors.DockerException as exc:  # the engine's answer (an APIError is a requests error too)
+        raise NotFound(
+            ["docker", call, *map(str, args)],
+            1,
+            "",
+            redact(f"Error: No such object: {exc.explanation or exc}"),
+            what,
+        ) from None
+    except (
+        docker.errors.DockerException
+    ) as exc:  # the engine's answer (an APIError is a requests error too)
         detail = getattr(exc, "explanation", None) or str(exc)
-        raise CommandError(["docker", call, *map(str, args)], 1, "", redact(f"Error response from daemon: {detail}"), what) from None
-    except requests.exceptions.RequestException as exc:  # no answer: its socket or SSH connection gone, or silent
-        reason = "no answer in 120 s" if isinstance(exc, requests.exceptions.Timeout) else "the connection failed or was lost"
-        raise EngineLost(f"cannot ask the Docker engine ({docker_host or 'this machine'}) while {what or call}: {reason}; "
-                         "check that it runs (and the SSH host answers), then run the command again") from None
+        raise CommandError(
+            ["docker", call, *map(str, args)],
+            1,
+            "",
+            redact(f"Error response from daemon: {detail}"),
+            what,
+        ) from None
+    except (
+        requests.exceptions.RequestException
+    ) as exc:  # no answer: its socket or SSH connection gone, or silent
+        reason = (
+            "no answer in 120 s"
+            if isinstance(exc, requests.exceptions.Timeout)
+            else "the connection failed or was lost"
+        )
+        raise EngineLost(
+            f"cannot ask the Docker engine ({docker_host or 'this machine'}) while {what or call}: {reason}; "
+            "check that it runs (and the SSH host answers), then run the command again"
+        ) from None

@@ -53,7 +53,13 @@ class SshTarget:
         return ["ssh", *(["-p", str(self.port)] if self.port else []), "--", self.login, *command]
 
     def scp(self, source: Path, dest: str) -> list[str]:
-        return ["scp", "-q", *(["-P", str(self.port)] if self.port else []), str(source), f"{self.login}:{dest}"]
+        return [
+            "scp",
+            "-q",
+            *(["-P", str(self.port)] if self.port else []),
+            str(source),
+            f"{self.login}:{dest}",
+        ]
 
     def hint(self) -> str:
         return shlex.join(self.ssh())
@@ -62,21 +68,31 @@ class SshTarget:
 def parse(url: str) -> SshTarget:
     parts = urlsplit(url)
     if parts.scheme != "ssh" or not parts.hostname:
-        raise ConfigError(f"{url or 'the host'} is not an SSH address: use --host ssh://user@host[:port]")
+        raise ConfigError(
+            f"{url or 'the host'} is not an SSH address: use --host ssh://user@host[:port]"
+        )
     return SshTarget(parts.username or "", parts.hostname, parts.port)
 
 
 def explain_ssh_error(target: SshTarget, text: str) -> str | None:
     """An SSH failure in `text`, as one line naming the cause and the fix (None: not one)."""
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
-        return (f"the SSH host key of {target.shown} does not match your known_hosts (a rebuilt server, or someone in between): "
-                f"verify the new key, then `ssh-keygen -R` the old one and connect once with `{target.hint()}`")
+        return (
+            f"the SSH host key of {target.shown} does not match your known_hosts (a rebuilt server, or someone in between): "
+            f"verify the new key, then `ssh-keygen -R` the old one and connect once with `{target.hint()}`"
+        )
     if "Host key verification failed" in text:
         return f"the SSH host key of {target.shown} is not known here: check it and accept it by connecting once with `{target.hint()}`"
     if "Permission denied (" in text:
         return f"{target.shown} refused the SSH login of {target.login}: check the user, and that your key is in its authorized_keys"
-    for cause in ("Connection refused", "Connection timed out", "No route to host", "Could not resolve hostname",
-                  "Network is unreachable", "Operation timed out"):
+    for cause in (
+        "Connection refused",
+        "Connection timed out",
+        "No route to host",
+        "Could not resolve hostname",
+        "Network is unreachable",
+        "Operation timed out",
+    ):
         if cause in text:
             return f"cannot reach {target.shown} over SSH ({cause.lower()}): check the host name, the port and that sshd runs there"
     return None
@@ -98,11 +114,16 @@ def private_dir(kind: str = "ssh") -> Path:
     """This user's private directory for `kind` (ssh: connections; compose: the rendered
     compose files): 0700 and owned by us, or refused, never used: another local user who
     made it first could read what is in it or swap a compose file before compose reads it."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"colorgate-{kind}-{os.getuid()}"
+    base = (
+        Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+        / f"colorgate-{kind}-{os.getuid()}"
+    )
     base.mkdir(mode=0o700, exist_ok=True)
     st = base.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise ColorgateError(f"{base} belongs to someone else or is open to others: remove it (it is Colorgate's), then retry")
+        raise ColorgateError(
+            f"{base} belongs to someone else or is open to others: remove it (it is Colorgate's), then retry"
+        )
     return base
 
 
@@ -117,10 +138,18 @@ class Tunnel:
     def __init__(self, url: str, persist: int = 60):
         self.url, self.target, self.persist = url, parse(url), persist
         # one per address and per ssh setup (the ssh on PATH, HOME): another identity gets its own
-        key = hashlib.sha256("\0".join([url, shutil.which("ssh") or "ssh", os.environ.get("HOME", "")]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            "\0".join([url, shutil.which("ssh") or "ssh", os.environ.get("HOME", "")]).encode()
+        ).hexdigest()[:16]
         self.dir = private_dir() / key
-        self.socket, self.control, self.log = self.dir / "docker.sock", self.dir / "control", self.dir / "ssh.log"
-        self.master_log = self.dir / "master.log"  # what the master says once in the background (-E)
+        self.socket, self.control, self.log = (
+            self.dir / "docker.sock",
+            self.dir / "control",
+            self.dir / "ssh.log",
+        )
+        self.master_log = (
+            self.dir / "master.log"
+        )  # what the master says once in the background (-E)
         self.lifeline: subprocess.Popen | None = None
 
     def _ssh(self, *options: str) -> list[str]:
@@ -128,14 +157,42 @@ class Tunnel:
         return ["ssh", *port, "-o", f"ControlPath={self.control}", *options]
 
     def master_command(self) -> list[str]:
-        return self._ssh("-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.persist or 1}",
-                         "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes", "-o", "ServerAliveInterval=15",
-                         "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=15", "-E", str(self.master_log),
-                         "-L", f"{self.socket}:{REMOTE_SOCKET}", "--", self.target.login)
+        return self._ssh(
+            "-f",
+            "-N",
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            f"ControlPersist={self.persist or 1}",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "StreamLocalBindUnlink=yes",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+            "-o",
+            "ConnectTimeout=15",
+            "-E",
+            str(self.master_log),
+            "-L",
+            f"{self.socket}:{REMOTE_SOCKET}",
+            "--",
+            self.target.login,
+        )
 
     def _alive(self) -> bool:
-        return self.control.exists() and self.socket.exists() and subprocess.run(
-            self._ssh("-O", "check", "--", self.target.login), stdin=subprocess.DEVNULL, capture_output=True).returncode == 0
+        return (
+            self.control.exists()
+            and self.socket.exists()
+            and subprocess.run(
+                self._ssh("-O", "check", "--", self.target.login),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            ).returncode
+            == 0
+        )
 
     def open(self) -> None:
         """Connect (or join the connection a previous command left), or raise
@@ -143,24 +200,43 @@ class Tunnel:
         started = time.monotonic()
         self.dir.mkdir(mode=0o700, exist_ok=True)
         with open(self.dir / "lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one master per address, even when commands start together
+            fcntl.flock(
+                lock, fcntl.LOCK_EX
+            )  # one master per address, even when commands start together
             reused = self._alive()
             if not reused:
                 for stale in (self.control, self.socket, self.master_log):
                     stale.unlink(missing_ok=True)
-                with open(self.log, "w") as log:  # ssh -f returns once connected and forwarding, then runs on its own
-                    master = subprocess.run(self.master_command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=log, start_new_session=True, timeout=60, check=False)
+                with open(
+                    self.log, "w"
+                ) as log:  # ssh -f returns once connected and forwarding, then runs on its own
+                    master = subprocess.run(
+                        self.master_command(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                        start_new_session=True,
+                        timeout=60,
+                        check=False,
+                    )
                 if master.returncode != 0 or not self.socket.exists():
                     self._fail("the SSH connection ended")
-            self.lifeline = subprocess.Popen(self._ssh("-o", "ControlMaster=no", "--", self.target.login, "cat > /dev/null"),
-                                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                             start_new_session=True)  # ended by close(), not by a Ctrl-C meant for us
+            self.lifeline = subprocess.Popen(
+                self._ssh("-o", "ControlMaster=no", "--", self.target.login, "cat > /dev/null"),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # ended by close(), not by a Ctrl-C meant for us
         atexit.register(self.close)
         if not self._ping():
             self._fail("no Docker engine answered")
-        logger.debug("ssh: %s connection to %s in %.2fs", "joined the" if reused else "opened a", self.target.shown,
-                     time.monotonic() - started)
+        logger.debug(
+            "ssh: %s connection to %s in %.2fs",
+            "joined the" if reused else "opened a",
+            self.target.shown,
+            time.monotonic() - started,
+        )
 
     def _ping(self) -> bool:
         for _ in range(3):
@@ -182,15 +258,29 @@ class Tunnel:
         raise DockerUnavailable(why)
 
     def _explain(self, fallback: str) -> str:
-        text = "".join(f.read_text(errors="replace") for f in (self.log, self.master_log) if f.exists())
+        text = "".join(
+            f.read_text(errors="replace") for f in (self.log, self.master_log) if f.exists()
+        )
         explained = explain_ssh_error(self.target, text)
         if explained:
             return explained
-        if "open failed" in text and self.control.exists():  # the forward reached the host but not its engine: ask why
-            probe = subprocess.run(self._ssh("-o", "ControlMaster=no", "--", self.target.login,
-                                             f"if [ ! -S {REMOTE_SOCKET} ]; then echo missing; "
-                                             f"elif [ ! -w {REMOTE_SOCKET} ]; then echo denied; else echo down; fi"),
-                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30).stdout.strip()
+        if (
+            "open failed" in text and self.control.exists()
+        ):  # the forward reached the host but not its engine: ask why
+            probe = subprocess.run(
+                self._ssh(
+                    "-o",
+                    "ControlMaster=no",
+                    "--",
+                    self.target.login,
+                    f"if [ ! -S {REMOTE_SOCKET} ]; then echo missing; "
+                    f"elif [ ! -w {REMOTE_SOCKET} ]; then echo denied; else echo down; fi",
+                ),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
             if probe in ("missing", "denied", "down"):
                 return engine_problem(self.target, self.url, probe)
         last = (text.strip().splitlines() or [fallback])[-1].strip()
@@ -208,7 +298,12 @@ class Tunnel:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.lifeline.wait(timeout=3)
         if (end or not self.persist) and self.control.exists():
-            subprocess.run(self._ssh("-O", "exit", "--", self.target.login), stdin=subprocess.DEVNULL, capture_output=True, check=False)
+            subprocess.run(
+                self._ssh("-O", "exit", "--", self.target.login),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            )
 
 
 _tunnels: dict[str, Tunnel] = {}

@@ -34,10 +34,14 @@ def compose_cmd(settings: Settings, *args: str) -> list[str]:
     app's directory as the project directory (its build contexts are relative to it)."""
     write_rendered(settings)
     return [
-        "docker", "compose",
-        "--project-name", settings.project,
-        "--project-directory", str(settings.app_dir),
-        "--file", str(settings.compose_file),
+        "docker",
+        "compose",
+        "--project-name",
+        settings.project,
+        "--project-directory",
+        str(settings.app_dir),
+        "--file",
+        str(settings.compose_file),
         *args,
     ]
 
@@ -45,7 +49,9 @@ def compose_cmd(settings: Settings, *args: str) -> list[str]:
 def write_rendered(settings: Settings) -> None:
     """Write the compose file rendered from the app's (only when it changed). It holds
     no secret: those stay ${...} variables that compose fills in from compose_env."""
-    text = render.dump(of(settings).rendered(settings, render.compose(settings.app)), settings.app.file)
+    text = render.dump(
+        of(settings).rendered(settings, render.compose(settings.app)), settings.app.file
+    )
     path = settings.compose_file
     if path.is_file() and path.read_text() == text:
         return
@@ -55,20 +61,27 @@ def write_rendered(settings: Settings) -> None:
     tmp.replace(path)
 
 
-def compose_env(settings: Settings, versions: dict[str, str], databases: dict[str, str] | None = None) -> dict[str, str]:
+def compose_env(
+    settings: Settings, versions: dict[str, str], databases: dict[str, str] | None = None
+) -> dict[str, str]:
     """Compose variables, with each color's version pinned so no command recreates
     a color with an image it was not running, and each color's database URL (the
     configured one unless `databases` names another; db.move does). Holds secrets."""
-    env = {**settings.compose_env(), **images.base_build_args(settings),
-           "CG_DBTOOLS_BASE": images.BASES["postgres"].tag(settings.base_source)}
+    env = {
+        **settings.compose_env(),
+        **images.base_build_args(settings),
+        "CG_DBTOOLS_BASE": images.BASES["postgres"].tag(settings.base_source),
+    }
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version
     db = settings.app.database
     for color in COLORS:
         url = (databases or {}).get(color, settings.app_database_url())
-        env[render.database_var(color)] = app_url(url, db.scheme if db else "postgresql", managed=url != settings.local_database_url())
+        env[render.database_var(color)] = app_url(
+            url, db.scheme if db else "postgresql", managed=url != settings.local_database_url()
+        )
         env[render.database_label_var(color)] = facts.database_shown(settings, url)
-        for part, value in (url_parts(url).items() if db and db.parts else ()):
+        for part, value in url_parts(url).items() if db and db.parts else ():
             env[render.database_var(color, part)] = value
     return env
 
@@ -81,8 +94,12 @@ class Compose:
     """One engine: compose starts, stops and removes the containers it names."""
 
     reads = facts.COMPOSE_READS  # how it is read
-    checks_project = True  # a compose project of that name may be another app's (access.check_project)
-    renews_on_server = True  # the renewer runs beside the edge (a Swarm's edge is renewed by tls.renew)
+    checks_project = (
+        True  # a compose project of that name may be another app's (access.check_project)
+    )
+    renews_on_server = (
+        True  # the renewer runs beside the edge (a Swarm's edge is renewed by tls.renew)
+    )
     scales = False  # one container per service
 
     def check(self, settings: Settings) -> None:
@@ -91,42 +108,96 @@ class Compose:
     def rendered(self, settings: Settings, rendered: dict) -> dict:
         return rendered
 
-    def start(self, settings: Settings, names: list[str], env: dict[str, str], color: str | None = None,
-              recreate: bool = False, grace: int = 10, held: list[str] | None = None,
-              databases: dict[str, str] | None = None, keep: bool = False) -> None:
-        again = ["--force-recreate", "--timeout", str(grace)] if recreate else ["--no-recreate"] if keep else []
-        alone = ["--no-deps"] if color else []  # a color never starts, recreates or reconnects what runs beside it
+    def start(
+        self,
+        settings: Settings,
+        names: list[str],
+        env: dict[str, str],
+        color: str | None = None,
+        recreate: bool = False,
+        grace: int = 10,
+        held: list[str] | None = None,
+        databases: dict[str, str] | None = None,
+        keep: bool = False,
+    ) -> None:
+        again = (
+            ["--force-recreate", "--timeout", str(grace)]
+            if recreate
+            else ["--no-recreate"]
+            if keep
+            else []
+        )
+        alone = (
+            ["--no-deps"] if color else []
+        )  # a color never starts, recreates or reconnects what runs beside it
         for group, how in ((names, "--detach"), (held or [], "--no-start")):
             if group:
-                runner.run(compose_cmd(settings, "up", how, "--no-build", *alone, *again, *group), env=env, what="docker compose up")
+                runner.run(
+                    compose_cmd(settings, "up", how, "--no-build", *alone, *again, *group),
+                    env=env,
+                    what="docker compose up",
+                )
 
-    def stop(self, settings: Settings, names: list[str], color: str, versions: dict[str, str], databases: dict[str, str] | None,
-             grace: int | None, whole: bool) -> dict[str, int]:
+    def stop(
+        self,
+        settings: Settings,
+        names: list[str],
+        color: str,
+        versions: dict[str, str],
+        databases: dict[str, str] | None,
+        grace: int | None,
+        whole: bool,
+    ) -> dict[str, int]:
         timeout = ["--timeout", str(grace)] if grace is not None else []
-        runner.run(compose_cmd(settings, "stop", *timeout, *names), env=compose_env(settings, versions), check=False)
+        runner.run(
+            compose_cmd(settings, "stop", *timeout, *names),
+            env=compose_env(settings, versions),
+            check=False,
+        )
         return {}
 
-    def resume(self, settings: Settings, names: list[str], env: dict[str, str], databases: dict[str, str] | None,
-               counts: dict[str, int] | None) -> None:
+    def resume(
+        self,
+        settings: Settings,
+        names: list[str],
+        env: dict[str, str],
+        databases: dict[str, str] | None,
+        counts: dict[str, int] | None,
+    ) -> None:
         runner.run(compose_cmd(settings, "start", *names), env=env, what="docker compose start")
 
-    def wait_ready(self, settings: Settings, services: list[str], timeout: float, recovering: bool) -> dict[str, facts.ServiceState]:
+    def wait_ready(
+        self, settings: Settings, services: list[str], timeout: float, recovering: bool
+    ) -> dict[str, facts.ServiceState]:
         """By the engine's check, or, while the engine has not checked yet (it checks five
         minutes apart), by running the container's health check here, actively. Stops
         early, naming the service, when one exits or its health check fails; with
         `recovering`, an unhealthy service is waited for until it turns healthy."""
 
-        @tenacity.retry(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_exponential(multiplier=0.25, max=2),
-                        retry=tenacity.retry_if_exception_type(_NotYet), reraise=True)
+        @tenacity.retry(
+            stop=tenacity.stop_after_delay(timeout),
+            wait=tenacity.wait_exponential(multiplier=0.25, max=2),
+            retry=tenacity.retry_if_exception_type(_NotYet),
+            reraise=True,
+        )
         def poll() -> dict[str, facts.ServiceState]:
             states = facts.service_states(settings)
             for name in services:
                 s = states.get(name)
-                if s and (s.state in ("exited", "dead") or (s.health == "unhealthy" and not recovering)):
+                if s and (
+                    s.state in ("exited", "dead") or (s.health == "unhealthy" and not recovering)
+                ):
                     what = "exited" if s.state in ("exited", "dead") else "failed its health check"
                     raise StackError(f"{name} {what}: see `invoke logs {name}`")
-            pending = [n for n in services if n not in states or not (
-                states[n].ready or (states[n].state == "running" and facts.passes_healthcheck(settings, n)))]
+            pending = [
+                n
+                for n in services
+                if n not in states
+                or not (
+                    states[n].ready
+                    or (states[n].state == "running" and facts.passes_healthcheck(settings, n))
+                )
+            ]
             if pending:
                 raise _NotYet(pending)
             return states
@@ -134,15 +205,19 @@ class Compose:
         try:
             return poll()
         except _NotYet as exc:
-            raise StackError(f"timed out after {timeout}s waiting for {', '.join(exc.args[0])} to become healthy: "
-                             "see `invoke logs SERVICE`") from None
+            raise StackError(
+                f"timed out after {timeout}s waiting for {', '.join(exc.args[0])} to become healthy: "
+                "see `invoke logs SERVICE`"
+            ) from None
 
     def counts(self, settings: Settings) -> dict[str, int]:
         """How many tasks each service runs (a Swarm's): none here."""
         return {}
 
     def set_counts(self, settings: Settings, env: dict[str, str], counts: dict[str, int]) -> None:
-        raise ConfigError("`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service")
+        raise ConfigError(
+            "`invoke scale` needs a Swarm (COLORGATE_TARGET=swarm): one engine runs one container per service"
+        )
 
     def converge(self, settings: Settings, names: list[str], timeout: float) -> None:
         self.wait_ready(settings, names, timeout, recovering=False)
@@ -152,22 +227,50 @@ class Compose:
         env = compose_env(settings, {})
         if copies:
             runner.run(compose_cmd(settings, "stop", *copies), env=env, what="docker compose stop")
-        runner.run(compose_cmd(settings, "rm", "--stop", "--force", service), env=env, what="removing the local PostgreSQL container")
+        runner.run(
+            compose_cmd(settings, "rm", "--stop", "--force", service),
+            env=env,
+            what="removing the local PostgreSQL container",
+        )
 
-    def unretire(self, settings: Settings, copies: list[str], service: str, counts: dict[str, int]) -> None:
+    def unretire(
+        self, settings: Settings, copies: list[str], service: str, counts: dict[str, int]
+    ) -> None:
         env = compose_env(settings, {})
-        runner.run(compose_cmd(settings, "up", "--detach", "--no-deps", "--no-build", service), env=env,
-                   what="starting the local PostgreSQL again")
+        runner.run(
+            compose_cmd(settings, "up", "--detach", "--no-deps", "--no-build", service),
+            env=env,
+            what="starting the local PostgreSQL again",
+        )
         if copies:
-            runner.run(compose_cmd(settings, "start", *copies), env=env, what="docker compose start")
+            runner.run(
+                compose_cmd(settings, "start", *copies), env=env, what="docker compose start"
+            )
 
-    def dry_run(self, settings: Settings, services: list[str], versions: dict[str, str]) -> dict[str, str]:
+    def dry_run(
+        self, settings: Settings, services: list[str], versions: dict[str, str]
+    ) -> dict[str, str]:
         """What starting `services` would do to each, as compose's own dry run decides it."""
-        proc = runner.run(compose_cmd(settings, "--dry-run", "up", "--detach", "--no-build", "--no-deps", "--pull", "never", *services),
-                          env=compose_env(settings, versions), what="docker compose up --dry-run")
+        proc = runner.run(
+            compose_cmd(
+                settings,
+                "--dry-run",
+                "up",
+                "--detach",
+                "--no-build",
+                "--no-deps",
+                "--pull",
+                "never",
+                *services,
+            ),
+            env=compose_env(settings, versions),
+            what="docker compose up --dry-run",
+        )
         return facts.parse_dry_run(proc.stderr + proc.stdout, settings.project)
 
-    def one_off_exists(self, settings: Settings, states: dict, service: str, container: str) -> bool:
+    def one_off_exists(
+        self, settings: Settings, states: dict, service: str, container: str
+    ) -> bool:
         return service in states  # compose lists its one-off services' containers too
 
     def addresses(self, settings: Settings, color: str) -> dict[str, str]:
@@ -175,45 +278,93 @@ class Compose:
         out = {}
         for name in settings.app.color_services(color):
             found = facts.inspected(settings, facts.container(settings, name))
-            for net in (((found or {}).get("NetworkSettings") or {}).get("Networks") or {}).values():
+            for net in (
+                ((found or {}).get("NetworkSettings") or {}).get("Networks") or {}
+            ).values():
                 if net.get("IPAddress"):
                     out[net["IPAddress"]] = name
         return out
 
-    def confinements(self, settings: Settings, services: list[str]) -> dict[str, confinement.Confinement]:
+    def confinements(
+        self, settings: Settings, services: list[str]
+    ) -> dict[str, confinement.Confinement]:
         """Of each of `services` that has a container (running or not: db.move's workers
         are created only)."""
-        found = facts.parallel(lambda n: facts.inspected(settings, facts.container(settings, n)), services)
-        return {name: confinement.of_container(name, c) for name, c in zip(services, found, strict=True) if c is not None}
+        found = facts.parallel(
+            lambda n: facts.inspected(settings, facts.container(settings, n)), services
+        )
+        return {
+            name: confinement.of_container(name, c)
+            for name, c in zip(services, found, strict=True)
+            if c is not None
+        }
 
-    def logs(self, settings: Settings, service: str | None, known: list[str], follow: bool, tail: int) -> None:
+    def logs(
+        self, settings: Settings, service: str | None, known: list[str], follow: bool, tail: int
+    ) -> None:
         """`service`'s logs, or (None) all of the stack's `known` services'."""
-        args = ["logs", "--tail", str(tail)] + (["--follow"] if follow else []) + ([service] if service else [])
-        runner.run(compose_cmd(settings, *args), env=settings.compose_env(), capture=False, what="docker compose logs")
+        args = (
+            ["logs", "--tail", str(tail)]
+            + (["--follow"] if follow else [])
+            + ([service] if service else [])
+        )
+        runner.run(
+            compose_cmd(settings, *args),
+            env=settings.compose_env(),
+            capture=False,
+            what="docker compose logs",
+        )
 
     def down(self, settings: Settings, volumes: bool) -> None:
-        args = [*ALL_PROFILES, "down", "--remove-orphans", "--timeout", "10"] + (["--volumes"] if volumes else [])
-        runner.run(compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down")
+        args = [*ALL_PROFILES, "down", "--remove-orphans", "--timeout", "10"] + (
+            ["--volumes"] if volumes else []
+        )
+        runner.run(
+            compose_cmd(settings, *args), env=settings.compose_env(), what="docker compose down"
+        )
         self._remove_left_networks(settings)
 
     def tear_down(self, settings: Settings) -> None:
         """What a first `up` that failed started (volumes kept)."""
-        runner.run(compose_cmd(settings, "down", "--remove-orphans"), env=settings.compose_env(), check=False)
+        runner.run(
+            compose_cmd(settings, "down", "--remove-orphans"),
+            env=settings.compose_env(),
+            check=False,
+        )
 
     def destroy(self, settings: Settings) -> None:
-        runner.run(compose_cmd(settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"),
-                   env=settings.compose_env(), check=False)
+        runner.run(
+            compose_cmd(
+                settings, *ALL_PROFILES, "down", "--volumes", "--remove-orphans", "--timeout", "3"
+            ),
+            env=settings.compose_env(),
+            check=False,
+        )
         self._remove_left_networks(settings)
 
     @staticmethod
     def _remove_left_networks(settings: Settings) -> None:
         """The project's networks compose down no longer knows: those an earlier contract
         named (a network renamed, a database moved onto a new one by `invoke apply`)."""
-        left = runner.run(["docker", "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={settings.project}"],
-                          env=settings.docker_env(), check=False).stdout.split()
+        left = runner.run(
+            [
+                "docker",
+                "network",
+                "ls",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={settings.project}",
+            ],
+            env=settings.docker_env(),
+            check=False,
+        ).stdout.split()
         if left:
-            runner.run(["docker", "network", "rm", *left], env=settings.docker_env(), check=False,
-                       what="removing the project's networks")
+            runner.run(
+                ["docker", "network", "rm", *left],
+                env=settings.docker_env(),
+                check=False,
+                what="removing the project's networks",
+            )
 
 
 class Swarm(Compose):
@@ -238,33 +389,92 @@ class Swarm(Compose):
             self._volumes_made.add((settings.docker_host, settings.project))
         return render.one_offs_on_swarm(rendered, settings.project)
 
-    def apply(self, settings: Settings, env: dict[str, str], start: str = "", stop: str = "",
-              replicas: dict[str, int] | None = None, databases: dict[str, str] | None = None) -> dict[str, swarm.Service]:
+    def apply(
+        self,
+        settings: Settings,
+        env: dict[str, str],
+        start: str = "",
+        stop: str = "",
+        replicas: dict[str, int] | None = None,
+        databases: dict[str, str] | None = None,
+    ) -> dict[str, swarm.Service]:
         """swarm.apply with the stack's secret files (the database's password, each color's
         database URL: the configured one unless `databases` names another, as compose_env)
         as Swarm secrets: a volume holds them on one node only."""
-        files = access.secret_files(settings, {c: (databases or {}).get(c, "") for c in COLORS}, database=True)
-        return swarm.apply(settings, env, start, stop, replicas, {v: f for v, f in files.items() if v != "secrets-tools"})
+        files = access.secret_files(
+            settings, {c: (databases or {}).get(c, "") for c in COLORS}, database=True
+        )
+        return swarm.apply(
+            settings,
+            env,
+            start,
+            stop,
+            replicas,
+            {v: f for v, f in files.items() if v != "secrets-tools"},
+        )
 
-    def start(self, settings: Settings, names: list[str], env: dict[str, str], color: str | None = None,
-              recreate: bool = False, grace: int = 10, held: list[str] | None = None,
-              databases: dict[str, str] | None = None, keep: bool = False) -> None:
-        self.apply(settings, env, start=color or "", replicas={name: 0 for name in held or []}, databases=databases)
+    def start(
+        self,
+        settings: Settings,
+        names: list[str],
+        env: dict[str, str],
+        color: str | None = None,
+        recreate: bool = False,
+        grace: int = 10,
+        held: list[str] | None = None,
+        databases: dict[str, str] | None = None,
+        keep: bool = False,
+    ) -> None:
+        self.apply(
+            settings,
+            env,
+            start=color or "",
+            replicas={name: 0 for name in held or []},
+            databases=databases,
+        )
 
-    def stop(self, settings: Settings, names: list[str], color: str, versions: dict[str, str], databases: dict[str, str] | None,
-             grace: int | None, whole: bool) -> dict[str, int]:
-        before = self.apply(settings, compose_env(settings, versions, databases), stop=color if whole else "",
-                            replicas=None if whole else {name: 0 for name in names}, databases=databases)
+    def stop(
+        self,
+        settings: Settings,
+        names: list[str],
+        color: str,
+        versions: dict[str, str],
+        databases: dict[str, str] | None,
+        grace: int | None,
+        whole: bool,
+    ) -> dict[str, int]:
+        before = self.apply(
+            settings,
+            compose_env(settings, versions, databases),
+            stop=color if whole else "",
+            replicas=None if whole else {name: 0 for name in names},
+            databases=databases,
+        )
         swarm.wait_stopped(settings, names, 30 + (grace or 0), strict=not whole)
         return {name: s.replicas for name, s in before.items() if name in names}
 
-    def resume(self, settings: Settings, names: list[str], env: dict[str, str], databases: dict[str, str] | None,
-               counts: dict[str, int] | None) -> None:
+    def resume(
+        self,
+        settings: Settings,
+        names: list[str],
+        env: dict[str, str],
+        databases: dict[str, str] | None,
+        counts: dict[str, int] | None,
+    ) -> None:
         current = swarm.services(settings)
-        self.apply(settings, env, databases=databases,
-                   replicas={name: (counts or {}).get(name) or swarm.resumed_count(settings, current, name) for name in names})
+        self.apply(
+            settings,
+            env,
+            databases=databases,
+            replicas={
+                name: (counts or {}).get(name) or swarm.resumed_count(settings, current, name)
+                for name in names
+            },
+        )
 
-    def wait_ready(self, settings: Settings, services: list[str], timeout: float, recovering: bool) -> dict[str, facts.ServiceState]:
+    def wait_ready(
+        self, settings: Settings, services: list[str], timeout: float, recovering: bool
+    ) -> dict[str, facts.ServiceState]:
         """A task is running once healthy: the Swarm restarts those that fail."""
         swarm.wait_converged(settings, services, timeout)
         return facts.service_states(settings)
@@ -280,24 +490,46 @@ class Swarm(Compose):
 
     def retire(self, settings: Settings, copies: list[str], service: str) -> None:
         """At 0 tasks, which later commands keep (swarm.replicas_for)."""
-        self.set_counts(settings, compose_env(settings, {}), {name: 0 for name in [*copies, service]})
+        self.set_counts(
+            settings, compose_env(settings, {}), {name: 0 for name in [*copies, service]}
+        )
 
-    def unretire(self, settings: Settings, copies: list[str], service: str, counts: dict[str, int]) -> None:
-        self.set_counts(settings, compose_env(settings, {}), {name: counts.get(name, 1) for name in [*copies, service]})
+    def unretire(
+        self, settings: Settings, copies: list[str], service: str, counts: dict[str, int]
+    ) -> None:
+        self.set_counts(
+            settings,
+            compose_env(settings, {}),
+            {name: counts.get(name, 1) for name in [*copies, service]},
+        )
 
-    def dry_run(self, settings: Settings, services: list[str], versions: dict[str, str]) -> dict[str, str]:
+    def dry_run(
+        self, settings: Settings, services: list[str], versions: dict[str, str]
+    ) -> dict[str, str]:
         return {}  # the stack is applied as a whole: nothing beside a color is started alone
 
-    def one_off_exists(self, settings: Settings, states: dict, service: str, container: str) -> bool:
-        return bool(runner.engine(settings.docker_host, "containers", all=True, filters={"name": f"^/?{container}$"}))
+    def one_off_exists(
+        self, settings: Settings, states: dict, service: str, container: str
+    ) -> bool:
+        return bool(
+            runner.engine(
+                settings.docker_host, "containers", all=True, filters={"name": f"^/?{container}$"}
+            )
+        )
 
     def addresses(self, settings: Settings, color: str) -> dict[str, str]:
         """Of every task running the service's current spec, on any node."""
         current = swarm.services(settings)
-        return {address: name for name in settings.app.color_services(color) if name in current
-                for address in current[name].addresses}
+        return {
+            address: name
+            for name in settings.app.color_services(color)
+            if name in current
+            for address in current[name].addresses
+        }
 
-    def confinements(self, settings: Settings, services: list[str]) -> dict[str, confinement.Confinement]:
+    def confinements(
+        self, settings: Settings, services: list[str]
+    ) -> dict[str, confinement.Confinement]:
         """Of each service (at 0 tasks too, as a created container), as it says its tasks
         run, and no-new-privileges as the engines apply it: each node's engine sets it for
         every container (`dockerd --no-new-privileges`, as server.setup does), seen in the
@@ -311,11 +543,19 @@ class Swarm(Compose):
                 out[name] = confinement.of_service(name, spec, user, locked)
         return out
 
-    def logs(self, settings: Settings, service: str | None, known: list[str], follow: bool, tail: int) -> None:
+    def logs(
+        self, settings: Settings, service: str | None, known: list[str], follow: bool, tail: int
+    ) -> None:
         """One `docker service logs` a service: in turn, or side by side when they follow."""
-        runs = [threading.Thread(target=runner.run, args=(self._logs_cmd(settings, name, follow, tail),), daemon=True,
-                                 kwargs={"env": settings.docker_env(), "capture": False, "check": False})
-                for name in ([service] if service else known)]
+        runs = [
+            threading.Thread(
+                target=runner.run,
+                args=(self._logs_cmd(settings, name, follow, tail),),
+                daemon=True,
+                kwargs={"env": settings.docker_env(), "capture": False, "check": False},
+            )
+            for name in ([service] if service else known)
+        ]
         for run in runs:
             run.start()
             if not follow:
@@ -325,8 +565,16 @@ class Swarm(Compose):
 
     @staticmethod
     def _logs_cmd(settings: Settings, service: str, follow: bool, tail: int) -> list[str]:
-        return ["docker", "service", "logs", "--timestamps", "--tail", str(tail), *(["--follow"] if follow else []),
-                swarm.service_name(settings, service)]
+        return [
+            "docker",
+            "service",
+            "logs",
+            "--timestamps",
+            "--tail",
+            str(tail),
+            *(["--follow"] if follow else []),
+            swarm.service_name(settings, service),
+        ]
 
     def down(self, settings: Settings, volumes: bool) -> None:
         self._volumes_made.discard((settings.docker_host, settings.project))

@@ -24,7 +24,8 @@ import tenacity
 
 from deploy import apply, config, edge, stack, views
 from deploy.edge import tls
-from deploy.release import gates, history
+from deploy.release import gates
+from deploy.edge import locking
 from deploy.target import runner, targets
 from tests.certs import make_ca, make_leaf
 
@@ -36,9 +37,22 @@ INVOKE = str(Path(sys.executable).with_name("invoke"))
 # `-n 4 --dist loadfile --no-loadscope-reorder` hands modules out in this order (xdist's
 # default reorder puts the modules with most tests first, which left the Swarm ones,
 # with few, running alone at the end), so the short ones fill the other processes meanwhile.
-LONGEST = ("test_swarm_target.py", "test_release.py", "test_crash_move.py", "test_crash.py", "test_move.py", "test_db.py",
-           "test_swarm_move.py", "test_installed.py", "test_benchmark.py", "test_pg_versions.py", "test_mlflow.py",
-           "test_registry.py", "test_acme.py", "test_swarm_cluster.py")
+LONGEST = (
+    "test_swarm_target.py",
+    "test_release.py",
+    "test_crash_move.py",
+    "test_crash.py",
+    "test_move.py",
+    "test_db.py",
+    "test_swarm_move.py",
+    "test_installed.py",
+    "test_benchmark.py",
+    "test_pg_versions.py",
+    "test_mlflow.py",
+    "test_registry.py",
+    "test_acme.py",
+    "test_swarm_cluster.py",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -47,7 +61,9 @@ def pytest_collection_modifyitems(items):
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.integration)
     rank = {name: n for n, name in enumerate(LONGEST)}
-    items.sort(key=lambda item: rank.get(Path(item.fspath).name, len(LONGEST)))  # stable: in-module order kept
+    items.sort(
+        key=lambda item: rank.get(Path(item.fspath).name, len(LONGEST))
+    )  # stable: in-module order kept
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -76,7 +92,9 @@ PORT_BASE, PORTS_EACH = 20000, 1500
 def _port_numbers() -> Iterator[int]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     first = PORT_BASE + (int(worker) if worker.isdigit() else 0) % 8 * PORTS_EACH
-    start = secrets.randbelow(PORTS_EACH)  # a new run does not start where the last one's leftovers may still be
+    start = secrets.randbelow(
+        PORTS_EACH
+    )  # a new run does not start where the last one's leftovers may still be
     for n in range(PORTS_EACH):
         yield first + (start + n) % PORTS_EACH
 
@@ -109,34 +127,85 @@ def pebble_server(d: Path, http_port: int, validity_days: int):
     """Debian's pebble (Let's Encrypt's test CA) on loopback ports of its own, with
     pebble-challtestsrv as its DNS (every name -> 127.0.0.1): it fetches HTTP-01
     challenges from 127.0.0.1:`http_port`. Its files in `d`; stopped afterwards."""
-    assert shutil.which("pebble") and shutil.which("pebble-challtestsrv"), "install Debian's pebble package (make test does)"
+    assert shutil.which("pebble") and shutil.which("pebble-challtestsrv"), (
+        "install Debian's pebble package (make test does)"
+    )
     ca, ca_key = make_ca("Pebble endpoint test CA")
     cert, key = make_leaf(ca, ca_key, "localhost", days=30)
     (d / "ca.pem").write_text(ca)
     (d / "cert.pem").write_text(cert)
     (d / "key.pem").write_text(key)
     acme, mgmt, dns, chall = free_port(), free_port(), udp_free_port(), free_port()
-    (d / "config.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"127.0.0.1:{acme}", "managementListenAddress": f"127.0.0.1:{mgmt}",
-        "certificate": str(d / "cert.pem"), "privateKey": str(d / "key.pem"),
-        "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
-        "externalAccountBindingRequired": False, "certificateValidityPeriod": validity_days * 86400,
-    }}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": f"127.0.0.1:{acme}",
+                    "managementListenAddress": f"127.0.0.1:{mgmt}",
+                    "certificate": str(d / "cert.pem"),
+                    "privateKey": str(d / "key.pem"),
+                    "httpPort": http_port,
+                    "tlsPort": free_port(),
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": False,
+                    "certificateValidityPeriod": validity_days * 86400,
+                }
+            }
+        )
+    )
     logs = open(d / "pebble.log", "w")
-    challtest = subprocess.Popen(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-                                  "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-                                  "-management", f"127.0.0.1:{chall}"], stdout=logs, stderr=subprocess.STDOUT)
-    server = subprocess.Popen(["pebble", "-config", str(d / "config.json"), "-dnsserver", f"127.0.0.1:{dns}"],
-                              env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
-                              stdout=logs, stderr=subprocess.STDOUT)
+    challtest = subprocess.Popen(
+        [
+            "pebble-challtestsrv",
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+            "-dns01",
+            f"127.0.0.1:{dns}",
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-management",
+            f"127.0.0.1:{chall}",
+        ],
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+    )
+    server = subprocess.Popen(
+        ["pebble", "-config", str(d / "config.json"), "-dnsserver", f"127.0.0.1:{dns}"],
+        env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        @tenacity.retry(stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.3), reraise=True)
+
+        @tenacity.retry(
+            stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.3), reraise=True
+        )
         def root() -> str:
-            return httpx.get(f"https://localhost:{mgmt}/roots/0", verify=tls.client_context(ca_file=d / "ca.pem"), trust_env=False).raise_for_status().text
+            return (
+                httpx.get(
+                    f"https://localhost:{mgmt}/roots/0",
+                    verify=tls.client_context(ca_file=d / "ca.pem"),
+                    trust_env=False,
+                )
+                .raise_for_status()
+                .text
+            )
 
         (d / "issuer-root.pem").write_text(root())
-        yield {"directory": f"https://localhost:{acme}/dir", "port": acme, "endpoint_ca": d / "ca.pem", "root": d / "issuer-root.pem",
-               "challtestsrv": f"http://127.0.0.1:{chall}", "dir": d}
+        yield {
+            "directory": f"https://localhost:{acme}/dir",
+            "port": acme,
+            "endpoint_ca": d / "ca.pem",
+            "root": d / "issuer-root.pem",
+            "challtestsrv": f"http://127.0.0.1:{chall}",
+            "dir": d,
+        }
     finally:
         for proc in (server, challtest):
             proc.terminate()
@@ -156,7 +225,11 @@ def registry(tmp_path_factory):
         pytest.fail("Debian's docker-registry is not installed: `make test-deps` installs it")
     root = tmp_path_factory.mktemp("registry")
     password = secrets.token_urlsafe(16)
-    (root / "htpasswd").write_bytes(f"{REGISTRY_USER}:".encode() + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)) + b"\n")
+    (root / "htpasswd").write_bytes(
+        f"{REGISTRY_USER}:".encode()
+        + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10))
+        + b"\n"
+    )
     port = free_port()
     (root / "config.yml").write_text(f"""version: 0.1
 log: {{level: warn}}
@@ -166,7 +239,9 @@ auth: {{htpasswd: {{realm: colorgate-test, path: {root}/htpasswd}}}}
 """)
     # its log to a file: a pipe nobody reads fills up and the registry stops answering
     log = (root / "registry.log").open("wb")
-    proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(
+        [binary, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=log
+    )
     try:
         for _ in range(100):
             try:
@@ -204,8 +279,15 @@ def remove_stack(settings: config.Settings) -> None:
 
 
 def dump_logs(settings: config.Settings) -> None:
-    proc = runner.run(targets.compose_cmd(settings, "logs", "--tail", "40"), env=settings.compose_env(), check=False)
-    print(f"\n---- container logs of {settings.project} ----\n{proc.stdout}{proc.stderr}", file=sys.stderr)
+    proc = runner.run(
+        targets.compose_cmd(settings, "logs", "--tail", "40"),
+        env=settings.compose_env(),
+        check=False,
+    )
+    print(
+        f"\n---- container logs of {settings.project} ----\n{proc.stdout}{proc.stderr}",
+        file=sys.stderr,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -236,9 +318,15 @@ def gates_strict_then_accepted(settings: config.Settings):
     with COLORGATE_SECRETS_IN_ENV=refuse (the Hardening gate names it), then with the
     operator's acceptance the settings carry. Returns both results."""
     active = edge.read_active(settings)
-    strict = dataclasses.replace(settings, secrets_in_env="refuse", raw={**settings.raw, "COLORGATE_SECRETS_IN_ENV": "refuse"})
-    return (gates.run_gates(strict, "pre or post", active.color, active.version),
-            gates.run_gates(settings, "pre or post", active.color, active.version))
+    strict = dataclasses.replace(
+        settings,
+        secrets_in_env="refuse",
+        raw={**settings.raw, "COLORGATE_SECRETS_IN_ENV": "refuse"},
+    )
+    return (
+        gates.run_gates(strict, "pre or post", active.color, active.version),
+        gates.run_gates(settings, "pre or post", active.color, active.version),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -264,7 +352,12 @@ def scratch(request):
 def invoke(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real CLI, as an operator would."""
     return subprocess.run(
-        [INVOKE, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, cwd=config.project_root()
+        [INVOKE, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=config.project_root(),
     )
 
 
@@ -280,8 +373,14 @@ def pytest_runtest_makereport(item, call):
 def paused_at(phase: str, *args: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     """`invoke ARGS`, waiting at `phase` (COLORGATE_PAUSE_AT): yields the process (send it
     a signal, or SIGUSR1 to go on); on the way out, its output is on `.result`."""
-    proc = subprocess.Popen([INVOKE, *args], env={**os.environ, **env, history.PAUSE_ENV: phase}, cwd=config.project_root(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [INVOKE, *args],
+        env={**os.environ, **env, locking.PAUSE_ENV: phase},
+        cwd=config.project_root(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     try:
         for line in proc.stderr:

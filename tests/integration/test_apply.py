@@ -142,11 +142,14 @@ def test_a_changed_network_option_is_refused_before_anything_changes(settings, e
     assert proc.stderr.strip().splitlines()[-1] == (
         "colorgate: the options of the network web changed: Docker cannot change a network in place, and making it again "
         "would cut the live color off it: give the changed network a new name in the compose file (a new network is "
-        "attached to the running containers first)")
+        "attached to the running containers first)"
+    )
     assert ids(settings, before) == before and edge.read_active(settings) == live
 
 
-def test_apply_moves_the_database_onto_a_new_network_and_adds_a_route_while_the_live_color_answers(settings, env, tmp_path):
+def test_apply_moves_the_database_onto_a_new_network_and_adds_a_route_while_the_live_color_answers(
+    settings, env, tmp_path
+):
     changed = {**env, **edited(tmp_path, settings, moved_database)}
     live = edge.read_active(settings)
     copies = settings.app.color_services(live.color)
@@ -160,26 +163,40 @@ def test_apply_moves_the_database_onto_a_new_network_and_adds_a_route_while_the_
     with SteadyClients(settings) as clients:
         proc = invoke("apply", env=changed)
     assert proc.returncode == 0, proc.stderr
-    print(f"\n  apply: {clients.reads} reads, {len(clients.read_failures)} failed, {clients.closed_idle} on idle connections the "
-          f"reload closed; {len(clients.stored)} writes stored, "
-          f"{clients.refused} refused")
+    print(
+        f"\n  apply: {clients.reads} reads, {len(clients.read_failures)} failed, {clients.closed_idle} on idle connections the "
+        f"reload closed; {len(clients.stored)} writes stored, "
+        f"{clients.refused} refused"
+    )
     assert clients.read_failures == [] and clients.reads > 50, clients.read_failures[:5]
     assert clients.refused == 0  # held at the edge while the database restarted, then passed on
-    held = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("ok requests pass again: held for")]
+    held = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.startswith("ok requests pass again: held for")
+    ]
     assert held, proc.stderr
     print(f"  {held[0]}")
     assert "backing up the database before postgres is recreated" in proc.stdout + proc.stderr
     # the live color was attached, not recreated, and the edge reloaded, not restarted
     assert ids(settings, before) == before and edge.read_active(settings) == live
-    assert {n.name for n in facts.service_networks(settings, "postgres")} == {f"{settings.project}_store"}
-    assert f"{settings.project}_store" in {n.name for n in facts.service_networks(settings, settings.app.copy_name("backend", live.color))}
+    assert {n.name for n in facts.service_networks(settings, "postgres")} == {
+        f"{settings.project}_store"
+    }
+    assert f"{settings.project}_store" in {
+        n.name
+        for n in facts.service_networks(settings, settings.app.copy_name("backend", live.color))
+    }
     assert len(db.list_backups(settings)) == backups + 1
     stored = {n["id"] for n in gates_get(settings, "/api/notes").json()}
     assert set(clients.stored) <= stored  # every write acknowledged is there
     assert gates_get(settings, "/docs/").status_code == 200
 
     again = invoke("apply", "--plan", env=changed)
-    assert again.stdout.strip() == "nothing to apply: what runs beside the colors is what the contract and the settings say"
+    assert (
+        again.stdout.strip()
+        == "nothing to apply: what runs beside the colors is what the contract and the settings say"
+    )
     # the next release starts its candidate on the new network; its gates pass
     deploy = invoke("deploy", env=changed)
     assert deploy.returncode == 0, deploy.stderr
@@ -192,15 +209,22 @@ def gates_get(settings, path):
         return c.get(path)
 
 
-def test_a_hold_an_apply_that_died_left_at_the_edge_is_ended_by_the_next_apply(settings, env, tmp_path):
+def test_a_hold_an_apply_that_died_left_at_the_edge_is_ended_by_the_next_apply(
+    settings, env, tmp_path
+):
     """Killed while the database restarted, an apply leaves the edge holding its clients'
     requests (each then 503): the next apply ends that first, and says so."""
-    edge.set_frozen(dataclasses.replace(settings, health_timeout=2), True, database=True)  # each request held 2 s at most
+    edge.set_frozen(
+        dataclasses.replace(settings, health_timeout=2), True, database=True
+    )  # each request held 2 s at most
     with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
         assert c.get("/api/version", timeout=15).status_code == 503  # held, then refused
     proc = invoke("apply", env={**env, **edited(tmp_path, settings, moved_database)})
     assert proc.returncode == 0, proc.stderr
-    assert "!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again" in proc.stderr
+    assert (
+        "!! writes were frozen at the edge with no db.move, db.restore or apply running (one died): writes open again"
+        in proc.stderr
+    )
     assert gates_get(settings, "/api/version").status_code == 200
 
 
@@ -209,7 +233,12 @@ class OneAddress:
     per thread), counting the edge's 429s: a client over the per-client limit."""
 
     def __init__(self, settings, rate: float, threads: int = 4):
-        self.settings, self.ca, self.rate, self.stop = settings, tls.read_local_ca(settings), rate, threading.Event()
+        self.settings, self.ca, self.rate, self.stop = (
+            settings,
+            tls.read_local_ca(settings),
+            rate,
+            threading.Event(),
+        )
         self.statuses: list[int] = []
         self.threads = [threading.Thread(target=self.send, daemon=True) for _ in range(threads)]
 
@@ -240,27 +269,52 @@ class OneAddress:
         self.achieved = len(self.statuses) / (time.monotonic() - self.started)
 
 
-def test_gated_switches_pass_while_one_address_sends_three_times_the_per_client_limit(settings, env, tmp_path):
+def test_gated_switches_pass_while_one_address_sends_three_times_the_per_client_limit(
+    settings, env, tmp_path
+):
     """The gates carry the edge's token, which no per-client limit counts: a client that
     exhausts its address's limit (the gates' address too) cannot make a release fail."""
-    limited = {**env, **edited(tmp_path, settings, moved_database), "COLORGATE_RATE_LIMIT": "20", "COLORGATE_RATE_BURST": "10"}
+    limited = {
+        **env,
+        **edited(tmp_path, settings, moved_database),
+        "COLORGATE_RATE_LIMIT": "20",
+        "COLORGATE_RATE_BURST": "10",
+    }
     applied = invoke("apply", env=limited)  # the edge is recreated with the lower limit
     assert applied.returncode == 0, applied.stderr
     with OneAddress(settings, rate=60) as load:
         for _ in range(2):
-            switched = invoke("switch", "--to", other(edge.read_active(settings).color), env=limited)
+            switched = invoke(
+                "switch", "--to", other(edge.read_active(settings).color), env=limited
+            )
             assert switched.returncode == 0, switched.stderr
             assert "post gates" in switched.stderr
-    assert load.achieved >= 0.9 * 60, f"the client kept only {load.achieved:.0f} of 60 requests a second"
-    assert load.statuses.count(429) > len(load.statuses) / 2, load.statuses[-20:]  # over the limit throughout
-    print(f"\n  {len(load.statuses)} GETs at {load.achieved:.0f}/s from one address (limit 20/s): "
-          f"{load.statuses.count(429)} answered 429; 2 gated switches passed")
+    assert load.achieved >= 0.9 * 60, (
+        f"the client kept only {load.achieved:.0f} of 60 requests a second"
+    )
+    assert load.statuses.count(429) > len(load.statuses) / 2, load.statuses[
+        -20:
+    ]  # over the limit throughout
+    print(
+        f"\n  {len(load.statuses)} GETs at {load.achieved:.0f}/s from one address (limit 20/s): "
+        f"{load.statuses.count(429)} answered 429; 2 gated switches passed"
+    )
 
 
 def test_down_removes_the_networks_an_earlier_contract_named_too(settings):
     """After the move above, the running contract names `store`; this one (the test's
     settings) still names `data`: down removes both, and nothing of the project is left."""
     stack.down(settings)
-    left = runner.run(["docker", "network", "ls", "--format", "{{.Name}}", "--filter", f"label=com.docker.compose.project={settings.project}"],
-                      env=settings.docker_env()).stdout.split()
+    left = runner.run(
+        [
+            "docker",
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            f"label=com.docker.compose.project={settings.project}",
+        ],
+        env=settings.docker_env(),
+    ).stdout.split()
     assert left == []

@@ -38,10 +38,14 @@ def test_port_in_use_refuses_before_starting_anything(scratch):
 def test_a_start_that_cannot_finish_is_torn_down(scratch, tmp_path):
     env, _ = scratch
     # the sample app, whose contract asks its backend for a path it does not serve
-    shutil.copytree(config.project_root() / "examples", tmp_path / "examples")  # its images build from siblings
+    shutil.copytree(
+        config.project_root() / "examples", tmp_path / "examples"
+    )  # its images build from siblings
     app = tmp_path / "examples" / "spa-api-postgres"
     compose = app / "docker-compose.yml"
-    compose.write_text(compose.read_text().replace("backend: {path: /api/health,", "backend: {path: /api/missing,"))
+    compose.write_text(
+        compose.read_text().replace("backend: {path: /api/health,", "backend: {path: /api/missing,")
+    )
     # the bound covers PostgreSQL's first start too (a new volume's initdb), which
     # under CI's load took over 3 s: short enough to keep the test quick, long enough for that
     env = {**env, "COLORGATE_HEALTH_TIMEOUT": "20", "COLORGATE_APP": str(app)}
@@ -49,7 +53,9 @@ def test_a_start_that_cannot_finish_is_torn_down(scratch, tmp_path):
     proc = invoke("up", env=env)
     assert proc.returncode == errors.FAILED
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("colorgate: backend_blue failed its health check for 20s (/api/missing: "), proc.stderr
+    assert last.startswith(
+        "colorgate: backend_blue failed its health check for 20s (/api/missing: "
+    ), proc.stderr
     assert "stopping what this run started (volumes kept)" in proc.stderr
     assert project_containers(settings) == {}, "containers left behind"
 
@@ -58,14 +64,20 @@ def test_bootstrap_twice_changes_nothing_the_second_time(settings):
     bootstrap.bootstrap(settings)  # whatever the machine had, it is now complete
     plugin = bootstrap.PLUGIN_DIR / "docker-compose"
     plugin_mtime = plugin.stat().st_mtime if plugin.exists() else None
-    base_ids = {b.name: images.image_id(settings, b.tag(settings.base_source)) for b in images.needed_bases(settings)}
+    base_ids = {
+        b.name: images.image_id(settings, b.tag(settings.base_source))
+        for b in images.needed_bases(settings)
+    }
 
     outcome = dict(bootstrap.bootstrap(settings))
 
     assert outcome["compose plugin"].startswith("present")
     assert outcome["base images"] == "present"
     assert (plugin.stat().st_mtime if plugin.exists() else None) == plugin_mtime
-    assert {b.name: images.image_id(settings, b.tag(settings.base_source)) for b in images.needed_bases(settings)} == base_ids
+    assert {
+        b.name: images.image_id(settings, b.tag(settings.base_source))
+        for b in images.needed_bases(settings)
+    } == base_ids
     assert all(base_ids.values())
 
 
@@ -78,13 +90,22 @@ def test_a_base_image_older_than_the_setting_is_made_again_and_a_younger_one_is_
     runner.run(["docker", "image", "tag", source, tag])
     try:
         copied = images.image_id(settings, tag)
-        assert images.refresh_bases(dataclasses.replace(settings, base_max_age=7 * 86400), [base]) == []
+        assert (
+            images.refresh_bases(dataclasses.replace(settings, base_max_age=7 * 86400), [base])
+            == []
+        )
         time.sleep(1.5)
-        assert images.refresh_bases(dataclasses.replace(settings, base_max_age=1), [base]) == [base.name]
-        assert images.image_id(settings, tag) != copied and images.base_ages(settings, [base])[base.name] < 120
+        assert images.refresh_bases(dataclasses.replace(settings, base_max_age=1), [base]) == [
+            base.name
+        ]
+        assert (
+            images.image_id(settings, tag) != copied
+            and images.base_ages(settings, [base])[base.name] < 120
+        )
         assert images.image_id(settings, source) == copied  # only the tag moved
-        assert runner.run(["docker", "run", "--rm", tag, "dpkg-query", "-W", "-f", "${Status}", "ca-certificates"]).stdout == (
-            "install ok installed")
+        assert runner.run(
+            ["docker", "run", "--rm", tag, "dpkg-query", "-W", "-f", "${Status}", "ca-certificates"]
+        ).stdout == ("install ok installed")
     finally:
         runner.run(["docker", "image", "rm", "--force", tag], check=False)
 
@@ -94,7 +115,10 @@ def test_releases_on_a_stack_that_is_not_up_say_so(scratch):
     for task in (["deploy"], ["switch", "--to", "green"], ["rollback", "--no-gates"]):
         proc = invoke(*task, env=env)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == errors.FAILED and lines[-1] == "colorgate: the edge is not running: start the stack with `invoke up`", (task, proc.stderr)
+        assert (
+            proc.returncode == errors.FAILED
+            and lines[-1] == "colorgate: the edge is not running: start the stack with `invoke up`"
+        ), (task, proc.stderr)
     assert project_containers(settings) == {}
 
 
@@ -115,8 +139,14 @@ networks:
   front: {}
   back: {internal: true}
 """)
-    proc = invoke("db.move", "--to", "postgresql://admin:pw@db.example.com:5432/app", env={**env, "COLORGATE_APP": str(app)})
+    proc = invoke(
+        "db.move",
+        "--to",
+        "postgresql://admin:pw@db.example.com:5432/app",
+        env={**env, "COLORGATE_APP": str(app)},
+    )
     assert proc.returncode == errors.FAILED and proc.stderr.strip().splitlines()[-1] == (
         "colorgate: worker uses the database but is on internal networks only, so it could not reach a managed one: "
-        "give it a network that is not internal in compose.yaml"), proc.stderr
+        "give it a network that is not internal in compose.yaml"
+    ), proc.stderr
     assert project_containers(settings) == {}

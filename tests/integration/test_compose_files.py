@@ -58,24 +58,42 @@ def split_app(request, tmp_path_factory):
     shutil.copytree(ROOT / "examples" / "static-site" / "site", app / "site")
     for name, text in FILES.items():
         (app / name).write_text(text)
-    settings = config.load("development", environ={**os.environ, **isolated_env("cf"), "COLORGATE_APP": str(app)})
+    settings = config.load(
+        "development", environ={**os.environ, **isolated_env("cf"), "COLORGATE_APP": str(app)}
+    )
     images.build_bases(settings, images.missing_bases(settings))
     with running_stack(request, settings):
         yield settings
 
 
-def test_an_app_split_over_include_extends_and_an_override_file_is_released_as_compose_reads_it(split_app):
+def test_an_app_split_over_include_extends_and_an_override_file_is_released_as_compose_reads_it(
+    split_app,
+):
     s = split_app
-    assert s.app.colored == ("site",) and s.app.services["site"]["build"]["context"] == str(s.app.directory / "site")
-    environment = dict(e.partition("=")[::2] for e in facts.inspect(s, facts.container(s, "site_blue"))["Config"]["Env"])
-    assert (environment["SITE_NAME"], environment["GREETING"], environment["COLORGATE_COLOR"]) == ("included", "from the override", "blue")
-    assert "!! services.site.ports: left out: the edge routes to it" in render.wiring(s.app)  # from the base file
+    assert s.app.colored == ("site",) and s.app.services["site"]["build"]["context"] == str(
+        s.app.directory / "site"
+    )
+    environment = dict(
+        e.partition("=")[::2]
+        for e in facts.inspect(s, facts.container(s, "site_blue"))["Config"]["Env"]
+    )
+    assert (environment["SITE_NAME"], environment["GREETING"], environment["COLORGATE_COLOR"]) == (
+        "included",
+        "from the override",
+        "blue",
+    )
+    assert "!! services.site.ports: left out: the edge routes to it" in render.wiring(
+        s.app
+    )  # from the base file
     assert {name for name, ports in facts.published_ports(s).items() if ports} == {"edge"}
     result = gates.run_gates(s, "pre or post", "blue", "v1")
     assert result.passed, result.first_failure()
     record = releases.deploy(s)
     assert (record.outcome, record.to_color) == ("switched", "green"), record.detail
-    green = dict(e.partition("=")[::2] for e in facts.inspect(s, facts.container(s, "site_green"))["Config"]["Env"])
+    green = dict(
+        e.partition("=")[::2]
+        for e in facts.inspect(s, facts.container(s, "site_green"))["Config"]["Env"]
+    )
     assert green["GREETING"] == "from the override"
 
 
@@ -83,6 +101,10 @@ def test_a_file_compose_cannot_read_is_one_line_naming_it(tmp_path):
     from deploy import contract
     from deploy.errors import ContractError
 
-    (tmp_path / "compose.yaml").write_text(FILES["compose.yaml"].replace("site.yaml", "missing.yaml"))
-    with pytest.raises(ContractError, match=r"^docker compose cannot read .*compose\.yaml: .*missing\.yaml"):
+    (tmp_path / "compose.yaml").write_text(
+        FILES["compose.yaml"].replace("site.yaml", "missing.yaml")
+    )
+    with pytest.raises(
+        ContractError, match=r"^docker compose cannot read .*compose\.yaml: .*missing\.yaml"
+    ):
         contract.load(tmp_path)

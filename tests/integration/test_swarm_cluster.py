@@ -23,15 +23,41 @@ def test_engines_in_containers_form_a_swarm_whose_services_answer_across_nodes()
     images.build_bases(settings, [python])
     tag = python.tag(settings.base_source)
     with swarm(settings, size=2) as cluster:
-        nodes = cluster.manager("node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.ManagerStatus}}").stdout.split("\n")
-        assert sorted(n.strip() for n in nodes if n.strip()) == ["node1 Ready Leader", "node2 Ready"], nodes
+        nodes = cluster.manager(
+            "node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.ManagerStatus}}"
+        ).stdout.split("\n")
+        assert sorted(n.strip() for n in nodes if n.strip()) == [
+            "node1 Ready Leader",
+            "node2 Ready",
+        ], nodes
         cluster.send_image(tag)
         cluster.manager("network", "create", "--driver", "overlay", "--attachable", "cgnet")
-        cluster.manager("service", "create", "--quiet", "--name", "web", "--network", "cgnet", "--replicas", "2",
-                        "--endpoint-mode", "dnsrr", "--placement-pref", "spread=node.hostname", tag,
-                        "python3", "-m", "http.server", "8000")
+        cluster.manager(
+            "service",
+            "create",
+            "--quiet",
+            "--name",
+            "web",
+            "--network",
+            "cgnet",
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--placement-pref",
+            "spread=node.hostname",
+            tag,
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        )
         tasks = cluster.wait_running("web", 2)
-        assert sorted(node for node, _ in tasks) == ["node1", "node2"], tasks  # spread: one on each node
+        assert sorted(node for node, _ in tasks) == ["node1", "node2"], (
+            tasks
+        )  # spread: one on each node
         # from a container on the manager, each task (one of them on the other node) answers by the service's name
-        answers = cluster.manager("run", "--rm", "--network", "cgnet", tag, "python3", "-c", CLIENT).stdout.split()
+        answers = cluster.manager(
+            "run", "--rm", "--network", "cgnet", tag, "python3", "-c", CLIENT
+        ).stdout.split()
         assert len(answers) == 2 and all(a.endswith("=200") for a in answers), answers

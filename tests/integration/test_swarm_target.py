@@ -25,10 +25,18 @@ from .swarm import IN_THE_CLEAR, swarm
 
 
 def test_an_engine_that_is_no_swarm_manager_is_one_line():
-    proc = invoke("status", env={**isolated_env("swn"), "COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm"})
+    proc = invoke(
+        "status",
+        env={
+            **isolated_env("swn"),
+            "COLORGATE_APP": "examples/static-site",
+            "COLORGATE_TARGET": "swarm",
+        },
+    )
     assert proc.returncode == errors.BAD_INPUT and proc.stderr.strip().splitlines() == [
         "colorgate: the engine at this machine is not a Swarm manager: run `docker swarm init` there (and join the other nodes), "
-        "or set COLORGATE_TARGET=compose"], proc.stderr
+        "or set COLORGATE_TARGET=compose"
+    ], proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,9 @@ def registry(cluster):
     path = f"{cluster.registry}/{run['COLORGATE_PROJECT']}"
     here = {**run, "COLORGATE_APP": "examples/static-site", "COLORGATE_REGISTRY": path}
     built = config.load("development", environ={**os.environ, **here})
-    images.build_bases(built, [images.BASES["nginx"], images.BASES["postgres"], images.BASES["certbot"]])
+    images.build_bases(
+        built, [images.BASES["nginx"], images.BASES["postgres"], images.BASES["certbot"]]
+    )
     try:
         for version in ("v1", "v2"):
             pushed = invoke("images.push", "--version", version, env=here)
@@ -57,13 +67,22 @@ def registry(cluster):
 
 
 def swarm_env(cluster, registry: str, tag: str) -> dict[str, str]:
-    return {**isolated_env(tag), **IN_THE_CLEAR, "COLORGATE_APP": "examples/static-site", "COLORGATE_TARGET": "swarm",
-            "COLORGATE_DOCKER_HOST": cluster.docker_host, "COLORGATE_BIND": cluster.address, "COLORGATE_REGISTRY": registry}
+    return {
+        **isolated_env(tag),
+        **IN_THE_CLEAR,
+        "COLORGATE_APP": "examples/static-site",
+        "COLORGATE_TARGET": "swarm",
+        "COLORGATE_DOCKER_HOST": cluster.docker_host,
+        "COLORGATE_BIND": cluster.address,
+        "COLORGATE_REGISTRY": registry,
+    }
 
 
 def answers(settings, n: int = 24) -> list:
     ca = tls.read_local_ca(settings)
-    with gates.edge_client(settings, ca, gate=True) as client:  # the gates are told which task answered
+    with gates.edge_client(
+        settings, ca, gate=True
+    ) as client:  # the gates are told which task answered
         return [client.get("/status.txt") for _ in range(n)]
 
 
@@ -76,7 +95,8 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster,
     assert refused.returncode == errors.BAD_INPUT
     assert refused.stderr.strip().splitlines()[-1] == (
         "colorgate: this Swarm has 2 nodes, which pull their images from a registry: set COLORGATE_REGISTRY "
-        "(and push with `invoke images.push`); images built on one engine exist only there"), refused.stderr
+        "(and push with `invoke images.push`); images built on one engine exist only there"
+    ), refused.stderr
     assert not swarm_target.services(settings)
     try:
         up = invoke("up", "--version", "v1", env=env)
@@ -85,18 +105,30 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster,
         scaled = invoke("scale", "site=3", env=env)
         assert scaled.returncode == 0, scaled.stderr
         running = swarm_target.services(settings)
-        assert running["site_blue"].running == 3 and len(set(running["site_blue"].addresses.values())) == 2, running["site_blue"]
+        assert (
+            running["site_blue"].running == 3
+            and len(set(running["site_blue"].addresses.values())) == 2
+        ), running["site_blue"]
         assert running["site_green"].replicas == 0
 
         deployed = invoke("deploy", "--version", "v2", env=env)
         assert deployed.returncode == 0, deployed.stderr
-        assert "pre gates on green (v2)" in deployed.stderr and "post gates on green (v2)" in deployed.stderr
+        assert (
+            "pre gates on green (v2)" in deployed.stderr
+            and "post gates on green (v2)" in deployed.stderr
+        )
         green = swarm_target.services(settings)["site_green"]
-        assert green.running == 3 and len(set(green.addresses.values())) == 2, green  # as many as the live color, both nodes
+        assert green.running == 3 and len(set(green.addresses.values())) == 2, (
+            green
+        )  # as many as the live color, both nodes
         served = answers(settings)
-        assert all(r.status_code == 200 and r.headers["x-colorgate-color"] == "green" for r in served), [r.status_code for r in served]
+        assert all(
+            r.status_code == 200 and r.headers["x-colorgate-color"] == "green" for r in served
+        ), [r.status_code for r in served]
         upstreams = {r.headers["x-colorgate-upstream"].rsplit(":", 1)[0] for r in served}
-        assert len(upstreams) == 3 and upstreams <= set(green.addresses), upstreams  # every task answered
+        assert len(upstreams) == 3 and upstreams <= set(green.addresses), (
+            upstreams
+        )  # every task answered
         assert len({green.addresses[a] for a in upstreams}) == 2  # from both nodes
         states = facts.service_states(settings)
         assert states["site_green"].version == "v2" and states["site_blue"].version == "v1"
@@ -109,14 +141,25 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster,
         assert edge.read_active(settings).color == "blue"
         assert all(r.headers["x-colorgate-color"] == "blue" for r in answers(settings, 6))
 
-        features = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "features/"],
-                                  env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
-                                  cwd=config.project_root())
+        features = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "features/"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=config.project_root(),
+        )
         assert features.returncode == 0, features.stdout[-3000:]
-        logs = invoke("logs", "edge", "--tail", "300", env=env)  # docker service logs: the edge's request log
+        logs = invoke(
+            "logs", "edge", "--tail", "300", env=env
+        )  # docker service logs: the edge's request log
         assert logs.returncode == 0 and "/status.txt" in logs.stdout, logs.stdout[-1000:]
         history = invoke("history", "--json", env=env)
-        assert [r["action"] for r in __import__("json").loads(history.stdout)][-3:] == ["scale", "deploy", "rollback"]
+        assert [r["action"] for r in __import__("json").loads(history.stdout)][-3:] == [
+            "scale",
+            "deploy",
+            "rollback",
+        ]
     finally:
         down = invoke("down", "--volumes", env=env)
         assert down.returncode == 0, down.stderr
@@ -143,7 +186,9 @@ class Load:
                 started = time.monotonic()
                 try:
                     r, kept = self.one(client, n)
-                    self.seen.append((time.monotonic(), r.status_code, kept, r.elapsed.total_seconds()))
+                    self.seen.append(
+                        (time.monotonic(), r.status_code, kept, r.elapsed.total_seconds())
+                    )
                 except Exception as exc:  # noqa: BLE001 - counted as a failed request
                     self.seen.append((time.monotonic(), 0, repr(exc), 0.0))
                 n += 1
@@ -194,9 +239,15 @@ class NewUsers(Load):
         return super().one(client, n)
 
 
-def test_a_canary_deploy_on_a_swarm_sends_its_share_of_users_to_the_candidate_then_everyone(cluster, registry):
-    env = {**swarm_env(cluster, registry, "swc"), "COLORGATE_ANALYSIS_INTERVALS": "1", "COLORGATE_ANALYSIS_SECONDS": "3",
-           "COLORGATE_ANALYSIS_MIN_REQUESTS": "1"}
+def test_a_canary_deploy_on_a_swarm_sends_its_share_of_users_to_the_candidate_then_everyone(
+    cluster, registry
+):
+    env = {
+        **swarm_env(cluster, registry, "swc"),
+        "COLORGATE_ANALYSIS_INTERVALS": "1",
+        "COLORGATE_ANALYSIS_SECONDS": "3",
+        "COLORGATE_ANALYSIS_MIN_REQUESTS": "1",
+    }
     settings = config.load("development", environ={**os.environ, **env})
     try:
         assert invoke("up", "--version", "v1", env=env).returncode == 0
@@ -205,9 +256,15 @@ def test_a_canary_deploy_on_a_swarm_sends_its_share_of_users_to_the_candidate_th
             time.sleep(1)
         assert deployed.returncode == 0, deployed.stderr[-3000:]
         last = edge.read_history(settings)[-1]
-        assert last["outcome"] == "switched" and [(s["percent"], s["verdict"]) for s in last["analysis"]["canary"]] == [(50, "passed")], last
-        assert not load.failed() and {s[2] for s in load.seen} == {"blue", "green"}, load.failed()[:5]
-        assert edge.read_active(settings).color == "green" and {s[2] for s in load.seen[-5:]} == {"green"}
+        assert last["outcome"] == "switched" and [
+            (s["percent"], s["verdict"]) for s in last["analysis"]["canary"]
+        ] == [(50, "passed")], last
+        assert not load.failed() and {s[2] for s in load.seen} == {"blue", "green"}, load.failed()[
+            :5
+        ]
+        assert edge.read_active(settings).color == "green" and {s[2] for s in load.seen[-5:]} == {
+            "green"
+        }
     finally:
         invoke("down", "--volumes", env=env)
 
@@ -215,7 +272,9 @@ def test_a_canary_deploy_on_a_swarm_sends_its_share_of_users_to_the_candidate_th
 ACME_DOMAIN = "colorgate-swarm.example"
 
 
-def test_tls_init_gets_the_edge_a_certificate_from_an_acme_ca_and_renew_renews_it_on_a_swarm(cluster, registry, tmp_path):
+def test_tls_init_gets_the_edge_a_certificate_from_an_acme_ca_and_renew_renews_it_on_a_swarm(
+    cluster, registry, tmp_path
+):
     """certbot runs as a one-off on the manager, with the edge's volumes (its webroot and
     certificates) there; the test CA (pebble, on this machine's loopback, reached from
     the manager's) fetches the HTTP-01 challenge from the edge on the manager."""
@@ -226,15 +285,29 @@ def test_tls_init_gets_the_edge_a_certificate_from_an_acme_ca_and_renew_renews_i
         cluster.publish_here(settings.http_port)
         try:
             assert invoke("up", "--version", "v1", env=env).returncode == 0
-            got = invoke("tls.init", "--email", f"ops@{ACME_DOMAIN}", "--directory", pebble["directory"],
-                         "--ca-bundle", str(pebble["endpoint_ca"]), env=env)
+            got = invoke(
+                "tls.init",
+                "--email",
+                f"ops@{ACME_DOMAIN}",
+                "--directory",
+                pebble["directory"],
+                "--ca-bundle",
+                str(pebble["endpoint_ca"]),
+                env=env,
+            )
             assert got.returncode == 0, got.stderr[-3000:]
             first = tls.status(settings)
-            assert first["source"] == "ACME" and "Pebble" in first["issuer"] and first["sans"] == [ACME_DOMAIN], first
+            assert (
+                first["source"] == "ACME"
+                and "Pebble" in first["issuer"]
+                and first["sans"] == [ACME_DOMAIN]
+            ), first
             renewed = invoke("tls.renew", env=env)  # 20 days left: inside certbot's window
             assert renewed.returncode == 0, renewed.stderr[-3000:]
             assert tls.status(settings)["serial"] != first["serial"]
-            served = gates.tls_handshake(settings.edge_address, settings.https_port, ACME_DOMAIN, pebble["root"].read_text())
+            served = gates.tls_handshake(
+                settings.edge_address, settings.https_port, ACME_DOMAIN, pebble["root"].read_text()
+            )
             assert served.ok, served.error
         finally:
             down = invoke("down", "--volumes", env=env)
@@ -257,8 +330,12 @@ def db_registry(cluster):
         remove_stack(built)  # the tags made here
 
 
-DB_APP = {"COLORGATE_APP": "examples/spa-api-postgres", "POSTGRES_DB": "app", "POSTGRES_USER": "app",
-          "POSTGRES_PASSWORD": "swarm-db-password-1234"}
+DB_APP = {
+    "COLORGATE_APP": "examples/spa-api-postgres",
+    "POSTGRES_DB": "app",
+    "POSTGRES_USER": "app",
+    "POSTGRES_PASSWORD": "swarm-db-password-1234",
+}
 
 
 class Writes(Load):
@@ -271,7 +348,9 @@ class Writes(Load):
         return r, r.json()["id"] if r.status_code == 201 else r.text[:100]
 
 
-def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when_a_worker_goes(cluster, db_registry):
+def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when_a_worker_goes(
+    cluster, db_registry
+):
     """Runs last in this module: it stops a node of the module's Swarm. The database is
     on the manager with its volume; its password and each color's database URL are
     Swarm secrets; migrations, backups, their verification and a restore are one-off
@@ -289,42 +368,101 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
             deployed = invoke("deploy", "--version", "v2", env=env)
             assert deployed.returncode == 0, deployed.stderr
             assert "post gates on green (v2)" in deployed.stderr
-            backed_up = invoke("db.backup", env=env)  # one-off tools on the manager, on the stack's networks
+            backed_up = invoke(
+                "db.backup", env=env
+            )  # one-off tools on the manager, on the stack's networks
             assert backed_up.returncode == 0, backed_up.stderr
             backup = re.search(r"^backup (\S+):", backed_up.stdout, re.MULTILINE).group(1)
             verified = invoke("db.verify", backup, env=env)
             assert verified.returncode == 0, verified.stderr
-            features = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "features/"],
-                                      env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=config.project_root())
+            features = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "features/"],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=600,
+                cwd=config.project_root(),
+            )
             assert features.returncode == 0, features.stdout[-3000:]
             green = swarm_target.services(settings)["backend_green"]
             assert green.running == 3 and len(set(green.addresses.values())) == 2, green
             # `logs all --follow`: every service's log side by side (not the first one's only), until interrupted
-            follow = subprocess.Popen([INVOKE, "logs", "all", "--follow", "--tail", "20"], env={**os.environ, **env}, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=config.project_root(), start_new_session=True)
+            follow = subprocess.Popen(
+                [INVOKE, "logs", "all", "--follow", "--tail", "20"],
+                env={**os.environ, **env},
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=config.project_root(),
+                start_new_session=True,
+            )
             time.sleep(8)
             os.killpg(follow.pid, signal.SIGINT)
             followed = follow.communicate(timeout=30)[0]
-            assert "colorgate sample api: color=green" in followed and "/api/notes" in followed, followed[-2000:]
+            assert "colorgate sample api: color=green" in followed and "/api/notes" in followed, (
+                followed[-2000:]
+            )
             worker = swarm_target.node_addresses(swarm_target.nodes(settings))["node2"]
             # anything on a worker that answers on the database port fails the gate, which asks every node
-            runner.run(["docker", "exec", "--detach", cluster.nodes[1], "socat", "TCP-LISTEN:5432,fork,reuseaddr", "SYSTEM:true"])
+            runner.run(
+                [
+                    "docker",
+                    "exec",
+                    "--detach",
+                    cluster.nodes[1],
+                    "socat",
+                    "TCP-LISTEN:5432,fork,reuseaddr",
+                    "SYSTEM:true",
+                ]
+            )
             try:
                 while not facts.tcp_connects(worker, 5432, timeout=0.5):
                     time.sleep(0.1)
-                caught = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "features/",
-                                         "-k", "answers_on_the_database_port"], env={**os.environ, **env}, capture_output=True,
-                                        text=True, timeout=300, cwd=config.project_root())
-                assert caught.returncode == 1 and f"{worker}:5432 accepted a connection" in caught.stdout, caught.stdout[-2000:]
+                caught = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pytest",
+                        "-q",
+                        "-p",
+                        "no:cacheprovider",
+                        "features/",
+                        "-k",
+                        "answers_on_the_database_port",
+                    ],
+                    env={**os.environ, **env},
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    cwd=config.project_root(),
+                )
+                assert (
+                    caught.returncode == 1
+                    and f"{worker}:5432 accepted a connection" in caught.stdout
+                ), caught.stdout[-2000:]
             finally:
-                runner.run(["docker", "exec", cluster.nodes[1], "pkill", "-f", "TCP-LISTEN:5432"], check=False)
+                runner.run(
+                    ["docker", "exec", cluster.nodes[1], "pkill", "-f", "TCP-LISTEN:5432"],
+                    check=False,
+                )
             # a worker goes, with its tasks of the live color, while the next release starts its candidate there: the
             # candidate converges on the node left and passes its gates, or fails them with traffic where it was
-            release = subprocess.Popen([INVOKE, "deploy", "--version", "v3"], env={**os.environ, **env}, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=config.project_root())
+            release = subprocess.Popen(
+                [INVOKE, "deploy", "--version", "v3"],
+                env={**os.environ, **env},
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=config.project_root(),
+            )
             deadline = time.monotonic() + 180
-            while release.poll() is None and swarm_target.services(settings)["backend_blue"].replicas == 0:
-                assert time.monotonic() < deadline, "the release did not start its candidate within 180 s"
+            while (
+                release.poll() is None
+                and swarm_target.services(settings)["backend_blue"].replicas == 0
+            ):
+                assert time.monotonic() < deadline, (
+                    "the release did not start its candidate within 180 s"
+                )
                 time.sleep(0.2)
             lost_at = time.monotonic()
             runner.run(["docker", "stop", "--time", "1", cluster.nodes[1]])
@@ -332,12 +470,16 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
             took = time.monotonic() - lost_at
             time.sleep(max(0.0, lost_at + 20 - time.monotonic()))
         live = edge.read_active(settings)
-        assert (live.color, live.version) == (("blue", "v3") if release.returncode == 0 else ("green", "v2")), released[-3000:]
+        assert (live.color, live.version) == (
+            ("blue", "v3") if release.returncode == 0 else ("green", "v2")
+        ), released[-3000:]
         # a node lost while the Swarm starts the candidate ends that wait at once, not at its 120 s bound
         assert "waiting for the Swarm to run" not in released, released[-3000:]
         acknowledged = {s[2] for s in writes.seen if s[1] == 201}
         after = [s for s in writes.seen if s[0] >= lost_at]
-        assert not [s for s in writes.failed() if s[0] < lost_at], writes.failed()[:5]  # the deploy, gates and backup: none
+        assert not [s for s in writes.failed() if s[0] < lost_at], writes.failed()[
+            :5
+        ]  # the deploy, gates and backup: none
         # a write in flight to a task on the worker when it went gets a 502 or no answer (never acknowledged:
         # nginx does not send a POST again); every later one is answered
         in_flight = writes.failed(lost_at)
@@ -348,24 +490,51 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
         assert acknowledged <= stored and len(acknowledged) > 300, len(acknowledged - stored)
         # the database tasks that change it: one-off containers on the manager, as db.backup's
         assert invoke("db.migrate", env=env).stdout.strip() == "at head"
-        restored = invoke("db.restore", backup, env=env)  # the backup taken mid-load: the notes written since go
+        restored = invoke(
+            "db.restore", backup, env=env
+        )  # the backup taken mid-load: the notes written since go
         assert restored.returncode == 0, restored.stderr
         with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
             kept = {note["id"] for note in client.get("/api/notes").json()}
         assert kept < stored and len(kept) > 10, (len(kept), len(stored))
-        secrets = runner.engine(settings.docker_host, "secrets", filters={"label": f"com.docker.stack.namespace={settings.project}"})
+        secrets = runner.engine(
+            settings.docker_host,
+            "secrets",
+            filters={"label": f"com.docker.stack.namespace={settings.project}"},
+        )
         assert len(secrets) >= 3  # the password, each color's URL
-        assert settings.postgres_password and not any(  # named by a salted digest: not the value's plain one
-            s["Spec"]["Name"] == swarm_target.secret_name(settings.project, "secrets-db", "postgres_password", settings.postgres_password)
-            for s in secrets)
-        print(f"\nswarm with its database: {len(acknowledged)} writes acknowledged, all stored; {len(after)} after a worker "
-              f"stopped, {len(in_flight)} in flight to it failed unacknowledged, the slowest answer {max(s[3] for s in after):.2f}s; "
-              f"the release under way {'switched to' if release.returncode == 0 else 'failed, traffic stayed on'} {live.color} "
-              f"{took:.0f} s after the worker stopped "
-              f"({released.strip().splitlines()[-1][:300]})")
+        assert (
+            settings.postgres_password
+            and not any(  # named by a salted digest: not the value's plain one
+                s["Spec"]["Name"]
+                == swarm_target.secret_name(
+                    settings.project, "secrets-db", "postgres_password", settings.postgres_password
+                )
+                for s in secrets
+            )
+        )
+        print(
+            f"\nswarm with its database: {len(acknowledged)} writes acknowledged, all stored; {len(after)} after a worker "
+            f"stopped, {len(in_flight)} in flight to it failed unacknowledged, the slowest answer {max(s[3] for s in after):.2f}s; "
+            f"the release under way {'switched to' if release.returncode == 0 else 'failed, traffic stayed on'} {live.color} "
+            f"{took:.0f} s after the worker stopped "
+            f"({released.strip().splitlines()[-1][:300]})"
+        )
     finally:
         down = invoke("down", "--volumes", env=env)
         assert down.returncode == 0, down.stderr
-    assert not runner.engine(settings.docker_host, "secrets", filters={"label": f"com.docker.stack.namespace={settings.project}"})
-    assert not runner.engine(settings.docker_host, "configs", filters={"label": f"com.docker.stack.namespace={settings.project}"})
-    assert not runner.engine(settings.docker_host, "volumes", filters={"label": f"com.docker.compose.project={settings.project}"}).get("Volumes")
+    assert not runner.engine(
+        settings.docker_host,
+        "secrets",
+        filters={"label": f"com.docker.stack.namespace={settings.project}"},
+    )
+    assert not runner.engine(
+        settings.docker_host,
+        "configs",
+        filters={"label": f"com.docker.stack.namespace={settings.project}"},
+    )
+    assert not runner.engine(
+        settings.docker_host,
+        "volumes",
+        filters={"label": f"com.docker.compose.project={settings.project}"},
+    ).get("Volumes")

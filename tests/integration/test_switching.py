@@ -41,8 +41,9 @@ def ca(settings):
 
 def connect(settings, ca, timeout=10) -> http.client.HTTPSConnection:
     """One keep-alive HTTP/1.1 connection to the edge; the caller never retries on it."""
-    return http.client.HTTPSConnection(settings.edge_address, settings.https_port, timeout=timeout,
-                                       context=tls.client_context(ca))
+    return http.client.HTTPSConnection(
+        settings.edge_address, settings.https_port, timeout=timeout, context=tls.client_context(ca)
+    )
 
 
 def request(conn, method, path, body=None) -> tuple[int, dict[str, str], bytes]:
@@ -60,16 +61,20 @@ def live(settings):
 
 def test_a_routing_file_that_is_not_valid_is_refused_before_it_reaches_the_edge(settings, ca):
     before = live(settings)
-    for text, why in (("color=red\nversion=v1\n", "the line 'color=red' is not valid there"),
-                      ('set $cg_color "blue";\n', "is not valid there"),
-                      ("color=blue\n", "it has no 'version=' line")):
+    for text, why in (
+        ("color=red\nversion=v1\n", "the line 'color=red' is not valid there"),
+        ('set $cg_color "blue";\n', "is not valid there"),
+        ("color=blue\n", "it has no 'version=' line"),
+    ):
         with pytest.raises(CommandError) as err:
             edge.in_edge(settings, edge.switch_cmd(text))
         assert err.value.returncode == 3 and why in err.value.stderr
     assert live(settings) == before
     conn = connect(settings, ca)
     status, headers, body = request(conn, "GET", "/api/version")
-    assert status == 200 and json.loads(body)["color"] == before.color == headers["x-colorgate-color"]
+    assert (
+        status == 200 and json.loads(body)["color"] == before.color == headers["x-colorgate-color"]
+    )
 
 
 class NoRetryClients:
@@ -83,7 +88,9 @@ class NoRetryClients:
         self.failed: list[str] = []
         self.colors: set[str] = set()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(count)]
+        self.threads = [
+            threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(count)
+        ]
 
     def run(self, i: int) -> None:
         conn = connect(self.settings, self.ca)
@@ -92,7 +99,9 @@ class NoRetryClients:
             n += 1
             try:
                 if n % 3 == 0:
-                    status, headers, _ = request(conn, "POST", "/api/notes", {"body": f"client {i} #{n}"})
+                    status, headers, _ = request(
+                        conn, "POST", "/api/notes", {"body": f"client {i} #{n}"}
+                    )
                     good = status == 201
                 else:
                     status, headers, _ = request(conn, "GET", "/api/version")
@@ -107,7 +116,9 @@ class NoRetryClients:
                 with self.lock:
                     self.failed.append(f"{type(exc).__name__}: {exc} on request {n} of client {i}")
                 conn.close()
-                conn = connect(self.settings, self.ca)  # a new connection, not a retry of that request
+                conn = connect(
+                    self.settings, self.ca
+                )  # a new connection, not a retry of that request
 
     def __enter__(self):
         for t in self.threads:
@@ -125,12 +136,17 @@ def test_clients_that_never_retry_lose_nothing_across_switches(settings, ca):
     with NoRetryClients(settings, ca) as clients:
         time.sleep(0.5)
         color = start.color
-        versions = {start.color: start.version, other(start.color): "v1" if start.version == "v2" else "v2"}
+        versions = {
+            start.color: start.version,
+            other(start.color): "v1" if start.version == "v2" else "v2",
+        }
         for _ in range(10):
             color = other(color)
             edge.write_active(settings, color, versions[color])
             time.sleep(0.3)
-    assert clients.failed == [], f"{len(clients.failed)} of {clients.ok + len(clients.failed)} lost: {clients.failed[:5]}"
+    assert clients.failed == [], (
+        f"{len(clients.failed)} of {clients.ok + len(clients.failed)} lost: {clients.failed[:5]}"
+    )
     assert clients.ok > 100 and clients.colors == {"blue", "green"}
     assert live(settings) == start  # an even number of switches
 
@@ -177,10 +193,17 @@ def test_a_write_still_held_at_the_bound_is_answered_503_with_retry_after(settin
         took = time.monotonic() - began
     finally:
         edge.set_frozen(settings, False)
-    assert status == 503 and headers["retry-after"] == "5" and "writes are paused" in json.loads(body)["error"]
+    assert (
+        status == 503
+        and headers["retry-after"] == "5"
+        and "writes are paused" in json.loads(body)["error"]
+    )
     assert 1.9 < took < 3.5
     # the edge's own answers carry its security headers too
-    assert headers["strict-transport-security"] == "max-age=63072000" and headers["x-content-type-options"] == "nosniff"
+    assert (
+        headers["strict-transport-security"] == "max-age=63072000"
+        and headers["x-content-type-options"] == "nosniff"
+    )
 
 
 def test_an_edge_restarted_after_a_switch_serves_the_color_switched_to(settings, ca):
@@ -195,7 +218,9 @@ def test_an_edge_restarted_after_a_switch_serves_the_color_switched_to(settings,
     assert headers["x-colorgate-color"] == to and live(settings) == edge.Active(to, versions[to])
 
 
-def test_a_stream_survives_switches_and_closes_within_the_drain_bound_when_its_color_stops(settings, ca):
+def test_a_stream_survives_switches_and_closes_within_the_drain_bound_when_its_color_stops(
+    settings, ca
+):
     start = live(settings)
     to = other(start.color)
     versions = {start.color: start.version, to: "v1" if start.version == "v2" else "v2"}
@@ -234,4 +259,6 @@ def test_a_stream_survives_switches_and_closes_within_the_drain_bound_when_its_c
     reader.join(timeout=30)
     closed = ended["at"] - began
     # the bound, then what is left of it as the containers' grace (at least 1 s), and compose's own start-up
-    assert drain - 0.5 < closed < drain + 4, f"the stream closed {closed:.1f}s after the stop began (drain bound {drain}s)"
+    assert drain - 0.5 < closed < drain + 4, (
+        f"the stream closed {closed:.1f}s after the stop began (drain bound {drain}s)"
+    )

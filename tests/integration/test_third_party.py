@@ -25,8 +25,12 @@ ROOT = config.project_root()
 def miniflux(request):
     # the admin's password as Miniflux's documented compose file sets it, for its own gate;
     # that file keeps it in the environment, which the operator accepts (see the gates' test)
-    env = {**isolated_env("mf"), "COLORGATE_APP": str(ROOT / "examples" / "miniflux"), "COLORGATE_GATE_ADMIN_PASSWORD": "test123",
-           "COLORGATE_SECRETS_IN_ENV": "allow"}
+    env = {
+        **isolated_env("mf"),
+        "COLORGATE_APP": str(ROOT / "examples" / "miniflux"),
+        "COLORGATE_GATE_ADMIN_PASSWORD": "test123",
+        "COLORGATE_SECRETS_IN_ENV": "allow",
+    }
     settings = config.load("development", environ={**os.environ, **env})
     images.build_bases(settings, images.missing_bases(settings))
     with running_stack(request, settings):
@@ -43,16 +47,28 @@ def test_miniflux_from_debian_runs_on_the_stacks_database_as_its_own_role(minifl
     states = facts.service_states(s)
     assert {n for n in states} == {"edge", "db", "miniflux_blue"} and states["miniflux_blue"].ready
     # the URL its compose file writes (with `secret`) is gone; Miniflux reads the stack's from the file
-    environment = dict(e.partition("=")[::2] for e in facts.inspect(s, facts.container(s, "miniflux_blue"))["Config"]["Env"])
-    assert "DATABASE_URL" not in environment and environment["DATABASE_URL_FILE"] == "/run/colorgate-secrets/database_url"
+    environment = dict(
+        e.partition("=")[::2]
+        for e in facts.inspect(s, facts.container(s, "miniflux_blue"))["Config"]["Env"]
+    )
+    assert (
+        "DATABASE_URL" not in environment
+        and environment["DATABASE_URL_FILE"] == "/run/colorgate-secrets/database_url"
+    )
     assert environment["RUN_MIGRATIONS"] == "1"
     # its database sits on Colorgate's internal network with it (the file names no networks)
     assert {n.name for n in facts.service_networks(s, "db")} == {f"{s.project}_colorgate-db"}
     assert api(s, "GET", "/v1/me").json()["username"] == "admin"
     # render says what it replaced
     wired = render.wiring(s.app)
-    assert "!! services.miniflux.environment.DATABASE_URL: the value written there is removed: the app reads its URL from the file" in wired
-    assert "!! services.db.environment.POSTGRES_PASSWORD: the value written there is replaced by Colorgate's" in wired
+    assert (
+        "!! services.miniflux.environment.DATABASE_URL: the value written there is removed: the app reads its URL from the file"
+        in wired
+    )
+    assert (
+        "!! services.db.environment.POSTGRES_PASSWORD: the value written there is replaced by Colorgate's"
+        in wired
+    )
 
 
 def test_miniflux_passes_the_built_in_gates_and_its_own_write_and_read_back(miniflux):
@@ -64,8 +80,12 @@ def test_miniflux_passes_the_built_in_gates_and_its_own_write_and_read_back(mini
     assert not refused.passed and "{'miniflux_blue': ['ADMIN_PASSWORD']}" in refused.first_failure()
     assert result.passed, result.first_failure()
     ran = {x.name for x in result.scenarios}
-    assert {"A category written through the API is read back and removed", "The API knows the admin",
-            "The candidate answers its health check", "The app reaches its database as its own role"} <= ran
+    assert {
+        "A category written through the API is read back and removed",
+        "The API knows the admin",
+        "The candidate answers its health check",
+        "The app reaches its database as its own role",
+    } <= ran
     report = result.report.read_text()
     assert "test123" not in report and "test123" not in result.output  # the gate's secret is masked
 
@@ -84,5 +104,8 @@ def test_miniflux_deploys_rolls_back_and_backs_up_with_its_data(miniflux):
     again = invoke("switch", "--to", "green", env=env)
     assert again.returncode == 0 and "switched" in again.stdout, again.stderr[-2000:]
     manifest = db.backup(s)
-    assert manifest["counts"]["public.categories"] >= 2 and "public.schema_version" in manifest["counts"]
+    assert (
+        manifest["counts"]["public.categories"] >= 2
+        and "public.schema_version" in manifest["counts"]
+    )
     assert db.verify(s, manifest["name"]).usable

@@ -73,15 +73,27 @@ def _github_env(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
-def run_job(workflow: Path, job: str, *, inputs: dict[str, str], secrets: dict[str, str], github: dict[str, str],
-            workspace: Path, base_env: dict[str, str], actions: dict[str, Callable[[dict], int]], scratch: Path,
-            timeout: float = 900) -> tuple[list[Step], str]:
+def run_job(
+    workflow: Path,
+    job: str,
+    *,
+    inputs: dict[str, str],
+    secrets: dict[str, str],
+    github: dict[str, str],
+    workspace: Path,
+    base_env: dict[str, str],
+    actions: dict[str, Callable[[dict], int]],
+    scratch: Path,
+    timeout: float = 900,
+) -> tuple[list[Step], str]:
     """Run `job` of `workflow` in `workspace`; returns each step's outcome and the job
     summary it wrote. `actions` maps an action's name (before the @) to its stand-in,
     given the step's `with:` (expressions substituted) and returning an exit code."""
     doc = yaml.safe_load(workflow.read_text())
     declared = doc[True]["workflow_call"]  # `on:` reads as True in YAML 1.1
-    given = {name: str(spec.get("default", "")) for name, spec in declared["inputs"].items()} | inputs
+    given = {
+        name: str(spec.get("default", "")) for name, spec in declared["inputs"].items()
+    } | inputs
     spec = doc["jobs"][job]
     scratch.mkdir(parents=True, exist_ok=True)
     github_env, summary = scratch / "github_env", scratch / "step_summary"
@@ -89,7 +101,9 @@ def run_job(workflow: Path, job: str, *, inputs: dict[str, str], secrets: dict[s
     summary.write_text("")
     contexts = {"inputs": given, "secrets": secrets, "github": github, "env": {}}
     job_env = {k: substitute(str(v), contexts) for k, v in (spec.get("env") or {}).items()}
-    directory = substitute(((spec.get("defaults") or {}).get("run") or {}).get("working-directory", "."), contexts)
+    directory = substitute(
+        ((spec.get("defaults") or {}).get("run") or {}).get("working-directory", "."), contexts
+    )
     steps, failed = [], False
     for number, step in enumerate(spec["steps"]):
         name = step.get("name") or step.get("uses") or f"step {number}"
@@ -106,15 +120,30 @@ def run_job(workflow: Path, job: str, *, inputs: dict[str, str], secrets: dict[s
         step_env = {k: substitute(str(v), contexts) for k, v in (step.get("env") or {}).items()}
         if "uses" in step:
             action = step["uses"].split("@")[0]
-            code = actions[action]({k: substitute(str(v), contexts) for k, v in (step.get("with") or {}).items()})
+            code = actions[action](
+                {k: substitute(str(v), contexts) for k, v in (step.get("with") or {}).items()}
+            )
             steps.append(Step(name, ran=True, code=code))
         else:
             script = scratch / f"step-{number}.sh"
             script.write_text(substitute(step["run"], contexts))
-            env = {**base_env, **contexts["env"], **step_env, "GITHUB_ENV": str(github_env),
-                   "GITHUB_STEP_SUMMARY": str(summary), "CI": "true", "GITHUB_ACTIONS": "true"}
-            proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], cwd=workspace / directory,
-                                  env=env, capture_output=True, text=True, timeout=timeout)
+            env = {
+                **base_env,
+                **contexts["env"],
+                **step_env,
+                "GITHUB_ENV": str(github_env),
+                "GITHUB_STEP_SUMMARY": str(summary),
+                "CI": "true",
+                "GITHUB_ACTIONS": "true",
+            }
+            proc = subprocess.run(
+                ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+                cwd=workspace / directory,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             code = proc.returncode
             steps.append(Step(name, ran=True, code=code, output=proc.stdout + proc.stderr))
         failed = failed or code != 0
@@ -124,4 +153,8 @@ def run_job(workflow: Path, job: str, *, inputs: dict[str, str], secrets: dict[s
 def environment_without_colorgate() -> dict[str, str]:
     """This process's environment less what would reach past the workflow: Colorgate's
     and PostgreSQL's settings, and this virtualenv."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("COLORGATE_", "POSTGRES_", "VIRTUAL_ENV", "PYTHON"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COLORGATE_", "POSTGRES_", "VIRTUAL_ENV", "PYTHON"))
+    }

@@ -10,6 +10,7 @@ import re
 
 from deploy import errors
 from deploy.release import history, plans
+from deploy.edge import locking
 
 
 class Recording:
@@ -27,13 +28,18 @@ class Recording:
                 raise errors.GateFailed(f"{name} failed")
             if how == "flipped":  # post gates failed after the switch, and traffic went back
                 self._record.outcome = "rolled back"
-                raise errors.FlippedBack(f"post gates failed; traffic is back on {self._record.from_color}")
+                raise errors.FlippedBack(
+                    f"post gates failed; traffic is back on {self._record.from_color}"
+                )
             if how == "interrupt":
                 raise errors.Interrupted("SIGTERM")
+
         return step
 
 
-def check_case(case: dict, steps: tuple[str, ...], undo, outcome: str, action: str = "op", phases: bool = True) -> None:
+def check_case(
+    case: dict, steps: tuple[str, ...], undo, outcome: str, action: str = "op", phases: bool = True
+) -> None:
     """Run a case of a plan's case file through plans.execute with a Recording, settle
     its record as `recorded` does, and check the calls in order, the outcome, and (when
     the case gives them) the record's detail and the message the operator reads. Without
@@ -45,8 +51,11 @@ def check_case(case: dict, steps: tuple[str, ...], undo, outcome: str, action: s
         record.outcome = outcome
     except (errors.ColorgateError, KeyboardInterrupt) as exc:
         raised = exc
-    history.settle(record, raised)
-    assert do.calls == case["calls"] and record.outcome == case["outcome"], (do.calls, record.outcome)
+    locking.settle(record, raised)
+    assert do.calls == case["calls"] and record.outcome == case["outcome"], (
+        do.calls,
+        record.outcome,
+    )
     assert (raised is None) == ("fail" not in case)
     if "detail" in case:
         assert record.detail == case["detail"]

@@ -13,14 +13,20 @@ from deploy.release import canary
 from deploy.errors import ColorgateError
 
 
-@pytest.mark.parametrize("text, shares", [("10", (10,)), ("10,50", (10, 50)), (" 5, 25 ,75", (5, 25, 75)), ("1,99", (1, 99))])
+@pytest.mark.parametrize(
+    "text, shares",
+    [("10", (10,)), ("10,50", (10, 50)), (" 5, 25 ,75", (5, 25, 75)), ("1,99", (1, 99))],
+)
 def test_shares_are_rising_percentages_below_100(text, shares):
     assert canary.parse_percents(text) == shares
 
 
 @pytest.mark.parametrize("text", ["", "0", "100", "50,10", "10,10", "ten", "10;50", "-5"])
 def test_anything_else_is_refused_in_one_line_with_the_fix(text):
-    with pytest.raises(ColorgateError, match=r"is not a list of rising shares of users: give percentages from 1 to 99"):
+    with pytest.raises(
+        ColorgateError,
+        match=r"is not a list of rising shares of users: give percentages from 1 to 99",
+    ):
         canary.parse_percents(text)
 
 
@@ -28,30 +34,67 @@ def write(tmp_path, text: str, guard: bool = False) -> subprocess.CompletedProce
     """The edge's write of the canary file, run on a directory here (no waiting for the edge)."""
     script = (edge.CANARY_GUARD + edge.WRITE_SCRIPT).replace(edge.STATE_DIR, str(tmp_path))
     path = edge.CANARY_FILE.replace(edge.STATE_DIR, str(tmp_path))
-    return subprocess.run(["sh", "-c", script, "canary", path, edge.CANARY_LINES, "color version percent offset" if text else "", "", text,
-                           "next" if guard else ""], capture_output=True, text=True)
+    return subprocess.run(
+        [
+            "sh",
+            "-c",
+            script,
+            "canary",
+            path,
+            edge.CANARY_LINES,
+            "color version percent offset" if text else "",
+            "",
+            text,
+            "next" if guard else "",
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_the_state_file_round_trips_and_the_edge_refuses_one_that_is_not_valid(tmp_path):
     text = edge.render_canary("green", "v2", 10, 37, 1796000000)
     assert write(tmp_path, text).returncode == 0
     found = edge.parse_canary((tmp_path / "canary").read_text())
-    assert (found["color"], found["version"], found["percent"], found["offset"], found["decision"]) == ("green", "v2", 10, 37, "")
+    assert (
+        found["color"],
+        found["version"],
+        found["percent"],
+        found["offset"],
+        found["decision"],
+    ) == ("green", "v2", 10, 37, "")
     refused = write(tmp_path, text.replace("percent=10", "percent=100"))
     assert refused.returncode == 3 and "the line 'percent=100' is not valid there" in refused.stderr
-    assert edge.parse_canary((tmp_path / "canary").read_text())["percent"] == 10  # the old one stays
+    assert (
+        edge.parse_canary((tmp_path / "canary").read_text())["percent"] == 10
+    )  # the old one stays
     assert write(tmp_path, "").returncode == 0 and not (tmp_path / "canary").exists()
     assert edge.parse_canary("") is None
 
 
 def test_a_later_step_does_not_overwrite_an_abort_or_a_promote(tmp_path):
-    assert write(tmp_path, edge.render_canary("green", "v2", 50, 37, 1796000000), guard=True).returncode == 5  # aborted: no file
+    assert (
+        write(
+            tmp_path, edge.render_canary("green", "v2", 50, 37, 1796000000), guard=True
+        ).returncode
+        == 5
+    )  # aborted: no file
     assert not (tmp_path / "canary").exists()
     write(tmp_path, edge.render_canary("green", "v2", 10, 37, 1796000000, decision="promote"))
-    assert write(tmp_path, edge.render_canary("green", "v2", 50, 37, 1796000000), guard=True).returncode == 5  # decided
+    assert (
+        write(
+            tmp_path, edge.render_canary("green", "v2", 50, 37, 1796000000), guard=True
+        ).returncode
+        == 5
+    )  # decided
     assert edge.parse_canary((tmp_path / "canary").read_text())["decision"] == "promote"
     write(tmp_path, edge.render_canary("green", "v2", 10, 37, 1796000000))
-    assert write(tmp_path, edge.render_canary("green", "v2", 50, 37, 1796000000), guard=True).returncode == 0
+    assert (
+        write(
+            tmp_path, edge.render_canary("green", "v2", 50, 37, 1796000000), guard=True
+        ).returncode
+        == 0
+    )
     assert edge.parse_canary((tmp_path / "canary").read_text())["percent"] == 50
 
 

@@ -27,7 +27,10 @@ def test_other():
 def test_render_then_parse_round_trip():
     text = edge.render_live("green", "v12")
     # the routing data is only the color and version: the routes come from the app's contract
-    assert [line for line in text.splitlines() if not line.startswith("#")] == ["color=green", "version=v12"]
+    assert [line for line in text.splitlines() if not line.startswith("#")] == [
+        "color=green",
+        "version=v12",
+    ]
     assert edge.parse_active(text) == edge.Active("green", "v12")
 
 
@@ -55,15 +58,25 @@ def write(tmp_path, cmd):
     path = tmp_path / "live"
     sh, flag, script, name, _path, lines, keys, _expect, text = cmd
     assert (sh, flag) == ("sh", "-c")
-    return subprocess.run(["sh", "-c", script, name, str(path), lines, keys, "", text], text=True, capture_output=True), path
+    return subprocess.run(
+        ["sh", "-c", script, name, str(path), lines, keys, "", text], text=True, capture_output=True
+    ), path
 
 
 def test_a_switch_is_one_command_in_the_edge_with_the_file_as_an_argument():
     cmd = edge.switch_cmd(edge.render_live("green", "v2"), expect="color=green")
-    assert cmd[:2] == ["sh", "-c"] and cmd[4] == edge.LIVE_FILE and cmd[-2:] == ["color=green", edge.render_live("green", "v2")]
+    assert (
+        cmd[:2] == ["sh", "-c"]
+        and cmd[4] == edge.LIVE_FILE
+        and cmd[-2:] == ["color=green", edge.render_live("green", "v2")]
+    )
     # no reload: the edge reads the file on the next request
     assert "nginx" not in cmd[2]
-    assert edge.read_file_cmd(edge.LIVE_FILE) == ["sh", "-c", f"cat {edge.LIVE_FILE} 2>/dev/null || true"]
+    assert edge.read_file_cmd(edge.LIVE_FILE) == [
+        "sh",
+        "-c",
+        f"cat {edge.LIVE_FILE} 2>/dev/null || true",
+    ]
 
 
 def test_a_valid_live_file_is_renamed_into_place(tmp_path):
@@ -73,13 +86,19 @@ def test_a_valid_live_file_is_renamed_into_place(tmp_path):
     assert not path.with_name("live.new").exists()
 
 
-@pytest.mark.parametrize("text, why", [
-    ("color=red\nversion=v1\n", "the line 'color=red' is not valid there"),
-    ("color=blue\n", "it has no 'version=' line"),
-    ("color=blue\nversion=v1\nproxy_pass http://evil;\n", "the line 'proxy_pass http://evil;' is not valid there"),
-    ('set $cg_color "blue";\n', "is not valid there"),
-    ("color=blue\nversion=v1 x\n", "the line 'version=v1 x' is not valid there"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("color=red\nversion=v1\n", "the line 'color=red' is not valid there"),
+        ("color=blue\n", "it has no 'version=' line"),
+        (
+            "color=blue\nversion=v1\nproxy_pass http://evil;\n",
+            "the line 'proxy_pass http://evil;' is not valid there",
+        ),
+        ('set $cg_color "blue";\n', "is not valid there"),
+        ("color=blue\nversion=v1 x\n", "the line 'version=v1 x' is not valid there"),
+    ],
+)
 def test_a_malformed_live_file_is_refused_and_the_old_one_stays(tmp_path, text, why):
     ok, path = write(tmp_path, edge.switch_cmd(edge.render_live("blue", "v1")))
     assert ok.returncode == 0
@@ -90,11 +109,17 @@ def test_a_malformed_live_file_is_refused_and_the_old_one_stays(tmp_path, text, 
 
 
 def test_a_database_restart_holds_requests_as_long_as_the_database_is_awaited_a_write_freeze_for_the_hold():
-    s = config.load("development", root=config.project_root(),
-                    environ={"COLORGATE_HOLD_SECONDS": "5", "COLORGATE_HEALTH_TIMEOUT": "90"})
+    s = config.load(
+        "development",
+        root=config.project_root(),
+        environ={"COLORGATE_HOLD_SECONDS": "5", "COLORGATE_HEALTH_TIMEOUT": "90"},
+    )
     assert edge.freeze_hold(s) == 5 and edge.freeze_hold(s, database=True) == 90
-    longer = config.load("development", root=config.project_root(),
-                         environ={"COLORGATE_HOLD_SECONDS": "120", "COLORGATE_HEALTH_TIMEOUT": "90"})
+    longer = config.load(
+        "development",
+        root=config.project_root(),
+        environ={"COLORGATE_HOLD_SECONDS": "120", "COLORGATE_HEALTH_TIMEOUT": "90"},
+    )
     assert edge.freeze_hold(longer, database=True) == 120
 
 
@@ -111,12 +136,20 @@ def test_freeze_file_holds_for_the_bound_and_empty_text_removes_it(tmp_path):
 
 
 def test_maintenance_file_carries_retry_and_message_and_refuses_markup(tmp_path):
-    text = edge.render_maintenance("Back at 14:00: upgrading the database", 120, "2026-11-30T12:00:00+00:00")
+    text = edge.render_maintenance(
+        "Back at 14:00: upgrading the database", 120, "2026-11-30T12:00:00+00:00"
+    )
     proc, path = write(tmp_path, edge.maintenance_cmd(text))
     assert proc.returncode == 0, proc.stderr
-    assert edge.state_fields(path.read_text()) == {"retry": "120", "since": "2026-11-30T12:00:00+00:00",
-                                              "message": "Back at 14:00: upgrading the database"}
-    assert edge.maintenance_cmd(text)[-2] == "maintenance=on" and edge.maintenance_cmd("")[-2] == "maintenance=off"
+    assert edge.state_fields(path.read_text()) == {
+        "retry": "120",
+        "since": "2026-11-30T12:00:00+00:00",
+        "message": "Back at 14:00: upgrading the database",
+    }
+    assert (
+        edge.maintenance_cmd(text)[-2] == "maintenance=on"
+        and edge.maintenance_cmd("")[-2] == "maintenance=off"
+    )
     for message in ("<b>x</b>", 'say "hi"', "a\nb", "x" * 301, "back\\slash"):
         with pytest.raises(ColorgateError, match="the maintenance message must be one line"):
             edge.render_maintenance(message, 60, "t")
@@ -128,6 +161,14 @@ def test_maintenance_file_carries_retry_and_message_and_refuses_markup(tmp_path)
 
 
 def test_state_endpoint_parses():
-    state = edge.parse_state("color=blue\nversion=v3\nwrites=open\ninflight_blue=2\ninflight_green=0\n")
-    assert state == {"color": "blue", "version": "v3", "writes": "open", "inflight_blue": "2", "inflight_green": "0"}
+    state = edge.parse_state(
+        "color=blue\nversion=v3\nwrites=open\ninflight_blue=2\ninflight_green=0\n"
+    )
+    assert state == {
+        "color": "blue",
+        "version": "v3",
+        "writes": "open",
+        "inflight_blue": "2",
+        "inflight_green": "0",
+    }
     assert edge.state_cmd()[-1] == edge.STATE_URL

@@ -19,18 +19,28 @@ from deploy.errors import ColorgateError, CommandError, EngineLost, NotFound, Po
 
 @pytest.fixture
 def settings():
-    s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"})
+    s = config.load(
+        "development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"}
+    )
     yield s
-    shutil.rmtree(s.compose_file.parent, ignore_errors=True)  # compose_cmd renders the compose file it names
+    shutil.rmtree(
+        s.compose_file.parent, ignore_errors=True
+    )  # compose_cmd renders the compose file it names
 
 
 def test_compose_cmd_names_project_and_file(settings):
     cmd = targets.compose_cmd(settings, "up", "--detach", "edge")
     assert cmd[:4] == ["docker", "compose", "--project-name", "shop"]
     # the compose file rendered from the app's, and the app's directory for its build contexts
-    assert cmd[cmd.index("--file") + 1] == str(settings.compose_file) and settings.compose_file.parts[-2:] == ("shop", "compose.yml")
-    assert config.project_root() not in settings.compose_file.parents  # derived data stays out of the checkout
-    assert cmd[cmd.index("--project-directory") + 1] == str(config.project_root() / "examples" / "spa-api-postgres")
+    assert cmd[cmd.index("--file") + 1] == str(
+        settings.compose_file
+    ) and settings.compose_file.parts[-2:] == ("shop", "compose.yml")
+    assert (
+        config.project_root() not in settings.compose_file.parents
+    )  # derived data stays out of the checkout
+    assert cmd[cmd.index("--project-directory") + 1] == str(
+        config.project_root() / "examples" / "spa-api-postgres"
+    )
     assert cmd[-3:] == ["up", "--detach", "edge"]
 
 
@@ -43,7 +53,11 @@ def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
 
 
 def test_remote_engine_goes_into_the_environment():
-    s = config.load("development", root=config.project_root(), environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps"})
+    s = config.load(
+        "development",
+        root=config.project_root(),
+        environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps"},
+    )
     assert s.docker_env() == {"DOCKER_HOST": "ssh://deploy@vps", "COLORGATE_SSH_PERSIST": "60"}
     assert s.compose_env()["DOCKER_HOST"] == "ssh://deploy@vps"
     assert not bootstrap.local_engine(s)
@@ -73,39 +87,84 @@ def test_base_tag_changes_with_what_goes_in():
 
 def test_bases_older_than_the_setting_or_missing_are_made_again_and_status_says_how_old_they_are():
     day = 86400
-    assert config.load("development", root=config.project_root(), environ={}).base_max_age == 7 * day
+    assert (
+        config.load("development", root=config.project_root(), environ={}).base_max_age == 7 * day
+    )
     for text, seconds in (("7d", 7 * day), ("12h", 43200), ("30m", 1800), ("45s", 45), ("0", 0)):
-        assert config.load("development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": text}).base_max_age == seconds
+        assert (
+            config.load(
+                "development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": text}
+            ).base_max_age
+            == seconds
+        )
     for bad in ("7", "a week", "-1d", "7w"):
-        with pytest.raises(ColorgateError, match=r"COLORGATE_BASE_MAX_AGE .* should be an age such as 7d, 12h, 30m or 45s"):
-            config.load("development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": bad})
+        with pytest.raises(
+            ColorgateError,
+            match=r"COLORGATE_BASE_MAX_AGE .* should be an age such as 7d, 12h, 30m or 45s",
+        ):
+            config.load(
+                "development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": bad}
+            )
     ages = {"nginx": 8 * day, "postgres": 2 * day, "certbot": None}
-    assert images.stale(ages, 7 * day) == ["nginx", "certbot"] and images.stale(ages, 0) == ["certbot"]
-    status = {"project": "p", "profile": "development", "engine": "local", "active": None, "services": [], "urls": {},
-              "bases": {"ages": {"nginx": 8 * day, "postgres": 3600.0}, "max_age": 7 * day}}
-    assert ("base images: nginx 8 days, postgres 1 hour; nginx to be made again (the next deploy does, or "
-            "`invoke bootstrap --refresh`)") in views.format_status(status).splitlines()
+    assert images.stale(ages, 7 * day) == ["nginx", "certbot"] and images.stale(ages, 0) == [
+        "certbot"
+    ]
+    status = {
+        "project": "p",
+        "profile": "development",
+        "engine": "local",
+        "active": None,
+        "services": [],
+        "urls": {},
+        "bases": {"ages": {"nginx": 8 * day, "postgres": 3600.0}, "max_age": 7 * day},
+    }
+    assert (
+        "base images: nginx 8 days, postgres 1 hour; nginx to be made again (the next deploy does, or "
+        "`invoke bootstrap --refresh`)"
+    ) in views.format_status(status).splitlines()
     status["bases"]["ages"]["nginx"] = day
-    assert "base images: nginx 24 hours, postgres 1 hour old (made again after 7 days)" in views.format_status(status).splitlines()
+    assert (
+        "base images: nginx 24 hours, postgres 1 hour old (made again after 7 days)"
+        in views.format_status(status).splitlines()
+    )
 
 
 def test_a_base_made_from_debians_image_has_the_same_packages_sources_and_exclusions_and_its_own_tag():
     from deploy import config
 
-    file = images.base_dockerfile(images.BASES["redis"], "registry.example.com/debian", "http://mirror.example/debian")
+    file = images.base_dockerfile(
+        images.BASES["redis"], "registry.example.com/debian", "http://mirror.example/debian"
+    )
     assert file.startswith("FROM registry.example.com/debian:bookworm-slim\n")
     assert "--no-install-recommends redis-server ca-certificates " in file
-    assert "deb http://mirror.example/debian bookworm-updates main\\n" in file and "path-exclude=/usr/share/doc/*\\n" in file
-    made = {bases: config.load("development", root=config.project_root(), environ={"COLORGATE_BASES": bases}) for bases in ("mmdebstrap", "image")}
-    assert made["mmdebstrap"].base_source == made["mmdebstrap"].debian_mirror  # the tags every machine made so far
-    assert images.BASES["redis"].tag(made["image"].base_source) != images.BASES["redis"].tag(made["mmdebstrap"].base_source)
+    assert (
+        "deb http://mirror.example/debian bookworm-updates main\\n" in file
+        and "path-exclude=/usr/share/doc/*\\n" in file
+    )
+    made = {
+        bases: config.load(
+            "development", root=config.project_root(), environ={"COLORGATE_BASES": bases}
+        )
+        for bases in ("mmdebstrap", "image")
+    }
+    assert (
+        made["mmdebstrap"].base_source == made["mmdebstrap"].debian_mirror
+    )  # the tags every machine made so far
+    assert images.BASES["redis"].tag(made["image"].base_source) != images.BASES["redis"].tag(
+        made["mmdebstrap"].base_source
+    )
 
 
 def test_import_cmd():
-    assert images.import_cmd(Path("/t/a.tar"), "colorgate-base/a:1")[-2:] == ["/t/a.tar", "colorgate-base/a:1"]
+    assert images.import_cmd(Path("/t/a.tar"), "colorgate-base/a:1")[-2:] == [
+        "/t/a.tar",
+        "colorgate-base/a:1",
+    ]
 
 
-@pytest.mark.parametrize("tags, nxt", [([], "v1"), (["latest"], "v1"), (["v1", "v9", "v10", "x2"], "v11")])
+@pytest.mark.parametrize(
+    "tags, nxt", [([], "v1"), (["latest"], "v1"), (["v1", "v9", "v10", "x2"], "v11")]
+)
 def test_next_version(tags, nxt):
     assert images.next_version(tags) == nxt
 
@@ -133,7 +192,10 @@ def test_what_the_docker_cli_says_is_absent_is_not_found_and_any_other_failure_i
         runner.run([str(fake), "Error response from daemon: No such container: shop-edge-1"])
     with pytest.raises(NotFound):
         runner.run([str(fake), "Error: No such object: shop-web_blue-1"])
-    for said in ("error during connect: Get http://docker/v1.41/containers/json: EOF", "Cannot connect to the Docker daemon"):
+    for said in (
+        "error during connect: Get http://docker/v1.41/containers/json: EOF",
+        "Cannot connect to the Docker daemon",
+    ):
         with pytest.raises(CommandError) as err:
             runner.run([str(fake), said])
         assert not isinstance(err.value, NotFound), said
@@ -146,12 +208,22 @@ def test_an_engine_that_cannot_be_asked_is_never_read_as_one_where_nothing_runs(
     """Its socket gone (as when the SSH connection drops): every read raises EngineLost
     (exit 6, one line), which no `except CommandError` takes for "absent"."""
     gone = f"unix://{tmp_path}/engine.sock"
-    s = config.load("development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop", "COLORGATE_DOCKER_HOST": gone})
-    for read in (lambda: facts.service_states(s), lambda: facts.inspect(s, "shop-edge-1"), lambda: targets.of(s).confinements(s, ["edge"])):
+    s = config.load(
+        "development",
+        root=config.project_root(),
+        environ={"COLORGATE_PROJECT": "shop", "COLORGATE_DOCKER_HOST": gone},
+    )
+    for read in (
+        lambda: facts.service_states(s),
+        lambda: facts.inspect(s, "shop-edge-1"),
+        lambda: targets.of(s).confinements(s, ["edge"]),
+    ):
         with pytest.raises(EngineLost) as err:
             read()
         assert not isinstance(err.value, CommandError) and err.value.exit_code == errors.UNREACHABLE
-        assert str(err.value).startswith(f"cannot ask the Docker engine ({gone}) while ") and "\n" not in str(err.value)
+        assert str(err.value).startswith(
+            f"cannot ask the Docker engine ({gone}) while "
+        ) and "\n" not in str(err.value)
 
 
 def test_port_in_use_is_refused_with_the_key_to_change():
@@ -164,53 +236,120 @@ def test_port_in_use_is_refused_with_the_key_to_change():
             free = probe.getsockname()[1]
         env = {"COLORGATE_HTTP_PORT": str(free), "COLORGATE_HTTPS_PORT": str(port)}
         s = config.load("development", root=config.project_root(), environ=env)
-        with pytest.raises(PortInUse, match=rf"^port {port} on 127.0.0.1 is already in use: .* COLORGATE_HTTPS_PORT in \.env\.development\.local$"):
+        with pytest.raises(
+            PortInUse,
+            match=rf"^port {port} on 127.0.0.1 is already in use: .* COLORGATE_HTTPS_PORT in \.env\.development\.local$",
+        ):
             bootstrap.check_ports_free(s)
 
 
 def test_status_formatting_without_containers():
     text = views.format_status(
-        {"project": "p", "profile": "development", "engine": "local", "active": None, "services": [], "urls": {"https": "https://x/"}}
+        {
+            "project": "p",
+            "profile": "development",
+            "engine": "local",
+            "active": None,
+            "services": [],
+            "urls": {"https": "https://x/"},
+        }
     )
     assert "active color: none" in text and "run `invoke up`" in text
 
 
 def test_bootstrap_makes_only_the_bases_colorgate_and_the_app_need(settings):
     """Colorgate's own (edge, dbtools, certbot) and those the app's compose file names."""
-    assert [b.name for b in images.needed_bases(settings)] == ["nginx", "postgres", "certbot", "python"]
-    jobs = config.load("development", root=config.project_root(),
-                       environ={"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")})
-    assert [b.name for b in images.needed_bases(jobs)] == ["nginx", "postgres", "certbot", "pyweb", "redis"]
+    assert [b.name for b in images.needed_bases(settings)] == [
+        "nginx",
+        "postgres",
+        "certbot",
+        "python",
+    ]
+    jobs = config.load(
+        "development",
+        root=config.project_root(),
+        environ={"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")},
+    )
+    assert [b.name for b in images.needed_bases(jobs)] == [
+        "nginx",
+        "postgres",
+        "certbot",
+        "pyweb",
+        "redis",
+    ]
 
 
 def test_status_text_names_project_engine_color_and_each_service():
-    data = {"project": "shop", "profile": "development", "engine": "local", "active": {"color": "green", "version": "v3"},
-            "writes_frozen": False, "urls": {"https": "https://localhost:8443/"},
-            "services": [{"service": "api_green", "color": "green", "state": "running", "health": "healthy", "version": "v3",
-                          "ports": [], "database": "local"},
-                         {"service": "edge", "color": None, "state": "running", "health": "healthy", "version": "",
-                          "ports": ["127.0.0.1:8443->8443/tcp"], "database": ""}]}
+    data = {
+        "project": "shop",
+        "profile": "development",
+        "engine": "local",
+        "active": {"color": "green", "version": "v3"},
+        "writes_frozen": False,
+        "urls": {"https": "https://localhost:8443/"},
+        "services": [
+            {
+                "service": "api_green",
+                "color": "green",
+                "state": "running",
+                "health": "healthy",
+                "version": "v3",
+                "ports": [],
+                "database": "local",
+            },
+            {
+                "service": "edge",
+                "color": None,
+                "state": "running",
+                "health": "healthy",
+                "version": "",
+                "ports": ["127.0.0.1:8443->8443/tcp"],
+                "database": "",
+            },
+        ],
+    }
     lines = views.format_status(data).splitlines()
-    assert lines[:3] == ["project shop (profile development, engine local)", "active color: green (v3)", "database: local"]
+    assert lines[:3] == [
+        "project shop (profile development, engine local)",
+        "active color: green (v3)",
+        "database: local",
+    ]
     assert any(line.split()[:4] == ["api_green", "running", "healthy", "v3"] for line in lines)
     # a release turned away is said so until a release replaces it
-    data["rejected"] = {"blue": {"version": "v4", "action": "deploy", "started": "2026-12-02T11:00:00+00:00", "outcome": "rolled back",
-                                 "running": False}}
+    data["rejected"] = {
+        "blue": {
+            "version": "v4",
+            "action": "deploy",
+            "started": "2026-12-02T11:00:00+00:00",
+            "outcome": "rolled back",
+            "running": False,
+        }
+    }
     assert views.format_status(data).splitlines()[3] == (
-        "rejected: blue (v4), turned away by its deploy of 2026-12-02T11:00:00 (rolled back); stopped: traffic does not go to it without --force")
+        "rejected: blue (v4), turned away by its deploy of 2026-12-02T11:00:00 (rolled back); stopped: traffic does not go to it without --force"
+    )
     # a container its restart policy keeps bringing back is named under its line
     data["services"][0]["restarted"] = "restarted 2 times, the last 14s ago: it exited"
-    assert "  !! api_green restarted 2 times, the last 14s ago: it exited" in views.format_status(data).splitlines()
+    assert (
+        "  !! api_green restarted 2 times, the last 14s ago: it exited"
+        in views.format_status(data).splitlines()
+    )
 
 
 def test_registry_errors_name_the_cause_and_a_401_inside_a_name_is_not_a_refusal():
     server = "127.0.0.1:5000"
-    missing = ("Error response from daemon: manifest for 127.0.0.1:5000/cgtestreg24017326d/backend:v99 not found: "
-               "manifest unknown: manifest unknown")
-    assert images.explain_registry_error(server, missing).startswith("an image is not in the registry 127.0.0.1:5000")
-    refused = "Error response from daemon: Head \"https://127.0.0.1:5000/v2/app/manifests/v1\": 401 Unauthorized"
+    missing = (
+        "Error response from daemon: manifest for 127.0.0.1:5000/cgtestreg24017326d/backend:v99 not found: "
+        "manifest unknown: manifest unknown"
+    )
+    assert images.explain_registry_error(server, missing).startswith(
+        "an image is not in the registry 127.0.0.1:5000"
+    )
+    refused = 'Error response from daemon: Head "https://127.0.0.1:5000/v2/app/manifests/v1": 401 Unauthorized'
     assert "refused the credentials" in images.explain_registry_error(server, refused)
-    assert "refused the credentials" in images.explain_registry_error(server, "error: received unexpected HTTP status: 401")
+    assert "refused the credentials" in images.explain_registry_error(
+        server, "error: received unexpected HTTP status: 401"
+    )
 
 
 # captured from `docker compose --dry-run up --detach --no-build --no-deps` (Compose 2.40) on a
@@ -232,20 +371,32 @@ DRY_RUN = """\
 
 def test_what_compose_would_change_is_read_from_its_dry_run():
     assert facts.parse_dry_run(DRY_RUN, "cg") == {
-        "network data": "recreate", "service postgres": "recreate", "service cache": "create", "service backend_green": "recreate"}
+        "network data": "recreate",
+        "service postgres": "recreate",
+        "service cache": "create",
+        "service backend_green": "recreate",
+    }
     assert facts.parse_dry_run(" DRY-RUN MODE -  Container cg-edge-1  Running\n", "cg") == {}
 
 
 # `docker inspect` of the MLflow candidate killed for memory under its 1g limit: running,
 # answering its health check between kills, brought back by `restart: unless-stopped`
-OOM_LOOP = {"RestartCount": 2, "State": {"Status": "running", "OOMKilled": True, "ExitCode": 0,
-                                         "StartedAt": "2026-12-03T11:00:00.482113651Z"}}
+OOM_LOOP = {
+    "RestartCount": 2,
+    "State": {
+        "Status": "running",
+        "OOMKilled": True,
+        "ExitCode": 0,
+        "StartedAt": "2026-12-03T11:00:00.482113651Z",
+    },
+}
 
 
 def test_a_container_its_restart_policy_keeps_bringing_back_is_named_with_the_reason():
     started = 1796295600.482113  # 2026-12-03T11:00:00.482113Z
     assert facts.crash_loop(OOM_LOOP, started + 14) == (
-        "restarted 2 times, the last 14s ago: out of memory (raise COLORGATE_MEMORY_LIMIT or mem_limit, or use less)")
+        "restarted 2 times, the last 14s ago: out of memory (raise COLORGATE_MEMORY_LIMIT or mem_limit, or use less)"
+    )
     exited = {"RestartCount": 1, "State": {**OOM_LOOP["State"], "OOMKilled": False}}
     assert facts.crash_loop(exited, started + 3) == "restarted 1 time, the last 3s ago: it exited"
     # restarts long ago (a color kept for rollback), none at all, or no start time: nothing to say
@@ -258,23 +409,34 @@ def test_a_failed_command_shows_and_keeps_its_last_lines_for_a_person_to_act_on(
     from invoke import Exit
 
     from deploy.release import history
+    from deploy.edge import locking
     from deploy.cli.common import operator_errors
 
-    build = "\n".join([f"#{n} step {n}" for n in range(1, 40)] + ["#40 ERROR: failed to solve: npm ci exited 1"])
+    build = "\n".join(
+        [f"#{n} step {n}" for n in range(1, 40)] + ["#40 ERROR: failed to solve: npm ci exited 1"]
+    )
     exc = CommandError(["docker", "compose", "build"], 1, "", build, "docker compose build")
-    assert str(exc) == "docker compose build failed (exit 1): #40 ERROR: failed to solve: npm ci exited 1"
-    assert exc.tail() == [f"#{n} step {n}" for n in range(11, 40)] + ["#40 ERROR: failed to solve: npm ci exited 1"]
+    assert (
+        str(exc)
+        == "docker compose build failed (exit 1): #40 ERROR: failed to solve: npm ci exited 1"
+    )
+    assert exc.tail() == [f"#{n} step {n}" for n in range(11, 40)] + [
+        "#40 ERROR: failed to solve: npm ci exited 1"
+    ]
     record = history.Record("deploy", "blue", "green", "v1", "v2")
-    history.settle(record, exc)
+    locking.settle(record, exc)
     assert (record.outcome, record.output) == ("failed", exc.tail())
     # the record's detail is one line, bounded, whatever the message was
     paged = history.Record("deploy", "blue", "green", "v1", "v2")
-    history.settle(paged, ColorgateError("the app's migration failed\n" + "x" * 5000))
+    locking.settle(paged, ColorgateError("the app's migration failed\n" + "x" * 5000))
     assert paged.detail == "the app's migration failed"
-    history.settle(paged, ColorgateError("y" * 5000))
+    locking.settle(paged, ColorgateError("y" * 5000))
     assert len(paged.detail) == 500 and paged.detail.endswith("…")
     shown = views.format_release(dataclasses.asdict(record))
-    assert "  its last lines:\n    | #11 step 11\n" in shown and "    | #40 ERROR: failed to solve: npm ci exited 1" in shown
+    assert (
+        "  its last lines:\n    | #11 step 11\n" in shown
+        and "    | #40 ERROR: failed to solve: npm ci exited 1" in shown
+    )
 
     @operator_errors
     def failing(c):
@@ -283,17 +445,30 @@ def test_a_failed_command_shows_and_keeps_its_last_lines_for_a_person_to_act_on(
     with pytest.raises(Exit) as ended:
         failing(None)
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "   | #11 step 11" and err[-1] == "   | #40 ERROR: failed to solve: npm ci exited 1" and len(err) == 30
-    assert ended.value.message == "colorgate: docker compose build failed (exit 1): #40 ERROR: failed to solve: npm ci exited 1"
+    assert (
+        err[0] == "   | #11 step 11"
+        and err[-1] == "   | #40 ERROR: failed to solve: npm ci exited 1"
+        and len(err) == 30
+    )
+    assert (
+        ended.value.message
+        == "colorgate: docker compose build failed (exit 1): #40 ERROR: failed to solve: npm ci exited 1"
+    )
 
 
 def test_the_version_of_an_apps_code_is_its_commit_and_dirty_when_a_tracked_file_changed(tmp_path):
     assert images.source_version(tmp_path) == ("", "")  # no Git here: deploy counts (vN)
     git = ["git", "-C", str(tmp_path), "-c", "user.email=dev@example.org", "-c", "user.name=dev"]
     (tmp_path / "compose.yaml").write_text("services: {}\n")
-    for args in (["init", "-q"], ["add", "compose.yaml"], ["commit", "-qm", "the shop, first release"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "compose.yaml"],
+        ["commit", "-qm", "the shop, first release"],
+    ):
         subprocess.run([*git, *args], check=True, capture_output=True)
-    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert images.source_version(tmp_path) == (head, "the shop, first release") and len(head) == 12
     (tmp_path / "notes.txt").write_text("untracked: not a change of the code\n")
     assert images.source_version(tmp_path)[0] == head
@@ -302,7 +477,9 @@ def test_the_version_of_an_apps_code_is_its_commit_and_dirty_when_a_tracked_file
 
 
 @pytest.mark.parametrize("made", ["open to others", "someone else's", "a link"])
-def test_the_rendered_compose_file_is_never_written_where_another_user_could_read_or_swap_it(settings, tmp_path, monkeypatch, made):
+def test_the_rendered_compose_file_is_never_written_where_another_user_could_read_or_swap_it(
+    settings, tmp_path, monkeypatch, made
+):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     planted = tmp_path / f"colorgate-compose-{os.getuid()}"
     if made == "a link":
@@ -315,11 +492,15 @@ def test_the_rendered_compose_file_is_never_written_where_another_user_could_rea
             if os.getuid() != 0:
                 pytest.skip("making a directory another user owns needs root")
             os.chown(planted, 65534, 65534)
-    with pytest.raises(ColorgateError, match=r"belongs to someone else or is open to others: remove it"):
+    with pytest.raises(
+        ColorgateError, match=r"belongs to someone else or is open to others: remove it"
+    ):
         targets.compose_cmd(settings, "ps")
     assert not list(Path(planted).rglob("compose.yml"))
     os.rmdir(planted) if not planted.is_symlink() else planted.unlink()
-    assert targets.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"  # made afresh, private
+    assert (
+        targets.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"
+    )  # made afresh, private
 
 
 def test_a_docker_command_that_is_ended_takes_what_it_started_with_it(tmp_path):

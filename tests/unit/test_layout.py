@@ -25,8 +25,11 @@ def _has_code(path: Path) -> bool:
 # every module of deploy/ by its dotted name under deploy (`target.facts`), and a package
 # whose __init__ holds code (deploy/edge/, deploy/contract/, deploy/cli/) by its own name;
 # a package that is only a folder (deploy/target/, deploy/release/, deploy/data/) is no node
-MODULES = {_dotted(p): p for p in sorted((ROOT / "deploy").rglob("*.py"))
-           if p.stem != "__init__" or (p.parent != ROOT / "deploy" and _has_code(p))}
+MODULES = {
+    _dotted(p): p
+    for p in sorted((ROOT / "deploy").rglob("*.py"))
+    if p.stem != "__init__" or (p.parent != ROOT / "deploy" and _has_code(p))
+}
 MAX_LINES = 400
 MAX_FUNCTION = 60  # lines, its docstring included
 
@@ -36,9 +39,15 @@ def imported(node: ast.AST) -> set[str]:
     `from deploy.x import y`, `from deploy.x.y import z`, `import deploy.x.y`)."""
     if isinstance(node, ast.Import):
         names = [a.name.removeprefix("deploy.") for a in node.names if a.name.startswith("deploy.")]
-        return {max((m for m in MODULES if n == m or n.startswith(m + ".")), key=len) for n in names}
-    if not (isinstance(node, ast.ImportFrom) and node.module and not node.level
-            and node.module.split(".")[0] == "deploy"):
+        return {
+            max((m for m in MODULES if n == m or n.startswith(m + ".")), key=len) for n in names
+        }
+    if not (
+        isinstance(node, ast.ImportFrom)
+        and node.module
+        and not node.level
+        and node.module.split(".")[0] == "deploy"
+    ):
         return set()
     base = node.module.removeprefix("deploy").removeprefix(".")
     found = set()
@@ -65,7 +74,9 @@ def test_no_import_circle_in_the_engine():
     for name, path in MODULES.items():
         found, nested = imports(path)
         graph[name] = found - {name}
-        assert not nested, f"{path.relative_to(ROOT)} imports deploy modules inside functions (lines {nested}): import at the top"
+        assert not nested, (
+            f"{path.relative_to(ROOT)} imports deploy modules inside functions (lines {nested}): import at the top"
+        )
     state: dict[str, str] = {}
 
     def visit(node: str, trail: list[str]) -> None:
@@ -84,25 +95,29 @@ def test_no_import_circle_in_the_engine():
 # The engine's layers, lowest first: a module imports modules of its own layer or of a
 # lower one, never of a higher one (README.md, "Layout", says what each owns).
 LAYERS = {
-    "settings and commands": {"errors", "colors", "contract", "contract.model", "contract.parse", "keys",
-                              "target.ssh", "target.runner", "config", "render", "scaffold", "appsecrets",
-                              "images", "remote"},
-    "the target's facts": {"target.facts", "target.confinement", "target.swarm", "bootstrap"},
-    "the edge and the record": {"edge", "edge.state", "edge.ledger", "edge.routes", "edge.probes",
-                                "release.history", "release.plans", "release.canary", "release.traffic"},
-    "the stack": {"access", "target.targets", "stack", "edge.tls", "edge.acme", "release.gates",
-                  "data.dbtools", "data.relay"},
-    "the data": {"data.db", "data.offsite", "data.replication", "data.movecheck", "data.migrations"},
-    "operations": {"apply", "release.recover", "release.releases", "data.move", "data.retire", "views"},
-    "the commands": {"cli", "cli.__main__", "cli.app", "cli.common", "cli.ops"},
+    name: set(modules.split())
+    for name, modules in {
+        "settings and commands": "errors colors contract contract.model contract.parse keys config "
+        "render scaffold appsecrets images remote target.ssh target.runner",
+        "the target's facts": "target.facts target.confinement target.swarm bootstrap",
+        "the edge and the record": "edge edge.state edge.ledger edge.routes edge.probes edge.locking "
+        "release.history release.plans release.canary release.traffic",
+        "the stack": "access stack target.targets edge.tls edge.acme release.gates data.dbtools data.relay",
+        "the data": "data.db data.offsite data.replication data.movecheck data.migrations",
+        "operations": "apply views release.recover release.decide release.candidate release.releases "
+        "data.move data.retire",
+        "the commands": "cli cli.__main__ cli.app cli.common cli.ops",
+    }.items()
 }
 LAYER = {module: n for n, modules in enumerate(LAYERS.values()) for module in modules}
 NAMES = list(LAYERS)
-LEAVES = {m.rpartition('.')[2] for m in MODULES}  # the names modules are imported under
+LEAVES = {m.rpartition(".")[2] for m in MODULES}  # the names modules are imported under
 
 
 def test_every_module_has_a_layer():
-    assert set(MODULES) == set(LAYER), f"give these a layer in LAYERS: {sorted(set(MODULES) ^ set(LAYER))}"
+    assert set(MODULES) == set(LAYER), (
+        f"give these a layer in LAYERS: {sorted(set(MODULES) ^ set(LAYER))}"
+    )
 
 
 def test_nothing_imports_upward():
@@ -114,16 +129,22 @@ def test_nothing_imports_upward():
             for used in imported(node) - {name}:
                 assert LAYER[used] <= LAYER[name], (
                     f"{path.relative_to(ROOT)}:{node.lineno} imports {used} ({NAMES[LAYER[used]]}) from "
-                    f"{NAMES[LAYER[name]]}: move what it needs down, or pass it in")
+                    f"{NAMES[LAYER[name]]}: move what it needs down, or pass it in"
+                )
 
 
 def test_only_the_facts_reader_asks_which_target_the_stack_runs_on():
     """`settings.swarm` is read in one place, facts.reads; everything else asks the target
     (deploy.target.targets) or the reader it is given (a module's own `swarm`, render.swarm, is no
     such question)."""
-    asked = [f"{p.relative_to(ROOT)}:{ast.unparse(node)}" for p in MODULES.values()
-             for node in ast.walk(ast.parse(p.read_text()))
-             if isinstance(node, ast.Attribute) and node.attr == "swarm" and not (isinstance(node.value, ast.Name) and node.value.id in LEAVES)]
+    asked = [
+        f"{p.relative_to(ROOT)}:{ast.unparse(node)}"
+        for p in MODULES.values()
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "swarm"
+        and not (isinstance(node.value, ast.Name) and node.value.id in LEAVES)
+    ]
     assert asked == ["deploy/target/facts.py:settings.swarm"], asked
 
 
@@ -133,20 +154,40 @@ def test_the_engine_never_imports_the_steps():
     inside a function alike."""
     for path in (p for p in MODULES.values()):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            assert not [n for n in names if n.split(".")[0] == "steps"], f"{path.relative_to(ROOT)}:{node.lineno} imports the steps"
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            assert not [n for n in names if n.split(".")[0] == "steps"], (
+                f"{path.relative_to(ROOT)}:{node.lineno} imports the steps"
+            )
 
 
 def test_no_module_is_much_over_400_lines():
-    long = {str(p.relative_to(ROOT)): n for p in MODULES.values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in MODULES.values()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"split these by what they own: {long}"
 
 
 def test_no_function_of_the_engine_the_steps_or_the_benchmarks_is_over_60_lines():
-    paths = list(MODULES.values()) + sorted((ROOT / "steps").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
-    long = {f"{p.relative_to(ROOT)}:{node.name}": node.end_lineno - node.lineno + 1 for p in paths for node in ast.walk(ast.parse(p.read_text()))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION}
+    paths = (
+        list(MODULES.values())
+        + sorted((ROOT / "steps").glob("*.py"))
+        + sorted((ROOT / "benchmarks").glob("*.py"))
+    )
+    long = {
+        f"{p.relative_to(ROOT)}:{node.name}": node.end_lineno - node.lineno + 1
+        for p in paths
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION
+    }
     assert not long, f"split these into the steps they take: {long}"
 
 
@@ -157,11 +198,28 @@ def test_no_instance_attribute_hides_a_method_of_its_class():
     hidden = []
     for p in (p for p in MODULES.values()):
         for cls in (n for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ClassDef)):
-            methods = {f.name for f in cls.body if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
+            methods = {
+                f.name for f in cls.body if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            }
             for node in ast.walk(cls):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-                for t in (e for tgt in targets for e in (tgt.elts if isinstance(tgt, ast.Tuple) else [tgt])):
-                    if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self" and t.attr in methods:
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else [node.target]
+                    if isinstance(node, ast.AnnAssign)
+                    else []
+                )
+                for t in (
+                    e
+                    for tgt in targets
+                    for e in (tgt.elts if isinstance(tgt, ast.Tuple) else [tgt])
+                ):
+                    if (
+                        isinstance(t, ast.Attribute)
+                        and isinstance(t.value, ast.Name)
+                        and t.value.id == "self"
+                        and t.attr in methods
+                    ):
                         hidden.append(f"{p.relative_to(ROOT)}:{t.lineno} {cls.name}.{t.attr}")
     assert not hidden, hidden
 
@@ -171,21 +229,28 @@ def test_typed_errors_live_in_errors_py():
         if name == "errors":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):  # private retry signals may stay
+            if isinstance(node, ast.ClassDef) and not node.name.startswith(
+                "_"
+            ):  # private retry signals may stay
                 bases = {ast.unparse(b) for b in node.bases}
-                assert not any(b.endswith(("Error", "Exception")) or b in ("LockHeld", "GateFailed") for b in bases), (
-                    f"deploy/{name}.py defines {node.name}: typed errors belong in deploy/errors.py")
+                assert not any(
+                    b.endswith(("Error", "Exception")) or b in ("LockHeld", "GateFailed")
+                    for b in bases
+                ), f"deploy/{name}.py defines {node.name}: typed errors belong in deploy/errors.py"
 
 
-@pytest.mark.parametrize("source, names", [
-    ("from deploy import apply, edge", {"apply", "edge"}),
-    ("from deploy.target import facts, runner", {"target.facts", "target.runner"}),
-    ("from deploy.edge import tls, Active", {"edge.tls", "edge"}),
-    ("from deploy.release.history import Record", {"release.history"}),
-    ("import deploy.data.move", {"data.move"}),
-    ("def f():\n    from deploy.cli import app", {"cli.app"}),
-    ("from steps import common", set()),
-])
+@pytest.mark.parametrize(
+    "source, names",
+    [
+        ("from deploy import apply, edge", {"apply", "edge"}),
+        ("from deploy.target import facts, runner", {"target.facts", "target.runner"}),
+        ("from deploy.edge import tls, Active", {"edge.tls", "edge"}),
+        ("from deploy.release.history import Record", {"release.history"}),
+        ("import deploy.data.move", {"data.move"}),
+        ("def f():\n    from deploy.cli import app", {"cli.app"}),
+        ("from steps import common", set()),
+    ],
+)
 def test_the_layout_check_sees_every_form_of_deploy_import(source, names):
     """The checks above read each of these import forms, inside a function too."""
     assert set().union(*(imported(n) for n in ast.walk(ast.parse(source)))) == names

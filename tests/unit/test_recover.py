@@ -11,8 +11,17 @@ import yaml
 from deploy.release import recover
 
 CASES = yaml.safe_load((Path(__file__).with_name("cases") / "repairs.yaml").read_text())
-NOTHING = dict(active=False, frozen=False, canary_left=False, dead_run=False, relay_left=False, thorough=False,
-               local=False, retired=False, workers_stopped=False)
+NOTHING = dict(
+    active=False,
+    frozen=False,
+    canary_left=False,
+    dead_run=False,
+    relay_left=False,
+    thorough=False,
+    local=False,
+    retired=False,
+    workers_stopped=False,
+)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

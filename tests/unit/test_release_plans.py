@@ -14,6 +14,8 @@ import yaml
 
 from deploy import apply, config, edge, errors
 from deploy.release import history, releases
+from deploy.edge import locking
+from deploy.release import decide
 from deploy.target import facts
 from deploy.errors import ColorgateError
 
@@ -22,19 +24,32 @@ from .recording import Recording
 CASES = Path(__file__).with_name("cases")
 PLANS = yaml.safe_load((CASES / "release_plans.yaml").read_text())
 RUNS = yaml.safe_load((CASES / "release_runs.yaml").read_text())
-EXIT_CODES = {"refused": errors.REFUSED, "rolled back": errors.FLIPPED_BACK, "failed": errors.FAILED}
+EXIT_CODES = {
+    "refused": errors.REFUSED,
+    "rolled back": errors.FLIPPED_BACK,
+    "failed": errors.FAILED,
+}
 
 
 def state(service: str, text: str) -> facts.ServiceState:
     status, health, version, database = (text.split() + ["-"] * 4)[:4]
     color = service.rsplit("_", 1)[-1]
-    return facts.ServiceState(service, color, status, "" if health == "-" else health, "img", version, [],
-                              "" if database == "-" else database, service.rsplit("_", 1)[0])
+    return facts.ServiceState(
+        service,
+        color,
+        status,
+        "" if health == "-" else health,
+        "img",
+        version,
+        [],
+        "" if database == "-" else database,
+        service.rsplit("_", 1)[0],
+    )
 
 
-def target(raw: dict) -> releases.Target:
+def target(raw: dict) -> decide.Target:
     active = raw.get("active")
-    return releases.Target(
+    return decide.Target(
         active=edge.Active(*active.split()) if active else None,
         states={name: state(name, text) for name, text in (raw.get("states") or {}).items()},
         history=raw.get("history") or [],
@@ -45,30 +60,45 @@ def target(raw: dict) -> releases.Target:
     )
 
 
-def decide(case: dict) -> releases.Plan:
-    settings = config.load("development", root=config.project_root(), environ=case.get("settings") or {})
+def plan_case(case: dict) -> decide.Plan:
+    settings = config.load(
+        "development", root=config.project_root(), environ=case.get("settings") or {}
+    )
     args = dict(case.get("args") or {})
     t = target(case["facts"])
     if case["command"] == "deploy":
-        return releases.plan_deploy(settings, t, args.get("version"), args.get("force", False), tuple(args.get("canary", ())))
+        return decide.plan_deploy(
+            settings,
+            t,
+            args.get("version"),
+            args.get("force", False),
+            tuple(args.get("canary", ())),
+        )
     if case["command"] == "switch":
-        return releases.plan_switch(settings, t, args["to"], args.get("use_gates", True), force=args.get("force", False))
-    return releases.plan_rollback(settings, t, args.get("use_gates", True), force=args.get("force", False))
+        return decide.plan_switch(
+            settings, t, args["to"], args.get("use_gates", True), force=args.get("force", False)
+        )
+    return decide.plan_rollback(
+        settings, t, args.get("use_gates", True), force=args.get("force", False)
+    )
 
 
 @pytest.mark.parametrize("case", PLANS, ids=[c["name"] for c in PLANS])
 def test_release_decisions(case):
     if "error" in case:
         with pytest.raises(ColorgateError) as err:
-            decide(case)
+            plan_case(case)
         assert re.search(case["error"], str(err.value)), str(err.value)
         return
-    plan, want = decide(case), case["plan"]
+    plan, want = plan_case(case), case["plan"]
     if "noop" in want:
         assert (plan.noop, plan.steps) == (want["noop"], ())
         return
     assert plan.noop == ""
-    assert f"{plan.from_color} {plan.from_version}" == want["from"] and f"{plan.to_color} {plan.to_version}" == want["to"]
+    assert (
+        f"{plan.from_color} {plan.from_version}" == want["from"]
+        and f"{plan.to_color} {plan.to_version}" == want["to"]
+    )
     assert list(plan.steps) == want["steps"]
     assert plan.rebuild == want.get("rebuild", False)
     assert plan.action == want.get("action", case["command"])
@@ -76,7 +106,7 @@ def test_release_decisions(case):
 
 @pytest.mark.parametrize("case", RUNS, ids=[c["name"] for c in RUNS])
 def test_release_runs(case):
-    plan = releases.Plan("deploy", "blue", "green", "v1", "v2", tuple(case["steps"]))
+    plan = decide.Plan("deploy", "blue", "green", "v1", "v2", tuple(case["steps"]))
     record = history.Record("deploy", "blue", "green", "v1", "v2")
     steps = Recording(case.get("fail") or {})
     raised = None
@@ -84,7 +114,7 @@ def test_release_runs(case):
         releases.execute(plan, steps, record)
     except (ColorgateError, KeyboardInterrupt) as exc:
         raised = exc
-    history.settle(record, raised)
+    locking.settle(record, raised)
     assert steps.calls == case["calls"]
     assert record.outcome == case["outcome"]
     assert record.rejected == case.get("rejected", "")

@@ -18,7 +18,9 @@ class LocalShell(runner.Shell):
 
     def _start(self) -> subprocess.Popen:
         LocalShell.started += 1
-        return subprocess.Popen(["sh"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        return subprocess.Popen(
+            ["sh"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def test_output_that_looks_like_a_frame_or_has_no_newline_is_read_back_exactly(s
 
 
 def test_arguments_are_passed_as_they_are(sh):
-    arg = "it's \"quoted\" $HOME `x` ; rm -rf /nothing"
+    arg = 'it\'s "quoted" $HOME `x` ; rm -rf /nothing'
     assert sh.run(["printf", "%s", arg]).stdout == arg
 
 
