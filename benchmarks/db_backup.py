@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import apply, config, stack  # noqa: E402
 from deploy.data import db
-from deploy.target import facts, runner
+from deploy.target import runner
+from deploy.target import dbfacts
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 
 
 def seed_cmd(settings: config.Settings) -> list[str]:
-    return facts.psql_cmd(f"{settings.project}-postgres-1", settings)
+    return dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings)
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,8 @@ from deploy import apply, config, images, stack  # noqa: E402
 from deploy.edge import tls  # noqa: E402
 from deploy.data import db, move
 from deploy.release import gates
-from deploy.target import facts, runner
+from deploy.target import runner
+from deploy.target import dbfacts
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 
@@ -373,7 +374,7 @@ def one_mode(mode: str, rows: int) -> dict:
     try:
         apply.start_stack(settings)
         runner.run(
-            facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+            dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings),
             input=SEED_SQL.format(rows=rows),
             env=settings.docker_env(),
             what="seeding",

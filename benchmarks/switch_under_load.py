@@ -69,7 +69,7 @@ from deploy import apply, config, edge, stack  # noqa: E402
 from deploy.edge import tls  # noqa: E402
 from deploy.release import releases
 from deploy.target import facts, runner, swarm
-from deploy.target.targets import compose_cmd, compose_env  # noqa: E402
+from deploy.target.compose import compose_cmd, compose_env
 from deploy.colors import other  # noqa: E402
 from deploy.errors import BENCH_INVALID, GateFailed  # noqa: E402
 

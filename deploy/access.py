@@ -26,6 +26,7 @@ from pathlib import Path
 from deploy import appsecrets, contract, edge, images, render
 from deploy.edge import locking
 from deploy.target import facts, runner
+from deploy.target import dbfacts
 from deploy.config import Settings
 from deploy.keys import app_url, ca_file, shown_url, url_parts
 from deploy.errors import CommandError, ConfigError, NotFound
@@ -150,7 +151,7 @@ def prepare_clients(settings: Settings, color: str, url: str) -> None:
         and ("role", settings.docker_host, settings.project) not in _staged
     ):
         runner.run(
-            facts.psql_cmd(facts.container(settings, settings.app.postgres.service), settings),
+            dbfacts.psql_cmd(facts.container(settings, settings.app.postgres.service), settings),
             input=app_role_sql(settings),
             env=settings.docker_env(),
             what="giving the app its own database role",

@@ -29,6 +29,9 @@ from deploy.data import db, migrations
 from deploy.edge import acme
 from deploy.release import plans, recover
 from deploy.target import facts, runner, targets
+from deploy.target import dbfacts
+from deploy.target import sockets
+from deploy.target import compose
 from deploy.release.history import Record
 from deploy.edge.locking import lock, recorded
 from deploy.colors import other
@@ -123,17 +126,17 @@ def attach_networks(settings: Settings, services: list[str]) -> list[str]:
     networks = rendered.get("networks") or {}
     # compose makes what they lack; it never recreates a container with --no-recreate
     runner.run(
-        targets.compose_cmd(
+        compose.compose_cmd(
             settings, "up", "--no-start", "--no-recreate", "--no-deps", "--no-build", *services
         ),
-        env=targets.compose_env(settings, facts.running_versions(facts.service_states(settings))),
+        env=compose.compose_env(settings, facts.running_versions(facts.service_states(settings))),
         what="docker compose up --no-start",
     )
     attached = []
     for service in services:
         name = facts.container(settings, service)
         try:
-            have = {n.name for n in facts.service_networks(settings, service)}
+            have = {n.name for n in sockets.service_networks(settings, service)}
         except CommandError:
             continue  # not running: it starts with its networks
         for key in render.network_map(rendered["services"][service]):
@@ -240,7 +243,7 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
             if (
                 current
                 and current.state == "running"
-                and facts.pending_migrations(settings, color) is False
+                and dbfacts.pending_migrations(settings, color) is False
             ):
                 return  # at head: nothing to back up
             with contextlib.nullcontext() if held is not None else lock(settings, "up"):
@@ -435,7 +438,7 @@ class Starting:
         with runner.step(f"starting {' and '.join(self.infra)}"):
             try:
                 stack.start(
-                    self.settings, self.infra, targets.compose_env(self.settings, self.versions)
+                    self.settings, self.infra, compose.compose_env(self.settings, self.versions)
                 )
             except CommandError as exc:
                 raise stack.explain_compose_error(self.settings, exc) from None
@@ -487,7 +490,7 @@ class Starting:
             stack.start(
                 s,
                 s.app.color_services(color),
-                targets.compose_env(s, self.versions),
+                compose.compose_env(s, self.versions),
                 color,
                 keep=bool(self.live),
             )
@@ -576,7 +579,7 @@ class Scaling:
         self.before = self.target.counts(settings).get(copy, 0)
 
     def _set(self, count: int) -> None:
-        env = targets.compose_env(self.settings, facts.running_versions(self.states))
+        env = compose.compose_env(self.settings, facts.running_versions(self.states))
         self.target.set_counts(self.settings, env, {self.copy: count})
 
     def scale(self) -> None:

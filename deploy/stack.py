@@ -14,6 +14,7 @@ import tenacity
 from deploy import access, bootstrap, edge, images
 from deploy.edge import probes
 from deploy.target import facts, runner, targets
+from deploy.target import compose
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, PortInUse, StackError
 
@@ -80,8 +81,8 @@ def build(settings: Settings, services: list[str], versions: dict[str, str]) -> 
     if not buildable:
         return
     runner.run(
-        targets.compose_cmd(settings, "build", *buildable),
-        env=targets.compose_env(settings, versions),
+        compose.compose_cmd(settings, "build", *buildable),
+        env=compose.compose_env(settings, versions),
         what="docker compose build",
     )
     for service in buildable:
@@ -249,7 +250,7 @@ def resume(
     on a Swarm with `counts` tasks each, else as a copy that starts (swarm.resumed_count).
     With `wait`, until they run."""
     targets.of(settings).resume(
-        settings, names, targets.compose_env(settings, versions, databases), databases, counts
+        settings, names, compose.compose_env(settings, versions, databases), databases, counts
     )
     if wait:
         wait_ready(settings, names)

@@ -13,6 +13,8 @@ from deploy import contract, edge as edge_state, render
 from deploy.edge import probes
 from deploy.release import canary, gates
 from deploy.target import confinement, facts, swarm, targets
+from deploy.target import dbfacts
+from deploy.target import sockets
 from deploy.colors import parse_color
 from steps.http import show as _show
 
@@ -78,7 +80,7 @@ def edge(gate_settings, trust, expected):
 @pytest.fixture(scope="session")
 def published(gate_settings) -> dict[str, list[str]]:
     """Host ports each service publishes (read once per gate run)."""
-    return facts.published_ports(gate_settings)
+    return sockets.published_ports(gate_settings)
 
 
 # --- given / when --------------------------------------------------------------------
@@ -219,7 +221,7 @@ def migrations_at_head(gate_settings, expected):
     m = gate_settings.app.migrations
     if not m or not m.status:
         pytest.skip("the app declares no migration status command (x-colorgate.migrations.status)")
-    pending = facts.pending_migrations(gate_settings, expected.color)
+    pending = dbfacts.pending_migrations(gate_settings, expected.color)
     assert not pending, (
         f"{gate_settings.app.copy_name(m.service, expected.color)} has migrations the database "
         f"has not applied ({' '.join(m.status)} says so): run `invoke db.migrate`"
@@ -253,7 +255,7 @@ def only_internal_networks(gate_settings, app):
             f"the retired local database {service} is running again"
         )
         return
-    networks = facts.service_networks(gate_settings, service)
+    networks = sockets.service_networks(gate_settings, service)
     assert networks and all(n.internal for n in networks), (
         f"{service} networks: {networks}: put the database on networks marked `internal: true` in {app.file.name}"
     )
@@ -263,7 +265,7 @@ def only_internal_networks(gate_settings, app):
 def nothing_listens(gate_settings, app):
     if not app.postgres:
         pytest.skip("the app declares no PostgreSQL database")
-    listening = facts.listening_on_port(gate_settings, facts.POSTGRES_PORT)
+    listening = sockets.listening_on_port(gate_settings, sockets.POSTGRES_PORT)
     assert not listening, f"listening on the host: {listening}"
 
 
@@ -277,8 +279,8 @@ def no_host_connection(gate_settings, app):
     ):  # every node's, where a port published on the Swarm or by anything on the node would answer
         addresses |= set(swarm.node_addresses(swarm.nodes(gate_settings)).values())
     for address in sorted(addresses):
-        assert not facts.tcp_connects(address, facts.POSTGRES_PORT), (
-            f"{address}:{facts.POSTGRES_PORT} accepted a connection from the host"
+        assert not sockets.tcp_connects(address, sockets.POSTGRES_PORT), (
+            f"{address}:{sockets.POSTGRES_PORT} accepted a connection from the host"
         )
 
 
@@ -419,7 +421,7 @@ def own_database_role(gate_settings, expected):
     s = gate_settings
     if not s.app.postgres or s.database_url:
         return  # no database of the stack's own in use: a managed one's roles are its operator's
-    found = facts.database_roles(s)
+    found = dbfacts.database_roles(s)
     assert found.role_super is False, (
         f"the app's role {s.app_db_user} is missing or a superuser: run `invoke up` to set it up"
     )

@@ -24,12 +24,14 @@ from urllib.parse import unquote, urlsplit
 
 from deploy import access, images
 from deploy.edge import locking
-from deploy.target import runner, targets
+from deploy.target import runner
+from deploy.target import compose
 from deploy.config import Settings
 from deploy.keys import tls_params
 from deploy.contract import SECRETS_DIR
 from deploy.errors import BadInput
-from deploy.target.facts import container as container_of, psql_cmd
+from deploy.target.facts import container as container_of
+from deploy.target.dbfacts import psql_cmd
 
 
 END = "--colorgate-end--"
@@ -227,7 +229,7 @@ def tools_env(
         {f"CG_{var}_FILE": f"{SECRETS_DIR}/{var.lower()}" for var in PASSWORD_VARS if env.get(var)}
     )
     flags = [flag for name in env if name not in PASSWORD_VARS for flag in ("-e", name)]
-    return {**targets.compose_env(settings, {}), **env, **_image_vars(settings, major)}, flags
+    return {**compose.compose_env(settings, {}), **env, **_image_vars(settings, major)}, flags
 
 
 def _image_vars(settings: Settings, major: int) -> dict[str, str]:
@@ -263,8 +265,8 @@ def ensure_tools(settings: Settings, major: int) -> int:
     with runner.step(f"making the PostgreSQL {major} database tools (once per engine)"):
         images.build_bases(settings, [images.postgres_base(major)])
         runner.run(
-            targets.compose_cmd(settings, "build", "dbtools"),
-            env={**targets.compose_env(settings, {}), **_image_vars(settings, major)},
+            compose.compose_cmd(settings, "build", "dbtools"),
+            env={**compose.compose_env(settings, {}), **_image_vars(settings, major)},
             what=f"building the PostgreSQL {major} tools",
             timeout=1200,
         )
@@ -299,7 +301,7 @@ def server_version(settings: Settings) -> int:
 def tools_cmd(
     settings: Settings, *args: str, flags: list[str] | None = None, name: str = ""
 ) -> list[str]:
-    return targets.compose_cmd(
+    return compose.compose_cmd(
         settings,
         "run",
         "--rm",

@@ -19,7 +19,8 @@ from __future__ import annotations
 from deploy import access, stack
 from deploy.data import db
 from deploy.release import plans
-from deploy.target import runner, targets
+from deploy.target import runner
+from deploy.target import compose
 from deploy.config import Settings
 from deploy.errors import ColorgateError
 from deploy.release.history import Record, timed
@@ -108,7 +109,7 @@ class Migrating:
                 what="removing the last migrations",
             )
             runner.run(
-                targets.compose_cmd(
+                compose.compose_cmd(
                     s,
                     "run",
                     "--name",
@@ -118,7 +119,7 @@ class Migrating:
                     s.app.copy_name(m.service, self.color),
                     *m.command,
                 ),
-                env=targets.compose_env(s, self.versions, self.databases),
+                env=compose.compose_env(s, self.versions, self.databases),
                 what="database migrations",
             )
 

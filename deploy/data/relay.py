@@ -37,9 +37,11 @@ from pathlib import Path
 from deploy import bootstrap, render
 from deploy.edge import tls
 from deploy.target import runner, targets
+from deploy.target import compose
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, MoveError
-from deploy.target.facts import container as container_of, inspect as inspect_container, psql_cmd
+from deploy.target.facts import container as container_of, inspect as inspect_container
+from deploy.target.dbfacts import psql_cmd
 
 ROLE = "colorgate_move"  # the one-off replication role, publication, slot and subscription
 SERVICE = "dbrelay"
@@ -359,10 +361,10 @@ def launch(settings: Settings) -> None:
             "COLORGATE_MOVE_RELAY_PORT",
         )
     runner.run(
-        targets.compose_cmd(
-            settings, *targets.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE
+        compose.compose_cmd(
+            settings, *compose.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", SERVICE
         ),
-        env=targets.compose_env(settings, {}),
+        env=compose.compose_env(settings, {}),
         what="starting the replication relay (closed)",
     )
 
@@ -374,8 +376,8 @@ def remove(settings: Settings, network: str = "host") -> None:
     serve(settings, None, check=False)
     _hba(settings, [], check=False)
     runner.run(
-        targets.compose_cmd(settings, *targets.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
-        env=targets.compose_env(settings, {}),
+        compose.compose_cmd(settings, *compose.ALL_PROFILES, "rm", "--stop", "--force", SERVICE),
+        env=compose.compose_env(settings, {}),
         check=False,
         what="removing the replication relay",
     )

@@ -11,6 +11,7 @@ from deploy import access, edge
 from deploy.data import db, dbtools
 from deploy.release import plans
 from deploy.target import facts, runner, targets
+from deploy.target import dbfacts
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import MoveError
@@ -90,7 +91,7 @@ class Retiring:
         self.settings, self.database_record, self.backup = settings, record, backup
         states = facts.service_states(settings)
         self.stale = [
-            color for color in COLORS if facts.color_database(settings, states, color) == "local"
+            color for color in COLORS if dbfacts.color_database(settings, states, color) == "local"
         ]
         self.service = settings.app.database.service
         self.copies = [

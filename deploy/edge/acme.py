@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from deploy import edge
 from deploy.edge import tls
 from deploy.target import runner, targets
+from deploy.target import compose
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError
 
@@ -64,7 +65,7 @@ def certbot_cmd(
     directory on the host's loopback, which nothing else could reach."""
     extra = ["-e", f"REQUESTS_CA_BUNDLE={ACME_CA_FILE}"] if ca_bundle else []
     service = "certbot-loopback" if on_loopback(directory) else "certbot"
-    return targets.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, service, *args)
+    return compose.compose_cmd(settings, "run", "--rm", "--no-deps", "-T", *extra, service, *args)
 
 
 # certbot runs as the edge's user (its image's USER). Volumes it wrote as root (before
@@ -77,13 +78,13 @@ OWNED_SCRIPT = """me=$(id -u)
 def own_volumes(settings: Settings, env: dict[str, str]) -> None:
     run = ["run", "--rm", "--no-deps", "-T"]
     found = runner.run(
-        targets.compose_cmd(settings, *run, "--entrypoint", "sh", "certbot", "-c", OWNED_SCRIPT),
+        compose.compose_cmd(settings, *run, "--entrypoint", "sh", "certbot", "-c", OWNED_SCRIPT),
         env=env,
         what="checking certbot's files",
     ).stdout.split()
     if found[-1:] != ["own"]:
         runner.run(
-            targets.compose_cmd(
+            compose.compose_cmd(
                 settings,
                 *run,
                 "--user",
@@ -201,13 +202,13 @@ def init(
             f"invalid email {email!r}: give an address the CA can send expiry notices to"
         )
     url = resolve_directory(directory, staging)
-    env = targets.compose_env(settings, {})
+    env = compose.compose_env(settings, {})
     own_volumes(settings, env)
     if ca_bundle:
         if not Path(ca_bundle).is_file():
             raise BadInput(f"--ca-bundle {ca_bundle} does not exist")
         runner.run(
-            targets.compose_cmd(
+            compose.compose_cmd(
                 settings,
                 "run",
                 "--rm",
@@ -269,9 +270,9 @@ def start_renewer(settings: Settings, directory: str) -> None:
         if on_loopback(directory)
         else ("renewer", "renewer-loopback")
     )
-    env = targets.compose_env(settings, {})
+    env = compose.compose_env(settings, {})
     runner.run(
-        targets.compose_cmd(settings, *targets.ALL_PROFILES, "rm", "--stop", "--force", other),
+        compose.compose_cmd(settings, *compose.ALL_PROFILES, "rm", "--stop", "--force", other),
         env=env,
         check=False,
     )
@@ -279,8 +280,8 @@ def start_renewer(settings: Settings, directory: str) -> None:
         f"starting the certificate's renewal on the server (every {settings.renew_every} s)"
     ):
         runner.run(
-            targets.compose_cmd(
-                settings, *targets.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", name
+            compose.compose_cmd(
+                settings, *compose.ALL_PROFILES, "up", "--detach", "--no-deps", "--no-build", name
             ),
             env=env,
             what="starting the renewer",
@@ -315,7 +316,7 @@ def renew(settings: Settings) -> dict:
         raise ColorgateError(
             "the edge serves a certificate installed by hand: renew it by hand, or run `invoke tls.init`"
         )
-    env = targets.compose_env(settings, {})
+    env = compose.compose_env(settings, {})
     own_volumes(settings, env)
     try:
         runner.run(

@@ -5,22 +5,21 @@ from dataclasses import asdict
 from deploy import access, stack
 from deploy.data import migrations
 from deploy.release import gates
-from deploy.target import facts, runner
+from deploy.target import runner
+from deploy.target import dbfacts
 from deploy.config import Settings
 from deploy.errors import ColorgateError, GateFailed
 from deploy.release.history import (
     Record,
     timed,
 )
-from deploy.target.targets import (
-    compose_env,
-)  # (release.Target is what a release observes, not the target it runs on)
+from deploy.target.compose import compose_env
 from deploy.release.decide import (
     Plan,
 )
 
 
-def _gate(settings: Settings, record: Record, phase: str, color: str, version: str) -> None:
+def gate_color(settings: Settings, record: Record, phase: str, color: str, version: str) -> None:
     with timed(record, f"{phase}_gates", f"{phase} gates on {color} ({version})"):
         result = gates.run_gates(settings, phase, color, version)
     record.gates += [{"phase": phase, **asdict(s)} for s in result.scenarios]
@@ -32,7 +31,7 @@ def _gate(settings: Settings, record: Record, phase: str, color: str, version: s
 
 def gate(settings: Settings, record: Record, plan: Plan, phase: str) -> None:
     """One gate phase on the plan's candidate (db.move gates it before its freeze)."""
-    _gate(settings, record, phase, plan.to_color, plan.to_version)
+    gate_color(settings, record, phase, plan.to_color, plan.to_version)
 
 
 def start_candidate(
@@ -99,7 +98,7 @@ def candidate_migrations(
     refuse them when not `migrate`."""
     if not settings.app.migrations:
         return
-    pending = facts.pending_migrations(settings, candidate)  # None: unknown (no status command)
+    pending = dbfacts.pending_migrations(settings, candidate)  # None: unknown (no status command)
     if pending and not migrate:
         raise ColorgateError(
             f"{candidate} ({versions[candidate]}) brings migrations the database lacks: "

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from deploy import access, apply, edge, images
 from deploy.release import recover
 from deploy.target import facts
+from deploy.target import dbfacts
 from deploy.colors import other, parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, StackError
@@ -97,7 +98,7 @@ def observe(
     )
 
 
-def _live(target: Target) -> edge.Active:
+def active_of(target: Target) -> edge.Active:
     if target.active is None:
         raise StackError("no color is live yet: start the stack with `invoke up`")
     return target.active
@@ -134,8 +135,8 @@ def check_same_database(
     """Refuse to move traffic to a color that uses another database than the live one
     (the color left behind by db.move): its data stopped at the move."""
     ours, theirs = (
-        facts.color_database(settings, states, live),
-        facts.color_database(settings, states, to),
+        dbfacts.color_database(settings, states, live),
+        dbfacts.color_database(settings, states, to),
     )
     if ours and theirs and ours != theirs:
         raise ColorgateError(
@@ -159,7 +160,7 @@ def plan_deploy(
     """Ship `version` (default: the app's commit, else the next vN) to the inactive
     color (through canary steps first, when asked)."""
     access.check_database_record(settings, target.database)
-    active = _live(target)
+    active = active_of(target)
     if target.beside:
         raise ConfigError(apply.refusal(list(target.beside)))
     live = {s.version for s in target.states.values() if s.state == "running"} | (
@@ -223,7 +224,7 @@ def plan_switch(
     """Move traffic to `to`, a color that is already running and healthy, and not holding
     a release that was turned away (unless `force`)."""
     to = parse_color(to)
-    active = _live(target)
+    active = active_of(target)
     check_same_database(
         settings, target.states, active.color, to
     )  # first: it says why a stopped color may not return

@@ -36,6 +36,7 @@ from deploy.data import dbtools, relay, replication
 from deploy.release import canary
 from deploy.edge import locking
 from deploy.target import facts, runner
+from deploy.target import dbfacts
 from deploy.config import Settings
 from deploy.errors import StackError
 from deploy.release.history import now
@@ -211,7 +212,7 @@ def _database_record(
     settings: Settings, record: dict, active: edge.Active, states: dict[str, facts.ServiceState]
 ) -> dict:
     """The record, repaired when it says `local` but the live color uses a managed database."""
-    serving = facts.color_database(settings, states, active.color)
+    serving = dbfacts.color_database(settings, states, active.color)
     if not serving or serving == record["url"]:
         return record
     if record["url"] == "local":

@@ -18,6 +18,7 @@ from deploy import access, edge, stack
 from deploy.data import dbtools, migrations
 from deploy.release import canary, traffic
 from deploy.target import facts, runner
+from deploy.target import dbfacts
 from deploy.colors import parse_color
 from deploy.config import Settings
 from deploy.errors import ColorgateError, FlippedBack, GateFailed
@@ -27,13 +28,13 @@ from deploy.release.decide import (
     GATED_SWITCH,
     Plan,
     Target,
-    _live,
+    active_of,
     observe,
     plan_deploy,
     plan_rollback,
     plan_switch,
 )
-from deploy.release.candidate import _gate, candidate_migrations, start_candidate
+from deploy.release.candidate import gate_color, candidate_migrations, start_candidate
 
 
 # --- deciding: pure functions of the facts read from the target ------------------------
@@ -150,7 +151,7 @@ class Steps:
         )
 
     def pre_gates(self) -> None:
-        _gate(self.settings, self.record, "pre", self.plan.to_color, self.plan.to_version)
+        gate_color(self.settings, self.record, "pre", self.plan.to_color, self.plan.to_version)
 
     def canary(self) -> None:
         """Each share of users in turn on the candidate, gated and judged (canary.py)."""
@@ -168,7 +169,7 @@ class Steps:
                 self._mark(f"canary {percent}%")
             if decided == "promote":
                 break
-            _gate(self.settings, self.record, "post", p.to_color, p.to_version)
+            gate_color(self.settings, self.record, "post", p.to_color, p.to_version)
             if traffic.analyse_canary(
                 self.settings, self.record, p.to_color, p.from_color, percent, self._promoted
             ):
@@ -194,7 +195,7 @@ class Steps:
                 canary.clear(self.settings)
 
     def post_gates(self) -> None:
-        _gate(self.settings, self.record, "post", self.plan.to_color, self.plan.to_version)
+        gate_color(self.settings, self.record, "post", self.plan.to_color, self.plan.to_version)
 
     def analysis(self) -> None:
         traffic.analyse(self.settings, self.record, self.plan.to_color, self.plan.from_color)
@@ -206,7 +207,7 @@ class Steps:
             self._mark(f"switch back to {p.from_color}")
 
     def gates_back(self) -> None:
-        _gate(self.settings, self.record, "post", self.plan.from_color, self.plan.from_version)
+        gate_color(self.settings, self.record, "post", self.plan.from_color, self.plan.from_version)
 
     def retire_rejected(self) -> None:
         """After traffic went back: the color turned away stopped once its requests
@@ -343,8 +344,8 @@ def migrate(settings: Settings, break_lock: bool = False) -> int:
     with lock(settings, "migrate", break_lock) as held:
         target = observe(settings, held, database=True)
         access.check_database_record(settings, target.database)
-        active = _live(target)
-        pending = facts.pending_migrations(settings, active.color)
+        active = active_of(target)
+        pending = dbfacts.pending_migrations(settings, active.color)
         if not settings.app.migrations:
             runner.say(
                 "the app declares no migrations (x-colorgate.migrations): nothing to migrate"

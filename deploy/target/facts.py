@@ -9,15 +9,14 @@ can explain itself from it; parsing is pure (tested on captured output)."""
 from __future__ import annotations
 
 import re
-import shlex
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from deploy.target import runner, ssh, swarm
+from deploy import render
+from deploy.target import runner, swarm
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import shown_url
@@ -38,12 +37,17 @@ class ComposeReads:
         """Whether a command can run in `service`'s container on the engine asked."""
         return True
 
+    def rendered(self, settings: Settings, rendered: dict) -> dict:
+        """The compose file rendered from the app's, as this target runs it."""
+        return rendered
+
 
 class SwarmReads(ComposeReads):
     """How a Swarm's stack is read, on its manager: its services and their tasks."""
 
     def __init__(self) -> None:
         self._task_containers: dict[tuple[str, str, str], str] = {}
+        self._volumes_made: set[tuple[str, str]] = set()
 
     def container(self, settings: Settings, service: str, fresh: bool) -> str:
         """Its running task's container on the manager, looked up once unless `fresh`."""
@@ -73,6 +77,17 @@ class SwarmReads(ComposeReads):
         except NotFound:
             return False
         return True
+
+    def rendered(self, settings: Settings, rendered: dict) -> dict:
+        """For one-off containers on the stack's networks and volumes, which are made first."""
+        if (settings.docker_host, settings.project) not in self._volumes_made:
+            swarm.ensure_volumes(settings, list(rendered["volumes"]))
+            self._volumes_made.add((settings.docker_host, settings.project))
+        return render.one_offs_on_swarm(rendered, settings.project)
+
+    def forget_volumes(self, settings: Settings) -> None:
+        """The stack's volumes were removed: the next one-off makes them again."""
+        self._volumes_made.discard((settings.docker_host, settings.project))
 
 
 COMPOSE_READS, SWARM_READS = ComposeReads(), SwarmReads()
@@ -302,11 +317,6 @@ def running_versions(states: dict[str, ServiceState]) -> dict[str, str]:
     return versions
 
 
-def color_database(settings: Settings, states: dict[str, ServiceState], color: str) -> str | None:
-    """The database `color`'s clients use (`local` or a URL without password); None without one."""
-    return next((s.database for s in states.values() if s.color == color and s.database), None)
-
-
 def edge_down(settings: Settings) -> StackError | None:
     """The error to give when a command on the edge failed because it is not running
     (read from the container's state, not from docker's wording); None when it runs."""
@@ -316,79 +326,6 @@ def edge_down(settings: Settings) -> StackError | None:
         if edge and edge.state == "running"
         else StackError("the edge is not running: start the stack with `invoke up`")
     )
-
-
-def migration_status_cmd(settings: Settings, color: str) -> list[str]:
-    """The app's status command in `color`'s container. A docker CLI process, not the
-    Engine API: an exec's hijacked stream through docker's ssh:// transport broke its
-    pipe now and then (seen in the SSH test), and this runs once per gate phase."""
-    m = settings.app.migrations
-    return [
-        "docker",
-        "exec",
-        container(settings, settings.app.copy_name(m.service, color)),
-        *m.status,
-    ]
-
-
-def pending_migrations(settings: Settings, color: str) -> bool | None:
-    """Whether `color`'s image brings migrations the database lacks: the app's status
-    command, run in its running container, exits 0 at head and non-zero otherwise.
-    None when the app has no status command (then migrations always run)."""
-    m = settings.app.migrations
-    if not m:
-        return False
-    if not m.status:
-        return None
-    if not reads(settings).runs_here(settings, settings.app.copy_name(m.service, color)):
-        return None  # (a Swarm's copy with no task on the manager): unknown
-    proc = runner.run(
-        migration_status_cmd(settings, color),
-        env=settings.docker_env(),
-        check=False,
-        what="migration status",
-    )
-    if proc.returncode in (125, 126, 127):  # docker or the command itself could not run
-        raise CommandError(
-            migration_status_cmd(settings, color),
-            proc.returncode,
-            proc.stdout,
-            proc.stderr,
-            "migration status",
-        )
-    return proc.returncode != 0
-
-
-@dataclass(frozen=True)
-class Network:
-    name: str
-    internal: bool
-
-
-def service_networks(settings: Settings, service: str) -> list[Network]:
-    """Networks a service's container is attached to, with their `internal` flag."""
-    names = sorted(
-        (
-            (inspect(settings, container(settings, service)).get("NetworkSettings") or {}).get(
-                "Networks"
-            )
-            or {}
-        ).keys()
-    )
-    return [
-        Network(
-            name,
-            bool(
-                runner.engine(
-                    settings.docker_host, "inspect_network", name, what="inspecting a network"
-                ).get("Internal")
-            ),
-        )
-        for name in names
-    ]
-
-
-POSTGRES_PORT = 5432
 
 
 def one_offs(settings: Settings, label: str) -> list[str]:
@@ -401,98 +338,3 @@ def one_offs(settings: Settings, label: str) -> list[str]:
         filters={"label": [f"com.docker.compose.project={settings.project}", label]},
     )
     return [item["Id"] for item in listed]
-
-
-def psql_cmd(container: str, settings: Settings) -> list[str]:
-    """psql inside a PostgreSQL container over its socket, as its superuser (no password, no port)."""
-    return [
-        "docker",
-        "exec",
-        "-i",
-        container,
-        "psql",
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-U",
-        settings.postgres_user,
-        "-d",
-        settings.postgres_db,
-    ]
-
-
-@dataclass(frozen=True)
-class DatabaseRoles:
-    """The app's own role in the stack's PostgreSQL, and who is connected over the network."""
-
-    role_super: bool | None  # None: the role does not exist
-    database_owner: str
-    sessions: tuple[tuple[str, str, bool], ...]  # (client address, role, superuser)
-
-
-def database_roles(settings: Settings) -> DatabaseRoles:
-    """Read over the database container's socket, as its superuser."""
-    db = settings.app.postgres
-    sql = (
-        f"SELECT 'owner|' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database();\n"
-        f"SELECT 'role|' || rolsuper FROM pg_roles WHERE rolname = '{settings.app_db_user}';\n"
-        "SELECT 'session|' || host(a.client_addr) || '|' || a.usename || '|' || r.rolsuper FROM pg_stat_activity a "
-        "JOIN pg_roles r ON r.oid = a.usesysid WHERE a.backend_type = 'client backend' AND a.client_addr IS NOT NULL;\n"
-    )
-    out = runner.run(
-        psql_cmd(container(settings, db.service), settings),
-        input=sql,
-        env=settings.docker_env(),
-        what="reading the database's roles",
-    ).stdout
-    role_super, owner, sessions = None, "", []
-    for kind, _, rest in (line.partition("|") for line in out.splitlines()):
-        if kind == "owner":
-            owner = rest
-        elif kind == "role":
-            role_super = rest == "t"
-        elif kind == "session":
-            address, user, sup = rest.split("|")
-            sessions.append((address, user, sup == "t"))
-    return DatabaseRoles(role_super, owner, tuple(sessions))
-
-
-def published_ports(settings: Settings) -> dict[str, list[str]]:
-    """Host ports each service publishes (services that publish none map to [])."""
-    return {name: s.ports for name, s in service_states(settings).items()}
-
-
-def target_host(settings: Settings):
-    """testinfra host for the machine the stack runs on: this one for a local engine,
-    the SSH host of COLORGATE_DOCKER_HOST otherwise."""
-    import testinfra
-
-    if settings.docker_host.startswith("ssh://"):
-        # sessions on this command's one connection
-        return testinfra.get_host(
-            settings.docker_host,
-            ssh_extra_args=shlex.join(ssh.tunnel(settings.docker_host).ssh_args()),
-        )
-    return testinfra.get_host("local://")
-
-
-def listening_on_port(settings: Settings, port: int) -> list[str]:
-    """Sockets on the target host listening on `port`, any address (testinfra)."""
-    host = target_host(settings)
-    return [
-        s
-        for s in host.socket.get_listening_sockets()
-        if s.rsplit(":", 1)[-1] == str(port) and s.startswith("tcp")
-    ]
-
-
-def tcp_connects(host: str, port: int, timeout: float = 2.0) -> bool:
-    """Whether a TCP connection to host:port is accepted."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False

@@ -26,7 +26,8 @@ from deploy import apply, config, edge, stack, views
 from deploy.edge import tls
 from deploy.release import gates
 from deploy.edge import locking
-from deploy.target import runner, targets
+from deploy.target import runner
+from deploy.target import compose
 from tests.certs import make_ca, make_leaf
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -280,7 +281,7 @@ def remove_stack(settings: config.Settings) -> None:
 
 def dump_logs(settings: config.Settings) -> None:
     proc = runner.run(
-        targets.compose_cmd(settings, "logs", "--tail", "40"),
+        compose.compose_cmd(settings, "logs", "--tail", "40"),
         env=settings.compose_env(),
         check=False,
     )

@@ -22,6 +22,7 @@ from deploy.data import db
 from deploy.edge import tls
 from deploy.release import gates
 from deploy.target import facts, runner
+from deploy.target import sockets
 from deploy.colors import other
 
 from .conftest import invoke, isolated_env, running_stack
@@ -180,12 +181,12 @@ def test_apply_moves_the_database_onto_a_new_network_and_adds_a_route_while_the_
     assert "backing up the database before postgres is recreated" in proc.stdout + proc.stderr
     # the live color was attached, not recreated, and the edge reloaded, not restarted
     assert ids(settings, before) == before and edge.read_active(settings) == live
-    assert {n.name for n in facts.service_networks(settings, "postgres")} == {
+    assert {n.name for n in sockets.service_networks(settings, "postgres")} == {
         f"{settings.project}_store"
     }
     assert f"{settings.project}_store" in {
         n.name
-        for n in facts.service_networks(settings, settings.app.copy_name("backend", live.color))
+        for n in sockets.service_networks(settings, settings.app.copy_name("backend", live.color))
     }
     assert len(db.list_backups(settings)) == backups + 1
     stored = {n["id"] for n in gates_get(settings, "/api/notes").json()}

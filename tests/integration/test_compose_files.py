@@ -13,6 +13,7 @@ import pytest
 from deploy import config, images, render
 from deploy.release import gates, releases
 from deploy.target import facts
+from deploy.target import sockets
 
 from .conftest import isolated_env, running_stack
 
@@ -85,7 +86,7 @@ def test_an_app_split_over_include_extends_and_an_override_file_is_released_as_c
     assert "!! services.site.ports: left out: the edge routes to it" in render.wiring(
         s.app
     )  # from the base file
-    assert {name for name, ports in facts.published_ports(s).items() if ports} == {"edge"}
+    assert {name for name, ports in sockets.published_ports(s).items() if ports} == {"edge"}
     result = gates.run_gates(s, "pre or post", "blue", "v1")
     assert result.passed, result.first_failure()
     record = releases.deploy(s)

@@ -26,6 +26,7 @@ from deploy.edge import tls
 from deploy.release import canary, gates, history
 from deploy.edge import locking
 from deploy.target import facts, runner
+from deploy.target import dbfacts
 
 from .conftest import INVOKE, invoke, paused_at, running_stack
 from .test_move import move_env
@@ -67,7 +68,7 @@ def local_writes(settings: config.Settings) -> set[str]:
     """The notes in the stack's own PostgreSQL."""
     return set(
         runner.run(
-            facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+            dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings),
             input="SELECT body FROM notes;",
         ).stdout.split()
     )
@@ -436,7 +437,7 @@ def restore_held_in_pg_restore(
     assert db.verify(settings, name).usable
     with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
         after = client.post("/api/notes", json={"body": "written after the backup"}).json()["id"]
-    with runner.session(facts.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:
+    with runner.session(dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:
         reader.stdin.write("BEGIN; LOCK TABLE notes IN ACCESS SHARE MODE; SELECT 'locked';\n")
         reader.stdin.flush()
         assert reader.stdout.readline().strip() == "locked"
@@ -579,7 +580,7 @@ def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_nex
         deployed = invoke("deploy", env={**env, "DATABASE_URL": managed.url})
         assert deployed.returncode == 0, deployed.stderr
         assert (
-            facts.color_database(
+            dbfacts.color_database(
                 settings, facts.service_states(settings), edge.read_active(settings).color
             )
             != "local"

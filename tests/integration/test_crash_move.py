@@ -16,6 +16,7 @@ from benchmarks.db_move import Writer, managed_image, managed_postgres
 from deploy import config, edge, errors
 from deploy.data import replication
 from deploy.target import facts, runner
+from deploy.target import dbfacts
 
 from .conftest import invoke, running_stack
 from .test_crash import assert_one_color, killed_at, killed_in, last, local_writes, one_offs
@@ -66,7 +67,7 @@ def assert_still_local(settings, before: edge.Active, writer: Writer) -> None:
     """Traffic never left the stack's own database, which has every acknowledged write;
     nothing of the move is left."""
     assert assert_one_color(settings) == before
-    assert facts.color_database(settings, facts.service_states(settings), before.color) == "local"
+    assert dbfacts.color_database(settings, facts.service_states(settings), before.color) == "local"
     assert edge.read_database_record(settings)["url"] == "local"
     assert writer.acked and not set(writer.acked) - local_writes(settings)
     assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
@@ -90,7 +91,7 @@ def assert_still_local(settings, before: edge.Active, writer: Writer) -> None:
     ).stdout.strip()
     assert served == "server.crt"  # its own certificate again, not the relay's
     refusing = runner.run(
-        facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+        dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings),
         input="SELECT count(*) FROM pg_trigger WHERE tgname = 'colorgate_freeze';",
     ).stdout.strip()
     assert refusing == "0"  # the local database takes writes again
@@ -118,7 +119,7 @@ def test_a_dump_move_killed_inside_its_candidates_start_leaves_traffic_and_data_
     shipped = invoke("deploy", env=env)  # the candidate started on the managed database is replaced
     assert shipped.returncode == 0, shipped.stderr
     now = edge.read_active(settings)
-    assert facts.color_database(settings, facts.service_states(settings), now.color) == "local"
+    assert dbfacts.color_database(settings, facts.service_states(settings), now.color) == "local"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

@@ -18,6 +18,7 @@ from deploy.edge import tls
 from deploy.release import gates
 from deploy.edge import locking
 from deploy.target import facts, runner
+from deploy.target import dbfacts
 
 from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host
@@ -181,7 +182,7 @@ def test_the_app_owns_its_database_as_a_role_of_its_own_and_takes_over_what_the_
         return runner.run(pg, input=text, env=settings.docker_env()).stdout.strip()
 
     assert client.get("/api/health").json()["database"] == "ok"
-    roles = facts.database_roles(settings)
+    roles = dbfacts.database_roles(settings)
     assert roles.role_super is False and roles.database_owner == settings.app_db_user
     app_sessions = {(user, sup) for _, user, sup in roles.sessions}
     assert (settings.app_db_user, False) in app_sessions and not any(
@@ -273,7 +274,7 @@ def test_up_migrates_only_under_the_lock_after_a_verified_backup(settings, env):
     up = invoke("up", env=env)  # at head: nothing taken, nothing recorded
     assert up.returncode == 0 and "backing up" not in up.stderr
     runner.run(
-        facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+        dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings),
         input="ALTER TABLE notes DROP COLUMN tags; DELETE FROM schema_migrations WHERE version = 2;",
     )
     with locking.lock(settings, "deploy"):
@@ -313,7 +314,7 @@ def test_cheap_migrations_keep_a_verified_backup_only_when_they_changed_the_sche
     )
     assert "verify" not in record["timings"] and len(db.list_backups(settings)) == kept
     runner.run(
-        facts.psql_cmd(f"{settings.project}-postgres-1", settings),
+        dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings),
         input="ALTER TABLE notes DROP COLUMN tags; DELETE FROM schema_migrations WHERE version = 2;",
     )
     up = invoke(

@@ -20,6 +20,7 @@ from deploy.data import db
 from deploy.edge import tls
 from deploy.release import gates, releases
 from deploy.target import facts
+from deploy.target import dbfacts
 
 from benchmarks.db_move import isolated, managed_postgres
 
@@ -85,7 +86,7 @@ def test_the_jobs_app_runs_with_its_worker_redis_and_alembic(jobs):
     # the unrouted worker does the jobs the routed web service queues
     assert done_by(s, post_job(s, "first")) == "blue v1"
     # Alembic ran in the candidate's image: the status command says head
-    assert facts.pending_migrations(s, "blue") is False
+    assert dbfacts.pending_migrations(s, "blue") is False
     ran = gates_pass(s)
     assert (
         "The jobs page is served through the edge" in ran

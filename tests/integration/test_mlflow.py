@@ -18,6 +18,7 @@ from deploy.data import db
 from deploy.edge import tls
 from deploy.release import gates, releases
 from deploy.target import facts
+from deploy.target import sockets
 
 from .conftest import gates_strict_then_accepted, invoke, isolated_env, running_stack
 
@@ -63,7 +64,7 @@ def test_mlflow_from_pypi_runs_on_the_stacks_database_as_its_own_role(mlflow):
     )
     assert url.password == s.app_db_password() != "mlflow"
     # the docs' file publishes 5000 and 5432 and names its containers: only the edge publishes
-    assert {name for name, ports in facts.published_ports(s).items() if ports} == {"edge"}
+    assert {name for name, ports in sockets.published_ports(s).items() if ports} == {"edge"}
     assert facts.container(s, "mlflow_blue") == f"{s.project}-mlflow_blue-1"
     assert (
         facts.inspect(s, facts.container(s, "postgres"))["Name"] == f"/{s.project}-postgres-1"

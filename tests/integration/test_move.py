@@ -30,6 +30,7 @@ from deploy.data import db, dbtools, relay, replication
 from deploy.release import gates
 from deploy.edge import locking
 from deploy.target import facts, runner
+from deploy.target import dbfacts
 
 from .conftest import invoke, isolated_env, paused_at, running_stack
 
@@ -161,7 +162,7 @@ def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings
             ),
         )
         sessions.start()
-        count = facts.psql_cmd(facts.container(settings, "postgres"), settings)
+        count = dbfacts.psql_cmd(facts.container(settings, "postgres"), settings)
         seen = []
         while sessions.is_alive():
             seen.append(
@@ -264,7 +265,7 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tm
                     and message in last
                 ), proc.stderr
             # a local table without a primary key: replication would break the live app's UPDATE and DELETE on it
-            local = facts.psql_cmd(f"{settings.project}-postgres-1", settings)
+            local = dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings)
             runner.run(local, input="CREATE TABLE audit_log (at timestamptz, line text);")
             try:
                 proc = invoke("db.move", "--mode", "replicate", env=cli_env(env, managed.url))
@@ -441,7 +442,7 @@ def test_a_write_that_reaches_the_local_database_after_the_restore_stops_the_mov
             ).status_code
             == 201
         )
-    local = facts.psql_cmd(f"{settings.project}-postgres-1", settings)
+    local = dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings)
     with managed_postgres(settings, f"{settings.image_prefix}postgres:latest") as managed:
         with paused_at("pre_gates", "db.move", env=cli_env(env, managed.url)) as proc:
             refused = runner.run(
@@ -565,7 +566,7 @@ def test_dump_move_under_writes_loses_nothing(settings, env):
         )
         on_target = set(managed.sql("SELECT body FROM notes WHERE body LIKE 'g%'").split())
         assert set(getter.acked) <= on_target and not set(getter.refused) & on_target
-        local = facts.psql_cmd(f"{settings.project}-postgres-1", settings)
+        local = dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings)
         assert (
             "this database takes no writes now"
             in runner.run(local, input="DELETE FROM notes;", check=False).stderr

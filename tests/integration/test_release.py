@@ -23,6 +23,7 @@ from deploy.edge import tls
 from deploy.release import canary, gates, releases
 from deploy.edge import locking
 from deploy.target import facts, runner, targets
+from deploy.target import compose
 from deploy.errors import CommandError, StackError
 
 from .conftest import INVOKE, invoke, isolated_env, running_stack
@@ -172,7 +173,7 @@ def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
         proc.returncode == errors.BAD_INPUT
         and proc.stderr.strip() == "colorgate: unknown color 'purple': use one of blue, green"
     )
-    runner.run(targets.compose_cmd(rstack, "stop", "frontend_blue"), env=rstack.compose_env())
+    runner.run(compose.compose_cmd(rstack, "stop", "frontend_blue"), env=rstack.compose_env())
     try:
         proc = invoke("switch", "--to", "blue", env=env)
         assert proc.returncode == errors.FAILED
@@ -183,7 +184,7 @@ def test_switch_refuses_unknown_and_stopped_colors(rstack, env):
         )
         assert live(rstack) == edge.Active("green", "v2")
     finally:
-        runner.run(targets.compose_cmd(rstack, "start", "frontend_blue"), env=rstack.compose_env())
+        runner.run(compose.compose_cmd(rstack, "start", "frontend_blue"), env=rstack.compose_env())
         stack.wait_ready(rstack, ["frontend_blue"])
 
 
@@ -403,7 +404,7 @@ def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
         .network_settings.networks[network]
         .ip_address
     )
-    runner.run(targets.compose_cmd(s, "stop", service), env=s.compose_env())
+    runner.run(compose.compose_cmd(s, "stop", service), env=s.compose_env())
     # something else takes the old address while the backend is down
     squatter = engine.container.run(
         f"{s.image_prefix}backend:v1",
@@ -414,7 +415,7 @@ def test_a_restarted_live_container_is_found_at_its_new_address(rstack):
         remove=True,
     )
     try:
-        runner.run(targets.compose_cmd(s, "start", service), env=s.compose_env())
+        runner.run(compose.compose_cmd(s, "start", service), env=s.compose_env())
         stack.wait_ready(s, [service])
         new_ip = (
             engine.container.inspect(f"{s.project}-{service}-1")
@@ -500,10 +501,10 @@ def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
     override.write_text(
         f'services:\n  postgres:\n    networks: [data, web]\n    ports: ["127.0.0.1:{port}:5432"]\n'
     )
-    base = targets.compose_cmd(rstack)
+    base = compose.compose_cmd(rstack)
     cmd = [*base, "--file", str(override), "up", "--detach", "--no-build", "postgres"]
     versions = facts.running_versions(facts.service_states(rstack))
-    runner.run(cmd, env=targets.compose_env(rstack, versions))
+    runner.run(cmd, env=compose.compose_env(rstack, versions))
     try:
         stack.wait_ready(rstack, ["postgres"])
         proc = run_gates_cli(env, "-m", "post")
@@ -515,7 +516,7 @@ def test_gates_fail_when_the_database_port_is_published(rstack, env, tmp_path):
     finally:
         runner.run(
             [*base, "up", "--detach", "--no-build", "postgres"],
-            env=targets.compose_env(rstack, versions),
+            env=compose.compose_env(rstack, versions),
         )
         stack.wait_ready(rstack, ["postgres"])
     assert run_gates_cli(env).returncode == 0
@@ -533,11 +534,11 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
         '    security_opt: ["no-new-privileges:false"]\n    user: root\n'
         f"    environment:\n      DATABASE_URL: ${{{render.database_var(live_color)}}}\n"
     )
-    base = targets.compose_cmd(rstack)
+    base = compose.compose_cmd(rstack)
     versions = facts.running_versions(facts.service_states(rstack))
     runner.run(
         [*base, "--file", str(override), "up", "--detach", "--no-build", backend],
-        env=targets.compose_env(rstack, versions),
+        env=compose.compose_env(rstack, versions),
     )
     try:
         stack.wait_ready(rstack, [backend])
@@ -573,7 +574,7 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
     finally:
         runner.run(
             [*base, "up", "--detach", "--no-build", backend],
-            env=targets.compose_env(rstack, versions),
+            env=compose.compose_env(rstack, versions),
         )
         stack.wait_ready(rstack, [backend])
     assert run_gates_cli(env, "features/hardening.feature").returncode == 0
@@ -587,7 +588,7 @@ def test_the_health_gate_fails_on_a_color_its_restart_policy_keeps_bringing_back
     os.kill(
         facts.inspect(rstack, name)["State"]["Pid"], signal.SIGKILL
     )  # from the host: not a `docker kill`, which counts as a stop
-    base = targets.compose_cmd(rstack)
+    base = compose.compose_cmd(rstack)
     versions = facts.running_versions(facts.service_states(rstack))
     try:
         for attempt in tenacity.Retrying(
@@ -607,7 +608,7 @@ def test_the_health_gate_fails_on_a_color_its_restart_policy_keeps_bringing_back
     finally:  # a new container: its restart count starts again at 0
         runner.run(
             [*base, "up", "--detach", "--no-build", "--force-recreate", backend],
-            env=targets.compose_env(rstack, versions),
+            env=compose.compose_env(rstack, versions),
         )
         stack.wait_ready(rstack, [backend])
     assert run_gates_cli(env, "features/health.feature").returncode == 0

@@ -18,6 +18,8 @@ from deploy import access, apply, config, contract, edge, errors, stack
 from deploy.edge import tls
 from deploy.release import gates, traffic
 from deploy.target import facts, runner, targets
+from deploy.target import sockets
+from deploy.target import compose
 from deploy.errors import ConfigError
 
 from .conftest import free_port, invoke
@@ -338,7 +340,7 @@ def test_notes_crud_through_the_edge(client):
 
 
 def test_only_the_edge_publishes_ports(live_stack, settings):
-    ports = facts.published_ports(settings)
+    ports = sockets.published_ports(settings)
     assert ports["edge"] == sorted(
         [f"127.0.0.1:{settings.http_port}->8080/tcp", f"127.0.0.1:{settings.https_port}->8443/tcp"]
     )
@@ -347,14 +349,16 @@ def test_only_the_edge_publishes_ports(live_stack, settings):
 
 def test_postgres_and_backends_unreachable_from_the_host(live_stack, settings):
     # postgres is on the internal network only; the backend also joins the web network
-    assert [(n.name, n.internal) for n in facts.service_networks(settings, "postgres")] == [
+    assert [(n.name, n.internal) for n in sockets.service_networks(settings, "postgres")] == [
         (f"{settings.project}_data", True)
     ]
-    assert {n.internal for n in facts.service_networks(settings, "backend_blue")} == {True, False}
+    assert {n.internal for n in sockets.service_networks(settings, "backend_blue")} == {True, False}
     for port in (5432, 8000):
-        assert not facts.tcp_connects("127.0.0.1", port), f"127.0.0.1:{port} accepted a connection"
+        assert not sockets.tcp_connects("127.0.0.1", port), (
+            f"127.0.0.1:{port} accepted a connection"
+        )
     # and PostgreSQL refuses connections without the password even from inside the stack
-    probe = targets.compose_cmd(
+    probe = compose.compose_cmd(
         settings,
         "exec",
         "-T",

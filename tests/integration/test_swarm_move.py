@@ -21,6 +21,7 @@ from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_
 from deploy import config, edge, errors, images, keys
 from deploy.data import relay
 from deploy.target import facts, runner, swarm as swarm_target
+from deploy.target import sockets
 
 from .conftest import invoke, isolated_env, remove_stack
 from .test_examples import all_done_on, post_job
@@ -221,7 +222,7 @@ def test_a_dump_move_on_a_swarm_over_ssh_starts_the_candidate_on_the_restored_da
                 try:
                     deadline = time.monotonic() + 60
                     while not (
-                        facts.tcp_connects(second, 2376, timeout=0.5)
+                        sockets.tcp_connects(second, 2376, timeout=0.5)
                         and cluster.docker(
                             cluster.nodes[1], "info", "--format", "{{.Swarm.ControlAvailable}}"
                         ).stdout.strip()

@@ -19,6 +19,7 @@ from deploy import config, edge, errors, images
 from deploy.edge import tls
 from deploy.release import gates
 from deploy.target import facts, runner, swarm as swarm_target
+from deploy.target import sockets
 
 from .conftest import INVOKE, invoke, isolated_env, pebble_server, remove_stack
 from .swarm import IN_THE_CLEAR, swarm
@@ -416,7 +417,7 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
                 ]
             )
             try:
-                while not facts.tcp_connects(worker, 5432, timeout=0.5):
+                while not sockets.tcp_connects(worker, 5432, timeout=0.5):
                     time.sleep(0.1)
                 caught = subprocess.run(
                     [

@@ -15,6 +15,7 @@ from deploy.data import db
 from deploy.edge import tls
 from deploy.release import gates, releases
 from deploy.target import facts
+from deploy.target import sockets
 
 from .conftest import gates_strict_then_accepted, invoke, isolated_env, running_stack
 
@@ -57,7 +58,7 @@ def test_miniflux_from_debian_runs_on_the_stacks_database_as_its_own_role(minifl
     )
     assert environment["RUN_MIGRATIONS"] == "1"
     # its database sits on Colorgate's internal network with it (the file names no networks)
-    assert {n.name for n in facts.service_networks(s, "db")} == {f"{s.project}_colorgate-db"}
+    assert {n.name for n in sockets.service_networks(s, "db")} == {f"{s.project}_colorgate-db"}
     assert api(s, "GET", "/v1/me").json()["username"] == "admin"
     # render says what it replaced
     wired = render.wiring(s.app)

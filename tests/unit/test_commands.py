@@ -14,6 +14,7 @@ import pytest
 
 from deploy import bootstrap, config, errors, images, views
 from deploy.target import facts, runner, targets
+from deploy.target import compose
 from deploy.errors import ColorgateError, CommandError, EngineLost, NotFound, PortInUse
 
 
@@ -29,7 +30,7 @@ def settings():
 
 
 def test_compose_cmd_names_project_and_file(settings):
-    cmd = targets.compose_cmd(settings, "up", "--detach", "edge")
+    cmd = compose.compose_cmd(settings, "up", "--detach", "edge")
     assert cmd[:4] == ["docker", "compose", "--project-name", "shop"]
     # the compose file rendered from the app's, and the app's directory for its build contexts
     assert cmd[cmd.index("--file") + 1] == str(
@@ -45,7 +46,7 @@ def test_compose_cmd_names_project_and_file(settings):
 
 
 def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
-    env = targets.compose_env(settings, {"blue": "v3", "green": "v4"})
+    env = compose.compose_env(settings, {"blue": "v3", "green": "v4"})
     assert env["COLORGATE_BLUE_VERSION"] == "v3" and env["COLORGATE_GREEN_VERSION"] == "v4"
     assert env["POSTGRES_PASSWORD"] == settings.postgres_password
     assert "DOCKER_HOST" not in env
@@ -495,11 +496,11 @@ def test_the_rendered_compose_file_is_never_written_where_another_user_could_rea
     with pytest.raises(
         ColorgateError, match=r"belongs to someone else or is open to others: remove it"
     ):
-        targets.compose_cmd(settings, "ps")
+        compose.compose_cmd(settings, "ps")
     assert not list(Path(planted).rglob("compose.yml"))
     os.rmdir(planted) if not planted.is_symlink() else planted.unlink()
     assert (
-        targets.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"
+        compose.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"
     )  # made afresh, private
 
 

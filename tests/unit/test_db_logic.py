@@ -11,7 +11,7 @@ import yaml
 
 from deploy import keys
 from deploy.data import db, dbtools, migrations, offsite
-from deploy.target import facts
+from deploy.target import dbfacts
 from deploy.errors import ConfigError
 
 from .recording import check_case
@@ -56,7 +56,7 @@ def test_dump_runs_inside_the_network_from_the_exported_snapshot():
     assert cmd[cmd.index("run") : cmd.index("run") + 4] == ["run", "--rm", "--no-deps", "-T"]
     assert cmd[cmd.index("dbtools") + 1 :] == ["sh", "-c", db.DUMP_SCRIPT, "dump", "N", "SNAP"]
     assert '--snapshot="$2"' in db.DUMP_SCRIPT and "--format=custom" in db.DUMP_SCRIPT
-    assert facts.psql_cmd("shop-postgres-1", s)[:4] == ["docker", "exec", "-i", "shop-postgres-1"]
+    assert dbfacts.psql_cmd("shop-postgres-1", s)[:4] == ["docker", "exec", "-i", "shop-postgres-1"]
 
 
 def test_a_managed_database_is_reached_through_the_environment_never_argv():
