@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from deploy import render
 from deploy.target import runner, swarm
+from deploy.target import swarmstack
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.keys import shown_url
@@ -81,7 +82,7 @@ class SwarmReads(ComposeReads):
     def rendered(self, settings: Settings, rendered: dict) -> dict:
         """For one-off containers on the stack's networks and volumes, which are made first."""
         if (settings.docker_host, settings.project) not in self._volumes_made:
-            swarm.ensure_volumes(settings, list(rendered["volumes"]))
+            swarmstack.ensure_volumes(settings, list(rendered["volumes"]))
             self._volumes_made.add((settings.docker_host, settings.project))
         return render.one_offs_on_swarm(rendered, settings.project)
 

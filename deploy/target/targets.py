@@ -18,6 +18,7 @@ import threading
 
 from deploy import access
 from deploy.target import confinement, facts, runner, swarm
+from deploy.target import swarmstack
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.target.compose import Compose, compose_env
@@ -44,13 +45,13 @@ class Swarm(Compose):
         replicas: dict[str, int] | None = None,
         databases: dict[str, str] | None = None,
     ) -> dict[str, swarm.Service]:
-        """swarm.apply with the stack's secret files (the database's password, each color's
+        """swarmstack.apply with the stack's secret files (the database's password, each color's
         database URL: the configured one unless `databases` names another, as compose_env)
         as Swarm secrets: a volume holds them on one node only."""
         files = access.secret_files(
             settings, {c: (databases or {}).get(c, "") for c in COLORS}, database=True
         )
-        return swarm.apply(
+        return swarmstack.apply(
             settings,
             env,
             start,
@@ -96,7 +97,7 @@ class Swarm(Compose):
             replicas=None if whole else {name: 0 for name in names},
             databases=databases,
         )
-        swarm.wait_stopped(settings, names, 30 + (grace or 0), strict=not whole)
+        swarmstack.wait_stopped(settings, names, 30 + (grace or 0), strict=not whole)
         return {name: s.replicas for name, s in before.items() if name in names}
 
     def resume(
@@ -113,7 +114,7 @@ class Swarm(Compose):
             env,
             databases=databases,
             replicas={
-                name: (counts or {}).get(name) or swarm.resumed_count(settings, current, name)
+                name: (counts or {}).get(name) or swarmstack.resumed_count(settings, current, name)
                 for name in names
             },
         )
@@ -122,7 +123,7 @@ class Swarm(Compose):
         self, settings: Settings, services: list[str], timeout: float, recovering: bool
     ) -> dict[str, facts.ServiceState]:
         """A task is running once healthy: the Swarm restarts those that fail."""
-        swarm.wait_converged(settings, services, timeout)
+        swarmstack.wait_converged(settings, services, timeout)
         return facts.service_states(settings)
 
     def counts(self, settings: Settings) -> dict[str, int]:
@@ -132,10 +133,10 @@ class Swarm(Compose):
         self.apply(settings, env, replicas=counts)
 
     def converge(self, settings: Settings, names: list[str], timeout: float) -> None:
-        swarm.wait_converged(settings, names, timeout)
+        swarmstack.wait_converged(settings, names, timeout)
 
     def retire(self, settings: Settings, copies: list[str], service: str) -> None:
-        """At 0 tasks, which later commands keep (swarm.replicas_for)."""
+        """At 0 tasks, which later commands keep (swarmstack.replicas_for)."""
         self.set_counts(
             settings, compose_env(settings, {}), {name: 0 for name in [*copies, service]}
         )
@@ -224,13 +225,13 @@ class Swarm(Compose):
 
     def down(self, settings: Settings, volumes: bool) -> None:
         self.reads.forget_volumes(settings)
-        swarm.remove(settings, volumes)
+        swarmstack.remove(settings, volumes)
 
     def tear_down(self, settings: Settings) -> None:
-        swarm.remove(settings)
+        swarmstack.remove(settings)
 
     def destroy(self, settings: Settings) -> None:
-        swarm.remove(settings, volumes=True)
+        swarmstack.remove(settings, volumes=True)
         self.reads.forget_volumes(settings)
 
 

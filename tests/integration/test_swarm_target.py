@@ -19,6 +19,7 @@ from deploy import config, edge, errors, images
 from deploy.edge import tls
 from deploy.release import gates
 from deploy.target import facts, runner, swarm as swarm_target
+from deploy.target import swarmstack
 from deploy.target import sockets
 
 from .conftest import INVOKE, invoke, isolated_env, pebble_server, remove_stack
@@ -508,7 +509,7 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
             settings.postgres_password
             and not any(  # named by a salted digest: not the value's plain one
                 s["Spec"]["Name"]
-                == swarm_target.secret_name(
+                == swarmstack.secret_name(
                     settings.project, "secrets-db", "postgres_password", settings.postgres_password
                 )
                 for s in secrets

@@ -97,9 +97,10 @@ def test_no_import_circle_in_the_engine():
 LAYERS = {
     name: set(modules.split())
     for name, modules in {
-        "settings and commands": "errors colors contract contract.model contract.parse keys config "
+        "settings and commands": "errors colors contract contract.model contract.fields contract.blocks "
+        "contract.parse keys config "
         "render scaffold appsecrets images remote target.ssh target.runner",
-        "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm bootstrap",
+        "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm target.swarmstack bootstrap",
         "the edge and the record": "edge edge.state edge.ledger edge.routes edge.probes edge.locking "
         "release.history release.plans release.canary release.traffic",
         "the stack": "access stack target.compose target.targets edge.tls edge.acme release.gates data.dbtools data.relay",

@@ -10,6 +10,7 @@ import pytest
 
 from deploy import config, render
 from deploy.target import swarm
+from deploy.target import swarmstack
 from deploy.errors import ColorgateError
 
 
@@ -103,11 +104,14 @@ def test_a_service_runs_once_all_its_replicas_run_its_current_spec():
 def test_a_starting_color_gets_as_many_tasks_as_the_other_runs_else_the_contracts():
     s = settings()
     blank = swarm.Service("", 0, 0, "", {}, {}, [], "", {})
-    assert swarm.replicas_for(s, {}, {"blue"}) == {"site_blue": 1, "site_green": 0}
+    assert swarmstack.replicas_for(s, {}, {"blue"}) == {"site_blue": 1, "site_green": 0}
     scaled = {"site_blue": dataclasses.replace(blank, name="site_blue", replicas=3)}
-    assert swarm.replicas_for(s, scaled, {"blue", "green"}) == {"site_blue": 3, "site_green": 3}
+    assert swarmstack.replicas_for(s, scaled, {"blue", "green"}) == {
+        "site_blue": 3,
+        "site_green": 3,
+    }
     both = {**scaled, "site_green": dataclasses.replace(blank, name="site_green", replicas=2)}
-    assert swarm.replicas_for(s, both, {"green"}) == {
+    assert swarmstack.replicas_for(s, both, {"green"}) == {
         "site_blue": 0,
         "site_green": 2,
     }  # a running copy keeps its count
@@ -162,7 +166,7 @@ def test_a_paused_copy_and_a_retired_database_stay_at_no_tasks_until_a_command_s
         "web_green": service("web_green", 3),
         "worker_green": service("worker_green", 0),
     }
-    assert swarm.replicas_for(s, current, {"blue", "green"}) == {
+    assert swarmstack.replicas_for(s, current, {"blue", "green"}) == {
         "web_blue": 3,
         "worker_blue": 0,
         "web_green": 3,
@@ -170,24 +174,24 @@ def test_a_paused_copy_and_a_retired_database_stay_at_no_tasks_until_a_command_s
     }
     # a color that starts again gets every copy going
     stopped = {**current, "web_green": service("web_green", 0)}
-    assert swarm.replicas_for(s, stopped, {"blue", "green"}, start="green") == {
+    assert swarmstack.replicas_for(s, stopped, {"blue", "green"}, start="green") == {
         "web_blue": 3,
         "worker_blue": 0,
         "web_green": 3,
         "worker_green": 1,
     }
     assert (
-        swarm.resumed_count(s, current, "worker_green") == 1
+        swarmstack.resumed_count(s, current, "worker_green") == 1
     )  # its other color paused too: the contract's
     assert (
-        swarm.resumed_count(
+        swarmstack.resumed_count(
             s, {**current, "worker_blue": service("worker_blue", 2)}, "worker_green"
         )
         == 2
     )
     # the database db.retire-local retired stays at 0; the others run their one task
     retired = {**current, "db": service("db", 0), "cache": service("cache", 1)}
-    assert swarm.replicas_for(s, retired, {"green"}) == {
+    assert swarmstack.replicas_for(s, retired, {"green"}) == {
         "db": 0,
         "web_blue": 0,
         "worker_blue": 0,
@@ -205,27 +209,33 @@ def test_a_command_that_would_point_a_running_color_at_another_database_is_found
         "web_old": service("x", 0, "local"),
     }
     env = {render.database_label_var("blue"): "local", render.database_label_var("green"): "local"}
-    assert swarm.database_changes(s, current, env, {"blue", "green"}) == [
+    assert swarmstack.database_changes(s, current, env, {"blue", "green"}) == [
         "green uses postgresql://admin@10.0.0.9:5432/app, not local"
     ]
     assert (
-        swarm.database_changes(s, current, env, {"blue"}) == []
+        swarmstack.database_changes(s, current, env, {"blue"}) == []
     )  # green is being stopped or started anew
     moved = {**env, render.database_label_var("green"): "postgresql://admin@10.0.0.9:5432/app"}
-    assert swarm.database_changes(s, current, moved, {"blue", "green"}) == []
+    assert swarmstack.database_changes(s, current, moved, {"blue", "green"}) == []
     # a stopped copy's label does not count: it starts with what the command gives it
     assert (
-        swarm.database_changes(s, {"web_green": service("web_green", 0, "local")}, moved, {"green"})
+        swarmstack.database_changes(
+            s, {"web_green": service("web_green", 0, "local")}, moved, {"green"}
+        )
         == []
     )
 
 
 def test_the_stack_deploy_resolves_registry_images_to_digests_and_reads_the_stack_on_stdin():
     s = settings(COLORGATE_REGISTRY="reg.example/acme")
-    assert swarm.deploy_cmd(s)[-3:] == ["--compose-file", "-", "shop"]
-    assert swarm.deploy_cmd(s)[swarm.deploy_cmd(s).index("--resolve-image") + 1] == "always"
+    assert swarmstack.deploy_cmd(s)[-3:] == ["--compose-file", "-", "shop"]
     assert (
-        swarm.deploy_cmd(settings())[swarm.deploy_cmd(settings()).index("--resolve-image") + 1]
+        swarmstack.deploy_cmd(s)[swarmstack.deploy_cmd(s).index("--resolve-image") + 1] == "always"
+    )
+    assert (
+        swarmstack.deploy_cmd(settings())[
+            swarmstack.deploy_cmd(settings()).index("--resolve-image") + 1
+        ]
         == "never"
     )
 
@@ -267,18 +277,18 @@ def test_secret_files_become_swarm_secrets_at_the_same_paths_and_one_offs_use_th
     assert out["secrets"] == {"shop_aaa": {"external": True}, "shop_bbb": {"external": True}}
     assert "secrets-db" not in out["volumes"] and "pgdata" in out["volumes"]
     # a new value is a new secret (they are immutable); the same value, the same one
-    assert swarm.secret_name(
+    assert swarmstack.secret_name(
         "shop", "secrets-db", "postgres_password", "a", "s1"
-    ) != swarm.secret_name("shop", "secrets-db", "postgres_password", "b", "s1")
-    assert swarm.secret_name("shop", "v", "f", "a", "s1") == swarm.secret_name(
+    ) != swarmstack.secret_name("shop", "secrets-db", "postgres_password", "b", "s1")
+    assert swarmstack.secret_name("shop", "v", "f", "a", "s1") == swarmstack.secret_name(
         "shop", "v", "f", "a", "s1"
     )
     # salted per stack: the name of a value is not its plain digest, and differs between stacks' salts
-    salted = swarm.secret_name("shop", "v", "f", "hunter2", "s1")
+    salted = swarmstack.secret_name("shop", "v", "f", "hunter2", "s1")
     assert (
         salted
-        != swarm.secret_name("shop", "v", "f", "hunter2", "s2")
-        != swarm.secret_name("shop", "v", "f", "hunter2")
+        != swarmstack.secret_name("shop", "v", "f", "hunter2", "s2")
+        != swarmstack.secret_name("shop", "v", "f", "hunter2")
     )
     assert hashlib.sha256(b"v/f/hunter2").hexdigest()[:16] not in salted
     one_offs = render.one_offs_on_swarm(render.compose(s.app), "shop")
