@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import apply, config, stack  # noqa: E402
+from deploy import config, stack  # noqa: E402
+from deploy import starting
 from deploy.data import db
 from deploy.target import runner
 from deploy.target import dbfacts
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         },
     )
     try:
-        apply.start_stack(settings)
+        starting.start_stack(settings)
         t = time.monotonic()
         runner.run(
             seed_cmd(settings),

@@ -42,7 +42,9 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from deploy import apply, config, images, stack  # noqa: E402
+from deploy import config, stack  # noqa: E402
+from deploy import starting
+from deploy import bases
 from deploy.edge import tls  # noqa: E402
 from deploy.data import db, move
 from deploy.release import gates
@@ -163,11 +165,11 @@ def server_certificate(ca_cert, ca_key, address: str) -> tuple[str, str]:
 
 # PostgreSQL 17 from Debian trixie, as managed services run it (16 or newer: its
 # subscriptions can check a server against the system's CAs): the examples' image on it
-MANAGED = images.postgres_base(17)
+MANAGED = bases.postgres_base(17)
 
 
 def managed_image(settings: config.Settings) -> str:
-    images.build_bases(settings, [MANAGED])
+    bases.build_bases(settings, [MANAGED])
     tag = f"{settings.image_prefix}postgres17:test"
     runner.run(
         [
@@ -372,7 +374,7 @@ def one_mode(mode: str, rows: int) -> dict:
     run_id = f"cgmovebench{os.getpid()}{secrets.token_hex(2)}"
     settings = config.load("development", environ={**os.environ, **isolated(run_id)})
     try:
-        apply.start_stack(settings)
+        starting.start_stack(settings)
         runner.run(
             dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings),
             input=SEED_SQL.format(rows=rows),

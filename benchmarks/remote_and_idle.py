@@ -39,7 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.switch_under_load import free_port  # noqa: E402
-from deploy import apply, config, images, stack  # noqa: E402
+from deploy import config, stack  # noqa: E402
+from deploy import starting
+from deploy import bases
 from deploy.target import runner
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
@@ -51,7 +53,7 @@ MEMORY_TARGET = 256  # MiB
 # --- an SSH server on loopback in front of this engine -----------------------------------
 
 
-SSHD = images.BaseImage("sshd", ("openssh-server", "iproute2"))
+SSHD = bases.BaseImage("sshd", ("openssh-server", "iproute2"))
 SOCKET = "/var/run/docker.sock"
 
 SSHD_SCRIPT = """set -eu
@@ -93,8 +95,8 @@ def ssh_host(
     `socket` (not `with_docker`: a host with neither the engine's socket nor the CLI;
     an SFTP server, say, listening on docker0 for containers to reach)."""
     settings = config.load("development")
-    if not images.image_exists(settings, SSHD.tag(settings.base_source)):
-        images.build_bases(settings, [SSHD])
+    if not bases.image_exists(settings, SSHD.tag(settings.base_source)):
+        bases.build_bases(settings, [SSHD])
     port = free_port()
     name = f"cgtestsshd{os.getpid()}{secrets.token_hex(2)}"
     mounts = (
@@ -306,7 +308,7 @@ def run(args) -> dict:
             round(engine, 4),
         )
         with runner.step("starting the stack"):
-            apply.start_stack(settings)
+            starting.start_stack(settings)
         key = keygen(root / "home" / ".ssh" / "id_ed25519")
         with ssh_host(key) as host:
             remote = {**operator_env(env, operator_home(root, host.port))}

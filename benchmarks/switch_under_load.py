@@ -66,6 +66,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import apply, config, edge, stack  # noqa: E402
+from deploy import starting
 from deploy.edge import tls  # noqa: E402
 from deploy.release import releases
 from deploy.target import facts, runner, swarm
@@ -473,12 +474,12 @@ def push(settings: config.Settings, version: str) -> None:
 def on_a_swarm(settings: config.Settings, size: int):
     """The test Swarm of `size` engines with a registry (tests/integration/swarm.py), the
     app's v1 and v2 pushed to it; yields the settings whose target is its manager."""
-    from deploy import images
+    from deploy import bases
     from tests.integration.swarm import swarm as test_swarm
 
     with test_swarm(settings, size=size, registry=True) as cluster:
         here = reload(settings, COLORGATE_REGISTRY=f"{cluster.registry}/{settings.project}")
-        images.build_bases(here, images.needed_bases(here))
+        bases.build_bases(here, bases.needed_bases(here))
         for version in ("v1", "v2"):
             push(here, version)
         yield reload(
@@ -638,7 +639,7 @@ def measure(args, settings: config.Settings) -> dict:
         with runner.step(
             f"starting an isolated stack of {settings.app.file.parent.name} with both colors"
         ):
-            apply.start_stack(settings, version="v1")
+            starting.start_stack(settings, version="v1")
             if settings.swarm:
                 for service in settings.app.colored:
                     apply.scale(settings, service, args.replicas)

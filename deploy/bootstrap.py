@@ -14,7 +14,7 @@ import socket
 import stat
 from pathlib import Path
 
-from deploy import images
+from deploy import bases
 from deploy.target import runner, ssh
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, DockerUnavailable, PortInUse
@@ -138,15 +138,15 @@ def bootstrap(settings: Settings, refresh: bool = False) -> list[tuple[str, str]
 def fresh_bases(
     settings: Settings, force: bool = False, installed: list | None = None
 ) -> list[str]:
-    """The base images the app needs, made where missing or old (images.refresh_bases),
+    """The base images the app needs, made where missing or old (bases.refresh_bases),
     mmdebstrap installed first when they are made with it; returns those made."""
-    needed = images.needed_bases(settings)
-    ages = images.base_ages(settings, needed)  # once: a release build asks on every deploy
-    if settings.bases == "mmdebstrap" and (force or images.stale(ages, settings.base_max_age)):
+    needed = bases.needed_bases(settings)
+    ages = bases.base_ages(settings, needed)  # once: a release build asks on every deploy
+    if settings.bases == "mmdebstrap" and (force or bases.stale(ages, settings.base_max_age)):
         outcome = ensure_mmdebstrap()
         if installed is not None:
             installed.append(("mmdebstrap", outcome))
-    return images.refresh_bases(settings, needed, force=force, ages=ages)
+    return bases.refresh_bases(settings, needed, force=force, ages=ages)
 
 
 # --- the ports the edge publishes on this machine -----------------------------------

@@ -12,6 +12,8 @@ import time
 import tenacity
 
 from deploy import access, bootstrap, edge, images
+from deploy import bases
+from deploy import registry
 from deploy.edge import probes
 from deploy.target import facts, runner, targets
 from deploy.target import compose
@@ -100,7 +102,7 @@ def build(settings: Settings, services: list[str], versions: dict[str, str]) -> 
 
 def release_images_exist(settings: Settings, version: str) -> bool:
     return all(
-        images.image_exists(settings, images.app_tag(settings, name, version))
+        bases.image_exists(settings, images.app_tag(settings, name, version))
         for name in images.release_images(settings.app)
     )
 
@@ -125,8 +127,8 @@ def ensure_release_images(
     ):
         return
     if settings.image_source == "registry":
-        with images.registry_session(settings) as env:
-            images.pull(settings, images.release_images(settings.app), version, env)
+        with registry.registry_session(settings) as env:
+            registry.pull(settings, images.release_images(settings.app), version, env)
         return
     if force or not release_images_exist(settings.builder, version):
         bootstrap.fresh_bases(
@@ -139,7 +141,7 @@ def ensure_release_images(
             for name in images.release_images(settings.app)
             for tag in (version, "latest")
         ]
-        images.send(settings, refs)
+        registry.send(settings, refs)
 
 
 def ensure_infra_images(settings: Settings, versions: dict[str, str], version: str | None) -> None:
@@ -148,14 +150,14 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
     unchanged), and sent to the target when streaming."""
     names = images.infra_images(settings.app)
     if settings.image_source == "registry":
-        with images.registry_session(settings) as env:
-            images.pull(settings, names, version or "latest", env, as_latest=True)
+        with registry.registry_session(settings) as env:
+            registry.pull(settings, names, version or "latest", env, as_latest=True)
         return
     if (
         settings.image_source == "stream"
     ):  # all of them: `compose run` cannot build on the target then
         build(settings.builder, list(names), versions)
-        images.send(settings, [images.app_tag(settings, name, "latest") for name in names])
+        registry.send(settings, [images.app_tag(settings, name, "latest") for name in names])
     else:
         # certbot is built when first used (tls.init); dbtools only for an app with PostgreSQL
         build(

@@ -8,7 +8,8 @@ from dataclasses import asdict, replace
 from datetime import datetime, UTC
 from pathlib import Path
 
-from deploy import edge, images, stack
+from deploy import edge, stack
+from deploy import bases
 from deploy.release import history, traffic
 from deploy.edge import locking
 from deploy.target import facts, runner, targets
@@ -79,7 +80,7 @@ def status(settings: Settings) -> dict:
         "services": [asdict(s) for _, s in sorted(states.items())],
         "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
         "bases": {
-            "ages": images.base_ages(settings.builder, images.needed_bases(settings.builder)),
+            "ages": bases.base_ages(settings.builder, bases.needed_bases(settings.builder)),
             "max_age": settings.base_max_age,
         },
     }
@@ -140,17 +141,17 @@ def format_status(data: dict) -> str:
         lines.append(
             "writes: FROZEN at the edge (a db.move is running, or was interrupted: `invoke db.unfreeze`)"
         )
-    bases = data.get("bases") or {}
-    if bases.get("ages"):
-        old = images.stale(bases["ages"], bases["max_age"])
+    made = data.get("bases") or {}
+    if made.get("ages"):
+        old = bases.stale(made["ages"], made["max_age"])
         lines.append(
             "base images: "
-            + ", ".join(f"{name} {images.format_age(age)}" for name, age in bases["ages"].items())
+            + ", ".join(f"{name} {bases.format_age(age)}" for name, age in made["ages"].items())
             + (
                 f"; {', '.join(old)} to be made again (the next deploy does, or `invoke bootstrap --refresh`)"
                 if old
-                else f" old (made again after {images.format_age(bases['max_age'])})"
-                if bases["max_age"]
+                else f" old (made again after {bases.format_age(made['max_age'])})"
+                if made["max_age"]
                 else " old"
             )
         )

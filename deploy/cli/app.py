@@ -10,6 +10,7 @@ from pathlib import Path
 from invoke import Exit
 
 from deploy import apply as _apply, bootstrap as _bootstrap, contract, edge, scaffold
+from deploy import starting
 from deploy.release import canary as canary_steps, history as _history, releases
 from deploy import render as _render, views
 from deploy.release import traffic as _traffic
@@ -58,7 +59,7 @@ def up(c, profile=None, host=None, registry=None, version=None, yes=False):
     """Start the stack, or apply what changed beside the colors of a running one (as apply)."""
     settings = _target(profile, host, registry, starts=True)
     _say_left_out(settings.app)
-    _apply.up(settings, version=version and edge.check_version(version), yes=yes)
+    starting.up(settings, version=version and edge.check_version(version), yes=yes)
     print(views.format_status(views.status(settings)))
 
 
@@ -78,7 +79,7 @@ def apply(c, profile=None, host=None, registry=None, plan=False, yes=False):
     if plan:
         print("\n".join(_apply.plan(settings)))
         return
-    _apply.up(settings, yes=yes)
+    starting.up(settings, yes=yes)
     print(views.format_status(views.status(settings)))
 
 

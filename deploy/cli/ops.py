@@ -25,6 +25,7 @@ from deploy.edge import tls as _tls
 from deploy.release import recover as _recover, releases
 from deploy.target import runner
 from deploy.edge import acme as _acme
+from deploy import registry as _registry
 from deploy.cli.common import (
     HOST_HELP,
     LOCK_HELP,
@@ -210,7 +211,7 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
     if not settings.registry:
         raise BadInput("no registry: pass --registry (e.g. ghcr.io/acme) or set COLORGATE_REGISTRY")
     version = edge.check_version(version or _images.default_version(settings))
-    with _images.registry_session(settings) as env:
+    with _registry.registry_session(settings) as env:
         _bootstrap.fresh_bases(
             settings.builder
         )  # a fresh CI runner has none: they are made first, as deploy makes them
@@ -221,7 +222,7 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
                 {"blue": version},
             )
         with runner.step(f"pushing to {settings.registry}"):
-            pushed = _images.push(settings, version, env)
+            pushed = _registry.push(settings, version, env)
     print("\n".join(f"pushed {ref}" for ref in pushed))
 
 
@@ -249,7 +250,7 @@ def images_send(c, version=None, profile=None, host=None):
         for t in (version, "latest")
     ]
     refs += [_images.app_tag(settings, n, "latest") for n in _images.infra_images(settings.app)]
-    sent, present = _images.send(settings, refs)
+    sent, present = _registry.send(settings, refs)
     print(
         f"sent {len(sent)} image(s), {len(present)} already there"
         + (f": {', '.join(sent)}" if sent else "")

@@ -6,7 +6,7 @@ included), which backups, verify, restore and db.move compare.
 Passwords never travel in a container's environment or on a command line: they are
 files in the `secrets-tools` volume (access.stage_secrets) that CG_<VAR>_FILE names.
 
-pg_dump is of the server's PostgreSQL major (images.tools_major; the server's version is
+pg_dump is of the server's PostgreSQL major (bases.tools_major; the server's version is
 read once per process), pg_restore of the major that made the dump, and the dbtools
 image of a major is made on first use (`dbtools:pg17`, from Debian's trixie;
 `dbtools:latest` is 15's).
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from deploy import access, images
+from deploy import access
+from deploy import bases
 from deploy.edge import locking
 from deploy.target import runner
 from deploy.target import compose
@@ -212,7 +213,7 @@ PASSWORD_VARS = ("PGPASSWORD", "T_PGPASSWORD")
 
 
 def tools_env(
-    settings: Settings, extra: dict[str, str] | None = None, major: int = images.TOOLS_MAJOR
+    settings: Settings, extra: dict[str, str] | None = None, major: int = bases.TOOLS_MAJOR
 ) -> tuple[dict[str, str], list[str]]:
     """Environment and `-e` flags for a dbtools container: libpq variables for the
     app's database (the stack's own, or DATABASE_URL), plus `extra`. Values travel in
@@ -235,35 +236,35 @@ def tools_env(
 def _image_vars(settings: Settings, major: int) -> dict[str, str]:
     """The compose variables that make `dbtools` the image of `major`'s tools."""
     return {
-        "CG_DBTOOLS_TAG": images.tools_tag(major),
-        "CG_DBTOOLS_BASE": images.postgres_base(major).tag(settings.base_source),
+        "CG_DBTOOLS_TAG": bases.tools_tag(major),
+        "CG_DBTOOLS_BASE": bases.postgres_base(major).tag(settings.base_source),
     }
 
 
 def dump_major(settings: Settings) -> int:
     """The major of the tools that dump the app's database (made if missing)."""
-    return ensure_tools(settings, images.tools_major(server_version(settings) // 10000))
+    return ensure_tools(settings, bases.tools_major(server_version(settings) // 10000))
 
 
 def archive_major(settings: Settings, manifest: dict) -> int:
     """The major of the tools that made a backup, whose pg_restore reads it (made if
     missing); manifests from before they named the server's version were made with 15's."""
     return ensure_tools(
-        settings, images.tools_major(manifest.get("postgres", images.TOOLS_MAJOR * 10000) // 10000)
+        settings, bases.tools_major(manifest.get("postgres", bases.TOOLS_MAJOR * 10000) // 10000)
     )
 
 
 def tools_image(settings: Settings, major: int) -> str:
-    return f"{settings.image_prefix}dbtools:{images.tools_tag(major)}"
+    return f"{settings.image_prefix}dbtools:{bases.tools_tag(major)}"
 
 
 def ensure_tools(settings: Settings, major: int) -> int:
     """Make the dbtools image of `major` where the engine lacks it (its base first):
     `up` makes only the default's. Returns `major`."""
-    if major == images.TOOLS_MAJOR or images.image_exists(settings, tools_image(settings, major)):
+    if major == bases.TOOLS_MAJOR or bases.image_exists(settings, tools_image(settings, major)):
         return major
     with runner.step(f"making the PostgreSQL {major} database tools (once per engine)"):
-        images.build_bases(settings, [images.postgres_base(major)])
+        bases.build_bases(settings, [bases.postgres_base(major)])
         runner.run(
             compose.compose_cmd(settings, "build", "dbtools"),
             env={**compose.compose_env(settings, {}), **_image_vars(settings, major)},
@@ -354,7 +355,7 @@ def tools(
     check: bool = True,
     what: str = "",
     extra: dict[str, str] | None = None,
-    major: int = images.TOOLS_MAJOR,
+    major: int = bases.TOOLS_MAJOR,
 ):
     """Run a shell script in a one-off dbtools container (networks `data` and `web`,
     volume `backups`), connected to the app's database by libpq's environment."""

@@ -11,7 +11,7 @@ import re
 from datetime import datetime, UTC
 from pathlib import Path
 
-from deploy import images
+from deploy import bases
 from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError
@@ -68,9 +68,9 @@ def copy(settings: Settings, action: str, name: str = "") -> str:
             "answering as that server would get the backups: set COLORGATE_BACKUP_COPY_KNOWN_HOSTS to a known_hosts "
             "file for it (`ssh-keyscan HOST > FILE`, then check its fingerprint)"
         )
-    base = images.BASES["rclone"]
-    if not images.image_exists(settings, base.tag(settings.base_source)):
-        images.build_bases(settings, [base])
+    base = bases.BASES["rclone"]
+    if not bases.image_exists(settings, base.tag(settings.base_source)):
+        bases.build_bases(settings, [base])
     cmd = [
         "docker",
         "run",

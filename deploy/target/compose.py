@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 import tenacity
-from deploy import images, render
+from deploy import render
+from deploy import bases
 from deploy.target import confinement, facts, runner
 from deploy.colors import COLORS
 from deploy.config import Settings
@@ -55,8 +56,8 @@ def compose_env(
     configured one unless `databases` names another; db.move does). Holds secrets."""
     env = {
         **settings.compose_env(),
-        **images.base_build_args(settings),
-        "CG_DBTOOLS_BASE": images.BASES["postgres"].tag(settings.base_source),
+        **bases.base_build_args(settings),
+        "CG_DBTOOLS_BASE": bases.BASES["postgres"].tag(settings.base_source),
     }
     for color, version in versions.items():
         env[f"COLORGATE_{color.upper()}_VERSION"] = version

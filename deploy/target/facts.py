@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from deploy import render
+from deploy import swarmfile
 from deploy.target import runner, swarm
 from deploy.target import swarmstack
 from deploy.colors import COLORS
@@ -84,7 +84,7 @@ class SwarmReads(ComposeReads):
         if (settings.docker_host, settings.project) not in self._volumes_made:
             swarmstack.ensure_volumes(settings, list(rendered["volumes"]))
             self._volumes_made.add((settings.docker_host, settings.project))
-        return render.one_offs_on_swarm(rendered, settings.project)
+        return swarmfile.one_offs_on_swarm(rendered, settings.project)
 
     def forget_volumes(self, settings: Settings) -> None:
         """The stack's volumes were removed: the next one-off makes them again."""

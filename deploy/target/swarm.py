@@ -1,7 +1,7 @@
 """The Swarm target (COLORGATE_TARGET=swarm): the same stack, releases and
 gates on a Docker Swarm manager, locally or over SSH.
 
-The stack is rendered for the Swarm (render.swarm) and applied whole with `docker stack
+The stack is rendered for the Swarm (swarmfile.swarm) and applied whole with `docker stack
 deploy`: each colored copy is a service whose replicas say whether that color runs (0:
 stopped, its spec and version kept, as compose keeps a stopped container), so a command
 changes only the services whose spec it changes. A running color keeps the replicas it
@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 
 
-from deploy import render
+from deploy import swarmfile
 from deploy.target import runner
 from deploy.colors import COLORS
 from deploy.config import Settings
@@ -114,7 +114,7 @@ def check_target(settings: Settings) -> int:
     """Refuse what cannot work on this Swarm; returns how many nodes are ready."""
     ready = sum(1 for n in nodes(settings) if (n.get("Status") or {}).get("State") == "ready")
     bind = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
-    render.host_ports(
+    swarmfile.host_ports(
         [f"{bind}:{settings.https_port}:8443"], "services.edge.ports"
     )  # COLORGATE_BIND not loopback
     check_images_reachable(settings, ready)

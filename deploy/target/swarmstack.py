@@ -6,7 +6,9 @@ import hmac
 import time
 from secrets import token_hex
 import yaml
-from deploy import images, render
+from deploy import render
+from deploy import swarmfile
+from deploy import registry
 from deploy.target import runner
 from deploy.colors import COLORS, other
 from deploy.config import Settings
@@ -87,7 +89,7 @@ def stack_file(
     node: str,
 ) -> str:
     """The stack `docker stack deploy` reads (holds the settings' values: sent on stdin)."""
-    stack = render.swarm(
+    stack = swarmfile.render(
         settings.app,
         env,
         copies=replicas,
@@ -227,7 +229,7 @@ def apply(
     secrets = ensure_secrets(settings, files or {})
     text = stack_file(settings, env, counts, secrets, node)
     if settings.image_source == "registry":
-        with images.registry_session(settings) as session:
+        with registry.registry_session(settings) as session:
             runner.run(
                 deploy_cmd(settings), input=text, env={**env, **session}, what="docker stack deploy"
             )
@@ -350,7 +352,7 @@ def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> No
 
 def ensure_volumes(settings: Settings, volumes: list[str]) -> None:
     """The stack's volumes on the manager, made (as compose labels its own) when missing:
-    one-off containers use them as they are there (render.one_offs_on_swarm)."""
+    one-off containers use them as they are there (swarmfile.one_offs_on_swarm)."""
     found = {v["Name"] for v in runner.engine(settings.docker_host, "volumes").get("Volumes") or []}
     for volume in volumes:
         if f"{settings.project}_{volume}" not in found:

@@ -22,7 +22,8 @@ import pytest
 import bcrypt
 import tenacity
 
-from deploy import apply, config, edge, stack, views
+from deploy import config, edge, stack, views
+from deploy import starting
 from deploy.edge import tls
 from deploy.release import gates
 from deploy.edge import locking
@@ -306,7 +307,7 @@ def running_stack(request, settings: config.Settings):
     """`up` from nothing, yielding the status after it; on the way out, logs if anything
     failed, then remove it all."""
     try:
-        apply.start_stack(settings)
+        starting.start_stack(settings)
         yield views.status(settings)
     finally:
         if request.session.testsfailed:

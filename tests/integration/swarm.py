@@ -33,15 +33,14 @@ from collections.abc import Iterator
 
 import httpx
 
-from deploy import images, remote
+from deploy import remote
+from deploy import bases
 from deploy.target import runner
 from deploy.config import Settings
 
 from .conftest import free_port
 
-ENGINE = images.BaseImage(
-    "dockerd", ("docker.io", "iptables", "ca-certificates", "procps", "socat")
-)
+ENGINE = bases.BaseImage("dockerd", ("docker.io", "iptables", "ca-certificates", "procps", "socat"))
 ENGINE_PORT = 2375
 # The engines here (containers without --privileged) cannot run IPsec, so a stack's
 # overlay networks are left unencrypted (COLORGATE_SWARM_ENCRYPT, on by default): an
@@ -242,7 +241,7 @@ def swarm(
     """`size` engines in a Swarm (the first manages it), with a registry they all pull
     from when asked, removed afterwards. With `socket_dir`, the manager's engine also
     listens on the socket `socket_dir`/docker.sock of this machine (for an sshd in front)."""
-    images.build_bases(settings, [ENGINE])
+    bases.build_bases(settings, [ENGINE])
     run_id = f"cgswarm{secrets.token_hex(3)}"
     cluster = Cluster(f"{run_id}-net", [f"{run_id}-node{n}" for n in range(1, size + 1)])
     try:

@@ -20,6 +20,7 @@ import tenacity
 from cryptography import x509
 
 from deploy import config, edge, errors, images, stack
+from deploy import bases
 from deploy.edge import acme, tls
 from deploy.release import gates
 from deploy.target import facts, runner
@@ -345,7 +346,7 @@ def test_an_app_without_a_database_gets_its_certificate_too(settings, pebble, en
         "COLORGATE_APP": str(config.project_root() / "examples" / "static-site"),
     }
     site = config.load("development", environ={**os.environ, **site_env})
-    images.build_bases(site, images.missing_bases(site))
+    bases.build_bases(site, bases.missing_bases(site))
     with running_stack(request, site):
         # as an earlier version, which ran certbot as root, left its volumes
         stack.build(site, ["certbot"], {})

@@ -10,7 +10,8 @@ import shutil
 import socket
 import time
 
-from deploy import bootstrap, config, errors, images
+from deploy import bootstrap, config, errors
+from deploy import bases
 from deploy.target import facts, runner
 
 from .conftest import invoke
@@ -65,8 +66,8 @@ def test_bootstrap_twice_changes_nothing_the_second_time(settings):
     plugin = bootstrap.PLUGIN_DIR / "docker-compose"
     plugin_mtime = plugin.stat().st_mtime if plugin.exists() else None
     base_ids = {
-        b.name: images.image_id(settings, b.tag(settings.base_source))
-        for b in images.needed_bases(settings)
+        b.name: bases.image_id(settings, b.tag(settings.base_source))
+        for b in bases.needed_bases(settings)
     }
 
     outcome = dict(bootstrap.bootstrap(settings))
@@ -75,8 +76,8 @@ def test_bootstrap_twice_changes_nothing_the_second_time(settings):
     assert outcome["base images"] == "present"
     assert (plugin.stat().st_mtime if plugin.exists() else None) == plugin_mtime
     assert {
-        b.name: images.image_id(settings, b.tag(settings.base_source))
-        for b in images.needed_bases(settings)
+        b.name: bases.image_id(settings, b.tag(settings.base_source))
+        for b in bases.needed_bases(settings)
     } == base_ids
     assert all(base_ids.values())
 
@@ -85,24 +86,23 @@ def test_a_base_image_older_than_the_setting_is_made_again_and_a_younger_one_is_
     """A base the engine has (a copy of Colorgate's certbot base, under a tag of its own)
     is left while younger than COLORGATE_BASE_MAX_AGE and made again from Debian's mirror
     once older; the image it copied keeps its tag."""
-    base = images.BaseImage(f"cgtest-age-{secrets.token_hex(3)}", ("ca-certificates",))
-    tag, source = base.tag(settings.base_source), images.BASES["certbot"].tag(settings.base_source)
+    base = bases.BaseImage(f"cgtest-age-{secrets.token_hex(3)}", ("ca-certificates",))
+    tag, source = base.tag(settings.base_source), bases.BASES["certbot"].tag(settings.base_source)
     runner.run(["docker", "image", "tag", source, tag])
     try:
-        copied = images.image_id(settings, tag)
+        copied = bases.image_id(settings, tag)
         assert (
-            images.refresh_bases(dataclasses.replace(settings, base_max_age=7 * 86400), [base])
-            == []
+            bases.refresh_bases(dataclasses.replace(settings, base_max_age=7 * 86400), [base]) == []
         )
         time.sleep(1.5)
-        assert images.refresh_bases(dataclasses.replace(settings, base_max_age=1), [base]) == [
+        assert bases.refresh_bases(dataclasses.replace(settings, base_max_age=1), [base]) == [
             base.name
         ]
         assert (
-            images.image_id(settings, tag) != copied
-            and images.base_ages(settings, [base])[base.name] < 120
+            bases.image_id(settings, tag) != copied
+            and bases.base_ages(settings, [base])[base.name] < 120
         )
-        assert images.image_id(settings, source) == copied  # only the tag moved
+        assert bases.image_id(settings, source) == copied  # only the tag moved
         assert runner.run(
             ["docker", "run", "--rm", tag, "dpkg-query", "-W", "-f", "${Status}", "ca-certificates"]
         ).stdout == ("install ok installed")

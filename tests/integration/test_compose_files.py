@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from deploy import config, images, render
+from deploy import config, render
+from deploy import bases
 from deploy.release import gates, releases
 from deploy.target import facts
 from deploy.target import sockets
@@ -62,7 +63,7 @@ def split_app(request, tmp_path_factory):
     settings = config.load(
         "development", environ={**os.environ, **isolated_env("cf"), "COLORGATE_APP": str(app)}
     )
-    images.build_bases(settings, images.missing_bases(settings))
+    bases.build_bases(settings, bases.missing_bases(settings))
     with running_stack(request, settings):
         yield settings
 

@@ -15,7 +15,8 @@ import httpx
 import pytest
 import tenacity
 
-from deploy import config, edge, errors, images, keys
+from deploy import config, edge, errors, keys
+from deploy import bases
 from deploy.data import db
 from deploy.edge import tls
 from deploy.release import gates, releases
@@ -32,7 +33,7 @@ ROOT = config.project_root()
 def example(name: str, tag: str) -> tuple[dict, config.Settings]:
     env = {**isolated_env(tag), "COLORGATE_APP": str(ROOT / "examples" / name)}
     settings = config.load("development", environ={**os.environ, **env})
-    images.build_bases(settings, images.missing_bases(settings))
+    bases.build_bases(settings, bases.missing_bases(settings))
     return env, settings
 
 

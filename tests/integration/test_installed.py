@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.remote_and_idle import keygen, operator_home, ssh_host
-from deploy import config, edge, errors, images
+from deploy import config, edge, errors
+from deploy import bases
 from deploy.target import facts, runner
 
 from . import workflow
@@ -162,7 +163,7 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
     settings = config.load(
         "development", root=app, environ={}
     )  # this test's own view, to clean up whatever happens
-    images.build_bases(settings, images.missing_bases(settings))
+    bases.build_bases(settings, bases.missing_bases(settings))
     try:
         assert "!! services.web.ports: left out: the edge routes to it" in drafted.stderr
         assert (app / "compose.colorgate.yaml").is_file() and (

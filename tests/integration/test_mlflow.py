@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from deploy import config, edge, images, render
+from deploy import config, edge, render
+from deploy import bases
 from deploy.data import db
 from deploy.edge import tls
 from deploy.release import gates, releases
@@ -34,7 +35,7 @@ def mlflow(request):
         "COLORGATE_SECRETS_IN_ENV": "allow",
     }
     settings = config.load("development", environ={**os.environ, **env})
-    images.build_bases(settings, images.missing_bases(settings))
+    bases.build_bases(settings, bases.missing_bases(settings))
     with running_stack(request, settings):
         yield env, settings
 

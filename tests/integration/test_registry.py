@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from deploy import config, edge, errors, images
+from deploy import bases
 from deploy.target import facts, runner
 from deploy.errors import RegistryError
 
@@ -107,7 +108,7 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     )
     assert facts.inspect(settings, facts.container(settings, "backend_green"))[
         "Image"
-    ] == images.registry_image(settings, "backend", "v8")
+    ] == registry.registry_image(settings, "backend", "v8")
 
     # a version the registry holds from another build is refused before anything is pushed
     runner.run(
@@ -117,7 +118,7 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
         )
     )
     with (
-        images.registry_session(settings) as session,
+        registry.registry_session(settings) as session,
         pytest.raises(
             RegistryError,
             match=(
@@ -125,9 +126,9 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
             ),
         ),
     ):
-        images.push(settings, "v8", session)
+        registry.push(settings, "v8", session)
     assert (
-        images.registry_image(settings, "backend", "v8")
+        registry.registry_image(settings, "backend", "v8")
         == facts.inspect(settings, facts.container(settings, "backend_green"))["Image"]
     )
 
@@ -144,22 +145,22 @@ def test_base_images_build_from_debians_image_in_a_registry_with_debians_package
     FROM `<image>:bookworm-slim` (here a minimal Debian made by mmdebstrap, pushed to the
     test registry in place of Docker Hub's) with the packages from Debian's mirror."""
     settings = config.load("development", environ={**os.environ, **env})
-    slim = images.BaseImage("slim", ("ca-certificates",))
-    images.build_bases(settings, [slim])
+    slim = bases.BaseImage("slim", ("ca-certificates",))
+    bases.build_bases(settings, [slim])
     debian = f"{settings.image_prefix}debian"
     runner.run(images.tag_cmd(slim.tag(settings.base_source), f"{debian}:bookworm-slim"))
-    with images.registry_session(settings) as session:
+    with registry.registry_session(settings) as session:
         runner.run(["docker", "push", "--quiet", f"{debian}:bookworm-slim"], env=session)
         runner.run(["docker", "image", "rm", f"{debian}:bookworm-slim"])
         runner.run(
             ["docker", "pull", "--quiet", f"{debian}:bookworm-slim"], env=session
         )  # as `docker login` would let it
     made = dataclasses.replace(settings, bases="image", debian_image=debian)
-    base = images.BASES["redis"]
+    base = bases.BASES["redis"]
     tag = base.tag(made.base_source)
     try:
-        images.build_bases(made, [base])
-        assert images.image_exists(made, tag) and tag != base.tag(settings.base_source)
+        bases.build_bases(made, [base])
+        assert bases.image_exists(made, tag) and tag != base.tag(settings.base_source)
         ran = runner.run(
             [
                 "docker",

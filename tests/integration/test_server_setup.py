@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, errors, images, stack
+from deploy import config, errors, stack
+from deploy import bases
 from deploy.data import relay
 from deploy.target import runner
 from deploy.errors import MoveError
@@ -27,7 +28,7 @@ from .test_ssh import keygen
 
 SCRIPT = config.project_root() / "compose" / "scripts" / "server-setup.sh"
 # A fresh VPS: Debian's minimal base with its SSH server, as a cloud image comes.
-VPS = images.BaseImage("vps", ("openssh-server", "ca-certificates"))
+VPS = bases.BaseImage("vps", ("openssh-server", "ca-certificates"))
 KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNvbG9yZ2F0ZS10ZXN0LWtleS1ub3QtcmVhbC0xMjM0NTY deploy@ci"
 )
@@ -70,8 +71,8 @@ def vps(tmp_path_factory):
     """A fresh Debian container with root's SSH login, on its own bridge address (so
     that its firewall is its own), and an operator set up to reach it."""
     settings = config.load("development")
-    if not images.image_exists(settings, VPS.tag(settings.base_source)):
-        images.build_bases(settings, [VPS])
+    if not bases.image_exists(settings, VPS.tag(settings.base_source)):
+        bases.build_bases(settings, [VPS])
     root = tmp_path_factory.mktemp("vps")
     key = keygen(root / "home" / ".ssh" / "id_ed25519")
     name = f"cgtestvps{os.getpid()}{secrets.token_hex(2)}"

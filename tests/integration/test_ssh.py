@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from benchmarks.remote_and_idle import SshHost, keygen, operator_env, operator_home, ssh_host
-from deploy import config, errors, images
+from deploy import config, errors
+from deploy import bases
 from deploy.target import runner
 
 from .conftest import free_port, invoke, isolated_env, remove_stack
@@ -108,7 +109,7 @@ def test_an_app_without_a_database_travels_over_ssh_too(remote):
         home,
     )
     settings = config.load("development", environ={**os.environ, **env})
-    images.build_bases(settings, images.missing_bases(settings))
+    bases.build_bases(settings, bases.missing_bases(settings))
     try:
         up = invoke("up", "--host", host.url, env=env)
         assert up.returncode == 0 and "active color: blue (v1)" in up.stdout, up.stderr[-3000:]

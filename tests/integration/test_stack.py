@@ -14,7 +14,8 @@ import time
 import httpx
 import pytest
 
-from deploy import access, apply, config, contract, edge, errors, stack
+from deploy import access, config, contract, edge, errors, stack
+from deploy import starting
 from deploy.edge import tls
 from deploy.release import gates, traffic
 from deploy.target import facts, runner, targets
@@ -611,7 +612,7 @@ def test_up_again_changes_nothing(live_stack, settings):
     ids_before = {
         name: facts.inspect(settings, f"{settings.project}-{name}-1")["Id"] for name in before
     }
-    apply.start_stack(settings)
+    starting.start_stack(settings)
     ids_after = {
         name: facts.inspect(settings, f"{settings.project}-{name}-1")["Id"] for name in before
     }
@@ -671,7 +672,7 @@ def test_down_keeps_data_and_up_brings_it_back(live_stack, settings, ca_pem):
         check=False,
     )
     assert kept.returncode != 0  # the kept migrations go with the stack
-    apply.start_stack(settings)
+    starting.start_stack(settings)
     with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
         assert c.get(f"/api/notes/{note['id']}").json()["body"] == "survives down"
         assert c.get("/api/health").json()["color"] == "blue"

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from deploy import config, images
+from deploy import config
+from deploy import bases
 from deploy.target import runner
 
 from .conftest import invoke, isolated_env, remove_stack
@@ -108,7 +109,7 @@ def test_only_what_the_host_lacks_is_sent(engine, remote, tmp_path):
     # frontend and backend are sent once and tagged twice (v1, latest); edge, postgres, certbot once
     assert first.stdout.startswith("sent 6 image(s), 2 already there"), first.stdout
     settings = config.load("development", environ={**os.environ, **env})
-    local = {ref: images.image_id(settings, ref) for ref in remote_ids(engine, prefix)}
+    local = {ref: bases.image_id(settings, ref) for ref in remote_ids(engine, prefix)}
     assert remote_ids(engine, prefix) == {ref: image_id[7:19] for ref, image_id in local.items()}
     assert len(local) == 8
 
@@ -125,7 +126,12 @@ def test_only_what_the_host_lacks_is_sent(engine, remote, tmp_path):
     with open(app / "backend" / "app.py", "a") as f:
         f.write("\n# v2\n")
     v2 = invoke(
-        "images.send", "--host", host.url, "--version", "v2", env={**env, "COLORGATE_APP": str(app)}
+        "images.send",
+        "--host",
+        host.url,
+        "--version",
+        "v2",
+        env={**env, "COLORGATE_APP": str(app)},
     )
     assert v2.returncode == 0, v2.stderr[-2000:]
     assert v2.stdout.strip() == f"sent 1 image(s), 7 already there: {prefix}backend:v2", v2.stdout

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-from deploy import config, images
+from deploy import config
+from deploy import bases
 
 from .swarm import swarm
 
@@ -19,8 +20,8 @@ print(" ".join(f"{ip}={urllib.request.urlopen(f'http://{ip}:8000/', timeout=5).s
 
 def test_engines_in_containers_form_a_swarm_whose_services_answer_across_nodes():
     settings = config.load("development", environ=dict(os.environ))
-    python = images.BASES["python"]
-    images.build_bases(settings, [python])
+    python = bases.BASES["python"]
+    bases.build_bases(settings, [python])
     tag = python.tag(settings.base_source)
     with swarm(settings, size=2) as cluster:
         nodes = cluster.manager(

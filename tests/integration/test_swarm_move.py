@@ -19,6 +19,7 @@ import pytest
 from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
 from deploy import config, edge, errors, images, keys
+from deploy import bases
 from deploy.data import relay
 from deploy.target import facts, runner, swarm as swarm_target
 from deploy.target import sockets
@@ -51,7 +52,7 @@ def pushed(cluster):
         "COLORGATE_REGISTRY": f"{cluster.registry}/{run['COLORGATE_PROJECT']}",
     }
     built = config.load("development", environ={**os.environ, **here})
-    images.build_bases(built, images.needed_bases(built))
+    bases.build_bases(built, bases.needed_bases(built))
     try:
         for version in ("v1", "v2", "v3"):
             pushed = invoke("images.push", "--version", version, env=here)

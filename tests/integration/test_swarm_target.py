@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from deploy import config, edge, errors, images
+from deploy import config, edge, errors
+from deploy import bases
 from deploy.edge import tls
 from deploy.release import gates
 from deploy.target import facts, runner, swarm as swarm_target
@@ -56,8 +57,8 @@ def registry(cluster):
     path = f"{cluster.registry}/{run['COLORGATE_PROJECT']}"
     here = {**run, "COLORGATE_APP": "examples/static-site", "COLORGATE_REGISTRY": path}
     built = config.load("development", environ={**os.environ, **here})
-    images.build_bases(
-        built, [images.BASES["nginx"], images.BASES["postgres"], images.BASES["certbot"]]
+    bases.build_bases(
+        built, [bases.BASES["nginx"], bases.BASES["postgres"], bases.BASES["certbot"]]
     )
     try:
         for version in ("v1", "v2"):
@@ -322,7 +323,7 @@ def db_registry(cluster):
     path = f"{cluster.registry}/{run['COLORGATE_PROJECT']}"
     here = {**run, **DB_APP, "COLORGATE_REGISTRY": path}
     built = config.load("development", environ={**os.environ, **here})
-    images.build_bases(built, images.needed_bases(built))
+    bases.build_bases(built, bases.needed_bases(built))
     try:
         for version in ("v1", "v2", "v3"):
             pushed = invoke("images.push", "--version", version, env=here)

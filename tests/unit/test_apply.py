@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from deploy import apply
+from deploy import starting
 from deploy.release import plans
 from deploy.errors import ColorgateError, ConfigError
 
@@ -78,7 +79,7 @@ UP_RUNS = yaml.safe_load((Path(__file__).with_name("cases") / "up_runs.yaml").re
 def test_up_runs(case):
     do, raised = Recording(case.get("fail") or {}), None
     try:
-        plans.execute(apply.plan_up(**case["plan"]), do, None, apply.undo_up(case["fresh"]))
+        plans.execute(starting.plan_up(**case["plan"]), do, None, starting.undo_up(case["fresh"]))
     except (ColorgateError, KeyboardInterrupt) as exc:
         raised = exc
     assert do.calls == case["calls"]

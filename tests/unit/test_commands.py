@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from deploy import bootstrap, config, errors, images, views
+from deploy import bases
+from deploy import registry
 from deploy.target import facts, runner, targets
 from deploy.target import compose
 from deploy.errors import ColorgateError, CommandError, EngineLost, NotFound, PortInUse
@@ -50,7 +52,7 @@ def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
     assert env["COLORGATE_BLUE_VERSION"] == "v3" and env["COLORGATE_GREEN_VERSION"] == "v4"
     assert env["POSTGRES_PASSWORD"] == settings.postgres_password
     assert "DOCKER_HOST" not in env
-    assert env["COLORGATE_BASE_PYTHON"] == images.BASES["python"].tag(settings.base_source)
+    assert env["COLORGATE_BASE_PYTHON"] == bases.BASES["python"].tag(settings.base_source)
 
 
 def test_remote_engine_goes_into_the_environment():
@@ -65,8 +67,8 @@ def test_remote_engine_goes_into_the_environment():
 
 
 def test_mmdebstrap_cmd_includes_packages_and_security_updates():
-    base = images.BASES["python"]
-    cmd = images.mmdebstrap_cmd(base, Path("/tmp/x.tar"), "http://deb.debian.org/debian")
+    base = bases.BASES["python"]
+    cmd = bases.mmdebstrap_cmd(base, Path("/tmp/x.tar"), "http://deb.debian.org/debian")
     assert cmd[:3] == ["mmdebstrap", "--quiet", "--variant=minbase"]
     assert "--include=python3,python3-psycopg2,ca-certificates" in cmd
     assert cmd[-3:] == [
@@ -79,9 +81,9 @@ def test_mmdebstrap_cmd_includes_packages_and_security_updates():
 
 def test_base_tag_changes_with_what_goes_in():
     mirror = "http://deb.debian.org/debian"
-    a = images.BaseImage("x", ("nginx-light",))
-    b = images.BaseImage("x", ("nginx-light", "curl"))
-    assert a.tag(mirror) == images.BaseImage("x", ("nginx-light",)).tag(mirror)
+    a = bases.BaseImage("x", ("nginx-light",))
+    b = bases.BaseImage("x", ("nginx-light", "curl"))
+    assert a.tag(mirror) == bases.BaseImage("x", ("nginx-light",)).tag(mirror)
     assert a.tag(mirror) != b.tag(mirror) != b.tag("http://other/debian")
     assert a.tag(mirror).startswith("colorgate-base/x:bookworm-")
 
@@ -107,7 +109,7 @@ def test_bases_older_than_the_setting_or_missing_are_made_again_and_status_says_
                 "development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": bad}
             )
     ages = {"nginx": 8 * day, "postgres": 2 * day, "certbot": None}
-    assert images.stale(ages, 7 * day) == ["nginx", "certbot"] and images.stale(ages, 0) == [
+    assert bases.stale(ages, 7 * day) == ["nginx", "certbot"] and bases.stale(ages, 0) == [
         "certbot"
     ]
     status = {
@@ -133,8 +135,8 @@ def test_bases_older_than_the_setting_or_missing_are_made_again_and_status_says_
 def test_a_base_made_from_debians_image_has_the_same_packages_sources_and_exclusions_and_its_own_tag():
     from deploy import config
 
-    file = images.base_dockerfile(
-        images.BASES["redis"], "registry.example.com/debian", "http://mirror.example/debian"
+    file = bases.base_dockerfile(
+        bases.BASES["redis"], "registry.example.com/debian", "http://mirror.example/debian"
     )
     assert file.startswith("FROM registry.example.com/debian:bookworm-slim\n")
     assert "--no-install-recommends redis-server ca-certificates " in file
@@ -151,13 +153,13 @@ def test_a_base_made_from_debians_image_has_the_same_packages_sources_and_exclus
     assert (
         made["mmdebstrap"].base_source == made["mmdebstrap"].debian_mirror
     )  # the tags every machine made so far
-    assert images.BASES["redis"].tag(made["image"].base_source) != images.BASES["redis"].tag(
+    assert bases.BASES["redis"].tag(made["image"].base_source) != bases.BASES["redis"].tag(
         made["mmdebstrap"].base_source
     )
 
 
 def test_import_cmd():
-    assert images.import_cmd(Path("/t/a.tar"), "colorgate-base/a:1")[-2:] == [
+    assert bases.import_cmd(Path("/t/a.tar"), "colorgate-base/a:1")[-2:] == [
         "/t/a.tar",
         "colorgate-base/a:1",
     ]
@@ -260,7 +262,7 @@ def test_status_formatting_without_containers():
 
 def test_bootstrap_makes_only_the_bases_colorgate_and_the_app_need(settings):
     """Colorgate's own (edge, dbtools, certbot) and those the app's compose file names."""
-    assert [b.name for b in images.needed_bases(settings)] == [
+    assert [b.name for b in bases.needed_bases(settings)] == [
         "nginx",
         "postgres",
         "certbot",
@@ -271,7 +273,7 @@ def test_bootstrap_makes_only_the_bases_colorgate_and_the_app_need(settings):
         root=config.project_root(),
         environ={"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")},
     )
-    assert [b.name for b in images.needed_bases(jobs)] == [
+    assert [b.name for b in bases.needed_bases(jobs)] == [
         "nginx",
         "postgres",
         "certbot",
@@ -343,12 +345,12 @@ def test_registry_errors_name_the_cause_and_a_401_inside_a_name_is_not_a_refusal
         "Error response from daemon: manifest for 127.0.0.1:5000/cgtestreg24017326d/backend:v99 not found: "
         "manifest unknown: manifest unknown"
     )
-    assert images.explain_registry_error(server, missing).startswith(
+    assert registry.explain_registry_error(server, missing).startswith(
         "an image is not in the registry 127.0.0.1:5000"
     )
     refused = 'Error response from daemon: Head "https://127.0.0.1:5000/v2/app/manifests/v1": 401 Unauthorized'
-    assert "refused the credentials" in images.explain_registry_error(server, refused)
-    assert "refused the credentials" in images.explain_registry_error(
+    assert "refused the credentials" in registry.explain_registry_error(server, refused)
+    assert "refused the credentials" in registry.explain_registry_error(
         server, "error: received unexpected HTTP status: 401"
     )
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from deploy import config, contract, edge, keys, render
+from deploy import swarmfile
 from deploy.errors import ContractError
 
 ROOT = config.project_root()
@@ -831,7 +832,7 @@ def test_a_route_may_carry_its_own_analysis_bounds():
 
 def test_variables_are_filled_in_as_compose_fills_them():
     env = {"A": "1", "EMPTY": ""}
-    assert render.interpolate(
+    assert swarmfile.interpolate(
         {"x": ["${A}", "${B:-two}", "${EMPTY:-d}", "${B}", "k=${A}"]}, env
     ) == {"x": ["1", "two", "d", "", "k=1"]}
 
@@ -846,7 +847,7 @@ def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
         "COLORGATE_HTTP_PORT": "80",
         "COLORGATE_MEMORY_LIMIT": "512m",
     }
-    out = render.swarm(app, env, replicas={"api": 3})
+    out = swarmfile.render(app, env, replicas={"api": 3})
     services = out["services"]
     # Colorgate's tools run as one-off containers, not services; certbot on the host's network neither
     assert set(services) == {
@@ -893,7 +894,7 @@ def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
     }  # IPsec between the nodes
     assert out["networks"]["back"] == {"internal": True, **encrypted}
     assert out["networks"]["colorgate"] == encrypted and out["version"] == "3.8"
-    clear = render.swarm(app, env, replicas={"api": 3}, encrypted=False)[
+    clear = swarmfile.render(app, env, replicas={"api": 3}, encrypted=False)[
         "networks"
     ]  # COLORGATE_SWARM_ENCRYPT=no
     assert clear["colorgate"] == {"driver": "overlay", "attachable": True}
@@ -912,7 +913,7 @@ def test_on_a_swarm_the_apps_secrets_are_swarm_secrets_at_the_same_paths():
     made = {
         "secrets-blue-api": {"stripe_key": "shop_secrets-blue-api_stripe_key_3f9a"}
     }  # swarm.ensure_secrets' names
-    out = render.swarm(
+    out = swarmfile.render(
         app,
         {"COLORGATE_BIND": "0.0.0.0", "COLORGATE_HTTPS_PORT": "443", "COLORGATE_HTTP_PORT": "80"},
         secrets=made,
@@ -939,7 +940,7 @@ def test_a_colored_service_may_ask_for_more_tasks_on_a_swarm():
     )
     assert app.colored == ("web", "api", "worker") and app.replicas == {"web": 3}
     assert (
-        render.swarm(app, {"COLORGATE_BIND": "0.0.0.0"})["services"]["web_green"]["deploy"][
+        swarmfile.render(app, {"COLORGATE_BIND": "0.0.0.0"})["services"]["web_green"]["deploy"][
             "replicas"
         ]
         == 3
@@ -1107,7 +1108,7 @@ def test_a_compose_file_of_the_wrong_shape_is_one_line_naming_the_key(mutate, me
     ],
 )
 def test_on_a_swarm_every_port_form_compose_allows_is_published_on_the_node(port, published):
-    assert render.host_ports([port], "services.edge.ports") == published
+    assert swarmfile.host_ports([port], "services.edge.ports") == published
 
 
 @pytest.mark.parametrize(
@@ -1133,9 +1134,9 @@ def test_on_a_swarm_every_port_form_compose_allows_is_published_on_the_node(port
 def test_on_a_swarm_a_port_it_cannot_publish_as_written_is_refused_in_one_line(port, message):
     """A loopback port is meant to stay private; Swarm would publish it on every address."""
     with pytest.raises(ContractError) as caught:
-        render.host_ports([port], "services.edge.ports")
+        swarmfile.host_ports([port], "services.edge.ports")
     assert message in str(caught.value)
     with pytest.raises(
         ContractError, match="COLORGATE_BIND"
     ):  # the edge as the development profile binds it
-        render.swarm(contract.parse(BASE), {"COLORGATE_BIND": "127.0.0.1"})
+        swarmfile.render(contract.parse(BASE), {"COLORGATE_BIND": "127.0.0.1"})

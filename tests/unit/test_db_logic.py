@@ -9,7 +9,7 @@ from datetime import datetime, UTC
 import pytest
 import yaml
 
-from deploy import keys
+from deploy import bases, keys
 from deploy.data import db, dbtools, migrations, offsite
 from deploy.target import dbfacts
 from deploy.errors import ConfigError
@@ -226,22 +226,19 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
 )
 def test_the_tools_are_of_the_servers_major_or_the_next_debian_packages(server, tools):
     """pg_dump reads servers of its own major or older, never a newer one."""
-    from deploy import images
-
-    assert images.tools_major(server) == tools
-    base = images.postgres_base(tools)
-    assert base.packages[0] == f"postgresql-{tools}" and base.suite == images.POSTGRES_SUITES[tools]
-    assert images.tools_tag(tools) == ("latest" if tools == 15 else f"pg{tools}")
+    assert bases.tools_major(server) == tools
+    base = bases.postgres_base(tools)
+    assert base.packages[0] == f"postgresql-{tools}" and base.suite == bases.POSTGRES_SUITES[tools]
+    assert bases.tools_tag(tools) == ("latest" if tools == 15 else f"pg{tools}")
 
 
 def test_a_server_newer_than_any_debian_tools_is_refused_in_one_line():
-    from deploy import images
 
     with pytest.raises(
         ConfigError,
         match=r"^the database runs PostgreSQL 18, newer than the newest tools Debian packages \(17\): run PostgreSQL 17 or older$",
     ):
-        images.tools_major(18)
+        bases.tools_major(18)
 
 
 FAKE_PG_RESTORE = """#!/bin/sh

@@ -9,6 +9,7 @@ import hashlib
 import pytest
 
 from deploy import config, render
+from deploy import swarmfile
 from deploy.target import swarm
 from deploy.target import swarmstack
 from deploy.errors import ColorgateError
@@ -253,7 +254,7 @@ def test_secret_files_become_swarm_secrets_at_the_same_paths_and_one_offs_use_th
         "secrets-db": {"postgres_password": "shop_aaa"},
         "secrets-green": {"database_url": "shop_bbb"},
     }
-    out = render.swarm(s.app, {"COLORGATE_BIND": "0.0.0.0"}, secrets=names, node="n0de1d")
+    out = swarmfile.render(s.app, {"COLORGATE_BIND": "0.0.0.0"}, secrets=names, node="n0de1d")
     for pinned in ("postgres", "edge"):  # on the manager Colorgate talks to, with their volumes
         assert out["services"][pinned]["deploy"]["placement"] == {
             "constraints": ["node.id == n0de1d"]
@@ -291,7 +292,7 @@ def test_secret_files_become_swarm_secrets_at_the_same_paths_and_one_offs_use_th
         != swarmstack.secret_name("shop", "v", "f", "hunter2")
     )
     assert hashlib.sha256(b"v/f/hunter2").hexdigest()[:16] not in salted
-    one_offs = render.one_offs_on_swarm(render.compose(s.app), "shop")
+    one_offs = swarmfile.one_offs_on_swarm(render.compose(s.app), "shop")
     assert one_offs["networks"]["data"] == {"external": True, "name": "shop_data"}
     assert one_offs["volumes"]["backups"] == {"external": True, "name": "shop_backups"}
 
