@@ -17,12 +17,16 @@ directory (`/etc/colorgate/state`, the `edge-state` volume), all through Docker.
 
 The live color is read from the edge itself, never from a file on the operator's
 machine. Rendering and parsing are pure; the commands that read and change the edge
-are returned as argument lists for deploy.target.runner. Two parts: state.py (the routing
-state: live, canary, freeze, maintenance, the database record) and ledger.py (the
-release lock and the history), and routes.py renders the routes file it loads; nothing
-outside this package touches those files.
+are returned as argument lists for deploy.target.runner. The files: state.py (the live
+color, the shell kept open in the edge, the routes, draining), modes.py (the write freeze,
+maintenance, the canary, the database record, the gates' token), ledger.py (the release
+lock's scripts and the history), routes.py (the routes file nginx loads); nothing outside
+this package touches them. Beside them, the lock as a command holds it (locking.py), what
+the edge serves over TLS (tls.py), ACME certificates (acme.py) and the app's answers as the
+edge sees them (probes.py).
 """
 
 from deploy.edge.ledger import *  # noqa: F401,F403
 from deploy.edge.routes import *  # noqa: F401,F403
 from deploy.edge.state import *  # noqa: F401,F403
+from deploy.edge.modes import *  # noqa: F401,F403

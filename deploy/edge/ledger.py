@@ -18,13 +18,13 @@ from deploy.edge.state import (
     ROUTES_FILE,
     STATE_DIR,
     Active,
-    _database_record,
     _sections,
     in_edge,
     live_of,
     read_file_cmd,
     state_fields,
 )
+from deploy.edge.modes import _database_record
 from deploy.errors import CommandError
 
 

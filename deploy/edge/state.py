@@ -4,7 +4,6 @@ one shell kept open in the edge (see deploy/edge/__init__.py for the files)."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from deploy.target import facts, runner
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
-from deploy.errors import BadInput, BadVersion, ColorgateError, CommandError, LockHeld, StackError
+from deploy.errors import BadVersion, CommandError, LockHeld, StackError
 from deploy.edge.routes import routes_digest
 
 STATE_DIR = "/etc/colorgate/state"
@@ -36,15 +35,6 @@ VERSION = re.compile(f"^{VERSION_RE}$")
 # Every line of a state file must match its pattern (checked again on the edge, so a
 # file that did not come from here is refused before it is renamed into place).
 LIVE_LINES = f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}"
-FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database"
-# A maintenance message goes into an HTML page and a JSON string as it is: no markup,
-# quotes, backslashes or control characters, at most 300 characters.
-MESSAGE = re.compile(r'[^\x00-\x1f\x7f<>&"\\]{0,300}')
-MAINTENANCE_LINES = r'#.*|retry=[0-9]+|since=[0-9TZ:+.-]+|message=[^<>&"\\]*'
-CANARY_LINES = (
-    f"#.*|color=({'|'.join(COLORS)})|version={VERSION_RE}|percent=[0-9]{{1,2}}|offset=[0-9]{{1,2}}"
-    "|since=[0-9]+|decision=(promote)?"
-)
 
 # Validate and install a state file in one exec: the new text is $5 (empty removes
 # the file at $1); every line must match $2 and each key in $3 must be there, or the
@@ -119,29 +109,6 @@ def render_live(color: str, version: str) -> str:
     color = parse_color(color)
     check_version(version)
     return f"# Managed by Colorgate: the live color, read by the edge on every request.\ncolor={color}\nversion={version}\n"
-
-
-def render_freeze(hold_seconds: float, database: bool = False) -> str:
-    """A write freeze (db.move, db.restore): writes are held; with `database` (the
-    database restarts: invoke apply), every request to a route of its clients too.
-    The gates' own requests pass (colorgate.lua)."""
-    if database:
-        return (
-            f"# Managed by Colorgate: the database restarts; its clients' requests are held this long, then 503.\n"
-            f"hold={hold_seconds:g}\nrequests=database\n"
-        )
-    return f"# Managed by Colorgate: a write freeze (db.move); writes are held this long, then 503.\nhold={hold_seconds:g}\n"
-
-
-def render_maintenance(message: str, retry: int, since: str) -> str:
-    if not MESSAGE.fullmatch(message):
-        raise BadInput(
-            'the maintenance message must be one line of at most 300 characters without < > & " or \\'
-        )
-    return (
-        f"# Managed by Colorgate: maintenance mode; every route answers 503 with this message.\n"
-        f"retry={retry}\nsince={since}\nmessage={message}\n"
-    )
 
 
 def state_fields(text: str) -> dict[str, str]:
@@ -242,22 +209,6 @@ def switch_cmd(text: str, expect: str = "") -> list[str]:
     return write_cmd(LIVE_FILE, LIVE_LINES, "color version", expect, text)
 
 
-def freeze_cmd(frozen: bool, text: str) -> list[str]:
-    return write_cmd(
-        FREEZE_FILE, FREEZE_LINES, "hold", f"writes={'frozen' if frozen else 'open'}", text
-    )
-
-
-def maintenance_cmd(text: str) -> list[str]:
-    return write_cmd(
-        MAINTENANCE_FILE,
-        MAINTENANCE_LINES,
-        "retry" if text else "",
-        f"maintenance={'on' if text else 'off'}",
-        text,
-    )
-
-
 def routes_cmd(text: str, digest: str, reload: bool = True) -> list[str]:
     return ["sh", "-c", ROUTES_SCRIPT, "routes", text, digest, "" if reload else "file"]
 
@@ -354,88 +305,6 @@ def drain_writes(settings: Settings, seconds: float = 10) -> int:
     return _wait_idle(settings, "inflight_writes", seconds)
 
 
-def read_database_record(settings: Settings) -> dict:
-    """Where the target's record says the app's database is: {"url": "local"} until
-    `db.move` moved it, then the managed database's URL (no password) and the move."""
-    return _database_record(
-        in_edge(settings, read_file_cmd(DATABASE_RECORD), "reading the database record").stdout
-    )
-
-
-def _database_record(out: str) -> dict:
-    try:
-        record = json.loads(out) if out.strip() else {}
-    except ValueError:
-        raise StackError(
-            f"the database record {DATABASE_RECORD} on the edge is damaged: fix or remove it"
-        ) from None
-    return record if isinstance(record, dict) and record.get("url") else {"url": "local"}
-
-
-def write_database_record(settings: Settings, record: dict) -> None:
-    in_edge(
-        settings,
-        [
-            "sh",
-            "-c",
-            f'printf "%s" "$1" > {DATABASE_RECORD}.new && mv {DATABASE_RECORD}.new {DATABASE_RECORD}',
-            "record",
-            json.dumps(record),
-        ],
-        "recording where the database is",
-        guarded=True,
-    )
-
-
-def freeze_hold(settings: Settings, database: bool = False) -> int:
-    """How long the edge holds a request during a freeze (set_frozen) at most."""
-    return (
-        max(settings.hold_seconds, settings.health_timeout) if database else settings.hold_seconds
-    )
-
-
-def set_frozen(settings: Settings, frozen: bool, database: bool = False) -> None:
-    """Start or end a write freeze at the edge: from the next request on, writes are
-    held for up to COLORGATE_HOLD_SECONDS (then 503 + Retry-After); reads go on, except,
-    with `database`, those to a route of the database's clients, each held for as long
-    as Colorgate waits for the database to be back (COLORGATE_HEALTH_TIMEOUT, at least
-    the hold): the restart ends the hold, and none is answered 503 while it is awaited."""
-    in_edge(
-        settings,
-        freeze_cmd(
-            frozen, render_freeze(freeze_hold(settings, database), database) if frozen else ""
-        ),
-        "starting a write freeze" if frozen else "ending the write freeze",
-        guarded=True,
-    )
-
-
-def set_maintenance(settings: Settings, text: str) -> None:
-    """Turn maintenance mode on (`text`: render_maintenance) or off (empty), from the
-    next request on."""
-    in_edge(
-        settings,
-        maintenance_cmd(text),
-        "turning maintenance mode on" if text else "turning maintenance mode off",
-        guarded=True,
-    )
-
-
-def read_gate_token(settings: Settings) -> str:
-    """The gates' token (X-Colorgate-Gate), which the edge made at its start ("" from an
-    edge an older Colorgate made, which knows none: `invoke apply` makes it again)."""
-    token = in_edge(
-        settings, read_file_cmd(GATE_TOKEN_FILE), "reading the gates' token"
-    ).stdout.strip()
-    return token if re.fullmatch("[0-9a-f]{32}", token) else ""
-
-
-def read_maintenance(settings: Settings) -> dict[str, str] | None:
-    """The maintenance file's fields (retry, since, message, bypass), None when off."""
-    text = in_edge(settings, read_file_cmd(MAINTENANCE_FILE), "reading maintenance mode").stdout
-    return state_fields(text) or None
-
-
 def read_files(settings: Settings, *names: str) -> dict[str, str]:
     """Several state files (names in STATE_DIR) in one exec: name -> text ("" when absent)."""
     script = (
@@ -443,82 +312,6 @@ def read_files(settings: Settings, *names: str) -> dict[str, str]:
         + "true"
     )
     return _sections(in_edge(settings, ["sh", "-c", script], "reading the edge state").stdout)
-
-
-def render_canary(
-    color: str, version: str, percent: int, offset: int, since: int, decision: str = ""
-) -> str:
-    return (
-        f"color={parse_color(color)}\nversion={check_version(version)}\npercent={percent}\noffset={offset}\n"
-        f"since={since}\n" + (f"decision={decision}\n" if decision else "")
-    )
-
-
-def parse_canary(text: str) -> dict | None:
-    """The canary file's fields (percent, offset and since as numbers), None when absent."""
-    fields = state_fields(text)
-    if not fields.get("color"):
-        return None
-    return {
-        **fields,
-        "percent": int(fields.get("percent", "0")),
-        "offset": int(fields.get("offset", "0")),
-        "since": int(fields.get("since", "0")),
-        "decision": fields.get("decision", ""),
-    }
-
-
-def read_canary(settings: Settings) -> dict | None:
-    return parse_canary(in_edge(settings, read_file_cmd(CANARY_FILE), "reading the canary").stdout)
-
-
-# A canary step after the first is written only while the file is there and undecided:
-# an abort (the file removed) or a promote that came meanwhile is not overwritten.
-CANARY_GUARD = """if [ "${6:-}" = next ]; then
-  [ -f "$1" ] || { echo "aborted" >&2; exit 5; }
-  ! grep -q '^decision=.' "$1" || { echo "decided" >&2; exit 5; }
-fi
-"""
-
-
-def canary_cmd(text: str, expect: str, guard: bool = False) -> list[str]:
-    return [
-        "sh",
-        "-c",
-        CANARY_GUARD + WRITE_SCRIPT,
-        "canary",
-        CANARY_FILE,
-        CANARY_LINES,
-        "color version percent offset" if text else "",
-        expect,
-        text,
-        "next" if guard else "",
-    ]
-
-
-def write_canary(
-    settings: Settings, text: str, expect: str, guard: bool = False, what: str = ""
-) -> bool:
-    """Install the canary file (empty: remove it), then wait until the edge routes by
-    it; False when `guard` found it aborted or decided meanwhile."""
-    proc = in_edge(
-        settings,
-        canary_cmd(text, expect, guard),
-        what or "writing the canary",
-        check=False,
-        guarded=True,
-    )
-    if proc.returncode == 5:
-        return False
-    if proc.returncode != 0:
-        raise ColorgateError(
-            f"the edge refused the canary ({(proc.stderr.strip().splitlines() or ['no output'])[-1]})"
-        )
-    return True
-
-
-def is_frozen(settings: Settings) -> bool:
-    return in_edge(settings, ["test", "-f", FREEZE_FILE], check=False).returncode == 0
 
 
 def _sections(text: str) -> dict[str, str]:

@@ -99,13 +99,13 @@ LAYERS = {
     for name, modules in {
         "settings and commands": "errors colors contract contract.model contract.fields contract.blocks "
         "contract.parse keys config "
-        "render scaffold appsecrets images remote target.ssh target.runner",
+        "render swarmfile scaffold appsecrets images bases registry remote target.ssh target.runner",
         "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm target.swarmstack bootstrap",
-        "the edge and the record": "edge edge.state edge.ledger edge.routes edge.probes edge.locking "
+        "the edge and the record": "edge edge.state edge.modes edge.ledger edge.routes edge.probes edge.locking "
         "release.history release.plans release.canary release.traffic",
         "the stack": "access stack target.compose target.targets edge.tls edge.acme release.gates data.dbtools data.relay",
         "the data": "data.db data.offsite data.replication data.movecheck data.migrations",
-        "operations": "apply views release.recover release.decide release.candidate release.releases "
+        "operations": "apply starting views release.recover release.decide release.candidate release.releases "
         "data.move data.retire",
         "the commands": "cli cli.__main__ cli.app cli.common cli.ops",
     }.items()
