@@ -10,7 +10,7 @@ from pathlib import Path
 
 from deploy import edge, stack
 from deploy import bases
-from deploy.release import history, traffic
+from deploy.release import analysis as traffic_analysis, history
 from deploy.edge import locking
 from deploy.target import facts, runner, targets
 from deploy.colors import COLORS, parse_color
@@ -236,7 +236,7 @@ def pick(history: list[dict], which: str) -> dict:
 
 
 def _intervals(intervals: list[dict], against: str = "") -> list[str]:
-    return [f"    {traffic.format_interval(i, against)}" for i in intervals]
+    return [f"    {traffic_analysis.format_interval(i, against)}" for i in intervals]
 
 
 def format_release(r: dict, here: Path | None = None) -> str:
@@ -277,7 +277,7 @@ def format_release(r: dict, here: Path | None = None) -> str:
         lines += _intervals(step.get("intervals", []), stable)
     if "intervals" in analysis:
         lines.append(
-            f"  analysis after the switch: {analysis.get('verdict', 'not finished')}; {stable} before it: {traffic.describe(analysis.get('baseline'))}"
+            f"  analysis after the switch: {analysis.get('verdict', 'not finished')}; {stable} before it: {traffic_analysis.describe(analysis.get('baseline'))}"
         )
         lines += _intervals(analysis["intervals"])
     if r.get("marks"):

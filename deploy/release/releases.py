@@ -16,7 +16,9 @@ import time
 
 from deploy import access, edge, stack
 from deploy.data import dbtools, migrations
-from deploy.release import canary, traffic
+from deploy.release import canary
+from deploy.release import analysis
+from deploy.release import report
 from deploy.target import facts, runner
 from deploy.target import dbfacts
 from deploy.colors import parse_color
@@ -170,7 +172,7 @@ class Steps:
             if decided == "promote":
                 break
             gate_color(self.settings, self.record, "post", p.to_color, p.to_version)
-            if traffic.analyse_canary(
+            if analysis.analyse_canary(
                 self.settings, self.record, p.to_color, p.from_color, percent, self._promoted
             ):
                 break
@@ -198,7 +200,7 @@ class Steps:
         gate_color(self.settings, self.record, "post", self.plan.to_color, self.plan.to_version)
 
     def analysis(self) -> None:
-        traffic.analyse(self.settings, self.record, self.plan.to_color, self.plan.from_color)
+        analysis.analyse(self.settings, self.record, self.plan.to_color, self.plan.from_color)
 
     def switch_back(self) -> None:
         p = self.plan
@@ -276,7 +278,7 @@ def _run(
         if (
             record.report and record.outcome != "interrupted"
         ):  # a signal ends the command now, without a picture
-            traffic.write_report(settings, record)
+            report.write_report(settings, record)
     return record
 
 

@@ -102,7 +102,7 @@ LAYERS = {
         "render swarmfile scaffold appsecrets images bases registry remote target.ssh target.runner",
         "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm target.swarmstack bootstrap",
         "the edge and the record": "edge edge.state edge.modes edge.ledger edge.routes edge.probes edge.locking "
-        "release.history release.plans release.canary release.traffic",
+        "release.history release.plans release.canary release.traffic release.analysis release.report",
         "the stack": "access stack target.compose target.targets edge.tls edge.acme release.gates data.dbtools data.relay",
         "the data": "data.db data.offsite data.replication data.movecheck data.migrations",
         "operations": "apply starting views release.recover release.decide release.candidate release.releases "

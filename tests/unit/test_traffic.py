@@ -3,6 +3,8 @@
 import json
 
 from deploy.release import history, traffic
+from deploy.release import analysis
+from deploy.release import report
 from deploy.edge import locking
 
 
@@ -85,7 +87,7 @@ def test_the_figures_print_one_line_per_color():
     assert traffic.format_figures({}, 60) == "no request in the last 60s"
 
 
-BOUNDS = traffic.Bounds(
+BOUNDS = analysis.Bounds(
     intervals=3,
     seconds=10,
     failure_limit=1,
@@ -104,37 +106,37 @@ def fig(requests=100, errors=0, p95=10.0):
 
 
 def test_an_interval_fails_on_5xx_on_latency_and_on_slowing_down_against_the_old_color():
-    assert traffic.judge(fig(), fig(), BOUNDS) == ("passed", [])
-    assert traffic.judge(fig(errors=5), None, BOUNDS) == ("failed", ["5xx 5.0% > 1.0%"])
-    assert traffic.judge(fig(p95=800), None, BOUNDS) == ("failed", ["p95 800 ms > 500 ms"])
+    assert analysis.judge(fig(), fig(), BOUNDS) == ("passed", [])
+    assert analysis.judge(fig(errors=5), None, BOUNDS) == ("failed", ["5xx 5.0% > 1.0%"])
+    assert analysis.judge(fig(p95=800), None, BOUNDS) == ("failed", ["p95 800 ms > 500 ms"])
     # 3x slower than the release it replaced fails even under the absolute bound
-    assert traffic.judge(fig(p95=200), fig(p95=50), BOUNDS) == (
+    assert analysis.judge(fig(p95=200), fig(p95=50), BOUNDS) == (
         "failed",
         ["p95 200 ms > 3 x the old color's 50 ms"],
     )
-    assert traffic.judge(fig(p95=140), fig(p95=50), BOUNDS)[0] == "passed"
+    assert analysis.judge(fig(p95=140), fig(p95=50), BOUNDS)[0] == "passed"
     # an old color faster than the floor is not a bar no release could pass
-    assert traffic.judge(fig(p95=45), fig(p95=2), BOUNDS)[0] == "passed"
+    assert analysis.judge(fig(p95=45), fig(p95=2), BOUNDS)[0] == "passed"
     # an old color with too few requests is no baseline
-    assert traffic.judge(fig(p95=200), fig(requests=5, p95=10), BOUNDS)[0] == "passed"
+    assert analysis.judge(fig(p95=200), fig(requests=5, p95=10), BOUNDS)[0] == "passed"
 
 
 def test_the_old_colors_figures_come_from_before_the_switch_however_long_the_post_gates_took():
     record = history.Record("deploy", "blue", "green", "v1", "v2")
     record.marks += [{"t": 1000.0, "what": "switch to green"}]
     # BOUNDS: 3 intervals of 10 s; the post gates ended 40 s after the switch
-    assert traffic.baseline_span(record, "green", BOUNDS, now=1040.0) == (970.0, 1000.0)
-    assert traffic.baseline_span(
+    assert analysis.baseline_span(record, "green", BOUNDS, now=1040.0) == (970.0, 1000.0)
+    assert analysis.baseline_span(
         history.Record("deploy", "blue", "green", "v1", "v2"), "green", BOUNDS, now=1040.0
     ) == (1010.0, 1040.0)
 
 
 def test_an_interval_with_too_few_requests_is_inconclusive():
-    assert traffic.judge(fig(requests=5), None, BOUNDS) == (
+    assert analysis.judge(fig(requests=5), None, BOUNDS) == (
         "inconclusive",
         ["5 requests, fewer than 20"],
     )
-    assert traffic.judge(None, None, BOUNDS) == ("inconclusive", ["0 requests, fewer than 20"])
+    assert analysis.judge(None, None, BOUNDS) == ("inconclusive", ["0 requests, fewer than 20"])
 
 
 def test_another_operator_sees_how_long_the_analysis_has_left():
@@ -161,7 +163,7 @@ def test_another_operator_sees_how_long_the_analysis_has_left():
 def test_a_report_series_is_per_color_per_bucket_rate_error_share_and_p95():
     lines = [line(1000 + i / 10, "blue", 200, 0.002) for i in range(20)]  # 2 s of blue, 10 a second
     lines += [line(1002 + i / 10, "green", 500 if i % 4 == 0 else 200, 0.010) for i in range(20)]
-    found = traffic.series(traffic.parse(lines), 1000, 1004, bucket=2)
+    found = report.series(traffic.parse(lines), 1000, 1004, bucket=2)
     assert found["blue"] == [(0, 10.0, 0.0, 2.0)]
     assert found["green"] == [(2, 10.0, 0.25, 10.0)]
 
@@ -178,7 +180,7 @@ def test_the_release_report_is_a_png_with_the_switch_and_the_analysis_marked(tmp
         started="2026-11-30T12:00:00+00:00",
         outcome="rolled back",
     )
-    began = 1796040000.0 - traffic.REPORT_BEFORE_SECONDS  # 2026-11-30T12:00:00Z, less the lead
+    began = 1796040000.0 - report.REPORT_BEFORE_SECONDS  # 2026-11-30T12:00:00Z, less the lead
     record.marks = [
         {"t": began + 40, "what": "switch to green"},
         {"t": began + 50, "what": "switch back to blue"},
@@ -197,8 +199,8 @@ def test_the_release_report_is_a_png_with_the_switch_and_the_analysis_marked(tmp
         )
         for i in range(300)
     ]
-    traffic._plot(
-        traffic.series(traffic.parse(lines), began, began + 60, 1.0), began, began + 60, record
+    report._plot(
+        report.series(traffic.parse(lines), began, began + 60, 1.0), began, began + 60, record
     )
     png = (tmp_path / "reports" / "release.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -212,34 +214,34 @@ def test_routes_with_bounds_of_their_own_are_judged_by_them_and_the_rest_by_the_
         Route("/api/", "api", 3000),
         Route("/", "web", 80),
     )
-    bounds = traffic.Bounds(3, 20, 1, 0.01, 1000, 3, 20, "pass")
+    bounds = analysis.Bounds(3, 20, 1, 0.01, 1000, 3, 20, "pass")
     slow_exports = [
         line(100 + i / 10, "green", 200, 3.0, path="/api/export/all") for i in range(30)
     ]  # 3 s each: its own bound is 5 s
     quick = [line(100 + i / 10, "green", 200, 0.010, path="/api/notes") for i in range(30)]
-    verdict, broken, detail = traffic.judge_routes(
+    verdict, broken, detail = analysis.judge_routes(
         traffic.parse(slow_exports + quick), "green", None, bounds, routes
     )
     assert (verdict, broken) == ("passed", []) and detail["/api/export"]["verdict"] == "passed"
     # the same slow exports judged by the settings' 1 s bound fail the color
     assert (
-        traffic.judge_routes(
+        analysis.judge_routes(
             traffic.parse(slow_exports + quick), "green", None, bounds, routes[1:]
         )[0]
         == "failed"
     )
     # a route's own bound broken fails the interval, named by its path
     slower = [line(100 + i / 10, "green", 200, 6.0, path="/api/export/all") for i in range(30)]
-    verdict, broken, _ = traffic.judge_routes(
+    verdict, broken, _ = analysis.judge_routes(
         traffic.parse(slower + quick), "green", None, bounds, routes
     )
     assert verdict == "failed" and broken == ["/api/export: p95 6000 ms > 5000 ms"]
     # only a route of its own had traffic: its verdict is the interval's
     assert (
-        traffic.judge_routes(traffic.parse(slow_exports), "green", None, bounds, routes)[0]
+        analysis.judge_routes(traffic.parse(slow_exports), "green", None, bounds, routes)[0]
         == "passed"
     )
     assert (
-        traffic.route_of("/api/export/x", routes).path == "/api/export"
-        and traffic.route_of("/x", routes[:2]) is None
+        analysis.route_of("/api/export/x", routes).path == "/api/export"
+        and analysis.route_of("/x", routes[:2]) is None
     )
