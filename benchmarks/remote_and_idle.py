@@ -43,6 +43,7 @@ from deploy import config, stack  # noqa: E402
 from deploy import starting
 from deploy import bases
 from deploy.target import runner
+from deploy.target import connections
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 TARGETS = {"status": 1.3, "deploy": 1.3, "rollback": 1.3}  # SSH/local wall time
@@ -246,7 +247,7 @@ def busy_cores(seconds: float) -> tuple[float, float]:
 
 
 def containers(settings: config.Settings) -> list[dict]:
-    return runner.engine(
+    return connections.engine(
         settings.docker_host,
         "containers",
         filters={"label": f"com.docker.compose.project={settings.project}"},
@@ -260,7 +261,7 @@ def idle_costs(settings: config.Settings, seconds: float) -> tuple[float, float,
 
     def cpu() -> dict[str, int]:
         return {
-            c["Id"]: runner.engine(settings.docker_host, "stats", c["Id"], stream=False)[
+            c["Id"]: connections.engine(settings.docker_host, "stats", c["Id"], stream=False)[
                 "cpu_stats"
             ]["cpu_usage"]["total_usage"]
             for c in containers(settings)
@@ -272,7 +273,7 @@ def idle_costs(settings: config.Settings, seconds: float) -> tuple[float, float,
     cores = sum(after[k] - before.get(k, after[k]) for k in after) / 1e9 / took
     memory = 0
     for c in containers(settings):
-        m = runner.engine(settings.docker_host, "stats", c["Id"], stream=False)["memory_stats"]
+        m = connections.engine(settings.docker_host, "stats", c["Id"], stream=False)["memory_stats"]
         stats = m.get("stats", {})
         memory += m.get("usage", 0) - stats.get(
             "total_inactive_file", stats.get("inactive_file", 0)
@@ -315,7 +316,7 @@ def run(args) -> dict:
             times: dict[str, dict[str, list[float]]] = {
                 w: {c: [] for c in TARGETS} for w in ("local", "ssh")
             }
-            connections: dict[str, list[int]] = {c: [] for c in TARGETS}
+            logins_of: dict[str, list[int]] = {c: [] for c in TARGETS}
             for n in range(args.rounds):
                 for where, extra, e in (("local", [], env), ("ssh", ["--host", host.url], remote)):
                     for command, argv in (
@@ -327,12 +328,12 @@ def run(args) -> dict:
                         took = timed([argv[0], *extra, *argv[1:]], e)
                         times[where][command].append(took)
                         if where == "ssh":
-                            connections[command].append(logins(host.container) - seen)
+                            logins_of[command].append(logins(host.container) - seen)
                         runner.say(f"   round {n + 1} {where:<5} {command:<8} {took:6.2f} s")
         result["local_s"] = {c: round(statistics.median(v), 3) for c, v in times["local"].items()}
         result["ssh_s"] = {c: round(statistics.median(v), 3) for c, v in times["ssh"].items()}
         result["ratio"] = {c: round(result["ssh_s"][c] / result["local_s"][c], 2) for c in TARGETS}
-        result["ssh_connections"] = {c: max(v) for c, v in connections.items()}
+        result["ssh_connections"] = {c: max(v) for c, v in logins_of.items()}
         time.sleep(
             args.settle
         )  # the engine settles after the last command and the SSH server's removal

@@ -26,6 +26,7 @@ from pathlib import Path
 from deploy import appsecrets, contract, edge, images, render
 from deploy.edge import locking
 from deploy.target import facts, runner
+from deploy.target import connections
 from deploy.target import dbfacts
 from deploy.config import Settings
 from deploy.keys import app_url, ca_file, shown_url, url_parts
@@ -189,7 +190,7 @@ def stage_secrets(
                 info.size, info.mode = len(data), 0o444
                 tar.addfile(info, io.BytesIO(data))
     with _staging(settings, list(files), "staging secret files") as made:
-        runner.engine(
+        connections.engine(
             settings.docker_host,
             "put_archive",
             made,
@@ -208,7 +209,7 @@ def _staging(settings: Settings, volumes: list[str], what: str, project: str = "
     host, binds, project = settings.docker_host, {}, project or settings.project
     for volume in volumes:
         name = f"{project}_{volume}"
-        runner.engine(
+        connections.engine(
             host,
             "create_volume",
             name,
@@ -216,8 +217,8 @@ def _staging(settings: Settings, volumes: list[str], what: str, project: str = "
             what=what,
         )
         binds[name] = {"bind": f"/stage/{volume}", "mode": "rw"}
-    host_config = runner.engine(host, "create_host_config", binds=binds, network_mode="none")
-    made = runner.engine(
+    host_config = connections.engine(host, "create_host_config", binds=binds, network_mode="none")
+    made = connections.engine(
         host,
         "create_container",
         images.app_tag(settings, "edge", "latest"),
@@ -235,7 +236,7 @@ def _staging(settings: Settings, volumes: list[str], what: str, project: str = "
     try:
         yield made["Id"]
     finally:
-        runner.engine(host, "remove_container", made["Id"], force=True, what=what)
+        connections.engine(host, "remove_container", made["Id"], force=True, what=what)
 
 
 APP_MARK = "app"  # in the edge's state: the app whose project this is
@@ -270,7 +271,7 @@ def check_project(settings: Settings, legacy: str = "colorgate") -> None:
 def _project_mark(settings: Settings, project: str) -> str | None:
     """The app the project's edge state names: None without such a volume, "" without a mark."""
     try:
-        runner.engine(settings.docker_host, "inspect_volume", f"{project}_edge-state")
+        connections.engine(settings.docker_host, "inspect_volume", f"{project}_edge-state")
     except NotFound:
         return (
             None  # a new project (a volume made empty here would lose the edge's ownership of it)
@@ -279,7 +280,7 @@ def _project_mark(settings: Settings, project: str) -> str | None:
         settings, ["edge-state"], "reading which app the project belongs to", project
     ) as made:
         try:
-            stream, _ = runner.engine(
+            stream, _ = connections.engine(
                 settings.docker_host,
                 "get_archive",
                 made,
@@ -315,7 +316,7 @@ def forget(settings: Settings) -> None:
     are removed."""
     _staged.clear()
     for container in facts.one_offs(settings, f"org.colorgate.role={locking.STAGE_ROLE}"):
-        runner.engine(
+        connections.engine(
             settings.docker_host,
             "remove_container",
             container,

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from deploy.target import facts, runner
+from deploy.target import connections
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
 from deploy.errors import BadVersion, CommandError, LockHeld, StackError
@@ -183,14 +184,14 @@ def in_edge(
         if check and proc.returncode != 0:
             raise CommandError(cmd, proc.returncode, proc.stdout, proc.stderr, what)
         return proc
-    shell = runner.shell(settings.docker_host, edge_container(settings))
+    shell = connections.shell(settings.docker_host, edge_container(settings))
     proc = shell.run(cmd, what=what, check=False)
     if (
         proc.returncode == 125
     ):  # the shell could not start: on a Swarm the edge's task may be another one now
         now = edge_container(settings, fresh=True)
         if now != shell.container:
-            return runner.shell(settings.docker_host, now).run(cmd, what=what, check=check)
+            return connections.shell(settings.docker_host, now).run(cmd, what=what, check=check)
     if check and proc.returncode != 0:
         raise CommandError(
             proc.args, proc.returncode, runner.redact(proc.stdout), runner.redact(proc.stderr), what

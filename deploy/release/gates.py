@@ -22,6 +22,7 @@ import httpx
 from deploy import config, edge
 from deploy.edge import tls
 from deploy.target import runner
+from deploy.target import connections
 from deploy.config import Settings
 
 
@@ -284,7 +285,7 @@ def run_gates(settings: Settings, phase: str, color: str, version: str) -> GateR
         # a warm runner: pytest, its plugins and the steps' imports are already loaded here
         _warm()
         args = gate_args(settings, phase, color, version, report)
-        proc = runner.forked(
+        proc = connections.forked(
             lambda: _pytest_in_fork(args),
             env=settings.as_environment(),
             timeout=600,

@@ -36,6 +36,7 @@ from deploy.data import dbtools, relay, replication
 from deploy.release import canary
 from deploy.edge import locking
 from deploy.target import facts, runner
+from deploy.target import connections
 from deploy.target import dbfacts
 from deploy.config import Settings
 from deploy.errors import StackError
@@ -136,7 +137,7 @@ class Repairs:
             f"{locking.HOLDER_LABEL}={locking.process_label(self.dead['pid'], self.dead['host'])}",
         )
         for container in left:
-            runner.engine(
+            connections.engine(
                 self.settings.docker_host,
                 "remove_container",
                 container,

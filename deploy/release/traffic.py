@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from deploy import edge
-from deploy.target import runner
+from deploy.target import connections
 from deploy.config import Settings
 
 EDGE = "edge"  # the bucket of requests the edge answered itself (no color)
@@ -109,7 +109,7 @@ def figures(
 def read(settings: Settings, since: float) -> list[Request]:
     """What the edge logged from `since` (seconds since the epoch) on: at most a second
     behind (the log's buffer is flushed every second)."""
-    raw = runner.engine(
+    raw = connections.engine(
         settings.docker_host,
         "logs",
         edge.edge_container(settings),

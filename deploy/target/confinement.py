@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from deploy.target import facts, runner
+from deploy.target import connections
 from deploy.config import Settings
 from deploy.errors import CommandError, NotFound
 
@@ -98,13 +99,13 @@ def no_new_privs(settings: Settings, service: str) -> bool:
         if attempt:
             time.sleep(0.3)
         try:
-            created = runner.engine(
+            created = connections.engine(
                 settings.docker_host,
                 "exec_create",
                 facts.container(settings, service, fresh=True),
                 ["cat", "/proc/1/status"],
             )
-            out = runner.engine(settings.docker_host, "exec_start", created["Id"])
+            out = connections.engine(settings.docker_host, "exec_start", created["Id"])
             said = [
                 line.split()
                 for line in (
@@ -123,9 +124,9 @@ def image_user(settings: Settings, image: str) -> str:
     try:
         return (
             (
-                runner.engine(settings.docker_host, "inspect_image", image.split("@", 1)[0]).get(
-                    "Config"
-                )
+                connections.engine(
+                    settings.docker_host, "inspect_image", image.split("@", 1)[0]
+                ).get("Config")
                 or {}
             ).get("User")
         ) or ""

@@ -16,7 +16,8 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from deploy import swarmfile
-from deploy.target import runner, swarm
+from deploy.target import swarm
+from deploy.target import connections
 from deploy.target import swarmstack
 from deploy.colors import COLORS
 from deploy.config import Settings
@@ -134,7 +135,9 @@ class ServiceState:
 
 def inspect(settings: Settings, name: str) -> dict:
     """`docker inspect` of a container (by name or id), through the Engine API."""
-    return runner.engine(settings.docker_host, "inspect_container", name, what=f"inspecting {name}")
+    return connections.engine(
+        settings.docker_host, "inspect_container", name, what=f"inspecting {name}"
+    )
 
 
 def passes_healthcheck(settings: Settings, service: str) -> bool:
@@ -147,12 +150,13 @@ def passes_healthcheck(settings: Settings, service: str) -> bool:
         return True
     cmd = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]
     try:
-        created = runner.engine(settings.docker_host, "exec_create", name, cmd)
-        runner.engine(
+        created = connections.engine(settings.docker_host, "exec_create", name, cmd)
+        connections.engine(
             settings.docker_host, "exec_start", created["Id"]
         )  # attached: returns when it ended
         return (
-            runner.engine(settings.docker_host, "exec_inspect", created["Id"]).get("ExitCode") == 0
+            connections.engine(settings.docker_host, "exec_inspect", created["Id"]).get("ExitCode")
+            == 0
         )
     except CommandError:  # stopped meanwhile: not ready
         return False
@@ -182,7 +186,7 @@ def service_states(settings: Settings) -> dict[str, ServiceState]:
 
 def _compose_states(settings: Settings) -> dict[str, ServiceState]:
     found: dict[str, ServiceState] = {}
-    listed = runner.engine(
+    listed = connections.engine(
         settings.docker_host,
         "containers",
         all=True,
@@ -331,7 +335,7 @@ def edge_down(settings: Settings) -> StackError | None:
 
 def one_offs(settings: Settings, label: str) -> list[str]:
     """Ids of this project's containers (any state) that carry `label` (key=value)."""
-    listed = runner.engine(
+    listed = connections.engine(
         settings.docker_host,
         "containers",
         all=True,

@@ -4,7 +4,8 @@ from __future__ import annotations
 import shlex
 import socket
 from dataclasses import dataclass
-from deploy.target import runner, ssh
+from deploy.target import ssh
+from deploy.target import connections
 from deploy.config import Settings
 from deploy.target.facts import container, inspect, service_states
 
@@ -29,7 +30,7 @@ def service_networks(settings: Settings, service: str) -> list[Network]:
         Network(
             name,
             bool(
-                runner.engine(
+                connections.engine(
                     settings.docker_host, "inspect_network", name, what="inspecting a network"
                 ).get("Internal")
             ),

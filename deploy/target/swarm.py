@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 
 from deploy import swarmfile
-from deploy.target import runner
+from deploy.target import connections
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import CommandError, ConfigError, NotFound, StackError
@@ -47,7 +47,7 @@ def service_name(settings: Settings, service: str) -> str:
 def nodes(settings: Settings) -> list[dict]:
     """The Swarm's nodes (the manager's view); one line when the engine is no manager."""
     try:
-        return runner.engine(settings.docker_host, "nodes", what="listing the Swarm's nodes")
+        return connections.engine(settings.docker_host, "nodes", what="listing the Swarm's nodes")
     except CommandError as exc:
         text = exc.stderr + exc.stdout
         if "not a swarm manager" in text or "swarm" in text.lower():
@@ -118,7 +118,7 @@ def check_target(settings: Settings) -> int:
         [f"{bind}:{settings.https_port}:8443"], "services.edge.ports"
     )  # COLORGATE_BIND not loopback
     check_images_reachable(settings, ready)
-    found = runner.engine(
+    found = connections.engine(
         settings.docker_host,
         "services",
         filters={"label": f"{STACK_LABEL}={settings.project}"},
@@ -235,7 +235,7 @@ def _pinned(spec: dict) -> str:
 
 def services(settings: Settings) -> dict[str, Service]:
     """Every service of the stack, by compose service name."""
-    found = runner.engine(
+    found = connections.engine(
         settings.docker_host,
         "services",
         filters={"label": f"{STACK_LABEL}={settings.project}"},
@@ -243,7 +243,7 @@ def services(settings: Settings) -> dict[str, Service]:
     )
     if not found:
         return {}
-    tasks = runner.engine(
+    tasks = connections.engine(
         settings.docker_host,
         "tasks",
         filters={"label": f"{STACK_LABEL}={settings.project}"},
@@ -259,7 +259,7 @@ def services(settings: Settings) -> dict[str, Service]:
 def task_container(settings: Settings, service: str) -> str:
     """The running container of `service`'s task on the manager (the edge, a shared
     service: the stack pins them there). Raises NotFound as a missing container would."""
-    listed = runner.engine(
+    listed = connections.engine(
         settings.docker_host,
         "containers",
         filters={
@@ -285,9 +285,10 @@ def manager_node(settings: Settings) -> str:
     """The id of the manager Colorgate talks to: the edge and the shared services run
     there, with their volumes (another manager's engine would not show their tasks)."""
     return (
-        (runner.engine(settings.docker_host, "info", what="reading the engine's Swarm") or {}).get(
-            "Swarm"
-        )
+        (
+            connections.engine(settings.docker_host, "info", what="reading the engine's Swarm")
+            or {}
+        ).get("Swarm")
         or {}
     ).get("NodeID", "")
 

@@ -10,6 +10,7 @@ from deploy import render
 from deploy import swarmfile
 from deploy import registry
 from deploy.target import runner
+from deploy.target import connections
 from deploy.colors import COLORS, other
 from deploy.config import Settings
 from deploy.errors import CommandError, StackError
@@ -114,13 +115,13 @@ def stack_salt(settings: Settings) -> str:
     name, label = f"{settings.project}_colorgate-salt", "org.colorgate.salt"
     found = [
         c
-        for c in runner.engine(settings.docker_host, "configs", filters={"name": name})
+        for c in connections.engine(settings.docker_host, "configs", filters={"name": name})
         if c["Spec"]["Name"] == name
     ]
     if found:
         return found[0]["Spec"]["Labels"][label]
     salt = token_hex(16)
-    runner.engine(
+    connections.engine(
         settings.docker_host,
         "create_config",
         name=name,
@@ -140,7 +141,7 @@ def ensure_secrets(
     API only (never a command line or a log)."""
     existing = {
         s["Spec"]["Name"]
-        for s in runner.engine(
+        for s in connections.engine(
             settings.docker_host,
             "secrets",
             filters={"label": f"{STACK_LABEL}={settings.project}"},
@@ -158,7 +159,7 @@ def ensure_secrets(
                 else secret_name(settings.project, volume, file, text, salt)
             )
             if name not in existing:
-                runner.engine(
+                connections.engine(
                     settings.docker_host,
                     "create_secret",
                     name=name,
@@ -175,12 +176,12 @@ def ensure_secrets(
 
 def prune_secrets(settings: Settings, keep: set[str]) -> None:
     """Remove the stack's secrets no service uses any longer (one still in use stays)."""
-    for found in runner.engine(
+    for found in connections.engine(
         settings.docker_host, "secrets", filters={"label": f"{STACK_LABEL}={settings.project}"}
     ):
         if found["Spec"]["Name"] not in keep:
             try:
-                runner.engine(settings.docker_host, "remove_secret", found["ID"])
+                connections.engine(settings.docker_host, "remove_secret", found["ID"])
             except CommandError:
                 pass  # a task of the old spec still holds it: the next command removes it
 
@@ -306,26 +307,26 @@ def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> No
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = runner.engine(
+        left = connections.engine(
             settings.docker_host,
             "containers",
             all=True,
             filters={"label": f"{STACK_LABEL}={settings.project}"},
         )
-        nets = runner.engine(
+        nets = connections.engine(
             settings.docker_host, "networks", filters={"label": f"{STACK_LABEL}={settings.project}"}
         )
         if not left and not nets:
             break
         time.sleep(0.5)
     if volumes:  # the stack's, and those its one-off containers (kept migrations: removed first) and secret files use
-        for one in runner.engine(
+        for one in connections.engine(
             settings.docker_host,
             "containers",
             all=True,
             filters={"label": f"com.docker.compose.project={settings.project}"},
         ):
-            runner.engine(
+            connections.engine(
                 settings.docker_host,
                 "remove_container",
                 one["Id"],
@@ -334,14 +335,14 @@ def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> No
             )
         for label in (STACK_LABEL, "com.docker.compose.project"):
             for volume in (
-                runner.engine(
+                connections.engine(
                     settings.docker_host,
                     "volumes",
                     filters={"label": f"{label}={settings.project}"},
                 ).get("Volumes")
                 or []
             ):
-                runner.engine(
+                connections.engine(
                     settings.docker_host,
                     "remove_volume",
                     volume["Name"],
@@ -353,10 +354,12 @@ def remove(settings: Settings, volumes: bool = False, timeout: float = 60) -> No
 def ensure_volumes(settings: Settings, volumes: list[str]) -> None:
     """The stack's volumes on the manager, made (as compose labels its own) when missing:
     one-off containers use them as they are there (swarmfile.one_offs_on_swarm)."""
-    found = {v["Name"] for v in runner.engine(settings.docker_host, "volumes").get("Volumes") or []}
+    found = {
+        v["Name"] for v in connections.engine(settings.docker_host, "volumes").get("Volumes") or []
+    }
     for volume in volumes:
         if f"{settings.project}_{volume}" not in found:
-            runner.engine(
+            connections.engine(
                 settings.docker_host,
                 "create_volume",
                 f"{settings.project}_{volume}",

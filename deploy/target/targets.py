@@ -18,6 +18,7 @@ import threading
 
 from deploy import access
 from deploy.target import confinement, facts, runner, swarm
+from deploy.target import connections
 from deploy.target import swarmstack
 from deploy.colors import COLORS
 from deploy.config import Settings
@@ -159,7 +160,7 @@ class Swarm(Compose):
         self, settings: Settings, states: dict, service: str, container: str
     ) -> bool:
         return bool(
-            runner.engine(
+            connections.engine(
                 settings.docker_host, "containers", all=True, filters={"name": f"^/?{container}$"}
             )
         )

@@ -26,6 +26,7 @@ from deploy.edge import tls
 from deploy.release import canary, gates, history
 from deploy.edge import locking
 from deploy.target import facts, runner
+from deploy.target import connections
 from deploy.target import dbfacts
 
 from .conftest import INVOKE, invoke, paused_at, running_stack
@@ -497,12 +498,12 @@ def test_a_stage_container_left_by_a_killed_run_is_removed_by_the_next_command(s
     which compose does not list and which would keep `down --volumes` from removing the
     volumes. The next command (--break-lock) removes the dead run's; `down` any."""
     host = settings.docker_host
-    made = runner.engine(
+    made = connections.engine(
         host,
         "create_container",
         f"{settings.image_prefix}edge:latest",
         command=["true"],
-        host_config=runner.engine(
+        host_config=connections.engine(
             host,
             "create_host_config",
             network_mode="none",
@@ -540,7 +541,7 @@ def test_a_stage_container_left_by_a_killed_run_is_removed_by_the_next_command(s
         fixed.returncode == 0
         and "left 1 one-off container(s) (database tools, secret staging): removed" in fixed.stderr
     ), fixed.stderr
-    assert made["Id"] not in [c["Id"] for c in runner.engine(host, "containers", all=True)]
+    assert made["Id"] not in [c["Id"] for c in connections.engine(host, "containers", all=True)]
 
 
 def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_next_command(

@@ -23,6 +23,7 @@ from deploy.edge import tls
 from deploy.release import canary, gates, releases
 from deploy.edge import locking
 from deploy.target import facts, runner, targets
+from deploy.target import connections
 from deploy.target import compose
 from deploy.errors import CommandError, StackError
 
@@ -627,7 +628,7 @@ def test_secrets_are_read_only_files_and_in_no_containers_environment(rstack):
     for name, _ in states.items():
         if name in running:
             env_text = "\n".join(
-                runner.engine(
+                connections.engine(
                     rstack.docker_host, "inspect_container", facts.container(rstack, name)
                 )["Config"]["Env"]
             )

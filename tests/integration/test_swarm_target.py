@@ -20,6 +20,7 @@ from deploy import bases
 from deploy.edge import tls
 from deploy.release import gates
 from deploy.target import facts, runner, swarm as swarm_target
+from deploy.target import connections
 from deploy.target import swarmstack
 from deploy.target import sockets
 
@@ -500,7 +501,7 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
         with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
             kept = {note["id"] for note in client.get("/api/notes").json()}
         assert kept < stored and len(kept) > 10, (len(kept), len(stored))
-        secrets = runner.engine(
+        secrets = connections.engine(
             settings.docker_host,
             "secrets",
             filters={"label": f"com.docker.stack.namespace={settings.project}"},
@@ -526,17 +527,17 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
     finally:
         down = invoke("down", "--volumes", env=env)
         assert down.returncode == 0, down.stderr
-    assert not runner.engine(
+    assert not connections.engine(
         settings.docker_host,
         "secrets",
         filters={"label": f"com.docker.stack.namespace={settings.project}"},
     )
-    assert not runner.engine(
+    assert not connections.engine(
         settings.docker_host,
         "configs",
         filters={"label": f"com.docker.stack.namespace={settings.project}"},
     )
-    assert not runner.engine(
+    assert not connections.engine(
         settings.docker_host,
         "volumes",
         filters={"label": f"com.docker.compose.project={settings.project}"},

@@ -99,7 +99,7 @@ LAYERS = {
     for name, modules in {
         "settings and commands": "errors colors contract contract.model contract.fields contract.blocks "
         "contract.parse keys config "
-        "render swarmfile scaffold appsecrets images bases registry remote target.ssh target.runner",
+        "render swarmfile scaffold appsecrets images bases registry remote target.ssh target.runner target.connections",
         "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm target.swarmstack bootstrap",
         "the edge and the record": "edge edge.state edge.modes edge.ledger edge.routes edge.probes edge.locking "
         "release.history release.plans release.canary release.traffic release.analysis release.report",

@@ -7,11 +7,11 @@ import subprocess
 
 import pytest
 
-from deploy.target import runner
+from deploy.target import connections
 from deploy.errors import CommandError
 
 
-class LocalShell(runner.Shell):
+class LocalShell(connections.Shell):
     """The same protocol, with `sh` on this machine in place of `docker exec -i C sh`."""
 
     started = 0
