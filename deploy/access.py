@@ -29,7 +29,7 @@ from deploy.target import facts, runner
 from deploy.target import connections
 from deploy.target import dbfacts
 from deploy.config import Settings
-from deploy.keys import app_url, ca_file, shown_url, url_parts
+from deploy.urls import app_url, ca_file, shown_url, url_parts
 from deploy.errors import CommandError, ConfigError, NotFound
 
 _staged: set[tuple] = set()

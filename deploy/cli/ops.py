@@ -16,8 +16,8 @@ from deploy import (
     bootstrap as _bootstrap,
     edge,
     images as _images,
-    keys as _keys,
 )
+from deploy import urls
 from deploy.data import db as _db, dbtools as _dbtools, offsite as _offsite
 from deploy import remote as _remote, stack, views
 from deploy.data import move as _move, retire as _retire
@@ -68,7 +68,7 @@ def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False, ye
         settings = dataclasses.replace(settings, database_url="")
     else:
         access.check_database(settings)
-    with runner.step(f"backing up the database ({_keys.shown_url(settings.database_url)})"):
+    with runner.step(f"backing up the database ({urls.shown_url(settings.database_url)})"):
         m = _db.backup(settings, keep=keep, copy_required=bool(settings.backup_copy))
     print(
         f"backup {m['name']}: {m['size']} bytes, sha256 {m['sha256'][:16]}..., "

@@ -24,7 +24,8 @@ from deploy.edge import locking
 from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, CommandError, UnknownBackup
-from deploy.keys import STRICT_PROFILES, shown_url
+from deploy.keys import STRICT_PROFILES
+from deploy.urls import shown_url
 
 
 DUMP_SCRIPT = """set -eu

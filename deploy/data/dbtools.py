@@ -28,7 +28,7 @@ from deploy.edge import locking
 from deploy.target import runner
 from deploy.target import compose
 from deploy.config import Settings
-from deploy.keys import tls_params
+from deploy.urls import tls_params
 from deploy.contract import SECRETS_DIR
 from deploy.errors import BadInput
 from deploy.target.facts import container as container_of

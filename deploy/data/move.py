@@ -50,7 +50,7 @@ from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
 from deploy.release.history import Record, now, timed
 from deploy.edge.locking import lock, recorded
-from deploy.keys import shown_url
+from deploy.urls import shown_url
 from deploy.data.movecheck import check_url, preflight
 
 MODES = ("dump", "replicate")

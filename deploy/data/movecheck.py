@@ -11,7 +11,7 @@ from deploy.data import dbtools, relay
 from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ConfigError, MoveError
-from deploy.keys import database_url, shown_url
+from deploy.urls import database_url, shown_url
 
 CHECK_SQL = """SELECT 'version|' || current_setting('server_version_num');
 SELECT 'tables|' || count(*) || '|' || coalesce(min(schemaname || '.' || tablename), '')

@@ -8,7 +8,7 @@ from deploy.target import confinement, facts, runner
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import ConfigError, StackError
-from deploy.keys import app_url, url_parts
+from deploy.urls import app_url, url_parts
 
 
 # One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`

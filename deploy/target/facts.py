@@ -21,7 +21,7 @@ from deploy.target import connections
 from deploy.target import swarmstack
 from deploy.colors import COLORS
 from deploy.config import Settings
-from deploy.keys import shown_url
+from deploy.urls import shown_url
 from deploy.errors import CommandError, NotFound, StackError
 
 

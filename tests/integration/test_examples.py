@@ -15,7 +15,8 @@ import httpx
 import pytest
 import tenacity
 
-from deploy import config, edge, errors, keys
+from deploy import config, edge, errors
+from deploy import urls
 from deploy import bases
 from deploy.data import db
 from deploy.edge import tls
@@ -164,7 +165,7 @@ def test_the_jobs_app_moves_to_a_managed_database(jobs):
         # the new color's web and worker use the managed database; old jobs came along
         states = facts.service_states(s)
         assert {states[f"{name}_{live[0]}"].database for name in ("web", "worker")} == {
-            keys.shown_url(managed.url)
+            urls.shown_url(managed.url)
         }
         assert states[f"worker_{old}"].state == "exited"
         assert managed.sql(f"SELECT text FROM jobs WHERE id = {before['id']}") == "before the move"
@@ -174,7 +175,7 @@ def test_the_jobs_app_moves_to_a_managed_database(jobs):
         after = post_job(s, "after the move")
         assert done_by(s, after) == f"{live[0]} {live[1]}"
         assert managed.sql(f"SELECT done_by FROM jobs WHERE id = {after}") == f"{live[0]} {live[1]}"
-        assert edge.read_database_record(s)["url"] == keys.shown_url(managed.url)
+        assert edge.read_database_record(s)["url"] == urls.shown_url(managed.url)
 
 
 @tenacity.retry(stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.5), reraise=True)

@@ -25,7 +25,8 @@ from benchmarks.db_move import (
     managed_postgres,
     relay_certificate,
 )
-from deploy import config, edge, errors, keys, render
+from deploy import config, edge, errors, render
+from deploy import urls
 from deploy import bases
 from deploy.data import db, dbtools, relay, replication
 from deploy.release import gates
@@ -489,10 +490,10 @@ def assert_moved(settings, env, managed: Managed, writer: Writer, mode: str) -> 
         "db.move",
         "switched",
     ) and f"{mode} to postgresql://admin@" in record["detail"]
-    assert edge.read_database_record(settings)["url"] == keys.shown_url(managed.url)
+    assert edge.read_database_record(settings)["url"] == urls.shown_url(managed.url)
     live = edge.read_active(settings)
     states = facts.service_states(settings)
-    assert states[f"backend_{live.color}"].database == keys.shown_url(managed.url)
+    assert states[f"backend_{live.color}"].database == urls.shown_url(managed.url)
     assert not edge.is_frozen(settings) and "dbrelay" not in states
     # the old database is untouched and still there; the old color, stopped by the move (nothing
     # of it may write there any more), keeps it, so no switching back

@@ -18,7 +18,8 @@ import pytest
 
 from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
-from deploy import config, edge, errors, images, keys
+from deploy import config, edge, errors, images
+from deploy import urls
 from deploy import bases
 from deploy.data import relay
 from deploy.target import facts, runner, swarm as swarm_target
@@ -127,7 +128,7 @@ def test_the_jobs_app_moves_to_a_managed_database_and_retires_its_own_on_a_swarm
             } == {"web_blue": 0, "worker_blue": 0, "web_green": 1, "worker_green": 2}
             states = facts.service_states(settings)
             assert {states[f"{name}_green"].database for name in ("web", "worker")} == {
-                keys.shown_url(managed.url)
+                urls.shown_url(managed.url)
             }
             assert not relay.left(settings, {})
             assert managed.sql(f"SELECT text FROM jobs WHERE id = {before}") == "before the move"
@@ -135,7 +136,7 @@ def test_the_jobs_app_moves_to_a_managed_database_and_retires_its_own_on_a_swarm
             all_done_on(
                 managed, [before, *posted]
             )  # queued during the move: done, on the new database
-            assert edge.read_database_record(settings)["url"] == keys.shown_url(managed.url)
+            assert edge.read_database_record(settings)["url"] == urls.shown_url(managed.url)
 
             # the move's own backup of the local database is verified: it may retire; the database service stays at
             # 0 tasks through the next release, which runs on the managed database alone

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from deploy import config, keys
+from deploy import urls
 from deploy.target import runner
 from deploy.errors import ConfigError
 
@@ -356,8 +357,8 @@ def test_database_url_password_is_masked_and_shown_without_it(tmp_path):
         GOOD + "DATABASE_URL=postgresql://app:Very-Secret-77@db.example.com:6543/shop\n",
     )
     s = load(tmp_path)
-    assert keys.shown_url(s.database_url) == "postgresql://app@db.example.com:6543/shop"
-    assert keys.shown_url("") == "local"
+    assert urls.shown_url(s.database_url) == "postgresql://app@db.example.com:6543/shop"
+    assert urls.shown_url("") == "local"
     assert runner.redact("conninfo password=Very-Secret-77") == "conninfo password=********"
     assert "Very-Secret" not in repr(s)
 
@@ -401,25 +402,25 @@ def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tm
     assert "T_PGSSLROOTCERT" not in with_ca  # the dbtools entrypoint writes the file and sets it
     # the app's containers get the copy Colorgate puts in their volume; other URLs as written
     url = f"postgresql://app:pw@db.example.com:6543/shop?sslrootcert={ca}&application_name=web"
-    assert keys.client_url(url) == (
+    assert urls.client_url(url) == (
         "postgresql://app:pw@db.example.com:6543/shop?sslrootcert=/run/colorgate-db/root.crt"
         "&application_name=web&sslmode=verify-full"
     )
-    assert keys.client_url(url + "&sslmode=verify-ca").endswith("&sslmode=verify-ca")
+    assert urls.client_url(url + "&sslmode=verify-ca").endswith("&sslmode=verify-ca")
     # without a CA of its own a managed URL is checked against this machine's system CAs (libpq's default,
     # sslmode=prefer, would check nothing and fall back to plaintext); a URL that asks for no check is left so
     assert (
-        keys.client_url("postgresql://app:pw@db.example.com/shop")
+        urls.client_url("postgresql://app:pw@db.example.com/shop")
         == "postgresql://app:pw@db.example.com/shop?sslrootcert=/run/colorgate-db/root.crt&sslmode=verify-full"
     )
-    assert keys.ca_file("postgresql://app:pw@db.example.com/shop").endswith((".crt", ".pem"))
+    assert urls.ca_file("postgresql://app:pw@db.example.com/shop").endswith((".crt", ".pem"))
     for unchecked in (
         "postgresql://app:pw@db.example.com/shop?sslmode=require",
         "postgresql://app:pw@db.example.com/shop?sslmode=disable",
     ):
-        assert keys.client_url(unchecked) == unchecked and keys.ca_file(unchecked) == ""
+        assert urls.client_url(unchecked) == unchecked and urls.ca_file(unchecked) == ""
     assert (
-        keys.client_url("postgresql://app:pw@postgres:5432/shop", managed=False)
+        urls.client_url("postgresql://app:pw@postgres:5432/shop", managed=False)
         == "postgresql://app:pw@postgres:5432/shop"
     )
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, contract, edge, keys, render
+from deploy import config, contract, edge, render
+from deploy import urls
 from deploy import swarmfile
 from deploy.errors import ContractError
 
@@ -432,12 +433,12 @@ def test_an_app_reads_its_database_from_several_variables_a_scheme_of_its_own_or
     api = render.compose(two)["services"]["api_green"]["environment"]
     assert api["DATABASE_URL"] == api["DB_DSN"] == "${COLORGATE_GREEN_DATABASE_URL:-}"
     assert (
-        keys.app_url("postgresql://app:p%40ss@db:5432/shop", two.database.scheme, managed=False)
+        urls.app_url("postgresql://app:p%40ss@db:5432/shop", two.database.scheme, managed=False)
         == "postgresql+psycopg://app:p%40ss@db:5432/shop"
     )
     assert (
-        keys.app_url("postgres://app:x@db/shop", managed=False) == "postgresql://app:x@db/shop"
-        and keys.app_url("", "postgres") == ""
+        urls.app_url("postgres://app:x@db/shop", managed=False) == "postgresql://app:x@db/shop"
+        and urls.app_url("", "postgres") == ""
     )
     parts = contract.parse(
         app_with(
@@ -467,7 +468,7 @@ def test_an_app_reads_its_database_from_several_variables_a_scheme_of_its_own_or
         "DATABASE_URL" not in api["environment"]
         and "secrets-blue:/run/colorgate-secrets:ro" in api["volumes"]
     )
-    assert keys.url_parts("postgresql://app_role:p%40ss@db.internal/shop%2Deu?sslmode=require") == {
+    assert urls.url_parts("postgresql://app_role:p%40ss@db.internal/shop%2Deu?sslmode=require") == {
         "host": "db.internal",
         "port": "5432",
         "name": "shop-eu",

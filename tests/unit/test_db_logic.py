@@ -9,7 +9,8 @@ from datetime import datetime, UTC
 import pytest
 import yaml
 
-from deploy import bases, keys
+from deploy import bases
+from deploy import urls
 from deploy.data import db, dbtools, migrations, offsite
 from deploy.target import dbfacts
 from deploy.errors import ConfigError
@@ -197,7 +198,7 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     files = access.secret_files(s, {"blue": managed})
     assert set(files) == {"secrets-blue", "dbca"} and files["dbca"] == {"root.crt": ca.read_text()}
     # the app gets the CA's path in its own container, and verify-full
-    assert files["secrets-blue"]["database_url"] == keys.client_url(managed)
+    assert files["secrets-blue"]["database_url"] == urls.client_url(managed)
     assert "sslrootcert=/run/colorgate-db/root.crt" in files["secrets-blue"]["database_url"]
     other = tmp_path / "other.pem"
     other.write_text("-----BEGIN CERTIFICATE-----\nY\n-----END CERTIFICATE-----\n")
@@ -208,12 +209,12 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     files = access.secret_files(moved, {"blue": "", "green": ""})
     assert files["dbca"] == {"root.crt": ca.read_text()} and files["secrets-green"][
         "database_url"
-    ] == keys.client_url(managed)
+    ] == urls.client_url(managed)
     # a managed URL without a CA: the app checks it against the system CAs this machine trusts, as Colorgate does
     bare = "postgresql://app:pw2@db.example.com/shop"
     files = access.secret_files(s, {"blue": bare})
     assert (
-        files["dbca"] == {"root.crt": Path(keys.ca_file(bare)).read_text()}
+        files["dbca"] == {"root.crt": Path(urls.ca_file(bare)).read_text()}
         and "BEGIN CERTIFICATE" in files["dbca"]["root.crt"]
     )
     assert files["secrets-blue"]["database_url"].endswith(

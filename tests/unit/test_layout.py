@@ -97,7 +97,7 @@ def test_no_import_circle_in_the_engine():
 LAYERS = {
     name: set(modules.split())
     for name, modules in {
-        "settings and commands": "errors colors contract contract.model contract.fields contract.blocks "
+        "settings and commands": "errors colors urls contract contract.model contract.fields contract.blocks "
         "contract.parse keys config "
         "render swarmfile scaffold appsecrets images bases registry remote target.ssh target.runner target.connections",
         "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm target.swarmstack bootstrap",
