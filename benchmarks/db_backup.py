@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import config, stack  # noqa: E402
+from deploy import profiles
 from deploy import starting
 from deploy.data import db
 from deploy.target import runner
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     run_id = f"cgdbbench{os.getpid()}{secrets.token_hex(2)}"
     from benchmarks.switch_under_load import free_port
 
-    settings = config.load(
+    settings = profiles.load(
         "development",
         environ={
             **os.environ,

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
 from deploy import config, stack  # noqa: E402
+from deploy import profiles
 from deploy import starting
 from deploy import bases
 from deploy.edge import tls  # noqa: E402
@@ -372,7 +373,7 @@ class Writer:
 
 def one_mode(mode: str, rows: int) -> dict:
     run_id = f"cgmovebench{os.getpid()}{secrets.token_hex(2)}"
-    settings = config.load("development", environ={**os.environ, **isolated(run_id)})
+    settings = profiles.load("development", environ={**os.environ, **isolated(run_id)})
     try:
         starting.start_stack(settings)
         runner.run(

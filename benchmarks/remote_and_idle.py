@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.switch_under_load import free_port  # noqa: E402
 from deploy import config, stack  # noqa: E402
+from deploy import profiles
 from deploy import starting
 from deploy import bases
 from deploy.target import runner
@@ -95,7 +96,7 @@ def ssh_host(
     """An SSH server on `listen`:<free port> whose `deploy` user reaches the engine at
     `socket` (not `with_docker`: a host with neither the engine's socket nor the CLI;
     an SFTP server, say, listening on docker0 for containers to reach)."""
-    settings = config.load("development")
+    settings = profiles.load("development")
     if not bases.image_exists(settings, SSHD.tag(settings.base_source)):
         bases.build_bases(settings, [SSHD])
     port = free_port()
@@ -294,7 +295,7 @@ def run(args) -> dict:
         "COLORGATE_HTTPS_PORT": str(free_port()),
         "COLORGATE_REPORTS_DIR": f"benchmarks/out/{tag}-reports",
     }
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     root = Path(tempfile.mkdtemp(prefix="cgvps-"))
     result: dict = {
         "rounds": args.rounds,

@@ -66,6 +66,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy import apply, config, edge, stack  # noqa: E402
+from deploy import profiles
 from deploy import starting
 from deploy.edge import tls  # noqa: E402
 from deploy.release import releases
@@ -440,7 +441,7 @@ def bench_settings() -> config.Settings:
         "COLORGATE_RATE_BURST": "100000",
         "COLORGATE_CONN_LIMIT": "65535",
     }
-    return config.load("development", environ={**os.environ, **env})
+    return profiles.load("development", environ={**os.environ, **env})
 
 
 def load_paths(settings: config.Settings, given: list[str]) -> list[str]:
@@ -454,7 +455,7 @@ def edge_url(settings: config.Settings) -> str:
 
 
 def reload(settings: config.Settings, **changes: str) -> config.Settings:
-    return config.load(
+    return profiles.load(
         "development", environ={**os.environ, **settings.as_environment(), **changes}
     )
 

@@ -28,11 +28,11 @@ def pytest_configure(config):
 
 def app_features_dir():
     """The app's own features directory (next to its compose file), if it has one."""
-    from deploy import config
+    from deploy import profiles
     from deploy.errors import ColorgateError
 
     try:
-        directory = config.load(_options.get("profile")).app.features_dir
+        directory = profiles.load(_options.get("profile")).app.features_dir
     except ColorgateError:
         return None  # the gate_settings fixture reports it
     return directory if directory.is_dir() and any(directory.rglob("*.feature")) else None

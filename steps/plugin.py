@@ -35,11 +35,11 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def gate_settings(request):
-    from deploy import config
+    from deploy import profiles
     from deploy.errors import ColorgateError
 
     try:
-        return config.load(request.config.getoption("--profile"))
+        return profiles.load(request.config.getoption("--profile"))
     except ColorgateError as exc:
         pytest.exit(f"colorgate: {exc}", returncode=2)
 

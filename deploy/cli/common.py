@@ -13,6 +13,7 @@ import invoke
 from invoke import Exit
 
 from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render
+from deploy import profiles
 from deploy.target import runner, targets
 from deploy.errors import BadInput, ColorgateError, CommandError, Interrupted
 
@@ -94,7 +95,7 @@ def _load(
         overrides["COLORGATE_DOCKER_HOST"] = ("--host", host)
     if registry:
         overrides["COLORGATE_REGISTRY"] = ("--registry", registry)
-    return config.load(profile, overrides=overrides)
+    return profiles.load(profile, overrides=overrides)
 
 
 def _target(

@@ -23,6 +23,7 @@ import bcrypt
 import tenacity
 
 from deploy import config, edge, stack, views
+from deploy import profiles
 from deploy import starting
 from deploy.edge import tls
 from deploy.release import gates
@@ -299,7 +300,7 @@ def stack_env():
 
 @pytest.fixture(scope="session")
 def settings(stack_env):
-    return config.load("development", environ={**os.environ, **stack_env})
+    return profiles.load("development", environ={**os.environ, **stack_env})
 
 
 @contextlib.contextmanager
@@ -342,7 +343,7 @@ def live_stack(request, settings):
 def scratch(request):
     """A second, function-scoped isolated stack (not started) for destructive tests."""
     env = isolated_env("x")
-    s = config.load("development", environ={**os.environ, **env})
+    s = profiles.load("development", environ={**os.environ, **env})
     try:
         yield env, s
     finally:

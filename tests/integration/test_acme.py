@@ -20,6 +20,7 @@ import tenacity
 from cryptography import x509
 
 from deploy import config, edge, errors, images, stack
+from deploy import profiles
 from deploy import bases
 from deploy.edge import acme, tls
 from deploy.release import gates
@@ -50,7 +51,7 @@ def pebble(tmp_path_factory, env):
 
 @pytest.fixture(scope="module")
 def settings(request, env, pebble):
-    s = config.load("development", environ={**os.environ, **env})
+    s = profiles.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
 
@@ -345,7 +346,7 @@ def test_an_app_without_a_database_gets_its_certificate_too(settings, pebble, en
         "COLORGATE_IMAGE_PREFIX": f"{env['COLORGATE_PROJECT']}site/",
         "COLORGATE_APP": str(config.project_root() / "examples" / "static-site"),
     }
-    site = config.load("development", environ={**os.environ, **site_env})
+    site = profiles.load("development", environ={**os.environ, **site_env})
     bases.build_bases(site, bases.missing_bases(site))
     with running_stack(request, site):
         # as an earlier version, which ran certbot as root, left its volumes

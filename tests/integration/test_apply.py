@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, contract, edge, errors, stack
+from deploy import contract, edge, errors, stack
+from deploy import profiles
 from deploy.data import db
 from deploy.edge import tls
 from deploy.release import gates
@@ -36,7 +37,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def settings(request, env):
-    s = config.load("development", environ={**os.environ, **env})
+    s = profiles.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
 

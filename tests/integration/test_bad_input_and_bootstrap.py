@@ -11,6 +11,7 @@ import socket
 import time
 
 from deploy import bootstrap, config, errors
+from deploy import profiles
 from deploy import bases
 from deploy.target import facts, runner
 
@@ -50,7 +51,7 @@ def test_a_start_that_cannot_finish_is_torn_down(scratch, tmp_path):
     # the bound covers PostgreSQL's first start too (a new volume's initdb), which
     # under CI's load took over 3 s: short enough to keep the test quick, long enough for that
     env = {**env, "COLORGATE_HEALTH_TIMEOUT": "20", "COLORGATE_APP": str(app)}
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     proc = invoke("up", env=env)
     assert proc.returncode == errors.FAILED
     last = proc.stderr.strip().splitlines()[-1]

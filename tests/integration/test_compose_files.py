@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from deploy import config, render
+from deploy import profiles
 from deploy import bases
 from deploy.release import gates, releases
 from deploy.target import facts
@@ -60,7 +61,7 @@ def split_app(request, tmp_path_factory):
     shutil.copytree(ROOT / "examples" / "static-site" / "site", app / "site")
     for name, text in FILES.items():
         (app / name).write_text(text)
-    settings = config.load(
+    settings = profiles.load(
         "development", environ={**os.environ, **isolated_env("cf"), "COLORGATE_APP": str(app)}
     )
     bases.build_bases(settings, bases.missing_bases(settings))

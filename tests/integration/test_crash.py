@@ -21,6 +21,7 @@ import pytest
 
 from benchmarks.db_move import Writer, managed_postgres
 from deploy import colors, config, edge, errors, stack
+from deploy import profiles
 from deploy.data import db
 from deploy.edge import tls
 from deploy.release import canary, gates, history
@@ -40,7 +41,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def settings(request, env):
-    s = config.load("development", environ={**os.environ, **env})
+    s = profiles.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
 

@@ -13,7 +13,8 @@ import signal
 import pytest
 
 from benchmarks.db_move import Writer, managed_image, managed_postgres
-from deploy import config, edge, errors
+from deploy import edge, errors
+from deploy import profiles
 from deploy.data import replication
 from deploy.target import facts, runner
 from deploy.target import dbfacts
@@ -30,7 +31,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def settings(request, env):
-    s = config.load("development", environ={**os.environ, **env})
+    s = profiles.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
 

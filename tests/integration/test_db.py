@@ -12,7 +12,8 @@ import threading
 import pytest
 import yaml
 
-from deploy import access, config, contract, edge, errors, stack
+from deploy import access, contract, edge, errors, stack
+from deploy import profiles
 from deploy.data import db, dbtools
 from deploy.edge import tls
 from deploy.release import gates
@@ -33,7 +34,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def settings(request, env):
-    s = config.load("development", environ={**os.environ, **env})
+    s = profiles.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
 

@@ -16,6 +16,7 @@ import pytest
 import tenacity
 
 from deploy import config, edge, errors
+from deploy import profiles
 from deploy import urls
 from deploy import bases
 from deploy.data import db
@@ -33,7 +34,7 @@ ROOT = config.project_root()
 
 def example(name: str, tag: str) -> tuple[dict, config.Settings]:
     env = {**isolated_env(tag), "COLORGATE_APP": str(ROOT / "examples" / name)}
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     bases.build_bases(settings, bases.missing_bases(settings))
     return env, settings
 

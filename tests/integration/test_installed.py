@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks.remote_and_idle import keygen, operator_home, ssh_host
 from deploy import config, edge, errors
+from deploy import profiles
 from deploy import bases
 from deploy.target import facts, runner
 
@@ -160,7 +161,7 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
     assert checked.returncode == 0 and checked.stdout.startswith(
         "ok       shop_token: printed by COLORGATE_SECRET_SHOP_TOKEN_COMMAND in .env.development.local (32 characters)"
     ), checked.stdout
-    settings = config.load(
+    settings = profiles.load(
         "development", root=app, environ={}
     )  # this test's own view, to clean up whatever happens
     bases.build_bases(settings, bases.missing_bases(settings))
@@ -267,7 +268,7 @@ def test_the_reusable_release_workflow_runs_its_steps_against_an_ssh_host_and_a_
         COLORGATE_ANALYSIS_INTERVALS="0",
         POSTGRES_PASSWORD=secrets.token_urlsafe(18),
     )
-    settings = config.load(
+    settings = profiles.load(
         "staging", root=app, environ={**local, "COLORGATE_REGISTRY": f"{address}/{project}"}
     )
     wheel = next((venv.parent.parent / "dist").glob("colorgate-*.whl"))

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from deploy import config, edge, render
+from deploy import profiles
 from deploy import bases
 from deploy.data import db
 from deploy.edge import tls
@@ -34,7 +35,7 @@ def mlflow(request):
         "COLORGATE_APP": str(ROOT / "examples" / "mlflow"),
         "COLORGATE_SECRETS_IN_ENV": "allow",
     }
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     bases.build_bases(settings, bases.missing_bases(settings))
     with running_stack(request, settings):
         yield env, settings

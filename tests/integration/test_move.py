@@ -25,7 +25,8 @@ from benchmarks.db_move import (
     managed_postgres,
     relay_certificate,
 )
-from deploy import config, edge, errors, render
+from deploy import edge, errors, render
+from deploy import profiles
 from deploy import urls
 from deploy import bases
 from deploy.data import db, dbtools, relay, replication
@@ -53,7 +54,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def settings(request, env):
-    s = config.load("development", environ={**os.environ, **env})
+    s = profiles.load("development", environ={**os.environ, **env})
     with running_stack(request, s):
         yield s
 
@@ -618,7 +619,7 @@ def test_dump_move_under_writes_loses_nothing(settings, env):
 
 def test_replicate_move_under_writes_loses_nothing(request):
     env = move_env("rp")
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     with (
         running_stack(request, settings),
         managed_postgres(settings, managed_image(settings)) as managed,

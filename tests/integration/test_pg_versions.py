@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from deploy import config
+from deploy import profiles
 from deploy import bases
 from deploy.data import db, dbtools
 from deploy.target import runner
@@ -24,7 +24,7 @@ from .conftest import isolated_env, running_stack
 
 @pytest.fixture(scope="module")
 def settings(request):
-    s = config.load("development", environ={**os.environ, **isolated_env("pgv")})
+    s = profiles.load("development", environ={**os.environ, **isolated_env("pgv")})
     with running_stack(request, s):
         yield s
 

@@ -10,7 +10,8 @@ import re
 import httpx
 import pytest
 
-from deploy import config, edge, errors, images
+from deploy import edge, errors, images
+from deploy import profiles
 from deploy import bases
 from deploy.target import facts, runner
 from deploy.errors import RegistryError
@@ -28,7 +29,7 @@ def env(registry):
         COLORGATE_REGISTRY_USER=USER,
         COLORGATE_REGISTRY_PASSWORD=password,
     )
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     try:
         yield env
     finally:
@@ -69,7 +70,7 @@ def test_bad_registry_credentials_are_one_line_before_anything(registry, env):
 def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     pushed = invoke("images.push", "--version", "v7", env=env)
     assert pushed.returncode == 0, pushed.stderr[-2000:]
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     for name in images.pushed_images(settings.app):
         assert tags(registry, env, name) == ["latest", "v7"], name
     assert registry[1] not in pushed.stdout + pushed.stderr
@@ -88,7 +89,7 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     )
 
     assert invoke("images.push", "--version", "v8", env=env).returncode == 0
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     # the target lacks one image and holds the other's tag from another build: the registry's are what runs
     runner.run(["docker", "image", "rm", images.app_tag(settings, "frontend", "v8")])
     runner.run(
@@ -144,7 +145,7 @@ def test_base_images_build_from_debians_image_in_a_registry_with_debians_package
     """COLORGATE_BASES=image, for a machine without mmdebstrap: the engine builds a base
     FROM `<image>:bookworm-slim` (here a minimal Debian made by mmdebstrap, pushed to the
     test registry in place of Docker Hub's) with the packages from Debian's mirror."""
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     slim = bases.BaseImage("slim", ("ca-certificates",))
     bases.build_bases(settings, [slim])
     debian = f"{settings.image_prefix}debian"

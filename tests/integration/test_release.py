@@ -19,6 +19,7 @@ import yaml
 from python_on_whales import DockerClient
 
 from deploy import apply, config, contract, edge, errors, render, stack
+from deploy import profiles
 from deploy.edge import tls
 from deploy.release import canary, gates, releases
 from deploy.edge import locking
@@ -37,7 +38,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def settings(env):
-    return config.load("development", environ={**os.environ, **env})
+    return profiles.load("development", environ={**os.environ, **env})
 
 
 @pytest.fixture(scope="module")

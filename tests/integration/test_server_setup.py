@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from deploy import config, errors, stack
+from deploy import profiles
 from deploy import bases
 from deploy.data import relay
 from deploy.target import runner
@@ -70,7 +71,7 @@ class Vps:
 def vps(tmp_path_factory):
     """A fresh Debian container with root's SSH login, on its own bridge address (so
     that its firewall is its own), and an operator set up to reach it."""
-    settings = config.load("development")
+    settings = profiles.load("development")
     if not bases.image_exists(settings, VPS.tag(settings.base_source)):
         bases.build_bases(settings, [VPS])
     root = tmp_path_factory.mktemp("vps")
@@ -277,7 +278,7 @@ def test_published_ports_other_than_80_and_443_are_closed_and_the_relay_opens_fo
     ).stdout.strip()  # as the VPS sees this machine
     network = f"container:{vps.container}"  # the VPS's network namespace, where the move's nft runs as on a host's
     env = isolated_env("fw")
-    settings = config.load(
+    settings = profiles.load(
         "development", environ={**os.environ, **env, "COLORGATE_MOVE_RELAY_PORT": "15432"}
     )
     try:

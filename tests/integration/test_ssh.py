@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.remote_and_idle import SshHost, keygen, operator_env, operator_home, ssh_host
 from deploy import config, errors
+from deploy import profiles
 from deploy import bases
 from deploy.target import runner
 
@@ -26,7 +27,7 @@ def remote(tmp_path_factory, request):
     with ssh_host(key) as host:
         home = operator_home(root, host.port)
         env = operator_env(isolated_env("ssh"), home)
-        settings = config.load("development", environ={**os.environ, **env})
+        settings = profiles.load("development", environ={**os.environ, **env})
         try:
             yield host, env, home
         finally:
@@ -108,7 +109,7 @@ def test_an_app_without_a_database_travels_over_ssh_too(remote):
         },
         home,
     )
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     bases.build_bases(settings, bases.missing_bases(settings))
     try:
         up = invoke("up", "--host", host.url, env=env)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from deploy import config
+from deploy import profiles
 from deploy import bases
 from deploy.target import runner
 
@@ -89,7 +89,7 @@ def remote(engine, tmp_path_factory):
             yield host, env
         finally:
             remove_stack(
-                config.load("development", environ={**os.environ, **env})
+                profiles.load("development", environ={**os.environ, **env})
             )  # this machine's image tags
 
 
@@ -108,7 +108,7 @@ def test_only_what_the_host_lacks_is_sent(engine, remote, tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     # frontend and backend are sent once and tagged twice (v1, latest); edge, postgres, certbot once
     assert first.stdout.startswith("sent 6 image(s), 2 already there"), first.stdout
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     local = {ref: bases.image_id(settings, ref) for ref in remote_ids(engine, prefix)}
     assert remote_ids(engine, prefix) == {ref: image_id[7:19] for ref, image_id in local.items()}
     assert len(local) == 8

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from deploy import config
+from deploy import profiles
 from deploy import bases
 
 from .swarm import swarm
@@ -19,7 +19,7 @@ print(" ".join(f"{ip}={urllib.request.urlopen(f'http://{ip}:8000/', timeout=5).s
 
 
 def test_engines_in_containers_form_a_swarm_whose_services_answer_across_nodes():
-    settings = config.load("development", environ=dict(os.environ))
+    settings = profiles.load("development", environ=dict(os.environ))
     python = bases.BASES["python"]
     bases.build_bases(settings, [python])
     tag = python.tag(settings.base_source)

@@ -19,6 +19,7 @@ import pytest
 from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
 from deploy import config, edge, errors, images
+from deploy import profiles
 from deploy import urls
 from deploy import bases
 from deploy.data import relay
@@ -34,7 +35,7 @@ JOBS = {"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-re
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    settings = config.load("development", environ=dict(os.environ))
+    settings = profiles.load("development", environ=dict(os.environ))
     with swarm(
         settings, size=2, registry=True, socket_dir=str(tmp_path_factory.mktemp("manager"))
     ) as made:
@@ -52,7 +53,7 @@ def pushed(cluster):
         "COLORGATE_IMAGE_PREFIX": run["COLORGATE_IMAGE_PREFIX"],
         "COLORGATE_REGISTRY": f"{cluster.registry}/{run['COLORGATE_PROJECT']}",
     }
-    built = config.load("development", environ={**os.environ, **here})
+    built = profiles.load("development", environ={**os.environ, **here})
     bases.build_bases(built, bases.needed_bases(built))
     try:
         for version in ("v1", "v2", "v3"):
@@ -86,7 +87,7 @@ def swarm_env(cluster, pushed, tag: str) -> dict[str, str]:
 
 def test_the_jobs_app_moves_to_a_managed_database_and_retires_its_own_on_a_swarm(cluster, pushed):
     env = swarm_env(cluster, pushed, "swm")
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     posted, stop = [], threading.Event()
 
     def keep_posting():
@@ -173,7 +174,7 @@ def test_a_dump_move_on_a_swarm_over_ssh_starts_the_candidate_on_the_restored_da
         env = operator_env(
             {**base, "COLORGATE_DOCKER_HOST": host.url}, operator_home(tmp_path, host.port)
         )
-        settings = config.load(
+        settings = profiles.load(
             "development", environ={**os.environ, **base}
         )  # the same manager, for the test's own looks
         try:

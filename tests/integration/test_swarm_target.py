@@ -16,6 +16,7 @@ import time
 import pytest
 
 from deploy import config, edge, errors
+from deploy import profiles
 from deploy import bases
 from deploy.edge import tls
 from deploy.release import gates
@@ -45,7 +46,7 @@ def test_an_engine_that_is_no_swarm_manager_is_one_line():
 
 @pytest.fixture(scope="module")
 def cluster():
-    settings = config.load("development", environ=dict(os.environ))
+    settings = profiles.load("development", environ=dict(os.environ))
     with swarm(settings, size=2, registry=True) as made:
         yield made
 
@@ -57,7 +58,7 @@ def registry(cluster):
     run = isolated_env("swp")
     path = f"{cluster.registry}/{run['COLORGATE_PROJECT']}"
     here = {**run, "COLORGATE_APP": "examples/static-site", "COLORGATE_REGISTRY": path}
-    built = config.load("development", environ={**os.environ, **here})
+    built = profiles.load("development", environ={**os.environ, **here})
     bases.build_bases(
         built, [bases.BASES["nginx"], bases.BASES["postgres"], bases.BASES["certbot"]]
     )
@@ -92,7 +93,7 @@ def answers(settings, n: int = 24) -> list:
 
 def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster, registry):
     env = swarm_env(cluster, registry, "swt")
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
 
     # images built on one engine exist only there: a two-node Swarm needs the registry
     refused = invoke("up", env={**env, "COLORGATE_REGISTRY": ""})
@@ -214,7 +215,7 @@ class Load:
 
 def test_switches_under_load_lose_no_request(cluster, registry):
     env = {**swarm_env(cluster, registry, "swl"), "COLORGATE_ANALYSIS_INTERVALS": "0"}
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     try:
         assert invoke("up", "--version", "v1", env=env).returncode == 0
         assert invoke("scale", "site=3", env=env).returncode == 0
@@ -252,7 +253,7 @@ def test_a_canary_deploy_on_a_swarm_sends_its_share_of_users_to_the_candidate_th
         "COLORGATE_ANALYSIS_SECONDS": "3",
         "COLORGATE_ANALYSIS_MIN_REQUESTS": "1",
     }
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     try:
         assert invoke("up", "--version", "v1", env=env).returncode == 0
         with NewUsers(settings, rate=20) as load:
@@ -283,7 +284,7 @@ def test_tls_init_gets_the_edge_a_certificate_from_an_acme_ca_and_renew_renews_i
     certificates) there; the test CA (pebble, on this machine's loopback, reached from
     the manager's) fetches the HTTP-01 challenge from the edge on the manager."""
     env = {**swarm_env(cluster, registry, "swa"), "COLORGATE_DOMAIN": ACME_DOMAIN}
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     with pebble_server(tmp_path, settings.http_port, validity_days=20) as pebble:
         cluster.reach_loopback(pebble["port"])
         cluster.publish_here(settings.http_port)
@@ -323,7 +324,7 @@ def db_registry(cluster):
     run = isolated_env("swq")
     path = f"{cluster.registry}/{run['COLORGATE_PROJECT']}"
     here = {**run, **DB_APP, "COLORGATE_REGISTRY": path}
-    built = config.load("development", environ={**os.environ, **here})
+    built = profiles.load("development", environ={**os.environ, **here})
     bases.build_bases(built, bases.needed_bases(built))
     try:
         for version in ("v1", "v2", "v3"):
@@ -363,7 +364,7 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
     candidate: that release either converges on the node left or fails, with traffic
     where it was; the live color rides it out."""
     env = {**swarm_env(cluster, db_registry, "swd"), **DB_APP}
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     try:
         up = invoke("up", "--version", "v1", env=env)
         assert up.returncode == 0, up.stderr

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from deploy import config, edge, stack
+from deploy import edge, stack
+from deploy import profiles
 from deploy.edge import tls
 from deploy.release import releases
 from deploy.target import runner
@@ -28,7 +29,7 @@ from .conftest import isolated_env, running_stack
 
 @pytest.fixture(scope="module")
 def settings(request):
-    s = config.load("development", environ={**os.environ, **isolated_env("sw")})
+    s = profiles.load("development", environ={**os.environ, **isolated_env("sw")})
     with running_stack(request, s):
         releases.deploy(s, version="v2")  # both colors run: blue v1, green v2 (live)
         yield s

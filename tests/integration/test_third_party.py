@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from deploy import config, edge, render
+from deploy import profiles
 from deploy import bases
 from deploy.data import db
 from deploy.edge import tls
@@ -33,7 +34,7 @@ def miniflux(request):
         "COLORGATE_GATE_ADMIN_PASSWORD": "test123",
         "COLORGATE_SECRETS_IN_ENV": "allow",
     }
-    settings = config.load("development", environ={**os.environ, **env})
+    settings = profiles.load("development", environ={**os.environ, **env})
     bases.build_bases(settings, bases.missing_bases(settings))
     with running_stack(request, settings):
         yield env, settings

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from deploy import colors, config, edge
+from deploy import profiles
 from deploy.errors import ColorgateError
 
 
@@ -109,13 +110,13 @@ def test_a_malformed_live_file_is_refused_and_the_old_one_stays(tmp_path, text, 
 
 
 def test_a_database_restart_holds_requests_as_long_as_the_database_is_awaited_a_write_freeze_for_the_hold():
-    s = config.load(
+    s = profiles.load(
         "development",
         root=config.project_root(),
         environ={"COLORGATE_HOLD_SECONDS": "5", "COLORGATE_HEALTH_TIMEOUT": "90"},
     )
     assert edge.freeze_hold(s) == 5 and edge.freeze_hold(s, database=True) == 90
-    longer = config.load(
+    longer = profiles.load(
         "development",
         root=config.project_root(),
         environ={"COLORGATE_HOLD_SECONDS": "120", "COLORGATE_HEALTH_TIMEOUT": "90"},

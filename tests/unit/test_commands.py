@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy import bootstrap, config, errors, images, views
+from deploy import profiles
 from deploy import bases
 from deploy import registry
 from deploy.target import facts, runner, targets
@@ -22,7 +23,7 @@ from deploy.errors import ColorgateError, CommandError, EngineLost, NotFound, Po
 
 @pytest.fixture
 def settings():
-    s = config.load(
+    s = profiles.load(
         "development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"}
     )
     yield s
@@ -56,7 +57,7 @@ def test_compose_env_pins_each_color_version_and_carries_the_secret(settings):
 
 
 def test_remote_engine_goes_into_the_environment():
-    s = config.load(
+    s = profiles.load(
         "development",
         root=config.project_root(),
         environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps"},
@@ -91,11 +92,11 @@ def test_base_tag_changes_with_what_goes_in():
 def test_bases_older_than_the_setting_or_missing_are_made_again_and_status_says_how_old_they_are():
     day = 86400
     assert (
-        config.load("development", root=config.project_root(), environ={}).base_max_age == 7 * day
+        profiles.load("development", root=config.project_root(), environ={}).base_max_age == 7 * day
     )
     for text, seconds in (("7d", 7 * day), ("12h", 43200), ("30m", 1800), ("45s", 45), ("0", 0)):
         assert (
-            config.load(
+            profiles.load(
                 "development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": text}
             ).base_max_age
             == seconds
@@ -105,7 +106,7 @@ def test_bases_older_than_the_setting_or_missing_are_made_again_and_status_says_
             ColorgateError,
             match=r"COLORGATE_BASE_MAX_AGE .* should be an age such as 7d, 12h, 30m or 45s",
         ):
-            config.load(
+            profiles.load(
                 "development", root=config.project_root(), environ={"COLORGATE_BASE_MAX_AGE": bad}
             )
     ages = {"nginx": 8 * day, "postgres": 2 * day, "certbot": None}
@@ -145,7 +146,7 @@ def test_a_base_made_from_debians_image_has_the_same_packages_sources_and_exclus
         and "path-exclude=/usr/share/doc/*\\n" in file
     )
     made = {
-        bases: config.load(
+        bases: profiles.load(
             "development", root=config.project_root(), environ={"COLORGATE_BASES": bases}
         )
         for bases in ("mmdebstrap", "image")
@@ -211,7 +212,7 @@ def test_an_engine_that_cannot_be_asked_is_never_read_as_one_where_nothing_runs(
     """Its socket gone (as when the SSH connection drops): every read raises EngineLost
     (exit 6, one line), which no `except CommandError` takes for "absent"."""
     gone = f"unix://{tmp_path}/engine.sock"
-    s = config.load(
+    s = profiles.load(
         "development",
         root=config.project_root(),
         environ={"COLORGATE_PROJECT": "shop", "COLORGATE_DOCKER_HOST": gone},
@@ -238,7 +239,7 @@ def test_port_in_use_is_refused_with_the_key_to_change():
             probe.bind(("127.0.0.1", 0))
             free = probe.getsockname()[1]
         env = {"COLORGATE_HTTP_PORT": str(free), "COLORGATE_HTTPS_PORT": str(port)}
-        s = config.load("development", root=config.project_root(), environ=env)
+        s = profiles.load("development", root=config.project_root(), environ=env)
         with pytest.raises(
             PortInUse,
             match=rf"^port {port} on 127.0.0.1 is already in use: .* COLORGATE_HTTPS_PORT in \.env\.development\.local$",
@@ -268,7 +269,7 @@ def test_bootstrap_makes_only_the_bases_colorgate_and_the_app_need(settings):
         "certbot",
         "python",
     ]
-    jobs = config.load(
+    jobs = profiles.load(
         "development",
         root=config.project_root(),
         environ={"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")},

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from deploy import config, keys
+from deploy import profiles
 from deploy import urls
 from deploy.target import runner
 from deploy.errors import ConfigError
@@ -23,7 +24,7 @@ def write(root: Path, name: str, text: str) -> None:
 
 
 def load(root: Path, profile: str = "development", environ=None):
-    return config.load(profile, root=root, environ=environ or {})
+    return profiles.load(profile, root=root, environ=environ or {})
 
 
 def test_good_profile_loads_with_defaults(tmp_path):
@@ -167,8 +168,10 @@ def test_settings_are_read_from_the_apps_directory_found_as_compose_finds_its_fi
         (config.project_root() / "examples" / "static-site" / "docker-compose.yml").read_text()
     )
     write(app, ".env.development.local", "COLORGATE_HTTPS_PORT=9443\n")
-    assert config.settings_dir(app / "src", "development") == app
-    s = config.load("development", root=config.settings_dir(app / "src", "development"), environ={})
+    assert profiles.settings_dir(app / "src", "development") == app
+    s = profiles.load(
+        "development", root=profiles.settings_dir(app / "src", "development"), environ={}
+    )
     assert (s.root, s.app.file, s.project, s.https_port) == (
         app,
         app / "compose.yaml",
@@ -179,14 +182,14 @@ def test_settings_are_read_from_the_apps_directory_found_as_compose_finds_its_fi
     # (an installed package): one line saying where to run
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert config.settings_dir(empty, "development") == empty
-    monkeypatch.setattr(config, "SAMPLE", "no-such-sample")
+    assert profiles.settings_dir(empty, "development") == empty
+    monkeypatch.setattr(profiles, "SAMPLE", "no-such-sample")
     with pytest.raises(
         ConfigError,
         match=r"^no compose file in .*empty: run colorgate in your app's directory \(the one holding its "
         r"compose file\) or set COLORGATE_APP$",
     ):
-        config.load("development", root=empty, environ={})
+        profiles.load("development", root=empty, environ={})
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "http", "-1", "80.5"])
@@ -299,7 +302,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
 
 def test_parse_env_text_quotes_comments_export():
     text = "# c\n\nexport A=1\nB=\"two words\"\nC='x #y'\nD=v # trailing\nE=\n"
-    assert config.parse_env_text(text, "f") == {
+    assert profiles.parse_env_text(text, "f") == {
         "A": "1",
         "B": "two words",
         "C": "x #y",
@@ -316,11 +319,11 @@ def test_loading_registers_the_password_for_masking(tmp_path):
 
 def test_shipped_profiles_are_valid_or_refused_for_the_right_reason():
     root = config.project_root()
-    assert config.load("development", root=root, environ={}).bind == "127.0.0.1"
+    assert profiles.load("development", root=root, environ={}).bind == "127.0.0.1"
     for profile in ("staging", "production"):
         with pytest.raises(ConfigError, match="is a placeholder"):
-            config.load(profile, root=root, environ={})
-    example = config.parse_env_text((root / ".env.example").read_text(), ".env.example")
+            profiles.load(profile, root=root, environ={})
+    example = profiles.parse_env_text((root / ".env.example").read_text(), ".env.example")
     assert set(example) == set(keys.KEYS), "every key is documented in .env.example"
 
 
@@ -426,7 +429,7 @@ def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tm
 
 
 def test_the_app_reaches_the_stacks_database_as_a_role_of_its_own():
-    s = config.load(
+    s = profiles.load(
         "development",
         root=config.project_root(),
         environ={"POSTGRES_USER": "shop", "POSTGRES_PASSWORD": "pw-1-of-the-db"},
@@ -436,7 +439,7 @@ def test_the_app_reaches_the_stacks_database_as_a_role_of_its_own():
     assert len(password) == 64 and "pw-1-of-the-db" not in password
     assert (
         password
-        == config.load(
+        == profiles.load(
             "development",
             root=config.project_root(),
             environ={"POSTGRES_USER": "shop", "POSTGRES_PASSWORD": "pw-1-of-the-db"},
@@ -444,15 +447,17 @@ def test_the_app_reaches_the_stacks_database_as_a_role_of_its_own():
     )
     assert (
         password
-        != config.load(
+        != profiles.load(
             "development",
             root=config.project_root(),
             environ={"POSTGRES_USER": "shop", "POSTGRES_PASSWORD": "pw-2-of-the-db"},
         ).app_db_password()
     )
     assert s.local_database_url().startswith(f"postgresql://shop_app:{password}@postgres:5432/")
-    with pytest.raises(config.ConfigError, match="at most 59"):
-        config.load("development", root=config.project_root(), environ={"POSTGRES_USER": "u" * 60})
+    with pytest.raises(ConfigError, match="at most 59"):
+        profiles.load(
+            "development", root=config.project_root(), environ={"POSTGRES_USER": "u" * 60}
+        )
 
 
 def _with_secret(tmp_path: Path) -> Path:
@@ -471,7 +476,7 @@ def test_the_apps_secrets_come_from_a_setting_or_a_command_and_are_masked(tmp_pa
     from deploy import appsecrets
 
     app = _with_secret(tmp_path)
-    s = config.load("development", root=app, environ={})
+    s = profiles.load("development", root=app, environ={})
     assert appsecrets.check(s) == (
         [
             "MISSING  stripe_key: set COLORGATE_SECRET_STRIPE_KEY or COLORGATE_SECRET_STRIPE_KEY_COMMAND in "
@@ -484,7 +489,7 @@ def test_the_apps_secrets_come_from_a_setting_or_a_command_and_are_masked(tmp_pa
         match=r"^the secret stripe_key \(x-colorgate.secrets\) has no value for development: set COLORGATE_SECRET_STRIPE_KEY",
     ):
         appsecrets.values(s)
-    given = config.load(
+    given = profiles.load(
         "development", root=app, environ={"COLORGATE_SECRET_STRIPE_KEY": "sk_test_given_1"}
     )
     assert appsecrets.values(given) == {
@@ -493,7 +498,7 @@ def test_the_apps_secrets_come_from_a_setting_or_a_command_and_are_masked(tmp_pa
     # a command, as a secret manager's CLI: what it prints, one trailing newline dropped, read once
     (tmp_path / "count").write_text("")
     command = f"echo run >> {tmp_path / 'count'}; printf 'sk_live_from_cmd\\n'"
-    made = config.load(
+    made = profiles.load(
         "development", root=app, environ={"COLORGATE_SECRET_STRIPE_KEY_COMMAND": command}
     )
     assert appsecrets.values(made) == {"stripe_key": "sk_live_from_cmd"} == appsecrets.values(made)
@@ -505,7 +510,7 @@ def test_the_apps_secrets_come_from_a_setting_or_a_command_and_are_masked(tmp_pa
         "ok       stripe_key: printed by COLORGATE_SECRET_STRIPE_KEY_COMMAND in the environment (16 characters)"
     )
     # a command that fails says its last line of stderr, masked; never its output
-    failing = config.load(
+    failing = profiles.load(
         "production",
         root=app,
         environ={
@@ -527,12 +532,12 @@ def test_a_secret_setting_the_contract_does_not_name_or_a_placeholder_is_refused
         match=r"^COLORGATE_SECRET_STRIPE in the environment: the contract names no secret 'stripe' "
         r"\(x-colorgate.secrets names stripe_key\): add it there, or remove the key$",
     ):
-        config.load("development", root=app, environ={"COLORGATE_SECRET_STRIPE": "x"})
+        profiles.load("development", root=app, environ={"COLORGATE_SECRET_STRIPE": "x"})
     with pytest.raises(
         ConfigError,
         match=r"^COLORGATE_SECRET_STRIPE_KEY and COLORGATE_SECRET_STRIPE_KEY_COMMAND are both set",
     ):
-        config.load(
+        profiles.load(
             "development",
             root=app,
             environ={
@@ -548,4 +553,4 @@ def test_a_secret_setting_the_contract_does_not_name_or_a_placeholder_is_refused
     with pytest.raises(
         ConfigError, match=r"^COLORGATE_SECRET_STRIPE_KEY in \.env\.staging\.local is a placeholder"
     ):
-        config.load("staging", root=app, environ={})
+        profiles.load("staging", root=app, environ={})

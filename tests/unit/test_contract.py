@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from deploy import config, contract, edge, render
+from deploy import profiles
 from deploy import urls
 from deploy import swarmfile
 from deploy.errors import ContractError
@@ -292,7 +293,7 @@ def test_a_bad_contract_stops_loading_the_settings(tmp_path):
     with pytest.raises(
         ContractError, match=r"^x-colorgate.routes\[0\]: service 'db' is not colored"
     ):
-        config.load("development", root=tmp_path, environ={})
+        profiles.load("development", root=tmp_path, environ={})
 
 
 def test_an_app_without_a_database_needs_no_database_settings(tmp_path):
@@ -302,7 +303,7 @@ def test_an_app_without_a_database_needs_no_database_settings(tmp_path):
     (tmp_path / ".env.staging").write_text(
         f"COLORGATE_HTTP_PORT=80\nCOLORGATE_HTTPS_PORT=443\nCOLORGATE_DOMAIN=app.example.org\nCOLORGATE_APP={app}\n"
     )
-    s = config.load("staging", root=tmp_path, environ={})
+    s = profiles.load("staging", root=tmp_path, environ={})
     assert s.app.database is None and s.app_database_url() == ""
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, UTC
 import pytest
 import yaml
 
-from deploy import bases
+from deploy import bases, profiles
 from deploy import urls
 from deploy.data import db, dbtools, migrations, offsite
 from deploy.target import dbfacts
@@ -47,8 +47,9 @@ def test_backup_names_sort_by_time():
 
 def test_dump_runs_inside_the_network_from_the_exported_snapshot():
     from deploy import config
+    from deploy import profiles
 
-    s = config.load(
+    s = profiles.load(
         "development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"}
     )
     cmd = dbtools.tools_cmd(
@@ -64,7 +65,7 @@ def test_a_managed_database_is_reached_through_the_environment_never_argv():
     from deploy import access, config
 
     url = "postgresql://app:s%40cret@db.example.com:6543/shop?sslmode=require"
-    s = config.load("development", root=config.project_root(), environ={"DATABASE_URL": url})
+    s = profiles.load("development", root=config.project_root(), environ={"DATABASE_URL": url})
     env, flags = dbtools.tools_env(s, major=17)
     assert env["CG_DBTOOLS_TAG"] == "pg17" and env["CG_DBTOOLS_BASE"].startswith(
         "colorgate-base/postgres17:trixie-"
@@ -90,7 +91,7 @@ def test_a_managed_database_is_reached_through_the_environment_never_argv():
     )
     # the stack's own database: the dbtools service's environment is used as it is
     local_env, local_flags = dbtools.tools_env(
-        config.load("development", root=config.project_root(), environ={}), major=15
+        profiles.load("development", root=config.project_root(), environ={}), major=15
     )
     assert local_env["CG_DBTOOLS_TAG"] == "latest"
     assert "PGHOST" not in local_flags and local_flags == ["-e", "PGCONNECT_TIMEOUT"]
@@ -180,7 +181,7 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     from deploy import access, config
     from deploy.errors import ConfigError
 
-    s = config.load(
+    s = profiles.load(
         "development", root=config.project_root(), environ={"POSTGRES_PASSWORD": "pw-of-the-db-1"}
     )
     assert s.app.database.file == (
@@ -330,7 +331,7 @@ def test_the_servers_version_is_not_asked_of_an_app_without_a_database():
     from deploy import config
     from deploy.errors import BadInput
 
-    s = config.load(
+    s = profiles.load(
         "development", root=config.project_root(), environ={"COLORGATE_APP": "examples/static-site"}
     )
     with pytest.raises(

@@ -98,7 +98,7 @@ LAYERS = {
     name: set(modules.split())
     for name, modules in {
         "settings and commands": "errors colors urls contract contract.model contract.fields contract.blocks "
-        "contract.parse keys config "
+        "contract.parse keys config profiles "
         "render swarmfile scaffold appsecrets images bases registry remote target.ssh target.runner target.connections",
         "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm target.swarmstack bootstrap",
         "the edge and the record": "edge edge.state edge.modes edge.ledger edge.routes edge.probes edge.locking "

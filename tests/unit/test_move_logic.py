@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from deploy import config, edge, errors
+from deploy import profiles
 from deploy.data import db, move, movecheck, retire
 from deploy.release import history
 from deploy.edge import locking
@@ -125,7 +126,7 @@ def test_freeze_is_its_own_file_with_the_hold_bound():
     assert all(re.fullmatch(edge.FREEZE_LINES, line) for line in held)
 
 
-SETTINGS = config.load("development", root=config.project_root(), environ={})
+SETTINGS = profiles.load("development", root=config.project_root(), environ={})
 
 
 def _backend(color, database):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy import config, edge, views
+from deploy import profiles
 from deploy.edge import probes
 from deploy.release import gates, history
 from deploy.edge import locking
@@ -475,7 +476,7 @@ def test_a_gate_run_with_no_scenarios_is_not_a_pass():
 
 
 def test_gate_cmd_selects_phase_color_and_version():
-    s = config.load("development", root=config.project_root(), environ={})
+    s = profiles.load("development", root=config.project_root(), environ={})
     cmd = gates.gate_cmd(s, "pre", "green", "v7", Path("/tmp/r.xml"))
     assert cmd[1:3] == ["-m", "pytest"] and cmd[cmd.index("-m", 3) + 1] == "pre"
     assert {
@@ -487,10 +488,10 @@ def test_gate_cmd_selects_phase_color_and_version():
 
 
 def test_settings_pass_to_the_gates_unchanged():
-    s = config.load(
+    s = profiles.load(
         "development", root=config.project_root(), environ={"COLORGATE_HTTPS_PORT": "12345"}
     )
-    again = config.load(None, root=config.project_root(), environ=s.as_environment())
+    again = profiles.load(None, root=config.project_root(), environ=s.as_environment())
     assert again == s
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from deploy import apply, config, edge, errors
+from deploy import profiles
 from deploy.release import history, releases
 from deploy.edge import locking
 from deploy.release import decide
@@ -61,7 +62,7 @@ def target(raw: dict) -> decide.Target:
 
 
 def plan_case(case: dict) -> decide.Plan:
-    settings = config.load(
+    settings = profiles.load(
         "development", root=config.project_root(), environ=case.get("settings") or {}
     )
     args = dict(case.get("args") or {})

@@ -8,7 +8,8 @@ import hashlib
 
 import pytest
 
-from deploy import config, render
+from deploy import config, errors, render
+from deploy import profiles
 from deploy import swarmfile
 from deploy.target import swarm
 from deploy.target import swarmstack
@@ -22,7 +23,7 @@ def settings(**env):
         "COLORGATE_PROJECT": "shop",
         **env,
     }
-    return config.load("development", root=config.project_root(), environ=base)
+    return profiles.load("development", root=config.project_root(), environ=base)
 
 
 def task(
@@ -133,7 +134,7 @@ def test_a_multi_node_swarm_without_a_registry_is_refused():
     swarm.check_images_reachable(settings(), 1)  # one node: its own engine's images will do
     swarm.check_images_reachable(settings(COLORGATE_REGISTRY="reg.example/acme"), 3)
     with pytest.raises(
-        config.ConfigError,
+        errors.ConfigError,
         match=r"^COLORGATE_TARGET 'k8s' in the environment should be compose or swarm$",
     ):
         settings(COLORGATE_TARGET="k8s")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config
+from deploy import profiles
 from deploy.edge import acme, tls
 from tests.certs import make_ca, make_leaf
 
@@ -44,7 +44,7 @@ def test_describe_reports_expired_and_local_certificates():
 def test_the_renewal_of_a_remote_target_runs_here_against_it(tmp_path):
     from deploy import config
 
-    settings = config.load(
+    settings = profiles.load(
         "development",
         root=config.project_root(),
         environ={"COLORGATE_DOCKER_HOST": "ssh://deploy@vps.example.org:2222"},
@@ -54,7 +54,7 @@ def test_the_renewal_of_a_remote_target_runs_here_against_it(tmp_path):
         "COLORGATE_DOCKER_HOST=ssh://deploy@vps.example.org:2222 /opt/venv/bin/python -m deploy.cli tls.renew"
         in line
     )
-    local = config.load("development", root=config.project_root(), environ={})
+    local = profiles.load("development", root=config.project_root(), environ={})
     assert "COLORGATE_DOCKER_HOST" not in acme.cron_line(local, "/opt/venv/bin/python")
     assert "over SSH" in acme.schedule(settings, cron_dir=tmp_path, python="/opt/venv/bin/python")
 
@@ -70,7 +70,7 @@ def test_the_renewal_of_a_remote_target_runs_here_against_it(tmp_path):
     ],
 )
 def test_certbot_gets_the_hosts_network_only_for_a_directory_on_its_loopback(directory, loopback):
-    settings = config.load("development", environ={})
+    settings = profiles.load("development", environ={})
     cmd = acme.certbot_cmd(settings, "renew", directory=directory)
     assert acme.on_loopback(directory) is loopback
     assert cmd[cmd.index("-T") + 1] == ("certbot-loopback" if loopback else "certbot")
