@@ -25,6 +25,7 @@ from deploy import config, stack  # noqa: E402
 from deploy import profiles
 from deploy import starting
 from deploy.data import db
+from deploy.data import verify
 from deploy.target import runner
 from deploy.target import dbfacts
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         manifest = db.backup(settings)
         backup_s = time.monotonic() - t
         t = time.monotonic()
-        verified = db.verify(settings, manifest["name"])
+        verified = verify.verify(settings, manifest["name"])
         verify_s = time.monotonic() - t
     finally:
         if not args.keep:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from deploy import access, bootstrap, edge, images, stack
 from deploy.data import db, migrations
+from deploy.data import verify
 from deploy.edge import acme
 from deploy.release import plans, recover
 from deploy.target import facts, runner, targets
@@ -196,7 +197,7 @@ class Starting:
             return
         with runner.step(f"backing up the database before {database} is recreated"):
             manifest = db.backup(self.settings)
-            verified = db.verify(self.settings, manifest["name"])
+            verified = verify.verify(self.settings, manifest["name"])
         if not verified.usable:
             raise ColorgateError(
                 f"the backup {manifest['name']} did not verify ({verified.reason}): not recreating {database}"

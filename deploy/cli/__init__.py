@@ -16,25 +16,27 @@ from deploy.errors import BAD_INPUT
 
 from deploy.cli.app import (
     apply,
-    bench,
     bootstrap,
-    canary_abort,
-    canary_promote,
-    canary_status,
-    deploy,
     down,
     exec_,
-    history,
     init,
     logs,
     maintenance,
     render,
-    rollback,
     scale,
     status,
+    up,
+)
+from deploy.cli.releases import (
+    bench,
+    canary_abort,
+    canary_promote,
+    canary_status,
+    deploy,
+    history,
+    rollback,
     switch,
     traffic,
-    up,
 )
 from deploy.cli.ops import (
     db_backup,

@@ -18,7 +18,9 @@ from deploy import (
     images as _images,
 )
 from deploy import urls
-from deploy.data import db as _db, dbtools as _dbtools, offsite as _offsite
+from deploy.data import db as _db, offsite as _offsite
+from deploy.data import content
+from deploy.data import verify
 from deploy import remote as _remote, stack, views
 from deploy.data import move as _move, retire as _retire
 from deploy.edge import tls as _tls
@@ -100,9 +102,9 @@ def db_verify(c, backup, profile=None, host=None):
     """Restore a backup into a throwaway PostgreSQL and compare every table's row count."""
     settings = _target(profile, host)
     with runner.step(f"verifying backup {backup}"):
-        result = _db.verify(settings, None if backup == "latest" else backup)
+        result = verify.verify(settings, None if backup == "latest" else backup)
     if result.rows:
-        print(_dbtools.format_compare(result.rows))
+        print(content.format_compare(result.rows))
     print(f"backup {result.name}: {'usable' if result.usable else 'UNUSABLE'} ({result.reason})")
     if not result.usable:
         raise Exit(code=1)

@@ -11,19 +11,17 @@ like even while the app keeps writing.
 from __future__ import annotations
 
 import json
-import secrets
-from dataclasses import dataclass
 from datetime import datetime, UTC
 
-import tenacity
 
 from deploy import edge
 from deploy.data import dbtools, offsite
+from deploy.data import content
 from deploy.release import history, plans
 from deploy.edge import locking
 from deploy.target import runner
 from deploy.config import Settings
-from deploy.errors import BadInput, ColorgateError, CommandError, UnknownBackup
+from deploy.errors import BadInput, ColorgateError, UnknownBackup
 from deploy.keys import STRICT_PROFILES
 from deploy.urls import shown_url
 
@@ -57,7 +55,7 @@ def _read_until_end(proc) -> list[str]:
     lines = []
     for line in proc.stdout:
         line = line.rstrip("\n")
-        if line == dbtools.END:
+        if line == content.END:
             return lines
         if line:
             lines.append(line)
@@ -93,9 +91,9 @@ def backup(
                 "could not export a snapshot from PostgreSQL: is the stack up? (`invoke status`)"
             )
         snapshot = out[-1]
-        psql.stdin.write(dbtools.FACTS_SQL)
+        psql.stdin.write(content.FACTS_SQL)
         psql.stdin.flush()
-        snapshot_facts = dbtools.parse_facts(_read_until_end(psql))
+        snapshot_facts = content.parse_facts(_read_until_end(psql))
         dumped = dbtools.tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump", major=major)
         psql.stdin.write("COMMIT;\n")
     sha256, size = dumped.stdout.split()[-2:]
@@ -112,11 +110,11 @@ def backup(
         "counts": snapshot_facts.counts,
         "migrations": snapshot_facts.migrations,
     }
-    _write(settings, f"{name}.manifest.json", manifest, "writing the backup manifest")
+    write_json(settings, f"{name}.manifest.json", manifest, "writing the backup manifest")
     try:
         if settings.backup_copy:
             copied = offsite.send(settings, manifest)
-            _write(settings, f"{name}.copy.json", copied, "recording the off-host copy")
+            write_json(settings, f"{name}.copy.json", copied, "recording the off-host copy")
     except ColorgateError as exc:
         if copy_required:
             raise ColorgateError(
@@ -210,111 +208,7 @@ def find(settings: Settings, name: str | None) -> dict:
     raise UnknownBackup(f"unknown backup {name!r}: `invoke db.backups` lists them{newest}")
 
 
-@dataclass
-class Verified:
-    name: str
-    usable: bool
-    reason: str
-    rows: list[tuple[str, str, str, bool]]
-
-
-def verify(settings: Settings, name: str | None = None) -> Verified:
-    """Restore a backup into a throwaway PostgreSQL and compare it with its manifest.
-    The result is recorded beside the backup; one that fails is marked unusable."""
-    found = find(settings, name)
-    manifest = found["manifest"]
-    name = manifest["name"]
-    result = Verified(name, False, "", [])
-    if _checksum(settings, name) != manifest["sha256"]:
-        result.reason = (
-            "the dump's checksum does not match its manifest (changed or damaged since the backup)"
-        )
-    else:
-        container = f"{settings.project}-verify-{secrets.token_hex(3)}"
-        major = dbtools.archive_major(
-            settings, manifest
-        )  # the throwaway server: of the tools that made it
-        image = dbtools.tools_image(settings, major)
-        try:  # removed below even when docker created it but could not start it
-            runner.run(
-                [
-                    "docker",
-                    "run",
-                    "--detach",
-                    "--name",
-                    container,
-                    "--network",
-                    "none",
-                    "--label",
-                    f"com.colorgate.verify={settings.project}",
-                    "-e",
-                    f"POSTGRES_USER={settings.postgres_user}",
-                    "-e",
-                    f"POSTGRES_DB={settings.postgres_db}",
-                    "-e",
-                    "POSTGRES_PASSWORD",
-                    "-v",
-                    f"{settings.project}_backups:/backups:ro",
-                    image,
-                ],
-                env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)},
-                what="starting a throwaway PostgreSQL",
-            )
-            _wait_pg(settings, container)
-            restored = runner.run(
-                [
-                    "docker",
-                    "exec",
-                    container,
-                    "pg_restore",
-                    "--no-owner",
-                    "--no-privileges",
-                    "--exit-on-error",
-                    "-U",
-                    settings.postgres_user,
-                    "-d",
-                    settings.postgres_db,
-                    f"/backups/{name}.dump",
-                ],
-                env=settings.docker_env(),
-                check=False,
-                what="pg_restore",
-            )
-            if restored.returncode != 0:
-                last = (restored.stderr.strip().splitlines() or ["no output"])[-1]
-                result.reason = f"pg_restore failed: {runner.redact(last)}"
-            else:
-                result.rows = dbtools.compare(
-                    dbtools.Facts(manifest["counts"], manifest["migrations"]),
-                    dbtools.facts(settings, container),
-                )
-                bad = [r[0] for r in result.rows if not r[3]]
-                result.usable = not bad
-                result.reason = (
-                    f"restored into PostgreSQL {major}; every row count and the migrations match"
-                    if not bad
-                    else f"mismatch: {', '.join(bad)}"
-                )
-        finally:
-            runner.run(
-                ["docker", "rm", "--force", "--volumes", container],
-                env=settings.docker_env(),
-                check=False,
-            )
-    record_verify(settings, name, result.usable, result.reason)
-    return result
-
-
-def record_verify(settings: Settings, name: str, usable: bool, reason: str) -> None:
-    record = {
-        "usable": usable,
-        "reason": reason,
-        "verified": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    _write(settings, f"{name}.verify.json", record, "recording the verify result")
-
-
-def _write(settings: Settings, filename: str, data: dict, what: str) -> None:
+def write_json(settings: Settings, filename: str, data: dict, what: str) -> None:
     """A JSON file beside the dumps, atomically: a run killed while writing leaves the old
     file (or none) and a `.new` that the next prune sweeps, never half a manifest."""
     dbtools.tools(
@@ -324,48 +218,6 @@ def _write(settings: Settings, filename: str, data: dict, what: str) -> None:
         input=json.dumps(data),
         what=what,
     )
-
-
-def _wait_pg(settings: Settings, container: str) -> None:
-    @tenacity.retry(
-        stop=tenacity.stop_after_delay(60),
-        wait=tenacity.wait_exponential(multiplier=0.2, max=2),
-        retry=tenacity.retry_if_exception_type(CommandError),
-        reraise=True,
-    )
-    def ready() -> None:
-        runner.run(
-            [
-                "docker",
-                "exec",
-                container,
-                "psql",
-                "-X",
-                "-q",
-                "-U",
-                settings.postgres_user,
-                "-d",
-                settings.postgres_db,
-                "-c",
-                "SELECT 1",
-            ],
-            env=settings.docker_env(),
-            what="waiting for the throwaway PostgreSQL",
-        )
-
-    ready()
-
-
-SCHEMA_SQL = """SELECT md5(coalesce(string_agg(table_schema || '.' || table_name || '.' || column_name || ':' || data_type, ','
-  ORDER BY table_schema, table_name, column_name), '')) FROM information_schema.columns
-  WHERE table_schema NOT IN ('pg_catalog', 'information_schema');"""
-
-
-def schema_fingerprint(settings: Settings) -> str:
-    """A digest of the database's tables and columns: what a migration changes."""
-    return dbtools.psql(settings, SCHEMA_SQL, what="reading the database's schema").stdout.split()[
-        -1
-    ]
 
 
 def drop_backup(settings: Settings, name: str) -> None:
@@ -416,7 +268,7 @@ def restore(settings: Settings, name: str, yes: bool = False, unverified: bool =
             f"backup {name} was never verified: run `invoke db.verify {name}` first, "
             "or restore it as it is with --unverified"
         )
-    if _checksum(settings, name) != found["manifest"]["sha256"]:
+    if checksum(settings, name) != found["manifest"]["sha256"]:
         raise ColorgateError(
             f"backup {name} changed or was damaged since it was made (its checksum does not match "
             "its manifest): choose another"
@@ -509,7 +361,7 @@ class Restore:
         edge.set_frozen(self.settings, False)
 
 
-def _checksum(settings: Settings, name: str) -> str:
+def checksum(settings: Settings, name: str) -> str:
     return dbtools.tools(
         settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', name, check=False, what="checksum"
     ).stdout.strip()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from deploy import access, stack
 from deploy.data import db
+from deploy.data import verify
 from deploy.release import plans
 from deploy.target import runner
 from deploy.target import compose
@@ -82,12 +83,12 @@ class Migrating:
         with timed(self.record, "backup", what):
             self.name = db.backup(self.settings)["name"]
             if self.cheap:
-                self.schema = db.schema_fingerprint(self.settings)
+                self.schema = verify.schema_fingerprint(self.settings)
         self.record.detail = f"backup {self.name}"
 
     def verify(self) -> None:
         with timed(self.record, "verify", f"verifying backup {self.name}"):
-            verified = db.verify(self.settings, self.name)
+            verified = verify.verify(self.settings, self.name)
         if not verified.usable:
             raise ColorgateError(
                 f"the pre-migration backup {self.name} did not verify ({verified.reason}): not migrating"
@@ -125,7 +126,7 @@ class Migrating:
 
     def keep_if_changed(self) -> None:
         """cheap: the backup verified when the schema changed, dropped when it did not."""
-        if db.schema_fingerprint(self.settings) == self.schema:
+        if verify.schema_fingerprint(self.settings) == self.schema:
             db.drop_backup(self.settings, self.name)
             self.record.detail = (
                 f"the migrations changed no table (migrations.cheap): backup {self.name} dropped"
@@ -137,7 +138,7 @@ class Migrating:
             "verify",
             f"verifying backup {self.name} (the migrations changed the schema)",
         ):
-            verified = db.verify(self.settings, self.name)
+            verified = verify.verify(self.settings, self.name)
         if not verified.usable:
             raise ColorgateError(
                 f"the migrations changed the schema, but the backup {self.name} taken before them did not verify "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from deploy.data import dbtools, relay
+from deploy.data import relaycert
 from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ConfigError, MoveError
@@ -147,6 +148,6 @@ def preflight(settings: Settings, url: str, mode: str) -> ServerFacts:
         f"   target {shown}: PostgreSQL {found.major}, empty, credentials accepted (local: PostgreSQL {source.major})"
     )
     if mode == "replicate":
-        relay.check_tls(settings, found.major)
+        relaycert.check_tls(settings, found.major)
         relay.check(settings)
     return found

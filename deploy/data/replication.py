@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from deploy.data import dbtools, relay
+from deploy.data import relaycert
 from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import MoveError
@@ -170,7 +171,7 @@ CREATE PUBLICATION {ROLE} FOR ALL TABLES;
         relay.start(settings)
         checked = settings.move_relay_sslmode == "verify-full"
         if checked:
-            chain, key, origin = relay.certificate(settings)
+            chain, key, origin = relaycert.certificate(settings)
             relay.serve(settings, (chain, key))
     tls_params = "sslmode=verify-full sslrootcert=system" if checked else "sslmode=require"
     conninfo = (

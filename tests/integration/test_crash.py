@@ -23,6 +23,7 @@ from benchmarks.db_move import Writer, managed_postgres
 from deploy import colors, config, edge, errors, stack
 from deploy import profiles
 from deploy.data import db
+from deploy.data import verify
 from deploy.edge import tls
 from deploy.release import canary, gates, history
 from deploy.edge import locking
@@ -290,7 +291,7 @@ def test_sigkill_inside_the_candidates_compose_up_leaves_traffic_and_the_next_de
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_backup_killed_mid_dump_loses_no_backup_and_lists_no_partial_one(settings, env, sig):
     kept = db.backup(settings)["name"]
-    assert db.verify(settings, kept).usable
+    assert verify.verify(settings, kept).usable
     proc = subprocess.Popen(
         [INVOKE, "db.backup"],
         env={**os.environ, **env},
@@ -320,7 +321,7 @@ def test_a_backup_killed_mid_dump_loses_no_backup_and_lists_no_partial_one(setti
     )  # only complete ones, each with its manifest
     again = invoke("db.backup", env=env)
     assert again.returncode == 0, again.stderr
-    assert db.verify(settings, db.list_backups(settings)[-1]["manifest"]["name"]).usable
+    assert verify.verify(settings, db.list_backups(settings)[-1]["manifest"]["name"]).usable
 
 
 def test_a_broken_lock_stays_with_whoever_broke_it_and_its_old_holder_changes_nothing(
@@ -407,7 +408,7 @@ def test_restore_killed_inside_its_freeze_leaves_the_backups_and_the_next_comman
     settings, env
 ):
     name = db.backup(settings)["name"]
-    assert db.verify(settings, name).usable
+    assert verify.verify(settings, name).usable
     proc = killed_at("restore", signal.SIGKILL, "db.restore", name, env=env)
     assert proc.returncode == -signal.SIGKILL and edge.is_frozen(settings)
     names = [b["manifest"]["name"] for b in db.list_backups(settings)]
@@ -436,7 +437,7 @@ def restore_held_in_pg_restore(
     a restore of that backup waits inside pg_restore (--clean drops the table), so a
     signal sent a moment after its phase lands there. Yields (backup, note id, reader)."""
     name = db.backup(settings)["name"]
-    assert db.verify(settings, name).usable
+    assert verify.verify(settings, name).usable
     with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
         after = client.post("/api/notes", json={"body": "written after the backup"}).json()["id"]
     with runner.session(dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings)) as reader:

@@ -15,6 +15,7 @@ import yaml
 from deploy import access, contract, edge, errors, stack
 from deploy import profiles
 from deploy.data import db, dbtools
+from deploy.data import verify
 from deploy.edge import tls
 from deploy.release import gates
 from deploy.edge import locking
@@ -66,7 +67,7 @@ def test_backup_under_writes_then_verify_passes(settings, client):
         manifest["counts"]["public.notes"] >= 20
         and manifest["counts"]["public.schema_migrations"] == 2
     )
-    result = db.verify(settings, manifest["name"])
+    result = verify.verify(settings, manifest["name"])
     assert result.usable, result
     # the stack's own PostgreSQL is 15, dumped and restored with 15's tools (the default image)
     assert manifest["postgres"] // 10000 == 15 and result.reason.startswith(
@@ -118,7 +119,7 @@ def test_a_truncated_dump_fails_the_restore_check(settings):
         settings, 'sha256sum "/backups/$1.dump" | cut -d" " -f1', m["name"]
     ).stdout.strip()
     dbtools.tools(settings, 'cat > "/backups/$1.manifest.json"', m["name"], input=json.dumps(m))
-    result = db.verify(settings, m["name"])
+    result = verify.verify(settings, m["name"])
     assert not result.usable and result.reason.startswith("pg_restore failed")
 
 
@@ -131,7 +132,7 @@ def test_restore_brings_back_deleted_rows_after_a_fresh_backup(settings, client,
     assert refused.returncode == errors.BAD_INPUT and refused.stderr.strip().endswith(
         f"backup {name} was never verified: run `invoke db.verify {name}` first, or restore it as it is with --unverified"
     )
-    assert db.verify(settings, name).usable
+    assert verify.verify(settings, name).usable
     with paused_at(
         "backup", "db.restore", name, env=env
     ) as running:  # writes are frozen before the fresh backup starts
@@ -217,7 +218,7 @@ SELECT legacy.f() + nextval('public.free_seq') + (SELECT count(*) FROM legacy.v)
 
 def test_restore_rechecks_the_checksum_and_restores_even_the_oldest_kept(settings, client, env):
     oldest = db.backup(settings, keep=2)["name"]
-    assert db.verify(settings, oldest).usable
+    assert verify.verify(settings, oldest).usable
     db.backup(settings, keep=2)
     # the fresh backup a restore takes first would have pruned the oldest of two: it is kept
     proc = invoke("db.restore", oldest, env={**env, "COLORGATE_BACKUP_KEEP": "2"})
@@ -288,7 +289,7 @@ def test_up_migrates_only_under_the_lock_after_a_verified_backup(settings, env):
         "backup",
         "verify",
     } <= set(record["timings"])
-    assert db.verify(settings, record["detail"].split()[-1]).usable
+    assert verify.verify(settings, record["detail"].split()[-1]).usable
 
 
 def test_cheap_migrations_keep_a_verified_backup_only_when_they_changed_the_schema(
@@ -324,7 +325,7 @@ def test_cheap_migrations_keep_a_verified_backup_only_when_they_changed_the_sche
     assert up.returncode == 0, up.stderr
     record = edge.read_history(settings)[-1]
     assert "verify" in record["timings"] and len(db.list_backups(settings)) == kept + 1
-    assert db.verify(settings, record["detail"].split()[-1]).usable
+    assert verify.verify(settings, record["detail"].split()[-1]).usable
 
 
 def test_backups_are_copied_off_the_host_checked_there_and_fetched_back(settings, env, tmp_path):

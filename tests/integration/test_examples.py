@@ -20,6 +20,7 @@ from deploy import profiles
 from deploy import urls
 from deploy import bases
 from deploy.data import db
+from deploy.data import verify
 from deploy.edge import tls
 from deploy.release import gates, releases
 from deploy.target import facts
@@ -115,7 +116,7 @@ def test_the_jobs_app_deploys_rolls_back_and_backs_up(jobs):
 
     manifest = db.backup(s)
     assert manifest["counts"]["public.jobs"] >= 7 and "public.alembic_version" in manifest["counts"]
-    assert db.verify(s, manifest["name"]).usable
+    assert verify.verify(s, manifest["name"]).usable
 
 
 def test_the_jobs_app_moves_to_a_managed_database(jobs):

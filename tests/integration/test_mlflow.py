@@ -17,6 +17,7 @@ from deploy import config, edge, render
 from deploy import profiles
 from deploy import bases
 from deploy.data import db
+from deploy.data import verify
 from deploy.edge import tls
 from deploy.release import gates, releases
 from deploy.target import facts
@@ -131,4 +132,4 @@ def test_mlflow_deploys_with_a_backup_before_its_migration_rolls_back_and_keeps_
         manifest["counts"]["public.experiments"] >= 2
         and "public.alembic_version" in manifest["counts"]
     )
-    assert db.verify(s, manifest["name"]).usable
+    assert verify.verify(s, manifest["name"]).usable

@@ -30,6 +30,7 @@ from deploy import profiles
 from deploy import urls
 from deploy import bases
 from deploy.data import db, dbtools, relay, replication
+from deploy.data import verify
 from deploy.release import gates
 from deploy.edge import locking
 from deploy.target import facts, runner
@@ -683,7 +684,7 @@ def test_replicate_move_under_writes_loses_nothing(request):
         moved = cli_env(env, DATABASE_URL=managed.url)
         local_settings = dataclasses.replace(settings, database_url="")
         taken = db.list_backups(local_settings)[-1]["manifest"]["name"]
-        db.record_verify(local_settings, taken, False, "marked unusable by the test")
+        verify.record_verify(local_settings, taken, False, "marked unusable by the test")
         refused = invoke("db.retire-local", env=moved)
         assert (
             refused.returncode == errors.FAILED

@@ -15,6 +15,7 @@ import pytest
 from deploy import profiles
 from deploy import bases
 from deploy.data import db, dbtools
+from deploy.data import verify
 from deploy.target import runner
 
 from benchmarks.db_move import managed_postgres
@@ -117,7 +118,7 @@ def test_a_backup_of_each_postgresql_major_is_dumped_verified_and_restored_by_to
         )
         made = db.backup(on)
         assert made["postgres"] // 10000 == major and made["counts"] == {"public.kept": 500}
-        verified = db.verify(on, made["name"])
+        verified = verify.verify(on, made["name"])
         tools = bases.tools_major(major)
         assert (
             verified.usable

@@ -14,6 +14,7 @@ from deploy import config, edge, render
 from deploy import profiles
 from deploy import bases
 from deploy.data import db
+from deploy.data import verify
 from deploy.edge import tls
 from deploy.release import gates, releases
 from deploy.target import facts
@@ -111,4 +112,4 @@ def test_miniflux_deploys_rolls_back_and_backs_up_with_its_data(miniflux):
         manifest["counts"]["public.categories"] >= 2
         and "public.schema_version" in manifest["counts"]
     )
-    assert db.verify(s, manifest["name"]).usable
+    assert verify.verify(s, manifest["name"]).usable

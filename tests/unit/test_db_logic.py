@@ -12,6 +12,7 @@ import yaml
 from deploy import bases, profiles
 from deploy import urls
 from deploy.data import db, dbtools, migrations, offsite
+from deploy.data import content
 from deploy.target import dbfacts
 from deploy.errors import ConfigError
 
@@ -19,16 +20,16 @@ from .recording import check_case
 
 
 def test_facts_parsing():
-    facts = dbtools.parse_facts(
+    facts = content.parse_facts(
         ["public.notes|12", "public.schema_migrations|2", "migrations|1,2", "noise"]
     )
-    assert facts == dbtools.Facts({"public.notes": 12, "public.schema_migrations": 2}, [1, 2])
-    assert dbtools.parse_facts(["migrations|"]).migrations == []
+    assert facts == content.Facts({"public.notes": 12, "public.schema_migrations": 2}, [1, 2])
+    assert content.parse_facts(["migrations|"]).migrations == []
 
 
 def test_compare_flags_each_difference():
-    rows = dbtools.compare(
-        dbtools.Facts({"a": 1, "b": 2}, [1, 2]), dbtools.Facts({"a": 1, "c": 5}, [1])
+    rows = content.compare(
+        content.Facts({"a": 1, "b": 2}, [1, 2]), content.Facts({"a": 1, "c": 5}, [1])
     )
     assert rows == [
         ("rows a", "1", "1", True),
@@ -36,7 +37,7 @@ def test_compare_flags_each_difference():
         ("rows c", "-", "5", False),
         ("migrations", "1,2", "1", False),
     ]
-    assert "FAIL" in dbtools.format_compare(rows)
+    assert "FAIL" in content.format_compare(rows)
 
 
 def test_backup_names_sort_by_time():

@@ -103,11 +103,11 @@ LAYERS = {
         "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm target.swarmstack bootstrap",
         "the edge and the record": "edge edge.state edge.modes edge.ledger edge.routes edge.probes edge.locking "
         "release.history release.plans release.canary release.traffic release.analysis release.report",
-        "the stack": "access stack target.compose target.targets edge.tls edge.acme release.gates data.dbtools data.relay",
-        "the data": "data.db data.offsite data.replication data.movecheck data.migrations",
+        "the stack": "access stack data.content data.relaycert target.compose target.targets edge.tls edge.acme release.gates data.dbtools data.relay",
+        "the data": "data.db data.verify data.offsite data.replication data.movecheck data.migrations",
         "operations": "apply starting views release.recover release.decide release.candidate release.releases "
-        "data.move data.retire",
-        "the commands": "cli cli.__main__ cli.app cli.common cli.ops",
+        "data.move data.movesteps data.retire",
+        "the commands": "cli cli.__main__ cli.app cli.releases cli.common cli.ops",
     }.items()
 }
 LAYER = {module: n for n, modules in enumerate(LAYERS.values()) for module in modules}

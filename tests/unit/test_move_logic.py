@@ -11,7 +11,7 @@ import yaml
 
 from deploy import config, edge, errors
 from deploy import profiles
-from deploy.data import db, move, movecheck, retire
+from deploy.data import db, move, movecheck, relaycert, retire
 from deploy.release import history
 from deploy.edge import locking
 from deploy.release import decide
@@ -184,17 +184,16 @@ def test_the_relay_rules_come_first_name_the_relay_and_go_with_it(tmp_path):
 
 
 def test_a_target_that_cannot_check_the_relay_against_its_system_cas_is_refused_unless_told_not_to_check():
-    from deploy.data import relay
     from deploy.errors import MoveError
 
-    relay.verify_full_possible(16)
-    relay.verify_full_possible(17)
+    relaycert.verify_full_possible(16)
+    relaycert.verify_full_possible(17)
     with pytest.raises(
         MoveError,
         match=r"^the target runs PostgreSQL 15, which cannot check the relay's certificate .* "
         r"set COLORGATE_MOVE_RELAY_SSLMODE=require",
     ):
-        relay.verify_full_possible(15)
+        relaycert.verify_full_possible(15)
 
 
 @pytest.mark.parametrize(
