@@ -134,58 +134,81 @@ def render(
     for name, svc in rendered["services"].items():
         if svc.get("profiles") or svc.get("network_mode"):
             continue
-        memory = (
-            svc.get("mem_limit") or "1g"
-        )  # the service's own, else the settings' (filled in above)
+        deploy = _deploy(app, name, svc, replicas, copies, node)
         svc = {k: v for k, v in svc.items() if k not in SWARM_DROPPED}
-        copy_of = app.split_copy(name)
-        deploy = {"endpoint_mode": "dnsrr", "resources": {"limits": {"memory": memory}}}
-        if copy_of:
-            deploy["replicas"] = (copies or {}).get(
-                name, (replicas if replicas is not None else app.replicas).get(copy_of[0], 1)
-            )
-        else:
-            deploy.update(
-                replicas=(copies or {}).get(name, 1),
-                placement={
-                    "constraints": [f"node.id == {node}" if node else "node.role == manager"]
-                },
-            )
         if svc.get("ports"):
             svc["ports"] = host_ports(svc["ports"], f"services.{name}.ports")
-        if svc.get("tmpfs"):  # a service's tmpfs key is not applied by Swarm: as mounts
-            tmpfs = svc.pop("tmpfs")
-            svc["volumes"] = [
-                *(svc.get("volumes") or []),
-                *(
-                    {"type": "tmpfs", "target": str(t).split(":", 1)[0]}
-                    for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs)
-                ),
-            ]
-        for mount in list(svc.get("volumes") or []):
-            volume, _, rest = str(mount).partition(":") if isinstance(mount, str) else ("", "", "")
-            if volume in (secrets or {}):
-                svc["volumes"].remove(mount)
-                path = rest.split(":", 1)[0]
-                svc["secrets"] = [
-                    *(svc.get("secrets") or []),
-                    *(
-                        {"source": secret, "target": f"{path}/{file}", "mode": 0o444}
-                        for file, secret in sorted(secrets[volume].items())
-                    ),
-                ]
-                used.update({secret: {"external": True} for secret in secrets[volume].values()})
-        # Swarm counts a task as running once healthy: checked every 10 s (not the images' 300 s, which keeps one
-        # host idle: a release there runs the check itself), the image's own check unless the service says another
-        if name == "edge":
-            svc["healthcheck"] = EDGE_SWARM_HEALTHCHECK
-        elif not (svc.get("healthcheck") or {}).get("disable"):
-            svc["healthcheck"] = {
-                **(svc.get("healthcheck") or {}),
-                "interval": SWARM_HEALTH_INTERVAL,
-            }
+        _mounts(svc, secrets or {}, used)
+        _healthcheck(name, svc)
         svc["deploy"] = deploy
         services[name] = svc
+    volumes = {v: spec for v, spec in rendered["volumes"].items() if v not in (secrets or {})}
+    return {
+        "version": "3.8",
+        "services": services,
+        "networks": _networks(rendered, services, encrypted),
+        "volumes": volumes,
+        **({"secrets": used} if used else {}),
+    }
+
+
+def _deploy(app: App, name: str, svc: dict, replicas, copies, node: str) -> dict:
+    """A service's `deploy`: a colored copy's replicas, or one task of a shared service
+    (or the edge) placed on the manager; its memory limit the service's own, else the
+    settings' (filled in by `compose`)."""
+    memory = svc.get("mem_limit") or "1g"
+    deploy = {"endpoint_mode": "dnsrr", "resources": {"limits": {"memory": memory}}}
+    copy_of = app.split_copy(name)
+    if copy_of:
+        default = (replicas if replicas is not None else app.replicas).get(copy_of[0], 1)
+        deploy["replicas"] = (copies or {}).get(name, default)
+    else:
+        where = f"node.id == {node}" if node else "node.role == manager"
+        deploy.update(replicas=(copies or {}).get(name, 1), placement={"constraints": [where]})
+    return deploy
+
+
+def _mounts(svc: dict, secrets: dict[str, dict[str, str]], used: dict) -> None:
+    """tmpfs as mounts (Swarm ignores a service's tmpfs key), and a volume of secret files
+    as those Swarm secrets at the same paths (adding each to `used`)."""
+    if svc.get("tmpfs"):
+        tmpfs = svc.pop("tmpfs")
+        svc["volumes"] = [
+            *(svc.get("volumes") or []),
+            *(
+                {"type": "tmpfs", "target": str(t).split(":", 1)[0]}
+                for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs)
+            ),
+        ]
+    for mount in list(svc.get("volumes") or []):
+        volume, _, rest = str(mount).partition(":") if isinstance(mount, str) else ("", "", "")
+        if volume not in secrets:
+            continue
+        svc["volumes"].remove(mount)
+        path = rest.split(":", 1)[0]
+        svc["secrets"] = [
+            *(svc.get("secrets") or []),
+            *(
+                {"source": secret, "target": f"{path}/{file}", "mode": 0o444}
+                for file, secret in sorted(secrets[volume].items())
+            ),
+        ]
+        used.update({secret: {"external": True} for secret in secrets[volume].values()})
+
+
+def _healthcheck(name: str, svc: dict) -> None:
+    """Swarm counts a task as running once healthy: checked every 10 s (not the images'
+    300 s, which keeps one host idle: a release there runs the check itself), the image's
+    own check unless the service says another."""
+    if name == "edge":
+        svc["healthcheck"] = EDGE_SWARM_HEALTHCHECK
+    elif not (svc.get("healthcheck") or {}).get("disable"):
+        svc["healthcheck"] = {**(svc.get("healthcheck") or {}), "interval": SWARM_HEALTH_INTERVAL}
+
+
+def _networks(rendered: dict, services: dict, encrypted: bool) -> dict:
+    """Every network as an attachable overlay (one-off containers join them), encrypted
+    unless not `encrypted`; `default` too when a service is on it."""
     overlay = {
         "driver": "overlay",
         "attachable": True,
@@ -197,14 +220,7 @@ def render(
     }
     if any("default" in (svc.get("networks") or {}) for svc in services.values()):
         networks.setdefault("default", dict(overlay))
-    volumes = {v: spec for v, spec in rendered["volumes"].items() if v not in (secrets or {})}
-    return {
-        "version": "3.8",
-        "services": services,
-        "networks": networks,
-        "volumes": volumes,
-        **({"secrets": used} if used else {}),
-    }
+    return networks
 
 
 def one_offs_on_swarm(rendered: dict, project: str) -> dict:

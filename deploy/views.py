@@ -32,57 +32,59 @@ def status(settings: Settings) -> dict:
     ):
         if passed:
             states[name] = replace(states[name], health="healthy")
-    active, frozen, held, maintenance, split, turned_away = None, False, None, None, None, {}
-    if states.get("edge") and states["edge"].state == "running":
-        files = edge.read_files(
-            settings, "live", "freeze", "maintenance", "canary", "history.jsonl"
-        )
-        found = edge.live_of(files["live"])
-        active = asdict(found) if found else None
-        frozen = bool(files["freeze"].strip())
-        maintenance = {
-            k: v for k, v in edge.state_fields(files["maintenance"]).items() if k != "bypass"
-        } or None
-        split = edge.parse_canary(files["canary"])
-        split = split if split and active and split["color"] != active["color"] else None
-        records = edge.parse_history(files["history.jsonl"])
-        for color in COLORS:
-            record = history.rejected(records, color)
-            if record:
-                running = any(s.color == color and s.state == "running" for s in states.values())
-                turned_away[color] = {
-                    "version": record["to_version"],
-                    "action": record["action"],
-                    "started": record["started"],
-                    "outcome": record["outcome"],
-                    "running": running,
-                }
-        taken = edge.read_lock(settings)
-        held = (
-            {
-                **{k: v for k, v in asdict(taken).items() if k != "token"},
-                "stale": taken.stale,
-                "dead": locking.dead_here(taken),
-            }
-            if taken
-            else None
-        )
+    edge_running = bool(states.get("edge") and states["edge"].state == "running")
     return {
         "project": settings.project,
         "profile": settings.profile,
         "engine": settings.docker_host or "local",
-        "active": active,
-        "writes_frozen": frozen,
-        "maintenance": maintenance,
-        "canary": split,
-        "rejected": turned_away,
-        "lock": held,
+        "active": None,
+        "writes_frozen": False,
+        "maintenance": None,
+        "canary": None,
+        "rejected": {},
+        "lock": None,
+        **(_edge_status(settings, states) if edge_running else {}),
         "services": [asdict(s) for _, s in sorted(states.items())],
         "urls": {"https": settings.https_url + "/", "http": settings.http_url + "/"},
         "bases": {
             "ages": bases.base_ages(settings.builder, bases.needed_bases(settings.builder)),
             "max_age": settings.base_max_age,
         },
+    }
+
+
+def _edge_status(settings: Settings, states: dict[str, facts.ServiceState]) -> dict:
+    """What the running edge says: the live color, the freeze, maintenance, the canary,
+    the colors a release turned away, the lock."""
+    files = edge.read_files(settings, "live", "freeze", "maintenance", "canary", "history.jsonl")
+    found = edge.live_of(files["live"])
+    active = asdict(found) if found else None
+    split = edge.parse_canary(files["canary"])
+    records = edge.parse_history(files["history.jsonl"])
+    turned_away = {}
+    for color in COLORS:
+        record = history.rejected(records, color)
+        if record:
+            running = any(s.color == color and s.state == "running" for s in states.values())
+            turned_away[color] = {
+                "version": record["to_version"],
+                "action": record["action"],
+                "started": record["started"],
+                "outcome": record["outcome"],
+                "running": running,
+            }
+    taken = edge.read_lock(settings)
+    held = {k: v for k, v in asdict(taken).items() if k != "token"} if taken else None
+    return {
+        "active": active,
+        "writes_frozen": bool(files["freeze"].strip()),
+        "maintenance": {
+            k: v for k, v in edge.state_fields(files["maintenance"]).items() if k != "bypass"
+        }
+        or None,
+        "canary": split if split and active and split["color"] != active["color"] else None,
+        "rejected": turned_away,
+        "lock": {**held, "stale": taken.stale, "dead": locking.dead_here(taken)} if taken else None,
     }
 
 
@@ -105,6 +107,27 @@ def format_status(data: dict) -> str:
     )
     if live:
         lines.append(f"database: {live['database']}")
+    lines += _mode_lines(data)
+    lines += [
+        "",
+        f"{'SERVICE':<20} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",
+    ]
+    for s in data["services"]:
+        lines.append(
+            f"{s['service']:<20} {s['state']:<10} {s['health'] or '-':<10} {s['version'] or '-':<10} {', '.join(s['ports']) or '-'}"
+        )
+        if s.get("restarted"):
+            lines.append(f"  !! {s['service']} {s['restarted']}")
+    if not data["services"]:
+        lines.append("(no containers: run `invoke up`)")
+    lines += ["", *(f"{name:<6} {url}" for name, url in data["urls"].items())]
+    return "\n".join(lines)
+
+
+def _mode_lines(data: dict) -> list[str]:
+    """The status lines of what is not the everyday: the lock, maintenance, a canary, the
+    colors turned away, the freeze, the base images' age."""
+    lines = []
     held = data.get("lock")
     if held:
         lines.append(
@@ -155,20 +178,7 @@ def format_status(data: dict) -> str:
                 else " old"
             )
         )
-    lines += [
-        "",
-        f"{'SERVICE':<20} {'STATE':<10} {'HEALTH':<10} {'VERSION':<10} PORTS",
-    ]
-    for s in data["services"]:
-        lines.append(
-            f"{s['service']:<20} {s['state']:<10} {s['health'] or '-':<10} {s['version'] or '-':<10} {', '.join(s['ports']) or '-'}"
-        )
-        if s.get("restarted"):
-            lines.append(f"  !! {s['service']} {s['restarted']}")
-    if not data["services"]:
-        lines.append("(no containers: run `invoke up`)")
-    lines += ["", *(f"{name:<6} {url}" for name, url in data["urls"].items())]
-    return "\n".join(lines)
+    return lines
 
 
 def format_history(history: list[dict], limit: int = 20) -> str:
