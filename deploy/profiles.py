@@ -105,37 +105,7 @@ def validate(
 ) -> Settings:
     """Turn raw strings into Settings, or raise ConfigError naming key, file and fix."""
     profile_file = f".env.{profile}"
-    parsed: dict[str, object] = {}
-    raw_values: dict[str, str] = {}
-    for key, spec in KEYS.items():
-        origin = sources.get(key, profile_file)
-        raw = values.get(key)
-        if raw is None or raw == "":
-            if spec.default is None:
-                raise ConfigError(
-                    f"{key} is missing: set it in {profile_file} or {profile_file}.local (see .env.example)"
-                )
-            raw = spec.default
-        if profile in STRICT_PROFILES and PLACEHOLDER.search(raw):
-            shown = "a placeholder" if spec.secret else f"a placeholder ({raw!r})"
-            raise ConfigError(
-                f"{key} in {origin} is {shown}: set a real value in {profile_file}.local or the environment"
-            )
-        raw_values[key] = raw
-        try:
-            parsed[key] = spec.parse(raw)
-        except ValueError as exc:
-            shown = "" if spec.secret else f" {raw!r}"
-            raise ConfigError(f"{key}{shown} in {origin} {exc}") from None
-    if parsed["COLORGATE_HTTP_PORT"] == parsed["COLORGATE_HTTPS_PORT"]:
-        raise ConfigError(
-            f"COLORGATE_HTTP_PORT and COLORGATE_HTTPS_PORT are both {parsed['COLORGATE_HTTP_PORT']}: give them different ports"
-        )
-    if bool(parsed["COLORGATE_MOVE_RELAY_CERT"]) != bool(parsed["COLORGATE_MOVE_RELAY_KEY"]):
-        raise ConfigError(
-            "COLORGATE_MOVE_RELAY_CERT and COLORGATE_MOVE_RELAY_KEY go together: set both (the relay's "
-            "certificate chain and its key) or neither (the edge's certificate)"
-        )
+    parsed, raw_values = _parse_keys(profile, values, sources)
     app = app or load_app(root, str(parsed["COLORGATE_APP"]), sources.get("COLORGATE_APP"))
     if app.postgres:
         for key in ("POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"):
@@ -171,6 +141,46 @@ def validate(
     return Settings(
         profile=profile, root=root, app=app, sources=dict(sources), raw=raw_values, **values
     )
+
+
+def _parse_keys(
+    profile: str, values: Mapping[str, str], sources: Mapping[str, str]
+) -> tuple[dict[str, object], dict[str, str]]:
+    """Every key parsed (its default where unset), refused where a strict profile holds a
+    placeholder; the keys that must differ or go together checked."""
+    profile_file = f".env.{profile}"
+    parsed: dict[str, object] = {}
+    raw_values: dict[str, str] = {}
+    for key, spec in KEYS.items():
+        origin = sources.get(key, profile_file)
+        raw = values.get(key)
+        if raw is None or raw == "":
+            if spec.default is None:
+                raise ConfigError(
+                    f"{key} is missing: set it in {profile_file} or {profile_file}.local (see .env.example)"
+                )
+            raw = spec.default
+        if profile in STRICT_PROFILES and PLACEHOLDER.search(raw):
+            shown = "a placeholder" if spec.secret else f"a placeholder ({raw!r})"
+            raise ConfigError(
+                f"{key} in {origin} is {shown}: set a real value in {profile_file}.local or the environment"
+            )
+        raw_values[key] = raw
+        try:
+            parsed[key] = spec.parse(raw)
+        except ValueError as exc:
+            shown = "" if spec.secret else f" {raw!r}"
+            raise ConfigError(f"{key}{shown} in {origin} {exc}") from None
+    if parsed["COLORGATE_HTTP_PORT"] == parsed["COLORGATE_HTTPS_PORT"]:
+        raise ConfigError(
+            f"COLORGATE_HTTP_PORT and COLORGATE_HTTPS_PORT are both {parsed['COLORGATE_HTTP_PORT']}: give them different ports"
+        )
+    if bool(parsed["COLORGATE_MOVE_RELAY_CERT"]) != bool(parsed["COLORGATE_MOVE_RELAY_KEY"]):
+        raise ConfigError(
+            "COLORGATE_MOVE_RELAY_CERT and COLORGATE_MOVE_RELAY_KEY go together: set both (the relay's "
+            "certificate chain and its key) or neither (the edge's certificate)"
+        )
+    return parsed, raw_values
 
 
 def check_app_secrets(

@@ -43,26 +43,7 @@ def server_setup(
     (addresses or CIDRs) makes it a Swarm node whose peers reach Swarm's ports. Returns its report lines."""
     target = parse(settings.docker_host)
     port = ssh_port or target.port or 22
-    machine = _on(target, target.ssh("uname", "-m"), "uname on the host").stdout
-    _on(
-        target,
-        target.ssh("mkdir", "-p", "-m", "700", REMOTE_DIR),
-        "making a work directory on the host",
-    )
-    _on(
-        target,
-        target.scp(SETUP_SCRIPT, f"{REMOTE_DIR}/server-setup.sh"),
-        "uploading server-setup.sh",
-    )
-    env = ""
-    binary = compose_binary_for(machine, compose_binary)
-    if binary:
-        _on(
-            target,
-            target.scp(binary, f"{REMOTE_DIR}/docker-compose"),
-            "uploading the compose plugin",
-        )
-        env = f"COLORGATE_COMPOSE_BINARY={REMOTE_DIR}/docker-compose "
+    env = _upload(target, compose_binary)
     if swarm_peers:
         env += f"COLORGATE_SWARM_PEERS={shlex.quote(swarm_peers)} "
     script = (
@@ -94,6 +75,32 @@ def server_setup(
     finally:
         if not cleaned:
             runner.run(target.ssh(f"rm -rf {REMOTE_DIR}"), check=False, timeout=60)
+
+
+def _upload(target: SshTarget, compose_binary: Path | None) -> str:
+    """server-setup.sh into a work directory on the host, with the compose plugin where
+    the host needs this machine's; the variables the script then reads."""
+    machine = _on(target, target.ssh("uname", "-m"), "uname on the host").stdout
+    _on(
+        target,
+        target.ssh("mkdir", "-p", "-m", "700", REMOTE_DIR),
+        "making a work directory on the host",
+    )
+    _on(
+        target,
+        target.scp(SETUP_SCRIPT, f"{REMOTE_DIR}/server-setup.sh"),
+        "uploading server-setup.sh",
+    )
+    env = ""
+    binary = compose_binary_for(machine, compose_binary)
+    if binary:
+        _on(
+            target,
+            target.scp(binary, f"{REMOTE_DIR}/docker-compose"),
+            "uploading the compose plugin",
+        )
+        env = f"COLORGATE_COMPOSE_BINARY={REMOTE_DIR}/docker-compose "
+    return env
 
 
 def _logins_off(

@@ -104,15 +104,25 @@ def infer(data: dict) -> Draft:
         draft.colored.append(name)
         ports = [p for p in (container_port(spec) for spec in svc.get("ports") or []) if p]
         found = health_from_test((svc.get("healthcheck") or {}).get("test"))
-        if ports:
-            draft.routes.append(
-                ("/", name, ports[0])
-            )  # its `ports:` are left out of what runs (render.dropped)
+        if ports:  # its `ports:` are left out of what runs (render.dropped)
+            draft.routes.append(("/", name, ports[0]))
         if found:
             port, path = found
             draft.health[name] = (path, "from its healthcheck")
             if not ports and port:
                 draft.routes.append(("/", name, port))
+    _database_urls(draft, services)
+    if not draft.colored:
+        draft.todo.append(
+            "no service to release in two colors was found: list your app's services under colored"
+        )
+    _guess_routes(draft)
+    return draft
+
+
+def _database_urls(draft: Draft, services: dict) -> None:
+    """The variables of the colored services that hold a PostgreSQL URL: Colorgate gives
+    them its own, for the app's role."""
     for name in draft.colored:
         env = (services[name] or {}).get("environment") or {}
         pairs = env.items() if isinstance(env, dict) else (str(e).partition("=")[::2] for e in env)
@@ -126,10 +136,11 @@ def infer(data: dict) -> Draft:
                     f"services.{name}.environment.{var}: its URL (and the password in it) is replaced by "
                     "Colorgate's, as the app's own role; the database's POSTGRES_* come from the settings"
                 )
-    if not draft.colored:
-        draft.todo.append(
-            "no service to release in two colors was found: list your app's services under colored"
-        )
+
+
+def _guess_routes(draft: Draft) -> None:
+    """With several services publishing ports, a guessed path prefix each; a health path
+    for every routed service (a TODO where none was found)."""
     paths = [r[0] for r in draft.routes]
     if len(draft.routes) > 1:
         draft.routes = [
@@ -149,7 +160,6 @@ def infer(data: dict) -> Draft:
                 "/",
                 "TODO: a path that answers 200 only when the service is ready",
             )
-    return draft
 
 
 def block_text(draft: Draft) -> str:

@@ -73,30 +73,7 @@ def backup(
     raised, the backup kept); then, the backup made, prune (`keep` newest, and never
     those in `protect` nor the newest verified ones: see to_prune)."""
     name = backup_name()
-    major = dbtools.dump_major(settings)
-    env, flags = dbtools.tools_env(settings)
-    with (
-        dbtools.one_off(settings, env) as one,
-        runner.session(
-            dbtools.tools_cmd(settings, *dbtools.PSQL, flags=flags, name=one), env=env
-        ) as psql,
-    ):
-        psql.stdin.write(
-            f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\nSELECT '{dbtools.END}';\n"
-        )
-        psql.stdin.flush()
-        out = _read_until_end(psql)
-        if not out:
-            raise ColorgateError(
-                "could not export a snapshot from PostgreSQL: is the stack up? (`invoke status`)"
-            )
-        snapshot = out[-1]
-        psql.stdin.write(content.FACTS_SQL)
-        psql.stdin.flush()
-        snapshot_facts = content.parse_facts(_read_until_end(psql))
-        dumped = dbtools.tools(settings, DUMP_SCRIPT, name, snapshot, what="pg_dump", major=major)
-        psql.stdin.write("COMMIT;\n")
-    sha256, size = dumped.stdout.split()[-2:]
+    sha256, size, snapshot_facts = _dump(settings, name)
     manifest = {
         "name": name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -104,9 +81,8 @@ def backup(
         "size": int(size),
         "database": settings.postgres_db,
         "source": shown_url(settings.database_url),
-        "postgres": dbtools.server_version(
-            settings
-        ),  # verify restores it into a server of its major
+        # verify restores it into a server of its major
+        "postgres": dbtools.server_version(settings),
         "counts": snapshot_facts.counts,
         "migrations": snapshot_facts.migrations,
     }
@@ -124,6 +100,36 @@ def backup(
     finally:
         prune(settings, keep or settings.backup_keep, protect=protect)
     return manifest
+
+
+def _dump(settings: Settings, name: str) -> tuple[str, str, content.Facts]:
+    """pg_dump of one exported snapshot, and the facts (row counts, migrations) read in
+    that same snapshot: its checksum, its size and those facts."""
+    major = dbtools.dump_major(settings)
+    env, flags = dbtools.tools_env(settings)
+    with (
+        dbtools.one_off(settings, env) as one,
+        runner.session(
+            dbtools.tools_cmd(settings, *dbtools.PSQL, flags=flags, name=one), env=env
+        ) as psql,
+    ):
+        psql.stdin.write(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\n"
+            f"SELECT '{content.END}';\n"
+        )
+        psql.stdin.flush()
+        out = _read_until_end(psql)
+        if not out:
+            raise ColorgateError(
+                "could not export a snapshot from PostgreSQL: is the stack up? (`invoke status`)"
+            )
+        psql.stdin.write(content.FACTS_SQL)
+        psql.stdin.flush()
+        snapshot_facts = content.parse_facts(_read_until_end(psql))
+        dumped = dbtools.tools(settings, DUMP_SCRIPT, name, out[-1], what="pg_dump", major=major)
+        psql.stdin.write("COMMIT;\n")
+    sha256, size = dumped.stdout.split()[-2:]
+    return sha256, size, snapshot_facts
 
 
 def has_tables(settings: Settings) -> bool:

@@ -188,17 +188,7 @@ CREATE PUBLICATION {ROLE} FOR ALL TABLES;
             check=False,
         )
         if created.returncode != 0:
-            last = (runner.redact(created.stderr).strip().splitlines() or ["no output"])[-1]
-            if checked and "certificate" in last:
-                raise MoveError(
-                    f"the target does not accept the relay's certificate ({origin}; {last}): it checks it against its "
-                    f"system CAs for {settings.move_relay_host}: give a certificate from a public CA for that name "
-                    "(COLORGATE_MOVE_RELAY_CERT/KEY), or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked"
-                )
-            raise MoveError(
-                f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
-                "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and its addresses in COLORGATE_MOVE_RELAY_ALLOW"
-            )
+            raise _not_subscribed(settings, created.stderr, origin if checked else "")
     at(record, "initial_sync")
     with runner.step("copying the data (initial table sync)"):
         dbtools.tools(
@@ -211,6 +201,23 @@ done""",
             extra=dbtools.url_env(url),
             what="waiting for the initial table sync",
         )
+
+
+def _not_subscribed(settings: Settings, stderr: str, origin: str) -> MoveError:
+    """Why the target could not subscribe, and the fix: a relay certificate it does not
+    accept (`origin`: where that certificate came from, when it is checked), or an
+    address it cannot reach."""
+    last = (runner.redact(stderr).strip().splitlines() or ["no output"])[-1]
+    if origin and "certificate" in last:
+        return MoveError(
+            f"the target does not accept the relay's certificate ({origin}; {last}): it checks it against its "
+            f"system CAs for {settings.move_relay_host}: give a certificate from a public CA for that name "
+            "(COLORGATE_MOVE_RELAY_CERT/KEY), or set COLORGATE_MOVE_RELAY_SSLMODE=require to subscribe unchecked"
+        )
+    return MoveError(
+        f"the target could not subscribe through {settings.move_relay_host}:{settings.move_relay_port} ({last}): "
+        "set COLORGATE_MOVE_RELAY_HOST/PORT to an address the managed database reaches, and its addresses in COLORGATE_MOVE_RELAY_ALLOW"
+    )
 
 
 def unsubscribe(settings: Settings, url: str, check: bool = True) -> None:

@@ -33,79 +33,62 @@ def verify(settings: Settings, name: str | None = None) -> Verified:
             "the dump's checksum does not match its manifest (changed or damaged since the backup)"
         )
     else:
-        container = f"{settings.project}-verify-{secrets.token_hex(3)}"
-        major = dbtools.archive_major(
-            settings, manifest
-        )  # the throwaway server: of the tools that made it
-        image = dbtools.tools_image(settings, major)
-        try:  # removed below even when docker created it but could not start it
-            runner.run(
-                [
-                    "docker",
-                    "run",
-                    "--detach",
-                    "--name",
-                    container,
-                    "--network",
-                    "none",
-                    "--label",
-                    f"com.colorgate.verify={settings.project}",
-                    "-e",
-                    f"POSTGRES_USER={settings.postgres_user}",
-                    "-e",
-                    f"POSTGRES_DB={settings.postgres_db}",
-                    "-e",
-                    "POSTGRES_PASSWORD",
-                    "-v",
-                    f"{settings.project}_backups:/backups:ro",
-                    image,
-                ],
-                env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)},
-                what="starting a throwaway PostgreSQL",
-            )
-            _wait_pg(settings, container)
-            restored = runner.run(
-                [
-                    "docker",
-                    "exec",
-                    container,
-                    "pg_restore",
-                    "--no-owner",
-                    "--no-privileges",
-                    "--exit-on-error",
-                    "-U",
-                    settings.postgres_user,
-                    "-d",
-                    settings.postgres_db,
-                    f"/backups/{name}.dump",
-                ],
-                env=settings.docker_env(),
-                check=False,
-                what="pg_restore",
-            )
-            if restored.returncode != 0:
-                last = (restored.stderr.strip().splitlines() or ["no output"])[-1]
-                result.reason = f"pg_restore failed: {runner.redact(last)}"
-            else:
-                result.rows = content.compare(
-                    content.Facts(manifest["counts"], manifest["migrations"]),
-                    dbtools.facts(settings, container),
-                )
-                bad = [r[0] for r in result.rows if not r[3]]
-                result.usable = not bad
-                result.reason = (
-                    f"restored into PostgreSQL {major}; every row count and the migrations match"
-                    if not bad
-                    else f"mismatch: {', '.join(bad)}"
-                )
-        finally:
-            runner.run(
-                ["docker", "rm", "--force", "--volumes", container],
-                env=settings.docker_env(),
-                check=False,
-            )
+        _restore_and_compare(settings, manifest, result)
     record_verify(settings, name, result.usable, result.reason)
     return result
+
+
+def _restore_and_compare(settings: Settings, manifest: dict, result: Verified) -> None:
+    """The dump restored into a throwaway server of the tools that made it, on no network,
+    its row counts and migrations compared with the manifest's; the server removed after,
+    even when docker created it but could not start it."""
+    name = manifest["name"]
+    container = f"{settings.project}-verify-{secrets.token_hex(3)}"
+    major = dbtools.archive_major(settings, manifest)
+    try:
+        runner.run(
+            ["docker", "run", "--detach", "--name", container, "--network", "none"]
+            + ["--label", f"com.colorgate.verify={settings.project}"]
+            + ["-e", f"POSTGRES_USER={settings.postgres_user}"]
+            + ["-e", f"POSTGRES_DB={settings.postgres_db}", "-e", "POSTGRES_PASSWORD"]
+            + [
+                "-v",
+                f"{settings.project}_backups:/backups:ro",
+                dbtools.tools_image(settings, major),
+            ],
+            env={**settings.docker_env(), "POSTGRES_PASSWORD": secrets.token_urlsafe(16)},
+            what="starting a throwaway PostgreSQL",
+        )
+        _wait_pg(settings, container)
+        restored = runner.run(
+            ["docker", "exec", container, "pg_restore", "--no-owner", "--no-privileges"]
+            + ["--exit-on-error", "-U", settings.postgres_user, "-d", settings.postgres_db]
+            + [f"/backups/{name}.dump"],
+            env=settings.docker_env(),
+            check=False,
+            what="pg_restore",
+        )
+        if restored.returncode != 0:
+            last = (restored.stderr.strip().splitlines() or ["no output"])[-1]
+            result.reason = f"pg_restore failed: {runner.redact(last)}"
+            return
+        result.rows = content.compare(
+            content.Facts(manifest["counts"], manifest["migrations"]),
+            dbtools.facts(settings, container),
+        )
+        bad = [r[0] for r in result.rows if not r[3]]
+        result.usable = not bad
+        result.reason = (
+            f"restored into PostgreSQL {major}; every row count and the migrations match"
+            if not bad
+            else f"mismatch: {', '.join(bad)}"
+        )
+    finally:
+        runner.run(
+            ["docker", "rm", "--force", "--volumes", container],
+            env=settings.docker_env(),
+            check=False,
+        )
 
 
 def record_verify(settings: Settings, name: str, usable: bool, reason: str) -> None:

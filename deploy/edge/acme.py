@@ -188,42 +188,12 @@ def init(
     """Obtain a certificate for the edge's domain over HTTP-01 and move the edge onto it
     with a graceful reload. Until then, and whenever this fails, the current
     certificate keeps serving."""
-    domain = domain or settings.domain
-    if domain != settings.domain:
-        raise BadInput(
-            f"--domain {domain} is not COLORGATE_DOMAIN ({settings.domain}): set COLORGATE_DOMAIN={domain} first"
-        )
-    if domain == "localhost" or "." not in domain:
-        raise BadInput(
-            f"an ACME CA cannot issue for {domain!r}: set COLORGATE_DOMAIN to a public host name"
-        )
-    if not EMAIL.fullmatch(email or ""):
-        raise BadInput(
-            f"invalid email {email!r}: give an address the CA can send expiry notices to"
-        )
+    domain = _check_init(settings, email, domain)
     url = resolve_directory(directory, staging)
     env = compose.compose_env(settings, {})
     own_volumes(settings, env)
     if ca_bundle:
-        if not Path(ca_bundle).is_file():
-            raise BadInput(f"--ca-bundle {ca_bundle} does not exist")
-        runner.run(
-            compose.compose_cmd(
-                settings,
-                "run",
-                "--rm",
-                "--no-deps",
-                "-T",
-                "--entrypoint",
-                "sh",
-                "certbot",
-                "-c",
-                f"cat > {ACME_CA_FILE}",
-            ),
-            input=Path(ca_bundle).read_text(),
-            env=env,
-            what="installing the ACME CA bundle",
-        )
+        _install_ca_bundle(settings, env, Path(ca_bundle))
     try:
         runner.run(
             certbot_cmd(
@@ -259,6 +229,40 @@ def init(
     if targets.of(settings).renews_on_server:  # else tls.renew renews it (scheduled where it runs)
         start_renewer(settings, url)
     return reloaded
+
+
+def _check_init(settings: Settings, email: str, domain: str | None) -> str:
+    """The domain a certificate is asked for: COLORGATE_DOMAIN, a public name; and an
+    address the CA can write to."""
+    domain = domain or settings.domain
+    if domain != settings.domain:
+        raise BadInput(
+            f"--domain {domain} is not COLORGATE_DOMAIN ({settings.domain}): set COLORGATE_DOMAIN={domain} first"
+        )
+    if domain == "localhost" or "." not in domain:
+        raise BadInput(
+            f"an ACME CA cannot issue for {domain!r}: set COLORGATE_DOMAIN to a public host name"
+        )
+    if not EMAIL.fullmatch(email or ""):
+        raise BadInput(
+            f"invalid email {email!r}: give an address the CA can send expiry notices to"
+        )
+    return domain
+
+
+def _install_ca_bundle(settings: Settings, env: dict[str, str], ca_bundle: Path) -> None:
+    """The CA bundle certbot trusts for a private ACME directory, into its volume."""
+    if not ca_bundle.is_file():
+        raise BadInput(f"--ca-bundle {ca_bundle} does not exist")
+    runner.run(
+        compose.compose_cmd(
+            settings, "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", "certbot", "-c"
+        )
+        + [f"cat > {ACME_CA_FILE}"],
+        input=ca_bundle.read_text(),
+        env=env,
+        what="installing the ACME CA bundle",
+    )
 
 
 def start_renewer(settings: Settings, directory: str) -> None:

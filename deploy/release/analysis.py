@@ -215,44 +215,33 @@ def _intervals(
         end = start + bounds.seconds
         at(record, f"{ANALYSIS_PHASE}{int(start + (planned - number + 1) * bounds.seconds)}")
         with runner.step(f"analysing {color}'s traffic, interval {number} of {planned}"):
-            while (left := end + FLUSH_SECONDS - time.time()) > 0:
-                time.sleep(min(1.0, left))
-                if promoted and promoted():
-                    entry["verdict"] = "promoted"
-                    runner.say(
-                        "   promoted by an operator (`invoke canary.promote`): no more analysis"
-                    )
-                    return True
+            if _wait_interval(end, promoted):
+                entry["verdict"] = "promoted"
+                runner.say("   promoted by an operator (`invoke canary.promote`): no more analysis")
+                return True
             requests = [r for r in read(settings, start) if start <= r.at < end]
             found_all = figures(requests)
         found = found_all.get(color)
         if stable:
             baseline = found_all.get(stable)
+        against = f"{stable}'s" if stable else "the old color's"
         verdict, broken, routes = judge_routes(
-            requests,
-            color,
-            baseline,
-            bounds,
-            settings.app.routes,
-            f"{stable}'s" if stable else "the old color's",
+            requests, color, baseline, bounds, settings.app.routes, against
         )
         if verdict == "inconclusive":
             if bounds.inconclusive == "extend" and planned < 2 * bounds.intervals:
                 planned += 1
             elif bounds.inconclusive == "fail":
                 verdict = "failed"
-        entry["intervals"].append(
-            {
-                "interval": number,
-                "from": round(start, 3),
-                "to": round(end, 3),
-                "verdict": verdict,
-                "broken": broken,
-                "figures": asdict(found) if found else None,
-                **({"routes": routes} if routes else {}),
-                **({"baseline": asdict(baseline) if baseline else None} if stable else {}),
-            }
-        )
+        judged = {"interval": number, "from": round(start, 3), "to": round(end, 3)}
+        judged |= {
+            "verdict": verdict,
+            "broken": broken,
+            "figures": asdict(found) if found else None,
+        }
+        judged |= {"routes": routes} if routes else {}
+        judged |= {"baseline": asdict(baseline) if baseline else None} if stable else {}
+        entry["intervals"].append(judged)
         runner.say(f"   {format_interval(entry['intervals'][-1], stable)}")
         if verdict == "failed":
             failed += 1
@@ -263,4 +252,14 @@ def _intervals(
                 )
         start = end
     entry["verdict"] = "passed"
+    return False
+
+
+def _wait_interval(end: float, promoted) -> bool:
+    """Until the interval ending at `end` reached the edge's log; True when an operator
+    promoted the canary meanwhile."""
+    while (left := end + FLUSH_SECONDS - time.time()) > 0:
+        time.sleep(min(1.0, left))
+        if promoted and promoted():
+            return True
     return False

@@ -163,27 +163,11 @@ def plan_deploy(
     active = active_of(target)
     if target.beside:
         raise ConfigError(apply.refusal(list(target.beside)))
-    live = {s.version for s in target.states.values() if s.state == "running"} | (
-        {target.active.version} if target.active else set()
-    )
-    if version:
-        rebuild = False
-    elif (
-        target.commit
-    ):  # a commit's images are its code's; a changed tree's are made again each time
-        version, rebuild = (
-            target.commit,
-            target.commit.endswith("-dirty") and target.commit in target.tags,
-        )
-    else:
-        version, rebuild = images.next_release(target.tags, target.history, live)
+    version, rebuild = _version_of(target, version)
     version = edge.check_version(version)
     candidate = other(active.color)
-    if (
-        version == active.version
-        and not force
-        and not (target.commit.endswith("-dirty") and version == target.commit)
-    ):  # changed again
+    dirty_again = target.commit.endswith("-dirty") and version == target.commit  # changed again
+    if version == active.version and not force and not dirty_again:
         return Plan(
             "deploy",
             active.color,
@@ -211,6 +195,20 @@ def plan_deploy(
         canary=canary,
         rebuild=rebuild,
     )
+
+
+def _version_of(target: Target, version: str | None) -> tuple[str, bool]:
+    """The version a deploy ships, and whether its images are made again: the one asked
+    for; else the commit's (a changed tree's, marked -dirty, made again each time); else
+    the next vN after every version tagged, recorded or running."""
+    if version:
+        return version, False
+    if target.commit:
+        return target.commit, target.commit.endswith("-dirty") and target.commit in target.tags
+    live = {s.version for s in target.states.values() if s.state == "running"} | (
+        {target.active.version} if target.active else set()
+    )
+    return images.next_release(target.tags, target.history, live)
 
 
 def plan_switch(

@@ -68,6 +68,34 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True)
+    _draw_series(axes, found)
+    _draw_phases(axes, record, began)
+    for ax, label in zip(
+        axes, ("requests / s", "answered 5xx (%)", "p95 latency (ms)"), strict=True
+    ):
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=8)
+    axes[-1].set_xlabel(f"seconds since {REPORT_BEFORE_SECONDS} s before the release began")
+    verdict = record.analysis.get("verdict") or next(
+        (s.get("verdict") for s in reversed(record.analysis.get("canary", []))), ""
+    )
+    fig.suptitle(
+        f"{record.action} {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
+        f"{record.outcome}"
+        + (f" (analysis: {verdict})" if verdict else "")
+        + f"  [{record.started}]",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    Path(record.report).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(record.report, dpi=80)
+    plt.close(fig)
+
+
+def _draw_series(axes, found: dict) -> None:
+    """Each color's requests, 5xx share and p95 latency, one line each; a bucket without
+    requests breaks the line instead of bridging it."""
     steps = sorted(
         {
             b[0] - a[0]
@@ -94,6 +122,11 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
                 label=color if color != EDGE else "the edge itself",
                 marker="." if len(xs) < 40 else None,
             )
+
+
+def _draw_phases(axes, record: Record, began: float) -> None:
+    """The analysis' intervals (red where one failed) and the release's marks (a switch
+    back in red, dashed), named along the top."""
     spans = [
         *record.analysis.get("intervals", []),
         *(i for step in record.analysis.get("canary", []) for i in step.get("intervals", [])),
@@ -121,24 +154,3 @@ def _plot(found: dict, began: float, ended: float, record: Record) -> None:
             va="top",
             ha="right",
         )
-    for ax, label in zip(
-        axes, ("requests / s", "answered 5xx (%)", "p95 latency (ms)"), strict=True
-    ):
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper left", fontsize=8)
-    axes[-1].set_xlabel(f"seconds since {REPORT_BEFORE_SECONDS} s before the release began")
-    verdict = record.analysis.get("verdict") or next(
-        (s.get("verdict") for s in reversed(record.analysis.get("canary", []))), ""
-    )
-    fig.suptitle(
-        f"{record.action} {record.from_color} {record.from_version} -> {record.to_color} {record.to_version}: "
-        f"{record.outcome}"
-        + (f" (analysis: {verdict})" if verdict else "")
-        + f"  [{record.started}]",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    Path(record.report).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(record.report, dpi=80)
-    plt.close(fig)
