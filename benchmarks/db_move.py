@@ -226,33 +226,16 @@ def managed_postgres(settings: config.Settings, image: str, network: str = ""):
     try:  # a container that docker created but could not start is removed too
         address = "" if network else docker0()
         port = 5432 if network else free_port_on(address)
+        published = ["--network", network] if network else ["-p", f"{address}:{port}:5432"]
         runner.run(
-            [
-                "docker",
-                "run",
-                "--detach",
-                "--name",
-                name,
-                "-e",
-                "POSTGRES_USER=admin",
-                "-e",
-                "POSTGRES_DB=app",
-                "-e",
-                "POSTGRES_PASSWORD",
-                *(["--network", network] if network else ["-p", f"{address}:{port}:5432"]),
-                image,
-            ],
+            ["docker", "run", "--detach", "--name", name, "-e", "POSTGRES_USER=admin"]
+            + ["-e", "POSTGRES_DB=app", "-e", "POSTGRES_PASSWORD", *published, image],
             env={"POSTGRES_PASSWORD": password},
         )
         if network:
             address = runner.run(
-                [
-                    "docker",
-                    "inspect",
-                    "--format",
-                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                    name,
-                ]
+                ["docker", "inspect", "--format"]
+                + ["{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name]
             ).stdout.strip()
         ca_path, ca_cert, ca_key = certificate_authority(directory)
         managed = Managed(
@@ -260,54 +243,43 @@ def managed_postgres(settings: config.Settings, image: str, network: str = ""):
             name,
             password,
         )
-        for _ in range(
-            120
-        ):  # ready once the first start's initialization is over (TCP is off until then)
-            if (
-                runner.run(
-                    ["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"], check=False
-                ).returncode
-                == 0
-            ):
-                break
-            time.sleep(0.5)
-        cert, key = server_certificate(ca_cert, ca_key, address)
-        runner.run(
-            [
-                "docker",
-                "exec",
-                "-i",
-                "-e",
-                "CERT",
-                name,
-                "sh",
-                "-c",
-                'umask 077; printf "%s" "$CERT" > "$PGDATA/server.crt"; cat > "$PGDATA/server.key"',
-            ],
-            input=key,
-            env={"CERT": cert},
-        )
-        managed.sql("SELECT pg_reload_conf()")  # PostgreSQL reads its certificate again on reload
-        runner.run(
-            [
-                "docker",
-                "exec",
-                "-i",
-                "--user",
-                "0",
-                name,
-                "sh",
-                "-c",
-                "command -v update-ca-certificates > /dev/null || exit 0; "
-                "cat > /usr/local/share/ca-certificates/public.crt && update-ca-certificates > /dev/null",
-            ],
-            input=public_ca()[0].read_text(),
-        )
+        _wait_ready(name)
+        _serve_tls(managed, ca_cert, ca_key, address)
         managed.sql("SELECT 1")
         yield managed
     finally:
         runner.run(["docker", "rm", "--force", "--volumes", name], check=False)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _wait_ready(name: str) -> None:
+    """Ready once the first start's initialization is over (TCP is off until then)."""
+    for _ in range(120):
+        ready = ["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"]
+        if runner.run(ready, check=False).returncode == 0:
+            return
+        time.sleep(0.5)
+
+
+def _serve_tls(managed: Managed, ca_cert, ca_key, address: str) -> None:
+    """A server certificate from the CA for `address`, read again on a reload; and the
+    stand-in public CA trusted, as a provider's trusts the public ones."""
+    cert, key = server_certificate(ca_cert, ca_key, address)
+    runner.run(
+        ["docker", "exec", "-i", "-e", "CERT", managed.container, "sh", "-c"]
+        + ['umask 077; printf "%s" "$CERT" > "$PGDATA/server.crt"; cat > "$PGDATA/server.key"'],
+        input=key,
+        env={"CERT": cert},
+    )
+    managed.sql("SELECT pg_reload_conf()")  # PostgreSQL reads its certificate again on reload
+    runner.run(
+        ["docker", "exec", "-i", "--user", "0", managed.container, "sh", "-c"]
+        + [
+            "command -v update-ca-certificates > /dev/null || exit 0; "
+            "cat > /usr/local/share/ca-certificates/public.crt && update-ca-certificates > /dev/null"
+        ],
+        input=public_ca()[0].read_text(),
+    )
 
 
 class Writer:

@@ -311,33 +311,13 @@ def run(args) -> dict:
         )
         with runner.step("starting the stack"):
             starting.start_stack(settings)
-        key = keygen(root / "home" / ".ssh" / "id_ed25519")
-        with ssh_host(key) as host:
-            remote = {**operator_env(env, operator_home(root, host.port))}
-            times: dict[str, dict[str, list[float]]] = {
-                w: {c: [] for c in TARGETS} for w in ("local", "ssh")
-            }
-            logins_of: dict[str, list[int]] = {c: [] for c in TARGETS}
-            for n in range(args.rounds):
-                for where, extra, e in (("local", [], env), ("ssh", ["--host", host.url], remote)):
-                    for command, argv in (
-                        ("status", ["status"]),
-                        ("deploy", ["deploy"]),
-                        ("rollback", ["rollback", "--no-gates"]),
-                    ):
-                        seen = logins(host.container)
-                        took = timed([argv[0], *extra, *argv[1:]], e)
-                        times[where][command].append(took)
-                        if where == "ssh":
-                            logins_of[command].append(logins(host.container) - seen)
-                        runner.say(f"   round {n + 1} {where:<5} {command:<8} {took:6.2f} s")
+        times, logins_of = _rounds(args.rounds, env, root)
         result["local_s"] = {c: round(statistics.median(v), 3) for c, v in times["local"].items()}
         result["ssh_s"] = {c: round(statistics.median(v), 3) for c, v in times["ssh"].items()}
         result["ratio"] = {c: round(result["ssh_s"][c] / result["local_s"][c], 2) for c in TARGETS}
         result["ssh_connections"] = {c: max(v) for c, v in logins_of.items()}
-        time.sleep(
-            args.settle
-        )  # the engine settles after the last command and the SSH server's removal
+        # the engine settles after the last command and the SSH server's removal
+        time.sleep(args.settle)
         runner.say(f"-- the two-color stack, idle, {args.idle:g} s")
         machine, engine, own, memory = idle_costs(settings, args.idle)
         result["stack_idle_cores"], result["engine_cores"] = round(machine, 4), round(engine, 4)
@@ -363,6 +343,33 @@ def run(args) -> dict:
         100 * (result["stack_idle_cores"] - result["baseline_cores"]), 2
     )
     return result
+
+
+def _rounds(rounds: int, env: dict[str, str], root: Path):
+    """status, deploy and rollback, each `rounds` times, here and through an SSH host: how
+    long each took, and how many SSH logins each through SSH opened."""
+    key = keygen(root / "home" / ".ssh" / "id_ed25519")
+    with ssh_host(key) as host:
+        remote = {**operator_env(env, operator_home(root, host.port))}
+        times: dict[str, dict[str, list[float]]] = {
+            w: {c: [] for c in TARGETS} for w in ("local", "ssh")
+        }
+        logins_of: dict[str, list[int]] = {c: [] for c in TARGETS}
+        commands = (
+            ("status", ["status"]),
+            ("deploy", ["deploy"]),
+            ("rollback", ["rollback", "--no-gates"]),
+        )
+        for n in range(rounds):
+            for where, extra, e in (("local", [], env), ("ssh", ["--host", host.url], remote)):
+                for command, argv in commands:
+                    seen = logins(host.container)
+                    took = timed([argv[0], *extra, *argv[1:]], e)
+                    times[where][command].append(took)
+                    if where == "ssh":
+                        logins_of[command].append(logins(host.container) - seen)
+                    runner.say(f"   round {n + 1} {where:<5} {command:<8} {took:6.2f} s")
+    return times, logins_of
 
 
 def report(r: dict) -> str:

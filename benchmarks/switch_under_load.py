@@ -840,6 +840,49 @@ def targets(result: dict, never_retry_failed: int) -> dict:
     return out
 
 
+def _answers(ax, runs: dict[str, WrkRun], began: float) -> None:
+    """The never-retry clients' answers a second, by the color that gave them."""
+    for color in ("blue", "green"):
+        buckets: dict[int, int] = {}
+        for run in runs.values():
+            for t, status, c in run.answers:
+                if c == color and status < 400:
+                    buckets[int((t - began) * 4)] = buckets.get(int((t - began) * 4), 0) + 1
+        xs = sorted(buckets)
+        ax.bar(
+            [x / 4 for x in xs],
+            [buckets[x] * 4 for x in xs],
+            width=0.25,
+            color=color,
+            alpha=0.6,
+            label=f"answers from {color} (never-retry clients, /s)",
+        )
+
+
+def _latencies(ax, retry: RetryOnce, began: float) -> None:
+    """The retry-once client's latency per request, by color; its failures in red."""
+    ok = [r for r in retry.records if r.ok]
+    bad = [r for r in retry.records if not r.ok]
+    for color in ("blue", "green"):
+        rs = [r for r in ok if r.color == color]
+        ax.scatter(
+            [r.t - began for r in rs],
+            [r.latency * 1000 for r in rs],
+            s=3,
+            color=color,
+            alpha=0.5,
+            label=f"ok ({color})",
+        )
+    ax.scatter(
+        [r.t - began for r in bad],
+        [max(r.latency * 1000, 1) for r in bad],
+        s=14,
+        color="red",
+        marker="x",
+        label=f"failed ({len(bad)})",
+    )
+
+
 def plot(
     runs: dict[str, WrkRun], retry: RetryOnce, events, began: float, phases, path: str
 ) -> None:
@@ -849,41 +892,8 @@ def plot(
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(14, 7), sharex=True)
-    for color in ("blue", "green"):
-        buckets: dict[int, int] = {}
-        for run in runs.values():
-            for t, status, c in run.answers:
-                if c == color and status < 400:
-                    buckets[int((t - began) * 4)] = buckets.get(int((t - began) * 4), 0) + 1
-        xs = sorted(buckets)
-        top.bar(
-            [x / 4 for x in xs],
-            [buckets[x] * 4 for x in xs],
-            width=0.25,
-            color=color,
-            alpha=0.6,
-            label=f"answers from {color} (never-retry clients, /s)",
-        )
-    ok = [r for r in retry.records if r.ok]
-    bad = [r for r in retry.records if not r.ok]
-    for color in ("blue", "green"):
-        rs = [r for r in ok if r.color == color]
-        bottom.scatter(
-            [r.t - began for r in rs],
-            [r.latency * 1000 for r in rs],
-            s=3,
-            color=color,
-            alpha=0.5,
-            label=f"ok ({color})",
-        )
-    bottom.scatter(
-        [r.t - began for r in bad],
-        [max(r.latency * 1000, 1) for r in bad],
-        s=14,
-        color="red",
-        marker="x",
-        label=f"failed ({len(bad)})",
-    )
+    _answers(top, runs, began)
+    _latencies(bottom, retry, began)
     for ax in (top, bottom):
         for t, label in events:
             ax.axvline(
@@ -959,6 +969,18 @@ def report(result: dict) -> str:
         f"of the live color) x{b['recreations']}: longest gap {b['longest_gap_ms']} ms",
         f"   {load(b)}",
     ]
+    lines += _stream_and_bad_release(result)
+    lines.append("targets (a switch under load):")
+    for t in result["targets"].values():
+        mark = "n/a " if t["met"] is None else "MET " if t["met"] else "MISS"
+        lines.append(f"   {mark}  {t['label']}: {t['value']} (target {t['target']})")
+    return "\n".join(lines)
+
+
+def _stream_and_bad_release(result: dict) -> list[str]:
+    """The report's lines of the stream kept open across the switches, and of the bad
+    release the analysis must switch back."""
+    lines = []
     if result["stream"]:
         st = result["stream"]
         lines.append(
@@ -978,14 +1000,10 @@ def report(result: dict) -> str:
         lines.append(
             f"bad release: NOT flipped back by the analysis (outcome {bad['outcome']}: {bad['detail'][:200]})"
         )
-    lines.append("targets (a switch under load):")
-    for t in result["targets"].values():
-        mark = "n/a " if t["met"] is None else "MET " if t["met"] else "MISS"
-        lines.append(f"   {mark}  {t['label']}: {t['value']} (target {t['target']})")
-    return "\n".join(lines)
+    return lines
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--switches", type=int, default=20, help="switches without gates")
     p.add_argument("--gated", type=int, default=3, help="full gated switches")
@@ -1032,7 +1050,11 @@ def main(argv=None) -> int:
         action="store_false",
         help="skip the bad release (one in five user requests fails, gates pass) that the analysis must flip back",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     for path in (args.json, args.png):
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
