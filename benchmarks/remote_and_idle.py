@@ -197,6 +197,7 @@ def logins(container: str) -> int:
 # --- idle cost ------------------------------------------------------------------------
 
 
+# comm, at most 15 chars
 ENGINE = (
     "dockerd",
     "containerd",
@@ -204,7 +205,7 @@ ENGINE = (
     "fuse-overlayfs",
     "runc",
     "docker-proxy",
-)  # comm, at most 15 chars
+)
 
 
 def _engine_ticks() -> dict[int, int]:

@@ -144,9 +144,8 @@ class Wrk:
         self, url: str, paths: list[str], rate: int, phase: str, workdir: Path, warmup: float
     ):
         self.log = workdir / f"wrk-{phase}.log"
-        connections = max(
-            16, rate
-        )  # room for answers of up to 1 s at the full rate (open loop in effect)
+        # room for answers of up to 1 s at the full rate (open loop in effect)
+        connections = max(16, rate)
         self.run = WrkRun(phase, rate, time.monotonic())
         self.proc = subprocess.Popen(
             [
@@ -763,9 +762,8 @@ BAD_ANALYSIS = {
 def bad_release(settings: config.Settings, workdir: Path) -> config.Settings:
     """The app with one change, as a bad release would be: a share of its users'
     requests fail while everything the gates look at works; analysis on."""
-    shutil.copytree(
-        settings.app_dir.parent, workdir / "bad"
-    )  # with its siblings: a build context may be one (../postgres-debian)
+    # with its siblings: a build context may be one (../postgres-debian)
+    shutil.copytree(settings.app_dir.parent, workdir / "bad")
     copy = workdir / "bad" / settings.app_dir.name
     app = copy / "backend" / "app.py"
     text = app.read_text()

@@ -41,9 +41,8 @@ BASES = {
         "postgres", ("postgresql-15", "openssl", "socat", "nftables", "ca-certificates")
     ),
     "certbot": BaseImage("certbot", ("certbot", "ca-certificates")),
-    "rclone": BaseImage(
-        "rclone", ("rclone", "ca-certificates")
-    ),  # off-host backup copies (made on first use)
+    # off-host backup copies (made on first use)
+    "rclone": BaseImage("rclone", ("rclone", "ca-certificates")),
     # for the examples (an app names one with COLORGATE_BASE_<NAME> in its compose file)
     "python": BaseImage("python", ("python3", "python3-psycopg2", "ca-certificates")),
     "pyweb": BaseImage(
@@ -201,9 +200,8 @@ def build_bases(settings: Settings, bases: list[BaseImage], force: bool = False)
     with tempfile.TemporaryDirectory(prefix="colorgate-base-") as tmp:
 
         def make(base: BaseImage) -> None:
-            if (
-                settings.bases == "image"
-            ):  # the legacy builder: it uses a FROM image the engine has, and pulls one it lacks
+            # the legacy builder: it uses a FROM image the engine has, and pulls one it lacks
+            if settings.bases == "image":
                 runner.run(
                     ["docker", "build", "--quiet", "--tag", base.tag(settings.base_source), "-"],
                     input=base_dockerfile(base, settings.debian_image, settings.debian_mirror),
@@ -294,9 +292,8 @@ def refresh_bases(
             chosen = [base for base in bases if base.name in names]
             replaced = [image_id(settings, base.tag(settings.base_source)) for base in chosen]
             build_bases(settings, chosen, force=True)
-            for image in filter(
-                None, replaced
-            ):  # only once untagged (another name may still hold it), and unused
+            # only once untagged (another name may still hold it), and unused
+            for image in filter(None, replaced):
                 tags = runner.run(
                     ["docker", "image", "inspect", "--format", "{{len .RepoTags}}", image],
                     env=settings.docker_env(),

@@ -128,9 +128,8 @@ def bootstrap(settings: Settings, refresh: bool = False) -> list[tuple[str, str]
     happened) pairs."""
     done = [("docker engine", f"reachable (v{check_docker(settings)})")]
     done.append(("compose plugin", ensure_compose(settings)))
-    made = fresh_bases(
-        settings.builder, force=refresh, installed=done
-    )  # base images live where the images are made
+    # base images live where the images are made
+    made = fresh_bases(settings.builder, force=refresh, installed=done)
     done.append(("base images", f"built {', '.join(made)}" if made else "present"))
     return done
 

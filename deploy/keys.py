@@ -127,9 +127,8 @@ _seconds = _whole(1, 3600, "a whole number of seconds from 1 to 3600")
 _seconds_or_zero = _whole(0, 3600, "a whole number of seconds from 0 to 3600")
 _count = _whole(1, 1000, "a whole number from 1 to 1000")
 _limit = _whole(0, 1_000_000, "a whole number from 0 (no limit) to 1000000")
-_conn_limit = _whole(
-    0, 65535, "a whole number from 0 (no limit) to 65535"
-)  # nginx's limit_conn takes no more
+# nginx's limit_conn takes no more
+_conn_limit = _whole(0, 65535, "a whole number from 0 (no limit) to 65535")
 
 
 def _age(value: str) -> int:
@@ -193,9 +192,10 @@ KEYS: dict[str, Key] = {
     "COLORGATE_HTTP_PORT": Key(_port),
     "COLORGATE_HTTPS_PORT": Key(_port),
     "COLORGATE_INITIAL_COLOR": Key(_color, "blue"),
+    # "": <project>/
     "COLORGATE_IMAGE_PREFIX": Key(
         _pattern(IMAGE_PREFIX, "should be an image name prefix ending in '/', such as shop/"), ""
-    ),  # "": <project>/
+    ),
     # A registry to push images to and pull them from (e.g. ghcr.io/acme): images are
     # then named <registry>/<name>:<tag> and the target pulls instead of building.
     # Empty: images are built by the target's engine. Credentials, when it needs them:

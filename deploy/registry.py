@@ -89,9 +89,8 @@ def registry_image(settings: Settings, name: str, tag: str) -> str | None:
     or the token a Bearer challenge asks for (GHCR, Docker Hub)."""
     server = registry_server(settings)
     repository = app_tag(settings, name, tag).removeprefix(f"{server}/").rsplit(":", 1)[0]
-    scheme = (
-        "http" if server.split(":")[0] in ("127.0.0.1", "localhost") else "https"
-    )  # as the engine trusts loopback
+    # as the engine trusts loopback
+    scheme = "http" if server.split(":")[0] in ("127.0.0.1", "localhost") else "https"
     url, accept = f"{scheme}://{server}/v2/{repository}/manifests/{tag}", {"Accept": MANIFESTS}
     auth = (settings.registry_user, settings.registry_password) if settings.registry_user else None
     try:

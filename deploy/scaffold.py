@@ -46,13 +46,11 @@ class Draft:
     colored: list[str] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)
     routes: list[tuple[str, str, int]] = field(default_factory=list)  # path, service, port
-    health: dict[str, tuple[str, str]] = field(
-        default_factory=dict
-    )  # service -> (path, how it was found)
+    # service -> (path, how it was found)
+    health: dict[str, tuple[str, str]] = field(default_factory=dict)
     database: tuple[str, str] | None = None  # service, kind
-    url_vars: list[str] = field(
-        default_factory=list
-    )  # the colored services' variables that hold a PostgreSQL URL
+    # the colored services' variables that hold a PostgreSQL URL
+    url_vars: list[str] = field(default_factory=list)
     scheme: str = "postgresql"  # the scheme those URLs are written with
     todo: list[str] = field(default_factory=list)
 

@@ -131,9 +131,8 @@ def ensure_release_images(
             registry.pull(settings, images.release_images(settings.app), version, env)
         return
     if force or not release_images_exist(settings.builder, version):
-        bootstrap.fresh_bases(
-            settings.builder
-        )  # those older than COLORGATE_BASE_MAX_AGE first: Debian's updates
+        # those older than COLORGATE_BASE_MAX_AGE first: Debian's updates
+        bootstrap.fresh_bases(settings.builder)
         build(settings.builder, settings.app.color_services(color), versions)
     if settings.image_source == "stream":
         refs = [
@@ -153,9 +152,8 @@ def ensure_infra_images(settings: Settings, versions: dict[str, str], version: s
         with registry.registry_session(settings) as env:
             registry.pull(settings, names, version or "latest", env, as_latest=True)
         return
-    if (
-        settings.image_source == "stream"
-    ):  # all of them: `compose run` cannot build on the target then
+    # all of them: `compose run` cannot build on the target then
+    if settings.image_source == "stream":
         build(settings.builder, list(names), versions)
         registry.send(settings, [images.app_tag(settings, name, "latest") for name in names])
     else:

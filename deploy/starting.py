@@ -30,9 +30,8 @@ def up(settings: Settings, version: str | None = None, yes: bool = False) -> Non
     running = facts.edge_down(settings) is None
     with lock(settings, "up") if running else contextlib.nullcontext() as held:
         if held is not None:
-            recover.on_lock(
-                settings, held
-            )  # first, what a run that died left (a hold at the edge, say)
+            # first, what a run that died left (a hold at the edge, say)
+            recover.on_lock(settings, held)
 
         def run_migrations(color: str, versions: dict[str, str]) -> None:
             m = settings.app.migrations

@@ -312,9 +312,8 @@ def logs(
         *stack.infra_services(settings),
         *(name for color in COLORS for name in settings.app.color_services(color)),
     ]
-    if (
-        service == "migrations" and settings.app.migrations
-    ):  # each color's last, kept until its next
+    # each color's last, kept until its next
+    if service == "migrations" and settings.app.migrations:
         for color in COLORS:
             shown = runner.run(
                 [

@@ -248,9 +248,8 @@ def only_internal_networks(gate_settings, app):
     service = app.database.service
     if edge_state.read_database_record(gate_settings).get("retired"):
         # retired after db.move: the app uses a managed database; no local one is left
-        found = facts.service_states(gate_settings).get(
-            service
-        )  # on a Swarm: its service, at 0 tasks
+        # on a Swarm: its service, at 0 tasks
+        found = facts.service_states(gate_settings).get(service)
         assert found is None or found.state == "exited", (
             f"the retired local database {service} is running again"
         )
@@ -274,9 +273,8 @@ def no_host_connection(gate_settings, app):
     if not app.postgres:
         pytest.skip("the app declares no PostgreSQL database")
     addresses = {"127.0.0.1", gate_settings.edge_address}
-    if (
-        gate_settings.swarm
-    ):  # every node's, where a port published on the Swarm or by anything on the node would answer
+    # every node's, where a port published on the Swarm or by anything on the node would answer
+    if gate_settings.swarm:
         addresses |= set(swarm.node_addresses(swarm.nodes(gate_settings)).values())
     for address in sorted(addresses):
         assert not sockets.tcp_connects(address, sockets.POSTGRES_PORT), (

@@ -46,9 +46,8 @@ def operator_errors(fn):
         except ColorgateError as exc:
             if DEBUG:
                 raise
-            if (
-                isinstance(exc, CommandError) and len(exc.tail()) > 1
-            ):  # what it said before the line that says why
+            # what it said before the line that says why
+            if isinstance(exc, CommandError) and len(exc.tail()) > 1:
                 print(
                     "\n".join(f"   | {runner.redact(line)}" for line in exc.tail()), file=sys.stderr
                 )

@@ -214,9 +214,8 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
         raise BadInput("no registry: pass --registry (e.g. ghcr.io/acme) or set COLORGATE_REGISTRY")
     version = edge.check_version(version or _images.default_version(settings))
     with _registry.registry_session(settings) as env:
-        _bootstrap.fresh_bases(
-            settings.builder
-        )  # a fresh CI runner has none: they are made first, as deploy makes them
+        # a fresh CI runner has none: they are made first, as deploy makes them
+        _bootstrap.fresh_bases(settings.builder)
         with runner.step(f"building the images ({version})"):
             stack.build(
                 settings,

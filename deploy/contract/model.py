@@ -11,13 +11,14 @@ from pathlib import Path
 from deploy.errors import ContractError
 
 COLORS = ("blue", "green")
+# Colorgate's own parts
 OWN_SERVICES = (
     "edge",
     "dbtools",
     "dbrelay",
     "certbot",
     "certbot-loopback",
-)  # Colorgate's own parts
+)
 OWN_VOLUMES = (
     "edge-state",
     "tls",
@@ -80,12 +81,13 @@ SERVICE_SHAPES = {
     "init": ("bool",),
     "stop_grace_period": (TEXT,),
 }
+# each a mapping of names to bodies (or nothing)
 TOP_SECTIONS = (
     "volumes",
     "networks",
     "secrets",
     "configs",
-)  # each a mapping of names to bodies (or nothing)
+)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIZE = re.compile(r"^\d+[kKmMgG]?$")
 ROUTE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
@@ -254,9 +256,8 @@ class App:
     migrations: Migrations | None
     database: Database | None
     raw: dict = field(repr=False, compare=False, default_factory=dict)
-    replicas: dict[str, int] = field(
-        default_factory=dict
-    )  # tasks per color on a Swarm (x-colorgate.colored.NAME.replicas; 1)
+    # tasks per color on a Swarm (x-colorgate.colored.NAME.replicas; 1)
+    replicas: dict[str, int] = field(default_factory=dict)
     secrets: tuple[Secret, ...] = ()  # the app's own (x-colorgate.secrets)
 
     @property

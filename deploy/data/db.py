@@ -334,9 +334,8 @@ class Restore:
             env, flags = dbtools.tools_env(
                 settings, major=dbtools.archive_major(settings, self.manifest)
             )
-            with (
-                dbtools.one_off(settings, env) as one
-            ):  # interrupted: stopped before writes open again (one transaction: nothing done)
+            # interrupted: stopped before writes open again (one transaction: nothing done)
+            with dbtools.one_off(settings, env) as one:
                 # into the stack's own database as the app's role, so that the app owns what comes back
                 as_app = [] if settings.database_url else [f"--role={settings.app_db_user}"]
                 runner.run(

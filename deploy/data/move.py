@@ -62,9 +62,8 @@ def plan_steps(mode: str, workers: bool, held: bool) -> tuple[str, ...]:
     `held`: the candidate has workers, started once traffic moved."""
     pause = ("pause_workers",) if workers else ()
     finish = ("start_workers",) if held else ()
-    if (
-        mode == "replicate"
-    ):  # everything that can run before the freeze does: it covers only the cut-over
+    # everything that can run before the freeze does: it covers only the cut-over
+    if mode == "replicate":
         return (
             "images",
             "subscribe",

@@ -81,10 +81,11 @@ class ServerFacts:
     tables: int
     first_table: str
     can_subscribe: bool  # superuser, or a role that may create subscriptions (PG16+, managed services' admin roles)
+    # tables with no replica identity (no primary key): how many, the first
     without_identity: tuple[int, str] = (
         0,
         "",
-    )  # tables with no replica identity (no primary key): how many, the first
+    )
 
     @property
     def major(self) -> int:

@@ -68,9 +68,8 @@ class Steps:
         )
         self.paused: dict[str, int] | None = None
         self.frozen_at, self.freeze_started = "", 0.0
-        self.cut_over = (
-            contextlib.ExitStack()
-        )  # the cut-over's container and its session (replicate)
+        # the cut-over's container and its session (replicate)
+        self.cut_over = contextlib.ExitStack()
         self.cut = None
         self.manifest: dict = {}
         self.local: dict[str, str] = {}
@@ -181,10 +180,11 @@ class Steps:
         self.cut_over.close()
 
     def freeze(self) -> None:
+        # from here on the local database takes no more writes
         self.frozen_at, self.freeze_started = (
             now(),
             time.monotonic(),
-        )  # from here on the local database takes no more writes
+        )
         with runner.step("freezing writes at the edge (reads go on)"):
             edge.set_frozen(self.settings, True)
 

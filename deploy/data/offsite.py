@@ -152,9 +152,8 @@ def unpinned_sftp(config: str, remote: str) -> bool:
     except configparser.Error:
         return False  # rclone says what is wrong with it
     name = remote.split(":", 1)[0]
-    for _ in range(
-        10
-    ):  # through the remotes that wrap another (crypt, compress, chunker, alias: `remote = NAME:path`)
+    # through the remotes that wrap another (crypt, compress, chunker, alias: `remote = NAME:path`)
+    for _ in range(10):
         if not parser.has_section(name):
             return False
         section = parser[name]

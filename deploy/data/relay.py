@@ -158,9 +158,8 @@ def serve(settings: Settings, material: tuple[str, str] | None, check: bool = Tr
         what="naming the relay's certificate",
     )
     deadline = time.monotonic() + 5
-    while (
-        True
-    ):  # the reload is a signal: a session started after it has been handled sees the new setting
+    # the reload is a signal: a session started after it has been handled sees the new setting
+    while True:
         shown = runner.run(
             psql_cmd(container, settings),
             input="SHOW ssl_cert_file;",

@@ -8,10 +8,11 @@ from deploy.config import Settings
 from deploy.errors import ConfigError, MoveError
 
 
+# in the data directory while the relay runs
 CERT_FILES = (
     "colorgate-relay.crt",
     "colorgate-relay.key",
-)  # in the data directory while the relay runs
+)
 
 
 SYSTEM_ROOTS_SINCE = 16  # the first PostgreSQL whose libpq takes sslrootcert=system

@@ -136,9 +136,8 @@ class LockState:
     holder: dict  # command, operator, since, pid, host, machine ({} when unreadable)
     age: int  # seconds since its holder's last heartbeat
     phase: str  # where the holder was then ("" before its first step)
-    token: str = field(
-        default="", repr=False, compare=False
-    )  # what --break-lock names to remove this lock and no other
+    # what --break-lock names to remove this lock and no other
+    token: str = field(default="", repr=False, compare=False)
 
     @property
     def stale(self) -> bool:

@@ -49,11 +49,12 @@ class Heartbeat:
         give_up: float = GIVE_UP_SECONDS,
         on_lost=None,
     ):
+        # command(): the argument list, made afresh each start
         self.command, self.env, self.give_up = (
             command,
             env,
             give_up,
-        )  # command(): the argument list, made afresh each start
+        )
         self.on_lost = on_lost or self._end_command
         self.guard = threading.Lock()
         self.proc: subprocess.Popen | None = None
@@ -88,9 +89,8 @@ class Heartbeat:
             wait = min(edge.HEARTBEAT_SECONDS, self.give_up / 3)
             if self.beating():
                 failing_since = None
-            elif (
-                self.proc is not None
-            ):  # it ended: started again below, unless that has not helped for too long
+            # it ended: started again below, unless that has not helped for too long
+            elif self.proc is not None:
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > self.give_up:
                     self.on_lost()
@@ -111,10 +111,11 @@ class Heartbeat:
             if not self.ended.is_set() and (self.proc is None or self.proc.poll() is not None):
                 try:
                     cmd = self.command()
+                # the edge cannot be found now: the watchdog tries again
                 except (
                     ColorgateError,
                     OSError,
-                ):  # the edge cannot be found now: the watchdog tries again
+                ):
                     return
                 self.proc = subprocess.Popen(
                     cmd,
@@ -330,9 +331,8 @@ def at(record: Record | None, phase: str) -> None:
             held.heartbeat.revive()  # its exec ended with the edge (restarted): beat again
         edge.in_edge(held.settings, edge.phase_cmd(held.token, phase), check=False)
         held.phase = phase
-    if (
-        os.environ.get(PAUSE_ENV) == phase
-    ):  # tests: the fault matrix kills a command here, or resumes it (SIGUSR1)
+    # tests: the fault matrix kills a command here, or resumes it (SIGUSR1)
+    if os.environ.get(PAUSE_ENV) == phase:
         resumed: list[int] = []
         signal.signal(signal.SIGUSR1, lambda signum, frame: resumed.append(signum))
         runner.say(f".. paused at {phase} ({PAUSE_ENV})")
@@ -359,9 +359,8 @@ def settle(record: Record, exc: BaseException | None) -> None:
         if record.outcome != "rolled back":
             record.outcome = "failed"
         record.detail = first_line(str(exc)) or type(exc).__name__
-        record.output = (
-            exc.tail() if isinstance(exc, CommandError) else []
-        )  # its last lines, bounded (errors.py)
+        # its last lines, bounded (errors.py)
+        record.output = exc.tail() if isinstance(exc, CommandError) else []
 
 
 @contextlib.contextmanager
@@ -372,9 +371,8 @@ def recorded(settings: Settings, record: Record, phase: str = "") -> Iterator[Re
     started = time.monotonic()
     held = _held[-1] if _held else None
     if held and phase:
-        edge.append_history(
-            settings, asdict(record), held.token, phase
-        )  # the intent: a run that dies leaves it "running"
+        # the intent: a run that dies leaves it "running"
+        edge.append_history(settings, asdict(record), held.token, phase)
         held.phase = phase
     else:
         edge.append_history(settings, asdict(record))

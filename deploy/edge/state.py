@@ -186,9 +186,8 @@ def in_edge(
         return proc
     shell = connections.shell(settings.docker_host, edge_container(settings))
     proc = shell.run(cmd, what=what, check=False)
-    if (
-        proc.returncode == 125
-    ):  # the shell could not start: on a Swarm the edge's task may be another one now
+    # the shell could not start: on a Swarm the edge's task may be another one now
+    if proc.returncode == 125:
         now = edge_container(settings, fresh=True)
         if now != shell.container:
             return connections.shell(settings.docker_host, now).run(cmd, what=what, check=check)

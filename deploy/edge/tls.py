@@ -237,10 +237,11 @@ def served_cert(settings: Settings):
     from cryptography import x509
 
     ctx = ssl.create_default_context()
+    # which one it serves, not whether it is trusted
     ctx.check_hostname, ctx.verify_mode = (
         False,
         ssl.CERT_NONE,
-    )  # which one it serves, not whether it is trusted
+    )
     try:
         with (
             socket.create_connection(

@@ -51,9 +51,8 @@ def start_candidate(
     with runner.step(
         f"starting {candidate} ({version}) beside {plan.from_color} ({plan.from_version})"
     ):
-        grace = stack.drain_color(
-            settings, candidate
-        )  # streams from its last time live end within the bound
+        # streams from its last time live end within the bound
+        grace = stack.drain_color(settings, candidate)
         access.prepare_clients(
             settings, candidate, (databases or {}).get(candidate) or settings.app_database_url()
         )

@@ -223,9 +223,8 @@ def plan_switch(
     a release that was turned away (unless `force`)."""
     to = parse_color(to)
     active = active_of(target)
-    check_same_database(
-        settings, target.states, active.color, to
-    )  # first: it says why a stopped color may not return
+    # first: it says why a stopped color may not return
+    check_same_database(settings, target.states, active.color, to)
     version = _ready_version(settings, target.states, to, target.history)
     if to == active.color:
         return Plan(

@@ -108,9 +108,8 @@ def tls_handshake(
         ctx.verify_mode = ssl.CERT_NONE
         ctx.set_ciphers("ALL:@SECLEVEL=0")
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", DeprecationWarning
-            )  # TLS 1.0/1.1 are deprecated: that is the point
+            # TLS 1.0/1.1 are deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
             ctx.minimum_version = ctx.maximum_version = version
     try:
         with (
@@ -186,9 +185,8 @@ class GateRun:
 
 def gate_args(settings: Settings, phase: str, color: str, version: str, report: Path) -> list[str]:
     return [
-        str(
-            config.shipped("colorgate_gates")
-        ),  # the built-in gates, which collect the app's own too
+        # the built-in gates, which collect the app's own too
+        str(config.shipped("colorgate_gates")),
         "-m",
         phase,
         "-q",

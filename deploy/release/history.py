@@ -82,12 +82,10 @@ class Record:
     detail: str = ""
     gates: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
-    analysis: dict = field(
-        default_factory=dict
-    )  # the new color's real traffic after the switch (traffic.analyse)
-    marks: list[dict] = field(
-        default_factory=list
-    )  # {"t": epoch seconds, "what": "switch to green"}: for the report
+    # the new color's real traffic after the switch (traffic.analyse)
+    analysis: dict = field(default_factory=dict)
+    # {"t": epoch seconds, "what": "switch to green"}: for the report
+    marks: list[dict] = field(default_factory=list)
     report: str = ""  # the release report (a PNG on the machine that ran it)
     duration_s: float = 0.0
     id: str = field(default_factory=lambda: secrets.token_hex(6))
@@ -95,9 +93,8 @@ class Record:
     live_color: str = ""  # where traffic was when it ended, read from the edge
     live_version: str = ""
     rejected: str = ""  # "green v5": a release its gates, its analysis or an operator's canary abort turned away
-    output: list[str] = field(
-        default_factory=list
-    )  # a failed command's last lines (CommandError.tail)
+    # a failed command's last lines (CommandError.tail)
+    output: list[str] = field(default_factory=list)
     commit: str = (
         ""  # the app's code a deploy shipped, by Git (`-dirty`: with changes), and its subject
     )

@@ -118,9 +118,8 @@ class Repairs:
             dead,
         )
         pg = settings.app.postgres
-        self.local = bool(
-            pg and pg.service in states and states[pg.service].state == "running"
-        )  # the stack's own, running
+        # the stack's own, running
+        self.local = bool(pg and pg.service in states and states[pg.service].state == "running")
         self.stopped = (
             [
                 name
@@ -157,9 +156,8 @@ class Repairs:
         self.record = _database_record(self.settings, self.record, self.active, self.states)
 
     def open_writes(self) -> None:
-        if (
-            self.local and self.record.get("url") == "local"
-        ):  # the app's database still: it takes writes again first
+        # the app's database still: it takes writes again first
+        if self.local and self.record.get("url") == "local":
             dbtools.freeze_database(self.settings, False)
         edge.set_frozen(self.settings, False)
         runner.say(

@@ -191,9 +191,8 @@ class Steps:
         with timed(self.record, "switch", f"switching traffic {p.from_color} -> {p.to_color}"):
             edge.write_active(self.settings, p.to_color, p.to_version)
             self._mark(f"switch to {p.to_color}")
-            if (
-                p.canary
-            ):  # after the switch: the canary names the live color now, so it routes no one
+            # after the switch: the canary names the live color now, so it routes no one
+            if p.canary:
                 canary.clear(self.settings)
 
     def post_gates(self) -> None:
@@ -275,9 +274,8 @@ def _run(
                 record,
             )
     finally:
-        if (
-            record.report and record.outcome != "interrupted"
-        ):  # a signal ends the command now, without a picture
+        # a signal ends the command now, without a picture
+        if record.report and record.outcome != "interrupted":
             report.write_report(settings, record)
     return record
 

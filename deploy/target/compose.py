@@ -111,9 +111,8 @@ class Compose:
             if keep
             else []
         )
-        alone = (
-            ["--no-deps"] if color else []
-        )  # a color never starts, recreates or reconnects what runs beside it
+        # a color never starts, recreates or reconnects what runs beside it
+        alone = ["--no-deps"] if color else []
         for group, how in ((names, "--detach"), (held or [], "--no-start")):
             if group:
                 runner.run(

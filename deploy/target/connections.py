@@ -33,9 +33,8 @@ def forked(
             code = 70
             try:
                 for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-                    signal.signal(
-                        sig, signal.SIG_DFL
-                    )  # a signal ends the child at once; the parent cleans up
+                    # a signal ends the child at once; the parent cleans up
+                    signal.signal(sig, signal.SIG_DFL)
                 os.dup2(out.fileno(), 1)
                 os.dup2(out.fileno(), 2)
                 os.environ.update(env or {})
@@ -112,10 +111,11 @@ class Shell:
                 try:
                     self.proc.stdin.write(script.encode())
                     break
+                # the container went away since: once more on a new shell
                 except (
                     BrokenPipeError,
                     OSError,
-                ):  # the container went away since: once more on a new shell
+                ):
                     self.proc = None
                     if attempt == 2:
                         raise CommandError(
@@ -203,9 +203,8 @@ def _api(docker_host: str):
         environ({"DOCKER_HOST": docker_host} if docker_host else {}).get("DOCKER_HOST")
         or "unix:///var/run/docker.sock"
     )
-    return docker.APIClient(
-        base_url=base, version="1.41", timeout=120
-    )  # ssh://: through the one connection
+    # ssh://: through the one connection
+    return docker.APIClient(base_url=base, version="1.41", timeout=120)
 
 
 def engine(docker_host: str, call, *args, what: str = "", **kwargs):

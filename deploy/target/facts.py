@@ -151,9 +151,8 @@ def passes_healthcheck(settings: Settings, service: str) -> bool:
     cmd = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]
     try:
         created = connections.engine(settings.docker_host, "exec_create", name, cmd)
-        connections.engine(
-            settings.docker_host, "exec_start", created["Id"]
-        )  # attached: returns when it ended
+        # attached: returns when it ended
+        connections.engine(settings.docker_host, "exec_start", created["Id"])
         return (
             connections.engine(settings.docker_host, "exec_inspect", created["Id"]).get("ExitCode")
             == 0
@@ -305,9 +304,8 @@ def parse_dry_run(text: str, project: str) -> dict[str, str]:
             if action.startswith("Creat"):
                 continue  # a new network: nothing runs on it yet
             found[f"network {name.removeprefix(project + '_')}"] = "recreate"
-        elif name.startswith(
-            f"{project}-"
-        ):  # P-svc-1 (an old copy renamed on the way, ID_P-svc-1, is the same)
+        # P-svc-1 (an old copy renamed on the way, ID_P-svc-1, is the same)
+        elif name.startswith(f"{project}-"):
             service = name.removeprefix(f"{project}-").rsplit("-", 1)[0]
             found.setdefault(f"service {service}", "recreate" if action == "Recreate" else "create")
     return found

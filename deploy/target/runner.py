@@ -162,9 +162,8 @@ def run(
     proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     log.debug("  exit %s in %.2fs", proc.returncode, time.monotonic() - started)
     if check and proc.returncode != 0:
-        absent = Path(cmd[0]).name == "docker" and ABSENT.search(
-            proc.stderr or ""
-        )  # the docker CLI's word for it
+        # the docker CLI's word for it
+        absent = Path(cmd[0]).name == "docker" and ABSENT.search(proc.stderr or "")
         raise (NotFound if absent else CommandError)(
             cmd, proc.returncode, redact(proc.stdout or ""), redact(proc.stderr or ""), what
         )

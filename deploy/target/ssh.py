@@ -147,9 +147,8 @@ class Tunnel:
             self.dir / "control",
             self.dir / "ssh.log",
         )
-        self.master_log = (
-            self.dir / "master.log"
-        )  # what the master says once in the background (-E)
+        # what the master says once in the background (-E)
+        self.master_log = self.dir / "master.log"
         self.lifeline: subprocess.Popen | None = None
 
     def _ssh(self, *options: str) -> list[str]:
@@ -200,9 +199,8 @@ class Tunnel:
         started = time.monotonic()
         self.dir.mkdir(mode=0o700, exist_ok=True)
         with open(self.dir / "lock", "w") as lock:
-            fcntl.flock(
-                lock, fcntl.LOCK_EX
-            )  # one master per address, even when commands start together
+            # one master per address, even when commands start together
+            fcntl.flock(lock, fcntl.LOCK_EX)
             reused = self._alive()
             if not reused:
                 for stale in (self.control, self.socket, self.master_log):
@@ -221,13 +219,14 @@ class Tunnel:
                     )
                 if master.returncode != 0 or not self.socket.exists():
                     self._fail("the SSH connection ended")
+            # ended by close(), not by a Ctrl-C meant for us
             self.lifeline = subprocess.Popen(
                 self._ssh("-o", "ControlMaster=no", "--", self.target.login, "cat > /dev/null"),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
-            )  # ended by close(), not by a Ctrl-C meant for us
+            )
         atexit.register(self.close)
         if not self._ping():
             self._fail("no Docker engine answered")
@@ -264,9 +263,8 @@ class Tunnel:
         explained = explain_ssh_error(self.target, text)
         if explained:
             return explained
-        if (
-            "open failed" in text and self.control.exists()
-        ):  # the forward reached the host but not its engine: ask why
+        # the forward reached the host but not its engine: ask why
+        if "open failed" in text and self.control.exists():
             probe = subprocess.run(
                 self._ssh(
                     "-o",

@@ -29,6 +29,7 @@ from deploy.errors import CommandError, ConfigError, NotFound, StackError
 STACK_LABEL = "com.docker.stack.namespace"
 SERVICE_LABEL = "com.docker.swarm.service.name"
 FAILED = ("failed", "rejected", "orphaned")
+# a task whose container may run
 ALIVE = (
     "assigned",
     "accepted",
@@ -36,7 +37,7 @@ ALIVE = (
     "ready",
     "starting",
     "running",
-)  # a task whose container may run
+)
 
 
 def service_name(settings: Settings, service: str) -> str:
@@ -73,10 +74,11 @@ def node_addresses(found: list[dict]) -> dict[str, str]:
     for node in found:
         status = node.get("Status") or {}
         address = status.get("Addr") or ""
+        # a manager may report none: its advertised address is in its ManagerStatus
         if address in (
             "",
             "0.0.0.0",
-        ):  # a manager may report none: its advertised address is in its ManagerStatus
+        ):
             address = ((node.get("ManagerStatus") or {}).get("Addr") or "").rsplit(":", 1)[0]
         if status.get("State") == "ready" and address:
             out[(node.get("Description") or {}).get("Hostname") or node.get("ID", "")] = address
@@ -114,9 +116,8 @@ def check_target(settings: Settings) -> int:
     """Refuse what cannot work on this Swarm; returns how many nodes are ready."""
     ready = sum(1 for n in nodes(settings) if (n.get("Status") or {}).get("State") == "ready")
     bind = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
-    swarmfile.host_ports(
-        [f"{bind}:{settings.https_port}:8443"], "services.edge.ports"
-    )  # COLORGATE_BIND not loopback
+    # COLORGATE_BIND not loopback
+    swarmfile.host_ports([f"{bind}:{settings.https_port}:8443"], "services.edge.ports")
     check_images_reachable(settings, ready)
     found = connections.engine(
         settings.docker_host,

@@ -64,9 +64,8 @@ def pytest_collection_modifyitems(items):
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.integration)
     rank = {name: n for n, name in enumerate(LONGEST)}
-    items.sort(
-        key=lambda item: rank.get(Path(item.fspath).name, len(LONGEST))
-    )  # stable: in-module order kept
+    # stable: in-module order kept
+    items.sort(key=lambda item: rank.get(Path(item.fspath).name, len(LONGEST)))
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -95,9 +94,8 @@ PORT_BASE, PORTS_EACH = 20000, 1500
 def _port_numbers() -> Iterator[int]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     first = PORT_BASE + (int(worker) if worker.isdigit() else 0) % 8 * PORTS_EACH
-    start = secrets.randbelow(
-        PORTS_EACH
-    )  # a new run does not start where the last one's leftovers may still be
+    # a new run does not start where the last one's leftovers may still be
+    start = secrets.randbelow(PORTS_EACH)
     for n in range(PORTS_EACH):
         yield first + (start + n) % PORTS_EACH
 

@@ -76,9 +76,8 @@ class Cluster:
     registry: str = ""  # 127.0.0.1:PORT, the same for this machine and every node (with `registry`)
     gateway: str = ""  # this machine's address on the cluster's network
     socket: str = ""  # the manager's engine on this machine's filesystem (with `socket_dir`)
-    stop: threading.Event = dataclasses.field(
-        default_factory=threading.Event
-    )  # ends the forwarders
+    # ends the forwarders
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def docker_host(self) -> str:

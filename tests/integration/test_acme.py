@@ -260,9 +260,8 @@ def test_obtain_renew_and_gate_with_zero_failed_requests(settings, pebble, env):
     assert VALIDITY_DAYS - 1 < data["days_left"] <= VALIDITY_DAYS
     # due within certbot's window, so renew renewed it and the edge moved onto the new one
     assert renewed["reloaded"] is True and renewed["serial"] != first["serial"]
-    assert (
-        acme.renew(settings)["reloaded"] is True
-    )  # still inside the window: renewed again, never a no-op reload
+    # still inside the window: renewed again, never a no-op reload
+    assert acme.renew(settings)["reloaded"] is True
     handshake = gates.tls_handshake(
         settings.edge_address, settings.https_port, DOMAIN, pebble["root"].read_text()
     )
@@ -284,9 +283,8 @@ def test_the_server_renews_by_itself_and_the_edge_takes_up_the_new_certificate(
     certificate inside certbot's 30-day window (here 2 s after it starts; 12 h by default),
     the edge checks it and reloads onto it by itself, and tls.status and the history say so."""
     before = tls.status(settings)
-    assert (
-        facts.service_states(settings)["renewer-loopback"].state == "running"
-    )  # pebble is on this host's loopback
+    # pebble is on this host's loopback
+    assert facts.service_states(settings)["renewer-loopback"].state == "running"
     acme.start_renewer(dataclasses.replace(settings, renew_every=2), pebble["directory"])
     try:
         for attempt in tenacity.Retrying(
@@ -297,13 +295,11 @@ def test_the_server_renews_by_itself_and_the_edge_takes_up_the_new_certificate(
                 assert (now["renewed_on_server"] or "").endswith(": renewed") and now[
                     "serial"
                 ] != before["serial"], now
-                assert (
-                    tls.served_serial(settings) == now["serial"]
-                )  # served: the edge reloaded by itself
+                # served: the edge reloaded by itself
+                assert tls.served_serial(settings) == now["serial"]
     finally:
-        acme.start_renewer(
-            settings, pebble["directory"]
-        )  # its default interval again: no renewal during the next tests
+        # its default interval again: no renewal during the next tests
+        acme.start_renewer(settings, pebble["directory"])
     renewals = [r for r in edge.read_history(settings) if r["action"] == "tls.renew"]
     assert (
         renewals

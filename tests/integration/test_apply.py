@@ -216,9 +216,8 @@ def test_a_hold_an_apply_that_died_left_at_the_edge_is_ended_by_the_next_apply(
 ):
     """Killed while the database restarted, an apply leaves the edge holding its clients'
     requests (each then 503): the next apply ends that first, and says so."""
-    edge.set_frozen(
-        dataclasses.replace(settings, health_timeout=2), True, database=True
-    )  # each request held 2 s at most
+    # each request held 2 s at most
+    edge.set_frozen(dataclasses.replace(settings, health_timeout=2), True, database=True)
     with gates.edge_client(settings, tls.read_local_ca(settings)) as c:
         assert c.get("/api/version", timeout=15).status_code == 503  # held, then refused
     proc = invoke("apply", env={**env, **edited(tmp_path, settings, moved_database)})

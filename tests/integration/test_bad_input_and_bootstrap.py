@@ -40,9 +40,8 @@ def test_port_in_use_refuses_before_starting_anything(scratch):
 def test_a_start_that_cannot_finish_is_torn_down(scratch, tmp_path):
     env, _ = scratch
     # the sample app, whose contract asks its backend for a path it does not serve
-    shutil.copytree(
-        config.project_root() / "examples", tmp_path / "examples"
-    )  # its images build from siblings
+    # its images build from siblings
+    shutil.copytree(config.project_root() / "examples", tmp_path / "examples")
     app = tmp_path / "examples" / "spa-api-postgres"
     compose = app / "docker-compose.yml"
     compose.write_text(

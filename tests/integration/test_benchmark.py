@@ -49,9 +49,8 @@ def test_benchmark_smoke(tmp_path):
         ["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True
     ).stdout
     assert "cgbench" not in leftover
-    if (
-        proc.returncode == errors.BENCH_INVALID
-    ):  # the machine was too busy for the client to hold even this rate: said so, no figures
+    # the machine was too busy for the client to hold even this rate: said so, no figures
+    if proc.returncode == errors.BENCH_INVALID:
         assert (
             not result["valid"]
             and result["why"]

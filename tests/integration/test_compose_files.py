@@ -85,9 +85,8 @@ def test_an_app_split_over_include_extends_and_an_override_file_is_released_as_c
         "from the override",
         "blue",
     )
-    assert "!! services.site.ports: left out: the edge routes to it" in render.wiring(
-        s.app
-    )  # from the base file
+    # from the base file
+    assert "!! services.site.ports: left out: the edge routes to it" in render.wiring(s.app)
     assert {name for name, ports in sockets.published_ports(s).items() if ports} == {"edge"}
     result = gates.run_gates(s, "pre or post", "blue", "v1")
     assert result.passed, result.first_failure()

@@ -164,9 +164,8 @@ def test_sigterm_in_the_post_gates_switches_back_to_the_verified_color(settings,
     before = assert_one_color(settings)
     proc = killed_at("post_gates", signal.SIGTERM, "deploy", env=env)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-    assert (
-        assert_one_color(settings) == before
-    )  # the new color was live, unverified: traffic went back
+    # the new color was live, unverified: traffic went back
+    assert assert_one_color(settings) == before
     record = last(settings, "deploy")
     assert (record["outcome"], record["detail"]) == (
         "interrupted",
@@ -196,9 +195,8 @@ def test_a_canary_deploy_killed_mid_canary_leaves_no_user_on_the_unwatched_relea
         ), proc.stderr
         assert canary.read(settings) is None and edge.read_lock(settings) is None
         record = last(settings, "deploy")
-        assert record["outcome"] == "interrupted" and record["detail"].endswith("(SIGTERM)"), (
-            record
-        )  # in the canary's analysis
+        # in the canary's analysis
+        assert record["outcome"] == "interrupted" and record["detail"].endswith("(SIGTERM)"), record
     else:
         assert proc.returncode == -signal.SIGKILL
         left = canary.read(settings)
@@ -248,9 +246,8 @@ def test_sigkill_in_the_post_gates_leaves_a_lock_that_stops_beating_and_is_broke
         and "at post_gates, last heartbeat" in status
         and "(DEAD: its process is gone" in status
     )
-    assert (
-        held.token and held.token not in invoke("status", "--json", env=env).stdout
-    )  # what breaks it is never shown
+    # what breaks it is never shown
+    assert held.token and held.token not in invoke("status", "--json", env=env).stdout
     assert last(settings, "deploy")["outcome"] == "running"  # its intent, never settled
     # the operator breaks it and rolls back: the dead run's record is closed, the break recorded
     proc = invoke("rollback", "--break-lock", env=env)
@@ -277,9 +274,8 @@ def test_sigkill_inside_the_candidates_compose_up_leaves_traffic_and_the_next_de
     settings, env
 ):
     before = assert_one_color(settings)
-    proc = killed_in(
-        "start", signal.SIGKILL, 0.3, "deploy", env=env
-    )  # its `docker compose up` goes on, orphaned
+    # its `docker compose up` goes on, orphaned
+    proc = killed_in("start", signal.SIGKILL, 0.3, "deploy", env=env)
     assert proc.returncode == -signal.SIGKILL
     assert assert_one_color(settings) == before
     shipped = invoke("deploy", "--break-lock", env=env)
@@ -308,17 +304,15 @@ def test_a_backup_killed_mid_dump_loses_no_backup_and_lists_no_partial_one(setti
     proc.communicate(timeout=60)
     assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM)
     if sig == signal.SIGTERM:
-        assert not one_offs(
-            settings
-        )  # its dump container was stopped with it, not left to go on alone
+        # its dump container was stopped with it, not left to go on alone
+        assert not one_offs(settings)
     time.sleep(2)  # what it left running (orphaned docker clients) ends
     listed = db.list_backups(settings)
     assert kept in [
         b["manifest"]["name"] for b in listed
     ]  # the newest verified backup is still there
-    assert all(
-        b["manifest"].get("sha256") for b in listed
-    )  # only complete ones, each with its manifest
+    # only complete ones, each with its manifest
+    assert all(b["manifest"].get("sha256") for b in listed)
     again = invoke("db.backup", env=env)
     assert again.returncode == 0, again.stderr
     assert verify.verify(settings, db.list_backups(settings)[-1]["manifest"]["name"]).usable
@@ -342,9 +336,8 @@ def test_a_broken_lock_stays_with_whoever_broke_it_and_its_old_holder_changes_no
             ],
         )
         edge.in_edge(settings, edge.break_lock_cmd(read.token))  # another operator's --break-lock,
-        edge.in_edge(
-            settings, edge.lock_cmd('{"command": "switch"}', "another-token")
-        )  # and its lock
+        # and its lock
+        edge.in_edge(settings, edge.lock_cmd('{"command": "switch"}', "another-token"))
         with pytest.raises(errors.LockHeld, match="release lock was broken meanwhile"):
             edge.write_active(settings, colors.other(before.color), before.version)
         with pytest.raises(errors.LockHeld):
@@ -365,9 +358,8 @@ def test_an_edge_restarted_mid_release_serves_the_routing_file_and_the_release_g
         moved = edge.read_active(settings)
         runner.run(["docker", "restart", "--time", "2", edge.edge_container(settings)])
         stack.wait_ready(settings, ["edge"])
-        assert (
-            assert_one_color(settings) == moved
-        )  # the routing file is on a volume: the edge reads it at start
+        # the routing file is on a volume: the edge reads it at start
+        assert assert_one_color(settings) == moved
         proc.send_signal(signal.SIGUSR1)
     assert proc.result.returncode == 0, proc.result.stderr
     assert assert_one_color(settings) == moved and moved.color != before.color
@@ -412,13 +404,11 @@ def test_restore_killed_inside_its_freeze_leaves_the_backups_and_the_next_comman
     proc = killed_at("restore", signal.SIGKILL, "db.restore", name, env=env)
     assert proc.returncode == -signal.SIGKILL and edge.is_frozen(settings)
     names = [b["manifest"]["name"] for b in db.list_backups(settings)]
-    assert (
-        name in names and names[-1] != name
-    )  # the one to restore, and the fresh one taken before it
+    # the one to restore, and the fresh one taken before it
+    assert name in names and names[-1] != name
     live = edge.read_active(settings)
-    fixed = invoke(
-        "switch", "--to", live.color, "--break-lock", env=env
-    )  # any locked command: this one changes nothing else
+    # any locked command: this one changes nothing else
+    fixed = invoke("switch", "--to", live.color, "--break-lock", env=env)
     assert (
         fixed.returncode == 0
         and "writes open again" in fixed.stderr
@@ -461,9 +451,8 @@ def test_restore_terminated_inside_pg_restore_changes_no_data_and_opens_writes(s
         reader.stdin.write("COMMIT;\n")  # had the restore gone on alone, it would go on now
     time.sleep(2)
     with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
-        assert (
-            client.get(f"/api/notes/{after}").status_code == 200
-        )  # one transaction, interrupted: nothing restored
+        # one transaction, interrupted: nothing restored
+        assert client.get(f"/api/notes/{after}").status_code == 200
     record = [r for r in edge.read_history(settings) if r["action"] == "db.restore"][-1]
     assert (record["outcome"], record["detail"]) == (
         "interrupted",
@@ -528,6 +517,7 @@ def test_a_stage_container_left_by_a_killed_run_is_removed_by_the_next_command(s
     edge.in_edge(
         settings, edge.lock_cmd(json.dumps(dead), secrets.token_hex(16)), "a dead run's lock"
     )
+    # it died
     edge.in_edge(
         settings,
         [
@@ -536,7 +526,7 @@ def test_a_stage_container_left_by_a_killed_run_is_removed_by_the_next_command(s
             f"@{int(time.time()) - edge.STALE_SECONDS - 5}",
             f"{edge.LOCK_DIR}/heartbeat",
         ],
-    )  # it died
+    )
     live = edge.read_active(settings)
     fixed = invoke("switch", "--to", live.color, "--break-lock", env=env)
     assert (
@@ -577,9 +567,8 @@ def test_db_move_killed_between_its_switch_and_its_record_is_repaired_by_the_nex
             not edge.is_frozen(settings) and edge.read_database_record(settings)["url"] != "local"
         )
         assert assert_one_color(settings) == moved
-        assert writer.acked and not writer.lost(
-            managed
-        )  # every acknowledged write is where traffic goes now
+        # every acknowledged write is where traffic goes now
+        assert writer.acked and not writer.lost(managed)
         deployed = invoke("deploy", env={**env, "DATABASE_URL": managed.url})
         assert deployed.returncode == 0, deployed.stderr
         assert (

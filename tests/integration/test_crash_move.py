@@ -179,9 +179,8 @@ def test_a_dump_move_killed_in_its_freeze_mid_copy_opens_writes_and_loses_none(s
         exited_by(proc, sig)
         cleaned_up_or_left(settings, sig, phase)
         if sig == signal.SIGKILL:
-            assert edge.is_frozen(
-                settings
-            )  # writes wait (held, then 503 with Retry-After) until the next command
+            # writes wait (held, then 503 with Retry-After) until the next command
+            assert edge.is_frozen(settings)
         said = next_command(settings, env, before)
         assert ("writes open again" in said) == (sig == signal.SIGKILL), said
         assert_still_local(settings, before, writer)
@@ -206,9 +205,8 @@ def test_a_replicate_move_terminated_after_its_switch_records_where_the_database
             settings
         )
         assert edge.read_lock(settings) is None and "dbrelay" not in facts.service_states(settings)
-        assert not replication.drop(
-            settings
-        )  # the cut-over ended the replication before the switch
+        # the cut-over ended the replication before the switch
+        assert not replication.drop(settings)
         assert last(settings, "db.move")["detail"] == "interrupted at record (SIGTERM)"
         assert writer.acked and not writer.lost(managed)
         refused = invoke("deploy", env=env)

@@ -258,11 +258,12 @@ def test_unknown_backup_and_retention(settings, env):
 
 
 def test_what_killed_backups_left_is_swept(settings):
+    # the last: a backup in progress
     dbtools.tools(
         settings,
         'cd /backups && touch -d "20 minutes ago" a.dump.partial b.dump c.manifest.json.new '
         "&& touch new.dump.partial",
-    )  # the last: a backup in progress
+    )
     db.backup(settings)
     left = dbtools.tools(settings, "ls /backups").stdout.split()
     assert (
@@ -305,9 +306,8 @@ def test_cheap_migrations_keep_a_verified_backup_only_when_they_changed_the_sche
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     cheap = {**env, "COLORGATE_APP": str(path.parent)}
     kept = len(db.list_backups(settings))
-    up = invoke(
-        "up", env=cheap
-    )  # at head: the command changes nothing, its backup is dropped unverified
+    # at head: the command changes nothing, its backup is dropped unverified
+    up = invoke("up", env=cheap)
     assert up.returncode == 0, up.stderr
     record = edge.read_history(settings)[-1]
     assert (
@@ -319,9 +319,8 @@ def test_cheap_migrations_keep_a_verified_backup_only_when_they_changed_the_sche
         dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings),
         input="ALTER TABLE notes DROP COLUMN tags; DELETE FROM schema_migrations WHERE version = 2;",
     )
-    up = invoke(
-        "up", env=cheap
-    )  # the command changes the schema now: the backup from before it is verified and kept
+    # the command changes the schema now: the backup from before it is verified and kept
+    up = invoke("up", env=cheap)
     assert up.returncode == 0, up.stderr
     record = edge.read_history(settings)[-1]
     assert "verify" in record["timings"] and len(db.list_backups(settings)) == kept + 1

@@ -85,9 +85,8 @@ def venv(tmp_path_factory) -> Path:
         timeout=300,
     )
     if left:
-        shutil.rmtree(
-            ROOT / "build", ignore_errors=True
-        )  # setuptools' build directory, in the source tree
+        # setuptools' build directory, in the source tree
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(where / "venv")], check=True, timeout=120)
     wheel = next((where / "dist").glob("colorgate-*.whl"))
     subprocess.run(
@@ -161,9 +160,8 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
     assert checked.returncode == 0 and checked.stdout.startswith(
         "ok       shop_token: printed by COLORGATE_SECRET_SHOP_TOKEN_COMMAND in .env.development.local (32 characters)"
     ), checked.stdout
-    settings = profiles.load(
-        "development", root=app, environ={}
-    )  # this test's own view, to clean up whatever happens
+    # this test's own view, to clean up whatever happens
+    settings = profiles.load("development", root=app, environ={})
     bases.build_bases(settings, bases.missing_bases(settings))
     try:
         assert "!! services.web.ports: left out: the edge routes to it" in drafted.stderr
@@ -188,15 +186,13 @@ def test_a_team_installs_colorgate_and_releases_its_app_from_its_own_directory(v
         ), released.stdout[-3000:] + released.stderr
         shown = run(venv, app, "colorgate", "history", "--show", "1")
         assert f"  commit: {head} the shop, first release" in shown.stdout, shown.stdout
-        again = run(
-            venv, app, "colorgate", "deploy"
-        )  # the same commit is live: nothing released, and not a success
+        # the same commit is live: nothing released, and not a success
+        again = run(venv, app, "colorgate", "deploy")
         assert again.returncode == errors.NOTHING_TO_DO and again.stderr.strip().endswith(
             f"{head} is already live on green: nothing to do (--force deploys it again)"
         )
-        assert (
-            "PASS  The shop: The shop's front page answers through the edge" in released.stderr
-        )  # its own gate, in the release
+        # its own gate, in the release
+        assert "PASS  The shop: The shop's front page answers through the edge" in released.stderr
         assert (app / "reports").is_dir()  # the gates' reports are the app's
         # the secret is a file of the web copies only, its path in their environment, its value nowhere else
         live = facts.container(settings, "web_green")
@@ -273,14 +269,14 @@ def test_the_reusable_release_workflow_runs_its_steps_against_an_ssh_host_and_a_
     )
     wheel = next((venv.parent.parent / "dist").glob("colorgate-*.whl"))
     with ssh_host(key) as host:
-        home = operator_home(
-            root, host.port, known=False
-        )  # the job writes the key and known_hosts itself
+        # the job writes the key and known_hosts itself
+        home = operator_home(root, host.port, known=False)
         plugins = home / ".docker" / "cli-plugins"  # a runner's image has the compose plugin
         plugins.mkdir(parents=True)
+        # bootstrap's
         (plugins / "docker-compose").symlink_to(
             Path.home() / ".docker" / "cli-plugins" / "docker-compose"
-        )  # bootstrap's
+        )
         known = subprocess.run(
             ["ssh-keyscan", "-p", str(host.port), "127.0.0.1"], capture_output=True, text=True
         ).stdout
@@ -341,9 +337,8 @@ def test_the_reusable_release_workflow_runs_its_steps_against_an_ssh_host_and_a_
             assert all(code == 0 for code in outcome.values()), "\n".join(
                 f"{s.name}: {s.code}\n{s.output[-3000:]}" for s in steps
             )
-            assert (
-                "Deploy the inactive color, gate, switch" not in outcome
-            )  # the first release: started, then gated
+            # the first release: started, then gated
+            assert "Deploy the inactive color, gate, switch" not in outcome
             head = subprocess.run(
                 [*git, "rev-parse", "--short=12", "HEAD"],
                 capture_output=True,
@@ -383,16 +378,13 @@ def test_the_reusable_release_workflow_runs_its_steps_against_an_ssh_host_and_a_
                 deployed.code == 0
                 and f"deploy: blue {head} -> green {second}: switched" in deployed.output
             ), deployed.output[-3000:]
-            assert "Done." in summary and f"green {second}" in summary, (
-                summary
-            )  # the status and the release in the summary
-            assert any(p.startswith("reports/") and p.endswith(".png") for p in uploaded), (
-                uploaded
-            )  # the release's picture
+            # the status and the release in the summary
+            assert "Done." in summary and f"green {second}" in summary, summary
+            # the release's picture
+            assert any(p.startswith("reports/") and p.endswith(".png") for p in uploaded), uploaded
 
-            steps, summary = job(
-                "deploy", "again"
-            )  # the same commit: nothing released, and said so
+            # the same commit: nothing released, and said so
+            steps, summary = job("deploy", "again")
             assert (
                 next(s for s in steps if s.name == "Deploy the inactive color, gate, switch").code
                 == errors.NOTHING_TO_DO

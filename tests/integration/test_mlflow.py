@@ -69,9 +69,8 @@ def test_mlflow_from_pypi_runs_on_the_stacks_database_as_its_own_role(mlflow):
     # the docs' file publishes 5000 and 5432 and names its containers: only the edge publishes
     assert {name for name, ports in sockets.published_ports(s).items() if ports} == {"edge"}
     assert facts.container(s, "mlflow_blue") == f"{s.project}-mlflow_blue-1"
-    assert (
-        facts.inspect(s, facts.container(s, "postgres"))["Name"] == f"/{s.project}-postgres-1"
-    )  # not the docs' mlflow-postgres
+    # not the docs' mlflow-postgres
+    assert facts.inspect(s, facts.container(s, "postgres"))["Name"] == f"/{s.project}-postgres-1"
     wired = render.wiring(s.app)
     assert (
         "!! services.postgres.ports: left out: the database is reached by its clients only, on Colorgate's networks"
@@ -112,9 +111,8 @@ def test_mlflow_deploys_with_a_backup_before_its_migration_rolls_back_and_keeps_
         for b in db.list_backups(s)
         if b["manifest"]["name"] == record.detail.removeprefix("backup ")
     )
-    assert (
-        made["verify"]["usable"] and made["manifest"]["counts"]["public.experiments"] >= 2
-    )  # Default and ours
+    # Default and ours
+    assert made["verify"]["usable"] and made["manifest"]["counts"]["public.experiments"] >= 2
     names = {
         e["name"]
         for e in api(s, "GET", "experiments/search", params={"max_results": 100}).json()[

@@ -151,9 +151,8 @@ def test_through_the_relay_only_the_move_role_gets_in_and_only_over_tls(settings
         )
         tls = through(relay.ROLE, password, "require")
         assert tls.returncode == 0 and tls.stdout.strip() == relay.ROLE, tls.stderr
-        assert (
-            dbtools.psql(settings, "SELECT 1;").returncode == 0
-        )  # the app's own way in is as it was
+        # the app's own way in is as it was
+        assert dbtools.psql(settings, "SELECT 1;").returncode == 0
 
         many = render.RELAY_CONNECTIONS + 3
         sessions = threading.Thread(
@@ -227,9 +226,8 @@ def test_bad_targets_are_refused_before_anything_changes(settings, env, pg17, tm
         for url, message in cases:
             proc = invoke("db.move", env=cli_env(env, url))
             last = proc.stderr.strip().splitlines()[-1]
-            malformed = message.startswith(
-                "the target URL"
-            )  # the URL given, not the target it names
+            # the URL given, not the target it names
+            malformed = message.startswith("the target URL")
             assert proc.returncode == (errors.BAD_INPUT if malformed else errors.FAILED), (
                 proc.stderr
             )
@@ -383,9 +381,8 @@ def test_a_move_that_fails_midway_leaves_traffic_and_data_where_they_were(
         untrusted = relay_certificate(
             docker0(), ca=certificate_authority(tmp_path, "Not a public CA")
         )
-        managed.sql(
-            "CREATE DATABASE fresh"
-        )  # an empty one: the failed move above left its schema in `app`
+        # an empty one: the failed move above left its schema in `app`
+        managed.sql("CREATE DATABASE fresh")
         proc = invoke(
             "db.move",
             "--mode",
@@ -571,10 +568,11 @@ def test_dump_move_under_writes_loses_nothing(settings, env):
         on_target = set(managed.sql("SELECT body FROM notes WHERE body LIKE 'g%'").split())
         assert set(getter.acked) <= on_target and not set(getter.refused) & on_target
         local = dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings)
+        # nor will it
         assert (
             "this database takes no writes now"
             in runner.run(local, input="DELETE FROM notes;", check=False).stderr
-        )  # nor will it
+        )
         assert managed.password not in proc.stdout + proc.stderr
         assert "write freeze lasted" in proc.stderr
         record = assert_moved(settings, env, managed, writer, "dump")

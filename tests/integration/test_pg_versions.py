@@ -109,9 +109,8 @@ def test_a_backup_of_each_postgresql_major_is_dumped_verified_and_restored_by_to
     stack's own, is test_db.py's."""
     with managed_postgres(settings, _server_image(settings, major, tmp_path_factory)) as managed:
         assert managed.sql("SHOW server_version_num").startswith(str(major))
-        url = (
-            managed.url if major != 16 else managed.url.split("?")[0] + "?sslmode=disable"
-        )  # that build has no TLS
+        # that build has no TLS
+        url = managed.url if major != 16 else managed.url.split("?")[0] + "?sslmode=disable"
         on = dataclasses.replace(settings, database_url=url)
         managed.sql(
             "CREATE TABLE kept (id int PRIMARY KEY, body text); INSERT INTO kept SELECT g, 'row ' || g FROM generate_series(1, 500) g"

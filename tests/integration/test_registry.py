@@ -153,9 +153,8 @@ def test_base_images_build_from_debians_image_in_a_registry_with_debians_package
     with registry.registry_session(settings) as session:
         runner.run(["docker", "push", "--quiet", f"{debian}:bookworm-slim"], env=session)
         runner.run(["docker", "image", "rm", f"{debian}:bookworm-slim"])
-        runner.run(
-            ["docker", "pull", "--quiet", f"{debian}:bookworm-slim"], env=session
-        )  # as `docker login` would let it
+        # as `docker login` would let it
+        runner.run(["docker", "pull", "--quiet", f"{debian}:bookworm-slim"], env=session)
     made = dataclasses.replace(settings, bases="image", debian_image=debian)
     base = bases.BASES["redis"]
     tag = base.tag(made.base_source)
@@ -174,8 +173,9 @@ def test_base_images_build_from_debians_image_in_a_registry_with_debians_package
                 "redis-server --version; ls /usr/share/doc/redis-server",
             ]
         )
+        # documentation left out
         assert (
             ran.stdout.startswith("Redis server v=") and ran.stdout.splitlines()[-1] == "copyright"
-        )  # documentation left out
+        )
     finally:
         runner.run(["docker", "image", "rm", "--force", tag], check=False)

@@ -109,9 +109,8 @@ def test_deploying_the_live_version_is_a_no_op_that_says_so_and_fails(rstack, en
 def changed_contract(tmp_path, settings) -> Path:
     """A copy of the examples whose app has a route more (the edge's configuration), an
     app network made internal, and a shared service with another environment."""
-    shutil.copytree(
-        settings.app_dir.parent, tmp_path / "examples"
-    )  # its PostgreSQL builds from ../
+    # its PostgreSQL builds from ../
+    shutil.copytree(settings.app_dir.parent, tmp_path / "examples")
     path = tmp_path / "examples" / settings.app_dir.name / "docker-compose.yml"
     data = contract.read_compose(path)
     data["x-colorgate"]["routes"].append({"path": "/docs/", "to": "frontend:8080"})
@@ -155,9 +154,8 @@ def test_a_deploy_refuses_a_changed_contract_before_anything_starts_and_traffic_
     )
     assert {name: facts.inspect(rstack, facts.container(rstack, name))["Id"] for name in ids} == ids
     assert_traffic_untouched(rstack, before)
-    assert (
-        edge.read_history(rstack)[-1]["to_version"] == before.version
-    )  # not recorded as a release: refused before one began
+    # not recorded as a release: refused before one began
+    assert edge.read_history(rstack)[-1]["to_version"] == before.version
     # the contract as it runs changes nothing beside the candidate (the other tests deploy it)
     assert (
         apply.changes(
@@ -201,9 +199,8 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
         removing = invoke("down", "--volumes", env=env)  # nor is the stack removed under a release
         assert removing.returncode == errors.LOCKED and "locked by deploy by " in removing.stderr
         assert facts.service_states(rstack) == before
-        breaking = invoke(
-            "switch", "--to", "green", "--break-lock", env=env
-        )  # its heartbeat is fresh: it runs
+        # its heartbeat is fresh: it runs
+        breaking = invoke("switch", "--to", "green", "--break-lock", env=env)
         assert (
             breaking.returncode == errors.LOCKED
             and "--break-lock breaks only a lock whose holder died" in breaking.stderr
@@ -363,9 +360,10 @@ def test_a_release_turned_away_is_stopped_marked_and_never_rolled_back_to(rstack
 
 def test_a_failing_migration_stops_the_deploy_before_traffic_moves(rstack, tmp_path):
     s = broken_app(tmp_path, rstack)  # the same app...
+    # ...with a migration that fails
     (tmp_path / "app" / "backend" / "migrations" / "900_broken.sql").write_text(
         "ALTER TABLE notes ADD COLUMN oops integer;\nSELECT no_such_function();\n"
-    )  # ...with a migration that fails
+    )
     before = live(s)
     with pytest.raises(CommandError, match="database migrations failed"):
         releases.deploy(s, version="v5-bad-migration")
@@ -551,9 +549,8 @@ def test_the_hardening_gate_fails_on_a_weakened_container_and_passes_again_when_
             and not weak.read_only
             and not weak.no_new_privileges
         )
-        proc = run_gates_cli(
-            env, "features/hardening.feature"
-        )  # pre and post scenarios, on the live color
+        # pre and post scenarios, on the live color
+        proc = run_gates_cli(env, "features/hardening.feature")
         assert proc.returncode == 1, proc.stdout[-1500:]
         assert (
             "not locked down" in proc.stdout
@@ -587,9 +584,8 @@ def test_the_health_gate_fails_on_a_color_its_restart_policy_keeps_bringing_back
     health check between crashes; the Health gate reads the engine's restart count."""
     backend = rstack.app.copy_name("backend", live(rstack).color)
     name = facts.container(rstack, backend)
-    os.kill(
-        facts.inspect(rstack, name)["State"]["Pid"], signal.SIGKILL
-    )  # from the host: not a `docker kill`, which counts as a stop
+    # from the host: not a `docker kill`, which counts as a stop
+    os.kill(facts.inspect(rstack, name)["State"]["Pid"], signal.SIGKILL)
     base = compose.compose_cmd(rstack)
     versions = facts.running_versions(facts.service_states(rstack))
     try:
@@ -758,9 +754,8 @@ class UserLoad:
             while not self.stop.is_set():
                 started = time.monotonic()
                 try:
-                    if (
-                        self.new_users
-                    ):  # a user the edge has not seen: no cookie, its own user agent
+                    # a user the edge has not seen: no cookie, its own user agent
+                    if self.new_users:
                         c.cookies.clear()
                     r = c.get(
                         f"/api/slow?ms=0&user={n}",
@@ -776,9 +771,8 @@ class UserLoad:
 
     def __enter__(self):
         self.thread.start()
-        time.sleep(
-            3
-        )  # the old color's figures before the switch: the analysis compares against them
+        # the old color's figures before the switch: the analysis compares against them
+        time.sleep(3)
         return self
 
     def __exit__(self, *exc):
@@ -990,9 +984,10 @@ def test_a_10_percent_canary_sends_about_10_percent_of_distinct_users_keeps_each
         )
         seen = first_visits(rstack, 300)
         on_canary = [u for u, (color, _) in seen.items() if color == found["color"]]
+        # each got a signed bucket
         assert all(
             re.fullmatch(r"[0-9]{1,2}\.[A-Za-z0-9_-]{16}", bucket) for _, bucket in seen.values()
-        )  # each got a signed bucket
+        )
         share = len(on_canary) / len(seen)
         with capsys.disabled():
             print(
@@ -1010,9 +1005,8 @@ def test_a_10_percent_canary_sends_about_10_percent_of_distinct_users_keeps_each
         assert (
             aborted.returncode == 0 and f"everyone gets {before.color} again" in aborted.stdout
         ), aborted.stderr
-        back = returning_visits(
-            rstack, {u: seen[u] for u in on_canary}, times=1
-        )  # at once: the next request
+        # at once: the next request
+        back = returning_visits(rstack, {u: seen[u] for u in on_canary}, times=1)
         assert all(colors == {before.color} for colors in back.values()), back
         out, err = proc.communicate(timeout=120)
     finally:
@@ -1059,10 +1053,11 @@ def test_a_canary_goes_step_by_step_and_a_promote_switches_everyone_gated(rstack
     assert last["outcome"] == "switched"
     steps = last["analysis"]["canary"]
     assert [s["percent"] for s in steps] == [10, 50] and steps[0]["verdict"] == "passed", steps
+    # promoted, unless its 3 s interval ended first
     assert steps[1]["verdict"] in (
         "promoted",
         "passed",
-    )  # promoted, unless its 3 s interval ended first
+    )
     assert {g["phase"] for g in last["gates"]} == {"pre", "post"} and all(
         g["outcome"] == "passed" for g in last["gates"]
     )

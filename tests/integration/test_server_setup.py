@@ -263,9 +263,8 @@ def test_published_ports_other_than_80_and_443_are_closed_and_the_relay_opens_fo
     assert setup(vps, "--key-file", str(vps.key_file)).returncode == 0
     sh(vps, PUBLISHED)
     address = vps.url.split("@")[1]
-    sh(
-        vps, "nft delete table inet colorgate"
-    )  # as before the setup: Docker's DNAT lets everything through
+    # as before the setup: Docker's DNAT lets everything through
+    sh(vps, "nft delete table inet colorgate")
     assert [reachable(address, p) for p in (80, 5432, 15432)] == [True, True, True]
     again = setup(vps, "--key-file", str(vps.key_file))  # the table missing: loaded again
     assert again.returncode == 0 and "server-setup: changed: firewall loaded" in again.stdout, (
@@ -302,9 +301,8 @@ def test_published_ports_other_than_80_and_443_are_closed_and_the_relay_opens_fo
         relay.firewall(allowed, "close", network)  # again: nothing to close is no error
         assert not reachable(address, 15432)
         assert "elements" not in sh(vps, "nft list set inet colorgate relay")
-        assert not relay.firewall(
-            settings, "check", "none"
-        )  # a host without Colorgate's firewall: left alone
+        # a host without Colorgate's firewall: left alone
+        assert not relay.firewall(settings, "check", "none")
     finally:
         remove_stack(settings)
     assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
@@ -375,9 +373,8 @@ def test_a_swarm_node_lets_only_its_peers_in_to_swarms_ports_and_its_engine_runs
             line.strip() for line in table.splitlines() if "l4proto esp accept" in line
         ]  # encrypted overlays' IPsec
         assert len(esp) == 1 and me in esp[0] and "198.51.100.7" in esp[0], table
-        assert (
-            setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
-        )  # the peers are kept
+        # the peers are kept
+        assert setup(vps, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
 
         left = setup(vps, "--key-file", str(vps.key_file), "--swarm-peers", "none")
         assert (
@@ -433,13 +430,11 @@ def test_a_new_ssh_port_is_let_in_before_sshd_moves_and_the_old_one_closes_only_
     assert setup(vps, "--key-file", str(vps.key_file)).returncode == 0  # set up, on 22
     moved = setup(vps, "--key-file", str(vps.key_file), "--ssh-port", "2222")
     assert moved.returncode == 0, moved.stderr[-2000:]
-    assert "tcp dport { 22, 80, 443, 2222 } accept" in sh(
-        vps, "nft list table inet colorgate"
-    )  # both, while sshd is on 22
+    # both, while sshd is on 22
+    assert "tcp dport { 22, 80, 443, 2222 } accept" in sh(vps, "nft list table inet colorgate")
     assert "port 2222" in sh(vps, "sshd -T")
-    sh(
-        vps, "kill -HUP 1"
-    )  # sshd (the container's first process) reads its configuration again, as `systemctl reload ssh` makes it
+    # sshd (the container's first process) reads its configuration again, as `systemctl reload ssh` makes it
+    sh(vps, "kill -HUP 1")
     address = vps.url.split("@")[1]
     for _ in range(50):
         scanned = subprocess.run(
@@ -453,9 +448,8 @@ def test_a_new_ssh_port_is_let_in_before_sshd_moves_and_the_old_one_closes_only_
     on_new = dataclasses.replace(vps, url=f"{vps.url}:2222")
     again = setup(on_new, "--key-file", str(vps.key_file))  # reached on 2222: it stays there
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "tcp dport { 80, 443, 2222 } accept" in sh(
-        vps, "nft list table inet colorgate"
-    )  # sshd moved: 22 closed
+    # sshd moved: 22 closed
+    assert "tcp dport { 80, 443, 2222 } accept" in sh(vps, "nft list table inet colorgate")
     assert setup(on_new, "--key-file", str(vps.key_file)).stdout.splitlines()[0] == UNCHANGED
 
 
@@ -503,9 +497,8 @@ def test_root_login_is_switched_off_once_the_deploy_user_logs_in_and_uses_docker
         timeout=30,
     )
     assert as_deploy.returncode == 0 and "docker" in as_deploy.stdout.split(), as_deploy.stderr
-    again = setup(
-        on_port, "--key-file", str(mine)
-    )  # root may not log in any more: one line says why and what to do
+    # root may not log in any more: one line says why and what to do
+    again = setup(on_port, "--key-file", str(mine))
     line = again.stderr.strip().splitlines()[-1]
     assert (
         again.returncode == errors.UNREACHABLE

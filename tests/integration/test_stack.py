@@ -103,13 +103,11 @@ def test_api_health_reports_database_ok(client):
 
 def test_certificate_is_verified_for_the_domain_and_not_for_another(settings, ca_pem):
     with httpx.Client(verify=tls.client_context(ca_pem), trust_env=False) as c:
-        assert (
-            c.get(f"https://127.0.0.1:{settings.https_port}/api/version").status_code == 200
-        )  # IP SAN
+        # IP SAN
+        assert c.get(f"https://127.0.0.1:{settings.https_port}/api/version").status_code == 200
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        httpx.get(
-            f"{settings.https_url}/", verify=ssl.create_default_context(), trust_env=False
-        )  # system CAs
+        # system CAs
+        httpx.get(f"{settings.https_url}/", verify=ssl.create_default_context(), trust_env=False)
 
 
 def test_tls_configuration_follows_mozilla_intermediate(live_stack, settings, client):
@@ -279,9 +277,8 @@ def test_the_edge_limits_requests_per_client_but_not_the_gates_and_reads_the_cli
         ]
     )
     try:
-        for _ in range(
-            100
-        ):  # up: its plain-HTTP port answers inside (the limits are on HTTPS only)
+        # up: its plain-HTTP port answers inside (the limits are on HTTPS only)
+        for _ in range(100):
             if (
                 runner.run(
                     ["docker", "exec", name, "curl", "-sf", "http://127.0.0.1:8080/healthz"],
@@ -311,14 +308,14 @@ def test_the_edge_limits_requests_per_client_but_not_the_gates_and_reads_the_cli
                 for n in range(8)
             ]
         statuses = [r.status_code for r in answers]
-        assert 429 not in statuses[:4] and statuses.count(429) >= 3, (
-            statuses
-        )  # 1 + a burst of 3, then refused
+        # 1 + a burst of 3, then refused
+        assert 429 not in statuses[:4] and statuses.count(429) >= 3, statuses
         assert answers[-1].headers["strict-transport-security"] == "max-age=63072000"
+        # (a second refills one)
         assert 429 not in gates_own and forged.count(429) >= 2, (
             gates_own,
             forged,
-        )  # (a second refills one)
+        )
         assert 429 not in clients, clients
         conf = runner.run(
             ["docker", "exec", name, "nginx", "-T", "-q", "-c", edge.NGINX_CONF]
@@ -415,9 +412,8 @@ def test_exec_runs_a_command_in_the_live_colors_container_and_exits_with_its_cod
         and ran.stdout.splitlines()[0] == "from blue"
         and ran.stdout.splitlines()[1] != "0"
     ), ran.stderr
-    assert (
-        invoke("exec", "postgres", "--", "pg_isready -q -h /tmp", env=stack_env).returncode == 0
-    )  # a shared service by name
+    # a shared service by name
+    assert invoke("exec", "postgres", "--", "pg_isready -q -h /tmp", env=stack_env).returncode == 0
     failed = invoke("exec", "backend", "--color", "blue", "--", "exit 7", env=stack_env)
     assert failed.returncode == 7 and failed.stderr == ""
     unknown = invoke("exec", "api", "--", "true", env=stack_env)
@@ -473,9 +469,8 @@ def test_the_edge_logs_every_request_with_the_color_that_answered_it(
     mine = [r for r in requests if r.color == live.color]
     assert len(mine) >= 25 and {r.version for r in mine} == {live.version}
     assert sorted({r.status for r in mine}) == [200, 404] and all(0 <= r.seconds < 5 for r in mine)
-    assert not any(
-        "secret-in-query" in r.path for r in requests
-    )  # the path without its query: no tokens in logs
+    # the path without its query: no tokens in logs
+    assert not any("secret-in-query" in r.path for r in requests)
     found = traffic.figures(requests)[live.color]
     assert found.requests >= 25 and found.errors == 0 and found.p99_ms >= found.p50_ms
     shown = invoke("traffic", "--seconds", "120", "--json", env=stack_env)
@@ -565,9 +560,8 @@ def test_maintenance_mode_answers_503_with_retry_after_while_the_gates_and_the_e
             "error": "maintenance",
             "message": "Back at 14:00: upgrading the database",
         }
-        assert (
-            client.get("/healthz").status_code == 200
-        )  # the edge's own health: its container stays healthy
+        # the edge's own health: its container stays healthy
+        assert client.get("/healthz").status_code == 200
         status = json.loads(invoke("status", "--json", env=stack_env).stdout)["maintenance"]
         assert (
             status["message"] == "Back at 14:00: upgrading the database"
@@ -657,9 +651,8 @@ def test_an_app_that_ran_under_the_old_default_project_is_told_to_keep_it(live_s
     other = dataclasses.replace(
         renamed, app=contract.load(config.project_root() / "examples" / "static-site")
     )
-    access.check_project(
-        other, legacy=settings.project
-    )  # another app's old project is not this one's
+    # another app's old project is not this one's
+    access.check_project(other, legacy=settings.project)
 
 
 def test_down_keeps_data_and_up_brings_it_back(live_stack, settings, ca_pem):

@@ -88,9 +88,8 @@ def remote(engine, tmp_path_factory):
         try:
             yield host, env
         finally:
-            remove_stack(
-                profiles.load("development", environ={**os.environ, **env})
-            )  # this machine's image tags
+            # this machine's image tags
+            remove_stack(profiles.load("development", environ={**os.environ, **env}))
 
 
 def remote_ids(engine: str, prefix: str) -> dict[str, str]:
@@ -119,9 +118,8 @@ def test_only_what_the_host_lacks_is_sent(engine, remote, tmp_path):
     )
 
     # v2 with a changed backend: only the backend is new; the unchanged frontend is only tagged
-    shutil.copytree(
-        settings.app_dir.parent, tmp_path / "examples"
-    )  # the app and the PostgreSQL it builds from ../
+    # the app and the PostgreSQL it builds from ../
+    shutil.copytree(settings.app_dir.parent, tmp_path / "examples")
     app = tmp_path / "examples" / settings.app_dir.name
     with open(app / "backend" / "app.py", "a") as f:
         f.write("\n# v2\n")

@@ -54,9 +54,8 @@ def test_engines_in_containers_form_a_swarm_whose_services_answer_across_nodes()
             "8000",
         )
         tasks = cluster.wait_running("web", 2)
-        assert sorted(node for node, _ in tasks) == ["node1", "node2"], (
-            tasks
-        )  # spread: one on each node
+        # spread: one on each node
+        assert sorted(node for node, _ in tasks) == ["node1", "node2"], tasks
         # from a container on the manager, each task (one of them on the other node) answers by the service's name
         answers = cluster.manager(
             "run", "--rm", "--network", "cgnet", tag, "python3", "-c", CLIENT

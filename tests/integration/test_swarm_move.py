@@ -134,9 +134,8 @@ def test_the_jobs_app_moves_to_a_managed_database_and_retires_its_own_on_a_swarm
             assert not relay.left(settings, {})
             assert managed.sql(f"SELECT text FROM jobs WHERE id = {before}") == "before the move"
             assert len(posted) > 10
-            all_done_on(
-                managed, [before, *posted]
-            )  # queued during the move: done, on the new database
+            # queued during the move: done, on the new database
+            all_done_on(managed, [before, *posted])
             assert edge.read_database_record(settings)["url"] == urls.shown_url(managed.url)
 
             # the move's own backup of the local database is verified: it may retire; the database service stays at
@@ -145,9 +144,8 @@ def test_the_jobs_app_moves_to_a_managed_database_and_retires_its_own_on_a_swarm
             retired = invoke("db.retire-local", env=on_managed)
             assert retired.returncode == 0 and "db" in retired.stdout, retired.stderr
             assert swarm_target.services(settings)["db"].replicas == 0
-            deployed = invoke(
-                "deploy", "--version", "v2", "--force", env=on_managed
-            )  # the move released v2 on green
+            # the move released v2 on green
+            deployed = invoke("deploy", "--version", "v2", "--force", env=on_managed)
             assert deployed.returncode == 0 and "post gates on blue (v2)" in deployed.stderr, (
                 deployed.stderr[-3000:]
             )
@@ -174,9 +172,8 @@ def test_a_dump_move_on_a_swarm_over_ssh_starts_the_candidate_on_the_restored_da
         env = operator_env(
             {**base, "COLORGATE_DOCKER_HOST": host.url}, operator_home(tmp_path, host.port)
         )
-        settings = profiles.load(
-            "development", environ={**os.environ, **base}
-        )  # the same manager, for the test's own looks
+        # the same manager, for the test's own looks
+        settings = profiles.load("development", environ={**os.environ, **base})
         try:
             up = invoke("up", "--version", "v1", env=env)
             assert up.returncode == 0 and f"engine {host.url}" in up.stdout, up.stderr[-3000:]

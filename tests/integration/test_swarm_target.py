@@ -123,17 +123,15 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster,
             and "post gates on green (v2)" in deployed.stderr
         )
         green = swarm_target.services(settings)["site_green"]
-        assert green.running == 3 and len(set(green.addresses.values())) == 2, (
-            green
-        )  # as many as the live color, both nodes
+        # as many as the live color, both nodes
+        assert green.running == 3 and len(set(green.addresses.values())) == 2, green
         served = answers(settings)
         assert all(
             r.status_code == 200 and r.headers["x-colorgate-color"] == "green" for r in served
         ), [r.status_code for r in served]
         upstreams = {r.headers["x-colorgate-upstream"].rsplit(":", 1)[0] for r in served}
-        assert len(upstreams) == 3 and upstreams <= set(green.addresses), (
-            upstreams
-        )  # every task answered
+        # every task answered
+        assert len(upstreams) == 3 and upstreams <= set(green.addresses), upstreams
         assert len({green.addresses[a] for a in upstreams}) == 2  # from both nodes
         states = facts.service_states(settings)
         assert states["site_green"].version == "v2" and states["site_blue"].version == "v1"
@@ -155,9 +153,8 @@ def test_up_scale_a_gated_deploy_a_rollback_and_the_features_on_a_swarm(cluster,
             cwd=config.project_root(),
         )
         assert features.returncode == 0, features.stdout[-3000:]
-        logs = invoke(
-            "logs", "edge", "--tail", "300", env=env
-        )  # docker service logs: the edge's request log
+        # docker service logs: the edge's request log
+        logs = invoke("logs", "edge", "--tail", "300", env=env)
         assert logs.returncode == 0 and "/status.txt" in logs.stdout, logs.stdout[-1000:]
         history = invoke("history", "--json", env=env)
         assert [r["action"] for r in __import__("json").loads(history.stdout)][-3:] == [
@@ -373,9 +370,8 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
             deployed = invoke("deploy", "--version", "v2", env=env)
             assert deployed.returncode == 0, deployed.stderr
             assert "post gates on green (v2)" in deployed.stderr
-            backed_up = invoke(
-                "db.backup", env=env
-            )  # one-off tools on the manager, on the stack's networks
+            # one-off tools on the manager, on the stack's networks
+            backed_up = invoke("db.backup", env=env)
             assert backed_up.returncode == 0, backed_up.stderr
             backup = re.search(r"^backup (\S+):", backed_up.stdout, re.MULTILINE).group(1)
             verified = invoke("db.verify", backup, env=env)
@@ -495,9 +491,8 @@ def test_an_app_with_its_database_on_a_swarm_keeps_every_acknowledged_write_when
         assert acknowledged <= stored and len(acknowledged) > 300, len(acknowledged - stored)
         # the database tasks that change it: one-off containers on the manager, as db.backup's
         assert invoke("db.migrate", env=env).stdout.strip() == "at head"
-        restored = invoke(
-            "db.restore", backup, env=env
-        )  # the backup taken mid-load: the notes written since go
+        # the backup taken mid-load: the notes written since go
+        restored = invoke("db.restore", backup, env=env)
         assert restored.returncode == 0, restored.stderr
         with gates.edge_client(settings, tls.read_local_ca(settings)) as client:
             kept = {note["id"] for note in client.get("/api/notes").json()}

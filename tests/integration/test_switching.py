@@ -117,9 +117,8 @@ class NoRetryClients:
                 with self.lock:
                     self.failed.append(f"{type(exc).__name__}: {exc} on request {n} of client {i}")
                 conn.close()
-                conn = connect(
-                    self.settings, self.ca
-                )  # a new connection, not a retry of that request
+                # a new connection, not a retry of that request
+                conn = connect(self.settings, self.ca)
 
     def __enter__(self):
         for t in self.threads:

@@ -58,9 +58,8 @@ def test_a_changed_network_is_refused_and_recreations_need_yes_on_staging_and_pr
         apply.check(db, "production", False, "postgres")
     apply.check(db, "production", True, "postgres")
     apply.check(db, "development", False, "postgres")
-    apply.check(
-        apply.changes_from({}, [], "a", "b"), "production", False, None
-    )  # a reload of the routes needs no consent
+    # a reload of the routes needs no consent
+    apply.check(apply.changes_from({}, [], "a", "b"), "production", False, None)
 
 
 def test_the_plan_says_what_would_change_or_that_nothing_would():

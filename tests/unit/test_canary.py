@@ -65,28 +65,29 @@ def test_the_state_file_round_trips_and_the_edge_refuses_one_that_is_not_valid(t
     ) == ("green", "v2", 10, 37, "")
     refused = write(tmp_path, text.replace("percent=10", "percent=100"))
     assert refused.returncode == 3 and "the line 'percent=100' is not valid there" in refused.stderr
-    assert (
-        edge.parse_canary((tmp_path / "canary").read_text())["percent"] == 10
-    )  # the old one stays
+    # the old one stays
+    assert edge.parse_canary((tmp_path / "canary").read_text())["percent"] == 10
     assert write(tmp_path, "").returncode == 0 and not (tmp_path / "canary").exists()
     assert edge.parse_canary("") is None
 
 
 def test_a_later_step_does_not_overwrite_an_abort_or_a_promote(tmp_path):
+    # aborted: no file
     assert (
         write(
             tmp_path, edge.render_canary("green", "v2", 50, 37, 1796000000), guard=True
         ).returncode
         == 5
-    )  # aborted: no file
+    )
     assert not (tmp_path / "canary").exists()
     write(tmp_path, edge.render_canary("green", "v2", 10, 37, 1796000000, decision="promote"))
+    # decided
     assert (
         write(
             tmp_path, edge.render_canary("green", "v2", 50, 37, 1796000000), guard=True
         ).returncode
         == 5
-    )  # decided
+    )
     assert edge.parse_canary((tmp_path / "canary").read_text())["decision"] == "promote"
     write(tmp_path, edge.render_canary("green", "v2", 10, 37, 1796000000))
     assert (

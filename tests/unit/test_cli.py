@@ -153,11 +153,12 @@ def test_every_task_that_acts_on_a_target_takes_host():
     import tasks
 
     for name in tasks.ns.task_names:
+        # its own local stack; a file written here; secrets read here
         if name not in (
             "bench",
             "init",
             "secrets.check",
-        ):  # its own local stack; a file written here; secrets read here
+        ):
             assert "host" in tasks.ns[name].help, f"invoke {name} has no --host"
 
 
@@ -264,9 +265,8 @@ def test_init_writes_a_draft_and_refuses_unreadable_files(tmp_path):
     assert (
         proc.returncode == 0 and "wrote " in proc.stdout and "the contract is valid" in proc.stdout
     )
-    assert (
-        "!! services.web.ports: left out: the edge routes to it" in proc.stderr
-    )  # what it will run without
+    # what it will run without
+    assert "!! services.web.ports: left out: the edge routes to it" in proc.stderr
     assert (tmp_path / "docker-compose.colorgate.yml").is_file()
     line = one_line_error(cli("init", "--compose", str(tmp_path / "missing.yml")))
     assert "does not exist" in line
@@ -307,9 +307,8 @@ def test_help_is_help_for_every_task_even_where_it_takes_an_argument():
             proc.stdout,
             proc.stderr,
         )
-        assert re.search(r"--host=STRING\s+the Docker host to act on", proc.stdout), (
-            proc.stdout
-        )  # each option's help too
+        # each option's help too
+        assert re.search(r"--host=STRING\s+the Docker host to act on", proc.stdout), proc.stdout
         assert proc.stderr == "", args
 
 

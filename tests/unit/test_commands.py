@@ -27,9 +27,8 @@ def settings():
         "development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"}
     )
     yield s
-    shutil.rmtree(
-        s.compose_file.parent, ignore_errors=True
-    )  # compose_cmd renders the compose file it names
+    # compose_cmd renders the compose file it names
+    shutil.rmtree(s.compose_file.parent, ignore_errors=True)
 
 
 def test_compose_cmd_names_project_and_file(settings):
@@ -39,9 +38,8 @@ def test_compose_cmd_names_project_and_file(settings):
     assert cmd[cmd.index("--file") + 1] == str(
         settings.compose_file
     ) and settings.compose_file.parts[-2:] == ("shop", "compose.yml")
-    assert (
-        config.project_root() not in settings.compose_file.parents
-    )  # derived data stays out of the checkout
+    # derived data stays out of the checkout
+    assert config.project_root() not in settings.compose_file.parents
     assert cmd[cmd.index("--project-directory") + 1] == str(
         config.project_root() / "examples" / "spa-api-postgres"
     )
@@ -151,9 +149,8 @@ def test_a_base_made_from_debians_image_has_the_same_packages_sources_and_exclus
         )
         for bases in ("mmdebstrap", "image")
     }
-    assert (
-        made["mmdebstrap"].base_source == made["mmdebstrap"].debian_mirror
-    )  # the tags every machine made so far
+    # the tags every machine made so far
+    assert made["mmdebstrap"].base_source == made["mmdebstrap"].debian_mirror
     assert bases.BASES["redis"].tag(made["image"].base_source) != bases.BASES["redis"].tag(
         made["mmdebstrap"].base_source
     )
@@ -502,9 +499,8 @@ def test_the_rendered_compose_file_is_never_written_where_another_user_could_rea
         compose.compose_cmd(settings, "ps")
     assert not list(Path(planted).rglob("compose.yml"))
     os.rmdir(planted) if not planted.is_symlink() else planted.unlink()
-    assert (
-        compose.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"
-    )  # made afresh, private
+    # made afresh, private
+    assert compose.compose_cmd(settings, "ps") and oct(planted.stat().st_mode & 0o777) == "0o700"
 
 
 def test_a_docker_command_that_is_ended_takes_what_it_started_with_it(tmp_path):

@@ -45,19 +45,19 @@ def test_the_project_and_image_names_default_to_the_apps_name(tmp_path):
     """Two apps on one engine never share a project (its volumes), nor image names."""
     write(tmp_path, ".env.development", GOOD)
     s = load(tmp_path)
+    # the sample's directory
     assert (s.project, s.image_prefix) == (
         "spa-api-postgres",
         "spa-api-postgres/",
-    )  # the sample's directory
+    )
     app = tmp_path / "My_Shop.v2"
     app.mkdir()
     compose = (
         config.project_root() / "examples" / "static-site" / "docker-compose.yml"
     ).read_text()
     (app / "compose.yaml").write_text(compose)
-    assert (
-        load(tmp_path, environ={"COLORGATE_APP": str(app)}).project == "my_shopv2"
-    )  # as compose makes a project name
+    # as compose makes a project name
+    assert load(tmp_path, environ={"COLORGATE_APP": str(app)}).project == "my_shopv2"
     (app / "compose.yaml").write_text("name: shop\n" + compose)
     named = load(tmp_path, environ={"COLORGATE_APP": str(app)})
     assert (named.project, named.image_prefix) == ("shop", "shop/")
@@ -388,9 +388,8 @@ def test_a_managed_database_is_verified_by_default_and_its_ca_travels_as_text(tm
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     plain = dbtools.url_env("postgresql://app:pw@db.example.com/shop")
-    assert (
-        plain["PGSSLMODE"] == "verify-full" and plain["PGSSLROOTCERT"] == dbtools.SYSTEM_CAS
-    )  # no downgrade unless the URL says so
+    # no downgrade unless the URL says so
+    assert plain["PGSSLMODE"] == "verify-full" and plain["PGSSLROOTCERT"] == dbtools.SYSTEM_CAS
     assert (
         dbtools.url_env("postgresql://app:pw@db.example.com/shop?sslmode=require")["PGSSLMODE"]
         == "require"

@@ -410,9 +410,8 @@ def test_secrets_reach_the_database_and_its_clients_as_read_only_files():
         and "secrets-tools:/run/colorgate-secrets:ro" in services["dbtools"]["volumes"]
     )
     assert "PGPASSWORD" not in services["dbtools"]["environment"]
-    assert not any(
-        "secrets" in v for v in services["web_blue"].get("volumes") or []
-    )  # not a database client
+    # not a database client
+    assert not any("secrets" in v for v in services["web_blue"].get("volumes") or [])
     # without `file`, the URL stays in the variable the app reads (the Hardening gate then objects)
     plain = render.compose(contract.parse(BASE))["services"]
     assert plain["api_blue"]["environment"]["PG_URL"] == "${COLORGATE_BLUE_DATABASE_URL:-}"
@@ -878,11 +877,12 @@ def test_the_swarm_stack_is_the_same_rendering_made_for_a_swarm():
     assert {"type": "tmpfs", "target": "/tmp"} in api[
         "volumes"
     ]  # Swarm ignores a service's tmpfs key
+    # their volumes, and the edge's published ports, are on the manager
     for pinned in (
         "db",
         "cache",
         "edge",
-    ):  # their volumes, and the edge's published ports, are on the manager
+    ):
         assert services[pinned]["deploy"]["placement"] == {"constraints": ["node.role == manager"]}
     assert services["edge"]["ports"] == [
         {"target": 8080, "published": 80, "protocol": "tcp", "mode": "host"},
@@ -926,9 +926,8 @@ def test_on_a_swarm_the_apps_secrets_are_swarm_secrets_at_the_same_paths():
         "target": "/run/app-secrets/stripe_key",
         "mode": 0o444,
     } in api["secrets"]
-    assert not any(
-        str(v).startswith("secrets-blue-api") for v in api["volumes"]
-    )  # no volume: a volume is one node's
+    # no volume: a volume is one node's
+    assert not any(str(v).startswith("secrets-blue-api") for v in api["volumes"])
     assert (
         api["environment"]["STRIPE_KEY_FILE"] == "/run/app-secrets/stripe_key"
         and "secrets-blue-api" not in out["volumes"]
@@ -1138,7 +1137,6 @@ def test_on_a_swarm_a_port_it_cannot_publish_as_written_is_refused_in_one_line(p
     with pytest.raises(ContractError) as caught:
         swarmfile.host_ports([port], "services.edge.ports")
     assert message in str(caught.value)
-    with pytest.raises(
-        ContractError, match="COLORGATE_BIND"
-    ):  # the edge as the development profile binds it
+    # the edge as the development profile binds it
+    with pytest.raises(ContractError, match="COLORGATE_BIND"):
         swarmfile.render(contract.parse(BASE), {"COLORGATE_BIND": "127.0.0.1"})

@@ -166,16 +166,16 @@ def test_an_sftp_remote_without_a_pinned_host_key_is_known_before_anything_is_se
     assert not offsite.unpinned_sftp(config, "s3:bucket/backups") and not offsite.unpinned_sftp(
         config, "missing:x"
     )
-    assert not offsite.unpinned_sftp(
-        "not [an ini", "offsite:x"
-    )  # rclone says what is wrong with it
+    # rclone says what is wrong with it
+    assert not offsite.unpinned_sftp("not [an ini", "offsite:x")
     wrapped = (
         config
         + "\n[sealed]\ntype = crypt\nremote = offsite:colorgate\npassword = x\n\n[sealed-pinned]\ntype = crypt\nremote = pinned:c\n"
     )
+    # through crypt
     assert offsite.unpinned_sftp(wrapped, "sealed:") and not offsite.unpinned_sftp(
         wrapped, "sealed-pinned:"
-    )  # through crypt
+    )
 
 
 def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
@@ -185,9 +185,8 @@ def test_the_secret_files_are_the_password_each_colors_url_and_one_ca(tmp_path):
     s = profiles.load(
         "development", root=config.project_root(), environ={"POSTGRES_PASSWORD": "pw-of-the-db-1"}
     )
-    assert s.app.database.file == (
-        "DATABASE_URL_FILE",
-    )  # the default example reads its URL from a file
+    # the default example reads its URL from a file
+    assert s.app.database.file == ("DATABASE_URL_FILE",)
     files = access.secret_files(s, {"green": ""}, database=True)
     assert files == {
         "secrets-db": {"postgres_password": "pw-of-the-db-1"},

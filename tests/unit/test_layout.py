@@ -230,9 +230,8 @@ def test_typed_errors_live_in_errors_py():
         if name == "errors":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and not node.name.startswith(
-                "_"
-            ):  # private retry signals may stay
+            # private retry signals may stay
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
                 bases = {ast.unparse(b) for b in node.bases}
                 assert not any(
                     b.endswith(("Error", "Exception")) or b in ("LockHeld", "GateFailed")

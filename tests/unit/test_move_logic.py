@@ -175,12 +175,10 @@ def test_the_relay_rules_come_first_name_the_relay_and_go_with_it(tmp_path):
         relay.HBA[1],
     ]
     assert opened.endswith(original)
-    assert (
-        run("172.22.0.9").count(relay.HBA[0]) == 1
-    )  # a relay started again: its block replaced, not added
-    assert (
-        run() == original and oct(hba.stat().st_mode & 0o777) == "0o600"
-    )  # removed; the file's mode kept
+    # a relay started again: its block replaced, not added
+    assert run("172.22.0.9").count(relay.HBA[0]) == 1
+    # removed; the file's mode kept
+    assert run() == original and oct(hba.stat().st_mode & 0o777) == "0o600"
 
 
 def test_a_target_that_cannot_check_the_relay_against_its_system_cas_is_refused_unless_told_not_to_check():
@@ -269,9 +267,8 @@ def test_the_relay_forwards_nothing_until_opened_and_a_few_connections_at_once(t
     assert (sh, opened, target) == ("sh", render.RELAY_OPEN, "TCP:postgres:5432") and int(
         cap
     ) == render.RELAY_CONNECTIONS
-    shown = script.replace(
-        "exec socat", "exec echo socat"
-    )  # what it would run, without a socat here
+    # what it would run, without a socat here
+    shown = script.replace("exec socat", "exec echo socat")
     gate = tmp_path / "open"
     with pytest.raises(subprocess.TimeoutExpired):  # closed: it waits
         subprocess.run(

@@ -30,9 +30,8 @@ def test_the_lock_is_an_atomic_mkdir_that_reports_holder_heartbeat_and_phase(tmp
     first = _on(tmp_path, edge.lock_cmd('{"command": "deploy"}', "t0ken"))
     assert first.returncode == 0 and (tmp_path / "lock" / "token").read_text() == "t0ken"
     assert _on(tmp_path, edge.phase_cmd("t0ken", "post_gates")).returncode == 0
-    assert (
-        _on(tmp_path, edge.phase_cmd("other", "images")).returncode == 0
-    )  # not the holder: ignored
+    # not the holder: ignored
+    assert _on(tmp_path, edge.phase_cmd("other", "images")).returncode == 0
     second = _on(tmp_path, edge.lock_cmd('{"command": "switch"}', "other"))
     assert second.returncode == edge.LOCK_HELD
     found = edge.parse_lock(second.stdout)
@@ -62,9 +61,8 @@ def test_the_lock_is_an_atomic_mkdir_that_reports_holder_heartbeat_and_phase(tmp
 def test_taking_the_lock_reads_what_a_locked_command_decides_from_in_the_same_exec(tmp_path):
     nothing = _on(tmp_path, edge.lock_cmd("{}", "t0ken"))
     assert nothing.returncode == 0
-    assert edge.parse_found(nothing.stdout) == edge.Found(
-        "", False, "", None
-    )  # a new target: no file yet
+    # a new target: no file yet
+    assert edge.parse_found(nothing.stdout) == edge.Found("", False, "", None)
     assert edge.parse_found(nothing.stdout).active is None and edge.parse_found(
         nothing.stdout
     ).database == {"url": "local"}
@@ -72,9 +70,8 @@ def test_taking_the_lock_reads_what_a_locked_command_decides_from_in_the_same_ex
 
     (tmp_path / "live").write_text(edge.render_live("green", "v7"))
     (tmp_path / "freeze").write_text(edge.render_freeze(5))
-    (tmp_path / "database.json").write_text(
-        '{"url": "postgresql://app@db.example/app"}'
-    )  # as written: no newline
+    # as written: no newline
+    (tmp_path / "database.json").write_text('{"url": "postgresql://app@db.example/app"}')
     (tmp_path / "history.jsonl").write_text(HISTORY)
     (tmp_path / "canary").write_text(edge.render_canary("blue", "v8", 10, 42, 1796000000))
     found = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken", history=True)).stdout)
@@ -82,15 +79,13 @@ def test_taking_the_lock_reads_what_a_locked_command_decides_from_in_the_same_ex
     assert found.database == {"url": "postgresql://app@db.example/app"}
     assert found.history == edge.parse_history(HISTORY) and len(found.history) == 3
     assert _on(tmp_path, edge.unlock_cmd("t0ken")).returncode == 0
-    assert (
-        edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout).history is None
-    )  # not asked for
+    # not asked for
+    assert edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout).history is None
 
     # a damaged file stops only a command that reads it
     (tmp_path / "live").write_text("color=purple\n")
-    damaged = edge.parse_found(
-        _on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout
-    )  # (the lock was ours already: refused)
+    # (the lock was ours already: refused)
+    damaged = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout)
     assert damaged == edge.Found()
     _on(tmp_path, edge.unlock_cmd("t0ken"))
     damaged = edge.parse_found(_on(tmp_path, edge.lock_cmd("{}", "t0ken")).stdout)
@@ -111,9 +106,8 @@ def test_an_intent_sets_the_holders_phase_and_an_outcome_says_where_traffic_is(t
     }
     assert _on(tmp_path, edge.append_history_cmd(record, "t0ken", "pre_gates")).returncode == 0
     assert (tmp_path / "lock" / "phase").read_text() == "pre_gates"
-    assert (
-        _on(tmp_path, edge.append_history_cmd(record, "other", "switch")).returncode == 0
-    )  # not the holder: no phase
+    # not the holder: no phase
+    assert _on(tmp_path, edge.append_history_cmd(record, "other", "switch")).returncode == 0
     assert (tmp_path / "lock" / "phase").read_text() == "pre_gates"
 
     (tmp_path / "live").write_text(edge.render_live("blue", "v1.2-rc_3"))
@@ -127,9 +121,8 @@ def test_an_intent_sets_the_holders_phase_and_an_outcome_says_where_traffic_is(t
         {**record, "outcome": "switched", "live_color": "blue", "live_version": "v1.2-rc_3"}
     ]
 
-    (tmp_path / "live").write_text(
-        "color=blue\nversion=v1/../x\n"
-    )  # not a version tag: not written into the record
+    # not a version tag: not written into the record
+    (tmp_path / "live").write_text("color=blue\nversion=v1/../x\n")
     _on(tmp_path, edge.final_history_cmd(record))
     assert edge.parse_history((tmp_path / "history.jsonl").read_text())[-1] == {
         **record,
@@ -169,9 +162,8 @@ def test_the_heartbeats_watchdog_restarts_a_beat_that_ended_and_gives_up_on_one_
 
     def command():
         starts.append(time.monotonic())
-        return (
-            ["sh", "-c", "sleep 0.05"] if len(starts) < 3 else ["sleep", "30"]
-        )  # ends twice, then beats on
+        # ends twice, then beats on
+        return ["sh", "-c", "sleep 0.05"] if len(starts) < 3 else ["sleep", "30"]
 
     lost = threading.Event()
     kept = locking.Heartbeat(command, dict(os.environ), after=0, give_up=1.2, on_lost=lost.set)
@@ -179,9 +171,8 @@ def test_the_heartbeats_watchdog_restarts_a_beat_that_ended_and_gives_up_on_one_
         deadline = time.monotonic() + 10
         while not (len(starts) == 3 and kept.beating()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert (
-            len(starts) == 3 and kept.beating() and not lost.is_set()
-        )  # started again each time it ended
+        # started again each time it ended
+        assert len(starts) == 3 and kept.beating() and not lost.is_set()
     finally:
         kept.end()
     failing = locking.Heartbeat(
@@ -196,9 +187,8 @@ def test_the_heartbeats_watchdog_restarts_a_beat_that_ended_and_gives_up_on_one_
 def test_breaking_removes_only_the_stale_lock_it_read_so_two_breakers_leave_one_holder(tmp_path):
     assert _on(tmp_path, edge.lock_cmd('{"command": "deploy"}', "dead-run")).returncode == 0
     fresh = _on(tmp_path, edge.break_lock_cmd("dead-run"))
-    assert (
-        fresh.returncode == edge.LOCK_HELD and (tmp_path / "lock").is_dir()
-    )  # its heartbeat is fresh: it runs
+    # its heartbeat is fresh: it runs
+    assert fresh.returncode == edge.LOCK_HELD and (tmp_path / "lock").is_dir()
     old = time.time() - edge.STALE_SECONDS - 10
     os.utime(tmp_path / "lock" / "heartbeat", (old, old))
     read = edge.parse_lock(_on(tmp_path, ["sh", "-c", edge.READ_LOCK_SCRIPT]).stdout)
@@ -259,12 +249,12 @@ def test_a_holder_on_this_machine_whose_process_is_gone_is_known_dead_at_once():
     }
     assert locking.machine(), "this machine has a machine id and a boot id"
     assert locking.dead_here(edge.LockState({**here, "pid": gone.pid}, 3, "pre_gates"))
-    assert not locking.dead_here(
-        edge.LockState({**here, "pid": os.getpid()}, 3, "pre_gates")
-    )  # alive
+    # alive
+    assert not locking.dead_here(edge.LockState({**here, "pid": os.getpid()}, 3, "pre_gates"))
+    # not ours to judge
     assert not locking.dead_here(
         edge.LockState({**here, "pid": gone.pid, "host": "another"}, 3, "")
-    )  # not ours to judge
+    )
     assert not locking.dead_here(
         edge.LockState({**here, "pid": gone.pid, "machine": "0" * 16 + "/x"}, 3, "")
     )

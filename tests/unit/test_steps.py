@@ -27,9 +27,8 @@ def test_a_json_path_names_fields_and_list_items():
 
 
 def test_saved_values_fill_later_steps_and_a_missing_one_says_how_to_save_it():
-    assert (
-        len(Http().saved["run"]) == 8 and Http().saved["run"] != Http().saved["run"]
-    )  # new each scenario
+    # new each scenario
+    assert len(Http().saved["run"]) == 8 and Http().saved["run"] != Http().saved["run"]
     http = Http(saved={"note": "42"})
     assert http.fill("/api/notes/${note}") == "/api/notes/42"
     assert (

@@ -92,9 +92,8 @@ def test_a_service_runs_once_all_its_replicas_run_its_current_spec():
     ]
     assert swarm.parse_service("shop", SERVICE, failing).error == "task: non-zero exit (1)"
     stopped = {**SERVICE, "Spec": {**SERVICE["Spec"], "Mode": {"Replicated": {"Replicas": 0}}}}
-    assert (
-        swarm.parse_service("shop", stopped, []).state == "exited"
-    )  # 0 replicas: stopped, its version kept
+    # 0 replicas: stopped, its version kept
+    assert swarm.parse_service("shop", stopped, []).state == "exited"
     # told to stop, a task runs on until its container has: stopping waits for that
     stopping = swarm.parse_service(
         "shop", stopped, [task("running", desired="shutdown"), task("complete", desired="shutdown")]
@@ -182,9 +181,8 @@ def test_a_paused_copy_and_a_retired_database_stay_at_no_tasks_until_a_command_s
         "web_green": 3,
         "worker_green": 1,
     }
-    assert (
-        swarmstack.resumed_count(s, current, "worker_green") == 1
-    )  # its other color paused too: the contract's
+    # its other color paused too: the contract's
+    assert swarmstack.resumed_count(s, current, "worker_green") == 1
     assert (
         swarmstack.resumed_count(
             s, {**current, "worker_blue": service("worker_blue", 2)}, "worker_green"
@@ -214,9 +212,8 @@ def test_a_command_that_would_point_a_running_color_at_another_database_is_found
     assert swarmstack.database_changes(s, current, env, {"blue", "green"}) == [
         "green uses postgresql://admin@10.0.0.9:5432/app, not local"
     ]
-    assert (
-        swarmstack.database_changes(s, current, env, {"blue"}) == []
-    )  # green is being stopped or started anew
+    # green is being stopped or started anew
+    assert swarmstack.database_changes(s, current, env, {"blue"}) == []
     moved = {**env, render.database_label_var("green"): "postgresql://admin@10.0.0.9:5432/app"}
     assert swarmstack.database_changes(s, current, moved, {"blue", "green"}) == []
     # a stopped copy's label does not count: it starts with what the command gives it
@@ -266,16 +263,16 @@ def test_secret_files_become_swarm_secrets_at_the_same_paths_and_one_offs_use_th
         "target": "/run/colorgate-secrets/postgres_password",
         "mode": 0o444,
     } in db["secrets"]
-    assert not any(
-        str(v).startswith("secrets-db:") for v in db["volumes"]
-    )  # a volume is one node's
+    # a volume is one node's
+    assert not any(str(v).startswith("secrets-db:") for v in db["volumes"])
     assert (
         out["services"]["backend_green"]["secrets"][0]["target"]
         == "/run/colorgate-secrets/database_url"
     )
+    # not given: as it was
     assert any(
         str(v).startswith("secrets-blue:") for v in out["services"]["backend_blue"]["volumes"]
-    )  # not given: as it was
+    )
     assert out["secrets"] == {"shop_aaa": {"external": True}, "shop_bbb": {"external": True}}
     assert "secrets-db" not in out["volumes"] and "pgdata" in out["volumes"]
     # a new value is a new secret (they are immutable); the same value, the same one
@@ -322,6 +319,7 @@ def test_node_addresses_are_the_ready_nodes_and_a_manager_without_one_gives_its_
 
 def test_a_service_is_spread_when_its_tasks_sit_on_as_many_nodes_as_can_take_them():
     def service(name: str, replicas: int, nodes: list[str]) -> swarm.Service:
+        # two networks a task
         return swarm.Service(
             name,
             replicas,
@@ -332,7 +330,7 @@ def test_a_service_is_spread_when_its_tasks_sit_on_as_many_nodes_as_can_take_the
             [],
             "",
             {f"10.0.{i}.{n}": node for n, node in enumerate(nodes) for i in (1, 2)},
-        )  # two networks a task
+        )
 
     found = {
         "api_green": service("api_green", 3, ["a", "a", "b"]),
@@ -344,9 +342,8 @@ def test_a_service_is_spread_when_its_tasks_sit_on_as_many_nodes_as_can_take_the
     assert swarm.spread_problems(found, names, nodes=2) == {
         "web_green": "its 3 task(s) run on 1 node(s), of the 2 that can take tasks"
     }
-    assert (
-        swarm.spread_problems(found, names, nodes=1) == {}
-    )  # one node can take tasks: nothing to spread over
+    # one node can take tasks: nothing to spread over
+    assert swarm.spread_problems(found, names, nodes=1) == {}
     assert set(swarm.spread_problems(found, names, nodes=3)) == {
         "api_green",
         "web_green",

@@ -39,9 +39,10 @@ def test_colorgate_releases_its_own_staging_through_the_reusable_workflow_after_
     doc = yaml.safe_load(WORKFLOW.read_text())
     assert doc[True]["push"]["branches"] == ["develop"]  # `on:` reads as True in YAML 1.1
     deploy = doc["jobs"]["deploy"]
+    # the same repository and commit
     assert (
         deploy["needs"] == "test" and deploy["uses"] == "$/.github/workflows/colorgate-release.yml"
-    )  # the same repository and commit
+    )
     assert deploy["with"] == {
         "profile": "staging",
         "environment": "staging",
@@ -84,9 +85,8 @@ def test_the_pipeline_is_hardened():
         ]
         is True
     )
-    assert (
-        "ssh-keyscan" not in RELEASE.read_text().split("steps:")[1]
-    )  # never a host key trusted on first use
+    # never a host key trusted on first use
+    assert "ssh-keyscan" not in RELEASE.read_text().split("steps:")[1]
 
 
 def test_the_reusable_release_workflow_and_the_example_that_calls_it_are_valid_and_audit_clean():
