@@ -27,11 +27,12 @@ test-deps:
 	@{ command -v pebble && command -v docker-registry && command -v wrk; } >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble docker-registry wrk; }
 
-# The lint first (ruff, as pyproject.toml configures it), then four test processes, one
+# The lint and the format check first (ruff, as pyproject.toml configures it), then four test processes, one
 # test module each at a time: every module brings up its own isolated stacks, so they
 # share nothing but the engine. The modules mostly wait on it (two processes kept two
 # cores under a third busy), so four fit two cores.
 test: venv test-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/invoke bootstrap
 	$(BIN)/pytest -n 4 --dist loadfile --no-loadscope-reorder

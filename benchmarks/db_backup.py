@@ -21,13 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import config, stack  # noqa: E402
-from deploy import profiles
-from deploy import starting
-from deploy.data import db
-from deploy.data import verify
-from deploy.target import runner
-from deploy.target import dbfacts
+from deploy import config, profiles, stack, starting  # noqa: E402
+from deploy.data import db, verify
+from deploy.target import dbfacts, runner
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 

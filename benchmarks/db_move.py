@@ -42,15 +42,11 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from deploy import config, stack  # noqa: E402
-from deploy import profiles
-from deploy import starting
-from deploy import bases
-from deploy.edge import tls  # noqa: E402
+from deploy import bases, config, profiles, stack, starting  # noqa: E402
 from deploy.data import db, move
+from deploy.edge import tls  # noqa: E402
 from deploy.release import gates
-from deploy.target import runner
-from deploy.target import dbfacts
+from deploy.target import dbfacts, runner
 
 SEED_SQL = "INSERT INTO notes (body) SELECT 'seeded note ' || g || ' ' || md5(g::text) FROM generate_series(1, {rows}) g;"
 

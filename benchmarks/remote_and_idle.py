@@ -39,12 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.switch_under_load import free_port  # noqa: E402
-from deploy import config, stack  # noqa: E402
-from deploy import profiles
-from deploy import starting
-from deploy import bases
-from deploy.target import runner
-from deploy.target import connections
+from deploy import bases, config, profiles, stack, starting  # noqa: E402
+from deploy.target import connections, runner
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))
 TARGETS = {"status": 1.3, "deploy": 1.3, "rollback": 1.3}  # SSH/local wall time

@@ -65,15 +65,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy import apply, config, edge, stack  # noqa: E402
-from deploy import profiles
-from deploy import starting
+from deploy import apply, config, edge, profiles, stack, starting  # noqa: E402
+from deploy.colors import other  # noqa: E402
 from deploy.edge import tls  # noqa: E402
+from deploy.errors import BENCH_INVALID, GateFailed  # noqa: E402
 from deploy.release import releases
 from deploy.target import facts, runner, swarm
 from deploy.target.compose import compose_cmd, compose_env
-from deploy.colors import other  # noqa: E402
-from deploy.errors import BENCH_INVALID, GateFailed  # noqa: E402
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_record.lua")
 MIN_RATE_SHARE = 0.95  # a phase whose client achieved less than this share of its rate is not valid

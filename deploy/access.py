@@ -24,13 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deploy import appsecrets, contract, edge, images, render
-from deploy.edge import locking
-from deploy.target import facts, runner
-from deploy.target import connections
-from deploy.target import dbfacts
 from deploy.config import Settings
-from deploy.urls import app_url, ca_file, shown_url, url_parts
+from deploy.edge import locking
 from deploy.errors import CommandError, ConfigError, NotFound
+from deploy.target import connections, dbfacts, facts, runner
+from deploy.urls import app_url, ca_file, shown_url, url_parts
 
 _staged: set[tuple] = set()
 

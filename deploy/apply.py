@@ -22,16 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deploy import edge, render, stack
-from deploy.release import plans
-from deploy.target import facts, runner, targets
-from deploy.target import sockets
-from deploy.target import compose
-from deploy.release.history import Record
-from deploy.edge.locking import lock, recorded
 from deploy.colors import other
 from deploy.config import Settings
+from deploy.edge.locking import lock, recorded
 from deploy.errors import BadInput, CommandError, ConfigError, StackError
 from deploy.keys import STRICT_PROFILES
+from deploy.release import plans
+from deploy.release.history import Record
+from deploy.target import compose, facts, runner, sockets, targets
 
 
 @dataclass(frozen=True)

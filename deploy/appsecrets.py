@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import subprocess
 
-from deploy.target import runner
 from deploy.config import Settings
 from deploy.contract import Secret
 from deploy.errors import ConfigError
+from deploy.target import runner
 
 COMMAND_TIMEOUT_S = 120
 _read: dict[tuple[str, ...], str] = {}  # a command runs once per process

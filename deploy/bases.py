@@ -1,17 +1,18 @@
 """Debian base images made without a registry: mmdebstrap from Debian's mirror, imported\nas images (nginx, postgres, certbot, python, and the examples' own), the PostgreSQL\nmajors the database tools cover, the images' ages, and their refresh."""
 
 from __future__ import annotations
+
 import hashlib
 import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
-from deploy.target import runner
+
 from deploy.config import Settings
 from deploy.errors import ConfigError
-
+from deploy.target import runner
 
 SUITE = "bookworm"
 

@@ -15,9 +15,9 @@ import stat
 from pathlib import Path
 
 from deploy import bases
-from deploy.target import runner, ssh
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, DockerUnavailable, PortInUse
+from deploy.target import runner, ssh
 
 PLUGIN_DIR = Path.home() / ".docker" / "cli-plugins"
 

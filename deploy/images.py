@@ -15,10 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-
-from deploy.target import runner
 from deploy.config import Settings
-
+from deploy.target import runner
 
 OWN_IMAGES = ("edge", "dbtools", "certbot")  # Colorgate's own parts; compose runs them as :latest
 

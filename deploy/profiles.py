@@ -1,14 +1,16 @@
 """Settings loaded from an env profile: its files found (.env.PROFILE beside the app's\ncompose file, .env.PROFILE.local, the environment) and merged, every key validated up front\ninto Settings, with the app's contract and its secrets; each error one line naming the key,\nthe file and the fix."""
 
 from __future__ import annotations
+
 import difflib
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
 from deploy import contract
-from deploy.target import runner
+from deploy.config import Settings, project_root
 from deploy.errors import ConfigError
 from deploy.keys import (
     GATE_PREFIX,
@@ -20,7 +22,7 @@ from deploy.keys import (
     SECRET_PREFIX,
     STRICT_PROFILES,
 )
-from deploy.config import Settings, project_root
+from deploy.target import runner
 
 
 def parse_env_text(text: str, origin: str) -> dict[str, str]:

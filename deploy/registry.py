@@ -1,16 +1,19 @@
 """Registries: an app's images pushed to and pulled from a registry (a Swarm's nodes pull\nthem), with the login a registry asks for, and its errors explained in one line."""
 
 from __future__ import annotations
+
 import contextlib
 import re
 import tempfile
 from collections.abc import Iterator
+
 import httpx
-from deploy.target import runner
+
+from deploy.bases import image_id
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, RegistryError
 from deploy.images import app_tag, infra_images, pushed_images, tag_cmd
-from deploy.bases import image_id
+from deploy.target import runner
 
 
 def registry_server(settings: Settings) -> str:

@@ -11,9 +11,9 @@ import shlex
 from pathlib import Path
 
 from deploy import config
-from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import BAD_INPUT, BadInput, ColorgateError, CommandError, DockerUnavailable
+from deploy.target import runner
 from deploy.target.ssh import SshTarget, explain_ssh_error, parse
 
 SETUP_SCRIPT = config.shipped("colorgate_parts") / "scripts" / "server-setup.sh"

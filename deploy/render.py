@@ -24,8 +24,8 @@ from deploy.contract import (
     OWN_VOLUMES,
     SECRETS_DIR,
     App,
-    networks_of,
     app_secrets_volume,
+    networks_of,
 )
 
 OWN_PARTS = shipped("colorgate_parts")  # Colorgate's own services: the edge, dbtools, certbot

@@ -11,14 +11,11 @@ import time
 
 import tenacity
 
-from deploy import access, bootstrap, edge, images
-from deploy import bases
-from deploy import registry
-from deploy.edge import probes
-from deploy.target import facts, runner, targets
-from deploy.target import compose
+from deploy import access, bases, bootstrap, edge, images, registry
 from deploy.config import Settings
+from deploy.edge import probes
 from deploy.errors import ColorgateError, CommandError, PortInUse, StackError
+from deploy.target import compose, facts, runner, targets
 
 
 def infra_services(settings: Settings, retired: bool = False) -> list[str]:

@@ -1,22 +1,21 @@
 """Starting a stack (`invoke up`, `invoke apply`): its plan from the facts (plan_up: images,\nthe edge, the shared services, the live color, what changes beside it, the migrations)\nand the steps that carry it out and undo it, executed by deploy.release.plans."""
 
 from __future__ import annotations
+
 import contextlib
 import time
 from collections.abc import Callable
+
 from deploy import access, bootstrap, edge, images, stack
-from deploy.data import db, migrations
-from deploy.data import verify
-from deploy.edge import acme
-from deploy.release import plans, recover
-from deploy.target import facts, runner, targets
-from deploy.target import dbfacts
-from deploy.target import compose
-from deploy.release.history import Record
-from deploy.edge.locking import lock, recorded
-from deploy.config import Settings
-from deploy.errors import ColorgateError, CommandError
 from deploy.apply import Beside, attach_networks, beside
+from deploy.config import Settings
+from deploy.data import db, migrations, verify
+from deploy.edge import acme
+from deploy.edge.locking import lock, recorded
+from deploy.errors import ColorgateError, CommandError
+from deploy.release import plans, recover
+from deploy.release.history import Record
+from deploy.target import compose, dbfacts, facts, runner, targets
 
 
 def up(settings: Settings, version: str | None = None, yes: bool = False) -> None:

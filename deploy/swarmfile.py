@@ -1,14 +1,15 @@
 """The compose file rendered for a Swarm (`docker stack deploy` reads it): variables filled\nin (a stack file has no .env), replicas per color, ports in host mode, health checks,\nsecrets and networks as a Swarm takes them; and the copy one-off containers run from."""
 
 from __future__ import annotations
+
 import copy
 import re
-from deploy.errors import ContractError
+
 from deploy.contract import (
     App,
 )
+from deploy.errors import ContractError
 from deploy.render import compose
-
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -1,8 +1,10 @@
 """Database URLs: one validated (PostgreSQL's schemes, its parts, TLS parameters), the URL a\nclient is given (its CA carried as text, verify-full by default for a managed database),\nthe app's URL, and one shown without its password."""
 
 from __future__ import annotations
+
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
 from deploy import contract
 
 

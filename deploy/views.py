@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, replace
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy import edge, stack
-from deploy import bases
-from deploy.release import analysis as traffic_analysis, history
-from deploy.edge import locking
-from deploy.target import facts, runner, targets
+from deploy import bases, edge, stack
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
+from deploy.edge import locking
 from deploy.errors import BadInput
+from deploy.release import analysis as traffic_analysis
+from deploy.release import history
+from deploy.target import facts, runner, targets
 
 
 def status(settings: Settings) -> dict:

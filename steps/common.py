@@ -9,15 +9,13 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import contract, edge as edge_state, render
+from deploy import contract, render
+from deploy import edge as edge_state
+from deploy.colors import parse_color
 from deploy.edge import probes
 from deploy.release import canary, gates
-from deploy.target import confinement, facts, swarm, targets
-from deploy.target import dbfacts
-from deploy.target import sockets
-from deploy.colors import parse_color
+from deploy.target import confinement, dbfacts, facts, sockets, swarm, targets
 from steps.http import show as _show
-
 
 _options: dict[str, str | None] = {}
 

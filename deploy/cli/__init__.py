@@ -12,8 +12,6 @@ from importlib import metadata
 from invoke import Collection, Exit, ParseError, Program
 
 from deploy.cli import common
-from deploy.errors import BAD_INPUT
-
 from deploy.cli.app import (
     apply,
     bootstrap,
@@ -26,17 +24,6 @@ from deploy.cli.app import (
     scale,
     status,
     up,
-)
-from deploy.cli.releases import (
-    bench,
-    canary_abort,
-    canary_promote,
-    canary_status,
-    deploy,
-    history,
-    rollback,
-    switch,
-    traffic,
 )
 from deploy.cli.ops import (
     db_backup,
@@ -56,6 +43,18 @@ from deploy.cli.ops import (
     tls_schedule,
     tls_status,
 )
+from deploy.cli.releases import (
+    bench,
+    canary_abort,
+    canary_promote,
+    canary_status,
+    deploy,
+    history,
+    rollback,
+    switch,
+    traffic,
+)
+from deploy.errors import BAD_INPUT
 
 ns = Collection(
     bootstrap,

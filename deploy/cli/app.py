@@ -9,10 +9,10 @@ from pathlib import Path
 
 from invoke import Exit
 
-from deploy import apply as _apply, bootstrap as _bootstrap, contract, edge, scaffold
-from deploy import starting
-from deploy.release import history as _history
-from deploy import render as _render, views
+from deploy import apply as _apply
+from deploy import bootstrap as _bootstrap
+from deploy import contract, edge, scaffold, starting, views
+from deploy import render as _render
 from deploy.cli.common import (
     HOST_HELP,
     REGISTRY_HELP,
@@ -24,6 +24,7 @@ from deploy.cli.common import (
     whole,
 )
 from deploy.errors import BadInput, ColorgateError
+from deploy.release import history as _history
 
 
 @task(

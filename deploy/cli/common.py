@@ -12,10 +12,11 @@ import sys
 import invoke
 from invoke import Exit
 
-from deploy import appsecrets, bootstrap as _bootstrap, config, render as _render
-from deploy import profiles
-from deploy.target import runner, targets
+from deploy import appsecrets, config, profiles
+from deploy import bootstrap as _bootstrap
+from deploy import render as _render
 from deploy.errors import BadInput, ColorgateError, CommandError, Interrupted
+from deploy.target import runner, targets
 
 DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
 logging.basicConfig(level=logging.DEBUG if DEBUG else logging.WARNING, format="%(message)s")

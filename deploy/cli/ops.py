@@ -13,21 +13,19 @@ from invoke import Exit
 from deploy import (
     access,
     appsecrets,
-    bootstrap as _bootstrap,
     edge,
+    stack,
+    urls,
+    views,
+)
+from deploy import (
+    bootstrap as _bootstrap,
+)
+from deploy import (
     images as _images,
 )
-from deploy import urls
-from deploy.data import db as _db, offsite as _offsite
-from deploy.data import content
-from deploy.data import verify
-from deploy import remote as _remote, stack, views
-from deploy.data import move as _move, retire as _retire
-from deploy.edge import tls as _tls
-from deploy.release import recover as _recover, releases
-from deploy.target import runner
-from deploy.edge import acme as _acme
 from deploy import registry as _registry
+from deploy import remote as _remote
 from deploy.cli.common import (
     HOST_HELP,
     LOCK_HELP,
@@ -38,7 +36,17 @@ from deploy.cli.common import (
     task,
     whole,
 )
+from deploy.data import content, verify
+from deploy.data import db as _db
+from deploy.data import move as _move
+from deploy.data import offsite as _offsite
+from deploy.data import retire as _retire
+from deploy.edge import acme as _acme
+from deploy.edge import tls as _tls
 from deploy.errors import BAD_INPUT, BadInput
+from deploy.release import recover as _recover
+from deploy.release import releases
+from deploy.target import runner
 
 
 @task(

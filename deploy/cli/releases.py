@@ -1,12 +1,10 @@
 """The tasks of releases: deploy (with --canary), switch, rollback, the canary.* tasks,\nthe traffic per color, the history, and the switch benchmark (bench)."""
 
 from __future__ import annotations
+
 import json
-from deploy import edge
-from deploy.release import canary as canary_steps, releases
-from deploy import views
-from deploy.release import traffic as _traffic
-from deploy.target import runner
+
+from deploy import edge, views
 from deploy.cli.common import (
     HOST_HELP,
     LOCK_HELP,
@@ -19,6 +17,10 @@ from deploy.cli.common import (
     whole,
 )
 from deploy.errors import BadInput, NothingToDo
+from deploy.release import canary as canary_steps
+from deploy.release import releases
+from deploy.release import traffic as _traffic
+from deploy.target import runner
 
 
 @task(

@@ -1,16 +1,18 @@
 """The x-colorgate block's sections, each validated against the file's services into its\npart of the App (contract/model.py): the roles of the services, routes, health checks,\nmigrations, the database, replicas, the app's secrets. Every error names its path in the\nblock and the fix."""
 
 from __future__ import annotations
+
 import re
+
 from deploy.contract import fields
 from deploy.contract.model import (
     COLORED_KEYS,
     DATABASE_KEYS,
+    DATABASE_PARTS,
+    DATABASE_SCHEMES,
     ENV_NAME,
     HEALTH_KEYS,
     MIGRATION_KEYS,
-    DATABASE_PARTS,
-    DATABASE_SCHEMES,
     ROUTE_ANALYSIS_KEYS,
     ROUTE_KEYS,
     SECRET_KEYS,

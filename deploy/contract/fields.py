@@ -1,8 +1,10 @@
 """The x-colorgate block's field types, each validated with an error that names its path\nand the fix: mappings of known keys, names, services, integers, booleans, paths,\nvariable names and commands."""
 
 from __future__ import annotations
+
 import difflib
 import re
+
 from deploy.contract.model import (
     ENV_NAME,
     ROUTE_PATH,

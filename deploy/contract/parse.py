@@ -9,26 +9,25 @@ from pathlib import Path
 
 import yaml
 
+from deploy.contract import blocks, fields
 from deploy.contract.model import (
-    LIST,
-    MAPPING,
-    NUMBER,
-    SERVICE_SHAPES,
-    TEXT,
-    TOP_SECTIONS,
     BLOCK_KEYS,
     COLORS,
     COMPOSE_NAMES,
     DB_NETWORK,
     EDGE_NETWORK,
+    LIST,
+    MAPPING,
+    NUMBER,
     OWN_SERVICES,
     OWN_VOLUMES,
     SERVICE_NAME,
+    SERVICE_SHAPES,
+    TEXT,
+    TOP_SECTIONS,
     App,
 )
 from deploy.errors import ContractError
-from deploy.contract import blocks
-from deploy.contract import fields
 
 
 def compose_in(directory: Path, drafts: bool = True) -> Path | None:

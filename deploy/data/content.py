@@ -1,8 +1,8 @@
 """What db.move compares and how the local database refuses writes: the SQL that reads a\ndatabase's row counts and content digests (each answer closed by END), their parse and\ncomparison, and the freeze's refusal of writes (and its removal)."""
 
 from __future__ import annotations
-from dataclasses import dataclass
 
+from dataclasses import dataclass
 
 END = "--colorgate-end--"
 

@@ -11,20 +11,17 @@ like even while the app keeps writing.
 from __future__ import annotations
 
 import json
-from datetime import datetime, UTC
-
+from datetime import UTC, datetime
 
 from deploy import edge
-from deploy.data import dbtools, offsite
-from deploy.data import content
-from deploy.release import history, plans
-from deploy.edge import locking
-from deploy.target import runner
 from deploy.config import Settings
+from deploy.data import content, dbtools, offsite
+from deploy.edge import locking
 from deploy.errors import BadInput, ColorgateError, UnknownBackup
 from deploy.keys import STRICT_PROFILES
+from deploy.release import history, plans
+from deploy.target import runner
 from deploy.urls import shown_url
-
 
 DUMP_SCRIPT = """set -eu
 cd /backups

@@ -21,27 +21,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from deploy import access
-from deploy import bases
-from deploy.edge import locking
-from deploy.target import runner
-from deploy.target import compose
+from deploy import access, bases
 from deploy.config import Settings
-from deploy.urls import tls_params
 from deploy.contract import SECRETS_DIR
-from deploy.errors import BadInput
-from deploy.target.facts import container as container_of
-from deploy.target.dbfacts import psql_cmd
 from deploy.data.content import (
     CONTENT_SQL,
     END,
     FACTS_SQL,
     FREEZE_SQL,
-    Facts,
     UNFREEZE_SQL,
+    Facts,
     parse_facts,
 )
-
+from deploy.edge import locking
+from deploy.errors import BadInput
+from deploy.target import compose, runner
+from deploy.target.dbfacts import psql_cmd
+from deploy.target.facts import container as container_of
+from deploy.urls import tls_params
 
 PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE")
 

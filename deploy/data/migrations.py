@@ -17,14 +17,12 @@ steps are phases of the operation around them (its record and lock say "migratio
 from __future__ import annotations
 
 from deploy import access, stack
-from deploy.data import db
-from deploy.data import verify
-from deploy.release import plans
-from deploy.target import runner
-from deploy.target import compose
 from deploy.config import Settings
+from deploy.data import db, verify
 from deploy.errors import ColorgateError
+from deploy.release import plans
 from deploy.release.history import Record, timed
+from deploy.target import compose, runner
 
 
 def plan(backup: bool, cheap: bool) -> tuple[str, ...]:

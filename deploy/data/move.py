@@ -37,18 +37,16 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import unquote, urlsplit
 
-from deploy.data import db, dbtools
-from deploy.data import verify
-from deploy.release import plans
-from deploy.release import decide
-from deploy.target import runner
 from deploy.config import Settings
-from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
-from deploy.release.history import Record
-from deploy.edge.locking import lock, recorded
-from deploy.urls import shown_url
+from deploy.data import db, dbtools, verify
 from deploy.data.movecheck import check_url, preflight
 from deploy.data.movesteps import Steps
+from deploy.edge.locking import lock, recorded
+from deploy.errors import ColorgateError, ConfigError, GateFailed, MoveError
+from deploy.release import decide, plans
+from deploy.release.history import Record
+from deploy.target import runner
+from deploy.urls import shown_url
 
 MODES = ("dump", "replicate")
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from deploy.data import dbtools, relay
-from deploy.data import relaycert
-from deploy.target import runner
 from deploy.config import Settings
+from deploy.data import dbtools, relay, relaycert
 from deploy.errors import ConfigError, MoveError
+from deploy.target import runner
 from deploy.urls import database_url, shown_url
 
 CHECK_SQL = """SELECT 'version|' || current_setting('server_version_num');

@@ -1,22 +1,19 @@
 """db.move's steps, each with its undo, in the order data.move plans them: the candidate\nstarted on the new database, the freeze, the copy (dump and restore, or replication's\ncut-over), the comparison, the switch, and the release of what it held."""
 
 from __future__ import annotations
+
 import contextlib
 import secrets
 import time
-from deploy import edge, stack
-from deploy.data import db, dbtools, relay, replication
-from deploy.data import content
-from deploy.data import verify
-from deploy.release import releases
-from deploy.release import candidate
-from deploy.release import decide
-from deploy.target import facts, runner
-from deploy.config import Settings
-from deploy.errors import ColorgateError, MoveError
-from deploy.release.history import Record, now, timed
-from deploy.urls import shown_url
 
+from deploy import edge, stack
+from deploy.config import Settings
+from deploy.data import content, db, dbtools, relay, replication, verify
+from deploy.errors import ColorgateError, MoveError
+from deploy.release import candidate, decide, releases
+from deploy.release.history import Record, now, timed
+from deploy.target import facts, runner
+from deploy.urls import shown_url
 
 # Until no client of the local database is inside a statement or transaction (a
 # worker's, or a write that did not come through the edge), at most 10 s.

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import configparser
 import re
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from deploy import bases
-from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, ConfigError
+from deploy.target import runner
 
 COPY_SCRIPT = """set -eu
 (umask 077; cat > /tmp/rclone.conf)

@@ -34,13 +34,13 @@ import ipaddress
 import time
 
 from deploy import bootstrap, render
-from deploy.target import runner, targets
-from deploy.target import compose
 from deploy.config import Settings
-from deploy.errors import ColorgateError, MoveError
-from deploy.target.facts import container as container_of, inspect as inspect_container
-from deploy.target.dbfacts import psql_cmd
 from deploy.data.relaycert import CERT_FILES
+from deploy.errors import ColorgateError, MoveError
+from deploy.target import compose, runner, targets
+from deploy.target.dbfacts import psql_cmd
+from deploy.target.facts import container as container_of
+from deploy.target.facts import inspect as inspect_container
 
 ROLE = "colorgate_move"  # the one-off replication role, publication, slot and subscription
 SERVICE = "dbrelay"

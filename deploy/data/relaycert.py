@@ -1,12 +1,13 @@
 """The relay's certificate: the edge's own or one given (COLORGATE_MOVE_RELAY_CERT/KEY),\nwhether a managed database's subscription can verify it in full (verify-full), and the\ncheck of what the relay serves over TLS."""
 
 from __future__ import annotations
-from pathlib import Path
-from deploy.edge import tls
-from deploy.target import runner
-from deploy.config import Settings
-from deploy.errors import ConfigError, MoveError
 
+from pathlib import Path
+
+from deploy.config import Settings
+from deploy.edge import tls
+from deploy.errors import ConfigError, MoveError
+from deploy.target import runner
 
 # in the data directory while the relay runs
 CERT_FILES = (

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from deploy.data import dbtools, relay
-from deploy.data import relaycert
-from deploy.target import runner
 from deploy.config import Settings
+from deploy.data import dbtools, relay, relaycert
+from deploy.data.relay import ROLE
+from deploy.edge.locking import at
 from deploy.errors import MoveError
 from deploy.release.history import Record
-from deploy.edge.locking import at
-from deploy.data.relay import ROLE
+from deploy.target import runner
 
 # A subscriber that still runs reconnects to its slot: its sender is ended until the slot
 # stays free (5 s at most), then the slot is dropped.

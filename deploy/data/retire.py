@@ -8,15 +8,14 @@ from __future__ import annotations
 import dataclasses
 
 from deploy import access, edge
-from deploy.data import db, dbtools
-from deploy.release import plans
-from deploy.target import facts, runner, targets
-from deploy.target import dbfacts
 from deploy.colors import COLORS
 from deploy.config import Settings
-from deploy.errors import MoveError
-from deploy.release.history import Record, now
+from deploy.data import db, dbtools
 from deploy.edge.locking import lock, recorded
+from deploy.errors import MoveError
+from deploy.release import plans
+from deploy.release.history import Record, now
+from deploy.target import dbfacts, facts, runner, targets
 
 
 def retire(settings: Settings, yes: bool = False) -> list[str]:

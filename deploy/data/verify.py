@@ -1,16 +1,18 @@
 """A backup verified by a real restore: restored into a scratch PostgreSQL of the tools'\nmajor, its schema fingerprinted and its rows counted, and the verdict recorded beside it\n(a restore or a move needs a verified backup)."""
 
 from __future__ import annotations
+
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime
+
 import tenacity
-from deploy.data import dbtools
-from deploy.data import content
-from deploy.target import runner
+
 from deploy.config import Settings
-from deploy.errors import CommandError
+from deploy.data import content, dbtools
 from deploy.data.db import checksum, find, write_json
+from deploy.errors import CommandError
+from deploy.target import runner
 
 
 @dataclass

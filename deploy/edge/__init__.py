@@ -27,6 +27,6 @@ edge sees them (probes.py).
 """
 
 from deploy.edge.ledger import *  # noqa: F401,F403
+from deploy.edge.modes import *  # noqa: F401,F403
 from deploy.edge.routes import *  # noqa: F401,F403
 from deploy.edge.state import *  # noqa: F401,F403
-from deploy.edge.modes import *  # noqa: F401,F403

@@ -17,11 +17,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from deploy import edge
-from deploy.edge import tls
-from deploy.target import runner, targets
-from deploy.target import compose
 from deploy.config import Settings
+from deploy.edge import tls
 from deploy.errors import BadInput, ColorgateError, CommandError
+from deploy.target import compose, runner, targets
 
 DIRECTORIES = {
     "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",

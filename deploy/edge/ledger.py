@@ -7,9 +7,9 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 
-from deploy.target import facts
 from deploy.colors import COLORS
 from deploy.config import Settings
+from deploy.edge.modes import _database_record
 from deploy.edge.state import (
     DATABASE_RECORD,
     FREEZE_FILE,
@@ -24,9 +24,8 @@ from deploy.edge.state import (
     read_file_cmd,
     state_fields,
 )
-from deploy.edge.modes import _database_record
 from deploy.errors import CommandError
-
+from deploy.target import facts
 
 # --- the release lock and the history -------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The release lock on the edge (its scripts: edge/ledger.py): taken by one command at a time,\nbeaten by a heartbeat while it runs, its phase kept current, broken only when stale; and\nthe record of an operation written under it (recorded: its intent first, then its outcome)."""
 
 from __future__ import annotations
+
 import contextlib
 import functools
 import hashlib
@@ -14,12 +15,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+
 from deploy import edge
-from deploy.target import facts, runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError, CommandError, GateFailed, LockHeld
 from deploy.release.history import Record, describe_phase, first_line, now, operator
-
+from deploy.target import facts, runner
 
 PAUSE_ENV = "COLORGATE_PAUSE_AT"  # tests only: stop (block) when a command reaches this phase
 

@@ -1,11 +1,12 @@
 """The edge's modes beside the live color, each one file in its state directory: the write\nfreeze (db.move), maintenance mode, the canary (which color gets which share of users);\nand the database record and the gates' token."""
 
 from __future__ import annotations
+
 import json
 import re
+
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
-from deploy.errors import BadInput, ColorgateError, StackError
 from deploy.edge.state import (
     CANARY_FILE,
     DATABASE_RECORD,
@@ -20,7 +21,7 @@ from deploy.edge.state import (
     state_fields,
     write_cmd,
 )
-
+from deploy.errors import BadInput, ColorgateError, StackError
 
 FREEZE_LINES = r"#.*|hold=[0-9]+(\.[0-9]+)?|requests=database"
 

@@ -9,7 +9,6 @@ import hashlib
 
 from deploy.contract import SECURITY_HEADERS, App
 
-
 # What the edge says of every answer itself (which color and version answered, a write
 # held during a freeze, a new user's canary bucket): an app's own value of one of these is
 # never passed on. Which container answered (X-Colorgate-Upstream) it tells the gates only

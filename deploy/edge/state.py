@@ -8,12 +8,11 @@ import re
 import time
 from dataclasses import dataclass
 
-from deploy.target import facts, runner
-from deploy.target import connections
 from deploy.colors import COLORS, parse_color
 from deploy.config import Settings
-from deploy.errors import BadVersion, CommandError, LockHeld, StackError
 from deploy.edge.routes import routes_digest
+from deploy.errors import BadVersion, CommandError, LockHeld, StackError
+from deploy.target import connections, facts, runner
 
 STATE_DIR = "/etc/colorgate/state"
 LIVE_FILE = f"{STATE_DIR}/live"

@@ -10,13 +10,13 @@ import json
 import socket
 import ssl
 import time
+from datetime import UTC
 from pathlib import Path
 
 from deploy import edge
-from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError
-from datetime import UTC
+from deploy.target import runner
 
 TLS_DIR = "/etc/colorgate/tls"
 LOCAL_CA = f"{TLS_DIR}/local-ca.pem"

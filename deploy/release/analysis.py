@@ -1,15 +1,16 @@
 """The traffic analysis after a switch: each interval of the new color's real traffic\njudged against the old color's (5xx share, latency per route), and the decision to keep\nit or switch back; a canary judged the same way beside the stable color."""
 
 from __future__ import annotations
+
 import time
 from dataclasses import asdict, dataclass, replace
-from deploy.target import runner
+
 from deploy.config import Settings
+from deploy.edge.locking import at
 from deploy.errors import GateFailed
 from deploy.release.history import ANALYSIS_PHASE, Record
-from deploy.edge.locking import at
 from deploy.release.traffic import FLUSH_SECONDS, Figures, Request, figures, read
-
+from deploy.target import runner
 
 SLOWDOWN_FLOOR_MS = 50.0  # an old color faster than this is compared as if it took this long
 

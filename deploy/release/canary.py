@@ -26,10 +26,10 @@ import secrets
 import time
 
 from deploy import edge
-from deploy.release import history
 from deploy.colors import other
 from deploy.config import Settings
 from deploy.errors import BadInput, ColorgateError, GateFailed
+from deploy.release import history
 
 COOKIE = "colorgate_bucket"
 

@@ -1,22 +1,23 @@
 """The candidate color of a release: started beside the live color with its versions,\nwaited for until ready and healthy, its migrations run, and gated."""
 
 from __future__ import annotations
+
 from dataclasses import asdict
+
 from deploy import access, stack
-from deploy.data import migrations
-from deploy.release import gates
-from deploy.target import runner
-from deploy.target import dbfacts
 from deploy.config import Settings
+from deploy.data import migrations
 from deploy.errors import ColorgateError, GateFailed
+from deploy.release import gates
+from deploy.release.decide import (
+    Plan,
+)
 from deploy.release.history import (
     Record,
     timed,
 )
+from deploy.target import dbfacts, runner
 from deploy.target.compose import compose_env
-from deploy.release.decide import (
-    Plan,
-)
 
 
 def gate_color(settings: Settings, record: Record, phase: str, color: str, version: str) -> None:

@@ -1,16 +1,17 @@
 """Deciding a release: the facts it is planned from (observe: the live color, the states of\nboth colors, the history) and its plan, a pure function of them (plan_deploy, plan_switch,\nplan_rollback), tested from captured facts in tests/unit/cases/."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field
+
 from deploy import access, apply, edge, images
-from deploy.release import recover
-from deploy.target import facts
-from deploy.target import dbfacts
 from deploy.colors import other, parse_color
 from deploy.config import Settings
-from deploy.errors import ColorgateError, ConfigError, StackError
-from deploy.release.history import check_not_rejected, previous_color, rejected
 from deploy.edge.locking import Held
+from deploy.errors import ColorgateError, ConfigError, StackError
+from deploy.release import recover
+from deploy.release.history import check_not_rejected, previous_color, rejected
+from deploy.target import dbfacts, facts
 
 
 @dataclass(frozen=True)

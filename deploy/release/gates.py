@@ -14,16 +14,15 @@ import sys
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from deploy import config, edge
-from deploy.edge import tls
-from deploy.target import runner
-from deploy.target import connections
 from deploy.config import Settings
+from deploy.edge import tls
+from deploy.target import connections, runner
 
 
 class EdgeClient(httpx.Client):

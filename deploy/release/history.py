@@ -13,12 +13,12 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 from deploy import edge
-from deploy.target import runner
 from deploy.config import Settings
 from deploy.errors import ColorgateError
+from deploy.target import runner
 
 
 def maintenance(settings: Settings, on: bool, message: str = "", retry: int = 60) -> bool:

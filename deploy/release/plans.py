@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from deploy.target import runner
+from deploy.edge.locking import at
 from deploy.errors import ColorgateError
 from deploy.release.history import Record
-from deploy.edge.locking import at
+from deploy.target import runner
 
 
 @dataclass(frozen=True)

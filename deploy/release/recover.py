@@ -32,15 +32,13 @@ relay to hint at them. Each repair is said in one line.
 from __future__ import annotations
 
 from deploy import edge, stack
-from deploy.data import dbtools, relay, replication
-from deploy.release import canary
-from deploy.edge import locking
-from deploy.target import facts, runner
-from deploy.target import connections
-from deploy.target import dbfacts
 from deploy.config import Settings
+from deploy.data import dbtools, relay, replication
+from deploy.edge import locking
 from deploy.errors import StackError
+from deploy.release import canary
 from deploy.release.history import now
+from deploy.target import connections, dbfacts, facts, runner
 
 
 def plan_repairs(

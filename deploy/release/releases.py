@@ -15,17 +15,13 @@ import dataclasses
 import time
 
 from deploy import access, edge, stack
-from deploy.data import dbtools, migrations
-from deploy.release import canary
-from deploy.release import analysis
-from deploy.release import report
-from deploy.target import facts, runner
-from deploy.target import dbfacts
 from deploy.colors import parse_color
 from deploy.config import Settings
-from deploy.errors import ColorgateError, FlippedBack, GateFailed
-from deploy.release.history import Record, timed
+from deploy.data import dbtools, migrations
 from deploy.edge.locking import at, lock, recorded
+from deploy.errors import ColorgateError, FlippedBack, GateFailed
+from deploy.release import analysis, canary, report
+from deploy.release.candidate import candidate_migrations, gate_color, start_candidate
 from deploy.release.decide import (
     GATED_SWITCH,
     Plan,
@@ -36,8 +32,8 @@ from deploy.release.decide import (
     plan_rollback,
     plan_switch,
 )
-from deploy.release.candidate import gate_color, candidate_migrations, start_candidate
-
+from deploy.release.history import Record, timed
+from deploy.target import dbfacts, facts, runner
 
 # --- deciding: pure functions of the facts read from the target ------------------------
 

@@ -1,15 +1,16 @@
 """The release report: one PNG per release of both colors' requests, errors and latency\nacross it, from the edge's request log."""
 
 from __future__ import annotations
+
 import itertools
 import math
 import time
 from pathlib import Path
-from deploy.target import runner
+
 from deploy.config import Settings
 from deploy.release.history import Record
 from deploy.release.traffic import EDGE, FLUSH_SECONDS, Request, percentile, read
-
+from deploy.target import runner
 
 REPORT_BEFORE_SECONDS = (
     30  # the report starts this long before the release: the old color's traffic

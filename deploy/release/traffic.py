@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from deploy import edge
-from deploy.target import connections
 from deploy.config import Settings
+from deploy.target import connections
 
 EDGE = "edge"  # the bucket of requests the edge answered itself (no color)
 

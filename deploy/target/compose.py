@@ -1,15 +1,15 @@
 """The single-host target: one Docker engine driven by `docker compose` (its command, its\nvariables, the rendered file it reads), each operation of the target interface\n(deploy.target.targets) done with compose."""
 
 from __future__ import annotations
+
 import tenacity
-from deploy import render
-from deploy import bases
-from deploy.target import confinement, facts, runner
+
+from deploy import bases, render
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import ConfigError, StackError
+from deploy.target import confinement, facts, runner
 from deploy.urls import app_url, url_parts
-
 
 # One-off services (dbtools, certbot) sit in a compose profile; naming it makes `down`
 # see them and their volumes (backups, letsencrypt).

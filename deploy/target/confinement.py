@@ -9,10 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from deploy.target import facts, runner
-from deploy.target import connections
 from deploy.config import Settings
 from deploy.errors import CommandError, NotFound
+from deploy.target import connections, facts, runner
 
 
 @dataclass(frozen=True)

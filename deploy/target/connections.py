@@ -1,6 +1,7 @@
 """What stays open across commands: a shell kept open in a container (the edge's state is\nread and written through one, a command a round trip), the Docker Engine API client per\nhost (reads without a `docker` process each), and forked runs of this process (the gates),\nwhich open their own."""
 
 from __future__ import annotations
+
 import atexit
 import functools
 import os
@@ -13,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+
 from deploy.errors import CommandError, EngineLost, NotFound
 from deploy.target.runner import environ, log, redact
 

@@ -1,10 +1,12 @@
 """Facts of the app's database as the target shows it: where a color's database is, its\npending migrations (the app's own status command), and the roles PostgreSQL holds."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass
-from deploy.target import runner
+
 from deploy.config import Settings
 from deploy.errors import CommandError
+from deploy.target import runner
 from deploy.target.facts import ServiceState, container, reads
 
 

@@ -16,13 +16,11 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from deploy import swarmfile
-from deploy.target import swarm
-from deploy.target import connections
-from deploy.target import swarmstack
 from deploy.colors import COLORS
 from deploy.config import Settings
-from deploy.urls import shown_url
 from deploy.errors import CommandError, NotFound, StackError
+from deploy.target import connections, swarm, swarmstack
+from deploy.urls import shown_url
 
 
 class ComposeReads:

@@ -24,8 +24,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from deploy.target import ssh
 from deploy.errors import CommandError, Interrupted, NotFound
+from deploy.target import ssh
 
 log = logging.getLogger("colorgate")
 _secrets: set[str] = set()

@@ -1,12 +1,13 @@
 """Facts of the target's networks and sockets: the networks each service is attached to,\nthe ports it publishes, whether something listens on a port of the target's host or\naccepts a TCP connection there (through the engine where the host is remote)."""
 
 from __future__ import annotations
+
 import shlex
 import socket
 from dataclasses import dataclass
-from deploy.target import ssh
-from deploy.target import connections
+
 from deploy.config import Settings
+from deploy.target import connections, ssh
 from deploy.target.facts import container, inspect, service_states
 
 

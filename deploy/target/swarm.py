@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-
 from deploy import swarmfile
-from deploy.target import connections
 from deploy.colors import COLORS
 from deploy.config import Settings
 from deploy.errors import CommandError, ConfigError, NotFound, StackError
+from deploy.target import connections
 
 STACK_LABEL = "com.docker.stack.namespace"
 SERVICE_LABEL = "com.docker.swarm.service.name"

@@ -1,19 +1,19 @@
 """A Swarm's stack changed: the stack file deployed with its secrets (`docker stack deploy`),\nreplicas per color, waits until the services converge or stop, and its removal."""
 
 from __future__ import annotations
+
 import hashlib
 import hmac
 import time
 from secrets import token_hex
+
 import yaml
-from deploy import render
-from deploy import swarmfile
-from deploy import registry
-from deploy.target import runner
-from deploy.target import connections
+
+from deploy import registry, render, swarmfile
 from deploy.colors import COLORS, other
 from deploy.config import Settings
 from deploy.errors import CommandError, StackError
+from deploy.target import connections, runner
 from deploy.target.swarm import (
     STACK_LABEL,
     Service,

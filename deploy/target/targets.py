@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import threading
 
-
 from deploy import access
-from deploy.target import confinement, facts, runner, swarm
-from deploy.target import connections
-from deploy.target import swarmstack
 from deploy.colors import COLORS
 from deploy.config import Settings
+from deploy.target import confinement, connections, facts, runner, swarm, swarmstack
 from deploy.target.compose import Compose, compose_env
 
 

@@ -5,8 +5,8 @@ networks, volumes, image tags) when the run ends, even when it fails."""
 from __future__ import annotations
 
 import contextlib
-import json
 import dataclasses
+import json
 import os
 import secrets
 import shutil
@@ -17,19 +17,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import bcrypt
 import httpx
 import pytest
-import bcrypt
 import tenacity
 
-from deploy import config, edge, stack, views
-from deploy import profiles
-from deploy import starting
-from deploy.edge import tls
+from deploy import config, edge, profiles, stack, starting, views
+from deploy.edge import locking, tls
 from deploy.release import gates
-from deploy.edge import locking
-from deploy.target import runner
-from deploy.target import compose
+from deploy.target import compose, runner
 from tests.certs import make_ca, make_leaf
 
 INVOKE = str(Path(sys.executable).with_name("invoke"))

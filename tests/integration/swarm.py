@@ -33,10 +33,9 @@ from collections.abc import Iterator
 
 import httpx
 
-from deploy import remote
-from deploy import bases
-from deploy.target import runner
+from deploy import bases, remote
 from deploy.config import Settings
+from deploy.target import runner
 
 from .conftest import free_port
 

@@ -12,16 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 import tenacity
 from cryptography import x509
 
-from deploy import config, edge, errors, images, stack
-from deploy import profiles
-from deploy import bases
+from deploy import bases, config, edge, errors, images, profiles, stack
 from deploy.edge import acme, tls
 from deploy.release import gates
 from deploy.target import facts, runner

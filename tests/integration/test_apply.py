@@ -17,14 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import contract, edge, errors, stack
-from deploy import profiles
+from deploy import contract, edge, errors, profiles, stack
+from deploy.colors import other
 from deploy.data import db
 from deploy.edge import tls
 from deploy.release import gates
-from deploy.target import facts, runner
-from deploy.target import sockets
-from deploy.colors import other
+from deploy.target import facts, runner, sockets
 
 from .conftest import invoke, isolated_env, running_stack
 from .test_switching import connect, request

@@ -10,9 +10,7 @@ import shutil
 import socket
 import time
 
-from deploy import bootstrap, config, errors
-from deploy import profiles
-from deploy import bases
+from deploy import bases, bootstrap, config, errors, profiles
 from deploy.target import facts, runner
 
 from .conftest import invoke

@@ -10,12 +10,9 @@ import shutil
 
 import pytest
 
-from deploy import config, render
-from deploy import profiles
-from deploy import bases
+from deploy import bases, config, profiles, render
 from deploy.release import gates, releases
-from deploy.target import facts
-from deploy.target import sockets
+from deploy.target import facts, sockets
 
 from .conftest import isolated_env, running_stack
 

@@ -20,16 +20,11 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.db_move import Writer, managed_postgres
-from deploy import colors, config, edge, errors, stack
-from deploy import profiles
-from deploy.data import db
-from deploy.data import verify
-from deploy.edge import tls
+from deploy import colors, config, edge, errors, profiles, stack
+from deploy.data import db, verify
+from deploy.edge import locking, tls
 from deploy.release import canary, gates, history
-from deploy.edge import locking
-from deploy.target import facts, runner
-from deploy.target import connections
-from deploy.target import dbfacts
+from deploy.target import connections, dbfacts, facts, runner
 
 from .conftest import INVOKE, invoke, paused_at, running_stack
 from .test_move import move_env

@@ -13,11 +13,9 @@ import signal
 import pytest
 
 from benchmarks.db_move import Writer, managed_image, managed_postgres
-from deploy import edge, errors
-from deploy import profiles
+from deploy import edge, errors, profiles
 from deploy.data import replication
-from deploy.target import facts, runner
-from deploy.target import dbfacts
+from deploy.target import dbfacts, facts, runner
 
 from .conftest import invoke, running_stack
 from .test_crash import assert_one_color, killed_at, killed_in, last, local_writes, one_offs

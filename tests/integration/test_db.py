@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import json
-import signal
 import os
 import shutil
+import signal
 import subprocess
 import threading
 
 import pytest
 import yaml
 
-from deploy import access, contract, edge, errors, stack
-from deploy import profiles
-from deploy.data import db, dbtools
-from deploy.data import verify
-from deploy.edge import tls
-from deploy.release import gates
-from deploy.edge import locking
-from deploy.target import facts, runner
-from deploy.target import dbfacts
-
 from benchmarks.db_move import docker0
 from benchmarks.remote_and_idle import keygen, ssh_host
+from deploy import access, contract, edge, errors, profiles, stack
+from deploy.data import db, dbtools, verify
+from deploy.edge import locking, tls
+from deploy.release import gates
+from deploy.target import dbfacts, facts, runner
 
 from .conftest import invoke, isolated_env, paused_at, running_stack
 

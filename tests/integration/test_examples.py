@@ -15,18 +15,12 @@ import httpx
 import pytest
 import tenacity
 
-from deploy import config, edge, errors
-from deploy import profiles
-from deploy import urls
-from deploy import bases
-from deploy.data import db
-from deploy.data import verify
+from benchmarks.db_move import isolated, managed_postgres
+from deploy import bases, config, edge, errors, profiles, urls
+from deploy.data import db, verify
 from deploy.edge import tls
 from deploy.release import gates, releases
-from deploy.target import facts
-from deploy.target import dbfacts
-
-from benchmarks.db_move import isolated, managed_postgres
+from deploy.target import dbfacts, facts
 
 from .conftest import invoke, isolated_env, running_stack
 

@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.remote_and_idle import keygen, operator_home, ssh_host
-from deploy import config, edge, errors
-from deploy import profiles
-from deploy import bases
+from deploy import bases, config, edge, errors, profiles
 from deploy.target import facts, runner
 
 from . import workflow

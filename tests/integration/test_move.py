@@ -25,16 +25,11 @@ from benchmarks.db_move import (
     managed_postgres,
     relay_certificate,
 )
-from deploy import edge, errors, render
-from deploy import profiles
-from deploy import urls
-from deploy import bases
-from deploy.data import db, dbtools, relay, replication
-from deploy.data import verify
-from deploy.release import gates
+from deploy import bases, edge, errors, profiles, render, urls
+from deploy.data import db, dbtools, relay, replication, verify
 from deploy.edge import locking
-from deploy.target import facts, runner
-from deploy.target import dbfacts
+from deploy.release import gates
+from deploy.target import dbfacts, facts, runner
 
 from .conftest import invoke, isolated_env, paused_at, running_stack
 

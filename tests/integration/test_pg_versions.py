@@ -12,13 +12,10 @@ import zipfile
 
 import pytest
 
-from deploy import profiles
-from deploy import bases
-from deploy.data import db, dbtools
-from deploy.data import verify
-from deploy.target import runner
-
 from benchmarks.db_move import managed_postgres
+from deploy import bases, profiles
+from deploy.data import db, dbtools, verify
+from deploy.target import runner
 
 from .conftest import isolated_env, running_stack
 

@@ -10,13 +10,12 @@ import re
 import httpx
 import pytest
 
-from deploy import edge, errors, images
-from deploy import profiles
-from deploy import bases
-from deploy.target import facts, runner
+from deploy import bases, edge, errors, images, profiles
 from deploy.errors import RegistryError
+from deploy.target import facts, runner
 
-from .conftest import REGISTRY_USER as USER, invoke, isolated_env, remove_stack
+from .conftest import REGISTRY_USER as USER
+from .conftest import invoke, isolated_env, remove_stack
 
 
 @pytest.fixture(scope="module")

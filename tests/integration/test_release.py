@@ -18,15 +18,11 @@ import tenacity
 import yaml
 from python_on_whales import DockerClient
 
-from deploy import apply, config, contract, edge, errors, render, stack
-from deploy import profiles
-from deploy.edge import tls
-from deploy.release import canary, gates, releases
-from deploy.edge import locking
-from deploy.target import facts, runner, targets
-from deploy.target import connections
-from deploy.target import compose
+from deploy import apply, config, contract, edge, errors, profiles, render, stack
+from deploy.edge import locking, tls
 from deploy.errors import CommandError, StackError
+from deploy.release import canary, gates, releases
+from deploy.target import compose, connections, facts, runner, targets
 
 from .conftest import INVOKE, invoke, isolated_env, running_stack
 
@@ -241,9 +237,11 @@ def test_a_second_release_refuses_while_the_lock_is_held(rstack, env):
 
 def test_switches_never_reload_nginx_and_a_bad_routing_file_never_lands(rstack):
     edge_name = edge.edge_container(rstack)
-    workers = lambda: runner.run(
-        ["docker", "exec", edge_name, "sh", "-c", "cat /proc/$(cat /tmp/nginx.pid)/task/*/children"]
-    ).stdout.split()  # noqa: E731
+    children = "cat /proc/$(cat /tmp/nginx.pid)/task/*/children"
+
+    def workers() -> list[str]:
+        return runner.run(["docker", "exec", edge_name, "sh", "-c", children]).stdout.split()
+
     before_state, before_workers = live(rstack), workers()
     with pytest.raises(CommandError) as err:
         edge.in_edge(rstack, edge.switch_cmd("color=blue\nversion=v1\nno_such_directive on;\n"))

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, errors, stack
-from deploy import profiles
-from deploy import bases
+from deploy import bases, config, errors, profiles, stack
 from deploy.data import relay
-from deploy.target import runner
 from deploy.errors import MoveError
+from deploy.target import runner
 
 from .conftest import invoke, isolated_env, remove_stack
 from .swarm import node_daemon_json

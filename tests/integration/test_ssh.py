@@ -12,9 +12,7 @@ import subprocess
 import pytest
 
 from benchmarks.remote_and_idle import SshHost, keygen, operator_env, operator_home, ssh_host
-from deploy import config, errors
-from deploy import profiles
-from deploy import bases
+from deploy import bases, config, errors, profiles
 from deploy.target import runner
 
 from .conftest import free_port, invoke, isolated_env, remove_stack

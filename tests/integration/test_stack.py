@@ -14,14 +14,11 @@ import time
 import httpx
 import pytest
 
-from deploy import access, config, contract, edge, errors, stack
-from deploy import starting
+from deploy import access, config, contract, edge, errors, stack, starting
 from deploy.edge import tls
-from deploy.release import gates, traffic
-from deploy.target import facts, runner, targets
-from deploy.target import sockets
-from deploy.target import compose
 from deploy.errors import ConfigError
+from deploy.release import gates, traffic
+from deploy.target import compose, facts, runner, sockets, targets
 
 from .conftest import free_port, invoke
 

@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from deploy import profiles
-from deploy import bases
+from deploy import bases, profiles
 from deploy.target import runner
 
 from .conftest import invoke, isolated_env, remove_stack

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-from deploy import profiles
-from deploy import bases
+from deploy import bases, profiles
 
 from .swarm import swarm
 

@@ -18,17 +18,14 @@ import pytest
 
 from benchmarks.db_move import managed_postgres
 from benchmarks.remote_and_idle import keygen, operator_env, operator_home, ssh_host
-from deploy import config, edge, errors, images
-from deploy import profiles
-from deploy import urls
-from deploy import bases
+from deploy import bases, config, edge, errors, images, profiles, urls
 from deploy.data import relay
-from deploy.target import facts, runner, swarm as swarm_target
-from deploy.target import sockets
+from deploy.target import facts, runner, sockets
+from deploy.target import swarm as swarm_target
 
 from .conftest import invoke, isolated_env, remove_stack
-from .test_examples import all_done_on, post_job
 from .swarm import IN_THE_CLEAR, swarm
+from .test_examples import all_done_on, post_job
 
 JOBS = {"COLORGATE_APP": str(config.project_root() / "examples" / "web-worker-redis")}
 

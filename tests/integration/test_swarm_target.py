@@ -15,15 +15,11 @@ import time
 
 import pytest
 
-from deploy import config, edge, errors
-from deploy import profiles
-from deploy import bases
+from deploy import bases, config, edge, errors, profiles
 from deploy.edge import tls
 from deploy.release import gates
-from deploy.target import facts, runner, swarm as swarm_target
-from deploy.target import connections
-from deploy.target import swarmstack
-from deploy.target import sockets
+from deploy.target import connections, facts, runner, sockets, swarmstack
+from deploy.target import swarm as swarm_target
 
 from .conftest import INVOKE, invoke, isolated_env, pebble_server, remove_stack
 from .swarm import IN_THE_CLEAR, swarm

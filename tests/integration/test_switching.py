@@ -16,13 +16,12 @@ import time
 
 import pytest
 
-from deploy import edge, stack
-from deploy import profiles
+from deploy import edge, profiles, stack
+from deploy.colors import other
 from deploy.edge import tls
+from deploy.errors import CommandError
 from deploy.release import releases
 from deploy.target import runner
-from deploy.colors import other
-from deploy.errors import CommandError
 
 from .conftest import isolated_env, running_stack
 

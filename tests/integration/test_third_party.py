@@ -10,15 +10,11 @@ import os
 import httpx
 import pytest
 
-from deploy import config, edge, render
-from deploy import profiles
-from deploy import bases
-from deploy.data import db
-from deploy.data import verify
+from deploy import bases, config, edge, profiles, render
+from deploy.data import db, verify
 from deploy.edge import tls
 from deploy.release import gates, releases
-from deploy.target import facts
-from deploy.target import sockets
+from deploy.target import facts, sockets
 
 from .conftest import gates_strict_then_accepted, invoke, isolated_env, running_stack
 

@@ -15,8 +15,8 @@ import dataclasses
 import os
 import re
 import subprocess
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import yaml
 

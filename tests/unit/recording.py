@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 from deploy import errors
-from deploy.release import history, plans
 from deploy.edge import locking
+from deploy.release import history, plans
 
 
 class Recording:

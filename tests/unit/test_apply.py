@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import apply
-from deploy import starting
-from deploy.release import plans
+from deploy import apply, starting
 from deploy.errors import ColorgateError, ConfigError
+from deploy.release import plans
 
 from .recording import Recording, check_case
 

@@ -3,10 +3,10 @@
 from benchmarks.switch_under_load import (
     TARGETS,
     WrkRun,
+    bad_release_figures,
     first_answer_from,
     longest_gap,
     targets,
-    bad_release_figures,
 )
 
 

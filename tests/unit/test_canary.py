@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 from deploy import edge
-from deploy.release import canary
 from deploy.errors import ColorgateError
+from deploy.release import canary
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,7 @@ import subprocess
 
 import pytest
 
-from deploy import colors, config, edge
-from deploy import profiles
+from deploy import colors, config, edge, profiles
 from deploy.errors import ColorgateError
 
 

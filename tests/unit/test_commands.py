@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import bootstrap, config, errors, images, views
-from deploy import profiles
-from deploy import bases
-from deploy import registry
-from deploy.target import facts, runner, targets
-from deploy.target import compose
+from deploy import bases, bootstrap, config, errors, images, profiles, registry, views
 from deploy.errors import ColorgateError, CommandError, EngineLost, NotFound, PortInUse
+from deploy.target import compose, facts, runner, targets
 
 
 @pytest.fixture
@@ -409,9 +405,9 @@ def test_a_container_its_restart_policy_keeps_bringing_back_is_named_with_the_re
 def test_a_failed_command_shows_and_keeps_its_last_lines_for_a_person_to_act_on(capsys):
     from invoke import Exit
 
-    from deploy.release import history
-    from deploy.edge import locking
     from deploy.cli.common import operator_errors
+    from deploy.edge import locking
+    from deploy.release import history
 
     build = "\n".join(
         [f"#{n} step {n}" for n in range(1, 40)] + ["#40 ERROR: failed to solve: npm ci exited 1"]

@@ -4,11 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, keys
-from deploy import profiles
-from deploy import urls
-from deploy.target import runner
+from deploy import config, keys, profiles, urls
 from deploy.errors import ConfigError
+from deploy.target import runner
 
 GOOD = """\
 COLORGATE_HTTP_PORT=8080

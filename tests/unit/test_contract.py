@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, contract, edge, render
-from deploy import profiles
-from deploy import urls
-from deploy import swarmfile
+from deploy import config, contract, edge, profiles, render, swarmfile, urls
 from deploy.errors import ContractError
 
 ROOT = config.project_root()

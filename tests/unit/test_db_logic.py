@@ -3,18 +3,16 @@ app's migrations with every failure path, from a case file (no Docker)."""
 
 import dataclasses
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
-from datetime import datetime, UTC
 
 import pytest
 import yaml
 
-from deploy import bases, profiles
-from deploy import urls
-from deploy.data import db, dbtools, migrations, offsite
-from deploy.data import content
-from deploy.target import dbfacts
+from deploy import bases, profiles, urls
+from deploy.data import content, db, dbtools, migrations, offsite
 from deploy.errors import ConfigError
+from deploy.target import dbfacts
 
 from .recording import check_case
 
@@ -47,8 +45,7 @@ def test_backup_names_sort_by_time():
 
 
 def test_dump_runs_inside_the_network_from_the_exported_snapshot():
-    from deploy import config
-    from deploy import profiles
+    from deploy import config, profiles
 
     s = profiles.load(
         "development", root=config.project_root(), environ={"COLORGATE_PROJECT": "shop"}

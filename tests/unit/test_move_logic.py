@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import config, edge, errors
-from deploy import profiles
+from deploy import config, edge, errors, profiles
 from deploy.data import db, move, movecheck, relaycert, retire
-from deploy.release import history
 from deploy.edge import locking
-from deploy.release import decide
-from deploy.target import facts
 from deploy.errors import ColorgateError, ConfigError
+from deploy.release import decide, history
+from deploy.target import facts
 
 from .recording import Recording, check_case
 

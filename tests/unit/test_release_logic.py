@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy import config, edge, views
-from deploy import profiles
-from deploy.edge import probes
-from deploy.release import gates, history
-from deploy.edge import locking
-from deploy.target import runner
+from deploy import config, edge, profiles, views
+from deploy.edge import locking, probes
 from deploy.errors import ColorgateError, StackError
+from deploy.release import gates, history
+from deploy.target import runner
 
 
 def _on(tmp_path, cmd: list[str], stdin=None, **kw) -> subprocess.CompletedProcess:

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import apply, config, edge, errors
-from deploy import profiles
-from deploy.release import history, releases
+from deploy import apply, config, edge, errors, profiles
 from deploy.edge import locking
-from deploy.release import decide
-from deploy.target import facts
 from deploy.errors import ColorgateError
+from deploy.release import decide, history, releases
+from deploy.target import facts
 
 from .recording import Recording
 

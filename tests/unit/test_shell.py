@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from deploy.target import connections
 from deploy.errors import CommandError
+from deploy.target import connections
 
 
 class LocalShell(connections.Shell):

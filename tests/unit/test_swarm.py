@@ -8,12 +8,9 @@ import hashlib
 
 import pytest
 
-from deploy import config, errors, render
-from deploy import profiles
-from deploy import swarmfile
-from deploy.target import swarm
-from deploy.target import swarmstack
+from deploy import config, errors, profiles, render, swarmfile
 from deploy.errors import ColorgateError
+from deploy.target import swarm, swarmstack
 
 
 def settings(**env):

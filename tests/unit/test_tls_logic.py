@@ -3,7 +3,7 @@
 import json
 import subprocess
 import time
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest

@@ -2,10 +2,8 @@
 
 import json
 
-from deploy.release import history, traffic
-from deploy.release import analysis
-from deploy.release import report
 from deploy.edge import locking
+from deploy.release import analysis, history, report, traffic
 
 
 def line(t, color, status, rt, version="v1", path="/api/x"):
