@@ -1,5 +1,7 @@
-"""Step definitions for the gates. Thin: each step asks deploy.release.gates for a fact and
-asserts on it with a message that shows what was seen."""
+"""Step definitions for the gates. Thin: each step asks the running stack (the `stack`
+fixture, a deploy.release.view.StackView: the one thing of the engine they use, whichever
+target the stack runs on) for a fact and asserts on it with a message that shows what
+was seen."""
 
 from __future__ import annotations
 
@@ -9,12 +11,9 @@ from dataclasses import dataclass
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from deploy import contract, render
-from deploy import edge as edge_state
+from deploy import contract
 from deploy.colors import parse_color
-from deploy.edge import probes
-from deploy.release import canary, gates
-from deploy.target import confinement, dbfacts, facts, sockets, swarm, targets
+from deploy.release.view import StackView
 from steps.http import show as _show
 
 _options: dict[str, str | None] = {}
@@ -43,16 +42,22 @@ class Expected:
 
 
 @pytest.fixture(scope="session")
-def expected(request, gate_settings) -> Expected:
+def stack(gate_settings) -> StackView:
+    """The running stack, as the gates see it (the one thing the steps ask)."""
+    return StackView(gate_settings)
+
+
+@pytest.fixture(scope="session")
+def expected(request, stack) -> Expected:
     """The color and version under test: the options, else what the edge routes to."""
     color = request.config.getoption("target_color")
     version = request.config.getoption("target_version")
     if color and version:
         return Expected(parse_color(color), version)
-    active = edge_state.read_active(gate_settings)
+    active = stack.live()
     assert active is not None, "no color is live on the edge: run `invoke up`"
     if color and parse_color(color) != active.color:
-        running = facts.running_versions(facts.service_states(gate_settings))
+        running = stack.running_versions()
         return Expected(parse_color(color), version or running.get(parse_color(color), ""))
     return Expected(active.color, version or active.version)
 
@@ -64,21 +69,21 @@ def app(gate_settings):
 
 
 @pytest.fixture(scope="session")
-def trust(gate_settings) -> str | None:
+def trust(stack) -> str | None:
     """The CA bundle the gates verify the edge against (read once per gate run)."""
-    return gates.trust_pem(gate_settings)
+    return stack.trust()
 
 
 @pytest.fixture(scope="session")
-def edge(gate_settings, trust, expected):
-    with gates.edge_client(gate_settings, trust, gate=True, color=expected.color) as client:
+def edge(stack, trust, expected):
+    with stack.client(trust, expected.color) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def published(gate_settings) -> dict[str, list[str]]:
+def published(stack) -> dict[str, list[str]]:
     """Host ports each service publishes (read once per gate run)."""
-    return sockets.published_ports(gate_settings)
+    return stack.published_ports()
 
 
 # --- given / when --------------------------------------------------------------------
@@ -93,8 +98,8 @@ def the_public_edge(edge):
     parsers.parse('the edge requests "{path}" from the {service} of the color under test'),
     target_fixture="response",
 )
-def edge_requests(gate_settings, expected, path, service):
-    return probes.probe_from_edge(gate_settings, service, expected.color, path)
+def edge_requests(stack, expected, path, service):
+    return stack.probe(service, expected.color, path)
 
 
 @given("the stack's containers", target_fixture="ports")
@@ -106,10 +111,8 @@ def the_stacks_containers(published):
 
 
 @then("every routed service of the color under test passes its health check")
-def candidate_healthy(gate_settings, expected):
-    problems = {
-        s: p for s, p in probes.candidate_health(gate_settings, expected.color).items() if p
-    }
+def candidate_healthy(gate_settings, stack, expected):
+    problems = {s: p for s, p in stack.candidate_health(expected.color).items() if p}
     assert not problems, "; ".join(
         f"{gate_settings.app.copy_name(s, expected.color)} {gate_settings.app.health[s].path}: {p}"
         for s, p in problems.items()
@@ -117,12 +120,12 @@ def candidate_healthy(gate_settings, expected):
 
 
 @then("no container of the color under test is restarting in a loop")
-def candidate_not_crash_looping(gate_settings, expected):
-    if gate_settings.swarm:
+def candidate_not_crash_looping(gate_settings, stack, expected):
+    if not stack.restarts_in_place:
         pytest.skip(
             "on a Swarm a task that crashes is replaced by a new one: the tasks' own states are read instead"
         )
-    states = facts.service_states(gate_settings)
+    states = stack.states()
     looping = {
         name: states[name].restarted
         for name in gate_settings.app.color_services(expected.color)
@@ -132,8 +135,8 @@ def candidate_not_crash_looping(gate_settings, expected):
 
 
 @then("the color under test runs the version under test")
-def runs_expected_version(gate_settings, expected):
-    states = facts.service_states(gate_settings)
+def runs_expected_version(gate_settings, stack, expected):
+    states = stack.states()
     wrong = {
         name: (states[name].version if name in states else "absent")
         for name in gate_settings.app.color_services(expected.color)
@@ -143,13 +146,9 @@ def runs_expected_version(gate_settings, expected):
 
 
 @then("each service of the color under test runs on as many nodes as it can")
-def candidate_spread(gate_settings, expected):
-    if not gate_settings.swarm:
-        return  # one host is one node: each service runs on all the nodes it can
+def candidate_spread(gate_settings, stack, expected):
     names = [gate_settings.app.copy_name(s, expected.color) for s in gate_settings.app.colored]
-    problems = swarm.spread_problems(
-        swarm.services(gate_settings), names, swarm.active_nodes(swarm.nodes(gate_settings))
-    )
+    problems = stack.spread_problems(names)  # none on one host, which is one node
     assert not problems, (
         "; ".join(f"{name}: {why}" for name, why in problems.items())
         + ": one node's loss would take more of it than it must; see `docker node ls` and the services' "
@@ -158,14 +157,14 @@ def candidate_spread(gate_settings, expected):
 
 
 @then("every health check passes through the public edge")
-def public_health(client, app):
+def public_health(client, app, stack):
     checked = 0
     for service, check in app.health.items():
         route = app.route_for(check.path)
         if route is None or route.service != service:
             continue  # not reachable from outside at that path: the pre gate checked it
         response = client.get(check.path)
-        problem = probes.health_problem(check, response.status_code, response.text)
+        problem = stack.health_problem(check, response.status_code, response.text)
         assert problem is None, f"{service} through the edge at {check.path}: {problem}"
         checked += 1
     if not checked:
@@ -173,8 +172,8 @@ def public_health(client, app):
 
 
 @then("every route is answered by the color and version under test")
-def routes_answered_by_expected(gate_settings, client, app, expected):
-    addresses = targets.of(gate_settings).addresses(gate_settings, expected.color)
+def routes_answered_by_expected(stack, client, app, expected):
+    addresses = stack.addresses(expected.color)
     for route in app.routes:
         check = app.health.get(route.service)
         path = check.path if check and app.route_for(check.path) == route else route.path
@@ -195,13 +194,13 @@ def routes_answered_by_expected(gate_settings, client, app, expected):
 
 
 @then("the edge routes to the color and version under test")
-def edge_routes_expected(gate_settings, expected):
+def edge_routes_expected(stack, expected):
     """The live color, or during a canary the canary's (both colors are live then)."""
-    active = edge_state.read_active(gate_settings)
+    active = stack.live()
     assert active is not None, "the edge routes to no color"
     if (active.color, active.version) == (expected.color, expected.version):
         return
-    found = canary.read(gate_settings)
+    found = stack.canary()
     routed = f"{active.color} {active.version}" + (
         f", and {found['color']} {found['version']} to {found['percent']}% of users"
         if found
@@ -215,11 +214,11 @@ def edge_routes_expected(gate_settings, expected):
 
 
 @then("the color under test has no pending database migrations")
-def migrations_at_head(gate_settings, expected):
+def migrations_at_head(gate_settings, stack, expected):
     m = gate_settings.app.migrations
     if not m or not m.status:
         pytest.skip("the app declares no migration status command (x-colorgate.migrations.status)")
-    pending = dbfacts.pending_migrations(gate_settings, expected.color)
+    pending = stack.pending_migrations(expected.color)
     assert not pending, (
         f"{gate_settings.app.copy_name(m.service, expected.color)} has migrations the database "
         f"has not applied ({' '.join(m.status)} says so): run `invoke db.migrate`"
@@ -227,64 +226,55 @@ def migrations_at_head(gate_settings, expected):
 
 
 @then("only the edge publishes host ports")
-def only_edge_publishes(gate_settings, ports):
+def only_edge_publishes(stack, ports):
     publishing = {service: p for service, p in ports.items() if p}
-    if (
-        "dbrelay" in publishing
-        and edge_state.read_lock_holder(gate_settings).get("command") == "db.move"
-    ):
-        del publishing[
-            "dbrelay"
-        ]  # db.move's replication relay (TLS only, a one-off role): gone when the move ends
+    # db.move's replication relay (TLS only, a one-off role): gone when the move ends
+    if "dbrelay" in publishing and stack.lock_command() == "db.move":
+        del publishing["dbrelay"]
     assert set(publishing) == {"edge"}, f"services publishing host ports: {publishing}"
 
 
 @then("the database is attached only to internal networks")
-def only_internal_networks(gate_settings, app):
+def only_internal_networks(stack, app):
     if not app.database:
         pytest.skip("the app declares no database (x-colorgate.database)")
     service = app.database.service
-    if edge_state.read_database_record(gate_settings).get("retired"):
+    if stack.database_retired():
         # retired after db.move: the app uses a managed database; no local one is left
         # on a Swarm: its service, at 0 tasks
-        found = facts.service_states(gate_settings).get(service)
+        found = stack.states().get(service)
         assert found is None or found.state == "exited", (
             f"the retired local database {service} is running again"
         )
         return
-    networks = sockets.service_networks(gate_settings, service)
+    networks = stack.networks(service)
     assert networks and all(n.internal for n in networks), (
         f"{service} networks: {networks}: put the database on networks marked `internal: true` in {app.file.name}"
     )
 
 
 @then("nothing on the host listens on the database port")
-def nothing_listens(gate_settings, app):
+def nothing_listens(stack, app):
     if not app.postgres:
         pytest.skip("the app declares no PostgreSQL database")
-    listening = sockets.listening_on_port(gate_settings, sockets.POSTGRES_PORT)
+    listening = stack.listening_on(stack.postgres_port)
     assert not listening, f"listening on the host: {listening}"
 
 
 @then("no connection to the database port succeeds from the host")
-def no_host_connection(gate_settings, app):
+def no_host_connection(stack, app):
     if not app.postgres:
         pytest.skip("the app declares no PostgreSQL database")
-    addresses = {"127.0.0.1", gate_settings.edge_address}
-    # every node's, where a port published on the Swarm or by anything on the node would answer
-    if gate_settings.swarm:
-        addresses |= set(swarm.node_addresses(swarm.nodes(gate_settings)).values())
-    for address in sorted(addresses):
-        assert not sockets.tcp_connects(address, sockets.POSTGRES_PORT), (
-            f"{address}:{sockets.POSTGRES_PORT} accepted a connection from the host"
+    port = stack.postgres_port
+    for address in sorted(stack.host_addresses()):
+        assert not stack.connects(address, port), (
+            f"{address}:{port} accepted a connection from the host"
         )
 
 
 @given("a TLS handshake with the edge", target_fixture="handshake")
-def tls_handshake(gate_settings, trust):
-    return gates.tls_handshake(
-        gate_settings.edge_address, gate_settings.https_port, gate_settings.domain, trust
-    )
+def tls_handshake(stack, trust):
+    return stack.handshake(trust)
 
 
 @then("the certificate chains to the configured CA and matches the domain")
@@ -304,13 +294,11 @@ def not_expiring(gate_settings, handshake):
 
 
 @then(parsers.parse("a {protocol} handshake is refused"))
-def protocol_refused(gate_settings, protocol):
+def protocol_refused(stack, protocol):
     import ssl
 
     version = {"TLS 1.0": ssl.TLSVersion.TLSv1, "TLS 1.1": ssl.TLSVersion.TLSv1_1}[protocol]
-    result = gates.tls_handshake(
-        gate_settings.edge_address, gate_settings.https_port, gate_settings.domain, None, version
-    )
+    result = stack.handshake(None, version)
     assert not result.ok, f"the edge accepted a {protocol} handshake ({result.protocol})"
     assert "NO_PROTOCOLS_AVAILABLE" not in result.error, (
         f"this client cannot offer {protocol}, so the check proves nothing: {result.error}"
@@ -351,9 +339,9 @@ def hsts(response):
 
 
 @then("the color under test and the edge run locked down")
-def locked_down(gate_settings, expected):
+def locked_down(gate_settings, stack, expected):
     services = [*gate_settings.app.color_services(expected.color), "edge"]
-    found = targets.of(gate_settings).confinements(gate_settings, services)
+    found = stack.confinements(services)
     assert set(found) == set(services), f"not running: {sorted(set(services) - set(found))}"
     weak = {name: c.problems() for name, c in found.items() if c.problems()}
     assert not weak, (
@@ -363,21 +351,15 @@ def locked_down(gate_settings, expected):
 
 
 @then("no other container can gain privileges")
-def no_privilege_gain(gate_settings, expected):
+def no_privilege_gain(stack):
     others = [
         name
-        for name, s in facts.service_states(gate_settings).items()
+        for name, s in stack.states().items()
         if s.state == "running" and s.color is None and name != "edge"
     ]
-    rendered = render.compose(gate_settings.app)[
-        "services"
-    ]  # the app's own cap_add, or Colorgate's default for it
-    declared = {
-        name: set(map(confinement.capability, (rendered.get(name) or {}).get("cap_add") or ()))
-        for name in others
-    }
+    declared = stack.declared_capabilities(others)
     gains = {}
-    for name, c in targets.of(gate_settings).confinements(gate_settings, others).items():
+    for name, c in stack.confinements(others).items():
         problems = [
             p
             for p in c.gains()
@@ -389,16 +371,12 @@ def no_privilege_gain(gate_settings, expected):
 
 
 @then("no container holds a secret in its environment")
-def no_secret_in_environment(gate_settings):
+def no_secret_in_environment(gate_settings, stack):
     if gate_settings.secrets_in_env == "allow":
         return  # the operator accepted it (COLORGATE_SECRETS_IN_ENV=allow)
-    running = [
-        name for name, s in facts.service_states(gate_settings).items() if s.state == "running"
-    ]
+    running = [name for name, s in stack.states().items() if s.state == "running"]
     held = {
-        name: list(c.secret_env)
-        for name, c in targets.of(gate_settings).confinements(gate_settings, running).items()
-        if c.secret_env
+        name: list(c.secret_env) for name, c in stack.confinements(running).items() if c.secret_env
     }
     db = gate_settings.app.database
     fix = (
@@ -413,11 +391,11 @@ def no_secret_in_environment(gate_settings):
 
 
 @then("the color under test reaches the stack's database as its own role, not a superuser")
-def own_database_role(gate_settings, expected):
+def own_database_role(gate_settings, stack, expected):
     s = gate_settings
     if not s.app.postgres or s.database_url:
         return  # no database of the stack's own in use: a managed one's roles are its operator's
-    found = dbfacts.database_roles(s)
+    found = stack.database_roles()
     assert found.role_super is False, (
         f"the app's role {s.app_db_user} is missing or a superuser: run `invoke up` to set it up"
     )
@@ -425,7 +403,7 @@ def own_database_role(gate_settings, expected):
         f"the database {s.postgres_db} is owned by {found.database_owner}, "
         f"not the app's role {s.app_db_user}: run `invoke up` to hand it over"
     )
-    mine = targets.of(s).addresses(s, expected.color)
+    mine = stack.addresses(expected.color)
     as_super = sorted(
         {f"{mine[addr]} as {user}" for addr, user, sup in found.sessions if sup and addr in mine}
     )

@@ -81,16 +81,25 @@ class Compose:
     """One engine: compose starts, stops and removes the containers it names."""
 
     reads = facts.COMPOSE_READS  # how it is read
-    checks_project = (
-        True  # a compose project of that name may be another app's (access.check_project)
-    )
-    renews_on_server = (
-        True  # the renewer runs beside the edge (a Swarm's edge is renewed by tls.renew)
-    )
+    # a compose project of that name may be another app's (access.check_project)
+    checks_project = True
+    # the renewer runs beside the edge (a Swarm's edge is renewed by tls.renew)
+    renews_on_server = True
     scales = False  # one container per service
+    # a container that crashes is restarted in place (a Swarm replaces the task)
+    restarts_in_place = True
 
     def check(self, settings: Settings) -> None:
         """Before a command acts: nothing beyond the engine bootstrap checked."""
+
+    def spread_problems(self, settings: Settings, names: list[str]) -> dict[str, str]:
+        """The services of `names` that run on fewer nodes than they could: none on one
+        host, which is one node."""
+        return {}
+
+    def node_addresses(self, settings: Settings) -> set[str]:
+        """The addresses of the target's nodes beyond the edge's: none on one host."""
+        return set()
 
     def start(
         self,

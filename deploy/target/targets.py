@@ -30,9 +30,19 @@ class Swarm(Compose):
     checks_project = False
     renews_on_server = False
     scales = True
+    restarts_in_place = False
 
     def check(self, settings: Settings) -> None:
         swarm.check_target(settings)
+
+    def spread_problems(self, settings: Settings, names: list[str]) -> dict[str, str]:
+        """Each service of `names` whose tasks sit on fewer active nodes than they could."""
+        active = swarm.active_nodes(swarm.nodes(settings))
+        return swarm.spread_problems(swarm.services(settings), names, active)
+
+    def node_addresses(self, settings: Settings) -> set[str]:
+        """Every node's address, where a port published on the Swarm would answer."""
+        return set(swarm.node_addresses(swarm.nodes(settings)).values())
 
     def apply(
         self,

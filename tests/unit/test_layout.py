@@ -103,7 +103,7 @@ LAYERS = {
         "the target's facts": "target.facts target.sockets target.dbfacts target.confinement target.swarm target.swarmstack bootstrap",
         "the edge and the record": "edge edge.state edge.modes edge.ledger edge.routes edge.probes edge.locking "
         "release.history release.plans release.canary release.traffic release.analysis release.report",
-        "the stack": "access stack data.content data.relaycert target.compose target.targets edge.tls edge.acme release.gates data.dbtools data.relay",
+        "the stack": "release.view access stack data.content data.relaycert target.compose target.targets edge.tls edge.acme release.gates data.dbtools data.relay",
         "the data": "data.db data.verify data.offsite data.replication data.movecheck data.migrations",
         "operations": "apply starting views release.recover release.decide release.candidate release.releases "
         "data.move data.movesteps data.retire",
@@ -260,3 +260,21 @@ def test_an_upward_import_is_found():
     """A lower layer's module importing an operation is what test_nothing_imports_upward reports."""
     used = set().union(*(imported(n) for n in ast.walk(ast.parse("from deploy.data import move"))))
     assert used == {"data.move"} and LAYER["data.move"] > LAYER["target.facts"]
+
+
+# what the steps may use of the engine: the stack as the gates see it, and the settings
+STEPS_USE = {"release.view", "colors", "contract", "errors", "profiles", "config"}
+
+
+def test_the_steps_ask_one_object_of_the_engine():
+    """steps/ reads the running stack through deploy.release.view.StackView only (and the
+    settings, the contract, the colors and the errors), and never asks which target it is."""
+    for path in sorted((ROOT / "steps").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert imported(node) <= STEPS_USE, (
+                f"{path.relative_to(ROOT)}:{node.lineno} imports {sorted(imported(node) - STEPS_USE)}: "
+                "ask the StackView (the `stack` fixture), or give it what the step needs"
+            )
+            assert not (isinstance(node, ast.Attribute) and node.attr == "swarm"), (
+                f"{path.relative_to(ROOT)}:{node.lineno} asks which target the stack runs on"
+            )
