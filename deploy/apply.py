@@ -1,7 +1,7 @@
-"""A changed contract or settings reaching a running stack (`invoke up`, `invoke apply`,
-and on a Swarm `invoke scale`),
-in the order that keeps the live color answering. A release never does this: it starts
-only its candidate, and refuses while anything here is pending (release.plan_deploy).
+"""A changed contract or settings reaching a running stack (`invoke up` and `invoke apply`,
+whose plan and steps are starting.py's; `down`; on a Swarm `invoke scale`), in the order
+that keeps the live color answering. A release never does this: it starts only its
+candidate, and refuses while anything here is pending (decide.plan_deploy).
 
 What can change beside the colors, as compose's own dry run and the edge's routes say:
 
@@ -214,7 +214,7 @@ def beside(settings: Settings, live: str, yes: bool = False) -> Beside:
     return Beside(live, tuple(found), any(c.kind == "service" for c in found), bool(hold), hold)
 
 
-# --- starting the stack: planned as a release is -----------------------------------------
+# --- down and scale ---------------------------------------------------------------------
 
 
 def check_down(settings: Settings, volumes: bool, yes: bool) -> None:

@@ -1,4 +1,11 @@
-"""Debian base images made without a registry: mmdebstrap from Debian's mirror, imported\nas images (nginx, postgres, certbot, python, and the examples' own), the PostgreSQL\nmajors the database tools cover, the images' ages, and their refresh."""
+"""Debian base images made without a registry (nginx, postgres, certbot, python, and the
+examples' own), the PostgreSQL majors the database tools cover, the images' ages.
+
+Base images come from Debian's own mirror (mmdebstrap, then `docker import`), with
+every package the image needs included at build time, so nothing in a Dockerfile
+needs network access. Their tag carries a hash of what went in, so a changed package
+list makes a new base image; an unchanged one is made again once older than
+COLORGATE_BASE_MAX_AGE (refresh_bases), so Debian's security updates reach it."""
 
 from __future__ import annotations
 

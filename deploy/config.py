@@ -1,4 +1,5 @@
-"""Settings: loaded once from an env profile, validated up front, then passed along.
+"""Settings: loaded once from an env profile (profiles.py finds, merges and validates
+them), then passed along; and where Colorgate's own parts ship (shipped).
 
 Sources, later ones winning:
   .env.<profile>          committed: safe defaults (development) or templates

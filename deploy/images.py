@@ -1,10 +1,5 @@
-"""Images: Debian base images made without a registry, and the stack's app images.
-
-Base images come from Debian's own mirror (mmdebstrap, then `docker import`), with
-every package the image needs included at build time, so nothing in a Dockerfile
-needs network access. Their tag carries a hash of what went in, so a changed package
-list makes a new base image; an unchanged one is made again once older than
-COLORGATE_BASE_MAX_AGE (refresh_bases), so Debian's security updates reach it.
+"""The stack's images: which of them a release ships, their versions and tags (the base
+images they are built on: bases.py; a registry: registry.py).
 
 App images are built by `docker compose build` (BuildKit in the engine; no buildx
 plugin needed) and tagged `<prefix><name>:<version>` plus `latest`.
@@ -101,9 +96,3 @@ def release_tags(settings: Settings) -> list[str]:
         ).stdout
         per_image.append({tag for tag in out.split() if tag != "latest"})
     return sorted(set.intersection(*per_image), key=lambda t: (len(t), t)) if per_image else []
-
-
-# --- a registry ------------------------------------------------------------------
-
-
-# --- no registry: stream over SSH ------------------------------------------------------

@@ -1,8 +1,8 @@
 """The settings' keys: every COLORGATE_* (and POSTGRES_*, DATABASE_URL) key with its
 parser, its default (None: required) and whether it is a secret; the parsers say what
-a bad value should be, and config.py turns that into one line naming the key, the file
+a bad value should be, and profiles.py turns that into one line naming the key, the file
 and the fix. Database URLs are parsed, shown without their password and rewritten for
-clients here too.
+clients in urls.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Settings loaded from an env profile: its files found (.env.PROFILE beside the app's\ncompose file, .env.PROFILE.local, the environment) and merged, every key validated up front\ninto Settings, with the app's contract and its secrets; each error one line naming the key,\nthe file and the fix."""
+"""Settings loaded from an env profile: its files found (.env.PROFILE beside the app's
+compose file, .env.PROFILE.local, the environment) and merged, every key validated up front
+into Settings, with the app's contract and its secrets; each error one line naming the key,
+the file and the fix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Registries: an app's images pushed to and pulled from a registry (a Swarm's nodes pull\nthem), with the login a registry asks for, and its errors explained in one line."""
+"""Registries: an app's images pushed to and pulled from a registry (a Swarm's nodes pull
+them), with the login a registry asks for, and its errors explained in one line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Starting a stack (`invoke up`, `invoke apply`): its plan from the facts (plan_up: images,\nthe edge, the shared services, the live color, what changes beside it, the migrations)\nand the steps that carry it out and undo it, executed by deploy.release.plans."""
+"""Starting a stack (`invoke up`, `invoke apply`): its plan from the facts (plan_up: images,
+the edge, the shared services, the live color, what changes beside it, the migrations)
+and the steps that carry it out and undo it, executed by deploy.release.plans."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The compose file rendered for a Swarm (`docker stack deploy` reads it): variables filled\nin (a stack file has no .env), replicas per color, ports in host mode, health checks,\nsecrets and networks as a Swarm takes them; and the copy one-off containers run from."""
+"""The compose file rendered for a Swarm (`docker stack deploy` reads it): variables filled
+in (a stack file has no .env), replicas per color, ports in host mode, health checks,
+secrets and networks as a Swarm takes them; and the copy one-off containers run from."""
 
 from __future__ import annotations
 

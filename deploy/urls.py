@@ -1,4 +1,6 @@
-"""Database URLs: one validated (PostgreSQL's schemes, its parts, TLS parameters), the URL a\nclient is given (its CA carried as text, verify-full by default for a managed database),\nthe app's URL, and one shown without its password."""
+"""Database URLs: one validated (PostgreSQL's schemes, its parts, TLS parameters), the URL a
+client is given (its CA carried as text, verify-full by default for a managed database),
+the app's URL, and one shown without its password."""
 
 from __future__ import annotations
 

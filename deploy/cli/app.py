@@ -1,6 +1,5 @@
-"""The tasks that run the stack and its releases: bootstrap, init, up, apply, down,
-status, render, logs, traffic, maintenance, deploy, canary.*, switch, rollback, scale,
-history and the benchmark."""
+"""The tasks that run the stack: bootstrap, init, up, apply, down, status, render, logs,
+exec, maintenance and scale (its releases' tasks: releases.py)."""
 
 from __future__ import annotations
 

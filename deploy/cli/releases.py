@@ -1,4 +1,5 @@
-"""The tasks of releases: deploy (with --canary), switch, rollback, the canary.* tasks,\nthe traffic per color, the history, and the switch benchmark (bench)."""
+"""The tasks of releases: deploy (with --canary), switch, rollback, the canary.* tasks,
+the traffic per color, the history, and the switch benchmark (bench)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The x-colorgate block's sections, each validated against the file's services into its\npart of the App (contract/model.py): the roles of the services, routes, health checks,\nmigrations, the database, replicas, the app's secrets. Every error names its path in the\nblock and the fix."""
+"""The x-colorgate block's sections, each validated against the file's services into its
+part of the App (contract/model.py): the roles of the services, routes, health checks,
+migrations, the database, replicas, the app's secrets. Every error names its path in the
+block and the fix."""
 
 from __future__ import annotations
 

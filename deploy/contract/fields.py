@@ -1,4 +1,6 @@
-"""The x-colorgate block's field types, each validated with an error that names its path\nand the fix: mappings of known keys, names, services, integers, booleans, paths,\nvariable names and commands."""
+"""The x-colorgate block's field types, each validated with an error that names its path
+and the fix: mappings of known keys, names, services, integers, booleans, paths,
+variable names and commands."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""What db.move compares and how the local database refuses writes: the SQL that reads a\ndatabase's row counts and content digests (each answer closed by END), their parse and\ncomparison, and the freeze's refusal of writes (and its removal)."""
+"""What db.move compares and how the local database refuses writes: the SQL that reads a
+database's row counts and content digests (each answer closed by END), their parse and
+comparison, and the freeze's refusal of writes (and its removal)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Database safety: backups that are checked, verified by a real restore, and restore.
+"""Database safety: backups that are checked, pruned and restored (verified by a real
+restore first: verify.py).
 
 Backups are `pg_dump -Fc` files made by a one-off `dbtools` container on the stack's
 internal network (never through a published port) and kept on the target in the

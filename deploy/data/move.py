@@ -7,7 +7,7 @@ freeze ends, or answered 503 with Retry-After at the bound; reads go on.
 
 The order is data: `plan_steps` lists the steps of each mode (pure; the case files in
 tests/unit/cases/move_runs.yaml hold it, and every failure path), `execute` runs them
-through `Steps` and undoes, latest first, what a failure leaves (UNDO). In short:
+through `Steps` (movesteps.py) and undoes, latest first, what a failure leaves (UNDO). In short:
 
     dump:      images -> start the next color on the (empty) target -> pause the old
                color's workers -> freeze -> drain (then the local database refuses

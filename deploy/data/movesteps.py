@@ -1,4 +1,6 @@
-"""db.move's steps, each with its undo, in the order data.move plans them: the candidate\nstarted on the new database, the freeze, the copy (dump and restore, or replication's\ncut-over), the comparison, the switch, and the release of what it held."""
+"""db.move's steps, each with its undo, in the order data.move plans them: the candidate
+started on the new database, the freeze, the copy (dump and restore, or replication's
+cut-over), the comparison, the switch, and the release of what it held."""
 
 from __future__ import annotations
 

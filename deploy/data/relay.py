@@ -20,7 +20,7 @@ The target checks the server it reaches through the relay (COLORGATE_MOVE_RELAY_
 verify-full, the default): against its system CAs (`sslrootcert=system`, PostgreSQL 16
 or newer; a managed database has no file of ours to check against), for the name
 COLORGATE_MOVE_RELAY_HOST. So while the relay runs, the stack's PostgreSQL serves a
-certificate for that name from a public CA (`certificate`, `serve`): the files in
+certificate for that name from a public CA (relaycert.certificate, `serve`): the files in
 COLORGATE_MOVE_RELAY_CERT/KEY, or the edge's own ACME certificate, in its data
 directory and named by ALTER SYSTEM, both taken back with the relay.
 
@@ -95,7 +95,7 @@ done
 echo present
 """
 
-# --- the certificate the target checks --------------------------------------------
+# --- the certificate the relay serves -----------------------------------------------
 
 
 # `on CHAIN` (the key on stdin) writes the files, owned as the data directory is;

@@ -1,4 +1,6 @@
-"""The relay's certificate: the edge's own or one given (COLORGATE_MOVE_RELAY_CERT/KEY),\nwhether a managed database's subscription can verify it in full (verify-full), and the\ncheck of what the relay serves over TLS."""
+"""The relay's certificate: the edge's own or one given (COLORGATE_MOVE_RELAY_CERT/KEY),
+whether a managed database's subscription can verify it in full (verify-full), and the
+check of what the relay serves over TLS."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""A backup verified by a real restore: restored into a scratch PostgreSQL of the tools'\nmajor, its schema fingerprinted and its rows counted, and the verdict recorded beside it\n(a restore or a move needs a verified backup)."""
+"""A backup verified by a real restore: restored into a scratch PostgreSQL of the tools'
+major, its schema fingerprinted and its rows counted, and the verdict recorded beside it
+(a restore or a move needs a verified backup)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The release lock on the edge (its scripts: edge/ledger.py): taken by one command at a time,\nbeaten by a heartbeat while it runs, its phase kept current, broken only when stale; and\nthe record of an operation written under it (recorded: its intent first, then its outcome)."""
+"""The release lock on the edge (its scripts: edge/ledger.py): taken by one command at a time,
+beaten by a heartbeat while it runs, its phase kept current, broken only when stale; and
+the record of an operation written under it (recorded: its intent first, then its outcome)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The edge's modes beside the live color, each one file in its state directory: the write\nfreeze (db.move), maintenance mode, the canary (which color gets which share of users);\nand the database record and the gates' token."""
+"""The edge's modes beside the live color, each one file in its state directory: the write
+freeze (db.move), maintenance mode, the canary (which color gets which share of users);
+and the database record and the gates' token."""
 
 from __future__ import annotations
 

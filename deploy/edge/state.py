@@ -1,6 +1,7 @@
-"""The edge's routing state: which color is live (and the canary beside it), the
-write freeze, maintenance mode and the database record, read and written through
-one shell kept open in the edge (see deploy/edge/__init__.py for the files)."""
+"""The edge's routing state: which color is live, the routes nginx loads, the requests in
+flight per color, read and written through one shell kept open in the edge (modes.py
+holds the freeze, maintenance, the canary and the database record; see
+deploy/edge/__init__.py for the files)."""
 
 from __future__ import annotations
 
@@ -247,7 +248,7 @@ def state_cmd() -> list[str]:
     return ["curl", "-s", "--max-time", "1", STATE_URL]
 
 
-# --- the live color, the write freeze, the database record -----------------------
+# --- the live color -------------------------------------------------------------------
 
 
 def read_active(settings: Settings) -> Active | None:

@@ -1,4 +1,6 @@
-"""The traffic analysis after a switch: each interval of the new color's real traffic\njudged against the old color's (5xx share, latency per route), and the decision to keep\nit or switch back; a canary judged the same way beside the stable color."""
+"""The traffic analysis after a switch: each interval of the new color's real traffic
+judged against the old color's (5xx share, latency per route), and the decision to keep
+it or switch back; a canary judged the same way beside the stable color."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The candidate color of a release: started beside the live color with its versions,\nwaited for until ready and healthy, its migrations run, and gated."""
+"""The candidate color of a release: started beside the live color with its versions,
+waited for until ready and healthy, its migrations run, and gated."""
 
 from __future__ import annotations
 

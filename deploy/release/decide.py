@@ -1,4 +1,6 @@
-"""Deciding a release: the facts it is planned from (observe: the live color, the states of\nboth colors, the history) and its plan, a pure function of them (plan_deploy, plan_switch,\nplan_rollback), tested from captured facts in tests/unit/cases/."""
+"""Deciding a release: the facts it is planned from (observe: the live color, the states of
+both colors, the history) and its plan, a pure function of them (plan_deploy, plan_switch,
+plan_rollback), tested from captured facts in tests/unit/cases/."""
 
 from __future__ import annotations
 

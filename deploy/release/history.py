@@ -1,6 +1,7 @@
 """The record of releases: who ran what, when, from which color to which, every
-gate's result and each phase's time; the release lock around it. Both live on the
-target (deploy/edge/ owns their files), so every operator and CI see the same ones.
+gate's result and each phase's time (the release lock around it: deploy/edge/locking.py).
+Both live on the target (deploy/edge/ owns their files), so every operator and CI see
+the same ones.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-# --- lock --------------------------------------------------------------------------
+# --- phases ------------------------------------------------------------------------
 
 
 ANALYSIS_PHASE = "analysis until "  # + the epoch second it ends (traffic.analyse): another operator sees what is left

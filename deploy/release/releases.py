@@ -4,8 +4,9 @@
          -> (post gates failed: switch back, gate the old color again) -> history -> unlock
 
 Plan as data, execute in one place: `observe` reads the facts once, `plan_*` decide
-(pure: what moves where, which steps, or why there is nothing to do, or a refusal),
-`execute` runs the steps and handles every failure the same way. The previous color
+(pure: what moves where, which steps, or why there is nothing to do, or a refusal; both
+in decide.py), `execute` runs the steps (`Steps`; the candidate's own in candidate.py)
+and handles every failure the same way. The previous color
 keeps running: a rollback is a switch.
 """
 
@@ -34,9 +35,6 @@ from deploy.release.decide import (
 )
 from deploy.release.history import Record, timed
 from deploy.target import dbfacts, facts, runner
-
-# --- deciding: pure functions of the facts read from the target ------------------------
-
 
 # --- executing: one place runs a plan's steps and handles their failures ----------------
 

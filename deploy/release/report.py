@@ -1,4 +1,5 @@
-"""The release report: one PNG per release of both colors' requests, errors and latency\nacross it, from the edge's request log."""
+"""The release report: one PNG per release of both colors' requests, errors and latency
+across it, from the edge's request log."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Colorgate reads it through the Engine API, so a remote host works the same.
 
 `figures` turns a window of it into what a release is judged on: per color, the
 number of requests, the share answered 5xx, and the p50/p95/p99 of the time the edge
-took to answer. `analyse` judges the new color after a switch, interval by interval
+took to answer. analysis.py's `analyse` judges the new color after a switch, interval by interval
 (COLORGATE_ANALYSIS_*), against absolute bounds and against the old color's figures
 from before the switch; a failed analysis is a failed gate: the release switches back.
 """
@@ -145,9 +145,6 @@ def format_figures(found: dict[str, Figures], seconds: float) -> str:
     return "\n".join(lines)
 
 
-# --- the analysis window after a switch ---------------------------------------------
+# --- when the log has a second's requests ---------------------------------------------
 
 FLUSH_SECONDS = 1.2  # the edge flushes its request log every second
-
-
-# --- the release report -------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The single-host target: one Docker engine driven by `docker compose` (its command, its\nvariables, the rendered file it reads), each operation of the target interface\n(deploy.target.targets) done with compose."""
+"""The single-host target: one Docker engine driven by `docker compose` (its command, its
+variables, the rendered file it reads), each operation of the target interface
+(deploy.target.targets) done with compose."""
 
 from __future__ import annotations
 

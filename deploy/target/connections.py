@@ -1,4 +1,7 @@
-"""What stays open across commands: a shell kept open in a container (the edge's state is\nread and written through one, a command a round trip), the Docker Engine API client per\nhost (reads without a `docker` process each), and forked runs of this process (the gates),\nwhich open their own."""
+"""What stays open across commands: a shell kept open in a container (the edge's state is
+read and written through one, a command a round trip), the Docker Engine API client per
+host (reads without a `docker` process each), and forked runs of this process (the gates),
+which open their own."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Facts of the app's database as the target shows it: where a color's database is, its\npending migrations (the app's own status command), and the roles PostgreSQL holds."""
+"""Facts of the app's database as the target shows it: where a color's database is, its
+pending migrations (the app's own status command), and the roles PostgreSQL holds."""
 
 from __future__ import annotations
 

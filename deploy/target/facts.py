@@ -1,7 +1,8 @@
-"""Facts: what the target's engine and host say. What runs (containers, or on a Swarm
-its services and tasks: their state, health, version, ports, database), networks,
-listening sockets; each target is read as its reader says (`reads`: ComposeReads or
-SwarmReads, chosen once). (How each container is confined: deploy/target/confinement.py; the
+"""Facts: what the target's engine says of what runs (containers, or on a Swarm its
+services and tasks: their state, health, version, ports, database, a crash loop, the
+dry run of a start); each target is read as its reader says (`reads`: ComposeReads or
+SwarmReads, chosen once). (Networks and sockets: sockets.py; the app's database: dbfacts.py; how each container
+is confined: confinement.py; the
 addresses of a color's containers: deploy/target/targets.py; the app's answers as the edge sees
 them: deploy/edge/probes.py.) Each fact is plain data, so a release can be decided and a gate
 can explain itself from it; parsing is pure (tested on captured output)."""

@@ -2,11 +2,11 @@
 turned into CommandError when they fail. Also the progress lines operators see.
 
 Functions elsewhere in deploy/ build commands as `list[str]`; only this module
-executes them: as processes (`run`); reads of containers through the Docker Engine API
-on one connection (`engine`); commands in the edge through one shell kept
-open there (`shell`), since the gates and every release make many of them and each
-docker CLI process or exec costs ~100 ms of a small machine; the gates in a fork of
-this process (`forked`).
+executes them: as processes (`run`, `pipe`, `session`); what stays open across commands
+is connections.py's (reads of containers through the Docker Engine API on one connection,
+`engine`; commands in the edge through one shell kept open there, `shell`, since the gates
+and every release make many of them and each docker CLI process or exec costs ~100 ms of a
+small machine; the gates in a fork of this process, `forked`).
 """
 
 from __future__ import annotations
@@ -264,9 +264,3 @@ def on_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, interrupt)
-
-
-# --- a shell kept open in a container: many small commands, one docker exec ----------
-
-
-# --- the Docker Engine API: reads of the target without a CLI process each ------------

@@ -1,4 +1,6 @@
-"""Facts of the target's networks and sockets: the networks each service is attached to,\nthe ports it publishes, whether something listens on a port of the target's host or\naccepts a TCP connection there (through the engine where the host is remote)."""
+"""Facts of the target's networks and sockets: the networks each service is attached to,
+the ports it publishes, whether something listens on a port of the target's host or
+accepts a TCP connection there (through the engine where the host is remote)."""
 
 from __future__ import annotations
 

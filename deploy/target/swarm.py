@@ -1,7 +1,7 @@
 """The Swarm target (COLORGATE_TARGET=swarm): the same stack, releases and
 gates on a Docker Swarm manager, locally or over SSH.
 
-The stack is rendered for the Swarm (swarmfile.swarm) and applied whole with `docker stack
+The stack is rendered for the Swarm (deploy/swarmfile.py) and applied whole with `docker stack
 deploy`: each colored copy is a service whose replicas say whether that color runs (0:
 stopped, its spec and version kept, as compose keeps a stopped container), so a command
 changes only the services whose spec it changes. A running color keeps the replicas it
@@ -10,7 +10,9 @@ contract's. The edge and the shared services sit on the manager, with their volu
 the edge's state (live color, lock, history, certificates) is the cluster's one truth,
 read through the manager's engine as on one host.
 
-What runs is read from the manager's Engine API: services and their tasks. A task of
+This module reads the Swarm (its nodes, services and tasks, the checks before a command
+acts); swarmstack.py changes it. What runs is read from the manager's Engine API: services
+and their tasks. A task of
 a service with a health check is `running` only once healthy; so a service is ready
 when all its replicas run its current spec."""
 
@@ -278,7 +280,7 @@ def task_container(settings: Settings, service: str) -> str:
     return sorted(listed, key=lambda c: c.get("Created", 0))[-1]["Id"]
 
 
-# --- changing the Swarm ----------------------------------------------------------------
+# --- the manager ------------------------------------------------------------------------
 
 
 def manager_node(settings: Settings) -> str:

@@ -1,4 +1,5 @@
-"""A Swarm's stack changed: the stack file deployed with its secrets (`docker stack deploy`),\nreplicas per color, waits until the services converge or stop, and its removal."""
+"""A Swarm's stack changed: the stack file deployed with its secrets (`docker stack deploy`),
+replicas per color, waits until the services converge or stop, and its removal."""
 
 from __future__ import annotations
 

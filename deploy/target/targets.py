@@ -6,9 +6,10 @@ and resume services (a color's, or some of them), wait until they are ready, set
 many tasks a service runs, the dry run of a start, logs, the addresses and confinement
 of what runs, and removing the stack.
 
-The compose file both run is rendered from the app's (`write_rendered`; on a Swarm it
-is for one-off containers), and the commands are built by pure functions
-(`compose_cmd`, `compose_env`) and executed by deploy.target.runner.
+The single-host target, and what both share (compose's command and variables, the
+compose file rendered from the app's: on a Swarm it is for one-off containers), are
+compose.py's; this module holds the Swarm target (its reads: swarm.py, its changes:
+swarmstack.py) and the choice between them.
 """
 
 from __future__ import annotations
