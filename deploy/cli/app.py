@@ -13,8 +13,6 @@ from deploy import bootstrap as _bootstrap
 from deploy import contract, edge, scaffold, starting, views
 from deploy import render as _render
 from deploy.cli.common import (
-    HOST_HELP,
-    REGISTRY_HELP,
     _load,
     _say_left_out,
     _target,
@@ -28,8 +26,6 @@ from deploy.release import history as _history
 
 @task(
     help={
-        "profile": "env profile: development, staging or production",
-        "host": HOST_HELP,
         "refresh": "make every base image again now (Debian's security updates), however old",
     }
 )
@@ -43,9 +39,6 @@ def bootstrap(c, profile=None, host=None, refresh=False):
 
 @task(
     help={
-        "profile": "env profile: development, staging or production",
-        "host": HOST_HELP,
-        "registry": REGISTRY_HELP,
         "version": "version to start when no color is live yet (default: the newest built, or v1)",
         "yes": "on staging or production: recreate the shared services or the edge that changed",
     }
@@ -61,9 +54,6 @@ def up(c, profile=None, host=None, registry=None, version=None, yes=False):
 
 @task(
     help={
-        "profile": "env profile",
-        "host": HOST_HELP,
-        "registry": REGISTRY_HELP,
         "plan": "only show what would change",
         "yes": "on staging or production: recreate the shared services or the edge that changed",
     }
@@ -81,8 +71,6 @@ def apply(c, profile=None, host=None, registry=None, plan=False, yes=False):
 
 @task(
     help={
-        "profile": "env profile",
-        "host": HOST_HELP,
         "volumes": "also delete volumes: the database, backups, certificates and history",
         "yes": "confirm --volumes on staging and production",
     }
@@ -96,7 +84,7 @@ def down(c, profile=None, host=None, volumes=False, yes=False):
     _apply.down(settings, volumes=volumes, yes=yes)
 
 
-@task(help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"})
+@task(help={"json": "print machine-readable JSON"})
 @operator_errors
 def status(c, profile=None, host=None, json_=False):
     """Active color, each service's state, health and version, and the URLs."""
@@ -114,8 +102,6 @@ def status(c, profile=None, host=None, json_=False):
 
 @task(
     help={
-        "profile": "env profile",
-        "host": HOST_HELP,
         "routes": "print the edge's nginx routes instead",
     }
 )
@@ -167,8 +153,6 @@ def init(c, compose=".", output=None):
     positional=["service"],
     help={
         "service": "a compose service (edge, db, api_blue, ...), migrations or all",
-        "profile": "env profile",
-        "host": HOST_HELP,
         "follow": "keep following new lines",
         "tail": "lines per service (default 200)",
     },
@@ -187,8 +171,6 @@ def logs(c, service, profile=None, host=None, follow=False, tail=None):
     help={
         "service": "a colored service (web: the live color's copy), a copy (web_blue) or a shared one",
         "color": "the copy of this color instead of the live one",
-        "profile": "env profile",
-        "host": HOST_HELP,
     },
 )
 @operator_errors
@@ -205,8 +187,6 @@ def exec_(c, service, color=None, profile=None, host=None):
         "off": "serve the app again",
         "message": "one line for the page",
         "retry": "seconds for Retry-After (default 60)",
-        "profile": "env profile",
-        "host": HOST_HELP,
     }
 )
 @operator_errors
@@ -232,8 +212,6 @@ def maintenance(c, on=False, off=False, message="", retry=None, profile=None, ho
     positional=["spec"],
     help={
         "spec": "SERVICE=N: the live color's copy of an app's colored service, run by N tasks",
-        "profile": "env profile",
-        "host": HOST_HELP,
     },
 )
 @operator_errors

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -22,9 +23,30 @@ DEBUG = os.environ.get("COLORGATE_DEBUG") == "1"
 logging.basicConfig(level=logging.DEBUG if DEBUG else logging.WARNING, format="%(message)s")
 
 
-# Every task's options are long ones only: invoke's automatic short flags made `-h` mean
-# --host (so `colorgate deploy -h` asked for a host) and gave one letter several meanings.
-task = functools.partial(invoke.task, auto_shortflags=False)
+# The help of the options many tasks share, given to each task that takes one; a task's
+# own help for an option wins.
+SHARED_HELP = {
+    "profile": "env profile: development, staging or production",
+    "host": "the Docker host to act on: ssh://user@host[:port] (default: COLORGATE_DOCKER_HOST, "
+    "else this machine)",
+    "registry": "registry to pull the images from, e.g. ghcr.io/acme (default: "
+    "COLORGATE_REGISTRY; empty: build them)",
+    "break_lock": "break a stale release lock left by a run that died (check `invoke status` first)",
+}
+
+
+def task(*args, help: dict[str, str] | None = None, **kwargs):
+    """invoke's task, with the shared options' help, and long options only: invoke's
+    automatic short flags made `-h` mean --host (so `colorgate deploy -h` asked for a host)
+    and gave one letter several meanings."""
+
+    def make(fn):
+        taken = inspect.signature(fn).parameters
+        shared = {name: text for name, text in SHARED_HELP.items() if name in taken}
+        return invoke.task(help={**shared, **(help or {})}, auto_shortflags=False, **kwargs)(fn)
+
+    return make(args[0]) if args and callable(args[0]) else make
+
 
 # Set by deploy.cli: prints a task's help (what `colorgate --help TASK` prints).
 show_help = None
@@ -80,12 +102,6 @@ def whole(value, option: str, default: int, lo: int, hi: int) -> int:
     return int(text)
 
 
-HOST_HELP = "the Docker host to act on: ssh://user@host[:port] (default: COLORGATE_DOCKER_HOST, else this machine)"
-
-
-REGISTRY_HELP = "registry to pull the images from, e.g. ghcr.io/acme (default: COLORGATE_REGISTRY; empty: build them)"
-
-
 def _load(
     profile: str | None, host: str | None = None, registry: str | None = None
 ) -> config.Settings:
@@ -116,9 +132,6 @@ def _say_left_out(app) -> None:
     for line in _render.wiring(app):
         if line.startswith("!! "):
             runner.say(line)
-
-
-LOCK_HELP = "break a stale release lock left by a run that died (check `invoke status` first)"
 
 
 def _report(record) -> None:

@@ -27,8 +27,6 @@ from deploy import (
 from deploy import registry as _registry
 from deploy import remote as _remote
 from deploy.cli.common import (
-    HOST_HELP,
-    LOCK_HELP,
     _load,
     _report,
     _target,
@@ -52,8 +50,6 @@ from deploy.target import runner
 @task(
     name="backup",
     help={
-        "profile": "env profile",
-        "host": HOST_HELP,
         "keep": "backups to keep (default COLORGATE_BACKUP_KEEP)",
         "local": "back up the stack's own PostgreSQL even after db.move (before db.retire-local)",
         "copy": "fail unless the off-host copy (COLORGATE_BACKUP_COPY) is made and checked",
@@ -88,7 +84,7 @@ def db_backup(c, profile=None, host=None, keep=None, local=False, copy=False, ye
 
 @task(
     name="backups",
-    help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"},
+    help={"json": "print machine-readable JSON"},
 )
 @operator_errors
 def db_backups(c, profile=None, host=None, json_=False):
@@ -103,7 +99,9 @@ def db_backups(c, profile=None, host=None, json_=False):
 @task(
     name="verify",
     positional=["backup"],
-    help={"backup": "backup name, or latest", "profile": "env profile", "host": HOST_HELP},
+    help={
+        "backup": "backup name, or latest",
+    },
 )
 @operator_errors
 def db_verify(c, backup, profile=None, host=None):
@@ -123,8 +121,6 @@ def db_verify(c, backup, profile=None, host=None):
     positional=["backup"],
     help={
         "backup": "backup name",
-        "profile": "env profile",
-        "host": HOST_HELP,
         "yes": "confirm restoring over a staging or production database",
         "unverified": "restore a backup that no restore has verified yet",
     },
@@ -142,7 +138,7 @@ def db_restore(c, backup, profile=None, host=None, yes=False, unverified=False):
     print(f"restored {backup}; the database as it was before is in backup {fresh['name']}")
 
 
-@task(name="migrate", help={"profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
+@task(name="migrate")
 @operator_errors
 def db_migrate(c, profile=None, host=None, break_lock=False):
     """Apply the live color's pending migrations, after a verified backup."""
@@ -157,9 +153,6 @@ def db_migrate(c, profile=None, host=None, break_lock=False):
         "to": "URL of the managed PostgreSQL: postgresql://USER:PASSWORD@HOST:PORT/DB (empty database)",
         "mode": "dump (write freeze for dump, restore and the release) or replicate (logical replication, "
         "shorter freeze)",
-        "profile": "env profile",
-        "host": HOST_HELP,
-        "break_lock": LOCK_HELP,
     },
 )
 @operator_errors
@@ -181,7 +174,7 @@ def db_move(c, to=None, mode="dump", profile=None, host=None, break_lock=False):
 
 @task(
     name="retire-local",
-    help={"profile": "env profile", "host": HOST_HELP, "yes": "confirm on staging or production"},
+    help={"yes": "confirm on staging or production"},
 )
 @operator_errors
 def db_retire_local(c, profile=None, host=None, yes=False):
@@ -195,7 +188,7 @@ def db_retire_local(c, profile=None, host=None, yes=False):
     )
 
 
-@task(name="unfreeze", help={"profile": "env profile", "host": HOST_HELP, "break_lock": LOCK_HELP})
+@task(name="unfreeze")
 @operator_errors
 def db_unfreeze(c, profile=None, host=None, break_lock=False):
     """End a write freeze left at the edge by an interrupted db.move (refused while a move holds the lock)."""
@@ -210,7 +203,6 @@ def db_unfreeze(c, profile=None, host=None, break_lock=False):
     help={
         "registry": "where to push, e.g. ghcr.io/acme (default: COLORGATE_REGISTRY)",
         "version": "version tag (default: the next vN); `latest` is pushed too",
-        "profile": "env profile",
         "host": "the Docker engine that builds and pushes (default: this machine's)",
     },
 )
@@ -239,8 +231,6 @@ def images_push(c, registry=None, version=None, profile=None, host=None):
     name="send",
     help={
         "version": "release version to send (default: the newest built here)",
-        "profile": "env profile",
-        "host": HOST_HELP,
     },
 )
 @operator_errors
@@ -278,7 +268,6 @@ def images_send(c, version=None, profile=None, host=None):
         "swarm_peers": "a Swarm node: the other nodes' addresses or CIDRs, comma-separated, let in to Swarm's ports "
         "(2377, 7946, 4789); its engine runs without live-restore, which Swarm refuses; "
         "kept for later runs, `none` forgets them",
-        "profile": "env profile",
     },
 )
 @operator_errors
@@ -318,7 +307,7 @@ def server_setup(
 
 @task(
     name="status",
-    help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"},
+    help={"json": "print machine-readable JSON"},
 )
 @operator_errors
 def tls_status(c, profile=None, host=None, json_=False):
@@ -336,8 +325,6 @@ def tls_status(c, profile=None, host=None, json_=False):
         "staging": "use Let's Encrypt's staging directory",
         "directory": "letsencrypt, letsencrypt-staging, or an ACME directory URL",
         "ca_bundle": "CA bundle to trust for the ACME server's own HTTPS (test CAs)",
-        "profile": "env profile",
-        "host": HOST_HELP,
     },
 )
 @operator_errors
@@ -360,7 +347,7 @@ def tls_init(
     print(_tls.format_status(data))
 
 
-@task(name="renew", help={"profile": "env profile", "host": HOST_HELP})
+@task(name="renew")
 @operator_errors
 def tls_renew(c, profile=None, host=None):
     """Renew the certificate when due; reload the edge only when it changed."""
@@ -372,7 +359,7 @@ def tls_renew(c, profile=None, host=None):
     )
 
 
-@task(name="schedule", help={"profile": "env profile", "host": HOST_HELP})
+@task(name="schedule")
 @operator_errors
 def tls_schedule(c, profile=None, host=None):
     """Install the daily `invoke tls.renew` on this host (a cron file; idempotent)."""

@@ -7,9 +7,6 @@ import json
 
 from deploy import edge, views
 from deploy.cli.common import (
-    HOST_HELP,
-    LOCK_HELP,
-    REGISTRY_HELP,
     _load,
     _report,
     _target,
@@ -27,8 +24,6 @@ from deploy.target import runner
 @task(
     help={
         "seconds": "how far back (default 300)",
-        "profile": "env profile",
-        "host": HOST_HELP,
         "json": "print machine-readable JSON",
     }
 )
@@ -56,10 +51,6 @@ def traffic(c, seconds=None, profile=None, host=None, json_=False):
         "force": "deploy even if this version is live; rebuild images",
         "canary": "shares of users the new version gets first, in turn, each gated and judged: 10 or 10,50",
         "keep_rejected": "turned away after the switch: keep the new color running for debugging (default: stopped once drained)",
-        "profile": "env profile",
-        "host": HOST_HELP,
-        "registry": REGISTRY_HELP,
-        "break_lock": LOCK_HELP,
     }
 )
 @operator_errors
@@ -94,7 +85,7 @@ def deploy(
 
 @task(
     name="status",
-    help={"profile": "env profile", "host": HOST_HELP, "json": "print machine-readable JSON"},
+    help={"json": "print machine-readable JSON"},
 )
 @operator_errors
 def canary_status(c, profile=None, host=None, json_=False):
@@ -103,14 +94,14 @@ def canary_status(c, profile=None, host=None, json_=False):
     print(json.dumps(data, indent=2) if json_ else canary_steps.format_status(data))
 
 
-@task(name="promote", help={"profile": "env profile", "host": HOST_HELP})
+@task(name="promote")
 @operator_errors
 def canary_promote(c, profile=None, host=None):
     """End the canary's analysis now: its deploy switches everyone to it, gated."""
     print(canary_steps.promote(_load(profile, host)))
 
 
-@task(name="abort", help={"profile": "env profile", "host": HOST_HELP})
+@task(name="abort")
 @operator_errors
 def canary_abort(c, profile=None, host=None):
     """Every user back on the stable color at once; the deploy stops the canary."""
@@ -125,9 +116,6 @@ REJECTED_HELP = (
 @task(
     help={
         "to": "blue or green",
-        "profile": "env profile",
-        "host": HOST_HELP,
-        "break_lock": LOCK_HELP,
         "force": REJECTED_HELP,
     }
 )
@@ -142,10 +130,7 @@ def switch(c, to=None, profile=None, host=None, break_lock=False, force=False):
 
 @task(
     help={
-        "profile": "env profile",
-        "host": HOST_HELP,
         "no_gates": "emergency: switch back at once without running the gates",
-        "break_lock": LOCK_HELP,
         "force": REJECTED_HELP,
     }
 )
@@ -160,8 +145,6 @@ def rollback(c, profile=None, host=None, no_gates=False, break_lock=False, force
 
 @task(
     help={
-        "profile": "env profile",
-        "host": HOST_HELP,
         "limit": "how many records (default 20)",
         "json": "print machine-readable JSON",
         "show": "one record in full (1: the latest, 2: the one before, or its id): gates, canary and analysis figures, report",
