@@ -197,11 +197,32 @@ def test_the_release_report_is_a_png_with_the_switch_and_the_analysis_marked(tmp
         )
         for i in range(300)
     ]
-    report._plot(
-        report.series(traffic.parse(lines), began, began + 60, 1.0), began, began + 60, record
-    )
+    found = report.series(traffic.parse(lines), began, began + 60, 1.0)
+    report._plot(found, began, began + 60, record, min_requests=20)
     png = (tmp_path / "reports" / "release.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # its time axis starts at the switch, read as a clock time too
+    assert report.zero_of(record, began) == (began + 40, "switch to green")
+    # 50 requests reached green after the switch: enough for 20 an interval, not for 100
+    assert report.traffic_note(found, began + 40, began, "green", 20) == ""
+    assert report.traffic_note(found, began + 40, began, "green", 100) == (
+        "too little traffic to judge: 50 requests reached green after the switch "
+        "(the analysis asks at least 100 an interval); its lines say little"
+    )
+
+
+def test_a_release_without_a_switch_is_drawn_from_its_start():
+    from deploy.release.history import Record
+
+    record = Record("deploy", "blue", "green", "v1", "v2", started="2026-11-30T12:00:00+00:00")
+    record.marks = []
+    assert report.zero_of(record, 1000.0) == (
+        1000.0 + report.REPORT_BEFORE_SECONDS,
+        "the release began",
+    )
+    assert report.traffic_note({}, 1030.0, 1000.0, "green", 1).startswith(
+        "too little traffic to judge: 0 requests reached green"
+    )
 
 
 def test_routes_with_bounds_of_their_own_are_judged_by_them_and_the_rest_by_the_settings():
