@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from deploy import bases, edge, errors, images, profiles
+from deploy import registry as registries
 from deploy.errors import RegistryError
 from deploy.target import facts, runner
 
@@ -108,7 +109,7 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
     )
     assert facts.inspect(settings, facts.container(settings, "backend_green"))[
         "Image"
-    ] == registry.registry_image(settings, "backend", "v8")
+    ] == registries.registry_image(settings, "backend", "v8")
 
     # a version the registry holds from another build is refused before anything is pushed
     runner.run(
@@ -118,7 +119,7 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
         )
     )
     with (
-        registry.registry_session(settings) as session,
+        registries.registry_session(settings) as session,
         pytest.raises(
             RegistryError,
             match=(
@@ -126,9 +127,9 @@ def test_push_then_the_target_pulls_what_it_lacks(registry, env):
             ),
         ),
     ):
-        registry.push(settings, "v8", session)
+        registries.push(settings, "v8", session)
     assert (
-        registry.registry_image(settings, "backend", "v8")
+        registries.registry_image(settings, "backend", "v8")
         == facts.inspect(settings, facts.container(settings, "backend_green"))["Image"]
     )
 
@@ -149,7 +150,7 @@ def test_base_images_build_from_debians_image_in_a_registry_with_debians_package
     bases.build_bases(settings, [slim])
     debian = f"{settings.image_prefix}debian"
     runner.run(images.tag_cmd(slim.tag(settings.base_source), f"{debian}:bookworm-slim"))
-    with registry.registry_session(settings) as session:
+    with registries.registry_session(settings) as session:
         runner.run(["docker", "push", "--quiet", f"{debian}:bookworm-slim"], env=session)
         runner.run(["docker", "image", "rm", f"{debian}:bookworm-slim"])
         # as `docker login` would let it
