@@ -71,26 +71,13 @@ def assert_still_local(settings, before: edge.Active, writer: Writer) -> None:
     assert writer.acked and not set(writer.acked) - local_writes(settings)
     assert not edge.is_frozen(settings) and "dbrelay" not in facts.service_states(settings)
     assert not replication.drop(settings)  # no publication, slot or role left
+    container = f"{settings.project}-postgres-1"
     served = runner.run(
-        [
-            "docker",
-            "exec",
-            f"{settings.project}-postgres-1",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-U",
-            settings.postgres_user,
-            "-d",
-            settings.postgres_db,
-            "-c",
-            "SHOW ssl_cert_file",
-        ]
+        [*dbfacts.psql_cmd(container, settings), "-c", "SHOW ssl_cert_file"]
     ).stdout.strip()
     assert served == "server.crt"  # its own certificate again, not the relay's
     refusing = runner.run(
-        dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings),
+        dbfacts.psql_cmd(container, settings),
         input="SELECT count(*) FROM pg_trigger WHERE tgname = 'colorgate_freeze';",
     ).stdout.strip()
     assert refusing == "0"  # the local database takes writes again

@@ -157,23 +157,7 @@ def test_restore_brings_back_deleted_rows_after_a_fresh_backup(settings, client,
 def test_the_app_owns_its_database_as_a_role_of_its_own_and_takes_over_what_the_superuser_made(
     settings, client
 ):
-    pg = [
-        "docker",
-        "exec",
-        "-i",
-        facts.container(settings, "postgres"),
-        "psql",
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-U",
-        settings.postgres_user,
-        "-d",
-        settings.postgres_db,
-    ]
+    pg = dbfacts.psql_cmd(facts.container(settings, "postgres"), settings)
 
     def sql(text: str) -> str:
         return runner.run(pg, input=text, env=settings.docker_env()).stdout.strip()

@@ -389,20 +389,7 @@ def test_a_move_that_fails_midway_leaves_traffic_and_data_where_they_were(
             "the target does not accept the relay's certificate" in last
             and "certificate verify failed" in last
         ), last
-        local = [
-            "docker",
-            "exec",
-            f"{settings.project}-postgres-1",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-U",
-            settings.postgres_user,
-            "-d",
-            settings.postgres_db,
-            "-c",
-        ]
+        local = [*dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings), "-c"]
         assert runner.run([*local, "SHOW ssl_cert_file"]).stdout.strip() == "server.crt"
         assert (
             runner.run(
@@ -650,20 +637,7 @@ def test_replicate_move_under_writes_loses_nothing(request):
         )
         # replication is gone on both sides
         assert managed.sql("SELECT count(*) FROM pg_subscription") == "0"
-        local = [
-            "docker",
-            "exec",
-            f"{settings.project}-postgres-1",
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-U",
-            settings.postgres_user,
-            "-d",
-            settings.postgres_db,
-            "-c",
-        ]
+        local = [*dbfacts.psql_cmd(f"{settings.project}-postgres-1", settings), "-c"]
         assert (
             runner.run([*local, "SELECT count(*) FROM pg_replication_slots"]).stdout.strip() == "0"
         )
